@@ -1,0 +1,336 @@
+//! `nodeagent ctr`: images in the node's store, in the spirit of containerd's `ctr`.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use flotilla_runtime::image::{
+    Credentials, ImageRecord, ImageStore, Phase, Platform, ProgressEvent, ProgressFn, PullOptions,
+    RegistryOptions,
+};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+#[derive(Debug, Args)]
+pub struct CtrArgs {
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: CtrCommand,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum CtrCommand {
+    /// Images in the node's store.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Pull an image from an OCI distribution registry.
+    Pull {
+        /// Image reference, e.g. registry.example:5000/app:1.2 or busybox.
+        reference: String,
+        /// Use plain HTTP (only for registries you trust on a trusted network).
+        #[arg(long)]
+        insecure: bool,
+        /// Registry credentials USER:PASSWORD (or USER with --password-stdin).
+        #[arg(long, value_name = "USER[:PASSWORD]")]
+        user: Option<String>,
+        /// Read the registry password from standard input.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Platform to pick from a multi-platform image (default: this node's), e.g. linux/arm64.
+        #[arg(long)]
+        platform: Option<Platform>,
+    },
+    /// Import an OCI image layout (directory or tar) or a `docker save` archive.
+    Import {
+        /// The archive or layout directory.
+        file: PathBuf,
+        /// Name for the image when the archive does not carry one.
+        #[arg(long)]
+        name: Option<String>,
+        /// Platform to pick from a multi-platform archive (default: this node's).
+        #[arg(long)]
+        platform: Option<Platform>,
+    },
+    /// List stored images.
+    #[command(alias = "list")]
+    Ls,
+    /// Show an image: digest, size, platform, config, layer directories.
+    Inspect {
+        /// Image name or manifest digest.
+        reference: String,
+    },
+    /// File an image under another name as well.
+    Tag {
+        /// Existing image.
+        source: String,
+        /// New name.
+        target: String,
+    },
+    /// Remove image names and the content no other image uses.
+    #[command(alias = "remove")]
+    Rm {
+        /// Image names or manifest digests.
+        #[arg(required = true)]
+        references: Vec<String>,
+    },
+    /// Remove unreferenced content, partial downloads and leftovers.
+    Prune,
+}
+
+pub async fn run(data_dir: &Path, args: CtrArgs) -> Result<ExitCode> {
+    let store = ImageStore::open(data_dir)
+        .with_context(|| format!("opening the image store in {}", data_dir.display()))?;
+    let json = args.output == Output::Json;
+    match args.command {
+        CtrCommand::Image(cmd) => image(&store, cmd, json).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn image(store: &ImageStore, cmd: ImageCommand, json: bool) -> Result<()> {
+    match cmd {
+        ImageCommand::Pull {
+            reference,
+            insecure,
+            user,
+            password_stdin,
+            platform,
+        } => {
+            let credentials = credentials(user, password_stdin)?;
+            let opts = PullOptions {
+                registry: RegistryOptions {
+                    credentials,
+                    insecure,
+                },
+                platform,
+            };
+            let (progress, done) = progress_reporter(json);
+            let rec = store.pull(&reference, &opts, progress).await;
+            done();
+            let rec = rec?;
+            print_records(&[rec], json, "pulled");
+        }
+        ImageCommand::Import {
+            file,
+            name,
+            platform,
+        } => {
+            let (progress, done) = progress_reporter(json);
+            let recs = store
+                .import(&file, name.as_deref(), platform, progress)
+                .await;
+            done();
+            print_records(&recs?, json, "imported");
+        }
+        ImageCommand::Ls => {
+            let recs = store.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&recs)?);
+            } else {
+                print_table(&recs);
+            }
+        }
+        ImageCommand::Inspect { reference } => {
+            let d = store.inspect(&reference)?;
+            println!("{}", serde_json::to_string_pretty(&d)?);
+        }
+        ImageCommand::Tag { source, target } => {
+            let rec = store.tag(&source, &target)?;
+            print_records(&[rec], json, "tagged");
+        }
+        ImageCommand::Rm { references } => {
+            let mut freed = Vec::new();
+            for r in &references {
+                let report = store.remove(r)?;
+                if !json {
+                    println!(
+                        "removed {r} (freed {} layers, {})",
+                        report.layers,
+                        human(report.bytes)
+                    );
+                }
+                freed.push(serde_json::json!({ "removed": r, "freed": report }));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&freed)?);
+            }
+        }
+        ImageCommand::Prune => {
+            let report = store.prune()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!(
+                    "removed {} blobs, {} layers, {} partial downloads; freed {}",
+                    report.blobs,
+                    report.layers,
+                    report.partials,
+                    human(report.bytes)
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn credentials(user: Option<String>, password_stdin: bool) -> Result<Credentials> {
+    let Some(user) = user else {
+        if password_stdin {
+            bail!("--password-stdin needs --user");
+        }
+        return Ok(Credentials::Anonymous);
+    };
+    let (user, password) = match user.split_once(':') {
+        Some((u, p)) if !password_stdin => (u.to_string(), p.to_string()),
+        Some(_) => bail!("give the password either in --user or on standard input, not both"),
+        None if password_stdin => {
+            let mut p = String::new();
+            std::io::stdin()
+                .read_to_string(&mut p)
+                .context("reading the password from standard input")?;
+            (user, p.trim_end_matches(['\n', '\r']).to_string())
+        }
+        None => bail!("--user needs USER:PASSWORD, or USER with --password-stdin"),
+    };
+    Ok(Credentials::Basic { user, password })
+}
+
+/// A progress callback: bars on a terminal, one line per layer phase otherwise (nothing with
+/// `-o json`). The returned closure finishes the display.
+fn progress_reporter(json: bool) -> (ProgressFn, Box<dyn FnOnce()>) {
+    if json {
+        return (Arc::new(|_| {}), Box::new(|| {}));
+    }
+    if std::io::stdout().is_terminal() {
+        let multi = MultiProgress::new();
+        let bars: Arc<Mutex<HashMap<String, ProgressBar>>> = Arc::default();
+        let style =
+            ProgressStyle::with_template("{prefix} {msg:12} [{bar:30}] {bytes}/{total_bytes}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
+        let b = bars.clone();
+        let cb: ProgressFn = Arc::new(move |ev: ProgressEvent| {
+            let mut bars = b.lock().unwrap_or_else(|p| p.into_inner());
+            let bar = bars.entry(ev.layer.to_string()).or_insert_with(|| {
+                let bar = multi.add(ProgressBar::new(ev.size));
+                bar.set_style(style.clone());
+                bar.set_prefix(ev.layer.short().to_string());
+                bar
+            });
+            match ev.phase {
+                Phase::Cached => bar.finish_with_message("exists"),
+                Phase::Downloading(n) => {
+                    bar.set_message("downloading");
+                    bar.set_position(n);
+                }
+                Phase::Unpacking => {
+                    bar.set_position(ev.size);
+                    bar.set_message("unpacking");
+                }
+                Phase::Done => bar.finish_with_message("done"),
+            }
+        });
+        let done = Box::new(move || {
+            for bar in bars.lock().unwrap_or_else(|p| p.into_inner()).values() {
+                if !bar.is_finished() {
+                    bar.abandon();
+                }
+            }
+        });
+        return (cb, done);
+    }
+    let last: Arc<Mutex<HashMap<String, &'static str>>> = Arc::default();
+    let cb: ProgressFn = Arc::new(move |ev: ProgressEvent| {
+        let phase = match ev.phase {
+            Phase::Cached => "exists",
+            Phase::Downloading(_) => "downloading",
+            Phase::Unpacking => "unpacking",
+            Phase::Done => "done",
+        };
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.insert(ev.layer.to_string(), phase) != Some(phase) {
+            println!("layer {} ({}): {phase}", ev.layer.short(), human(ev.size));
+        }
+    });
+    (cb, Box::new(|| {}))
+}
+
+fn print_records(recs: &[ImageRecord], json: bool, verb: &str) {
+    if json {
+        println!("{}", serde_json::to_string_pretty(recs).unwrap_or_default());
+        return;
+    }
+    for r in recs {
+        println!(
+            "{verb} {} {} ({}, {})",
+            r.name,
+            r.digest,
+            r.platform,
+            human(r.size())
+        );
+    }
+}
+
+fn print_table(recs: &[ImageRecord]) {
+    let rows: Vec<[String; 5]> = recs
+        .iter()
+        .map(|r| {
+            [
+                r.name.clone(),
+                r.digest.short().to_string(),
+                r.platform.to_string(),
+                human(r.size()),
+                human(r.unpacked_size()),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "DIGEST", "PLATFORM", "SIZE", "UNPACKED"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, c) in widths.iter_mut().zip(row) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header);
+    for row in &rows {
+        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+    }
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}

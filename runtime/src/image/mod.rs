@@ -1,0 +1,1028 @@
+//! The node's content-addressed image store.
+//!
+//! Layout under `<data dir>/images/`:
+//! - `blobs/sha256/<hex>`: verified manifests and configs;
+//! - `layers/<diffID hex>/`: each layer unpacked once, in overlayfs lower-layer form, shared by
+//!   every image that has it; `layers/<hex>.json` records its size;
+//! - `ingest/<hex>.partial`: downloads in progress, kept across failures so a pull resumes;
+//! - `tmp/`: unpacks and archive imports in progress (emptied by garbage collection);
+//! - `images.json`: names → image records, replaced atomically under `images.lock`;
+//! - `gc.lock`: pulls hold it shared, garbage collection exclusive.
+//!
+//! Compressed layer blobs are discarded once their layer is unpacked and verified (as
+//! containerd's `discard_unpacked_layers` does): edge disks are small.
+
+pub mod digest;
+mod import;
+pub mod manifest;
+pub mod registry;
+pub mod unpack;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::FlockOperation;
+use serde::{Deserialize, Serialize};
+
+pub use digest::Digest;
+pub use manifest::Platform;
+pub use registry::{Credentials, RegistryOptions};
+
+use manifest::{Descriptor, ImageConfig, ManifestKind, MAX_CONFIG_BYTES};
+use registry::{RegistryClient, RegistryError};
+
+/// Layers downloaded and unpacked at once by one pull.
+const LAYER_CONCURRENCY: usize = 3;
+/// Attempts per blob download before a pull gives up (each resumes where the last stopped).
+const DOWNLOAD_ATTEMPTS: u32 = 4;
+
+/// One stored image: a name bound to a platform-specific manifest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ImageRecord {
+    /// Normalized reference, e.g. `docker.io/library/busybox:latest`.
+    pub name: String,
+    /// Digest of the image manifest.
+    pub digest: Digest,
+    /// Media type of the manifest (OCI or Docker v2 schema 2).
+    pub media_type: String,
+    /// Platform of the image.
+    pub platform: Platform,
+    /// Digest of the image configuration blob.
+    pub config: Digest,
+    /// Layers, lowest first.
+    pub layers: Vec<LayerRecord>,
+    /// Creation time written by the image's builder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// When this name was stored (seconds since the epoch).
+    pub stored_at: u64,
+    /// Where it came from: `registry` or `import`.
+    pub source: String,
+}
+
+impl ImageRecord {
+    /// Compressed size: what a pull transfers.
+    pub fn size(&self) -> u64 {
+        self.layers.iter().map(|l| l.size).sum()
+    }
+
+    /// Bytes of file content in the unpacked layers.
+    pub fn unpacked_size(&self) -> u64 {
+        self.layers.iter().map(|l| l.unpacked_bytes).sum()
+    }
+}
+
+/// One layer of an image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LayerRecord {
+    /// Digest of the layer blob as distributed (usually compressed).
+    pub digest: Digest,
+    /// Digest of the uncompressed tar; names the unpacked directory.
+    pub diff_id: Digest,
+    /// Size of the distributed blob.
+    pub size: u64,
+    /// Media type of the distributed blob.
+    pub media_type: String,
+    /// Bytes of file content once unpacked.
+    #[serde(default)]
+    pub unpacked_bytes: u64,
+}
+
+/// An image record with its configuration, for `inspect`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageDetails {
+    /// The record.
+    #[serde(flatten)]
+    pub record: ImageRecord,
+    /// The image configuration document as stored.
+    pub image_config: serde_json::Value,
+    /// The unpacked layer directories, lowest first.
+    pub layer_dirs: Vec<PathBuf>,
+}
+
+/// What garbage collection freed.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Blobs removed.
+    pub blobs: u64,
+    /// Unpacked layers removed.
+    pub layers: u64,
+    /// Partial downloads and leftover temporary directories removed.
+    pub partials: u64,
+    /// Bytes freed (file content).
+    pub bytes: u64,
+}
+
+/// Progress of one layer during a pull or import.
+#[derive(Debug, Clone)]
+pub struct ProgressEvent {
+    /// The layer blob's digest.
+    pub layer: Digest,
+    /// The blob's size.
+    pub size: u64,
+    /// Where it is.
+    pub phase: Phase,
+}
+
+/// Where a layer is in a pull.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Already unpacked in the store; nothing to do.
+    Cached,
+    /// Downloading; the bytes held so far.
+    Downloading(u64),
+    /// Unpacking and verifying.
+    Unpacking,
+    /// Stored.
+    Done,
+}
+
+/// Receives progress events; called from several tasks at once.
+pub type ProgressFn = Arc<dyn Fn(ProgressEvent) + Send + Sync>;
+
+/// Options of a pull.
+#[derive(Debug, Clone, Default)]
+pub struct PullOptions {
+    /// How to reach the registry.
+    pub registry: RegistryOptions,
+    /// The platform to pick from an index (default: this node's).
+    pub platform: Option<Platform>,
+}
+
+/// Why an image operation failed. Each variant names the image and, where it applies, the layer.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageStoreError {
+    /// The reference does not parse.
+    #[error("invalid image reference '{reference}': {reason}")]
+    Reference {
+        /// As given.
+        reference: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// No image of that name in the store.
+    #[error("image '{0}' not found in the store")]
+    NotFound(String),
+    /// A registry request failed.
+    #[error("image '{image}': {source}")]
+    Registry {
+        /// The image.
+        image: String,
+        /// What went wrong.
+        source: RegistryError,
+    },
+    /// A manifest, index or config is unusable.
+    #[error("image '{image}': {reason}")]
+    Invalid {
+        /// The image.
+        image: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The index has no entry for the wanted platform.
+    #[error("image '{image}' has no variant for platform {want}; it has: {available}")]
+    Platform {
+        /// The image.
+        image: String,
+        /// The platform asked for.
+        want: Platform,
+        /// What the index offers.
+        available: String,
+    },
+    /// Content does not match its digest.
+    #[error("image '{image}': {what} {digest} is corrupt: content hashes to {actual}")]
+    DigestMismatch {
+        /// The image.
+        image: String,
+        /// Which kind of content (manifest, config, layer, uncompressed layer).
+        what: &'static str,
+        /// The expected digest.
+        digest: Digest,
+        /// What the content hashed to.
+        actual: Digest,
+    },
+    /// A layer could not be unpacked (e.g. an entry tried to escape the layer directory).
+    #[error("image '{image}', layer {layer}: {source}")]
+    Unpack {
+        /// The image.
+        image: String,
+        /// The layer blob digest.
+        layer: Digest,
+        /// The unpack error, naming the entry.
+        source: unpack::UnpackError,
+    },
+    /// An import archive or layout is unusable.
+    #[error("importing '{path}': {reason}")]
+    Import {
+        /// The archive or directory.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A store file could not be read or written.
+    #[error("image store {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImageStoreError + '_ {
+    move |source| ImageStoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A parsed, normalized image reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// Registry host[:port]; `docker.io` for unqualified names.
+    pub registry: String,
+    /// Repository path, e.g. `library/busybox`.
+    pub repository: String,
+    /// Tag, when the reference has one.
+    pub tag: Option<String>,
+    /// Digest, when the reference pins one.
+    pub digest: Option<Digest>,
+}
+
+impl ImageRef {
+    /// Parses `reference` with Docker's defaulting rules (`busybox` is
+    /// `docker.io/library/busybox:latest`).
+    pub fn parse(reference: &str) -> Result<Self, ImageStoreError> {
+        let bad = |reason: String| ImageStoreError::Reference {
+            reference: reference.to_string(),
+            reason,
+        };
+        let r: oci_spec::distribution::Reference =
+            reference.parse().map_err(|e| bad(format!("{e}")))?;
+        let digest = r
+            .digest()
+            .map(|d| d.parse::<Digest>().map_err(|e| bad(e.to_string())))
+            .transpose()?;
+        let tag = match (r.tag(), &digest) {
+            (Some(t), _) => Some(t.to_string()),
+            (None, None) => Some("latest".to_string()),
+            (None, Some(_)) => None,
+        };
+        let registry = match r.registry() {
+            "index.docker.io" | "registry-1.docker.io" => "docker.io",
+            other => other,
+        };
+        Ok(Self {
+            registry: registry.to_string(),
+            repository: r.repository().to_string(),
+            tag,
+            digest,
+        })
+    }
+
+    /// The canonical name the store files the image under.
+    pub fn name(&self) -> String {
+        let mut s = format!("{}/{}", self.registry, self.repository);
+        if let Some(t) = &self.tag {
+            s.push(':');
+            s.push_str(t);
+        }
+        if let Some(d) = &self.digest {
+            s.push('@');
+            s.push_str(&d.to_string());
+        }
+        s
+    }
+}
+
+/// The image store of one node. Cheap to clone; clones share in-flight work.
+#[derive(Debug, Clone)]
+pub struct ImageStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    root: PathBuf,
+    platform: Platform,
+    http: Mutex<Option<reqwest::Client>>,
+    /// Layers being fetched by this process, so concurrent pulls do the work once.
+    inflight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// An open advisory lock on a store file; released on drop.
+struct FileLock(#[allow(dead_code)] File);
+
+impl FileLock {
+    fn take(path: &Path, op: FlockOperation) -> Result<Self, ImageStoreError> {
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io_at(path))?;
+        rustix::fs::flock(&f, op).map_err(|e| ImageStoreError::Io {
+            path: path.to_path_buf(),
+            source: e.into(),
+        })?;
+        Ok(Self(f))
+    }
+}
+
+/// Where an image's content comes from.
+#[derive(Clone)]
+pub(crate) enum Source {
+    Registry(RegistryClient),
+    Layout(Arc<import::Layout>),
+}
+
+impl ImageStore {
+    /// Opens (creating if needed) the store under `data_dir/images`.
+    pub fn open(data_dir: &Path) -> Result<Self, ImageStoreError> {
+        let root = data_dir.join("images");
+        for sub in ["blobs/sha256", "layers", "ingest", "tmp"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_at(&p))?;
+        }
+        for p in [data_dir, root.as_path()] {
+            fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                .map_err(io_at(p))?;
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                root,
+                platform: Platform::host(),
+                http: Mutex::new(None),
+                inflight: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The store's root directory.
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// The platform pulls pick by default (this node's).
+    pub fn platform(&self) -> &Platform {
+        &self.inner.platform
+    }
+
+    fn http(&self) -> Result<reqwest::Client, ImageStoreError> {
+        let mut g = self.inner.http.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = g.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = registry::http_client().map_err(|e| ImageStoreError::Io {
+            path: self.inner.root.clone(),
+            source: io::Error::other(format!("building the HTTP client: {e}")),
+        })?;
+        *g = Some(c.clone());
+        Ok(c)
+    }
+
+    fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.inner.root.join("blobs/sha256").join(d.hex())
+    }
+
+    /// The unpacked directory of the layer with this diffID.
+    pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
+        self.inner.root.join("layers").join(diff_id.hex())
+    }
+
+    /// The unpacked layer directories of an image, lowest first (overlayfs lowerdir order is the
+    /// reverse).
+    pub fn layer_dirs(&self, record: &ImageRecord) -> Vec<PathBuf> {
+        record
+            .layers
+            .iter()
+            .map(|l| self.layer_dir(&l.diff_id))
+            .collect()
+    }
+
+    /// Pulls `reference` from its registry, unpacks every layer, and files it under its name.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        opts: &PullOptions,
+        progress: ProgressFn,
+    ) -> Result<ImageRecord, ImageStoreError> {
+        let r = ImageRef::parse(reference)?;
+        let name = r.name();
+        let client = RegistryClient::new(
+            self.http()?,
+            &r.registry,
+            &r.repository,
+            opts.registry.clone(),
+        );
+        let reg_err = |source| ImageStoreError::Registry {
+            image: name.clone(),
+            source,
+        };
+        let tag_or_digest = r
+            .digest
+            .as_ref()
+            .map(ToString::to_string)
+            .or(r.tag.clone())
+            .unwrap_or_else(|| "latest".into());
+        let fetched = client.manifest(&tag_or_digest).await.map_err(reg_err)?;
+        let top_digest = Digest::of(&fetched.body);
+        if let Some(want) = &r.digest {
+            if *want != top_digest {
+                return Err(ImageStoreError::DigestMismatch {
+                    image: name,
+                    what: "manifest",
+                    digest: want.clone(),
+                    actual: top_digest,
+                });
+            }
+        }
+        let platform = opts
+            .platform
+            .clone()
+            .unwrap_or_else(|| self.inner.platform.clone());
+        let invalid = |reason: String| ImageStoreError::Invalid {
+            image: name.clone(),
+            reason,
+        };
+        let (manifest_bytes, manifest_digest, content_type, from_index) =
+            match manifest::parse_manifest(fetched.content_type.as_deref(), &fetched.body)
+                .map_err(|e| invalid(e.to_string()))?
+            {
+                ManifestKind::Image(_) => (fetched.body, top_digest, fetched.content_type, false),
+                ManifestKind::Index(index) => {
+                    let desc =
+                        manifest::select_platform(&index, &platform).map_err(|available| {
+                            ImageStoreError::Platform {
+                                image: name.clone(),
+                                want: platform.clone(),
+                                available,
+                            }
+                        })?;
+                    let child = client
+                        .manifest(&desc.digest.to_string())
+                        .await
+                        .map_err(reg_err)?;
+                    let d = Digest::of(&child.body);
+                    if d != desc.digest {
+                        return Err(ImageStoreError::DigestMismatch {
+                            image: name,
+                            what: "manifest",
+                            digest: desc.digest.clone(),
+                            actual: d,
+                        });
+                    }
+                    (child.body, d, child.content_type, true)
+                }
+            };
+        let source = Source::Registry(client);
+        self.ingest(
+            &source,
+            &name,
+            &manifest_bytes,
+            manifest_digest,
+            content_type.as_deref(),
+            (&platform, from_index || opts.platform.is_some()),
+            "registry",
+            progress,
+        )
+        .await
+    }
+
+    /// Stores one image whose manifest is known and verified: config, layers, record.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn ingest(
+        &self,
+        source: &Source,
+        name: &str,
+        manifest_bytes: &[u8],
+        manifest_digest: Digest,
+        content_type: Option<&str>,
+        (platform, platform_chosen): (&Platform, bool),
+        origin: &str,
+        progress: ProgressFn,
+    ) -> Result<ImageRecord, ImageStoreError> {
+        let invalid = |reason: String| ImageStoreError::Invalid {
+            image: name.to_string(),
+            reason,
+        };
+        let m = match manifest::parse_manifest(content_type, manifest_bytes)
+            .map_err(|e| invalid(e.to_string()))?
+        {
+            ManifestKind::Image(m) => m,
+            ManifestKind::Index(_) => {
+                return Err(invalid("index entry points to another index".into()))
+            }
+        };
+        let media_type = m
+            .media_type
+            .clone()
+            .or(content_type.map(str::to_string))
+            .unwrap_or_else(|| manifest::OCI_MANIFEST.to_string());
+        if m.config.size > MAX_CONFIG_BYTES {
+            return Err(invalid(format!(
+                "config of {} bytes is larger than allowed",
+                m.config.size
+            )));
+        }
+        let config_bytes = match source {
+            Source::Registry(c) => c
+                .small_blob(&m.config.digest, MAX_CONFIG_BYTES)
+                .await
+                .map_err(|source| ImageStoreError::Registry {
+                    image: name.to_string(),
+                    source,
+                })?,
+            Source::Layout(l) => l.read_small(&m.config.digest, MAX_CONFIG_BYTES)?,
+        };
+        let actual = Digest::of(&config_bytes);
+        if actual != m.config.digest {
+            return Err(ImageStoreError::DigestMismatch {
+                image: name.to_string(),
+                what: "config",
+                digest: m.config.digest.clone(),
+                actual,
+            });
+        }
+        let config: ImageConfig = serde_json::from_slice(&config_bytes)
+            .map_err(|e| invalid(format!("image config: {e}")))?;
+        if config.rootfs.diff_ids.len() != m.layers.len() {
+            return Err(invalid(format!(
+                "manifest has {} layers but config lists {} diff_ids",
+                m.layers.len(),
+                config.rootfs.diff_ids.len()
+            )));
+        }
+        let image_platform = Platform {
+            os: config.os.clone(),
+            architecture: config.architecture.clone(),
+            variant: config.variant.clone(),
+        };
+        if !platform_chosen && image_platform.fit(platform).is_none() {
+            return Err(invalid(format!(
+                "image is for {image_platform}, this node is {platform} (pass --platform {image_platform} to store it anyway)"
+            )));
+        }
+
+        let gc_guard = {
+            let p = self.inner.root.join("gc.lock");
+            tokio::task::spawn_blocking(move || FileLock::take(&p, FlockOperation::LockShared))
+                .await
+                .map_err(|e| ImageStoreError::Io {
+                    path: self.inner.root.join("gc.lock"),
+                    source: io::Error::other(e),
+                })??
+        };
+        let result = self
+            .ensure_layers(source, name, &m.layers, &config.rootfs.diff_ids, progress)
+            .await;
+        let layers = match result {
+            Ok(l) => l,
+            Err(e) => {
+                drop(gc_guard);
+                // Leave nothing half-stored: collect what this pull left unreferenced, unless
+                // another pull is running (it may be about to reference it).
+                let store = self.clone();
+                let _ = tokio::task::spawn_blocking(move || store.collect(false, true)).await;
+                return Err(e);
+            }
+        };
+        write_atomic(&self.blob_path(&m.config.digest), &config_bytes)?;
+        write_atomic(&self.blob_path(&manifest_digest), manifest_bytes)?;
+        let record = ImageRecord {
+            name: name.to_string(),
+            digest: manifest_digest,
+            media_type,
+            platform: image_platform,
+            config: m.config.digest.clone(),
+            layers,
+            created: config.created.clone(),
+            stored_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            source: origin.to_string(),
+        };
+        let rec = record.clone();
+        self.update_records(move |records| {
+            records.retain(|r| r.name != rec.name);
+            records.push(rec);
+            Ok(())
+        })?;
+        drop(gc_guard);
+        Ok(record)
+    }
+
+    async fn ensure_layers(
+        &self,
+        source: &Source,
+        image: &str,
+        layers: &[Descriptor],
+        diff_ids: &[Digest],
+        progress: ProgressFn,
+    ) -> Result<Vec<LayerRecord>, ImageStoreError> {
+        let sem = Arc::new(tokio::sync::Semaphore::new(LAYER_CONCURRENCY));
+        let mut set = tokio::task::JoinSet::new();
+        for (i, (desc, diff_id)) in layers.iter().zip(diff_ids).enumerate() {
+            let (store, source, image, desc, diff_id, progress, sem) = (
+                self.clone(),
+                source.clone(),
+                image.to_string(),
+                desc.clone(),
+                diff_id.clone(),
+                progress.clone(),
+                sem.clone(),
+            );
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                let r = store
+                    .ensure_layer(&source, &image, &desc, &diff_id, progress)
+                    .await;
+                (i, r)
+            });
+        }
+        let mut out: Vec<Option<LayerRecord>> = vec![None; layers.len()];
+        let mut first_err = None;
+        while let Some(joined) = set.join_next().await {
+            match joined {
+                Ok((i, Ok(rec))) => out[i] = Some(rec),
+                Ok((_, Err(e))) => {
+                    if first_err.is_none() {
+                        first_err = Some(e);
+                        set.abort_all();
+                    }
+                }
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => {
+                    first_err.get_or_insert(ImageStoreError::Io {
+                        path: self.inner.root.clone(),
+                        source: io::Error::other(e),
+                    });
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Makes sure the layer with `diff_id` is unpacked in the store, fetching it if needed.
+    async fn ensure_layer(
+        &self,
+        source: &Source,
+        image: &str,
+        desc: &Descriptor,
+        diff_id: &Digest,
+        progress: ProgressFn,
+    ) -> Result<LayerRecord, ImageStoreError> {
+        let event = |phase| {
+            progress(ProgressEvent {
+                layer: desc.digest.clone(),
+                size: desc.size,
+                phase,
+            })
+        };
+        let gate = {
+            let mut m = self
+                .inner
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            m.entry(diff_id.clone()).or_default().clone()
+        };
+        let _in_process = gate.lock().await;
+        let lock_path = self
+            .inner
+            .root
+            .join("layers")
+            .join(format!("{}.lock", diff_id.hex()));
+        let _cross_process = tokio::task::spawn_blocking(move || {
+            FileLock::take(&lock_path, FlockOperation::LockExclusive)
+        })
+        .await
+        .map_err(|e| ImageStoreError::Io {
+            path: self.inner.root.clone(),
+            source: io::Error::other(e),
+        })??;
+
+        let dir = self.layer_dir(diff_id);
+        let record = |unpacked_bytes| LayerRecord {
+            digest: desc.digest.clone(),
+            diff_id: diff_id.clone(),
+            size: desc.size,
+            media_type: desc.media_type.clone(),
+            unpacked_bytes,
+        };
+        if dir.is_dir() {
+            event(Phase::Cached);
+            return Ok(record(self.layer_unpacked_bytes(diff_id)));
+        }
+
+        let blob_file = match source {
+            Source::Registry(client) => {
+                let partial = self
+                    .inner
+                    .root
+                    .join("ingest")
+                    .join(format!("{}.partial", desc.digest.hex()));
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let cb = |held| event(Phase::Downloading(held));
+                    match client
+                        .download_blob(&desc.digest, desc.size, &partial, &cb)
+                        .await
+                    {
+                        Ok(()) => break,
+                        Err(e) if e.is_transient() && attempt < DOWNLOAD_ATTEMPTS => {
+                            tracing::warn!(image, layer = %desc.digest, attempt, error = %e, "layer download interrupted; resuming");
+                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt)))
+                                .await;
+                        }
+                        Err(source) => {
+                            return Err(ImageStoreError::Registry {
+                                image: image.to_string(),
+                                source,
+                            })
+                        }
+                    }
+                }
+                partial
+            }
+            Source::Layout(l) => l.blob_path(&desc.digest)?,
+        };
+
+        event(Phase::Unpacking);
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!("{}-", diff_id.short()))
+            .tempdir_in(self.inner.root.join("tmp"))
+            .map_err(io_at(&self.inner.root.join("tmp")))?;
+        let target = tmp.path().join("layer");
+        fs::create_dir(&target).map_err(io_at(&target))?;
+        let (t, blob) = (target.clone(), blob_file.clone());
+        let unpacked = tokio::task::spawn_blocking(move || {
+            let f = File::open(&blob).map_err(io_at(&blob))?;
+            let mut compressed = digest::HashingReader::new(f);
+            let stats = unpack::unpack_layer(&mut compressed, &t);
+            let whole = compressed.finish().map_err(io_at(&blob))?;
+            Ok::<_, ImageStoreError>((stats, whole))
+        })
+        .await
+        .map_err(|e| ImageStoreError::Io {
+            path: target.clone(),
+            source: io::Error::other(e),
+        })??;
+        let (stats, (blob_digest, blob_len)) = unpacked;
+        let corrupt_blob = blob_digest != desc.digest || blob_len != desc.size;
+        if corrupt_blob {
+            if matches!(source, Source::Registry(_)) {
+                let _ = fs::remove_file(&blob_file);
+            }
+            return Err(ImageStoreError::DigestMismatch {
+                image: image.to_string(),
+                what: "layer",
+                digest: desc.digest.clone(),
+                actual: blob_digest,
+            });
+        }
+        let stats = stats.map_err(|source| ImageStoreError::Unpack {
+            image: image.to_string(),
+            layer: desc.digest.clone(),
+            source,
+        })?;
+        if stats.diff_id != *diff_id {
+            return Err(ImageStoreError::DigestMismatch {
+                image: image.to_string(),
+                what: "uncompressed layer",
+                digest: diff_id.clone(),
+                actual: stats.diff_id,
+            });
+        }
+        let meta = serde_json::json!({ "diff_id": diff_id, "unpacked_bytes": stats.content_bytes, "entries": stats.entries });
+        write_atomic(&dir.with_extension("json"), meta.to_string().as_bytes())?;
+        fs::rename(&target, &dir).map_err(io_at(&dir))?;
+        if matches!(source, Source::Registry(_)) {
+            let _ = fs::remove_file(&blob_file);
+        }
+        event(Phase::Done);
+        Ok(record(stats.content_bytes))
+    }
+
+    fn layer_unpacked_bytes(&self, diff_id: &Digest) -> u64 {
+        fs::read(self.layer_dir(diff_id).with_extension("json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|v| v["unpacked_bytes"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// All stored images, sorted by name.
+    pub fn list(&self) -> Result<Vec<ImageRecord>, ImageStoreError> {
+        let path = self.inner.root.join("images.json");
+        let mut records: Vec<ImageRecord> = match fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| ImageStoreError::Io {
+                path: path.clone(),
+                source: io::Error::new(io::ErrorKind::InvalidData, e),
+            })?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(io_at(&path)(e)),
+        };
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(records)
+    }
+
+    fn update_records(
+        &self,
+        f: impl FnOnce(&mut Vec<ImageRecord>) -> Result<(), ImageStoreError>,
+    ) -> Result<(), ImageStoreError> {
+        let _g = FileLock::take(
+            &self.inner.root.join("images.lock"),
+            FlockOperation::LockExclusive,
+        )?;
+        let mut records = self.list()?;
+        f(&mut records)?;
+        let bytes = serde_json::to_vec_pretty(&records).map_err(|e| ImageStoreError::Io {
+            path: self.inner.root.join("images.json"),
+            source: io::Error::other(e),
+        })?;
+        write_atomic(&self.inner.root.join("images.json"), &bytes)
+    }
+
+    /// Finds an image by name (normalized) or by manifest digest.
+    pub fn get(&self, reference: &str) -> Result<ImageRecord, ImageStoreError> {
+        let records = self.list()?;
+        if let Ok(d) = reference.parse::<Digest>() {
+            if let Some(r) = records.iter().find(|r| r.digest == d) {
+                return Ok(r.clone());
+            }
+        }
+        let name = ImageRef::parse(reference)?.name();
+        records
+            .into_iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| ImageStoreError::NotFound(reference.to_string()))
+    }
+
+    /// An image with its configuration and layer directories.
+    pub fn inspect(&self, reference: &str) -> Result<ImageDetails, ImageStoreError> {
+        let record = self.get(reference)?;
+        let path = self.blob_path(&record.config);
+        let bytes = fs::read(&path).map_err(io_at(&path))?;
+        let image_config = serde_json::from_slice(&bytes).map_err(|e| ImageStoreError::Io {
+            path: path.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        })?;
+        let layer_dirs = self.layer_dirs(&record);
+        Ok(ImageDetails {
+            record,
+            image_config,
+            layer_dirs,
+        })
+    }
+
+    /// Files the image `source` also under the name `target`.
+    pub fn tag(&self, source: &str, target: &str) -> Result<ImageRecord, ImageStoreError> {
+        let mut rec = self.get(source)?;
+        rec.name = ImageRef::parse(target)?.name();
+        let r = rec.clone();
+        self.update_records(move |records| {
+            records.retain(|x| x.name != r.name);
+            records.push(r);
+            Ok(())
+        })?;
+        Ok(rec)
+    }
+
+    /// Removes the name `reference` and frees the content no other image uses.
+    pub fn remove(&self, reference: &str) -> Result<PruneReport, ImageStoreError> {
+        let rec = self.get(reference)?;
+        self.update_records(|records| {
+            records.retain(|x| x.name != rec.name);
+            Ok(())
+        })?;
+        self.collect(false, false)
+    }
+
+    /// Garbage collection: removes blobs and layers no image references, partial downloads,
+    /// and leftover temporary directories.
+    pub fn prune(&self) -> Result<PruneReport, ImageStoreError> {
+        self.collect(true, false)
+    }
+
+    /// Removes unreferenced content under the exclusive GC lock. `partials` also drops resumable
+    /// downloads. With `try_only`, gives up at once when a pull holds the lock.
+    fn collect(&self, partials: bool, try_only: bool) -> Result<PruneReport, ImageStoreError> {
+        let op = if try_only {
+            FlockOperation::NonBlockingLockExclusive
+        } else {
+            FlockOperation::LockExclusive
+        };
+        let _g = match FileLock::take(&self.inner.root.join("gc.lock"), op) {
+            Ok(g) => g,
+            Err(_) if try_only => return Ok(PruneReport::default()),
+            Err(e) => return Err(e),
+        };
+        let records = self.list()?;
+        let mut blobs: HashSet<String> = HashSet::new();
+        let mut layers: HashSet<String> = HashSet::new();
+        for r in &records {
+            blobs.insert(r.digest.hex().to_string());
+            blobs.insert(r.config.hex().to_string());
+            for l in &r.layers {
+                layers.insert(l.diff_id.hex().to_string());
+            }
+        }
+        let mut report = PruneReport::default();
+        for (p, name) in read_dir_names(&self.inner.root.join("blobs/sha256"))? {
+            if !blobs.contains(&name) {
+                report.bytes += fs::symlink_metadata(&p).map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(&p).map_err(io_at(&p))?;
+                report.blobs += 1;
+            }
+        }
+        for (p, name) in read_dir_names(&self.inner.root.join("layers"))? {
+            let stem = name.split('.').next().unwrap_or_default();
+            if layers.contains(stem) {
+                continue;
+            }
+            if p.is_dir() {
+                if let Ok(d) = format!("sha256:{stem}").parse::<Digest>() {
+                    report.bytes += self.layer_unpacked_bytes(&d);
+                }
+                fs::remove_dir_all(&p).map_err(io_at(&p))?;
+                report.layers += 1;
+            } else {
+                // Metadata and lock files of unreferenced layers; no pull holds a lock now.
+                fs::remove_file(&p).map_err(io_at(&p))?;
+            }
+        }
+        for (p, _) in read_dir_names(&self.inner.root.join("tmp"))? {
+            fs::remove_dir_all(&p)
+                .or_else(|_| fs::remove_file(&p))
+                .map_err(io_at(&p))?;
+            report.partials += 1;
+        }
+        if partials {
+            for (p, _) in read_dir_names(&self.inner.root.join("ingest"))? {
+                report.bytes += fs::symlink_metadata(&p).map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(&p).map_err(io_at(&p))?;
+                report.partials += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn read_dir_names(dir: &Path) -> Result<Vec<(PathBuf, String)>, ImageStoreError> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).map_err(io_at(dir))? {
+        let e = e.map_err(io_at(dir))?;
+        if let Some(n) = e.file_name().to_str() {
+            out.push((e.path(), n.to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes `bytes` to `path` atomically and durably (temporary file, fsync, rename, fsync dir).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageStoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_at(dir))?;
+    tmp.write_all(bytes).map_err(io_at(path))?;
+    tmp.as_file().sync_all().map_err(io_at(path))?;
+    tmp.persist(path).map_err(|e| io_at(path)(e.error))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(dir))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_normalize_like_docker() {
+        let n = |s: &str| ImageRef::parse(s).map(|r| r.name());
+        assert_eq!(
+            n("busybox").ok().as_deref(),
+            Some("docker.io/library/busybox:latest")
+        );
+        assert_eq!(
+            n("localhost:5000/team/app:1.2").ok().as_deref(),
+            Some("localhost:5000/team/app:1.2")
+        );
+        let d = format!("sha256:{}", "b".repeat(64));
+        assert_eq!(
+            n(&format!("example.org/app@{d}")).ok(),
+            Some(format!("example.org/app@{d}"))
+        );
+        assert!(n("UPPER/case").is_err());
+        assert!(n("").is_err());
+    }
+}

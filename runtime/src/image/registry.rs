@@ -1,0 +1,556 @@
+//! A client for the OCI distribution v2 API: manifests and blobs, anonymous, basic and
+//! bearer-token auth, resumable blob downloads.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::header::{
+    HeaderMap, ACCEPT, AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, RANGE, WWW_AUTHENTICATE,
+};
+use reqwest::{Method, StatusCode};
+use tokio::io::AsyncWriteExt;
+
+use super::digest::Digest;
+use super::manifest::{manifest_accept, MAX_MANIFEST_BYTES};
+
+/// Credentials for one registry. The password never appears in `Debug` output or logs.
+#[derive(Clone, Default)]
+pub enum Credentials {
+    /// No credentials: anonymous pulls (a bearer challenge still gets an anonymous token).
+    #[default]
+    Anonymous,
+    /// User name and password, sent as HTTP basic auth or to the token service.
+    Basic {
+        /// User name.
+        user: String,
+        /// Password or access token.
+        password: String,
+    },
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Anonymous => f.write_str("Anonymous"),
+            Self::Basic { user, .. } => write!(f, "Basic({user}:***)"),
+        }
+    }
+}
+
+/// How to reach a registry.
+#[derive(Debug, Clone, Default)]
+pub struct RegistryOptions {
+    /// Credentials to present when challenged.
+    pub credentials: Credentials,
+    /// Plain HTTP instead of HTTPS. Only for registries the operator marked insecure.
+    pub insecure: bool,
+}
+
+/// Why a registry request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// Transport failure (connection refused, reset, TLS).
+    #[error("{url}: {source}")]
+    Http {
+        /// The request URL.
+        url: String,
+        /// The client error.
+        source: reqwest::Error,
+    },
+    /// The registry answered with an unexpected status.
+    #[error("{url}: registry answered {status}{detail}")]
+    Status {
+        /// The request URL.
+        url: String,
+        /// The HTTP status.
+        status: StatusCode,
+        /// A short excerpt of the body, when it explains.
+        detail: String,
+    },
+    /// The registry wants credentials and none were given.
+    #[error("{url}: registry requires authentication (pass --user USER:PASSWORD)")]
+    NeedsCredentials {
+        /// The request URL.
+        url: String,
+    },
+    /// Credentials were given and refused.
+    #[error("{url}: registry refused the credentials")]
+    Unauthorized {
+        /// The request URL.
+        url: String,
+    },
+    /// The auth challenge could not be followed.
+    #[error("{url}: unusable auth challenge: {reason}")]
+    Challenge {
+        /// The request URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A document or blob was larger than allowed or than its descriptor says.
+    #[error("{url}: response larger than {limit} bytes refused")]
+    TooLarge {
+        /// The request URL.
+        url: String,
+        /// The limit.
+        limit: u64,
+    },
+    /// Writing the download to disk failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The partial file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl RegistryError {
+    /// Whether trying again (resuming) may help.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Http { .. } => true,
+            Self::Status { status, .. } => {
+                status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A fetched manifest or index.
+#[derive(Debug, Clone)]
+pub struct FetchedManifest {
+    /// The raw document: its sha256 is its digest.
+    pub body: Vec<u8>,
+    /// The `Content-Type` the registry gave.
+    pub content_type: Option<String>,
+}
+
+/// A client bound to one registry host and repository.
+#[derive(Debug, Clone)]
+pub struct RegistryClient {
+    http: reqwest::Client,
+    base: String,
+    repository: String,
+    opts: RegistryOptions,
+    /// The `Authorization` value that worked last, reused for later requests.
+    auth: Arc<Mutex<Option<String>>>,
+}
+
+/// The HTTP client the store uses: rustls with the ring provider and the system's trust roots.
+pub fn http_client() -> Result<reqwest::Client, String> {
+    use rustls_platform_verifier::BuilderVerifierExt;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_platform_verifier()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .connect_timeout(Duration::from_secs(15))
+        .read_timeout(Duration::from_secs(60))
+        .user_agent(concat!("flotilla-nodeagent/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+impl RegistryClient {
+    /// A client for `repository` on `registry` (host[:port]).
+    pub fn new(
+        http: reqwest::Client,
+        registry: &str,
+        repository: &str,
+        opts: RegistryOptions,
+    ) -> Self {
+        let host = match registry {
+            "docker.io" | "index.docker.io" => "registry-1.docker.io",
+            other => other,
+        };
+        let scheme = if opts.insecure { "http" } else { "https" };
+        Self {
+            http,
+            base: format!("{scheme}://{host}/v2/{repository}"),
+            repository: repository.to_string(),
+            opts,
+            auth: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Sends a request, answering one auth challenge if the registry raises it.
+    async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+    ) -> Result<reqwest::Response, RegistryError> {
+        let http_err = |source| RegistryError::Http {
+            url: url.to_string(),
+            source,
+        };
+        let cached = self.auth.lock().ok().and_then(|a| a.clone());
+        let mut req = self
+            .http
+            .request(method.clone(), url)
+            .headers(headers.clone());
+        if let Some(a) = &cached {
+            req = req.header(AUTHORIZATION, a);
+        }
+        let resp = req.send().await.map_err(http_err)?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let challenge = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let authorization = self.answer(url, &challenge).await?;
+        let resp = self
+            .http
+            .request(method, url)
+            .headers(headers)
+            .header(AUTHORIZATION, &authorization)
+            .send()
+            .await
+            .map_err(http_err)?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            return Err(match self.opts.credentials {
+                Credentials::Anonymous => RegistryError::NeedsCredentials {
+                    url: url.to_string(),
+                },
+                Credentials::Basic { .. } => RegistryError::Unauthorized {
+                    url: url.to_string(),
+                },
+            });
+        }
+        if let Ok(mut a) = self.auth.lock() {
+            *a = Some(authorization);
+        }
+        Ok(resp)
+    }
+
+    /// Turns a `WWW-Authenticate` challenge into an `Authorization` header value.
+    async fn answer(&self, url: &str, challenge: &str) -> Result<String, RegistryError> {
+        let bad = |reason: &str| RegistryError::Challenge {
+            url: url.to_string(),
+            reason: reason.to_string(),
+        };
+        let (scheme, params) = parse_challenge(challenge)
+            .ok_or_else(|| bad("missing or malformed WWW-Authenticate"))?;
+        match scheme.to_ascii_lowercase().as_str() {
+            "basic" => match &self.opts.credentials {
+                Credentials::Anonymous => Err(RegistryError::NeedsCredentials {
+                    url: url.to_string(),
+                }),
+                Credentials::Basic { user, password } => Ok(basic_header(user, password)),
+            },
+            "bearer" => {
+                let realm = params
+                    .get("realm")
+                    .ok_or_else(|| bad("bearer challenge without realm"))?;
+                let mut realm_url =
+                    reqwest::Url::parse(realm).map_err(|_| bad("realm is not a URL"))?;
+                if realm_url.scheme() != "https"
+                    && !(self.opts.insecure && realm_url.scheme() == "http")
+                {
+                    return Err(bad(
+                        "token realm is not https and the registry is not marked insecure",
+                    ));
+                }
+                let mut q: Vec<(&str, String)> = Vec::new();
+                if let Some(s) = params.get("service") {
+                    q.push(("service", s.clone()));
+                }
+                q.push((
+                    "scope",
+                    params
+                        .get("scope")
+                        .cloned()
+                        .unwrap_or_else(|| format!("repository:{}:pull", self.repository)),
+                ));
+                {
+                    let mut pairs = realm_url.query_pairs_mut();
+                    for (k, v) in &q {
+                        pairs.append_pair(k, v);
+                    }
+                }
+                let mut treq = self.http.get(realm_url);
+                if let Credentials::Basic { user, password } = &self.opts.credentials {
+                    treq = treq.basic_auth(user, Some(password));
+                }
+                let tresp = treq.send().await.map_err(|source| RegistryError::Http {
+                    url: realm.clone(),
+                    source,
+                })?;
+                match tresp.status() {
+                    s if s.is_success() => {}
+                    StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                        return Err(match self.opts.credentials {
+                            Credentials::Anonymous => RegistryError::NeedsCredentials {
+                                url: url.to_string(),
+                            },
+                            Credentials::Basic { .. } => RegistryError::Unauthorized {
+                                url: url.to_string(),
+                            },
+                        })
+                    }
+                    status => {
+                        return Err(RegistryError::Status {
+                            url: realm.clone(),
+                            status,
+                            detail: String::new(),
+                        })
+                    }
+                }
+                let body = read_limited(tresp, realm, 1 << 20).await?;
+                #[derive(serde::Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let t: Token = serde_json::from_slice(&body)
+                    .map_err(|_| bad("token service answered no JSON"))?;
+                let token = t
+                    .token
+                    .or(t.access_token)
+                    .ok_or_else(|| bad("token service answered no token"))?;
+                Ok(format!("Bearer {token}"))
+            }
+            _ => Err(bad("unknown auth scheme")),
+        }
+    }
+
+    async fn check(resp: reqwest::Response, url: &str) -> Result<reqwest::Response, RegistryError> {
+        if resp.status().is_success() {
+            return Ok(resp);
+        }
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let detail: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
+        Err(RegistryError::Status {
+            url: url.to_string(),
+            status,
+            detail: if detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {detail}")
+            },
+        })
+    }
+
+    /// Fetches a manifest or index by tag or digest.
+    pub async fn manifest(&self, reference: &str) -> Result<FetchedManifest, RegistryError> {
+        let url = format!("{}/manifests/{}", self.base, reference);
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = manifest_accept().parse() {
+            headers.insert(ACCEPT, v);
+        }
+        let resp = Self::check(self.send(Method::GET, &url, headers).await?, &url).await?;
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = read_limited(resp, &url, MAX_MANIFEST_BYTES).await?;
+        Ok(FetchedManifest { body, content_type })
+    }
+
+    /// Fetches a small blob (an image config) into memory.
+    pub async fn small_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, RegistryError> {
+        let url = format!("{}/blobs/{}", self.base, digest);
+        let resp = Self::check(self.send(Method::GET, &url, HeaderMap::new()).await?, &url).await?;
+        read_limited(resp, &url, limit).await
+    }
+
+    /// Downloads a blob into `partial`, continuing from the bytes already there (HTTP range).
+    /// `progress` is called with the bytes held so far. The caller verifies the digest.
+    pub async fn download_blob(
+        &self,
+        digest: &Digest,
+        size: u64,
+        partial: &Path,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(), RegistryError> {
+        let url = format!("{}/blobs/{}", self.base, digest);
+        let werr = |source| RegistryError::Write {
+            path: partial.display().to_string(),
+            source,
+        };
+        let have = tokio::fs::metadata(partial)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        if have == size {
+            return Ok(());
+        }
+        let mut headers = HeaderMap::new();
+        let resuming = have > 0 && have < size;
+        if resuming {
+            if let Ok(v) = format!("bytes={have}-").parse() {
+                headers.insert(RANGE, v);
+            }
+        }
+        let resp = self.send(Method::GET, &url, headers).await?;
+        let mut start = 0;
+        if resp.status() == StatusCode::PARTIAL_CONTENT && resuming {
+            let from = resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if from == Some(have) {
+                start = have;
+            } else {
+                return Err(RegistryError::Status {
+                    url,
+                    status: StatusCode::PARTIAL_CONTENT,
+                    detail: ": Content-Range does not continue the partial download".into(),
+                });
+            }
+        }
+        let mut resp = Self::check(resp, &url).await?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(start == 0)
+            .append(start > 0)
+            .open(partial)
+            .await
+            .map_err(werr)?;
+        let mut held = start;
+        progress(held);
+        while let Some(chunk) = resp.chunk().await.map_err(|source| RegistryError::Http {
+            url: url.clone(),
+            source,
+        })? {
+            held += chunk.len() as u64;
+            if held > size {
+                return Err(RegistryError::TooLarge { url, limit: size });
+            }
+            file.write_all(&chunk).await.map_err(werr)?;
+            progress(held);
+        }
+        file.flush().await.map_err(werr)?;
+        file.sync_data().await.map_err(werr)?;
+        Ok(())
+    }
+}
+
+async fn read_limited(
+    mut resp: reqwest::Response,
+    url: &str,
+    limit: u64,
+) -> Result<Vec<u8>, RegistryError> {
+    if resp.content_length().is_some_and(|n| n > limit) {
+        return Err(RegistryError::TooLarge {
+            url: url.to_string(),
+            limit,
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|source| RegistryError::Http {
+        url: url.to_string(),
+        source,
+    })? {
+        if out.len() as u64 + chunk.len() as u64 > limit {
+            return Err(RegistryError::TooLarge {
+                url: url.to_string(),
+                limit,
+            });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+fn basic_header(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// Parses `Scheme k="v", k2=v2` (RFC 7235 auth-params, quoted strings with escapes).
+pub fn parse_challenge(h: &str) -> Option<(String, HashMap<String, String>)> {
+    let h = h.trim();
+    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
+    if scheme.is_empty() {
+        return None;
+    }
+    let mut params = HashMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
+            chars.next();
+        }
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
+        if key.is_empty() {
+            break;
+        }
+        if chars.next() != Some('=') {
+            return None;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next()? {
+                    '\\' => value.push(chars.next()?),
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            value = std::iter::from_fn(|| chars.next_if(|c| *c != ','))
+                .collect::<String>()
+                .trim()
+                .to_string();
+        }
+        params.insert(key.trim().to_ascii_lowercase(), value);
+    }
+    Some((scheme.to_string(), params))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_challenge_with_quotes_and_commas() {
+        let (s, p) = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
+        )
+        .expect("parse");
+        assert_eq!(s, "Bearer");
+        assert_eq!(p["realm"], "https://auth.example/token");
+        assert_eq!(p["service"], "registry.example");
+        assert_eq!(p["scope"], "repository:a/b:pull,push");
+        let (s, p) = parse_challenge(r#"Basic realm="Registry Realm""#).expect("parse");
+        assert_eq!(
+            (s.as_str(), p["realm"].as_str()),
+            ("Basic", "Registry Realm")
+        );
+        assert!(parse_challenge(r#"Bearer realm="unterminated"#).is_none());
+        assert!(parse_challenge("").is_none());
+    }
+
+    #[test]
+    fn credentials_debug_hides_password() {
+        let c = Credentials::Basic {
+            user: "u".into(),
+            password: "hunter2".into(),
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,29 @@
+//! Fixtures and harnesses for Flotilla's system tests: OCI images built from Debian's
+//! `busybox-static`, malicious layers, a real `docker-registry` on a loopback port, a token
+//! service, and a TCP proxy that can cut connections.
+
+pub mod image;
+pub mod registry;
+
+use std::path::PathBuf;
+
+/// Path of a workspace binary built next to the running test (`cargo build --workspace` first).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// Fails the test unless running as root: these tests need real mounts, devices and cgroups.
+pub fn require_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "system tests run as root (they create device nodes, mounts and cgroups)"
+    );
+}

@@ -1,0 +1,903 @@
+//! The node's image store through the real `nodeagent ctr image` binary: pulls from a real
+//! `docker-registry` (anonymous, basic, token), imports (OCI archive, docker-save), hostile
+//! layers, corruption, resume, platforms, and the unpacked trees under a real overlayfs mount.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::Ordering;
+
+use anyhow::Result;
+use flotilla_tests::image::{self, busybox_image, tree_listing, Compression, ImageSpec, Layer};
+use flotilla_tests::registry::{Auth, Proxy, Registry, TokenServer};
+use flotilla_tests::{bin, require_root};
+
+/// One node's store, driven through `nodeagent ctr`.
+struct Node {
+    dir: tempfile::TempDir,
+}
+
+impl Node {
+    fn new() -> Self {
+        require_root();
+        Self {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    fn data(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_stdin(args, None)
+    }
+
+    fn ctr_stdin(&self, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(bin("nodeagent"));
+        cmd.arg("--data-dir").arg(self.data()).arg("ctr").args(args);
+        cmd.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn nodeagent");
+        if let Some(s) = stdin {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(s.as_bytes())
+                .expect("write stdin");
+        }
+        child.wait_with_output().expect("wait nodeagent")
+    }
+
+    /// Runs a ctr command that must succeed; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "nodeagent ctr {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a ctr command that must fail; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            !out.status.success(),
+            "nodeagent ctr {args:?} unexpectedly succeeded"
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn images(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["image", "ls", "-o", "json"])).expect("ls json")
+    }
+
+    /// Every unpacked layer of `name`, lowest first, as canonical listings.
+    fn trees(&self, name: &str) -> Vec<std::collections::BTreeMap<String, String>> {
+        let inspect: serde_json::Value =
+            serde_json::from_str(&self.ok(&["image", "inspect", name])).expect("inspect json");
+        inspect["layer_dirs"]
+            .as_array()
+            .expect("layer_dirs")
+            .iter()
+            .map(|d| tree_listing(Path::new(d.as_str().expect("dir"))).expect("listing"))
+            .collect()
+    }
+
+    fn layer_count(&self) -> usize {
+        std::fs::read_dir(self.data().join("images/layers"))
+            .expect("layers dir")
+            .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_dir()))
+            .count()
+    }
+
+    fn tmp_is_empty(&self) -> bool {
+        std::fs::read_dir(self.data().join("images/tmp"))
+            .expect("tmp dir")
+            .next()
+            .is_none()
+    }
+}
+
+fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        other => other,
+    }
+}
+
+/// A layout of the standard busybox image, pushed to a fresh anonymous registry.
+struct Published {
+    layout: tempfile::TempDir,
+    storage: tempfile::TempDir,
+    registry: Registry,
+    spec: ImageSpec,
+    built: image::BuiltImage,
+}
+
+fn publish(spec: ImageSpec) -> Result<Published> {
+    let layout = tempfile::tempdir()?;
+    let built = image::write_layout(layout.path(), "1.0", &spec)?;
+    let storage = tempfile::tempdir()?;
+    let registry = Registry::start(storage.path(), Auth::None)?;
+    registry.push(layout.path(), "1.0", "test/busybox")?;
+    Ok(Published {
+        layout,
+        storage,
+        registry,
+        spec,
+        built,
+    })
+}
+
+#[test]
+fn pull_and_both_imports_yield_the_same_unpacked_tree() -> Result<()> {
+    let p = publish(busybox_image(host_arch()))?;
+
+    let pulled = Node::new();
+    let out = pulled.ok(&[
+        "image",
+        "pull",
+        "--insecure",
+        &format!("{}/test/busybox:1.0", p.registry.addr),
+    ]);
+    assert!(out.contains("pulled"), "{out}");
+    let name = format!("{}/test/busybox:1.0", p.registry.addr);
+
+    let archive_dir = tempfile::tempdir()?;
+    let oci_archive = archive_dir.path().join("busybox-oci.tar");
+    image::tar_dir(p.layout.path(), &oci_archive)?;
+    let from_oci = Node::new();
+    from_oci.ok(&[
+        "image",
+        "import",
+        oci_archive.to_str().expect("utf8"),
+        "--name",
+        "local/busybox:1.0",
+    ]);
+
+    let docker_save = archive_dir.path().join("busybox-save.tar");
+    image::write_docker_save(&docker_save, "local/busybox:1.0", &p.spec, &p.built)?;
+    let from_save = Node::new();
+    from_save.ok(&["image", "import", docker_save.to_str().expect("utf8")]);
+
+    let reference = pulled.trees(&name);
+    assert_eq!(reference.len(), 3);
+    assert_eq!(
+        from_oci.trees("local/busybox:1.0"),
+        reference,
+        "oci-archive import differs from pull"
+    );
+    assert_eq!(
+        from_save.trees("local/busybox:1.0"),
+        reference,
+        "docker-save import differs from pull"
+    );
+
+    // The contents a container relies on.
+    let [base, upper, top] = [&reference[0], &reference[1], &reference[2]];
+    assert!(
+        base["bin/sh"].starts_with("symlink->busybox"),
+        "{}",
+        base["bin/sh"]
+    );
+    assert!(base["bin/busybox"].contains("nlink=2") && base["bin/busybox"].contains("mode=755"));
+    assert!(
+        base["data/owned"].contains("mode=4755 uid=1000 gid=1000"),
+        "{}",
+        base["data/owned"]
+    );
+    assert!(base["tmp"].contains("mode=1777"));
+    assert!(
+        upper["data/old"].starts_with("chardev 0:0"),
+        "whiteout: {}",
+        upper["data/old"]
+    );
+    assert!(
+        upper["data/dir"].contains("trusted.overlay.opaque=y"),
+        "opaque: {}",
+        upper["data/dir"]
+    );
+    assert!(!upper.contains_key("data/.wh.old") && !upper.contains_key("dev-null-from-image"));
+    assert!(
+        top["etc/motd"].contains("user.flotilla=yes"),
+        "{}",
+        top["etc/motd"]
+    );
+
+    // Listing and inspect show what an operator needs.
+    let ls = pulled.ok(&["image", "ls"]);
+    assert!(
+        ls.contains(&name) && ls.contains(&format!("linux/{}", host_arch())),
+        "{ls}"
+    );
+    let imgs = pulled.images();
+    assert_eq!(imgs[0]["digest"], p.built.manifest);
+    assert_eq!(imgs[0]["config"], p.built.config);
+    Ok(())
+}
+
+#[test]
+fn layers_are_shared_and_rm_and_prune_free_only_unreferenced_content() -> Result<()> {
+    let p = publish(busybox_image(host_arch()))?;
+    let node = Node::new();
+    let name = format!("{}/test/busybox:1.0", p.registry.addr);
+    node.ok(&["image", "pull", "--insecure", &name]);
+    assert_eq!(node.layer_count(), 3);
+    // Same image under a second name, and again through import: no new layer.
+    node.ok(&["image", "tag", &name, "local/alias:2"]);
+    let oci_archive = p.layout.path().with_extension("tar");
+    image::tar_dir(p.layout.path(), &oci_archive)?;
+    let out = node.ok(&[
+        "image",
+        "import",
+        oci_archive.to_str().expect("utf8"),
+        "--name",
+        "local/again:3",
+    ]);
+    let _ = std::fs::remove_file(&oci_archive);
+    assert!(
+        out.contains("exists") && !out.contains("unpacking"),
+        "import re-unpacked shared layers: {out}"
+    );
+    assert_eq!(node.layer_count(), 3);
+    assert_eq!(node.images().as_array().map(Vec::len), Some(3));
+
+    node.ok(&["image", "rm", &name, "local/alias:2"]);
+    assert_eq!(
+        node.layer_count(),
+        3,
+        "layers still used by local/again:3 were freed"
+    );
+    let out = node.ok(&["image", "rm", "local/again:3"]);
+    assert!(out.contains("freed 3 layers"), "{out}");
+    assert_eq!(node.layer_count(), 0);
+    let blobs = std::fs::read_dir(node.data().join("images/blobs/sha256"))?.count();
+    assert_eq!(blobs, 0, "manifest/config blobs left behind");
+    let err = node.fails(&["image", "inspect", "local/again:3"]);
+    assert!(err.contains("not found"), "{err}");
+    let pruned: serde_json::Value =
+        serde_json::from_str(&node.ok(&["image", "prune", "-o", "json"]))?;
+    assert_eq!(pruned["layers"], 0);
+    Ok(())
+}
+
+#[test]
+fn basic_auth_pulls_with_credentials_and_refuses_without() -> Result<()> {
+    let p = publish(busybox_image(host_arch()))?;
+    let secured = Registry::start(
+        p.storage.path(),
+        Auth::Basic {
+            user: "edge".into(),
+            password: "s3cret-pass".into(),
+        },
+    )?;
+    let name = format!("{}/test/busybox:1.0", secured.addr);
+    let node = Node::new();
+    let err = node.fails(&["image", "pull", "--insecure", &name]);
+    assert!(err.contains("requires authentication"), "{err}");
+    let err = node.fails(&["image", "pull", "--insecure", "--user", "edge:wrong", &name]);
+    assert!(err.contains("refused the credentials"), "{err}");
+    assert!(!err.contains("wrong"), "password echoed in error: {err}");
+    let out = node.ctr_stdin(
+        &[
+            "image",
+            "pull",
+            "--insecure",
+            "--user",
+            "edge",
+            "--password-stdin",
+            &name,
+        ],
+        Some("s3cret-pass\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(node.images()[0]["name"], name.as_str());
+    Ok(())
+}
+
+#[test]
+fn token_auth_pulls_through_the_bearer_challenge() -> Result<()> {
+    let p = publish(busybox_image(host_arch()))?;
+    let tokens = TokenServer::start("robot", "tok-pass")?;
+    let secured = Registry::start(
+        p.storage.path(),
+        Auth::Token {
+            realm: tokens.realm.clone(),
+            cert: tokens.cert.clone(),
+        },
+    )?;
+    let name = format!("{}/test/busybox:1.0", secured.addr);
+    let node = Node::new();
+    let err = node.fails(&["image", "pull", "--insecure", &name]);
+    assert!(err.contains("requires authentication"), "{err}");
+    node.ok(&[
+        "image",
+        "pull",
+        "--insecure",
+        "--user",
+        "robot:tok-pass",
+        &name,
+    ]);
+    assert!(tokens.issued.load(Ordering::SeqCst) >= 1);
+    assert_eq!(node.layer_count(), 3);
+    Ok(())
+}
+
+#[test]
+fn corrupt_blob_is_refused_and_nothing_is_stored() -> Result<()> {
+    let p = publish(busybox_image(host_arch()))?;
+    // Flip bytes of the middle (uncompressed) layer in the registry's storage.
+    let blob = p.registry.blob_file(&p.built.layers[1]);
+    let mut data = std::fs::read(&blob)?;
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(&blob, data)?;
+    let node = Node::new();
+    let err = node.fails(&[
+        "image",
+        "pull",
+        "--insecure",
+        &format!("{}/test/busybox:1.0", p.registry.addr),
+    ]);
+    assert!(
+        err.contains("corrupt") && err.contains(&p.built.layers[1]),
+        "{err}"
+    );
+    assert_eq!(node.images().as_array().map(Vec::len), Some(0));
+    assert_eq!(node.layer_count(), 0, "layers of a failed pull left behind");
+    assert!(node.tmp_is_empty());
+
+    // The same corruption in an OCI layout import.
+    let layout_blob = p
+        .layout
+        .path()
+        .join("blobs/sha256")
+        .join(&p.built.layers[1][7..]);
+    let mut data = std::fs::read(&layout_blob)?;
+    data[10] ^= 0xff;
+    std::fs::write(&layout_blob, data)?;
+    let err = node.fails(&[
+        "image",
+        "import",
+        p.layout.path().to_str().expect("utf8"),
+        "--name",
+        "x/y:z",
+    ]);
+    assert!(err.contains("corrupt"), "{err}");
+    assert_eq!(node.layer_count(), 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_pull_resumes_with_a_range_request() -> Result<()> {
+    // One big layer so the cut lands inside its body.
+    let mut big = Layer::new();
+    let noise: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    big.file("noise", &noise, 0o644);
+    let spec = ImageSpec {
+        layers: vec![(big.finish(), Compression::None)],
+        arch: host_arch().into(),
+        cmd: vec![],
+    };
+    let p = publish(spec)?;
+    let proxy = Proxy::start(&p.registry.addr).await?;
+    let name = format!("{}/test/busybox:1.0", proxy.addr);
+    let node = Node::new();
+
+    // Every connection is cut after 1 MiB: the pull retries a few times, fails, and keeps what
+    // it got.
+    proxy.cut_after.store(1 << 20, Ordering::SeqCst);
+    let out = tokio::task::spawn_blocking({
+        let (d, n) = (node.data().to_path_buf(), name.clone());
+        move || {
+            Command::new(bin("nodeagent"))
+                .arg("--data-dir")
+                .arg(d)
+                .args(["ctr", "image", "pull", "--insecure", &n])
+                .output()
+        }
+    })
+    .await??;
+    assert!(!out.status.success());
+    let partial: PathBuf = node
+        .data()
+        .join("images/ingest")
+        .join(format!("{}.partial", &p.built.layers[0][7..]));
+    let held = std::fs::metadata(&partial)?.len();
+    assert!(held > 0, "nothing kept from the interrupted download");
+
+    // The link is back: the next pull asks only for the rest.
+    proxy.cut_after.store(0, Ordering::SeqCst);
+    let before = proxy.log.lock().expect("log").bytes_down;
+    let out = tokio::task::spawn_blocking({
+        let (d, n) = (node.data().to_path_buf(), name.clone());
+        move || {
+            Command::new(bin("nodeagent"))
+                .arg("--data-dir")
+                .arg(d)
+                .args(["ctr", "image", "pull", "--insecure", &n])
+                .output()
+        }
+    })
+    .await??;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = proxy.log.lock().expect("log").clone();
+    let blob_path = format!("/blobs/{}", p.built.layers[0]);
+    let ranged: Vec<&String> = log
+        .requests
+        .iter()
+        .filter(|r| r.contains(&blob_path) && r.contains("range=bytes="))
+        .collect();
+    assert!(!ranged.is_empty(), "no range request: {:?}", log.requests);
+    let last = ranged.last().expect("ranged");
+    let from: u64 = last
+        .rsplit("bytes=")
+        .next()
+        .and_then(|s| s.trim_end_matches('-').parse().ok())
+        .expect("range start");
+    assert!(from >= held, "resumed from {from}, had {held}");
+    let second_pull_bytes = log.bytes_down - before;
+    assert!(
+        second_pull_bytes < noise.len() as u64,
+        "second pull transferred {second_pull_bytes} bytes: it started over"
+    );
+    assert!(!partial.exists(), "partial download not cleaned up");
+    let tree = node.trees(&name);
+    assert_eq!(
+        tree[0]["noise"].split_whitespace().nth(1),
+        Some(image::digest(&noise).as_str())
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_of_one_image_fetch_each_layer_once() -> Result<()> {
+    let p = publish(busybox_image(host_arch()))?;
+    let proxy = Proxy::start(&p.registry.addr).await?;
+    let name = format!("{}/test/busybox:1.0", proxy.addr);
+    let node = Node::new();
+    let spawn = || {
+        Command::new(bin("nodeagent"))
+            .arg("--data-dir")
+            .arg(node.data())
+            .args(["ctr", "image", "pull", "--insecure", &name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+    };
+    let (a, b) = (spawn()?, spawn()?);
+    for c in [a, b] {
+        let out = c.wait_with_output()?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let log = proxy.log.lock().expect("log").clone();
+    for layer in &p.built.layers {
+        let gets = log
+            .requests
+            .iter()
+            .filter(|r| r.contains(&format!("/blobs/{layer}")))
+            .count();
+        assert_eq!(
+            gets, 1,
+            "layer {layer} fetched {gets} times: {:?}",
+            log.requests
+        );
+    }
+    assert_eq!(node.layer_count(), 3);
+    Ok(())
+}
+
+#[test]
+fn index_pull_picks_the_node_platform_and_names_what_it_has() -> Result<()> {
+    let layout = tempfile::tempdir()?;
+    let imgs = image::write_multiarch_layout(
+        layout.path(),
+        "multi",
+        &[busybox_image("amd64"), busybox_image("arm64")],
+    )?;
+    let storage = tempfile::tempdir()?;
+    let registry = Registry::start(storage.path(), Auth::None)?;
+    registry.push(layout.path(), "multi", "test/multi")?;
+    let name = format!("{}/test/multi:multi", registry.addr);
+
+    let node = Node::new();
+    node.ok(&["image", "pull", "--insecure", &name]);
+    let want = imgs
+        .iter()
+        .find(|i| i.arch == host_arch())
+        .expect("host arch in fixture");
+    assert_eq!(node.images()[0]["digest"], want.manifest);
+    let arch_file = &node.trees(&name)[0]["arch"];
+    assert!(
+        arch_file.contains(&image::digest(host_arch().as_bytes())),
+        "{arch_file}"
+    );
+
+    let other = Node::new();
+    other.ok(&[
+        "image",
+        "pull",
+        "--insecure",
+        "--platform",
+        "linux/arm64",
+        &name,
+    ]);
+    assert_eq!(other.images()[0]["platform"]["architecture"], "arm64");
+
+    let err = Node::new().fails(&[
+        "image",
+        "pull",
+        "--insecure",
+        "--platform",
+        "linux/riscv64",
+        &name,
+    ]);
+    assert!(
+        err.contains("linux/riscv64")
+            && err.contains("linux/amd64")
+            && err.contains("linux/arm64/v8"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// A directory outside the store that hostile layers aim at; must stay untouched.
+struct Victim {
+    dir: tempfile::TempDir,
+}
+
+impl Victim {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("victim dir");
+        std::fs::write(dir.path().join("secret"), b"do not touch").expect("secret");
+        Self { dir }
+    }
+
+    fn path(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    fn assert_untouched(&self, case: &str) {
+        let names: Vec<String> = std::fs::read_dir(self.dir.path())
+            .expect("victim")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            vec!["secret".to_string()],
+            "{case}: something was written outside the layer"
+        );
+        let secret = std::fs::read(self.dir.path().join("secret")).expect("secret");
+        assert_eq!(secret, b"do not touch", "{case}: secret changed");
+        let meta = std::fs::metadata(self.dir.path().join("secret")).expect("secret");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::nlink(&meta),
+            1,
+            "{case}: secret was hardlinked"
+        );
+    }
+}
+
+#[test]
+fn hostile_layers_are_refused_and_write_nothing_outside() -> Result<()> {
+    let victim = Victim::new();
+    let v = victim.path();
+    let up = "../".repeat(20);
+    let rel_victim = format!("{up}{}", v.trim_start_matches('/'));
+    type Build = Box<dyn Fn(&mut Layer)>;
+    let cases: Vec<(&str, Build, &str)> = vec![
+        (
+            "dotdot file",
+            Box::new({
+                let p = format!("{rel_victim}/pwned");
+                move |l: &mut Layer| {
+                    l.file(&p, b"x", 0o644);
+                }
+            }),
+            "'..'",
+        ),
+        (
+            "absolute file",
+            Box::new({
+                let p = format!("{v}/pwned");
+                move |l: &mut Layer| {
+                    l.file(&p, b"x", 0o644);
+                }
+            }),
+            "absolute",
+        ),
+        (
+            "symlink then write",
+            Box::new({
+                let v = v.clone();
+                move |l: &mut Layer| {
+                    l.symlink("evil", &v).file("evil/pwned", b"x", 0o644);
+                }
+            }),
+            "symlink",
+        ),
+        (
+            "relative symlink then write",
+            Box::new({
+                let r = rel_victim.clone();
+                move |l: &mut Layer| {
+                    l.symlink("evil", &r).file("evil/pwned", b"x", 0o644);
+                }
+            }),
+            "symlink",
+        ),
+        (
+            "symlinked parent directory",
+            Box::new({
+                let v = v.clone();
+                move |l: &mut Layer| {
+                    l.dir("a", 0o755)
+                        .symlink("a/b", &v)
+                        .dir("a/b/c", 0o755)
+                        .file("a/b/c/pwned", b"x", 0o644);
+                }
+            }),
+            "symlink",
+        ),
+        (
+            "symlink then directory",
+            Box::new({
+                let v = v.clone();
+                move |l: &mut Layer| {
+                    l.symlink("evil", &v).dir("evil/newdir", 0o755);
+                }
+            }),
+            "symlink",
+        ),
+        (
+            "hardlink absolute",
+            Box::new({
+                let p = format!("{v}/secret");
+                move |l: &mut Layer| {
+                    l.hardlink("hl", &p).file("hl", b"overwritten", 0o644);
+                }
+            }),
+            "hardlink",
+        ),
+        (
+            "hardlink dotdot",
+            Box::new({
+                let p = format!("{rel_victim}/secret");
+                move |l: &mut Layer| {
+                    l.hardlink("hl", &p);
+                }
+            }),
+            "hardlink",
+        ),
+        (
+            "hardlink through symlink",
+            Box::new({
+                let v = v.clone();
+                move |l: &mut Layer| {
+                    l.symlink("s", &v).hardlink("hl", "s/secret");
+                }
+            }),
+            "hardlink",
+        ),
+        (
+            "whiteout escape",
+            Box::new({
+                let p = format!("{rel_victim}/.wh.secret");
+                move |l: &mut Layer| {
+                    l.file(&p, b"", 0o644);
+                }
+            }),
+            "'..'",
+        ),
+        (
+            "opaque through symlink",
+            Box::new({
+                let v = v.clone();
+                move |l: &mut Layer| {
+                    l.symlink("evil", &v).file("evil/.wh..wh..opq", b"", 0o644);
+                }
+            }),
+            "symlink",
+        ),
+    ];
+    for (case, build, expect) in cases {
+        let mut layer = Layer::new();
+        layer.dir("ok", 0o755).file("ok/file", b"fine", 0o644);
+        build(&mut layer);
+        let spec = ImageSpec {
+            layers: vec![(layer.finish(), Compression::Gzip)],
+            arch: host_arch().into(),
+            cmd: vec![],
+        };
+        let layout = tempfile::tempdir()?;
+        let built = image::write_layout(layout.path(), "evil", &spec)?;
+        let node = Node::new();
+        let err = node.fails(&[
+            "image",
+            "import",
+            layout.path().to_str().expect("utf8"),
+            "--name",
+            "evil/image:1",
+        ]);
+        assert!(
+            err.contains(expect),
+            "{case}: error does not say why: {err}"
+        );
+        assert!(
+            err.contains(&built.layers[0]) && err.contains("evil/image:1"),
+            "{case}: error lacks image/layer: {err}"
+        );
+        assert!(
+            err.contains("entry '"),
+            "{case}: error lacks the entry: {err}"
+        );
+        victim.assert_untouched(case);
+        assert_eq!(
+            node.images().as_array().map(Vec::len),
+            Some(0),
+            "{case}: image recorded"
+        );
+        assert_eq!(node.layer_count(), 0, "{case}: layer stored");
+        assert!(node.tmp_is_empty(), "{case}: temporary unpack left behind");
+    }
+    Ok(())
+}
+
+#[test]
+fn replacing_a_symlink_with_a_file_writes_inside_the_layer() -> Result<()> {
+    let victim = Victim::new();
+    let mut layer = Layer::new();
+    layer
+        .symlink("link", &format!("{}/secret", victim.path()))
+        .file("link", b"inside", 0o644)
+        .char_device("dev/sda", 8, 0);
+    let spec = ImageSpec {
+        layers: vec![(layer.finish(), Compression::None)],
+        arch: host_arch().into(),
+        cmd: vec![],
+    };
+    let layout = tempfile::tempdir()?;
+    image::write_layout(layout.path(), "x", &spec)?;
+    let node = Node::new();
+    node.ok(&[
+        "image",
+        "import",
+        layout.path().to_str().expect("utf8"),
+        "--name",
+        "ok/image:1",
+    ]);
+    victim.assert_untouched("symlink replaced by file");
+    let tree = &node.trees("ok/image:1")[0];
+    assert!(
+        tree["link"].starts_with(&format!("file {}", image::digest(b"inside"))),
+        "{}",
+        tree["link"]
+    );
+    assert!(
+        !tree.contains_key("dev/sda"),
+        "device node from the image was created"
+    );
+    Ok(())
+}
+
+#[test]
+fn archive_without_a_name_asks_for_one_and_bad_input_is_named() -> Result<()> {
+    let layout = tempfile::tempdir()?;
+    image::write_layout(layout.path(), "latest", &busybox_image(host_arch()))?;
+    let node = Node::new();
+    let err = node.fails(&["image", "import", layout.path().to_str().expect("utf8")]);
+    assert!(err.contains("--name"), "{err}");
+    let err = node.fails(&["image", "import", "/nonexistent/archive.tar"]);
+    assert!(err.contains("/nonexistent/archive.tar"), "{err}");
+    let junk = layout.path().join("junk.tar");
+    std::fs::write(&junk, b"this is not a tar archive at all")?;
+    let err = node.fails(&["image", "import", junk.to_str().expect("utf8")]);
+    assert!(err.contains("junk.tar"), "{err}");
+    let err = node.fails(&["image", "pull", "Not A Reference"]);
+    assert!(err.contains("invalid image reference"), "{err}");
+    assert!(node.tmp_is_empty());
+    Ok(())
+}
+
+/// Unmounts on drop, also when the test fails.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = rustix::mount::unmount(&self.0, rustix::mount::UnmountFlags::DETACH);
+    }
+}
+
+#[test]
+fn unpacked_layers_stack_correctly_under_overlayfs() -> Result<()> {
+    let layout = tempfile::tempdir()?;
+    image::write_layout(layout.path(), "latest", &busybox_image(host_arch()))?;
+    let node = Node::new();
+    node.ok(&[
+        "image",
+        "import",
+        layout.path().to_str().expect("utf8"),
+        "--name",
+        "ovl/busybox:1",
+    ]);
+    let inspect: serde_json::Value =
+        serde_json::from_str(&node.ok(&["image", "inspect", "ovl/busybox:1"]))?;
+    let mut lower: Vec<String> = inspect["layer_dirs"]
+        .as_array()
+        .expect("dirs")
+        .iter()
+        .map(|d| d.as_str().expect("str").to_string())
+        .collect();
+    lower.reverse();
+    let work = tempfile::tempdir()?;
+    let (upper, wd, merged) = (
+        work.path().join("upper"),
+        work.path().join("work"),
+        work.path().join("merged"),
+    );
+    for d in [&upper, &wd, &merged] {
+        std::fs::create_dir(d)?;
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        wd.display()
+    );
+    let opts = std::ffi::CString::new(opts)?;
+    rustix::mount::mount(
+        "overlay",
+        &merged,
+        "overlay",
+        rustix::mount::MountFlags::empty(),
+        Some(opts.as_c_str()),
+    )?;
+    let _guard = Mount(merged.clone());
+    assert!(
+        !merged.join("data/old").exists(),
+        "whiteout did not hide data/old"
+    );
+    assert!(merged.join("data/keep").exists());
+    let mut dir: Vec<String> = std::fs::read_dir(merged.join("data/dir"))?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::result::Result<_, _>>()?;
+    dir.sort();
+    assert_eq!(
+        dir,
+        vec!["new".to_string()],
+        "opaque directory still shows lower entries"
+    );
+    assert_eq!(
+        std::fs::read_to_string(merged.join("etc/motd"))?,
+        "hello from flotilla\n"
+    );
+    assert_eq!(
+        std::fs::read_link(merged.join("bin/sh"))?,
+        PathBuf::from("busybox")
+    );
+    Ok(())
+}

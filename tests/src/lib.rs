@@ -9,9 +9,13 @@ use std::path::PathBuf;
 
 /// Path of a workspace binary built next to the running test (`cargo build --workspace` first).
 pub fn bin(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps, tool binaries in target/<profile>.
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join(name);
+    let dir = exe.parent().expect("executable dir");
+    let p = [dir.join(name), dir.join("..").join(name)]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| dir.join(name));
     assert!(
         p.exists(),
         "{} is missing: build the workspace binaries first (cargo build --workspace)",

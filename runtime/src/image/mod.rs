@@ -1022,7 +1022,8 @@ mod tests {
             n(&format!("example.org/app@{d}")).ok(),
             Some(format!("example.org/app@{d}"))
         );
-        assert!(n("UPPER/case").is_err());
+        assert!(n("docker.io/library/UPPER").is_err());
+        assert!(n("a b").is_err());
         assert!(n("").is_err());
     }
 }

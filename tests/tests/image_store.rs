@@ -602,132 +602,106 @@ impl Victim {
     }
 }
 
+/// One entry of a hostile layer.
+enum Op {
+    File(String),
+    Dir(String),
+    Symlink(String, String),
+    Hardlink(String, String),
+}
+
 #[test]
 fn hostile_layers_are_refused_and_write_nothing_outside() -> Result<()> {
     let victim = Victim::new();
     let v = victim.path();
     let up = "../".repeat(20);
     let rel_victim = format!("{up}{}", v.trim_start_matches('/'));
-    type Build = Box<dyn Fn(&mut Layer)>;
-    let cases: Vec<(&str, Build, &str)> = vec![
+    use Op::*;
+    let cases: Vec<(&str, Vec<Op>, &str)> = vec![
         (
             "dotdot file",
-            Box::new({
-                let p = format!("{rel_victim}/pwned");
-                move |l: &mut Layer| {
-                    l.file(&p, b"x", 0o644);
-                }
-            }),
+            vec![File(format!("{rel_victim}/pwned"))],
             "'..'",
         ),
         (
             "absolute file",
-            Box::new({
-                let p = format!("{v}/pwned");
-                move |l: &mut Layer| {
-                    l.file(&p, b"x", 0o644);
-                }
-            }),
+            vec![File(format!("{v}/pwned"))],
             "absolute",
         ),
         (
             "symlink then write",
-            Box::new({
-                let v = v.clone();
-                move |l: &mut Layer| {
-                    l.symlink("evil", &v).file("evil/pwned", b"x", 0o644);
-                }
-            }),
+            vec![Symlink("evil".into(), v.clone()), File("evil/pwned".into())],
             "symlink",
         ),
         (
             "relative symlink then write",
-            Box::new({
-                let r = rel_victim.clone();
-                move |l: &mut Layer| {
-                    l.symlink("evil", &r).file("evil/pwned", b"x", 0o644);
-                }
-            }),
+            vec![
+                Symlink("evil".into(), rel_victim.clone()),
+                File("evil/pwned".into()),
+            ],
             "symlink",
         ),
         (
             "symlinked parent directory",
-            Box::new({
-                let v = v.clone();
-                move |l: &mut Layer| {
-                    l.dir("a", 0o755)
-                        .symlink("a/b", &v)
-                        .dir("a/b/c", 0o755)
-                        .file("a/b/c/pwned", b"x", 0o644);
-                }
-            }),
+            vec![
+                Dir("a".into()),
+                Symlink("a/b".into(), v.clone()),
+                Dir("a/b/c".into()),
+                File("a/b/c/pwned".into()),
+            ],
             "symlink",
         ),
         (
             "symlink then directory",
-            Box::new({
-                let v = v.clone();
-                move |l: &mut Layer| {
-                    l.symlink("evil", &v).dir("evil/newdir", 0o755);
-                }
-            }),
+            vec![Symlink("evil".into(), v.clone()), Dir("evil/newdir".into())],
             "symlink",
         ),
         (
             "hardlink absolute",
-            Box::new({
-                let p = format!("{v}/secret");
-                move |l: &mut Layer| {
-                    l.hardlink("hl", &p).file("hl", b"overwritten", 0o644);
-                }
-            }),
+            vec![
+                Hardlink("hl".into(), format!("{v}/secret")),
+                File("hl".into()),
+            ],
             "hardlink",
         ),
         (
             "hardlink dotdot",
-            Box::new({
-                let p = format!("{rel_victim}/secret");
-                move |l: &mut Layer| {
-                    l.hardlink("hl", &p);
-                }
-            }),
+            vec![Hardlink("hl".into(), format!("{rel_victim}/secret"))],
             "hardlink",
         ),
         (
             "hardlink through symlink",
-            Box::new({
-                let v = v.clone();
-                move |l: &mut Layer| {
-                    l.symlink("s", &v).hardlink("hl", "s/secret");
-                }
-            }),
+            vec![
+                Symlink("s".into(), v.clone()),
+                Hardlink("hl".into(), "s/secret".into()),
+            ],
             "hardlink",
         ),
         (
             "whiteout escape",
-            Box::new({
-                let p = format!("{rel_victim}/.wh.secret");
-                move |l: &mut Layer| {
-                    l.file(&p, b"", 0o644);
-                }
-            }),
+            vec![File(format!("{rel_victim}/.wh.secret"))],
             "'..'",
         ),
         (
             "opaque through symlink",
-            Box::new({
-                let v = v.clone();
-                move |l: &mut Layer| {
-                    l.symlink("evil", &v).file("evil/.wh..wh..opq", b"", 0o644);
-                }
-            }),
+            vec![
+                Symlink("evil".into(), v.clone()),
+                File("evil/.wh..wh..opq".into()),
+            ],
             "symlink",
         ),
     ];
-    for (case, build, expect) in cases {
+    for (case, ops, expect) in cases {
         let mut layer = Layer::new();
         layer.dir("ok", 0o755).file("ok/file", b"fine", 0o644);
-        build(&mut layer);
+        for op in ops {
+            match op {
+                File(p) => layer.file(&p, b"x", 0o644),
+                Dir(p) => layer.dir(&p, 0o755),
+                Symlink(p, t) => layer.symlink(&p, &t),
+                Hardlink(p, t) => layer.hardlink(&p, &t),
+            };
+        }
         let spec = ImageSpec {
             layers: vec![(layer.finish(), Compression::Gzip)],
             arch: host_arch().into(),

@@ -419,14 +419,7 @@ impl Unpacker {
                 // The target is stored, never followed by the unpacker.
                 rfs::symlinkat(OsStr::from_bytes(&target), &dir, name_os)
                     .map_err(io_err(&entry, "create symlink"))?;
-                rfs::chownat(
-                    &dir,
-                    name_os,
-                    Some(rfs::Uid::from_raw(uid as u32)),
-                    Some(rfs::Gid::from_raw(gid as u32)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(io_err(&entry, "set symlink owner"))?;
+                chown_at(&dir, name_os, uid, gid).map_err(io_err(&entry, "set symlink owner"))?;
                 let ts = timestamps(mtime);
                 rfs::utimensat(&dir, name_os, &ts, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(io_err(&entry, "set symlink times"))?;
@@ -484,14 +477,7 @@ impl Unpacker {
                 self.clear(&dir, name_os, false, &entry)?;
                 rfs::mknodat(&dir, name_os, FileType::Fifo, Mode::from_raw_mode(mode), 0)
                     .map_err(io_err(&entry, "create fifo"))?;
-                rfs::chownat(
-                    &dir,
-                    name_os,
-                    Some(rfs::Uid::from_raw(uid as u32)),
-                    Some(rfs::Gid::from_raw(gid as u32)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(io_err(&entry, "set fifo owner"))?;
+                chown_at(&dir, name_os, uid, gid).map_err(io_err(&entry, "set fifo owner"))?;
             }
             // Device nodes are the runtime's to provide, never the image's.
             _ => {
@@ -525,6 +511,17 @@ fn set_owner_mode(fd: impl AsFd, uid: u64, gid: u64, mode: u32) -> Result<(), Er
         Some(rfs::Gid::from_raw(gid as u32)),
     )?;
     rfs::fchmod(&fd, Mode::from_raw_mode(mode))
+}
+
+/// Sets the owner of `name` in `dir` without following it if it is a symlink.
+fn chown_at(dir: &OwnedFd, name: &OsStr, uid: u64, gid: u64) -> Result<(), Errno> {
+    rfs::chownat(
+        dir,
+        name,
+        Some(rfs::Uid::from_raw(uid as u32)),
+        Some(rfs::Gid::from_raw(gid as u32)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )
 }
 
 fn timestamps(mtime: u64) -> rfs::Timestamps {

@@ -31,3 +31,12 @@ pub fn require_root() {
         "system tests run as root (they create device nodes, mounts and cgroups)"
     );
 }
+
+/// This machine's architecture in OCI (Go) naming, as images and indexes spell it.
+pub fn host_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}

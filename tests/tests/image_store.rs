@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 use flotilla_tests::image::{self, busybox_image, tree_listing, Compression, ImageSpec, Layer};
 use flotilla_tests::registry::{Auth, Proxy, Registry, TokenServer};
-use flotilla_tests::{bin, require_root};
+use flotilla_tests::{bin, host_arch, require_root};
 
 /// One node's store, driven through `nodeagent ctr`.
 struct Node {
@@ -103,15 +103,6 @@ impl Node {
             .expect("tmp dir")
             .next()
             .is_none()
-    }
-}
-
-fn host_arch() -> &'static str {
-    match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "arm" => "arm",
-        other => other,
     }
 }
 

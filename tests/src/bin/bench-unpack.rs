@@ -3,7 +3,6 @@
 //! in the same run. Prints medians and the ratio. Run as root with release binaries:
 //! `cargo build --release --workspace && target/release/bench-unpack`.
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -55,7 +54,7 @@ fn image() -> ImageSpec {
     }
     ImageSpec {
         layers,
-        arch: "amd64".into(),
+        arch: flotilla_tests::host_arch().into(),
         cmd: vec![],
     }
 }
@@ -115,7 +114,8 @@ fn main() -> Result<()> {
             .arg(&bundle);
         umoci.push(time(c)?);
         std::fs::remove_dir_all(&bundle)?;
-        sync(work.path());
+        // Start each run with no dirty pages from the last one.
+        let _ = Command::new("sync").status();
     }
     let (o, u) = (median(ours), median(umoci));
     let mbps = |d: Duration| tar_bytes as f64 / 1e6 / d.as_secs_f64();
@@ -134,8 +134,4 @@ fn main() -> Result<()> {
         o.as_secs_f64() / u.as_secs_f64()
     );
     Ok(())
-}
-
-fn sync(_p: &Path) {
-    let _ = Command::new("sync").status();
 }

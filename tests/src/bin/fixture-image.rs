@@ -9,11 +9,7 @@ fn main() -> Result<()> {
         bail!("usage: fixture-image OUT_DIR [TAG]");
     };
     let tag = args.next().unwrap_or_else(|| "latest".into());
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        other => other,
-    };
+    let arch = flotilla_tests::host_arch();
     let out = std::path::Path::new(&out);
     std::fs::create_dir_all(out)?;
     let img = flotilla_tests::image::write_layout(

@@ -1,6 +1,7 @@
 #!/bin/sh
 # The first set-up command: builds Flotilla, writes a busybox OCI image from Debian's
-# busybox-static, imports it into a node's image store and lists it. Run as root.
+# busybox-static, imports it into a node's image store, lists it and runs a container from it.
+# Run as root.
 set -eu
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -11,4 +12,8 @@ target/release/fixture-image "$DATA/busybox-layout" demo
 target/release/nodeagent --data-dir "$DATA/node" ctr image import "$DATA/busybox-layout" --name demo/busybox:latest
 target/release/nodeagent --data-dir "$DATA/node" ctr image ls
 echo
-echo "next: target/release/nodeagent --data-dir $DATA/node ctr image inspect demo/busybox:latest"
+target/release/nodeagent --data-dir "$DATA/node" ctr run --rm demo/busybox:latest \
+  sh -c 'echo "hello from a flotilla container: $(hostname), $(id -u), $(ls /)"'
+echo
+echo "next: target/release/nodeagent --data-dir $DATA/node ctr run -d --name web --memory 32M demo/busybox:latest httpd -f -p 8080"
+echo "      target/release/nodeagent --data-dir $DATA/node ctr ps"

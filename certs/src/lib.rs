@@ -1,6 +1,8 @@
 //! Cluster identity. Only this crate handles private keys. For now: creating the cluster CA and
 //! storing it (certificate world-readable, key 0600); node enrollment and mTLS build on it.
 
+#![forbid(unsafe_code)]
+
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;

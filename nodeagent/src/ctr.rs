@@ -1,4 +1,5 @@
-//! `nodeagent ctr`: images in the node's store, in the spirit of containerd's `ctr`.
+//! `nodeagent ctr`: images, containers and volumes on this node, in the spirit of containerd's
+//! `ctr`.
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
@@ -7,7 +8,10 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
+
+use crate::ctr_container::{container, volume, ContainerCommand, VolumeCommand};
 use clap::{Args, Subcommand, ValueEnum};
+use flotilla_runtime::container::{ContainerStore, StoreOptions};
 use flotilla_runtime::image::{
     Credentials, ImageRecord, ImageStore, Phase, Platform, ProgressEvent, ProgressFn, PullOptions,
     RegistryOptions,
@@ -34,6 +38,11 @@ enum CtrCommand {
     /// Images in the node's store.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Named local volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    #[command(flatten)]
+    Container(ContainerCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,14 +101,24 @@ enum ImageCommand {
     Prune,
 }
 
-pub async fn run(data_dir: &Path, args: CtrArgs) -> Result<ExitCode> {
-    let store = ImageStore::open(data_dir)
-        .with_context(|| format!("opening the image store in {}", data_dir.display()))?;
+pub async fn run(data_dir: &Path, node: StoreOptions, args: CtrArgs) -> Result<ExitCode> {
     let json = args.output == Output::Json;
-    match args.command {
-        CtrCommand::Image(cmd) => image(&store, cmd, json).await?,
+    if let CtrCommand::Image(cmd) = args.command {
+        let store = ImageStore::open(data_dir)
+            .with_context(|| format!("opening the image store in {}", data_dir.display()))?;
+        image(&store, cmd, json).await?;
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::SUCCESS)
+    let store = ContainerStore::open(data_dir, node)
+        .with_context(|| format!("opening the container store in {}", data_dir.display()))?;
+    match args.command {
+        CtrCommand::Image(_) => Ok(ExitCode::SUCCESS),
+        CtrCommand::Volume(cmd) => {
+            volume(&store, cmd, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        CtrCommand::Container(cmd) => container(&store, cmd, json).await,
+    }
 }
 
 async fn image(store: &ImageStore, cmd: ImageCommand, json: bool) -> Result<()> {
@@ -287,10 +306,10 @@ fn print_records(recs: &[ImageRecord], json: bool, verb: &str) {
 }
 
 fn print_table(recs: &[ImageRecord]) {
-    let rows: Vec<[String; 5]> = recs
+    let rows: Vec<Vec<String>> = recs
         .iter()
         .map(|r| {
-            [
+            vec![
                 r.name.clone(),
                 r.digest.short().to_string(),
                 r.platform.to_string(),
@@ -299,28 +318,32 @@ fn print_table(recs: &[ImageRecord]) {
             ]
         })
         .collect();
-    let header = ["NAME", "DIGEST", "PLATFORM", "SIZE", "UNPACKED"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
+    table(&["NAME", "DIGEST", "PLATFORM", "SIZE", "UNPACKED"], &rows);
+}
+
+/// Prints rows under a header, columns padded to their widest cell.
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
         for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.len());
+            *w = (*w).max(c.chars().count());
         }
     }
-    let line = |cells: [&str; 5]| {
+    let line = |cells: Vec<&str>| {
         let s: Vec<String> = cells
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(c, w)| format!("{c:w$}"))
             .collect();
         println!("{}", s.join("  ").trim_end());
     };
-    line(header);
-    for row in &rows {
-        line([&row[0], &row[1], &row[2], &row[3], &row[4]]);
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
     }
 }
 
-fn human(bytes: u64) -> String {
+pub(crate) fn human(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = bytes as f64;
     let mut i = 0;

@@ -1,12 +1,17 @@
 //! `nodeagent`: the Flotilla node agent. For now it offers `nodeagent ctr`, the low-level tool an
-//! operator on site uses against the node's own store, with no control plane involved.
+//! operator on site uses against the node's own store, with no control plane involved, and the
+//! hidden `nodeagent shim` that supervises one container.
+
+#![forbid(unsafe_code)]
 
 mod ctr;
+mod ctr_container;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use flotilla_runtime::container::{ShimCommand, StoreOptions};
 
 /// Default data directory of the agent.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/flotilla/nodeagent";
@@ -17,25 +22,57 @@ struct Cli {
     /// The agent's data directory (image store, state).
     #[arg(long, global = true, env = "NODEAGENT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     data_dir: PathBuf,
+    /// cgroup parent of the containers (default: flotilla/<hostname>).
+    #[arg(long, global = true, env = "NODEAGENT_CGROUP_PARENT")]
+    cgroup_parent: Option<String>,
+    /// Host directory bind mounts may come from (repeatable; none by default).
+    #[arg(
+        long = "bind-root",
+        global = true,
+        env = "NODEAGENT_BIND_ROOTS",
+        value_delimiter = ':'
+    )]
+    bind_roots: Vec<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Low-level tools for this node (images now; containers next).
+    /// Low-level tools for this node: images, containers, volumes.
     Ctr(ctr::CtrArgs),
+    /// Supervise one container (started by the agent, not by hand).
+    #[command(hide = true)]
+    Shim {
+        /// Container id.
+        #[arg(long)]
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NODEAGENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("NODEAGENT_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,libcgroups=error,libcontainer=error")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Command::Shim { id } = &cli.command {
+        // No async runtime here: the shim forks containers and must stay single-threaded
+        // until they exist.
+        let code = flotilla_runtime::container::shim::main(&cli.data_dir, id);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
+    let node = match node_options(&cli) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -48,7 +85,8 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Ctr(args) => ctr::run(&cli.data_dir, args).await,
+            Command::Ctr(args) => ctr::run(&cli.data_dir, node, args).await,
+            Command::Shim { .. } => Ok(ExitCode::FAILURE),
         }
     });
     match result {
@@ -58,4 +96,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Node-level container settings from the flags and environment.
+fn node_options(cli: &Cli) -> anyhow::Result<StoreOptions> {
+    let program = std::env::current_exe()
+        .map_err(|e| anyhow::anyhow!("locating the nodeagent binary for the shim: {e}"))?;
+    Ok(StoreOptions {
+        cgroup_parent: cli
+            .cgroup_parent
+            .clone()
+            .unwrap_or_else(StoreOptions::default_cgroup_parent),
+        bind_roots: ctr_container::bind_roots(&cli.bind_roots),
+        shim: ShimCommand {
+            program,
+            args: vec!["shim".into()],
+        },
+    })
 }

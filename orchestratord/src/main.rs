@@ -1,6 +1,8 @@
 //! `orchestratord`: the Flotilla control plane. For now it creates the cluster identity
 //! (`init`); serving agents and operators builds on it.
 
+#![forbid(unsafe_code)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 

@@ -455,3 +455,38 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Result<(
     }
     Ok(())
 }
+
+/// A layer holding `binary` at `/probe` plus the shared libraries `ldd` says it needs, at the
+/// paths the dynamic linker looks for them.
+pub fn host_binary_layer(binary: &Path) -> Result<Vec<u8>> {
+    let out = std::process::Command::new("ldd").arg(binary).output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut layer = Layer::new();
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut files = Vec::new();
+    for line in text.lines() {
+        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+        let path = match line.split_once("=>") {
+            Some((_, right)) => right.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        let Some(path) = path.filter(|p| p.starts_with('/')) else {
+            continue;
+        };
+        let rel = path.trim_start_matches('/').to_string();
+        let mut parent = Path::new(&rel).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            dirs.insert(p.to_string_lossy().into_owned());
+            parent = p.parent();
+        }
+        files.push((rel, fs::read(path).with_context(|| path.to_string())?));
+    }
+    for d in &dirs {
+        layer.dir(d, 0o755);
+    }
+    for (rel, bytes) in &files {
+        layer.file(rel, bytes, 0o755);
+    }
+    layer.file("probe", &fs::read(binary)?, 0o755);
+    Ok(layer.finish())
+}

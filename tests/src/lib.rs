@@ -2,7 +2,10 @@
 //! `busybox-static`, malicious layers, a real `docker-registry` on a loopback port, a token
 //! service, and a TCP proxy that can cut connections.
 
+#![forbid(unsafe_code)]
+
 pub mod image;
+pub mod node;
 pub mod registry;
 
 use std::path::PathBuf;

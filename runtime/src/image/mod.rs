@@ -104,6 +104,14 @@ pub struct ImageDetails {
     pub layer_dirs: Vec<PathBuf>,
 }
 
+/// Content a holder keeps alive (see [`ImageStore::lease`]).
+#[derive(Debug, Serialize, Deserialize)]
+struct Lease {
+    manifest: Digest,
+    config: Digest,
+    layers: Vec<Digest>,
+}
+
 /// What garbage collection freed.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct PruneReport {
@@ -284,6 +292,34 @@ impl ImageRef {
         })
     }
 
+    /// The canonical name of a plain `[host/]path[:tag]` reference without running the full
+    /// grammar (whose regex takes tens of milliseconds to build); `None` when unsure. Only
+    /// used to find images already stored, whose names the full parser produced.
+    fn quick_name(reference: &str) -> Option<String> {
+        if reference.is_empty()
+            || reference.contains('@')
+            || !reference
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"/:._-".contains(&b))
+        {
+            return None;
+        }
+        let (first, rest) = match reference.split_once('/') {
+            Some((f, r)) if f.contains('.') || f.contains(':') || f == "localhost" => {
+                (f, r.to_string())
+            }
+            Some(_) => ("docker.io", reference.to_string()),
+            None => ("docker.io", format!("library/{reference}")),
+        };
+        let last = rest.rsplit('/').next().unwrap_or_default();
+        let tagged = if last.contains(':') {
+            rest
+        } else {
+            format!("{rest}:latest")
+        };
+        Some(format!("{first}/{tagged}"))
+    }
+
     /// The canonical name the store files the image under.
     pub fn name(&self) -> String {
         let mut s = format!("{}/{}", self.registry, self.repository);
@@ -344,7 +380,7 @@ impl ImageStore {
     /// Opens (creating if needed) the store under `data_dir/images`.
     pub fn open(data_dir: &Path) -> Result<Self, ImageStoreError> {
         let root = data_dir.join("images");
-        for sub in ["blobs/sha256", "layers", "ingest", "tmp"] {
+        for sub in ["blobs/sha256", "layers", "ingest", "tmp", "leases"] {
             let p = root.join(sub);
             fs::create_dir_all(&p).map_err(io_at(&p))?;
         }
@@ -861,6 +897,11 @@ impl ImageStore {
                 return Ok(r.clone());
             }
         }
+        if let Some(quick) = ImageRef::quick_name(reference) {
+            if let Some(r) = records.iter().find(|r| r.name == quick) {
+                return Ok(r.clone());
+            }
+        }
         let name = ImageRef::parse(reference)?.name();
         records
             .into_iter()
@@ -908,6 +949,58 @@ impl ImageStore {
         self.collect(false, false)
     }
 
+    /// Keeps an image's content (manifest, config, layers) from garbage collection while
+    /// `holder` (e.g. a container id) uses it, even if the image's name is removed or moves.
+    pub fn lease(&self, holder: &str, record: &ImageRecord) -> Result<(), ImageStoreError> {
+        if holder.is_empty()
+            || !holder
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(ImageStoreError::Invalid {
+                image: record.name.clone(),
+                reason: format!("invalid lease holder '{holder}'"),
+            });
+        }
+        // Shared gc.lock: a collection cannot run between reading the record and the lease
+        // landing on disk.
+        let _g = FileLock::take(&self.inner.root.join("gc.lock"), FlockOperation::LockShared)?;
+        let lease = Lease {
+            manifest: record.digest.clone(),
+            config: record.config.clone(),
+            layers: record.layers.iter().map(|l| l.diff_id.clone()).collect(),
+        };
+        let path = self.inner.root.join("leases").join(holder);
+        let bytes = serde_json::to_vec(&lease).map_err(|e| ImageStoreError::Io {
+            path: path.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidData, e),
+        })?;
+        write_atomic(&path, &bytes)
+    }
+
+    /// Ends a lease taken with [`ImageStore::lease`]; content becomes collectable again.
+    pub fn release(&self, holder: &str) -> Result<(), ImageStoreError> {
+        let path = self.inner.root.join("leases").join(holder);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_at(&path)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn leases(&self) -> Result<Vec<Lease>, ImageStoreError> {
+        let mut out = Vec::new();
+        for (p, _) in read_dir_names(&self.inner.root.join("leases"))? {
+            let bytes = fs::read(&p).map_err(io_at(&p))?;
+            // A lease we cannot read keeps nothing alive but must not stop the collection
+            // from protecting the others; it is reported once here.
+            match serde_json::from_slice::<Lease>(&bytes) {
+                Ok(l) => out.push(l),
+                Err(e) => tracing::warn!(path = %p.display(), "unreadable image lease: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
     /// Garbage collection: removes blobs and layers no image references, partial downloads,
     /// and leftover temporary directories.
     pub fn prune(&self) -> Result<PruneReport, ImageStoreError> {
@@ -930,6 +1023,11 @@ impl ImageStore {
         let records = self.list()?;
         let mut blobs: HashSet<String> = HashSet::new();
         let mut layers: HashSet<String> = HashSet::new();
+        for l in self.leases()? {
+            blobs.insert(l.manifest.hex().to_string());
+            blobs.insert(l.config.hex().to_string());
+            layers.extend(l.layers.iter().map(|d| d.hex().to_string()));
+        }
         for r in &records {
             blobs.insert(r.digest.hex().to_string());
             blobs.insert(r.config.hex().to_string());
@@ -1025,5 +1123,25 @@ mod tests {
         assert!(n("docker.io/library/UPPER").is_err());
         assert!(n("a b").is_err());
         assert!(n("").is_err());
+    }
+
+    #[test]
+    fn quick_names_agree_with_the_full_parser() {
+        for r in [
+            "busybox",
+            "busybox:1.36",
+            "demo/busybox",
+            "library/busybox:latest",
+            "localhost/app",
+            "localhost:5000/team/app:1.2",
+            "registry.example.org/a/b/c",
+            "127.0.0.1:5000/x:y",
+            "docker.io/library/busybox",
+        ] {
+            let full = ImageRef::parse(r).map(|x| x.name()).expect("valid");
+            assert_eq!(ImageRef::quick_name(r), Some(full), "{r}");
+        }
+        assert_eq!(ImageRef::quick_name("a@sha256:00"), None);
+        assert_eq!(ImageRef::quick_name("UPPER/x"), None);
     }
 }

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
-    let Some(out) = args.next() else {
+    let Some(out) = args.next().filter(|a| !a.starts_with('-')) else {
         bail!("usage: fixture-image OUT_DIR [TAG]");
     };
     let tag = args.next().unwrap_or_else(|| "latest".into());

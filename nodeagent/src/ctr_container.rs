@@ -1,0 +1,642 @@
+//! `nodeagent ctr run|ps|inspect|stop|kill|rm|logs|stats|volume`: containers on this node.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand, ValueEnum};
+use flotilla_runtime::container::config::parse_size;
+use flotilla_runtime::container::logs::{self, LogEntry, LogLimits, Stream};
+use flotilla_runtime::container::{
+    ContainerConfig, ContainerInfo, ContainerStore, MountRequest, NetworkMode, Resources, Status,
+};
+use rustix::process::Signal;
+
+use crate::ctr::{human, table};
+
+/// `ctr run` options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Remove the container when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// Start it in the background and print its id.
+    #[arg(short = 'd', long)]
+    detach: bool,
+    /// Name for the container.
+    #[arg(long)]
+    name: Option<String>,
+    /// Hard CPU limit in cores, e.g. 0.5 (cgroup quota).
+    #[arg(long, value_name = "CORES")]
+    cpu: Option<f64>,
+    /// Relative CPU weight in CPU units, 1024 per core (cgroup shares).
+    #[arg(long, value_name = "UNITS")]
+    cpu_units: Option<u64>,
+    /// Memory limit, e.g. 64M; past it the kernel OOM-kills the container.
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    memory: Option<u64>,
+    /// Memory reservation (soft limit), e.g. 32M.
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    memory_reservation: Option<u64>,
+    /// Maximum processes and threads.
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+    /// Environment variable KEY=VALUE (KEY alone takes this shell's value).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Volume NAME:/path or bind /host/path:/path, optionally :ro.
+    #[arg(short = 'v', long = "volume", value_name = "SOURCE:TARGET[:ro]")]
+    volumes: Vec<String>,
+    /// tmpfs at /path, optionally :size=64m.
+    #[arg(long, value_name = "PATH[:size=SIZE]")]
+    tmpfs: Vec<String>,
+    /// Mount the root filesystem read-only.
+    #[arg(long)]
+    read_only: bool,
+    /// Network: none (own namespace, loopback only) or host.
+    #[arg(long, value_enum, default_value_t = Net::None)]
+    net: Net,
+    /// Run as user[:group], by name or number.
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Working directory in the container.
+    #[arg(short = 'w', long)]
+    workdir: Option<String>,
+    /// Replace the image's entrypoint.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Hostname (default: the short id).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Add a capability (e.g. NET_ADMIN, or ALL).
+    #[arg(long)]
+    cap_add: Vec<String>,
+    /// Drop a capability (e.g. NET_RAW, or ALL).
+    #[arg(long)]
+    cap_drop: Vec<String>,
+    /// All capabilities, no seccomp, no masked paths, every device. Only for trusted images.
+    #[arg(long)]
+    privileged: bool,
+    /// Log file size before rotation.
+    #[arg(long, value_name = "SIZE", value_parser = size, default_value = "10M")]
+    log_max_size: u64,
+    /// Log files kept.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    log_max_files: u32,
+    /// Image name or digest.
+    image: String,
+    /// Command and arguments (default: the image's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Net {
+    None,
+    Host,
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    parse_size(s)
+}
+
+/// Container and volume commands.
+#[derive(Debug, Subcommand)]
+pub enum ContainerCommand {
+    /// Create and start a container; attached, its exit code becomes this command's.
+    Run(Box<RunArgs>),
+    /// List containers (running ones; -a for all).
+    Ps {
+        /// Include created and exited containers.
+        #[arg(short, long)]
+        all: bool,
+    },
+    /// Show a container: settings, state, pid, exit.
+    Inspect {
+        /// Name or id.
+        container: String,
+    },
+    /// Stop containers: SIGTERM, then SIGKILL after the timeout.
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short = 't', long, default_value_t = 10)]
+        time: u64,
+        /// Names or ids.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Send a signal to containers.
+    Kill {
+        /// Signal name or number.
+        #[arg(short = 's', long, default_value = "KILL")]
+        signal: String,
+        /// Names or ids.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Kill running ones first.
+        #[arg(short, long)]
+        force: bool,
+        /// Names or ids.
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Print a container's output.
+    Logs {
+        /// Keep printing new output until the container exits.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+        /// Prefix each line with its time.
+        #[arg(short, long)]
+        timestamps: bool,
+        /// Name or id.
+        container: String,
+    },
+    /// CPU, memory and pids of running containers.
+    Stats {
+        /// Names or ids (default: every running container).
+        containers: Vec<String>,
+    },
+}
+
+/// `ctr volume`.
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create a named volume.
+    Create {
+        /// Volume name.
+        name: String,
+    },
+    /// List volumes.
+    #[command(alias = "list")]
+    Ls,
+    /// Show a volume and who uses it.
+    Inspect {
+        /// Volume name.
+        name: String,
+    },
+    /// Remove volumes (refused while a container uses them).
+    #[command(alias = "remove")]
+    Rm {
+        /// Volume names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+pub async fn container(
+    store: &ContainerStore,
+    cmd: ContainerCommand,
+    json: bool,
+) -> Result<ExitCode> {
+    match cmd {
+        ContainerCommand::Run(args) => return run(store, *args).await,
+        ContainerCommand::Ps { all } => {
+            let list: Vec<ContainerInfo> = store
+                .list()?
+                .into_iter()
+                .filter(|c| all || c.status == Status::Running)
+                .collect();
+            if json {
+                let mut out = Vec::new();
+                for c in &list {
+                    let mut v = serde_json::to_value(c)?;
+                    v["pid"] = serde_json::json!(c.pid());
+                    out.push(v);
+                }
+                println!("{}", serde_json::to_string_pretty(&out)?);
+            } else {
+                let rows: Vec<Vec<String>> = list.iter().map(ps_row).collect();
+                table(
+                    &[
+                        "CONTAINER ID",
+                        "NAME",
+                        "IMAGE",
+                        "COMMAND",
+                        "STATUS",
+                        "PID",
+                        "CREATED",
+                    ],
+                    &rows,
+                );
+            }
+        }
+        ContainerCommand::Inspect { container } => {
+            let info = store.get(&container)?;
+            let mut v = serde_json::to_value(&info)?;
+            v["pid"] = serde_json::json!(info.pid());
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        ContainerCommand::Stop { time, containers } => {
+            for c in containers {
+                let s = store.clone();
+                let key = c.clone();
+                let exit =
+                    tokio::task::spawn_blocking(move || s.stop(&key, Duration::from_secs(time)))
+                        .await??;
+                match exit {
+                    Some(e) => println!(
+                        "{c}: exited {}{}",
+                        e.exit_code,
+                        if e.oom_killed { " (OOM killed)" } else { "" }
+                    ),
+                    None => println!("{c}: stopped (exit code unknown)"),
+                }
+            }
+        }
+        ContainerCommand::Kill { signal, containers } => {
+            let sig = parse_signal(&signal)?;
+            for c in containers {
+                store.kill(&c, sig)?;
+                println!("{c}");
+            }
+        }
+        ContainerCommand::Rm { force, containers } => {
+            for c in containers {
+                let s = store.clone();
+                let key = c.clone();
+                tokio::task::spawn_blocking(move || s.remove(&key, force)).await??;
+                println!("{c}");
+            }
+        }
+        ContainerCommand::Logs {
+            follow,
+            tail,
+            timestamps,
+            container,
+        } => {
+            let info = store.get(&container)?;
+            let dir = store.paths(&info.record.id).logs();
+            let (entries, mut follower) = logs::read(&dir, tail)?;
+            print_entries(&entries, timestamps, json)?;
+            if follow {
+                loop {
+                    let running = store.get(&info.record.id)?.status != Status::Exited;
+                    let new = follower.poll()?;
+                    print_entries(&new, timestamps, json)?;
+                    if !running {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        ContainerCommand::Stats { containers } => stats(store, containers, json).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn volume(store: &ContainerStore, cmd: VolumeCommand, json: bool) -> Result<()> {
+    let volumes = store.volumes();
+    match cmd {
+        VolumeCommand::Create { name } => {
+            let v = volumes.create(&name)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{}", v.name);
+            }
+        }
+        VolumeCommand::Ls => {
+            let list = volumes.list()?;
+            let used = store.volumes_in_use()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|v| {
+                        vec![
+                            v.name.clone(),
+                            if used.contains(&v.name) { "yes" } else { "no" }.to_string(),
+                            v.mountpoint.display().to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["NAME", "IN USE", "MOUNTPOINT"], &rows);
+            }
+        }
+        VolumeCommand::Inspect { name } => {
+            let v = volumes.get(&name)?;
+            let mut out = serde_json::to_value(&v)?;
+            out["used_by"] = serde_json::json!(store.volume_users(&name)?);
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        VolumeCommand::Rm { names } => {
+            for n in names {
+                store.remove_volume(&n)?;
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn run_config(args: &RunArgs) -> Result<ContainerConfig> {
+    let mut mounts = Vec::new();
+    for v in &args.volumes {
+        mounts.push(MountRequest::parse_volume(v).map_err(anyhow::Error::msg)?);
+    }
+    for t in &args.tmpfs {
+        mounts.push(MountRequest::parse_tmpfs(t).map_err(anyhow::Error::msg)?);
+    }
+    let env = args
+        .env
+        .iter()
+        .filter_map(|e| {
+            if e.contains('=') {
+                Some(e.clone())
+            } else {
+                std::env::var(e).ok().map(|v| format!("{e}={v}"))
+            }
+        })
+        .collect();
+    let cpu_limit_millis = match args.cpu {
+        None => None,
+        Some(c) if c.is_finite() && c > 0.0 && c <= 4096.0 => {
+            Some((c * 1000.0).round().max(1.0) as u64)
+        }
+        Some(c) => bail!("--cpu {c}: give cores above 0, e.g. 0.5"),
+    };
+    Ok(ContainerConfig {
+        name: args.name.clone(),
+        image: args.image.clone(),
+        entrypoint: args.entrypoint.as_ref().map(|e| vec![e.clone()]),
+        command: (!args.command.is_empty()).then(|| args.command.clone()),
+        env,
+        workdir: args.workdir.clone(),
+        user: args.user.clone(),
+        hostname: args.hostname.clone(),
+        resources: Resources {
+            cpu_units: args.cpu_units,
+            cpu_limit_millis,
+            memory: args.memory,
+            memory_reservation: args.memory_reservation,
+            pids: args.pids,
+        },
+        read_only: args.read_only,
+        network: match args.net {
+            Net::None => NetworkMode::None,
+            Net::Host => NetworkMode::Host,
+        },
+        cap_add: args.cap_add.clone(),
+        cap_drop: args.cap_drop.clone(),
+        privileged: args.privileged,
+        mounts,
+        log: LogLimits {
+            max_size: args.log_max_size,
+            max_files: args.log_max_files,
+        },
+    })
+}
+
+/// Exit code when the container could not be started at all (as Docker's 125).
+const START_FAILED: u8 = 125;
+
+async fn run(store: &ContainerStore, args: RunArgs) -> Result<ExitCode> {
+    if args.rm && args.detach {
+        bail!("--rm and -d together: a detached container is removed with `ctr rm`");
+    }
+    let config = run_config(&args)?;
+    let s = store.clone();
+    let started = tokio::task::spawn_blocking(move || -> Result<_> {
+        let record = s.create(config)?;
+        let id = record.id.clone();
+        Ok((record, s.start(&id)))
+    })
+    .await??;
+    let (record, started) = started;
+    let started = match started {
+        Ok(st) => st,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(START_FAILED));
+        }
+    };
+    let id = record.id.clone();
+    if args.detach {
+        started.detach();
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let log_dir = store.paths(&id).logs();
+    let (entries, mut follower) = logs::read(&log_dir, None)?;
+    print_entries(&entries, false, false)?;
+    let mut waiter = tokio::task::spawn_blocking(move || started.wait());
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut interrupts = 0;
+    let code = loop {
+        tokio::select! {
+            r = &mut waiter => break r.ok().flatten(),
+            _ = tick.tick() => print_entries(&follower.poll()?, false, false)?,
+            _ = tokio::signal::ctrl_c() => {
+                interrupts += 1;
+                let s = store.clone();
+                let key = id.clone();
+                if interrupts == 1 {
+                    eprintln!("stopping {} (Ctrl-C again to kill)", record.display_name());
+                    tokio::task::spawn_blocking(move || s.stop(&key, Duration::from_secs(10)));
+                } else {
+                    let _ = s.kill(&key, Signal::KILL);
+                }
+            }
+        }
+    };
+    print_entries(&follower.poll()?, false, false)?;
+    let info = store.get(&id)?;
+    let code = info.exit.as_ref().map(|e| e.exit_code).or(code);
+    if let Some(e) = &info.exit {
+        if e.oom_killed {
+            eprintln!(
+                "{}: OOM killed (memory limit reached)",
+                record.display_name()
+            );
+        }
+    }
+    if args.rm {
+        let s = store.clone();
+        tokio::task::spawn_blocking(move || s.remove(&id, true)).await??;
+    }
+    Ok(match code {
+        Some(c) => ExitCode::from((c & 0xff) as u8),
+        None => {
+            eprintln!(
+                "{}: exit code unknown (its shim ended without recording it)",
+                record.display_name()
+            );
+            ExitCode::from(255)
+        }
+    })
+}
+
+fn print_entries(entries: &[LogEntry], timestamps: bool, json: bool) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    for e in entries {
+        if json {
+            writeln!(out, "{}", serde_json::to_string(e)?)?;
+            continue;
+        }
+        let w: &mut dyn Write = match e.stream {
+            Stream::Stdout => &mut out,
+            Stream::Stderr => &mut err,
+        };
+        if timestamps {
+            write!(w, "{} ", e.time)?;
+        }
+        w.write_all(&e.content)?;
+        if !e.partial {
+            w.write_all(b"\n")?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+fn ps_row(c: &ContainerInfo) -> Vec<String> {
+    let r = &c.record;
+    let mut cmd = c
+        .record
+        .config
+        .entrypoint
+        .clone()
+        .unwrap_or_else(|| r.image_process.entrypoint.clone());
+    cmd.extend(r.config.command.clone().unwrap_or_else(|| {
+        if r.config.entrypoint.is_some() {
+            Vec::new()
+        } else {
+            r.image_process.cmd.clone()
+        }
+    }));
+    let mut cmd = cmd.join(" ");
+    if cmd.chars().count() > 30 {
+        cmd = cmd.chars().take(29).collect::<String>() + "…";
+    }
+    let status = match (c.status, &c.exit) {
+        (Status::Created, _) => "created".to_string(),
+        (Status::Running, _) => "running".to_string(),
+        (Status::Exited, Some(e)) if e.oom_killed => {
+            format!("exited ({}, OOM killed)", e.exit_code)
+        }
+        (Status::Exited, Some(e)) => format!("exited ({})", e.exit_code),
+        (Status::Exited, None) => "exited (unknown)".to_string(),
+    };
+    vec![
+        r.id.chars().take(12).collect(),
+        r.config.name.clone().unwrap_or_default(),
+        r.image.name.clone(),
+        cmd,
+        status,
+        c.pid().map(|p| p.to_string()).unwrap_or_default(),
+        ago(r.created_at),
+    ]
+}
+
+fn ago(secs: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let d = now.saturating_sub(secs);
+    match d {
+        0..=59 => format!("{d}s ago"),
+        60..=3599 => format!("{}m ago", d / 60),
+        3600..=86399 => format!("{}h ago", d / 3600),
+        _ => format!("{}d ago", d / 86400),
+    }
+}
+
+async fn stats(store: &ContainerStore, keys: Vec<String>, json: bool) -> Result<()> {
+    let targets: Vec<ContainerInfo> = if keys.is_empty() {
+        store
+            .list()?
+            .into_iter()
+            .filter(|c| c.status == Status::Running)
+            .collect()
+    } else {
+        keys.iter()
+            .map(|k| store.get(k))
+            .collect::<Result<_, _>>()?
+    };
+    // CPU % needs two samples.
+    let window = Duration::from_millis(500);
+    let first: Vec<_> = targets.iter().map(|c| store.stats(&c.record.id)).collect();
+    tokio::time::sleep(window).await;
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    for (c, a) in targets.iter().zip(first) {
+        let a = a.with_context(|| format!("container {}", c.record.display_name()))?;
+        let b = store.stats(&c.record.id)?;
+        let cpu = (b.cpu_ns.saturating_sub(a.cpu_ns)) as f64 / window.as_nanos() as f64 * 100.0;
+        rows.push(vec![
+            c.record.id.chars().take(12).collect(),
+            c.record.config.name.clone().unwrap_or_default(),
+            format!("{cpu:.1}%"),
+            format!(
+                "{} / {}",
+                human(b.memory_bytes),
+                b.memory_limit
+                    .map(human)
+                    .unwrap_or_else(|| "no limit".into())
+            ),
+            match b.pids_limit {
+                Some(l) => format!("{} / {l}", b.pids),
+                None => b.pids.to_string(),
+            },
+            b.oom_kills.to_string(),
+        ]);
+        out.push(serde_json::json!({
+            "id": c.record.id,
+            "name": c.record.config.name,
+            "cpu_percent": cpu,
+            "usage": b,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        table(
+            &["CONTAINER ID", "NAME", "CPU", "MEMORY", "PIDS", "OOM KILLS"],
+            &rows,
+        );
+    }
+    Ok(())
+}
+
+fn parse_signal(s: &str) -> Result<Signal> {
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::from_named_raw(n).with_context(|| format!("unknown signal number {n}"));
+    }
+    let name = s.to_ascii_uppercase();
+    let name = name.strip_prefix("SIG").unwrap_or(&name);
+    Ok(match name {
+        "HUP" => Signal::HUP,
+        "INT" => Signal::INT,
+        "QUIT" => Signal::QUIT,
+        "KILL" => Signal::KILL,
+        "USR1" => Signal::USR1,
+        "USR2" => Signal::USR2,
+        "TERM" => Signal::TERM,
+        "ALRM" => Signal::ALARM,
+        "CONT" => Signal::CONT,
+        "STOP" => Signal::STOP,
+        "WINCH" => Signal::WINCH,
+        _ => bail!("unknown signal '{s}' (e.g. TERM, KILL, HUP, USR1, or a number)"),
+    })
+}
+
+/// Paths a bind mount may come from, from `--bind-root` / `NODEAGENT_BIND_ROOTS`.
+pub fn bind_roots(roots: &[PathBuf]) -> Vec<PathBuf> {
+    roots
+        .iter()
+        .filter(|p| !p.as_os_str().is_empty())
+        .cloned()
+        .collect()
+}

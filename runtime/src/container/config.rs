@@ -1,0 +1,425 @@
+//! What a caller asks for when creating a container, and its validation.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::logs::LogLimits;
+
+/// Settings of a container; anything left `None` comes from the image or a default.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContainerConfig {
+    /// Unique name (optional; the id always works).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Image reference in the node's store.
+    pub image: String,
+    /// Replaces the image's entrypoint (and then its cmd as well, as Docker does).
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// Replaces the image's cmd.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// `KEY=VALUE` entries, overriding the image's.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Working directory (absolute), overriding the image's.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// `user[:group]` by name or number, overriding the image's.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Hostname (default: the short id).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// cgroup limits.
+    #[serde(default)]
+    pub resources: Resources,
+    /// Mount the root filesystem read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Network namespace.
+    #[serde(default)]
+    pub network: NetworkMode,
+    /// Capabilities added to the default set (`ALL` for every one).
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// Capabilities removed from the default set (`ALL` for every one).
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// All capabilities, no seccomp, no masked paths, every device: only when asked.
+    #[serde(default)]
+    pub privileged: bool,
+    /// Volumes, bind mounts and tmpfs.
+    #[serde(default)]
+    pub mounts: Vec<MountRequest>,
+    /// Log size bounds.
+    #[serde(default)]
+    pub log: LogLimits,
+}
+
+/// cgroup limits of a container.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// Relative CPU weight in CPU units (1024 = one core's worth), as cgroup v1 shares.
+    #[serde(default)]
+    pub cpu_units: Option<u64>,
+    /// Hard CPU limit in thousandths of a core (500 = half a core).
+    #[serde(default)]
+    pub cpu_limit_millis: Option<u64>,
+    /// Hard memory limit, bytes.
+    #[serde(default)]
+    pub memory: Option<u64>,
+    /// Memory reservation (soft limit), bytes.
+    #[serde(default)]
+    pub memory_reservation: Option<u64>,
+    /// Maximum processes and threads.
+    #[serde(default)]
+    pub pids: Option<u64>,
+}
+
+/// The network a container sees.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Its own namespace with only `lo` (up).
+    #[default]
+    None,
+    /// The node's namespace.
+    Host,
+}
+
+/// A mount asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum MountRequest {
+    /// A named local volume.
+    Volume {
+        /// Volume name.
+        name: String,
+        /// Path in the container.
+        target: String,
+        /// Read-only.
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// A host path below an allowed root.
+    Bind {
+        /// Host path.
+        source: PathBuf,
+        /// Path in the container.
+        target: String,
+        /// Read-only.
+        #[serde(default)]
+        read_only: bool,
+    },
+    /// An in-memory filesystem.
+    Tmpfs {
+        /// Path in the container.
+        target: String,
+        /// Size bound in bytes (default: the kernel's, half of RAM).
+        #[serde(default)]
+        size: Option<u64>,
+    },
+}
+
+impl MountRequest {
+    /// Path in the container.
+    pub fn target(&self) -> &str {
+        match self {
+            Self::Volume { target, .. }
+            | Self::Bind { target, .. }
+            | Self::Tmpfs { target, .. } => target,
+        }
+    }
+
+    /// Parses `-v` syntax: `NAME:/path[:ro|rw]` (volume) or `/host:/path[:ro|rw]` (bind).
+    pub fn parse_volume(spec: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (source, target, read_only) = match parts.as_slice() {
+            [s, t] => (*s, *t, false),
+            [s, t, "ro"] => (*s, *t, true),
+            [s, t, "rw"] => (*s, *t, false),
+            [_, _, o] => return Err(format!("'{spec}': unknown option '{o}' (use ro or rw)")),
+            _ => return Err(format!("'{spec}': expected SOURCE:TARGET[:ro|rw]")),
+        };
+        if source.starts_with('/') {
+            Ok(Self::Bind {
+                source: PathBuf::from(source),
+                target: target.to_string(),
+                read_only,
+            })
+        } else {
+            Ok(Self::Volume {
+                name: source.to_string(),
+                target: target.to_string(),
+                read_only,
+            })
+        }
+    }
+
+    /// Parses `--tmpfs` syntax: `/path[:size=64m]`.
+    pub fn parse_tmpfs(spec: &str) -> Result<Self, String> {
+        let (target, opts) = spec.split_once(':').unwrap_or((spec, ""));
+        let mut size = None;
+        for opt in opts.split(',').filter(|o| !o.is_empty()) {
+            match opt.split_once('=') {
+                Some(("size", v)) => {
+                    size = Some(parse_size(v).map_err(|e| format!("'{spec}': {e}"))?)
+                }
+                _ => {
+                    return Err(format!(
+                        "'{spec}': unknown tmpfs option '{opt}' (only size=)"
+                    ))
+                }
+            }
+        }
+        Ok(Self::Tmpfs {
+            target: target.to_string(),
+            size,
+        })
+    }
+}
+
+/// Parses a byte size: `512`, `64k`, `64M`, `1.5g` (binary units).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.to_ascii_lowercase().trim_end_matches(['b', 'i']) {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return Err(format!("invalid size '{text}' (e.g. 512k, 64M, 1G)")),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size '{text}' (e.g. 512k, 64M, 1G)"))?;
+    if !n.is_finite() || n < 0.0 || n * mult as f64 > u64::MAX as f64 / 2.0 {
+        return Err(format!("invalid size '{text}'"));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// Container and volume names: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 64 characters, so
+/// they can name files and never form a path.
+pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid {kind} name '{name}': use letters, digits, '_', '.', '-', starting with a letter or digit, at most 64 characters"
+        ))
+    }
+}
+
+/// A path inside the container: absolute, no `..`, normalized (`/a//b/` → `/a/b`).
+pub fn container_path(field: &str, path: &str) -> Result<PathBuf, String> {
+    if !path.starts_with('/') {
+        return Err(format!("{field} '{path}' must be an absolute path"));
+    }
+    let mut out = PathBuf::from("/");
+    for c in Path::new(path).components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!("{field} '{path}' must not contain '..'"))
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl ContainerConfig {
+    /// Checks everything that does not need the node (names, paths, env, limits) and
+    /// reports every problem at once, each naming its field.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut errs = Vec::new();
+        if let Some(n) = &self.name {
+            if let Err(e) = validate_name("container", n) {
+                errs.push(format!("name: {e}"));
+            }
+        }
+        for (i, e) in self.env.iter().enumerate() {
+            match e.split_once('=') {
+                Some((k, _)) if !k.is_empty() && !k.contains('\0') => {}
+                _ => errs.push(format!("env[{i}]: '{e}' is not KEY=VALUE")),
+            }
+        }
+        if let Some(w) = &self.workdir {
+            if let Err(e) = container_path("workdir", w) {
+                errs.push(e);
+            }
+        }
+        if let Some(h) = &self.hostname {
+            let ok = !h.is_empty()
+                && h.len() <= 64
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+            if !ok {
+                errs.push(format!("hostname '{h}' is not a valid host name"));
+            }
+        }
+        let r = &self.resources;
+        if r.cpu_units == Some(0) {
+            errs.push("resources.cpu_units: must be at least 2".into());
+        }
+        if r.cpu_limit_millis == Some(0) {
+            errs.push("resources.cpu_limit: must be above 0".into());
+        }
+        if matches!(r.memory, Some(m) if m < 6 * 1024 * 1024) {
+            errs.push("resources.memory: at least 6 MiB is needed to start a container".into());
+        }
+        if let (Some(m), Some(res)) = (r.memory, r.memory_reservation) {
+            if res > m {
+                errs.push(format!(
+                    "resources.memory_reservation ({res}) exceeds resources.memory ({m})"
+                ));
+            }
+        }
+        if r.pids == Some(0) {
+            errs.push("resources.pids: must be at least 1".into());
+        }
+        let mut targets = Vec::new();
+        for (i, m) in self.mounts.iter().enumerate() {
+            match container_path(&format!("mounts[{i}].target"), m.target()) {
+                Ok(t) if t == Path::new("/") => {
+                    errs.push(format!("mounts[{i}].target: cannot mount over '/'"))
+                }
+                Ok(t) => {
+                    if targets.contains(&t) {
+                        errs.push(format!(
+                            "mounts[{i}].target: '{}' is mounted twice",
+                            t.display()
+                        ));
+                    }
+                    targets.push(t);
+                }
+                Err(e) => errs.push(e),
+            }
+            match m {
+                MountRequest::Volume { name, .. } => {
+                    if let Err(e) = validate_name("volume", name) {
+                        errs.push(format!("mounts[{i}]: {e}"));
+                    }
+                }
+                MountRequest::Bind { source, .. } => {
+                    if !source.is_absolute() {
+                        errs.push(format!(
+                            "mounts[{i}].source '{}' must be an absolute host path",
+                            source.display()
+                        ));
+                    }
+                }
+                MountRequest::Tmpfs { .. } => {}
+            }
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_form_paths() {
+        for bad in ["", "..", ".x", "a/b", "a b", "-x", &"x".repeat(65), "a\0"] {
+            assert!(validate_name("volume", bad).is_err(), "{bad:?}");
+        }
+        for good in ["data", "db-1", "a.b_c", "9"] {
+            assert!(validate_name("volume", good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn container_paths_are_normalized_and_confined() {
+        assert_eq!(
+            container_path("t", "/a//b/./c/").expect("ok"),
+            PathBuf::from("/a/b/c")
+        );
+        assert!(container_path("t", "a").is_err());
+        assert!(container_path("t", "/a/../../etc").is_err());
+    }
+
+    #[test]
+    fn volume_and_tmpfs_flags() {
+        assert_eq!(
+            MountRequest::parse_volume("data:/var/lib/x:ro").expect("ok"),
+            MountRequest::Volume {
+                name: "data".into(),
+                target: "/var/lib/x".into(),
+                read_only: true
+            }
+        );
+        assert!(matches!(
+            MountRequest::parse_volume("/srv:/srv").expect("ok"),
+            MountRequest::Bind { .. }
+        ));
+        assert!(MountRequest::parse_volume("a:/b:rx").is_err());
+        assert!(MountRequest::parse_volume("a").is_err());
+        assert_eq!(
+            MountRequest::parse_tmpfs("/tmp:size=64m").expect("ok"),
+            MountRequest::Tmpfs {
+                target: "/tmp".into(),
+                size: Some(64 << 20)
+            }
+        );
+        assert!(MountRequest::parse_tmpfs("/tmp:mode=777").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_size("1.5g"), Ok(3 << 29));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert_eq!(parse_size("2KiB"), Ok(2048));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let cfg = ContainerConfig {
+            name: Some("../x".into()),
+            image: "busybox".into(),
+            env: vec!["NOVALUE".into()],
+            workdir: Some("rel".into()),
+            resources: Resources {
+                memory: Some(1024),
+                ..Default::default()
+            },
+            mounts: vec![MountRequest::Volume {
+                name: "a/b".into(),
+                target: "/data/../x".into(),
+                read_only: false,
+            }],
+            ..Default::default()
+        };
+        let errs = cfg.validate().expect_err("invalid");
+        let all = errs.join("\n");
+        for field in [
+            "name:",
+            "env[0]",
+            "workdir",
+            "resources.memory",
+            "mounts[0].target",
+            "mounts[0]: invalid volume",
+        ] {
+            assert!(all.contains(field), "{field} missing in:\n{all}");
+        }
+    }
+}

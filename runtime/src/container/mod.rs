@@ -1,0 +1,948 @@
+//! Containers on this node, run through youki's libcontainer.
+//!
+//! Each container has a directory `<data>/containers/<id>/` holding its record
+//! (`container.json`), what its shim recorded (`state.json`: shim and init process identities;
+//! `exit.json`: exit code, time, OOM kill), its logs, and the overlay upper/work directories.
+//! A container is owned by one shim process (see [`shim`]) that outlives whoever started it, so
+//! everything here works from those files alone: a fresh process (a restarted agent, or
+//! `nodeagent ctr`) finds every container, its pid, and its real exit code.
+
+pub mod cgroup;
+pub mod config;
+pub mod isolate;
+pub mod logs;
+pub mod process;
+pub mod rootfs;
+pub mod seccomp;
+pub mod shim;
+pub mod spec;
+pub mod volume;
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::fs;
+use std::io::{self, BufRead, BufReader};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{flock, FlockOperation};
+use rustix::process::Signal;
+use serde::{Deserialize, Serialize};
+
+pub use cgroup::{CgroupHierarchy, CgroupUsage};
+pub use config::{ContainerConfig, MountRequest, NetworkMode, Resources};
+pub use process::ProcessIdentity;
+pub use spec::{ImageProcess, ResolvedMount};
+pub use volume::{Volume, VolumeError, VolumeStore};
+
+use crate::image::{ImageStore, ImageStoreError};
+use spec::MountKind;
+
+/// How long `stop` waits for the shim to record the exit after the process died.
+const EXIT_RECORD_WAIT: Duration = Duration::from_secs(10);
+
+/// A container's record: what it was created from. Written once.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// 32 hex characters.
+    pub id: String,
+    /// Creation time, seconds since the epoch.
+    pub created_at: u64,
+    /// The settings it was created with.
+    pub config: ContainerConfig,
+    /// The image it runs.
+    pub image: ImageUse,
+    /// The image's runtime defaults.
+    pub image_process: ImageProcess,
+    /// `cgroupsPath` in the hierarchy, e.g. `/flotilla/node-1/<id>`.
+    pub cgroup_path: String,
+    /// Mounts with their host side resolved.
+    pub mounts: Vec<ResolvedMount>,
+}
+
+impl ContainerRecord {
+    /// The name if it has one, else the short id.
+    pub fn display_name(&self) -> String {
+        self.config
+            .name
+            .clone()
+            .unwrap_or_else(|| self.id.chars().take(12).collect())
+    }
+}
+
+/// The image a container was made from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageUse {
+    /// Image name at creation.
+    pub name: String,
+    /// Manifest digest.
+    pub digest: String,
+    /// Unpacked layer directory names (diffID hex), lowest first.
+    pub layers: Vec<String>,
+}
+
+/// What the shim recorded once the container ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeState {
+    /// The shim.
+    pub shim: ProcessIdentity,
+    /// The container's init process.
+    pub init: ProcessIdentity,
+    /// Start time, RFC 3339.
+    pub started_at: String,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code; 128 + signal number when killed by a signal.
+    pub exit_code: i32,
+    /// The signal that killed it, if any.
+    pub signal: Option<i32>,
+    /// The kernel's OOM killer killed a process of the container.
+    pub oom_killed: bool,
+    /// RFC 3339.
+    pub finished_at: String,
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Created, its shim not (yet) running it.
+    Created,
+    /// Its init process runs.
+    Running,
+    /// It ended; see [`ContainerInfo::exit`].
+    Exited,
+}
+
+/// A container as found on disk now.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContainerInfo {
+    /// The record.
+    #[serde(flatten)]
+    pub record: ContainerRecord,
+    /// Current status.
+    pub status: Status,
+    /// Shim and init identities once started.
+    pub state: Option<RuntimeState>,
+    /// How it ended, when it did and the shim could record it (absent when the shim died
+    /// before the container: the exit code is then unknown).
+    pub exit: Option<ExitInfo>,
+}
+
+impl ContainerInfo {
+    /// The init pid while running.
+    pub fn pid(&self) -> Option<i32> {
+        (self.status == Status::Running).then(|| self.state.as_ref().map(|s| s.init.pid))?
+    }
+}
+
+/// Errors of the container store.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// The settings are invalid (every problem listed).
+    #[error("invalid container settings:\n  {}", .0.join("\n  "))]
+    Invalid(Vec<String>),
+    /// No container by that name or id.
+    #[error("container '{0}' not found")]
+    NotFound(String),
+    /// An id prefix matches several containers.
+    #[error("'{0}' matches several containers; give more of the id")]
+    Ambiguous(String),
+    /// The name is taken.
+    #[error("the name '{0}' is already used by container {1}")]
+    NameInUse(String, String),
+    /// The operation needs a stopped container.
+    #[error("container '{0}' is running; stop it first or force")]
+    Running(String),
+    /// The operation needs a running container.
+    #[error("container '{0}' is not running")]
+    NotRunning(String),
+    /// A bind mount source is outside the allowed roots.
+    #[error("bind mount source '{}' is not below an allowed host root ({allowed}); the operator allows roots with --bind-root", .path.display())]
+    BindNotAllowed {
+        /// The source as given.
+        path: PathBuf,
+        /// The roots allowed.
+        allowed: String,
+    },
+    /// The shim reported an error before the container ran.
+    #[error("container {id}: {message}")]
+    Start {
+        /// Container id.
+        id: String,
+        /// What the shim said.
+        message: String,
+    },
+    /// Image problem.
+    #[error(transparent)]
+    Image(Box<ImageStoreError>),
+    /// Volume problem.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// cgroup problem.
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
+    /// libcontainer refused an operation.
+    #[error("container {id}: {source}")]
+    Runtime {
+        /// Container id.
+        id: String,
+        /// libcontainer's error.
+        source: Box<libcontainer::error::LibcontainerError>,
+    },
+    /// Filesystem or process error.
+    #[error("{path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// What.
+        source: io::Error,
+    },
+}
+
+impl From<ImageStoreError> for ContainerError {
+    fn from(e: ImageStoreError) -> Self {
+        Self::Image(Box::new(e))
+    }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ContainerError + '_ {
+    move |source| ContainerError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// How to launch a shim: the program and the arguments that select its shim mode.
+#[derive(Debug, Clone)]
+pub struct ShimCommand {
+    /// The executable (the agent binary).
+    pub program: PathBuf,
+    /// Leading arguments, e.g. `["shim"]`.
+    pub args: Vec<OsString>,
+}
+
+/// Node-level settings of the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// cgroup parent of every container, e.g. `flotilla/node-1`.
+    pub cgroup_parent: String,
+    /// Host directories bind mounts may come from.
+    pub bind_roots: Vec<PathBuf>,
+    /// The shim launcher.
+    pub shim: ShimCommand,
+}
+
+impl StoreOptions {
+    /// Default cgroup parent: `flotilla/<hostname>`.
+    pub fn default_cgroup_parent() -> String {
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        let host: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        format!("flotilla/{}", if host.is_empty() { "node" } else { &host })
+    }
+}
+
+/// Validates a cgroup parent: relative, components of `[A-Za-z0-9_.-]`, no `.`/`..`.
+pub fn validate_cgroup_parent(parent: &str) -> Result<(), String> {
+    let ok = !parent.is_empty()
+        && parent.split('/').all(|c| {
+            !c.is_empty()
+                && c != "."
+                && c != ".."
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid cgroup parent '{parent}': use a relative path like flotilla/node-1"
+        ))
+    }
+}
+
+/// The node's containers.
+#[derive(Debug, Clone)]
+pub struct ContainerStore {
+    data_dir: PathBuf,
+    dir: PathBuf,
+    images: ImageStore,
+    volumes: VolumeStore,
+    hierarchy: CgroupHierarchy,
+    options: StoreOptions,
+}
+
+/// Paths of one container's directory.
+#[derive(Debug, Clone)]
+pub struct ContainerPaths {
+    /// The directory (also the OCI bundle).
+    pub dir: PathBuf,
+}
+
+impl ContainerPaths {
+    /// `container.json`.
+    pub fn record(&self) -> PathBuf {
+        self.dir.join("container.json")
+    }
+    /// `state.json`.
+    pub fn state(&self) -> PathBuf {
+        self.dir.join("state.json")
+    }
+    /// `exit.json`.
+    pub fn exit(&self) -> PathBuf {
+        self.dir.join("exit.json")
+    }
+    /// The log directory.
+    pub fn logs(&self) -> PathBuf {
+        self.dir.join("logs")
+    }
+    /// Mount point of the root filesystem.
+    pub fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+}
+
+impl ContainerStore {
+    /// Opens the store under `data_dir/containers` (images and volumes beside it).
+    pub fn open(data_dir: &Path, options: StoreOptions) -> Result<Self, ContainerError> {
+        validate_cgroup_parent(&options.cgroup_parent)
+            .map_err(|e| ContainerError::Invalid(vec![e]))?;
+        let dir = data_dir.join("containers");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_at(&dir))?;
+        let lc = data_dir.join("libcontainer");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&lc)
+            .map_err(io_at(&lc))?;
+        Ok(Self {
+            data_dir: data_dir.to_path_buf(),
+            images: ImageStore::open(data_dir)?,
+            volumes: VolumeStore::open(data_dir)?,
+            hierarchy: CgroupHierarchy::detect()?,
+            dir,
+            options,
+        })
+    }
+
+    /// The image store beside the containers.
+    pub fn images(&self) -> &ImageStore {
+        &self.images
+    }
+
+    /// The volume store beside the containers.
+    pub fn volumes(&self) -> &VolumeStore {
+        &self.volumes
+    }
+
+    /// The node's cgroup hierarchy.
+    pub fn hierarchy(&self) -> &CgroupHierarchy {
+        &self.hierarchy
+    }
+
+    /// libcontainer's state root.
+    pub fn libcontainer_root(&self) -> PathBuf {
+        self.data_dir.join("libcontainer")
+    }
+
+    /// Paths of a container.
+    pub fn paths(&self, id: &str) -> ContainerPaths {
+        ContainerPaths {
+            dir: self.dir.join(id),
+        }
+    }
+
+    fn lock(&self) -> Result<fs::File, ContainerError> {
+        let path = self.dir.join(".lock");
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io_at(&path))?;
+        flock(&f, FlockOperation::LockExclusive).map_err(|e| io_at(&path)(e.into()))?;
+        Ok(f)
+    }
+
+    /// Creates a container (record, directories, image lease); it does not run yet.
+    pub fn create(&self, config: ContainerConfig) -> Result<ContainerRecord, ContainerError> {
+        config.validate().map_err(ContainerError::Invalid)?;
+        // A container start is expected next: let the kernel's cgroup migration slow path
+        // run in parallel with the preparations (see `prime_migration`).
+        let hierarchy = self.hierarchy.clone();
+        std::thread::spawn(move || hierarchy.prime_migration());
+        tracing::debug!("creating");
+        let _lock = self.lock()?;
+        if let Some(name) = &config.name {
+            if let Some(other) = self
+                .records()?
+                .into_iter()
+                .find(|r| r.config.name.as_ref() == Some(name))
+            {
+                return Err(ContainerError::NameInUse(name.clone(), other.id));
+            }
+        }
+        let details = self.images.inspect(&config.image)?;
+        let image_process = ImageProcess::from_image_config(&details.image_config);
+        // Fail early on a missing command rather than in the shim.
+        spec::process_args(&config, &image_process)
+            .map_err(|e| ContainerError::Invalid(vec![e.to_string()]))?;
+        spec::working_dir(&config, &image_process)
+            .map_err(|e| ContainerError::Invalid(vec![e.to_string()]))?;
+        spec::capabilities(&config, self.hierarchy.is_v2())
+            .map_err(|e| ContainerError::Invalid(vec![e.to_string()]))?;
+        let mounts = self.resolve_mounts(&config)?;
+        let id = new_id()?;
+        let record = ContainerRecord {
+            created_at: now_secs(),
+            image: ImageUse {
+                name: details.record.name.clone(),
+                digest: details.record.digest.to_string(),
+                layers: details
+                    .record
+                    .layers
+                    .iter()
+                    .map(|l| l.diff_id.hex().to_string())
+                    .collect(),
+            },
+            image_process,
+            cgroup_path: format!("/{}/{}", self.options.cgroup_parent, id),
+            mounts,
+            config,
+            id: id.clone(),
+        };
+        let paths = self.paths(&id);
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&paths.dir)
+            .map_err(io_at(&paths.dir))?;
+        let result = (|| {
+            for sub in ["upper", "work", "rootfs", "logs"] {
+                let p = paths.dir.join(sub);
+                fs::create_dir(&p).map_err(io_at(&p))?;
+            }
+            self.images.lease(&id, &details.record)?;
+            let bytes = serde_json::to_vec_pretty(&record)
+                .map_err(|e| io_at(&paths.record())(io::Error::other(e)))?;
+            write_atomic(&paths.record(), &bytes)
+        })();
+        if let Err(e) = result {
+            let _ = self.images.release(&id);
+            let _ = fs::remove_dir_all(&paths.dir);
+            return Err(e);
+        }
+        Ok(record)
+    }
+
+    fn resolve_mounts(
+        &self,
+        config: &ContainerConfig,
+    ) -> Result<Vec<ResolvedMount>, ContainerError> {
+        let mut out = Vec::new();
+        for m in &config.mounts {
+            let target = config::container_path("mount target", m.target())
+                .map_err(|e| ContainerError::Invalid(vec![e]))?;
+            out.push(match m {
+                MountRequest::Volume {
+                    name, read_only, ..
+                } => ResolvedMount {
+                    kind: MountKind::Bind,
+                    source: self.volumes.create(name)?.mountpoint,
+                    target,
+                    read_only: *read_only,
+                    size: None,
+                },
+                MountRequest::Bind {
+                    source, read_only, ..
+                } => ResolvedMount {
+                    kind: MountKind::Bind,
+                    source: self.check_bind_source(source)?,
+                    target,
+                    read_only: *read_only,
+                    size: None,
+                },
+                MountRequest::Tmpfs { size, .. } => ResolvedMount {
+                    kind: MountKind::Tmpfs,
+                    source: PathBuf::from("tmpfs"),
+                    target,
+                    read_only: false,
+                    size: *size,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// A bind source, symlinks resolved, must lie below one of the allowed roots.
+    pub fn check_bind_source(&self, source: &Path) -> Result<PathBuf, ContainerError> {
+        let allowed = || {
+            if self.options.bind_roots.is_empty() {
+                "none allowed".to_string()
+            } else {
+                self.options
+                    .bind_roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        };
+        let real = fs::canonicalize(source).map_err(io_at(source))?;
+        let ok = self
+            .options
+            .bind_roots
+            .iter()
+            .any(|root| fs::canonicalize(root).is_ok_and(|r| real.starts_with(&r)));
+        if ok {
+            Ok(real)
+        } else {
+            Err(ContainerError::BindNotAllowed {
+                path: source.to_path_buf(),
+                allowed: allowed(),
+            })
+        }
+    }
+
+    /// Launches the container's shim and waits until the container runs (or failed to).
+    /// On failure the container is removed: nothing is left behind.
+    pub fn start(&self, id: &str) -> Result<Started, ContainerError> {
+        let paths = self.paths(id);
+        if paths.state().exists() {
+            return Err(ContainerError::Start {
+                id: id.to_string(),
+                message: "already started (a container runs once; create a new one)".into(),
+            });
+        }
+        let shim_log = paths.dir.join("shim.log");
+        let stderr = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&shim_log)
+            .map_err(io_at(&shim_log))?;
+        let record: ContainerRecord =
+            read_json(&paths.record()).ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        tracing::debug!(container = %id, "spawning shim");
+        let program = &self.options.shim.program;
+        let mut cmd = Command::new(program);
+        cmd.args(&self.options.shim.args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--id")
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        isolate::isolate_before_exec(
+            &mut cmd,
+            program,
+            record.config.network == NetworkMode::None,
+        )
+        .map_err(io_at(program))?;
+        let mut child = cmd.spawn().map_err(io_at(program))?;
+        let Some(stdout) = child.stdout.take() else {
+            return Err(io_at(&self.options.shim.program)(io::Error::other(
+                "no status pipe",
+            )));
+        };
+        tracing::debug!(container = %id, "shim spawned");
+        let mut status = BufReader::new(stdout);
+        let mut line = String::new();
+        let read = status.read_line(&mut line);
+        match (read, shim::parse_status(&line)) {
+            (Ok(_), Some(shim::StatusLine::Started(pid))) => Ok(Started {
+                id: id.to_string(),
+                pid,
+                status,
+                child: Some(child),
+            }),
+            (_, parsed) => {
+                let _ = child.wait();
+                let message = match parsed {
+                    Some(shim::StatusLine::Error(m)) => m,
+                    _ => format!(
+                        "the shim ended without starting the container (see {})",
+                        shim_log.display()
+                    ),
+                };
+                let _ = self.remove(id, true);
+                Err(ContainerError::Start {
+                    id: id.to_string(),
+                    message,
+                })
+            }
+        }
+    }
+
+    /// All container records, oldest first.
+    fn records(&self) -> Result<Vec<ContainerRecord>, ContainerError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
+            let entry = entry.map_err(io_at(&self.dir))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path().join("container.json");
+            match fs::read(&path) {
+                Ok(bytes) => match serde_json::from_slice::<ContainerRecord>(&bytes) {
+                    Ok(r) => out.push(r),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), "unreadable container record: {e}")
+                    }
+                },
+                // A directory being created or removed right now.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_at(&path)(e)),
+            }
+        }
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    fn info(&self, record: ContainerRecord) -> ContainerInfo {
+        let paths = self.paths(&record.id);
+        let state: Option<RuntimeState> = read_json(&paths.state());
+        let exit: Option<ExitInfo> = read_json(&paths.exit());
+        let status = match (&state, &exit) {
+            (_, Some(_)) => Status::Exited,
+            (None, None) => Status::Created,
+            (Some(s), None) => {
+                if s.init.is_alive() || s.shim.is_alive() {
+                    Status::Running
+                } else {
+                    // Both gone without a record: the exit code is lost.
+                    Status::Exited
+                }
+            }
+        };
+        ContainerInfo {
+            record,
+            status,
+            state,
+            exit,
+        }
+    }
+
+    /// Every container with its current status: what a restarted agent re-adopts.
+    pub fn list(&self) -> Result<Vec<ContainerInfo>, ContainerError> {
+        Ok(self.records()?.into_iter().map(|r| self.info(r)).collect())
+    }
+
+    /// Finds a container by id, name, or unique id prefix.
+    pub fn get(&self, key: &str) -> Result<ContainerInfo, ContainerError> {
+        let records = self.records()?;
+        if let Some(r) = records
+            .iter()
+            .find(|r| r.id == key || r.config.name.as_deref() == Some(key))
+        {
+            return Ok(self.info(r.clone()));
+        }
+        let matches: Vec<&ContainerRecord> = records
+            .iter()
+            .filter(|r| key.len() >= 3 && r.id.starts_with(key))
+            .collect();
+        match matches.as_slice() {
+            [r] => Ok(self.info((*r).clone())),
+            [] => Err(ContainerError::NotFound(key.to_string())),
+            _ => Err(ContainerError::Ambiguous(key.to_string())),
+        }
+    }
+
+    /// Sends a signal to the container's init process.
+    pub fn kill(&self, key: &str, signal: Signal) -> Result<(), ContainerError> {
+        let info = self.get(key)?;
+        let state = running_state(&info)?;
+        let path = self.paths(&info.record.id).dir;
+        match state.init.signal(signal) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ContainerError::NotRunning(info.record.display_name())),
+            Err(e) => Err(io_at(&path)(e)),
+        }
+    }
+
+    /// Stops a container: SIGTERM, then SIGKILL after `grace`; returns how it ended.
+    pub fn stop(&self, key: &str, grace: Duration) -> Result<Option<ExitInfo>, ContainerError> {
+        let info = self.get(key)?;
+        let id = info.record.id.clone();
+        if info.status != Status::Running {
+            return Ok(info.exit);
+        }
+        let state = running_state(&info)?;
+        let path = self.paths(&id).dir;
+        state.init.signal(Signal::TERM).map_err(io_at(&path))?;
+        if !state.init.wait_exit(grace) {
+            tracing::info!(container = %id, "did not stop within {grace:?}; killing");
+            state.init.signal(Signal::KILL).map_err(io_at(&path))?;
+            state.init.wait_exit(EXIT_RECORD_WAIT);
+        }
+        state.shim.wait_exit(EXIT_RECORD_WAIT);
+        Ok(self.get(&id)?.exit)
+    }
+
+    /// Removes a container: its libcontainer state, cgroup, directories and image lease.
+    /// A running container is refused unless `force` (then it is killed first).
+    pub fn remove(&self, key: &str, force: bool) -> Result<(), ContainerError> {
+        let info = match self.get(key) {
+            Ok(i) => i,
+            // A start that failed before the record landed.
+            Err(ContainerError::NotFound(_)) if is_id(key) && self.paths(key).dir.exists() => {
+                ContainerInfo {
+                    record: ContainerRecord {
+                        id: key.to_string(),
+                        created_at: 0,
+                        config: ContainerConfig::default(),
+                        image: ImageUse {
+                            name: String::new(),
+                            digest: String::new(),
+                            layers: Vec::new(),
+                        },
+                        image_process: ImageProcess::default(),
+                        cgroup_path: format!("/{}/{}", self.options.cgroup_parent, key),
+                        mounts: Vec::new(),
+                    },
+                    status: Status::Created,
+                    state: None,
+                    exit: None,
+                }
+            }
+            Err(e) => return Err(e),
+        };
+        let id = info.record.id.clone();
+        let paths = self.paths(&id);
+        if info.status == Status::Running {
+            if !force {
+                return Err(ContainerError::Running(info.record.display_name()));
+            }
+            if let Some(s) = &info.state {
+                let _ = s.init.signal(Signal::KILL);
+                s.init.wait_exit(EXIT_RECORD_WAIT);
+            }
+        }
+        if let (Some(s), None) = (&info.state, &info.exit) {
+            // Let the shim finish recording; once exit.json exists it has nothing left to do.
+            s.shim.wait_exit(EXIT_RECORD_WAIT);
+        }
+        tracing::debug!(container = %id, "removing");
+        let lc_dir = self.libcontainer_root().join(&id);
+        if lc_dir.exists() {
+            match libcontainer::container::Container::load(lc_dir.clone()) {
+                Ok(mut c) => {
+                    if let Err(e) = c.delete(true) {
+                        return Err(ContainerError::Runtime {
+                            id,
+                            source: Box::new(e),
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(container = %id, "unreadable libcontainer state, removing it: {e}");
+                    fs::remove_dir_all(&lc_dir).map_err(io_at(&lc_dir))?;
+                }
+            }
+        }
+        tracing::debug!(container = %id, "runtime state deleted");
+        // The container's own cgroup (if libcontainer did not get to it) and our parents
+        // when they are empty now.
+        self.hierarchy
+            .remove_empty_parents(info.record.cgroup_path.trim_start_matches('/'));
+        self.images.release(&id)?;
+        // The rootfs is mounted only inside the shim's mount namespace; refuse to recurse
+        // into it should it ever be mounted here.
+        let rootfs = paths.rootfs();
+        if let (Ok(a), Ok(b)) = (fs::metadata(&paths.dir), fs::metadata(&rootfs)) {
+            if a.dev() != b.dev() {
+                return Err(io_at(&rootfs)(io::Error::other(
+                    "still mounted; unmount it before removing the container",
+                )));
+            }
+        }
+        fs::remove_dir_all(&paths.dir).map_err(io_at(&paths.dir))?;
+        tracing::debug!(container = %id, "removed");
+        Ok(())
+    }
+
+    /// Names of containers (existing, in any state) that use volume `name`.
+    pub fn volume_users(&self, name: &str) -> Result<Vec<String>, ContainerError> {
+        Ok(self
+            .records()?
+            .into_iter()
+            .filter(|r| {
+                r.config
+                    .mounts
+                    .iter()
+                    .any(|m| matches!(m, MountRequest::Volume { name: n, .. } if n == name))
+            })
+            .map(|r| r.display_name())
+            .collect())
+    }
+
+    /// Removes a volume unless a container uses it.
+    pub fn remove_volume(&self, name: &str) -> Result<(), ContainerError> {
+        let _lock = self.lock()?;
+        let users = self.volume_users(name)?;
+        Ok(self.volumes.remove(name, &users)?)
+    }
+
+    /// cgroup usage of a running container.
+    pub fn stats(&self, key: &str) -> Result<CgroupUsage, ContainerError> {
+        let info = self.get(key)?;
+        running_state(&info)?;
+        Ok(self.hierarchy.usage(&info.record.cgroup_path)?)
+    }
+
+    /// Volume names in use by any container.
+    pub fn volumes_in_use(&self) -> Result<HashSet<String>, ContainerError> {
+        let mut out = HashSet::new();
+        for r in self.records()? {
+            for m in &r.config.mounts {
+                if let MountRequest::Volume { name, .. } = m {
+                    out.insert(name.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn running_state(info: &ContainerInfo) -> Result<&RuntimeState, ContainerError> {
+    match (&info.state, info.status) {
+        (Some(s), Status::Running) => Ok(s),
+        _ => Err(ContainerError::NotRunning(info.record.display_name())),
+    }
+}
+
+/// A container that runs, with the channel its shim reports the exit on.
+#[derive(Debug)]
+pub struct Started {
+    /// Container id.
+    pub id: String,
+    /// Init pid.
+    pub pid: i32,
+    status: BufReader<ChildStdout>,
+    child: Option<Child>,
+}
+
+impl Started {
+    /// Blocks until the shim reports the exit; `None` if the shim ended without saying
+    /// (the store's `get` then tells what is known).
+    pub fn wait(mut self) -> Option<i32> {
+        let mut line = String::new();
+        let code = loop {
+            line.clear();
+            match self.status.read_line(&mut line) {
+                Ok(0) | Err(_) => break None,
+                Ok(_) => {
+                    if let Some(shim::StatusLine::Exited(code)) = shim::parse_status(&line) {
+                        break Some(code);
+                    }
+                }
+            }
+        };
+        tracing::debug!(container = %self.id, "exit reported");
+        // The shim exits right after reporting; reap it without waiting here.
+        self.reap_in_background();
+        code
+    }
+
+    /// The raw status pipe, for callers that multiplex it with other waits.
+    pub fn status_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.status.get_ref().as_fd()
+    }
+
+    /// Lets the container run on its own. The shim is reaped in the background if this
+    /// process lives on; if it exits first, the shim is re-parented and keeps running.
+    pub fn detach(mut self) {
+        self.reap_in_background();
+    }
+
+    fn reap_in_background(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            std::thread::spawn(move || {
+                let _ = c.wait();
+            });
+        }
+    }
+}
+
+fn is_id(key: &str) -> bool {
+    key.len() == 32
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+fn new_id() -> Result<String, ContainerError> {
+    let mut buf = [0u8; 16];
+    rustix::rand::getrandom(&mut buf, rustix::rand::GetRandomFlags::empty())
+        .map_err(|e| io_at(Path::new("getrandom"))(e.into()))?;
+    Ok(hex::encode(buf))
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// RFC 3339 now.
+pub(crate) fn now_rfc3339() -> String {
+    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+    let bytes = fs::read(path).ok()?;
+    match serde_json::from_slice(&bytes) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "unreadable: {e}");
+            None
+        }
+    }
+}
+
+/// Writes a file by rename so readers see all or nothing. Not fsynced: containers do not
+/// survive a power cut, and a record lost to one leaves a directory `ctr rm <id>` removes.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ContainerError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(io_at(&tmp))?;
+    f.write_all(bytes).map_err(io_at(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_at(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cgroup_parents() {
+        assert!(validate_cgroup_parent("flotilla/node-1").is_ok());
+        for bad in ["", "/abs", "a/../b", "a//b", "a b", "."] {
+            assert!(validate_cgroup_parent(bad).is_err(), "{bad}");
+        }
+        assert!(StoreOptions::default_cgroup_parent().starts_with("flotilla/"));
+    }
+}

@@ -1,0 +1,269 @@
+//! A container's root filesystem: overlayfs over the image's unpacked layers with a private
+//! upper directory, plus lookups inside it that never leave it (the image is hostile: its
+//! `/etc/passwd` or working directory may be symlinks pointing at the host).
+
+use std::ffi::CString;
+use std::io::{self, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Component, Path};
+
+use rustix::fs::{mkdirat, openat2, Mode, OFlags, ResolveFlags};
+use rustix::mount::{mount, MountFlags};
+
+use super::spec::ResolvedUser;
+
+/// Passwd and group files larger than this are refused.
+const MAX_ACCOUNT_FILE: u64 = 4 * 1024 * 1024;
+
+/// Mounts overlayfs at `target`: `layers` (directory names inside `layers_dir`, lowest
+/// first) read-only below `upper`.
+///
+/// Layer names are given relative to `layers_dir` (the process changes into it for the
+/// call) so that deep images fit in the kernel's one-page limit for mount options.
+pub fn mount_overlay(
+    layers_dir: &Path,
+    layers: &[String],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> io::Result<()> {
+    let lower: Vec<&str> = layers.iter().rev().map(String::as_str).collect();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={},index=off,xino=off",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    let data = CString::new(data).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let back = std::env::current_dir()?;
+    std::env::set_current_dir(layers_dir)?;
+    let res = mount(
+        "overlay",
+        target,
+        "overlay",
+        MountFlags::NODEV,
+        data.as_c_str(),
+    );
+    std::env::set_current_dir(back)?;
+    res.map_err(|e| {
+        io::Error::new(
+            io::Error::from(e).kind(),
+            format!("mounting overlayfs at {}: {e}", target.display()),
+        )
+    })
+}
+
+fn open_in_root(root: &OwnedFd, path: &str, flags: OFlags) -> io::Result<OwnedFd> {
+    Ok(openat2(
+        root,
+        path,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS | ResolveFlags::NO_XDEV,
+    )?)
+}
+
+fn read_in_root(root: &OwnedFd, path: &str) -> io::Result<Option<String>> {
+    let fd = match open_in_root(root, path, OFlags::RDONLY) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut file = std::fs::File::from(fd);
+    if !file.metadata()?.is_file() {
+        return Ok(None);
+    }
+    let mut text = String::new();
+    file.by_ref()
+        .take(MAX_ACCOUNT_FILE)
+        .read_to_string(&mut text)?;
+    Ok(Some(text))
+}
+
+/// Errors resolving a user.
+#[derive(Debug, thiserror::Error)]
+pub enum UserError {
+    /// The name is not in the image.
+    #[error("user '{0}' is not in the image's /etc/passwd")]
+    UnknownUser(String),
+    /// The group is not in the image.
+    #[error("group '{0}' is not in the image's /etc/group")]
+    UnknownGroup(String),
+    /// Reading the image failed.
+    #[error("reading the image's account files: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Resolves `user[:group]` (names or numbers) against the root filesystem at `rootfs`.
+pub fn resolve_user(rootfs: &OwnedFd, spec: Option<&str>) -> Result<ResolvedUser, UserError> {
+    let spec = spec.unwrap_or("0");
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = read_in_root(rootfs, "/etc/passwd")?.unwrap_or_default();
+    let groups = read_in_root(rootfs, "/etc/group")?.unwrap_or_default();
+    // name:password:uid:gid:gecos:home:shell
+    let entries: Vec<Vec<&str>> = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .filter(|f| f.len() >= 7)
+        .collect();
+    let entry = match user.parse::<u32>() {
+        Ok(uid) => entries.iter().find(|f| f[2].parse() == Ok(uid)),
+        Err(_) => Some(
+            entries
+                .iter()
+                .find(|f| f[0] == user)
+                .ok_or_else(|| UserError::UnknownUser(user.to_string()))?,
+        ),
+    };
+    let uid = match (user.parse::<u32>(), entry) {
+        (Ok(uid), _) => uid,
+        (Err(_), Some(f)) => f[2]
+            .parse()
+            .map_err(|_| UserError::UnknownUser(user.to_string()))?,
+        (Err(_), None) => return Err(UserError::UnknownUser(user.to_string())),
+    };
+    let name = entry.map(|f| f[0]);
+    let home = entry.map(|f| f[5].to_string()).filter(|h| !h.is_empty());
+    // name:password:gid:member,member
+    let group_entries: Vec<Vec<&str>> = groups
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .filter(|f| f.len() >= 4)
+        .collect();
+    let gid = match group {
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => group_entries
+                .iter()
+                .find(|f| f[0] == g)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| UserError::UnknownGroup(g.to_string()))?,
+        },
+        None => entry.and_then(|f| f[3].parse().ok()).unwrap_or(0),
+    };
+    let mut additional_gids: Vec<u32> = match (name, group) {
+        (Some(n), None) => group_entries
+            .iter()
+            .filter(|f| f[3].split(',').any(|m| m == n))
+            .filter_map(|f| f[2].parse().ok())
+            .filter(|g| *g != gid)
+            .collect(),
+        _ => Vec::new(),
+    };
+    additional_gids.sort_unstable();
+    additional_gids.dedup();
+    Ok(ResolvedUser {
+        uid,
+        gid,
+        additional_gids,
+        home,
+    })
+}
+
+/// Makes sure the working directory exists inside the root filesystem, creating missing
+/// directories without ever following a link out of it.
+pub fn ensure_dir(rootfs: &OwnedFd, path: &Path) -> io::Result<()> {
+    let mut current = String::from("/");
+    for c in path.components() {
+        let Component::Normal(name) = c else {
+            continue;
+        };
+        let parent = open_in_root(rootfs, &current, OFlags::PATH | OFlags::DIRECTORY)?;
+        let name = name.to_string_lossy();
+        match mkdirat(parent.as_fd(), name.as_ref(), Mode::from_raw_mode(0o755)) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(e.into()),
+        }
+        current = format!("{}/{}", current.trim_end_matches('/'), name);
+        // Must now resolve (inside the root) to a directory.
+        open_in_root(rootfs, &current, OFlags::PATH | OFlags::DIRECTORY)
+            .map_err(|e| io::Error::new(e.kind(), format!("{current} in the image: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Opens a directory to serve as the root of the lookups above.
+pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn root_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tmp");
+        fs::create_dir_all(d.path().join("etc")).expect("mkdir");
+        for (p, c) in files {
+            fs::write(d.path().join(p), c).expect("write");
+        }
+        d
+    }
+
+    #[test]
+    fn users_by_name_number_and_group() {
+        let d = root_with(&[
+            (
+                "etc/passwd",
+                "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n",
+            ),
+            (
+                "etc/group",
+                "root:x:0:\napp:x:1000:\nwheel:x:10:app,other\naudio:x:29:app\n",
+            ),
+        ]);
+        let root = open_root(d.path()).expect("open");
+        let u = resolve_user(&root, Some("app")).expect("app");
+        assert_eq!(
+            (u.uid, u.gid, u.additional_gids.clone()),
+            (1000, 1000, vec![10, 29])
+        );
+        assert_eq!(u.home.as_deref(), Some("/home/app"));
+        let u = resolve_user(&root, Some("1000:wheel")).expect("numeric");
+        assert_eq!((u.uid, u.gid), (1000, 10));
+        let u = resolve_user(&root, Some("4242")).expect("unknown uid is fine");
+        assert_eq!((u.uid, u.gid, u.home), (4242, 0, None));
+        assert!(matches!(
+            resolve_user(&root, Some("nobody")),
+            Err(UserError::UnknownUser(_))
+        ));
+        assert!(matches!(
+            resolve_user(&root, Some("app:nogroup")),
+            Err(UserError::UnknownGroup(_))
+        ));
+        let u = resolve_user(&root, None).expect("default root");
+        assert_eq!((u.uid, u.gid), (0, 0));
+    }
+
+    #[test]
+    fn passwd_symlinked_to_the_host_is_read_inside_the_root() {
+        let d = root_with(&[]);
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("etc/passwd")).expect("link");
+        let root = open_root(d.path()).expect("open");
+        // resolves to <root>/etc/passwd (itself), a loop or nothing; never the host file
+        assert!(resolve_user(&root, Some("root")).is_err());
+    }
+
+    #[test]
+    fn workdir_creation_stays_inside_the_root() {
+        let d = root_with(&[]);
+        let outside = tempfile::tempdir().expect("tmp");
+        std::os::unix::fs::symlink(outside.path(), d.path().join("escape")).expect("link");
+        let root = open_root(d.path()).expect("open");
+        ensure_dir(&root, Path::new("/srv/app")).expect("mkdir");
+        assert!(d.path().join("srv/app").is_dir());
+        // the link is resolved inside the root: `/escape` points at a path that does not
+        // exist there, so nothing is created outside
+        let _ = ensure_dir(&root, Path::new("/escape/x"));
+        assert_eq!(fs::read_dir(outside.path()).expect("ls").count(), 0);
+    }
+}

@@ -1,0 +1,443 @@
+//! The per-container supervisor (`nodeagent shim`), in the containerd-shim / conmon pattern.
+//!
+//! One shim owns one container for its whole life: it creates it through libcontainer (so the
+//! container's init is its child and `waitpid` gives the real exit status), holds its stdout
+//! and stderr and writes them to the log, and records the exit in `exit.json`. It runs in its
+//! own session, so it outlives the agent or CLI that started it.
+//!
+//! The shim starts isolated (see [`super::isolate`]): its own session, a private mount
+//! namespace, its binary on a read-only mount, and for `network: none` a fresh network
+//! namespace whose `lo` it brings up. The container's rootfs is mounted in that mount
+//! namespace, so it vanishes with the shim and the container, whatever happens.
+//!
+//! The shim talks to its launcher through its stdout, one line each: `started <pid>`,
+//! `error <message>`, `exited <code>`.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::pipe::{pipe_with, PipeFlags};
+use rustix::process::{pidfd_open, waitpid, Pid, PidfdFlags, WaitOptions};
+
+use super::cgroup::CgroupHierarchy;
+use super::logs::{LineSplitter, LogWriter, Stream};
+use super::process::ProcessIdentity;
+use super::seccomp;
+use super::spec::{self, MountKind, ResolvedMount, SpecInput};
+use super::{now_rfc3339, rootfs, ContainerRecord, ExitInfo, NetworkMode, RuntimeState};
+
+/// How long output is still drained after the container's init exited.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// A line of the shim's status channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusLine {
+    /// The container runs with this init pid.
+    Started(i32),
+    /// The container ended with this exit code.
+    Exited(i32),
+    /// It could not be started.
+    Error(String),
+}
+
+/// Parses a status line.
+pub fn parse_status(line: &str) -> Option<StatusLine> {
+    let line = line.trim_end_matches('\n');
+    let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+    match word {
+        "started" => rest.parse().ok().map(StatusLine::Started),
+        "exited" => rest.parse().ok().map(StatusLine::Exited),
+        "error" => Some(StatusLine::Error(rest.replace("\\n", "\n"))),
+        _ => None,
+    }
+}
+
+fn report(line: &StatusLine) {
+    let text = match line {
+        StatusLine::Started(pid) => format!("started {pid}\n"),
+        StatusLine::Exited(code) => format!("exited {code}\n"),
+        StatusLine::Error(m) => format!("error {}\n", m.replace('\n', "\\n")),
+    };
+    // The launcher may be gone (detached run, killed agent): nobody to tell, nothing lost.
+    let _ = io::stdout().write_all(text.as_bytes());
+    let _ = io::stdout().flush();
+}
+
+/// Runs the shim for container `id`; returns the shim's exit code.
+pub fn main(data_dir: &Path, id: &str) -> i32 {
+    let dir = data_dir.join("containers").join(id);
+    let record: ContainerRecord = match fs::read(dir.join("container.json"))
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(r) => r,
+        Err(e) => {
+            report(&StatusLine::Error(format!(
+                "reading {}: {e}",
+                dir.join("container.json").display()
+            )));
+            return 1;
+        }
+    };
+    tracing::debug!(container = %id, "shim running");
+    if !super::isolate::launched_isolated() {
+        report(&StatusLine::Error(
+            "the shim runs only as launched by nodeagent (in its own mount namespace)".into(),
+        ));
+        return 1;
+    }
+    let started = match create_and_start(data_dir, &dir, &record) {
+        Ok(s) => s,
+        Err(e) => {
+            report(&StatusLine::Error(e));
+            return 1;
+        }
+    };
+    report(&StatusLine::Started(started.pid.as_raw_nonzero().get()));
+    let exit = supervise(&dir, &record, started);
+    report(&StatusLine::Exited(exit.exit_code));
+    0
+}
+
+struct StartedContainer {
+    pid: Pid,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    hierarchy: CgroupHierarchy,
+}
+
+fn create_and_start(
+    data_dir: &Path,
+    dir: &Path,
+    record: &ContainerRecord,
+) -> Result<StartedContainer, String> {
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    if record.config.network == NetworkMode::None {
+        let mut link = libcontainer::network::link::LinkClient::new(
+            libcontainer::network::wrapper::create_network_client(),
+        )
+        .map_err(|e| format!("netlink: {e}"))?;
+        // In a fresh namespace `lo` is always interface 1.
+        link.set_up(1).map_err(|e| format!("bringing up lo: {e}"))?;
+    }
+    let hierarchy = CgroupHierarchy::detect().map_err(|e| e.to_string())?;
+    tracing::debug!(container = %record.id, "namespaces ready");
+
+    let rootfs_dir = dir.join("rootfs");
+    let (layers_dir, layers) = if record.image.layers.is_empty() {
+        let empty = dir.join("empty");
+        fs::create_dir_all(&empty).map_err(|e| format!("{}: {e}", empty.display()))?;
+        (dir.to_path_buf(), vec!["empty".to_string()])
+    } else {
+        (
+            data_dir.join("images").join("layers"),
+            record.image.layers.clone(),
+        )
+    };
+    rootfs::mount_overlay(
+        &layers_dir,
+        &layers,
+        &dir.join("upper"),
+        &dir.join("work"),
+        &rootfs_dir,
+    )
+    .map_err(|e| e.to_string())?;
+    tracing::debug!(container = %record.id, "rootfs mounted");
+    let root =
+        rootfs::open_root(&rootfs_dir).map_err(|e| format!("{}: {e}", rootfs_dir.display()))?;
+    let user_spec = record
+        .config
+        .user
+        .as_deref()
+        .or(record.image_process.user.as_deref());
+    let user = rootfs::resolve_user(&root, user_spec).map_err(|e| e.to_string())?;
+    let cwd =
+        spec::working_dir(&record.config, &record.image_process).map_err(|e| e.to_string())?;
+    rootfs::ensure_dir(&root, &cwd)
+        .map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
+    let mut mounts = record.mounts.clone();
+    if record.config.network == NetworkMode::Host {
+        // The node's resolver configuration, as a copy the container cannot change for
+        // the node.
+        let copy = dir.join("resolv.conf");
+        if fs::copy("/etc/resolv.conf", &copy).is_ok() {
+            mounts.push(ResolvedMount {
+                kind: MountKind::Bind,
+                source: copy,
+                target: PathBuf::from("/etc/resolv.conf"),
+                read_only: true,
+                size: None,
+            });
+        }
+    }
+    let spec = spec::build(&SpecInput {
+        id: &record.id,
+        config: &record.config,
+        image: &record.image_process,
+        user: &user,
+        cwd: &cwd,
+        rootfs: &rootfs_dir,
+        cgroup_path: &record.cgroup_path,
+        mounts: &mounts,
+        cgroup_v2: hierarchy.is_v2(),
+        swap_accounting: swap_accounting(&hierarchy),
+        bounding: &bounding_set(),
+    })
+    .map_err(|e| e.to_string())?;
+    // The seccomp profile is compiled here and installed by the init (FilterExecutor), so
+    // libcontainer gets a spec without it; the profile is kept beside the spec.
+    let mut spec = spec;
+    let mut filter = None;
+    if let Some(linux) = spec.linux().clone() {
+        if let Some(profile) = linux.seccomp() {
+            filter = Some(seccomp::compile(profile).map_err(|e| e.to_string())?);
+            let json = serde_json::to_vec_pretty(profile).map_err(|e| e.to_string())?;
+            super::write_atomic(&dir.join("seccomp.json"), &json).map_err(|e| e.to_string())?;
+            let mut linux = linux;
+            linux.set_seccomp(None);
+            spec.set_linux(Some(linux));
+        }
+    }
+    spec.save(dir.join("config.json"))
+        .map_err(|e| format!("writing the runtime spec: {e}"))?;
+
+    // Pipes, never /dev/null: libcontainer reopens /dev/null read-only over fds 0-2, which
+    // breaks writes to it. stdin is a pipe whose write end is closed: reads see EOF.
+    tracing::debug!(container = %record.id, "spec written");
+    let pipe = || pipe_with(PipeFlags::CLOEXEC).map_err(|e| format!("pipe: {e}"));
+    let (stdin_r, stdin_w) = pipe()?;
+    drop(stdin_w);
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let mut container = ContainerBuilder::new(record.id.clone(), SyscallType::Linux)
+        .with_root_path(data_dir.join("libcontainer"))
+        .map_err(|e| e.to_string())?
+        .with_stdin(stdin_r)
+        .with_stdout(out_w)
+        .with_stderr(err_w)
+        .with_executor(seccomp::FilterExecutor::new(filter))
+        .as_init(dir)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    tracing::debug!(container = %record.id, "created");
+    let fail = |container: &mut libcontainer::container::Container, msg: String| {
+        let _ = container.delete(true);
+        msg
+    };
+    let Some(pid) = container.pid() else {
+        return Err(fail(
+            &mut container,
+            "libcontainer reported no init pid".into(),
+        ));
+    };
+    let identity = |p: i32| ProcessIdentity::of(p).map_err(|e| format!("pid {p}: {e}"));
+    let state = match (identity(std::process::id() as i32), identity(pid.as_raw())) {
+        (Ok(shim), Ok(init)) => RuntimeState {
+            shim,
+            init,
+            started_at: now_rfc3339(),
+        },
+        (Err(e), _) | (_, Err(e)) => return Err(fail(&mut container, e)),
+    };
+    let bytes = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
+    if let Err(e) = super::write_atomic(&dir.join("state.json"), &bytes) {
+        return Err(fail(&mut container, e.to_string()));
+    }
+    if let Err(e) = container.start() {
+        let _ = fs::remove_file(dir.join("state.json"));
+        return Err(fail(&mut container, e.to_string()));
+    }
+    tracing::debug!(container = %record.id, "started");
+    Ok(StartedContainer {
+        pid: Pid::from_raw(pid.as_raw()).ok_or("invalid init pid")?,
+        stdout: out_r,
+        stderr: err_r,
+        hierarchy,
+    })
+}
+
+/// The shim's own capability bounding set (all capabilities if unreadable: the kernel then
+/// refuses what it must).
+fn bounding_set() -> std::collections::HashSet<oci_spec::runtime::Capability> {
+    let mask = fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapBnd:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(u64::MAX);
+    spec::capabilities_from_mask(mask)
+}
+
+fn swap_accounting(h: &CgroupHierarchy) -> bool {
+    match h {
+        CgroupHierarchy::V1 { mounts } => mounts
+            .get("memory")
+            .is_some_and(|m| m.join("memory.memsw.limit_in_bytes").exists()),
+        CgroupHierarchy::V2 { root } => fs::read_dir(root).is_ok_and(|mut entries| {
+            entries.any(|e| e.is_ok_and(|e| e.path().join("memory.swap.max").exists()))
+        }),
+    }
+}
+
+/// Copies output to the log until the container ended and its pipes are drained; records
+/// and returns the exit.
+fn supervise(dir: &Path, record: &ContainerRecord, c: StartedContainer) -> ExitInfo {
+    let mut log = match LogWriter::open(&dir.join("logs"), record.config.log) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            tracing::error!(container = %record.id, "cannot open the log, output is discarded: {e}");
+            None
+        }
+    };
+    let mut log_failed = false;
+    let mut split = [LineSplitter::default(), LineSplitter::default()];
+    let streams = [Stream::Stdout, Stream::Stderr];
+    let fds = [c.stdout, c.stderr];
+    let mut open = [true, true];
+    let pidfd = pidfd_open(c.pid, PidfdFlags::empty()).ok();
+    let mut status = None;
+    let mut deadline: Option<Instant> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+
+    let mut write = |log: &mut Option<LogWriter>, stream: Stream, partial: bool, content: &[u8]| {
+        if let Some(w) = log {
+            if let Err(e) = w.write(stream, partial, content) {
+                if !log_failed {
+                    tracing::error!(container = %record.id, "writing the log: {e}");
+                    log_failed = true;
+                }
+            }
+        }
+        Ok(())
+    };
+
+    loop {
+        if status.is_some()
+            && (!open[0] && !open[1] || deadline.is_some_and(|d| Instant::now() >= d))
+        {
+            break;
+        }
+        let mut pfds: Vec<PollFd<'_>> = Vec::with_capacity(3);
+        let mut which: Vec<usize> = Vec::with_capacity(3);
+        for i in 0..2 {
+            if open[i] {
+                pfds.push(PollFd::new(&fds[i], PollFlags::IN));
+                which.push(i);
+            }
+        }
+        if status.is_none() {
+            if let Some(p) = &pidfd {
+                pfds.push(PollFd::new(p, PollFlags::IN));
+                which.push(2);
+            }
+        }
+        let timeout = match (status.is_some(), pidfd.is_some()) {
+            (true, _) => Some(Timespec {
+                tv_sec: 0,
+                tv_nsec: 100_000_000,
+            }),
+            // Without a pidfd, fall back to checking the child now and then.
+            (false, false) => Some(Timespec {
+                tv_sec: 0,
+                tv_nsec: 50_000_000,
+            }),
+            (false, true) => None,
+        };
+        match poll(&mut pfds, timeout.as_ref()) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                tracing::error!(container = %record.id, "poll: {e}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let ready: Vec<(usize, PollFlags)> = pfds
+            .iter()
+            .zip(&which)
+            .map(|(p, &w)| (w, p.revents()))
+            .collect();
+        drop(pfds);
+        for (w, revents) in ready {
+            if revents.is_empty() {
+                continue;
+            }
+            if w == 2 {
+                continue;
+            }
+            match rustix::io::read(fds[w].as_fd(), &mut buf) {
+                Ok(0) => open[w] = false,
+                Ok(n) => {
+                    let stream = streams[w];
+                    let _ = split[w].feed(&buf[..n], &mut |p, c| write(&mut log, stream, p, c));
+                }
+                Err(rustix::io::Errno::INTR) | Err(rustix::io::Errno::AGAIN) => {}
+                Err(_) => open[w] = false,
+            }
+        }
+        if status.is_none() {
+            if let Ok(Some((_, s))) = waitpid(Some(c.pid), WaitOptions::NOHANG) {
+                status = Some(s);
+                deadline = Some(Instant::now() + DRAIN_AFTER_EXIT);
+            }
+        }
+    }
+    for (i, s) in split.iter_mut().enumerate() {
+        let stream = streams[i];
+        let _ = s.finish(&mut |p, c| write(&mut log, stream, p, c));
+    }
+    tracing::debug!(container = %record.id, "exited and drained");
+    let (exit_code, signal) = match status {
+        Some(s) => match (s.exit_status(), s.terminating_signal()) {
+            (Some(code), _) => (code, None),
+            (None, Some(sig)) => (128 + sig, Some(sig)),
+            _ => (255, None),
+        },
+        None => (255, None),
+    };
+    let oom_killed = c
+        .hierarchy
+        .usage(&record.cgroup_path)
+        .map(|u| u.oom_kills > 0)
+        .unwrap_or(false);
+    let exit = ExitInfo {
+        exit_code,
+        signal,
+        oom_killed,
+        finished_at: now_rfc3339(),
+    };
+    match serde_json::to_vec_pretty(&exit) {
+        Ok(bytes) => {
+            if let Err(e) = super::write_atomic(&dir.join("exit.json"), &bytes) {
+                tracing::error!(container = %record.id, "recording the exit: {e}");
+            }
+        }
+        Err(e) => tracing::error!(container = %record.id, "recording the exit: {e}"),
+    }
+    exit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_lines_round_trip() {
+        assert_eq!(parse_status("started 42\n"), Some(StatusLine::Started(42)));
+        assert_eq!(parse_status("exited 137"), Some(StatusLine::Exited(137)));
+        assert_eq!(
+            parse_status("error no such file\\nsecond line\n"),
+            Some(StatusLine::Error("no such file\nsecond line".into()))
+        );
+        assert_eq!(parse_status("started x"), None);
+        assert_eq!(parse_status(""), None);
+    }
+}

@@ -1,0 +1,160 @@
+//! Benchmark: container start-to-exit of `true`, `nodeagent ctr run --rm` against `runc run` of
+//! the same bundle (the OCI spec nodeagent generates, seccomp profile and all, over a copy of
+//! the same root filesystem, with its own network namespace like ours), measured alternately in
+//! the same run. Also reports the idle RSS of a shim. Run as root with release binaries:
+//! `cargo build --release --workspace && target/release/bench-run [ITERATIONS]`.
+
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use flotilla_tests::image::{busybox_image, write_layout};
+
+fn main() -> Result<()> {
+    flotilla_tests::require_root();
+    let iterations: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()
+        .context("ITERATIONS must be a number")?
+        .unwrap_or(30);
+    let nodeagent = flotilla_tests::bin("nodeagent");
+    let work = tempfile::tempdir()?;
+    let data = work.path().join("node");
+    let parent = format!("flotilla-bench/{}", std::process::id());
+    let ctr = |args: &[&str]| -> Result<String> {
+        let out = Command::new(&nodeagent)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--cgroup-parent")
+            .arg(&parent)
+            .arg("ctr")
+            .args(args)
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            bail!("nodeagent ctr {args:?} failed: {}", out.status);
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let layout = work.path().join("layout");
+    write_layout(
+        &layout,
+        "bench",
+        &busybox_image(flotilla_tests::host_arch()),
+    )?;
+    ctr(&[
+        "image",
+        "import",
+        layout.to_str().context("path")?,
+        "--name",
+        "bench/busybox",
+    ])?;
+
+    // The bundle nodeagent generates, captured from a running container.
+    let id = ctr(&["run", "-d", "bench/busybox", "sleep", "60"])?;
+    let dir = data.join("containers").join(&id);
+    let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("config.json"))?)?;
+    let seccomp: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("seccomp.json"))?)?;
+    let shim_pid = serde_json::from_slice::<serde_json::Value>(&fs::read(dir.join("state.json"))?)?
+        ["shim"]["pid"]
+        .as_i64()
+        .context("shim pid")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let rss_kib = fs::read_to_string(format!("/proc/{shim_pid}/status"))?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .context("VmRSS")?;
+
+    let bundle = work.path().join("bundle");
+    fs::create_dir_all(&bundle)?;
+    // The container's merged root filesystem, seen through its shim's mount namespace.
+    let merged = format!("/proc/{shim_pid}/root{}", dir.join("rootfs").display());
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(&merged)
+        .arg(bundle.join("rootfs"))
+        .status()?;
+    if !status.success() {
+        bail!("copying the root filesystem failed");
+    }
+    ctr(&["rm", "-f", &id])?;
+    // The seccomp profile nodeagent compiles ahead and installs itself; runc gets it in the
+    // spec and compiles it on its start path, as it always does.
+    spec["linux"]["seccomp"] = seccomp;
+    spec["root"]["path"] = "rootfs".into();
+    spec["root"]["readonly"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["true"]);
+    spec["linux"]["cgroupsPath"] = format!("/{parent}/runc").into();
+    // Ours gets a fresh network namespace from its shim; runc makes one from the spec.
+    if let Some(ns) = spec["linux"]["namespaces"].as_array_mut() {
+        ns.push(serde_json::json!({ "type": "network" }));
+    }
+    fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(&spec)?,
+    )?;
+    let runc_root = work.path().join("runc-state");
+
+    let time = |cmd: &mut Command| -> Result<Duration> {
+        let t = Instant::now();
+        let s = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status()?;
+        let d = t.elapsed();
+        if !s.success() {
+            bail!("{cmd:?} failed: {s}");
+        }
+        Ok(d)
+    };
+    let mut ours = Vec::new();
+    let mut runc = Vec::new();
+    for i in 0..iterations + 2 {
+        let a = time(
+            Command::new(&nodeagent)
+                .arg("--data-dir")
+                .arg(&data)
+                .arg("--cgroup-parent")
+                .arg(&parent)
+                .args(["ctr", "run", "--rm", "bench/busybox", "true"]),
+        )?;
+        let b = time(
+            Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["run", "--bundle"])
+                .arg(&bundle)
+                .arg(format!("bench-{i}")),
+        )?;
+        // The first two warm caches.
+        if i >= 2 {
+            ours.push(a);
+            runc.push(b);
+        }
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let pct = |v: &mut Vec<Duration>, p: f64| {
+        v.sort();
+        ms(v[((v.len() - 1) as f64 * p).round() as usize])
+    };
+    let (om, o90) = (pct(&mut ours, 0.5), pct(&mut ours, 0.9));
+    let (rm, r90) = (pct(&mut runc, 0.5), pct(&mut runc, 0.9));
+    println!("container run of `true`, {iterations} runs each, alternating, same bundle");
+    println!("  nodeagent ctr run --rm : median {om:6.1} ms   p90 {o90:6.1} ms");
+    println!("  runc run               : median {rm:6.1} ms   p90 {r90:6.1} ms");
+    println!(
+        "  ratio (median)         : {:.2}x runc (target <= 0.80x)",
+        om / rm
+    );
+    println!("shim idle RSS            : {rss_kib} KiB");
+    // runc leaves its parents in every hierarchy (nodeagent removes its own when empty).
+    for entry in fs::read_dir("/sys/fs/cgroup")?.flatten() {
+        let _ = fs::remove_dir(entry.path().join(&parent).join("runc"));
+        let _ = fs::remove_dir(entry.path().join(&parent));
+        let _ = fs::remove_dir(entry.path().join("flotilla-bench"));
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! A node for container tests: a private data directory and cgroup parent, `nodeagent ctr`
+//! against them, the test image imported, and checks that nothing is left behind.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::image::{busybox_image, host_binary_layer, write_layout, Compression};
+
+/// Name the test image is imported under.
+pub const IMAGE: &str = "test/busybox:latest";
+
+/// One isolated node.
+#[derive(Debug)]
+pub struct Node {
+    dir: tempfile::TempDir,
+    /// The agent's data directory.
+    pub data: PathBuf,
+    /// The cgroup parent of its containers.
+    pub cgroup_parent: String,
+    /// Host roots bind mounts may come from.
+    pub bind_roots: Vec<PathBuf>,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Node {
+    /// A node with the test image imported.
+    pub fn new() -> Self {
+        crate::require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("node");
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let node = Self {
+            data,
+            cgroup_parent: format!("flotilla-test/{}-{n}", std::process::id()),
+            bind_roots: vec![dir.path().join("allowed")],
+            dir,
+        };
+        fs::create_dir_all(&node.bind_roots[0]).expect("allowed root");
+        let layout = node.dir.path().join("layout");
+        let mut spec = busybox_image(crate::host_arch());
+        let probe = host_binary_layer(&crate::bin("probe")).expect("probe layer");
+        spec.layers.push((probe, Compression::Gzip));
+        write_layout(&layout, "test", &spec).expect("layout");
+        node.ctr_ok(&[
+            "image",
+            "import",
+            layout.to_str().expect("utf8"),
+            "--name",
+            IMAGE,
+        ]);
+        node
+    }
+
+    /// Scratch directory of the test (removed with the node).
+    pub fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The command line of `nodeagent` for this node, before `ctr`.
+    pub fn nodeagent(&self) -> Command {
+        let mut c = Command::new(crate::bin("nodeagent"));
+        c.arg("--data-dir")
+            .arg(&self.data)
+            .arg("--cgroup-parent")
+            .arg(&self.cgroup_parent);
+        for r in &self.bind_roots {
+            c.arg("--bind-root").arg(r);
+        }
+        c
+    }
+
+    /// Runs `nodeagent ctr ARGS`.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.nodeagent()
+            .arg("ctr")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run nodeagent")
+    }
+
+    /// Runs `nodeagent ctr ARGS`, which must succeed; returns stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "nodeagent ctr {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `ctr inspect` as JSON.
+    pub fn inspect(&self, name: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ctr_ok(&["inspect", name])).expect("inspect json")
+    }
+
+    /// Every container, `ctr ps -a -o json`.
+    pub fn ps(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ctr_ok(&["ps", "-a", "-o", "json"])).expect("ps json")
+    }
+
+    /// Waits until `cond` holds (polling), failing the test after `timeout`.
+    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// cgroup directories of this node's parent that still exist, in any hierarchy.
+    pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let p = entry.path().join(&self.cgroup_parent);
+            if p.exists() {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// Mounts below the node's data directory in this mount namespace.
+    pub fn leftover_mounts(&self) -> Vec<String> {
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let data = self.data.display().to_string();
+        info.lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter(|m| m.starts_with(&data))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Entries left in the containers and libcontainer state directories.
+    pub fn leftover_state(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for sub in ["containers", "libcontainer", "images/leases"] {
+            for e in fs::read_dir(self.data.join(sub))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !name.starts_with('.') {
+                    out.insert(format!("{sub}/{name}"));
+                }
+            }
+        }
+        out
+    }
+
+    /// Asserts that no container, cgroup, mount or state directory is left.
+    pub fn assert_clean(&self) {
+        assert_eq!(self.leftover_state(), BTreeSet::new(), "state left behind");
+        assert_eq!(
+            self.leftover_cgroups(),
+            Vec::<PathBuf>::new(),
+            "cgroups left behind"
+        );
+        assert_eq!(
+            self.leftover_mounts(),
+            Vec::<String>::new(),
+            "mounts left behind"
+        );
+    }
+
+    /// Removes every container (forcefully) and our cgroup parents.
+    pub fn remove_all(&self) {
+        let out = self.ctr(&["ps", "-a", "-o", "json"]);
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        for c in list {
+            if let Some(id) = c["id"].as_str() {
+                let _ = self.ctr(&["rm", "-f", id]);
+            }
+        }
+    }
+}
+
+impl Default for Node {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // Also on failure: no container, cgroup or mount outlives the test.
+        self.remove_all();
+        for p in self.leftover_cgroups() {
+            let _ = Command::new("find")
+                .arg(&p)
+                .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+                .status();
+        }
+        for entry in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::remove_dir(entry.path().join("flotilla-test"));
+        }
+        for m in self.leftover_mounts() {
+            let _ = Command::new("umount").arg("-l").arg(m).status();
+        }
+    }
+}

@@ -1,0 +1,567 @@
+//! Containers for real: `nodeagent ctr` runs busybox through libcontainer as root, with cgroup
+//! limits, the default hardening, volumes and logs, and re-adopts containers after its own
+//! processes are killed. Every test checks that nothing is left behind.
+
+use std::fs;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_tests::node::{Node, IMAGE};
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn run_reports_output_and_exit_codes_and_cleans_up() {
+    let node = Node::new();
+    let o = node.ctr(&["run", "--rm", IMAGE, "echo", "hi"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "hi\n");
+
+    let o = node.ctr(&[
+        "run",
+        "--rm",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    assert_eq!(o.status.code(), Some(7));
+    assert_eq!(stdout(&o), "out\n");
+    assert!(stderr(&o).contains("err"), "{}", stderr(&o));
+
+    let o = node.ctr(&["run", "--rm", IMAGE, "/bin/nope"]);
+    assert_ne!(o.status.code(), Some(0));
+    let err = stderr(&o);
+    assert!(
+        err.contains("/bin/nope") && err.contains("not found"),
+        "{err}"
+    );
+    node.assert_clean();
+
+    // A bad setting is refused before anything is created, naming the field.
+    let o = node.ctr(&["run", "--rm", "-w", "/proc/self/fd/3", IMAGE, "true"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("working directory"), "{}", stderr(&o));
+    node.assert_clean();
+}
+
+#[test]
+fn detached_lifecycle_stop_kill_rm() {
+    let node = Node::new();
+    let script = "trap 'echo bye; exit 42' TERM; echo up; while true; do sleep 0.1 & wait; done";
+    let id = node
+        .ctr_ok(&["run", "-d", "--name", "svc", IMAGE, "sh", "-c", script])
+        .trim()
+        .to_string();
+    assert_eq!(id.len(), 32);
+    node.wait_for("output", Duration::from_secs(5), || {
+        node.ctr_ok(&["logs", "svc"]).contains("up")
+    });
+    let info = node.inspect("svc");
+    assert_eq!(info["status"], "running");
+    let pid = info["pid"].as_i64().expect("pid");
+    assert!(fs::metadata(format!("/proc/{pid}")).is_ok());
+    // a second container cannot take the name
+    let o = node.ctr(&["run", "-d", "--name", "svc", IMAGE, "true"]);
+    assert!(stderr(&o).contains("already used"), "{}", stderr(&o));
+    // running containers are not removed without force
+    let o = node.ctr(&["rm", "svc"]);
+    assert!(stderr(&o).contains("running"), "{}", stderr(&o));
+
+    let out = node.ctr_ok(&["stop", "-t", "5", "svc"]);
+    assert!(out.contains("exited 42"), "{out}");
+    let info = node.inspect("svc");
+    assert_eq!(info["status"], "exited");
+    assert_eq!(info["exit"]["exit_code"], 42);
+    assert!(node.ctr_ok(&["logs", "svc"]).contains("bye"));
+
+    // SIGKILL through `kill`: 128 + 9
+    node.ctr_ok(&["run", "-d", "--name", "k", IMAGE, "sleep", "60"]);
+    node.ctr_ok(&["kill", "k"]);
+    node.wait_for("exit", Duration::from_secs(5), || {
+        node.inspect("k")["status"] == "exited"
+    });
+    assert_eq!(node.inspect("k")["exit"]["exit_code"], 137);
+
+    node.ctr_ok(&["rm", "svc", "k"]);
+    node.assert_clean();
+}
+
+#[test]
+fn memory_limit_oom_kills_and_is_reported() {
+    let node = Node::new();
+    // dd allocates its whole block size and fills it: 64 MiB against a 16 MiB limit
+    let o = node.ctr(&[
+        "run",
+        "--name",
+        "oom",
+        "--memory",
+        "16M",
+        IMAGE,
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/null bs=64M count=1",
+    ]);
+    assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
+    assert!(stderr(&o).contains("OOM"), "{}", stderr(&o));
+    let info = node.inspect("oom");
+    assert_eq!(info["exit"]["oom_killed"], true);
+    assert!(node.ctr_ok(&["ps", "-a"]).contains("OOM killed"));
+    node.ctr_ok(&["rm", "oom"]);
+
+    // within the limit the same command succeeds
+    let o = node.ctr(&[
+        "run",
+        "--rm",
+        "--memory",
+        "128M",
+        IMAGE,
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/null bs=16M count=1",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    node.assert_clean();
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    let node = Node::new();
+    // A subshell forks until the kernel refuses; the init then waits without forking.
+    node.ctr_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "bomb",
+        "--pids",
+        "20",
+        IMAGE,
+        "sh",
+        "-c",
+        "(for i in $(seq 200); do sleep 60 & done) 2>&1; exec sleep 60",
+    ]);
+    node.wait_for("the fork failure", Duration::from_secs(10), || {
+        node.ctr_ok(&["logs", "bomb"]).contains("can't fork")
+    });
+    let stats: serde_json::Value =
+        serde_json::from_str(&node.ctr_ok(&["stats", "-o", "json", "bomb"])).expect("json");
+    let usage = &stats[0]["usage"];
+    assert_eq!(usage["pids_limit"], 20);
+    let pids = usage["pids"].as_u64().expect("pids");
+    assert!(
+        (10..=20).contains(&pids),
+        "{pids} tasks under a limit of 20"
+    );
+    assert_eq!(
+        node.inspect("bomb")["status"],
+        "running",
+        "the container itself survives"
+    );
+    node.ctr_ok(&["rm", "-f", "bomb"]);
+    node.assert_clean();
+}
+
+#[test]
+fn cpu_limit_holds_a_busy_loop_near_its_share() {
+    let node = Node::new();
+    node.ctr_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "busy",
+        "--cpu",
+        "0.25",
+        IMAGE,
+        "sh",
+        "-c",
+        "while :; do :; done",
+    ]);
+    std::thread::sleep(Duration::from_millis(500));
+    let stats: serde_json::Value =
+        serde_json::from_str(&node.ctr_ok(&["stats", "-o", "json", "busy"])).expect("json");
+    let a = stats[0]["usage"]["cpu_ns"].as_u64().expect("cpu");
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    let stats: serde_json::Value =
+        serde_json::from_str(&node.ctr_ok(&["stats", "-o", "json", "busy"])).expect("json");
+    let b = stats[0]["usage"]["cpu_ns"].as_u64().expect("cpu");
+    let share = (b - a) as f64 / t.elapsed().as_nanos() as f64;
+    assert!(
+        (0.15..=0.35).contains(&share),
+        "busy loop used {share:.2} of a core under a 0.25 limit"
+    );
+    assert!(stats[0]["usage"]["memory_bytes"].as_u64().expect("mem") > 0);
+    assert!(stats[0]["usage"]["pids"].as_u64().expect("pids") >= 1);
+    node.ctr_ok(&["rm", "-f", "busy"]);
+    node.assert_clean();
+}
+
+#[test]
+fn default_hardening_applies() {
+    let node = Node::new();
+    let run = |cmd: &str| {
+        let o = node.ctr(&["run", "--rm", IMAGE, "sh", "-c", cmd]);
+        (o.status.code(), stdout(&o), stderr(&o))
+    };
+    // Docker's 14 default capabilities, nothing else.
+    let (_, out, _) = run("grep CapEff /proc/self/status");
+    let mask = u64::from_str_radix(out.split_whitespace().nth(1).expect("mask"), 16).expect("hex");
+    let want: u64 = [0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31]
+        .iter()
+        .map(|b| 1u64 << b)
+        .sum();
+    assert_eq!(mask, want, "effective capabilities {mask:#x}");
+    let (_, out, _) = run("grep NoNewPrivs /proc/self/status");
+    assert!(out.contains("NoNewPrivs:\t1"), "{out}");
+    // seccomp refuses what namespaces or keyrings would need
+    let (_, out, _) = run("/probe syscalls");
+    assert!(out.contains("unshare=EPERM"), "{out}");
+    assert!(out.contains("mount=EPERM"), "{out}");
+    assert!(out.contains("keyctl=EPERM"), "{out}");
+    // masked and read-only kernel paths
+    let (_, out, _) = run("wc -c < /proc/keys; wc -c < /proc/timer_list; ls /sys/firmware | wc -l");
+    assert_eq!(
+        out.split_whitespace().collect::<Vec<_>>(),
+        ["0", "0", "0"],
+        "{out}"
+    );
+    let (code, _, err) = run("echo 1 > /proc/sys/vm/drop_caches");
+    assert_ne!(code, Some(0), "{err}");
+    let (code, _, _) = run("echo 1 > /proc/sysrq-trigger");
+    assert_ne!(code, Some(0));
+    // nothing open above stderr
+    let (_, out, _) = run("/probe fds");
+    assert_eq!(out.trim(), "done", "leaked descriptors:\n{out}");
+    // a new network namespace with a working loopback
+    let (_, out, _) = run("cat /sys/class/net/lo/operstate; ls /sys/class/net");
+    assert!(
+        out.starts_with("unknown") || out.starts_with("up"),
+        "lo: {out}"
+    );
+    assert_eq!(out.lines().nth(1), Some("lo"), "{out}");
+    // privileged only when asked
+    let o = node.ctr(&["run", "--rm", "--privileged", IMAGE, "/probe", "syscalls"]);
+    assert!(stdout(&o).contains("unshare=ok"), "{}", stdout(&o));
+    // capabilities can be dropped and added
+    let o = node.ctr(&[
+        "run",
+        "--rm",
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "KILL",
+        IMAGE,
+        "sh",
+        "-c",
+        "grep CapEff /proc/self/status",
+    ]);
+    assert!(stdout(&o).contains("0000000000000020"), "{}", stdout(&o));
+    // a user from the image
+    let o = node.ctr(&[
+        "run",
+        "--rm",
+        "-u",
+        "nobody",
+        IMAGE,
+        "sh",
+        "-c",
+        "id -u; grep CapEff /proc/self/status",
+    ]);
+    assert!(stdout(&o).starts_with("65534\n"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("0000000000000000"), "{}", stdout(&o));
+    node.assert_clean();
+}
+
+#[test]
+fn agent_binary_cannot_be_written_through_proc() {
+    let node = Node::new();
+    let id = node
+        .ctr_ok(&["run", "-d", IMAGE, "sleep", "30"])
+        .trim()
+        .to_string();
+    let state: serde_json::Value = serde_json::from_slice(
+        &fs::read(node.data.join("containers").join(&id).join("state.json")).expect("state"),
+    )
+    .expect("json");
+    let shim = state["shim"]["pid"].as_i64().expect("shim pid");
+    // The container's init is a fork of the shim and shares its executable until it execs
+    // the workload: the file reached through /proc/<pid>/exe must sit on a read-only mount,
+    // so that even a descriptor kept after every agent process ended cannot write it.
+    let exe = format!("/proc/{shim}/exe");
+    let path_fd = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(&exe)
+        .expect("O_PATH open");
+    let st = rustix::fs::fstatvfs(&path_fd).expect("fstatvfs");
+    assert!(
+        st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY),
+        "the agent binary is reachable through {exe} on a writable mount"
+    );
+    let err = fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/self/fd/{}", path_fd.as_raw_fd()))
+        .expect_err("the agent binary opened for writing");
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::ETXTBSY)),
+        "{err}"
+    );
+    let bin = flotilla_tests::bin("nodeagent");
+    let perms = fs::metadata(&bin).expect("bin").permissions();
+    assert!(
+        perms.mode() & 0o200 != 0,
+        "the binary itself stays writable for upgrades"
+    );
+    node.ctr_ok(&["rm", "-f", &id]);
+    node.assert_clean();
+}
+
+#[test]
+fn containers_survive_killed_agents_and_are_readopted() {
+    let node = Node::new();
+    let script =
+        "trap 'exit 42' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1 & wait; done";
+    // 10 detached, 10 attached (their nodeagent process stays their launcher)
+    for i in 0..10 {
+        node.ctr_ok(&[
+            "run",
+            "-d",
+            "--name",
+            &format!("d{i}"),
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ]);
+    }
+    let mut attached = Vec::new();
+    for i in 0..10 {
+        attached.push(
+            node.nodeagent()
+                .args([
+                    "ctr",
+                    "run",
+                    "--name",
+                    &format!("a{i}"),
+                    IMAGE,
+                    "sh",
+                    "-c",
+                    script,
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn attached run"),
+        );
+    }
+    node.wait_for("20 running", Duration::from_secs(20), || {
+        node.ps()
+            .iter()
+            .filter(|c| c["status"] == "running")
+            .count()
+            == 20
+    });
+    let before: Vec<(String, i64, String)> = node
+        .ps()
+        .iter()
+        .map(|c| {
+            (
+                c["config"]["name"].as_str().expect("name").to_string(),
+                c["pid"].as_i64().expect("pid"),
+                c["state"]["started_at"]
+                    .as_str()
+                    .expect("started")
+                    .to_string(),
+            )
+        })
+        .collect();
+
+    // kill -9 every nodeagent process of this node that is not a shim
+    let data = node.data.display().to_string();
+    let mut killed = 0;
+    for entry in fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let is_agent = args.first().is_some_and(|a| a.ends_with("nodeagent"));
+        if is_agent && args.contains(&data) && !args.iter().any(|a| a == "shim") {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            killed += 1;
+        }
+    }
+    assert_eq!(
+        killed, 10,
+        "the attached runs were the agent processes to kill"
+    );
+    for mut a in attached {
+        let _ = a.wait();
+    }
+    let last_tick = |name: &str| -> u64 {
+        node.ctr_ok(&["logs", "--tail", "1", name])
+            .trim()
+            .trim_start_matches("tick ")
+            .parse()
+            .unwrap_or(0)
+    };
+    let ticks: Vec<u64> = before.iter().map(|(n, _, _)| last_tick(n)).collect();
+    std::thread::sleep(Duration::from_millis(800));
+
+    // a fresh process finds all 20, same pids, same start, output still captured
+    let after = node.ps();
+    assert_eq!(after.len(), 20);
+    for (name, pid, started) in &before {
+        let c = after
+            .iter()
+            .find(|c| c["config"]["name"] == name.as_str())
+            .expect("container still listed");
+        assert_eq!(c["status"], "running", "{name}");
+        assert_eq!(
+            c["pid"].as_i64(),
+            Some(*pid),
+            "{name} changed pid (restarted?)"
+        );
+        assert_eq!(
+            c["state"]["started_at"].as_str(),
+            Some(started.as_str()),
+            "{name} restarted"
+        );
+    }
+    for ((name, _, _), t) in before.iter().zip(ticks) {
+        assert!(
+            last_tick(name) > t,
+            "{name}: no output captured after the kill"
+        );
+    }
+    // and stopping one reports its real exit code
+    let out = node.ctr_ok(&["stop", "-t", "5", "a3"]);
+    assert!(out.contains("exited 42"), "{out}");
+    assert_eq!(node.inspect("a3")["exit"]["exit_code"], 42);
+    node.remove_all();
+    node.assert_clean();
+}
+
+#[test]
+fn volumes_binds_and_tmpfs() {
+    let node = Node::new();
+    node.ctr_ok(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo kept > /data/f",
+    ]);
+    let o = node.ctr(&[
+        "run",
+        "--rm",
+        "-v",
+        "data:/data:ro",
+        IMAGE,
+        "sh",
+        "-c",
+        "cat /data/f; echo x > /data/g",
+    ]);
+    assert_eq!(stdout(&o), "kept\n");
+    assert_ne!(o.status.code(), Some(0), "a read-only volume was written");
+    let ls = node.ctr_ok(&["volume", "ls"]);
+    assert!(ls.contains("data"), "{ls}");
+
+    // removal is refused while a container (even a stopped one) uses it
+    node.ctr_ok(&["run", "--name", "user", "-v", "data:/data", IMAGE, "true"]);
+    let o = node.ctr(&["volume", "rm", "data"]);
+    assert!(stderr(&o).contains("in use"), "{}", stderr(&o));
+    node.ctr_ok(&["rm", "user"]);
+    node.ctr_ok(&["volume", "rm", "data"]);
+    assert!(!node.ctr_ok(&["volume", "ls"]).contains("data"));
+    let o = node.ctr(&["volume", "create", "../etc"]);
+    assert!(stderr(&o).contains("invalid volume name"), "{}", stderr(&o));
+
+    // binds only below the allowed roots, symlinks resolved first
+    let allowed = &node.bind_roots[0];
+    fs::write(allowed.join("hello"), "from host\n").expect("write");
+    let spec = format!("{}:/host:ro", allowed.display());
+    let o = node.ctr(&["run", "--rm", "-v", &spec, IMAGE, "cat", "/host/hello"]);
+    assert_eq!(stdout(&o), "from host\n", "{}", stderr(&o));
+    let o = node.ctr(&["run", "--rm", "-v", "/etc:/host", IMAGE, "true"]);
+    assert!(
+        stderr(&o).contains("not below an allowed host root"),
+        "{}",
+        stderr(&o)
+    );
+    std::os::unix::fs::symlink("/etc", allowed.join("escape")).expect("symlink");
+    let spec = format!("{}:/host", allowed.join("escape").display());
+    let o = node.ctr(&["run", "--rm", "-v", &spec, IMAGE, "true"]);
+    assert!(
+        stderr(&o).contains("not below an allowed host root"),
+        "{}",
+        stderr(&o)
+    );
+
+    // tmpfs with a size bound; read-only root filesystem
+    let o = node.ctr(&[
+        "run",
+        "--rm",
+        "--read-only",
+        "--tmpfs",
+        "/scratch:size=1m",
+        IMAGE,
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/scratch/a bs=512k count=1 2>/dev/null && echo small-ok; \
+         dd if=/dev/zero of=/scratch/b bs=1M count=2 2>/dev/null || echo big-refused; \
+         touch /rootfile 2>/dev/null || echo ro-root",
+    ]);
+    let out = stdout(&o);
+    assert!(
+        out.contains("small-ok") && out.contains("big-refused") && out.contains("ro-root"),
+        "{out}"
+    );
+    node.assert_clean();
+}
+
+#[test]
+fn logs_tail_follow_and_streams() {
+    let node = Node::new();
+    node.ctr_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "talk",
+        IMAGE,
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5; do echo line$i; echo warn$i >&2; done; sleep 1; echo last",
+    ]);
+    // -f follows until the container exits
+    let o = node.ctr(&["logs", "-f", "talk"]);
+    let out = stdout(&o);
+    assert!(
+        out.starts_with("line1\n") && out.ends_with("last\n"),
+        "{out}"
+    );
+    assert!(!out.contains("warn"), "stderr lines went to stdout");
+    assert!(stderr(&o).contains("warn5"));
+    let tail = node.ctr_ok(&["logs", "--tail", "1", "talk"]);
+    assert_eq!(tail, "last\n");
+    let ts = node.ctr_ok(&["logs", "-t", "--tail", "1", "talk"]);
+    assert!(ts.starts_with("20") && ts.contains("Z last"), "{ts}");
+    node.ctr_ok(&["rm", "talk"]);
+    node.assert_clean();
+}

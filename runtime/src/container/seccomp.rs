@@ -138,22 +138,73 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<CompiledFilter, SeccompError> {
     file.rewind()
         .and_then(|_| file.read_to_end(&mut bytes))
         .map_err(|e| SeccompError::Compile(format!("reading the program: {e}")))?;
-    if bytes.is_empty() || bytes.len() % 8 != 0 {
-        return Err(SeccompError::Compile(format!(
+    CompiledFilter::from_bytes(&bytes).ok_or_else(|| {
+        SeccompError::Compile(format!(
             "libseccomp exported {} bytes, not a BPF program",
             bytes.len()
-        )));
+        ))
+    })
+}
+
+/// [`compile`], with the result kept in `cache_dir` under a digest of the profile and the
+/// libseccomp version: the same profile is compiled once per node, not per container.
+pub fn compile_cached(
+    profile: &LinuxSeccomp,
+    cache_dir: &std::path::Path,
+) -> Result<CompiledFilter, SeccompError> {
+    use sha2::{Digest, Sha256};
+    let version = libseccomp::ScmpVersion::current()
+        .map(|v| format!("{}.{}.{}", v.major, v.minor, v.micro))
+        .unwrap_or_default();
+    let mut h = Sha256::new();
+    h.update(version.as_bytes());
+    h.update(serde_json::to_vec(profile).unwrap_or_default());
+    let path = cache_dir.join(format!("{}.bpf", hex::encode(h.finalize())));
+    if let Ok(bytes) = std::fs::read(&path) {
+        if let Some(f) = CompiledFilter::from_bytes(&bytes) {
+            return Ok(f);
+        }
     }
-    let program = bytes
-        .chunks_exact(8)
-        .map(|c| seccompiler::sock_filter {
-            code: u16::from_ne_bytes([c[0], c[1]]),
-            jt: c[2],
-            jf: c[3],
-            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
-        })
-        .collect();
-    Ok(CompiledFilter(program))
+    let f = compile(profile)?;
+    // A cache that cannot be written only costs the next container a compile.
+    let _ = std::fs::create_dir_all(cache_dir).and_then(|_| {
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, f.to_bytes())?;
+        std::fs::rename(&tmp, &path)
+    });
+    Ok(f)
+}
+
+impl CompiledFilter {
+    /// The program as the kernel's `sock_filter` array.
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() * 8);
+        for i in &self.0 {
+            out.extend_from_slice(&i.code.to_ne_bytes());
+            out.push(i.jt);
+            out.push(i.jf);
+            out.extend_from_slice(&i.k.to_ne_bytes());
+        }
+        out
+    }
+
+    /// Parses a `sock_filter` array; `None` unless it is a plausible program.
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.is_empty() || bytes.len() % 8 != 0 || bytes.len() / 8 > 4096 {
+            return None;
+        }
+        Some(Self(
+            bytes
+                .chunks_exact(8)
+                .map(|c| seccompiler::sock_filter {
+                    code: u16::from_ne_bytes([c[0], c[1]]),
+                    jt: c[2],
+                    jf: c[3],
+                    k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+                })
+                .collect(),
+        ))
+    }
 }
 
 /// libcontainer's default executor, installing a compiled filter first.
@@ -784,5 +835,12 @@ mod tests {
         let f = compile(&p).expect("compile");
         // every allowed call and the argument checks end up in the program
         assert!(f.len() > 250 && f.len() < 4096, "{} instructions", f.len());
+        let cache = tempfile::tempdir().expect("tmp");
+        let a = compile_cached(&p, cache.path()).expect("compile");
+        assert_eq!(std::fs::read_dir(cache.path()).expect("ls").count(), 1);
+        let b = compile_cached(&p, cache.path()).expect("cached");
+        assert_eq!(a.to_bytes(), b.to_bytes());
+        assert_eq!(a.to_bytes(), f.to_bytes());
+        assert!(CompiledFilter::from_bytes(&[0; 7]).is_none());
     }
 }

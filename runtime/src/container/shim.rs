@@ -196,7 +196,8 @@ fn create_and_start(
     let mut filter = None;
     if let Some(linux) = spec.linux().clone() {
         if let Some(profile) = linux.seccomp() {
-            filter = Some(seccomp::compile(profile).map_err(|e| e.to_string())?);
+            let cache = data_dir.join("containers").join(".seccomp");
+            filter = Some(seccomp::compile_cached(profile, &cache).map_err(|e| e.to_string())?);
             let json = serde_json::to_vec_pretty(profile).map_err(|e| e.to_string())?;
             super::write_atomic(&dir.join("seccomp.json"), &json).map_err(|e| e.to_string())?;
             let mut linux = linux;

@@ -565,3 +565,75 @@ fn logs_tail_follow_and_streams() {
     node.ctr_ok(&["rm", "talk"]);
     node.assert_clean();
 }
+
+#[test]
+fn ctrl_c_on_an_attached_run_stops_and_removes_the_container() {
+    let node = Node::new();
+    let mut child = node
+        .nodeagent()
+        .args(["ctr", "run", "--rm", "--name", "fg", IMAGE, "sh", "-c"])
+        .arg("trap 'echo stopping; exit 3' TERM; echo ready; while true; do sleep 0.1 & wait; done")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    node.wait_for("the container", Duration::from_secs(10), || {
+        node.ps().first().is_some_and(|c| c["status"] == "running")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "ctr run did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().expect("output");
+    assert_eq!(status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("ready") && stdout(&out).contains("stopping"),
+        "{}",
+        stdout(&out)
+    );
+    node.assert_clean();
+}
+
+#[test]
+fn image_content_stays_while_a_container_uses_it() {
+    let node = Node::new();
+    node.ctr_ok(&["run", "-d", "--name", "keep", IMAGE, "sleep", "60"]);
+    node.ctr_ok(&["image", "rm", IMAGE]);
+    node.ctr_ok(&["image", "prune"]);
+    let layers = node.data.join("images/layers");
+    let count = || {
+        fs::read_dir(&layers)
+            .expect("layers")
+            .filter(|e| e.as_ref().is_ok_and(|e| e.path().is_dir()))
+            .count()
+    };
+    assert!(count() >= 4, "layers of a running container were collected");
+    // the running container still sees its files (through its shim's mount namespace)
+    let info = node.inspect("keep");
+    let shim = info["state"]["shim"]["pid"].as_i64().expect("shim");
+    let id = info["id"].as_str().expect("id");
+    let motd = format!(
+        "/proc/{shim}/root{}/rootfs/etc/motd",
+        node.data.join("containers").join(id).display()
+    );
+    assert_eq!(
+        fs::read_to_string(&motd).expect("motd"),
+        "hello from flotilla\n"
+    );
+    node.ctr_ok(&["stop", "-t", "1", "keep"]);
+    node.ctr_ok(&["rm", "keep"]);
+    node.ctr_ok(&["image", "prune"]);
+    assert_eq!(count(), 0, "layers outlived the last container and image");
+    node.assert_clean();
+}

@@ -22,6 +22,7 @@ use std::collections::HashSet;
 use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufRead, BufReader};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -39,6 +40,10 @@ pub use volume::{Volume, VolumeError, VolumeStore};
 
 use crate::image::{ImageStore, ImageStoreError};
 use spec::MountKind;
+
+/// How long a launcher waits for the shim to report the container started (image layers are
+/// local; this covers a slow disk, not a download).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long `stop` waits for the shim to record the exit after the process died.
 const EXIT_RECORD_WAIT: Duration = Duration::from_secs(10);
@@ -324,6 +329,9 @@ impl ContainerStore {
     pub fn open(data_dir: &Path, options: StoreOptions) -> Result<Self, ContainerError> {
         validate_cgroup_parent(&options.cgroup_parent)
             .map_err(|e| ContainerError::Invalid(vec![e]))?;
+        fs::create_dir_all(data_dir).map_err(io_at(data_dir))?;
+        // Absolute from here on: the shim changes its working directory.
+        let data_dir = &fs::canonicalize(data_dir).map_err(io_at(data_dir))?;
         let dir = data_dir.join("containers");
         fs::DirBuilder::new()
             .recursive(true)
@@ -387,6 +395,11 @@ impl ContainerStore {
 
     /// Creates a container (record, directories, image lease); it does not run yet.
     pub fn create(&self, config: ContainerConfig) -> Result<ContainerRecord, ContainerError> {
+        if !rustix::process::geteuid().is_root() {
+            return Err(ContainerError::Invalid(vec![
+                "running containers needs root (namespaces, mounts, cgroups); run nodeagent as root".into(),
+            ]));
+        }
         config.validate().map_err(ContainerError::Invalid)?;
         // A container start is expected next: let the kernel's cgroup migration slow path
         // run in parallel with the preparations (see `prime_migration`).
@@ -568,7 +581,21 @@ impl ContainerStore {
         tracing::debug!(container = %id, "shim spawned");
         let mut status = BufReader::new(stdout);
         let mut line = String::new();
-        let read = status.read_line(&mut line);
+        // A shim stuck before the container runs must not hang its launcher forever.
+        let read = if process::wait_readable_fd(status.get_ref().as_fd(), Some(START_TIMEOUT)) {
+            status.read_line(&mut line)
+        } else {
+            let _ = child.kill();
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the shim did not start the container within {START_TIMEOUT:?}"),
+            ))
+        };
+        if let Err(e) = &read {
+            if line.is_empty() {
+                line = format!("error {e}\n");
+            }
+        }
         match (read, shim::parse_status(&line)) {
             (Ok(_), Some(shim::StatusLine::Started(pid))) => Ok(Started {
                 id: id.to_string(),
@@ -867,7 +894,6 @@ impl Started {
 
     /// The raw status pipe, for callers that multiplex it with other waits.
     pub fn status_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        use std::os::fd::AsFd;
         self.status.get_ref().as_fd()
     }
 

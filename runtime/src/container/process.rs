@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
 use rustix::event::{poll, PollFd, PollFlags, Timespec};
@@ -72,12 +72,17 @@ impl ProcessIdentity {
 
 /// Waits for `fd` to become readable; false on timeout.
 pub fn wait_readable(fd: &OwnedFd, timeout: Option<Duration>) -> bool {
+    wait_readable_fd(fd.as_fd(), timeout)
+}
+
+/// [`wait_readable`] for a borrowed descriptor.
+pub fn wait_readable_fd(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> bool {
     let ts = timeout.map(|t| Timespec {
         tv_sec: t.as_secs() as i64,
         tv_nsec: i64::from(t.subsec_nanos()),
     });
     loop {
-        let mut fds = [PollFd::new(fd, PollFlags::IN)];
+        let mut fds = [PollFd::from_borrowed_fd(fd, PollFlags::IN)];
         match poll(&mut fds, ts.as_ref()) {
             Ok(0) => return false,
             Ok(_) => return true,

@@ -540,6 +540,9 @@ impl ContainerStore {
     /// Launches the container's shim and waits until the container runs (or failed to).
     /// On failure the container is removed: nothing is left behind.
     pub fn start(&self, id: &str) -> Result<Started, ContainerError> {
+        if !is_id(id) {
+            return Err(ContainerError::NotFound(id.to_string()));
+        }
         let paths = self.paths(id);
         if paths.state().exists() {
             return Err(ContainerError::Start {
@@ -912,7 +915,7 @@ impl Started {
     }
 }
 
-fn is_id(key: &str) -> bool {
+pub(crate) fn is_id(key: &str) -> bool {
     key.len() == 32
         && key
             .bytes()

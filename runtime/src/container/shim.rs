@@ -71,6 +71,10 @@ fn report(line: &StatusLine) {
 
 /// Runs the shim for container `id`; returns the shim's exit code.
 pub fn main(data_dir: &Path, id: &str) -> i32 {
+    if !super::is_id(id) {
+        report(&StatusLine::Error(format!("invalid container id '{id}'")));
+        return 1;
+    }
     let dir = data_dir.join("containers").join(id);
     let record: ContainerRecord = match fs::read(dir.join("container.json"))
         .map_err(|e| e.to_string())

@@ -8,73 +8,55 @@ use super::logs::LogLimits;
 
 /// Settings of a container; anything left `None` comes from the image or a default.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ContainerConfig {
     /// Unique name (optional; the id always works).
-    #[serde(default)]
     pub name: Option<String>,
     /// Image reference in the node's store.
     pub image: String,
     /// Replaces the image's entrypoint (and then its cmd as well, as Docker does).
-    #[serde(default)]
     pub entrypoint: Option<Vec<String>>,
     /// Replaces the image's cmd.
-    #[serde(default)]
     pub command: Option<Vec<String>>,
     /// `KEY=VALUE` entries, overriding the image's.
-    #[serde(default)]
     pub env: Vec<String>,
     /// Working directory (absolute), overriding the image's.
-    #[serde(default)]
     pub workdir: Option<String>,
     /// `user[:group]` by name or number, overriding the image's.
-    #[serde(default)]
     pub user: Option<String>,
     /// Hostname (default: the short id).
-    #[serde(default)]
     pub hostname: Option<String>,
     /// cgroup limits.
-    #[serde(default)]
     pub resources: Resources,
     /// Mount the root filesystem read-only.
-    #[serde(default)]
     pub read_only: bool,
     /// Network namespace.
-    #[serde(default)]
     pub network: NetworkMode,
     /// Capabilities added to the default set (`ALL` for every one).
-    #[serde(default)]
     pub cap_add: Vec<String>,
     /// Capabilities removed from the default set (`ALL` for every one).
-    #[serde(default)]
     pub cap_drop: Vec<String>,
     /// All capabilities, no seccomp, no masked paths, every device: only when asked.
-    #[serde(default)]
     pub privileged: bool,
     /// Volumes, bind mounts and tmpfs.
-    #[serde(default)]
     pub mounts: Vec<MountRequest>,
     /// Log size bounds.
-    #[serde(default)]
     pub log: LogLimits,
 }
 
 /// cgroup limits of a container.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Resources {
     /// Relative CPU weight in CPU units (1024 = one core's worth), as cgroup v1 shares.
-    #[serde(default)]
     pub cpu_units: Option<u64>,
     /// Hard CPU limit in thousandths of a core (500 = half a core).
-    #[serde(default)]
     pub cpu_limit_millis: Option<u64>,
     /// Hard memory limit, bytes.
-    #[serde(default)]
     pub memory: Option<u64>,
     /// Memory reservation (soft limit), bytes.
-    #[serde(default)]
     pub memory_reservation: Option<u64>,
     /// Maximum processes and threads.
-    #[serde(default)]
     pub pids: Option<u64>,
 }
 
@@ -244,6 +226,9 @@ impl ContainerConfig {
     /// reports every problem at once, each naming its field.
     pub fn validate(&self) -> Result<(), Vec<String>> {
         let mut errs = Vec::new();
+        if self.image.trim().is_empty() {
+            errs.push("image: required".to_string());
+        }
         if let Some(n) = &self.name {
             if let Err(e) = validate_name("container", n) {
                 errs.push(format!("name: {e}"));

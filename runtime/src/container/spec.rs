@@ -79,21 +79,17 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// The runtime defaults of an image (`config` of the image configuration).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ImageProcess {
     /// `Entrypoint`.
-    #[serde(default)]
     pub entrypoint: Vec<String>,
     /// `Cmd`.
-    #[serde(default)]
     pub cmd: Vec<String>,
     /// `Env`.
-    #[serde(default)]
     pub env: Vec<String>,
     /// `WorkingDir`.
-    #[serde(default)]
     pub workdir: Option<String>,
     /// `User`.
-    #[serde(default)]
     pub user: Option<String>,
 }
 

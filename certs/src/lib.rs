@@ -1,5 +1,11 @@
-//! Cluster identity. Only this crate handles private keys. For now: creating the cluster CA and
-//! storing it (certificate world-readable, key 0600); node enrollment and mTLS build on it.
+//! Cluster identity. Only this crate handles private keys: the cluster CA, the control plane's
+//! server certificate, node certificates issued from CSRs (only the CSR's public key is used),
+//! admin client certificates, join tokens ([`token`]) and the rustls configurations of the
+//! mutually authenticated channel ([`tls`]).
+//!
+//! Every certificate says who it is for in one URI SAN — `flotilla://server`,
+//! `flotilla://node/<id>`, `flotilla://admin/<name>` — and what it may do in its extended key
+//! usage (server certificates: server auth only; node and admin: client auth only).
 
 #![forbid(unsafe_code)]
 
@@ -7,8 +13,27 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
+use rcgen::{
+    CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
 use sha2::{Digest as _, Sha256};
+
+pub mod tls;
+pub mod token;
+
+/// The name every control plane certificate carries and every client asks for (SNI), whatever
+/// address it dials: nodes verify the cluster's server, not an address.
+pub const SERVER_NAME: &str = "orchestratord.flotilla.internal";
+/// How far back certificates are dated, for boards whose clock lags a little.
+pub const BACKDATE: Duration = Duration::from_secs(3600);
+/// Default lifetime of node certificates (renewed at 50–80 % of it).
+pub const NODE_CERT_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+/// Default lifetime of the server certificate.
+pub const SERVER_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+/// Default lifetime of admin certificates.
+pub const ADMIN_CERT_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
 
 /// File name of the CA certificate in a control plane's data directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -29,6 +54,14 @@ pub enum CertError {
     /// A file already exists where a new CA would be written.
     #[error("{0} already exists; refusing to overwrite a cluster CA")]
     Exists(PathBuf),
+    /// A certificate, key or CSR does not parse or verify.
+    #[error("{what}: {reason}")]
+    Invalid {
+        /// What was read.
+        what: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
@@ -94,6 +127,99 @@ impl ClusterCa {
         &self.cert_pem
     }
 
+    /// The certificate in DER.
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    /// Loads `ca.pem` and `ca-key.pem` from `dir`.
+    pub fn load(dir: &Path) -> Result<Self, CertError> {
+        let read = |name: &str| {
+            let p = dir.join(name);
+            fs::read_to_string(&p).map_err(|source| CertError::Io { path: p, source })
+        };
+        let cert_pem = read(CA_CERT_FILE)?;
+        let key_pem = read(CA_KEY_FILE)?;
+        let cert_der = pem_der(&cert_pem, "CA certificate")?;
+        KeyPair::from_pem(&key_pem).map_err(|e| invalid("CA key", e))?;
+        Ok(Self {
+            cert_pem,
+            cert_der,
+            key_pem,
+        })
+    }
+
+    fn issue(
+        &self,
+        params: CertificateParams,
+        public_key: &impl rcgen::PublicKeyData,
+    ) -> Result<String, CertError> {
+        let key = KeyPair::from_pem(&self.key_pem).map_err(|e| invalid("CA key", e))?;
+        let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, key)
+            .map_err(|e| invalid("CA certificate", e))?;
+        let cert = params
+            .signed_by(public_key, &issuer)
+            .map_err(|source| CertError::Generate {
+                what: "certificate",
+                source,
+            })?;
+        Ok(cert.pem())
+    }
+
+    /// Issues the control plane's server certificate (and its key) for `names` (host names or
+    /// IP addresses it is reached by) plus [`SERVER_NAME`].
+    pub fn issue_server(
+        &self,
+        names: &[String],
+        lifetime: Duration,
+    ) -> Result<CertifiedKey, CertError> {
+        let key = new_key()?;
+        let mut params = leaf_params(Role::Server, "orchestratord", lifetime)?;
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(ia5(SERVER_NAME)?));
+        for n in names {
+            params
+                .subject_alt_names
+                .push(match n.parse::<std::net::IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(ia5(n)?),
+                });
+        }
+        let cert_pem = self.issue(params, &key)?;
+        Ok(CertifiedKey {
+            cert_pem,
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Issues a node certificate for `node_id` from a CSR: only the CSR's public key is used
+    /// (its subject, names and extensions are ignored), after its signature is checked.
+    pub fn issue_node(
+        &self,
+        csr_pem: &str,
+        node_id: &str,
+        lifetime: Duration,
+    ) -> Result<String, CertError> {
+        validate_name(node_id)?;
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| invalid("certificate signing request", e))?;
+        let params = leaf_params(Role::Node, node_id, lifetime)?;
+        self.issue(params, &csr.public_key)
+    }
+
+    /// Issues an admin client certificate and its key for operator `name`.
+    pub fn issue_admin(&self, name: &str, lifetime: Duration) -> Result<CertifiedKey, CertError> {
+        validate_name(name)?;
+        let key = new_key()?;
+        let params = leaf_params(Role::Admin, name, lifetime)?;
+        let cert_pem = self.issue(params, &key)?;
+        Ok(CertifiedKey {
+            cert_pem,
+            key_pem: key.serialize_pem(),
+        })
+    }
+
     /// Writes `ca.pem` (0644) and `ca-key.pem` (0600) into `dir`, never overwriting either.
     pub fn write_to(&self, dir: &Path) -> Result<(), CertError> {
         let (cert, key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
@@ -105,6 +231,195 @@ impl ClusterCa {
         write_new(&key, self.key_pem.as_bytes(), 0o600)?;
         write_new(&cert, self.cert_pem.as_bytes(), 0o644)
     }
+}
+
+/// A certificate with its private key, both PEM. The key is never printed.
+pub struct CertifiedKey {
+    /// The certificate.
+    pub cert_pem: String,
+    /// The private key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertifiedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertifiedKey").finish_non_exhaustive()
+    }
+}
+
+/// What a certificate is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The control plane.
+    Server,
+    /// A node agent.
+    Node,
+    /// An operator.
+    Admin,
+}
+
+/// Who a certificate names: role and name (node id, admin name; `orchestratord` for the
+/// server).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The role.
+    pub role: Role,
+    /// The name within the role.
+    pub name: String,
+}
+
+impl Identity {
+    fn uri(role: Role, name: &str) -> String {
+        match role {
+            Role::Server => "flotilla://server".to_string(),
+            Role::Node => format!("flotilla://node/{name}"),
+            Role::Admin => format!("flotilla://admin/{name}"),
+        }
+    }
+}
+
+/// The identity a (verified) certificate carries in its `flotilla://` URI SAN, and its
+/// validity end. Exactly one such name must be present.
+pub fn identity_of(cert_der: &[u8]) -> Result<(Identity, SystemTime), CertError> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| invalid("certificate", e))?;
+    let sans = cert
+        .subject_alternative_name()
+        .map_err(|e| invalid("certificate", e))?
+        .map(|ext| ext.value.general_names.clone())
+        .unwrap_or_default();
+    let uris: Vec<&str> = sans
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) if u.starts_with("flotilla://") => Some(*u),
+            _ => None,
+        })
+        .collect();
+    let [uri] = uris.as_slice() else {
+        return Err(CertError::Invalid {
+            what: "certificate",
+            reason: format!("expected one flotilla:// name, found {}", uris.len()),
+        });
+    };
+    let rest = &uri["flotilla://".len()..];
+    let identity = match rest.split_once('/') {
+        None if rest == "server" => Identity {
+            role: Role::Server,
+            name: "orchestratord".into(),
+        },
+        Some(("node", n)) if validate_name(n).is_ok() => Identity {
+            role: Role::Node,
+            name: n.into(),
+        },
+        Some(("admin", n)) if validate_name(n).is_ok() => Identity {
+            role: Role::Admin,
+            name: n.into(),
+        },
+        _ => {
+            return Err(CertError::Invalid {
+                what: "certificate",
+                reason: format!("unknown identity {uri}"),
+            })
+        }
+    };
+    let not_after = cert.validity().not_after.timestamp();
+    let until = SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64);
+    Ok((identity, until))
+}
+
+/// Node ids and admin names: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 64 characters.
+pub fn validate_name(name: &str) -> Result<(), CertError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CertError::Invalid {
+            what: "name",
+            reason: format!("'{name}': use letters, digits, '_', '.', '-' (at most 64)"),
+        })
+    }
+}
+
+/// A node's own key and the CSR carrying its public key. The key stays on the node.
+pub fn node_key_and_csr(node_name: &str) -> Result<CertifiedKey, CertError> {
+    let key = new_key()?;
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|source| CertError::Generate {
+            what: "CSR parameters",
+            source,
+        })?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, node_name.to_string());
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|source| CertError::Generate {
+            what: "CSR",
+            source,
+        })?;
+    Ok(CertifiedKey {
+        cert_pem: csr.pem().map_err(|source| CertError::Generate {
+            what: "CSR",
+            source,
+        })?,
+        key_pem: key.serialize_pem(),
+    })
+}
+
+fn new_key() -> Result<KeyPair, CertError> {
+    KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|source| CertError::Generate {
+        what: "key",
+        source,
+    })
+}
+
+fn ia5(s: &str) -> Result<rcgen::string::Ia5String, CertError> {
+    rcgen::string::Ia5String::try_from(s).map_err(|e| invalid("name", e))
+}
+
+fn invalid(what: &'static str, e: impl std::fmt::Display) -> CertError {
+    CertError::Invalid {
+        what,
+        reason: e.to_string(),
+    }
+}
+
+fn pem_der(pem_text: &str, what: &'static str) -> Result<Vec<u8>, CertError> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_slice(pem_text.as_bytes())
+        .map(|c| c.to_vec())
+        .map_err(|e| invalid(what, format!("{e:?}")))
+}
+
+/// Parameters of a leaf certificate: identity URI, key and extended key usage per role,
+/// validity from [`BACKDATE`] ago for `lifetime`.
+fn leaf_params(role: Role, name: &str, lifetime: Duration) -> Result<CertificateParams, CertError> {
+    let mut params =
+        CertificateParams::new(Vec::<String>::new()).map_err(|source| CertError::Generate {
+            what: "certificate parameters",
+            source,
+        })?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, name.to_string());
+    params
+        .subject_alt_names
+        .push(SanType::URI(ia5(&Identity::uri(role, name))?));
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![match role {
+        Role::Server => ExtendedKeyUsagePurpose::ServerAuth,
+        Role::Node | Role::Admin => ExtendedKeyUsagePurpose::ClientAuth,
+    }];
+    params.use_authority_key_identifier_extension = true;
+    let now = SystemTime::now();
+    params.not_before = (now - BACKDATE).into();
+    params.not_after = (now + lifetime).into();
+    Ok(params)
 }
 
 /// Creates `path` with `mode` from the start (no window with wider permissions) and writes it.
@@ -153,6 +468,152 @@ mod tests {
         assert_eq!(
             fs::read_to_string(dir.path().join(CA_CERT_FILE)).expect("read"),
             pem
+        );
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+    use rustls::{ClientConnection, ServerConnection};
+    use rustls_pki_types::ServerName;
+    use std::sync::Arc;
+
+    /// Runs a TLS handshake in memory; returns the client certificate the server saw.
+    fn handshake(
+        client: rustls::ClientConfig,
+        server: rustls::ServerConfig,
+    ) -> Result<Option<Vec<u8>>, rustls::Error> {
+        let name = ServerName::try_from(SERVER_NAME).expect("name");
+        let mut c = ClientConnection::new(Arc::new(client), name)?;
+        let mut s = ServerConnection::new(Arc::new(server))?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).expect("write");
+            if !buf.is_empty() {
+                s.read_tls(&mut buf.as_slice()).expect("read");
+                s.process_new_packets()?;
+            }
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).expect("write");
+            if !buf.is_empty() {
+                c.read_tls(&mut buf.as_slice()).expect("read");
+                c.process_new_packets()?;
+            }
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(s
+                    .peer_certificates()
+                    .and_then(|p| p.first())
+                    .map(|c| c.to_vec()));
+            }
+        }
+        Err(rustls::Error::General("handshake did not finish".into()))
+    }
+
+    fn der(pem_text: &str) -> Vec<u8> {
+        pem_der(pem_text, "test").expect("der")
+    }
+
+    #[test]
+    fn roles_come_from_the_issuer_not_the_csr() {
+        let ca = ClusterCa::generate("t").expect("ca");
+        let server = ca
+            .issue_server(
+                &["10.0.0.1".into(), "cp.example".into()],
+                SERVER_CERT_LIFETIME,
+            )
+            .expect("server");
+        let (id, _) = identity_of(&der(&server.cert_pem)).expect("identity");
+        assert_eq!(id.role, Role::Server);
+
+        // a CSR asking for an admin identity and another name gets a node certificate
+        let key = new_key().expect("key");
+        let mut params = CertificateParams::new(vec!["evil.example".to_string()]).expect("params");
+        params
+            .subject_alt_names
+            .push(SanType::URI(ia5("flotilla://admin/root").expect("uri")));
+        params.distinguished_name.push(DnType::CommonName, "root");
+        let csr = params
+            .serialize_request(&key)
+            .expect("csr")
+            .pem()
+            .expect("pem");
+        let cert = ca
+            .issue_node(&csr, "n-1234", NODE_CERT_LIFETIME)
+            .expect("node");
+        let (id, until) = identity_of(&der(&cert)).expect("identity");
+        assert_eq!(
+            id,
+            Identity {
+                role: Role::Node,
+                name: "n-1234".into()
+            }
+        );
+        assert!(until > SystemTime::now() + Duration::from_secs(29 * 86_400));
+        let text = String::from_utf8_lossy(&der(&cert)).into_owned();
+        assert!(!text.contains("evil.example") && !text.contains("admin"));
+
+        let admin = ca.issue_admin("alice", ADMIN_CERT_LIFETIME).expect("admin");
+        assert_eq!(
+            identity_of(&der(&admin.cert_pem)).expect("id").0.role,
+            Role::Admin
+        );
+        assert!(ca.issue_node("garbage", "n-1", NODE_CERT_LIFETIME).is_err());
+        assert!(ca.issue_admin("../x", ADMIN_CERT_LIFETIME).is_err());
+    }
+
+    #[test]
+    fn mutual_tls_accepts_the_cluster_and_refuses_strangers() {
+        let ca = ClusterCa::generate("t").expect("ca");
+        let server = ca.issue_server(&[], SERVER_CERT_LIFETIME).expect("server");
+        let node_csr = node_key_and_csr("n-1").expect("csr");
+        let node = CertifiedKey {
+            cert_pem: ca
+                .issue_node(&node_csr.cert_pem, "n-1", NODE_CERT_LIFETIME)
+                .expect("node"),
+            key_pem: node_csr.key_pem.clone(),
+        };
+        let srv = || tls::server(ca.cert_pem(), &server, &[tls::ALPN_AGENT]).expect("server cfg");
+        let seen = handshake(
+            tls::client(ca.cert_pem(), &node, tls::ALPN_AGENT).expect("client"),
+            srv(),
+        )
+        .expect("handshake");
+        let (id, _) = identity_of(&seen.expect("client cert")).expect("identity");
+        assert_eq!(id.name, "n-1");
+
+        // a client certificate from another CA fails the handshake
+        let other = ClusterCa::generate("other").expect("ca");
+        let stranger = other
+            .issue_admin("mallory", ADMIN_CERT_LIFETIME)
+            .expect("admin");
+        let cfg = tls::client(ca.cert_pem(), &stranger, tls::ALPN_AGENT).expect("client");
+        assert!(handshake(cfg, srv()).is_err());
+
+        // a node certificate presented as a server is refused by clients (key usage)
+        let fake_server = tls::server(ca.cert_pem(), &node, &[tls::ALPN_AGENT]).expect("cfg");
+        let cfg = tls::client(ca.cert_pem(), &node, tls::ALPN_AGENT).expect("client");
+        let err = handshake(cfg, fake_server).expect_err("node cert accepted as server");
+        assert!(
+            matches!(
+                err,
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::InvalidPurposeContext { .. }
+                )
+            ),
+            "{err:?}"
+        );
+
+        // enrollment: only the server of the CA the token pins
+        let digest: [u8; 32] = Sha256::digest(ca.cert_der()).into();
+        let join_srv = || tls::server(ca.cert_pem(), &server, &[tls::ALPN_JOIN]).expect("cfg");
+        assert!(handshake(tls::enrollment_client(digest).expect("cfg"), join_srv()).is_ok());
+        let wrong: [u8; 32] = Sha256::digest(other.cert_der()).into();
+        let err = handshake(tls::enrollment_client(wrong).expect("cfg"), join_srv())
+            .expect_err("wrong CA");
+        assert!(
+            err.to_string().contains("does not match the join token"),
+            "{err}"
         );
     }
 }

@@ -20,6 +20,7 @@ use rcgen::{
 };
 use sha2::{Digest as _, Sha256};
 
+pub mod credential;
 pub mod tls;
 pub mod token;
 
@@ -220,6 +221,21 @@ impl ClusterCa {
         })
     }
 
+    /// Issues an admin client certificate for operator `name` from a CSR (only its public
+    /// key is used): the operator's key stays where it was made.
+    pub fn issue_admin_from_csr(
+        &self,
+        csr_pem: &str,
+        name: &str,
+        lifetime: Duration,
+    ) -> Result<String, CertError> {
+        validate_name(name)?;
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| invalid("certificate signing request", e))?;
+        let params = leaf_params(Role::Admin, name, lifetime)?;
+        self.issue(params, &csr.public_key)
+    }
+
     /// Writes `ca.pem` (0644) and `ca-key.pem` (0600) into `dir`, never overwriting either.
     pub fn write_to(&self, dir: &Path) -> Result<(), CertError> {
         let (cert, key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
@@ -234,6 +250,7 @@ impl ClusterCa {
 }
 
 /// A certificate with its private key, both PEM. The key is never printed.
+#[derive(Clone)]
 pub struct CertifiedKey {
     /// The certificate.
     pub cert_pem: String,
@@ -327,6 +344,17 @@ pub fn identity_of(cert_der: &[u8]) -> Result<(Identity, SystemTime), CertError>
     Ok((identity, until))
 }
 
+/// Validity period (`notBefore`, `notAfter`) of a certificate.
+pub fn validity_of(cert_der: &[u8]) -> Result<(SystemTime, SystemTime), CertError> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(cert_der).map_err(|e| invalid("certificate", e))?;
+    let at = |t: i64| SystemTime::UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    Ok((
+        at(cert.validity().not_before.timestamp()),
+        at(cert.validity().not_after.timestamp()),
+    ))
+}
+
 /// Node ids and admin names: `[A-Za-z0-9][A-Za-z0-9_.-]*`, at most 64 characters.
 pub fn validate_name(name: &str) -> Result<(), CertError> {
     let ok = !name.is_empty()
@@ -345,8 +373,19 @@ pub fn validate_name(name: &str) -> Result<(), CertError> {
     }
 }
 
-/// A node's own key and the CSR carrying its public key. The key stays on the node.
-pub fn node_key_and_csr(node_name: &str) -> Result<CertifiedKey, CertError> {
+/// A new node id: `n-` and 12 random hex digits. The server assigns it at enrollment.
+pub fn new_node_id() -> Result<String, CertError> {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 6];
+    ring::rand::SystemRandom::new()
+        .fill(&mut b)
+        .map_err(|_| invalid("node id", "no randomness available"))?;
+    Ok(format!("n-{}", hex::encode(b)))
+}
+
+/// A new key and the CSR carrying its public key (for a node, or an operator): the key stays
+/// where it is made. `cert_pem` holds the CSR.
+pub fn key_and_csr(node_name: &str) -> Result<CertifiedKey, CertError> {
     let key = new_key()?;
     let mut params =
         CertificateParams::new(Vec::<String>::new()).map_err(|source| CertError::Generate {
@@ -566,7 +605,7 @@ mod identity_tests {
     fn mutual_tls_accepts_the_cluster_and_refuses_strangers() {
         let ca = ClusterCa::generate("t").expect("ca");
         let server = ca.issue_server(&[], SERVER_CERT_LIFETIME).expect("server");
-        let node_csr = node_key_and_csr("n-1").expect("csr");
+        let node_csr = key_and_csr("n-1").expect("csr");
         let node = CertifiedKey {
             cert_pem: ca
                 .issue_node(&node_csr.cert_pem, "n-1", NODE_CERT_LIFETIME)

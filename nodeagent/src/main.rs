@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+mod agent;
 mod ctr;
 mod ctr_container;
 
@@ -41,6 +42,19 @@ struct Cli {
 enum Command {
     /// Low-level tools for this node: images, containers, volumes.
     Ctr(ctr::CtrArgs),
+    /// Enroll this node with a control plane (once per node).
+    Join {
+        /// The control plane, HOST[:PORT] (default port 7443).
+        server: String,
+        /// Join token from `flotilla token create`.
+        #[arg(long, env = "NODEAGENT_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Node attribute KEY=VALUE (repeatable), added to the token's labels.
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// Run the agent: keep the session with the control plane.
+    Run,
     /// Supervise one container (started by the agent, not by hand).
     #[command(hide = true)]
     Shim {
@@ -86,6 +100,17 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Ctr(args) => ctr::run(&cli.data_dir, node, args).await,
+            Command::Join {
+                server,
+                token,
+                labels,
+            } => {
+                let id = agent::join(&cli.data_dir, &server, &token, &labels).await?;
+                println!("joined as {id}");
+                println!("next: nodeagent --data-dir {} run", cli.data_dir.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Run => agent::run(&cli.data_dir).await.map(|()| ExitCode::SUCCESS),
             Command::Shim { .. } => Ok(ExitCode::FAILURE),
         }
     });

@@ -1,50 +1,292 @@
-//! `orchestratord`: the Flotilla control plane. For now it creates the cluster identity
-//! (`init`); serving agents and operators builds on it.
+//! `orchestratord`: the Flotilla control plane. `init` creates the cluster identity (CA, server
+//! certificate, first admin credential); `run` serves agents over QUIC (UDP) and operators over
+//! HTTPS (TCP) on the same port number.
 
 #![forbid(unsafe_code)]
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+mod agents;
+mod api;
+mod store;
 
-use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use flotilla_certs::ClusterCa;
+use flotilla_certs::credential::{write_replace, Credential};
+use flotilla_certs::{
+    identity_of, CertifiedKey, ClusterCa, ADMIN_CERT_LIFETIME, SERVER_CERT_LIFETIME,
+};
 
 /// Default data directory of the control plane.
 const DEFAULT_DATA_DIR: &str = "/var/lib/flotilla/orchestratord";
+/// Default port, for QUIC (agents) and HTTPS (operators) alike.
+const DEFAULT_PORT: u16 = 7443;
+/// A server certificate closer than this to its expiry is replaced when `run` starts.
+const SERVER_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 
 #[derive(Debug, Parser)]
 #[command(name = "orchestratord", version, about = "Flotilla control plane")]
 struct Cli {
+    /// The control plane's data directory.
+    #[arg(long, global = true, env = "ORCHESTRATORD_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Create the cluster CA in the data directory (the key never leaves this host).
+    /// Create the cluster: CA (its key never leaves this host), server certificate, and the
+    /// first admin credential.
     Init {
-        /// The control plane's data directory.
-        #[arg(long, env = "ORCHESTRATORD_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-        data_dir: PathBuf,
         /// Cluster name, written into the CA's subject.
         #[arg(long, default_value = "default")]
         cluster: String,
+        /// Host name or IP address nodes and operators reach this server by (repeatable);
+        /// the first one, with the port, goes into the admin credential.
+        #[arg(long)]
+        advertise: Vec<String>,
+        /// Port the server will listen on (for the admin credential).
+        #[arg(long, default_value_t = DEFAULT_PORT)]
+        port: u16,
+        /// Where the admin credential goes (default ~/.config/flotilla).
+        #[arg(long, env = "FLOTILLA_CONFIG")]
+        admin_config: Option<PathBuf>,
+        /// Name of the first admin.
+        #[arg(long, default_value = "admin")]
+        admin_name: String,
+    },
+    /// Serve agents (QUIC) and operators (HTTPS).
+    Run {
+        /// Address to listen on, for UDP (agents) and TCP (operators).
+        #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
+        listen: SocketAddr,
+        /// Lifetime of node certificates in seconds (renewed at 50–80 % of it).
+        #[arg(long, default_value_t = flotilla_certs::NODE_CERT_LIFETIME.as_secs())]
+        node_cert_lifetime: u64,
     },
 }
 
 fn main() -> Result<()> {
-    match Cli::parse().command {
-        Command::Init { data_dir, cluster } => {
-            std::fs::create_dir_all(&data_dir)
-                .with_context(|| format!("creating {}", data_dir.display()))?;
-            std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("securing {}", data_dir.display()))?;
-            let ca = ClusterCa::generate(&cluster)?;
-            ca.write_to(&data_dir)?;
-            println!("cluster CA created in {}", data_dir.display());
-            println!("CA digest: {}", ca.digest());
-            Ok(())
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ORCHESTRATORD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Init {
+            cluster,
+            advertise,
+            port,
+            admin_config,
+            admin_name,
+        } => init(
+            &cli.data_dir,
+            &cluster,
+            &advertise,
+            port,
+            admin_config,
+            &admin_name,
+        ),
+        Command::Run {
+            listen,
+            node_cert_lifetime,
+        } => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the async runtime")?;
+            rt.block_on(run(
+                &cli.data_dir,
+                listen,
+                Duration::from_secs(node_cert_lifetime),
+            ))
         }
     }
+}
+
+fn default_admin_config() -> Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set; give --admin-config")?;
+    Ok(PathBuf::from(home).join(".config/flotilla"))
+}
+
+/// Names the server certificate carries: the advertised ones plus this host's.
+fn server_names(advertise: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = advertise
+        .iter()
+        .map(|a| match a.rsplit_once(':') {
+            Some((h, p)) if p.parse::<u16>().is_ok() && !h.contains(':') => h.to_string(),
+            _ => a.trim_matches(['[', ']']).to_string(),
+        })
+        .collect();
+    names.extend(["localhost".to_string(), "127.0.0.1".to_string()]);
+    if let Ok(h) = rustix_hostname() {
+        names.push(h);
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn rustix_hostname() -> Result<String> {
+    let h = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    Ok(h.trim().to_string())
+}
+
+fn init(
+    data_dir: &Path,
+    cluster: &str,
+    advertise: &[String],
+    port: u16,
+    admin_config: Option<PathBuf>,
+    admin_name: &str,
+) -> Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("securing {}", data_dir.display()))?;
+    let ca = ClusterCa::generate(cluster)?;
+    ca.write_to(data_dir)?;
+    let names = server_names(advertise);
+    write_server_cert(data_dir, &ca.issue_server(&names, SERVER_CERT_LIFETIME)?)?;
+    write_replace(
+        &data_dir.join("server-names.json"),
+        &serde_json::to_vec(&names)?,
+        0o644,
+    )?;
+    let host = advertise
+        .first()
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let server = if host.parse::<SocketAddr>().is_ok()
+        || host
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        host
+    } else {
+        format!("{host}:{port}")
+    };
+    let admin_dir = match admin_config {
+        Some(d) => d,
+        None => default_admin_config()?,
+    };
+    let admin = ca.issue_admin(admin_name, ADMIN_CERT_LIFETIME)?;
+    Credential {
+        server: server.clone(),
+        name: admin_name.to_string(),
+        ca_pem: ca.cert_pem().to_string(),
+        identity: admin,
+    }
+    .write(&admin_dir)?;
+    println!("cluster CA created in {}", data_dir.display());
+    println!("CA digest: {}", ca.digest());
+    println!("server certificate for: {}", names.join(", "));
+    println!(
+        "admin credential '{admin_name}' for {server} in {}",
+        admin_dir.display()
+    );
+    println!("next: orchestratord --data-dir {} run", data_dir.display());
+    Ok(())
+}
+
+fn write_server_cert(data_dir: &Path, cert: &CertifiedKey) -> Result<()> {
+    write_replace(
+        &data_dir.join("server-key.pem"),
+        cert.key_pem.as_bytes(),
+        0o600,
+    )?;
+    write_replace(
+        &data_dir.join("server.pem"),
+        cert.cert_pem.as_bytes(),
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// The server certificate, replaced when it is close to expiry (nodes trust the CA, so a new
+/// one reaches them without any step on their side).
+fn server_cert(data_dir: &Path, ca: &ClusterCa) -> Result<CertifiedKey> {
+    let read = |n: &str| {
+        std::fs::read_to_string(data_dir.join(n))
+            .with_context(|| format!("reading {}", data_dir.join(n).display()))
+    };
+    let current = CertifiedKey {
+        cert_pem: read("server.pem")?,
+        key_pem: read("server-key.pem")?,
+    };
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(current.cert_pem.as_bytes())
+        .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
+        .map_err(|e| anyhow::anyhow!("server.pem: {e:?}"))?;
+    let (_, not_after) = identity_of(&der)?;
+    if not_after > std::time::SystemTime::now() + SERVER_CERT_RENEW_BEFORE {
+        return Ok(current);
+    }
+    let names: Vec<String> = std::fs::read(data_dir.join("server-names.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_else(|| server_names(&[]));
+    let fresh = ca.issue_server(&names, SERVER_CERT_LIFETIME)?;
+    write_server_cert(data_dir, &fresh)?;
+    tracing::info!("server certificate renewed");
+    Ok(fresh)
+}
+
+async fn run(data_dir: &Path, listen: SocketAddr, node_cert_lifetime: Duration) -> Result<()> {
+    if node_cert_lifetime < Duration::from_secs(30) {
+        bail!("--node-cert-lifetime: at least 30 seconds");
+    }
+    let ca = ClusterCa::load(data_dir).with_context(|| {
+        format!(
+            "loading the cluster CA from {} (run `orchestratord init` first)",
+            data_dir.display()
+        )
+    })?;
+    let server = server_cert(data_dir, &ca)?;
+    let store = Arc::new(store::Store::open(&data_dir.join("orchestratord.redb"))?);
+
+    let quic_tls = flotilla_certs::tls::server(
+        ca.cert_pem(),
+        &server,
+        &[
+            flotilla_certs::tls::ALPN_AGENT,
+            flotilla_certs::tls::ALPN_JOIN,
+        ],
+    )?;
+    let quic_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(quic_tls)
+        .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
+    let mut quic = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(30))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    ));
+    quic.transport_config(Arc::new(transport));
+    let endpoint = quinn::Endpoint::server(quic, listen)
+        .with_context(|| format!("listening on udp {listen}"))?;
+    let https_tls = flotilla_certs::tls::server(ca.cert_pem(), &server, &[b"http/1.1"])?;
+    let tcp = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on tcp {listen}"))?;
+
+    let agents = Arc::new(agents::Agents::new(store, ca, node_cert_lifetime));
+    tracing::info!(%listen, "serving agents (QUIC) and operators (HTTPS)");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = agents.clone().serve(endpoint.clone()) => {}
+        _ = api::serve(tcp, Arc::new(https_tls), agents) => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = term.recv() => tracing::info!("terminated; stopping"),
+    }
+    endpoint.close(quinn::VarInt::from_u32(0), b"control plane stopping");
+    endpoint.wait_idle().await;
+    Ok(())
 }

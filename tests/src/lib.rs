@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod image;
 pub mod node;
 pub mod registry;

@@ -275,7 +275,13 @@ fn default_hardening_applies() {
         "-c",
         "id -u; grep CapEff /proc/self/status",
     ]);
-    assert!(stdout(&o).starts_with("65534\n"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).starts_with("65534\n"),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        stdout(&o),
+        stderr(&o)
+    );
     assert!(stdout(&o).contains("0000000000000000"), "{}", stdout(&o));
     node.assert_clean();
 }

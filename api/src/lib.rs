@@ -1,0 +1,245 @@
+//! Wire types of Flotilla, in one place: what agents and the control plane say to each other
+//! over QUIC, and how it is framed. Domain types elsewhere do not know the encoding.
+//!
+//! Framing: on each bidirectional stream the opener sends one request frame and reads one
+//! reply frame; a frame is a 4-byte big-endian length and that many bytes of JSON. Frames
+//! larger than [`MAX_FRAME`] are refused before they are read.
+
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+
+pub mod ops;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Protocol versions this build speaks, oldest first: a control plane accepts agents of the
+/// previous version while a fleet upgrades.
+pub const PROTOCOLS: &[u32] = &[1];
+
+/// Largest frame accepted (1 MiB).
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Picks the newest protocol both sides speak.
+pub fn negotiate(ours: &[u32], theirs: &[u32]) -> Option<u32> {
+    ours.iter().copied().filter(|v| theirs.contains(v)).max()
+}
+
+/// Enrollment, sent only after the server proved the CA the token pins.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// Protocol versions the agent speaks.
+    pub protocols: Vec<u32>,
+    /// Token id (public part).
+    pub token_id: String,
+    /// Token secret.
+    pub secret: String,
+    /// CSR (PEM) carrying the node's public key; the private key never leaves the node.
+    pub csr_pem: String,
+    /// The node's host name, a hint for operators.
+    pub hostname: String,
+    /// Labels from the command line (become node attributes with the token's).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The answer to a [`JoinRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum JoinReply {
+    /// Enrolled: the node's id, certificate and the cluster CA.
+    Joined {
+        /// Server-assigned node id.
+        node_id: String,
+        /// The node certificate (PEM).
+        cert_pem: String,
+        /// The cluster CA certificate (PEM).
+        ca_pem: String,
+        /// Negotiated protocol version.
+        protocol: u32,
+    },
+    /// Refused, with the reason.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// First message of an agent session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol versions the agent speaks.
+    pub protocols: Vec<u32>,
+    /// The agent's version string.
+    pub agent_version: String,
+}
+
+/// The answer to [`Hello`]; only after it is the session established.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum HelloReply {
+    /// Accepted.
+    Welcome {
+        /// Negotiated protocol version.
+        protocol: u32,
+        /// The node id, as the server read it from the certificate.
+        node_id: String,
+        /// Server time (seconds since the epoch), so agents can spot a wrong clock.
+        server_time: u64,
+    },
+    /// Refused, with the reason.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Requests an agent makes during a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum AgentRequest {
+    /// Liveness and clock check.
+    Ping,
+    /// A new certificate for the same key (CSR, PEM), before the current one expires.
+    Renew {
+        /// The CSR.
+        csr_pem: String,
+    },
+}
+
+/// Answers to [`AgentRequest`]s.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum AgentReply {
+    /// Answer to `Ping`.
+    Pong {
+        /// Server time (seconds since the epoch).
+        server_time: u64,
+    },
+    /// Answer to `Renew`.
+    Renewed {
+        /// The new certificate (PEM).
+        cert_pem: String,
+    },
+    /// The request was refused.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Framing errors.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer announced a frame over [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    /// The stream failed or ended early.
+    #[error("stream: {0}")]
+    Io(#[from] std::io::Error),
+    /// The frame is not the JSON expected.
+    #[error("malformed message: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// Writes one frame.
+pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), FrameError> {
+    let body = serde_json::to_vec(msg)?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    w.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    w.write_all(&body).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Reads one frame.
+pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+) -> Result<T, FrameError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+/// Parses `key=value` labels: keys of letters, digits, `.`, `_`, `-`, `/` (at most 63),
+/// values of printable characters without spaces (at most 253).
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("label '{text}': expected key=value"))?;
+    let key_ok = !k.is_empty()
+        && k.len() <= 63
+        && k.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+    if !key_ok {
+        return Err(format!(
+            "label '{text}': key must be 1-63 letters, digits, '.', '_', '-', '/'"
+        ));
+    }
+    if v.len() > 253 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "label '{text}': value must be at most 253 printable characters without spaces"
+        ));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Labels as the wire carries them.
+pub type Labels = BTreeMap<String, String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_oversized_ones_are_refused() {
+        let (mut a, mut b) = tokio::io::duplex(4096);
+        let msg = AgentRequest::Renew {
+            csr_pem: "x".into(),
+        };
+        write_frame(&mut a, &msg).await.expect("write");
+        let got: AgentRequest = read_frame(&mut b).await.expect("read");
+        assert_eq!(got, msg);
+
+        a.write_all(&(MAX_FRAME as u32 + 1).to_be_bytes())
+            .await
+            .expect("write");
+        assert!(matches!(
+            read_frame::<_, AgentRequest>(&mut b).await,
+            Err(FrameError::TooLarge(_))
+        ));
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&5u32.to_be_bytes()).await.expect("write");
+        a.write_all(b"{oops").await.expect("write");
+        assert!(matches!(
+            read_frame::<_, Hello>(&mut b).await,
+            Err(FrameError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn versions_and_labels() {
+        assert_eq!(negotiate(&[1, 2], &[2, 3]), Some(2));
+        assert_eq!(negotiate(&[1], &[2]), None);
+        assert_eq!(
+            parse_label("site=store-12"),
+            Ok(("site".into(), "store-12".into()))
+        );
+        assert!(parse_label("site").is_err());
+        assert!(parse_label("=x").is_err());
+        assert!(parse_label("a b=c").is_err());
+        assert!(parse_label("k=with space").is_err());
+    }
+}

@@ -1,0 +1,90 @@
+//! The operator API (HTTPS + JSON, admin client certificates): request and response bodies.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Labels;
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TokenCreate {
+    /// Lifetime in seconds (default one hour).
+    pub ttl_secs: Option<u64>,
+    /// Joins it allows (default one).
+    pub uses: Option<u32>,
+    /// Labels every node joining with it gets.
+    pub labels: Labels,
+}
+
+/// A created token: the only time its secret is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    /// The full token to give `nodeagent join`.
+    pub token: String,
+    /// The token as listed.
+    #[serde(flatten)]
+    pub info: TokenInfo,
+}
+
+/// A token as listed (no secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Public id.
+    pub id: String,
+    /// Creation time (seconds since the epoch).
+    pub created_at: u64,
+    /// Expiry (seconds since the epoch).
+    pub expires_at: u64,
+    /// Joins allowed.
+    pub uses: u32,
+    /// Joins done.
+    pub used: u32,
+    /// Labels.
+    pub labels: Labels,
+}
+
+/// A node as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: String,
+    /// Host name it gave.
+    pub hostname: String,
+    /// Attributes.
+    pub labels: Labels,
+    /// Join time (seconds since the epoch).
+    pub joined_at: u64,
+    /// Token it joined with.
+    pub token_id: String,
+    /// Expiry of its newest certificate (seconds since the epoch).
+    pub cert_not_after: u64,
+    /// Revoked.
+    pub revoked: bool,
+    /// Has a live session now.
+    pub connected: bool,
+}
+
+/// `POST /v1/admins`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminIssue {
+    /// The operator's name.
+    pub name: String,
+    /// CSR (PEM) of a key the operator made; the key is never sent.
+    pub csr_pem: String,
+}
+
+/// An admin certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminCredential {
+    /// Client certificate (PEM).
+    pub cert_pem: String,
+    /// The cluster CA (PEM).
+    pub ca_pem: String,
+}
+
+/// Error body of every failed request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong.
+    pub error: String,
+}

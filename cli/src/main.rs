@@ -1,0 +1,383 @@
+//! `flotilla`: the operator CLI. It talks to the control plane's HTTPS API with an admin
+//! client certificate from `~/.config/flotilla/` (or `--config DIR`), as written by
+//! `orchestratord init` or `flotilla admin issue`.
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use flotilla_api::ops::{
+    AdminCredential, AdminIssue, ApiError, NodeInfo, TokenCreate, TokenCreated, TokenInfo,
+};
+use flotilla_api::Labels;
+use flotilla_certs::credential::Credential;
+use flotilla_certs::{key_and_csr, CertifiedKey, SERVER_NAME};
+
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, about = "Flotilla operator CLI")]
+struct Cli {
+    /// Credential directory (server address, CA, admin certificate and key).
+    #[arg(long, global = true, env = "FLOTILLA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Join tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Operators.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a join token (printed once; only its hash is stored).
+    Create {
+        /// Lifetime, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// Nodes that may join with it.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Label KEY=VALUE every node joining with it gets (repeatable).
+        #[arg(long = "label", value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+    },
+    /// List tokens.
+    #[command(alias = "list")]
+    Ls,
+    /// Revoke tokens.
+    #[command(alias = "remove")]
+    Rm {
+        /// Token ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodeCommand {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls,
+    /// Show a node.
+    Inspect {
+        /// Node id.
+        id: String,
+    },
+    /// Revoke a node: its live session ends at once, and it is refused from then on.
+    Revoke {
+        /// Node id.
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AdminCommand {
+    /// Issue an admin credential for another operator (the key is made here).
+    Issue {
+        /// The operator's name.
+        name: String,
+        /// Where to write the credential directory.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    cred: Credential,
+}
+
+fn config_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(d) = given {
+        return Ok(d);
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; give --config")?;
+    Ok(PathBuf::from(home).join(".config/flotilla"))
+}
+
+impl Api {
+    async fn open(dir: &Path) -> Result<Self> {
+        let cred = Credential::load(dir).with_context(|| {
+            format!(
+                "no admin credential in {} (see `orchestratord init`)",
+                dir.display()
+            )
+        })?;
+        let with_port = if cred
+            .server
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            cred.server.clone()
+        } else {
+            format!("{}:7443", cred.server)
+        };
+        let addr = tokio::net::lookup_host(with_port.as_str())
+            .await
+            .with_context(|| format!("resolving {with_port}"))?
+            .next()
+            .with_context(|| format!("{with_port} resolves to no address"))?;
+        let tls = flotilla_certs::tls::client(&cred.ca_pem, &cred.identity, b"http/1.1")?;
+        // The server is known by its cluster name whatever address reaches it.
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .resolve(SERVER_NAME, addr)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .context("building the HTTPS client")?;
+        Ok(Self {
+            http,
+            base: format!("https://{SERVER_NAME}:{}", addr.port()),
+            cred,
+        })
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<Option<T>> {
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(serde_json::to_vec(&b)?);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("{method} {path} on {}", self.cred.server))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await?;
+        if !status.is_success() {
+            let msg = serde_json::from_slice::<ApiError>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            bail!("{msg} ({status})");
+        }
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(
+            serde_json::from_slice(&bytes).with_context(|| format!("reply to {method} {path}"))?,
+        ))
+    }
+}
+
+fn when(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:w$}"))
+            .collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+}
+
+fn labels_text(l: &Labels) -> String {
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn print<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce()) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        human();
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let json = cli.output == Output::Json;
+    let api = Api::open(&config_dir(cli.config)?).await?;
+    use reqwest::Method;
+    match cli.command {
+        Command::Token(TokenCommand::Create { ttl, uses, labels }) => {
+            let mut l = Labels::new();
+            for x in &labels {
+                let (k, v) = flotilla_api::parse_label(x).map_err(anyhow::Error::msg)?;
+                l.insert(k, v);
+            }
+            let req = TokenCreate {
+                ttl_secs: Some(ttl.as_secs().max(1)),
+                uses: Some(uses),
+                labels: l,
+            };
+            let t: TokenCreated = api
+                .call(Method::POST, "/v1/tokens", Some(serde_json::to_value(req)?))
+                .await?
+                .context("empty reply")?;
+            print(json, &t, || println!("{}", t.token))?;
+        }
+        Command::Token(TokenCommand::Ls) => {
+            let list: Vec<TokenInfo> = api
+                .call(Method::GET, "/v1/tokens", None)
+                .await?
+                .unwrap_or_default();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            print(json, &list, || {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            format!("{}/{}", t.used, t.uses),
+                            if t.expires_at <= now {
+                                format!("expired {}", when(t.expires_at))
+                            } else {
+                                when(t.expires_at)
+                            },
+                            labels_text(&t.labels),
+                        ]
+                    })
+                    .collect();
+                table(&["ID", "USED", "EXPIRES", "LABELS"], &rows);
+            })?;
+        }
+        Command::Token(TokenCommand::Rm { ids }) => {
+            for id in ids {
+                api.call::<serde_json::Value>(Method::DELETE, &format!("/v1/tokens/{id}"), None)
+                    .await?;
+                println!("{id}");
+            }
+        }
+        Command::Node(NodeCommand::Ls) => {
+            let list: Vec<NodeInfo> = api
+                .call(Method::GET, "/v1/nodes", None)
+                .await?
+                .unwrap_or_default();
+            print(json, &list, || {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|n| {
+                        vec![
+                            n.id.clone(),
+                            n.hostname.clone(),
+                            if n.revoked {
+                                "revoked"
+                            } else if n.connected {
+                                "connected"
+                            } else {
+                                "disconnected"
+                            }
+                            .to_string(),
+                            when(n.cert_not_after),
+                            labels_text(&n.labels),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["ID", "HOSTNAME", "STATE", "CERT EXPIRES", "LABELS"],
+                    &rows,
+                );
+            })?;
+        }
+        Command::Node(NodeCommand::Inspect { id }) => {
+            let n: NodeInfo = api
+                .call(Method::GET, &format!("/v1/nodes/{id}"), None)
+                .await?
+                .context("empty reply")?;
+            println!("{}", serde_json::to_string_pretty(&n)?);
+        }
+        Command::Node(NodeCommand::Revoke { id }) => {
+            let n: NodeInfo = api
+                .call(Method::POST, &format!("/v1/nodes/{id}/revoke"), None)
+                .await?
+                .context("empty reply")?;
+            print(json, &n, || println!("revoked {}", n.id))?;
+        }
+        Command::Admin(AdminCommand::Issue { name, out }) => {
+            flotilla_certs::validate_name(&name)?;
+            let key = key_and_csr(&name)?;
+            let req = AdminIssue {
+                name: name.clone(),
+                csr_pem: key.cert_pem.clone(),
+            };
+            let c: AdminCredential = api
+                .call(Method::POST, "/v1/admins", Some(serde_json::to_value(req)?))
+                .await?
+                .context("empty reply")?;
+            Credential {
+                server: api.cred.server.clone(),
+                name: name.clone(),
+                ca_pem: c.ca_pem,
+                identity: CertifiedKey {
+                    cert_pem: c.cert_pem,
+                    key_pem: key.key_pem,
+                },
+            }
+            .write(&out)?;
+            println!("admin credential for {name} written to {}", out.display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

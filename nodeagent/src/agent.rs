@@ -1,0 +1,334 @@
+//! `nodeagent join` (enrollment) and `nodeagent run` (the session with the control plane).
+//!
+//! The node's key is made here and never leaves the node; its identity lives in
+//! `<data-dir>/identity/` (see `flotilla_certs::credential`). The session is one QUIC
+//! connection dialled by the agent, established only after the `Hello` round trip, kept alive
+//! with pings, renewing the node certificate in place at a random 50–80 % of its lifetime, and
+//! redialled with exponential backoff and jitter when it drops.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use flotilla_api::{
+    read_frame, write_frame, AgentReply, AgentRequest, Hello, HelloReply, JoinReply, JoinRequest,
+    Labels, PROTOCOLS,
+};
+use flotilla_certs::credential::Credential;
+use flotilla_certs::tls::ALPN_AGENT;
+use flotilla_certs::token::JoinToken;
+use flotilla_certs::{key_and_csr, CertifiedKey, SERVER_NAME};
+use quinn::{Connection, ConnectionError, Endpoint};
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// Close code the control plane uses for a revoked node.
+const CLOSE_REVOKED: u32 = 2;
+/// How often a live session pings.
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// Longest wait between two dial attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Where the node's identity lives.
+pub fn identity_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("identity")
+}
+
+async fn resolve(server: &str) -> Result<std::net::SocketAddr> {
+    let with_port = if server
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        server.to_string()
+    } else {
+        format!("{server}:7443")
+    };
+    let mut addrs = tokio::net::lookup_host(with_port.as_str())
+        .await
+        .with_context(|| format!("resolving {with_port}"))?;
+    addrs
+        .next()
+        .with_context(|| format!("{with_port} resolves to no address"))
+}
+
+fn client_endpoint() -> Result<Endpoint> {
+    Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0))).context("opening a UDP socket")
+}
+
+fn quic_client(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(30))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    ));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Enrolls this node with the control plane at `server` using `token`.
+pub async fn join(data_dir: &Path, server: &str, token: &str, labels: &[String]) -> Result<String> {
+    let dir = identity_dir(data_dir);
+    if let Ok(existing) = Credential::load(&dir) {
+        bail!(
+            "this node already joined as {} (identity in {}); remove that directory to join again",
+            existing.name,
+            dir.display()
+        );
+    }
+    let token: JoinToken = token.parse()?;
+    let mut wanted = Labels::new();
+    for l in labels {
+        let (k, v) = flotilla_api::parse_label(l).map_err(anyhow::Error::msg)?;
+        wanted.insert(k, v);
+    }
+    let addr = resolve(server).await?;
+    let endpoint = client_endpoint()?;
+    let cfg = quic_client(flotilla_certs::tls::enrollment_client(*token.ca_digest())?)?;
+    // The handshake completes only if the server proved the CA the token pins; nothing is
+    // sent before.
+    let conn = endpoint
+        .connect_with(cfg, addr, SERVER_NAME)?
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {server} ({addr}): {}", explain(&e)))?;
+    let key = key_and_csr(&hostname())?;
+    let (mut send, mut recv) = conn.open_bi().await.context("opening the join stream")?;
+    let req = JoinRequest {
+        protocols: PROTOCOLS.to_vec(),
+        token_id: token.id().to_string(),
+        secret: token.secret().to_string(),
+        csr_pem: key.cert_pem.clone(),
+        hostname: hostname(),
+        labels: wanted,
+    };
+    write_frame(&mut send, &req)
+        .await
+        .context("sending the join request")?;
+    let _ = send.finish();
+    let reply: JoinReply = read_frame(&mut recv)
+        .await
+        .context("reading the join reply")?;
+    conn.close(quinn::VarInt::from_u32(0), b"joined");
+    endpoint.wait_idle().await;
+    match reply {
+        JoinReply::Joined {
+            node_id,
+            cert_pem,
+            ca_pem,
+            ..
+        } => {
+            Credential {
+                server: server.to_string(),
+                name: node_id.clone(),
+                ca_pem,
+                identity: CertifiedKey {
+                    cert_pem,
+                    key_pem: key.key_pem,
+                },
+            }
+            .write(&dir)?;
+            Ok(node_id)
+        }
+        JoinReply::Refused { reason } => {
+            bail!("the control plane refused to enroll this node: {reason}")
+        }
+    }
+}
+
+/// Turns connection errors into what an operator needs to hear (the clock, a revocation).
+fn explain(e: &ConnectionError) -> String {
+    let text = e.to_string();
+    if text.contains("certificate not valid yet") || text.contains("certificate expired") {
+        let now = humantime::format_rfc3339_seconds(SystemTime::now());
+        return format!(
+            "{text} — the clock of this node reads {now}: if that is wrong, fix it (NTP, RTC); \
+             certificates cannot be checked against a wrong clock"
+        );
+    }
+    match e {
+        ConnectionError::ApplicationClosed(c) if c.error_code == quinn::VarInt::from_u32(CLOSE_REVOKED) => {
+            "this node was revoked by an operator; it needs a new token (`nodeagent join`) to return".into()
+        }
+        ConnectionError::ApplicationClosed(c) => {
+            format!("closed by the control plane: {}", String::from_utf8_lossy(&c.reason))
+        }
+        _ => text,
+    }
+}
+
+/// A random fraction in `[lo, hi)`.
+fn random_between(lo: f64, hi: f64) -> f64 {
+    let mut b = [0u8; 4];
+    let _ = SystemRandom::new().fill(&mut b);
+    lo + (hi - lo) * (u32::from_le_bytes(b) as f64 / u32::MAX as f64)
+}
+
+/// When to renew the certificate: at a random 50–80 % of its lifetime (from its issue, not
+/// from its backdated start).
+fn renewal_due(cert_pem: &str) -> Result<SystemTime> {
+    let der = pem_der(cert_pem)?;
+    let (not_before, not_after) = flotilla_certs::validity_of(&der)?;
+    let issued = not_before + flotilla_certs::BACKDATE;
+    let lifetime = not_after
+        .duration_since(issued)
+        .unwrap_or(Duration::from_secs(60));
+    Ok(issued + lifetime.mul_f64(random_between(0.5, 0.8)))
+}
+
+fn pem_der(pem: &str) -> Result<Vec<u8>> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
+        .map(|c| c.to_vec())
+        .map_err(|e| anyhow::anyhow!("certificate: {e:?}"))
+}
+
+/// Keeps the session with the control plane, forever.
+pub async fn run(data_dir: &Path) -> Result<()> {
+    let dir = identity_dir(data_dir);
+    let mut cred = Credential::load(&dir).with_context(|| {
+        format!(
+            "no node identity in {} (run `nodeagent join` first)",
+            dir.display()
+        )
+    })?;
+    let endpoint = client_endpoint()?;
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let started = std::time::Instant::now();
+        match session(&endpoint, &dir, &mut cred).await {
+            Ok(()) => tracing::info!("session closed"),
+            Err(e) => tracing::warn!(node = %cred.name, "session: {e:#}"),
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            backoff = Duration::from_secs(1);
+        }
+        // Jitter spreads a fleet's reconnects after a control plane restart.
+        let wait = backoff.mul_f64(random_between(0.5, 1.5));
+        tracing::info!("reconnecting in {:.1} s", wait.as_secs_f64());
+        tokio::time::sleep(wait).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn session(endpoint: &Endpoint, dir: &Path, cred: &mut Credential) -> Result<()> {
+    let addr = resolve(&cred.server).await?;
+    let tls = flotilla_certs::tls::client(&cred.ca_pem, &cred.identity, ALPN_AGENT)?;
+    let conn = endpoint
+        .connect_with(quic_client(tls)?, addr, SERVER_NAME)?
+        .await
+        .map_err(|e| anyhow::anyhow!("connecting to {}: {}", cred.server, explain(&e)))?;
+    // TLS 1.3 lets a client "connect" before the server checked its certificate: the
+    // session exists only once the server answered the hello.
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", explain(&e)))?;
+    write_frame(
+        &mut send,
+        &Hello {
+            protocols: PROTOCOLS.to_vec(),
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("sending hello: {e}"))?;
+    let _ = send.finish();
+    let reply: HelloReply = match read_frame(&mut recv).await {
+        Ok(r) => r,
+        Err(e) => {
+            let why = conn
+                .close_reason()
+                .map(|c| explain(&c))
+                .unwrap_or_else(|| e.to_string());
+            bail!("hello: {why}");
+        }
+    };
+    let (protocol, server_time) = match reply {
+        HelloReply::Welcome {
+            protocol,
+            node_id,
+            server_time,
+        } => {
+            if node_id != cred.name {
+                bail!(
+                    "the control plane knows this certificate as {node_id}, not {}",
+                    cred.name
+                );
+            }
+            (protocol, server_time)
+        }
+        HelloReply::Refused { reason } => bail!("hello refused: {reason}"),
+    };
+    check_clock(server_time);
+    tracing::info!(node = %cred.name, server = %cred.server, protocol, "session established");
+    println!("session established as {} with {}", cred.name, cred.server);
+    let mut due = renewal_due(&cred.identity.cert_pem)?;
+    let mut ping = tokio::time::interval(PING_EVERY);
+    loop {
+        let until_renewal = due
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            e = conn.closed() => bail!("{}", explain(&e)),
+            _ = ping.tick() => {
+                match request(&conn, &AgentRequest::Ping).await {
+                    Ok(AgentReply::Pong { server_time }) => check_clock(server_time),
+                    Ok(other) => tracing::warn!("unexpected reply to ping: {other:?}"),
+                    Err(e) => bail!("ping: {e:#}"),
+                }
+            }
+            _ = tokio::time::sleep(until_renewal) => {
+                let fresh = key_and_csr(&cred.name)?;
+                match request(&conn, &AgentRequest::Renew { csr_pem: fresh.cert_pem.clone() }).await? {
+                    AgentReply::Renewed { cert_pem } => {
+                        cred.replace_identity(dir, CertifiedKey { cert_pem, key_pem: fresh.key_pem })?;
+                        due = renewal_due(&cred.identity.cert_pem)?;
+                        tracing::info!(node = %cred.name, "certificate renewed in place");
+                    }
+                    AgentReply::Refused { reason } => {
+                        tracing::warn!("certificate renewal refused: {reason}");
+                        due = SystemTime::now() + Duration::from_secs(30);
+                    }
+                    other => tracing::warn!("unexpected reply to renew: {other:?}"),
+                }
+            }
+        }
+    }
+}
+
+async fn request(conn: &Connection, req: &AgentRequest) -> Result<AgentReply> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(&mut send, req).await?;
+    let _ = send.finish();
+    Ok(read_frame(&mut recv).await?)
+}
+
+/// Says plainly when this node's clock is far from the control plane's.
+fn check_clock(server_time: u64) {
+    let local = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let skew = local.abs_diff(server_time);
+    if skew > 300 {
+        tracing::warn!(
+            skew_secs = skew,
+            "this node's clock is {} s {} the control plane's: fix it (NTP, RTC)",
+            skew,
+            if local < server_time {
+                "behind"
+            } else {
+                "ahead of"
+            }
+        );
+    }
+}

@@ -1,0 +1,330 @@
+//! The agents' side of the control plane: one QUIC endpoint, two ALPNs.
+//!
+//! - `flotilla-join/1`: enrollment. No client certificate; the token in the first (and only)
+//!   request is the credential. The server assigns the node id and signs the CSR's public key.
+//! - `flotilla/1`: agent sessions. The node's identity comes from its verified certificate and
+//!   nothing else; a session counts once the `Hello` round trip is done. Revocation closes the
+//!   live connection at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_api::{
+    negotiate, read_frame, write_frame, AgentReply, AgentRequest, Hello, HelloReply, JoinReply,
+    JoinRequest, PROTOCOLS,
+};
+use flotilla_certs::tls::{ALPN_AGENT, ALPN_JOIN};
+use flotilla_certs::{identity_of, ClusterCa, Role};
+use quinn::{Connection, VarInt};
+
+use crate::store::{NodeRecord, Store};
+
+/// Close code for refused connections; the reason travels with it.
+pub const CLOSE_REFUSED: u32 = 1;
+/// Close code when a node is revoked.
+pub const CLOSE_REVOKED: u32 = 2;
+
+/// What the agent endpoint shares.
+#[derive(Debug)]
+pub struct Agents {
+    /// Durable state.
+    pub store: Arc<Store>,
+    /// The cluster CA (signs node certificates).
+    pub ca: ClusterCa,
+    /// Lifetime of node certificates.
+    pub node_cert_lifetime: Duration,
+    sessions: Mutex<HashMap<String, Connection>>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn refuse(conn: &Connection, code: u32, reason: &str) {
+    tracing::info!(peer = %conn.remote_address(), "refused: {reason}");
+    conn.close(VarInt::from_u32(code), reason.as_bytes());
+}
+
+impl Agents {
+    /// Agent handling over `store` and `ca`.
+    pub fn new(store: Arc<Store>, ca: ClusterCa, node_cert_lifetime: Duration) -> Self {
+        Self {
+            store,
+            ca,
+            node_cert_lifetime,
+            sessions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Ids of nodes with a live session.
+    pub fn connected(&self) -> Vec<String> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Marks a node revoked and ends its live session at once.
+    pub fn revoke(&self, node_id: &str) -> Result<Option<NodeRecord>, crate::store::StoreError> {
+        let Some(mut node) = self.store.node(node_id)? else {
+            return Ok(None);
+        };
+        node.revoked = true;
+        self.store.put_node(&node)?;
+        let live = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node_id);
+        if let Some(conn) = live {
+            conn.close(VarInt::from_u32(CLOSE_REVOKED), b"this node was revoked");
+        }
+        tracing::info!(node = node_id, "node revoked");
+        Ok(Some(node))
+    }
+
+    /// Accepts connections until the endpoint closes.
+    pub async fn serve(self: Arc<Self>, endpoint: quinn::Endpoint) {
+        while let Some(incoming) = endpoint.accept().await {
+            let me = self.clone();
+            tokio::spawn(async move {
+                match incoming.await {
+                    Ok(conn) => me.connection(conn).await,
+                    Err(e) => tracing::debug!("handshake failed: {e}"),
+                }
+            });
+        }
+    }
+
+    async fn connection(self: Arc<Self>, conn: Connection) {
+        let alpn = conn
+            .handshake_data()
+            .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|d| d.protocol);
+        match alpn.as_deref() {
+            Some(p) if p == ALPN_JOIN => self.join(conn).await,
+            Some(p) if p == ALPN_AGENT => self.session(conn).await,
+            _ => refuse(&conn, CLOSE_REFUSED, "unknown protocol"),
+        }
+    }
+
+    async fn join(&self, conn: Connection) {
+        let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+            return;
+        };
+        let reply = match read_frame::<_, JoinRequest>(&mut recv).await {
+            Ok(req) => self.enroll(req, &conn),
+            Err(e) => JoinReply::Refused {
+                reason: format!("bad join request: {e}"),
+            },
+        };
+        if let JoinReply::Refused { reason } = &reply {
+            tracing::info!(peer = %conn.remote_address(), "join refused: {reason}");
+        }
+        let _ = write_frame(&mut send, &reply).await;
+        let _ = send.finish();
+        // Let the reply reach the node before the connection goes.
+        let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+    }
+
+    fn enroll(&self, req: JoinRequest, conn: &Connection) -> JoinReply {
+        let refused = |reason: String| JoinReply::Refused { reason };
+        let Some(protocol) = negotiate(PROTOCOLS, &req.protocols) else {
+            return refused(format!(
+                "no common protocol version (server speaks {PROTOCOLS:?}, agent {:?})",
+                req.protocols
+            ));
+        };
+        for (k, v) in &req.labels {
+            if let Err(e) = flotilla_api::parse_label(&format!("{k}={v}")) {
+                return refused(e);
+            }
+        }
+        let token = match self.store.redeem(&req.token_id, &req.secret, now()) {
+            Ok(Ok(t)) => t,
+            Ok(Err(r)) => return refused(r.to_string()),
+            Err(e) => {
+                tracing::error!("join: {e}");
+                return refused("the control plane could not read its store".into());
+            }
+        };
+        let node_id = match flotilla_certs::new_node_id() {
+            Ok(id) => id,
+            Err(e) => return refused(e.to_string()),
+        };
+        let cert_pem = match self
+            .ca
+            .issue_node(&req.csr_pem, &node_id, self.node_cert_lifetime)
+        {
+            Ok(c) => c,
+            Err(e) => return refused(e.to_string()),
+        };
+        let mut labels = token.labels.clone();
+        labels.extend(req.labels.clone());
+        let hostname: String = req
+            .hostname
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(253)
+            .collect();
+        let node = NodeRecord {
+            id: node_id.clone(),
+            hostname,
+            labels,
+            joined_at: now(),
+            token_id: token.id.clone(),
+            cert_not_after: now() + self.node_cert_lifetime.as_secs(),
+            revoked: false,
+        };
+        if let Err(e) = self.store.put_node(&node) {
+            tracing::error!("join: {e}");
+            return refused("the control plane could not record the node".into());
+        }
+        tracing::info!(node = %node_id, peer = %conn.remote_address(), token = %token.id, "node joined");
+        JoinReply::Joined {
+            node_id,
+            cert_pem,
+            ca_pem: self.ca.cert_pem().to_string(),
+            protocol,
+        }
+    }
+
+    async fn session(&self, conn: Connection) {
+        // Who it is comes from the verified certificate, never from a message.
+        let chain = conn.peer_identity().and_then(|p| {
+            p.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        });
+        let Some(leaf) = chain.as_ref().and_then(|c| c.first()) else {
+            return refuse(
+                &conn,
+                CLOSE_REFUSED,
+                "a node certificate is required (run `nodeagent join` first)",
+            );
+        };
+        let identity = match identity_of(leaf) {
+            Ok((id, _)) if id.role == Role::Node => id,
+            Ok((id, _)) => {
+                return refuse(
+                    &conn,
+                    CLOSE_REFUSED,
+                    &format!("not a node certificate ({:?} {})", id.role, id.name),
+                )
+            }
+            Err(e) => return refuse(&conn, CLOSE_REFUSED, &e.to_string()),
+        };
+        let node_id = identity.name;
+        match self.store.node(&node_id) {
+            Ok(Some(n)) if !n.revoked => {}
+            Ok(Some(_)) => return refuse(&conn, CLOSE_REVOKED, "this node was revoked"),
+            Ok(None) => return refuse(&conn, CLOSE_REFUSED, "unknown node"),
+            Err(e) => {
+                tracing::error!("session: {e}");
+                return refuse(
+                    &conn,
+                    CLOSE_REFUSED,
+                    "the control plane could not read its store",
+                );
+            }
+        }
+        let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+            return;
+        };
+        let hello = match read_frame::<_, Hello>(&mut recv).await {
+            Ok(h) => h,
+            Err(e) => return refuse(&conn, CLOSE_REFUSED, &format!("bad hello: {e}")),
+        };
+        let Some(protocol) = negotiate(PROTOCOLS, &hello.protocols) else {
+            let reason = format!(
+                "no common protocol version (server speaks {PROTOCOLS:?}, agent {:?})",
+                hello.protocols
+            );
+            let _ = write_frame(
+                &mut send,
+                &HelloReply::Refused {
+                    reason: reason.clone(),
+                },
+            )
+            .await;
+            let _ = send.finish();
+            return refuse(&conn, CLOSE_REFUSED, &reason);
+        };
+        let welcome = HelloReply::Welcome {
+            protocol,
+            node_id: node_id.clone(),
+            server_time: now(),
+        };
+        if write_frame(&mut send, &welcome).await.is_err() {
+            return;
+        }
+        let _ = send.finish();
+        // One live session per node: a reconnect replaces the old one.
+        let previous = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node_id.clone(), conn.clone());
+        if let Some(old) = previous {
+            old.close(
+                VarInt::from_u32(CLOSE_REFUSED),
+                b"replaced by a newer session",
+            );
+        }
+        tracing::info!(node = %node_id, peer = %conn.remote_address(), agent = %hello.agent_version, protocol, "session established");
+        loop {
+            let (mut send, mut recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::info!(node = %node_id, "session ended: {e}");
+                    break;
+                }
+            };
+            let reply = match read_frame::<_, AgentRequest>(&mut recv).await {
+                Ok(AgentRequest::Ping) => AgentReply::Pong { server_time: now() },
+                Ok(AgentRequest::Renew { csr_pem }) => self.renew(&node_id, &csr_pem),
+                Err(e) => AgentReply::Refused {
+                    reason: format!("bad request: {e}"),
+                },
+            };
+            let _ = write_frame(&mut send, &reply).await;
+            let _ = send.finish();
+        }
+        let mut sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        if sessions
+            .get(&node_id)
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            sessions.remove(&node_id);
+        }
+    }
+
+    fn renew(&self, node_id: &str, csr_pem: &str) -> AgentReply {
+        let refused = |reason: String| AgentReply::Refused { reason };
+        let mut node = match self.store.node(node_id) {
+            Ok(Some(n)) if !n.revoked => n,
+            Ok(_) => return refused("this node was revoked".into()),
+            Err(e) => return refused(e.to_string()),
+        };
+        // The identity is the session's, whatever the CSR says.
+        match self
+            .ca
+            .issue_node(csr_pem, node_id, self.node_cert_lifetime)
+        {
+            Ok(cert_pem) => {
+                node.cert_not_after = now() + self.node_cert_lifetime.as_secs();
+                if let Err(e) = self.store.put_node(&node) {
+                    return refused(e.to_string());
+                }
+                tracing::info!(node = node_id, "certificate renewed");
+                AgentReply::Renewed { cert_pem }
+            }
+            Err(e) => refused(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! The operator API: HTTPS (HTTP/1.1 over TLS 1.3) with JSON bodies, for admin client
+//! certificates only. Routes parse into an [`Action`]; [`execute`] does it and answers.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_api::ops::{
+    AdminCredential, AdminIssue, ApiError, NodeInfo, TokenCreate, TokenCreated, TokenInfo,
+};
+use flotilla_certs::token::JoinToken;
+use flotilla_certs::{identity_of, Role, ADMIN_CERT_LIFETIME};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::agents::Agents;
+use crate::store::{NodeRecord, TokenRecord};
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 64 * 1024;
+/// Default token lifetime.
+const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// What an operator asked for.
+#[derive(Debug)]
+enum Action {
+    CreateToken(TokenCreate),
+    ListTokens,
+    RemoveToken(String),
+    ListNodes,
+    GetNode(String),
+    RevokeNode(String),
+    IssueAdmin(AdminIssue),
+}
+
+type Reply = Response<Full<Bytes>>;
+
+fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Reply {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .unwrap_or_default()
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Reply {
+    json(status, &ApiError { error: msg.into() })
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Serves the API on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, agents: Arc<Agents>) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("operator API accept: {e}");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let agents = agents.clone();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => return tracing::debug!(%peer, "operator TLS handshake: {e}"),
+                    Err(_) => return tracing::debug!(%peer, "operator TLS handshake timed out"),
+                };
+            let admin = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| identity_of(c).ok())
+                .filter(|(id, _)| id.role == Role::Admin)
+                .map(|(id, _)| id.name);
+            let service = hyper::service::service_fn(move |req| {
+                let agents = agents.clone();
+                let admin = admin.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(req, &agents, admin).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, "operator connection: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(req: Request<Incoming>, agents: &Agents, admin: Option<String>) -> Reply {
+    let Some(admin) = admin else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "an admin client certificate of this cluster is required",
+        );
+    };
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}")),
+    };
+    let action = match parse(&method, &path, &body) {
+        Ok(a) => a,
+        Err((status, msg)) => return error(status, msg),
+    };
+    tracing::info!(%admin, %method, %path, "operator request");
+    execute(action, agents)
+}
+
+fn parse(method: &Method, path: &str, body: &[u8]) -> Result<Action, (StatusCode, String)> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let decode = |what: &str| {
+        let what = what.to_string();
+        move |e: serde_json::Error| (StatusCode::BAD_REQUEST, format!("{what}: {e}"))
+    };
+    match (method, segments.as_slice()) {
+        (&Method::POST, ["v1", "tokens"]) => {
+            let t: TokenCreate = if body.is_empty() {
+                TokenCreate::default()
+            } else {
+                serde_json::from_slice(body).map_err(decode("token request"))?
+            };
+            Ok(Action::CreateToken(t))
+        }
+        (&Method::GET, ["v1", "tokens"]) => Ok(Action::ListTokens),
+        (&Method::DELETE, ["v1", "tokens", id]) => Ok(Action::RemoveToken(id.to_string())),
+        (&Method::GET, ["v1", "nodes"]) => Ok(Action::ListNodes),
+        (&Method::GET, ["v1", "nodes", id]) => Ok(Action::GetNode(id.to_string())),
+        (&Method::POST, ["v1", "nodes", id, "revoke"]) => Ok(Action::RevokeNode(id.to_string())),
+        (&Method::POST, ["v1", "admins"]) => Ok(Action::IssueAdmin(
+            serde_json::from_slice(body).map_err(decode("admin request"))?,
+        )),
+        _ => Err((StatusCode::NOT_FOUND, format!("no route {method} {path}"))),
+    }
+}
+
+fn token_info(t: &TokenRecord) -> TokenInfo {
+    TokenInfo {
+        id: t.id.clone(),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+        uses: t.uses,
+        used: t.used,
+        labels: t.labels.clone(),
+    }
+}
+
+fn node_info(n: &NodeRecord, connected: &[String]) -> NodeInfo {
+    NodeInfo {
+        id: n.id.clone(),
+        hostname: n.hostname.clone(),
+        labels: n.labels.clone(),
+        joined_at: n.joined_at,
+        token_id: n.token_id.clone(),
+        cert_not_after: n.cert_not_after,
+        revoked: n.revoked,
+        connected: connected.contains(&n.id),
+    }
+}
+
+fn execute(action: Action, agents: &Agents) -> Reply {
+    let store = &agents.store;
+    let internal = |e: crate::store::StoreError| {
+        tracing::error!("operator API: {e}");
+        error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+    };
+    match action {
+        Action::CreateToken(req) => {
+            for (k, v) in &req.labels {
+                if let Err(e) = flotilla_api::parse_label(&format!("{k}={v}")) {
+                    return error(StatusCode::BAD_REQUEST, e);
+                }
+            }
+            let ttl = req
+                .ttl_secs
+                .map(Duration::from_secs)
+                .unwrap_or(DEFAULT_TOKEN_TTL);
+            if ttl.is_zero() || ttl > Duration::from_secs(365 * 86_400) {
+                return error(StatusCode::BAD_REQUEST, "ttl: between 1 s and 365 days");
+            }
+            let uses = req.uses.unwrap_or(1);
+            if uses == 0 {
+                return error(StatusCode::BAD_REQUEST, "uses: at least 1");
+            }
+            let token = match JoinToken::generate(agents.ca.cert_der()) {
+                Ok(t) => t,
+                Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            };
+            let record = TokenRecord {
+                id: token.id().to_string(),
+                secret_hash: token.secret_hash(),
+                created_at: now(),
+                expires_at: now() + ttl.as_secs(),
+                uses,
+                used: 0,
+                labels: req.labels,
+            };
+            if let Err(e) = store.put_token(&record) {
+                return internal(e);
+            }
+            tracing::info!(token = %record.id, uses, ttl_secs = ttl.as_secs(), "join token created");
+            json(
+                StatusCode::CREATED,
+                &TokenCreated {
+                    token: token.to_string(),
+                    info: token_info(&record),
+                },
+            )
+        }
+        Action::ListTokens => match store.tokens() {
+            Ok(t) => json(
+                StatusCode::OK,
+                &t.iter().map(token_info).collect::<Vec<_>>(),
+            ),
+            Err(e) => internal(e),
+        },
+        Action::RemoveToken(id) => match store.remove_token(&id) {
+            Ok(true) => {
+                tracing::info!(token = %id, "join token removed");
+                Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap_or_default()
+            }
+            Ok(false) => error(StatusCode::NOT_FOUND, format!("no token {id}")),
+            Err(e) => internal(e),
+        },
+        Action::ListNodes => match store.nodes() {
+            Ok(n) => {
+                let c = agents.connected();
+                json(
+                    StatusCode::OK,
+                    &n.iter().map(|n| node_info(n, &c)).collect::<Vec<_>>(),
+                )
+            }
+            Err(e) => internal(e),
+        },
+        Action::GetNode(id) => match store.node(&id) {
+            Ok(Some(n)) => json(StatusCode::OK, &node_info(&n, &agents.connected())),
+            Ok(None) => error(StatusCode::NOT_FOUND, format!("no node {id}")),
+            Err(e) => internal(e),
+        },
+        Action::RevokeNode(id) => match agents.revoke(&id) {
+            Ok(Some(n)) => json(StatusCode::OK, &node_info(&n, &agents.connected())),
+            Ok(None) => error(StatusCode::NOT_FOUND, format!("no node {id}")),
+            Err(e) => internal(e),
+        },
+        Action::IssueAdmin(req) => {
+            match agents
+                .ca
+                .issue_admin_from_csr(&req.csr_pem, &req.name, ADMIN_CERT_LIFETIME)
+            {
+                Ok(cert_pem) => {
+                    tracing::info!(name = %req.name, "admin certificate issued");
+                    json(
+                        StatusCode::CREATED,
+                        &AdminCredential {
+                            cert_pem,
+                            ca_pem: agents.ca.cert_pem().to_string(),
+                        },
+                    )
+                }
+                Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+            }
+        }
+    }
+}

@@ -1,0 +1,288 @@
+//! The control plane's durable state in one redb file: join tokens (secrets hashed) and nodes.
+//! Every write is committed (fsynced) before it is acknowledged.
+
+use std::path::Path;
+
+use flotilla_api::Labels;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+
+/// A join token as stored: never the secret, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public id.
+    pub id: String,
+    /// Hex SHA-256 of the secret.
+    pub secret_hash: String,
+    /// Creation time (seconds since the epoch).
+    pub created_at: u64,
+    /// Expiry (seconds since the epoch).
+    pub expires_at: u64,
+    /// Joins it allows in total.
+    pub uses: u32,
+    /// Joins it was used for.
+    pub used: u32,
+    /// Labels every node joining with it gets.
+    pub labels: Labels,
+}
+
+/// A node as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Server-assigned id.
+    pub id: String,
+    /// The host name the node gave when it joined.
+    pub hostname: String,
+    /// Attributes: the token's labels and the node's own.
+    pub labels: Labels,
+    /// Join time (seconds since the epoch).
+    pub joined_at: u64,
+    /// The token it joined with.
+    pub token_id: String,
+    /// Expiry of its newest certificate (seconds since the epoch).
+    pub cert_not_after: u64,
+    /// Revoked nodes are refused for good.
+    pub revoked: bool,
+}
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("store: {0}")]
+    Db(String),
+    /// A stored record does not decode.
+    #[error("store: corrupt record {key}: {reason}")]
+    Corrupt {
+        /// Its key.
+        key: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn db(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// Why a token did not admit a node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    /// No such token (never created, or removed).
+    #[error("unknown or revoked join token {0}")]
+    Unknown(String),
+    /// The secret does not match.
+    #[error("join token {0}: wrong secret")]
+    WrongSecret(String),
+    /// Past its expiry.
+    #[error("join token {id} expired {ago} s ago")]
+    Expired {
+        /// Token id.
+        id: String,
+        /// Seconds since expiry.
+        ago: u64,
+    },
+    /// All uses spent.
+    #[error("join token {0} was already used")]
+    Used(String),
+}
+
+/// The durable store.
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+}
+
+impl Store {
+    /// Opens (creating) the database file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let database = Database::create(path).map_err(db)?;
+        let w = database.begin_write().map_err(db)?;
+        w.open_table(TOKENS).map_err(db)?;
+        w.open_table(NODES).map_err(db)?;
+        w.commit().map_err(db)?;
+        Ok(Self { db: database })
+    }
+
+    fn put<T: Serialize>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+        value: &T,
+    ) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(value).map_err(db)?;
+        let w = self.db.begin_write().map_err(db)?;
+        w.open_table(table)
+            .map_err(db)?
+            .insert(key, bytes.as_slice())
+            .map_err(db)?;
+        w.commit().map_err(db)
+    }
+
+    fn all<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+    ) -> Result<Vec<T>, StoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(table).map_err(db)?;
+        let mut out = Vec::new();
+        for entry in t.iter().map_err(db)? {
+            let (k, v) = entry.map_err(db)?;
+            out.push(
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    key: k.value().to_string(),
+                    reason: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
+    fn get<T: for<'de> Deserialize<'de>>(
+        &self,
+        table: TableDefinition<&str, &[u8]>,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(table).map_err(db)?;
+        let Some(v) = t.get(key).map_err(db)? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                key: key.to_string(),
+                reason: e.to_string(),
+            })
+    }
+
+    /// Stores a new token.
+    pub fn put_token(&self, t: &TokenRecord) -> Result<(), StoreError> {
+        self.put(TOKENS, &t.id, t)
+    }
+
+    /// Every token.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.all(TOKENS)
+    }
+
+    /// Removes a token; false if there was none.
+    pub fn remove_token(&self, id: &str) -> Result<bool, StoreError> {
+        let w = self.db.begin_write().map_err(db)?;
+        let existed = w
+            .open_table(TOKENS)
+            .map_err(db)?
+            .remove(id)
+            .map_err(db)?
+            .is_some();
+        w.commit().map_err(db)?;
+        Ok(existed)
+    }
+
+    /// Spends one use of a token, in one transaction, if the secret matches and it is still
+    /// valid at `now`.
+    pub fn redeem(
+        &self,
+        id: &str,
+        secret: &str,
+        now: u64,
+    ) -> Result<Result<TokenRecord, TokenRefusal>, StoreError> {
+        let w = self.db.begin_write().map_err(db)?;
+        let outcome = {
+            let mut t = w.open_table(TOKENS).map_err(db)?;
+            let rec: Option<TokenRecord> =
+                match t.get(id).map_err(db)? {
+                    None => None,
+                    Some(v) => Some(serde_json::from_slice(v.value()).map_err(|e| {
+                        StoreError::Corrupt {
+                            key: id.to_string(),
+                            reason: e.to_string(),
+                        }
+                    })?),
+                };
+            match rec {
+                None => Err(TokenRefusal::Unknown(id.to_string())),
+                Some(r) if !flotilla_certs::token::secret_matches(secret, &r.secret_hash) => {
+                    Err(TokenRefusal::WrongSecret(id.to_string()))
+                }
+                Some(r) if now >= r.expires_at => Err(TokenRefusal::Expired {
+                    id: id.to_string(),
+                    ago: now - r.expires_at,
+                }),
+                Some(r) if r.used >= r.uses => Err(TokenRefusal::Used(id.to_string())),
+                Some(mut r) => {
+                    r.used += 1;
+                    let bytes = serde_json::to_vec(&r).map_err(db)?;
+                    t.insert(id, bytes.as_slice()).map_err(db)?;
+                    Ok(r)
+                }
+            }
+        };
+        w.commit().map_err(db)?;
+        Ok(outcome)
+    }
+
+    /// Stores or replaces a node.
+    pub fn put_node(&self, n: &NodeRecord) -> Result<(), StoreError> {
+        self.put(NODES, &n.id, n)
+    }
+
+    /// A node by id.
+    pub fn node(&self, id: &str) -> Result<Option<NodeRecord>, StoreError> {
+        self.get(NODES, id)
+    }
+
+    /// Every node.
+    pub fn nodes(&self) -> Result<Vec<NodeRecord>, StoreError> {
+        self.all(NODES)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(id: &str, secret: &str, expires_at: u64, uses: u32) -> TokenRecord {
+        TokenRecord {
+            id: id.into(),
+            secret_hash: flotilla_certs::token::hash_secret(secret),
+            created_at: 0,
+            expires_at,
+            uses,
+            used: 0,
+            labels: Labels::new(),
+        }
+    }
+
+    #[test]
+    fn tokens_are_spent_once_and_expire() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = Store::open(&dir.path().join("db.redb")).expect("open");
+        s.put_token(&token("a", "s3cret", 100, 1)).expect("put");
+        assert_eq!(
+            s.redeem("a", "wrong", 10).expect("db"),
+            Err(TokenRefusal::WrongSecret("a".into()))
+        );
+        assert!(s.redeem("a", "s3cret", 10).expect("db").is_ok());
+        assert_eq!(
+            s.redeem("a", "s3cret", 10).expect("db"),
+            Err(TokenRefusal::Used("a".into()))
+        );
+        s.put_token(&token("b", "x", 100, 5)).expect("put");
+        assert!(matches!(
+            s.redeem("b", "x", 150).expect("db"),
+            Err(TokenRefusal::Expired { ago: 50, .. })
+        ));
+        assert!(s.remove_token("b").expect("rm"));
+        assert_eq!(
+            s.redeem("b", "x", 10).expect("db"),
+            Err(TokenRefusal::Unknown("b".into()))
+        );
+        // stored hashed
+        let raw = std::fs::read(dir.path().join("db.redb")).expect("read");
+        assert!(!raw.windows(6).any(|w| w == b"s3cret"));
+    }
+}

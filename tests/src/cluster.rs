@@ -1,0 +1,226 @@
+//! A control plane for tests: `orchestratord init` + `run` on a loopback port, the admin
+//! credential in a temporary directory, and agents joined through the real binaries.
+
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running `orchestratord`.
+#[derive(Debug)]
+pub struct ControlPlane {
+    dir: tempfile::TempDir,
+    /// Its data directory.
+    pub data: PathBuf,
+    /// The admin credential directory.
+    pub admin: PathBuf,
+    /// Where it listens (UDP and TCP).
+    pub addr: SocketAddr,
+    child: Option<Child>,
+    extra_args: Vec<String>,
+}
+
+/// A loopback port free for both TCP and UDP right now.
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let Ok(t) = TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = t.local_addr() else { continue };
+        if UdpSocket::bind(addr).is_ok() {
+            return addr.port();
+        }
+    }
+    panic!("no free loopback port")
+}
+
+impl ControlPlane {
+    /// Initializes and starts a control plane; `run_args` go to `orchestratord run`.
+    pub fn start(run_args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("cp");
+        let admin = dir.path().join("admin");
+        let port = free_port();
+        let out = Command::new(crate::bin("orchestratord"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["init", "--port", &port.to_string(), "--admin-config"])
+            .arg(&admin)
+            .output()
+            .expect("orchestratord init");
+        assert!(
+            out.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut cp = Self {
+            data,
+            admin,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            child: None,
+            extra_args: run_args.iter().map(|s| s.to_string()).collect(),
+            dir,
+        };
+        cp.spawn();
+        cp
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("orchestratord.log")).expect("log");
+        let child = Command::new(crate::bin("orchestratord"))
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["run", "--listen", &self.addr.to_string()])
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("orchestratord run");
+        self.child = Some(child);
+        let start = Instant::now();
+        while !self.flotilla(&["token", "ls"]).status.success() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "control plane did not come up:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Scratch directory of the test.
+    pub fn scratch(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The control plane's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("orchestratord.log")).unwrap_or_default()
+    }
+
+    /// Runs `flotilla ARGS` with the admin credential.
+    pub fn flotilla(&self, args: &[&str]) -> Output {
+        Command::new(crate::bin("flotilla"))
+            .arg("--config")
+            .arg(&self.admin)
+            .args(args)
+            .output()
+            .expect("flotilla")
+    }
+
+    /// Runs `flotilla ARGS`, which must succeed; returns stdout.
+    pub fn flotilla_ok(&self, args: &[&str]) -> String {
+        let o = self.flotilla(args);
+        assert!(
+            o.status.success(),
+            "flotilla {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// A new join token.
+    pub fn token(&self, args: &[&str]) -> String {
+        let mut a = vec!["token", "create"];
+        a.extend_from_slice(args);
+        self.flotilla_ok(&a).trim().to_string()
+    }
+
+    /// `flotilla node ls -o json`.
+    pub fn nodes(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.flotilla_ok(&["node", "ls", "-o", "json"])).expect("json")
+    }
+
+    /// `host:port` for agents.
+    pub fn server(&self) -> String {
+        self.addr.to_string()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A node agent's data directory and, once started, its `nodeagent run`.
+#[derive(Debug)]
+pub struct Agent {
+    /// Data directory.
+    pub data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Agent {
+    /// An agent with its data under `dir`.
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            data: dir.join("data"),
+            log: dir.join("agent.log"),
+            child: None,
+        }
+    }
+
+    /// `nodeagent join SERVER --token TOKEN EXTRA…`.
+    pub fn join(&self, server: &str, token: &str, extra: &[&str]) -> Output {
+        Command::new(crate::bin("nodeagent"))
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["join", server, "--token", token])
+            .args(extra)
+            .output()
+            .expect("nodeagent join")
+    }
+
+    /// Starts `nodeagent run`.
+    pub fn run(&mut self) {
+        let log = std::fs::File::create(&self.log).expect("log");
+        self.child = Some(
+            Command::new(crate::bin("nodeagent"))
+                .arg("--data-dir")
+                .arg(&self.data)
+                .arg("run")
+                .env("NODEAGENT_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("nodeagent run"),
+        );
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The identity directory.
+    pub fn identity(&self) -> PathBuf {
+        self.data.join("identity")
+    }
+
+    /// Waits until the log contains `what` `times` times.
+    pub fn wait_log(&self, what: &str, times: usize, timeout: Duration) {
+        let start = Instant::now();
+        while self.log().matches(what).count() < times {
+            assert!(
+                start.elapsed() < timeout,
+                "agent log never showed '{what}' x{times}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}

@@ -1,0 +1,445 @@
+//! Cluster identity end to end: real `orchestratord`, `nodeagent` and `flotilla` binaries over
+//! real QUIC and HTTPS with real certificates on loopback.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use flotilla_tests::cluster::{Agent, ControlPlane};
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Every file below `dir`, recursively.
+fn files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_node_joins_connects_and_its_key_stays_on_it() {
+    let cp = ControlPlane::start(&[]);
+    let token = cp.token(&["--label", "site=store-12"]);
+    assert!(token.starts_with("FLT1-"), "{token}");
+    let mut agent = Agent::new(&cp.scratch().join("n1"));
+    let o = agent.join(&cp.server(), &token, &["--label", "rack=a"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let key = fs::read_to_string(agent.identity().join("key.pem")).expect("node key");
+    let mode = fs::metadata(agent.identity().join("key.pem"))
+        .expect("stat")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600);
+    // The node's private key exists only on the node (the first 56 characters of a PKCS#8
+    // P-256 key are the same for every key; the private scalar follows).
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    for f in files(&cp.data) {
+        let bytes = fs::read(&f).expect("read");
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(&body[56..100]),
+            "the node key is in {}",
+            f.display()
+        );
+    }
+    // The token's secret is stored hashed only.
+    let secret = token.rsplit('-').next().expect("secret");
+    for f in files(&cp.data) {
+        assert!(
+            !String::from_utf8_lossy(&fs::read(&f).expect("read")).contains(secret),
+            "secret in {}",
+            f.display()
+        );
+    }
+
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    let nodes = cp.nodes();
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["connected"], true);
+    assert_eq!(nodes[0]["labels"]["site"], "store-12");
+    assert_eq!(nodes[0]["labels"]["rack"], "a");
+    let id = nodes[0]["id"].as_str().expect("id");
+    assert!(agent.log().contains(id));
+}
+
+#[test]
+fn bad_tokens_are_refused_with_a_reason_and_nothing_written() {
+    let cp = ControlPlane::start(&[]);
+    let refused = |agent: &Agent, token: &str, why: &str| {
+        let o = agent.join(&cp.server(), token, &[]);
+        assert!(!o.status.success());
+        assert!(
+            stderr(&o).contains(why),
+            "expected '{why}' in: {}",
+            stderr(&o)
+        );
+        assert!(
+            !agent.identity().exists(),
+            "identity written for a refused join"
+        );
+    };
+    // single use
+    let token = cp.token(&[]);
+    let first = Agent::new(&cp.scratch().join("a"));
+    assert!(first.join(&cp.server(), &token, &[]).status.success());
+    refused(&Agent::new(&cp.scratch().join("b")), &token, "already used");
+    // expired
+    let token = cp.token(&["--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    refused(&Agent::new(&cp.scratch().join("c")), &token, "expired");
+    // revoked
+    let token = cp.token(&["--uses", "3"]);
+    let id = token.split('-').nth(2).expect("id");
+    cp.flotilla_ok(&["token", "rm", id]);
+    refused(
+        &Agent::new(&cp.scratch().join("d")),
+        &token,
+        "unknown or revoked",
+    );
+    // garbage
+    refused(
+        &Agent::new(&cp.scratch().join("e")),
+        "FLT1-nope",
+        "malformed join token",
+    );
+    // a token of another cluster: refused by the node itself, before it sends anything —
+    // the server (which logs every join request it reads) received none
+    let other = ControlPlane::start(&[]);
+    let foreign = other.token(&[]);
+    let requests_before =
+        cp.log().matches("join refused").count() + cp.log().matches("node joined").count();
+    refused(
+        &Agent::new(&cp.scratch().join("f")),
+        &foreign,
+        "does not match the join token",
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let requests_after =
+        cp.log().matches("join refused").count() + cp.log().matches("node joined").count();
+    assert_eq!(
+        requests_before,
+        requests_after,
+        "the server received a join request:\n{}",
+        cp.log()
+    );
+    // a multi-use token serves its uses
+    let token = cp.token(&["--uses", "2"]);
+    assert!(Agent::new(&cp.scratch().join("g"))
+        .join(&cp.server(), &token, &[])
+        .status
+        .success());
+    assert!(Agent::new(&cp.scratch().join("h"))
+        .join(&cp.server(), &token, &[])
+        .status
+        .success());
+    refused(&Agent::new(&cp.scratch().join("i")), &token, "already used");
+    assert_eq!(cp.nodes().len(), 3);
+}
+
+#[test]
+fn certificates_renew_in_place_and_revocation_cuts_at_once() {
+    let cp = ControlPlane::start(&["--node-cert-lifetime", "60"]);
+    let mut agent = Agent::new(&cp.scratch().join("n"));
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    let first_cert = fs::read_to_string(agent.identity().join("cert.pem")).expect("cert");
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    // 60-second certificates renew at 50-80 % of their life: three renewals take at most
+    // ~2.5 minutes, over one session.
+    agent.wait_log("certificate renewed in place", 3, Duration::from_secs(200));
+    assert_eq!(
+        agent.log().matches("session established").count(),
+        1,
+        "the session dropped:\n{}",
+        agent.log()
+    );
+    assert_ne!(
+        fs::read_to_string(agent.identity().join("cert.pem")).expect("cert"),
+        first_cert
+    );
+    let nodes = cp.nodes();
+    assert_eq!(nodes[0]["connected"], true);
+
+    let id = nodes[0]["id"].as_str().expect("id").to_string();
+    let t = Instant::now();
+    cp.flotilla_ok(&["node", "revoke", &id]);
+    agent.wait_log("revoked", 1, Duration::from_secs(5));
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "revocation took {:?}",
+        t.elapsed()
+    );
+    assert_eq!(cp.nodes()[0]["connected"], false);
+    assert_eq!(cp.nodes()[0]["revoked"], true);
+}
+
+#[test]
+fn operators_need_an_admin_certificate_of_the_cluster() {
+    let cp = ControlPlane::start(&[]);
+    let other = ControlPlane::start(&[]);
+    // another cluster's admin is refused at the TLS layer
+    let o = std::process::Command::new(flotilla_tests::bin("flotilla"))
+        .arg("--config")
+        .arg(&other.admin)
+        .args(["token", "ls"])
+        .env("FLOTILLA_CONFIG", &other.admin)
+        .output()
+        .expect("flotilla");
+    assert!(o.status.success(), "own cluster works");
+    let mixed = cp.scratch().join("mixed");
+    fs::create_dir_all(&mixed).expect("mkdir");
+    for f in ["credential.json", "ca.pem"] {
+        fs::copy(cp.admin.join(f), mixed.join(f)).expect("copy");
+    }
+    for f in ["cert.pem", "key.pem"] {
+        fs::copy(other.admin.join(f), mixed.join(f)).expect("copy");
+    }
+    let o = std::process::Command::new(flotilla_tests::bin("flotilla"))
+        .arg("--config")
+        .arg(&mixed)
+        .args(["token", "ls"])
+        .output()
+        .expect("flotilla");
+    assert!(
+        !o.status.success(),
+        "a foreign admin certificate was accepted"
+    );
+    // a second admin can be issued; its key is made by the CLI
+    let bob = cp.scratch().join("bob");
+    cp.flotilla_ok(&[
+        "admin",
+        "issue",
+        "bob",
+        "--out",
+        bob.to_str().expect("utf8"),
+    ]);
+    let o = std::process::Command::new(flotilla_tests::bin("flotilla"))
+        .arg("--config")
+        .arg(&bob)
+        .args(["node", "ls"])
+        .output()
+        .expect("flotilla");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let key = fs::read_to_string(bob.join("key.pem")).expect("key");
+    let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    for f in files(&cp.data) {
+        assert!(!String::from_utf8_lossy(&fs::read(&f).expect("read")).contains(&body[56..100]));
+    }
+}
+
+mod raw {
+    //! Hand-made QUIC clients and servers for what the real binaries never do.
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use flotilla_api::{
+        read_frame, write_frame, AgentReply, AgentRequest, Hello, HelloReply, PROTOCOLS,
+    };
+    use flotilla_certs::credential::Credential;
+    use flotilla_certs::tls::ALPN_AGENT;
+    use flotilla_certs::SERVER_NAME;
+
+    pub fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    pub async fn connect(
+        addr: SocketAddr,
+        tls: rustls::ClientConfig,
+    ) -> Result<quinn::Connection, String> {
+        let mut ep =
+            quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("endpoint");
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+        ep.connect(addr, SERVER_NAME)
+            .expect("connect")
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Sends a hello; returns the reply or why the server closed.
+    pub async fn hello(conn: &quinn::Connection) -> Result<HelloReply, String> {
+        let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_frame(
+            &mut s,
+            &Hello {
+                protocols: PROTOCOLS.to_vec(),
+                agent_version: "test".into(),
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let _ = s.finish();
+        match tokio::time::timeout(Duration::from_secs(5), read_frame::<_, HelloReply>(&mut r))
+            .await
+        {
+            Ok(Ok(h)) => Ok(h),
+            _ => Err(conn
+                .close_reason()
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "no reply".into())),
+        }
+    }
+
+    pub async fn request(conn: &quinn::Connection, req: &AgentRequest) -> AgentReply {
+        let (mut s, mut r) = conn.open_bi().await.expect("stream");
+        write_frame(&mut s, req).await.expect("write");
+        let _ = s.finish();
+        read_frame(&mut r).await.expect("read")
+    }
+
+    pub fn client_of(cred: &Credential) -> rustls::ClientConfig {
+        flotilla_certs::tls::client(&cred.ca_pem, &cred.identity, ALPN_AGENT).expect("client tls")
+    }
+}
+
+#[test]
+fn the_server_takes_identity_from_certificates_only() {
+    use flotilla_api::{AgentReply, AgentRequest, HelloReply};
+    use flotilla_certs::credential::Credential;
+    let cp = ControlPlane::start(&[]);
+    let a = Agent::new(&cp.scratch().join("a"));
+    assert!(a.join(&cp.server(), &cp.token(&[]), &[]).status.success());
+    let b = Agent::new(&cp.scratch().join("b"));
+    assert!(b.join(&cp.server(), &cp.token(&[]), &[]).status.success());
+    let cred_a = Credential::load(&a.identity()).expect("a");
+    let cred_b = Credential::load(&b.identity()).expect("b");
+    let rt = raw::runtime();
+    rt.block_on(async {
+        // node a is node a, whatever it asks for
+        let conn = raw::connect(cp.addr, raw::client_of(&cred_a))
+            .await
+            .expect("connect");
+        match raw::hello(&conn).await.expect("hello") {
+            HelloReply::Welcome { node_id, .. } => assert_eq!(node_id, cred_a.name),
+            other => panic!("{other:?}"),
+        }
+        // a CSR naming node b still yields a certificate for node a
+        let params = flotilla_certs::key_and_csr(&cred_b.name).expect("csr");
+        let reply = raw::request(
+            &conn,
+            &AgentRequest::Renew {
+                csr_pem: params.cert_pem.clone(),
+            },
+        )
+        .await;
+        let AgentReply::Renewed { cert_pem } = reply else {
+            panic!("{reply:?}")
+        };
+        use rustls::pki_types::pem::PemObject;
+        let der =
+            rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).expect("pem");
+        let (id, _) = flotilla_certs::identity_of(&der).expect("identity");
+        assert_eq!(
+            id.name, cred_a.name,
+            "a node obtained another node's identity"
+        );
+        conn.close(0u32.into(), b"");
+
+        // no client certificate: the handshake completes (TLS 1.3), the hello does not
+        let ca = std::fs::read_to_string(cp.data.join("ca.pem")).expect("ca");
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from_pem_slice(ca.as_bytes()).expect("ca"))
+            .expect("root");
+        let mut anon = rustls::ClientConfig::builder_with_provider(flotilla_certs::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        anon.alpn_protocols = vec![flotilla_certs::tls::ALPN_AGENT.to_vec()];
+        let conn = raw::connect(cp.addr, anon).await.expect("connect");
+        let err = raw::hello(&conn)
+            .await
+            .expect_err("hello without a certificate");
+        assert!(err.contains("a node certificate is required"), "{err}");
+
+        // an admin certificate is not a node certificate
+        let admin = Credential::load(&cp.admin).expect("admin");
+        let conn = raw::connect(cp.addr, raw::client_of(&admin))
+            .await
+            .expect("connect");
+        let err = raw::hello(&conn).await.expect_err("admin as node");
+        assert!(err.contains("not a node certificate"), "{err}");
+
+        // a node certificate of another cluster fails the handshake
+        let other = ControlPlane::start(&[]);
+        let c = Agent::new(&cp.scratch().join("c"));
+        assert!(c
+            .join(&other.server(), &other.token(&[]), &[])
+            .status
+            .success());
+        let mut foreign = Credential::load(&c.identity()).expect("c");
+        foreign.ca_pem = cred_a.ca_pem.clone();
+        let refused = match raw::connect(cp.addr, raw::client_of(&foreign)).await {
+            Err(e) => e,
+            Ok(conn) => raw::hello(&conn).await.expect_err("foreign node accepted"),
+        };
+        assert!(!refused.is_empty());
+        assert!(
+            !cp.log().contains(&foreign.name),
+            "the foreign node got a session"
+        );
+    });
+}
+
+#[test]
+fn a_node_certificate_cannot_serve_as_the_control_plane() {
+    use flotilla_certs::credential::Credential;
+    let cp = ControlPlane::start(&[]);
+    let mut a = Agent::new(&cp.scratch().join("a"));
+    assert!(a.join(&cp.server(), &cp.token(&[]), &[]).status.success());
+    let b = Agent::new(&cp.scratch().join("b"));
+    assert!(b.join(&cp.server(), &cp.token(&[]), &[]).status.success());
+    let impostor = Credential::load(&b.identity()).expect("b");
+    // a server on another port presenting node b's certificate (signed by the right CA)
+    let port = flotilla_tests::cluster::free_port();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let tls = flotilla_certs::tls::server(
+        &impostor.ca_pem,
+        &impostor.identity,
+        &[flotilla_certs::tls::ALPN_AGENT],
+    )
+    .expect("server tls");
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).expect("quic");
+    std::thread::spawn(move || {
+        raw::runtime().block_on(async move {
+            let ep = quinn::Endpoint::server(
+                quinn::ServerConfig::with_crypto(std::sync::Arc::new(crypto)),
+                addr,
+            )
+            .expect("endpoint");
+            while let Some(i) = ep.accept().await {
+                let _ = i.await;
+            }
+        })
+    });
+    let mut cred = Credential::load(&a.identity()).expect("a");
+    cred.server = addr.to_string();
+    cred.write(&a.identity()).expect("write");
+    a.run();
+    a.wait_log(
+        "does not allow extended key usage for server authentication",
+        1,
+        Duration::from_secs(10),
+    );
+    assert!(!a.log().contains("session established"));
+}

@@ -178,18 +178,30 @@ impl Agent {
 
     /// Starts `nodeagent run`.
     pub fn run(&mut self) {
+        self.run_with_env(&[]);
+    }
+
+    /// Starts `nodeagent run` with extra environment variables.
+    pub fn run_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
         let log = std::fs::File::create(&self.log).expect("log");
-        self.child = Some(
-            Command::new(crate::bin("nodeagent"))
-                .arg("--data-dir")
-                .arg(&self.data)
-                .arg("run")
-                .env("NODEAGENT_LOG", "info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("nodeagent run"),
-        );
+        let mut cmd = Command::new(crate::bin("nodeagent"));
+        cmd.arg("--data-dir")
+            .arg(&self.data)
+            .arg("run")
+            .env("NODEAGENT_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        self.child = Some(cmd.spawn().expect("nodeagent run"));
+    }
+
+    /// True while `nodeagent run` is running.
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
     }
 
     /// Its log so far.

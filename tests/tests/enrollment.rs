@@ -443,3 +443,39 @@ fn a_node_certificate_cannot_serve_as_the_control_plane() {
     );
     assert!(!a.log().contains("session established"));
 }
+
+/// Debian's libfaketime, for a clock that is wrong for one process.
+fn libfaketime() -> std::path::PathBuf {
+    for dir in fs::read_dir("/usr/lib").expect("/usr/lib").flatten() {
+        let p = dir.path().join("faketime/libfaketime.so.1");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("libfaketime missing: install Debian's faketime (scripts/install-deps.sh)")
+}
+
+#[test]
+fn a_node_with_a_wrong_clock_says_so_keeps_running_and_connects_once_it_is_right() {
+    let cp = ControlPlane::start(&[]);
+    let mut agent = Agent::new(&cp.scratch().join("n"));
+    assert!(agent.join(&cp.server(), &cp.token(&[]), &[]).status.success());
+    // A board without a real-time clock boots in 1970.
+    let clock = cp.scratch().join("clock");
+    fs::write(&clock, "@1970-01-02 00:00:00").expect("clock");
+    let lib = libfaketime();
+    agent.run_with_env(&[
+        ("LD_PRELOAD", lib.as_os_str()),
+        ("FAKETIME_TIMESTAMP_FILE", clock.as_os_str()),
+        ("FAKETIME_NO_CACHE", std::ffi::OsStr::new("1")),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", std::ffi::OsStr::new("1")),
+    ]);
+    agent.wait_log("the clock of this node reads 1970", 1, Duration::from_secs(20));
+    assert!(!agent.log().contains("session established"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(agent.running(), "the agent gave up:\n{}", agent.log());
+    // NTP fixes the clock: the agent connects at its next attempt.
+    fs::write(&clock, "+0").expect("clock");
+    agent.wait_log("session established", 1, Duration::from_secs(90));
+    assert_eq!(cp.nodes()[0]["connected"], true);
+}

@@ -42,6 +42,19 @@ pub struct JoinRequest {
     pub hostname: String,
     /// Labels from the command line (become node attributes with the token's).
     pub labels: BTreeMap<String, String>,
+    /// Set when a node that was enrolled before (its certificate expired while it was
+    /// offline) comes back: it keeps its id, tasks and data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousIdentity>,
+}
+
+/// A node's earlier identity, proven by its key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousIdentity {
+    /// Its last certificate (PEM), possibly expired.
+    pub cert_pem: String,
+    /// Signature by that certificate's key over the token id and the new CSR (base64).
+    pub proof: String,
 }
 
 /// The answer to a [`JoinRequest`].

@@ -236,6 +236,66 @@ impl ClusterCa {
         self.issue(params, &csr.public_key)
     }
 
+    /// Checks a rejoin: `old_cert_pem` must be a node certificate this CA issued (checked at a
+    /// moment it was valid: it may have expired while the node was offline) and `proof` a
+    /// signature by its key over the request ([`rejoin_proof`]). Returns the node id to keep.
+    pub fn verify_rejoin(
+        &self,
+        old_cert_pem: &str,
+        proof: &str,
+        token_id: &str,
+        csr_pem: &str,
+    ) -> Result<String, CertError> {
+        use base64::Engine as _;
+        use rustls_pki_types::CertificateDer;
+        let refused = |reason: String| CertError::Invalid {
+            what: "rejoin",
+            reason,
+        };
+        let der = pem_der(old_cert_pem, "previous certificate")?;
+        let (identity, _) = identity_of(&der)?;
+        if identity.role != Role::Node {
+            return Err(refused(
+                "the previous certificate is not a node certificate".into(),
+            ));
+        }
+        let (not_before, _) = validity_of(&der)?;
+        let at = not_before
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            + Duration::from_secs(1);
+        let ca_der = CertificateDer::from(self.cert_der.clone());
+        let anchor = webpki::anchor_from_trusted_cert(&ca_der)
+            .map_err(|e| refused(format!("the cluster CA: {e}")))?;
+        let leaf = CertificateDer::from(der);
+        let ee = webpki::EndEntityCert::try_from(&leaf)
+            .map_err(|e| refused(format!("previous certificate: {e}")))?;
+        ee.verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &[anchor],
+            &[],
+            rustls_pki_types::UnixTime::since_unix_epoch(at),
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .map_err(|e| {
+            refused(format!(
+                "the previous certificate was not issued by this cluster: {e}"
+            ))
+        })?;
+        let sig = base64::engine::general_purpose::STANDARD
+            .decode(proof)
+            .map_err(|e| refused(format!("proof: {e}")))?;
+        ee.verify_signature(
+            webpki::ring::ECDSA_P256_SHA256,
+            &rejoin_transcript(token_id, csr_pem),
+            &sig,
+        )
+        .map_err(|_| refused("the proof is not signed by the previous certificate's key".into()))?;
+        Ok(identity.name)
+    }
+
     /// Writes `ca.pem` (0644) and `ca-key.pem` (0600) into `dir`, never overwriting either.
     pub fn write_to(&self, dir: &Path) -> Result<(), CertError> {
         let (cert, key) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
@@ -342,6 +402,29 @@ pub fn identity_of(cert_der: &[u8]) -> Result<(Identity, SystemTime), CertError>
     let not_after = cert.validity().not_after.timestamp();
     let until = SystemTime::UNIX_EPOCH + Duration::from_secs(not_after.max(0) as u64);
     Ok((identity, until))
+}
+
+fn rejoin_transcript(token_id: &str, csr_pem: &str) -> Vec<u8> {
+    let mut t = b"flotilla-rejoin/1\0".to_vec();
+    t.extend_from_slice(token_id.as_bytes());
+    t.push(0);
+    t.extend_from_slice(csr_pem.as_bytes());
+    t
+}
+
+/// A node's proof, for a rejoin, that it holds the key of its previous certificate: its
+/// signature (base64) over the token id and the new CSR.
+pub fn rejoin_proof(old_key_pem: &str, token_id: &str, csr_pem: &str) -> Result<String, CertError> {
+    use base64::Engine as _;
+    use rcgen::SigningKey as _;
+    let key = KeyPair::from_pem(old_key_pem).map_err(|e| invalid("previous key", e))?;
+    let sig = key
+        .sign(&rejoin_transcript(token_id, csr_pem))
+        .map_err(|source| CertError::Generate {
+            what: "rejoin proof",
+            source,
+        })?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(sig))
 }
 
 /// Validity period (`notBefore`, `notAfter`) of a certificate.
@@ -599,6 +682,51 @@ mod identity_tests {
         );
         assert!(ca.issue_node("garbage", "n-1", NODE_CERT_LIFETIME).is_err());
         assert!(ca.issue_admin("../x", ADMIN_CERT_LIFETIME).is_err());
+    }
+
+    #[test]
+    fn a_rejoin_needs_the_old_key_and_a_certificate_of_this_ca() {
+        let ca = ClusterCa::generate("t").expect("ca");
+        let old = key_and_csr("n-1").expect("csr");
+        // a certificate that expired long ago still proves the identity
+        let old_cert = ca
+            .issue_node(&old.cert_pem, "n-1", Duration::from_secs(1))
+            .expect("cert");
+        let new = key_and_csr("n-1").expect("csr");
+        let proof = rejoin_proof(&old.key_pem, "tok", &new.cert_pem).expect("proof");
+        assert_eq!(
+            ca.verify_rejoin(&old_cert, &proof, "tok", &new.cert_pem)
+                .expect("verify"),
+            "n-1"
+        );
+        // bound to the token and the CSR
+        assert!(ca
+            .verify_rejoin(&old_cert, &proof, "other", &new.cert_pem)
+            .is_err());
+        let other_csr = key_and_csr("n-1").expect("csr");
+        assert!(ca
+            .verify_rejoin(&old_cert, &proof, "tok", &other_csr.cert_pem)
+            .is_err());
+        // someone else's key
+        let thief = key_and_csr("x").expect("csr");
+        let forged = rejoin_proof(&thief.key_pem, "tok", &new.cert_pem).expect("proof");
+        assert!(ca
+            .verify_rejoin(&old_cert, &forged, "tok", &new.cert_pem)
+            .is_err());
+        // a certificate of another cluster
+        let other = ClusterCa::generate("o").expect("ca");
+        let foreign = other
+            .issue_node(&old.cert_pem, "n-1", NODE_CERT_LIFETIME)
+            .expect("cert");
+        assert!(ca
+            .verify_rejoin(&foreign, &proof, "tok", &new.cert_pem)
+            .is_err());
+        // an admin certificate
+        let admin = ca.issue_admin("n-1", ADMIN_CERT_LIFETIME).expect("admin");
+        let p = rejoin_proof(&admin.key_pem, "tok", &new.cert_pem).expect("proof");
+        assert!(ca
+            .verify_rejoin(&admin.cert_pem, &p, "tok", &new.cert_pem)
+            .is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use flotilla_api::{
     read_frame, write_frame, AgentReply, AgentRequest, Hello, HelloReply, JoinReply, JoinRequest,
-    Labels, PROTOCOLS,
+    Labels, PreviousIdentity, PROTOCOLS,
 };
 use flotilla_certs::credential::Credential;
 use flotilla_certs::tls::ALPN_AGENT;
@@ -26,6 +26,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 const CLOSE_REVOKED: u32 = 2;
 /// How often a live session pings.
 const PING_EVERY: Duration = Duration::from_secs(10);
+/// How long a ping may take before the session counts as lost.
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait between two dial attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -78,14 +80,36 @@ fn hostname() -> String {
 /// Enrolls this node with the control plane at `server` using `token`.
 pub async fn join(data_dir: &Path, server: &str, token: &str, labels: &[String]) -> Result<String> {
     let dir = identity_dir(data_dir);
-    if let Ok(existing) = Credential::load(&dir) {
-        bail!(
-            "this node already joined as {} (identity in {}); remove that directory to join again",
-            existing.name,
-            dir.display()
-        );
-    }
     let token: JoinToken = token.parse()?;
+    let key = key_and_csr(&hostname())?;
+    // A node whose certificate expired (offline too long) comes back with its identity.
+    let previous = match Credential::load(&dir) {
+        Err(_) => None,
+        Ok(existing) => {
+            let (_, not_after) =
+                flotilla_certs::validity_of(&pem_der(&existing.identity.cert_pem)?)?;
+            if not_after > SystemTime::now() {
+                bail!(
+                    "this node already joined as {} and its certificate is valid until {} \
+                     (identity in {}); `nodeagent run` connects with it",
+                    existing.name,
+                    humantime::format_rfc3339_seconds(not_after),
+                    dir.display()
+                );
+            }
+            Some((
+                existing.name.clone(),
+                PreviousIdentity {
+                    cert_pem: existing.identity.cert_pem.clone(),
+                    proof: flotilla_certs::rejoin_proof(
+                        &existing.identity.key_pem,
+                        token.id(),
+                        &key.cert_pem,
+                    )?,
+                },
+            ))
+        }
+    };
     let mut wanted = Labels::new();
     for l in labels {
         let (k, v) = flotilla_api::parse_label(l).map_err(anyhow::Error::msg)?;
@@ -100,7 +124,6 @@ pub async fn join(data_dir: &Path, server: &str, token: &str, labels: &[String])
         .connect_with(cfg, addr, SERVER_NAME)?
         .await
         .map_err(|e| anyhow::anyhow!("connecting to {server} ({addr}): {}", explain(&e)))?;
-    let key = key_and_csr(&hostname())?;
     let (mut send, mut recv) = conn.open_bi().await.context("opening the join stream")?;
     let req = JoinRequest {
         protocols: PROTOCOLS.to_vec(),
@@ -109,6 +132,7 @@ pub async fn join(data_dir: &Path, server: &str, token: &str, labels: &[String])
         csr_pem: key.cert_pem.clone(),
         hostname: hostname(),
         labels: wanted,
+        previous: previous.as_ref().map(|(_, p)| p.clone()),
     };
     write_frame(&mut send, &req)
         .await
@@ -126,6 +150,11 @@ pub async fn join(data_dir: &Path, server: &str, token: &str, labels: &[String])
             ca_pem,
             ..
         } => {
+            if let Some((old, _)) = &previous {
+                if *old != node_id {
+                    bail!("the control plane gave this node a new id {node_id} instead of {old}");
+                }
+            }
             Credential {
                 server: server.to_string(),
                 name: node_id.clone(),
@@ -220,6 +249,17 @@ pub async fn run(data_dir: &Path) -> Result<()> {
 }
 
 async fn session(endpoint: &Endpoint, dir: &Path, cred: &mut Credential) -> Result<()> {
+    let (_, not_after) = flotilla_certs::validity_of(&pem_der(&cred.identity.cert_pem)?)?;
+    if not_after <= SystemTime::now() {
+        bail!(
+            "this node's certificate expired at {} (this node's clock reads {}): if the clock is \
+             right, get a new token and run `nodeagent join {} --token …` — the node keeps its \
+             identity, tasks and data",
+            humantime::format_rfc3339_seconds(not_after),
+            humantime::format_rfc3339_seconds(SystemTime::now()),
+            cred.server
+        );
+    }
     let addr = resolve(&cred.server).await?;
     let tls = flotilla_certs::tls::client(&cred.ca_pem, &cred.identity, ALPN_AGENT)?;
     let conn = endpoint
@@ -280,10 +320,16 @@ async fn session(endpoint: &Endpoint, dir: &Path, cred: &mut Credential) -> Resu
         tokio::select! {
             e = conn.closed() => bail!("{}", explain(&e)),
             _ = ping.tick() => {
-                match request(&conn, &AgentRequest::Ping).await {
-                    Ok(AgentReply::Pong { server_time }) => check_clock(server_time),
-                    Ok(other) => tracing::warn!("unexpected reply to ping: {other:?}"),
-                    Err(e) => bail!("ping: {e:#}"),
+                // A control plane that vanished without closing (power cut, kill -9) is
+                // noticed here rather than at the idle timeout.
+                match tokio::time::timeout(PING_TIMEOUT, request(&conn, &AgentRequest::Ping)).await {
+                    Ok(Ok(AgentReply::Pong { server_time })) => check_clock(server_time),
+                    Ok(Ok(other)) => tracing::warn!("unexpected reply to ping: {other:?}"),
+                    Ok(Err(e)) => bail!("ping: {e:#}"),
+                    Err(_) => {
+                        conn.close(quinn::VarInt::from_u32(0), b"no answer to ping");
+                        bail!("the control plane did not answer a ping within {PING_TIMEOUT:?}");
+                    }
                 }
             }
             _ = tokio::time::sleep(until_renewal) => {

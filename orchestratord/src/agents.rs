@@ -146,6 +146,26 @@ impl Agents {
                 return refused(e);
             }
         }
+        // A returning node proves its earlier identity before the token is spent.
+        let returning = match &req.previous {
+            None => None,
+            Some(p) => {
+                match self
+                    .ca
+                    .verify_rejoin(&p.cert_pem, &p.proof, &req.token_id, &req.csr_pem)
+                {
+                    Ok(id) => match self.store.node(&id) {
+                        Ok(Some(n)) if !n.revoked => Some(n),
+                        Ok(Some(_)) => return refused(format!("node {id} was revoked")),
+                        Ok(None) => {
+                            return refused(format!("node {id} is unknown to this control plane"))
+                        }
+                        Err(e) => return refused(e.to_string()),
+                    },
+                    Err(e) => return refused(e.to_string()),
+                }
+            }
+        };
         let token = match self.store.redeem(&req.token_id, &req.secret, now()) {
             Ok(Ok(t)) => t,
             Ok(Err(r)) => return refused(r.to_string()),
@@ -154,9 +174,12 @@ impl Agents {
                 return refused("the control plane could not read its store".into());
             }
         };
-        let node_id = match flotilla_certs::new_node_id() {
-            Ok(id) => id,
-            Err(e) => return refused(e.to_string()),
+        let node_id = match &returning {
+            Some(n) => n.id.clone(),
+            None => match flotilla_certs::new_node_id() {
+                Ok(id) => id,
+                Err(e) => return refused(e.to_string()),
+            },
         };
         let cert_pem = match self
             .ca
@@ -165,7 +188,11 @@ impl Agents {
             Ok(c) => c,
             Err(e) => return refused(e.to_string()),
         };
-        let mut labels = token.labels.clone();
+        let mut labels = returning
+            .as_ref()
+            .map(|n| n.labels.clone())
+            .unwrap_or_default();
+        labels.extend(token.labels.clone());
         labels.extend(req.labels.clone());
         let hostname: String = req
             .hostname
@@ -177,7 +204,7 @@ impl Agents {
             id: node_id.clone(),
             hostname,
             labels,
-            joined_at: now(),
+            joined_at: returning.as_ref().map_or(now(), |n| n.joined_at),
             token_id: token.id.clone(),
             cert_not_after: now() + self.node_cert_lifetime.as_secs(),
             revoked: false,
@@ -186,7 +213,11 @@ impl Agents {
             tracing::error!("join: {e}");
             return refused("the control plane could not record the node".into());
         }
-        tracing::info!(node = %node_id, peer = %conn.remote_address(), token = %token.id, "node joined");
+        if returning.is_some() {
+            tracing::info!(node = %node_id, peer = %conn.remote_address(), token = %token.id, "node rejoined with its identity");
+        } else {
+            tracing::info!(node = %node_id, peer = %conn.remote_address(), token = %token.id, "node joined");
+        }
         JoinReply::Joined {
             node_id,
             cert_pem,

@@ -211,23 +211,18 @@ fn write_server_cert(data_dir: &Path, cert: &CertifiedKey) -> Result<()> {
     Ok(())
 }
 
-/// The server certificate, replaced when it is close to expiry (nodes trust the CA, so a new
-/// one reaches them without any step on their side).
+/// The server certificate, made anew when it is missing or close to expiry (nodes trust the
+/// CA, so a new one reaches them without any step on their side).
 fn server_cert(data_dir: &Path, ca: &ClusterCa) -> Result<CertifiedKey> {
-    let read = |n: &str| {
-        std::fs::read_to_string(data_dir.join(n))
-            .with_context(|| format!("reading {}", data_dir.join(n).display()))
-    };
-    let current = CertifiedKey {
-        cert_pem: read("server.pem")?,
-        key_pem: read("server-key.pem")?,
-    };
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(current.cert_pem.as_bytes())
-        .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
-        .map_err(|e| anyhow::anyhow!("server.pem: {e:?}"))?;
-    let (_, not_after) = identity_of(&der)?;
-    if not_after > std::time::SystemTime::now() + SERVER_CERT_RENEW_BEFORE {
-        return Ok(current);
+    let read = |n: &str| std::fs::read_to_string(data_dir.join(n));
+    if let (Ok(cert_pem), Ok(key_pem)) = (read("server.pem"), read("server-key.pem")) {
+        let der = rustls::pki_types::pem::PemObject::from_pem_slice(cert_pem.as_bytes())
+            .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
+            .map_err(|e| anyhow::anyhow!("server.pem: {e:?}"))?;
+        let (_, not_after) = identity_of(&der)?;
+        if not_after > std::time::SystemTime::now() + SERVER_CERT_RENEW_BEFORE {
+            return Ok(CertifiedKey { cert_pem, key_pem });
+        }
     }
     let names: Vec<String> = std::fs::read(data_dir.join("server-names.json"))
         .ok()

@@ -66,7 +66,11 @@ impl ControlPlane {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::File::create(self.dir.path().join("orchestratord.log")).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("orchestratord.log"))
+            .expect("log");
         let child = Command::new(crate::bin("orchestratord"))
             .arg("--data-dir")
             .arg(&self.data)
@@ -86,6 +90,20 @@ impl ControlPlane {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops `orchestratord run`.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts `orchestratord run` again (after [`ControlPlane::stop`]).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
     }
 
     /// Scratch directory of the test.

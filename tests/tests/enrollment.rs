@@ -459,7 +459,10 @@ fn libfaketime() -> std::path::PathBuf {
 fn a_node_with_a_wrong_clock_says_so_keeps_running_and_connects_once_it_is_right() {
     let cp = ControlPlane::start(&[]);
     let mut agent = Agent::new(&cp.scratch().join("n"));
-    assert!(agent.join(&cp.server(), &cp.token(&[]), &[]).status.success());
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
     // A board without a real-time clock boots in 1970.
     let clock = cp.scratch().join("clock");
     fs::write(&clock, "@1970-01-02 00:00:00").expect("clock");
@@ -470,12 +473,80 @@ fn a_node_with_a_wrong_clock_says_so_keeps_running_and_connects_once_it_is_right
         ("FAKETIME_NO_CACHE", std::ffi::OsStr::new("1")),
         ("FAKETIME_DONT_FAKE_MONOTONIC", std::ffi::OsStr::new("1")),
     ]);
-    agent.wait_log("the clock of this node reads 1970", 1, Duration::from_secs(20));
+    agent.wait_log(
+        "the clock of this node reads 1970",
+        1,
+        Duration::from_secs(20),
+    );
     assert!(!agent.log().contains("session established"));
     std::thread::sleep(Duration::from_secs(2));
     assert!(agent.running(), "the agent gave up:\n{}", agent.log());
     // NTP fixes the clock: the agent connects at its next attempt.
     fs::write(&clock, "+0").expect("clock");
     agent.wait_log("session established", 1, Duration::from_secs(90));
+    assert_eq!(cp.nodes()[0]["connected"], true);
+}
+
+#[test]
+fn a_node_whose_certificate_expired_offline_rejoins_with_its_identity() {
+    let cp = ControlPlane::start(&["--node-cert-lifetime", "30"]);
+    let mut agent = Agent::new(&cp.scratch().join("n"));
+    assert!(agent
+        .join(&cp.server(), &cp.token(&["--label", "site=a"]), &[])
+        .status
+        .success());
+    let id = cp.nodes()[0]["id"].as_str().expect("id").to_string();
+    // While its certificate is valid, a second join is refused.
+    let o = agent.join(&cp.server(), &cp.token(&[]), &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("already joined"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Offline past its certificate's end.
+    std::thread::sleep(Duration::from_secs(32));
+    agent.run();
+    agent.wait_log("certificate expired", 1, Duration::from_secs(10));
+    drop(agent);
+    let mut agent = Agent::new(&cp.scratch().join("n"));
+    // A new token and the old key bring the same node back.
+    let o = agent.join(&cp.server(), &cp.token(&[]), &["--label", "rack=b"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&id),
+        "a new identity was made"
+    );
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    let nodes = cp.nodes();
+    assert_eq!(nodes.len(), 1, "the node came back as a second node");
+    assert_eq!(nodes[0]["connected"], true);
+    assert_eq!(nodes[0]["labels"]["site"], "a");
+    assert_eq!(nodes[0]["labels"]["rack"], "b");
+    assert!(cp.log().contains("node rejoined with its identity"));
+}
+
+#[test]
+fn a_new_server_certificate_reaches_connected_nodes_without_a_step_on_them() {
+    let mut cp = ControlPlane::start(&[]);
+    let mut agent = Agent::new(&cp.scratch().join("n"));
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    let old = fs::read_to_string(cp.data.join("server.pem")).expect("cert");
+    // The control plane restarts with a new server certificate.
+    cp.stop();
+    fs::remove_file(cp.data.join("server.pem")).expect("rm");
+    fs::remove_file(cp.data.join("server-key.pem")).expect("rm");
+    cp.restart();
+    assert_ne!(
+        fs::read_to_string(cp.data.join("server.pem")).expect("cert"),
+        old
+    );
+    // the agent notices the old session is gone (unanswered ping) and redials
+    agent.wait_log("session established", 2, Duration::from_secs(45));
     assert_eq!(cp.nodes()[0]["connected"], true);
 }

@@ -25,7 +25,12 @@ const WINDOW: Duration = Duration::from_secs(3);
 const CLIENTS: usize = 4;
 const ENROLLMENTS: usize = 10;
 
-async fn session(ep: &quinn::Endpoint, cfg: quinn::ClientConfig, addr: SocketAddr, hello: bool) -> Result<()> {
+async fn session(
+    ep: &quinn::Endpoint,
+    cfg: quinn::ClientConfig,
+    addr: SocketAddr,
+    hello: bool,
+) -> Result<()> {
     let conn = ep.connect_with(cfg, addr, SERVER_NAME)?.await?;
     if hello {
         let (mut s, mut r) = conn.open_bi().await?;
@@ -79,7 +84,9 @@ fn median(mut v: Vec<Duration>) -> Duration {
 
 fn main() -> Result<()> {
     let cp = ControlPlane::start(&[]);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let mut cfgs = Vec::new();
     for i in 0..CLIENTS {
         let node = Agent::new(&cp.scratch().join(format!("bench-node-{i}")));
@@ -90,7 +97,8 @@ fn main() -> Result<()> {
         let cred = Credential::load(&node.identity())?;
         let tls = flotilla_certs::tls::client(&cred.ca_pem, &cred.identity, ALPN_AGENT)?;
         cfgs.push(quinn::ClientConfig::new(Arc::new(
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| anyhow::anyhow!("{e}"))?,
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
         )));
     }
     let cfg = cfgs[0].clone();
@@ -139,10 +147,19 @@ fn main() -> Result<()> {
     }
     let enroll = median(enroll);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!("agent channel on loopback, {CLIENTS} concurrent clients, {} s windows", WINDOW.as_secs());
+    println!(
+        "agent channel on loopback, {CLIENTS} concurrent clients, {} s windows",
+        WINDOW.as_secs()
+    );
     println!("  bare mTLS QUIC handshakes   : {bare:8.0} /s (anchor)");
-    println!("  sessions (handshake + hello): {full:8.0} /s  = {:.2}x the anchor", full / bare);
-    println!("  one bare handshake (median) : {:8.2} ms (anchor)", ms(one));
+    println!(
+        "  sessions (handshake + hello): {full:8.0} /s  = {:.2}x the anchor",
+        full / bare
+    );
+    println!(
+        "  one bare handshake (median) : {:8.2} ms (anchor)",
+        ms(one)
+    );
     println!(
         "  enrollment, token -> session: {:8.1} ms  = {:.0}x one handshake (two process starts, key generation, CSR signing, store commits)",
         ms(enroll),

@@ -20,9 +20,13 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/flotilla/nodeagent";
 #[derive(Debug, Parser)]
 #[command(name = "nodeagent", version, about = "Flotilla node agent")]
 struct Cli {
-    /// The agent's data directory (image store, state).
-    #[arg(long, global = true, env = "NODEAGENT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    /// Configuration file (TOML; keys as the flags: data_dir, cgroup_parent, bind_roots).
+    /// Default: /etc/flotilla/nodeagent.toml when it exists. Flags override it.
+    #[arg(long, global = true, env = "NODEAGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// The agent's data directory (image store, state) [default: /var/lib/flotilla/nodeagent].
+    #[arg(long, global = true, env = "NODEAGENT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// cgroup parent of the containers (default: flotilla/<hostname>).
     #[arg(long, global = true, env = "NODEAGENT_CGROUP_PARENT")]
     cgroup_parent: Option<String>,
@@ -64,8 +68,57 @@ enum Command {
     },
 }
 
+/// `/etc/flotilla/nodeagent.toml`: the same settings as the flags.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    cgroup_parent: Option<String>,
+    #[serde(default)]
+    bind_roots: Vec<PathBuf>,
+}
+
+/// Default configuration file.
+const DEFAULT_CONFIG: &str = "/etc/flotilla/nodeagent.toml";
+
+/// Reads the configuration file and lets the flags override it.
+fn settle(mut cli: Cli) -> anyhow::Result<Cli> {
+    let path = match &cli.config {
+        Some(p) => Some(p.clone()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()),
+    };
+    let file: FileConfig = match &path {
+        None => FileConfig::default(),
+        Some(p) => {
+            let text = std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+        }
+    };
+    cli.data_dir = Some(
+        cli.data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+    );
+    cli.cgroup_parent = cli.cgroup_parent.or(file.cgroup_parent);
+    if cli.bind_roots.is_empty() {
+        cli.bind_roots = file.bind_roots;
+    }
+    Ok(cli)
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match settle(Cli::parse()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("NODEAGENT_LOG").unwrap_or_else(|_| {
@@ -77,7 +130,7 @@ fn main() -> ExitCode {
     if let Command::Shim { id } = &cli.command {
         // No async runtime here: the shim forks containers and must stay single-threaded
         // until they exist.
-        let code = flotilla_runtime::container::shim::main(&cli.data_dir, id);
+        let code = flotilla_runtime::container::shim::main(&data_dir, id);
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let node = match node_options(&cli) {
@@ -99,18 +152,18 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Ctr(args) => ctr::run(&cli.data_dir, node, args).await,
+            Command::Ctr(args) => ctr::run(&data_dir, node, args).await,
             Command::Join {
                 server,
                 token,
                 labels,
             } => {
-                let id = agent::join(&cli.data_dir, &server, &token, &labels).await?;
+                let id = agent::join(&data_dir, &server, &token, &labels).await?;
                 println!("joined as {id}");
-                println!("next: nodeagent --data-dir {} run", cli.data_dir.display());
+                println!("next: nodeagent --data-dir {} run", data_dir.display());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Run => agent::run(&cli.data_dir).await.map(|()| ExitCode::SUCCESS),
+            Command::Run => agent::run(&data_dir).await.map(|()| ExitCode::SUCCESS),
             Command::Shim { .. } => Ok(ExitCode::FAILURE),
         }
     });

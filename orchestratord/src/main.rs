@@ -31,9 +31,13 @@ const SERVER_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 #[derive(Debug, Parser)]
 #[command(name = "orchestratord", version, about = "Flotilla control plane")]
 struct Cli {
-    /// The control plane's data directory.
-    #[arg(long, global = true, env = "ORCHESTRATORD_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    /// Configuration file (TOML; keys as the flags: data_dir, listen, node_cert_lifetime).
+    /// Default: /etc/flotilla/orchestratord.toml when it exists. Flags override it.
+    #[arg(long, global = true, env = "ORCHESTRATORD_CONFIG")]
+    config: Option<PathBuf>,
+    /// The control plane's data directory [default: /var/lib/flotilla/orchestratord].
+    #[arg(long, global = true, env = "ORCHESTRATORD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,17 +66,60 @@ enum Command {
     },
     /// Serve agents (QUIC) and operators (HTTPS).
     Run {
-        /// Address to listen on, for UDP (agents) and TCP (operators).
-        #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))]
-        listen: SocketAddr,
-        /// Lifetime of node certificates in seconds (renewed at 50–80 % of it).
-        #[arg(long, default_value_t = flotilla_certs::NODE_CERT_LIFETIME.as_secs())]
-        node_cert_lifetime: u64,
+        /// Address to listen on, for UDP (agents) and TCP (operators) [default: 0.0.0.0:7443].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Lifetime of node certificates in seconds, renewed at 50–80 % of it [default: 30 days].
+        #[arg(long)]
+        node_cert_lifetime: Option<u64>,
     },
 }
 
-fn main() -> Result<()> {
+/// `/etc/flotilla/orchestratord.toml`: the same settings as the flags.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    node_cert_lifetime: Option<u64>,
+}
+
+/// Default configuration file.
+const DEFAULT_CONFIG: &str = "/etc/flotilla/orchestratord.toml";
+
+fn file_config(given: Option<&Path>) -> Result<FileConfig> {
+    let path = match given {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from(DEFAULT_CONFIG)).filter(|p| p.exists()),
+    };
+    match path {
+        None => Ok(FileConfig::default()),
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
     let cli = Cli::parse();
+    let file = file_config(cli.config.as_deref())?;
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .or(file.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("ORCHESTRATORD_LOG")
@@ -88,7 +135,7 @@ fn main() -> Result<()> {
             admin_config,
             admin_name,
         } => init(
-            &cli.data_dir,
+            &data_dir,
             &cluster,
             &advertise,
             port,
@@ -103,11 +150,13 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the async runtime")?;
-            rt.block_on(run(
-                &cli.data_dir,
-                listen,
-                Duration::from_secs(node_cert_lifetime),
-            ))
+            let listen = listen
+                .or(file.listen)
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)));
+            let lifetime = node_cert_lifetime
+                .or(file.node_cert_lifetime)
+                .unwrap_or(flotilla_certs::NODE_CERT_LIFETIME.as_secs());
+            rt.block_on(run(&data_dir, listen, Duration::from_secs(lifetime)))
         }
     }
 }

@@ -1,4 +1,5 @@
-//! `orchestratord init` through the real binary: the CA key is 0600 and never overwritten.
+//! `orchestratord init` through the real binary: the CA key is 0600 and never overwritten; the
+//! daemons' configuration files.
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
@@ -13,6 +14,8 @@ fn init_creates_a_private_ca_and_refuses_to_replace_it() {
         Command::new(bin("orchestratord"))
             .args(["init", "--data-dir"])
             .arg(&data)
+            .arg("--admin-config")
+            .arg(dir.path().join("admin"))
             .output()
             .expect("run orchestratord")
     };
@@ -37,4 +40,67 @@ fn init_creates_a_private_ca_and_refuses_to_replace_it() {
         key,
         "CA key replaced"
     );
+}
+
+#[test]
+fn config_files_give_settings_flags_override_them_and_typos_are_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let conf = dir.path().join("nodeagent.toml");
+    let data = dir.path().join("from-config");
+    std::fs::write(&conf, format!("data_dir = \"{}\"\n", data.display())).expect("write");
+    let out = Command::new(bin("nodeagent"))
+        .arg("--config")
+        .arg(&conf)
+        .args(["ctr", "image", "ls"])
+        .output()
+        .expect("nodeagent");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        data.join("images").is_dir(),
+        "the configured data_dir was not used"
+    );
+    let flag = dir.path().join("from-flag");
+    let out = Command::new(bin("nodeagent"))
+        .arg("--config")
+        .arg(&conf)
+        .arg("--data-dir")
+        .arg(&flag)
+        .args(["ctr", "image", "ls"])
+        .output()
+        .expect("nodeagent");
+    assert!(out.status.success());
+    assert!(
+        flag.join("images").is_dir(),
+        "the flag did not override the file"
+    );
+
+    std::fs::write(&conf, "data_dri = \"/x\"\n").expect("write");
+    let out = Command::new(bin("nodeagent"))
+        .arg("--config")
+        .arg(&conf)
+        .args(["ctr", "image", "ls"])
+        .output()
+        .expect("nodeagent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("data_dri") && err.contains("data_dir") && err.contains("nodeagent.toml"),
+        "{err}"
+    );
+
+    let conf = dir.path().join("orchestratord.toml");
+    std::fs::write(&conf, "listn = \"127.0.0.1:1\"\n").expect("write");
+    let out = Command::new(bin("orchestratord"))
+        .arg("--config")
+        .arg(&conf)
+        .arg("run")
+        .output()
+        .expect("orchestratord");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("listn") && err.contains("listen"), "{err}");
 }

@@ -19,6 +19,21 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// previous version while a fleet upgrades.
 pub const PROTOCOLS: &[u32] = &[1];
 
+/// Port of the control plane (QUIC for agents, HTTPS for operators) when none is given.
+pub const DEFAULT_PORT: u16 = 7443;
+
+/// `host:port` from `host` or `host:port` (the default port added).
+pub fn with_default_port(server: &str) -> String {
+    if server
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        server.to_string()
+    } else {
+        format!("{server}:{DEFAULT_PORT}")
+    }
+}
+
 /// Largest frame accepted (1 MiB).
 pub const MAX_FRAME: usize = 1 << 20;
 
@@ -240,6 +255,12 @@ mod tests {
             read_frame::<_, Hello>(&mut b).await,
             Err(FrameError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn server_addresses() {
+        assert_eq!(with_default_port("cp.example"), "cp.example:7443");
+        assert_eq!(with_default_port("10.0.0.1:9000"), "10.0.0.1:9000");
     }
 
     #[test]

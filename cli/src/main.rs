@@ -126,15 +126,7 @@ impl Api {
                 dir.display()
             )
         })?;
-        let with_port = if cred
-            .server
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            cred.server.clone()
-        } else {
-            format!("{}:7443", cred.server)
-        };
+        let with_port = flotilla_api::with_default_port(&cred.server);
         let addr = tokio::net::lookup_host(with_port.as_str())
             .await
             .with_context(|| format!("resolving {with_port}"))?

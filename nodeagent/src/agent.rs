@@ -37,14 +37,7 @@ pub fn identity_dir(data_dir: &Path) -> PathBuf {
 }
 
 async fn resolve(server: &str) -> Result<std::net::SocketAddr> {
-    let with_port = if server
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        server.to_string()
-    } else {
-        format!("{server}:7443")
-    };
+    let with_port = flotilla_api::with_default_port(server);
     let mut addrs = tokio::net::lookup_host(with_port.as_str())
         .await
         .with_context(|| format!("resolving {with_port}"))?;

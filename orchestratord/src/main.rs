@@ -23,8 +23,7 @@ use flotilla_certs::{
 
 /// Default data directory of the control plane.
 const DEFAULT_DATA_DIR: &str = "/var/lib/flotilla/orchestratord";
-/// Default port, for QUIC (agents) and HTTPS (operators) alike.
-const DEFAULT_PORT: u16 = 7443;
+use flotilla_api::DEFAULT_PORT;
 /// A server certificate closer than this to its expiry is replaced when `run` starts.
 const SERVER_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 

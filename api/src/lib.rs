@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 pub mod ops;
+pub mod taskdef;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

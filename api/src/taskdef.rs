@@ -1,0 +1,1429 @@
+//! Task definitions in the shape of Amazon ECS's `RegisterTaskDefinition` input, so an ECS
+//! user's file works unchanged; YAML is the same shape. [`parse`] checks everything at once and
+//! names every problem by its JSON path (`$.containerDefinitions[1].memory`); fields that only
+//! mean something on AWS (roles, awslogs, secrets ARNs, Fargate settings) are accepted with a
+//! warning naming each. The result is the typed [`TaskDefinition`], serialized in the same
+//! shape.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A validated task definition (without family revision: the control plane assigns it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDefinition {
+    /// Family name; revisions are numbered per family.
+    pub family: String,
+    /// The containers, in the order given.
+    pub container_definitions: Vec<ContainerDefinition>,
+    /// Network mode of every container of a task.
+    pub network_mode: NetworkMode,
+    /// Volumes the containers may mount.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<VolumeDefinition>,
+    /// `memberOf` expressions over node attributes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_constraints: Vec<PlacementConstraint>,
+    /// Task-level CPU units (1024 per core), a hard limit for the whole task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<u32>,
+    /// Task-level memory in MiB, a hard limit for the whole task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// Tags.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// ECS network modes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// A node bridge, reached through host port mappings.
+    #[default]
+    Bridge,
+    /// The node's namespace.
+    Host,
+    /// An address of its own on the node's network.
+    Awsvpc,
+    /// Loopback only.
+    None,
+}
+
+/// One container of a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerDefinition {
+    /// Unique within the task.
+    pub name: String,
+    /// Image reference.
+    pub image: String,
+    /// CPU units (relative weight).
+    #[serde(default)]
+    pub cpu: u32,
+    /// Hard memory limit, MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// Soft memory limit (reservation), MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_reservation: Option<u64>,
+    /// Published ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub port_mappings: Vec<PortMapping>,
+    /// When it exits, the task stops.
+    pub essential: bool,
+    /// Replaces the image's entrypoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry_point: Option<Vec<String>>,
+    /// Replaces the image's cmd.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Environment variables, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub environment: Vec<KeyValue>,
+    /// Working directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_directory: Option<String>,
+    /// `user[:group]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Container health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Start order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<Dependency>,
+    /// Volume mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mount_points: Vec<MountPoint>,
+    /// Read-only root filesystem.
+    #[serde(default)]
+    pub readonly_root_filesystem: bool,
+    /// Resource limits (`nofile` …).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+    /// Capabilities added to the default set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities_add: Vec<String>,
+    /// Capabilities dropped from the default set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities_drop: Vec<String>,
+    /// tmpfs mounts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<Tmpfs>,
+    /// Seconds between SIGTERM and SIGKILL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_timeout: Option<u32>,
+    /// All capabilities, no seccomp.
+    #[serde(default)]
+    pub privileged: bool,
+    /// Host name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+}
+
+/// `name`/`value` pair.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    /// Name.
+    pub name: String,
+    /// Value.
+    pub value: String,
+}
+
+/// A published port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    /// Port in the container.
+    pub container_port: u16,
+    /// Port on the node (0 or absent: one is picked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    /// `tcp` or `udp`.
+    pub protocol: Protocol,
+    /// Name (for service discovery).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+/// ECS container health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheck {
+    /// `["CMD", …]` or `["CMD-SHELL", "…"]`.
+    pub command: Vec<String>,
+    /// Seconds between checks.
+    pub interval: u32,
+    /// Seconds a check may take.
+    pub timeout: u32,
+    /// Failures before unhealthy.
+    pub retries: u32,
+    /// Grace period in seconds.
+    pub start_period: u32,
+}
+
+/// A start-order dependency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dependency {
+    /// The container depended on.
+    pub container_name: String,
+    /// What it must have done.
+    pub condition: DependencyCondition,
+}
+
+/// ECS dependency conditions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DependencyCondition {
+    /// Started.
+    Start,
+    /// Exited.
+    Complete,
+    /// Exited with 0.
+    Success,
+    /// Healthy.
+    Healthy,
+}
+
+/// A volume mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MountPoint {
+    /// Volume name.
+    pub source_volume: String,
+    /// Path in the container.
+    pub container_path: String,
+    /// Read-only.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// A resource limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ulimit {
+    /// `nofile`, `nproc`, …
+    pub name: String,
+    /// Soft limit.
+    pub soft_limit: u64,
+    /// Hard limit.
+    pub hard_limit: u64,
+}
+
+/// A tmpfs mount.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tmpfs {
+    /// Path in the container.
+    pub container_path: String,
+    /// Size in MiB.
+    pub size: u64,
+}
+
+/// A task volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VolumeDefinition {
+    /// Name mounts refer to.
+    pub name: String,
+    /// Host path (a bind mount, below the node's allowed roots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_source_path: Option<String>,
+    /// A named local volume shared across tasks (`dockerVolumeConfiguration.scope: shared`);
+    /// otherwise the volume lives as long as the task.
+    #[serde(default)]
+    pub shared: bool,
+}
+
+/// A placement constraint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementConstraint {
+    /// The `memberOf` expression.
+    pub expression: String,
+}
+
+/// The outcome of [`parse`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// The definition.
+    pub definition: TaskDefinition,
+    /// Ignored fields, each with its path.
+    pub warnings: Vec<String>,
+}
+
+/// Top-level fields that only mean something on AWS.
+const AWS_ONLY_TOP: &[&str] = &[
+    "taskRoleArn",
+    "executionRoleArn",
+    "requiresCompatibilities",
+    "runtimePlatform",
+    "proxyConfiguration",
+    "inferenceAccelerators",
+    "ephemeralStorage",
+    "enableFaultInjection",
+    "ipcMode",
+    "pidMode",
+];
+const TOP: &[&str] = &[
+    "family",
+    "containerDefinitions",
+    "networkMode",
+    "volumes",
+    "placementConstraints",
+    "cpu",
+    "memory",
+    "tags",
+];
+const AWS_ONLY_CONTAINER: &[&str] = &[
+    "logConfiguration",
+    "secrets",
+    "repositoryCredentials",
+    "firelensConfiguration",
+    "resourceRequirements",
+    "dockerLabels",
+    "dockerSecurityOptions",
+    "credentialSpecs",
+    "environmentFiles",
+    "links",
+    "volumesFrom",
+    "dnsServers",
+    "dnsSearchDomains",
+    "extraHosts",
+    "disableNetworking",
+    "interactive",
+    "pseudoTerminal",
+    "startTimeout",
+    "systemControls",
+    "restartPolicy",
+    "versionConsistency",
+];
+const CONTAINER: &[&str] = &[
+    "name",
+    "image",
+    "cpu",
+    "memory",
+    "memoryReservation",
+    "portMappings",
+    "essential",
+    "entryPoint",
+    "command",
+    "environment",
+    "workingDirectory",
+    "user",
+    "healthCheck",
+    "dependsOn",
+    "mountPoints",
+    "readonlyRootFilesystem",
+    "ulimits",
+    "linuxParameters",
+    "stopTimeout",
+    "privileged",
+    "hostname",
+];
+const ULIMITS: &[&str] = &[
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+/// Parses and checks a task definition given as JSON or YAML.
+pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
+    let value: Value = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| vec![format!("$: not valid JSON: {e}")])?
+    } else {
+        yaml_serde::from_str(text).map_err(|e| vec![format!("$: not valid JSON or YAML: {e}")])?
+    };
+    let mut c = Checker::default();
+    let def = c.task(&value);
+    match def {
+        Some(definition) if c.errors.is_empty() => Ok(Parsed {
+            definition,
+            warnings: c.warnings,
+        }),
+        _ => Err(c.errors),
+    }
+}
+
+#[derive(Default)]
+struct Checker {
+    errors: Vec<String>,
+    warnings: Vec<String>,
+}
+
+fn is_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+impl Checker {
+    fn err(&mut self, path: &str, msg: impl std::fmt::Display) {
+        self.errors.push(format!("{path}: {msg}"));
+    }
+
+    fn keys(&mut self, path: &str, m: &Map<String, Value>, known: &[&str], aws_only: &[&str]) {
+        for k in m.keys() {
+            if aws_only.contains(&k.as_str()) {
+                self.warnings.push(format!(
+                    "{path}.{k}: ignored (it only means something on AWS)"
+                ));
+            } else if !known.contains(&k.as_str()) {
+                self.err(&format!("{path}.{k}"), "unknown field");
+            }
+        }
+    }
+
+    fn object<'v>(&mut self, path: &str, v: &'v Value) -> Option<&'v Map<String, Value>> {
+        match v {
+            Value::Object(m) => Some(m),
+            other => {
+                self.err(path, format!("expected an object, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn array<'v>(&mut self, path: &str, v: Option<&'v Value>) -> &'v [Value] {
+        match v {
+            None | Some(Value::Null) => &[],
+            Some(Value::Array(a)) => a,
+            Some(other) => {
+                self.err(path, format!("expected an array, found {}", kind(other)));
+                &[]
+            }
+        }
+    }
+
+    fn string(&mut self, path: &str, v: Option<&Value>, required: bool) -> Option<String> {
+        match v {
+            None | Some(Value::Null) => {
+                if required {
+                    self.err(path, "required");
+                }
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(other) => {
+                self.err(path, format!("expected a string, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, path: &str, v: Option<&Value>) -> Option<Vec<String>> {
+        let v = v.filter(|v| !v.is_null())?;
+        let items = self.array(path, Some(v));
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            if let Some(s) = self.string(&format!("{path}[{i}]"), Some(item), true) {
+                out.push(s);
+            }
+        }
+        Some(out)
+    }
+
+    fn int(&mut self, path: &str, v: Option<&Value>, min: i64, max: i64) -> Option<i64> {
+        let n = match v {
+            None | Some(Value::Null) => return None,
+            Some(Value::Number(n)) => n.as_i64(),
+            Some(other) => {
+                self.err(path, format!("expected an integer, found {}", kind(other)));
+                return None;
+            }
+        };
+        match n {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.err(path, format!("expected an integer from {min} to {max}"));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, path: &str, v: Option<&Value>) -> Option<bool> {
+        match v {
+            None | Some(Value::Null) => None,
+            Some(Value::Bool(b)) => Some(*b),
+            Some(other) => {
+                self.err(
+                    path,
+                    format!("expected true or false, found {}", kind(other)),
+                );
+                None
+            }
+        }
+    }
+
+    fn task(&mut self, v: &Value) -> Option<TaskDefinition> {
+        let m = self.object("$", v)?;
+        self.keys("$", m, TOP, AWS_ONLY_TOP);
+        let family = self.string("$.family", m.get("family"), true);
+        if let Some(f) = &family {
+            if !is_name(f, 255) {
+                self.err("$.family", "use 1-255 letters, digits, '_' or '-'");
+            }
+        }
+        let network_mode = match self
+            .string("$.networkMode", m.get("networkMode"), false)
+            .as_deref()
+        {
+            None | Some("bridge") => NetworkMode::Bridge,
+            Some("host") => NetworkMode::Host,
+            Some("awsvpc") => NetworkMode::Awsvpc,
+            Some("none") => NetworkMode::None,
+            Some(other) => {
+                self.err(
+                    "$.networkMode",
+                    format!("unknown network mode '{other}' (bridge, host, awsvpc or none)"),
+                );
+                NetworkMode::Bridge
+            }
+        };
+        let cpu = self.units("$.cpu", m.get("cpu"), "vcpu", 1024);
+        let memory = self
+            .units("$.memory", m.get("memory"), "gb", 1024)
+            .map(u64::from);
+        let volumes = self.volumes(m.get("volumes"));
+        let volume_names: HashSet<String> = volumes.iter().map(|v| v.name.clone()).collect();
+        let mut containers = Vec::new();
+        let defs = m.get("containerDefinitions");
+        let items = self.array("$.containerDefinitions", defs);
+        if items.is_empty() {
+            self.err(
+                "$.containerDefinitions",
+                "at least one container is required",
+            );
+        }
+        for (i, c) in items.iter().enumerate() {
+            if let Some(def) = self.container(
+                &format!("$.containerDefinitions[{i}]"),
+                c,
+                network_mode,
+                &volume_names,
+                memory.is_some(),
+            ) {
+                containers.push((i, def));
+            }
+        }
+        // Duplicates among every named container, valid or not.
+        let mut seen = HashSet::new();
+        for (i, c) in items.iter().enumerate() {
+            if let Some(name) = c.get("name").and_then(Value::as_str) {
+                if !seen.insert(name) {
+                    self.err(
+                        &format!("$.containerDefinitions[{i}].name"),
+                        format!("duplicate container name '{name}'"),
+                    );
+                }
+            }
+        }
+        if !containers.is_empty() && !containers.iter().any(|(_, c)| c.essential) {
+            self.err(
+                "$.containerDefinitions",
+                "at least one container must be essential",
+            );
+        }
+        self.dependencies(&containers);
+        let mut constraints = Vec::new();
+        for (i, pc) in self
+            .array("$.placementConstraints", m.get("placementConstraints"))
+            .iter()
+            .enumerate()
+        {
+            let p = format!("$.placementConstraints[{i}]");
+            let Some(pm) = self.object(&p, pc) else {
+                continue;
+            };
+            self.keys(&p, pm, &["type", "expression"], &[]);
+            match self
+                .string(&format!("{p}.type"), pm.get("type"), true)
+                .as_deref()
+            {
+                Some("memberOf") | None => {}
+                Some(other) => self.err(
+                    &format!("{p}.type"),
+                    format!("'{other}' is not a task placement constraint (memberOf)"),
+                ),
+            }
+            if let Some(e) = self.string(&format!("{p}.expression"), pm.get("expression"), true) {
+                constraints.push(PlacementConstraint { expression: e });
+            }
+        }
+        let mut tags = BTreeMap::new();
+        for (i, t) in self.array("$.tags", m.get("tags")).iter().enumerate() {
+            let p = format!("$.tags[{i}]");
+            let Some(tm) = self.object(&p, t) else {
+                continue;
+            };
+            self.keys(&p, tm, &["key", "value"], &[]);
+            let k = self.string(&format!("{p}.key"), tm.get("key"), true);
+            let v = self
+                .string(&format!("{p}.value"), tm.get("value"), false)
+                .unwrap_or_default();
+            if let Some(k) = k {
+                if tags.insert(k.clone(), v).is_some() {
+                    self.err(&format!("{p}.key"), format!("duplicate tag '{k}'"));
+                }
+            }
+        }
+        Some(TaskDefinition {
+            family: family?,
+            container_definitions: containers.into_iter().map(|(_, c)| c).collect(),
+            network_mode,
+            volumes,
+            placement_constraints: constraints,
+            cpu,
+            memory,
+            tags,
+        })
+    }
+
+    /// CPU units or MiB: a number, a numeric string, or `"<n> <unit>"` (`1 vCPU`, `0.5 GB`).
+    fn units(&mut self, path: &str, v: Option<&Value>, unit: &str, per_unit: u32) -> Option<u32> {
+        let text = match v {
+            None | Some(Value::Null) => return None,
+            Some(Value::Number(n)) => n.to_string(),
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => {
+                self.err(
+                    path,
+                    format!("expected a number or a string, found {}", kind(other)),
+                );
+                return None;
+            }
+        };
+        let t = text.trim().to_ascii_lowercase();
+        let (num, mult) = match t.strip_suffix(unit) {
+            Some(n) => (n.trim().to_string(), f64::from(per_unit)),
+            None => (t.clone(), 1.0),
+        };
+        match num.parse::<f64>() {
+            Ok(n) if n.is_finite() && n > 0.0 && n * mult <= 4_000_000.0 => {
+                Some((n * mult).round() as u32)
+            }
+            _ => {
+                self.err(
+                    path,
+                    format!("'{text}' is not a positive amount (e.g. 512 or 1 {unit})"),
+                );
+                None
+            }
+        }
+    }
+
+    fn volumes(&mut self, v: Option<&Value>) -> Vec<VolumeDefinition> {
+        let mut out: Vec<VolumeDefinition> = Vec::new();
+        for (i, item) in self.array("$.volumes", v).iter().enumerate() {
+            let p = format!("$.volumes[{i}]");
+            let Some(m) = self.object(&p, item) else {
+                continue;
+            };
+            self.keys(
+                &p,
+                m,
+                &["name", "host", "dockerVolumeConfiguration"],
+                &[
+                    "efsVolumeConfiguration",
+                    "fsxWindowsFileServerVolumeConfiguration",
+                    "configuredAtLaunch",
+                ],
+            );
+            let Some(name) = self.string(&format!("{p}.name"), m.get("name"), true) else {
+                continue;
+            };
+            if !is_name(&name, 255) {
+                self.err(
+                    &format!("{p}.name"),
+                    "use 1-255 letters, digits, '_' or '-'",
+                );
+            }
+            if out.iter().any(|o| o.name == name) {
+                self.err(
+                    &format!("{p}.name"),
+                    format!("duplicate volume name '{name}'"),
+                );
+            }
+            let mut host_source_path = None;
+            if let Some(h) = m.get("host").filter(|h| !h.is_null()) {
+                if let Some(hm) = self.object(&format!("{p}.host"), h) {
+                    self.keys(&format!("{p}.host"), hm, &["sourcePath"], &[]);
+                    host_source_path =
+                        self.string(&format!("{p}.host.sourcePath"), hm.get("sourcePath"), false);
+                    if let Some(sp) = &host_source_path {
+                        if !sp.starts_with('/') {
+                            self.err(&format!("{p}.host.sourcePath"), "must be an absolute path");
+                        }
+                    }
+                }
+            }
+            let mut shared = false;
+            if let Some(d) = m.get("dockerVolumeConfiguration").filter(|d| !d.is_null()) {
+                let dp = format!("{p}.dockerVolumeConfiguration");
+                if let Some(dm) = self.object(&dp, d) {
+                    self.keys(
+                        &dp,
+                        dm,
+                        &["scope", "autoprovision", "driver", "driverOpts", "labels"],
+                        &[],
+                    );
+                    match self
+                        .string(&format!("{dp}.scope"), dm.get("scope"), false)
+                        .as_deref()
+                    {
+                        None | Some("task") => {}
+                        Some("shared") => shared = true,
+                        Some(o) => {
+                            self.err(&format!("{dp}.scope"), format!("'{o}': task or shared"))
+                        }
+                    }
+                    self.boolean(&format!("{dp}.autoprovision"), dm.get("autoprovision"));
+                    match self
+                        .string(&format!("{dp}.driver"), dm.get("driver"), false)
+                        .as_deref()
+                    {
+                        None | Some("local") => {}
+                        Some(o) => self.err(
+                            &format!("{dp}.driver"),
+                            format!("'{o}': only the local driver exists on a node"),
+                        ),
+                    }
+                }
+            }
+            if host_source_path.is_some() && shared {
+                self.err(
+                    &p,
+                    "a volume is either a host path or a docker volume, not both",
+                );
+            }
+            out.push(VolumeDefinition {
+                name,
+                host_source_path,
+                shared,
+            });
+        }
+        out
+    }
+
+    fn container(
+        &mut self,
+        p: &str,
+        v: &Value,
+        mode: NetworkMode,
+        volumes: &HashSet<String>,
+        task_memory: bool,
+    ) -> Option<ContainerDefinition> {
+        let m = self.object(p, v)?;
+        self.keys(p, m, CONTAINER, AWS_ONLY_CONTAINER);
+        let name = self.string(&format!("{p}.name"), m.get("name"), true);
+        if let Some(n) = &name {
+            if !is_name(n, 255) {
+                self.err(
+                    &format!("{p}.name"),
+                    "use 1-255 letters, digits, '_' or '-'",
+                );
+            }
+        }
+        let image = self.string(&format!("{p}.image"), m.get("image"), true);
+        if image
+            .as_deref()
+            .is_some_and(|i| i.trim().is_empty() || i.len() > 1024)
+        {
+            self.err(&format!("{p}.image"), "must be an image reference");
+        }
+        let cpu = self
+            .int(&format!("{p}.cpu"), m.get("cpu"), 0, 1 << 20)
+            .unwrap_or(0) as u32;
+        let memory = self
+            .int(&format!("{p}.memory"), m.get("memory"), 6, 1 << 30)
+            .map(|n| n as u64);
+        let reservation = self
+            .int(
+                &format!("{p}.memoryReservation"),
+                m.get("memoryReservation"),
+                4,
+                1 << 30,
+            )
+            .map(|n| n as u64);
+        if let (Some(mem), Some(res)) = (memory, reservation) {
+            if res > mem {
+                self.err(
+                    &format!("{p}.memoryReservation"),
+                    format!("{res} MiB exceeds memory ({mem} MiB)"),
+                );
+            }
+        }
+        if memory.is_none()
+            && reservation.is_none()
+            && !task_memory
+            && !m.contains_key("memory")
+            && !m.contains_key("memoryReservation")
+        {
+            self.err(
+                p,
+                "memory or memoryReservation is required (or a task-level memory)",
+            );
+        }
+        let mut ports = Vec::new();
+        for (i, pm) in self
+            .array(&format!("{p}.portMappings"), m.get("portMappings"))
+            .iter()
+            .enumerate()
+        {
+            let pp = format!("{p}.portMappings[{i}]");
+            let Some(pmm) = self.object(&pp, pm) else {
+                continue;
+            };
+            self.keys(
+                &pp,
+                pmm,
+                &["containerPort", "hostPort", "protocol", "name"],
+                &["appProtocol", "containerPortRange"],
+            );
+            let cport = self.int(
+                &format!("{pp}.containerPort"),
+                pmm.get("containerPort"),
+                1,
+                65535,
+            );
+            if pmm.get("containerPort").is_none() {
+                self.err(&format!("{pp}.containerPort"), "required");
+            }
+            let hport = self
+                .int(&format!("{pp}.hostPort"), pmm.get("hostPort"), 0, 65535)
+                .map(|n| n as u16);
+            let protocol = match self
+                .string(&format!("{pp}.protocol"), pmm.get("protocol"), false)
+                .as_deref()
+            {
+                None | Some("tcp") => Protocol::Tcp,
+                Some("udp") => Protocol::Udp,
+                Some(o) => {
+                    self.err(&format!("{pp}.protocol"), format!("'{o}': tcp or udp"));
+                    Protocol::Tcp
+                }
+            };
+            let pname = self.string(&format!("{pp}.name"), pmm.get("name"), false);
+            if let Some(c) = cport {
+                let c = c as u16;
+                if matches!(mode, NetworkMode::Host | NetworkMode::Awsvpc)
+                    && hport.is_some_and(|h| h != 0 && h != c)
+                {
+                    self.err(
+                        &format!("{pp}.hostPort"),
+                        "must equal containerPort in host and awsvpc network modes",
+                    );
+                }
+                ports.push(PortMapping {
+                    container_port: c,
+                    host_port: hport.filter(|h| *h != 0),
+                    protocol,
+                    name: pname,
+                });
+            }
+        }
+        if mode == NetworkMode::None && !ports.is_empty() {
+            self.err(
+                &format!("{p}.portMappings"),
+                "a task with network mode none publishes no ports",
+            );
+        }
+        let essential = self
+            .boolean(&format!("{p}.essential"), m.get("essential"))
+            .unwrap_or(true);
+        let entry_point = self.strings(&format!("{p}.entryPoint"), m.get("entryPoint"));
+        let command = self.strings(&format!("{p}.command"), m.get("command"));
+        let mut environment: Vec<KeyValue> = Vec::new();
+        for (i, e) in self
+            .array(&format!("{p}.environment"), m.get("environment"))
+            .iter()
+            .enumerate()
+        {
+            let ep = format!("{p}.environment[{i}]");
+            let Some(em) = self.object(&ep, e) else {
+                continue;
+            };
+            self.keys(&ep, em, &["name", "value"], &[]);
+            let n = self.string(&format!("{ep}.name"), em.get("name"), true);
+            let v = self
+                .string(&format!("{ep}.value"), em.get("value"), false)
+                .unwrap_or_default();
+            if let Some(n) = n {
+                if n.is_empty() || n.contains('=') || n.contains('\0') {
+                    self.err(
+                        &format!("{ep}.name"),
+                        "must be a non-empty name without '='",
+                    );
+                } else if environment.iter().any(|x| x.name == n) {
+                    self.err(&format!("{ep}.name"), format!("'{n}' is set twice"));
+                } else {
+                    environment.push(KeyValue { name: n, value: v });
+                }
+            }
+        }
+        let working_directory = self.string(
+            &format!("{p}.workingDirectory"),
+            m.get("workingDirectory"),
+            false,
+        );
+        if working_directory
+            .as_deref()
+            .is_some_and(|w| !w.starts_with('/'))
+        {
+            self.err(&format!("{p}.workingDirectory"), "must be an absolute path");
+        }
+        let user = self.string(&format!("{p}.user"), m.get("user"), false);
+        let health_check = m
+            .get("healthCheck")
+            .filter(|h| !h.is_null())
+            .and_then(|h| self.health(&format!("{p}.healthCheck"), h));
+        let mut depends_on = Vec::new();
+        for (i, d) in self
+            .array(&format!("{p}.dependsOn"), m.get("dependsOn"))
+            .iter()
+            .enumerate()
+        {
+            let dp = format!("{p}.dependsOn[{i}]");
+            let Some(dm) = self.object(&dp, d) else {
+                continue;
+            };
+            self.keys(&dp, dm, &["containerName", "condition"], &[]);
+            let target = self.string(
+                &format!("{dp}.containerName"),
+                dm.get("containerName"),
+                true,
+            );
+            let condition = match self
+                .string(&format!("{dp}.condition"), dm.get("condition"), true)
+                .as_deref()
+            {
+                Some("START") => Some(DependencyCondition::Start),
+                Some("COMPLETE") => Some(DependencyCondition::Complete),
+                Some("SUCCESS") => Some(DependencyCondition::Success),
+                Some("HEALTHY") => Some(DependencyCondition::Healthy),
+                Some(o) => {
+                    self.err(
+                        &format!("{dp}.condition"),
+                        format!("'{o}': START, COMPLETE, SUCCESS or HEALTHY"),
+                    );
+                    None
+                }
+                None => None,
+            };
+            if let (Some(container_name), Some(condition)) = (target, condition) {
+                depends_on.push(Dependency {
+                    container_name,
+                    condition,
+                });
+            }
+        }
+        let mut mount_points = Vec::new();
+        for (i, mp) in self
+            .array(&format!("{p}.mountPoints"), m.get("mountPoints"))
+            .iter()
+            .enumerate()
+        {
+            let mpp = format!("{p}.mountPoints[{i}]");
+            let Some(mm) = self.object(&mpp, mp) else {
+                continue;
+            };
+            self.keys(
+                &mpp,
+                mm,
+                &["sourceVolume", "containerPath", "readOnly"],
+                &[],
+            );
+            let sv = self.string(&format!("{mpp}.sourceVolume"), mm.get("sourceVolume"), true);
+            let cp = self.string(
+                &format!("{mpp}.containerPath"),
+                mm.get("containerPath"),
+                true,
+            );
+            let ro = self
+                .boolean(&format!("{mpp}.readOnly"), mm.get("readOnly"))
+                .unwrap_or(false);
+            if let Some(s) = &sv {
+                if !volumes.contains(s) {
+                    self.err(
+                        &format!("{mpp}.sourceVolume"),
+                        format!("no volume '{s}' in $.volumes"),
+                    );
+                }
+            }
+            if cp
+                .as_deref()
+                .is_some_and(|c| !c.starts_with('/') || c.split('/').any(|x| x == ".."))
+            {
+                self.err(
+                    &format!("{mpp}.containerPath"),
+                    "must be an absolute path without '..'",
+                );
+            }
+            if let (Some(source_volume), Some(container_path)) = (sv, cp) {
+                mount_points.push(MountPoint {
+                    source_volume,
+                    container_path,
+                    read_only: ro,
+                });
+            }
+        }
+        let readonly_root_filesystem = self
+            .boolean(
+                &format!("{p}.readonlyRootFilesystem"),
+                m.get("readonlyRootFilesystem"),
+            )
+            .unwrap_or(false);
+        let mut ulimits = Vec::new();
+        for (i, u) in self
+            .array(&format!("{p}.ulimits"), m.get("ulimits"))
+            .iter()
+            .enumerate()
+        {
+            let up = format!("{p}.ulimits[{i}]");
+            let Some(um) = self.object(&up, u) else {
+                continue;
+            };
+            self.keys(&up, um, &["name", "softLimit", "hardLimit"], &[]);
+            let n = self.string(&format!("{up}.name"), um.get("name"), true);
+            if n.as_deref().is_some_and(|n| !ULIMITS.contains(&n)) {
+                self.err(
+                    &format!("{up}.name"),
+                    format!("unknown ulimit (one of {})", ULIMITS.join(", ")),
+                );
+            }
+            let soft = self.int(&format!("{up}.softLimit"), um.get("softLimit"), 0, i64::MAX);
+            let hard = self.int(&format!("{up}.hardLimit"), um.get("hardLimit"), 0, i64::MAX);
+            match (n, soft, hard) {
+                (Some(name), Some(s), Some(h)) if s <= h => ulimits.push(Ulimit {
+                    name,
+                    soft_limit: s as u64,
+                    hard_limit: h as u64,
+                }),
+                (_, Some(_), Some(_)) => self.err(&format!("{up}.softLimit"), "exceeds hardLimit"),
+                _ => {
+                    if um.get("softLimit").is_none() || um.get("hardLimit").is_none() {
+                        self.err(&up, "softLimit and hardLimit are required");
+                    }
+                }
+            }
+        }
+        let (mut capabilities_add, mut capabilities_drop, mut tmpfs) =
+            (Vec::new(), Vec::new(), Vec::new());
+        if let Some(lp) = m.get("linuxParameters").filter(|l| !l.is_null()) {
+            let lpp = format!("{p}.linuxParameters");
+            if let Some(lm) = self.object(&lpp, lp) {
+                self.keys(
+                    &lpp,
+                    lm,
+                    &["capabilities", "initProcessEnabled", "tmpfs"],
+                    &["devices", "sharedMemorySize", "maxSwap", "swappiness"],
+                );
+                if let Some(c) = lm.get("capabilities").filter(|c| !c.is_null()) {
+                    let cp = format!("{lpp}.capabilities");
+                    if let Some(cm) = self.object(&cp, c) {
+                        self.keys(&cp, cm, &["add", "drop"], &[]);
+                        capabilities_add = self
+                            .strings(&format!("{cp}.add"), cm.get("add"))
+                            .unwrap_or_default();
+                        capabilities_drop = self
+                            .strings(&format!("{cp}.drop"), cm.get("drop"))
+                            .unwrap_or_default();
+                    }
+                }
+                self.boolean(
+                    &format!("{lpp}.initProcessEnabled"),
+                    lm.get("initProcessEnabled"),
+                );
+                for (i, t) in self
+                    .array(&format!("{lpp}.tmpfs"), lm.get("tmpfs"))
+                    .iter()
+                    .enumerate()
+                {
+                    let tp = format!("{lpp}.tmpfs[{i}]");
+                    let Some(tm) = self.object(&tp, t) else {
+                        continue;
+                    };
+                    self.keys(&tp, tm, &["containerPath", "size", "mountOptions"], &[]);
+                    let path = self.string(
+                        &format!("{tp}.containerPath"),
+                        tm.get("containerPath"),
+                        true,
+                    );
+                    let size = self.int(&format!("{tp}.size"), tm.get("size"), 1, 1 << 20);
+                    if tm.get("size").is_none() {
+                        self.err(&format!("{tp}.size"), "required");
+                    }
+                    self.strings(&format!("{tp}.mountOptions"), tm.get("mountOptions"));
+                    if let (Some(container_path), Some(size)) = (path, size) {
+                        tmpfs.push(Tmpfs {
+                            container_path,
+                            size: size as u64,
+                        });
+                    }
+                }
+            }
+        }
+        let stop_timeout = self
+            .int(&format!("{p}.stopTimeout"), m.get("stopTimeout"), 2, 120)
+            .map(|n| n as u32);
+        let privileged = self
+            .boolean(&format!("{p}.privileged"), m.get("privileged"))
+            .unwrap_or(false);
+        let hostname = self.string(&format!("{p}.hostname"), m.get("hostname"), false);
+        Some(ContainerDefinition {
+            name: name?,
+            image: image?,
+            cpu,
+            memory,
+            memory_reservation: reservation,
+            port_mappings: ports,
+            essential,
+            entry_point,
+            command,
+            environment,
+            working_directory,
+            user,
+            health_check,
+            depends_on,
+            mount_points,
+            readonly_root_filesystem,
+            ulimits,
+            capabilities_add,
+            capabilities_drop,
+            tmpfs,
+            stop_timeout,
+            privileged,
+            hostname,
+        })
+    }
+
+    fn health(&mut self, p: &str, v: &Value) -> Option<HealthCheck> {
+        let m = self.object(p, v)?;
+        self.keys(
+            p,
+            m,
+            &["command", "interval", "timeout", "retries", "startPeriod"],
+            &[],
+        );
+        let command = self.strings(&format!("{p}.command"), m.get("command"));
+        match command.as_deref() {
+            None => self.err(&format!("{p}.command"), "required"),
+            Some([first, _, ..]) if first == "CMD" || first == "CMD-SHELL" => {}
+            Some(_) => self.err(
+                &format!("{p}.command"),
+                "starts with \"CMD\" or \"CMD-SHELL\" followed by the command",
+            ),
+        }
+        let interval = self
+            .int(&format!("{p}.interval"), m.get("interval"), 5, 300)
+            .unwrap_or(30) as u32;
+        let timeout = self
+            .int(&format!("{p}.timeout"), m.get("timeout"), 2, 60)
+            .unwrap_or(5) as u32;
+        let retries = self
+            .int(&format!("{p}.retries"), m.get("retries"), 1, 10)
+            .unwrap_or(3) as u32;
+        let start_period = self
+            .int(&format!("{p}.startPeriod"), m.get("startPeriod"), 0, 300)
+            .unwrap_or(0) as u32;
+        Some(HealthCheck {
+            command: command?,
+            interval,
+            timeout,
+            retries,
+            start_period,
+        })
+    }
+
+    /// Dependencies name other containers of the task, `HEALTHY` needs a health check there,
+    /// and there is no cycle.
+    fn dependencies(&mut self, containers: &[(usize, ContainerDefinition)]) {
+        let by_name: BTreeMap<&str, &ContainerDefinition> = containers
+            .iter()
+            .map(|(_, c)| (c.name.as_str(), c))
+            .collect();
+        for (i, c) in containers {
+            for (j, d) in c.depends_on.iter().enumerate() {
+                let path = format!("$.containerDefinitions[{i}].dependsOn[{j}].containerName");
+                match by_name.get(d.container_name.as_str()) {
+                    None => self.err(
+                        &path,
+                        format!("no container '{}' in this task", d.container_name),
+                    ),
+                    Some(_) if d.container_name == c.name => {
+                        self.err(&path, "a container cannot depend on itself")
+                    }
+                    Some(t)
+                        if d.condition == DependencyCondition::Healthy
+                            && t.health_check.is_none() =>
+                    {
+                        self.err(
+                            &path,
+                            format!("HEALTHY needs a healthCheck on '{}'", t.name),
+                        )
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        // Cycle check by depth-first search over names.
+        fn visit<'a>(
+            n: &'a str,
+            by_name: &BTreeMap<&'a str, &'a ContainerDefinition>,
+            state: &mut BTreeMap<&'a str, u8>,
+        ) -> bool {
+            match state.get(n) {
+                Some(1) => return true,
+                Some(2) => return false,
+                _ => {}
+            }
+            state.insert(n, 1);
+            if let Some(c) = by_name.get(n) {
+                for d in &c.depends_on {
+                    if d.container_name != c.name && visit(&d.container_name, by_name, state) {
+                        return true;
+                    }
+                }
+            }
+            state.insert(n, 2);
+            false
+        }
+        let mut state = BTreeMap::new();
+        for name in by_name.keys() {
+            if visit(name, &by_name, &mut state) {
+                self.err("$.containerDefinitions", "dependsOn forms a cycle");
+                break;
+            }
+        }
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WEB: &str = r#"{
+      "family": "web",
+      "taskRoleArn": "arn:aws:iam::1:role/x",
+      "networkMode": "bridge",
+      "cpu": "0.5 vCPU",
+      "memory": "1 GB",
+      "volumes": [{"name": "data", "dockerVolumeConfiguration": {"scope": "shared", "autoprovision": true}}],
+      "containerDefinitions": [
+        {
+          "name": "app", "image": "registry.local/app:1", "cpu": 256, "memory": 128,
+          "memoryReservation": 64, "essential": true,
+          "portMappings": [{"containerPort": 80, "hostPort": 0, "protocol": "tcp"}],
+          "environment": [{"name": "MODE", "value": "prod"}],
+          "mountPoints": [{"sourceVolume": "data", "containerPath": "/data"}],
+          "dependsOn": [{"containerName": "db", "condition": "HEALTHY"}],
+          "logConfiguration": {"logDriver": "awslogs"},
+          "linuxParameters": {"capabilities": {"add": ["NET_ADMIN"]}},
+          "stopTimeout": 30
+        },
+        {
+          "name": "db", "image": "postgres", "memoryReservation": 256, "essential": false,
+          "healthCheck": {"command": ["CMD-SHELL", "pg_isready"], "interval": 10}
+        }
+      ],
+      "tags": [{"key": "team", "value": "pos"}]
+    }"#;
+
+    #[test]
+    fn an_ecs_file_parses_with_warnings_for_aws_only_fields() {
+        let p = parse(WEB).expect("valid");
+        let d = &p.definition;
+        assert_eq!((d.cpu, d.memory), (Some(512), Some(1024)));
+        assert_eq!(d.container_definitions.len(), 2);
+        assert!(d.volumes[0].shared);
+        let app = &d.container_definitions[0];
+        assert_eq!(app.port_mappings[0].host_port, None);
+        assert_eq!(app.capabilities_add, ["NET_ADMIN"]);
+        assert!(!d.container_definitions[1].essential);
+        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+        assert!(p.warnings.iter().any(|w| w.starts_with("$.taskRoleArn")));
+        assert!(p
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("$.containerDefinitions[0].logConfiguration")));
+        // round trip through its own serialization
+        let again = serde_json::to_string(d).expect("json");
+        let back: TaskDefinition = serde_json::from_str(&again).expect("back");
+        assert_eq!(&back, d);
+    }
+
+    #[test]
+    fn yaml_is_the_same_shape() {
+        let y = "family: web\ncontainerDefinitions:\n  - name: app\n    image: busybox\n    memory: 64\n    command: [sh, -c, 'echo hi']\n";
+        let p = parse(y).expect("yaml");
+        assert_eq!(
+            p.definition.container_definitions[0].command.as_deref(),
+            Some(&["sh".to_string(), "-c".into(), "echo hi".into()][..])
+        );
+    }
+
+    #[test]
+    fn every_problem_is_named_by_its_path_at_once() {
+        let bad = r#"{
+          "family": "bad family",
+          "networkMode": "overlay",
+          "containerDefinitions": [
+            {"name": "a", "image": "x", "memory": -5, "cpu": "lots", "essential": "yes"},
+            {"name": "a", "memory": 64, "portMappings": [{"containerPort": 70000}], "bogus": 1},
+            {"name": "c", "image": "x", "memory": 64, "dependsOn": [{"containerName": "zz", "condition": "START"}],
+             "mountPoints": [{"sourceVolume": "nope", "containerPath": "rel"}]}
+          ]
+        }"#;
+        let errs = parse(bad).expect_err("invalid");
+        let all = errs.join("\n");
+        for path in [
+            "$.family:",
+            "$.networkMode:",
+            "$.containerDefinitions[0].memory:",
+            "$.containerDefinitions[0].cpu:",
+            "$.containerDefinitions[0].essential:",
+            "$.containerDefinitions[1].image: required",
+            "$.containerDefinitions[1].portMappings[0].containerPort:",
+            "$.containerDefinitions[1].bogus: unknown field",
+            "$.containerDefinitions[1].name: duplicate container name",
+            "$.containerDefinitions[2].dependsOn[0].containerName:",
+            "$.containerDefinitions[2].mountPoints[0].sourceVolume:",
+            "$.containerDefinitions[2].mountPoints[0].containerPath:",
+        ] {
+            assert!(all.contains(path), "missing {path} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn structural_rules() {
+        let one = |c: &str| format!(r#"{{"family":"f","containerDefinitions":[{c}]}}"#);
+        assert!(
+            parse(&one(r#"{"name":"a","image":"x"}"#)).is_err(),
+            "memory is required somewhere"
+        );
+        assert!(parse(&one(
+            r#"{"name":"a","image":"x","memory":64,"essential":false}"#
+        ))
+        .is_err());
+        assert!(parse(&one(
+            r#"{"name":"a","image":"x","memory":64,"memoryReservation":128}"#
+        ))
+        .is_err());
+        let cyc = r#"{"family":"f","containerDefinitions":[
+            {"name":"a","image":"x","memory":64,"dependsOn":[{"containerName":"b","condition":"START"}]},
+            {"name":"b","image":"x","memory":64,"dependsOn":[{"containerName":"a","condition":"START"}]}]}"#;
+        assert!(parse(cyc).expect_err("cycle").join("").contains("cycle"));
+        let host = r#"{"family":"f","networkMode":"host","containerDefinitions":[
+            {"name":"a","image":"x","memory":64,"portMappings":[{"containerPort":80,"hostPort":8080}]}]}"#;
+        assert!(parse(host).is_err());
+        assert!(parse("[]").is_err());
+        assert!(parse("").is_err());
+        assert!(parse("family: [").is_err());
+    }
+
+    #[test]
+    fn no_input_makes_it_panic() {
+        // Mutations of a valid file: every value replaced by every kind of value.
+        let base: Value = serde_json::from_str(WEB).expect("json");
+        let replacements = [
+            Value::Null,
+            Value::Bool(true),
+            serde_json::json!(-1),
+            serde_json::json!(1e300),
+            serde_json::json!(u64::MAX),
+            serde_json::json!(""),
+            serde_json::json!("x".repeat(5000)),
+            serde_json::json!([]),
+            serde_json::json!([null, 1, "a", {}]),
+            serde_json::json!({}),
+        ];
+        fn paths(v: &Value, at: Vec<String>, out: &mut Vec<Vec<String>>) {
+            out.push(at.clone());
+            match v {
+                Value::Object(m) => {
+                    for (k, x) in m {
+                        let mut p = at.clone();
+                        p.push(k.clone());
+                        paths(x, p, out);
+                    }
+                }
+                Value::Array(a) => {
+                    for (i, x) in a.iter().enumerate() {
+                        let mut p = at.clone();
+                        p.push(i.to_string());
+                        paths(x, p, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut all = Vec::new();
+        paths(&base, Vec::new(), &mut all);
+        let mut tried = 0;
+        for path in all {
+            for r in &replacements {
+                let mut v = base.clone();
+                let mut cur = &mut v;
+                for seg in &path {
+                    cur = match cur {
+                        Value::Object(m) => m.get_mut(seg).expect("key"),
+                        Value::Array(a) => &mut a[seg.parse::<usize>().expect("index")],
+                        _ => unreachable!(),
+                    };
+                }
+                *cur = r.clone();
+                let _ = parse(&v.to_string());
+                tried += 1;
+            }
+        }
+        assert!(tried > 500, "{tried}");
+        for junk in [
+            "{",
+            "}",
+            "\u{0}",
+            "- - -",
+            "{\"family\": 1e999}",
+            "a: b: c",
+            "&a [*a, *a]",
+        ] {
+            let _ = parse(junk);
+        }
+    }
+}

@@ -87,4 +87,45 @@ pub struct AdminCredential {
 pub struct ApiError {
     /// What went wrong.
     pub error: String,
+    /// Each problem of an invalid document, by JSON path.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+}
+
+/// Whether a task definition revision can start new tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TaskDefStatus {
+    /// Usable.
+    Active,
+    /// Deregistered: running tasks keep running, no new ones start.
+    Inactive,
+}
+
+/// A registered revision of a task definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDefRevision {
+    /// Family.
+    pub family: String,
+    /// Revision, from 1 per family.
+    pub revision: u32,
+    /// Status.
+    pub status: TaskDefStatus,
+    /// Registration time (seconds since the epoch).
+    pub registered_at: u64,
+    /// The definition.
+    pub task_definition: crate::taskdef::TaskDefinition,
+}
+
+/// Answer to a registration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskDefRegistered {
+    /// Family.
+    pub family: String,
+    /// The new revision.
+    pub revision: u32,
+    /// Fields that were accepted but ignored, by JSON path.
+    pub warnings: Vec<String>,
 }

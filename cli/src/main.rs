@@ -11,7 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use flotilla_api::ops::{
-    AdminCredential, AdminIssue, ApiError, NodeInfo, TokenCreate, TokenCreated, TokenInfo,
+    AdminCredential, AdminIssue, ApiError, NodeInfo, TaskDefRegistered, TaskDefRevision,
+    TokenCreate, TokenCreated, TokenInfo,
 };
 use flotilla_api::Labels;
 use flotilla_certs::credential::Credential;
@@ -47,6 +48,31 @@ enum Command {
     /// Operators.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Task definitions (the ECS RegisterTaskDefinition shape, JSON or YAML).
+    #[command(subcommand)]
+    Taskdef(TaskdefCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskdefCommand {
+    /// Register a task definition as the next revision of its family.
+    Register {
+        /// File (JSON or YAML), or - for standard input.
+        file: PathBuf,
+    },
+    /// List every revision.
+    #[command(alias = "list")]
+    Ls,
+    /// Show FAMILY (newest active revision) or FAMILY:REVISION.
+    Inspect {
+        /// FAMILY or FAMILY:REVISION.
+        taskdef: String,
+    },
+    /// Deregister a revision: no new tasks start from it; running ones keep running.
+    Deregister {
+        /// FAMILY:REVISION.
+        taskdef: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -154,13 +180,22 @@ impl Api {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<Option<T>> {
+        let raw = body.map(|b| serde_json::to_vec(&b)).transpose()?;
+        self.call_raw(method, path, raw).await
+    }
+
+    /// A request with a body sent as given (JSON or YAML documents).
+    async fn call_raw<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Option<T>> {
         let mut req = self
             .http
             .request(method.clone(), format!("{}{path}", self.base));
         if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&b)?);
+            req = req.header("content-type", "application/json").body(b);
         }
         let resp = req
             .send()
@@ -169,9 +204,11 @@ impl Api {
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if !status.is_success() {
-            let msg = serde_json::from_slice::<ApiError>(&bytes)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+            let msg = match serde_json::from_slice::<ApiError>(&bytes) {
+                Ok(e) if e.problems.is_empty() => e.error,
+                Ok(e) => format!("{}:\n  {}", e.error, e.problems.join("\n  ")),
+                Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
+            };
             bail!("{msg} ({status})");
         }
         if bytes.is_empty() {
@@ -325,6 +362,73 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?
                 .context("empty reply")?;
             print(json, &n, || println!("revoked {}", n.id))?;
+        }
+        Command::Taskdef(TaskdefCommand::Register { file }) => {
+            let text = if file.as_os_str() == "-" {
+                let mut s = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)
+                    .context("reading standard input")?;
+                s
+            } else {
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
+            };
+            let r: TaskDefRegistered = api
+                .call_raw(Method::POST, "/v1/taskdefs", Some(text))
+                .await
+                .with_context(|| format!("registering {}", file.display()))?
+                .context("empty reply")?;
+            for w in &r.warnings {
+                eprintln!("warning: {w}");
+            }
+            print(json, &r, || println!("{}:{}", r.family, r.revision))?;
+        }
+        Command::Taskdef(TaskdefCommand::Ls) => {
+            let list: Vec<TaskDefRevision> = api
+                .call(Method::GET, "/v1/taskdefs", None)
+                .await?
+                .unwrap_or_default();
+            print(json, &list, || {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            format!("{}:{}", t.family, t.revision),
+                            format!("{:?}", t.status).to_uppercase(),
+                            t.task_definition
+                                .container_definitions
+                                .iter()
+                                .map(|c| c.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            when(t.registered_at),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &["TASK DEFINITION", "STATUS", "CONTAINERS", "REGISTERED"],
+                    &rows,
+                );
+            })?;
+        }
+        Command::Taskdef(TaskdefCommand::Inspect { taskdef }) => {
+            let t: TaskDefRevision = api
+                .call(Method::GET, &format!("/v1/taskdefs/{taskdef}"), None)
+                .await?
+                .context("empty reply")?;
+            println!("{}", serde_json::to_string_pretty(&t)?);
+        }
+        Command::Taskdef(TaskdefCommand::Deregister { taskdef }) => {
+            let t: TaskDefRevision = api
+                .call(
+                    Method::POST,
+                    &format!("/v1/taskdefs/{taskdef}/deregister"),
+                    None,
+                )
+                .await?
+                .context("empty reply")?;
+            print(json, &t, || {
+                println!("deregistered {}:{}", t.family, t.revision)
+            })?;
         }
         Command::Admin(AdminCommand::Issue { name, out }) => {
             flotilla_certs::validate_name(&name)?;

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_api::ops::{
-    AdminCredential, AdminIssue, ApiError, NodeInfo, TokenCreate, TokenCreated, TokenInfo,
+    AdminCredential, AdminIssue, ApiError, NodeInfo, TaskDefRegistered, TokenCreate, TokenCreated,
+    TokenInfo,
 };
 use flotilla_certs::token::JoinToken;
 use flotilla_certs::{identity_of, Role, ADMIN_CERT_LIFETIME};
@@ -33,6 +34,24 @@ enum Action {
     GetNode(String),
     RevokeNode(String),
     IssueAdmin(AdminIssue),
+    RegisterTaskDef(String),
+    ListTaskDefs,
+    GetTaskDef(String, Option<u32>),
+    DeregisterTaskDef(String, u32),
+}
+
+/// `FAMILY` or `FAMILY:REVISION`.
+fn family_revision(spec: &str) -> Result<(String, Option<u32>), (StatusCode, String)> {
+    match spec.split_once(':') {
+        None => Ok((spec.to_string(), None)),
+        Some((f, r)) => match r.parse::<u32>() {
+            Ok(n) if n > 0 => Ok((f.to_string(), Some(n))),
+            _ => Err((
+                StatusCode::BAD_REQUEST,
+                format!("'{spec}': expected FAMILY or FAMILY:REVISION"),
+            )),
+        },
+    }
 }
 
 type Reply = Response<Full<Bytes>>;
@@ -47,7 +66,13 @@ fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Reply {
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Reply {
-    json(status, &ApiError { error: msg.into() })
+    json(
+        status,
+        &ApiError {
+            error: msg.into(),
+            problems: Vec::new(),
+        },
+    )
 }
 
 fn now() -> u64 {
@@ -144,6 +169,26 @@ fn parse(method: &Method, path: &str, body: &[u8]) -> Result<Action, (StatusCode
         (&Method::POST, ["v1", "admins"]) => Ok(Action::IssueAdmin(
             serde_json::from_slice(body).map_err(decode("admin request"))?,
         )),
+        (&Method::POST, ["v1", "taskdefs"]) => String::from_utf8(body.to_vec())
+            .map(Action::RegisterTaskDef)
+            .map_err(|_| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "task definition: not UTF-8".to_string(),
+                )
+            }),
+        (&Method::GET, ["v1", "taskdefs"]) => Ok(Action::ListTaskDefs),
+        (&Method::GET, ["v1", "taskdefs", spec]) => {
+            let (f, r) = family_revision(spec)?;
+            Ok(Action::GetTaskDef(f, r))
+        }
+        (&Method::POST, ["v1", "taskdefs", spec, "deregister"]) => match family_revision(spec)? {
+            (f, Some(r)) => Ok(Action::DeregisterTaskDef(f, r)),
+            (_, None) => Err((
+                StatusCode::BAD_REQUEST,
+                "deregister names one revision: FAMILY:REVISION".to_string(),
+            )),
+        },
         _ => Err((StatusCode::NOT_FOUND, format!("no route {method} {path}"))),
     }
 }
@@ -259,6 +304,57 @@ fn execute(action: Action, agents: &Agents) -> Reply {
             Ok(None) => error(StatusCode::NOT_FOUND, format!("no node {id}")),
             Err(e) => internal(e),
         },
+        Action::RegisterTaskDef(text) => match flotilla_api::taskdef::parse(&text) {
+            Err(problems) => json(
+                StatusCode::BAD_REQUEST,
+                &ApiError {
+                    error: format!("invalid task definition ({} problems)", problems.len()),
+                    problems,
+                },
+            ),
+            Ok(parsed) => match store.register_taskdef(parsed.definition, now()) {
+                Ok(rec) => {
+                    tracing::info!(family = %rec.family, revision = rec.revision, "task definition registered");
+                    json(
+                        StatusCode::CREATED,
+                        &TaskDefRegistered {
+                            family: rec.family,
+                            revision: rec.revision,
+                            warnings: parsed.warnings,
+                        },
+                    )
+                }
+                Err(e) => internal(e),
+            },
+        },
+        Action::ListTaskDefs => match store.taskdefs() {
+            Ok(t) => json(StatusCode::OK, &t),
+            Err(e) => internal(e),
+        },
+        Action::GetTaskDef(family, revision) => match store.taskdef(&family, revision) {
+            Ok(Some(t)) => json(StatusCode::OK, &t),
+            Ok(None) => error(
+                StatusCode::NOT_FOUND,
+                match revision {
+                    Some(r) => format!("no task definition {family}:{r}"),
+                    None => format!("no active task definition in family {family}"),
+                },
+            ),
+            Err(e) => internal(e),
+        },
+        Action::DeregisterTaskDef(family, revision) => {
+            match store.deregister_taskdef(&family, revision) {
+                Ok(Some(t)) => {
+                    tracing::info!(%family, revision, "task definition deregistered");
+                    json(StatusCode::OK, &t)
+                }
+                Ok(None) => error(
+                    StatusCode::NOT_FOUND,
+                    format!("no task definition {family}:{revision}"),
+                ),
+                Err(e) => internal(e),
+            }
+        }
         Action::IssueAdmin(req) => {
             match agents
                 .ca

@@ -3,12 +3,16 @@
 
 use std::path::Path;
 
+use flotilla_api::ops::{TaskDefRevision, TaskDefStatus};
+use flotilla_api::taskdef::TaskDefinition;
 use flotilla_api::Labels;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// Task definitions keyed `family\0<revision, 10 digits>`, so a family's revisions sort.
+const TASKDEFS: TableDefinition<&str, &[u8]> = TableDefinition::new("taskdefs");
 
 /// A join token as stored: never the secret, only its hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,6 +50,10 @@ pub struct NodeRecord {
     pub cert_not_after: u64,
     /// Revoked nodes are refused for good.
     pub revoked: bool,
+}
+
+fn taskdef_key(family: &str, revision: u32) -> String {
+    format!("{family}\0{revision:010}")
 }
 
 /// Store errors.
@@ -103,6 +111,7 @@ impl Store {
         let w = database.begin_write().map_err(db)?;
         w.open_table(TOKENS).map_err(db)?;
         w.open_table(NODES).map_err(db)?;
+        w.open_table(TASKDEFS).map_err(db)?;
         w.commit().map_err(db)?;
         Ok(Self { db: database })
     }
@@ -225,6 +234,81 @@ impl Store {
         Ok(outcome)
     }
 
+    /// Registers a definition as the next revision of its family.
+    pub fn register_taskdef(
+        &self,
+        def: TaskDefinition,
+        now: u64,
+    ) -> Result<TaskDefRevision, StoreError> {
+        let w = self.db.begin_write().map_err(db)?;
+        let rec = {
+            let mut t = w.open_table(TASKDEFS).map_err(db)?;
+            let lo = format!("{}\0", def.family);
+            let hi = format!("{}\u{1}", def.family);
+            let last = t
+                .range(lo.as_str()..hi.as_str())
+                .map_err(db)?
+                .next_back()
+                .transpose()
+                .map_err(db)?
+                .map(|(k, _)| k.value().to_string());
+            let revision = last
+                .and_then(|k| k.rsplit('\0').next().and_then(|r| r.parse::<u32>().ok()))
+                .unwrap_or(0)
+                + 1;
+            let rec = TaskDefRevision {
+                family: def.family.clone(),
+                revision,
+                status: TaskDefStatus::Active,
+                registered_at: now,
+                task_definition: def,
+            };
+            let bytes = serde_json::to_vec(&rec).map_err(db)?;
+            t.insert(
+                taskdef_key(&rec.family, revision).as_str(),
+                bytes.as_slice(),
+            )
+            .map_err(db)?;
+            rec
+        };
+        w.commit().map_err(db)?;
+        Ok(rec)
+    }
+
+    /// Every revision of every family, in order.
+    pub fn taskdefs(&self) -> Result<Vec<TaskDefRevision>, StoreError> {
+        self.all(TASKDEFS)
+    }
+
+    /// One revision, or the newest active one of a family when `revision` is `None`.
+    pub fn taskdef(
+        &self,
+        family: &str,
+        revision: Option<u32>,
+    ) -> Result<Option<TaskDefRevision>, StoreError> {
+        match revision {
+            Some(r) => self.get(TASKDEFS, &taskdef_key(family, r)),
+            None => Ok(self
+                .taskdefs()?
+                .into_iter()
+                .rfind(|t| t.family == family && t.status == TaskDefStatus::Active)),
+        }
+    }
+
+    /// Marks a revision inactive; `None` if there is no such revision.
+    pub fn deregister_taskdef(
+        &self,
+        family: &str,
+        revision: u32,
+    ) -> Result<Option<TaskDefRevision>, StoreError> {
+        let Some(mut rec) = self.taskdef(family, Some(revision))? else {
+            return Ok(None);
+        };
+        rec.status = TaskDefStatus::Inactive;
+        self.put(TASKDEFS, &taskdef_key(family, revision), &rec)?;
+        Ok(Some(rec))
+    }
+
     /// Stores or replaces a node.
     pub fn put_node(&self, n: &NodeRecord) -> Result<(), StoreError> {
         self.put(NODES, &n.id, n)
@@ -255,6 +339,40 @@ mod tests {
             used: 0,
             labels: Labels::new(),
         }
+    }
+
+    #[test]
+    fn taskdef_revisions_count_per_family() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = Store::open(&dir.path().join("db.redb")).expect("open");
+        let def = |family: &str| {
+            flotilla_api::taskdef::parse(&format!(
+                r#"{{"family":"{family}","containerDefinitions":[{{"name":"a","image":"x","memory":64}}]}}"#
+            ))
+            .expect("valid")
+            .definition
+        };
+        assert_eq!(s.register_taskdef(def("web"), 1).expect("reg").revision, 1);
+        assert_eq!(s.register_taskdef(def("web"), 2).expect("reg").revision, 2);
+        assert_eq!(s.register_taskdef(def("we"), 3).expect("reg").revision, 1);
+        assert_eq!(
+            s.register_taskdef(def("web-x"), 3).expect("reg").revision,
+            1
+        );
+        assert_eq!(
+            s.taskdef("web", None).expect("get").map(|t| t.revision),
+            Some(2)
+        );
+        s.deregister_taskdef("web", 2).expect("dereg");
+        assert_eq!(
+            s.taskdef("web", None).expect("get").map(|t| t.revision),
+            Some(1)
+        );
+        assert_eq!(
+            s.taskdef("web", Some(2)).expect("get").map(|t| t.status),
+            Some(TaskDefStatus::Inactive)
+        );
+        assert_eq!(s.register_taskdef(def("web"), 4).expect("reg").revision, 3);
     }
 
     #[test]

@@ -1,0 +1,132 @@
+//! Task definitions through the real `flotilla` and `orchestratord`: ECS-shaped files in JSON
+//! and YAML, revisions per family, deregistration, and invalid files refused with every path.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use flotilla_tests::cluster::ControlPlane;
+
+const WEB: &str = r#"{
+  "family": "web",
+  "executionRoleArn": "arn:aws:iam::123456789012:role/ecsTaskExecutionRole",
+  "requiresCompatibilities": ["EC2"],
+  "networkMode": "bridge",
+  "containerDefinitions": [
+    {
+      "name": "httpd",
+      "image": "test/busybox:latest",
+      "memory": 32,
+      "essential": true,
+      "command": ["httpd", "-f", "-p", "8080"],
+      "portMappings": [{"containerPort": 8080, "hostPort": 0, "protocol": "tcp"}],
+      "logConfiguration": {"logDriver": "awslogs", "options": {"awslogs-group": "/ecs/web"}}
+    }
+  ]
+}"#;
+
+#[test]
+fn register_revisions_inspect_and_deregister() {
+    let cp = ControlPlane::start(&[]);
+    let dir = cp.scratch().join("defs");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let file = dir.join("web.json");
+    std::fs::write(&file, WEB).expect("write");
+    let o = cp.flotilla(&["taskdef", "register", file.to_str().expect("utf8")]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "web:1");
+    let warnings = String::from_utf8_lossy(&o.stderr);
+    for field in [
+        "$.executionRoleArn",
+        "$.requiresCompatibilities",
+        "$.containerDefinitions[0].logConfiguration",
+    ] {
+        assert!(
+            warnings.contains(field),
+            "no warning for {field}:\n{warnings}"
+        );
+    }
+
+    // YAML on standard input, same shape: revision 2
+    let yaml = "family: web\ncontainerDefinitions:\n  - name: httpd\n    image: test/busybox:latest\n    memoryReservation: 16\n    command: [sleep, '60']\n";
+    let mut child = Command::new(flotilla_tests::bin("flotilla"))
+        .arg("--config")
+        .arg(&cp.admin)
+        .args(["taskdef", "register", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flotilla");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())
+        .expect("write");
+    let o = child.wait_with_output().expect("wait");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        "web:2",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&cp.flotilla_ok(&["taskdef", "ls", "-o", "json"])).expect("json");
+    assert_eq!(list.len(), 2);
+    let latest: serde_json::Value =
+        serde_json::from_str(&cp.flotilla_ok(&["taskdef", "inspect", "web"])).expect("json");
+    assert_eq!(latest["revision"], 2);
+    assert_eq!(
+        latest["taskDefinition"]["containerDefinitions"][0]["memoryReservation"],
+        16
+    );
+    cp.flotilla_ok(&["taskdef", "deregister", "web:2"]);
+    let latest: serde_json::Value =
+        serde_json::from_str(&cp.flotilla_ok(&["taskdef", "inspect", "web"])).expect("json");
+    assert_eq!(latest["revision"], 1, "the newest active revision");
+    let two: serde_json::Value =
+        serde_json::from_str(&cp.flotilla_ok(&["taskdef", "inspect", "web:2"])).expect("json");
+    assert_eq!(two["status"], "INACTIVE");
+    let o = cp.flotilla(&["taskdef", "inspect", "nope"]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no active task definition in family nope"));
+}
+
+#[test]
+fn invalid_definitions_are_refused_with_every_path() {
+    let cp = ControlPlane::start(&[]);
+    let bad = r#"{
+      "family": "bad",
+      "networkMode": "overlay",
+      "containerDefinitions": [
+        {"name": "a", "image": "x", "memory": -64, "cpu": "two"},
+        {"name": "a", "memory": 64}
+      ]
+    }"#;
+    let file = cp.scratch().join("bad.json");
+    std::fs::write(&file, bad).expect("write");
+    let o = cp.flotilla(&["taskdef", "register", file.to_str().expect("utf8")]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    for path in [
+        "$.networkMode",
+        "$.containerDefinitions[0].memory",
+        "$.containerDefinitions[0].cpu",
+        "$.containerDefinitions[1].image",
+        "$.containerDefinitions[1].name: duplicate container name",
+    ] {
+        assert!(err.contains(path), "{path} not named in:\n{err}");
+    }
+    assert!(
+        cp.flotilla_ok(&["taskdef", "ls"]).lines().count() <= 1,
+        "an invalid definition was stored"
+    );
+    // garbage is refused, not a crash
+    std::fs::write(&file, "\u{0}{{{[").expect("write");
+    let o = cp.flotilla(&["taskdef", "register", file.to_str().expect("utf8")]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("$: not valid"));
+    assert!(
+        cp.flotilla(&["token", "ls"]).status.success(),
+        "the control plane survives"
+    );
+}

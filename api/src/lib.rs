@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 pub mod ops;
 pub mod taskdef;
+pub mod tasks;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -7,6 +7,7 @@
 mod agent;
 mod ctr;
 mod ctr_container;
+mod reconcile;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,0 +1,87 @@
+//! Tasks on the wire: the desired state the control plane gives a node (with a generation),
+//! and the status a node reports back.
+
+use serde::{Deserialize, Serialize};
+
+use crate::taskdef::{KeyValue, TaskDefinition};
+
+/// What a node should run. A node persists it before acknowledging; the same generation sent
+/// again changes nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredState {
+    /// Increases with every change for this node.
+    pub generation: u64,
+    /// The tasks.
+    pub tasks: Vec<DesiredTask>,
+}
+
+/// One task a node should run (or stop).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredTask {
+    /// Task id.
+    pub id: String,
+    /// `family:revision`.
+    pub task_definition: String,
+    /// The definition itself, so a node needs nothing else to run it offline.
+    pub definition: TaskDefinition,
+    /// Environment added to every container (`task run --env`).
+    #[serde(default)]
+    pub env: Vec<KeyValue>,
+    /// Run it, or stop it.
+    pub desired: DesiredStatus,
+}
+
+/// What should happen to a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DesiredStatus {
+    /// Keep it running.
+    Running,
+    /// Stop it (an operator asked).
+    Stopped,
+}
+
+/// ECS task states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum TaskState {
+    /// Accepted, not on a node yet.
+    Provisioning,
+    /// On its node, containers starting.
+    Pending,
+    /// Every container started.
+    Running,
+    /// Containers being stopped.
+    Stopping,
+    /// Done; see the stop reason and exit codes.
+    Stopped,
+}
+
+/// A container as a node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    /// Name in the task definition.
+    pub name: String,
+    /// `created`, `running` or `exited`.
+    pub state: String,
+    /// Exit code once exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it stopped (e.g. `OOM killed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A task as a node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    /// Task id.
+    pub id: String,
+    /// State.
+    pub state: TaskState,
+    /// Why it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// Its containers.
+    pub containers: Vec<ContainerStatus>,
+}

@@ -131,6 +131,11 @@ pub enum HelloReply {
 pub enum AgentRequest {
     /// Liveness and clock check.
     Ping,
+    /// Status of the tasks on the node (those that changed, or all after a reconnect).
+    Report {
+        /// Task statuses.
+        tasks: Vec<tasks::TaskStatus>,
+    },
     /// A new certificate for the same key (CSR, PEM), before the current one expires.
     Renew {
         /// The CSR.
@@ -147,12 +152,38 @@ pub enum AgentReply {
         /// Server time (seconds since the epoch).
         server_time: u64,
     },
+    /// Answer to `Report`.
+    Recorded,
     /// Answer to `Renew`.
     Renewed {
         /// The new certificate (PEM).
         cert_pem: String,
     },
     /// The request was refused.
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What the control plane pushes to an agent (on a stream it opens).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "push", rename_all = "snake_case")]
+pub enum ServerPush {
+    /// The node's desired state.
+    Desired(tasks::DesiredState),
+}
+
+/// The agent's answer to a [`ServerPush`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum PushReply {
+    /// Persisted: the node will converge to this generation, offline too.
+    Persisted {
+        /// The generation now held.
+        generation: u64,
+    },
+    /// Refused.
     Refused {
         /// Why.
         reason: String,

@@ -129,3 +129,48 @@ pub struct TaskDefRegistered {
     /// Fields that were accepted but ignored, by JSON path.
     pub warnings: Vec<String>,
 }
+
+/// `POST /v1/tasks`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskRun {
+    /// `FAMILY` (newest active revision) or `FAMILY:REVISION`.
+    pub task_definition: String,
+    /// Run on this node; otherwise the control plane picks.
+    #[serde(default)]
+    pub node: Option<String>,
+    /// How many tasks.
+    #[serde(default = "one")]
+    pub count: u32,
+    /// Environment added to every container.
+    #[serde(default)]
+    pub env: Vec<crate::taskdef::KeyValue>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// A task as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskInfo {
+    /// Task id.
+    pub id: String,
+    /// `family:revision`.
+    pub task_definition: String,
+    /// The node it runs on.
+    pub node: Option<String>,
+    /// What the operator wants.
+    pub desired: crate::tasks::DesiredStatus,
+    /// Last known state.
+    pub state: crate::tasks::TaskState,
+    /// Why it stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
+    /// Its containers, as last reported.
+    #[serde(default)]
+    pub containers: Vec<crate::tasks::ContainerStatus>,
+    /// Creation time (seconds since the epoch).
+    pub created_at: u64,
+}

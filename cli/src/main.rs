@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use flotilla_api::ops::{
-    AdminCredential, AdminIssue, ApiError, NodeInfo, TaskDefRegistered, TaskDefRevision,
-    TokenCreate, TokenCreated, TokenInfo,
+    AdminCredential, AdminIssue, ApiError, NodeInfo, TaskDefRegistered, TaskDefRevision, TaskInfo,
+    TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
 use flotilla_api::Labels;
 use flotilla_certs::credential::Credential;
@@ -51,6 +51,41 @@ enum Command {
     /// Task definitions (the ECS RegisterTaskDefinition shape, JSON or YAML).
     #[command(subcommand)]
     Taskdef(TaskdefCommand),
+    /// Tasks.
+    #[command(subcommand)]
+    Task(TaskCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskCommand {
+    /// Run tasks of FAMILY[:REVISION].
+    Run {
+        /// FAMILY (newest active revision) or FAMILY:REVISION.
+        taskdef: String,
+        /// Run on this node (default: the control plane picks).
+        #[arg(long)]
+        node: Option<String>,
+        /// How many tasks.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Environment KEY=VALUE for every container (repeatable).
+        #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+        env: Vec<String>,
+    },
+    /// List tasks.
+    #[command(alias = "list")]
+    Ls,
+    /// Show a task: state, stop reason, each container's exit code.
+    Inspect {
+        /// Task id.
+        id: String,
+    },
+    /// Stop tasks (SIGTERM, then SIGKILL after the container's stopTimeout).
+    Stop {
+        /// Task ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -362,6 +397,86 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?
                 .context("empty reply")?;
             print(json, &n, || println!("revoked {}", n.id))?;
+        }
+        Command::Task(TaskCommand::Run {
+            taskdef,
+            node,
+            count,
+            env,
+        }) => {
+            let mut kv = Vec::new();
+            for e in &env {
+                let (k, v) = e
+                    .split_once('=')
+                    .with_context(|| format!("--env {e}: expected KEY=VALUE"))?;
+                kv.push(flotilla_api::taskdef::KeyValue {
+                    name: k.to_string(),
+                    value: v.to_string(),
+                });
+            }
+            let req = TaskRun {
+                task_definition: taskdef,
+                node,
+                count,
+                env: kv,
+            };
+            let tasks: Vec<TaskInfo> = api
+                .call(Method::POST, "/v1/tasks", Some(serde_json::to_value(req)?))
+                .await?
+                .unwrap_or_default();
+            print(json, &tasks, || {
+                for t in &tasks {
+                    println!("{} on {}", t.id, t.node.as_deref().unwrap_or("-"));
+                }
+            })?;
+        }
+        Command::Task(TaskCommand::Ls) => {
+            let list: Vec<TaskInfo> = api
+                .call(Method::GET, "/v1/tasks", None)
+                .await?
+                .unwrap_or_default();
+            print(json, &list, || {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|t| {
+                        vec![
+                            t.id.clone(),
+                            t.task_definition.clone(),
+                            t.node.clone().unwrap_or_default(),
+                            format!("{:?}", t.state).to_uppercase(),
+                            format!("{:?}", t.desired).to_uppercase(),
+                            t.stop_reason.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "ID",
+                        "TASK DEFINITION",
+                        "NODE",
+                        "STATE",
+                        "DESIRED",
+                        "STOP REASON",
+                    ],
+                    &rows,
+                );
+            })?;
+        }
+        Command::Task(TaskCommand::Inspect { id }) => {
+            let t: TaskInfo = api
+                .call(Method::GET, &format!("/v1/tasks/{id}"), None)
+                .await?
+                .context("empty reply")?;
+            println!("{}", serde_json::to_string_pretty(&t)?);
+        }
+        Command::Task(TaskCommand::Stop { ids }) => {
+            for id in ids {
+                let t: TaskInfo = api
+                    .call(Method::POST, &format!("/v1/tasks/{id}/stop"), None)
+                    .await?
+                    .context("empty reply")?;
+                println!("{} {}", t.id, format!("{:?}", t.state).to_uppercase());
+            }
         }
         Command::Taskdef(TaskdefCommand::Register { file }) => {
             let text = if file.as_os_str() == "-" {

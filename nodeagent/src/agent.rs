@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use flotilla_api::{
     read_frame, write_frame, AgentReply, AgentRequest, Hello, HelloReply, JoinReply, JoinRequest,
-    Labels, PreviousIdentity, PROTOCOLS,
+    Labels, PreviousIdentity, PushReply, ServerPush, PROTOCOLS,
 };
 use flotilla_certs::credential::Credential;
 use flotilla_certs::tls::ALPN_AGENT;
@@ -21,6 +21,8 @@ use flotilla_certs::token::JoinToken;
 use flotilla_certs::{key_and_csr, CertifiedKey, SERVER_NAME};
 use quinn::{Connection, ConnectionError, Endpoint};
 use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::runner::Runner;
 
 /// Close code the control plane uses for a revoked node.
 const CLOSE_REVOKED: u32 = 2;
@@ -213,8 +215,9 @@ fn pem_der(pem: &str) -> Result<Vec<u8>> {
         .map_err(|e| anyhow::anyhow!("certificate: {e:?}"))
 }
 
-/// Keeps the session with the control plane, forever.
-pub async fn run(data_dir: &Path) -> Result<()> {
+/// Runs the node: converges to its persisted desired state (with or without a control plane)
+/// and keeps the session with the control plane, forever.
+pub async fn run(data_dir: &Path, node: flotilla_runtime::container::StoreOptions) -> Result<()> {
     let dir = identity_dir(data_dir);
     let mut cred = Credential::load(&dir).with_context(|| {
         format!(
@@ -222,11 +225,24 @@ pub async fn run(data_dir: &Path) -> Result<()> {
             dir.display()
         )
     })?;
+    let store = {
+        let d = data_dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            flotilla_runtime::container::ContainerStore::open(&d, node)
+        })
+        .await??
+    };
+    let runner = Runner::open(data_dir, store)?;
+    tracing::info!(
+        generation = runner.generation(),
+        "converging to the persisted desired state"
+    );
+    tokio::spawn(runner.clone().run());
     let endpoint = client_endpoint()?;
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = std::time::Instant::now();
-        match session(&endpoint, &dir, &mut cred).await {
+        match session(&endpoint, &dir, &mut cred, &runner).await {
             Ok(()) => tracing::info!("session closed"),
             Err(e) => tracing::warn!(node = %cred.name, "session: {e:#}"),
         }
@@ -241,7 +257,12 @@ pub async fn run(data_dir: &Path) -> Result<()> {
     }
 }
 
-async fn session(endpoint: &Endpoint, dir: &Path, cred: &mut Credential) -> Result<()> {
+async fn session(
+    endpoint: &Endpoint,
+    dir: &Path,
+    cred: &mut Credential,
+    runner: &Arc<Runner>,
+) -> Result<()> {
     let (_, not_after) = flotilla_certs::validity_of(&pem_der(&cred.identity.cert_pem)?)?;
     if not_after <= SystemTime::now() {
         bail!(
@@ -306,12 +327,40 @@ async fn session(endpoint: &Endpoint, dir: &Path, cred: &mut Credential) -> Resu
     println!("session established as {} with {}", cred.name, cred.server);
     let mut due = renewal_due(&cred.identity.cert_pem)?;
     let mut ping = tokio::time::interval(PING_EVERY);
+    // Everything known is reported once per session, then whenever it changes.
+    let mut status = runner.status();
+    status.mark_changed();
     loop {
         let until_renewal = due
             .duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO);
         tokio::select! {
             e = conn.closed() => bail!("{}", explain(&e)),
+            push = conn.accept_bi() => {
+                let (mut send, mut recv) = push.map_err(|e| anyhow::anyhow!("{}", explain(&e)))?;
+                let reply = match read_frame::<_, ServerPush>(&mut recv).await {
+                    Ok(ServerPush::Desired(state)) => {
+                        let r = runner.clone();
+                        match tokio::task::spawn_blocking(move || r.set_desired(state)).await? {
+                            Ok(generation) => PushReply::Persisted { generation },
+                            Err(e) => PushReply::Refused { reason: format!("{e:#}") },
+                        }
+                    }
+                    Err(e) => PushReply::Refused { reason: format!("bad push: {e}") },
+                };
+                let _ = write_frame(&mut send, &reply).await;
+                let _ = send.finish();
+            }
+            changed = status.changed() => {
+                if changed.is_ok() {
+                    let tasks = status.borrow_and_update().clone();
+                    match request(&conn, &AgentRequest::Report { tasks }).await {
+                        Ok(AgentReply::Recorded) => {}
+                        Ok(other) => tracing::warn!("report: {other:?}"),
+                        Err(e) => bail!("report: {e:#}"),
+                    }
+                }
+            }
             _ = ping.tick() => {
                 // A control plane that vanished without closing (power cut, kill -9) is
                 // noticed here rather than at the idle timeout.

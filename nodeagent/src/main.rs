@@ -8,6 +8,7 @@ mod agent;
 mod ctr;
 mod ctr_container;
 mod reconcile;
+mod runner;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -164,7 +165,9 @@ fn main() -> ExitCode {
                 println!("next: nodeagent --data-dir {} run", data_dir.display());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Run => agent::run(&data_dir).await.map(|()| ExitCode::SUCCESS),
+            Command::Run => agent::run(&data_dir, node)
+                .await
+                .map(|()| ExitCode::SUCCESS),
             Command::Shim { .. } => Ok(ExitCode::FAILURE),
         }
     });

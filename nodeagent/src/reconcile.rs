@@ -7,9 +7,6 @@
 //! no longer be met fails the task; a task asked to stop, or no longer assigned to this node,
 //! is stopped and its containers removed.
 
-// Wired into the session loop by the control-loop work that follows.
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 
 use flotilla_api::taskdef::{ContainerDefinition, DependencyCondition};

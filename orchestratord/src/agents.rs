@@ -10,9 +10,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use flotilla_api::tasks::{DesiredState, DesiredTask, TaskState, TaskStatus};
 use flotilla_api::{
     negotiate, read_frame, write_frame, AgentReply, AgentRequest, Hello, HelloReply, JoinReply,
-    JoinRequest, PROTOCOLS,
+    JoinRequest, PushReply, ServerPush, PROTOCOLS,
 };
 use flotilla_certs::tls::{ALPN_AGENT, ALPN_JOIN};
 use flotilla_certs::{identity_of, ClusterCa, Role};
@@ -109,7 +110,7 @@ impl Agents {
             .and_then(|d| d.protocol);
         match alpn.as_deref() {
             Some(p) if p == ALPN_JOIN => self.join(conn).await,
-            Some(p) if p == ALPN_AGENT => self.session(conn).await,
+            Some(p) if p == ALPN_AGENT => self.clone().session(conn).await,
             _ => refuse(&conn, CLOSE_REFUSED, "unknown protocol"),
         }
     }
@@ -208,6 +209,7 @@ impl Agents {
             token_id: token.id.clone(),
             cert_not_after: now() + self.node_cert_lifetime.as_secs(),
             revoked: false,
+            generation: returning.as_ref().map_or(0, |n| n.generation),
         };
         if let Err(e) = self.store.put_node(&node) {
             tracing::error!("join: {e}");
@@ -226,7 +228,7 @@ impl Agents {
         }
     }
 
-    async fn session(&self, conn: Connection) {
+    async fn session(self: Arc<Self>, conn: Connection) {
         // Who it is comes from the verified certificate, never from a message.
         let chain = conn.peer_identity().and_then(|p| {
             p.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
@@ -308,6 +310,8 @@ impl Agents {
             );
         }
         tracing::info!(node = %node_id, peer = %conn.remote_address(), agent = %hello.agent_version, protocol, "session established");
+        // A (re)connected node gets its current desired state.
+        self.clone().push_desired(&node_id);
         loop {
             let (mut send, mut recv) = match conn.accept_bi().await {
                 Ok(s) => s,
@@ -319,6 +323,7 @@ impl Agents {
             let reply = match read_frame::<_, AgentRequest>(&mut recv).await {
                 Ok(AgentRequest::Ping) => AgentReply::Pong { server_time: now() },
                 Ok(AgentRequest::Renew { csr_pem }) => self.renew(&node_id, &csr_pem),
+                Ok(AgentRequest::Report { tasks }) => self.clone().report(&node_id, tasks),
                 Err(e) => AgentReply::Refused {
                     reason: format!("bad request: {e}"),
                 },
@@ -333,6 +338,115 @@ impl Agents {
         {
             sessions.remove(&node_id);
         }
+    }
+
+    /// The desired state of a node: its tasks that have not stopped.
+    pub fn desired_state(&self, node_id: &str) -> Result<DesiredState, crate::store::StoreError> {
+        let generation = self.store.node(node_id)?.map_or(0, |n| n.generation);
+        let tasks = self
+            .store
+            .tasks()?
+            .into_iter()
+            .filter(|t| {
+                t.info.node.as_deref() == Some(node_id) && t.info.state != TaskState::Stopped
+            })
+            .map(|t| DesiredTask {
+                id: t.info.id,
+                task_definition: t.info.task_definition,
+                definition: t.definition,
+                env: t.env,
+                desired: t.info.desired,
+            })
+            .collect();
+        Ok(DesiredState { generation, tasks })
+    }
+
+    /// Sends a node its desired state if it has a live session (in the background).
+    pub fn push_desired(self: Arc<Self>, node_id: &str) {
+        let node_id = node_id.to_string();
+        tokio::spawn(async move {
+            let conn = self
+                .sessions
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&node_id)
+                .cloned();
+            let Some(conn) = conn else { return };
+            let state = match self.desired_state(&node_id) {
+                Ok(s) => s,
+                Err(e) => return tracing::error!(node = %node_id, "desired state: {e}"),
+            };
+            let generation = state.generation;
+            let result = async {
+                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+                write_frame(&mut send, &ServerPush::Desired(state))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let _ = send.finish();
+                read_frame::<_, PushReply>(&mut recv)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            match result {
+                Ok(PushReply::Persisted { generation: g }) => {
+                    tracing::info!(node = %node_id, generation = g, "desired state delivered")
+                }
+                Ok(PushReply::Refused { reason }) => {
+                    tracing::warn!(node = %node_id, generation, "desired state refused: {reason}")
+                }
+                // The next session sends it again.
+                Err(e) => {
+                    tracing::info!(node = %node_id, generation, "desired state not delivered: {e}")
+                }
+            }
+        });
+    }
+
+    /// Records what a node reports about its own tasks (and only those).
+    fn report(self: Arc<Self>, node_id: &str, tasks: Vec<TaskStatus>) -> AgentReply {
+        let mut stopped_now = false;
+        for status in tasks {
+            let mut rec = match self.store.task(&status.id) {
+                Ok(Some(r)) if r.info.node.as_deref() == Some(node_id) => r,
+                Ok(_) => {
+                    tracing::warn!(node = node_id, task = %status.id, "report about a task of another node ignored");
+                    continue;
+                }
+                Err(e) => {
+                    return AgentReply::Refused {
+                        reason: e.to_string(),
+                    }
+                }
+            };
+            if rec.info.state == TaskState::Stopped {
+                continue;
+            }
+            if status.state == TaskState::Stopped {
+                stopped_now = true;
+            }
+            if rec.info.state != status.state {
+                tracing::info!(node = node_id, task = %status.id, state = ?status.state, reason = ?status.stop_reason, "task state");
+            }
+            rec.info.state = status.state;
+            rec.info.stop_reason = status.stop_reason;
+            rec.info.containers = status.containers;
+            if let Err(e) = self.store.put_task(&rec) {
+                return AgentReply::Refused {
+                    reason: e.to_string(),
+                };
+            }
+        }
+        if stopped_now {
+            // Stopped tasks leave the node's desired state (it then removes their containers).
+            if let Err(e) = self.store.bump_generation(node_id) {
+                return AgentReply::Refused {
+                    reason: e.to_string(),
+                };
+            }
+            self.push_desired(node_id);
+        }
+        AgentReply::Recorded
     }
 
     fn renew(&self, node_id: &str, csr_pem: &str) -> AgentReply {

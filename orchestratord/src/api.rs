@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_api::ops::{
-    AdminCredential, AdminIssue, ApiError, NodeInfo, TaskDefRegistered, TokenCreate, TokenCreated,
-    TokenInfo,
+    AdminCredential, AdminIssue, ApiError, NodeInfo, TaskDefRegistered, TaskDefStatus, TaskInfo,
+    TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
+use flotilla_api::tasks::{DesiredStatus, TaskState};
 use flotilla_certs::token::JoinToken;
 use flotilla_certs::{identity_of, Role, ADMIN_CERT_LIFETIME};
 use http_body_util::{BodyExt, Full, Limited};
@@ -17,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::agents::Agents;
-use crate::store::{NodeRecord, TokenRecord};
+use crate::store::{NodeRecord, TaskRecord, TokenRecord};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
@@ -38,6 +39,10 @@ enum Action {
     ListTaskDefs,
     GetTaskDef(String, Option<u32>),
     DeregisterTaskDef(String, u32),
+    RunTask(TaskRun),
+    ListTasks,
+    GetTask(String),
+    StopTask(String),
 }
 
 /// `FAMILY` or `FAMILY:REVISION`.
@@ -125,7 +130,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, agents
     }
 }
 
-async fn handle(req: Request<Incoming>, agents: &Agents, admin: Option<String>) -> Reply {
+async fn handle(req: Request<Incoming>, agents: &Arc<Agents>, admin: Option<String>) -> Reply {
     let Some(admin) = admin else {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -189,6 +194,12 @@ fn parse(method: &Method, path: &str, body: &[u8]) -> Result<Action, (StatusCode
                 "deregister names one revision: FAMILY:REVISION".to_string(),
             )),
         },
+        (&Method::POST, ["v1", "tasks"]) => Ok(Action::RunTask(
+            serde_json::from_slice(body).map_err(decode("task request"))?,
+        )),
+        (&Method::GET, ["v1", "tasks"]) => Ok(Action::ListTasks),
+        (&Method::GET, ["v1", "tasks", id]) => Ok(Action::GetTask(id.to_string())),
+        (&Method::POST, ["v1", "tasks", id, "stop"]) => Ok(Action::StopTask(id.to_string())),
         _ => Err((StatusCode::NOT_FOUND, format!("no route {method} {path}"))),
     }
 }
@@ -217,7 +228,7 @@ fn node_info(n: &NodeRecord, connected: &[String]) -> NodeInfo {
     }
 }
 
-fn execute(action: Action, agents: &Agents) -> Reply {
+fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
     let store = &agents.store;
     let internal = |e: crate::store::StoreError| {
         tracing::error!("operator API: {e}");
@@ -355,6 +366,42 @@ fn execute(action: Action, agents: &Agents) -> Reply {
                 Err(e) => internal(e),
             }
         }
+        Action::RunTask(req) => run_tasks(req, agents),
+        Action::ListTasks => match store.tasks() {
+            Ok(t) => json(
+                StatusCode::OK,
+                &t.into_iter().map(|t| t.info).collect::<Vec<_>>(),
+            ),
+            Err(e) => internal(e),
+        },
+        Action::GetTask(id) => match store.task(&id) {
+            Ok(Some(t)) => json(StatusCode::OK, &t.info),
+            Ok(None) => error(StatusCode::NOT_FOUND, format!("no task {id}")),
+            Err(e) => internal(e),
+        },
+        Action::StopTask(id) => match store.task(&id) {
+            Ok(Some(mut t)) => {
+                if t.info.desired == DesiredStatus::Running && t.info.state != TaskState::Stopped {
+                    t.info.desired = DesiredStatus::Stopped;
+                    if t.info.state < TaskState::Stopping {
+                        t.info.state = TaskState::Stopping;
+                    }
+                    if let Err(e) = store.put_task(&t) {
+                        return internal(e);
+                    }
+                    if let Some(node) = &t.info.node {
+                        if let Err(e) = store.bump_generation(node) {
+                            return internal(e);
+                        }
+                        agents.clone().push_desired(node);
+                    }
+                    tracing::info!(task = %id, "task stop requested");
+                }
+                json(StatusCode::OK, &t.info)
+            }
+            Ok(None) => error(StatusCode::NOT_FOUND, format!("no task {id}")),
+            Err(e) => internal(e),
+        },
         Action::IssueAdmin(req) => {
             match agents
                 .ca
@@ -374,4 +421,107 @@ fn execute(action: Action, agents: &Agents) -> Reply {
             }
         }
     }
+}
+
+/// Creates tasks and places each on a node: the one asked for, or the connected node with the
+/// fewest live tasks (a simple fit; placement proper is the services work).
+fn run_tasks(req: TaskRun, agents: &Arc<Agents>) -> Reply {
+    let store = &agents.store;
+    let fail =
+        |e: crate::store::StoreError| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    if req.count == 0 || req.count > 1000 {
+        return error(StatusCode::BAD_REQUEST, "count: from 1 to 1000");
+    }
+    let (family, revision) = match family_revision(&req.task_definition) {
+        Ok(x) => x,
+        Err((s, m)) => return error(s, m),
+    };
+    let def = match store.taskdef(&family, revision) {
+        Ok(Some(d)) if d.status == TaskDefStatus::Active => d,
+        Ok(Some(d)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("{}:{} is deregistered", d.family, d.revision),
+            )
+        }
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no task definition {}", req.task_definition),
+            )
+        }
+        Err(e) => return fail(e),
+    };
+    let nodes = match store.nodes() {
+        Ok(n) => n,
+        Err(e) => return fail(e),
+    };
+    let connected = agents.connected();
+    let candidates: Vec<String> = match &req.node {
+        Some(id) => match nodes.iter().find(|n| &n.id == id) {
+            Some(n) if !n.revoked => vec![n.id.clone()],
+            Some(_) => return error(StatusCode::BAD_REQUEST, format!("node {id} is revoked")),
+            None => return error(StatusCode::NOT_FOUND, format!("no node {id}")),
+        },
+        None => nodes
+            .iter()
+            .filter(|n| !n.revoked && connected.contains(&n.id))
+            .map(|n| n.id.clone())
+            .collect(),
+    };
+    if candidates.is_empty() {
+        return error(StatusCode::CONFLICT, "no connected node to run the task on");
+    }
+    let tasks = match store.tasks() {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let mut load: std::collections::BTreeMap<String, usize> =
+        candidates.iter().map(|c| (c.clone(), 0)).collect();
+    for t in &tasks {
+        if let Some(n) = t.info.node.as_ref().and_then(|n| load.get_mut(n)) {
+            if t.info.state != TaskState::Stopped {
+                *n += 1;
+            }
+        }
+    }
+    let mut created = Vec::new();
+    let mut touched = std::collections::BTreeSet::new();
+    for _ in 0..req.count {
+        let Some(node) = load.iter().min_by_key(|(_, l)| **l).map(|(n, _)| n.clone()) else {
+            break;
+        };
+        *load.entry(node.clone()).or_default() += 1;
+        let id = match flotilla_certs::new_node_id() {
+            Ok(n) => format!("t-{}", &n[2..]),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        };
+        let rec = TaskRecord {
+            info: TaskInfo {
+                id,
+                task_definition: format!("{}:{}", def.family, def.revision),
+                node: Some(node.clone()),
+                desired: DesiredStatus::Running,
+                state: TaskState::Pending,
+                stop_reason: None,
+                containers: Vec::new(),
+                created_at: now(),
+            },
+            definition: def.task_definition.clone(),
+            env: req.env.clone(),
+        };
+        if let Err(e) = store.put_task(&rec) {
+            return fail(e);
+        }
+        tracing::info!(task = %rec.info.id, node = %node, taskdef = %rec.info.task_definition, "task placed");
+        touched.insert(node);
+        created.push(rec.info);
+    }
+    for node in touched {
+        if let Err(e) = store.bump_generation(&node) {
+            return fail(e);
+        }
+        agents.clone().push_desired(&node);
+    }
+    json(StatusCode::CREATED, &created)
 }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use flotilla_api::ops::{TaskDefRevision, TaskDefStatus};
+use flotilla_api::ops::{TaskDefRevision, TaskDefStatus, TaskInfo};
 use flotilla_api::taskdef::TaskDefinition;
 use flotilla_api::Labels;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 /// Task definitions keyed `family\0<revision, 10 digits>`, so a family's revisions sort.
 const TASKDEFS: TableDefinition<&str, &[u8]> = TableDefinition::new("taskdefs");
 
@@ -50,6 +51,20 @@ pub struct NodeRecord {
     pub cert_not_after: u64,
     /// Revoked nodes are refused for good.
     pub revoked: bool,
+    /// Generation of the node's desired state; bumped on every change.
+    #[serde(default)]
+    pub generation: u64,
+}
+
+/// A task as stored: what is listed, plus what the node needs to run it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The listed part.
+    pub info: TaskInfo,
+    /// The definition of its revision.
+    pub definition: TaskDefinition,
+    /// Extra environment.
+    pub env: Vec<flotilla_api::taskdef::KeyValue>,
 }
 
 fn taskdef_key(family: &str, revision: u32) -> String {
@@ -112,6 +127,7 @@ impl Store {
         w.open_table(TOKENS).map_err(db)?;
         w.open_table(NODES).map_err(db)?;
         w.open_table(TASKDEFS).map_err(db)?;
+        w.open_table(TASKS).map_err(db)?;
         w.commit().map_err(db)?;
         Ok(Self { db: database })
     }
@@ -307,6 +323,31 @@ impl Store {
         rec.status = TaskDefStatus::Inactive;
         self.put(TASKDEFS, &taskdef_key(family, revision), &rec)?;
         Ok(Some(rec))
+    }
+
+    /// Stores or replaces a task.
+    pub fn put_task(&self, t: &TaskRecord) -> Result<(), StoreError> {
+        self.put(TASKS, &t.info.id, t)
+    }
+
+    /// A task by id.
+    pub fn task(&self, id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        self.get(TASKS, id)
+    }
+
+    /// Every task.
+    pub fn tasks(&self) -> Result<Vec<TaskRecord>, StoreError> {
+        self.all(TASKS)
+    }
+
+    /// Bumps a node's desired-state generation; returns the new one.
+    pub fn bump_generation(&self, node_id: &str) -> Result<u64, StoreError> {
+        let Some(mut n) = self.node(node_id)? else {
+            return Ok(0);
+        };
+        n.generation += 1;
+        self.put_node(&n)?;
+        Ok(n.generation)
     }
 
     /// Stores or replaces a node.

@@ -171,6 +171,7 @@ pub struct Agent {
     pub data: PathBuf,
     log: PathBuf,
     child: Option<Child>,
+    args: Vec<std::ffi::OsString>,
 }
 
 impl Agent {
@@ -180,6 +181,25 @@ impl Agent {
             data: dir.join("data"),
             log: dir.join("agent.log"),
             child: None,
+            args: Vec::new(),
+        }
+    }
+
+    /// An agent over a container test node (its data directory and cgroup parent).
+    pub fn for_node(node: &crate::node::Node) -> Self {
+        Self {
+            data: node.data.clone(),
+            log: node.scratch().join("agent.log"),
+            child: None,
+            args: vec!["--cgroup-parent".into(), node.cgroup_parent.clone().into()],
+        }
+    }
+
+    /// Kills `nodeagent run` (like a crash).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 
@@ -188,6 +208,7 @@ impl Agent {
         Command::new(crate::bin("nodeagent"))
             .arg("--data-dir")
             .arg(&self.data)
+            .args(&self.args)
             .args(["join", server, "--token", token])
             .args(extra)
             .output()
@@ -199,12 +220,17 @@ impl Agent {
         self.run_with_env(&[]);
     }
 
-    /// Starts `nodeagent run` with extra environment variables.
+    /// Starts `nodeagent run` with extra environment variables (the log is appended to).
     pub fn run_with_env(&mut self, env: &[(&str, &std::ffi::OsStr)]) {
-        let log = std::fs::File::create(&self.log).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
         let mut cmd = Command::new(crate::bin("nodeagent"));
         cmd.arg("--data-dir")
             .arg(&self.data)
+            .args(&self.args)
             .arg("run")
             .env("NODEAGENT_LOG", "info")
             .stdout(Stdio::null())

@@ -1,0 +1,360 @@
+//! The node's task runner: holds the desired state (persisted in `<data-dir>/agent.redb` before
+//! it is acknowledged), and converges the node to it on its own — with or without a session —
+//! through the reconciler and the container runtime. Containers of a task are named
+//! `<task id>-<index in the definition>`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use flotilla_api::taskdef::{ContainerDefinition, NetworkMode as TaskNetwork};
+use flotilla_api::tasks::{DesiredState, TaskState, TaskStatus};
+use flotilla_runtime::container::{
+    ContainerConfig, ContainerStore, MountRequest, NetworkMode, Resources, Status,
+};
+use redb::{Database, ReadableDatabase, TableDefinition};
+use tokio::sync::{watch, Notify};
+
+use crate::reconcile::{plan, Action, Observed, World};
+
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+const DESIRED_KEY: &str = "desired";
+/// How often the node re-checks its containers without being told.
+const RESYNC: Duration = Duration::from_secs(1);
+
+/// The runner shared by the session and the reconcile loop.
+#[derive(Debug)]
+pub struct Runner {
+    db: Database,
+    desired: Mutex<DesiredState>,
+    wake: Notify,
+    store: ContainerStore,
+    /// Start failures: (task, container) → why, until the task leaves the desired state.
+    failures: Mutex<BTreeMap<(String, String), String>>,
+    status: watch::Sender<Vec<TaskStatus>>,
+}
+
+impl Runner {
+    /// Opens the runner's state under `data_dir`; the desired state persisted there (if any)
+    /// is what the node converges to until the control plane says otherwise.
+    pub fn open(data_dir: &Path, store: ContainerStore) -> Result<Arc<Self>> {
+        let path = data_dir.join("agent.redb");
+        let db = Database::create(&path).with_context(|| format!("opening {}", path.display()))?;
+        let w = db.begin_write()?;
+        w.open_table(STATE)?;
+        w.commit()?;
+        let desired = {
+            let r = db.begin_read()?;
+            let t = r.open_table(STATE)?;
+            match t.get(DESIRED_KEY)? {
+                Some(v) => {
+                    serde_json::from_slice(v.value()).context("the persisted desired state")?
+                }
+                None => DesiredState::default(),
+            }
+        };
+        let (status, _) = watch::channel(Vec::new());
+        Ok(Arc::new(Self {
+            db,
+            desired: Mutex::new(desired),
+            wake: Notify::new(),
+            store,
+            failures: Mutex::new(BTreeMap::new()),
+            status,
+        }))
+    }
+
+    /// The generation held.
+    pub fn generation(&self) -> u64 {
+        self.desired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .generation
+    }
+
+    /// Persists a new desired state (committed before this returns) and wakes the loop. An
+    /// older or equal generation changes nothing.
+    pub fn set_desired(&self, state: DesiredState) -> Result<u64> {
+        let current = self.generation();
+        if state.generation <= current {
+            return Ok(current);
+        }
+        let bytes = serde_json::to_vec(&state)?;
+        let w = self.db.begin_write()?;
+        w.open_table(STATE)?.insert(DESIRED_KEY, bytes.as_slice())?;
+        w.commit()?;
+        let generation = state.generation;
+        *self.desired.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        self.wake.notify_one();
+        Ok(generation)
+    }
+
+    /// The latest task statuses, changing as the node converges.
+    pub fn status(&self) -> watch::Receiver<Vec<TaskStatus>> {
+        self.status.subscribe()
+    }
+
+    /// Converges forever.
+    pub async fn run(self: Arc<Self>) {
+        loop {
+            if let Err(e) = self.clone().round().await {
+                tracing::warn!("reconcile: {e:#}");
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(RESYNC) => {}
+            }
+        }
+    }
+
+    fn observe(&self, desired: &DesiredState) -> Result<World> {
+        let mut world = World::new();
+        for c in self.store.list()? {
+            let Some(name) = c.record.config.name.as_deref() else {
+                continue;
+            };
+            let Some((task, idx)) = name.rsplit_once('-') else {
+                continue;
+            };
+            if !task.starts_with("t-") {
+                continue;
+            }
+            let Ok(idx) = idx.parse::<usize>() else {
+                continue;
+            };
+            let container = desired
+                .tasks
+                .iter()
+                .find(|t| t.id == task)
+                .and_then(|t| t.definition.container_definitions.get(idx))
+                .map(|d| d.name.clone())
+                .unwrap_or_else(|| format!("container-{idx}"));
+            let observed = match (c.status, &c.exit) {
+                (Status::Created, _) => Observed::Created,
+                (Status::Running, _) => Observed::Running { healthy: None },
+                (Status::Exited, Some(e)) => Observed::Exited {
+                    code: e.exit_code,
+                    oom: e.oom_killed,
+                },
+                (Status::Exited, None) => Observed::Exited {
+                    code: 255,
+                    oom: false,
+                },
+            };
+            world
+                .entry(task.to_string())
+                .or_default()
+                .insert(container, observed);
+        }
+        // A container that could not start counts as exited with 125.
+        for ((task, container), _) in self
+            .failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            world
+                .entry(task.clone())
+                .or_default()
+                .entry(container.clone())
+                .or_insert(Observed::Exited {
+                    code: 125,
+                    oom: false,
+                });
+        }
+        Ok(world)
+    }
+
+    async fn round(self: Arc<Self>) -> Result<()> {
+        let desired = self
+            .desired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let me = self.clone();
+        let d = desired.clone();
+        let world = tokio::task::spawn_blocking(move || me.observe(&d)).await??;
+        let mut p = plan(&desired, &world);
+        {
+            let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+            for s in &mut p.status {
+                if let Some((_, why)) = failures.iter().find(|((t, _), _)| *t == s.id) {
+                    if s.state >= TaskState::Stopping {
+                        s.stop_reason = Some(why.clone());
+                    }
+                }
+            }
+        }
+        let mut jobs = Vec::new();
+        for action in p.actions {
+            let me = self.clone();
+            let desired = desired.clone();
+            jobs.push(tokio::spawn(
+                async move { me.apply(&desired, action).await },
+            ));
+        }
+        for j in jobs {
+            if let Ok(Err(e)) = j.await {
+                tracing::warn!("{e:#}");
+            }
+        }
+        // Forget failures of tasks that left the desired state.
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(t, _), _| desired.tasks.iter().any(|d| &d.id == t));
+        self.status.send_if_modified(|old| {
+            if *old == p.status {
+                false
+            } else {
+                *old = p.status.clone();
+                true
+            }
+        });
+        Ok(())
+    }
+
+    async fn apply(self: Arc<Self>, desired: &DesiredState, action: Action) -> Result<()> {
+        match action {
+            Action::Start { task, container } => {
+                let Some(t) = desired.tasks.iter().find(|t| t.id == task) else {
+                    return Ok(());
+                };
+                let Some((idx, def)) = t
+                    .definition
+                    .container_definitions
+                    .iter()
+                    .enumerate()
+                    .find(|(_, c)| c.name == container)
+                else {
+                    return Ok(());
+                };
+                let mut config = container_config(def, t.definition.network_mode);
+                config.name = Some(format!("{task}-{idx}"));
+                config
+                    .env
+                    .extend(t.env.iter().map(|kv| format!("{}={}", kv.name, kv.value)));
+                let store = self.store.clone();
+                let result = async {
+                    if store.images().get(&config.image).is_err() {
+                        tracing::info!(task = %task, image = %config.image, "pulling");
+                        store
+                            .images()
+                            .pull(&config.image, &Default::default(), Arc::new(|_| {}))
+                            .await
+                            .with_context(|| format!("pulling {}", config.image))?;
+                    }
+                    let s = store.clone();
+                    tokio::task::spawn_blocking(move || -> Result<()> {
+                        let rec = s.create(config)?;
+                        s.start(&rec.id)?.detach();
+                        Ok(())
+                    })
+                    .await??;
+                    anyhow::Ok(())
+                }
+                .await;
+                match result {
+                    Ok(()) => tracing::info!(task = %task, container = %container, "started"),
+                    Err(e) => {
+                        let why = format!("container {container} could not start: {e:#}");
+                        tracing::warn!(task = %task, "{why}");
+                        self.failures
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert((task, container), why);
+                        self.wake.notify_one();
+                    }
+                }
+            }
+            Action::Stop {
+                task,
+                container,
+                grace_secs,
+            } => {
+                let idx = desired
+                    .tasks
+                    .iter()
+                    .find(|t| t.id == task)
+                    .and_then(|t| {
+                        t.definition
+                            .container_definitions
+                            .iter()
+                            .position(|c| c.name == container)
+                    })
+                    .map(|i| i.to_string())
+                    .unwrap_or_else(|| container.trim_start_matches("container-").to_string());
+                let name = format!("{task}-{idx}");
+                let s = self.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    s.stop(&name, Duration::from_secs(grace_secs.into()))
+                })
+                .await??;
+                self.wake.notify_one();
+            }
+            Action::Remove { task } => {
+                let s = self.store.clone();
+                tokio::task::spawn_blocking(move || -> Result<()> {
+                    for c in s.list()? {
+                        let mine =
+                            c.record.config.name.as_deref().is_some_and(|n| {
+                                n.rsplit_once('-').is_some_and(|(t, _)| t == task)
+                            });
+                        if mine {
+                            s.remove(&c.record.id, true)?;
+                        }
+                    }
+                    Ok(())
+                })
+                .await??;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The runtime settings of a task's container.
+pub fn container_config(c: &ContainerDefinition, network: TaskNetwork) -> ContainerConfig {
+    let mut mounts = Vec::new();
+    for t in &c.tmpfs {
+        mounts.push(MountRequest::Tmpfs {
+            target: t.container_path.clone(),
+            size: Some(t.size << 20),
+        });
+    }
+    ContainerConfig {
+        name: None,
+        image: c.image.clone(),
+        entrypoint: c.entry_point.clone(),
+        command: c.command.clone(),
+        env: c
+            .environment
+            .iter()
+            .map(|kv| format!("{}={}", kv.name, kv.value))
+            .collect(),
+        workdir: c.working_directory.clone(),
+        user: c.user.clone(),
+        hostname: c.hostname.clone(),
+        resources: Resources {
+            cpu_units: (c.cpu > 0).then_some(u64::from(c.cpu)),
+            cpu_limit_millis: None,
+            memory: c.memory.map(|m| m << 20),
+            memory_reservation: c.memory_reservation.map(|m| m << 20),
+            pids: None,
+        },
+        read_only: c.readonly_root_filesystem,
+        // bridge and awsvpc arrive with the networking work; until then such tasks get a
+        // namespace of their own with loopback only.
+        network: match network {
+            TaskNetwork::Host => NetworkMode::Host,
+            TaskNetwork::None | TaskNetwork::Bridge | TaskNetwork::Awsvpc => NetworkMode::None,
+        },
+        cap_add: c.capabilities_add.clone(),
+        cap_drop: c.capabilities_drop.clone(),
+        privileged: c.privileged,
+        mounts,
+        log: Default::default(),
+    }
+}

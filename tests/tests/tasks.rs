@@ -1,0 +1,152 @@
+//! Tasks end to end: `flotilla task run` on a real control plane, a real agent converging with
+//! real containers, stop reasons and exit codes reported back, and containers untouched by a
+//! control plane crash.
+
+use std::time::{Duration, Instant};
+
+use flotilla_tests::cluster::{Agent, ControlPlane};
+use flotilla_tests::node::Node;
+
+const SERVE: &str = r#"{
+  "family": "serve",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 5,
+    "command": ["sh", "-c", "echo started $GREETING; trap 'exit 3' TERM; while true; do sleep 0.2 & wait; done"]
+  }]
+}"#;
+
+const ONESHOT: &str = r#"{
+  "family": "oneshot",
+  "networkMode": "none",
+  "containerDefinitions": [
+    {"name": "side", "image": "test/busybox:latest", "memory": 32, "essential": false, "stopTimeout": 2,
+     "command": ["sleep", "60"]},
+    {"name": "main", "image": "test/busybox:latest", "memory": 32,
+     "dependsOn": [{"containerName": "side", "condition": "START"}],
+     "command": ["sh", "-c", "exit 7"]}
+  ]
+}"#;
+
+fn tasks(cp: &ControlPlane) -> Vec<serde_json::Value> {
+    serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json")
+}
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn tasks_run_report_and_survive_a_control_plane_crash() {
+    let node = Node::new();
+    let mut cp = ControlPlane::start(&[]);
+    let mut agent = Agent::for_node(&node);
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    for (name, def) in [("serve.json", SERVE), ("oneshot.json", ONESHOT)] {
+        let f = cp.scratch().join(name);
+        std::fs::write(&f, def).expect("write");
+        cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    }
+
+    cp.flotilla_ok(&[
+        "task",
+        "run",
+        "serve",
+        "--count",
+        "2",
+        "--env",
+        "GREETING=hello",
+    ]);
+    wait("2 running tasks", Duration::from_secs(30), || {
+        tasks(&cp)
+            .iter()
+            .filter(|t| t["state"] == "RUNNING")
+            .count()
+            == 2
+    });
+    let running = node.ps();
+    assert_eq!(
+        running.iter().filter(|c| c["status"] == "running").count(),
+        2
+    );
+    let pids: Vec<i64> = running
+        .iter()
+        .map(|c| c["pid"].as_i64().expect("pid"))
+        .collect();
+    let first = tasks(&cp)[0]["id"].as_str().expect("id").to_string();
+    let name = format!("{first}-0");
+    node.wait_for("output", Duration::from_secs(5), || {
+        node.ctr_ok(&["logs", &name]).contains("started hello")
+    });
+
+    // The control plane crashes and comes back: nothing is restarted.
+    cp.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    cp.restart();
+    agent.wait_log("session established", 2, Duration::from_secs(45));
+    let after: Vec<i64> = node
+        .ps()
+        .iter()
+        .map(|c| c["pid"].as_i64().expect("pid"))
+        .collect();
+    assert_eq!(after, pids, "containers were restarted");
+    assert_eq!(
+        tasks(&cp)
+            .iter()
+            .filter(|t| t["state"] == "RUNNING")
+            .count(),
+        2
+    );
+
+    // An operator stops one: exit code and reason come back, its container goes away.
+    cp.flotilla_ok(&["task", "stop", &first]);
+    wait("the task to stop", Duration::from_secs(20), || {
+        let t: serde_json::Value =
+            serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &first])).expect("json");
+        t["state"] == "STOPPED"
+    });
+    let t: serde_json::Value =
+        serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &first])).expect("json");
+    assert_eq!(t["stopReason"], "stopped by an operator");
+    assert_eq!(t["containers"][0]["exit_code"], 3, "{t}");
+    node.wait_for(
+        "the stopped task's container to be removed",
+        Duration::from_secs(10),
+        || node.ps().len() == 1,
+    );
+
+    // An essential container that exits ends its task; the others are stopped.
+    let out = cp.flotilla_ok(&["task", "run", "oneshot", "-o", "json"]);
+    let id = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait("the oneshot task to stop", Duration::from_secs(30), || {
+        let t: serde_json::Value =
+            serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
+        t["state"] == "STOPPED"
+    });
+    let t: serde_json::Value =
+        serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
+    assert_eq!(t["stopReason"], "essential container main exited", "{t}");
+    let main = t["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == "main")
+        .expect("main")
+        .clone();
+    assert_eq!(main["exit_code"], 7);
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}

@@ -150,3 +150,42 @@ fn tasks_run_report_and_survive_a_control_plane_crash() {
     node.remove_all();
     node.assert_clean();
 }
+
+#[test]
+fn after_a_reboot_without_control_plane_the_node_runs_its_tasks() {
+    let node = Node::new();
+    let mut cp = ControlPlane::start(&[]);
+    let mut agent = Agent::for_node(&node);
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    let f = cp.scratch().join("serve.json");
+    std::fs::write(&f, SERVE).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    cp.flotilla_ok(&["task", "run", "serve"]);
+    wait("a running task", Duration::from_secs(30), || {
+        tasks(&cp).iter().any(|t| t["state"] == "RUNNING")
+    });
+    // Power cut: agent and containers gone, and the control plane unreachable at boot.
+    cp.stop();
+    agent.kill();
+    node.remove_all();
+    assert!(node.ps().is_empty());
+    agent.run();
+    node.wait_for(
+        "the task to come back from the persisted desired state",
+        Duration::from_secs(20),
+        || node.ps().iter().any(|c| c["status"] == "running"),
+    );
+    assert_eq!(
+        agent.log().matches("session established").count(),
+        1,
+        "only the session before the power cut: the node needed no control plane"
+    );
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}

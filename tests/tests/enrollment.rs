@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
-use flotilla_tests::cluster::{Agent, ControlPlane};
+use flotilla_tests::cluster::{raw, Agent, ControlPlane};
 
 fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -238,76 +238,6 @@ fn operators_need_an_admin_certificate_of_the_cluster() {
     let body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
     for f in files(&cp.data) {
         assert!(!String::from_utf8_lossy(&fs::read(&f).expect("read")).contains(&body[56..100]));
-    }
-}
-
-mod raw {
-    //! Hand-made QUIC clients and servers for what the real binaries never do.
-    use std::net::SocketAddr;
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    use flotilla_api::{
-        read_frame, write_frame, AgentReply, AgentRequest, Hello, HelloReply, PROTOCOLS,
-    };
-    use flotilla_certs::credential::Credential;
-    use flotilla_certs::tls::ALPN_AGENT;
-    use flotilla_certs::SERVER_NAME;
-
-    pub fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-    }
-
-    pub async fn connect(
-        addr: SocketAddr,
-        tls: rustls::ClientConfig,
-    ) -> Result<quinn::Connection, String> {
-        let mut ep =
-            quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0))).expect("endpoint");
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
-        ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-        ep.connect(addr, SERVER_NAME)
-            .expect("connect")
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// Sends a hello; returns the reply or why the server closed.
-    pub async fn hello(conn: &quinn::Connection) -> Result<HelloReply, String> {
-        let (mut s, mut r) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        write_frame(
-            &mut s,
-            &Hello {
-                protocols: PROTOCOLS.to_vec(),
-                agent_version: "test".into(),
-            },
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let _ = s.finish();
-        match tokio::time::timeout(Duration::from_secs(5), read_frame::<_, HelloReply>(&mut r))
-            .await
-        {
-            Ok(Ok(h)) => Ok(h),
-            _ => Err(conn
-                .close_reason()
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "no reply".into())),
-        }
-    }
-
-    pub async fn request(conn: &quinn::Connection, req: &AgentRequest) -> AgentReply {
-        let (mut s, mut r) = conn.open_bi().await.expect("stream");
-        write_frame(&mut s, req).await.expect("write");
-        let _ = s.finish();
-        read_frame(&mut r).await.expect("read")
-    }
-
-    pub fn client_of(cred: &Credential) -> rustls::ClientConfig {
-        flotilla_certs::tls::client(&cred.ca_pem, &cred.identity, ALPN_AGENT).expect("client tls")
     }
 }
 

@@ -189,3 +189,48 @@ fn after_a_reboot_without_control_plane_the_node_runs_its_tasks() {
     node.remove_all();
     node.assert_clean();
 }
+
+#[test]
+fn a_node_can_only_report_on_its_own_tasks() {
+    use flotilla_api::tasks::{TaskState, TaskStatus};
+    use flotilla_api::{AgentReply, AgentRequest};
+    use flotilla_certs::credential::Credential;
+    use flotilla_tests::cluster::raw;
+
+    let cp = ControlPlane::start(&[]);
+    let a = Agent::new(&cp.scratch().join("a"));
+    let b = Agent::new(&cp.scratch().join("b"));
+    assert!(a.join(&cp.server(), &cp.token(&[]), &[]).status.success());
+    assert!(b.join(&cp.server(), &cp.token(&[]), &[]).status.success());
+    let cred_a = Credential::load(&a.identity()).expect("a");
+    let cred_b = Credential::load(&b.identity()).expect("b");
+    let f = cp.scratch().join("serve.json");
+    std::fs::write(&f, SERVE).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    let out = cp.flotilla_ok(&["task", "run", "serve", "--node", &cred_b.name, "-o", "json"]);
+    let id = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    raw::runtime().block_on(async {
+        let conn = raw::connect(cp.addr, raw::client_of(&cred_a))
+            .await
+            .expect("connect");
+        raw::hello(&conn).await.expect("hello");
+        let forged = AgentRequest::Report {
+            tasks: vec![TaskStatus {
+                id: id.clone(),
+                state: TaskState::Stopped,
+                stop_reason: Some("forged by another node".into()),
+                containers: Vec::new(),
+            }],
+        };
+        assert_eq!(raw::request(&conn, &forged).await, AgentReply::Recorded);
+    });
+    let t: serde_json::Value =
+        serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
+    assert_eq!(t["state"], "PENDING", "node a changed node b's task: {t}");
+    assert!(cp
+        .log()
+        .contains("report about a task of another node ignored"));
+}

@@ -294,10 +294,15 @@ const AWS_ONLY_CONTAINER: &[&str] = &[
     "repositoryCredentials",
     "firelensConfiguration",
     "resourceRequirements",
-    "dockerLabels",
-    "dockerSecurityOptions",
     "credentialSpecs",
     "environmentFiles",
+    "versionConsistency",
+];
+/// Container fields of ECS that Flotilla does not act on yet: accepted, with a warning.
+const NOT_YET_CONTAINER: &[&str] = &[
+    "restartPolicy",
+    "dockerLabels",
+    "dockerSecurityOptions",
     "links",
     "volumesFrom",
     "dnsServers",
@@ -308,8 +313,6 @@ const AWS_ONLY_CONTAINER: &[&str] = &[
     "pseudoTerminal",
     "startTimeout",
     "systemControls",
-    "restartPolicy",
-    "versionConsistency",
 ];
 const CONTAINER: &[&str] = &[
     "name",
@@ -388,9 +391,22 @@ impl Checker {
         self.errors.push(format!("{path}: {msg}"));
     }
 
-    fn keys(&mut self, path: &str, m: &Map<String, Value>, known: &[&str], aws_only: &[&str]) {
+    /// Checks the keys of an object: `known` are read, `aws_only` and `not_yet` are accepted
+    /// with a warning, anything else is an error.
+    fn keys(
+        &mut self,
+        path: &str,
+        m: &Map<String, Value>,
+        known: &[&str],
+        aws_only: &[&str],
+        not_yet: &[&str],
+    ) {
         for k in m.keys() {
-            if aws_only.contains(&k.as_str()) {
+            if not_yet.contains(&k.as_str()) {
+                self.warnings.push(format!(
+                    "{path}.{k}: ignored (not supported by Flotilla yet)"
+                ));
+            } else if aws_only.contains(&k.as_str()) {
                 self.warnings.push(format!(
                     "{path}.{k}: ignored (it only means something on AWS)"
                 ));
@@ -483,7 +499,7 @@ impl Checker {
 
     fn task(&mut self, v: &Value) -> Option<TaskDefinition> {
         let m = self.object("$", v)?;
-        self.keys("$", m, TOP, AWS_ONLY_TOP);
+        self.keys("$", m, TOP, AWS_ONLY_TOP, &[]);
         let family = self.string("$.family", m.get("family"), true);
         if let Some(f) = &family {
             if !is_name(f, 255) {
@@ -561,7 +577,7 @@ impl Checker {
             let Some(pm) = self.object(&p, pc) else {
                 continue;
             };
-            self.keys(&p, pm, &["type", "expression"], &[]);
+            self.keys(&p, pm, &["type", "expression"], &[], &[]);
             match self
                 .string(&format!("{p}.type"), pm.get("type"), true)
                 .as_deref()
@@ -582,7 +598,7 @@ impl Checker {
             let Some(tm) = self.object(&p, t) else {
                 continue;
             };
-            self.keys(&p, tm, &["key", "value"], &[]);
+            self.keys(&p, tm, &["key", "value"], &[], &[]);
             let k = self.string(&format!("{p}.key"), tm.get("key"), true);
             let v = self
                 .string(&format!("{p}.value"), tm.get("value"), false)
@@ -654,6 +670,7 @@ impl Checker {
                     "fsxWindowsFileServerVolumeConfiguration",
                     "configuredAtLaunch",
                 ],
+                &[],
             );
             let Some(name) = self.string(&format!("{p}.name"), m.get("name"), true) else {
                 continue;
@@ -673,7 +690,7 @@ impl Checker {
             let mut host_source_path = None;
             if let Some(h) = m.get("host").filter(|h| !h.is_null()) {
                 if let Some(hm) = self.object(&format!("{p}.host"), h) {
-                    self.keys(&format!("{p}.host"), hm, &["sourcePath"], &[]);
+                    self.keys(&format!("{p}.host"), hm, &["sourcePath"], &[], &[]);
                     host_source_path =
                         self.string(&format!("{p}.host.sourcePath"), hm.get("sourcePath"), false);
                     if let Some(sp) = &host_source_path {
@@ -691,6 +708,7 @@ impl Checker {
                         &dp,
                         dm,
                         &["scope", "autoprovision", "driver", "driverOpts", "labels"],
+                        &[],
                         &[],
                     );
                     match self
@@ -740,7 +758,7 @@ impl Checker {
         task_memory: bool,
     ) -> Option<ContainerDefinition> {
         let m = self.object(p, v)?;
-        self.keys(p, m, CONTAINER, AWS_ONLY_CONTAINER);
+        self.keys(p, m, CONTAINER, AWS_ONLY_CONTAINER, NOT_YET_CONTAINER);
         let name = self.string(&format!("{p}.name"), m.get("name"), true);
         if let Some(n) = &name {
             if !is_name(n, 255) {
@@ -805,6 +823,7 @@ impl Checker {
                 pmm,
                 &["containerPort", "hostPort", "protocol", "name"],
                 &["appProtocol", "containerPortRange"],
+                &[],
             );
             let cport = self.int(
                 &format!("{pp}.containerPort"),
@@ -869,7 +888,7 @@ impl Checker {
             let Some(em) = self.object(&ep, e) else {
                 continue;
             };
-            self.keys(&ep, em, &["name", "value"], &[]);
+            self.keys(&ep, em, &["name", "value"], &[], &[]);
             let n = self.string(&format!("{ep}.name"), em.get("name"), true);
             let v = self
                 .string(&format!("{ep}.value"), em.get("value"), false)
@@ -913,7 +932,7 @@ impl Checker {
             let Some(dm) = self.object(&dp, d) else {
                 continue;
             };
-            self.keys(&dp, dm, &["containerName", "condition"], &[]);
+            self.keys(&dp, dm, &["containerName", "condition"], &[], &[]);
             let target = self.string(
                 &format!("{dp}.containerName"),
                 dm.get("containerName"),
@@ -957,6 +976,7 @@ impl Checker {
                 &mpp,
                 mm,
                 &["sourceVolume", "containerPath", "readOnly"],
+                &[],
                 &[],
             );
             let sv = self.string(&format!("{mpp}.sourceVolume"), mm.get("sourceVolume"), true);
@@ -1009,7 +1029,7 @@ impl Checker {
             let Some(um) = self.object(&up, u) else {
                 continue;
             };
-            self.keys(&up, um, &["name", "softLimit", "hardLimit"], &[]);
+            self.keys(&up, um, &["name", "softLimit", "hardLimit"], &[], &[]);
             let n = self.string(&format!("{up}.name"), um.get("name"), true);
             if n.as_deref().is_some_and(|n| !ULIMITS.contains(&n)) {
                 self.err(
@@ -1043,11 +1063,12 @@ impl Checker {
                     lm,
                     &["capabilities", "initProcessEnabled", "tmpfs"],
                     &["devices", "sharedMemorySize", "maxSwap", "swappiness"],
+                    &[],
                 );
                 if let Some(c) = lm.get("capabilities").filter(|c| !c.is_null()) {
                     let cp = format!("{lpp}.capabilities");
                     if let Some(cm) = self.object(&cp, c) {
-                        self.keys(&cp, cm, &["add", "drop"], &[]);
+                        self.keys(&cp, cm, &["add", "drop"], &[], &[]);
                         capabilities_add = self
                             .strings(&format!("{cp}.add"), cm.get("add"))
                             .unwrap_or_default();
@@ -1069,7 +1090,13 @@ impl Checker {
                     let Some(tm) = self.object(&tp, t) else {
                         continue;
                     };
-                    self.keys(&tp, tm, &["containerPath", "size", "mountOptions"], &[]);
+                    self.keys(
+                        &tp,
+                        tm,
+                        &["containerPath", "size", "mountOptions"],
+                        &[],
+                        &[],
+                    );
                     let path = self.string(
                         &format!("{tp}.containerPath"),
                         tm.get("containerPath"),
@@ -1129,6 +1156,7 @@ impl Checker {
             p,
             m,
             &["command", "interval", "timeout", "retries", "startPeriod"],
+            &[],
             &[],
         );
         let command = self.strings(&format!("{p}.command"), m.get("command"));
@@ -1255,6 +1283,7 @@ mod tests {
           "mountPoints": [{"sourceVolume": "data", "containerPath": "/data"}],
           "dependsOn": [{"containerName": "db", "condition": "HEALTHY"}],
           "logConfiguration": {"logDriver": "awslogs"},
+          "restartPolicy": {"enabled": true},
           "linuxParameters": {"capabilities": {"add": ["NET_ADMIN"]}},
           "stopTimeout": 30
         },
@@ -1277,7 +1306,11 @@ mod tests {
         assert_eq!(app.port_mappings[0].host_port, None);
         assert_eq!(app.capabilities_add, ["NET_ADMIN"]);
         assert!(!d.container_definitions[1].essential);
-        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+        assert_eq!(p.warnings.len(), 3, "{:?}", p.warnings);
+        assert!(p
+            .warnings
+            .iter()
+            .any(|w| w.contains("restartPolicy: ignored (not supported by Flotilla yet)")));
         assert!(p.warnings.iter().any(|w| w.starts_with("$.taskRoleArn")));
         assert!(p
             .warnings

@@ -822,8 +822,8 @@ impl Checker {
                 &pp,
                 pmm,
                 &["containerPort", "hostPort", "protocol", "name"],
-                &["appProtocol", "containerPortRange"],
-                &[],
+                &["appProtocol"],
+                &["containerPortRange"],
             );
             let cport = self.int(
                 &format!("{pp}.containerPort"),
@@ -1062,8 +1062,8 @@ impl Checker {
                     &lpp,
                     lm,
                     &["capabilities", "initProcessEnabled", "tmpfs"],
-                    &["devices", "sharedMemorySize", "maxSwap", "swappiness"],
                     &[],
+                    &["devices", "sharedMemorySize", "maxSwap", "swappiness"],
                 );
                 if let Some(c) = lm.get("capabilities").filter(|c| !c.is_null()) {
                     let cp = format!("{lpp}.capabilities");

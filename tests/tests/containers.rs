@@ -5,7 +5,7 @@
 use std::fs;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use flotilla_tests::node::{Node, IMAGE};
@@ -406,7 +406,9 @@ fn containers_survive_killed_agents_and_are_readopted() {
             .collect();
         let is_agent = args.first().is_some_and(|a| a.ends_with("nodeagent"));
         if is_agent && args.contains(&data) && !args.iter().any(|a| a == "shim") {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
             killed += 1;
         }
     }
@@ -587,9 +589,9 @@ fn ctrl_c_on_an_attached_run_stops_and_removes_the_container() {
         node.ps().first().is_some_and(|c| c["status"] == "running")
     });
     std::thread::sleep(Duration::from_millis(300));
-    let _ = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status();
+    if let Some(p) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(p, rustix::process::Signal::INT);
+    }
     let start = Instant::now();
     let status = loop {
         if let Some(s) = child.try_wait().expect("wait") {

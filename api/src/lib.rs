@@ -131,6 +131,11 @@ pub enum HelloReply {
 pub enum AgentRequest {
     /// Liveness and clock check.
     Ping,
+    /// The node's capacity and load (at the start of a session, then every half minute).
+    Heartbeat {
+        /// Resources.
+        resources: NodeResources,
+    },
     /// Status of the tasks on the node (those that changed, or all after a reconnect).
     Report {
         /// Task statuses.
@@ -141,6 +146,23 @@ pub enum AgentRequest {
         /// The CSR.
         csr_pem: String,
     },
+}
+
+/// A node's capacity and load.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeResources {
+    /// CPUs the agent may use.
+    pub cpus: u32,
+    /// Memory, bytes.
+    pub memory_bytes: u64,
+    /// Memory available, bytes.
+    pub memory_available_bytes: u64,
+    /// Disk of the data directory, bytes.
+    pub disk_bytes: u64,
+    /// Disk available, bytes.
+    pub disk_available_bytes: u64,
+    /// One-minute load average, in thousandths.
+    pub load1_milli: u64,
 }
 
 /// Answers to [`AgentRequest`]s.

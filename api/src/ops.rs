@@ -62,6 +62,17 @@ pub struct NodeInfo {
     pub revoked: bool,
     /// Has a live session now.
     pub connected: bool,
+    /// `READY` (live session), `DISCONNECTED` or `REVOKED`.
+    pub state: String,
+    /// The agent's version, from its last session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// Last message from the node (seconds since the epoch), since the control plane started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
+    /// Capacity and load, as last reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<crate::NodeResources>,
 }
 
 /// `POST /v1/admins`.

@@ -280,6 +280,10 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
 fn labels_text(l: &Labels) -> String {
     l.iter()
         .map(|(k, v)| format!("{k}={v}"))
@@ -362,24 +366,38 @@ async fn run(cli: Cli) -> Result<()> {
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|n| {
+                        let r = n.resources.clone().unwrap_or_default();
                         vec![
                             n.id.clone(),
                             n.hostname.clone(),
-                            if n.revoked {
-                                "revoked"
-                            } else if n.connected {
-                                "connected"
+                            n.state.clone(),
+                            if n.resources.is_some() {
+                                r.cpus.to_string()
                             } else {
-                                "disconnected"
-                            }
-                            .to_string(),
-                            when(n.cert_not_after),
+                                String::new()
+                            },
+                            if n.resources.is_some() {
+                                format!("{}/{}", gib(r.memory_available_bytes), gib(r.memory_bytes))
+                            } else {
+                                String::new()
+                            },
+                            n.agent_version.clone().unwrap_or_default(),
+                            n.last_seen.map(when).unwrap_or_default(),
                             labels_text(&n.labels),
                         ]
                     })
                     .collect();
                 table(
-                    &["ID", "HOSTNAME", "STATE", "CERT EXPIRES", "LABELS"],
+                    &[
+                        "ID",
+                        "HOSTNAME",
+                        "STATE",
+                        "CPUS",
+                        "MEMORY FREE/TOTAL",
+                        "AGENT",
+                        "LAST SEEN",
+                        "LABELS",
+                    ],
                     &rows,
                 );
             })?;

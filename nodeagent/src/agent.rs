@@ -28,6 +28,8 @@ use crate::runner::Runner;
 const CLOSE_REVOKED: u32 = 2;
 /// How often a live session pings.
 const PING_EVERY: Duration = Duration::from_secs(10);
+/// How often the node reports its capacity and load.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 /// How long a ping may take before the session counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait between two dial attempts.
@@ -330,6 +332,8 @@ async fn session(
     // Everything known is reported once per session, then whenever it changes.
     let mut status = runner.status();
     status.mark_changed();
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+    let data_dir = dir.parent().unwrap_or(dir).to_path_buf();
     loop {
         let until_renewal = due
             .duration_since(SystemTime::now())
@@ -350,6 +354,14 @@ async fn session(
                 };
                 let _ = write_frame(&mut send, &reply).await;
                 let _ = send.finish();
+            }
+            _ = heartbeat.tick() => {
+                let resources = node_resources(&data_dir);
+                match request(&conn, &AgentRequest::Heartbeat { resources }).await {
+                    Ok(AgentReply::Recorded) => {}
+                    Ok(other) => tracing::warn!("heartbeat: {other:?}"),
+                    Err(e) => bail!("heartbeat: {e:#}"),
+                }
             }
             changed = status.changed() => {
                 if changed.is_ok() {
@@ -418,5 +430,37 @@ fn check_clock(server_time: u64) {
                 "ahead of"
             }
         );
+    }
+}
+
+/// The node's capacity and load, from /proc and the data directory's filesystem.
+fn node_resources(data_dir: &Path) -> flotilla_api::NodeResources {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let kib = |key: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    };
+    let load1_milli = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| {
+            l.split_whitespace()
+                .next()
+                .and_then(|x| x.parse::<f64>().ok())
+        })
+        .map_or(0, |l| (l * 1000.0) as u64);
+    let (disk_bytes, disk_available_bytes) = rustix::fs::statvfs(data_dir)
+        .map(|s| (s.f_blocks * s.f_frsize, s.f_bavail * s.f_frsize))
+        .unwrap_or((0, 0));
+    flotilla_api::NodeResources {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        memory_bytes: kib("MemTotal:"),
+        memory_available_bytes: kib("MemAvailable:"),
+        disk_bytes,
+        disk_available_bytes,
+        load1_milli,
     }
 }

@@ -36,6 +36,19 @@ pub struct Agents {
     /// Lifetime of node certificates.
     pub node_cert_lifetime: Duration,
     sessions: Mutex<HashMap<String, Connection>>,
+    /// What nodes last said of themselves: kept in memory only (no disk write per heartbeat).
+    live: Mutex<HashMap<String, LiveInfo>>,
+}
+
+/// A node's last words, in memory.
+#[derive(Debug, Clone, Default)]
+pub struct LiveInfo {
+    /// Agent version from its last hello.
+    pub agent_version: Option<String>,
+    /// Last message (seconds since the epoch).
+    pub last_seen: Option<u64>,
+    /// Last reported resources.
+    pub resources: Option<flotilla_api::NodeResources>,
 }
 
 fn now() -> u64 {
@@ -58,6 +71,7 @@ impl Agents {
             ca,
             node_cert_lifetime,
             sessions: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashMap::new()),
         }
     }
 
@@ -69,6 +83,23 @@ impl Agents {
             .keys()
             .cloned()
             .collect()
+    }
+
+    /// What a node last said of itself.
+    pub fn live(&self, node_id: &str) -> LiveInfo {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node_id)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn touch(&self, node_id: &str, f: impl FnOnce(&mut LiveInfo)) {
+        let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = live.entry(node_id.to_string()).or_default();
+        entry.last_seen = Some(now());
+        f(entry);
     }
 
     /// Marks a node revoked and ends its live session at once.
@@ -310,6 +341,8 @@ impl Agents {
             );
         }
         tracing::info!(node = %node_id, peer = %conn.remote_address(), agent = %hello.agent_version, protocol, "session established");
+        let version = hello.agent_version.clone();
+        self.touch(&node_id, |l| l.agent_version = Some(version));
         // A (re)connected node gets its current desired state.
         self.clone().push_desired(&node_id);
         loop {
@@ -320,8 +353,13 @@ impl Agents {
                     break;
                 }
             };
+            self.touch(&node_id, |_| {});
             let reply = match read_frame::<_, AgentRequest>(&mut recv).await {
                 Ok(AgentRequest::Ping) => AgentReply::Pong { server_time: now() },
+                Ok(AgentRequest::Heartbeat { resources }) => {
+                    self.touch(&node_id, |l| l.resources = Some(resources));
+                    AgentReply::Recorded
+                }
                 Ok(AgentRequest::Renew { csr_pem }) => self.renew(&node_id, &csr_pem),
                 Ok(AgentRequest::Report { tasks }) => self.clone().report(&node_id, tasks),
                 Err(e) => AgentReply::Refused {

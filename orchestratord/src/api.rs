@@ -215,8 +215,20 @@ fn token_info(t: &TokenRecord) -> TokenInfo {
     }
 }
 
-fn node_info(n: &NodeRecord, connected: &[String]) -> NodeInfo {
+fn node_info(n: &NodeRecord, connected: &[String], live: crate::agents::LiveInfo) -> NodeInfo {
+    let is_connected = connected.contains(&n.id);
     NodeInfo {
+        state: if n.revoked {
+            "REVOKED"
+        } else if is_connected {
+            "READY"
+        } else {
+            "DISCONNECTED"
+        }
+        .to_string(),
+        agent_version: live.agent_version,
+        last_seen: live.last_seen,
+        resources: live.resources,
         id: n.id.clone(),
         hostname: n.hostname.clone(),
         labels: n.labels.clone(),
@@ -224,7 +236,7 @@ fn node_info(n: &NodeRecord, connected: &[String]) -> NodeInfo {
         token_id: n.token_id.clone(),
         cert_not_after: n.cert_not_after,
         revoked: n.revoked,
-        connected: connected.contains(&n.id),
+        connected: is_connected,
     }
 }
 
@@ -300,18 +312,26 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
                 let c = agents.connected();
                 json(
                     StatusCode::OK,
-                    &n.iter().map(|n| node_info(n, &c)).collect::<Vec<_>>(),
+                    &n.iter()
+                        .map(|n| node_info(n, &c, agents.live(&n.id)))
+                        .collect::<Vec<_>>(),
                 )
             }
             Err(e) => internal(e),
         },
         Action::GetNode(id) => match store.node(&id) {
-            Ok(Some(n)) => json(StatusCode::OK, &node_info(&n, &agents.connected())),
+            Ok(Some(n)) => json(
+                StatusCode::OK,
+                &node_info(&n, &agents.connected(), agents.live(&n.id)),
+            ),
             Ok(None) => error(StatusCode::NOT_FOUND, format!("no node {id}")),
             Err(e) => internal(e),
         },
         Action::RevokeNode(id) => match agents.revoke(&id) {
-            Ok(Some(n)) => json(StatusCode::OK, &node_info(&n, &agents.connected())),
+            Ok(Some(n)) => json(
+                StatusCode::OK,
+                &node_info(&n, &agents.connected(), agents.live(&n.id)),
+            ),
             Ok(None) => error(StatusCode::NOT_FOUND, format!("no node {id}")),
             Err(e) => internal(e),
         },

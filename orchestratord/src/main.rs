@@ -307,8 +307,9 @@ async fn run(data_dir: &Path, listen: SocketAddr, node_cert_lifetime: Duration) 
         .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
     let mut quic = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
     let mut transport = quinn::TransportConfig::default();
+    // Agents send keep-alives every 5 s: a node silent for 15 s is gone.
     transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(30))
+        quinn::IdleTimeout::try_from(Duration::from_secs(15))
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     ));
     quic.transport_config(Arc::new(transport));

@@ -96,12 +96,21 @@ impl Runner {
         self.status.subscribe()
     }
 
-    /// Converges forever.
+    /// Converges forever: a round right after one that acted (to see and report its
+    /// effect at once), otherwise when woken or every [`RESYNC`].
     pub async fn run(self: Arc<Self>) {
+        // An action that keeps failing must not spin: at most a few rounds back to back.
+        let mut back_to_back = 0;
         loop {
-            if let Err(e) = self.clone().round().await {
-                tracing::warn!("reconcile: {e:#}");
+            match self.clone().round().await {
+                Ok(true) if back_to_back < 10 => {
+                    back_to_back += 1;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("reconcile: {e:#}"),
             }
+            back_to_back = 0;
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(RESYNC) => {}
@@ -167,7 +176,8 @@ impl Runner {
         Ok(world)
     }
 
-    async fn round(self: Arc<Self>) -> Result<()> {
+    /// One reconciliation; true when it acted.
+    async fn round(self: Arc<Self>) -> Result<bool> {
         let desired = self
             .desired
             .lock()
@@ -187,6 +197,7 @@ impl Runner {
                 }
             }
         }
+        let acted = !p.actions.is_empty();
         let mut jobs = Vec::new();
         for action in p.actions {
             let me = self.clone();
@@ -213,7 +224,7 @@ impl Runner {
                 true
             }
         });
-        Ok(())
+        Ok(acted)
     }
 
     async fn apply(self: Arc<Self>, desired: &DesiredState, action: Action) -> Result<()> {

@@ -92,6 +92,11 @@ impl ControlPlane {
         }
     }
 
+    /// Pid of `orchestratord run`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops `orchestratord run`.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -193,6 +198,11 @@ impl Agent {
             child: None,
             args: vec!["--cgroup-parent".into(), node.cgroup_parent.clone().into()],
         }
+    }
+
+    /// Pid of `nodeagent run`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills `nodeagent run` (like a crash).

@@ -13,7 +13,7 @@ target/release/nodeagent --data-dir "$DATA/node" ctr image import "$DATA/busybox
 target/release/nodeagent --data-dir "$DATA/node" ctr image ls
 echo
 target/release/nodeagent --data-dir "$DATA/node" ctr run --rm demo/busybox:latest \
-  sh -c 'echo "hello from a flotilla container: $(hostname), $(id -u), $(ls /)"'
+  sh -c 'echo "hello from flotilla container $(hostname), running as uid $(id -u)"'
 echo
 echo "next: target/release/nodeagent --data-dir $DATA/node ctr run -d --name web --memory 32M demo/busybox:latest httpd -f -p 8080"
 echo "      target/release/nodeagent --data-dir $DATA/node ctr ps"

@@ -219,6 +219,18 @@ impl Api {
         self.call_raw(method, path, raw).await
     }
 
+    /// A request whose answer must have a body.
+    async fn expect<T: serde::de::DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T> {
+        self.call(method.clone(), path, body)
+            .await?
+            .with_context(|| format!("{method} {path}: empty reply"))
+    }
+
     /// A request with a body sent as given (JSON or YAML documents).
     async fn call_raw<T: serde::de::DeserializeOwned>(
         &self,
@@ -317,9 +329,8 @@ async fn run(cli: Cli) -> Result<()> {
                 labels: l,
             };
             let t: TokenCreated = api
-                .call(Method::POST, "/v1/tokens", Some(serde_json::to_value(req)?))
-                .await?
-                .context("empty reply")?;
+                .expect(Method::POST, "/v1/tokens", Some(serde_json::to_value(req)?))
+                .await?;
             print(json, &t, || println!("{}", t.token))?;
         }
         Command::Token(TokenCommand::Ls) => {
@@ -404,16 +415,14 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Node(NodeCommand::Inspect { id }) => {
             let n: NodeInfo = api
-                .call(Method::GET, &format!("/v1/nodes/{id}"), None)
-                .await?
-                .context("empty reply")?;
+                .expect(Method::GET, &format!("/v1/nodes/{id}"), None)
+                .await?;
             println!("{}", serde_json::to_string_pretty(&n)?);
         }
         Command::Node(NodeCommand::Revoke { id }) => {
             let n: NodeInfo = api
-                .call(Method::POST, &format!("/v1/nodes/{id}/revoke"), None)
-                .await?
-                .context("empty reply")?;
+                .expect(Method::POST, &format!("/v1/nodes/{id}/revoke"), None)
+                .await?;
             print(json, &n, || println!("revoked {}", n.id))?;
         }
         Command::Task(TaskCommand::Run {
@@ -482,17 +491,15 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Task(TaskCommand::Inspect { id }) => {
             let t: TaskInfo = api
-                .call(Method::GET, &format!("/v1/tasks/{id}"), None)
-                .await?
-                .context("empty reply")?;
+                .expect(Method::GET, &format!("/v1/tasks/{id}"), None)
+                .await?;
             println!("{}", serde_json::to_string_pretty(&t)?);
         }
         Command::Task(TaskCommand::Stop { ids }) => {
             for id in ids {
                 let t: TaskInfo = api
-                    .call(Method::POST, &format!("/v1/tasks/{id}/stop"), None)
-                    .await?
-                    .context("empty reply")?;
+                    .expect(Method::POST, &format!("/v1/tasks/{id}/stop"), None)
+                    .await?;
                 println!("{} {}", t.id, format!("{:?}", t.state).to_uppercase());
             }
         }
@@ -545,9 +552,8 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Taskdef(TaskdefCommand::Inspect { taskdef }) => {
             let t: TaskDefRevision = api
-                .call(Method::GET, &format!("/v1/taskdefs/{taskdef}"), None)
-                .await?
-                .context("empty reply")?;
+                .expect(Method::GET, &format!("/v1/taskdefs/{taskdef}"), None)
+                .await?;
             println!("{}", serde_json::to_string_pretty(&t)?);
         }
         Command::Taskdef(TaskdefCommand::Deregister { taskdef }) => {
@@ -571,9 +577,8 @@ async fn run(cli: Cli) -> Result<()> {
                 csr_pem: key.cert_pem.clone(),
             };
             let c: AdminCredential = api
-                .call(Method::POST, "/v1/admins", Some(serde_json::to_value(req)?))
-                .await?
-                .context("empty reply")?;
+                .expect(Method::POST, "/v1/admins", Some(serde_json::to_value(req)?))
+                .await?;
             Credential {
                 server: api.cred.server.clone(),
                 name: name.clone(),

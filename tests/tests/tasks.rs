@@ -28,6 +28,18 @@ const ONESHOT: &str = r#"{
   ]
 }"#;
 
+/// An agent over `node`, enrolled with `cp` and in session.
+fn agent_in_session(cp: &ControlPlane, node: &Node) -> Agent {
+    let mut agent = Agent::for_node(node);
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    agent
+}
+
 fn tasks(cp: &ControlPlane) -> Vec<serde_json::Value> {
     serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json")
 }
@@ -44,13 +56,7 @@ fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 fn tasks_run_report_and_survive_a_control_plane_crash() {
     let node = Node::new();
     let mut cp = ControlPlane::start(&[]);
-    let mut agent = Agent::for_node(&node);
-    assert!(agent
-        .join(&cp.server(), &cp.token(&[]), &[])
-        .status
-        .success());
-    agent.run();
-    agent.wait_log("session established", 1, Duration::from_secs(10));
+    let mut agent = agent_in_session(&cp, &node);
     for (name, def) in [("serve.json", SERVE), ("oneshot.json", ONESHOT)] {
         let f = cp.scratch().join(name);
         std::fs::write(&f, def).expect("write");
@@ -155,13 +161,7 @@ fn tasks_run_report_and_survive_a_control_plane_crash() {
 fn after_a_reboot_without_control_plane_the_node_runs_its_tasks() {
     let node = Node::new();
     let mut cp = ControlPlane::start(&[]);
-    let mut agent = Agent::for_node(&node);
-    assert!(agent
-        .join(&cp.server(), &cp.token(&[]), &[])
-        .status
-        .success());
-    agent.run();
-    agent.wait_log("session established", 1, Duration::from_secs(10));
+    let mut agent = agent_in_session(&cp, &node);
     let f = cp.scratch().join("serve.json");
     std::fs::write(&f, SERVE).expect("write");
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);

@@ -26,6 +26,17 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .context("VmRSS")
 }
 
+/// A task as the control plane reports it.
+async fn task(http: &reqwest::Client, base: &str, id: &str) -> Result<serde_json::Value> {
+    let body = http
+        .get(format!("{base}/v1/tasks/{id}"))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();
     v[((v.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1000.0
@@ -76,14 +87,7 @@ fn main() -> Result<()> {
             )?;
             let id = created[0]["id"].as_str().context("task id")?.to_string();
             loop {
-                let t2: serde_json::Value = serde_json::from_slice(
-                    &http
-                        .get(format!("{base}/v1/tasks/{id}"))
-                        .send()
-                        .await?
-                        .bytes()
-                        .await?,
-                )?;
+                let t2 = task(&http, &base, &id).await?;
                 if t2["state"] == "RUNNING" {
                     break;
                 }
@@ -99,14 +103,7 @@ fn main() -> Result<()> {
                 .send()
                 .await?;
             loop {
-                let t2: serde_json::Value = serde_json::from_slice(
-                    &http
-                        .get(format!("{base}/v1/tasks/{id}"))
-                        .send()
-                        .await?
-                        .bytes()
-                        .await?,
-                )?;
+                let t2 = task(&http, &base, &id).await?;
                 if t2["state"] == "STOPPED" {
                     break;
                 }

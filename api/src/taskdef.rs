@@ -122,6 +122,35 @@ pub struct ContainerDefinition {
     /// Host name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// Restarts of the container in place, by its node (also while disconnected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_policy: Option<RestartPolicy>,
+}
+
+/// ECS `restartPolicy`: the node restarts an exited container in place, unless its exit code
+/// is ignored. Restarts back off exponentially (1 s doubling to [`RestartPolicy::MAX_BACKOFF_SECS`]);
+/// a container that ran at least `restartAttemptPeriod` seconds starts again at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestartPolicy {
+    /// Restarts are on.
+    pub enabled: bool,
+    /// Exit codes that end the container for good (at most 50).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored_exit_codes: Vec<i32>,
+    /// Seconds a container must run for its next restart to be immediate (60-1800, default
+    /// 300).
+    pub restart_attempt_period: u32,
+}
+
+impl RestartPolicy {
+    /// Longest wait between restarts of a container that keeps failing.
+    pub const MAX_BACKOFF_SECS: u64 = 300;
+
+    /// Whether a container that exited with `code` is restarted.
+    pub fn restarts(&self, code: i32) -> bool {
+        self.enabled && !self.ignored_exit_codes.contains(&code)
+    }
 }
 
 /// `name`/`value` pair.
@@ -300,7 +329,6 @@ const AWS_ONLY_CONTAINER: &[&str] = &[
 ];
 /// Container fields of ECS that Flotilla does not act on yet: accepted, with a warning.
 const NOT_YET_CONTAINER: &[&str] = &[
-    "restartPolicy",
     "dockerLabels",
     "dockerSecurityOptions",
     "links",
@@ -334,6 +362,7 @@ const CONTAINER: &[&str] = &[
     "ulimits",
     "linuxParameters",
     "stopTimeout",
+    "restartPolicy",
     "privileged",
     "hostname",
 ];
@@ -1123,6 +1152,10 @@ impl Checker {
             .boolean(&format!("{p}.privileged"), m.get("privileged"))
             .unwrap_or(false);
         let hostname = self.string(&format!("{p}.hostname"), m.get("hostname"), false);
+        let restart_policy = m
+            .get("restartPolicy")
+            .filter(|r| !r.is_null())
+            .and_then(|r| self.restart_policy(&format!("{p}.restartPolicy"), r));
         Some(ContainerDefinition {
             name: name?,
             image: image?,
@@ -1147,6 +1180,46 @@ impl Checker {
             stop_timeout,
             privileged,
             hostname,
+            restart_policy,
+        })
+    }
+
+    fn restart_policy(&mut self, p: &str, v: &Value) -> Option<RestartPolicy> {
+        let m = self.object(p, v)?;
+        self.keys(
+            p,
+            m,
+            &["enabled", "ignoredExitCodes", "restartAttemptPeriod"],
+            &[],
+            &[],
+        );
+        let enabled = self.boolean(&format!("{p}.enabled"), m.get("enabled"));
+        if enabled.is_none() {
+            self.err(&format!("{p}.enabled"), "required");
+        }
+        let mut ignored_exit_codes = Vec::new();
+        let codes = self.array(&format!("{p}.ignoredExitCodes"), m.get("ignoredExitCodes"));
+        if codes.len() > 50 {
+            self.err(&format!("{p}.ignoredExitCodes"), "at most 50 exit codes");
+        }
+        for (i, c) in codes.iter().enumerate() {
+            let cp = format!("{p}.ignoredExitCodes[{i}]");
+            if let Some(n) = self.int(&cp, Some(c), 0, 255) {
+                ignored_exit_codes.push(n as i32);
+            }
+        }
+        let restart_attempt_period = self
+            .int(
+                &format!("{p}.restartAttemptPeriod"),
+                m.get("restartAttemptPeriod"),
+                60,
+                1800,
+            )
+            .unwrap_or(300) as u32;
+        Some(RestartPolicy {
+            enabled: enabled?,
+            ignored_exit_codes,
+            restart_attempt_period,
         })
     }
 
@@ -1306,11 +1379,15 @@ mod tests {
         assert_eq!(app.port_mappings[0].host_port, None);
         assert_eq!(app.capabilities_add, ["NET_ADMIN"]);
         assert!(!d.container_definitions[1].essential);
-        assert_eq!(p.warnings.len(), 3, "{:?}", p.warnings);
-        assert!(p
-            .warnings
-            .iter()
-            .any(|w| w.contains("restartPolicy: ignored (not supported by Flotilla yet)")));
+        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+        assert_eq!(
+            app.restart_policy,
+            Some(RestartPolicy {
+                enabled: true,
+                ignored_exit_codes: Vec::new(),
+                restart_attempt_period: 300
+            })
+        );
         assert!(p.warnings.iter().any(|w| w.starts_with("$.taskRoleArn")));
         assert!(p
             .warnings

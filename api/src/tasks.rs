@@ -70,6 +70,13 @@ pub struct ContainerStatus {
     /// Why it stopped (e.g. `OOM killed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Times the node restarted it by its restart policy.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A task as a node reports it.

@@ -5,11 +5,14 @@
 //! ECS semantics: containers start in `dependsOn` order (START, COMPLETE, SUCCESS, HEALTHY); an
 //! essential container that exits ends its task (the others are stopped); a dependency that can
 //! no longer be met fails the task; a task asked to stop, or no longer assigned to this node,
-//! is stopped and its containers removed.
+//! is stopped and its containers removed. A container with an enabled `restartPolicy` that
+//! exits with a code it does not ignore is restarted in place after its backoff, and does not
+//! end its task.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use flotilla_api::taskdef::{ContainerDefinition, DependencyCondition};
+use flotilla_api::taskdef::{ContainerDefinition, DependencyCondition, RestartPolicy};
 use flotilla_api::tasks::{ContainerStatus, DesiredState, DesiredStatus, TaskState, TaskStatus};
 
 /// Seconds between SIGTERM and SIGKILL when the definition says nothing (ECS's default).
@@ -31,11 +34,50 @@ pub enum Observed {
         code: i32,
         /// Killed by the OOM killer.
         oom: bool,
+        /// How long it ran.
+        ran: Duration,
+        /// How long ago it exited.
+        ago: Duration,
     },
 }
 
 /// The containers of each task present on the node, by task id then container name.
 pub type World = BTreeMap<String, BTreeMap<String, Observed>>;
+
+/// Restarts so far of each (task, container).
+pub type Restarts = BTreeMap<(String, String), u32>;
+
+/// The wait before restart number `attempt` (1-based): none for the first, then 1 s doubling
+/// up to the policy's maximum.
+pub fn backoff(attempt: u32) -> Duration {
+    if attempt <= 1 {
+        return Duration::ZERO;
+    }
+    let secs = 1u64
+        .checked_shl(attempt - 2)
+        .unwrap_or(u64::MAX)
+        .min(RestartPolicy::MAX_BACKOFF_SECS);
+    Duration::from_secs(secs)
+}
+
+/// Whether `c`, seen as `o`, is to be restarted by its policy (now or after its backoff);
+/// `Some(attempt)` when that is due now.
+fn restart_due(c: &ContainerDefinition, o: Option<&Observed>, done: u32) -> Option<Option<u32>> {
+    let policy = c.restart_policy.as_ref()?;
+    let Some(Observed::Exited { code, ran, ago, .. }) = o else {
+        return None;
+    };
+    if !policy.restarts(*code) {
+        return None;
+    }
+    // A container that ran its attempt period counts as healthy again: backoff starts over.
+    let attempt = if ran.as_secs() >= u64::from(policy.restart_attempt_period) {
+        1
+    } else {
+        done + 1
+    };
+    Some((*ago >= backoff(attempt)).then_some(attempt))
+}
 
 /// What to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +102,15 @@ pub enum Action {
     Remove {
         /// Task id.
         task: String,
+    },
+    /// Replace an exited container with a fresh one (its restart policy says so).
+    Restart {
+        /// Task id.
+        task: String,
+        /// Container name.
+        container: String,
+        /// Restarts of this container once this one is done.
+        attempt: u32,
     },
 }
 
@@ -117,12 +168,12 @@ fn ready(c: &ContainerDefinition, seen: &BTreeMap<String, Observed>) -> Result<b
     Ok(all)
 }
 
-fn container_status(name: &str, o: Option<&Observed>) -> ContainerStatus {
+fn container_status(name: &str, o: Option<&Observed>, restarts: u32) -> ContainerStatus {
     let (state, exit_code, reason) = match o {
         None => ("pending", None, None),
         Some(Observed::Created) => ("created", None, None),
         Some(Observed::Running { .. }) => ("running", None, None),
-        Some(Observed::Exited { code, oom }) => {
+        Some(Observed::Exited { code, oom, .. }) => {
             ("exited", Some(*code), oom.then(|| "OOM killed".to_string()))
         }
     };
@@ -131,26 +182,45 @@ fn container_status(name: &str, o: Option<&Observed>) -> ContainerStatus {
         state: state.to_string(),
         exit_code,
         reason,
+        restarts,
     }
 }
 
 /// Plans one round of reconciliation.
-pub fn plan(desired: &DesiredState, world: &World) -> Plan {
+pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan {
     let mut out = Plan::default();
     let empty = BTreeMap::new();
     for task in &desired.tasks {
         let seen = world.get(&task.id).unwrap_or(&empty);
         let defs = &task.definition.container_definitions;
+        let done = |c: &str| {
+            restarts
+                .get(&(task.id.clone(), c.to_string()))
+                .copied()
+                .unwrap_or(0)
+        };
         // Why the task must end, if it must.
         let mut ending: Option<String> = match task.desired {
             DesiredStatus::Stopped => Some("stopped by an operator".into()),
             DesiredStatus::Running => None,
         };
+        // Exited containers their policy restarts, and which of them are due now.
+        let mut restarting = Vec::new();
+        let mut due = Vec::new();
+        for c in defs {
+            if let Some(now) = restart_due(c, seen.get(&c.name), done(&c.name)) {
+                restarting.push(c.name.as_str());
+                if let Some(attempt) = now {
+                    due.push((c.name.clone(), attempt));
+                }
+            }
+        }
         if ending.is_none() {
-            if let Some(c) = defs
-                .iter()
-                .find(|c| c.essential && exited(seen.get(&c.name)).is_some())
-            {
+            if let Some(c) = defs.iter().find(|c| {
+                c.essential
+                    && exited(seen.get(&c.name)).is_some()
+                    && !restarting.contains(&c.name.as_str())
+            }) {
                 ending = Some(format!("essential container {} exited", c.name));
             }
         }
@@ -169,7 +239,7 @@ pub fn plan(desired: &DesiredState, world: &World) -> Plan {
         }
         let containers: Vec<ContainerStatus> = defs
             .iter()
-            .map(|c| container_status(&c.name, seen.get(&c.name)))
+            .map(|c| container_status(&c.name, seen.get(&c.name), done(&c.name)))
             .collect();
         let state = match &ending {
             Some(_) => {
@@ -200,6 +270,13 @@ pub fn plan(desired: &DesiredState, world: &World) -> Plan {
                     out.actions.push(Action::Start {
                         task: task.id.clone(),
                         container: name.clone(),
+                    });
+                }
+                for (name, attempt) in due {
+                    out.actions.push(Action::Restart {
+                        task: task.id.clone(),
+                        container: name,
+                        attempt,
                     });
                 }
                 let started = defs.iter().all(|c| {
@@ -251,7 +328,7 @@ pub fn plan(desired: &DesiredState, world: &World) -> Plan {
             stop_reason: Some("no longer assigned to this node".into()),
             containers: seen
                 .iter()
-                .map(|(n, o)| container_status(n, Some(o)))
+                .map(|(n, o)| container_status(n, Some(o), 0))
                 .collect(),
         });
     }
@@ -302,6 +379,19 @@ mod tests {
             .collect()
     }
 
+    fn exit(code: i32, oom: bool) -> Observed {
+        Observed::Exited {
+            code,
+            oom,
+            ran: Duration::from_secs(1),
+            ago: Duration::from_secs(1),
+        }
+    }
+
+    fn plan_(d: &DesiredState, w: &World) -> Plan {
+        plan(d, w, &Restarts::new())
+    }
+
     fn starts(p: &Plan) -> Vec<String> {
         p.actions
             .iter()
@@ -315,28 +405,25 @@ mod tests {
     #[test]
     fn containers_start_in_dependency_order() {
         let d = state(vec![task("t1", APP_DB, DesiredStatus::Running)]);
-        let p = plan(&d, &World::new());
+        let p = plan_(&d, &World::new());
         assert_eq!(starts(&p), ["db"]);
         assert_eq!(p.status[0].state, TaskState::Pending);
 
         let running = Observed::Running { healthy: None };
-        let p = plan(&d, &world(&[("t1", &[("db", running)])]));
+        let p = plan_(&d, &world(&[("t1", &[("db", running)])]));
         assert!(starts(&p).is_empty(), "migrate waits for db to be healthy");
 
         let healthy = Observed::Running {
             healthy: Some(true),
         };
-        let p = plan(&d, &world(&[("t1", &[("db", healthy)])]));
+        let p = plan_(&d, &world(&[("t1", &[("db", healthy)])]));
         assert_eq!(starts(&p), ["migrate"]);
 
-        let ok = Observed::Exited {
-            code: 0,
-            oom: false,
-        };
-        let p = plan(&d, &world(&[("t1", &[("db", healthy), ("migrate", ok)])]));
+        let ok = exit(0, false);
+        let p = plan_(&d, &world(&[("t1", &[("db", healthy), ("migrate", ok)])]));
         assert_eq!(starts(&p), ["app"]);
 
-        let p = plan(
+        let p = plan_(
             &d,
             &world(&[("t1", &[("db", healthy), ("migrate", ok), ("app", running)])]),
         );
@@ -345,7 +432,7 @@ mod tests {
         // the same observation gives the same plan: applying it twice changes nothing
         assert_eq!(
             p,
-            plan(
+            plan_(
                 &d,
                 &world(&[("t1", &[("db", healthy), ("migrate", ok), ("app", running)])])
             )
@@ -358,11 +445,8 @@ mod tests {
         let healthy = Observed::Running {
             healthy: Some(true),
         };
-        let bad = Observed::Exited {
-            code: 3,
-            oom: false,
-        };
-        let p = plan(&d, &world(&[("t1", &[("db", healthy), ("migrate", bad)])]));
+        let bad = exit(3, false);
+        let p = plan_(&d, &world(&[("t1", &[("db", healthy), ("migrate", bad)])]));
         assert!(starts(&p).is_empty());
         assert_eq!(p.status[0].state, TaskState::Stopping);
         assert!(p.status[0]
@@ -380,15 +464,9 @@ mod tests {
     #[test]
     fn an_essential_exit_stops_the_others_and_reports_codes() {
         let d = state(vec![task("t1", APP_DB, DesiredStatus::Running)]);
-        let ok = Observed::Exited {
-            code: 0,
-            oom: false,
-        };
-        let oom = Observed::Exited {
-            code: 137,
-            oom: true,
-        };
-        let p = plan(
+        let ok = exit(0, false);
+        let oom = exit(137, true);
+        let p = plan_(
             &d,
             &world(&[(
                 "t1",
@@ -417,7 +495,7 @@ mod tests {
             (Some(137), Some("OOM killed"))
         );
         // once everything exited the task is STOPPED and stays (no restart here)
-        let p = plan(
+        let p = plan_(
             &d,
             &world(&[("t1", &[("db", oom), ("migrate", ok), ("app", ok)])]),
         );
@@ -431,7 +509,7 @@ mod tests {
         let run = Observed::Running {
             healthy: Some(true),
         };
-        let p = plan(
+        let p = plan_(
             &d,
             &world(&[("t1", &[("db", run)]), ("old", &[("x", run)])]),
         );
@@ -449,11 +527,8 @@ mod tests {
             p.status[0].stop_reason.as_deref(),
             Some("stopped by an operator")
         );
-        let done = Observed::Exited {
-            code: 143,
-            oom: false,
-        };
-        let p = plan(
+        let done = exit(143, false);
+        let p = plan_(
             &d,
             &world(&[("t1", &[("db", done)]), ("old", &[("x", done)])]),
         );
@@ -466,7 +541,71 @@ mod tests {
         );
         assert!(p.status.iter().all(|s| s.state == TaskState::Stopped));
         // nothing started for a task that is to be stopped
-        let p = plan(&d, &World::new());
+        let p = plan_(&d, &World::new());
         assert!(p.actions.is_empty());
+    }
+
+    const CRASHY: &str = r#"{"family":"f","containerDefinitions":[
+        {"name":"web","image":"x","memory":64,
+         "restartPolicy":{"enabled":true,"ignoredExitCodes":[0],"restartAttemptPeriod":60}},
+        {"name":"side","image":"x","memory":64,"essential":false}]}"#;
+
+    #[test]
+    fn restart_policy_restarts_with_backoff_and_keeps_the_task() {
+        let d = state(vec![task("t1", CRASHY, DesiredStatus::Running)]);
+        let run = Observed::Running { healthy: None };
+        let crashed = |ran: u64, ago: u64| Observed::Exited {
+            code: 2,
+            oom: false,
+            ran: Duration::from_secs(ran),
+            ago: Duration::from_secs(ago),
+        };
+        let key = ("t1".to_string(), "web".to_string());
+        let restart = |attempt| Action::Restart {
+            task: "t1".into(),
+            container: "web".into(),
+            attempt,
+        };
+        // the first restart is immediate, and the essential exit does not end the task
+        let p = plan_(
+            &d,
+            &world(&[("t1", &[("web", crashed(5, 0)), ("side", run)])]),
+        );
+        assert_eq!(p.actions, [restart(1)]);
+        assert_eq!(p.status[0].state, TaskState::Running);
+        assert_eq!(p.status[0].stop_reason, None);
+        // the fourth waits 4 s after the exit
+        let three = Restarts::from([(key.clone(), 3)]);
+        let w = world(&[("t1", &[("web", crashed(5, 3)), ("side", run)])]);
+        assert!(plan(&d, &w, &three).actions.is_empty());
+        let w = world(&[("t1", &[("web", crashed(5, 4)), ("side", run)])]);
+        assert_eq!(plan(&d, &w, &three).actions, [restart(4)]);
+        assert_eq!(plan(&d, &w, &three).status[0].containers[0].restarts, 3);
+        // one that ran its attempt period starts over at once
+        let w = world(&[("t1", &[("web", crashed(60, 0)), ("side", run)])]);
+        assert_eq!(plan(&d, &w, &three).actions, [restart(1)]);
+        // an ignored exit code ends it like any essential exit
+        let w = world(&[("t1", &[("web", exit(0, false)), ("side", run)])]);
+        let p = plan(&d, &w, &three);
+        assert_eq!(
+            p.status[0].stop_reason.as_deref(),
+            Some("essential container web exited")
+        );
+        assert!(!p
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Restart { .. })));
+        // a task being stopped restarts nothing
+        let d = state(vec![task("t1", CRASHY, DesiredStatus::Stopped)]);
+        let w = world(&[("t1", &[("web", crashed(5, 100))])]);
+        assert_eq!(
+            plan_(&d, &w).actions,
+            [Action::Remove { task: "t1".into() }]
+        );
+        // backoff doubles from 1 s and is capped
+        assert_eq!(
+            [1, 2, 3, 4, 10, 40].map(|a| backoff(a).as_secs()),
+            [0, 1, 2, 4, 256, 300]
+        );
     }
 }

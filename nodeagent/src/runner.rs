@@ -6,18 +6,18 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use flotilla_api::taskdef::{ContainerDefinition, NetworkMode as TaskNetwork};
 use flotilla_api::tasks::{DesiredState, TaskState, TaskStatus};
 use flotilla_runtime::container::{
-    ContainerConfig, ContainerStore, MountRequest, NetworkMode, Resources, Status,
+    ContainerConfig, ContainerError, ContainerStore, MountRequest, NetworkMode, Resources, Status,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{watch, Notify};
 
-use crate::reconcile::{plan, Action, Observed, World};
+use crate::reconcile::{plan, Action, Observed, Restarts, World};
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const DESIRED_KEY: &str = "desired";
@@ -31,8 +31,12 @@ pub struct Runner {
     desired: Mutex<DesiredState>,
     wake: Notify,
     store: ContainerStore,
-    /// Start failures: (task, container) → why, until the task leaves the desired state.
-    failures: Mutex<BTreeMap<(String, String), String>>,
+    /// Start failures: (task, container) → why and when, until the task leaves the desired
+    /// state or the container is restarted.
+    failures: Mutex<BTreeMap<(String, String), (String, Instant)>>,
+    /// Restarts by restart policy so far (kept in memory: after an agent restart, backoff
+    /// starts over).
+    restarts: Mutex<Restarts>,
     status: watch::Sender<Vec<TaskStatus>>,
 }
 
@@ -62,6 +66,7 @@ impl Runner {
             wake: Notify::new(),
             store,
             failures: Mutex::new(BTreeMap::new()),
+            restarts: Mutex::new(Restarts::new()),
             status,
         }))
     }
@@ -143,14 +148,22 @@ impl Runner {
             let observed = match (c.status, &c.exit) {
                 (Status::Created, _) => Observed::Created,
                 (Status::Running, _) => Observed::Running { healthy: None },
-                (Status::Exited, Some(e)) => Observed::Exited {
-                    code: e.exit_code,
-                    oom: e.oom_killed,
-                },
-                (Status::Exited, None) => Observed::Exited {
-                    code: 255,
-                    oom: false,
-                },
+                (Status::Exited, exit) => {
+                    let now = SystemTime::now();
+                    let started = c.state.as_ref().and_then(|s| time(&s.started_at));
+                    let finished = exit.as_ref().and_then(|e| time(&e.finished_at));
+                    let since = |t: Option<SystemTime>, until: SystemTime| {
+                        t.and_then(|t| until.duration_since(t).ok())
+                            .unwrap_or_default()
+                    };
+                    Observed::Exited {
+                        code: exit.as_ref().map_or(255, |e| e.exit_code),
+                        oom: exit.as_ref().is_some_and(|e| e.oom_killed),
+                        ran: since(started, finished.unwrap_or(now)),
+                        // unknown exit time: as if just now, so backoff still applies
+                        ago: since(finished, now),
+                    }
+                }
             };
             world
                 .entry(task.to_string())
@@ -158,7 +171,7 @@ impl Runner {
                 .insert(container, observed);
         }
         // A container that could not start counts as exited with 125.
-        for ((task, container), _) in self
+        for ((task, container), (_, when)) in self
             .failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -171,6 +184,8 @@ impl Runner {
                 .or_insert(Observed::Exited {
                     code: 125,
                     oom: false,
+                    ran: Duration::ZERO,
+                    ago: when.elapsed(),
                 });
         }
         Ok(world)
@@ -186,11 +201,16 @@ impl Runner {
         let me = self.clone();
         let d = desired.clone();
         let world = tokio::task::spawn_blocking(move || me.observe(&d)).await??;
-        let mut p = plan(&desired, &world);
+        let restarts = self
+            .restarts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut p = plan(&desired, &world, &restarts);
         {
             let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
             for s in &mut p.status {
-                if let Some((_, why)) = failures.iter().find(|((t, _), _)| *t == s.id) {
+                if let Some((_, (why, _))) = failures.iter().find(|((t, _), _)| *t == s.id) {
                     if s.state >= TaskState::Stopping {
                         s.stop_reason = Some(why.clone());
                     }
@@ -211,11 +231,16 @@ impl Runner {
                 tracing::warn!("{e:#}");
             }
         }
-        // Forget failures of tasks that left the desired state.
+        // Forget failures and restarts of tasks that left the desired state.
+        let assigned = |t: &String| desired.tasks.iter().any(|d| &d.id == t);
         self.failures
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .retain(|(t, _), _| desired.tasks.iter().any(|d| &d.id == t));
+            .retain(|(t, _), _| assigned(t));
+        self.restarts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(t, _), _| assigned(t));
         self.status.send_if_modified(|old| {
             if *old == p.status {
                 false
@@ -227,83 +252,99 @@ impl Runner {
         Ok(acted)
     }
 
+    /// Creates and starts a container of a task; a failure is remembered (the container then
+    /// counts as exited with 125).
+    async fn start(&self, desired: &DesiredState, task: String, container: String) {
+        let Some(t) = desired.tasks.iter().find(|t| t.id == task) else {
+            return;
+        };
+        let Some((idx, def)) = t
+            .definition
+            .container_definitions
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.name == container)
+        else {
+            return;
+        };
+        let mut config = container_config(def, t.definition.network_mode);
+        config.name = Some(format!("{task}-{idx}"));
+        config
+            .env
+            .extend(t.env.iter().map(|kv| format!("{}={}", kv.name, kv.value)));
+        let store = self.store.clone();
+        let result = async {
+            if store.images().get(&config.image).is_err() {
+                tracing::info!(task = %task, image = %config.image, "pulling");
+                store
+                    .images()
+                    .pull(&config.image, &Default::default(), Arc::new(|_| {}))
+                    .await
+                    .with_context(|| format!("pulling {}", config.image))?;
+            }
+            let s = store.clone();
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let rec = s.create(config)?;
+                s.start(&rec.id)?.detach();
+                Ok(())
+            })
+            .await??;
+            anyhow::Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => tracing::info!(task = %task, container = %container, "started"),
+            Err(e) => {
+                let why = format!("container {container} could not start: {e:#}");
+                tracing::warn!(task = %task, "{why}");
+                self.failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((task, container), (why, Instant::now()));
+                self.wake.notify_one();
+            }
+        }
+    }
+
     async fn apply(self: Arc<Self>, desired: &DesiredState, action: Action) -> Result<()> {
         match action {
-            Action::Start { task, container } => {
-                let Some(t) = desired.tasks.iter().find(|t| t.id == task) else {
-                    return Ok(());
-                };
-                let Some((idx, def)) = t
-                    .definition
-                    .container_definitions
-                    .iter()
-                    .enumerate()
-                    .find(|(_, c)| c.name == container)
-                else {
-                    return Ok(());
-                };
-                let mut config = container_config(def, t.definition.network_mode);
-                config.name = Some(format!("{task}-{idx}"));
-                config
-                    .env
-                    .extend(t.env.iter().map(|kv| format!("{}={}", kv.name, kv.value)));
-                let store = self.store.clone();
-                let result = async {
-                    if store.images().get(&config.image).is_err() {
-                        tracing::info!(task = %task, image = %config.image, "pulling");
-                        store
-                            .images()
-                            .pull(&config.image, &Default::default(), Arc::new(|_| {}))
-                            .await
-                            .with_context(|| format!("pulling {}", config.image))?;
-                    }
-                    let s = store.clone();
-                    tokio::task::spawn_blocking(move || -> Result<()> {
-                        let rec = s.create(config)?;
-                        s.start(&rec.id)?.detach();
-                        Ok(())
-                    })
-                    .await??;
-                    anyhow::Ok(())
-                }
-                .await;
-                match result {
-                    Ok(()) => tracing::info!(task = %task, container = %container, "started"),
-                    Err(e) => {
-                        let why = format!("container {container} could not start: {e:#}");
-                        tracing::warn!(task = %task, "{why}");
-                        self.failures
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert((task, container), why);
-                        self.wake.notify_one();
-                    }
-                }
-            }
+            Action::Start { task, container } => self.start(desired, task, container).await,
             Action::Stop {
                 task,
                 container,
                 grace_secs,
             } => {
-                let idx = desired
-                    .tasks
-                    .iter()
-                    .find(|t| t.id == task)
-                    .and_then(|t| {
-                        t.definition
-                            .container_definitions
-                            .iter()
-                            .position(|c| c.name == container)
-                    })
-                    .map(|i| i.to_string())
-                    .unwrap_or_else(|| container.trim_start_matches("container-").to_string());
-                let name = format!("{task}-{idx}");
+                let name = container_name(desired, &task, &container);
                 let s = self.store.clone();
                 tokio::task::spawn_blocking(move || {
                     s.stop(&name, Duration::from_secs(grace_secs.into()))
                 })
                 .await??;
                 self.wake.notify_one();
+            }
+            Action::Restart {
+                task,
+                container,
+                attempt,
+            } => {
+                let name = container_name(desired, &task, &container);
+                let s = self.store.clone();
+                let gone = name.clone();
+                tokio::task::spawn_blocking(move || match s.remove(&gone, false) {
+                    Err(ContainerError::NotFound(_)) => Ok(()),
+                    other => other,
+                })
+                .await??;
+                self.failures
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&(task.clone(), container.clone()));
+                self.restarts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((task.clone(), container.clone()), attempt);
+                tracing::info!(task = %task, container = %container, attempt, "restarting by restart policy");
+                self.start(desired, task, container).await;
             }
             Action::Remove { task } => {
                 let s = self.store.clone();
@@ -324,6 +365,28 @@ impl Runner {
         }
         Ok(())
     }
+}
+
+/// The runtime name of `container` of `task`: `<task>-<index in its definition>`.
+fn container_name(desired: &DesiredState, task: &str, container: &str) -> String {
+    let idx = desired
+        .tasks
+        .iter()
+        .find(|t| t.id == task)
+        .and_then(|t| {
+            t.definition
+                .container_definitions
+                .iter()
+                .position(|c| c.name == container)
+        })
+        .map(|i| i.to_string())
+        .unwrap_or_else(|| container.trim_start_matches("container-").to_string());
+    format!("{task}-{idx}")
+}
+
+/// An RFC 3339 time as the runtime records it.
+fn time(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(s).ok()
 }
 
 /// The runtime settings of a task's container.

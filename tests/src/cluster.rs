@@ -14,8 +14,10 @@ pub struct ControlPlane {
     pub data: PathBuf,
     /// The admin credential directory.
     pub admin: PathBuf,
-    /// Where it listens (UDP and TCP).
+    /// Where the operator CLI reaches it (UDP and TCP).
     pub addr: SocketAddr,
+    /// Where it listens.
+    listen: SocketAddr,
     child: Option<Child>,
     extra_args: Vec<String>,
 }
@@ -35,8 +37,15 @@ pub fn free_port() -> u16 {
 }
 
 impl ControlPlane {
-    /// Initializes and starts a control plane; `run_args` go to `orchestratord run`.
+    /// Initializes and starts a control plane on loopback; `run_args` go to
+    /// `orchestratord run`.
     pub fn start(run_args: &[&str]) -> Self {
+        Self::start_listening(std::net::Ipv4Addr::LOCALHOST, run_args)
+    }
+
+    /// Like [`ControlPlane::start`], listening on `ip` (`0.0.0.0` to be reached from the
+    /// hosts of a [`crate::netns::Lan`] as well as from loopback).
+    pub fn start_listening(ip: std::net::Ipv4Addr, run_args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("cp");
         let admin = dir.path().join("admin");
@@ -57,6 +66,7 @@ impl ControlPlane {
             data,
             admin,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            listen: SocketAddr::from((ip, port)),
             child: None,
             extra_args: run_args.iter().map(|s| s.to_string()).collect(),
             dir,
@@ -74,7 +84,7 @@ impl ControlPlane {
         let child = Command::new(crate::bin("orchestratord"))
             .arg("--data-dir")
             .arg(&self.data)
-            .args(["run", "--listen", &self.addr.to_string()])
+            .args(["run", "--listen", &self.listen.to_string()])
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -97,7 +107,7 @@ impl ControlPlane {
         self.child.as_ref().map(Child::id)
     }
 
-    /// Stops `orchestratord run`.
+    /// Stops `orchestratord run` with SIGKILL (a crash).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -177,6 +187,8 @@ pub struct Agent {
     log: PathBuf,
     child: Option<Child>,
     args: Vec<std::ffi::OsString>,
+    /// The network namespace it runs in, when on a [`crate::netns::Host`].
+    netns: Option<String>,
 }
 
 impl Agent {
@@ -187,6 +199,7 @@ impl Agent {
             log: dir.join("agent.log"),
             child: None,
             args: Vec::new(),
+            netns: None,
         }
     }
 
@@ -197,7 +210,24 @@ impl Agent {
             log: node.scratch().join("agent.log"),
             child: None,
             args: vec!["--cgroup-parent".into(), node.cgroup_parent.clone().into()],
+            netns: None,
         }
+    }
+
+    /// The same agent, run on `host` (in its network namespace).
+    pub fn on_host(mut self, host: &crate::netns::Host) -> Self {
+        self.netns = Some(host.netns.clone());
+        self
+    }
+
+    /// `nodeagent --data-dir … ARGS…`, inside the agent's host when it has one.
+    fn command(&self) -> Command {
+        let mut c = match &self.netns {
+            Some(ns) => crate::netns::command_in(ns, crate::bin("nodeagent")),
+            None => Command::new(crate::bin("nodeagent")),
+        };
+        c.arg("--data-dir").arg(&self.data).args(&self.args);
+        c
     }
 
     /// Pid of `nodeagent run`.
@@ -215,10 +245,7 @@ impl Agent {
 
     /// `nodeagent join SERVER --token TOKEN EXTRA…`.
     pub fn join(&self, server: &str, token: &str, extra: &[&str]) -> Output {
-        Command::new(crate::bin("nodeagent"))
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(&self.args)
+        self.command()
             .args(["join", server, "--token", token])
             .args(extra)
             .output()
@@ -237,11 +264,8 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let mut cmd = Command::new(crate::bin("nodeagent"));
-        cmd.arg("--data-dir")
-            .arg(&self.data)
-            .args(&self.args)
-            .arg("run")
+        let mut cmd = self.command();
+        cmd.arg("run")
             .env("NODEAGENT_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod image;
+pub mod netns;
 pub mod node;
 pub mod registry;
 

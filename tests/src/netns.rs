@@ -1,0 +1,150 @@
+//! Several hosts on one machine: a test LAN (a bridge in the root network namespace, whose
+//! address the control plane is reached on) and hosts (a network namespace each, joined to the
+//! LAN by a veth pair) whose link can be cut and restored. Processes enter a host with
+//! `nsenter --net` (which, unlike `ip netns exec`, leaves /sys and its cgroup mounts alone).
+//! Everything is removed on drop, also when a test fails.
+
+use std::net::Ipv4Addr;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn ip_quiet(args: &[&str]) {
+    let _ = Command::new("ip").args(args).output();
+}
+
+/// `program` run inside the network namespace `netns` (the program keeps nsenter's pid).
+pub fn command_in(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{netns}"))
+        .arg("--")
+        .arg(program);
+    c
+}
+
+/// A bridge in the root namespace with a /24 of its own.
+#[derive(Debug)]
+pub struct Lan {
+    bridge: String,
+    prefix: [u8; 3],
+    /// The root namespace's address on the LAN (where the control plane is reached).
+    pub gateway: Ipv4Addr,
+    hosts: AtomicU32,
+}
+
+impl Lan {
+    /// A new LAN.
+    pub fn new() -> Self {
+        crate::require_root();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let prefix = [10, 20 + (pid % 200) as u8, (n % 250) as u8];
+        let bridge = format!("flb{}-{n}", pid % 100_000);
+        let gateway = Ipv4Addr::new(prefix[0], prefix[1], prefix[2], 1);
+        ip_quiet(&["link", "del", &bridge]);
+        ip(&["link", "add", &bridge, "type", "bridge"]);
+        let lan = Self {
+            bridge,
+            prefix,
+            gateway,
+            hosts: AtomicU32::new(0),
+        };
+        ip(&["addr", "add", &format!("{gateway}/24"), "dev", &lan.bridge]);
+        ip(&["link", "set", &lan.bridge, "up"]);
+        lan
+    }
+
+    /// A new host on this LAN.
+    pub fn host(&self) -> Host {
+        let h = self.hosts.fetch_add(1, Ordering::SeqCst);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id() % 100_000;
+        let netns = format!("flotilla-test-{pid}-{n}");
+        let veth = format!("flv{pid}-{n}");
+        let addr = Ipv4Addr::new(self.prefix[0], self.prefix[1], self.prefix[2], 10 + h as u8);
+        ip_quiet(&["netns", "del", &netns]);
+        ip_quiet(&["link", "del", &veth]);
+        ip(&["netns", "add", &netns]);
+        let host = Host { netns, veth, addr };
+        ip(&[
+            "link",
+            "add",
+            &host.veth,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &host.netns,
+        ]);
+        ip(&["link", "set", &host.veth, "master", &self.bridge]);
+        ip(&["link", "set", &host.veth, "up"]);
+        let ns = ["-n", host.netns.as_str()];
+        ip(&[&ns[..], &["link", "set", "lo", "up"]].concat());
+        ip(&[
+            &ns[..],
+            &["addr", "add", &format!("{addr}/24"), "dev", "eth0"],
+        ]
+        .concat());
+        ip(&[&ns[..], &["link", "set", "eth0", "up"]].concat());
+        host
+    }
+}
+
+impl Default for Lan {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        ip_quiet(&["link", "del", &self.bridge]);
+    }
+}
+
+/// A host: a network namespace with one link to its LAN.
+#[derive(Debug)]
+pub struct Host {
+    /// Name of its network namespace (under /run/netns).
+    pub netns: String,
+    veth: String,
+    /// Its address on the LAN.
+    pub addr: Ipv4Addr,
+}
+
+impl Host {
+    /// `program` run inside this host's network namespace.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        command_in(&self.netns, program)
+    }
+
+    /// Cuts the host's link (as if its cable were pulled).
+    pub fn cut(&self) {
+        ip(&["link", "set", &self.veth, "down"]);
+    }
+
+    /// Restores the link.
+    pub fn restore(&self) {
+        ip(&["link", "set", &self.veth, "up"]);
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        ip_quiet(&["link", "del", &self.veth]);
+        ip_quiet(&["netns", "del", &self.netns]);
+    }
+}

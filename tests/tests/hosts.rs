@@ -1,0 +1,205 @@
+//! Three hosts, each a network namespace with its own agent, data directory and cgroup parent,
+//! against one control plane: tasks spread, survive a control plane crash without a restart,
+//! and a host cut off from the network keeps its tasks running and restarts crashed ones on its
+//! own; after the link is restored nothing runs twice.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use flotilla_certs::credential::Credential;
+use flotilla_tests::cluster::{Agent, ControlPlane};
+use flotilla_tests::netns::Lan;
+use flotilla_tests::node::Node;
+
+const SERVE: &str = r#"{
+  "family": "serve",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 5,
+    "restartPolicy": {"enabled": true, "restartAttemptPeriod": 60},
+    "command": ["sh", "-c", "trap 'exit 3' TERM; while true; do sleep 0.2 & wait; done"]
+  }]
+}"#;
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn tasks(cp: &ControlPlane) -> Vec<serde_json::Value> {
+    serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json")
+}
+
+fn node_state(cp: &ControlPlane, id: &str) -> String {
+    cp.nodes()
+        .iter()
+        .find(|n| n["id"] == id)
+        .map(|n| n["state"].as_str().unwrap_or_default().to_string())
+        .unwrap_or_default()
+}
+
+/// Running containers of a node: name → pid.
+fn running(node: &Node) -> BTreeMap<String, i64> {
+    node.ps()
+        .iter()
+        .filter(|c| c["status"] == "running")
+        .map(|c| {
+            (
+                c["config"]["name"].as_str().expect("name").to_string(),
+                c["pid"].as_i64().expect("pid"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn three_hosts_spread_tasks_and_ride_out_a_crash_and_a_cut_link() {
+    let lan = Lan::new();
+    let hosts = [lan.host(), lan.host(), lan.host()];
+    let nodes = [Node::new(), Node::new(), Node::new()];
+    let mut cp = ControlPlane::start_listening(std::net::Ipv4Addr::UNSPECIFIED, &[]);
+    let server = format!("{}:{}", lan.gateway, cp.addr.port());
+    let mut agents: Vec<Agent> = nodes
+        .iter()
+        .zip(&hosts)
+        .map(|(n, h)| Agent::for_node(n).on_host(h))
+        .collect();
+    let mut ids = Vec::new();
+    for a in &mut agents {
+        let out = a.join(&server, &cp.token(&[]), &[]);
+        assert!(
+            out.status.success(),
+            "join: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ids.push(Credential::load(&a.identity()).expect("identity").name);
+        a.run();
+    }
+    for a in &agents {
+        a.wait_log("session established", 1, Duration::from_secs(15));
+    }
+    let f = cp.scratch().join("serve.json");
+    std::fs::write(&f, SERVE).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+
+    // Six tasks spread two per host.
+    let placed: Vec<serde_json::Value> = serde_json::from_str(
+        &cp.flotilla_ok(&["task", "run", "serve", "--count", "6", "-o", "json"]),
+    )
+    .expect("json");
+    for id in &ids {
+        assert_eq!(
+            placed.iter().filter(|t| t["node"] == id.as_str()).count(),
+            2,
+            "placement: {placed:?}"
+        );
+    }
+    wait("6 running tasks", Duration::from_secs(60), || {
+        tasks(&cp)
+            .iter()
+            .filter(|t| t["state"] == "RUNNING")
+            .count()
+            == 6
+    });
+    let before: Vec<_> = nodes.iter().map(running).collect();
+    assert!(before.iter().all(|r| r.len() == 2), "{before:?}");
+
+    // kill -9 of the control plane: nothing restarts, state intact.
+    cp.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    cp.restart();
+    for a in &agents {
+        a.wait_log("session established", 2, Duration::from_secs(70));
+    }
+    assert_eq!(nodes.iter().map(running).collect::<Vec<_>>(), before);
+    assert_eq!(
+        tasks(&cp)
+            .iter()
+            .filter(|t| t["state"] == "RUNNING")
+            .count(),
+        6
+    );
+
+    // Host 0 loses its link for a minute; one of its containers crashes meanwhile.
+    let cut_at = Instant::now();
+    hosts[0].cut();
+    wait("host 0 seen DISCONNECTED", Duration::from_secs(40), || {
+        node_state(&cp, &ids[0]) == "DISCONNECTED"
+    });
+    let (victim, victim_pid) = before[0].iter().next().expect("a container");
+    let victim_pid = *victim_pid;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(victim_pid as i32).expect("pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("kill");
+    nodes[0].wait_for(
+        "the crashed container to be restarted on the cut-off host",
+        Duration::from_secs(20),
+        || {
+            running(&nodes[0])
+                .get(victim)
+                .is_some_and(|p| *p != victim_pid)
+        },
+    );
+    let restarted = running(&nodes[0]);
+    assert_eq!(restarted.len(), 2);
+    for (name, pid) in &before[0] {
+        if name != victim {
+            assert_eq!(restarted.get(name), Some(pid), "{name} was restarted");
+        }
+    }
+    if let Some(rest) = Duration::from_secs(60).checked_sub(cut_at.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    assert_eq!(node_state(&cp, &ids[0]), "DISCONNECTED");
+    hosts[0].restore();
+    wait("host 0 READY again", Duration::from_secs(90), || {
+        node_state(&cp, &ids[0]) == "READY"
+    });
+
+    // Nothing runs twice: the same six tasks, two containers per host, only the crashed one new.
+    let task_of_victim = victim.rsplit_once('-').expect("task-index").0.to_string();
+    wait("the restart reported", Duration::from_secs(20), || {
+        let t: serde_json::Value =
+            serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &task_of_victim]))
+                .expect("json");
+        t["state"] == "RUNNING" && t["containers"][0]["restarts"] == 1
+    });
+    let all = tasks(&cp);
+    assert_eq!(all.len(), 6);
+    assert!(all.iter().all(|t| t["state"] == "RUNNING"), "{all:?}");
+    assert_eq!(running(&nodes[0]), restarted);
+    assert_eq!(running(&nodes[1]), before[1]);
+    assert_eq!(running(&nodes[2]), before[2]);
+
+    // Stopping them all reports exit codes and reasons, and leaves every host empty.
+    for t in &all {
+        cp.flotilla_ok(&["task", "stop", t["id"].as_str().expect("id")]);
+    }
+    wait("6 stopped tasks", Duration::from_secs(60), || {
+        tasks(&cp)
+            .iter()
+            .filter(|t| t["state"] == "STOPPED")
+            .count()
+            == 6
+    });
+    for t in tasks(&cp) {
+        assert_eq!(t["stopReason"], "stopped by an operator", "{t}");
+        assert_eq!(t["containers"][0]["exit_code"], 3, "{t}");
+    }
+    for n in &nodes {
+        n.wait_for("containers removed", Duration::from_secs(20), || {
+            n.ps().is_empty()
+        });
+    }
+    for mut a in agents {
+        a.kill();
+    }
+    for n in &nodes {
+        n.assert_clean();
+    }
+}

@@ -62,7 +62,11 @@ pub struct NodeInfo {
     pub revoked: bool,
     /// Has a live session now.
     pub connected: bool,
-    /// `READY` (live session), `DISCONNECTED` or `REVOKED`.
+    /// Draining: no new tasks are placed on it.
+    #[serde(default)]
+    pub draining: bool,
+    /// `READY` (live session), `DRAINING` (live session, draining), `DISCONNECTED` or
+    /// `REVOKED`.
     pub state: String,
     /// The agent's version, from its last session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -73,6 +77,18 @@ pub struct NodeInfo {
     /// Capacity and load, as last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::NodeResources>,
+}
+
+/// `PUT /v1/nodes/{id}/labels`: labels set (added or replaced), then labels removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeLabels {
+    /// Labels to add or replace.
+    #[serde(default)]
+    pub set: Labels,
+    /// Label keys to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
 }
 
 /// `POST /v1/admins`.

@@ -29,6 +29,9 @@ pub struct DesiredTask {
     pub env: Vec<KeyValue>,
     /// Run it, or stop it.
     pub desired: DesiredStatus,
+    /// Why it is to stop, when the control plane says (otherwise "stopped by an operator").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_reason: Option<String>,
 }
 
 /// What should happen to a task.

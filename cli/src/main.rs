@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use flotilla_api::ops::{
-    AdminCredential, AdminIssue, ApiError, NodeInfo, TaskDefRegistered, TaskDefRevision, TaskInfo,
-    TaskRun, TokenCreate, TokenCreated, TokenInfo,
+    AdminCredential, AdminIssue, ApiError, NodeInfo, NodeLabels, TaskDefRegistered,
+    TaskDefRevision, TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
 use flotilla_api::Labels;
 use flotilla_certs::credential::Credential;
@@ -150,6 +150,36 @@ enum NodeCommand {
     Revoke {
         /// Node id.
         id: String,
+    },
+    /// Set or remove a node's labels (its placement attributes).
+    Label {
+        /// Node id.
+        id: String,
+        /// Labels KEY=VALUE to add or replace.
+        #[arg(value_name = "KEY=VALUE")]
+        labels: Vec<String>,
+        /// Label key to remove (repeatable).
+        #[arg(long = "rm", value_name = "KEY")]
+        remove: Vec<String>,
+    },
+    /// Drain a node: nothing new is placed on it and its tasks are stopped.
+    Drain {
+        /// Node id.
+        id: String,
+    },
+    /// Make a drained node take tasks again.
+    Activate {
+        /// Node id.
+        id: String,
+    },
+    /// Remove a node from the cluster: its session ends and its certificate is refused.
+    #[command(alias = "remove")]
+    Rm {
+        /// Node id.
+        id: String,
+        /// Remove it even with tasks not stopped (they are recorded STOPPED).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -424,6 +454,46 @@ async fn run(cli: Cli) -> Result<()> {
                 .expect(Method::POST, &format!("/v1/nodes/{id}/revoke"), None)
                 .await?;
             print(json, &n, || println!("revoked {}", n.id))?;
+        }
+        Command::Node(NodeCommand::Label { id, labels, remove }) => {
+            if labels.is_empty() && remove.is_empty() {
+                bail!("nothing to change: give KEY=VALUE labels and/or --rm KEY");
+            }
+            let mut change = NodeLabels::default();
+            for x in &labels {
+                let (k, v) = flotilla_api::parse_label(x).map_err(anyhow::Error::msg)?;
+                change.set.insert(k, v);
+            }
+            change.remove = remove;
+            let n: NodeInfo = api
+                .expect(
+                    Method::PUT,
+                    &format!("/v1/nodes/{id}/labels"),
+                    Some(serde_json::to_value(change)?),
+                )
+                .await?;
+            print(json, &n, || println!("{} {}", n.id, labels_text(&n.labels)))?;
+        }
+        Command::Node(NodeCommand::Drain { id }) => {
+            let n: NodeInfo = api
+                .expect(Method::POST, &format!("/v1/nodes/{id}/drain"), None)
+                .await?;
+            print(json, &n, || println!("draining {}", n.id))?;
+        }
+        Command::Node(NodeCommand::Activate { id }) => {
+            let n: NodeInfo = api
+                .expect(Method::POST, &format!("/v1/nodes/{id}/activate"), None)
+                .await?;
+            print(json, &n, || println!("active {}", n.id))?;
+        }
+        Command::Node(NodeCommand::Rm { id, force }) => {
+            api.call::<serde_json::Value>(
+                Method::DELETE,
+                &format!("/v1/nodes/{id}?force={force}"),
+                None,
+            )
+            .await?;
+            println!("{id}");
         }
         Command::Task(TaskCommand::Run {
             taskdef,

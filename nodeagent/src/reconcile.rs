@@ -201,7 +201,11 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
         };
         // Why the task must end, if it must.
         let mut ending: Option<String> = match task.desired {
-            DesiredStatus::Stopped => Some("stopped by an operator".into()),
+            DesiredStatus::Stopped => Some(
+                task.stop_reason
+                    .clone()
+                    .unwrap_or_else(|| "stopped by an operator".into()),
+            ),
             DesiredStatus::Running => None,
         };
         // Exited containers their policy restarts, and which of them are due now.
@@ -349,6 +353,7 @@ mod tests {
                 .definition,
             env: Vec::new(),
             desired,
+            stop_reason: None,
         }
     }
 

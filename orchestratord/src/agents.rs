@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flotilla_api::tasks::{DesiredState, DesiredTask, TaskState, TaskStatus};
+use flotilla_api::tasks::{DesiredState, DesiredStatus, DesiredTask, TaskState, TaskStatus};
 use flotilla_api::{
     negotiate, read_frame, write_frame, AgentReply, AgentRequest, Hello, HelloReply, JoinReply,
     JoinRequest, PushReply, ServerPush, PROTOCOLS,
@@ -119,6 +119,31 @@ impl Agents {
         }
         tracing::info!(node = node_id, "node revoked");
         Ok(Some(node))
+    }
+
+    /// Forgets a node and ends its live session: its certificate is refused from then on
+    /// (an unknown node), and it needs a new token to come back.
+    pub fn remove(&self, node_id: &str) -> Result<bool, crate::store::StoreError> {
+        if !self.store.remove_node(node_id)? {
+            return Ok(false);
+        }
+        let live = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node_id);
+        if let Some(conn) = live {
+            conn.close(
+                VarInt::from_u32(CLOSE_REFUSED),
+                b"this node was removed from the cluster",
+            );
+        }
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(node_id);
+        tracing::info!(node = node_id, "node removed");
+        Ok(true)
     }
 
     /// Accepts connections until the endpoint closes.
@@ -241,6 +266,7 @@ impl Agents {
             cert_not_after: now() + self.node_cert_lifetime.as_secs(),
             revoked: false,
             generation: returning.as_ref().map_or(0, |n| n.generation),
+            draining: returning.as_ref().is_some_and(|n| n.draining),
         };
         if let Err(e) = self.store.put_node(&node) {
             tracing::error!("join: {e}");
@@ -393,6 +419,10 @@ impl Agents {
                 task_definition: t.info.task_definition,
                 definition: t.definition,
                 env: t.env,
+                stop_reason: match t.info.desired {
+                    DesiredStatus::Stopped => t.info.stop_reason,
+                    DesiredStatus::Running => None,
+                },
                 desired: t.info.desired,
             })
             .collect();

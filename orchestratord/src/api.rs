@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_api::ops::{
-    AdminCredential, AdminIssue, ApiError, NodeInfo, TaskDefRegistered, TaskDefStatus, TaskInfo,
-    TaskRun, TokenCreate, TokenCreated, TokenInfo,
+    AdminCredential, AdminIssue, ApiError, NodeInfo, NodeLabels, TaskDefRegistered, TaskDefStatus,
+    TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
 use flotilla_api::tasks::{DesiredStatus, TaskState};
 use flotilla_certs::token::JoinToken;
@@ -34,6 +34,9 @@ enum Action {
     ListNodes,
     GetNode(String),
     RevokeNode(String),
+    LabelNode(String, NodeLabels),
+    DrainNode(String, bool),
+    RemoveNode(String, bool),
     IssueAdmin(AdminIssue),
     RegisterTaskDef(String),
     ListTaskDefs,
@@ -139,11 +142,12 @@ async fn handle(req: Request<Incoming>, agents: &Arc<Agents>, admin: Option<Stri
     };
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}")),
     };
-    let action = match parse(&method, &path, &body) {
+    let action = match parse(&method, &path, query.as_deref(), &body) {
         Ok(a) => a,
         Err((status, msg)) => return error(status, msg),
     };
@@ -151,7 +155,12 @@ async fn handle(req: Request<Incoming>, agents: &Arc<Agents>, admin: Option<Stri
     execute(action, agents)
 }
 
-fn parse(method: &Method, path: &str, body: &[u8]) -> Result<Action, (StatusCode, String)> {
+fn parse(
+    method: &Method,
+    path: &str,
+    query: Option<&str>,
+    body: &[u8],
+) -> Result<Action, (StatusCode, String)> {
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let decode = |what: &str| {
         let what = what.to_string();
@@ -171,6 +180,29 @@ fn parse(method: &Method, path: &str, body: &[u8]) -> Result<Action, (StatusCode
         (&Method::GET, ["v1", "nodes"]) => Ok(Action::ListNodes),
         (&Method::GET, ["v1", "nodes", id]) => Ok(Action::GetNode(id.to_string())),
         (&Method::POST, ["v1", "nodes", id, "revoke"]) => Ok(Action::RevokeNode(id.to_string())),
+        (&Method::PUT, ["v1", "nodes", id, "labels"]) => Ok(Action::LabelNode(
+            id.to_string(),
+            serde_json::from_slice(body).map_err(decode("labels"))?,
+        )),
+        (&Method::POST, ["v1", "nodes", id, "drain"]) => {
+            Ok(Action::DrainNode(id.to_string(), true))
+        }
+        (&Method::POST, ["v1", "nodes", id, "activate"]) => {
+            Ok(Action::DrainNode(id.to_string(), false))
+        }
+        (&Method::DELETE, ["v1", "nodes", id]) => {
+            let force = match query {
+                None | Some("") | Some("force=false") => false,
+                Some("force=true") => true,
+                Some(q) => {
+                    return Err((
+                        StatusCode::BAD_REQUEST,
+                        format!("unknown query '{q}' (force=true or force=false)"),
+                    ))
+                }
+            };
+            Ok(Action::RemoveNode(id.to_string(), force))
+        }
         (&Method::POST, ["v1", "admins"]) => Ok(Action::IssueAdmin(
             serde_json::from_slice(body).map_err(decode("admin request"))?,
         )),
@@ -220,10 +252,12 @@ fn node_info(n: &NodeRecord, connected: &[String], live: crate::agents::LiveInfo
     NodeInfo {
         state: if n.revoked {
             "REVOKED"
-        } else if is_connected {
-            "READY"
-        } else {
+        } else if !is_connected {
             "DISCONNECTED"
+        } else if n.draining {
+            "DRAINING"
+        } else {
+            "READY"
         }
         .to_string(),
         agent_version: live.agent_version,
@@ -236,6 +270,7 @@ fn node_info(n: &NodeRecord, connected: &[String], live: crate::agents::LiveInfo
         token_id: n.token_id.clone(),
         cert_not_after: n.cert_not_after,
         revoked: n.revoked,
+        draining: n.draining,
         connected: is_connected,
     }
 }
@@ -335,6 +370,112 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
             Ok(None) => error(StatusCode::NOT_FOUND, format!("no node {id}")),
             Err(e) => internal(e),
         },
+        Action::LabelNode(id, change) => {
+            for (k, v) in &change.set {
+                if let Err(e) = flotilla_api::parse_label(&format!("{k}={v}")) {
+                    return error(StatusCode::BAD_REQUEST, format!("set: {e}"));
+                }
+            }
+            match store.node(&id) {
+                Ok(Some(mut n)) => {
+                    n.labels.extend(change.set);
+                    for k in &change.remove {
+                        n.labels.remove(k);
+                    }
+                    if let Err(e) = store.put_node(&n) {
+                        return internal(e);
+                    }
+                    tracing::info!(node = %id, labels = ?n.labels, "node labels changed");
+                    json(
+                        StatusCode::OK,
+                        &node_info(&n, &agents.connected(), agents.live(&n.id)),
+                    )
+                }
+                Ok(None) => error(StatusCode::NOT_FOUND, format!("no node {id}")),
+                Err(e) => internal(e),
+            }
+        }
+        Action::DrainNode(id, drain) => {
+            let mut n = match store.node(&id) {
+                Ok(Some(n)) => n,
+                Ok(None) => return error(StatusCode::NOT_FOUND, format!("no node {id}")),
+                Err(e) => return internal(e),
+            };
+            n.draining = drain;
+            if let Err(e) = store.put_node(&n) {
+                return internal(e);
+            }
+            if drain {
+                // Tasks not run by a service have nowhere to go: they are stopped.
+                let tasks = match store.tasks() {
+                    Ok(t) => t,
+                    Err(e) => return internal(e),
+                };
+                let mut stopped = 0;
+                for t in tasks
+                    .into_iter()
+                    .filter(|t| t.info.node.as_deref() == Some(id.as_str()))
+                {
+                    match request_stop(store, t, "node drained") {
+                        Ok(true) => stopped += 1,
+                        Ok(false) => {}
+                        Err(e) => return internal(e),
+                    }
+                }
+                if stopped > 0 {
+                    if let Err(e) = store.bump_generation(&id) {
+                        return internal(e);
+                    }
+                    agents.clone().push_desired(&id);
+                }
+                tracing::info!(node = %id, stopped, "node draining");
+            } else {
+                tracing::info!(node = %id, "node active");
+            }
+            json(
+                StatusCode::OK,
+                &node_info(&n, &agents.connected(), agents.live(&n.id)),
+            )
+        }
+        Action::RemoveNode(id, force) => {
+            let live: Vec<TaskRecord> = match store.tasks() {
+                Ok(t) => t
+                    .into_iter()
+                    .filter(|t| {
+                        t.info.node.as_deref() == Some(id.as_str())
+                            && t.info.state != TaskState::Stopped
+                    })
+                    .collect(),
+                Err(e) => return internal(e),
+            };
+            if !live.is_empty() && !force {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "node {id} has {} task(s) not stopped; drain it first, or remove it \
+                         with force (its tasks are then recorded STOPPED, whatever the node does)",
+                        live.len()
+                    ),
+                );
+            }
+            match agents.remove(&id) {
+                Ok(true) => {}
+                Ok(false) => return error(StatusCode::NOT_FOUND, format!("no node {id}")),
+                Err(e) => return internal(e),
+            }
+            for mut t in live {
+                t.info.desired = DesiredStatus::Stopped;
+                t.info.state = TaskState::Stopped;
+                t.info.stop_reason = Some("node removed".into());
+                if let Err(e) = store.put_task(&t) {
+                    return internal(e);
+                }
+            }
+            Response::builder()
+                .status(StatusCode::NO_CONTENT)
+                .body(Full::new(Bytes::new()))
+                .unwrap_or_default()
+        }
         Action::RegisterTaskDef(text) => match flotilla_api::taskdef::parse(&text) {
             Err(problems) => json(
                 StatusCode::BAD_REQUEST,
@@ -400,24 +541,26 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
             Err(e) => internal(e),
         },
         Action::StopTask(id) => match store.task(&id) {
-            Ok(Some(mut t)) => {
-                if t.info.desired == DesiredStatus::Running && t.info.state != TaskState::Stopped {
-                    t.info.desired = DesiredStatus::Stopped;
-                    if t.info.state < TaskState::Stopping {
-                        t.info.state = TaskState::Stopping;
-                    }
-                    if let Err(e) = store.put_task(&t) {
-                        return internal(e);
-                    }
-                    if let Some(node) = &t.info.node {
-                        if let Err(e) = store.bump_generation(node) {
-                            return internal(e);
+            Ok(Some(t)) => {
+                let node = t.info.node.clone();
+                match request_stop(store, t, "stopped by an operator") {
+                    Ok(true) => {
+                        if let Some(node) = &node {
+                            if let Err(e) = store.bump_generation(node) {
+                                return internal(e);
+                            }
+                            agents.clone().push_desired(node);
                         }
-                        agents.clone().push_desired(node);
+                        tracing::info!(task = %id, "task stop requested");
                     }
-                    tracing::info!(task = %id, "task stop requested");
+                    Ok(false) => {}
+                    Err(e) => return internal(e),
                 }
-                json(StatusCode::OK, &t.info)
+                match store.task(&id) {
+                    Ok(Some(t)) => json(StatusCode::OK, &t.info),
+                    Ok(None) => error(StatusCode::NOT_FOUND, format!("no task {id}")),
+                    Err(e) => internal(e),
+                }
             }
             Ok(None) => error(StatusCode::NOT_FOUND, format!("no task {id}")),
             Err(e) => internal(e),
@@ -441,6 +584,25 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
             }
         }
     }
+}
+
+/// Marks a running task to be stopped for `reason` (committed); false when it was already
+/// stopping or stopped. The caller bumps its node's generation and pushes.
+fn request_stop(
+    store: &crate::store::Store,
+    mut t: TaskRecord,
+    reason: &str,
+) -> Result<bool, crate::store::StoreError> {
+    if t.info.desired != DesiredStatus::Running || t.info.state == TaskState::Stopped {
+        return Ok(false);
+    }
+    t.info.desired = DesiredStatus::Stopped;
+    t.info.stop_reason = Some(reason.to_string());
+    if t.info.state < TaskState::Stopping {
+        t.info.state = TaskState::Stopping;
+    }
+    store.put_task(&t)?;
+    Ok(true)
 }
 
 /// Creates tasks and places each on a node: the one asked for, or the connected node with the
@@ -479,18 +641,26 @@ fn run_tasks(req: TaskRun, agents: &Arc<Agents>) -> Reply {
     let connected = agents.connected();
     let candidates: Vec<String> = match &req.node {
         Some(id) => match nodes.iter().find(|n| &n.id == id) {
-            Some(n) if !n.revoked => vec![n.id.clone()],
-            Some(_) => return error(StatusCode::BAD_REQUEST, format!("node {id} is revoked")),
+            Some(n) if n.revoked => {
+                return error(StatusCode::BAD_REQUEST, format!("node {id} is revoked"))
+            }
+            Some(n) if n.draining => {
+                return error(StatusCode::CONFLICT, format!("node {id} is draining"))
+            }
+            Some(n) => vec![n.id.clone()],
             None => return error(StatusCode::NOT_FOUND, format!("no node {id}")),
         },
         None => nodes
             .iter()
-            .filter(|n| !n.revoked && connected.contains(&n.id))
+            .filter(|n| !n.revoked && !n.draining && connected.contains(&n.id))
             .map(|n| n.id.clone())
             .collect(),
     };
     if candidates.is_empty() {
-        return error(StatusCode::CONFLICT, "no connected node to run the task on");
+        return error(
+            StatusCode::CONFLICT,
+            "no connected node that is not draining to run the task on",
+        );
     }
     let tasks = match store.tasks() {
         Ok(t) => t,

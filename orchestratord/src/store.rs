@@ -54,6 +54,9 @@ pub struct NodeRecord {
     /// Generation of the node's desired state; bumped on every change.
     #[serde(default)]
     pub generation: u64,
+    /// No new tasks are placed on a draining node.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 /// A task as stored: what is listed, plus what the node needs to run it.
@@ -353,6 +356,19 @@ impl Store {
     /// Stores or replaces a node.
     pub fn put_node(&self, n: &NodeRecord) -> Result<(), StoreError> {
         self.put(NODES, &n.id, n)
+    }
+
+    /// Forgets a node; true when it existed.
+    pub fn remove_node(&self, id: &str) -> Result<bool, StoreError> {
+        let w = self.db.begin_write().map_err(db)?;
+        let existed = w
+            .open_table(NODES)
+            .map_err(db)?
+            .remove(id)
+            .map_err(db)?
+            .is_some();
+        w.commit().map_err(db)?;
+        Ok(existed)
     }
 
     /// A node by id.

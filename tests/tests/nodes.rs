@@ -1,0 +1,112 @@
+//! Node administration on a real cluster: labels, drain (its tasks stop with a reason and
+//! nothing new lands on it), activate, and removal (refused while tasks live, then the node's
+//! certificate is refused).
+
+use std::time::{Duration, Instant};
+
+use flotilla_certs::credential::Credential;
+use flotilla_tests::cluster::{Agent, ControlPlane};
+use flotilla_tests::node::Node;
+
+const SERVE: &str = r#"{
+  "family": "serve",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 5,
+    "command": ["sh", "-c", "trap 'exit 3' TERM; while true; do sleep 0.2 & wait; done"]
+  }]
+}"#;
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn inspect(cp: &ControlPlane, what: &str, id: &str) -> serde_json::Value {
+    serde_json::from_str(&cp.flotilla_ok(&[what, "inspect", id])).expect("json")
+}
+
+#[test]
+fn label_drain_activate_and_remove_a_node() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = Agent::for_node(&node);
+    assert!(agent
+        .join(&cp.server(), &cp.token(&["--label", "site=a"]), &[])
+        .status
+        .success());
+    let id = Credential::load(&agent.identity()).expect("identity").name;
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    let f = cp.scratch().join("serve.json");
+    std::fs::write(&f, SERVE).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+
+    // Labels: set, replace, remove; bad ones refused with the label named.
+    cp.flotilla_ok(&["node", "label", &id, "zone=eu-1", "site=b"]);
+    cp.flotilla_ok(&["node", "label", &id, "--rm", "zone"]);
+    let n = inspect(&cp, "node", &id);
+    assert_eq!(n["labels"], serde_json::json!({"site": "b"}), "{n}");
+    let bad = cp.flotilla(&["node", "label", &id, "bad key=x"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bad key=x"));
+
+    // Drain: the task stops with a reason, the node shows DRAINING and takes nothing new.
+    let out = cp.flotilla_ok(&["task", "run", "serve", "-o", "json"]);
+    let task = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait("the task to run", Duration::from_secs(30), || {
+        inspect(&cp, "task", &task)["state"] == "RUNNING"
+    });
+    cp.flotilla_ok(&["node", "drain", &id]);
+    assert_eq!(inspect(&cp, "node", &id)["state"], "DRAINING");
+    wait("the drained task to stop", Duration::from_secs(20), || {
+        inspect(&cp, "task", &task)["state"] == "STOPPED"
+    });
+    let t = inspect(&cp, "task", &task);
+    assert_eq!(t["stopReason"], "node drained", "{t}");
+    assert_eq!(t["containers"][0]["exit_code"], 3, "{t}");
+    let refused = cp.flotilla(&["task", "run", "serve"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("draining"));
+    let refused = cp.flotilla(&["task", "run", "serve", "--node", &id]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(&format!("node {id} is draining")));
+
+    // Activate: it takes tasks again.
+    cp.flotilla_ok(&["node", "activate", &id]);
+    assert_eq!(inspect(&cp, "node", &id)["state"], "READY");
+    let out = cp.flotilla_ok(&["task", "run", "serve", "-o", "json"]);
+    let second = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait("the second task to run", Duration::from_secs(30), || {
+        inspect(&cp, "task", &second)["state"] == "RUNNING"
+    });
+
+    // Remove: refused while a task lives, then forced; the node is gone and refused.
+    let refused = cp.flotilla(&["node", "rm", &id]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("drain it first"));
+    cp.flotilla_ok(&["node", "rm", &id, "--force"]);
+    assert!(cp.nodes().iter().all(|n| n["id"] != id.as_str()));
+    let t = inspect(&cp, "task", &second);
+    assert_eq!(
+        (t["state"].as_str(), t["stopReason"].as_str()),
+        (Some("STOPPED"), Some("node removed"))
+    );
+    agent.wait_log(
+        "this node was removed from the cluster",
+        1,
+        Duration::from_secs(10),
+    );
+    agent.wait_log("unknown node", 1, Duration::from_secs(30));
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}

@@ -194,6 +194,58 @@ pub enum AgentReply {
 pub enum ServerPush {
     /// The node's desired state.
     Desired(tasks::DesiredState),
+    /// Stream a task's container logs back on this stream as [`LogFrame`]s.
+    Logs(LogRequest),
+}
+
+/// Which logs of a task to read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogRequest {
+    /// Task id.
+    pub task: String,
+    /// One container by its name in the task definition (all of them otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Keep streaming new lines until the containers exit or the reader goes away.
+    #[serde(default)]
+    pub follow: bool,
+    /// Only the last N lines of each container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<u32>,
+}
+
+/// One log record of a container.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// Container name in the task definition.
+    pub container: String,
+    /// RFC 3339 time the line was read.
+    pub time: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// A piece of a longer line (the line goes on in the next record).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+    /// The text (invalid UTF-8 replaced), without its newline.
+    pub text: String,
+}
+
+/// What a node sends back for [`ServerPush::Logs`], frame after frame.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "logs", rename_all = "snake_case")]
+pub enum LogFrame {
+    /// Records, oldest first.
+    Lines {
+        /// The records.
+        lines: Vec<LogLine>,
+    },
+    /// Nothing more will come (the containers exited or the request is done).
+    End,
+    /// The node cannot serve this request.
+    Error {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The agent's answer to a [`ServerPush`].

@@ -14,7 +14,7 @@ use flotilla_api::ops::{
     AdminCredential, AdminIssue, ApiError, NodeInfo, NodeLabels, TaskDefRegistered,
     TaskDefRevision, TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
-use flotilla_api::Labels;
+use flotilla_api::{Labels, LogLine};
 use flotilla_certs::credential::Credential;
 use flotilla_certs::{key_and_csr, CertifiedKey, SERVER_NAME};
 
@@ -54,6 +54,23 @@ enum Command {
     /// Tasks.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Print a task's container logs, read from its node over the node's session.
+    Logs {
+        /// Task id.
+        task: String,
+        /// Only this container (by its name in the task definition).
+        #[arg(long, short = 'c')]
+        container: Option<String>,
+        /// Keep printing new lines until the containers exit (Ctrl-C to stop).
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only the last N lines of each container.
+        #[arg(long)]
+        tail: Option<u32>,
+        /// Prefix each line with its time.
+        #[arg(long, short = 't')]
+        timestamps: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,12 +298,7 @@ impl Api {
         let status = resp.status();
         let bytes = resp.bytes().await?;
         if !status.is_success() {
-            let msg = match serde_json::from_slice::<ApiError>(&bytes) {
-                Ok(e) if e.problems.is_empty() => e.error,
-                Ok(e) => format!("{}:\n  {}", e.error, e.problems.join("\n  ")),
-                Err(_) => String::from_utf8_lossy(&bytes).into_owned(),
-            };
-            bail!("{msg} ({status})");
+            bail!("{} ({status})", api_error(&bytes));
         }
         if bytes.is_empty() {
             return Ok(None);
@@ -295,6 +307,92 @@ impl Api {
             serde_json::from_slice(&bytes).with_context(|| format!("reply to {method} {path}"))?,
         ))
     }
+}
+
+impl Api {
+    /// A GET whose answer is read as it comes (no overall time limit).
+    async fn stream(&self, path: &str) -> Result<reqwest::Response> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(100 * 365 * 86_400))
+            .send()
+            .await
+            .with_context(|| format!("GET {path} on {}", self.cred.server))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let bytes = resp.bytes().await.unwrap_or_default();
+            bail!("{} ({status})", api_error(&bytes));
+        }
+        Ok(resp)
+    }
+}
+
+/// The message of an API error body.
+fn api_error(bytes: &[u8]) -> String {
+    match serde_json::from_slice::<ApiError>(bytes) {
+        Ok(e) if e.problems.is_empty() => e.error,
+        Ok(e) => format!("{}:\n  {}", e.error, e.problems.join("\n  ")),
+        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
+    }
+}
+
+/// `flotilla logs`: newline-delimited [`LogLine`]s printed to stdout or stderr as they came
+/// from the container, prefixed by the container's name when the task has several.
+async fn logs(
+    api: &Api,
+    task: &str,
+    container: Option<String>,
+    follow: bool,
+    tail: Option<u32>,
+    timestamps: bool,
+) -> Result<()> {
+    use std::io::Write;
+    let info: TaskInfo = api
+        .expect(reqwest::Method::GET, &format!("/v1/tasks/{task}"), None)
+        .await?;
+    let prefix = container.is_none() && info.containers.len() > 1;
+    let mut query = vec![format!("follow={follow}")];
+    if let Some(c) = &container {
+        query.push(format!("container={c}"));
+    }
+    if let Some(t) = tail {
+        query.push(format!("tail={t}"));
+    }
+    let mut resp = api
+        .stream(&format!("/v1/tasks/{task}/logs?{}", query.join("&")))
+        .await?;
+    let mut pending = Vec::new();
+    let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
+    while let Some(chunk) = resp.chunk().await.context("reading the logs")? {
+        pending.extend_from_slice(&chunk);
+        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
+            let record: Vec<u8> = pending.drain(..=nl).collect();
+            let value: serde_json::Value =
+                serde_json::from_slice(&record).context("a log record from the server")?;
+            if let Some(e) = value.get("error").and_then(|e| e.as_str()) {
+                bail!("{e}");
+            }
+            let l: LogLine = serde_json::from_value(value).context("a log record")?;
+            let w: &mut dyn Write = if l.stream == "stderr" {
+                &mut err
+            } else {
+                &mut out
+            };
+            if timestamps {
+                write!(w, "{} ", l.time)?;
+            }
+            if prefix {
+                write!(w, "{} | ", l.container)?;
+            }
+            write!(w, "{}", l.text)?;
+            if !l.partial {
+                writeln!(w)?;
+            }
+            w.flush()?;
+        }
+    }
+    Ok(())
 }
 
 fn when(secs: u64) -> String {
@@ -565,6 +663,13 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?;
             println!("{}", serde_json::to_string_pretty(&t)?);
         }
+        Command::Logs {
+            task,
+            container,
+            follow,
+            tail,
+            timestamps,
+        } => logs(&api, &task, container, follow, tail, timestamps).await?,
         Command::Task(TaskCommand::Stop { ids }) => {
             for id in ids {
                 let t: TaskInfo = api

@@ -343,6 +343,15 @@ async fn session(
             push = conn.accept_bi() => {
                 let (mut send, mut recv) = push.map_err(|e| anyhow::anyhow!("{}", explain(&e)))?;
                 let reply = match read_frame::<_, ServerPush>(&mut recv).await {
+                    Ok(ServerPush::Logs(req)) => {
+                        tokio::spawn(crate::logs::serve(
+                            runner.store().clone(),
+                            runner.clone(),
+                            req,
+                            send,
+                        ));
+                        continue;
+                    }
                     Ok(ServerPush::Desired(state)) => {
                         let r = runner.clone();
                         match tokio::task::spawn_blocking(move || r.set_desired(state)).await? {

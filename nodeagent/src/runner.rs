@@ -96,6 +96,28 @@ impl Runner {
         Ok(generation)
     }
 
+    /// The container names of a task in the desired state, in definition order.
+    pub fn container_names(&self, task: &str) -> Option<Vec<String>> {
+        self.desired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tasks
+            .iter()
+            .find(|t| t.id == task)
+            .map(|t| {
+                t.definition
+                    .container_definitions
+                    .iter()
+                    .map(|c| c.name.clone())
+                    .collect()
+            })
+    }
+
+    /// The container store the runner acts on.
+    pub fn store(&self) -> &ContainerStore {
+        &self.store
+    }
+
     /// The latest task statuses, changing as the node converges.
     pub fn status(&self) -> watch::Receiver<Vec<TaskStatus>> {
         self.status.subscribe()

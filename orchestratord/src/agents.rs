@@ -429,17 +429,22 @@ impl Agents {
         Ok(DesiredState { generation, tasks })
     }
 
+    /// The node's live session, if it has one.
+    pub fn live_session(&self, node_id: &str) -> Option<Connection> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node_id)
+            .cloned()
+    }
+
     /// Sends a node its desired state if it has a live session (in the background).
     pub fn push_desired(self: Arc<Self>, node_id: &str) {
         let node_id = node_id.to_string();
         tokio::spawn(async move {
-            let conn = self
-                .sessions
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&node_id)
-                .cloned();
-            let Some(conn) = conn else { return };
+            let Some(conn) = self.live_session(&node_id) else {
+                return;
+            };
             let state = match self.desired_state(&node_id) {
                 Ok(s) => s,
                 Err(e) => return tracing::error!(node = %node_id, "desired state: {e}"),

@@ -1,6 +1,7 @@
 //! The operator API: HTTPS (HTTP/1.1 over TLS 1.3) with JSON bodies, for admin client
 //! certificates only. Routes parse into an [`Action`]; [`execute`] does it and answers.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,6 +10,7 @@ use flotilla_api::ops::{
     TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
 use flotilla_api::tasks::{DesiredStatus, TaskState};
+use flotilla_api::{read_frame, write_frame, LogFrame, LogRequest, ServerPush};
 use flotilla_certs::token::JoinToken;
 use flotilla_certs::{identity_of, Role, ADMIN_CERT_LIFETIME};
 use http_body_util::{BodyExt, Full, Limited};
@@ -45,6 +47,7 @@ enum Action {
     RunTask(TaskRun),
     ListTasks,
     GetTask(String),
+    TaskLogs(LogRequest),
     StopTask(String),
 }
 
@@ -63,6 +66,7 @@ fn family_revision(spec: &str) -> Result<(String, Option<u32>), (StatusCode, Str
 }
 
 type Reply = Response<Full<Bytes>>;
+type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Reply {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
@@ -133,26 +137,149 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, agents
     }
 }
 
-async fn handle(req: Request<Incoming>, agents: &Arc<Agents>, admin: Option<String>) -> Reply {
+async fn handle(
+    req: Request<Incoming>,
+    agents: &Arc<Agents>,
+    admin: Option<String>,
+) -> Response<Body> {
     let Some(admin) = admin else {
         return error(
             StatusCode::UNAUTHORIZED,
             "an admin client certificate of this cluster is required",
-        );
+        )
+        .map(BodyExt::boxed);
     };
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}")),
+        Err(e) => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}"))
+                .map(BodyExt::boxed)
+        }
     };
     let action = match parse(&method, &path, query.as_deref(), &body) {
         Ok(a) => a,
-        Err((status, msg)) => return error(status, msg),
+        Err((status, msg)) => return error(status, msg).map(BodyExt::boxed),
     };
     tracing::info!(%admin, %method, %path, "operator request");
-    execute(action, agents)
+    match action {
+        Action::TaskLogs(req) => task_logs(req, agents).await,
+        other => execute(other, agents).map(BodyExt::boxed),
+    }
+}
+
+/// A response body fed through a channel (streamed logs).
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|b| b.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// `GET /v1/tasks/{id}/logs`: asks the task's node over its session and streams the lines
+/// back as newline-delimited JSON ([`LogLine`]s; a last `{"error": …}` when the node fails
+/// mid-way).
+async fn task_logs(req: LogRequest, agents: &Arc<Agents>) -> Response<Body> {
+    let boxed = |r: Reply| r.map(BodyExt::boxed);
+    let task = match agents.store.task(&req.task) {
+        Ok(Some(t)) => t,
+        Ok(None) => {
+            return boxed(error(
+                StatusCode::NOT_FOUND,
+                format!("no task {}", req.task),
+            ))
+        }
+        Err(e) => return boxed(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    };
+    let Some(node) = task.info.node else {
+        return boxed(error(
+            StatusCode::CONFLICT,
+            format!("task {} was never placed on a node", req.task),
+        ));
+    };
+    let Some(conn) = agents.live_session(&node) else {
+        return boxed(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("node {node} is not connected; logs are read from the node"),
+        ));
+    };
+    let opened = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_frame(&mut send, &ServerPush::Logs(req))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        let first = tokio::time::timeout(
+            Duration::from_secs(10),
+            read_frame::<_, LogFrame>(&mut recv),
+        )
+        .await
+        .map_err(|_| "no answer within 10 s".to_string())?
+        .map_err(|e| e.to_string())?;
+        Ok::<_, String>((recv, first))
+    };
+    let (mut recv, first) = match opened.await {
+        Ok(x) => x,
+        Err(e) => return boxed(error(StatusCode::BAD_GATEWAY, format!("node {node}: {e}"))),
+    };
+    if let LogFrame::Error { reason } = first {
+        return boxed(error(
+            StatusCode::NOT_FOUND,
+            format!("node {node}: {reason}"),
+        ));
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let mut frame = first;
+        loop {
+            let mut out = Vec::new();
+            let done = match frame {
+                LogFrame::Lines { lines } => {
+                    for l in &lines {
+                        let _ = serde_json::to_writer(&mut out, l);
+                        out.push(b'\n');
+                    }
+                    false
+                }
+                LogFrame::End => true,
+                LogFrame::Error { reason } => {
+                    let _ =
+                        serde_json::to_writer(&mut out, &serde_json::json!({ "error": reason }));
+                    out.push(b'\n');
+                    true
+                }
+            };
+            // A reader that went away drops the body: the node's stream is stopped with it.
+            if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+                return;
+            }
+            if done {
+                return;
+            }
+            frame = match read_frame::<_, LogFrame>(&mut recv).await {
+                Ok(f) => f,
+                Err(e) => LogFrame::Error {
+                    reason: format!("node {node}: {e}"),
+                },
+            };
+        }
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/x-ndjson")
+        .body(ChannelBody(rx).boxed())
+        .unwrap_or_else(|_| boxed(error(StatusCode::INTERNAL_SERVER_ERROR, "response")))
 }
 
 fn parse(
@@ -231,6 +358,33 @@ fn parse(
         )),
         (&Method::GET, ["v1", "tasks"]) => Ok(Action::ListTasks),
         (&Method::GET, ["v1", "tasks", id]) => Ok(Action::GetTask(id.to_string())),
+        (&Method::GET, ["v1", "tasks", id, "logs"]) => {
+            let mut req = LogRequest {
+                task: id.to_string(),
+                container: None,
+                follow: false,
+                tail: None,
+            };
+            for pair in query
+                .unwrap_or_default()
+                .split('&')
+                .filter(|p| !p.is_empty())
+            {
+                let bad = || {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("query '{pair}': container=NAME, follow=true|false or tail=N"),
+                    )
+                };
+                match pair.split_once('=').ok_or_else(bad)? {
+                    ("container", c) => req.container = Some(c.to_string()),
+                    ("follow", f) => req.follow = f.parse().map_err(|_| bad())?,
+                    ("tail", t) => req.tail = Some(t.parse().map_err(|_| bad())?),
+                    _ => return Err(bad()),
+                }
+            }
+            Ok(Action::TaskLogs(req))
+        }
         (&Method::POST, ["v1", "tasks", id, "stop"]) => Ok(Action::StopTask(id.to_string())),
         _ => Err((StatusCode::NOT_FOUND, format!("no route {method} {path}"))),
     }
@@ -528,6 +682,8 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
             }
         }
         Action::RunTask(req) => run_tasks(req, agents),
+        // Streamed: answered by `task_logs` before `execute`.
+        Action::TaskLogs(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "misrouted logs request"),
         Action::ListTasks => match store.tasks() {
             Ok(t) => json(
                 StatusCode::OK,

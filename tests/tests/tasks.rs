@@ -234,3 +234,105 @@ fn a_node_can_only_report_on_its_own_tasks() {
         .log()
         .contains("report about a task of another node ignored"));
 }
+
+const CHATTY: &str = r#"{
+  "family": "chatty",
+  "networkMode": "none",
+  "containerDefinitions": [
+    {"name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+     "command": ["sh", "-c", "echo hello from main; i=0; trap 'exit 0' TERM; while true; do i=$((i+1)); echo tick $i; sleep 0.2 & wait; done"]},
+    {"name": "side", "image": "test/busybox:latest", "memory": 32, "essential": false, "stopTimeout": 2,
+     "command": ["sh", "-c", "echo side says hi >&2; exec sleep 600"]}
+  ]
+}"#;
+
+#[test]
+fn logs_stream_from_the_node_over_its_session() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    let f = cp.scratch().join("chatty.json");
+    std::fs::write(&f, CHATTY).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    let out = cp.flotilla_ok(&["task", "run", "chatty", "-o", "json"]);
+    let id = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait("the task to run and tick", Duration::from_secs(30), || {
+        let o = cp.flotilla(&["logs", &id]);
+        String::from_utf8_lossy(&o.stdout).contains("main | tick 2")
+    });
+
+    // Both containers, each line on the stream it was written to, named.
+    let o = cp.flotilla(&["logs", &id]);
+    assert!(o.status.success());
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stdout.starts_with("main | hello from main\n"), "{stdout}");
+    assert!(stderr.contains("side | side says hi"), "{stderr}");
+    assert!(!stdout.contains("side says hi"));
+
+    // One container, its last line only.
+    let last = cp.flotilla_ok(&["logs", &id, "--container", "main", "--tail", "1"]);
+    assert_eq!(last.lines().count(), 1, "{last}");
+    assert!(last.starts_with("tick "), "{last}");
+
+    // A container the task does not have is named in the error with those it has.
+    let bad = cp.flotilla(&["logs", &id, "--container", "nope"]);
+    assert!(!bad.status.success());
+    let msg = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        msg.contains("no container 'nope' (it has main, side)"),
+        "{msg}"
+    );
+
+    // Following: new lines arrive as written, and the stream ends when the task stops.
+    let mut follow = Command::new(flotilla_tests::bin("flotilla"))
+        .arg("--config")
+        .arg(&cp.admin)
+        .args(["logs", &id, "-c", "main", "-f", "--tail", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("flotilla logs -f");
+    let mut lines = BufReader::new(follow.stdout.take().expect("stdout")).lines();
+    let first: u32 = lines
+        .next()
+        .expect("a line")
+        .expect("utf8")
+        .trim_start_matches("tick ")
+        .parse()
+        .expect("tick N");
+    for n in 1..=5 {
+        let l = lines.next().expect("a followed line").expect("utf8");
+        assert_eq!(l, format!("tick {}", first + n));
+    }
+    cp.flotilla_ok(&["task", "stop", &id]);
+    let t = Instant::now();
+    loop {
+        if follow.try_wait().expect("wait").is_some() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "logs -f did not end with the task"
+        );
+        // keep the pipe drained
+        let _ = lines.next();
+    }
+    assert!(follow.wait().expect("wait").success());
+
+    // A node that is not connected cannot be read.
+    agent.kill();
+    wait("the node to be seen gone", Duration::from_secs(30), || {
+        cp.nodes()[0]["state"] == "DISCONNECTED"
+    });
+    let o = cp.flotilla(&["logs", &id]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is not connected"));
+    node.remove_all();
+    node.assert_clean();
+}

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
-use flotilla_api::taskdef::{ContainerDefinition, NetworkMode as TaskNetwork};
+use flotilla_api::taskdef::{ContainerDefinition, NetworkMode as TaskNetwork, TaskDefinition};
 use flotilla_api::tasks::{DesiredState, TaskState, TaskStatus};
 use flotilla_runtime::container::{
     ContainerConfig, ContainerError, ContainerStore, MountRequest, NetworkMode, Resources, Status,
@@ -289,7 +289,7 @@ impl Runner {
         else {
             return;
         };
-        let mut config = container_config(def, t.definition.network_mode);
+        let mut config = container_config(&task, &t.definition, def);
         config.name = Some(format!("{task}-{idx}"));
         config
             .env
@@ -380,6 +380,13 @@ impl Runner {
                             s.remove(&c.record.id, true)?;
                         }
                     }
+                    // Its task-scoped volumes go with it.
+                    let prefix = format!("{task}-");
+                    for v in s.volumes().list()? {
+                        if v.name.starts_with(&prefix) {
+                            s.remove_volume(&v.name)?;
+                        }
+                    }
                     Ok(())
                 })
                 .await??;
@@ -411,9 +418,38 @@ fn time(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(s).ok()
 }
 
-/// The runtime settings of a task's container.
-pub fn container_config(c: &ContainerDefinition, network: TaskNetwork) -> ContainerConfig {
+/// The runtime settings of a container of task `task`. Task volumes become bind mounts
+/// (`host.sourcePath`, below the node's allowed roots), named volumes shared across tasks
+/// (`dockerVolumeConfiguration.scope: shared`, by the volume's name) or volumes that live as
+/// long as the task (`<task>-<volume>`, removed with it).
+pub fn container_config(
+    task: &str,
+    t: &TaskDefinition,
+    c: &ContainerDefinition,
+) -> ContainerConfig {
     let mut mounts = Vec::new();
+    for m in &c.mount_points {
+        // The definition was checked: every mount point names a task volume.
+        let Some(v) = t.volumes.iter().find(|v| v.name == m.source_volume) else {
+            continue;
+        };
+        mounts.push(match &v.host_source_path {
+            Some(path) => MountRequest::Bind {
+                source: path.into(),
+                target: m.container_path.clone(),
+                read_only: m.read_only,
+            },
+            None => MountRequest::Volume {
+                name: if v.shared {
+                    v.name.clone()
+                } else {
+                    format!("{task}-{}", v.name)
+                },
+                target: m.container_path.clone(),
+                read_only: m.read_only,
+            },
+        });
+    }
     for t in &c.tmpfs {
         mounts.push(MountRequest::Tmpfs {
             target: t.container_path.clone(),
@@ -443,7 +479,7 @@ pub fn container_config(c: &ContainerDefinition, network: TaskNetwork) -> Contai
         read_only: c.readonly_root_filesystem,
         // bridge and awsvpc arrive with the networking work; until then such tasks get a
         // namespace of their own with loopback only.
-        network: match network {
+        network: match t.network_mode {
             TaskNetwork::Host => NetworkMode::Host,
             TaskNetwork::None | TaskNetwork::Bridge | TaskNetwork::Awsvpc => NetworkMode::None,
         },

@@ -203,13 +203,20 @@ impl Agent {
         }
     }
 
-    /// An agent over a container test node (its data directory and cgroup parent).
+    /// An agent over a container test node (its data directory, cgroup parent and allowed
+    /// bind roots).
     pub fn for_node(node: &crate::node::Node) -> Self {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["--cgroup-parent".into(), node.cgroup_parent.clone().into()];
+        for r in &node.bind_roots {
+            args.push("--bind-root".into());
+            args.push(r.clone().into());
+        }
         Self {
             data: node.data.clone(),
             log: node.scratch().join("agent.log"),
             child: None,
-            args: vec!["--cgroup-parent".into(), node.cgroup_parent.clone().into()],
+            args,
             netns: None,
         }
     }

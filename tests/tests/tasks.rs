@@ -336,3 +336,80 @@ fn logs_stream_from_the_node_over_its_session() {
     node.remove_all();
     node.assert_clean();
 }
+
+#[test]
+fn task_volumes_bind_shared_and_task_scoped() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    let host_dir = node.bind_roots[0].join("site");
+    std::fs::create_dir_all(&host_dir).expect("host dir");
+    std::fs::write(host_dir.join("greeting"), "hello from the host\n").expect("greeting");
+    let def = serde_json::json!({
+        "family": "vols",
+        "networkMode": "none",
+        "volumes": [
+            {"name": "cache", "dockerVolumeConfiguration": {"scope": "shared", "autoprovision": true}},
+            {"name": "scratch"},
+            {"name": "site", "host": {"sourcePath": host_dir}}
+        ],
+        "containerDefinitions": [{
+            "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+            "mountPoints": [
+                {"sourceVolume": "cache", "containerPath": "/cache"},
+                {"sourceVolume": "scratch", "containerPath": "/scratch"},
+                {"sourceVolume": "site", "containerPath": "/site", "readOnly": true}
+            ],
+            "command": ["sh", "-c", "cat /site/greeting; echo kept > /cache/out; echo gone > /scratch/out; touch /site/x 2>/dev/null || echo site is read-only; echo done; exec sleep 600"]
+        }]
+    });
+    let f = cp.scratch().join("vols.json");
+    std::fs::write(&f, def.to_string()).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    let out = cp.flotilla_ok(&["task", "run", "vols", "-o", "json"]);
+    let id = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait("the task's output", Duration::from_secs(30), || {
+        cp.flotilla(&["logs", &id]).stdout.ends_with(b"done\n")
+    });
+    assert_eq!(
+        cp.flotilla_ok(&["logs", &id]),
+        "hello from the host\nsite is read-only\ndone\n"
+    );
+    let volumes: Vec<serde_json::Value> =
+        serde_json::from_str(&node.ctr_ok(&["volume", "ls", "-o", "json"])).expect("json");
+    let path_of = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"] == name)
+            .and_then(|v| v["mountpoint"].as_str())
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| panic!("no volume {name}: {volumes:?}"))
+    };
+    let cache = path_of("cache");
+    let scratch = path_of(&format!("{id}-scratch"));
+    assert_eq!(
+        std::fs::read_to_string(cache.join("out")).expect("cache"),
+        "kept\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(scratch.join("out")).expect("scratch"),
+        "gone\n"
+    );
+    assert!(!host_dir.join("x").exists());
+
+    // Stopped: the task's own volume goes, the shared one stays.
+    cp.flotilla_ok(&["task", "stop", &id]);
+    node.wait_for(
+        "the task's volume to be removed",
+        Duration::from_secs(20),
+        || !scratch.exists(),
+    );
+    assert!(cache.join("out").exists());
+    agent.kill();
+    node.ctr_ok(&["volume", "rm", "cache"]);
+    node.remove_all();
+    node.assert_clean();
+}

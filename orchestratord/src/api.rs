@@ -871,3 +871,55 @@ fn run_tasks(req: TaskRun, agents: &Arc<Agents>) -> Reply {
     }
     json(StatusCode::CREATED, &created)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// (METHOD, path template) of every operation in `api/openapi.yaml`.
+    fn documented() -> Vec<(Method, String)> {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../api/openapi.yaml");
+        let text = std::fs::read_to_string(path).expect("api/openapi.yaml");
+        let doc: serde_json::Value = yaml_serde::from_str(&text).expect("yaml");
+        let mut out = Vec::new();
+        for (p, item) in doc["paths"].as_object().expect("paths") {
+            for m in item.as_object().expect("item").keys() {
+                if let Ok(method) = Method::from_bytes(m.to_uppercase().as_bytes()) {
+                    out.push((method, p.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    fn routes(method: &Method, template: &str) -> bool {
+        let path = template
+            .replace("{id}", "x-1")
+            .replace("{taskdef}", "fam:1");
+        !matches!(parse(method, &path, None, b"{}"), Err((StatusCode::NOT_FOUND, m)) if m.starts_with("no route"))
+    }
+
+    #[test]
+    fn the_router_serves_exactly_the_documented_operations() {
+        let ops = documented();
+        assert!(ops.len() >= 20, "{ops:?}");
+        for (m, p) in &ops {
+            assert!(routes(m, p), "{m} {p} is documented but not routed");
+        }
+        // On every documented path, no other method is served.
+        let methods = [
+            Method::GET,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::PATCH,
+        ];
+        for (_, p) in &ops {
+            for m in &methods {
+                if !ops.iter().any(|(om, op)| om == m && op == p) {
+                    assert!(!routes(m, p), "{m} {p} is routed but not documented");
+                }
+            }
+        }
+    }
+}

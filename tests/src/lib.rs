@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod image;
 pub mod netns;
 pub mod node;
+pub mod openapi;
 pub mod registry;
 
 use std::path::PathBuf;

@@ -1,0 +1,414 @@
+//! `api/openapi.yaml` against the real server: every documented operation is called on a real
+//! cluster (with a real node running a real task), and every answer's status and body must be
+//! what the document says.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use flotilla_certs::credential::Credential;
+use flotilla_certs::SERVER_NAME;
+use flotilla_tests::cluster::{Agent, ControlPlane};
+use flotilla_tests::node::Node;
+use flotilla_tests::openapi::Doc;
+use serde_json::{json, Value};
+
+const SERVE: &str = r#"{
+  "family": "serve",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "command": ["sh", "-c", "echo up; trap 'exit 0' TERM; while true; do sleep 0.2 & wait; done"]
+  }]
+}"#;
+
+/// Calls the API and checks each answer against the document.
+struct Caller {
+    doc: Doc,
+    rt: tokio::runtime::Runtime,
+    http: reqwest::Client,
+    base: String,
+    called: BTreeSet<(String, String)>,
+}
+
+impl Caller {
+    fn new(cp: &ControlPlane) -> Self {
+        let cred = Credential::load(&cp.admin).expect("admin credential");
+        let tls =
+            flotilla_certs::tls::client(&cred.ca_pem, &cred.identity, b"http/1.1").expect("tls");
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .resolve(SERVER_NAME, cp.addr)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client");
+        Self {
+            doc: Doc::load(),
+            rt: flotilla_tests::cluster::raw::runtime(),
+            http,
+            base: format!("https://{SERVER_NAME}:{}", cp.addr.port()),
+            called: BTreeSet::new(),
+        }
+    }
+
+    /// `METHOD path` (an instance of `template`); the answer must match the document.
+    fn call(
+        &mut self,
+        method: &str,
+        template: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(m, format!("{}{path}", self.base));
+        if let Some(b) = body {
+            req = req.body(b.to_string());
+        }
+        let (status, bytes) = self.rt.block_on(async {
+            let resp = req.send().await.expect("request");
+            let status = resp.status().as_u16();
+            (status, resp.bytes().await.expect("body").to_vec())
+        });
+        if let Err(e) = self.doc.check(method, template, status, &bytes) {
+            panic!("{e}");
+        }
+        self.called
+            .insert((method.to_string(), template.to_string()));
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else if let Ok(v) = serde_json::from_slice(&bytes) {
+            v
+        } else {
+            Value::String(String::from_utf8_lossy(&bytes).into_owned())
+        };
+        (status, value)
+    }
+
+    fn ok(
+        &mut self,
+        method: &str,
+        template: &str,
+        path: &str,
+        body: Option<&str>,
+        want: u16,
+    ) -> Value {
+        let (status, v) = self.call(method, template, path, body);
+        assert_eq!(status, want, "{method} {path}: {v}");
+        v
+    }
+}
+
+#[test]
+fn every_documented_operation_answers_as_documented() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = Agent::for_node(&node);
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    let id = Credential::load(&agent.identity()).expect("identity").name;
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    let mut api = Caller::new(&cp);
+    let node_path = format!("/v1/nodes/{id}");
+
+    // Tokens.
+    let t = api.ok(
+        "POST",
+        "/v1/tokens",
+        "/v1/tokens",
+        Some(r#"{"labels":{"site":"a"}}"#),
+        201,
+    );
+    let token_id = t["id"].as_str().expect("id").to_string();
+    api.ok(
+        "POST",
+        "/v1/tokens",
+        "/v1/tokens",
+        Some(r#"{"ttl_secs":0}"#),
+        400,
+    );
+    api.ok("GET", "/v1/tokens", "/v1/tokens", None, 200);
+    let p = format!("/v1/tokens/{token_id}");
+    api.ok("DELETE", "/v1/tokens/{id}", &p, None, 204);
+    api.ok("DELETE", "/v1/tokens/{id}", &p, None, 404);
+
+    // Nodes.
+    api.ok("GET", "/v1/nodes", "/v1/nodes", None, 200);
+    api.ok("GET", "/v1/nodes/{id}", &node_path, None, 200);
+    api.ok("GET", "/v1/nodes/{id}", "/v1/nodes/n-nope", None, 404);
+    let labels = format!("{node_path}/labels");
+    let n = api.ok(
+        "PUT",
+        "/v1/nodes/{id}/labels",
+        &labels,
+        Some(r#"{"set":{"site":"b"}}"#),
+        200,
+    );
+    assert_eq!(n["labels"]["site"], "b");
+    api.ok(
+        "PUT",
+        "/v1/nodes/{id}/labels",
+        &labels,
+        Some(r#"{"set":{"bad key":"x"}}"#),
+        400,
+    );
+    api.ok(
+        "PUT",
+        "/v1/nodes/{id}/labels",
+        "/v1/nodes/n-nope/labels",
+        Some("{}"),
+        404,
+    );
+
+    // Task definitions.
+    let r = api.ok("POST", "/v1/taskdefs", "/v1/taskdefs", Some(SERVE), 201);
+    assert_eq!(r["revision"], 1);
+    let bad = api.ok(
+        "POST",
+        "/v1/taskdefs",
+        "/v1/taskdefs",
+        Some(r#"{"family": 3}"#),
+        400,
+    );
+    assert!(!bad["problems"].as_array().expect("problems").is_empty());
+    api.ok("GET", "/v1/taskdefs", "/v1/taskdefs", None, 200);
+    api.ok(
+        "GET",
+        "/v1/taskdefs/{taskdef}",
+        "/v1/taskdefs/serve",
+        None,
+        200,
+    );
+    api.ok(
+        "GET",
+        "/v1/taskdefs/{taskdef}",
+        "/v1/taskdefs/serve:x",
+        None,
+        400,
+    );
+    api.ok(
+        "GET",
+        "/v1/taskdefs/{taskdef}",
+        "/v1/taskdefs/nope",
+        None,
+        404,
+    );
+
+    // Tasks, with a real container.
+    let tasks = api.ok(
+        "POST",
+        "/v1/tasks",
+        "/v1/tasks",
+        Some(r#"{"taskDefinition":"serve"}"#),
+        201,
+    );
+    let task = tasks[0]["id"].as_str().expect("id").to_string();
+    api.ok(
+        "POST",
+        "/v1/tasks",
+        "/v1/tasks",
+        Some(r#"{"taskDefinition":"nope"}"#),
+        404,
+    );
+    api.ok(
+        "POST",
+        "/v1/tasks",
+        "/v1/tasks",
+        Some(r#"{"taskDefinition":"serve","count":0}"#),
+        400,
+    );
+    let task_path = format!("/v1/tasks/{task}");
+    let start = Instant::now();
+    while api.ok("GET", "/v1/tasks/{id}", &task_path, None, 200)["state"] != "RUNNING" {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the task never ran"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    api.ok("GET", "/v1/tasks/{id}", "/v1/tasks/t-nope", None, 404);
+    api.ok("GET", "/v1/tasks", "/v1/tasks", None, 200);
+    let logs = format!("{task_path}/logs?tail=5");
+    let start = Instant::now();
+    while api.ok("GET", "/v1/tasks/{id}/logs", &logs, None, 200) == Value::Null {
+        assert!(start.elapsed() < Duration::from_secs(10), "no log line");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let nope = format!("{task_path}/logs?container=nope");
+    api.ok("GET", "/v1/tasks/{id}/logs", &nope, None, 404);
+    let bogus = format!("{task_path}/logs?bogus=1");
+    api.ok("GET", "/v1/tasks/{id}/logs", &bogus, None, 400);
+
+    // Draining refuses placement; activating allows it again.
+    api.ok(
+        "POST",
+        "/v1/nodes/{id}/drain",
+        &format!("{node_path}/drain"),
+        None,
+        200,
+    );
+    api.ok(
+        "POST",
+        "/v1/tasks",
+        "/v1/tasks",
+        Some(r#"{"taskDefinition":"serve"}"#),
+        409,
+    );
+    api.ok(
+        "POST",
+        "/v1/nodes/{id}/activate",
+        &format!("{node_path}/activate"),
+        None,
+        200,
+    );
+    api.ok(
+        "POST",
+        "/v1/nodes/{id}/drain",
+        "/v1/nodes/n-nope/drain",
+        None,
+        404,
+    );
+    api.ok(
+        "POST",
+        "/v1/nodes/{id}/activate",
+        "/v1/nodes/n-nope/activate",
+        None,
+        404,
+    );
+    let again = api.ok(
+        "POST",
+        "/v1/tasks",
+        "/v1/tasks",
+        Some(r#"{"taskDefinition":"serve"}"#),
+        201,
+    );
+    let live = again[0]["id"].as_str().expect("id").to_string();
+    let stopped = api.ok(
+        "POST",
+        "/v1/tasks/{id}/stop",
+        &format!("{task_path}/stop"),
+        None,
+        200,
+    );
+    assert_eq!(stopped["desired"], "STOPPED");
+    api.ok(
+        "POST",
+        "/v1/tasks/{id}/stop",
+        "/v1/tasks/t-nope/stop",
+        None,
+        404,
+    );
+
+    // Operators.
+    let key = flotilla_certs::key_and_csr("ops").expect("csr");
+    let issue = json!({"name": "ops", "csr_pem": key.cert_pem}).to_string();
+    api.ok("POST", "/v1/admins", "/v1/admins", Some(&issue), 201);
+    let bad = json!({"name": "ops", "csr_pem": "not a CSR"}).to_string();
+    api.ok("POST", "/v1/admins", "/v1/admins", Some(&bad), 400);
+
+    // Deregistering.
+    api.ok(
+        "POST",
+        "/v1/taskdefs/{taskdef}/deregister",
+        "/v1/taskdefs/serve:1/deregister",
+        None,
+        200,
+    );
+    api.ok(
+        "POST",
+        "/v1/taskdefs/{taskdef}/deregister",
+        "/v1/taskdefs/serve/deregister",
+        None,
+        400,
+    );
+    api.ok(
+        "POST",
+        "/v1/taskdefs/{taskdef}/deregister",
+        "/v1/taskdefs/nope:1/deregister",
+        None,
+        404,
+    );
+
+    // Removing and revoking nodes.
+    api.ok(
+        "DELETE",
+        "/v1/nodes/{id}",
+        &format!("{node_path}?force=maybe"),
+        None,
+        400,
+    );
+    api.ok("DELETE", "/v1/nodes/{id}", &node_path, None, 409);
+    let other = Agent::new(&cp.scratch().join("other"));
+    assert!(other
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    let other_id = Credential::load(&other.identity()).expect("identity").name;
+    let r = api.ok(
+        "POST",
+        "/v1/nodes/{id}/revoke",
+        &format!("/v1/nodes/{other_id}/revoke"),
+        None,
+        200,
+    );
+    assert_eq!(r["state"], "REVOKED");
+    api.ok(
+        "POST",
+        "/v1/nodes/{id}/revoke",
+        "/v1/nodes/n-nope/revoke",
+        None,
+        404,
+    );
+    api.ok(
+        "DELETE",
+        "/v1/nodes/{id}",
+        &format!("/v1/nodes/{other_id}"),
+        None,
+        204,
+    );
+    api.ok("DELETE", "/v1/nodes/{id}", "/v1/nodes/n-nope", None, 404);
+    api.ok(
+        "POST",
+        "/v1/tasks/{id}/stop",
+        &format!("/v1/tasks/{live}/stop"),
+        None,
+        200,
+    );
+
+    // What is not documented is not served.
+    let (status, body) = api.rt.block_on(async {
+        let r = api
+            .http
+            .get(format!("{}/v1/nope", api.base))
+            .send()
+            .await
+            .expect("request");
+        (r.status().as_u16(), r.bytes().await.expect("body"))
+    });
+    assert_eq!(status, 404);
+    let mut errors = Vec::new();
+    let err: Value = serde_json::from_slice(&body).expect("json");
+    api.doc.validate(
+        &json!({"$ref": "#/components/schemas/Error"}),
+        &err,
+        "$",
+        &mut errors,
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+
+    let documented: BTreeSet<(String, String)> = api.doc.operations().into_iter().collect();
+    let missed: Vec<_> = documented.difference(&api.called).collect();
+    assert!(
+        missed.is_empty(),
+        "documented but never called here: {missed:?}"
+    );
+
+    node.wait_for(
+        "both tasks' containers to go",
+        Duration::from_secs(20),
+        || node.ps().is_empty(),
+    );
+    agent.kill();
+    node.assert_clean();
+}

@@ -123,6 +123,13 @@ pub enum HelloReply {
         /// Why.
         reason: String,
     },
+    /// The control plane is admitting sessions as fast as it allows: dial again after this
+    /// long. Each refused agent gets its own later slot, so a reconnect storm (every node after
+    /// a control plane restart) is spread evenly instead of coming back in waves.
+    Busy {
+        /// Milliseconds to wait before dialling again.
+        retry_after_ms: u64,
+    },
 }
 
 /// Requests an agent makes during a session.

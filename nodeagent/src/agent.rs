@@ -35,6 +35,18 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait between two dial attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// The control plane asked to be dialled again after this long.
+#[derive(Debug)]
+struct Busy(Duration);
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "control plane busy; come back in {:?}", self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
+
 /// Where the node's identity lives.
 pub fn identity_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("identity")
@@ -246,7 +258,20 @@ pub async fn run(data_dir: &Path, node: flotilla_runtime::container::StoreOption
         let started = std::time::Instant::now();
         match session(&endpoint, &dir, &mut cred, &runner).await {
             Ok(()) => tracing::info!("session closed"),
-            Err(e) => tracing::warn!(node = %cred.name, "session: {e:#}"),
+            Err(e) => match e.downcast_ref::<Busy>() {
+                // The control plane gave this node a slot: come back then (a little jitter
+                // keeps slots from lining up across restarts), backoff unchanged.
+                Some(Busy(after)) => {
+                    let wait = after.mul_f64(random_between(1.0, 1.1));
+                    tracing::info!(
+                        "control plane busy admitting sessions; dialling again in {:.1} s",
+                        wait.as_secs_f64()
+                    );
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                None => tracing::warn!(node = %cred.name, "session: {e:#}"),
+            },
         }
         if started.elapsed() > Duration::from_secs(60) {
             backoff = Duration::from_secs(1);
@@ -323,6 +348,10 @@ async fn session(
             (protocol, server_time)
         }
         HelloReply::Refused { reason } => bail!("hello refused: {reason}"),
+        HelloReply::Busy { retry_after_ms } => {
+            conn.close(quinn::VarInt::from_u32(0), b"busy: coming back later");
+            return Err(Busy(Duration::from_millis(retry_after_ms.min(600_000))).into());
+        }
     };
     check_clock(server_time);
     tracing::info!(node = %cred.name, server = %cred.server, protocol, "session established");

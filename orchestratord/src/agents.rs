@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flotilla_api::tasks::{DesiredState, DesiredStatus, DesiredTask, TaskState, TaskStatus};
 use flotilla_api::{
@@ -36,8 +36,56 @@ pub struct Agents {
     /// Lifetime of node certificates.
     pub node_cert_lifetime: Duration,
     sessions: Mutex<HashMap<String, Connection>>,
+    /// How fast sessions are admitted.
+    admission: Admission,
     /// What nodes last said of themselves: kept in memory only (no disk write per heartbeat).
     live: Mutex<HashMap<String, LiveInfo>>,
+}
+
+/// Session admission: a token bucket of `rate` sessions per second (bursts up to `rate`). An
+/// agent turned away gets the next free slot — one every `1/rate` seconds, at least a second
+/// ahead — so a storm of reconnects drains at the rate instead of retrying in waves.
+#[derive(Debug)]
+pub struct Admission {
+    rate: f64,
+    state: Mutex<AdmissionState>,
+}
+
+#[derive(Debug)]
+struct AdmissionState {
+    tokens: f64,
+    last: Instant,
+    next_slot: Instant,
+}
+
+impl Admission {
+    /// Admits up to `rate` sessions per second (at least 1).
+    pub fn new(rate: u32, now: Instant) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self {
+            rate,
+            state: Mutex::new(AdmissionState {
+                tokens: rate,
+                last: now,
+                next_slot: now,
+            }),
+        }
+    }
+
+    /// Admits a session at `now`, or says how long its agent should wait.
+    pub fn admit(&self, now: Instant) -> Result<(), Duration> {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let elapsed = now.saturating_duration_since(s.last).as_secs_f64();
+        s.tokens = (s.tokens + elapsed * self.rate).min(self.rate);
+        s.last = now;
+        if s.tokens >= 1.0 {
+            s.tokens -= 1.0;
+            return Ok(());
+        }
+        let slot = s.next_slot.max(now + Duration::from_secs(1));
+        s.next_slot = slot + Duration::from_secs_f64(1.0 / self.rate);
+        Err(slot - now)
+    }
 }
 
 /// A node's last words, in memory.
@@ -65,11 +113,17 @@ fn refuse(conn: &Connection, code: u32, reason: &str) {
 
 impl Agents {
     /// Agent handling over `store` and `ca`.
-    pub fn new(store: Arc<Store>, ca: ClusterCa, node_cert_lifetime: Duration) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        ca: ClusterCa,
+        node_cert_lifetime: Duration,
+        session_rate: u32,
+    ) -> Self {
         Self {
             store,
             ca,
             node_cert_lifetime,
+            admission: Admission::new(session_rate, Instant::now()),
             sessions: Mutex::new(HashMap::new()),
             live: Mutex::new(HashMap::new()),
         }
@@ -345,6 +399,17 @@ impl Agents {
             let _ = send.finish();
             return refuse(&conn, CLOSE_REFUSED, &reason);
         };
+        if let Err(wait) = self.admission.admit(Instant::now()) {
+            tracing::debug!(node = %node_id, wait_ms = wait.as_millis() as u64, "session deferred: admitting at the session rate");
+            let busy = HelloReply::Busy {
+                retry_after_ms: wait.as_millis() as u64,
+            };
+            let _ = write_frame(&mut send, &busy).await;
+            let _ = send.finish();
+            // Closed once the agent has read the answer (or gives up), not before.
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+            return;
+        }
         let welcome = HelloReply::Welcome {
             protocol,
             node_id: node_id.clone(),
@@ -544,5 +609,32 @@ impl Agents {
             }
             Err(e) => refused(e.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_spreads_a_storm_over_slots_at_the_rate() {
+        let t0 = Instant::now();
+        let a = Admission::new(4, t0);
+        // a burst of the rate is admitted at once
+        for _ in 0..4 {
+            assert_eq!(a.admit(t0), Ok(()));
+        }
+        // then each refused agent gets its own slot, a quarter second apart, from 1 s on
+        let waits: Vec<u128> = (0..4)
+            .map(|_| a.admit(t0).expect_err("busy").as_millis())
+            .collect();
+        assert_eq!(waits, [1000, 1250, 1500, 1750]);
+        // tokens come back at the rate
+        let later = t0 + Duration::from_millis(500);
+        assert_eq!(a.admit(later), Ok(()));
+        assert_eq!(a.admit(later), Ok(()));
+        assert!(a.admit(later).is_err());
+        // a later refusal queues behind the slots already given
+        assert_eq!(a.admit(later).expect_err("busy").as_millis(), 1750);
     }
 }

@@ -30,7 +30,8 @@ const SERVER_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 #[derive(Debug, Parser)]
 #[command(name = "orchestratord", version, about = "Flotilla control plane")]
 struct Cli {
-    /// Configuration file (TOML; keys as the flags: data_dir, listen, node_cert_lifetime).
+    /// Configuration file (TOML; keys as the flags: data_dir, listen, node_cert_lifetime,
+    /// session_rate).
     /// Default: /etc/flotilla/orchestratord.toml when it exists. Flags override it.
     #[arg(long, global = true, env = "ORCHESTRATORD_CONFIG")]
     config: Option<PathBuf>,
@@ -71,6 +72,10 @@ enum Command {
         /// Lifetime of node certificates in seconds, renewed at 50–80 % of it [default: 30 days].
         #[arg(long)]
         node_cert_lifetime: Option<u64>,
+        /// Agent sessions admitted per second; agents beyond it are told when to come back,
+        /// each at its own slot [default: 1000].
+        #[arg(long)]
+        session_rate: Option<u32>,
     },
 }
 
@@ -81,6 +86,7 @@ struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     node_cert_lifetime: Option<u64>,
+    session_rate: Option<u32>,
 }
 
 /// Default configuration file.
@@ -144,6 +150,7 @@ fn real_main() -> Result<()> {
         Command::Run {
             listen,
             node_cert_lifetime,
+            session_rate,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -155,7 +162,12 @@ fn real_main() -> Result<()> {
             let lifetime = node_cert_lifetime
                 .or(file.node_cert_lifetime)
                 .unwrap_or(flotilla_certs::NODE_CERT_LIFETIME.as_secs());
-            rt.block_on(run(&data_dir, listen, Duration::from_secs(lifetime)))
+            let settings = Settings {
+                listen,
+                node_cert_lifetime: Duration::from_secs(lifetime),
+                session_rate: session_rate.or(file.session_rate).unwrap_or(1000),
+            };
+            rt.block_on(run(&data_dir, &settings))
         }
     }
 }
@@ -282,9 +294,25 @@ fn server_cert(data_dir: &Path, ca: &ClusterCa) -> Result<CertifiedKey> {
     Ok(fresh)
 }
 
-async fn run(data_dir: &Path, listen: SocketAddr, node_cert_lifetime: Duration) -> Result<()> {
+/// What `orchestratord run` serves with, from flags over the configuration file.
+#[derive(Clone, Copy)]
+struct Settings {
+    listen: SocketAddr,
+    node_cert_lifetime: Duration,
+    session_rate: u32,
+}
+
+async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
+    let Settings {
+        listen,
+        node_cert_lifetime,
+        session_rate,
+    } = *settings;
     if node_cert_lifetime < Duration::from_secs(30) {
         bail!("--node-cert-lifetime: at least 30 seconds");
+    }
+    if session_rate == 0 {
+        bail!("--session-rate: at least 1 session per second");
     }
     let ca = ClusterCa::load(data_dir).with_context(|| {
         format!(
@@ -320,7 +348,12 @@ async fn run(data_dir: &Path, listen: SocketAddr, node_cert_lifetime: Duration) 
         .await
         .with_context(|| format!("listening on tcp {listen}"))?;
 
-    let agents = Arc::new(agents::Agents::new(store, ca, node_cert_lifetime));
+    let agents = Arc::new(agents::Agents::new(
+        store,
+        ca,
+        node_cert_lifetime,
+        session_rate,
+    ));
     tracing::info!(%listen, "serving agents (QUIC) and operators (HTTPS)");
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

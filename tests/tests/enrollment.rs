@@ -500,3 +500,32 @@ fn a_new_server_certificate_reaches_connected_nodes_without_a_step_on_them() {
     agent.wait_log("session established", 2, Duration::from_secs(45));
     assert_eq!(cp.nodes()[0]["connected"], true);
 }
+
+#[test]
+fn a_reconnect_storm_is_spread_by_the_control_plane() {
+    // One session admitted per second: four agents starting at once are given slots.
+    let cp = ControlPlane::start(&["--session-rate", "1"]);
+    let token = cp.token(&["--uses", "4"]);
+    let mut agents: Vec<Agent> = (0..4)
+        .map(|i| Agent::new(&cp.scratch().join(format!("n{i}"))))
+        .collect();
+    for a in &agents {
+        let o = a.join(&cp.server(), &token, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    for a in &mut agents {
+        a.run();
+    }
+    for a in &agents {
+        a.wait_log("session established", 1, Duration::from_secs(20));
+    }
+    let told_to_wait = agents
+        .iter()
+        .filter(|a| a.log().contains("control plane busy admitting sessions"))
+        .count();
+    assert!(
+        told_to_wait >= 2,
+        "only {told_to_wait} agents were given a slot"
+    );
+    assert!(cp.nodes().iter().all(|n| n["state"] == "READY"));
+}

@@ -46,6 +46,7 @@ async fn session(
         match read_frame::<_, HelloReply>(&mut r).await? {
             HelloReply::Welcome { .. } => {}
             HelloReply::Refused { reason } => bail!("refused: {reason}"),
+            HelloReply::Busy { .. } => bail!("busy: the session rate limit was reached"),
         }
     }
     conn.close(0u32.into(), b"");
@@ -83,7 +84,8 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() -> Result<()> {
-    let cp = ControlPlane::start(&[]);
+    // Raw capacity: admission is not what is measured here.
+    let cp = ControlPlane::start(&["--session-rate", "1000000"]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -142,6 +142,9 @@ pub enum AgentRequest {
     Heartbeat {
         /// Resources.
         resources: NodeResources,
+        /// Usage of the running containers of its tasks, kept in memory by the control plane.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        usage: Vec<tasks::TaskUsage>,
     },
     /// Status of the tasks on the node (those that changed, or all after a reconnect).
     Report {

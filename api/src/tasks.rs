@@ -76,10 +76,34 @@ pub struct ContainerStatus {
     /// Times the node restarted it by its restart policy.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts: u32,
+    /// What it uses, as of its node's last heartbeat (filled in by the control plane when it
+    /// answers; never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<ContainerUsage>,
 }
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+/// What a running container uses, as its node last measured it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerUsage {
+    /// CPU time used since it started, microseconds.
+    pub cpu_usec: u64,
+    /// Memory in use, bytes.
+    pub memory_bytes: u64,
+    /// Processes and threads.
+    pub pids: u64,
+}
+
+/// Usage of a task's running containers, by container name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskUsage {
+    /// Task id.
+    pub id: String,
+    /// Container name → usage.
+    pub containers: std::collections::BTreeMap<String, ContainerUsage>,
 }
 
 /// A task as a node reports it.

@@ -28,8 +28,6 @@ use crate::runner::Runner;
 const CLOSE_REVOKED: u32 = 2;
 /// How often a live session pings.
 const PING_EVERY: Duration = Duration::from_secs(10);
-/// How often the node reports its capacity and load.
-const HEARTBEAT_EVERY: Duration = Duration::from_secs(30);
 /// How long a ping may take before the session counts as lost.
 const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait between two dial attempts.
@@ -231,7 +229,11 @@ fn pem_der(pem: &str) -> Result<Vec<u8>> {
 
 /// Runs the node: converges to its persisted desired state (with or without a control plane)
 /// and keeps the session with the control plane, forever.
-pub async fn run(data_dir: &Path, node: flotilla_runtime::container::StoreOptions) -> Result<()> {
+pub async fn run(
+    data_dir: &Path,
+    node: flotilla_runtime::container::StoreOptions,
+    heartbeat: Duration,
+) -> Result<()> {
     let dir = identity_dir(data_dir);
     let mut cred = Credential::load(&dir).with_context(|| {
         format!(
@@ -256,7 +258,7 @@ pub async fn run(data_dir: &Path, node: flotilla_runtime::container::StoreOption
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = std::time::Instant::now();
-        match session(&endpoint, &dir, &mut cred, &runner).await {
+        match session(&endpoint, &dir, &mut cred, &runner, heartbeat).await {
             Ok(()) => tracing::info!("session closed"),
             Err(e) => match e.downcast_ref::<Busy>() {
                 // The control plane gave this node a slot: come back then (a little jitter
@@ -289,6 +291,7 @@ async fn session(
     dir: &Path,
     cred: &mut Credential,
     runner: &Arc<Runner>,
+    heartbeat_every: Duration,
 ) -> Result<()> {
     let (_, not_after) = flotilla_certs::validity_of(&pem_der(&cred.identity.cert_pem)?)?;
     if not_after <= SystemTime::now() {
@@ -361,7 +364,7 @@ async fn session(
     // Everything known is reported once per session, then whenever it changes.
     let mut status = runner.status();
     status.mark_changed();
-    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut heartbeat = tokio::time::interval(heartbeat_every);
     let data_dir = dir.parent().unwrap_or(dir).to_path_buf();
     loop {
         let until_renewal = due
@@ -395,7 +398,9 @@ async fn session(
             }
             _ = heartbeat.tick() => {
                 let resources = node_resources(&data_dir);
-                match request(&conn, &AgentRequest::Heartbeat { resources }).await {
+                let r = runner.clone();
+                let usage = tokio::task::spawn_blocking(move || r.usage()).await.unwrap_or_default();
+                match request(&conn, &AgentRequest::Heartbeat { resources, usage }).await {
                     Ok(AgentReply::Recorded) => {}
                     Ok(other) => tracing::warn!("heartbeat: {other:?}"),
                     Err(e) => bail!("heartbeat: {e:#}"),

@@ -13,6 +13,7 @@ mod runner;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use flotilla_runtime::container::{ShimCommand, StoreOptions};
@@ -23,7 +24,8 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/flotilla/nodeagent";
 #[derive(Debug, Parser)]
 #[command(name = "nodeagent", version, about = "Flotilla node agent")]
 struct Cli {
-    /// Configuration file (TOML; keys as the flags: data_dir, cgroup_parent, bind_roots).
+    /// Configuration file (TOML; keys as the flags: data_dir, cgroup_parent, bind_roots,
+    /// heartbeat).
     /// Default: /etc/flotilla/nodeagent.toml when it exists. Flags override it.
     #[arg(long, global = true, env = "NODEAGENT_CONFIG")]
     config: Option<PathBuf>,
@@ -61,7 +63,11 @@ enum Command {
         labels: Vec<String>,
     },
     /// Run the agent: keep the session with the control plane.
-    Run,
+    Run {
+        /// Seconds between heartbeats (node resources and container usage) [default: 30].
+        #[arg(long, value_name = "SECS")]
+        heartbeat: Option<u64>,
+    },
     /// Supervise one container (started by the agent, not by hand).
     #[command(hide = true)]
     Shim {
@@ -79,6 +85,7 @@ struct FileConfig {
     cgroup_parent: Option<String>,
     #[serde(default)]
     bind_roots: Vec<PathBuf>,
+    heartbeat: Option<u64>,
 }
 
 /// Default configuration file.
@@ -106,6 +113,12 @@ fn settle(mut cli: Cli) -> anyhow::Result<Cli> {
     cli.cgroup_parent = cli.cgroup_parent.or(file.cgroup_parent);
     if cli.bind_roots.is_empty() {
         cli.bind_roots = file.bind_roots;
+    }
+    if let Command::Run { heartbeat } = &mut cli.command {
+        *heartbeat = heartbeat.or(file.heartbeat);
+        if heartbeat.is_some_and(|h| !(5..=3600).contains(&h)) {
+            anyhow::bail!("heartbeat: from 5 to 3600 seconds");
+        }
     }
     Ok(cli)
 }
@@ -166,9 +179,12 @@ fn main() -> ExitCode {
                 println!("next: nodeagent --data-dir {} run", data_dir.display());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Run => agent::run(&data_dir, node)
-                .await
-                .map(|()| ExitCode::SUCCESS),
+            Command::Run { heartbeat } => {
+                let heartbeat = Duration::from_secs(heartbeat.unwrap_or(30));
+                agent::run(&data_dir, node, heartbeat)
+                    .await
+                    .map(|()| ExitCode::SUCCESS)
+            }
             Command::Shim { .. } => Ok(ExitCode::FAILURE),
         }
     });

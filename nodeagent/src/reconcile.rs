@@ -183,6 +183,7 @@ fn container_status(name: &str, o: Option<&Observed>, restarts: u32) -> Containe
         exit_code,
         reason,
         restarts,
+        usage: None,
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use flotilla_api::taskdef::{ContainerDefinition, NetworkMode as TaskNetwork, TaskDefinition};
-use flotilla_api::tasks::{DesiredState, TaskState, TaskStatus};
+use flotilla_api::tasks::{ContainerUsage, DesiredState, TaskState, TaskStatus, TaskUsage};
 use flotilla_runtime::container::{
     ContainerConfig, ContainerError, ContainerStore, MountRequest, NetworkMode, Resources, Status,
 };
@@ -111,6 +111,59 @@ impl Runner {
                     .map(|c| c.name.clone())
                     .collect()
             })
+    }
+
+    /// Usage of the running containers of desired tasks (cgroup counters; blocking reads).
+    pub fn usage(&self) -> Vec<TaskUsage> {
+        let desired = self
+            .desired
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut out: BTreeMap<String, TaskUsage> = BTreeMap::new();
+        for c in self.store.list().unwrap_or_default() {
+            if c.status != Status::Running {
+                continue;
+            }
+            let Some((task, idx)) = c
+                .record
+                .config
+                .name
+                .as_deref()
+                .and_then(|n| n.rsplit_once('-'))
+            else {
+                continue;
+            };
+            let Some(def) = desired.tasks.iter().find(|t| t.id == task) else {
+                continue;
+            };
+            let Some(name) = idx
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| def.definition.container_definitions.get(i))
+                .map(|d| d.name.clone())
+            else {
+                continue;
+            };
+            let Ok(u) = self.store.stats(&c.record.id) else {
+                continue;
+            };
+            out.entry(task.to_string())
+                .or_insert_with(|| TaskUsage {
+                    id: task.to_string(),
+                    containers: BTreeMap::new(),
+                })
+                .containers
+                .insert(
+                    name,
+                    ContainerUsage {
+                        cpu_usec: u.cpu_ns / 1000,
+                        memory_bytes: u.memory_bytes,
+                        pids: u.pids,
+                    },
+                );
+        }
+        out.into_values().collect()
     }
 
     /// The container store the runner acts on.

@@ -6,11 +6,13 @@
 //!   nothing else; a session counts once the `Hello` round trip is done. Revocation closes the
 //!   live connection at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use flotilla_api::tasks::{DesiredState, DesiredStatus, DesiredTask, TaskState, TaskStatus};
+use flotilla_api::tasks::{
+    ContainerUsage, DesiredState, DesiredStatus, DesiredTask, TaskState, TaskStatus,
+};
 use flotilla_api::{
     negotiate, read_frame, write_frame, AgentReply, AgentRequest, Hello, HelloReply, JoinReply,
     JoinRequest, PushReply, ServerPush, PROTOCOLS,
@@ -97,6 +99,8 @@ pub struct LiveInfo {
     pub last_seen: Option<u64>,
     /// Last reported resources.
     pub resources: Option<flotilla_api::NodeResources>,
+    /// Usage of its tasks' running containers at the last heartbeat: task → container → usage.
+    pub usage: HashMap<String, BTreeMap<String, ContainerUsage>>,
 }
 
 fn now() -> u64 {
@@ -447,8 +451,22 @@ impl Agents {
             self.touch(&node_id, |_| {});
             let reply = match read_frame::<_, AgentRequest>(&mut recv).await {
                 Ok(AgentRequest::Ping) => AgentReply::Pong { server_time: now() },
-                Ok(AgentRequest::Heartbeat { resources }) => {
-                    self.touch(&node_id, |l| l.resources = Some(resources));
+                Ok(AgentRequest::Heartbeat { resources, usage }) => {
+                    // Only this node's own tasks are kept.
+                    let mine: HashMap<String, _> =
+                        usage
+                            .into_iter()
+                            .filter(|u| {
+                                self.store.task(&u.id).ok().flatten().is_some_and(|t| {
+                                    t.info.node.as_deref() == Some(node_id.as_str())
+                                })
+                            })
+                            .map(|u| (u.id, u.containers))
+                            .collect();
+                    self.touch(&node_id, |l| {
+                        l.resources = Some(resources);
+                        l.usage = mine;
+                    });
                     AgentReply::Recorded
                 }
                 Ok(AgentRequest::Renew { csr_pem }) => self.renew(&node_id, &csr_pem),

@@ -687,12 +687,14 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
         Action::ListTasks => match store.tasks() {
             Ok(t) => json(
                 StatusCode::OK,
-                &t.into_iter().map(|t| t.info).collect::<Vec<_>>(),
+                &t.into_iter()
+                    .map(|t| with_usage(t.info, agents))
+                    .collect::<Vec<_>>(),
             ),
             Err(e) => internal(e),
         },
         Action::GetTask(id) => match store.task(&id) {
-            Ok(Some(t)) => json(StatusCode::OK, &t.info),
+            Ok(Some(t)) => json(StatusCode::OK, &with_usage(t.info, agents)),
             Ok(None) => error(StatusCode::NOT_FOUND, format!("no task {id}")),
             Err(e) => internal(e),
         },
@@ -740,6 +742,23 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
             }
         }
     }
+}
+
+/// A task with its running containers' usage from its node's last heartbeat.
+fn with_usage(mut t: TaskInfo, agents: &Agents) -> TaskInfo {
+    if t.state == TaskState::Stopped {
+        return t;
+    }
+    let Some(node) = &t.node else { return t };
+    let live = agents.live(node);
+    if let Some(usage) = live.usage.get(&t.id) {
+        for c in &mut t.containers {
+            if c.state == "running" {
+                c.usage = usage.get(&c.name).cloned();
+            }
+        }
+    }
+    t
 }
 
 /// Marks a running task to be stopped for `reason` (committed); false when it was already

@@ -189,6 +189,8 @@ pub struct Agent {
     args: Vec<std::ffi::OsString>,
     /// The network namespace it runs in, when on a [`crate::netns::Host`].
     netns: Option<String>,
+    /// Extra arguments of `nodeagent run`.
+    run_args: Vec<String>,
 }
 
 impl Agent {
@@ -200,6 +202,7 @@ impl Agent {
             child: None,
             args: Vec::new(),
             netns: None,
+            run_args: Vec::new(),
         }
     }
 
@@ -218,7 +221,14 @@ impl Agent {
             child: None,
             args,
             netns: None,
+            run_args: Vec::new(),
         }
+    }
+
+    /// The same agent, `nodeagent run` given `args` too.
+    pub fn with_run_args(mut self, args: &[&str]) -> Self {
+        self.run_args = args.iter().map(|s| s.to_string()).collect();
+        self
     }
 
     /// The same agent, run on `host` (in its network namespace).
@@ -273,6 +283,7 @@ impl Agent {
             .expect("log");
         let mut cmd = self.command();
         cmd.arg("run")
+            .args(&self.run_args)
             .env("NODEAGENT_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);

@@ -30,7 +30,7 @@ const ONESHOT: &str = r#"{
 
 /// An agent over `node`, enrolled with `cp` and in session.
 fn agent_in_session(cp: &ControlPlane, node: &Node) -> Agent {
-    let mut agent = Agent::for_node(node);
+    let mut agent = Agent::for_node(node).with_run_args(&["--heartbeat", "5"]);
     assert!(agent
         .join(&cp.server(), &cp.token(&[]), &[])
         .status
@@ -89,6 +89,20 @@ fn tasks_run_report_and_survive_a_control_plane_crash() {
         .map(|c| c["pid"].as_i64().expect("pid"))
         .collect();
     let first = tasks(&cp)[0]["id"].as_str().expect("id").to_string();
+    // Usage comes with the heartbeats (every 5 s here), from the container's cgroup.
+    wait(
+        "usage of the running container",
+        Duration::from_secs(15),
+        || {
+            let t: serde_json::Value =
+                serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &first])).expect("json");
+            let u = &t["containers"][0]["usage"];
+            u["memory_bytes"]
+                .as_u64()
+                .is_some_and(|m| m > 0 && m <= 32 << 20)
+                && u["pids"].as_u64().is_some_and(|p| p >= 1)
+        },
+    );
     let name = format!("{first}-0");
     node.wait_for("output", Duration::from_secs(5), || {
         node.ctr_ok(&["logs", &name]).contains("started hello")

@@ -79,6 +79,21 @@ pub struct NodeInfo {
     pub resources: Option<crate::NodeResources>,
 }
 
+/// Something that happened in the cluster, as `GET /v1/events` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Sequence number, increasing.
+    pub seq: u64,
+    /// When (seconds since the epoch).
+    pub time: u64,
+    /// What kind: `node.joined`, `task.placed`, `task.stopped` …
+    pub kind: String,
+    /// What it is about (a node, task, token or task definition id).
+    pub subject: String,
+    /// For a person to read.
+    pub message: String,
+}
+
 /// `PUT /v1/nodes/{id}/labels`: labels set (added or replaced), then labels removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use flotilla_api::ops::{
-    AdminCredential, AdminIssue, ApiError, NodeInfo, NodeLabels, TaskDefRegistered,
+    AdminCredential, AdminIssue, ApiError, Event, NodeInfo, NodeLabels, TaskDefRegistered,
     TaskDefRevision, TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
 use flotilla_api::{Labels, LogLine};
@@ -54,6 +54,18 @@ enum Command {
     /// Tasks.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// What happened in the cluster, oldest first (the control plane keeps the last 10,000).
+    Events {
+        /// Only events after this sequence number.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+        /// At most this many (1-1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Keep printing new events as they happen (Ctrl-C to stop).
+        #[arg(long, short = 'f')]
+        follow: bool,
+    },
     /// Print a task's container logs, read from its node over the node's session.
     Logs {
         /// Task id.
@@ -662,6 +674,45 @@ async fn run(cli: Cli) -> Result<()> {
                 .expect(Method::GET, &format!("/v1/tasks/{id}"), None)
                 .await?;
             println!("{}", serde_json::to_string_pretty(&t)?);
+        }
+        Command::Events {
+            since,
+            limit,
+            follow,
+        } => {
+            let mut since = since;
+            loop {
+                let list: Vec<Event> = api
+                    .expect(
+                        reqwest::Method::GET,
+                        &format!("/v1/events?since={since}&limit={limit}"),
+                        None,
+                    )
+                    .await?;
+                if json {
+                    for e in &list {
+                        println!("{}", serde_json::to_string(e)?);
+                    }
+                } else {
+                    for e in &list {
+                        println!(
+                            "{:>6}  {}  {:<20} {:<16} {}",
+                            e.seq,
+                            when(e.time),
+                            e.kind,
+                            e.subject,
+                            e.message
+                        );
+                    }
+                }
+                since = list.last().map_or(since, |e| e.seq);
+                if !follow {
+                    break;
+                }
+                if list.len() < limit as usize {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
         }
         Command::Logs {
             task,

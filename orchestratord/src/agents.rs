@@ -133,6 +133,16 @@ impl Agents {
         }
     }
 
+    /// Records an event; failing to record one is logged and never fails what happened.
+    pub fn event(&self, kind: &str, subject: &str, message: impl Into<String>) {
+        if let Err(e) = self
+            .store
+            .record_event(kind, subject, message.into(), now())
+        {
+            tracing::warn!(kind, subject, "recording an event: {e}");
+        }
+    }
+
     /// Ids of nodes with a live session.
     pub fn connected(&self) -> Vec<String> {
         self.sessions
@@ -176,6 +186,7 @@ impl Agents {
             conn.close(VarInt::from_u32(CLOSE_REVOKED), b"this node was revoked");
         }
         tracing::info!(node = node_id, "node revoked");
+        self.event("node.revoked", node_id, "revoked; its session was ended");
         Ok(Some(node))
     }
 
@@ -201,6 +212,7 @@ impl Agents {
             .unwrap_or_else(|p| p.into_inner())
             .remove(node_id);
         tracing::info!(node = node_id, "node removed");
+        self.event("node.removed", node_id, "removed from the cluster");
         Ok(true)
     }
 
@@ -330,10 +342,24 @@ impl Agents {
             tracing::error!("join: {e}");
             return refused("the control plane could not record the node".into());
         }
+        let peer = conn.remote_address();
         if returning.is_some() {
-            tracing::info!(node = %node_id, peer = %conn.remote_address(), token = %token.id, "node rejoined with its identity");
+            tracing::info!(node = %node_id, %peer, token = %token.id, "node rejoined with its identity");
+            self.event(
+                "node.rejoined",
+                &node_id,
+                format!(
+                    "rejoined with its identity from {peer} (token {})",
+                    token.id
+                ),
+            );
         } else {
-            tracing::info!(node = %node_id, peer = %conn.remote_address(), token = %token.id, "node joined");
+            tracing::info!(node = %node_id, %peer, token = %token.id, "node joined");
+            self.event(
+                "node.joined",
+                &node_id,
+                format!("{} joined from {peer} (token {})", node.hostname, token.id),
+            );
         }
         JoinReply::Joined {
             node_id,
@@ -581,8 +607,29 @@ impl Agents {
             if status.state == TaskState::Stopped {
                 stopped_now = true;
             }
+            let unchanged = rec.info.state == status.state
+                && rec.info.stop_reason == status.stop_reason
+                && rec.info.containers == status.containers;
+            if unchanged {
+                continue;
+            }
             if rec.info.state != status.state {
                 tracing::info!(node = node_id, task = %status.id, state = ?status.state, reason = ?status.stop_reason, "task state");
+                let codes: Vec<String> = status
+                    .containers
+                    .iter()
+                    .filter_map(|c| c.exit_code.map(|x| format!("{} exited {x}", c.name)))
+                    .collect();
+                let state = format!("{:?}", status.state).to_uppercase();
+                let mut message = format!("{state} on {node_id}");
+                if let Some(r) = &status.stop_reason {
+                    message.push_str(&format!(": {r}"));
+                }
+                if !codes.is_empty() && status.state == TaskState::Stopped {
+                    message.push_str(&format!(" ({})", codes.join(", ")));
+                }
+                let kind = format!("task.{:?}", status.state).to_lowercase();
+                self.event(&kind, &status.id, message);
             }
             rec.info.state = status.state;
             rec.info.stop_reason = status.stop_reason;

@@ -48,6 +48,7 @@ enum Action {
     ListTasks,
     GetTask(String),
     TaskLogs(LogRequest),
+    ListEvents { since: u64, limit: usize },
     StopTask(String),
 }
 
@@ -358,6 +359,33 @@ fn parse(
         )),
         (&Method::GET, ["v1", "tasks"]) => Ok(Action::ListTasks),
         (&Method::GET, ["v1", "tasks", id]) => Ok(Action::GetTask(id.to_string())),
+        (&Method::GET, ["v1", "events"]) => {
+            let (mut since, mut limit) = (0, 100);
+            for pair in query
+                .unwrap_or_default()
+                .split('&')
+                .filter(|p| !p.is_empty())
+            {
+                let bad = || {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("query '{pair}': since=SEQ or limit=1..1000"),
+                    )
+                };
+                match pair.split_once('=').ok_or_else(bad)? {
+                    ("since", s) => since = s.parse().map_err(|_| bad())?,
+                    ("limit", l) => {
+                        limit = l
+                            .parse()
+                            .ok()
+                            .filter(|l| (1..=1000).contains(l))
+                            .ok_or_else(bad)?
+                    }
+                    _ => return Err(bad()),
+                }
+            }
+            Ok(Action::ListEvents { since, limit })
+        }
         (&Method::GET, ["v1", "tasks", id, "logs"]) => {
             let mut req = LogRequest {
                 task: id.to_string(),
@@ -470,6 +498,11 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
                 return internal(e);
             }
             tracing::info!(token = %record.id, uses, ttl_secs = ttl.as_secs(), "join token created");
+            agents.event(
+                "token.created",
+                &record.id,
+                format!("{uses} use(s), expires in {} s", ttl.as_secs()),
+            );
             json(
                 StatusCode::CREATED,
                 &TokenCreated {
@@ -488,6 +521,7 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
         Action::RemoveToken(id) => match store.remove_token(&id) {
             Ok(true) => {
                 tracing::info!(token = %id, "join token removed");
+                agents.event("token.removed", &id, "revoked by an operator");
                 Response::builder()
                     .status(StatusCode::NO_CONTENT)
                     .body(Full::new(Bytes::new()))
@@ -540,6 +574,7 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
                         return internal(e);
                     }
                     tracing::info!(node = %id, labels = ?n.labels, "node labels changed");
+                    agents.event("node.labelled", &id, format!("labels now {:?}", n.labels));
                     json(
                         StatusCode::OK,
                         &node_info(&n, &agents.connected(), agents.live(&n.id)),
@@ -583,8 +618,14 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
                     agents.clone().push_desired(&id);
                 }
                 tracing::info!(node = %id, stopped, "node draining");
+                agents.event(
+                    "node.draining",
+                    &id,
+                    format!("draining; {stopped} task(s) being stopped"),
+                );
             } else {
                 tracing::info!(node = %id, "node active");
+                agents.event("node.active", &id, "takes tasks again");
             }
             json(
                 StatusCode::OK,
@@ -641,6 +682,11 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
             Ok(parsed) => match store.register_taskdef(parsed.definition, now()) {
                 Ok(rec) => {
                     tracing::info!(family = %rec.family, revision = rec.revision, "task definition registered");
+                    agents.event(
+                        "taskdef.registered",
+                        &format!("{}:{}", rec.family, rec.revision),
+                        format!("{} warning(s)", parsed.warnings.len()),
+                    );
                     json(
                         StatusCode::CREATED,
                         &TaskDefRegistered {
@@ -672,6 +718,11 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
             match store.deregister_taskdef(&family, revision) {
                 Ok(Some(t)) => {
                     tracing::info!(%family, revision, "task definition deregistered");
+                    agents.event(
+                        "taskdef.deregistered",
+                        &format!("{family}:{revision}"),
+                        "no new tasks start from it",
+                    );
                     json(StatusCode::OK, &t)
                 }
                 Ok(None) => error(
@@ -682,6 +733,10 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
             }
         }
         Action::RunTask(req) => run_tasks(req, agents),
+        Action::ListEvents { since, limit } => match store.events(since, limit) {
+            Ok(e) => json(StatusCode::OK, &e),
+            Err(e) => internal(e),
+        },
         // Streamed: answered by `task_logs` before `execute`.
         Action::TaskLogs(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "misrouted logs request"),
         Action::ListTasks => match store.tasks() {
@@ -710,6 +765,7 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
                             agents.clone().push_desired(node);
                         }
                         tracing::info!(task = %id, "task stop requested");
+                        agents.event("task.stopping", &id, "stop requested by an operator");
                     }
                     Ok(false) => {}
                     Err(e) => return internal(e),
@@ -879,6 +935,11 @@ fn run_tasks(req: TaskRun, agents: &Arc<Agents>) -> Reply {
             return fail(e);
         }
         tracing::info!(task = %rec.info.id, node = %node, taskdef = %rec.info.task_definition, "task placed");
+        agents.event(
+            "task.placed",
+            &rec.info.id,
+            format!("{} on {node}", rec.info.task_definition),
+        );
         touched.insert(node);
         created.push(rec.info);
     }

@@ -1,9 +1,10 @@
-//! The control plane's durable state in one redb file: join tokens (secrets hashed) and nodes.
+//! The control plane's durable state in one redb file: join tokens (secrets hashed), nodes, task
+//! definitions, tasks and the last [`MAX_EVENTS`] events.
 //! Every write is committed (fsynced) before it is acknowledged.
 
 use std::path::Path;
 
-use flotilla_api::ops::{TaskDefRevision, TaskDefStatus, TaskInfo};
+use flotilla_api::ops::{Event, TaskDefRevision, TaskDefStatus, TaskInfo};
 use flotilla_api::taskdef::TaskDefinition;
 use flotilla_api::Labels;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -12,6 +13,10 @@ use serde::{Deserialize, Serialize};
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+/// Events keyed by sequence number.
+const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+/// Events kept; older ones are dropped as new ones come.
+pub const MAX_EVENTS: u64 = 10_000;
 /// Task definitions keyed `family\0<revision, 10 digits>`, so a family's revisions sort.
 const TASKDEFS: TableDefinition<&str, &[u8]> = TableDefinition::new("taskdefs");
 
@@ -120,6 +125,8 @@ pub enum TokenRefusal {
 #[derive(Debug)]
 pub struct Store {
     db: Database,
+    /// Events kept ([`MAX_EVENTS`]).
+    max_events: u64,
 }
 
 impl Store {
@@ -131,8 +138,12 @@ impl Store {
         w.open_table(NODES).map_err(db)?;
         w.open_table(TASKDEFS).map_err(db)?;
         w.open_table(TASKS).map_err(db)?;
+        w.open_table(EVENTS).map_err(db)?;
         w.commit().map_err(db)?;
-        Ok(Self { db: database })
+        Ok(Self {
+            db: database,
+            max_events: MAX_EVENTS,
+        })
     }
 
     fn put<T: Serialize>(
@@ -328,6 +339,54 @@ impl Store {
         Ok(Some(rec))
     }
 
+    /// Appends an event (dropping the oldest beyond [`MAX_EVENTS`]); returns it.
+    pub fn record_event(
+        &self,
+        kind: &str,
+        subject: &str,
+        message: String,
+        time: u64,
+    ) -> Result<Event, StoreError> {
+        let w = self.db.begin_write().map_err(db)?;
+        let event = {
+            let mut t = w.open_table(EVENTS).map_err(db)?;
+            let last = t.last().map_err(db)?.map_or(0, |(k, _)| k.value());
+            let event = Event {
+                seq: last + 1,
+                time,
+                kind: kind.to_string(),
+                subject: subject.to_string(),
+                message,
+            };
+            let bytes = serde_json::to_vec(&event).map_err(db)?;
+            t.insert(event.seq, bytes.as_slice()).map_err(db)?;
+            if event.seq > self.max_events {
+                t.retain_in(..=event.seq - self.max_events, |_, _| false)
+                    .map_err(db)?;
+            }
+            event
+        };
+        w.commit().map_err(db)?;
+        Ok(event)
+    }
+
+    /// Events after `since`, oldest first, at most `limit`.
+    pub fn events(&self, since: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let r = self.db.begin_read().map_err(db)?;
+        let t = r.open_table(EVENTS).map_err(db)?;
+        let mut out = Vec::new();
+        for item in t.range(since.saturating_add(1)..).map_err(db)?.take(limit) {
+            let (k, v) = item.map_err(db)?;
+            out.push(
+                serde_json::from_slice(v.value()).map_err(|e| StoreError::Corrupt {
+                    key: k.value().to_string(),
+                    reason: e.to_string(),
+                })?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Stores or replaces a task.
     pub fn put_task(&self, t: &TaskRecord) -> Result<(), StoreError> {
         self.put(TASKS, &t.info.id, t)
@@ -385,6 +444,37 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_are_numbered_paged_and_capped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(&dir.path().join("s.redb")).expect("open");
+        store.max_events = 5;
+        for i in 0..8 {
+            let e = store
+                .record_event("k", "s", format!("m{i}"), 100 + i)
+                .expect("event");
+            assert_eq!(e.seq, i + 1);
+        }
+        let all = store.events(0, 100).expect("events");
+        assert_eq!(
+            all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [4, 5, 6, 7, 8],
+            "only the last 5 are kept"
+        );
+        let page = store.events(5, 2).expect("events");
+        assert_eq!(
+            page.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(),
+            ["m5", "m6"]
+        );
+        drop(store);
+        // numbering goes on after a restart
+        let store = Store::open(&dir.path().join("s.redb")).expect("reopen");
+        assert_eq!(
+            store.record_event("k", "s", "m".into(), 1).expect("e").seq,
+            9
+        );
+    }
 
     fn token(id: &str, secret: &str, expires_at: u64, uses: u32) -> TokenRecord {
         TokenRecord {

@@ -100,6 +100,25 @@ fn label_drain_activate_and_remove_a_node() {
         (t["state"].as_str(), t["stopReason"].as_str()),
         (Some("STOPPED"), Some("node removed"))
     );
+    // The story is in the events, in order.
+    let events = cp.flotilla_ok(&["events"]);
+    let order: Vec<usize> = [
+        "node.joined",
+        "node.labelled",
+        "node.draining",
+        "task.stopped",
+        "node.active",
+        "node.removed",
+    ]
+    .iter()
+    .map(|k| {
+        events
+            .find(k)
+            .unwrap_or_else(|| panic!("no {k} in:\n{events}"))
+    })
+    .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{events}");
+    assert!(events.contains("STOPPED on"), "{events}");
     agent.wait_log(
         "this node was removed from the cluster",
         1,

@@ -376,6 +376,36 @@ fn every_documented_operation_answers_as_documented() {
         200,
     );
 
+    // Events: what happened, in order.
+    let events = api.ok("GET", "/v1/events", "/v1/events", None, 200);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["kind"].as_str())
+        .collect();
+    for k in [
+        "token.created",
+        "node.joined",
+        "taskdef.registered",
+        "task.placed",
+        "task.running",
+        "node.draining",
+        "node.revoked",
+        "node.removed",
+    ] {
+        assert!(kinds.contains(&k), "no {k} event in {kinds:?}");
+    }
+    let page = api.ok("GET", "/v1/events", "/v1/events?since=2&limit=3", None, 200);
+    let seqs: Vec<u64> = page
+        .as_array()
+        .expect("page")
+        .iter()
+        .filter_map(|e| e["seq"].as_u64())
+        .collect();
+    assert_eq!(seqs, [3, 4, 5]);
+    api.ok("GET", "/v1/events", "/v1/events?limit=0", None, 400);
+
     // What is not documented is not served.
     let (status, body) = api.rt.block_on(async {
         let r = api

@@ -11,6 +11,7 @@ use flotilla_runtime::container::config::parse_size;
 use flotilla_runtime::container::logs::{self, LogEntry, LogLimits, Stream};
 use flotilla_runtime::container::{
     ContainerConfig, ContainerInfo, ContainerStore, MountRequest, NetworkMode, Resources, Status,
+    Ulimit,
 };
 use rustix::process::Signal;
 
@@ -52,6 +53,9 @@ pub struct RunArgs {
     /// tmpfs at /path, optionally :size=64m.
     #[arg(long, value_name = "PATH[:size=SIZE]")]
     tmpfs: Vec<String>,
+    /// Resource limit NAME=SOFT[:HARD], e.g. nofile=1024:4096 (repeatable).
+    #[arg(long = "ulimit", value_name = "NAME=SOFT[:HARD]", value_parser = ulimit)]
+    ulimits: Vec<Ulimit>,
     /// Mount the root filesystem read-only.
     #[arg(long)]
     read_only: bool,
@@ -394,6 +398,27 @@ fn run_config(args: &RunArgs) -> Result<ContainerConfig> {
             max_size: args.log_max_size,
             max_files: args.log_max_files,
         },
+        ulimits: args.ulimits.clone(),
+    })
+}
+
+/// `NAME=SOFT[:HARD]` (HARD defaults to SOFT).
+fn ulimit(s: &str) -> Result<Ulimit, String> {
+    let (name, limits) = s
+        .split_once('=')
+        .ok_or_else(|| format!("'{s}': expected NAME=SOFT[:HARD]"))?;
+    let num = |x: &str| {
+        x.parse::<u64>()
+            .map_err(|_| format!("'{s}': '{x}' is not a number"))
+    };
+    let (soft, hard) = match limits.split_once(':') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(limits)?, num(limits)?),
+    };
+    Ok(Ulimit {
+        name: name.to_string(),
+        soft,
+        hard,
     })
 }
 

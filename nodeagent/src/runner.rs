@@ -13,6 +13,7 @@ use flotilla_api::taskdef::{ContainerDefinition, NetworkMode as TaskNetwork, Tas
 use flotilla_api::tasks::{ContainerUsage, DesiredState, TaskState, TaskStatus, TaskUsage};
 use flotilla_runtime::container::{
     ContainerConfig, ContainerError, ContainerStore, MountRequest, NetworkMode, Resources, Status,
+    Ulimit,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{watch, Notify};
@@ -541,5 +542,14 @@ pub fn container_config(
         privileged: c.privileged,
         mounts,
         log: Default::default(),
+        ulimits: c
+            .ulimits
+            .iter()
+            .map(|u| Ulimit {
+                name: u.name.clone(),
+                soft: u.soft_limit,
+                hard: u.hard_limit,
+            })
+            .collect(),
     }
 }

@@ -645,3 +645,29 @@ fn image_content_stays_while_a_container_uses_it() {
     assert_eq!(count(), 0, "layers outlived the last container and image");
     node.assert_clean();
 }
+
+#[test]
+fn ulimits_apply_to_the_container() {
+    let node = Node::new();
+    let out = node.ctr_ok(&[
+        "run",
+        "--rm",
+        "--ulimit",
+        "nofile=100:200",
+        "--ulimit",
+        "nproc=50",
+        IMAGE,
+        "sh",
+        "-c",
+        "ulimit -n; ulimit -Hn; ulimit -u",
+    ]);
+    assert_eq!(out, "100\n200\n50\n");
+    let o = node.ctr(&["run", "--rm", "--ulimit", "nofiles=1", IMAGE, "true"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("ulimits[0].name: unknown limit 'nofiles'"),
+        "{}",
+        stderr(&o)
+    );
+    node.assert_clean();
+}

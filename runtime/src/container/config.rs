@@ -42,6 +42,20 @@ pub struct ContainerConfig {
     pub mounts: Vec<MountRequest>,
     /// Log size bounds.
     pub log: LogLimits,
+    /// Resource limits of the container's processes (`nofile`, `nproc` …); the others are
+    /// inherited from the agent.
+    pub ulimits: Vec<Ulimit>,
+}
+
+/// One POSIX resource limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ulimit {
+    /// `nofile`, `nproc`, `core` … (`RLIMIT_` + the name in capitals).
+    pub name: String,
+    /// Soft limit.
+    pub soft: u64,
+    /// Hard limit (raising it above the agent's needs CAP_SYS_RESOURCE).
+    pub hard: u64,
 }
 
 /// cgroup limits of a container.
@@ -273,6 +287,20 @@ impl ContainerConfig {
         }
         if r.pids == Some(0) {
             errs.push("resources.pids: must be at least 1".into());
+        }
+        for (i, u) in self.ulimits.iter().enumerate() {
+            if super::spec::rlimit_type(&u.name).is_none() {
+                errs.push(format!("ulimits[{i}].name: unknown limit '{}'", u.name));
+            }
+            if u.soft > u.hard {
+                errs.push(format!(
+                    "ulimits[{i}]: soft limit {} exceeds hard limit {}",
+                    u.soft, u.hard
+                ));
+            }
+            if self.ulimits[..i].iter().any(|o| o.name == u.name) {
+                errs.push(format!("ulimits[{i}].name: '{}' is set twice", u.name));
+            }
         }
         let mut targets = Vec::new();
         for (i, m) in self.mounts.iter().enumerate() {

@@ -33,7 +33,7 @@ use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 
 pub use cgroup::{CgroupHierarchy, CgroupUsage};
-pub use config::{ContainerConfig, MountRequest, NetworkMode, Resources};
+pub use config::{ContainerConfig, MountRequest, NetworkMode, Resources, Ulimit};
 pub use process::ProcessIdentity;
 pub use spec::{ImageProcess, ResolvedMount};
 pub use volume::{Volume, VolumeError, VolumeStore};

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
-    UserBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use serde::{Deserialize, Serialize};
 
@@ -425,7 +425,20 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
                 .ambient(HashSet::new())
                 .build()?,
         )
-        .rlimits(Vec::new())
+        .rlimits(
+            cfg.ulimits
+                .iter()
+                .filter_map(|u| {
+                    let typ = rlimit_type(&u.name)?;
+                    PosixRlimitBuilder::default()
+                        .typ(typ)
+                        .soft(u.soft)
+                        .hard(u.hard)
+                        .build()
+                        .ok()
+                })
+                .collect::<Vec<_>>(),
+        )
         .no_new_privileges(!cfg.privileged)
         .build()?;
 
@@ -598,6 +611,14 @@ fn user_mount(m: &ResolvedMount) -> Result<Mount, SpecError> {
             mount(&target, "tmpfs", "tmpfs", &opts)
         }
     }
+}
+
+/// The OCI rlimit type of a ulimit name (`nofile` → `RLIMIT_NOFILE`).
+pub fn rlimit_type(name: &str) -> Option<PosixRlimitType> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase()) {
+        return None;
+    }
+    format!("RLIMIT_{}", name.to_ascii_uppercase()).parse().ok()
 }
 
 #[cfg(test)]

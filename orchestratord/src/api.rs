@@ -817,6 +817,31 @@ fn with_usage(mut t: TaskInfo, agents: &Agents) -> TaskInfo {
     t
 }
 
+/// Memory and CPU a task reserves on its node.
+#[derive(Debug, Clone, Copy, Default)]
+struct Need {
+    memory_mib: u64,
+    cpu_units: u64,
+}
+
+/// ECS's reservation rule: the task's own `memory`/`cpu` when set; otherwise the sum over its
+/// containers of `memoryReservation` (or `memory`) and `cpu`.
+fn requirement(t: &flotilla_api::taskdef::TaskDefinition) -> Need {
+    let containers = &t.container_definitions;
+    Need {
+        memory_mib: t.memory.unwrap_or_else(|| {
+            containers
+                .iter()
+                .map(|c| c.memory_reservation.or(c.memory).unwrap_or(0))
+                .sum()
+        }),
+        cpu_units: t
+            .cpu
+            .map(u64::from)
+            .unwrap_or_else(|| containers.iter().map(|c| u64::from(c.cpu)).sum()),
+    }
+}
+
 /// Marks a running task to be stopped for `reason` (committed); false when it was already
 /// stopping or stopped. The caller bumps its node's generation and pushes.
 fn request_stop(
@@ -897,22 +922,90 @@ fn run_tasks(req: TaskRun, agents: &Arc<Agents>) -> Reply {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
-    let mut load: std::collections::BTreeMap<String, usize> =
-        candidates.iter().map(|c| (c.clone(), 0)).collect();
+    // What each candidate holds: live tasks, and the memory and CPU they reserve.
+    let need = requirement(&def.task_definition);
+    let mut load: std::collections::BTreeMap<String, (usize, Need)> = candidates
+        .iter()
+        .map(|c| (c.clone(), (0, Need::default())))
+        .collect();
     for t in &tasks {
-        if let Some(n) = t.info.node.as_ref().and_then(|n| load.get_mut(n)) {
+        if let Some((n, used)) = t.info.node.as_ref().and_then(|n| load.get_mut(n)) {
             if t.info.state != TaskState::Stopped {
                 *n += 1;
+                let r = requirement(&t.definition);
+                used.memory_mib += r.memory_mib;
+                used.cpu_units += r.cpu_units;
             }
         }
     }
+    let capacity: std::collections::BTreeMap<String, Option<Need>> = candidates
+        .iter()
+        .map(|c| {
+            let cap = agents.live(c).resources.map(|r| Need {
+                memory_mib: r.memory_bytes >> 20,
+                cpu_units: u64::from(r.cpus) * 1024,
+            });
+            (c.clone(), cap)
+        })
+        .collect();
+    // A node whose capacity is not known yet (no heartbeat) is taken to have room.
+    let fits = |node: &str, used: &Need| {
+        capacity.get(node).copied().flatten().is_none_or(|cap| {
+            used.memory_mib + need.memory_mib <= cap.memory_mib
+                && used.cpu_units + need.cpu_units <= cap.cpu_units
+        })
+    };
+    // Every task is placed before any is created: all of them run, or none.
+    let mut placements = Vec::new();
+    for _ in 0..req.count {
+        let Some(node) = load
+            .iter()
+            .filter(|(n, (_, used))| fits(n, used))
+            .min_by_key(|(_, (l, _))| *l)
+            .map(|(n, _)| n.clone())
+        else {
+            let mut why: Vec<String> = load
+                .iter()
+                .take(5)
+                .map(|(n, (_, used))| match capacity.get(n).copied().flatten() {
+                    Some(cap) => format!(
+                        "{n} has {} MiB and {} CPU units free",
+                        cap.memory_mib.saturating_sub(used.memory_mib),
+                        cap.cpu_units.saturating_sub(used.cpu_units)
+                    ),
+                    None => format!("{n}: capacity unknown"),
+                })
+                .collect();
+            if load.len() > 5 {
+                why.push(format!("{} more", load.len() - 5));
+            }
+            let room = if placements.is_empty() {
+                "no node has room".to_string()
+            } else {
+                format!("room for only {} of {}", placements.len(), req.count)
+            };
+            return error(
+                StatusCode::CONFLICT,
+                format!(
+                    "{room} for {}:{} ({} MiB, {} CPU units each): {}",
+                    def.family,
+                    def.revision,
+                    need.memory_mib,
+                    need.cpu_units,
+                    why.join("; ")
+                ),
+            );
+        };
+        if let Some((n, used)) = load.get_mut(&node) {
+            *n += 1;
+            used.memory_mib += need.memory_mib;
+            used.cpu_units += need.cpu_units;
+        }
+        placements.push(node);
+    }
     let mut created = Vec::new();
     let mut touched = std::collections::BTreeSet::new();
-    for _ in 0..req.count {
-        let Some(node) = load.iter().min_by_key(|(_, l)| **l).map(|(n, _)| n.clone()) else {
-            break;
-        };
-        *load.entry(node.clone()).or_default() += 1;
+    for node in placements {
         let id = match flotilla_certs::new_node_id() {
             Ok(n) => format!("t-{}", &n[2..]),
             Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),

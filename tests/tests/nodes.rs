@@ -89,6 +89,28 @@ fn label_drain_activate_and_remove_a_node() {
         inspect(&cp, "task", &second)["state"] == "RUNNING"
     });
 
+    // Placement needs room: a task that needs 40 % of the node's memory fits twice, not three
+    // times, and nothing is created when not all fit.
+    let memory_mib = inspect(&cp, "node", &id)["resources"]["memory_bytes"]
+        .as_u64()
+        .expect("memory reported")
+        >> 20;
+    let big = serde_json::json!({
+        "family": "big", "networkMode": "none",
+        "containerDefinitions": [{"name": "main", "image": "test/busybox:latest",
+                                  "memoryReservation": memory_mib * 2 / 5, "command": ["true"]}]
+    });
+    let f = cp.scratch().join("big.json");
+    std::fs::write(&f, big.to_string()).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    let before = cp.flotilla_ok(&["task", "ls", "-o", "json"]);
+    let o = cp.flotilla(&["task", "run", "big", "--count", "3"]);
+    assert!(!o.status.success());
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(msg.contains("room for only 2 of 3 for big:1"), "{msg}");
+    assert!(msg.contains(&format!("{id} has ")), "{msg}");
+    assert_eq!(cp.flotilla_ok(&["task", "ls", "-o", "json"]), before);
+
     // Remove: refused while a task lives, then forced; the node is gone and refused.
     let refused = cp.flotilla(&["node", "rm", &id]);
     assert!(!refused.status.success());

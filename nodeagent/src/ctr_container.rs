@@ -149,6 +149,18 @@ pub enum ContainerCommand {
         #[arg(required = true)]
         containers: Vec<String>,
     },
+    /// Run a command inside a running container (its namespaces, cgroup, user, capabilities
+    /// and seccomp profile); exits with the command's code.
+    Exec {
+        /// Kill the command after this long, e.g. 30s (exit code 124).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+        /// Name or id.
+        container: String,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
     /// Print a container's output.
     Logs {
         /// Keep printing new output until the container exits.
@@ -269,6 +281,22 @@ pub async fn container(
                 tokio::task::spawn_blocking(move || s.remove(&key, force)).await??;
                 println!("{c}");
             }
+        }
+        ContainerCommand::Exec {
+            timeout,
+            container,
+            command,
+        } => {
+            let mut cmd = store.exec_command(&container, &command, timeout)?;
+            let code = tokio::task::spawn_blocking(move || -> Result<i32> {
+                let status = cmd
+                    .stdin(std::process::Stdio::inherit())
+                    .status()
+                    .context("starting the exec helper")?;
+                Ok(status.code().unwrap_or(125))
+            })
+            .await??;
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(125)));
         }
         ContainerCommand::Logs {
             follow,

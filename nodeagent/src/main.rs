@@ -74,6 +74,13 @@ enum Command {
         /// Container id.
         #[arg(long)]
         id: String,
+        /// With a command after `--`: run it inside the running container instead, killing it
+        /// after this many milliseconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// The command to run inside the container.
+        #[arg(last = true)]
+        exec: Vec<String>,
     },
 }
 
@@ -135,18 +142,29 @@ fn main() -> ExitCode {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    // An exec helper reports its own failure in one line; libcontainer's would repeat it.
+    let quiet = matches!(&cli.command, Command::Shim { exec, .. } if !exec.is_empty());
+    let default_filter = if quiet {
+        "warn,libcgroups=off,libcontainer=off"
+    } else {
+        "warn,libcgroups=error,libcontainer=error"
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NODEAGENT_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,libcgroups=error,libcontainer=error")
-            }),
+            tracing_subscriber::EnvFilter::try_from_env("NODEAGENT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Command::Shim { id } = &cli.command {
-        // No async runtime here: the shim forks containers and must stay single-threaded
-        // until they exist.
-        let code = flotilla_runtime::container::shim::main(&data_dir, id);
+    if let Command::Shim { id, timeout, exec } = &cli.command {
+        // No async runtime here: the shim forks containers (and exec joins them) and must
+        // stay single-threaded until they exist.
+        let code = if exec.is_empty() {
+            flotilla_runtime::container::shim::main(&data_dir, id)
+        } else {
+            let timeout = timeout.map(Duration::from_millis);
+            flotilla_runtime::container::exec::main(&data_dir, id, exec.clone(), timeout)
+        };
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let node = match node_options(&cli) {

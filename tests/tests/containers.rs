@@ -671,3 +671,55 @@ fn ulimits_apply_to_the_container() {
     );
     node.assert_clean();
 }
+
+#[test]
+fn exec_joins_a_running_container_with_its_restrictions() {
+    let node = Node::new();
+    node.ctr_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "host",
+        "--hostname",
+        "box",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    // Same namespaces (host name, pid 1 is the container's init), same hardening.
+    let o = node.ctr(&[
+        "exec",
+        "host",
+        "sh",
+        "-c",
+        "hostname; tr '\\0' ' ' < /proc/1/cmdline; echo; grep NoNewPrivs /proc/self/status; exit 3",
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "box\nsleep 600 \nNoNewPrivs:\t1\n");
+    let o = node.ctr(&["exec", "host", "/probe", "syscalls"]);
+    assert!(stdout(&o).contains("unshare=EPERM"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("mount=EPERM"), "{}", stdout(&o));
+    // In the container's cgroup: its pids count while it runs.
+    let o = node.ctr(&[
+        "exec",
+        "host",
+        "sh",
+        "-c",
+        "cat /proc/self/cgroup | grep -c flotilla-test",
+    ]);
+    assert!(stdout(&o).trim() != "0", "{}", stdout(&o));
+    // A command that runs too long is killed; one that does not exist is reported.
+    let o = node.ctr(&["exec", "--timeout", "1s", "host", "sleep", "30"]);
+    assert_eq!(o.status.code(), Some(124));
+    assert!(stderr(&o).contains("timed out after 1s"), "{}", stderr(&o));
+    let o = node.ctr(&["exec", "host", "/nope"]);
+    assert_eq!(o.status.code(), Some(126));
+    assert!(stderr(&o).contains("'/nope' not found"), "{}", stderr(&o));
+    assert_eq!(stderr(&o).lines().count(), 1, "{}", stderr(&o));
+    // Only running containers.
+    node.ctr_ok(&["stop", "-t", "1", "host"]);
+    let o = node.ctr(&["exec", "host", "true"]);
+    assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
+    node.remove_all();
+    node.assert_clean();
+}

@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod exec;
 pub mod isolate;
 pub mod logs;
 pub mod process;
@@ -832,6 +833,42 @@ impl ContainerStore {
         let _lock = self.lock()?;
         let users = self.volume_users(name)?;
         Ok(self.volumes.remove(name, &users)?)
+    }
+
+    /// The command that runs `args` inside running container `key` (see [`exec`]): the
+    /// caller sets its stdio, spawns it and gets the command's exit code as the child's.
+    /// `timeout` bounds the command (it is killed after it).
+    pub fn exec_command(
+        &self,
+        key: &str,
+        args: &[String],
+        timeout: Option<Duration>,
+    ) -> Result<Command, ContainerError> {
+        let info = self.get(key)?;
+        if info.status != Status::Running {
+            return Err(ContainerError::Start {
+                id: info.record.id,
+                message: "not running: exec needs a running container".into(),
+            });
+        }
+        if args.is_empty() {
+            return Err(ContainerError::Invalid(vec![
+                "exec: a command is required".into()
+            ]));
+        }
+        let program = &self.options.shim.program;
+        let mut cmd = Command::new(program);
+        cmd.args(&self.options.shim.args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--id")
+            .arg(&info.record.id);
+        if let Some(t) = timeout {
+            cmd.arg("--timeout").arg(t.as_millis().max(1).to_string());
+        }
+        cmd.arg("--").args(args);
+        isolate::isolate_before_exec(&mut cmd, program, false).map_err(io_at(program))?;
+        Ok(cmd)
     }
 
     /// cgroup usage of a running container.

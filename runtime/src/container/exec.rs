@@ -1,0 +1,114 @@
+//! Running a command inside a running container (`nodeagent ctr exec`, health checks).
+//!
+//! A helper — the shim binary with `--exec`, launched isolated like a shim (see
+//! [`super::isolate`]), so no process that joins the container ever has a writable
+//! `/proc/<pid>/exe` — joins the container through libcontainer's tenant builder: its
+//! namespaces, cgroup, user, capabilities, no_new_privs, and the container's seccomp profile.
+//! The command gets the helper's stdio; the helper waits for it (killing it after the timeout)
+//! and exits with its code. The helper stays single-threaded, like the shim.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use rustix::event::{poll, PollFd, PollFlags, Timespec};
+use rustix::process::{kill_process, pidfd_open, waitpid, PidfdFlags, Signal, WaitOptions};
+
+use super::seccomp;
+
+/// Exit code when the command could not be run at all.
+pub const CANNOT_RUN: i32 = 126;
+/// Exit code when the command ran past its timeout and was killed.
+pub const TIMED_OUT: i32 = 124;
+
+/// Runs `args` in container `id`; returns the command's exit code (128 + signal when killed),
+/// [`CANNOT_RUN`] or [`TIMED_OUT`].
+pub fn main(data_dir: &Path, id: &str, args: Vec<String>, timeout: Option<Duration>) -> i32 {
+    match run(data_dir, id, args, timeout) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("exec in {id}: {e}");
+            CANNOT_RUN
+        }
+    }
+}
+
+fn run(
+    data_dir: &Path,
+    id: &str,
+    args: Vec<String>,
+    timeout: Option<Duration>,
+) -> Result<i32, String> {
+    if !super::is_id(id) {
+        return Err(format!("invalid container id '{id}'"));
+    }
+    if args.is_empty() {
+        return Err("no command given".into());
+    }
+    if !super::isolate::launched_isolated() {
+        return Err("exec runs only as launched by nodeagent (in its own mount namespace)".into());
+    }
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    // The container's own seccomp profile, as its shim kept it.
+    let dir = data_dir.join("containers").join(id);
+    let filter = match fs::read(dir.join("seccomp.json")) {
+        Ok(bytes) => {
+            let profile: oci_spec::runtime::LinuxSeccomp = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("the container's seccomp profile: {e}"))?;
+            let cache = data_dir.join("containers").join(".seccomp");
+            Some(seccomp::compile_cached(&profile, &cache).map_err(|e| e.to_string())?)
+        }
+        // Privileged containers run without one.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("{}: {e}", dir.join("seccomp.json").display())),
+    };
+    let pid = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+        .with_root_path(data_dir.join("libcontainer"))
+        .map_err(|e| e.to_string())?
+        .with_executor(seccomp::FilterExecutor::new(filter))
+        .as_tenant()
+        .with_container_args(args)
+        .with_detach(false)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let pid = rustix::process::Pid::from_raw(pid.as_raw()).ok_or("invalid pid")?;
+    // Our child: wait for it through a pidfd, so the timeout needs no signal handler.
+    let pidfd = pidfd_open(pid, PidfdFlags::empty()).map_err(|e| format!("pidfd: {e}"))?;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left.is_some_and(|l| l.is_zero()) {
+            let _ = kill_process(pid, Signal::KILL);
+            let _ = waitpid(Some(pid), WaitOptions::empty());
+            eprintln!(
+                "exec in {id}: timed out after {:?}",
+                timeout.unwrap_or_default()
+            );
+            return Ok(TIMED_OUT);
+        }
+        let spec = left.map(|l| Timespec {
+            tv_sec: l.as_secs() as i64,
+            tv_nsec: l.subsec_nanos() as i64,
+        });
+        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+        match poll(&mut fds, spec.as_ref()) {
+            Ok(0) => continue,
+            Ok(_) => break,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(format!("waiting: {e}")),
+        }
+    }
+    let status = waitpid(Some(pid), WaitOptions::empty())
+        .map_err(|e| format!("waitpid: {e}"))?
+        .map(|(_, s)| s)
+        .ok_or("no exit status")?;
+    Ok(if let Some(code) = status.exit_status() {
+        code
+    } else if let Some(sig) = status.terminating_signal() {
+        128 + sig
+    } else {
+        CANNOT_RUN
+    })
+}

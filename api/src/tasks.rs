@@ -76,6 +76,9 @@ pub struct ContainerStatus {
     /// Times the node restarted it by its restart policy.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts: u32,
+    /// `starting`, `healthy` or `unhealthy` while it runs, when it has a health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<String>,
     /// What it uses, as of its node's last heartbeat (filled in by the control plane when it
     /// answers; never stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -7,6 +7,7 @@
 mod agent;
 mod ctr;
 mod ctr_container;
+mod health;
 mod logs;
 mod reconcile;
 mod runner;

@@ -168,7 +168,23 @@ fn ready(c: &ContainerDefinition, seen: &BTreeMap<String, Observed>) -> Result<b
     Ok(all)
 }
 
-fn container_status(name: &str, o: Option<&Observed>, restarts: u32) -> ContainerStatus {
+fn container_status(
+    name: &str,
+    o: Option<&Observed>,
+    restarts: u32,
+    checked: bool,
+) -> ContainerStatus {
+    let health = match o {
+        Some(Observed::Running { healthy }) if checked => Some(
+            match healthy {
+                None => "starting",
+                Some(true) => "healthy",
+                Some(false) => "unhealthy",
+            }
+            .to_string(),
+        ),
+        _ => None,
+    };
     let (state, exit_code, reason) = match o {
         None => ("pending", None, None),
         Some(Observed::Created) => ("created", None, None),
@@ -183,6 +199,7 @@ fn container_status(name: &str, o: Option<&Observed>, restarts: u32) -> Containe
         exit_code,
         reason,
         restarts,
+        health,
         usage: None,
     }
 }
@@ -244,7 +261,14 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
         }
         let containers: Vec<ContainerStatus> = defs
             .iter()
-            .map(|c| container_status(&c.name, seen.get(&c.name), done(&c.name)))
+            .map(|c| {
+                container_status(
+                    &c.name,
+                    seen.get(&c.name),
+                    done(&c.name),
+                    c.health_check.is_some(),
+                )
+            })
             .collect();
         let state = match &ending {
             Some(_) => {
@@ -333,7 +357,7 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
             stop_reason: Some("no longer assigned to this node".into()),
             containers: seen
                 .iter()
-                .map(|(n, o)| container_status(n, Some(o), 0))
+                .map(|(n, o)| container_status(n, Some(o), 0, false))
                 .collect(),
         });
     }

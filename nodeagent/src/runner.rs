@@ -18,6 +18,7 @@ use flotilla_runtime::container::{
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{watch, Notify};
 
+use crate::health::Health;
 use crate::reconcile::{plan, Action, Observed, Restarts, World};
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
@@ -35,6 +36,8 @@ pub struct Runner {
     /// Start failures: (task, container) → why and when, until the task leaves the desired
     /// state or the container is restarted.
     failures: Mutex<BTreeMap<(String, String), (String, Instant)>>,
+    /// Health checks of running containers.
+    checks: Arc<crate::health::Checks>,
     /// Restarts by restart policy so far (kept in memory: after an agent restart, backoff
     /// starts over).
     restarts: Mutex<Restarts>,
@@ -68,6 +71,7 @@ impl Runner {
             store,
             failures: Mutex::new(BTreeMap::new()),
             restarts: Mutex::new(Restarts::new()),
+            checks: Arc::default(),
             status,
         }))
     }
@@ -199,7 +203,7 @@ impl Runner {
         }
     }
 
-    fn observe(&self, desired: &DesiredState) -> Result<World> {
+    fn observe(self: &Arc<Self>, desired: &DesiredState) -> Result<World> {
         let mut world = World::new();
         for c in self.store.list()? {
             let Some(name) = c.record.config.name.as_deref() else {
@@ -214,16 +218,33 @@ impl Runner {
             let Ok(idx) = idx.parse::<usize>() else {
                 continue;
             };
-            let container = desired
+            let def = desired
                 .tasks
                 .iter()
                 .find(|t| t.id == task)
-                .and_then(|t| t.definition.container_definitions.get(idx))
+                .and_then(|t| t.definition.container_definitions.get(idx));
+            let container = def
                 .map(|d| d.name.clone())
                 .unwrap_or_else(|| format!("container-{idx}"));
             let observed = match (c.status, &c.exit) {
                 (Status::Created, _) => Observed::Created,
-                (Status::Running, _) => Observed::Running { healthy: None },
+                (Status::Running, _) => {
+                    let check = def.and_then(|d| d.health_check.as_ref());
+                    if let Some(check) = check {
+                        let me = self.clone();
+                        self.checks
+                            .ensure(&self.store, &c.record.id, check, move || {
+                                me.wake.notify_one()
+                            });
+                    }
+                    Observed::Running {
+                        healthy: match self.checks.get(&c.record.id) {
+                            Some(Health::Healthy) => Some(true),
+                            Some(Health::Unhealthy) => Some(false),
+                            _ => None,
+                        },
+                    }
+                }
                 (Status::Exited, exit) => {
                     let now = SystemTime::now();
                     let started = c.state.as_ref().and_then(|s| time(&s.started_at));

@@ -427,3 +427,68 @@ fn task_volumes_bind_shared_and_task_scoped() {
     node.remove_all();
     node.assert_clean();
 }
+
+const HEALTHY: &str = r#"{
+  "family": "healthy",
+  "networkMode": "none",
+  "containerDefinitions": [
+    {"name": "db", "image": "test/busybox:latest", "memory": 32, "essential": false, "stopTimeout": 2,
+     "healthCheck": {"command": ["CMD-SHELL", "test -f /tmp/ready"], "interval": 5, "timeout": 2, "retries": 2},
+     "command": ["sh", "-c", "sleep 3; touch /tmp/ready; exec sleep 600"]},
+    {"name": "app", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+     "dependsOn": [{"containerName": "db", "condition": "HEALTHY"}],
+     "command": ["sh", "-c", "echo app started; exec sleep 600"]}
+  ]
+}"#;
+
+#[test]
+fn health_checks_gate_healthy_dependencies_and_are_reported() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    let f = cp.scratch().join("healthy.json");
+    std::fs::write(&f, HEALTHY).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    let out = cp.flotilla_ok(&["task", "run", "healthy", "-o", "json"]);
+    let id = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let inspect = || -> serde_json::Value {
+        serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json")
+    };
+    // app waits while db is only starting; it starts once db is healthy, never before.
+    let mut saw_waiting = false;
+    wait("app to run", Duration::from_secs(30), || {
+        let t = inspect();
+        let (db, app) = (&t["containers"][0], &t["containers"][1]);
+        if db["health"] == "starting" && app["state"] == "pending" {
+            saw_waiting = true;
+        }
+        if app["state"] == "running" {
+            assert_eq!(
+                db["health"], "healthy",
+                "app started before db was healthy: {t}"
+            );
+            return true;
+        }
+        false
+    });
+    assert!(saw_waiting, "app was never seen waiting for db");
+    assert_eq!(inspect()["state"], "RUNNING");
+
+    // db stops passing its check: after 2 failures it is reported unhealthy.
+    node.ctr_ok(&["exec", &format!("{id}-0"), "sh", "-c", "rm /tmp/ready"]);
+    wait("db to turn unhealthy", Duration::from_secs(30), || {
+        inspect()["containers"][0]["health"] == "unhealthy"
+    });
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait("the task to stop", Duration::from_secs(20), || {
+        inspect()["state"] == "STOPPED"
+    });
+    node.wait_for("containers removed", Duration::from_secs(10), || {
+        node.ps().is_empty()
+    });
+    agent.kill();
+    node.assert_clean();
+}

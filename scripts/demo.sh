@@ -1,19 +1,10 @@
 #!/bin/sh
-# The first set-up command: builds Flotilla, writes a busybox OCI image from Debian's
-# busybox-static, imports it into a node's image store, lists it and runs a container from it.
-# Run as root.
+# The first set-up command: installs the Debian packages Flotilla needs, builds it, and runs a
+# whole cluster on this machine in the foreground (`flotilla dev`): a control plane, this node
+# enrolled with a join token, a demo image built from busybox-static and a demo task. It prints
+# what to type next; Ctrl-C stops everything. Run as root. Arguments go to `flotilla dev`.
 set -eu
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --release --workspace --bins
-DATA="${FLOTILLA_DEMO_DIR:-/tmp/flotilla-demo}"
-rm -rf "$DATA/busybox-layout"
-target/release/fixture-image "$DATA/busybox-layout" demo
-target/release/nodeagent --data-dir "$DATA/node" ctr image import "$DATA/busybox-layout" --name demo/busybox:latest
-target/release/nodeagent --data-dir "$DATA/node" ctr image ls
-echo
-target/release/nodeagent --data-dir "$DATA/node" ctr run --rm demo/busybox:latest \
-  sh -c 'echo "hello from flotilla container $(hostname), running as uid $(id -u)"'
-echo
-echo "next: target/release/nodeagent --data-dir $DATA/node ctr run -d --name web --memory 32M demo/busybox:latest httpd -f -p 8080"
-echo "      target/release/nodeagent --data-dir $DATA/node ctr ps"
+exec target/release/flotilla dev "$@"

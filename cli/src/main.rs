@@ -4,6 +4,8 @@
 
 #![forbid(unsafe_code)]
 
+mod dev;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -39,6 +41,16 @@ enum Output {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// A whole cluster on this machine, in the foreground: control plane, this node enrolled
+    /// with a token, a demo task. Ctrl-C stops it all; the data stays for the next run.
+    Dev(dev::DevArgs),
+    #[command(flatten)]
+    Cluster(ClusterCommand),
+}
+
+/// Commands against a control plane, with an admin credential.
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
     /// Join tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -454,10 +466,14 @@ fn print<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce()) -> Re
 
 async fn run(cli: Cli) -> Result<()> {
     let json = cli.output == Output::Json;
+    let command = match cli.command {
+        Command::Dev(args) => return dev::run(args, cli.config).await,
+        Command::Cluster(c) => c,
+    };
     let api = Api::open(&config_dir(cli.config)?).await?;
     use reqwest::Method;
-    match cli.command {
-        Command::Token(TokenCommand::Create { ttl, uses, labels }) => {
+    match command {
+        ClusterCommand::Token(TokenCommand::Create { ttl, uses, labels }) => {
             let mut l = Labels::new();
             for x in &labels {
                 let (k, v) = flotilla_api::parse_label(x).map_err(anyhow::Error::msg)?;
@@ -473,7 +489,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?;
             print(json, &t, || println!("{}", t.token))?;
         }
-        Command::Token(TokenCommand::Ls) => {
+        ClusterCommand::Token(TokenCommand::Ls) => {
             let list: Vec<TokenInfo> = api
                 .call(Method::GET, "/v1/tokens", None)
                 .await?
@@ -501,14 +517,14 @@ async fn run(cli: Cli) -> Result<()> {
                 table(&["ID", "USED", "EXPIRES", "LABELS"], &rows);
             })?;
         }
-        Command::Token(TokenCommand::Rm { ids }) => {
+        ClusterCommand::Token(TokenCommand::Rm { ids }) => {
             for id in ids {
                 api.call::<serde_json::Value>(Method::DELETE, &format!("/v1/tokens/{id}"), None)
                     .await?;
                 println!("{id}");
             }
         }
-        Command::Node(NodeCommand::Ls) => {
+        ClusterCommand::Node(NodeCommand::Ls) => {
             let list: Vec<NodeInfo> = api
                 .call(Method::GET, "/v1/nodes", None)
                 .await?
@@ -553,19 +569,19 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             })?;
         }
-        Command::Node(NodeCommand::Inspect { id }) => {
+        ClusterCommand::Node(NodeCommand::Inspect { id }) => {
             let n: NodeInfo = api
                 .expect(Method::GET, &format!("/v1/nodes/{id}"), None)
                 .await?;
             println!("{}", serde_json::to_string_pretty(&n)?);
         }
-        Command::Node(NodeCommand::Revoke { id }) => {
+        ClusterCommand::Node(NodeCommand::Revoke { id }) => {
             let n: NodeInfo = api
                 .expect(Method::POST, &format!("/v1/nodes/{id}/revoke"), None)
                 .await?;
             print(json, &n, || println!("revoked {}", n.id))?;
         }
-        Command::Node(NodeCommand::Label { id, labels, remove }) => {
+        ClusterCommand::Node(NodeCommand::Label { id, labels, remove }) => {
             if labels.is_empty() && remove.is_empty() {
                 bail!("nothing to change: give KEY=VALUE labels and/or --rm KEY");
             }
@@ -584,19 +600,19 @@ async fn run(cli: Cli) -> Result<()> {
                 .await?;
             print(json, &n, || println!("{} {}", n.id, labels_text(&n.labels)))?;
         }
-        Command::Node(NodeCommand::Drain { id }) => {
+        ClusterCommand::Node(NodeCommand::Drain { id }) => {
             let n: NodeInfo = api
                 .expect(Method::POST, &format!("/v1/nodes/{id}/drain"), None)
                 .await?;
             print(json, &n, || println!("draining {}", n.id))?;
         }
-        Command::Node(NodeCommand::Activate { id }) => {
+        ClusterCommand::Node(NodeCommand::Activate { id }) => {
             let n: NodeInfo = api
                 .expect(Method::POST, &format!("/v1/nodes/{id}/activate"), None)
                 .await?;
             print(json, &n, || println!("active {}", n.id))?;
         }
-        Command::Node(NodeCommand::Rm { id, force }) => {
+        ClusterCommand::Node(NodeCommand::Rm { id, force }) => {
             api.call::<serde_json::Value>(
                 Method::DELETE,
                 &format!("/v1/nodes/{id}?force={force}"),
@@ -605,7 +621,7 @@ async fn run(cli: Cli) -> Result<()> {
             .await?;
             println!("{id}");
         }
-        Command::Task(TaskCommand::Run {
+        ClusterCommand::Task(TaskCommand::Run {
             taskdef,
             node,
             count,
@@ -637,7 +653,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             })?;
         }
-        Command::Task(TaskCommand::Ls) => {
+        ClusterCommand::Task(TaskCommand::Ls) => {
             let list: Vec<TaskInfo> = api
                 .call(Method::GET, "/v1/tasks", None)
                 .await?
@@ -669,13 +685,13 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             })?;
         }
-        Command::Task(TaskCommand::Inspect { id }) => {
+        ClusterCommand::Task(TaskCommand::Inspect { id }) => {
             let t: TaskInfo = api
                 .expect(Method::GET, &format!("/v1/tasks/{id}"), None)
                 .await?;
             println!("{}", serde_json::to_string_pretty(&t)?);
         }
-        Command::Events {
+        ClusterCommand::Events {
             since,
             limit,
             follow,
@@ -714,14 +730,14 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
-        Command::Logs {
+        ClusterCommand::Logs {
             task,
             container,
             follow,
             tail,
             timestamps,
         } => logs(&api, &task, container, follow, tail, timestamps).await?,
-        Command::Task(TaskCommand::Stop { ids }) => {
+        ClusterCommand::Task(TaskCommand::Stop { ids }) => {
             for id in ids {
                 let t: TaskInfo = api
                     .expect(Method::POST, &format!("/v1/tasks/{id}/stop"), None)
@@ -729,7 +745,7 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{} {}", t.id, format!("{:?}", t.state).to_uppercase());
             }
         }
-        Command::Taskdef(TaskdefCommand::Register { file }) => {
+        ClusterCommand::Taskdef(TaskdefCommand::Register { file }) => {
             let text = if file.as_os_str() == "-" {
                 let mut s = Vec::new();
                 std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)
@@ -748,7 +764,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             print(json, &r, || println!("{}:{}", r.family, r.revision))?;
         }
-        Command::Taskdef(TaskdefCommand::Ls) => {
+        ClusterCommand::Taskdef(TaskdefCommand::Ls) => {
             let list: Vec<TaskDefRevision> = api
                 .call(Method::GET, "/v1/taskdefs", None)
                 .await?
@@ -776,13 +792,13 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             })?;
         }
-        Command::Taskdef(TaskdefCommand::Inspect { taskdef }) => {
+        ClusterCommand::Taskdef(TaskdefCommand::Inspect { taskdef }) => {
             let t: TaskDefRevision = api
                 .expect(Method::GET, &format!("/v1/taskdefs/{taskdef}"), None)
                 .await?;
             println!("{}", serde_json::to_string_pretty(&t)?);
         }
-        Command::Taskdef(TaskdefCommand::Deregister { taskdef }) => {
+        ClusterCommand::Taskdef(TaskdefCommand::Deregister { taskdef }) => {
             let t: TaskDefRevision = api
                 .call(
                     Method::POST,
@@ -795,7 +811,7 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("deregistered {}:{}", t.family, t.revision)
             })?;
         }
-        Command::Admin(AdminCommand::Issue { name, out }) => {
+        ClusterCommand::Admin(AdminCommand::Issue { name, out }) => {
             flotilla_certs::validate_name(&name)?;
             let key = key_and_csr(&name)?;
             let req = AdminIssue {

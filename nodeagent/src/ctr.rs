@@ -75,6 +75,16 @@ enum ImageCommand {
         #[arg(long)]
         platform: Option<Platform>,
     },
+    /// Build a small image from this machine's static busybox (Debian's busybox-static) and
+    /// import it: no registry needed.
+    ImportBusybox {
+        /// The static busybox binary.
+        #[arg(long, default_value = flotilla_runtime::image::busybox::DEFAULT_BUSYBOX)]
+        busybox: PathBuf,
+        /// Name of the image.
+        #[arg(long, default_value = "demo/busybox:latest")]
+        name: String,
+    },
     /// List stored images.
     #[command(alias = "list")]
     Ls,
@@ -154,6 +164,28 @@ async fn image(store: &ImageStore, cmd: ImageCommand, json: bool) -> Result<()> 
                 .import(&file, name.as_deref(), platform, progress)
                 .await;
             done();
+            print_records(&recs?, json, "imported");
+        }
+        ImageCommand::ImportBusybox { busybox, name } => {
+            let staging =
+                std::env::temp_dir().join(format!("flotilla-busybox-{}", std::process::id()));
+            let layout = staging.clone();
+            let built = tokio::task::spawn_blocking(move || {
+                flotilla_runtime::image::busybox::write_layout(&busybox, &layout, "latest")
+            })
+            .await?;
+            let recs = match built {
+                Ok(()) => {
+                    store
+                        .import(&staging, Some(&name), None, Arc::new(|_| {}))
+                        .await
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&staging);
+                    return Err(e.into());
+                }
+            };
+            let _ = std::fs::remove_dir_all(&staging);
             print_records(&recs?, json, "imported");
         }
         ImageCommand::Ls => {

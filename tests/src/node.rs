@@ -28,8 +28,8 @@ pub struct Node {
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 impl Node {
-    /// A node with the test image imported.
-    pub fn new() -> Self {
+    /// A node with nothing in its store yet.
+    pub fn bare() -> Self {
         crate::require_root();
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("node");
@@ -41,6 +41,12 @@ impl Node {
             dir,
         };
         fs::create_dir_all(&node.bind_roots[0]).expect("allowed root");
+        node
+    }
+
+    /// A node with the test image imported.
+    pub fn new() -> Self {
+        let node = Self::bare();
         let layout = node.dir.path().join("layout");
         let mut spec = busybox_image(crate::host_arch());
         let probe = host_binary_layer(&crate::bin("probe")).expect("probe layer");
@@ -127,6 +133,22 @@ impl Node {
             let p = entry.path().join(&self.cgroup_parent);
             if p.exists() {
                 out.push(p);
+            }
+        }
+        out
+    }
+
+    /// Processes whose command line names this node's scratch directory.
+    pub fn leftover_processes(&self) -> Vec<String> {
+        let me = self.dir.path().display().to_string();
+        let mut out = Vec::new();
+        for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&me) {
+                out.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
             }
         }
         out

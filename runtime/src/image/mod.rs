@@ -12,6 +12,7 @@
 //! Compressed layer blobs are discarded once their layer is unpacked and verified (as
 //! containerd's `discard_unpacked_layers` does): edge disks are small.
 
+pub mod busybox;
 pub mod digest;
 mod import;
 pub mod manifest;

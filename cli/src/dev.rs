@@ -1,0 +1,434 @@
+//! `flotilla dev`: a whole cluster on this machine, in the foreground. It runs the real
+//! `orchestratord` and `nodeagent` (found next to this binary), enrolls the local node through
+//! the same token flow a real node uses, imports a demo image built from the host's static
+//! busybox, runs a demo task and says what to type next. Ctrl-C stops the tasks (their
+//! containers are removed), then the agent and the control plane. The data directory is kept:
+//! running it again reuses the cluster.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use flotilla_api::ops::{NodeInfo, TaskInfo, TokenCreated};
+use flotilla_certs::credential::Credential;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::Api;
+
+/// Name of the demo image in the node's store.
+const DEMO_IMAGE: &str = "demo/busybox:latest";
+
+/// The demo task definition: a service that says hello every 5 s.
+const DEMO_TASKDEF: &str = r#"{
+  "family": "demo",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "hello",
+    "image": "demo/busybox:latest",
+    "memory": 16,
+    "stopTimeout": 2,
+    "restartPolicy": {"enabled": true},
+    "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do echo \"hello from Flotilla task container $(hostname) at $(date -u +%T)\"; sleep 5 & wait; done"]
+  }]
+}"#;
+
+/// Settings of `flotilla dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Where the cluster lives (control plane, node, admin credential, logs).
+    #[arg(long, default_value = "/var/lib/flotilla/dev")]
+    data_dir: PathBuf,
+    /// Port of the control plane on 127.0.0.1 (UDP for the agent, TCP for the CLI).
+    #[arg(long, default_value_t = flotilla_api::DEFAULT_PORT)]
+    port: u16,
+    /// cgroup parent of the node's containers.
+    #[arg(long, default_value = "flotilla-dev")]
+    cgroup_parent: String,
+}
+
+/// A daemon started by `flotilla dev`.
+struct Daemon {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self { name, child, log })
+    }
+
+    /// Fails with the end of its log if it exited.
+    fn check(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}); the end of {}:\n{}",
+                self.name,
+                self.log.display(),
+                tail(&self.log, 15)
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    fn stop(&mut self, grace: Duration) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(5));
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `name` next to this binary (as the workspace builds them), else from `PATH`.
+fn sibling(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the flotilla binary")?;
+    if let Some(p) = exe.parent().map(|d| d.join(name)).filter(|p| p.exists()) {
+        return Ok(p);
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .with_context(|| format!("{name} is neither next to {} nor on PATH", exe.display()))
+}
+
+/// How to call this binary: `flotilla` when that is what PATH finds, else its full path.
+fn invocation() -> String {
+    let exe = std::env::current_exe().ok();
+    let on_path = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|d| d.join("flotilla"))
+        .find(|p| p.exists())
+        .and_then(|p| p.canonicalize().ok());
+    match exe {
+        Some(e) if on_path.as_ref() != Some(&e) => e.display().to_string(),
+        _ => "flotilla".to_string(),
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|u| u.split_whitespace().nth(1))
+            == Some("0")
+    })
+}
+
+async fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    daemons: &mut [&mut Daemon],
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        for d in daemons.iter_mut() {
+            d.check()?;
+        }
+        if let Some(v) = probe().await {
+            return Ok(v);
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The admin credential directory the printed commands should use: the default one when it is
+/// free (the dev credential is copied there) or already this cluster's; otherwise the dev one,
+/// named with `--config`.
+fn operator_config(dev_admin: &Path, given: Option<PathBuf>) -> Result<Option<PathBuf>> {
+    if given.is_some() {
+        return Ok(given);
+    }
+    let Some(home) = std::env::var_os("HOME") else {
+        return Ok(Some(dev_admin.to_path_buf()));
+    };
+    let default = PathBuf::from(home).join(".config/flotilla");
+    let ours = Credential::load(dev_admin)?;
+    match Credential::load(&default) {
+        Ok(c) if c.ca_pem == ours.ca_pem && c.server == ours.server => Ok(None),
+        Ok(_) => Ok(Some(dev_admin.to_path_buf())),
+        Err(_) if !default.join("credential.json").exists() => {
+            ours.write(&default)
+                .with_context(|| format!("writing {}", default.display()))?;
+            Ok(None)
+        }
+        Err(_) => Ok(Some(dev_admin.to_path_buf())),
+    }
+}
+
+/// Runs the dev cluster until Ctrl-C or SIGTERM.
+pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
+    if !is_root() {
+        bail!("flotilla dev runs containers (namespaces, mounts, cgroups): run it as root");
+    }
+    let orchestratord = sibling("orchestratord")?;
+    let nodeagent = sibling("nodeagent")?;
+    let dir = &args.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let (cp_dir, node_dir, admin) = (dir.join("cp"), dir.join("node"), dir.join("admin"));
+    let listen = format!("127.0.0.1:{}", args.port);
+    let started = Instant::now();
+
+    // The control plane: initialized once, then run.
+    if !cp_dir.join(flotilla_certs::CA_CERT_FILE).exists() {
+        let out = Command::new(&orchestratord)
+            .arg("--data-dir")
+            .arg(&cp_dir)
+            .args(["init", "--cluster", "dev", "--port", &args.port.to_string()])
+            .arg("--admin-config")
+            .arg(&admin)
+            .output()
+            .context("running orchestratord init")?;
+        if !out.status.success() {
+            bail!(
+                "orchestratord init: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    let mut cmd = Command::new(&orchestratord);
+    cmd.arg("--data-dir")
+        .arg(&cp_dir)
+        .args(["run", "--listen", &listen]);
+    let mut cp = Daemon::spawn("orchestratord", cmd, dir.join("orchestratord.log"))?;
+    let api = wait_for(
+        "the control plane",
+        Duration::from_secs(15),
+        &mut [&mut cp],
+        async || {
+            let api = Api::open(&admin).await.ok()?;
+            api.call::<serde_json::Value>(Method::GET, "/v1/tokens", None)
+                .await
+                .ok()?;
+            Some(api)
+        },
+    )
+    .await?;
+
+    // The node: enrolled once with a token, like any node.
+    let identity = node_dir.join("identity");
+    if !identity.join("credential.json").exists() {
+        let t: TokenCreated = api
+            .expect(
+                Method::POST,
+                "/v1/tokens",
+                Some(json!({"ttl_secs": 600, "uses": 1, "labels": {"dev": "true"}})),
+            )
+            .await?;
+        let out = Command::new(&nodeagent)
+            .arg("--data-dir")
+            .arg(&node_dir)
+            .args(["join", &listen, "--token", &t.token])
+            .output()
+            .context("running nodeagent join")?;
+        if !out.status.success() {
+            bail!(
+                "nodeagent join: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    let node_id = Credential::load(&identity)?.name;
+    let node_cmd = |extra: &[&str]| {
+        let mut c = Command::new(&nodeagent);
+        c.arg("--data-dir")
+            .arg(&node_dir)
+            .arg("--cgroup-parent")
+            .arg(&args.cgroup_parent)
+            .args(extra);
+        c
+    };
+    let mut agent_cmd = node_cmd(&["run"]);
+    agent_cmd.env("NODEAGENT_LOG", "info");
+    let mut agent = Daemon::spawn("nodeagent", agent_cmd, dir.join("nodeagent.log"))?;
+
+    // The demo image, built from the host's busybox-static, once.
+    let have = node_cmd(&["ctr", "image", "inspect", DEMO_IMAGE]).output()?;
+    if !have.status.success() {
+        let out = node_cmd(&["ctr", "image", "import-busybox", "--name", DEMO_IMAGE]).output()?;
+        if !out.status.success() {
+            bail!(
+                "importing the demo image: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    let have_def = api
+        .call::<serde_json::Value>(Method::GET, "/v1/taskdefs/demo", None)
+        .await
+        .is_ok();
+    if !have_def {
+        api.call_raw::<serde_json::Value>(
+            Method::POST,
+            "/v1/taskdefs",
+            Some(DEMO_TASKDEF.as_bytes().to_vec()),
+        )
+        .await?;
+    }
+    wait_for(
+        "the node to connect",
+        Duration::from_secs(30),
+        &mut [&mut cp, &mut agent],
+        async || {
+            let n: NodeInfo = api
+                .expect(Method::GET, &format!("/v1/nodes/{node_id}"), None)
+                .await
+                .ok()?;
+            (n.state == "READY").then_some(())
+        },
+    )
+    .await?;
+    let tasks: Vec<TaskInfo> = api.expect(Method::GET, "/v1/tasks", None).await?;
+    let demo = match tasks.iter().find(|t| {
+        t.task_definition.starts_with("demo:")
+            && t.node.as_deref() == Some(node_id.as_str())
+            && t.desired == flotilla_api::tasks::DesiredStatus::Running
+            && t.state != flotilla_api::tasks::TaskState::Stopped
+    }) {
+        Some(t) => t.id.clone(),
+        None => {
+            let placed: Vec<TaskInfo> = api
+                .expect(
+                    Method::POST,
+                    "/v1/tasks",
+                    Some(json!({"taskDefinition": "demo", "node": node_id})),
+                )
+                .await?;
+            placed
+                .first()
+                .map(|t| t.id.clone())
+                .context("the control plane placed no task")?
+        }
+    };
+    wait_for(
+        "the demo task to run",
+        Duration::from_secs(60),
+        &mut [&mut cp, &mut agent],
+        async || {
+            let t: TaskInfo = api
+                .expect(Method::GET, &format!("/v1/tasks/{demo}"), None)
+                .await
+                .ok()?;
+            (t.state == flotilla_api::tasks::TaskState::Running).then_some(())
+        },
+    )
+    .await?;
+
+    let flag = match operator_config(&admin, config)? {
+        Some(d) => format!(" --config {}", d.display()),
+        None => String::new(),
+    };
+    let me = invocation();
+    println!(
+        "flotilla dev: control plane on {listen}, node {node_id} READY, demo task {demo} RUNNING ({:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "data in {} (logs: orchestratord.log, nodeagent.log)",
+        dir.display()
+    );
+    println!("next, in another terminal:");
+    println!("  {me}{flag} task ls");
+    println!("  {me}{flag} logs {demo} -f");
+    println!("  {me}{flag} node ls");
+    println!("  {me}{flag} taskdef register my-task.json && {me}{flag} task run my-task");
+    println!("Ctrl-C stops the cluster and its containers; the data stays for the next run.");
+
+    // Until Ctrl-C, SIGTERM, or a daemon dying.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let mut watch = tokio::time::interval(Duration::from_millis(500));
+    let failure = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break None,
+            _ = term.recv() => break None,
+            _ = watch.tick() => {
+                if let Err(e) = cp.check().and_then(|()| agent.check()) {
+                    break Some(e);
+                }
+            }
+        }
+    };
+    println!("stopping: tasks, then the node agent, then the control plane");
+    if failure.is_none() {
+        stop_tasks(&api, &node_id, &node_cmd).await?;
+    }
+    agent.stop(Duration::from_secs(10));
+    cp.stop(Duration::from_secs(10));
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            println!("stopped; no container left running");
+            Ok(())
+        }
+    }
+}
+
+/// Stops every live task of the node and waits until its containers are gone.
+async fn stop_tasks(api: &Api, node_id: &str, node_cmd: &dyn Fn(&[&str]) -> Command) -> Result<()> {
+    let tasks: Vec<TaskInfo> = api.expect(Method::GET, "/v1/tasks", None).await?;
+    for t in tasks.iter().filter(|t| {
+        t.node.as_deref() == Some(node_id) && t.state != flotilla_api::tasks::TaskState::Stopped
+    }) {
+        api.call::<serde_json::Value>(Method::POST, &format!("/v1/tasks/{}/stop", t.id), None)
+            .await?;
+    }
+    let start = Instant::now();
+    loop {
+        let out = node_cmd(&["ctr", "ps", "-a", "-o", "json"]).output()?;
+        let left: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if out.status.success() && left.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!(
+                "{} container(s) still on the node after 60 s; see `nodeagent ctr ps -a`",
+                left.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,177 @@
+//! `flotilla dev` (README command 1) as a user runs it: a cluster comes up with the demo task
+//! RUNNING, `flotilla task ls` and `flotilla logs` show it, Ctrl-C leaves no process,
+//! container, mount or cgroup behind, and a second run reuses the same cluster.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use flotilla_tests::cluster::free_port;
+use flotilla_tests::node::Node;
+
+struct Dev {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Dev {
+    fn start(node: &Node, home: &std::path::Path, port: u16) -> Self {
+        let mut child = Command::new(flotilla_tests::bin("flotilla"))
+            .env("HOME", home)
+            .env_remove("FLOTILLA_CONFIG")
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(node.scratch())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--cgroup-parent",
+                &node.cgroup_parent,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("flotilla dev");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a line containing `what`; returns it.
+    fn expect(&mut self, what: &str, timeout: Duration) -> String {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.seen.iter().find(|l| l.contains(what)) {
+                return l.clone();
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!(
+                    "flotilla dev never said '{what}'; it said:\n{}",
+                    self.seen.join("\n")
+                ),
+            }
+        }
+    }
+
+    /// Ctrl-C; waits for a clean exit.
+    fn interrupt(&mut self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+        self.expect(
+            "stopped; no container left running",
+            Duration::from_secs(60),
+        );
+        let status = self.child.wait().expect("wait");
+        assert!(status.success(), "flotilla dev exited {status}");
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+            }
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn flotilla(home: &std::path::Path, args: &[&str]) -> String {
+    let o = Command::new(flotilla_tests::bin("flotilla"))
+        .env("HOME", home)
+        .env_remove("FLOTILLA_CONFIG")
+        .args(args)
+        .output()
+        .expect("flotilla");
+    assert!(
+        o.status.success(),
+        "flotilla {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// The task id in "… demo task t-… RUNNING …".
+fn demo_task(banner: &str) -> String {
+    banner
+        .split_whitespace()
+        .skip_while(|w| *w != "task")
+        .nth(1)
+        .expect("task id")
+        .to_string()
+}
+
+fn assert_nothing_left(node: &Node) {
+    assert_eq!(
+        node.leftover_processes(),
+        Vec::<String>::new(),
+        "processes left"
+    );
+    assert!(node.ps().is_empty(), "containers left: {:?}", node.ps());
+    node.assert_clean();
+}
+
+#[test]
+fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
+    let node = Node::bare();
+    let home = node.scratch().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let port = free_port();
+
+    let mut dev = Dev::start(&node, &home, port);
+    let banner = dev.expect("RUNNING", Duration::from_secs(60));
+    let task = demo_task(&banner);
+    dev.expect("Ctrl-C stops", Duration::from_secs(5));
+    // The commands it prints work as printed (its credential went to the default place).
+    let exe = flotilla_tests::bin("flotilla")
+        .canonicalize()
+        .expect("path");
+    let ls_line = format!("{} task ls", exe.display());
+    assert!(
+        dev.seen.iter().any(|l| l.trim() == ls_line),
+        "{:?}",
+        dev.seen
+    );
+    let ls: Vec<serde_json::Value> =
+        serde_json::from_str(&flotilla(&home, &["task", "ls", "-o", "json"])).expect("json");
+    assert!(
+        ls.iter()
+            .any(|t| t["id"] == task.as_str() && t["state"] == "RUNNING"),
+        "{ls:?}"
+    );
+    let logs = flotilla(&home, &["logs", &task, "--tail", "1"]);
+    assert!(
+        logs.starts_with("hello from Flotilla task container"),
+        "{logs}"
+    );
+    let node_id = flotilla(&home, &["node", "ls", "-o", "json"]);
+
+    dev.interrupt();
+    assert_nothing_left(&node);
+
+    // Again: the same cluster and node, a fresh demo task.
+    let mut dev = Dev::start(&node, &home, port);
+    let again = dev.expect("RUNNING", Duration::from_secs(60));
+    assert_ne!(demo_task(&again), task);
+    let nodes: Vec<serde_json::Value> =
+        serde_json::from_str(&flotilla(&home, &["node", "ls", "-o", "json"])).expect("json");
+    let before: Vec<serde_json::Value> = serde_json::from_str(&node_id).expect("json");
+    assert_eq!(nodes.len(), 1);
+    assert_eq!(nodes[0]["id"], before[0]["id"], "the node joined again");
+    dev.interrupt();
+    assert_nothing_left(&node);
+}

@@ -9,6 +9,8 @@
 
 use std::collections::BTreeMap;
 
+pub mod config;
+pub mod logging;
 pub mod ops;
 pub mod taskdef;
 pub mod tasks;

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use flotilla_api::logging::LogFormat;
 use flotilla_runtime::container::{ShimCommand, StoreOptions};
 
 /// Default data directory of the agent.
@@ -26,10 +27,13 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/flotilla/nodeagent";
 #[command(name = "nodeagent", version, about = "Flotilla node agent")]
 struct Cli {
     /// Configuration file (TOML; keys as the flags: data_dir, cgroup_parent, bind_roots,
-    /// heartbeat).
+    /// heartbeat, log_format).
     /// Default: /etc/flotilla/nodeagent.toml when it exists. Flags override it.
     #[arg(long, global = true, env = "NODEAGENT_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format: auto (journald under systemd, text otherwise), text, json or journald.
+    #[arg(long, global = true)]
+    log_format: Option<LogFormat>,
     /// The agent's data directory (image store, state) [default: /var/lib/flotilla/nodeagent].
     #[arg(long, global = true, env = "NODEAGENT_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -94,7 +98,17 @@ struct FileConfig {
     #[serde(default)]
     bind_roots: Vec<PathBuf>,
     heartbeat: Option<u64>,
+    log_format: Option<LogFormat>,
 }
+
+/// The keys of [`FileConfig`].
+const FILE_KEYS: &[&str] = &[
+    "data_dir",
+    "cgroup_parent",
+    "bind_roots",
+    "heartbeat",
+    "log_format",
+];
 
 /// Default configuration file.
 const DEFAULT_CONFIG: &str = "/etc/flotilla/nodeagent.toml";
@@ -110,7 +124,8 @@ fn settle(mut cli: Cli) -> anyhow::Result<Cli> {
         Some(p) => {
             let text = std::fs::read_to_string(p)
                 .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?;
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+            flotilla_api::config::parse(&p.display().to_string(), &text, FILE_KEYS)
+                .map_err(anyhow::Error::msg)?
         }
     };
     cli.data_dir = Some(
@@ -119,6 +134,7 @@ fn settle(mut cli: Cli) -> anyhow::Result<Cli> {
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
     );
     cli.cgroup_parent = cli.cgroup_parent.or(file.cgroup_parent);
+    cli.log_format = cli.log_format.or(file.log_format);
     if cli.bind_roots.is_empty() {
         cli.bind_roots = file.bind_roots;
     }
@@ -150,13 +166,11 @@ fn main() -> ExitCode {
     } else {
         "warn,libcgroups=error,libcontainer=error"
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("NODEAGENT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    flotilla_api::logging::init(
+        "NODEAGENT_LOG",
+        default_filter,
+        cli.log_format.unwrap_or_default(),
+    );
     if let Command::Shim { id, timeout, exec } = &cli.command {
         // No async runtime here: the shim forks containers (and exec joins them) and must
         // stay single-threaded until they exist.
@@ -231,4 +245,25 @@ fn node_options(cli: &Cli) -> anyhow::Result<StoreOptions> {
             args: vec!["shim".into()],
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_documents_every_key() {
+        let example = include_str!("../../config/nodeagent.toml");
+        let live = flotilla_api::config::uncomment(example, FILE_KEYS);
+        for k in FILE_KEYS {
+            assert!(
+                live.lines().any(|l| l.starts_with(&format!("{k} = "))),
+                "{k} is not in config/nodeagent.toml"
+            );
+        }
+        let c: FileConfig =
+            flotilla_api::config::parse("example", &live, FILE_KEYS).expect("example parses");
+        assert_eq!(c.data_dir, Some(PathBuf::from(DEFAULT_DATA_DIR)));
+        assert_eq!(c.heartbeat, Some(30));
+    }
 }

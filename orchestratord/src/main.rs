@@ -23,6 +23,7 @@ use flotilla_certs::{
 
 /// Default data directory of the control plane.
 const DEFAULT_DATA_DIR: &str = "/var/lib/flotilla/orchestratord";
+use flotilla_api::logging::LogFormat;
 use flotilla_api::DEFAULT_PORT;
 /// A server certificate closer than this to its expiry is replaced when `run` starts.
 const SERVER_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
@@ -31,10 +32,13 @@ const SERVER_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 #[command(name = "orchestratord", version, about = "Flotilla control plane")]
 struct Cli {
     /// Configuration file (TOML; keys as the flags: data_dir, listen, node_cert_lifetime,
-    /// session_rate).
+    /// session_rate, log_format).
     /// Default: /etc/flotilla/orchestratord.toml when it exists. Flags override it.
     #[arg(long, global = true, env = "ORCHESTRATORD_CONFIG")]
     config: Option<PathBuf>,
+    /// Log format: auto (journald under systemd, text otherwise), text, json or journald.
+    #[arg(long, global = true)]
+    log_format: Option<LogFormat>,
     /// The control plane's data directory [default: /var/lib/flotilla/orchestratord].
     #[arg(long, global = true, env = "ORCHESTRATORD_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -87,7 +91,17 @@ struct FileConfig {
     listen: Option<SocketAddr>,
     node_cert_lifetime: Option<u64>,
     session_rate: Option<u32>,
+    log_format: Option<LogFormat>,
 }
+
+/// The keys of [`FileConfig`].
+const FILE_KEYS: &[&str] = &[
+    "data_dir",
+    "listen",
+    "node_cert_lifetime",
+    "session_rate",
+    "log_format",
+];
 
 /// Default configuration file.
 const DEFAULT_CONFIG: &str = "/etc/flotilla/orchestratord.toml";
@@ -102,7 +116,8 @@ fn file_config(given: Option<&Path>) -> Result<FileConfig> {
         Some(p) => {
             let text =
                 std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+            flotilla_api::config::parse(&p.display().to_string(), &text, FILE_KEYS)
+                .map_err(anyhow::Error::msg)
         }
     }
 }
@@ -125,13 +140,11 @@ fn real_main() -> Result<()> {
         .clone()
         .or(file.data_dir.clone())
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ORCHESTRATORD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    flotilla_api::logging::init(
+        "ORCHESTRATORD_LOG",
+        "info",
+        cli.log_format.or(file.log_format).unwrap_or_default(),
+    );
     match cli.command {
         Command::Init {
             cluster,
@@ -366,4 +379,28 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
     endpoint.close(quinn::VarInt::from_u32(0), b"control plane stopping");
     endpoint.wait_idle().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_config_documents_every_key() {
+        let example = include_str!("../../config/orchestratord.toml");
+        let live = flotilla_api::config::uncomment(example, FILE_KEYS);
+        for k in FILE_KEYS {
+            assert!(
+                live.lines().any(|l| l.starts_with(&format!("{k} = "))),
+                "{k} is not in config/orchestratord.toml"
+            );
+        }
+        let c: FileConfig =
+            flotilla_api::config::parse("example", &live, FILE_KEYS).expect("example parses");
+        assert_eq!(
+            c.listen,
+            Some(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))
+        );
+        assert_eq!(c.session_rate, Some(1000));
+    }
 }

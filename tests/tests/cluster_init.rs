@@ -88,7 +88,7 @@ fn config_files_give_settings_flags_override_them_and_typos_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("data_dri") && err.contains("data_dir") && err.contains("nodeagent.toml"),
+        err.contains("nodeagent.toml: unknown key 'data_dri' (did you mean 'data_dir'?)"),
         "{err}"
     );
 
@@ -102,5 +102,33 @@ fn config_files_give_settings_flags_override_them_and_typos_are_refused() {
         .expect("orchestratord");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("listn") && err.contains("listen"), "{err}");
+    assert!(
+        err.contains("unknown key 'listn' (did you mean 'listen'?)"),
+        "{err}"
+    );
+
+    let bad = Command::new(bin("orchestratord"))
+        .args(["--log-format", "xml", "run"])
+        .output()
+        .expect("orchestratord");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("'xml': auto, text, json or journald"));
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_without_secrets() {
+    let cp = flotilla_tests::cluster::ControlPlane::start(&["--log-format", "json"]);
+    let token = cp.token(&[]);
+    let log = cp.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "join token created" && l["level"] == "INFO"),
+        "{log}"
+    );
+    let secret = token.rsplit('-').next().expect("secret");
+    assert!(!log.contains(secret), "the token secret was logged");
 }

@@ -33,6 +33,12 @@ const PING_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest wait between two dial attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
+/// Tells systemd the agent is ready, once.
+fn announce_ready(status: &str) {
+    static READY: std::sync::Once = std::sync::Once::new();
+    READY.call_once(|| flotilla_api::systemd::ready(status));
+}
+
 /// The control plane asked to be dialled again after this long.
 #[derive(Debug)]
 struct Busy(Duration);
@@ -253,12 +259,41 @@ pub async fn run(
         generation = runner.generation(),
         "converging to the persisted desired state"
     );
+    let mut rounds = runner.rounds();
     tokio::spawn(runner.clone().run());
+    // Ready for systemd once the node's containers are re-adopted (one full round) and the
+    // first session attempt is over, established or not: a node serves its tasks offline too.
+    let _ = rounds.wait_for(|r| r.is_some()).await;
+    if let Some(every) = flotilla_api::systemd::watchdog_interval() {
+        let r = runner.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let r = r.clone();
+                if tokio::task::spawn_blocking(move || r.healthy())
+                    .await
+                    .unwrap_or(false)
+                {
+                    flotilla_api::systemd::ping();
+                } else {
+                    tracing::error!("the runner does not answer; withholding the watchdog ping");
+                }
+            }
+        });
+    }
+    // A control plane that neither answers nor refuses would hold the first attempt for the
+    // whole handshake timeout: the node is ready (offline) after 5 s at most.
+    tokio::spawn(async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        announce_ready("running offline: the control plane has not answered yet");
+    });
     let endpoint = client_endpoint()?;
     let mut backoff = Duration::from_secs(1);
     loop {
         let started = std::time::Instant::now();
-        match session(&endpoint, &dir, &mut cred, &runner, heartbeat).await {
+        let result = session(&endpoint, &dir, &mut cred, &runner, heartbeat).await;
+        announce_ready("running offline: the control plane is not reachable yet");
+        match result {
             Ok(()) => tracing::info!("session closed"),
             Err(e) => match e.downcast_ref::<Busy>() {
                 // The control plane gave this node a slot: come back then (a little jitter
@@ -359,6 +394,7 @@ async fn session(
     check_clock(server_time);
     tracing::info!(node = %cred.name, server = %cred.server, protocol, "session established");
     println!("session established as {} with {}", cred.name, cred.server);
+    announce_ready(&format!("in session with {}", cred.server));
     let mut due = renewal_due(&cred.identity.cert_pem)?;
     let mut ping = tokio::time::interval(PING_EVERY);
     // Everything known is reported once per session, then whenever it changes.

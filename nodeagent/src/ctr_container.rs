@@ -116,6 +116,9 @@ pub enum ContainerCommand {
         /// Include created and exited containers.
         #[arg(short, long)]
         all: bool,
+        /// Only the ids, one per line.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Show a container: settings, state, pid, exit.
     Inspect {
@@ -214,13 +217,17 @@ pub async fn container(
 ) -> Result<ExitCode> {
     match cmd {
         ContainerCommand::Run(args) => return run(store, *args).await,
-        ContainerCommand::Ps { all } => {
+        ContainerCommand::Ps { all, quiet } => {
             let list: Vec<ContainerInfo> = store
                 .list()?
                 .into_iter()
                 .filter(|c| all || c.status == Status::Running)
                 .collect();
-            if json {
+            if quiet {
+                for c in &list {
+                    println!("{}", c.record.id);
+                }
+            } else if json {
                 let mut out = Vec::new();
                 for c in &list {
                     let mut v = serde_json::to_value(c)?;

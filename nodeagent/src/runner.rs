@@ -42,6 +42,8 @@ pub struct Runner {
     /// starts over).
     restarts: Mutex<Restarts>,
     status: watch::Sender<Vec<TaskStatus>>,
+    /// When the last round ended (`None` before the first).
+    rounds: watch::Sender<Option<std::time::Instant>>,
 }
 
 impl Runner {
@@ -64,6 +66,7 @@ impl Runner {
             }
         };
         let (status, _) = watch::channel(Vec::new());
+        let (rounds, _) = watch::channel(None);
         Ok(Arc::new(Self {
             db,
             desired: Mutex::new(desired),
@@ -73,6 +76,7 @@ impl Runner {
             restarts: Mutex::new(Restarts::new()),
             checks: Arc::default(),
             status,
+            rounds,
         }))
     }
 
@@ -176,6 +180,24 @@ impl Runner {
         &self.store
     }
 
+    /// When rounds end.
+    pub fn rounds(&self) -> watch::Receiver<Option<std::time::Instant>> {
+        self.rounds.subscribe()
+    }
+
+    /// Whether the runner's state answers: its desired state can be locked and its database
+    /// read (what the systemd watchdog vouches for; a long image pull does not stop it).
+    pub fn healthy(&self) -> bool {
+        let locked = self.desired.lock().is_ok();
+        let readable = self
+            .db
+            .begin_read()
+            .ok()
+            .and_then(|r| r.open_table(STATE).ok())
+            .is_some();
+        locked && readable
+    }
+
     /// The latest task statuses, changing as the node converges.
     pub fn status(&self) -> watch::Receiver<Vec<TaskStatus>> {
         self.status.subscribe()
@@ -187,7 +209,9 @@ impl Runner {
         // An action that keeps failing must not spin: at most a few rounds back to back.
         let mut back_to_back = 0;
         loop {
-            match self.clone().round().await {
+            let result = self.clone().round().await;
+            self.rounds.send_replace(Some(std::time::Instant::now()));
+            match result {
                 Ok(true) if back_to_back < 10 => {
                     back_to_back += 1;
                     continue;

@@ -368,6 +368,26 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         session_rate,
     ));
     tracing::info!(%listen, "serving agents (QUIC) and operators (HTTPS)");
+    // Under systemd: ready now that both listeners and the store are up; the watchdog is fed
+    // only while the store answers.
+    flotilla_api::systemd::ready(&format!("serving agents and operators on {listen}"));
+    if let Some(every) = flotilla_api::systemd::watchdog_interval() {
+        let store = agents.store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let s = store.clone();
+                if tokio::task::spawn_blocking(move || s.healthy())
+                    .await
+                    .unwrap_or(false)
+                {
+                    flotilla_api::systemd::ping();
+                } else {
+                    tracing::error!("the store does not answer; withholding the watchdog ping");
+                }
+            }
+        });
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {
@@ -376,6 +396,7 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         _ = term.recv() => tracing::info!("terminated; stopping"),
     }
+    flotilla_api::systemd::stopping();
     endpoint.close(quinn::VarInt::from_u32(0), b"control plane stopping");
     endpoint.wait_idle().await;
     Ok(())

@@ -417,6 +417,15 @@ impl Store {
         self.put(NODES, &n.id, n)
     }
 
+    /// Whether the store answers a read (what the systemd watchdog vouches for).
+    pub fn healthy(&self) -> bool {
+        self.db
+            .begin_read()
+            .ok()
+            .and_then(|r| r.open_table(NODES).ok())
+            .is_some()
+    }
+
     /// Forgets a node; true when it existed.
     pub fn remove_node(&self, id: &str) -> Result<bool, StoreError> {
         let w = self.db.begin_write().map_err(db)?;

@@ -20,6 +20,7 @@ pub struct ControlPlane {
     listen: SocketAddr,
     child: Option<Child>,
     extra_args: Vec<String>,
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 /// A loopback port free for both TCP and UDP right now.
@@ -46,6 +47,16 @@ impl ControlPlane {
     /// Like [`ControlPlane::start`], listening on `ip` (`0.0.0.0` to be reached from the
     /// hosts of a [`crate::netns::Lan`] as well as from loopback).
     pub fn start_listening(ip: std::net::Ipv4Addr, run_args: &[&str]) -> Self {
+        Self::start_with(ip, run_args, &[])
+    }
+
+    /// Like [`ControlPlane::start_listening`], `orchestratord run` given extra environment
+    /// variables.
+    pub fn start_with(
+        ip: std::net::Ipv4Addr,
+        run_args: &[&str],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("cp");
         let admin = dir.path().join("admin");
@@ -69,6 +80,10 @@ impl ControlPlane {
             listen: SocketAddr::from((ip, port)),
             child: None,
             extra_args: run_args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_os_string()))
+                .collect(),
             dir,
         };
         cp.spawn();
@@ -86,6 +101,7 @@ impl ControlPlane {
             .arg(&self.data)
             .args(["run", "--listen", &self.listen.to_string()])
             .args(&self.extra_args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -157,14 +157,14 @@ fn is_root() -> bool {
 async fn wait_for<T>(
     what: &str,
     timeout: Duration,
-    daemons: &mut [&mut Daemon],
+    interrupt: &Interrupt,
+    up: &mut Running,
     mut probe: impl AsyncFnMut() -> Option<T>,
 ) -> Result<T> {
     let start = Instant::now();
     loop {
-        for d in daemons.iter_mut() {
-            d.check()?;
-        }
+        interrupt.check()?;
+        up.check()?;
         if let Some(v) = probe().await {
             return Ok(v);
         }
@@ -199,11 +199,136 @@ fn operator_config(dev_admin: &Path, given: Option<PathBuf>) -> Result<Option<Pa
     }
 }
 
+/// Ctrl-C or SIGTERM, caught from the start so that neither ever leaves half a cluster behind.
+struct Interrupt {
+    flag: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Interrupt {
+    fn install() -> Result<std::sync::Arc<Self>> {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Handlers are in place once these return.
+        let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+        let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let me = std::sync::Arc::new(Self {
+            flag: false.into(),
+            notify: tokio::sync::Notify::new(),
+        });
+        let m = me.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            m.flag.store(true, std::sync::atomic::Ordering::SeqCst);
+            m.notify.notify_waiters();
+        });
+        Ok(me)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.flag.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("interrupted");
+        }
+        Ok(())
+    }
+}
+
+/// What `flotilla dev` started, stopped in reverse order whatever happens.
+#[derive(Default)]
+struct Running {
+    cp: Option<Daemon>,
+    agent: Option<Daemon>,
+    api: Option<Api>,
+    node_id: Option<String>,
+}
+
+impl Running {
+    fn check(&mut self) -> Result<()> {
+        for d in [&mut self.cp, &mut self.agent].into_iter().flatten() {
+            d.check()?;
+        }
+        Ok(())
+    }
+
+    /// Tasks (their containers removed), then the agent, then the control plane.
+    async fn shutdown(&mut self, node_cmd: &dyn Fn(&[&str]) -> Command) -> Result<()> {
+        let mut result = Ok(());
+        if let (Some(api), Some(node), Some(agent)) = (&self.api, &self.node_id, &mut self.agent) {
+            if agent.check().is_ok() {
+                result = stop_tasks(api, node, node_cmd).await;
+            }
+        }
+        if let Some(a) = &mut self.agent {
+            a.stop(Duration::from_secs(10));
+        }
+        if let Some(c) = &mut self.cp {
+            c.stop(Duration::from_secs(10));
+        }
+        result
+    }
+}
+
 /// Runs the dev cluster until Ctrl-C or SIGTERM.
 pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
     if !is_root() {
         bail!("flotilla dev runs containers (namespaces, mounts, cgroups): run it as root");
     }
+    let interrupt = Interrupt::install()?;
+    let nodeagent = sibling("nodeagent")?;
+    let node_dir = args.data_dir.join("node");
+    let node_cmd = |extra: &[&str]| {
+        let mut c = Command::new(&nodeagent);
+        c.arg("--data-dir")
+            .arg(&node_dir)
+            .arg("--cgroup-parent")
+            .arg(&args.cgroup_parent)
+            .args(extra);
+        c
+    };
+    let mut up = Running::default();
+    let failure = match start(&args, config, &interrupt, &mut up, &node_cmd).await {
+        // Until Ctrl-C, SIGTERM, or a daemon dying.
+        Ok(()) => loop {
+            tokio::select! {
+                _ = interrupt.notify.notified() => break None,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    if interrupt.check().is_err() {
+                        break None;
+                    }
+                    if let Err(e) = up.check() {
+                        break Some(e);
+                    }
+                }
+            }
+        },
+        Err(e) if interrupt.check().is_err() => {
+            println!("interrupted while starting ({e:#})");
+            None
+        }
+        Err(e) => Some(e),
+    };
+    println!("stopping: tasks, then the node agent, then the control plane");
+    let stopped = up.shutdown(&node_cmd).await;
+    match (failure, stopped) {
+        (Some(e), _) => Err(e),
+        (None, Err(e)) => Err(e),
+        (None, Ok(())) => {
+            println!("stopped; no container left running");
+            Ok(())
+        }
+    }
+}
+
+/// Brings the cluster up and the demo task to RUNNING, recording what runs in `up`.
+async fn start(
+    args: &DevArgs,
+    config: Option<PathBuf>,
+    interrupt: &Interrupt,
+    up: &mut Running,
+    node_cmd: &dyn Fn(&[&str]) -> Command,
+) -> Result<()> {
     let orchestratord = sibling("orchestratord")?;
     let nodeagent = sibling("nodeagent")?;
     let dir = &args.data_dir;
@@ -233,11 +358,16 @@ pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
     cmd.arg("--data-dir")
         .arg(&cp_dir)
         .args(["run", "--listen", &listen]);
-    let mut cp = Daemon::spawn("orchestratord", cmd, dir.join("orchestratord.log"))?;
+    up.cp = Some(Daemon::spawn(
+        "orchestratord",
+        cmd,
+        dir.join("orchestratord.log"),
+    )?);
     let api = wait_for(
         "the control plane",
         Duration::from_secs(15),
-        &mut [&mut cp],
+        interrupt,
+        up,
         async || {
             let api = Api::open(&admin).await.ok()?;
             api.call::<serde_json::Value>(Method::GET, "/v1/tokens", None)
@@ -247,6 +377,7 @@ pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
         },
     )
     .await?;
+    up.api = Some(api.clone());
 
     // The node: enrolled once with a token, like any node.
     let identity = node_dir.join("identity");
@@ -272,18 +403,14 @@ pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
         }
     }
     let node_id = Credential::load(&identity)?.name;
-    let node_cmd = |extra: &[&str]| {
-        let mut c = Command::new(&nodeagent);
-        c.arg("--data-dir")
-            .arg(&node_dir)
-            .arg("--cgroup-parent")
-            .arg(&args.cgroup_parent)
-            .args(extra);
-        c
-    };
     let mut agent_cmd = node_cmd(&["run"]);
     agent_cmd.env("NODEAGENT_LOG", "info");
-    let mut agent = Daemon::spawn("nodeagent", agent_cmd, dir.join("nodeagent.log"))?;
+    up.agent = Some(Daemon::spawn(
+        "nodeagent",
+        agent_cmd,
+        dir.join("nodeagent.log"),
+    )?);
+    up.node_id = Some(node_id.clone());
 
     // The demo image, built from the host's busybox-static, once.
     let have = node_cmd(&["ctr", "image", "inspect", DEMO_IMAGE]).output()?;
@@ -296,6 +423,7 @@ pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
             );
         }
     }
+    interrupt.check()?;
     let have_def = api
         .call::<serde_json::Value>(Method::GET, "/v1/taskdefs/demo", None)
         .await
@@ -311,7 +439,8 @@ pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
     wait_for(
         "the node to connect",
         Duration::from_secs(30),
-        &mut [&mut cp, &mut agent],
+        interrupt,
+        up,
         async || {
             let n: NodeInfo = api
                 .expect(Method::GET, &format!("/v1/nodes/{node_id}"), None)
@@ -346,7 +475,8 @@ pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
     wait_for(
         "the demo task to run",
         Duration::from_secs(60),
-        &mut [&mut cp, &mut agent],
+        interrupt,
+        up,
         async || {
             let t: TaskInfo = api
                 .expect(Method::GET, &format!("/v1/tasks/{demo}"), None)
@@ -376,35 +506,7 @@ pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
     println!("  {me}{flag} node ls");
     println!("  {me}{flag} taskdef register my-task.json && {me}{flag} task run my-task");
     println!("Ctrl-C stops the cluster and its containers; the data stays for the next run.");
-
-    // Until Ctrl-C, SIGTERM, or a daemon dying.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing the SIGTERM handler")?;
-    let mut watch = tokio::time::interval(Duration::from_millis(500));
-    let failure = loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break None,
-            _ = term.recv() => break None,
-            _ = watch.tick() => {
-                if let Err(e) = cp.check().and_then(|()| agent.check()) {
-                    break Some(e);
-                }
-            }
-        }
-    };
-    println!("stopping: tasks, then the node agent, then the control plane");
-    if failure.is_none() {
-        stop_tasks(&api, &node_id, &node_cmd).await?;
-    }
-    agent.stop(Duration::from_secs(10));
-    cp.stop(Duration::from_secs(10));
-    match failure {
-        Some(e) => Err(e),
-        None => {
-            println!("stopped; no container left running");
-            Ok(())
-        }
-    }
+    Ok(())
 }
 
 /// Stops every live task of the node and waits until its containers are gone.

@@ -236,6 +236,7 @@ enum AdminCommand {
     },
 }
 
+#[derive(Clone)]
 struct Api {
     http: reqwest::Client,
     base: String,

@@ -1024,15 +1024,15 @@ fn run_tasks(req: TaskRun, agents: &Arc<Agents>) -> Reply {
             definition: def.task_definition.clone(),
             env: req.env.clone(),
         };
-        if let Err(e) = store.put_task(&rec) {
-            return fail(e);
-        }
-        tracing::info!(task = %rec.info.id, node = %node, taskdef = %rec.info.task_definition, "task placed");
         agents.event(
             "task.placed",
             &rec.info.id,
             format!("{} on {node}", rec.info.task_definition),
         );
+        if let Err(e) = store.put_task(&rec) {
+            return fail(e);
+        }
+        tracing::info!(task = %rec.info.id, node = %node, taskdef = %rec.info.task_definition, "task placed");
         touched.insert(node);
         created.push(rec.info);
     }

@@ -339,7 +339,9 @@ impl Store {
         Ok(Some(rec))
     }
 
-    /// Appends an event (dropping the oldest beyond [`MAX_EVENTS`]); returns it.
+    /// Appends an event (dropping the oldest beyond [`MAX_EVENTS`]); returns it. The commit is
+    /// not flushed on its own: the event becomes durable with the next state change (callers
+    /// record an event just before the change it describes), so events cost no extra fsync.
     pub fn record_event(
         &self,
         kind: &str,
@@ -347,7 +349,8 @@ impl Store {
         message: String,
         time: u64,
     ) -> Result<Event, StoreError> {
-        let w = self.db.begin_write().map_err(db)?;
+        let mut w = self.db.begin_write().map_err(db)?;
+        w.set_durability(redb::Durability::None).map_err(db)?;
         let event = {
             let mut t = w.open_table(EVENTS).map_err(db)?;
             let last = t.last().map_err(db)?.map_or(0, |(k, _)| k.value());

@@ -115,6 +115,25 @@ fn demo_task(banner: &str) -> String {
         .to_string()
 }
 
+fn links() -> Vec<String> {
+    let out = Command::new("ip")
+        .args(["-o", "link", "show"])
+        .output()
+        .expect("ip");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').nth(1).map(|n| n.trim().to_string()))
+        .collect()
+}
+
+fn nft_tables() -> String {
+    let out = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 fn assert_nothing_left(node: &Node) {
     assert_eq!(
         node.leftover_processes(),
@@ -131,6 +150,7 @@ fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
     let home = node.scratch().join("home");
     std::fs::create_dir_all(&home).expect("home");
     let port = free_port();
+    let (links_before, nft_before) = (links(), nft_tables());
 
     let mut dev = Dev::start(&node, &home, port);
     let banner = dev.expect("RUNNING", Duration::from_secs(60));
@@ -162,6 +182,8 @@ fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
 
     dev.interrupt();
     assert_nothing_left(&node);
+    assert_eq!(links(), links_before, "network links left");
+    assert_eq!(nft_tables(), nft_before, "nft tables left");
 
     // Again: the same cluster and node, a fresh demo task.
     let mut dev = Dev::start(&node, &home, port);
@@ -174,4 +196,12 @@ fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
     assert_eq!(nodes[0]["id"], before[0]["id"], "the node joined again");
     dev.interrupt();
     assert_nothing_left(&node);
+
+    // Ctrl-C while it is still starting stops what had started, nothing more.
+    for delay in [50, 300] {
+        let mut dev = Dev::start(&node, &home, port);
+        std::thread::sleep(Duration::from_millis(delay));
+        dev.interrupt();
+        assert_nothing_left(&node);
+    }
 }

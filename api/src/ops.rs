@@ -187,6 +187,37 @@ pub struct TaskRun {
     /// Environment added to every container.
     #[serde(default)]
     pub env: Vec<crate::taskdef::KeyValue>,
+    /// Constraints added to the task definition's (ECS `placementConstraints`: `memberOf` with
+    /// an expression, or `distinctInstance`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_constraints: Vec<PlacementConstraintSpec>,
+    /// Strategies, in order (ECS `placementStrategy`); default: spread over `instanceId`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_strategy: Vec<PlacementStrategySpec>,
+}
+
+/// ECS `placementConstraints[]` of RunTask / CreateService.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementConstraintSpec {
+    /// `memberOf` or `distinctInstance`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The `memberOf` expression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expression: Option<String>,
+}
+
+/// ECS `placementStrategy[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlacementStrategySpec {
+    /// `spread`, `binpack` or `random`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `instanceId` or `attribute:NAME` (spread), `cpu` or `memory` (binpack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
 }
 
 fn one() -> u32 {

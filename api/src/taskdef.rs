@@ -618,6 +618,9 @@ impl Checker {
                 ),
             }
             if let Some(e) = self.string(&format!("{p}.expression"), pm.get("expression"), true) {
+                if let Err(err) = flotilla_scheduler::expr::parse(&e) {
+                    self.err(&format!("{p}.expression"), format!("'{e}': {err}"));
+                }
                 constraints.push(PlacementConstraint { expression: e });
             }
         }
@@ -1535,5 +1538,19 @@ mod tests {
         ] {
             let _ = parse(junk);
         }
+    }
+
+    #[test]
+    fn placement_expressions_are_checked_where_they_are_written() {
+        let text = r#"{"family":"f","containerDefinitions":[{"name":"a","image":"x","memory":64}],
+            "placementConstraints":[
+              {"type":"memberOf","expression":"attribute:site == store-12"},
+              {"type":"memberOf","expression":"attribute:site === x"}]}"#;
+        let problems = parse(text).expect_err("bad expression");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with("$.placementConstraints[1].expression: 'attribute:site === x': at 17"),
+            "{problems:?}"
+        );
     }
 }

@@ -13,8 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use flotilla_api::ops::{
-    AdminCredential, AdminIssue, ApiError, Event, NodeInfo, NodeLabels, TaskDefRegistered,
-    TaskDefRevision, TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
+    AdminCredential, AdminIssue, ApiError, Event, NodeInfo, NodeLabels, PlacementConstraintSpec,
+    PlacementStrategySpec, TaskDefRegistered, TaskDefRevision, TaskInfo, TaskRun, TokenCreate,
+    TokenCreated, TokenInfo,
 };
 use flotilla_api::{Labels, LogLine};
 use flotilla_certs::credential::Credential;
@@ -112,6 +113,17 @@ enum TaskCommand {
         /// Environment KEY=VALUE for every container (repeatable).
         #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
         env: Vec<String>,
+        /// Only nodes matching this memberOf expression, e.g. "attribute:site == store-12"
+        /// (repeatable; added to the task definition's).
+        #[arg(long = "constraint", value_name = "EXPRESSION")]
+        constraints: Vec<String>,
+        /// At most one of these tasks per node.
+        #[arg(long)]
+        distinct_instance: bool,
+        /// Placement strategy, in order (repeatable): spread:instanceId,
+        /// spread:attribute:NAME, binpack:memory, binpack:cpu, random [default: spread:instanceId].
+        #[arg(long = "strategy", value_name = "TYPE[:FIELD]")]
+        strategies: Vec<String>,
     },
     /// List tasks.
     #[command(alias = "list")]
@@ -627,6 +639,9 @@ async fn run(cli: Cli) -> Result<()> {
             node,
             count,
             env,
+            constraints,
+            distinct_instance,
+            strategies,
         }) => {
             let mut kv = Vec::new();
             for e in &env {
@@ -638,11 +653,39 @@ async fn run(cli: Cli) -> Result<()> {
                     value: v.to_string(),
                 });
             }
+            let mut placement_constraints: Vec<PlacementConstraintSpec> = constraints
+                .into_iter()
+                .map(|e| PlacementConstraintSpec {
+                    kind: "memberOf".into(),
+                    expression: Some(e),
+                })
+                .collect();
+            if distinct_instance {
+                placement_constraints.push(PlacementConstraintSpec {
+                    kind: "distinctInstance".into(),
+                    expression: None,
+                });
+            }
+            let placement_strategy = strategies
+                .iter()
+                .map(|s| {
+                    let (kind, field) = match s.split_once(':') {
+                        Some((k, f)) => (k, Some(f.to_string())),
+                        None => (s.as_str(), None),
+                    };
+                    PlacementStrategySpec {
+                        kind: kind.to_string(),
+                        field,
+                    }
+                })
+                .collect();
             let req = TaskRun {
                 task_definition: taskdef,
                 node,
                 count,
                 env: kv,
+                placement_constraints,
+                placement_strategy,
             };
             let tasks: Vec<TaskInfo> = api
                 .call(Method::POST, "/v1/tasks", Some(serde_json::to_value(req)?))

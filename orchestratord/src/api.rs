@@ -9,6 +9,7 @@ use flotilla_api::ops::{
     AdminCredential, AdminIssue, ApiError, NodeInfo, NodeLabels, TaskDefRegistered, TaskDefStatus,
     TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
+use flotilla_api::taskdef::{NetworkMode, Protocol, TaskDefinition};
 use flotilla_api::tasks::{DesiredStatus, TaskState};
 use flotilla_api::{read_frame, write_frame, LogFrame, LogRequest, ServerPush};
 use flotilla_certs::token::JoinToken;
@@ -817,18 +818,11 @@ fn with_usage(mut t: TaskInfo, agents: &Agents) -> TaskInfo {
     t
 }
 
-/// Memory and CPU a task reserves on its node.
-#[derive(Debug, Clone, Copy, Default)]
-struct Need {
-    memory_mib: u64,
-    cpu_units: u64,
-}
-
 /// ECS's reservation rule: the task's own `memory`/`cpu` when set; otherwise the sum over its
 /// containers of `memoryReservation` (or `memory`) and `cpu`.
-fn requirement(t: &flotilla_api::taskdef::TaskDefinition) -> Need {
+fn requirement(t: &TaskDefinition) -> flotilla_scheduler::Resources {
     let containers = &t.container_definitions;
-    Need {
+    flotilla_scheduler::Resources {
         memory_mib: t.memory.unwrap_or_else(|| {
             containers
                 .iter()
@@ -840,6 +834,132 @@ fn requirement(t: &flotilla_api::taskdef::TaskDefinition) -> Need {
             .map(u64::from)
             .unwrap_or_else(|| containers.iter().map(|c| u64::from(c.cpu)).sum()),
     }
+}
+
+/// The static host ports a task takes on its node (host and bridge networking).
+fn host_ports(t: &TaskDefinition) -> Vec<flotilla_scheduler::HostPort> {
+    if !matches!(t.network_mode, NetworkMode::Host | NetworkMode::Bridge) {
+        return Vec::new();
+    }
+    t.container_definitions
+        .iter()
+        .flat_map(|c| &c.port_mappings)
+        .filter_map(|m| {
+            let port = match t.network_mode {
+                NetworkMode::Host => Some(m.container_port),
+                _ => m.host_port.filter(|p| *p != 0),
+            }?;
+            Some(flotilla_scheduler::HostPort {
+                port,
+                udp: m.protocol == Protocol::Udp,
+            })
+        })
+        .collect()
+}
+
+/// The cluster as the scheduler sees it: nodes with their labels, reported capacity, and what
+/// their live tasks reserve.
+fn snapshot(
+    nodes: &[NodeRecord],
+    tasks: &[TaskRecord],
+    agents: &Agents,
+) -> flotilla_scheduler::Snapshot {
+    use flotilla_scheduler::{NodeState, NodeView, Resources};
+    let connected = agents.connected();
+    let mut views: Vec<NodeView> = nodes
+        .iter()
+        .filter(|n| !n.revoked)
+        .map(|n| NodeView {
+            id: n.id.clone(),
+            attributes: n.labels.clone(),
+            capacity: agents.live(&n.id).resources.map(|r| Resources {
+                memory_mib: r.memory_bytes >> 20,
+                cpu_units: u64::from(r.cpus) * 1024,
+            }),
+            used: Resources::default(),
+            ports: Default::default(),
+            groups: Default::default(),
+            state: if n.draining {
+                NodeState::Draining
+            } else if connected.contains(&n.id) {
+                NodeState::Ready
+            } else {
+                NodeState::Disconnected
+            },
+        })
+        .collect();
+    let index: std::collections::HashMap<String, usize> = views
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.id.clone(), i))
+        .collect();
+    for t in tasks.iter().filter(|t| t.info.state != TaskState::Stopped) {
+        let Some(v) = t
+            .info
+            .node
+            .as_ref()
+            .and_then(|n| index.get(n))
+            .map(|i| &mut views[*i])
+        else {
+            continue;
+        };
+        let r = requirement(&t.definition);
+        v.used.memory_mib += r.memory_mib;
+        v.used.cpu_units += r.cpu_units;
+        v.ports.extend(host_ports(&t.definition));
+        *v.groups
+            .entry(format!("family:{}", t.definition.family))
+            .or_default() += 1;
+    }
+    views.sort_by(|a, b| a.id.cmp(&b.id));
+    flotilla_scheduler::Snapshot { nodes: views }
+}
+
+/// The scheduler's request for `req`: the definition's needs and constraints, the request's
+/// constraints and strategies (default: spread over nodes).
+fn placement_request(
+    def: &flotilla_api::ops::TaskDefRevision,
+    req: &TaskRun,
+) -> Result<flotilla_scheduler::Request, String> {
+    use flotilla_scheduler::{Constraint, Strategy};
+    let mut constraints = Vec::new();
+    for c in &def.task_definition.placement_constraints {
+        constraints.push(
+            Constraint::member_of(&c.expression)
+                .map_err(|e| format!("placementConstraints '{}': {e}", c.expression))?,
+        );
+    }
+    for (i, c) in req.placement_constraints.iter().enumerate() {
+        constraints.push(match (c.kind.as_str(), &c.expression) {
+            ("distinctInstance", None) => Constraint::DistinctInstance,
+            ("memberOf", Some(e)) => Constraint::member_of(e)
+                .map_err(|err| format!("placementConstraints[{i}].expression '{e}': {err}"))?,
+            (k, _) => {
+                return Err(format!(
+                    "placementConstraints[{i}]: '{k}' (memberOf with an expression, or distinctInstance)"
+                ))
+            }
+        });
+    }
+    let mut strategy = Vec::new();
+    for (i, s) in req.placement_strategy.iter().enumerate() {
+        strategy.push(
+            Strategy::parse(&s.kind, s.field.as_deref())
+                .map_err(|e| format!("placementStrategy[{i}]: {e}"))?,
+        );
+    }
+    if strategy.is_empty() {
+        strategy.push(Strategy::Spread("instanceId".into()));
+    }
+    Ok(flotilla_scheduler::Request {
+        group: format!("family:{}", def.family),
+        count: req.count as usize,
+        need: requirement(&def.task_definition),
+        ports: host_ports(&def.task_definition),
+        constraints,
+        strategy,
+        seed: now(),
+    })
 }
 
 /// Marks a running task to be stopped for `reason` (committed); false when it was already
@@ -894,115 +1014,39 @@ fn run_tasks(req: TaskRun, agents: &Arc<Agents>) -> Reply {
         Ok(n) => n,
         Err(e) => return fail(e),
     };
-    let connected = agents.connected();
-    let candidates: Vec<String> = match &req.node {
-        Some(id) => match nodes.iter().find(|n| &n.id == id) {
+    if let Some(id) = &req.node {
+        match nodes.iter().find(|n| &n.id == id) {
             Some(n) if n.revoked => {
                 return error(StatusCode::BAD_REQUEST, format!("node {id} is revoked"))
             }
             Some(n) if n.draining => {
                 return error(StatusCode::CONFLICT, format!("node {id} is draining"))
             }
-            Some(n) => vec![n.id.clone()],
+            Some(_) => {}
             None => return error(StatusCode::NOT_FOUND, format!("no node {id}")),
-        },
-        None => nodes
-            .iter()
-            .filter(|n| !n.revoked && !n.draining && connected.contains(&n.id))
-            .map(|n| n.id.clone())
-            .collect(),
-    };
-    if candidates.is_empty() {
-        return error(
-            StatusCode::CONFLICT,
-            "no connected node that is not draining to run the task on",
-        );
+        }
     }
     let tasks = match store.tasks() {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
-    // What each candidate holds: live tasks, and the memory and CPU they reserve.
-    let need = requirement(&def.task_definition);
-    let mut load: std::collections::BTreeMap<String, (usize, Need)> = candidates
-        .iter()
-        .map(|c| (c.clone(), (0, Need::default())))
-        .collect();
-    for t in &tasks {
-        if let Some((n, used)) = t.info.node.as_ref().and_then(|n| load.get_mut(n)) {
-            if t.info.state != TaskState::Stopped {
-                *n += 1;
-                let r = requirement(&t.definition);
-                used.memory_mib += r.memory_mib;
-                used.cpu_units += r.cpu_units;
-            }
-        }
-    }
-    let capacity: std::collections::BTreeMap<String, Option<Need>> = candidates
-        .iter()
-        .map(|c| {
-            let cap = agents.live(c).resources.map(|r| Need {
-                memory_mib: r.memory_bytes >> 20,
-                cpu_units: u64::from(r.cpus) * 1024,
-            });
-            (c.clone(), cap)
-        })
-        .collect();
-    // A node whose capacity is not known yet (no heartbeat) is taken to have room.
-    let fits = |node: &str, used: &Need| {
-        capacity.get(node).copied().flatten().is_none_or(|cap| {
-            used.memory_mib + need.memory_mib <= cap.memory_mib
-                && used.cpu_units + need.cpu_units <= cap.cpu_units
-        })
+    let placement = match placement_request(&def, &req) {
+        Ok(p) => p,
+        Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
     };
-    // Every task is placed before any is created: all of them run, or none.
-    let mut placements = Vec::new();
-    for _ in 0..req.count {
-        let Some(node) = load
-            .iter()
-            .filter(|(n, (_, used))| fits(n, used))
-            .min_by_key(|(_, (l, _))| *l)
-            .map(|(n, _)| n.clone())
-        else {
-            let mut why: Vec<String> = load
-                .iter()
-                .take(5)
-                .map(|(n, (_, used))| match capacity.get(n).copied().flatten() {
-                    Some(cap) => format!(
-                        "{n} has {} MiB and {} CPU units free",
-                        cap.memory_mib.saturating_sub(used.memory_mib),
-                        cap.cpu_units.saturating_sub(used.cpu_units)
-                    ),
-                    None => format!("{n}: capacity unknown"),
-                })
-                .collect();
-            if load.len() > 5 {
-                why.push(format!("{} more", load.len() - 5));
-            }
-            let room = if placements.is_empty() {
-                "no node has room".to_string()
-            } else {
-                format!("room for only {} of {}", placements.len(), req.count)
-            };
+    let mut snapshot = snapshot(&nodes, &tasks, agents);
+    if let Some(id) = &req.node {
+        snapshot.nodes.retain(|n| &n.id == id);
+    }
+    let placements = match flotilla_scheduler::place(&snapshot, &placement) {
+        Ok(p) => p,
+        Err(why) => {
             return error(
                 StatusCode::CONFLICT,
-                format!(
-                    "{room} for {}:{} ({} MiB, {} CPU units each): {}",
-                    def.family,
-                    def.revision,
-                    need.memory_mib,
-                    need.cpu_units,
-                    why.join("; ")
-                ),
-            );
-        };
-        if let Some((n, used)) = load.get_mut(&node) {
-            *n += 1;
-            used.memory_mib += need.memory_mib;
-            used.cpu_units += need.cpu_units;
+                format!("{}:{}: {why}", def.family, def.revision),
+            )
         }
-        placements.push(node);
-    }
+    };
     let mut created = Vec::new();
     let mut touched = std::collections::BTreeSet::new();
     for node in placements {

@@ -68,8 +68,9 @@ fn three_hosts_spread_tasks_and_ride_out_a_crash_and_a_cut_link() {
         .map(|(n, h)| Agent::for_node(n).on_host(h))
         .collect();
     let mut ids = Vec::new();
-    for a in &mut agents {
-        let out = a.join(&server, &cp.token(&[]), &[]);
+    for (a, site) in agents.iter_mut().zip(["a", "b", "c"]) {
+        let label = format!("site={site}");
+        let out = a.join(&server, &cp.token(&[]), &["--label", &label]);
         assert!(
             out.status.success(),
             "join: {}",
@@ -193,6 +194,49 @@ fn three_hosts_spread_tasks_and_ride_out_a_crash_and_a_cut_link() {
     }
     for n in &nodes {
         n.wait_for("containers removed", Duration::from_secs(20), || {
+            n.ps().is_empty()
+        });
+    }
+
+    // Placement by site: only sites a and b, spread over them.
+    let placed: Vec<serde_json::Value> = serde_json::from_str(&cp.flotilla_ok(&[
+        "task",
+        "run",
+        "serve",
+        "--count",
+        "4",
+        "--constraint",
+        "attribute:site in [a, b]",
+        "--strategy",
+        "spread:attribute:site",
+        "-o",
+        "json",
+    ]))
+    .expect("json");
+    let on = |i: usize| {
+        placed
+            .iter()
+            .filter(|t| t["node"] == ids[i].as_str())
+            .count()
+    };
+    assert_eq!((on(0), on(1), on(2)), (2, 2, 0), "{placed:?}");
+    let refused = cp.flotilla(&[
+        "task",
+        "run",
+        "serve",
+        "--constraint",
+        "attribute:site == z",
+    ]);
+    let msg = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        msg.contains("no node can take a task: 3 nodes failed memberOf(attribute:site == z)"),
+        "{msg}"
+    );
+    for t in &placed {
+        cp.flotilla_ok(&["task", "stop", t["id"].as_str().expect("id")]);
+    }
+    for n in &nodes {
+        n.wait_for("containers removed", Duration::from_secs(30), || {
             n.ps().is_empty()
         });
     }

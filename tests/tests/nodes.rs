@@ -107,8 +107,10 @@ fn label_drain_activate_and_remove_a_node() {
     let o = cp.flotilla(&["task", "run", "big", "--count", "3"]);
     assert!(!o.status.success());
     let msg = String::from_utf8_lossy(&o.stderr);
-    assert!(msg.contains("room for only 2 of 3 for big:1"), "{msg}");
-    assert!(msg.contains(&format!("{id} has ")), "{msg}");
+    assert!(
+        msg.contains("big:1: room for 2 of 3 tasks: 1 node lacked memory"),
+        "{msg}"
+    );
     assert_eq!(cp.flotilla_ok(&["task", "ls", "-o", "json"]), before);
 
     // Remove: refused while a task lives, then forced; the node is gone and refused.

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod expr;
+pub mod service;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};

@@ -1,0 +1,519 @@
+//! The service scheduler: from a service, its deployments and its tasks as they are, what to
+//! start and stop next — pure, like placement. The control plane runs it every round and applies
+//! the actions (starts are placed with [`crate::place`]).
+//!
+//! - **REPLICA** keeps `desiredCount` tasks of the primary deployment. A rolling deployment
+//!   starts new tasks while the service holds at most `maximumPercent` of `desiredCount`, and
+//!   stops old ones only while at least `minimumHealthyPercent` stay healthy; unhealthy tasks
+//!   are replaced. **DAEMON** keeps one task on every eligible node (ready, matching the
+//!   constraints), replacing a node's old task under the same minimum.
+//! - A deployment is **completed** when all its tasks are healthy and no older task remains.
+//! - The **circuit breaker** fails a deployment once as many of its tasks failed as ECS's
+//!   threshold (half the desired count, at least 3, at most 200); with rollback the control
+//!   plane then deploys the last completed revision again.
+
+use std::collections::BTreeMap;
+
+/// Stop reasons the service sets; a task of a deployment that stopped for any other reason
+/// (or was replaced as unhealthy) counts as failed.
+pub const REASON_SCALED_DOWN: &str = "service: scaled down";
+/// An older deployment's task, replaced.
+pub const REASON_REPLACED: &str = "service: replaced by a newer deployment";
+/// The service was deleted.
+pub const REASON_DELETED: &str = "service: deleted";
+/// Its node is no longer eligible (daemon).
+pub const REASON_NOT_ELIGIBLE: &str = "service: node no longer eligible";
+/// It failed its health check.
+pub const REASON_UNHEALTHY: &str = "service: unhealthy";
+
+/// How the service schedules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// This many tasks.
+    Replica(u32),
+    /// One per eligible node.
+    Daemon,
+}
+
+/// What the planner needs of a service.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// REPLICA or DAEMON.
+    pub mode: Mode,
+    /// `deploymentConfiguration.minimumHealthyPercent`.
+    pub min_healthy_percent: u32,
+    /// `deploymentConfiguration.maximumPercent`.
+    pub max_percent: u32,
+    /// `deploymentCircuitBreaker.enable`.
+    pub circuit_breaker: bool,
+    /// `deploymentCircuitBreaker.rollback`.
+    pub rollback: bool,
+}
+
+/// Where a deployment's rollout is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rollout {
+    /// Tasks being replaced.
+    InProgress,
+    /// Done.
+    Completed,
+    /// Stopped by the circuit breaker.
+    Failed,
+}
+
+/// A deployment of the service.
+#[derive(Debug, Clone)]
+pub struct DeploymentView {
+    /// Its id.
+    pub id: String,
+    /// The one new tasks come from.
+    pub primary: bool,
+    /// Its rollout.
+    pub rollout: Rollout,
+}
+
+/// Where a task of the service is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Placed, not running yet.
+    Pending,
+    /// Running, health checks not decided yet.
+    Starting,
+    /// Running and healthy (or without health checks).
+    Ready,
+    /// A health check failed.
+    Unhealthy,
+    /// Being stopped.
+    Stopping,
+    /// Stopped by the service (scaled down, replaced, deleted, not eligible).
+    Retired,
+    /// Stopped for any other reason.
+    Failed,
+}
+
+/// A task of the service.
+#[derive(Debug, Clone)]
+pub struct ServiceTask {
+    /// Task id.
+    pub id: String,
+    /// Its deployment.
+    pub deployment: String,
+    /// Its node.
+    pub node: String,
+    /// Where it is.
+    pub phase: Phase,
+    /// Creation order (larger is newer).
+    pub created: u64,
+}
+
+/// What to do next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Place and start this many tasks of the deployment.
+    Start {
+        /// Deployment.
+        deployment: String,
+        /// How many.
+        count: usize,
+    },
+    /// Start one task of the deployment on this node (daemon).
+    StartOn {
+        /// Deployment.
+        deployment: String,
+        /// Node.
+        node: String,
+    },
+    /// Stop a task.
+    Stop {
+        /// Task id.
+        task: String,
+        /// Why.
+        reason: String,
+    },
+    /// The deployment's rollout is complete.
+    Complete {
+        /// Deployment.
+        deployment: String,
+    },
+    /// The circuit breaker tripped.
+    Fail {
+        /// Deployment.
+        deployment: String,
+        /// Roll back to the last completed deployment.
+        rollback: bool,
+        /// Failed tasks counted.
+        failures: usize,
+    },
+}
+
+/// ECS's circuit breaker threshold for `desired` tasks.
+pub fn failure_threshold(desired: u32) -> usize {
+    (desired.div_ceil(2) as usize).clamp(3, 200)
+}
+
+fn live(p: Phase) -> bool {
+    matches!(
+        p,
+        Phase::Pending | Phase::Starting | Phase::Ready | Phase::Unhealthy
+    )
+}
+
+/// Plans one round for a service. `eligible` are the nodes a daemon service runs on (ready,
+/// matching its constraints); ignored for REPLICA.
+pub fn plan(
+    spec: &ServiceSpec,
+    deployments: &[DeploymentView],
+    tasks: &[ServiceTask],
+    eligible: &[String],
+) -> Vec<Action> {
+    let mut out = Vec::new();
+    let Some(primary) = deployments.iter().find(|d| d.primary) else {
+        return out;
+    };
+    let desired = match spec.mode {
+        Mode::Replica(n) => n,
+        Mode::Daemon => eligible.len() as u32,
+    };
+    let min_ready = (u64::from(desired) * u64::from(spec.min_healthy_percent)).div_ceil(100);
+    let max_total = (u64::from(desired) * u64::from(spec.max_percent) / 100).max(u64::from(desired));
+
+    // The circuit breaker first: a failing deployment starts nothing more.
+    let failures = tasks
+        .iter()
+        .filter(|t| t.deployment == primary.id && t.phase == Phase::Failed)
+        .count();
+    if spec.circuit_breaker
+        && primary.rollout == Rollout::InProgress
+        && failures >= failure_threshold(desired)
+    {
+        out.push(Action::Fail {
+            deployment: primary.id.clone(),
+            rollback: spec.rollback,
+            failures,
+        });
+        return out;
+    }
+    let starting_allowed = primary.rollout != Rollout::Failed;
+
+    let mut alive: Vec<&ServiceTask> = tasks.iter().filter(|t| live(t.phase)).collect();
+    // Oldest first.
+    alive.sort_by_key(|t| (t.created, t.id.clone()));
+    // Unhealthy tasks are replaced; they do not count as healthy anyway.
+    for t in alive.iter().filter(|t| t.phase == Phase::Unhealthy) {
+        out.push(Action::Stop {
+            task: t.id.clone(),
+            reason: REASON_UNHEALTHY.into(),
+        });
+    }
+    alive.retain(|t| t.phase != Phase::Unhealthy);
+    let stopping = tasks.iter().filter(|t| t.phase == Phase::Stopping).count() as u64;
+    let mut ready = alive.iter().filter(|t| t.phase == Phase::Ready).count() as u64;
+    let is_primary = |t: &&ServiceTask| t.deployment == primary.id;
+
+    match spec.mode {
+        Mode::Replica(_) => {
+            let mine: Vec<&ServiceTask> = alive.iter().copied().filter(is_primary).collect();
+            let old: Vec<&ServiceTask> =
+                alive.iter().copied().filter(|t| !is_primary(t)).collect();
+            let total = alive.len() as u64 + stopping;
+            // Scale down: the primary's surplus, not-ready and newest first.
+            if mine.len() as u64 > u64::from(desired) {
+                let mut surplus = mine.clone();
+                surplus.sort_by_key(|t| (t.phase == Phase::Ready, std::cmp::Reverse(t.created)));
+                for t in surplus.iter().take(mine.len() - desired as usize) {
+                    out.push(Action::Stop {
+                        task: t.id.clone(),
+                        reason: REASON_SCALED_DOWN.into(),
+                    });
+                }
+            }
+            // Start new ones within maximumPercent.
+            if starting_allowed {
+                let missing = u64::from(desired).saturating_sub(mine.len() as u64);
+                let room = max_total.saturating_sub(total);
+                let n = missing.min(room);
+                if n > 0 {
+                    out.push(Action::Start {
+                        deployment: primary.id.clone(),
+                        count: n as usize,
+                    });
+                }
+            }
+            // Retire old ones while enough stay healthy: not-ready ones freely.
+            for t in &old {
+                if t.phase == Phase::Ready {
+                    if ready <= min_ready {
+                        continue;
+                    }
+                    ready -= 1;
+                }
+                out.push(Action::Stop {
+                    task: t.id.clone(),
+                    reason: REASON_REPLACED.into(),
+                });
+            }
+            let mine_ready = mine.iter().filter(|t| t.phase == Phase::Ready).count() as u64;
+            if primary.rollout == Rollout::InProgress
+                && mine_ready >= u64::from(desired)
+                && old.is_empty()
+            {
+                out.push(Action::Complete {
+                    deployment: primary.id.clone(),
+                });
+            }
+        }
+        Mode::Daemon => {
+            let mut by_node: BTreeMap<&str, Vec<&ServiceTask>> = BTreeMap::new();
+            for t in &alive {
+                by_node.entry(t.node.as_str()).or_default().push(t);
+            }
+            let mut done = true;
+            for n in eligible {
+                let here = by_node.remove(n.as_str()).unwrap_or_default();
+                let (mine, old): (Vec<&ServiceTask>, Vec<&ServiceTask>) =
+                    here.into_iter().partition(is_primary);
+                for t in mine.iter().skip(1) {
+                    out.push(Action::Stop {
+                        task: t.id.clone(),
+                        reason: REASON_SCALED_DOWN.into(),
+                    });
+                }
+                if mine.first().is_none_or(|t| t.phase != Phase::Ready) || !old.is_empty() {
+                    done = false;
+                }
+                for t in &old {
+                    if t.phase == Phase::Ready {
+                        if ready <= min_ready {
+                            continue;
+                        }
+                        ready -= 1;
+                    }
+                    out.push(Action::Stop {
+                        task: t.id.clone(),
+                        reason: REASON_REPLACED.into(),
+                    });
+                }
+                // A node's old task goes before its new one starts (one per node).
+                if mine.is_empty() && old.is_empty() && starting_allowed {
+                    out.push(Action::StartOn {
+                        deployment: primary.id.clone(),
+                        node: n.clone(),
+                    });
+                }
+            }
+            // Nodes no longer eligible lose their task.
+            for tasks in by_node.values() {
+                for t in tasks {
+                    out.push(Action::Stop {
+                        task: t.id.clone(),
+                        reason: REASON_NOT_ELIGIBLE.into(),
+                    });
+                }
+            }
+            if primary.rollout == Rollout::InProgress && done && stopping == 0 {
+                out.push(Action::Complete {
+                    deployment: primary.id.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mode: Mode) -> ServiceSpec {
+        ServiceSpec {
+            mode,
+            min_healthy_percent: 100,
+            max_percent: 200,
+            circuit_breaker: true,
+            rollback: true,
+        }
+    }
+
+    fn dep(id: &str, primary: bool, rollout: Rollout) -> DeploymentView {
+        DeploymentView {
+            id: id.into(),
+            primary,
+            rollout,
+        }
+    }
+
+    fn task(id: &str, deployment: &str, node: &str, phase: Phase, created: u64) -> ServiceTask {
+        ServiceTask {
+            id: id.into(),
+            deployment: deployment.into(),
+            node: node.into(),
+            phase,
+            created,
+        }
+    }
+
+    fn stops(a: &[Action]) -> Vec<String> {
+        a.iter()
+            .filter_map(|x| match x {
+                Action::Stop { task, .. } => Some(task.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn starts(a: &[Action]) -> usize {
+        a.iter()
+            .map(|x| match x {
+                Action::Start { count, .. } => *count,
+                Action::StartOn { .. } => 1,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn replica_starts_to_count_scales_and_replaces_the_unhealthy() {
+        let s = spec(Mode::Replica(3));
+        let d = [dep("d1", true, Rollout::InProgress)];
+        assert_eq!(
+            plan(&s, &d, &[], &[]),
+            [Action::Start {
+                deployment: "d1".into(),
+                count: 3
+            }]
+        );
+        let ready = |id: &str, c| task(id, "d1", "n", Phase::Ready, c);
+        let three = [ready("t1", 1), ready("t2", 2), ready("t3", 3)];
+        assert_eq!(
+            plan(&s, &d, &three, &[]),
+            [Action::Complete {
+                deployment: "d1".into()
+            }]
+        );
+        // a stopped task is replaced; an unhealthy one is stopped and replaced
+        let mut some = three.to_vec();
+        some[0].phase = Phase::Failed;
+        some[1].phase = Phase::Unhealthy;
+        let a = plan(&s, &[dep("d1", true, Rollout::Completed)], &some, &[]);
+        assert_eq!(stops(&a), ["t2"]);
+        assert_eq!(starts(&a), 2);
+        // scale down to 1: the newest go first
+        let a = plan(&spec(Mode::Replica(1)), &d, &three, &[]);
+        assert_eq!(stops(&a), ["t3", "t2"]);
+    }
+
+    #[test]
+    fn rolling_updates_keep_within_min_healthy_and_max_percent() {
+        // 4 tasks, min 50 %, max 150 %: at most 6 at once, at least 2 healthy
+        let mut s = spec(Mode::Replica(4));
+        s.min_healthy_percent = 50;
+        s.max_percent = 150;
+        let d = [
+            dep("d1", false, Rollout::Completed),
+            dep("d2", true, Rollout::InProgress),
+        ];
+        let old: Vec<ServiceTask> = (0..4)
+            .map(|i| task(&format!("o{i}"), "d1", "n", Phase::Ready, i))
+            .collect();
+        let a = plan(&s, &d, &old, &[]);
+        assert_eq!(starts(&a), 2, "{a:?}");
+        assert_eq!(stops(&a), ["o0", "o1"], "two old ones may go, two stay");
+        // with the new ones still starting, the last two old ones stay
+        let mut now: Vec<ServiceTask> = old[2..].to_vec();
+        now.push(task("n1", "d2", "n", Phase::Starting, 10));
+        now.push(task("n2", "d2", "n", Phase::Starting, 11));
+        let a = plan(&s, &d, &now, &[]);
+        assert!(stops(&a).is_empty(), "{a:?}");
+        assert_eq!(starts(&a), 2);
+        // once two new ones are healthy, the old ones can go
+        now[2].phase = Phase::Ready;
+        now[3].phase = Phase::Ready;
+        let a = plan(&s, &d, &now, &[]);
+        assert_eq!(stops(&a), ["o2", "o3"]);
+        // never below the minimum, whatever the order
+        let a = plan(&spec(Mode::Replica(2)), &d, &old[..2], &[]);
+        assert!(stops(&a).is_empty(), "min 100 %: nothing old goes first");
+        assert_eq!(starts(&a), 2);
+    }
+
+    #[test]
+    fn the_circuit_breaker_trips_at_the_threshold() {
+        let s = spec(Mode::Replica(4));
+        let d = [
+            dep("d1", false, Rollout::Completed),
+            dep("d2", true, Rollout::InProgress),
+        ];
+        let mut tasks: Vec<ServiceTask> = (0..4)
+            .map(|i| task(&format!("o{i}"), "d1", "n", Phase::Ready, i))
+            .collect();
+        for i in 0..2 {
+            tasks.push(task(&format!("f{i}"), "d2", "n", Phase::Failed, 10 + i));
+        }
+        assert!(!plan(&s, &d, &tasks, &[])
+            .iter()
+            .any(|a| matches!(a, Action::Fail { .. })));
+        tasks.push(task("f2", "d2", "n", Phase::Failed, 12));
+        assert_eq!(
+            plan(&s, &d, &tasks, &[]),
+            [Action::Fail {
+                deployment: "d2".into(),
+                rollback: true,
+                failures: 3
+            }]
+        );
+        // a failed deployment starts nothing
+        let d = [dep("d2", true, Rollout::Failed)];
+        assert_eq!(starts(&plan(&s, &d, &[], &[])), 0);
+        assert_eq!(
+            [1, 4, 10, 1000].map(failure_threshold),
+            [3, 3, 5, 200]
+        );
+    }
+
+    #[test]
+    fn daemon_runs_one_per_eligible_node() {
+        let mut s = spec(Mode::Daemon);
+        s.min_healthy_percent = 0;
+        let d = [dep("d1", true, Rollout::InProgress)];
+        let nodes = ["a".to_string(), "b".to_string()];
+        let a = plan(&s, &d, &[], &nodes);
+        assert_eq!(
+            a,
+            [
+                Action::StartOn {
+                    deployment: "d1".into(),
+                    node: "a".into()
+                },
+                Action::StartOn {
+                    deployment: "d1".into(),
+                    node: "b".into()
+                }
+            ]
+        );
+        // a node that left the set loses its task; a new node gets one
+        let tasks = [
+            task("ta", "d1", "a", Phase::Ready, 1),
+            task("tx", "d1", "x", Phase::Ready, 2),
+        ];
+        let a = plan(&s, &d, &tasks, &nodes);
+        assert_eq!(stops(&a), ["tx"]);
+        assert!(a.contains(&Action::StartOn {
+            deployment: "d1".into(),
+            node: "b".into()
+        }));
+        // an update replaces per node: old stopped first, new started once it is gone
+        let d = [
+            dep("d1", false, Rollout::Completed),
+            dep("d2", true, Rollout::InProgress),
+        ];
+        let tasks = [
+            task("ta", "d1", "a", Phase::Ready, 1),
+            task("tb", "d1", "b", Phase::Ready, 2),
+        ];
+        let a = plan(&s, &d, &tasks, &nodes);
+        assert_eq!(stops(&a), ["ta", "tb"]);
+        assert_eq!(starts(&a), 0);
+        let a = plan(&s, &d, &[], &nodes);
+        assert_eq!(starts(&a), 2);
+    }
+}

@@ -246,4 +246,10 @@ pub struct TaskInfo {
     pub containers: Vec<crate::tasks::ContainerStatus>,
     /// Creation time (seconds since the epoch).
     pub created_at: u64,
+    /// `service:NAME` for a service's task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_by: Option<String>,
+    /// The service deployment it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
 }

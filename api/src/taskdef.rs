@@ -1549,7 +1549,8 @@ mod tests {
         let problems = parse(text).expect_err("bad expression");
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(
-            problems[0].starts_with("$.placementConstraints[1].expression: 'attribute:site === x': at 17"),
+            problems[0]
+                .starts_with("$.placementConstraints[1].expression: 'attribute:site === x': at 17"),
             "{problems:?}"
         );
     }

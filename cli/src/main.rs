@@ -17,6 +17,7 @@ use flotilla_api::ops::{
     PlacementStrategySpec, TaskDefRegistered, TaskDefRevision, TaskInfo, TaskRun, TokenCreate,
     TokenCreated, TokenInfo,
 };
+use flotilla_api::service::{ServiceCreated, ServiceInfo, ServiceUpdate};
 use flotilla_api::{Labels, LogLine};
 use flotilla_certs::credential::Credential;
 use flotilla_certs::{key_and_csr, CertifiedKey, SERVER_NAME};
@@ -67,6 +68,10 @@ enum ClusterCommand {
     /// Tasks.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Services: tasks kept running (REPLICA: a count; DAEMON: one per node), rolled out on
+    /// updates.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// What happened in the cluster, oldest first (the control plane keeps the last 10,000).
     Events {
         /// Only events after this sequence number.
@@ -138,6 +143,51 @@ enum TaskCommand {
         /// Task ids.
         #[arg(required = true)]
         ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Create a service (the ECS CreateService shape, JSON or YAML).
+    Create {
+        /// File, or - for standard input.
+        file: PathBuf,
+    },
+    /// List services.
+    #[command(alias = "list")]
+    Ls,
+    /// Show a service with its deployments.
+    Inspect {
+        /// Service name.
+        name: String,
+    },
+    /// Deploy another revision, or change the count.
+    Update {
+        /// Service name.
+        name: String,
+        /// FAMILY or FAMILY:REVISION to deploy.
+        #[arg(long)]
+        taskdef: Option<String>,
+        /// Tasks wanted (REPLICA).
+        #[arg(long)]
+        desired_count: Option<u32>,
+        /// Deploy again even with the same revision (replaces every task).
+        #[arg(long)]
+        force_new_deployment: bool,
+    },
+    /// Change the number of tasks (REPLICA).
+    Scale {
+        /// Service name.
+        name: String,
+        /// Tasks wanted.
+        count: u32,
+    },
+    /// Delete a service; its tasks are stopped.
+    #[command(alias = "remove")]
+    Rm {
+        /// Service names.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -363,6 +413,147 @@ impl Api {
         }
         Ok(resp)
     }
+}
+
+/// Reads FILE, or standard input for `-`.
+fn read_input(file: &Path) -> Result<Vec<u8>> {
+    if file.as_os_str() == "-" {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)
+            .context("reading standard input")?;
+        Ok(s)
+    } else {
+        std::fs::read(file).with_context(|| format!("reading {}", file.display()))
+    }
+}
+
+fn print_service(s: &ServiceInfo) {
+    println!(
+        "{}  {:?}  {}  desired {}  running {}  pending {}",
+        s.spec.service_name,
+        s.spec.scheduling_strategy,
+        s.spec.task_definition,
+        s.spec.desired_count,
+        s.running_count,
+        s.pending_count
+    );
+    for d in &s.deployments {
+        println!(
+            "  {} {:<8} {:<12} {} running {} pending {} failed {}{}",
+            d.id,
+            d.status,
+            d.rollout_state,
+            d.task_definition,
+            d.running_count,
+            d.pending_count,
+            d.failed_tasks,
+            d.rollout_state_reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(p) = &s.placement_problem {
+        println!("  cannot place: {p}");
+    }
+}
+
+async fn service(api: &Api, cmd: ServiceCommand, json: bool) -> Result<()> {
+    use reqwest::Method;
+    match cmd {
+        ServiceCommand::Create { file } => {
+            let created: ServiceCreated = api
+                .call_raw(Method::POST, "/v1/services", Some(read_input(&file)?))
+                .await?
+                .context("empty reply")?;
+            print(json, &created, || {
+                for w in &created.warnings {
+                    eprintln!("warning: {w}");
+                }
+                print_service(&created.service);
+            })?;
+        }
+        ServiceCommand::Ls => {
+            let list: Vec<ServiceInfo> = api.expect(Method::GET, "/v1/services", None).await?;
+            print(json, &list, || {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|s| {
+                        let primary = s.deployments.iter().find(|d| d.status == "PRIMARY");
+                        vec![
+                            s.spec.service_name.clone(),
+                            format!("{:?}", s.spec.scheduling_strategy).to_uppercase(),
+                            s.spec.task_definition.clone(),
+                            s.spec.desired_count.to_string(),
+                            s.running_count.to_string(),
+                            s.pending_count.to_string(),
+                            primary.map(|d| d.rollout_state.clone()).unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "NAME",
+                        "MODE",
+                        "TASK DEFINITION",
+                        "DESIRED",
+                        "RUNNING",
+                        "PENDING",
+                        "ROLLOUT",
+                    ],
+                    &rows,
+                );
+            })?;
+        }
+        ServiceCommand::Inspect { name } => {
+            let s: ServiceInfo = api
+                .expect(Method::GET, &format!("/v1/services/{name}"), None)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        }
+        ServiceCommand::Update {
+            name,
+            taskdef,
+            desired_count,
+            force_new_deployment,
+        } => {
+            let update = ServiceUpdate {
+                task_definition: taskdef,
+                desired_count,
+                force_new_deployment,
+            };
+            let s: ServiceInfo = api
+                .expect(
+                    Method::PUT,
+                    &format!("/v1/services/{name}"),
+                    Some(serde_json::to_value(update)?),
+                )
+                .await?;
+            print(json, &s, || print_service(&s))?;
+        }
+        ServiceCommand::Scale { name, count } => {
+            let update = ServiceUpdate {
+                desired_count: Some(count),
+                ..Default::default()
+            };
+            let s: ServiceInfo = api
+                .expect(
+                    Method::PUT,
+                    &format!("/v1/services/{name}"),
+                    Some(serde_json::to_value(update)?),
+                )
+                .await?;
+            print(json, &s, || print_service(&s))?;
+        }
+        ServiceCommand::Rm { names } => {
+            for n in names {
+                api.call::<serde_json::Value>(Method::DELETE, &format!("/v1/services/{n}"), None)
+                    .await?;
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The message of an API error body.
@@ -697,6 +888,7 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             })?;
         }
+        ClusterCommand::Service(cmd) => service(&api, cmd, json).await?,
         ClusterCommand::Task(TaskCommand::Ls) => {
             let list: Vec<TaskInfo> = api
                 .call(Method::GET, "/v1/tasks", None)
@@ -790,14 +982,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         ClusterCommand::Taskdef(TaskdefCommand::Register { file }) => {
-            let text = if file.as_os_str() == "-" {
-                let mut s = Vec::new();
-                std::io::Read::read_to_end(&mut std::io::stdin(), &mut s)
-                    .context("reading standard input")?;
-                s
-            } else {
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?
-            };
+            let text = read_input(&file)?;
             let r: TaskDefRegistered = api
                 .call_raw(Method::POST, "/v1/taskdefs", Some(text))
                 .await

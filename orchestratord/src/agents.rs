@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use flotilla_api::tasks::{
     ContainerUsage, DesiredState, DesiredStatus, DesiredTask, TaskState, TaskStatus,
@@ -38,6 +38,11 @@ pub struct Agents {
     /// Lifetime of node certificates.
     pub node_cert_lifetime: Duration,
     sessions: Mutex<HashMap<String, Connection>>,
+    /// Wakes the service loop (an operator changed a service).
+    pub services_changed: tokio::sync::Notify,
+    /// Held while a service is planned and applied, and while an operator changes one: the
+    /// loop never acts on a service that changed or went meanwhile.
+    pub services_lock: Mutex<()>,
     /// How fast sessions are admitted.
     admission: Admission,
     /// What nodes last said of themselves: kept in memory only (no disk write per heartbeat).
@@ -103,13 +108,6 @@ pub struct LiveInfo {
     pub usage: HashMap<String, BTreeMap<String, ContainerUsage>>,
 }
 
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn refuse(conn: &Connection, code: u32, reason: &str) {
     tracing::info!(peer = %conn.remote_address(), "refused: {reason}");
     conn.close(VarInt::from_u32(code), reason.as_bytes());
@@ -129,6 +127,8 @@ impl Agents {
             node_cert_lifetime,
             admission: Admission::new(session_rate, Instant::now()),
             sessions: Mutex::new(HashMap::new()),
+            services_changed: tokio::sync::Notify::new(),
+            services_lock: Mutex::new(()),
             live: Mutex::new(HashMap::new()),
         }
     }
@@ -137,7 +137,7 @@ impl Agents {
     pub fn event(&self, kind: &str, subject: &str, message: impl Into<String>) {
         if let Err(e) = self
             .store
-            .record_event(kind, subject, message.into(), now())
+            .record_event(kind, subject, message.into(), crate::now())
         {
             tracing::warn!(kind, subject, "recording an event: {e}");
         }
@@ -166,7 +166,7 @@ impl Agents {
     fn touch(&self, node_id: &str, f: impl FnOnce(&mut LiveInfo)) {
         let mut live = self.live.lock().unwrap_or_else(|p| p.into_inner());
         let entry = live.entry(node_id.to_string()).or_default();
-        entry.last_seen = Some(now());
+        entry.last_seen = Some(crate::now());
         f(entry);
     }
 
@@ -293,7 +293,7 @@ impl Agents {
                 }
             }
         };
-        let token = match self.store.redeem(&req.token_id, &req.secret, now()) {
+        let token = match self.store.redeem(&req.token_id, &req.secret, crate::now()) {
             Ok(Ok(t)) => t,
             Ok(Err(r)) => return refused(r.to_string()),
             Err(e) => {
@@ -331,9 +331,9 @@ impl Agents {
             id: node_id.clone(),
             hostname,
             labels,
-            joined_at: returning.as_ref().map_or(now(), |n| n.joined_at),
+            joined_at: returning.as_ref().map_or(crate::now(), |n| n.joined_at),
             token_id: token.id.clone(),
-            cert_not_after: now() + self.node_cert_lifetime.as_secs(),
+            cert_not_after: crate::now() + self.node_cert_lifetime.as_secs(),
             revoked: false,
             generation: returning.as_ref().map_or(0, |n| n.generation),
             draining: returning.as_ref().is_some_and(|n| n.draining),
@@ -443,7 +443,7 @@ impl Agents {
         let welcome = HelloReply::Welcome {
             protocol,
             node_id: node_id.clone(),
-            server_time: now(),
+            server_time: crate::now(),
         };
         if write_frame(&mut send, &welcome).await.is_err() {
             return;
@@ -476,7 +476,9 @@ impl Agents {
             };
             self.touch(&node_id, |_| {});
             let reply = match read_frame::<_, AgentRequest>(&mut recv).await {
-                Ok(AgentRequest::Ping) => AgentReply::Pong { server_time: now() },
+                Ok(AgentRequest::Ping) => AgentReply::Pong {
+                    server_time: crate::now(),
+                },
                 Ok(AgentRequest::Heartbeat { resources, usage }) => {
                     // Only this node's own tasks are kept.
                     let mine: HashMap<String, _> =
@@ -665,7 +667,7 @@ impl Agents {
             .issue_node(csr_pem, node_id, self.node_cert_lifetime)
         {
             Ok(cert_pem) => {
-                node.cert_not_after = now() + self.node_cert_lifetime.as_secs();
+                node.cert_not_after = crate::now() + self.node_cert_lifetime.as_secs();
                 if let Err(e) = self.store.put_node(&node) {
                     return refused(e.to_string());
                 }

@@ -3,13 +3,13 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use flotilla_api::ops::{
     AdminCredential, AdminIssue, ApiError, NodeInfo, NodeLabels, TaskDefRegistered, TaskDefStatus,
     TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
-use flotilla_api::taskdef::{NetworkMode, Protocol, TaskDefinition};
+use flotilla_api::service::ServiceUpdate;
 use flotilla_api::tasks::{DesiredStatus, TaskState};
 use flotilla_api::{read_frame, write_frame, LogFrame, LogRequest, ServerPush};
 use flotilla_certs::token::JoinToken;
@@ -50,6 +50,11 @@ enum Action {
     GetTask(String),
     TaskLogs(LogRequest),
     ListEvents { since: u64, limit: usize },
+    CreateService(String),
+    ListServices,
+    GetService(String),
+    UpdateService(String, ServiceUpdate),
+    RemoveService(String),
     StopTask(String),
 }
 
@@ -87,13 +92,6 @@ fn error(status: StatusCode, msg: impl Into<String>) -> Reply {
             problems: Vec::new(),
         },
     )
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// Serves the API on `listener` until the process ends.
@@ -360,6 +358,16 @@ fn parse(
         )),
         (&Method::GET, ["v1", "tasks"]) => Ok(Action::ListTasks),
         (&Method::GET, ["v1", "tasks", id]) => Ok(Action::GetTask(id.to_string())),
+        (&Method::POST, ["v1", "services"]) => String::from_utf8(body.to_vec())
+            .map(Action::CreateService)
+            .map_err(|_| (StatusCode::BAD_REQUEST, "service: not UTF-8".to_string())),
+        (&Method::GET, ["v1", "services"]) => Ok(Action::ListServices),
+        (&Method::GET, ["v1", "services", name]) => Ok(Action::GetService(name.to_string())),
+        (&Method::PUT, ["v1", "services", name]) => Ok(Action::UpdateService(
+            name.to_string(),
+            serde_json::from_slice(body).map_err(decode("service update"))?,
+        )),
+        (&Method::DELETE, ["v1", "services", name]) => Ok(Action::RemoveService(name.to_string())),
         (&Method::GET, ["v1", "events"]) => {
             let (mut since, mut limit) = (0, 100);
             for pair in query
@@ -489,8 +497,8 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
             let record = TokenRecord {
                 id: token.id().to_string(),
                 secret_hash: token.secret_hash(),
-                created_at: now(),
-                expires_at: now() + ttl.as_secs(),
+                created_at: crate::now(),
+                expires_at: crate::now() + ttl.as_secs(),
                 uses,
                 used: 0,
                 labels: req.labels,
@@ -680,7 +688,7 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
                     problems,
                 },
             ),
-            Ok(parsed) => match store.register_taskdef(parsed.definition, now()) {
+            Ok(parsed) => match store.register_taskdef(parsed.definition, crate::now()) {
                 Ok(rec) => {
                     tracing::info!(family = %rec.family, revision = rec.revision, "task definition registered");
                     agents.event(
@@ -734,6 +742,23 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
             }
         }
         Action::RunTask(req) => run_tasks(req, agents),
+        Action::CreateService(text) => create_service(&text, agents),
+        Action::ListServices => match (store.services(), store.tasks()) {
+            (Ok(s), Ok(t)) => json(
+                StatusCode::OK,
+                &s.iter()
+                    .map(|s| crate::services::info(s, &t))
+                    .collect::<Vec<_>>(),
+            ),
+            (Err(e), _) | (_, Err(e)) => internal(e),
+        },
+        Action::GetService(name) => match (store.service(&name), store.tasks()) {
+            (Ok(Some(s)), Ok(t)) => json(StatusCode::OK, &crate::services::info(&s, &t)),
+            (Ok(None), _) => error(StatusCode::NOT_FOUND, format!("no service {name}")),
+            (Err(e), _) | (_, Err(e)) => internal(e),
+        },
+        Action::UpdateService(name, update) => update_service(&name, update, agents),
+        Action::RemoveService(name) => remove_service(&name, agents),
         Action::ListEvents { since, limit } => match store.events(since, limit) {
             Ok(e) => json(StatusCode::OK, &e),
             Err(e) => internal(e),
@@ -818,153 +843,9 @@ fn with_usage(mut t: TaskInfo, agents: &Agents) -> TaskInfo {
     t
 }
 
-/// ECS's reservation rule: the task's own `memory`/`cpu` when set; otherwise the sum over its
-/// containers of `memoryReservation` (or `memory`) and `cpu`.
-fn requirement(t: &TaskDefinition) -> flotilla_scheduler::Resources {
-    let containers = &t.container_definitions;
-    flotilla_scheduler::Resources {
-        memory_mib: t.memory.unwrap_or_else(|| {
-            containers
-                .iter()
-                .map(|c| c.memory_reservation.or(c.memory).unwrap_or(0))
-                .sum()
-        }),
-        cpu_units: t
-            .cpu
-            .map(u64::from)
-            .unwrap_or_else(|| containers.iter().map(|c| u64::from(c.cpu)).sum()),
-    }
-}
-
-/// The static host ports a task takes on its node (host and bridge networking).
-fn host_ports(t: &TaskDefinition) -> Vec<flotilla_scheduler::HostPort> {
-    if !matches!(t.network_mode, NetworkMode::Host | NetworkMode::Bridge) {
-        return Vec::new();
-    }
-    t.container_definitions
-        .iter()
-        .flat_map(|c| &c.port_mappings)
-        .filter_map(|m| {
-            let port = match t.network_mode {
-                NetworkMode::Host => Some(m.container_port),
-                _ => m.host_port.filter(|p| *p != 0),
-            }?;
-            Some(flotilla_scheduler::HostPort {
-                port,
-                udp: m.protocol == Protocol::Udp,
-            })
-        })
-        .collect()
-}
-
-/// The cluster as the scheduler sees it: nodes with their labels, reported capacity, and what
-/// their live tasks reserve.
-fn snapshot(
-    nodes: &[NodeRecord],
-    tasks: &[TaskRecord],
-    agents: &Agents,
-) -> flotilla_scheduler::Snapshot {
-    use flotilla_scheduler::{NodeState, NodeView, Resources};
-    let connected = agents.connected();
-    let mut views: Vec<NodeView> = nodes
-        .iter()
-        .filter(|n| !n.revoked)
-        .map(|n| NodeView {
-            id: n.id.clone(),
-            attributes: n.labels.clone(),
-            capacity: agents.live(&n.id).resources.map(|r| Resources {
-                memory_mib: r.memory_bytes >> 20,
-                cpu_units: u64::from(r.cpus) * 1024,
-            }),
-            used: Resources::default(),
-            ports: Default::default(),
-            groups: Default::default(),
-            state: if n.draining {
-                NodeState::Draining
-            } else if connected.contains(&n.id) {
-                NodeState::Ready
-            } else {
-                NodeState::Disconnected
-            },
-        })
-        .collect();
-    let index: std::collections::HashMap<String, usize> = views
-        .iter()
-        .enumerate()
-        .map(|(i, v)| (v.id.clone(), i))
-        .collect();
-    for t in tasks.iter().filter(|t| t.info.state != TaskState::Stopped) {
-        let Some(v) = t
-            .info
-            .node
-            .as_ref()
-            .and_then(|n| index.get(n))
-            .map(|i| &mut views[*i])
-        else {
-            continue;
-        };
-        let r = requirement(&t.definition);
-        v.used.memory_mib += r.memory_mib;
-        v.used.cpu_units += r.cpu_units;
-        v.ports.extend(host_ports(&t.definition));
-        *v.groups
-            .entry(format!("family:{}", t.definition.family))
-            .or_default() += 1;
-    }
-    views.sort_by(|a, b| a.id.cmp(&b.id));
-    flotilla_scheduler::Snapshot { nodes: views }
-}
-
-/// The scheduler's request for `req`: the definition's needs and constraints, the request's
-/// constraints and strategies (default: spread over nodes).
-fn placement_request(
-    def: &flotilla_api::ops::TaskDefRevision,
-    req: &TaskRun,
-) -> Result<flotilla_scheduler::Request, String> {
-    use flotilla_scheduler::{Constraint, Strategy};
-    let mut constraints = Vec::new();
-    for c in &def.task_definition.placement_constraints {
-        constraints.push(
-            Constraint::member_of(&c.expression)
-                .map_err(|e| format!("placementConstraints '{}': {e}", c.expression))?,
-        );
-    }
-    for (i, c) in req.placement_constraints.iter().enumerate() {
-        constraints.push(match (c.kind.as_str(), &c.expression) {
-            ("distinctInstance", None) => Constraint::DistinctInstance,
-            ("memberOf", Some(e)) => Constraint::member_of(e)
-                .map_err(|err| format!("placementConstraints[{i}].expression '{e}': {err}"))?,
-            (k, _) => {
-                return Err(format!(
-                    "placementConstraints[{i}]: '{k}' (memberOf with an expression, or distinctInstance)"
-                ))
-            }
-        });
-    }
-    let mut strategy = Vec::new();
-    for (i, s) in req.placement_strategy.iter().enumerate() {
-        strategy.push(
-            Strategy::parse(&s.kind, s.field.as_deref())
-                .map_err(|e| format!("placementStrategy[{i}]: {e}"))?,
-        );
-    }
-    if strategy.is_empty() {
-        strategy.push(Strategy::Spread("instanceId".into()));
-    }
-    Ok(flotilla_scheduler::Request {
-        group: format!("family:{}", def.family),
-        count: req.count as usize,
-        need: requirement(&def.task_definition),
-        ports: host_ports(&def.task_definition),
-        constraints,
-        strategy,
-        seed: now(),
-    })
-}
-
 /// Marks a running task to be stopped for `reason` (committed); false when it was already
 /// stopping or stopped. The caller bumps its node's generation and pushes.
-fn request_stop(
+pub fn request_stop(
     store: &crate::store::Store,
     mut t: TaskRecord,
     reason: &str,
@@ -990,25 +871,9 @@ fn run_tasks(req: TaskRun, agents: &Arc<Agents>) -> Reply {
     if req.count == 0 || req.count > 1000 {
         return error(StatusCode::BAD_REQUEST, "count: from 1 to 1000");
     }
-    let (family, revision) = match family_revision(&req.task_definition) {
-        Ok(x) => x,
+    let def = match active_revision(store, &req.task_definition) {
+        Ok(d) => d,
         Err((s, m)) => return error(s, m),
-    };
-    let def = match store.taskdef(&family, revision) {
-        Ok(Some(d)) if d.status == TaskDefStatus::Active => d,
-        Ok(Some(d)) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("{}:{} is deregistered", d.family, d.revision),
-            )
-        }
-        Ok(None) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                format!("no task definition {}", req.task_definition),
-            )
-        }
-        Err(e) => return fail(e),
     };
     let nodes = match store.nodes() {
         Ok(n) => n,
@@ -1030,11 +895,17 @@ fn run_tasks(req: TaskRun, agents: &Arc<Agents>) -> Reply {
         Ok(t) => t,
         Err(e) => return fail(e),
     };
-    let placement = match placement_request(&def, &req) {
+    let placement = match crate::placement::request(
+        &def.task_definition,
+        format!("family:{}", def.family),
+        req.count as usize,
+        &req.placement_constraints,
+        &req.placement_strategy,
+    ) {
         Ok(p) => p,
         Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
     };
-    let mut snapshot = snapshot(&nodes, &tasks, agents);
+    let mut snapshot = crate::placement::snapshot(&nodes, &tasks, agents);
     if let Some(id) = &req.node {
         snapshot.nodes.retain(|n| &n.id == id);
     }
@@ -1047,13 +918,211 @@ fn run_tasks(req: TaskRun, agents: &Arc<Agents>) -> Reply {
             )
         }
     };
+    match create_tasks(agents, &def, placements, &req.env, None, None) {
+        Ok(created) => json(StatusCode::CREATED, &created),
+        Err(e) => fail(e),
+    }
+}
+
+/// The active revision `FAMILY[:REVISION]` names, or the status and message to answer.
+fn active_revision(
+    store: &crate::store::Store,
+    spec: &str,
+) -> Result<flotilla_api::ops::TaskDefRevision, (StatusCode, String)> {
+    let (family, revision) = family_revision(spec)?;
+    match store.taskdef(&family, revision) {
+        Ok(Some(d)) if d.status == TaskDefStatus::Active => Ok(d),
+        Ok(Some(d)) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("{}:{} is deregistered", d.family, d.revision),
+        )),
+        Ok(None) => Err((StatusCode::NOT_FOUND, format!("no task definition {spec}"))),
+        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+fn create_service(text: &str, agents: &Arc<Agents>) -> Reply {
+    let _held = agents
+        .services_lock
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let store = &agents.store;
+    let parsed = match flotilla_api::service::parse(text) {
+        Ok(p) => p,
+        Err(problems) => {
+            return json(
+                StatusCode::BAD_REQUEST,
+                &ApiError {
+                    error: format!("invalid service ({} problems)", problems.len()),
+                    problems,
+                },
+            )
+        }
+    };
+    let name = parsed.spec.service_name.clone();
+    match store.service(&name) {
+        Ok(Some(_)) => return error(StatusCode::CONFLICT, format!("service {name} exists")),
+        Ok(None) => {}
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    let revision = match active_revision(store, &parsed.spec.task_definition) {
+        Ok(r) => r,
+        Err((s, m)) => return error(s, m),
+    };
+    let mut spec = parsed.spec;
+    spec.task_definition = format!("{}:{}", revision.family, revision.revision);
+    let record = crate::store::ServiceRecord {
+        spec,
+        deployments: vec![crate::services::new_deployment(revision)],
+        last_completed: None,
+        placement_problem: None,
+        created_at: crate::now(),
+    };
+    agents.event(
+        "service.created",
+        &name,
+        format!(
+            "{} ({:?})",
+            record.spec.task_definition, record.spec.scheduling_strategy
+        ),
+    );
+    if let Err(e) = store.put_service(&record) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    tracing::info!(service = %name, taskdef = %record.spec.task_definition, "service created");
+    agents.services_changed.notify_one();
+    json(
+        StatusCode::CREATED,
+        &flotilla_api::service::ServiceCreated {
+            service: crate::services::info(&record, &[]),
+            warnings: parsed.warnings,
+        },
+    )
+}
+
+fn update_service(name: &str, update: ServiceUpdate, agents: &Arc<Agents>) -> Reply {
+    let _held = agents
+        .services_lock
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let store = &agents.store;
+    let mut s = match store.service(name) {
+        Ok(Some(s)) => s,
+        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no service {name}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    if let Some(n) = update.desired_count {
+        if s.spec.scheduling_strategy == flotilla_api::service::SchedulingStrategy::Daemon {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "desiredCount: a DAEMON service runs one task per eligible node",
+            );
+        }
+        if n > 10_000 {
+            return error(StatusCode::BAD_REQUEST, "desiredCount: at most 10000");
+        }
+        s.spec.desired_count = n;
+        agents.event("service.scaled", name, format!("desired count {n}"));
+    }
+    let revision = match &update.task_definition {
+        Some(t) => match active_revision(store, t) {
+            Ok(r) => Some(r),
+            Err((s, m)) => return error(s, m),
+        },
+        None if update.force_new_deployment => s
+            .deployments
+            .iter()
+            .find(|d| d.primary)
+            .map(|d| d.revision.clone()),
+        None => None,
+    };
+    if let Some(r) = revision {
+        for d in &mut s.deployments {
+            d.primary = false;
+        }
+        let d = crate::services::new_deployment(r);
+        s.spec.task_definition = format!("{}:{}", d.revision.family, d.revision.revision);
+        agents.event(
+            "service.deployment.started",
+            name,
+            format!("deployment {} of {}", d.id, s.spec.task_definition),
+        );
+        s.deployments.push(d);
+    }
+    if let Err(e) = store.put_service(&s) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    agents.services_changed.notify_one();
+    match store.tasks() {
+        Ok(t) => json(StatusCode::OK, &crate::services::info(&s, &t)),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+fn remove_service(name: &str, agents: &Arc<Agents>) -> Reply {
+    let _held = agents
+        .services_lock
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let store = &agents.store;
+    let tasks = match store.tasks() {
+        Ok(t) => t,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    match store.remove_service(name) {
+        Ok(true) => {}
+        Ok(false) => return error(StatusCode::NOT_FOUND, format!("no service {name}")),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    let by = crate::services::started_by(name);
+    let mut touched = std::collections::BTreeSet::new();
+    for t in tasks
+        .into_iter()
+        .filter(|t| t.info.started_by.as_deref() == Some(by.as_str()))
+    {
+        let node = t.info.node.clone();
+        match request_stop(store, t, flotilla_scheduler::service::REASON_DELETED) {
+            Ok(true) => {
+                if let Some(n) = node {
+                    touched.insert(n);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+    for n in touched {
+        if let Err(e) = store.bump_generation(&n) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+        agents.clone().push_desired(&n);
+    }
+    agents.event("service.deleted", name, "its tasks are being stopped");
+    Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_default()
+}
+
+/// Creates a task of `def` on each of `nodes` (committed, with an event each), then bumps and
+/// pushes the desired state of every node touched.
+pub fn create_tasks(
+    agents: &Arc<Agents>,
+    def: &flotilla_api::ops::TaskDefRevision,
+    nodes: Vec<String>,
+    env: &[flotilla_api::taskdef::KeyValue],
+    started_by: Option<String>,
+    deployment: Option<String>,
+) -> Result<Vec<TaskInfo>, crate::store::StoreError> {
+    let store = &agents.store;
     let mut created = Vec::new();
     let mut touched = std::collections::BTreeSet::new();
-    for node in placements {
-        let id = match flotilla_certs::new_node_id() {
-            Ok(n) => format!("t-{}", &n[2..]),
-            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        };
+    for node in nodes {
+        let id = format!(
+            "t-{}",
+            &flotilla_certs::new_node_id()
+                .map_err(|e| crate::store::StoreError::Db(e.to_string()))?[2..]
+        );
         let rec = TaskRecord {
             info: TaskInfo {
                 id,
@@ -1063,30 +1132,35 @@ fn run_tasks(req: TaskRun, agents: &Arc<Agents>) -> Reply {
                 state: TaskState::Pending,
                 stop_reason: None,
                 containers: Vec::new(),
-                created_at: now(),
+                created_at: crate::now(),
+                started_by: started_by.clone(),
+                deployment: deployment.clone(),
             },
             definition: def.task_definition.clone(),
-            env: req.env.clone(),
+            env: env.to_vec(),
         };
         agents.event(
             "task.placed",
             &rec.info.id,
-            format!("{} on {node}", rec.info.task_definition),
+            format!(
+                "{} on {node}{}",
+                rec.info.task_definition,
+                started_by
+                    .as_deref()
+                    .map(|s| format!(" for {s}"))
+                    .unwrap_or_default()
+            ),
         );
-        if let Err(e) = store.put_task(&rec) {
-            return fail(e);
-        }
+        store.put_task(&rec)?;
         tracing::info!(task = %rec.info.id, node = %node, taskdef = %rec.info.task_definition, "task placed");
         touched.insert(node);
         created.push(rec.info);
     }
     for node in touched {
-        if let Err(e) = store.bump_generation(&node) {
-            return fail(e);
-        }
+        store.bump_generation(&node)?;
         agents.clone().push_desired(&node);
     }
-    json(StatusCode::CREATED, &created)
+    Ok(created)
 }
 
 #[cfg(test)]
@@ -1101,7 +1175,8 @@ mod tests {
         let mut out = Vec::new();
         for (p, item) in doc["paths"].as_object().expect("paths") {
             for m in item.as_object().expect("item").keys() {
-                if let Ok(method) = Method::from_bytes(m.to_uppercase().as_bytes()) {
+                if ["get", "put", "post", "delete", "patch"].contains(&m.as_str()) {
+                    let method = Method::from_bytes(m.to_uppercase().as_bytes()).expect("method");
                     out.push((method, p.clone()));
                 }
             }
@@ -1112,7 +1187,8 @@ mod tests {
     fn routes(method: &Method, template: &str) -> bool {
         let path = template
             .replace("{id}", "x-1")
-            .replace("{taskdef}", "fam:1");
+            .replace("{taskdef}", "fam:1")
+            .replace("{name}", "svc");
         !matches!(parse(method, &path, None, b"{}"), Err((StatusCode::NOT_FOUND, m)) if m.starts_with("no route"))
     }
 

@@ -6,7 +6,17 @@
 
 mod agents;
 mod api;
+mod placement;
+mod services;
 mod store;
+
+/// Seconds since the epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -367,6 +377,7 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         node_cert_lifetime,
         session_rate,
     ));
+    tokio::spawn(services::run(agents.clone()));
     tracing::info!(%listen, "serving agents (QUIC) and operators (HTTPS)");
     // Under systemd: ready now that both listeners and the store are up; the watchdog is fed
     // only while the store answers.

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
 /// Events keyed by sequence number.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// Events kept; older ones are dropped as new ones come.
@@ -62,6 +63,41 @@ pub struct NodeRecord {
     /// No new tasks are placed on a draining node.
     #[serde(default)]
     pub draining: bool,
+}
+
+/// A service as stored: its spec and deployments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// As created, with later updates.
+    pub spec: flotilla_api::service::ServiceSpec,
+    /// The primary deployment and those still being replaced.
+    pub deployments: Vec<DeploymentRecord>,
+    /// The revision of the last deployment that completed (what a rollback returns to).
+    #[serde(default)]
+    pub last_completed: Option<TaskDefRevision>,
+    /// Why its tasks could not all be placed lately.
+    #[serde(default)]
+    pub placement_problem: Option<String>,
+    /// Creation time.
+    pub created_at: u64,
+}
+
+/// One deployment of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    /// Id.
+    pub id: String,
+    /// The revision it runs (kept whole: a deregistered revision still runs).
+    pub revision: TaskDefRevision,
+    /// New tasks come from it.
+    pub primary: bool,
+    /// `IN_PROGRESS`, `COMPLETED` or `FAILED`.
+    pub rollout: String,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Creation time.
+    pub created_at: u64,
 }
 
 /// A task as stored: what is listed, plus what the node needs to run it.
@@ -139,11 +175,24 @@ impl Store {
         w.open_table(TASKDEFS).map_err(db)?;
         w.open_table(TASKS).map_err(db)?;
         w.open_table(EVENTS).map_err(db)?;
+        w.open_table(SERVICES).map_err(db)?;
         w.commit().map_err(db)?;
         Ok(Self {
             db: database,
             max_events: MAX_EVENTS,
         })
+    }
+
+    fn remove(&self, table: TableDefinition<&str, &[u8]>, key: &str) -> Result<bool, StoreError> {
+        let w = self.db.begin_write().map_err(db)?;
+        let existed = w
+            .open_table(table)
+            .map_err(db)?
+            .remove(key)
+            .map_err(db)?
+            .is_some();
+        w.commit().map_err(db)?;
+        Ok(existed)
     }
 
     fn put<T: Serialize>(
@@ -210,15 +259,7 @@ impl Store {
 
     /// Removes a token; false if there was none.
     pub fn remove_token(&self, id: &str) -> Result<bool, StoreError> {
-        let w = self.db.begin_write().map_err(db)?;
-        let existed = w
-            .open_table(TOKENS)
-            .map_err(db)?
-            .remove(id)
-            .map_err(db)?
-            .is_some();
-        w.commit().map_err(db)?;
-        Ok(existed)
+        self.remove(TOKENS, id)
     }
 
     /// Spends one use of a token, in one transaction, if the secret matches and it is still
@@ -339,6 +380,26 @@ impl Store {
         Ok(Some(rec))
     }
 
+    /// Stores or replaces a service.
+    pub fn put_service(&self, s: &ServiceRecord) -> Result<(), StoreError> {
+        self.put(SERVICES, &s.spec.service_name, s)
+    }
+
+    /// A service by name.
+    pub fn service(&self, name: &str) -> Result<Option<ServiceRecord>, StoreError> {
+        self.get(SERVICES, name)
+    }
+
+    /// Every service.
+    pub fn services(&self) -> Result<Vec<ServiceRecord>, StoreError> {
+        self.all(SERVICES)
+    }
+
+    /// Forgets a service; true when it existed.
+    pub fn remove_service(&self, name: &str) -> Result<bool, StoreError> {
+        self.remove(SERVICES, name)
+    }
+
     /// Appends an event (dropping the oldest beyond [`MAX_EVENTS`]); returns it. The commit is
     /// not flushed on its own: the event becomes durable with the next state change (callers
     /// record an event just before the change it describes), so events cost no extra fsync.
@@ -431,15 +492,7 @@ impl Store {
 
     /// Forgets a node; true when it existed.
     pub fn remove_node(&self, id: &str) -> Result<bool, StoreError> {
-        let w = self.db.begin_write().map_err(db)?;
-        let existed = w
-            .open_table(NODES)
-            .map_err(db)?
-            .remove(id)
-            .map_err(db)?
-            .is_some();
-        w.commit().map_err(db)?;
-        Ok(existed)
+        self.remove(NODES, id)
     }
 
     /// A node by id.

@@ -466,6 +466,15 @@ fn initial_counts(snap: &Snapshot, req: &Request) -> Counts {
     counts
 }
 
+/// The nodes that pass the static filters (ready, `memberOf`): where a daemon service runs.
+pub fn eligible(snap: &Snapshot, req: &Request) -> Vec<String> {
+    snap.nodes
+        .iter()
+        .filter(|n| excluded(n, req).is_none())
+        .map(|n| n.id.clone())
+        .collect()
+}
+
 /// Places `req.count` tasks: the node of each, in order, or why they do not all fit.
 pub fn place(snap: &Snapshot, req: &Request) -> Result<Vec<String>, Unplaceable> {
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();

@@ -175,7 +175,8 @@ pub fn plan(
         Mode::Daemon => eligible.len() as u32,
     };
     let min_ready = (u64::from(desired) * u64::from(spec.min_healthy_percent)).div_ceil(100);
-    let max_total = (u64::from(desired) * u64::from(spec.max_percent) / 100).max(u64::from(desired));
+    let max_total =
+        (u64::from(desired) * u64::from(spec.max_percent) / 100).max(u64::from(desired));
 
     // The circuit breaker first: a failing deployment starts nothing more.
     let failures = tasks
@@ -213,8 +214,7 @@ pub fn plan(
     match spec.mode {
         Mode::Replica(_) => {
             let mine: Vec<&ServiceTask> = alive.iter().copied().filter(is_primary).collect();
-            let old: Vec<&ServiceTask> =
-                alive.iter().copied().filter(|t| !is_primary(t)).collect();
+            let old: Vec<&ServiceTask> = alive.iter().copied().filter(|t| !is_primary(t)).collect();
             let total = alive.len() as u64 + stopping;
             // Scale down: the primary's surplus, not-ready and newest first.
             if mine.len() as u64 > u64::from(desired) {
@@ -464,10 +464,7 @@ mod tests {
         // a failed deployment starts nothing
         let d = [dep("d2", true, Rollout::Failed)];
         assert_eq!(starts(&plan(&s, &d, &[], &[])), 0);
-        assert_eq!(
-            [1, 4, 10, 1000].map(failure_threshold),
-            [3, 3, 5, 200]
-        );
+        assert_eq!([1, 4, 10, 1000].map(failure_threshold), [3, 3, 5, 200]);
     }
 
     #[test]

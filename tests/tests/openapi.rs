@@ -300,6 +300,70 @@ fn every_documented_operation_answers_as_documented() {
         404,
     );
 
+    // Services.
+    let svc = r#"{"serviceName": "web", "taskDefinition": "serve", "desiredCount": 1, "launchType": "EC2"}"#;
+    let created = api.ok("POST", "/v1/services", "/v1/services", Some(svc), 201);
+    assert_eq!(created["warnings"][0], "$.launchType: ignored (AWS only)");
+    api.ok("POST", "/v1/services", "/v1/services", Some(svc), 409);
+    api.ok(
+        "POST",
+        "/v1/services",
+        "/v1/services",
+        Some(r#"{"serviceName": 1}"#),
+        400,
+    );
+    let missing = r#"{"serviceName": "x", "taskDefinition": "nope"}"#;
+    api.ok("POST", "/v1/services", "/v1/services", Some(missing), 404);
+    let start = Instant::now();
+    while api.ok("GET", "/v1/services/{name}", "/v1/services/web", None, 200)["runningCount"] != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the service never ran"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    api.ok("GET", "/v1/services", "/v1/services", None, 200);
+    api.ok("GET", "/v1/services/{name}", "/v1/services/nope", None, 404);
+    let scaled = api.ok(
+        "PUT",
+        "/v1/services/{name}",
+        "/v1/services/web",
+        Some(r#"{"desiredCount": 2, "forceNewDeployment": true}"#),
+        200,
+    );
+    assert_eq!(
+        scaled["deployments"].as_array().expect("deployments").len(),
+        2
+    );
+    api.ok(
+        "PUT",
+        "/v1/services/{name}",
+        "/v1/services/web",
+        Some(r#"{"desiredCount": 1, "x": 1}"#),
+        400,
+    );
+    api.ok(
+        "PUT",
+        "/v1/services/{name}",
+        "/v1/services/nope",
+        Some("{}"),
+        404,
+    );
+    api.ok(
+        "DELETE",
+        "/v1/services/{name}",
+        "/v1/services/web",
+        None,
+        204,
+    );
+    api.ok(
+        "DELETE",
+        "/v1/services/{name}",
+        "/v1/services/web",
+        None,
+        404,
+    );
+
     // Operators.
     let key = flotilla_certs::key_and_csr("ops").expect("csr");
     let issue = json!({"name": "ops", "csr_pem": key.cert_pem}).to_string();

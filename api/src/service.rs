@@ -1,0 +1,461 @@
+//! Services: the shape of Amazon ECS's CreateService / UpdateService input (JSON, or the same
+//! in YAML), checked with the JSON path of every problem, and what the API says of a service.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::ops::{PlacementConstraintSpec, PlacementStrategySpec};
+
+/// REPLICA or DAEMON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SchedulingStrategy {
+    /// `desiredCount` tasks.
+    Replica,
+    /// One task on every node that matches the constraints.
+    Daemon,
+}
+
+/// `deploymentConfiguration`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentConfiguration {
+    /// Healthy tasks kept during a deployment, percent of the desired count.
+    pub minimum_healthy_percent: u32,
+    /// Tasks allowed during a deployment, percent of the desired count.
+    pub maximum_percent: u32,
+    /// `deploymentCircuitBreaker`.
+    pub deployment_circuit_breaker: CircuitBreaker,
+}
+
+/// `deploymentCircuitBreaker`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CircuitBreaker {
+    /// Stop a deployment whose tasks keep failing.
+    pub enable: bool,
+    /// Then deploy the last completed revision again.
+    pub rollback: bool,
+}
+
+/// A service as created or updated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Unique name.
+    pub service_name: String,
+    /// `FAMILY` or `FAMILY:REVISION`.
+    pub task_definition: String,
+    /// Tasks wanted (REPLICA).
+    pub desired_count: u32,
+    /// REPLICA or DAEMON.
+    pub scheduling_strategy: SchedulingStrategy,
+    /// Rolling deployment bounds and circuit breaker.
+    pub deployment_configuration: DeploymentConfiguration,
+    /// Constraints.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_constraints: Vec<PlacementConstraintSpec>,
+    /// Strategies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub placement_strategy: Vec<PlacementStrategySpec>,
+}
+
+/// `PUT /v1/services/{name}`: what changes (absent: unchanged).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServiceUpdate {
+    /// A new revision to deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_definition: Option<String>,
+    /// A new count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_count: Option<u32>,
+    /// Deploy again even with the same revision.
+    #[serde(default)]
+    pub force_new_deployment: bool,
+}
+
+/// A deployment as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentInfo {
+    /// Id.
+    pub id: String,
+    /// `PRIMARY` (new tasks come from it), `ACTIVE` (being replaced) or `INACTIVE`.
+    pub status: String,
+    /// `family:revision`.
+    pub task_definition: String,
+    /// `IN_PROGRESS`, `COMPLETED` or `FAILED`.
+    pub rollout_state: String,
+    /// Why it is where it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_state_reason: Option<String>,
+    /// Its tasks running.
+    pub running_count: u32,
+    /// Its tasks placed, not running yet.
+    pub pending_count: u32,
+    /// Its tasks that failed.
+    pub failed_tasks: u32,
+    /// Creation time.
+    pub created_at: u64,
+}
+
+/// A service as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceInfo {
+    /// The spec.
+    #[serde(flatten)]
+    pub spec: ServiceSpec,
+    /// `ACTIVE`.
+    pub status: String,
+    /// Tasks running.
+    pub running_count: u32,
+    /// Tasks placed, not running yet.
+    pub pending_count: u32,
+    /// Newest first.
+    pub deployments: Vec<DeploymentInfo>,
+    /// Why tasks could not be placed lately, if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement_problem: Option<String>,
+    /// Creation time.
+    pub created_at: u64,
+}
+
+/// `POST /v1/services`: the service, and the fields that were ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceCreated {
+    /// The service.
+    #[serde(flatten)]
+    pub service: ServiceInfo,
+    /// Ignored fields, each with its path.
+    pub warnings: Vec<String>,
+}
+
+/// CreateService fields that only mean something on AWS: accepted with a warning.
+const AWS_ONLY: &[&str] = &[
+    "cluster",
+    "launchType",
+    "capacityProviderStrategy",
+    "platformVersion",
+    "role",
+    "loadBalancers",
+    "serviceRegistries",
+    "networkConfiguration",
+    "healthCheckGracePeriodSeconds",
+    "enableECSManagedTags",
+    "propagateTags",
+    "enableExecuteCommand",
+    "serviceConnectConfiguration",
+    "volumeConfigurations",
+    "deploymentController",
+    "clientToken",
+    "availabilityZoneRebalancing",
+    "tags",
+];
+
+/// A parsed CreateService input with its warnings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed {
+    /// The service.
+    pub spec: ServiceSpec,
+    /// Ignored fields, each with its path.
+    pub warnings: Vec<String>,
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Parses and checks a CreateService input given as JSON or YAML; every problem is reported
+/// with its JSON path.
+pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
+    let v: Value = if text.trim_start().starts_with('{') {
+        serde_json::from_str(text).map_err(|e| vec![format!("$: not valid JSON: {e}")])?
+    } else {
+        yaml_serde::from_str(text).map_err(|e| vec![format!("$: not valid YAML: {e}")])?
+    };
+    let Some(m) = v.as_object() else {
+        return Err(vec![format!("$: expected an object, found {}", kind(&v))]);
+    };
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    const KNOWN: &[&str] = &[
+        "serviceName",
+        "taskDefinition",
+        "desiredCount",
+        "schedulingStrategy",
+        "deploymentConfiguration",
+        "placementConstraints",
+        "placementStrategy",
+        "namespace",
+    ];
+    for k in m.keys() {
+        if AWS_ONLY.contains(&k.as_str()) {
+            warnings.push(format!("$.{k}: ignored (AWS only)"));
+        } else if k == "namespace" {
+            warnings.push(format!("$.{k}: ignored (not supported by Flotilla yet)"));
+        } else if !KNOWN.contains(&k.as_str()) {
+            problems.push(format!("$.{k}: unknown field"));
+        }
+    }
+    let string = |key: &str, problems: &mut Vec<String>| -> Option<String> {
+        match m.get(key) {
+            Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
+            Some(Value::String(_)) | None | Some(Value::Null) => {
+                problems.push(format!("$.{key}: required"));
+                None
+            }
+            Some(o) => {
+                problems.push(format!("$.{key}: expected a string, found {}", kind(o)));
+                None
+            }
+        }
+    };
+    let name = string("serviceName", &mut problems);
+    if let Some(n) = &name {
+        let ok = n.len() <= 255
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            problems.push("$.serviceName: use 1-255 letters, digits, '_' or '-'".into());
+        }
+    }
+    let task_definition = string("taskDefinition", &mut problems);
+    let scheduling = match m.get("schedulingStrategy") {
+        None | Some(Value::Null) => SchedulingStrategy::Replica,
+        Some(Value::String(s)) if s == "REPLICA" => SchedulingStrategy::Replica,
+        Some(Value::String(s)) if s == "DAEMON" => SchedulingStrategy::Daemon,
+        Some(o) => {
+            problems.push(format!(
+                "$.schedulingStrategy: {o} is not REPLICA or DAEMON"
+            ));
+            SchedulingStrategy::Replica
+        }
+    };
+    let int = |key: &str, v: Option<&Value>, min: u64, max: u64, problems: &mut Vec<String>| match v
+    {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => match n.as_u64().filter(|n| (min..=max).contains(n)) {
+            Some(n) => Some(n as u32),
+            None => {
+                problems.push(format!(
+                    "{key}: {n} is not a whole number from {min} to {max}"
+                ));
+                None
+            }
+        },
+        Some(o) => {
+            problems.push(format!("{key}: expected an integer, found {}", kind(o)));
+            None
+        }
+    };
+    let desired_count = int(
+        "$.desiredCount",
+        m.get("desiredCount"),
+        0,
+        10_000,
+        &mut problems,
+    );
+    if scheduling == SchedulingStrategy::Daemon && desired_count.is_some() {
+        problems
+            .push("$.desiredCount: a DAEMON service runs one task per node; leave it out".into());
+    }
+    let (default_min, default_max) = match scheduling {
+        SchedulingStrategy::Replica => (100, 200),
+        SchedulingStrategy::Daemon => (0, 100),
+    };
+    let mut config = DeploymentConfiguration {
+        minimum_healthy_percent: default_min,
+        maximum_percent: default_max,
+        deployment_circuit_breaker: CircuitBreaker::default(),
+    };
+    match m.get("deploymentConfiguration") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(d)) => {
+            for k in d.keys() {
+                if ![
+                    "minimumHealthyPercent",
+                    "maximumPercent",
+                    "deploymentCircuitBreaker",
+                    "alarms",
+                ]
+                .contains(&k.as_str())
+                {
+                    problems.push(format!("$.deploymentConfiguration.{k}: unknown field"));
+                } else if k == "alarms" {
+                    warnings.push("$.deploymentConfiguration.alarms: ignored (AWS only)".into());
+                }
+            }
+            if let Some(n) = int(
+                "$.deploymentConfiguration.minimumHealthyPercent",
+                d.get("minimumHealthyPercent"),
+                0,
+                100,
+                &mut problems,
+            ) {
+                config.minimum_healthy_percent = n;
+            }
+            if let Some(n) = int(
+                "$.deploymentConfiguration.maximumPercent",
+                d.get("maximumPercent"),
+                100,
+                400,
+                &mut problems,
+            ) {
+                config.maximum_percent = n;
+            }
+            match d.get("deploymentCircuitBreaker") {
+                None | Some(Value::Null) => {}
+                Some(Value::Object(cb)) => {
+                    for (k, v) in cb {
+                        let p = format!("$.deploymentConfiguration.deploymentCircuitBreaker.{k}");
+                        match (k.as_str(), v) {
+                            ("enable", Value::Bool(b)) => config.deployment_circuit_breaker.enable = *b,
+                            ("rollback", Value::Bool(b)) => {
+                                config.deployment_circuit_breaker.rollback = *b
+                            }
+                            ("enable" | "rollback", o) => {
+                                problems.push(format!("{p}: expected a boolean, found {}", kind(o)))
+                            }
+                            _ => problems.push(format!("{p}: unknown field")),
+                        }
+                    }
+                }
+                Some(o) => problems.push(format!(
+                    "$.deploymentConfiguration.deploymentCircuitBreaker: expected an object, found {}",
+                    kind(o)
+                )),
+            }
+        }
+        Some(o) => problems.push(format!(
+            "$.deploymentConfiguration: expected an object, found {}",
+            kind(o)
+        )),
+    }
+    let constraints: Vec<PlacementConstraintSpec> = match m.get("placementConstraints") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => match serde_json::from_value(v.clone()) {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(format!("$.placementConstraints: {e}"));
+                Vec::new()
+            }
+        },
+    };
+    for (i, c) in constraints.iter().enumerate() {
+        let p = format!("$.placementConstraints[{i}]");
+        match (c.kind.as_str(), &c.expression) {
+            ("distinctInstance", None) => {}
+            ("memberOf", Some(e)) => {
+                if let Err(err) = flotilla_scheduler::expr::parse(e) {
+                    problems.push(format!("{p}.expression: '{e}': {err}"));
+                }
+            }
+            (k, _) => problems.push(format!(
+                "{p}: '{k}' (memberOf with an expression, or distinctInstance without)"
+            )),
+        }
+    }
+    let strategy: Vec<PlacementStrategySpec> = match m.get("placementStrategy") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(v) => match serde_json::from_value(v.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                problems.push(format!("$.placementStrategy: {e}"));
+                Vec::new()
+            }
+        },
+    };
+    for (i, s) in strategy.iter().enumerate() {
+        if let Err(e) = flotilla_scheduler::Strategy::parse(&s.kind, s.field.as_deref()) {
+            problems.push(format!("$.placementStrategy[{i}]: {e}"));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let (Some(service_name), Some(task_definition)) = (name, task_definition) else {
+        return Err(vec!["$: serviceName and taskDefinition are required".into()]);
+    };
+    Ok(Parsed {
+        spec: ServiceSpec {
+            service_name,
+            task_definition,
+            desired_count: desired_count.unwrap_or(match scheduling {
+                SchedulingStrategy::Replica => 1,
+                SchedulingStrategy::Daemon => 0,
+            }),
+            scheduling_strategy: scheduling,
+            deployment_configuration: config,
+            placement_constraints: constraints,
+            placement_strategy: strategy,
+        },
+        warnings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ecs_create_service_input_parses_with_defaults_and_warnings() {
+        let p = parse(
+            r#"{"serviceName": "pos", "taskDefinition": "pos:3", "desiredCount": 3,
+                "launchType": "EC2", "cluster": "edge",
+                "deploymentConfiguration": {"minimumHealthyPercent": 50,
+                  "deploymentCircuitBreaker": {"enable": true, "rollback": true}},
+                "placementStrategy": [{"type": "spread", "field": "attribute:site"}],
+                "placementConstraints": [{"type": "memberOf", "expression": "attribute:site in [a, b]"}]}"#,
+        )
+        .expect("valid");
+        assert_eq!(p.spec.desired_count, 3);
+        assert_eq!(p.spec.deployment_configuration.minimum_healthy_percent, 50);
+        assert_eq!(p.spec.deployment_configuration.maximum_percent, 200);
+        assert!(
+            p.spec
+                .deployment_configuration
+                .deployment_circuit_breaker
+                .rollback
+        );
+        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+        let d = parse("serviceName: logs\ntaskDefinition: shipper\nschedulingStrategy: DAEMON\n")
+            .expect("yaml daemon");
+        assert_eq!(d.spec.scheduling_strategy, SchedulingStrategy::Daemon);
+        assert_eq!(d.spec.deployment_configuration.minimum_healthy_percent, 0);
+    }
+
+    #[test]
+    fn every_problem_is_named_by_its_path() {
+        let problems = parse(
+            r#"{"serviceName": "bad name", "desiredCount": -1, "schedulingStrategy": "ALL",
+                "deploymentConfiguration": {"maximumPercent": 50, "x": 1},
+                "placementConstraints": [{"type": "memberOf", "expression": "site = a"}],
+                "placementStrategy": [{"type": "pack"}], "bogus": true}"#,
+        )
+        .expect_err("invalid");
+        for want in [
+            "$.serviceName:",
+            "$.taskDefinition: required",
+            "$.desiredCount:",
+            "$.schedulingStrategy:",
+            "$.deploymentConfiguration.maximumPercent:",
+            "$.deploymentConfiguration.x: unknown field",
+            "$.placementConstraints[0].expression:",
+            "$.placementStrategy[0]:",
+            "$.bogus: unknown field",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(want)),
+                "{want}: {problems:?}"
+            );
+        }
+    }
+}

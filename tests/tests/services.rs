@@ -1,0 +1,250 @@
+//! Services on a real cluster of labelled nodes: REPLICA spread by site, DAEMON on every node
+//! including one that joins later, `memberOf` never leaving its set, and a rolling update to a
+//! revision that fails its health check — stopped by the circuit breaker and rolled back, never
+//! below the minimum healthy tasks.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use flotilla_certs::credential::Credential;
+use flotilla_tests::cluster::{Agent, ControlPlane};
+use flotilla_tests::node::Node;
+use serde_json::Value;
+
+const SERVE: &str = r#"{
+  "family": "serve",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 16, "stopTimeout": 2,
+    "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2 & wait; done"]
+  }]
+}"#;
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn join(cp: &ControlPlane, node: &Node, site: &str) -> (Agent, String) {
+    let mut agent = Agent::for_node(node);
+    let label = format!("site={site}");
+    let out = agent.join(&cp.server(), &cp.token(&[]), &["--label", &label]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = Credential::load(&agent.identity()).expect("identity").name;
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    (agent, id)
+}
+
+fn register(cp: &ControlPlane, name: &str, def: &str) {
+    let f = cp.scratch().join(name);
+    std::fs::write(&f, def).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+}
+
+fn create(cp: &ControlPlane, name: &str, spec: &Value) {
+    let f = cp.scratch().join(format!("{name}.json"));
+    std::fs::write(&f, spec.to_string()).expect("write");
+    cp.flotilla_ok(&["service", "create", f.to_str().expect("utf8")]);
+}
+
+/// Running tasks of a service, per node.
+fn running(cp: &ControlPlane, service: &str) -> BTreeMap<String, usize> {
+    let tasks: Vec<Value> =
+        serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json");
+    let mut out = BTreeMap::new();
+    for t in tasks.iter().filter(|t| {
+        t["startedBy"] == format!("service:{service}").as_str()
+            && t["state"] == "RUNNING"
+            && t["desired"] == "RUNNING"
+    }) {
+        *out.entry(t["node"].as_str().expect("node").to_string())
+            .or_default() += 1;
+    }
+    out
+}
+
+fn service(cp: &ControlPlane, name: &str) -> Value {
+    serde_json::from_str(&cp.flotilla_ok(&["service", "inspect", name])).expect("json")
+}
+
+fn remove_all(cp: &ControlPlane, names: &[&str], nodes: &[&Node]) {
+    let mut args = vec!["service", "rm"];
+    args.extend_from_slice(names);
+    cp.flotilla_ok(&args);
+    for n in nodes {
+        n.wait_for(
+            "the services' containers to go",
+            Duration::from_secs(30),
+            || n.ps().is_empty(),
+        );
+    }
+}
+
+#[test]
+fn replica_daemon_and_member_of_place_as_told() {
+    let nodes = [Node::new(), Node::new(), Node::new(), Node::new()];
+    let cp = ControlPlane::start(&[]);
+    let mut agents = Vec::new();
+    let mut ids = Vec::new();
+    for (n, site) in nodes[..3].iter().zip(["a", "b", "c"]) {
+        let (a, id) = join(&cp, n, site);
+        agents.push(a);
+        ids.push(id);
+    }
+    register(&cp, "serve.json", SERVE);
+    create(
+        &cp,
+        "pos",
+        &serde_json::json!({"serviceName": "pos", "taskDefinition": "serve", "desiredCount": 3,
+            "placementStrategy": [{"type": "spread", "field": "attribute:site"}]}),
+    );
+    create(
+        &cp,
+        "logs",
+        &serde_json::json!({"serviceName": "logs", "taskDefinition": "serve",
+            "schedulingStrategy": "DAEMON"}),
+    );
+    create(
+        &cp,
+        "lab",
+        &serde_json::json!({"serviceName": "lab", "taskDefinition": "serve", "desiredCount": 4,
+            "placementConstraints": [{"type": "memberOf", "expression": "attribute:site in [a, b]"}]}),
+    );
+    wait("the three services to run", Duration::from_secs(60), || {
+        running(&cp, "pos").values().sum::<usize>() == 3
+            && running(&cp, "logs").values().sum::<usize>() == 3
+            && running(&cp, "lab").values().sum::<usize>() == 4
+    });
+    // one pos task per site, one logs task per node, lab only on sites a and b
+    assert!(
+        running(&cp, "pos").values().all(|n| *n == 1),
+        "{:?}",
+        running(&cp, "pos")
+    );
+    assert_eq!(running(&cp, "logs").len(), 3);
+    let lab = running(&cp, "lab");
+    assert!(!lab.contains_key(&ids[2]), "lab ran on site c: {lab:?}");
+
+    // A fourth node joins: the daemon service lands there; the others do not move.
+    let (agent, fourth) = join(&cp, &nodes[3], "d");
+    agents.push(agent);
+    wait(
+        "the daemon on the new node",
+        Duration::from_secs(30),
+        || running(&cp, "logs").get(&fourth) == Some(&1),
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!running(&cp, "lab").contains_key(&fourth));
+    assert_eq!(running(&cp, "pos").values().sum::<usize>(), 3);
+    let listed = cp.flotilla_ok(&["service", "ls"]);
+    assert!(
+        listed.contains("logs") && listed.contains("DAEMON"),
+        "{listed}"
+    );
+
+    // Scale down: exactly the asked count remains.
+    cp.flotilla_ok(&["service", "scale", "lab", "2"]);
+    wait("lab scaled to 2", Duration::from_secs(30), || {
+        running(&cp, "lab").values().sum::<usize>() == 2
+    });
+
+    remove_all(
+        &cp,
+        &["pos", "logs", "lab"],
+        &nodes.iter().collect::<Vec<_>>(),
+    );
+    for mut a in agents {
+        a.kill();
+    }
+    for n in &nodes {
+        n.assert_clean();
+    }
+}
+
+#[test]
+fn a_failing_deployment_is_stopped_and_rolled_back_without_dropping_below_the_minimum() {
+    let nodes = [Node::new(), Node::new()];
+    let cp = ControlPlane::start(&[]);
+    let mut agents = Vec::new();
+    for (n, site) in nodes.iter().zip(["a", "b"]) {
+        agents.push(join(&cp, n, site).0);
+    }
+    register(&cp, "serve.json", SERVE);
+    // Revision 2 never passes its health check.
+    let broken: Value = {
+        let mut v: Value = serde_json::from_str(SERVE).expect("json");
+        v["containerDefinitions"][0]["healthCheck"] = serde_json::json!({
+            "command": ["CMD-SHELL", "exit 1"], "interval": 5, "timeout": 2, "retries": 1
+        });
+        v
+    };
+    register(&cp, "broken.json", &broken.to_string());
+    create(
+        &cp,
+        "web",
+        &serde_json::json!({"serviceName": "web", "taskDefinition": "serve:1", "desiredCount": 2,
+            "deploymentConfiguration": {"minimumHealthyPercent": 100, "maximumPercent": 200,
+              "deploymentCircuitBreaker": {"enable": true, "rollback": true}}}),
+    );
+    wait("web to run", Duration::from_secs(30), || {
+        service(&cp, "web")["deployments"][0]["rolloutState"] == "COMPLETED"
+    });
+
+    cp.flotilla_ok(&["service", "update", "web", "--taskdef", "serve:2"]);
+    // Until it is rolled back and complete again, never fewer than 2 healthy tasks of serve:1.
+    let start = Instant::now();
+    let mut lowest = usize::MAX;
+    loop {
+        let tasks: Vec<Value> =
+            serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json");
+        let healthy = tasks
+            .iter()
+            .filter(|t| {
+                t["startedBy"] == "service:web"
+                    && t["state"] == "RUNNING"
+                    && t["taskDefinition"] == "serve:1"
+            })
+            .count();
+        lowest = lowest.min(healthy);
+        let s = service(&cp, "web");
+        let deployments = s["deployments"].as_array().expect("deployments").clone();
+        let failed = deployments.iter().any(|d| d["rolloutState"] == "FAILED");
+        let done = deployments.len() == 1
+            && deployments[0]["rolloutState"] == "COMPLETED"
+            && deployments[0]["taskDefinition"] == "serve:1";
+        if done {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "no rollback: {s} (failed seen: {failed})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(lowest >= 2, "only {lowest} healthy tasks at one point");
+    let events = cp.flotilla_ok(&["events"]);
+    for e in [
+        "service.deployment.failed",
+        "service.deployment.rollback",
+        "service.deployment.completed",
+    ] {
+        assert!(events.contains(e), "no {e} in:\n{events}");
+    }
+    assert!(events.contains("circuit breaker: "), "{events}");
+
+    remove_all(&cp, &["web"], &nodes.iter().collect::<Vec<_>>());
+    for mut a in agents {
+        a.kill();
+    }
+    for n in &nodes {
+        n.assert_clean();
+    }
+}

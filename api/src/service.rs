@@ -57,6 +57,32 @@ pub struct ServiceSpec {
     /// Strategies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub placement_strategy: Vec<PlacementStrategySpec>,
+    /// What happens to tasks on a node that stops answering (Flotilla's own field).
+    #[serde(default)]
+    pub disconnect_policy: DisconnectPolicy,
+}
+
+/// `disconnectPolicy`: when a node's tasks count as lost, whether they are replaced, and which
+/// copy survives when the node comes back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DisconnectPolicy {
+    /// Seconds a node is disconnected before its tasks are lost (default 30).
+    pub lost_after: u32,
+    /// Replace lost tasks elsewhere (default true).
+    pub replace: bool,
+    /// `keepReplacement` (default), `keepOriginal` or `longestRunning`.
+    pub reconcile: String,
+}
+
+impl Default for DisconnectPolicy {
+    fn default() -> Self {
+        Self {
+            lost_after: 30,
+            replace: true,
+            reconcile: "keepReplacement".into(),
+        }
+    }
 }
 
 /// `PUT /v1/services/{name}`: what changes (absent: unchanged).
@@ -195,6 +221,7 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
         "placementConstraints",
         "placementStrategy",
         "namespace",
+        "disconnectPolicy",
     ];
     for k in m.keys() {
         if AWS_ONLY.contains(&k.as_str()) {
@@ -378,6 +405,40 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
             problems.push(format!("$.placementStrategy[{i}]: {e}"));
         }
     }
+    let mut disconnect = DisconnectPolicy::default();
+    match m.get("disconnectPolicy") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(d)) => {
+            for (k, v) in d {
+                let p = format!("$.disconnectPolicy.{k}");
+                match (k.as_str(), v) {
+                    ("lostAfter", _) => {
+                        if let Some(n) = int(&p, Some(v), 5, 86_400, &mut problems) {
+                            disconnect.lost_after = n;
+                        }
+                    }
+                    ("replace", Value::Bool(b)) => disconnect.replace = *b,
+                    ("reconcile", Value::String(s))
+                        if ["keepReplacement", "keepOriginal", "longestRunning"]
+                            .contains(&s.as_str()) =>
+                    {
+                        disconnect.reconcile = s.clone()
+                    }
+                    ("reconcile", o) => problems.push(format!(
+                        "{p}: {o} is not keepReplacement, keepOriginal or longestRunning"
+                    )),
+                    ("replace", o) => {
+                        problems.push(format!("{p}: expected a boolean, found {}", kind(o)))
+                    }
+                    _ => problems.push(format!("{p}: unknown field")),
+                }
+            }
+        }
+        Some(o) => problems.push(format!(
+            "$.disconnectPolicy: expected an object, found {}",
+            kind(o)
+        )),
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -396,6 +457,7 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
             deployment_configuration: config,
             placement_constraints: constraints,
             placement_strategy: strategy,
+            disconnect_policy: disconnect,
         },
         warnings,
     })

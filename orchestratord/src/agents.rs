@@ -38,6 +38,9 @@ pub struct Agents {
     /// Lifetime of node certificates.
     pub node_cert_lifetime: Duration,
     sessions: Mutex<HashMap<String, Connection>>,
+    /// When this control plane started (nodes not heard from since count as disconnected
+    /// from then).
+    pub started_at: u64,
     /// Wakes the service loop (an operator changed a service).
     pub services_changed: tokio::sync::Notify,
     /// Held while a service is planned and applied, and while an operator changes one: the
@@ -106,6 +109,8 @@ pub struct LiveInfo {
     pub resources: Option<flotilla_api::NodeResources>,
     /// Usage of its tasks' running containers at the last heartbeat: task → container → usage.
     pub usage: HashMap<String, BTreeMap<String, ContainerUsage>>,
+    /// When its last session ended.
+    pub disconnected_at: Option<u64>,
 }
 
 fn refuse(conn: &Connection, code: u32, reason: &str) {
@@ -127,6 +132,7 @@ impl Agents {
             node_cert_lifetime,
             admission: Admission::new(session_rate, Instant::now()),
             sessions: Mutex::new(HashMap::new()),
+            started_at: crate::now(),
             services_changed: tokio::sync::Notify::new(),
             services_lock: Mutex::new(()),
             live: Mutex::new(HashMap::new()),
@@ -141,6 +147,18 @@ impl Agents {
         {
             tracing::warn!(kind, subject, "recording an event: {e}");
         }
+    }
+
+    /// Seconds the node has been without a session (`None` while it has one).
+    pub fn disconnected_for(&self, node_id: &str) -> Option<u64> {
+        if self.live_session(node_id).is_some() {
+            return None;
+        }
+        let since = self
+            .live(node_id)
+            .disconnected_at
+            .unwrap_or(self.started_at);
+        Some(crate::now().saturating_sub(since))
     }
 
     /// Ids of nodes with a live session.
@@ -463,7 +481,10 @@ impl Agents {
         }
         tracing::info!(node = %node_id, peer = %conn.remote_address(), agent = %hello.agent_version, protocol, "session established");
         let version = hello.agent_version.clone();
-        self.touch(&node_id, |l| l.agent_version = Some(version));
+        self.touch(&node_id, |l| {
+            l.agent_version = Some(version);
+            l.disconnected_at = None;
+        });
         // A (re)connected node gets its current desired state.
         self.clone().push_desired(&node_id);
         loop {
@@ -512,6 +533,8 @@ impl Agents {
             .is_some_and(|c| c.stable_id() == conn.stable_id())
         {
             sessions.remove(&node_id);
+            drop(sessions);
+            self.touch(&node_id, |l| l.disconnected_at = Some(crate::now()));
         }
     }
 

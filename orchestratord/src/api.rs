@@ -1138,6 +1138,7 @@ pub fn create_tasks(
             },
             definition: def.task_definition.clone(),
             env: env.to_vec(),
+            lost_at: None,
         };
         agents.event(
             "task.placed",

@@ -179,14 +179,41 @@ fn one(agents: &Arc<Agents>, mut s: ServiceRecord) -> Result<(), StoreError> {
         )
     };
     let mine = tasks_of(&all, &name);
+    // Tasks on a node gone longer than the service waits are lost: replaced, not counted
+    // (their node cannot be told to stop them). The first time, that is recorded.
+    let policy = &s.spec.disconnect_policy;
+    let lost = |t: &TaskRecord| {
+        policy.replace
+            && t.info.state != TaskState::Stopped
+            && t.info
+                .node
+                .as_deref()
+                .and_then(|n| agents.disconnected_for(n))
+                .is_some_and(|secs| secs >= u64::from(policy.lost_after))
+    };
+    for t in mine.iter().filter(|t| t.lost_at.is_none() && lost(t)) {
+        let mut marked = (*t).clone();
+        marked.lost_at = Some(crate::now());
+        agents.event(
+            "task.lost",
+            &t.info.id,
+            format!(
+                "node {} silent for {} s or more; replaced elsewhere",
+                t.info.node.as_deref().unwrap_or("-"),
+                policy.lost_after
+            ),
+        );
+        store.put_task(&marked)?;
+    }
     let tasks: Vec<service::ServiceTask> = mine
         .iter()
         .map(|t| service::ServiceTask {
             id: t.info.id.clone(),
             deployment: t.info.deployment.clone().unwrap_or_default(),
             node: t.info.node.clone().unwrap_or_default(),
-            phase: phase(t),
+            phase: if lost(t) { Phase::Lost } else { phase(t) },
             created: t.info.created_at,
+            was_lost: t.lost_at.is_some() || lost(t),
         })
         .collect();
     let eligible = match s.spec.scheduling_strategy {
@@ -216,6 +243,11 @@ fn one(agents: &Arc<Agents>, mut s: ServiceRecord) -> Result<(), StoreError> {
             .deployment_configuration
             .deployment_circuit_breaker
             .rollback,
+        reconcile: match policy.reconcile.as_str() {
+            "keepOriginal" => service::Reconcile::KeepOriginal,
+            "longestRunning" => service::Reconcile::LongestRunning,
+            _ => service::Reconcile::KeepReplacement,
+        },
     };
     let views: Vec<service::DeploymentView> = s
         .deployments

@@ -109,6 +109,9 @@ pub struct TaskRecord {
     pub definition: TaskDefinition,
     /// Extra environment.
     pub env: Vec<flotilla_api::taskdef::KeyValue>,
+    /// When its node was found lost (a service then replaced it).
+    #[serde(default)]
+    pub lost_at: Option<u64>,
 }
 
 fn taskdef_key(family: &str, revision: u32) -> String {

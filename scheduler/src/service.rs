@@ -25,6 +25,20 @@ pub const REASON_DELETED: &str = "service: deleted";
 pub const REASON_NOT_ELIGIBLE: &str = "service: node no longer eligible";
 /// It failed its health check.
 pub const REASON_UNHEALTHY: &str = "service: unhealthy";
+/// One copy too many after a lost node came back.
+pub const REASON_RECONCILED: &str = "service: one copy too many after its node came back";
+
+/// Which copy survives when a node that was lost (and whose tasks were replaced) comes back.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Reconcile {
+    /// The replacements stay; the tasks of the returning node stop.
+    #[default]
+    KeepReplacement,
+    /// The tasks of the returning node stay; their replacements stop.
+    KeepOriginal,
+    /// The tasks that started first stay.
+    LongestRunning,
+}
 
 /// How the service schedules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +62,8 @@ pub struct ServiceSpec {
     pub circuit_breaker: bool,
     /// `deploymentCircuitBreaker.rollback`.
     pub rollback: bool,
+    /// Which copy survives a lost node's return.
+    pub reconcile: Reconcile,
 }
 
 /// Where a deployment's rollout is.
@@ -89,6 +105,9 @@ pub enum Phase {
     Retired,
     /// Stopped for any other reason.
     Failed,
+    /// On a node lost for longer than the service waits: replaced, not counted, not stopped
+    /// (its node cannot be reached).
+    Lost,
 }
 
 /// A task of the service.
@@ -104,6 +123,8 @@ pub struct ServiceTask {
     pub phase: Phase,
     /// Creation order (larger is newer).
     pub created: u64,
+    /// Its node was lost once (and it may have been replaced meanwhile).
+    pub was_lost: bool,
 }
 
 /// What to do next.
@@ -216,14 +237,33 @@ pub fn plan(
             let mine: Vec<&ServiceTask> = alive.iter().copied().filter(is_primary).collect();
             let old: Vec<&ServiceTask> = alive.iter().copied().filter(|t| !is_primary(t)).collect();
             let total = alive.len() as u64 + stopping;
-            // Scale down: the primary's surplus, not-ready and newest first.
+            // Surplus (scaled down, or a lost node came back with tasks that were replaced):
+            // copies a returning node brought go by the reconcile policy, then not-ready and
+            // newest first.
             if mine.len() as u64 > u64::from(desired) {
                 let mut surplus = mine.clone();
-                surplus.sort_by_key(|t| (t.phase == Phase::Ready, std::cmp::Reverse(t.created)));
+                let keep = |t: &ServiceTask| match spec.reconcile {
+                    Reconcile::KeepReplacement => !t.was_lost,
+                    Reconcile::KeepOriginal => t.was_lost,
+                    Reconcile::LongestRunning => false,
+                };
+                surplus.sort_by_key(|t| {
+                    (
+                        keep(t),
+                        t.phase == Phase::Ready,
+                        std::cmp::Reverse(t.created),
+                    )
+                });
+                let returned = mine.iter().any(|t| t.was_lost);
                 for t in surplus.iter().take(mine.len() - desired as usize) {
                     out.push(Action::Stop {
                         task: t.id.clone(),
-                        reason: REASON_SCALED_DOWN.into(),
+                        reason: if returned {
+                            REASON_RECONCILED
+                        } else {
+                            REASON_SCALED_DOWN
+                        }
+                        .into(),
                     });
                 }
             }
@@ -331,6 +371,7 @@ mod tests {
             max_percent: 200,
             circuit_breaker: true,
             rollback: true,
+            reconcile: Reconcile::KeepReplacement,
         }
     }
 
@@ -349,6 +390,7 @@ mod tests {
             node: node.into(),
             phase,
             created,
+            was_lost: false,
         }
     }
 
@@ -512,5 +554,35 @@ mod tests {
         assert_eq!(starts(&a), 0);
         let a = plan(&s, &d, &[], &nodes);
         assert_eq!(starts(&a), 2);
+    }
+
+    #[test]
+    fn lost_tasks_are_replaced_and_one_copy_survives_their_return() {
+        let d = [dep("d1", true, Rollout::Completed)];
+        let mut tasks = vec![
+            task("t1", "d1", "a", Phase::Ready, 1),
+            task("t2", "d1", "b", Phase::Lost, 2),
+        ];
+        tasks[1].was_lost = true;
+        // lost: not counted, not stopped, replaced
+        let a = plan(&spec(Mode::Replica(2)), &d, &tasks, &[]);
+        assert_eq!(starts(&a), 1);
+        assert!(stops(&a).is_empty());
+        // back, with its replacement running: the policy picks the survivor
+        tasks[1].phase = Phase::Ready;
+        tasks.push(task("t3", "d1", "c", Phase::Ready, 3));
+        let survivor = |policy| {
+            let mut s = spec(Mode::Replica(2));
+            s.reconcile = policy;
+            let a = plan(&s, &d, &tasks, &[]);
+            assert_eq!(starts(&a), 0);
+            assert!(a
+                .iter()
+                .all(|x| !matches!(x, Action::Stop { reason, .. } if reason != REASON_RECONCILED)));
+            stops(&a)
+        };
+        assert_eq!(survivor(Reconcile::KeepReplacement), ["t2"]);
+        assert_eq!(survivor(Reconcile::KeepOriginal), ["t3"]);
+        assert_eq!(survivor(Reconcile::LongestRunning), ["t3"]);
     }
 }

@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cron;
 pub mod expr;
 pub mod service;
 

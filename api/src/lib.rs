@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 pub mod config;
 pub mod logging;
 pub mod ops;
+pub mod schedule;
 pub mod service;
 pub mod systemd;
 pub mod taskdef;

@@ -13,6 +13,52 @@ pub struct DesiredState {
     pub generation: u64,
     /// The tasks.
     pub tasks: Vec<DesiredTask>,
+    /// Schedules pinned to this node: the node fires them itself, connected or not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schedules: Vec<NodeSchedule>,
+}
+
+/// A schedule a node fires on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeSchedule {
+    /// Schedule name.
+    pub name: String,
+    /// Cron expression.
+    pub cron: String,
+    /// Its time zone.
+    pub timezone: String,
+    /// `allow`, `forbid` or `replace`.
+    pub overlap: String,
+    /// `family:revision`.
+    pub task_definition: String,
+    /// The definition itself.
+    pub definition: TaskDefinition,
+    /// Environment added to every container.
+    #[serde(default)]
+    pub env: Vec<KeyValue>,
+}
+
+/// A task a node started by one of its schedules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduledRun {
+    /// Schedule name.
+    pub schedule: String,
+    /// When it fired (seconds since the epoch, a whole minute).
+    pub fired_at: u64,
+}
+
+/// The id of the task schedule `name` of node `node` starts at `fired_at`: derived, so the
+/// control plane can check a node reports only runs of its own schedules.
+pub fn scheduled_task_id(node: &str, name: &str, fired_at: u64) -> String {
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        format!("{node}\0{name}\0{fired_at}").as_bytes(),
+    );
+    let hex: String = digest.as_ref()[..6]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("t-{hex}")
 }
 
 /// One task a node should run (or stop).
@@ -121,4 +167,7 @@ pub struct TaskStatus {
     pub stop_reason: Option<String>,
     /// Its containers.
     pub containers: Vec<ContainerStatus>,
+    /// Set when the node started it by one of its schedules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<ScheduledRun>,
 }

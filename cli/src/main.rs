@@ -17,6 +17,7 @@ use flotilla_api::ops::{
     PlacementStrategySpec, TaskDefRegistered, TaskDefRevision, TaskInfo, TaskRun, TokenCreate,
     TokenCreated, TokenInfo,
 };
+use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
 use flotilla_api::service::{ServiceCreated, ServiceInfo, ServiceUpdate};
 use flotilla_api::{Labels, LogLine};
 use flotilla_certs::credential::Credential;
@@ -72,6 +73,9 @@ enum ClusterCommand {
     /// updates.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Scheduled tasks: a task definition started by a cron expression.
+    #[command(subcommand)]
+    Schedule(ScheduleCommand),
     /// What happened in the cluster, oldest first (the control plane keeps the last 10,000).
     Events {
         /// Only events after this sequence number.
@@ -143,6 +147,48 @@ enum TaskCommand {
         /// Task ids.
         #[arg(required = true)]
         ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ScheduleCommand {
+    /// Create a schedule.
+    Create {
+        /// Schedule name.
+        name: String,
+        /// FAMILY or FAMILY:REVISION.
+        #[arg(long)]
+        taskdef: String,
+        /// Cron expression (5 fields, or @hourly, @daily …), e.g. "0 2 * * *".
+        #[arg(long)]
+        cron: String,
+        /// Time zone of the expression, e.g. Europe/Paris.
+        #[arg(long, default_value = "UTC")]
+        timezone: String,
+        /// Pin it to this node: the node fires it itself, also while disconnected.
+        #[arg(long)]
+        node: Option<String>,
+        /// When the previous run still runs: forbid (skip), allow, or replace.
+        #[arg(long, default_value = "forbid")]
+        overlap: String,
+        /// Environment KEY=VALUE for every container (repeatable).
+        #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+        env: Vec<String>,
+    },
+    /// List schedules.
+    #[command(alias = "list")]
+    Ls,
+    /// Show a schedule and its latest runs.
+    Inspect {
+        /// Schedule name.
+        name: String,
+    },
+    /// Delete schedules (runs already started keep running).
+    #[command(alias = "remove")]
+    Rm {
+        /// Schedule names.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -556,6 +602,112 @@ async fn service(api: &Api, cmd: ServiceCommand, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// `KEY=VALUE` pairs.
+fn key_values(env: &[String]) -> Result<Vec<flotilla_api::taskdef::KeyValue>> {
+    env.iter()
+        .map(|e| {
+            let (k, v) = e
+                .split_once('=')
+                .with_context(|| format!("--env {e}: expected KEY=VALUE"))?;
+            Ok(flotilla_api::taskdef::KeyValue {
+                name: k.to_string(),
+                value: v.to_string(),
+            })
+        })
+        .collect()
+}
+
+async fn schedule(api: &Api, cmd: ScheduleCommand, json: bool) -> Result<()> {
+    use reqwest::Method;
+    match cmd {
+        ScheduleCommand::Create {
+            name,
+            taskdef,
+            cron,
+            timezone,
+            node,
+            overlap,
+            env,
+        } => {
+            let spec = ScheduleSpec {
+                name,
+                task_definition: taskdef,
+                cron,
+                timezone,
+                node,
+                overlap,
+                env: key_values(&env)?,
+            };
+            let s: ScheduleInfo = api
+                .expect(
+                    Method::POST,
+                    "/v1/schedules",
+                    Some(serde_json::to_value(spec)?),
+                )
+                .await?;
+            print(json, &s, || {
+                println!(
+                    "{} {} at '{}' ({}){}",
+                    s.spec.name,
+                    s.spec.task_definition,
+                    s.spec.cron,
+                    s.spec.timezone,
+                    match (&s.spec.node, s.next_run) {
+                        (Some(n), _) => format!(", fired by node {n}"),
+                        (None, Some(t)) => format!(", next {}", when(t)),
+                        (None, None) => ", never fires".into(),
+                    }
+                )
+            })?;
+        }
+        ScheduleCommand::Ls => {
+            let list: Vec<ScheduleInfo> = api.expect(Method::GET, "/v1/schedules", None).await?;
+            print(json, &list, || {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|s| {
+                        vec![
+                            s.spec.name.clone(),
+                            s.spec.task_definition.clone(),
+                            s.spec.cron.clone(),
+                            s.spec.timezone.clone(),
+                            s.spec.node.clone().unwrap_or_else(|| "-".into()),
+                            s.next_run.map(when).unwrap_or_default(),
+                            s.runs.first().map(|r| when(r.fired_at)).unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                table(
+                    &[
+                        "NAME",
+                        "TASK DEFINITION",
+                        "CRON",
+                        "TIME ZONE",
+                        "NODE",
+                        "NEXT",
+                        "LAST RUN",
+                    ],
+                    &rows,
+                );
+            })?;
+        }
+        ScheduleCommand::Inspect { name } => {
+            let s: ScheduleInfo = api
+                .expect(Method::GET, &format!("/v1/schedules/{name}"), None)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&s)?);
+        }
+        ScheduleCommand::Rm { names } => {
+            for n in names {
+                api.call::<serde_json::Value>(Method::DELETE, &format!("/v1/schedules/{n}"), None)
+                    .await?;
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The message of an API error body.
 fn api_error(bytes: &[u8]) -> String {
     match serde_json::from_slice::<ApiError>(bytes) {
@@ -834,16 +986,7 @@ async fn run(cli: Cli) -> Result<()> {
             distinct_instance,
             strategies,
         }) => {
-            let mut kv = Vec::new();
-            for e in &env {
-                let (k, v) = e
-                    .split_once('=')
-                    .with_context(|| format!("--env {e}: expected KEY=VALUE"))?;
-                kv.push(flotilla_api::taskdef::KeyValue {
-                    name: k.to_string(),
-                    value: v.to_string(),
-                });
-            }
+            let kv = key_values(&env)?;
             let mut placement_constraints: Vec<PlacementConstraintSpec> = constraints
                 .into_iter()
                 .map(|e| PlacementConstraintSpec {
@@ -889,6 +1032,7 @@ async fn run(cli: Cli) -> Result<()> {
             })?;
         }
         ClusterCommand::Service(cmd) => service(&api, cmd, json).await?,
+        ClusterCommand::Schedule(cmd) => schedule(&api, cmd, json).await?,
         ClusterCommand::Task(TaskCommand::Ls) => {
             let list: Vec<TaskInfo> = api
                 .call(Method::GET, "/v1/tasks", None)

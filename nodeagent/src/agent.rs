@@ -254,7 +254,7 @@ pub async fn run(
         })
         .await??
     };
-    let runner = Runner::open(data_dir, store)?;
+    let runner = Runner::open(data_dir, store, &cred.name)?;
     tracing::info!(
         generation = runner.generation(),
         "converging to the persisted desired state"
@@ -445,8 +445,8 @@ async fn session(
             changed = status.changed() => {
                 if changed.is_ok() {
                     let tasks = status.borrow_and_update().clone();
-                    match request(&conn, &AgentRequest::Report { tasks }).await {
-                        Ok(AgentReply::Recorded) => {}
+                    match request(&conn, &AgentRequest::Report { tasks: tasks.clone() }).await {
+                        Ok(AgentReply::Recorded) => runner.acknowledge(&tasks)?,
                         Ok(other) => tracing::warn!("report: {other:?}"),
                         Err(e) => bail!("report: {e:#}"),
                     }

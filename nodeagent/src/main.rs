@@ -11,6 +11,7 @@ mod health;
 mod logs;
 mod reconcile;
 mod runner;
+mod schedule;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -322,6 +322,7 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
             }
         };
         out.status.push(TaskStatus {
+            scheduled: None,
             id: task.id.clone(),
             state,
             stop_reason: ending,
@@ -348,6 +349,7 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
             out.actions.push(Action::Remove { task: id.clone() });
         }
         out.status.push(TaskStatus {
+            scheduled: None,
             id: id.clone(),
             state: if live {
                 TaskState::Stopping
@@ -394,6 +396,7 @@ mod tests {
         DesiredState {
             generation: 1,
             tasks,
+            schedules: Vec::new(),
         }
     }
 

@@ -20,9 +20,13 @@ use tokio::sync::{watch, Notify};
 
 use crate::health::Health;
 use crate::reconcile::{plan, Action, Observed, Restarts, World};
+use crate::schedule::LocalTask;
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const DESIRED_KEY: &str = "desired";
+/// Runs of this node's schedules, and each schedule's last firing.
+const LOCAL_KEY: &str = "local";
+const FIRED_KEY: &str = "fired";
 /// How often the node re-checks its containers without being told.
 const RESYNC: Duration = Duration::from_secs(1);
 
@@ -44,12 +48,16 @@ pub struct Runner {
     status: watch::Sender<Vec<TaskStatus>>,
     /// When the last round ended (`None` before the first).
     rounds: watch::Sender<Option<std::time::Instant>>,
+    /// This node's id (scheduled runs' ids derive from it).
+    node_id: String,
+    /// Tasks this node started by its schedules, and their last firings (persisted).
+    local: Mutex<(Vec<LocalTask>, BTreeMap<String, u64>)>,
 }
 
 impl Runner {
     /// Opens the runner's state under `data_dir`; the desired state persisted there (if any)
     /// is what the node converges to until the control plane says otherwise.
-    pub fn open(data_dir: &Path, store: ContainerStore) -> Result<Arc<Self>> {
+    pub fn open(data_dir: &Path, store: ContainerStore, node_id: &str) -> Result<Arc<Self>> {
         let path = data_dir.join("agent.redb");
         let db = Database::create(&path).with_context(|| format!("opening {}", path.display()))?;
         let w = db.begin_write()?;
@@ -65,6 +73,21 @@ impl Runner {
                 None => DesiredState::default(),
             }
         };
+        let local = {
+            let r = db.begin_read()?;
+            let t = r.open_table(STATE)?;
+            let tasks: Vec<LocalTask> = match t.get(LOCAL_KEY)? {
+                Some(v) => {
+                    serde_json::from_slice(v.value()).context("the persisted local tasks")?
+                }
+                None => Vec::new(),
+            };
+            let fired: BTreeMap<String, u64> = match t.get(FIRED_KEY)? {
+                Some(v) => serde_json::from_slice(v.value()).context("the persisted firings")?,
+                None => BTreeMap::new(),
+            };
+            (tasks, fired)
+        };
         let (status, _) = watch::channel(Vec::new());
         let (rounds, _) = watch::channel(None);
         Ok(Arc::new(Self {
@@ -77,6 +100,8 @@ impl Runner {
             checks: Arc::default(),
             status,
             rounds,
+            node_id: node_id.to_string(),
+            local: Mutex::new(local),
         }))
     }
 
@@ -313,12 +338,94 @@ impl Runner {
     }
 
     /// One reconciliation; true when it acted.
-    async fn round(self: Arc<Self>) -> Result<bool> {
-        let desired = self
+    /// Fires due schedules, then the desired state with this node's own runs added (those the
+    /// control plane already lists are its).
+    fn merged(&self) -> Result<DesiredState> {
+        let mut desired = self
             .desired
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        let (tasks, fired) = &mut *local;
+        if crate::schedule::fire_due(&desired.schedules, fired, tasks, &self.node_id, now) {
+            self.persist_local(tasks, fired)?;
+        }
+        for l in tasks.iter() {
+            if !desired.tasks.iter().any(|t| t.id == l.task.id) {
+                desired.tasks.push(l.task.clone());
+            }
+        }
+        Ok(desired)
+    }
+
+    fn persist_local(&self, tasks: &[LocalTask], fired: &BTreeMap<String, u64>) -> Result<()> {
+        let w = self.db.begin_write()?;
+        {
+            let mut t = w.open_table(STATE)?;
+            t.insert(LOCAL_KEY, serde_json::to_vec(tasks)?.as_slice())?;
+            t.insert(FIRED_KEY, serde_json::to_vec(fired)?.as_slice())?;
+        }
+        w.commit()?;
+        Ok(())
+    }
+
+    /// The control plane recorded these statuses: runs of schedules it now has stopped may
+    /// have their containers removed.
+    pub fn acknowledge(&self, reported: &[TaskStatus]) -> Result<()> {
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        let (tasks, fired) = &mut *local;
+        let mut changed = false;
+        for l in tasks.iter_mut().filter(|l| !l.acknowledged) {
+            let stopped = reported
+                .iter()
+                .any(|s| s.id == l.task.id && s.state == TaskState::Stopped);
+            if stopped {
+                l.acknowledged = true;
+                l.task.desired = flotilla_api::tasks::DesiredStatus::Stopped;
+                changed = true;
+            }
+        }
+        if changed {
+            self.persist_local(tasks, fired)?;
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Marks runs of schedules that stopped (keeping why) and tags their statuses.
+    fn note_local(&self, status: &mut [TaskStatus]) -> Result<()> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        let (tasks, fired) = &mut *local;
+        let mut changed = false;
+        for s in status.iter_mut() {
+            let Some(l) = tasks.iter_mut().find(|l| l.task.id == s.id) else {
+                continue;
+            };
+            s.scheduled = Some(l.run.clone());
+            if s.state == TaskState::Stopped && l.finished_at.is_none() {
+                l.finished_at = Some(now);
+                // Kept as the reason once it is told to stop (after the acknowledgement).
+                l.task.stop_reason = s.stop_reason.clone();
+                changed = true;
+            }
+        }
+        if changed {
+            self.persist_local(tasks, fired)?;
+        }
+        Ok(())
+    }
+
+    async fn round(self: Arc<Self>) -> Result<bool> {
+        let desired = self.merged()?;
         let me = self.clone();
         let d = desired.clone();
         let world = tokio::task::spawn_blocking(move || me.observe(&d)).await??;
@@ -338,6 +445,7 @@ impl Runner {
                 }
             }
         }
+        self.note_local(&mut p.status)?;
         let acted = !p.actions.is_empty();
         let mut jobs = Vec::new();
         for action in p.actions {

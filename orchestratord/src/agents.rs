@@ -560,7 +560,26 @@ impl Agents {
                 desired: t.info.desired,
             })
             .collect();
-        Ok(DesiredState { generation, tasks })
+        let schedules = self
+            .store
+            .schedules()?
+            .into_iter()
+            .filter(|s| s.spec.node.as_deref() == Some(node_id))
+            .map(|s| flotilla_api::tasks::NodeSchedule {
+                name: s.spec.name,
+                cron: s.spec.cron,
+                timezone: s.spec.timezone,
+                overlap: s.spec.overlap,
+                task_definition: format!("{}:{}", s.revision.family, s.revision.revision),
+                definition: s.revision.task_definition,
+                env: s.spec.env,
+            })
+            .collect();
+        Ok(DesiredState {
+            generation,
+            tasks,
+            schedules,
+        })
     }
 
     /// The node's live session, if it has one.
@@ -616,6 +635,25 @@ impl Agents {
         for status in tasks {
             let mut rec = match self.store.task(&status.id) {
                 Ok(Some(r)) if r.info.node.as_deref() == Some(node_id) => r,
+                // A run of one of the node's own schedules, reported for the first time.
+                Ok(None) if status.scheduled.is_some() => {
+                    let adopted = match &status.scheduled {
+                        Some(run) => crate::schedules::adopt(&self, node_id, &status, run),
+                        None => Ok(None),
+                    };
+                    match adopted {
+                        Ok(Some(r)) => r,
+                        Ok(None) => {
+                            tracing::warn!(node = node_id, task = %status.id, "report of a run of a schedule not pinned to this node ignored");
+                            continue;
+                        }
+                        Err(e) => {
+                            return AgentReply::Refused {
+                                reason: e.to_string(),
+                            }
+                        }
+                    }
+                }
                 Ok(_) => {
                     tracing::warn!(node = node_id, task = %status.id, "report about a task of another node ignored");
                     continue;

@@ -55,6 +55,10 @@ enum Action {
     GetService(String),
     UpdateService(String, ServiceUpdate),
     RemoveService(String),
+    CreateSchedule(flotilla_api::schedule::ScheduleSpec),
+    ListSchedules,
+    GetSchedule(String),
+    RemoveSchedule(String),
     StopTask(String),
 }
 
@@ -368,6 +372,14 @@ fn parse(
             serde_json::from_slice(body).map_err(decode("service update"))?,
         )),
         (&Method::DELETE, ["v1", "services", name]) => Ok(Action::RemoveService(name.to_string())),
+        (&Method::POST, ["v1", "schedules"]) => Ok(Action::CreateSchedule(
+            serde_json::from_slice(body).map_err(decode("schedule"))?,
+        )),
+        (&Method::GET, ["v1", "schedules"]) => Ok(Action::ListSchedules),
+        (&Method::GET, ["v1", "schedules", name]) => Ok(Action::GetSchedule(name.to_string())),
+        (&Method::DELETE, ["v1", "schedules", name]) => {
+            Ok(Action::RemoveSchedule(name.to_string()))
+        }
         (&Method::GET, ["v1", "events"]) => {
             let (mut since, mut limit) = (0, 100);
             for pair in query
@@ -759,6 +771,43 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
         },
         Action::UpdateService(name, update) => update_service(&name, update, agents),
         Action::RemoveService(name) => remove_service(&name, agents),
+        Action::CreateSchedule(spec) => create_schedule(spec, agents),
+        Action::ListSchedules => match store.schedules() {
+            Ok(s) => json(
+                StatusCode::OK,
+                &s.iter().map(crate::schedules::info).collect::<Vec<_>>(),
+            ),
+            Err(e) => internal(e),
+        },
+        Action::GetSchedule(name) => match store.schedule(&name) {
+            Ok(Some(s)) => json(StatusCode::OK, &crate::schedules::info(&s)),
+            Ok(None) => error(StatusCode::NOT_FOUND, format!("no schedule {name}")),
+            Err(e) => internal(e),
+        },
+        Action::RemoveSchedule(name) => match store.schedule(&name) {
+            Ok(Some(s)) => {
+                if let Err(e) = store.remove_schedule(&name) {
+                    return internal(e);
+                }
+                if let Some(node) = &s.spec.node {
+                    if let Err(e) = store.bump_generation(node) {
+                        return internal(e);
+                    }
+                    agents.clone().push_desired(node);
+                }
+                agents.event(
+                    "schedule.deleted",
+                    &name,
+                    "runs already started keep running",
+                );
+                Response::builder()
+                    .status(StatusCode::NO_CONTENT)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap_or_default()
+            }
+            Ok(None) => error(StatusCode::NOT_FOUND, format!("no schedule {name}")),
+            Err(e) => internal(e),
+        },
         Action::ListEvents { since, limit } => match store.events(since, limit) {
             Ok(e) => json(StatusCode::OK, &e),
             Err(e) => internal(e),
@@ -907,7 +956,14 @@ fn run_tasks(req: TaskRun, agents: &Arc<Agents>) -> Reply {
     };
     let mut snapshot = crate::placement::snapshot(&nodes, &tasks, agents);
     if let Some(id) = &req.node {
+        // A node named by the operator takes the task even while disconnected: it gets it
+        // with its next session.
         snapshot.nodes.retain(|n| &n.id == id);
+        for n in &mut snapshot.nodes {
+            if n.state == flotilla_scheduler::NodeState::Disconnected {
+                n.state = flotilla_scheduler::NodeState::Ready;
+            }
+        }
     }
     let placements = match flotilla_scheduler::place(&snapshot, &placement) {
         Ok(p) => p,
@@ -939,6 +995,80 @@ fn active_revision(
         Ok(None) => Err((StatusCode::NOT_FOUND, format!("no task definition {spec}"))),
         Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
     }
+}
+
+fn create_schedule(mut spec: flotilla_api::schedule::ScheduleSpec, agents: &Arc<Agents>) -> Reply {
+    let store = &agents.store;
+    if let Err(problems) = flotilla_api::schedule::check(&spec) {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &ApiError {
+                error: format!("invalid schedule ({} problems)", problems.len()),
+                problems,
+            },
+        );
+    }
+    match store.schedule(&spec.name) {
+        Ok(Some(_)) => {
+            return error(
+                StatusCode::CONFLICT,
+                format!("schedule {} exists", spec.name),
+            )
+        }
+        Ok(None) => {}
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+    if let Some(node) = &spec.node {
+        match store.node(node) {
+            Ok(Some(n)) if !n.revoked => {}
+            Ok(_) => return error(StatusCode::NOT_FOUND, format!("no node {node}")),
+            Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+    let revision = match active_revision(store, &spec.task_definition) {
+        Ok(r) => r,
+        Err((s, m)) => return error(s, m),
+    };
+    spec.task_definition = format!("{}:{}", revision.family, revision.revision);
+    let next_run = if spec.node.is_some() {
+        None
+    } else {
+        crate::schedules::next_run(&spec, crate::now())
+    };
+    let record = crate::store::ScheduleRecord {
+        spec,
+        revision,
+        next_run,
+        runs: Vec::new(),
+        created_at: crate::now(),
+    };
+    let name = record.spec.name.clone();
+    agents.event(
+        "schedule.created",
+        &name,
+        format!(
+            "{} at '{}' ({}){}",
+            record.spec.task_definition,
+            record.spec.cron,
+            record.spec.timezone,
+            record
+                .spec
+                .node
+                .as_deref()
+                .map(|n| format!(", fired by node {n}"))
+                .unwrap_or_default()
+        ),
+    );
+    if let Err(e) = store.put_schedule(&record) {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+    }
+    if let Some(node) = &record.spec.node {
+        if let Err(e) = store.bump_generation(node) {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        }
+        agents.clone().push_desired(node);
+    }
+    json(StatusCode::CREATED, &crate::schedules::info(&record))
 }
 
 fn create_service(text: &str, agents: &Arc<Agents>) -> Reply {

@@ -7,6 +7,7 @@
 mod agents;
 mod api;
 mod placement;
+mod schedules;
 mod services;
 mod store;
 

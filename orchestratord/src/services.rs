@@ -32,6 +32,9 @@ pub async fn run(agents: Arc<Agents>) {
         if let Err(e) = round(&agents) {
             tracing::warn!("service loop: {e}");
         }
+        if let Err(e) = crate::schedules::round(&agents) {
+            tracing::warn!("schedules: {e}");
+        }
     }
 }
 

@@ -14,6 +14,7 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 const SERVICES: TableDefinition<&str, &[u8]> = TableDefinition::new("services");
+const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
 /// Events keyed by sequence number.
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
 /// Events kept; older ones are dropped as new ones come.
@@ -78,6 +79,21 @@ pub struct ServiceRecord {
     /// Why its tasks could not all be placed lately.
     #[serde(default)]
     pub placement_problem: Option<String>,
+    /// Creation time.
+    pub created_at: u64,
+}
+
+/// A schedule as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    /// The spec, its task definition resolved.
+    pub spec: flotilla_api::schedule::ScheduleSpec,
+    /// The revision it starts (kept whole).
+    pub revision: TaskDefRevision,
+    /// Next firing by the control plane (unpinned schedules).
+    pub next_run: Option<u64>,
+    /// Latest runs, newest first.
+    pub runs: Vec<flotilla_api::schedule::ScheduleRun>,
     /// Creation time.
     pub created_at: u64,
 }
@@ -179,6 +195,7 @@ impl Store {
         w.open_table(TASKS).map_err(db)?;
         w.open_table(EVENTS).map_err(db)?;
         w.open_table(SERVICES).map_err(db)?;
+        w.open_table(SCHEDULES).map_err(db)?;
         w.commit().map_err(db)?;
         Ok(Self {
             db: database,
@@ -381,6 +398,26 @@ impl Store {
         rec.status = TaskDefStatus::Inactive;
         self.put(TASKDEFS, &taskdef_key(family, revision), &rec)?;
         Ok(Some(rec))
+    }
+
+    /// Stores or replaces a schedule.
+    pub fn put_schedule(&self, s: &ScheduleRecord) -> Result<(), StoreError> {
+        self.put(SCHEDULES, &s.spec.name, s)
+    }
+
+    /// A schedule by name.
+    pub fn schedule(&self, name: &str) -> Result<Option<ScheduleRecord>, StoreError> {
+        self.get(SCHEDULES, name)
+    }
+
+    /// Every schedule.
+    pub fn schedules(&self) -> Result<Vec<ScheduleRecord>, StoreError> {
+        self.all(SCHEDULES)
+    }
+
+    /// Forgets a schedule; true when it existed.
+    pub fn remove_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        self.remove(SCHEDULES, name)
     }
 
     /// Stores or replaces a service.

@@ -364,6 +364,45 @@ fn every_documented_operation_answers_as_documented() {
         404,
     );
 
+    // Schedules.
+    let sched = r#"{"name": "nightly", "taskDefinition": "serve", "cron": "0 2 * * *", "timezone": "Europe/Paris"}"#;
+    let s = api.ok("POST", "/v1/schedules", "/v1/schedules", Some(sched), 201);
+    assert!(s["nextRun"].as_u64().is_some(), "{s}");
+    api.ok("POST", "/v1/schedules", "/v1/schedules", Some(sched), 409);
+    let bad = r#"{"name": "x", "taskDefinition": "serve", "cron": "* *"}"#;
+    api.ok("POST", "/v1/schedules", "/v1/schedules", Some(bad), 400);
+    let missing = r#"{"name": "y", "taskDefinition": "nope", "cron": "@daily"}"#;
+    api.ok("POST", "/v1/schedules", "/v1/schedules", Some(missing), 404);
+    api.ok("GET", "/v1/schedules", "/v1/schedules", None, 200);
+    api.ok(
+        "GET",
+        "/v1/schedules/{name}",
+        "/v1/schedules/nightly",
+        None,
+        200,
+    );
+    api.ok(
+        "GET",
+        "/v1/schedules/{name}",
+        "/v1/schedules/nope",
+        None,
+        404,
+    );
+    api.ok(
+        "DELETE",
+        "/v1/schedules/{name}",
+        "/v1/schedules/nightly",
+        None,
+        204,
+    );
+    api.ok(
+        "DELETE",
+        "/v1/schedules/{name}",
+        "/v1/schedules/nightly",
+        None,
+        404,
+    );
+
     // Operators.
     let key = flotilla_certs::key_and_csr("ops").expect("csr");
     let issue = json!({"name": "ops", "csr_pem": key.cert_pem}).to_string();

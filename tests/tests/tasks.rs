@@ -221,6 +221,17 @@ fn a_node_can_only_report_on_its_own_tasks() {
     let f = cp.scratch().join("serve.json");
     std::fs::write(&f, SERVE).expect("write");
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    cp.flotilla_ok(&[
+        "schedule",
+        "create",
+        "b-only",
+        "--taskdef",
+        "serve",
+        "--cron",
+        "@daily",
+        "--node",
+        &cred_b.name,
+    ]);
     let out = cp.flotilla_ok(&["task", "run", "serve", "--node", &cred_b.name, "-o", "json"]);
     let id = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
         .as_str()
@@ -237,9 +248,27 @@ fn a_node_can_only_report_on_its_own_tasks() {
                 state: TaskState::Stopped,
                 stop_reason: Some("forged by another node".into()),
                 containers: Vec::new(),
+                scheduled: None,
             }],
         };
         assert_eq!(raw::request(&conn, &forged).await, AgentReply::Recorded);
+        // Nor can it claim runs of a schedule pinned to another node, whatever id it uses.
+        for owner in [&cred_a.name, &cred_b.name] {
+            let run = flotilla_api::tasks::ScheduledRun {
+                schedule: "b-only".into(),
+                fired_at: 1_800_000_000,
+            };
+            let claim = AgentRequest::Report {
+                tasks: vec![TaskStatus {
+                    id: flotilla_api::tasks::scheduled_task_id(owner, "b-only", run.fired_at),
+                    state: TaskState::Running,
+                    stop_reason: None,
+                    containers: Vec::new(),
+                    scheduled: Some(run),
+                }],
+            };
+            assert_eq!(raw::request(&conn, &claim).await, AgentReply::Recorded);
+        }
     });
     let t: serde_json::Value =
         serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
@@ -247,6 +276,12 @@ fn a_node_can_only_report_on_its_own_tasks() {
     assert!(cp
         .log()
         .contains("report about a task of another node ignored"));
+    assert!(cp
+        .log()
+        .contains("report of a run of a schedule not pinned to this node ignored"));
+    let all: Vec<serde_json::Value> =
+        serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json");
+    assert_eq!(all.len(), 1, "a forged run became a task: {all:?}");
 }
 
 const CHATTY: &str = r#"{

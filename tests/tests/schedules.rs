@@ -1,0 +1,171 @@
+//! Scheduled tasks: a schedule pinned to a node fires at its minute on that node while it is
+//! cut off from the control plane, and the run is reported (and its container removed) once the
+//! link is back; an unpinned schedule is fired by the control plane on a connected node.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flotilla_certs::credential::Credential;
+use flotilla_tests::cluster::{Agent, ControlPlane};
+use flotilla_tests::netns::Lan;
+use flotilla_tests::node::Node;
+use serde_json::Value;
+
+const ONCE: &str = r#"{
+  "family": "once",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 16,
+    "command": ["sh", "-c", "echo ran on schedule"]
+  }]
+}"#;
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn tasks(cp: &ControlPlane) -> Vec<Value> {
+    serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json")
+}
+
+#[test]
+fn a_pinned_schedule_fires_on_its_disconnected_node_and_reports_later() {
+    let lan = Lan::new();
+    let hosts = [lan.host(), lan.host()];
+    let nodes = [Node::new(), Node::new()];
+    let cp = ControlPlane::start_listening(std::net::Ipv4Addr::UNSPECIFIED, &[]);
+    let server = format!("{}:{}", lan.gateway, cp.addr.port());
+    let mut agents = Vec::new();
+    let mut ids = Vec::new();
+    for (n, h) in nodes.iter().zip(&hosts) {
+        let mut a = Agent::for_node(n).on_host(h);
+        assert!(a.join(&server, &cp.token(&[]), &[]).status.success());
+        ids.push(Credential::load(&a.identity()).expect("identity").name);
+        a.run();
+        agents.push(a);
+    }
+    for a in &agents {
+        a.wait_log("session established", 1, Duration::from_secs(15));
+    }
+    let f = cp.scratch().join("once.json");
+    std::fs::write(&f, ONCE).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+
+    // Leave time to cut the link before the minute turns.
+    while now() % 60 > 35 {
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    cp.flotilla_ok(&[
+        "schedule",
+        "create",
+        "local",
+        "--taskdef",
+        "once",
+        "--cron",
+        "* * * * *",
+        "--node",
+        &ids[0],
+    ]);
+    cp.flotilla_ok(&[
+        "schedule",
+        "create",
+        "tick",
+        "--taskdef",
+        "once",
+        "--cron",
+        "* * * * *",
+    ]);
+    let bad = cp.flotilla(&[
+        "schedule",
+        "create",
+        "x",
+        "--taskdef",
+        "once",
+        "--cron",
+        "61 * * * *",
+    ]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("minute: '61' is not from 0 to 59"));
+    // The node has its schedule once its desired state is delivered.
+    wait("the node's desired state", Duration::from_secs(10), || {
+        cp.log().matches("desired state delivered").count() >= 2
+    });
+    hosts[0].cut();
+    let minute = (now() / 60 + 1) * 60;
+    // The node derives its run's id from its id, the schedule and the minute.
+    let id = flotilla_api::tasks::scheduled_task_id(&ids[0], "local", minute);
+    // It runs on the cut-off node at that minute.
+    nodes[0].wait_for(
+        "the scheduled run on the disconnected node",
+        Duration::from_secs(100),
+        || {
+            nodes[0].ps().iter().any(|c| {
+                c["config"]["name"] == format!("{id}-0").as_str() && c["status"] == "exited"
+            })
+        },
+    );
+    assert!(now() >= minute, "it ran before its minute");
+    assert_eq!(
+        nodes[0].ctr_ok(&["logs", &format!("{id}-0")]),
+        "ran on schedule\n"
+    );
+    assert!(
+        !tasks(&cp).iter().any(|t| t["id"] == id.as_str()),
+        "the control plane cannot know yet"
+    );
+    // Meanwhile the control plane fired the unpinned one on the connected node.
+    wait(
+        "the control plane's run of tick",
+        Duration::from_secs(30),
+        || {
+            tasks(&cp)
+                .iter()
+                .any(|t| t["startedBy"] == "schedule:tick" && t["node"] == ids[1].as_str())
+        },
+    );
+
+    // Link back: the run is reported with its exit code, then its container goes.
+    hosts[0].restore();
+    wait("the run reported", Duration::from_secs(120), || {
+        tasks(&cp)
+            .iter()
+            .any(|t| t["id"] == id.as_str() && t["state"] == "STOPPED")
+    });
+    let t: Value = serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
+    assert_eq!(t["startedBy"], "schedule:local", "{t}");
+    assert_eq!(t["containers"][0]["exit_code"], 0, "{t}");
+    let s: Value =
+        serde_json::from_str(&cp.flotilla_ok(&["schedule", "inspect", "local"])).expect("json");
+    assert!(
+        s["runs"]
+            .as_array()
+            .expect("runs")
+            .iter()
+            .any(|r| r["task"] == id.as_str() && r["node"] == ids[0].as_str()),
+        "{s}"
+    );
+
+    cp.flotilla_ok(&["schedule", "rm", "local", "tick"]);
+    for n in &nodes {
+        n.wait_for(
+            "the runs' containers removed",
+            Duration::from_secs(60),
+            || n.ps().is_empty(),
+        );
+    }
+    for mut a in agents {
+        a.kill();
+    }
+    for n in &nodes {
+        n.assert_clean();
+    }
+}

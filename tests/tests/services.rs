@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_certs::credential::Credential;
 use flotilla_tests::cluster::{Agent, ControlPlane};
+use flotilla_tests::netns::Lan;
 use flotilla_tests::node::Node;
 use serde_json::Value;
 
@@ -29,9 +30,13 @@ fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn join(cp: &ControlPlane, node: &Node, site: &str) -> (Agent, String) {
-    let mut agent = Agent::for_node(node);
+    join_on(cp, &cp.server(), Agent::for_node(node), site)
+}
+
+/// `agent` joins through `server` with label `site=SITE` and runs.
+fn join_on(cp: &ControlPlane, server: &str, mut agent: Agent, site: &str) -> (Agent, String) {
     let label = format!("site={site}");
-    let out = agent.join(&cp.server(), &cp.token(&[]), &["--label", &label]);
+    let out = agent.join(server, &cp.token(&[]), &["--label", &label]);
     assert!(
         out.status.success(),
         "{}",
@@ -90,12 +95,16 @@ fn remove_all(cp: &ControlPlane, names: &[&str], nodes: &[&Node]) {
 
 #[test]
 fn replica_daemon_and_member_of_place_as_told() {
+    // Four hosts, each a network namespace on a test LAN, labelled with their site.
+    let lan = Lan::new();
+    let hosts = [lan.host(), lan.host(), lan.host(), lan.host()];
     let nodes = [Node::new(), Node::new(), Node::new(), Node::new()];
-    let cp = ControlPlane::start(&[]);
+    let cp = ControlPlane::start_listening(std::net::Ipv4Addr::UNSPECIFIED, &[]);
+    let server = format!("{}:{}", lan.gateway, cp.addr.port());
     let mut agents = Vec::new();
     let mut ids = Vec::new();
-    for (n, site) in nodes[..3].iter().zip(["a", "b", "c"]) {
-        let (a, id) = join(&cp, n, site);
+    for ((n, h), site) in nodes[..3].iter().zip(&hosts).zip(["a", "b", "c"]) {
+        let (a, id) = join_on(&cp, &server, Agent::for_node(n).on_host(h), site);
         agents.push(a);
         ids.push(id);
     }
@@ -134,7 +143,12 @@ fn replica_daemon_and_member_of_place_as_told() {
     assert!(!lab.contains_key(&ids[2]), "lab ran on site c: {lab:?}");
 
     // A fourth node joins: the daemon service lands there; the others do not move.
-    let (agent, fourth) = join(&cp, &nodes[3], "d");
+    let (agent, fourth) = join_on(
+        &cp,
+        &server,
+        Agent::for_node(&nodes[3]).on_host(&hosts[3]),
+        "d",
+    );
     agents.push(agent);
     wait(
         "the daemon on the new node",

@@ -1,0 +1,149 @@
+//! Benchmark: time from a node's loss to its service task's replacement RUNNING elsewhere. Real
+//! processes on three hosts (network namespaces on a test LAN): a REPLICA service of one task
+//! with `lostAfter` 5 s; the host running it has its link cut. Measured: cut → node seen
+//! DISCONNECTED (the session's idle timeout), and DISCONNECTED → replacement RUNNING. *Anchor:*
+//! the service's `lostAfter`, the wait it asks for — the ratio says what detection and
+//! replacement add to it. Run as root with release binaries:
+//! `cargo build --release --workspace && target/release/bench-failover [RUNS]`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use flotilla_certs::credential::Credential;
+use flotilla_tests::cluster::{Agent, ControlPlane};
+use flotilla_tests::netns::Lan;
+use flotilla_tests::node::Node;
+use serde_json::Value;
+
+const SERVE: &str = r#"{"family": "serve", "networkMode": "none", "containerDefinitions": [{
+  "name": "main", "image": "test/busybox:latest", "memory": 16, "stopTimeout": 2,
+  "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2 & wait; done"]}]}"#;
+
+const LOST_AFTER: u64 = 5;
+
+fn running(cp: &ControlPlane) -> Result<Vec<Value>> {
+    let all: Vec<Value> = serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"]))?;
+    Ok(all
+        .into_iter()
+        .filter(|t| {
+            t["startedBy"] == "service:bench"
+                && t["state"] == "RUNNING"
+                && t["desired"] == "RUNNING"
+        })
+        .collect())
+}
+
+fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let t = Instant::now();
+    while !f()? {
+        if t.elapsed() > timeout {
+            bail!("timed out waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    flotilla_tests::require_root();
+    let runs: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse())
+        .transpose()
+        .context("RUNS must be a number")?
+        .unwrap_or(2);
+    let lan = Lan::new();
+    let hosts = [lan.host(), lan.host(), lan.host()];
+    let nodes = [Node::new(), Node::new(), Node::new()];
+    let cp = ControlPlane::start_listening(std::net::Ipv4Addr::UNSPECIFIED, &[]);
+    let server = format!("{}:{}", lan.gateway, cp.addr.port());
+    let mut agents = Vec::new();
+    let mut ids = Vec::new();
+    for (n, h) in nodes.iter().zip(&hosts) {
+        let mut a = Agent::for_node(n).on_host(h);
+        if !a.join(&server, &cp.token(&[]), &[]).status.success() {
+            bail!("join failed");
+        }
+        ids.push(Credential::load(&a.identity())?.name);
+        a.run();
+        agents.push(a);
+    }
+    for a in &agents {
+        a.wait_log("session established", 1, Duration::from_secs(15));
+    }
+    let f = cp.scratch().join("serve.json");
+    std::fs::write(&f, SERVE)?;
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().context("utf8")?]);
+    let svc = serde_json::json!({"serviceName": "bench", "taskDefinition": "serve", "desiredCount": 1,
+        "disconnectPolicy": {"lostAfter": LOST_AFTER}});
+    let f = cp.scratch().join("bench.json");
+    std::fs::write(&f, svc.to_string())?;
+    cp.flotilla_ok(&["service", "create", f.to_str().context("utf8")?]);
+
+    let (mut detect, mut replace) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        until("one running task", Duration::from_secs(60), || {
+            Ok(running(&cp)?.len() == 1)
+        })?;
+        let task = running(&cp)?.remove(0);
+        let victim = ids
+            .iter()
+            .position(|i| task["node"] == i.as_str())
+            .context("the task's host")?;
+        let cut = Instant::now();
+        hosts[victim].cut();
+        until(
+            "the node seen DISCONNECTED",
+            Duration::from_secs(60),
+            || {
+                Ok(cp
+                    .nodes()
+                    .iter()
+                    .any(|n| n["id"] == ids[victim].as_str() && n["state"] == "DISCONNECTED"))
+            },
+        )?;
+        let seen = cut.elapsed();
+        until("the replacement RUNNING", Duration::from_secs(60), || {
+            Ok(running(&cp)?
+                .iter()
+                .any(|t| t["node"] != ids[victim].as_str()))
+        })?;
+        detect.push(seen);
+        replace.push(cut.elapsed() - seen);
+        hosts[victim].restore();
+        until("the node READY again", Duration::from_secs(120), || {
+            Ok(cp
+                .nodes()
+                .iter()
+                .any(|n| n["id"] == ids[victim].as_str() && n["state"] == "READY"))
+        })?;
+        until("one copy left", Duration::from_secs(60), || {
+            Ok(running(&cp)?.len() == 1)
+        })?;
+    }
+    let secs = |v: &[Duration]| {
+        v.iter()
+            .map(|d| format!("{:.1}", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("node loss to replacement RUNNING, {runs} runs, lostAfter {LOST_AFTER} s");
+    println!("  cut -> node seen DISCONNECTED      : {} s", secs(&detect));
+    println!(
+        "  DISCONNECTED -> replacement RUNNING : {} s",
+        secs(&replace)
+    );
+    for r in &replace {
+        println!(
+            "  ratio to lostAfter (anchor)        : {:.2}x",
+            r.as_secs_f64() / LOST_AFTER as f64
+        );
+    }
+    cp.flotilla_ok(&["service", "rm", "bench"]);
+    for n in &nodes {
+        n.wait_for("containers removed", Duration::from_secs(30), || {
+            n.ps().is_empty()
+        });
+    }
+    Ok(())
+}

@@ -73,6 +73,10 @@ pub struct DisconnectPolicy {
     pub replace: bool,
     /// `keepReplacement` (default), `keepOriginal` or `longestRunning`.
     pub reconcile: String,
+    /// Seconds after which a node cut off from the control plane stops the task itself (less
+    /// than `lostAfter`, so a singleton never runs twice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_on_client_after: Option<u32>,
 }
 
 impl Default for DisconnectPolicy {
@@ -81,6 +85,7 @@ impl Default for DisconnectPolicy {
             lost_after: 30,
             replace: true,
             reconcile: "keepReplacement".into(),
+            stop_on_client_after: None,
         }
     }
 }
@@ -418,6 +423,10 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
                         }
                     }
                     ("replace", Value::Bool(b)) => disconnect.replace = *b,
+                    ("stopOnClientAfter", _) => {
+                        disconnect.stop_on_client_after =
+                            int(&p, Some(v), 1, 86_400, &mut problems);
+                    }
                     ("reconcile", Value::String(s))
                         if ["keepReplacement", "keepOriginal", "longestRunning"]
                             .contains(&s.as_str()) =>
@@ -438,6 +447,14 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
             "$.disconnectPolicy: expected an object, found {}",
             kind(o)
         )),
+    }
+    if let Some(s) = disconnect.stop_on_client_after {
+        if s >= disconnect.lost_after {
+            problems.push(format!(
+                "$.disconnectPolicy.stopOnClientAfter: {s} s must be less than lostAfter ({} s)",
+                disconnect.lost_after
+            ));
+        }
     }
     if !problems.is_empty() {
         return Err(problems);

@@ -78,6 +78,10 @@ pub struct DesiredTask {
     /// Why it is to stop, when the control plane says (otherwise "stopped by an operator").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
+    /// The node stops it itself after this many seconds without the control plane (its
+    /// service's `stopOnClientAfter`), before the control plane replaces it elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_on_client_after: Option<u32>,
 }
 
 /// What should happen to a task.

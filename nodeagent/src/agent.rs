@@ -292,6 +292,7 @@ pub async fn run(
     loop {
         let started = std::time::Instant::now();
         let result = session(&endpoint, &dir, &mut cred, &runner, heartbeat).await;
+        runner.set_online(false);
         announce_ready("running offline: the control plane is not reachable yet");
         match result {
             Ok(()) => tracing::info!("session closed"),
@@ -395,6 +396,7 @@ async fn session(
     tracing::info!(node = %cred.name, server = %cred.server, protocol, "session established");
     println!("session established as {} with {}", cred.name, cred.server);
     announce_ready(&format!("in session with {}", cred.server));
+    runner.set_online(true);
     let mut due = renewal_due(&cred.identity.cert_pem)?;
     let mut ping = tokio::time::interval(PING_EVERY);
     // Everything known is reported once per session, then whenever it changes.

@@ -381,6 +381,7 @@ mod tests {
             env: Vec::new(),
             desired,
             stop_reason: None,
+            stop_on_client_after: None,
         }
     }
 

@@ -52,6 +52,11 @@ pub struct Runner {
     node_id: String,
     /// Tasks this node started by its schedules, and their last firings (persisted).
     local: Mutex<(Vec<LocalTask>, BTreeMap<String, u64>)>,
+    /// Since when the node has no session (`None` while it has one).
+    offline_since: Mutex<Option<Instant>>,
+    /// Tasks the node stopped itself after `stopOnClientAfter`, and why: they stay stopped
+    /// until the control plane has taken note (they leave the desired state).
+    self_stopped: Mutex<BTreeMap<String, String>>,
 }
 
 impl Runner {
@@ -102,6 +107,9 @@ impl Runner {
             rounds,
             node_id: node_id.to_string(),
             local: Mutex::new(local),
+            // Until a first session, the node counts as offline from its start.
+            offline_since: Mutex::new(Some(Instant::now())),
+            self_stopped: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -338,14 +346,53 @@ impl Runner {
     }
 
     /// One reconciliation; true when it acted.
-    /// Fires due schedules, then the desired state with this node's own runs added (those the
-    /// control plane already lists are its).
+    /// The session is up (`true`) or lost (`false`).
+    pub fn set_online(&self, online: bool) {
+        let mut since = self.offline_since.lock().unwrap_or_else(|p| p.into_inner());
+        match (online, *since) {
+            (true, _) => *since = None,
+            (false, None) => *since = Some(Instant::now()),
+            (false, Some(_)) => {}
+        }
+    }
+
+    /// Fires due schedules, stops tasks whose service wants them stopped after this long
+    /// offline, then the desired state with this node's own runs added (those the control plane
+    /// already lists are its).
     fn merged(&self) -> Result<DesiredState> {
         let mut desired = self
             .desired
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let offline = self
+            .offline_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed());
+        {
+            let mut stopped = self.self_stopped.lock().unwrap_or_else(|p| p.into_inner());
+            stopped.retain(|id, _| desired.tasks.iter().any(|t| &t.id == id));
+            for t in &mut desired.tasks {
+                if let (Some(limit), Some(off)) = (t.stop_on_client_after, offline) {
+                    if off >= Duration::from_secs(limit.into()) && !stopped.contains_key(&t.id) {
+                        tracing::info!(task = %t.id, "no control plane for {limit} s: stopping it (stopOnClientAfter)");
+                        stopped.insert(
+                            t.id.clone(),
+                            format!(
+                                "service: stopped by its node after {limit} s without the control plane (stopOnClientAfter)"
+                            ),
+                        );
+                    }
+                }
+                if let Some(why) = stopped.get(&t.id) {
+                    if t.desired == flotilla_api::tasks::DesiredStatus::Running {
+                        t.desired = flotilla_api::tasks::DesiredStatus::Stopped;
+                        t.stop_reason = Some(why.clone());
+                    }
+                }
+            }
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

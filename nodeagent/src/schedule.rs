@@ -89,6 +89,7 @@ pub fn fire_due(
                 env: s.env.clone(),
                 desired: DesiredStatus::Running,
                 stop_reason: None,
+                stop_on_client_after: None,
             },
             run: ScheduledRun {
                 schedule: s.name.clone(),

@@ -541,6 +541,17 @@ impl Agents {
     /// The desired state of a node: its tasks that have not stopped.
     pub fn desired_state(&self, node_id: &str) -> Result<DesiredState, crate::store::StoreError> {
         let generation = self.store.node(node_id)?.map_or(0, |n| n.generation);
+        let stop_after: HashMap<String, u32> = self
+            .store
+            .services()?
+            .into_iter()
+            .filter_map(|s| {
+                s.spec
+                    .disconnect_policy
+                    .stop_on_client_after
+                    .map(|secs| (crate::services::started_by(&s.spec.service_name), secs))
+            })
+            .collect();
         let tasks = self
             .store
             .tasks()?
@@ -549,6 +560,11 @@ impl Agents {
                 t.info.node.as_deref() == Some(node_id) && t.info.state != TaskState::Stopped
             })
             .map(|t| DesiredTask {
+                stop_on_client_after: t
+                    .info
+                    .started_by
+                    .as_ref()
+                    .and_then(|b| stop_after.get(b).copied()),
                 id: t.info.id,
                 task_definition: t.info.task_definition,
                 definition: t.definition,

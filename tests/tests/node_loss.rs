@@ -150,3 +150,114 @@ fn a_lost_node_is_replaced_and_one_copy_survives_its_return() {
         n.assert_clean();
     }
 }
+
+#[test]
+fn a_singleton_is_stopped_by_its_cut_off_node_before_it_is_replaced() {
+    let lan = Lan::new();
+    let hosts = [lan.host(), lan.host()];
+    let nodes = [Node::new(), Node::new()];
+    let cp = ControlPlane::start_listening(std::net::Ipv4Addr::UNSPECIFIED, &[]);
+    let server = format!("{}:{}", lan.gateway, cp.addr.port());
+    let mut agents = Vec::new();
+    let mut ids = Vec::new();
+    for (n, h) in nodes.iter().zip(&hosts) {
+        let mut a = Agent::for_node(n).on_host(h);
+        assert!(a.join(&server, &cp.token(&[]), &[]).status.success());
+        ids.push(Credential::load(&a.identity()).expect("identity").name);
+        a.run();
+        agents.push(a);
+    }
+    for a in &agents {
+        a.wait_log("session established", 1, Duration::from_secs(15));
+    }
+    let f = cp.scratch().join("serve.json");
+    std::fs::write(&f, SERVE).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    let bad = serde_json::json!({"serviceName": "x", "taskDefinition": "serve",
+        "disconnectPolicy": {"lostAfter": 5, "stopOnClientAfter": 5}});
+    let f = cp.scratch().join("bad.json");
+    std::fs::write(&f, bad.to_string()).expect("write");
+    let o = cp.flotilla(&["service", "create", f.to_str().expect("utf8")]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("must be less than lostAfter"));
+    let svc = serde_json::json!({
+        "serviceName": "pos", "taskDefinition": "serve", "desiredCount": 1,
+        "disconnectPolicy": {"lostAfter": 8, "stopOnClientAfter": 2}
+    });
+    let f = cp.scratch().join("pos.json");
+    std::fs::write(&f, svc.to_string()).expect("write");
+    cp.flotilla_ok(&["service", "create", f.to_str().expect("utf8")]);
+    wait("the singleton running", Duration::from_secs(30), || {
+        running(&cp).len() == 1
+    });
+    let original = running(&cp).remove(0);
+    let victim = ids
+        .iter()
+        .position(|i| original["node"] == i.as_str())
+        .expect("its host");
+    let container = format!("{}-0", original["id"].as_str().expect("id"));
+    hosts[victim].cut();
+    // The cut-off node stops it on its own.
+    nodes[victim].wait_for(
+        "the node to stop its singleton",
+        Duration::from_secs(60),
+        || {
+            nodes[victim]
+                .ps()
+                .iter()
+                .all(|c| c["config"]["name"] != container.as_str() || c["status"] == "exited")
+        },
+    );
+    let stopped_at = now_secs();
+    wait("the replacement elsewhere", Duration::from_secs(60), || {
+        running(&cp)
+            .iter()
+            .any(|t| t["node"] != ids[victim].as_str())
+    });
+    let replacement = running(&cp)
+        .into_iter()
+        .find(|t| t["node"] != ids[victim].as_str())
+        .expect("replacement");
+    assert!(
+        replacement["createdAt"].as_u64().expect("createdAt") + 1 >= stopped_at,
+        "the replacement started before the original stopped: no singleton"
+    );
+    hosts[victim].restore();
+    let id = original["id"].as_str().expect("id").to_string();
+    wait(
+        "the original reported stopped",
+        Duration::from_secs(120),
+        || {
+            tasks(&cp)
+                .iter()
+                .any(|t| t["id"] == id.as_str() && t["state"] == "STOPPED")
+        },
+    );
+    let t: Value = serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
+    assert!(
+        t["stopReason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stopOnClientAfter"),
+        "{t}"
+    );
+    wait("one copy", Duration::from_secs(20), || running(&cp).len() == 1);
+    cp.flotilla_ok(&["service", "rm", "pos"]);
+    for n in &nodes {
+        n.wait_for("containers removed", Duration::from_secs(30), || {
+            n.ps().is_empty()
+        });
+    }
+    for mut a in agents {
+        a.kill();
+    }
+    for n in &nodes {
+        n.assert_clean();
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}

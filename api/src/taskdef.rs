@@ -204,6 +204,38 @@ pub struct HealthCheck {
     pub start_period: u32,
 }
 
+impl HealthCheck {
+    /// For Flotilla's network checks — `["HTTP", "http://localhost:PORT/PATH"]` (a 2xx or 3xx
+    /// answer passes) and `["TCP", "PORT"]` (a connection passes), made from inside the
+    /// container's network namespace — the probe as the node runs it (`http:PORT/PATH`,
+    /// `tcp:PORT`); `None` for commands.
+    pub fn probe(&self) -> Option<Result<String, String>> {
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("'{p}' is not a port"))
+        };
+        match self.command.as_slice() {
+            [kind, port_text] if kind == "TCP" => Some(port(port_text).map(|p| format!("tcp:{p}"))),
+            [kind, url] if kind == "HTTP" => Some((|| {
+                let rest = url
+                    .strip_prefix("http://")
+                    .ok_or_else(|| format!("'{url}': an http:// URL"))?;
+                let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+                let (host, p) = authority.rsplit_once(':').unwrap_or((authority, "80"));
+                if !["localhost", "127.0.0.1"].contains(&host) {
+                    return Err(format!(
+                        "'{url}': the check runs inside the container: use localhost"
+                    ));
+                }
+                Ok(format!("http:{}/{path}", port(p)?))
+            })()),
+            _ => None,
+        }
+    }
+}
+
 /// A start-order dependency.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -1239,9 +1271,22 @@ impl Checker {
         match command.as_deref() {
             None => self.err(&format!("{p}.command"), "required"),
             Some([first, _, ..]) if first == "CMD" || first == "CMD-SHELL" => {}
+            Some([first, target]) if first == "HTTP" || first == "TCP" => {
+                let probe = HealthCheck {
+                    command: vec![first.clone(), target.clone()],
+                    interval: 0,
+                    timeout: 0,
+                    retries: 0,
+                    start_period: 0,
+                };
+                if let Err(e) = probe.probe().unwrap_or(Ok(String::new())) {
+                    self.err(&format!("{p}.command[1]"), e);
+                }
+            }
             Some(_) => self.err(
                 &format!("{p}.command"),
-                "starts with \"CMD\" or \"CMD-SHELL\" followed by the command",
+                "starts with \"CMD\" or \"CMD-SHELL\" followed by the command, or is \
+                 [\"HTTP\", \"http://localhost:PORT/PATH\"] or [\"TCP\", \"PORT\"]",
             ),
         }
         let interval = self

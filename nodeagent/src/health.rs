@@ -1,5 +1,7 @@
 //! Container health checks (ECS `healthCheck`): `["CMD", …]` or `["CMD-SHELL", "…"]` run
-//! inside the container (through `ContainerStore::exec_command`) 1 s after it starts, then every
+//! inside the container (through `ContainerStore::exec_command`), or Flotilla's
+//! `["HTTP", "http://localhost:PORT/PATH"]` and `["TCP", "PORT"]` probed from its network
+//! namespace (`ContainerStore::probe_command`), 1 s after it starts, then every
 //! `interval` seconds, each bounded by `timeout`. A success makes the container healthy; after
 //! `retries` failures in a row it is unhealthy; failures within `startPeriod` of its start do
 //! not count. Checks run on the node, so they go on while it is disconnected; the outcome feeds
@@ -117,11 +119,19 @@ impl Checks {
     async fn watch(&self, store: ContainerStore, id: &str, check: HealthCheck, changed: impl Fn()) {
         let started = Instant::now();
         let args = command(&check);
+        let probe = check
+            .probe()
+            .and_then(Result::ok)
+            .and_then(|p| flotilla_runtime::container::exec::Probe::parse(&p).ok());
         let timeout = Duration::from_secs(check.timeout.into());
         let (mut health, mut failures) = (Health::Starting, 0);
         tokio::time::sleep(Duration::from_secs(1)).await;
         loop {
-            let cmd = match store.exec_command(id, &args, Some(timeout)) {
+            let made = match &probe {
+                Some(p) => store.probe_command(id, p, timeout),
+                None => store.exec_command(id, &args, Some(timeout)),
+            };
+            let cmd = match made {
                 Ok(c) => c,
                 // Gone or no longer running: nothing left to check.
                 Err(_) => return,

@@ -87,6 +87,9 @@ enum Command {
         /// The command to run inside the container.
         #[arg(last = true)]
         exec: Vec<String>,
+        /// Instead: probe tcp:PORT or http:PORT/PATH from the container's network namespace.
+        #[arg(long)]
+        probe: Option<String>,
     },
 }
 
@@ -161,7 +164,7 @@ fn main() -> ExitCode {
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
     // An exec helper reports its own failure in one line; libcontainer's would repeat it.
-    let quiet = matches!(&cli.command, Command::Shim { exec, .. } if !exec.is_empty());
+    let quiet = matches!(&cli.command, Command::Shim { exec, probe, .. } if !exec.is_empty() || probe.is_some());
     let default_filter = if quiet {
         "warn,libcgroups=off,libcontainer=off"
     } else {
@@ -172,10 +175,19 @@ fn main() -> ExitCode {
         default_filter,
         cli.log_format.unwrap_or_default(),
     );
-    if let Command::Shim { id, timeout, exec } = &cli.command {
+    if let Command::Shim {
+        id,
+        timeout,
+        exec,
+        probe,
+    } = &cli.command
+    {
         // No async runtime here: the shim forks containers (and exec joins them) and must
         // stay single-threaded until they exist.
-        let code = if exec.is_empty() {
+        let code = if let Some(p) = probe {
+            let timeout = Duration::from_millis(timeout.unwrap_or(5_000));
+            flotilla_runtime::container::exec::probe_main(&data_dir, id, p, timeout)
+        } else if exec.is_empty() {
             flotilla_runtime::container::shim::main(&data_dir, id)
         } else {
             let timeout = timeout.map(Duration::from_millis);

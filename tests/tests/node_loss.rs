@@ -240,7 +240,9 @@ fn a_singleton_is_stopped_by_its_cut_off_node_before_it_is_replaced() {
             .contains("stopOnClientAfter"),
         "{t}"
     );
-    wait("one copy", Duration::from_secs(20), || running(&cp).len() == 1);
+    wait("one copy", Duration::from_secs(20), || {
+        running(&cp).len() == 1
+    });
     cp.flotilla_ok(&["service", "rm", "pos"]);
     for n in &nodes {
         n.wait_for("containers removed", Duration::from_secs(30), || {

@@ -527,3 +527,56 @@ fn health_checks_gate_healthy_dependencies_and_are_reported() {
     agent.kill();
     node.assert_clean();
 }
+
+const PROBED: &str = r#"{
+  "family": "probed",
+  "networkMode": "none",
+  "containerDefinitions": [
+    {"name": "web", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+     "healthCheck": {"command": ["HTTP", "http://localhost:8080/index.html"], "interval": 5, "retries": 1},
+     "command": ["sh", "-c", "echo ok > /tmp/index.html; exec httpd -f -p 8080 -h /tmp"]},
+    {"name": "closed", "image": "test/busybox:latest", "memory": 16, "essential": false, "stopTimeout": 2,
+     "healthCheck": {"command": ["TCP", "9999"], "interval": 5, "retries": 1},
+     "command": ["sleep", "600"]}
+  ]
+}"#;
+
+#[test]
+fn http_and_tcp_checks_probe_from_inside_the_container() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    let f = cp.scratch().join("probed.json");
+    std::fs::write(&f, PROBED).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    // a check that would not run inside the container is refused where it is written
+    let bad = PROBED.replace("http://localhost:8080", "http://example.org:8080");
+    std::fs::write(&f, bad).expect("write");
+    let o = cp.flotilla(&["taskdef", "register", f.to_str().expect("utf8")]);
+    let msg = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        msg.contains("$.containerDefinitions[0].healthCheck.command[1]")
+            && msg.contains("use localhost"),
+        "{msg}"
+    );
+    let out = cp.flotilla_ok(&["task", "run", "probed", "-o", "json"]);
+    let id = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait(
+        "web healthy and closed unhealthy",
+        Duration::from_secs(30),
+        || {
+            let t: serde_json::Value =
+                serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
+            t["containers"][0]["health"] == "healthy" && t["containers"][1]["health"] == "unhealthy"
+        },
+    );
+    cp.flotilla_ok(&["task", "stop", &id]);
+    node.wait_for("containers removed", Duration::from_secs(30), || {
+        node.ps().is_empty()
+    });
+    agent.kill();
+    node.assert_clean();
+}

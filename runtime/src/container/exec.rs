@@ -112,3 +112,114 @@ fn run(
         CANNOT_RUN
     })
 }
+
+/// A network probe run from inside a container's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// A TCP connection to this port on the container's loopback.
+    Tcp(u16),
+    /// An HTTP GET of this path on this port on the container's loopback; 2xx and 3xx pass.
+    Http {
+        /// Port.
+        port: u16,
+        /// Path, from `/`.
+        path: String,
+    },
+}
+
+impl Probe {
+    /// `tcp:PORT` or `http:PORT/PATH` (the helper's argument).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("'{p}' is not a port"))
+        };
+        match s.split_once(':') {
+            Some(("tcp", p)) => Ok(Self::Tcp(port(p)?)),
+            Some(("http", rest)) => {
+                let (p, path) = rest.split_once('/').unwrap_or((rest, ""));
+                Ok(Self::Http {
+                    port: port(p)?,
+                    path: format!("/{path}"),
+                })
+            }
+            _ => Err(format!("probe '{s}': tcp:PORT or http:PORT/PATH")),
+        }
+    }
+
+    /// The helper's argument for this probe.
+    pub fn arg(&self) -> String {
+        match self {
+            Self::Tcp(p) => format!("tcp:{p}"),
+            Self::Http { port, path } => format!("http:{port}{path}"),
+        }
+    }
+}
+
+/// Runs `probe` in container `id`'s network namespace; 0 when it passes, 1 when it fails,
+/// [`CANNOT_RUN`] when it cannot be tried.
+pub fn probe_main(data_dir: &Path, id: &str, probe: &str, timeout: Duration) -> i32 {
+    match run_probe(data_dir, id, probe, timeout) {
+        Ok(true) => 0,
+        Ok(false) => 1,
+        Err(e) => {
+            eprintln!("probe in {id}: {e}");
+            CANNOT_RUN
+        }
+    }
+}
+
+fn run_probe(data_dir: &Path, id: &str, probe: &str, timeout: Duration) -> Result<bool, String> {
+    use std::io::{Read, Write};
+    if !super::is_id(id) {
+        return Err(format!("invalid container id '{id}'"));
+    }
+    let probe = Probe::parse(probe)?;
+    let state: super::RuntimeState =
+        fs::read(data_dir.join("containers").join(id).join("state.json"))
+            .map_err(|e| format!("not started: {e}"))
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))?;
+    // The init recorded, and still the same process (not a reused pid).
+    let now = super::process::ProcessIdentity::of(state.init.pid)
+        .map_err(|e| format!("not running: {e}"))?;
+    if now != state.init {
+        return Err("not running".into());
+    }
+    let ns = fs::File::open(format!("/proc/{}/ns/net", state.init.pid))
+        .map_err(|e| format!("its network namespace: {e}"))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("joining its network namespace: {e}"))?;
+    let port = match &probe {
+        Probe::Tcp(p) | Probe::Http { port: p, .. } => *p,
+    };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut conn) = std::net::TcpStream::connect_timeout(&addr, timeout) else {
+        return Ok(false);
+    };
+    let Probe::Http { path, .. } = probe else {
+        return Ok(true);
+    };
+    let _ = conn.set_read_timeout(Some(timeout));
+    let _ = conn.set_write_timeout(Some(timeout));
+    let request =
+        format!("GET {path} HTTP/1.0\r\nHost: localhost\r\nUser-Agent: flotilla-health\r\n\r\n");
+    if conn.write_all(request.as_bytes()).is_err() {
+        return Ok(false);
+    }
+    let mut head = [0u8; 64];
+    let mut got = 0;
+    while got < 12 {
+        match conn.read(&mut head[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    // "HTTP/1.x NNN"
+    let status = std::str::from_utf8(&head[..got])
+        .ok()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse::<u16>().ok());
+    Ok(status.is_some_and(|c| (200..400).contains(&c)))
+}

@@ -871,6 +871,35 @@ impl ContainerStore {
         Ok(cmd)
     }
 
+    /// The command that runs a network probe from inside running container `key`'s network
+    /// namespace (see [`exec::probe_main`]); it exits 0 when the probe passes.
+    pub fn probe_command(
+        &self,
+        key: &str,
+        probe: &exec::Probe,
+        timeout: Duration,
+    ) -> Result<Command, ContainerError> {
+        let info = self.get(key)?;
+        if info.status != Status::Running {
+            return Err(ContainerError::Start {
+                id: info.record.id,
+                message: "not running: a probe needs a running container".into(),
+            });
+        }
+        let program = &self.options.shim.program;
+        let mut cmd = Command::new(program);
+        cmd.args(&self.options.shim.args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--id")
+            .arg(&info.record.id)
+            .arg("--timeout")
+            .arg(timeout.as_millis().max(1).to_string())
+            .arg("--probe")
+            .arg(probe.arg());
+        Ok(cmd)
+    }
+
     /// cgroup usage of a running container.
     pub fn stats(&self, key: &str) -> Result<CgroupUsage, ContainerError> {
         let info = self.get(key)?;

@@ -57,6 +57,9 @@ pub struct Runner {
     /// Tasks the node stopped itself after `stopOnClientAfter`, and why: they stay stopped
     /// until the control plane has taken note (they leave the desired state).
     self_stopped: Mutex<BTreeMap<String, String>>,
+    /// The last status of each stopped task that still had its containers: once they are
+    /// removed, this is what is reported (exit codes and all).
+    stopped: Mutex<BTreeMap<String, TaskStatus>>,
 }
 
 impl Runner {
@@ -110,6 +113,7 @@ impl Runner {
             // Until a first session, the node counts as offline from its start.
             offline_since: Mutex::new(Some(Instant::now())),
             self_stopped: Mutex::new(BTreeMap::new()),
+            stopped: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -444,6 +448,23 @@ impl Runner {
         Ok(())
     }
 
+    /// A stopped task's status keeps its containers' exits after they are removed: a report
+    /// that comes later (a slow session, a reconnect) still carries them.
+    fn keep_exits(&self, desired: &DesiredState, status: &mut [TaskStatus]) {
+        let mut kept = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|id, _| desired.tasks.iter().any(|t| &t.id == id));
+        for s in status.iter_mut().filter(|s| s.state == TaskState::Stopped) {
+            if s.containers.iter().any(|c| c.exit_code.is_some()) {
+                kept.insert(s.id.clone(), s.clone());
+            } else if let Some(k) = kept.get(&s.id) {
+                s.containers = k.containers.clone();
+                if s.stop_reason.is_none() {
+                    s.stop_reason = k.stop_reason.clone();
+                }
+            }
+        }
+    }
+
     /// Marks runs of schedules that stopped (keeping why) and tags their statuses.
     fn note_local(&self, status: &mut [TaskStatus]) -> Result<()> {
         let now = std::time::SystemTime::now()
@@ -493,6 +514,7 @@ impl Runner {
             }
         }
         self.note_local(&mut p.status)?;
+        self.keep_exits(&desired, &mut p.status);
         let acted = !p.actions.is_empty();
         let mut jobs = Vec::new();
         for action in p.actions {

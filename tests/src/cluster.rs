@@ -422,3 +422,111 @@ pub mod raw {
         flotilla_certs::tls::client(&cred.ca_pem, &cred.identity, ALPN_AGENT).expect("client tls")
     }
 }
+
+/// Hosts on a test LAN, each with a container node and an agent in session with one control
+/// plane: the fixture of the multi-host tests. Dropped in order: agents, nodes (their containers
+/// and cgroups), the control plane, the hosts, the LAN.
+#[derive(Debug)]
+pub struct Fleet {
+    /// The agents, one per host.
+    pub agents: Vec<Agent>,
+    /// Their node ids.
+    pub ids: Vec<String>,
+    /// Their container nodes.
+    pub nodes: Vec<crate::node::Node>,
+    /// The control plane (listening on every address, reached on the LAN's gateway).
+    pub cp: ControlPlane,
+    /// The hosts.
+    pub hosts: Vec<crate::netns::Host>,
+    /// `HOST:PORT` of the control plane as the hosts reach it.
+    pub server: String,
+    /// The LAN.
+    pub lan: crate::netns::Lan,
+}
+
+impl Fleet {
+    /// A control plane and `labels.len()` hosts, each joined with its labels (`[]` for none)
+    /// and in session.
+    pub fn start(labels: &[&[&str]]) -> Self {
+        let lan = crate::netns::Lan::new();
+        let cp = ControlPlane::start_listening(std::net::Ipv4Addr::UNSPECIFIED, &[]);
+        let server = format!("{}:{}", lan.gateway, cp.addr.port());
+        let mut fleet = Self {
+            agents: Vec::new(),
+            ids: Vec::new(),
+            nodes: Vec::new(),
+            cp,
+            hosts: Vec::new(),
+            server,
+            lan,
+        };
+        for l in labels {
+            fleet.add(l);
+        }
+        fleet
+    }
+
+    /// One more host, joined with `labels` (`KEY=VALUE`) and in session; returns its index.
+    pub fn add(&mut self, labels: &[&str]) -> usize {
+        let host = self.lan.host();
+        let node = crate::node::Node::new();
+        let mut agent = Agent::for_node(&node).on_host(&host);
+        let mut extra = Vec::new();
+        for l in labels {
+            extra.extend(["--label", l]);
+        }
+        let out = agent.join(&self.server, &self.cp.token(&[]), &extra);
+        assert!(
+            out.status.success(),
+            "join: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let id = flotilla_certs::credential::Credential::load(&agent.identity())
+            .expect("identity")
+            .name;
+        agent.run();
+        agent.wait_log("session established", 1, Duration::from_secs(15));
+        self.agents.push(agent);
+        self.ids.push(id);
+        self.nodes.push(node);
+        self.hosts.push(host);
+        self.ids.len() - 1
+    }
+
+    /// Registers a task definition given as JSON.
+    pub fn register(&self, json: &str) {
+        let f = self
+            .cp
+            .scratch()
+            .join(format!("taskdef-{}.json", crate::unique()));
+        std::fs::write(&f, json).expect("write");
+        self.cp
+            .flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    }
+
+    /// The state the control plane shows for node `i`.
+    pub fn node_state(&self, i: usize) -> String {
+        self.cp
+            .nodes()
+            .iter()
+            .find(|n| n["id"] == self.ids[i].as_str())
+            .map(|n| n["state"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    }
+
+    /// Waits for every node's containers to be gone, stops the agents and checks that no
+    /// container, cgroup or mount is left.
+    pub fn finish(mut self) {
+        for n in &self.nodes {
+            n.wait_for("containers removed", Duration::from_secs(60), || {
+                n.ps().is_empty()
+            });
+        }
+        for a in &mut self.agents {
+            a.kill();
+        }
+        for n in &self.nodes {
+            n.assert_clean();
+        }
+    }
+}

@@ -30,6 +30,21 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Waits until `cond` holds (polling every 200 ms), failing the test after `timeout`.
+pub fn wait(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A number unique in this process (for file names).
+pub fn unique() -> u64 {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+}
+
 /// Fails the test unless running as root: these tests need real mounts, devices and cgroups.
 pub fn require_root() {
     assert!(

@@ -10,6 +10,7 @@ use flotilla_certs::credential::Credential;
 use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::netns::Lan;
 use flotilla_tests::node::Node;
+use flotilla_tests::wait;
 
 const SERVE: &str = r#"{
   "family": "serve",
@@ -20,14 +21,6 @@ const SERVE: &str = r#"{
     "command": ["sh", "-c", "trap 'exit 3' TERM; while true; do sleep 0.2 & wait; done"]
   }]
 }"#;
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn tasks(cp: &ControlPlane) -> Vec<serde_json::Value> {
     serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json")

@@ -4,10 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla_certs::credential::Credential;
-use flotilla_tests::cluster::{Agent, ControlPlane};
-use flotilla_tests::netns::Lan;
-use flotilla_tests::node::Node;
+use flotilla_tests::cluster::{ControlPlane, Fleet};
+use flotilla_tests::wait;
 use serde_json::Value;
 
 const SERVE: &str = r#"{
@@ -18,14 +16,6 @@ const SERVE: &str = r#"{
     "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2 & wait; done"]
   }]
 }"#;
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
 
 fn tasks(cp: &ControlPlane) -> Vec<Value> {
     serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json")
@@ -41,49 +31,33 @@ fn running(cp: &ControlPlane) -> Vec<Value> {
         .collect()
 }
 
-fn node_state(cp: &ControlPlane, id: &str) -> String {
-    cp.nodes()
-        .iter()
-        .find(|n| n["id"] == id)
-        .map(|n| n["state"].as_str().unwrap_or_default().to_string())
-        .unwrap_or_default()
+/// Creates the service `pos` from `spec`.
+fn create(fleet: &Fleet, spec: &Value) {
+    let f = fleet.cp.scratch().join("pos.json");
+    std::fs::write(&f, spec.to_string()).expect("write");
+    fleet
+        .cp
+        .flotilla_ok(&["service", "create", f.to_str().expect("utf8")]);
 }
 
 #[test]
 fn a_lost_node_is_replaced_and_one_copy_survives_its_return() {
-    let lan = Lan::new();
-    let hosts = [lan.host(), lan.host(), lan.host()];
-    let nodes = [Node::new(), Node::new(), Node::new()];
-    let cp = ControlPlane::start_listening(std::net::Ipv4Addr::UNSPECIFIED, &[]);
-    let server = format!("{}:{}", lan.gateway, cp.addr.port());
-    let mut agents = Vec::new();
-    let mut ids = Vec::new();
-    for (n, h) in nodes.iter().zip(&hosts) {
-        let mut a = Agent::for_node(n).on_host(h);
-        assert!(a.join(&server, &cp.token(&[]), &[]).status.success());
-        ids.push(Credential::load(&a.identity()).expect("identity").name);
-        a.run();
-        agents.push(a);
-    }
-    for a in &agents {
-        a.wait_log("session established", 1, Duration::from_secs(15));
-    }
-    let f = cp.scratch().join("serve.json");
-    std::fs::write(&f, SERVE).expect("write");
-    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
-    let svc = serde_json::json!({
-        "serviceName": "pos", "taskDefinition": "serve", "desiredCount": 2,
-        "disconnectPolicy": {"lostAfter": 5, "reconcile": "keepReplacement"}
-    });
-    let f = cp.scratch().join("pos.json");
-    std::fs::write(&f, svc.to_string()).expect("write");
-    cp.flotilla_ok(&["service", "create", f.to_str().expect("utf8")]);
+    let fleet = Fleet::start(&[&[], &[], &[]]);
+    let (cp, ids, hosts) = (&fleet.cp, &fleet.ids, &fleet.hosts);
+    fleet.register(SERVE);
+    create(
+        &fleet,
+        &serde_json::json!({
+            "serviceName": "pos", "taskDefinition": "serve", "desiredCount": 2,
+            "disconnectPolicy": {"lostAfter": 5, "reconcile": "keepReplacement"}
+        }),
+    );
     wait("2 running tasks", Duration::from_secs(30), || {
-        running(&cp).len() == 2
+        running(cp).len() == 2
     });
 
     // Cut the host of one of them.
-    let original = running(&cp)[0].clone();
+    let original = running(cp)[0].clone();
     let victim = ids
         .iter()
         .position(|i| original["node"] == i.as_str())
@@ -92,14 +66,14 @@ fn a_lost_node_is_replaced_and_one_copy_survives_its_return() {
     wait(
         "the node seen DISCONNECTED",
         Duration::from_secs(40),
-        || node_state(&cp, &ids[victim]) == "DISCONNECTED",
+        || fleet.node_state(victim) == "DISCONNECTED",
     );
     let seen = Instant::now();
     wait(
         "a replacement running elsewhere",
         Duration::from_secs(30),
         || {
-            let r = running(&cp);
+            let r = running(cp);
             r.len() >= 2
                 && r.iter()
                     .filter(|t| t["node"] != ids[victim].as_str())
@@ -118,11 +92,11 @@ fn a_lost_node_is_replaced_and_one_copy_survives_its_return() {
     // Back: the original copy is stopped, the replacement stays; two copies in all.
     hosts[victim].restore();
     wait("the node READY again", Duration::from_secs(90), || {
-        node_state(&cp, &ids[victim]) == "READY"
+        fleet.node_state(victim) == "READY"
     });
     let id = original["id"].as_str().expect("id").to_string();
     wait("the original copy stopped", Duration::from_secs(30), || {
-        tasks(&cp)
+        tasks(cp)
             .iter()
             .any(|t| t["id"] == id.as_str() && t["state"] == "STOPPED")
     });
@@ -133,63 +107,36 @@ fn a_lost_node_is_replaced_and_one_copy_survives_its_return() {
         "{t}"
     );
     std::thread::sleep(Duration::from_secs(2));
-    let r = running(&cp);
+    let r = running(cp);
     assert_eq!(r.len(), 2, "{r:?}");
     assert!(r.iter().all(|t| t["id"] != id.as_str()));
 
     cp.flotilla_ok(&["service", "rm", "pos"]);
-    for n in &nodes {
-        n.wait_for("containers removed", Duration::from_secs(30), || {
-            n.ps().is_empty()
-        });
-    }
-    for mut a in agents {
-        a.kill();
-    }
-    for n in &nodes {
-        n.assert_clean();
-    }
+    fleet.finish();
 }
 
 #[test]
 fn a_singleton_is_stopped_by_its_cut_off_node_before_it_is_replaced() {
-    let lan = Lan::new();
-    let hosts = [lan.host(), lan.host()];
-    let nodes = [Node::new(), Node::new()];
-    let cp = ControlPlane::start_listening(std::net::Ipv4Addr::UNSPECIFIED, &[]);
-    let server = format!("{}:{}", lan.gateway, cp.addr.port());
-    let mut agents = Vec::new();
-    let mut ids = Vec::new();
-    for (n, h) in nodes.iter().zip(&hosts) {
-        let mut a = Agent::for_node(n).on_host(h);
-        assert!(a.join(&server, &cp.token(&[]), &[]).status.success());
-        ids.push(Credential::load(&a.identity()).expect("identity").name);
-        a.run();
-        agents.push(a);
-    }
-    for a in &agents {
-        a.wait_log("session established", 1, Duration::from_secs(15));
-    }
-    let f = cp.scratch().join("serve.json");
-    std::fs::write(&f, SERVE).expect("write");
-    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    let fleet = Fleet::start(&[&[], &[]]);
+    let (cp, ids, hosts, nodes) = (&fleet.cp, &fleet.ids, &fleet.hosts, &fleet.nodes);
+    fleet.register(SERVE);
     let bad = serde_json::json!({"serviceName": "x", "taskDefinition": "serve",
         "disconnectPolicy": {"lostAfter": 5, "stopOnClientAfter": 5}});
     let f = cp.scratch().join("bad.json");
     std::fs::write(&f, bad.to_string()).expect("write");
     let o = cp.flotilla(&["service", "create", f.to_str().expect("utf8")]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("must be less than lostAfter"));
-    let svc = serde_json::json!({
-        "serviceName": "pos", "taskDefinition": "serve", "desiredCount": 1,
-        "disconnectPolicy": {"lostAfter": 8, "stopOnClientAfter": 2}
-    });
-    let f = cp.scratch().join("pos.json");
-    std::fs::write(&f, svc.to_string()).expect("write");
-    cp.flotilla_ok(&["service", "create", f.to_str().expect("utf8")]);
+    create(
+        &fleet,
+        &serde_json::json!({
+            "serviceName": "pos", "taskDefinition": "serve", "desiredCount": 1,
+            "disconnectPolicy": {"lostAfter": 8, "stopOnClientAfter": 2}
+        }),
+    );
     wait("the singleton running", Duration::from_secs(30), || {
-        running(&cp).len() == 1
+        running(cp).len() == 1
     });
-    let original = running(&cp).remove(0);
+    let original = running(cp).remove(0);
     let victim = ids
         .iter()
         .position(|i| original["node"] == i.as_str())
@@ -209,11 +156,11 @@ fn a_singleton_is_stopped_by_its_cut_off_node_before_it_is_replaced() {
     );
     let stopped_at = now_secs();
     wait("the replacement elsewhere", Duration::from_secs(60), || {
-        running(&cp)
+        running(cp)
             .iter()
             .any(|t| t["node"] != ids[victim].as_str())
     });
-    let replacement = running(&cp)
+    let replacement = running(cp)
         .into_iter()
         .find(|t| t["node"] != ids[victim].as_str())
         .expect("replacement");
@@ -227,7 +174,7 @@ fn a_singleton_is_stopped_by_its_cut_off_node_before_it_is_replaced() {
         "the original reported stopped",
         Duration::from_secs(120),
         || {
-            tasks(&cp)
+            tasks(cp)
                 .iter()
                 .any(|t| t["id"] == id.as_str() && t["state"] == "STOPPED")
         },
@@ -241,20 +188,10 @@ fn a_singleton_is_stopped_by_its_cut_off_node_before_it_is_replaced() {
         "{t}"
     );
     wait("one copy", Duration::from_secs(20), || {
-        running(&cp).len() == 1
+        running(cp).len() == 1
     });
     cp.flotilla_ok(&["service", "rm", "pos"]);
-    for n in &nodes {
-        n.wait_for("containers removed", Duration::from_secs(30), || {
-            n.ps().is_empty()
-        });
-    }
-    for mut a in agents {
-        a.kill();
-    }
-    for n in &nodes {
-        n.assert_clean();
-    }
+    fleet.finish();
 }
 
 fn now_secs() -> u64 {

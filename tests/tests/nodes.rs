@@ -2,11 +2,12 @@
 //! nothing new lands on it), activate, and removal (refused while tasks live, then the node's
 //! certificate is refused).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use flotilla_certs::credential::Credential;
 use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::node::Node;
+use flotilla_tests::wait;
 
 const SERVE: &str = r#"{
   "family": "serve",
@@ -16,14 +17,6 @@ const SERVE: &str = r#"{
     "command": ["sh", "-c", "trap 'exit 3' TERM; while true; do sleep 0.2 & wait; done"]
   }]
 }"#;
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn inspect(cp: &ControlPlane, what: &str, id: &str) -> serde_json::Value {
     serde_json::from_str(&cp.flotilla_ok(&[what, "inspect", id])).expect("json")

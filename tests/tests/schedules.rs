@@ -2,12 +2,10 @@
 //! cut off from the control plane, and the run is reported (and its container removed) once the
 //! link is back; an unpinned schedule is fired by the control plane on a connected node.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flotilla_certs::credential::Credential;
-use flotilla_tests::cluster::{Agent, ControlPlane};
-use flotilla_tests::netns::Lan;
-use flotilla_tests::node::Node;
+use flotilla_tests::cluster::{ControlPlane, Fleet};
+use flotilla_tests::wait;
 use serde_json::Value;
 
 const ONCE: &str = r#"{
@@ -26,40 +24,15 @@ fn now() -> u64 {
         .as_secs()
 }
 
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 fn tasks(cp: &ControlPlane) -> Vec<Value> {
     serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json")
 }
 
 #[test]
 fn a_pinned_schedule_fires_on_its_disconnected_node_and_reports_later() {
-    let lan = Lan::new();
-    let hosts = [lan.host(), lan.host()];
-    let nodes = [Node::new(), Node::new()];
-    let cp = ControlPlane::start_listening(std::net::Ipv4Addr::UNSPECIFIED, &[]);
-    let server = format!("{}:{}", lan.gateway, cp.addr.port());
-    let mut agents = Vec::new();
-    let mut ids = Vec::new();
-    for (n, h) in nodes.iter().zip(&hosts) {
-        let mut a = Agent::for_node(n).on_host(h);
-        assert!(a.join(&server, &cp.token(&[]), &[]).status.success());
-        ids.push(Credential::load(&a.identity()).expect("identity").name);
-        a.run();
-        agents.push(a);
-    }
-    for a in &agents {
-        a.wait_log("session established", 1, Duration::from_secs(15));
-    }
-    let f = cp.scratch().join("once.json");
-    std::fs::write(&f, ONCE).expect("write");
-    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    let fleet = Fleet::start(&[&[], &[]]);
+    let (cp, ids, hosts, nodes) = (&fleet.cp, &fleet.ids, &fleet.hosts, &fleet.nodes);
+    fleet.register(ONCE);
 
     // Leave time to cut the link before the minute turns.
     while now() % 60 > 35 {
@@ -119,7 +92,7 @@ fn a_pinned_schedule_fires_on_its_disconnected_node_and_reports_later() {
         "ran on schedule\n"
     );
     assert!(
-        !tasks(&cp).iter().any(|t| t["id"] == id.as_str()),
+        !tasks(cp).iter().any(|t| t["id"] == id.as_str()),
         "the control plane cannot know yet"
     );
     // Meanwhile the control plane fired the unpinned one on the connected node.
@@ -127,7 +100,7 @@ fn a_pinned_schedule_fires_on_its_disconnected_node_and_reports_later() {
         "the control plane's run of tick",
         Duration::from_secs(30),
         || {
-            tasks(&cp)
+            tasks(cp)
                 .iter()
                 .any(|t| t["startedBy"] == "schedule:tick" && t["node"] == ids[1].as_str())
         },
@@ -136,7 +109,7 @@ fn a_pinned_schedule_fires_on_its_disconnected_node_and_reports_later() {
     // Link back: the run is reported with its exit code, then its container goes.
     hosts[0].restore();
     wait("the run reported", Duration::from_secs(120), || {
-        tasks(&cp)
+        tasks(cp)
             .iter()
             .any(|t| t["id"] == id.as_str() && t["state"] == "STOPPED")
     });
@@ -155,17 +128,5 @@ fn a_pinned_schedule_fires_on_its_disconnected_node_and_reports_later() {
     );
 
     cp.flotilla_ok(&["schedule", "rm", "local", "tick"]);
-    for n in &nodes {
-        n.wait_for(
-            "the runs' containers removed",
-            Duration::from_secs(60),
-            || n.ps().is_empty(),
-        );
-    }
-    for mut a in agents {
-        a.kill();
-    }
-    for n in &nodes {
-        n.assert_clean();
-    }
+    fleet.finish();
 }

@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use flotilla_certs::credential::Credential;
-use flotilla_tests::cluster::{Agent, ControlPlane};
-use flotilla_tests::netns::Lan;
+use flotilla_tests::cluster::{Agent, ControlPlane, Fleet};
 use flotilla_tests::node::Node;
+use flotilla_tests::wait;
 use serde_json::Value;
 
 const SERVE: &str = r#"{
@@ -21,22 +21,10 @@ const SERVE: &str = r#"{
   }]
 }"#;
 
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
 fn join(cp: &ControlPlane, node: &Node, site: &str) -> (Agent, String) {
-    join_on(cp, &cp.server(), Agent::for_node(node), site)
-}
-
-/// `agent` joins through `server` with label `site=SITE` and runs.
-fn join_on(cp: &ControlPlane, server: &str, mut agent: Agent, site: &str) -> (Agent, String) {
+    let mut agent = Agent::for_node(node);
     let label = format!("site={site}");
-    let out = agent.join(server, &cp.token(&[]), &["--label", &label]);
+    let out = agent.join(&cp.server(), &cp.token(&[]), &["--label", &label]);
     assert!(
         out.status.success(),
         "{}",
@@ -95,69 +83,56 @@ fn remove_all(cp: &ControlPlane, names: &[&str], nodes: &[&Node]) {
 
 #[test]
 fn replica_daemon_and_member_of_place_as_told() {
-    // Four hosts, each a network namespace on a test LAN, labelled with their site.
-    let lan = Lan::new();
-    let hosts = [lan.host(), lan.host(), lan.host(), lan.host()];
-    let nodes = [Node::new(), Node::new(), Node::new(), Node::new()];
-    let cp = ControlPlane::start_listening(std::net::Ipv4Addr::UNSPECIFIED, &[]);
-    let server = format!("{}:{}", lan.gateway, cp.addr.port());
-    let mut agents = Vec::new();
-    let mut ids = Vec::new();
-    for ((n, h), site) in nodes[..3].iter().zip(&hosts).zip(["a", "b", "c"]) {
-        let (a, id) = join_on(&cp, &server, Agent::for_node(n).on_host(h), site);
-        agents.push(a);
-        ids.push(id);
-    }
-    register(&cp, "serve.json", SERVE);
+    // Three hosts, each a network namespace on a test LAN, labelled with their site.
+    let mut fleet = Fleet::start(&[&["site=a"], &["site=b"], &["site=c"]]);
+    let cp = &fleet.cp;
+    let ids = fleet.ids.clone();
+    register(cp, "serve.json", SERVE);
     create(
-        &cp,
+        cp,
         "pos",
         &serde_json::json!({"serviceName": "pos", "taskDefinition": "serve", "desiredCount": 3,
             "placementStrategy": [{"type": "spread", "field": "attribute:site"}]}),
     );
     create(
-        &cp,
+        cp,
         "logs",
         &serde_json::json!({"serviceName": "logs", "taskDefinition": "serve",
             "schedulingStrategy": "DAEMON"}),
     );
     create(
-        &cp,
+        cp,
         "lab",
         &serde_json::json!({"serviceName": "lab", "taskDefinition": "serve", "desiredCount": 4,
             "placementConstraints": [{"type": "memberOf", "expression": "attribute:site in [a, b]"}]}),
     );
     wait("the three services to run", Duration::from_secs(60), || {
-        running(&cp, "pos").values().sum::<usize>() == 3
-            && running(&cp, "logs").values().sum::<usize>() == 3
-            && running(&cp, "lab").values().sum::<usize>() == 4
+        running(cp, "pos").values().sum::<usize>() == 3
+            && running(cp, "logs").values().sum::<usize>() == 3
+            && running(cp, "lab").values().sum::<usize>() == 4
     });
     // one pos task per site, one logs task per node, lab only on sites a and b
     assert!(
-        running(&cp, "pos").values().all(|n| *n == 1),
+        running(cp, "pos").values().all(|n| *n == 1),
         "{:?}",
-        running(&cp, "pos")
+        running(cp, "pos")
     );
-    assert_eq!(running(&cp, "logs").len(), 3);
-    let lab = running(&cp, "lab");
+    assert_eq!(running(cp, "logs").len(), 3);
+    let lab = running(cp, "lab");
     assert!(!lab.contains_key(&ids[2]), "lab ran on site c: {lab:?}");
 
     // A fourth node joins: the daemon service lands there; the others do not move.
-    let (agent, fourth) = join_on(
-        &cp,
-        &server,
-        Agent::for_node(&nodes[3]).on_host(&hosts[3]),
-        "d",
-    );
-    agents.push(agent);
+    let added = fleet.add(&["site=d"]);
+    let fourth = fleet.ids[added].clone();
+    let cp = &fleet.cp;
     wait(
         "the daemon on the new node",
         Duration::from_secs(30),
-        || running(&cp, "logs").get(&fourth) == Some(&1),
+        || running(cp, "logs").get(&fourth) == Some(&1),
     );
     std::thread::sleep(Duration::from_secs(2));
-    assert!(!running(&cp, "lab").contains_key(&fourth));
-    assert_eq!(running(&cp, "pos").values().sum::<usize>(), 3);
+    assert!(!running(cp, "lab").contains_key(&fourth));
+    assert_eq!(running(cp, "pos").values().sum::<usize>(), 3);
     let listed = cp.flotilla_ok(&["service", "ls"]);
     assert!(
         listed.contains("logs") && listed.contains("DAEMON"),
@@ -167,20 +142,11 @@ fn replica_daemon_and_member_of_place_as_told() {
     // Scale down: exactly the asked count remains.
     cp.flotilla_ok(&["service", "scale", "lab", "2"]);
     wait("lab scaled to 2", Duration::from_secs(30), || {
-        running(&cp, "lab").values().sum::<usize>() == 2
+        running(cp, "lab").values().sum::<usize>() == 2
     });
 
-    remove_all(
-        &cp,
-        &["pos", "logs", "lab"],
-        &nodes.iter().collect::<Vec<_>>(),
-    );
-    for mut a in agents {
-        a.kill();
-    }
-    for n in &nodes {
-        n.assert_clean();
-    }
+    cp.flotilla_ok(&["service", "rm", "pos", "logs", "lab"]);
+    fleet.finish();
 }
 
 #[test]

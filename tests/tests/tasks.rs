@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::node::Node;
+use flotilla_tests::wait;
 
 const SERVE: &str = r#"{
   "family": "serve",
@@ -42,14 +43,6 @@ fn agent_in_session(cp: &ControlPlane, node: &Node) -> Agent {
 
 fn tasks(cp: &ControlPlane) -> Vec<serde_json::Value> {
     serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json")
-}
-
-fn wait(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]

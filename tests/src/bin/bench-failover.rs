@@ -9,10 +9,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use flotilla_certs::credential::Credential;
-use flotilla_tests::cluster::{Agent, ControlPlane};
-use flotilla_tests::netns::Lan;
-use flotilla_tests::node::Node;
+use flotilla_tests::cluster::{ControlPlane, Fleet};
 use serde_json::Value;
 
 const SERVE: &str = r#"{"family": "serve", "networkMode": "none", "containerDefinitions": [{
@@ -52,28 +49,9 @@ fn main() -> Result<()> {
         .transpose()
         .context("RUNS must be a number")?
         .unwrap_or(2);
-    let lan = Lan::new();
-    let hosts = [lan.host(), lan.host(), lan.host()];
-    let nodes = [Node::new(), Node::new(), Node::new()];
-    let cp = ControlPlane::start_listening(std::net::Ipv4Addr::UNSPECIFIED, &[]);
-    let server = format!("{}:{}", lan.gateway, cp.addr.port());
-    let mut agents = Vec::new();
-    let mut ids = Vec::new();
-    for (n, h) in nodes.iter().zip(&hosts) {
-        let mut a = Agent::for_node(n).on_host(h);
-        if !a.join(&server, &cp.token(&[]), &[]).status.success() {
-            bail!("join failed");
-        }
-        ids.push(Credential::load(&a.identity())?.name);
-        a.run();
-        agents.push(a);
-    }
-    for a in &agents {
-        a.wait_log("session established", 1, Duration::from_secs(15));
-    }
-    let f = cp.scratch().join("serve.json");
-    std::fs::write(&f, SERVE)?;
-    cp.flotilla_ok(&["taskdef", "register", f.to_str().context("utf8")?]);
+    let fleet = Fleet::start(&[&[], &[], &[]]);
+    let (cp, ids, hosts) = (&fleet.cp, &fleet.ids, &fleet.hosts);
+    fleet.register(SERVE);
     let svc = serde_json::json!({"serviceName": "bench", "taskDefinition": "serve", "desiredCount": 1,
         "disconnectPolicy": {"lostAfter": LOST_AFTER}});
     let f = cp.scratch().join("bench.json");
@@ -83,9 +61,9 @@ fn main() -> Result<()> {
     let (mut detect, mut replace) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         until("one running task", Duration::from_secs(60), || {
-            Ok(running(&cp)?.len() == 1)
+            Ok(running(cp)?.len() == 1)
         })?;
-        let task = running(&cp)?.remove(0);
+        let task = running(cp)?.remove(0);
         let victim = ids
             .iter()
             .position(|i| task["node"] == i.as_str())
@@ -104,7 +82,7 @@ fn main() -> Result<()> {
         )?;
         let seen = cut.elapsed();
         until("the replacement RUNNING", Duration::from_secs(60), || {
-            Ok(running(&cp)?
+            Ok(running(cp)?
                 .iter()
                 .any(|t| t["node"] != ids[victim].as_str()))
         })?;
@@ -118,7 +96,7 @@ fn main() -> Result<()> {
                 .any(|n| n["id"] == ids[victim].as_str() && n["state"] == "READY"))
         })?;
         until("one copy left", Duration::from_secs(60), || {
-            Ok(running(&cp)?.len() == 1)
+            Ok(running(cp)?.len() == 1)
         })?;
     }
     let secs = |v: &[Duration]| {
@@ -140,10 +118,6 @@ fn main() -> Result<()> {
         );
     }
     cp.flotilla_ok(&["service", "rm", "bench"]);
-    for n in &nodes {
-        n.wait_for("containers removed", Duration::from_secs(30), || {
-            n.ps().is_empty()
-        });
-    }
+    fleet.finish();
     Ok(())
 }

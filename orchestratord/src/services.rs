@@ -267,65 +267,51 @@ fn one(agents: &Arc<Agents>, mut s: ServiceRecord) -> Result<(), StoreError> {
         .collect();
     let actions = service::plan(&spec, &views, &tasks, &eligible);
     let mut touched = BTreeSet::new();
-    let mut problem = None;
+    let problem = std::cell::RefCell::new(None);
+    // Places `count` tasks of a deployment on `on` (as many as fit; the rest waits for room)
+    // and creates them.
+    let start = |d: &DeploymentRecord,
+                 on: &flotilla_scheduler::Snapshot,
+                 count: usize,
+                 node: Option<&str>|
+     -> Result<(), StoreError> {
+        let placed = match request(&d.revision, count) {
+            Err(e) => {
+                *problem.borrow_mut() = Some(e);
+                Vec::new()
+            }
+            Ok(r) => flotilla_scheduler::place(on, &r).unwrap_or_else(|why| {
+                let prefix = node.map(|n| format!("{n}: ")).unwrap_or_default();
+                *problem.borrow_mut() = Some(format!("{prefix}{why}"));
+                let mut fewer = r.clone();
+                fewer.count = why.placed;
+                flotilla_scheduler::place(on, &fewer).unwrap_or_default()
+            }),
+        };
+        if !placed.is_empty() {
+            crate::api::create_tasks(
+                agents,
+                &d.revision,
+                placed,
+                &[],
+                Some(group.clone()),
+                Some(d.id.clone()),
+            )?;
+        }
+        Ok(())
+    };
     for action in actions {
         match action {
             Action::Start { deployment, count } => {
-                let Some(d) = s.deployments.iter().find(|d| d.id == deployment) else {
-                    continue;
-                };
-                let placed = match request(&d.revision, count) {
-                    Err(e) => {
-                        problem = Some(e);
-                        Vec::new()
-                    }
-                    Ok(r) => match flotilla_scheduler::place(&snapshot, &r) {
-                        Ok(p) => p,
-                        Err(why) => {
-                            problem = Some(why.to_string());
-                            // Start what fits now; the rest waits for room.
-                            let mut fewer = r.clone();
-                            fewer.count = why.placed;
-                            flotilla_scheduler::place(&snapshot, &fewer).unwrap_or_default()
-                        }
-                    },
-                };
-                if !placed.is_empty() {
-                    crate::api::create_tasks(
-                        agents,
-                        &d.revision,
-                        placed,
-                        &[],
-                        Some(group.clone()),
-                        Some(d.id.clone()),
-                    )?;
+                if let Some(d) = s.deployments.iter().find(|d| d.id == deployment) {
+                    start(d, &snapshot, count, None)?;
                 }
             }
             Action::StartOn { deployment, node } => {
-                let Some(d) = s.deployments.iter().find(|d| d.id == deployment) else {
-                    continue;
-                };
-                let mut one_node = snapshot.clone();
-                one_node.nodes.retain(|n| n.id == node);
-                let placed = match request(&d.revision, 1) {
-                    Err(e) => {
-                        problem = Some(e);
-                        Vec::new()
-                    }
-                    Ok(r) => flotilla_scheduler::place(&one_node, &r).unwrap_or_else(|why| {
-                        problem = Some(format!("{node}: {why}"));
-                        Vec::new()
-                    }),
-                };
-                if !placed.is_empty() {
-                    crate::api::create_tasks(
-                        agents,
-                        &d.revision,
-                        placed,
-                        &[],
-                        Some(group.clone()),
-                        Some(d.id.clone()),
-                    )?;
+                if let Some(d) = s.deployments.iter().find(|d| d.id == deployment) {
+                    let mut one_node = snapshot.clone();
+                    one_node.nodes.retain(|n| n.id == node);
+                    start(d, &one_node, 1, Some(&node))?;
                 }
             }
             Action::Stop { task, reason } => {
@@ -396,6 +382,7 @@ fn one(agents: &Arc<Agents>, mut s: ServiceRecord) -> Result<(), StoreError> {
         .map(|t| t.deployment.clone())
         .collect();
     s.deployments.retain(|d| d.primary || live.contains(&d.id));
+    let problem = problem.into_inner();
     if problem != s.placement_problem {
         if let Some(p) = &problem {
             agents.event("service.unplaceable", &name, p.clone());

@@ -26,6 +26,9 @@ pub struct LocalTask {
 
 /// How long a finished, acknowledged run is remembered.
 const KEEP_SECS: u64 = 86_400;
+/// Finished runs of one schedule kept (with their containers) until the control plane hears of
+/// them; older ones go, so a frequent schedule on a node offline for long cannot fill its disk.
+const KEEP_UNREPORTED: usize = 20;
 
 /// Fires what is due at `now`: at most one run per schedule (the latest missed minute), as its
 /// overlap policy allows. `fired` holds each schedule's last firing; a schedule seen for the
@@ -81,6 +84,18 @@ pub fn fire_due(
         }
         let id = flotilla_api::tasks::scheduled_task_id(node_id, &s.name, at);
         tracing::info!(schedule = %s.name, task = %id, "schedule fired");
+        let mut finished: Vec<usize> = local
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.run.schedule == s.name && l.finished_at.is_some() && !l.acknowledged)
+            .map(|(i, _)| i)
+            .collect();
+        finished.sort_by_key(|i| local[*i].run.fired_at);
+        while finished.len() >= KEEP_UNREPORTED {
+            let i = finished.remove(0);
+            local[i].acknowledged = true;
+            local[i].task.desired = DesiredStatus::Stopped;
+        }
         local.push(LocalTask {
             task: DesiredTask {
                 id,
@@ -191,5 +206,33 @@ mod tests {
         }
         fire_due(&r, &mut fired, &mut local, "n-1", MIDNIGHT + 6 * DAY + 100);
         assert!(local.is_empty());
+    }
+
+    #[test]
+    fn a_node_offline_for_long_keeps_only_the_latest_unreported_runs() {
+        let mut s = schedule("allow");
+        s.cron = "* * * * *".into();
+        let s = [s];
+        let (mut fired, mut local) = (BTreeMap::new(), Vec::new());
+        fire_due(&s, &mut fired, &mut local, "n-1", MIDNIGHT);
+        for minute in 1..=30 {
+            fire_due(
+                &s,
+                &mut fired,
+                &mut local,
+                "n-1",
+                MIDNIGHT + minute * 60 + 1,
+            );
+            for l in &mut local {
+                l.finished_at.get_or_insert(MIDNIGHT + minute * 60 + 30);
+            }
+        }
+        let kept = local.iter().filter(|l| !l.acknowledged).count();
+        assert_eq!(kept, KEEP_UNREPORTED, "{}", local.len());
+        // the oldest were let go, the latest kept
+        assert!(local
+            .iter()
+            .filter(|l| l.acknowledged)
+            .all(|l| l.run.fired_at <= MIDNIGHT + 10 * 60));
     }
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ops::{PlacementConstraintSpec, PlacementStrategySpec};
+use crate::taskdef::kind;
 
 /// REPLICA or DAEMON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -191,17 +192,6 @@ pub struct Parsed {
     pub spec: ServiceSpec,
     /// Ignored fields, each with its path.
     pub warnings: Vec<String>,
-}
-
-fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
 }
 
 /// Parses and checks a CreateService input given as JSON or YAML; every problem is reported

@@ -1373,7 +1373,8 @@ impl Checker {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+/// What a JSON value is, for error messages ("a string", "an array" …).
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

@@ -62,6 +62,28 @@ enum Action {
     StopTask(String),
 }
 
+/// The `key=value` pairs of a query; a pair without `=` is refused, naming `usage`.
+fn query_pairs<'q>(
+    query: Option<&'q str>,
+    usage: &str,
+) -> Result<Vec<(&'q str, &'q str)>, (StatusCode, String)> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').ok_or_else(|| bad_query(p, "", usage)))
+        .collect()
+}
+
+fn bad_query(key: &str, value: &str, usage: &str) -> (StatusCode, String) {
+    let pair = if value.is_empty() {
+        key.to_string()
+    } else {
+        format!("{key}={value}")
+    };
+    (StatusCode::BAD_REQUEST, format!("query '{pair}': {usage}"))
+}
+
 /// `FAMILY` or `FAMILY:REVISION`.
 fn family_revision(spec: &str) -> Result<(String, Option<u32>), (StatusCode, String)> {
     match spec.split_once(':') {
@@ -381,22 +403,14 @@ fn parse(
             Ok(Action::RemoveSchedule(name.to_string()))
         }
         (&Method::GET, ["v1", "events"]) => {
+            let usage = "since=SEQ or limit=1..1000";
             let (mut since, mut limit) = (0, 100);
-            for pair in query
-                .unwrap_or_default()
-                .split('&')
-                .filter(|p| !p.is_empty())
-            {
-                let bad = || {
-                    (
-                        StatusCode::BAD_REQUEST,
-                        format!("query '{pair}': since=SEQ or limit=1..1000"),
-                    )
-                };
-                match pair.split_once('=').ok_or_else(bad)? {
-                    ("since", s) => since = s.parse().map_err(|_| bad())?,
-                    ("limit", l) => {
-                        limit = l
+            for (k, v) in query_pairs(query, usage)? {
+                let bad = || bad_query(k, v, usage);
+                match k {
+                    "since" => since = v.parse().map_err(|_| bad())?,
+                    "limit" => {
+                        limit = v
                             .parse()
                             .ok()
                             .filter(|l| (1..=1000).contains(l))
@@ -414,21 +428,13 @@ fn parse(
                 follow: false,
                 tail: None,
             };
-            for pair in query
-                .unwrap_or_default()
-                .split('&')
-                .filter(|p| !p.is_empty())
-            {
-                let bad = || {
-                    (
-                        StatusCode::BAD_REQUEST,
-                        format!("query '{pair}': container=NAME, follow=true|false or tail=N"),
-                    )
-                };
-                match pair.split_once('=').ok_or_else(bad)? {
-                    ("container", c) => req.container = Some(c.to_string()),
-                    ("follow", f) => req.follow = f.parse().map_err(|_| bad())?,
-                    ("tail", t) => req.tail = Some(t.parse().map_err(|_| bad())?),
+            let usage = "container=NAME, follow=true|false or tail=N";
+            for (k, v) in query_pairs(query, usage)? {
+                let bad = || bad_query(k, v, usage);
+                match k {
+                    "container" => req.container = Some(v.to_string()),
+                    "follow" => req.follow = v.parse().map_err(|_| bad())?,
+                    "tail" => req.tail = Some(v.parse().map_err(|_| bad())?),
                     _ => return Err(bad()),
                 }
             }

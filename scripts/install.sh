@@ -36,6 +36,8 @@ uninstall() {
     for id in $("$agent" ctr ps -a -q 2>/dev/null); do
       "$agent" ctr rm -f "$id" >/dev/null || true
     done
+    # Then their networks: namespaces, veths, the bridge, the nftables table.
+    "$agent" ctr network prune >/dev/null || true
   fi
   for b in $BINARIES; do rm -f "$DESTDIR$PREFIX/bin/$b"; done
   rm -f "$UNIT_DIR/orchestratord.service" "$UNIT_DIR/nodeagent.service"

@@ -10,6 +10,8 @@
 use std::collections::BTreeMap;
 
 pub mod config;
+pub mod discovery;
+pub mod ipam;
 pub mod logging;
 pub mod ops;
 pub mod schedule;
@@ -108,6 +110,9 @@ pub struct Hello {
     pub protocols: Vec<u32>,
     /// The agent's version string.
     pub agent_version: String,
+    /// The node's address in the cluster: where its host ports are reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 /// The answer to [`Hello`]; only after it is the session established.
@@ -211,6 +216,8 @@ pub enum ServerPush {
     Desired(tasks::DesiredState),
     /// Stream a task's container logs back on this stream as [`LogFrame`]s.
     Logs(LogRequest),
+    /// The cluster's discoverable services (answered with `Persisted { generation: version }`).
+    Registry(discovery::Registry),
 }
 
 /// Which logs of a task to read.

@@ -252,4 +252,7 @@ pub struct TaskInfo {
     /// The service deployment it belongs to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<String>,
+    /// Its network, as its node last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<crate::tasks::TaskNetwork>,
 }

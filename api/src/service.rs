@@ -61,6 +61,9 @@ pub struct ServiceSpec {
     /// What happens to tasks on a node that stops answering (Flotilla's own field).
     #[serde(default)]
     pub disconnect_policy: DisconnectPolicy,
+    /// The name it registers under for DNS, and its VIP (Flotilla's own field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<crate::discovery::Discovery>,
 }
 
 /// `disconnectPolicy`: when a node's tasks count as lost, whether they are replaced, and which
@@ -149,6 +152,9 @@ pub struct ServiceInfo {
     /// Why tasks could not be placed lately, if so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub placement_problem: Option<String>,
+    /// Its virtual address (`discovery.vip`), once assigned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<std::net::Ipv4Addr>,
     /// Creation time.
     pub created_at: u64,
 }
@@ -217,12 +223,15 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
         "placementStrategy",
         "namespace",
         "disconnectPolicy",
+        "discovery",
     ];
     for k in m.keys() {
         if AWS_ONLY.contains(&k.as_str()) {
             warnings.push(format!("$.{k}: ignored (AWS only)"));
         } else if k == "namespace" {
-            warnings.push(format!("$.{k}: ignored (not supported by Flotilla yet)"));
+            warnings.push(format!(
+                "$.{k}: ignored (Flotilla's services register with discovery.namespace)"
+            ));
         } else if !KNOWN.contains(&k.as_str()) {
             problems.push(format!("$.{k}: unknown field"));
         }
@@ -438,6 +447,17 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
             kind(o)
         )),
     }
+    let discovery = match m.get("discovery") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(d)) => discovery_of(d, name.as_deref(), &mut problems),
+        Some(o) => {
+            problems.push(format!(
+                "$.discovery: expected an object, found {}",
+                kind(o)
+            ));
+            None
+        }
+    };
     if let Some(s) = disconnect.stop_on_client_after {
         if s >= disconnect.lost_after {
             problems.push(format!(
@@ -465,8 +485,93 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
             placement_constraints: constraints,
             placement_strategy: strategy,
             disconnect_policy: disconnect,
+            discovery,
         },
         warnings,
+    })
+}
+
+/// `discovery`: namespace (required), name (default: the service name), containerName,
+/// containerPort, vip.
+fn discovery_of(
+    d: &serde_json::Map<String, Value>,
+    service: Option<&str>,
+    problems: &mut Vec<String>,
+) -> Option<crate::discovery::Discovery> {
+    use crate::discovery::is_label;
+    let before = problems.len();
+    let label = |key: &str, problems: &mut Vec<String>| match d.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if is_label(s) => Some(s.clone()),
+        Some(o) => {
+            problems.push(format!(
+                "$.discovery.{key}: {o} is not a DNS label (1 to 63 of a-z, 0-9 and '-', not at either end)"
+            ));
+            None
+        }
+    };
+    let namespace = label("namespace", problems);
+    if namespace.is_none() && !d.contains_key("namespace") {
+        problems.push("$.discovery.namespace: required".into());
+    }
+    let name = match (label("name", problems), d.contains_key("name"), service) {
+        (Some(n), _, _) => Some(n),
+        (None, false, Some(s)) if is_label(s) => Some(s.to_string()),
+        (None, false, Some(s)) => {
+            problems.push(format!(
+                "$.discovery.name: required: the service name '{s}' is not a DNS label"
+            ));
+            None
+        }
+        _ => None,
+    };
+    let container_name = match d.get("containerName") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(o) => {
+            problems.push(format!(
+                "$.discovery.containerName: expected a name, found {o}"
+            ));
+            None
+        }
+    };
+    let container_port = match d.get("containerPort") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64().filter(|p| (1..=65535).contains(p)) {
+            Some(p) => u16::try_from(p).ok(),
+            None => {
+                problems.push(format!(
+                    "$.discovery.containerPort: {v} is not a port (1 to 65535)"
+                ));
+                None
+            }
+        },
+    };
+    let vip = match d.get("vip") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(o) => {
+            problems.push(format!(
+                "$.discovery.vip: expected a boolean, found {}",
+                kind(o)
+            ));
+            false
+        }
+    };
+    for k in d.keys() {
+        if !["namespace", "name", "containerName", "containerPort", "vip"].contains(&k.as_str()) {
+            problems.push(format!("$.discovery.{k}: unknown field"));
+        }
+    }
+    if problems.len() > before {
+        return None;
+    }
+    Some(crate::discovery::Discovery {
+        namespace: namespace?,
+        name: name?,
+        container_name,
+        container_port,
+        vip,
     })
 }
 
@@ -495,6 +600,7 @@ mod tests {
                 .rollback
         );
         assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+        assert_eq!(p.spec.discovery, None);
         let d = parse("serviceName: logs\ntaskDefinition: shipper\nschedulingStrategy: DAEMON\n")
             .expect("yaml daemon");
         assert_eq!(d.spec.scheduling_strategy, SchedulingStrategy::Daemon);
@@ -526,5 +632,35 @@ mod tests {
                 "{want}: {problems:?}"
             );
         }
+    }
+
+    #[test]
+    fn discovery_names_a_namespace_and_defaults_its_name() {
+        let p = parse(
+            r#"{"serviceName": "api", "taskDefinition": "api",
+                "discovery": {"namespace": "shop", "vip": true, "containerPort": 80}}"#,
+        )
+        .expect("valid");
+        let d = p.spec.discovery.expect("discovery");
+        assert_eq!((d.namespace.as_str(), d.name.as_str()), ("shop", "api"));
+        assert!(d.vip);
+        assert_eq!(d.container_port, Some(80));
+        let bad = parse(
+            r#"{"serviceName": "Api_1", "taskDefinition": "api",
+                "discovery": {"namespace": "Shop", "containerPort": 0, "vip": "yes", "x": 1}}"#,
+        )
+        .expect_err("invalid");
+        for p in [
+            "$.discovery.namespace:",
+            "$.discovery.name: required: the service name 'Api_1'",
+            "$.discovery.containerPort:",
+            "$.discovery.vip:",
+            "$.discovery.x: unknown field",
+        ] {
+            assert!(bad.iter().any(|b| b.starts_with(p)), "{p} not in {bad:?}");
+        }
+        let missing = parse(r#"{"serviceName": "a", "taskDefinition": "a", "discovery": {}}"#)
+            .expect_err("no namespace");
+        assert_eq!(missing, vec!["$.discovery.namespace: required".to_string()]);
     }
 }

@@ -16,6 +16,55 @@ pub struct DesiredState {
     /// Schedules pinned to this node: the node fires them itself, connected or not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schedules: Vec<NodeSchedule>,
+    /// The node's network settings.
+    #[serde(default)]
+    pub network: NodeNetwork,
+}
+
+/// Network settings the control plane gives a node.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeNetwork {
+    /// The subnet of the node's task bridge (no other node has it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge_subnet: Option<ipnet::Ipv4Net>,
+}
+
+/// The address an `awsvpc` task has on its node's LAN, from the cluster's pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskAddress {
+    /// Address and prefix length of the LAN.
+    pub address: ipnet::Ipv4Net,
+    /// The LAN's default gateway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<std::net::Ipv4Addr>,
+}
+
+/// A task's network as its node set it up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskNetwork {
+    /// `bridge`, `awsvpc`, `host` or `none`.
+    pub mode: crate::taskdef::NetworkMode,
+    /// The task's own address (bridge and awsvpc).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<std::net::Ipv4Addr>,
+    /// Published ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bindings: Vec<NetworkBinding>,
+}
+
+/// A published port of a task: where it is reached on its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkBinding {
+    /// Container name.
+    pub container: String,
+    /// Port in the container.
+    pub container_port: u16,
+    /// Port on the node (the container port for `host` and `awsvpc`).
+    pub host_port: u16,
+    /// `tcp` or `udp`.
+    pub protocol: crate::taskdef::Protocol,
 }
 
 /// A schedule a node fires on its own.
@@ -82,6 +131,13 @@ pub struct DesiredTask {
     /// service's `stopOnClientAfter`), before the control plane replaces it elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_on_client_after: Option<u32>,
+    /// Its LAN address (`awsvpc` tasks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<TaskAddress>,
+    /// The discovery namespace of its service: its DNS search domain and the services whose
+    /// environment variables it gets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
 }
 
 /// What should happen to a task.
@@ -174,4 +230,7 @@ pub struct TaskStatus {
     /// Set when the node started it by one of its schedules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled: Option<ScheduledRun>,
+    /// Its network, once set up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<TaskNetwork>,
 }

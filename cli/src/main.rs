@@ -207,6 +207,12 @@ enum ServiceCommand {
         /// Service name.
         name: String,
     },
+    /// What DNS answers for a service: its names, VIP and the healthy tasks with the address
+    /// and port each is reached on.
+    Endpoints {
+        /// Service name.
+        name: String,
+    },
     /// Deploy another revision, or change the count.
     Update {
         /// Service name.
@@ -556,6 +562,32 @@ async fn service(api: &Api, cmd: ServiceCommand, json: bool) -> Result<()> {
                 .expect(Method::GET, &format!("/v1/services/{name}"), None)
                 .await?;
             println!("{}", serde_json::to_string_pretty(&s)?);
+        }
+        ServiceCommand::Endpoints { name } => {
+            let d: flotilla_api::discovery::DiscoveredService = api
+                .expect(Method::GET, &format!("/v1/services/{name}/endpoints"), None)
+                .await?;
+            print(json, &d, || {
+                println!("name: {}", d.fqdn());
+                if let Some(v) = d.vip {
+                    let port = d.port.map(|p| format!(":{p}")).unwrap_or_default();
+                    println!("vip:  {v}{port}");
+                }
+                let rows: Vec<Vec<String>> = d
+                    .endpoints
+                    .iter()
+                    .map(|e| {
+                        vec![
+                            e.task.clone(),
+                            e.node.clone(),
+                            e.address.to_string(),
+                            e.port.map(|p| p.to_string()).unwrap_or_default(),
+                            d.task_fqdn(&e.task),
+                        ]
+                    })
+                    .collect();
+                table(&["TASK", "NODE", "ADDRESS", "PORT", "NAME"], &rows);
+            })?;
         }
         ServiceCommand::Update {
             name,

@@ -239,6 +239,7 @@ pub async fn run(
     data_dir: &Path,
     node: flotilla_runtime::container::StoreOptions,
     heartbeat: Duration,
+    net: crate::network::Settings,
 ) -> Result<()> {
     let dir = identity_dir(data_dir);
     let mut cred = Credential::load(&dir).with_context(|| {
@@ -254,7 +255,7 @@ pub async fn run(
         })
         .await??
     };
-    let runner = Runner::open(data_dir, store, &cred.name)?;
+    let runner = Runner::open(data_dir, store, &cred.name, net)?;
     tracing::info!(
         generation = runner.generation(),
         "converging to the persisted desired state"
@@ -357,6 +358,7 @@ async fn session(
         &Hello {
             protocols: PROTOCOLS.to_vec(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            address: runner.address().or_else(|| source_address(addr)),
         },
     )
     .await
@@ -421,6 +423,13 @@ async fn session(
                             send,
                         ));
                         continue;
+                    }
+                    Ok(ServerPush::Registry(registry)) => {
+                        let dns = runner.dns().clone();
+                        match tokio::task::spawn_blocking(move || dns.set(registry)).await? {
+                            Ok(version) => PushReply::Persisted { generation: version },
+                            Err(e) => PushReply::Refused { reason: format!("{e:#}") },
+                        }
                     }
                     Ok(ServerPush::Desired(state)) => {
                         let r = runner.clone();
@@ -543,5 +552,16 @@ fn node_resources(data_dir: &Path) -> flotilla_api::NodeResources {
         disk_bytes,
         disk_available_bytes,
         load1_milli,
+    }
+}
+
+/// The address this node uses to reach `server`: where the rest of the cluster reaches it,
+/// unless it says otherwise (`--address`).
+fn source_address(server: std::net::SocketAddr) -> Option<std::net::Ipv4Addr> {
+    let probe = std::net::UdpSocket::bind(("0.0.0.0", 0)).ok()?;
+    probe.connect(server).ok()?;
+    match probe.local_addr().ok()?.ip() {
+        std::net::IpAddr::V4(a) if !a.is_unspecified() => Some(a),
+        _ => None,
     }
 }

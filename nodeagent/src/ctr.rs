@@ -41,8 +41,20 @@ enum CtrCommand {
     /// Named local volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Task networks the agent made (with the agent stopped).
+    #[command(subcommand)]
+    Network(NetworkCommand),
     #[command(flatten)]
     Container(ContainerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum NetworkCommand {
+    /// List task networks: task, mode, address, published ports.
+    Ls,
+    /// Remove every task network: namespaces, veths, the bridge, the nftables table (after
+    /// the node's containers are gone; the agent must be stopped).
+    Prune,
 }
 
 #[derive(Debug, Subcommand)]
@@ -119,16 +131,94 @@ pub async fn run(data_dir: &Path, node: StoreOptions, args: CtrArgs) -> Result<E
         image(&store, cmd, json).await?;
         return Ok(ExitCode::SUCCESS);
     }
+    if let CtrCommand::Network(cmd) = args.command {
+        network(data_dir, cmd, json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let store = ContainerStore::open(data_dir, node)
         .with_context(|| format!("opening the container store in {}", data_dir.display()))?;
     match args.command {
-        CtrCommand::Image(_) => Ok(ExitCode::SUCCESS),
+        CtrCommand::Image(_) | CtrCommand::Network(_) => Ok(ExitCode::SUCCESS),
         CtrCommand::Volume(cmd) => {
             volume(&store, cmd, json)?;
             Ok(ExitCode::SUCCESS)
         }
         CtrCommand::Container(cmd) => container(&store, cmd, json).await,
     }
+}
+
+fn network(data_dir: &Path, cmd: NetworkCommand, json: bool) -> Result<()> {
+    let path = data_dir.join("agent.redb");
+    if !path.exists() {
+        if !json {
+            println!(
+                "no task networks (no agent state in {})",
+                data_dir.display()
+            );
+        } else {
+            println!("[]");
+        }
+        return Ok(());
+    }
+    let db = redb::Database::create(&path).with_context(|| {
+        format!(
+            "opening {} (is the agent running? stop it first)",
+            path.display()
+        )
+    })?;
+    let nets = crate::network::Networks::open(
+        std::sync::Arc::new(db),
+        data_dir,
+        crate::network::Settings::default(),
+        None,
+        "",
+    )?;
+    match cmd {
+        NetworkCommand::Ls => {
+            let list = nets.list();
+            if json {
+                let v: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|(t, n, ready)| serde_json::json!({"task": t, "network": n, "complete": ready}))
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let rows: Vec<Vec<String>> = list
+                    .iter()
+                    .map(|(t, n, ready)| {
+                        vec![
+                            t.clone(),
+                            serde_json::to_value(n.mode)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_string))
+                                .unwrap_or_default(),
+                            n.address.map(|a| a.to_string()).unwrap_or_default(),
+                            n.bindings
+                                .iter()
+                                .map(|b| {
+                                    format!(
+                                        "{}->{}/{:?}",
+                                        b.host_port, b.container_port, b.protocol
+                                    )
+                                    .to_lowercase()
+                                })
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            if *ready { "yes" } else { "no" }.to_string(),
+                        ]
+                    })
+                    .collect();
+                table(&["TASK", "MODE", "ADDRESS", "PORTS", "COMPLETE"], &rows);
+            }
+        }
+        NetworkCommand::Prune => {
+            let n = nets.prune()?;
+            if !json {
+                println!("removed {n} task network(s)");
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn image(store: &ImageStore, cmd: ImageCommand, json: bool) -> Result<()> {

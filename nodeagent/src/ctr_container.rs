@@ -405,6 +405,7 @@ fn run_config(args: &RunArgs) -> Result<ContainerConfig> {
         Some(c) => bail!("--cpu {c}: give cores above 0, e.g. 0.5"),
     };
     Ok(ContainerConfig {
+        resolv_conf: None,
         name: args.name.clone(),
         image: args.image.clone(),
         entrypoint: args.entrypoint.as_ref().map(|e| vec![e.clone()]),

@@ -7,8 +7,10 @@
 mod agent;
 mod ctr;
 mod ctr_container;
+mod dns;
 mod health;
 mod logs;
+mod network;
 mod reconcile;
 mod runner;
 mod schedule;
@@ -73,6 +75,19 @@ enum Command {
         /// Seconds between heartbeats (node resources and container usage) [default: 30].
         #[arg(long, value_name = "SECS")]
         heartbeat: Option<u64>,
+        /// LAN interface awsvpc tasks get their address on [default: that of the default route].
+        #[arg(long, value_name = "IFACE")]
+        uplink: Option<String>,
+        /// Name of the bridge of bridge-mode tasks [default: flotilla0].
+        #[arg(long, value_name = "NAME")]
+        bridge: Option<String>,
+        /// Host ports given to port mappings without one [default: 49153-65535].
+        #[arg(long, value_name = "FIRST-LAST")]
+        dynamic_ports: Option<String>,
+        /// The node's address in the cluster, where its host ports are reached [default: the
+        /// address it reaches the control plane from].
+        #[arg(long, value_name = "IPV4")]
+        address: Option<std::net::Ipv4Addr>,
     },
     /// Supervise one container (started by the agent, not by hand).
     #[command(hide = true)]
@@ -103,6 +118,10 @@ struct FileConfig {
     bind_roots: Vec<PathBuf>,
     heartbeat: Option<u64>,
     log_format: Option<LogFormat>,
+    uplink: Option<String>,
+    bridge: Option<String>,
+    dynamic_ports: Option<String>,
+    address: Option<std::net::Ipv4Addr>,
 }
 
 /// The keys of [`FileConfig`].
@@ -112,6 +131,10 @@ const FILE_KEYS: &[&str] = &[
     "bind_roots",
     "heartbeat",
     "log_format",
+    "uplink",
+    "bridge",
+    "dynamic_ports",
+    "address",
 ];
 
 /// Default configuration file.
@@ -142,8 +165,29 @@ fn settle(mut cli: Cli) -> anyhow::Result<Cli> {
     if cli.bind_roots.is_empty() {
         cli.bind_roots = file.bind_roots;
     }
-    if let Command::Run { heartbeat } = &mut cli.command {
-        *heartbeat = heartbeat.or(file.heartbeat);
+    if let Command::Run {
+        heartbeat,
+        uplink,
+        bridge,
+        dynamic_ports,
+        address,
+    } = &mut cli.command
+    {
+        *address = address.take().or(file.address);
+        *heartbeat = heartbeat.take().or(file.heartbeat);
+        *uplink = uplink.take().or(file.uplink);
+        *bridge = bridge.take().or(file.bridge);
+        *dynamic_ports = dynamic_ports.take().or(file.dynamic_ports);
+        if let Some(b) = bridge.as_deref() {
+            if b.is_empty() || b.len() > 15 || b.contains(['/', ' ']) {
+                anyhow::bail!(
+                    "bridge: '{b}' is not an interface name (1 to 15 characters, no '/' or space)"
+                );
+            }
+        }
+        if let Some(r) = dynamic_ports.as_deref() {
+            port_range(r)?;
+        }
         if heartbeat.is_some_and(|h| !(5..=3600).contains(&h)) {
             anyhow::bail!("heartbeat: from 5 to 3600 seconds");
         }
@@ -225,9 +269,26 @@ fn main() -> ExitCode {
                 println!("next: nodeagent --data-dir {} run", data_dir.display());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Run { heartbeat } => {
+            Command::Run {
+                heartbeat,
+                uplink,
+                bridge,
+                dynamic_ports,
+                address,
+            } => {
                 let heartbeat = Duration::from_secs(heartbeat.unwrap_or(30));
-                agent::run(&data_dir, node, heartbeat)
+                let mut net = network::Settings {
+                    uplink,
+                    address,
+                    ..Default::default()
+                };
+                if let Some(b) = bridge {
+                    net.bridge = b;
+                }
+                if let Some(r) = dynamic_ports {
+                    net.dynamic_ports = port_range(&r)?;
+                }
+                agent::run(&data_dir, node, heartbeat, net)
                     .await
                     .map(|()| ExitCode::SUCCESS)
             }
@@ -241,6 +302,20 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `FIRST-LAST`, both ports, FIRST <= LAST.
+fn port_range(s: &str) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
+    let bad = || anyhow::anyhow!("dynamic_ports: '{s}' is not FIRST-LAST (ports 1 to 65535)");
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b): (u16, u16) = (
+        a.trim().parse().map_err(|_| bad())?,
+        b.trim().parse().map_err(|_| bad())?,
+    );
+    if a == 0 || a > b {
+        return Err(bad());
+    }
+    Ok(a..=b)
 }
 
 /// Node-level container settings from the flags and environment.

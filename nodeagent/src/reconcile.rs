@@ -323,6 +323,7 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
         };
         out.status.push(TaskStatus {
             scheduled: None,
+            network: None,
             id: task.id.clone(),
             state,
             stop_reason: ending,
@@ -350,6 +351,7 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
         }
         out.status.push(TaskStatus {
             scheduled: None,
+            network: None,
             id: id.clone(),
             state: if live {
                 TaskState::Stopping
@@ -382,6 +384,8 @@ mod tests {
             desired,
             stop_reason: None,
             stop_on_client_after: None,
+            address: None,
+            namespace: None,
         }
     }
 
@@ -398,6 +402,7 @@ mod tests {
             generation: 1,
             tasks,
             schedules: Vec::new(),
+            network: Default::default(),
         }
     }
 

@@ -3,7 +3,7 @@
 //! through the reconciler and the container runtime. Containers of a task are named
 //! `<task id>-<index in the definition>`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -33,7 +33,11 @@ const RESYNC: Duration = Duration::from_secs(1);
 /// The runner shared by the session and the reconcile loop.
 #[derive(Debug)]
 pub struct Runner {
-    db: Database,
+    db: Arc<Database>,
+    /// Task networks.
+    networks: Arc<crate::network::Networks>,
+    /// The node's DNS and the discovery registry.
+    dns: Arc<crate::dns::Dns>,
     desired: Mutex<DesiredState>,
     wake: Notify,
     store: ContainerStore,
@@ -65,9 +69,24 @@ pub struct Runner {
 impl Runner {
     /// Opens the runner's state under `data_dir`; the desired state persisted there (if any)
     /// is what the node converges to until the control plane says otherwise.
-    pub fn open(data_dir: &Path, store: ContainerStore, node_id: &str) -> Result<Arc<Self>> {
+    pub fn open(
+        data_dir: &Path,
+        store: ContainerStore,
+        node_id: &str,
+        net: crate::network::Settings,
+    ) -> Result<Arc<Self>> {
         let path = data_dir.join("agent.redb");
-        let db = Database::create(&path).with_context(|| format!("opening {}", path.display()))?;
+        let db = Arc::new(
+            Database::create(&path).with_context(|| format!("opening {}", path.display()))?,
+        );
+        let dns = crate::dns::Dns::open(db.clone(), tokio::runtime::Handle::current())?;
+        let networks = Arc::new(crate::network::Networks::open(
+            db.clone(),
+            data_dir,
+            net,
+            Some(dns.clone()),
+            node_id,
+        )?);
         let w = db.begin_write()?;
         w.open_table(STATE)?;
         w.commit()?;
@@ -100,6 +119,8 @@ impl Runner {
         let (rounds, _) = watch::channel(None);
         Ok(Arc::new(Self {
             db,
+            networks,
+            dns,
             desired: Mutex::new(desired),
             wake: Notify::new(),
             store,
@@ -115,6 +136,16 @@ impl Runner {
             self_stopped: Mutex::new(BTreeMap::new()),
             stopped: Mutex::new(BTreeMap::new()),
         }))
+    }
+
+    /// The node's address in the cluster, when configured.
+    pub fn address(&self) -> Option<std::net::Ipv4Addr> {
+        self.networks.address()
+    }
+
+    /// The node's DNS (the session hands it new registries).
+    pub fn dns(&self) -> &Arc<crate::dns::Dns> {
+        &self.dns
     }
 
     /// The generation held.
@@ -245,6 +276,25 @@ impl Runner {
     pub async fn run(self: Arc<Self>) {
         // An action that keeps failing must not spin: at most a few rounds back to back.
         let mut back_to_back = 0;
+        let net = self.networks.clone();
+        match tokio::task::spawn_blocking(move || net.restore()).await {
+            Ok(Err(e)) => tracing::warn!("restoring task networks: {e:#}"),
+            Err(e) => tracing::warn!("restoring task networks: {e}"),
+            Ok(Ok(())) => {}
+        }
+        // VIP rules follow the registry.
+        let mut changes = self.dns.changes();
+        let net = self.networks.clone();
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let n = net.clone();
+                match tokio::task::spawn_blocking(move || n.refresh()).await {
+                    Ok(Err(e)) => tracing::warn!("service VIP rules: {e:#}"),
+                    Err(e) => tracing::warn!("service VIP rules: {e}"),
+                    Ok(Ok(())) => {}
+                }
+            }
+        });
         loop {
             let result = self.clone().round().await;
             self.rounds.send_replace(Some(std::time::Instant::now()));
@@ -529,6 +579,38 @@ impl Runner {
                 tracing::warn!("{e:#}");
             }
         }
+        // A stopped task's network goes before its stop is reported (so an awsvpc address
+        // is free when the control plane hears of it); so do networks of tasks that are
+        // neither assigned nor have containers here.
+        let release: Vec<String> = p
+            .status
+            .iter()
+            .filter(|s| s.state == TaskState::Stopped)
+            .map(|s| s.id.clone())
+            .collect();
+        let keep: BTreeSet<String> = desired
+            .tasks
+            .iter()
+            .map(|t| t.id.clone())
+            .chain(world.keys().cloned())
+            .filter(|t| !release.contains(t))
+            .collect();
+        let net = self.networks.clone();
+        let released = tokio::task::spawn_blocking(move || -> Result<()> {
+            for t in &release {
+                net.release(t)?;
+            }
+            net.retain(&keep.iter().map(String::as_str).collect())
+        })
+        .await?;
+        if let Err(e) = released {
+            tracing::warn!("removing task networks: {e:#}");
+        }
+        for s in &mut p.status {
+            if s.state != TaskState::Stopped {
+                s.network = self.networks.status(&s.id);
+            }
+        }
         // Forget failures and restarts of tasks that left the desired state.
         let assigned = |t: &String| desired.tasks.iter().any(|d| &d.id == t);
         self.failures
@@ -571,7 +653,25 @@ impl Runner {
             .env
             .extend(t.env.iter().map(|kv| format!("{}={}", kv.name, kv.value)));
         let store = self.store.clone();
+        if let Some(ns) = &t.namespace {
+            // The services of its namespace, Kubernetes-style (the definition's own win).
+            for (k, v) in flotilla_api::discovery::environment(&self.dns.registry(), ns) {
+                if !config
+                    .env
+                    .iter()
+                    .any(|e| e.split_once('=').is_some_and(|(n, _)| n == k))
+                {
+                    config.env.push(format!("{k}={v}"));
+                }
+            }
+        }
+        let (net, dt, node) = (self.networks.clone(), t.clone(), desired.network.clone());
         let result = async {
+            let attachment = tokio::task::spawn_blocking(move || net.ensure(&dt, &node))
+                .await?
+                .context("its task network")?;
+            config.network = attachment.network;
+            config.resolv_conf = attachment.resolv_conf;
             if store.images().get(&config.image).is_err() {
                 tracing::info!(task = %task, image = %config.image, "pulling");
                 store
@@ -646,6 +746,7 @@ impl Runner {
             }
             Action::Remove { task } => {
                 let s = self.store.clone();
+                let net = self.networks.clone();
                 tokio::task::spawn_blocking(move || -> Result<()> {
                     for c in s.list()? {
                         let mine =
@@ -656,14 +757,14 @@ impl Runner {
                             s.remove(&c.record.id, true)?;
                         }
                     }
-                    // Its task-scoped volumes go with it.
+                    // Its task-scoped volumes and its network go with it.
                     let prefix = format!("{task}-");
                     for v in s.volumes().list()? {
                         if v.name.starts_with(&prefix) {
                             s.remove_volume(&v.name)?;
                         }
                     }
-                    Ok(())
+                    net.release(&task)
                 })
                 .await??;
             }
@@ -753,12 +854,12 @@ pub fn container_config(
             pids: None,
         },
         read_only: c.readonly_root_filesystem,
-        // bridge and awsvpc arrive with the networking work; until then such tasks get a
-        // namespace of their own with loopback only.
+        // The task's own namespace is filled in when it is set up (see `network`).
         network: match t.network_mode {
             TaskNetwork::Host => NetworkMode::Host,
             TaskNetwork::None | TaskNetwork::Bridge | TaskNetwork::Awsvpc => NetworkMode::None,
         },
+        resolv_conf: None,
         cap_add: c.capabilities_add.clone(),
         cap_drop: c.capabilities_drop.clone(),
         privileged: c.privileged,

@@ -105,6 +105,8 @@ pub fn fire_due(
                 desired: DesiredStatus::Running,
                 stop_reason: None,
                 stop_on_client_after: None,
+                address: None,
+                namespace: None,
             },
             run: ScheduledRun {
                 schedule: s.name.clone(),

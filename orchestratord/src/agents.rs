@@ -50,6 +50,10 @@ pub struct Agents {
     admission: Admission,
     /// What nodes last said of themselves: kept in memory only (no disk write per heartbeat).
     live: Mutex<HashMap<String, LiveInfo>>,
+    /// Bridge subnets and awsvpc addresses.
+    pub network: crate::network::Assigner,
+    /// The discovery registry last computed (version 0: none yet).
+    pub registry: Mutex<Arc<flotilla_api::discovery::Registry>>,
 }
 
 /// Session admission: a token bucket of `rate` sessions per second (bursts up to `rate`). An
@@ -125,6 +129,7 @@ impl Agents {
         ca: ClusterCa,
         node_cert_lifetime: Duration,
         session_rate: u32,
+        network: crate::network::Settings,
     ) -> Self {
         Self {
             store,
@@ -136,7 +141,19 @@ impl Agents {
             services_changed: tokio::sync::Notify::new(),
             services_lock: Mutex::new(()),
             live: Mutex::new(HashMap::new()),
+            network: crate::network::Assigner::new(network),
+            registry: Mutex::new(Arc::default()),
         }
+    }
+
+    /// Nodes with a live session.
+    pub fn live_nodes(&self) -> Vec<String> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     /// Records an event; failing to record one is logged and never fails what happened.
@@ -355,6 +372,8 @@ impl Agents {
             revoked: false,
             generation: returning.as_ref().map_or(0, |n| n.generation),
             draining: returning.as_ref().is_some_and(|n| n.draining),
+            bridge_subnet: returning.as_ref().and_then(|n| n.bridge_subnet),
+            address: returning.as_ref().and_then(|n| n.address),
         };
         if let Err(e) = self.store.put_node(&node) {
             tracing::error!("join: {e}");
@@ -485,8 +504,17 @@ impl Agents {
             l.agent_version = Some(version);
             l.disconnected_at = None;
         });
-        // A (re)connected node gets its current desired state.
+        // Where its host ports are reached: what it says, else where its session comes from.
+        let address = hello.address.or(match conn.remote_address().ip() {
+            std::net::IpAddr::V4(a) => Some(a),
+            std::net::IpAddr::V6(a) => a.to_ipv4_mapped(),
+        });
+        if let Err(e) = self.note_address(&node_id, address) {
+            tracing::warn!(node = %node_id, "recording the node's address: {e}");
+        }
+        // A (re)connected node gets its current desired state and registry.
         self.clone().push_desired(&node_id);
+        self.clone().push_registry(&node_id);
         loop {
             let (mut send, mut recv) = match conn.accept_bi().await {
                 Ok(s) => s,
@@ -538,12 +566,37 @@ impl Agents {
         }
     }
 
+    /// Records node `id`'s address when it changed.
+    fn note_address(
+        &self,
+        id: &str,
+        address: Option<std::net::Ipv4Addr>,
+    ) -> Result<(), crate::store::StoreError> {
+        let Some(mut n) = self.store.node(id)? else {
+            return Ok(());
+        };
+        if address.is_some() && n.address != address {
+            n.address = address;
+            self.store.put_node(&n)?;
+        }
+        Ok(())
+    }
+
     /// The desired state of a node: its tasks that have not stopped.
     pub fn desired_state(&self, node_id: &str) -> Result<DesiredState, crate::store::StoreError> {
         let generation = self.store.node(node_id)?.map_or(0, |n| n.generation);
-        let stop_after: HashMap<String, u32> = self
-            .store
-            .services()?
+        let services = self.store.services()?;
+        let namespaces: HashMap<String, String> = services
+            .iter()
+            .filter_map(|s| {
+                let d = s.spec.discovery.as_ref()?;
+                Some((
+                    crate::services::started_by(&s.spec.service_name),
+                    d.namespace.clone(),
+                ))
+            })
+            .collect();
+        let stop_after: HashMap<String, u32> = services
             .into_iter()
             .filter_map(|s| {
                 s.spec
@@ -573,6 +626,12 @@ impl Agents {
                     DesiredStatus::Stopped => t.info.stop_reason,
                     DesiredStatus::Running => None,
                 },
+                address: t.address,
+                namespace: t
+                    .info
+                    .started_by
+                    .as_ref()
+                    .and_then(|b| namespaces.get(b).cloned()),
                 desired: t.info.desired,
             })
             .collect();
@@ -595,6 +654,7 @@ impl Agents {
             generation,
             tasks,
             schedules,
+            network: self.network.node(&self.store, node_id)?,
         })
     }
 
@@ -686,9 +746,12 @@ impl Agents {
             if status.state == TaskState::Stopped {
                 stopped_now = true;
             }
+            // A stopped task no longer has its network; the last one reported is kept.
+            let network = status.network.or(rec.info.network.clone());
             let unchanged = rec.info.state == status.state
                 && rec.info.stop_reason == status.stop_reason
-                && rec.info.containers == status.containers;
+                && rec.info.containers == status.containers
+                && rec.info.network == network;
             if unchanged {
                 continue;
             }
@@ -713,6 +776,7 @@ impl Agents {
             rec.info.state = status.state;
             rec.info.stop_reason = status.stop_reason;
             rec.info.containers = status.containers;
+            rec.info.network = network;
             if let Err(e) = self.store.put_task(&rec) {
                 return AgentReply::Refused {
                     reason: e.to_string(),

@@ -53,6 +53,7 @@ enum Action {
     CreateService(String),
     ListServices,
     GetService(String),
+    ServiceEndpoints(String),
     UpdateService(String, ServiceUpdate),
     RemoveService(String),
     CreateSchedule(flotilla_api::schedule::ScheduleSpec),
@@ -389,6 +390,9 @@ fn parse(
             .map_err(|_| (StatusCode::BAD_REQUEST, "service: not UTF-8".to_string())),
         (&Method::GET, ["v1", "services"]) => Ok(Action::ListServices),
         (&Method::GET, ["v1", "services", name]) => Ok(Action::GetService(name.to_string())),
+        (&Method::GET, ["v1", "services", name, "endpoints"]) => {
+            Ok(Action::ServiceEndpoints(name.to_string()))
+        }
         (&Method::PUT, ["v1", "services", name]) => Ok(Action::UpdateService(
             name.to_string(),
             serde_json::from_slice(body).map_err(decode("service update"))?,
@@ -775,6 +779,22 @@ fn execute(action: Action, agents: &Arc<Agents>) -> Reply {
             (Ok(None), _) => error(StatusCode::NOT_FOUND, format!("no service {name}")),
             (Err(e), _) | (_, Err(e)) => internal(e),
         },
+        Action::ServiceEndpoints(name) => match store.service(&name) {
+            Ok(Some(s)) if s.spec.discovery.is_none() => error(
+                StatusCode::NOT_FOUND,
+                format!("service {name} does not register for discovery (no discovery.namespace)"),
+            ),
+            Ok(Some(s)) => match crate::discovery::of_service(agents, &s) {
+                Ok(Some(d)) => json(StatusCode::OK, &d),
+                Ok(None) => error(
+                    StatusCode::NOT_FOUND,
+                    format!("service {name} has no entry"),
+                ),
+                Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            },
+            Ok(None) => error(StatusCode::NOT_FOUND, format!("no service {name}")),
+            Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        },
         Action::UpdateService(name, update) => update_service(&name, update, agents),
         Action::RemoveService(name) => remove_service(&name, agents),
         Action::CreateSchedule(spec) => create_schedule(spec, agents),
@@ -1077,6 +1097,35 @@ fn create_schedule(mut spec: flotilla_api::schedule::ScheduleSpec, agents: &Arc<
     json(StatusCode::CREATED, &crate::schedules::info(&record))
 }
 
+/// Why a service cannot register as `d` with task definition `def`: its name is taken in the
+/// namespace, or the container or port it names is not in the definition.
+fn discovery_problem(
+    store: &crate::store::Store,
+    d: &flotilla_api::discovery::Discovery,
+    def: &flotilla_api::taskdef::TaskDefinition,
+) -> Option<String> {
+    let taken = store.services().ok()?.into_iter().find(|s| {
+        s.spec
+            .discovery
+            .as_ref()
+            .is_some_and(|o| o.namespace == d.namespace && o.name == d.name)
+    });
+    if let Some(s) = taken {
+        return Some(format!(
+            "discovery: {}.{} is already service {}",
+            d.name, d.namespace, s.spec.service_name
+        ));
+    }
+    if let Some(c) = &d.container_name {
+        if !def.container_definitions.iter().any(|x| &x.name == c) {
+            return Some(format!(
+                "discovery.containerName: the task definition has no container {c}"
+            ));
+        }
+    }
+    None
+}
+
 fn create_service(text: &str, agents: &Arc<Agents>) -> Reply {
     let _held = agents
         .services_lock
@@ -1105,6 +1154,11 @@ fn create_service(text: &str, agents: &Arc<Agents>) -> Reply {
         Ok(r) => r,
         Err((s, m)) => return error(s, m),
     };
+    if let Some(d) = &parsed.spec.discovery {
+        if let Some(p) = discovery_problem(store, d, &revision.task_definition) {
+            return error(StatusCode::CONFLICT, p);
+        }
+    }
     let mut spec = parsed.spec;
     spec.task_definition = format!("{}:{}", revision.family, revision.revision);
     let record = crate::store::ServiceRecord {
@@ -1112,6 +1166,7 @@ fn create_service(text: &str, agents: &Arc<Agents>) -> Reply {
         deployments: vec![crate::services::new_deployment(revision)],
         last_completed: None,
         placement_problem: None,
+        vip: None,
         created_at: crate::now(),
     };
     agents.event(
@@ -1253,7 +1308,22 @@ pub fn create_tasks(
     let store = &agents.store;
     let mut created = Vec::new();
     let mut touched = std::collections::BTreeSet::new();
+    let awsvpc = def.task_definition.network_mode == flotilla_api::taskdef::NetworkMode::Awsvpc;
+    // Held until the tasks holding the addresses are stored.
+    let mut last_address = agents.network.begin();
     for node in nodes {
+        let address = if awsvpc {
+            match agents.network.awsvpc_address(store, &mut last_address)? {
+                Ok(a) => Some(a),
+                Err(why) => {
+                    // Its node reports it as failed to start, with this reason.
+                    tracing::warn!(taskdef = %def.family, "{why}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let id = format!(
             "t-{}",
             &flotilla_certs::new_node_id()
@@ -1271,10 +1341,12 @@ pub fn create_tasks(
                 created_at: crate::now(),
                 started_by: started_by.clone(),
                 deployment: deployment.clone(),
+                network: None,
             },
             definition: def.task_definition.clone(),
             env: env.to_vec(),
             lost_at: None,
+            address,
         };
         agents.event(
             "task.placed",
@@ -1293,6 +1365,7 @@ pub fn create_tasks(
         touched.insert(node);
         created.push(rec.info);
     }
+    drop(last_address);
     for node in touched {
         store.bump_generation(&node)?;
         agents.clone().push_desired(&node);

@@ -6,6 +6,8 @@
 
 mod agents;
 mod api;
+mod discovery;
+mod network;
 mod placement;
 mod schedules;
 mod services;
@@ -16,6 +18,14 @@ pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the epoch.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
@@ -91,7 +101,32 @@ enum Command {
         /// each at its own slot [default: 1000].
         #[arg(long)]
         session_rate: Option<u32>,
+        #[command(flatten)]
+        network: NetworkArgs,
     },
+}
+
+/// Cluster network pools (flags of `run`).
+#[derive(Debug, Default, clap::Args)]
+struct NetworkArgs {
+    /// Pool the nodes' bridge subnets are carved from [default: 10.42.0.0/16].
+    #[arg(long, value_name = "CIDR")]
+    bridge_pool: Option<ipnet::Ipv4Net>,
+    /// Prefix length of each node's bridge subnet [default: 24].
+    #[arg(long, value_name = "BITS")]
+    bridge_prefix: Option<u8>,
+    /// The LAN awsvpc tasks get their addresses on (none: awsvpc tasks cannot start).
+    #[arg(long, value_name = "CIDR")]
+    awsvpc_subnet: Option<ipnet::Ipv4Net>,
+    /// Addresses of that LAN handed out to tasks [default: all but the first and last].
+    #[arg(long, value_name = "FIRST-LAST")]
+    awsvpc_range: Option<String>,
+    /// The LAN's default gateway, given to awsvpc tasks (and never handed out).
+    #[arg(long, value_name = "ADDRESS")]
+    awsvpc_gateway: Option<std::net::Ipv4Addr>,
+    /// Pool of service virtual addresses [default: 10.43.0.0/16].
+    #[arg(long, value_name = "CIDR")]
+    vip_pool: Option<ipnet::Ipv4Net>,
 }
 
 /// `/etc/flotilla/orchestratord.toml`: the same settings as the flags.
@@ -103,6 +138,12 @@ struct FileConfig {
     node_cert_lifetime: Option<u64>,
     session_rate: Option<u32>,
     log_format: Option<LogFormat>,
+    bridge_pool: Option<ipnet::Ipv4Net>,
+    bridge_prefix: Option<u8>,
+    awsvpc_subnet: Option<ipnet::Ipv4Net>,
+    awsvpc_range: Option<String>,
+    awsvpc_gateway: Option<std::net::Ipv4Addr>,
+    vip_pool: Option<ipnet::Ipv4Net>,
 }
 
 /// The keys of [`FileConfig`].
@@ -112,6 +153,12 @@ const FILE_KEYS: &[&str] = &[
     "node_cert_lifetime",
     "session_rate",
     "log_format",
+    "bridge_pool",
+    "bridge_prefix",
+    "awsvpc_subnet",
+    "awsvpc_range",
+    "awsvpc_gateway",
+    "vip_pool",
 ];
 
 /// Default configuration file.
@@ -175,6 +222,7 @@ fn real_main() -> Result<()> {
             listen,
             node_cert_lifetime,
             session_rate,
+            network,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -190,6 +238,7 @@ fn real_main() -> Result<()> {
                 listen,
                 node_cert_lifetime: Duration::from_secs(lifetime),
                 session_rate: session_rate.or(file.session_rate).unwrap_or(1000),
+                network: network_settings(network, &file)?,
             };
             rt.block_on(run(&data_dir, &settings))
         }
@@ -319,11 +368,66 @@ fn server_cert(data_dir: &Path, ca: &ClusterCa) -> Result<CertifiedKey> {
 }
 
 /// What `orchestratord run` serves with, from flags over the configuration file.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Settings {
     listen: SocketAddr,
     node_cert_lifetime: Duration,
     session_rate: u32,
+    network: network::Settings,
+}
+
+/// The network pools from the flags, then the file, then the defaults; checked.
+fn network_settings(a: NetworkArgs, file: &FileConfig) -> Result<network::Settings> {
+    let mut s = network::Settings::default();
+    if let Some(p) = a.bridge_pool.or(file.bridge_pool) {
+        s.bridge_pool = p.trunc();
+    }
+    if let Some(p) = a.bridge_prefix.or(file.bridge_prefix) {
+        s.bridge_prefix = p;
+    }
+    if let Some(p) = a.vip_pool.or(file.vip_pool) {
+        s.vip_pool = p.trunc();
+    }
+    let range = a.awsvpc_range.or(file.awsvpc_range.clone());
+    let gateway = a.awsvpc_gateway.or(file.awsvpc_gateway);
+    match a.awsvpc_subnet.or(file.awsvpc_subnet) {
+        Some(subnet) => {
+            let subnet = subnet.trunc();
+            let (first, last) = match range {
+                Some(r) => {
+                    let bad = || {
+                        anyhow::anyhow!(
+                            "awsvpc_range: '{r}' is not FIRST-LAST (two IPv4 addresses)"
+                        )
+                    };
+                    let (a, b) = r.split_once('-').ok_or_else(bad)?;
+                    (
+                        a.trim().parse().map_err(|_| bad())?,
+                        b.trim().parse().map_err(|_| bad())?,
+                    )
+                }
+                None => {
+                    let hosts: Vec<std::net::Ipv4Addr> = subnet.hosts().collect();
+                    match (hosts.first(), hosts.last()) {
+                        (Some(f), Some(l)) => (*f, *l),
+                        _ => bail!("awsvpc_subnet: {subnet} has no host addresses"),
+                    }
+                }
+            };
+            s.awsvpc = Some(network::AwsvpcPool {
+                subnet,
+                first,
+                last,
+                gateway,
+            });
+        }
+        None if range.is_some() || gateway.is_some() => {
+            bail!("awsvpc_range and awsvpc_gateway need awsvpc_subnet")
+        }
+        None => {}
+    }
+    s.check().map_err(anyhow::Error::msg)?;
+    Ok(s)
 }
 
 async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
@@ -331,6 +435,7 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         listen,
         node_cert_lifetime,
         session_rate,
+        ref network,
     } = *settings;
     if node_cert_lifetime < Duration::from_secs(30) {
         bail!("--node-cert-lifetime: at least 30 seconds");
@@ -377,6 +482,7 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         ca,
         node_cert_lifetime,
         session_rate,
+        network.clone(),
     ));
     tokio::spawn(services::run(agents.clone()));
     tracing::info!(%listen, "serving agents (QUIC) and operators (HTTPS)");

@@ -151,10 +151,13 @@ pub fn adopt(
             created_at: run.fired_at,
             started_by: Some(started_by(&run.schedule)),
             deployment: None,
+            network: None,
         },
         definition: s.revision.task_definition.clone(),
         env: s.spec.env.clone(),
         lost_at: None,
+        // Pinned runs start offline; awsvpc addresses are the control plane's to give.
+        address: None,
     };
     agents.event(
         "schedule.fired",

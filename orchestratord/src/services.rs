@@ -35,6 +35,9 @@ pub async fn run(agents: Arc<Agents>) {
         if let Err(e) = crate::schedules::round(&agents) {
             tracing::warn!("schedules: {e}");
         }
+        if let Err(e) = crate::discovery::round(&agents) {
+            tracing::warn!("discovery: {e}");
+        }
     }
 }
 
@@ -133,6 +136,7 @@ pub fn info(s: &ServiceRecord, all: &[TaskRecord]) -> ServiceInfo {
         pending_count: count(None, &pending),
         deployments,
         placement_problem: s.placement_problem.clone(),
+        vip: s.vip,
         created_at: s.created_at,
     }
 }

@@ -64,6 +64,12 @@ pub struct NodeRecord {
     /// No new tasks are placed on a draining node.
     #[serde(default)]
     pub draining: bool,
+    /// Subnet of its task bridge (assigned when first needed, unique in the cluster).
+    #[serde(default)]
+    pub bridge_subnet: Option<ipnet::Ipv4Net>,
+    /// Its address in the cluster (where its host ports are reached), as it last said.
+    #[serde(default)]
+    pub address: Option<std::net::Ipv4Addr>,
 }
 
 /// A service as stored: its spec and deployments.
@@ -79,6 +85,9 @@ pub struct ServiceRecord {
     /// Why its tasks could not all be placed lately.
     #[serde(default)]
     pub placement_problem: Option<String>,
+    /// Its virtual address (`discovery.vip`), kept for its life.
+    #[serde(default)]
+    pub vip: Option<std::net::Ipv4Addr>,
     /// Creation time.
     pub created_at: u64,
 }
@@ -128,6 +137,9 @@ pub struct TaskRecord {
     /// When its node was found lost (a service then replaced it).
     #[serde(default)]
     pub lost_at: Option<u64>,
+    /// Its LAN address (awsvpc), held until it has stopped.
+    #[serde(default)]
+    pub address: Option<flotilla_api::tasks::TaskAddress>,
 }
 
 fn taskdef_key(family: &str, revision: u32) -> String {

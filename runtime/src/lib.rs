@@ -5,6 +5,7 @@
 
 pub mod container;
 pub mod image;
+pub mod network;
 
 pub use container::{ContainerError, ContainerStore};
 pub use image::{ImageStore, ImageStoreError};

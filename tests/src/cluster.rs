@@ -393,6 +393,7 @@ pub mod raw {
             &Hello {
                 protocols: PROTOCOLS.to_vec(),
                 agent_version: "test".into(),
+                address: None,
             },
         )
         .await
@@ -448,8 +449,18 @@ impl Fleet {
     /// A control plane and `labels.len()` hosts, each joined with its labels (`[]` for none)
     /// and in session.
     pub fn start(labels: &[&[&str]]) -> Self {
+        Self::start_with(labels, |_| Vec::new())
+    }
+
+    /// Like [`Fleet::start`], `orchestratord run` given the arguments `args` makes from the LAN.
+    pub fn start_with(
+        labels: &[&[&str]],
+        args: impl FnOnce(&crate::netns::Lan) -> Vec<String>,
+    ) -> Self {
         let lan = crate::netns::Lan::new();
-        let cp = ControlPlane::start_listening(std::net::Ipv4Addr::UNSPECIFIED, &[]);
+        let args = args(&lan);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let cp = ControlPlane::start_listening(std::net::Ipv4Addr::UNSPECIFIED, &args);
         let server = format!("{}:{}", lan.gateway, cp.addr.port());
         let mut fleet = Self {
             agents: Vec::new(),
@@ -520,6 +531,10 @@ impl Fleet {
         for n in &self.nodes {
             n.wait_for("containers removed", Duration::from_secs(60), || {
                 n.ps().is_empty()
+            });
+            // Their networks go right after them.
+            n.wait_for("task networks removed", Duration::from_secs(30), || {
+                n.leftover_mounts().is_empty()
             });
         }
         for a in &mut self.agents {

@@ -357,7 +357,10 @@ pub fn busybox_image(arch: &str) -> ImageSpec {
     let mut base = Layer::new();
     base.dir("bin", 0o755)
         .file("bin/busybox", &busybox(), 0o755);
-    for applet in ["sh", "echo", "cat", "ls", "true", "sleep", "httpd", "wget"] {
+    for applet in [
+        "sh", "echo", "cat", "ls", "true", "sleep", "httpd", "wget", "nc", "ip", "hostname",
+        "mkdir", "timeout", "nslookup",
+    ] {
         base.symlink(&format!("bin/{applet}"), "busybox");
     }
     base.hardlink("bin/busybox-hardlink", "bin/busybox")

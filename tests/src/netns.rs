@@ -99,6 +99,8 @@ impl Lan {
         ]
         .concat());
         ip(&[&ns[..], &["link", "set", "eth0", "up"]].concat());
+        let gw = self.gateway.to_string();
+        ip(&[&ns[..], &["route", "add", "default", "via", &gw]].concat());
         host
     }
 }

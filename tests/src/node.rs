@@ -207,6 +207,8 @@ impl Node {
                 let _ = self.ctr(&["rm", "-f", id]);
             }
         }
+        // Task networks an agent killed mid-way left behind.
+        let _ = self.ctr(&["network", "prune"]);
     }
 }
 

@@ -301,7 +301,8 @@ fn every_documented_operation_answers_as_documented() {
     );
 
     // Services.
-    let svc = r#"{"serviceName": "web", "taskDefinition": "serve", "desiredCount": 1, "launchType": "EC2"}"#;
+    let svc = r#"{"serviceName": "web", "taskDefinition": "serve", "desiredCount": 1, "launchType": "EC2",
+                  "discovery": {"namespace": "test", "containerPort": 8080, "vip": true}}"#;
     let created = api.ok("POST", "/v1/services", "/v1/services", Some(svc), 201);
     assert_eq!(created["warnings"][0], "$.launchType: ignored (AWS only)");
     api.ok("POST", "/v1/services", "/v1/services", Some(svc), 409);
@@ -324,6 +325,31 @@ fn every_documented_operation_answers_as_documented() {
     }
     api.ok("GET", "/v1/services", "/v1/services", None, 200);
     api.ok("GET", "/v1/services/{name}", "/v1/services/nope", None, 404);
+    let start = Instant::now();
+    loop {
+        let e = api.ok(
+            "GET",
+            "/v1/services/{name}/endpoints",
+            "/v1/services/web/endpoints",
+            None,
+            200,
+        );
+        assert_eq!(e["name"], "web", "{e}");
+        if e["vip"].is_string() {
+            // A task with network mode none is reached nowhere: no endpoint.
+            assert_eq!(e["endpoints"], json!([]), "{e}");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "no VIP: {e}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    api.ok(
+        "GET",
+        "/v1/services/{name}/endpoints",
+        "/v1/services/nope/endpoints",
+        None,
+        404,
+    );
     let scaled = api.ok(
         "PUT",
         "/v1/services/{name}",

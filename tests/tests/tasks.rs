@@ -242,6 +242,7 @@ fn a_node_can_only_report_on_its_own_tasks() {
                 stop_reason: Some("forged by another node".into()),
                 containers: Vec::new(),
                 scheduled: None,
+                network: None,
             }],
         };
         assert_eq!(raw::request(&conn, &forged).await, AgentReply::Recorded);
@@ -258,6 +259,7 @@ fn a_node_can_only_report_on_its_own_tasks() {
                     stop_reason: None,
                     containers: Vec::new(),
                     scheduled: Some(run),
+                    network: None,
                 }],
             };
             assert_eq!(raw::request(&conn, &claim).await, AgentReply::Recorded);

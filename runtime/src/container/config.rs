@@ -32,6 +32,9 @@ pub struct ContainerConfig {
     pub read_only: bool,
     /// Network namespace.
     pub network: NetworkMode,
+    /// A host file mounted read-only at `/etc/resolv.conf` (default: a copy of the node's for
+    /// `host`, the image's own otherwise).
+    pub resolv_conf: Option<PathBuf>,
     /// Capabilities added to the default set (`ALL` for every one).
     pub cap_add: Vec<String>,
     /// Capabilities removed from the default set (`ALL` for every one).
@@ -75,7 +78,7 @@ pub struct Resources {
 }
 
 /// The network a container sees.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// Its own namespace with only `lo` (up).
@@ -83,6 +86,8 @@ pub enum NetworkMode {
     None,
     /// The node's namespace.
     Host,
+    /// An existing namespace, mounted at this path (a task's, shared by its containers).
+    Join(PathBuf),
 }
 
 /// A mount asked for.
@@ -252,6 +257,22 @@ impl ContainerConfig {
             match e.split_once('=') {
                 Some((k, _)) if !k.is_empty() && !k.contains('\0') => {}
                 _ => errs.push(format!("env[{i}]: '{e}' is not KEY=VALUE")),
+            }
+        }
+        if let NetworkMode::Join(p) = &self.network {
+            if !p.is_absolute() {
+                errs.push(format!(
+                    "network: '{}' is not an absolute path",
+                    p.display()
+                ));
+            }
+        }
+        if let Some(p) = &self.resolv_conf {
+            if !p.is_absolute() {
+                errs.push(format!(
+                    "resolv_conf: '{}' is not an absolute path",
+                    p.display()
+                ));
             }
         }
         if let Some(w) = &self.workdir {

@@ -2,8 +2,10 @@
 //!
 //! A helper — the shim binary with `--exec`, launched isolated like a shim (see
 //! [`super::isolate`]), so no process that joins the container ever has a writable
-//! `/proc/<pid>/exe` — joins the container through libcontainer's tenant builder: its
-//! namespaces, cgroup, user, capabilities, no_new_privs, and the container's seccomp profile.
+//! `/proc/<pid>/exe` — enters the container's network namespace (its shim's or its task's,
+//! which the spec does not name), then joins the container through libcontainer's tenant
+//! builder: its namespaces, cgroup, user, capabilities, no_new_privs, and the container's
+//! seccomp profile.
 //! The command gets the helper's stdio; the helper waits for it (killing it after the timeout)
 //! and exits with its code. The helper stays single-threaded, like the shim.
 
@@ -51,6 +53,9 @@ fn run(
         return Err("exec runs only as launched by nodeagent (in its own mount namespace)".into());
     }
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    // Its network namespace belongs to its shim (or its task), not to the container's spec:
+    // the tenant would not join it.
+    join_network(data_dir, id)?;
     // The container's own seccomp profile, as its shim kept it.
     let dir = data_dir.join("containers").join(id);
     let filter = match fs::read(dir.join("seccomp.json")) {
@@ -158,6 +163,25 @@ impl Probe {
     }
 }
 
+/// Moves this (single-threaded) helper into container `id`'s network namespace: that of its
+/// init, checked to be the recorded process (not a reused pid).
+fn join_network(data_dir: &Path, id: &str) -> Result<(), String> {
+    let state: super::RuntimeState =
+        fs::read(data_dir.join("containers").join(id).join("state.json"))
+            .map_err(|e| format!("not started: {e}"))
+            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))?;
+    let now = super::process::ProcessIdentity::of(state.init.pid)
+        .map_err(|e| format!("not running: {e}"))?;
+    if now != state.init {
+        return Err("not running".into());
+    }
+    let ns = fs::File::open(format!("/proc/{}/ns/net", state.init.pid))
+        .map_err(|e| format!("its network namespace: {e}"))?;
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| format!("joining its network namespace: {e}"))?;
+    Ok(())
+}
+
 /// Runs `probe` in container `id`'s network namespace; 0 when it passes, 1 when it fails,
 /// [`CANNOT_RUN`] when it cannot be tried.
 pub fn probe_main(data_dir: &Path, id: &str, probe: &str, timeout: Duration) -> i32 {
@@ -177,20 +201,7 @@ fn run_probe(data_dir: &Path, id: &str, probe: &str, timeout: Duration) -> Resul
         return Err(format!("invalid container id '{id}'"));
     }
     let probe = Probe::parse(probe)?;
-    let state: super::RuntimeState =
-        fs::read(data_dir.join("containers").join(id).join("state.json"))
-            .map_err(|e| format!("not started: {e}"))
-            .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))?;
-    // The init recorded, and still the same process (not a reused pid).
-    let now = super::process::ProcessIdentity::of(state.init.pid)
-        .map_err(|e| format!("not running: {e}"))?;
-    if now != state.init {
-        return Err("not running".into());
-    }
-    let ns = fs::File::open(format!("/proc/{}/ns/net", state.init.pid))
-        .map_err(|e| format!("its network namespace: {e}"))?;
-    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| format!("joining its network namespace: {e}"))?;
+    join_network(data_dir, id)?;
     let port = match &probe {
         Probe::Tcp(p) | Probe::Http { port: p, .. } => *p,
     };

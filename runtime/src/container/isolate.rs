@@ -1,6 +1,7 @@
 //! Launching a shim already isolated: in the child, between fork and exec, it gets its own
 //! session, a private mount namespace that receives the host's mount events but never sends
-//! any, a fresh network namespace when the container has no network, and a read-only bind
+//! any, a fresh network namespace when the container has no network (or joins the one it is
+//! given), and a read-only bind
 //! mount of the agent binary over itself — so the exec that follows runs the shim from a
 //! read-only mount. A container's init is a fork of its shim; with its `/proc/<pid>/exe` on a
 //! read-only mount, it cannot be used to overwrite the agent binary (CVE-2019-5736).
@@ -10,27 +11,47 @@
 
 use std::ffi::CString;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Command;
 
 use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
+use nix::sched::{setns, unshare, CloneFlags};
+
+/// The network namespace a shim starts in.
+#[derive(Debug)]
+pub enum Network {
+    /// Its launcher's.
+    Keep,
+    /// A fresh one.
+    New,
+    /// This one (an open namespace file).
+    Join(OwnedFd),
+}
 
 /// Arranges for `cmd` (which must execute `program`) to start isolated as described above.
-pub fn isolate_before_exec(cmd: &mut Command, program: &Path, new_network: bool) -> io::Result<()> {
+pub fn isolate_before_exec(cmd: &mut Command, program: &Path, network: Network) -> io::Result<()> {
     // Everything the child needs is prepared here: after fork, in a possibly multi-threaded
     // parent, the child may only make system calls (no allocation).
     let exe = CString::new(program.as_os_str().as_bytes())
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let root = CString::from(c"/");
     let mut ns = CloneFlags::CLONE_NEWNS;
-    if new_network {
-        ns |= CloneFlags::CLONE_NEWNET;
-    }
+    let join = match network {
+        Network::Keep => None,
+        Network::New => {
+            ns |= CloneFlags::CLONE_NEWNET;
+            None
+        }
+        Network::Join(fd) => Some(fd),
+    };
     let step = move || -> nix::Result<()> {
         nix::unistd::setsid()?;
+        if let Some(fd) = &join {
+            setns(fd, CloneFlags::CLONE_NEWNET)?;
+        }
         unshare(ns)?;
         mount(
             None::<&std::ffi::CStr>,
@@ -61,7 +82,7 @@ pub fn isolate_before_exec(cmd: &mut Command, program: &Path, new_network: bool)
     };
     #[allow(unsafe_code)]
     // SAFETY: the closure runs in the forked child before exec. It only issues system calls
-    // (setsid, unshare, mount) on data prepared above, allocates nothing, takes no lock, and
+    // (setsid, setns, unshare, mount) on data prepared above, allocates nothing, takes no lock, and
     // touches no state shared with other threads of the parent; errors are plain errno
     // values. This is what `pre_exec` requires.
     unsafe {

@@ -570,12 +570,19 @@ impl ContainerStore {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
-        isolate::isolate_before_exec(
-            &mut cmd,
-            program,
-            record.config.network == NetworkMode::None,
-        )
-        .map_err(io_at(program))?;
+        let network = match &record.config.network {
+            NetworkMode::None => isolate::Network::New,
+            NetworkMode::Host => isolate::Network::Keep,
+            NetworkMode::Join(path) => {
+                isolate::Network::Join(crate::network::netns::open(path).map_err(|e| {
+                    ContainerError::Start {
+                        id: id.to_string(),
+                        message: format!("its network namespace: {e}"),
+                    }
+                })?)
+            }
+        };
+        isolate::isolate_before_exec(&mut cmd, program, network).map_err(io_at(program))?;
         let mut child = cmd.spawn().map_err(io_at(program))?;
         let Some(stdout) = child.stdout.take() else {
             return Err(io_at(&self.options.shim.program)(io::Error::other(
@@ -867,7 +874,8 @@ impl ContainerStore {
             cmd.arg("--timeout").arg(t.as_millis().max(1).to_string());
         }
         cmd.arg("--").args(args);
-        isolate::isolate_before_exec(&mut cmd, program, false).map_err(io_at(program))?;
+        isolate::isolate_before_exec(&mut cmd, program, isolate::Network::Keep)
+            .map_err(io_at(program))?;
         Ok(cmd)
     }
 

@@ -166,7 +166,15 @@ fn create_and_start(
     rootfs::ensure_dir(&root, &cwd)
         .map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
     let mut mounts = record.mounts.clone();
-    if record.config.network == NetworkMode::Host {
+    if let Some(file) = &record.config.resolv_conf {
+        mounts.push(ResolvedMount {
+            kind: MountKind::Bind,
+            source: file.clone(),
+            target: PathBuf::from("/etc/resolv.conf"),
+            read_only: true,
+            size: None,
+        });
+    } else if record.config.network == NetworkMode::Host {
         // The node's resolver configuration, as a copy the container cannot change for
         // the node.
         let copy = dir.join("resolv.conf");

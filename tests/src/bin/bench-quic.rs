@@ -39,6 +39,7 @@ async fn session(
             &Hello {
                 protocols: PROTOCOLS.to_vec(),
                 agent_version: "bench".into(),
+                address: None,
             },
         )
         .await?;

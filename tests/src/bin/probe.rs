@@ -1,6 +1,7 @@
 //! Runs inside test containers and reports what the container may do: `probe syscalls`
 //! (errno of calls the default seccomp profile must refuse) and `probe fds` (descriptors
-//! open above stderr). Linked against the host's C library, which the test image carries.
+//! open above stderr); `probe serve PORT` is the connection benchmark's server (each
+//! connection gets one byte, then is held until the client closes it). Linked against the host's C library, which the test image carries.
 
 use std::fs;
 use std::io::Error;
@@ -59,12 +60,44 @@ fn fds() {
     println!("done");
 }
 
+fn serve(port: Option<u16>) {
+    use std::io::{Read, Write};
+    let Some(port) = port else {
+        eprintln!("usage: probe serve PORT");
+        std::process::exit(2);
+    };
+    let listener = match std::net::TcpListener::bind(("0.0.0.0", port)) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("probe serve: port {port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("serving on {port}");
+    let threads: Vec<_> = (0..4)
+        .filter_map(|_| listener.try_clone().ok())
+        .map(|l| {
+            std::thread::spawn(move || {
+                for mut conn in l.incoming().flatten() {
+                    let _ = conn.write_all(b"x");
+                    let mut sink = [0u8; 64];
+                    while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}
+
 fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("syscalls") => syscalls(),
         Some("fds") => fds(),
+        Some("serve") => serve(std::env::args().nth(2).and_then(|p| p.parse().ok())),
         _ => {
-            eprintln!("usage: probe syscalls|fds");
+            eprintln!("usage: probe syscalls|fds|serve PORT");
             std::process::exit(2);
         }
     }

@@ -1,0 +1,168 @@
+//! Benchmark: DNS queries per second a node's agent answers for a task. A real cluster (one
+//! host, its agent, a service registered in a namespace, a bridge task); closed-loop clients
+//! inside the task's network namespace ask `A web.bench.flotilla.internal` of the task's
+//! resolver (127.0.0.11:53, served by the agent) for a few seconds. *Anchor:* dnsmasq (Debian's
+//! `dnsmasq-base`) answering the same name from its configuration, in the same namespace, with
+//! the same clients, in the same run. Run as root with release binaries:
+//! `cargo build --release --workspace && target/release/bench-dns [SECONDS] [CLIENTS]`.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use flotilla_tests::cluster::Fleet;
+
+const NAME: &str = "web.bench.flotilla.internal";
+
+const WEB: &str = r#"{"family": "web", "networkMode": "bridge", "containerDefinitions": [{
+  "name": "web", "image": "test/busybox:latest", "memory": 16, "stopTimeout": 2,
+  "portMappings": [{"containerPort": 80}],
+  "command": ["sh", "-c", "mkdir -p /www && exec httpd -f -p 80 -h /www"]}]}"#;
+
+const CLIENT: &str = r#"{"family": "client", "networkMode": "bridge", "containerDefinitions": [{
+  "name": "main", "image": "test/busybox:latest", "memory": 16, "stopTimeout": 2,
+  "command": ["sleep", "3600"]}]}"#;
+
+/// A query for `A name` with id `id`, as a client sends it.
+fn query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(64);
+    q.extend(id.to_be_bytes());
+    q.extend([0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]); // RD; one question
+    for label in name.split('.') {
+        q.push(u8::try_from(label.len()).unwrap_or(63));
+        q.extend(label.as_bytes());
+    }
+    q.extend([0, 0, 1, 0, 1]); // A, IN
+    q
+}
+
+/// Closed-loop clients in the namespace at `netns` asking `server` for `secs`; answers/s.
+fn blast(netns: &Path, server: SocketAddr, secs: u64, clients: usize) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let netns = netns.to_path_buf();
+            std::thread::spawn(move || -> Result<u64> {
+                let ns = std::fs::File::open(&netns)?;
+                rustix::thread::move_into_link_name_space(
+                    ns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
+                let sock = UdpSocket::bind("127.0.0.1:0")?;
+                sock.connect(server)?;
+                sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let mut buf = [0u8; 512];
+                let mut answered = 0u64;
+                let mut id = u16::try_from(c).unwrap_or(0).wrapping_mul(7919);
+                while Instant::now() < deadline {
+                    id = id.wrapping_add(1);
+                    sock.send(&query(id, NAME))?;
+                    let n = sock.recv(&mut buf).context("no answer")?;
+                    // Same id, NOERROR, one answer at least.
+                    if n < 12 || buf[..2] != id.to_be_bytes() || buf[3] & 0x0f != 0 || buf[7] == 0 {
+                        bail!("bad answer from {server}: {:?}", &buf[..n.min(16)]);
+                    }
+                    answered += 1;
+                }
+                Ok(answered)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+    }
+    Ok(total as f64 / secs as f64)
+}
+
+fn main() -> Result<()> {
+    flotilla_tests::require_root();
+    let arg = |i: usize, default: u64| -> Result<u64> {
+        std::env::args()
+            .nth(i)
+            .map(|s| s.parse())
+            .transpose()
+            .context("SECONDS and CLIENTS are numbers")
+            .map(|v| v.unwrap_or(default))
+    };
+    let (secs, clients) = (arg(1, 5)?, usize::try_from(arg(2, 4)?)?);
+    let fleet = Fleet::start(&[&[]]);
+    let cp = &fleet.cp;
+    fleet.register(WEB);
+    fleet.register(CLIENT);
+    let f = cp.scratch().join("svc.json");
+    std::fs::write(
+        &f,
+        r#"{"serviceName": "web", "taskDefinition": "web", "desiredCount": 1, "discovery": {"namespace": "bench"}}"#,
+    )?;
+    cp.flotilla_ok(&["service", "create", f.to_str().context("utf8")?]);
+    let placed: Vec<serde_json::Value> =
+        serde_json::from_str(&cp.flotilla_ok(&["task", "run", "client", "-o", "json"]))?;
+    let client = placed[0]["id"].as_str().context("task id")?.to_string();
+    let t = Instant::now();
+    loop {
+        let e: serde_json::Value =
+            serde_json::from_str(&cp.flotilla_ok(&["service", "endpoints", "web", "-o", "json"]))?;
+        let task: serde_json::Value =
+            serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &client, "-o", "json"]))?;
+        if e["endpoints"].as_array().is_some_and(|a| !a.is_empty()) && task["state"] == "RUNNING" {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("the service or the client never came up");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Give the registry push a moment to reach the node.
+    std::thread::sleep(Duration::from_secs(2));
+    let netns: PathBuf = fleet.nodes[0].data.join("netns").join(&client);
+    let mut dnsmasq = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args([
+            "--",
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--no-resolv",
+            "--no-hosts",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.12",
+            "--port=5353",
+            "--user=root",
+            "--pid-file=",
+            &format!("--address=/{NAME}/10.1.2.3"),
+        ])
+        .spawn()
+        .context("starting dnsmasq (apt-get install dnsmasq-base)")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let ours: SocketAddr = "127.0.0.11:53".parse()?;
+    let anchor: SocketAddr = "127.0.0.12:5353".parse()?;
+    println!("bench-dns: {clients} closed-loop clients, {secs} s per run, A {NAME}");
+    let mut ratios = Vec::new();
+    for round in 1..=3 {
+        let a = blast(&netns, anchor, secs, clients);
+        let f = blast(&netns, ours, secs, clients);
+        let (a, f) = match (a, f) {
+            (Ok(a), Ok(f)) => (a, f),
+            (a, f) => {
+                let _ = dnsmasq.kill();
+                let _ = dnsmasq.wait();
+                bail!("round {round}: dnsmasq {:?}, agent {:?}", a.err(), f.err());
+            }
+        };
+        println!(
+            "round {round}: agent {f:>9.0} answers/s   dnsmasq {a:>9.0} answers/s   ratio {:.2}",
+            f / a
+        );
+        ratios.push(f / a);
+    }
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
+    ratios.sort_by(f64::total_cmp);
+    println!("median ratio agent/dnsmasq: {:.2}", ratios[1]);
+    cp.flotilla_ok(&["task", "stop", &client]);
+    cp.flotilla_ok(&["service", "rm", "web"]);
+    fleet.finish();
+    Ok(())
+}

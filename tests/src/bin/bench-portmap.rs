@@ -1,0 +1,115 @@
+//! Benchmark: TCP connections per second through a bridge task's host-port mapping against the
+//! same connections made directly to the task's address. A real cluster (one host, its agent,
+//! a bridge task running `probe serve 80` — one byte per connection — published on host port
+//! 8080); closed-loop clients in the host's namespace connect, read the byte and reset the
+//! connection (no TIME_WAIT), for a few seconds each way, alternating. *Anchor:* the direct
+//! connection: the ratio is what the nftables DNAT costs. Run as root with release binaries:
+//! `cargo build --release --workspace && target/release/bench-portmap [SECONDS] [CLIENTS]`.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use flotilla_tests::cluster::Fleet;
+
+const SERVER: &str = r#"{"family": "server", "networkMode": "bridge", "containerDefinitions": [{
+  "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+  "portMappings": [{"containerPort": 80, "hostPort": 8080}],
+  "command": ["/probe", "serve", "80"]}]}"#;
+
+/// Closed-loop clients in the namespace at `netns` connecting to `to` for `secs`; connections/s.
+fn blast(netns: &Path, to: SocketAddr, secs: u64, clients: usize) -> Result<f64> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let handles: Vec<_> = (0..clients)
+        .map(|_| {
+            let netns = netns.to_path_buf();
+            std::thread::spawn(move || -> Result<u64> {
+                let ns = std::fs::File::open(&netns)?;
+                rustix::thread::move_into_link_name_space(
+                    ns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                )?;
+                let mut done = 0u64;
+                let mut byte = [0u8; 1];
+                while Instant::now() < deadline {
+                    let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                        .with_context(|| format!("connecting to {to}"))?;
+                    c.read_exact(&mut byte)?;
+                    // Reset, not close: neither side keeps the connection in TIME_WAIT.
+                    rustix::net::sockopt::set_socket_linger(&c, Some(Duration::ZERO))?;
+                    drop(c);
+                    done += 1;
+                }
+                Ok(done)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
+    }
+    Ok(total as f64 / secs as f64)
+}
+
+fn main() -> Result<()> {
+    flotilla_tests::require_root();
+    let arg = |i: usize, default: u64| -> Result<u64> {
+        std::env::args()
+            .nth(i)
+            .map(|s| s.parse())
+            .transpose()
+            .context("SECONDS and CLIENTS are numbers")
+            .map(|v| v.unwrap_or(default))
+    };
+    let (secs, clients) = (arg(1, 3)?, usize::try_from(arg(2, 4)?)?);
+    let fleet = Fleet::start(&[&[]]);
+    let cp = &fleet.cp;
+    fleet.register(SERVER);
+    let placed: Vec<serde_json::Value> =
+        serde_json::from_str(&cp.flotilla_ok(&["task", "run", "server", "-o", "json"]))?;
+    let id = placed[0]["id"].as_str().context("task id")?.to_string();
+    let t = Instant::now();
+    let task = loop {
+        let task: serde_json::Value =
+            serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id, "-o", "json"]))?;
+        if task["state"] == "RUNNING" && task["network"]["address"].is_string() {
+            break task;
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("the server task never ran: {task}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let host = &fleet.hosts[0];
+    let netns = PathBuf::from(format!("/run/netns/{}", host.netns));
+    let direct: SocketAddr = format!(
+        "{}:80",
+        task["network"]["address"].as_str().unwrap_or_default()
+    )
+    .parse()?;
+    let mapped: SocketAddr = format!("{}:8080", host.addr).parse()?;
+    // Warm up both paths (ARP, the server's threads).
+    blast(&netns, direct, 1, clients)?;
+    blast(&netns, mapped, 1, clients)?;
+    println!(
+        "bench-portmap: {clients} closed-loop clients, {secs} s per run, from the node to its task"
+    );
+    let mut ratios = Vec::new();
+    for round in 1..=3 {
+        let d = blast(&netns, direct, secs, clients)?;
+        let m = blast(&netns, mapped, secs, clients)?;
+        println!(
+            "round {round}: through host port {m:>8.0} conn/s   direct {d:>8.0} conn/s   ratio {:.2}",
+            m / d
+        );
+        ratios.push(m / d);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!("median ratio mapped/direct: {:.2}", ratios[1]);
+    cp.flotilla_ok(&["task", "stop", &id]);
+    fleet.finish();
+    Ok(())
+}

@@ -1,0 +1,378 @@
+//! Service discovery and service VIPs on real hosts with real containers: a container on one
+//! host finds and reaches services on another by name (A and SRV records from the node's own
+//! resolver), gets the namespace's services in its environment, an unhealthy task leaves the
+//! answers, names keep resolving with the control plane down (also across an agent restart),
+//! and a VIP spreads connections over a service's tasks and stops sending any to a stopped one.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use flotilla_tests::cluster::Fleet;
+use flotilla_tests::wait;
+
+/// httpd on port 80 answering with the container's host name; unhealthy once /www/sick exists.
+fn web_def(family: &str, mapping: &str) -> String {
+    format!(
+        r#"{{
+  "family": "{family}",
+  "networkMode": "bridge",
+  "containerDefinitions": [{{
+    "name": "web", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "portMappings": [{mapping}],
+    "healthCheck": {{"command": ["CMD-SHELL", "[ ! -e /www/sick ]"], "interval": 5, "retries": 1, "timeout": 2}},
+    "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"]
+  }}]
+}}"#
+    )
+}
+
+const CLIENT: &str = r#"{
+  "family": "client",
+  "networkMode": "bridge",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "command": ["sh", "-c", "echo WEB=$WEB_SERVICE_HOST:$WEB_SERVICE_PORT; cat /etc/resolv.conf; exec sleep 3600"]
+  }]
+}"#;
+
+fn service(fleet: &Fleet, json: &str) {
+    let f = fleet
+        .cp
+        .scratch()
+        .join(format!("svc-{}.json", flotilla_tests::unique()));
+    std::fs::write(&f, json).expect("write");
+    fleet
+        .cp
+        .flotilla_ok(&["service", "create", f.to_str().expect("utf8")]);
+}
+
+fn endpoints(fleet: &Fleet, name: &str) -> serde_json::Value {
+    serde_json::from_str(
+        &fleet
+            .cp
+            .flotilla_ok(&["service", "endpoints", name, "-o", "json"]),
+    )
+    .expect("json")
+}
+
+fn tasks_of(fleet: &Fleet, service: &str) -> Vec<serde_json::Value> {
+    let all: Vec<serde_json::Value> =
+        serde_json::from_str(&fleet.cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json");
+    all.into_iter()
+        .filter(|t| t["startedBy"] == format!("service:{service}") && t["state"] == "RUNNING")
+        .collect()
+}
+
+/// Runs `sh -c SCRIPT` in container `name` of node `i`; (success, stdout + stderr).
+fn exec(fleet: &Fleet, i: usize, name: &str, script: &str) -> (bool, String) {
+    let out = fleet.nodes[i].ctr(&["exec", name, "--", "sh", "-c", script]);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn tasks_find_services_by_name_from_another_host_and_offline() {
+    let mut fleet = Fleet::start(&[&["site=a"], &["site=b"]]);
+    let addr_a = fleet.hosts[0].addr.to_string();
+    fleet.register(&web_def(
+        "web",
+        r#"{"containerPort": 80, "hostPort": 8080}"#,
+    ));
+    fleet.register(&web_def("api", r#"{"containerPort": 80}"#));
+    fleet.register(CLIENT);
+    let on = |site: &str| {
+        format!(
+            r#""placementConstraints": [{{"type": "memberOf", "expression": "attribute:site == {site}"}}]"#
+        )
+    };
+    service(
+        &fleet,
+        &format!(
+            r#"{{"serviceName": "web", "taskDefinition": "web", "desiredCount": 1, {},
+                "discovery": {{"namespace": "shop"}}}}"#,
+            on("a")
+        ),
+    );
+    service(
+        &fleet,
+        &format!(
+            r#"{{"serviceName": "api", "taskDefinition": "api", "desiredCount": 2, {},
+                "discovery": {{"namespace": "shop"}}}}"#,
+            on("a")
+        ),
+    );
+    wait("web and api registered", Duration::from_secs(60), || {
+        endpoints(&fleet, "web")["endpoints"]
+            .as_array()
+            .is_some_and(|e| e.len() == 1)
+            && endpoints(&fleet, "api")["endpoints"]
+                .as_array()
+                .is_some_and(|e| e.len() == 2)
+    });
+    // The client starts once the registry is on its node: its environment has the services.
+    service(
+        &fleet,
+        &format!(
+            r#"{{"serviceName": "client", "taskDefinition": "client", "desiredCount": 1, {},
+                "discovery": {{"namespace": "shop", "containerPort": 9}}}}"#,
+            on("b")
+        ),
+    );
+    let mut client = String::new();
+    wait("client running", Duration::from_secs(60), || {
+        client = tasks_of(&fleet, "client")
+            .first()
+            .and_then(|t| t["id"].as_str())
+            .map(|id| format!("{id}-0"))
+            .unwrap_or_default();
+        !client.is_empty()
+    });
+    let mut logs = String::new();
+    wait(
+        "client printed its environment",
+        Duration::from_secs(30),
+        || {
+            let id = client.trim_end_matches("-0");
+            logs = String::from_utf8_lossy(&fleet.cp.flotilla(&["logs", id]).stdout).into_owned();
+            logs.contains("WEB=")
+        },
+    );
+    assert!(
+        logs.contains("WEB=web.shop.flotilla.internal:8080"),
+        "{logs}"
+    );
+    assert!(logs.contains("nameserver 127.0.0.11"), "{logs}");
+    assert!(
+        logs.contains("search shop.flotilla.internal flotilla.internal"),
+        "{logs}"
+    );
+
+    // By name, from a container on host B, to the task on host A (A record: A's address).
+    let (ok, out) = exec(&fleet, 1, &client, "nslookup web.shop.flotilla.internal");
+    assert!(ok && out.contains(&addr_a), "{out}");
+    let (ok, page) = exec(&fleet, 1, &client, "wget -q -O - http://web:8080/");
+    assert!(ok && !page.trim().is_empty(), "{page}");
+    // SRV: each api task's host port on host A.
+    let api = endpoints(&fleet, "api");
+    let ports: BTreeSet<u64> = api["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| e["port"].as_u64().expect("port"))
+        .collect();
+    let (ok, srv) = exec(
+        &fleet,
+        1,
+        &client,
+        "nslookup -type=srv api.shop.flotilla.internal",
+    );
+    assert!(ok, "{srv}");
+    for p in &ports {
+        assert!(srv.contains(&format!(" {p} ")), "port {p} not in {srv}");
+    }
+    for e in api["endpoints"].as_array().expect("endpoints") {
+        let (ok, page) = exec(
+            &fleet,
+            1,
+            &client,
+            &format!(
+                "wget -q -O - http://{}:{}/",
+                e["address"].as_str().expect("address"),
+                e["port"]
+            ),
+        );
+        assert!(ok && !page.trim().is_empty(), "{e}: {page}");
+    }
+    // Names outside the cluster domain go to the node's resolvers; unknown ones of the domain
+    // are refused at once.
+    let (ok, out) = exec(&fleet, 1, &client, "nslookup nope.shop.flotilla.internal");
+    assert!(!ok || out.contains("NXDOMAIN"), "{out}");
+
+    // An api task that fails its health check leaves the answers.
+    let sick = api["endpoints"][0]["task"]
+        .as_str()
+        .expect("task")
+        .to_string();
+    let sick_port = api["endpoints"][0]["port"].as_u64().expect("port");
+    let (ok, out) = exec(&fleet, 0, &format!("{sick}-0"), "echo > /www/sick");
+    assert!(ok, "{out}");
+    let marked = Instant::now();
+    wait(
+        "the sick task left the SRV answers",
+        Duration::from_secs(30),
+        || {
+            let (_, srv) = exec(
+                &fleet,
+                1,
+                &client,
+                "nslookup -type=srv api.shop.flotilla.internal",
+            );
+            !srv.contains(&format!(" {sick_port} "))
+        },
+    );
+    // Health checks every 5 s, one failure: gone within that plus the answers' TTL (5 s).
+    assert!(
+        marked.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        marked.elapsed()
+    );
+
+    // The control plane goes away; names still resolve from the node's copy, also after the
+    // agent restarts.
+    fleet.cp.stop();
+    let (ok, out) = exec(&fleet, 1, &client, "nslookup web.shop.flotilla.internal");
+    assert!(ok && out.contains(&addr_a), "{out}");
+    fleet.agents[1].kill();
+    fleet.agents[1].run();
+    wait(
+        "resolving again after the agent restart",
+        Duration::from_secs(30),
+        || {
+            let (ok, out) = exec(&fleet, 1, &client, "nslookup web.shop.flotilla.internal");
+            ok && out.contains(&addr_a)
+        },
+    );
+    fleet.cp.restart();
+    for a in &fleet.agents {
+        a.wait_log("session established", 2, Duration::from_secs(60));
+    }
+    for s in ["web", "api", "client"] {
+        fleet.cp.flotilla_ok(&["service", "rm", s]);
+    }
+    fleet.finish();
+}
+
+#[test]
+fn a_vip_spreads_connections_and_drops_stopped_tasks() {
+    let fleet = Fleet::start(&[&[], &[]]);
+    fleet.register(&web_def("vipweb", r#"{"containerPort": 80}"#));
+    fleet.register(CLIENT);
+    service(
+        &fleet,
+        r#"{"serviceName": "vipweb", "taskDefinition": "vipweb", "desiredCount": 3,
+            "discovery": {"namespace": "shop", "vip": true}}"#,
+    );
+    let mut e = serde_json::Value::Null;
+    wait("three endpoints and a VIP", Duration::from_secs(60), || {
+        e = endpoints(&fleet, "vipweb");
+        e["vip"].is_string() && e["endpoints"].as_array().is_some_and(|a| a.len() == 3)
+    });
+    let vip = e["vip"].as_str().expect("vip").to_string();
+    let url = format!("http://{vip}:80/");
+    // Spread: from host B's own namespace, every one of the three answers.
+    let b = &fleet.hosts[1];
+    let fetch = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let out = b
+                    .command("timeout")
+                    .args(["5", "busybox", "wget", "-q", "-O", "-", &url])
+                    .output()
+                    .expect("wget");
+                assert!(
+                    out.status.success(),
+                    "{url}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            })
+            .collect()
+    };
+    // The nodes' rules follow the registry within a service round and a push.
+    wait("the VIP answers", Duration::from_secs(30), || {
+        b.command("timeout")
+            .args(["5", "busybox", "wget", "-q", "-O", "-", &url])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let mut seen = BTreeSet::new();
+    let start = Instant::now();
+    while seen.len() < 3 {
+        seen.extend(fetch(10));
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "only {seen:?} answered on {vip}"
+        );
+    }
+    // From a bridge container too, by the service's name (A record: the VIP).
+    let client = fleet.cp.flotilla_ok(&[
+        "task",
+        "run",
+        "client",
+        "--node",
+        &fleet.ids[1],
+        "-o",
+        "json",
+    ]);
+    let client: Vec<serde_json::Value> = serde_json::from_str(&client).expect("json");
+    let client = format!("{}-0", client[0]["id"].as_str().expect("id"));
+    wait("client container up", Duration::from_secs(60), || {
+        exec(&fleet, 1, &client, "true").0
+    });
+    let (ok, page) = exec(
+        &fleet,
+        1,
+        &client,
+        "wget -q -O - http://vipweb.shop.flotilla.internal/",
+    );
+    assert!(ok && seen.contains(page.trim()), "{page}");
+
+    // One task stops (the service is scaled down): no new connection reaches it.
+    let node_of = |t: &serde_json::Value| {
+        fleet
+            .ids
+            .iter()
+            .position(|id| t["node"] == id.as_str())
+            .expect("a fleet node")
+    };
+    let names: Vec<(String, String)> = tasks_of(&fleet, "vipweb")
+        .iter()
+        .map(|t| {
+            let id = t["id"].as_str().expect("id").to_string();
+            let (_, h) = exec(&fleet, node_of(t), &format!("{id}-0"), "hostname");
+            (id, h.trim().to_string())
+        })
+        .collect();
+    assert_eq!(
+        names
+            .iter()
+            .map(|(_, h)| h.clone())
+            .collect::<BTreeSet<_>>(),
+        seen
+    );
+    fleet.cp.flotilla_ok(&["service", "scale", "vipweb", "2"]);
+    let mut left = serde_json::Value::Null;
+    wait("two endpoints", Duration::from_secs(60), || {
+        left = endpoints(&fleet, "vipweb");
+        left["endpoints"].as_array().is_some_and(|a| a.len() == 2)
+    });
+    let kept: BTreeSet<&str> = left["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| e["task"].as_str())
+        .collect();
+    let (stopped, stopped_host) = names
+        .iter()
+        .find(|(id, _)| !kept.contains(id.as_str()))
+        .expect("one task left the endpoints");
+    // Every node's table follows the registry within a service round and a push.
+    std::thread::sleep(Duration::from_secs(2));
+    let after: BTreeSet<String> = fetch(30).into_iter().collect();
+    assert!(
+        !after.contains(stopped_host),
+        "stopped task {stopped} still answered: {after:?}"
+    );
+    assert_eq!(after.len(), 2, "{after:?}");
+    fleet
+        .cp
+        .flotilla_ok(&["task", "stop", client.trim_end_matches("-0")]);
+    fleet.cp.flotilla_ok(&["service", "rm", "vipweb"]);
+    fleet.finish();
+}

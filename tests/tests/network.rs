@@ -1,0 +1,408 @@
+//! Task networking on real hosts (network namespaces on a test LAN) with real containers:
+//! bridge tasks reached through static and dynamic host ports from another host, outbound NAT,
+//! port conflicts refused at placement, containers of a task sharing its namespace, `host` and
+//! `none` as named, awsvpc tasks with their own LAN address — and nothing left on a host once
+//! its tasks are gone.
+
+use std::process::Output;
+use std::time::Duration;
+
+use flotilla_tests::cluster::Fleet;
+use flotilla_tests::netns::Host;
+use flotilla_tests::wait;
+
+/// busybox httpd on port `port` answering with the container's host name.
+fn httpd(port: u16) -> String {
+    format!(
+        r#"["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p {port} -h /www"]"#
+    )
+}
+
+fn web_def(family: &str, mode: &str, mappings: &str, port: u16) -> String {
+    format!(
+        r#"{{
+  "family": "{family}",
+  "networkMode": "{mode}",
+  "containerDefinitions": [{{
+    "name": "web", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "portMappings": {mappings},
+    "command": {cmd}
+  }}]
+}}"#,
+        cmd = httpd(port)
+    )
+}
+
+fn run_on(fleet: &Fleet, family: &str, node: usize) -> serde_json::Value {
+    let out = fleet.cp.flotilla_ok(&[
+        "task",
+        "run",
+        family,
+        "--node",
+        &fleet.ids[node],
+        "-o",
+        "json",
+    ]);
+    let placed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
+    placed.into_iter().next().expect("one task")
+}
+
+fn inspect(fleet: &Fleet, id: &str) -> serde_json::Value {
+    serde_json::from_str(&fleet.cp.flotilla_ok(&["task", "inspect", id, "-o", "json"]))
+        .expect("json")
+}
+
+/// Waits for task `id` to run and returns it as the control plane shows it.
+fn running(fleet: &Fleet, id: &str) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    wait(
+        &format!("task {id} running"),
+        Duration::from_secs(60),
+        || {
+            last = inspect(fleet, id);
+            assert_ne!(last["state"], "STOPPED", "{last:#}");
+            last["state"] == "RUNNING" && last["network"].is_object()
+        },
+    );
+    last
+}
+
+fn stop_and_wait(fleet: &Fleet, ids: &[&str]) {
+    let mut args = vec!["task", "stop"];
+    args.extend(ids);
+    fleet.cp.flotilla_ok(&args);
+    for id in ids {
+        wait(
+            &format!("task {id} stopped"),
+            Duration::from_secs(60),
+            || inspect(fleet, id)["state"] == "STOPPED",
+        );
+    }
+}
+
+/// `busybox wget -qO- URL` run on `host`, for at most 5 s (busybox 1.35's own `-T`
+/// crashes).
+fn fetch(host: &Host, url: &str) -> Output {
+    host.command("timeout")
+        .args(["5", "busybox", "wget", "-q", "-O", "-", url])
+        .output()
+        .expect("busybox wget")
+}
+
+fn fetch_ok(host: &Host, url: &str) -> String {
+    let out = fetch(host, url);
+    assert!(
+        out.status.success(),
+        "wget {url} from {}: {}",
+        host.netns,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn text(host: &Host, program: &str, args: &[&str]) -> String {
+    let out = host.command(program).args(args).output().expect(program);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What the tasks' networking leaves on a host: task links (veth ends, the bridge, macvlans),
+/// the nftables table, namespace mounts.
+fn leftovers(host: &Host, data: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text(host, "ip", &["-o", "link", "show"]).lines() {
+        let name = line.split(':').nth(1).unwrap_or_default().trim();
+        if name.starts_with("fl") {
+            out.push(format!("link {name}"));
+        }
+    }
+    if text(host, "nft", &["list", "tables"]).contains("flotilla") {
+        out.push("nft table flotilla".into());
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let netns = data.join("netns");
+    for m in mounts.lines() {
+        let point = m.split(' ').nth(4).unwrap_or_default();
+        if point.starts_with(&format!("{}/", netns.display())) {
+            out.push(format!("mount {point}"));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir(&netns) {
+        for e in entries.flatten() {
+            out.push(format!("file {}", e.path().display()));
+        }
+    }
+    out
+}
+
+#[test]
+fn bridge_tasks_publish_ports_nat_out_and_leave_nothing_behind() {
+    let fleet = Fleet::start(&[&[], &[]]);
+    let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
+    fleet.register(&web_def(
+        "web",
+        "bridge",
+        r#"[{"containerPort": 80, "hostPort": 8080}]"#,
+        80,
+    ));
+    fleet.register(&web_def(
+        "dyn",
+        "bridge",
+        r#"[{"containerPort": 80, "hostPort": 0}, {"containerPort": 81, "protocol": "udp"}]"#,
+        80,
+    ));
+    // Two containers, one namespace: the second reaches the first on localhost.
+    fleet.register(
+        r#"{
+  "family": "pair",
+  "networkMode": "bridge",
+  "containerDefinitions": [
+    {"name": "server", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+     "command": ["sh", "-c", "mkdir -p /www && echo shared > /www/index.html && exec httpd -f -p 9000 -h /www"]},
+    {"name": "client", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+     "essential": false,
+     "command": ["sh", "-c", "until wget -q -O - http://127.0.0.1:9000/; do sleep 0.2; done; sleep 600"]}
+  ]
+}"#,
+    );
+
+    let web = run_on(&fleet, "web", 0);
+    let web_id = web["id"].as_str().expect("id").to_string();
+    let web = running(&fleet, &web_id);
+    let net = &web["network"];
+    assert_eq!(net["mode"], "bridge", "{web:#}");
+    let addr: std::net::Ipv4Addr = net["address"]
+        .as_str()
+        .expect("address")
+        .parse()
+        .expect("ip");
+    assert_eq!(addr.octets()[..2], [10, 42], "{web:#}");
+    assert_eq!(net["bindings"][0]["hostPort"], 8080, "{web:#}");
+    assert_eq!(net["bindings"][0]["containerPort"], 80, "{web:#}");
+
+    // From the other host, on host A's address.
+    let page = fetch_ok(b, &format!("http://{}:8080/", a.addr));
+    assert!(!page.is_empty());
+    // On host A itself, through 127.0.0.1 and through its own address.
+    assert_eq!(fetch_ok(a, "http://127.0.0.1:8080/"), page);
+    assert_eq!(fetch_ok(a, &format!("http://{}:8080/", a.addr)), page);
+
+    // A second task asking for host port 8080 on the same node is refused at placement.
+    let out = fleet
+        .cp
+        .flotilla(&["task", "run", "web", "--node", &fleet.ids[0]]);
+    assert!(!out.status.success(), "a second 8080 was placed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("8080"), "{err}");
+    // Another node has its own 8080.
+    let web_b = run_on(&fleet, "web", 1);
+    let web_b_id = web_b["id"].as_str().expect("id").to_string();
+    let web_b = running(&fleet, &web_b_id);
+    let addr_b = web_b["network"]["address"].as_str().expect("address");
+    assert_ne!(
+        addr_b,
+        addr.to_string(),
+        "bridge subnets overlap across nodes"
+    );
+    assert_ne!(
+        addr_b.rsplit_once('.').expect("ip").0,
+        addr.to_string().rsplit_once('.').expect("ip").0,
+        "both nodes got the same bridge subnet"
+    );
+    assert!(!fetch_ok(a, &format!("http://{}:8080/", b.addr)).is_empty());
+
+    // Dynamic host ports: picked from the range, reported, reachable.
+    let d = run_on(&fleet, "dyn", 0);
+    let d_id = d["id"].as_str().expect("id").to_string();
+    let d = running(&fleet, &d_id);
+    let bindings = d["network"]["bindings"].as_array().expect("bindings");
+    assert_eq!(bindings.len(), 2, "{d:#}");
+    let tcp = bindings
+        .iter()
+        .find(|b| b["protocol"] == "tcp")
+        .expect("tcp binding");
+    let port = tcp["hostPort"].as_u64().expect("port");
+    assert!((49153..=65535).contains(&port), "{d:#}");
+    let udp = bindings
+        .iter()
+        .find(|b| b["protocol"] == "udp")
+        .expect("udp binding");
+    assert_ne!(udp["hostPort"], 0, "{d:#}");
+    assert!(!fetch_ok(b, &format!("http://{}:{port}/", a.addr)).is_empty());
+
+    // Outbound: a task reaches the LAN (the control plane's port on the LAN gateway) through
+    // the node's address.
+    let cp_port = fleet.cp.addr.port();
+    let probe = fleet.nodes[0].ctr(&[
+        "exec",
+        &format!("{d_id}-0"),
+        "--",
+        "sh",
+        "-c",
+        &format!("nc -w 5 {} {cp_port} </dev/null", fleet.lan.gateway),
+    ]);
+    assert!(
+        probe.status.success(),
+        "no way out from a bridge task: {}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+
+    // Containers of one task share its namespace.
+    let pair = run_on(&fleet, "pair", 0);
+    let pair_id = pair["id"].as_str().expect("id").to_string();
+    running(&fleet, &pair_id);
+    fleet.nodes[0].wait_for(
+        "client reached server on localhost",
+        Duration::from_secs(30),
+        || {
+            let logs = fleet.cp.flotilla(&["logs", &pair_id, "-c", "client"]);
+            String::from_utf8_lossy(&logs.stdout).contains("shared")
+        },
+    );
+
+    // Host A while its tasks run: a bridge, one veth per task, the table.
+    let during = leftovers(a, &fleet.nodes[0].data);
+    assert!(
+        during.iter().any(|l| l == "nft table flotilla"),
+        "{during:?}"
+    );
+    assert_eq!(
+        during.iter().filter(|l| l.starts_with("mount ")).count(),
+        3,
+        "{during:?}"
+    );
+
+    stop_and_wait(&fleet, &[&web_id, &d_id, &pair_id, &web_b_id]);
+    for (i, host) in fleet.hosts.iter().enumerate() {
+        let data = fleet.nodes[i].data.clone();
+        wait("task networks removed", Duration::from_secs(30), || {
+            leftovers(host, &data).is_empty()
+        });
+    }
+    // The host port is free again.
+    assert!(!fetch(b, &format!("http://{}:8080/", a.addr))
+        .status
+        .success());
+    fleet.finish();
+}
+
+#[test]
+fn host_and_none_modes_behave_as_named() {
+    let fleet = Fleet::start(&[&[], &[]]);
+    let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
+    fleet.register(&web_def(
+        "hostweb",
+        "host",
+        r#"[{"containerPort": 18080}]"#,
+        18080,
+    ));
+    let gw = fleet.lan.gateway;
+    fleet.register(&format!(
+        r#"{{
+  "family": "sealed",
+  "networkMode": "none",
+  "containerDefinitions": [{{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "command": ["sh", "-c", "ip -o link; ip route; timeout 3 wget http://{gw}:{port}/ || echo NO-ROUTE-OUT; sleep 600"]
+  }}]
+}}"#,
+        port = fleet.cp.addr.port()
+    ));
+    let h = run_on(&fleet, "hostweb", 0);
+    let h_id = h["id"].as_str().expect("id").to_string();
+    let h = running(&fleet, &h_id);
+    assert_eq!(h["network"]["mode"], "host");
+    assert_eq!(h["network"]["bindings"][0]["hostPort"], 18080);
+    assert!(!fetch_ok(b, &format!("http://{}:18080/", a.addr)).is_empty());
+
+    let n = run_on(&fleet, "sealed", 0);
+    let n_id = n["id"].as_str().expect("id").to_string();
+    running(&fleet, &n_id);
+    let mut logs = String::new();
+    wait(
+        "the sealed task tried its way out",
+        Duration::from_secs(30),
+        || {
+            let out = fleet.cp.flotilla(&["logs", &n_id]);
+            logs = String::from_utf8_lossy(&out.stdout).into_owned();
+            logs.contains("NO-ROUTE-OUT")
+        },
+    );
+    assert!(logs.contains("lo:"), "{logs}");
+    assert!(!logs.contains("eth0"), "{logs}");
+    assert!(!logs.contains("default"), "{logs}");
+
+    stop_and_wait(&fleet, &[&h_id, &n_id]);
+    let data = fleet.nodes[0].data.clone();
+    wait("task networks removed", Duration::from_secs(30), || {
+        leftovers(a, &data).is_empty()
+    });
+    fleet.finish();
+}
+
+#[test]
+fn awsvpc_tasks_get_lan_addresses_released_on_stop() {
+    let fleet = Fleet::start_with(&[&[], &[]], |lan| {
+        let g = lan.gateway.octets();
+        let base = format!("{}.{}.{}", g[0], g[1], g[2]);
+        vec![
+            "--awsvpc-subnet".into(),
+            format!("{base}.0/24"),
+            "--awsvpc-range".into(),
+            format!("{base}.100-{base}.111"),
+            "--awsvpc-gateway".into(),
+            lan.gateway.to_string(),
+        ]
+    });
+    let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
+    fleet.register(&web_def("vpc", "awsvpc", r#"[{"containerPort": 80}]"#, 80));
+    let t = run_on(&fleet, "vpc", 0);
+    let id = t["id"].as_str().expect("id").to_string();
+    let t = running(&fleet, &id);
+    let addr = t["network"]["address"]
+        .as_str()
+        .expect("address")
+        .to_string();
+    assert!(addr.ends_with(".100"), "{t:#}");
+    // Reached from host B directly on its own address, like a machine on the LAN.
+    assert!(!fetch_ok(b, &format!("http://{addr}/")).is_empty());
+    stop_and_wait(&fleet, &[&id]);
+    assert!(!fetch(b, &format!("http://{addr}/")).status.success());
+
+    // 50 starts and stops, ten at a time across both hosts (the pool has 12 addresses):
+    // no address is ever held twice, and nothing is left.
+    for round in 0..5 {
+        let out = fleet
+            .cp
+            .flotilla_ok(&["task", "run", "vpc", "--count", "10", "-o", "json"]);
+        let placed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
+        let ids: Vec<String> = placed
+            .iter()
+            .map(|t| t["id"].as_str().expect("id").to_string())
+            .collect();
+        let mut addrs = std::collections::BTreeSet::new();
+        for id in &ids {
+            let t = running(&fleet, id);
+            let addr = t["network"]["address"]
+                .as_str()
+                .expect("address")
+                .to_string();
+            assert!(
+                addrs.insert(addr.clone()),
+                "round {round}: {addr} handed out twice"
+            );
+        }
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        stop_and_wait(&fleet, &ids);
+    }
+    for (i, host) in fleet.hosts.iter().enumerate() {
+        let data = fleet.nodes[i].data.clone();
+        wait("task networks removed", Duration::from_secs(30), || {
+            leftovers(host, &data).is_empty()
+        });
+        // Only the host's own address is left on its LAN link.
+        let addrs = text(host, "ip", &["-o", "-4", "addr", "show"]);
+        assert_eq!(addrs.lines().count(), 2, "{addrs}");
+    }
+    let _ = a;
+    fleet.finish();
+}

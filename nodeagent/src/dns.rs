@@ -41,11 +41,18 @@ pub struct Dns {
     upstreams: Mutex<Option<(Instant, Vec<SocketAddr>)>>,
     listeners: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
     rt: tokio::runtime::Handle,
+    /// Resolvers for other names, when configured (else the node's resolv.conf's).
+    fixed_upstreams: Vec<SocketAddr>,
 }
 
 impl Dns {
-    /// Opens the persisted registry in `db`; listeners run on `rt`.
-    pub fn open(db: Arc<Database>, rt: tokio::runtime::Handle) -> Result<Arc<Self>> {
+    /// Opens the persisted registry in `db`; listeners run on `rt`; names outside the cluster
+    /// domain go to `upstreams` (empty: the node's `/etc/resolv.conf`).
+    pub fn open(
+        db: Arc<Database>,
+        rt: tokio::runtime::Handle,
+        upstreams: Vec<SocketAddr>,
+    ) -> Result<Arc<Self>> {
         let w = db.begin_write()?;
         w.open_table(DISCOVERY)?;
         w.commit()?;
@@ -65,6 +72,7 @@ impl Dns {
             upstreams: Mutex::new(None),
             listeners: Mutex::new(HashMap::new()),
             rt,
+            fixed_upstreams: upstreams,
         }))
     }
 
@@ -265,6 +273,9 @@ impl Dns {
     }
 
     fn upstreams(&self) -> Vec<SocketAddr> {
+        if !self.fixed_upstreams.is_empty() {
+            return self.fixed_upstreams.clone();
+        }
         let mut held = self.upstreams.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((at, list)) = held.as_ref() {
             if at.elapsed() < UPSTREAMS_FOR {

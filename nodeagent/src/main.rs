@@ -88,6 +88,10 @@ enum Command {
         /// address it reaches the control plane from].
         #[arg(long, value_name = "IPV4")]
         address: Option<std::net::Ipv4Addr>,
+        /// Resolver for tasks' names outside the cluster domain, IP[:PORT] (repeatable)
+        /// [default: the node's /etc/resolv.conf].
+        #[arg(long = "dns-upstream", value_name = "IP[:PORT]")]
+        dns_upstreams: Vec<String>,
     },
     /// Supervise one container (started by the agent, not by hand).
     #[command(hide = true)]
@@ -122,6 +126,8 @@ struct FileConfig {
     bridge: Option<String>,
     dynamic_ports: Option<String>,
     address: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    dns_upstreams: Vec<String>,
 }
 
 /// The keys of [`FileConfig`].
@@ -135,6 +141,7 @@ const FILE_KEYS: &[&str] = &[
     "bridge",
     "dynamic_ports",
     "address",
+    "dns_upstreams",
 ];
 
 /// Default configuration file.
@@ -171,9 +178,16 @@ fn settle(mut cli: Cli) -> anyhow::Result<Cli> {
         bridge,
         dynamic_ports,
         address,
+        dns_upstreams,
     } = &mut cli.command
     {
         *address = address.take().or(file.address);
+        if dns_upstreams.is_empty() {
+            *dns_upstreams = file.dns_upstreams;
+        }
+        for u in dns_upstreams.iter() {
+            upstream(u)?;
+        }
         *heartbeat = heartbeat.take().or(file.heartbeat);
         *uplink = uplink.take().or(file.uplink);
         *bridge = bridge.take().or(file.bridge);
@@ -275,11 +289,16 @@ fn main() -> ExitCode {
                 bridge,
                 dynamic_ports,
                 address,
+                dns_upstreams,
             } => {
                 let heartbeat = Duration::from_secs(heartbeat.unwrap_or(30));
                 let mut net = network::Settings {
                     uplink,
                     address,
+                    dns_upstreams: dns_upstreams
+                        .iter()
+                        .map(|u| upstream(u))
+                        .collect::<anyhow::Result<_>>()?,
                     ..Default::default()
                 };
                 if let Some(b) = bridge {
@@ -302,6 +321,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// A resolver `IP` or `IP:PORT` (IPv6 with a port as `[IP]:PORT`).
+fn upstream(s: &str) -> anyhow::Result<std::net::SocketAddr> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, 53));
+    }
+    s.parse()
+        .map_err(|_| anyhow::anyhow!("dns_upstreams: '{s}' is not IP or IP:PORT"))
 }
 
 /// `FIRST-LAST`, both ports, FIRST <= LAST.

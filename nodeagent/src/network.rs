@@ -23,7 +23,7 @@ use flotilla_api::ipam;
 use flotilla_api::taskdef::{NetworkMode as Mode, Protocol};
 use flotilla_api::tasks::{DesiredTask, NetworkBinding, NodeNetwork, TaskNetwork};
 use flotilla_runtime::container::NetworkMode;
-use flotilla_runtime::network::{link, netns, nft};
+use flotilla_runtime::network::{conntrack, link, netns, nft};
 use ipnet::Ipv4Net;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,9 @@ pub struct Settings {
     pub uplink: Option<String>,
     /// The node's address in the cluster (default: the one it reaches the control plane from).
     pub address: Option<Ipv4Addr>,
+    /// Where tasks' queries for names outside the cluster domain go (default: the node's
+    /// resolvers).
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 impl Default for Settings {
@@ -54,6 +57,7 @@ impl Default for Settings {
             dynamic_ports: 49153..=65535,
             uplink: None,
             address: None,
+            dns_upstreams: Vec::new(),
         }
     }
 }
@@ -99,6 +103,8 @@ pub struct Networks {
     /// Bridges of records removed since the last sync (a bridge whose name changed in the
     /// settings is still removed with its last task).
     bridges_seen: Mutex<Vec<String>>,
+    /// The VIPs last rendered (their removed backends' connections are forgotten).
+    vips_rendered: Mutex<Vec<nft::Vip>>,
     /// The node's DNS (tasks' resolvers, VIPs); none for `ctr network`.
     dns: Option<Arc<crate::dns::Dns>>,
     /// This node's id (its own endpoints are reached directly).
@@ -145,6 +151,7 @@ impl Networks {
                 ..State::default()
             }),
             bridges_seen: Mutex::new(Vec::new()),
+            vips_rendered: Mutex::new(Vec::new()),
             dns,
             node_id: node_id.to_string(),
         })
@@ -488,6 +495,12 @@ impl Networks {
         if let Some(i) = &rec.host_if {
             link::delete(None, i).with_context(|| format!("deleting {i}"))?;
         }
+        if let (Mode::Bridge, Some(a)) = (rec.mode, rec.address) {
+            // Connections once forwarded to it must not carry new ones there.
+            if let Err(e) = conntrack::forget(a.addr(), None) {
+                tracing::warn!(task = %task, "{e}");
+            }
+        }
         if let Some(ns) = &rec.netns {
             if rec.mode == Mode::Awsvpc && netns::is_namespace(ns) {
                 // A namespace still held by a leftover process must not keep the address.
@@ -557,6 +570,24 @@ impl Networks {
             }
         } else {
             nft::apply(&self.settings.table, &table)?;
+        }
+        // A backend that left a VIP gets no new connection through an old translation.
+        let before = std::mem::replace(
+            &mut *self.vips_rendered.lock().unwrap_or_else(|p| p.into_inner()),
+            table.vips.clone(),
+        );
+        for old in &before {
+            let now = table
+                .vips
+                .iter()
+                .find(|v| v.address == old.address && v.port == old.port && v.proto == old.proto);
+            for b in &old.backends {
+                if now.is_none_or(|v| !v.backends.contains(b)) {
+                    if let Err(e) = conntrack::forget(b.0, Some((old.proto, b.1))) {
+                        tracing::warn!(vip = %old.address, "{e}");
+                    }
+                }
+            }
         }
         // A bridge goes with its last task.
         let mut gone = vec![self.settings.bridge.clone()];

@@ -79,7 +79,11 @@ impl Runner {
         let db = Arc::new(
             Database::create(&path).with_context(|| format!("opening {}", path.display()))?,
         );
-        let dns = crate::dns::Dns::open(db.clone(), tokio::runtime::Handle::current())?;
+        let dns = crate::dns::Dns::open(
+            db.clone(),
+            tokio::runtime::Handle::current(),
+            net.dns_upstreams.clone(),
+        )?;
         let networks = Arc::new(crate::network::Networks::open(
             db.clone(),
             data_dir,

@@ -679,18 +679,7 @@ impl Agents {
                 Err(e) => return tracing::error!(node = %node_id, "desired state: {e}"),
             };
             let generation = state.generation;
-            let result = async {
-                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-                write_frame(&mut send, &ServerPush::Desired(state))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = send.finish();
-                read_frame::<_, PushReply>(&mut recv)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            .await;
-            match result {
+            match push(&conn, &ServerPush::Desired(state)).await {
                 Ok(PushReply::Persisted { generation: g }) => {
                     tracing::info!(node = %node_id, generation = g, "desired state delivered")
                 }
@@ -818,6 +807,18 @@ impl Agents {
             Err(e) => refused(e.to_string()),
         }
     }
+}
+
+/// Sends `what` on a new stream of a node's session and reads its answer.
+pub async fn push(conn: &Connection, what: &ServerPush) -> Result<PushReply, String> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    write_frame(&mut send, what)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    read_frame::<_, PushReply>(&mut recv)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use flotilla_api::discovery::{DiscoveredService, Discovery, Endpoint, Registry};
 use flotilla_api::taskdef::{NetworkMode, Protocol, TaskDefinition};
 use flotilla_api::tasks::TaskState;
-use flotilla_api::{read_frame, write_frame, PushReply, ServerPush};
+use flotilla_api::{PushReply, ServerPush};
 use ipnet::Ipv4Net;
 
 use crate::agents::Agents;
@@ -225,18 +225,7 @@ impl Agents {
             if registry.version == 0 {
                 return;
             }
-            let result = async {
-                let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-                write_frame(&mut send, &ServerPush::Registry((*registry).clone()))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let _ = send.finish();
-                read_frame::<_, PushReply>(&mut recv)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            .await;
-            match result {
+            match crate::agents::push(&conn, &ServerPush::Registry((*registry).clone())).await {
                 Ok(PushReply::Persisted { .. }) => {
                     tracing::debug!(node = %node_id, version = registry.version, "registry delivered")
                 }

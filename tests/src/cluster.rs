@@ -443,22 +443,25 @@ pub struct Fleet {
     pub server: String,
     /// The LAN.
     pub lan: crate::netns::Lan,
+    /// Extra arguments of every `nodeagent run`.
+    agent_args: Vec<String>,
 }
 
 impl Fleet {
     /// A control plane and `labels.len()` hosts, each joined with its labels (`[]` for none)
     /// and in session.
     pub fn start(labels: &[&[&str]]) -> Self {
-        Self::start_with(labels, |_| Vec::new())
+        Self::start_with(labels, |_| (Vec::new(), Vec::new()))
     }
 
-    /// Like [`Fleet::start`], `orchestratord run` given the arguments `args` makes from the LAN.
+    /// Like [`Fleet::start`], with the extra arguments `args` makes from the LAN: those of
+    /// `orchestratord run`, and those of every `nodeagent run`.
     pub fn start_with(
         labels: &[&[&str]],
-        args: impl FnOnce(&crate::netns::Lan) -> Vec<String>,
+        args: impl FnOnce(&crate::netns::Lan) -> (Vec<String>, Vec<String>),
     ) -> Self {
         let lan = crate::netns::Lan::new();
-        let args = args(&lan);
+        let (args, agent_args) = args(&lan);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let cp = ControlPlane::start_listening(std::net::Ipv4Addr::UNSPECIFIED, &args);
         let server = format!("{}:{}", lan.gateway, cp.addr.port());
@@ -470,6 +473,7 @@ impl Fleet {
             hosts: Vec::new(),
             server,
             lan,
+            agent_args,
         };
         for l in labels {
             fleet.add(l);
@@ -481,7 +485,8 @@ impl Fleet {
     pub fn add(&mut self, labels: &[&str]) -> usize {
         let host = self.lan.host();
         let node = crate::node::Node::new();
-        let mut agent = Agent::for_node(&node).on_host(&host);
+        let args: Vec<&str> = self.agent_args.iter().map(String::as_str).collect();
+        let mut agent = Agent::for_node(&node).on_host(&host).with_run_args(&args);
         let mut extra = Vec::new();
         for l in labels {
             extra.extend(["--label", l]);

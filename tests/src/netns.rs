@@ -150,3 +150,15 @@ impl Drop for Host {
         ip_quiet(&["netns", "del", &self.netns]);
     }
 }
+
+/// Moves the calling thread into the network namespace mounted at `path` (a host's
+/// `/run/netns/NAME`, or a task's namespace under an agent's data directory).
+pub fn enter(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::fd::AsFd;
+    let ns = std::fs::File::open(path)?;
+    rustix::thread::move_into_link_name_space(
+        ns.as_fd(),
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )?;
+    Ok(())
+}

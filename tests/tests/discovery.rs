@@ -10,16 +10,23 @@ use std::time::{Duration, Instant};
 use flotilla_tests::cluster::Fleet;
 use flotilla_tests::wait;
 
-/// httpd on port 80 answering with the container's host name; unhealthy once /www/sick exists.
-fn web_def(family: &str, mapping: &str) -> String {
+/// httpd on port 80 answering with the container's host name; unhealthy once /www/sick exists
+/// (checked every 5 s; `retries` failures in a row make it unhealthy).
+fn web_def(family: &str, mapping: &str, retries: u32) -> String {
+    web_def_stopping(family, mapping, retries, 2)
+}
+
+/// [`web_def`] with its containers' `stopTimeout` (httpd ignores SIGTERM: it runs that long
+/// after it was told to stop, as a task draining its connections would).
+fn web_def_stopping(family: &str, mapping: &str, retries: u32, stop_timeout: u32) -> String {
     format!(
         r#"{{
   "family": "{family}",
   "networkMode": "bridge",
   "containerDefinitions": [{{
-    "name": "web", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "name": "web", "image": "test/busybox:latest", "memory": 32, "stopTimeout": {stop_timeout},
     "portMappings": [{mapping}],
-    "healthCheck": {{"command": ["CMD-SHELL", "[ ! -e /www/sick ]"], "interval": 5, "retries": 1, "timeout": 2}},
+    "healthCheck": {{"command": ["CMD-SHELL", "[ ! -e /www/sick ]"], "interval": 5, "retries": {retries}, "timeout": 5}},
     "command": ["sh", "-c", "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www"]
   }}]
 }}"#
@@ -76,15 +83,54 @@ fn exec(fleet: &Fleet, i: usize, name: &str, script: &str) -> (bool, String) {
     )
 }
 
+/// A site resolver on the LAN: dnsmasq on the LAN's gateway answering `printer.site.lan`;
+/// stopped on drop.
+struct SiteDns(std::process::Child);
+
+impl SiteDns {
+    fn start(at: std::net::Ipv4Addr) -> Self {
+        let child = std::process::Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                &format!("--listen-address={at}"),
+                "--port=5354",
+                "--user=root",
+                "--pid-file=",
+                "--address=/printer.site.lan/10.9.9.9",
+            ])
+            .spawn()
+            .expect("dnsmasq (dnsmasq-base)");
+        Self(child)
+    }
+}
+
+impl Drop for SiteDns {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn tasks_find_services_by_name_from_another_host_and_offline() {
-    let mut fleet = Fleet::start(&[&["site=a"], &["site=b"]]);
+    // The agents send other names to the site's resolver.
+    let mut fleet = Fleet::start_with(&[&["site=a"], &["site=b"]], |lan| {
+        (
+            Vec::new(),
+            vec!["--dns-upstream".into(), format!("{}:5354", lan.gateway)],
+        )
+    });
+    let _site = SiteDns::start(fleet.lan.gateway);
     let addr_a = fleet.hosts[0].addr.to_string();
     fleet.register(&web_def(
         "web",
         r#"{"containerPort": 80, "hostPort": 8080}"#,
+        1,
     ));
-    fleet.register(&web_def("api", r#"{"containerPort": 80}"#));
+    fleet.register(&web_def("api", r#"{"containerPort": 80}"#, 1));
     fleet.register(CLIENT);
     let on = |site: &str| {
         format!(
@@ -189,8 +235,21 @@ fn tasks_find_services_by_name_from_another_host_and_offline() {
         );
         assert!(ok && !page.trim().is_empty(), "{e}: {page}");
     }
-    // Names outside the cluster domain go to the node's resolvers; unknown ones of the domain
-    // are refused at once.
+    // The SRV targets are the tasks' names, on host A's address.
+    for e in api["endpoints"].as_array().expect("endpoints") {
+        let name = format!(
+            "{}.api.shop.flotilla.internal",
+            e["task"].as_str().expect("task")
+        );
+        assert!(srv.contains(&name), "{name} not in {srv}");
+        let (ok, out) = exec(&fleet, 1, &client, &format!("nslookup {name}"));
+        assert!(ok && out.contains(&addr_a), "{out}");
+    }
+    // Names outside the cluster domain go to the node's resolvers (here the site's); unknown
+    // ones of the domain are refused at once.
+    // (busybox asks A and AAAA; this resolver knows only the A record.)
+    let (_, out) = exec(&fleet, 1, &client, "nslookup printer.site.lan");
+    assert!(out.contains("Address: 10.9.9.9"), "{out}");
     let (ok, out) = exec(&fleet, 1, &client, "nslookup nope.shop.flotilla.internal");
     assert!(!ok || out.contains("NXDOMAIN"), "{out}");
 
@@ -251,7 +310,13 @@ fn tasks_find_services_by_name_from_another_host_and_offline() {
 #[test]
 fn a_vip_spreads_connections_and_drops_stopped_tasks() {
     let fleet = Fleet::start(&[&[], &[]]);
-    fleet.register(&web_def("vipweb", r#"{"containerPort": 80}"#));
+    // A slow check on a loaded machine must not get a task replaced mid-test.
+    fleet.register(&web_def_stopping(
+        "vipweb",
+        r#"{"containerPort": 80}"#,
+        3,
+        15,
+    ));
     fleet.register(CLIENT);
     service(
         &fleet,
@@ -272,14 +337,31 @@ fn a_vip_spreads_connections_and_drops_stopped_tasks() {
             .map(|_| {
                 let out = b
                     .command("timeout")
-                    .args(["5", "busybox", "wget", "-q", "-O", "-", &url])
+                    .args(["5", "busybox", "wget", "-O", "-", &url])
                     .output()
                     .expect("wget");
-                assert!(
-                    out.status.success(),
-                    "{url}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                if !out.status.success() {
+                    let mut why = String::new();
+                    for h in &fleet.hosts {
+                        let o = h.command("nft").args(["list", "ruleset"]).output();
+                        let rules = o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                        why.push_str(&format!("{}:\n{}\n", h.netns, rules.unwrap_or_default()));
+                    }
+                    for a in &fleet.agents {
+                        why.push_str(&a.log());
+                    }
+                    why.push_str(&fleet.cp.flotilla_ok(&["task", "ls", "-o", "json"]));
+                    for id in &fleet.ids {
+                        why.push_str(&fleet.cp.flotilla_ok(&["node", "inspect", id]));
+                    }
+                    panic!(
+                        "{url}: {}\nendpoints: {:#}\ntasks: {}\nevents:\n{}\n{why}",
+                        String::from_utf8_lossy(&out.stderr),
+                        endpoints(&fleet, "vipweb"),
+                        fleet.cp.flotilla_ok(&["task", "ls"]),
+                        fleet.cp.flotilla_ok(&["events", "--limit", "200"])
+                    );
+                }
                 String::from_utf8_lossy(&out.stdout).trim().to_string()
             })
             .collect()
@@ -362,8 +444,48 @@ fn a_vip_spreads_connections_and_drops_stopped_tasks() {
         .iter()
         .find(|(id, _)| !kept.contains(id.as_str()))
         .expect("one task left the endpoints");
-    // Every node's table follows the registry within a service round and a push.
-    std::thread::sleep(Duration::from_secs(2));
+    // Every node's table follows the registry (a service round and a push) while the task
+    // still drains: from then on no new connection goes there.
+    let gone: Vec<String> = e["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter(|x| x["task"] == stopped.as_str())
+        .flat_map(|x| {
+            [
+                format!(
+                    "dnat to {}:{}",
+                    x["address"].as_str().unwrap_or_default(),
+                    x["port"]
+                ),
+                format!(
+                    "l4proto tcp dnat to {}:80",
+                    x["taskAddress"].as_str().unwrap_or_default()
+                ),
+            ]
+        })
+        .collect();
+    assert_eq!(gone.len(), 2, "{e:#}");
+    let propagating = Instant::now();
+    wait(
+        "every node dropped the stopped backend",
+        Duration::from_secs(10),
+        || {
+            fleet.hosts.iter().all(|h| {
+                let o = h
+                    .command("nft")
+                    .args(["list", "table", "ip", "flotilla"])
+                    .output();
+                let rules = o.map(|o| String::from_utf8_lossy(&o.stdout).into_owned());
+                // VIP backends only: host-port forwards ("dport …") stay while the task drains.
+                !rules
+                    .unwrap_or_default()
+                    .lines()
+                    .any(|l| !l.contains("dport") && gone.iter().any(|g| l.contains(g.as_str())))
+            })
+        },
+    );
+    assert!(propagating.elapsed() < Duration::from_secs(5));
     let after: BTreeSet<String> = fetch(30).into_iter().collect();
     assert!(
         !after.contains(stopped_host),

@@ -344,14 +344,15 @@ fn awsvpc_tasks_get_lan_addresses_released_on_stop() {
     let fleet = Fleet::start_with(&[&[], &[]], |lan| {
         let g = lan.gateway.octets();
         let base = format!("{}.{}.{}", g[0], g[1], g[2]);
-        vec![
+        let cp = vec![
             "--awsvpc-subnet".into(),
             format!("{base}.0/24"),
             "--awsvpc-range".into(),
             format!("{base}.100-{base}.111"),
             "--awsvpc-gateway".into(),
             lan.gateway.to_string(),
-        ]
+        ];
+        (cp, Vec::new())
     });
     let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
     fleet.register(&web_def("vpc", "awsvpc", r#"[{"containerPort": 80}]"#, 80));

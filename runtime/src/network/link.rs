@@ -40,6 +40,8 @@ where
 fn to_io(e: rtnetlink::Error) -> io::Error {
     match e {
         rtnetlink::Error::NetlinkError(m) => m.to_io(),
+        // Raised by `index_of` only: its message names the missing link.
+        rtnetlink::Error::NamespaceError(m) => io::Error::new(io::ErrorKind::NotFound, m),
         other => io::Error::other(other.to_string()),
     }
 }
@@ -63,6 +65,17 @@ async fn find(handle: &Handle, name: &str) -> Result<Option<LinkMessage>, rtnetl
         Ok(link) => Ok(link),
         Err(e) if is_errno(&e, ENODEV) => Ok(None),
         Err(e) => Err(e),
+    }
+}
+
+/// The index of link `name`; a missing link is an error that names it (carried as a
+/// `NamespaceError`, which nothing else here raises).
+async fn index_of(handle: &Handle, name: &str) -> Result<u32, rtnetlink::Error> {
+    match find(handle, name).await? {
+        Some(l) => Ok(l.header.index),
+        None => Err(rtnetlink::Error::NamespaceError(format!(
+            "no link named {name}"
+        ))),
     }
 }
 
@@ -94,24 +107,18 @@ pub fn exists(name: &str) -> io::Result<bool> {
 pub fn ensure_bridge(name: &str, gateway: Ipv4Net) -> io::Result<()> {
     let name = name.to_string();
     with_handle(None, move |h| async move {
-        let link = match find(&h, &name).await? {
-            Some(l) => l,
-            None => {
-                match h
-                    .link()
-                    .add(LinkBridge::new(&name).up().build())
-                    .execute()
-                    .await
-                {
-                    Err(e) if is_errno(&e, EEXIST) => {}
-                    other => other?,
-                }
-                find(&h, &name)
-                    .await?
-                    .ok_or(rtnetlink::Error::RequestFailed)?
+        if find(&h, &name).await?.is_none() {
+            match h
+                .link()
+                .add(LinkBridge::new(&name).up().build())
+                .execute()
+                .await
+            {
+                Err(e) if is_errno(&e, EEXIST) => {}
+                other => other?,
             }
-        };
-        let index = link.header.index;
+        }
+        let index = index_of(&h, &name).await?;
         add_address(&h, index, gateway).await?;
         h.link()
             .set(LinkUnspec::new_with_index(index).up().build())
@@ -136,11 +143,7 @@ pub fn attach_veth(bridge: &str, host_if: &str, ns: &Path, inside: Inside) -> io
     let fd = netns::open(ns)?;
     let (bridge, host_if) = (bridge.to_string(), host_if.to_string());
     with_handle(None, move |h| async move {
-        let br = find(&h, &bridge)
-            .await?
-            .ok_or(rtnetlink::Error::RequestFailed)?
-            .header
-            .index;
+        let br = index_of(&h, &bridge).await?;
         if let Some(old) = find(&h, &host_if).await? {
             h.link().del(old.header.index).execute().await?;
         }
@@ -167,11 +170,7 @@ pub fn attach_macvlan(uplink: &str, ns: &Path, inside: Inside) -> io::Result<()>
     let fd = netns::open(ns)?;
     let name = uplink.to_string();
     with_handle(None, move |h| async move {
-        let parent = find(&h, &name)
-            .await?
-            .ok_or(rtnetlink::Error::RequestFailed)?
-            .header
-            .index;
+        let parent = index_of(&h, &name).await?;
         let link = LinkMacVlan::new(TASK_IFNAME, parent, MacVlanMode::Bridge)
             .setns_by_fd(fd.as_raw_fd())
             .build();
@@ -191,11 +190,7 @@ fn configure_inside(ns: &Path, inside: Inside) -> io::Result<()> {
                 .execute()
                 .await?;
         }
-        let eth = find(&h, TASK_IFNAME)
-            .await?
-            .ok_or(rtnetlink::Error::RequestFailed)?
-            .header
-            .index;
+        let eth = index_of(&h, TASK_IFNAME).await?;
         add_address(&h, eth, inside.address).await?;
         h.link()
             .set(LinkUnspec::new_with_index(eth).up().build())

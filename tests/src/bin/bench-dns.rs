@@ -7,7 +7,6 @@
 //! `cargo build --release --workspace && target/release/bench-dns [SECONDS] [CLIENTS]`.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -45,11 +44,7 @@ fn blast(netns: &Path, server: SocketAddr, secs: u64, clients: usize) -> Result<
         .map(|c| {
             let netns = netns.to_path_buf();
             std::thread::spawn(move || -> Result<u64> {
-                let ns = std::fs::File::open(&netns)?;
-                rustix::thread::move_into_link_name_space(
-                    ns.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )?;
+                flotilla_tests::netns::enter(&netns)?;
                 let sock = UdpSocket::bind("127.0.0.1:0")?;
                 sock.connect(server)?;
                 sock.set_read_timeout(Some(Duration::from_secs(2)))?;

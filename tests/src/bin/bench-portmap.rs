@@ -8,7 +8,6 @@
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -27,11 +26,7 @@ fn blast(netns: &Path, to: SocketAddr, secs: u64, clients: usize) -> Result<f64>
         .map(|_| {
             let netns = netns.to_path_buf();
             std::thread::spawn(move || -> Result<u64> {
-                let ns = std::fs::File::open(&netns)?;
-                rustix::thread::move_into_link_name_space(
-                    ns.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                )?;
+                flotilla_tests::netns::enter(&netns)?;
                 let mut done = 0u64;
                 let mut byte = [0u8; 1];
                 while Instant::now() < deadline {

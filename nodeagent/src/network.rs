@@ -618,7 +618,7 @@ impl Networks {
             let (Some(vip), Some(port)) = (s.vip, s.port) else {
                 continue;
             };
-            let backends = s
+            let backends: Vec<(Ipv4Addr, u16)> = s
                 .endpoints
                 .iter()
                 .filter_map(|e| {
@@ -633,6 +633,10 @@ impl Networks {
                     }
                 })
                 .collect();
+            // Without a backend a VIP has nothing to translate to: no rule (nor a table for it).
+            if backends.is_empty() {
+                continue;
+            }
             out.push(nft::Vip {
                 address: vip,
                 proto: match s.protocol {
@@ -668,10 +672,6 @@ impl Networks {
     /// Removes every task network (the agent is not running: `ctr network prune`).
     pub fn prune(&self) -> Result<usize> {
         let n = self.lock().records.len();
-        if n == 0 {
-            // Nothing of this agent's: the namespace's table and bridges are left alone.
-            return Ok(0);
-        }
         self.retain(&BTreeSet::new())?;
         let st = self.lock();
         self.sync_node(&st)?;

@@ -162,3 +162,43 @@ pub fn enter(path: &std::path::Path) -> std::io::Result<()> {
     )?;
     Ok(())
 }
+
+/// Runs `clients` threads inside the network namespace at `path` for `secs` seconds, each
+/// repeating `op` (which sets itself up once per thread: it is called with the thread's
+/// number and returns the operation to repeat); returns completed operations per second.
+/// The closed-loop driver of the network benchmarks.
+pub fn closed_loop<F, Op>(
+    path: &std::path::Path,
+    secs: u64,
+    clients: usize,
+    op: F,
+) -> anyhow::Result<f64>
+where
+    F: Fn(usize) -> anyhow::Result<Op> + Send + Sync + 'static,
+    Op: FnMut() -> anyhow::Result<()>,
+{
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let op = std::sync::Arc::new(op);
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let (path, op) = (path.to_path_buf(), op.clone());
+            std::thread::spawn(move || -> anyhow::Result<u64> {
+                enter(&path)?;
+                let mut once = op(c)?;
+                let mut done = 0u64;
+                while std::time::Instant::now() < deadline {
+                    once()?;
+                    done += 1;
+                }
+                Ok(done)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for h in handles {
+        total += h
+            .join()
+            .map_err(|_| anyhow::anyhow!("a client panicked"))??;
+    }
+    Ok(total as f64 / secs.max(1) as f64)
+}

@@ -39,37 +39,23 @@ fn query(id: u16, name: &str) -> Vec<u8> {
 
 /// Closed-loop clients in the namespace at `netns` asking `server` for `secs`; answers/s.
 fn blast(netns: &Path, server: SocketAddr, secs: u64, clients: usize) -> Result<f64> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let handles: Vec<_> = (0..clients)
-        .map(|c| {
-            let netns = netns.to_path_buf();
-            std::thread::spawn(move || -> Result<u64> {
-                flotilla_tests::netns::enter(&netns)?;
-                let sock = UdpSocket::bind("127.0.0.1:0")?;
-                sock.connect(server)?;
-                sock.set_read_timeout(Some(Duration::from_secs(2)))?;
-                let mut buf = [0u8; 512];
-                let mut answered = 0u64;
-                let mut id = u16::try_from(c).unwrap_or(0).wrapping_mul(7919);
-                while Instant::now() < deadline {
-                    id = id.wrapping_add(1);
-                    sock.send(&query(id, NAME))?;
-                    let n = sock.recv(&mut buf).context("no answer")?;
-                    // Same id, NOERROR, one answer at least.
-                    if n < 12 || buf[..2] != id.to_be_bytes() || buf[3] & 0x0f != 0 || buf[7] == 0 {
-                        bail!("bad answer from {server}: {:?}", &buf[..n.min(16)]);
-                    }
-                    answered += 1;
-                }
-                Ok(answered)
-            })
+    flotilla_tests::netns::closed_loop(netns, secs, clients, move |c| {
+        let sock = UdpSocket::bind("127.0.0.1:0")?;
+        sock.connect(server)?;
+        sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+        let mut buf = [0u8; 512];
+        let mut id = u16::try_from(c).unwrap_or(0).wrapping_mul(7919);
+        Ok(move || -> Result<()> {
+            id = id.wrapping_add(1);
+            sock.send(&query(id, NAME))?;
+            let n = sock.recv(&mut buf).context("no answer")?;
+            // Same id, NOERROR, one answer at least.
+            if n < 12 || buf[..2] != id.to_be_bytes() || buf[3] & 0x0f != 0 || buf[7] == 0 {
+                bail!("bad answer from {server}: {:?}", &buf[..n.min(16)]);
+            }
+            Ok(())
         })
-        .collect();
-    let mut total = 0;
-    for h in handles {
-        total += h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
-    }
-    Ok(total as f64 / secs as f64)
+    })
 }
 
 fn main() -> Result<()> {

@@ -21,32 +21,17 @@ const SERVER: &str = r#"{"family": "server", "networkMode": "bridge", "container
 
 /// Closed-loop clients in the namespace at `netns` connecting to `to` for `secs`; connections/s.
 fn blast(netns: &Path, to: SocketAddr, secs: u64, clients: usize) -> Result<f64> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let handles: Vec<_> = (0..clients)
-        .map(|_| {
-            let netns = netns.to_path_buf();
-            std::thread::spawn(move || -> Result<u64> {
-                flotilla_tests::netns::enter(&netns)?;
-                let mut done = 0u64;
-                let mut byte = [0u8; 1];
-                while Instant::now() < deadline {
-                    let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2))
-                        .with_context(|| format!("connecting to {to}"))?;
-                    c.read_exact(&mut byte)?;
-                    // Reset, not close: neither side keeps the connection in TIME_WAIT.
-                    rustix::net::sockopt::set_socket_linger(&c, Some(Duration::ZERO))?;
-                    drop(c);
-                    done += 1;
-                }
-                Ok(done)
-            })
+    flotilla_tests::netns::closed_loop(netns, secs, clients, move |_| {
+        let mut byte = [0u8; 1];
+        Ok(move || -> Result<()> {
+            let mut c = TcpStream::connect_timeout(&to, Duration::from_secs(2))
+                .with_context(|| format!("connecting to {to}"))?;
+            c.read_exact(&mut byte)?;
+            // Reset, not close: neither side keeps the connection in TIME_WAIT.
+            rustix::net::sockopt::set_socket_linger(&c, Some(Duration::ZERO))?;
+            Ok(())
         })
-        .collect();
-    let mut total = 0;
-    for h in handles {
-        total += h.join().map_err(|_| anyhow::anyhow!("client panicked"))??;
-    }
-    Ok(total as f64 / secs as f64)
+    })
 }
 
 fn main() -> Result<()> {

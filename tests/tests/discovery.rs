@@ -497,7 +497,19 @@ fn a_vip_spreads_connections_and_drops_stopped_tasks() {
         },
     );
     assert!(propagating.elapsed() < Duration::from_secs(5));
-    let after: BTreeSet<String> = fetch(30).into_iter().collect();
+    // New connections from a task on host B, as a service's clients make them.
+    let after: BTreeSet<String> = (0..30)
+        .map(|_| {
+            let (ok, page) = exec(
+                &fleet,
+                1,
+                &client,
+                "wget -q -O - http://vipweb.shop.flotilla.internal/",
+            );
+            assert!(ok, "{page}");
+            page.trim().to_string()
+        })
+        .collect();
     assert!(
         !after.contains(stopped_host),
         "stopped task {stopped} still answered: {after:?}"

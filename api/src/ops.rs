@@ -65,9 +65,8 @@ pub struct NodeInfo {
     /// Draining: no new tasks are placed on it.
     #[serde(default)]
     pub draining: bool,
-    /// `READY` (live session), `DRAINING` (live session, draining), `DISCONNECTED` or
-    /// `REVOKED`.
-    pub state: String,
+    /// Where it is.
+    pub state: NodeState,
     /// The agent's version, from its last session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
@@ -77,6 +76,38 @@ pub struct NodeInfo {
     /// Capacity and load, as last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::NodeResources>,
+}
+
+/// Where a node is, as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum NodeState {
+    /// In session, taking tasks.
+    Ready,
+    /// In session, draining: nothing new is placed on it and its tasks are stopped.
+    Draining,
+    /// No live session (its tasks keep running as it last knew them).
+    Disconnected,
+    /// Refused for good.
+    Revoked,
+}
+
+impl NodeState {
+    /// As shown: `READY`, `DRAINING`, `DISCONNECTED`, `REVOKED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "READY",
+            Self::Draining => "DRAINING",
+            Self::Disconnected => "DISCONNECTED",
+            Self::Revoked => "REVOKED",
+        }
+    }
+}
+
+impl std::fmt::Display for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// Something that happened in the cluster, as `GET /v1/events` lists it.
@@ -241,6 +272,9 @@ pub struct TaskInfo {
     /// Why it stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
+    /// Why it stopped, as a code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_code: Option<crate::tasks::StopCode>,
     /// Its containers, as last reported.
     #[serde(default)]
     pub containers: Vec<crate::tasks::ContainerStatus>,

@@ -23,8 +23,8 @@ pub struct ScheduleSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
     /// When the previous run still runs: `forbid` (skip, the default), `allow`, or `replace`.
-    #[serde(default = "forbid")]
-    pub overlap: String,
+    #[serde(default)]
+    pub overlap: Overlap,
     /// Environment added to every container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<KeyValue>,
@@ -34,8 +34,48 @@ fn utc() -> String {
     "UTC".into()
 }
 
-fn forbid() -> String {
-    "forbid".into()
+/// What a schedule does when it fires while its previous run still runs (Kubernetes CronJob's
+/// `concurrencyPolicy`: Forbid, Allow, Replace).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Overlap {
+    /// Skip this firing.
+    #[default]
+    Forbid,
+    /// Start another run anyway.
+    Allow,
+    /// Stop the previous run and start this one.
+    Replace,
+}
+
+impl Overlap {
+    /// As written: `forbid`, `allow`, `replace`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Forbid => "forbid",
+            Self::Allow => "allow",
+            Self::Replace => "replace",
+        }
+    }
+}
+
+impl std::str::FromStr for Overlap {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "forbid" => Ok(Self::Forbid),
+            "allow" => Ok(Self::Allow),
+            "replace" => Ok(Self::Replace),
+            o => Err(format!("overlap: '{o}': allow, forbid or replace")),
+        }
+    }
+}
+
+impl std::fmt::Display for Overlap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// One run of a schedule.
@@ -80,12 +120,6 @@ pub fn check(s: &ScheduleSpec) -> Result<(), Vec<String>> {
     }
     if let Err(e) = flotilla_scheduler::cron::parse(&s.cron, &s.timezone) {
         problems.push(format!("cron: {e}"));
-    }
-    if !["allow", "forbid", "replace"].contains(&s.overlap.as_str()) {
-        problems.push(format!(
-            "overlap: '{}': allow, forbid or replace",
-            s.overlap
-        ));
     }
     if problems.is_empty() {
         Ok(())

@@ -75,8 +75,8 @@ pub struct DisconnectPolicy {
     pub lost_after: u32,
     /// Replace lost tasks elsewhere (default true).
     pub replace: bool,
-    /// `keepReplacement` (default), `keepOriginal` or `longestRunning`.
-    pub reconcile: String,
+    /// Which copy survives when the node comes back.
+    pub reconcile: ReconcilePolicy,
     /// Seconds after which a node cut off from the control plane stops the task itself (less
     /// than `lostAfter`, so a singleton never runs twice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,10 +88,82 @@ impl Default for DisconnectPolicy {
         Self {
             lost_after: 30,
             replace: true,
-            reconcile: "keepReplacement".into(),
+            reconcile: ReconcilePolicy::KeepReplacement,
             stop_on_client_after: None,
         }
     }
+}
+
+/// Which copy of a task survives when a node that was lost (and whose tasks were replaced)
+/// comes back (`disconnectPolicy.reconcile`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReconcilePolicy {
+    /// The replacements stay; the returning node's copies stop.
+    #[default]
+    KeepReplacement,
+    /// The returning node's copies stay; their replacements stop.
+    KeepOriginal,
+    /// The copies that started first stay.
+    LongestRunning,
+}
+
+/// Where a deployment's rollout is (ECS `rolloutState`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RolloutState {
+    /// Its tasks are being started and older ones replaced.
+    #[default]
+    InProgress,
+    /// Every task is healthy and no older one is left.
+    Completed,
+    /// Stopped by the circuit breaker.
+    Failed,
+}
+
+impl RolloutState {
+    /// As shown: `IN_PROGRESS`, `COMPLETED`, `FAILED`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::InProgress => "IN_PROGRESS",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+        }
+    }
+}
+
+impl std::fmt::Display for RolloutState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A deployment's role (ECS `deployments[].status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum DeploymentStatus {
+    /// New tasks come from it.
+    Primary,
+    /// Its tasks are being replaced.
+    Active,
+}
+
+impl std::fmt::Display for DeploymentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Self::Primary => "PRIMARY",
+            Self::Active => "ACTIVE",
+        })
+    }
+}
+
+/// A service's status (ECS `status`; a deleted service is gone at once, its tasks stopping).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ServiceStatus {
+    /// It keeps its tasks running.
+    #[default]
+    Active,
 }
 
 /// `PUT /v1/services/{name}`: what changes (absent: unchanged).
@@ -115,12 +187,12 @@ pub struct ServiceUpdate {
 pub struct DeploymentInfo {
     /// Id.
     pub id: String,
-    /// `PRIMARY` (new tasks come from it), `ACTIVE` (being replaced) or `INACTIVE`.
-    pub status: String,
+    /// `PRIMARY` (new tasks come from it) or `ACTIVE` (being replaced).
+    pub status: DeploymentStatus,
     /// `family:revision`.
     pub task_definition: String,
-    /// `IN_PROGRESS`, `COMPLETED` or `FAILED`.
-    pub rollout_state: String,
+    /// Its rollout.
+    pub rollout_state: RolloutState,
     /// Why it is where it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_state_reason: Option<String>,
@@ -142,7 +214,7 @@ pub struct ServiceInfo {
     #[serde(flatten)]
     pub spec: ServiceSpec,
     /// `ACTIVE`.
-    pub status: String,
+    pub status: ServiceStatus,
     /// Tasks running.
     pub running_count: u32,
     /// Tasks placed, not running yet.
@@ -426,15 +498,14 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
                         disconnect.stop_on_client_after =
                             int(&p, Some(v), 1, 86_400, &mut problems);
                     }
-                    ("reconcile", Value::String(s))
-                        if ["keepReplacement", "keepOriginal", "longestRunning"]
-                            .contains(&s.as_str()) =>
-                    {
-                        disconnect.reconcile = s.clone()
+                    ("reconcile", o) => {
+                        match serde_json::from_value::<ReconcilePolicy>(o.clone()) {
+                            Ok(r) => disconnect.reconcile = r,
+                            Err(_) => problems.push(format!(
+                                "{p}: {o} is not keepReplacement, keepOriginal or longestRunning"
+                            )),
+                        }
                     }
-                    ("reconcile", o) => problems.push(format!(
-                        "{p}: {o} is not keepReplacement, keepOriginal or longestRunning"
-                    )),
                     ("replace", o) => {
                         problems.push(format!("{p}: expected a boolean, found {}", kind(o)))
                     }

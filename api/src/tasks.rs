@@ -76,8 +76,8 @@ pub struct NodeSchedule {
     pub cron: String,
     /// Its time zone.
     pub timezone: String,
-    /// `allow`, `forbid` or `replace`.
-    pub overlap: String,
+    /// What happens when the previous run still runs.
+    pub overlap: crate::schedule::Overlap,
     /// `family:revision`.
     pub task_definition: String,
     /// The definition itself.
@@ -127,6 +127,9 @@ pub struct DesiredTask {
     /// Why it is to stop, when the control plane says (otherwise "stopped by an operator").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
+    /// Why it is to stop, as a code (the reason above is its text for people).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_code: Option<StopCode>,
     /// The node stops it itself after this many seconds without the control plane (its
     /// service's `stopOnClientAfter`), before the control plane replaces it elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -166,13 +169,160 @@ pub enum TaskState {
     Stopped,
 }
 
+/// Where a container is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerState {
+    /// Not created yet (its dependencies are not met, or its task is being set up).
+    Pending,
+    /// Created, not started.
+    Created,
+    /// Its process runs.
+    Running,
+    /// It exited; see the exit code.
+    Exited,
+}
+
+impl ContainerState {
+    /// As shown and sent: `pending`, `created`, `running`, `exited`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Exited => "exited",
+        }
+    }
+}
+
+impl std::fmt::Display for ContainerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A container's health, by its `healthCheck` (ECS's `HEALTHY`/`UNHEALTHY`/`UNKNOWN`; here
+/// `starting` until the check has an opinion).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthStatus {
+    /// No verdict yet (the first check has not passed, or failures are within `startPeriod`).
+    Starting,
+    /// The last check passed.
+    Healthy,
+    /// `retries` checks in a row failed.
+    Unhealthy,
+}
+
+impl HealthStatus {
+    /// As shown and sent: `starting`, `healthy`, `unhealthy`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Starting => "starting",
+            Self::Healthy => "healthy",
+            Self::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+impl std::fmt::Display for HealthStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// Why a task stopped, as a code: what logic decides by (the stop reason next to it is its
+/// text for people). ECS's `stopCode` values where they exist (`TaskFailedToStart`,
+/// `EssentialContainerExited`, `UserInitiated`); ECS's `ServiceSchedulerInitiated` is split by
+/// cause, because a service treats a task it retired differently from one that failed. See
+/// <https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_Task.html> (`stopCode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StopCode {
+    /// A container could not be created or started (image, mount, network …).
+    TaskFailedToStart,
+    /// An essential container exited, or a dependency can no longer be met.
+    EssentialContainerExited,
+    /// An operator stopped it (`task stop`).
+    UserInitiated,
+    /// Its service has more tasks than it wants.
+    ServiceScaledDown,
+    /// Its service's newer deployment replaced it.
+    ServiceDeploymentReplaced,
+    /// Its service was deleted.
+    ServiceDeleted,
+    /// Its node no longer matches its DAEMON service.
+    ServiceNodeIneligible,
+    /// It failed its health check; its service replaces it.
+    ServiceTaskUnhealthy,
+    /// One copy too many after its lost node came back (the service's `reconcile` policy).
+    ServiceReconciled,
+    /// Its node stopped it itself after `stopOnClientAfter` seconds without the control plane.
+    StopOnClientAfter,
+    /// Its node is draining.
+    NodeDrained,
+    /// Its node was removed from the cluster.
+    NodeRemoved,
+    /// Its schedule's next run replaced it (`overlap: replace`).
+    ScheduleReplaced,
+    /// Its node no longer has it in its desired state.
+    NotAssigned,
+}
+
+impl StopCode {
+    /// The stop reason shown when nothing more specific is known.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::TaskFailedToStart => "a container could not start",
+            Self::EssentialContainerExited => "an essential container exited",
+            Self::UserInitiated => "stopped by an operator",
+            Self::ServiceScaledDown => "service: scaled down",
+            Self::ServiceDeploymentReplaced => "service: replaced by a newer deployment",
+            Self::ServiceDeleted => "service: deleted",
+            Self::ServiceNodeIneligible => "service: node no longer eligible",
+            Self::ServiceTaskUnhealthy => "service: unhealthy",
+            Self::ServiceReconciled => "service: one copy too many after its node came back",
+            Self::StopOnClientAfter => {
+                "service: stopped by its node without the control plane (stopOnClientAfter)"
+            }
+            Self::NodeDrained => "node drained",
+            Self::NodeRemoved => "node removed",
+            Self::ScheduleReplaced => "schedule: replaced by the next run",
+            Self::NotAssigned => "no longer assigned to this node",
+        }
+    }
+
+    /// The task was stopped on purpose by its service, its node's operator or its schedule —
+    /// not because it failed: a service does not count it against a deployment.
+    pub fn is_retirement(self) -> bool {
+        matches!(
+            self,
+            Self::UserInitiated
+                | Self::ServiceScaledDown
+                | Self::ServiceDeploymentReplaced
+                | Self::ServiceDeleted
+                | Self::ServiceNodeIneligible
+                | Self::ServiceReconciled
+                | Self::StopOnClientAfter
+                | Self::NodeDrained
+                | Self::NodeRemoved
+                | Self::ScheduleReplaced
+        )
+    }
+}
+
+impl std::fmt::Display for StopCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(&format!("{self:?}"))
+    }
+}
+
 /// A container as a node reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerStatus {
     /// Name in the task definition.
     pub name: String,
-    /// `created`, `running` or `exited`.
-    pub state: String,
+    /// Where it is.
+    pub state: ContainerState,
     /// Exit code once exited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
@@ -182,9 +332,9 @@ pub struct ContainerStatus {
     /// Times the node restarted it by its restart policy.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts: u32,
-    /// `starting`, `healthy` or `unhealthy` while it runs, when it has a health check.
+    /// Its health check's verdict while it runs, when it has a health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<String>,
+    pub health: Option<HealthStatus>,
     /// What it uses, as of its node's last heartbeat (filled in by the control plane when it
     /// answers; never stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,6 +375,9 @@ pub struct TaskStatus {
     /// Why it stopped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_reason: Option<String>,
+    /// Why it stopped, as a code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_code: Option<StopCode>,
     /// Its containers.
     pub containers: Vec<ContainerStatus>,
     /// Set when the node started it by one of its schedules.

@@ -446,7 +446,7 @@ async fn start(
                 .expect(Method::GET, &format!("/v1/nodes/{node_id}"), None)
                 .await
                 .ok()?;
-            (n.state == "READY").then_some(())
+            (n.state == flotilla_api::ops::NodeState::Ready).then_some(())
         },
     )
     .await?;

@@ -170,7 +170,7 @@ enum ScheduleCommand {
         node: Option<String>,
         /// When the previous run still runs: forbid (skip), allow, or replace.
         #[arg(long, default_value = "forbid")]
-        overlap: String,
+        overlap: flotilla_api::schedule::Overlap,
         /// Environment KEY=VALUE for every container (repeatable).
         #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
         env: Vec<String>,
@@ -531,7 +531,7 @@ async fn service(api: &Api, cmd: ServiceCommand, json: bool) -> Result<()> {
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|s| {
-                        let primary = s.deployments.iter().find(|d| d.status == "PRIMARY");
+                        let primary = s.deployments.iter().find(|d| d.status == flotilla_api::service::DeploymentStatus::Primary);
                         vec![
                             s.spec.service_name.clone(),
                             format!("{:?}", s.spec.scheduling_strategy).to_uppercase(),
@@ -539,7 +539,7 @@ async fn service(api: &Api, cmd: ServiceCommand, json: bool) -> Result<()> {
                             s.spec.desired_count.to_string(),
                             s.running_count.to_string(),
                             s.pending_count.to_string(),
-                            primary.map(|d| d.rollout_state.clone()).unwrap_or_default(),
+                            primary.map(|d| d.rollout_state.to_string()).unwrap_or_default(),
                         ]
                     })
                     .collect();
@@ -925,7 +925,7 @@ async fn run(cli: Cli) -> Result<()> {
                         vec![
                             n.id.clone(),
                             n.hostname.clone(),
-                            n.state.clone(),
+                            n.state.to_string(),
                             if n.resources.is_some() {
                                 r.cpus.to_string()
                             } else {

@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use flotilla_api::taskdef::{ContainerDefinition, DependencyCondition, RestartPolicy};
-use flotilla_api::tasks::{ContainerStatus, DesiredState, DesiredStatus, TaskState, TaskStatus};
+use flotilla_api::tasks::{
+    ContainerState, ContainerStatus, DesiredState, DesiredStatus, HealthStatus, StopCode,
+    TaskState, TaskStatus,
+};
 
 /// Seconds between SIGTERM and SIGKILL when the definition says nothing (ECS's default).
 pub const DEFAULT_STOP_TIMEOUT: u32 = 30;
@@ -175,27 +178,26 @@ fn container_status(
     checked: bool,
 ) -> ContainerStatus {
     let health = match o {
-        Some(Observed::Running { healthy }) if checked => Some(
-            match healthy {
-                None => "starting",
-                Some(true) => "healthy",
-                Some(false) => "unhealthy",
-            }
-            .to_string(),
-        ),
+        Some(Observed::Running { healthy }) if checked => Some(match healthy {
+            None => HealthStatus::Starting,
+            Some(true) => HealthStatus::Healthy,
+            Some(false) => HealthStatus::Unhealthy,
+        }),
         _ => None,
     };
     let (state, exit_code, reason) = match o {
-        None => ("pending", None, None),
-        Some(Observed::Created) => ("created", None, None),
-        Some(Observed::Running { .. }) => ("running", None, None),
-        Some(Observed::Exited { code, oom, .. }) => {
-            ("exited", Some(*code), oom.then(|| "OOM killed".to_string()))
-        }
+        None => (ContainerState::Pending, None, None),
+        Some(Observed::Created) => (ContainerState::Created, None, None),
+        Some(Observed::Running { .. }) => (ContainerState::Running, None, None),
+        Some(Observed::Exited { code, oom, .. }) => (
+            ContainerState::Exited,
+            Some(*code),
+            oom.then(|| "OOM killed".to_string()),
+        ),
     };
     ContainerStatus {
         name: name.to_string(),
-        state: state.to_string(),
+        state,
         exit_code,
         reason,
         restarts,
@@ -218,12 +220,16 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
                 .unwrap_or(0)
         };
         // Why the task must end, if it must.
-        let mut ending: Option<String> = match task.desired {
-            DesiredStatus::Stopped => Some(
-                task.stop_reason
-                    .clone()
-                    .unwrap_or_else(|| "stopped by an operator".into()),
-            ),
+        let mut ending: Option<(StopCode, String)> = match task.desired {
+            DesiredStatus::Stopped => {
+                let code = task.stop_code.unwrap_or(StopCode::UserInitiated);
+                Some((
+                    code,
+                    task.stop_reason
+                        .clone()
+                        .unwrap_or_else(|| code.reason().to_string()),
+                ))
+            }
             DesiredStatus::Running => None,
         };
         // Exited containers their policy restarts, and which of them are due now.
@@ -243,7 +249,10 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
                     && exited(seen.get(&c.name)).is_some()
                     && !restarting.contains(&c.name.as_str())
             }) {
-                ending = Some(format!("essential container {} exited", c.name));
+                ending = Some((
+                    StopCode::EssentialContainerExited,
+                    format!("essential container {} exited", c.name),
+                ));
             }
         }
         let mut starts = Vec::new();
@@ -253,7 +262,7 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
                     Ok(true) => starts.push(c.name.clone()),
                     Ok(false) => {}
                     Err(reason) => {
-                        ending = Some(reason);
+                        ending = Some((StopCode::EssentialContainerExited, reason));
                         break;
                     }
                 }
@@ -326,7 +335,8 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
             network: None,
             id: task.id.clone(),
             state,
-            stop_reason: ending,
+            stop_code: ending.as_ref().map(|(c, _)| *c),
+            stop_reason: ending.map(|(_, r)| r),
             containers,
         });
     }
@@ -358,7 +368,8 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
             } else {
                 TaskState::Stopped
             },
-            stop_reason: Some("no longer assigned to this node".into()),
+            stop_code: Some(StopCode::NotAssigned),
+            stop_reason: Some(StopCode::NotAssigned.reason().into()),
             containers: seen
                 .iter()
                 .map(|(n, o)| container_status(n, Some(o), 0, false))
@@ -383,6 +394,7 @@ mod tests {
             env: Vec::new(),
             desired,
             stop_reason: None,
+            stop_code: None,
             stop_on_client_after: None,
             address: None,
             namespace: None,

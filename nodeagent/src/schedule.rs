@@ -6,7 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_api::tasks::{DesiredStatus, DesiredTask, NodeSchedule, ScheduledRun};
+use flotilla_api::schedule::Overlap;
+use flotilla_api::tasks::{DesiredStatus, DesiredTask, NodeSchedule, ScheduledRun, StopCode};
 use serde::{Deserialize, Serialize};
 
 /// A task this node started by a schedule.
@@ -69,18 +70,19 @@ pub fn fire_due(
             .filter(|(_, l)| l.run.schedule == s.name && l.finished_at.is_none())
             .map(|(i, _)| i)
             .collect();
-        match s.overlap.as_str() {
-            "forbid" if !running.is_empty() => {
+        match s.overlap {
+            Overlap::Forbid if !running.is_empty() => {
                 tracing::info!(schedule = %s.name, "previous run still runs: this one is skipped");
                 continue;
             }
-            "replace" => {
+            Overlap::Replace => {
                 for i in running {
                     local[i].task.desired = DesiredStatus::Stopped;
-                    local[i].task.stop_reason = Some("schedule: replaced by the next run".into());
+                    local[i].task.stop_code = Some(StopCode::ScheduleReplaced);
+                    local[i].task.stop_reason = Some(StopCode::ScheduleReplaced.reason().into());
                 }
             }
-            _ => {}
+            Overlap::Forbid | Overlap::Allow => {}
         }
         let id = flotilla_api::tasks::scheduled_task_id(node_id, &s.name, at);
         tracing::info!(schedule = %s.name, task = %id, "schedule fired");
@@ -104,6 +106,7 @@ pub fn fire_due(
                 env: s.env.clone(),
                 desired: DesiredStatus::Running,
                 stop_reason: None,
+                stop_code: None,
                 stop_on_client_after: None,
                 address: None,
                 namespace: None,
@@ -134,7 +137,7 @@ mod tests {
             name: "report".into(),
             cron: "0 2 * * *".into(),
             timezone: "UTC".into(),
-            overlap: overlap.into(),
+            overlap: overlap.parse().expect("overlap"),
             task_definition: "report:1".into(),
             definition: flotilla_api::taskdef::parse(
                 r#"{"family":"report","containerDefinitions":[{"name":"a","image":"x","memory":8}]}"#,

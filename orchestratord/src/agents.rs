@@ -626,6 +626,10 @@ impl Agents {
                     DesiredStatus::Stopped => t.info.stop_reason,
                     DesiredStatus::Running => None,
                 },
+                stop_code: match t.info.desired {
+                    DesiredStatus::Stopped => t.info.stop_code,
+                    DesiredStatus::Running => None,
+                },
                 address: t.address,
                 namespace: t
                     .info

@@ -464,15 +464,14 @@ fn node_info(n: &NodeRecord, connected: &[String], live: crate::agents::LiveInfo
     let is_connected = connected.contains(&n.id);
     NodeInfo {
         state: if n.revoked {
-            "REVOKED"
+            flotilla_api::ops::NodeState::Revoked
         } else if !is_connected {
-            "DISCONNECTED"
+            flotilla_api::ops::NodeState::Disconnected
         } else if n.draining {
-            "DRAINING"
+            flotilla_api::ops::NodeState::Draining
         } else {
-            "READY"
-        }
-        .to_string(),
+            flotilla_api::ops::NodeState::Ready
+        },
         agent_version: live.agent_version,
         last_seen: live.last_seen,
         resources: live.resources,
@@ -910,7 +909,7 @@ fn with_usage(mut t: TaskInfo, agents: &Agents) -> TaskInfo {
     let live = agents.live(node);
     if let Some(usage) = live.usage.get(&t.id) {
         for c in &mut t.containers {
-            if c.state == "running" {
+            if c.state == flotilla_api::tasks::ContainerState::Running {
                 c.usage = usage.get(&c.name).cloned();
             }
         }
@@ -1337,6 +1336,7 @@ pub fn create_tasks(
                 desired: DesiredStatus::Running,
                 state: TaskState::Pending,
                 stop_reason: None,
+                stop_code: None,
                 containers: Vec::new(),
                 created_at: crate::now(),
                 started_by: started_by.clone(),

@@ -62,7 +62,7 @@ fn healthy(t: &TaskRecord) -> bool {
         && t.info
             .containers
             .iter()
-            .all(|c| c.health.as_deref().is_none_or(|h| h == "healthy"))
+            .all(|c| c.health.is_none_or(|h| h == flotilla_api::tasks::HealthStatus::Healthy))
 }
 
 /// Where task `t` (of a service with discovery `d`) is reached, if it is.

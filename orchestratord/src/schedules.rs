@@ -61,8 +61,8 @@ pub fn round(agents: &Arc<Agents>) -> Result<(), StoreError> {
             .cloned()
             .collect();
         let mut fire = true;
-        match s.spec.overlap.as_str() {
-            "forbid" if !live.is_empty() => {
+        match s.spec.overlap {
+            flotilla_api::schedule::Overlap::Forbid if !live.is_empty() => {
                 fire = false;
                 agents.event(
                     "schedule.skipped",
@@ -70,7 +70,7 @@ pub fn round(agents: &Arc<Agents>) -> Result<(), StoreError> {
                     "the previous run still runs (overlap: forbid)",
                 );
             }
-            "replace" => {
+            flotilla_api::schedule::Overlap::Replace => {
                 for t in live {
                     let node = t.info.node.clone();
                     if crate::api::request_stop(store, t, "schedule: replaced by the next run")? {
@@ -147,6 +147,7 @@ pub fn adopt(
             desired: flotilla_api::tasks::DesiredStatus::Running,
             state: TaskState::Pending,
             stop_reason: None,
+            stop_code: None,
             containers: Vec::new(),
             created_at: run.fired_at,
             started_by: Some(started_by(&run.schedule)),

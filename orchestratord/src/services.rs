@@ -8,8 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_api::ops::TaskDefRevision;
-use flotilla_api::service::{DeploymentInfo, SchedulingStrategy, ServiceInfo};
-use flotilla_api::tasks::{DesiredStatus, TaskState};
+use flotilla_api::service::{
+    DeploymentInfo, DeploymentStatus, ReconcilePolicy, RolloutState, SchedulingStrategy,
+    ServiceInfo, ServiceStatus,
+};
+use flotilla_api::tasks::{DesiredStatus, HealthStatus, TaskState};
 use flotilla_scheduler::service::{self, Action, Mode, Phase, Rollout};
 
 use crate::agents::Agents;
@@ -66,15 +69,10 @@ fn phase(t: &TaskRecord) -> Phase {
     match t.info.state {
         TaskState::Provisioning | TaskState::Pending => Phase::Pending,
         TaskState::Running => {
-            let health = |h: &str| {
-                t.info
-                    .containers
-                    .iter()
-                    .any(|c| c.health.as_deref() == Some(h))
-            };
-            if health("unhealthy") {
+            let health = |h: HealthStatus| t.info.containers.iter().any(|c| c.health == Some(h));
+            if health(HealthStatus::Unhealthy) {
                 Phase::Unhealthy
-            } else if health("starting") {
+            } else if health(HealthStatus::Starting) {
                 Phase::Starting
             } else {
                 Phase::Ready
@@ -118,9 +116,17 @@ pub fn info(s: &ServiceRecord, all: &[TaskRecord]) -> ServiceInfo {
         .iter()
         .map(|d| DeploymentInfo {
             id: d.id.clone(),
-            status: if d.primary { "PRIMARY" } else { "ACTIVE" }.into(),
+            status: if d.primary {
+                DeploymentStatus::Primary
+            } else {
+                DeploymentStatus::Active
+            },
             task_definition: format!("{}:{}", d.revision.family, d.revision.revision),
-            rollout_state: d.rollout.clone(),
+            rollout_state: match d.rollout.as_str() {
+                COMPLETED => RolloutState::Completed,
+                FAILED => RolloutState::Failed,
+                _ => RolloutState::InProgress,
+            },
             rollout_state_reason: d.reason.clone(),
             running_count: count(Some(&d.id), &running),
             pending_count: count(Some(&d.id), &pending),
@@ -131,7 +137,7 @@ pub fn info(s: &ServiceRecord, all: &[TaskRecord]) -> ServiceInfo {
     deployments.sort_by_key(|d| std::cmp::Reverse(d.created_at));
     ServiceInfo {
         spec: s.spec.clone(),
-        status: "ACTIVE".into(),
+        status: ServiceStatus::Active,
         running_count: count(None, &running),
         pending_count: count(None, &pending),
         deployments,
@@ -250,10 +256,10 @@ fn one(agents: &Arc<Agents>, mut s: ServiceRecord) -> Result<(), StoreError> {
             .deployment_configuration
             .deployment_circuit_breaker
             .rollback,
-        reconcile: match policy.reconcile.as_str() {
-            "keepOriginal" => service::Reconcile::KeepOriginal,
-            "longestRunning" => service::Reconcile::LongestRunning,
-            _ => service::Reconcile::KeepReplacement,
+        reconcile: match policy.reconcile {
+            ReconcilePolicy::KeepOriginal => service::Reconcile::KeepOriginal,
+            ReconcilePolicy::LongestRunning => service::Reconcile::LongestRunning,
+            ReconcilePolicy::KeepReplacement => service::Reconcile::KeepReplacement,
         },
     };
     let views: Vec<service::DeploymentView> = s

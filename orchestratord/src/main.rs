@@ -6,28 +6,12 @@
 
 mod agents;
 mod api;
-mod discovery;
-mod network;
-mod placement;
-mod schedules;
-mod services;
-mod store;
+mod cluster;
+mod core;
+mod plane;
+mod timers;
 
-/// Seconds since the epoch.
-pub fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// Milliseconds since the epoch.
-pub fn now_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
+use cluster::network;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
@@ -450,8 +434,6 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         )
     })?;
     let server = server_cert(data_dir, &ca)?;
-    let store = Arc::new(store::Store::open(&data_dir.join("orchestratord.redb"))?);
-
     let quic_tls = flotilla_certs::tls::server(
         ca.cert_pem(),
         &server,
@@ -477,31 +459,42 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         .await
         .with_context(|| format!("listening on tcp {listen}"))?;
 
-    let agents = Arc::new(agents::Agents::new(
-        store,
+    let store = cluster::RedbStore::open(&data_dir.join("orchestratord.redb"))?;
+    let cluster = cluster::Cluster::open(
+        Box::new(store),
         ca,
-        node_cert_lifetime,
-        session_rate,
-        network.clone(),
-    ));
-    tokio::spawn(services::run(agents.clone()));
+        cluster::Config {
+            node_cert_lifetime,
+            session_rate,
+            network: network.clone(),
+        },
+        Box::new(cluster::RandomIds),
+        core::now(),
+    )?;
+    let plane = plane::Plane {
+        core: core::Core::start(cluster).context("starting the core's thread")?,
+        sessions: Default::default(),
+        wake: Default::default(),
+    };
+
+    tokio::spawn(timers::run(plane.clone()));
     tracing::info!(%listen, "serving agents (QUIC) and operators (HTTPS)");
     // Under systemd: ready now that both listeners and the store are up; the watchdog is fed
-    // only while the store answers.
+    // only while the core and its store answer.
     flotilla_api::systemd::ready(&format!("serving agents and operators on {listen}"));
     if let Some(every) = flotilla_api::systemd::watchdog_interval() {
-        let store = agents.store.clone();
+        let core = plane.core.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let s = store.clone();
-                if tokio::task::spawn_blocking(move || s.healthy())
-                    .await
-                    .unwrap_or(false)
-                {
-                    flotilla_api::systemd::ping();
-                } else {
-                    tracing::error!("the store does not answer; withholding the watchdog ping");
+                let answer = tokio::time::timeout(every, core.call(cluster::Command::Health));
+                match answer.await {
+                    Ok(Ok(o)) if o.reply == cluster::Reply::Health(true) => {
+                        flotilla_api::systemd::ping()
+                    }
+                    _ => tracing::error!(
+                        "the core or its store does not answer; withholding the watchdog ping"
+                    ),
                 }
             }
         });
@@ -509,8 +502,8 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
     tokio::select! {
-        _ = agents.clone().serve(endpoint.clone()) => {}
-        _ = api::serve(tcp, Arc::new(https_tls), agents) => {}
+        _ = agents::serve(plane.clone(), endpoint.clone()) => {}
+        _ = api::serve(tcp, Arc::new(https_tls), plane) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         _ = term.recv() => tracing::info!("terminated; stopping"),
     }

@@ -467,6 +467,22 @@ fn initial_counts(snap: &Snapshot, req: &Request) -> Counts {
     counts
 }
 
+/// Why `node` cannot take one more task of `req` — a static filter (state, `memberOf`) or its
+/// room (CPU, memory, host ports, `distinctInstance`) — if it cannot. The plan applier asks this
+/// of every node a plan touches, against the state at commit time.
+pub fn refusal(node: &NodeView, req: &Request) -> Option<String> {
+    excluded(node, req).or_else(|| {
+        let slot = Slot {
+            view: node,
+            used: node.used,
+            ports: node.ports.clone(),
+            group: node.groups.get(&req.group).copied().unwrap_or(0),
+            placed: 0,
+        };
+        lacks(&slot, req)
+    })
+}
+
 /// The nodes that pass the static filters (ready, `memberOf`): where a daemon service runs.
 pub fn eligible(snap: &Snapshot, req: &Request) -> Vec<String> {
     snap.nodes

@@ -14,19 +14,22 @@
 
 use std::collections::BTreeMap;
 
-/// Stop reasons the service sets; a task of a deployment that stopped for any other reason
-/// (or was replaced as unhealthy) counts as failed.
-pub const REASON_SCALED_DOWN: &str = "service: scaled down";
-/// An older deployment's task, replaced.
-pub const REASON_REPLACED: &str = "service: replaced by a newer deployment";
-/// The service was deleted.
-pub const REASON_DELETED: &str = "service: deleted";
-/// Its node is no longer eligible (daemon).
-pub const REASON_NOT_ELIGIBLE: &str = "service: node no longer eligible";
-/// It failed its health check.
-pub const REASON_UNHEALTHY: &str = "service: unhealthy";
-/// One copy too many after a lost node came back.
-pub const REASON_RECONCILED: &str = "service: one copy too many after its node came back";
+/// Why the planner stops a task. The control plane records it as the task's stop code; a task
+/// of a deployment that stopped for any reason but these (or was replaced as unhealthy) counts
+/// as failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopCause {
+    /// More tasks than the service wants.
+    ScaledDown,
+    /// An older deployment's task, replaced.
+    Replaced,
+    /// Its node is no longer eligible (daemon).
+    NotEligible,
+    /// It failed its health check.
+    Unhealthy,
+    /// One copy too many after a lost node came back.
+    Reconciled,
+}
 
 /// Which copy survives when a node that was lost (and whose tasks were replaced) comes back.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -149,7 +152,7 @@ pub enum Action {
         /// Task id.
         task: String,
         /// Why.
-        reason: String,
+        cause: StopCause,
     },
     /// The deployment's rollout is complete.
     Complete {
@@ -224,7 +227,7 @@ pub fn plan(
     for t in alive.iter().filter(|t| t.phase == Phase::Unhealthy) {
         out.push(Action::Stop {
             task: t.id.clone(),
-            reason: REASON_UNHEALTHY.into(),
+            cause: StopCause::Unhealthy,
         });
     }
     alive.retain(|t| t.phase != Phase::Unhealthy);
@@ -258,12 +261,11 @@ pub fn plan(
                 for t in surplus.iter().take(mine.len() - desired as usize) {
                     out.push(Action::Stop {
                         task: t.id.clone(),
-                        reason: if returned {
-                            REASON_RECONCILED
+                        cause: if returned {
+                            StopCause::Reconciled
                         } else {
-                            REASON_SCALED_DOWN
-                        }
-                        .into(),
+                            StopCause::ScaledDown
+                        },
                     });
                 }
             }
@@ -289,7 +291,7 @@ pub fn plan(
                 }
                 out.push(Action::Stop {
                     task: t.id.clone(),
-                    reason: REASON_REPLACED.into(),
+                    cause: StopCause::Replaced,
                 });
             }
             let mine_ready = mine.iter().filter(|t| t.phase == Phase::Ready).count() as u64;
@@ -315,7 +317,7 @@ pub fn plan(
                 for t in mine.iter().skip(1) {
                     out.push(Action::Stop {
                         task: t.id.clone(),
-                        reason: REASON_SCALED_DOWN.into(),
+                        cause: StopCause::ScaledDown,
                     });
                 }
                 if mine.first().is_none_or(|t| t.phase != Phase::Ready) || !old.is_empty() {
@@ -330,7 +332,7 @@ pub fn plan(
                     }
                     out.push(Action::Stop {
                         task: t.id.clone(),
-                        reason: REASON_REPLACED.into(),
+                        cause: StopCause::Replaced,
                     });
                 }
                 // A node's old task goes before its new one starts (one per node).
@@ -346,7 +348,7 @@ pub fn plan(
                 for t in tasks {
                     out.push(Action::Stop {
                         task: t.id.clone(),
-                        reason: REASON_NOT_ELIGIBLE.into(),
+                        cause: StopCause::NotEligible,
                     });
                 }
             }
@@ -576,9 +578,9 @@ mod tests {
             s.reconcile = policy;
             let a = plan(&s, &d, &tasks, &[]);
             assert_eq!(starts(&a), 0);
-            assert!(a
-                .iter()
-                .all(|x| !matches!(x, Action::Stop { reason, .. } if reason != REASON_RECONCILED)));
+            assert!(a.iter().all(
+                |x| !matches!(x, Action::Stop { cause, .. } if *cause != StopCause::Reconciled)
+            ));
             stops(&a)
         };
         assert_eq!(survivor(Reconcile::KeepReplacement), ["t2"]);

@@ -1,0 +1,413 @@
+//! What agents say: enrollment with a join token, session start and end, pings, heartbeats,
+//! reports of their tasks, certificate renewals, and acknowledgements of desired states. A
+//! node's identity comes from its verified certificate (the transport's), never from a
+//! message; a node's reports change only its own tasks.
+
+use std::collections::HashMap;
+
+use flotilla_api::tasks::{TaskState, TaskStatus, TaskUsage};
+use flotilla_api::{
+    negotiate, AgentReply, Hello, HelloReply, JoinReply, JoinRequest, NodeResources, PROTOCOLS,
+};
+
+use super::command::{Agent, CloseCode, ClusterError, Effect, Reply, SessionId};
+use super::ctx::Ctx;
+use super::network;
+use super::records::{NodeRecord, TokenRecord};
+use super::schedules;
+
+/// Seconds after a push without an acknowledgement before a heartbeat sends it again.
+const REPUSH_AFTER_SECS: u64 = 10;
+
+/// Why a token did not admit a node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenRefusal {
+    /// No such token (never created, or removed).
+    #[error("unknown or revoked join token {0}")]
+    Unknown(String),
+    /// The secret does not match.
+    #[error("join token {0}: wrong secret")]
+    WrongSecret(String),
+    /// Past its expiry.
+    #[error("join token {id} expired {ago} s ago")]
+    Expired {
+        /// Token id.
+        id: String,
+        /// Seconds since expiry.
+        ago: u64,
+    },
+    /// All uses spent.
+    #[error("join token {0} was already used")]
+    Used(String),
+}
+
+/// Spends one use of a token if the secret matches and it is still valid at `now`.
+pub fn redeem(
+    token: Option<&TokenRecord>,
+    id: &str,
+    secret: &str,
+    now: u64,
+) -> Result<TokenRecord, TokenRefusal> {
+    match token {
+        None => Err(TokenRefusal::Unknown(id.to_string())),
+        Some(r) if !flotilla_certs::token::secret_matches(secret, &r.secret_hash) => {
+            Err(TokenRefusal::WrongSecret(id.to_string()))
+        }
+        Some(r) if now >= r.expires_at => Err(TokenRefusal::Expired {
+            id: id.to_string(),
+            ago: now - r.expires_at,
+        }),
+        Some(r) if r.used >= r.uses => Err(TokenRefusal::Used(id.to_string())),
+        Some(r) => {
+            let mut r = r.clone();
+            r.used += 1;
+            Ok(r)
+        }
+    }
+}
+
+/// Executes what an agent says.
+pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
+    match a {
+        Agent::Join { request, peer } => Ok(Reply::Join(Box::new(join(cx, request, &peer)))),
+        Agent::Hello {
+            node,
+            session,
+            hello,
+            remote,
+        } => Ok(hello_(cx, &node, session, hello, remote)),
+        Agent::SessionClosed { node, session } => {
+            if cx.live.close(&node, session, cx.now) {
+                tracing::info!(node = %node, "session ended");
+            }
+            Ok(Reply::Done)
+        }
+        Agent::Ping { node } => {
+            cx.live.touch(&node, cx.now, |_| {});
+            Ok(Reply::Agent(AgentReply::Pong {
+                server_time: cx.now.secs(),
+            }))
+        }
+        Agent::Heartbeat {
+            node,
+            resources,
+            usage,
+        } => Ok(Reply::Agent(heartbeat(cx, &node, resources, usage))),
+        Agent::Report { node, tasks } => Ok(Reply::Agent(report(cx, &node, tasks))),
+        Agent::Renew { node, csr_pem } => Ok(Reply::Agent(renew(cx, &node, &csr_pem))),
+        Agent::DesiredAcked { node, generation } => {
+            cx.live.touch(&node, cx.now, |l| {
+                l.acked_generation = Some(l.acked_generation.unwrap_or(0).max(generation));
+            });
+            tracing::info!(node = %node, generation, "desired state delivered");
+            Ok(Reply::Done)
+        }
+        Agent::DesiredRefused { node, reason } => {
+            tracing::warn!(node = %node, "desired state refused: {reason}");
+            Ok(Reply::Done)
+        }
+    }
+}
+
+fn join(cx: &mut Ctx<'_, '_>, req: JoinRequest, peer: &str) -> JoinReply {
+    let refused = |reason: String| {
+        tracing::info!(%peer, "join refused: {reason}");
+        JoinReply::Refused { reason }
+    };
+    let Some(protocol) = negotiate(PROTOCOLS, &req.protocols) else {
+        return refused(format!(
+            "no common protocol version (server speaks {PROTOCOLS:?}, agent {:?})",
+            req.protocols
+        ));
+    };
+    for (k, v) in &req.labels {
+        if let Err(e) = flotilla_api::parse_label(&format!("{k}={v}")) {
+            return refused(e);
+        }
+    }
+    // A returning node proves its earlier identity before the token is spent.
+    let returning = match &req.previous {
+        None => None,
+        Some(p) => match cx
+            .ca
+            .verify_rejoin(&p.cert_pem, &p.proof, &req.token_id, &req.csr_pem)
+        {
+            Ok(id) => match cx.txn.node(&id) {
+                Some(n) if !n.revoked => Some(n.clone()),
+                Some(_) => return refused(format!("node {id} was revoked")),
+                None => return refused(format!("node {id} is unknown to this control plane")),
+            },
+            Err(e) => return refused(e.to_string()),
+        },
+    };
+    let token = match redeem(
+        cx.txn.token(&req.token_id),
+        &req.token_id,
+        &req.secret,
+        cx.now.secs(),
+    ) {
+        Ok(t) => t,
+        Err(r) => return refused(r.to_string()),
+    };
+    let node_id = match &returning {
+        Some(n) => n.id.clone(),
+        None => cx.ids.node(),
+    };
+    let lifetime = cx.config.node_cert_lifetime;
+    let cert_pem = match cx.ca.issue_node(&req.csr_pem, &node_id, lifetime) {
+        Ok(c) => c,
+        Err(e) => return refused(e.to_string()),
+    };
+    let mut labels = returning
+        .as_ref()
+        .map(|n| n.labels.clone())
+        .unwrap_or_default();
+    labels.extend(token.labels.clone());
+    labels.extend(req.labels.clone());
+    let hostname: String = req
+        .hostname
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(253)
+        .collect();
+    let node = NodeRecord {
+        id: node_id.clone(),
+        hostname,
+        labels,
+        joined_at: returning.as_ref().map_or(cx.now.secs(), |n| n.joined_at),
+        token_id: token.id.clone(),
+        cert_not_after: cx.now.secs() + lifetime.as_secs(),
+        revoked: false,
+        generation: returning.as_ref().map_or(0, |n| n.generation),
+        draining: returning.as_ref().is_some_and(|n| n.draining),
+        bridge_subnet: returning.as_ref().and_then(|n| n.bridge_subnet),
+        address: returning.as_ref().and_then(|n| n.address),
+    };
+    let hostname = node.hostname.clone();
+    cx.txn.put_token(token.clone());
+    cx.txn.put_node(node);
+    network::ensure_bridge_subnet(cx.txn, &cx.config.network, &node_id);
+    if returning.is_some() {
+        tracing::info!(node = %node_id, %peer, token = %token.id, "node rejoined with its identity");
+        cx.event(
+            "node.rejoined",
+            &node_id,
+            format!(
+                "rejoined with its identity from {peer} (token {})",
+                token.id
+            ),
+        );
+    } else {
+        tracing::info!(node = %node_id, %peer, token = %token.id, "node joined");
+        cx.event(
+            "node.joined",
+            &node_id,
+            format!("{hostname} joined from {peer} (token {})", token.id),
+        );
+    }
+    JoinReply::Joined {
+        node_id,
+        cert_pem,
+        ca_pem: cx.ca.cert_pem().to_string(),
+        protocol,
+    }
+}
+
+fn hello_(
+    cx: &mut Ctx<'_, '_>,
+    node_id: &str,
+    session: SessionId,
+    hello: Hello,
+    remote: Option<std::net::Ipv4Addr>,
+) -> Reply {
+    let node = match cx.txn.node(node_id) {
+        Some(n) if !n.revoked => n.clone(),
+        Some(_) => {
+            return Reply::CloseSession {
+                code: CloseCode::Revoked,
+                reason: "this node was revoked".into(),
+            }
+        }
+        None => {
+            return Reply::CloseSession {
+                code: CloseCode::Refused,
+                reason: "unknown node".into(),
+            }
+        }
+    };
+    let Some(protocol) = negotiate(PROTOCOLS, &hello.protocols) else {
+        return Reply::Hello(HelloReply::Refused {
+            reason: format!(
+                "no common protocol version (server speaks {PROTOCOLS:?}, agent {:?})",
+                hello.protocols
+            ),
+        });
+    };
+    if let Err(wait_ms) = cx.live.admit(cx.now) {
+        tracing::debug!(node = %node_id, wait_ms, "session deferred: admitting at the session rate");
+        return Reply::Hello(HelloReply::Busy {
+            retry_after_ms: wait_ms,
+        });
+    }
+    let version = hello.agent_version.clone();
+    cx.live.touch(node_id, cx.now, |l| {
+        l.session = Some(session);
+        l.agent_version = Some(version);
+        l.disconnected_at = None;
+        l.acked_generation = None;
+    });
+    tracing::info!(node = %node_id, agent = %hello.agent_version, protocol, "session established");
+    // Where its host ports are reached: what it says, else where its session comes from.
+    let address = hello.address.or(remote);
+    if address.is_some() && node.address != address {
+        let mut n = node.clone();
+        n.address = address;
+        cx.txn.put_node(n);
+    }
+    network::ensure_bridge_subnet(cx.txn, &cx.config.network, node_id);
+    // A (re)connected node gets its current desired state and registry.
+    cx.push.insert(node_id.to_string());
+    if cx.registry.version != 0 {
+        cx.effects.push(Effect::PushRegistry {
+            node: Some(node_id.to_string()),
+            registry: cx.registry.clone(),
+        });
+    }
+    Reply::Hello(HelloReply::Welcome {
+        protocol,
+        node_id: node_id.to_string(),
+        server_time: cx.now.secs(),
+    })
+}
+
+fn heartbeat(
+    cx: &mut Ctx<'_, '_>,
+    node: &str,
+    resources: NodeResources,
+    usage: Vec<TaskUsage>,
+) -> AgentReply {
+    // Only this node's own tasks are kept.
+    let mine: HashMap<String, _> = usage
+        .into_iter()
+        .filter(|u| cx.txn.task(&u.id).is_some_and(|t| t.node() == Some(node)))
+        .map(|u| (u.id, u.containers))
+        .collect();
+    cx.live.touch(node, cx.now, |l| {
+        l.resources = Some(resources);
+        l.usage = mine;
+    });
+    // A node behind on its desired state (a push lost on the way) gets it again, once the
+    // last push had time to arrive.
+    let generation = cx.txn.node(node).map_or(0, |n| n.generation);
+    let l = cx.live.get(node);
+    let behind = l.acked_generation.unwrap_or(0) < generation;
+    let settled = l
+        .pushed_at
+        .is_none_or(|at| cx.now.secs().saturating_sub(at) >= REPUSH_AFTER_SECS);
+    if l.session.is_some() && behind && settled {
+        cx.push.insert(node.to_string());
+    }
+    AgentReply::Recorded
+}
+
+/// Records what a node reports about its own tasks (and only those).
+fn report(cx: &mut Ctx<'_, '_>, node: &str, tasks: Vec<TaskStatus>) -> AgentReply {
+    cx.live.touch(node, cx.now, |_| {});
+    for status in tasks {
+        let rec = match cx.txn.task(&status.id) {
+            Some(r) if r.node() == Some(node) => r.clone(),
+            // A run of one of the node's own schedules, reported for the first time.
+            None => match &status.scheduled {
+                Some(run) => match schedules::adopt(cx, node, &status, run) {
+                    Some(r) => r,
+                    None => {
+                        tracing::warn!(node, task = %status.id, "report of a run of a schedule not pinned to this node ignored");
+                        continue;
+                    }
+                },
+                None => {
+                    tracing::warn!(node, task = %status.id, "report about an unknown task ignored");
+                    continue;
+                }
+            },
+            Some(_) => {
+                tracing::warn!(node, task = %status.id, "report about a task of another node ignored");
+                continue;
+            }
+        };
+        update(cx, node, rec, status);
+    }
+    AgentReply::Recorded
+}
+
+/// Applies one reported status to its task (in `cx`'s transaction), with an event when its
+/// state changed. A stopped task stays stopped.
+fn update(
+    cx: &mut Ctx<'_, '_>,
+    node: &str,
+    mut rec: super::records::TaskRecord,
+    status: TaskStatus,
+) {
+    let fresh = cx.txn.task(&rec.info.id).is_none();
+    if rec.info.state == TaskState::Stopped {
+        return;
+    }
+    // A stopped task no longer has its network; the last one reported is kept.
+    let network = status.network.or(rec.info.network.clone());
+    // The control plane's code wins when it asked for the stop; else the node's.
+    let code = rec.info.stop_code.or(status.stop_code);
+    let reason = status.stop_reason.or(rec.info.stop_reason.clone());
+    let unchanged = rec.info.state == status.state
+        && rec.info.stop_reason == reason
+        && rec.info.stop_code == code
+        && rec.info.containers == status.containers
+        && rec.info.network == network;
+    if unchanged && !fresh {
+        return;
+    }
+    if rec.info.state != status.state {
+        tracing::info!(node, task = %rec.info.id, state = ?status.state, reason = ?reason, "task state");
+        let codes: Vec<String> = status
+            .containers
+            .iter()
+            .filter_map(|c| c.exit_code.map(|x| format!("{} exited {x}", c.name)))
+            .collect();
+        let state = format!("{:?}", status.state).to_uppercase();
+        let mut message = format!("{state} on {node}");
+        if let Some(r) = &reason {
+            message.push_str(&format!(": {r}"));
+        }
+        if !codes.is_empty() && status.state == TaskState::Stopped {
+            message.push_str(&format!(" ({})", codes.join(", ")));
+        }
+        let kind = format!("task.{:?}", status.state).to_lowercase();
+        cx.event(&kind, &rec.info.id, message);
+    }
+    rec.info.state = status.state;
+    if status.state >= TaskState::Stopping || rec.info.stop_code.is_some() {
+        rec.info.stop_code = code;
+    }
+    rec.info.stop_reason = reason;
+    rec.info.containers = status.containers;
+    rec.info.network = network;
+    cx.txn.put_task(rec);
+}
+
+fn renew(cx: &mut Ctx<'_, '_>, node_id: &str, csr_pem: &str) -> AgentReply {
+    let refused = |reason: String| AgentReply::Refused { reason };
+    let mut node = match cx.txn.node(node_id) {
+        Some(n) if !n.revoked => n.clone(),
+        _ => return refused("this node was revoked".into()),
+    };
+    // The identity is the session's, whatever the CSR says.
+    let lifetime = cx.config.node_cert_lifetime;
+    match cx.ca.issue_node(csr_pem, node_id, lifetime) {
+        Ok(cert_pem) => {
+            node.cert_not_after = cx.now.secs() + lifetime.as_secs();
+            cx.txn.put_node(node);
+            tracing::info!(node = node_id, "certificate renewed");
+            AgentReply::Renewed { cert_pem }
+        }
+        Err(e) => refused(e.to_string()),
+    }
+}

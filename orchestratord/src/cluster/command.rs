@@ -1,0 +1,355 @@
+//! What the core is asked ([`Command`]) and what it answers ([`Outcome`]: a [`Reply`] and the
+//! [`Effect`]s the adapters carry out), or why it refused ([`ClusterError`]).
+
+use std::sync::Arc;
+
+use flotilla_api::discovery::{DiscoveredService, Registry};
+use flotilla_api::ops::{
+    AdminCredential, AdminIssue, Event, NodeInfo, NodeLabels, TaskDefRegistered, TaskDefRevision,
+    TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
+};
+use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
+use flotilla_api::service::{ServiceCreated, ServiceInfo, ServiceUpdate};
+use flotilla_api::tasks::{DesiredState, TaskStatus, TaskUsage};
+use flotilla_api::{AgentReply, Hello, HelloReply, JoinReply, JoinRequest, NodeResources};
+
+use super::store::StoreError;
+
+/// The time a command runs at: wall-clock milliseconds since the epoch, read by the thread
+/// that runs the core (tests pass their own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Now {
+    /// Milliseconds since the epoch.
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// Seconds since the epoch.
+    pub fn secs(self) -> u64 {
+        self.unix_ms / 1000
+    }
+}
+
+/// A live agent session, as the transport numbers it (a reconnect is a new session).
+pub type SessionId = u64;
+
+/// Everything the core is asked: operators' requests, what agents say, and timer ticks.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// An operator's request (the HTTPS API).
+    Operator(Operator),
+    /// What an agent says (QUIC); the node id comes from its verified certificate.
+    Agent(Agent),
+    /// A timer.
+    Tick(Tick),
+    /// Whether the store answers (the systemd watchdog).
+    Health,
+}
+
+/// An operator's request.
+#[derive(Debug, Clone)]
+pub enum Operator {
+    /// `POST /v1/tokens`.
+    CreateToken(TokenCreate),
+    /// `GET /v1/tokens`.
+    ListTokens,
+    /// `DELETE /v1/tokens/{id}`.
+    RemoveToken(String),
+    /// `GET /v1/nodes`.
+    ListNodes,
+    /// `GET /v1/nodes/{id}`.
+    GetNode(String),
+    /// `POST /v1/nodes/{id}/revoke`.
+    RevokeNode(String),
+    /// `PUT /v1/nodes/{id}/labels`.
+    LabelNode(String, NodeLabels),
+    /// `POST /v1/nodes/{id}/drain` (true) or `/activate` (false).
+    DrainNode(String, bool),
+    /// `DELETE /v1/nodes/{id}[?force=true]`.
+    RemoveNode(String, bool),
+    /// `POST /v1/admins`.
+    IssueAdmin(AdminIssue),
+    /// `POST /v1/taskdefs` (the JSON or YAML text).
+    RegisterTaskDef(String),
+    /// `GET /v1/taskdefs`.
+    ListTaskDefs,
+    /// `GET /v1/taskdefs/{family[:revision]}`.
+    GetTaskDef(String, Option<u32>),
+    /// `POST /v1/taskdefs/{family:revision}/deregister`.
+    DeregisterTaskDef(String, u32),
+    /// `POST /v1/tasks`.
+    RunTask(TaskRun),
+    /// `GET /v1/tasks`.
+    ListTasks,
+    /// `GET /v1/tasks/{id}`.
+    GetTask(String),
+    /// `POST /v1/tasks/{id}/stop`.
+    StopTask(String),
+    /// The node a task's logs are read from (`GET /v1/tasks/{id}/logs`).
+    LogSource(String),
+    /// `GET /v1/events`.
+    ListEvents {
+        /// After this sequence number.
+        since: u64,
+        /// At most this many.
+        limit: usize,
+    },
+    /// `POST /v1/services` (the JSON or YAML text).
+    CreateService(String),
+    /// `GET /v1/services`.
+    ListServices,
+    /// `GET /v1/services/{name}`.
+    GetService(String),
+    /// `GET /v1/services/{name}/endpoints`.
+    ServiceEndpoints(String),
+    /// `PUT /v1/services/{name}`.
+    UpdateService(String, ServiceUpdate),
+    /// `DELETE /v1/services/{name}`.
+    RemoveService(String),
+    /// `POST /v1/schedules`.
+    CreateSchedule(ScheduleSpec),
+    /// `GET /v1/schedules`.
+    ListSchedules,
+    /// `GET /v1/schedules/{name}`.
+    GetSchedule(String),
+    /// `DELETE /v1/schedules/{name}`.
+    RemoveSchedule(String),
+}
+
+/// What an agent says.
+#[derive(Debug, Clone)]
+pub enum Agent {
+    /// Enrollment with a join token (no certificate yet).
+    Join {
+        /// The request.
+        request: JoinRequest,
+        /// Where it came from (for the event).
+        peer: String,
+    },
+    /// The first message of a session.
+    Hello {
+        /// The node, from its certificate.
+        node: String,
+        /// The session.
+        session: SessionId,
+        /// What it says.
+        hello: Hello,
+        /// The address its session comes from (when it gives none).
+        remote: Option<std::net::Ipv4Addr>,
+    },
+    /// A session ended.
+    SessionClosed {
+        /// The node.
+        node: String,
+        /// The session that ended.
+        session: SessionId,
+    },
+    /// A ping (the node is there).
+    Ping {
+        /// The node.
+        node: String,
+    },
+    /// Resources and usage, every heartbeat.
+    Heartbeat {
+        /// The node.
+        node: String,
+        /// Its capacity and load.
+        resources: NodeResources,
+        /// Its containers' usage.
+        usage: Vec<TaskUsage>,
+    },
+    /// The state of its tasks.
+    Report {
+        /// The node.
+        node: String,
+        /// Its tasks.
+        tasks: Vec<TaskStatus>,
+    },
+    /// A certificate renewal.
+    Renew {
+        /// The node.
+        node: String,
+        /// The CSR (PEM).
+        csr_pem: String,
+    },
+    /// It persisted a desired state.
+    DesiredAcked {
+        /// The node.
+        node: String,
+        /// The generation it holds.
+        generation: u64,
+    },
+    /// It refused a desired state (it never should).
+    DesiredRefused {
+        /// The node.
+        node: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tick {
+    /// Tasks on nodes silent longer than their service allows are recorded lost.
+    NodeLossCheck,
+    /// Every service is planned and its plan applied; VIPs assigned; the discovery registry
+    /// recomputed.
+    ServiceRound,
+    /// Unpinned schedules that are due fire.
+    ScheduleRound,
+}
+
+/// The answer to a command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// Done; nothing to say (`204`).
+    Done,
+    /// A token was created.
+    TokenCreated(TokenCreated),
+    /// Tokens.
+    Tokens(Vec<TokenInfo>),
+    /// Nodes.
+    Nodes(Vec<NodeInfo>),
+    /// A node.
+    Node(NodeInfo),
+    /// An admin credential.
+    AdminCredential(AdminCredential),
+    /// A task definition was registered.
+    TaskDefRegistered(TaskDefRegistered),
+    /// Task definition revisions.
+    TaskDefs(Vec<TaskDefRevision>),
+    /// A task definition revision.
+    TaskDef(TaskDefRevision),
+    /// Tasks were created.
+    TasksCreated(Vec<TaskInfo>),
+    /// Tasks.
+    Tasks(Vec<TaskInfo>),
+    /// A task.
+    Task(TaskInfo),
+    /// The node a task's logs are read from.
+    LogSource {
+        /// The task.
+        task: String,
+        /// Its node.
+        node: String,
+    },
+    /// Events.
+    Events(Vec<Event>),
+    /// A service was created.
+    ServiceCreated(Box<ServiceCreated>),
+    /// Services.
+    Services(Vec<ServiceInfo>),
+    /// A service.
+    Service(Box<ServiceInfo>),
+    /// What DNS answers for a service.
+    Endpoints(DiscoveredService),
+    /// A schedule was created.
+    ScheduleCreated(ScheduleInfo),
+    /// Schedules.
+    Schedules(Vec<ScheduleInfo>),
+    /// A schedule.
+    Schedule(ScheduleInfo),
+    /// The answer to a join.
+    Join(Box<JoinReply>),
+    /// The answer to a hello.
+    Hello(HelloReply),
+    /// The session is refused without an answer: close it with this code.
+    CloseSession {
+        /// Why, as a close code.
+        code: CloseCode,
+        /// Why, for the node's log.
+        reason: String,
+    },
+    /// The answer to an agent's request.
+    Agent(AgentReply),
+    /// The store's health.
+    Health(bool),
+}
+
+/// Something the adapters do for the core after it committed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Send a node its desired state over its live session (nothing if it has none: it gets it
+    /// when its next session starts).
+    PushDesired {
+        /// The node.
+        node: String,
+        /// Its desired state.
+        state: Box<DesiredState>,
+    },
+    /// Send the discovery registry to one node, or to every live session.
+    PushRegistry {
+        /// The node, or every node (`None`).
+        node: Option<String>,
+        /// The registry.
+        registry: Arc<Registry>,
+    },
+    /// End a node's live session.
+    CloseSession {
+        /// The node.
+        node: String,
+        /// Why, as a close code.
+        code: CloseCode,
+        /// Why, for the node's log.
+        reason: String,
+    },
+    /// Run a service round soon (an operator changed a service).
+    WakeServices,
+}
+
+/// Why a session is closed (QUIC application close codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// Refused: unknown or removed node, bad hello, replaced.
+    Refused = 1,
+    /// The node was revoked.
+    Revoked = 2,
+}
+
+/// What a command did: its reply and what the adapters must do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Outcome {
+    /// The reply.
+    pub reply: Reply,
+    /// Effects, in order.
+    pub effects: Vec<Effect>,
+}
+
+/// Why a command was refused or failed; nothing of it was committed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// What it names does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// It conflicts with the cluster's state (exists already, no room, draining …).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is invalid; `problems` names each by field or JSON path.
+    #[error("{message}")]
+    Invalid {
+        /// Summary.
+        message: String,
+        /// Each problem.
+        problems: Vec<String>,
+    },
+    /// What it needs is not reachable now (a node without a session).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The store failed; the command did nothing.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Something the control plane itself cannot do (no randomness, a signing failure).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ClusterError {
+    /// An invalid request with one problem.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::Invalid {
+            message: message.into(),
+            problems: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The discovery registry: from the records (services with `discovery`, their running healthy
+//! tasks, the networks their nodes reported, the nodes' addresses) to what every node answers
+//! DNS from and programs VIPs with. Recomputed every service round; pushed to every live
+//! session when it changed, and to each node when its session starts.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use flotilla_api::discovery::{DiscoveredService, Discovery, Endpoint, Registry};
+use flotilla_api::taskdef::{NetworkMode, Protocol, TaskDefinition};
+use flotilla_api::tasks::{HealthStatus, TaskState};
+
+use super::command::Effect;
+use super::ctx::Ctx;
+use super::records::{Origin, ServiceRecord, TaskRecord};
+use super::state::Txn;
+
+/// The container and port a service's discovery points at in `def`: the named container (or
+/// the first with a port mapping) and the named port (or its first mapping's).
+pub fn service_port(d: &Discovery, def: &TaskDefinition) -> Option<(String, u16, Protocol)> {
+    let c = match &d.container_name {
+        Some(n) => def.container_definitions.iter().find(|c| &c.name == n)?,
+        None => def
+            .container_definitions
+            .iter()
+            .find(|c| !c.port_mappings.is_empty())?,
+    };
+    let m = match d.container_port {
+        Some(p) => c.port_mappings.iter().find(|m| m.container_port == p),
+        None => c.port_mappings.first(),
+    };
+    match (m, d.container_port) {
+        (Some(m), _) => Some((c.name.clone(), m.container_port, m.protocol)),
+        // A port the task does not publish: still reachable on awsvpc and host tasks.
+        (None, Some(p)) => Some((c.name.clone(), p, Protocol::Tcp)),
+        (None, None) => None,
+    }
+}
+
+/// The port every task of `def` is reached on, when the definition fixes it.
+fn fixed_port(d: &Discovery, def: &TaskDefinition) -> Option<u16> {
+    let (c, port, proto) = service_port(d, def)?;
+    match def.network_mode {
+        NetworkMode::Host | NetworkMode::Awsvpc => Some(port),
+        NetworkMode::Bridge => {
+            def.container_definitions
+                .iter()
+                .find(|x| x.name == c)?
+                .port_mappings
+                .iter()
+                .find(|m| m.container_port == port && m.protocol == proto)?
+                .host_port
+        }
+        NetworkMode::None => None,
+    }
+}
+
+/// True when every container of a running task that has a health check passes it.
+fn healthy(t: &TaskRecord) -> bool {
+    t.info.state == TaskState::Running
+        && t.info
+            .containers
+            .iter()
+            .all(|c| c.health.is_none_or(|h| h == HealthStatus::Healthy))
+}
+
+/// Where task `t` (of a service with discovery `d`) is reached, if it is.
+fn endpoint(d: &Discovery, t: &TaskRecord, node_address: Option<Ipv4Addr>) -> Option<Endpoint> {
+    let net = t.info.network.as_ref()?;
+    let node = t.info.node.clone()?;
+    let port = service_port(d, &t.definition);
+    let (address, reachable) = match net.mode {
+        NetworkMode::Awsvpc => (net.address?, port.map(|(_, p, _)| p)),
+        NetworkMode::Host => (node_address?, port.map(|(_, p, _)| p)),
+        NetworkMode::Bridge => {
+            let host_port = port.and_then(|(c, p, proto)| {
+                net.bindings
+                    .iter()
+                    .find(|b| b.container == c && b.container_port == p && b.protocol == proto)
+                    .map(|b| b.host_port)
+            });
+            (node_address?, host_port)
+        }
+        NetworkMode::None => return None,
+    };
+    Some(Endpoint {
+        task: t.info.id.clone(),
+        node,
+        address,
+        port: reachable,
+        task_address: net.address,
+    })
+}
+
+/// The registry entry of service `s` with discovery `d`.
+fn entry(txn: &Txn<'_>, s: &ServiceRecord, d: &Discovery) -> DiscoveredService {
+    let by = Origin::Service(s.spec.service_name.clone()).started_by();
+    let mine: Vec<&TaskRecord> = txn
+        .tasks_of(&by)
+        .into_iter()
+        .filter(|t| healthy(t))
+        .collect();
+    let (port, protocol) = mine
+        .iter()
+        .find_map(|t| service_port(d, &t.definition))
+        .map_or((d.container_port, Protocol::Tcp), |(_, p, proto)| {
+            (Some(p), proto)
+        });
+    let mut endpoints: Vec<Endpoint> = mine
+        .iter()
+        .filter_map(|t| {
+            let node = t.info.node.as_ref()?;
+            endpoint(d, t, txn.node(node).and_then(|n| n.address))
+        })
+        .collect();
+    endpoints.sort_by(|a, b| a.task.cmp(&b.task));
+    // What the service's current definition fixes.
+    let fixed_port = s
+        .primary()
+        .and_then(|dep| fixed_port(d, &dep.revision.task_definition));
+    DiscoveredService {
+        namespace: d.namespace.clone(),
+        name: d.name.clone(),
+        service: s.spec.service_name.clone(),
+        vip: if d.vip { s.vip } else { None },
+        port,
+        fixed_port,
+        protocol,
+        endpoints,
+    }
+}
+
+/// The registry as the records have it in `txn` (version 0: the caller numbers it).
+pub fn compute(txn: &Txn<'_>) -> Registry {
+    let mut services: Vec<DiscoveredService> = txn
+        .services()
+        .into_iter()
+        .filter_map(|s| Some(entry(txn, s, s.spec.discovery.as_ref()?)))
+        .collect();
+    services.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    Registry {
+        version: 0,
+        services,
+    }
+}
+
+/// The registry entry of service `s`, as DNS answers for it (for `service endpoints`).
+pub fn of_service(txn: &Txn<'_>, s: &ServiceRecord) -> Option<DiscoveredService> {
+    Some(entry(txn, s, s.spec.discovery.as_ref()?))
+}
+
+/// Gives every service that asks for a VIP one from the pool (none is ever shared).
+fn assign_vips(cx: &mut Ctx<'_, '_>) {
+    let pool = cx.config.network.vip_pool;
+    let mut used: BTreeSet<Ipv4Addr> = cx.txn.services().iter().filter_map(|s| s.vip).collect();
+    let wanting: Vec<ServiceRecord> = cx
+        .txn
+        .services()
+        .into_iter()
+        .filter(|s| s.vip.is_none() && s.spec.discovery.as_ref().is_some_and(|d| d.vip))
+        .cloned()
+        .collect();
+    for mut s in wanting {
+        let Some(vip) = pool.hosts().find(|a| !used.contains(a)) else {
+            tracing::warn!(service = %s.spec.service_name, %pool, "the VIP pool is exhausted");
+            continue;
+        };
+        used.insert(vip);
+        s.vip = Some(vip);
+        let name = s.spec.service_name.clone();
+        cx.txn.put_service(s);
+        cx.event("service.vip", &name, format!("virtual address {vip}"));
+    }
+}
+
+/// VIPs assigned, the registry recomputed and, when it changed, numbered anew and pushed to
+/// every live session.
+pub fn round(cx: &mut Ctx<'_, '_>) {
+    assign_vips(cx);
+    let mut next = compute(cx.txn);
+    if cx.registry.services == next.services && cx.registry.version != 0 {
+        return;
+    }
+    next.version = (cx.registry.version + 1).max(cx.now.unix_ms);
+    *cx.registry = Arc::new(next);
+    cx.effects.push(Effect::PushRegistry {
+        node: None,
+        registry: cx.registry.clone(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(json: &str) -> TaskDefinition {
+        flotilla_api::taskdef::parse(json)
+            .expect("valid")
+            .definition
+    }
+
+    #[test]
+    fn the_service_port_is_the_named_or_the_first_mapping() {
+        let d = def(r#"{"family":"f","containerDefinitions":[
+                {"name":"side","image":"x","memory":8},
+                {"name":"web","image":"x","memory":8,"portMappings":[
+                    {"containerPort":80},{"containerPort":53,"protocol":"udp"}]}]}"#);
+        let disc = |c: Option<&str>, p: Option<u16>| Discovery {
+            namespace: "ns".into(),
+            name: "n".into(),
+            container_name: c.map(str::to_string),
+            container_port: p,
+            vip: false,
+        };
+        assert_eq!(
+            service_port(&disc(None, None), &d),
+            Some(("web".into(), 80, Protocol::Tcp))
+        );
+        assert_eq!(
+            service_port(&disc(Some("web"), Some(53)), &d),
+            Some(("web".into(), 53, Protocol::Udp))
+        );
+        assert_eq!(
+            service_port(&disc(Some("side"), Some(9000)), &d),
+            Some(("side".into(), 9000, Protocol::Tcp))
+        );
+        assert_eq!(service_port(&disc(Some("side"), None), &d), None);
+        assert_eq!(service_port(&disc(Some("nope"), None), &d), None);
+    }
+}

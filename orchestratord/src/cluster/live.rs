@@ -1,0 +1,174 @@
+//! What the core knows of nodes from their sessions, in memory only (nothing is written to disk
+//! per heartbeat): which session each node has, when it was last heard, its resources and its
+//! containers' usage, the desired-state generation it acknowledged. And session admission.
+
+use std::collections::{BTreeMap, HashMap};
+
+use flotilla_api::tasks::ContainerUsage;
+
+use super::command::{Now, SessionId};
+
+/// A node's last words.
+#[derive(Debug, Clone, Default)]
+pub struct LiveInfo {
+    /// Its live session, if it has one.
+    pub session: Option<SessionId>,
+    /// Agent version from its last hello.
+    pub agent_version: Option<String>,
+    /// Last message (seconds since the epoch).
+    pub last_seen: Option<u64>,
+    /// Last reported resources.
+    pub resources: Option<flotilla_api::NodeResources>,
+    /// Usage of its tasks' running containers at the last heartbeat: task → container → usage.
+    pub usage: HashMap<String, BTreeMap<String, ContainerUsage>>,
+    /// When its last session ended (seconds since the epoch).
+    pub disconnected_at: Option<u64>,
+    /// The newest desired-state generation it said it persisted, in this session.
+    pub acked_generation: Option<u64>,
+    /// When its desired state was last sent (seconds since the epoch).
+    pub pushed_at: Option<u64>,
+}
+
+/// Every node's live information.
+#[derive(Debug)]
+pub struct Live {
+    nodes: HashMap<String, LiveInfo>,
+    /// When this control plane started: a node not heard from since counts as disconnected
+    /// from then.
+    pub started_at: u64,
+    admission: Admission,
+}
+
+impl Live {
+    /// Nothing known yet, at `now`; sessions admitted at `session_rate` per second.
+    pub fn new(now: Now, session_rate: u32) -> Self {
+        Self {
+            nodes: HashMap::new(),
+            started_at: now.secs(),
+            admission: Admission::new(session_rate, now),
+        }
+    }
+
+    /// What a node last said (nothing: the default).
+    pub fn get(&self, node: &str) -> LiveInfo {
+        self.nodes.get(node).cloned().unwrap_or_default()
+    }
+
+    /// The resources a node last reported.
+    pub fn resources(&self, node: &str) -> Option<flotilla_api::NodeResources> {
+        self.nodes.get(node).and_then(|l| l.resources.clone())
+    }
+
+    /// The node is heard from now; `f` records what it said.
+    pub fn touch(&mut self, node: &str, now: Now, f: impl FnOnce(&mut LiveInfo)) {
+        let entry = self.nodes.entry(node.to_string()).or_default();
+        entry.last_seen = Some(now.secs());
+        f(entry);
+    }
+
+    /// Its desired state was sent at `now`.
+    pub fn pushed(&mut self, node: &str, now: Now) {
+        self.nodes.entry(node.to_string()).or_default().pushed_at = Some(now.secs());
+    }
+
+    /// Whether the node has a live session.
+    pub fn connected(&self, node: &str) -> bool {
+        self.nodes.get(node).is_some_and(|l| l.session.is_some())
+    }
+
+    /// Seconds the node has been without a session at `now` (`None` while it has one).
+    pub fn disconnected_for(&self, node: &str, now: Now) -> Option<u64> {
+        let l = self.nodes.get(node);
+        if l.is_some_and(|l| l.session.is_some()) {
+            return None;
+        }
+        let since = l.and_then(|l| l.disconnected_at).unwrap_or(self.started_at);
+        Some(now.secs().saturating_sub(since))
+    }
+
+    /// A session ended; true when it was the node's live one.
+    pub fn close(&mut self, node: &str, session: SessionId, now: Now) -> bool {
+        match self.nodes.get_mut(node) {
+            Some(l) if l.session == Some(session) => {
+                l.session = None;
+                l.acked_generation = None;
+                l.disconnected_at = Some(now.secs());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Forgets a node (removed from the cluster).
+    pub fn forget(&mut self, node: &str) {
+        self.nodes.remove(node);
+    }
+
+    /// Admits a session at `now`, or says how many milliseconds its agent should wait.
+    pub fn admit(&mut self, now: Now) -> Result<(), u64> {
+        self.admission.admit(now)
+    }
+}
+
+/// Session admission: a token bucket of `rate` sessions per second (bursts up to `rate`). An
+/// agent turned away gets the next free slot — one every `1/rate` seconds, at least a second
+/// ahead — so a storm of reconnects drains at the rate instead of retrying in waves.
+#[derive(Debug)]
+struct Admission {
+    rate: f64,
+    tokens: f64,
+    last_ms: u64,
+    next_slot_ms: u64,
+}
+
+impl Admission {
+    fn new(rate: u32, now: Now) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self {
+            rate,
+            tokens: rate,
+            last_ms: now.unix_ms,
+            next_slot_ms: now.unix_ms,
+        }
+    }
+
+    fn admit(&mut self, now: Now) -> Result<(), u64> {
+        let elapsed = now.unix_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
+        self.last_ms = self.last_ms.max(now.unix_ms);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Ok(());
+        }
+        let slot = self.next_slot_ms.max(now.unix_ms + 1000);
+        self.next_slot_ms = slot + (1000.0 / self.rate).round() as u64;
+        Err(slot - now.unix_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_spreads_a_storm_over_slots_at_the_rate() {
+        let t0 = Now { unix_ms: 1_000_000 };
+        let at = |ms| Now {
+            unix_ms: t0.unix_ms + ms,
+        };
+        let mut a = Admission::new(4, t0);
+        // a burst of the rate is admitted at once
+        for _ in 0..4 {
+            assert_eq!(a.admit(t0), Ok(()));
+        }
+        // then each refused agent gets its own slot, a quarter second apart, from 1 s on
+        let waits: Vec<u64> = (0..4).map(|_| a.admit(t0).expect_err("busy")).collect();
+        assert_eq!(waits, [1000, 1250, 1500, 1750]);
+        // tokens come back at the rate
+        assert_eq!(a.admit(at(500)), Ok(()));
+        assert_eq!(a.admit(at(500)), Ok(()));
+        assert!(a.admit(at(500)).is_err());
+        // a later refusal queues behind the slots already given
+        assert_eq!(a.admit(at(500)).expect_err("busy"), 1750);
+    }
+}

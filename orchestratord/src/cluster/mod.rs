@@ -1,0 +1,160 @@
+//! The control plane's core: the one writer of the cluster's state.
+//!
+//! Everything that changes the cluster is a [`Command`] — an operator's request, what an agent
+//! says, a timer tick — and [`Cluster::execute`] runs it, at a time given by the caller, in one
+//! transaction: its records, the generations of the nodes whose desired state it changed, and
+//! its events are committed to the store together, or nothing is. The answer is an
+//! [`Outcome`]: a [`Reply`] and the [`Effect`]s the adapters carry out (push a desired state or
+//! the registry to nodes, close a session). The core owns the store, live node information
+//! (not connections), the address pools and the discovery registry; it imports no network or
+//! async-runtime crate. It runs on one dedicated thread fed by a channel (`crate::core`); the
+//! HTTPS API, the QUIC sessions and the timers are thin adapters around it.
+
+mod agents;
+pub mod command;
+pub mod ctx;
+mod desired;
+mod discovery;
+pub mod live;
+pub mod network;
+mod operator;
+pub mod placement;
+pub mod records;
+mod schedules;
+mod services;
+pub mod state;
+pub mod store;
+mod tasks;
+
+#[cfg(test)]
+mod harness;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use flotilla_certs::ClusterCa;
+
+pub use command::{
+    Agent, CloseCode, ClusterError, Command, Effect, Now, Operator, Outcome, Reply, Tick,
+};
+pub use ctx::{Config, Ids, RandomIds};
+pub use store::{RedbStore, Store};
+
+use ctx::Ctx;
+use live::Live;
+use state::{State, Txn};
+
+/// The cluster: its state, its store and what it knows of live nodes.
+#[derive(Debug)]
+pub struct Cluster {
+    state: State,
+    store: Box<dyn Store>,
+    live: Live,
+    config: Config,
+    ca: ClusterCa,
+    ids: Box<dyn Ids>,
+    registry: Arc<flotilla_api::discovery::Registry>,
+    awsvpc_cursor: Option<std::net::Ipv4Addr>,
+}
+
+impl Cluster {
+    /// The cluster of `store` (every record loaded), at `now`: no node is connected yet.
+    pub fn open(
+        store: Box<dyn Store>,
+        ca: ClusterCa,
+        config: Config,
+        ids: Box<dyn Ids>,
+        now: Now,
+    ) -> Result<Self, ClusterError> {
+        let state = State::new(store.load()?);
+        Ok(Self {
+            state,
+            store,
+            live: Live::new(now, config.session_rate),
+            config,
+            ca,
+            ids,
+            registry: Arc::default(),
+            awsvpc_cursor: None,
+        })
+    }
+
+    /// Runs a command at `now`: its changes committed in one transaction (nothing committed
+    /// when it fails), then its reply and effects.
+    pub fn execute(&mut self, command: Command, now: Now) -> Result<Outcome, ClusterError> {
+        let registry = self.registry.clone();
+        let result = self.run(command, now);
+        if result.is_err() {
+            // Derived from uncommitted state: computed again next round.
+            self.registry = registry;
+        }
+        result
+    }
+
+    fn run(&mut self, command: Command, now: Now) -> Result<Outcome, ClusterError> {
+        if let Command::Health = command {
+            return Ok(Outcome {
+                reply: Reply::Health(self.store.healthy()),
+                effects: Vec::new(),
+            });
+        }
+        let mut txn = Txn::new(&self.state);
+        let mut cx = Ctx {
+            txn: &mut txn,
+            live: &mut self.live,
+            config: &self.config,
+            ca: &self.ca,
+            ids: self.ids.as_mut(),
+            awsvpc_cursor: &mut self.awsvpc_cursor,
+            registry: &mut self.registry,
+            now,
+            effects: Vec::new(),
+            push: Default::default(),
+        };
+        let reply = match command {
+            Command::Operator(op) => operator::execute(&mut cx, op)?,
+            Command::Agent(a) => agents::execute(&mut cx, a)?,
+            Command::Tick(Tick::NodeLossCheck) => {
+                services::node_loss_check(&mut cx);
+                Reply::Done
+            }
+            Command::Tick(Tick::ServiceRound) => {
+                services::round(&mut cx)?;
+                discovery::round(&mut cx);
+                Reply::Done
+            }
+            Command::Tick(Tick::ScheduleRound) => {
+                schedules::round(&mut cx)?;
+                Reply::Done
+            }
+            Command::Health => Reply::Done,
+        };
+        let Ctx {
+            mut effects,
+            mut push,
+            ..
+        } = cx;
+        push.extend(desired::bump_changed(&mut txn));
+        let writes = txn.into_writes();
+        if !writes.is_empty() {
+            self.store.commit(&writes)?;
+            self.state.apply(writes);
+        }
+        let view = Txn::new(&self.state);
+        for node in push {
+            let Some(state) = desired::state(&view, &node) else {
+                continue;
+            };
+            if !self.live.connected(&node) {
+                continue;
+            }
+            self.live.pushed(&node, now);
+            effects.push(Effect::PushDesired {
+                node,
+                state: Box::new(state),
+            });
+        }
+        Ok(Outcome { reply, effects })
+    }
+}

@@ -1,0 +1,324 @@
+//! The control plane's durable records: what the store holds, one record per key in six
+//! tables, plus the event log. Their JSON encoding is the on-disk format: fields are only ever
+//! added (with defaults), so a newer control plane reads an older store.
+
+use flotilla_api::ops::{TaskDefRevision, TaskInfo};
+use flotilla_api::service::RolloutState;
+use flotilla_api::taskdef::TaskDefinition;
+use flotilla_api::tasks::{StopCode, TaskState};
+use flotilla_api::Labels;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// A record of one of the store's tables.
+pub trait Record: Clone + Serialize + DeserializeOwned {
+    /// Its key, ordered as the table orders it.
+    type Key: Ord + Clone + std::fmt::Debug;
+    /// The table's name in the store.
+    const TABLE: &'static str;
+    /// The record's key.
+    fn key(&self) -> Self::Key;
+    /// The key as the store writes it (string keys sort like `Key`).
+    fn key_text(key: &Self::Key) -> String;
+}
+
+/// A join token as stored: never the secret, only its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Public id.
+    pub id: String,
+    /// Hex SHA-256 of the secret.
+    pub secret_hash: String,
+    /// Creation time (seconds since the epoch).
+    pub created_at: u64,
+    /// Expiry (seconds since the epoch).
+    pub expires_at: u64,
+    /// Joins it allows in total.
+    pub uses: u32,
+    /// Joins it was used for.
+    pub used: u32,
+    /// Labels every node joining with it gets.
+    pub labels: Labels,
+}
+
+impl Record for TokenRecord {
+    type Key = String;
+    const TABLE: &'static str = "tokens";
+    fn key(&self) -> String {
+        self.id.clone()
+    }
+    fn key_text(key: &String) -> String {
+        key.clone()
+    }
+}
+
+/// A node as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Server-assigned id.
+    pub id: String,
+    /// The host name the node gave when it joined.
+    pub hostname: String,
+    /// Attributes: the token's labels and the node's own.
+    pub labels: Labels,
+    /// Join time (seconds since the epoch).
+    pub joined_at: u64,
+    /// The token it joined with.
+    pub token_id: String,
+    /// Expiry of its newest certificate (seconds since the epoch).
+    pub cert_not_after: u64,
+    /// Revoked nodes are refused for good.
+    pub revoked: bool,
+    /// Generation of the node's desired state; bumped in the commit that changes it.
+    #[serde(default)]
+    pub generation: u64,
+    /// No new tasks are placed on a draining node.
+    #[serde(default)]
+    pub draining: bool,
+    /// Subnet of its task bridge (assigned when it joins or first connects, unique in the
+    /// cluster).
+    #[serde(default)]
+    pub bridge_subnet: Option<ipnet::Ipv4Net>,
+    /// Its address in the cluster (where its host ports are reached), as it last said.
+    #[serde(default)]
+    pub address: Option<std::net::Ipv4Addr>,
+}
+
+impl Record for NodeRecord {
+    type Key = String;
+    const TABLE: &'static str = "nodes";
+    fn key(&self) -> String {
+        self.id.clone()
+    }
+    fn key_text(key: &String) -> String {
+        key.clone()
+    }
+}
+
+impl Record for TaskDefRevision {
+    type Key = (String, u32);
+    const TABLE: &'static str = "taskdefs";
+    fn key(&self) -> (String, u32) {
+        (self.family.clone(), self.revision)
+    }
+    /// `family\0<revision, 10 digits>`: a family's revisions sort together, in order.
+    fn key_text(key: &(String, u32)) -> String {
+        format!("{}\0{:010}", key.0, key.1)
+    }
+}
+
+/// A service as stored: its spec and deployments.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// As created, with later updates.
+    pub spec: flotilla_api::service::ServiceSpec,
+    /// The primary deployment and those still being replaced.
+    pub deployments: Vec<DeploymentRecord>,
+    /// The revision of the last deployment that completed (what a rollback returns to).
+    #[serde(default)]
+    pub last_completed: Option<TaskDefRevision>,
+    /// Why its tasks could not all be placed lately.
+    #[serde(default)]
+    pub placement_problem: Option<String>,
+    /// Its virtual address (`discovery.vip`), kept for its life.
+    #[serde(default)]
+    pub vip: Option<std::net::Ipv4Addr>,
+    /// Creation time.
+    pub created_at: u64,
+}
+
+impl ServiceRecord {
+    /// The deployment new tasks come from.
+    pub fn primary(&self) -> Option<&DeploymentRecord> {
+        self.deployments.iter().find(|d| d.primary)
+    }
+}
+
+impl Record for ServiceRecord {
+    type Key = String;
+    const TABLE: &'static str = "services";
+    fn key(&self) -> String {
+        self.spec.service_name.clone()
+    }
+    fn key_text(key: &String) -> String {
+        key.clone()
+    }
+}
+
+/// One deployment of a service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeploymentRecord {
+    /// Id.
+    pub id: String,
+    /// The revision it runs (kept whole: a deregistered revision still runs).
+    pub revision: TaskDefRevision,
+    /// New tasks come from it.
+    pub primary: bool,
+    /// Where its rollout is.
+    pub rollout: RolloutState,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// Creation time.
+    pub created_at: u64,
+}
+
+/// A schedule as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleRecord {
+    /// The spec, its task definition resolved.
+    pub spec: flotilla_api::schedule::ScheduleSpec,
+    /// The revision it starts (kept whole).
+    pub revision: TaskDefRevision,
+    /// Next firing by the control plane (unpinned schedules).
+    pub next_run: Option<u64>,
+    /// Latest runs, newest first.
+    pub runs: Vec<flotilla_api::schedule::ScheduleRun>,
+    /// Creation time.
+    pub created_at: u64,
+}
+
+impl Record for ScheduleRecord {
+    type Key = String;
+    const TABLE: &'static str = "schedules";
+    fn key(&self) -> String {
+        self.spec.name.clone()
+    }
+    fn key_text(key: &String) -> String {
+        key.clone()
+    }
+}
+
+/// A task as stored: what is listed, plus what the node needs to run it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// The listed part.
+    pub info: TaskInfo,
+    /// The definition of its revision.
+    pub definition: TaskDefinition,
+    /// Extra environment.
+    pub env: Vec<flotilla_api::taskdef::KeyValue>,
+    /// When its node was found lost (a service then replaced it).
+    #[serde(default)]
+    pub lost_at: Option<u64>,
+    /// Its LAN address (awsvpc), held until it has stopped.
+    #[serde(default)]
+    pub address: Option<flotilla_api::tasks::TaskAddress>,
+}
+
+impl TaskRecord {
+    /// Not `STOPPED`: it holds room on its node.
+    pub fn is_live(&self) -> bool {
+        self.info.state != TaskState::Stopped
+    }
+
+    /// Its node.
+    pub fn node(&self) -> Option<&str> {
+        self.info.node.as_deref()
+    }
+
+    /// Stops recorded before stop codes existed get the code their reason names.
+    pub fn upgrade(&mut self) {
+        if self.info.stop_code.is_none() {
+            self.info.stop_code = self.info.stop_reason.as_deref().and_then(code_of_reason);
+        }
+    }
+}
+
+impl Record for TaskRecord {
+    type Key = String;
+    const TABLE: &'static str = "tasks";
+    fn key(&self) -> String {
+        self.info.id.clone()
+    }
+    fn key_text(key: &String) -> String {
+        key.clone()
+    }
+}
+
+/// What started a task (its `startedBy`): a service, a schedule, or an operator (none).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Origin {
+    /// `service:NAME`.
+    Service(String),
+    /// `schedule:NAME`.
+    Schedule(String),
+}
+
+impl Origin {
+    /// The `startedBy` text.
+    pub fn started_by(&self) -> String {
+        match self {
+            Self::Service(n) => format!("service:{n}"),
+            Self::Schedule(n) => format!("schedule:{n}"),
+        }
+    }
+
+    /// What a `startedBy` text names.
+    pub fn parse(started_by: &str) -> Option<Self> {
+        match started_by.split_once(':') {
+            Some(("service", n)) => Some(Self::Service(n.to_string())),
+            Some(("schedule", n)) => Some(Self::Schedule(n.to_string())),
+            _ => None,
+        }
+    }
+}
+
+/// The code of a stop reason written by an earlier release (which stored only the text).
+fn code_of_reason(reason: &str) -> Option<StopCode> {
+    use StopCode::*;
+    let codes = [
+        UserInitiated,
+        ServiceScaledDown,
+        ServiceDeploymentReplaced,
+        ServiceDeleted,
+        ServiceNodeIneligible,
+        ServiceTaskUnhealthy,
+        ServiceReconciled,
+        NodeDrained,
+        NodeRemoved,
+        ScheduleReplaced,
+        NotAssigned,
+    ];
+    if let Some(c) = codes.into_iter().find(|c| c.reason() == reason) {
+        return Some(c);
+    }
+    if reason.starts_with("service: stopped by its node after") {
+        Some(StopOnClientAfter)
+    } else if reason.starts_with("essential container") || reason.contains("cannot start: ") {
+        Some(EssentialContainerExited)
+    } else if reason.contains("could not start") {
+        Some(TaskFailedToStart)
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_reasons_of_an_earlier_release_get_their_codes() {
+        for (reason, code) in [
+            ("service: scaled down", Some(StopCode::ServiceScaledDown)),
+            ("service: unhealthy", Some(StopCode::ServiceTaskUnhealthy)),
+            ("node drained", Some(StopCode::NodeDrained)),
+            (
+                "service: stopped by its node after 20 s without the control plane (stopOnClientAfter)",
+                Some(StopCode::StopOnClientAfter),
+            ),
+            (
+                "essential container main exited",
+                Some(StopCode::EssentialContainerExited),
+            ),
+            (
+                "container main could not start: pulling x: not found",
+                Some(StopCode::TaskFailedToStart),
+            ),
+            ("something else", None),
+        ] {
+            assert_eq!(code_of_reason(reason), code, "{reason}");
+        }
+    }
+}

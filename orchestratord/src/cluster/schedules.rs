@@ -1,0 +1,191 @@
+//! Scheduled tasks. The control plane fires unpinned schedules at their minute (placing the
+//! task like `task run`, through the plan applier); a schedule pinned to a node travels in that
+//! node's desired state and the node fires it itself, then reports the run, which is adopted
+//! here.
+
+use flotilla_api::ops::TaskInfo;
+use flotilla_api::schedule::{Overlap, ScheduleInfo, ScheduleRun, ScheduleSpec};
+use flotilla_api::tasks::{DesiredStatus, ScheduledRun, StopCode, TaskState, TaskStatus};
+
+use super::command::ClusterError;
+use super::ctx::Ctx;
+use super::placement::{self, NewTask, Plan};
+use super::records::{Origin, ScheduleRecord, TaskRecord};
+use super::tasks;
+
+/// Runs kept per schedule.
+const KEEP_RUNS: usize = 20;
+
+/// The next firing after `after` (seconds), if the schedule ever fires again.
+pub fn next_run(s: &ScheduleSpec, after: u64) -> Option<u64> {
+    let cron = flotilla_scheduler::cron::parse(&s.cron, &s.timezone).ok()?;
+    cron.next_after_unix(i64::try_from(after).ok()?)
+        .and_then(|n| u64::try_from(n).ok())
+}
+
+/// The API's view.
+pub fn info(s: &ScheduleRecord) -> ScheduleInfo {
+    ScheduleInfo {
+        spec: s.spec.clone(),
+        next_run: s.next_run,
+        runs: s.runs.clone(),
+        created_at: s.created_at,
+    }
+}
+
+fn record_run(s: &mut ScheduleRecord, run: ScheduleRun) {
+    s.runs.insert(0, run);
+    s.runs.truncate(KEEP_RUNS);
+}
+
+/// Fires the unpinned schedules that are due.
+pub fn round(cx: &mut Ctx<'_, '_>) -> Result<(), ClusterError> {
+    let now = cx.now.secs();
+    let due: Vec<ScheduleRecord> = cx
+        .txn
+        .schedules()
+        .into_iter()
+        .filter(|s| s.spec.node.is_none() && s.next_run.is_some_and(|n| now >= n))
+        .cloned()
+        .collect();
+    for mut s in due {
+        let fired_at = s.next_run.unwrap_or(now);
+        let name = s.spec.name.clone();
+        let by = Origin::Schedule(name.clone()).started_by();
+        let live: Vec<String> = cx
+            .txn
+            .tasks_of(&by)
+            .into_iter()
+            .filter(|t| t.is_live())
+            .map(|t| t.info.id.clone())
+            .collect();
+        let fire = match s.spec.overlap {
+            Overlap::Forbid if !live.is_empty() => {
+                cx.event(
+                    "schedule.skipped",
+                    &name,
+                    "the previous run still runs (overlap: forbid)",
+                );
+                false
+            }
+            Overlap::Replace => {
+                for t in &live {
+                    tasks::stop(cx, t, StopCode::ScheduleReplaced, None);
+                }
+                true
+            }
+            Overlap::Forbid | Overlap::Allow => true,
+        };
+        if fire {
+            match fire_one(cx, &s, &by) {
+                Ok(created) => {
+                    for t in created {
+                        cx.event("schedule.fired", &name, format!("task {}", t.id));
+                        record_run(
+                            &mut s,
+                            ScheduleRun {
+                                task: t.id,
+                                fired_at,
+                                node: t.node,
+                            },
+                        );
+                    }
+                }
+                Err(ClusterError::Conflict(why) | ClusterError::Invalid { message: why, .. }) => {
+                    cx.event("schedule.unplaceable", &name, why)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        s.next_run = next_run(&s.spec, now);
+        cx.txn.put_schedule(s);
+    }
+    Ok(())
+}
+
+fn fire_one(
+    cx: &mut Ctx<'_, '_>,
+    s: &ScheduleRecord,
+    by: &str,
+) -> Result<Vec<TaskInfo>, ClusterError> {
+    let request = placement::request(
+        &s.revision.task_definition,
+        by.to_string(),
+        1,
+        &[],
+        &[],
+        cx.now.secs(),
+    )
+    .map_err(ClusterError::invalid)?;
+    let snapshot = placement::snapshot(cx.txn, cx.live);
+    let nodes = flotilla_scheduler::place(&snapshot, &request)
+        .map_err(|e| ClusterError::Conflict(e.to_string()))?;
+    let applied = placement::apply(
+        cx,
+        Plan {
+            request,
+            task: NewTask {
+                revision: s.revision.clone(),
+                env: s.spec.env.clone(),
+                origin: Some(Origin::Schedule(s.spec.name.clone())),
+                deployment: None,
+            },
+            nodes,
+            all_or_nothing: true,
+            allow_disconnected: false,
+        },
+    )?;
+    Ok(applied.created)
+}
+
+/// A node reports a task it started by one of its pinned schedules: recorded as a task of that
+/// schedule if the schedule is pinned to this node and the id is the one it derives. Returns
+/// the new record, or `None` when the report is not acceptable.
+pub fn adopt(
+    cx: &mut Ctx<'_, '_>,
+    node: &str,
+    status: &TaskStatus,
+    run: &ScheduledRun,
+) -> Option<TaskRecord> {
+    let mut s = cx.txn.schedule(&run.schedule)?.clone();
+    let id = flotilla_api::tasks::scheduled_task_id(node, &run.schedule, run.fired_at);
+    if s.spec.node.as_deref() != Some(node) || status.id != id {
+        return None;
+    }
+    let rec = TaskRecord {
+        info: TaskInfo {
+            id: id.clone(),
+            task_definition: format!("{}:{}", s.revision.family, s.revision.revision),
+            node: Some(node.to_string()),
+            desired: DesiredStatus::Running,
+            state: TaskState::Pending,
+            stop_reason: None,
+            stop_code: None,
+            containers: Vec::new(),
+            created_at: run.fired_at,
+            started_by: Some(Origin::Schedule(run.schedule.clone()).started_by()),
+            deployment: None,
+            network: None,
+        },
+        definition: s.revision.task_definition.clone(),
+        env: s.spec.env.clone(),
+        lost_at: None,
+        // Pinned runs start offline; awsvpc addresses are the control plane's to give.
+        address: None,
+    };
+    cx.event(
+        "schedule.fired",
+        &run.schedule,
+        format!("task {id} by node {node} at {}", run.fired_at),
+    );
+    record_run(
+        &mut s,
+        ScheduleRun {
+            task: id,
+            fired_at: run.fired_at,
+            node: Some(node.to_string()),
+        },
+    );
+    cx.txn.put_schedule(s);
+    Some(rec)
+}

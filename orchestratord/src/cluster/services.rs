@@ -1,0 +1,455 @@
+//! Services: every round (a [`super::command::Tick::ServiceRound`]) each service's tasks are
+//! read, the pure planner (`flotilla_scheduler::service`) says what to start and stop, and this
+//! applies it in the round's transaction — starts placed by the scheduler and created by the
+//! plan applier, stops with the planner's cause as their stop code, deployments' progress and
+//! events recorded. The node-loss check records tasks whose node was silent longer than their
+//! service allows.
+
+use std::collections::BTreeSet;
+
+use flotilla_api::ops::TaskDefRevision;
+use flotilla_api::service::{
+    DeploymentInfo, DeploymentStatus, ReconcilePolicy, RolloutState, SchedulingStrategy,
+    ServiceInfo, ServiceStatus,
+};
+use flotilla_api::tasks::{DesiredStatus, HealthStatus, StopCode, TaskState};
+use flotilla_scheduler::service::{self, Action, Mode, Phase, Rollout, StopCause};
+use flotilla_scheduler::Snapshot;
+
+use super::command::ClusterError;
+use super::ctx::Ctx;
+use super::placement::{self, NewTask, Plan};
+use super::records::{DeploymentRecord, Origin, ServiceRecord, TaskRecord};
+use super::state::Txn;
+use super::tasks;
+
+/// A new deployment of `revision`, the primary one.
+pub fn new_deployment(cx: &mut Ctx<'_, '_>, revision: TaskDefRevision) -> DeploymentRecord {
+    DeploymentRecord {
+        id: cx.ids.deployment(),
+        revision,
+        primary: true,
+        rollout: RolloutState::InProgress,
+        reason: None,
+        created_at: cx.now.secs(),
+    }
+}
+
+/// Where a service's task is, for the planner: by its state, its containers' health, and for
+/// a stopped task its stop code only.
+pub fn phase(t: &TaskRecord) -> Phase {
+    match t.info.state {
+        TaskState::Provisioning | TaskState::Pending => Phase::Pending,
+        TaskState::Running => {
+            let health = |h: HealthStatus| t.info.containers.iter().any(|c| c.health == Some(h));
+            if health(HealthStatus::Unhealthy) {
+                Phase::Unhealthy
+            } else if health(HealthStatus::Starting) {
+                Phase::Starting
+            } else {
+                Phase::Ready
+            }
+        }
+        TaskState::Stopping => Phase::Stopping,
+        TaskState::Stopped => {
+            if t.info.stop_code.is_some_and(StopCode::is_retirement) {
+                Phase::Retired
+            } else {
+                Phase::Failed
+            }
+        }
+    }
+}
+
+/// The stop code of a planner's cause.
+pub fn stop_code(cause: StopCause) -> StopCode {
+    match cause {
+        StopCause::ScaledDown => StopCode::ServiceScaledDown,
+        StopCause::Replaced => StopCode::ServiceDeploymentReplaced,
+        StopCause::NotEligible => StopCode::ServiceNodeIneligible,
+        StopCause::Unhealthy => StopCode::ServiceTaskUnhealthy,
+        StopCause::Reconciled => StopCode::ServiceReconciled,
+    }
+}
+
+fn group(name: &str) -> String {
+    Origin::Service(name.to_string()).started_by()
+}
+
+/// The API's view of a service.
+pub fn info(txn: &Txn<'_>, s: &ServiceRecord) -> ServiceInfo {
+    let mine = txn.tasks_of(&group(&s.spec.service_name));
+    let count = |dep: Option<&str>, p: &dyn Fn(Phase) -> bool| {
+        mine.iter()
+            .filter(|t| dep.is_none_or(|d| t.info.deployment.as_deref() == Some(d)))
+            .filter(|t| p(phase(t)))
+            .count() as u32
+    };
+    let running = |p: Phase| matches!(p, Phase::Starting | Phase::Ready | Phase::Unhealthy);
+    let pending = |p: Phase| p == Phase::Pending;
+    let mut deployments: Vec<DeploymentInfo> = s
+        .deployments
+        .iter()
+        .map(|d| DeploymentInfo {
+            id: d.id.clone(),
+            status: if d.primary {
+                DeploymentStatus::Primary
+            } else {
+                DeploymentStatus::Active
+            },
+            task_definition: format!("{}:{}", d.revision.family, d.revision.revision),
+            rollout_state: d.rollout,
+            rollout_state_reason: d.reason.clone(),
+            running_count: count(Some(&d.id), &running),
+            pending_count: count(Some(&d.id), &pending),
+            failed_tasks: count(Some(&d.id), &|p| p == Phase::Failed),
+            created_at: d.created_at,
+        })
+        .collect();
+    deployments.sort_by_key(|d| std::cmp::Reverse(d.created_at));
+    ServiceInfo {
+        spec: s.spec.clone(),
+        status: ServiceStatus::Active,
+        running_count: count(None, &running),
+        pending_count: count(None, &pending),
+        deployments,
+        placement_problem: s.placement_problem.clone(),
+        vip: s.vip,
+        created_at: s.created_at,
+    }
+}
+
+/// Whether task `t` of service `s` counts as lost at the time of `cx`: its service replaces
+/// lost tasks and its node has been without a session for `lostAfter` seconds or more.
+fn lost(cx: &Ctx<'_, '_>, s: &ServiceRecord, t: &TaskRecord) -> bool {
+    let policy = &s.spec.disconnect_policy;
+    policy.replace
+        && t.is_live()
+        && t.node()
+            .and_then(|n| cx.live.disconnected_for(n, cx.now))
+            .is_some_and(|secs| secs >= u64::from(policy.lost_after))
+}
+
+/// The node-loss check: every live task of a service whose node has been silent longer than
+/// the service's `lostAfter` is recorded lost (once), with an event; the service round then
+/// replaces it.
+pub fn node_loss_check(cx: &mut Ctx<'_, '_>) {
+    let mut found = Vec::new();
+    for s in cx.txn.services() {
+        for t in cx.txn.tasks_of(&group(&s.spec.service_name)) {
+            if t.lost_at.is_none() && lost(cx, s, t) {
+                found.push((t.info.id.clone(), s.spec.disconnect_policy.lost_after));
+            }
+        }
+    }
+    for (id, after) in found {
+        let Some(t) = cx.txn.task(&id) else { continue };
+        let mut t = t.clone();
+        t.lost_at = Some(cx.now.secs());
+        let node = t.info.node.clone().unwrap_or_default();
+        cx.txn.put_task(t);
+        cx.event(
+            "task.lost",
+            &id,
+            format!("node {node} silent for {after} s or more; replaced elsewhere"),
+        );
+    }
+}
+
+/// One round over every service.
+pub fn round(cx: &mut Ctx<'_, '_>) -> Result<(), ClusterError> {
+    let names: Vec<String> = cx
+        .txn
+        .services()
+        .iter()
+        .map(|s| s.spec.service_name.clone())
+        .collect();
+    // Built when a service first needs it, then kept up to date with the tasks this round
+    // places (a stale view only places fewer: the applier checks the state itself).
+    let mut snapshot: Option<Snapshot> = None;
+    for name in names {
+        one(cx, &name, &mut snapshot)?;
+    }
+    Ok(())
+}
+
+fn planner_spec(s: &ServiceRecord) -> service::ServiceSpec {
+    let config = &s.spec.deployment_configuration;
+    service::ServiceSpec {
+        mode: match s.spec.scheduling_strategy {
+            SchedulingStrategy::Replica => Mode::Replica(s.spec.desired_count),
+            SchedulingStrategy::Daemon => Mode::Daemon,
+        },
+        min_healthy_percent: config.minimum_healthy_percent,
+        max_percent: config.maximum_percent,
+        circuit_breaker: config.deployment_circuit_breaker.enable,
+        rollback: config.deployment_circuit_breaker.rollback,
+        reconcile: match s.spec.disconnect_policy.reconcile {
+            ReconcilePolicy::KeepOriginal => service::Reconcile::KeepOriginal,
+            ReconcilePolicy::LongestRunning => service::Reconcile::LongestRunning,
+            ReconcilePolicy::KeepReplacement => service::Reconcile::KeepReplacement,
+        },
+    }
+}
+
+fn snapshot<'a>(cx: &Ctx<'_, '_>, cached: &'a mut Option<Snapshot>) -> &'a mut Snapshot {
+    cached.get_or_insert_with(|| placement::snapshot(cx.txn, cx.live))
+}
+
+fn one(
+    cx: &mut Ctx<'_, '_>,
+    name: &str,
+    cached: &mut Option<Snapshot>,
+) -> Result<(), ClusterError> {
+    let Some(s) = cx.txn.service(name) else {
+        return Ok(());
+    };
+    let mut s = s.clone();
+    let before = s.clone();
+    let Some(primary) = s.primary().cloned() else {
+        return Ok(());
+    };
+    let by = group(name);
+    let current: BTreeSet<&str> = s.deployments.iter().map(|d| d.id.as_str()).collect();
+    // Stopped tasks of deployments that are gone no longer matter to the planner.
+    let tasks: Vec<service::ServiceTask> = cx
+        .txn
+        .tasks_of(&by)
+        .into_iter()
+        .filter(|t| {
+            t.is_live() || current.contains(t.info.deployment.as_deref().unwrap_or_default())
+        })
+        .map(|t| {
+            let is_lost = lost(cx, &s, t);
+            service::ServiceTask {
+                id: t.info.id.clone(),
+                deployment: t.info.deployment.clone().unwrap_or_default(),
+                node: t.info.node.clone().unwrap_or_default(),
+                phase: if is_lost { Phase::Lost } else { phase(t) },
+                created: t.info.created_at,
+                was_lost: t.lost_at.is_some() || is_lost,
+            }
+        })
+        .collect();
+    let request = |def: &TaskDefRevision, count: usize, seed: u64| {
+        placement::request(
+            &def.task_definition,
+            by.clone(),
+            count,
+            &s.spec.placement_constraints,
+            &s.spec.placement_strategy,
+            seed,
+        )
+    };
+    let seed = cx.now.secs();
+    let mut problem = None;
+    let eligible = match s.spec.scheduling_strategy {
+        SchedulingStrategy::Daemon => match request(&primary.revision, 1, seed) {
+            Ok(r) => flotilla_scheduler::eligible(snapshot(cx, cached), &r),
+            Err(e) => {
+                problem = Some(e);
+                Vec::new()
+            }
+        },
+        SchedulingStrategy::Replica => Vec::new(),
+    };
+    let views: Vec<service::DeploymentView> = s
+        .deployments
+        .iter()
+        .map(|d| service::DeploymentView {
+            id: d.id.clone(),
+            primary: d.primary,
+            rollout: match d.rollout {
+                RolloutState::Completed => Rollout::Completed,
+                RolloutState::Failed => Rollout::Failed,
+                RolloutState::InProgress => Rollout::InProgress,
+            },
+        })
+        .collect();
+    let actions = service::plan(&planner_spec(&s), &views, &tasks, &eligible);
+    for action in actions {
+        match action {
+            Action::Start { deployment, count } => {
+                let Some(d) = s.deployments.iter().find(|d| d.id == deployment) else {
+                    continue;
+                };
+                let r = match request(&d.revision, count, seed) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        problem = Some(e);
+                        continue;
+                    }
+                };
+                let snap = snapshot(cx, cached);
+                let nodes = place_what_fits(snap, &r, None, &mut problem);
+                start(cx, cached, &s, d, r, nodes, &mut problem)?;
+            }
+            Action::StartOn { deployment, node } => {
+                let Some(d) = s.deployments.iter().find(|d| d.id == deployment) else {
+                    continue;
+                };
+                let r = match request(&d.revision, 1, seed) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        problem = Some(e);
+                        continue;
+                    }
+                };
+                let snap = snapshot(cx, cached);
+                let nodes = place_what_fits(snap, &r, Some(&node), &mut problem);
+                start(cx, cached, &s, d, r, nodes, &mut problem)?;
+            }
+            Action::Stop { task, cause } => {
+                let running = cx
+                    .txn
+                    .task(&task)
+                    .is_some_and(|t| t.info.desired == DesiredStatus::Running);
+                if running {
+                    tasks::stop(cx, &task, stop_code(cause), None);
+                }
+            }
+            Action::Complete { deployment } => {
+                if let Some(d) = s.deployments.iter_mut().find(|d| d.id == deployment) {
+                    d.rollout = RolloutState::Completed;
+                    d.reason = Some("every task is healthy and no older one is left".into());
+                    s.last_completed = Some(d.revision.clone());
+                    let message = format!(
+                        "deployment {deployment} ({}:{})",
+                        d.revision.family, d.revision.revision
+                    );
+                    cx.event("service.deployment.completed", name, message);
+                }
+            }
+            Action::Fail {
+                deployment,
+                rollback,
+                failures,
+            } => {
+                let reason = format!("circuit breaker: {failures} tasks failed");
+                if let Some(d) = s.deployments.iter_mut().find(|d| d.id == deployment) {
+                    d.rollout = RolloutState::Failed;
+                    d.reason = Some(reason.clone());
+                }
+                cx.event(
+                    "service.deployment.failed",
+                    name,
+                    format!("deployment {deployment}: {reason}"),
+                );
+                if let (true, Some(back)) = (rollback, s.last_completed.clone()) {
+                    for d in &mut s.deployments {
+                        d.primary = false;
+                    }
+                    let d = new_deployment(cx, back);
+                    cx.event(
+                        "service.deployment.rollback",
+                        name,
+                        format!(
+                            "deployment {} rolls back to {}:{}",
+                            d.id, d.revision.family, d.revision.revision
+                        ),
+                    );
+                    s.spec.task_definition =
+                        format!("{}:{}", d.revision.family, d.revision.revision);
+                    s.deployments.push(d);
+                }
+            }
+        }
+    }
+    // Deployments that are neither primary nor have live tasks are done with.
+    let live: BTreeSet<String> = cx
+        .txn
+        .tasks_of(&by)
+        .into_iter()
+        .filter(|t| !matches!(phase(t), Phase::Retired | Phase::Failed))
+        .filter_map(|t| t.info.deployment.clone())
+        .collect();
+    s.deployments.retain(|d| d.primary || live.contains(&d.id));
+    if problem != s.placement_problem {
+        if let Some(p) = &problem {
+            cx.event("service.unplaceable", name, p.clone());
+        }
+        s.placement_problem = problem;
+    }
+    if s != before {
+        cx.txn.put_service(s);
+    }
+    Ok(())
+}
+
+/// The nodes the scheduler gives `r` on `snap` (only `node` when given): all of them, or as
+/// many as fit, with the reason of the rest in `problem`.
+fn place_what_fits(
+    snap: &Snapshot,
+    r: &flotilla_scheduler::Request,
+    node: Option<&str>,
+    problem: &mut Option<String>,
+) -> Vec<String> {
+    let one_node;
+    let on = match node {
+        Some(n) => {
+            one_node = Snapshot {
+                nodes: snap.nodes.iter().filter(|v| v.id == n).cloned().collect(),
+            };
+            &one_node
+        }
+        None => snap,
+    };
+    flotilla_scheduler::place(on, r).unwrap_or_else(|why| {
+        let prefix = node.map(|n| format!("{n}: ")).unwrap_or_default();
+        *problem = Some(format!("{prefix}{why}"));
+        let mut fewer = r.clone();
+        fewer.count = why.placed;
+        flotilla_scheduler::place(on, &fewer).unwrap_or_default()
+    })
+}
+
+/// Creates the placed tasks of deployment `d` through the plan applier (as many as still fit)
+/// and brings the round's snapshot up to date with them.
+fn start(
+    cx: &mut Ctx<'_, '_>,
+    cached: &mut Option<Snapshot>,
+    s: &ServiceRecord,
+    d: &DeploymentRecord,
+    request: flotilla_scheduler::Request,
+    nodes: Vec<String>,
+    problem: &mut Option<String>,
+) -> Result<(), ClusterError> {
+    if nodes.is_empty() {
+        return Ok(());
+    }
+    let applied = placement::apply(
+        cx,
+        Plan {
+            request,
+            task: NewTask {
+                revision: d.revision.clone(),
+                env: Vec::new(),
+                origin: Some(Origin::Service(s.spec.service_name.clone())),
+                deployment: Some(d.id.clone()),
+            },
+            nodes,
+            all_or_nothing: false,
+            allow_disconnected: false,
+        },
+    )?;
+    if let Some((node, why)) = applied.refused.first() {
+        *problem = Some(format!("{node}: {why}"));
+    }
+    if let Some(snap) = cached.as_mut() {
+        let touched: BTreeSet<&str> = applied
+            .created
+            .iter()
+            .filter_map(|t| t.node.as_deref())
+            .collect();
+        for v in snap
+            .nodes
+            .iter_mut()
+            .filter(|v| touched.contains(v.id.as_str()))
+        {
+            if let Some(n) = cx.txn.node(&v.id) {
+                *v = placement::node_view(cx.txn, cx.live, n);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,511 @@
+//! The cluster's records in memory, and the transaction a command runs in.
+//!
+//! [`State`] holds every record of the store (loaded once when the core starts) with the
+//! indexes the core asks by: live tasks per node, tasks per `startedBy` group. A command never
+//! changes it directly: it reads and writes through a [`Txn`], an overlay of its own writes on
+//! the state. When the command succeeds its writes are committed to the store in one
+//! transaction and only then applied to the state; when it fails (a refusal, a store error)
+//! they are dropped and the state is as it was.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use flotilla_api::ops::{Event, TaskDefRevision, TaskDefStatus};
+
+use super::records::{
+    NodeRecord, Origin, Record, ScheduleRecord, ServiceRecord, TaskRecord, TokenRecord,
+};
+use super::store::{Changes, Loaded, Writes};
+
+/// Events kept; older ones are dropped as new ones come.
+pub const MAX_EVENTS: u64 = 10_000;
+
+/// Every record, with indexes.
+#[derive(Debug, Default)]
+pub struct State {
+    tokens: BTreeMap<String, TokenRecord>,
+    nodes: BTreeMap<String, NodeRecord>,
+    taskdefs: BTreeMap<(String, u32), TaskDefRevision>,
+    tasks: BTreeMap<String, TaskRecord>,
+    services: BTreeMap<String, ServiceRecord>,
+    schedules: BTreeMap<String, ScheduleRecord>,
+    events: VecDeque<Event>,
+    last_event: u64,
+    max_events: u64,
+    /// Node → its tasks that are not `STOPPED`.
+    live_by_node: HashMap<String, BTreeSet<String>>,
+    /// `startedBy` → every task it started.
+    by_group: HashMap<String, BTreeSet<String>>,
+}
+
+fn keyed<R: Record>(rows: Vec<R>) -> BTreeMap<R::Key, R> {
+    rows.into_iter().map(|r| (r.key(), r)).collect()
+}
+
+impl State {
+    /// The state of a loaded store.
+    pub fn new(loaded: Loaded) -> Self {
+        let mut s = Self {
+            tokens: keyed(loaded.tokens),
+            nodes: keyed(loaded.nodes),
+            taskdefs: keyed(loaded.taskdefs),
+            services: keyed(loaded.services),
+            schedules: keyed(loaded.schedules),
+            last_event: loaded.events.last().map_or(0, |e| e.seq),
+            events: loaded.events.into(),
+            max_events: MAX_EVENTS,
+            ..Self::default()
+        };
+        for mut t in loaded.tasks {
+            t.upgrade();
+            s.index_task(None, Some(&t));
+            s.tasks.insert(t.info.id.clone(), t);
+        }
+        s
+    }
+
+    /// Keeps only the last `n` events (tests of the event window).
+    #[cfg(test)]
+    pub fn set_max_events(&mut self, n: u64) {
+        self.max_events = n;
+    }
+
+    fn index_task(&mut self, old: Option<&TaskRecord>, new: Option<&TaskRecord>) {
+        if let Some(o) = old {
+            if let Some(n) = o.node() {
+                if let Some(set) = self.live_by_node.get_mut(n) {
+                    set.remove(&o.info.id);
+                    if set.is_empty() {
+                        self.live_by_node.remove(n);
+                    }
+                }
+            }
+            if let Some(g) = &o.info.started_by {
+                if let Some(set) = self.by_group.get_mut(g) {
+                    set.remove(&o.info.id);
+                    if set.is_empty() {
+                        self.by_group.remove(g);
+                    }
+                }
+            }
+        }
+        if let Some(t) = new {
+            if let (Some(n), true) = (t.node(), t.is_live()) {
+                self.live_by_node
+                    .entry(n.to_string())
+                    .or_default()
+                    .insert(t.info.id.clone());
+            }
+            if let Some(g) = &t.info.started_by {
+                self.by_group
+                    .entry(g.clone())
+                    .or_default()
+                    .insert(t.info.id.clone());
+            }
+        }
+    }
+
+    /// Applies committed writes.
+    pub fn apply(&mut self, w: Writes) {
+        fn put<R: Record>(rows: &mut BTreeMap<R::Key, R>, changes: Changes<R>) {
+            for (k, v) in changes {
+                match v {
+                    Some(r) => rows.insert(k, r),
+                    None => rows.remove(&k),
+                };
+            }
+        }
+        put(&mut self.tokens, w.tokens);
+        put(&mut self.nodes, w.nodes);
+        put(&mut self.taskdefs, w.taskdefs);
+        put(&mut self.services, w.services);
+        put(&mut self.schedules, w.schedules);
+        for (id, new) in w.tasks {
+            let old = self.tasks.remove(&id);
+            self.index_task(old.as_ref(), new.as_ref());
+            if let Some(t) = new {
+                self.tasks.insert(id, t);
+            }
+        }
+        for e in w.events {
+            self.last_event = e.seq;
+            self.events.push_back(e);
+        }
+        if let Some(from) = w.events_from {
+            while self.events.front().is_some_and(|e| e.seq < from) {
+                self.events.pop_front();
+            }
+        }
+    }
+}
+
+/// Reads a table through an overlay: the overlay's entry (a record or a removal) wins.
+fn get<'a, K: Ord, V>(
+    base: &'a BTreeMap<K, V>,
+    w: &'a BTreeMap<K, Option<V>>,
+    k: &K,
+) -> Option<&'a V> {
+    match w.get(k) {
+        Some(v) => v.as_ref(),
+        None => base.get(k),
+    }
+}
+
+/// Every record of a table through an overlay, in key order.
+fn merged<'a, K: Ord + 'a, V: 'a>(
+    base: impl Iterator<Item = (&'a K, &'a V)>,
+    w: impl Iterator<Item = (&'a K, &'a Option<V>)>,
+) -> Vec<&'a V> {
+    let mut base = base.peekable();
+    let mut w = w.peekable();
+    let mut out = Vec::new();
+    loop {
+        match (base.peek(), w.peek()) {
+            (None, None) => return out,
+            (Some(_), None) => out.extend(base.by_ref().map(|(_, v)| v)),
+            (None, Some(_)) => out.extend(w.by_ref().filter_map(|(_, v)| v.as_ref())),
+            (Some((bk, _)), Some((wk, _))) => match bk.cmp(wk) {
+                std::cmp::Ordering::Less => out.extend(base.next().map(|(_, v)| v)),
+                std::cmp::Ordering::Greater => out.extend(w.next().and_then(|(_, v)| v.as_ref())),
+                std::cmp::Ordering::Equal => {
+                    base.next();
+                    out.extend(w.next().and_then(|(_, v)| v.as_ref()))
+                }
+            },
+        }
+    }
+}
+
+/// One command's view of the state: its own writes over the state.
+#[derive(Debug)]
+pub struct Txn<'s> {
+    base: &'s State,
+    w: Writes,
+    next_event: u64,
+}
+
+impl<'s> Txn<'s> {
+    /// A transaction over `base`, with nothing written yet.
+    pub fn new(base: &'s State) -> Self {
+        Self {
+            base,
+            w: Writes::default(),
+            next_event: base.last_event + 1,
+        }
+    }
+
+    /// The state under this transaction (what it was before the command).
+    pub fn base(&self) -> &'s State {
+        self.base
+    }
+
+    /// Its writes, to commit.
+    pub fn into_writes(self) -> Writes {
+        self.w
+    }
+
+    // ---- tokens
+
+    /// A token.
+    pub fn token(&self, id: &str) -> Option<&TokenRecord> {
+        get(&self.base.tokens, &self.w.tokens, &id.to_string())
+    }
+
+    /// Every token, by id.
+    pub fn tokens(&self) -> Vec<&TokenRecord> {
+        merged(self.base.tokens.iter(), self.w.tokens.iter())
+    }
+
+    /// Stores a token.
+    pub fn put_token(&mut self, t: TokenRecord) {
+        self.w.tokens.insert(t.id.clone(), Some(t));
+    }
+
+    /// Removes a token.
+    pub fn remove_token(&mut self, id: &str) {
+        self.w.tokens.insert(id.to_string(), None);
+    }
+
+    // ---- nodes
+
+    /// A node.
+    pub fn node(&self, id: &str) -> Option<&NodeRecord> {
+        get(&self.base.nodes, &self.w.nodes, &id.to_string())
+    }
+
+    /// Every node, by id.
+    pub fn nodes(&self) -> Vec<&NodeRecord> {
+        merged(self.base.nodes.iter(), self.w.nodes.iter())
+    }
+
+    /// Stores a node.
+    pub fn put_node(&mut self, n: NodeRecord) {
+        self.w.nodes.insert(n.id.clone(), Some(n));
+    }
+
+    /// Removes a node.
+    pub fn remove_node(&mut self, id: &str) {
+        self.w.nodes.insert(id.to_string(), None);
+    }
+
+    // ---- task definitions
+
+    /// One revision, or the newest active one of a family when `revision` is `None`.
+    pub fn taskdef(&self, family: &str, revision: Option<u32>) -> Option<&TaskDefRevision> {
+        match revision {
+            Some(r) => get(
+                &self.base.taskdefs,
+                &self.w.taskdefs,
+                &(family.to_string(), r),
+            ),
+            None => self
+                .revisions(family)
+                .into_iter()
+                .rfind(|t| t.status == TaskDefStatus::Active),
+        }
+    }
+
+    /// Every revision of a family, oldest first.
+    pub fn revisions(&self, family: &str) -> Vec<&TaskDefRevision> {
+        let range = (family.to_string(), 0)..=(family.to_string(), u32::MAX);
+        merged(
+            self.base.taskdefs.range(range.clone()),
+            self.w.taskdefs.range(range),
+        )
+    }
+
+    /// Every revision of every family, in order.
+    pub fn taskdefs(&self) -> Vec<&TaskDefRevision> {
+        merged(self.base.taskdefs.iter(), self.w.taskdefs.iter())
+    }
+
+    /// Stores a revision.
+    pub fn put_taskdef(&mut self, t: TaskDefRevision) {
+        self.w.taskdefs.insert(t.key(), Some(t));
+    }
+
+    // ---- tasks
+
+    /// A task.
+    pub fn task(&self, id: &str) -> Option<&TaskRecord> {
+        get(&self.base.tasks, &self.w.tasks, &id.to_string())
+    }
+
+    /// Every task, by id.
+    pub fn tasks(&self) -> Vec<&TaskRecord> {
+        merged(self.base.tasks.iter(), self.w.tasks.iter())
+    }
+
+    /// The tasks of node `node` that are not `STOPPED`, by id.
+    pub fn live_tasks_on(&self, node: &str) -> Vec<&TaskRecord> {
+        let mut ids: BTreeSet<&String> = self
+            .base
+            .live_by_node
+            .get(node)
+            .into_iter()
+            .flatten()
+            .collect();
+        for (id, t) in &self.w.tasks {
+            if t.as_ref().is_some_and(|t| t.node() == Some(node)) {
+                ids.insert(id);
+            }
+        }
+        ids.into_iter()
+            .filter_map(|id| self.task(id))
+            .filter(|t| t.is_live() && t.node() == Some(node))
+            .collect()
+    }
+
+    /// Every task `started_by` started, by id.
+    pub fn tasks_of(&self, started_by: &str) -> Vec<&TaskRecord> {
+        let mut ids: BTreeSet<&String> = self
+            .base
+            .by_group
+            .get(started_by)
+            .into_iter()
+            .flatten()
+            .collect();
+        for (id, t) in &self.w.tasks {
+            if t.as_ref()
+                .is_some_and(|t| t.info.started_by.as_deref() == Some(started_by))
+            {
+                ids.insert(id);
+            }
+        }
+        ids.into_iter()
+            .filter_map(|id| self.task(id))
+            .filter(|t| t.info.started_by.as_deref() == Some(started_by))
+            .collect()
+    }
+
+    /// Stores a task.
+    pub fn put_task(&mut self, t: TaskRecord) {
+        self.w.tasks.insert(t.info.id.clone(), Some(t));
+    }
+
+    // ---- services
+
+    /// A service.
+    pub fn service(&self, name: &str) -> Option<&ServiceRecord> {
+        get(&self.base.services, &self.w.services, &name.to_string())
+    }
+
+    /// Every service, by name.
+    pub fn services(&self) -> Vec<&ServiceRecord> {
+        merged(self.base.services.iter(), self.w.services.iter())
+    }
+
+    /// Stores a service.
+    pub fn put_service(&mut self, s: ServiceRecord) {
+        self.w.services.insert(s.key(), Some(s));
+    }
+
+    /// Removes a service.
+    pub fn remove_service(&mut self, name: &str) {
+        self.w.services.insert(name.to_string(), None);
+    }
+
+    // ---- schedules
+
+    /// A schedule.
+    pub fn schedule(&self, name: &str) -> Option<&ScheduleRecord> {
+        get(&self.base.schedules, &self.w.schedules, &name.to_string())
+    }
+
+    /// Every schedule, by name.
+    pub fn schedules(&self) -> Vec<&ScheduleRecord> {
+        merged(self.base.schedules.iter(), self.w.schedules.iter())
+    }
+
+    /// Stores a schedule.
+    pub fn put_schedule(&mut self, s: ScheduleRecord) {
+        self.w.schedules.insert(s.key(), Some(s));
+    }
+
+    /// Removes a schedule.
+    pub fn remove_schedule(&mut self, name: &str) {
+        self.w.schedules.insert(name.to_string(), None);
+    }
+
+    // ---- events
+
+    /// Appends an event, committed with the change it describes.
+    pub fn event(&mut self, time: u64, kind: &str, subject: &str, message: String) {
+        let seq = self.next_event;
+        self.next_event += 1;
+        self.w.events.push(Event {
+            seq,
+            time,
+            kind: kind.to_string(),
+            subject: subject.to_string(),
+            message,
+        });
+        if seq > self.base.max_events {
+            self.w.events_from = Some(seq + 1 - self.base.max_events);
+        }
+    }
+
+    /// Events after `since`, oldest first, at most `limit`.
+    pub fn events(&self, since: u64, limit: usize) -> Vec<Event> {
+        self.base
+            .events
+            .iter()
+            .chain(&self.w.events)
+            .filter(|e| e.seq > since)
+            .take(limit)
+            .cloned()
+            .collect()
+    }
+
+    /// Nodes whose desired state this transaction may have changed: the nodes of tasks and
+    /// pinned schedules it wrote (before and after), nodes it wrote, and the nodes running
+    /// tasks of services it wrote.
+    pub fn touched_nodes(&self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (id, new) in &self.w.tasks {
+            out.extend(self.base.tasks.get(id).and_then(|t| t.info.node.clone()));
+            out.extend(new.as_ref().and_then(|t| t.info.node.clone()));
+        }
+        for (name, new) in &self.w.schedules {
+            out.extend(
+                self.base
+                    .schedules
+                    .get(name)
+                    .and_then(|s| s.spec.node.clone()),
+            );
+            out.extend(new.as_ref().and_then(|s| s.spec.node.clone()));
+        }
+        out.extend(self.w.nodes.keys().cloned());
+        for name in self.w.services.keys() {
+            let group = Origin::Service(name.clone()).started_by();
+            for t in self.tasks_of(&group) {
+                if t.is_live() {
+                    out.extend(t.info.node.clone());
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            hostname: id.into(),
+            labels: Default::default(),
+            joined_at: 0,
+            token_id: "t".into(),
+            cert_not_after: 0,
+            revoked: false,
+            generation: 0,
+            draining: false,
+            bridge_subnet: None,
+            address: None,
+        }
+    }
+
+    #[test]
+    fn a_transaction_reads_its_own_writes_over_the_state_and_changes_nothing_until_applied() {
+        let mut state = State::new(Loaded {
+            nodes: vec![node("a"), node("b"), node("d")],
+            ..Loaded::default()
+        });
+        let mut txn = Txn::new(&state);
+        txn.put_node(node("c"));
+        txn.remove_node("b");
+        let mut d = node("d");
+        d.draining = true;
+        txn.put_node(d);
+        let ids: Vec<&str> = txn.nodes().iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c", "d"]);
+        assert!(txn.node("d").is_some_and(|n| n.draining));
+        assert!(txn.node("b").is_none());
+        assert_eq!(Txn::new(&state).nodes().len(), 3, "the state is untouched");
+        let w = txn.into_writes();
+        state.apply(w);
+        let txn = Txn::new(&state);
+        let ids: Vec<&str> = txn.nodes().iter().map(|n| n.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c", "d"]);
+    }
+
+    #[test]
+    fn events_are_numbered_and_only_the_window_is_kept() {
+        let mut state = State::new(Loaded::default());
+        state.set_max_events(5);
+        for i in 0..8 {
+            let mut txn = Txn::new(&state);
+            txn.event(100 + i, "k", "s", format!("m{i}"));
+            let w = txn.into_writes();
+            assert_eq!(w.events[0].seq, i + 1);
+            state.apply(w);
+        }
+        let txn = Txn::new(&state);
+        let all: Vec<u64> = txn.events(0, 100).iter().map(|e| e.seq).collect();
+        assert_eq!(all, [4, 5, 6, 7, 8]);
+        let page: Vec<String> = txn.events(5, 2).into_iter().map(|e| e.message).collect();
+        assert_eq!(page, ["m5", "m6"]);
+    }
+}

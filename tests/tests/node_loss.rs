@@ -101,11 +101,7 @@ fn a_lost_node_is_replaced_and_one_copy_survives_its_return() {
             .any(|t| t["id"] == id.as_str() && t["state"] == "STOPPED")
     });
     let t: Value = serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
-    assert_eq!(
-        t["stopReason"],
-        flotilla_scheduler::service::REASON_RECONCILED,
-        "{t}"
-    );
+    assert_eq!(t["stopCode"], "ServiceReconciled", "{t}");
     std::thread::sleep(Duration::from_secs(2));
     let r = running(cp);
     assert_eq!(r.len(), 2, "{r:?}");

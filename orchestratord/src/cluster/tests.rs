@@ -1,1 +1,843 @@
+//! The core's behaviour, driven through the harness: no network, no root, simulated time.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+use flotilla_api::ops::{PlacementConstraintSpec, TaskInfo, TaskRun};
+use flotilla_api::service::{RolloutState, ServiceUpdate};
+use flotilla_api::tasks::{DesiredStatus, StopCode, TaskState, TaskStatus};
+
+use super::command::{Agent, ClusterError, Command, Effect, Operator, Reply, Tick};
+use super::harness::Harness;
+
+/// A task definition of family `family` with one container of `memory` MiB running `image`.
+fn def(family: &str, image: &str, memory: u64) -> String {
+    format!(
+        r#"{{"family":"{family}","containerDefinitions":[{{"name":"main","image":"{image}","memory":{memory}}}]}}"#
+    )
+}
+
+fn run(family: &str, count: u32) -> Operator {
+    Operator::RunTask(TaskRun {
+        task_definition: family.into(),
+        node: None,
+        count,
+        env: Vec::new(),
+        placement_constraints: Vec::new(),
+        placement_strategy: Vec::new(),
+    })
+}
+
+fn service(name: &str, taskdef: &str, count: u32, min: u32, max: u32, extra: &str) -> String {
+    format!(
+        r#"{{"serviceName":"{name}","taskDefinition":"{taskdef}","desiredCount":{count},
+            "deploymentConfiguration":{{"minimumHealthyPercent":{min},"maximumPercent":{max},
+              "deploymentCircuitBreaker":{{"enable":true,"rollback":true}}}}{extra}}}"#
+    )
+}
+
+fn live(tasks: &[TaskInfo]) -> Vec<&TaskInfo> {
+    tasks
+        .iter()
+        .filter(|t| t.state != TaskState::Stopped)
+        .collect()
+}
+
+fn healthy(t: &TaskInfo) -> bool {
+    t.state == TaskState::Running
+        && t.desired == DesiredStatus::Running
+        && t.containers.iter().all(|c| {
+            c.health
+                .is_none_or(|h| h == flotilla_api::tasks::HealthStatus::Healthy)
+        })
+}
+
+fn of_service<'a>(tasks: &'a [TaskInfo], name: &str) -> Vec<&'a TaskInfo> {
+    let by = format!("service:{name}");
+    tasks
+        .iter()
+        .filter(|t| t.started_by.as_deref() == Some(by.as_str()))
+        .collect()
+}
+
+/// Runs one simulated second, checking `check` after every command.
+fn step_checked(h: &mut Harness, check: &mut dyn FnMut(&mut Harness)) {
+    h.advance(1);
+    for t in [Tick::NodeLossCheck, Tick::ServiceRound, Tick::ScheduleRound] {
+        h.exec(Command::Tick(t)).expect("round");
+        check(h);
+    }
+    for n in h.connected.clone() {
+        h.converge(&n);
+        check(h);
+    }
+}
+
+fn settle(h: &mut Harness, name: &str, steps: usize) {
+    for _ in 0..steps {
+        h.step();
+        let s = h.service(name);
+        let done = s
+            .deployments
+            .iter()
+            .all(|d| d.rollout_state == RolloutState::Completed);
+        if done && s.deployments.len() == 1 {
+            return;
+        }
+    }
+    panic!("service {name} did not settle: {:#?}", h.service(name));
+}
+
+#[test]
+fn a_rolling_deployment_stays_within_minimum_healthy_and_maximum_percent_at_every_step() {
+    for (min, max) in [(50, 150), (100, 200), (0, 100), (50, 100)] {
+        let mut h = Harness::new();
+        for _ in 0..4 {
+            h.join(&[], 2048, 4);
+        }
+        h.register(&def("web", "web:1", 100));
+        h.register(&def("web", "web:2", 100));
+        h.create_service(&service("web", "web:1", 6, min, max, ""));
+        settle(&mut h, "web", 20);
+        h.op(Operator::UpdateService(
+            "web".into(),
+            ServiceUpdate {
+                task_definition: Some("web:2".into()),
+                ..ServiceUpdate::default()
+            },
+        ))
+        .expect("update");
+        let min_healthy = (6 * min).div_ceil(100) as usize;
+        let max_total = (6 * max / 100).max(6) as usize;
+        let mut check = |h: &mut Harness| {
+            let tasks = h.tasks();
+            let mine = of_service(&tasks, "web");
+            let up = mine.iter().filter(|t| healthy(t)).count();
+            let total = mine
+                .iter()
+                .filter(|t| t.state != TaskState::Stopped)
+                .count();
+            assert!(
+                up >= min_healthy,
+                "min {min}% max {max}%: {up} healthy, fewer than {min_healthy}"
+            );
+            assert!(
+                total <= max_total,
+                "min {min}% max {max}%: {total} tasks, more than {max_total}"
+            );
+        };
+        for _ in 0..30 {
+            step_checked(&mut h, &mut check);
+        }
+        let s = h.service("web");
+        assert_eq!(s.deployments.len(), 1, "{s:#?}");
+        assert_eq!(s.deployments[0].task_definition, "web:2");
+        assert_eq!(s.deployments[0].rollout_state, RolloutState::Completed);
+        assert_eq!(s.running_count, 6);
+    }
+}
+
+#[test]
+fn the_circuit_breaker_stops_a_failing_deployment_and_rolls_back() {
+    let mut h = Harness::new();
+    for _ in 0..3 {
+        h.join(&[], 2048, 4);
+    }
+    h.register(&def("web", "web:1", 100));
+    h.register(&def("web", "web:2", 100));
+    h.create_service(&service("web", "web:1", 4, 50, 200, ""));
+    settle(&mut h, "web", 20);
+    h.failing.insert("web:2".into());
+    h.op(Operator::UpdateService(
+        "web".into(),
+        ServiceUpdate {
+            task_definition: Some("web:2".into()),
+            ..ServiceUpdate::default()
+        },
+    ))
+    .expect("update");
+    settle(&mut h, "web", 40);
+    let s = h.service("web");
+    assert_eq!(s.deployments[0].task_definition, "web:1", "{s:#?}");
+    assert_eq!(s.running_count, 4);
+    let failed = h.events("service.deployment.failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let failures: u32 = failed[0]
+        .message
+        .split("circuit breaker: ")
+        .nth(1)
+        .and_then(|m| m.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("a count");
+    assert!(failures >= 3, "{}", failed[0].message);
+    assert_eq!(h.events("service.deployment.rollback").len(), 1);
+    // The failed tasks are counted by their stop code, not by their reason's words.
+    let tasks = h.tasks();
+    let failed: Vec<_> = of_service(&tasks, "web")
+        .into_iter()
+        .filter(|t| t.task_definition == "web:2")
+        .collect();
+    assert!(failed.len() >= 3);
+    assert!(failed
+        .iter()
+        .all(|t| t.stop_code == Some(StopCode::EssentialContainerExited)
+            || t.stop_code == Some(StopCode::ServiceDeploymentReplaced)));
+}
+
+#[test]
+fn drain_stops_the_nodes_tasks_with_the_drain_code_and_services_move_theirs() {
+    let mut h = Harness::new();
+    let a = h.join(&[("zone", "a")], 2048, 4);
+    let b = h.join(&[("zone", "b")], 2048, 4);
+    h.register(&def("web", "web", 100));
+    h.register(&def("batch", "batch", 100));
+    h.create_service(&service("web", "web", 2, 50, 200, ""));
+    settle(&mut h, "web", 10);
+    h.op(Operator::RunTask(TaskRun {
+        node: Some(a.clone()),
+        ..match run("batch", 1) {
+            Operator::RunTask(r) => r,
+            _ => unreachable!(),
+        }
+    }))
+    .expect("run");
+    h.converge_all();
+    let on_a: Vec<String> = live(&h.tasks())
+        .into_iter()
+        .filter(|t| t.node.as_deref() == Some(&a))
+        .map(|t| t.id.clone())
+        .collect();
+    assert_eq!(on_a.len(), 2, "a service task and the batch task");
+    let Reply::Node(n) = h.op(Operator::DrainNode(a.clone(), true)).expect("drain") else {
+        panic!()
+    };
+    assert_eq!(n.state, flotilla_api::ops::NodeState::Draining);
+    for id in &on_a {
+        let Reply::Task(t) = h.op(Operator::GetTask(id.clone())).expect("task") else {
+            panic!()
+        };
+        assert_eq!(t.stop_code, Some(StopCode::NodeDrained));
+        assert_eq!(t.state, TaskState::Stopping);
+    }
+    settle(&mut h, "web", 10);
+    let tasks = h.tasks();
+    for id in &on_a {
+        let t = tasks.iter().find(|t| &t.id == id).expect("task");
+        assert_eq!(t.state, TaskState::Stopped);
+        assert_eq!(t.stop_code, Some(StopCode::NodeDrained), "{t:?}");
+    }
+    let web = live(&tasks)
+        .into_iter()
+        .filter(|t| t.started_by.as_deref() == Some("service:web"))
+        .collect::<Vec<_>>();
+    assert_eq!(web.len(), 2);
+    assert!(web.iter().all(|t| t.node.as_deref() == Some(&b)));
+    // A drained task is retired, not failed: the deployment counts no failure.
+    assert_eq!(h.service("web").deployments[0].failed_tasks, 0);
+    assert!(h.desired(&a).tasks.is_empty());
+}
+
+#[test]
+fn node_loss_follows_the_disconnect_policy() {
+    for reconcile in ["keepReplacement", "keepOriginal", "none"] {
+        let mut h = Harness::new();
+        let a = h.join(&[], 2048, 4);
+        let b = h.join(&[], 2048, 4);
+        h.register(&def("web", "web", 100));
+        let policy = match reconcile {
+            "none" => r#","disconnectPolicy":{"lostAfter":10,"replace":false}"#.to_string(),
+            r => format!(r#","disconnectPolicy":{{"lostAfter":10,"reconcile":"{r}"}}"#),
+        };
+        h.create_service(&service("web", "web", 1, 100, 200, &policy));
+        settle(&mut h, "web", 10);
+        let original = live(&h.tasks())[0].clone();
+        let home = original.node.clone().expect("node");
+        let other = if home == a { b.clone() } else { a.clone() };
+        h.disconnect(&home);
+        for _ in 0..8 {
+            h.step();
+        }
+        assert_eq!(live(&h.tasks()).len(), 1, "not lost before lostAfter");
+        assert!(h.events("task.lost").is_empty());
+        for _ in 0..5 {
+            h.step();
+        }
+        let tasks = h.tasks();
+        if reconcile == "none" {
+            assert_eq!(live(&tasks).len(), 1, "replace: false never replaces");
+            continue;
+        }
+        assert_eq!(h.events("task.lost").len(), 1);
+        let replacement = live(&tasks)
+            .into_iter()
+            .find(|t| t.id != original.id)
+            .expect("replaced")
+            .clone();
+        assert_eq!(replacement.node.as_deref(), Some(other.as_str()));
+        // The original cannot be told to stop while its node is away: it is left alone.
+        let o = tasks
+            .iter()
+            .find(|t| t.id == original.id)
+            .expect("original");
+        assert_eq!(o.desired, DesiredStatus::Running);
+        // The node comes back with its copy still running: one of the two goes.
+        h.connect(&home, 2048, 4);
+        for _ in 0..4 {
+            h.step();
+        }
+        let tasks = h.tasks();
+        let survivors: Vec<&str> = live(&tasks).iter().map(|t| t.id.as_str()).collect();
+        let (kept, gone) = match reconcile {
+            "keepReplacement" => (&replacement.id, &original.id),
+            _ => (&original.id, &replacement.id),
+        };
+        assert_eq!(survivors, [kept.as_str()], "{reconcile}");
+        let g = tasks.iter().find(|t| &t.id == gone).expect("gone");
+        assert_eq!(g.stop_code, Some(StopCode::ServiceReconciled));
+    }
+}
+
+#[test]
+fn a_report_about_another_nodes_task_changes_nothing() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    let b = h.join(&[], 2048, 4);
+    h.register(&def("batch", "batch", 100));
+    h.op(Operator::RunTask(TaskRun {
+        node: Some(a.clone()),
+        ..match run("batch", 1) {
+            Operator::RunTask(r) => r,
+            _ => unreachable!(),
+        }
+    }))
+    .expect("run");
+    h.converge_all();
+    let before = h.tasks();
+    let commits = h.commit_count();
+    let forged = TaskStatus {
+        id: before[0].id.clone(),
+        state: TaskState::Stopped,
+        stop_reason: Some("forged".into()),
+        stop_code: Some(StopCode::UserInitiated),
+        containers: Vec::new(),
+        scheduled: None,
+        network: None,
+    };
+    let reply = h
+        .exec(Command::Agent(Agent::Report {
+            node: b.clone(),
+            tasks: vec![forged],
+        }))
+        .expect("report");
+    assert_eq!(
+        reply,
+        Reply::Agent(flotilla_api::AgentReply::Recorded),
+        "answered like any report"
+    );
+    assert_eq!(h.tasks(), before);
+    assert_eq!(h.commit_count(), commits, "nothing was written");
+    assert!(h.desired(&b).tasks.is_empty());
+}
+
+#[test]
+fn a_restarted_core_resumes_in_flight_deployments_and_schedules() {
+    let mut h = Harness::new();
+    for _ in 0..3 {
+        h.join(&[], 2048, 4);
+    }
+    h.register(&def("web", "web:1", 100));
+    h.register(&def("web", "web:2", 100));
+    h.register(&def("job", "job", 50));
+    h.create_service(&service("web", "web:1", 4, 50, 100, ""));
+    settle(&mut h, "web", 10);
+    h.op(Operator::CreateSchedule(
+        serde_json::from_str(r#"{"name":"nightly","taskDefinition":"job","cron":"*/5 * * * *"}"#)
+            .expect("spec"),
+    ))
+    .expect("schedule");
+    h.op(Operator::UpdateService(
+        "web".into(),
+        ServiceUpdate {
+            task_definition: Some("web:2".into()),
+            ..ServiceUpdate::default()
+        },
+    ))
+    .expect("update");
+    // Part of the way: some old tasks stopped, some new ones placed.
+    let mid = loop {
+        h.step();
+        let t = h.tasks();
+        if of_service(&t, "web")
+            .iter()
+            .any(|t| t.task_definition == "web:2")
+        {
+            break t;
+        }
+    };
+    assert!(of_service(&mid, "web")
+        .iter()
+        .any(|t| t.task_definition == "web:2"));
+    assert!(of_service(&mid, "web")
+        .iter()
+        .any(|t| t.task_definition == "web:1" && t.state != TaskState::Stopped));
+    // kill -9: nothing in memory survives; the agents come back one by one.
+    h.restart(1000);
+    h.step();
+    let ids = |t: &[TaskInfo]| t.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        ids(&h.tasks()),
+        ids(&mid),
+        "nothing is placed while no node is in session"
+    );
+    for n in h.nodes.clone() {
+        h.connect(&n, 2048, 4);
+    }
+    settle(&mut h, "web", 20);
+    let tasks = h.tasks();
+    let web = of_service(&tasks, "web");
+    let running: Vec<_> = web
+        .iter()
+        .filter(|t| t.state == TaskState::Running)
+        .collect();
+    assert_eq!(running.len(), 4);
+    assert!(running.iter().all(|t| t.task_definition == "web:2"));
+    // None was placed twice: four tasks of the new revision in all, each id once.
+    let new: BTreeSet<&str> = web
+        .iter()
+        .filter(|t| t.task_definition == "web:2")
+        .map(|t| t.id.as_str())
+        .collect();
+    assert_eq!(new.len(), 4, "{web:#?}");
+    // The schedule fires at its next minute after the restart, once.
+    let Reply::Schedule(s) = h.op(Operator::GetSchedule("nightly".into())).expect("get") else {
+        panic!()
+    };
+    let next = s.next_run.expect("next run");
+    while h.now.secs() < next {
+        h.advance(1);
+    }
+    h.rounds();
+    h.advance(1);
+    h.rounds();
+    let Reply::Schedule(s) = h.op(Operator::GetSchedule("nightly".into())).expect("get") else {
+        panic!()
+    };
+    assert_eq!(s.runs.len(), 1, "{s:?}");
+    assert_eq!(s.runs[0].fired_at, next);
+    assert_eq!(s.next_run, Some(next + 300));
+}
+
+#[test]
+fn every_command_is_one_commit() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 4096, 8);
+    h.register(&def("batch", "batch", 100));
+    let one = |h: &mut Harness, what: &str, op: Command| {
+        let before = h.commit_count();
+        h.exec(op).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(h.commit_count() - before, 1, "{what}");
+    };
+    one(
+        &mut h,
+        "task run --count 6",
+        Command::Operator(run("batch", 6)),
+    );
+    let tasks = h.tasks();
+    let statuses: Vec<TaskStatus> = tasks
+        .iter()
+        .map(|t| TaskStatus {
+            id: t.id.clone(),
+            state: TaskState::Running,
+            stop_reason: None,
+            stop_code: None,
+            containers: Vec::new(),
+            scheduled: None,
+            network: None,
+        })
+        .collect();
+    one(
+        &mut h,
+        "a report of six tasks",
+        Command::Agent(Agent::Report {
+            node: a.clone(),
+            tasks: statuses,
+        }),
+    );
+    h.create_service(&service("web", "batch", 5, 100, 200, ""));
+    one(
+        &mut h,
+        "a service round starting five",
+        Command::Tick(Tick::ServiceRound),
+    );
+    assert_eq!(of_service(&h.tasks(), "web").len(), 5);
+    one(
+        &mut h,
+        "removing a service stopping five",
+        Command::Operator(Operator::RemoveService("web".into())),
+    );
+    one(
+        &mut h,
+        "drain",
+        Command::Operator(Operator::DrainNode(a.clone(), true)),
+    );
+    // Reads, refusals and what stays in memory write nothing.
+    let before = h.commit_count();
+    h.op(Operator::ListTasks).expect("ls");
+    h.op(Operator::GetNode(a.clone())).expect("node");
+    assert!(h.op(run("batch", 1)).is_err(), "the only node is draining");
+    assert!(h.op(Operator::GetTask("t-nope".into())).is_err());
+    h.exec(Command::Agent(Agent::Ping { node: a.clone() }))
+        .expect("ping");
+    h.exec(Command::Agent(Agent::Heartbeat {
+        node: a.clone(),
+        resources: Default::default(),
+        usage: Vec::new(),
+    }))
+    .expect("heartbeat");
+    assert_eq!(h.commit_count(), before);
+}
+
+#[test]
+fn task_runs_and_a_service_never_reserve_more_than_the_node_has() {
+    // One node with room for four tasks (each reserves just over a fifth of its memory).
+    let mut h = Harness::new();
+    let n = h.join(&[], 1000, 4);
+    h.register(&def("big", "big", 201));
+    let mut refused = Vec::new();
+    for _ in 0..20 {
+        match h.op(run("big", 1)) {
+            Ok(_) => {}
+            Err(e @ ClusterError::Conflict(_)) => refused.push(e.to_string()),
+            Err(e) => panic!("{e}"),
+        }
+    }
+    h.create_service(&service("big", "big", 10, 100, 200, ""));
+    for _ in 0..3 {
+        h.step();
+    }
+    let tasks = h.tasks();
+    assert_eq!(live(&tasks).len(), 4);
+    assert_eq!(refused.len(), 16);
+    assert!(
+        refused.iter().all(|r| r.contains("lacked memory")),
+        "{refused:?}"
+    );
+    let problem = h.service("big").placement_problem.expect("a problem");
+    assert!(problem.contains("lacked memory"), "{problem}");
+    assert!(h.desired(&n).tasks.len() == 4);
+}
+
+/// A deterministic generator (splitmix64) for the property test.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn property_no_interleaving_places_more_than_a_node_has_room_for() {
+    // Nodes with room for K tasks; task runs, services created and scaled, rounds, nodes
+    // converging, stopping and going away, in random orders: at no point does any node hold
+    // more than K tasks that are not stopped.
+    for seed in 0..60u64 {
+        let mut rng = Rng(seed);
+        let k = 1 + rng.below(4);
+        let nodes = 1 + rng.below(3) as usize;
+        let mut h = Harness::new();
+        for _ in 0..nodes {
+            h.join(&[], 1000, 8);
+        }
+        let reserve = 1000 / (k + 1) + 1;
+        h.register(&def("a", "a", reserve));
+        h.register(&def("b", "b", reserve));
+        let mut services = Vec::new();
+        for _ in 0..40 {
+            match rng.below(8) {
+                0 => {
+                    let _ = h.op(run(
+                        if rng.below(2) == 0 { "a" } else { "b" },
+                        1 + rng.below(3) as u32,
+                    ));
+                }
+                1 if services.len() < 3 => {
+                    let name = format!("s{}", services.len());
+                    let count = rng.below(7) as u32;
+                    h.create_service(&service(&name, "a", count, 50, 200, ""));
+                    services.push(name);
+                }
+                2 if !services.is_empty() => {
+                    let name = services[rng.below(services.len() as u64) as usize].clone();
+                    let _ = h.op(Operator::UpdateService(
+                        name,
+                        ServiceUpdate {
+                            desired_count: Some(rng.below(8) as u32),
+                            ..ServiceUpdate::default()
+                        },
+                    ));
+                }
+                3 => {
+                    h.advance(1);
+                    h.exec(Command::Tick(Tick::ServiceRound)).expect("round");
+                }
+                4 => h.converge_all(),
+                5 => {
+                    let tasks = live(&h.tasks())
+                        .iter()
+                        .map(|t| t.id.clone())
+                        .collect::<Vec<_>>();
+                    if !tasks.is_empty() {
+                        let id = tasks[rng.below(tasks.len() as u64) as usize].clone();
+                        h.op(Operator::StopTask(id)).expect("stop");
+                    }
+                }
+                6 => {
+                    let n = h.nodes[rng.below(nodes as u64) as usize].clone();
+                    if h.connected.contains(&n) {
+                        h.disconnect(&n);
+                    } else {
+                        h.connect(&n, 1000, 8);
+                    }
+                }
+                _ => {
+                    h.advance(1 + rng.below(40));
+                    h.rounds();
+                }
+            }
+            let mut per_node: BTreeMap<String, u64> = BTreeMap::new();
+            for t in live(&h.tasks()) {
+                *per_node
+                    .entry(t.node.clone().unwrap_or_default())
+                    .or_default() += 1;
+            }
+            for (node, count) in per_node {
+                assert!(
+                    count <= k,
+                    "seed {seed}: node {node} holds {count} tasks, room for {k}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_stale_plan_is_refused_by_the_applier() {
+    use super::ctx::Ctx;
+    use super::placement::{self, NewTask, Plan};
+    use super::state::Txn;
+
+    let mut h = Harness::new();
+    let n = h.join(&[], 1000, 4);
+    h.register(&def("big", "big", 600));
+    let Reply::TaskDef(rev) = h
+        .op(Operator::GetTaskDef("big".into(), Some(1)))
+        .expect("def")
+    else {
+        panic!()
+    };
+    // A plan made while the node was empty …
+    let now = h.now;
+    let c = h.cluster();
+    let request = {
+        let txn = Txn::new(&c.state);
+        let snapshot = placement::snapshot(&txn, &c.live);
+        let r = placement::request(&rev.task_definition, "family:big".into(), 1, &[], &[], 1)
+            .expect("request");
+        let placed = flotilla_scheduler::place(&snapshot, &r).expect("fits");
+        assert_eq!(placed, std::slice::from_ref(&n));
+        r
+    };
+    // … is applied after another task took the room.
+    h.op(run("big", 1)).expect("run");
+    let c = h.cluster();
+    let mut txn = Txn::new(&c.state);
+    let mut cx = Ctx {
+        txn: &mut txn,
+        live: &mut c.live,
+        config: &c.config,
+        ca: &c.ca,
+        ids: c.ids.as_mut(),
+        awsvpc_cursor: &mut c.awsvpc_cursor,
+        registry: &mut c.registry,
+        now,
+        effects: Vec::new(),
+        push: Default::default(),
+    };
+    let plan = Plan {
+        request,
+        task: NewTask {
+            revision: rev,
+            env: Vec::new(),
+            origin: None,
+            deployment: None,
+        },
+        nodes: vec![n.clone()],
+        all_or_nothing: true,
+        allow_disconnected: false,
+    };
+    let e = placement::apply(&mut cx, plan.clone()).expect_err("stale");
+    assert!(
+        e.to_string().contains(&format!("node {n} lacked memory")),
+        "{e}"
+    );
+    let applied = placement::apply(
+        &mut cx,
+        Plan {
+            all_or_nothing: false,
+            ..plan
+        },
+    )
+    .expect("best effort");
+    assert!(applied.created.is_empty());
+    assert_eq!(applied.refused, [(n, "lacked memory".to_string())]);
+}
+
+#[test]
+fn a_nodes_generation_moves_only_when_its_desired_state_changes() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    h.register(&def("batch", "batch", 100));
+    let g0 = h.desired(&a).generation;
+    h.op(run("batch", 2)).expect("run");
+    let g1 = h.desired(&a).generation;
+    assert_eq!(g1, g0 + 1, "placing two tasks is one change");
+    let pushed: Vec<u64> = h
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::PushDesired { node, state } if node == &a => Some(state.generation),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        pushed.last(),
+        Some(&g1),
+        "the change is pushed with its generation"
+    );
+    h.converge(&a);
+    assert_eq!(
+        h.desired(&a).generation,
+        g1,
+        "a report of RUNNING changes nothing"
+    );
+    let id = h.tasks()[0].id.clone();
+    h.op(Operator::StopTask(id.clone())).expect("stop");
+    let g2 = h.desired(&a).generation;
+    assert_eq!(g2, g1 + 1);
+    let t = h
+        .desired(&a)
+        .tasks
+        .into_iter()
+        .find(|t| t.id == id)
+        .expect("still there until stopped");
+    assert_eq!(t.stop_code, Some(StopCode::UserInitiated));
+    h.converge(&a);
+    assert_eq!(h.desired(&a).generation, g2 + 1, "a stopped task leaves");
+    assert_eq!(h.desired(&a).tasks.len(), 1);
+}
+
+#[test]
+fn a_node_behind_on_its_desired_state_gets_it_again() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    h.register(&def("batch", "batch", 100));
+    h.op(run("batch", 1)).expect("run");
+    let pushes = |h: &Harness| {
+        h.effects
+            .iter()
+            .filter(|e| matches!(e, Effect::PushDesired { node, .. } if node == &a))
+            .count()
+    };
+    let heartbeat = |h: &mut Harness| {
+        h.exec(Command::Agent(Agent::Heartbeat {
+            node: a.clone(),
+            resources: flotilla_api::NodeResources {
+                cpus: 4,
+                memory_bytes: 2048 << 20,
+                ..Default::default()
+            },
+            usage: Vec::new(),
+        }))
+        .expect("heartbeat");
+    };
+    let n = pushes(&h);
+    heartbeat(&mut h);
+    assert_eq!(pushes(&h), n, "the push may still be on its way");
+    h.advance(11);
+    heartbeat(&mut h);
+    assert_eq!(pushes(&h), n + 1, "not acknowledged after 10 s: sent again");
+    let generation = h.desired(&a).generation;
+    h.exec(Command::Agent(Agent::DesiredAcked {
+        node: a.clone(),
+        generation,
+    }))
+    .expect("ack");
+    h.advance(11);
+    heartbeat(&mut h);
+    assert_eq!(pushes(&h), n + 1, "acknowledged: nothing more");
+}
+
+#[test]
+fn revoking_a_node_ends_its_session_and_refuses_it() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    h.op(Operator::RevokeNode(a.clone())).expect("revoke");
+    assert!(h.effects.iter().any(|e| matches!(
+        e,
+        Effect::CloseSession { node, code: super::command::CloseCode::Revoked, .. } if node == &a
+    )));
+    let reply = h
+        .exec(Command::Agent(Agent::Hello {
+            node: a.clone(),
+            session: 99,
+            hello: flotilla_api::Hello {
+                protocols: flotilla_api::PROTOCOLS.to_vec(),
+                agent_version: "test".into(),
+                address: None,
+            },
+            remote: None,
+        }))
+        .expect("hello");
+    assert!(matches!(
+        reply,
+        Reply::CloseSession {
+            code: super::command::CloseCode::Revoked,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn distinct_instance_holds_across_the_tasks_of_one_command() {
+    let mut h = Harness::new();
+    for _ in 0..2 {
+        h.join(&[], 4096, 8);
+    }
+    h.register(&def("one", "one", 10));
+    let Operator::RunTask(mut r) = run("one", 3) else {
+        unreachable!()
+    };
+    r.placement_constraints = vec![PlacementConstraintSpec {
+        kind: "distinctInstance".into(),
+        expression: None,
+    }];
+    let e = h
+        .op(Operator::RunTask(r.clone()))
+        .expect_err("only two nodes");
+    assert!(e.to_string().contains("distinctInstance"), "{e}");
+    assert!(h.tasks().is_empty(), "all or none");
+    r.count = 2;
+    let Reply::TasksCreated(t) = h.op(Operator::RunTask(r)).expect("two") else {
+        panic!()
+    };
+    let nodes: BTreeSet<_> = t.iter().map(|t| t.node.clone()).collect();
+    assert_eq!(nodes.len(), 2);
+}

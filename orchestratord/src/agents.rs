@@ -16,8 +16,8 @@ use flotilla_certs::tls::{ALPN_AGENT, ALPN_JOIN};
 use flotilla_certs::{identity_of, Role};
 use quinn::{Connection, VarInt};
 
-use crate::cluster::{Agent, CloseCode, Command, Reply};
 use crate::plane::Plane;
+use orchestratord::cluster::{Agent, CloseCode, Command, Reply};
 
 fn refuse(conn: &Connection, code: CloseCode, reason: &str) {
     tracing::info!(peer = %conn.remote_address(), "refused: {reason}");

@@ -16,8 +16,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::cluster::{ClusterError, Command, Operator, Reply as CoreReply};
 use crate::plane::Plane;
+use orchestratord::cluster::{ClusterError, Command, Operator, Reply as CoreReply};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;

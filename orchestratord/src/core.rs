@@ -3,7 +3,7 @@
 //! clock's time when it starts; [`Core::call`] sends one and awaits its outcome. Fsynced
 //! commits happen there, never on the async runtime's workers.
 
-use crate::cluster::{Cluster, ClusterError, Command, Now, Outcome};
+use orchestratord::cluster::{Cluster, ClusterError, Command, Now, Outcome};
 
 struct Job {
     command: Command,

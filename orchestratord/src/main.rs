@@ -6,12 +6,12 @@
 
 mod agents;
 mod api;
-mod cluster;
 mod core;
 mod plane;
 mod timers;
 
 use cluster::network;
+use orchestratord::cluster;
 
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;

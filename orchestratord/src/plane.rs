@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use flotilla_api::{read_frame, write_frame, PushReply, ServerPush};
 use quinn::{Connection, VarInt};
 
-use crate::cluster::{Agent, Command, Effect, Outcome};
 use crate::core::Core;
+use orchestratord::cluster::{Agent, Command, Effect, Outcome};
 
 /// The adapters' shared parts.
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ impl Plane {
     pub async fn run(
         &self,
         command: Command,
-    ) -> Result<crate::cluster::Reply, crate::cluster::ClusterError> {
+    ) -> Result<orchestratord::cluster::Reply, orchestratord::cluster::ClusterError> {
         let Outcome { reply, effects } = self.core.call(command).await?;
         self.carry_out(effects);
         Ok(reply)

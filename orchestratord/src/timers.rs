@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::cluster::{Command, Tick};
 use crate::plane::Plane;
+use orchestratord::cluster::{Command, Tick};
 
 /// How often the rounds run without being woken.
 const ROUND: Duration = Duration::from_secs(1);

@@ -7,7 +7,7 @@
 //! [`Outcome`]: a [`Reply`] and the [`Effect`]s the adapters carry out (push a desired state or
 //! the registry to nodes, close a session). The core owns the store, live node information
 //! (not connections), the address pools and the discovery registry; it imports no network or
-//! async-runtime crate. It runs on one dedicated thread fed by a channel (`crate::core`); the
+//! async-runtime crate. It runs on one dedicated thread fed by a channel (the binary's `core`); the
 //! HTTPS API, the QUIC sessions and the timers are thin adapters around it.
 
 mod agents;

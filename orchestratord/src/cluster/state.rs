@@ -181,6 +181,9 @@ pub struct Txn<'s> {
     base: &'s State,
     w: Writes,
     next_event: u64,
+    /// Tasks written, by node and by `startedBy` (the overlay's part of the indexes).
+    w_by_node: HashMap<String, BTreeSet<String>>,
+    w_by_group: HashMap<String, BTreeSet<String>>,
 }
 
 impl<'s> Txn<'s> {
@@ -190,6 +193,8 @@ impl<'s> Txn<'s> {
             base,
             w: Writes::default(),
             next_event: base.last_event + 1,
+            w_by_node: HashMap::new(),
+            w_by_group: HashMap::new(),
         }
     }
 
@@ -304,11 +309,7 @@ impl<'s> Txn<'s> {
             .into_iter()
             .flatten()
             .collect();
-        for (id, t) in &self.w.tasks {
-            if t.as_ref().is_some_and(|t| t.node() == Some(node)) {
-                ids.insert(id);
-            }
-        }
+        ids.extend(self.w_by_node.get(node).into_iter().flatten());
         ids.into_iter()
             .filter_map(|id| self.task(id))
             .filter(|t| t.is_live() && t.node() == Some(node))
@@ -339,6 +340,18 @@ impl<'s> Txn<'s> {
 
     /// Stores a task.
     pub fn put_task(&mut self, t: TaskRecord) {
+        if let Some(n) = t.node() {
+            self.w_by_node
+                .entry(n.to_string())
+                .or_default()
+                .insert(t.info.id.clone());
+        }
+        if let Some(g) = &t.info.started_by {
+            self.w_by_group
+                .entry(g.clone())
+                .or_default()
+                .insert(t.info.id.clone());
+        }
         self.w.tasks.insert(t.info.id.clone(), Some(t));
     }
 

@@ -69,6 +69,12 @@ pub fn family_group(family: &str) -> String {
 /// Node `n` as the scheduler sees it in `txn`: its labels, reported capacity, what its live
 /// tasks reserve, their host ports and groups, and whether it takes tasks.
 pub fn node_view(txn: &Txn<'_>, live: &Live, n: &NodeRecord) -> NodeView {
+    view(txn, live, n, None)
+}
+
+/// [`node_view`], counting only the tasks of `group` when one is given (all a check of one
+/// request needs).
+fn view(txn: &Txn<'_>, live: &Live, n: &NodeRecord, group: Option<&str>) -> NodeView {
     let mut v = NodeView {
         id: n.id.clone(),
         attributes: n.labels.clone(),
@@ -88,24 +94,29 @@ pub fn node_view(txn: &Txn<'_>, live: &Live, n: &NodeRecord) -> NodeView {
         },
     };
     for t in txn.live_tasks_on(&n.id) {
-        book(&mut v, t);
+        let r = requirement(&t.definition);
+        v.used.memory_mib += r.memory_mib;
+        v.used.cpu_units += r.cpu_units;
+        v.ports.extend(host_ports(&t.definition));
+        // A task counts in its family's group and in its service's or schedule's.
+        match group {
+            Some(g) => {
+                let family = g.strip_prefix("family:") == Some(t.definition.family.as_str());
+                if family || t.info.started_by.as_deref() == Some(g) {
+                    *v.groups.entry(g.to_string()).or_default() += 1;
+                }
+            }
+            None => {
+                *v.groups
+                    .entry(family_group(&t.definition.family))
+                    .or_default() += 1;
+                if let Some(by) = &t.info.started_by {
+                    *v.groups.entry(by.clone()).or_default() += 1;
+                }
+            }
+        }
     }
     v
-}
-
-/// Counts task `t` as running on `v`.
-fn book(v: &mut NodeView, t: &TaskRecord) {
-    let r = requirement(&t.definition);
-    v.used.memory_mib += r.memory_mib;
-    v.used.cpu_units += r.cpu_units;
-    v.ports.extend(host_ports(&t.definition));
-    // A task counts in its family's group and in its service's or schedule's.
-    *v.groups
-        .entry(family_group(&t.definition.family))
-        .or_default() += 1;
-    if let Some(by) = &t.info.started_by {
-        *v.groups.entry(by.clone()).or_default() += 1;
-    }
 }
 
 /// The cluster as the scheduler sees it: every node that is not revoked, by id.
@@ -228,7 +239,7 @@ pub fn apply(cx: &mut Ctx<'_, '_>, plan: Plan) -> Result<Applied, ClusterError> 
                     .push((node.clone(), "is not in the cluster".into()));
                 continue;
             };
-            let mut v = node_view(cx.txn, cx.live, n);
+            let mut v = view(cx.txn, cx.live, n, Some(&plan.request.group));
             if plan.allow_disconnected && v.state == NodeState::Disconnected {
                 v.state = NodeState::Ready;
             }
@@ -280,7 +291,7 @@ pub fn apply(cx: &mut Ctx<'_, '_>, plan: Plan) -> Result<Applied, ClusterError> 
 }
 
 /// Counts one more task of `req` (of task definition family `family`) on `v`.
-fn book_request(v: &mut NodeView, req: &Request, family: &str) {
+pub fn book_request(v: &mut NodeView, req: &Request, family: &str) {
     v.used.memory_mib += req.need.memory_mib;
     v.used.cpu_units += req.need.cpu_units;
     v.ports.extend(req.ports.iter().copied());

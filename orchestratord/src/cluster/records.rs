@@ -254,6 +254,11 @@ impl Origin {
         }
     }
 
+    /// The service a `startedBy` text names, if it names one.
+    pub fn service_name(started_by: &str) -> Option<&str> {
+        started_by.strip_prefix("service:")
+    }
+
     /// What a `startedBy` text names.
     pub fn parse(started_by: &str) -> Option<Self> {
         match started_by.split_once(':') {

@@ -420,7 +420,7 @@ fn start(
     let applied = placement::apply(
         cx,
         Plan {
-            request,
+            request: request.clone(),
             task: NewTask {
                 revision: d.revision.clone(),
                 env: Vec::new(),

@@ -139,11 +139,11 @@ impl State {
 }
 
 /// Reads a table through an overlay: the overlay's entry (a record or a removal) wins.
-fn get<'a, K: Ord, V>(
-    base: &'a BTreeMap<K, V>,
-    w: &'a BTreeMap<K, Option<V>>,
-    k: &K,
-) -> Option<&'a V> {
+fn get<'a, K, V, Q>(base: &'a BTreeMap<K, V>, w: &'a BTreeMap<K, Option<V>>, k: &Q) -> Option<&'a V>
+where
+    K: Ord + std::borrow::Borrow<Q>,
+    Q: Ord + ?Sized,
+{
     match w.get(k) {
         Some(v) => v.as_ref(),
         None => base.get(k),
@@ -212,7 +212,7 @@ impl<'s> Txn<'s> {
 
     /// A token.
     pub fn token(&self, id: &str) -> Option<&TokenRecord> {
-        get(&self.base.tokens, &self.w.tokens, &id.to_string())
+        get(&self.base.tokens, &self.w.tokens, id)
     }
 
     /// Every token, by id.
@@ -234,7 +234,7 @@ impl<'s> Txn<'s> {
 
     /// A node.
     pub fn node(&self, id: &str) -> Option<&NodeRecord> {
-        get(&self.base.nodes, &self.w.nodes, &id.to_string())
+        get(&self.base.nodes, &self.w.nodes, id)
     }
 
     /// Every node, by id.
@@ -292,7 +292,7 @@ impl<'s> Txn<'s> {
 
     /// A task.
     pub fn task(&self, id: &str) -> Option<&TaskRecord> {
-        get(&self.base.tasks, &self.w.tasks, &id.to_string())
+        get(&self.base.tasks, &self.w.tasks, id)
     }
 
     /// Every task, by id.
@@ -359,7 +359,7 @@ impl<'s> Txn<'s> {
 
     /// A service.
     pub fn service(&self, name: &str) -> Option<&ServiceRecord> {
-        get(&self.base.services, &self.w.services, &name.to_string())
+        get(&self.base.services, &self.w.services, name)
     }
 
     /// Every service, by name.
@@ -381,7 +381,7 @@ impl<'s> Txn<'s> {
 
     /// A schedule.
     pub fn schedule(&self, name: &str) -> Option<&ScheduleRecord> {
-        get(&self.base.schedules, &self.w.schedules, &name.to_string())
+        get(&self.base.schedules, &self.w.schedules, name)
     }
 
     /// Every schedule, by name.

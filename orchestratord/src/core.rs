@@ -41,7 +41,15 @@ impl Core {
             .name("cluster-core".into())
             .spawn(move || {
                 for job in rx {
-                    let outcome = cluster.execute(job.command, now());
+                    let command = job.command;
+                    let run = std::panic::AssertUnwindSafe(|| cluster.execute(command, now()));
+                    let Ok(outcome) = std::panic::catch_unwind(run) else {
+                        // The store holds every committed command; memory may not. Start over
+                        // from the store (systemd restarts the service). The panic hook has
+                        // printed where.
+                        tracing::error!("the core panicked; exiting to restart from its store");
+                        std::process::exit(70);
+                    };
                     if let Err(ClusterError::Store(e)) = &outcome {
                         tracing::error!("{e}");
                     }

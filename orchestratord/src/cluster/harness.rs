@@ -403,6 +403,11 @@ impl Harness {
         }
     }
 
+    /// The store's file.
+    pub fn store_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("cp.redb")
+    }
+
     /// Commits so far.
     pub fn commit_count(&self) -> u64 {
         self.commits.load(Ordering::SeqCst)

@@ -841,3 +841,84 @@ fn distinct_instance_holds_across_the_tasks_of_one_command() {
     let nodes: BTreeSet<_> = t.iter().map(|t| t.node.clone()).collect();
     assert_eq!(nodes.len(), 2);
 }
+
+#[test]
+fn taskdef_revisions_count_per_family() {
+    let mut h = Harness::new();
+    let revision = |h: &mut Harness, family: &str| match h
+        .op(Operator::RegisterTaskDef(def(family, "x", 64)))
+        .expect("register")
+    {
+        Reply::TaskDefRegistered(r) => r.revision,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(revision(&mut h, "web"), 1);
+    assert_eq!(revision(&mut h, "web"), 2);
+    assert_eq!(revision(&mut h, "we"), 1);
+    assert_eq!(revision(&mut h, "web-x"), 1);
+    let newest = |h: &mut Harness| match h.op(Operator::GetTaskDef("web".into(), None)) {
+        Ok(Reply::TaskDef(t)) => t.revision,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(newest(&mut h), 2);
+    h.op(Operator::DeregisterTaskDef("web".into(), 2))
+        .expect("deregister");
+    assert_eq!(newest(&mut h), 1, "the newest active one");
+    assert_eq!(revision(&mut h, "web"), 3, "revisions are never reused");
+    let e = h.op(run("web:2", 1)).expect_err("deregistered");
+    assert!(e.to_string().contains("web:2 is deregistered"), "{e}");
+}
+
+#[test]
+fn join_tokens_are_spent_once_expire_and_are_stored_hashed() {
+    use super::agents::{redeem, TokenRefusal};
+    use super::records::TokenRecord;
+
+    let token = |id: &str, secret: &str, expires_at: u64, uses: u32| TokenRecord {
+        id: id.into(),
+        secret_hash: flotilla_certs::token::hash_secret(secret),
+        created_at: 0,
+        expires_at,
+        uses,
+        used: 0,
+        labels: Default::default(),
+    };
+    let a = token("a", "s3cret", 100, 1);
+    assert_eq!(
+        redeem(Some(&a), "a", "wrong", 10),
+        Err(TokenRefusal::WrongSecret("a".into()))
+    );
+    let spent = redeem(Some(&a), "a", "s3cret", 10).expect("redeemed");
+    assert_eq!(spent.used, 1);
+    assert_eq!(
+        redeem(Some(&spent), "a", "s3cret", 10),
+        Err(TokenRefusal::Used("a".into()))
+    );
+    let b = token("b", "x", 100, 5);
+    assert!(matches!(
+        redeem(Some(&b), "b", "x", 150),
+        Err(TokenRefusal::Expired { ago: 50, .. })
+    ));
+    assert_eq!(
+        redeem(None, "c", "x", 10),
+        Err(TokenRefusal::Unknown("c".into()))
+    );
+    // Through the core: a join spends the token in the same commit as the node, and the store
+    // holds only the secret's hash.
+    let mut h = Harness::new();
+    let Reply::TokenCreated(t) = h
+        .op(Operator::CreateToken(Default::default()))
+        .expect("token")
+    else {
+        panic!()
+    };
+    let secret = t
+        .token
+        .parse::<flotilla_certs::token::JoinToken>()
+        .expect("token")
+        .secret()
+        .to_string();
+    h.join(&[], 1024, 1);
+    let raw = std::fs::read(h.store_path()).expect("read");
+    assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()));
+}

@@ -67,7 +67,8 @@ pub struct NodeView {
     pub id: String,
     /// Attributes (labels).
     pub attributes: BTreeMap<String, String>,
-    /// What it has (`None`: not reported yet, taken as room).
+    /// What it has (`None`: not reported yet; such a node takes no task, since nothing could
+    /// be checked against its room).
     pub capacity: Option<Resources>,
     /// What its live tasks reserve.
     pub used: Resources,
@@ -238,13 +239,14 @@ fn lacks(s: &Slot<'_>, req: &Request) -> Option<String> {
     {
         return Some("already run a task of the group (distinctInstance)".into());
     }
-    if let Some(cap) = s.view.capacity {
-        if s.used.cpu_units + req.need.cpu_units > cap.cpu_units {
-            return Some("lacked CPU".into());
-        }
-        if s.used.memory_mib + req.need.memory_mib > cap.memory_mib {
-            return Some("lacked memory".into());
-        }
+    let Some(cap) = s.view.capacity else {
+        return Some("had not reported their resources yet".into());
+    };
+    if s.used.cpu_units + req.need.cpu_units > cap.cpu_units {
+        return Some("lacked CPU".into());
+    }
+    if s.used.memory_mib + req.need.memory_mib > cap.memory_mib {
+        return Some("lacked memory".into());
     }
     if let Some(p) = req.ports.iter().find(|p| s.ports.contains(p)) {
         return Some(format!("had port {p} taken"));
@@ -258,6 +260,9 @@ fn excluded(n: &NodeView, req: &Request) -> Option<String> {
         NodeState::Ready => {}
         NodeState::Disconnected => return Some("were disconnected".into()),
         NodeState::Draining => return Some("were draining".into()),
+    }
+    if n.capacity.is_none() {
+        return Some("had not reported their resources yet".into());
     }
     for c in &req.constraints {
         if let Constraint::MemberOf { text, expr } = c {

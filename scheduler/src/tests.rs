@@ -279,3 +279,19 @@ fn the_fast_placement_equals_the_naive_scan_and_is_reproducible() {
         assert_eq!(fast, place(&snap, &req), "round {round}: not reproducible");
     }
 }
+
+#[test]
+fn a_node_that_has_not_reported_its_resources_takes_nothing() {
+    let mut snap = Snapshot {
+        nodes: vec![node("a", &[]), node("b", &[])],
+    };
+    snap.nodes[0].capacity = None;
+    assert_eq!(place(&snap, &request(1)).expect("b"), ["b"]);
+    snap.nodes[1].capacity = None;
+    let why = place(&snap, &request(1)).expect_err("nothing reported");
+    assert_eq!(
+        why.reasons,
+        BTreeMap::from([("had not reported their resources yet".to_string(), 2)])
+    );
+    assert!(refusal(&snap.nodes[0], &request(1)).is_some());
+}

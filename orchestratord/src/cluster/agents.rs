@@ -13,7 +13,7 @@ use flotilla_api::{
 use super::command::{Agent, CloseCode, ClusterError, Effect, Reply, SessionId};
 use super::ctx::Ctx;
 use super::network;
-use super::records::{NodeRecord, TokenRecord};
+use super::records::{Capacity, NodeRecord, TokenRecord};
 use super::schedules;
 
 /// Seconds after a push without an acknowledgement before a heartbeat sends it again.
@@ -182,6 +182,7 @@ fn join(cx: &mut Ctx<'_, '_>, req: JoinRequest, peer: &str) -> JoinReply {
         draining: returning.as_ref().is_some_and(|n| n.draining),
         bridge_subnet: returning.as_ref().and_then(|n| n.bridge_subnet),
         address: returning.as_ref().and_then(|n| n.address),
+        capacity: returning.as_ref().and_then(|n| n.capacity),
     };
     let hostname = node.hostname.clone();
     cx.txn.put_token(token.clone());
@@ -292,6 +293,16 @@ fn heartbeat(
         .filter(|u| cx.txn.task(&u.id).is_some_and(|t| t.node() == Some(node)))
         .map(|u| (u.id, u.containers))
         .collect();
+    // Its room is kept with the node: placement needs it also right after a restart.
+    let capacity = Capacity {
+        cpus: resources.cpus,
+        memory_mib: resources.memory_bytes >> 20,
+    };
+    if let Some(n) = cx.txn.node(node).filter(|n| n.capacity != Some(capacity)) {
+        let mut n = n.clone();
+        n.capacity = Some(capacity);
+        cx.txn.put_node(n);
+    }
     cx.live.touch(node, cx.now, |l| {
         l.resources = Some(resources);
         l.usage = mine;

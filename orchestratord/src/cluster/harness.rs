@@ -221,6 +221,21 @@ impl Harness {
 
     /// The node's fake agent says hello and sends its resources.
     pub fn connect(&mut self, node: &str, memory_mib: u64, cpus: u32) {
+        self.hello(node);
+        self.exec(Command::Agent(Agent::Heartbeat {
+            node: node.into(),
+            resources: NodeResources {
+                cpus,
+                memory_bytes: memory_mib << 20,
+                ..NodeResources::default()
+            },
+            usage: Vec::new(),
+        }))
+        .expect("heartbeat");
+    }
+
+    /// The node's fake agent says hello (and nothing more yet).
+    pub fn hello(&mut self, node: &str) {
         self.sessions += 1;
         let hello = Hello {
             protocols: PROTOCOLS.to_vec(),
@@ -243,16 +258,6 @@ impl Harness {
             "{reply:?}"
         );
         self.connected.insert(node.to_string());
-        self.exec(Command::Agent(Agent::Heartbeat {
-            node: node.into(),
-            resources: NodeResources {
-                cpus,
-                memory_bytes: memory_mib << 20,
-                ..NodeResources::default()
-            },
-            usage: Vec::new(),
-        }))
-        .expect("heartbeat");
     }
 
     /// The node's session ends.

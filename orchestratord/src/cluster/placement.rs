@@ -78,9 +78,9 @@ fn view(txn: &Txn<'_>, live: &Live, n: &NodeRecord, group: Option<&str>) -> Node
     let mut v = NodeView {
         id: n.id.clone(),
         attributes: n.labels.clone(),
-        capacity: live.resources(&n.id).map(|r| Resources {
-            memory_mib: r.memory_bytes >> 20,
-            cpu_units: u64::from(r.cpus) * 1024,
+        capacity: n.capacity.map(|c| Resources {
+            memory_mib: c.memory_mib,
+            cpu_units: u64::from(c.cpus) * 1024,
         }),
         used: Resources::default(),
         ports: Default::default(),

@@ -82,6 +82,19 @@ pub struct NodeRecord {
     /// Its address in the cluster (where its host ports are reached), as it last said.
     #[serde(default)]
     pub address: Option<std::net::Ipv4Addr>,
+    /// What it has for tasks, as it last reported (kept, so placement checks room also right
+    /// after a restart of the control plane; written only when it changes).
+    #[serde(default)]
+    pub capacity: Option<Capacity>,
+}
+
+/// A node's room for tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    /// CPUs the agent may use.
+    pub cpus: u32,
+    /// Memory, MiB.
+    pub memory_mib: u64,
 }
 
 impl Record for NodeRecord {

@@ -477,6 +477,7 @@ mod tests {
             draining: false,
             bridge_subnet: None,
             address: None,
+            capacity: None,
         }
     }
 

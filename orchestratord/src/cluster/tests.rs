@@ -489,11 +489,30 @@ fn every_command_is_one_commit() {
         .expect("ping");
     h.exec(Command::Agent(Agent::Heartbeat {
         node: a.clone(),
-        resources: Default::default(),
+        resources: flotilla_api::NodeResources {
+            cpus: 8,
+            memory_bytes: 4096 << 20,
+            memory_available_bytes: 1234,
+            ..Default::default()
+        },
         usage: Vec::new(),
     }))
     .expect("heartbeat");
     assert_eq!(h.commit_count(), before);
+    // A node whose room changed keeps it: one commit.
+    one(
+        &mut h,
+        "a heartbeat with more memory",
+        Command::Agent(Agent::Heartbeat {
+            node: a.clone(),
+            resources: flotilla_api::NodeResources {
+                cpus: 8,
+                memory_bytes: 8192 << 20,
+                ..Default::default()
+            },
+            usage: Vec::new(),
+        }),
+    );
 }
 
 #[test]
@@ -921,4 +940,17 @@ fn join_tokens_are_spent_once_expire_and_are_stored_hashed() {
     h.join(&[], 1024, 1);
     let raw = std::fs::read(h.store_path()).expect("read");
     assert!(!raw.windows(secret.len()).any(|w| w == secret.as_bytes()));
+}
+
+#[test]
+fn a_nodes_room_is_checked_also_right_after_a_restart() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 1000, 2);
+    h.register(&def("big", "big", 400));
+    h.op(run("big", 2)).expect("two fit");
+    h.restart(1000);
+    // Back in session, before its first heartbeat: its room is known from the store.
+    h.hello(&a);
+    let e = h.op(run("big", 1)).expect_err("full");
+    assert!(e.to_string().contains("lacked memory"), "{e}");
 }

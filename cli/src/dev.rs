@@ -386,7 +386,7 @@ async fn start(
             .expect(
                 Method::POST,
                 "/v1/tokens",
-                Some(json!({"ttl_secs": 600, "uses": 1, "labels": {"dev": "true"}})),
+                Some(json!({"ttlSecs": 600, "uses": 1, "labels": {"dev": "true"}})),
             )
             .await?;
         let out = Command::new(&nodeagent)

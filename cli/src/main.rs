@@ -528,21 +528,25 @@ async fn service(api: &Api, cmd: ServiceCommand, json: bool) -> Result<()> {
         ServiceCommand::Ls => {
             let list: Vec<ServiceInfo> = api.expect(Method::GET, "/v1/services", None).await?;
             print(json, &list, || {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|s| {
-                        let primary = s.deployments.iter().find(|d| d.status == flotilla_api::service::DeploymentStatus::Primary);
-                        vec![
-                            s.spec.service_name.clone(),
-                            format!("{:?}", s.spec.scheduling_strategy).to_uppercase(),
-                            s.spec.task_definition.clone(),
-                            s.spec.desired_count.to_string(),
-                            s.running_count.to_string(),
-                            s.pending_count.to_string(),
-                            primary.map(|d| d.rollout_state.to_string()).unwrap_or_default(),
-                        ]
-                    })
-                    .collect();
+                let rows: Vec<Vec<String>> =
+                    list.iter()
+                        .map(|s| {
+                            let primary = s.deployments.iter().find(|d| {
+                                d.status == flotilla_api::service::DeploymentStatus::Primary
+                            });
+                            vec![
+                                s.spec.service_name.clone(),
+                                format!("{:?}", s.spec.scheduling_strategy).to_uppercase(),
+                                s.spec.task_definition.clone(),
+                                s.spec.desired_count.to_string(),
+                                s.running_count.to_string(),
+                                s.pending_count.to_string(),
+                                primary
+                                    .map(|d| d.rollout_state.to_string())
+                                    .unwrap_or_default(),
+                            ]
+                        })
+                        .collect();
                 table(
                     &[
                         "NAME",

@@ -59,10 +59,10 @@ fn fixed_port(d: &Discovery, def: &TaskDefinition) -> Option<u16> {
 /// True when every container of a running task that has a health check passes it.
 fn healthy(t: &TaskRecord) -> bool {
     t.info.state == TaskState::Running
-        && t.info
-            .containers
-            .iter()
-            .all(|c| c.health.is_none_or(|h| h == flotilla_api::tasks::HealthStatus::Healthy))
+        && t.info.containers.iter().all(|c| {
+            c.health
+                .is_none_or(|h| h == flotilla_api::tasks::HealthStatus::Healthy)
+        })
 }
 
 /// Where task `t` (of a service with discovery `d`) is reached, if it is.

@@ -72,15 +72,15 @@ fn a_node_joins_connects_and_its_key_stays_on_it() {
     let id = nodes[0]["id"].as_str().expect("id");
     assert!(agent.log().contains(id));
     assert_eq!(nodes[0]["state"], "READY");
-    assert_eq!(nodes[0]["agent_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(nodes[0]["agentVersion"], env!("CARGO_PKG_VERSION"));
     let r = &nodes[0]["resources"];
     assert!(r["cpus"].as_u64().unwrap_or(0) >= 1, "{r}");
     let (total, free) = (
-        r["memory_bytes"].as_u64().unwrap_or(0),
-        r["memory_available_bytes"].as_u64().unwrap_or(u64::MAX),
+        r["memoryBytes"].as_u64().unwrap_or(0),
+        r["memoryAvailableBytes"].as_u64().unwrap_or(u64::MAX),
     );
     assert!(total > 0 && free <= total, "{r}");
-    assert!(r["disk_bytes"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert!(r["diskBytes"].as_u64().unwrap_or(0) > 0, "{r}");
     // A node that dies without a word is seen as gone within the idle timeout.
     let t = std::time::Instant::now();
     agent.kill();

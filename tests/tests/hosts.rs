@@ -183,7 +183,7 @@ fn three_hosts_spread_tasks_and_ride_out_a_crash_and_a_cut_link() {
     });
     for t in tasks(&cp) {
         assert_eq!(t["stopReason"], "stopped by an operator", "{t}");
-        assert_eq!(t["containers"][0]["exit_code"], 3, "{t}");
+        assert_eq!(t["containers"][0]["exitCode"], 3, "{t}");
     }
     for n in &nodes {
         n.wait_for("containers removed", Duration::from_secs(20), || {

@@ -63,7 +63,7 @@ fn label_drain_activate_and_remove_a_node() {
     });
     let t = inspect(&cp, "task", &task);
     assert_eq!(t["stopReason"], "node drained", "{t}");
-    assert_eq!(t["containers"][0]["exit_code"], 3, "{t}");
+    assert_eq!(t["containers"][0]["exitCode"], 3, "{t}");
     let refused = cp.flotilla(&["task", "run", "serve"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("draining"));
@@ -84,7 +84,7 @@ fn label_drain_activate_and_remove_a_node() {
 
     // Placement needs room: a task that needs 40 % of the node's memory fits twice, not three
     // times, and nothing is created when not all fit.
-    let memory_mib = inspect(&cp, "node", &id)["resources"]["memory_bytes"]
+    let memory_mib = inspect(&cp, "node", &id)["resources"]["memoryBytes"]
         .as_u64()
         .expect("memory reported")
         >> 20;

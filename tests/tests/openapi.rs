@@ -125,7 +125,7 @@ fn every_documented_operation_answers_as_documented() {
         "POST",
         "/v1/tokens",
         "/v1/tokens",
-        Some(r#"{"ttl_secs":0}"#),
+        Some(r#"{"ttlSecs":0}"#),
         400,
     );
     api.ok("GET", "/v1/tokens", "/v1/tokens", None, 200);
@@ -431,9 +431,9 @@ fn every_documented_operation_answers_as_documented() {
 
     // Operators.
     let key = flotilla_certs::key_and_csr("ops").expect("csr");
-    let issue = json!({"name": "ops", "csr_pem": key.cert_pem}).to_string();
+    let issue = json!({"name": "ops", "csrPem": key.cert_pem}).to_string();
     api.ok("POST", "/v1/admins", "/v1/admins", Some(&issue), 201);
-    let bad = json!({"name": "ops", "csr_pem": "not a CSR"}).to_string();
+    let bad = json!({"name": "ops", "csrPem": "not a CSR"}).to_string();
     api.ok("POST", "/v1/admins", "/v1/admins", Some(&bad), 400);
 
     // Deregistering.

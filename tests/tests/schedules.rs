@@ -115,7 +115,7 @@ fn a_pinned_schedule_fires_on_its_disconnected_node_and_reports_later() {
     });
     let t: Value = serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
     assert_eq!(t["startedBy"], "schedule:local", "{t}");
-    assert_eq!(t["containers"][0]["exit_code"], 0, "{t}");
+    assert_eq!(t["containers"][0]["exitCode"], 0, "{t}");
     let s: Value =
         serde_json::from_str(&cp.flotilla_ok(&["schedule", "inspect", "local"])).expect("json");
     assert!(

@@ -90,7 +90,7 @@ fn tasks_run_report_and_survive_a_control_plane_crash() {
             let t: serde_json::Value =
                 serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &first])).expect("json");
             let u = &t["containers"][0]["usage"];
-            u["memory_bytes"]
+            u["memoryBytes"]
                 .as_u64()
                 .is_some_and(|m| m > 0 && m <= 32 << 20)
                 && u["pids"].as_u64().is_some_and(|p| p >= 1)
@@ -130,7 +130,7 @@ fn tasks_run_report_and_survive_a_control_plane_crash() {
     let t: serde_json::Value =
         serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &first])).expect("json");
     assert_eq!(t["stopReason"], "stopped by an operator");
-    assert_eq!(t["containers"][0]["exit_code"], 3, "{t}");
+    assert_eq!(t["containers"][0]["exitCode"], 3, "{t}");
     node.wait_for(
         "the stopped task's container to be removed",
         Duration::from_secs(10),
@@ -158,7 +158,7 @@ fn tasks_run_report_and_survive_a_control_plane_crash() {
         .find(|c| c["name"] == "main")
         .expect("main")
         .clone();
-    assert_eq!(main["exit_code"], 7);
+    assert_eq!(main["exitCode"], 7);
     agent.kill();
     node.remove_all();
     node.assert_clean();

@@ -235,6 +235,21 @@ pub struct TaskRun {
     pub placement_strategy: Vec<PlacementStrategySpec>,
 }
 
+impl TaskRun {
+    /// One task of `task_definition` (`FAMILY` or `FAMILY:REVISION`), placed by the control
+    /// plane, with nothing added.
+    pub fn new(task_definition: impl Into<String>) -> Self {
+        Self {
+            task_definition: task_definition.into(),
+            node: None,
+            count: 1,
+            env: Vec::new(),
+            placement_constraints: Vec::new(),
+            placement_strategy: Vec::new(),
+        }
+    }
+}
+
 /// ECS `placementConstraints[]` of RunTask / CreateService.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -448,12 +448,8 @@ async fn start(
         None => {
             let placed = api
                 .run_task(&TaskRun {
-                    task_definition: "demo".into(),
                     node: Some(node_id.clone()),
-                    count: 1,
-                    env: Vec::new(),
-                    placement_constraints: Vec::new(),
-                    placement_strategy: Vec::new(),
+                    ..TaskRun::new("demo")
                 })
                 .await?;
             placed

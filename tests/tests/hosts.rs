@@ -135,7 +135,7 @@ fn three_hosts_spread_tasks_and_ride_out_a_crash_and_a_cut_link() {
     let task_of_victim = victim.rsplit_once('-').expect("task-index").0.to_string();
     wait("the restart reported", Duration::from_secs(20), || {
         let t = cp.task(&task_of_victim);
-        t.state == TaskState::Running && t.containers[0].restarts == 1
+        t.state == TaskState::Running && t.containers.first().is_some_and(|c| c.restarts == 1)
     });
     let all = cp.tasks();
     assert_eq!(all.len(), 6);
@@ -157,7 +157,11 @@ fn three_hosts_spread_tasks_and_ride_out_a_crash_and_a_cut_link() {
             Some("stopped by an operator"),
             "{t:?}"
         );
-        assert_eq!(t.containers[0].exit_code, Some(3), "{t:?}");
+        assert_eq!(
+            t.containers.first().and_then(|c| c.exit_code),
+            Some(3),
+            "{t:?}"
+        );
     }
     for n in &nodes {
         n.wait_for("containers removed", Duration::from_secs(20), || {

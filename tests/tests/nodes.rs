@@ -61,7 +61,11 @@ fn label_drain_activate_and_remove_a_node() {
     });
     let t = cp.task(&task);
     assert_eq!(t.stop_reason.as_deref(), Some("node drained"), "{t:?}");
-    assert_eq!(t.containers[0].exit_code, Some(3), "{t:?}");
+    assert_eq!(
+        t.containers.first().and_then(|c| c.exit_code),
+        Some(3),
+        "{t:?}"
+    );
     let refused = cp.flotilla(&["task", "run", "serve"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("draining"));

@@ -169,7 +169,10 @@ fn a_failing_deployment_is_stopped_and_rolled_back_without_dropping_below_the_mi
               "deploymentCircuitBreaker": {"enable": true, "rollback": true}}}),
     );
     wait("web to run", Duration::from_secs(30), || {
-        cp.service("web").deployments[0].rollout_state == RolloutState::Completed
+        cp.service("web")
+            .deployments
+            .first()
+            .is_some_and(|d| d.rollout_state == RolloutState::Completed)
     });
 
     cp.flotilla_ok(&["service", "update", "web", "--taskdef", "serve:2"]);

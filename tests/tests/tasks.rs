@@ -87,9 +87,10 @@ fn tasks_run_report_and_survive_a_control_plane_crash() {
         "usage of the running container",
         Duration::from_secs(15),
         || {
-            cp.task(&first).containers[0]
-                .usage
-                .as_ref()
+            cp.task(&first)
+                .containers
+                .first()
+                .and_then(|c| c.usage.as_ref())
                 .is_some_and(|u| u.memory_bytes > 0 && u.memory_bytes <= 32 << 20 && u.pids >= 1)
         },
     );
@@ -120,7 +121,11 @@ fn tasks_run_report_and_survive_a_control_plane_crash() {
     });
     let t = cp.task(&first);
     assert_eq!(t.stop_reason.as_deref(), Some("stopped by an operator"));
-    assert_eq!(t.containers[0].exit_code, Some(3), "{t:?}");
+    assert_eq!(
+        t.containers.first().and_then(|c| c.exit_code),
+        Some(3),
+        "{t:?}"
+    );
     node.wait_for(
         "the stopped task's container to be removed",
         Duration::from_secs(10),
@@ -461,7 +466,10 @@ fn health_checks_gate_healthy_dependencies_and_are_reported() {
     let mut saw_waiting = false;
     wait("app to run", Duration::from_secs(30), || {
         let t = cp.task(&id);
-        let (db, app) = (&t.containers[0], &t.containers[1]);
+        // Nothing reported yet: no containers.
+        let (Some(db), Some(app)) = (t.containers.first(), t.containers.get(1)) else {
+            return false;
+        };
         if db.health == Some(HealthStatus::Starting) && app.state == ContainerState::Pending {
             saw_waiting = true;
         }
@@ -481,7 +489,7 @@ fn health_checks_gate_healthy_dependencies_and_are_reported() {
     // db stops passing its check: after 2 failures it is reported unhealthy.
     node.ctr_ok(&["exec", &format!("{id}-0"), "sh", "-c", "rm /tmp/ready"]);
     wait("db to turn unhealthy", Duration::from_secs(30), || {
-        cp.task(&id).containers[0].health == Some(HealthStatus::Unhealthy)
+        cp.task(&id).containers.first().and_then(|c| c.health) == Some(HealthStatus::Unhealthy)
     });
     cp.flotilla_ok(&["task", "stop", &id]);
     wait("the task to stop", Duration::from_secs(20), || {
@@ -531,8 +539,8 @@ fn http_and_tcp_checks_probe_from_inside_the_container() {
         Duration::from_secs(30),
         || {
             let t = cp.task(&id);
-            t.containers[0].health == Some(HealthStatus::Healthy)
-                && t.containers[1].health == Some(HealthStatus::Unhealthy)
+            let health: Vec<_> = t.containers.iter().map(|c| c.health).collect();
+            health == [Some(HealthStatus::Healthy), Some(HealthStatus::Unhealthy)]
         },
     );
     cp.flotilla_ok(&["task", "stop", &id]);
@@ -693,8 +701,10 @@ fn every_command_prints_its_answer_as_json_and_yaml() {
         "the service's deployment to complete",
         Duration::from_secs(30),
         || {
-            cp.service("web").deployments[0].rollout_state
-                == flotilla_api::service::RolloutState::Completed
+            cp.service("web")
+                .deployments
+                .first()
+                .is_some_and(|d| d.rollout_state == flotilla_api::service::RolloutState::Completed)
         },
     );
     let (json, yaml): (Vec<ServiceInfo>, Vec<ServiceInfo>) = both(&cp, &["service", "ls"]);

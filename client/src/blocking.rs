@@ -48,8 +48,7 @@ impl Client {
     /// The client of `cred`, dialling `addr`.
     pub fn at(cred: &Credential, addr: SocketAddr) -> Result<Self, ClientError> {
         let rt = runtime()?;
-        // The connection pool belongs to the runtime it is first used on: build it there.
-        let inner = rt.block_on(async { crate::Client::at(cred, addr) })?;
+        let inner = crate::Client::at(cred, addr)?;
         Ok(Self {
             inner,
             rt: Some(rt),

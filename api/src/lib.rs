@@ -168,20 +168,27 @@ pub enum AgentRequest {
     },
 }
 
-/// A node's capacity and load.
+/// A node's capacity and load (sent in heartbeats, shown in `NodeInfo`). camelCase on the
+/// wire; the previous release's snake_case names are still read, so its agents keep reporting.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeResources {
     /// CPUs the agent may use.
     pub cpus: u32,
     /// Memory, bytes.
+    #[serde(alias = "memory_bytes")]
     pub memory_bytes: u64,
     /// Memory available, bytes.
+    #[serde(alias = "memory_available_bytes")]
     pub memory_available_bytes: u64,
     /// Disk of the data directory, bytes.
+    #[serde(alias = "disk_bytes")]
     pub disk_bytes: u64,
     /// Disk available, bytes.
+    #[serde(alias = "disk_available_bytes")]
     pub disk_available_bytes: u64,
     /// One-minute load average, in thousandths.
+    #[serde(alias = "load1_milli")]
     pub load1_milli: u64,
 }
 
@@ -236,8 +243,9 @@ pub struct LogRequest {
     pub tail: Option<u32>,
 }
 
-/// One log record of a container.
+/// One log record of a container, as a node sends it and `GET /v1/tasks/{id}/logs` streams it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct LogLine {
     /// Container name in the task definition.
     pub container: String,
@@ -390,6 +398,138 @@ mod tests {
     fn server_addresses() {
         assert_eq!(with_default_port("cp.example"), "cp.example:7443");
         assert_eq!(with_default_port("10.0.0.1:9000"), "10.0.0.1:9000");
+    }
+
+    #[test]
+    fn an_agent_of_the_previous_release_still_reports() {
+        // Its report and heartbeat as it sends them: snake_case inside the shapes the operator
+        // API now shows in camelCase.
+        let report = r#"{"request": "report", "tasks": [{"id": "t-1", "state": "STOPPED",
+            "stop_reason": "an essential container exited", "stop_code": "EssentialContainerExited",
+            "containers": [{"name": "main", "state": "exited", "exit_code": 3, "restarts": 2}]}]}"#;
+        let AgentRequest::Report { tasks } = serde_json::from_str(report).expect("old report")
+        else {
+            panic!("not a report")
+        };
+        let c = &tasks[0].containers[0];
+        assert_eq!((c.exit_code, c.restarts), (Some(3), 2));
+        assert_eq!(
+            tasks[0].stop_code,
+            Some(tasks::StopCode::EssentialContainerExited)
+        );
+        let heartbeat = r#"{"request": "heartbeat",
+            "resources": {"cpus": 4, "memory_bytes": 8, "memory_available_bytes": 6,
+                          "disk_bytes": 100, "disk_available_bytes": 50, "load1_milli": 250},
+            "usage": [{"id": "t-1", "containers": {"main": {"cpu_usec": 7, "memory_bytes": 9, "pids": 1}}}]}"#;
+        let AgentRequest::Heartbeat { resources, usage } =
+            serde_json::from_str(heartbeat).expect("old heartbeat")
+        else {
+            panic!("not a heartbeat")
+        };
+        assert_eq!(
+            resources,
+            NodeResources {
+                cpus: 4,
+                memory_bytes: 8,
+                memory_available_bytes: 6,
+                disk_bytes: 100,
+                disk_available_bytes: 50,
+                load1_milli: 250,
+            }
+        );
+        let u = &usage[0].containers["main"];
+        assert_eq!((u.cpu_usec, u.memory_bytes, u.pids), (7, 9, 1));
+    }
+
+    /// Every key of `v` (not the user's: labels), recursively.
+    fn keys(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    out.push(k.clone());
+                    if k != "labels" {
+                        keys(v, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| keys(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn the_operator_api_speaks_camel_case() {
+        use ops::*;
+        let resources = NodeResources {
+            cpus: 1,
+            ..Default::default()
+        };
+        let labels: Labels = [("site_code".to_string(), "a".to_string())].into();
+        let token = TokenInfo {
+            id: "k".into(),
+            created_at: 1,
+            expires_at: 2,
+            uses: 1,
+            used: 0,
+            labels: labels.clone(),
+        };
+        let container = tasks::ContainerStatus {
+            name: "main".into(),
+            state: tasks::ContainerState::Exited,
+            exit_code: Some(1),
+            reason: None,
+            restarts: 1,
+            health: None,
+            usage: Some(tasks::ContainerUsage {
+                cpu_usec: 1,
+                memory_bytes: 2,
+                pids: 3,
+            }),
+        };
+        let bodies = [
+            serde_json::to_value(TokenCreate {
+                ttl_secs: Some(60),
+                uses: Some(1),
+                labels: labels.clone(),
+            }),
+            serde_json::to_value(TokenCreated {
+                token: "FLT1-…".into(),
+                info: token,
+            }),
+            serde_json::to_value(NodeInfo {
+                id: "n-1".into(),
+                hostname: "h".into(),
+                labels,
+                joined_at: 1,
+                token_id: "k".into(),
+                cert_not_after: 2,
+                revoked: false,
+                connected: true,
+                draining: false,
+                state: NodeState::Ready,
+                agent_version: Some("0.1.0".into()),
+                last_seen: Some(3),
+                resources: Some(resources),
+            }),
+            serde_json::to_value(AdminIssue {
+                name: "ops".into(),
+                csr_pem: "…".into(),
+            }),
+            serde_json::to_value(AdminCredential {
+                cert_pem: "…".into(),
+                ca_pem: "…".into(),
+            }),
+            serde_json::to_value(container),
+        ];
+        let mut all = Vec::new();
+        for b in bodies {
+            keys(&b.expect("serializes"), &mut all);
+        }
+        let snake: Vec<&String> = all.iter().filter(|k| k.contains('_')).collect();
+        assert!(snake.is_empty(), "snake_case keys: {snake:?}");
+        assert!(all.iter().any(|k| k == "ttlSecs") && all.iter().any(|k| k == "exitCode"));
+        // An older client's field is refused, not silently dropped.
+        assert!(serde_json::from_str::<TokenCreate>(r#"{"ttl_secs": 60}"#).is_err());
     }
 
     #[test]

@@ -4,9 +4,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::Labels;
 
-/// `POST /v1/tokens`.
+/// `POST /v1/tokens`. Unknown fields are refused (a client of an older release sending
+/// `ttl_secs` is told so rather than given the default lifetime).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenCreate {
     /// Lifetime in seconds (default one hour).
     pub ttl_secs: Option<u64>,
@@ -18,6 +19,7 @@ pub struct TokenCreate {
 
 /// A created token: the only time its secret is shown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TokenCreated {
     /// The full token to give `nodeagent join`.
     pub token: String,
@@ -28,6 +30,7 @@ pub struct TokenCreated {
 
 /// A token as listed (no secret).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TokenInfo {
     /// Public id.
     pub id: String,
@@ -45,6 +48,7 @@ pub struct TokenInfo {
 
 /// A node as listed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct NodeInfo {
     /// Node id.
     pub id: String,
@@ -112,6 +116,7 @@ impl std::fmt::Display for NodeState {
 
 /// Something that happened in the cluster, as `GET /v1/events` lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Event {
     /// Sequence number, increasing.
     pub seq: u64,
@@ -127,7 +132,7 @@ pub struct Event {
 
 /// `PUT /v1/nodes/{id}/labels`: labels set (added or replaced), then labels removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeLabels {
     /// Labels to add or replace.
     #[serde(default)]
@@ -139,6 +144,7 @@ pub struct NodeLabels {
 
 /// `POST /v1/admins`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AdminIssue {
     /// The operator's name.
     pub name: String,
@@ -148,6 +154,7 @@ pub struct AdminIssue {
 
 /// An admin certificate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AdminCredential {
     /// Client certificate (PEM).
     pub cert_pem: String,
@@ -157,6 +164,7 @@ pub struct AdminCredential {
 
 /// Error body of every failed request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ApiError {
     /// What went wrong.
     pub error: String,
@@ -225,6 +233,21 @@ pub struct TaskRun {
     /// Strategies, in order (ECS `placementStrategy`); default: spread over `instanceId`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub placement_strategy: Vec<PlacementStrategySpec>,
+}
+
+impl TaskRun {
+    /// One task of `task_definition` (`FAMILY` or `FAMILY:REVISION`), placed by the control
+    /// plane, with nothing added.
+    pub fn new(task_definition: impl Into<String>) -> Self {
+        Self {
+            task_definition: task_definition.into(),
+            node: None,
+            count: 1,
+            env: Vec::new(),
+            placement_constraints: Vec::new(),
+            placement_strategy: Vec::new(),
+        }
+    }
 }
 
 /// ECS `placementConstraints[]` of RunTask / CreateService.

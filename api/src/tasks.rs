@@ -316,15 +316,17 @@ impl std::fmt::Display for StopCode {
     }
 }
 
-/// A container as a node reports it.
+/// A container as a node reports it (and as `TaskInfo` shows it). camelCase on the wire; the
+/// snake_case names of the previous release are still read, so its agents report correctly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ContainerStatus {
     /// Name in the task definition.
     pub name: String,
     /// Where it is.
     pub state: ContainerState,
     /// Exit code once exited.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", alias = "exit_code")]
     pub exit_code: Option<i32>,
     /// Why it stopped (e.g. `OOM killed`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -345,12 +347,16 @@ fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
-/// What a running container uses, as its node last measured it.
+/// What a running container uses, as its node last measured it (sent in heartbeats, shown in
+/// `TaskInfo`). camelCase on the wire; the previous release's snake_case names are still read.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ContainerUsage {
     /// CPU time used since it started, microseconds.
+    #[serde(alias = "cpu_usec")]
     pub cpu_usec: u64,
     /// Memory in use, bytes.
+    #[serde(alias = "memory_bytes")]
     pub memory_bytes: u64,
     /// Processes and threads.
     pub pids: u64,

@@ -10,12 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use flotilla_api::ops::{NodeInfo, TaskInfo, TokenCreated};
+use flotilla_api::ops::{TaskRun, TokenCreate};
 use flotilla_certs::credential::Credential;
-use reqwest::Method;
-use serde_json::json;
-
-use crate::Api;
+use flotilla_client::Client;
 
 /// Name of the demo image in the node's store.
 const DEMO_IMAGE: &str = "demo/busybox:latest";
@@ -240,7 +237,7 @@ impl Interrupt {
 struct Running {
     cp: Option<Daemon>,
     agent: Option<Daemon>,
-    api: Option<Api>,
+    api: Option<Client>,
     node_id: Option<String>,
 }
 
@@ -369,10 +366,8 @@ async fn start(
         interrupt,
         up,
         async || {
-            let api = Api::open(&admin).await.ok()?;
-            api.call::<serde_json::Value>(Method::GET, "/v1/tokens", None)
-                .await
-                .ok()?;
+            let api = Client::open(&admin).await.ok()?;
+            api.tokens().await.ok()?;
             Some(api)
         },
     )
@@ -382,12 +377,12 @@ async fn start(
     // The node: enrolled once with a token, like any node.
     let identity = node_dir.join("identity");
     if !identity.join("credential.json").exists() {
-        let t: TokenCreated = api
-            .expect(
-                Method::POST,
-                "/v1/tokens",
-                Some(json!({"ttl_secs": 600, "uses": 1, "labels": {"dev": "true"}})),
-            )
+        let t = api
+            .create_token(&TokenCreate {
+                ttl_secs: Some(600),
+                uses: Some(1),
+                labels: [("dev".to_string(), "true".to_string())].into(),
+            })
             .await?;
         let out = Command::new(&nodeagent)
             .arg("--data-dir")
@@ -424,17 +419,12 @@ async fn start(
         }
     }
     interrupt.check()?;
-    let have_def = api
-        .call::<serde_json::Value>(Method::GET, "/v1/taskdefs/demo", None)
-        .await
-        .is_ok();
-    if !have_def {
-        api.call_raw::<serde_json::Value>(
-            Method::POST,
-            "/v1/taskdefs",
-            Some(DEMO_TASKDEF.as_bytes().to_vec()),
-        )
-        .await?;
+    match api.taskdef("demo").await {
+        Ok(_) => {}
+        Err(e) if e.status() == Some(404) => {
+            api.register_taskdef(DEMO_TASKDEF.as_bytes()).await?;
+        }
+        Err(e) => return Err(e.into()),
     }
     wait_for(
         "the node to connect",
@@ -442,15 +432,12 @@ async fn start(
         interrupt,
         up,
         async || {
-            let n: NodeInfo = api
-                .expect(Method::GET, &format!("/v1/nodes/{node_id}"), None)
-                .await
-                .ok()?;
+            let n = api.node(&node_id).await.ok()?;
             (n.state == flotilla_api::ops::NodeState::Ready).then_some(())
         },
     )
     .await?;
-    let tasks: Vec<TaskInfo> = api.expect(Method::GET, "/v1/tasks", None).await?;
+    let tasks = api.tasks().await?;
     let demo = match tasks.iter().find(|t| {
         t.task_definition.starts_with("demo:")
             && t.node.as_deref() == Some(node_id.as_str())
@@ -459,12 +446,11 @@ async fn start(
     }) {
         Some(t) => t.id.clone(),
         None => {
-            let placed: Vec<TaskInfo> = api
-                .expect(
-                    Method::POST,
-                    "/v1/tasks",
-                    Some(json!({"taskDefinition": "demo", "node": node_id})),
-                )
+            let placed = api
+                .run_task(&TaskRun {
+                    node: Some(node_id.clone()),
+                    ..TaskRun::new("demo")
+                })
                 .await?;
             placed
                 .first()
@@ -478,10 +464,7 @@ async fn start(
         interrupt,
         up,
         async || {
-            let t: TaskInfo = api
-                .expect(Method::GET, &format!("/v1/tasks/{demo}"), None)
-                .await
-                .ok()?;
+            let t = api.task(&demo).await.ok()?;
             (t.state == flotilla_api::tasks::TaskState::Running).then_some(())
         },
     )
@@ -510,18 +493,23 @@ async fn start(
 }
 
 /// Stops every live task of the node and waits until its containers are gone.
-async fn stop_tasks(api: &Api, node_id: &str, node_cmd: &dyn Fn(&[&str]) -> Command) -> Result<()> {
-    let tasks: Vec<TaskInfo> = api.expect(Method::GET, "/v1/tasks", None).await?;
+async fn stop_tasks(
+    api: &Client,
+    node_id: &str,
+    node_cmd: &dyn Fn(&[&str]) -> Command,
+) -> Result<()> {
+    let tasks = api.tasks().await?;
     for t in tasks.iter().filter(|t| {
         t.node.as_deref() == Some(node_id) && t.state != flotilla_api::tasks::TaskState::Stopped
     }) {
-        api.call::<serde_json::Value>(Method::POST, &format!("/v1/tasks/{}/stop", t.id), None)
-            .await?;
+        api.stop_task(&t.id).await?;
     }
     let start = Instant::now();
     loop {
         let out = node_cmd(&["ctr", "ps", "-a", "-o", "json"]).output()?;
-        let left: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        // Counted only: what each container is does not matter here.
+        let left: Vec<serde::de::IgnoredAny> =
+            serde_json::from_slice(&out.stdout).unwrap_or_default();
         if out.status.success() && left.is_empty() {
             return Ok(());
         }

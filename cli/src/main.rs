@@ -1,6 +1,8 @@
-//! `flotilla`: the operator CLI. It talks to the control plane's HTTPS API with an admin
-//! client certificate from `~/.config/flotilla/` (or `--config DIR`), as written by
-//! `orchestratord init` or `flotilla admin issue`.
+//! `flotilla`: the operator CLI. It talks to the control plane's HTTPS API through
+//! `flotilla-client`, with an admin client certificate from `~/.config/flotilla/` (or
+//! `--config DIR`), as written by `orchestratord init` or `flotilla admin issue`. Every command
+//! that prints data prints a table (or a line) by default, and the API's answer with `-o json`
+//! or `-o yaml`.
 
 #![forbid(unsafe_code)]
 
@@ -13,15 +15,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use flotilla_api::ops::{
-    AdminCredential, AdminIssue, ApiError, Event, NodeInfo, NodeLabels, PlacementConstraintSpec,
-    PlacementStrategySpec, TaskDefRegistered, TaskDefRevision, TaskInfo, TaskRun, TokenCreate,
-    TokenCreated, TokenInfo,
+    AdminIssue, NodeLabels, PlacementConstraintSpec, PlacementStrategySpec, TaskRun, TokenCreate,
 };
-use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
-use flotilla_api::service::{ServiceCreated, ServiceInfo, ServiceUpdate};
-use flotilla_api::{Labels, LogLine};
+use flotilla_api::schedule::ScheduleSpec;
+use flotilla_api::service::{ServiceInfo, ServiceUpdate};
+use flotilla_api::Labels;
 use flotilla_certs::credential::Credential;
-use flotilla_certs::{key_and_csr, CertifiedKey, SERVER_NAME};
+use flotilla_certs::{key_and_csr, CertifiedKey};
+use flotilla_client::{Client, LogQuery};
 
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version, about = "Flotilla operator CLI")]
@@ -29,17 +30,23 @@ struct Cli {
     /// Credential directory (server address, CA, admin certificate and key).
     #[arg(long, global = true, env = "FLOTILLA_CONFIG")]
     config: Option<PathBuf>,
-    /// Output format.
+    /// Output format: a table (or a line), or the API's answer as JSON or YAML (streams: one
+    /// JSON object per line, or YAML documents separated by `---`).
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
     #[command(subcommand)]
     command: Command,
 }
 
+/// How commands print what they got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Output {
+    /// Tables and lines for people (`inspect`: JSON).
     Table,
+    /// JSON.
     Json,
+    /// YAML.
+    Yaml,
 }
 
 #[derive(Debug, Subcommand)]
@@ -350,121 +357,12 @@ enum AdminCommand {
     },
 }
 
-#[derive(Clone)]
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    cred: Credential,
-}
-
 fn config_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     if let Some(d) = given {
         return Ok(d);
     }
     let home = std::env::var_os("HOME").context("HOME is not set; give --config")?;
     Ok(PathBuf::from(home).join(".config/flotilla"))
-}
-
-impl Api {
-    async fn open(dir: &Path) -> Result<Self> {
-        let cred = Credential::load(dir).with_context(|| {
-            format!(
-                "no admin credential in {} (see `orchestratord init`)",
-                dir.display()
-            )
-        })?;
-        let with_port = flotilla_api::with_default_port(&cred.server);
-        let addr = tokio::net::lookup_host(with_port.as_str())
-            .await
-            .with_context(|| format!("resolving {with_port}"))?
-            .next()
-            .with_context(|| format!("{with_port} resolves to no address"))?;
-        let tls = flotilla_certs::tls::client(&cred.ca_pem, &cred.identity, b"http/1.1")?;
-        // The server is known by its cluster name whatever address reaches it.
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .resolve(SERVER_NAME, addr)
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .context("building the HTTPS client")?;
-        Ok(Self {
-            http,
-            base: format!("https://{SERVER_NAME}:{}", addr.port()),
-            cred,
-        })
-    }
-
-    async fn call<T: serde::de::DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<Option<T>> {
-        let raw = body.map(|b| serde_json::to_vec(&b)).transpose()?;
-        self.call_raw(method, path, raw).await
-    }
-
-    /// A request whose answer must have a body.
-    async fn expect<T: serde::de::DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> Result<T> {
-        self.call(method.clone(), path, body)
-            .await?
-            .with_context(|| format!("{method} {path}: empty reply"))
-    }
-
-    /// A request with a body sent as given (JSON or YAML documents).
-    async fn call_raw<T: serde::de::DeserializeOwned>(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Option<T>> {
-        let mut req = self
-            .http
-            .request(method.clone(), format!("{}{path}", self.base));
-        if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("{method} {path} on {}", self.cred.server))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await?;
-        if !status.is_success() {
-            bail!("{} ({status})", api_error(&bytes));
-        }
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        Ok(Some(
-            serde_json::from_slice(&bytes).with_context(|| format!("reply to {method} {path}"))?,
-        ))
-    }
-}
-
-impl Api {
-    /// A GET whose answer is read as it comes (no overall time limit).
-    async fn stream(&self, path: &str) -> Result<reqwest::Response> {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .timeout(Duration::from_secs(100 * 365 * 86_400))
-            .send()
-            .await
-            .with_context(|| format!("GET {path} on {}", self.cred.server))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let bytes = resp.bytes().await.unwrap_or_default();
-            bail!("{} ({status})", api_error(&bytes));
-        }
-        Ok(resp)
-    }
 }
 
 /// Reads FILE, or standard input for `-`.
@@ -510,24 +408,21 @@ fn print_service(s: &ServiceInfo) {
     }
 }
 
-async fn service(api: &Api, cmd: ServiceCommand, json: bool) -> Result<()> {
-    use reqwest::Method;
+async fn service(api: &Client, cmd: ServiceCommand, output: Output) -> Result<()> {
     match cmd {
         ServiceCommand::Create { file } => {
-            let created: ServiceCreated = api
-                .call_raw(Method::POST, "/v1/services", Some(read_input(&file)?))
-                .await?
-                .context("empty reply")?;
-            print(json, &created, || {
-                for w in &created.warnings {
-                    eprintln!("warning: {w}");
-                }
-                print_service(&created.service);
-            })?;
+            let created = api
+                .create_service(&read_input(&file)?)
+                .await
+                .with_context(|| format!("creating the service of {}", file.display()))?;
+            for w in &created.warnings {
+                eprintln!("warning: {w}");
+            }
+            print(output, &created, || print_service(&created.service))?;
         }
         ServiceCommand::Ls => {
-            let list: Vec<ServiceInfo> = api.expect(Method::GET, "/v1/services", None).await?;
-            print(json, &list, || {
+            let list = api.services().await?;
+            print(output, &list, || {
                 let rows: Vec<Vec<String>> =
                     list.iter()
                         .map(|s| {
@@ -562,16 +457,11 @@ async fn service(api: &Api, cmd: ServiceCommand, json: bool) -> Result<()> {
             })?;
         }
         ServiceCommand::Inspect { name } => {
-            let s: ServiceInfo = api
-                .expect(Method::GET, &format!("/v1/services/{name}"), None)
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&s)?);
+            print_document(output, &api.service(&name).await?)?;
         }
         ServiceCommand::Endpoints { name } => {
-            let d: flotilla_api::discovery::DiscoveredService = api
-                .expect(Method::GET, &format!("/v1/services/{name}/endpoints"), None)
-                .await?;
-            print(json, &d, || {
+            let d = api.service_endpoints(&name).await?;
+            print(output, &d, || {
                 println!("name: {}", d.fqdn());
                 if let Some(v) = d.vip {
                     let port = d.port.map(|p| format!(":{p}")).unwrap_or_default();
@@ -604,35 +494,25 @@ async fn service(api: &Api, cmd: ServiceCommand, json: bool) -> Result<()> {
                 desired_count,
                 force_new_deployment,
             };
-            let s: ServiceInfo = api
-                .expect(
-                    Method::PUT,
-                    &format!("/v1/services/{name}"),
-                    Some(serde_json::to_value(update)?),
-                )
-                .await?;
-            print(json, &s, || print_service(&s))?;
+            let s = api.update_service(&name, &update).await?;
+            print(output, &s, || print_service(&s))?;
         }
         ServiceCommand::Scale { name, count } => {
             let update = ServiceUpdate {
                 desired_count: Some(count),
                 ..Default::default()
             };
-            let s: ServiceInfo = api
-                .expect(
-                    Method::PUT,
-                    &format!("/v1/services/{name}"),
-                    Some(serde_json::to_value(update)?),
-                )
-                .await?;
-            print(json, &s, || print_service(&s))?;
+            let s = api.update_service(&name, &update).await?;
+            print(output, &s, || print_service(&s))?;
         }
         ServiceCommand::Rm { names } => {
-            for n in names {
-                api.call::<serde_json::Value>(Method::DELETE, &format!("/v1/services/{n}"), None)
-                    .await?;
-                println!("{n}");
+            for n in &names {
+                api.remove_service(n).await?;
+                if output == Output::Table {
+                    println!("{n}");
+                }
             }
+            print(output, &names, || {})?;
         }
     }
     Ok(())
@@ -653,8 +533,7 @@ fn key_values(env: &[String]) -> Result<Vec<flotilla_api::taskdef::KeyValue>> {
         .collect()
 }
 
-async fn schedule(api: &Api, cmd: ScheduleCommand, json: bool) -> Result<()> {
-    use reqwest::Method;
+async fn schedule(api: &Client, cmd: ScheduleCommand, output: Output) -> Result<()> {
     match cmd {
         ScheduleCommand::Create {
             name,
@@ -674,14 +553,8 @@ async fn schedule(api: &Api, cmd: ScheduleCommand, json: bool) -> Result<()> {
                 overlap,
                 env: key_values(&env)?,
             };
-            let s: ScheduleInfo = api
-                .expect(
-                    Method::POST,
-                    "/v1/schedules",
-                    Some(serde_json::to_value(spec)?),
-                )
-                .await?;
-            print(json, &s, || {
+            let s = api.create_schedule(&spec).await?;
+            print(output, &s, || {
                 println!(
                     "{} {} at '{}' ({}){}",
                     s.spec.name,
@@ -697,8 +570,8 @@ async fn schedule(api: &Api, cmd: ScheduleCommand, json: bool) -> Result<()> {
             })?;
         }
         ScheduleCommand::Ls => {
-            let list: Vec<ScheduleInfo> = api.expect(Method::GET, "/v1/schedules", None).await?;
-            print(json, &list, || {
+            let list = api.schedules().await?;
+            print(output, &list, || {
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|s| {
@@ -728,87 +601,93 @@ async fn schedule(api: &Api, cmd: ScheduleCommand, json: bool) -> Result<()> {
             })?;
         }
         ScheduleCommand::Inspect { name } => {
-            let s: ScheduleInfo = api
-                .expect(Method::GET, &format!("/v1/schedules/{name}"), None)
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&s)?);
+            print_document(output, &api.schedule(&name).await?)?;
         }
         ScheduleCommand::Rm { names } => {
-            for n in names {
-                api.call::<serde_json::Value>(Method::DELETE, &format!("/v1/schedules/{n}"), None)
-                    .await?;
-                println!("{n}");
+            for n in &names {
+                api.remove_schedule(n).await?;
+                if output == Output::Table {
+                    println!("{n}");
+                }
             }
+            print(output, &names, || {})?;
         }
     }
     Ok(())
 }
 
-/// The message of an API error body.
-fn api_error(bytes: &[u8]) -> String {
-    match serde_json::from_slice::<ApiError>(bytes) {
-        Ok(e) if e.problems.is_empty() => e.error,
-        Ok(e) => format!("{}:\n  {}", e.error, e.problems.join("\n  ")),
-        Err(_) => String::from_utf8_lossy(bytes).into_owned(),
-    }
-}
-
-/// `flotilla logs`: newline-delimited [`LogLine`]s printed to stdout or stderr as they came
-/// from the container, prefixed by the container's name when the task has several.
+/// `flotilla logs`: each record printed to stdout or stderr as it came from the container,
+/// prefixed by the container's name when the task has several; with `-o json`/`yaml`, each
+/// record whole, on stdout.
 async fn logs(
-    api: &Api,
+    api: &Client,
     task: &str,
-    container: Option<String>,
-    follow: bool,
-    tail: Option<u32>,
+    query: LogQuery,
     timestamps: bool,
+    output: Output,
 ) -> Result<()> {
     use std::io::Write;
-    let info: TaskInfo = api
-        .expect(reqwest::Method::GET, &format!("/v1/tasks/{task}"), None)
-        .await?;
-    let prefix = container.is_none() && info.containers.len() > 1;
-    let mut query = vec![format!("follow={follow}")];
-    if let Some(c) = &container {
-        query.push(format!("container={c}"));
-    }
-    if let Some(t) = tail {
-        query.push(format!("tail={t}"));
-    }
-    let mut resp = api
-        .stream(&format!("/v1/tasks/{task}/logs?{}", query.join("&")))
-        .await?;
-    let mut pending = Vec::new();
+    let info = api.task(task).await?;
+    let prefix = query.container.is_none() && info.containers.len() > 1;
+    let mut stream = api.logs(task, &query).await?;
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    while let Some(chunk) = resp.chunk().await.context("reading the logs")? {
-        pending.extend_from_slice(&chunk);
-        while let Some(nl) = pending.iter().position(|&b| b == b'\n') {
-            let record: Vec<u8> = pending.drain(..=nl).collect();
-            let value: serde_json::Value =
-                serde_json::from_slice(&record).context("a log record from the server")?;
-            if let Some(e) = value.get("error").and_then(|e| e.as_str()) {
-                bail!("{e}");
-            }
-            let l: LogLine = serde_json::from_value(value).context("a log record")?;
-            let w: &mut dyn Write = if l.stream == "stderr" {
-                &mut err
-            } else {
-                &mut out
-            };
-            if timestamps {
-                write!(w, "{} ", l.time)?;
-            }
-            if prefix {
-                write!(w, "{} | ", l.container)?;
-            }
-            write!(w, "{}", l.text)?;
-            if !l.partial {
-                writeln!(w)?;
-            }
-            w.flush()?;
+    while let Some(l) = stream.next().await? {
+        if output != Output::Table {
+            print_record(output, &l)?;
+            continue;
         }
+        let w: &mut dyn Write = if l.stream == "stderr" {
+            &mut err
+        } else {
+            &mut out
+        };
+        if timestamps {
+            write!(w, "{} ", l.time)?;
+        }
+        if prefix {
+            write!(w, "{} | ", l.container)?;
+        }
+        write!(w, "{}", l.text)?;
+        if !l.partial {
+            writeln!(w)?;
+        }
+        w.flush()?;
     }
     Ok(())
+}
+
+/// `flotilla events`: pages of events, then (with `follow`) new ones as they come.
+async fn events(
+    api: &Client,
+    mut since: u64,
+    limit: u32,
+    follow: bool,
+    output: Output,
+) -> Result<()> {
+    loop {
+        let list = api.events(since, limit).await?;
+        for e in &list {
+            if output == Output::Table {
+                println!(
+                    "{:>6}  {}  {:<20} {:<16} {}",
+                    e.seq,
+                    when(e.time),
+                    e.kind,
+                    e.subject,
+                    e.message
+                );
+            } else {
+                print_record(output, e)?;
+            }
+        }
+        since = list.last().map_or(since, |e| e.seq);
+        if !follow {
+            return Ok(());
+        }
+        if list.len() < limit as usize {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
 }
 
 fn when(secs: u64) -> String {
@@ -847,23 +726,45 @@ fn labels_text(l: &Labels) -> String {
         .join(",")
 }
 
-fn print<T: serde::Serialize>(json: bool, value: &T, human: impl FnOnce()) -> Result<()> {
-    if json {
-        println!("{}", serde_json::to_string_pretty(value)?);
-    } else {
-        human();
+/// Prints `value` as JSON or YAML, or runs `human` for the table output.
+fn print<T: serde::Serialize>(output: Output, value: &T, human: impl FnOnce()) -> Result<()> {
+    match output {
+        Output::Table => human(),
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => print!("{}", yaml_serde::to_string(value)?),
     }
     Ok(())
 }
 
+/// Prints a document shown whole (`inspect`): YAML with `-o yaml`, JSON otherwise.
+fn print_document<T: serde::Serialize>(output: Output, value: &T) -> Result<()> {
+    match output {
+        Output::Yaml => print!("{}", yaml_serde::to_string(value)?),
+        Output::Table | Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+    }
+    Ok(())
+}
+
+/// Prints one record of a stream (events, log lines): one line of JSON, or one YAML document
+/// after a `---` separator.
+fn print_record<T: serde::Serialize>(output: Output, value: &T) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match output {
+        Output::Yaml => write!(out, "---\n{}", yaml_serde::to_string(value)?)?,
+        Output::Table | Output::Json => writeln!(out, "{}", serde_json::to_string(value)?)?,
+    }
+    out.flush()?;
+    Ok(())
+}
+
 async fn run(cli: Cli) -> Result<()> {
-    let json = cli.output == Output::Json;
+    let output = cli.output;
     let command = match cli.command {
         Command::Dev(args) => return dev::run(args, cli.config).await,
         Command::Cluster(c) => c,
     };
-    let api = Api::open(&config_dir(cli.config)?).await?;
-    use reqwest::Method;
+    let api = Client::open(&config_dir(cli.config)?).await?;
     match command {
         ClusterCommand::Token(TokenCommand::Create { ttl, uses, labels }) => {
             let mut l = Labels::new();
@@ -876,21 +777,16 @@ async fn run(cli: Cli) -> Result<()> {
                 uses: Some(uses),
                 labels: l,
             };
-            let t: TokenCreated = api
-                .expect(Method::POST, "/v1/tokens", Some(serde_json::to_value(req)?))
-                .await?;
-            print(json, &t, || println!("{}", t.token))?;
+            let t = api.create_token(&req).await?;
+            print(output, &t, || println!("{}", t.token))?;
         }
         ClusterCommand::Token(TokenCommand::Ls) => {
-            let list: Vec<TokenInfo> = api
-                .call(Method::GET, "/v1/tokens", None)
-                .await?
-                .unwrap_or_default();
+            let list = api.tokens().await?;
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0);
-            print(json, &list, || {
+            print(output, &list, || {
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|t| {
@@ -910,18 +806,17 @@ async fn run(cli: Cli) -> Result<()> {
             })?;
         }
         ClusterCommand::Token(TokenCommand::Rm { ids }) => {
-            for id in ids {
-                api.call::<serde_json::Value>(Method::DELETE, &format!("/v1/tokens/{id}"), None)
-                    .await?;
-                println!("{id}");
+            for id in &ids {
+                api.remove_token(id).await?;
+                if output == Output::Table {
+                    println!("{id}");
+                }
             }
+            print(output, &ids, || {})?;
         }
         ClusterCommand::Node(NodeCommand::Ls) => {
-            let list: Vec<NodeInfo> = api
-                .call(Method::GET, "/v1/nodes", None)
-                .await?
-                .unwrap_or_default();
-            print(json, &list, || {
+            let list = api.nodes().await?;
+            print(output, &list, || {
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|n| {
@@ -962,16 +857,11 @@ async fn run(cli: Cli) -> Result<()> {
             })?;
         }
         ClusterCommand::Node(NodeCommand::Inspect { id }) => {
-            let n: NodeInfo = api
-                .expect(Method::GET, &format!("/v1/nodes/{id}"), None)
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&n)?);
+            print_document(output, &api.node(&id).await?)?;
         }
         ClusterCommand::Node(NodeCommand::Revoke { id }) => {
-            let n: NodeInfo = api
-                .expect(Method::POST, &format!("/v1/nodes/{id}/revoke"), None)
-                .await?;
-            print(json, &n, || println!("revoked {}", n.id))?;
+            let n = api.revoke_node(&id).await?;
+            print(output, &n, || println!("revoked {}", n.id))?;
         }
         ClusterCommand::Node(NodeCommand::Label { id, labels, remove }) => {
             if labels.is_empty() && remove.is_empty() {
@@ -983,35 +873,22 @@ async fn run(cli: Cli) -> Result<()> {
                 change.set.insert(k, v);
             }
             change.remove = remove;
-            let n: NodeInfo = api
-                .expect(
-                    Method::PUT,
-                    &format!("/v1/nodes/{id}/labels"),
-                    Some(serde_json::to_value(change)?),
-                )
-                .await?;
-            print(json, &n, || println!("{} {}", n.id, labels_text(&n.labels)))?;
+            let n = api.label_node(&id, &change).await?;
+            print(output, &n, || {
+                println!("{} {}", n.id, labels_text(&n.labels))
+            })?;
         }
         ClusterCommand::Node(NodeCommand::Drain { id }) => {
-            let n: NodeInfo = api
-                .expect(Method::POST, &format!("/v1/nodes/{id}/drain"), None)
-                .await?;
-            print(json, &n, || println!("draining {}", n.id))?;
+            let n = api.drain_node(&id).await?;
+            print(output, &n, || println!("draining {}", n.id))?;
         }
         ClusterCommand::Node(NodeCommand::Activate { id }) => {
-            let n: NodeInfo = api
-                .expect(Method::POST, &format!("/v1/nodes/{id}/activate"), None)
-                .await?;
-            print(json, &n, || println!("active {}", n.id))?;
+            let n = api.activate_node(&id).await?;
+            print(output, &n, || println!("active {}", n.id))?;
         }
         ClusterCommand::Node(NodeCommand::Rm { id, force }) => {
-            api.call::<serde_json::Value>(
-                Method::DELETE,
-                &format!("/v1/nodes/{id}?force={force}"),
-                None,
-            )
-            .await?;
-            println!("{id}");
+            api.remove_node(&id, force).await?;
+            print(output, &[&id], || println!("{id}"))?;
         }
         ClusterCommand::Task(TaskCommand::Run {
             taskdef,
@@ -1057,24 +934,18 @@ async fn run(cli: Cli) -> Result<()> {
                 placement_constraints,
                 placement_strategy,
             };
-            let tasks: Vec<TaskInfo> = api
-                .call(Method::POST, "/v1/tasks", Some(serde_json::to_value(req)?))
-                .await?
-                .unwrap_or_default();
-            print(json, &tasks, || {
+            let tasks = api.run_task(&req).await?;
+            print(output, &tasks, || {
                 for t in &tasks {
                     println!("{} on {}", t.id, t.node.as_deref().unwrap_or("-"));
                 }
             })?;
         }
-        ClusterCommand::Service(cmd) => service(&api, cmd, json).await?,
-        ClusterCommand::Schedule(cmd) => schedule(&api, cmd, json).await?,
+        ClusterCommand::Service(cmd) => service(&api, cmd, output).await?,
+        ClusterCommand::Schedule(cmd) => schedule(&api, cmd, output).await?,
         ClusterCommand::Task(TaskCommand::Ls) => {
-            let list: Vec<TaskInfo> = api
-                .call(Method::GET, "/v1/tasks", None)
-                .await?
-                .unwrap_or_default();
-            print(json, &list, || {
+            let list = api.tasks().await?;
+            print(output, &list, || {
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|t| {
@@ -1102,83 +973,51 @@ async fn run(cli: Cli) -> Result<()> {
             })?;
         }
         ClusterCommand::Task(TaskCommand::Inspect { id }) => {
-            let t: TaskInfo = api
-                .expect(Method::GET, &format!("/v1/tasks/{id}"), None)
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&t)?);
+            print_document(output, &api.task(&id).await?)?;
+        }
+        ClusterCommand::Task(TaskCommand::Stop { ids }) => {
+            let mut stopped = Vec::new();
+            for id in &ids {
+                let t = api.stop_task(id).await?;
+                if output == Output::Table {
+                    println!("{} {}", t.id, format!("{:?}", t.state).to_uppercase());
+                }
+                stopped.push(t);
+            }
+            print(output, &stopped, || {})?;
         }
         ClusterCommand::Events {
             since,
             limit,
             follow,
-        } => {
-            let mut since = since;
-            loop {
-                let list: Vec<Event> = api
-                    .expect(
-                        reqwest::Method::GET,
-                        &format!("/v1/events?since={since}&limit={limit}"),
-                        None,
-                    )
-                    .await?;
-                if json {
-                    for e in &list {
-                        println!("{}", serde_json::to_string(e)?);
-                    }
-                } else {
-                    for e in &list {
-                        println!(
-                            "{:>6}  {}  {:<20} {:<16} {}",
-                            e.seq,
-                            when(e.time),
-                            e.kind,
-                            e.subject,
-                            e.message
-                        );
-                    }
-                }
-                since = list.last().map_or(since, |e| e.seq);
-                if !follow {
-                    break;
-                }
-                if list.len() < limit as usize {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
+        } => events(&api, since, limit, follow, output).await?,
         ClusterCommand::Logs {
             task,
             container,
             follow,
             tail,
             timestamps,
-        } => logs(&api, &task, container, follow, tail, timestamps).await?,
-        ClusterCommand::Task(TaskCommand::Stop { ids }) => {
-            for id in ids {
-                let t: TaskInfo = api
-                    .expect(Method::POST, &format!("/v1/tasks/{id}/stop"), None)
-                    .await?;
-                println!("{} {}", t.id, format!("{:?}", t.state).to_uppercase());
-            }
+        } => {
+            let query = LogQuery {
+                container,
+                follow,
+                tail,
+            };
+            logs(&api, &task, query, timestamps, output).await?
         }
         ClusterCommand::Taskdef(TaskdefCommand::Register { file }) => {
-            let text = read_input(&file)?;
-            let r: TaskDefRegistered = api
-                .call_raw(Method::POST, "/v1/taskdefs", Some(text))
+            let r = api
+                .register_taskdef(&read_input(&file)?)
                 .await
-                .with_context(|| format!("registering {}", file.display()))?
-                .context("empty reply")?;
+                .with_context(|| format!("registering {}", file.display()))?;
             for w in &r.warnings {
                 eprintln!("warning: {w}");
             }
-            print(json, &r, || println!("{}:{}", r.family, r.revision))?;
+            print(output, &r, || println!("{}:{}", r.family, r.revision))?;
         }
         ClusterCommand::Taskdef(TaskdefCommand::Ls) => {
-            let list: Vec<TaskDefRevision> = api
-                .call(Method::GET, "/v1/taskdefs", None)
-                .await?
-                .unwrap_or_default();
-            print(json, &list, || {
+            let list = api.taskdefs().await?;
+            print(output, &list, || {
                 let rows: Vec<Vec<String>> = list
                     .iter()
                     .map(|t| {
@@ -1202,21 +1041,11 @@ async fn run(cli: Cli) -> Result<()> {
             })?;
         }
         ClusterCommand::Taskdef(TaskdefCommand::Inspect { taskdef }) => {
-            let t: TaskDefRevision = api
-                .expect(Method::GET, &format!("/v1/taskdefs/{taskdef}"), None)
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&t)?);
+            print_document(output, &api.taskdef(&taskdef).await?)?;
         }
         ClusterCommand::Taskdef(TaskdefCommand::Deregister { taskdef }) => {
-            let t: TaskDefRevision = api
-                .call(
-                    Method::POST,
-                    &format!("/v1/taskdefs/{taskdef}/deregister"),
-                    None,
-                )
-                .await?
-                .context("empty reply")?;
-            print(json, &t, || {
+            let t = api.deregister_taskdef(&taskdef).await?;
+            print(output, &t, || {
                 println!("deregistered {}:{}", t.family, t.revision)
             })?;
         }
@@ -1227,20 +1056,21 @@ async fn run(cli: Cli) -> Result<()> {
                 name: name.clone(),
                 csr_pem: key.cert_pem.clone(),
             };
-            let c: AdminCredential = api
-                .expect(Method::POST, "/v1/admins", Some(serde_json::to_value(req)?))
-                .await?;
+            let c = api.issue_admin(&req).await?;
             Credential {
-                server: api.cred.server.clone(),
+                server: api.server().to_string(),
                 name: name.clone(),
-                ca_pem: c.ca_pem,
+                ca_pem: c.ca_pem.clone(),
                 identity: CertifiedKey {
-                    cert_pem: c.cert_pem,
+                    cert_pem: c.cert_pem.clone(),
                     key_pem: key.key_pem,
                 },
             }
             .write(&out)?;
-            println!("admin credential for {name} written to {}", out.display());
+            // The answer (certificate and CA; the key never left this machine).
+            print(output, &c, || {
+                println!("admin credential for {name} written to {}", out.display())
+            })?;
         }
     }
     Ok(())

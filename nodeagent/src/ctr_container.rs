@@ -653,12 +653,12 @@ async fn stats(store: &ContainerStore, keys: Vec<String>, json: bool) -> Result<
             },
             b.oom_kills.to_string(),
         ]);
-        out.push(serde_json::json!({
-            "id": c.record.id,
-            "name": c.record.config.name,
-            "cpu_percent": cpu,
-            "usage": b,
-        }));
+        out.push(flotilla_runtime::container::ContainerStats {
+            id: c.record.id.clone(),
+            name: c.record.config.name.clone(),
+            cpu_percent: cpu,
+            usage: b,
+        });
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);

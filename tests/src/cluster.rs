@@ -1,10 +1,16 @@
 //! A control plane for tests: `orchestratord init` + `run` on a loopback port, the admin
-//! credential in a temporary directory, and agents joined through the real binaries.
+//! credential in a temporary directory, the typed operator API client on it, and agents joined
+//! through the real binaries.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use flotilla_api::ops::{NodeInfo, NodeState, TaskDefRegistered, TaskInfo, TaskRun};
+use flotilla_api::service::{ServiceCreated, ServiceInfo};
+use flotilla_client::blocking::Client;
 
 /// A running `orchestratord`.
 #[derive(Debug)]
@@ -21,6 +27,9 @@ pub struct ControlPlane {
     child: Option<Child>,
     extra_args: Vec<String>,
     env: Vec<(String, std::ffi::OsString)>,
+    /// The operator API client, made on first use (so that a control plane made and dropped
+    /// inside an async test never starts its runtime).
+    api: OnceLock<Client>,
 }
 
 /// A loopback port free for both TCP and UDP right now.
@@ -84,6 +93,7 @@ impl ControlPlane {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_os_string()))
                 .collect(),
+            api: OnceLock::new(),
             dir,
         };
         cp.spawn();
@@ -168,6 +178,14 @@ impl ControlPlane {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// Runs `flotilla ARGS -o json`, which must succeed; its output decoded.
+    pub fn flotilla_json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> T {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        let out = self.flotilla_ok(&a);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("flotilla {a:?}: {e}:\n{out}"))
+    }
+
     /// A new join token.
     pub fn token(&self, args: &[&str]) -> String {
         let mut a = vec!["token", "create"];
@@ -175,9 +193,76 @@ impl ControlPlane {
         self.flotilla_ok(&a).trim().to_string()
     }
 
-    /// `flotilla node ls -o json`.
-    pub fn nodes(&self) -> Vec<serde_json::Value> {
-        serde_json::from_str(&self.flotilla_ok(&["node", "ls", "-o", "json"])).expect("json")
+    /// The operator API, typed, with the admin credential (dialling [`ControlPlane::addr`]).
+    /// Do not use it from inside an async runtime.
+    pub fn api(&self) -> &Client {
+        self.api.get_or_init(|| {
+            let cred = flotilla_certs::credential::Credential::load(&self.admin)
+                .expect("admin credential");
+            Client::at(&cred, self.addr).expect("operator API client")
+        })
+    }
+
+    /// Every node (`GET /v1/nodes`).
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        self.api().nodes().expect("nodes")
+    }
+
+    /// The state of node `id`, if the control plane knows it.
+    pub fn node_state(&self, id: &str) -> Option<NodeState> {
+        self.nodes()
+            .into_iter()
+            .find(|n| n.id == id)
+            .map(|n| n.state)
+    }
+
+    /// Every task (`GET /v1/tasks`).
+    pub fn tasks(&self) -> Vec<TaskInfo> {
+        self.api().tasks().expect("tasks")
+    }
+
+    /// Task `id` (`GET /v1/tasks/{id}`).
+    pub fn task(&self, id: &str) -> TaskInfo {
+        self.api()
+            .task(id)
+            .unwrap_or_else(|e| panic!("task {id}: {e}"))
+    }
+
+    /// Runs `req` (`POST /v1/tasks`), which must be placed.
+    pub fn run_task(&self, req: &TaskRun) -> Vec<TaskInfo> {
+        self.api()
+            .run_task(req)
+            .unwrap_or_else(|e| panic!("running {}: {e}", req.task_definition))
+    }
+
+    /// Runs one task of `taskdef` and returns its id.
+    pub fn run_one(&self, taskdef: &str) -> String {
+        self.run_task(&TaskRun::new(taskdef))
+            .into_iter()
+            .next()
+            .expect("one task")
+            .id
+    }
+
+    /// Registers a task definition given as JSON or YAML, which must be valid.
+    pub fn register(&self, def: &str) -> TaskDefRegistered {
+        self.api()
+            .register_taskdef(def.as_bytes())
+            .unwrap_or_else(|e| panic!("registering:\n{def}\n{e}"))
+    }
+
+    /// Creates a service from a CreateService document (JSON or YAML), which must be valid.
+    pub fn create_service(&self, spec: &str) -> ServiceCreated {
+        self.api()
+            .create_service(spec.as_bytes())
+            .unwrap_or_else(|e| panic!("creating the service:\n{spec}\n{e}"))
+    }
+
+    /// Service `name` (`GET /v1/services/{name}`).
+    pub fn service(&self, name: &str) -> ServiceInfo {
+        self.api()
+            .service(name)
+            .unwrap_or_else(|e| panic!("service {name}: {e}"))
     }
 
     /// `host:port` for agents.
@@ -509,25 +594,19 @@ impl Fleet {
         self.ids.len() - 1
     }
 
-    /// Registers a task definition given as JSON.
-    pub fn register(&self, json: &str) {
-        let f = self
-            .cp
-            .scratch()
-            .join(format!("taskdef-{}.json", crate::unique()));
-        std::fs::write(&f, json).expect("write");
-        self.cp
-            .flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    /// Registers a task definition given as JSON or YAML.
+    pub fn register(&self, def: &str) {
+        self.cp.register(def);
     }
 
     /// The state the control plane shows for node `i`.
-    pub fn node_state(&self, i: usize) -> String {
-        self.cp
-            .nodes()
-            .iter()
-            .find(|n| n["id"] == self.ids[i].as_str())
-            .map(|n| n["state"].as_str().unwrap_or_default().to_string())
-            .unwrap_or_default()
+    pub fn node_state(&self, i: usize) -> Option<NodeState> {
+        self.cp.node_state(&self.ids[i])
+    }
+
+    /// The index of node `id` in the fleet.
+    pub fn index_of(&self, id: &str) -> Option<usize> {
+        self.ids.iter().position(|i| i == id)
     }
 
     /// Waits for every node's containers to be gone, stops the agents and checks that no

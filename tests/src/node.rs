@@ -8,6 +8,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use flotilla_runtime::container::{ContainerInfo, ContainerStats, Status};
+
 use crate::image::{busybox_image, host_binary_layer, write_layout, Compression};
 
 /// Name the test image is imported under.
@@ -103,14 +105,30 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `ctr inspect` as JSON.
-    pub fn inspect(&self, name: &str) -> serde_json::Value {
-        serde_json::from_str(&self.ctr_ok(&["inspect", name])).expect("inspect json")
+    /// `ctr inspect`.
+    pub fn inspect(&self, name: &str) -> ContainerInfo {
+        serde_json::from_str(&self.ctr_ok(&["inspect", name])).expect("ctr inspect")
     }
 
     /// Every container, `ctr ps -a -o json`.
-    pub fn ps(&self) -> Vec<serde_json::Value> {
-        serde_json::from_str(&self.ctr_ok(&["ps", "-a", "-o", "json"])).expect("ps json")
+    pub fn ps(&self) -> Vec<ContainerInfo> {
+        serde_json::from_str(&self.ctr_ok(&["ps", "-a", "-o", "json"])).expect("ctr ps")
+    }
+
+    /// The running containers by name, with their pids.
+    pub fn running(&self) -> std::collections::BTreeMap<String, i32> {
+        self.ps()
+            .into_iter()
+            .filter(|c| c.status == Status::Running)
+            .filter_map(|c| Some((c.record.config.name.clone()?, c.pid()?)))
+            .collect()
+    }
+
+    /// `ctr stats -o json C…`.
+    pub fn stats(&self, containers: &[&str]) -> Vec<ContainerStats> {
+        let mut args = vec!["stats", "-o", "json"];
+        args.extend_from_slice(containers);
+        serde_json::from_str(&self.ctr_ok(&args)).expect("ctr stats")
     }
 
     /// Waits until `cond` holds (polling), failing the test after `timeout`.
@@ -201,11 +219,9 @@ impl Node {
     /// Removes every container (forcefully) and our cgroup parents.
     pub fn remove_all(&self) {
         let out = self.ctr(&["ps", "-a", "-o", "json"]);
-        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let list: Vec<ContainerInfo> = serde_json::from_slice(&out.stdout).unwrap_or_default();
         for c in list {
-            if let Some(id) = c["id"].as_str() {
-                let _ = self.ctr(&["rm", "-f", id]);
-            }
+            let _ = self.ctr(&["rm", "-f", &c.record.id]);
         }
         // Task networks an agent killed mid-way left behind.
         let _ = self.ctr(&["network", "prune"]);

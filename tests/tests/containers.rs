@@ -8,6 +8,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use flotilla_runtime::container::Status;
 use flotilla_tests::node::{Node, IMAGE};
 
 fn stdout(o: &std::process::Output) -> String {
@@ -66,8 +67,8 @@ fn detached_lifecycle_stop_kill_rm() {
         node.ctr_ok(&["logs", "svc"]).contains("up")
     });
     let info = node.inspect("svc");
-    assert_eq!(info["status"], "running");
-    let pid = info["pid"].as_i64().expect("pid");
+    assert_eq!(info.status, Status::Running);
+    let pid = info.pid().expect("pid");
     assert!(fs::metadata(format!("/proc/{pid}")).is_ok());
     // a second container cannot take the name
     let o = node.ctr(&["run", "-d", "--name", "svc", IMAGE, "true"]);
@@ -79,17 +80,17 @@ fn detached_lifecycle_stop_kill_rm() {
     let out = node.ctr_ok(&["stop", "-t", "5", "svc"]);
     assert!(out.contains("exited 42"), "{out}");
     let info = node.inspect("svc");
-    assert_eq!(info["status"], "exited");
-    assert_eq!(info["exit"]["exit_code"], 42);
+    assert_eq!(info.status, Status::Exited);
+    assert_eq!(info.exit.map(|e| e.exit_code), Some(42));
     assert!(node.ctr_ok(&["logs", "svc"]).contains("bye"));
 
     // SIGKILL through `kill`: 128 + 9
     node.ctr_ok(&["run", "-d", "--name", "k", IMAGE, "sleep", "60"]);
     node.ctr_ok(&["kill", "k"]);
     node.wait_for("exit", Duration::from_secs(5), || {
-        node.inspect("k")["status"] == "exited"
+        node.inspect("k").status == Status::Exited
     });
-    assert_eq!(node.inspect("k")["exit"]["exit_code"], 137);
+    assert_eq!(node.inspect("k").exit.map(|e| e.exit_code), Some(137));
 
     node.ctr_ok(&["rm", "svc", "k"]);
     node.assert_clean();
@@ -113,7 +114,7 @@ fn memory_limit_oom_kills_and_is_reported() {
     assert_eq!(o.status.code(), Some(137), "{}", stderr(&o));
     assert!(stderr(&o).contains("OOM"), "{}", stderr(&o));
     let info = node.inspect("oom");
-    assert_eq!(info["exit"]["oom_killed"], true);
+    assert_eq!(info.exit.map(|e| e.oom_killed), Some(true));
     assert!(node.ctr_ok(&["ps", "-a"]).contains("OOM killed"));
     node.ctr_ok(&["rm", "oom"]);
 
@@ -151,18 +152,16 @@ fn pids_limit_stops_a_fork_bomb() {
     node.wait_for("the fork failure", Duration::from_secs(10), || {
         node.ctr_ok(&["logs", "bomb"]).contains("can't fork")
     });
-    let stats: serde_json::Value =
-        serde_json::from_str(&node.ctr_ok(&["stats", "-o", "json", "bomb"])).expect("json");
-    let usage = &stats[0]["usage"];
-    assert_eq!(usage["pids_limit"], 20);
-    let pids = usage["pids"].as_u64().expect("pids");
+    let usage = node.stats(&["bomb"]).remove(0).usage;
+    assert_eq!(usage.pids_limit, Some(20));
+    let pids = usage.pids;
     assert!(
         (10..=20).contains(&pids),
         "{pids} tasks under a limit of 20"
     );
     assert_eq!(
-        node.inspect("bomb")["status"],
-        "running",
+        node.inspect("bomb").status,
+        Status::Running,
         "the container itself survives"
     );
     node.ctr_ok(&["rm", "-f", "bomb"]);
@@ -185,21 +184,18 @@ fn cpu_limit_holds_a_busy_loop_near_its_share() {
         "while :; do :; done",
     ]);
     std::thread::sleep(Duration::from_millis(500));
-    let stats: serde_json::Value =
-        serde_json::from_str(&node.ctr_ok(&["stats", "-o", "json", "busy"])).expect("json");
-    let a = stats[0]["usage"]["cpu_ns"].as_u64().expect("cpu");
+    let a = node.stats(&["busy"]).remove(0).usage.cpu_ns;
     let t = Instant::now();
     std::thread::sleep(Duration::from_secs(2));
-    let stats: serde_json::Value =
-        serde_json::from_str(&node.ctr_ok(&["stats", "-o", "json", "busy"])).expect("json");
-    let b = stats[0]["usage"]["cpu_ns"].as_u64().expect("cpu");
+    let usage = node.stats(&["busy"]).remove(0).usage;
+    let b = usage.cpu_ns;
     let share = (b - a) as f64 / t.elapsed().as_nanos() as f64;
     assert!(
         (0.15..=0.35).contains(&share),
         "busy loop used {share:.2} of a core under a 0.25 limit"
     );
-    assert!(stats[0]["usage"]["memory_bytes"].as_u64().expect("mem") > 0);
-    assert!(stats[0]["usage"]["pids"].as_u64().expect("pids") >= 1);
+    assert!(usage.memory_bytes > 0);
+    assert!(usage.pids >= 1);
     node.ctr_ok(&["rm", "-f", "busy"]);
     node.assert_clean();
 }
@@ -293,11 +289,11 @@ fn agent_binary_cannot_be_written_through_proc() {
         .ctr_ok(&["run", "-d", IMAGE, "sleep", "30"])
         .trim()
         .to_string();
-    let state: serde_json::Value = serde_json::from_slice(
+    let state: flotilla_runtime::container::RuntimeState = serde_json::from_slice(
         &fs::read(node.data.join("containers").join(&id).join("state.json")).expect("state"),
     )
     .expect("json");
-    let shim = state["shim"]["pid"].as_i64().expect("shim pid");
+    let shim = state.shim.pid;
     // The container's init is a fork of the shim and shares its executable until it execs
     // the workload: the file reached through /proc/<pid>/exe must sit on a read-only mount,
     // so that even a descriptor kept after every agent process ended cannot write it.
@@ -371,21 +367,18 @@ fn containers_survive_killed_agents_and_are_readopted() {
     node.wait_for("20 running", Duration::from_secs(20), || {
         node.ps()
             .iter()
-            .filter(|c| c["status"] == "running")
+            .filter(|c| c.status == Status::Running)
             .count()
             == 20
     });
-    let before: Vec<(String, i64, String)> = node
+    let before: Vec<(String, i32, String)> = node
         .ps()
         .iter()
         .map(|c| {
             (
-                c["config"]["name"].as_str().expect("name").to_string(),
-                c["pid"].as_i64().expect("pid"),
-                c["state"]["started_at"]
-                    .as_str()
-                    .expect("started")
-                    .to_string(),
+                c.record.config.name.clone().expect("name"),
+                c.pid().expect("pid"),
+                c.state.as_ref().expect("started").started_at.clone(),
             )
         })
         .collect();
@@ -435,16 +428,12 @@ fn containers_survive_killed_agents_and_are_readopted() {
     for (name, pid, started) in &before {
         let c = after
             .iter()
-            .find(|c| c["config"]["name"] == name.as_str())
+            .find(|c| c.record.config.name.as_ref() == Some(name))
             .expect("container still listed");
-        assert_eq!(c["status"], "running", "{name}");
+        assert_eq!(c.status, Status::Running, "{name}");
+        assert_eq!(c.pid(), Some(*pid), "{name} changed pid (restarted?)");
         assert_eq!(
-            c["pid"].as_i64(),
-            Some(*pid),
-            "{name} changed pid (restarted?)"
-        );
-        assert_eq!(
-            c["state"]["started_at"].as_str(),
+            c.state.as_ref().map(|s| s.started_at.as_str()),
             Some(started.as_str()),
             "{name} restarted"
         );
@@ -458,7 +447,7 @@ fn containers_survive_killed_agents_and_are_readopted() {
     // and stopping one reports its real exit code
     let out = node.ctr_ok(&["stop", "-t", "5", "a3"]);
     assert!(out.contains("exited 42"), "{out}");
-    assert_eq!(node.inspect("a3")["exit"]["exit_code"], 42);
+    assert_eq!(node.inspect("a3").exit.map(|e| e.exit_code), Some(42));
     node.remove_all();
     node.assert_clean();
 }
@@ -586,7 +575,9 @@ fn ctrl_c_on_an_attached_run_stops_and_removes_the_container() {
         .spawn()
         .expect("spawn");
     node.wait_for("the container", Duration::from_secs(10), || {
-        node.ps().first().is_some_and(|c| c["status"] == "running")
+        node.ps()
+            .first()
+            .is_some_and(|c| c.status == Status::Running)
     });
     std::thread::sleep(Duration::from_millis(300));
     if let Some(p) = rustix::process::Pid::from_raw(child.id() as i32) {
@@ -629,11 +620,10 @@ fn image_content_stays_while_a_container_uses_it() {
     assert!(count() >= 4, "layers of a running container were collected");
     // the running container still sees its files (through its shim's mount namespace)
     let info = node.inspect("keep");
-    let shim = info["state"]["shim"]["pid"].as_i64().expect("shim");
-    let id = info["id"].as_str().expect("id");
+    let shim = info.state.as_ref().expect("started").shim.pid;
     let motd = format!(
         "/proc/{shim}/root{}/rootfs/etc/motd",
-        node.data.join("containers").join(id).display()
+        node.data.join("containers").join(&info.record.id).display()
     );
     assert_eq!(
         fs::read_to_string(&motd).expect("motd"),

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use flotilla_api::ops::{NodeInfo, TaskInfo};
+use flotilla_api::tasks::TaskState;
 use flotilla_tests::cluster::free_port;
 use flotilla_tests::node::Node;
 
@@ -166,11 +168,11 @@ fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
         "{:?}",
         dev.seen
     );
-    let ls: Vec<serde_json::Value> =
+    let ls: Vec<TaskInfo> =
         serde_json::from_str(&flotilla(&home, &["task", "ls", "-o", "json"])).expect("json");
     assert!(
         ls.iter()
-            .any(|t| t["id"] == task.as_str() && t["state"] == "RUNNING"),
+            .any(|t| t.id == task && t.state == TaskState::Running),
         "{ls:?}"
     );
     let logs = flotilla(&home, &["logs", &task, "--tail", "1"]);
@@ -178,7 +180,8 @@ fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
         logs.starts_with("hello from Flotilla task container"),
         "{logs}"
     );
-    let node_id = flotilla(&home, &["node", "ls", "-o", "json"]);
+    let before: Vec<NodeInfo> =
+        serde_json::from_str(&flotilla(&home, &["node", "ls", "-o", "json"])).expect("json");
 
     dev.interrupt();
     assert_nothing_left(&node);
@@ -189,11 +192,10 @@ fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
     let mut dev = Dev::start(&node, &home, port);
     let again = dev.expect("RUNNING", Duration::from_secs(60));
     assert_ne!(demo_task(&again), task);
-    let nodes: Vec<serde_json::Value> =
+    let nodes: Vec<NodeInfo> =
         serde_json::from_str(&flotilla(&home, &["node", "ls", "-o", "json"])).expect("json");
-    let before: Vec<serde_json::Value> = serde_json::from_str(&node_id).expect("json");
     assert_eq!(nodes.len(), 1);
-    assert_eq!(nodes[0]["id"], before[0]["id"], "the node joined again");
+    assert_eq!(nodes[0].id, before[0].id, "the node joined again");
     dev.interrupt();
     assert_nothing_left(&node);
 

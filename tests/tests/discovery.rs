@@ -7,6 +7,9 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use flotilla_api::discovery::DiscoveredService;
+use flotilla_api::ops::TaskInfo;
+use flotilla_api::tasks::TaskState;
 use flotilla_tests::cluster::Fleet;
 use flotilla_tests::wait;
 
@@ -43,30 +46,24 @@ const CLIENT: &str = r#"{
 }"#;
 
 fn service(fleet: &Fleet, json: &str) {
-    let f = fleet
-        .cp
-        .scratch()
-        .join(format!("svc-{}.json", flotilla_tests::unique()));
-    std::fs::write(&f, json).expect("write");
+    fleet.cp.create_service(json);
+}
+
+fn endpoints(fleet: &Fleet, name: &str) -> DiscoveredService {
     fleet
         .cp
-        .flotilla_ok(&["service", "create", f.to_str().expect("utf8")]);
+        .api()
+        .service_endpoints(name)
+        .unwrap_or_else(|e| panic!("endpoints of {name}: {e}"))
 }
 
-fn endpoints(fleet: &Fleet, name: &str) -> serde_json::Value {
-    serde_json::from_str(
-        &fleet
-            .cp
-            .flotilla_ok(&["service", "endpoints", name, "-o", "json"]),
-    )
-    .expect("json")
-}
-
-fn tasks_of(fleet: &Fleet, service: &str) -> Vec<serde_json::Value> {
-    let all: Vec<serde_json::Value> =
-        serde_json::from_str(&fleet.cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json");
-    all.into_iter()
-        .filter(|t| t["startedBy"] == format!("service:{service}") && t["state"] == "RUNNING")
+fn tasks_of(fleet: &Fleet, service: &str) -> Vec<TaskInfo> {
+    let by = format!("service:{service}");
+    fleet
+        .cp
+        .tasks()
+        .into_iter()
+        .filter(|t| t.started_by.as_ref() == Some(&by) && t.state == TaskState::Running)
         .collect()
 }
 
@@ -154,12 +151,8 @@ fn tasks_find_services_by_name_from_another_host_and_offline() {
         ),
     );
     wait("web and api registered", Duration::from_secs(60), || {
-        endpoints(&fleet, "web")["endpoints"]
-            .as_array()
-            .is_some_and(|e| e.len() == 1)
-            && endpoints(&fleet, "api")["endpoints"]
-                .as_array()
-                .is_some_and(|e| e.len() == 2)
+        endpoints(&fleet, "web").endpoints.len() == 1
+            && endpoints(&fleet, "api").endpoints.len() == 2
     });
     // The client starts once the registry is on its node: its environment has the services.
     service(
@@ -174,8 +167,7 @@ fn tasks_find_services_by_name_from_another_host_and_offline() {
     wait("client running", Duration::from_secs(60), || {
         client = tasks_of(&fleet, "client")
             .first()
-            .and_then(|t| t["id"].as_str())
-            .map(|id| format!("{id}-0"))
+            .map(|t| format!("{}-0", t.id))
             .unwrap_or_default();
         !client.is_empty()
     });
@@ -206,11 +198,10 @@ fn tasks_find_services_by_name_from_another_host_and_offline() {
     assert!(ok && !page.trim().is_empty(), "{page}");
     // SRV: each api task's host port on host A.
     let api = endpoints(&fleet, "api");
-    let ports: BTreeSet<u64> = api["endpoints"]
-        .as_array()
-        .expect("endpoints")
+    let ports: BTreeSet<u16> = api
+        .endpoints
         .iter()
-        .map(|e| e["port"].as_u64().expect("port"))
+        .map(|e| e.port.expect("port"))
         .collect();
     let (ok, srv) = exec(
         &fleet,
@@ -222,25 +213,23 @@ fn tasks_find_services_by_name_from_another_host_and_offline() {
     for p in &ports {
         assert!(srv.contains(&format!(" {p} ")), "port {p} not in {srv}");
     }
-    for e in api["endpoints"].as_array().expect("endpoints") {
+    for e in &api.endpoints {
         let (ok, page) = exec(
             &fleet,
             1,
             &client,
             &format!(
                 "wget -q -O - http://{}:{}/",
-                e["address"].as_str().expect("address"),
-                e["port"]
+                e.address,
+                e.port.expect("port")
             ),
         );
-        assert!(ok && !page.trim().is_empty(), "{e}: {page}");
+        assert!(ok && !page.trim().is_empty(), "{e:?}: {page}");
     }
     // The SRV targets are the tasks' names, on host A's address.
-    for e in api["endpoints"].as_array().expect("endpoints") {
-        let name = format!(
-            "{}.api.shop.flotilla.internal",
-            e["task"].as_str().expect("task")
-        );
+    for e in &api.endpoints {
+        let name = api.task_fqdn(&e.task);
+        assert_eq!(name, format!("{}.api.shop.flotilla.internal", e.task));
         assert!(srv.contains(&name), "{name} not in {srv}");
         let (ok, out) = exec(&fleet, 1, &client, &format!("nslookup {name}"));
         assert!(ok && out.contains(&addr_a), "{out}");
@@ -254,11 +243,8 @@ fn tasks_find_services_by_name_from_another_host_and_offline() {
     assert!(!ok || out.contains("NXDOMAIN"), "{out}");
 
     // An api task that fails its health check leaves the answers.
-    let sick = api["endpoints"][0]["task"]
-        .as_str()
-        .expect("task")
-        .to_string();
-    let sick_port = api["endpoints"][0]["port"].as_u64().expect("port");
+    let sick = api.endpoints[0].task.clone();
+    let sick_port = api.endpoints[0].port.expect("port");
     let (ok, out) = exec(&fleet, 0, &format!("{sick}-0"), "echo > /www/sick");
     assert!(ok, "{out}");
     let marked = Instant::now();
@@ -323,12 +309,12 @@ fn a_vip_spreads_connections_and_drops_stopped_tasks() {
         r#"{"serviceName": "vipweb", "taskDefinition": "vipweb", "desiredCount": 3,
             "discovery": {"namespace": "shop", "vip": true}}"#,
     );
-    let mut e = serde_json::Value::Null;
+    let mut e = endpoints(&fleet, "vipweb");
     wait("three endpoints and a VIP", Duration::from_secs(60), || {
         e = endpoints(&fleet, "vipweb");
-        e["vip"].is_string() && e["endpoints"].as_array().is_some_and(|a| a.len() == 3)
+        e.vip.is_some() && e.endpoints.len() == 3
     });
-    let vip = e["vip"].as_str().expect("vip").to_string();
+    let vip = e.vip.expect("vip");
     let url = format!("http://{vip}:80/");
     // Spread: from host B's own namespace, every one of the three answers.
     let b = &fleet.hosts[1];
@@ -361,12 +347,10 @@ fn a_vip_spreads_connections_and_drops_stopped_tasks() {
                     for a in &fleet.agents {
                         why.push_str(&a.log());
                     }
-                    why.push_str(&fleet.cp.flotilla_ok(&["task", "ls", "-o", "json"]));
-                    for id in &fleet.ids {
-                        why.push_str(&fleet.cp.flotilla_ok(&["node", "inspect", id]));
-                    }
+                    why.push_str(&format!("{:#?}\n", fleet.cp.tasks()));
+                    why.push_str(&format!("{:#?}\n", fleet.cp.nodes()));
                     panic!(
-                        "{url}: {}\nendpoints: {:#}\ntasks: {}\nevents:\n{}\n{why}",
+                        "{url}: {}\nendpoints: {:#?}\ntasks: {}\nevents:\n{}\n{why}",
                         String::from_utf8_lossy(&out.stderr),
                         endpoints(&fleet, "vipweb"),
                         fleet.cp.flotilla_ok(&["task", "ls"]),
@@ -394,17 +378,11 @@ fn a_vip_spreads_connections_and_drops_stopped_tasks() {
         );
     }
     // From a bridge container too, by the service's name (A record: the VIP).
-    let client = fleet.cp.flotilla_ok(&[
-        "task",
-        "run",
-        "client",
-        "--node",
-        &fleet.ids[1],
-        "-o",
-        "json",
-    ]);
-    let client: Vec<serde_json::Value> = serde_json::from_str(&client).expect("json");
-    let client = format!("{}-0", client[0]["id"].as_str().expect("id"));
+    let client: Vec<TaskInfo> =
+        fleet
+            .cp
+            .flotilla_json(&["task", "run", "client", "--node", &fleet.ids[1]]);
+    let client = format!("{}-0", client[0].id);
     wait("client container up", Duration::from_secs(60), || {
         exec(&fleet, 1, &client, "true").0
     });
@@ -417,19 +395,17 @@ fn a_vip_spreads_connections_and_drops_stopped_tasks() {
     assert!(ok && seen.contains(page.trim()), "{page}");
 
     // One task stops (the service is scaled down): no new connection reaches it.
-    let node_of = |t: &serde_json::Value| {
-        fleet
-            .ids
-            .iter()
-            .position(|id| t["node"] == id.as_str())
+    let node_of = |t: &TaskInfo| {
+        t.node
+            .as_deref()
+            .and_then(|n| fleet.index_of(n))
             .expect("a fleet node")
     };
     let names: Vec<(String, String)> = tasks_of(&fleet, "vipweb")
         .iter()
         .map(|t| {
-            let id = t["id"].as_str().expect("id").to_string();
-            let (_, h) = exec(&fleet, node_of(t), &format!("{id}-0"), "hostname");
-            (id, h.trim().to_string())
+            let (_, h) = exec(&fleet, node_of(t), &format!("{}-0", t.id), "hostname");
+            (t.id.clone(), h.trim().to_string())
         })
         .collect();
     assert_eq!(
@@ -440,43 +416,33 @@ fn a_vip_spreads_connections_and_drops_stopped_tasks() {
         seen
     );
     fleet.cp.flotilla_ok(&["service", "scale", "vipweb", "2"]);
-    let mut left = serde_json::Value::Null;
+    let mut left = endpoints(&fleet, "vipweb");
     wait("two endpoints", Duration::from_secs(60), || {
         left = endpoints(&fleet, "vipweb");
-        left["endpoints"].as_array().is_some_and(|a| a.len() == 2)
+        left.endpoints.len() == 2
     });
-    let kept: BTreeSet<&str> = left["endpoints"]
-        .as_array()
-        .expect("endpoints")
-        .iter()
-        .filter_map(|e| e["task"].as_str())
-        .collect();
+    let kept: BTreeSet<&str> = left.endpoints.iter().map(|e| e.task.as_str()).collect();
     let (stopped, stopped_host) = names
         .iter()
         .find(|(id, _)| !kept.contains(id.as_str()))
         .expect("one task left the endpoints");
     // Every node's table follows the registry (a service round and a push) while the task
     // still drains: from then on no new connection goes there.
-    let gone: Vec<String> = e["endpoints"]
-        .as_array()
-        .expect("endpoints")
+    let gone: Vec<String> = e
+        .endpoints
         .iter()
-        .filter(|x| x["task"] == stopped.as_str())
+        .filter(|x| x.task == *stopped)
         .flat_map(|x| {
             [
-                format!(
-                    "dnat to {}:{}",
-                    x["address"].as_str().unwrap_or_default(),
-                    x["port"]
-                ),
+                format!("dnat to {}:{}", x.address, x.port.expect("port")),
                 format!(
                     "l4proto tcp dnat to {}:80",
-                    x["taskAddress"].as_str().unwrap_or_default()
+                    x.task_address.map(|a| a.to_string()).unwrap_or_default()
                 ),
             ]
         })
         .collect();
-    assert_eq!(gone.len(), 2, "{e:#}");
+    assert_eq!(gone.len(), 2, "{e:#?}");
     let propagating = Instant::now();
     wait(
         "every node dropped the stopped backend",

@@ -5,6 +5,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
+use flotilla_api::ops::NodeState;
 use flotilla_tests::cluster::{raw, Agent, ControlPlane};
 
 fn stderr(o: &std::process::Output) -> String {
@@ -66,25 +67,24 @@ fn a_node_joins_connects_and_its_key_stays_on_it() {
     agent.wait_log("session established", 1, Duration::from_secs(10));
     let nodes = cp.nodes();
     assert_eq!(nodes.len(), 1);
-    assert_eq!(nodes[0]["connected"], true);
-    assert_eq!(nodes[0]["labels"]["site"], "store-12");
-    assert_eq!(nodes[0]["labels"]["rack"], "a");
-    let id = nodes[0]["id"].as_str().expect("id");
-    assert!(agent.log().contains(id));
-    assert_eq!(nodes[0]["state"], "READY");
-    assert_eq!(nodes[0]["agent_version"], env!("CARGO_PKG_VERSION"));
-    let r = &nodes[0]["resources"];
-    assert!(r["cpus"].as_u64().unwrap_or(0) >= 1, "{r}");
-    let (total, free) = (
-        r["memory_bytes"].as_u64().unwrap_or(0),
-        r["memory_available_bytes"].as_u64().unwrap_or(u64::MAX),
+    let n = &nodes[0];
+    assert!(n.connected);
+    assert_eq!(n.labels.get("site").map(String::as_str), Some("store-12"));
+    assert_eq!(n.labels.get("rack").map(String::as_str), Some("a"));
+    assert!(agent.log().contains(&n.id));
+    assert_eq!(n.state, NodeState::Ready);
+    assert_eq!(n.agent_version.as_deref(), Some(env!("CARGO_PKG_VERSION")));
+    let r = n.resources.clone().expect("resources");
+    assert!(r.cpus >= 1, "{r:?}");
+    assert!(
+        r.memory_bytes > 0 && r.memory_available_bytes <= r.memory_bytes,
+        "{r:?}"
     );
-    assert!(total > 0 && free <= total, "{r}");
-    assert!(r["disk_bytes"].as_u64().unwrap_or(0) > 0, "{r}");
+    assert!(r.disk_bytes > 0, "{r:?}");
     // A node that dies without a word is seen as gone within the idle timeout.
     let t = std::time::Instant::now();
     agent.kill();
-    while cp.nodes()[0]["state"] != "DISCONNECTED" {
+    while cp.nodes()[0].state != NodeState::Disconnected {
         assert!(
             t.elapsed() < Duration::from_secs(25),
             "node loss not noticed"
@@ -192,9 +192,9 @@ fn certificates_renew_in_place_and_revocation_cuts_at_once() {
         first_cert
     );
     let nodes = cp.nodes();
-    assert_eq!(nodes[0]["connected"], true);
+    assert!(nodes[0].connected);
 
-    let id = nodes[0]["id"].as_str().expect("id").to_string();
+    let id = nodes[0].id.clone();
     let t = Instant::now();
     cp.flotilla_ok(&["node", "revoke", &id]);
     agent.wait_log("revoked", 1, Duration::from_secs(5));
@@ -203,8 +203,8 @@ fn certificates_renew_in_place_and_revocation_cuts_at_once() {
         "revocation took {:?}",
         t.elapsed()
     );
-    assert_eq!(cp.nodes()[0]["connected"], false);
-    assert_eq!(cp.nodes()[0]["revoked"], true);
+    let n = cp.nodes().remove(0);
+    assert!(!n.connected && n.revoked, "{n:?}");
 }
 
 #[test]
@@ -434,7 +434,7 @@ fn a_node_with_a_wrong_clock_says_so_keeps_running_and_connects_once_it_is_right
     // NTP fixes the clock: the agent connects at its next attempt.
     fs::write(&clock, "+0").expect("clock");
     agent.wait_log("session established", 1, Duration::from_secs(90));
-    assert_eq!(cp.nodes()[0]["connected"], true);
+    assert!(cp.nodes()[0].connected);
 }
 
 #[test]
@@ -445,7 +445,7 @@ fn a_node_whose_certificate_expired_offline_rejoins_with_its_identity() {
         .join(&cp.server(), &cp.token(&["--label", "site=a"]), &[])
         .status
         .success());
-    let id = cp.nodes()[0]["id"].as_str().expect("id").to_string();
+    let id = cp.nodes()[0].id.clone();
     // While its certificate is valid, a second join is refused.
     let o = agent.join(&cp.server(), &cp.token(&[]), &[]);
     assert!(
@@ -470,9 +470,9 @@ fn a_node_whose_certificate_expired_offline_rejoins_with_its_identity() {
     agent.wait_log("session established", 1, Duration::from_secs(10));
     let nodes = cp.nodes();
     assert_eq!(nodes.len(), 1, "the node came back as a second node");
-    assert_eq!(nodes[0]["connected"], true);
-    assert_eq!(nodes[0]["labels"]["site"], "a");
-    assert_eq!(nodes[0]["labels"]["rack"], "b");
+    assert!(nodes[0].connected);
+    assert_eq!(nodes[0].labels.get("site").map(String::as_str), Some("a"));
+    assert_eq!(nodes[0].labels.get("rack").map(String::as_str), Some("b"));
     assert!(cp.log().contains("node rejoined with its identity"));
 }
 
@@ -498,7 +498,7 @@ fn a_new_server_certificate_reaches_connected_nodes_without_a_step_on_them() {
     );
     // the agent notices the old session is gone (unanswered ping) and redials
     agent.wait_log("session established", 2, Duration::from_secs(45));
-    assert_eq!(cp.nodes()[0]["connected"], true);
+    assert!(cp.nodes()[0].connected);
 }
 
 #[test]
@@ -527,5 +527,5 @@ fn a_reconnect_storm_is_spread_by_the_control_plane() {
         told_to_wait >= 2,
         "only {told_to_wait} agents were given a slot"
     );
-    assert!(cp.nodes().iter().all(|n| n["state"] == "READY"));
+    assert!(cp.nodes().iter().all(|n| n.state == NodeState::Ready));
 }

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use flotilla_api::ops::{NodeState, TaskInfo};
+use flotilla_api::tasks::TaskState;
 use flotilla_certs::credential::Credential;
 use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::netns::Lan;
@@ -22,30 +24,14 @@ const SERVE: &str = r#"{
   }]
 }"#;
 
-fn tasks(cp: &ControlPlane) -> Vec<serde_json::Value> {
-    serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json")
-}
-
-fn node_state(cp: &ControlPlane, id: &str) -> String {
-    cp.nodes()
-        .iter()
-        .find(|n| n["id"] == id)
-        .map(|n| n["state"].as_str().unwrap_or_default().to_string())
-        .unwrap_or_default()
+/// Tasks in `state`.
+fn count(cp: &ControlPlane, state: TaskState) -> usize {
+    cp.tasks().iter().filter(|t| t.state == state).count()
 }
 
 /// Running containers of a node: name → pid.
-fn running(node: &Node) -> BTreeMap<String, i64> {
-    node.ps()
-        .iter()
-        .filter(|c| c["status"] == "running")
-        .map(|c| {
-            (
-                c["config"]["name"].as_str().expect("name").to_string(),
-                c["pid"].as_i64().expect("pid"),
-            )
-        })
-        .collect()
+fn running(node: &Node) -> BTreeMap<String, i32> {
+    node.running()
 }
 
 #[test]
@@ -80,23 +66,19 @@ fn three_hosts_spread_tasks_and_ride_out_a_crash_and_a_cut_link() {
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
 
     // Six tasks spread two per host.
-    let placed: Vec<serde_json::Value> = serde_json::from_str(
-        &cp.flotilla_ok(&["task", "run", "serve", "--count", "6", "-o", "json"]),
-    )
-    .expect("json");
+    let placed: Vec<TaskInfo> = cp.flotilla_json(&["task", "run", "serve", "--count", "6"]);
     for id in &ids {
         assert_eq!(
-            placed.iter().filter(|t| t["node"] == id.as_str()).count(),
+            placed
+                .iter()
+                .filter(|t| t.node.as_ref() == Some(id))
+                .count(),
             2,
             "placement: {placed:?}"
         );
     }
     wait("6 running tasks", Duration::from_secs(60), || {
-        tasks(&cp)
-            .iter()
-            .filter(|t| t["state"] == "RUNNING")
-            .count()
-            == 6
+        count(&cp, TaskState::Running) == 6
     });
     let before: Vec<_> = nodes.iter().map(running).collect();
     assert!(before.iter().all(|r| r.len() == 2), "{before:?}");
@@ -109,24 +91,18 @@ fn three_hosts_spread_tasks_and_ride_out_a_crash_and_a_cut_link() {
         a.wait_log("session established", 2, Duration::from_secs(70));
     }
     assert_eq!(nodes.iter().map(running).collect::<Vec<_>>(), before);
-    assert_eq!(
-        tasks(&cp)
-            .iter()
-            .filter(|t| t["state"] == "RUNNING")
-            .count(),
-        6
-    );
+    assert_eq!(count(&cp, TaskState::Running), 6);
 
     // Host 0 loses its link for a minute; one of its containers crashes meanwhile.
     let cut_at = Instant::now();
     hosts[0].cut();
     wait("host 0 seen DISCONNECTED", Duration::from_secs(40), || {
-        node_state(&cp, &ids[0]) == "DISCONNECTED"
+        cp.node_state(&ids[0]) == Some(NodeState::Disconnected)
     });
     let (victim, victim_pid) = before[0].iter().next().expect("a container");
     let victim_pid = *victim_pid;
     rustix::process::kill_process(
-        rustix::process::Pid::from_raw(victim_pid as i32).expect("pid"),
+        rustix::process::Pid::from_raw(victim_pid).expect("pid"),
         rustix::process::Signal::KILL,
     )
     .expect("kill");
@@ -149,41 +125,43 @@ fn three_hosts_spread_tasks_and_ride_out_a_crash_and_a_cut_link() {
     if let Some(rest) = Duration::from_secs(60).checked_sub(cut_at.elapsed()) {
         std::thread::sleep(rest);
     }
-    assert_eq!(node_state(&cp, &ids[0]), "DISCONNECTED");
+    assert_eq!(cp.node_state(&ids[0]), Some(NodeState::Disconnected));
     hosts[0].restore();
     wait("host 0 READY again", Duration::from_secs(90), || {
-        node_state(&cp, &ids[0]) == "READY"
+        cp.node_state(&ids[0]) == Some(NodeState::Ready)
     });
 
     // Nothing runs twice: the same six tasks, two containers per host, only the crashed one new.
     let task_of_victim = victim.rsplit_once('-').expect("task-index").0.to_string();
     wait("the restart reported", Duration::from_secs(20), || {
-        let t: serde_json::Value =
-            serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &task_of_victim]))
-                .expect("json");
-        t["state"] == "RUNNING" && t["containers"][0]["restarts"] == 1
+        let t = cp.task(&task_of_victim);
+        t.state == TaskState::Running && t.containers.first().is_some_and(|c| c.restarts == 1)
     });
-    let all = tasks(&cp);
+    let all = cp.tasks();
     assert_eq!(all.len(), 6);
-    assert!(all.iter().all(|t| t["state"] == "RUNNING"), "{all:?}");
+    assert!(all.iter().all(|t| t.state == TaskState::Running), "{all:?}");
     assert_eq!(running(&nodes[0]), restarted);
     assert_eq!(running(&nodes[1]), before[1]);
     assert_eq!(running(&nodes[2]), before[2]);
 
     // Stopping them all reports exit codes and reasons, and leaves every host empty.
     for t in &all {
-        cp.flotilla_ok(&["task", "stop", t["id"].as_str().expect("id")]);
+        cp.flotilla_ok(&["task", "stop", &t.id]);
     }
     wait("6 stopped tasks", Duration::from_secs(60), || {
-        tasks(&cp)
-            .iter()
-            .filter(|t| t["state"] == "STOPPED")
-            .count()
-            == 6
+        count(&cp, TaskState::Stopped) == 6
     });
-    for t in tasks(&cp) {
-        assert_eq!(t["stopReason"], "stopped by an operator", "{t}");
-        assert_eq!(t["containers"][0]["exit_code"], 3, "{t}");
+    for t in cp.tasks() {
+        assert_eq!(
+            t.stop_reason.as_deref(),
+            Some("stopped by an operator"),
+            "{t:?}"
+        );
+        assert_eq!(
+            t.containers.first().and_then(|c| c.exit_code),
+            Some(3),
+            "{t:?}"
+        );
     }
     for n in &nodes {
         n.wait_for("containers removed", Duration::from_secs(20), || {
@@ -192,7 +170,7 @@ fn three_hosts_spread_tasks_and_ride_out_a_crash_and_a_cut_link() {
     }
 
     // Placement by site: only sites a and b, spread over them.
-    let placed: Vec<serde_json::Value> = serde_json::from_str(&cp.flotilla_ok(&[
+    let placed: Vec<TaskInfo> = cp.flotilla_json(&[
         "task",
         "run",
         "serve",
@@ -202,14 +180,11 @@ fn three_hosts_spread_tasks_and_ride_out_a_crash_and_a_cut_link() {
         "attribute:site in [a, b]",
         "--strategy",
         "spread:attribute:site",
-        "-o",
-        "json",
-    ]))
-    .expect("json");
+    ]);
     let on = |i: usize| {
         placed
             .iter()
-            .filter(|t| t["node"] == ids[i].as_str())
+            .filter(|t| t.node.as_ref() == Some(&ids[i]))
             .count()
     };
     assert_eq!((on(0), on(1), on(2)), (2, 2, 0), "{placed:?}");
@@ -226,7 +201,7 @@ fn three_hosts_spread_tasks_and_ride_out_a_crash_and_a_cut_link() {
         "{msg}"
     );
     for t in &placed {
-        cp.flotilla_ok(&["task", "stop", t["id"].as_str().expect("id")]);
+        cp.flotilla_ok(&["task", "stop", &t.id]);
     }
     for n in &nodes {
         n.wait_for("containers removed", Duration::from_secs(30), || {

@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
+use flotilla_runtime::image::{ImageDetails, ImageRecord, PruneReport};
 use flotilla_tests::image::{self, busybox_image, tree_listing, Compression, ImageSpec, Layer};
 use flotilla_tests::registry::{Auth, Proxy, Registry, TokenServer};
 use flotilla_tests::{bin, host_arch, require_root};
@@ -75,19 +76,20 @@ impl Node {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
-    fn images(&self) -> serde_json::Value {
+    fn images(&self) -> Vec<ImageRecord> {
         serde_json::from_str(&self.ok(&["image", "ls", "-o", "json"])).expect("ls json")
+    }
+
+    fn inspect(&self, name: &str) -> ImageDetails {
+        serde_json::from_str(&self.ok(&["image", "inspect", name])).expect("inspect json")
     }
 
     /// Every unpacked layer of `name`, lowest first, as canonical listings.
     fn trees(&self, name: &str) -> Vec<std::collections::BTreeMap<String, String>> {
-        let inspect: serde_json::Value =
-            serde_json::from_str(&self.ok(&["image", "inspect", name])).expect("inspect json");
-        inspect["layer_dirs"]
-            .as_array()
-            .expect("layer_dirs")
+        self.inspect(name)
+            .layer_dirs
             .iter()
-            .map(|d| tree_listing(Path::new(d.as_str().expect("dir"))).expect("listing"))
+            .map(|d| tree_listing(d).expect("listing"))
             .collect()
     }
 
@@ -212,8 +214,8 @@ fn pull_and_both_imports_yield_the_same_unpacked_tree() -> Result<()> {
         "{ls}"
     );
     let imgs = pulled.images();
-    assert_eq!(imgs[0]["digest"], p.built.manifest);
-    assert_eq!(imgs[0]["config"], p.built.config);
+    assert_eq!(imgs[0].digest.to_string(), p.built.manifest);
+    assert_eq!(imgs[0].config.to_string(), p.built.config);
     Ok(())
 }
 
@@ -241,7 +243,7 @@ fn layers_are_shared_and_rm_and_prune_free_only_unreferenced_content() -> Result
         "import re-unpacked shared layers: {out}"
     );
     assert_eq!(node.layer_count(), 3);
-    assert_eq!(node.images().as_array().map(Vec::len), Some(3));
+    assert_eq!(node.images().len(), 3);
 
     node.ok(&["image", "rm", &name, "local/alias:2"]);
     assert_eq!(
@@ -256,9 +258,8 @@ fn layers_are_shared_and_rm_and_prune_free_only_unreferenced_content() -> Result
     assert_eq!(blobs, 0, "manifest/config blobs left behind");
     let err = node.fails(&["image", "inspect", "local/again:3"]);
     assert!(err.contains("not found"), "{err}");
-    let pruned: serde_json::Value =
-        serde_json::from_str(&node.ok(&["image", "prune", "-o", "json"]))?;
-    assert_eq!(pruned["layers"], 0);
+    let pruned: PruneReport = serde_json::from_str(&node.ok(&["image", "prune", "-o", "json"]))?;
+    assert_eq!(pruned.layers, 0);
     Ok(())
 }
 
@@ -296,7 +297,7 @@ fn basic_auth_pulls_with_credentials_and_refuses_without() -> Result<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(node.images()[0]["name"], name.as_str());
+    assert_eq!(node.images()[0].name, name);
     Ok(())
 }
 
@@ -348,7 +349,7 @@ fn corrupt_blob_is_refused_and_nothing_is_stored() -> Result<()> {
         err.contains("corrupt") && err.contains(&p.built.layers[1]),
         "{err}"
     );
-    assert_eq!(node.images().as_array().map(Vec::len), Some(0));
+    assert_eq!(node.images().len(), 0);
     assert_eq!(node.layer_count(), 0, "layers of a failed pull left behind");
     assert!(node.tmp_is_empty());
 
@@ -521,7 +522,7 @@ fn index_pull_picks_the_node_platform_and_names_what_it_has() -> Result<()> {
         .iter()
         .find(|i| i.arch == host_arch())
         .expect("host arch in fixture");
-    assert_eq!(node.images()[0]["digest"], want.manifest);
+    assert_eq!(node.images()[0].digest.to_string(), want.manifest);
     let arch_file = &node.trees(&name)[0]["arch"];
     assert!(
         arch_file.contains(&image::digest(host_arch().as_bytes())),
@@ -537,7 +538,7 @@ fn index_pull_picks_the_node_platform_and_names_what_it_has() -> Result<()> {
         "linux/arm64",
         &name,
     ]);
-    assert_eq!(other.images()[0]["platform"]["architecture"], "arm64");
+    assert_eq!(other.images()[0].platform.architecture, "arm64");
 
     let err = Node::new().fails(&[
         "image",
@@ -721,11 +722,7 @@ fn hostile_layers_are_refused_and_write_nothing_outside() -> Result<()> {
             "{case}: error lacks the entry: {err}"
         );
         victim.assert_untouched(case);
-        assert_eq!(
-            node.images().as_array().map(Vec::len),
-            Some(0),
-            "{case}: image recorded"
-        );
+        assert_eq!(node.images().len(), 0, "{case}: image recorded");
         assert_eq!(node.layer_count(), 0, "{case}: layer stored");
         assert!(node.tmp_is_empty(), "{case}: temporary unpack left behind");
     }
@@ -809,13 +806,11 @@ fn unpacked_layers_stack_correctly_under_overlayfs() -> Result<()> {
         "--name",
         "ovl/busybox:1",
     ]);
-    let inspect: serde_json::Value =
-        serde_json::from_str(&node.ok(&["image", "inspect", "ovl/busybox:1"]))?;
-    let mut lower: Vec<String> = inspect["layer_dirs"]
-        .as_array()
-        .expect("dirs")
+    let mut lower: Vec<String> = node
+        .inspect("ovl/busybox:1")
+        .layer_dirs
         .iter()
-        .map(|d| d.as_str().expect("str").to_string())
+        .map(|d| d.display().to_string())
         .collect();
     lower.reverse();
     let work = tempfile::tempdir()?;

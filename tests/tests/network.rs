@@ -7,6 +7,9 @@
 use std::process::Output;
 use std::time::Duration;
 
+use flotilla_api::ops::{TaskInfo, TaskRun};
+use flotilla_api::taskdef::{NetworkMode, Protocol};
+use flotilla_api::tasks::{TaskNetwork, TaskState};
 use flotilla_tests::cluster::Fleet;
 use flotilla_tests::netns::Host;
 use flotilla_tests::wait;
@@ -33,38 +36,30 @@ fn web_def(family: &str, mode: &str, mappings: &str, port: u16) -> String {
     )
 }
 
-fn run_on(fleet: &Fleet, family: &str, node: usize) -> serde_json::Value {
-    let out = fleet.cp.flotilla_ok(&[
-        "task",
-        "run",
-        family,
-        "--node",
-        &fleet.ids[node],
-        "-o",
-        "json",
-    ]);
-    let placed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
-    placed.into_iter().next().expect("one task")
+/// Runs one task of `family` on node `node`; its id.
+fn run_on(fleet: &Fleet, family: &str, node: usize) -> String {
+    let placed = fleet.cp.run_task(&TaskRun {
+        node: Some(fleet.ids[node].clone()),
+        ..TaskRun::new(family)
+    });
+    placed.into_iter().next().expect("one task").id
 }
 
-fn inspect(fleet: &Fleet, id: &str) -> serde_json::Value {
-    serde_json::from_str(&fleet.cp.flotilla_ok(&["task", "inspect", id, "-o", "json"]))
-        .expect("json")
-}
-
-/// Waits for task `id` to run and returns it as the control plane shows it.
-fn running(fleet: &Fleet, id: &str) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
+/// Waits for task `id` to run with its network; the task and its network as the control
+/// plane shows them.
+fn running(fleet: &Fleet, id: &str) -> (TaskInfo, TaskNetwork) {
+    let mut last = fleet.cp.task(id);
     wait(
         &format!("task {id} running"),
         Duration::from_secs(60),
         || {
-            last = inspect(fleet, id);
-            assert_ne!(last["state"], "STOPPED", "{last:#}");
-            last["state"] == "RUNNING" && last["network"].is_object()
+            last = fleet.cp.task(id);
+            assert_ne!(last.state, TaskState::Stopped, "{last:#?}");
+            last.state == TaskState::Running && last.network.is_some()
         },
     );
-    last
+    let net = last.network.clone().expect("network");
+    (last, net)
 }
 
 fn stop_and_wait(fleet: &Fleet, ids: &[&str]) {
@@ -75,7 +70,7 @@ fn stop_and_wait(fleet: &Fleet, ids: &[&str]) {
         wait(
             &format!("task {id} stopped"),
             Duration::from_secs(60),
-            || inspect(fleet, id)["state"] == "STOPPED",
+            || fleet.cp.task(id).state == TaskState::Stopped,
         );
     }
 }
@@ -165,19 +160,13 @@ fn bridge_tasks_publish_ports_nat_out_and_leave_nothing_behind() {
 }"#,
     );
 
-    let web = run_on(&fleet, "web", 0);
-    let web_id = web["id"].as_str().expect("id").to_string();
-    let web = running(&fleet, &web_id);
-    let net = &web["network"];
-    assert_eq!(net["mode"], "bridge", "{web:#}");
-    let addr: std::net::Ipv4Addr = net["address"]
-        .as_str()
-        .expect("address")
-        .parse()
-        .expect("ip");
-    assert_eq!(addr.octets()[..2], [10, 42], "{web:#}");
-    assert_eq!(net["bindings"][0]["hostPort"], 8080, "{web:#}");
-    assert_eq!(net["bindings"][0]["containerPort"], 80, "{web:#}");
+    let web_id = run_on(&fleet, "web", 0);
+    let (web, net) = running(&fleet, &web_id);
+    assert_eq!(net.mode, NetworkMode::Bridge, "{web:#?}");
+    let addr = net.address.expect("address");
+    assert_eq!(addr.octets()[..2], [10, 42], "{web:#?}");
+    assert_eq!(net.bindings[0].host_port, 8080, "{web:#?}");
+    assert_eq!(net.bindings[0].container_port, 80, "{web:#?}");
 
     // From the other host, on host A's address.
     let page = fetch_ok(b, &format!("http://{}:8080/", a.addr));
@@ -194,39 +183,32 @@ fn bridge_tasks_publish_ports_nat_out_and_leave_nothing_behind() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("8080"), "{err}");
     // Another node has its own 8080.
-    let web_b = run_on(&fleet, "web", 1);
-    let web_b_id = web_b["id"].as_str().expect("id").to_string();
-    let web_b = running(&fleet, &web_b_id);
-    let addr_b = web_b["network"]["address"].as_str().expect("address");
+    let web_b_id = run_on(&fleet, "web", 1);
+    let addr_b = running(&fleet, &web_b_id).1.address.expect("address");
+    assert_ne!(addr_b, addr, "bridge subnets overlap across nodes");
     assert_ne!(
-        addr_b,
-        addr.to_string(),
-        "bridge subnets overlap across nodes"
-    );
-    assert_ne!(
-        addr_b.rsplit_once('.').expect("ip").0,
-        addr.to_string().rsplit_once('.').expect("ip").0,
+        addr_b.octets()[..3],
+        addr.octets()[..3],
         "both nodes got the same bridge subnet"
     );
     assert!(!fetch_ok(a, &format!("http://{}:8080/", b.addr)).is_empty());
 
     // Dynamic host ports: picked from the range, reported, reachable.
-    let d = run_on(&fleet, "dyn", 0);
-    let d_id = d["id"].as_str().expect("id").to_string();
-    let d = running(&fleet, &d_id);
-    let bindings = d["network"]["bindings"].as_array().expect("bindings");
-    assert_eq!(bindings.len(), 2, "{d:#}");
+    let d_id = run_on(&fleet, "dyn", 0);
+    let (d, net) = running(&fleet, &d_id);
+    let bindings = &net.bindings;
+    assert_eq!(bindings.len(), 2, "{d:#?}");
     let tcp = bindings
         .iter()
-        .find(|b| b["protocol"] == "tcp")
+        .find(|b| b.protocol == Protocol::Tcp)
         .expect("tcp binding");
-    let port = tcp["hostPort"].as_u64().expect("port");
-    assert!((49153..=65535).contains(&port), "{d:#}");
+    let port = tcp.host_port;
+    assert!((49153..=65535).contains(&port), "{d:#?}");
     let udp = bindings
         .iter()
-        .find(|b| b["protocol"] == "udp")
+        .find(|b| b.protocol == Protocol::Udp)
         .expect("udp binding");
-    assert_ne!(udp["hostPort"], 0, "{d:#}");
+    assert_ne!(udp.host_port, 0, "{d:#?}");
     assert!(!fetch_ok(b, &format!("http://{}:{port}/", a.addr)).is_empty());
 
     // Outbound: a task reaches the LAN (the control plane's port on the LAN gateway) through
@@ -247,8 +229,7 @@ fn bridge_tasks_publish_ports_nat_out_and_leave_nothing_behind() {
     );
 
     // Containers of one task share its namespace.
-    let pair = run_on(&fleet, "pair", 0);
-    let pair_id = pair["id"].as_str().expect("id").to_string();
+    let pair_id = run_on(&fleet, "pair", 0);
     running(&fleet, &pair_id);
     fleet.nodes[0].wait_for(
         "client reached server on localhost",
@@ -307,15 +288,13 @@ fn host_and_none_modes_behave_as_named() {
 }}"#,
         port = fleet.cp.addr.port()
     ));
-    let h = run_on(&fleet, "hostweb", 0);
-    let h_id = h["id"].as_str().expect("id").to_string();
-    let h = running(&fleet, &h_id);
-    assert_eq!(h["network"]["mode"], "host");
-    assert_eq!(h["network"]["bindings"][0]["hostPort"], 18080);
+    let h_id = run_on(&fleet, "hostweb", 0);
+    let (_, net) = running(&fleet, &h_id);
+    assert_eq!(net.mode, NetworkMode::Host);
+    assert_eq!(net.bindings[0].host_port, 18080);
     assert!(!fetch_ok(b, &format!("http://{}:18080/", a.addr)).is_empty());
 
-    let n = run_on(&fleet, "sealed", 0);
-    let n_id = n["id"].as_str().expect("id").to_string();
+    let n_id = run_on(&fleet, "sealed", 0);
     running(&fleet, &n_id);
     let mut logs = String::new();
     wait(
@@ -356,14 +335,10 @@ fn awsvpc_tasks_get_lan_addresses_released_on_stop() {
     });
     let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
     fleet.register(&web_def("vpc", "awsvpc", r#"[{"containerPort": 80}]"#, 80));
-    let t = run_on(&fleet, "vpc", 0);
-    let id = t["id"].as_str().expect("id").to_string();
-    let t = running(&fleet, &id);
-    let addr = t["network"]["address"]
-        .as_str()
-        .expect("address")
-        .to_string();
-    assert!(addr.ends_with(".100"), "{t:#}");
+    let id = run_on(&fleet, "vpc", 0);
+    let (t, net) = running(&fleet, &id);
+    let addr = net.address.expect("address").to_string();
+    assert!(addr.ends_with(".100"), "{t:#?}");
     // Reached from host B directly on its own address, like a machine on the LAN.
     assert!(!fetch_ok(b, &format!("http://{addr}/")).is_empty());
     stop_and_wait(&fleet, &[&id]);
@@ -372,25 +347,15 @@ fn awsvpc_tasks_get_lan_addresses_released_on_stop() {
     // 50 starts and stops, ten at a time across both hosts (the pool has 12 addresses):
     // no address is ever held twice, and nothing is left.
     for round in 0..5 {
-        let out = fleet
-            .cp
-            .flotilla_ok(&["task", "run", "vpc", "--count", "10", "-o", "json"]);
-        let placed: Vec<serde_json::Value> = serde_json::from_str(&out).expect("json");
-        let ids: Vec<String> = placed
-            .iter()
-            .map(|t| t["id"].as_str().expect("id").to_string())
-            .collect();
+        let placed = fleet.cp.run_task(&TaskRun {
+            count: 10,
+            ..TaskRun::new("vpc")
+        });
+        let ids: Vec<String> = placed.into_iter().map(|t| t.id).collect();
         let mut addrs = std::collections::BTreeSet::new();
         for id in &ids {
-            let t = running(&fleet, id);
-            let addr = t["network"]["address"]
-                .as_str()
-                .expect("address")
-                .to_string();
-            assert!(
-                addrs.insert(addr.clone()),
-                "round {round}: {addr} handed out twice"
-            );
+            let addr = running(&fleet, id).1.address.expect("address");
+            assert!(addrs.insert(addr), "round {round}: {addr} handed out twice");
         }
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         stop_and_wait(&fleet, &ids);

@@ -4,6 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use flotilla_api::ops::{NodeState, TaskInfo};
+use flotilla_api::tasks::{DesiredStatus, TaskState};
+use flotilla_runtime::container::Status;
 use flotilla_tests::cluster::{ControlPlane, Fleet};
 use flotilla_tests::wait;
 use serde_json::Value;
@@ -17,18 +20,31 @@ const SERVE: &str = r#"{
   }]
 }"#;
 
-fn tasks(cp: &ControlPlane) -> Vec<Value> {
-    serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json")
-}
-
 /// The service's tasks that run and are meant to.
-fn running(cp: &ControlPlane) -> Vec<Value> {
-    tasks(cp)
+fn running(cp: &ControlPlane) -> Vec<TaskInfo> {
+    cp.tasks()
         .into_iter()
         .filter(|t| {
-            t["startedBy"] == "service:pos" && t["state"] == "RUNNING" && t["desired"] == "RUNNING"
+            t.started_by.as_deref() == Some("service:pos")
+                && t.state == TaskState::Running
+                && t.desired == DesiredStatus::Running
         })
         .collect()
+}
+
+/// Whether task `id` is known and `STOPPED`.
+fn stopped(cp: &ControlPlane, id: &str) -> bool {
+    cp.tasks()
+        .iter()
+        .any(|t| t.id == id && t.state == TaskState::Stopped)
+}
+
+/// Where task `t` runs, as an index of the fleet.
+fn host_of(fleet: &Fleet, t: &TaskInfo) -> usize {
+    t.node
+        .as_deref()
+        .and_then(|n| fleet.index_of(n))
+        .expect("its host")
 }
 
 /// Creates the service `pos` from `spec`.
@@ -58,15 +74,12 @@ fn a_lost_node_is_replaced_and_one_copy_survives_its_return() {
 
     // Cut the host of one of them.
     let original = running(cp)[0].clone();
-    let victim = ids
-        .iter()
-        .position(|i| original["node"] == i.as_str())
-        .expect("its host");
+    let victim = host_of(&fleet, &original);
     hosts[victim].cut();
     wait(
         "the node seen DISCONNECTED",
         Duration::from_secs(40),
-        || fleet.node_state(victim) == "DISCONNECTED",
+        || fleet.node_state(victim) == Some(NodeState::Disconnected),
     );
     let seen = Instant::now();
     wait(
@@ -76,7 +89,7 @@ fn a_lost_node_is_replaced_and_one_copy_survives_its_return() {
             let r = running(cp);
             r.len() >= 2
                 && r.iter()
-                    .filter(|t| t["node"] != ids[victim].as_str())
+                    .filter(|t| t.node.as_ref() != Some(&ids[victim]))
                     .count()
                     == 2
         },
@@ -92,20 +105,22 @@ fn a_lost_node_is_replaced_and_one_copy_survives_its_return() {
     // Back: the original copy is stopped, the replacement stays; two copies in all.
     hosts[victim].restore();
     wait("the node READY again", Duration::from_secs(90), || {
-        fleet.node_state(victim) == "READY"
+        fleet.node_state(victim) == Some(NodeState::Ready)
     });
-    let id = original["id"].as_str().expect("id").to_string();
+    let id = original.id.clone();
     wait("the original copy stopped", Duration::from_secs(30), || {
-        tasks(cp)
-            .iter()
-            .any(|t| t["id"] == id.as_str() && t["state"] == "STOPPED")
+        stopped(cp, &id)
     });
-    let t: Value = serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
-    assert_eq!(t["stopCode"], "ServiceReconciled", "{t}");
+    let t = cp.task(&id);
+    assert_eq!(
+        t.stop_code,
+        Some(flotilla_api::tasks::StopCode::ServiceReconciled),
+        "{t:?}"
+    );
     std::thread::sleep(Duration::from_secs(2));
     let r = running(cp);
     assert_eq!(r.len(), 2, "{r:?}");
-    assert!(r.iter().all(|t| t["id"] != id.as_str()));
+    assert!(r.iter().all(|t| t.id != id));
 
     cp.flotilla_ok(&["service", "rm", "pos"]);
     fleet.finish();
@@ -133,55 +148,47 @@ fn a_singleton_is_stopped_by_its_cut_off_node_before_it_is_replaced() {
         running(cp).len() == 1
     });
     let original = running(cp).remove(0);
-    let victim = ids
-        .iter()
-        .position(|i| original["node"] == i.as_str())
-        .expect("its host");
-    let container = format!("{}-0", original["id"].as_str().expect("id"));
+    let victim = host_of(&fleet, &original);
+    let container = format!("{}-0", original.id);
     hosts[victim].cut();
     // The cut-off node stops it on its own.
     nodes[victim].wait_for(
         "the node to stop its singleton",
         Duration::from_secs(60),
         || {
-            nodes[victim]
-                .ps()
-                .iter()
-                .all(|c| c["config"]["name"] != container.as_str() || c["status"] == "exited")
+            nodes[victim].ps().iter().all(|c| {
+                c.record.config.name.as_ref() != Some(&container) || c.status == Status::Exited
+            })
         },
     );
     let stopped_at = now_secs();
     wait("the replacement elsewhere", Duration::from_secs(60), || {
         running(cp)
             .iter()
-            .any(|t| t["node"] != ids[victim].as_str())
+            .any(|t| t.node.as_ref() != Some(&ids[victim]))
     });
     let replacement = running(cp)
         .into_iter()
-        .find(|t| t["node"] != ids[victim].as_str())
+        .find(|t| t.node.as_ref() != Some(&ids[victim]))
         .expect("replacement");
     assert!(
-        replacement["createdAt"].as_u64().expect("createdAt") + 1 >= stopped_at,
+        replacement.created_at + 1 >= stopped_at,
         "the replacement started before the original stopped: no singleton"
     );
     hosts[victim].restore();
-    let id = original["id"].as_str().expect("id").to_string();
+    let id = original.id.clone();
     wait(
         "the original reported stopped",
         Duration::from_secs(120),
-        || {
-            tasks(cp)
-                .iter()
-                .any(|t| t["id"] == id.as_str() && t["state"] == "STOPPED")
-        },
+        || stopped(cp, &id),
     );
-    let t: Value = serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
+    let t = cp.task(&id);
     assert!(
-        t["stopReason"]
-            .as_str()
+        t.stop_reason
+            .as_deref()
             .unwrap_or_default()
             .contains("stopOnClientAfter"),
-        "{t}"
+        "{t:?}"
     );
     wait("one copy", Duration::from_secs(20), || {
         running(cp).len() == 1

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use flotilla_api::ops::{NodeState, TaskInfo};
+use flotilla_api::tasks::TaskState;
 use flotilla_certs::credential::Credential;
 use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::node::Node;
@@ -17,10 +19,6 @@ const SERVE: &str = r#"{
     "command": ["sh", "-c", "trap 'exit 3' TERM; while true; do sleep 0.2 & wait; done"]
   }]
 }"#;
-
-fn inspect(cp: &ControlPlane, what: &str, id: &str) -> serde_json::Value {
-    serde_json::from_str(&cp.flotilla_ok(&[what, "inspect", id])).expect("json")
-}
 
 #[test]
 fn label_drain_activate_and_remove_a_node() {
@@ -41,29 +39,33 @@ fn label_drain_activate_and_remove_a_node() {
     // Labels: set, replace, remove; bad ones refused with the label named.
     cp.flotilla_ok(&["node", "label", &id, "zone=eu-1", "site=b"]);
     cp.flotilla_ok(&["node", "label", &id, "--rm", "zone"]);
-    let n = inspect(&cp, "node", &id);
-    assert_eq!(n["labels"], serde_json::json!({"site": "b"}), "{n}");
+    let n = cp.api().node(&id).expect("node");
+    assert_eq!(
+        n.labels,
+        [("site".to_string(), "b".to_string())].into(),
+        "{n:?}"
+    );
     let bad = cp.flotilla(&["node", "label", &id, "bad key=x"]);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("bad key=x"));
 
     // Drain: the task stops with a reason, the node shows DRAINING and takes nothing new.
-    let out = cp.flotilla_ok(&["task", "run", "serve", "-o", "json"]);
-    let task = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let task = cp.run_one("serve");
     wait("the task to run", Duration::from_secs(30), || {
-        inspect(&cp, "task", &task)["state"] == "RUNNING"
+        cp.task(&task).state == TaskState::Running
     });
     cp.flotilla_ok(&["node", "drain", &id]);
-    assert_eq!(inspect(&cp, "node", &id)["state"], "DRAINING");
+    assert_eq!(cp.node_state(&id), Some(NodeState::Draining));
     wait("the drained task to stop", Duration::from_secs(20), || {
-        inspect(&cp, "task", &task)["state"] == "STOPPED"
+        cp.task(&task).state == TaskState::Stopped
     });
-    let t = inspect(&cp, "task", &task);
-    assert_eq!(t["stopReason"], "node drained", "{t}");
-    assert_eq!(t["containers"][0]["exit_code"], 3, "{t}");
+    let t = cp.task(&task);
+    assert_eq!(t.stop_reason.as_deref(), Some("node drained"), "{t:?}");
+    assert_eq!(
+        t.containers.first().and_then(|c| c.exit_code),
+        Some(3),
+        "{t:?}"
+    );
     let refused = cp.flotilla(&["task", "run", "serve"]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("draining"));
@@ -72,21 +74,22 @@ fn label_drain_activate_and_remove_a_node() {
 
     // Activate: it takes tasks again.
     cp.flotilla_ok(&["node", "activate", &id]);
-    assert_eq!(inspect(&cp, "node", &id)["state"], "READY");
-    let out = cp.flotilla_ok(&["task", "run", "serve", "-o", "json"]);
-    let second = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    assert_eq!(cp.node_state(&id), Some(NodeState::Ready));
+    let placed: Vec<TaskInfo> = cp.flotilla_json(&["task", "run", "serve"]);
+    let second = placed[0].id.clone();
     wait("the second task to run", Duration::from_secs(30), || {
-        inspect(&cp, "task", &second)["state"] == "RUNNING"
+        cp.task(&second).state == TaskState::Running
     });
 
     // Placement needs room: a task that needs 40 % of the node's memory fits twice, not three
     // times, and nothing is created when not all fit.
-    let memory_mib = inspect(&cp, "node", &id)["resources"]["memory_bytes"]
-        .as_u64()
-        .expect("memory reported")
+    let memory_mib = cp
+        .api()
+        .node(&id)
+        .expect("node")
+        .resources
+        .expect("resources reported")
+        .memory_bytes
         >> 20;
     let big = serde_json::json!({
         "family": "big", "networkMode": "none",
@@ -96,7 +99,7 @@ fn label_drain_activate_and_remove_a_node() {
     let f = cp.scratch().join("big.json");
     std::fs::write(&f, big.to_string()).expect("write");
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
-    let before = cp.flotilla_ok(&["task", "ls", "-o", "json"]);
+    let before = cp.tasks();
     let o = cp.flotilla(&["task", "run", "big", "--count", "3"]);
     assert!(!o.status.success());
     let msg = String::from_utf8_lossy(&o.stderr);
@@ -104,18 +107,18 @@ fn label_drain_activate_and_remove_a_node() {
         msg.contains("big:1: room for 2 of 3 tasks: 1 node lacked memory"),
         "{msg}"
     );
-    assert_eq!(cp.flotilla_ok(&["task", "ls", "-o", "json"]), before);
+    assert_eq!(cp.tasks(), before);
 
     // Remove: refused while a task lives, then forced; the node is gone and refused.
     let refused = cp.flotilla(&["node", "rm", &id]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("drain it first"));
     cp.flotilla_ok(&["node", "rm", &id, "--force"]);
-    assert!(cp.nodes().iter().all(|n| n["id"] != id.as_str()));
-    let t = inspect(&cp, "task", &second);
+    assert!(cp.nodes().iter().all(|n| n.id != id));
+    let t = cp.task(&second);
     assert_eq!(
-        (t["state"].as_str(), t["stopReason"].as_str()),
-        (Some("STOPPED"), Some("node removed"))
+        (t.state, t.stop_reason.as_deref()),
+        (TaskState::Stopped, Some("node removed"))
     );
     // The story is in the events, in order.
     let events = cp.flotilla_ok(&["events"]);

@@ -1,16 +1,26 @@
 //! `api/openapi.yaml` against the real server: every documented operation is called on a real
 //! cluster (with a real node running a real task), and every answer's status and body must be
-//! what the document says.
+//! what the document says — and decode into the `flotilla-api` type the client reads it as.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
+use flotilla_api::discovery::DiscoveredService;
+use flotilla_api::ops::{
+    AdminCredential, ApiError, Event, NodeInfo, NodeState, TaskDefRegistered, TaskDefRevision,
+    TaskInfo, TokenCreated, TokenInfo,
+};
+use flotilla_api::schedule::ScheduleInfo;
+use flotilla_api::service::{ServiceCreated, ServiceInfo};
+use flotilla_api::tasks::{DesiredStatus, TaskState};
+use flotilla_api::LogLine;
 use flotilla_certs::credential::Credential;
 use flotilla_certs::SERVER_NAME;
 use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::node::Node;
 use flotilla_tests::openapi::Doc;
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
+use serde_json::json;
 
 const SERVE: &str = r#"{
   "family": "serve",
@@ -50,14 +60,15 @@ impl Caller {
         }
     }
 
-    /// `METHOD path` (an instance of `template`); the answer must match the document.
+    /// `METHOD path` (an instance of `template`); the answer must match the document. Its
+    /// status and body.
     fn call(
         &mut self,
         method: &str,
         template: &str,
         path: &str,
         body: Option<&str>,
-    ) -> (u16, Value) {
+    ) -> (u16, Vec<u8>) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(m, format!("{}{path}", self.base));
         if let Some(b) = body {
@@ -73,27 +84,61 @@ impl Caller {
         }
         self.called
             .insert((method.to_string(), template.to_string()));
-        let value = if bytes.is_empty() {
-            Value::Null
-        } else if let Ok(v) = serde_json::from_slice(&bytes) {
-            v
-        } else {
-            Value::String(String::from_utf8_lossy(&bytes).into_owned())
-        };
-        (status, value)
+        (status, bytes)
     }
 
-    fn ok(
+    /// A call that must answer `want` with a body of type `T` (`ApiError` for a refusal).
+    fn ok<T: DeserializeOwned>(
         &mut self,
         method: &str,
         template: &str,
         path: &str,
         body: Option<&str>,
         want: u16,
-    ) -> Value {
-        let (status, v) = self.call(method, template, path, body);
-        assert_eq!(status, want, "{method} {path}: {v}");
-        v
+    ) -> T {
+        let (status, bytes) = self.call(method, template, path, body);
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(status, want, "{method} {path}: {text}");
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            panic!(
+                "{method} {path}: not a {}: {e}\n{text}",
+                std::any::type_name::<T>()
+            )
+        })
+    }
+
+    /// A refusal with status `want`.
+    fn refused(
+        &mut self,
+        method: &str,
+        template: &str,
+        path: &str,
+        body: Option<&str>,
+        want: u16,
+    ) -> ApiError {
+        self.ok(method, template, path, body, want)
+    }
+
+    /// A call that must answer `want` without a body.
+    fn empty(&mut self, method: &str, template: &str, path: &str, want: u16) {
+        let (status, bytes) = self.call(method, template, path, None);
+        assert_eq!(
+            (status, bytes.as_slice()),
+            (want, &b""[..]),
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&bytes)
+        );
+    }
+
+    /// A call that must answer 200 with newline-delimited records of type `T`.
+    fn lines<T: DeserializeOwned>(&mut self, method: &str, template: &str, path: &str) -> Vec<T> {
+        let (status, bytes) = self.call(method, template, path, None);
+        assert_eq!(status, 200, "{method} {path}");
+        bytes
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("a record"))
+            .collect()
     }
 }
 
@@ -113,47 +158,63 @@ fn every_documented_operation_answers_as_documented() {
     let node_path = format!("/v1/nodes/{id}");
 
     // Tokens.
-    let t = api.ok(
+    let t: TokenCreated = api.ok(
         "POST",
         "/v1/tokens",
         "/v1/tokens",
         Some(r#"{"labels":{"site":"a"}}"#),
         201,
     );
-    let token_id = t["id"].as_str().expect("id").to_string();
-    api.ok(
+    assert_eq!(t.info.labels.get("site").map(String::as_str), Some("a"));
+    let token_id = t.info.id;
+    api.refused(
         "POST",
         "/v1/tokens",
         "/v1/tokens",
-        Some(r#"{"ttl_secs":0}"#),
+        Some(r#"{"ttlSecs":0}"#),
         400,
     );
-    api.ok("GET", "/v1/tokens", "/v1/tokens", None, 200);
+    // The previous release's field name is refused, not silently ignored.
+    let old = api.refused(
+        "POST",
+        "/v1/tokens",
+        "/v1/tokens",
+        Some(r#"{"ttl_secs":60}"#),
+        400,
+    );
+    assert!(old.error.contains("ttl_secs"), "{old:?}");
+    let tokens: Vec<TokenInfo> = api.ok("GET", "/v1/tokens", "/v1/tokens", None, 200);
+    assert!(tokens.iter().any(|t| t.id == token_id), "{tokens:?}");
     let p = format!("/v1/tokens/{token_id}");
-    api.ok("DELETE", "/v1/tokens/{id}", &p, None, 204);
-    api.ok("DELETE", "/v1/tokens/{id}", &p, None, 404);
+    api.empty("DELETE", "/v1/tokens/{id}", &p, 204);
+    api.refused("DELETE", "/v1/tokens/{id}", &p, None, 404);
 
     // Nodes.
-    api.ok("GET", "/v1/nodes", "/v1/nodes", None, 200);
-    api.ok("GET", "/v1/nodes/{id}", &node_path, None, 200);
-    api.ok("GET", "/v1/nodes/{id}", "/v1/nodes/n-nope", None, 404);
+    let nodes: Vec<NodeInfo> = api.ok("GET", "/v1/nodes", "/v1/nodes", None, 200);
+    assert_eq!(nodes.len(), 1);
+    let n: NodeInfo = api.ok("GET", "/v1/nodes/{id}", &node_path, None, 200);
+    assert!(
+        n.resources.as_ref().is_some_and(|r| r.memory_bytes > 0),
+        "{n:?}"
+    );
+    api.refused("GET", "/v1/nodes/{id}", "/v1/nodes/n-nope", None, 404);
     let labels = format!("{node_path}/labels");
-    let n = api.ok(
+    let n: NodeInfo = api.ok(
         "PUT",
         "/v1/nodes/{id}/labels",
         &labels,
         Some(r#"{"set":{"site":"b"}}"#),
         200,
     );
-    assert_eq!(n["labels"]["site"], "b");
-    api.ok(
+    assert_eq!(n.labels.get("site").map(String::as_str), Some("b"));
+    api.refused(
         "PUT",
         "/v1/nodes/{id}/labels",
         &labels,
         Some(r#"{"set":{"bad key":"x"}}"#),
         400,
     );
-    api.ok(
+    api.refused(
         "PUT",
         "/v1/nodes/{id}/labels",
         "/v1/nodes/n-nope/labels",
@@ -162,32 +223,32 @@ fn every_documented_operation_answers_as_documented() {
     );
 
     // Task definitions.
-    let r = api.ok("POST", "/v1/taskdefs", "/v1/taskdefs", Some(SERVE), 201);
-    assert_eq!(r["revision"], 1);
-    let bad = api.ok(
+    let r: TaskDefRegistered = api.ok("POST", "/v1/taskdefs", "/v1/taskdefs", Some(SERVE), 201);
+    assert_eq!(r.revision, 1);
+    let bad = api.refused(
         "POST",
         "/v1/taskdefs",
         "/v1/taskdefs",
         Some(r#"{"family": 3}"#),
         400,
     );
-    assert!(!bad["problems"].as_array().expect("problems").is_empty());
-    api.ok("GET", "/v1/taskdefs", "/v1/taskdefs", None, 200);
-    api.ok(
+    assert!(!bad.problems.is_empty());
+    let _: Vec<TaskDefRevision> = api.ok("GET", "/v1/taskdefs", "/v1/taskdefs", None, 200);
+    let _: TaskDefRevision = api.ok(
         "GET",
         "/v1/taskdefs/{taskdef}",
         "/v1/taskdefs/serve",
         None,
         200,
     );
-    api.ok(
+    api.refused(
         "GET",
         "/v1/taskdefs/{taskdef}",
         "/v1/taskdefs/serve:x",
         None,
         400,
     );
-    api.ok(
+    api.refused(
         "GET",
         "/v1/taskdefs/{taskdef}",
         "/v1/taskdefs/nope",
@@ -196,22 +257,22 @@ fn every_documented_operation_answers_as_documented() {
     );
 
     // Tasks, with a real container.
-    let tasks = api.ok(
+    let tasks: Vec<TaskInfo> = api.ok(
         "POST",
         "/v1/tasks",
         "/v1/tasks",
         Some(r#"{"taskDefinition":"serve"}"#),
         201,
     );
-    let task = tasks[0]["id"].as_str().expect("id").to_string();
-    api.ok(
+    let task = tasks[0].id.clone();
+    api.refused(
         "POST",
         "/v1/tasks",
         "/v1/tasks",
         Some(r#"{"taskDefinition":"nope"}"#),
         404,
     );
-    api.ok(
+    api.refused(
         "POST",
         "/v1/tasks",
         "/v1/tasks",
@@ -220,79 +281,90 @@ fn every_documented_operation_answers_as_documented() {
     );
     let task_path = format!("/v1/tasks/{task}");
     let start = Instant::now();
-    while api.ok("GET", "/v1/tasks/{id}", &task_path, None, 200)["state"] != "RUNNING" {
+    while api
+        .ok::<TaskInfo>("GET", "/v1/tasks/{id}", &task_path, None, 200)
+        .state
+        != TaskState::Running
+    {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "the task never ran"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    api.ok("GET", "/v1/tasks/{id}", "/v1/tasks/t-nope", None, 404);
-    api.ok("GET", "/v1/tasks", "/v1/tasks", None, 200);
+    api.refused("GET", "/v1/tasks/{id}", "/v1/tasks/t-nope", None, 404);
+    let _: Vec<TaskInfo> = api.ok("GET", "/v1/tasks", "/v1/tasks", None, 200);
     let logs = format!("{task_path}/logs?tail=5");
     let start = Instant::now();
-    while api.ok("GET", "/v1/tasks/{id}/logs", &logs, None, 200) == Value::Null {
+    loop {
+        let lines: Vec<LogLine> = api.lines("GET", "/v1/tasks/{id}/logs", &logs);
+        if let Some(l) = lines.first() {
+            assert_eq!((l.container.as_str(), l.text.as_str()), ("main", "up"));
+            break;
+        }
         assert!(start.elapsed() < Duration::from_secs(10), "no log line");
         std::thread::sleep(Duration::from_millis(200));
     }
     let nope = format!("{task_path}/logs?container=nope");
-    api.ok("GET", "/v1/tasks/{id}/logs", &nope, None, 404);
+    api.refused("GET", "/v1/tasks/{id}/logs", &nope, None, 404);
     let bogus = format!("{task_path}/logs?bogus=1");
-    api.ok("GET", "/v1/tasks/{id}/logs", &bogus, None, 400);
+    api.refused("GET", "/v1/tasks/{id}/logs", &bogus, None, 400);
 
     // Draining refuses placement; activating allows it again.
-    api.ok(
+    let n: NodeInfo = api.ok(
         "POST",
         "/v1/nodes/{id}/drain",
         &format!("{node_path}/drain"),
         None,
         200,
     );
-    api.ok(
+    assert_eq!(n.state, NodeState::Draining);
+    api.refused(
         "POST",
         "/v1/tasks",
         "/v1/tasks",
         Some(r#"{"taskDefinition":"serve"}"#),
         409,
     );
-    api.ok(
+    let n: NodeInfo = api.ok(
         "POST",
         "/v1/nodes/{id}/activate",
         &format!("{node_path}/activate"),
         None,
         200,
     );
-    api.ok(
+    assert_eq!(n.state, NodeState::Ready);
+    api.refused(
         "POST",
         "/v1/nodes/{id}/drain",
         "/v1/nodes/n-nope/drain",
         None,
         404,
     );
-    api.ok(
+    api.refused(
         "POST",
         "/v1/nodes/{id}/activate",
         "/v1/nodes/n-nope/activate",
         None,
         404,
     );
-    let again = api.ok(
+    let again: Vec<TaskInfo> = api.ok(
         "POST",
         "/v1/tasks",
         "/v1/tasks",
         Some(r#"{"taskDefinition":"serve"}"#),
         201,
     );
-    let live = again[0]["id"].as_str().expect("id").to_string();
-    let stopped = api.ok(
+    let live = again[0].id.clone();
+    let stopped: TaskInfo = api.ok(
         "POST",
         "/v1/tasks/{id}/stop",
         &format!("{task_path}/stop"),
         None,
         200,
     );
-    assert_eq!(stopped["desired"], "STOPPED");
-    api.ok(
+    assert_eq!(stopped.desired, DesiredStatus::Stopped);
+    api.refused(
         "POST",
         "/v1/tasks/{id}/stop",
         "/v1/tasks/t-nope/stop",
@@ -303,10 +375,10 @@ fn every_documented_operation_answers_as_documented() {
     // Services.
     let svc = r#"{"serviceName": "web", "taskDefinition": "serve", "desiredCount": 1, "launchType": "EC2",
                   "discovery": {"namespace": "test", "containerPort": 8080, "vip": true}}"#;
-    let created = api.ok("POST", "/v1/services", "/v1/services", Some(svc), 201);
-    assert_eq!(created["warnings"][0], "$.launchType: ignored (AWS only)");
-    api.ok("POST", "/v1/services", "/v1/services", Some(svc), 409);
-    api.ok(
+    let created: ServiceCreated = api.ok("POST", "/v1/services", "/v1/services", Some(svc), 201);
+    assert_eq!(created.warnings, ["$.launchType: ignored (AWS only)"]);
+    api.refused("POST", "/v1/services", "/v1/services", Some(svc), 409);
+    api.refused(
         "POST",
         "/v1/services",
         "/v1/services",
@@ -314,75 +386,70 @@ fn every_documented_operation_answers_as_documented() {
         400,
     );
     let missing = r#"{"serviceName": "x", "taskDefinition": "nope"}"#;
-    api.ok("POST", "/v1/services", "/v1/services", Some(missing), 404);
+    api.refused("POST", "/v1/services", "/v1/services", Some(missing), 404);
     let start = Instant::now();
-    while api.ok("GET", "/v1/services/{name}", "/v1/services/web", None, 200)["runningCount"] != 1 {
+    while api
+        .ok::<ServiceInfo>("GET", "/v1/services/{name}", "/v1/services/web", None, 200)
+        .running_count
+        != 1
+    {
         assert!(
             start.elapsed() < Duration::from_secs(30),
             "the service never ran"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    api.ok("GET", "/v1/services", "/v1/services", None, 200);
-    api.ok("GET", "/v1/services/{name}", "/v1/services/nope", None, 404);
+    let _: Vec<ServiceInfo> = api.ok("GET", "/v1/services", "/v1/services", None, 200);
+    api.refused("GET", "/v1/services/{name}", "/v1/services/nope", None, 404);
     let start = Instant::now();
     loop {
-        let e = api.ok(
+        let e: DiscoveredService = api.ok(
             "GET",
             "/v1/services/{name}/endpoints",
             "/v1/services/web/endpoints",
             None,
             200,
         );
-        assert_eq!(e["name"], "web", "{e}");
-        if e["vip"].is_string() {
+        assert_eq!(e.name, "web", "{e:?}");
+        if e.vip.is_some() {
             // A task with network mode none is reached nowhere: no endpoint.
-            assert_eq!(e["endpoints"], json!([]), "{e}");
+            assert!(e.endpoints.is_empty(), "{e:?}");
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "no VIP: {e}");
+        assert!(start.elapsed() < Duration::from_secs(30), "no VIP: {e:?}");
         std::thread::sleep(Duration::from_millis(200));
     }
-    api.ok(
+    api.refused(
         "GET",
         "/v1/services/{name}/endpoints",
         "/v1/services/nope/endpoints",
         None,
         404,
     );
-    let scaled = api.ok(
+    let scaled: ServiceInfo = api.ok(
         "PUT",
         "/v1/services/{name}",
         "/v1/services/web",
         Some(r#"{"desiredCount": 2, "forceNewDeployment": true}"#),
         200,
     );
-    assert_eq!(
-        scaled["deployments"].as_array().expect("deployments").len(),
-        2
-    );
-    api.ok(
+    assert_eq!(scaled.deployments.len(), 2);
+    api.refused(
         "PUT",
         "/v1/services/{name}",
         "/v1/services/web",
         Some(r#"{"desiredCount": 1, "x": 1}"#),
         400,
     );
-    api.ok(
+    api.refused(
         "PUT",
         "/v1/services/{name}",
         "/v1/services/nope",
         Some("{}"),
         404,
     );
-    api.ok(
-        "DELETE",
-        "/v1/services/{name}",
-        "/v1/services/web",
-        None,
-        204,
-    );
-    api.ok(
+    api.empty("DELETE", "/v1/services/{name}", "/v1/services/web", 204);
+    api.refused(
         "DELETE",
         "/v1/services/{name}",
         "/v1/services/web",
@@ -392,36 +459,35 @@ fn every_documented_operation_answers_as_documented() {
 
     // Schedules.
     let sched = r#"{"name": "nightly", "taskDefinition": "serve", "cron": "0 2 * * *", "timezone": "Europe/Paris"}"#;
-    let s = api.ok("POST", "/v1/schedules", "/v1/schedules", Some(sched), 201);
-    assert!(s["nextRun"].as_u64().is_some(), "{s}");
-    api.ok("POST", "/v1/schedules", "/v1/schedules", Some(sched), 409);
+    let s: ScheduleInfo = api.ok("POST", "/v1/schedules", "/v1/schedules", Some(sched), 201);
+    assert!(s.next_run.is_some(), "{s:?}");
+    api.refused("POST", "/v1/schedules", "/v1/schedules", Some(sched), 409);
     let bad = r#"{"name": "x", "taskDefinition": "serve", "cron": "* *"}"#;
-    api.ok("POST", "/v1/schedules", "/v1/schedules", Some(bad), 400);
+    api.refused("POST", "/v1/schedules", "/v1/schedules", Some(bad), 400);
     let missing = r#"{"name": "y", "taskDefinition": "nope", "cron": "@daily"}"#;
-    api.ok("POST", "/v1/schedules", "/v1/schedules", Some(missing), 404);
-    api.ok("GET", "/v1/schedules", "/v1/schedules", None, 200);
-    api.ok(
+    api.refused("POST", "/v1/schedules", "/v1/schedules", Some(missing), 404);
+    let _: Vec<ScheduleInfo> = api.ok("GET", "/v1/schedules", "/v1/schedules", None, 200);
+    let _: ScheduleInfo = api.ok(
         "GET",
         "/v1/schedules/{name}",
         "/v1/schedules/nightly",
         None,
         200,
     );
-    api.ok(
+    api.refused(
         "GET",
         "/v1/schedules/{name}",
         "/v1/schedules/nope",
         None,
         404,
     );
-    api.ok(
+    api.empty(
         "DELETE",
         "/v1/schedules/{name}",
         "/v1/schedules/nightly",
-        None,
         204,
     );
-    api.ok(
+    api.refused(
         "DELETE",
         "/v1/schedules/{name}",
         "/v1/schedules/nightly",
@@ -431,27 +497,28 @@ fn every_documented_operation_answers_as_documented() {
 
     // Operators.
     let key = flotilla_certs::key_and_csr("ops").expect("csr");
-    let issue = json!({"name": "ops", "csr_pem": key.cert_pem}).to_string();
-    api.ok("POST", "/v1/admins", "/v1/admins", Some(&issue), 201);
-    let bad = json!({"name": "ops", "csr_pem": "not a CSR"}).to_string();
-    api.ok("POST", "/v1/admins", "/v1/admins", Some(&bad), 400);
+    let issue = json!({"name": "ops", "csrPem": key.cert_pem}).to_string();
+    let c: AdminCredential = api.ok("POST", "/v1/admins", "/v1/admins", Some(&issue), 201);
+    assert!(c.cert_pem.contains("BEGIN CERTIFICATE") && c.ca_pem.contains("BEGIN CERTIFICATE"));
+    let bad = json!({"name": "ops", "csrPem": "not a CSR"}).to_string();
+    api.refused("POST", "/v1/admins", "/v1/admins", Some(&bad), 400);
 
     // Deregistering.
-    api.ok(
+    let _: TaskDefRevision = api.ok(
         "POST",
         "/v1/taskdefs/{taskdef}/deregister",
         "/v1/taskdefs/serve:1/deregister",
         None,
         200,
     );
-    api.ok(
+    api.refused(
         "POST",
         "/v1/taskdefs/{taskdef}/deregister",
         "/v1/taskdefs/serve/deregister",
         None,
         400,
     );
-    api.ok(
+    api.refused(
         "POST",
         "/v1/taskdefs/{taskdef}/deregister",
         "/v1/taskdefs/nope:1/deregister",
@@ -460,44 +527,43 @@ fn every_documented_operation_answers_as_documented() {
     );
 
     // Removing and revoking nodes.
-    api.ok(
+    api.refused(
         "DELETE",
         "/v1/nodes/{id}",
         &format!("{node_path}?force=maybe"),
         None,
         400,
     );
-    api.ok("DELETE", "/v1/nodes/{id}", &node_path, None, 409);
+    api.refused("DELETE", "/v1/nodes/{id}", &node_path, None, 409);
     let other = Agent::new(&cp.scratch().join("other"));
     assert!(other
         .join(&cp.server(), &cp.token(&[]), &[])
         .status
         .success());
     let other_id = Credential::load(&other.identity()).expect("identity").name;
-    let r = api.ok(
+    let r: NodeInfo = api.ok(
         "POST",
         "/v1/nodes/{id}/revoke",
         &format!("/v1/nodes/{other_id}/revoke"),
         None,
         200,
     );
-    assert_eq!(r["state"], "REVOKED");
-    api.ok(
+    assert_eq!(r.state, NodeState::Revoked);
+    api.refused(
         "POST",
         "/v1/nodes/{id}/revoke",
         "/v1/nodes/n-nope/revoke",
         None,
         404,
     );
-    api.ok(
+    api.empty(
         "DELETE",
         "/v1/nodes/{id}",
         &format!("/v1/nodes/{other_id}"),
-        None,
         204,
     );
-    api.ok("DELETE", "/v1/nodes/{id}", "/v1/nodes/n-nope", None, 404);
-    api.ok(
+    api.refused("DELETE", "/v1/nodes/{id}", "/v1/nodes/n-nope", None, 404);
+    let _: TaskInfo = api.ok(
         "POST",
         "/v1/tasks/{id}/stop",
         &format!("/v1/tasks/{live}/stop"),
@@ -506,13 +572,8 @@ fn every_documented_operation_answers_as_documented() {
     );
 
     // Events: what happened, in order.
-    let events = api.ok("GET", "/v1/events", "/v1/events", None, 200);
-    let kinds: Vec<&str> = events
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter_map(|e| e["kind"].as_str())
-        .collect();
+    let events: Vec<Event> = api.ok("GET", "/v1/events", "/v1/events", None, 200);
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     for k in [
         "token.created",
         "node.joined",
@@ -525,15 +586,10 @@ fn every_documented_operation_answers_as_documented() {
     ] {
         assert!(kinds.contains(&k), "no {k} event in {kinds:?}");
     }
-    let page = api.ok("GET", "/v1/events", "/v1/events?since=2&limit=3", None, 200);
-    let seqs: Vec<u64> = page
-        .as_array()
-        .expect("page")
-        .iter()
-        .filter_map(|e| e["seq"].as_u64())
-        .collect();
+    let page: Vec<Event> = api.ok("GET", "/v1/events", "/v1/events?since=2&limit=3", None, 200);
+    let seqs: Vec<u64> = page.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [3, 4, 5]);
-    api.ok("GET", "/v1/events", "/v1/events?limit=0", None, 400);
+    api.refused("GET", "/v1/events", "/v1/events?limit=0", None, 400);
 
     // What is not documented is not served.
     let (status, body) = api.rt.block_on(async {
@@ -547,7 +603,8 @@ fn every_documented_operation_answers_as_documented() {
     });
     assert_eq!(status, 404);
     let mut errors = Vec::new();
-    let err: Value = serde_json::from_slice(&body).expect("json");
+    // The validator walks the document's JSON Schema over the untyped answer.
+    let err: serde_json::Value = serde_json::from_slice(&body).expect("json");
     api.doc.validate(
         &json!({"$ref": "#/components/schemas/Error"}),
         &err,

@@ -4,9 +4,10 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flotilla_tests::cluster::{ControlPlane, Fleet};
+use flotilla_api::tasks::TaskState;
+use flotilla_runtime::container::Status;
+use flotilla_tests::cluster::Fleet;
 use flotilla_tests::wait;
-use serde_json::Value;
 
 const ONCE: &str = r#"{
   "family": "once",
@@ -22,10 +23,6 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("clock")
         .as_secs()
-}
-
-fn tasks(cp: &ControlPlane) -> Vec<Value> {
-    serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json")
 }
 
 #[test]
@@ -82,7 +79,8 @@ fn a_pinned_schedule_fires_on_its_disconnected_node_and_reports_later() {
         Duration::from_secs(100),
         || {
             nodes[0].ps().iter().any(|c| {
-                c["config"]["name"] == format!("{id}-0").as_str() && c["status"] == "exited"
+                c.record.config.name.as_deref() == Some(format!("{id}-0").as_str())
+                    && c.status == Status::Exited
             })
         },
     );
@@ -92,7 +90,7 @@ fn a_pinned_schedule_fires_on_its_disconnected_node_and_reports_later() {
         "ran on schedule\n"
     );
     assert!(
-        !tasks(cp).iter().any(|t| t["id"] == id.as_str()),
+        !cp.tasks().iter().any(|t| t.id == id),
         "the control plane cannot know yet"
     );
     // Meanwhile the control plane fired the unpinned one on the connected node.
@@ -100,31 +98,33 @@ fn a_pinned_schedule_fires_on_its_disconnected_node_and_reports_later() {
         "the control plane's run of tick",
         Duration::from_secs(30),
         || {
-            tasks(cp)
-                .iter()
-                .any(|t| t["startedBy"] == "schedule:tick" && t["node"] == ids[1].as_str())
+            cp.tasks().iter().any(|t| {
+                t.started_by.as_deref() == Some("schedule:tick")
+                    && t.node.as_deref() == Some(ids[1].as_str())
+            })
         },
     );
 
     // Link back: the run is reported with its exit code, then its container goes.
     hosts[0].restore();
     wait("the run reported", Duration::from_secs(120), || {
-        tasks(cp)
+        cp.tasks()
             .iter()
-            .any(|t| t["id"] == id.as_str() && t["state"] == "STOPPED")
+            .any(|t| t.id == id && t.state == TaskState::Stopped)
     });
-    let t: Value = serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
-    assert_eq!(t["startedBy"], "schedule:local", "{t}");
-    assert_eq!(t["containers"][0]["exit_code"], 0, "{t}");
-    let s: Value =
-        serde_json::from_str(&cp.flotilla_ok(&["schedule", "inspect", "local"])).expect("json");
+    let t = cp.task(&id);
+    assert_eq!(t.started_by.as_deref(), Some("schedule:local"), "{t:?}");
+    assert_eq!(
+        t.containers.first().and_then(|c| c.exit_code),
+        Some(0),
+        "{t:?}"
+    );
+    let s = cp.api().schedule("local").expect("schedule");
     assert!(
-        s["runs"]
-            .as_array()
-            .expect("runs")
+        s.runs
             .iter()
-            .any(|r| r["task"] == id.as_str() && r["node"] == ids[0].as_str()),
-        "{s}"
+            .any(|r| r.task == id && r.node.as_deref() == Some(ids[0].as_str())),
+        "{s:?}"
     );
 
     cp.flotilla_ok(&["schedule", "rm", "local", "tick"]);

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use flotilla_api::service::RolloutState;
+use flotilla_api::tasks::{DesiredStatus, TaskState};
 use flotilla_certs::credential::Credential;
 use flotilla_tests::cluster::{Agent, ControlPlane, Fleet};
 use flotilla_tests::node::Node;
@@ -50,22 +52,16 @@ fn create(cp: &ControlPlane, name: &str, spec: &Value) {
 
 /// Running tasks of a service, per node.
 fn running(cp: &ControlPlane, service: &str) -> BTreeMap<String, usize> {
-    let tasks: Vec<Value> =
-        serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json");
+    let by = format!("service:{service}");
     let mut out = BTreeMap::new();
-    for t in tasks.iter().filter(|t| {
-        t["startedBy"] == format!("service:{service}").as_str()
-            && t["state"] == "RUNNING"
-            && t["desired"] == "RUNNING"
+    for t in cp.tasks().into_iter().filter(|t| {
+        t.started_by.as_ref() == Some(&by)
+            && t.state == TaskState::Running
+            && t.desired == DesiredStatus::Running
     }) {
-        *out.entry(t["node"].as_str().expect("node").to_string())
-            .or_default() += 1;
+        *out.entry(t.node.expect("node")).or_default() += 1;
     }
     out
-}
-
-fn service(cp: &ControlPlane, name: &str) -> Value {
-    serde_json::from_str(&cp.flotilla_ok(&["service", "inspect", name])).expect("json")
 }
 
 fn remove_all(cp: &ControlPlane, names: &[&str], nodes: &[&Node]) {
@@ -159,14 +155,12 @@ fn a_failing_deployment_is_stopped_and_rolled_back_without_dropping_below_the_mi
     }
     register(&cp, "serve.json", SERVE);
     // Revision 2 never passes its health check.
-    let broken: Value = {
-        let mut v: Value = serde_json::from_str(SERVE).expect("json");
-        v["containerDefinitions"][0]["healthCheck"] = serde_json::json!({
-            "command": ["CMD-SHELL", "exit 1"], "interval": 5, "timeout": 2, "retries": 1
-        });
-        v
-    };
-    register(&cp, "broken.json", &broken.to_string());
+    let broken = SERVE.replace(
+        r#""stopTimeout": 2,"#,
+        r#""stopTimeout": 2, "healthCheck": {"command": ["CMD-SHELL", "exit 1"], "interval": 5, "timeout": 2, "retries": 1},"#,
+    );
+    assert_ne!(broken, SERVE);
+    register(&cp, "broken.json", &broken);
     create(
         &cp,
         "web",
@@ -175,7 +169,10 @@ fn a_failing_deployment_is_stopped_and_rolled_back_without_dropping_below_the_mi
               "deploymentCircuitBreaker": {"enable": true, "rollback": true}}}),
     );
     wait("web to run", Duration::from_secs(30), || {
-        service(&cp, "web")["deployments"][0]["rolloutState"] == "COMPLETED"
+        cp.service("web")
+            .deployments
+            .first()
+            .is_some_and(|d| d.rollout_state == RolloutState::Completed)
     });
 
     cp.flotilla_ok(&["service", "update", "web", "--taskdef", "serve:2"]);
@@ -183,29 +180,28 @@ fn a_failing_deployment_is_stopped_and_rolled_back_without_dropping_below_the_mi
     let start = Instant::now();
     let mut lowest = usize::MAX;
     loop {
-        let tasks: Vec<Value> =
-            serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json");
-        let healthy = tasks
+        let healthy = cp
+            .tasks()
             .iter()
             .filter(|t| {
-                t["startedBy"] == "service:web"
-                    && t["state"] == "RUNNING"
-                    && t["taskDefinition"] == "serve:1"
+                t.started_by.as_deref() == Some("service:web")
+                    && t.state == TaskState::Running
+                    && t.task_definition == "serve:1"
             })
             .count();
         lowest = lowest.min(healthy);
-        let s = service(&cp, "web");
-        let deployments = s["deployments"].as_array().expect("deployments").clone();
-        let failed = deployments.iter().any(|d| d["rolloutState"] == "FAILED");
-        let done = deployments.len() == 1
-            && deployments[0]["rolloutState"] == "COMPLETED"
-            && deployments[0]["taskDefinition"] == "serve:1";
+        let s = cp.service("web");
+        let d = &s.deployments;
+        let failed = d.iter().any(|d| d.rollout_state == RolloutState::Failed);
+        let done = d.len() == 1
+            && d[0].rollout_state == RolloutState::Completed
+            && d[0].task_definition == "serve:1";
         if done {
             break;
         }
         assert!(
             start.elapsed() < Duration::from_secs(90),
-            "no rollback: {s} (failed seen: {failed})"
+            "no rollback: {s:?} (failed seen: {failed})"
         );
         std::thread::sleep(Duration::from_millis(200));
     }

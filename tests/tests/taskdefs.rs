@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use flotilla_api::ops::{TaskDefRevision, TaskDefStatus};
 use flotilla_tests::cluster::ControlPlane;
 
 const WEB: &str = r#"{
@@ -71,23 +72,22 @@ fn register_revisions_inspect_and_deregister() {
         String::from_utf8_lossy(&o.stderr)
     );
 
-    let list: Vec<serde_json::Value> =
-        serde_json::from_str(&cp.flotilla_ok(&["taskdef", "ls", "-o", "json"])).expect("json");
+    let list: Vec<TaskDefRevision> = cp.flotilla_json(&["taskdef", "ls"]);
     assert_eq!(list.len(), 2);
-    let latest: serde_json::Value =
+    // What `inspect` prints is the revision as the API has it.
+    let latest: TaskDefRevision =
         serde_json::from_str(&cp.flotilla_ok(&["taskdef", "inspect", "web"])).expect("json");
-    assert_eq!(latest["revision"], 2);
+    assert_eq!(latest, cp.api().taskdef("web").expect("web"));
+    assert_eq!(latest.revision, 2);
     assert_eq!(
-        latest["taskDefinition"]["containerDefinitions"][0]["memoryReservation"],
-        16
+        latest.task_definition.container_definitions[0].memory_reservation,
+        Some(16)
     );
     cp.flotilla_ok(&["taskdef", "deregister", "web:2"]);
-    let latest: serde_json::Value =
-        serde_json::from_str(&cp.flotilla_ok(&["taskdef", "inspect", "web"])).expect("json");
-    assert_eq!(latest["revision"], 1, "the newest active revision");
-    let two: serde_json::Value =
-        serde_json::from_str(&cp.flotilla_ok(&["taskdef", "inspect", "web:2"])).expect("json");
-    assert_eq!(two["status"], "INACTIVE");
+    let latest = cp.api().taskdef("web").expect("web");
+    assert_eq!(latest.revision, 1, "the newest active revision");
+    let two = cp.api().taskdef("web:2").expect("web:2");
+    assert_eq!(two.status, TaskDefStatus::Inactive);
     let o = cp.flotilla(&["taskdef", "inspect", "nope"]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("no active task definition in family nope"));
 }

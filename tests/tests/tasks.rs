@@ -4,6 +4,9 @@
 
 use std::time::{Duration, Instant};
 
+use flotilla_api::ops::{NodeState, TaskInfo};
+use flotilla_api::tasks::{ContainerState, HealthStatus, TaskState};
+use flotilla_runtime::container::Status;
 use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::node::Node;
 use flotilla_tests::wait;
@@ -41,10 +44,6 @@ fn agent_in_session(cp: &ControlPlane, node: &Node) -> Agent {
     agent
 }
 
-fn tasks(cp: &ControlPlane) -> Vec<serde_json::Value> {
-    serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json")
-}
-
 #[test]
 fn tasks_run_report_and_survive_a_control_plane_crash() {
     let node = Node::new();
@@ -66,34 +65,33 @@ fn tasks_run_report_and_survive_a_control_plane_crash() {
         "GREETING=hello",
     ]);
     wait("2 running tasks", Duration::from_secs(30), || {
-        tasks(&cp)
+        cp.tasks()
             .iter()
-            .filter(|t| t["state"] == "RUNNING")
+            .filter(|t| t.state == TaskState::Running)
             .count()
             == 2
     });
     let running = node.ps();
     assert_eq!(
-        running.iter().filter(|c| c["status"] == "running").count(),
+        running
+            .iter()
+            .filter(|c| c.status == Status::Running)
+            .count(),
         2
     );
-    let pids: Vec<i64> = running
-        .iter()
-        .map(|c| c["pid"].as_i64().expect("pid"))
-        .collect();
-    let first = tasks(&cp)[0]["id"].as_str().expect("id").to_string();
+    let pids: Vec<Option<i32>> = running.iter().map(|c| c.pid()).collect();
+    assert!(pids.iter().all(Option::is_some), "{running:?}");
+    let first = cp.tasks()[0].id.clone();
     // Usage comes with the heartbeats (every 5 s here), from the container's cgroup.
     wait(
         "usage of the running container",
         Duration::from_secs(15),
         || {
-            let t: serde_json::Value =
-                serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &first])).expect("json");
-            let u = &t["containers"][0]["usage"];
-            u["memory_bytes"]
-                .as_u64()
-                .is_some_and(|m| m > 0 && m <= 32 << 20)
-                && u["pids"].as_u64().is_some_and(|p| p >= 1)
+            cp.task(&first)
+                .containers
+                .first()
+                .and_then(|c| c.usage.as_ref())
+                .is_some_and(|u| u.memory_bytes > 0 && u.memory_bytes <= 32 << 20 && u.pids >= 1)
         },
     );
     let name = format!("{first}-0");
@@ -106,16 +104,12 @@ fn tasks_run_report_and_survive_a_control_plane_crash() {
     std::thread::sleep(Duration::from_secs(2));
     cp.restart();
     agent.wait_log("session established", 2, Duration::from_secs(45));
-    let after: Vec<i64> = node
-        .ps()
-        .iter()
-        .map(|c| c["pid"].as_i64().expect("pid"))
-        .collect();
+    let after: Vec<Option<i32>> = node.ps().iter().map(|c| c.pid()).collect();
     assert_eq!(after, pids, "containers were restarted");
     assert_eq!(
-        tasks(&cp)
+        cp.tasks()
             .iter()
-            .filter(|t| t["state"] == "RUNNING")
+            .filter(|t| t.state == TaskState::Running)
             .count(),
         2
     );
@@ -123,14 +117,15 @@ fn tasks_run_report_and_survive_a_control_plane_crash() {
     // An operator stops one: exit code and reason come back, its container goes away.
     cp.flotilla_ok(&["task", "stop", &first]);
     wait("the task to stop", Duration::from_secs(20), || {
-        let t: serde_json::Value =
-            serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &first])).expect("json");
-        t["state"] == "STOPPED"
+        cp.task(&first).state == TaskState::Stopped
     });
-    let t: serde_json::Value =
-        serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &first])).expect("json");
-    assert_eq!(t["stopReason"], "stopped by an operator");
-    assert_eq!(t["containers"][0]["exit_code"], 3, "{t}");
+    let t = cp.task(&first);
+    assert_eq!(t.stop_reason.as_deref(), Some("stopped by an operator"));
+    assert_eq!(
+        t.containers.first().and_then(|c| c.exit_code),
+        Some(3),
+        "{t:?}"
+    );
     node.wait_for(
         "the stopped task's container to be removed",
         Duration::from_secs(10),
@@ -138,27 +133,22 @@ fn tasks_run_report_and_survive_a_control_plane_crash() {
     );
 
     // An essential container that exits ends its task; the others are stopped.
-    let out = cp.flotilla_ok(&["task", "run", "oneshot", "-o", "json"]);
-    let id = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = cp.run_one("oneshot");
     wait("the oneshot task to stop", Duration::from_secs(30), || {
-        let t: serde_json::Value =
-            serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
-        t["state"] == "STOPPED"
+        cp.task(&id).state == TaskState::Stopped
     });
-    let t: serde_json::Value =
-        serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
-    assert_eq!(t["stopReason"], "essential container main exited", "{t}");
-    let main = t["containers"]
-        .as_array()
-        .expect("containers")
+    let t = cp.task(&id);
+    assert_eq!(
+        t.stop_reason.as_deref(),
+        Some("essential container main exited"),
+        "{t:?}"
+    );
+    let main = t
+        .containers
         .iter()
-        .find(|c| c["name"] == "main")
-        .expect("main")
-        .clone();
-    assert_eq!(main["exit_code"], 7);
+        .find(|c| c.name == "main")
+        .expect("main");
+    assert_eq!(main.exit_code, Some(7));
     agent.kill();
     node.remove_all();
     node.assert_clean();
@@ -174,7 +164,7 @@ fn after_a_reboot_without_control_plane_the_node_runs_its_tasks() {
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
     cp.flotilla_ok(&["task", "run", "serve"]);
     wait("a running task", Duration::from_secs(30), || {
-        tasks(&cp).iter().any(|t| t["state"] == "RUNNING")
+        cp.tasks().iter().any(|t| t.state == TaskState::Running)
     });
     // Power cut: agent and containers gone, and the control plane unreachable at boot.
     cp.stop();
@@ -185,7 +175,7 @@ fn after_a_reboot_without_control_plane_the_node_runs_its_tasks() {
     node.wait_for(
         "the task to come back from the persisted desired state",
         Duration::from_secs(20),
-        || node.ps().iter().any(|c| c["status"] == "running"),
+        || node.ps().iter().any(|c| c.status == Status::Running),
     );
     assert_eq!(
         agent.log().matches("session established").count(),
@@ -225,11 +215,8 @@ fn a_node_can_only_report_on_its_own_tasks() {
         "--node",
         &cred_b.name,
     ]);
-    let out = cp.flotilla_ok(&["task", "run", "serve", "--node", &cred_b.name, "-o", "json"]);
-    let id = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let placed: Vec<TaskInfo> = cp.flotilla_json(&["task", "run", "serve", "--node", &cred_b.name]);
+    let id = placed[0].id.clone();
     raw::runtime().block_on(async {
         let conn = raw::connect(cp.addr, raw::client_of(&cred_a))
             .await
@@ -267,17 +254,19 @@ fn a_node_can_only_report_on_its_own_tasks() {
             assert_eq!(raw::request(&conn, &claim).await, AgentReply::Recorded);
         }
     });
-    let t: serde_json::Value =
-        serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
-    assert_eq!(t["state"], "PENDING", "node a changed node b's task: {t}");
+    let t = cp.task(&id);
+    assert_eq!(
+        t.state,
+        TaskState::Pending,
+        "node a changed node b's task: {t:?}"
+    );
     assert!(cp
         .log()
         .contains("report about a task of another node ignored"));
     assert!(cp
         .log()
         .contains("report of a run of a schedule not pinned to this node ignored"));
-    let all: Vec<serde_json::Value> =
-        serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("json");
+    let all = cp.tasks();
     assert_eq!(all.len(), 1, "a forged run became a task: {all:?}");
 }
 
@@ -303,11 +292,7 @@ fn logs_stream_from_the_node_over_its_session() {
     let f = cp.scratch().join("chatty.json");
     std::fs::write(&f, CHATTY).expect("write");
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
-    let out = cp.flotilla_ok(&["task", "run", "chatty", "-o", "json"]);
-    let id = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = cp.run_one("chatty");
     wait("the task to run and tick", Duration::from_secs(30), || {
         let o = cp.flotilla(&["logs", &id]);
         String::from_utf8_lossy(&o.stdout).contains("main | tick 2")
@@ -375,7 +360,7 @@ fn logs_stream_from_the_node_over_its_session() {
     // A node that is not connected cannot be read.
     agent.kill();
     wait("the node to be seen gone", Duration::from_secs(30), || {
-        cp.nodes()[0]["state"] == "DISCONNECTED"
+        cp.nodes()[0].state == NodeState::Disconnected
     });
     let o = cp.flotilla(&["logs", &id]);
     assert!(String::from_utf8_lossy(&o.stderr).contains("is not connected"));
@@ -412,11 +397,7 @@ fn task_volumes_bind_shared_and_task_scoped() {
     let f = cp.scratch().join("vols.json");
     std::fs::write(&f, def.to_string()).expect("write");
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
-    let out = cp.flotilla_ok(&["task", "run", "vols", "-o", "json"]);
-    let id = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = cp.run_one("vols");
     wait("the task's output", Duration::from_secs(30), || {
         cp.flotilla(&["logs", &id]).stdout.ends_with(b"done\n")
     });
@@ -424,14 +405,13 @@ fn task_volumes_bind_shared_and_task_scoped() {
         cp.flotilla_ok(&["logs", &id]),
         "hello from the host\nsite is read-only\ndone\n"
     );
-    let volumes: Vec<serde_json::Value> =
+    let volumes: Vec<flotilla_runtime::container::Volume> =
         serde_json::from_str(&node.ctr_ok(&["volume", "ls", "-o", "json"])).expect("json");
     let path_of = |name: &str| {
         volumes
             .iter()
-            .find(|v| v["name"] == name)
-            .and_then(|v| v["mountpoint"].as_str())
-            .map(std::path::PathBuf::from)
+            .find(|v| v.name == name)
+            .map(|v| v.mountpoint.clone())
             .unwrap_or_else(|| panic!("no volume {name}: {volumes:?}"))
     };
     let cache = path_of("cache");
@@ -481,42 +461,39 @@ fn health_checks_gate_healthy_dependencies_and_are_reported() {
     let f = cp.scratch().join("healthy.json");
     std::fs::write(&f, HEALTHY).expect("write");
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
-    let out = cp.flotilla_ok(&["task", "run", "healthy", "-o", "json"]);
-    let id = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
-    let inspect = || -> serde_json::Value {
-        serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json")
-    };
+    let id = cp.run_one("healthy");
     // app waits while db is only starting; it starts once db is healthy, never before.
     let mut saw_waiting = false;
     wait("app to run", Duration::from_secs(30), || {
-        let t = inspect();
-        let (db, app) = (&t["containers"][0], &t["containers"][1]);
-        if db["health"] == "starting" && app["state"] == "pending" {
+        let t = cp.task(&id);
+        // Nothing reported yet: no containers.
+        let (Some(db), Some(app)) = (t.containers.first(), t.containers.get(1)) else {
+            return false;
+        };
+        if db.health == Some(HealthStatus::Starting) && app.state == ContainerState::Pending {
             saw_waiting = true;
         }
-        if app["state"] == "running" {
+        if app.state == ContainerState::Running {
             assert_eq!(
-                db["health"], "healthy",
-                "app started before db was healthy: {t}"
+                db.health,
+                Some(HealthStatus::Healthy),
+                "app started before db was healthy: {t:?}"
             );
             return true;
         }
         false
     });
     assert!(saw_waiting, "app was never seen waiting for db");
-    assert_eq!(inspect()["state"], "RUNNING");
+    assert_eq!(cp.task(&id).state, TaskState::Running);
 
     // db stops passing its check: after 2 failures it is reported unhealthy.
     node.ctr_ok(&["exec", &format!("{id}-0"), "sh", "-c", "rm /tmp/ready"]);
     wait("db to turn unhealthy", Duration::from_secs(30), || {
-        inspect()["containers"][0]["health"] == "unhealthy"
+        cp.task(&id).containers.first().and_then(|c| c.health) == Some(HealthStatus::Unhealthy)
     });
     cp.flotilla_ok(&["task", "stop", &id]);
     wait("the task to stop", Duration::from_secs(20), || {
-        inspect()["state"] == "STOPPED"
+        cp.task(&id).state == TaskState::Stopped
     });
     node.wait_for("containers removed", Duration::from_secs(10), || {
         node.ps().is_empty()
@@ -556,21 +533,257 @@ fn http_and_tcp_checks_probe_from_inside_the_container() {
             && msg.contains("use localhost"),
         "{msg}"
     );
-    let out = cp.flotilla_ok(&["task", "run", "probed", "-o", "json"]);
-    let id = serde_json::from_str::<Vec<serde_json::Value>>(&out).expect("json")[0]["id"]
-        .as_str()
-        .expect("id")
-        .to_string();
+    let id = cp.run_one("probed");
     wait(
         "web healthy and closed unhealthy",
         Duration::from_secs(30),
         || {
-            let t: serde_json::Value =
-                serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id])).expect("json");
-            t["containers"][0]["health"] == "healthy" && t["containers"][1]["health"] == "unhealthy"
+            let t = cp.task(&id);
+            let health: Vec<_> = t.containers.iter().map(|c| c.health).collect();
+            health == [Some(HealthStatus::Healthy), Some(HealthStatus::Unhealthy)]
         },
     );
     cp.flotilla_ok(&["task", "stop", &id]);
+    node.wait_for("containers removed", Duration::from_secs(30), || {
+        node.ps().is_empty()
+    });
+    agent.kill();
+    node.assert_clean();
+}
+
+/// `flotilla … -o json` and `-o yaml` of the same command, each decoded.
+fn both<T: serde::de::DeserializeOwned>(cp: &ControlPlane, args: &[&str]) -> (T, T) {
+    let run = |format: &str| {
+        let mut a = args.to_vec();
+        a.extend(["-o", format]);
+        cp.flotilla_ok(&a)
+    };
+    let (json, yaml) = (run("json"), run("yaml"));
+    (
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{args:?} -o json: {e}\n{json}")),
+        yaml_serde::from_str(&yaml).unwrap_or_else(|e| panic!("{args:?} -o yaml: {e}\n{yaml}")),
+    )
+}
+
+/// A stream printed with `-o yaml`: one document per record, each after `---`.
+fn yaml_records<T: serde::de::DeserializeOwned>(text: &str) -> Vec<T> {
+    assert!(text.is_empty() || text.starts_with("---\n"), "{text}");
+    yaml_serde::Deserializer::from_str(text)
+        .map(|d| T::deserialize(d).unwrap_or_else(|e| panic!("{e}:\n{text}")))
+        .collect()
+}
+
+/// A stream printed with `-o json`: one object per line.
+fn json_records<T: serde::de::DeserializeOwned>(text: &str) -> Vec<T> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn every_command_prints_its_answer_as_json_and_yaml() {
+    use flotilla_api::discovery::DiscoveredService;
+    use flotilla_api::ops::{
+        AdminCredential, Event, NodeInfo, TaskDefRegistered, TaskDefRevision, TokenCreated,
+        TokenInfo,
+    };
+    use flotilla_api::schedule::ScheduleInfo;
+    use flotilla_api::service::{ServiceCreated, ServiceInfo};
+    use flotilla_api::tasks::DesiredStatus;
+    use flotilla_api::LogLine;
+
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = Agent::for_node(&node);
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    let id = cp.nodes()[0].id.clone();
+    let f = cp.scratch().join("serve.json");
+    std::fs::write(&f, SERVE).expect("write");
+    let r: TaskDefRegistered =
+        cp.flotilla_json(&["taskdef", "register", f.to_str().expect("utf8")]);
+    assert_eq!((r.family.as_str(), r.revision), ("serve", 1));
+
+    // Tokens: created (the secret once), listed, removed.
+    let (a, b): (TokenCreated, TokenCreated) = both(&cp, &["token", "create", "--ttl", "10m"]);
+    assert!(a.token.starts_with("FLT1-") && b.token.starts_with("FLT1-"));
+    let (json, yaml): (Vec<TokenInfo>, Vec<TokenInfo>) = both(&cp, &["token", "ls"]);
+    assert_eq!(json, yaml);
+    assert_eq!(json, cp.api().tokens().expect("tokens"));
+    let removed: Vec<String> = cp.flotilla_json(&["token", "rm", &a.info.id]);
+    assert_eq!(removed, [a.info.id.as_str()]);
+
+    // Nodes: the list, one node (JSON unless YAML is asked for), a change.
+    let (json, yaml): (Vec<NodeInfo>, Vec<NodeInfo>) = both(&cp, &["node", "ls"]);
+    assert_eq!(
+        (json[0].id.as_str(), yaml[0].id.as_str()),
+        (id.as_str(), id.as_str())
+    );
+    let plain: NodeInfo =
+        serde_json::from_str(&cp.flotilla_ok(&["node", "inspect", &id])).expect("JSON");
+    let (json, yaml): (NodeInfo, NodeInfo) = both(&cp, &["node", "inspect", &id]);
+    assert_eq!(
+        (plain.state, json.state, yaml.state),
+        (NodeState::Ready, NodeState::Ready, NodeState::Ready)
+    );
+    let labelled: NodeInfo =
+        yaml_serde::from_str(&cp.flotilla_ok(&["node", "label", &id, "site=a", "-o", "yaml"]))
+            .expect("YAML");
+    assert_eq!(labelled.labels.get("site").map(String::as_str), Some("a"));
+
+    // Task definitions.
+    let (json, yaml): (Vec<TaskDefRevision>, Vec<TaskDefRevision>) = both(&cp, &["taskdef", "ls"]);
+    assert_eq!(json, yaml);
+    let plain: TaskDefRevision =
+        serde_json::from_str(&cp.flotilla_ok(&["taskdef", "inspect", "serve"])).expect("JSON");
+    let (json, yaml): (TaskDefRevision, TaskDefRevision) =
+        both(&cp, &["taskdef", "inspect", "serve"]);
+    assert_eq!((&plain, &json), (&yaml, &yaml));
+    assert_eq!(plain, cp.api().taskdef("serve").expect("serve"));
+
+    // Tasks: run, list, inspect, logs, stop.
+    let (json, yaml): (Vec<TaskInfo>, Vec<TaskInfo>) = both(&cp, &["task", "run", "serve"]);
+    let task = json[0].id.clone();
+    cp.flotilla_ok(&["task", "stop", &yaml[0].id]);
+    wait("the task to run", Duration::from_secs(30), || {
+        cp.task(&task).state == TaskState::Running
+    });
+    let (json, yaml): (Vec<TaskInfo>, Vec<TaskInfo>) = both(&cp, &["task", "ls"]);
+    assert_eq!(json.len(), 2);
+    assert!(yaml
+        .iter()
+        .any(|t| t.id == task && t.state == TaskState::Running));
+    let plain: TaskInfo =
+        serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &task])).expect("JSON");
+    let (json, yaml): (TaskInfo, TaskInfo) = both(&cp, &["task", "inspect", &task]);
+    assert_eq!(
+        (plain.id, json.id, yaml.state),
+        (task.clone(), task.clone(), TaskState::Running)
+    );
+    let mut lines = Vec::new();
+    wait("the task's first line", Duration::from_secs(10), || {
+        lines = json_records::<LogLine>(&cp.flotilla_ok(&["logs", &task, "-o", "json"]));
+        !lines.is_empty()
+    });
+    assert_eq!(
+        (
+            lines[0].container.as_str(),
+            lines[0].stream.as_str(),
+            lines[0].text.as_str()
+        ),
+        ("main", "stdout", "started")
+    );
+    let yaml: Vec<LogLine> = yaml_records(&cp.flotilla_ok(&["logs", &task, "-o", "yaml"]));
+    assert_eq!(yaml[0], lines[0]);
+
+    // Services and schedules.
+    let svc = cp.scratch().join("web.json");
+    std::fs::write(
+        &svc,
+        r#"{"serviceName": "web", "taskDefinition": "serve", "desiredCount": 0,
+            "discovery": {"namespace": "test"}}"#,
+    )
+    .expect("write");
+    let created: ServiceCreated = yaml_serde::from_str(&cp.flotilla_ok(&[
+        "service",
+        "create",
+        svc.to_str().expect("utf8"),
+        "-o",
+        "yaml",
+    ]))
+    .expect("YAML");
+    assert_eq!(created.service.spec.service_name, "web");
+    wait(
+        "the service's deployment to complete",
+        Duration::from_secs(30),
+        || {
+            cp.service("web")
+                .deployments
+                .first()
+                .is_some_and(|d| d.rollout_state == flotilla_api::service::RolloutState::Completed)
+        },
+    );
+    let (json, yaml): (Vec<ServiceInfo>, Vec<ServiceInfo>) = both(&cp, &["service", "ls"]);
+    assert_eq!(json, yaml);
+    let (json, yaml): (ServiceInfo, ServiceInfo) = both(&cp, &["service", "inspect", "web"]);
+    assert_eq!(json, yaml);
+    let (json, yaml): (DiscoveredService, DiscoveredService) =
+        both(&cp, &["service", "endpoints", "web"]);
+    assert_eq!(
+        (json.fqdn(), yaml.endpoints.len()),
+        ("web.test.flotilla.internal".into(), 0)
+    );
+    let s: ScheduleInfo = yaml_serde::from_str(&cp.flotilla_ok(&[
+        "schedule",
+        "create",
+        "nightly",
+        "--taskdef",
+        "serve",
+        "--cron",
+        "0 2 * * *",
+        "-o",
+        "yaml",
+    ]))
+    .expect("YAML");
+    assert_eq!(s.spec.task_definition, "serve:1");
+    let (json, yaml): (Vec<ScheduleInfo>, Vec<ScheduleInfo>) = both(&cp, &["schedule", "ls"]);
+    assert_eq!(json, yaml);
+    let (json, yaml): (ScheduleInfo, ScheduleInfo) = both(&cp, &["schedule", "inspect", "nightly"]);
+    assert_eq!((&json, &yaml), (&s, &s));
+    let removed: Vec<String> =
+        yaml_serde::from_str(&cp.flotilla_ok(&["schedule", "rm", "nightly", "-o", "yaml"]))
+            .expect("YAML");
+    assert_eq!(removed, ["nightly"]);
+    let removed: Vec<String> = cp.flotilla_json(&["service", "rm", "web"]);
+    assert_eq!(removed, ["web"]);
+
+    // An operator: the answer (certificate and CA), the credential written.
+    let bob = cp.scratch().join("bob");
+    let c: AdminCredential = cp.flotilla_json(&[
+        "admin",
+        "issue",
+        "bob",
+        "--out",
+        bob.to_str().expect("utf8"),
+    ]);
+    assert!(c.cert_pem.contains("BEGIN CERTIFICATE"));
+    assert!(bob.join("key.pem").exists());
+
+    // Events, a page and followed: one JSON object per line, or one YAML document each.
+    let json: Vec<Event> = json_records(&cp.flotilla_ok(&["events", "--limit", "5", "-o", "json"]));
+    let yaml: Vec<Event> = yaml_records(&cp.flotilla_ok(&["events", "--limit", "5", "-o", "yaml"]));
+    assert_eq!(json.len(), 5);
+    assert_eq!(json, yaml);
+    assert_eq!(json, cp.api().events(0, 5).expect("events"));
+    let mut follow = std::process::Command::new(flotilla_tests::bin("flotilla"))
+        .arg("--config")
+        .arg(&cp.admin)
+        .args(["events", "-f", "--since", "3", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("flotilla events -f");
+    let mut out = std::io::BufReader::new(follow.stdout.take().expect("stdout"));
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut out, &mut first).expect("a line");
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let e: Event = serde_json::from_str(&first).expect("one event per line");
+    assert_eq!(e.seq, 4);
+
+    // Stopped: the tasks as the control plane answered.
+    let stopped: Vec<TaskInfo> =
+        yaml_serde::from_str(&cp.flotilla_ok(&["task", "stop", &task, "-o", "yaml"]))
+            .expect("YAML");
+    assert_eq!(
+        (stopped[0].id.as_str(), stopped[0].desired),
+        (task.as_str(), DesiredStatus::Stopped)
+    );
+    // Tables stay the default.
+    assert!(cp.flotilla_ok(&["task", "ls"]).starts_with("ID "));
     node.wait_for("containers removed", Duration::from_secs(30), || {
         node.ps().is_empty()
     });

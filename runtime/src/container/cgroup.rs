@@ -8,7 +8,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use libcgroups::common::CgroupSetup;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Which hierarchy the node uses, with the mount points needed to read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,7 +26,7 @@ pub enum CgroupHierarchy {
 }
 
 /// Usage of one container's cgroup.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupUsage {
     /// CPU time used, nanoseconds.
     pub cpu_ns: u64,

@@ -125,8 +125,9 @@ pub enum Status {
     Exited,
 }
 
-/// A container as found on disk now.
-#[derive(Debug, Clone, Serialize)]
+/// A container as found on disk now (`nodeagent ctr inspect` and `ps -o json` print it, with
+/// its [`ContainerInfo::pid`] added as `pid`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ContainerInfo {
     /// The record.
     #[serde(flatten)]
@@ -138,6 +139,19 @@ pub struct ContainerInfo {
     /// How it ended, when it did and the shim could record it (absent when the shim died
     /// before the container: the exit code is then unknown).
     pub exit: Option<ExitInfo>,
+}
+
+/// One container's resource usage as `nodeagent ctr stats -o json` prints it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerStats {
+    /// Container id.
+    pub id: String,
+    /// Its name, if it has one.
+    pub name: Option<String>,
+    /// CPU used over the sampling window, percent of one core.
+    pub cpu_percent: f64,
+    /// Its cgroup's usage at the end of the window.
+    pub usage: CgroupUsage,
 }
 
 impl ContainerInfo {

@@ -17,8 +17,8 @@ pub struct Volume {
     pub name: String,
     /// Creation time, seconds since the epoch.
     pub created_at: u64,
-    /// Where its data lives on the node.
-    #[serde(skip_deserializing)]
+    /// Where its data lives on the node (not in its record: the store fills it in).
+    #[serde(default)]
     pub mountpoint: PathBuf,
 }
 

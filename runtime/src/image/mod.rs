@@ -94,7 +94,7 @@ pub struct LayerRecord {
 }
 
 /// An image record with its configuration, for `inspect`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ImageDetails {
     /// The record.
     #[serde(flatten)]
@@ -114,7 +114,7 @@ struct Lease {
 }
 
 /// What garbage collection freed.
-#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PruneReport {
     /// Blobs removed.
     pub blobs: u64,

@@ -73,22 +73,17 @@ fn main() -> Result<()> {
     let cp = &fleet.cp;
     fleet.register(WEB);
     fleet.register(CLIENT);
-    let f = cp.scratch().join("svc.json");
-    std::fs::write(
-        &f,
-        r#"{"serviceName": "web", "taskDefinition": "web", "desiredCount": 1, "discovery": {"namespace": "bench"}}"#,
+    let api = cp.api();
+    api.create_service(
+        br#"{"serviceName": "web", "taskDefinition": "web", "desiredCount": 1, "discovery": {"namespace": "bench"}}"#,
     )?;
-    cp.flotilla_ok(&["service", "create", f.to_str().context("utf8")?]);
-    let placed: Vec<serde_json::Value> =
-        serde_json::from_str(&cp.flotilla_ok(&["task", "run", "client", "-o", "json"]))?;
-    let client = placed[0]["id"].as_str().context("task id")?.to_string();
+    let placed = api.run_task(&flotilla_api::ops::TaskRun::new("client"))?;
+    let client = placed.first().context("a placed task")?.id.clone();
     let t = Instant::now();
     loop {
-        let e: serde_json::Value =
-            serde_json::from_str(&cp.flotilla_ok(&["service", "endpoints", "web", "-o", "json"]))?;
-        let task: serde_json::Value =
-            serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &client, "-o", "json"]))?;
-        if e["endpoints"].as_array().is_some_and(|a| !a.is_empty()) && task["state"] == "RUNNING" {
+        let e = api.service_endpoints("web")?;
+        let task = api.task(&client)?;
+        if !e.endpoints.is_empty() && task.state == flotilla_api::tasks::TaskState::Running {
             break;
         }
         if t.elapsed() > Duration::from_secs(60) {

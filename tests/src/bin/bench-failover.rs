@@ -9,8 +9,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use flotilla_api::ops::{NodeState, TaskInfo};
+use flotilla_api::tasks::{DesiredStatus, TaskState};
 use flotilla_tests::cluster::{ControlPlane, Fleet};
-use serde_json::Value;
 
 const SERVE: &str = r#"{"family": "serve", "networkMode": "none", "containerDefinitions": [{
   "name": "main", "image": "test/busybox:latest", "memory": 16, "stopTimeout": 2,
@@ -18,14 +19,15 @@ const SERVE: &str = r#"{"family": "serve", "networkMode": "none", "containerDefi
 
 const LOST_AFTER: u64 = 5;
 
-fn running(cp: &ControlPlane) -> Result<Vec<Value>> {
-    let all: Vec<Value> = serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"]))?;
-    Ok(all
+fn running(cp: &ControlPlane) -> Result<Vec<TaskInfo>> {
+    Ok(cp
+        .api()
+        .tasks()?
         .into_iter()
         .filter(|t| {
-            t["startedBy"] == "service:bench"
-                && t["state"] == "RUNNING"
-                && t["desired"] == "RUNNING"
+            t.started_by.as_deref() == Some("service:bench")
+                && t.state == TaskState::Running
+                && t.desired == DesiredStatus::Running
         })
         .collect())
 }
@@ -54,9 +56,7 @@ fn main() -> Result<()> {
     fleet.register(SERVE);
     let svc = serde_json::json!({"serviceName": "bench", "taskDefinition": "serve", "desiredCount": 1,
         "disconnectPolicy": {"lostAfter": LOST_AFTER}});
-    let f = cp.scratch().join("bench.json");
-    std::fs::write(&f, svc.to_string())?;
-    cp.flotilla_ok(&["service", "create", f.to_str().context("utf8")?]);
+    cp.api().create_service(svc.to_string().as_bytes())?;
 
     let (mut detect, mut replace) = (Vec::new(), Vec::new());
     for _ in 0..runs {
@@ -64,36 +64,29 @@ fn main() -> Result<()> {
             Ok(running(cp)?.len() == 1)
         })?;
         let task = running(cp)?.remove(0);
-        let victim = ids
-            .iter()
-            .position(|i| task["node"] == i.as_str())
+        let victim = task
+            .node
+            .as_deref()
+            .and_then(|n| fleet.index_of(n))
             .context("the task's host")?;
         let cut = Instant::now();
         hosts[victim].cut();
         until(
             "the node seen DISCONNECTED",
             Duration::from_secs(60),
-            || {
-                Ok(cp
-                    .nodes()
-                    .iter()
-                    .any(|n| n["id"] == ids[victim].as_str() && n["state"] == "DISCONNECTED"))
-            },
+            || Ok(fleet.node_state(victim) == Some(NodeState::Disconnected)),
         )?;
         let seen = cut.elapsed();
         until("the replacement RUNNING", Duration::from_secs(60), || {
             Ok(running(cp)?
                 .iter()
-                .any(|t| t["node"] != ids[victim].as_str()))
+                .any(|t| t.node.as_deref() != Some(ids[victim].as_str())))
         })?;
         detect.push(seen);
         replace.push(cut.elapsed() - seen);
         hosts[victim].restore();
         until("the node READY again", Duration::from_secs(120), || {
-            Ok(cp
-                .nodes()
-                .iter()
-                .any(|n| n["id"] == ids[victim].as_str() && n["state"] == "READY"))
+            Ok(fleet.node_state(victim) == Some(NodeState::Ready))
         })?;
         until("one copy left", Duration::from_secs(60), || {
             Ok(running(cp)?.len() == 1)
@@ -117,7 +110,7 @@ fn main() -> Result<()> {
             r.as_secs_f64() / LOST_AFTER as f64
         );
     }
-    cp.flotilla_ok(&["service", "rm", "bench"]);
+    cp.api().remove_service("bench")?;
     fleet.finish();
     Ok(())
 }

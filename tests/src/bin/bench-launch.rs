@@ -10,8 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use flotilla_api::ops::TaskRun;
+use flotilla_api::tasks::TaskState;
 use flotilla_certs::credential::Credential;
-use flotilla_certs::SERVER_NAME;
 use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::node::{Node, IMAGE};
 
@@ -24,17 +25,6 @@ fn rss_kib(pid: u32) -> Result<u64> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("VmRSS")
-}
-
-/// A task as the control plane reports it.
-async fn task(http: &reqwest::Client, base: &str, id: &str) -> Result<serde_json::Value> {
-    let body = http
-        .get(format!("{base}/v1/tasks/{id}"))
-        .send()
-        .await?
-        .bytes()
-        .await?;
-    Ok(serde_json::from_slice(&body)?)
 }
 
 fn pct(v: &mut [Duration], p: f64) -> f64 {
@@ -62,51 +52,32 @@ fn main() -> Result<()> {
     cp.flotilla_ok(&["taskdef", "register", f.to_str().context("utf8")?]);
 
     let cred = Credential::load(&cp.admin)?;
-    let tls = flotilla_certs::tls::client(&cred.ca_pem, &cred.identity, b"http/1.1")?;
-    let http = reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .resolve(SERVER_NAME, cp.addr)
-        .build()?;
-    let base = format!("https://{SERVER_NAME}:{}", cp.addr.port());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
 
     let mut launch = Vec::new();
     rt.block_on(async {
+        let api = flotilla_client::Client::at(&cred, cp.addr)?;
         for i in 0..n + 2 {
             let t = Instant::now();
-            let created: serde_json::Value = serde_json::from_slice(
-                &http
-                    .post(format!("{base}/v1/tasks"))
-                    .body(r#"{"taskDefinition":"bench"}"#)
-                    .send()
-                    .await?
-                    .bytes()
-                    .await?,
-            )?;
-            let id = created[0]["id"].as_str().context("task id")?.to_string();
+            let created = api.run_task(&TaskRun::new("bench")).await?;
+            let id = created.first().context("a placed task")?.id.clone();
             loop {
-                let t2 = task(&http, &base, &id).await?;
-                if t2["state"] == "RUNNING" {
+                let t2 = api.task(&id).await?;
+                if t2.state == TaskState::Running {
                     break;
                 }
                 if t.elapsed() > Duration::from_secs(30) {
-                    bail!("task {id} did not run: {t2}");
+                    bail!("task {id} did not run: {t2:?}");
                 }
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             if i >= 2 {
                 launch.push(t.elapsed());
             }
-            http.post(format!("{base}/v1/tasks/{id}/stop"))
-                .send()
-                .await?;
-            loop {
-                let t2 = task(&http, &base, &id).await?;
-                if t2["state"] == "STOPPED" {
-                    break;
-                }
+            api.stop_task(&id).await?;
+            while api.task(&id).await?.state != TaskState::Stopped {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -124,8 +95,9 @@ fn main() -> Result<()> {
     let dir = node.data.join("containers").join(&id);
     let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("config.json"))?)?;
     spec["linux"]["seccomp"] = serde_json::from_slice(&fs::read(dir.join("seccomp.json"))?)?;
-    let state: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("state.json"))?)?;
-    let shim = state["shim"]["pid"].as_i64().context("shim pid")?;
+    let state: flotilla_runtime::container::RuntimeState =
+        serde_json::from_slice(&fs::read(dir.join("state.json"))?)?;
+    let shim = state.shim.pid;
     let bundle = node.scratch().join("bundle");
     fs::create_dir_all(&bundle)?;
     let merged = format!("/proc/{shim}/root{}", dir.join("rootfs").display());

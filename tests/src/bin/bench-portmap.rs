@@ -48,28 +48,26 @@ fn main() -> Result<()> {
     let fleet = Fleet::start(&[&[]]);
     let cp = &fleet.cp;
     fleet.register(SERVER);
-    let placed: Vec<serde_json::Value> =
-        serde_json::from_str(&cp.flotilla_ok(&["task", "run", "server", "-o", "json"]))?;
-    let id = placed[0]["id"].as_str().context("task id")?.to_string();
+    let placed = cp
+        .api()
+        .run_task(&flotilla_api::ops::TaskRun::new("server"))?;
+    let id = placed.first().context("a placed task")?.id.clone();
     let t = Instant::now();
-    let task = loop {
-        let task: serde_json::Value =
-            serde_json::from_str(&cp.flotilla_ok(&["task", "inspect", &id, "-o", "json"]))?;
-        if task["state"] == "RUNNING" && task["network"]["address"].is_string() {
-            break task;
+    let address = loop {
+        let task = cp.api().task(&id)?;
+        let address = task.network.as_ref().and_then(|n| n.address);
+        match address {
+            Some(a) if task.state == flotilla_api::tasks::TaskState::Running => break a,
+            _ => {}
         }
         if t.elapsed() > Duration::from_secs(60) {
-            bail!("the server task never ran: {task}");
+            bail!("the server task never ran: {task:?}");
         }
         std::thread::sleep(Duration::from_millis(200));
     };
     let host = &fleet.hosts[0];
     let netns = PathBuf::from(format!("/run/netns/{}", host.netns));
-    let direct: SocketAddr = format!(
-        "{}:80",
-        task["network"]["address"].as_str().unwrap_or_default()
-    )
-    .parse()?;
+    let direct = SocketAddr::from((address, 80));
     let mapped: SocketAddr = format!("{}:8080", host.addr).parse()?;
     // Warm up both paths (ARP, the server's threads).
     blast(&netns, direct, 1, clients)?;

@@ -57,10 +57,11 @@ fn main() -> Result<()> {
     let dir = data.join("containers").join(&id);
     let mut spec: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("config.json"))?)?;
     let seccomp: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("seccomp.json"))?)?;
-    let shim_pid = serde_json::from_slice::<serde_json::Value>(&fs::read(dir.join("state.json"))?)?
-        ["shim"]["pid"]
-        .as_i64()
-        .context("shim pid")?;
+    let shim_pid = serde_json::from_slice::<flotilla_runtime::container::RuntimeState>(&fs::read(
+        dir.join("state.json"),
+    )?)?
+    .shim
+    .pid;
     std::thread::sleep(Duration::from_millis(300));
     let rss_kib = fs::read_to_string(format!("/proc/{shim_pid}/status"))?
         .lines()

@@ -1,0 +1,718 @@
+//! A typed client of Flotilla's operator API (`api/openapi.yaml`): HTTPS (TLS 1.3, ring) with
+//! an admin client certificate of the cluster, one method per operation, answers decoded into
+//! the [`flotilla_api`] types. The control plane is reached by the cluster's server name
+//! ([`flotilla_certs::SERVER_NAME`]) whatever address it is dialled at.
+//!
+//! A refusal by the control plane is [`ClientError::Api`], with the HTTP status and the
+//! [`ApiError`] body (message and every problem), apart from transport and decoding errors, so
+//! callers can match on the status. [`blocking::Client`] is the same API for synchronous
+//! callers.
+
+#![forbid(unsafe_code)]
+
+pub mod blocking;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_api::discovery::DiscoveredService;
+use flotilla_api::ops::{
+    AdminCredential, AdminIssue, ApiError, Event, NodeInfo, NodeLabels, TaskDefRegistered,
+    TaskDefRevision, TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
+};
+use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
+use flotilla_api::service::{ServiceCreated, ServiceInfo, ServiceUpdate};
+use flotilla_api::LogLine;
+use flotilla_certs::credential::Credential;
+use flotilla_certs::{CertError, SERVER_NAME};
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// How long establishing a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a request may take, answer included (log streams excepted).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What went wrong with a call.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The credential directory could not be read.
+    #[error("no admin credential in {} (see `orchestratord init`)", dir.display())]
+    Credential {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: CertError,
+    },
+    /// The credential's server name did not resolve.
+    #[error("resolving {server}")]
+    Resolve {
+        /// `host:port` from the credential.
+        server: String,
+        /// The resolver's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The credential's server name resolved to nothing.
+    #[error("{server} resolves to no address")]
+    NoAddress {
+        /// `host:port` from the credential.
+        server: String,
+    },
+    /// The credential's certificates or key do not make a TLS configuration.
+    #[error("the admin credential's TLS settings")]
+    Tls(#[source] CertError),
+    /// The HTTPS client could not be built.
+    #[error("building the HTTPS client")]
+    Build(#[source] reqwest::Error),
+    /// The runtime of the blocking client could not be started.
+    #[error("starting the blocking client's runtime")]
+    Runtime(#[source] std::io::Error),
+    /// The request got no answer: connection, TLS, timeout, or the answer broke off.
+    #[error("{method} {path} on {server}")]
+    Transport {
+        /// Method.
+        method: Method,
+        /// Path and query.
+        path: String,
+        /// The server as the credential names it.
+        server: String,
+        /// What failed.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The control plane refused the request.
+    #[error("{}", refusal(error, *status))]
+    Api {
+        /// Method.
+        method: Method,
+        /// Path and query.
+        path: String,
+        /// HTTP status (400, 404, 409 …).
+        status: u16,
+        /// What the control plane said: its message and every problem of an invalid input.
+        error: ApiError,
+    },
+    /// The request's body could not be encoded.
+    #[error("encoding the body of {method} {path}")]
+    Encode {
+        /// Method.
+        method: Method,
+        /// Path and query.
+        path: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The answer is not the JSON its operation documents.
+    #[error("the reply to {method} {path}")]
+    Decode {
+        /// Method.
+        method: Method,
+        /// Path and query.
+        path: String,
+        /// How it failed to decode.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The node serving a task's logs failed after the stream began.
+    #[error("logs of task {task}: {reason}")]
+    Logs {
+        /// Task id.
+        task: String,
+        /// What the control plane or node said.
+        reason: String,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status of a refusal by the control plane.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The control plane's error body of a refusal.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        match self {
+            Self::Api { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// `message (404 Not Found)`, each problem on its own line.
+fn refusal(e: &ApiError, status: u16) -> String {
+    let status = match reqwest::StatusCode::from_u16(status) {
+        Ok(s) => s.to_string(),
+        Err(_) => status.to_string(),
+    };
+    if e.problems.is_empty() {
+        format!("{} ({status})", e.error)
+    } else {
+        format!("{}:\n  {} ({status})", e.error, e.problems.join("\n  "))
+    }
+}
+
+/// Which log records [`Client::logs`] reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogQuery {
+    /// One container by its name in the task definition (all of them otherwise).
+    pub container: Option<String>,
+    /// Keep the stream open for new records until the containers exit.
+    pub follow: bool,
+    /// Only the last N records of each container.
+    pub tail: Option<u32>,
+}
+
+/// A client of one control plane, with one admin credential. Cheap to clone (the connection
+/// pool is shared).
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    /// `https://<server name>:<port>`.
+    origin: String,
+    server: String,
+}
+
+impl Client {
+    /// The client of the credential in `dir` (as `orchestratord init` or `flotilla admin issue`
+    /// write it), at the address its server name resolves to.
+    pub async fn open(dir: &Path) -> Result<Self, ClientError> {
+        let cred = Credential::load(dir).map_err(|source| ClientError::Credential {
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+        Self::connect(&cred).await
+    }
+
+    /// The client of `cred`, at the address its server name resolves to.
+    pub async fn connect(cred: &Credential) -> Result<Self, ClientError> {
+        let server = flotilla_api::with_default_port(&cred.server);
+        let addr = tokio::net::lookup_host(server.as_str())
+            .await
+            .map_err(|source| ClientError::Resolve {
+                server: server.clone(),
+                source,
+            })?
+            .next()
+            .ok_or_else(|| ClientError::NoAddress {
+                server: server.clone(),
+            })?;
+        Self::at(cred, addr)
+    }
+
+    /// The client of `cred`, dialling `addr` (the server is still verified by its cluster
+    /// name).
+    pub fn at(cred: &Credential, addr: SocketAddr) -> Result<Self, ClientError> {
+        let tls = flotilla_certs::tls::client(&cred.ca_pem, &cred.identity, b"http/1.1")
+            .map_err(ClientError::Tls)?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .resolve(SERVER_NAME, addr)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(ClientError::Build)?;
+        Ok(Self {
+            http,
+            origin: format!("https://{SERVER_NAME}:{}", addr.port()),
+            server: cred.server.clone(),
+        })
+    }
+
+    /// The server as the credential names it (`host` or `host:port`).
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// `POST /v1/tokens`: a join token; its secret is in the answer only.
+    pub async fn create_token(&self, req: &TokenCreate) -> Result<TokenCreated, ClientError> {
+        self.json(Method::POST, &["tokens"], &[], Some(req)).await
+    }
+
+    /// `GET /v1/tokens`: every token, without secrets.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
+        self.get(&["tokens"], &[]).await
+    }
+
+    /// `DELETE /v1/tokens/{id}`: revokes a token.
+    pub async fn remove_token(&self, id: &str) -> Result<(), ClientError> {
+        self.empty(Method::DELETE, &["tokens", id], &[]).await
+    }
+
+    /// `GET /v1/nodes`: every node with its state, resources and labels.
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClientError> {
+        self.get(&["nodes"], &[]).await
+    }
+
+    /// `GET /v1/nodes/{id}`.
+    pub async fn node(&self, id: &str) -> Result<NodeInfo, ClientError> {
+        self.get(&["nodes", id], &[]).await
+    }
+
+    /// `DELETE /v1/nodes/{id}`: refused (409) while it has tasks not stopped, unless `force`.
+    pub async fn remove_node(&self, id: &str, force: bool) -> Result<(), ClientError> {
+        let force = force.to_string();
+        self.empty(Method::DELETE, &["nodes", id], &[("force", &force)])
+            .await
+    }
+
+    /// `POST /v1/nodes/{id}/revoke`: its live session ends at once.
+    pub async fn revoke_node(&self, id: &str) -> Result<NodeInfo, ClientError> {
+        self.json(Method::POST, &["nodes", id, "revoke"], &[], None::<&()>)
+            .await
+    }
+
+    /// `PUT /v1/nodes/{id}/labels`: labels set, then labels removed.
+    pub async fn label_node(&self, id: &str, change: &NodeLabels) -> Result<NodeInfo, ClientError> {
+        self.json(Method::PUT, &["nodes", id, "labels"], &[], Some(change))
+            .await
+    }
+
+    /// `POST /v1/nodes/{id}/drain`: nothing new is placed on it and its tasks are stopped.
+    pub async fn drain_node(&self, id: &str) -> Result<NodeInfo, ClientError> {
+        self.json(Method::POST, &["nodes", id, "drain"], &[], None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/nodes/{id}/activate`: a drained node takes tasks again.
+    pub async fn activate_node(&self, id: &str) -> Result<NodeInfo, ClientError> {
+        self.json(Method::POST, &["nodes", id, "activate"], &[], None::<&()>)
+            .await
+    }
+
+    /// `POST /v1/admins`: certifies another operator's CSR.
+    pub async fn issue_admin(&self, req: &AdminIssue) -> Result<AdminCredential, ClientError> {
+        self.json(Method::POST, &["admins"], &[], Some(req)).await
+    }
+
+    /// `POST /v1/taskdefs`: registers a task definition given as JSON or YAML (the ECS
+    /// RegisterTaskDefinition shape) as the next revision of its family.
+    pub async fn register_taskdef(
+        &self,
+        document: &[u8],
+    ) -> Result<TaskDefRegistered, ClientError> {
+        self.document(&["taskdefs"], document).await
+    }
+
+    /// `GET /v1/taskdefs`: every revision of every family.
+    pub async fn taskdefs(&self) -> Result<Vec<TaskDefRevision>, ClientError> {
+        self.get(&["taskdefs"], &[]).await
+    }
+
+    /// `GET /v1/taskdefs/{taskdef}`: `FAMILY` (its newest active revision) or
+    /// `FAMILY:REVISION`.
+    pub async fn taskdef(&self, taskdef: &str) -> Result<TaskDefRevision, ClientError> {
+        self.get(&["taskdefs", taskdef], &[]).await
+    }
+
+    /// `POST /v1/taskdefs/{taskdef}/deregister`: `FAMILY:REVISION` starts no new tasks.
+    pub async fn deregister_taskdef(&self, taskdef: &str) -> Result<TaskDefRevision, ClientError> {
+        self.json(
+            Method::POST,
+            &["taskdefs", taskdef, "deregister"],
+            &[],
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `POST /v1/tasks`: creates and places tasks (all or none: 409 with the reasons).
+    pub async fn run_task(&self, req: &TaskRun) -> Result<Vec<TaskInfo>, ClientError> {
+        self.json(Method::POST, &["tasks"], &[], Some(req)).await
+    }
+
+    /// `GET /v1/tasks`.
+    pub async fn tasks(&self) -> Result<Vec<TaskInfo>, ClientError> {
+        self.get(&["tasks"], &[]).await
+    }
+
+    /// `GET /v1/tasks/{id}`.
+    pub async fn task(&self, id: &str) -> Result<TaskInfo, ClientError> {
+        self.get(&["tasks", id], &[]).await
+    }
+
+    /// `POST /v1/tasks/{id}/stop`.
+    pub async fn stop_task(&self, id: &str) -> Result<TaskInfo, ClientError> {
+        self.json(Method::POST, &["tasks", id, "stop"], &[], None::<&()>)
+            .await
+    }
+
+    /// `GET /v1/tasks/{id}/logs`: the task's log records as they come from its node.
+    pub async fn logs(&self, task: &str, query: &LogQuery) -> Result<LogStream, ClientError> {
+        let follow = query.follow.to_string();
+        let tail = query.tail.map(|t| t.to_string());
+        let mut pairs = vec![("follow", follow.as_str())];
+        if let Some(c) = &query.container {
+            pairs.push(("container", c));
+        }
+        if let Some(t) = &tail {
+            pairs.push(("tail", t));
+        }
+        let path = path(&["tasks", task, "logs"], &pairs);
+        // No overall time limit: a followed stream lasts as long as the containers.
+        let req = self
+            .http
+            .get(self.url(&path))
+            .timeout(Duration::from_secs(100 * 365 * 86_400));
+        let resp = self.answer(Method::GET, &path, req).await?;
+        Ok(LogStream {
+            resp,
+            pending: Vec::new(),
+            task: task.to_string(),
+            path,
+            server: self.server.clone(),
+            ended: false,
+        })
+    }
+
+    /// `POST /v1/services`: creates a service from a JSON or YAML document (the ECS
+    /// CreateService shape).
+    pub async fn create_service(&self, document: &[u8]) -> Result<ServiceCreated, ClientError> {
+        self.document(&["services"], document).await
+    }
+
+    /// `GET /v1/services`.
+    pub async fn services(&self) -> Result<Vec<ServiceInfo>, ClientError> {
+        self.get(&["services"], &[]).await
+    }
+
+    /// `GET /v1/services/{name}`.
+    pub async fn service(&self, name: &str) -> Result<ServiceInfo, ClientError> {
+        self.get(&["services", name], &[]).await
+    }
+
+    /// `PUT /v1/services/{name}`: another revision, another count, or a forced deployment.
+    pub async fn update_service(
+        &self,
+        name: &str,
+        update: &ServiceUpdate,
+    ) -> Result<ServiceInfo, ClientError> {
+        self.json(Method::PUT, &["services", name], &[], Some(update))
+            .await
+    }
+
+    /// `DELETE /v1/services/{name}`: its tasks are stopped.
+    pub async fn remove_service(&self, name: &str) -> Result<(), ClientError> {
+        self.empty(Method::DELETE, &["services", name], &[]).await
+    }
+
+    /// `GET /v1/services/{name}/endpoints`: what DNS answers for a service with discovery.
+    pub async fn service_endpoints(&self, name: &str) -> Result<DiscoveredService, ClientError> {
+        self.get(&["services", name, "endpoints"], &[]).await
+    }
+
+    /// `POST /v1/schedules`.
+    pub async fn create_schedule(&self, spec: &ScheduleSpec) -> Result<ScheduleInfo, ClientError> {
+        self.json(Method::POST, &["schedules"], &[], Some(spec))
+            .await
+    }
+
+    /// `GET /v1/schedules`.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleInfo>, ClientError> {
+        self.get(&["schedules"], &[]).await
+    }
+
+    /// `GET /v1/schedules/{name}`: with its latest runs.
+    pub async fn schedule(&self, name: &str) -> Result<ScheduleInfo, ClientError> {
+        self.get(&["schedules", name], &[]).await
+    }
+
+    /// `DELETE /v1/schedules/{name}`: runs already started keep running.
+    pub async fn remove_schedule(&self, name: &str) -> Result<(), ClientError> {
+        self.empty(Method::DELETE, &["schedules", name], &[]).await
+    }
+
+    /// `GET /v1/events`: at most `limit` (1 to 1000) events with a sequence number above
+    /// `since`, oldest first.
+    pub async fn events(&self, since: u64, limit: u32) -> Result<Vec<Event>, ClientError> {
+        let (since, limit) = (since.to_string(), limit.to_string());
+        self.get(&["events"], &[("since", &since), ("limit", &limit)])
+            .await
+    }
+
+    /// The URL of `path` on the control plane.
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin)
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        pairs: &[(&str, &str)],
+    ) -> Result<T, ClientError> {
+        self.json(Method::GET, segments, pairs, None::<&()>).await
+    }
+
+    /// A request with an optional JSON body whose answer is a JSON body.
+    async fn json<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        pairs: &[(&str, &str)],
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let path = path(segments, pairs);
+        let mut req = self.http.request(method.clone(), self.url(&path));
+        if let Some(b) = body {
+            let bytes = serde_json::to_vec(b).map_err(|source| ClientError::Encode {
+                method: method.clone(),
+                path: path.clone(),
+                source,
+            })?;
+            req = req
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes);
+        }
+        let bytes = self.body(method.clone(), &path, req).await?;
+        decode(&method, &path, &bytes)
+    }
+
+    /// A request whose answer has no body.
+    async fn empty(
+        &self,
+        method: Method,
+        segments: &[&str],
+        pairs: &[(&str, &str)],
+    ) -> Result<(), ClientError> {
+        let path = path(segments, pairs);
+        let req = self.http.request(method.clone(), self.url(&path));
+        self.body(method, &path, req).await.map(drop)
+    }
+
+    /// A POST of a JSON or YAML document as given.
+    async fn document<T: DeserializeOwned>(
+        &self,
+        segments: &[&str],
+        document: &[u8],
+    ) -> Result<T, ClientError> {
+        let path = path(segments, &[]);
+        let json = document
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|&b| b == b'{');
+        let kind = if json {
+            "application/json"
+        } else {
+            "application/yaml"
+        };
+        let req = self
+            .http
+            .post(self.url(&path))
+            .header(reqwest::header::CONTENT_TYPE, kind)
+            .body(document.to_vec());
+        let bytes = self.body(Method::POST, &path, req).await?;
+        decode(&Method::POST, &path, &bytes)
+    }
+
+    /// Sends `req`; a successful answer's whole body.
+    async fn body(
+        &self,
+        method: Method,
+        path: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, ClientError> {
+        let resp = self.answer(method.clone(), path, req).await?;
+        resp.bytes()
+            .await
+            .map(|b| b.to_vec())
+            .map_err(|source| self.transport(method, path, source))
+    }
+
+    /// Sends `req`; the answer if it is a success, else the refusal.
+    async fn answer(
+        &self,
+        method: Method,
+        path: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| self.transport(method.clone(), path, source))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| self.transport(method.clone(), path, source))?;
+        let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
+            error: String::from_utf8_lossy(&bytes).trim().to_string(),
+            problems: Vec::new(),
+        });
+        Err(ClientError::Api {
+            method,
+            path: path.to_string(),
+            status: status.as_u16(),
+            error,
+        })
+    }
+
+    fn transport(&self, method: Method, path: &str, source: reqwest::Error) -> ClientError {
+        ClientError::Transport {
+            method,
+            path: path.to_string(),
+            server: self.server.clone(),
+            source,
+        }
+    }
+}
+
+/// `/v1/<segments…>?<pairs…>`, every segment, key and value percent-encoded (so an id can
+/// never reach another path or add a parameter).
+fn path(segments: &[&str], pairs: &[(&str, &str)]) -> String {
+    let mut out = String::from("/v1");
+    for s in segments {
+        out.push('/');
+        escape(s, b":@", &mut out);
+    }
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        out.push(if i == 0 { '?' } else { '&' });
+        escape(k, b"", &mut out);
+        out.push('=');
+        escape(v, b"", &mut out);
+    }
+    out
+}
+
+/// Appends `s` with every byte but unreserved ones (RFC 3986) and `keep` percent-encoded.
+fn escape(s: &str, keep: &[u8], out: &mut String) {
+    for &b in s.as_bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) || keep.contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(
+    method: &Method,
+    path: &str,
+    bytes: &[u8],
+) -> Result<T, ClientError> {
+    serde_json::from_slice(bytes).map_err(|source| ClientError::Decode {
+        method: method.clone(),
+        path: path.to_string(),
+        source,
+    })
+}
+
+/// One record of a log stream: a line, or the last record when the node failed mid-way.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum LogRecord {
+    Line(LogLine),
+    Error { error: String },
+}
+
+/// A task's log records as they arrive (newline-delimited JSON), from [`Client::logs`].
+#[derive(Debug)]
+pub struct LogStream {
+    resp: reqwest::Response,
+    /// Bytes received after the last complete record.
+    pending: Vec<u8>,
+    task: String,
+    path: String,
+    server: String,
+    ended: bool,
+}
+
+impl LogStream {
+    /// The next record; `None` once the stream ended (a followed stream ends when the task's
+    /// containers exit). A node that fails mid-way ends it with [`ClientError::Logs`].
+    pub async fn next(&mut self) -> Result<Option<LogLine>, ClientError> {
+        loop {
+            if let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+                let record: Vec<u8> = self.pending.drain(..=nl).collect();
+                if let Some(line) = self.record(&record)? {
+                    return Ok(Some(line));
+                }
+                continue;
+            }
+            if self.ended {
+                let rest = std::mem::take(&mut self.pending);
+                return self.record(&rest);
+            }
+            match self.resp.chunk().await {
+                Ok(Some(chunk)) => self.pending.extend_from_slice(&chunk),
+                Ok(None) => self.ended = true,
+                Err(source) => {
+                    return Err(ClientError::Transport {
+                        method: Method::GET,
+                        path: self.path.clone(),
+                        server: self.server.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+    }
+
+    /// The line in `record`, `None` for a blank one.
+    fn record(&self, record: &[u8]) -> Result<Option<LogLine>, ClientError> {
+        if record.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        match serde_json::from_slice(record) {
+            Ok(LogRecord::Line(l)) => Ok(Some(l)),
+            Ok(LogRecord::Error { error }) => Err(ClientError::Logs {
+                task: self.task.clone(),
+                reason: error,
+            }),
+            Err(source) => Err(ClientError::Decode {
+                method: Method::GET,
+                path: self.path.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_as_before_and_carry_their_status() {
+        let e = ClientError::Api {
+            method: Method::POST,
+            path: "/v1/taskdefs".into(),
+            status: 400,
+            error: ApiError {
+                error: "invalid task definition".into(),
+                problems: vec!["$.family: required".into(), "$.cpu: bad".into()],
+            },
+        };
+        assert_eq!(
+            e.to_string(),
+            "invalid task definition:\n  $.family: required\n  $.cpu: bad (400 Bad Request)"
+        );
+        assert_eq!(e.status(), Some(400));
+        assert_eq!(e.api_error().map(|a| a.problems.len()), Some(2));
+    }
+
+    #[test]
+    fn path_segments_and_parameters_are_escaped() {
+        assert_eq!(
+            path(&["taskdefs", "web:2", "deregister"], &[]),
+            "/v1/taskdefs/web:2/deregister"
+        );
+        assert_eq!(
+            path(
+                &["tasks", "a/../b?c d"],
+                &[("follow", "true"), ("container", "x&y=z")]
+            ),
+            "/v1/tasks/a%2F..%2Fb%3Fc%20d?follow=true&container=x%26y%3Dz"
+        );
+    }
+}

@@ -4,9 +4,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use flotilla_api::ops::{NodeInfo, TaskInfo};
-use flotilla_api::service::{RolloutState, ServiceInfo};
+use flotilla_api::ops::TaskInfo;
+use flotilla_api::service::RolloutState;
 use flotilla_api::tasks::TaskState;
+use flotilla_runtime::container::Status;
 use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::node::Node;
 use flotilla_tests::wait;
@@ -21,56 +22,24 @@ fn agent_in_session(cp: &ControlPlane, node: &Node) -> Agent {
     agent.run();
     agent.wait_log("session established", 1, Duration::from_secs(10));
     wait("the node's resources", Duration::from_secs(10), || {
-        nodes(cp).first().is_some_and(|n| n.resources.is_some())
+        cp.nodes().first().is_some_and(|n| n.resources.is_some())
     });
     agent
 }
 
-fn nodes(cp: &ControlPlane) -> Vec<NodeInfo> {
-    serde_json::from_str(&cp.flotilla_ok(&["node", "ls", "-o", "json"])).expect("nodes")
-}
-
-fn tasks(cp: &ControlPlane) -> Vec<TaskInfo> {
-    serde_json::from_str(&cp.flotilla_ok(&["task", "ls", "-o", "json"])).expect("tasks")
-}
-
-fn service(cp: &ControlPlane, name: &str) -> ServiceInfo {
-    serde_json::from_str(&cp.flotilla_ok(&["service", "inspect", name, "-o", "json"]))
-        .expect("service")
-}
-
-fn register(cp: &ControlPlane, name: &str, json: &str) {
-    let f = cp.scratch().join(name);
-    std::fs::write(&f, json).expect("write");
-    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
-}
-
-/// A container as `nodeagent ctr ps -a -o json` lists it (the fields read here).
-#[derive(Debug, serde::Deserialize)]
-struct Container {
-    config: ContainerConfig,
-    status: String,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct ContainerConfig {
-    name: Option<String>,
-}
-
 /// The task ids of the node's running containers (each container named `<task>-<index>`).
 fn running_tasks(node: &Node) -> Vec<String> {
-    let ps: Vec<Container> =
-        serde_json::from_str(&node.ctr_ok(&["ps", "-a", "-o", "json"])).expect("ps");
-    ps.into_iter()
-        .filter(|c| c.status == "running")
-        .filter_map(|c| c.config.name)
+    node.ps()
+        .into_iter()
+        .filter(|c| c.status == Status::Running)
+        .filter_map(|c| c.record.config.name)
         .filter_map(|n| n.rsplit_once('-').map(|(t, _)| t.to_string()))
         .collect()
 }
 
 /// Stops every task and waits for the node to have no container left.
 fn stop_everything(cp: &ControlPlane, node: &Node) {
-    for t in tasks(cp).iter().filter(|t| t.state != TaskState::Stopped) {
+    for t in cp.tasks().iter().filter(|t| t.state != TaskState::Stopped) {
         cp.flotilla(&["task", "stop", &t.id]);
     }
     node.wait_for("every container removed", Duration::from_secs(30), || {
@@ -83,22 +52,18 @@ fn concurrent_task_runs_and_a_service_never_reserve_more_than_the_node_has() {
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
     let mut agent = agent_in_session(&cp, &node);
-    let memory_mib = nodes(&cp)[0]
+    let memory_mib = cp.nodes()[0]
         .resources
         .as_ref()
         .map(|r| r.memory_bytes >> 20)
         .expect("resources");
     // Each task reserves just over a fifth of the node's memory: at most four fit.
     let reserve = memory_mib / 5 + 1;
-    register(
-        &cp,
-        "big.json",
-        &format!(
-            r#"{{"family":"big","networkMode":"none","containerDefinitions":[{{
+    cp.register(&format!(
+        r#"{{"family":"big","networkMode":"none","containerDefinitions":[{{
                 "name":"main","image":"test/busybox:latest","memoryReservation":{reserve},
                 "stopTimeout":2,"command":["sleep","3600"]}}]}}"#
-        ),
-    );
+    ));
     let svc = cp.scratch().join("svc.json");
     std::fs::write(
         &svc,
@@ -134,7 +99,8 @@ fn concurrent_task_runs_and_a_service_never_reserve_more_than_the_node_has() {
     }
     // The service fills what is left, and never more, round after round.
     for _ in 0..10 {
-        let live: Vec<TaskInfo> = tasks(&cp)
+        let live: Vec<TaskInfo> = cp
+            .tasks()
             .into_iter()
             .filter(|t| t.state != TaskState::Stopped)
             .collect();
@@ -143,13 +109,13 @@ fn concurrent_task_runs_and_a_service_never_reserve_more_than_the_node_has() {
         std::thread::sleep(Duration::from_millis(500));
     }
     wait("all the room taken", Duration::from_secs(20), || {
-        tasks(&cp)
+        cp.tasks()
             .iter()
             .filter(|t| t.state == TaskState::Running)
             .count()
             == 4
     });
-    let s = service(&cp, "big-svc");
+    let s = cp.service("big-svc");
     let problem = s
         .placement_problem
         .expect("the service says why it is short");
@@ -175,17 +141,13 @@ fn a_rolling_deployment_completes_after_kill_9_of_the_control_plane() {
                 "command":["sh","-c","{command}"]{health}}}]}}"#
         )
     };
-    register(&cp, "roll1.json", &def("exec sleep 3600", ""));
+    cp.register(&def("exec sleep 3600", ""));
     // The new revision turns healthy a second or two after it starts: one at a time, the
     // rollout takes several rounds.
-    register(
-        &cp,
-        "roll2.json",
-        &def(
-            "touch /tmp/ready; exec sleep 3600",
-            r#","healthCheck":{"command":["CMD-SHELL","test -f /tmp/ready"],"interval":5}"#,
-        ),
-    );
+    cp.register(&def(
+        "touch /tmp/ready; exec sleep 3600",
+        r#","healthCheck":{"command":["CMD-SHELL","test -f /tmp/ready"],"interval":5}"#,
+    ));
     let svc = cp.scratch().join("roll.json");
     std::fs::write(
         &svc,
@@ -195,13 +157,13 @@ fn a_rolling_deployment_completes_after_kill_9_of_the_control_plane() {
     .expect("write");
     cp.flotilla_ok(&["service", "create", svc.to_str().expect("utf8")]);
     wait("three tasks of revision 1", Duration::from_secs(30), || {
-        service(&cp, "roll").running_count == 3
+        cp.service("roll").running_count == 3
     });
     cp.flotilla_ok(&["service", "update", "roll", "--taskdef", "roll:2"]);
     wait("the rollout under way", Duration::from_secs(30), || {
-        tasks(&cp).iter().any(|t| t.task_definition == "roll:2")
+        cp.tasks().iter().any(|t| t.task_definition == "roll:2")
     });
-    let before = tasks(&cp);
+    let before = cp.tasks();
     assert!(
         before
             .iter()
@@ -214,13 +176,13 @@ fn a_rolling_deployment_completes_after_kill_9_of_the_control_plane() {
     cp.restart();
     agent.wait_log("session established", 2, Duration::from_secs(60));
     wait("the deployment completed", Duration::from_secs(90), || {
-        let s = service(&cp, "roll");
+        let s = cp.service("roll");
         s.deployments.len() == 1
             && s.deployments[0].task_definition == "roll:2"
             && s.deployments[0].rollout_state == RolloutState::Completed
             && s.running_count == 3
     });
-    let all = tasks(&cp);
+    let all = cp.tasks();
     let new: BTreeSet<&str> = all
         .iter()
         .filter(|t| t.task_definition == "roll:2")

@@ -10,6 +10,7 @@ use flotilla_runtime::container::logs::{self, LogEntry, LogFollower, Stream};
 use flotilla_runtime::container::{ContainerStore, Status};
 
 use crate::runner::Runner;
+use crate::runtime::ContainerName;
 
 /// Serialized size of the lines sent in one frame (well under the frame limit).
 const BATCH_BYTES: usize = 256 * 1024;
@@ -83,16 +84,9 @@ fn containers(
     let names = runner.container_names(&req.task);
     let mut found = Vec::new();
     for c in store.list()? {
-        let Some((task, idx)) = c
-            .record
-            .config
-            .name
-            .as_deref()
-            .and_then(|n| n.rsplit_once('-'))
+        let Some(ContainerName { task, index: idx }) =
+            c.record.config.name.as_deref().and_then(|n| n.parse().ok())
         else {
-            continue;
-        };
-        let Ok(idx) = idx.parse::<usize>() else {
             continue;
         };
         if task != req.task {

@@ -13,6 +13,7 @@ mod logs;
 mod network;
 mod reconcile;
 mod runner;
+mod runtime;
 mod schedule;
 
 use std::path::PathBuf;

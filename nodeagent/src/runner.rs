@@ -12,14 +12,15 @@ use anyhow::{Context, Result};
 use flotilla_api::taskdef::{ContainerDefinition, NetworkMode as TaskNetwork, TaskDefinition};
 use flotilla_api::tasks::{ContainerUsage, DesiredState, TaskState, TaskStatus, TaskUsage};
 use flotilla_runtime::container::{
-    ContainerConfig, ContainerError, ContainerStore, MountRequest, NetworkMode, Resources, Status,
-    Ulimit,
+    ContainerConfig, ContainerError, ContainerInfo, ContainerStore, MountRequest, NetworkMode,
+    Resources, Status, Ulimit,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{watch, Notify};
 
 use crate::health::Health;
 use crate::reconcile::{plan, Action, Observed, Restarts, World};
+use crate::runtime::{is_task_volume, task_volume, ContainerName};
 use crate::schedule::LocalTask;
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
@@ -206,22 +207,16 @@ impl Runner {
             if c.status != Status::Running {
                 continue;
             }
-            let Some((task, idx)) = c
-                .record
-                .config
-                .name
-                .as_deref()
-                .and_then(|n| n.rsplit_once('-'))
-            else {
+            let Some(cn) = task_container(&c) else {
                 continue;
             };
-            let Some(def) = desired.tasks.iter().find(|t| t.id == task) else {
+            let Some(def) = desired.tasks.iter().find(|t| t.id == cn.task) else {
                 continue;
             };
-            let Some(name) = idx
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| def.definition.container_definitions.get(i))
+            let Some(name) = def
+                .definition
+                .container_definitions
+                .get(cn.index)
                 .map(|d| d.name.clone())
             else {
                 continue;
@@ -229,9 +224,9 @@ impl Runner {
             let Ok(u) = self.store.stats(&c.record.id) else {
                 continue;
             };
-            out.entry(task.to_string())
+            out.entry(cn.task.clone())
                 .or_insert_with(|| TaskUsage {
-                    id: task.to_string(),
+                    id: cn.task.clone(),
                     containers: BTreeMap::new(),
                 })
                 .containers
@@ -321,26 +316,17 @@ impl Runner {
     fn observe(self: &Arc<Self>, desired: &DesiredState) -> Result<World> {
         let mut world = World::new();
         for c in self.store.list()? {
-            let Some(name) = c.record.config.name.as_deref() else {
-                continue;
-            };
-            let Some((task, idx)) = name.rsplit_once('-') else {
-                continue;
-            };
-            if !task.starts_with("t-") {
-                continue;
-            }
-            let Ok(idx) = idx.parse::<usize>() else {
+            let Some(cn) = task_container(&c) else {
                 continue;
             };
             let def = desired
                 .tasks
                 .iter()
-                .find(|t| t.id == task)
-                .and_then(|t| t.definition.container_definitions.get(idx));
+                .find(|t| t.id == cn.task)
+                .and_then(|t| t.definition.container_definitions.get(cn.index));
             let container = def
                 .map(|d| d.name.clone())
-                .unwrap_or_else(|| format!("container-{idx}"));
+                .unwrap_or_else(|| format!("container-{}", cn.index));
             let observed = match (c.status, &c.exit) {
                 (Status::Created, _) => Observed::Created,
                 (Status::Running, _) => {
@@ -378,7 +364,7 @@ impl Runner {
                 }
             };
             world
-                .entry(task.to_string())
+                .entry(cn.task)
                 .or_default()
                 .insert(container, observed);
         }
@@ -652,7 +638,7 @@ impl Runner {
             return;
         };
         let mut config = container_config(&task, &t.definition, def);
-        config.name = Some(format!("{task}-{idx}"));
+        config.name = Some(ContainerName::new(&task, idx).to_string());
         config
             .env
             .extend(t.env.iter().map(|kv| format!("{}={}", kv.name, kv.value)));
@@ -716,7 +702,9 @@ impl Runner {
                 container,
                 grace_secs,
             } => {
-                let name = container_name(desired, &task, &container);
+                let Some(name) = container_name(desired, &task, &container) else {
+                    return Ok(());
+                };
                 let s = self.store.clone();
                 tokio::task::spawn_blocking(move || {
                     s.stop(&name, Duration::from_secs(grace_secs.into()))
@@ -729,10 +717,11 @@ impl Runner {
                 container,
                 attempt,
             } => {
-                let name = container_name(desired, &task, &container);
+                let Some(name) = container_name(desired, &task, &container) else {
+                    return Ok(());
+                };
                 let s = self.store.clone();
-                let gone = name.clone();
-                tokio::task::spawn_blocking(move || match s.remove(&gone, false) {
+                tokio::task::spawn_blocking(move || match s.remove(&name, false) {
                     Err(ContainerError::NotFound(_)) => Ok(()),
                     other => other,
                 })
@@ -753,18 +742,13 @@ impl Runner {
                 let net = self.networks.clone();
                 tokio::task::spawn_blocking(move || -> Result<()> {
                     for c in s.list()? {
-                        let mine =
-                            c.record.config.name.as_deref().is_some_and(|n| {
-                                n.rsplit_once('-').is_some_and(|(t, _)| t == task)
-                            });
-                        if mine {
+                        if task_container(&c).is_some_and(|n| n.task == task) {
                             s.remove(&c.record.id, true)?;
                         }
                     }
                     // Its task-scoped volumes and its network go with it.
-                    let prefix = format!("{task}-");
                     for v in s.volumes().list()? {
-                        if v.name.starts_with(&prefix) {
+                        if is_task_volume(&task, &v.name) {
                             s.remove_volume(&v.name)?;
                         }
                     }
@@ -777,9 +761,10 @@ impl Runner {
     }
 }
 
-/// The runtime name of `container` of `task`: `<task>-<index in its definition>`.
-fn container_name(desired: &DesiredState, task: &str, container: &str) -> String {
-    let idx = desired
+/// The runtime name of `container` of `task`: by its index in the task's definition, or for a
+/// task no longer assigned, by the index its placeholder name (`container-<index>`) carries.
+fn container_name(desired: &DesiredState, task: &str, container: &str) -> Option<String> {
+    let index = desired
         .tasks
         .iter()
         .find(|t| t.id == task)
@@ -789,9 +774,13 @@ fn container_name(desired: &DesiredState, task: &str, container: &str) -> String
                 .iter()
                 .position(|c| c.name == container)
         })
-        .map(|i| i.to_string())
-        .unwrap_or_else(|| container.trim_start_matches("container-").to_string());
-    format!("{task}-{idx}")
+        .or_else(|| container.strip_prefix("container-")?.parse().ok())?;
+    Some(ContainerName::new(task, index).to_string())
+}
+
+/// The task container `c` is, if it is one.
+fn task_container(c: &ContainerInfo) -> Option<ContainerName> {
+    c.record.config.name.as_deref()?.parse().ok()
 }
 
 /// An RFC 3339 time as the runtime records it.
@@ -824,7 +813,7 @@ pub fn container_config(
                 name: if v.shared {
                     v.name.clone()
                 } else {
-                    format!("{task}-{}", v.name)
+                    task_volume(task, &v.name)
                 },
                 target: m.container_path.clone(),
                 read_only: m.read_only,

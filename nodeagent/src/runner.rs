@@ -10,17 +10,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use flotilla_api::taskdef::{ContainerDefinition, NetworkMode as TaskNetwork, TaskDefinition};
-use flotilla_api::tasks::{ContainerUsage, DesiredState, TaskState, TaskStatus, TaskUsage};
+use flotilla_api::tasks::{DesiredState, TaskState, TaskStatus, TaskUsage};
 use flotilla_runtime::container::{
-    ContainerConfig, ContainerError, ContainerInfo, ContainerStore, MountRequest, NetworkMode,
-    Resources, Status, Ulimit,
+    ContainerConfig, ContainerStore, MountRequest, NetworkMode, Resources, Ulimit,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{watch, Notify};
 
 use crate::health::Health;
 use crate::reconcile::{plan, Action, Observed, Restarts, World};
-use crate::runtime::{is_task_volume, task_volume, ContainerName};
+use crate::runtime::{task_volume, ContainerName, ContainerRuntime, RunState};
 use crate::schedule::LocalTask;
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
@@ -41,7 +40,10 @@ pub struct Runner {
     dns: Arc<crate::dns::Dns>,
     desired: Mutex<DesiredState>,
     wake: Notify,
+    /// The node's store: images (pulls), health checks and logs.
     store: ContainerStore,
+    /// The containers of tasks: observed, run, stopped and removed through it.
+    runtime: Arc<dyn ContainerRuntime>,
     /// Start failures: (task, container) → why and when, until the task leaves the desired
     /// state or the container is restarted.
     failures: Mutex<BTreeMap<(String, String), (String, Instant)>>,
@@ -73,6 +75,7 @@ impl Runner {
     pub fn open(
         data_dir: &Path,
         store: ContainerStore,
+        runtime: Arc<dyn ContainerRuntime>,
         node_id: &str,
         net: crate::network::Settings,
     ) -> Result<Arc<Self>> {
@@ -129,6 +132,7 @@ impl Runner {
             desired: Mutex::new(desired),
             wake: Notify::new(),
             store,
+            runtime,
             failures: Mutex::new(BTreeMap::new()),
             restarts: Mutex::new(Restarts::new()),
             checks: Arc::default(),
@@ -203,13 +207,11 @@ impl Runner {
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         let mut out: BTreeMap<String, TaskUsage> = BTreeMap::new();
-        for c in self.store.list().unwrap_or_default() {
-            if c.status != Status::Running {
+        for c in self.runtime.list().unwrap_or_default() {
+            if c.state != RunState::Running {
                 continue;
             }
-            let Some(cn) = task_container(&c) else {
-                continue;
-            };
+            let cn = c.name;
             let Some(def) = desired.tasks.iter().find(|t| t.id == cn.task) else {
                 continue;
             };
@@ -221,7 +223,7 @@ impl Runner {
             else {
                 continue;
             };
-            let Ok(u) = self.store.stats(&c.record.id) else {
+            let Ok(u) = self.runtime.stats(&cn) else {
                 continue;
             };
             out.entry(cn.task.clone())
@@ -230,14 +232,7 @@ impl Runner {
                     containers: BTreeMap::new(),
                 })
                 .containers
-                .insert(
-                    name,
-                    ContainerUsage {
-                        cpu_usec: u.cpu_ns / 1000,
-                        memory_bytes: u.memory_bytes,
-                        pids: u.pids,
-                    },
-                );
+                .insert(name, u);
         }
         out.into_values().collect()
     }
@@ -315,10 +310,8 @@ impl Runner {
 
     fn observe(self: &Arc<Self>, desired: &DesiredState) -> Result<World> {
         let mut world = World::new();
-        for c in self.store.list()? {
-            let Some(cn) = task_container(&c) else {
-                continue;
-            };
+        for c in self.runtime.list()? {
+            let cn = c.name;
             let def = desired
                 .tasks
                 .iter()
@@ -327,36 +320,34 @@ impl Runner {
             let container = def
                 .map(|d| d.name.clone())
                 .unwrap_or_else(|| format!("container-{}", cn.index));
-            let observed = match (c.status, &c.exit) {
-                (Status::Created, _) => Observed::Created,
-                (Status::Running, _) => {
+            let observed = match c.state {
+                RunState::Created => Observed::Created,
+                RunState::Running => {
                     let check = def.and_then(|d| d.health_check.as_ref());
                     if let Some(check) = check {
                         let me = self.clone();
                         self.checks
-                            .ensure(&self.store, &c.record.id, check, move || {
-                                me.wake.notify_one()
-                            });
+                            .ensure(&self.store, &c.id, check, move || me.wake.notify_one());
                     }
                     Observed::Running {
-                        healthy: match self.checks.get(&c.record.id) {
+                        healthy: match self.checks.get(&c.id) {
                             Some(Health::Healthy) => Some(true),
                             Some(Health::Unhealthy) => Some(false),
                             _ => None,
                         },
                     }
                 }
-                (Status::Exited, exit) => {
+                RunState::Exited(exit) => {
                     let now = SystemTime::now();
-                    let started = c.state.as_ref().and_then(|s| time(&s.started_at));
-                    let finished = exit.as_ref().and_then(|e| time(&e.finished_at));
+                    let started = c.started_at;
+                    let finished = exit.and_then(|e| e.finished_at);
                     let since = |t: Option<SystemTime>, until: SystemTime| {
                         t.and_then(|t| until.duration_since(t).ok())
                             .unwrap_or_default()
                     };
                     Observed::Exited {
-                        code: exit.as_ref().map_or(255, |e| e.exit_code),
-                        oom: exit.as_ref().is_some_and(|e| e.oom_killed),
+                        code: exit.map_or(255, |e| e.code),
+                        oom: exit.is_some_and(|e| e.oom),
                         ran: since(started, finished.unwrap_or(now)),
                         // unknown exit time: as if just now, so backoff still applies
                         ago: since(finished, now),
@@ -638,7 +629,7 @@ impl Runner {
             return;
         };
         let mut config = container_config(&task, &t.definition, def);
-        config.name = Some(ContainerName::new(&task, idx).to_string());
+        let name = ContainerName::new(&task, idx);
         config
             .env
             .extend(t.env.iter().map(|kv| format!("{}={}", kv.name, kv.value)));
@@ -670,13 +661,8 @@ impl Runner {
                     .await
                     .with_context(|| format!("pulling {}", config.image))?;
             }
-            let s = store.clone();
-            tokio::task::spawn_blocking(move || -> Result<()> {
-                let rec = s.create(config)?;
-                s.start(&rec.id)?.detach();
-                Ok(())
-            })
-            .await??;
+            let rt = self.runtime.clone();
+            tokio::task::spawn_blocking(move || rt.run(&name, config)).await??;
             anyhow::Ok(())
         }
         .await;
@@ -705,9 +691,9 @@ impl Runner {
                 let Some(name) = container_name(desired, &task, &container) else {
                     return Ok(());
                 };
-                let s = self.store.clone();
+                let rt = self.runtime.clone();
                 tokio::task::spawn_blocking(move || {
-                    s.stop(&name, Duration::from_secs(grace_secs.into()))
+                    rt.stop(&name, Duration::from_secs(grace_secs.into()))
                 })
                 .await??;
                 self.wake.notify_one();
@@ -720,12 +706,8 @@ impl Runner {
                 let Some(name) = container_name(desired, &task, &container) else {
                     return Ok(());
                 };
-                let s = self.store.clone();
-                tokio::task::spawn_blocking(move || match s.remove(&name, false) {
-                    Err(ContainerError::NotFound(_)) => Ok(()),
-                    other => other,
-                })
-                .await??;
+                let rt = self.runtime.clone();
+                tokio::task::spawn_blocking(move || rt.remove(&name)).await??;
                 self.failures
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -738,20 +720,11 @@ impl Runner {
                 self.start(desired, task, container).await;
             }
             Action::Remove { task } => {
-                let s = self.store.clone();
+                let rt = self.runtime.clone();
                 let net = self.networks.clone();
                 tokio::task::spawn_blocking(move || -> Result<()> {
-                    for c in s.list()? {
-                        if task_container(&c).is_some_and(|n| n.task == task) {
-                            s.remove(&c.record.id, true)?;
-                        }
-                    }
                     // Its task-scoped volumes and its network go with it.
-                    for v in s.volumes().list()? {
-                        if is_task_volume(&task, &v.name) {
-                            s.remove_volume(&v.name)?;
-                        }
-                    }
+                    rt.remove_task(&task)?;
                     net.release(&task)
                 })
                 .await??;
@@ -763,7 +736,7 @@ impl Runner {
 
 /// The runtime name of `container` of `task`: by its index in the task's definition, or for a
 /// task no longer assigned, by the index its placeholder name (`container-<index>`) carries.
-fn container_name(desired: &DesiredState, task: &str, container: &str) -> Option<String> {
+fn container_name(desired: &DesiredState, task: &str, container: &str) -> Option<ContainerName> {
     let index = desired
         .tasks
         .iter()
@@ -775,17 +748,7 @@ fn container_name(desired: &DesiredState, task: &str, container: &str) -> Option
                 .position(|c| c.name == container)
         })
         .or_else(|| container.strip_prefix("container-")?.parse().ok())?;
-    Some(ContainerName::new(task, index).to_string())
-}
-
-/// The task container `c` is, if it is one.
-fn task_container(c: &ContainerInfo) -> Option<ContainerName> {
-    c.record.config.name.as_deref()?.parse().ok()
-}
-
-/// An RFC 3339 time as the runtime records it.
-fn time(s: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(s).ok()
+    Some(ContainerName::new(task, index))
 }
 
 /// The runtime settings of a container of task `task`. Task volumes become bind mounts

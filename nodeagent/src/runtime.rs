@@ -1,7 +1,15 @@
-//! The node's containers as the runner sees them: the runtime name of a task's container.
+//! The node's containers as the runner sees them: the runtime name of a task's container, and
+//! the narrow trait the runner acts through ([`ContainerRuntime`]) — over the node's
+//! [`ContainerStore`] ([`StoreRuntime`]) or, in tests, a fake the test drives.
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use flotilla_api::tasks::ContainerUsage;
+use flotilla_runtime::container::{
+    ContainerConfig, ContainerError, ContainerInfo, ContainerStore, Status,
+};
 
 /// A task's container as the container runtime names it: `<task id>-<index in the task's
 /// definition>` (task ids start with `t-`). The one place that name is built or read.
@@ -68,6 +76,205 @@ pub fn task_volume(task: &str, volume: &str) -> String {
 pub fn is_task_volume(task: &str, name: &str) -> bool {
     name.strip_prefix(task)
         .is_some_and(|rest| rest.starts_with('-'))
+}
+
+/// A task's container as the runtime last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskContainer {
+    /// Its name.
+    pub name: ContainerName,
+    /// The runtime's id for it (health checks follow it).
+    pub id: String,
+    /// Where it is.
+    pub state: RunState,
+    /// When its process started, once it did.
+    pub started_at: Option<SystemTime>,
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Created, not (yet) running.
+    Created,
+    /// Its process runs.
+    Running,
+    /// It ended; `None` when nothing recorded how (its supervisor died with it).
+    Exited(Option<Exit>),
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code (128 + signal when killed by one).
+    pub code: i32,
+    /// The kernel's OOM killer killed a process of it.
+    pub oom: bool,
+    /// When, if known.
+    pub finished_at: Option<SystemTime>,
+}
+
+/// What the runtime failed to do, and to which container.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The container store refused or failed.
+    #[error("{op} {target}: {source}")]
+    Store {
+        /// What was being done (`creating`, `stopping` …).
+        op: &'static str,
+        /// The container (or task, or volume).
+        target: String,
+        /// Why.
+        #[source]
+        source: ContainerError,
+    },
+}
+
+/// The node's container runtime as the runner uses it: blocking calls (the runner makes them
+/// off its async threads). Only task containers are seen or touched.
+pub trait ContainerRuntime: fmt::Debug + Send + Sync {
+    /// Every task container on the node.
+    fn list(&self) -> Result<Vec<TaskContainer>, RuntimeError>;
+    /// Creates container `name` from `config` (its image already in the store) and starts it.
+    fn run(&self, name: &ContainerName, config: ContainerConfig) -> Result<(), RuntimeError>;
+    /// Stops a container: SIGTERM, SIGKILL after `grace`; one that is not running is left as
+    /// it is.
+    fn stop(&self, name: &ContainerName, grace: Duration) -> Result<(), RuntimeError>;
+    /// Removes an exited container; one that is not there is fine.
+    fn remove(&self, name: &ContainerName) -> Result<(), RuntimeError>;
+    /// Removes every container of task `task` (killing what still runs) and its own volumes.
+    fn remove_task(&self, task: &str) -> Result<(), RuntimeError>;
+    /// What a running container uses.
+    fn stats(&self, name: &ContainerName) -> Result<ContainerUsage, RuntimeError>;
+}
+
+/// The real runtime: the node's [`ContainerStore`].
+#[derive(Debug, Clone)]
+pub struct StoreRuntime {
+    store: ContainerStore,
+}
+
+impl StoreRuntime {
+    /// The runtime over `store`.
+    pub fn new(store: ContainerStore) -> Self {
+        Self { store }
+    }
+}
+
+fn store_error(
+    op: &'static str,
+    target: impl fmt::Display,
+) -> impl FnOnce(ContainerError) -> RuntimeError {
+    move |source| RuntimeError::Store {
+        op,
+        target: target.to_string(),
+        source,
+    }
+}
+
+/// The task container `c` is, if it is one.
+fn task_container(c: &ContainerInfo) -> Option<ContainerName> {
+    c.record.config.name.as_deref()?.parse().ok()
+}
+
+/// An RFC 3339 time as the runtime records it.
+fn time(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(s).ok()
+}
+
+impl ContainerRuntime for StoreRuntime {
+    fn list(&self) -> Result<Vec<TaskContainer>, RuntimeError> {
+        let all = self
+            .store
+            .list()
+            .map_err(store_error("listing", "containers"))?;
+        Ok(all
+            .into_iter()
+            .filter_map(|c| {
+                let name = task_container(&c)?;
+                let state = match c.status {
+                    Status::Created => RunState::Created,
+                    Status::Running => RunState::Running,
+                    Status::Exited => RunState::Exited(c.exit.as_ref().map(|e| Exit {
+                        code: e.exit_code,
+                        oom: e.oom_killed,
+                        finished_at: time(&e.finished_at),
+                    })),
+                };
+                Some(TaskContainer {
+                    name,
+                    started_at: c.state.as_ref().and_then(|s| time(&s.started_at)),
+                    id: c.record.id,
+                    state,
+                })
+            })
+            .collect())
+    }
+
+    fn run(&self, name: &ContainerName, mut config: ContainerConfig) -> Result<(), RuntimeError> {
+        config.name = Some(name.to_string());
+        let record = self
+            .store
+            .create(config)
+            .map_err(store_error("creating", name))?;
+        self.store
+            .start(&record.id)
+            .map_err(store_error("starting", name))?
+            .detach();
+        Ok(())
+    }
+
+    fn stop(&self, name: &ContainerName, grace: Duration) -> Result<(), RuntimeError> {
+        self.store
+            .stop(&name.to_string(), grace)
+            .map(drop)
+            .map_err(store_error("stopping", name))
+    }
+
+    fn remove(&self, name: &ContainerName) -> Result<(), RuntimeError> {
+        match self.store.remove(&name.to_string(), false) {
+            Ok(()) | Err(ContainerError::NotFound(_)) => Ok(()),
+            Err(e) => Err(store_error("removing", name)(e)),
+        }
+    }
+
+    fn remove_task(&self, task: &str) -> Result<(), RuntimeError> {
+        let all = self
+            .store
+            .list()
+            .map_err(store_error("listing", "containers"))?;
+        for c in all {
+            if task_container(&c).is_some_and(|n| n.task == task) {
+                self.store
+                    .remove(&c.record.id, true)
+                    .map_err(store_error("removing", c.record.display_name()))?;
+            }
+        }
+        let volumes = self
+            .store
+            .volumes()
+            .list()
+            .map_err(|e| store_error("listing", "volumes")(e.into()))?;
+        for v in volumes {
+            if is_task_volume(task, &v.name) {
+                self.store
+                    .remove_volume(&v.name)
+                    .map_err(store_error("removing volume", &v.name))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&self, name: &ContainerName) -> Result<ContainerUsage, RuntimeError> {
+        let u = self
+            .store
+            .stats(&name.to_string())
+            .map_err(store_error("measuring", name))?;
+        Ok(ContainerUsage {
+            cpu_usec: u.cpu_ns / 1000,
+            memory_bytes: u.memory_bytes,
+            pids: u.pids,
+        })
+    }
 }
 
 #[cfg(test)]

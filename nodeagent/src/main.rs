@@ -11,6 +11,7 @@ mod dns;
 mod health;
 mod logs;
 mod network;
+mod node;
 mod reconcile;
 mod runner;
 mod runtime;

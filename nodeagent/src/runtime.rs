@@ -277,6 +277,158 @@ impl ContainerRuntime for StoreRuntime {
     }
 }
 
+/// A runtime in memory for tests: the test sets its clock, makes containers exit and images
+/// fail; nothing touches the kernel.
+#[cfg(test)]
+pub mod fake {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// See the module.
+    #[derive(Debug, Default)]
+    pub struct FakeRuntime {
+        state: Mutex<State>,
+    }
+
+    #[derive(Debug, Default)]
+    struct State {
+        /// The runtime's wall clock (start and exit times); the epoch until set.
+        now: Option<SystemTime>,
+        containers: BTreeMap<ContainerName, TaskContainer>,
+        next_id: u64,
+        /// Images that cannot be run (as if missing from the registry).
+        broken: BTreeSet<String>,
+        /// Every attempt to run one, successful or not.
+        attempts: usize,
+    }
+
+    impl FakeRuntime {
+        fn state(&self) -> std::sync::MutexGuard<'_, State> {
+            self.state.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// Sets the runtime's clock.
+        pub fn set_time(&self, now: SystemTime) {
+            self.state().now = Some(now);
+        }
+
+        /// From now on, containers of `image` cannot be created.
+        pub fn break_image(&self, image: &str) {
+            self.state().broken.insert(image.to_string());
+        }
+
+        /// Container `name`'s process exits with `code`, now.
+        pub fn exit(&self, name: &ContainerName, code: i32) {
+            let mut s = self.state();
+            let now = s.now.unwrap_or(SystemTime::UNIX_EPOCH);
+            if let Some(c) = s.containers.get_mut(name) {
+                if c.state == RunState::Running {
+                    c.state = RunState::Exited(Some(Exit {
+                        code,
+                        oom: false,
+                        finished_at: Some(now),
+                    }));
+                }
+            }
+        }
+
+        /// Container `name`, if it is there.
+        pub fn get(&self, name: &ContainerName) -> Option<TaskContainer> {
+            self.state().containers.get(name).cloned()
+        }
+
+        /// Attempts to run a container so far.
+        pub fn attempts(&self) -> usize {
+            self.state().attempts
+        }
+
+        /// The node lost power: every container is gone.
+        pub fn power_cut(&self) {
+            self.state().containers.clear();
+        }
+    }
+
+    fn refused(op: &'static str, name: &ContainerName, e: ContainerError) -> RuntimeError {
+        RuntimeError::Store {
+            op,
+            target: name.to_string(),
+            source: e,
+        }
+    }
+
+    impl ContainerRuntime for FakeRuntime {
+        fn list(&self) -> Result<Vec<TaskContainer>, RuntimeError> {
+            Ok(self.state().containers.values().cloned().collect())
+        }
+
+        fn run(&self, name: &ContainerName, config: ContainerConfig) -> Result<(), RuntimeError> {
+            let mut s = self.state();
+            s.attempts += 1;
+            if s.broken.contains(&config.image) {
+                let e = ContainerError::Invalid(vec![format!(
+                    "image {}: not in the store",
+                    config.image
+                )]);
+                return Err(refused("creating", name, e));
+            }
+            if s.containers.contains_key(name) {
+                let e = ContainerError::NameInUse(name.to_string(), "?".into());
+                return Err(refused("creating", name, e));
+            }
+            s.next_id += 1;
+            let c = TaskContainer {
+                name: name.clone(),
+                id: format!("{:032x}", s.next_id),
+                state: RunState::Running,
+                started_at: Some(s.now.unwrap_or(SystemTime::UNIX_EPOCH)),
+            };
+            s.containers.insert(name.clone(), c);
+            Ok(())
+        }
+
+        fn stop(&self, name: &ContainerName, _grace: Duration) -> Result<(), RuntimeError> {
+            // It honours SIGTERM at once.
+            self.exit(name, 143);
+            Ok(())
+        }
+
+        fn remove(&self, name: &ContainerName) -> Result<(), RuntimeError> {
+            let mut s = self.state();
+            if s.containers
+                .get(name)
+                .is_some_and(|c| c.state == RunState::Running)
+            {
+                let e = ContainerError::Running(name.to_string());
+                return Err(refused("removing", name, e));
+            }
+            s.containers.remove(name);
+            Ok(())
+        }
+
+        fn remove_task(&self, task: &str) -> Result<(), RuntimeError> {
+            self.state().containers.retain(|n, _| n.task != task);
+            Ok(())
+        }
+
+        fn stats(&self, name: &ContainerName) -> Result<ContainerUsage, RuntimeError> {
+            match self.get(name) {
+                Some(c) if c.state == RunState::Running => Ok(ContainerUsage {
+                    cpu_usec: 1_000,
+                    memory_bytes: 1 << 20,
+                    pids: 1,
+                }),
+                _ => Err(refused(
+                    "measuring",
+                    name,
+                    ContainerError::NotRunning(name.to_string()),
+                )),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -84,18 +84,23 @@ fn containers(
     let names = runner.container_names(&req.task);
     let mut found = Vec::new();
     for c in store.list()? {
-        let Some(ContainerName { task, index: idx }) =
-            c.record.config.name.as_deref().and_then(|n| n.parse().ok())
+        let Some(cn) = c
+            .record
+            .config
+            .name
+            .as_deref()
+            .and_then(|n| n.parse::<ContainerName>().ok())
         else {
             continue;
         };
-        if task != req.task {
+        if cn.task != req.task {
             continue;
         }
+        let idx = cn.index;
         let name = names
             .as_ref()
             .and_then(|n| n.get(idx).cloned())
-            .unwrap_or_else(|| format!("container-{idx}"));
+            .unwrap_or_else(|| cn.placeholder());
         if req.container.as_ref().is_some_and(|w| *w != name) {
             continue;
         }

@@ -345,8 +345,8 @@ impl Node {
         desired
     }
 
-    /// The containers seen, by task and container name (a placeholder `container-<index>` for
-    /// those of tasks no longer assigned), with the containers that could not start as exited
+    /// The containers seen, by task and container name (a placeholder for those of tasks no
+    /// longer assigned), with the containers that could not start as exited
     /// with [`START_FAILED_EXIT`]; and the runtime name of each container seen.
     fn world(
         &self,
@@ -360,7 +360,7 @@ impl Node {
         for c in seen {
             let container = definition(desired, &c.name)
                 .map(|d| d.name.clone())
-                .unwrap_or_else(|| format!("container-{}", c.name.index));
+                .unwrap_or_else(|| c.name.placeholder());
             let since = |t: Option<SystemTime>, until: SystemTime| {
                 t.and_then(|t| until.duration_since(t).ok())
                     .unwrap_or_default()

@@ -29,6 +29,12 @@ impl ContainerName {
             index,
         }
     }
+
+    /// What the container is called when its task's definition is not known (the task left
+    /// the desired state): `container-<index>`.
+    pub fn placeholder(&self) -> String {
+        format!("container-{}", self.index)
+    }
 }
 
 impl fmt::Display for ContainerName {

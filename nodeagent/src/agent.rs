@@ -255,7 +255,8 @@ pub async fn run(
         })
         .await??
     };
-    let runner = Runner::open(data_dir, store, &cred.name, net)?;
+    let runtime = Arc::new(crate::runtime::StoreRuntime::new(store.clone()));
+    let runner = Runner::open(data_dir, store, runtime, &cred.name, net)?;
     tracing::info!(
         generation = runner.generation(),
         "converging to the persisted desired state"

@@ -10,6 +10,7 @@ use flotilla_runtime::container::logs::{self, LogEntry, LogFollower, Stream};
 use flotilla_runtime::container::{ContainerStore, Status};
 
 use crate::runner::Runner;
+use crate::runtime::ContainerName;
 
 /// Serialized size of the lines sent in one frame (well under the frame limit).
 const BATCH_BYTES: usize = 256 * 1024;
@@ -83,25 +84,23 @@ fn containers(
     let names = runner.container_names(&req.task);
     let mut found = Vec::new();
     for c in store.list()? {
-        let Some((task, idx)) = c
+        let Some(cn) = c
             .record
             .config
             .name
             .as_deref()
-            .and_then(|n| n.rsplit_once('-'))
+            .and_then(|n| n.parse::<ContainerName>().ok())
         else {
             continue;
         };
-        let Ok(idx) = idx.parse::<usize>() else {
-            continue;
-        };
-        if task != req.task {
+        if cn.task != req.task {
             continue;
         }
+        let idx = cn.index;
         let name = names
             .as_ref()
             .and_then(|n| n.get(idx).cloned())
-            .unwrap_or_else(|| format!("container-{idx}"));
+            .unwrap_or_else(|| cn.placeholder());
         if req.container.as_ref().is_some_and(|w| *w != name) {
             continue;
         }

@@ -11,8 +11,10 @@ mod dns;
 mod health;
 mod logs;
 mod network;
+mod node;
 mod reconcile;
 mod runner;
+mod runtime;
 mod schedule;
 
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
 //! The agent's reconciler: from the desired state and what the node observes, the actions to
 //! take and the status to report. Pure — no I/O, no clock — so tests drive it with made-up
-//! observations; the agent loop applies the actions through the container runtime.
+//! observations; the node's state machine (`node.rs`) calls it every round and turns its
+//! actions into commands on runtime names.
 //!
 //! ECS semantics: containers start in `dependsOn` order (START, COMPLETE, SUCCESS, HEALTHY); an
 //! essential container that exits ends its task (the others are stopped); a dependency that can

@@ -1,26 +1,27 @@
-//! The node's task runner: holds the desired state (persisted in `<data-dir>/agent.redb` before
-//! it is acknowledged), and converges the node to it on its own — with or without a session —
-//! through the reconciler and the container runtime. Containers of a task are named
-//! `<task id>-<index in the definition>`.
+//! The node's task runner: the thin driver around the node's state machine (`node.rs`). It
+//! persists the desired state in `<data-dir>/agent.redb` before it is acknowledged, observes the
+//! task containers through the container runtime, hands them to the machine with the time,
+//! applies the commands it answers (task networks and image pulls here, containers through the
+//! runtime) and persists the schedules' runs it changed — with or without a session.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use flotilla_api::taskdef::{ContainerDefinition, NetworkMode as TaskNetwork, TaskDefinition};
-use flotilla_api::tasks::{ContainerUsage, DesiredState, TaskState, TaskStatus, TaskUsage};
+use flotilla_api::tasks::{DesiredState, TaskState, TaskStatus, TaskUsage};
 use flotilla_runtime::container::{
-    ContainerConfig, ContainerError, ContainerStore, MountRequest, NetworkMode, Resources, Status,
-    Ulimit,
+    ContainerConfig, ContainerStore, MountRequest, NetworkMode, Resources, Ulimit,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{watch, Notify};
 
 use crate::health::Health;
-use crate::reconcile::{plan, Action, Observed, Restarts, World};
-use crate::schedule::LocalTask;
+use crate::node::{Command, Node, Now};
+use crate::runtime::{task_volume, ContainerName, ContainerRuntime, RunState};
+use crate::schedule::{LocalRuns, LocalTask};
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 const DESIRED_KEY: &str = "desired";
@@ -30,6 +31,58 @@ const FIRED_KEY: &str = "fired";
 /// How often the node re-checks its containers without being told.
 const RESYNC: Duration = Duration::from_secs(1);
 
+/// What the node persisted in `agent.redb`: the control plane's desired state and its
+/// schedules' runs (the table is made if it is not there yet).
+pub fn load_state(db: &Database) -> Result<(DesiredState, LocalRuns)> {
+    let w = db.begin_write()?;
+    w.open_table(STATE)?;
+    w.commit()?;
+    let r = db.begin_read()?;
+    let t = r.open_table(STATE)?;
+    let desired = match t.get(DESIRED_KEY)? {
+        Some(v) => serde_json::from_slice(v.value()).context("the persisted desired state")?,
+        None => DesiredState::default(),
+    };
+    let tasks: Vec<LocalTask> = match t.get(LOCAL_KEY)? {
+        Some(v) => serde_json::from_slice(v.value()).context("the persisted local tasks")?,
+        None => Vec::new(),
+    };
+    let fired: BTreeMap<String, u64> = match t.get(FIRED_KEY)? {
+        Some(v) => serde_json::from_slice(v.value()).context("the persisted firings")?,
+        None => BTreeMap::new(),
+    };
+    Ok((desired, LocalRuns { tasks, fired }))
+}
+
+/// Persists the control plane's desired state (committed when this returns).
+pub fn save_desired(db: &Database, state: &DesiredState) -> Result<()> {
+    let bytes = serde_json::to_vec(state)?;
+    let w = db.begin_write()?;
+    w.open_table(STATE)?.insert(DESIRED_KEY, bytes.as_slice())?;
+    w.commit()?;
+    Ok(())
+}
+
+/// Persists the schedules' runs and firings (committed when this returns).
+pub fn save_runs(db: &Database, runs: &LocalRuns) -> Result<()> {
+    let w = db.begin_write()?;
+    {
+        let mut t = w.open_table(STATE)?;
+        t.insert(LOCAL_KEY, serde_json::to_vec(&runs.tasks)?.as_slice())?;
+        t.insert(FIRED_KEY, serde_json::to_vec(&runs.fired)?.as_slice())?;
+    }
+    w.commit()?;
+    Ok(())
+}
+
+/// The clocks, read: the only place the runner's decisions get their time from.
+fn now() -> Now {
+    Now {
+        wall: SystemTime::now(),
+        mono: Instant::now(),
+    }
+}
+
 /// The runner shared by the session and the reconcile loop.
 #[derive(Debug)]
 pub struct Runner {
@@ -38,40 +91,28 @@ pub struct Runner {
     networks: Arc<crate::network::Networks>,
     /// The node's DNS and the discovery registry.
     dns: Arc<crate::dns::Dns>,
-    desired: Mutex<DesiredState>,
+    /// The node's state machine: everything decided is decided there.
+    node: Mutex<Node>,
     wake: Notify,
+    /// The node's store: images (pulls), health checks and logs.
     store: ContainerStore,
-    /// Start failures: (task, container) → why and when, until the task leaves the desired
-    /// state or the container is restarted.
-    failures: Mutex<BTreeMap<(String, String), (String, Instant)>>,
+    /// The containers of tasks: observed, run, stopped and removed through it.
+    runtime: Arc<dyn ContainerRuntime>,
     /// Health checks of running containers.
     checks: Arc<crate::health::Checks>,
-    /// Restarts by restart policy so far (kept in memory: after an agent restart, backoff
-    /// starts over).
-    restarts: Mutex<Restarts>,
     status: watch::Sender<Vec<TaskStatus>>,
     /// When the last round ended (`None` before the first).
-    rounds: watch::Sender<Option<std::time::Instant>>,
-    /// This node's id (scheduled runs' ids derive from it).
-    node_id: String,
-    /// Tasks this node started by its schedules, and their last firings (persisted).
-    local: Mutex<(Vec<LocalTask>, BTreeMap<String, u64>)>,
-    /// Since when the node has no session (`None` while it has one).
-    offline_since: Mutex<Option<Instant>>,
-    /// Tasks the node stopped itself after `stopOnClientAfter`, and why: they stay stopped
-    /// until the control plane has taken note (they leave the desired state).
-    self_stopped: Mutex<BTreeMap<String, String>>,
-    /// The last status of each stopped task that still had its containers: once they are
-    /// removed, this is what is reported (exit codes and all).
-    stopped: Mutex<BTreeMap<String, TaskStatus>>,
+    rounds: watch::Sender<Option<Instant>>,
 }
 
 impl Runner {
     /// Opens the runner's state under `data_dir`; the desired state persisted there (if any)
-    /// is what the node converges to until the control plane says otherwise.
+    /// is what the node converges to until the control plane says otherwise. Task containers
+    /// are acted on through `runtime`.
     pub fn open(
         data_dir: &Path,
         store: ContainerStore,
+        runtime: Arc<dyn ContainerRuntime>,
         node_id: &str,
         net: crate::network::Settings,
     ) -> Result<Arc<Self>> {
@@ -91,55 +132,25 @@ impl Runner {
             Some(dns.clone()),
             node_id,
         )?);
-        let w = db.begin_write()?;
-        w.open_table(STATE)?;
-        w.commit()?;
-        let desired = {
-            let r = db.begin_read()?;
-            let t = r.open_table(STATE)?;
-            match t.get(DESIRED_KEY)? {
-                Some(v) => {
-                    serde_json::from_slice(v.value()).context("the persisted desired state")?
-                }
-                None => DesiredState::default(),
-            }
-        };
-        let local = {
-            let r = db.begin_read()?;
-            let t = r.open_table(STATE)?;
-            let tasks: Vec<LocalTask> = match t.get(LOCAL_KEY)? {
-                Some(v) => {
-                    serde_json::from_slice(v.value()).context("the persisted local tasks")?
-                }
-                None => Vec::new(),
-            };
-            let fired: BTreeMap<String, u64> = match t.get(FIRED_KEY)? {
-                Some(v) => serde_json::from_slice(v.value()).context("the persisted firings")?,
-                None => BTreeMap::new(),
-            };
-            (tasks, fired)
-        };
+        let (desired, runs) = load_state(&db)?;
         let (status, _) = watch::channel(Vec::new());
         let (rounds, _) = watch::channel(None);
         Ok(Arc::new(Self {
             db,
             networks,
             dns,
-            desired: Mutex::new(desired),
+            node: Mutex::new(Node::new(node_id, desired, runs, Instant::now())),
             wake: Notify::new(),
             store,
-            failures: Mutex::new(BTreeMap::new()),
-            restarts: Mutex::new(Restarts::new()),
+            runtime,
             checks: Arc::default(),
             status,
             rounds,
-            node_id: node_id.to_string(),
-            local: Mutex::new(local),
-            // Until a first session, the node counts as offline from its start.
-            offline_since: Mutex::new(Some(Instant::now())),
-            self_stopped: Mutex::new(BTreeMap::new()),
-            stopped: Mutex::new(BTreeMap::new()),
         }))
+    }
+
+    fn node(&self) -> MutexGuard<'_, Node> {
+        self.node.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The node's address in the cluster, when configured.
@@ -154,10 +165,7 @@ impl Runner {
 
     /// The generation held.
     pub fn generation(&self) -> u64 {
-        self.desired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .generation
+        self.node().generation()
     }
 
     /// Persists a new desired state (committed before this returns) and wakes the loop. An
@@ -167,82 +175,48 @@ impl Runner {
         if state.generation <= current {
             return Ok(current);
         }
-        let bytes = serde_json::to_vec(&state)?;
-        let w = self.db.begin_write()?;
-        w.open_table(STATE)?.insert(DESIRED_KEY, bytes.as_slice())?;
-        w.commit()?;
+        save_desired(&self.db, &state)?;
         let generation = state.generation;
-        *self.desired.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        self.node().set_desired(state);
         self.wake.notify_one();
         Ok(generation)
     }
 
     /// The container names of a task in the desired state, in definition order.
     pub fn container_names(&self, task: &str) -> Option<Vec<String>> {
-        self.desired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .tasks
-            .iter()
-            .find(|t| t.id == task)
-            .map(|t| {
-                t.definition
-                    .container_definitions
-                    .iter()
-                    .map(|c| c.name.clone())
-                    .collect()
-            })
+        self.node().container_names(task)
     }
 
     /// Usage of the running containers of desired tasks (cgroup counters; blocking reads).
     pub fn usage(&self) -> Vec<TaskUsage> {
-        let desired = self
-            .desired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let desired = self.node().desired().clone();
         let mut out: BTreeMap<String, TaskUsage> = BTreeMap::new();
-        for c in self.store.list().unwrap_or_default() {
-            if c.status != Status::Running {
+        for c in self.runtime.list().unwrap_or_default() {
+            if c.state != RunState::Running {
                 continue;
             }
-            let Some((task, idx)) = c
-                .record
-                .config
-                .name
-                .as_deref()
-                .and_then(|n| n.rsplit_once('-'))
-            else {
+            let cn = c.name;
+            let Some(def) = desired.tasks.iter().find(|t| t.id == cn.task) else {
                 continue;
             };
-            let Some(def) = desired.tasks.iter().find(|t| t.id == task) else {
-                continue;
-            };
-            let Some(name) = idx
-                .parse::<usize>()
-                .ok()
-                .and_then(|i| def.definition.container_definitions.get(i))
+            let Some(name) = def
+                .definition
+                .container_definitions
+                .get(cn.index)
                 .map(|d| d.name.clone())
             else {
                 continue;
             };
-            let Ok(u) = self.store.stats(&c.record.id) else {
+            let Ok(u) = self.runtime.stats(&cn) else {
                 continue;
             };
-            out.entry(task.to_string())
+            out.entry(cn.task.clone())
                 .or_insert_with(|| TaskUsage {
-                    id: task.to_string(),
+                    id: cn.task.clone(),
                     containers: BTreeMap::new(),
                 })
                 .containers
-                .insert(
-                    name,
-                    ContainerUsage {
-                        cpu_usec: u.cpu_ns / 1000,
-                        memory_bytes: u.memory_bytes,
-                        pids: u.pids,
-                    },
-                );
+                .insert(name, u);
         }
         out.into_values().collect()
     }
@@ -253,14 +227,14 @@ impl Runner {
     }
 
     /// When rounds end.
-    pub fn rounds(&self) -> watch::Receiver<Option<std::time::Instant>> {
+    pub fn rounds(&self) -> watch::Receiver<Option<Instant>> {
         self.rounds.subscribe()
     }
 
-    /// Whether the runner's state answers: its desired state can be locked and its database
+    /// Whether the runner's state answers: its state machine can be locked and its database
     /// read (what the systemd watchdog vouches for; a long image pull does not stop it).
     pub fn healthy(&self) -> bool {
-        let locked = self.desired.lock().is_ok();
+        let locked = self.node.lock().is_ok();
         let readable = self
             .db
             .begin_read()
@@ -301,7 +275,7 @@ impl Runner {
         });
         loop {
             let result = self.clone().round().await;
-            self.rounds.send_replace(Some(std::time::Instant::now()));
+            self.rounds.send_replace(Some(Instant::now()));
             match result {
                 Ok(true) if back_to_back < 10 => {
                     back_to_back += 1;
@@ -318,264 +292,65 @@ impl Runner {
         }
     }
 
-    fn observe(self: &Arc<Self>, desired: &DesiredState) -> Result<World> {
-        let mut world = World::new();
-        for c in self.store.list()? {
-            let Some(name) = c.record.config.name.as_deref() else {
-                continue;
-            };
-            let Some((task, idx)) = name.rsplit_once('-') else {
-                continue;
-            };
-            if !task.starts_with("t-") {
-                continue;
-            }
-            let Ok(idx) = idx.parse::<usize>() else {
-                continue;
-            };
-            let def = desired
-                .tasks
-                .iter()
-                .find(|t| t.id == task)
-                .and_then(|t| t.definition.container_definitions.get(idx));
-            let container = def
-                .map(|d| d.name.clone())
-                .unwrap_or_else(|| format!("container-{idx}"));
-            let observed = match (c.status, &c.exit) {
-                (Status::Created, _) => Observed::Created,
-                (Status::Running, _) => {
-                    let check = def.and_then(|d| d.health_check.as_ref());
-                    if let Some(check) = check {
-                        let me = self.clone();
-                        self.checks
-                            .ensure(&self.store, &c.record.id, check, move || {
-                                me.wake.notify_one()
-                            });
-                    }
-                    Observed::Running {
-                        healthy: match self.checks.get(&c.record.id) {
-                            Some(Health::Healthy) => Some(true),
-                            Some(Health::Unhealthy) => Some(false),
-                            _ => None,
-                        },
-                    }
-                }
-                (Status::Exited, exit) => {
-                    let now = SystemTime::now();
-                    let started = c.state.as_ref().and_then(|s| time(&s.started_at));
-                    let finished = exit.as_ref().and_then(|e| time(&e.finished_at));
-                    let since = |t: Option<SystemTime>, until: SystemTime| {
-                        t.and_then(|t| until.duration_since(t).ok())
-                            .unwrap_or_default()
-                    };
-                    Observed::Exited {
-                        code: exit.as_ref().map_or(255, |e| e.exit_code),
-                        oom: exit.as_ref().is_some_and(|e| e.oom_killed),
-                        ran: since(started, finished.unwrap_or(now)),
-                        // unknown exit time: as if just now, so backoff still applies
-                        ago: since(finished, now),
-                    }
-                }
-            };
-            world
-                .entry(task.to_string())
-                .or_default()
-                .insert(container, observed);
-        }
-        // A container that could not start counts as exited with 125.
-        for ((task, container), (_, when)) in self
-            .failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            world
-                .entry(task.clone())
-                .or_default()
-                .entry(container.clone())
-                .or_insert(Observed::Exited {
-                    code: 125,
-                    oom: false,
-                    ran: Duration::ZERO,
-                    ago: when.elapsed(),
-                });
-        }
-        Ok(world)
-    }
-
-    /// One reconciliation; true when it acted.
     /// The session is up (`true`) or lost (`false`).
     pub fn set_online(&self, online: bool) {
-        let mut since = self.offline_since.lock().unwrap_or_else(|p| p.into_inner());
-        match (online, *since) {
-            (true, _) => *since = None,
-            (false, None) => *since = Some(Instant::now()),
-            (false, Some(_)) => {}
-        }
+        self.node().set_online(online, Instant::now());
     }
 
-    /// Fires due schedules, stops tasks whose service wants them stopped after this long
-    /// offline, then the desired state with this node's own runs added (those the control plane
-    /// already lists are its).
-    fn merged(&self) -> Result<DesiredState> {
-        let mut desired = self
-            .desired
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let offline = self
-            .offline_since
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .map(|t| t.elapsed());
-        {
-            let mut stopped = self.self_stopped.lock().unwrap_or_else(|p| p.into_inner());
-            stopped.retain(|id, _| desired.tasks.iter().any(|t| &t.id == id));
-            for t in &mut desired.tasks {
-                if let (Some(limit), Some(off)) = (t.stop_on_client_after, offline) {
-                    if off >= Duration::from_secs(limit.into()) && !stopped.contains_key(&t.id) {
-                        tracing::info!(task = %t.id, "no control plane for {limit} s: stopping it (stopOnClientAfter)");
-                        stopped.insert(
-                            t.id.clone(),
-                            format!(
-                                "service: stopped by its node after {limit} s without the control plane (stopOnClientAfter)"
-                            ),
-                        );
-                    }
-                }
-                if let Some(why) = stopped.get(&t.id) {
-                    if t.desired == flotilla_api::tasks::DesiredStatus::Running {
-                        t.desired = flotilla_api::tasks::DesiredStatus::Stopped;
-                        t.stop_reason = Some(why.clone());
-                    }
-                }
-            }
+    /// Saves the schedules' runs if the state machine changed them (under its lock, so saves
+    /// land in the order the changes were made).
+    fn save_runs(&self, node: &mut Node) -> Result<()> {
+        if let Some(runs) = node.unsaved_runs() {
+            save_runs(&self.db, runs)?;
+            node.runs_saved();
         }
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        let (tasks, fired) = &mut *local;
-        if crate::schedule::fire_due(&desired.schedules, fired, tasks, &self.node_id, now) {
-            self.persist_local(tasks, fired)?;
-        }
-        for l in tasks.iter() {
-            if !desired.tasks.iter().any(|t| t.id == l.task.id) {
-                desired.tasks.push(l.task.clone());
-            }
-        }
-        Ok(desired)
-    }
-
-    fn persist_local(&self, tasks: &[LocalTask], fired: &BTreeMap<String, u64>) -> Result<()> {
-        let w = self.db.begin_write()?;
-        {
-            let mut t = w.open_table(STATE)?;
-            t.insert(LOCAL_KEY, serde_json::to_vec(tasks)?.as_slice())?;
-            t.insert(FIRED_KEY, serde_json::to_vec(fired)?.as_slice())?;
-        }
-        w.commit()?;
         Ok(())
     }
 
     /// The control plane recorded these statuses: runs of schedules it now has stopped may
     /// have their containers removed.
     pub fn acknowledge(&self, reported: &[TaskStatus]) -> Result<()> {
-        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        let (tasks, fired) = &mut *local;
-        let mut changed = false;
-        for l in tasks.iter_mut().filter(|l| !l.acknowledged) {
-            let stopped = reported
-                .iter()
-                .any(|s| s.id == l.task.id && s.state == TaskState::Stopped);
-            if stopped {
-                l.acknowledged = true;
-                l.task.desired = flotilla_api::tasks::DesiredStatus::Stopped;
-                changed = true;
-            }
-        }
-        if changed {
-            self.persist_local(tasks, fired)?;
+        let mut node = self.node();
+        if node.acknowledge(reported) {
+            self.save_runs(&mut node)?;
             self.wake.notify_one();
         }
         Ok(())
     }
 
-    /// A stopped task's status keeps its containers' exits after they are removed: a report
-    /// that comes later (a slow session, a reconnect) still carries them.
-    fn keep_exits(&self, desired: &DesiredState, status: &mut [TaskStatus]) {
-        let mut kept = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
-        kept.retain(|id, _| desired.tasks.iter().any(|t| &t.id == id));
-        for s in status.iter_mut().filter(|s| s.state == TaskState::Stopped) {
-            if s.containers.iter().any(|c| c.exit_code.is_some()) {
-                kept.insert(s.id.clone(), s.clone());
-            } else if let Some(k) = kept.get(&s.id) {
-                s.containers = k.containers.clone();
-                if s.stop_reason.is_none() {
-                    s.stop_reason = k.stop_reason.clone();
-                }
-            }
-        }
-    }
-
-    /// Marks runs of schedules that stopped (keeping why) and tags their statuses.
-    fn note_local(&self, status: &mut [TaskStatus]) -> Result<()> {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
-        let (tasks, fired) = &mut *local;
-        let mut changed = false;
-        for s in status.iter_mut() {
-            let Some(l) = tasks.iter_mut().find(|l| l.task.id == s.id) else {
-                continue;
-            };
-            s.scheduled = Some(l.run.clone());
-            if s.state == TaskState::Stopped && l.finished_at.is_none() {
-                l.finished_at = Some(now);
-                // Kept as the reason once it is told to stop (after the acknowledgement).
-                l.task.stop_reason = s.stop_reason.clone();
-                changed = true;
-            }
-        }
-        if changed {
-            self.persist_local(tasks, fired)?;
-        }
-        Ok(())
-    }
-
+    /// One reconciliation; true when it acted.
     async fn round(self: Arc<Self>) -> Result<bool> {
-        let desired = self.merged()?;
-        let me = self.clone();
-        let d = desired.clone();
-        let world = tokio::task::spawn_blocking(move || me.observe(&d)).await??;
-        let restarts = self
-            .restarts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let mut p = plan(&desired, &world, &restarts);
-        {
-            let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-            for s in &mut p.status {
-                if let Some((_, (why, _))) = failures.iter().find(|((t, _), _)| *t == s.id) {
-                    if s.state >= TaskState::Stopping {
-                        s.stop_reason = Some(why.clone());
-                    }
-                }
-            }
+        let rt = self.runtime.clone();
+        let seen = tokio::task::spawn_blocking(move || rt.list()).await??;
+        let health: BTreeMap<String, bool> = seen
+            .iter()
+            .filter(|c| c.state == RunState::Running)
+            .filter_map(|c| match self.checks.get(&c.id) {
+                Some(Health::Healthy) => Some((c.id.clone(), true)),
+                Some(Health::Unhealthy) => Some((c.id.clone(), false)),
+                _ => None,
+            })
+            .collect();
+        let mut round = {
+            let mut node = self.node();
+            let round = node.round(&seen, &health, now());
+            // A run that fired is on disk before its containers start.
+            self.save_runs(&mut node)?;
+            round
+        };
+        for (id, check) in &round.checks {
+            let me = self.clone();
+            self.checks
+                .ensure(&self.store, id, check, move || me.wake.notify_one());
         }
-        self.note_local(&mut p.status)?;
-        self.keep_exits(&desired, &mut p.status);
-        let acted = !p.actions.is_empty();
+        let acted = !round.commands.is_empty();
+        let desired = Arc::new(round.desired);
         let mut jobs = Vec::new();
-        for action in p.actions {
+        for command in round.commands {
             let me = self.clone();
             let desired = desired.clone();
             jobs.push(tokio::spawn(
-                async move { me.apply(&desired, action).await },
+                async move { me.apply(&desired, command).await },
             ));
         }
         for j in jobs {
@@ -586,7 +361,7 @@ impl Runner {
         // A stopped task's network goes before its stop is reported (so an awsvpc address
         // is free when the control plane hears of it); so do networks of tasks that are
         // neither assigned nor have containers here.
-        let release: Vec<String> = p
+        let release: Vec<String> = round
             .status
             .iter()
             .filter(|s| s.state == TaskState::Stopped)
@@ -596,7 +371,7 @@ impl Runner {
             .tasks
             .iter()
             .map(|t| t.id.clone())
-            .chain(world.keys().cloned())
+            .chain(seen.iter().map(|c| c.name.task.clone()))
             .filter(|t| !release.contains(t))
             .collect();
         let net = self.networks.clone();
@@ -610,53 +385,36 @@ impl Runner {
         if let Err(e) = released {
             tracing::warn!("removing task networks: {e:#}");
         }
-        for s in &mut p.status {
+        for s in &mut round.status {
             if s.state != TaskState::Stopped {
                 s.network = self.networks.status(&s.id);
             }
         }
-        // Forget failures and restarts of tasks that left the desired state.
-        let assigned = |t: &String| desired.tasks.iter().any(|d| &d.id == t);
-        self.failures
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(t, _), _| assigned(t));
-        self.restarts
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|(t, _), _| assigned(t));
         self.status.send_if_modified(|old| {
-            if *old == p.status {
+            if *old == round.status {
                 false
             } else {
-                *old = p.status.clone();
+                *old = round.status.clone();
                 true
             }
         });
         Ok(acted)
     }
 
-    /// Creates and starts a container of a task; a failure is remembered (the container then
-    /// counts as exited with 125).
-    async fn start(&self, desired: &DesiredState, task: String, container: String) {
-        let Some(t) = desired.tasks.iter().find(|t| t.id == task) else {
+    /// Creates and starts a container of a task: its network, its image, then the runtime. A
+    /// failure is told to the state machine (the container then counts as exited with 125).
+    async fn start(&self, desired: &DesiredState, name: ContainerName, container: String) {
+        let Some(t) = desired.tasks.iter().find(|t| t.id == name.task) else {
             return;
         };
-        let Some((idx, def)) = t
-            .definition
-            .container_definitions
-            .iter()
-            .enumerate()
-            .find(|(_, c)| c.name == container)
-        else {
+        let Some(def) = t.definition.container_definitions.get(name.index) else {
             return;
         };
+        let task = name.task.clone();
         let mut config = container_config(&task, &t.definition, def);
-        config.name = Some(format!("{task}-{idx}"));
         config
             .env
             .extend(t.env.iter().map(|kv| format!("{}={}", kv.name, kv.value)));
-        let store = self.store.clone();
         if let Some(ns) = &t.namespace {
             // The services of its namespace, Kubernetes-style (the definition's own win).
             for (k, v) in flotilla_api::discovery::environment(&self.dns.registry(), ns) {
@@ -670,6 +428,7 @@ impl Runner {
             }
         }
         let (net, dt, node) = (self.networks.clone(), t.clone(), desired.network.clone());
+        let store = self.store.clone();
         let result = async {
             let attachment = tokio::task::spawn_blocking(move || net.ensure(&dt, &node))
                 .await?
@@ -684,90 +443,51 @@ impl Runner {
                     .await
                     .with_context(|| format!("pulling {}", config.image))?;
             }
-            let s = store.clone();
-            tokio::task::spawn_blocking(move || -> Result<()> {
-                let rec = s.create(config)?;
-                s.start(&rec.id)?.detach();
-                Ok(())
-            })
-            .await??;
+            let rt = self.runtime.clone();
+            tokio::task::spawn_blocking(move || rt.run(&name, config)).await??;
             anyhow::Ok(())
         }
         .await;
         match result {
             Ok(()) => tracing::info!(task = %task, container = %container, "started"),
             Err(e) => {
-                let why = format!("container {container} could not start: {e:#}");
-                tracing::warn!(task = %task, "{why}");
-                self.failures
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((task, container), (why, Instant::now()));
+                let error = format!("{e:#}");
+                {
+                    let mut node = self.node();
+                    let why = node.start_failed(&task, &container, &error, Instant::now());
+                    tracing::warn!(task = %task, "{why}");
+                }
                 self.wake.notify_one();
             }
         }
     }
 
-    async fn apply(self: Arc<Self>, desired: &DesiredState, action: Action) -> Result<()> {
-        match action {
-            Action::Start { task, container } => self.start(desired, task, container).await,
-            Action::Stop {
-                task,
-                container,
-                grace_secs,
-            } => {
-                let name = container_name(desired, &task, &container);
-                let s = self.store.clone();
-                tokio::task::spawn_blocking(move || {
-                    s.stop(&name, Duration::from_secs(grace_secs.into()))
-                })
-                .await??;
+    async fn apply(self: Arc<Self>, desired: &DesiredState, command: Command) -> Result<()> {
+        match command {
+            Command::Start { name, container } => self.start(desired, name, container).await,
+            Command::Stop { name, grace, .. } => {
+                let rt = self.runtime.clone();
+                tokio::task::spawn_blocking(move || rt.stop(&name, grace)).await??;
                 self.wake.notify_one();
             }
-            Action::Restart {
-                task,
+            Command::Restart {
+                name,
                 container,
                 attempt,
             } => {
-                let name = container_name(desired, &task, &container);
-                let s = self.store.clone();
+                let rt = self.runtime.clone();
                 let gone = name.clone();
-                tokio::task::spawn_blocking(move || match s.remove(&gone, false) {
-                    Err(ContainerError::NotFound(_)) => Ok(()),
-                    other => other,
-                })
-                .await??;
-                self.failures
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&(task.clone(), container.clone()));
-                self.restarts
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert((task.clone(), container.clone()), attempt);
-                tracing::info!(task = %task, container = %container, attempt, "restarting by restart policy");
-                self.start(desired, task, container).await;
+                tokio::task::spawn_blocking(move || rt.remove(&gone)).await??;
+                self.node().restarting(&name.task, &container, attempt);
+                tracing::info!(task = %name.task, container = %container, attempt, "restarting by restart policy");
+                self.start(desired, name, container).await;
             }
-            Action::Remove { task } => {
-                let s = self.store.clone();
+            Command::Remove { task } => {
+                let rt = self.runtime.clone();
                 let net = self.networks.clone();
                 tokio::task::spawn_blocking(move || -> Result<()> {
-                    for c in s.list()? {
-                        let mine =
-                            c.record.config.name.as_deref().is_some_and(|n| {
-                                n.rsplit_once('-').is_some_and(|(t, _)| t == task)
-                            });
-                        if mine {
-                            s.remove(&c.record.id, true)?;
-                        }
-                    }
                     // Its task-scoped volumes and its network go with it.
-                    let prefix = format!("{task}-");
-                    for v in s.volumes().list()? {
-                        if v.name.starts_with(&prefix) {
-                            s.remove_volume(&v.name)?;
-                        }
-                    }
+                    rt.remove_task(&task)?;
                     net.release(&task)
                 })
                 .await??;
@@ -775,28 +495,6 @@ impl Runner {
         }
         Ok(())
     }
-}
-
-/// The runtime name of `container` of `task`: `<task>-<index in its definition>`.
-fn container_name(desired: &DesiredState, task: &str, container: &str) -> String {
-    let idx = desired
-        .tasks
-        .iter()
-        .find(|t| t.id == task)
-        .and_then(|t| {
-            t.definition
-                .container_definitions
-                .iter()
-                .position(|c| c.name == container)
-        })
-        .map(|i| i.to_string())
-        .unwrap_or_else(|| container.trim_start_matches("container-").to_string());
-    format!("{task}-{idx}")
-}
-
-/// An RFC 3339 time as the runtime records it.
-fn time(s: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(s).ok()
 }
 
 /// The runtime settings of a container of task `task`. Task volumes become bind mounts
@@ -824,7 +522,7 @@ pub fn container_config(
                 name: if v.shared {
                     v.name.clone()
                 } else {
-                    format!("{task}-{}", v.name)
+                    task_volume(task, &v.name)
                 },
                 target: m.container_path.clone(),
                 read_only: m.read_only,

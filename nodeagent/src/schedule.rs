@@ -25,6 +25,16 @@ pub struct LocalTask {
     pub acknowledged: bool,
 }
 
+/// This node's runs of its schedules and each schedule's last firing (schedule name → seconds
+/// since the epoch): what the node persists of them (as two values, `local` and `fired`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LocalRuns {
+    /// The runs, oldest first.
+    pub tasks: Vec<LocalTask>,
+    /// Each schedule's last firing.
+    pub fired: BTreeMap<String, u64>,
+}
+
 /// How long a finished, acknowledged run is remembered.
 const KEEP_SECS: u64 = 86_400;
 /// Finished runs of one schedule kept (with their containers) until the control plane hears of

@@ -1,0 +1,980 @@
+//! The node as a deterministic state machine: everything the node decides about its tasks, with
+//! the time an input. It holds what lives only in memory — start failures and when they
+//! happened, restarts so far, tasks it stopped itself, exits kept after their containers went,
+//! since when it is offline — and the schedules' runs, which the runner persists for it.
+//!
+//! No I/O and no clock: the runner (`runner.rs`) observes the task containers, calls
+//! [`Node::round`] with [`Now`], applies the [`Command`]s through the container runtime, feeds
+//! back what happened ([`Node::start_failed`], [`Node::restarting`], [`Node::set_online`],
+//! [`Node::acknowledge`]) and persists what must survive a restart (the desired state, and the
+//! runs when [`Node::unsaved_runs`] says so). A node built from what was persisted (a power
+//! cut: nothing in memory) starts every task again. Tests drive it with a fake runtime and
+//! simulated time.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use flotilla_api::taskdef::HealthCheck;
+use flotilla_api::tasks::{DesiredState, DesiredStatus, StopCode, TaskState, TaskStatus};
+
+use crate::reconcile::{plan, Action, Observed, Restarts, World};
+use crate::runtime::{ContainerName, RunState, TaskContainer};
+use crate::schedule::LocalRuns;
+
+/// The exit code a container that could not be created or started counts as (Docker's and
+/// ECS's for a container the runtime could not run).
+pub const START_FAILED_EXIT: i32 = 125;
+
+/// The exit code of a container whose exit nobody recorded (its shim died with it).
+const UNKNOWN_EXIT: i32 = 255;
+
+/// When a decision is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// The wall clock: compared with containers' start and exit times (they outlive the agent)
+    /// and with schedules' minutes.
+    pub wall: SystemTime,
+    /// The monotonic clock: for what the node measures itself (time offline, since a failed
+    /// start), which a wall clock set by NTP after a cold boot must not shorten.
+    pub mono: Instant,
+}
+
+impl Now {
+    /// The wall clock in whole seconds since the epoch.
+    pub fn unix_secs(&self) -> u64 {
+        self.wall
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
+
+/// What the runner is to do to the node's containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Create and start a container (its task's network set up and image pulled first).
+    Start {
+        /// Its runtime name.
+        name: ContainerName,
+        /// Its name in the task definition.
+        container: String,
+    },
+    /// Stop a container: SIGTERM, SIGKILL after `grace`.
+    Stop {
+        /// Its runtime name.
+        name: ContainerName,
+        /// Its name in the task definition (a placeholder for a task no longer assigned).
+        container: String,
+        /// Time between the two signals.
+        grace: Duration,
+    },
+    /// Replace an exited container by its restart policy: remove it, say so with
+    /// [`Node::restarting`], then start it as [`Command::Start`] does.
+    Restart {
+        /// Its runtime name.
+        name: ContainerName,
+        /// Its name in the task definition.
+        container: String,
+        /// Restarts of this container once this one is done.
+        attempt: u32,
+    },
+    /// Remove every container of a task, its own volumes and its network.
+    Remove {
+        /// The task's id.
+        task: String,
+    },
+}
+
+/// What one round decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Round {
+    /// The tasks this round converges: the control plane's (those the node stopped itself
+    /// marked so) and the runs of the node's schedules.
+    pub desired: DesiredState,
+    /// What to do; each stands on its own, so they may be applied at once.
+    pub commands: Vec<Command>,
+    /// The status of every task the node knows.
+    pub status: Vec<TaskStatus>,
+    /// Running containers to check the health of: runtime id, and the check.
+    pub checks: Vec<(String, HealthCheck)>,
+}
+
+/// A container that could not start.
+#[derive(Debug, Clone)]
+struct Failure {
+    /// The stop reason it gives its task.
+    why: String,
+    /// When it happened.
+    at: Instant,
+}
+
+/// The node's state machine; see the module.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// This node's id (its schedules' runs' ids derive from it).
+    node_id: String,
+    /// The control plane's desired state, as persisted.
+    desired: DesiredState,
+    /// Runs of the node's schedules and their firings.
+    runs: LocalRuns,
+    /// The runs changed since the runner last saved them.
+    runs_dirty: bool,
+    /// Start failures by (task, container), until the task leaves the desired state or the
+    /// container is restarted.
+    failures: BTreeMap<(String, String), Failure>,
+    /// Restarts by restart policy so far (in memory: after an agent restart, backoff starts
+    /// over).
+    restarts: Restarts,
+    /// Since when the node has no session (`None` while it has one).
+    offline_since: Option<Instant>,
+    /// Tasks the node stopped itself after `stopOnClientAfter`, and why: they stay stopped
+    /// until the control plane has taken note (they leave its desired state).
+    self_stopped: BTreeMap<String, String>,
+    /// The last status of each stopped task that still had its containers: once they are
+    /// removed, this is what is reported (exit codes, stop code and reason).
+    kept: BTreeMap<String, TaskStatus>,
+}
+
+impl Node {
+    /// The node as it starts (a cold boot, an agent restart, a power cut): nothing but what was
+    /// persisted, and offline until a first session.
+    pub fn new(node_id: &str, desired: DesiredState, runs: LocalRuns, now: Instant) -> Self {
+        Self {
+            node_id: node_id.to_string(),
+            desired,
+            runs,
+            runs_dirty: false,
+            failures: BTreeMap::new(),
+            restarts: Restarts::new(),
+            offline_since: Some(now),
+            self_stopped: BTreeMap::new(),
+            kept: BTreeMap::new(),
+        }
+    }
+
+    /// The control plane's desired state held.
+    pub fn desired(&self) -> &DesiredState {
+        &self.desired
+    }
+
+    /// The generation of the desired state held.
+    pub fn generation(&self) -> u64 {
+        self.desired.generation
+    }
+
+    /// Takes a newer desired state (the runner persisted it first); an older or equal
+    /// generation changes nothing. Whether it was taken.
+    pub fn set_desired(&mut self, state: DesiredState) -> bool {
+        if state.generation <= self.desired.generation {
+            return false;
+        }
+        self.desired = state;
+        true
+    }
+
+    /// The runs of the node's schedules, when they changed since last saved.
+    pub fn unsaved_runs(&self) -> Option<&LocalRuns> {
+        self.runs_dirty.then_some(&self.runs)
+    }
+
+    /// The runner saved the runs [`Node::unsaved_runs`] gave.
+    pub fn runs_saved(&mut self) {
+        self.runs_dirty = false;
+    }
+
+    /// The session is up (`true`) or lost (`false`) as of `now`.
+    pub fn set_online(&mut self, online: bool, now: Instant) {
+        match (online, self.offline_since) {
+            (true, _) => self.offline_since = None,
+            (false, None) => self.offline_since = Some(now),
+            (false, Some(_)) => {}
+        }
+    }
+
+    /// The control plane recorded these statuses: runs of schedules it now has stopped may
+    /// have their containers removed. Whether the runs changed (then save them).
+    pub fn acknowledge(&mut self, reported: &[TaskStatus]) -> bool {
+        let mut changed = false;
+        for l in self.runs.tasks.iter_mut().filter(|l| !l.acknowledged) {
+            let stopped = reported
+                .iter()
+                .any(|s| s.id == l.task.id && s.state == TaskState::Stopped);
+            if stopped {
+                l.acknowledged = true;
+                l.task.desired = DesiredStatus::Stopped;
+                changed = true;
+            }
+        }
+        self.runs_dirty |= changed;
+        changed
+    }
+
+    /// Container `container` of `task` could not be created or started (`error` says why):
+    /// it counts as exited with [`START_FAILED_EXIT`], which ends its task
+    /// (`TaskFailedToStart`) unless its restart policy restarts it. Returns the stop reason.
+    pub fn start_failed(&mut self, task: &str, container: &str, error: &str, now: Instant) -> &str {
+        let why = format!("container {container} could not start: {error}");
+        let key = (task.to_string(), container.to_string());
+        &self
+            .failures
+            .entry(key)
+            .and_modify(|f| {
+                f.why.clone_from(&why);
+                f.at = now;
+            })
+            .or_insert(Failure { why, at: now })
+            .why
+    }
+
+    /// Container `container` of `task` exited and is gone; it starts again as restart number
+    /// `attempt`.
+    pub fn restarting(&mut self, task: &str, container: &str, attempt: u32) {
+        let key = (task.to_string(), container.to_string());
+        self.failures.remove(&key);
+        self.restarts.insert(key, attempt);
+    }
+
+    /// The container names of a task in the desired state, in definition order.
+    pub fn container_names(&self, task: &str) -> Option<Vec<String>> {
+        self.desired.tasks.iter().find(|t| t.id == task).map(|t| {
+            t.definition
+                .container_definitions
+                .iter()
+                .map(|c| c.name.clone())
+                .collect()
+        })
+    }
+
+    /// One round at `now`: fires due schedules, stops tasks the node must stop itself, and
+    /// from the containers `seen` (and the health verdicts by runtime id) decides what to do
+    /// and what to report.
+    pub fn round(
+        &mut self,
+        seen: &[TaskContainer],
+        health: &BTreeMap<String, bool>,
+        now: Now,
+    ) -> Round {
+        let desired = self.merged(now);
+        let (world, names) = self.world(&desired, seen, health, now);
+        let planned = plan(&desired, &world, &self.restarts);
+        let mut status = planned.status;
+        for s in &mut status {
+            // A task that ended because a container could not start says so.
+            if s.stop_code != Some(StopCode::EssentialContainerExited) {
+                continue;
+            }
+            if let Some((_, f)) = self.failures.iter().find(|((t, _), _)| *t == s.id) {
+                s.stop_code = Some(StopCode::TaskFailedToStart);
+                s.stop_reason = Some(f.why.clone());
+            }
+        }
+        self.note_runs(&mut status, now.unix_secs());
+        self.keep_exits(&desired, &mut status);
+        let commands = planned
+            .actions
+            .into_iter()
+            .filter_map(|a| command(&desired, &names, a))
+            .collect();
+        let checks = seen
+            .iter()
+            .filter(|c| c.state == RunState::Running)
+            .filter_map(|c| {
+                let check = definition(&desired, &c.name)?.health_check.as_ref()?;
+                Some((c.id.clone(), check.clone()))
+            })
+            .collect();
+        // Failures and restarts of tasks that left the desired state are forgotten.
+        let assigned = |t: &String| desired.tasks.iter().any(|d| &d.id == t);
+        self.failures.retain(|(t, _), _| assigned(t));
+        self.restarts.retain(|(t, _), _| assigned(t));
+        Round {
+            desired,
+            commands,
+            status,
+            checks,
+        }
+    }
+
+    /// Fires due schedules and stops tasks whose service wants them stopped after this long
+    /// offline; then the desired state with this node's own runs added (those the control
+    /// plane already lists are its).
+    fn merged(&mut self, now: Now) -> DesiredState {
+        let mut desired = self.desired.clone();
+        let offline = self
+            .offline_since
+            .map(|t| now.mono.saturating_duration_since(t));
+        self.self_stopped
+            .retain(|id, _| desired.tasks.iter().any(|t| &t.id == id));
+        for t in &mut desired.tasks {
+            if let (Some(limit), Some(off)) = (t.stop_on_client_after, offline) {
+                if off >= Duration::from_secs(limit.into())
+                    && !self.self_stopped.contains_key(&t.id)
+                {
+                    tracing::info!(task = %t.id, "no control plane for {limit} s: stopping it (stopOnClientAfter)");
+                    self.self_stopped.insert(
+                        t.id.clone(),
+                        format!(
+                            "service: stopped by its node after {limit} s without the control plane (stopOnClientAfter)"
+                        ),
+                    );
+                }
+            }
+            if let Some(why) = self.self_stopped.get(&t.id) {
+                if t.desired == DesiredStatus::Running {
+                    t.desired = DesiredStatus::Stopped;
+                    t.stop_code = Some(StopCode::StopOnClientAfter);
+                    t.stop_reason = Some(why.clone());
+                }
+            }
+        }
+        let runs = &mut self.runs;
+        if crate::schedule::fire_due(
+            &desired.schedules,
+            &mut runs.fired,
+            &mut runs.tasks,
+            &self.node_id,
+            now.unix_secs(),
+        ) {
+            self.runs_dirty = true;
+        }
+        for l in &self.runs.tasks {
+            if !desired.tasks.iter().any(|t| t.id == l.task.id) {
+                desired.tasks.push(l.task.clone());
+            }
+        }
+        desired
+    }
+
+    /// The containers seen, by task and container name (a placeholder for those of tasks no
+    /// longer assigned), with the containers that could not start as exited
+    /// with [`START_FAILED_EXIT`]; and the runtime name of each container seen.
+    fn world(
+        &self,
+        desired: &DesiredState,
+        seen: &[TaskContainer],
+        health: &BTreeMap<String, bool>,
+        now: Now,
+    ) -> (World, BTreeMap<(String, String), ContainerName>) {
+        let mut world = World::new();
+        let mut names = BTreeMap::new();
+        for c in seen {
+            let container = definition(desired, &c.name)
+                .map(|d| d.name.clone())
+                .unwrap_or_else(|| c.name.placeholder());
+            let since = |t: Option<SystemTime>, until: SystemTime| {
+                t.and_then(|t| until.duration_since(t).ok())
+                    .unwrap_or_default()
+            };
+            let observed = match c.state {
+                RunState::Created => Observed::Created,
+                RunState::Running => Observed::Running {
+                    healthy: health.get(&c.id).copied(),
+                },
+                RunState::Exited(exit) => {
+                    let finished = exit.and_then(|e| e.finished_at);
+                    Observed::Exited {
+                        code: exit.map_or(UNKNOWN_EXIT, |e| e.code),
+                        oom: exit.is_some_and(|e| e.oom),
+                        ran: since(c.started_at, finished.unwrap_or(now.wall)),
+                        // An unknown exit time counts as just now, so backoff still applies.
+                        ago: since(finished, now.wall),
+                    }
+                }
+            };
+            world
+                .entry(c.name.task.clone())
+                .or_default()
+                .insert(container.clone(), observed);
+            names.insert((c.name.task.clone(), container), c.name.clone());
+        }
+        for ((task, container), f) in &self.failures {
+            world
+                .entry(task.clone())
+                .or_default()
+                .entry(container.clone())
+                .or_insert(Observed::Exited {
+                    code: START_FAILED_EXIT,
+                    oom: false,
+                    ran: Duration::ZERO,
+                    ago: now.mono.saturating_duration_since(f.at),
+                });
+        }
+        (world, names)
+    }
+
+    /// Tags the statuses of the node's schedule runs, and marks the runs that stopped (when, and
+    /// why: kept as their stop code and reason once they are told to stop after the
+    /// acknowledgement).
+    fn note_runs(&mut self, status: &mut [TaskStatus], now: u64) {
+        for s in status.iter_mut() {
+            let Some(l) = self.runs.tasks.iter_mut().find(|l| l.task.id == s.id) else {
+                continue;
+            };
+            s.scheduled = Some(l.run.clone());
+            if s.state == TaskState::Stopped && l.finished_at.is_none() {
+                l.finished_at = Some(now);
+                l.task.stop_reason.clone_from(&s.stop_reason);
+                l.task.stop_code = s.stop_code;
+                self.runs_dirty = true;
+            }
+        }
+    }
+
+    /// A stopped task's status keeps its containers' exits, its stop code and reason after the
+    /// containers are removed: a report that comes later (a slow session, a reconnect) still
+    /// carries them.
+    fn keep_exits(&mut self, desired: &DesiredState, status: &mut [TaskStatus]) {
+        self.kept
+            .retain(|id, _| desired.tasks.iter().any(|t| &t.id == id));
+        for s in status.iter_mut().filter(|s| s.state == TaskState::Stopped) {
+            if s.containers.iter().any(|c| c.exit_code.is_some()) {
+                self.kept.insert(s.id.clone(), s.clone());
+            } else if let Some(k) = self.kept.get(&s.id) {
+                s.containers.clone_from(&k.containers);
+                s.stop_code = k.stop_code;
+                s.stop_reason.clone_from(&k.stop_reason);
+            }
+        }
+    }
+}
+
+/// The definition of container `name`, when its task is desired.
+fn definition<'a>(
+    desired: &'a DesiredState,
+    name: &ContainerName,
+) -> Option<&'a flotilla_api::taskdef::ContainerDefinition> {
+    desired
+        .tasks
+        .iter()
+        .find(|t| t.id == name.task)?
+        .definition
+        .container_definitions
+        .get(name.index)
+}
+
+/// The reconciler's action as a command on runtime names: those of the containers seen, else
+/// by the container's index in its task's definition.
+fn command(
+    desired: &DesiredState,
+    names: &BTreeMap<(String, String), ContainerName>,
+    action: Action,
+) -> Option<Command> {
+    let name = |task: &str, container: &str| {
+        names
+            .get(&(task.to_string(), container.to_string()))
+            .cloned()
+            .or_else(|| {
+                let t = desired.tasks.iter().find(|t| t.id == task)?;
+                let index = t
+                    .definition
+                    .container_definitions
+                    .iter()
+                    .position(|c| c.name == container)?;
+                Some(ContainerName::new(task, index))
+            })
+    };
+    Some(match action {
+        Action::Start { task, container } => Command::Start {
+            name: name(&task, &container)?,
+            container,
+        },
+        Action::Stop {
+            task,
+            container,
+            grace_secs,
+        } => Command::Stop {
+            name: name(&task, &container)?,
+            container,
+            grace: Duration::from_secs(grace_secs.into()),
+        },
+        Action::Restart {
+            task,
+            container,
+            attempt,
+        } => Command::Restart {
+            name: name(&task, &container)?,
+            container,
+            attempt,
+        },
+        Action::Remove { task } => Command::Remove { task },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+    use crate::runtime::ContainerRuntime;
+    use flotilla_api::tasks::{DesiredTask, NodeSchedule};
+
+    /// 2026-11-26T00:00:00Z: the simulated wall clock starts there.
+    const MIDNIGHT: u64 = 1_795_651_200;
+
+    const SERVE: &str = r#"{"family":"serve","containerDefinitions":[
+        {"name":"main","image":"x","memory":64}]}"#;
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    fn task(id: &str, json: &str) -> DesiredTask {
+        DesiredTask {
+            id: id.into(),
+            task_definition: "f:1".into(),
+            definition: flotilla_api::taskdef::parse(json)
+                .expect("valid")
+                .definition,
+            env: Vec::new(),
+            desired: DesiredStatus::Running,
+            stop_reason: None,
+            stop_code: None,
+            stop_on_client_after: None,
+            address: None,
+            namespace: None,
+        }
+    }
+
+    fn state(generation: u64, tasks: Vec<DesiredTask>) -> DesiredState {
+        DesiredState {
+            generation,
+            tasks,
+            schedules: Vec::new(),
+            network: Default::default(),
+        }
+    }
+
+    fn of<'a>(status: &'a [TaskStatus], id: &str) -> &'a TaskStatus {
+        status
+            .iter()
+            .find(|s| s.id == id)
+            .unwrap_or_else(|| panic!("no status of {id} in {status:?}"))
+    }
+
+    /// A node and a fake runtime in simulated time; commands are applied as the runner
+    /// applies them.
+    struct Sim {
+        node: Node,
+        rt: FakeRuntime,
+        mono0: Instant,
+        /// Simulated time since the start.
+        t: Duration,
+        /// Every container started, and when.
+        starts: Vec<(Duration, ContainerName)>,
+    }
+
+    impl Sim {
+        fn new(desired: DesiredState) -> Self {
+            Self::with(FakeRuntime::default(), desired, LocalRuns::default())
+        }
+
+        fn with(rt: FakeRuntime, desired: DesiredState, runs: LocalRuns) -> Self {
+            let mono0 = Instant::now();
+            let mut sim = Self {
+                node: Node::new("n-1", desired, runs, mono0),
+                rt,
+                mono0,
+                t: Duration::ZERO,
+                starts: Vec::new(),
+            };
+            sim.at(Duration::ZERO);
+            sim
+        }
+
+        fn now(&self) -> Now {
+            Now {
+                wall: UNIX_EPOCH + secs(MIDNIGHT) + self.t,
+                mono: self.mono0 + self.t,
+            }
+        }
+
+        /// Moves the clock to `t` after the start.
+        fn at(&mut self, t: Duration) {
+            assert!(t >= self.t, "time goes forward");
+            self.t = t;
+            self.rt.set_time(self.now().wall);
+        }
+
+        fn after(&mut self, d: Duration) {
+            self.at(self.t + d);
+        }
+
+        fn online(&mut self, online: bool) {
+            let mono = self.now().mono;
+            self.node.set_online(online, mono);
+        }
+
+        /// One round, its commands applied.
+        fn round(&mut self) -> Round {
+            let seen = self.rt.list().expect("list");
+            let round = self.node.round(&seen, &BTreeMap::new(), self.now());
+            for c in &round.commands {
+                self.apply(&round.desired, c.clone());
+            }
+            round
+        }
+
+        /// Rounds back to back until one does nothing, as the runner does; its status.
+        fn settle(&mut self) -> Vec<TaskStatus> {
+            for _ in 0..10 {
+                let round = self.round();
+                if round.commands.is_empty() {
+                    return round.status;
+                }
+            }
+            panic!("still acting after 10 rounds back to back");
+        }
+
+        fn apply(&mut self, desired: &DesiredState, command: Command) {
+            match command {
+                Command::Start { name, container } => self.start(desired, name, &container),
+                Command::Stop { name, grace, .. } => self.rt.stop(&name, grace).expect("stop"),
+                Command::Restart {
+                    name,
+                    container,
+                    attempt,
+                } => {
+                    self.rt.remove(&name).expect("remove");
+                    self.node.restarting(&name.task, &container, attempt);
+                    self.start(desired, name, &container);
+                }
+                Command::Remove { task } => self.rt.remove_task(&task).expect("remove task"),
+            }
+        }
+
+        fn start(&mut self, desired: &DesiredState, name: ContainerName, container: &str) {
+            let t = desired
+                .tasks
+                .iter()
+                .find(|t| t.id == name.task)
+                .expect("a desired task");
+            let def = &t.definition.container_definitions[name.index];
+            let config = crate::runner::container_config(&name.task, &t.definition, def);
+            match self.rt.run(&name, config) {
+                Ok(()) => self.starts.push((self.t, name)),
+                Err(e) => {
+                    let mono = self.now().mono;
+                    self.node
+                        .start_failed(&name.task, container, &e.to_string(), mono);
+                }
+            }
+        }
+
+        /// Containers started so far.
+        fn started(&self) -> usize {
+            self.starts.len()
+        }
+    }
+
+    #[test]
+    fn restarts_back_off_from_at_once_doubling_from_one_second_to_five_minutes() {
+        const CRASHY: &str = r#"{"family":"f","containerDefinitions":[
+            {"name":"web","image":"x","memory":64,
+             "restartPolicy":{"enabled":true,"restartAttemptPeriod":60}}]}"#;
+        let mut sim = Sim::new(state(1, vec![task("t-1", CRASHY)]));
+        let web = ContainerName::new("t-1", 0);
+        sim.settle();
+        assert_eq!(sim.started(), 1);
+        // It ran 5 s and crashed: the first restart is at once, and the task keeps running.
+        sim.after(secs(5));
+        sim.rt.exit(&web, 2);
+        let s = sim.settle();
+        assert_eq!(sim.started(), 2);
+        assert_eq!(of(&s, "t-1").state, TaskState::Running);
+        assert_eq!(of(&s, "t-1").containers[0].restarts, 1);
+        // From then on it crashes as it starts: each restart waits 1 s, doubling, up to 5 min.
+        let mut waits = Vec::new();
+        for _ in 2..=12 {
+            sim.rt.exit(&web, 2);
+            let crashed = sim.t;
+            let before = sim.started();
+            while sim.started() == before {
+                sim.after(Duration::from_millis(250));
+                let s = sim.settle();
+                assert_eq!(of(&s, "t-1").state, TaskState::Running);
+                assert_eq!(of(&s, "t-1").stop_code, None);
+            }
+            waits.push((sim.t - crashed).as_secs_f64());
+        }
+        assert_eq!(
+            waits,
+            [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 300.0, 300.0]
+        );
+        // One that ran its restartAttemptPeriod before it crashed is restarted at once again.
+        sim.after(secs(60));
+        sim.rt.exit(&web, 2);
+        let before = sim.started();
+        let s = sim.settle();
+        assert_eq!(sim.started(), before + 1);
+        assert_eq!(of(&s, "t-1").containers[0].restarts, 1);
+    }
+
+    #[test]
+    fn a_container_that_cannot_start_stops_its_task_once_with_its_reason_and_exit_125() {
+        const BROKEN: &str = r#"{"family":"f","containerDefinitions":[
+            {"name":"main","image":"registry.example/nope","memory":64},
+            {"name":"side","image":"x","memory":64,"essential":false}]}"#;
+        let mut sim = Sim::new(state(1, vec![task("t-1", BROKEN)]));
+        sim.rt.break_image("registry.example/nope");
+        let s = sim.settle();
+        let t = of(&s, "t-1");
+        assert_eq!(t.state, TaskState::Stopped);
+        assert_eq!(t.stop_code, Some(StopCode::TaskFailedToStart));
+        let reason = t.stop_reason.as_deref().unwrap_or_default();
+        assert!(
+            reason.starts_with("container main could not start: ")
+                && reason.contains("registry.example/nope"),
+            "{reason}"
+        );
+        assert_eq!(t.containers[0].exit_code, Some(START_FAILED_EXIT));
+        // the other container was stopped with it
+        assert_eq!(t.containers[1].exit_code, Some(143));
+        // An hour later, nothing was tried again and the report is the same.
+        let attempts = sim.rt.attempts();
+        for _ in 0..3600 {
+            sim.after(secs(1));
+            assert_eq!(&sim.settle(), &s);
+        }
+        assert_eq!(sim.rt.attempts(), attempts);
+        // The control plane recorded it and drops it: its containers go, and so does it.
+        sim.node.set_desired(state(2, Vec::new()));
+        let s = sim.settle();
+        assert!(sim.rt.list().expect("list").is_empty());
+        sim.after(secs(1));
+        assert!(sim.settle().is_empty(), "{s:?}");
+    }
+
+    #[test]
+    fn stop_on_client_after_stops_a_task_after_exactly_that_long_offline_until_it_is_dropped() {
+        let mut cut_off = task("t-1", SERVE);
+        cut_off.stop_on_client_after = Some(30);
+        let desired = state(1, vec![cut_off, task("t-2", SERVE)]);
+        let mut sim = Sim::new(desired.clone());
+        sim.online(true);
+        sim.settle();
+        sim.after(secs(100));
+        sim.online(false);
+        sim.after(secs(30) - Duration::from_millis(1));
+        let s = sim.settle();
+        assert_eq!(of(&s, "t-1").state, TaskState::Running, "not before");
+        sim.after(Duration::from_millis(1));
+        let s = sim.settle();
+        let t = of(&s, "t-1");
+        assert_eq!(t.state, TaskState::Stopped);
+        assert_eq!(t.stop_code, Some(StopCode::StopOnClientAfter));
+        assert!(
+            t.stop_reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("after 30 s without the control plane (stopOnClientAfter)"),
+            "{t:?}"
+        );
+        assert_eq!(t.containers[0].exit_code, Some(143));
+        assert!(sim.rt.get(&ContainerName::new("t-1", 0)).is_none());
+        assert_eq!(of(&s, "t-2").state, TaskState::Running);
+        // The session comes back, and with it the same desired state (the control plane had
+        // not heard of the stop yet): the task stays stopped, as it was reported.
+        sim.after(secs(60));
+        sim.online(true);
+        let mut again = desired.clone();
+        again.generation = 2;
+        sim.node.set_desired(again);
+        let started = sim.started();
+        for _ in 0..60 {
+            sim.after(secs(1));
+            assert_eq!(of(&sim.settle(), "t-1"), t);
+        }
+        assert_eq!(sim.started(), started);
+        // The control plane drops it: the node forgets it.
+        sim.node.set_desired(state(3, vec![task("t-2", SERVE)]));
+        let s = sim.settle();
+        assert!(s.iter().all(|s| s.id != "t-1"), "{s:?}");
+
+        // A node that boots without a session counts as offline from its start.
+        let mut sim = Sim::new(desired);
+        sim.settle();
+        sim.after(secs(29));
+        assert_eq!(of(&sim.settle(), "t-1").state, TaskState::Running);
+        sim.after(secs(1));
+        assert_eq!(of(&sim.settle(), "t-1").state, TaskState::Stopped);
+    }
+
+    #[test]
+    fn exit_and_stop_codes_survive_the_removal_of_the_containers() {
+        let mut sim = Sim::new(state(1, vec![task("t-1", SERVE), task("t-2", SERVE)]));
+        sim.settle();
+        sim.after(secs(10));
+        // The control plane stops one as its service scaled down, the other as an operator
+        // (no code given).
+        let mut d = state(2, vec![task("t-1", SERVE), task("t-2", SERVE)]);
+        d.tasks[0].desired = DesiredStatus::Stopped;
+        d.tasks[0].stop_code = Some(StopCode::ServiceScaledDown);
+        d.tasks[1].desired = DesiredStatus::Stopped;
+        sim.node.set_desired(d);
+        let s = sim.settle();
+        assert!(
+            sim.rt.list().expect("list").is_empty(),
+            "containers removed"
+        );
+        for _ in 0..5 {
+            sim.after(secs(1));
+            assert_eq!(sim.settle(), s);
+        }
+        let (a, b) = (of(&s, "t-1"), of(&s, "t-2"));
+        assert_eq!(
+            (a.state, a.stop_code, a.stop_reason.as_deref()),
+            (
+                TaskState::Stopped,
+                Some(StopCode::ServiceScaledDown),
+                Some("service: scaled down")
+            )
+        );
+        assert_eq!(
+            (b.state, b.stop_code, b.stop_reason.as_deref()),
+            (
+                TaskState::Stopped,
+                Some(StopCode::UserInitiated),
+                Some("stopped by an operator")
+            )
+        );
+        assert_eq!(a.containers[0].exit_code, Some(143));
+        assert_eq!(b.containers[0].exit_code, Some(143));
+    }
+
+    #[test]
+    fn a_pinned_schedule_fires_offline_at_its_minute_once_by_its_overlap_policy() {
+        let schedule = |overlap: &str| NodeSchedule {
+            name: "tick".into(),
+            cron: "* * * * *".into(),
+            timezone: "UTC".into(),
+            overlap: overlap.parse().expect("overlap"),
+            task_definition: "serve:1".into(),
+            definition: flotilla_api::taskdef::parse(SERVE)
+                .expect("valid")
+                .definition,
+            env: Vec::new(),
+        };
+        let with = |generation, overlap| DesiredState {
+            schedules: vec![schedule(overlap)],
+            ..state(generation, Vec::new())
+        };
+        let run = |minute: u64| {
+            flotilla_api::tasks::scheduled_task_id("n-1", "tick", MIDNIGHT + minute * 60)
+        };
+        // Never online; a round every second.
+        let mut sim = Sim::new(with(1, "allow"));
+        let until = |sim: &mut Sim, t: u64| {
+            let mut last = Vec::new();
+            while sim.t < secs(t) {
+                sim.after(secs(1));
+                last = sim.settle();
+            }
+            last
+        };
+        // allow: one run at each minute, overlapping
+        until(&mut sim, 190);
+        let started: Vec<(Duration, String)> = sim
+            .starts
+            .iter()
+            .map(|(t, n)| (*t, n.task.clone()))
+            .collect();
+        assert_eq!(
+            started,
+            [(secs(60), run(1)), (secs(120), run(2)), (secs(180), run(3))]
+        );
+        assert!(
+            sim.node.unsaved_runs().is_some(),
+            "the runs are to be saved"
+        );
+        // forbid: at minute 4 the earlier runs still run, so it is skipped; at minute 5 (they
+        // ended) it fires
+        sim.node.set_desired(with(2, "forbid"));
+        until(&mut sim, 250);
+        assert_eq!(sim.started(), 3);
+        for m in 1..=3 {
+            sim.rt.exit(&ContainerName::new(&run(m), 0), 0);
+        }
+        until(&mut sim, 310);
+        assert_eq!(sim.starts[3], (secs(300), ContainerName::new(&run(5), 0)));
+        // replace: at minute 6 the run of minute 5 is stopped for the new one
+        sim.node.set_desired(with(3, "replace"));
+        let s = until(&mut sim, 370);
+        assert_eq!(sim.starts[4], (secs(360), ContainerName::new(&run(6), 0)));
+        assert_eq!(sim.started(), 5);
+        let replaced = of(&s, &run(5));
+        assert_eq!(
+            (replaced.state, replaced.stop_code),
+            (TaskState::Stopped, Some(StopCode::ScheduleReplaced))
+        );
+        assert_eq!(replaced.containers[0].exit_code, Some(143));
+        assert_eq!(
+            replaced.scheduled.as_ref().map(|r| r.fired_at),
+            Some(MIDNIGHT + 300)
+        );
+        let ended = of(&s, &run(1));
+        assert_eq!(
+            (ended.state, ended.stop_code),
+            (TaskState::Stopped, Some(StopCode::EssentialContainerExited))
+        );
+        assert_eq!(of(&s, &run(6)).state, TaskState::Running);
+    }
+
+    #[test]
+    fn after_a_power_cut_a_node_built_from_what_it_persisted_runs_every_task_again() {
+        use crate::runner::{load_state, save_desired, save_runs};
+        const PAIR: &str = r#"{"family":"pair","containerDefinitions":[
+            {"name":"a","image":"x","memory":64},{"name":"b","image":"x","memory":64}]}"#;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.redb");
+        let db = redb::Database::create(&path).expect("db");
+        load_state(&db).expect("fresh state");
+        let mut desired = state(5, vec![task("t-1", PAIR), task("t-2", SERVE)]);
+        desired.schedules = vec![NodeSchedule {
+            name: "daily".into(),
+            cron: "0 0 * * *".into(),
+            timezone: "UTC".into(),
+            overlap: flotilla_api::schedule::Overlap::Allow,
+            task_definition: "serve:1".into(),
+            definition: flotilla_api::taskdef::parse(SERVE)
+                .expect("valid")
+                .definition,
+            env: Vec::new(),
+        }];
+        save_desired(&db, &desired).expect("save");
+        // The node runs its tasks and its schedule fires a run at midnight (saved as the
+        // runner saves runs).
+        let (d, runs) = load_state(&db).expect("load");
+        let rt = FakeRuntime::default();
+        let mut sim = Sim::with(rt, d, runs);
+        sim.at(secs(86_400 - 30));
+        sim.settle();
+        sim.at(secs(86_400));
+        let s = sim.settle();
+        if let Some(runs) = sim.node.unsaved_runs() {
+            save_runs(&db, runs).expect("save runs");
+            sim.node.runs_saved();
+        }
+        assert_eq!(s.len(), 3, "{s:?}");
+        assert!(s.iter().all(|t| t.state == TaskState::Running));
+        // Power cut: containers gone, nothing in memory.
+        let Sim { rt, t, .. } = sim;
+        rt.power_cut();
+        drop(db);
+        let db = redb::Database::create(&path).expect("db");
+        let (d, runs) = load_state(&db).expect("load");
+        assert_eq!(d.generation, 5);
+        let mut sim = Sim::with(rt, d, runs);
+        sim.at(t + secs(60));
+        let s = sim.settle();
+        let mut started: Vec<String> = sim.starts.iter().map(|(_, n)| n.to_string()).collect();
+        started.sort();
+        let mut want = vec!["t-1-0".to_string(), "t-1-1".into(), "t-2-0".into()];
+        want.push(format!(
+            "{}-0",
+            flotilla_api::tasks::scheduled_task_id("n-1", "daily", MIDNIGHT + 86_400)
+        ));
+        want.sort();
+        assert_eq!(started, want);
+        assert_eq!(s.len(), 3);
+        assert!(s.iter().all(|t| t.state == TaskState::Running), "{s:?}");
+    }
+}

@@ -1,0 +1,473 @@
+//! The node's containers as the runner sees them: the runtime name of a task's container, and
+//! the narrow trait the runner acts through ([`ContainerRuntime`]) — over the node's
+//! [`ContainerStore`] ([`StoreRuntime`]) or, in tests, a fake the test drives.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use flotilla_api::tasks::ContainerUsage;
+use flotilla_runtime::container::{
+    ContainerConfig, ContainerError, ContainerInfo, ContainerStore, Status,
+};
+
+/// A task's container as the container runtime names it: `<task id>-<index in the task's
+/// definition>` (task ids start with `t-`). The one place that name is built or read.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContainerName {
+    /// The task's id.
+    pub task: String,
+    /// The container's index in the task's `containerDefinitions`.
+    pub index: usize,
+}
+
+impl ContainerName {
+    /// Container `index` of task `task`.
+    pub fn new(task: &str, index: usize) -> Self {
+        Self {
+            task: task.to_string(),
+            index,
+        }
+    }
+
+    /// What the container is called when its task's definition is not known (the task left
+    /// the desired state): `container-<index>`.
+    pub fn placeholder(&self) -> String {
+        format!("container-{}", self.index)
+    }
+}
+
+impl fmt::Display for ContainerName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.task, self.index)
+    }
+}
+
+/// A runtime name that is not one of a task's containers (an operator's `ctr run`, say).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("'{0}' is not the name of a task's container (<task id>-<index>)")]
+pub struct NotTaskContainer(pub String);
+
+impl FromStr for ContainerName {
+    type Err = NotTaskContainer;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || NotTaskContainer(s.to_string());
+        let (task, index) = s.rsplit_once('-').ok_or_else(bad)?;
+        if !task.starts_with("t-") || task.len() == 2 || task.ends_with('-') {
+            return Err(bad());
+        }
+        // Only the canonical spelling: the name read back must be the name the runtime holds.
+        let canonical = !index.is_empty()
+            && index.bytes().all(|b| b.is_ascii_digit())
+            && (index == "0" || !index.starts_with('0'));
+        if !canonical {
+            return Err(bad());
+        }
+        let index = index.parse().map_err(|_| bad())?;
+        Ok(Self {
+            task: task.to_string(),
+            index,
+        })
+    }
+}
+
+/// The name of task `task`'s own volume `volume` (one not shared across tasks): it lives as
+/// long as the task and is removed with it.
+pub fn task_volume(task: &str, volume: &str) -> String {
+    format!("{task}-{volume}")
+}
+
+/// Whether `name` is one of task `task`'s own volumes (see [`task_volume`]).
+pub fn is_task_volume(task: &str, name: &str) -> bool {
+    name.strip_prefix(task)
+        .is_some_and(|rest| rest.starts_with('-'))
+}
+
+/// A task's container as the runtime last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskContainer {
+    /// Its name.
+    pub name: ContainerName,
+    /// The runtime's id for it (health checks follow it).
+    pub id: String,
+    /// Where it is.
+    pub state: RunState,
+    /// When its process started, once it did.
+    pub started_at: Option<SystemTime>,
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunState {
+    /// Created, not (yet) running.
+    Created,
+    /// Its process runs.
+    Running,
+    /// It ended; `None` when nothing recorded how (its supervisor died with it).
+    Exited(Option<Exit>),
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    /// Exit code (128 + signal when killed by one).
+    pub code: i32,
+    /// The kernel's OOM killer killed a process of it.
+    pub oom: bool,
+    /// When, if known.
+    pub finished_at: Option<SystemTime>,
+}
+
+/// What the runtime failed to do, and to which container.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The container store refused or failed.
+    #[error("{op} {target}: {source}")]
+    Store {
+        /// What was being done (`creating`, `stopping` …).
+        op: &'static str,
+        /// The container (or task, or volume).
+        target: String,
+        /// Why.
+        #[source]
+        source: ContainerError,
+    },
+}
+
+/// The node's container runtime as the runner uses it: blocking calls (the runner makes them
+/// off its async threads). Only task containers are seen or touched.
+pub trait ContainerRuntime: fmt::Debug + Send + Sync {
+    /// Every task container on the node.
+    fn list(&self) -> Result<Vec<TaskContainer>, RuntimeError>;
+    /// Creates container `name` from `config` (its image already in the store) and starts it.
+    fn run(&self, name: &ContainerName, config: ContainerConfig) -> Result<(), RuntimeError>;
+    /// Stops a container: SIGTERM, SIGKILL after `grace`; one that is not running is left as
+    /// it is.
+    fn stop(&self, name: &ContainerName, grace: Duration) -> Result<(), RuntimeError>;
+    /// Removes an exited container; one that is not there is fine.
+    fn remove(&self, name: &ContainerName) -> Result<(), RuntimeError>;
+    /// Removes every container of task `task` (killing what still runs) and its own volumes.
+    fn remove_task(&self, task: &str) -> Result<(), RuntimeError>;
+    /// What a running container uses.
+    fn stats(&self, name: &ContainerName) -> Result<ContainerUsage, RuntimeError>;
+}
+
+/// The real runtime: the node's [`ContainerStore`].
+#[derive(Debug, Clone)]
+pub struct StoreRuntime {
+    store: ContainerStore,
+}
+
+impl StoreRuntime {
+    /// The runtime over `store`.
+    pub fn new(store: ContainerStore) -> Self {
+        Self { store }
+    }
+}
+
+fn store_error(
+    op: &'static str,
+    target: impl fmt::Display,
+) -> impl FnOnce(ContainerError) -> RuntimeError {
+    move |source| RuntimeError::Store {
+        op,
+        target: target.to_string(),
+        source,
+    }
+}
+
+/// The task container `c` is, if it is one.
+fn task_container(c: &ContainerInfo) -> Option<ContainerName> {
+    c.record.config.name.as_deref()?.parse().ok()
+}
+
+/// An RFC 3339 time as the runtime records it.
+fn time(s: &str) -> Option<SystemTime> {
+    humantime::parse_rfc3339_weak(s).ok()
+}
+
+impl ContainerRuntime for StoreRuntime {
+    fn list(&self) -> Result<Vec<TaskContainer>, RuntimeError> {
+        let all = self
+            .store
+            .list()
+            .map_err(store_error("listing", "containers"))?;
+        Ok(all
+            .into_iter()
+            .filter_map(|c| {
+                let name = task_container(&c)?;
+                let state = match c.status {
+                    Status::Created => RunState::Created,
+                    Status::Running => RunState::Running,
+                    Status::Exited => RunState::Exited(c.exit.as_ref().map(|e| Exit {
+                        code: e.exit_code,
+                        oom: e.oom_killed,
+                        finished_at: time(&e.finished_at),
+                    })),
+                };
+                Some(TaskContainer {
+                    name,
+                    started_at: c.state.as_ref().and_then(|s| time(&s.started_at)),
+                    id: c.record.id,
+                    state,
+                })
+            })
+            .collect())
+    }
+
+    fn run(&self, name: &ContainerName, mut config: ContainerConfig) -> Result<(), RuntimeError> {
+        config.name = Some(name.to_string());
+        let record = self
+            .store
+            .create(config)
+            .map_err(store_error("creating", name))?;
+        self.store
+            .start(&record.id)
+            .map_err(store_error("starting", name))?
+            .detach();
+        Ok(())
+    }
+
+    fn stop(&self, name: &ContainerName, grace: Duration) -> Result<(), RuntimeError> {
+        self.store
+            .stop(&name.to_string(), grace)
+            .map(drop)
+            .map_err(store_error("stopping", name))
+    }
+
+    fn remove(&self, name: &ContainerName) -> Result<(), RuntimeError> {
+        match self.store.remove(&name.to_string(), false) {
+            Ok(()) | Err(ContainerError::NotFound(_)) => Ok(()),
+            Err(e) => Err(store_error("removing", name)(e)),
+        }
+    }
+
+    fn remove_task(&self, task: &str) -> Result<(), RuntimeError> {
+        let all = self
+            .store
+            .list()
+            .map_err(store_error("listing", "containers"))?;
+        for c in all {
+            if task_container(&c).is_some_and(|n| n.task == task) {
+                self.store
+                    .remove(&c.record.id, true)
+                    .map_err(store_error("removing", c.record.display_name()))?;
+            }
+        }
+        let volumes = self
+            .store
+            .volumes()
+            .list()
+            .map_err(|e| store_error("listing", "volumes")(e.into()))?;
+        for v in volumes {
+            if is_task_volume(task, &v.name) {
+                self.store
+                    .remove_volume(&v.name)
+                    .map_err(store_error("removing volume", &v.name))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn stats(&self, name: &ContainerName) -> Result<ContainerUsage, RuntimeError> {
+        let u = self
+            .store
+            .stats(&name.to_string())
+            .map_err(store_error("measuring", name))?;
+        Ok(ContainerUsage {
+            cpu_usec: u.cpu_ns / 1000,
+            memory_bytes: u.memory_bytes,
+            pids: u.pids,
+        })
+    }
+}
+
+/// A runtime in memory for tests: the test sets its clock, makes containers exit and images
+/// fail; nothing touches the kernel.
+#[cfg(test)]
+pub mod fake {
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// See the module.
+    #[derive(Debug, Default)]
+    pub struct FakeRuntime {
+        state: Mutex<State>,
+    }
+
+    #[derive(Debug, Default)]
+    struct State {
+        /// The runtime's wall clock (start and exit times); the epoch until set.
+        now: Option<SystemTime>,
+        containers: BTreeMap<ContainerName, TaskContainer>,
+        next_id: u64,
+        /// Images that cannot be run (as if missing from the registry).
+        broken: BTreeSet<String>,
+        /// Every attempt to run one, successful or not.
+        attempts: usize,
+    }
+
+    impl FakeRuntime {
+        fn state(&self) -> std::sync::MutexGuard<'_, State> {
+            self.state.lock().unwrap_or_else(|p| p.into_inner())
+        }
+
+        /// Sets the runtime's clock.
+        pub fn set_time(&self, now: SystemTime) {
+            self.state().now = Some(now);
+        }
+
+        /// From now on, containers of `image` cannot be created.
+        pub fn break_image(&self, image: &str) {
+            self.state().broken.insert(image.to_string());
+        }
+
+        /// Container `name`'s process exits with `code`, now.
+        pub fn exit(&self, name: &ContainerName, code: i32) {
+            let mut s = self.state();
+            let now = s.now.unwrap_or(SystemTime::UNIX_EPOCH);
+            if let Some(c) = s.containers.get_mut(name) {
+                if c.state == RunState::Running {
+                    c.state = RunState::Exited(Some(Exit {
+                        code,
+                        oom: false,
+                        finished_at: Some(now),
+                    }));
+                }
+            }
+        }
+
+        /// Container `name`, if it is there.
+        pub fn get(&self, name: &ContainerName) -> Option<TaskContainer> {
+            self.state().containers.get(name).cloned()
+        }
+
+        /// Attempts to run a container so far.
+        pub fn attempts(&self) -> usize {
+            self.state().attempts
+        }
+
+        /// The node lost power: every container is gone.
+        pub fn power_cut(&self) {
+            self.state().containers.clear();
+        }
+    }
+
+    fn refused(op: &'static str, name: &ContainerName, e: ContainerError) -> RuntimeError {
+        RuntimeError::Store {
+            op,
+            target: name.to_string(),
+            source: e,
+        }
+    }
+
+    impl ContainerRuntime for FakeRuntime {
+        fn list(&self) -> Result<Vec<TaskContainer>, RuntimeError> {
+            Ok(self.state().containers.values().cloned().collect())
+        }
+
+        fn run(&self, name: &ContainerName, config: ContainerConfig) -> Result<(), RuntimeError> {
+            let mut s = self.state();
+            s.attempts += 1;
+            if s.broken.contains(&config.image) {
+                let e = ContainerError::Invalid(vec![format!(
+                    "image {}: not in the store",
+                    config.image
+                )]);
+                return Err(refused("creating", name, e));
+            }
+            if s.containers.contains_key(name) {
+                let e = ContainerError::NameInUse(name.to_string(), "?".into());
+                return Err(refused("creating", name, e));
+            }
+            s.next_id += 1;
+            let c = TaskContainer {
+                name: name.clone(),
+                id: format!("{:032x}", s.next_id),
+                state: RunState::Running,
+                started_at: Some(s.now.unwrap_or(SystemTime::UNIX_EPOCH)),
+            };
+            s.containers.insert(name.clone(), c);
+            Ok(())
+        }
+
+        fn stop(&self, name: &ContainerName, _grace: Duration) -> Result<(), RuntimeError> {
+            // It honours SIGTERM at once.
+            self.exit(name, 143);
+            Ok(())
+        }
+
+        fn remove(&self, name: &ContainerName) -> Result<(), RuntimeError> {
+            let mut s = self.state();
+            if s.containers
+                .get(name)
+                .is_some_and(|c| c.state == RunState::Running)
+            {
+                let e = ContainerError::Running(name.to_string());
+                return Err(refused("removing", name, e));
+            }
+            s.containers.remove(name);
+            Ok(())
+        }
+
+        fn remove_task(&self, task: &str) -> Result<(), RuntimeError> {
+            self.state().containers.retain(|n, _| n.task != task);
+            Ok(())
+        }
+
+        fn stats(&self, name: &ContainerName) -> Result<ContainerUsage, RuntimeError> {
+            match self.get(name) {
+                Some(c) if c.state == RunState::Running => Ok(ContainerUsage {
+                    cpu_usec: 1_000,
+                    memory_bytes: 1 << 20,
+                    pids: 1,
+                }),
+                _ => Err(refused(
+                    "measuring",
+                    name,
+                    ContainerError::NotRunning(name.to_string()),
+                )),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_container_name_reads_back_as_written_and_nothing_else_is_one() {
+        let name = ContainerName::new("t-0a1b2c", 12);
+        assert_eq!(name.to_string(), "t-0a1b2c-12");
+        assert_eq!("t-0a1b2c-12".parse::<ContainerName>(), Ok(name));
+        assert_eq!(
+            "t-0a1b2c-0".parse::<ContainerName>(),
+            Ok(ContainerName::new("t-0a1b2c", 0))
+        );
+        for bad in [
+            "web-1",
+            "t-0a1b2c",
+            "t--1",
+            "t-0a1b2c-",
+            "t-0a1b2c-x",
+            "t-0a1b2c-01",
+            "t-0a1b2c-+1",
+            "t-0a1b2c--1",
+            "0a1b2c-1",
+        ] {
+            assert!(bad.parse::<ContainerName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_task_owns_only_its_own_volumes() {
+        assert_eq!(task_volume("t-1", "data"), "t-1-data");
+        assert!(is_task_volume("t-1", "t-1-data"));
+        assert!(!is_task_volume("t-1", "t-10-data"));
+        assert!(!is_task_volume("t-1", "data"));
+    }
+}

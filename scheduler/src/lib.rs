@@ -240,7 +240,7 @@ fn lacks(s: &Slot<'_>, req: &Request) -> Option<String> {
         return Some("already run a task of the group (distinctInstance)".into());
     }
     let Some(cap) = s.view.capacity else {
-        return Some("had not reported their resources yet".into());
+        return Some("had not reported resources yet".into());
     };
     if s.used.cpu_units + req.need.cpu_units > cap.cpu_units {
         return Some("lacked CPU".into());
@@ -262,7 +262,7 @@ fn excluded(n: &NodeView, req: &Request) -> Option<String> {
         NodeState::Draining => return Some("were draining".into()),
     }
     if n.capacity.is_none() {
-        return Some("had not reported their resources yet".into());
+        return Some("had not reported resources yet".into());
     }
     for c in &req.constraints {
         if let Constraint::MemberOf { text, expr } = c {

@@ -291,7 +291,7 @@ fn a_node_that_has_not_reported_its_resources_takes_nothing() {
     let why = place(&snap, &request(1)).expect_err("nothing reported");
     assert_eq!(
         why.reasons,
-        BTreeMap::from([("had not reported their resources yet".to_string(), 2)])
+        BTreeMap::from([("had not reported resources yet".to_string(), 2)])
     );
     assert!(refusal(&snap.nodes[0], &request(1)).is_some());
 }

@@ -215,6 +215,23 @@ fn a_node_can_only_report_on_its_own_tasks() {
         "--node",
         &cred_b.name,
     ]);
+    // B reports its resources once (a node that never did takes no task: its room is unknown).
+    raw::runtime().block_on(async {
+        let conn = raw::connect(cp.addr, raw::client_of(&cred_b))
+            .await
+            .expect("connect");
+        raw::hello(&conn).await.expect("hello");
+        let beat = AgentRequest::Heartbeat {
+            resources: flotilla_api::NodeResources {
+                cpus: 2,
+                memory_bytes: 4 << 30,
+                ..Default::default()
+            },
+            usage: Vec::new(),
+        };
+        assert_eq!(raw::request(&conn, &beat).await, AgentReply::Recorded);
+        conn.close(0u32.into(), b"done");
+    });
     let placed: Vec<TaskInfo> = cp.flotilla_json(&["task", "run", "serve", "--node", &cred_b.name]);
     let id = placed[0].id.clone();
     raw::runtime().block_on(async {

@@ -94,6 +94,9 @@ pub struct Ctx<'a, 's> {
     pub now: Now,
     /// Effects asked for, carried out after the commit.
     pub effects: Vec<Effect>,
+    /// Views of nodes the plan applier computed in this command, with the node's write count
+    /// then ([`super::state::Txn::node_writes`]): reused while nothing else wrote the node.
+    pub views: std::collections::HashMap<String, (u64, flotilla_scheduler::NodeView)>,
     /// Nodes to send their desired state after the commit, changed or not (a new session, a
     /// node behind on acknowledgements). Nodes whose desired state the command changed get
     /// it anyway.

@@ -110,6 +110,7 @@ impl Cluster {
             registry: &mut self.registry,
             now,
             effects: Vec::new(),
+            views: Default::default(),
             push: Default::default(),
         };
         let reply = match command {

@@ -69,12 +69,6 @@ pub fn family_group(family: &str) -> String {
 /// Node `n` as the scheduler sees it in `txn`: its labels, reported capacity, what its live
 /// tasks reserve, their host ports and groups, and whether it takes tasks.
 pub fn node_view(txn: &Txn<'_>, live: &Live, n: &NodeRecord) -> NodeView {
-    view(txn, live, n, None)
-}
-
-/// [`node_view`], counting only the tasks of `group` when one is given (all a check of one
-/// request needs).
-fn view(txn: &Txn<'_>, live: &Live, n: &NodeRecord, group: Option<&str>) -> NodeView {
     let mut v = NodeView {
         id: n.id.clone(),
         attributes: n.labels.clone(),
@@ -99,21 +93,11 @@ fn view(txn: &Txn<'_>, live: &Live, n: &NodeRecord, group: Option<&str>) -> Node
         v.used.cpu_units += r.cpu_units;
         v.ports.extend(host_ports(&t.definition));
         // A task counts in its family's group and in its service's or schedule's.
-        match group {
-            Some(g) => {
-                let family = g.strip_prefix("family:") == Some(t.definition.family.as_str());
-                if family || t.info.started_by.as_deref() == Some(g) {
-                    *v.groups.entry(g.to_string()).or_default() += 1;
-                }
-            }
-            None => {
-                *v.groups
-                    .entry(family_group(&t.definition.family))
-                    .or_default() += 1;
-                if let Some(by) = &t.info.started_by {
-                    *v.groups.entry(by.clone()).or_default() += 1;
-                }
-            }
+        *v.groups
+            .entry(family_group(&t.definition.family))
+            .or_default() += 1;
+        if let Some(by) = &t.info.started_by {
+            *v.groups.entry(by.clone()).or_default() += 1;
         }
     }
     v
@@ -239,7 +223,17 @@ pub fn apply(cx: &mut Ctx<'_, '_>, plan: Plan) -> Result<Applied, ClusterError> 
                     .push((node.clone(), "is not in the cluster".into()));
                 continue;
             };
-            let mut v = view(cx.txn, cx.live, n, Some(&plan.request.group));
+            // The state now: this command's earlier view of the node while nothing else wrote
+            // it since, else computed anew.
+            let writes = cx.txn.node_writes(node);
+            let mut v = match cx.views.get(node) {
+                Some((w, v)) if *w == writes => v.clone(),
+                _ => {
+                    let v = node_view(cx.txn, cx.live, n);
+                    cx.views.insert(node.clone(), (writes, v.clone()));
+                    v
+                }
+            };
             if plan.allow_disconnected && v.state == NodeState::Disconnected {
                 v.state = NodeState::Ready;
             }
@@ -285,7 +279,15 @@ pub fn apply(cx: &mut Ctx<'_, '_>, plan: Plan) -> Result<Applied, ClusterError> 
         };
         let rec = new_task(cx, &plan.task, &node, address);
         out.created.push(rec.info.clone());
+        let writes_before = cx.txn.node_writes(&node);
         cx.txn.put_task(rec);
+        // The cached view counts what was just placed: still good.
+        if let Some((w, v)) = cx.views.get_mut(&node) {
+            if *w == writes_before {
+                book_request(v, &plan.request, &plan.task.revision.family);
+                *w = cx.txn.node_writes(&node);
+            }
+        }
     }
     Ok(out)
 }

@@ -184,6 +184,9 @@ pub struct Txn<'s> {
     /// Tasks written, by node and by `startedBy` (the overlay's part of the indexes).
     w_by_node: HashMap<String, BTreeSet<String>>,
     w_by_group: HashMap<String, BTreeSet<String>>,
+    /// Writes so far touching each node (its record, or a task on it): what a view of the node
+    /// computed earlier in the command is still good for.
+    node_writes: HashMap<String, u64>,
 }
 
 impl<'s> Txn<'s> {
@@ -195,6 +198,7 @@ impl<'s> Txn<'s> {
             next_event: base.last_event + 1,
             w_by_node: HashMap::new(),
             w_by_group: HashMap::new(),
+            node_writes: HashMap::new(),
         }
     }
 
@@ -244,11 +248,18 @@ impl<'s> Txn<'s> {
 
     /// Stores a node.
     pub fn put_node(&mut self, n: NodeRecord) {
+        *self.node_writes.entry(n.id.clone()).or_default() += 1;
         self.w.nodes.insert(n.id.clone(), Some(n));
+    }
+
+    /// How many writes of this command touched node `id` so far (its record or a task on it).
+    pub fn node_writes(&self, id: &str) -> u64 {
+        self.node_writes.get(id).copied().unwrap_or(0)
     }
 
     /// Removes a node.
     pub fn remove_node(&mut self, id: &str) {
+        *self.node_writes.entry(id.to_string()).or_default() += 1;
         self.w.nodes.insert(id.to_string(), None);
     }
 
@@ -340,6 +351,10 @@ impl<'s> Txn<'s> {
 
     /// Stores a task.
     pub fn put_task(&mut self, t: TaskRecord) {
+        let old = self.task(&t.info.id).and_then(|o| o.info.node.clone());
+        for n in old.iter().map(String::as_str).chain(t.node()) {
+            *self.node_writes.entry(n.to_string()).or_default() += 1;
+        }
         if let Some(n) = t.node() {
             self.w_by_node
                 .entry(n.to_string())

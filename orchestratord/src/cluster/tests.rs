@@ -688,6 +688,7 @@ fn a_stale_plan_is_refused_by_the_applier() {
         registry: &mut c.registry,
         now,
         effects: Vec::new(),
+        views: Default::default(),
         push: Default::default(),
     };
     let plan = Plan {

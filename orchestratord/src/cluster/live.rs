@@ -54,11 +54,6 @@ impl Live {
         self.nodes.get(node).cloned().unwrap_or_default()
     }
 
-    /// The resources a node last reported.
-    pub fn resources(&self, node: &str) -> Option<flotilla_api::NodeResources> {
-        self.nodes.get(node).and_then(|l| l.resources.clone())
-    }
-
     /// The node is heard from now; `f` records what it said.
     pub fn touch(&mut self, node: &str, now: Now, f: impl FnOnce(&mut LiveInfo)) {
         let entry = self.nodes.entry(node.to_string()).or_default();

@@ -66,8 +66,44 @@ pub fn redeem(
     }
 }
 
+/// Why a node's session may no longer speak for it: removed from the cluster, or revoked.
+/// What such a session still sends (it was in flight when the node was removed or revoked)
+/// changes nothing, and the session is closed.
+fn outsider(cx: &Ctx<'_, '_>, node: &str) -> Option<(CloseCode, String)> {
+    match cx.txn.node(node) {
+        Some(n) if !n.revoked => None,
+        Some(_) => Some((CloseCode::Revoked, format!("node {node} was revoked"))),
+        None => Some((
+            CloseCode::Refused,
+            format!("node {node} is not in the cluster (removed)"),
+        )),
+    }
+}
+
 /// Executes what an agent says.
 pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
+    let speaker = match &a {
+        Agent::Ping { node }
+        | Agent::Heartbeat { node, .. }
+        | Agent::Report { node, .. }
+        | Agent::Renew { node, .. }
+        | Agent::DesiredAcked { node, .. }
+        | Agent::DesiredRefused { node, .. } => Some(node.clone()),
+        Agent::Join { .. } | Agent::Hello { .. } | Agent::SessionClosed { .. } => None,
+    };
+    if let Some((node, (code, reason))) = speaker.and_then(|n| outsider(cx, &n).map(|why| (n, why)))
+    {
+        tracing::warn!(node = %node, "message of a session that no longer counts ignored: {reason}");
+        cx.effects.push(Effect::CloseSession {
+            node,
+            code,
+            reason: reason.clone(),
+        });
+        return Ok(match a {
+            Agent::DesiredAcked { .. } | Agent::DesiredRefused { .. } => Reply::Done,
+            _ => Reply::Agent(AgentReply::Refused { reason }),
+        });
+    }
     match a {
         Agent::Join { request, peer } => Ok(Reply::Join(Box::new(join(cx, request, &peer)))),
         Agent::Hello {

@@ -955,3 +955,90 @@ fn a_nodes_room_is_checked_also_right_after_a_restart() {
     let e = h.op(run("big", 1)).expect_err("full");
     assert!(e.to_string().contains("lacked memory"), "{e}");
 }
+
+/// A pinned run of schedule `name` on `node` fired at `fired_at`, as the node reports it.
+fn pinned_run(node: &str, name: &str, fired_at: u64) -> TaskStatus {
+    TaskStatus {
+        id: flotilla_api::tasks::scheduled_task_id(node, name, fired_at),
+        state: TaskState::Running,
+        stop_reason: None,
+        stop_code: None,
+        containers: Vec::new(),
+        scheduled: Some(flotilla_api::tasks::ScheduledRun {
+            schedule: name.into(),
+            fired_at,
+        }),
+        network: None,
+    }
+}
+
+fn pinned_schedule(name: &str, family: &str, cron: &str, node: &str) -> Operator {
+    Operator::CreateSchedule(flotilla_api::schedule::ScheduleSpec {
+        name: name.into(),
+        task_definition: family.into(),
+        cron: cron.into(),
+        timezone: "UTC".into(),
+        node: Some(node.into()),
+        overlap: flotilla_api::schedule::Overlap::Allow,
+        env: Vec::new(),
+    })
+}
+
+#[test]
+fn what_a_removed_or_revoked_nodes_session_still_sends_changes_nothing() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    let b = h.join(&[], 2048, 4);
+    h.register(&def("cron", "cron", 10));
+    h.op(pinned_schedule("nightly", "cron", "* * * * *", &a))
+        .expect("schedule");
+    h.op(Operator::RemoveNode(a.clone(), true)).expect("remove");
+    h.op(Operator::RevokeNode(b.clone())).expect("revoke");
+    let commits = h.commit_count();
+    let before = h.tasks();
+    let fired_at = h.now.secs() / 60 * 60;
+    // Messages its session had in flight when the node was removed or revoked.
+    for (node, code) in [
+        (&a, super::command::CloseCode::Refused),
+        (&b, super::command::CloseCode::Revoked),
+    ] {
+        h.effects.clear();
+        let said = [
+            Agent::Report {
+                node: node.clone(),
+                tasks: vec![pinned_run(node, "nightly", fired_at)],
+            },
+            Agent::Heartbeat {
+                node: node.clone(),
+                resources: flotilla_api::NodeResources {
+                    cpus: 64,
+                    memory_bytes: 1 << 40,
+                    ..Default::default()
+                },
+                usage: Vec::new(),
+            },
+            Agent::Ping { node: node.clone() },
+        ];
+        for a in said {
+            let reply = h.exec(Command::Agent(a)).expect("answered");
+            assert!(
+                matches!(&reply, Reply::Agent(flotilla_api::AgentReply::Refused { reason }) if reason.contains(node.as_str())),
+                "{reply:?}"
+            );
+        }
+        assert!(h.effects.iter().all(|e| matches!(
+            e,
+            Effect::CloseSession { node: n, code: c, .. } if n == node && *c == code
+        )));
+    }
+    assert_eq!(h.tasks(), before, "no task adopted on a removed node");
+    assert_eq!(h.commit_count(), commits, "nothing was written");
+    let Reply::Node(n) = h.op(Operator::GetNode(b.clone())).expect("b") else {
+        panic!()
+    };
+    assert_eq!(
+        n.resources.map(|r| r.cpus),
+        Some(4),
+        "the revoked node's heartbeat is not kept"
+    );
+}

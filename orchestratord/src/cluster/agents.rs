@@ -366,9 +366,9 @@ fn report(cx: &mut Ctx<'_, '_>, node: &str, tasks: Vec<TaskStatus>) -> AgentRepl
             // A run of one of the node's own schedules, reported for the first time.
             None => match &status.scheduled {
                 Some(run) => match schedules::adopt(cx, node, &status, run) {
-                    Some(r) => r,
-                    None => {
-                        tracing::warn!(node, task = %status.id, "report of a run of a schedule not pinned to this node ignored");
+                    Ok(r) => r,
+                    Err(why) => {
+                        tracing::warn!(node, task = %status.id, schedule = %run.schedule, "report of a run of a schedule {why} ignored");
                         continue;
                     }
                 },

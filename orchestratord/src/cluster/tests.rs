@@ -1042,3 +1042,43 @@ fn what_a_removed_or_revoked_nodes_session_still_sends_changes_nothing() {
         "the revoked node's heartbeat is not kept"
     );
 }
+
+#[test]
+fn a_node_reports_only_runs_its_pinned_schedule_really_fires() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    h.register(&def("cron", "cron", 10));
+    // 02:00 every day.
+    h.op(pinned_schedule("nightly", "cron", "0 2 * * *", &a))
+        .expect("schedule");
+    let midnight = h.now.secs() / 86_400 * 86_400;
+    let made_up: Vec<TaskStatus> = [
+        midnight + 2 * 3600 + 1,  // not a whole minute
+        midnight + 2 * 3600 + 60, // 02:01
+        midnight + 3 * 3600,      // 03:00
+        0,
+        u64::MAX,
+    ]
+    .into_iter()
+    .chain((0..500).map(|i| midnight + 7 + i * 13))
+    .map(|at| pinned_run(&a, "nightly", at))
+    .collect();
+    let commits = h.commit_count();
+    h.exec(Command::Agent(Agent::Report {
+        node: a.clone(),
+        tasks: made_up,
+    }))
+    .expect("report");
+    assert!(h.tasks().is_empty(), "{:?}", h.tasks());
+    assert_eq!(h.commit_count(), commits, "nothing was written");
+    // A real firing is adopted.
+    let real = midnight + 86_400 + 2 * 3600;
+    h.exec(Command::Agent(Agent::Report {
+        node: a.clone(),
+        tasks: vec![pinned_run(&a, "nightly", real)],
+    }))
+    .expect("report");
+    let tasks = h.tasks();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0].started_by.as_deref(), Some("schedule:nightly"));
+}

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use flotilla_api::tasks::{TaskState, TaskStatus, TaskUsage};
+use flotilla_api::tasks::{StopCode, TaskState, TaskStatus, TaskUsage};
 use flotilla_api::{
     negotiate, AgentReply, Hello, HelloReply, JoinReply, JoinRequest, NodeResources, PROTOCOLS,
 };
@@ -13,7 +13,7 @@ use flotilla_api::{
 use super::command::{Agent, CloseCode, ClusterError, Effect, Reply, SessionId};
 use super::ctx::Ctx;
 use super::network;
-use super::records::{Capacity, NodeRecord, TokenRecord};
+use super::records::{Capacity, NodeRecord, Origin, TaskRecord, TokenRecord};
 use super::schedules;
 
 /// Seconds after a push without an acknowledgement before a heartbeat sends it again.
@@ -389,20 +389,23 @@ fn report(cx: &mut Ctx<'_, '_>, node: &str, tasks: Vec<TaskStatus>) -> AgentRepl
 
 /// Applies one reported status to its task (in `cx`'s transaction), with an event when its
 /// state changed. A stopped task stays stopped.
-fn update(
-    cx: &mut Ctx<'_, '_>,
-    node: &str,
-    mut rec: super::records::TaskRecord,
-    status: TaskStatus,
-) {
+fn update(cx: &mut Ctx<'_, '_>, node: &str, mut rec: TaskRecord, status: TaskStatus) {
     let fresh = cx.txn.task(&rec.info.id).is_none();
     if rec.info.state == TaskState::Stopped {
         return;
     }
     // A stopped task no longer has its network; the last one reported is kept.
     let network = status.network.or(rec.info.network.clone());
-    // The control plane's code wins when it asked for the stop; else the node's.
-    let code = rec.info.stop_code.or(status.stop_code);
+    // The control plane's code wins when it asked for the stop; else the node's, if it is one
+    // a node decides.
+    let reported = match (rec.info.stop_code, status.stop_code) {
+        (None, Some(c)) if !node_may_set(cx, &rec, c) => {
+            tracing::warn!(node, task = %rec.info.id, code = %c, "stop code the node does not decide ignored");
+            None
+        }
+        (_, c) => c,
+    };
+    let code = rec.info.stop_code.or(reported);
     let reason = status.stop_reason.or(rec.info.stop_reason.clone());
     let unchanged = rec.info.state == status.state
         && rec.info.stop_reason == reason
@@ -438,6 +441,30 @@ fn update(
     rec.info.containers = status.containers;
     rec.info.network = network;
     cx.txn.put_task(rec);
+}
+
+/// Whether a node may give task `rec` stop code `code` when the control plane did not ask for
+/// the stop: the codes of what a node decides itself — a start that failed, an essential
+/// container's exit, a task no longer assigned to it, `stopOnClientAfter` of a service that
+/// sets it, `overlap: replace` of a schedule's run. The others (an operator's stop, a service's
+/// scale-down, a drain …) are the control plane's: a node giving one would have a failure
+/// counted as a retirement.
+fn node_may_set(cx: &Ctx<'_, '_>, rec: &TaskRecord, code: StopCode) -> bool {
+    let origin = rec.info.started_by.as_deref().and_then(Origin::parse);
+    match code {
+        StopCode::TaskFailedToStart
+        | StopCode::EssentialContainerExited
+        | StopCode::NotAssigned => true,
+        StopCode::StopOnClientAfter => match origin {
+            Some(Origin::Service(s)) => cx
+                .txn
+                .service(&s)
+                .is_some_and(|s| s.spec.disconnect_policy.stop_on_client_after.is_some()),
+            _ => false,
+        },
+        StopCode::ScheduleReplaced => matches!(origin, Some(Origin::Schedule(_))),
+        _ => false,
+    }
 }
 
 fn renew(cx: &mut Ctx<'_, '_>, node_id: &str, csr_pem: &str) -> AgentReply {

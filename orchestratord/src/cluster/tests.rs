@@ -1082,3 +1082,78 @@ fn a_node_reports_only_runs_its_pinned_schedule_really_fires() {
     assert_eq!(tasks.len(), 1, "{tasks:?}");
     assert_eq!(tasks[0].started_by.as_deref(), Some("schedule:nightly"));
 }
+
+#[test]
+fn a_node_cannot_pass_a_failure_off_as_a_stop_the_control_plane_decides() {
+    let mut h = Harness::new();
+    for _ in 0..3 {
+        h.join(&[], 2048, 4);
+    }
+    h.register(&def("web", "web:1", 100));
+    h.create_service(&service("web", "web", 4, 50, 200, ""));
+    // Every task the nodes start exits at once, and they report it as scaled down.
+    for _ in 0..30 {
+        h.advance(1);
+        h.rounds();
+        for n in h.connected.clone() {
+            let tasks: Vec<TaskStatus> = h
+                .desired(&n)
+                .tasks
+                .iter()
+                .filter(|t| t.desired == DesiredStatus::Running)
+                .map(|t| TaskStatus {
+                    id: t.id.clone(),
+                    state: TaskState::Stopped,
+                    stop_reason: Some("scaled down".into()),
+                    stop_code: Some(StopCode::ServiceScaledDown),
+                    containers: Vec::new(),
+                    scheduled: None,
+                    network: None,
+                })
+                .collect();
+            h.exec(Command::Agent(Agent::Report { node: n, tasks }))
+                .expect("report");
+        }
+    }
+    assert_eq!(
+        h.events("service.deployment.failed").len(),
+        1,
+        "the circuit breaker counts the failures"
+    );
+    let tasks = h.tasks();
+    let stopped: Vec<_> = of_service(&tasks, "web")
+        .into_iter()
+        .filter(|t| t.state == TaskState::Stopped)
+        .collect();
+    assert!(stopped.len() >= 3, "{tasks:?}");
+    for t in stopped {
+        assert_eq!(t.stop_code, None, "{t:?}");
+        assert_eq!(t.stop_reason.as_deref(), Some("scaled down"), "{t:?}");
+    }
+    // What a node does decide is kept.
+    let n = h.nodes[0].clone();
+    h.register(&def("batch", "batch", 10));
+    h.op(Operator::RunTask(TaskRun {
+        node: Some(n.clone()),
+        ..TaskRun::new("batch")
+    }))
+    .expect("run");
+    let id = h.desired(&n).tasks.last().expect("batch").id.clone();
+    h.exec(Command::Agent(Agent::Report {
+        node: n,
+        tasks: vec![TaskStatus {
+            id: id.clone(),
+            state: TaskState::Stopped,
+            stop_reason: None,
+            stop_code: Some(StopCode::EssentialContainerExited),
+            containers: Vec::new(),
+            scheduled: None,
+            network: None,
+        }],
+    }))
+    .expect("report");
+    let Reply::Task(t) = h.op(Operator::GetTask(id)).expect("task") else {
+        panic!()
+    };
+    assert_eq!(t.stop_code, Some(StopCode::EssentialContainerExited));
+}

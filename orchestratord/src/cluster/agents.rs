@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use flotilla_api::tasks::{StopCode, TaskState, TaskStatus, TaskUsage};
+use flotilla_api::tasks::{DesiredStatus, StopCode, TaskState, TaskStatus, TaskUsage};
 use flotilla_api::{
     negotiate, AgentReply, Hello, HelloReply, JoinReply, JoinRequest, NodeResources, PROTOCOLS,
 };
@@ -394,6 +394,13 @@ fn update(cx: &mut Ctx<'_, '_>, node: &str, mut rec: TaskRecord, status: TaskSta
     if rec.info.state == TaskState::Stopped {
         return;
     }
+    // A task the control plane is stopping stays STOPPING until its node says it stopped: a
+    // report sent before the node had the stop does not make it count as running again.
+    let state = if rec.info.desired == DesiredStatus::Stopped {
+        status.state.max(TaskState::Stopping)
+    } else {
+        status.state
+    };
     // A stopped task no longer has its network; the last one reported is kept.
     let network = status.network.or(rec.info.network.clone());
     // The control plane's code wins when it asked for the stop; else the node's, if it is one
@@ -407,7 +414,7 @@ fn update(cx: &mut Ctx<'_, '_>, node: &str, mut rec: TaskRecord, status: TaskSta
     };
     let code = rec.info.stop_code.or(reported);
     let reason = status.stop_reason.or(rec.info.stop_reason.clone());
-    let unchanged = rec.info.state == status.state
+    let unchanged = rec.info.state == state
         && rec.info.stop_reason == reason
         && rec.info.stop_code == code
         && rec.info.containers == status.containers
@@ -415,25 +422,25 @@ fn update(cx: &mut Ctx<'_, '_>, node: &str, mut rec: TaskRecord, status: TaskSta
     if unchanged && !fresh {
         return;
     }
-    if rec.info.state != status.state {
-        tracing::info!(node, task = %rec.info.id, state = ?status.state, reason = ?reason, "task state");
+    if rec.info.state != state {
+        tracing::info!(node, task = %rec.info.id, ?state, reason = ?reason, "task state");
         let codes: Vec<String> = status
             .containers
             .iter()
             .filter_map(|c| c.exit_code.map(|x| format!("{} exited {x}", c.name)))
             .collect();
-        let state = format!("{:?}", status.state).to_uppercase();
-        let mut message = format!("{state} on {node}");
+        let shown = format!("{state:?}").to_uppercase();
+        let mut message = format!("{shown} on {node}");
         if let Some(r) = &reason {
             message.push_str(&format!(": {r}"));
         }
-        if !codes.is_empty() && status.state == TaskState::Stopped {
+        if !codes.is_empty() && state == TaskState::Stopped {
             message.push_str(&format!(" ({})", codes.join(", ")));
         }
-        let kind = format!("task.{:?}", status.state).to_lowercase();
+        let kind = format!("task.{state:?}").to_lowercase();
         cx.event(&kind, &rec.info.id, message);
     }
-    rec.info.state = status.state;
+    rec.info.state = state;
     if status.state >= TaskState::Stopping || rec.info.stop_code.is_some() {
         rec.info.stop_code = code;
     }

@@ -1157,3 +1157,70 @@ fn a_node_cannot_pass_a_failure_off_as_a_stop_the_control_plane_decides() {
     };
     assert_eq!(t.stop_code, Some(StopCode::EssentialContainerExited));
 }
+
+#[test]
+fn a_task_being_stopped_does_not_count_as_running_again_on_a_late_report() {
+    let mut h = Harness::new();
+    h.join(&[], 2048, 4);
+    h.register(&def("web", "web:1", 100));
+    h.create_service(&service("web", "web", 2, 50, 200, ""));
+    settle(&mut h, "web", 10);
+    let running: Vec<String> = of_service(&h.tasks(), "web")
+        .iter()
+        .map(|t| t.id.clone())
+        .collect();
+    assert_eq!(running.len(), 2);
+    h.op(Operator::UpdateService(
+        "web".into(),
+        ServiceUpdate {
+            desired_count: Some(1),
+            ..ServiceUpdate::default()
+        },
+    ))
+    .expect("scale down");
+    h.advance(1);
+    h.rounds();
+    // The node's report of a moment ago: both running (it had not had the stop yet).
+    let node = h.nodes[0].clone();
+    let stale: Vec<TaskStatus> = running
+        .iter()
+        .map(|id| TaskStatus {
+            id: id.clone(),
+            state: TaskState::Running,
+            stop_reason: None,
+            stop_code: None,
+            containers: Vec::new(),
+            scheduled: None,
+            network: None,
+        })
+        .collect();
+    h.exec(Command::Agent(Agent::Report { node, tasks: stale }))
+        .expect("report");
+    let tasks = h.tasks();
+    let states: BTreeMap<TaskState, usize> =
+        of_service(&tasks, "web")
+            .iter()
+            .fold(BTreeMap::new(), |mut m, t| {
+                *m.entry(t.state).or_default() += 1;
+                m
+            });
+    assert_eq!(
+        states,
+        BTreeMap::from([(TaskState::Running, 1), (TaskState::Stopping, 1)]),
+        "{tasks:?}"
+    );
+    assert_eq!(h.service("web").running_count, 1);
+    // Once the node has it, the stop completes as usual.
+    h.converge_all();
+    let tasks = h.tasks();
+    assert_eq!(
+        live(
+            &of_service(&tasks, "web")
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>()
+        )
+        .len(),
+        1
+    );
+}

@@ -1224,3 +1224,47 @@ fn a_task_being_stopped_does_not_count_as_running_again_on_a_late_report() {
         1
     );
 }
+
+#[test]
+fn a_deeply_nested_member_of_expression_is_refused_not_a_crash() {
+    let mut h = Harness::new();
+    h.join(&[], 2048, 4);
+    h.register(&def("web", "web", 10));
+    // What fits in a request body: tens of thousands of levels.
+    let deep = format!("{}attribute:a exists", "not (".repeat(12_000));
+    let e = h
+        .op(Operator::RunTask(TaskRun {
+            placement_constraints: vec![PlacementConstraintSpec {
+                kind: "memberOf".into(),
+                expression: Some(deep.clone()),
+            }],
+            ..TaskRun::new("web")
+        }))
+        .expect_err("too deep");
+    assert!(
+        matches!(&e, ClusterError::Invalid { .. })
+            && e.to_string().contains("placementConstraints[0].expression")
+            && e.to_string().contains("nested deeper than"),
+        "{e}"
+    );
+    let svc = format!(
+        r#"{{"serviceName":"web","taskDefinition":"web","placementConstraints":[{{"type":"memberOf","expression":"{deep}"}}]}}"#
+    );
+    let ClusterError::Invalid { problems, .. } =
+        h.op(Operator::CreateService(svc)).expect_err("too deep")
+    else {
+        panic!("not refused as invalid")
+    };
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("$.placementConstraints[0].expression")),
+        "{problems:?}"
+    );
+    let taskdef = format!(
+        r#"{{"family":"deep","placementConstraints":[{{"type":"memberOf","expression":"{deep}"}}],
+            "containerDefinitions":[{{"name":"main","image":"x","memory":8}}]}}"#
+    );
+    assert!(h.op(Operator::RegisterTaskDef(taskdef)).is_err());
+    assert!(h.tasks().is_empty());
+}

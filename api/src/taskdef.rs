@@ -706,7 +706,8 @@ impl Checker {
             None => (t.clone(), 1.0),
         };
         match num.parse::<f64>() {
-            Ok(n) if n.is_finite() && n > 0.0 && n * mult <= 4_000_000.0 => {
+            // Positive once rounded to whole units: '0.0001 GB' is not 0 MiB.
+            Ok(n) if n.is_finite() && (n * mult).round() >= 1.0 && n * mult <= 4_000_000.0 => {
                 Some((n * mult).round() as u32)
             }
             _ => {
@@ -1596,6 +1597,28 @@ mod tests {
         // The same port over TCP and UDP is fine.
         parse(&task("bridge", &c("a", true, r#"{"containerPort":53,"hostPort":53},{"containerPort":53,"hostPort":53,"protocol":"udp"}"#)))
             .expect("tcp and udp");
+    }
+
+    #[test]
+    fn task_amounts_that_round_to_nothing_are_refused() {
+        let problems = parse(
+            r#"{"family":"f","cpu":"0.0001 vCPU","memory":"0.0004","containerDefinitions":[{"name":"a","image":"x"}]}"#,
+        )
+        .expect_err("no cpu, no memory");
+        for want in [
+            "$.cpu: '0.0001 vCPU' is not a positive amount",
+            "$.memory: '0.0004' is not a positive amount",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(want)),
+                "{want}: {problems:?}"
+            );
+        }
+        let d = parse(
+            r#"{"family":"f","cpu":"0.001 vCPU","memory":"0.5","containerDefinitions":[{"name":"a","image":"x"}]}"#,
+        )
+        .expect("rounds to one unit");
+        assert_eq!((d.definition.cpu, d.definition.memory), (Some(1), Some(1)));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! warning naming each. The result is the typed [`TaskDefinition`], serialized in the same
 //! shape.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -628,6 +628,7 @@ impl Checker {
             );
         }
         self.dependencies(&containers);
+        self.port_conflicts(&containers, network_mode);
         let mut constraints = Vec::new();
         for (i, pc) in self
             .array("$.placementConstraints", m.get("placementConstraints"))
@@ -705,7 +706,8 @@ impl Checker {
             None => (t.clone(), 1.0),
         };
         match num.parse::<f64>() {
-            Ok(n) if n.is_finite() && n > 0.0 && n * mult <= 4_000_000.0 => {
+            // Positive once rounded to whole units: '0.0001 GB' is not 0 MiB.
+            Ok(n) if n.is_finite() && (n * mult).round() >= 1.0 && n * mult <= 4_000_000.0 => {
                 Some((n * mult).round() as u32)
             }
             _ => {
@@ -1312,6 +1314,52 @@ impl Checker {
 
     /// Dependencies name other containers of the task, `HEALTHY` needs a health check there,
     /// and there is no cycle.
+    /// Every container of a task shares its network namespace, and a bridge task's static host
+    /// ports are the node's: a port (with its protocol) taken twice in one task cannot be bound
+    /// twice. Checked once each mapping is valid (so the paths are the file's).
+    fn port_conflicts(&mut self, containers: &[(usize, ContainerDefinition)], mode: NetworkMode) {
+        if !self.errors.is_empty() {
+            return;
+        }
+        let mut container_ports: HashMap<(u16, Protocol), String> = HashMap::new();
+        let mut host_ports: HashMap<(u16, Protocol), String> = HashMap::new();
+        for (i, c) in containers {
+            for (j, m) in c.port_mappings.iter().enumerate() {
+                let p = format!("$.containerDefinitions[{i}].portMappings[{j}]");
+                let proto = if m.protocol == Protocol::Udp {
+                    "udp"
+                } else {
+                    "tcp"
+                };
+                let key = (m.container_port, m.protocol);
+                match container_ports.get(&key) {
+                    Some(first) => self.err(
+                        &format!("{p}.containerPort"),
+                        format!(
+                            "{}/{proto} is already {first}.containerPort (the task's containers share one network)",
+                            m.container_port
+                        ),
+                    ),
+                    None => {
+                        container_ports.insert(key, p.clone());
+                    }
+                }
+                let Some(h) = m.host_port.filter(|_| mode == NetworkMode::Bridge) else {
+                    continue;
+                };
+                match host_ports.get(&(h, m.protocol)) {
+                    Some(first) => self.err(
+                        &format!("{p}.hostPort"),
+                        format!("{h}/{proto} is already {first}.hostPort"),
+                    ),
+                    None => {
+                        host_ports.insert((h, m.protocol), p);
+                    }
+                }
+            }
+        }
+    }
+
     fn dependencies(&mut self, containers: &[(usize, ContainerDefinition)]) {
         let by_name: BTreeMap<&str, &ContainerDefinition> = containers
             .iter()
@@ -1515,6 +1563,62 @@ mod tests {
         assert!(parse("[]").is_err());
         assert!(parse("").is_err());
         assert!(parse("family: [").is_err());
+    }
+
+    #[test]
+    fn ports_taken_twice_in_one_task_are_refused() {
+        let task = |mode: &str, containers: &str| {
+            format!(
+                r#"{{"family":"f","networkMode":"{mode}","containerDefinitions":[{containers}]}}"#
+            )
+        };
+        let c = |name: &str, essential: bool, ports: &str| {
+            format!(
+                r#"{{"name":"{name}","image":"x","memory":8,"essential":{essential},"portMappings":[{ports}]}}"#
+            )
+        };
+        for (text, want) in [
+            (
+                task("bridge", &c("a", true, r#"{"containerPort":80,"hostPort":8080},{"containerPort":81,"hostPort":8080}"#)),
+                "$.containerDefinitions[0].portMappings[1].hostPort: 8080/tcp is already $.containerDefinitions[0].portMappings[0].hostPort",
+            ),
+            (
+                task("host", &format!("{},{}", c("a", true, r#"{"containerPort":80}"#), c("b", false, r#"{"containerPort":80}"#))),
+                "$.containerDefinitions[1].portMappings[0].containerPort: 80/tcp is already $.containerDefinitions[0].portMappings[0].containerPort",
+            ),
+            (
+                task("awsvpc", &c("a", true, r#"{"containerPort":53,"protocol":"udp"},{"containerPort":53,"protocol":"udp"}"#)),
+                "$.containerDefinitions[0].portMappings[1].containerPort: 53/udp is already",
+            ),
+        ] {
+            let problems = parse(&text).expect_err(&text);
+            assert!(problems.iter().any(|p| p.starts_with(want)), "{want}: {problems:?}");
+        }
+        // The same port over TCP and UDP is fine.
+        parse(&task("bridge", &c("a", true, r#"{"containerPort":53,"hostPort":53},{"containerPort":53,"hostPort":53,"protocol":"udp"}"#)))
+            .expect("tcp and udp");
+    }
+
+    #[test]
+    fn task_amounts_that_round_to_nothing_are_refused() {
+        let problems = parse(
+            r#"{"family":"f","cpu":"0.0001 vCPU","memory":"0.0004","containerDefinitions":[{"name":"a","image":"x"}]}"#,
+        )
+        .expect_err("no cpu, no memory");
+        for want in [
+            "$.cpu: '0.0001 vCPU' is not a positive amount",
+            "$.memory: '0.0004' is not a positive amount",
+        ] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(want)),
+                "{want}: {problems:?}"
+            );
+        }
+        let d = parse(
+            r#"{"family":"f","cpu":"0.001 vCPU","memory":"0.5","containerDefinitions":[{"name":"a","image":"x"}]}"#,
+        )
+        .expect("rounds to one unit");
+        assert_eq!((d.definition.cpu, d.definition.memory), (Some(1), Some(1)));
     }
 
     #[test]

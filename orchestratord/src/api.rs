@@ -22,6 +22,20 @@ use orchestratord::cluster::{ClusterError, Command, Operator, Reply as CoreReply
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
 
+/// How long a client has to send a request's head, also the next one on a kept-alive
+/// connection: a connection that sends nothing (no certificate is needed to open one) does not
+/// hold its socket and task for ever.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The HTTP/1.1 server of every operator connection, heads read within `header_timeout`.
+fn http1(header_timeout: Duration) -> hyper::server::conn::http1::Builder {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    builder
+}
+
 /// The `key=value` pairs of a query; a pair without `=` is refused, naming `usage`.
 fn query_pairs<'q>(
     query: Option<&'q str>,
@@ -113,7 +127,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, plane:
                 let admin = admin.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(req, &plane, admin).await) }
             });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
+            if let Err(e) = http1(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
                 .await
             {
@@ -512,6 +526,23 @@ mod tests {
             .replace("{taskdef}", "fam:1")
             .replace("{name}", "svc");
         !matches!(parse(method, &path, None, b"{}"), Err((StatusCode::NOT_FOUND, m)) if m.starts_with("no route"))
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_no_whole_request_head_is_closed() {
+        use tokio::io::AsyncWriteExt;
+        for sent in [&b""[..], b"GET /v1/nodes HTTP/1.1\r\nhost: cp\r\n"] {
+            let (mut client, server) = tokio::io::duplex(4096);
+            client.write_all(sent).await.expect("write");
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+            });
+            let conn = http1(Duration::from_millis(200))
+                .serve_connection(hyper_util::rt::TokioIo::new(server), service);
+            let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+            assert!(ended.is_ok(), "still open after {sent:?}");
+            drop(client);
+        }
     }
 
     #[test]

@@ -61,10 +61,9 @@ fn field(text: &str, lo: u32, hi: u32, names: &[&str], what: &str) -> Result<(u6
         if a > b {
             return Err(format!("{what}: range '{range}' runs backwards"));
         }
-        let mut v = a;
-        while v <= b {
+        // `step_by` never steps past `b`: a step near `u32::MAX` cannot wrap back into range.
+        for v in (a..=b).step_by(usize::try_from(step).unwrap_or(usize::MAX)) {
             bits |= 1 << v;
-            v += step;
         }
     }
     Ok((bits, text == "*"))
@@ -246,6 +245,17 @@ mod tests {
         ] {
             let e = parse(expr, tz).expect_err(expr);
             assert!(e.contains(want), "{expr}: {e}");
+        }
+        // A step larger than the field neither wraps nor overflows: only the start fires.
+        for expr in ["1-59/4294967295 * * * *", "2/4294967290 * * * *"] {
+            let c = parse(expr, "UTC").expect(expr);
+            let minute = expr[..expr.find(['-', '/']).unwrap_or(1)].to_string();
+            assert_eq!(
+                next(expr, "UTC", "2026-11-26T09:00:00Z"),
+                format!("2026-11-26T09:{minute:0>2}:00Z"),
+                "{expr}"
+            );
+            assert_eq!(c.minutes.count_ones(), 1, "{expr}");
         }
         // never fires: the 31st of February
         assert!(parse("0 0 31 2 *", "UTC")

@@ -12,7 +12,8 @@
 //!
 //! `NAME` and `VALUE` are runs of letters, digits and `._-/:*` (or a quoted string for
 //! `VALUE`); `=~` matches a whole value against a regular expression. A node without the
-//! attribute fails every test except `!=`, `not in` and `not … exists`.
+//! attribute fails every test except `!=`, `not in` and `not … exists`. `not` and parentheses
+//! nest at most [`MAX_DEPTH`] levels.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -143,10 +144,15 @@ fn lex(text: &str) -> Result<Vec<(usize, Tok)>, ParseError> {
     Ok(out)
 }
 
+/// Deepest nesting of `not` and parentheses: the parser recurses once per level, and an
+/// expression comes from a request body.
+pub const MAX_DEPTH: usize = 64;
+
 struct Parser {
     toks: Vec<(usize, Tok)>,
     pos: usize,
     end: usize,
+    depth: usize,
 }
 
 impl Parser {
@@ -200,17 +206,31 @@ impl Parser {
     }
 
     fn unary(&mut self) -> Result<Expr, ParseError> {
-        if self.keyword("not") {
-            return Ok(Expr::Not(Box::new(self.unary()?)));
+        let not = matches!(self.peek(), Some(Tok::Word(w)) if w.eq_ignore_ascii_case("not"));
+        let open = self.peek() == Some(&Tok::Sym("("));
+        if !not && !open {
+            return self.test();
         }
-        if self.sym("(") {
-            let e = self.or()?;
-            if !self.sym(")") {
-                return self.err("expected ')'");
-            }
-            return Ok(e);
+        if self.depth == MAX_DEPTH {
+            return self.err(format!(
+                "'not' and '(' nested deeper than {MAX_DEPTH} levels"
+            ));
         }
-        self.test()
+        self.pos += 1;
+        self.depth += 1;
+        let e = if not {
+            self.unary().map(|e| Expr::Not(Box::new(e)))
+        } else {
+            self.or().and_then(|e| {
+                if self.sym(")") {
+                    Ok(e)
+                } else {
+                    self.err("expected ')'")
+                }
+            })
+        };
+        self.depth -= 1;
+        e
     }
 
     fn value(&mut self) -> Result<String, ParseError> {
@@ -292,6 +312,7 @@ pub fn parse(text: &str) -> Result<Expr, ParseError> {
         toks: lex(text)?,
         pos: 0,
         end: text.len(),
+        depth: 0,
     };
     if p.toks.is_empty() {
         return p.err("empty expression");
@@ -395,6 +416,22 @@ mod tests {
             let e = parse(text).expect_err(text);
             assert_eq!(e.at, at, "{text}: {e}");
             assert!(e.message.contains(what), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn nesting_is_bounded_not_the_stack() {
+        let test = "attribute:a exists";
+        let nested = |n: usize| format!("{}{test}{}", "(not ".repeat(n), ")".repeat(n));
+        let e = parse(&nested(MAX_DEPTH / 2)).expect("at the limit");
+        assert!(e.eval(&attrs(&[("a", "x")])), "an even number of 'not's");
+        for text in [
+            nested(MAX_DEPTH / 2 + 1),
+            "(".repeat(100_000),
+            format!("{}{test}", "not ".repeat(100_000)),
+        ] {
+            let e = parse(&text).expect_err("too deep");
+            assert!(e.message.contains("nested deeper than 64"), "{e}");
         }
     }
 }

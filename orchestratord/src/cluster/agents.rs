@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use flotilla_api::tasks::{TaskState, TaskStatus, TaskUsage};
+use flotilla_api::tasks::{DesiredStatus, StopCode, TaskState, TaskStatus, TaskUsage};
 use flotilla_api::{
     negotiate, AgentReply, Hello, HelloReply, JoinReply, JoinRequest, NodeResources, PROTOCOLS,
 };
@@ -13,7 +13,7 @@ use flotilla_api::{
 use super::command::{Agent, CloseCode, ClusterError, Effect, Reply, SessionId};
 use super::ctx::Ctx;
 use super::network;
-use super::records::{Capacity, NodeRecord, TokenRecord};
+use super::records::{Capacity, NodeRecord, Origin, TaskRecord, TokenRecord};
 use super::schedules;
 
 /// Seconds after a push without an acknowledgement before a heartbeat sends it again.
@@ -66,8 +66,44 @@ pub fn redeem(
     }
 }
 
+/// Why a node's session may no longer speak for it: removed from the cluster, or revoked.
+/// What such a session still sends (it was in flight when the node was removed or revoked)
+/// changes nothing, and the session is closed.
+fn outsider(cx: &Ctx<'_, '_>, node: &str) -> Option<(CloseCode, String)> {
+    match cx.txn.node(node) {
+        Some(n) if !n.revoked => None,
+        Some(_) => Some((CloseCode::Revoked, format!("node {node} was revoked"))),
+        None => Some((
+            CloseCode::Refused,
+            format!("node {node} is not in the cluster (removed)"),
+        )),
+    }
+}
+
 /// Executes what an agent says.
 pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
+    let speaker = match &a {
+        Agent::Ping { node }
+        | Agent::Heartbeat { node, .. }
+        | Agent::Report { node, .. }
+        | Agent::Renew { node, .. }
+        | Agent::DesiredAcked { node, .. }
+        | Agent::DesiredRefused { node, .. } => Some(node.clone()),
+        Agent::Join { .. } | Agent::Hello { .. } | Agent::SessionClosed { .. } => None,
+    };
+    if let Some((node, (code, reason))) = speaker.and_then(|n| outsider(cx, &n).map(|why| (n, why)))
+    {
+        tracing::warn!(node = %node, "message of a session that no longer counts ignored: {reason}");
+        cx.effects.push(Effect::CloseSession {
+            node,
+            code,
+            reason: reason.clone(),
+        });
+        return Ok(match a {
+            Agent::DesiredAcked { .. } | Agent::DesiredRefused { .. } => Reply::Done,
+            _ => Reply::Agent(AgentReply::Refused { reason }),
+        });
+    }
     match a {
         Agent::Join { request, peer } => Ok(Reply::Join(Box::new(join(cx, request, &peer)))),
         Agent::Hello {
@@ -330,9 +366,9 @@ fn report(cx: &mut Ctx<'_, '_>, node: &str, tasks: Vec<TaskStatus>) -> AgentRepl
             // A run of one of the node's own schedules, reported for the first time.
             None => match &status.scheduled {
                 Some(run) => match schedules::adopt(cx, node, &status, run) {
-                    Some(r) => r,
-                    None => {
-                        tracing::warn!(node, task = %status.id, "report of a run of a schedule not pinned to this node ignored");
+                    Ok(r) => r,
+                    Err(why) => {
+                        tracing::warn!(node, task = %status.id, schedule = %run.schedule, "report of a run of a schedule {why} ignored");
                         continue;
                     }
                 },
@@ -353,22 +389,32 @@ fn report(cx: &mut Ctx<'_, '_>, node: &str, tasks: Vec<TaskStatus>) -> AgentRepl
 
 /// Applies one reported status to its task (in `cx`'s transaction), with an event when its
 /// state changed. A stopped task stays stopped.
-fn update(
-    cx: &mut Ctx<'_, '_>,
-    node: &str,
-    mut rec: super::records::TaskRecord,
-    status: TaskStatus,
-) {
+fn update(cx: &mut Ctx<'_, '_>, node: &str, mut rec: TaskRecord, status: TaskStatus) {
     let fresh = cx.txn.task(&rec.info.id).is_none();
     if rec.info.state == TaskState::Stopped {
         return;
     }
+    // A task the control plane is stopping stays STOPPING until its node says it stopped: a
+    // report sent before the node had the stop does not make it count as running again.
+    let state = if rec.info.desired == DesiredStatus::Stopped {
+        status.state.max(TaskState::Stopping)
+    } else {
+        status.state
+    };
     // A stopped task no longer has its network; the last one reported is kept.
     let network = status.network.or(rec.info.network.clone());
-    // The control plane's code wins when it asked for the stop; else the node's.
-    let code = rec.info.stop_code.or(status.stop_code);
+    // The control plane's code wins when it asked for the stop; else the node's, if it is one
+    // a node decides.
+    let reported = match (rec.info.stop_code, status.stop_code) {
+        (None, Some(c)) if !node_may_set(cx, &rec, c) => {
+            tracing::warn!(node, task = %rec.info.id, code = %c, "stop code the node does not decide ignored");
+            None
+        }
+        (_, c) => c,
+    };
+    let code = rec.info.stop_code.or(reported);
     let reason = status.stop_reason.or(rec.info.stop_reason.clone());
-    let unchanged = rec.info.state == status.state
+    let unchanged = rec.info.state == state
         && rec.info.stop_reason == reason
         && rec.info.stop_code == code
         && rec.info.containers == status.containers
@@ -376,25 +422,25 @@ fn update(
     if unchanged && !fresh {
         return;
     }
-    if rec.info.state != status.state {
-        tracing::info!(node, task = %rec.info.id, state = ?status.state, reason = ?reason, "task state");
+    if rec.info.state != state {
+        tracing::info!(node, task = %rec.info.id, ?state, reason = ?reason, "task state");
         let codes: Vec<String> = status
             .containers
             .iter()
             .filter_map(|c| c.exit_code.map(|x| format!("{} exited {x}", c.name)))
             .collect();
-        let state = format!("{:?}", status.state).to_uppercase();
-        let mut message = format!("{state} on {node}");
+        let shown = format!("{state:?}").to_uppercase();
+        let mut message = format!("{shown} on {node}");
         if let Some(r) = &reason {
             message.push_str(&format!(": {r}"));
         }
-        if !codes.is_empty() && status.state == TaskState::Stopped {
+        if !codes.is_empty() && state == TaskState::Stopped {
             message.push_str(&format!(" ({})", codes.join(", ")));
         }
-        let kind = format!("task.{:?}", status.state).to_lowercase();
+        let kind = format!("task.{state:?}").to_lowercase();
         cx.event(&kind, &rec.info.id, message);
     }
-    rec.info.state = status.state;
+    rec.info.state = state;
     if status.state >= TaskState::Stopping || rec.info.stop_code.is_some() {
         rec.info.stop_code = code;
     }
@@ -402,6 +448,30 @@ fn update(
     rec.info.containers = status.containers;
     rec.info.network = network;
     cx.txn.put_task(rec);
+}
+
+/// Whether a node may give task `rec` stop code `code` when the control plane did not ask for
+/// the stop: the codes of what a node decides itself — a start that failed, an essential
+/// container's exit, a task no longer assigned to it, `stopOnClientAfter` of a service that
+/// sets it, `overlap: replace` of a schedule's run. The others (an operator's stop, a service's
+/// scale-down, a drain …) are the control plane's: a node giving one would have a failure
+/// counted as a retirement.
+fn node_may_set(cx: &Ctx<'_, '_>, rec: &TaskRecord, code: StopCode) -> bool {
+    let origin = rec.info.started_by.as_deref().and_then(Origin::parse);
+    match code {
+        StopCode::TaskFailedToStart
+        | StopCode::EssentialContainerExited
+        | StopCode::NotAssigned => true,
+        StopCode::StopOnClientAfter => match origin {
+            Some(Origin::Service(s)) => cx
+                .txn
+                .service(&s)
+                .is_some_and(|s| s.spec.disconnect_policy.stop_on_client_after.is_some()),
+            _ => false,
+        },
+        StopCode::ScheduleReplaced => matches!(origin, Some(Origin::Schedule(_))),
+        _ => false,
+    }
 }
 
 fn renew(cx: &mut Ctx<'_, '_>, node_id: &str, csr_pem: &str) -> AgentReply {

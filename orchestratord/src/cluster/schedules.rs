@@ -139,18 +139,37 @@ fn fire_one(
 }
 
 /// A node reports a task it started by one of its pinned schedules: recorded as a task of that
-/// schedule if the schedule is pinned to this node and the id is the one it derives. Returns
-/// the new record, or `None` when the report is not acceptable.
+/// schedule if the schedule is pinned to this node, the run is at a time its cron expression
+/// fires and the id is the one it derives. Returns the new record, or why the report is not
+/// acceptable (what ends "a run of a schedule …").
 pub fn adopt(
     cx: &mut Ctx<'_, '_>,
     node: &str,
     status: &TaskStatus,
     run: &ScheduledRun,
-) -> Option<TaskRecord> {
-    let mut s = cx.txn.schedule(&run.schedule)?.clone();
-    let id = flotilla_api::tasks::scheduled_task_id(node, &run.schedule, run.fired_at);
-    if s.spec.node.as_deref() != Some(node) || status.id != id {
-        return None;
+) -> Result<TaskRecord, String> {
+    let name = &run.schedule;
+    let Some(s) = cx.txn.schedule(name) else {
+        return Err("that does not exist".into());
+    };
+    let mut s = s.clone();
+    if s.spec.node.as_deref() != Some(node) {
+        return Err("not pinned to this node".into());
+    }
+    // Only a time the schedule fires: a node cannot make up runs (and tasks) at will.
+    let fires = run
+        .fired_at
+        .checked_sub(1)
+        .and_then(|before| next_run(&s.spec, before));
+    if fires != Some(run.fired_at) {
+        return Err(format!(
+            "that does not fire at {} ('{}' in {})",
+            run.fired_at, s.spec.cron, s.spec.timezone
+        ));
+    }
+    let id = flotilla_api::tasks::scheduled_task_id(node, name, run.fired_at);
+    if status.id != id {
+        return Err(format!("under another task id than {id}"));
     }
     let rec = TaskRecord {
         info: TaskInfo {
@@ -187,5 +206,5 @@ pub fn adopt(
         },
     );
     cx.txn.put_schedule(s);
-    Some(rec)
+    Ok(rec)
 }

@@ -955,3 +955,316 @@ fn a_nodes_room_is_checked_also_right_after_a_restart() {
     let e = h.op(run("big", 1)).expect_err("full");
     assert!(e.to_string().contains("lacked memory"), "{e}");
 }
+
+/// A pinned run of schedule `name` on `node` fired at `fired_at`, as the node reports it.
+fn pinned_run(node: &str, name: &str, fired_at: u64) -> TaskStatus {
+    TaskStatus {
+        id: flotilla_api::tasks::scheduled_task_id(node, name, fired_at),
+        state: TaskState::Running,
+        stop_reason: None,
+        stop_code: None,
+        containers: Vec::new(),
+        scheduled: Some(flotilla_api::tasks::ScheduledRun {
+            schedule: name.into(),
+            fired_at,
+        }),
+        network: None,
+    }
+}
+
+fn pinned_schedule(name: &str, family: &str, cron: &str, node: &str) -> Operator {
+    Operator::CreateSchedule(flotilla_api::schedule::ScheduleSpec {
+        name: name.into(),
+        task_definition: family.into(),
+        cron: cron.into(),
+        timezone: "UTC".into(),
+        node: Some(node.into()),
+        overlap: flotilla_api::schedule::Overlap::Allow,
+        env: Vec::new(),
+    })
+}
+
+#[test]
+fn what_a_removed_or_revoked_nodes_session_still_sends_changes_nothing() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    let b = h.join(&[], 2048, 4);
+    h.register(&def("cron", "cron", 10));
+    h.op(pinned_schedule("nightly", "cron", "* * * * *", &a))
+        .expect("schedule");
+    h.op(Operator::RemoveNode(a.clone(), true)).expect("remove");
+    h.op(Operator::RevokeNode(b.clone())).expect("revoke");
+    let commits = h.commit_count();
+    let before = h.tasks();
+    let fired_at = h.now.secs() / 60 * 60;
+    // Messages its session had in flight when the node was removed or revoked.
+    for (node, code) in [
+        (&a, super::command::CloseCode::Refused),
+        (&b, super::command::CloseCode::Revoked),
+    ] {
+        h.effects.clear();
+        let said = [
+            Agent::Report {
+                node: node.clone(),
+                tasks: vec![pinned_run(node, "nightly", fired_at)],
+            },
+            Agent::Heartbeat {
+                node: node.clone(),
+                resources: flotilla_api::NodeResources {
+                    cpus: 64,
+                    memory_bytes: 1 << 40,
+                    ..Default::default()
+                },
+                usage: Vec::new(),
+            },
+            Agent::Ping { node: node.clone() },
+        ];
+        for a in said {
+            let reply = h.exec(Command::Agent(a)).expect("answered");
+            assert!(
+                matches!(&reply, Reply::Agent(flotilla_api::AgentReply::Refused { reason }) if reason.contains(node.as_str())),
+                "{reply:?}"
+            );
+        }
+        assert!(h.effects.iter().all(|e| matches!(
+            e,
+            Effect::CloseSession { node: n, code: c, .. } if n == node && *c == code
+        )));
+    }
+    assert_eq!(h.tasks(), before, "no task adopted on a removed node");
+    assert_eq!(h.commit_count(), commits, "nothing was written");
+    let Reply::Node(n) = h.op(Operator::GetNode(b.clone())).expect("b") else {
+        panic!()
+    };
+    assert_eq!(
+        n.resources.map(|r| r.cpus),
+        Some(4),
+        "the revoked node's heartbeat is not kept"
+    );
+}
+
+#[test]
+fn a_node_reports_only_runs_its_pinned_schedule_really_fires() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    h.register(&def("cron", "cron", 10));
+    // 02:00 every day.
+    h.op(pinned_schedule("nightly", "cron", "0 2 * * *", &a))
+        .expect("schedule");
+    let midnight = h.now.secs() / 86_400 * 86_400;
+    let made_up: Vec<TaskStatus> = [
+        midnight + 2 * 3600 + 1,  // not a whole minute
+        midnight + 2 * 3600 + 60, // 02:01
+        midnight + 3 * 3600,      // 03:00
+        0,
+        u64::MAX,
+    ]
+    .into_iter()
+    .chain((0..500).map(|i| midnight + 7 + i * 13))
+    .map(|at| pinned_run(&a, "nightly", at))
+    .collect();
+    let commits = h.commit_count();
+    h.exec(Command::Agent(Agent::Report {
+        node: a.clone(),
+        tasks: made_up,
+    }))
+    .expect("report");
+    assert!(h.tasks().is_empty(), "{:?}", h.tasks());
+    assert_eq!(h.commit_count(), commits, "nothing was written");
+    // A real firing is adopted.
+    let real = midnight + 86_400 + 2 * 3600;
+    h.exec(Command::Agent(Agent::Report {
+        node: a.clone(),
+        tasks: vec![pinned_run(&a, "nightly", real)],
+    }))
+    .expect("report");
+    let tasks = h.tasks();
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0].started_by.as_deref(), Some("schedule:nightly"));
+}
+
+#[test]
+fn a_node_cannot_pass_a_failure_off_as_a_stop_the_control_plane_decides() {
+    let mut h = Harness::new();
+    for _ in 0..3 {
+        h.join(&[], 2048, 4);
+    }
+    h.register(&def("web", "web:1", 100));
+    h.create_service(&service("web", "web", 4, 50, 200, ""));
+    // Every task the nodes start exits at once, and they report it as scaled down.
+    for _ in 0..30 {
+        h.advance(1);
+        h.rounds();
+        for n in h.connected.clone() {
+            let tasks: Vec<TaskStatus> = h
+                .desired(&n)
+                .tasks
+                .iter()
+                .filter(|t| t.desired == DesiredStatus::Running)
+                .map(|t| TaskStatus {
+                    id: t.id.clone(),
+                    state: TaskState::Stopped,
+                    stop_reason: Some("scaled down".into()),
+                    stop_code: Some(StopCode::ServiceScaledDown),
+                    containers: Vec::new(),
+                    scheduled: None,
+                    network: None,
+                })
+                .collect();
+            h.exec(Command::Agent(Agent::Report { node: n, tasks }))
+                .expect("report");
+        }
+    }
+    assert_eq!(
+        h.events("service.deployment.failed").len(),
+        1,
+        "the circuit breaker counts the failures"
+    );
+    let tasks = h.tasks();
+    let stopped: Vec<_> = of_service(&tasks, "web")
+        .into_iter()
+        .filter(|t| t.state == TaskState::Stopped)
+        .collect();
+    assert!(stopped.len() >= 3, "{tasks:?}");
+    for t in stopped {
+        assert_eq!(t.stop_code, None, "{t:?}");
+        assert_eq!(t.stop_reason.as_deref(), Some("scaled down"), "{t:?}");
+    }
+    // What a node does decide is kept.
+    let n = h.nodes[0].clone();
+    h.register(&def("batch", "batch", 10));
+    h.op(Operator::RunTask(TaskRun {
+        node: Some(n.clone()),
+        ..TaskRun::new("batch")
+    }))
+    .expect("run");
+    let id = h.desired(&n).tasks.last().expect("batch").id.clone();
+    h.exec(Command::Agent(Agent::Report {
+        node: n,
+        tasks: vec![TaskStatus {
+            id: id.clone(),
+            state: TaskState::Stopped,
+            stop_reason: None,
+            stop_code: Some(StopCode::EssentialContainerExited),
+            containers: Vec::new(),
+            scheduled: None,
+            network: None,
+        }],
+    }))
+    .expect("report");
+    let Reply::Task(t) = h.op(Operator::GetTask(id)).expect("task") else {
+        panic!()
+    };
+    assert_eq!(t.stop_code, Some(StopCode::EssentialContainerExited));
+}
+
+#[test]
+fn a_task_being_stopped_does_not_count_as_running_again_on_a_late_report() {
+    let mut h = Harness::new();
+    h.join(&[], 2048, 4);
+    h.register(&def("web", "web:1", 100));
+    h.create_service(&service("web", "web", 2, 50, 200, ""));
+    settle(&mut h, "web", 10);
+    let running: Vec<String> = of_service(&h.tasks(), "web")
+        .iter()
+        .map(|t| t.id.clone())
+        .collect();
+    assert_eq!(running.len(), 2);
+    h.op(Operator::UpdateService(
+        "web".into(),
+        ServiceUpdate {
+            desired_count: Some(1),
+            ..ServiceUpdate::default()
+        },
+    ))
+    .expect("scale down");
+    h.advance(1);
+    h.rounds();
+    // The node's report of a moment ago: both running (it had not had the stop yet).
+    let node = h.nodes[0].clone();
+    let stale: Vec<TaskStatus> = running
+        .iter()
+        .map(|id| TaskStatus {
+            id: id.clone(),
+            state: TaskState::Running,
+            stop_reason: None,
+            stop_code: None,
+            containers: Vec::new(),
+            scheduled: None,
+            network: None,
+        })
+        .collect();
+    h.exec(Command::Agent(Agent::Report { node, tasks: stale }))
+        .expect("report");
+    let tasks = h.tasks();
+    let states: BTreeMap<TaskState, usize> =
+        of_service(&tasks, "web")
+            .iter()
+            .fold(BTreeMap::new(), |mut m, t| {
+                *m.entry(t.state).or_default() += 1;
+                m
+            });
+    assert_eq!(
+        states,
+        BTreeMap::from([(TaskState::Running, 1), (TaskState::Stopping, 1)]),
+        "{tasks:?}"
+    );
+    assert_eq!(h.service("web").running_count, 1);
+    // Once the node has it, the stop completes as usual.
+    h.converge_all();
+    let tasks = h.tasks();
+    assert_eq!(
+        live(
+            &of_service(&tasks, "web")
+                .into_iter()
+                .cloned()
+                .collect::<Vec<_>>()
+        )
+        .len(),
+        1
+    );
+}
+
+#[test]
+fn a_deeply_nested_member_of_expression_is_refused_not_a_crash() {
+    let mut h = Harness::new();
+    h.join(&[], 2048, 4);
+    h.register(&def("web", "web", 10));
+    // What fits in a request body: tens of thousands of levels.
+    let deep = format!("{}attribute:a exists", "not (".repeat(12_000));
+    let e = h
+        .op(Operator::RunTask(TaskRun {
+            placement_constraints: vec![PlacementConstraintSpec {
+                kind: "memberOf".into(),
+                expression: Some(deep.clone()),
+            }],
+            ..TaskRun::new("web")
+        }))
+        .expect_err("too deep");
+    assert!(
+        matches!(&e, ClusterError::Invalid { .. })
+            && e.to_string().contains("placementConstraints[0].expression")
+            && e.to_string().contains("nested deeper than"),
+        "{e}"
+    );
+    let svc = format!(
+        r#"{{"serviceName":"web","taskDefinition":"web","placementConstraints":[{{"type":"memberOf","expression":"{deep}"}}]}}"#
+    );
+    let ClusterError::Invalid { problems, .. } =
+        h.op(Operator::CreateService(svc)).expect_err("too deep")
+    else {
+        panic!("not refused as invalid")
+    };
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.starts_with("$.placementConstraints[0].expression")),
+        "{problems:?}"
+    );
+    let taskdef = format!(
+        r#"{{"family":"deep","placementConstraints":[{{"type":"memberOf","expression":"{deep}"}}],
+            "containerDefinitions":[{{"name":"main","image":"x","memory":8}}]}}"#
+    );
+    assert!(h.op(Operator::RegisterTaskDef(taskdef)).is_err());
+    assert!(h.tasks().is_empty());
+}

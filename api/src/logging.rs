@@ -73,8 +73,10 @@ pub fn init(filter_env: &str, default_filter: &str, format: LogFormat) {
             Err(e) => eprintln!("journald unavailable ({e}); logging text to stderr"),
         }
     }
+    // Colours only for a person at a terminal, never into files or pipes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter())
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = if format == LogFormat::Json {
         builder.json().try_init()

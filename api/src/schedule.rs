@@ -98,7 +98,9 @@ pub struct ScheduleInfo {
     /// The spec (its task definition resolved to `family:revision`).
     #[serde(flatten)]
     pub spec: ScheduleSpec,
-    /// Next firing by the control plane (absent for a pinned schedule: its node decides).
+    /// Next firing (seconds since the epoch): by the control plane, or for a pinned schedule
+    /// the next minute its cron names, at which its node fires it by its own clock. Absent when
+    /// the schedule never fires again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_run: Option<u64>,
     /// The latest runs, newest first (at most 20).

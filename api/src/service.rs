@@ -17,6 +17,15 @@ pub enum SchedulingStrategy {
     Daemon,
 }
 
+impl std::fmt::Display for SchedulingStrategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Self::Replica => "REPLICA",
+            Self::Daemon => "DAEMON",
+        })
+    }
+}
+
 /// `deploymentConfiguration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -1,10 +1,15 @@
 //! `flotilla dev`: a whole cluster on this machine, in the foreground. It runs the real
 //! `orchestratord` and `nodeagent` (found next to this binary), enrolls the local node through
 //! the same token flow a real node uses, imports a demo image built from the host's static
-//! busybox, runs a demo task and says what to type next. Ctrl-C stops the tasks (their
-//! containers are removed), then the agent and the control plane. The data directory is kept:
-//! running it again reuses the cluster.
+//! busybox, runs a demo task and says what to type next. Ctrl-C (or a closed terminal, or
+//! SIGTERM) drains the node — its tasks are stopped and their containers removed, and no service
+//! replaces them — then stops the agent and the control plane. The daemons run in their own
+//! process group, so the terminal's signals reach only `flotilla dev`, which stops them in that
+//! order. The data directory is kept: running it again reuses the cluster and takes the node
+//! back into service.
 
+use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -59,10 +64,13 @@ impl Daemon {
             .append(true)
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
+        // Their own process group: a terminal's Ctrl-C or hang-up signals the foreground group,
+        // and the daemons must outlive `flotilla dev`'s shutdown, not race it.
         let child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         Ok(Self { name, child, log })
@@ -196,7 +204,16 @@ fn operator_config(dev_admin: &Path, given: Option<PathBuf>) -> Result<Option<Pa
     }
 }
 
-/// Ctrl-C or SIGTERM, caught from the start so that neither ever leaves half a cluster behind.
+/// Prints a line for the person at the terminal; a terminal that went away (hang-up) is no
+/// reason to stop shutting down.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// Ctrl-C, a closed terminal (SIGHUP) or SIGTERM, caught from the start so that none ever
+/// leaves half a cluster behind.
 struct Interrupt {
     flag: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
@@ -208,6 +225,7 @@ impl Interrupt {
         // Handlers are in place once these return.
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+        let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let me = std::sync::Arc::new(Self {
             flag: false.into(),
             notify: tokio::sync::Notify::new(),
@@ -217,6 +235,7 @@ impl Interrupt {
             tokio::select! {
                 _ = int.recv() => {}
                 _ = term.recv() => {}
+                _ = hup.recv() => {}
             }
             m.flag.store(true, std::sync::atomic::Ordering::SeqCst);
             m.notify.notify_waiters();
@@ -249,12 +268,14 @@ impl Running {
         Ok(())
     }
 
-    /// Tasks (their containers removed), then the agent, then the control plane.
+    /// Tasks (their containers removed), then the agent, then the control plane. The node is
+    /// drained, so no service replaces the tasks meanwhile; what the agent could not stop is
+    /// removed on the node directly once it is stopped.
     async fn shutdown(&mut self, node_cmd: &dyn Fn(&[&str]) -> Command) -> Result<()> {
-        let mut result = Ok(());
+        let mut drained = Err(anyhow::anyhow!("the node agent was not running"));
         if let (Some(api), Some(node), Some(agent)) = (&self.api, &self.node_id, &mut self.agent) {
             if agent.check().is_ok() {
-                result = stop_tasks(api, node, node_cmd).await;
+                drained = drain(api, node, node_cmd).await;
             }
         }
         if let Some(a) = &mut self.agent {
@@ -263,7 +284,16 @@ impl Running {
         if let Some(c) = &mut self.cp {
             c.stop(Duration::from_secs(10));
         }
-        result
+        if self.agent.is_none() {
+            return Ok(());
+        }
+        match drained {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                say!("{e:#}; removing what is left on the node");
+                remove_left(node_cmd)
+            }
+        }
     }
 }
 
@@ -301,18 +331,18 @@ pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
             }
         },
         Err(e) if interrupt.check().is_err() => {
-            println!("interrupted while starting ({e:#})");
+            say!("interrupted while starting ({e:#})");
             None
         }
         Err(e) => Some(e),
     };
-    println!("stopping: tasks, then the node agent, then the control plane");
+    say!("stopping: tasks, then the node agent, then the control plane");
     let stopped = up.shutdown(&node_cmd).await;
     match (failure, stopped) {
         (Some(e), _) => Err(e),
         (None, Err(e)) => Err(e),
         (None, Ok(())) => {
-            println!("stopped; no container left running");
+            say!("stopped; no container left running");
             Ok(())
         }
     }
@@ -426,17 +456,19 @@ async fn start(
         }
         Err(e) => return Err(e.into()),
     }
-    wait_for(
+    let node = wait_for(
         "the node to connect",
         Duration::from_secs(30),
         interrupt,
         up,
-        async || {
-            let n = api.node(&node_id).await.ok()?;
-            (n.state == flotilla_api::ops::NodeState::Ready).then_some(())
-        },
+        async || api.node(&node_id).await.ok().filter(|n| n.connected),
     )
     .await?;
+    // The last run drained the node on its way out: it takes tasks again (its services'
+    // tasks come back).
+    if node.draining {
+        api.activate_node(&node_id).await?;
+    }
     let tasks = api.tasks().await?;
     let demo = match tasks.iter().find(|t| {
         t.task_definition.starts_with("demo:")
@@ -475,50 +507,77 @@ async fn start(
         None => String::new(),
     };
     let me = invocation();
-    println!(
+    say!(
         "flotilla dev: control plane on {listen}, node {node_id} READY, demo task {demo} RUNNING ({:.1} s)",
         started.elapsed().as_secs_f64()
     );
-    println!(
+    say!(
         "data in {} (logs: orchestratord.log, nodeagent.log)",
         dir.display()
     );
-    println!("next, in another terminal:");
-    println!("  {me}{flag} task ls");
-    println!("  {me}{flag} logs {demo} -f");
-    println!("  {me}{flag} node ls");
-    println!("  {me}{flag} taskdef register my-task.json && {me}{flag} task run my-task");
-    println!("Ctrl-C stops the cluster and its containers; the data stays for the next run.");
+    say!("next, in another terminal:");
+    say!("  {me}{flag} task ls");
+    say!("  {me}{flag} logs {demo} -f");
+    say!("  {me}{flag} node ls");
+    say!("  {me}{flag} taskdef register my-task.json && {me}{flag} task run my-task");
+    say!("Ctrl-C stops the cluster and its containers; the data stays for the next run.");
     Ok(())
 }
 
-/// Stops every live task of the node and waits until its containers are gone.
-async fn stop_tasks(
-    api: &Client,
-    node_id: &str,
-    node_cmd: &dyn Fn(&[&str]) -> Command,
-) -> Result<()> {
-    let tasks = api.tasks().await?;
-    for t in tasks.iter().filter(|t| {
-        t.node.as_deref() == Some(node_id) && t.state != flotilla_api::tasks::TaskState::Stopped
-    }) {
-        api.stop_task(&t.id).await?;
+/// The containers on the node (`nodeagent ctr ps -a -q`).
+fn containers(node_cmd: &dyn Fn(&[&str]) -> Command) -> Result<Vec<String>> {
+    let out = node_cmd(&["ctr", "ps", "-a", "-q"]).output()?;
+    if !out.status.success() {
+        bail!(
+            "listing the node's containers: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect())
+}
+
+/// Drains the node (its tasks stopped, nothing placed on it, so no service replaces them) and
+/// waits until its containers are gone.
+async fn drain(api: &Client, node_id: &str, node_cmd: &dyn Fn(&[&str]) -> Command) -> Result<()> {
+    api.drain_node(node_id).await.context("draining the node")?;
     let start = Instant::now();
     loop {
-        let out = node_cmd(&["ctr", "ps", "-a", "-o", "json"]).output()?;
-        // Counted only: what each container is does not matter here.
-        let left: Vec<serde::de::IgnoredAny> =
-            serde_json::from_slice(&out.stdout).unwrap_or_default();
-        if out.status.success() && left.is_empty() {
+        let left = containers(node_cmd)?;
+        if left.is_empty() {
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "{} container(s) still on the node after 60 s; see `nodeagent ctr ps -a`",
-                left.len()
-            );
+            bail!("{} container(s) still on the node after 60 s", left.len());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// With the agent stopped: removes the node's containers and task networks directly.
+fn remove_left(node_cmd: &dyn Fn(&[&str]) -> Command) -> Result<()> {
+    let left = containers(node_cmd)?;
+    if !left.is_empty() {
+        let mut args = vec!["ctr", "rm", "-f"];
+        args.extend(left.iter().map(String::as_str));
+        let out = node_cmd(&args).output()?;
+        if !out.status.success() {
+            bail!(
+                "removing {} container(s): {}; see `nodeagent ctr ps -a`",
+                left.len(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    let out = node_cmd(&["ctr", "network", "prune"]).output()?;
+    if !out.status.success() {
+        bail!(
+            "removing the task networks: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    say!("removed {} container(s) on the node directly", left.len());
+    Ok(())
 }

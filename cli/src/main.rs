@@ -379,7 +379,7 @@ fn read_input(file: &Path) -> Result<Vec<u8>> {
 
 fn print_service(s: &ServiceInfo) {
     println!(
-        "{}  {:?}  {}  desired {}  running {}  pending {}",
+        "{}  {}  {}  desired {}  running {}  pending {}",
         s.spec.service_name,
         s.spec.scheduling_strategy,
         s.spec.task_definition,
@@ -431,7 +431,7 @@ async fn service(api: &Client, cmd: ServiceCommand, output: Output) -> Result<()
                             });
                             vec![
                                 s.spec.service_name.clone(),
-                                format!("{:?}", s.spec.scheduling_strategy).to_uppercase(),
+                                s.spec.scheduling_strategy.to_string(),
                                 s.spec.task_definition.clone(),
                                 s.spec.desired_count.to_string(),
                                 s.running_count.to_string(),

@@ -101,7 +101,9 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, plane:
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
+                // Out of file descriptors, say: retrying at once would spin and flood the log.
                 tracing::warn!("operator API accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };

@@ -201,7 +201,14 @@ impl fmt::Display for Unplaceable {
         let parts: Vec<String> = self
             .reasons
             .iter()
-            .map(|(why, n)| format!("{n} node{} {why}", if *n == 1 { "" } else { "s" }))
+            .map(|(why, n)| {
+                // Reasons are written for several nodes ("were draining").
+                let why = match why.strip_prefix("were ") {
+                    Some(rest) if *n == 1 => format!("was {rest}"),
+                    _ => why.clone(),
+                };
+                format!("{n} node{} {why}", if *n == 1 { "" } else { "s" })
+            })
             .collect();
         write!(f, ": {}", parts.join(", "))
     }

@@ -76,7 +76,7 @@ fn filters_each_say_why_they_refused() {
     assert_eq!(
         e.to_string(),
         "no node can take a task: 1 node had port 8080/tcp taken, 1 node lacked CPU, \
-         1 node lacked memory, 1 node were disconnected, 1 node were draining"
+         1 node lacked memory, 1 node was disconnected, 1 node was draining"
     );
     // memberOf and distinctInstance
     let mut req = request(3);

@@ -1,8 +1,11 @@
 //! `flotilla dev` (README command 1) as a user runs it: a cluster comes up with the demo task
-//! RUNNING, `flotilla task ls` and `flotilla logs` show it, Ctrl-C leaves no process,
-//! container, mount or cgroup behind, and a second run reuses the same cluster.
+//! RUNNING, `flotilla task ls` and `flotilla logs` show it, Ctrl-C — sent to the whole
+//! foreground process group, as a terminal does — or a closed terminal leaves no process,
+//! container, mount or cgroup behind, also with a service running, and a second run reuses the
+//! same cluster and brings the service back.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
@@ -34,6 +37,8 @@ impl Dev {
             ])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            // A job of its own, as a shell starts it in a terminal.
+            .process_group(0)
             .spawn()
             .expect("flotilla dev");
         let out = child.stdout.take().expect("stdout");
@@ -68,10 +73,20 @@ impl Dev {
         }
     }
 
-    /// Ctrl-C; waits for a clean exit.
+    /// Ctrl-C: SIGINT to the whole foreground process group, as a terminal sends it; waits
+    /// for a clean exit.
     fn interrupt(&mut self) {
+        self.signal_group(rustix::process::Signal::INT);
+    }
+
+    /// The terminal closed: SIGHUP to the process group; waits for a clean exit.
+    fn hang_up(&mut self) {
+        self.signal_group(rustix::process::Signal::HUP);
+    }
+
+    fn signal_group(&mut self, signal: rustix::process::Signal) {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
-        rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+        rustix::process::kill_process_group(pid, signal).expect("signal");
         self.expect(
             "stopped; no container left running",
             Duration::from_secs(60),
@@ -188,7 +203,8 @@ fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
     assert_eq!(links(), links_before, "network links left");
     assert_eq!(nft_tables(), nft_before, "nft tables left");
 
-    // Again: the same cluster and node, a fresh demo task.
+    // Again: the same cluster and node, a fresh demo task. A service of two is created; Ctrl-C
+    // stops its tasks too (none is replaced while the cluster stops).
     let mut dev = Dev::start(&node, &home, port);
     let again = dev.expect("RUNNING", Duration::from_secs(60));
     assert_ne!(demo_task(&again), task);
@@ -196,7 +212,34 @@ fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
         serde_json::from_str(&flotilla(&home, &["node", "ls", "-o", "json"])).expect("json");
     assert_eq!(nodes.len(), 1);
     assert_eq!(nodes[0].id, before[0].id, "the node joined again");
+    let spec = node.scratch().join("hello.json");
+    std::fs::write(
+        &spec,
+        r#"{"serviceName":"hello","taskDefinition":"demo","desiredCount":2}"#,
+    )
+    .expect("write");
+    flotilla(&home, &["service", "create", spec.to_str().expect("utf8")]);
+    let running = |home: &std::path::Path| {
+        let ls: Vec<TaskInfo> =
+            serde_json::from_str(&flotilla(home, &["task", "ls", "-o", "json"])).expect("json");
+        ls.iter()
+            .filter(|t| t.started_by.as_deref() == Some("service:hello"))
+            .filter(|t| t.state == TaskState::Running)
+            .count()
+    };
+    flotilla_tests::wait("the service's two tasks", Duration::from_secs(30), || {
+        running(&home) == 2
+    });
     dev.interrupt();
+    assert_nothing_left(&node);
+
+    // And again: the service's tasks come back; then the terminal closes.
+    let mut dev = Dev::start(&node, &home, port);
+    dev.expect("RUNNING", Duration::from_secs(60));
+    flotilla_tests::wait("the service's tasks back", Duration::from_secs(30), || {
+        running(&home) == 2
+    });
+    dev.hang_up();
     assert_nothing_left(&node);
 
     // Ctrl-C while it is still starting stops what had started, nothing more.

@@ -16,6 +16,9 @@ use super::network;
 use super::records::{Capacity, NodeRecord, Origin, TaskRecord, TokenRecord};
 use super::schedules;
 
+/// Longest agent version kept (characters).
+const MAX_AGENT_VERSION: usize = 64;
+
 /// Seconds after a push without an acknowledgement before a heartbeat sends it again.
 const REPUSH_AFTER_SECS: u64 = 10;
 
@@ -286,14 +289,21 @@ fn hello_(
             retry_after_ms: wait_ms,
         });
     }
-    let version = hello.agent_version.clone();
+    // Shown to operators as given: printable and short.
+    let version: String = hello
+        .agent_version
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .take(MAX_AGENT_VERSION)
+        .collect();
+    let shown = version.clone();
     cx.live.touch(node_id, cx.now, |l| {
         l.session = Some(session);
-        l.agent_version = Some(version);
+        l.agent_version = Some(shown);
         l.disconnected_at = None;
         l.acked_generation = None;
     });
-    tracing::info!(node = %node_id, agent = %hello.agent_version, protocol, "session established");
+    tracing::info!(node = %node_id, agent = %version, protocol, "session established");
     // Where its host ports are reached: what it says, else where its session comes from.
     let address = hello.address.or(remote);
     if address.is_some() && node.address != address {
@@ -441,6 +451,10 @@ fn update(cx: &mut Ctx<'_, '_>, node: &str, mut rec: TaskRecord, status: TaskSta
         cx.event(&kind, &rec.info.id, message);
     }
     rec.info.state = state;
+    // ECS: a task that stopped is desired stopped, whoever stopped it.
+    if state == TaskState::Stopped {
+        rec.info.desired = DesiredStatus::Stopped;
+    }
     if status.state >= TaskState::Stopping || rec.info.stop_code.is_some() {
         rec.info.stop_code = code;
     }

@@ -18,6 +18,12 @@ use super::placement::{self, NewTask, Plan};
 use super::records::{NodeRecord, Origin, ScheduleRecord, ServiceRecord, TokenRecord};
 use super::{discovery, schedules, services, tasks};
 
+/// "invalid WHAT (N problems)".
+fn invalid(what: &str, problems: usize) -> String {
+    let s = if problems == 1 { "" } else { "s" };
+    format!("invalid {what} ({problems} problem{s})")
+}
+
 /// Default token lifetime.
 const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Most tasks one `task run` starts.
@@ -208,6 +214,12 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
                     "task {id} was never placed on a node"
                 )));
             };
+            if t.info.state == TaskState::Stopped {
+                return Err(ClusterError::NotFound(format!(
+                    "task {id} has stopped: its node removed its containers and their logs \
+                     (follow a task's logs with -f while it runs)"
+                )));
+            }
             if !cx.live.connected(&node) {
                 return Err(ClusterError::Unavailable(format!(
                     "node {node} is not connected; logs are read from the node"
@@ -251,11 +263,11 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
             cx.txn
                 .schedules()
                 .into_iter()
-                .map(schedules::info)
+                .map(|s| schedules::info(s, cx.now.secs()))
                 .collect(),
         )),
         Operator::GetSchedule(name) => match cx.txn.schedule(&name) {
-            Some(s) => Ok(Reply::Schedule(schedules::info(s))),
+            Some(s) => Ok(Reply::Schedule(schedules::info(s, cx.now.secs()))),
             None => Err(ClusterError::NotFound(format!("no schedule {name}"))),
         },
         Operator::RemoveSchedule(name) => {
@@ -375,6 +387,29 @@ fn remove_node(cx: &mut Ctx<'_, '_>, id: &str, force: bool) -> Result<Reply, Clu
             live.len()
         )));
     }
+    // Schedules pinned to it would never fire again.
+    let pinned: Vec<String> = cx
+        .txn
+        .schedules()
+        .into_iter()
+        .filter(|s| s.spec.node.as_deref() == Some(id))
+        .map(|s| s.spec.name.clone())
+        .collect();
+    if !pinned.is_empty() && !force {
+        return Err(ClusterError::Conflict(format!(
+            "node {id} fires schedule(s) {}: delete them first, or remove the node with force \
+             (they are then deleted too)",
+            pinned.join(", ")
+        )));
+    }
+    for name in pinned {
+        cx.txn.remove_schedule(&name);
+        cx.event(
+            "schedule.deleted",
+            &name,
+            format!("its node {id} was removed"),
+        );
+    }
     for t in live {
         if let Some(t) = cx.txn.task(&t) {
             let mut t = t.clone();
@@ -399,7 +434,7 @@ fn remove_node(cx: &mut Ctx<'_, '_>, id: &str, force: bool) -> Result<Reply, Clu
 
 fn register_taskdef(cx: &mut Ctx<'_, '_>, text: &str) -> Result<Reply, ClusterError> {
     let parsed = flotilla_api::taskdef::parse(text).map_err(|problems| ClusterError::Invalid {
-        message: format!("invalid task definition ({} problems)", problems.len()),
+        message: invalid("task definition", problems.len()),
         problems,
     })?;
     let family = parsed.definition.family.clone();
@@ -519,7 +554,7 @@ fn discovery_problem(
 
 fn create_service(cx: &mut Ctx<'_, '_>, text: &str) -> Result<Reply, ClusterError> {
     let parsed = flotilla_api::service::parse(text).map_err(|problems| ClusterError::Invalid {
-        message: format!("invalid service ({} problems)", problems.len()),
+        message: invalid("service", problems.len()),
         problems,
     })?;
     let name = parsed.spec.service_name.clone();
@@ -547,7 +582,7 @@ fn create_service(cx: &mut Ctx<'_, '_>, text: &str) -> Result<Reply, ClusterErro
         "service.created",
         &name,
         format!(
-            "{} ({:?})",
+            "{} ({})",
             record.spec.task_definition, record.spec.scheduling_strategy
         ),
     );
@@ -627,7 +662,7 @@ fn remove_service(cx: &mut Ctx<'_, '_>, name: &str) -> Result<Reply, ClusterErro
 
 fn create_schedule(cx: &mut Ctx<'_, '_>, mut spec: ScheduleSpec) -> Result<Reply, ClusterError> {
     flotilla_api::schedule::check(&spec).map_err(|problems| ClusterError::Invalid {
-        message: format!("invalid schedule ({} problems)", problems.len()),
+        message: invalid("schedule", problems.len()),
         problems,
     })?;
     if cx.txn.schedule(&spec.name).is_some() {
@@ -644,11 +679,17 @@ fn create_schedule(cx: &mut Ctx<'_, '_>, mut spec: ScheduleSpec) -> Result<Reply
     }
     let revision = active_revision(cx, &spec.task_definition)?;
     spec.task_definition = format!("{}:{}", revision.family, revision.revision);
-    let next_run = if spec.node.is_some() {
-        None
-    } else {
-        schedules::next_run(&spec, cx.now.secs())
+    let Some(next) = schedules::next_run(&spec, cx.now.secs()) else {
+        return Err(ClusterError::Invalid {
+            message: invalid("schedule", 1),
+            problems: vec![format!(
+                "cron: '{}' never fires in {}",
+                spec.cron, spec.timezone
+            )],
+        });
     };
+    // A pinned schedule is fired by its node, which keeps its own next firing.
+    let next_run = spec.node.is_none().then_some(next);
     let record = ScheduleRecord {
         spec,
         revision,
@@ -674,5 +715,8 @@ fn create_schedule(cx: &mut Ctx<'_, '_>, mut spec: ScheduleSpec) -> Result<Reply
         ),
     );
     cx.txn.put_schedule(record.clone());
-    Ok(Reply::ScheduleCreated(schedules::info(&record)))
+    Ok(Reply::ScheduleCreated(schedules::info(
+        &record,
+        cx.now.secs(),
+    )))
 }

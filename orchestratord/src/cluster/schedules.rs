@@ -23,11 +23,15 @@ pub fn next_run(s: &ScheduleSpec, after: u64) -> Option<u64> {
         .and_then(|n| u64::try_from(n).ok())
 }
 
-/// The API's view.
-pub fn info(s: &ScheduleRecord) -> ScheduleInfo {
+/// The API's view at `now` (seconds): a pinned schedule's next firing is its cron's next
+/// minute (its node fires it then by its own clock).
+pub fn info(s: &ScheduleRecord, now: u64) -> ScheduleInfo {
     ScheduleInfo {
         spec: s.spec.clone(),
-        next_run: s.next_run,
+        next_run: match &s.spec.node {
+            None => s.next_run,
+            Some(_) => next_run(&s.spec, now),
+        },
         runs: s.runs.clone(),
         created_at: s.created_at,
     }

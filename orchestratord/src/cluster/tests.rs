@@ -1268,3 +1268,89 @@ fn a_deeply_nested_member_of_expression_is_refused_not_a_crash() {
     assert!(h.op(Operator::RegisterTaskDef(taskdef)).is_err());
     assert!(h.tasks().is_empty());
 }
+
+#[test]
+fn a_task_that_stopped_on_its_own_is_desired_stopped_and_its_logs_are_said_to_be_gone() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    h.register(&def("job", "job", 64));
+    h.failing.insert("job".into());
+    let Reply::TasksCreated(t) = h.op(run("job", 1)).expect("run") else {
+        panic!()
+    };
+    h.converge(&a);
+    let Reply::Task(t) = h.op(Operator::GetTask(t[0].id.clone())).expect("task") else {
+        panic!()
+    };
+    assert_eq!(t.state, TaskState::Stopped);
+    assert_eq!(t.desired, DesiredStatus::Stopped, "as ECS's desiredStatus");
+    let e = h.op(Operator::LogSource(t.id.clone())).expect_err("gone");
+    assert!(e.to_string().contains("has stopped"), "{e}");
+}
+
+#[test]
+fn a_schedule_that_never_fires_is_refused_and_a_removed_node_takes_its_schedules_along() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    h.register(&def("job", "job", 64));
+    let spec = |cron: &str, node: Option<&str>| {
+        let node = node
+            .map(|n| format!(r#","node":"{n}""#))
+            .unwrap_or_default();
+        serde_json::from_str(&format!(
+            r#"{{"name":"s{}","taskDefinition":"job","cron":"{cron}"{node}}}"#,
+            cron.len()
+        ))
+        .expect("spec")
+    };
+    let e = h
+        .op(Operator::CreateSchedule(spec("0 0 30 2 *", None)))
+        .expect_err("30 February");
+    let ClusterError::Invalid { problems, .. } = &e else {
+        panic!("{e:?}")
+    };
+    assert!(problems[0].contains("never fires"), "{problems:?}");
+    let Reply::ScheduleCreated(s) = h
+        .op(Operator::CreateSchedule(spec("*/5 * * * *", Some(&a))))
+        .expect("pinned")
+    else {
+        panic!()
+    };
+    assert!(
+        s.next_run.is_some(),
+        "a pinned schedule shows its next firing too"
+    );
+    h.disconnect(&a);
+    let e = h
+        .op(Operator::RemoveNode(a.clone(), false))
+        .expect_err("it fires a schedule");
+    assert!(e.to_string().contains(&s.spec.name), "{e}");
+    h.op(Operator::RemoveNode(a.clone(), true)).expect("force");
+    assert!(h.op(Operator::GetSchedule(s.spec.name.clone())).is_err());
+}
+
+#[test]
+fn an_agent_version_is_kept_printable_and_short() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    h.disconnect(&a);
+    h.exec(Command::Agent(Agent::Hello {
+        node: a.clone(),
+        session: 77,
+        hello: flotilla_api::Hello {
+            protocols: flotilla_api::PROTOCOLS.to_vec(),
+            agent_version: format!("1.0\u{1b}[31m{}", "x".repeat(10_000)),
+            address: None,
+        },
+        remote: None,
+    }))
+    .expect("hello");
+    let Reply::Node(n) = h.op(Operator::GetNode(a)).expect("node") else {
+        panic!()
+    };
+    let v = n.agent_version.expect("version");
+    assert!(
+        v.len() <= 64 && v.chars().all(|c| c.is_ascii_graphic() || c == ' '),
+        "{v}"
+    );
+}

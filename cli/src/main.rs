@@ -664,12 +664,18 @@ async fn events(
     follow: bool,
     output: Output,
 ) -> Result<()> {
+    if output == Output::Table {
+        println!(
+            "{:>6}  {:<20}  {:<28} {:<16} MESSAGE",
+            "SEQ", "TIME", "KIND", "SUBJECT"
+        );
+    }
     loop {
         let list = api.events(since, limit).await?;
         for e in &list {
             if output == Output::Table {
                 println!(
-                    "{:>6}  {}  {:<20} {:<16} {}",
+                    "{:>6}  {:<20}  {:<28} {:<16} {}",
                     e.seq,
                     when(e.time),
                     e.kind,

@@ -182,13 +182,16 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
             Ok(Reply::TaskDef(t))
         }
         Operator::RunTask(req) => run_task(cx, req),
-        Operator::ListTasks => Ok(Reply::Tasks(
-            cx.txn
-                .tasks()
-                .into_iter()
-                .map(|t| tasks::info(t, cx.live))
-                .collect(),
-        )),
+        Operator::ListTasks => {
+            // Oldest first, as they were created (ids are random).
+            let mut all = cx.txn.tasks();
+            all.sort_by(|a, b| {
+                (a.info.created_at, &a.info.id).cmp(&(b.info.created_at, &b.info.id))
+            });
+            Ok(Reply::Tasks(
+                all.into_iter().map(|t| tasks::info(t, cx.live)).collect(),
+            ))
+        }
         Operator::GetTask(id) => match cx.txn.task(&id) {
             Some(t) => Ok(Reply::Task(tasks::info(t, cx.live))),
             None => Err(ClusterError::NotFound(format!("no task {id}"))),

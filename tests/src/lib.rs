@@ -61,3 +61,71 @@ pub fn host_arch() -> &'static str {
         other => other,
     }
 }
+
+/// Resident memory of a process, from `/proc/PID/status`, in KiB: the total and its parts —
+/// anonymous (heap, thread stacks: private to the process) and file-backed (the pages of its
+/// binary and libraries it has mapped: clean, shared with every process mapping the same file,
+/// reclaimable by the kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resident {
+    /// `VmRSS`.
+    pub total: u64,
+    /// `RssAnon`.
+    pub anon: u64,
+    /// `RssFile`.
+    pub file: u64,
+    /// `Threads`.
+    pub threads: u64,
+}
+
+impl Resident {
+    /// Reads process `pid`'s.
+    pub fn of(pid: u32) -> anyhow::Result<Self> {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .ok_or_else(|| anyhow::anyhow!("{name} missing in /proc/{pid}/status"))
+        };
+        Ok(Self {
+            total: field("VmRSS:")?,
+            anon: field("RssAnon:")?,
+            file: field("RssFile:")?,
+            threads: field("Threads:")?,
+        })
+    }
+}
+
+impl std::fmt::Display for Resident {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} KiB ({} anonymous + {} file-backed; threads: {})",
+            self.total, self.anon, self.file, self.threads
+        )
+    }
+}
+
+/// CPU time (user + system, all threads) process `pid` has used so far.
+pub fn cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name is in parentheses and may hold spaces: fields start after the last ')'.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: no command name"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 counted after the name.
+    let ticks = |i: usize| -> anyhow::Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/stat: field {i} after the name"))
+    };
+    let hz = rustix::param::clock_ticks_per_second();
+    Ok(std::time::Duration::from_secs_f64(
+        (ticks(11)? + ticks(12)?) as f64 / hz as f64,
+    ))
+}

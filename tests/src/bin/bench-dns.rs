@@ -3,7 +3,10 @@
 //! inside the task's network namespace ask `A web.bench.flotilla.internal` of the task's
 //! resolver (127.0.0.11:53, served by the agent) for a few seconds. *Anchor:* dnsmasq (Debian's
 //! `dnsmasq-base`) answering the same name from its configuration, in the same namespace, with
-//! the same clients, in the same run. Run as root with release binaries:
+//! the same clients, in the same run. Both servers answer from one socket, one query after the
+//! other; the clients run on the same cores, so answers/s is a property of the whole machine:
+//! the CPU time each server used per answer (its process's user + system time over the run,
+//! all threads) is printed next to it. Run as root with release binaries:
 //! `cargo build --release --workspace && target/release/bench-dns [SECONDS] [CLIENTS]`.
 
 use std::net::{SocketAddr, UdpSocket};
@@ -114,12 +117,25 @@ fn main() -> Result<()> {
     std::thread::sleep(Duration::from_millis(500));
     let ours: SocketAddr = "127.0.0.11:53".parse()?;
     let anchor: SocketAddr = "127.0.0.12:5353".parse()?;
+    let agent_pid = fleet.agents[0].pid().context("agent pid")?;
+    let dnsmasq_pid = dnsmasq.id();
+    // Answers/s and the server's CPU microseconds per answer.
+    let measure = |server: SocketAddr, pid: u32| -> Result<(f64, f64)> {
+        let cpu = flotilla_tests::cpu_time(pid)?;
+        let rate = blast(&netns, server, secs, clients)?;
+        let used = flotilla_tests::cpu_time(pid)?.saturating_sub(cpu);
+        Ok((
+            rate,
+            used.as_secs_f64() * 1e6 / (rate * secs as f64).max(1.0),
+        ))
+    };
     println!("bench-dns: {clients} closed-loop clients, {secs} s per run, A {NAME}");
     let mut ratios = Vec::new();
+    let mut costs = Vec::new();
     for round in 1..=3 {
-        let a = blast(&netns, anchor, secs, clients);
-        let f = blast(&netns, ours, secs, clients);
-        let (a, f) = match (a, f) {
+        let a = measure(anchor, dnsmasq_pid);
+        let f = measure(ours, agent_pid);
+        let ((a, a_us), (f, f_us)) = match (a, f) {
             (Ok(a), Ok(f)) => (a, f),
             (a, f) => {
                 let _ = dnsmasq.kill();
@@ -128,15 +144,24 @@ fn main() -> Result<()> {
             }
         };
         println!(
-            "round {round}: agent {f:>9.0} answers/s   dnsmasq {a:>9.0} answers/s   ratio {:.2}",
+            "round {round}: agent {f:>9.0} answers/s ({f_us:.1} us CPU each)   dnsmasq {a:>9.0} answers/s ({a_us:.1} us CPU each)   ratio {:.2}",
             f / a
         );
         ratios.push(f / a);
+        costs.push(f_us / a_us);
     }
     let _ = dnsmasq.kill();
     let _ = dnsmasq.wait();
     ratios.sort_by(f64::total_cmp);
-    println!("median ratio agent/dnsmasq: {:.2}", ratios[1]);
+    costs.sort_by(f64::total_cmp);
+    println!(
+        "ratio agent/dnsmasq answers/s: {:.2}-{:.2}, median {:.2}",
+        ratios[0], ratios[2], ratios[1]
+    );
+    println!(
+        "ratio agent/dnsmasq CPU per answer: {:.2}-{:.2}, median {:.2}",
+        costs[0], costs[2], costs[1]
+    );
     cp.flotilla_ok(&["task", "stop", &client]);
     cp.flotilla_ok(&["service", "rm", "web"]);
     fleet.finish();

@@ -2,7 +2,8 @@
 //! RUNNING (placement, desired state pushed and persisted on the node, container created and
 //! started, status reported back), image already on the node — against `runc run -d` of the
 //! same container's bundle, measured in the same run. Also the idle resident memory of the
-//! agent and of the control plane. Run as root:
+//! agent and of the control plane (2 s after the last task), anonymous and file-backed. Run as
+//! root:
 //! `cargo build --release --workspace && target/release/bench-launch [N]`.
 
 use std::fs;
@@ -15,17 +16,10 @@ use flotilla_api::tasks::TaskState;
 use flotilla_certs::credential::Credential;
 use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::node::{Node, IMAGE};
+use flotilla_tests::Resident;
 
 const DEF: &str = r#"{"family":"bench","networkMode":"none","containerDefinitions":[
   {"name":"main","image":"test/busybox:latest","memory":16,"stopTimeout":2,"command":["sleep","3600"]}]}"#;
-
-fn rss_kib(pid: u32) -> Result<u64> {
-    fs::read_to_string(format!("/proc/{pid}/status"))?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmRSS")
-}
 
 fn pct(v: &mut [Duration], p: f64) -> f64 {
     v.sort();
@@ -83,9 +77,12 @@ fn main() -> Result<()> {
         }
         anyhow::Ok(())
     })?;
+    let (agent_pid, cp_pid) = (
+        agent.pid().context("agent pid")?,
+        cp.pid().context("control plane pid")?,
+    );
     std::thread::sleep(Duration::from_secs(2));
-    let agent_rss = rss_kib(agent.pid().context("agent pid")?)?;
-    let cp_rss = rss_kib(cp.pid().context("control plane pid")?)?;
+    let idle = (Resident::of(agent_pid)?, Resident::of(cp_pid)?);
 
     // The anchor: the same container's bundle with runc, detached.
     let id = node
@@ -160,7 +157,9 @@ fn main() -> Result<()> {
         "  ratio p50          : {:.2}x runc (target <= 1.5x; p99 target <= 100 ms)",
         l50 / r50
     );
-    println!("idle RSS: nodeagent run {agent_rss} KiB, orchestratord run {cp_rss} KiB");
+    println!("idle RSS:");
+    println!("  nodeagent run     : {}", idle.0);
+    println!("  orchestratord run : {}", idle.1);
     agent.kill();
     Ok(())
 }

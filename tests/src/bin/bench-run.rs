@@ -1,8 +1,10 @@
 //! Benchmark: container start-to-exit of `true`, `nodeagent ctr run --rm` against `runc run` of
 //! the same bundle (the OCI spec nodeagent generates, seccomp profile and all, over a copy of
 //! the same root filesystem, with its own network namespace like ours), measured alternately in
-//! the same run. Also reports the idle RSS of a shim. Run as root with release binaries:
-//! `cargo build --release --workspace && target/release/bench-run [ITERATIONS]`.
+//! the same run: ROUNDS rounds (default 3) of ITERATIONS runs of each (default 30, after two
+//! warm-up runs), each round's medians and ratio printed, then the spread of the rounds. Also
+//! reports the idle resident memory of a shim. Run as root with release binaries:
+//! `cargo build --release --workspace && target/release/bench-run [ITERATIONS] [ROUNDS]`.
 
 use std::fs;
 use std::process::{Command, Stdio};
@@ -13,12 +15,15 @@ use flotilla_tests::image::{busybox_image, write_layout};
 
 fn main() -> Result<()> {
     flotilla_tests::require_root();
-    let iterations: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()
-        .context("ITERATIONS must be a number")?
-        .unwrap_or(30);
+    let arg = |i: usize, default: usize| -> Result<usize> {
+        std::env::args()
+            .nth(i)
+            .map(|s| s.parse())
+            .transpose()
+            .context("ITERATIONS and ROUNDS are numbers")
+            .map(|v| v.unwrap_or(default).max(1))
+    };
+    let (iterations, rounds) = (arg(1, 30)?, arg(2, 3)?);
     let nodeagent = flotilla_tests::bin("nodeagent");
     let work = tempfile::tempdir()?;
     let data = work.path().join("node");
@@ -63,11 +68,7 @@ fn main() -> Result<()> {
     .shim
     .pid;
     std::thread::sleep(Duration::from_millis(300));
-    let rss_kib = fs::read_to_string(format!("/proc/{shim_pid}/status"))?
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .context("VmRSS")?;
+    let shim_rss = flotilla_tests::Resident::of(u32::try_from(shim_pid)?)?;
 
     let bundle = work.path().join("bundle");
     fs::create_dir_all(&bundle)?;
@@ -111,46 +112,59 @@ fn main() -> Result<()> {
         }
         Ok(d)
     };
-    let mut ours = Vec::new();
-    let mut runc = Vec::new();
-    for i in 0..iterations + 2 {
-        let a = time(
-            Command::new(&nodeagent)
-                .arg("--data-dir")
-                .arg(&data)
-                .arg("--cgroup-parent")
-                .arg(&parent)
-                .args(["ctr", "run", "--rm", "bench/busybox", "true"]),
-        )?;
-        let b = time(
-            Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["run", "--bundle"])
-                .arg(&bundle)
-                .arg(format!("bench-{i}")),
-        )?;
-        // The first two warm caches.
-        if i >= 2 {
-            ours.push(a);
-            runc.push(b);
-        }
-    }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let pct = |v: &mut Vec<Duration>, p: f64| {
         v.sort();
         ms(v[((v.len() - 1) as f64 * p).round() as usize])
     };
-    let (om, o90) = (pct(&mut ours, 0.5), pct(&mut ours, 0.9));
-    let (rm, r90) = (pct(&mut runc, 0.5), pct(&mut runc, 0.9));
-    println!("container run of `true`, {iterations} runs each, alternating, same bundle");
-    println!("  nodeagent ctr run --rm : median {om:6.1} ms   p90 {o90:6.1} ms");
-    println!("  runc run               : median {rm:6.1} ms   p90 {r90:6.1} ms");
     println!(
-        "  ratio (median)         : {:.2}x runc (target <= 0.80x)",
-        om / rm
+        "container run of `true`, {rounds} rounds of {iterations} runs each, alternating, same bundle"
     );
-    println!("shim idle RSS            : {rss_kib} KiB");
+    let mut ratios = Vec::new();
+    let mut n = 0;
+    for round in 1..=rounds {
+        let mut ours = Vec::new();
+        let mut runc = Vec::new();
+        for i in 0..iterations + 2 {
+            let a = time(
+                Command::new(&nodeagent)
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .arg("--cgroup-parent")
+                    .arg(&parent)
+                    .args(["ctr", "run", "--rm", "bench/busybox", "true"]),
+            )?;
+            let b = time(
+                Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["run", "--bundle"])
+                    .arg(&bundle)
+                    .arg(format!("bench-{n}")),
+            )?;
+            n += 1;
+            // The first two of a round warm caches.
+            if i >= 2 {
+                ours.push(a);
+                runc.push(b);
+            }
+        }
+        let (om, o90) = (pct(&mut ours, 0.5), pct(&mut ours, 0.9));
+        let (rm, r90) = (pct(&mut runc, 0.5), pct(&mut runc, 0.9));
+        println!("round {round}:");
+        println!("  nodeagent ctr run --rm : median {om:6.1} ms   p90 {o90:6.1} ms");
+        println!("  runc run               : median {rm:6.1} ms   p90 {r90:6.1} ms");
+        println!("  ratio (median)         : {:.2}x runc", om / rm);
+        ratios.push(om / rm);
+    }
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "ratio over {rounds} rounds: {:.2}-{:.2}x runc, median {:.2}x (target <= 0.80x)",
+        ratios[0],
+        ratios[ratios.len() - 1],
+        ratios[ratios.len() / 2]
+    );
+    println!("shim idle RSS: {shim_rss}");
     // runc leaves its parents in every hierarchy (nodeagent removes its own when empty).
     for entry in fs::read_dir("/sys/fs/cgroup")?.flatten() {
         let _ = fs::remove_dir(entry.path().join(&parent).join("runc"));

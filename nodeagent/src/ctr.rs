@@ -135,6 +135,13 @@ pub async fn run(data_dir: &Path, node: StoreOptions, args: CtrArgs) -> Result<E
         network(data_dir, cmd, json)?;
         return Ok(ExitCode::SUCCESS);
     }
+    if matches!(
+        &args.command,
+        CtrCommand::Container(ContainerCommand::Run(_))
+    ) && crate::host_fit(data_dir, flotilla_runtime::preflight::CTR_RUN).is_none()
+    {
+        return Ok(ExitCode::from(crate::ctr_container::START_FAILED));
+    }
     let store = ContainerStore::open(data_dir, node)
         .with_context(|| format!("opening the container store in {}", data_dir.display()))?;
     match args.command {

@@ -459,7 +459,7 @@ fn ulimit(s: &str) -> Result<Ulimit, String> {
 }
 
 /// Exit code when the container could not be started at all (as Docker's 125).
-const START_FAILED: u8 = 125;
+pub const START_FAILED: u8 = 125;
 
 async fn run(store: &ContainerStore, args: RunArgs) -> Result<ExitCode> {
     if args.rm && args.detach {

@@ -28,6 +28,10 @@ use flotilla_runtime::container::{ShimCommand, StoreOptions};
 /// Default data directory of the agent.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/flotilla/nodeagent";
 
+/// Exit code of `nodeagent run` on a host that cannot run containers (`EX_CONFIG`): the unit
+/// does not restart it (`RestartPreventExitStatus`), since only the operator can fix the host.
+pub const EXIT_HOST_UNFIT: u8 = 78;
+
 #[derive(Debug, Parser)]
 #[command(name = "nodeagent", version, about = "Flotilla node agent")]
 struct Cli {
@@ -262,6 +266,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The overlay probe's cleanup goes on in the background; joined before exiting.
+    let mut checked = None;
+    if matches!(cli.command, Command::Run { .. }) {
+        match host_fit(&data_dir, flotilla_runtime::preflight::AGENT) {
+            Some(report) => checked = Some(report),
+            None => return ExitCode::from(EXIT_HOST_UNFIT),
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -316,6 +328,9 @@ fn main() -> ExitCode {
             Command::Shim { .. } => Ok(ExitCode::FAILURE),
         }
     });
+    if let Some(mut report) = checked {
+        report.finish_cleanup();
+    }
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -323,6 +338,38 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Checks that this host can run containers (see `flotilla_runtime::preflight`): logs what
+/// will not work; when the host cannot, prints every problem with its fix and answers `None`.
+pub fn host_fit(
+    data_dir: &std::path::Path,
+    checks: flotilla_runtime::preflight::Checks,
+) -> Option<flotilla_runtime::preflight::Report> {
+    let started = std::time::Instant::now();
+    let mut report = flotilla_runtime::preflight::check(data_dir, checks);
+    for w in &report.warnings {
+        tracing::warn!("{w}");
+    }
+    if report.ok() {
+        tracing::info!(
+            took_us = started.elapsed().as_micros() as u64,
+            overlay_probe_us = report.probe.map(|p| p.as_micros() as u64),
+            "host checks passed"
+        );
+        return Some(report);
+    }
+    // The process exits next: let the probe remove its scratch directory first.
+    report.finish_cleanup();
+    let n = report.problems.len();
+    eprintln!(
+        "error: this host cannot run containers ({n} problem{}):",
+        if n == 1 { "" } else { "s" }
+    );
+    for p in &report.problems {
+        eprintln!("  - {p}");
+    }
+    None
 }
 
 /// A resolver `IP` or `IP:PORT` (IPv6 with a port as `[IP]:PORT`).

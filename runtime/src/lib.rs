@@ -6,6 +6,7 @@
 pub mod container;
 pub mod image;
 pub mod network;
+pub mod preflight;
 
 pub use container::{ContainerError, ContainerStore};
 pub use image::{ImageStore, ImageStoreError};

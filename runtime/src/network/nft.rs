@@ -352,17 +352,28 @@ pub fn apply(name: &str, t: &NatTable) -> io::Result<()> {
             nftables::helper::NftablesError::NftFailed { stderr, .. } => {
                 format!("{e}: {}", stderr.trim())
             }
+            nftables::helper::NftablesError::NftExecution { inner, .. }
+                if inner.kind() == io::ErrorKind::NotFound =>
+            {
+                format!("{e} — install nftables: bridge networking and service VIPs need `nft`")
+            }
             _ => e.to_string(),
         };
         io::Error::other(format!("nftables table ip {name}: {detail}"))
     })
 }
 
-/// True when table `name` exists in this network namespace.
+/// True when table `name` exists in this network namespace. Without `nft` installed there is
+/// none this node could have made (nor remove).
 pub fn exists(name: &str) -> io::Result<bool> {
-    let out = std::process::Command::new("nft")
+    let out = match std::process::Command::new("nft")
         .args(["list", "tables", "ip"])
-        .output()?;
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
     if !out.status.success() {
         return Err(io::Error::other(format!(
             "nft list tables: {}",

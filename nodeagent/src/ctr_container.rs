@@ -583,6 +583,7 @@ fn ps_row(c: &ContainerInfo) -> Vec<String> {
     let status = match (c.status, &c.exit) {
         (Status::Created, _) => "created".to_string(),
         (Status::Running, _) => "running".to_string(),
+        (Status::Exited, Some(e)) if e.unknown => "exited (unknown)".to_string(),
         (Status::Exited, Some(e)) if e.oom_killed => {
             format!("exited ({}, OOM killed)", e.exit_code)
         }

@@ -91,6 +91,9 @@ pub struct Round {
     /// The tasks this round converges: the control plane's (those the node stopped itself
     /// marked so) and the runs of the node's schedules.
     pub desired: DesiredState,
+    /// Containers lost with an earlier boot of the machine ([`RunState::Lost`]), to remove
+    /// before the commands are applied: the commands start them again.
+    pub discard: Vec<ContainerName>,
     /// What to do; each stands on its own, so they may be applied at once.
     pub commands: Vec<Command>,
     /// The status of every task the node knows.
@@ -255,6 +258,24 @@ impl Node {
         now: Now,
     ) -> Round {
         let desired = self.merged(now);
+        // A container lost with the machine's last boot, of a task meant to run, is as if it
+        // never ran: it runs again (and counts no restart). One of a task meant to stop, or no
+        // longer assigned, counts as ended without a known code, so the task is removed (with
+        // its volumes) the usual way.
+        let runs = |task: &str| {
+            desired
+                .tasks
+                .iter()
+                .any(|t| t.id == task && t.desired == DesiredStatus::Running)
+        };
+        let (lost, seen): (Vec<&TaskContainer>, Vec<TaskContainer>) = {
+            let (lost, kept): (Vec<_>, Vec<_>) = seen
+                .iter()
+                .partition(|c| c.state == RunState::Lost && runs(&c.name.task));
+            (lost, kept.into_iter().cloned().collect())
+        };
+        let discard: Vec<ContainerName> = lost.iter().map(|c| c.name.clone()).collect();
+        let seen = &seen[..];
         let (world, names) = self.world(&desired, seen, health, now);
         let planned = plan(&desired, &world, &self.restarts);
         let mut status = planned.status;
@@ -289,6 +310,7 @@ impl Node {
         self.restarts.retain(|(t, _), _| assigned(t));
         Round {
             desired,
+            discard,
             commands,
             status,
             checks,
@@ -365,7 +387,13 @@ impl Node {
                 t.and_then(|t| until.duration_since(t).ok())
                     .unwrap_or_default()
             };
-            let observed = match c.state {
+            let state = match c.state {
+                // Those of tasks meant to run were discarded before the world is built.
+                RunState::Lost => RunState::Exited(None),
+                other => other,
+            };
+            let observed = match state {
+                RunState::Lost => continue,
                 RunState::Created => Observed::Created,
                 RunState::Running => Observed::Running {
                     healthy: health.get(&c.id).copied(),
@@ -607,6 +635,9 @@ mod tests {
         fn round(&mut self) -> Round {
             let seen = self.rt.list().expect("list");
             let round = self.node.round(&seen, &BTreeMap::new(), self.now());
+            for name in &round.discard {
+                self.rt.remove(name).expect("remove");
+            }
             for c in &round.commands {
                 self.apply(&round.desired, c.clone());
             }
@@ -617,7 +648,7 @@ mod tests {
         fn settle(&mut self) -> Vec<TaskStatus> {
             for _ in 0..10 {
                 let round = self.round();
-                if round.commands.is_empty() {
+                if round.commands.is_empty() && round.discard.is_empty() {
                     return round.status;
                 }
             }
@@ -838,6 +869,42 @@ mod tests {
         );
         assert_eq!(a.containers[0].exit_code, Some(143));
         assert_eq!(b.containers[0].exit_code, Some(143));
+    }
+
+    #[test]
+    fn containers_lost_with_the_machine_run_again_only_for_tasks_meant_to_run() {
+        let mut sim = Sim::new(state(1, vec![task("t-1", SERVE), task("t-2", SERVE)]));
+        sim.settle();
+        let first: Vec<String> = sim
+            .rt
+            .list()
+            .expect("list")
+            .iter()
+            .map(|c| c.id.clone())
+            .collect();
+        // The power goes while t-2 was being stopped (its stop reached the node's disk, not
+        // yet its containers).
+        let mut d = state(2, vec![task("t-1", SERVE), task("t-2", SERVE)]);
+        d.tasks[1].desired = DesiredStatus::Stopped;
+        let rt = std::mem::take(&mut sim.rt);
+        rt.power_cut();
+        let mut sim = Sim::with(rt, d, LocalRuns::default());
+        let s = sim.settle();
+        let now = sim.rt.list().expect("list");
+        // t-1 runs again in a new container, counting no restart; t-2 is gone with its
+        // container, stopped (its code unknown), not started again.
+        assert_eq!(now.len(), 1, "{now:?}");
+        assert_eq!(now[0].name.task, "t-1");
+        assert_eq!(now[0].state, RunState::Running);
+        assert!(!first.contains(&now[0].id));
+        assert_eq!(of(&s, "t-1").state, TaskState::Running);
+        assert_eq!(of(&s, "t-1").containers[0].restarts, 0);
+        assert_eq!(of(&s, "t-2").state, TaskState::Stopped);
+        assert_eq!(
+            sim.starts.iter().filter(|(_, n)| n.task == "t-2").count(),
+            0,
+            "t-2 started again"
+        );
     }
 
     #[test]

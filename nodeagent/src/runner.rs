@@ -343,7 +343,22 @@ impl Runner {
             self.checks
                 .ensure(&self.store, id, check, move || me.wake.notify_one());
         }
-        let acted = !round.commands.is_empty();
+        let acted = !round.commands.is_empty() || !round.discard.is_empty();
+        let discard = std::mem::take(&mut round.discard);
+        for name in discard {
+            // A warning: the machine lost power or rebooted under its tasks.
+            tracing::warn!(task = %name.task, container = %name,
+                "the container was running or starting when the machine stopped (power cut \
+                 or reboot); it starts again");
+            let rt = self.runtime.clone();
+            let gone = name.clone();
+            match tokio::task::spawn_blocking(move || rt.remove(&gone)).await {
+                Ok(Ok(())) => {}
+                // Its start then fails on the name and says so; the node goes on.
+                Ok(Err(e)) => tracing::warn!(container = %name, "{e:#}"),
+                Err(e) => tracing::warn!(container = %name, "{e:#}"),
+            }
+        }
         let desired = Arc::new(round.desired);
         let mut jobs = Vec::new();
         for command in round.commands {

@@ -106,6 +106,10 @@ pub enum RunState {
     Running,
     /// It ended; `None` when nothing recorded how (its supervisor died with it).
     Exited(Option<Exit>),
+    /// It was running or starting when the machine stopped (a power cut, a reboot, a kernel
+    /// panic): it was started (or created) in an earlier boot and nothing recorded an exit.
+    /// Its task did not end; the node removes it and starts it again.
+    Lost,
 }
 
 /// How a container ended.
@@ -187,6 +191,20 @@ fn time(s: &str) -> Option<SystemTime> {
     humantime::parse_rfc3339_weak(s).ok()
 }
 
+/// Whether container `c` was started (or, never started, created) in an earlier boot of this
+/// machine: its init's recorded boot id, else its record's, is not this boot's. `false` when
+/// either is unknown.
+fn earlier_boot(c: &ContainerInfo) -> bool {
+    let then = match &c.state {
+        Some(state) => Some(&state.init.boot_id),
+        None => c.record.boot_id.as_ref(),
+    };
+    match (then, flotilla_runtime::container::process::boot_id()) {
+        (Some(then), Ok(now)) => *then != now,
+        _ => false,
+    }
+}
+
 impl ContainerRuntime for StoreRuntime {
     fn list(&self) -> Result<Vec<TaskContainer>, RuntimeError> {
         let all = self
@@ -198,8 +216,10 @@ impl ContainerRuntime for StoreRuntime {
             .filter_map(|c| {
                 let name = task_container(&c)?;
                 let state = match c.status {
+                    Status::Created if earlier_boot(&c) => RunState::Lost,
                     Status::Created => RunState::Created,
                     Status::Running => RunState::Running,
+                    Status::Exited if c.exit.is_none() && earlier_boot(&c) => RunState::Lost,
                     Status::Exited => RunState::Exited(c.exit.as_ref().map(|e| Exit {
                         code: e.exit_code,
                         oom: e.oom_killed,
@@ -352,7 +372,11 @@ pub mod fake {
 
         /// The node lost power: every container is gone.
         pub fn power_cut(&self) {
-            self.state().containers.clear();
+            for c in self.state().containers.values_mut() {
+                if matches!(c.state, RunState::Running | RunState::Created) {
+                    c.state = RunState::Lost;
+                }
+            }
         }
     }
 

@@ -180,6 +180,18 @@ pub fn check(data_dir: &Path, checks: Checks) -> Report {
     report
         .problems
         .extend(cgroup_problems(&view, proc_cgroups.as_deref()));
+    // On v2 every unprivileged container needs its device allowlist loaded as eBPF.
+    if matches!(view, CgroupView::V2 { .. }) && rustix::process::geteuid().is_root() {
+        if let Err(e) = crate::container::devices::load(crate::container::devices::DEFAULT_ALLOW) {
+            report.problems.push(Problem {
+                what: format!("containers cannot get their device allowlist on cgroup v2: {e}"),
+                fix: "run the agent as root on the host (not in an unprivileged container), on \
+                      a kernel built with CONFIG_CGROUP_BPF=y (Debian's, Ubuntu's and \
+                      Raspberry Pi OS's are)"
+                    .into(),
+            });
+        }
+    }
     if checks.network_tools {
         let path = std::env::var_os("PATH").unwrap_or_default();
         let path = path.to_string_lossy();

@@ -10,6 +10,7 @@ pub mod netns;
 pub mod node;
 pub mod openapi;
 pub mod registry;
+pub mod vm;
 
 use std::path::PathBuf;
 

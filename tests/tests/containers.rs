@@ -118,6 +118,36 @@ fn memory_limit_oom_kills_and_is_reported() {
     assert!(node.ctr_ok(&["ps", "-a"]).contains("OOM killed"));
     node.ctr_ok(&["rm", "oom"]);
 
+    // On cgroup v2 (this suite also runs in a v2 guest, see cgroup_v2.rs) the container has
+    // its own cgroup namespace and sees its own limits where runtimes read them.
+    let v2 = flotilla_runtime::container::cgroup::CgroupHierarchy::detect()
+        .expect("cgroup hierarchy")
+        .is_v2();
+    if v2 {
+        let o = node.ctr(&[
+            "run",
+            "--rm",
+            "--memory",
+            "48M",
+            "--pids",
+            "64",
+            "--cpu",
+            "0.5",
+            IMAGE,
+            "sh",
+            "-c",
+            "cat /proc/self/cgroup /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max \
+             /sys/fs/cgroup/cpu.max /sys/fs/cgroup/memory.swap.max; \
+             grep ' /sys/fs/cgroup ' /proc/self/mountinfo | cut -d' ' -f6 | cut -d, -f1",
+        ]);
+        assert_eq!(
+            stdout(&o).lines().collect::<Vec<_>>(),
+            ["0::/", "50331648", "64", "50000 100000", "0", "ro"],
+            "{}",
+            stderr(&o)
+        );
+    }
+
     // within the limit the same command succeeds
     let o = node.ctr(&[
         "run",
@@ -149,7 +179,7 @@ fn pids_limit_stops_a_fork_bomb() {
         "-c",
         "(for i in $(seq 200); do sleep 60 & done) 2>&1; exec sleep 60",
     ]);
-    node.wait_for("the fork failure", Duration::from_secs(10), || {
+    node.wait_for("the fork failure", Duration::from_secs(60), || {
         node.ctr_ok(&["logs", "bomb"]).contains("can't fork")
     });
     let usage = node.stats(&["bomb"]).remove(0).usage;
@@ -215,6 +245,21 @@ fn default_hardening_applies() {
         .map(|b| 1u64 << b)
         .sum();
     assert_eq!(mask, want, "effective capabilities {mask:#x}");
+    // The device allowlist (v1: the devices controller; v2: an eBPF program): any node may
+    // be made, only Docker's list opened.
+    // /dev/kmsg (1:11) opened write-only needs no capability, so only the allowlist refuses
+    // it (nothing is written: the shell's `:>` only opens).
+    let (code, out, err) = run(
+        "mknod /dev/null2 c 1 3 && echo x > /dev/null2 && echo null2-written; \
+         mknod /dev/kmsg2 c 1 11 && echo kmsg2-made; \
+         : > /dev/kmsg2 && echo kmsg2-opened",
+    );
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["null2-written", "kmsg2-made"],
+        "exit {code:?}: {err}"
+    );
+    assert!(err.contains("Operation not permitted"), "{err}");
     let (_, out, _) = run("grep NoNewPrivs /proc/self/status");
     assert!(out.contains("NoNewPrivs:\t1"), "{out}");
     // seccomp refuses what namespaces or keyrings would need
@@ -364,7 +409,8 @@ fn containers_survive_killed_agents_and_are_readopted() {
                 .expect("spawn attached run"),
         );
     }
-    node.wait_for("20 running", Duration::from_secs(20), || {
+    // Generous: in the cgroup v2 guest (QEMU without KVM) 20 starts take a minute.
+    node.wait_for("20 running", Duration::from_secs(120), || {
         node.ps()
             .iter()
             .filter(|c| c.status == Status::Running)
@@ -689,15 +735,22 @@ fn exec_joins_a_running_container_with_its_restrictions() {
     let o = node.ctr(&["exec", "host", "/probe", "syscalls"]);
     assert!(stdout(&o).contains("unshare=EPERM"), "{}", stdout(&o));
     assert!(stdout(&o).contains("mount=EPERM"), "{}", stdout(&o));
-    // In the container's cgroup: its pids count while it runs.
+    // In the container's cgroup (and on v2 its cgroup namespace): its pids count while it
+    // runs. The container's init shows the same lines.
     let o = node.ctr(&[
         "exec",
         "host",
         "sh",
         "-c",
-        "cat /proc/self/cgroup | grep -c flotilla-test",
+        "cat /proc/self/cgroup; echo --; cat /proc/1/cgroup",
     ]);
-    assert!(stdout(&o).trim() != "0", "{}", stdout(&o));
+    let out = stdout(&o);
+    let (own, init) = out.split_once("--\n").expect("two lists");
+    assert_eq!(own, init, "{out}");
+    assert!(
+        own.contains("flotilla-test") || own.trim() == "0::/",
+        "{out}"
+    );
     // A command that runs too long is killed; one that does not exist is reported.
     let o = node.ctr(&["exec", "--timeout", "1s", "host", "sleep", "30"]);
     assert_eq!(o.status.code(), Some(124));

@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod devices;
 pub mod exec;
 pub mod isolate;
 pub mod logs;
@@ -66,6 +67,10 @@ pub struct ContainerRecord {
     pub cgroup_path: String,
     /// Mounts with their host side resolved.
     pub mounts: Vec<ResolvedMount>,
+    /// The machine's boot id (`/proc/sys/kernel/random/boot_id`) when it was created: a
+    /// container created in an earlier boot and never started was cut off by a reboot.
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
 
 impl ContainerRecord {
@@ -111,6 +116,10 @@ pub struct ExitInfo {
     pub oom_killed: bool,
     /// RFC 3339.
     pub finished_at: String,
+    /// Nothing saw the container end: its supervisor died with it, and `exit_code` (255) and
+    /// `finished_at` (when it was first found ended) are not the container's own.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unknown: bool,
 }
 
 /// Where a container is in its life.
@@ -438,8 +447,7 @@ impl ContainerStore {
             .map_err(|e| ContainerError::Invalid(vec![e.to_string()]))?;
         spec::working_dir(&config, &image_process)
             .map_err(|e| ContainerError::Invalid(vec![e.to_string()]))?;
-        spec::capabilities(&config, self.hierarchy.is_v2())
-            .map_err(|e| ContainerError::Invalid(vec![e.to_string()]))?;
+        spec::capabilities(&config).map_err(|e| ContainerError::Invalid(vec![e.to_string()]))?;
         let mounts = self.resolve_mounts(&config)?;
         let id = new_id()?;
         let record = ContainerRecord {
@@ -459,6 +467,7 @@ impl ContainerStore {
             mounts,
             config,
             id: id.clone(),
+            boot_id: process::boot_id().ok(),
         };
         let paths = self.paths(&id);
         fs::DirBuilder::new()
@@ -688,6 +697,26 @@ impl ContainerStore {
                 }
             }
         };
+        // Ended in this boot without a record (its shim died with it): say so on disk, so
+        // that after a reboot it is not taken for a container the power cut stopped.
+        let exit = match (&state, exit, status) {
+            (Some(s), None, Status::Exited)
+                if process::boot_id().is_ok_and(|b| b == s.init.boot_id) =>
+            {
+                let unknown = ExitInfo {
+                    exit_code: 255,
+                    signal: None,
+                    oom_killed: false,
+                    finished_at: now_rfc3339(),
+                    unknown: true,
+                };
+                serde_json::to_vec_pretty(&unknown)
+                    .ok()
+                    .filter(|bytes| write_atomic(&paths.exit(), bytes).is_ok())
+                    .map(|_| unknown)
+            }
+            (_, exit, _) => exit,
+        };
         ContainerInfo {
             record,
             status,
@@ -772,6 +801,7 @@ impl ContainerStore {
                         image_process: ImageProcess::default(),
                         cgroup_path: format!("/{}/{}", self.options.cgroup_parent, key),
                         mounts: Vec::new(),
+                        boot_id: None,
                     },
                     status: Status::Created,
                     state: None,
@@ -797,7 +827,17 @@ impl ContainerStore {
         }
         tracing::debug!(container = %id, "removing");
         let lc_dir = self.libcontainer_root().join(&id);
-        if lc_dir.exists() {
+        // Started (or created) in an earlier boot: its processes and cgroup went with that
+        // boot, and libcontainer would judge it by a pid another process may hold now.
+        let earlier_boot = info
+            .state
+            .as_ref()
+            .map(|s| &s.init.boot_id)
+            .or(info.record.boot_id.as_ref())
+            .is_some_and(|then| process::boot_id().is_ok_and(|now| now != *then));
+        if lc_dir.exists() && earlier_boot {
+            fs::remove_dir_all(&lc_dir).map_err(io_at(&lc_dir))?;
+        } else if lc_dir.exists() {
             match libcontainer::container::Container::load(lc_dir.clone()) {
                 Ok(mut c) => {
                     if let Err(e) = c.delete(true) {

@@ -26,6 +26,7 @@ use rustix::pipe::{pipe_with, PipeFlags};
 use rustix::process::{pidfd_open, waitpid, Pid, PidfdFlags, WaitOptions};
 
 use super::cgroup::CgroupHierarchy;
+use super::devices;
 use super::logs::{LineSplitter, LogWriter, Stream};
 use super::process::ProcessIdentity;
 use super::seccomp;
@@ -245,6 +246,14 @@ fn create_and_start(
         let _ = container.delete(true);
         msg
     };
+    // On v2 the device allowlist is an eBPF program on the container's cgroup, attached
+    // while the init waits to be started: nothing of the image has run yet.
+    if let (CgroupHierarchy::V2 { root }, false) = (&hierarchy, record.config.privileged) {
+        let cgroup = root.join(record.cgroup_path.trim_start_matches('/'));
+        if let Err(e) = devices::attach(&cgroup, devices::DEFAULT_ALLOW) {
+            return Err(fail(&mut container, e.to_string()));
+        }
+    }
     let Some(pid) = container.pid() else {
         return Err(fail(
             &mut container,
@@ -296,9 +305,26 @@ fn swap_accounting(h: &CgroupHierarchy) -> bool {
         CgroupHierarchy::V1 { mounts } => mounts
             .get("memory")
             .is_some_and(|m| m.join("memory.memsw.limit_in_bytes").exists()),
-        CgroupHierarchy::V2 { root } => fs::read_dir(root).is_ok_and(|mut entries| {
-            entries.any(|e| e.is_ok_and(|e| e.path().join("memory.swap.max").exists()))
-        }),
+        // The root has no memory.* files: look at a child's, and with none yet (a host
+        // whose init makes no cgroups), at whether the kernel was told to turn it off.
+        CgroupHierarchy::V2 { root } => {
+            let mut children = fs::read_dir(root)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.path().join("cgroup.procs").exists())
+                .peekable();
+            if children.peek().is_some() {
+                children.any(|e| e.path().join("memory.swap.max").exists())
+            } else {
+                // /proc/swaps exists only in kernels built with swap.
+                Path::new("/proc/swaps").exists()
+                    && fs::read_to_string("/proc/cmdline").is_ok_and(|c| {
+                        !c.split_whitespace()
+                            .any(|a| a == "swapaccount=0" || a == "cgroup.memory=noswap")
+                    })
+            }
+        }
     }
 }
 
@@ -426,6 +452,7 @@ fn supervise(dir: &Path, record: &ContainerRecord, c: StartedContainer) -> ExitI
         signal,
         oom_killed,
         finished_at: now_rfc3339(),
+        unknown: false,
     };
     match serde_json::to_vec_pretty(&exit) {
         Ok(bytes) => {

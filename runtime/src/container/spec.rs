@@ -246,20 +246,15 @@ pub fn environment(
 }
 
 /// Capabilities: Docker's default set with the container's additions and removals, or all
-/// of them when privileged. On cgroup v2 the device allowlist is not enforced (it needs an
-/// eBPF program this build does not load), so `MKNOD` is left out there unless asked for.
-pub fn capabilities(
-    config: &ContainerConfig,
-    cgroup_v2: bool,
-) -> Result<HashSet<Capability>, SpecError> {
+/// of them when privileged. `MKNOD` is in it on v1 and v2 alike: what a container may open
+/// is the device allowlist's to say (the `devices` controller on v1, an eBPF program on v2,
+/// see [`super::devices`]).
+pub fn capabilities(config: &ContainerConfig) -> Result<HashSet<Capability>, SpecError> {
     let all = || -> HashSet<Capability> { all_capabilities().into_iter().collect() };
     if config.privileged {
         return Ok(all());
     }
     let mut caps: HashSet<Capability> = DEFAULT_CAPABILITIES.iter().copied().collect();
-    if cgroup_v2 {
-        caps.remove(&Capability::Mknod);
-    }
     for name in &config.cap_drop {
         if name.eq_ignore_ascii_case("all") {
             caps.clear();
@@ -394,7 +389,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .hostname
         .clone()
         .unwrap_or_else(|| input.id.chars().take(12).collect());
-    let caps: HashSet<Capability> = capabilities(cfg, input.cgroup_v2)?
+    let caps: HashSet<Capability> = capabilities(cfg)?
         .intersection(input.bounding)
         .copied()
         .collect();
@@ -487,15 +482,23 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     }
 
     let ns = |t| LinuxNamespaceBuilder::default().typ(t).build();
+    // The network namespace belongs to the shim (it is set up before the container
+    // exists), so the container inherits it instead of getting a fresh one.
+    let mut namespaces = vec![
+        ns(LinuxNamespaceType::Pid)?,
+        ns(LinuxNamespaceType::Ipc)?,
+        ns(LinuxNamespaceType::Uts)?,
+        ns(LinuxNamespaceType::Mount)?,
+    ];
+    // On v2 a private cgroup namespace, as Docker and containerd give: the container sees
+    // its own cgroup as `/` (in /proc/self/cgroup, and at /sys/fs/cgroup with its limits
+    // in memory.max, cpu.max, pids.max), which is where runtimes (JVM, Go, .NET, Node) read
+    // their limits. v1 keeps the host's, as Docker's default there.
+    if input.cgroup_v2 {
+        namespaces.push(ns(LinuxNamespaceType::Cgroup)?);
+    }
     let mut linux = LinuxBuilder::default()
-        // The network namespace belongs to the shim (it is set up before the container
-        // exists), so the container inherits it instead of getting a fresh one.
-        .namespaces(vec![
-            ns(LinuxNamespaceType::Pid)?,
-            ns(LinuxNamespaceType::Ipc)?,
-            ns(LinuxNamespaceType::Uts)?,
-            ns(LinuxNamespaceType::Mount)?,
-        ])
+        .namespaces(namespaces)
         .cgroups_path(PathBuf::from(input.cgroup_path))
         .resources(resources.build()?);
     if cfg.privileged {
@@ -709,26 +712,21 @@ mod tests {
     #[test]
     fn capability_sets() {
         let cfg = ContainerConfig::default();
-        let caps = capabilities(&cfg, false).expect("caps");
+        let caps = capabilities(&cfg).expect("caps");
         assert_eq!(caps.len(), 14);
-        assert!(!capabilities(&cfg, true)
-            .expect("caps")
-            .contains(&Capability::Mknod));
+        assert!(caps.contains(&Capability::Mknod));
         let cfg = ContainerConfig {
             cap_drop: vec!["ALL".into()],
             cap_add: vec!["net_bind_service".into(), "CAP_KILL".into()],
             ..Default::default()
         };
-        let caps = capabilities(&cfg, false).expect("caps");
+        let caps = capabilities(&cfg).expect("caps");
         assert_eq!(caps, [Capability::NetBindService, Capability::Kill].into());
         let cfg = ContainerConfig {
             cap_add: vec!["CAP_NOPE".into()],
             ..Default::default()
         };
-        assert!(matches!(
-            capabilities(&cfg, false),
-            Err(SpecError::Capability(_))
-        ));
+        assert!(matches!(capabilities(&cfg), Err(SpecError::Capability(_))));
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 
 use crate::ctr_container::{container, volume, ContainerCommand, VolumeCommand};
+use crate::output::{human, table};
 use clap::{Args, Subcommand, ValueEnum};
 use flotilla_runtime::container::{ContainerStore, StoreOptions};
 use flotilla_runtime::image::{
@@ -448,41 +449,4 @@ fn print_table(recs: &[ImageRecord]) {
         })
         .collect();
     table(&["NAME", "DIGEST", "PLATFORM", "SIZE", "UNPACKED"], &rows);
-}
-
-/// Prints rows under a header, columns padded to their widest cell.
-pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let s: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:w$}"))
-            .collect();
-        println!("{}", s.join("  ").trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-}
-
-pub(crate) fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < UNITS.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
 }

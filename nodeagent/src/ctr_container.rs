@@ -15,7 +15,7 @@ use flotilla_runtime::container::{
 };
 use rustix::process::Signal;
 
-use crate::ctr::{human, table};
+use crate::output::{human, table};
 
 /// `ctr run` options.
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ mod health;
 mod logs;
 mod network;
 mod node;
+mod output;
 mod reconcile;
 mod runner;
 mod runtime;

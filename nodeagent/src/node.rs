@@ -387,18 +387,18 @@ impl Node {
                 t.and_then(|t| until.duration_since(t).ok())
                     .unwrap_or_default()
             };
-            let state = match c.state {
-                // Those of tasks meant to run were discarded before the world is built.
-                RunState::Lost => RunState::Exited(None),
-                other => other,
-            };
-            let observed = match state {
-                RunState::Lost => continue,
+            let observed = match c.state {
                 RunState::Created => Observed::Created,
                 RunState::Running => Observed::Running {
                     healthy: health.get(&c.id).copied(),
                 },
-                RunState::Exited(exit) => {
+                // Lost ones of tasks meant to run were discarded before; the rest ended, how
+                // unknown.
+                RunState::Exited(_) | RunState::Lost => {
+                    let exit = match c.state {
+                        RunState::Exited(exit) => exit,
+                        _ => None,
+                    };
                     let finished = exit.and_then(|e| e.finished_at);
                     Observed::Exited {
                         code: exit.map_or(UNKNOWN_EXIT, |e| e.code),

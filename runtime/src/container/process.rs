@@ -114,11 +114,17 @@ fn parse_stat(text: &str) -> Option<(u64, char)> {
     Some((start, state))
 }
 
-/// The kernel's id of the current boot.
+/// The kernel's id of the current boot. Read once per process (it cannot change while the
+/// process runs); a failed read is tried again next time.
 pub fn boot_id() -> io::Result<String> {
-    Ok(fs::read_to_string("/proc/sys/kernel/random/boot_id")?
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    if let Some(id) = BOOT_ID.get() {
+        return Ok(id.clone());
+    }
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id")?
         .trim()
-        .to_string())
+        .to_string();
+    Ok(BOOT_ID.get_or_init(|| id).clone())
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Installs Flotilla on this machine: the binaries (orchestratord, nodeagent, flotilla) in
+# Installs Flotilla on this machine: the binaries (orchestratord, nodeagent and its flotilla-shim, flotilla) in
 # $PREFIX/bin, the systemd units in /etc/systemd/system, commented default configurations in
 # /etc/flotilla (never overwriting existing ones) and the data directories (mode 0700).
 # Nothing is enabled or started: the end says what to run for a control plane and for a node.
@@ -21,7 +21,7 @@ UNIT_DIR="$DESTDIR/etc/systemd/system"
 CONF_DIR="$DESTDIR/etc/flotilla"
 DATA_DIR="$DESTDIR/var/lib/flotilla"
 DOC_DIR="$DESTDIR$PREFIX/share/doc/flotilla"
-BINARIES="orchestratord nodeagent flotilla"
+BINARIES="orchestratord nodeagent flotilla-shim flotilla"
 
 live() { [ -z "$DESTDIR" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; }
 

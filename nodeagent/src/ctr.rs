@@ -139,7 +139,7 @@ pub async fn run(data_dir: &Path, node: StoreOptions, args: CtrArgs) -> Result<E
     if matches!(
         &args.command,
         CtrCommand::Container(ContainerCommand::Run(_))
-    ) && crate::host_fit(data_dir, flotilla_runtime::preflight::CTR_RUN).is_none()
+    ) && crate::host_fit(data_dir, &node, flotilla_runtime::preflight::CTR_RUN).is_none()
     {
         return Ok(ExitCode::from(crate::ctr_container::START_FAILED));
     }

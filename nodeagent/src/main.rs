@@ -1,6 +1,7 @@
-//! `nodeagent`: the Flotilla node agent. For now it offers `nodeagent ctr`, the low-level tool an
-//! operator on site uses against the node's own store, with no control plane involved, and the
-//! hidden `nodeagent shim` that supervises one container.
+//! `nodeagent`: the Flotilla node agent (`nodeagent join`, `nodeagent run`) and `nodeagent ctr`,
+//! the low-level tool an operator on site uses against the node's own store, with no control
+//! plane involved. Each container is supervised by its own `flotilla-shim` process, a separate
+//! small binary found next to this one ([`SHIM`]).
 
 #![forbid(unsafe_code)]
 
@@ -24,7 +25,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use flotilla_api::logging::LogFormat;
-use flotilla_runtime::container::{ShimCommand, StoreOptions};
+use flotilla_runtime::container::StoreOptions;
 
 /// Default data directory of the agent.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/flotilla/nodeagent";
@@ -99,23 +100,6 @@ enum Command {
         /// [default: the node's /etc/resolv.conf].
         #[arg(long = "dns-upstream", value_name = "IP[:PORT]")]
         dns_upstreams: Vec<String>,
-    },
-    /// Supervise one container (started by the agent, not by hand).
-    #[command(hide = true)]
-    Shim {
-        /// Container id.
-        #[arg(long)]
-        id: String,
-        /// With a command after `--`: run it inside the running container instead, killing it
-        /// after this many milliseconds.
-        #[arg(long)]
-        timeout: Option<u64>,
-        /// The command to run inside the container.
-        #[arg(last = true)]
-        exec: Vec<String>,
-        /// Instead: probe tcp:PORT or http:PORT/PATH from the container's network namespace.
-        #[arg(long)]
-        probe: Option<String>,
     },
 }
 
@@ -228,38 +212,12 @@ fn main() -> ExitCode {
         .data_dir
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    // An exec helper reports its own failure in one line; libcontainer's would repeat it.
-    let quiet = matches!(&cli.command, Command::Shim { exec, probe, .. } if !exec.is_empty() || probe.is_some());
-    let default_filter = if quiet {
-        "warn,libcgroups=off,libcontainer=off"
-    } else {
-        "warn,libcgroups=error,libcontainer=error"
-    };
+    let default_filter = "warn,libcgroups=error,libcontainer=error";
     flotilla_api::logging::init(
         "NODEAGENT_LOG",
         default_filter,
         cli.log_format.unwrap_or_default(),
     );
-    if let Command::Shim {
-        id,
-        timeout,
-        exec,
-        probe,
-    } = &cli.command
-    {
-        // No async runtime here: the shim forks containers (and exec joins them) and must
-        // stay single-threaded until they exist.
-        let code = if let Some(p) = probe {
-            let timeout = Duration::from_millis(timeout.unwrap_or(5_000));
-            flotilla_runtime::container::exec::probe_main(&data_dir, id, p, timeout)
-        } else if exec.is_empty() {
-            flotilla_runtime::container::shim::main(&data_dir, id)
-        } else {
-            let timeout = timeout.map(Duration::from_millis);
-            flotilla_runtime::container::exec::main(&data_dir, id, exec.clone(), timeout)
-        };
-        return ExitCode::from(u8::try_from(code).unwrap_or(1));
-    }
     let node = match node_options(&cli) {
         Ok(n) => n,
         Err(e) => {
@@ -270,7 +228,7 @@ fn main() -> ExitCode {
     // The overlay probe's cleanup goes on in the background; joined before exiting.
     let mut checked = None;
     if matches!(cli.command, Command::Run { .. }) {
-        match host_fit(&data_dir, flotilla_runtime::preflight::AGENT) {
+        match host_fit(&data_dir, &node, flotilla_runtime::preflight::AGENT) {
             Some(report) => checked = Some(report),
             None => return ExitCode::from(EXIT_HOST_UNFIT),
         }
@@ -326,7 +284,6 @@ fn main() -> ExitCode {
                     .await
                     .map(|()| ExitCode::SUCCESS)
             }
-            Command::Shim { .. } => Ok(ExitCode::FAILURE),
         }
     });
     if let Some(mut report) = checked {
@@ -345,10 +302,14 @@ fn main() -> ExitCode {
 /// will not work; when the host cannot, prints every problem with its fix and answers `None`.
 pub fn host_fit(
     data_dir: &std::path::Path,
+    node: &StoreOptions,
     checks: flotilla_runtime::preflight::Checks,
 ) -> Option<flotilla_runtime::preflight::Report> {
     let started = std::time::Instant::now();
     let mut report = flotilla_runtime::preflight::check(data_dir, checks);
+    report
+        .problems
+        .extend(flotilla_runtime::preflight::shim_problem(&node.shim));
     for w in &report.warnings {
         tracing::warn!("{w}");
     }
@@ -396,20 +357,21 @@ fn port_range(s: &str) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
     Ok(a..=b)
 }
 
+/// File name of the shim binary, which is looked for next to the `nodeagent` binary.
+pub const SHIM: &str = "flotilla-shim";
+
 /// Node-level container settings from the flags and environment.
 fn node_options(cli: &Cli) -> anyhow::Result<StoreOptions> {
     let program = std::env::current_exe()
-        .map_err(|e| anyhow::anyhow!("locating the nodeagent binary for the shim: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("locating the nodeagent binary: {e}"))?
+        .with_file_name(SHIM);
     Ok(StoreOptions {
         cgroup_parent: cli
             .cgroup_parent
             .clone()
             .unwrap_or_else(StoreOptions::default_cgroup_parent),
         bind_roots: ctr_container::bind_roots(&cli.bind_roots),
-        shim: ShimCommand {
-            program,
-            args: vec!["shim".into()],
-        },
+        shim: program,
     })
 }
 

@@ -743,6 +743,27 @@ pub fn find_in_path(name: &str, path: &str, executable: impl Fn(&Path) -> bool) 
         .find(|p| executable(p))
 }
 
+/// The shim binary at `program` (nodeagent's sibling `flotilla-shim`), when it cannot be run:
+/// every container start would fail.
+pub fn shim_problem(program: &Path) -> Option<Problem> {
+    if is_executable(program) {
+        return None;
+    }
+    let what = match fs::metadata(program) {
+        Ok(_) => format!("the container shim {} is not executable", program.display()),
+        Err(e) => format!(
+            "the container shim {} cannot be found: {e}",
+            program.display()
+        ),
+    };
+    Some(Problem {
+        what,
+        fix: "install flotilla-shim next to nodeagent (scripts/install.sh installs both; \
+              cargo build --workspace --bins builds both)"
+            .into(),
+    })
+}
+
 fn is_executable(p: &Path) -> bool {
     fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }

@@ -72,6 +72,7 @@ fn limits_land_in_v2_files_through_libcgroups() {
         cgroup_v2: true,
         swap_accounting: true,
         bounding: &bounding,
+        nofile_hard: None,
     })
     .expect("spec");
     let resources = oci

@@ -327,8 +327,106 @@ fn default_hardening_applies() {
     node.assert_clean();
 }
 
+/// `SigIgn:` and `SigBlk:` of a `/proc/<pid>/status`, as numbers.
+fn signal_masks(status: &str) -> (u64, u64) {
+    let field = |name: &str| {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{status}"));
+        u64::from_str_radix(line[name.len()..].trim(), 16).expect("hex mask")
+    };
+    (field("SigIgn:"), field("SigBlk:"))
+}
+
 #[test]
-fn agent_binary_cannot_be_written_through_proc() {
+fn a_container_starts_with_the_state_of_a_fresh_process() {
+    let node = Node::new();
+    // Default dispositions and an empty mask: nothing of the (Rust) shim's SIGPIPE ignore.
+    let status = node.ctr_ok(&["run", "--rm", IMAGE, "cat", "/proc/self/status"]);
+    assert_eq!(signal_masks(&status), (0, 0), "ignored, blocked");
+    // So a pipeline's writer ends when its reader is done, as on any shell.
+    let o = node.ctr(&[
+        "run",
+        "--rm",
+        IMAGE,
+        "timeout",
+        "10",
+        "sh",
+        "-c",
+        "yes | head -c 1000 >/dev/null; echo DONE",
+    ]);
+    assert_eq!(
+        (o.status.code(), stdout(&o).trim()),
+        (Some(0), "DONE"),
+        "{}",
+        stderr(&o)
+    );
+    let limits = |extra: &[&str]| {
+        let mut args = vec!["run", "--rm"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[IMAGE, "sh", "-c", "ulimit -Sn; ulimit -Hn"]);
+        node.ctr_ok(&args)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    // Open files: systemd's default for a new process (1024:524288), not the agent's own
+    // limit — the hard one capped at what the agent itself may have.
+    let own = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .maximum
+        .unwrap_or(u64::MAX);
+    assert_eq!(
+        limits(&[]),
+        ["1024".to_string(), 524_288.min(own).to_string()]
+    );
+    assert_eq!(limits(&["--ulimit", "nofile=100:200"]), ["100", "200"]);
+    // Above the agent's own hard limit: only CAP_SYS_RESOURCE may raise it.
+    let may_raise = fs::read_to_string("/proc/self/status")
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+        .is_some_and(|m| m & (1 << 24) != 0);
+    if own < u64::MAX / 2 {
+        let above = format!("nofile=100:{}", own + 1);
+        let o = node.ctr(&[
+            "run",
+            "--rm",
+            "--ulimit",
+            &above,
+            IMAGE,
+            "sh",
+            "-c",
+            "ulimit -Hn",
+        ]);
+        if may_raise {
+            assert_eq!(stdout(&o).trim(), (own + 1).to_string(), "{}", stderr(&o));
+        } else {
+            assert_eq!(o.status.code(), Some(125));
+            assert!(
+                stderr(&o).contains(&format!(
+                    "ulimit nofile: hard limit {} is above the node's {own}",
+                    own + 1
+                )),
+                "{}",
+                stderr(&o)
+            );
+        }
+    }
+    // A command run in a running container starts the same way.
+    let id = node
+        .ctr_ok(&["run", "-d", IMAGE, "sleep", "30"])
+        .trim()
+        .to_string();
+    let status = node.ctr_ok(&["exec", &id, "cat", "/proc/self/status"]);
+    assert_eq!(signal_masks(&status), (0, 0), "exec: ignored, blocked");
+    node.ctr_ok(&["rm", "-f", &id]);
+    node.assert_clean();
+}
+
+#[test]
+fn shim_binary_cannot_be_written_through_proc() {
     let node = Node::new();
     let id = node
         .ctr_ok(&["run", "-d", IMAGE, "sleep", "30"])
@@ -351,17 +449,22 @@ fn agent_binary_cannot_be_written_through_proc() {
     let st = rustix::fs::fstatvfs(&path_fd).expect("fstatvfs");
     assert!(
         st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY),
-        "the agent binary is reachable through {exe} on a writable mount"
+        "the shim binary is reachable through {exe} on a writable mount"
     );
     let err = fs::OpenOptions::new()
         .write(true)
         .open(format!("/proc/self/fd/{}", path_fd.as_raw_fd()))
-        .expect_err("the agent binary opened for writing");
+        .expect_err("the shim binary opened for writing");
     assert!(
         matches!(err.raw_os_error(), Some(libc::EROFS) | Some(libc::ETXTBSY)),
         "{err}"
     );
-    let bin = flotilla_tests::bin("nodeagent");
+    assert_eq!(
+        fs::read_link(&exe).expect("exe"),
+        fs::canonicalize(flotilla_tests::bin("flotilla-shim")).expect("shim binary"),
+        "containers are supervised by flotilla-shim"
+    );
+    let bin = flotilla_tests::bin("flotilla-shim");
     let perms = fs::metadata(&bin).expect("bin").permissions();
     assert!(
         perms.mode() & 0o200 != 0,
@@ -444,7 +547,7 @@ fn containers_survive_killed_agents_and_are_readopted() {
             .map(|a| String::from_utf8_lossy(a).into_owned())
             .collect();
         let is_agent = args.first().is_some_and(|a| a.ends_with("nodeagent"));
-        if is_agent && args.contains(&data) && !args.iter().any(|a| a == "shim") {
+        if is_agent && args.contains(&data) {
             if let Some(p) = rustix::process::Pid::from_raw(pid) {
                 let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
             }

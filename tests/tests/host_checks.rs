@@ -142,3 +142,37 @@ fn a_good_host_passes_and_the_probe_leaves_nothing() {
         "{mounts}"
     );
 }
+
+#[test]
+fn a_missing_shim_is_named_at_start() {
+    require_root();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // nodeagent installed alone: flotilla-shim is not beside it.
+    let lone = dir.path().join("bin");
+    fs::create_dir(&lone).expect("mkdir");
+    fs::copy(bin("nodeagent"), lone.join("nodeagent")).expect("copy nodeagent");
+    let shim = lone.join("flotilla-shim");
+    for args in [
+        &["run"][..],
+        &["ctr", "run", "--rm", "test/none:latest", "true"],
+    ] {
+        let mut cmd = Command::new(lone.join("nodeagent"));
+        cmd.arg("--data-dir").arg(&data).args(args);
+        let (out, _) = run_within(cmd, Duration::from_secs(20));
+        let err = String::from_utf8_lossy(&out.stderr);
+        let code = if args[0] == "run" { 78 } else { 125 };
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "the container shim {} cannot be found",
+                shim.display()
+            )),
+            "{args:?}: {err}"
+        );
+        assert!(
+            err.contains("install flotilla-shim next to nodeagent"),
+            "{err}"
+        );
+    }
+}

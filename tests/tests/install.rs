@@ -50,6 +50,7 @@ fn install_lays_out_verified_units_and_uninstall_removes_them() {
     let expected = [
         ("usr/local/bin/orchestratord", 0o755),
         ("usr/local/bin/nodeagent", 0o755),
+        ("usr/local/bin/flotilla-shim", 0o755),
         ("usr/local/bin/flotilla", 0o755),
         ("etc/systemd/system/orchestratord.service", 0o644),
         ("etc/systemd/system/nodeagent.service", 0o644),
@@ -125,6 +126,7 @@ fn install_lays_out_verified_units_and_uninstall_removes_them() {
     for gone in [
         "usr/local/bin/orchestratord",
         "usr/local/bin/nodeagent",
+        "usr/local/bin/flotilla-shim",
         "usr/local/bin/flotilla",
         "etc/systemd/system/orchestratord.service",
         "etc/systemd/system/nodeagent.service",

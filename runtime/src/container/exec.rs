@@ -1,6 +1,6 @@
 //! Running a command inside a running container (`nodeagent ctr exec`, health checks).
 //!
-//! A helper — the shim binary with `--exec`, launched isolated like a shim (see
+//! A helper — `flotilla-shim` with a command after `--`, launched isolated like a shim (see
 //! [`super::isolate`]), so no process that joins the container ever has a writable
 //! `/proc/<pid>/exe` — enters the container's network namespace (its shim's or its task's,
 //! which the spec does not name), then joins the container through libcontainer's tenant

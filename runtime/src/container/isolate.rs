@@ -2,9 +2,9 @@
 //! session, a private mount namespace that receives the host's mount events but never sends
 //! any, a fresh network namespace when the container has no network (or joins the one it is
 //! given), and a read-only bind
-//! mount of the agent binary over itself — so the exec that follows runs the shim from a
+//! mount of the shim binary over itself — so the exec that follows runs the shim from a
 //! read-only mount. A container's init is a fork of its shim; with its `/proc/<pid>/exe` on a
-//! read-only mount, it cannot be used to overwrite the agent binary (CVE-2019-5736).
+//! read-only mount, it cannot be used to overwrite the shim binary (CVE-2019-5736).
 //!
 //! Doing this in the child before exec (instead of in the shim, then re-executing itself)
 //! saves a whole exec on every container start.

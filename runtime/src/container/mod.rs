@@ -21,7 +21,6 @@ pub mod spec;
 pub mod volume;
 
 use std::collections::HashSet;
-use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufRead, BufReader};
 use std::os::fd::AsFd;
@@ -247,15 +246,6 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ContainerError + '_ {
     }
 }
 
-/// How to launch a shim: the program and the arguments that select its shim mode.
-#[derive(Debug, Clone)]
-pub struct ShimCommand {
-    /// The executable (the agent binary).
-    pub program: PathBuf,
-    /// Leading arguments, e.g. `["shim"]`.
-    pub args: Vec<OsString>,
-}
-
 /// Node-level settings of the store.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
@@ -263,8 +253,9 @@ pub struct StoreOptions {
     pub cgroup_parent: String,
     /// Host directories bind mounts may come from.
     pub bind_roots: Vec<PathBuf>,
-    /// The shim launcher.
-    pub shim: ShimCommand,
+    /// The shim binary (`flotilla-shim`): it supervises each container, and runs exec
+    /// commands and network probes inside running ones.
+    pub shim: PathBuf,
 }
 
 impl StoreOptions {
@@ -583,10 +574,9 @@ impl ContainerStore {
         let record: ContainerRecord =
             read_json(&paths.record()).ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
         tracing::debug!(container = %id, "spawning shim");
-        let program = &self.options.shim.program;
+        let program = &self.options.shim;
         let mut cmd = Command::new(program);
-        cmd.args(&self.options.shim.args)
-            .arg("--data-dir")
+        cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--id")
             .arg(id)
@@ -608,7 +598,7 @@ impl ContainerStore {
         isolate::isolate_before_exec(&mut cmd, program, network).map_err(io_at(program))?;
         let mut child = cmd.spawn().map_err(io_at(program))?;
         let Some(stdout) = child.stdout.take() else {
-            return Err(io_at(&self.options.shim.program)(io::Error::other(
+            return Err(io_at(&self.options.shim)(io::Error::other(
                 "no status pipe",
             )));
         };
@@ -917,10 +907,9 @@ impl ContainerStore {
                 "exec: a command is required".into()
             ]));
         }
-        let program = &self.options.shim.program;
+        let program = &self.options.shim;
         let mut cmd = Command::new(program);
-        cmd.args(&self.options.shim.args)
-            .arg("--data-dir")
+        cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--id")
             .arg(&info.record.id);
@@ -948,10 +937,9 @@ impl ContainerStore {
                 message: "not running: a probe needs a running container".into(),
             });
         }
-        let program = &self.options.shim.program;
+        let program = &self.options.shim;
         let mut cmd = Command::new(program);
-        cmd.args(&self.options.shim.args)
-            .arg("--data-dir")
+        cmd.arg("--data-dir")
             .arg(&self.data_dir)
             .arg("--id")
             .arg(&info.record.id)

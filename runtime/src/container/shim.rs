@@ -1,4 +1,4 @@
-//! The per-container supervisor (`nodeagent shim`), in the containerd-shim / conmon pattern.
+//! The per-container supervisor (`flotilla-shim`), in the containerd-shim / conmon pattern.
 //!
 //! One shim owns one container for its whole life: it creates it through libcontainer (so the
 //! container's init is its child and `waitpid` gives the real exit status), holds its stdout
@@ -189,6 +189,11 @@ fn create_and_start(
             });
         }
     }
+    let bounding = bounding_set();
+    let limit_problems = ulimits_beyond_own(&record.config.ulimits, &bounding);
+    if !limit_problems.is_empty() {
+        return Err(limit_problems.join("; "));
+    }
     let spec = spec::build(&SpecInput {
         id: &record.id,
         config: &record.config,
@@ -200,7 +205,8 @@ fn create_and_start(
         mounts: &mounts,
         cgroup_v2: hierarchy.is_v2(),
         swap_accounting: swap_accounting(&hierarchy),
-        bounding: &bounding_set(),
+        bounding: &bounding,
+        nofile_hard: hard_limit(rustix::process::Resource::Nofile),
     })
     .map_err(|e| e.to_string())?;
     // The seccomp profile is compiled here and installed by the init (FilterExecutor), so
@@ -298,6 +304,61 @@ fn bounding_set() -> std::collections::HashSet<oci_spec::runtime::Capability> {
         })
         .unwrap_or(u64::MAX);
     spec::capabilities_from_mask(mask)
+}
+
+/// This process's hard limit of `resource` (`None`: unlimited).
+fn hard_limit(resource: rustix::process::Resource) -> Option<u64> {
+    rustix::process::getrlimit(resource).maximum
+}
+
+/// The container's `ulimits` whose hard limit is above the shim's own while the shim may not
+/// raise it (no `CAP_SYS_RESOURCE`, as in an unprivileged container or a unit that drops it):
+/// setrlimit(2) would fail with a bare EPERM inside libcontainer.
+fn ulimits_beyond_own(
+    ulimits: &[super::config::Ulimit],
+    bounding: &std::collections::HashSet<oci_spec::runtime::Capability>,
+) -> Vec<String> {
+    if bounding.contains(&oci_spec::runtime::Capability::SysResource) {
+        return Vec::new();
+    }
+    ulimits
+        .iter()
+        .filter_map(|u| {
+            let resource = rlimit_resource(&u.name)?;
+            let own = hard_limit(resource)?;
+            (u.hard > own).then(|| {
+                format!(
+                    "ulimit {}: hard limit {} is above the node's {own}, and the agent may not \
+                     raise it (no CAP_SYS_RESOURCE): ask for at most {own}",
+                    u.name, u.hard
+                )
+            })
+        })
+        .collect()
+}
+
+/// The rustix resource of a ulimit name (`nofile` → `Resource::Nofile`).
+fn rlimit_resource(name: &str) -> Option<rustix::process::Resource> {
+    use rustix::process::Resource as R;
+    Some(match name {
+        "cpu" => R::Cpu,
+        "fsize" => R::Fsize,
+        "data" => R::Data,
+        "stack" => R::Stack,
+        "core" => R::Core,
+        "rss" => R::Rss,
+        "nproc" => R::Nproc,
+        "nofile" => R::Nofile,
+        "memlock" => R::Memlock,
+        "as" => R::As,
+        "locks" => R::Locks,
+        "sigpending" => R::Sigpending,
+        "msgqueue" => R::Msgqueue,
+        "nice" => R::Nice,
+        "rtprio" => R::Rtprio,
+        "rttime" => R::Rttime,
+        _ => return None,
+    })
 }
 
 fn swap_accounting(h: &CgroupHierarchy) -> bool {

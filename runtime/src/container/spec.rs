@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder,
     LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
-    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType,
+    LinuxResourcesBuilder, Mount, MountBuilder, PosixRlimit, PosixRlimitBuilder, PosixRlimitType,
     ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
 };
 use serde::{Deserialize, Serialize};
@@ -182,6 +182,8 @@ pub struct SpecInput<'a> {
     /// Capabilities the shim itself may pass on (its bounding set); a container never
     /// gets more, even privileged.
     pub bounding: &'a HashSet<Capability>,
+    /// The shim's own hard `RLIMIT_NOFILE` (`None`: unlimited): the default never exceeds it.
+    pub nofile_hard: Option<u64>,
 }
 
 /// Command line: the image's entrypoint + cmd, with Docker's override rules.
@@ -420,20 +422,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
                 .ambient(HashSet::new())
                 .build()?,
         )
-        .rlimits(
-            cfg.ulimits
-                .iter()
-                .filter_map(|u| {
-                    let typ = rlimit_type(&u.name)?;
-                    PosixRlimitBuilder::default()
-                        .typ(typ)
-                        .soft(u.soft)
-                        .hard(u.hard)
-                        .build()
-                        .ok()
-                })
-                .collect::<Vec<_>>(),
-        )
+        .rlimits(rlimits(&cfg.ulimits, input.nofile_hard))
         .no_new_privileges(!cfg.privileged)
         .build()?;
 
@@ -616,6 +605,43 @@ fn user_mount(m: &ResolvedMount) -> Result<Mount, SpecError> {
     }
 }
 
+/// Open files allowed by default, soft and hard: what a process started by systemd gets
+/// (systemd's `DefaultLimitNOFILE=1024:524288`), which is what Docker ≥ 25 and containerd 2
+/// containers get since their units stopped raising it. The agent's own limit (the unit's
+/// `LimitNOFILE`) is not passed on: a container's limits are what it asks for, or these —
+/// each capped at the shim's own hard limit, which only `CAP_SYS_RESOURCE` may exceed.
+pub const DEFAULT_NOFILE: (u64, u64) = (1024, 524_288);
+
+/// The container's rlimits: its `ulimits`, and [`DEFAULT_NOFILE`] (capped at `nofile_hard`)
+/// unless it sets `nofile`.
+fn rlimits(ulimits: &[super::config::Ulimit], nofile_hard: Option<u64>) -> Vec<PosixRlimit> {
+    let mut out: Vec<PosixRlimit> = ulimits
+        .iter()
+        .filter_map(|u| {
+            let typ = rlimit_type(&u.name)?;
+            PosixRlimitBuilder::default()
+                .typ(typ)
+                .soft(u.soft)
+                .hard(u.hard)
+                .build()
+                .ok()
+        })
+        .collect();
+    if !out.iter().any(|r| r.typ() == PosixRlimitType::RlimitNofile) {
+        let cap = nofile_hard.unwrap_or(u64::MAX);
+        let (soft, hard) = (DEFAULT_NOFILE.0.min(cap), DEFAULT_NOFILE.1.min(cap));
+        out.extend(
+            PosixRlimitBuilder::default()
+                .typ(PosixRlimitType::RlimitNofile)
+                .soft(soft)
+                .hard(hard)
+                .build()
+                .ok(),
+        );
+    }
+    out
+}
+
 /// The OCI rlimit type of a ulimit name (`nofile` → `RLIMIT_NOFILE`).
 pub fn rlimit_type(name: &str) -> Option<PosixRlimitType> {
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase()) {
@@ -762,10 +788,19 @@ mod tests {
             cgroup_v2: false,
             swap_accounting: true,
             bounding: &capabilities_from_mask(u64::MAX),
+            nofile_hard: Some(20_000),
         })
         .expect("spec");
         let p = spec.process().as_ref().expect("process");
         assert_eq!(p.no_new_privileges(), Some(true));
+        // Open files: systemd's default, never above what the shim itself may have.
+        let nofile: Vec<_> = p
+            .rlimits()
+            .iter()
+            .flatten()
+            .map(|r| (r.typ(), r.soft(), r.hard()))
+            .collect();
+        assert_eq!(nofile, [(PosixRlimitType::RlimitNofile, 1024, 20_000)]);
         assert_eq!(spec.hostname().as_deref(), Some("0123456789ab"));
         assert_eq!(spec.root().as_ref().and_then(|r| r.readonly()), Some(true));
         let linux = spec.linux().as_ref().expect("linux");

@@ -10,9 +10,9 @@
 //!   (private pages: what one more container costs).
 //! - **conmon** (podman's and CRI-O's supervisor): N `conmon`s, each running the same container
 //!   (the spec nodeagent generated, over a copy of its root filesystem) through `runc`.
-//! - **containerd:** a private `containerd` daemon and N containers of the same image
-//!   (`ctr run -d`), each with its `containerd-shim-runc-v2`; the node's overhead is the daemon
-//!   plus the shims.
+//! - **containerd:** a private `containerd` daemon and N containers over the same root
+//!   filesystem (`ctr run -d --rootfs`), each with its `containerd-shim-runc-v2`; the node's
+//!   overhead is the daemon plus the shims.
 //!
 //! An anchor whose binaries are missing is skipped with a note (`apt-get install conmon
 //! containerd`). Run as root with release binaries:
@@ -27,7 +27,6 @@ use anyhow::{bail, Context, Result};
 use flotilla_api::ops::TaskRun;
 use flotilla_api::tasks::TaskState;
 use flotilla_tests::cluster::{Agent, ControlPlane};
-use flotilla_tests::image::{busybox_image, write_layout};
 use flotilla_tests::node::Node;
 
 const DEF: &str = r#"{"family":"idle","networkMode":"none","containerDefinitions":[
@@ -171,6 +170,14 @@ fn flotilla(n: usize, work: &Path) -> Result<PathBuf> {
     agent.run();
     agent.wait_log("session established", 1, Duration::from_secs(10));
     cp.register(DEF);
+    std::thread::sleep(Duration::from_secs(3));
+    let agent_pid = agent.pid().context("agent pid")?;
+    let alone = Memory::of(agent_pid)?;
+    let status = flotilla_tests::Resident::of(agent_pid)?;
+    println!(
+        "nodeagent run, idle with no task: RSS {} KiB ({} anonymous + {} file-backed), PSS {} KiB, USS {} KiB",
+        alone.rss, status.anon, status.file, alone.pss, alone.uss
+    );
     let mut ids = Vec::new();
     while ids.len() < n {
         let mut req = TaskRun::new("idle");
@@ -191,7 +198,7 @@ fn flotilla(n: usize, work: &Path) -> Result<PathBuf> {
         std::thread::sleep(Duration::from_millis(200));
     }
     std::thread::sleep(Duration::from_secs(3));
-    let agent_mem = Memory::of(agent.pid().context("agent pid")?)?;
+    let agent_mem = Memory::of(agent_pid)?;
     let mut shims = Vec::new();
     let mut one = None;
     for e in fs::read_dir(node.data.join("containers"))?.flatten() {
@@ -205,7 +212,7 @@ fn flotilla(n: usize, work: &Path) -> Result<PathBuf> {
     report(
         "flotilla-shim",
         &shims,
-        Some(("nodeagent run (idle)", agent_mem)),
+        Some(("nodeagent run (with them)", agent_mem)),
     );
 
     // The anchors' bundle: this container's spec and a copy of its root filesystem.
@@ -324,7 +331,7 @@ fn conmon(n: usize, bundle: &Path, work: &Path) -> Result<()> {
     Ok(())
 }
 
-fn containerd(n: usize, work: &Path) -> Result<()> {
+fn containerd(n: usize, rootfs: &Path, work: &Path) -> Result<()> {
     if !Path::new("/usr/bin/containerd").exists() {
         println!("containerd: not installed (apt-get install containerd): skipped");
         return Ok(());
@@ -358,6 +365,7 @@ fn containerd(n: usize, work: &Path) -> Result<()> {
                 .args(["--namespace", "bench"])
                 .args(args)
                 .stdout(Stdio::null())
+                .stderr(Stdio::null())
                 .status()?;
             if !s.success() {
                 bail!("ctr {args:?}: {s}");
@@ -371,32 +379,14 @@ fn containerd(n: usize, work: &Path) -> Result<()> {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let layout = dir.join("layout");
-        write_layout(
-            &layout,
-            "docker.io/library/bench:latest",
-            &busybox_image(flotilla_tests::host_arch()),
-        )?;
-        let archive = dir.join("image.tar");
-        if !Command::new("tar")
-            .arg("-C")
-            .arg(&layout)
-            .arg("-cf")
-            .arg(&archive)
-            .arg(".")
-            .status()?
-            .success()
-        {
-            bail!("tar of the image");
-        }
-        ctr(&["image", "import", archive.to_str().context("utf8")?])?;
         for i in 0..n {
             ctr(&[
                 "run",
                 "-d",
-                "docker.io/library/bench:latest",
+                "--rootfs",
+                rootfs.to_str().context("utf8")?,
                 &format!("fp-{i}"),
-                "sleep",
+                "/bin/sleep",
                 "3600",
             ])?;
         }
@@ -448,7 +438,7 @@ fn main() -> Result<()> {
     sizes(work.path())?;
     let bundle = flotilla(n, work.path())?;
     let c = conmon(n, &bundle, work.path());
-    let d = containerd(n, work.path());
+    let d = containerd(n, &bundle.join("rootfs"), work.path());
     for entry in fs::read_dir("/sys/fs/cgroup")?.flatten() {
         for i in 0..n {
             let _ = fs::remove_dir(entry.path().join(format!("flotilla-bench/fp-conmon-{i}")));

@@ -130,3 +130,39 @@ fn invalid_definitions_are_refused_with_every_path() {
         "the control plane survives"
     );
 }
+
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly_as_sigpipe_would() {
+    let cp = ControlPlane::start(&[]);
+    let file = cp.scratch().join("web.json");
+    std::fs::write(&file, WEB).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", file.to_str().expect("utf8")]);
+    for args in [
+        &["taskdef", "ls"][..],
+        &["-o", "yaml", "taskdef", "ls"],
+        &["taskdef", "inspect", "web"],
+        &["task", "ls"],
+        &["node", "ls"],
+        &["token", "ls"],
+        &["-o", "json", "events"],
+        &["events"],
+        &["--help"],
+    ] {
+        // The reader has gone before anything is written: `flotilla … | true`.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let o = Command::new(flotilla_tests::bin("flotilla"))
+            .arg("--config")
+            .arg(&cp.admin)
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("flotilla");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.is_empty(), "{args:?} said: {err}");
+        // clap prints its help itself and ignores the closed pipe.
+        let want = if args == ["--help"] { 0 } else { 141 };
+        assert_eq!(o.status.code(), Some(want), "{args:?}");
+    }
+}

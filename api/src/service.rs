@@ -272,6 +272,24 @@ const AWS_ONLY: &[&str] = &[
     "tags",
 ];
 
+/// Fields of `aws ecs describe-services` output (and of tools that dump it, like ecspresso) that
+/// ECS sets itself: ignored with one warning. See
+/// <https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_Service.html>.
+const READ_ONLY: &[&str] = &[
+    "serviceArn",
+    "clusterArn",
+    "status",
+    "runningCount",
+    "pendingCount",
+    "deployments",
+    "taskSets",
+    "events",
+    "createdAt",
+    "createdBy",
+    "roleArn",
+    "platformFamily",
+];
+
 /// A parsed CreateService input with its warnings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parsed {
@@ -306,7 +324,21 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
         "disconnectPolicy",
         "discovery",
     ];
+    let read_only: Vec<String> = READ_ONLY
+        .iter()
+        .filter(|k| m.contains_key(**k))
+        .map(|k| format!("$.{k}"))
+        .collect();
+    if !read_only.is_empty() {
+        warnings.push(format!(
+            "{}: ignored (read-only fields of describe-services output: ECS sets them)",
+            read_only.join(", ")
+        ));
+    }
     for k in m.keys() {
+        if READ_ONLY.contains(&k.as_str()) {
+            continue;
+        }
         if AWS_ONLY.contains(&k.as_str()) {
             warnings.push(format!("$.{k}: ignored (AWS only)"));
         } else if k == "namespace" {
@@ -321,7 +353,17 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
         match m.get(key) {
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
             Some(Value::String(_)) | None | Some(Value::Null) => {
-                problems.push(format!("$.{key}: required"));
+                // Tools that save a service (the create-service tutorials, ecspresso) leave out
+                // what their command line gives.
+                let flag = if key == "serviceName" {
+                    "--service-name"
+                } else {
+                    "--task-definition"
+                };
+                problems.push(format!(
+                    "$.{key}: required (what `aws ecs create-service {flag}` gives: write it \
+                     in the file)"
+                ));
                 None
             }
             Some(o) => {

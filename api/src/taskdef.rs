@@ -416,28 +416,172 @@ const ULIMITS: &[&str] = &[
     "stack",
 ];
 
-/// Parses and checks a task definition given as JSON or YAML.
-pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
-    let value: Value = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| vec![format!("$: not valid JSON: {e}")])?
-    } else {
-        yaml_serde::from_str(text).map_err(|e| vec![format!("$: not valid JSON or YAML: {e}")])?
-    };
-    let mut c = Checker::default();
-    let def = c.task(&value);
-    match def {
-        Some(definition) if c.errors.is_empty() => Ok(Parsed {
-            definition,
-            warnings: c.warnings,
-        }),
-        _ => Err(c.errors),
+/// Fields of `aws ecs describe-task-definition` (and `register-task-definition`) output that ECS
+/// sets itself: ignored, with one warning, so a saved description registers again. See
+/// <https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_TaskDefinition.html>.
+const READ_ONLY_TOP: &[&str] = &[
+    "taskDefinitionArn",
+    "revision",
+    "status",
+    "requiresAttributes",
+    "compatibilities",
+    "registeredAt",
+    "registeredBy",
+    "deregisteredAt",
+];
+
+/// The forms ECS tooling produces that are not quite the `RegisterTaskDefinition` input, each
+/// accepted with one warning naming every place it was used (never silently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Leniency {
+    /// `{"taskDefinition": {…}}`, as `describe-task-definition` and `register-task-definition`
+    /// print it.
+    Wrapped,
+    /// Read-only fields of that output ([`READ_ONLY_TOP`]).
+    ReadOnly,
+    /// A number written as a string (`"cpu": "256"`).
+    NumberAsString,
+    /// A boolean written as a string (`"autoprovision": "false"`).
+    BoolAsString,
+}
+
+impl Leniency {
+    fn warning(self, paths: &[String]) -> String {
+        let what = match self {
+            Leniency::Wrapped => {
+                "read as the task definition it wraps (the output of aws ecs \
+                 describe-task-definition or register-task-definition)"
+            }
+            Leniency::ReadOnly => {
+                "ignored (read-only fields of describe-task-definition output: ECS sets them)"
+            }
+            Leniency::NumberAsString => {
+                "numbers written as strings, read as numbers (ECS's API wants JSON numbers)"
+            }
+            Leniency::BoolAsString => {
+                "booleans written as strings, read as true or false (ECS's API wants JSON \
+                 booleans)"
+            }
+        };
+        format!("{}: {what}", paths.join(", "))
     }
+}
+
+/// Parses and checks a task definition given as JSON or YAML: the `RegisterTaskDefinition`
+/// input (<https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RegisterTaskDefinition.html>),
+/// or what ECS tooling makes of it — `describe-task-definition` output, wrapped in
+/// `{"taskDefinition": …}` or not, and numbers or booleans written as strings — each such
+/// form with one warning. A bare `containerDefinitions` array (Terraform's
+/// `container_definitions`) needs a family: see [`with_fields`].
+pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
+    let value = read(text).map_err(|e| vec![e])?;
+    let mut c = Checker::default();
+    let (inner, wrapper) = match &value {
+        Value::Array(_) => {
+            return Err(vec![format!(
+                "$: a bare containerDefinitions array (as Terraform's container_definitions) \
+                 has no family: register it with `flotilla taskdef register --family NAME \
+                 [--memory MIB] FILE` (as `aws ecs register-task-definition --family NAME \
+                 --container-definitions file://FILE`), or write {{\"family\": NAME, \
+                 \"containerDefinitions\": [...]}}"
+            )])
+        }
+        Value::Object(m) if is_wrapped(m) => (unwrap(m), Some(m)),
+        v => (v.clone(), None),
+    };
+    let def = c.task(&inner);
+    // Paths name the place in the file the user has.
+    let at = |line: &str| match (wrapper, line.strip_prefix('$')) {
+        (Some(_), Some(rest)) => format!("$.taskDefinition{rest}"),
+        _ => line.to_string(),
+    };
+    let mut errors: Vec<String> = c.errors.iter().map(|e| at(e)).collect();
+    let mut warnings: Vec<String> = c.warnings.iter().map(|w| at(w)).collect();
+    for (kind, paths) in &c.lenient {
+        let paths: Vec<String> = paths.iter().map(|p| at(p)).collect();
+        warnings.push(kind.warning(&paths));
+    }
+    if let Some(m) = wrapper {
+        for k in m
+            .keys()
+            .filter(|k| !["taskDefinition", "tags"].contains(&k.as_str()))
+        {
+            errors.push(format!("$.{k}: unknown field"));
+        }
+        warnings.insert(0, Leniency::Wrapped.warning(&["$.taskDefinition".into()]));
+    }
+    match def {
+        Some(definition) if errors.is_empty() => Ok(Parsed {
+            definition,
+            warnings,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// Whether `m` is `describe-task-definition` output: `{"taskDefinition": {…}}`.
+fn is_wrapped(m: &Map<String, Value>) -> bool {
+    m.get("taskDefinition").is_some_and(Value::is_object) && !m.contains_key("family")
+}
+
+/// The definition a wrapper holds, with the wrapper's `tags` (`--include TAGS`) when it has
+/// none of its own.
+fn unwrap(m: &Map<String, Value>) -> Value {
+    let mut inner = m["taskDefinition"].clone();
+    if let (Some(tags), Some(im)) = (m.get("tags"), inner.as_object_mut()) {
+        im.entry("tags").or_insert_with(|| tags.clone());
+    }
+    inner
+}
+
+/// Reads JSON (text starting with `{` or `[`) or YAML into a value.
+fn read(text: &str) -> Result<Value, String> {
+    let t = text.trim_start();
+    if t.starts_with('{') || t.starts_with('[') {
+        serde_json::from_str(text).map_err(|e| format!("$: not valid JSON: {e}"))
+    } else {
+        yaml_serde::from_str(text).map_err(|e| format!("$: not valid JSON or YAML: {e}"))
+    }
+}
+
+/// The task definition `text` with top-level fields set, as JSON: what `aws ecs
+/// register-task-definition --family NAME --container-definitions file://FILE [--cpu C]
+/// [--memory M]` registers. A bare `containerDefinitions` array (Terraform's
+/// `container_definitions`) becomes a task definition with those fields; an object (wrapped
+/// or not) gets them in place of its own. `fields` are `(name, value)`: `family`, `cpu`,
+/// `memory`, strings as ECS takes them.
+pub fn with_fields(text: &str, fields: &[(&str, &str)]) -> Result<String, String> {
+    let mut value = read(text)?;
+    if let Value::Array(defs) = value {
+        value = serde_json::json!({ "containerDefinitions": defs });
+    }
+    let target = match &mut value {
+        Value::Object(m) if is_wrapped(m) => {
+            m.get_mut("taskDefinition").and_then(Value::as_object_mut)
+        }
+        Value::Object(m) => Some(m),
+        other => {
+            return Err(format!(
+                "$: expected an object or a containerDefinitions array, found {}",
+                kind(other)
+            ))
+        }
+    };
+    let Some(target) = target else {
+        return Err("$.taskDefinition: expected an object".into());
+    };
+    for (name, v) in fields {
+        target.insert((*name).into(), Value::String((*v).into()));
+    }
+    Ok(value.to_string())
 }
 
 #[derive(Default)]
 struct Checker {
     errors: Vec<String>,
     warnings: Vec<String>,
+    /// Paths where each leniency was used.
+    lenient: BTreeMap<Leniency, Vec<String>>,
 }
 
 fn is_name(s: &str, max: usize) -> bool {
@@ -452,6 +596,10 @@ impl Checker {
         self.errors.push(format!("{path}: {msg}"));
     }
 
+    fn lenient(&mut self, kind: Leniency, path: &str) {
+        self.lenient.entry(kind).or_default().push(path.to_string());
+    }
+
     /// Checks the keys of an object: `known` are read, `aws_only` and `not_yet` are accepted
     /// with a warning, anything else is an error.
     fn keys(
@@ -462,7 +610,17 @@ impl Checker {
         aws_only: &[&str],
         not_yet: &[&str],
     ) {
-        for k in m.keys() {
+        for (k, v) in m {
+            // An unset field (null, as the ECS console exports it, or empty) asks for nothing.
+            let unset = match v {
+                Value::Null => true,
+                Value::Array(a) => a.is_empty(),
+                Value::Object(o) => o.is_empty(),
+                _ => false,
+            };
+            if unset && (not_yet.contains(&k.as_str()) || aws_only.contains(&k.as_str())) {
+                continue;
+            }
             if not_yet.contains(&k.as_str()) {
                 self.warnings.push(format!(
                     "{path}.{k}: ignored (not supported by Flotilla yet)"
@@ -530,6 +688,14 @@ impl Checker {
         let n = match v {
             None | Some(Value::Null) => return None,
             Some(Value::Number(n)) => n.as_i64(),
+            Some(Value::String(s)) if s.trim().parse::<i64>().is_ok() => {
+                self.lenient(Leniency::NumberAsString, path);
+                s.trim().parse::<i64>().ok()
+            }
+            Some(Value::String(s)) => {
+                self.err(path, format!("expected an integer, found the string '{s}'"));
+                return None;
+            }
             Some(other) => {
                 self.err(path, format!("expected an integer, found {}", kind(other)));
                 return None;
@@ -548,6 +714,10 @@ impl Checker {
         match v {
             None | Some(Value::Null) => None,
             Some(Value::Bool(b)) => Some(*b),
+            Some(Value::String(s)) if s == "true" || s == "false" => {
+                self.lenient(Leniency::BoolAsString, path);
+                Some(s == "true")
+            }
             Some(other) => {
                 self.err(
                     path,
@@ -560,7 +730,11 @@ impl Checker {
 
     fn task(&mut self, v: &Value) -> Option<TaskDefinition> {
         let m = self.object("$", v)?;
-        self.keys("$", m, TOP, AWS_ONLY_TOP, &[]);
+        let known: Vec<&str> = TOP.iter().chain(READ_ONLY_TOP).copied().collect();
+        self.keys("$", m, &known, AWS_ONLY_TOP, &[]);
+        for k in READ_ONLY_TOP.iter().filter(|k| m.contains_key(**k)) {
+            self.lenient(Leniency::ReadOnly, &format!("$.{k}"));
+        }
         let family = self.string("$.family", m.get("family"), true);
         if let Some(f) = &family {
             if !is_name(f, 255) {
@@ -583,9 +757,9 @@ impl Checker {
                 NetworkMode::Bridge
             }
         };
-        let cpu = self.units("$.cpu", m.get("cpu"), "vcpu", 1024);
+        let cpu = self.units("$.cpu", m.get("cpu"), "vCPU", 1024);
         let memory = self
-            .units("$.memory", m.get("memory"), "gb", 1024)
+            .units("$.memory", m.get("memory"), "GB", 1024)
             .map(u64::from);
         let volumes = self.volumes(m.get("volumes"));
         let volume_names: HashSet<String> = volumes.iter().map(|v| v.name.clone()).collect();
@@ -604,7 +778,8 @@ impl Checker {
                 c,
                 network_mode,
                 &volume_names,
-                memory.is_some(),
+                // Given but invalid is one problem, already said.
+                m.get("memory").is_some_and(|v| !v.is_null()),
             ) {
                 containers.push((i, def));
             }
@@ -686,7 +861,10 @@ impl Checker {
         })
     }
 
-    /// CPU units or MiB: a number, a numeric string, or `"<n> <unit>"` (`1 vCPU`, `0.5 GB`).
+    /// Task-level CPU units or MiB in every form `RegisterTaskDefinition` takes: a number, a
+    /// numeric string, or a string in `unit` (vCPU or GB: `"1 vCPU"`, `".25 vcpu"`, `"0.5 GB"`,
+    /// `"2GB"`), converted at registration as ECS converts it. See `cpu` and `memory` in
+    /// <https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RegisterTaskDefinition.html>.
     fn units(&mut self, path: &str, v: Option<&Value>, unit: &str, per_unit: u32) -> Option<u32> {
         let text = match v {
             None | Some(Value::Null) => return None,
@@ -701,23 +879,33 @@ impl Checker {
             }
         };
         let t = text.trim().to_ascii_lowercase();
-        let (num, mult) = match t.strip_suffix(unit) {
+        let (num, mult) = match t.strip_suffix(&unit.to_ascii_lowercase()) {
             Some(n) => (n.trim().to_string(), f64::from(per_unit)),
             None => (t.clone(), 1.0),
+        };
+        let plain = if per_unit == 1024 && unit == "GB" {
+            "MiB"
+        } else {
+            "CPU units"
         };
         match num.parse::<f64>() {
             // Positive once rounded to whole units: '0.0001 GB' is not 0 MiB.
             Ok(n) if n.is_finite() && (n * mult).round() >= 1.0 && n * mult <= 4_000_000.0 => {
-                Some((n * mult).round() as u32)
+                return Some((n * mult).round() as u32)
             }
-            _ => {
-                self.err(
-                    path,
-                    format!("'{text}' is not a positive amount (e.g. 512 or 1 {unit})"),
-                );
-                None
-            }
+            Ok(_) => self.err(
+                path,
+                format!("'{text}' is not a positive amount (at most 4000000 {plain})"),
+            ),
+            Err(_) => self.err(
+                path,
+                format!(
+                    "'{text}' is not a positive amount as ECS writes it: {plain} (512, \"512\") \
+                     or {unit} (\"1 {unit}\", \"0.5{unit}\")"
+                ),
+            ),
         }
+        None
     }
 
     fn volumes(&mut self, v: Option<&Value>) -> Vec<VolumeDefinition> {
@@ -910,7 +1098,13 @@ impl Checker {
                 None | Some("tcp") => Protocol::Tcp,
                 Some("udp") => Protocol::Udp,
                 Some(o) => {
-                    self.err(&format!("{pp}.protocol"), format!("'{o}': tcp or udp"));
+                    self.err(
+                        &format!("{pp}.protocol"),
+                        format!(
+                            "'{o}': tcp or udp (the transport; ECS names an application \
+                             protocol such as http in appProtocol)"
+                        ),
+                    );
                     Protocol::Tcp
                 }
             };
@@ -922,7 +1116,10 @@ impl Checker {
                 {
                     self.err(
                         &format!("{pp}.hostPort"),
-                        "must equal containerPort in host and awsvpc network modes",
+                        format!(
+                            "must equal containerPort ({c}) in host and awsvpc network modes, \
+                             or be left out"
+                        ),
                     );
                 }
                 ports.push(PortMapping {
@@ -1702,6 +1899,124 @@ mod tests {
             problems[0]
                 .starts_with("$.placementConstraints[1].expression: 'attribute:site === x': at 17"),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn what_ecs_tooling_writes_is_read_with_one_warning_per_kind() {
+        let text = r#"{"family":"f","containerDefinitions":[
+            {"name":"a","image":"x","cpu":"10","memory":"64","essential":"true",
+             "portMappings":[{"containerPort":"80","hostPort":"8080"}]},
+            {"name":"b","image":"x","memory":" 32 ","essential":"false","readonlyRootFilesystem":"true"}]}"#;
+        let p = parse(text).expect("read leniently");
+        let [a, b] = &p.definition.container_definitions[..] else {
+            panic!("two containers")
+        };
+        assert_eq!((a.cpu, a.memory, a.essential), (10, Some(64), true));
+        assert_eq!(
+            (
+                a.port_mappings[0].container_port,
+                a.port_mappings[0].host_port
+            ),
+            (80, Some(8080))
+        );
+        assert_eq!(
+            (b.memory, b.essential, b.readonly_root_filesystem),
+            (Some(32), false, true)
+        );
+        assert_eq!(
+            p.warnings,
+            [
+                "$.containerDefinitions[0].cpu, $.containerDefinitions[0].memory, \
+                 $.containerDefinitions[0].portMappings[0].containerPort, \
+                 $.containerDefinitions[0].portMappings[0].hostPort, \
+                 $.containerDefinitions[1].memory: numbers written as strings, read as numbers \
+                 (ECS's API wants JSON numbers)",
+                "$.containerDefinitions[0].essential, $.containerDefinitions[1].essential, \
+                 $.containerDefinitions[1].readonlyRootFilesystem: booleans written as strings, \
+                 read as true or false (ECS's API wants JSON booleans)",
+            ]
+        );
+        // Strings that are not numbers or booleans are still refused, by path.
+        let problems = parse(
+            r#"{"family":"f","containerDefinitions":[{"name":"a","image":"x","memory":"lots","essential":"yes"}]}"#,
+        )
+        .expect_err("not numbers");
+        assert_eq!(
+            problems,
+            [
+                "$.containerDefinitions[0].memory: expected an integer, found the string 'lots'",
+                "$.containerDefinitions[0].essential: expected true or false, found a string",
+            ]
+        );
+    }
+
+    #[test]
+    fn describe_output_registers_wrapped_or_not_with_its_tags() {
+        let inner = r#"{"taskDefinitionArn":"arn:aws:ecs:x:1:task-definition/web:3","revision":3,
+            "status":"ACTIVE","family":"web","registeredAt":"2024-01-01T00:00:00.000Z",
+            "containerDefinitions":[{"name":"a","image":"x","memory":64,"bogus":1}]}"#;
+        let problems = parse(inner).expect_err("bogus");
+        assert_eq!(problems, ["$.containerDefinitions[0].bogus: unknown field"]);
+        let wrapped = format!(
+            r#"{{"taskDefinition":{inner},"tags":[{{"key":"team","value":"pos"}}],"x":1}}"#
+        );
+        let problems = parse(&wrapped).expect_err("bogus");
+        assert_eq!(
+            problems,
+            [
+                "$.taskDefinition.containerDefinitions[0].bogus: unknown field",
+                "$.x: unknown field"
+            ]
+        );
+        let fixed = wrapped
+            .replace(r#","bogus":1"#, "")
+            .replace(r#","x":1"#, "");
+        let p = parse(&fixed).expect("registers");
+        assert_eq!(
+            p.definition.tags.get("team").map(String::as_str),
+            Some("pos")
+        );
+        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+        assert!(p.warnings[1].starts_with(
+            "$.taskDefinition.taskDefinitionArn, $.taskDefinition.revision, \
+             $.taskDefinition.status, $.taskDefinition.registeredAt: ignored (read-only"
+        ));
+    }
+
+    #[test]
+    fn task_cpu_and_memory_in_every_form_ecs_takes() {
+        let task = |cpu: &str, memory: &str| {
+            format!(
+                r#"{{"family":"f","cpu":{cpu},"memory":{memory},"containerDefinitions":[{{"name":"a","image":"x"}}]}}"#
+            )
+        };
+        for (cpu, memory, want) in [
+            ("256", "512", (256u32, 512u32)),
+            (r#""256""#, r#""512""#, (256, 512)),
+            (r#""1 vCPU""#, r#""1 GB""#, (1024, 1024)),
+            (r#""1vcpu""#, r#""2GB""#, (1024, 2048)),
+            (r#"".25 vCPU""#, r#""0.5 GB""#, (256, 512)),
+            (r#""2 VCPU""#, r#""1.5gb""#, (2048, 1536)),
+            (r#"" 512 ""#, r#""8 GB""#, (512, 8192)),
+        ] {
+            let p = parse(&task(cpu, memory)).expect(memory);
+            assert_eq!(
+                (p.definition.cpu, p.definition.memory),
+                (Some(want.0), Some(u64::from(want.1))),
+                "{cpu} {memory}"
+            );
+            assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        }
+        let problems = parse(&task(r#""2 cores""#, r#""1024 MiB""#)).expect_err("not ECS's");
+        assert_eq!(
+            problems,
+            [
+                "$.cpu: '2 cores' is not a positive amount as ECS writes it: CPU units (512, \
+                 \"512\") or vCPU (\"1 vCPU\", \"0.5vCPU\")",
+                "$.memory: '1024 MiB' is not a positive amount as ECS writes it: MiB (512, \
+                 \"512\") or GB (\"1 GB\", \"0.5GB\")",
+            ]
         );
     }
 }

@@ -302,8 +302,19 @@ enum ServiceCommand {
 enum TaskdefCommand {
     /// Register a task definition as the next revision of its family.
     Register {
-        /// File (JSON or YAML), or - for standard input.
+        /// File (JSON or YAML), or - for standard input: a task definition, the output of `aws
+        /// ecs describe-task-definition`, or (with --family) a bare containerDefinitions array
+        /// such as Terraform's container_definitions.
         file: PathBuf,
+        /// Family, in place of the file's (as `aws ecs register-task-definition --family`).
+        #[arg(long)]
+        family: Option<String>,
+        /// Task-level CPU units or vCPUs ("256", "0.25 vCPU"), in place of the file's.
+        #[arg(long)]
+        cpu: Option<String>,
+        /// Task-level memory in MiB or GB ("512", "0.5 GB"), in place of the file's.
+        #[arg(long)]
+        memory: Option<String>,
     },
     /// List every revision.
     #[command(alias = "list")]
@@ -1060,9 +1071,28 @@ async fn run(cli: Cli) -> Result<()> {
             };
             logs(&api, &task, query, timestamps, output).await?
         }
-        ClusterCommand::Taskdef(TaskdefCommand::Register { file }) => {
+        ClusterCommand::Taskdef(TaskdefCommand::Register {
+            file,
+            family,
+            cpu,
+            memory,
+        }) => {
+            let mut document = read_input(&file)?;
+            let fields: Vec<(&str, &str)> =
+                [("family", &family), ("cpu", &cpu), ("memory", &memory)]
+                    .into_iter()
+                    .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+                    .collect();
+            if !fields.is_empty() {
+                let text = String::from_utf8(document)
+                    .with_context(|| format!("{} is not UTF-8 text", file.display()))?;
+                document = flotilla_api::taskdef::with_fields(&text, &fields)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("reading {}", file.display()))?
+                    .into_bytes();
+            }
             let r = api
-                .register_taskdef(&read_input(&file)?)
+                .register_taskdef(&document)
                 .await
                 .with_context(|| format!("registering {}", file.display()))?;
             for w in &r.warnings {

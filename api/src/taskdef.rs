@@ -398,6 +398,8 @@ const CONTAINER: &[&str] = &[
     "privileged",
     "hostname",
 ];
+/// How a node mounts every tmpfs: these `mountOptions` say what happens anyway.
+const TMPFS_OPTIONS: &[&str] = &["rw", "nosuid", "nodev"];
 const ULIMITS: &[&str] = &[
     "core",
     "cpu",
@@ -975,7 +977,38 @@ impl Checker {
                             self.err(&format!("{dp}.scope"), format!("'{o}': task or shared"))
                         }
                     }
-                    self.boolean(&format!("{dp}.autoprovision"), dm.get("autoprovision"));
+                    let autoprovision =
+                        self.boolean(&format!("{dp}.autoprovision"), dm.get("autoprovision"));
+                    if autoprovision == Some(false) {
+                        self.warnings.push(format!(
+                            "{dp}.autoprovision: ignored: a node creates a shared volume that is \
+                             missing, as with autoprovision: true"
+                        ));
+                    }
+                    for key in ["driverOpts", "labels"] {
+                        match dm.get(key) {
+                            None | Some(Value::Null) => {}
+                            Some(Value::Object(o)) if o.is_empty() => {}
+                            Some(Value::Object(o)) => {
+                                for (k, v) in o {
+                                    if !v.is_string() {
+                                        self.err(
+                                            &format!("{dp}.{key}.{k}"),
+                                            format!("expected a string, found {}", kind(v)),
+                                        );
+                                    }
+                                }
+                                self.warnings.push(format!(
+                                    "{dp}.{key}: ignored (not supported by Flotilla yet): the \
+                                     local driver makes a plain directory on the node"
+                                ));
+                            }
+                            Some(other) => self.err(
+                                &format!("{dp}.{key}"),
+                                format!("expected an object, found {}", kind(other)),
+                            ),
+                        }
+                    }
                     match self
                         .string(&format!("{dp}.driver"), dm.get("driver"), false)
                         .as_deref()
@@ -1075,17 +1108,32 @@ impl Checker {
             self.keys(
                 &pp,
                 pmm,
-                &["containerPort", "hostPort", "protocol", "name"],
+                &[
+                    "containerPort",
+                    "hostPort",
+                    "protocol",
+                    "name",
+                    "containerPortRange",
+                ],
                 &["appProtocol"],
-                &["containerPortRange"],
+                &[],
             );
+            if pmm.get("containerPortRange").is_some_and(|r| !r.is_null()) {
+                // One message, not a warning and then "containerPort: required".
+                self.err(
+                    &format!("{pp}.containerPortRange"),
+                    "port ranges are not supported yet: map each port with its own \
+                     containerPort",
+                );
+                continue;
+            }
             let cport = self.int(
                 &format!("{pp}.containerPort"),
                 pmm.get("containerPort"),
                 1,
                 65535,
             );
-            if pmm.get("containerPort").is_none() {
+            if pmm.get("containerPort").is_none_or(Value::is_null) {
                 self.err(&format!("{pp}.containerPort"), "required");
             }
             let hport = self
@@ -1340,10 +1388,13 @@ impl Checker {
                             .unwrap_or_default();
                     }
                 }
-                self.boolean(
-                    &format!("{lpp}.initProcessEnabled"),
-                    lm.get("initProcessEnabled"),
-                );
+                let init_path = format!("{lpp}.initProcessEnabled");
+                if self.boolean(&init_path, lm.get("initProcessEnabled")) == Some(true) {
+                    self.warnings.push(format!(
+                        "{init_path}: ignored (not supported by Flotilla yet): the container's \
+                         own first process is its PID 1, which reaps orphans and gets signals"
+                    ));
+                }
                 for (i, t) in self
                     .array(&format!("{lpp}.tmpfs"), lm.get("tmpfs"))
                     .iter()
@@ -1369,7 +1420,26 @@ impl Checker {
                     if tm.get("size").is_none() {
                         self.err(&format!("{tp}.size"), "required");
                     }
-                    self.strings(&format!("{tp}.mountOptions"), tm.get("mountOptions"));
+                    let options_path = format!("{tp}.mountOptions");
+                    let options = self
+                        .strings(&options_path, tm.get("mountOptions"))
+                        .unwrap_or_default();
+                    let ignored: Vec<&String> = options
+                        .iter()
+                        .filter(|o| !TMPFS_OPTIONS.contains(&o.as_str()))
+                        .collect();
+                    if !ignored.is_empty() {
+                        self.warnings.push(format!(
+                            "{options_path}: {} ignored (not supported by Flotilla yet): a tmpfs \
+                             is mounted {}",
+                            ignored
+                                .iter()
+                                .map(|o| format!("'{o}'"))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            TMPFS_OPTIONS.join(",")
+                        ));
+                    }
                     if let (Some(container_path), Some(size)) = (path, size) {
                         tmpfs.push(Tmpfs {
                             container_path,
@@ -1580,6 +1650,29 @@ impl Checker {
                         self.err(
                             &path,
                             format!("HEALTHY needs a healthCheck on '{}'", t.name),
+                        )
+                    }
+                    // ECS refuses it too: the exit waited for would stop the task.
+                    Some(t)
+                        if t.essential
+                            && matches!(
+                                d.condition,
+                                DependencyCondition::Complete | DependencyCondition::Success
+                            ) =>
+                    {
+                        let condition = if d.condition == DependencyCondition::Success {
+                            "SUCCESS"
+                        } else {
+                            "COMPLETE"
+                        };
+                        self.err(
+                            &format!("$.containerDefinitions[{i}].dependsOn[{j}].condition"),
+                            format!(
+                                "{condition} waits for '{}' to exit, but it is essential (the \
+                                 default), so its exit stops the task: give '{}' \
+                                 \"essential\": false",
+                                t.name, t.name
+                            ),
                         )
                     }
                     Some(_) => {}
@@ -2018,5 +2111,504 @@ mod tests {
                  \"512\") or GB (\"1 GB\", \"0.5GB\")",
             ]
         );
+    }
+
+    /// What Flotilla does with a field of the ECS `RegisterTaskDefinition` shape.
+    #[derive(Debug, Clone, Copy)]
+    enum Treatment {
+        /// Registers with no warning about it, and the definition says it.
+        Acted,
+        /// Registers with a warning that names it.
+        Warned,
+        /// Refused; the problem named by its path starts with this.
+        Refused(&'static str),
+    }
+    use Treatment::{Acted, Refused, Warned};
+
+    /// Every field of the ECS RegisterTaskDefinition shape, with a value that asks for
+    /// something, and what Flotilla does with it
+    /// (<https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RegisterTaskDefinition.html>,
+    /// `ContainerDefinition`, `Volume`, `LinuxParameters`, `PortMapping` …). Paths are
+    /// dot-separated; a number indexes an array of [`FIELDS_BASE`].
+    const FIELDS: &[(&str, &str, Treatment)] = &[
+        ("family", r#""g""#, Acted),
+        (
+            "containerDefinitions",
+            "[]",
+            Refused("at least one container is required"),
+        ),
+        ("cpu", r#""0.5 vCPU""#, Acted),
+        ("memory", r#""1 GB""#, Acted),
+        ("networkMode", r#""host""#, Acted),
+        ("taskRoleArn", r#""arn:aws:iam::1:role/r""#, Warned),
+        ("executionRoleArn", r#""arn:aws:iam::1:role/r""#, Warned),
+        ("requiresCompatibilities", r#"["FARGATE"]"#, Warned),
+        ("runtimePlatform", r#"{"cpuArchitecture": "ARM64"}"#, Warned),
+        (
+            "proxyConfiguration",
+            r#"{"type": "APPMESH", "containerName": "app"}"#,
+            Warned,
+        ),
+        (
+            "inferenceAccelerators",
+            r#"[{"deviceName": "d", "deviceType": "t"}]"#,
+            Warned,
+        ),
+        ("ephemeralStorage", r#"{"sizeInGiB": 30}"#, Warned),
+        ("enableFaultInjection", "true", Warned),
+        ("ipcMode", r#""host""#, Warned),
+        ("pidMode", r#""task""#, Warned),
+        // describe-task-definition output
+        (
+            "taskDefinitionArn",
+            r#""arn:aws:ecs:x:1:task-definition/f:1""#,
+            Warned,
+        ),
+        ("revision", "4", Warned),
+        ("status", r#""ACTIVE""#, Warned),
+        (
+            "requiresAttributes",
+            r#"[{"name": "ecs.capability.x"}]"#,
+            Warned,
+        ),
+        ("compatibilities", r#"["EC2"]"#, Warned),
+        ("registeredAt", r#""2024-01-01T00:00:00Z""#, Warned),
+        ("registeredBy", r#""arn:aws:iam::1:user/u""#, Warned),
+        ("deregisteredAt", r#""2024-01-02T00:00:00Z""#, Warned),
+        ("containerDefinitions.0.name", r#""web""#, Acted),
+        ("containerDefinitions.0.image", r#""y""#, Acted),
+        ("containerDefinitions.0.cpu", "128", Acted),
+        ("containerDefinitions.0.memory", "128", Acted),
+        ("containerDefinitions.0.memoryReservation", "32", Acted),
+        (
+            "containerDefinitions.0.portMappings.0.containerPort",
+            "81",
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.portMappings.0.hostPort",
+            "8080",
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.portMappings.0.protocol",
+            r#""udp""#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.portMappings.0.name",
+            r#""http""#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.portMappings.0.appProtocol",
+            r#""http""#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.portMappings.0.containerPortRange",
+            r#""8000-8010""#,
+            Refused("port ranges are not supported yet"),
+        ),
+        ("containerDefinitions.1.essential", "true", Acted),
+        ("containerDefinitions.0.entryPoint", r#"["sh"]"#, Acted),
+        ("containerDefinitions.0.command", r#"["x"]"#, Acted),
+        ("containerDefinitions.0.environment.0.name", r#""B""#, Acted),
+        (
+            "containerDefinitions.0.environment.0.value",
+            r#""2""#,
+            Acted,
+        ),
+        ("containerDefinitions.0.workingDirectory", r#""/w""#, Acted),
+        ("containerDefinitions.0.user", r#""1000""#, Acted),
+        (
+            "containerDefinitions.0.healthCheck.command",
+            r#"["CMD", "false"]"#,
+            Acted,
+        ),
+        ("containerDefinitions.0.healthCheck.interval", "10", Acted),
+        ("containerDefinitions.0.healthCheck.timeout", "3", Acted),
+        ("containerDefinitions.0.healthCheck.retries", "5", Acted),
+        (
+            "containerDefinitions.0.healthCheck.startPeriod",
+            "20",
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.dependsOn.0.containerName",
+            r#""app""#,
+            Refused("a container cannot depend on itself"),
+        ),
+        (
+            "containerDefinitions.0.dependsOn.0.condition",
+            r#""COMPLETE""#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.mountPoints.0.sourceVolume",
+            r#""d""#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.mountPoints.0.containerPath",
+            r#""/w""#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.mountPoints.0.readOnly",
+            "true",
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.readonlyRootFilesystem",
+            "true",
+            Acted,
+        ),
+        ("containerDefinitions.0.ulimits.0.name", r#""nproc""#, Acted),
+        ("containerDefinitions.0.ulimits.0.softLimit", "5", Acted),
+        ("containerDefinitions.0.ulimits.0.hardLimit", "30", Acted),
+        (
+            "containerDefinitions.0.linuxParameters.capabilities.add",
+            r#"["NET_ADMIN"]"#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.capabilities.drop",
+            r#"["MKNOD"]"#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.devices",
+            r#"[{"hostPath": "/dev/fuse"}]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.initProcessEnabled",
+            "true",
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.sharedMemorySize",
+            "64",
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.maxSwap",
+            "0",
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.swappiness",
+            "60",
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.tmpfs.0.containerPath",
+            r#""/u""#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.tmpfs.0.size",
+            "16",
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.tmpfs.0.mountOptions",
+            r#"["noexec"]"#,
+            Warned,
+        ),
+        ("containerDefinitions.0.stopTimeout", "30", Acted),
+        (
+            "containerDefinitions.0.restartPolicy.enabled",
+            "true",
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.restartPolicy.ignoredExitCodes",
+            "[1]",
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.restartPolicy.restartAttemptPeriod",
+            "100",
+            Acted,
+        ),
+        ("containerDefinitions.0.privileged", "true", Acted),
+        ("containerDefinitions.0.hostname", r#""h""#, Acted),
+        (
+            "containerDefinitions.0.logConfiguration",
+            r#"{"logDriver": "awslogs"}"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.secrets",
+            r#"[{"name": "S", "valueFrom": "arn"}]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.repositoryCredentials",
+            r#"{"credentialsParameter": "arn"}"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.firelensConfiguration",
+            r#"{"type": "fluentbit"}"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.resourceRequirements",
+            r#"[{"type": "GPU", "value": "1"}]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.credentialSpecs",
+            r#"["credentialspec:arn"]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.environmentFiles",
+            r#"[{"type": "s3", "value": "arn"}]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.versionConsistency",
+            r#""disabled""#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.dockerLabels",
+            r#"{"a": "b"}"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.dockerSecurityOptions",
+            r#"["no-new-privileges"]"#,
+            Warned,
+        ),
+        ("containerDefinitions.0.links", r#"["side"]"#, Warned),
+        (
+            "containerDefinitions.0.volumesFrom",
+            r#"[{"sourceContainer": "side"}]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.dnsServers",
+            r#"["1.1.1.1"]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.dnsSearchDomains",
+            r#"["example.org"]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.extraHosts",
+            r#"[{"hostname": "a", "ipAddress": "10.0.0.1"}]"#,
+            Warned,
+        ),
+        ("containerDefinitions.0.disableNetworking", "true", Warned),
+        ("containerDefinitions.0.interactive", "true", Warned),
+        ("containerDefinitions.0.pseudoTerminal", "true", Warned),
+        ("containerDefinitions.0.startTimeout", "30", Warned),
+        (
+            "containerDefinitions.0.systemControls",
+            r#"[{"namespace": "net.core.somaxconn", "value": "1"}]"#,
+            Warned,
+        ),
+        ("volumes.1.name", r#""e""#, Acted),
+        ("volumes.0.host.sourcePath", r#""/srv""#, Acted),
+        (
+            "volumes.1.dockerVolumeConfiguration.scope",
+            r#""shared""#,
+            Acted,
+        ),
+        (
+            "volumes.1.dockerVolumeConfiguration.autoprovision",
+            "false",
+            Warned,
+        ),
+        (
+            "volumes.1.dockerVolumeConfiguration.driver",
+            r#""rexray/ebs""#,
+            Refused("'rexray/ebs': only the local driver"),
+        ),
+        (
+            "volumes.1.dockerVolumeConfiguration.driverOpts",
+            r#"{"type": "tmpfs"}"#,
+            Warned,
+        ),
+        (
+            "volumes.1.dockerVolumeConfiguration.labels",
+            r#"{"a": "b"}"#,
+            Warned,
+        ),
+        (
+            "volumes.1.efsVolumeConfiguration",
+            r#"{"fileSystemId": "fs-1"}"#,
+            Warned,
+        ),
+        (
+            "volumes.1.fsxWindowsFileServerVolumeConfiguration",
+            r#"{"fileSystemId": "fs-1"}"#,
+            Warned,
+        ),
+        ("volumes.1.configuredAtLaunch", "true", Warned),
+        (
+            "placementConstraints.0.type",
+            r#""distinctInstance""#,
+            Refused("'distinctInstance' is not a task placement constraint"),
+        ),
+        (
+            "placementConstraints.0.expression",
+            r#""attribute:a == c""#,
+            Acted,
+        ),
+        ("tags.0.key", r#""k2""#, Acted),
+        ("tags.0.value", r#""w""#, Acted),
+        ("bogus", "1", Refused("unknown field")),
+        (
+            "containerDefinitions.0.bogus",
+            "1",
+            Refused("unknown field"),
+        ),
+    ];
+
+    /// The definition every row of [`FIELDS`] changes one field of.
+    const FIELDS_BASE: &str = r#"{
+      "family": "f",
+      "containerDefinitions": [
+        {"name": "app", "image": "x", "memory": 64,
+         "portMappings": [{"containerPort": 80}],
+         "healthCheck": {"command": ["CMD", "true"]},
+         "dependsOn": [{"containerName": "side", "condition": "START"}],
+         "mountPoints": [{"sourceVolume": "v", "containerPath": "/v"}],
+         "ulimits": [{"name": "nofile", "softLimit": 10, "hardLimit": 20}],
+         "environment": [{"name": "A", "value": "1"}],
+         "linuxParameters": {"tmpfs": [{"containerPath": "/t", "size": 8}]},
+         "restartPolicy": {"enabled": false}},
+        {"name": "side", "image": "x", "memory": 64, "essential": false}
+      ],
+      "volumes": [{"name": "v"}, {"name": "d"}],
+      "placementConstraints": [{"type": "memberOf", "expression": "attribute:a == b"}],
+      "tags": [{"key": "k", "value": "v"}]
+    }"#;
+
+    /// `a.0.b` as a JSON path: `$.a[0].b`.
+    fn json_path(dotted: &str) -> String {
+        let mut out = String::from("$");
+        for seg in dotted.split('.') {
+            if seg.parse::<usize>().is_ok() {
+                out.push_str(&format!("[{seg}]"));
+            } else {
+                out.push_str(&format!(".{seg}"));
+            }
+        }
+        out
+    }
+
+    fn set(v: &mut Value, dotted: &str, new: Value) {
+        let mut cur = v;
+        for seg in dotted.split('.') {
+            cur = match cur {
+                Value::Array(a) => &mut a[seg.parse::<usize>().expect("index")],
+                Value::Object(m) => m.entry(seg).or_insert_with(|| Value::Object(Map::new())),
+                other => panic!("{dotted}: {other}"),
+            };
+        }
+        *cur = new;
+    }
+
+    #[test]
+    fn every_field_of_the_ecs_shape_is_acted_on_warned_about_or_refused() {
+        let base = parse(FIELDS_BASE).expect("the base registers");
+        assert!(base.warnings.is_empty(), "{:?}", base.warnings);
+        let mut wrong = Vec::new();
+        for (dotted, value, treatment) in FIELDS {
+            let mut doc: Value = serde_json::from_str(FIELDS_BASE).expect("json");
+            set(&mut doc, dotted, serde_json::from_str(value).expect(value));
+            let path = json_path(dotted);
+            let got = parse(&doc.to_string());
+            let ok = match (treatment, &got) {
+                (Acted, Ok(p)) => {
+                    p.definition != base.definition && !p.warnings.iter().any(|w| w.contains(&path))
+                }
+                (Warned, Ok(p)) => {
+                    p.definition == base.definition
+                        && p.warnings.iter().filter(|w| w.contains(&path)).count() == 1
+                }
+                (Refused(want), Err(problems)) => problems
+                    .iter()
+                    .any(|p| p.starts_with(&format!("{path}: {want}"))),
+                _ => false,
+            };
+            if !ok {
+                wrong.push(format!("{path} = {value}: want {treatment:?}, got {got:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        // Every field the parser knows of is in the table.
+        let listed = |prefix: &str, name: &str| {
+            FIELDS.iter().any(|(d, _, _)| {
+                d.strip_prefix(prefix)
+                    .is_some_and(|r| r.split('.').next() == Some(name))
+            })
+        };
+        for name in TOP.iter().chain(AWS_ONLY_TOP).chain(READ_ONLY_TOP) {
+            assert!(listed("", name), "{name} is not in FIELDS");
+        }
+        for name in CONTAINER
+            .iter()
+            .chain(AWS_ONLY_CONTAINER)
+            .chain(NOT_YET_CONTAINER)
+        {
+            let essential = *name == "essential" && listed("containerDefinitions.1.", name);
+            assert!(
+                essential || listed("containerDefinitions.0.", name),
+                "{name} is not in FIELDS"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dependency_waiting_for_an_essential_container_to_exit_is_refused() {
+        let task = |essential: &str, condition: &str| {
+            format!(
+                r#"{{"family":"f","containerDefinitions":[
+                {{"name":"app","image":"x","memory":64,
+                  "dependsOn":[{{"containerName":"init","condition":"{condition}"}}]}},
+                {{"name":"init","image":"x","memory":64{essential}}}]}}"#
+            )
+        };
+        for condition in ["SUCCESS", "COMPLETE"] {
+            // essential by default, or said so
+            for essential in ["", r#","essential":true"#] {
+                let problems = parse(&task(essential, condition)).expect_err(condition);
+                assert_eq!(problems.len(), 1, "{problems:?}");
+                assert!(
+                    problems[0].starts_with(&format!(
+                        "$.containerDefinitions[0].dependsOn[0].condition: {condition} waits for \
+                         'init' to exit, but it is essential"
+                    )),
+                    "{problems:?}"
+                );
+            }
+            parse(&task(r#","essential":false"#, condition)).expect("a non-essential init");
+        }
+        // Waiting for an essential container to start or be healthy is what sidecars do.
+        parse(&task("", "START")).expect("START");
+    }
+
+    #[test]
+    fn a_port_range_is_refused_in_one_message() {
+        let problems = parse(
+            r#"{"family":"f","containerDefinitions":[{"name":"a","image":"x","memory":64,
+                "portMappings":[{"containerPortRange":"8000-8010"}]}]}"#,
+        )
+        .expect_err("a range");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with(
+            "$.containerDefinitions[0].portMappings[0].containerPortRange: port ranges are not \
+             supported yet"
+        ));
     }
 }

@@ -87,6 +87,10 @@ const CASES: &[(&str, Expect)] = &[
     (
         "10-ecs-agent-docker-volume-shared.json",
         Registers(&[
+            "$.volumes[0].dockerVolumeConfiguration.autoprovision: ignored: a node creates a \
+             shared volume that is missing",
+            "$.volumes[0].dockerVolumeConfiguration.driverOpts: ignored",
+            "$.volumes[0].dockerVolumeConfiguration.labels: ignored",
             "$.volumes[0].dockerVolumeConfiguration.autoprovision: booleans written as strings, \
              read as true or false",
         ]),
@@ -96,7 +100,13 @@ const CASES: &[(&str, Expect)] = &[
         Registers(&["$.containerDefinitions[0].systemControls: ignored"]),
     ),
     ("12-ecs-agent-capabilities.json", Registers(&[])),
-    ("13-ecs-agent-tmpfs.json", Registers(&[])),
+    (
+        "13-ecs-agent-tmpfs.json",
+        Registers(&[
+            "$.containerDefinitions[0].linuxParameters.tmpfs[0].mountOptions: 'ro', 'noexec' \
+             ignored",
+        ]),
+    ),
     (
         "14-ecs-agent-shmsize.json",
         Registers(&["$.containerDefinitions[0].linuxParameters.sharedMemorySize: ignored"]),

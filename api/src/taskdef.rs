@@ -398,6 +398,9 @@ const CONTAINER: &[&str] = &[
     "privileged",
     "hostname",
 ];
+/// The least memory a container gets, MiB (what Docker 20.10 and later reserve; ECS documents
+/// the same floor for `memory`).
+const MIN_CONTAINER_MEMORY: u64 = 6;
 /// How a node mounts every tmpfs: these `mountOptions` say what happens anyway.
 const TMPFS_OPTIONS: &[&str] = &["rw", "nosuid", "nodev"];
 const ULIMITS: &[&str] = &[
@@ -806,6 +809,9 @@ impl Checker {
         }
         self.dependencies(&containers);
         self.port_conflicts(&containers, network_mode);
+        if containers.len() == items.len() {
+            self.task_limits(cpu, memory, &containers);
+        }
         let mut constraints = Vec::new();
         for (i, pc) in self
             .array("$.placementConstraints", m.get("placementConstraints"))
@@ -1066,7 +1072,12 @@ impl Checker {
             .int(&format!("{p}.cpu"), m.get("cpu"), 0, 1 << 20)
             .unwrap_or(0) as u32;
         let memory = self
-            .int(&format!("{p}.memory"), m.get("memory"), 6, 1 << 30)
+            .int(
+                &format!("{p}.memory"),
+                m.get("memory"),
+                MIN_CONTAINER_MEMORY as i64,
+                1 << 30,
+            )
             .map(|n| n as u64);
         let reservation = self
             .int(
@@ -1579,6 +1590,82 @@ impl Checker {
         })
     }
 
+    /// Task-level `cpu` and `memory` bound the task's containers as ECS has it (see `cpu` and
+    /// `memory` of
+    /// <https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_ContainerDefinition.html>):
+    /// the task has at least the memory one container needs, no container's hard limit is above
+    /// the task's, and what the containers reserve (`memoryReservation`, else `memory`; `cpu`)
+    /// adds up to no more than the task's.
+    fn task_limits(
+        &mut self,
+        cpu: Option<u32>,
+        memory: Option<u64>,
+        containers: &[(usize, ContainerDefinition)],
+    ) {
+        let sum = |parts: &[u64]| {
+            let total: u64 = parts.iter().sum();
+            if parts.len() > 1 {
+                let each: Vec<String> = parts.iter().map(u64::to_string).collect();
+                format!("{} = {total}", each.join(" + "))
+            } else {
+                total.to_string()
+            }
+        };
+        if let Some(task) = memory {
+            if task < MIN_CONTAINER_MEMORY {
+                self.err(
+                    "$.memory",
+                    format!(
+                        "{task} MiB is less than the {MIN_CONTAINER_MEMORY} MiB one container \
+                         needs at least"
+                    ),
+                );
+                return;
+            }
+            let mut over = false;
+            for (i, c) in containers {
+                if let Some(hard) = c.memory.filter(|m| *m > task) {
+                    self.err(
+                        &format!("$.containerDefinitions[{i}].memory"),
+                        format!("{hard} MiB is more than the task's memory ({task} MiB)"),
+                    );
+                    over = true;
+                }
+            }
+            let reserved: Vec<u64> = containers
+                .iter()
+                .filter_map(|(_, c)| c.memory_reservation.or(c.memory))
+                .collect();
+            // One problem each: a container above the task is above it whatever the sum.
+            if !over && reserved.iter().sum::<u64>() > task {
+                self.err(
+                    "$.memory",
+                    format!(
+                        "{task} MiB is less than its containers reserve ({} MiB, each its \
+                         memoryReservation, else its memory)",
+                        sum(&reserved)
+                    ),
+                );
+            }
+        }
+        if let Some(task) = cpu {
+            let units: Vec<u64> = containers
+                .iter()
+                .map(|(_, c)| u64::from(c.cpu))
+                .filter(|u| *u > 0)
+                .collect();
+            if units.iter().sum::<u64>() > u64::from(task) {
+                self.err(
+                    "$.cpu",
+                    format!(
+                        "{task} CPU units is less than its containers' cpu ({})",
+                        sum(&units)
+                    ),
+                );
+            }
+        }
+    }
+
     /// Dependencies name other containers of the task, `HEALTHY` needs a health check there,
     /// and there is no cycle.
     /// Every container of a task shares its network namespace, and a bridge task's static host
@@ -1905,10 +1992,10 @@ mod tests {
             );
         }
         let d = parse(
-            r#"{"family":"f","cpu":"0.001 vCPU","memory":"0.5","containerDefinitions":[{"name":"a","image":"x"}]}"#,
+            r#"{"family":"f","cpu":"0.001 vCPU","memory":"0.006 GB","containerDefinitions":[{"name":"a","image":"x"}]}"#,
         )
         .expect("rounds to one unit");
-        assert_eq!((d.definition.cpu, d.definition.memory), (Some(1), Some(1)));
+        assert_eq!((d.definition.cpu, d.definition.memory), (Some(1), Some(6)));
     }
 
     #[test]
@@ -2110,6 +2197,55 @@ mod tests {
                 "$.memory: '1024 MiB' is not a positive amount as ECS writes it: MiB (512, \
                  \"512\") or GB (\"1 GB\", \"0.5GB\")",
             ]
+        );
+    }
+
+    #[test]
+    fn task_memory_and_cpu_bound_their_containers_as_ecs_has_it() {
+        let task = |top: &str, containers: &str| {
+            format!(r#"{{"family":"f"{top},"containerDefinitions":[{containers}]}}"#)
+        };
+        for (top, containers, want) in [
+            // The container floor holds for the task too.
+            (
+                r#","memory":"4""#,
+                r#"{"name":"a","image":"x"}"#,
+                "$.memory: 4 MiB is less than the 6 MiB one container needs at least",
+            ),
+            (
+                "",
+                r#"{"name":"a","image":"x","memory":4}"#,
+                "$.containerDefinitions[0].memory: expected an integer from 6 to",
+            ),
+            (
+                r#","memory":"64""#,
+                r#"{"name":"a","image":"x","memory":128}"#,
+                "$.containerDefinitions[0].memory: 128 MiB is more than the task's memory (64 MiB)",
+            ),
+            (
+                r#","memory":"0.5 GB""#,
+                r#"{"name":"a","image":"x","memoryReservation":256},{"name":"b","image":"x","memory":384,"essential":false}"#,
+                "$.memory: 512 MiB is less than its containers reserve (256 + 384 = 640 MiB",
+            ),
+            (
+                r#","cpu":"0.25 vCPU""#,
+                r#"{"name":"a","image":"x","memory":64,"cpu":128},{"name":"b","image":"x","memory":64,"cpu":256,"essential":false}"#,
+                "$.cpu: 256 CPU units is less than its containers' cpu (128 + 256 = 384)",
+            ),
+        ] {
+            let problems = parse(&task(top, containers)).expect_err(want);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].starts_with(want), "{want}: {problems:?}");
+        }
+        // What fits registers; a container without memory of its own has the task's.
+        let p = parse(&task(
+            r#","cpu":"512","memory":"512""#,
+            r#"{"name":"a","image":"x","memoryReservation":128,"memory":512,"cpu":256},{"name":"b","image":"x","essential":false}"#,
+        ))
+        .expect("fits");
+        assert_eq!(
+            (p.definition.cpu, p.definition.memory),
+            (Some(512), Some(512))
         );
     }
 

@@ -43,6 +43,20 @@ pub fn with_default_port(server: &str) -> String {
     }
 }
 
+/// `noun` for `n` things, as messages say it: "task" for 1, "tasks" otherwise.
+pub fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        noun.to_string()
+    } else {
+        format!("{noun}s")
+    }
+}
+
+/// `n` and its `noun`: "1 problem", "2 problems", "0 warnings".
+pub fn count(n: usize, noun: &str) -> String {
+    format!("{n} {}", plural(n, noun))
+}
+
 /// Largest frame accepted (1 MiB).
 pub const MAX_FRAME: usize = 1 << 20;
 
@@ -367,6 +381,14 @@ pub type Labels = BTreeMap<String, String>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_say_one_thing_and_many_things() {
+        assert_eq!(count(1, "problem"), "1 problem");
+        assert_eq!(count(2, "problem"), "2 problems");
+        assert_eq!(count(0, "warning"), "0 warnings");
+        assert_eq!(plural(1, "schedule"), "schedule");
+    }
 
     #[tokio::test]
     async fn frames_round_trip_and_oversized_ones_are_refused() {

@@ -272,6 +272,69 @@ const AWS_ONLY: &[&str] = &[
     "tags",
 ];
 
+/// Fields read as whole numbers, wherever they are.
+const NUMBER_FIELDS: &[&str] = &[
+    "desiredCount",
+    "minimumHealthyPercent",
+    "maximumPercent",
+    "lostAfter",
+    "stopOnClientAfter",
+    "containerPort",
+];
+/// Fields read as booleans, wherever they are.
+const BOOLEAN_FIELDS: &[&str] = &["enable", "rollback", "replace", "vip"];
+
+/// Reads numbers and booleans that ECS tooling wrote as strings (`"desiredCount": "2"`,
+/// `"enable": "true"`) as what they are, noting each path, so that each kind is warned about
+/// once.
+fn read_scalars(v: &mut Value, at: &str, numbers: &mut Vec<String>, booleans: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m.iter_mut() {
+                let path = format!("{at}.{k}");
+                if let Value::String(s) = x {
+                    if NUMBER_FIELDS.contains(&k.as_str()) {
+                        if let Ok(n) = s.trim().parse::<u64>() {
+                            *x = Value::from(n);
+                            numbers.push(path);
+                        }
+                    } else if BOOLEAN_FIELDS.contains(&k.as_str()) && (s == "true" || s == "false")
+                    {
+                        *x = Value::Bool(s == "true");
+                        booleans.push(path);
+                    }
+                    continue;
+                }
+                read_scalars(x, &path, numbers, booleans);
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter_mut().enumerate() {
+                read_scalars(x, &format!("{at}[{i}]"), numbers, booleans);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Fields of `aws ecs describe-services` output (and of tools that dump it, like ecspresso) that
+/// ECS sets itself: ignored with one warning. See
+/// <https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_Service.html>.
+const READ_ONLY: &[&str] = &[
+    "serviceArn",
+    "clusterArn",
+    "status",
+    "runningCount",
+    "pendingCount",
+    "deployments",
+    "taskSets",
+    "events",
+    "createdAt",
+    "createdBy",
+    "roleArn",
+    "platformFamily",
+];
+
 /// A parsed CreateService input with its warnings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Parsed {
@@ -284,16 +347,31 @@ pub struct Parsed {
 /// Parses and checks a CreateService input given as JSON or YAML; every problem is reported
 /// with its JSON path.
 pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
-    let v: Value = if text.trim_start().starts_with('{') {
+    let mut v: Value = if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|e| vec![format!("$: not valid JSON: {e}")])?
     } else {
         yaml_serde::from_str(text).map_err(|e| vec![format!("$: not valid YAML: {e}")])?
     };
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let (mut numbers, mut booleans) = (Vec::new(), Vec::new());
+    read_scalars(&mut v, "$", &mut numbers, &mut booleans);
+    if !numbers.is_empty() {
+        warnings.push(format!(
+            "{}: numbers written as strings, read as numbers (ECS's API wants JSON numbers)",
+            numbers.join(", ")
+        ));
+    }
+    if !booleans.is_empty() {
+        warnings.push(format!(
+            "{}: booleans written as strings, read as true or false (ECS's API wants JSON \
+             booleans)",
+            booleans.join(", ")
+        ));
+    }
     let Some(m) = v.as_object() else {
         return Err(vec![format!("$: expected an object, found {}", kind(&v))]);
     };
-    let mut problems = Vec::new();
-    let mut warnings = Vec::new();
     const KNOWN: &[&str] = &[
         "serviceName",
         "taskDefinition",
@@ -306,7 +384,21 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
         "disconnectPolicy",
         "discovery",
     ];
+    let read_only: Vec<String> = READ_ONLY
+        .iter()
+        .filter(|k| m.contains_key(**k))
+        .map(|k| format!("$.{k}"))
+        .collect();
+    if !read_only.is_empty() {
+        warnings.push(format!(
+            "{}: ignored (read-only fields of describe-services output: ECS sets them)",
+            read_only.join(", ")
+        ));
+    }
     for k in m.keys() {
+        if READ_ONLY.contains(&k.as_str()) {
+            continue;
+        }
         if AWS_ONLY.contains(&k.as_str()) {
             warnings.push(format!("$.{k}: ignored (AWS only)"));
         } else if k == "namespace" {
@@ -321,7 +413,17 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
         match m.get(key) {
             Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
             Some(Value::String(_)) | None | Some(Value::Null) => {
-                problems.push(format!("$.{key}: required"));
+                // Tools that save a service (the create-service tutorials, ecspresso) leave out
+                // what their command line gives.
+                let flag = if key == "serviceName" {
+                    "--service-name"
+                } else {
+                    "--task-definition"
+                };
+                problems.push(format!(
+                    "$.{key}: required (what `aws ecs create-service {flag}` gives: write it \
+                     in the file)"
+                ));
                 None
             }
             Some(o) => {
@@ -742,5 +844,43 @@ mod tests {
         let missing = parse(r#"{"serviceName": "a", "taskDefinition": "a", "discovery": {}}"#)
             .expect_err("no namespace");
         assert_eq!(missing, vec!["$.discovery.namespace: required".to_string()]);
+    }
+
+    #[test]
+    fn numbers_and_booleans_written_as_strings_are_read_with_one_warning_each() {
+        let p = parse(
+            r#"{"serviceName": "pos", "taskDefinition": "pos:3", "desiredCount": "3",
+                "deploymentConfiguration": {"minimumHealthyPercent": "50",
+                  "deploymentCircuitBreaker": {"enable": "true", "rollback": "false"}}}"#,
+        )
+        .expect("read leniently");
+        assert_eq!(p.spec.desired_count, 3);
+        assert_eq!(p.spec.deployment_configuration.minimum_healthy_percent, 50);
+        assert!(
+            p.spec
+                .deployment_configuration
+                .deployment_circuit_breaker
+                .enable
+        );
+        assert_eq!(
+            p.warnings,
+            [
+                "$.deploymentConfiguration.minimumHealthyPercent, $.desiredCount: numbers \
+                 written as strings, read as numbers (ECS's API wants JSON numbers)",
+                "$.deploymentConfiguration.deploymentCircuitBreaker.enable, \
+                 $.deploymentConfiguration.deploymentCircuitBreaker.rollback: booleans written \
+                 as strings, read as true or false (ECS's API wants JSON booleans)",
+            ]
+        );
+        // A name that looks like a number stays a name; a count that is not one is refused.
+        let p = parse(r#"{"serviceName": "2024", "taskDefinition": "pos", "desiredCount": 1}"#)
+            .expect("a numeric name");
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let e = parse(r#"{"serviceName": "a", "taskDefinition": "pos", "desiredCount": "two"}"#)
+            .expect_err("not a number");
+        assert!(
+            e[0].starts_with("$.desiredCount: expected an integer, found a string"),
+            "{e:?}"
+        );
     }
 }

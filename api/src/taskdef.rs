@@ -398,6 +398,11 @@ const CONTAINER: &[&str] = &[
     "privileged",
     "hostname",
 ];
+/// The least memory a container gets, MiB (what Docker 20.10 and later reserve; ECS documents
+/// the same floor for `memory`).
+const MIN_CONTAINER_MEMORY: u64 = 6;
+/// How a node mounts every tmpfs: these `mountOptions` say what happens anyway.
+const TMPFS_OPTIONS: &[&str] = &["rw", "nosuid", "nodev"];
 const ULIMITS: &[&str] = &[
     "core",
     "cpu",
@@ -416,28 +421,172 @@ const ULIMITS: &[&str] = &[
     "stack",
 ];
 
-/// Parses and checks a task definition given as JSON or YAML.
-pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
-    let value: Value = if text.trim_start().starts_with('{') {
-        serde_json::from_str(text).map_err(|e| vec![format!("$: not valid JSON: {e}")])?
-    } else {
-        yaml_serde::from_str(text).map_err(|e| vec![format!("$: not valid JSON or YAML: {e}")])?
-    };
-    let mut c = Checker::default();
-    let def = c.task(&value);
-    match def {
-        Some(definition) if c.errors.is_empty() => Ok(Parsed {
-            definition,
-            warnings: c.warnings,
-        }),
-        _ => Err(c.errors),
+/// Fields of `aws ecs describe-task-definition` (and `register-task-definition`) output that ECS
+/// sets itself: ignored, with one warning, so a saved description registers again. See
+/// <https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_TaskDefinition.html>.
+const READ_ONLY_TOP: &[&str] = &[
+    "taskDefinitionArn",
+    "revision",
+    "status",
+    "requiresAttributes",
+    "compatibilities",
+    "registeredAt",
+    "registeredBy",
+    "deregisteredAt",
+];
+
+/// The forms ECS tooling produces that are not quite the `RegisterTaskDefinition` input, each
+/// accepted with one warning naming every place it was used (never silently).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Leniency {
+    /// `{"taskDefinition": {…}}`, as `describe-task-definition` and `register-task-definition`
+    /// print it.
+    Wrapped,
+    /// Read-only fields of that output ([`READ_ONLY_TOP`]).
+    ReadOnly,
+    /// A number written as a string (`"cpu": "256"`).
+    NumberAsString,
+    /// A boolean written as a string (`"autoprovision": "false"`).
+    BoolAsString,
+}
+
+impl Leniency {
+    fn warning(self, paths: &[String]) -> String {
+        let what = match self {
+            Leniency::Wrapped => {
+                "read as the task definition it wraps (the output of aws ecs \
+                 describe-task-definition or register-task-definition)"
+            }
+            Leniency::ReadOnly => {
+                "ignored (read-only fields of describe-task-definition output: ECS sets them)"
+            }
+            Leniency::NumberAsString => {
+                "numbers written as strings, read as numbers (ECS's API wants JSON numbers)"
+            }
+            Leniency::BoolAsString => {
+                "booleans written as strings, read as true or false (ECS's API wants JSON \
+                 booleans)"
+            }
+        };
+        format!("{}: {what}", paths.join(", "))
     }
+}
+
+/// Parses and checks a task definition given as JSON or YAML: the `RegisterTaskDefinition`
+/// input (<https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RegisterTaskDefinition.html>),
+/// or what ECS tooling makes of it — `describe-task-definition` output, wrapped in
+/// `{"taskDefinition": …}` or not, and numbers or booleans written as strings — each such
+/// form with one warning. A bare `containerDefinitions` array (Terraform's
+/// `container_definitions`) needs a family: see [`with_fields`].
+pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
+    let value = read(text).map_err(|e| vec![e])?;
+    let mut c = Checker::default();
+    let (inner, wrapper) = match &value {
+        Value::Array(_) => {
+            return Err(vec![format!(
+                "$: a bare containerDefinitions array (as Terraform's container_definitions) \
+                 has no family: register it with `flotilla taskdef register --family NAME \
+                 [--memory MIB] FILE` (as `aws ecs register-task-definition --family NAME \
+                 --container-definitions file://FILE`), or write {{\"family\": NAME, \
+                 \"containerDefinitions\": [...]}}"
+            )])
+        }
+        Value::Object(m) if is_wrapped(m) => (unwrap(m), Some(m)),
+        v => (v.clone(), None),
+    };
+    let def = c.task(&inner);
+    // Paths name the place in the file the user has.
+    let at = |line: &str| match (wrapper, line.strip_prefix('$')) {
+        (Some(_), Some(rest)) => format!("$.taskDefinition{rest}"),
+        _ => line.to_string(),
+    };
+    let mut errors: Vec<String> = c.errors.iter().map(|e| at(e)).collect();
+    let mut warnings: Vec<String> = c.warnings.iter().map(|w| at(w)).collect();
+    for (kind, paths) in &c.lenient {
+        let paths: Vec<String> = paths.iter().map(|p| at(p)).collect();
+        warnings.push(kind.warning(&paths));
+    }
+    if let Some(m) = wrapper {
+        for k in m
+            .keys()
+            .filter(|k| !["taskDefinition", "tags"].contains(&k.as_str()))
+        {
+            errors.push(format!("$.{k}: unknown field"));
+        }
+        warnings.insert(0, Leniency::Wrapped.warning(&["$.taskDefinition".into()]));
+    }
+    match def {
+        Some(definition) if errors.is_empty() => Ok(Parsed {
+            definition,
+            warnings,
+        }),
+        _ => Err(errors),
+    }
+}
+
+/// Whether `m` is `describe-task-definition` output: `{"taskDefinition": {…}}`.
+fn is_wrapped(m: &Map<String, Value>) -> bool {
+    m.get("taskDefinition").is_some_and(Value::is_object) && !m.contains_key("family")
+}
+
+/// The definition a wrapper holds, with the wrapper's `tags` (`--include TAGS`) when it has
+/// none of its own.
+fn unwrap(m: &Map<String, Value>) -> Value {
+    let mut inner = m["taskDefinition"].clone();
+    if let (Some(tags), Some(im)) = (m.get("tags"), inner.as_object_mut()) {
+        im.entry("tags").or_insert_with(|| tags.clone());
+    }
+    inner
+}
+
+/// Reads JSON (text starting with `{` or `[`) or YAML into a value.
+fn read(text: &str) -> Result<Value, String> {
+    let t = text.trim_start();
+    if t.starts_with('{') || t.starts_with('[') {
+        serde_json::from_str(text).map_err(|e| format!("$: not valid JSON: {e}"))
+    } else {
+        yaml_serde::from_str(text).map_err(|e| format!("$: not valid JSON or YAML: {e}"))
+    }
+}
+
+/// The task definition `text` with top-level fields set, as JSON: what `aws ecs
+/// register-task-definition --family NAME --container-definitions file://FILE [--cpu C]
+/// [--memory M]` registers. A bare `containerDefinitions` array (Terraform's
+/// `container_definitions`) becomes a task definition with those fields; an object (wrapped
+/// or not) gets them in place of its own. `fields` are `(name, value)`: `family`, `cpu`,
+/// `memory`, strings as ECS takes them.
+pub fn with_fields(text: &str, fields: &[(&str, &str)]) -> Result<String, String> {
+    let mut value = read(text)?;
+    if let Value::Array(defs) = value {
+        value = serde_json::json!({ "containerDefinitions": defs });
+    }
+    let target = match &mut value {
+        Value::Object(m) if is_wrapped(m) => {
+            m.get_mut("taskDefinition").and_then(Value::as_object_mut)
+        }
+        Value::Object(m) => Some(m),
+        other => {
+            return Err(format!(
+                "$: expected an object or a containerDefinitions array, found {}",
+                kind(other)
+            ))
+        }
+    };
+    let Some(target) = target else {
+        return Err("$.taskDefinition: expected an object".into());
+    };
+    for (name, v) in fields {
+        target.insert((*name).into(), Value::String((*v).into()));
+    }
+    Ok(value.to_string())
 }
 
 #[derive(Default)]
 struct Checker {
     errors: Vec<String>,
     warnings: Vec<String>,
+    /// Paths where each leniency was used.
+    lenient: BTreeMap<Leniency, Vec<String>>,
 }
 
 fn is_name(s: &str, max: usize) -> bool {
@@ -452,6 +601,10 @@ impl Checker {
         self.errors.push(format!("{path}: {msg}"));
     }
 
+    fn lenient(&mut self, kind: Leniency, path: &str) {
+        self.lenient.entry(kind).or_default().push(path.to_string());
+    }
+
     /// Checks the keys of an object: `known` are read, `aws_only` and `not_yet` are accepted
     /// with a warning, anything else is an error.
     fn keys(
@@ -462,7 +615,17 @@ impl Checker {
         aws_only: &[&str],
         not_yet: &[&str],
     ) {
-        for k in m.keys() {
+        for (k, v) in m {
+            // An unset field (null, as the ECS console exports it, or empty) asks for nothing.
+            let unset = match v {
+                Value::Null => true,
+                Value::Array(a) => a.is_empty(),
+                Value::Object(o) => o.is_empty(),
+                _ => false,
+            };
+            if unset && (not_yet.contains(&k.as_str()) || aws_only.contains(&k.as_str())) {
+                continue;
+            }
             if not_yet.contains(&k.as_str()) {
                 self.warnings.push(format!(
                     "{path}.{k}: ignored (not supported by Flotilla yet)"
@@ -530,6 +693,14 @@ impl Checker {
         let n = match v {
             None | Some(Value::Null) => return None,
             Some(Value::Number(n)) => n.as_i64(),
+            Some(Value::String(s)) if s.trim().parse::<i64>().is_ok() => {
+                self.lenient(Leniency::NumberAsString, path);
+                s.trim().parse::<i64>().ok()
+            }
+            Some(Value::String(s)) => {
+                self.err(path, format!("expected an integer, found the string '{s}'"));
+                return None;
+            }
             Some(other) => {
                 self.err(path, format!("expected an integer, found {}", kind(other)));
                 return None;
@@ -548,6 +719,10 @@ impl Checker {
         match v {
             None | Some(Value::Null) => None,
             Some(Value::Bool(b)) => Some(*b),
+            Some(Value::String(s)) if s == "true" || s == "false" => {
+                self.lenient(Leniency::BoolAsString, path);
+                Some(s == "true")
+            }
             Some(other) => {
                 self.err(
                     path,
@@ -560,7 +735,11 @@ impl Checker {
 
     fn task(&mut self, v: &Value) -> Option<TaskDefinition> {
         let m = self.object("$", v)?;
-        self.keys("$", m, TOP, AWS_ONLY_TOP, &[]);
+        let known: Vec<&str> = TOP.iter().chain(READ_ONLY_TOP).copied().collect();
+        self.keys("$", m, &known, AWS_ONLY_TOP, &[]);
+        for k in READ_ONLY_TOP.iter().filter(|k| m.contains_key(**k)) {
+            self.lenient(Leniency::ReadOnly, &format!("$.{k}"));
+        }
         let family = self.string("$.family", m.get("family"), true);
         if let Some(f) = &family {
             if !is_name(f, 255) {
@@ -583,9 +762,9 @@ impl Checker {
                 NetworkMode::Bridge
             }
         };
-        let cpu = self.units("$.cpu", m.get("cpu"), "vcpu", 1024);
+        let cpu = self.units("$.cpu", m.get("cpu"), "vCPU", 1024);
         let memory = self
-            .units("$.memory", m.get("memory"), "gb", 1024)
+            .units("$.memory", m.get("memory"), "GB", 1024)
             .map(u64::from);
         let volumes = self.volumes(m.get("volumes"));
         let volume_names: HashSet<String> = volumes.iter().map(|v| v.name.clone()).collect();
@@ -604,7 +783,8 @@ impl Checker {
                 c,
                 network_mode,
                 &volume_names,
-                memory.is_some(),
+                // Given but invalid is one problem, already said.
+                m.get("memory").is_some_and(|v| !v.is_null()),
             ) {
                 containers.push((i, def));
             }
@@ -629,6 +809,9 @@ impl Checker {
         }
         self.dependencies(&containers);
         self.port_conflicts(&containers, network_mode);
+        if containers.len() == items.len() {
+            self.task_limits(cpu, memory, &containers);
+        }
         let mut constraints = Vec::new();
         for (i, pc) in self
             .array("$.placementConstraints", m.get("placementConstraints"))
@@ -686,7 +869,10 @@ impl Checker {
         })
     }
 
-    /// CPU units or MiB: a number, a numeric string, or `"<n> <unit>"` (`1 vCPU`, `0.5 GB`).
+    /// Task-level CPU units or MiB in every form `RegisterTaskDefinition` takes: a number, a
+    /// numeric string, or a string in `unit` (vCPU or GB: `"1 vCPU"`, `".25 vcpu"`, `"0.5 GB"`,
+    /// `"2GB"`), converted at registration as ECS converts it. See `cpu` and `memory` in
+    /// <https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RegisterTaskDefinition.html>.
     fn units(&mut self, path: &str, v: Option<&Value>, unit: &str, per_unit: u32) -> Option<u32> {
         let text = match v {
             None | Some(Value::Null) => return None,
@@ -701,23 +887,33 @@ impl Checker {
             }
         };
         let t = text.trim().to_ascii_lowercase();
-        let (num, mult) = match t.strip_suffix(unit) {
+        let (num, mult) = match t.strip_suffix(&unit.to_ascii_lowercase()) {
             Some(n) => (n.trim().to_string(), f64::from(per_unit)),
             None => (t.clone(), 1.0),
+        };
+        let plain = if per_unit == 1024 && unit == "GB" {
+            "MiB"
+        } else {
+            "CPU units"
         };
         match num.parse::<f64>() {
             // Positive once rounded to whole units: '0.0001 GB' is not 0 MiB.
             Ok(n) if n.is_finite() && (n * mult).round() >= 1.0 && n * mult <= 4_000_000.0 => {
-                Some((n * mult).round() as u32)
+                return Some((n * mult).round() as u32)
             }
-            _ => {
-                self.err(
-                    path,
-                    format!("'{text}' is not a positive amount (e.g. 512 or 1 {unit})"),
-                );
-                None
-            }
+            Ok(_) => self.err(
+                path,
+                format!("'{text}' is not a positive amount (at most 4000000 {plain})"),
+            ),
+            Err(_) => self.err(
+                path,
+                format!(
+                    "'{text}' is not a positive amount as ECS writes it: {plain} (512, \"512\") \
+                     or {unit} (\"1 {unit}\", \"0.5{unit}\")"
+                ),
+            ),
         }
+        None
     }
 
     fn volumes(&mut self, v: Option<&Value>) -> Vec<VolumeDefinition> {
@@ -787,7 +983,38 @@ impl Checker {
                             self.err(&format!("{dp}.scope"), format!("'{o}': task or shared"))
                         }
                     }
-                    self.boolean(&format!("{dp}.autoprovision"), dm.get("autoprovision"));
+                    let autoprovision =
+                        self.boolean(&format!("{dp}.autoprovision"), dm.get("autoprovision"));
+                    if autoprovision == Some(false) {
+                        self.warnings.push(format!(
+                            "{dp}.autoprovision: ignored: a node creates a shared volume that is \
+                             missing, as with autoprovision: true"
+                        ));
+                    }
+                    for key in ["driverOpts", "labels"] {
+                        match dm.get(key) {
+                            None | Some(Value::Null) => {}
+                            Some(Value::Object(o)) if o.is_empty() => {}
+                            Some(Value::Object(o)) => {
+                                for (k, v) in o {
+                                    if !v.is_string() {
+                                        self.err(
+                                            &format!("{dp}.{key}.{k}"),
+                                            format!("expected a string, found {}", kind(v)),
+                                        );
+                                    }
+                                }
+                                self.warnings.push(format!(
+                                    "{dp}.{key}: ignored (not supported by Flotilla yet): the \
+                                     local driver makes a plain directory on the node"
+                                ));
+                            }
+                            Some(other) => self.err(
+                                &format!("{dp}.{key}"),
+                                format!("expected an object, found {}", kind(other)),
+                            ),
+                        }
+                    }
                     match self
                         .string(&format!("{dp}.driver"), dm.get("driver"), false)
                         .as_deref()
@@ -845,7 +1072,12 @@ impl Checker {
             .int(&format!("{p}.cpu"), m.get("cpu"), 0, 1 << 20)
             .unwrap_or(0) as u32;
         let memory = self
-            .int(&format!("{p}.memory"), m.get("memory"), 6, 1 << 30)
+            .int(
+                &format!("{p}.memory"),
+                m.get("memory"),
+                MIN_CONTAINER_MEMORY as i64,
+                1 << 30,
+            )
             .map(|n| n as u64);
         let reservation = self
             .int(
@@ -887,17 +1119,32 @@ impl Checker {
             self.keys(
                 &pp,
                 pmm,
-                &["containerPort", "hostPort", "protocol", "name"],
+                &[
+                    "containerPort",
+                    "hostPort",
+                    "protocol",
+                    "name",
+                    "containerPortRange",
+                ],
                 &["appProtocol"],
-                &["containerPortRange"],
+                &[],
             );
+            if pmm.get("containerPortRange").is_some_and(|r| !r.is_null()) {
+                // One message, not a warning and then "containerPort: required".
+                self.err(
+                    &format!("{pp}.containerPortRange"),
+                    "port ranges are not supported yet: map each port with its own \
+                     containerPort",
+                );
+                continue;
+            }
             let cport = self.int(
                 &format!("{pp}.containerPort"),
                 pmm.get("containerPort"),
                 1,
                 65535,
             );
-            if pmm.get("containerPort").is_none() {
+            if pmm.get("containerPort").is_none_or(Value::is_null) {
                 self.err(&format!("{pp}.containerPort"), "required");
             }
             let hport = self
@@ -910,7 +1157,13 @@ impl Checker {
                 None | Some("tcp") => Protocol::Tcp,
                 Some("udp") => Protocol::Udp,
                 Some(o) => {
-                    self.err(&format!("{pp}.protocol"), format!("'{o}': tcp or udp"));
+                    self.err(
+                        &format!("{pp}.protocol"),
+                        format!(
+                            "'{o}': tcp or udp (the transport; ECS names an application \
+                             protocol such as http in appProtocol)"
+                        ),
+                    );
                     Protocol::Tcp
                 }
             };
@@ -922,7 +1175,10 @@ impl Checker {
                 {
                     self.err(
                         &format!("{pp}.hostPort"),
-                        "must equal containerPort in host and awsvpc network modes",
+                        format!(
+                            "must equal containerPort ({c}) in host and awsvpc network modes, \
+                             or be left out"
+                        ),
                     );
                 }
                 ports.push(PortMapping {
@@ -1143,10 +1399,13 @@ impl Checker {
                             .unwrap_or_default();
                     }
                 }
-                self.boolean(
-                    &format!("{lpp}.initProcessEnabled"),
-                    lm.get("initProcessEnabled"),
-                );
+                let init_path = format!("{lpp}.initProcessEnabled");
+                if self.boolean(&init_path, lm.get("initProcessEnabled")) == Some(true) {
+                    self.warnings.push(format!(
+                        "{init_path}: ignored (not supported by Flotilla yet): the container's \
+                         own first process is its PID 1, which reaps orphans and gets signals"
+                    ));
+                }
                 for (i, t) in self
                     .array(&format!("{lpp}.tmpfs"), lm.get("tmpfs"))
                     .iter()
@@ -1172,7 +1431,26 @@ impl Checker {
                     if tm.get("size").is_none() {
                         self.err(&format!("{tp}.size"), "required");
                     }
-                    self.strings(&format!("{tp}.mountOptions"), tm.get("mountOptions"));
+                    let options_path = format!("{tp}.mountOptions");
+                    let options = self
+                        .strings(&options_path, tm.get("mountOptions"))
+                        .unwrap_or_default();
+                    let ignored: Vec<&String> = options
+                        .iter()
+                        .filter(|o| !TMPFS_OPTIONS.contains(&o.as_str()))
+                        .collect();
+                    if !ignored.is_empty() {
+                        self.warnings.push(format!(
+                            "{options_path}: {} ignored (not supported by Flotilla yet): a tmpfs \
+                             is mounted {}",
+                            ignored
+                                .iter()
+                                .map(|o| format!("'{o}'"))
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            TMPFS_OPTIONS.join(",")
+                        ));
+                    }
                     if let (Some(container_path), Some(size)) = (path, size) {
                         tmpfs.push(Tmpfs {
                             container_path,
@@ -1312,6 +1590,82 @@ impl Checker {
         })
     }
 
+    /// Task-level `cpu` and `memory` bound the task's containers as ECS has it (see `cpu` and
+    /// `memory` of
+    /// <https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_ContainerDefinition.html>):
+    /// the task has at least the memory one container needs, no container's hard limit is above
+    /// the task's, and what the containers reserve (`memoryReservation`, else `memory`; `cpu`)
+    /// adds up to no more than the task's.
+    fn task_limits(
+        &mut self,
+        cpu: Option<u32>,
+        memory: Option<u64>,
+        containers: &[(usize, ContainerDefinition)],
+    ) {
+        let sum = |parts: &[u64]| {
+            let total: u64 = parts.iter().sum();
+            if parts.len() > 1 {
+                let each: Vec<String> = parts.iter().map(u64::to_string).collect();
+                format!("{} = {total}", each.join(" + "))
+            } else {
+                total.to_string()
+            }
+        };
+        if let Some(task) = memory {
+            if task < MIN_CONTAINER_MEMORY {
+                self.err(
+                    "$.memory",
+                    format!(
+                        "{task} MiB is less than the {MIN_CONTAINER_MEMORY} MiB one container \
+                         needs at least"
+                    ),
+                );
+                return;
+            }
+            let mut over = false;
+            for (i, c) in containers {
+                if let Some(hard) = c.memory.filter(|m| *m > task) {
+                    self.err(
+                        &format!("$.containerDefinitions[{i}].memory"),
+                        format!("{hard} MiB is more than the task's memory ({task} MiB)"),
+                    );
+                    over = true;
+                }
+            }
+            let reserved: Vec<u64> = containers
+                .iter()
+                .filter_map(|(_, c)| c.memory_reservation.or(c.memory))
+                .collect();
+            // One problem each: a container above the task is above it whatever the sum.
+            if !over && reserved.iter().sum::<u64>() > task {
+                self.err(
+                    "$.memory",
+                    format!(
+                        "{task} MiB is less than its containers reserve ({} MiB, each its \
+                         memoryReservation, else its memory)",
+                        sum(&reserved)
+                    ),
+                );
+            }
+        }
+        if let Some(task) = cpu {
+            let units: Vec<u64> = containers
+                .iter()
+                .map(|(_, c)| u64::from(c.cpu))
+                .filter(|u| *u > 0)
+                .collect();
+            if units.iter().sum::<u64>() > u64::from(task) {
+                self.err(
+                    "$.cpu",
+                    format!(
+                        "{task} CPU units is less than its containers' cpu ({})",
+                        sum(&units)
+                    ),
+                );
+            }
+        }
+    }
+
     /// Dependencies name other containers of the task, `HEALTHY` needs a health check there,
     /// and there is no cycle.
     /// Every container of a task shares its network namespace, and a bridge task's static host
@@ -1383,6 +1737,29 @@ impl Checker {
                         self.err(
                             &path,
                             format!("HEALTHY needs a healthCheck on '{}'", t.name),
+                        )
+                    }
+                    // ECS refuses it too: the exit waited for would stop the task.
+                    Some(t)
+                        if t.essential
+                            && matches!(
+                                d.condition,
+                                DependencyCondition::Complete | DependencyCondition::Success
+                            ) =>
+                    {
+                        let condition = if d.condition == DependencyCondition::Success {
+                            "SUCCESS"
+                        } else {
+                            "COMPLETE"
+                        };
+                        self.err(
+                            &format!("$.containerDefinitions[{i}].dependsOn[{j}].condition"),
+                            format!(
+                                "{condition} waits for '{}' to exit, but it is essential (the \
+                                 default), so its exit stops the task: give '{}' \
+                                 \"essential\": false",
+                                t.name, t.name
+                            ),
                         )
                     }
                     Some(_) => {}
@@ -1615,10 +1992,10 @@ mod tests {
             );
         }
         let d = parse(
-            r#"{"family":"f","cpu":"0.001 vCPU","memory":"0.5","containerDefinitions":[{"name":"a","image":"x"}]}"#,
+            r#"{"family":"f","cpu":"0.001 vCPU","memory":"0.006 GB","containerDefinitions":[{"name":"a","image":"x"}]}"#,
         )
         .expect("rounds to one unit");
-        assert_eq!((d.definition.cpu, d.definition.memory), (Some(1), Some(1)));
+        assert_eq!((d.definition.cpu, d.definition.memory), (Some(1), Some(6)));
     }
 
     #[test]
@@ -1703,5 +2080,671 @@ mod tests {
                 .starts_with("$.placementConstraints[1].expression: 'attribute:site === x': at 17"),
             "{problems:?}"
         );
+    }
+
+    #[test]
+    fn what_ecs_tooling_writes_is_read_with_one_warning_per_kind() {
+        let text = r#"{"family":"f","containerDefinitions":[
+            {"name":"a","image":"x","cpu":"10","memory":"64","essential":"true",
+             "portMappings":[{"containerPort":"80","hostPort":"8080"}]},
+            {"name":"b","image":"x","memory":" 32 ","essential":"false","readonlyRootFilesystem":"true"}]}"#;
+        let p = parse(text).expect("read leniently");
+        let [a, b] = &p.definition.container_definitions[..] else {
+            panic!("two containers")
+        };
+        assert_eq!((a.cpu, a.memory, a.essential), (10, Some(64), true));
+        assert_eq!(
+            (
+                a.port_mappings[0].container_port,
+                a.port_mappings[0].host_port
+            ),
+            (80, Some(8080))
+        );
+        assert_eq!(
+            (b.memory, b.essential, b.readonly_root_filesystem),
+            (Some(32), false, true)
+        );
+        assert_eq!(
+            p.warnings,
+            [
+                "$.containerDefinitions[0].cpu, $.containerDefinitions[0].memory, \
+                 $.containerDefinitions[0].portMappings[0].containerPort, \
+                 $.containerDefinitions[0].portMappings[0].hostPort, \
+                 $.containerDefinitions[1].memory: numbers written as strings, read as numbers \
+                 (ECS's API wants JSON numbers)",
+                "$.containerDefinitions[0].essential, $.containerDefinitions[1].essential, \
+                 $.containerDefinitions[1].readonlyRootFilesystem: booleans written as strings, \
+                 read as true or false (ECS's API wants JSON booleans)",
+            ]
+        );
+        // Strings that are not numbers or booleans are still refused, by path.
+        let problems = parse(
+            r#"{"family":"f","containerDefinitions":[{"name":"a","image":"x","memory":"lots","essential":"yes"}]}"#,
+        )
+        .expect_err("not numbers");
+        assert_eq!(
+            problems,
+            [
+                "$.containerDefinitions[0].memory: expected an integer, found the string 'lots'",
+                "$.containerDefinitions[0].essential: expected true or false, found a string",
+            ]
+        );
+    }
+
+    #[test]
+    fn describe_output_registers_wrapped_or_not_with_its_tags() {
+        let inner = r#"{"taskDefinitionArn":"arn:aws:ecs:x:1:task-definition/web:3","revision":3,
+            "status":"ACTIVE","family":"web","registeredAt":"2024-01-01T00:00:00.000Z",
+            "containerDefinitions":[{"name":"a","image":"x","memory":64,"bogus":1}]}"#;
+        let problems = parse(inner).expect_err("bogus");
+        assert_eq!(problems, ["$.containerDefinitions[0].bogus: unknown field"]);
+        let wrapped = format!(
+            r#"{{"taskDefinition":{inner},"tags":[{{"key":"team","value":"pos"}}],"x":1}}"#
+        );
+        let problems = parse(&wrapped).expect_err("bogus");
+        assert_eq!(
+            problems,
+            [
+                "$.taskDefinition.containerDefinitions[0].bogus: unknown field",
+                "$.x: unknown field"
+            ]
+        );
+        let fixed = wrapped
+            .replace(r#","bogus":1"#, "")
+            .replace(r#","x":1"#, "");
+        let p = parse(&fixed).expect("registers");
+        assert_eq!(
+            p.definition.tags.get("team").map(String::as_str),
+            Some("pos")
+        );
+        assert_eq!(p.warnings.len(), 2, "{:?}", p.warnings);
+        assert!(p.warnings[1].starts_with(
+            "$.taskDefinition.taskDefinitionArn, $.taskDefinition.revision, \
+             $.taskDefinition.status, $.taskDefinition.registeredAt: ignored (read-only"
+        ));
+    }
+
+    #[test]
+    fn task_cpu_and_memory_in_every_form_ecs_takes() {
+        let task = |cpu: &str, memory: &str| {
+            format!(
+                r#"{{"family":"f","cpu":{cpu},"memory":{memory},"containerDefinitions":[{{"name":"a","image":"x"}}]}}"#
+            )
+        };
+        for (cpu, memory, want) in [
+            ("256", "512", (256u32, 512u32)),
+            (r#""256""#, r#""512""#, (256, 512)),
+            (r#""1 vCPU""#, r#""1 GB""#, (1024, 1024)),
+            (r#""1vcpu""#, r#""2GB""#, (1024, 2048)),
+            (r#"".25 vCPU""#, r#""0.5 GB""#, (256, 512)),
+            (r#""2 VCPU""#, r#""1.5gb""#, (2048, 1536)),
+            (r#"" 512 ""#, r#""8 GB""#, (512, 8192)),
+        ] {
+            let p = parse(&task(cpu, memory)).expect(memory);
+            assert_eq!(
+                (p.definition.cpu, p.definition.memory),
+                (Some(want.0), Some(u64::from(want.1))),
+                "{cpu} {memory}"
+            );
+            assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        }
+        let problems = parse(&task(r#""2 cores""#, r#""1024 MiB""#)).expect_err("not ECS's");
+        assert_eq!(
+            problems,
+            [
+                "$.cpu: '2 cores' is not a positive amount as ECS writes it: CPU units (512, \
+                 \"512\") or vCPU (\"1 vCPU\", \"0.5vCPU\")",
+                "$.memory: '1024 MiB' is not a positive amount as ECS writes it: MiB (512, \
+                 \"512\") or GB (\"1 GB\", \"0.5GB\")",
+            ]
+        );
+    }
+
+    #[test]
+    fn task_memory_and_cpu_bound_their_containers_as_ecs_has_it() {
+        let task = |top: &str, containers: &str| {
+            format!(r#"{{"family":"f"{top},"containerDefinitions":[{containers}]}}"#)
+        };
+        for (top, containers, want) in [
+            // The container floor holds for the task too.
+            (
+                r#","memory":"4""#,
+                r#"{"name":"a","image":"x"}"#,
+                "$.memory: 4 MiB is less than the 6 MiB one container needs at least",
+            ),
+            (
+                "",
+                r#"{"name":"a","image":"x","memory":4}"#,
+                "$.containerDefinitions[0].memory: expected an integer from 6 to",
+            ),
+            (
+                r#","memory":"64""#,
+                r#"{"name":"a","image":"x","memory":128}"#,
+                "$.containerDefinitions[0].memory: 128 MiB is more than the task's memory (64 MiB)",
+            ),
+            (
+                r#","memory":"0.5 GB""#,
+                r#"{"name":"a","image":"x","memoryReservation":256},{"name":"b","image":"x","memory":384,"essential":false}"#,
+                "$.memory: 512 MiB is less than its containers reserve (256 + 384 = 640 MiB",
+            ),
+            (
+                r#","cpu":"0.25 vCPU""#,
+                r#"{"name":"a","image":"x","memory":64,"cpu":128},{"name":"b","image":"x","memory":64,"cpu":256,"essential":false}"#,
+                "$.cpu: 256 CPU units is less than its containers' cpu (128 + 256 = 384)",
+            ),
+        ] {
+            let problems = parse(&task(top, containers)).expect_err(want);
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].starts_with(want), "{want}: {problems:?}");
+        }
+        // What fits registers; a container without memory of its own has the task's.
+        let p = parse(&task(
+            r#","cpu":"512","memory":"512""#,
+            r#"{"name":"a","image":"x","memoryReservation":128,"memory":512,"cpu":256},{"name":"b","image":"x","essential":false}"#,
+        ))
+        .expect("fits");
+        assert_eq!(
+            (p.definition.cpu, p.definition.memory),
+            (Some(512), Some(512))
+        );
+    }
+
+    /// What Flotilla does with a field of the ECS `RegisterTaskDefinition` shape.
+    #[derive(Debug, Clone, Copy)]
+    enum Treatment {
+        /// Registers with no warning about it, and the definition says it.
+        Acted,
+        /// Registers with a warning that names it.
+        Warned,
+        /// Refused; the problem named by its path starts with this.
+        Refused(&'static str),
+    }
+    use Treatment::{Acted, Refused, Warned};
+
+    /// Every field of the ECS RegisterTaskDefinition shape, with a value that asks for
+    /// something, and what Flotilla does with it
+    /// (<https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RegisterTaskDefinition.html>,
+    /// `ContainerDefinition`, `Volume`, `LinuxParameters`, `PortMapping` …). Paths are
+    /// dot-separated; a number indexes an array of [`FIELDS_BASE`].
+    const FIELDS: &[(&str, &str, Treatment)] = &[
+        ("family", r#""g""#, Acted),
+        (
+            "containerDefinitions",
+            "[]",
+            Refused("at least one container is required"),
+        ),
+        ("cpu", r#""0.5 vCPU""#, Acted),
+        ("memory", r#""1 GB""#, Acted),
+        ("networkMode", r#""host""#, Acted),
+        ("taskRoleArn", r#""arn:aws:iam::1:role/r""#, Warned),
+        ("executionRoleArn", r#""arn:aws:iam::1:role/r""#, Warned),
+        ("requiresCompatibilities", r#"["FARGATE"]"#, Warned),
+        ("runtimePlatform", r#"{"cpuArchitecture": "ARM64"}"#, Warned),
+        (
+            "proxyConfiguration",
+            r#"{"type": "APPMESH", "containerName": "app"}"#,
+            Warned,
+        ),
+        (
+            "inferenceAccelerators",
+            r#"[{"deviceName": "d", "deviceType": "t"}]"#,
+            Warned,
+        ),
+        ("ephemeralStorage", r#"{"sizeInGiB": 30}"#, Warned),
+        ("enableFaultInjection", "true", Warned),
+        ("ipcMode", r#""host""#, Warned),
+        ("pidMode", r#""task""#, Warned),
+        // describe-task-definition output
+        (
+            "taskDefinitionArn",
+            r#""arn:aws:ecs:x:1:task-definition/f:1""#,
+            Warned,
+        ),
+        ("revision", "4", Warned),
+        ("status", r#""ACTIVE""#, Warned),
+        (
+            "requiresAttributes",
+            r#"[{"name": "ecs.capability.x"}]"#,
+            Warned,
+        ),
+        ("compatibilities", r#"["EC2"]"#, Warned),
+        ("registeredAt", r#""2024-01-01T00:00:00Z""#, Warned),
+        ("registeredBy", r#""arn:aws:iam::1:user/u""#, Warned),
+        ("deregisteredAt", r#""2024-01-02T00:00:00Z""#, Warned),
+        ("containerDefinitions.0.name", r#""web""#, Acted),
+        ("containerDefinitions.0.image", r#""y""#, Acted),
+        ("containerDefinitions.0.cpu", "128", Acted),
+        ("containerDefinitions.0.memory", "128", Acted),
+        ("containerDefinitions.0.memoryReservation", "32", Acted),
+        (
+            "containerDefinitions.0.portMappings.0.containerPort",
+            "81",
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.portMappings.0.hostPort",
+            "8080",
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.portMappings.0.protocol",
+            r#""udp""#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.portMappings.0.name",
+            r#""http""#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.portMappings.0.appProtocol",
+            r#""http""#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.portMappings.0.containerPortRange",
+            r#""8000-8010""#,
+            Refused("port ranges are not supported yet"),
+        ),
+        ("containerDefinitions.1.essential", "true", Acted),
+        ("containerDefinitions.0.entryPoint", r#"["sh"]"#, Acted),
+        ("containerDefinitions.0.command", r#"["x"]"#, Acted),
+        ("containerDefinitions.0.environment.0.name", r#""B""#, Acted),
+        (
+            "containerDefinitions.0.environment.0.value",
+            r#""2""#,
+            Acted,
+        ),
+        ("containerDefinitions.0.workingDirectory", r#""/w""#, Acted),
+        ("containerDefinitions.0.user", r#""1000""#, Acted),
+        (
+            "containerDefinitions.0.healthCheck.command",
+            r#"["CMD", "false"]"#,
+            Acted,
+        ),
+        ("containerDefinitions.0.healthCheck.interval", "10", Acted),
+        ("containerDefinitions.0.healthCheck.timeout", "3", Acted),
+        ("containerDefinitions.0.healthCheck.retries", "5", Acted),
+        (
+            "containerDefinitions.0.healthCheck.startPeriod",
+            "20",
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.dependsOn.0.containerName",
+            r#""app""#,
+            Refused("a container cannot depend on itself"),
+        ),
+        (
+            "containerDefinitions.0.dependsOn.0.condition",
+            r#""COMPLETE""#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.mountPoints.0.sourceVolume",
+            r#""d""#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.mountPoints.0.containerPath",
+            r#""/w""#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.mountPoints.0.readOnly",
+            "true",
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.readonlyRootFilesystem",
+            "true",
+            Acted,
+        ),
+        ("containerDefinitions.0.ulimits.0.name", r#""nproc""#, Acted),
+        ("containerDefinitions.0.ulimits.0.softLimit", "5", Acted),
+        ("containerDefinitions.0.ulimits.0.hardLimit", "30", Acted),
+        (
+            "containerDefinitions.0.linuxParameters.capabilities.add",
+            r#"["NET_ADMIN"]"#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.capabilities.drop",
+            r#"["MKNOD"]"#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.devices",
+            r#"[{"hostPath": "/dev/fuse"}]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.initProcessEnabled",
+            "true",
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.sharedMemorySize",
+            "64",
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.maxSwap",
+            "0",
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.swappiness",
+            "60",
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.tmpfs.0.containerPath",
+            r#""/u""#,
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.tmpfs.0.size",
+            "16",
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.linuxParameters.tmpfs.0.mountOptions",
+            r#"["noexec"]"#,
+            Warned,
+        ),
+        ("containerDefinitions.0.stopTimeout", "30", Acted),
+        (
+            "containerDefinitions.0.restartPolicy.enabled",
+            "true",
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.restartPolicy.ignoredExitCodes",
+            "[1]",
+            Acted,
+        ),
+        (
+            "containerDefinitions.0.restartPolicy.restartAttemptPeriod",
+            "100",
+            Acted,
+        ),
+        ("containerDefinitions.0.privileged", "true", Acted),
+        ("containerDefinitions.0.hostname", r#""h""#, Acted),
+        (
+            "containerDefinitions.0.logConfiguration",
+            r#"{"logDriver": "awslogs"}"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.secrets",
+            r#"[{"name": "S", "valueFrom": "arn"}]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.repositoryCredentials",
+            r#"{"credentialsParameter": "arn"}"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.firelensConfiguration",
+            r#"{"type": "fluentbit"}"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.resourceRequirements",
+            r#"[{"type": "GPU", "value": "1"}]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.credentialSpecs",
+            r#"["credentialspec:arn"]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.environmentFiles",
+            r#"[{"type": "s3", "value": "arn"}]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.versionConsistency",
+            r#""disabled""#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.dockerLabels",
+            r#"{"a": "b"}"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.dockerSecurityOptions",
+            r#"["no-new-privileges"]"#,
+            Warned,
+        ),
+        ("containerDefinitions.0.links", r#"["side"]"#, Warned),
+        (
+            "containerDefinitions.0.volumesFrom",
+            r#"[{"sourceContainer": "side"}]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.dnsServers",
+            r#"["1.1.1.1"]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.dnsSearchDomains",
+            r#"["example.org"]"#,
+            Warned,
+        ),
+        (
+            "containerDefinitions.0.extraHosts",
+            r#"[{"hostname": "a", "ipAddress": "10.0.0.1"}]"#,
+            Warned,
+        ),
+        ("containerDefinitions.0.disableNetworking", "true", Warned),
+        ("containerDefinitions.0.interactive", "true", Warned),
+        ("containerDefinitions.0.pseudoTerminal", "true", Warned),
+        ("containerDefinitions.0.startTimeout", "30", Warned),
+        (
+            "containerDefinitions.0.systemControls",
+            r#"[{"namespace": "net.core.somaxconn", "value": "1"}]"#,
+            Warned,
+        ),
+        ("volumes.1.name", r#""e""#, Acted),
+        ("volumes.0.host.sourcePath", r#""/srv""#, Acted),
+        (
+            "volumes.1.dockerVolumeConfiguration.scope",
+            r#""shared""#,
+            Acted,
+        ),
+        (
+            "volumes.1.dockerVolumeConfiguration.autoprovision",
+            "false",
+            Warned,
+        ),
+        (
+            "volumes.1.dockerVolumeConfiguration.driver",
+            r#""rexray/ebs""#,
+            Refused("'rexray/ebs': only the local driver"),
+        ),
+        (
+            "volumes.1.dockerVolumeConfiguration.driverOpts",
+            r#"{"type": "tmpfs"}"#,
+            Warned,
+        ),
+        (
+            "volumes.1.dockerVolumeConfiguration.labels",
+            r#"{"a": "b"}"#,
+            Warned,
+        ),
+        (
+            "volumes.1.efsVolumeConfiguration",
+            r#"{"fileSystemId": "fs-1"}"#,
+            Warned,
+        ),
+        (
+            "volumes.1.fsxWindowsFileServerVolumeConfiguration",
+            r#"{"fileSystemId": "fs-1"}"#,
+            Warned,
+        ),
+        ("volumes.1.configuredAtLaunch", "true", Warned),
+        (
+            "placementConstraints.0.type",
+            r#""distinctInstance""#,
+            Refused("'distinctInstance' is not a task placement constraint"),
+        ),
+        (
+            "placementConstraints.0.expression",
+            r#""attribute:a == c""#,
+            Acted,
+        ),
+        ("tags.0.key", r#""k2""#, Acted),
+        ("tags.0.value", r#""w""#, Acted),
+        ("bogus", "1", Refused("unknown field")),
+        (
+            "containerDefinitions.0.bogus",
+            "1",
+            Refused("unknown field"),
+        ),
+    ];
+
+    /// The definition every row of [`FIELDS`] changes one field of.
+    const FIELDS_BASE: &str = r#"{
+      "family": "f",
+      "containerDefinitions": [
+        {"name": "app", "image": "x", "memory": 64,
+         "portMappings": [{"containerPort": 80}],
+         "healthCheck": {"command": ["CMD", "true"]},
+         "dependsOn": [{"containerName": "side", "condition": "START"}],
+         "mountPoints": [{"sourceVolume": "v", "containerPath": "/v"}],
+         "ulimits": [{"name": "nofile", "softLimit": 10, "hardLimit": 20}],
+         "environment": [{"name": "A", "value": "1"}],
+         "linuxParameters": {"tmpfs": [{"containerPath": "/t", "size": 8}]},
+         "restartPolicy": {"enabled": false}},
+        {"name": "side", "image": "x", "memory": 64, "essential": false}
+      ],
+      "volumes": [{"name": "v"}, {"name": "d"}],
+      "placementConstraints": [{"type": "memberOf", "expression": "attribute:a == b"}],
+      "tags": [{"key": "k", "value": "v"}]
+    }"#;
+
+    /// `a.0.b` as a JSON path: `$.a[0].b`.
+    fn json_path(dotted: &str) -> String {
+        let mut out = String::from("$");
+        for seg in dotted.split('.') {
+            if seg.parse::<usize>().is_ok() {
+                out.push_str(&format!("[{seg}]"));
+            } else {
+                out.push_str(&format!(".{seg}"));
+            }
+        }
+        out
+    }
+
+    fn set(v: &mut Value, dotted: &str, new: Value) {
+        let mut cur = v;
+        for seg in dotted.split('.') {
+            cur = match cur {
+                Value::Array(a) => &mut a[seg.parse::<usize>().expect("index")],
+                Value::Object(m) => m.entry(seg).or_insert_with(|| Value::Object(Map::new())),
+                other => panic!("{dotted}: {other}"),
+            };
+        }
+        *cur = new;
+    }
+
+    #[test]
+    fn every_field_of_the_ecs_shape_is_acted_on_warned_about_or_refused() {
+        let base = parse(FIELDS_BASE).expect("the base registers");
+        assert!(base.warnings.is_empty(), "{:?}", base.warnings);
+        let mut wrong = Vec::new();
+        for (dotted, value, treatment) in FIELDS {
+            let mut doc: Value = serde_json::from_str(FIELDS_BASE).expect("json");
+            set(&mut doc, dotted, serde_json::from_str(value).expect(value));
+            let path = json_path(dotted);
+            let got = parse(&doc.to_string());
+            let ok = match (treatment, &got) {
+                (Acted, Ok(p)) => {
+                    p.definition != base.definition && !p.warnings.iter().any(|w| w.contains(&path))
+                }
+                (Warned, Ok(p)) => {
+                    p.definition == base.definition
+                        && p.warnings.iter().filter(|w| w.contains(&path)).count() == 1
+                }
+                (Refused(want), Err(problems)) => problems
+                    .iter()
+                    .any(|p| p.starts_with(&format!("{path}: {want}"))),
+                _ => false,
+            };
+            if !ok {
+                wrong.push(format!("{path} = {value}: want {treatment:?}, got {got:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        // Every field the parser knows of is in the table.
+        let listed = |prefix: &str, name: &str| {
+            FIELDS.iter().any(|(d, _, _)| {
+                d.strip_prefix(prefix)
+                    .is_some_and(|r| r.split('.').next() == Some(name))
+            })
+        };
+        for name in TOP.iter().chain(AWS_ONLY_TOP).chain(READ_ONLY_TOP) {
+            assert!(listed("", name), "{name} is not in FIELDS");
+        }
+        for name in CONTAINER
+            .iter()
+            .chain(AWS_ONLY_CONTAINER)
+            .chain(NOT_YET_CONTAINER)
+        {
+            let essential = *name == "essential" && listed("containerDefinitions.1.", name);
+            assert!(
+                essential || listed("containerDefinitions.0.", name),
+                "{name} is not in FIELDS"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dependency_waiting_for_an_essential_container_to_exit_is_refused() {
+        let task = |essential: &str, condition: &str| {
+            format!(
+                r#"{{"family":"f","containerDefinitions":[
+                {{"name":"app","image":"x","memory":64,
+                  "dependsOn":[{{"containerName":"init","condition":"{condition}"}}]}},
+                {{"name":"init","image":"x","memory":64{essential}}}]}}"#
+            )
+        };
+        for condition in ["SUCCESS", "COMPLETE"] {
+            // essential by default, or said so
+            for essential in ["", r#","essential":true"#] {
+                let problems = parse(&task(essential, condition)).expect_err(condition);
+                assert_eq!(problems.len(), 1, "{problems:?}");
+                assert!(
+                    problems[0].starts_with(&format!(
+                        "$.containerDefinitions[0].dependsOn[0].condition: {condition} waits for \
+                         'init' to exit, but it is essential"
+                    )),
+                    "{problems:?}"
+                );
+            }
+            parse(&task(r#","essential":false"#, condition)).expect("a non-essential init");
+        }
+        // Waiting for an essential container to start or be healthy is what sidecars do.
+        parse(&task("", "START")).expect("START");
+    }
+
+    #[test]
+    fn a_port_range_is_refused_in_one_message() {
+        let problems = parse(
+            r#"{"family":"f","containerDefinitions":[{"name":"a","image":"x","memory":64,
+                "portMappings":[{"containerPortRange":"8000-8010"}]}]}"#,
+        )
+        .expect_err("a range");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with(
+            "$.containerDefinitions[0].portMappings[0].containerPortRange: port ranges are not \
+             supported yet"
+        ));
     }
 }

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use flotilla_api::count;
 use flotilla_api::ops::{TaskRun, TokenCreate};
 use flotilla_certs::credential::Credential;
 use flotilla_client::Client;
@@ -550,7 +551,10 @@ async fn drain(api: &Client, node_id: &str, node_cmd: &dyn Fn(&[&str]) -> Comman
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(60) {
-            bail!("{} container(s) still on the node after 60 s", left.len());
+            bail!(
+                "{} still on the node after 60 s",
+                count(left.len(), "container")
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -565,8 +569,8 @@ fn remove_left(node_cmd: &dyn Fn(&[&str]) -> Command) -> Result<()> {
         let out = node_cmd(&args).output()?;
         if !out.status.success() {
             bail!(
-                "removing {} container(s): {}; see `nodeagent ctr ps -a`",
-                left.len(),
+                "removing {}: {}; see `nodeagent ctr ps -a`",
+                count(left.len(), "container"),
                 String::from_utf8_lossy(&out.stderr).trim()
             );
         }
@@ -578,6 +582,9 @@ fn remove_left(node_cmd: &dyn Fn(&[&str]) -> Command) -> Result<()> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    say!("removed {} container(s) on the node directly", left.len());
+    say!(
+        "removed {} on the node directly",
+        count(left.len(), "container")
+    );
     Ok(())
 }

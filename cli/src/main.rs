@@ -24,6 +24,54 @@ use flotilla_certs::credential::Credential;
 use flotilla_certs::{key_and_csr, CertifiedKey};
 use flotilla_client::{Client, LogQuery};
 
+/// Exit status when standard output closes early (`flotilla task ls | head -1`): what a shell
+/// shows for a Unix tool that SIGPIPE ended (128 + 13).
+const EXIT_CLOSED_PIPE: u8 = 141;
+
+/// `println!` for standard output that ends the program quietly with [`EXIT_CLOSED_PIPE`] when
+/// its reader has gone, as a Unix tool does, instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for standard output, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::write_out(format_args!($($arg)*))
+    };
+}
+
+/// `eprintln!` that never panics: with standard error gone there is no one left to tell.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// Writes to standard output; a reader that has gone ends the program quietly, another error
+/// (a full disk) with a message and exit status 1.
+fn write_out(args: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(EXIT_CLOSED_PIPE.into());
+        }
+        errln!("error: writing to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Whether `e` comes from writing to a reader that has gone.
+fn closed_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version, about = "Flotilla operator CLI")]
 struct Cli {
@@ -254,8 +302,19 @@ enum ServiceCommand {
 enum TaskdefCommand {
     /// Register a task definition as the next revision of its family.
     Register {
-        /// File (JSON or YAML), or - for standard input.
+        /// File (JSON or YAML), or - for standard input: a task definition, the output of `aws
+        /// ecs describe-task-definition`, or (with --family) a bare containerDefinitions array
+        /// such as Terraform's container_definitions.
         file: PathBuf,
+        /// Family, in place of the file's (as `aws ecs register-task-definition --family`).
+        #[arg(long)]
+        family: Option<String>,
+        /// Task-level CPU units or vCPUs ("256", "0.25 vCPU"), in place of the file's.
+        #[arg(long)]
+        cpu: Option<String>,
+        /// Task-level memory in MiB or GB ("512", "0.5 GB"), in place of the file's.
+        #[arg(long)]
+        memory: Option<String>,
     },
     /// List every revision.
     #[command(alias = "list")]
@@ -378,7 +437,7 @@ fn read_input(file: &Path) -> Result<Vec<u8>> {
 }
 
 fn print_service(s: &ServiceInfo) {
-    println!(
+    outln!(
         "{}  {}  {}  desired {}  running {}  pending {}",
         s.spec.service_name,
         s.spec.scheduling_strategy,
@@ -388,7 +447,7 @@ fn print_service(s: &ServiceInfo) {
         s.pending_count
     );
     for d in &s.deployments {
-        println!(
+        outln!(
             "  {} {:<8} {:<12} {} running {} pending {} failed {}{}",
             d.id,
             d.status,
@@ -404,7 +463,7 @@ fn print_service(s: &ServiceInfo) {
         );
     }
     if let Some(p) = &s.placement_problem {
-        println!("  cannot place: {p}");
+        outln!("  cannot place: {p}");
     }
 }
 
@@ -416,7 +475,7 @@ async fn service(api: &Client, cmd: ServiceCommand, output: Output) -> Result<()
                 .await
                 .with_context(|| format!("creating the service of {}", file.display()))?;
             for w in &created.warnings {
-                eprintln!("warning: {w}");
+                errln!("warning: {w}");
             }
             print(output, &created, || print_service(&created.service))?;
         }
@@ -462,10 +521,10 @@ async fn service(api: &Client, cmd: ServiceCommand, output: Output) -> Result<()
         ServiceCommand::Endpoints { name } => {
             let d = api.service_endpoints(&name).await?;
             print(output, &d, || {
-                println!("name: {}", d.fqdn());
+                outln!("name: {}", d.fqdn());
                 if let Some(v) = d.vip {
                     let port = d.port.map(|p| format!(":{p}")).unwrap_or_default();
-                    println!("vip:  {v}{port}");
+                    outln!("vip:  {v}{port}");
                 }
                 let rows: Vec<Vec<String>> = d
                     .endpoints
@@ -509,7 +568,7 @@ async fn service(api: &Client, cmd: ServiceCommand, output: Output) -> Result<()
             for n in &names {
                 api.remove_service(n).await?;
                 if output == Output::Table {
-                    println!("{n}");
+                    outln!("{n}");
                 }
             }
             print(output, &names, || {})?;
@@ -555,7 +614,7 @@ async fn schedule(api: &Client, cmd: ScheduleCommand, output: Output) -> Result<
             };
             let s = api.create_schedule(&spec).await?;
             print(output, &s, || {
-                println!(
+                outln!(
                     "{} {} at '{}' ({}){}",
                     s.spec.name,
                     s.spec.task_definition,
@@ -607,7 +666,7 @@ async fn schedule(api: &Client, cmd: ScheduleCommand, output: Output) -> Result<
             for n in &names {
                 api.remove_schedule(n).await?;
                 if output == Output::Table {
-                    println!("{n}");
+                    outln!("{n}");
                 }
             }
             print(output, &names, || {})?;
@@ -665,16 +724,19 @@ async fn events(
     output: Output,
 ) -> Result<()> {
     if output == Output::Table {
-        println!(
+        outln!(
             "{:>6}  {:<20}  {:<28} {:<16} MESSAGE",
-            "SEQ", "TIME", "KIND", "SUBJECT"
+            "SEQ",
+            "TIME",
+            "KIND",
+            "SUBJECT"
         );
     }
     loop {
         let list = api.events(since, limit).await?;
         for e in &list {
             if output == Output::Table {
-                println!(
+                outln!(
                     "{:>6}  {:<20}  {:<28} {:<16} {}",
                     e.seq,
                     when(e.time),
@@ -713,7 +775,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:w$}"))
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        outln!("{}", s.join("  ").trim_end());
     };
     line(header.to_vec());
     for r in rows {
@@ -736,8 +798,8 @@ fn labels_text(l: &Labels) -> String {
 fn print<T: serde::Serialize>(output: Output, value: &T, human: impl FnOnce()) -> Result<()> {
     match output {
         Output::Table => human(),
-        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Output::Yaml => print!("{}", yaml_serde::to_string(value)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => out!("{}", yaml_serde::to_string(value)?),
     }
     Ok(())
 }
@@ -745,8 +807,8 @@ fn print<T: serde::Serialize>(output: Output, value: &T, human: impl FnOnce()) -
 /// Prints a document shown whole (`inspect`): YAML with `-o yaml`, JSON otherwise.
 fn print_document<T: serde::Serialize>(output: Output, value: &T) -> Result<()> {
     match output {
-        Output::Yaml => print!("{}", yaml_serde::to_string(value)?),
-        Output::Table | Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => out!("{}", yaml_serde::to_string(value)?),
+        Output::Table | Output::Json => outln!("{}", serde_json::to_string_pretty(value)?),
     }
     Ok(())
 }
@@ -784,7 +846,7 @@ async fn run(cli: Cli) -> Result<()> {
                 labels: l,
             };
             let t = api.create_token(&req).await?;
-            print(output, &t, || println!("{}", t.token))?;
+            print(output, &t, || outln!("{}", t.token))?;
         }
         ClusterCommand::Token(TokenCommand::Ls) => {
             let list = api.tokens().await?;
@@ -815,7 +877,7 @@ async fn run(cli: Cli) -> Result<()> {
             for id in &ids {
                 api.remove_token(id).await?;
                 if output == Output::Table {
-                    println!("{id}");
+                    outln!("{id}");
                 }
             }
             print(output, &ids, || {})?;
@@ -867,7 +929,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         ClusterCommand::Node(NodeCommand::Revoke { id }) => {
             let n = api.revoke_node(&id).await?;
-            print(output, &n, || println!("revoked {}", n.id))?;
+            print(output, &n, || outln!("revoked {}", n.id))?;
         }
         ClusterCommand::Node(NodeCommand::Label { id, labels, remove }) => {
             if labels.is_empty() && remove.is_empty() {
@@ -880,21 +942,19 @@ async fn run(cli: Cli) -> Result<()> {
             }
             change.remove = remove;
             let n = api.label_node(&id, &change).await?;
-            print(output, &n, || {
-                println!("{} {}", n.id, labels_text(&n.labels))
-            })?;
+            print(output, &n, || outln!("{} {}", n.id, labels_text(&n.labels)))?;
         }
         ClusterCommand::Node(NodeCommand::Drain { id }) => {
             let n = api.drain_node(&id).await?;
-            print(output, &n, || println!("draining {}", n.id))?;
+            print(output, &n, || outln!("draining {}", n.id))?;
         }
         ClusterCommand::Node(NodeCommand::Activate { id }) => {
             let n = api.activate_node(&id).await?;
-            print(output, &n, || println!("active {}", n.id))?;
+            print(output, &n, || outln!("active {}", n.id))?;
         }
         ClusterCommand::Node(NodeCommand::Rm { id, force }) => {
             api.remove_node(&id, force).await?;
-            print(output, &[&id], || println!("{id}"))?;
+            print(output, &[&id], || outln!("{id}"))?;
         }
         ClusterCommand::Task(TaskCommand::Run {
             taskdef,
@@ -943,7 +1003,7 @@ async fn run(cli: Cli) -> Result<()> {
             let tasks = api.run_task(&req).await?;
             print(output, &tasks, || {
                 for t in &tasks {
-                    println!("{} on {}", t.id, t.node.as_deref().unwrap_or("-"));
+                    outln!("{} on {}", t.id, t.node.as_deref().unwrap_or("-"));
                 }
             })?;
         }
@@ -986,7 +1046,7 @@ async fn run(cli: Cli) -> Result<()> {
             for id in &ids {
                 let t = api.stop_task(id).await?;
                 if output == Output::Table {
-                    println!("{} {}", t.id, format!("{:?}", t.state).to_uppercase());
+                    outln!("{} {}", t.id, format!("{:?}", t.state).to_uppercase());
                 }
                 stopped.push(t);
             }
@@ -1011,15 +1071,34 @@ async fn run(cli: Cli) -> Result<()> {
             };
             logs(&api, &task, query, timestamps, output).await?
         }
-        ClusterCommand::Taskdef(TaskdefCommand::Register { file }) => {
+        ClusterCommand::Taskdef(TaskdefCommand::Register {
+            file,
+            family,
+            cpu,
+            memory,
+        }) => {
+            let mut document = read_input(&file)?;
+            let fields: Vec<(&str, &str)> =
+                [("family", &family), ("cpu", &cpu), ("memory", &memory)]
+                    .into_iter()
+                    .filter_map(|(k, v)| v.as_deref().map(|v| (k, v)))
+                    .collect();
+            if !fields.is_empty() {
+                let text = String::from_utf8(document)
+                    .with_context(|| format!("{} is not UTF-8 text", file.display()))?;
+                document = flotilla_api::taskdef::with_fields(&text, &fields)
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("reading {}", file.display()))?
+                    .into_bytes();
+            }
             let r = api
-                .register_taskdef(&read_input(&file)?)
+                .register_taskdef(&document)
                 .await
                 .with_context(|| format!("registering {}", file.display()))?;
             for w in &r.warnings {
-                eprintln!("warning: {w}");
+                errln!("warning: {w}");
             }
-            print(output, &r, || println!("{}:{}", r.family, r.revision))?;
+            print(output, &r, || outln!("{}:{}", r.family, r.revision))?;
         }
         ClusterCommand::Taskdef(TaskdefCommand::Ls) => {
             let list = api.taskdefs().await?;
@@ -1052,7 +1131,7 @@ async fn run(cli: Cli) -> Result<()> {
         ClusterCommand::Taskdef(TaskdefCommand::Deregister { taskdef }) => {
             let t = api.deregister_taskdef(&taskdef).await?;
             print(output, &t, || {
-                println!("deregistered {}:{}", t.family, t.revision)
+                outln!("deregistered {}:{}", t.family, t.revision)
             })?;
         }
         ClusterCommand::Admin(AdminCommand::Issue { name, out }) => {
@@ -1075,7 +1154,7 @@ async fn run(cli: Cli) -> Result<()> {
             .write(&out)?;
             // The answer (certificate and CA; the key never left this machine).
             print(output, &c, || {
-                println!("admin credential for {name} written to {}", out.display())
+                outln!("admin credential for {name} written to {}", out.display())
             })?;
         }
     }
@@ -1090,14 +1169,15 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
+            errln!("error: starting the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if closed_pipe(&e) => ExitCode::from(EXIT_CLOSED_PIPE),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            errln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -130,3 +130,101 @@ fn invalid_definitions_are_refused_with_every_path() {
         "the control plane survives"
     );
 }
+
+/// The real ECS files of `api/tests/fixtures/ecs/` the way their users have them.
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../api/tests/fixtures/ecs")
+        .join(name)
+}
+
+#[test]
+fn what_ecs_tooling_saves_registers_through_the_cli() {
+    let cp = ControlPlane::start(&[]);
+    let path = |name: &str| fixture(name).to_str().expect("utf8").to_string();
+    // describe-task-definition output, wrapped, with its read-only fields
+    let o = cp.flotilla(&[
+        "taskdef",
+        "register",
+        &path("17-register-output-wrapped.json"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "nginx:1");
+    let warnings = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        warnings.contains("warning: $.taskDefinition: read as the task definition it wraps"),
+        "{warnings}"
+    );
+    // numbers written as strings: one warning for all of them
+    let o = cp.flotilla(&[
+        "taskdef",
+        "register",
+        &path("05-nginx-reverse-proxy-links.json"),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let warnings = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        warnings.matches("numbers written as strings").count(),
+        1,
+        "{warnings}"
+    );
+    // Terraform's container_definitions: refused without a family, saying how ...
+    let terraform = path("19-terraform-container-definitions.json");
+    let o = cp.flotilla(&["taskdef", "register", &terraform]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("--family NAME"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // ... and registered with one, as `aws ecs register-task-definition` does.
+    let o = cp.flotilla(&[
+        "taskdef", "register", "--family", "warp", "--memory", "0.5 GB", &terraform,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "warp:1");
+    assert_eq!(
+        cp.api()
+            .taskdef("warp")
+            .expect("warp")
+            .task_definition
+            .memory,
+        Some(512)
+    );
+}
+
+#[test]
+fn a_closed_pipe_ends_the_cli_quietly_as_sigpipe_would() {
+    let cp = ControlPlane::start(&[]);
+    let file = cp.scratch().join("web.json");
+    std::fs::write(&file, WEB).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", file.to_str().expect("utf8")]);
+    for args in [
+        &["taskdef", "ls"][..],
+        &["-o", "yaml", "taskdef", "ls"],
+        &["taskdef", "inspect", "web"],
+        &["task", "ls"],
+        &["node", "ls"],
+        &["token", "ls"],
+        &["-o", "json", "events"],
+        &["events"],
+        &["--help"],
+    ] {
+        // The reader has gone before anything is written: `flotilla … | true`.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let o = Command::new(flotilla_tests::bin("flotilla"))
+            .arg("--config")
+            .arg(&cp.admin)
+            .args(args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("flotilla");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.is_empty(), "{args:?} said: {err}");
+        // clap prints its help itself and ignores the closed pipe.
+        let want = if args == ["--help"] { 0 } else { 141 };
+        assert_eq!(o.status.code(), Some(want), "{args:?}");
+    }
+}

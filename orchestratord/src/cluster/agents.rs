@@ -451,8 +451,9 @@ fn update(cx: &mut Ctx<'_, '_>, node: &str, mut rec: TaskRecord, status: TaskSta
         cx.event(&kind, &rec.info.id, message);
     }
     rec.info.state = state;
-    // ECS: a task that stopped is desired stopped, whoever stopped it.
-    if state == TaskState::Stopped {
+    // ECS: a task that is stopping (its essential container exited, its start failed …) is
+    // desired stopped, whoever stopped it.
+    if state >= TaskState::Stopping {
         rec.info.desired = DesiredStatus::Stopped;
     }
     if status.state >= TaskState::Stopping || rec.info.stop_code.is_some() {

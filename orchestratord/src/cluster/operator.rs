@@ -9,6 +9,7 @@ use flotilla_api::ops::{
 use flotilla_api::schedule::ScheduleSpec;
 use flotilla_api::service::{SchedulingStrategy, ServiceCreated, ServiceUpdate};
 use flotilla_api::tasks::{DesiredStatus, StopCode, TaskState};
+use flotilla_api::{count, plural};
 use flotilla_certs::token::JoinToken;
 
 use super::command::{CloseCode, ClusterError, Effect, Operator, Reply};
@@ -20,8 +21,7 @@ use super::{discovery, schedules, services, tasks};
 
 /// "invalid WHAT (N problems)".
 fn invalid(what: &str, problems: usize) -> String {
-    let s = if problems == 1 { "" } else { "s" };
-    format!("invalid {what} ({problems} problem{s})")
+    format!("invalid {what} ({})", count(problems, "problem"))
 }
 
 /// Default token lifetime.
@@ -319,7 +319,11 @@ fn create_token(cx: &mut Ctx<'_, '_>, req: TokenCreate) -> Result<Reply, Cluster
     cx.event(
         "token.created",
         &record.id,
-        format!("{uses} use(s), expires in {} s", ttl.as_secs()),
+        format!(
+            "{}, expires in {} s",
+            count(uses as usize, "use"),
+            ttl.as_secs()
+        ),
     );
     Ok(Reply::TokenCreated(TokenCreated {
         token: token.to_string(),
@@ -366,7 +370,7 @@ fn drain_node(cx: &mut Ctx<'_, '_>, id: &str, drain: bool) -> Result<Reply, Clus
         cx.event(
             "node.draining",
             id,
-            format!("draining; {stopped} task(s) being stopped"),
+            format!("draining; {} being stopped", count(stopped, "task")),
         );
     } else {
         tracing::info!(node = %id, "node active");
@@ -385,9 +389,9 @@ fn remove_node(cx: &mut Ctx<'_, '_>, id: &str, force: bool) -> Result<Reply, Clu
         .collect();
     if !live.is_empty() && !force {
         return Err(ClusterError::Conflict(format!(
-            "node {id} has {} task(s) not stopped; drain it first, or remove it with force \
+            "node {id} has {} not stopped; drain it first, or remove it with force \
              (its tasks are then recorded STOPPED, whatever the node does)",
-            live.len()
+            count(live.len(), "task")
         )));
     }
     // Schedules pinned to it would never fire again.
@@ -400,9 +404,16 @@ fn remove_node(cx: &mut Ctx<'_, '_>, id: &str, force: bool) -> Result<Reply, Clu
         .collect();
     if !pinned.is_empty() && !force {
         return Err(ClusterError::Conflict(format!(
-            "node {id} fires schedule(s) {}: delete them first, or remove the node with force \
-             (they are then deleted too)",
-            pinned.join(", ")
+            "node {id} fires {} {}: delete {} first, or remove the node with force \
+             ({} then deleted too)",
+            plural(pinned.len(), "schedule"),
+            pinned.join(", "),
+            if pinned.len() == 1 { "it" } else { "them" },
+            if pinned.len() == 1 {
+                "it is"
+            } else {
+                "they are"
+            }
         )));
     }
     for name in pinned {
@@ -460,7 +471,7 @@ fn register_taskdef(cx: &mut Ctx<'_, '_>, text: &str) -> Result<Reply, ClusterEr
     cx.event(
         "taskdef.registered",
         &format!("{family}:{revision}"),
-        format!("{} warning(s)", parsed.warnings.len()),
+        count(parsed.warnings.len(), "warning"),
     );
     Ok(Reply::TaskDefRegistered(TaskDefRegistered {
         family,

@@ -1354,3 +1354,51 @@ fn an_agent_version_is_kept_printable_and_short() {
         "{v}"
     );
 }
+
+#[test]
+fn a_task_whose_essential_container_exited_is_desired_stopped_while_it_stops() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    h.register(&def("job", "job", 64));
+    let Reply::TasksCreated(t) = h.op(run("job", 1)).expect("run") else {
+        panic!()
+    };
+    h.converge(&a);
+    let id = t[0].id.clone();
+    let report = |state, code: Option<StopCode>| {
+        Command::Agent(Agent::Report {
+            node: a.clone(),
+            tasks: vec![TaskStatus {
+                id: id.clone(),
+                state,
+                stop_reason: code.map(|c| c.reason().to_string()),
+                stop_code: code,
+                containers: Vec::new(),
+                scheduled: None,
+                network: None,
+            }],
+        })
+    };
+    // ECS: desiredStatus is STOPPED from the moment the task stops, not once it has stopped.
+    h.exec(report(
+        TaskState::Stopping,
+        Some(StopCode::EssentialContainerExited),
+    ))
+    .expect("report");
+    let Reply::Task(info) = h.op(Operator::GetTask(id.clone())).expect("task") else {
+        panic!()
+    };
+    assert_eq!(
+        (info.state, info.desired),
+        (TaskState::Stopping, DesiredStatus::Stopped)
+    );
+    // A late report of it running does not make it wanted again.
+    h.exec(report(TaskState::Running, None)).expect("report");
+    let Reply::Task(info) = h.op(Operator::GetTask(id)).expect("task") else {
+        panic!()
+    };
+    assert_eq!(
+        (info.state, info.desired),
+        (TaskState::Stopping, DesiredStatus::Stopped)
+    );
+}

@@ -3,9 +3,10 @@
 //! `/etc/passwd` or working directory may be symlinks pointing at the host).
 
 use std::ffi::CString;
+use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Component, Path};
+use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{mkdirat, openat2, Mode, OFlags, ResolveFlags};
 use rustix::mount::{mount, MountFlags};
@@ -15,28 +16,56 @@ use super::spec::ResolvedUser;
 /// Passwd and group files larger than this are refused.
 const MAX_ACCOUNT_FILE: u64 = 4 * 1024 * 1024;
 
-/// Mounts overlayfs at `target`: `layers` (directory names inside `layers_dir`, lowest
-/// first) read-only below `upper`.
+/// Most lower layers one overlayfs mount stacks (the kernel's `OVL_MAX_STACK`).
+pub const MAX_LAYERS: usize = 500;
+
+/// Name of the directory of short layer links inside an overlay's directory.
+const LINKS_DIR: &str = "layers";
+
+/// Mounts overlayfs at `target`: `layers` (lowest first) read-only below `dir/upper`, with
+/// `dir/work` as its work directory.
 ///
-/// Layer names are given relative to `layers_dir` (the process changes into it for the
-/// call) so that deep images fit in the kernel's one-page limit for mount options.
-pub fn mount_overlay(
-    layers_dir: &Path,
-    layers: &[String],
-    upper: &Path,
-    work: &Path,
-    target: &Path,
-) -> io::Result<()> {
-    let lower: Vec<&str> = layers.iter().rev().map(String::as_str).collect();
+/// The kernel takes mount options of one page at most, so the options name no layer by its
+/// own path: `dir/layers/` gets one link per layer named by its place (`0` is the topmost),
+/// and the mount is made from inside that directory with relative names (`lowerdir=0:1:…,
+/// upperdir=../upper`). The options then stay under 2 KiB for the most layers overlayfs
+/// stacks ([`MAX_LAYERS`]), whatever the length of the data directory's path. The process's
+/// working directory moves for the call: callers are single-threaded or own their working
+/// directory (`CLONE_FS`).
+pub fn mount_overlay(layers: &[PathBuf], dir: &Path, target: &Path) -> io::Result<()> {
+    let stack: Vec<&Path> = layers.iter().rev().map(PathBuf::as_path).collect();
+    if stack.len() > MAX_LAYERS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the image has {} distinct layers; overlayfs stacks at most {MAX_LAYERS}",
+                stack.len()
+            ),
+        ));
+    }
+    let links = dir.join(LINKS_DIR);
+    match fs::remove_dir_all(&links) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&links)(e)),
+        _ => {}
+    }
+    fs::create_dir(&links).map_err(at(&links))?;
+    for (i, layer) in stack.iter().enumerate() {
+        let link = links.join(i.to_string());
+        std::os::unix::fs::symlink(layer, &link).map_err(at(&link))?;
+    }
+    let names: Vec<String> = (0..stack.len()).map(|i| i.to_string()).collect();
     let data = format!(
-        "lowerdir={},upperdir={},workdir={},index=off,xino=off",
-        lower.join(":"),
-        upper.display(),
-        work.display()
+        "lowerdir={},upperdir=../upper,workdir=../work,index=off,xino=off",
+        names.join(":")
     );
     let data = CString::new(data).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let back = std::env::current_dir()?;
-    std::env::set_current_dir(layers_dir)?;
+    let back = rustix::fs::open(
+        ".",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| at(Path::new("."))(e.into()))?;
+    rustix::process::chdir(&links).map_err(|e| at(&links)(e.into()))?;
     let res = mount(
         "overlay",
         target,
@@ -44,11 +73,16 @@ pub fn mount_overlay(
         MountFlags::NODEV,
         data.as_c_str(),
     );
-    std::env::set_current_dir(back)?;
+    rustix::process::fchdir(&back)
+        .map_err(|e| at(Path::new("the previous working directory"))(e.into()))?;
     res.map_err(|e| {
         io::Error::new(
             io::Error::from(e).kind(),
-            format!("mounting overlayfs at {}: {e}", target.display()),
+            format!(
+                "mounting overlayfs of {} layers at {}: {e}",
+                stack.len(),
+                target.display()
+            ),
         )
     })
 }
@@ -186,6 +220,11 @@ pub fn ensure_dir(rootfs: &OwnedFd, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// An error about `path`, keeping its kind.
+fn at(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
 /// Opens a directory to serve as the root of the lookups above.
 pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::open(
@@ -198,7 +237,6 @@ pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
 
     fn root_with(files: &[(&str, &str)]) -> tempfile::TempDir {
         let d = tempfile::tempdir().expect("tmp");

@@ -135,24 +135,15 @@ fn create_and_start(
     tracing::debug!(container = %record.id, "namespaces ready");
 
     let rootfs_dir = dir.join("rootfs");
-    let (layers_dir, layers) = if record.image.layers.is_empty() {
+    let layers: Vec<PathBuf> = if record.image.layers.is_empty() {
         let empty = dir.join("empty");
         fs::create_dir_all(&empty).map_err(|e| format!("{}: {e}", empty.display()))?;
-        (dir.to_path_buf(), vec!["empty".to_string()])
+        vec![empty]
     } else {
-        (
-            data_dir.join("images").join("layers"),
-            record.image.layers.clone(),
-        )
+        let store = data_dir.join("images").join("layers");
+        record.image.layers.iter().map(|l| store.join(l)).collect()
     };
-    rootfs::mount_overlay(
-        &layers_dir,
-        &layers,
-        &dir.join("upper"),
-        &dir.join("work"),
-        &rootfs_dir,
-    )
-    .map_err(|e| e.to_string())?;
+    rootfs::mount_overlay(&layers, dir, &rootfs_dir).map_err(|e| e.to_string())?;
     tracing::debug!(container = %record.id, "rootfs mounted");
     let root =
         rootfs::open_root(&rootfs_dir).map_err(|e| format!("{}: {e}", rootfs_dir.display()))?;

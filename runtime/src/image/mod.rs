@@ -594,6 +594,15 @@ impl ImageStore {
                 config.rootfs.diff_ids.len()
             )));
         }
+        let distinct: HashSet<&Digest> = config.rootfs.diff_ids.iter().collect();
+        if distinct.len() > crate::container::rootfs::MAX_LAYERS {
+            return Err(invalid(format!(
+                "{} distinct layers; a container's root filesystem stacks at most {} \
+                 (overlayfs' limit): squash the image",
+                distinct.len(),
+                crate::container::rootfs::MAX_LAYERS
+            )));
+        }
         let image_platform = Platform {
             os: config.os.clone(),
             architecture: config.architecture.clone(),

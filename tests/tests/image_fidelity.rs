@@ -124,3 +124,41 @@ fn the_most_layers_overlayfs_stacks_run_and_more_are_refused_at_import() {
     );
     node.assert_clean();
 }
+
+#[test]
+fn a_repeated_empty_layer_runs() {
+    // BuildKit's shape: base, empty, x, empty (the same digest twice).
+    let node = Node::bare();
+    let empty = Layer::new().finish();
+    let mut x = Layer::new();
+    x.file("x", b"x\n", 0o644);
+    let image = spec(vec![
+        shell_layer().finish(),
+        empty.clone(),
+        x.finish(),
+        empty,
+    ]);
+    import_ok(&node, "repeat/empty:1", &image);
+    assert_eq!(run_ok(&node, "repeat/empty:1", &["cat", "/x"]), "x\n");
+    node.assert_clean();
+}
+
+#[test]
+fn a_repeated_layer_applies_again_at_its_higher_place() {
+    // base, a, x, a: as with Docker, the second `a` lies above `x` — its file wins over
+    // x's, and the file x deleted is back.
+    let node = Node::bare();
+    let mut a = Layer::new();
+    a.file("f", b"from a\n", 0o644)
+        .file("g", b"g from a\n", 0o644);
+    let a = a.finish();
+    let mut x = Layer::new();
+    x.file("f", b"from x\n", 0o644)
+        .file(".wh.g", b"", 0o644)
+        .file("only-x", b"only x\n", 0o644);
+    let image = spec(vec![shell_layer().finish(), a.clone(), x.finish(), a]);
+    import_ok(&node, "repeat/layer:1", &image);
+    let out = run_ok(&node, "repeat/layer:1", &["cat", "/f", "/g", "/only-x"]);
+    assert_eq!(out, "from a\ng from a\nonly x\n");
+    node.assert_clean();
+}

@@ -2,6 +2,7 @@
 //! upper directory, plus lookups inside it that never leave it (the image is hostile: its
 //! `/etc/passwd` or working directory may be symlinks pointing at the host).
 
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read};
@@ -22,6 +23,21 @@ pub const MAX_LAYERS: usize = 500;
 /// Name of the directory of short layer links inside an overlay's directory.
 const LINKS_DIR: &str = "layers";
 
+/// The lower directories of an overlay, topmost first, each once: a layer that appears
+/// several times in an image (BuildKit repeats the empty layer) is kept only at its highest
+/// place. That is what stacking every copy would show: everything the lower copy names, the
+/// higher copy names again above it, so the lower copy is never visible — and overlayfs
+/// refuses the same directory twice.
+pub fn lower_stack(layers: &[PathBuf]) -> Vec<&Path> {
+    let mut seen = HashSet::new();
+    layers
+        .iter()
+        .rev()
+        .filter(|l| seen.insert(l.as_path()))
+        .map(PathBuf::as_path)
+        .collect()
+}
+
 /// Mounts overlayfs at `target`: `layers` (lowest first) read-only below `dir/upper`, with
 /// `dir/work` as its work directory.
 ///
@@ -33,7 +49,7 @@ const LINKS_DIR: &str = "layers";
 /// working directory moves for the call: callers are single-threaded or own their working
 /// directory (`CLONE_FS`).
 pub fn mount_overlay(layers: &[PathBuf], dir: &Path, target: &Path) -> io::Result<()> {
-    let stack: Vec<&Path> = layers.iter().rev().map(PathBuf::as_path).collect();
+    let stack = lower_stack(layers);
     if stack.len() > MAX_LAYERS {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -245,6 +261,18 @@ mod tests {
             fs::write(d.path().join(p), c).expect("write");
         }
         d
+    }
+
+    #[test]
+    fn repeated_layers_are_stacked_once_at_their_highest_place() {
+        let p = |s: &str| PathBuf::from(format!("/l/{s}"));
+        let image = [p("base"), p("empty"), p("x"), p("empty"), p("a"), p("x")];
+        let stack: Vec<_> = lower_stack(&image)
+            .iter()
+            .map(|l| l.display().to_string())
+            .collect();
+        assert_eq!(stack, ["/l/x", "/l/a", "/l/empty", "/l/base"]);
+        assert!(lower_stack(&[]).is_empty());
     }
 
     #[test]

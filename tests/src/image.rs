@@ -308,6 +308,43 @@ pub fn write_multiarch_layout(
     Ok(imgs)
 }
 
+/// Writes an OCI layout whose `ref_name` points to an index with one entry per `(spec,
+/// platform)`, the platform as the index states it (e.g. `linux/amd64/v3`); the images' configs
+/// name no variant, as most builders leave it.
+pub fn write_platform_layout(
+    layout: &Path,
+    ref_name: &str,
+    entries: &[(ImageSpec, &str)],
+) -> Result<Vec<BuiltImage>> {
+    let mut imgs = Vec::new();
+    let mut descs = Vec::new();
+    for (spec, platform) in entries {
+        let img = write_image(layout, spec)?;
+        let parts: Vec<&str> = platform.split('/').collect();
+        let mut p = json!({"os": parts[0], "architecture": parts[1]});
+        if let Some(v) = parts.get(2) {
+            p["variant"] = json!(v);
+        }
+        descs.push(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": img.manifest, "size": img.manifest_size, "platform": p}));
+        imgs.push(img);
+    }
+    let inner = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs,
+    }))?;
+    let d = put_blob(layout, &inner)?;
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": d, "size": inner.len(),
+                       "annotations": {"org.opencontainers.image.ref.name": ref_name}}],
+    });
+    fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
+    fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    Ok(imgs)
+}
+
 /// Tars a layout directory into an oci-archive.
 pub fn tar_dir(dir: &Path, out: &Path) -> Result<()> {
     let mut b = tar::Builder::new(fs::File::create(out)?);

@@ -1,10 +1,14 @@
 //! Images as registries and builders really make them, run as containers: many layers, a
-//! long data directory path, the same layer more than once.
+//! long data directory path, the same layer more than once, platform variants.
 
 #![forbid(unsafe_code)]
 
+use flotilla_runtime::image::manifest::amd64_level;
+use flotilla_runtime::image::{ImageDetails, ImageRecord};
 use flotilla_tests::host_arch;
-use flotilla_tests::image::{busybox, write_layout, Compression, ImageSpec, Layer};
+use flotilla_tests::image::{
+    busybox, write_layout, write_platform_layout, Compression, ImageSpec, Layer,
+};
 use flotilla_tests::node::Node;
 
 /// A layer with busybox and the applets the tests use.
@@ -160,5 +164,152 @@ fn a_repeated_layer_applies_again_at_its_higher_place() {
     import_ok(&node, "repeat/layer:1", &image);
     let out = run_ok(&node, "repeat/layer:1", &["cat", "/f", "/g", "/only-x"]);
     assert_eq!(out, "from a\ng from a\nonly x\n");
+    node.assert_clean();
+}
+
+fn images(node: &Node) -> Vec<ImageRecord> {
+    let out = node.ctr(&["image", "ls", "-o", "json"]);
+    serde_json::from_slice(&out.stdout).expect("image ls json")
+}
+
+fn inspect(node: &Node, name: &str) -> ImageDetails {
+    let out = node.ctr(&["image", "inspect", name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("image inspect json")
+}
+
+/// An image whose file `/which` says which one it is.
+fn marked(which: &str, arch: &str) -> ImageSpec {
+    let mut l = shell_layer();
+    l.file("which", format!("{which}\n").as_bytes(), 0o644);
+    ImageSpec {
+        layers: vec![(l.finish(), Compression::Gzip)],
+        arch: arch.to_string(),
+        cmd: vec!["/bin/sh".into()],
+    }
+}
+
+#[test]
+fn amd64_levels_resolve_to_the_best_the_cpu_runs_and_are_recorded() {
+    if host_arch() != "amd64" {
+        return;
+    }
+    let level = amd64_level(&std::fs::read_to_string("/proc/cpuinfo").expect("cpuinfo"))
+        .expect("flags in /proc/cpuinfo");
+    let node = Node::bare();
+    let layout = node.scratch().join("levels");
+    write_platform_layout(
+        &layout,
+        "levels",
+        &[
+            (marked("v2", "amd64"), "linux/amd64/v2"),
+            (marked("v3", "amd64"), "linux/amd64/v3"),
+            (marked("arm64", "arm64"), "linux/arm64"),
+        ],
+    )
+    .expect("layout");
+    let path = layout.to_str().expect("utf8");
+    let out = node.ctr(&["image", "import", path, "--name", "plat/levels:1"]);
+    if level < 2 {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("linux/amd64/v2"),
+            "{err}"
+        );
+        return;
+    }
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let best = if level >= 3 { "v3" } else { "v2" };
+    let record = inspect(&node, "plat/levels:1").record;
+    assert_eq!(record.platform.to_string(), format!("linux/amd64/{best}"));
+    assert_eq!(
+        run_ok(&node, "plat/levels:1", &["cat", "/which"]),
+        format!("{best}\n")
+    );
+
+    // Asked for a lower level: that one, recorded with its variant.
+    let out = node.ctr(&[
+        "image",
+        "import",
+        path,
+        "--name",
+        "plat/levels:2",
+        "--platform",
+        "linux/amd64/v2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = images(&node);
+    let v2 = listed
+        .iter()
+        .find(|r| r.name.ends_with("plat/levels:2"))
+        .expect("listed");
+    assert_eq!(v2.platform.to_string(), "linux/amd64/v2");
+    let table = node.ctr(&["image", "ls"]);
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("linux/amd64/v2"),
+        "image ls shows the variant"
+    );
+    node.assert_clean();
+}
+
+#[test]
+fn a_baseline_amd64_image_still_runs_on_a_higher_level_node() {
+    if host_arch() != "amd64" {
+        return;
+    }
+    let node = Node::bare();
+    let layout = node.scratch().join("plain");
+    write_platform_layout(
+        &layout,
+        "plain",
+        &[
+            (marked("baseline", "amd64"), "linux/amd64"),
+            (marked("arm", "arm"), "linux/arm/v7"),
+        ],
+    )
+    .expect("layout");
+    let path = layout.to_str().expect("utf8");
+    let out = node.ctr(&["image", "import", path, "--name", "plat/plain:1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        inspect(&node, "plat/plain:1").record.platform.to_string(),
+        "linux/amd64"
+    );
+    // An index without the node's architecture names what it has.
+    let layout = node.scratch().join("foreign");
+    write_platform_layout(
+        &layout,
+        "foreign",
+        &[(marked("arm", "arm"), "linux/arm/v7")],
+    )
+    .expect("layout");
+    let out = node.ctr(&[
+        "image",
+        "import",
+        layout.to_str().expect("utf8"),
+        "--name",
+        "plat/f:1",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("linux/arm/v7"),
+        "{err}"
+    );
     node.assert_clean();
 }

@@ -356,7 +356,7 @@ impl ImageStore {
                 entries.len()
             )));
         }
-        let want = platform.clone().unwrap_or_else(|| self.platform().clone());
+        let platforms = self.platforms(platform.as_ref());
         let mut out = Vec::new();
         for desc in &entries {
             let image_name = match name {
@@ -384,21 +384,25 @@ impl ImageStore {
                 }
             };
             let bytes = layout.read_verified(desc)?;
-            let (manifest_bytes, manifest_digest, from_index) =
+            let (manifest_bytes, manifest_digest, chosen) =
                 match manifest::parse_manifest(Some(&desc.media_type), &bytes)
                     .map_err(|e| layout.err(e.to_string()))?
                 {
-                    ManifestKind::Image(_) => (bytes, desc.digest.clone(), false),
+                    ManifestKind::Image(_) => (bytes, desc.digest.clone(), None),
                     ManifestKind::Index(index) => {
                         let child =
-                            manifest::select_platform(&index, &want).map_err(|available| {
+                            manifest::select_platform(&index, &platforms).map_err(|available| {
                                 ImageStoreError::Platform {
                                     image: image_name.clone(),
-                                    want: want.clone(),
+                                    want: platforms.platform().clone(),
                                     available,
                                 }
                             })?;
-                        (layout.read_verified(child)?, child.digest.clone(), true)
+                        (
+                            layout.read_verified(child)?,
+                            child.digest.clone(),
+                            child.platform.clone(),
+                        )
                     }
                 };
             let source = Source::Layout(layout.clone());
@@ -409,7 +413,11 @@ impl ImageStore {
                     &manifest_bytes,
                     manifest_digest,
                     None,
-                    (&want, from_index || platform.is_some()),
+                    super::PlatformChoice {
+                        platforms: &platforms,
+                        from_index: chosen.as_ref(),
+                        asked: platform.is_some(),
+                    },
                     "import",
                     progress.clone(),
                 )

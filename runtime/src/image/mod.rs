@@ -30,7 +30,7 @@ use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
 pub use digest::Digest;
-pub use manifest::Platform;
+pub use manifest::{Platform, PlatformMatcher};
 pub use registry::{Credentials, RegistryOptions};
 
 use manifest::{Descriptor, ImageConfig, ManifestKind, MAX_CONFIG_BYTES};
@@ -345,7 +345,8 @@ pub struct ImageStore {
 #[derive(Debug)]
 struct Inner {
     root: PathBuf,
-    platform: Platform,
+    /// What this node runs (detected once, when the store opens).
+    platforms: PlatformMatcher,
     http: Mutex<Option<reqwest::Client>>,
     /// Layers being fetched by this process, so concurrent pulls do the work once.
     inflight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
@@ -370,6 +371,17 @@ impl FileLock {
     }
 }
 
+/// How the platform of an image being stored was chosen.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlatformChoice<'a> {
+    /// What the node (or the platform asked for) runs.
+    pub platforms: &'a PlatformMatcher,
+    /// The platform of the index entry the image was picked by, if it came from an index.
+    pub from_index: Option<&'a Platform>,
+    /// Whether the operator named a platform (an image for another one is then stored).
+    pub asked: bool,
+}
+
 /// Where an image's content comes from.
 #[derive(Clone)]
 pub(crate) enum Source {
@@ -392,7 +404,7 @@ impl ImageStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 root,
-                platform: Platform::host(),
+                platforms: PlatformMatcher::host(),
                 http: Mutex::new(None),
                 inflight: Mutex::new(HashMap::new()),
             }),
@@ -404,9 +416,31 @@ impl ImageStore {
         &self.inner.root
     }
 
-    /// The platform pulls pick by default (this node's).
+    /// The platform pulls pick by default (this node's, with its CPU's variant).
     pub fn platform(&self) -> &Platform {
-        &self.inner.platform
+        self.inner.platforms.platform()
+    }
+
+    /// What a pull or import asking for `want` takes: this node's platforms by default; for
+    /// a platform asked for, that one and those it runs (an arm64 node's 32-bit ARM only when
+    /// this node runs it).
+    pub(crate) fn platforms(&self, want: Option<&Platform>) -> PlatformMatcher {
+        match want {
+            None => self.inner.platforms.clone(),
+            Some(p) => {
+                let arm32 = p.normalized().architecture == "arm64"
+                    && self
+                        .inner
+                        .platforms
+                        .rank(&Platform {
+                            os: p.os.clone(),
+                            architecture: "arm".into(),
+                            variant: Some("v7".into()),
+                        })
+                        .is_some();
+                PlatformMatcher::new(p, arm32)
+            }
+        }
     }
 
     fn http(&self) -> Result<reqwest::Client, ImageStoreError> {
@@ -478,25 +512,22 @@ impl ImageStore {
                 });
             }
         }
-        let platform = opts
-            .platform
-            .clone()
-            .unwrap_or_else(|| self.inner.platform.clone());
+        let platforms = self.platforms(opts.platform.as_ref());
         let invalid = |reason: String| ImageStoreError::Invalid {
             image: name.clone(),
             reason,
         };
-        let (manifest_bytes, manifest_digest, content_type, from_index) =
+        let (manifest_bytes, manifest_digest, content_type, chosen) =
             match manifest::parse_manifest(fetched.content_type.as_deref(), &fetched.body)
                 .map_err(|e| invalid(e.to_string()))?
             {
-                ManifestKind::Image(_) => (fetched.body, top_digest, fetched.content_type, false),
+                ManifestKind::Image(_) => (fetched.body, top_digest, fetched.content_type, None),
                 ManifestKind::Index(index) => {
                     let desc =
-                        manifest::select_platform(&index, &platform).map_err(|available| {
+                        manifest::select_platform(&index, &platforms).map_err(|available| {
                             ImageStoreError::Platform {
                                 image: name.clone(),
-                                want: platform.clone(),
+                                want: platforms.platform().clone(),
                                 available,
                             }
                         })?;
@@ -513,7 +544,7 @@ impl ImageStore {
                             actual: d,
                         });
                     }
-                    (child.body, d, child.content_type, true)
+                    (child.body, d, child.content_type, desc.platform.clone())
                 }
             };
         let source = Source::Registry(client);
@@ -523,7 +554,11 @@ impl ImageStore {
             &manifest_bytes,
             manifest_digest,
             content_type.as_deref(),
-            (&platform, from_index || opts.platform.is_some()),
+            PlatformChoice {
+                platforms: &platforms,
+                from_index: chosen.as_ref(),
+                asked: opts.platform.is_some(),
+            },
             "registry",
             progress,
         )
@@ -539,7 +574,7 @@ impl ImageStore {
         manifest_bytes: &[u8],
         manifest_digest: Digest,
         content_type: Option<&str>,
-        (platform, platform_chosen): (&Platform, bool),
+        platform: PlatformChoice<'_>,
         origin: &str,
         progress: ProgressFn,
     ) -> Result<ImageRecord, ImageStoreError> {
@@ -603,14 +638,24 @@ impl ImageStore {
                 crate::container::rootfs::MAX_LAYERS
             )));
         }
-        let image_platform = Platform {
+        let config_platform = Platform {
             os: config.os.clone(),
             architecture: config.architecture.clone(),
             variant: config.variant.clone(),
         };
-        if !platform_chosen && image_platform.fit(platform).is_none() {
+        // The index entry names the variant an image was chosen for; builders often leave it
+        // out of the config.
+        let image_platform = match platform.from_index {
+            Some(p) => p.clone(),
+            None => config_platform,
+        };
+        if platform.from_index.is_none()
+            && !platform.asked
+            && platform.platforms.rank(&image_platform).is_none()
+        {
+            let node = platform.platforms.platform();
             return Err(invalid(format!(
-                "image is for {image_platform}, this node is {platform} (pass --platform {image_platform} to store it anyway)"
+                "image is for {image_platform}, this node is {node} (pass --platform {image_platform} to store it anyway)"
             )));
         }
 

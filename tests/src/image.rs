@@ -252,17 +252,17 @@ pub fn write_image(layout: &Path, spec: &ImageSpec) -> Result<BuiltImage> {
 }
 
 /// Writes an OCI layout with one image under `ref_name` (the `org.opencontainers.image.ref.name`
-/// annotation, as skopeo and umoci write it).
+/// annotation, as skopeo and umoci write it; none when empty).
 pub fn write_layout(layout: &Path, ref_name: &str, spec: &ImageSpec) -> Result<BuiltImage> {
     let img = write_image(layout, spec)?;
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": img.manifest, "size": img.manifest_size,
-            "annotations": {"org.opencontainers.image.ref.name": ref_name},
-        }],
+    let mut entry = json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": img.manifest, "size": img.manifest_size,
     });
+    if !ref_name.is_empty() {
+        entry["annotations"] = json!({"org.opencontainers.image.ref.name": ref_name});
+    }
+    let index = json!({"schemaVersion": 2, "manifests": [entry]});
     fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
     fs::write(
         layout.join("oci-layout"),

@@ -1,5 +1,6 @@
-//! Images as registries and builders really make them, run as containers: many layers, a
-//! long data directory path, the same layer more than once, platform variants.
+//! Images as registries, builders and archive tools really make them, run as containers: many
+//! layers, a long data directory path, the same layer more than once, platform variants,
+//! archives' names.
 
 #![forbid(unsafe_code)]
 
@@ -7,7 +8,8 @@ use flotilla_runtime::image::manifest::amd64_level;
 use flotilla_runtime::image::{ImageDetails, ImageRecord};
 use flotilla_tests::host_arch;
 use flotilla_tests::image::{
-    busybox, write_layout, write_platform_layout, Compression, ImageSpec, Layer,
+    busybox, digest, tar_dir, write_docker_save, write_image, write_layout,
+    write_platform_layout, Compression, ImageSpec, Layer,
 };
 use flotilla_tests::node::Node;
 
@@ -311,5 +313,123 @@ fn a_baseline_amd64_image_still_runs_on_a_higher_level_node() {
         !out.status.success() && err.contains("linux/arm/v7"),
         "{err}"
     );
+    node.assert_clean();
+}
+
+/// An oci-archive (tar) whose one image has the ref name `ref_name`, as `skopeo copy …
+/// oci-archive:FILE:REF` writes it.
+fn oci_archive(node: &Node, ref_name: &str, which: &str) -> String {
+    let n = flotilla_tests::unique();
+    let layout = node.scratch().join(format!("named-{n}"));
+    write_layout(&layout, ref_name, &marked(which, host_arch())).expect("layout");
+    let tar = node.scratch().join(format!("named-{n}.tar"));
+    tar_dir(&layout, &tar).expect("tar");
+    tar.display().to_string()
+}
+
+#[test]
+fn oci_archives_import_with_the_names_skopeo_and_podman_give_them() {
+    let node = Node::bare();
+    let bb = oci_archive(&node, "bb", "bb");
+    let out = node.ctr(&["image", "import", &bb]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names: Vec<String> = images(&node).into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["localhost/bb:latest"]);
+    // Found by the short name too, as podman finds local images.
+    assert_eq!(run_ok(&node, "bb", &["cat", "/which"]), "bb\n");
+    assert_eq!(run_ok(&node, "localhost/bb", &["cat", "/which"]), "bb\n");
+
+    for (ref_name, want) in [
+        ("bb:v1", "localhost/bb:v1"),
+        ("team/bb", "localhost/team/bb:latest"),
+        (
+            "registry.example.org/team/bb:2",
+            "registry.example.org/team/bb:2",
+        ),
+        ("localhost:5000/bb", "localhost:5000/bb:latest"),
+    ] {
+        let tar = oci_archive(&node, ref_name, ref_name);
+        let out = node.ctr(&["image", "import", &tar, "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "{ref_name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let recs: Vec<ImageRecord> = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(recs[0].name, want, "{ref_name}");
+    }
+
+    // A digest reference names the archive's own manifest, or it is refused.
+    let layout = node.scratch().join("pinned");
+    let manifest = write_image(&layout, &marked("pinned", host_arch()))
+        .expect("image")
+        .manifest;
+    write_layout(
+        &layout,
+        &format!("pin@{manifest}"),
+        &marked("pinned", host_arch()),
+    )
+    .expect("layout");
+    let out = node.ctr(&["image", "import", layout.to_str().expect("utf8")]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(images(&node)
+        .iter()
+        .any(|r| r.name == format!("localhost/pin@{manifest}")));
+    let other = digest(b"another manifest");
+    let layout = node.scratch().join("mispinned");
+    write_layout(&layout, &format!("pin@{other}"), &marked("x", host_arch())).expect("layout");
+    let out = node.ctr(&["image", "import", layout.to_str().expect("utf8")]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--name"), "{err}");
+
+    // Not an image name: said, with the annotation, and --name asked for.
+    for bad in [":v1", "BB"] {
+        let tar = oci_archive(&node, bad, "bad");
+        let out = node.ctr(&["image", "import", &tar]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success()
+                && err.contains(&format!("'{bad}'"))
+                && err.contains("org.opencontainers.image.ref.name")
+                && err.contains("--name"),
+            "{bad}: {err}"
+        );
+    }
+    node.assert_clean();
+}
+
+#[test]
+fn docker_save_archives_keep_dockers_names() {
+    let node = Node::bare();
+    let spec = marked("saved", host_arch());
+    let scratch = node.scratch().join("blobs");
+    let built = write_image(&scratch, &spec).expect("image");
+    for (tag, want) in [
+        ("bb:v1", "docker.io/library/bb:v1"),
+        ("team/bb", "docker.io/team/bb:latest"),
+        ("localhost/bb:v2", "localhost/bb:v2"),
+    ] {
+        let tar = node
+            .scratch()
+            .join(format!("save-{}.tar", flotilla_tests::unique()));
+        write_docker_save(&tar, tag, &spec, &built).expect("docker save");
+        let out = node.ctr(&["image", "import", tar.to_str().expect("utf8"), "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let recs: Vec<ImageRecord> = serde_json::from_slice(&out.stdout).expect("json");
+        assert_eq!(recs[0].name, want, "{tag}");
+    }
+    assert_eq!(run_ok(&node, "bb:v1", &["cat", "/which"]), "saved\n");
     node.assert_clean();
 }

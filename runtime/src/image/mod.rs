@@ -958,10 +958,20 @@ impl ImageStore {
             }
         }
         let name = ImageRef::parse(reference)?.name();
-        records
-            .into_iter()
-            .find(|r| r.name == name)
-            .ok_or_else(|| ImageStoreError::NotFound(reference.to_string()))
+        if let Some(r) = records.iter().find(|r| r.name == name) {
+            return Ok(r.clone());
+        }
+        // A short name also finds a local image, as podman's lookup does: `bb` is
+        // `localhost/bb:latest` when no `docker.io/library/bb:latest` is stored.
+        if !import::has_registry(reference) {
+            if let Ok(local) = ImageRef::parse(&format!("localhost/{reference}")) {
+                let local = local.name();
+                if let Some(r) = records.into_iter().find(|r| r.name == local) {
+                    return Ok(r);
+                }
+            }
+        }
+        Err(ImageStoreError::NotFound(reference.to_string()))
     }
 
     /// An image with its configuration and layer directories.

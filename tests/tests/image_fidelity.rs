@@ -1,17 +1,20 @@
 //! Images as registries, builders and archive tools really make them, run as containers: many
 //! layers, a long data directory path, the same layer more than once, platform variants,
-//! archives' names.
+//! archives' names, and a caller's umask that must not reach the container.
 
 #![forbid(unsafe_code)]
 
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
 use flotilla_runtime::image::manifest::amd64_level;
 use flotilla_runtime::image::{ImageDetails, ImageRecord};
-use flotilla_tests::host_arch;
 use flotilla_tests::image::{
-    busybox, digest, tar_dir, write_docker_save, write_image, write_layout,
-    write_platform_layout, Compression, ImageSpec, Layer,
+    busybox, digest, tar_dir, write_docker_save, write_image, write_layout, write_platform_layout,
+    Compression, ImageSpec, Layer,
 };
 use flotilla_tests::node::Node;
+use flotilla_tests::{bin, host_arch};
 
 /// A layer with busybox and the applets the tests use.
 fn shell_layer() -> Layer {
@@ -431,5 +434,128 @@ fn docker_save_archives_keep_dockers_names() {
         assert_eq!(recs[0].name, want, "{tag}");
     }
     assert_eq!(run_ok(&node, "bb:v1", &["cat", "/which"]), "saved\n");
+    node.assert_clean();
+}
+
+/// `nodeagent ctr ARGS` for `node`, run from a shell whose umask is 027.
+fn ctr_with_umask_027(node: &Node, args: &[&str]) -> Output {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg("umask 027; exec \"$@\"")
+        .arg("sh")
+        .arg(bin("nodeagent"))
+        .arg("--data-dir")
+        .arg(&node.data)
+        .arg("--cgroup-parent")
+        .arg(&node.cgroup_parent)
+        .arg("ctr")
+        .args(args)
+        .stdin(Stdio::null());
+    c.output().expect("run nodeagent")
+}
+
+fn ok_027(node: &Node, args: &[&str]) -> String {
+    let out = ctr_with_umask_027(node, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o7777
+}
+
+#[test]
+fn the_callers_umask_does_not_reach_the_container() {
+    let node = Node::bare();
+    // Parent directories the layer does not list (`deep`, `deep/er`) are made while unpacking.
+    let mut app = Layer::new();
+    app.file("deep/er/file", b"deep\n", 0o644);
+    let spec = spec(vec![shell_layer().finish(), app.finish()]);
+    let layout = node.scratch().join("umask");
+    write_layout(&layout, "", &spec).expect("layout");
+    ok_027(
+        &node,
+        &[
+            "image",
+            "import",
+            layout.to_str().expect("utf8"),
+            "--name",
+            "umask/app:1",
+        ],
+    );
+    for dir in inspect(&node, "umask/app:1").layer_dirs {
+        assert_eq!(mode(&dir), 0o755, "{}", dir.display());
+        if dir.join("deep").exists() {
+            assert_eq!(mode(&dir.join("deep/er")), 0o755, "implied parent");
+        }
+    }
+    let out = ok_027(
+        &node,
+        &[
+            "run",
+            "--rm",
+            "-u",
+            "65532:65532",
+            "-v",
+            "umaskvol:/vol",
+            "-w",
+            "/made/by/run",
+            "umask/app:1",
+            "sh",
+            "-c",
+            "ls / >/dev/null && cat /deep/er/file && stat -c '%a' / /vol /made/by/run && umask",
+        ],
+    );
+    assert_eq!(out, "deep\n755\n755\n755\n0022\n");
+    node.assert_clean();
+}
+
+#[test]
+fn exec_gets_the_containers_umask_not_the_callers() {
+    let node = Node::bare();
+    let layout = node.scratch().join("exec");
+    write_layout(&layout, "", &spec(vec![shell_layer().finish()])).expect("layout");
+    ok_027(
+        &node,
+        &[
+            "image",
+            "import",
+            layout.to_str().expect("utf8"),
+            "--name",
+            "umask/exec:1",
+        ],
+    );
+    ok_027(
+        &node,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "umask-exec",
+            "umask/exec:1",
+            "sh",
+            "-c",
+            "sleep 60",
+        ],
+    );
+    let out = ok_027(
+        &node,
+        &[
+            "exec",
+            "umask-exec",
+            "sh",
+            "-c",
+            "umask; mkdir /d && stat -c %a /d",
+        ],
+    );
+    assert_eq!(out, "0022\n755\n");
+    ok_027(&node, &["rm", "-f", "umask-exec"]);
     node.assert_clean();
 }

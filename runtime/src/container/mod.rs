@@ -25,7 +25,7 @@ use std::ffi::OsString;
 use std::fs;
 use std::io::{self, BufRead, BufReader};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -475,9 +475,17 @@ impl ContainerStore {
             .create(&paths.dir)
             .map_err(io_at(&paths.dir))?;
         let result = (|| {
-            for sub in ["upper", "work", "rootfs", "logs"] {
+            // The upper directory is the container's `/`: its mode is the root's, so it is
+            // set, not left to the caller's umask.
+            for (sub, mode) in [
+                ("upper", 0o755),
+                ("work", 0o700),
+                ("rootfs", 0o755),
+                ("logs", 0o755),
+            ] {
                 let p = paths.dir.join(sub);
                 fs::create_dir(&p).map_err(io_at(&p))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(io_at(&p))?;
             }
             self.images.lease(&id, &details.record)?;
             let bytes = serde_json::to_vec_pretty(&record)
@@ -1041,6 +1049,12 @@ impl Started {
             });
         }
     }
+}
+
+/// Sets this process's umask to the one containers get ([`spec::CONTAINER_UMASK`]): the
+/// runtime's own processes (shim, exec) must not pass on the caller's.
+pub(crate) fn reset_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(spec::CONTAINER_UMASK));
 }
 
 pub(crate) fn is_id(key: &str) -> bool {

@@ -91,6 +91,9 @@ pub fn main(data_dir: &Path, id: &str) -> i32 {
         }
     };
     tracing::debug!(container = %id, "shim running");
+    // Nothing made for the container (mount points, the working directory, files) and no
+    // process in it may depend on the umask of whoever started the agent.
+    super::reset_umask();
     if !super::isolate::launched_isolated() {
         report(&StatusLine::Error(
             "the shim runs only as launched by nodeagent (in its own mount namespace)".into(),

@@ -382,6 +382,9 @@ fn all_capabilities() -> Vec<Capability> {
     ]
 }
 
+/// The umask a container's process starts with: Docker's and runc's, never the caller's.
+pub const CONTAINER_UMASK: u32 = 0o022;
+
 /// Builds the spec.
 pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     let cfg = input.config;
@@ -401,6 +404,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
                 .uid(input.user.uid)
                 .gid(input.user.gid)
                 .additional_gids(input.user.additional_gids.clone())
+                .umask(CONTAINER_UMASK)
                 .build()?,
         )
         .args(process_args(cfg, input.image)?)

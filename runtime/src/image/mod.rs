@@ -855,6 +855,9 @@ impl ImageStore {
             .map_err(io_at(&self.inner.root.join("tmp")))?;
         let target = tmp.path().join("layer");
         fs::create_dir(&target).map_err(io_at(&target))?;
+        // A layer's root is 0755 whatever the umask of the process storing it.
+        fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(io_at(&target))?;
         let (t, blob) = (target.clone(), blob_file.clone());
         let unpacked = tokio::task::spawn_blocking(move || {
             let f = File::open(&blob).map_err(io_at(&blob))?;

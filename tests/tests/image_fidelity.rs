@@ -1,6 +1,7 @@
 //! Images as registries, builders and archive tools really make them, run as containers: many
 //! layers, a long data directory path, the same layer more than once, platform variants,
-//! archives' names, and a caller's umask that must not reach the container.
+//! archives' names, a caller's umask that must not reach the container, and the image
+//! configuration's `Volumes`.
 
 #![forbid(unsafe_code)]
 
@@ -10,8 +11,8 @@ use std::process::{Command, Output, Stdio};
 use flotilla_runtime::image::manifest::amd64_level;
 use flotilla_runtime::image::{ImageDetails, ImageRecord};
 use flotilla_tests::image::{
-    busybox, digest, tar_dir, write_docker_save, write_image, write_layout, write_platform_layout,
-    Compression, ImageSpec, Layer,
+    busybox, digest, tar_dir, write_docker_save, write_image, write_layout, write_layout_with,
+    write_platform_layout, Compression, ImageSpec, Layer,
 };
 use flotilla_tests::node::Node;
 use flotilla_tests::{bin, host_arch};
@@ -557,5 +558,96 @@ fn exec_gets_the_containers_umask_not_the_callers() {
     );
     assert_eq!(out, "0022\n755\n");
     ok_027(&node, &["rm", "-f", "umask-exec"]);
+    node.assert_clean();
+}
+
+#[test]
+fn image_volumes_get_an_anonymous_volume_with_the_images_content() {
+    let node = Node::bare();
+    let mut data = Layer::new();
+    data.dir("data", 0o750)
+        .file_owned("data/seed", b"from the image\n", 0o640, 65532, 65532)
+        .symlink("data/link", "seed")
+        .dir("cache", 0o755);
+    let spec = spec(vec![shell_layer().finish(), data.finish()]);
+    let layout = node.scratch().join("volumes");
+    write_layout_with(
+        &layout,
+        "",
+        &spec,
+        &serde_json::json!({"Volumes": {"/data": {}, "/cache": {}, "/fresh": {}, "relative": {}}}),
+    )
+    .expect("layout");
+    let path = layout.to_str().expect("utf8");
+    let out = node.ctr(&["image", "import", path, "--name", "vol/image:1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Each path is a mount of its own, filled from the image (owner, mode, links kept), and
+    // written data lands in the volume, not in the container's layer.
+    let script = "for p in /data /cache /fresh; do grep -c \" $p \" /proc/self/mounts; done; \
+                  cat /data/link; stat -c '%a %u' /data /data/seed; echo new > /data/new";
+    let out = node.ctr(&[
+        "run",
+        "-d",
+        "--name",
+        "vols",
+        "vol/image:1",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("Volumes path 'relative'") && err.contains("must be an absolute path"),
+        "the path without a volume is warned about: {err}"
+    );
+    node.wait_for(
+        "the container to exit",
+        std::time::Duration::from_secs(20),
+        || node.inspect("vols").exit.is_some(),
+    );
+    let logs = node.ctr(&["logs", "vols"]);
+    assert_eq!(
+        String::from_utf8_lossy(&logs.stdout),
+        "1\n1\n1\nfrom the image\n750 0\n640 65532\n"
+    );
+    // Volumes are made in the order of their sorted paths: /cache, /data, /fresh.
+    let id = node.inspect("vols").record.id;
+    let container_dir = node.data.join("containers").join(&id);
+    assert_eq!(
+        std::fs::read_to_string(container_dir.join("volumes/1/new")).expect("in the volume"),
+        "new\n"
+    );
+    assert!(!container_dir.join("upper/data/new").exists());
+    // A mount the run asks for at the path wins over the image's volume.
+    let out = node.ctr(&[
+        "run",
+        "--rm",
+        "-v",
+        "named:/data",
+        "vol/image:1",
+        "ls",
+        "-A",
+        "/data",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "the named volume starts empty"
+    );
+    node.ctr_ok(&["rm", "vols"]);
+    assert!(
+        !container_dir.exists(),
+        "anonymous volumes go with their container"
+    );
     node.assert_clean();
 }

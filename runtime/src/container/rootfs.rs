@@ -7,6 +7,7 @@ use std::ffi::CString;
 use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{mkdirat, openat2, Mode, OFlags, ResolveFlags};
@@ -236,6 +237,123 @@ pub fn ensure_dir(rootfs: &OwnedFd, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Directories deeper than this below an image volume's path are refused by [`copy_up`].
+const MAX_COPY_DEPTH: usize = 128;
+
+/// Fills the empty directory `dest` (a new anonymous volume) with what the image has at `path`
+/// inside the root `root`, as Docker fills a new volume: directories, files and symlinks with
+/// their owners and modes; other entries (devices, fifos, sockets) are skipped. The path is
+/// resolved inside the root and no link is ever followed, so nothing outside the image is
+/// read and nothing outside `dest` written. A `dest` that holds anything already (a restart)
+/// and an image without the path are left as they are.
+pub fn copy_up(root: &OwnedFd, path: &Path, dest: &Path) -> io::Result<()> {
+    if fs::read_dir(dest).map_err(at(dest))?.next().is_some() {
+        return Ok(());
+    }
+    let dest_fd = rustix::fs::open(dest, DIR | OFlags::RDONLY, Mode::empty())
+        .map_err(|e| at(dest)(e.into()))?;
+    // A link at the path itself is followed, inside the root (as the bind mount over it is).
+    let src = match open_in_root(
+        root,
+        &path.to_string_lossy(),
+        OFlags::DIRECTORY | OFlags::RDONLY,
+    ) {
+        Ok(fd) => fd,
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(at(path)(e)),
+    };
+    let top = rustix::fs::fstat(&src)?;
+    copy_tree(&src, &dest_fd, path, 0)?;
+    set_owner_mode(&dest_fd, &top).map_err(at(dest))
+}
+
+/// Flags of a directory opened for [`copy_up`].
+const DIR: OFlags = OFlags::DIRECTORY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+fn copy_tree(src: &OwnedFd, dest: &OwnedFd, path: &Path, depth: usize) -> io::Result<()> {
+    use rustix::fs::{openat, readlinkat, statat, symlinkat, AtFlags, Dir, FileType};
+    if depth > MAX_COPY_DEPTH {
+        return Err(io::Error::other(format!(
+            "{}: more than {MAX_COPY_DEPTH} directories deep",
+            path.display()
+        )));
+    }
+    let mut dir = Dir::read_from(src).map_err(|e| at(path)(e.into()))?;
+    while let Some(entry) = dir.read() {
+        let entry = entry.map_err(|e| at(path)(e.into()))?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let here = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        let fail = |e: rustix::io::Errno| at(&here)(e.into());
+        let st = statat(src, name, AtFlags::SYMLINK_NOFOLLOW).map_err(fail)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                mkdirat(dest, name, Mode::from_raw_mode(0o700)).map_err(fail)?;
+                let s = openat(src, name, DIR | OFlags::RDONLY, Mode::empty()).map_err(fail)?;
+                let d = openat(dest, name, DIR | OFlags::RDONLY, Mode::empty()).map_err(fail)?;
+                copy_tree(&s, &d, &here, depth + 1)?;
+                set_owner_mode(&d, &st).map_err(at(&here))?;
+            }
+            FileType::RegularFile => {
+                let s = openat(
+                    src,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(fail)?;
+                let d = openat(
+                    dest,
+                    name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(fail)?;
+                let mut d = fs::File::from(d);
+                io::copy(&mut fs::File::from(s), &mut d).map_err(at(&here))?;
+                set_owner_mode(&d, &st).map_err(at(&here))?;
+            }
+            FileType::Symlink => {
+                let target = readlinkat(src, name, Vec::new()).map_err(fail)?;
+                symlinkat(target.as_c_str(), dest, name).map_err(fail)?;
+                rustix::fs::chownat(
+                    dest,
+                    name,
+                    Some(rustix::fs::Uid::from_raw(st.st_uid)),
+                    Some(rustix::fs::Gid::from_raw(st.st_gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(fail)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Gives `fd` the owner and mode of `st` (owner first: chown clears set-id bits).
+fn set_owner_mode(fd: impl AsFd, st: &rustix::fs::Stat) -> io::Result<()> {
+    rustix::fs::fchown(
+        &fd,
+        Some(rustix::fs::Uid::from_raw(st.st_uid)),
+        Some(rustix::fs::Gid::from_raw(st.st_gid)),
+    )?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+    Ok(())
+}
+
 /// An error about `path`, keeping its kind.
 fn at(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
     move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
@@ -273,6 +391,39 @@ mod tests {
             .collect();
         assert_eq!(stack, ["/l/x", "/l/a", "/l/empty", "/l/base"]);
         assert!(lower_stack(&[]).is_empty());
+    }
+
+    #[test]
+    fn image_content_fills_a_new_volume_without_leaving_the_image() {
+        let d = root_with(&[]);
+        let outside = tempfile::tempdir().expect("tmp");
+        fs::write(outside.path().join("secret"), "host").expect("secret");
+        fs::create_dir_all(d.path().join("data/sub")).expect("mkdir");
+        fs::write(d.path().join("data/sub/f"), "f").expect("write");
+        std::os::unix::fs::symlink(outside.path(), d.path().join("data/out")).expect("link");
+        std::os::unix::fs::symlink("/data", d.path().join("alias")).expect("link");
+        let root = open_root(d.path()).expect("open");
+        let vol = tempfile::tempdir().expect("vol");
+        // Through a link at the path itself, resolved inside the root.
+        copy_up(&root, Path::new("/alias"), vol.path()).expect("copy");
+        assert_eq!(
+            fs::read_to_string(vol.path().join("sub/f")).expect("f"),
+            "f"
+        );
+        // The link is copied as a link, never followed.
+        assert_eq!(
+            fs::read_link(vol.path().join("out")).expect("link"),
+            outside.path()
+        );
+        assert_eq!(fs::read_dir(outside.path()).expect("ls").count(), 1);
+        // A volume holding something already (a restart) is left alone.
+        fs::remove_file(vol.path().join("sub/f")).expect("rm");
+        copy_up(&root, Path::new("/data"), vol.path()).expect("again");
+        assert!(!vol.path().join("sub/f").exists());
+        // No such path in the image: nothing to copy.
+        let empty = tempfile::tempdir().expect("vol");
+        copy_up(&root, Path::new("/nowhere"), empty.path()).expect("missing");
+        assert_eq!(fs::read_dir(empty.path()).expect("ls").count(), 0);
     }
 
     #[test]

@@ -150,6 +150,20 @@ fn create_and_start(
     tracing::debug!(container = %record.id, "rootfs mounted");
     let root =
         rootfs::open_root(&rootfs_dir).map_err(|e| format!("{}: {e}", rootfs_dir.display()))?;
+    // The image's `Volumes`: their anonymous volumes start with the image's content there.
+    let anonymous = dir.join(super::ANONYMOUS_VOLUMES);
+    for m in record
+        .mounts
+        .iter()
+        .filter(|m| m.source.starts_with(&anonymous))
+    {
+        rootfs::copy_up(&root, &m.target, &m.source).map_err(|e| {
+            format!(
+                "filling the volume at {} from the image: {e}",
+                m.target.display()
+            )
+        })?;
+    }
     let user_spec = record
         .config
         .user

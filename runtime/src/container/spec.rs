@@ -91,6 +91,8 @@ pub struct ImageProcess {
     pub workdir: Option<String>,
     /// `User`.
     pub user: Option<String>,
+    /// `Volumes`: paths that get an anonymous volume, sorted.
+    pub volumes: Vec<String>,
 }
 
 impl ImageProcess {
@@ -114,6 +116,10 @@ impl ImageProcess {
             env: strings(&c["Env"]),
             workdir: text(&c["WorkingDir"]),
             user: text(&c["User"]),
+            volumes: c["Volumes"]
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 }

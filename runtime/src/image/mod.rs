@@ -345,8 +345,9 @@ pub struct ImageStore {
 #[derive(Debug)]
 struct Inner {
     root: PathBuf,
-    /// What this node runs (detected once, when the store opens).
-    platforms: PlatformMatcher,
+    /// What this node runs (read from the CPU once, at the first pull or import: running a
+    /// container never needs it).
+    platforms: std::sync::OnceLock<PlatformMatcher>,
     http: Mutex<Option<reqwest::Client>>,
     /// Layers being fetched by this process, so concurrent pulls do the work once.
     inflight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
@@ -404,7 +405,7 @@ impl ImageStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 root,
-                platforms: PlatformMatcher::host(),
+                platforms: std::sync::OnceLock::new(),
                 http: Mutex::new(None),
                 inflight: Mutex::new(HashMap::new()),
             }),
@@ -418,7 +419,11 @@ impl ImageStore {
 
     /// The platform pulls pick by default (this node's, with its CPU's variant).
     pub fn platform(&self) -> &Platform {
-        self.inner.platforms.platform()
+        self.node_platforms().platform()
+    }
+
+    fn node_platforms(&self) -> &PlatformMatcher {
+        self.inner.platforms.get_or_init(PlatformMatcher::host)
     }
 
     /// What a pull or import asking for `want` takes: this node's platforms by default; for
@@ -426,12 +431,11 @@ impl ImageStore {
     /// this node runs it).
     pub(crate) fn platforms(&self, want: Option<&Platform>) -> PlatformMatcher {
         match want {
-            None => self.inner.platforms.clone(),
+            None => self.node_platforms().clone(),
             Some(p) => {
                 let arm32 = p.normalized().architecture == "arm64"
                     && self
-                        .inner
-                        .platforms
+                        .node_platforms()
                         .rank(&Platform {
                             os: p.os.clone(),
                             architecture: "arm".into(),

@@ -8,13 +8,15 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use flotilla_api::tasks::TaskState;
 use flotilla_runtime::image::manifest::amd64_level;
 use flotilla_runtime::image::{ImageDetails, ImageRecord};
+use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::image::{
     busybox, digest, tar_dir, write_docker_save, write_image, write_layout, write_layout_with,
     write_platform_layout, Compression, ImageSpec, Layer,
 };
-use flotilla_tests::node::Node;
+use flotilla_tests::node::{Node, IMAGE};
 use flotilla_tests::{bin, host_arch};
 
 /// A layer with busybox and the applets the tests use.
@@ -515,6 +517,52 @@ fn the_callers_umask_does_not_reach_the_container() {
         ],
     );
     assert_eq!(out, "deep\n755\n755\n755\n0022\n");
+    node.assert_clean();
+}
+
+#[test]
+fn a_task_of_another_user_runs_from_an_agent_started_under_umask_027() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = Agent::for_node(&node)
+        .with_umask(0o027)
+        .with_run_args(&["--heartbeat", "5"]);
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    agent.run();
+    agent.wait_log("session established", 1, std::time::Duration::from_secs(10));
+    // A bridge task: its resolv.conf is written by the agent and bind-mounted read-only. Each
+    // check has its exit code (a stopped task's logs are not the point here).
+    let script = "cat /etc/resolv.conf >/dev/null || exit 2; ls / >/dev/null || exit 3; \
+                  case \"$(ls -ld /)\" in drwxr-xr-x*) ;; *) exit 4;; esac; \
+                  [ \"$(umask)\" = 0022 ] || exit 5";
+    let def = serde_json::json!({
+        "family": "umask",
+        "networkMode": "bridge",
+        "containerDefinitions": [{
+            "name": "main", "image": IMAGE, "memory": 32, "user": "65532:65532",
+            "command": ["sh", "-c", script]
+        }]
+    });
+    let f = cp.scratch().join("umask.json");
+    std::fs::write(&f, def.to_string()).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    let id = cp.run_one("umask");
+    flotilla_tests::wait(
+        "the task to stop",
+        std::time::Duration::from_secs(60),
+        || cp.task(&id).state == TaskState::Stopped,
+    );
+    let task = cp.task(&id);
+    assert_eq!(
+        task.containers.first().and_then(|c| c.exit_code),
+        Some(0),
+        "{task:?}"
+    );
+    agent.kill();
+    node.remove_all();
     node.assert_clean();
 }
 

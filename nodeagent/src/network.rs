@@ -451,6 +451,8 @@ impl Networks {
         let path = self.resolv_conf_path(task);
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, text)?;
+        // Readable by every user of the containers that mount it, whatever the agent's umask.
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
         std::fs::rename(&tmp, &path).with_context(|| path.display().to_string())?;
         Ok(())
     }

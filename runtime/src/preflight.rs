@@ -501,14 +501,8 @@ fn mount_in_own_namespace(base: &Path) -> Result<(), ProbeFailure> {
         MountPropagationFlags::REC | MountPropagationFlags::PRIVATE,
     )
     .map_err(|e| ProbeFailure::io("private mount namespace", &io::Error::from(e)))?;
-    crate::container::rootfs::mount_overlay(
-        base,
-        &["lower".to_string()],
-        &base.join("upper"),
-        &base.join("work"),
-        &base.join("merged"),
-    )
-    .map_err(|e| ProbeFailure::io("mount", &e))
+    crate::container::rootfs::mount_overlay(&[base.join("lower")], base, &base.join("merged"))
+        .map_err(|e| ProbeFailure::io("mount", &e))
 }
 
 /// What containers do to their root, on the probe's overlay at `merged`.

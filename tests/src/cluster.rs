@@ -292,6 +292,8 @@ pub struct Agent {
     netns: Option<String>,
     /// Extra arguments of `nodeagent run`.
     run_args: Vec<String>,
+    /// The umask it is started with (the test's own when unset).
+    umask: Option<u32>,
 }
 
 impl Agent {
@@ -304,6 +306,7 @@ impl Agent {
             args: Vec::new(),
             netns: None,
             run_args: Vec::new(),
+            umask: None,
         }
     }
 
@@ -323,7 +326,14 @@ impl Agent {
             args,
             netns: None,
             run_args: Vec::new(),
+            umask: None,
         }
+    }
+
+    /// The same agent, started (`join`, `run`) from a shell whose umask is `mask`.
+    pub fn with_umask(mut self, mask: u32) -> Self {
+        self.umask = Some(mask);
+        self
     }
 
     /// The same agent, `nodeagent run` given `args` too.
@@ -340,10 +350,20 @@ impl Agent {
 
     /// `nodeagent --data-dir … ARGS…`, inside the agent's host when it has one.
     fn command(&self) -> Command {
-        let mut c = match &self.netns {
-            Some(ns) => crate::netns::command_in(ns, crate::bin("nodeagent")),
-            None => Command::new(crate::bin("nodeagent")),
+        let program: std::ffi::OsString = match self.umask {
+            Some(_) => "sh".into(),
+            None => crate::bin("nodeagent").into(),
         };
+        let mut c = match &self.netns {
+            Some(ns) => crate::netns::command_in(ns, program),
+            None => Command::new(program),
+        };
+        if let Some(mask) = self.umask {
+            c.arg("-c")
+                .arg(format!("umask {mask:03o}; exec \"$@\""))
+                .arg("sh")
+                .arg(crate::bin("nodeagent"));
+        }
         c.arg("--data-dir").arg(&self.data).args(&self.args);
         c
     }

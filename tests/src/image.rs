@@ -208,6 +208,16 @@ fn put_blob(layout: &Path, bytes: &[u8]) -> Result<String> {
 
 /// Writes one image's blobs (layers, config, manifest) into `layout`.
 pub fn write_image(layout: &Path, spec: &ImageSpec) -> Result<BuiltImage> {
+    write_image_with(layout, spec, &json!({}))
+}
+
+/// Writes one image's blobs like [`write_image`], with the fields of `extra` (e.g.
+/// `{"Volumes": {"/data": {}}}`) added to its configuration's `config`.
+pub fn write_image_with(
+    layout: &Path,
+    spec: &ImageSpec,
+    extra: &serde_json::Value,
+) -> Result<BuiltImage> {
     let mut layers = Vec::new();
     let mut diff_ids = Vec::new();
     let mut descs = Vec::new();
@@ -223,13 +233,18 @@ pub fn write_image(layout: &Path, spec: &ImageSpec) -> Result<BuiltImage> {
         descs.push(json!({"mediaType": media, "digest": d, "size": blob.len()}));
         layers.push(d);
     }
-    let config = json!({
+    let mut config = json!({
         "created": "2026-01-01T00:00:00Z",
         "architecture": spec.arch,
         "os": "linux",
         "config": {"Cmd": spec.cmd, "Env": ["PATH=/bin"]},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     });
+    if let Some(fields) = extra.as_object() {
+        for (k, v) in fields {
+            config["config"][k] = v.clone();
+        }
+    }
     let config_bytes = serde_json::to_vec(&config)?;
     let config_digest = put_blob(layout, &config_bytes)?;
     let manifest = json!({
@@ -252,17 +267,27 @@ pub fn write_image(layout: &Path, spec: &ImageSpec) -> Result<BuiltImage> {
 }
 
 /// Writes an OCI layout with one image under `ref_name` (the `org.opencontainers.image.ref.name`
-/// annotation, as skopeo and umoci write it).
+/// annotation, as skopeo and umoci write it; none when empty).
 pub fn write_layout(layout: &Path, ref_name: &str, spec: &ImageSpec) -> Result<BuiltImage> {
-    let img = write_image(layout, spec)?;
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "digest": img.manifest, "size": img.manifest_size,
-            "annotations": {"org.opencontainers.image.ref.name": ref_name},
-        }],
+    write_layout_with(layout, ref_name, spec, &json!({}))
+}
+
+/// Writes an OCI layout like [`write_layout`] whose image configuration also has `extra`.
+pub fn write_layout_with(
+    layout: &Path,
+    ref_name: &str,
+    spec: &ImageSpec,
+    extra: &serde_json::Value,
+) -> Result<BuiltImage> {
+    let img = write_image_with(layout, spec, extra)?;
+    let mut entry = json!({
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": img.manifest, "size": img.manifest_size,
     });
+    if !ref_name.is_empty() {
+        entry["annotations"] = json!({"org.opencontainers.image.ref.name": ref_name});
+    }
+    let index = json!({"schemaVersion": 2, "manifests": [entry]});
     fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
     fs::write(
         layout.join("oci-layout"),
@@ -293,6 +318,43 @@ pub fn write_multiarch_layout(
         .collect();
     let inner = serde_json::to_vec(&json!({
         "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": entries,
+    }))?;
+    let d = put_blob(layout, &inner)?;
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": d, "size": inner.len(),
+                       "annotations": {"org.opencontainers.image.ref.name": ref_name}}],
+    });
+    fs::write(layout.join("index.json"), serde_json::to_vec(&index)?)?;
+    fs::write(
+        layout.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    Ok(imgs)
+}
+
+/// Writes an OCI layout whose `ref_name` points to an index with one entry per `(spec,
+/// platform)`, the platform as the index states it (e.g. `linux/amd64/v3`); the images' configs
+/// name no variant, as most builders leave it.
+pub fn write_platform_layout(
+    layout: &Path,
+    ref_name: &str,
+    entries: &[(ImageSpec, &str)],
+) -> Result<Vec<BuiltImage>> {
+    let mut imgs = Vec::new();
+    let mut descs = Vec::new();
+    for (spec, platform) in entries {
+        let img = write_image(layout, spec)?;
+        let parts: Vec<&str> = platform.split('/').collect();
+        let mut p = json!({"os": parts[0], "architecture": parts[1]});
+        if let Some(v) = parts.get(2) {
+            p["variant"] = json!(v);
+        }
+        descs.push(json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": img.manifest, "size": img.manifest_size, "platform": p}));
+        imgs.push(img);
+    }
+    let inner = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": descs,
     }))?;
     let d = put_blob(layout, &inner)?;
     let index = json!({

@@ -32,9 +32,15 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 impl Node {
     /// A node with nothing in its store yet.
     pub fn bare() -> Self {
+        Self::bare_at("node")
+    }
+
+    /// A node with nothing in its store yet whose data directory is `relative` (a path of
+    /// any length) inside the test's scratch directory.
+    pub fn bare_at(relative: &str) -> Self {
         crate::require_root();
         let dir = tempfile::tempdir().expect("tempdir");
-        let data = dir.path().join("node");
+        let data = dir.path().join(relative);
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let node = Self {
             data,

@@ -769,7 +769,7 @@ fn replacing_a_symlink_with_a_file_writes_inside_the_layer() -> Result<()> {
 #[test]
 fn archive_without_a_name_asks_for_one_and_bad_input_is_named() -> Result<()> {
     let layout = tempfile::tempdir()?;
-    image::write_layout(layout.path(), "latest", &busybox_image(host_arch()))?;
+    image::write_layout(layout.path(), "", &busybox_image(host_arch()))?;
     let node = Node::new();
     let err = node.fails(&["image", "import", layout.path().to_str().expect("utf8")]);
     assert!(err.contains("--name"), "{err}");

@@ -53,6 +53,8 @@ fn run(
         return Err("exec runs only as launched by nodeagent (in its own mount namespace)".into());
     }
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    // The command gets the umask containers get, not the caller's.
+    super::reset_umask();
     // Its network namespace belongs to its shim (or its task), not to the container's spec:
     // the tenant would not join it.
     join_network(data_dir, id)?;

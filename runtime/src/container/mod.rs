@@ -24,7 +24,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::io::{self, BufRead, BufReader};
 use std::os::fd::AsFd;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -439,8 +439,11 @@ impl ContainerStore {
         spec::working_dir(&config, &image_process)
             .map_err(|e| ContainerError::Invalid(vec![e.to_string()]))?;
         spec::capabilities(&config).map_err(|e| ContainerError::Invalid(vec![e.to_string()]))?;
-        let mounts = self.resolve_mounts(&config)?;
+        let mut mounts = self.resolve_mounts(&config)?;
         let id = new_id()?;
+        let paths = self.paths(&id);
+        let anonymous = anonymous_volumes(&image_process.volumes, &mounts, &paths.dir);
+        mounts.extend(anonymous.iter().cloned());
         let record = ContainerRecord {
             created_at: now_secs(),
             image: ImageUse {
@@ -460,15 +463,27 @@ impl ContainerStore {
             id: id.clone(),
             boot_id: process::boot_id().ok(),
         };
-        let paths = self.paths(&id);
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&paths.dir)
             .map_err(io_at(&paths.dir))?;
         let result = (|| {
-            for sub in ["upper", "work", "rootfs", "logs"] {
+            // The upper directory is the container's `/`: its mode is the root's, so it is
+            // set, not left to the caller's umask.
+            for (sub, mode) in [
+                ("upper", 0o755),
+                ("work", 0o700),
+                ("rootfs", 0o755),
+                ("logs", 0o755),
+            ] {
                 let p = paths.dir.join(sub);
                 fs::create_dir(&p).map_err(io_at(&p))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(io_at(&p))?;
+            }
+            for m in &anonymous {
+                fs::create_dir_all(&m.source).map_err(io_at(&m.source))?;
+                fs::set_permissions(&m.source, fs::Permissions::from_mode(0o755))
+                    .map_err(io_at(&m.source))?;
             }
             self.images.lease(&id, &details.record)?;
             let bytes = serde_json::to_vec_pretty(&record)
@@ -1031,6 +1046,56 @@ impl Started {
     }
 }
 
+/// The anonymous volumes of a container: one for each path of the image's `Volumes` that no
+/// mount of the container covers, as Docker gives them, in `<container dir>/volumes/<n>`
+/// (removed with the container). A path that is not absolute, contains `..`, or lies in `/`,
+/// `/proc`, `/sys` or `/dev` is skipped with a warning naming it.
+fn anonymous_volumes(
+    image_volumes: &[String],
+    mounts: &[ResolvedMount],
+    dir: &Path,
+) -> Vec<ResolvedMount> {
+    let mut out: Vec<ResolvedMount> = Vec::new();
+    for path in image_volumes {
+        let target = match config::container_path("image config Volumes path", path) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("{e}; no volume is made for it");
+                continue;
+            }
+        };
+        let system = ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|p| target.starts_with(p));
+        if target == Path::new("/") || system {
+            tracing::warn!(
+                "image config Volumes path '{path}' is not a place for a volume; no volume is made for it"
+            );
+            continue;
+        }
+        if mounts.iter().chain(&out).any(|m| m.target == target) {
+            continue;
+        }
+        out.push(ResolvedMount {
+            kind: MountKind::Bind,
+            source: dir.join(ANONYMOUS_VOLUMES).join(out.len().to_string()),
+            target,
+            read_only: false,
+            size: None,
+        });
+    }
+    out
+}
+
+/// Directory of a container's anonymous volumes, inside its own directory.
+pub(crate) const ANONYMOUS_VOLUMES: &str = "volumes";
+
+/// Sets this process's umask to the one containers get ([`spec::CONTAINER_UMASK`]): the
+/// runtime's own processes (shim, exec) must not pass on the caller's.
+pub(crate) fn reset_umask() {
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(spec::CONTAINER_UMASK));
+}
+
 pub(crate) fn is_id(key: &str) -> bool {
     key.len() == 32
         && key
@@ -1089,5 +1154,38 @@ mod tests {
             assert!(validate_cgroup_parent(bad).is_err(), "{bad}");
         }
         assert!(StoreOptions::default_cgroup_parent().starts_with("flotilla/"));
+    }
+
+    #[test]
+    fn image_volumes_not_covered_by_a_mount_get_anonymous_ones() {
+        let paths: Vec<String> = [
+            "/cache", "/data/", "/data", "rel", "/", "/proc/x", "/a/../b", "/tmp",
+        ]
+        .map(str::to_string)
+        .to_vec();
+        let given = [ResolvedMount {
+            kind: MountKind::Tmpfs,
+            source: PathBuf::new(),
+            target: PathBuf::from("/tmp"),
+            read_only: false,
+            size: None,
+        }];
+        let dir = Path::new("/c/id");
+        let made: Vec<(String, String)> = anonymous_volumes(&paths, &given, dir)
+            .into_iter()
+            .map(|m| {
+                (
+                    m.target.display().to_string(),
+                    m.source.display().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            made,
+            [
+                ("/cache".to_string(), "/c/id/volumes/0".to_string()),
+                ("/data".to_string(), "/c/id/volumes/1".to_string()),
+            ]
+        );
     }
 }

@@ -2,10 +2,13 @@
 //! upper directory, plus lookups inside it that never leave it (the image is hostile: its
 //! `/etc/passwd` or working directory may be symlinks pointing at the host).
 
+use std::collections::HashSet;
 use std::ffi::CString;
+use std::fs;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, OwnedFd};
-use std::path::{Component, Path};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
 
 use rustix::fs::{mkdirat, openat2, Mode, OFlags, ResolveFlags};
 use rustix::mount::{mount, MountFlags};
@@ -15,28 +18,84 @@ use super::spec::ResolvedUser;
 /// Passwd and group files larger than this are refused.
 const MAX_ACCOUNT_FILE: u64 = 4 * 1024 * 1024;
 
-/// Mounts overlayfs at `target`: `layers` (directory names inside `layers_dir`, lowest
-/// first) read-only below `upper`.
+/// Most lower layers one overlayfs mount stacks (the kernel's `OVL_MAX_STACK`).
+pub const MAX_LAYERS: usize = 500;
+
+/// Name of the directory of short layer links inside an overlay's directory.
+const LINKS_DIR: &str = "layers";
+
+/// The lower directories of an overlay, topmost first, each once: a layer that appears
+/// several times in an image (BuildKit repeats the empty layer) is kept only at its highest
+/// place. That is what stacking every copy would show: everything the lower copy names, the
+/// higher copy names again above it, so the lower copy is never visible — and overlayfs
+/// refuses the same directory twice.
+pub fn lower_stack(layers: &[PathBuf]) -> Vec<&Path> {
+    let mut seen = HashSet::new();
+    layers
+        .iter()
+        .rev()
+        .filter(|l| seen.insert(l.as_path()))
+        .map(PathBuf::as_path)
+        .collect()
+}
+
+/// Mounts overlayfs at `target`: `layers` (lowest first) read-only below `dir/upper`, with
+/// `dir/work` as its work directory.
 ///
-/// Layer names are given relative to `layers_dir` (the process changes into it for the
-/// call) so that deep images fit in the kernel's one-page limit for mount options.
-pub fn mount_overlay(
-    layers_dir: &Path,
-    layers: &[String],
-    upper: &Path,
-    work: &Path,
-    target: &Path,
-) -> io::Result<()> {
-    let lower: Vec<&str> = layers.iter().rev().map(String::as_str).collect();
+/// The kernel takes mount options of one page at most, so the options name no layer by its
+/// own path: `dir/layers/` gets one link per layer named by its place (`0` is the topmost, in a
+/// tmpfs of the caller's mount namespace, unmounted again once the overlay holds the layers),
+/// and the mount is made from inside that directory with relative names (`lowerdir=0:1:…,
+/// upperdir=../upper`). The options then stay under 2 KiB for the most layers overlayfs
+/// stacks ([`MAX_LAYERS`]), whatever the length of the data directory's path. The process's
+/// working directory moves for the call: callers are single-threaded or own their working
+/// directory (`CLONE_FS`).
+pub fn mount_overlay(layers: &[PathBuf], dir: &Path, target: &Path) -> io::Result<()> {
+    let stack = lower_stack(layers);
+    if stack.len() > MAX_LAYERS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the image has {} distinct layers; overlayfs stacks at most {MAX_LAYERS}",
+                stack.len()
+            ),
+        ));
+    }
+    let links = dir.join(LINKS_DIR);
+    match fs::remove_dir_all(&links) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(&links)(e)),
+        _ => {}
+    }
+    fs::create_dir(&links).map_err(at(&links))?;
+    // The links live in a tmpfs of this mount namespace: making 500 of them on the data
+    // directory's disk takes about a millisecond each, in memory microseconds. The overlay
+    // holds the layers themselves once mounted, so the tmpfs goes right after; without one
+    // (no tmpfs in the kernel) the links are made on disk.
+    let in_memory = mount(
+        "tmpfs",
+        &links,
+        "tmpfs",
+        MountFlags::NODEV | MountFlags::NOSUID | MountFlags::NOEXEC,
+        c"mode=0700",
+    )
+    .is_ok();
+    for (i, layer) in stack.iter().enumerate() {
+        let link = links.join(i.to_string());
+        std::os::unix::fs::symlink(layer, &link).map_err(at(&link))?;
+    }
+    let names: Vec<String> = (0..stack.len()).map(|i| i.to_string()).collect();
     let data = format!(
-        "lowerdir={},upperdir={},workdir={},index=off,xino=off",
-        lower.join(":"),
-        upper.display(),
-        work.display()
+        "lowerdir={},upperdir=../upper,workdir=../work,index=off,xino=off",
+        names.join(":")
     );
     let data = CString::new(data).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let back = std::env::current_dir()?;
-    std::env::set_current_dir(layers_dir)?;
+    let back = rustix::fs::open(
+        ".",
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| at(Path::new("."))(e.into()))?;
+    rustix::process::chdir(&links).map_err(|e| at(&links)(e.into()))?;
     let res = mount(
         "overlay",
         target,
@@ -44,11 +103,19 @@ pub fn mount_overlay(
         MountFlags::NODEV,
         data.as_c_str(),
     );
-    std::env::set_current_dir(back)?;
+    rustix::process::fchdir(&back)
+        .map_err(|e| at(Path::new("the previous working directory"))(e.into()))?;
+    if in_memory {
+        let _ = rustix::mount::unmount(&links, rustix::mount::UnmountFlags::DETACH);
+    }
     res.map_err(|e| {
         io::Error::new(
             io::Error::from(e).kind(),
-            format!("mounting overlayfs at {}: {e}", target.display()),
+            format!(
+                "mounting overlayfs of {} layers at {}: {e}",
+                stack.len(),
+                target.display()
+            ),
         )
     })
 }
@@ -186,6 +253,128 @@ pub fn ensure_dir(rootfs: &OwnedFd, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Directories deeper than this below an image volume's path are refused by [`copy_up`].
+const MAX_COPY_DEPTH: usize = 128;
+
+/// Fills the empty directory `dest` (a new anonymous volume) with what the image has at `path`
+/// inside the root `root`, as Docker fills a new volume: directories, files and symlinks with
+/// their owners and modes; other entries (devices, fifos, sockets) are skipped. The path is
+/// resolved inside the root and no link is ever followed, so nothing outside the image is
+/// read and nothing outside `dest` written. A `dest` that holds anything already (a restart)
+/// and an image without the path are left as they are.
+pub fn copy_up(root: &OwnedFd, path: &Path, dest: &Path) -> io::Result<()> {
+    if fs::read_dir(dest).map_err(at(dest))?.next().is_some() {
+        return Ok(());
+    }
+    let dest_fd = rustix::fs::open(dest, DIR | OFlags::RDONLY, Mode::empty())
+        .map_err(|e| at(dest)(e.into()))?;
+    // A link at the path itself is followed, inside the root (as the bind mount over it is).
+    let src = match open_in_root(
+        root,
+        &path.to_string_lossy(),
+        OFlags::DIRECTORY | OFlags::RDONLY,
+    ) {
+        Ok(fd) => fd,
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound || e.kind() == io::ErrorKind::NotADirectory =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(at(path)(e)),
+    };
+    let top = rustix::fs::fstat(&src)?;
+    copy_tree(&src, &dest_fd, path, 0)?;
+    set_owner_mode(&dest_fd, &top).map_err(at(dest))
+}
+
+/// Flags of a directory opened for [`copy_up`].
+const DIR: OFlags = OFlags::DIRECTORY
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+fn copy_tree(src: &OwnedFd, dest: &OwnedFd, path: &Path, depth: usize) -> io::Result<()> {
+    use rustix::fs::{openat, readlinkat, statat, symlinkat, AtFlags, Dir, FileType};
+    if depth > MAX_COPY_DEPTH {
+        return Err(io::Error::other(format!(
+            "{}: more than {MAX_COPY_DEPTH} directories deep",
+            path.display()
+        )));
+    }
+    let mut dir = Dir::read_from(src).map_err(|e| at(path)(e.into()))?;
+    while let Some(entry) = dir.read() {
+        let entry = entry.map_err(|e| at(path)(e.into()))?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let here = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        let fail = |e: rustix::io::Errno| at(&here)(e.into());
+        let st = statat(src, name, AtFlags::SYMLINK_NOFOLLOW).map_err(fail)?;
+        match FileType::from_raw_mode(st.st_mode) {
+            FileType::Directory => {
+                mkdirat(dest, name, Mode::from_raw_mode(0o700)).map_err(fail)?;
+                let s = openat(src, name, DIR | OFlags::RDONLY, Mode::empty()).map_err(fail)?;
+                let d = openat(dest, name, DIR | OFlags::RDONLY, Mode::empty()).map_err(fail)?;
+                copy_tree(&s, &d, &here, depth + 1)?;
+                set_owner_mode(&d, &st).map_err(at(&here))?;
+            }
+            FileType::RegularFile => {
+                let s = openat(
+                    src,
+                    name,
+                    OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(fail)?;
+                let d = openat(
+                    dest,
+                    name,
+                    OFlags::WRONLY
+                        | OFlags::CREATE
+                        | OFlags::EXCL
+                        | OFlags::NOFOLLOW
+                        | OFlags::CLOEXEC,
+                    Mode::from_raw_mode(0o600),
+                )
+                .map_err(fail)?;
+                let mut d = fs::File::from(d);
+                io::copy(&mut fs::File::from(s), &mut d).map_err(at(&here))?;
+                set_owner_mode(&d, &st).map_err(at(&here))?;
+            }
+            FileType::Symlink => {
+                let target = readlinkat(src, name, Vec::new()).map_err(fail)?;
+                symlinkat(target.as_c_str(), dest, name).map_err(fail)?;
+                rustix::fs::chownat(
+                    dest,
+                    name,
+                    Some(rustix::fs::Uid::from_raw(st.st_uid)),
+                    Some(rustix::fs::Gid::from_raw(st.st_gid)),
+                    AtFlags::SYMLINK_NOFOLLOW,
+                )
+                .map_err(fail)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Gives `fd` the owner and mode of `st` (owner first: chown clears set-id bits).
+fn set_owner_mode(fd: impl AsFd, st: &rustix::fs::Stat) -> io::Result<()> {
+    rustix::fs::fchown(
+        &fd,
+        Some(rustix::fs::Uid::from_raw(st.st_uid)),
+        Some(rustix::fs::Gid::from_raw(st.st_gid)),
+    )?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(st.st_mode & 0o7777))?;
+    Ok(())
+}
+
+/// An error about `path`, keeping its kind.
+fn at(path: &Path) -> impl FnOnce(io::Error) -> io::Error + '_ {
+    move |e| io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
 /// Opens a directory to serve as the root of the lookups above.
 pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::open(
@@ -198,7 +387,6 @@ pub fn open_root(path: &Path) -> io::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
 
     fn root_with(files: &[(&str, &str)]) -> tempfile::TempDir {
         let d = tempfile::tempdir().expect("tmp");
@@ -207,6 +395,51 @@ mod tests {
             fs::write(d.path().join(p), c).expect("write");
         }
         d
+    }
+
+    #[test]
+    fn repeated_layers_are_stacked_once_at_their_highest_place() {
+        let p = |s: &str| PathBuf::from(format!("/l/{s}"));
+        let image = [p("base"), p("empty"), p("x"), p("empty"), p("a"), p("x")];
+        let stack: Vec<_> = lower_stack(&image)
+            .iter()
+            .map(|l| l.display().to_string())
+            .collect();
+        assert_eq!(stack, ["/l/x", "/l/a", "/l/empty", "/l/base"]);
+        assert!(lower_stack(&[]).is_empty());
+    }
+
+    #[test]
+    fn image_content_fills_a_new_volume_without_leaving_the_image() {
+        let d = root_with(&[]);
+        let outside = tempfile::tempdir().expect("tmp");
+        fs::write(outside.path().join("secret"), "host").expect("secret");
+        fs::create_dir_all(d.path().join("data/sub")).expect("mkdir");
+        fs::write(d.path().join("data/sub/f"), "f").expect("write");
+        std::os::unix::fs::symlink(outside.path(), d.path().join("data/out")).expect("link");
+        std::os::unix::fs::symlink("/data", d.path().join("alias")).expect("link");
+        let root = open_root(d.path()).expect("open");
+        let vol = tempfile::tempdir().expect("vol");
+        // Through a link at the path itself, resolved inside the root.
+        copy_up(&root, Path::new("/alias"), vol.path()).expect("copy");
+        assert_eq!(
+            fs::read_to_string(vol.path().join("sub/f")).expect("f"),
+            "f"
+        );
+        // The link is copied as a link, never followed.
+        assert_eq!(
+            fs::read_link(vol.path().join("out")).expect("link"),
+            outside.path()
+        );
+        assert_eq!(fs::read_dir(outside.path()).expect("ls").count(), 1);
+        // A volume holding something already (a restart) is left alone.
+        fs::remove_file(vol.path().join("sub/f")).expect("rm");
+        copy_up(&root, Path::new("/data"), vol.path()).expect("again");
+        assert!(!vol.path().join("sub/f").exists());
+        // No such path in the image: nothing to copy.
+        let empty = tempfile::tempdir().expect("vol");
+        copy_up(&root, Path::new("/nowhere"), empty.path()).expect("missing");
+        assert_eq!(fs::read_dir(empty.path()).expect("ls").count(), 0);
     }
 
     #[test]

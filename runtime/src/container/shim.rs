@@ -91,6 +91,9 @@ pub fn main(data_dir: &Path, id: &str) -> i32 {
         }
     };
     tracing::debug!(container = %id, "shim running");
+    // Nothing made for the container (mount points, the working directory, files) and no
+    // process in it may depend on the umask of whoever started the agent.
+    super::reset_umask();
     if !super::isolate::launched_isolated() {
         report(&StatusLine::Error(
             "the shim runs only as launched by nodeagent (in its own mount namespace)".into(),
@@ -135,27 +138,32 @@ fn create_and_start(
     tracing::debug!(container = %record.id, "namespaces ready");
 
     let rootfs_dir = dir.join("rootfs");
-    let (layers_dir, layers) = if record.image.layers.is_empty() {
+    let layers: Vec<PathBuf> = if record.image.layers.is_empty() {
         let empty = dir.join("empty");
         fs::create_dir_all(&empty).map_err(|e| format!("{}: {e}", empty.display()))?;
-        (dir.to_path_buf(), vec!["empty".to_string()])
+        vec![empty]
     } else {
-        (
-            data_dir.join("images").join("layers"),
-            record.image.layers.clone(),
-        )
+        let store = data_dir.join("images").join("layers");
+        record.image.layers.iter().map(|l| store.join(l)).collect()
     };
-    rootfs::mount_overlay(
-        &layers_dir,
-        &layers,
-        &dir.join("upper"),
-        &dir.join("work"),
-        &rootfs_dir,
-    )
-    .map_err(|e| e.to_string())?;
+    rootfs::mount_overlay(&layers, dir, &rootfs_dir).map_err(|e| e.to_string())?;
     tracing::debug!(container = %record.id, "rootfs mounted");
     let root =
         rootfs::open_root(&rootfs_dir).map_err(|e| format!("{}: {e}", rootfs_dir.display()))?;
+    // The image's `Volumes`: their anonymous volumes start with the image's content there.
+    let anonymous = dir.join(super::ANONYMOUS_VOLUMES);
+    for m in record
+        .mounts
+        .iter()
+        .filter(|m| m.source.starts_with(&anonymous))
+    {
+        rootfs::copy_up(&root, &m.target, &m.source).map_err(|e| {
+            format!(
+                "filling the volume at {} from the image: {e}",
+                m.target.display()
+            )
+        })?;
+    }
     let user_spec = record
         .config
         .user

@@ -91,6 +91,8 @@ pub struct ImageProcess {
     pub workdir: Option<String>,
     /// `User`.
     pub user: Option<String>,
+    /// `Volumes`: paths that get an anonymous volume, sorted.
+    pub volumes: Vec<String>,
 }
 
 impl ImageProcess {
@@ -114,6 +116,10 @@ impl ImageProcess {
             env: strings(&c["Env"]),
             workdir: text(&c["WorkingDir"]),
             user: text(&c["User"]),
+            volumes: c["Volumes"]
+                .as_object()
+                .map(|o| o.keys().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -384,6 +390,9 @@ fn all_capabilities() -> Vec<Capability> {
     ]
 }
 
+/// The umask a container's process starts with: Docker's and runc's, never the caller's.
+pub const CONTAINER_UMASK: u32 = 0o022;
+
 /// Builds the spec.
 pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     let cfg = input.config;
@@ -403,6 +412,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
                 .uid(input.user.uid)
                 .gid(input.user.gid)
                 .additional_gids(input.user.additional_gids.clone())
+                .umask(CONTAINER_UMASK)
                 .build()?,
         )
         .args(process_args(cfg, input.image)?)

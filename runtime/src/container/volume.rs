@@ -87,6 +87,13 @@ impl VolumeStore {
             .join(format!(".new-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(tmp.join("_data")).map_err(io_at(&tmp))?;
+        // Docker's mode for a new volume, whatever the caller's umask: a container running
+        // as another user than root must reach it.
+        fs::set_permissions(
+            tmp.join("_data"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .map_err(io_at(&tmp))?;
         let created_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())

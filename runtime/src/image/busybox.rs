@@ -107,7 +107,12 @@ pub fn write_layout(busybox: &Path, layout: &Path, ref_name: &str) -> io::Result
     let _ = fs::remove_dir_all(layout);
     fs::create_dir_all(layout)?;
     let layer_digest = blob(layout, &compressed)?;
-    let platform = Platform::host();
+    // Debian's busybox is built for the architecture's baseline, whatever this CPU's level.
+    let host = Platform::host();
+    let platform = Platform {
+        variant: host.variant.filter(|_| host.architecture == "arm"),
+        ..host
+    };
     let mut config = json!({
         "architecture": platform.architecture,
         "os": "linux",

@@ -20,6 +20,53 @@ const ANNOTATION_IMAGE_NAME: &str = "io.containerd.image.name";
 /// OCI annotation with the reference (often only a tag).
 const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 
+/// The name an archive gives the image of index entry `desc`, as the tool that wrote it
+/// means it:
+/// - `io.containerd.image.name` (containerd, Docker 25+, and `docker save`'s `RepoTags`,
+///   which the import turns into it) is a Docker reference: `bb:v1` is
+///   `docker.io/library/bb:v1`, as `docker load` names it;
+/// - `org.opencontainers.image.ref.name` (skopeo, podman, buildah, umoci) follows podman's
+///   rule: a name with a registry stays as it is; any other is local, `localhost/` before it
+///   and `latest` as its tag when it has none (`skopeo copy … oci-archive:FILE:bb` loads as
+///   `localhost/bb:latest`).
+///
+/// No name, or a ref name that is no image name (`:v1`, `BB`), asks for `--name`.
+fn archive_name(desc: &Descriptor) -> Result<String, String> {
+    if let Some(n) = desc.annotations.get(ANNOTATION_IMAGE_NAME) {
+        return ImageRef::parse(n)
+            .map(|r| r.name())
+            .map_err(|e| format!("image {}: {ANNOTATION_IMAGE_NAME} {e}", desc.digest));
+    }
+    let Some(r) = desc.annotations.get(ANNOTATION_REF_NAME) else {
+        return Err(format!(
+            "image {} has no name in the archive (neither {ANNOTATION_IMAGE_NAME} nor \
+             {ANNOTATION_REF_NAME}); pass --name REF",
+            desc.digest
+        ));
+    };
+    let full = if has_registry(r) {
+        r.clone()
+    } else {
+        format!("localhost/{r}")
+    };
+    ImageRef::parse(&full).map(|r| r.name()).map_err(|_| {
+        format!(
+            "image {} has the ref name '{r}' ({ANNOTATION_REF_NAME}), which is not an image \
+             name; pass --name REF",
+            desc.digest
+        )
+    })
+}
+
+/// Whether a reference starts with a registry host, by Docker's rule: a first path component
+/// with a `.` or a `:`, or `localhost`.
+pub(crate) fn has_registry(reference: &str) -> bool {
+    match reference.split_once('/') {
+        Some((first, _)) => first.contains('.') || first.contains(':') || first == "localhost",
+        None => false,
+    }
+}
+
 /// An OCI layout to import from: either a directory, or blobs staged from an archive.
 #[derive(Debug)]
 pub(crate) struct Layout {
@@ -356,51 +403,44 @@ impl ImageStore {
                 entries.len()
             )));
         }
-        let want = platform.clone().unwrap_or_else(|| self.platform().clone());
+        let platforms = self.platforms(platform.as_ref());
         let mut out = Vec::new();
         for desc in &entries {
             let image_name = match name {
                 Some(n) => ImageRef::parse(n)?.name(),
-                None => {
-                    let given = desc.annotations.get(ANNOTATION_IMAGE_NAME).or_else(|| {
-                        desc.annotations
-                            .get(ANNOTATION_REF_NAME)
-                            .filter(|r| r.contains('/') || r.contains(':'))
-                    });
-                    match given {
-                        Some(n) => ImageRef::parse(n)?.name(),
-                        None => {
-                            let tag = desc
-                                .annotations
-                                .get(ANNOTATION_REF_NAME)
-                                .map(String::as_str)
-                                .unwrap_or("(none)");
-                            return Err(layout.err(format!(
-                                "image {} has no name in the archive (ref name: {tag}); pass --name REF",
-                                desc.digest
-                            )));
-                        }
-                    }
-                }
+                None => archive_name(desc).map_err(|reason| layout.err(reason))?,
             };
             let bytes = layout.read_verified(desc)?;
-            let (manifest_bytes, manifest_digest, from_index) =
+            let (manifest_bytes, manifest_digest, chosen) =
                 match manifest::parse_manifest(Some(&desc.media_type), &bytes)
                     .map_err(|e| layout.err(e.to_string()))?
                 {
-                    ManifestKind::Image(_) => (bytes, desc.digest.clone(), false),
+                    ManifestKind::Image(_) => (bytes, desc.digest.clone(), None),
                     ManifestKind::Index(index) => {
                         let child =
-                            manifest::select_platform(&index, &want).map_err(|available| {
+                            manifest::select_platform(&index, &platforms).map_err(|available| {
                                 ImageStoreError::Platform {
                                     image: image_name.clone(),
-                                    want: want.clone(),
+                                    want: platforms.platform().clone(),
                                     available,
                                 }
                             })?;
-                        (layout.read_verified(child)?, child.digest.clone(), true)
+                        (
+                            layout.read_verified(child)?,
+                            child.digest.clone(),
+                            child.platform.clone(),
+                        )
                     }
                 };
+            if let Some(pinned) = image_name.split_once('@').map(|(_, d)| d) {
+                if pinned != desc.digest.to_string() {
+                    return Err(layout.err(format!(
+                        "image {} is named {image_name} in the archive, which pins another \
+                         digest; pass --name REF",
+                        desc.digest
+                    )));
+                }
+            }
             let source = Source::Layout(layout.clone());
             let rec = self
                 .ingest(
@@ -409,7 +449,11 @@ impl ImageStore {
                     &manifest_bytes,
                     manifest_digest,
                     None,
-                    (&want, from_index || platform.is_some()),
+                    super::PlatformChoice {
+                        platforms: &platforms,
+                        from_index: chosen.as_ref(),
+                        asked: platform.is_some(),
+                    },
                     "import",
                     progress.clone(),
                 )

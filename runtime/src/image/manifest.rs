@@ -2,7 +2,7 @@
 //! the image configuration the store needs. Docker v2 schema 2 and OCI shapes are the same JSON
 //! with different media types, so one set of types serves both.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -213,13 +213,28 @@ pub struct Platform {
 pub struct PlatformParseError(String);
 
 impl Platform {
-    /// The platform this process runs on.
+    /// The platform of this node, with the variant its CPU really is: the amd64
+    /// micro-architecture level (`v2`–`v4`) or the 32-bit ARM version, read from
+    /// `/proc/cpuinfo` as containerd reads it. A node whose cpuinfo cannot be read gets the
+    /// baseline of its architecture.
     pub fn host() -> Self {
-        let (arch, variant) = match std::env::consts::ARCH {
-            "x86_64" => ("amd64", None),
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        Self::host_from(std::env::consts::ARCH, &cpuinfo)
+    }
+
+    /// The platform of a machine whose Rust architecture is `arch` and whose `/proc/cpuinfo`
+    /// reads `cpuinfo`.
+    pub fn host_from(arch: &str, cpuinfo: &str) -> Self {
+        let (architecture, variant) = match arch {
+            "x86_64" => (
+                "amd64",
+                amd64_level(cpuinfo)
+                    .filter(|l| *l > 1)
+                    .map(|l| format!("v{l}")),
+            ),
             "x86" => ("386", None),
             "aarch64" => ("arm64", None),
-            "arm" => ("arm", Some("v7")),
+            "arm" => ("arm", Some(format!("v{}", arm_version(cpuinfo)))),
             "riscv64" => ("riscv64", None),
             "powerpc64" => ("ppc64le", None),
             "s390x" => ("s390x", None),
@@ -227,31 +242,205 @@ impl Platform {
         };
         Self {
             os: std::env::consts::OS.to_string(),
-            architecture: arch.to_string(),
+            architecture: architecture.to_string(),
+            variant,
+        }
+    }
+
+    /// The same platform in its canonical spelling: architecture aliases resolved
+    /// (`x86_64` is `amd64`, `aarch64` is `arm64`), the baseline variants dropped (`amd64/v1`
+    /// and `arm64/v8` are `amd64` and `arm64`), and 32-bit ARM without a variant taken as
+    /// `arm/v7`, as containerd normalizes them.
+    pub fn normalized(&self) -> Platform {
+        let architecture = match self.architecture.as_str() {
+            "x86_64" | "x86-64" => "amd64",
+            "aarch64" => "arm64",
+            "armhf" => "arm",
+            "armel" => "arm",
+            "i386" | "i686" => "386",
+            other => other,
+        };
+        let variant = self.variant.as_deref().filter(|v| !v.is_empty());
+        let variant = match (architecture, variant) {
+            ("amd64", Some("v1")) | ("arm64", Some("v8" | "v8.0")) => None,
+            ("arm", None) if self.architecture == "armel" => Some("v6"),
+            ("arm", None) => Some("v7"),
+            (_, v) => v,
+        };
+        Platform {
+            os: self.os.clone(),
+            architecture: architecture.to_string(),
             variant: variant.map(str::to_string),
         }
     }
+}
 
-    fn normalized_variant(&self) -> Option<&str> {
-        match (self.architecture.as_str(), self.variant.as_deref()) {
-            ("arm64", Some("v8")) | (_, Some("")) => None,
-            (_, v) => v,
+/// The amd64 micro-architecture level (1–4) a CPU supports, from the `flags` line of
+/// `/proc/cpuinfo`, with the features Go's `GOAMD64` and the x86-64 psABI define per level
+/// (cpuinfo spells SSE3 `pni` and LZCNT `abm`); `None` without a flags line.
+pub fn amd64_level(cpuinfo: &str) -> Option<u8> {
+    let flags: HashSet<&str> = cpuinfo
+        .lines()
+        .find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            (key.trim() == "flags").then_some(value)
+        })?
+        .split_whitespace()
+        .collect();
+    const V2: &[&str] = &[
+        "cx16", "lahf_lm", "popcnt", "pni", "sse4_1", "sse4_2", "ssse3",
+    ];
+    const V3: &[&str] = &[
+        "avx", "avx2", "bmi1", "bmi2", "f16c", "fma", "abm", "movbe", "xsave",
+    ];
+    const V4: &[&str] = &["avx512f", "avx512bw", "avx512cd", "avx512dq", "avx512vl"];
+    let has = |set: &[&str]| set.iter().all(|f| flags.contains(f));
+    let mut level = 1;
+    for set in [V2, V3, V4] {
+        if !has(set) {
+            break;
         }
+        level += 1;
+    }
+    Some(level)
+}
+
+/// The version of a 32-bit ARM CPU (5–8) from `/proc/cpuinfo`: its `CPU architecture`
+/// field, except that ARMv6 boards (the first Raspberry Pis) report 7 and say
+/// `ARMv6-compatible` in their model name; 7 when nothing says.
+pub fn arm_version(cpuinfo: &str) -> u8 {
+    let field = |name: &str| {
+        cpuinfo.lines().find_map(|l| {
+            let (key, value) = l.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    };
+    let version = match field("CPU architecture")
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("8" | "aarch64") => 8,
+        Some("6" | "6tej") => 6,
+        Some("5" | "5t" | "5te" | "5tej") => 5,
+        _ => 7,
+    };
+    let v6_model =
+        field("model name").is_some_and(|m| m.to_ascii_lowercase().starts_with("armv6-compatible"));
+    if version == 7 && v6_model {
+        6
+    } else {
+        version
+    }
+}
+
+/// The platforms a node runs, best first, as containerd's `platforms.Only` orders them: an
+/// amd64 level runs every lower level (`amd64/v3` runs v3, v2, then baseline images), 32-bit
+/// ARM runs older versions down to v5, and arm64 runs 32-bit ARM images only on a CPU and
+/// kernel that run 32-bit code. Unlike containerd, an amd64 node never takes a `386` image:
+/// its seccomp filter refuses 32-bit x86 system calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlatformMatcher {
+    order: Vec<Platform>,
+}
+
+impl PlatformMatcher {
+    /// What a node of platform `want` runs; `arm32` says whether it also runs 32-bit ARM
+    /// code (only asked of arm64 nodes).
+    pub fn new(want: &Platform, arm32: bool) -> Self {
+        let want = want.normalized();
+        let with = |arch: &str, variant: Option<String>| Platform {
+            os: want.os.clone(),
+            architecture: arch.to_string(),
+            variant,
+        };
+        let version = |v: Option<&str>| -> Option<u8> { v?.strip_prefix('v')?.parse().ok() };
+        let mut order = vec![want.clone()];
+        match want.architecture.as_str() {
+            "amd64" => {
+                let level = version(want.variant.as_deref()).unwrap_or(1);
+                for l in (1..level).rev() {
+                    order.push(with("amd64", (l > 1).then(|| format!("v{l}"))));
+                }
+            }
+            "arm" => {
+                let v = version(want.variant.as_deref()).unwrap_or(7);
+                for older in (5..v).rev() {
+                    order.push(with("arm", Some(format!("v{older}"))));
+                }
+            }
+            "arm64" => {
+                let parsed = match want.variant.as_deref() {
+                    None => Some((8, 0)),
+                    Some(v) => v.strip_prefix('v').and_then(|v| {
+                        let (major, minor) = v.split_once('.').unwrap_or((v, "0"));
+                        Some((major.parse::<u8>().ok()?, minor.parse::<u8>().ok()?))
+                    }),
+                };
+                if let Some((major, minor)) = parsed {
+                    // arm64/v8.x runs v8.(x-1) … v8; v9.x also runs v8.(x+5) … v8.
+                    let mut chain = Vec::new();
+                    for m in (0..minor).rev() {
+                        chain.push((major, m));
+                    }
+                    if major == 9 {
+                        for m in (0..=(minor + 5).min(9)).rev() {
+                            chain.push((8, m));
+                        }
+                    }
+                    for (a, b) in chain {
+                        let v = if b == 0 {
+                            format!("v{a}")
+                        } else {
+                            format!("v{a}.{b}")
+                        };
+                        let p = with("arm64", Some(v)).normalized();
+                        if !order.contains(&p) {
+                            order.push(p);
+                        }
+                    }
+                }
+                if arm32 {
+                    for v in (5..=8).rev() {
+                        order.push(with("arm", Some(format!("v{v}"))));
+                    }
+                }
+            }
+            _ => {}
+        }
+        Self { order }
     }
 
-    /// How well an image built for `self` fits a node of platform `want`: `None` when it cannot
-    /// run there, lower is better.
-    pub fn fit(&self, want: &Platform) -> Option<u8> {
-        if self.os != want.os || self.architecture != want.architecture {
-            return None;
+    /// What this node runs, as [`PlatformMatcher::new`] made it: the node's own platform, then
+    /// the stated variants of the kind this node also runs (with the current platform first).
+    pub fn host() -> Self {
+        let host = Platform::host();
+        let arm32 = host.architecture == "arm64" && runs_arm32();
+        Self::new(&host, arm32)
+    }
+
+    /// The platform asked for (the best one).
+    pub fn platform(&self) -> &Platform {
+        &self.order[0]
+    }
+
+    /// Where an image for `image` ranks here (0 is best); `None` when it does not run here.
+    pub fn rank(&self, image: &Platform) -> Option<usize> {
+        let image = image.normalized();
+        self.order.iter().position(|p| *p == image)
+    }
+}
+
+/// Whether this arm64 kernel and CPU run 32-bit ARM programs: the kernel refuses the 32-bit
+/// personality when they do not (Graviton 3, Apple M1, many recent cores have no AArch32).
+fn runs_arm32() -> bool {
+    use nix::sys::personality::{self, Persona};
+    // PER_LINUX32 (0x0008); `set` answers the previous persona, which is put back at once.
+    match personality::set(Persona::from_bits_retain(0x0008)) {
+        Ok(old) => {
+            let _ = personality::set(old);
+            true
         }
-        match (self.normalized_variant(), want.normalized_variant()) {
-            (a, b) if a == b => Some(0),
-            (None, _) => Some(1),
-            // 32-bit ARM runs older variants: a v7 node runs v6 and v5 images.
-            (Some(have), Some(w)) if self.architecture == "arm" && have < w => Some(2),
-            _ => None,
-        }
+        Err(_) => false,
     }
 }
 
@@ -260,8 +449,11 @@ impl FromStr for Platform {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let parts: Vec<&str> = s.split('/').collect();
-        let ok =
-            |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let ok = |p: &&str| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.".contains(&b))
+        };
         if !(2..=3).contains(&parts.len()) || !parts.iter().all(ok) {
             return Err(PlatformParseError(s.to_string()));
         }
@@ -283,18 +475,22 @@ impl fmt::Display for Platform {
     }
 }
 
-/// Picks the index entry that best fits `want`; on failure, lists what the index offers.
-pub fn select_platform<'a>(index: &'a Index, want: &Platform) -> Result<&'a Descriptor, String> {
+/// Picks the index entry that best fits the node `matcher` describes; on failure, lists what
+/// the index offers.
+pub fn select_platform<'a>(
+    index: &'a Index,
+    matcher: &PlatformMatcher,
+) -> Result<&'a Descriptor, String> {
     let best = index
         .manifests
         .iter()
         .filter_map(|d| {
             d.platform
                 .as_ref()
-                .and_then(|p| p.fit(want))
-                .map(|f| (f, d))
+                .and_then(|p| matcher.rank(p))
+                .map(|rank| (rank, d))
         })
-        .min_by_key(|(f, _)| *f);
+        .min_by_key(|(rank, _)| *rank);
     match best {
         Some((_, d)) => Ok(d),
         None => {
@@ -328,27 +524,206 @@ mod tests {
         }
     }
 
-    #[test]
-    fn picks_exact_platform_then_compatible_variant() {
-        let index = Index {
+    fn index(platforms: &[&str]) -> Index {
+        Index {
             schema_version: 2,
             media_type: None,
-            manifests: vec![
-                entry("linux/amd64"),
-                entry("linux/arm64/v8"),
-                entry("linux/arm/v6"),
-            ],
+            manifests: platforms.iter().map(|p| entry(p)).collect(),
+        }
+    }
+
+    fn node(p: &str, arm32: bool) -> PlatformMatcher {
+        PlatformMatcher::new(&p.parse().expect("platform"), arm32)
+    }
+
+    fn pick(index: &Index, node: &PlatformMatcher) -> Result<String, String> {
+        select_platform(index, node).map(|d| {
+            d.platform
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default()
+        })
+    }
+
+    const BASELINE: &str = "fpu vme de pse tsc msr pae mce cx8 apic sep mtrr pge mca cmov pat \
+        clflush mmx fxsr sse sse2 syscall nx lm";
+    const V2: &str = "cx16 lahf_lm popcnt pni sse4_1 sse4_2 ssse3";
+    const V3: &str = "avx avx2 bmi1 bmi2 f16c fma abm movbe xsave";
+    const V4: &str = "avx512f avx512bw avx512cd avx512dq avx512vl";
+
+    #[test]
+    fn amd64_levels_come_from_the_cpu_flags() {
+        let cpuinfo = |flags: &[&str]| {
+            format!(
+                "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: {}\nbugs\t\t: spectre\n",
+                flags.join(" ")
+            )
         };
-        let pick = |p: &str| {
-            select_platform(&index, &p.parse().expect("platform")).map(|d| d.digest.clone())
-        };
-        assert_eq!(pick("linux/amd64"), Ok(Digest::of(b"linux/amd64")));
-        assert_eq!(pick("linux/arm64"), Ok(Digest::of(b"linux/arm64/v8")));
-        assert_eq!(pick("linux/arm/v7"), Ok(Digest::of(b"linux/arm/v6")));
+        let without = |set: &str, flag: &str| set.replace(flag, "");
+        let cases: &[(&[&str], Option<u8>, &str)] = &[
+            (&[BASELINE], Some(1), "baseline x86-64 (QEMU's qemu64)"),
+            (&[BASELINE, V2], Some(2), "Nehalem"),
+            (&[BASELINE, V2, V3], Some(3), "Haswell"),
+            (&[BASELINE, V2, V3, V4], Some(4), "Skylake-X, Zen 4"),
+            (&[BASELINE, V2, &without(V3, "abm")], Some(2), "no LZCNT"),
+            (&[BASELINE, V2, &without(V3, "movbe")], Some(2), "no MOVBE"),
+            (
+                &[BASELINE, &without(V2, "lahf_lm"), V3, V4],
+                Some(1),
+                "no LAHF: levels are cumulative",
+            ),
+            (&[BASELINE, &without(V2, "cx16")], Some(1), "no CMPXCHG16B"),
+            (
+                &[BASELINE, V2, V3, &without(V4, "avx512vl")],
+                Some(3),
+                "AVX-512 without VL",
+            ),
+        ];
+        for (flags, level, what) in cases {
+            assert_eq!(amd64_level(&cpuinfo(flags)), *level, "{what}");
+        }
+        assert_eq!(amd64_level("processor\t: 0\n"), None, "no flags line");
         assert_eq!(
-            pick("linux/riscv64"),
-            Err("linux/amd64, linux/arm64/v8, linux/arm/v6".to_string())
+            Platform::host_from("x86_64", &cpuinfo(&[BASELINE, V2, V3])).to_string(),
+            "linux/amd64/v3"
         );
+        assert_eq!(
+            Platform::host_from("x86_64", &cpuinfo(&[BASELINE])).to_string(),
+            "linux/amd64"
+        );
+        assert_eq!(Platform::host_from("x86_64", "").to_string(), "linux/amd64");
+    }
+
+    #[test]
+    fn arm_versions_come_from_what_the_board_is() {
+        let cases = [
+            (
+                "model name\t: ARMv7 Processor rev 4 (v7l)\nCPU architecture: 7\n",
+                7,
+                "Pi 2, v7",
+            ),
+            (
+                "model name\t: ARMv6-compatible processor rev 7 (v6l)\nCPU architecture: 7\n",
+                6,
+                "Pi Zero / Pi 1 report 7",
+            ),
+            (
+                "model name\t: ARMv7 Processor rev 3 (v7l)\nCPU architecture: 8\n",
+                8,
+                "Pi 4 with a 32-bit OS",
+            ),
+            (
+                "model name\t: Feroceon 88FR131 rev 1 (v5l)\nCPU architecture: 5TE\n",
+                5,
+                "Kirkwood",
+            ),
+            ("processor\t: 0\n", 7, "nothing said"),
+        ];
+        for (cpuinfo, version, what) in cases {
+            assert_eq!(arm_version(cpuinfo), version, "{what}");
+        }
+        assert_eq!(
+            Platform::host_from("arm", cases[1].0).to_string(),
+            "linux/arm/v6"
+        );
+        assert_eq!(
+            Platform::host_from("aarch64", "").to_string(),
+            "linux/arm64"
+        );
+    }
+
+    #[test]
+    fn indexes_resolve_as_containerd_orders_platforms() {
+        let amd64_levels = index(&["linux/amd64/v2", "linux/amd64/v3", "linux/arm64"]);
+        let plain = index(&[
+            "linux/amd64",
+            "linux/arm64/v8",
+            "linux/arm/v6",
+            "linux/arm/v7",
+        ]);
+        let everything = index(&[
+            "linux/amd64",
+            "linux/amd64/v2",
+            "linux/amd64/v3",
+            "linux/amd64/v4",
+            "linux/386",
+        ]);
+        let arm = index(&["linux/arm/v5", "linux/arm/v6", "linux/arm/v7"]);
+        let cases: &[(&Index, &str, bool, Result<&str, &str>)] = &[
+            // the issue's index on a v4 CPU: the best level it offers
+            (&amd64_levels, "linux/amd64/v4", false, Ok("linux/amd64/v3")),
+            (&amd64_levels, "linux/amd64/v3", false, Ok("linux/amd64/v3")),
+            (&amd64_levels, "linux/amd64/v2", false, Ok("linux/amd64/v2")),
+            (
+                &amd64_levels,
+                "linux/amd64",
+                false,
+                Err("linux/amd64/v2, linux/amd64/v3, linux/arm64"),
+            ),
+            (&amd64_levels, "linux/arm64", false, Ok("linux/arm64")),
+            (&everything, "linux/amd64/v4", false, Ok("linux/amd64/v4")),
+            (&everything, "linux/amd64/v1", false, Ok("linux/amd64")),
+            (&everything, "linux/amd64", false, Ok("linux/amd64")),
+            (
+                &index(&["linux/386"]),
+                "linux/amd64",
+                false,
+                Err("linux/386"),
+            ),
+            (&plain, "linux/amd64/v3", false, Ok("linux/amd64")),
+            (&plain, "linux/arm64", false, Ok("linux/arm64/v8")),
+            (&plain, "linux/arm/v7", false, Ok("linux/arm/v7")),
+            (&plain, "linux/arm/v6", false, Ok("linux/arm/v6")),
+            (&plain, "linux/arm", false, Ok("linux/arm/v7")),
+            (&arm, "linux/arm/v8", false, Ok("linux/arm/v7")),
+            (&arm, "linux/arm/v6", false, Ok("linux/arm/v6")),
+            (&arm, "linux/arm/v5", false, Ok("linux/arm/v5")),
+            (&arm, "linux/arm64", true, Ok("linux/arm/v7")),
+            (
+                &arm,
+                "linux/arm64",
+                false,
+                Err("linux/arm/v5, linux/arm/v6, linux/arm/v7"),
+            ),
+            (
+                &index(&["linux/arm64/v8.1", "linux/arm64"]),
+                "linux/arm64/v8.2",
+                false,
+                Ok("linux/arm64/v8.1"),
+            ),
+            (
+                &index(&["linux/arm64/v8.2"]),
+                "linux/arm64/v8.1",
+                false,
+                Err("linux/arm64/v8.2"),
+            ),
+            (
+                &index(&["linux/arm64/v8.4"]),
+                "linux/arm64/v9",
+                false,
+                Ok("linux/arm64/v8.4"),
+            ),
+            (
+                &index(&["linux/x86_64"]),
+                "linux/amd64",
+                false,
+                Ok("linux/x86_64"),
+            ),
+            (
+                &plain,
+                "linux/riscv64",
+                false,
+                Err("linux/amd64, linux/arm64/v8, linux/arm/v6, linux/arm/v7"),
+            ),
+        ];
+        for (index, want, arm32, expect) in cases {
+            let got = pick(index, &node(want, *arm32));
+            assert_eq!(
+                got,
+                expect.map(str::to_string).map_err(str::to_string),
+                "{want} (arm32: {arm32})"
+            );
+        }
     }
 
     #[test]

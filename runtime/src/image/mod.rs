@@ -30,7 +30,7 @@ use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
 pub use digest::Digest;
-pub use manifest::Platform;
+pub use manifest::{Platform, PlatformMatcher};
 pub use registry::{Credentials, RegistryOptions};
 
 use manifest::{Descriptor, ImageConfig, ManifestKind, MAX_CONFIG_BYTES};
@@ -345,7 +345,9 @@ pub struct ImageStore {
 #[derive(Debug)]
 struct Inner {
     root: PathBuf,
-    platform: Platform,
+    /// What this node runs (read from the CPU once, at the first pull or import: running a
+    /// container never needs it).
+    platforms: std::sync::OnceLock<PlatformMatcher>,
     http: Mutex<Option<reqwest::Client>>,
     /// Layers being fetched by this process, so concurrent pulls do the work once.
     inflight: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
@@ -370,6 +372,17 @@ impl FileLock {
     }
 }
 
+/// How the platform of an image being stored was chosen.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlatformChoice<'a> {
+    /// What the node (or the platform asked for) runs.
+    pub platforms: &'a PlatformMatcher,
+    /// The platform of the index entry the image was picked by, if it came from an index.
+    pub from_index: Option<&'a Platform>,
+    /// Whether the operator named a platform (an image for another one is then stored).
+    pub asked: bool,
+}
+
 /// Where an image's content comes from.
 #[derive(Clone)]
 pub(crate) enum Source {
@@ -392,7 +405,7 @@ impl ImageStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 root,
-                platform: Platform::host(),
+                platforms: std::sync::OnceLock::new(),
                 http: Mutex::new(None),
                 inflight: Mutex::new(HashMap::new()),
             }),
@@ -404,9 +417,34 @@ impl ImageStore {
         &self.inner.root
     }
 
-    /// The platform pulls pick by default (this node's).
+    /// The platform pulls pick by default (this node's, with its CPU's variant).
     pub fn platform(&self) -> &Platform {
-        &self.inner.platform
+        self.node_platforms().platform()
+    }
+
+    fn node_platforms(&self) -> &PlatformMatcher {
+        self.inner.platforms.get_or_init(PlatformMatcher::host)
+    }
+
+    /// What a pull or import asking for `want` takes: this node's platforms by default; for
+    /// a platform asked for, that one and those it runs (an arm64 node's 32-bit ARM only when
+    /// this node runs it).
+    pub(crate) fn platforms(&self, want: Option<&Platform>) -> PlatformMatcher {
+        match want {
+            None => self.node_platforms().clone(),
+            Some(p) => {
+                let arm32 = p.normalized().architecture == "arm64"
+                    && self
+                        .node_platforms()
+                        .rank(&Platform {
+                            os: p.os.clone(),
+                            architecture: "arm".into(),
+                            variant: Some("v7".into()),
+                        })
+                        .is_some();
+                PlatformMatcher::new(p, arm32)
+            }
+        }
     }
 
     fn http(&self) -> Result<reqwest::Client, ImageStoreError> {
@@ -478,25 +516,22 @@ impl ImageStore {
                 });
             }
         }
-        let platform = opts
-            .platform
-            .clone()
-            .unwrap_or_else(|| self.inner.platform.clone());
+        let platforms = self.platforms(opts.platform.as_ref());
         let invalid = |reason: String| ImageStoreError::Invalid {
             image: name.clone(),
             reason,
         };
-        let (manifest_bytes, manifest_digest, content_type, from_index) =
+        let (manifest_bytes, manifest_digest, content_type, chosen) =
             match manifest::parse_manifest(fetched.content_type.as_deref(), &fetched.body)
                 .map_err(|e| invalid(e.to_string()))?
             {
-                ManifestKind::Image(_) => (fetched.body, top_digest, fetched.content_type, false),
+                ManifestKind::Image(_) => (fetched.body, top_digest, fetched.content_type, None),
                 ManifestKind::Index(index) => {
                     let desc =
-                        manifest::select_platform(&index, &platform).map_err(|available| {
+                        manifest::select_platform(&index, &platforms).map_err(|available| {
                             ImageStoreError::Platform {
                                 image: name.clone(),
-                                want: platform.clone(),
+                                want: platforms.platform().clone(),
                                 available,
                             }
                         })?;
@@ -513,7 +548,7 @@ impl ImageStore {
                             actual: d,
                         });
                     }
-                    (child.body, d, child.content_type, true)
+                    (child.body, d, child.content_type, desc.platform.clone())
                 }
             };
         let source = Source::Registry(client);
@@ -523,7 +558,11 @@ impl ImageStore {
             &manifest_bytes,
             manifest_digest,
             content_type.as_deref(),
-            (&platform, from_index || opts.platform.is_some()),
+            PlatformChoice {
+                platforms: &platforms,
+                from_index: chosen.as_ref(),
+                asked: opts.platform.is_some(),
+            },
             "registry",
             progress,
         )
@@ -539,7 +578,7 @@ impl ImageStore {
         manifest_bytes: &[u8],
         manifest_digest: Digest,
         content_type: Option<&str>,
-        (platform, platform_chosen): (&Platform, bool),
+        platform: PlatformChoice<'_>,
         origin: &str,
         progress: ProgressFn,
     ) -> Result<ImageRecord, ImageStoreError> {
@@ -594,14 +633,33 @@ impl ImageStore {
                 config.rootfs.diff_ids.len()
             )));
         }
-        let image_platform = Platform {
+        let distinct: HashSet<&Digest> = config.rootfs.diff_ids.iter().collect();
+        if distinct.len() > crate::container::rootfs::MAX_LAYERS {
+            return Err(invalid(format!(
+                "{} distinct layers; a container's root filesystem stacks at most {} \
+                 (overlayfs' limit): squash the image",
+                distinct.len(),
+                crate::container::rootfs::MAX_LAYERS
+            )));
+        }
+        let config_platform = Platform {
             os: config.os.clone(),
             architecture: config.architecture.clone(),
             variant: config.variant.clone(),
         };
-        if !platform_chosen && image_platform.fit(platform).is_none() {
+        // The index entry names the variant an image was chosen for; builders often leave it
+        // out of the config.
+        let image_platform = match platform.from_index {
+            Some(p) => p.clone(),
+            None => config_platform,
+        };
+        if platform.from_index.is_none()
+            && !platform.asked
+            && platform.platforms.rank(&image_platform).is_none()
+        {
+            let node = platform.platforms.platform();
             return Err(invalid(format!(
-                "image is for {image_platform}, this node is {platform} (pass --platform {image_platform} to store it anyway)"
+                "image is for {image_platform}, this node is {node} (pass --platform {image_platform} to store it anyway)"
             )));
         }
 
@@ -801,6 +859,9 @@ impl ImageStore {
             .map_err(io_at(&self.inner.root.join("tmp")))?;
         let target = tmp.path().join("layer");
         fs::create_dir(&target).map_err(io_at(&target))?;
+        // A layer's root is 0755 whatever the umask of the process storing it.
+        fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .map_err(io_at(&target))?;
         let (t, blob) = (target.clone(), blob_file.clone());
         let unpacked = tokio::task::spawn_blocking(move || {
             let f = File::open(&blob).map_err(io_at(&blob))?;
@@ -904,10 +965,20 @@ impl ImageStore {
             }
         }
         let name = ImageRef::parse(reference)?.name();
-        records
-            .into_iter()
-            .find(|r| r.name == name)
-            .ok_or_else(|| ImageStoreError::NotFound(reference.to_string()))
+        if let Some(r) = records.iter().find(|r| r.name == name) {
+            return Ok(r.clone());
+        }
+        // A short name also finds a local image, as podman's lookup does: `bb` is
+        // `localhost/bb:latest` when no `docker.io/library/bb:latest` is stored.
+        if !import::has_registry(reference) {
+            if let Ok(local) = ImageRef::parse(&format!("localhost/{reference}")) {
+                let local = local.name();
+                if let Some(r) = records.into_iter().find(|r| r.name == local) {
+                    return Ok(r);
+                }
+            }
+        }
+        Err(ImageStoreError::NotFound(reference.to_string()))
     }
 
     /// An image with its configuration and layer directories.

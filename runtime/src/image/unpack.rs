@@ -238,11 +238,18 @@ impl Unpacker {
             let name = OsStr::from_bytes(c);
             let next = match rfs::openat(&cur, name, DIR_FLAGS, Mode::empty()) {
                 Err(Errno::NOENT) if create => {
-                    match rfs::mkdirat(&cur, name, Mode::from_raw_mode(0o755)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
+                    let made = match rfs::mkdirat(&cur, name, Mode::from_raw_mode(0o755)) {
+                        Ok(()) => true,
+                        Err(Errno::EXIST) => false,
                         Err(e) => return Err(io_err(entry, "create parent directory")(e)),
+                    };
+                    let fd = rfs::openat(&cur, name, DIR_FLAGS, Mode::empty());
+                    if let (true, Ok(fd)) = (made, &fd) {
+                        // 0755 whatever the umask of the process unpacking.
+                        rfs::fchmod(fd, Mode::from_raw_mode(0o755))
+                            .map_err(io_err(entry, "create parent directory"))?;
                     }
-                    rfs::openat(&cur, name, DIR_FLAGS, Mode::empty())
+                    fd
                 }
                 other => other,
             };
@@ -478,6 +485,10 @@ impl Unpacker {
                 rfs::mknodat(&dir, name_os, FileType::Fifo, Mode::from_raw_mode(mode), 0)
                     .map_err(io_err(&entry, "create fifo"))?;
                 chown_at(&dir, name_os, uid, gid).map_err(io_err(&entry, "set fifo owner"))?;
+                // mknod's mode passed through the umask; the entry's is wanted. A fifo
+                // just made here (never a link: `clear` removed what was there).
+                rfs::chmodat(&dir, name_os, Mode::from_raw_mode(mode), AtFlags::empty())
+                    .map_err(io_err(&entry, "set fifo mode"))?;
             }
             // Device nodes are the runtime's to provide, never the image's.
             _ => {

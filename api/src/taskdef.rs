@@ -110,6 +110,10 @@ pub struct ContainerDefinition {
     /// Capabilities dropped from the default set.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities_drop: Vec<String>,
+    /// Run an init as PID 1 that reaps orphans and passes signals on (ECS
+    /// `linuxParameters.initProcessEnabled`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init_process_enabled: bool,
     /// tmpfs mounts.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tmpfs: Vec<Tmpfs>,
@@ -1377,6 +1381,7 @@ impl Checker {
         }
         let (mut capabilities_add, mut capabilities_drop, mut tmpfs) =
             (Vec::new(), Vec::new(), Vec::new());
+        let mut init_process_enabled = false;
         if let Some(lp) = m.get("linuxParameters").filter(|l| !l.is_null()) {
             let lpp = format!("{p}.linuxParameters");
             if let Some(lm) = self.object(&lpp, lp) {
@@ -1399,13 +1404,12 @@ impl Checker {
                             .unwrap_or_default();
                     }
                 }
-                let init_path = format!("{lpp}.initProcessEnabled");
-                if self.boolean(&init_path, lm.get("initProcessEnabled")) == Some(true) {
-                    self.warnings.push(format!(
-                        "{init_path}: ignored (not supported by Flotilla yet): the container's \
-                         own first process is its PID 1, which reaps orphans and gets signals"
-                    ));
-                }
+                init_process_enabled = self
+                    .boolean(
+                        &format!("{lpp}.initProcessEnabled"),
+                        lm.get("initProcessEnabled"),
+                    )
+                    .unwrap_or(false);
                 for (i, t) in self
                     .array(&format!("{lpp}.tmpfs"), lm.get("tmpfs"))
                     .iter()
@@ -1490,6 +1494,7 @@ impl Checker {
             readonly_root_filesystem,
             ulimits,
             capabilities_add,
+            init_process_enabled,
             capabilities_drop,
             tmpfs,
             stop_timeout,
@@ -2421,7 +2426,7 @@ mod tests {
         (
             "containerDefinitions.0.linuxParameters.initProcessEnabled",
             "true",
-            Warned,
+            Acted,
         ),
         (
             "containerDefinitions.0.linuxParameters.sharedMemorySize",
@@ -2652,6 +2657,19 @@ mod tests {
             };
         }
         *cur = new;
+    }
+
+    #[test]
+    fn init_process_enabled_asks_for_an_init_in_every_form_ecs_tooling_writes() {
+        for (value, init) in [("true", true), ("\"true\"", true), ("false", false)] {
+            let mut doc: Value = serde_json::from_str(FIELDS_BASE).expect("json");
+            doc["containerDefinitions"][0]["linuxParameters"] = serde_json::json!({ "initProcessEnabled": serde_json::from_str::<Value>(value).expect("value") });
+            let parsed = parse(&doc.to_string()).expect("registers");
+            assert_eq!(
+                parsed.definition.container_definitions[0].init_process_enabled, init,
+                "{value}"
+            );
+        }
     }
 
     #[test]

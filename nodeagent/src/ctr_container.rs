@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// All capabilities, no seccomp, no masked paths, every device. Only for trusted images.
     #[arg(long)]
     privileged: bool,
+    /// Run an init as PID 1 that reaps orphaned processes and passes signals on to the
+    /// command (as `docker run --init`).
+    #[arg(long)]
+    init: bool,
     /// Log file size before rotation.
     #[arg(long, value_name = "SIZE", value_parser = size, default_value = "10M")]
     log_max_size: u64,
@@ -435,6 +439,7 @@ fn run_config(args: &RunArgs) -> Result<ContainerConfig> {
             max_files: args.log_max_files,
         },
         ulimits: args.ulimits.clone(),
+        init: args.init,
     })
 }
 

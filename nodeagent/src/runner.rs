@@ -591,5 +591,6 @@ pub fn container_config(
                 hard: u.hard_limit,
             })
             .collect(),
+        init: c.init_process_enabled,
     }
 }

@@ -425,6 +425,65 @@ fn a_container_starts_with_the_state_of_a_fresh_process() {
     node.assert_clean();
 }
 
+/// Zombies among the container's processes, counted from inside it.
+fn zombies(node: &Node, id: &str) -> usize {
+    node.ctr_ok(&[
+        "exec",
+        id,
+        "sh",
+        "-c",
+        "cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z ' || true",
+    ])
+    .trim()
+    .parse()
+    .expect("a count")
+}
+
+#[test]
+fn an_init_reaps_orphans_and_passes_signals_on() {
+    let node = Node::new();
+    // An orphan whose parent exec'd a program that never waits: without an init it stays a
+    // zombie (PID 1 is that program), with one it is reaped.
+    let script = "sh -c 'sleep 0.2 &'; exec sleep 30";
+    let plain = node
+        .ctr_ok(&["run", "-d", IMAGE, "sh", "-c", script])
+        .trim()
+        .to_string();
+    let init = node
+        .ctr_ok(&["run", "-d", "--init", IMAGE, "sh", "-c", script])
+        .trim()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        zombies(&node, &plain),
+        1,
+        "the control: a zombie without an init"
+    );
+    assert_eq!(zombies(&node, &init), 0, "the init reaped the orphan");
+    // `sleep` as PID 1 ignores SIGTERM; under the init it gets it and ends at once.
+    let started = std::time::Instant::now();
+    node.ctr_ok(&["stop", "-t", "20", &init]);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "stop took {took:?}");
+    let exit = node.inspect(&init).exit.expect("exit recorded");
+    assert_eq!(exit.exit_code, 143, "128 + SIGTERM, as a shell reports it");
+    // The command's own exit code comes through, and it is not PID 1.
+    let o = node.ctr(&[
+        "run",
+        "--rm",
+        "--init",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo $$; exit 7",
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert_ne!(stdout(&o).trim(), "1", "the command runs under the init");
+    node.ctr_ok(&["rm", "-f", &plain]);
+    node.ctr_ok(&["rm", "-f", &init]);
+    node.assert_clean();
+}
+
 #[test]
 fn shim_binary_cannot_be_written_through_proc() {
     let node = Node::new();

@@ -45,9 +45,14 @@ pub struct ContainerConfig {
     pub mounts: Vec<MountRequest>,
     /// Log size bounds.
     pub log: LogLimits,
-    /// Resource limits of the container's processes (`nofile`, `nproc` …); the others are
-    /// inherited from the agent.
+    /// Resource limits of the container's processes (`nofile`, `nproc` …); `nofile` defaults
+    /// to [`super::spec::DEFAULT_NOFILE`], the others are inherited from the agent.
     pub ulimits: Vec<Ulimit>,
+    /// Run an init as the container's PID 1 that reaps orphaned processes and passes signals
+    /// on to the command (Docker's `--init`, ECS `linuxParameters.initProcessEnabled`,
+    /// Compose `init: true`); see [`super::workload`].
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub init: bool,
 }
 
 /// One POSIX resource limit.

@@ -74,7 +74,7 @@ fn run(
     let pid = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(data_dir.join("libcontainer"))
         .map_err(|e| e.to_string())?
-        .with_executor(seccomp::FilterExecutor::new(filter))
+        .with_executor(super::workload::Workload::new(filter, false))
         .as_tenant()
         .with_container_args(args)
         .with_detach(false)

@@ -19,6 +19,7 @@ pub mod seccomp;
 pub mod shim;
 pub mod spec;
 pub mod volume;
+pub mod workload;
 
 use std::collections::HashSet;
 use std::fs;

@@ -4,7 +4,7 @@
 //!
 //! The profile is compiled to BPF by libseccomp in the shim, before the container exists, and
 //! the container's init installs that program right before it executes the workload (see
-//! [`FilterExecutor`]). libcontainer would compile the same profile inside the init, after
+//! [`super::workload::Workload`]). libcontainer would compile the same profile inside the init, after
 //! the container joined its cgroups — on the start path; compiling ahead takes that off it.
 
 use std::collections::HashSet;
@@ -16,11 +16,9 @@ use oci_spec::runtime::{
 
 use std::io::{Read, Seek};
 
-use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use libseccomp::{
     ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
 };
-use oci_spec::runtime::Spec;
 
 use super::spec::SpecError;
 
@@ -37,7 +35,7 @@ pub enum SeccompError {
 
 /// A profile compiled to a BPF program, ready to install.
 #[derive(Debug, Clone)]
-pub struct CompiledFilter(seccompiler::BpfProgram);
+pub struct CompiledFilter(pub(super) seccompiler::BpfProgram);
 
 impl CompiledFilter {
     /// Instructions in the program.
@@ -205,88 +203,6 @@ impl CompiledFilter {
                 .collect(),
         ))
     }
-}
-
-/// libcontainer's default executor, installing a compiled filter first.
-#[derive(Debug, Clone)]
-pub struct FilterExecutor {
-    filter: Option<CompiledFilter>,
-}
-
-impl FilterExecutor {
-    /// An executor installing `filter` (none: plain exec).
-    pub fn new(filter: Option<CompiledFilter>) -> Self {
-        Self { filter }
-    }
-}
-
-impl Executor for FilterExecutor {
-    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
-        fresh_signal_state()
-            .map_err(|e| ExecutorError::Other(format!("resetting signal dispositions: {e}")))?;
-        if let Some(f) = &self.filter {
-            // Sets no_new_privs (already set by the init) and installs the program; from here
-            // on only the allowed calls work, execve among them.
-            seccompiler::apply_filter(&f.0)
-                .map_err(|e| ExecutorError::Other(format!("installing the seccomp filter: {e}")))?;
-        }
-        libcontainer::workload::default::DefaultExecutor {}.exec(spec)
-    }
-
-    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
-        libcontainer::workload::default::DefaultExecutor {}.validate(spec)
-    }
-}
-
-/// Gives the process about to execute the workload the signal state of a freshly started
-/// one: every signal's disposition back to default and an empty signal mask. `execve` keeps
-/// ignored signals ignored and the mask as it is (signal(7)), and whatever ran before leaves
-/// some ignored — a Rust program ignores `SIGPIPE` (without this a container's `yes | head`
-/// never ends), and signal 32 arrives ignored from the launcher's side too.
-fn fresh_signal_state() -> std::io::Result<()> {
-    /// The kernel's `struct sigaction` for rt_sigaction(2) (`include/uapi/asm-generic/signal.h`;
-    /// x86-64, arm64 and arm all have `sa_restorer`), not glibc's.
-    #[repr(C)]
-    struct KernelSigaction {
-        handler: libc::sighandler_t,
-        flags: libc::c_ulong,
-        restorer: usize,
-        mask: [libc::c_ulong; 64 / libc::c_ulong::BITS as usize],
-    }
-    let default = KernelSigaction {
-        handler: libc::SIG_DFL,
-        flags: 0,
-        restorer: 0,
-        mask: [0; 64 / libc::c_ulong::BITS as usize],
-    };
-    // Every signal, 1 to 64 (SIGRTMAX on Linux), by the raw system call: glibc's wrappers
-    // refuse the real-time signals it keeps for itself (32, 33), which may arrive ignored too.
-    for sig in 1..=64 {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
-            continue;
-        }
-        #[allow(unsafe_code)]
-        // SAFETY: `default` is a valid kernel sigaction that installs no handler (SIG_DFL), so
-        // no code of ours can ever run in signal context; the old action is not asked for
-        // (null), and the size is the kernel's sigset size (8 bytes). The call only changes
-        // this process's signal table (the container's init, single-threaded right before
-        // execve).
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                &default as *const KernelSigaction,
-                std::ptr::null_mut::<KernelSigaction>(),
-                std::mem::size_of_val(&default.mask),
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
-    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-    Ok(())
 }
 
 /// Allowed for every container.

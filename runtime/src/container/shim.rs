@@ -31,6 +31,7 @@ use super::logs::{LineSplitter, LogWriter, Stream};
 use super::process::ProcessIdentity;
 use super::seccomp;
 use super::spec::{self, MountKind, ResolvedMount, SpecInput};
+use super::workload;
 use super::{now_rfc3339, rootfs, ContainerRecord, ExitInfo, NetworkMode, RuntimeState};
 
 /// How long output is still drained after the container's init exited.
@@ -217,7 +218,7 @@ fn create_and_start(
         nofile_hard: hard_limit(rustix::process::Resource::Nofile),
     })
     .map_err(|e| e.to_string())?;
-    // The seccomp profile is compiled here and installed by the init (FilterExecutor), so
+    // The seccomp profile is compiled here and installed by the init (workload::Workload), so
     // libcontainer gets a spec without it; the profile is kept beside the spec.
     let mut spec = spec;
     let mut filter = None;
@@ -249,7 +250,7 @@ fn create_and_start(
         .with_stdin(stdin_r)
         .with_stdout(out_w)
         .with_stderr(err_w)
-        .with_executor(seccomp::FilterExecutor::new(filter))
+        .with_executor(workload::Workload::new(filter, record.config.init))
         .as_init(dir)
         .with_systemd(false)
         .with_detach(true)

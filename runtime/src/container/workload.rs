@@ -1,0 +1,172 @@
+//! The last steps of a container's init, right before the workload runs: libcontainer calls
+//! [`Workload`] (its `Executor`) once namespaces, mounts, cgroups, capabilities and
+//! `no_new_privs` are in place.
+//!
+//! 1. The process gets the signal state of a freshly started one (see
+//!    [`fresh_signal_state`]).
+//! 2. The seccomp program compiled ahead by the shim is installed.
+//! 3. The workload is executed — or, for a container that asks for an init (`--init`, ECS
+//!    `linuxParameters.initProcessEnabled`, Compose `init: true`), the process forks: the child
+//!    executes the workload, and this process stays behind as the container's PID 1 (see
+//!    [`run_init`]), as Docker's `docker-init` (tini) does. It needs nothing inside the image:
+//!    it is the shim's own code, already in memory, from the shim binary's read-only mount.
+
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+
+use super::seccomp::CompiledFilter;
+
+/// libcontainer's default executor, with the steps above around it.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    filter: Option<CompiledFilter>,
+    init: bool,
+}
+
+impl Workload {
+    /// Installs `filter` (none: no seccomp) and executes the workload; with `init`, under an
+    /// init process that reaps orphans and passes signals on.
+    pub fn new(filter: Option<CompiledFilter>, init: bool) -> Self {
+        Self { filter, init }
+    }
+
+    fn seccomp(&self) -> Result<(), ExecutorError> {
+        if let Some(f) = &self.filter {
+            // Sets no_new_privs (already set by the init) and installs the program; from here
+            // on only the allowed calls work, execve among them.
+            seccompiler::apply_filter(&f.0)
+                .map_err(|e| ExecutorError::Other(format!("installing the seccomp filter: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+impl Executor for Workload {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        let other =
+            |what: &str, e: &dyn std::fmt::Display| ExecutorError::Other(format!("{what}: {e}"));
+        if self.init {
+            // Every signal stays pending for the init to take with sigwait; the child starts
+            // from a clean state before it executes the workload.
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None)
+                .map_err(|e| other("blocking signals for the init", &e))?;
+            #[allow(unsafe_code)]
+            // SAFETY: the container's init process is single-threaded here (libcontainer made
+            // it with clone and starts no thread in it), so the child of fork is a complete
+            // copy that may run any code: no lock is held by another thread.
+            let forked =
+                unsafe { nix::unistd::fork() }.map_err(|e| other("forking the init", &e))?;
+            if let nix::unistd::ForkResult::Parent { child } = forked {
+                self.seccomp()?;
+                run_init(child);
+            }
+        }
+        fresh_signal_state().map_err(|e| other("resetting signal dispositions", &e))?;
+        self.seccomp()?;
+        libcontainer::workload::default::DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        libcontainer::workload::default::DefaultExecutor {}.validate(spec)
+    }
+}
+
+/// The container's PID 1 when it asked for an init: waits for signals (all blocked, so even
+/// those a namespace's init would otherwise never get are queued), reaps every child that
+/// ends — the workload's orphans are reparented to it — and passes every other signal on to
+/// the workload, so `SIGTERM` reaches a `sleep` that as PID 1 would have ignored it. When the
+/// workload ends it exits with the workload's status (128 + the signal's number when it was
+/// killed, as a shell reports it); the kernel then ends whatever is left in the container.
+fn run_init(workload: Pid) -> ! {
+    let all = SigSet::all();
+    loop {
+        match all.wait() {
+            Ok(Signal::SIGCHLD) => {
+                if let Some(code) = reap(workload) {
+                    std::process::exit(code);
+                }
+            }
+            // Neither can be caught; a terminal's job-control stops do not apply to a
+            // container's init (tini ignores them too).
+            Ok(Signal::SIGKILL | Signal::SIGSTOP | Signal::SIGTTIN | Signal::SIGTTOU) => {}
+            Ok(sig) => {
+                // Gone already: its SIGCHLD is queued and ends the loop.
+                let _ = kill(workload, sig);
+            }
+            // Only a real-time signal nix has no name for: nothing to pass on.
+            Err(_) => {
+                if let Some(code) = reap(workload) {
+                    std::process::exit(code);
+                }
+            }
+        }
+    }
+}
+
+/// Reaps every ended child; the workload's exit code once it has ended.
+fn reap(workload: Pid) -> Option<i32> {
+    let mut code = None;
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, c)) if pid == workload => code = Some(c),
+            Ok(WaitStatus::Signaled(pid, sig, _)) if pid == workload => {
+                code = Some(128 + sig as i32)
+            }
+            Ok(WaitStatus::StillAlive) | Err(_) => return code,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Gives the process about to execute the workload the signal state of a freshly started
+/// one: every signal's disposition back to default and an empty signal mask. `execve` keeps
+/// ignored signals ignored and the mask as it is (signal(7)), and whatever ran before leaves
+/// some ignored — a Rust program ignores `SIGPIPE` (without this a container's `yes | head`
+/// never ends), and signal 32 arrives ignored from the launcher's side too.
+fn fresh_signal_state() -> std::io::Result<()> {
+    /// The kernel's `struct sigaction` for rt_sigaction(2) (`include/uapi/asm-generic/signal.h`;
+    /// x86-64, arm64 and arm all have `sa_restorer`), not glibc's.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: libc::sighandler_t,
+        flags: libc::c_ulong,
+        restorer: usize,
+        mask: [libc::c_ulong; 64 / libc::c_ulong::BITS as usize],
+    }
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: [0; 64 / libc::c_ulong::BITS as usize],
+    };
+    // Every signal, 1 to 64 (SIGRTMAX on Linux), by the raw system call: glibc's wrappers
+    // refuse the real-time signals it keeps for itself (32, 33), which may arrive ignored too.
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: `default` is a valid kernel sigaction that installs no handler (SIG_DFL), so
+        // no code of ours can ever run in signal context; the old action is not asked for
+        // (null), and the size is the kernel's sigset size (8 bytes). The call only changes
+        // this process's signal table (the container's init, single-threaded right before
+        // execve).
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                std::mem::size_of_val(&default.mask),
+            )
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    Ok(())
+}

@@ -233,10 +233,14 @@ fn main() -> ExitCode {
             None => return ExitCode::from(EXIT_HOST_UNFIT),
         }
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `ctr` is one command at a time: one thread (blocking work goes to tokio's pool) saves
+    // the workers' start and the cgroup reads that size them on every `ctr run`.
+    let mut builder = if matches!(cli.command, Command::Ctr(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");

@@ -360,18 +360,19 @@ impl Runner {
             }
         }
         let desired = Arc::new(round.desired);
-        let mut jobs = Vec::new();
+        // Each command on its own: a stop waiting out its container's stopTimeout or a long
+        // pull holds up nothing else; the machine holds it in flight until it is done.
         for command in round.commands {
             let me = self.clone();
             let desired = desired.clone();
-            jobs.push(tokio::spawn(
-                async move { me.apply(&desired, command).await },
-            ));
-        }
-        for j in jobs {
-            if let Ok(Err(e)) = j.await {
-                tracing::warn!("{e:#}");
-            }
+            tokio::spawn(async move {
+                let target = command.target();
+                if let Err(e) = me.clone().apply(&desired, command).await {
+                    tracing::warn!("{e:#}");
+                }
+                me.node().done(&target);
+                me.wake.notify_one();
+            });
         }
         // A stopped task's network goes before its stop is reported (so an awsvpc address
         // is free when the control plane hears of it); so do networks of tasks that are

@@ -1,0 +1,94 @@
+//! A task's life on its node with real containers: slow operations on one task never hold up
+//! the others, stops go in reverse `dependsOn` order, and a container is asked to stop with
+//! its image's stop signal.
+
+use std::time::{Duration, Instant};
+
+use flotilla_api::tasks::TaskState;
+use flotilla_tests::cluster::{Agent, ControlPlane};
+use flotilla_tests::node::Node;
+use flotilla_tests::wait;
+
+/// Ignores SIGTERM: a stop waits out its whole `stopTimeout` (20 s), then SIGKILL.
+const STUBBORN: &str = r#"{
+  "family": "stubborn",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 20,
+    "command": ["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"]
+  }]
+}"#;
+
+/// Exits 0 at SIGTERM.
+const QUICK: &str = r#"{
+  "family": "quick",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 20,
+    "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2 & wait; done"]
+  }]
+}"#;
+
+/// An agent over `node`, enrolled with `cp` and in session.
+fn agent_in_session(cp: &ControlPlane, node: &Node) -> Agent {
+    let mut agent = Agent::for_node(node).with_run_args(&["--heartbeat", "5"]);
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    agent
+}
+
+fn wait_state(cp: &ControlPlane, id: &str, state: TaskState, timeout: Duration) {
+    wait(&format!("task {id} {state:?}"), timeout, || {
+        cp.task(id).state == state
+    });
+}
+
+#[test]
+fn a_task_waiting_out_its_stop_timeout_holds_up_nothing_else_on_its_node() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    cp.register(STUBBORN);
+    cp.register(QUICK);
+    let stubborn = cp.run_one("stubborn");
+    let quick = cp.run_one("quick");
+    wait_state(&cp, &stubborn, TaskState::Running, Duration::from_secs(30));
+    wait_state(&cp, &quick, TaskState::Running, Duration::from_secs(30));
+
+    // The stubborn task waits out its 20 s; meanwhile a new task starts at once…
+    let stopped_at = Instant::now();
+    cp.flotilla_ok(&["task", "stop", &stubborn]);
+    wait_state(&cp, &stubborn, TaskState::Stopping, Duration::from_secs(5));
+    let placed = Instant::now();
+    let new = cp.run_one("quick");
+    wait_state(&cp, &new, TaskState::Running, Duration::from_secs(3));
+    let to_run = placed.elapsed();
+    // …and another task's stop is not queued behind it.
+    let asked = Instant::now();
+    cp.flotilla_ok(&["task", "stop", &quick]);
+    wait_state(&cp, &quick, TaskState::Stopped, Duration::from_secs(4));
+    let to_stop = asked.elapsed();
+    assert_eq!(cp.task(&quick).containers[0].exit_code, Some(0));
+    assert_eq!(cp.task(&stubborn).state, TaskState::Stopping);
+    eprintln!("new task running in {to_run:?}, another stopped in {to_stop:?}, while one stops");
+
+    // The stubborn one ends by SIGKILL once its stopTimeout ran out, not before.
+    wait_state(&cp, &stubborn, TaskState::Stopped, Duration::from_secs(30));
+    let took = stopped_at.elapsed();
+    assert!(took >= Duration::from_secs(19), "{took:?}");
+    assert_eq!(cp.task(&stubborn).containers[0].exit_code, Some(137));
+
+    cp.flotilla_ok(&["task", "stop", &new]);
+    wait_state(&cp, &new, TaskState::Stopped, Duration::from_secs(10));
+    // Gone to the last directory before the agent is killed.
+    node.wait_for("the containers to go", Duration::from_secs(10), || {
+        node.leftover_state().is_empty()
+    });
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}

@@ -92,3 +92,78 @@ fn a_task_waiting_out_its_stop_timeout_holds_up_nothing_else_on_its_node() {
     node.remove_all();
     node.assert_clean();
 }
+
+/// `app` depends on `db`; both note in a host file when they are asked to stop and when they
+/// are done. `app` takes 2 s to shut down (or, `stubborn`, ignores SIGTERM).
+fn app_on_db(family: &str, order: &std::path::Path, stubborn: bool) -> String {
+    let app = if stubborn {
+        "trap 'echo app-term >> /out/order' TERM; while true; do sleep 0.2; done"
+    } else {
+        "trap 'echo app-term >> /out/order; sleep 2; echo app-exit >> /out/order; exit 0' TERM; \
+         while true; do sleep 0.2 & wait; done"
+    };
+    serde_json::json!({
+        "family": family,
+        "networkMode": "none",
+        "volumes": [{"name": "out", "host": {"sourcePath": order}}],
+        "containerDefinitions": [
+            {"name": "db", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 10,
+             "mountPoints": [{"sourceVolume": "out", "containerPath": "/out"}],
+             "command": ["sh", "-c", "trap 'echo db-term >> /out/order; exit 0' TERM; echo db-up >> /out/order; while true; do sleep 0.2 & wait; done"]},
+            {"name": "app", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 3,
+             "dependsOn": [{"containerName": "db", "condition": "START"}],
+             "mountPoints": [{"sourceVolume": "out", "containerPath": "/out"}],
+             "command": ["sh", "-c", format!("echo app-up >> /out/order; {app}")]}
+        ]
+    })
+    .to_string()
+}
+
+#[test]
+fn a_task_stops_its_dependents_first_each_within_its_stop_timeout() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    for (family, stubborn) in [("polite", false), ("stubborn", true)] {
+        let dir = node.bind_roots[0].join(family);
+        std::fs::create_dir_all(&dir).expect("host dir");
+        let order = dir.join("order");
+        cp.register(&app_on_db(family, &dir, stubborn));
+        let id = cp.run_one(family);
+        wait(
+            &format!("{family}: both up"),
+            Duration::from_secs(30),
+            || std::fs::read_to_string(&order).is_ok_and(|s| s.contains("app-up")),
+        );
+        wait_state(&cp, &id, TaskState::Running, Duration::from_secs(10));
+        let asked = Instant::now();
+        cp.flotilla_ok(&["task", "stop", &id]);
+        wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(30));
+        let took = asked.elapsed();
+        let lines = std::fs::read_to_string(&order).expect("order");
+        let t = cp.task(&id);
+        let code = |name: &str| {
+            t.containers
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.exit_code)
+        };
+        eprintln!("{family}: stopped in {took:?}: {lines:?}");
+        if stubborn {
+            // app had its 3 s and was killed; only then was db asked, and it ended on its own.
+            assert_eq!(lines, "db-up\napp-up\napp-term\ndb-term\n");
+            assert_eq!((code("app"), code("db")), (Some(137), Some(0)));
+            assert!(took >= Duration::from_secs(3), "{took:?}");
+        } else {
+            // db is asked only once app has finished its own shutdown.
+            assert_eq!(lines, "db-up\napp-up\napp-term\napp-exit\ndb-term\n");
+            assert_eq!((code("app"), code("db")), (Some(0), Some(0)));
+        }
+    }
+    node.wait_for("the containers to go", Duration::from_secs(10), || {
+        node.leftover_state().is_empty()
+    });
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}

@@ -167,3 +167,100 @@ fn a_task_stops_its_dependents_first_each_within_its_stop_timeout() {
     node.remove_all();
     node.assert_clean();
 }
+
+/// Imports into `node` an image `name` of busybox whose configuration says `StopSignal:
+/// stop` and whose command leaves on SIGUSR1 with 0 and on SIGTERM with 5 — unless `stop`
+/// asks for SIGUSR1, then it ignores SIGTERM.
+fn import_stop_signal_image(node: &Node, name: &str, stop: &str) {
+    use flotilla_tests::image::{busybox_image, write_layout_with};
+    let mut spec = busybox_image(flotilla_tests::host_arch());
+    let term = if stop.contains("USR1") || stop == "10" {
+        "''"
+    } else {
+        "'exit 5'"
+    };
+    spec.cmd = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "trap 'exit 0' USR1; trap {term} TERM; echo up; while true; do sleep 0.2 & wait; done"
+        ),
+    ];
+    let layout = node.scratch().join(name.replace([':', '/'], "-"));
+    write_layout_with(&layout, "", &spec, &serde_json::json!({"StopSignal": stop}))
+        .expect("layout");
+    node.ctr_ok(&[
+        "image",
+        "import",
+        layout.to_str().expect("utf8"),
+        "--name",
+        name,
+    ]);
+}
+
+#[test]
+fn a_container_is_asked_to_stop_with_its_images_stop_signal() {
+    let node = Node::new();
+    // By name and by number: the trap runs at once and the container exits 0, well within
+    // the 20 s it would otherwise wait before SIGKILL.
+    for (n, (image, stop)) in [("stop/usr1:1", "SIGUSR1"), ("stop/ten:1", "10")]
+        .into_iter()
+        .enumerate()
+    {
+        import_stop_signal_image(&node, image, stop);
+        let name = format!("sig-{n}");
+        node.ctr_ok(&["run", "-d", "--name", &name, image]);
+        node.wait_for("it to run", Duration::from_secs(10), || {
+            node.ctr_ok(&["logs", &name]).contains("up")
+        });
+        let t = Instant::now();
+        let out = node.ctr_ok(&["stop", "-t", "20", &name]);
+        let took = t.elapsed();
+        eprintln!("ctr stop ({stop}): {took:?}: {}", out.trim());
+        assert!(took < Duration::from_secs(3), "{stop}: {took:?}");
+        assert_eq!(node.inspect(&name).exit.map(|e| e.exit_code), Some(0));
+        node.ctr_ok(&["rm", &name]);
+    }
+    // A StopSignal that names no signal is warned about when the container is made, naming
+    // the image and the value, and SIGTERM is used.
+    import_stop_signal_image(&node, "stop/bogus:1", "SIGNOPE");
+    let out = node.ctr(&["run", "-d", "--name", "bogus", "stop/bogus:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("stop/bogus:1") && err.contains("unknown signal 'SIGNOPE'"),
+        "{err}"
+    );
+    node.wait_for("it to run", Duration::from_secs(10), || {
+        node.ctr_ok(&["logs", "bogus"]).contains("up")
+    });
+    node.ctr_ok(&["stop", "-t", "20", "bogus"]);
+    assert_eq!(node.inspect("bogus").exit.map(|e| e.exit_code), Some(5));
+    node.ctr_ok(&["rm", "bogus"]);
+
+    // The same through a task: its stop is the image's signal, then its stopTimeout.
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    cp.register(
+        r#"{"family": "usr1", "networkMode": "none", "containerDefinitions": [
+            {"name": "main", "image": "stop/usr1:1", "memory": 32, "stopTimeout": 20}]}"#,
+    );
+    let id = cp.run_one("usr1");
+    wait_state(&cp, &id, TaskState::Running, Duration::from_secs(30));
+    node.wait_for("it to run", Duration::from_secs(10), || {
+        node.ctr_ok(&["logs", &format!("{id}-0")]).contains("up")
+    });
+    let t = Instant::now();
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(30));
+    let took = t.elapsed();
+    eprintln!("task stop (SIGUSR1): {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(cp.task(&id).containers[0].exit_code, Some(0));
+    node.wait_for("the containers to go", Duration::from_secs(10), || {
+        node.leftover_state().is_empty()
+    });
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}

@@ -55,11 +55,17 @@ fn line(container: &str, e: LogEntry) -> LogLine {
     }
 }
 
-/// Sends `lines` (sorted by time) in frames of at most [`BATCH_BYTES`].
-async fn send_lines(send: &mut quinn::SendStream, mut lines: Vec<LogLine>) -> Result<()> {
+/// Sends `lines` (sorted by time) in frames of at most [`BATCH_BYTES`]; with `answer`, one
+/// frame even when there are none (see [`stream`]).
+async fn send_lines(
+    send: &mut quinn::SendStream,
+    mut lines: Vec<LogLine>,
+    answer: bool,
+) -> Result<()> {
     lines.sort_by(|a, b| a.time.cmp(&b.time));
     let mut batch = Vec::new();
     let mut size = 0;
+    let mut sent = false;
     for l in lines {
         size += l.text.len() + l.time.len() + l.container.len() + 64;
         batch.push(l);
@@ -67,9 +73,10 @@ async fn send_lines(send: &mut quinn::SendStream, mut lines: Vec<LogLine>) -> Re
             let lines = std::mem::take(&mut batch);
             write_frame(send, &LogFrame::Lines { lines }).await?;
             size = 0;
+            sent = true;
         }
     }
-    if !batch.is_empty() {
+    if !batch.is_empty() || (answer && !sent) {
         write_frame(send, &LogFrame::Lines { lines: batch }).await?;
     }
     Ok(())
@@ -146,7 +153,9 @@ async fn stream(
 ) -> Result<()> {
     let (s, r, q) = (store.clone(), runner.clone(), req.clone());
     let (mut sources, held) = tokio::task::spawn_blocking(move || containers(&s, &r, &q)).await??;
-    send_lines(send, held).await?;
+    // The control plane waits a bounded time for the node's answer: a task that has printed
+    // nothing yet is answered at once with no lines, so a follower of a quiet task waits on.
+    send_lines(send, held, true).await?;
     if !req.follow {
         return Ok(());
     }
@@ -160,7 +169,7 @@ async fn stream(
             live |= store.get(&s.id).is_ok_and(|i| i.status != Status::Exited);
             lines.extend(s.follower.poll()?.into_iter().map(|e| line(&s.name, e)));
         }
-        send_lines(send, lines).await?;
+        send_lines(send, lines, false).await?;
         if !live {
             return Ok(());
         }

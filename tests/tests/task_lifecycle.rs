@@ -264,3 +264,66 @@ fn a_container_is_asked_to_stop_with_its_images_stop_signal() {
     node.remove_all();
     node.assert_clean();
 }
+
+/// Prints nothing for 12 s, then one line, then nothing.
+const QUIET: &str = r#"{
+  "family": "quiet",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 12 & wait; echo late; while true; do sleep 0.2 & wait; done"]
+  }]
+}"#;
+
+#[test]
+fn a_follower_of_a_quiet_task_waits_for_its_first_line_and_daemon_logs_are_plain_text() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    cp.register(QUIET);
+    let id = cp.run_one("quiet");
+    wait_state(&cp, &id, TaskState::Running, Duration::from_secs(30));
+    // Not following: nothing yet, at once.
+    let t = Instant::now();
+    assert_eq!(cp.flotilla_ok(&["logs", &id]), "");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // Following: it waits past the control plane's 10 s for the node's answer and gets the
+    // line printed after 12 s.
+    let mut follow = Command::new(flotilla_tests::bin("flotilla"))
+        .arg("--config")
+        .arg(&cp.admin)
+        .args(["logs", &id, "-f"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flotilla logs -f");
+    let mut lines = BufReader::new(follow.stdout.take().expect("stdout")).lines();
+    let first = lines.next().map(|l| l.expect("utf8"));
+    if first.as_deref() != Some("late") {
+        let _ = follow.kill();
+        let out = follow.wait_with_output().expect("wait");
+        panic!(
+            "logs -f gave {first:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait(
+        "logs -f to end with the task",
+        Duration::from_secs(20),
+        || follow.try_wait().expect("wait").is_some(),
+    );
+    assert!(follow.wait().expect("wait").success());
+
+    // The daemons write their logs into files (as `flotilla dev` runs them): no colour codes.
+    agent.kill();
+    for (daemon, log) in [("orchestratord", cp.log()), ("nodeagent", agent.log())] {
+        assert!(!log.is_empty(), "{daemon} logged nothing");
+        assert!(!log.contains('\x1b'), "{daemon}'s log has escapes:\n{log}");
+    }
+    node.remove_all();
+    node.assert_clean();
+}

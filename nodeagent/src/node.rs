@@ -84,10 +84,13 @@ pub enum Command {
         /// Restarts of this container once this one is done.
         attempt: u32,
     },
-    /// Remove every container of a task, its own volumes and its network.
+    /// Remove every container of a task, its own volumes and its network; its containers'
+    /// logs are kept (see `logs::KEEP`).
     Remove {
         /// The task's id.
         task: String,
+        /// Its containers' names in definition order (empty when the node never knew them).
+        containers: Vec<String>,
     },
 }
 
@@ -117,7 +120,7 @@ impl Command {
             Self::Start { name, .. } | Self::Stop { name, .. } | Self::Restart { name, .. } => {
                 Target::Container(name.clone())
             }
-            Self::Remove { task } => Target::Task(task.clone()),
+            Self::Remove { task, .. } => Target::Task(task.clone()),
         }
     }
 }
@@ -176,6 +179,9 @@ pub struct Node {
     kept: BTreeMap<String, TaskStatus>,
     /// What the commands handed out and not yet [`Node::done`] act on.
     in_flight: BTreeSet<Target>,
+    /// The container names of tasks assigned here, kept while their containers are: a task
+    /// that left the desired state is removed with its logs under their names.
+    names: BTreeMap<String, Vec<String>>,
 }
 
 impl Node {
@@ -193,6 +199,7 @@ impl Node {
             self_stopped: BTreeMap::new(),
             kept: BTreeMap::new(),
             in_flight: BTreeSet::new(),
+            names: BTreeMap::new(),
         }
     }
 
@@ -357,10 +364,18 @@ impl Node {
         }
         self.note_runs(&mut status, now.unix_secs());
         self.keep_exits(&desired, &mut status);
+        for t in &desired.tasks {
+            let defs = &t.definition.container_definitions;
+            self.names
+                .insert(t.id.clone(), defs.iter().map(|c| c.name.clone()).collect());
+        }
+        self.names.retain(|task, _| {
+            desired.tasks.iter().any(|t| &t.id == task) || seen.iter().any(|c| &c.name.task == task)
+        });
         let commands: Vec<Command> = planned
             .actions
             .into_iter()
-            .filter_map(|a| command(&desired, &names, a))
+            .filter_map(|a| command(&desired, &names, &self.names, a))
             .filter(|c| !self.busy(&c.target()))
             .collect();
         self.in_flight.extend(commands.iter().map(Command::target));
@@ -554,6 +569,7 @@ fn definition<'a>(
 fn command(
     desired: &DesiredState,
     names: &BTreeMap<(String, String), ContainerName>,
+    known: &BTreeMap<String, Vec<String>>,
     action: Action,
 ) -> Option<Command> {
     let name = |task: &str, container: &str| {
@@ -593,7 +609,10 @@ fn command(
             container,
             attempt,
         },
-        Action::Remove { task } => Command::Remove { task },
+        Action::Remove { task } => Command::Remove {
+            containers: known.get(&task).cloned().unwrap_or_default(),
+            task,
+        },
     })
 }
 
@@ -769,7 +788,7 @@ mod tests {
                     self.node.restarting(&name.task, &container, attempt);
                     self.start(desired, name, &container);
                 }
-                Command::Remove { task } => self.rt.remove_task(&task).expect("remove task"),
+                Command::Remove { task, .. } => self.rt.remove_task(&task).expect("remove task"),
             }
         }
 

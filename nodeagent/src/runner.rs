@@ -103,6 +103,8 @@ pub struct Runner {
     status: watch::Sender<Vec<TaskStatus>>,
     /// When the last round ended (`None` before the first).
     rounds: watch::Sender<Option<Instant>>,
+    /// Where the logs of removed tasks' containers are kept (`<data-dir>/task-logs`).
+    task_logs: std::path::PathBuf,
 }
 
 impl Runner {
@@ -146,6 +148,7 @@ impl Runner {
             checks: Arc::default(),
             status,
             rounds,
+            task_logs: data_dir.join(crate::logs::KEPT_DIR),
         }))
     }
 
@@ -219,6 +222,11 @@ impl Runner {
                 .insert(name, u);
         }
         out.into_values().collect()
+    }
+
+    /// Where the logs of removed tasks' containers are kept.
+    pub fn task_logs(&self) -> &Path {
+        &self.task_logs
     }
 
     /// The container store the runner acts on.
@@ -498,10 +506,16 @@ impl Runner {
                 tracing::info!(task = %name.task, container = %container, attempt, "restarting by restart policy");
                 self.start(desired, name, container).await;
             }
-            Command::Remove { task } => {
+            Command::Remove { task, containers } => {
                 let rt = self.runtime.clone();
                 let net = self.networks.clone();
+                let kept = self.task_logs.clone();
                 tokio::task::spawn_blocking(move || -> Result<()> {
+                    // Its output stays readable for a while; a failure to keep it does not
+                    // keep the task's containers.
+                    if let Err(e) = crate::logs::keep(&*rt, &kept, &task, &containers) {
+                        tracing::warn!(task = %task, "keeping its logs: {e:#}");
+                    }
                     // Its task-scoped volumes and its network go with it.
                     rt.remove_task(&task)?;
                     net.release(&task)

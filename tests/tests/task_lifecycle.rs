@@ -327,3 +327,66 @@ fn a_follower_of_a_quiet_task_waits_for_its_first_line_and_daemon_logs_are_plain
     node.remove_all();
     node.assert_clean();
 }
+
+/// Says something on each stream and ends: its essential container exits 3.
+const CRASHING: &str = r#"{
+  "family": "crashing",
+  "networkMode": "none",
+  "containerDefinitions": [
+    {"name": "side", "image": "test/busybox:latest", "memory": 32, "essential": false, "stopTimeout": 2,
+     "command": ["sh", "-c", "echo side was here; trap 'exit 0' TERM; while true; do sleep 0.2 & wait; done"]},
+    {"name": "main", "image": "test/busybox:latest", "memory": 32,
+     "command": ["sh", "-c", "echo starting; sleep 1; echo cannot reach the database >&2; exit 3"]}
+  ]
+}"#;
+
+#[test]
+fn a_stopped_tasks_logs_are_read_after_its_containers_are_removed() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    cp.register(CRASHING);
+    let id = cp.run_one("crashing");
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(30));
+    node.wait_for(
+        "its containers to be removed",
+        Duration::from_secs(10),
+        || node.ps().is_empty(),
+    );
+    // Each line on its stream, under its container's name, as while it ran.
+    let o = cp.flotilla(&["logs", &id]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{stderr}");
+    // (in the order they were written: the two containers start together)
+    let mut out: Vec<&str> = stdout.lines().collect();
+    out.sort();
+    assert_eq!(out, ["main | starting", "side | side was here"], "{stdout}");
+    assert_eq!(stderr, "main | cannot reach the database\n");
+    // One container by name, the last line; following ends at once (nothing runs).
+    let o = cp.flotilla(&["logs", &id, "-c", "main", "--tail", "1", "-f"]);
+    assert!(o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "cannot reach the database\n"
+    );
+    let o = cp.flotilla(&["logs", &id, "-c", "nope"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no container 'nope' (it has side, main)"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // An agent restart keeps them (they are files, not memory).
+    agent.kill();
+    agent.run();
+    agent.wait_log("session established", 2, Duration::from_secs(30));
+    assert_eq!(
+        cp.flotilla_ok(&["logs", &id, "-c", "side"]),
+        "side was here\n"
+    );
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}

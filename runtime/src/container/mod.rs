@@ -810,6 +810,22 @@ impl ContainerStore {
         Ok(self.get(&id)?.exit)
     }
 
+    /// Moves the log directory of a container that has ended to `dest` (which must not exist
+    /// yet; on the data directory's filesystem), so its output outlives its removal. A running
+    /// container is refused.
+    pub fn take_logs(&self, key: &str, dest: &Path) -> Result<(), ContainerError> {
+        let info = self.get(key)?;
+        if info.status == Status::Running {
+            return Err(ContainerError::Running(info.record.display_name()));
+        }
+        if let Some(s) = &info.state {
+            // Its shim may still be writing the last lines and the exit record.
+            s.shim.wait_exit(EXIT_RECORD_WAIT);
+        }
+        let from = self.paths(&info.record.id).logs();
+        fs::rename(&from, dest).map_err(io_at(&from))
+    }
+
     /// Removes a container: its libcontainer state, cgroup, directories and image lease.
     /// A running container is refused unless `force` (then it is killed first).
     pub fn remove(&self, key: &str, force: bool) -> Result<(), ContainerError> {

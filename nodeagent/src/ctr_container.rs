@@ -129,7 +129,7 @@ pub enum ContainerCommand {
         /// Name or id.
         container: String,
     },
-    /// Stop containers: SIGTERM, then SIGKILL after the timeout.
+    /// Stop containers: the image's StopSignal (else SIGTERM), then SIGKILL after the timeout.
     Stop {
         /// Seconds to wait before SIGKILL.
         #[arg(short = 't', long, default_value_t = 10)]
@@ -678,25 +678,7 @@ async fn stats(store: &ContainerStore, keys: Vec<String>, json: bool) -> Result<
 }
 
 fn parse_signal(s: &str) -> Result<Signal> {
-    if let Ok(n) = s.parse::<i32>() {
-        return Signal::from_named_raw(n).with_context(|| format!("unknown signal number {n}"));
-    }
-    let name = s.to_ascii_uppercase();
-    let name = name.strip_prefix("SIG").unwrap_or(&name);
-    Ok(match name {
-        "HUP" => Signal::HUP,
-        "INT" => Signal::INT,
-        "QUIT" => Signal::QUIT,
-        "KILL" => Signal::KILL,
-        "USR1" => Signal::USR1,
-        "USR2" => Signal::USR2,
-        "TERM" => Signal::TERM,
-        "ALRM" => Signal::ALARM,
-        "CONT" => Signal::CONT,
-        "STOP" => Signal::STOP,
-        "WINCH" => Signal::WINCH,
-        _ => bail!("unknown signal '{s}' (e.g. TERM, KILL, HUP, USR1, or a number)"),
-    })
+    Ok(flotilla_runtime::container::parse_signal(s)?)
 }
 
 /// Paths a bind mount may come from, from `--bind-root` / `NODEAGENT_BIND_ROOTS`.

@@ -10,8 +10,14 @@
 //! runs when [`Node::unsaved_runs`] says so). A node built from what was persisted (a power
 //! cut: nothing in memory) starts every task again. Tests drive it with a fake runtime and
 //! simulated time.
+//!
+//! Commands run concurrently and may take long (a stop waits out its container's
+//! `stopTimeout`, a start may pull an image): the runner applies each on its own and says when
+//! it is over ([`Node::done`]). Until then the machine holds it in flight and decides nothing
+//! more about what it acts on ([`Target`]), while it goes on deciding about everything else —
+//! one slow container never delays the node's other tasks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flotilla_api::taskdef::HealthCheck;
@@ -78,11 +84,45 @@ pub enum Command {
         /// Restarts of this container once this one is done.
         attempt: u32,
     },
-    /// Remove every container of a task, its own volumes and its network.
+    /// Remove every container of a task, its own volumes and its network; its containers'
+    /// logs are kept (see `logs::KEEP`).
     Remove {
         /// The task's id.
         task: String,
+        /// Its containers' names in definition order (empty when the node never knew them).
+        containers: Vec<String>,
     },
+}
+
+/// What a [`Command`] acts on: while it is in flight nothing else is decided about it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    /// One container of a task.
+    Container(ContainerName),
+    /// A whole task (its removal).
+    Task(String),
+}
+
+impl Target {
+    /// The task it belongs to.
+    pub fn task(&self) -> &str {
+        match self {
+            Self::Container(name) => &name.task,
+            Self::Task(task) => task,
+        }
+    }
+}
+
+impl Command {
+    /// What it acts on.
+    pub fn target(&self) -> Target {
+        match self {
+            Self::Start { name, .. } | Self::Stop { name, .. } | Self::Restart { name, .. } => {
+                Target::Container(name.clone())
+            }
+            Self::Remove { task, .. } => Target::Task(task.clone()),
+        }
+    }
 }
 
 /// What one round decided.
@@ -94,7 +134,8 @@ pub struct Round {
     /// Containers lost with an earlier boot of the machine ([`RunState::Lost`]), to remove
     /// before the commands are applied: the commands start them again.
     pub discard: Vec<ContainerName>,
-    /// What to do; each stands on its own, so they may be applied at once.
+    /// What to do; each stands on its own, so they may be applied at once, and each is in
+    /// flight until the runner calls [`Node::done`] with its target.
     pub commands: Vec<Command>,
     /// The status of every task the node knows.
     pub status: Vec<TaskStatus>,
@@ -136,6 +177,11 @@ pub struct Node {
     /// The last status of each stopped task that still had its containers: once they are
     /// removed, this is what is reported (exit codes, stop code and reason).
     kept: BTreeMap<String, TaskStatus>,
+    /// What the commands handed out and not yet [`Node::done`] act on.
+    in_flight: BTreeSet<Target>,
+    /// The container names of tasks assigned here, kept while their containers are: a task
+    /// that left the desired state is removed with its logs under their names.
+    names: BTreeMap<String, Vec<String>>,
 }
 
 impl Node {
@@ -152,7 +198,23 @@ impl Node {
             offline_since: Some(now),
             self_stopped: BTreeMap::new(),
             kept: BTreeMap::new(),
+            in_flight: BTreeSet::new(),
+            names: BTreeMap::new(),
         }
+    }
+
+    /// The command on `target` is over (done or failed: the next round sees which).
+    pub fn done(&mut self, target: &Target) {
+        self.in_flight.remove(target);
+    }
+
+    /// Whether a command on `target` must wait: one on it, on its task as a whole, or (for a
+    /// task) on one of its containers is still in flight.
+    fn busy(&self, target: &Target) -> bool {
+        self.in_flight.iter().any(|t| match (t, target) {
+            (Target::Container(a), Target::Container(b)) => a == b,
+            _ => t.task() == target.task(),
+        })
     }
 
     /// The control plane's desired state held.
@@ -289,13 +351,35 @@ impl Node {
                 s.stop_reason = Some(f.why.clone());
             }
         }
+        // A task with a container still being started or stopped has not stopped yet: the
+        // start may yet make a container that must be stopped.
+        for s in status.iter_mut().filter(|s| s.state == TaskState::Stopped) {
+            let acting = self
+                .in_flight
+                .iter()
+                .any(|t| matches!(t, Target::Container(n) if n.task == s.id));
+            if acting {
+                s.state = TaskState::Stopping;
+            }
+        }
         self.note_runs(&mut status, now.unix_secs());
         self.keep_exits(&desired, &mut status);
-        let commands = planned
+        for t in &desired.tasks {
+            let defs = &t.definition.container_definitions;
+            self.names
+                .insert(t.id.clone(), defs.iter().map(|c| c.name.clone()).collect());
+        }
+        self.names.retain(|task, _| {
+            desired.tasks.iter().any(|t| &t.id == task) || seen.iter().any(|c| &c.name.task == task)
+        });
+        let commands: Vec<Command> = planned
             .actions
             .into_iter()
-            .filter_map(|a| command(&desired, &names, a))
+            .filter_map(|a| command(&desired, &names, &self.names, a))
+            .filter(|c| !self.busy(&c.target()))
             .collect();
+        self.in_flight.extend(commands.iter().map(Command::target));
+
         let checks = seen
             .iter()
             .filter(|c| c.state == RunState::Running)
@@ -485,6 +569,7 @@ fn definition<'a>(
 fn command(
     desired: &DesiredState,
     names: &BTreeMap<(String, String), ContainerName>,
+    known: &BTreeMap<String, Vec<String>>,
     action: Action,
 ) -> Option<Command> {
     let name = |task: &str, container: &str| {
@@ -524,7 +609,10 @@ fn command(
             container,
             attempt,
         },
-        Action::Remove { task } => Command::Remove { task },
+        Action::Remove { task } => Command::Remove {
+            containers: known.get(&task).cloned().unwrap_or_default(),
+            task,
+        },
     })
 }
 
@@ -588,6 +676,18 @@ mod tests {
         t: Duration,
         /// Every container started, and when.
         starts: Vec<(Duration, ContainerName)>,
+        /// Kinds of command the runner is slow at: they stay in flight in `held` until
+        /// [`Sim::release`].
+        slow: Slow,
+        /// Commands in flight, with the desired state of the round that gave them.
+        held: Vec<(DesiredState, Command)>,
+    }
+
+    /// Which commands take long (a stop waiting out its timeout, a start pulling an image).
+    #[derive(Default, Clone, Copy)]
+    struct Slow {
+        stops: bool,
+        starts: bool,
     }
 
     impl Sim {
@@ -603,6 +703,8 @@ mod tests {
                 mono0,
                 t: Duration::ZERO,
                 starts: Vec::new(),
+                slow: Slow::default(),
+                held: Vec::new(),
             };
             sim.at(Duration::ZERO);
             sim
@@ -639,9 +741,27 @@ mod tests {
                 self.rt.remove(name).expect("remove");
             }
             for c in &round.commands {
-                self.apply(&round.desired, c.clone());
+                let slow = match c {
+                    Command::Stop { .. } => self.slow.stops,
+                    Command::Start { .. } => self.slow.starts,
+                    _ => false,
+                };
+                if slow {
+                    self.held.push((round.desired.clone(), c.clone()));
+                } else {
+                    self.apply(&round.desired, c.clone());
+                    self.node.done(&c.target());
+                }
             }
             round
+        }
+
+        /// The commands in flight are done.
+        fn release(&mut self) {
+            for (desired, c) in std::mem::take(&mut self.held) {
+                self.apply(&desired, c.clone());
+                self.node.done(&c.target());
+            }
         }
 
         /// Rounds back to back until one does nothing, as the runner does; its status.
@@ -668,7 +788,7 @@ mod tests {
                     self.node.restarting(&name.task, &container, attempt);
                     self.start(desired, name, &container);
                 }
-                Command::Remove { task } => self.rt.remove_task(&task).expect("remove task"),
+                Command::Remove { task, .. } => self.rt.remove_task(&task).expect("remove task"),
             }
         }
 
@@ -1043,5 +1163,91 @@ mod tests {
         assert_eq!(started, want);
         assert_eq!(s.len(), 3);
         assert!(s.iter().all(|t| t.state == TaskState::Running), "{s:?}");
+    }
+
+    #[test]
+    fn a_container_waiting_out_its_stop_timeout_delays_nothing_else_on_the_node() {
+        const SLOW: &str = r#"{"family":"slow","containerDefinitions":[
+            {"name":"main","image":"x","memory":64,"stopTimeout":30}]}"#;
+        let mut sim = Sim::new(state(1, vec![task("t-1", SLOW)]));
+        sim.settle();
+        sim.slow.stops = true;
+        // The operator stops t-1 and a new task is placed here in the same breath.
+        let mut d = state(2, vec![task("t-1", SLOW), task("t-2", SERVE)]);
+        d.tasks[0].desired = DesiredStatus::Stopped;
+        sim.node.set_desired(d.clone());
+        let r = sim.round();
+        assert!(
+            r.commands
+                .iter()
+                .any(|c| matches!(c, Command::Stop { name, grace, .. }
+                if name.task == "t-1" && *grace == secs(30))),
+            "{:?}",
+            r.commands
+        );
+        assert_eq!(
+            sim.starts.last(),
+            Some(&(secs(0), ContainerName::new("t-2", 0)))
+        );
+        let s = sim.settle();
+        assert_eq!(of(&s, "t-1").state, TaskState::Stopping);
+        assert_eq!(of(&s, "t-2").state, TaskState::Running);
+        // While the stop is in flight it is not asked again, and a task placed later starts
+        // in the round it arrives in.
+        sim.after(secs(10));
+        d.generation = 3;
+        d.tasks.push(task("t-3", SERVE));
+        sim.node.set_desired(d);
+        let r = sim.round();
+        assert!(
+            r.commands
+                .iter()
+                .all(|c| matches!(c, Command::Start { name, .. } if name.task == "t-3")),
+            "{:?}",
+            r.commands
+        );
+        assert_eq!(
+            sim.starts.last(),
+            Some(&(secs(10), ContainerName::new("t-3", 0)))
+        );
+        for _ in 0..19 {
+            sim.after(secs(1));
+            assert!(sim.round().commands.is_empty());
+        }
+        assert_eq!(sim.held.len(), 1);
+        // The stop ends (its container exited): t-1 is removed and reported stopped.
+        sim.release();
+        let s = sim.settle();
+        assert_eq!(of(&s, "t-1").state, TaskState::Stopped);
+        assert_eq!(of(&s, "t-1").containers[0].exit_code, Some(143));
+        assert!(sim.rt.get(&ContainerName::new("t-1", 0)).is_none());
+        assert_eq!(of(&s, "t-3").state, TaskState::Running);
+    }
+
+    #[test]
+    fn a_task_stopped_while_its_container_is_still_starting_stops_that_container_after() {
+        let mut sim = Sim::new(state(1, Vec::new()));
+        sim.slow.starts = true;
+        sim.node.set_desired(state(2, vec![task("t-1", SERVE)]));
+        let r = sim.round();
+        assert_eq!(r.commands.len(), 1);
+        // A slow pull: the start is asked once, however many rounds pass.
+        for _ in 0..5 {
+            sim.after(secs(1));
+            let r = sim.round();
+            assert!(r.commands.is_empty(), "{:?}", r.commands);
+            assert_eq!(of(&r.status, "t-1").state, TaskState::Pending);
+        }
+        // Stopped while its start is in flight: not stopped yet, the start may still run it.
+        let mut d = state(3, vec![task("t-1", SERVE)]);
+        d.tasks[0].desired = DesiredStatus::Stopped;
+        sim.node.set_desired(d);
+        let s = sim.settle();
+        assert_eq!(of(&s, "t-1").state, TaskState::Stopping);
+        sim.release();
+        assert_eq!(sim.started(), 1);
+        let s = sim.settle();
+        assert_eq!(of(&s, "t-1").state, TaskState::Stopped);
+        assert!(sim.rt.list().expect("list").is_empty());
     }
 }

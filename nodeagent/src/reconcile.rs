@@ -6,7 +6,8 @@
 //! ECS semantics: containers start in `dependsOn` order (START, COMPLETE, SUCCESS, HEALTHY); an
 //! essential container that exits ends its task (the others are stopped); a dependency that can
 //! no longer be met fails the task; a task asked to stop, or no longer assigned to this node,
-//! is stopped and its containers removed. A container with an enabled `restartPolicy` that
+//! is stopped — its containers in reverse `dependsOn` order, each within its `stopTimeout` —
+//! and its containers removed. A container with an enabled `restartPolicy` that
 //! exits with a code it does not ignore is restarted in place after its backoff, and does not
 //! end its task.
 
@@ -207,6 +208,35 @@ fn container_status(
     }
 }
 
+/// The running containers of a task that is ending which are to be stopped now: those no
+/// running container of the task depends on. ECS reverses `dependsOn` for shutdown ("When a
+/// dependency is defined for container startup, for container shutdown it is reversed",
+/// ECS API reference, `ContainerDependency`): a dependent is stopped — within its own
+/// `stopTimeout` — before what it depends on, which then gets its own. Empty when none runs.
+fn stop_order<'a>(
+    defs: &'a [ContainerDefinition],
+    seen: &BTreeMap<String, Observed>,
+) -> Vec<&'a ContainerDefinition> {
+    let running = |name: &str| matches!(seen.get(name), Some(Observed::Running { .. }));
+    let live: Vec<&ContainerDefinition> = defs.iter().filter(|c| running(&c.name)).collect();
+    let first: Vec<&ContainerDefinition> = live
+        .iter()
+        .copied()
+        .filter(|c| {
+            !live.iter().any(|d| {
+                d.name != c.name && d.depends_on.iter().any(|x| x.container_name == c.name)
+            })
+        })
+        .collect();
+    // Registration refuses dependency cycles; should one get here, everything stops at once
+    // rather than nothing ever.
+    if first.is_empty() {
+        live
+    } else {
+        first
+    }
+}
+
 /// Plans one round of reconciliation.
 pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan {
     let mut out = Plan::default();
@@ -282,16 +312,14 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
             .collect();
         let state = match &ending {
             Some(_) => {
-                let mut live = false;
-                for c in defs {
-                    if let Some(Observed::Running { .. }) = seen.get(&c.name) {
-                        live = true;
-                        out.actions.push(Action::Stop {
-                            task: task.id.clone(),
-                            container: c.name.clone(),
-                            grace_secs: c.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
-                        });
-                    }
+                let stopping = stop_order(defs, seen);
+                let live = !stopping.is_empty();
+                for c in stopping {
+                    out.actions.push(Action::Stop {
+                        task: task.id.clone(),
+                        container: c.name.clone(),
+                        grace_secs: c.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT),
+                    });
                 }
                 if live {
                     TaskState::Stopping
@@ -659,5 +687,82 @@ mod tests {
             [1, 2, 3, 4, 10, 40].map(|a| backoff(a).as_secs()),
             [0, 1, 2, 4, 256, 300]
         );
+    }
+
+    const APP_ON_DB: &str = r#"{"family":"f","containerDefinitions":[
+        {"name":"db","image":"x","memory":64,"stopTimeout":10},
+        {"name":"cache","image":"x","memory":64,"stopTimeout":3},
+        {"name":"app","image":"x","memory":64,"stopTimeout":5,
+         "dependsOn":[{"containerName":"db","condition":"START"},
+                      {"containerName":"cache","condition":"START"}]},
+        {"name":"metrics","image":"x","memory":64,"stopTimeout":2,"essential":false,
+         "dependsOn":[{"containerName":"db","condition":"START"}]}]}"#;
+
+    fn stops(p: &Plan) -> Vec<(String, u32)> {
+        p.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Stop {
+                    container,
+                    grace_secs,
+                    ..
+                } => Some((container.clone(), *grace_secs)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn dependents_stop_before_what_they_depend_on_each_within_its_own_stop_timeout() {
+        let d = state(vec![task("t1", APP_ON_DB, DesiredStatus::Stopped)]);
+        let run = Observed::Running { healthy: None };
+        let all = [("db", run), ("cache", run), ("app", run), ("metrics", run)];
+        // app and metrics first (nothing depends on them), each with its own timeout
+        let p = plan_(&d, &world(&[("t1", &all)]));
+        assert_eq!(stops(&p), [("app".into(), 5), ("metrics".into(), 2)]);
+        assert_eq!(p.status[0].state, TaskState::Stopping);
+        // app is down: cache goes (nothing running depends on it); db waits for metrics
+        let gone = exit(143, false);
+        let p = plan_(
+            &d,
+            &world(&[(
+                "t1",
+                &[("db", run), ("cache", run), ("app", gone), ("metrics", run)],
+            )]),
+        );
+        assert_eq!(stops(&p), [("cache".into(), 3), ("metrics".into(), 2)]);
+        // both dependents down: db, with its own 10 s
+        let p = plan_(
+            &d,
+            &world(&[(
+                "t1",
+                &[
+                    ("db", run),
+                    ("cache", gone),
+                    ("app", gone),
+                    ("metrics", gone),
+                ],
+            )]),
+        );
+        assert_eq!(stops(&p), [("db".into(), 10)]);
+        // an essential exit ends the task the same way: the dependent first
+        let d = state(vec![task("t1", APP_ON_DB, DesiredStatus::Running)]);
+        let p = plan_(
+            &d,
+            &world(&[(
+                "t1",
+                &[
+                    ("db", run),
+                    ("cache", gone),
+                    ("app", run),
+                    ("metrics", gone),
+                ],
+            )]),
+        );
+        assert_eq!(
+            p.status[0].stop_reason.as_deref(),
+            Some("essential container cache exited")
+        );
+        assert_eq!(stops(&p), [("app".into(), 5)]);
     }
 }

@@ -103,6 +103,8 @@ pub struct Runner {
     status: watch::Sender<Vec<TaskStatus>>,
     /// When the last round ended (`None` before the first).
     rounds: watch::Sender<Option<Instant>>,
+    /// Where the logs of removed tasks' containers are kept (`<data-dir>/task-logs`).
+    task_logs: std::path::PathBuf,
 }
 
 impl Runner {
@@ -146,6 +148,7 @@ impl Runner {
             checks: Arc::default(),
             status,
             rounds,
+            task_logs: data_dir.join(crate::logs::KEPT_DIR),
         }))
     }
 
@@ -219,6 +222,11 @@ impl Runner {
                 .insert(name, u);
         }
         out.into_values().collect()
+    }
+
+    /// Where the logs of removed tasks' containers are kept.
+    pub fn task_logs(&self) -> &Path {
+        &self.task_logs
     }
 
     /// The container store the runner acts on.
@@ -360,18 +368,19 @@ impl Runner {
             }
         }
         let desired = Arc::new(round.desired);
-        let mut jobs = Vec::new();
+        // Each command on its own: a stop waiting out its container's stopTimeout or a long
+        // pull holds up nothing else; the machine holds it in flight until it is done.
         for command in round.commands {
             let me = self.clone();
             let desired = desired.clone();
-            jobs.push(tokio::spawn(
-                async move { me.apply(&desired, command).await },
-            ));
-        }
-        for j in jobs {
-            if let Ok(Err(e)) = j.await {
-                tracing::warn!("{e:#}");
-            }
+            tokio::spawn(async move {
+                let target = command.target();
+                if let Err(e) = me.clone().apply(&desired, command).await {
+                    tracing::warn!("{e:#}");
+                }
+                me.node().done(&target);
+                me.wake.notify_one();
+            });
         }
         // A stopped task's network goes before its stop is reported (so an awsvpc address
         // is free when the control plane hears of it); so do networks of tasks that are
@@ -497,10 +506,16 @@ impl Runner {
                 tracing::info!(task = %name.task, container = %container, attempt, "restarting by restart policy");
                 self.start(desired, name, container).await;
             }
-            Command::Remove { task } => {
+            Command::Remove { task, containers } => {
                 let rt = self.runtime.clone();
                 let net = self.networks.clone();
+                let kept = self.task_logs.clone();
                 tokio::task::spawn_blocking(move || -> Result<()> {
+                    // Its output stays readable for a while; a failure to keep it does not
+                    // keep the task's containers.
+                    if let Err(e) = crate::logs::keep(&*rt, &kept, &task, &containers) {
+                        tracing::warn!(task = %task, "keeping its logs: {e:#}");
+                    }
                     // Its task-scoped volumes and its network go with it.
                     rt.remove_task(&task)?;
                     net.release(&task)

@@ -3,6 +3,7 @@
 //! [`ContainerStore`] ([`StoreRuntime`]) or, in tests, a fake the test drives.
 
 use std::fmt;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
@@ -153,6 +154,9 @@ pub trait ContainerRuntime: fmt::Debug + Send + Sync {
     fn remove(&self, name: &ContainerName) -> Result<(), RuntimeError>;
     /// Removes every container of task `task` (killing what still runs) and its own volumes.
     fn remove_task(&self, task: &str) -> Result<(), RuntimeError>;
+    /// Moves the log directory of ended container `name` to `dest`, so its output outlives
+    /// its removal.
+    fn take_logs(&self, name: &ContainerName, dest: &Path) -> Result<(), RuntimeError>;
     /// What a running container uses.
     fn stats(&self, name: &ContainerName) -> Result<ContainerUsage, RuntimeError>;
 }
@@ -288,6 +292,12 @@ impl ContainerRuntime for StoreRuntime {
             }
         }
         Ok(())
+    }
+
+    fn take_logs(&self, name: &ContainerName, dest: &Path) -> Result<(), RuntimeError> {
+        self.store
+            .take_logs(&name.to_string(), dest)
+            .map_err(store_error("keeping the logs of", name))
     }
 
     fn stats(&self, name: &ContainerName) -> Result<ContainerUsage, RuntimeError> {
@@ -439,6 +449,10 @@ pub mod fake {
 
         fn remove_task(&self, task: &str) -> Result<(), RuntimeError> {
             self.state().containers.retain(|n, _| n.task != task);
+            Ok(())
+        }
+
+        fn take_logs(&self, _name: &ContainerName, _dest: &Path) -> Result<(), RuntimeError> {
             Ok(())
         }
 

@@ -217,12 +217,8 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
                     "task {id} was never placed on a node"
                 )));
             };
-            if t.info.state == TaskState::Stopped {
-                return Err(ClusterError::NotFound(format!(
-                    "task {id} has stopped: its node removed its containers and their logs \
-                     (follow a task's logs with -f while it runs)"
-                )));
-            }
+            // A stopped task's logs are read from its node too: it keeps them a while after
+            // removing the containers (nodeagent/src/logs.rs says how long).
             if !cx.live.connected(&node) {
                 return Err(ClusterError::Unavailable(format!(
                     "node {node} is not connected; logs are read from the node"

@@ -17,6 +17,7 @@ pub mod process;
 pub mod rootfs;
 pub mod seccomp;
 pub mod shim;
+pub mod signal;
 pub mod spec;
 pub mod volume;
 pub mod workload;
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 pub use cgroup::{CgroupHierarchy, CgroupUsage};
 pub use config::{ContainerConfig, MountRequest, NetworkMode, Resources, Ulimit};
 pub use process::ProcessIdentity;
+pub use signal::{parse_signal, signal_name, UnknownSignal};
 pub use spec::{ImageProcess, ResolvedMount};
 pub use volume::{Volume, VolumeError, VolumeStore};
 
@@ -74,6 +76,18 @@ pub struct ContainerRecord {
 }
 
 impl ContainerRecord {
+    /// The signal a stop asks the container with: its image's `StopSignal`, else SIGTERM —
+    /// as `docker stop` does ("SIGTERM, or the signal specified with STOPSIGNAL in the
+    /// image", Docker CLI reference). One that names no signal was warned about when the
+    /// container was created and counts as unset.
+    pub fn stop_signal(&self) -> Signal {
+        self.image_process
+            .stop_signal
+            .as_deref()
+            .and_then(|s| parse_signal(s).ok())
+            .unwrap_or(Signal::TERM)
+    }
+
     /// The name if it has one, else the short id.
     pub fn display_name(&self) -> String {
         self.config
@@ -434,6 +448,12 @@ impl ContainerStore {
         }
         let details = self.images.inspect(&config.image)?;
         let image_process = ImageProcess::from_image_config(&details.image_config);
+        if let Some(Err(e)) = image_process.stop_signal.as_deref().map(parse_signal) {
+            tracing::warn!(
+                "image {}: StopSignal: {e}; it is stopped with SIGTERM",
+                details.record.name
+            );
+        }
         // Fail early on a missing command rather than in the shim.
         spec::process_args(&config, &image_process)
             .map_err(|e| ContainerError::Invalid(vec![e.to_string()]))?;
@@ -768,7 +788,8 @@ impl ContainerStore {
         }
     }
 
-    /// Stops a container: SIGTERM, then SIGKILL after `grace`; returns how it ended.
+    /// Stops a container: its stop signal ([`ContainerRecord::stop_signal`]: the image's
+    /// `StopSignal`, else SIGTERM), then SIGKILL after `grace`; returns how it ended.
     pub fn stop(&self, key: &str, grace: Duration) -> Result<Option<ExitInfo>, ContainerError> {
         let info = self.get(key)?;
         let id = info.record.id.clone();
@@ -777,7 +798,10 @@ impl ContainerStore {
         }
         let state = running_state(&info)?;
         let path = self.paths(&id).dir;
-        state.init.signal(Signal::TERM).map_err(io_at(&path))?;
+        state
+            .init
+            .signal(info.record.stop_signal())
+            .map_err(io_at(&path))?;
         if !state.init.wait_exit(grace) {
             tracing::info!(container = %id, "did not stop within {grace:?}; killing");
             state.init.signal(Signal::KILL).map_err(io_at(&path))?;
@@ -785,6 +809,22 @@ impl ContainerStore {
         }
         state.shim.wait_exit(EXIT_RECORD_WAIT);
         Ok(self.get(&id)?.exit)
+    }
+
+    /// Moves the log directory of a container that has ended to `dest` (which must not exist
+    /// yet; on the data directory's filesystem), so its output outlives its removal. A running
+    /// container is refused.
+    pub fn take_logs(&self, key: &str, dest: &Path) -> Result<(), ContainerError> {
+        let info = self.get(key)?;
+        if info.status == Status::Running {
+            return Err(ContainerError::Running(info.record.display_name()));
+        }
+        if let Some(s) = &info.state {
+            // Its shim may still be writing the last lines and the exit record.
+            s.shim.wait_exit(EXIT_RECORD_WAIT);
+        }
+        let from = self.paths(&info.record.id).logs();
+        fs::rename(&from, dest).map_err(io_at(&from))
     }
 
     /// Removes a container: its libcontainer state, cgroup, directories and image lease.
@@ -1155,6 +1195,42 @@ mod tests {
             assert!(validate_cgroup_parent(bad).is_err(), "{bad}");
         }
         assert!(StoreOptions::default_cgroup_parent().starts_with("flotilla/"));
+    }
+
+    #[test]
+    fn a_container_is_asked_to_stop_with_its_images_stop_signal() {
+        let record = |stop: Option<&str>| ContainerRecord {
+            id: "0".repeat(32),
+            created_at: 0,
+            config: ContainerConfig::default(),
+            image: ImageUse {
+                name: String::new(),
+                digest: String::new(),
+                layers: Vec::new(),
+            },
+            image_process: ImageProcess::from_image_config(&match stop {
+                Some(s) => serde_json::json!({"config": {"StopSignal": s}}),
+                None => serde_json::json!({"config": {}}),
+            }),
+            cgroup_path: String::new(),
+            mounts: Vec::new(),
+            boot_id: None,
+        };
+        assert_eq!(record(Some("SIGUSR1")).stop_signal(), Signal::USR1);
+        assert_eq!(record(Some("QUIT")).stop_signal(), Signal::QUIT);
+        assert_eq!(record(Some("2")).stop_signal(), Signal::INT);
+        assert_eq!(record(None).stop_signal(), Signal::TERM);
+        assert_eq!(record(Some("")).stop_signal(), Signal::TERM);
+        assert_eq!(record(Some("SIGNOPE")).stop_signal(), Signal::TERM);
+        // A record written before StopSignal was kept reads as SIGTERM.
+        let mut old = serde_json::to_value(record(None)).expect("json");
+        assert!(old["image_process"].get("stop_signal").is_none());
+        old["image_process"]
+            .as_object_mut()
+            .expect("object")
+            .remove("stop_signal");
+        let old: ContainerRecord = serde_json::from_value(old).expect("old record");
+        assert_eq!(old.stop_signal(), Signal::TERM);
     }
 
     #[test]

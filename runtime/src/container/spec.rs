@@ -93,6 +93,10 @@ pub struct ImageProcess {
     pub user: Option<String>,
     /// `Volumes`: paths that get an anonymous volume, sorted.
     pub volumes: Vec<String>,
+    /// `StopSignal`, as written (`SIGUSR1`, `USR1`, `10`): what a stop asks the container
+    /// with before SIGKILL (see [`super::ContainerStore::stop`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_signal: Option<String>,
 }
 
 impl ImageProcess {
@@ -120,6 +124,7 @@ impl ImageProcess {
                 .as_object()
                 .map(|o| o.keys().cloned().collect())
                 .unwrap_or_default(),
+            stop_signal: text(&c["StopSignal"]),
         }
     }
 }

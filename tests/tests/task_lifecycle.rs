@@ -1,0 +1,392 @@
+//! A task's life on its node with real containers: slow operations on one task never hold up
+//! the others, stops go in reverse `dependsOn` order, and a container is asked to stop with
+//! its image's stop signal.
+
+use std::time::{Duration, Instant};
+
+use flotilla_api::tasks::TaskState;
+use flotilla_tests::cluster::{Agent, ControlPlane};
+use flotilla_tests::node::Node;
+use flotilla_tests::wait;
+
+/// Ignores SIGTERM: a stop waits out its whole `stopTimeout` (20 s), then SIGKILL.
+const STUBBORN: &str = r#"{
+  "family": "stubborn",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 20,
+    "command": ["sh", "-c", "trap '' TERM; while true; do sleep 0.2; done"]
+  }]
+}"#;
+
+/// Exits 0 at SIGTERM.
+const QUICK: &str = r#"{
+  "family": "quick",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 20,
+    "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2 & wait; done"]
+  }]
+}"#;
+
+/// An agent over `node`, enrolled with `cp` and in session.
+fn agent_in_session(cp: &ControlPlane, node: &Node) -> Agent {
+    let mut agent = Agent::for_node(node).with_run_args(&["--heartbeat", "5"]);
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    agent
+}
+
+fn wait_state(cp: &ControlPlane, id: &str, state: TaskState, timeout: Duration) {
+    wait(&format!("task {id} {state:?}"), timeout, || {
+        cp.task(id).state == state
+    });
+}
+
+#[test]
+fn a_task_waiting_out_its_stop_timeout_holds_up_nothing_else_on_its_node() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    cp.register(STUBBORN);
+    cp.register(QUICK);
+    let stubborn = cp.run_one("stubborn");
+    let quick = cp.run_one("quick");
+    wait_state(&cp, &stubborn, TaskState::Running, Duration::from_secs(30));
+    wait_state(&cp, &quick, TaskState::Running, Duration::from_secs(30));
+
+    // The stubborn task waits out its 20 s; meanwhile a new task starts at once…
+    let stopped_at = Instant::now();
+    cp.flotilla_ok(&["task", "stop", &stubborn]);
+    wait_state(&cp, &stubborn, TaskState::Stopping, Duration::from_secs(5));
+    let placed = Instant::now();
+    let new = cp.run_one("quick");
+    wait_state(&cp, &new, TaskState::Running, Duration::from_secs(3));
+    let to_run = placed.elapsed();
+    // …and another task's stop is not queued behind it.
+    let asked = Instant::now();
+    cp.flotilla_ok(&["task", "stop", &quick]);
+    wait_state(&cp, &quick, TaskState::Stopped, Duration::from_secs(4));
+    let to_stop = asked.elapsed();
+    assert_eq!(cp.task(&quick).containers[0].exit_code, Some(0));
+    assert_eq!(cp.task(&stubborn).state, TaskState::Stopping);
+    eprintln!("new task running in {to_run:?}, another stopped in {to_stop:?}, while one stops");
+
+    // The stubborn one ends by SIGKILL once its stopTimeout ran out, not before.
+    wait_state(&cp, &stubborn, TaskState::Stopped, Duration::from_secs(30));
+    let took = stopped_at.elapsed();
+    assert!(took >= Duration::from_secs(19), "{took:?}");
+    assert_eq!(cp.task(&stubborn).containers[0].exit_code, Some(137));
+
+    cp.flotilla_ok(&["task", "stop", &new]);
+    wait_state(&cp, &new, TaskState::Stopped, Duration::from_secs(10));
+    // Gone to the last directory before the agent is killed.
+    node.wait_for("the containers to go", Duration::from_secs(10), || {
+        node.leftover_state().is_empty()
+    });
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}
+
+/// `app` depends on `db`; both note in a host file when they are asked to stop and when they
+/// are done. `app` takes 2 s to shut down (or, `stubborn`, ignores SIGTERM).
+fn app_on_db(family: &str, order: &std::path::Path, stubborn: bool) -> String {
+    let app = if stubborn {
+        "trap 'echo app-term >> /out/order' TERM; while true; do sleep 0.2; done"
+    } else {
+        "trap 'echo app-term >> /out/order; sleep 2; echo app-exit >> /out/order; exit 0' TERM; \
+         while true; do sleep 0.2 & wait; done"
+    };
+    serde_json::json!({
+        "family": family,
+        "networkMode": "none",
+        "volumes": [{"name": "out", "host": {"sourcePath": order}}],
+        "containerDefinitions": [
+            {"name": "db", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 10,
+             "mountPoints": [{"sourceVolume": "out", "containerPath": "/out"}],
+             "command": ["sh", "-c", "trap 'echo db-term >> /out/order; exit 0' TERM; echo db-up >> /out/order; while true; do sleep 0.2 & wait; done"]},
+            {"name": "app", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 3,
+             "dependsOn": [{"containerName": "db", "condition": "START"}],
+             "mountPoints": [{"sourceVolume": "out", "containerPath": "/out"}],
+             "command": ["sh", "-c", format!("echo app-up >> /out/order; {app}")]}
+        ]
+    })
+    .to_string()
+}
+
+#[test]
+fn a_task_stops_its_dependents_first_each_within_its_stop_timeout() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    for (family, stubborn) in [("polite", false), ("stubborn", true)] {
+        let dir = node.bind_roots[0].join(family);
+        std::fs::create_dir_all(&dir).expect("host dir");
+        let order = dir.join("order");
+        cp.register(&app_on_db(family, &dir, stubborn));
+        let id = cp.run_one(family);
+        wait(
+            &format!("{family}: both up"),
+            Duration::from_secs(30),
+            || std::fs::read_to_string(&order).is_ok_and(|s| s.contains("app-up")),
+        );
+        wait_state(&cp, &id, TaskState::Running, Duration::from_secs(10));
+        let asked = Instant::now();
+        cp.flotilla_ok(&["task", "stop", &id]);
+        wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(30));
+        let took = asked.elapsed();
+        let lines = std::fs::read_to_string(&order).expect("order");
+        let t = cp.task(&id);
+        let code = |name: &str| {
+            t.containers
+                .iter()
+                .find(|c| c.name == name)
+                .and_then(|c| c.exit_code)
+        };
+        eprintln!("{family}: stopped in {took:?}: {lines:?}");
+        if stubborn {
+            // app had its 3 s and was killed; only then was db asked, and it ended on its own.
+            assert_eq!(lines, "db-up\napp-up\napp-term\ndb-term\n");
+            assert_eq!((code("app"), code("db")), (Some(137), Some(0)));
+            assert!(took >= Duration::from_secs(3), "{took:?}");
+        } else {
+            // db is asked only once app has finished its own shutdown.
+            assert_eq!(lines, "db-up\napp-up\napp-term\napp-exit\ndb-term\n");
+            assert_eq!((code("app"), code("db")), (Some(0), Some(0)));
+        }
+    }
+    node.wait_for("the containers to go", Duration::from_secs(10), || {
+        node.leftover_state().is_empty()
+    });
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}
+
+/// Imports into `node` an image `name` of busybox whose configuration says `StopSignal:
+/// stop` and whose command leaves on SIGUSR1 with 0 and on SIGTERM with 5 — unless `stop`
+/// asks for SIGUSR1, then it ignores SIGTERM.
+fn import_stop_signal_image(node: &Node, name: &str, stop: &str) {
+    use flotilla_tests::image::{busybox_image, write_layout_with};
+    let mut spec = busybox_image(flotilla_tests::host_arch());
+    let term = if stop.contains("USR1") || stop == "10" {
+        "''"
+    } else {
+        "'exit 5'"
+    };
+    spec.cmd = vec![
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "trap 'exit 0' USR1; trap {term} TERM; echo up; while true; do sleep 0.2 & wait; done"
+        ),
+    ];
+    let layout = node.scratch().join(name.replace([':', '/'], "-"));
+    write_layout_with(&layout, "", &spec, &serde_json::json!({"StopSignal": stop}))
+        .expect("layout");
+    node.ctr_ok(&[
+        "image",
+        "import",
+        layout.to_str().expect("utf8"),
+        "--name",
+        name,
+    ]);
+}
+
+#[test]
+fn a_container_is_asked_to_stop_with_its_images_stop_signal() {
+    let node = Node::new();
+    // By name and by number: the trap runs at once and the container exits 0, well within
+    // the 20 s it would otherwise wait before SIGKILL.
+    for (n, (image, stop)) in [("stop/usr1:1", "SIGUSR1"), ("stop/ten:1", "10")]
+        .into_iter()
+        .enumerate()
+    {
+        import_stop_signal_image(&node, image, stop);
+        let name = format!("sig-{n}");
+        node.ctr_ok(&["run", "-d", "--name", &name, image]);
+        node.wait_for("it to run", Duration::from_secs(10), || {
+            node.ctr_ok(&["logs", &name]).contains("up")
+        });
+        let t = Instant::now();
+        let out = node.ctr_ok(&["stop", "-t", "20", &name]);
+        let took = t.elapsed();
+        eprintln!("ctr stop ({stop}): {took:?}: {}", out.trim());
+        assert!(took < Duration::from_secs(3), "{stop}: {took:?}");
+        assert_eq!(node.inspect(&name).exit.map(|e| e.exit_code), Some(0));
+        node.ctr_ok(&["rm", &name]);
+    }
+    // A StopSignal that names no signal is warned about when the container is made, naming
+    // the image and the value, and SIGTERM is used.
+    import_stop_signal_image(&node, "stop/bogus:1", "SIGNOPE");
+    let out = node.ctr(&["run", "-d", "--name", "bogus", "stop/bogus:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("stop/bogus:1") && err.contains("unknown signal 'SIGNOPE'"),
+        "{err}"
+    );
+    node.wait_for("it to run", Duration::from_secs(10), || {
+        node.ctr_ok(&["logs", "bogus"]).contains("up")
+    });
+    node.ctr_ok(&["stop", "-t", "20", "bogus"]);
+    assert_eq!(node.inspect("bogus").exit.map(|e| e.exit_code), Some(5));
+    node.ctr_ok(&["rm", "bogus"]);
+
+    // The same through a task: its stop is the image's signal, then its stopTimeout.
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    cp.register(
+        r#"{"family": "usr1", "networkMode": "none", "containerDefinitions": [
+            {"name": "main", "image": "stop/usr1:1", "memory": 32, "stopTimeout": 20}]}"#,
+    );
+    let id = cp.run_one("usr1");
+    wait_state(&cp, &id, TaskState::Running, Duration::from_secs(30));
+    node.wait_for("it to run", Duration::from_secs(10), || {
+        node.ctr_ok(&["logs", &format!("{id}-0")]).contains("up")
+    });
+    let t = Instant::now();
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(30));
+    let took = t.elapsed();
+    eprintln!("task stop (SIGUSR1): {took:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(cp.task(&id).containers[0].exit_code, Some(0));
+    node.wait_for("the containers to go", Duration::from_secs(10), || {
+        node.leftover_state().is_empty()
+    });
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}
+
+/// Prints nothing for 12 s, then one line, then nothing.
+const QUIET: &str = r#"{
+  "family": "quiet",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 12 & wait; echo late; while true; do sleep 0.2 & wait; done"]
+  }]
+}"#;
+
+#[test]
+fn a_follower_of_a_quiet_task_waits_for_its_first_line_and_daemon_logs_are_plain_text() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    cp.register(QUIET);
+    let id = cp.run_one("quiet");
+    wait_state(&cp, &id, TaskState::Running, Duration::from_secs(30));
+    // Not following: nothing yet, at once.
+    let t = Instant::now();
+    assert_eq!(cp.flotilla_ok(&["logs", &id]), "");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // Following: it waits past the control plane's 10 s for the node's answer and gets the
+    // line printed after 12 s.
+    let mut follow = Command::new(flotilla_tests::bin("flotilla"))
+        .arg("--config")
+        .arg(&cp.admin)
+        .args(["logs", &id, "-f"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("flotilla logs -f");
+    let mut lines = BufReader::new(follow.stdout.take().expect("stdout")).lines();
+    let first = lines.next().map(|l| l.expect("utf8"));
+    if first.as_deref() != Some("late") {
+        let _ = follow.kill();
+        let out = follow.wait_with_output().expect("wait");
+        panic!(
+            "logs -f gave {first:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait(
+        "logs -f to end with the task",
+        Duration::from_secs(20),
+        || follow.try_wait().expect("wait").is_some(),
+    );
+    assert!(follow.wait().expect("wait").success());
+
+    // The daemons write their logs into files (as `flotilla dev` runs them): no colour codes.
+    agent.kill();
+    for (daemon, log) in [("orchestratord", cp.log()), ("nodeagent", agent.log())] {
+        assert!(!log.is_empty(), "{daemon} logged nothing");
+        assert!(!log.contains('\x1b'), "{daemon}'s log has escapes:\n{log}");
+    }
+    node.remove_all();
+    node.assert_clean();
+}
+
+/// Says something on each stream and ends: its essential container exits 3.
+const CRASHING: &str = r#"{
+  "family": "crashing",
+  "networkMode": "none",
+  "containerDefinitions": [
+    {"name": "side", "image": "test/busybox:latest", "memory": 32, "essential": false, "stopTimeout": 2,
+     "command": ["sh", "-c", "echo side was here; trap 'exit 0' TERM; while true; do sleep 0.2 & wait; done"]},
+    {"name": "main", "image": "test/busybox:latest", "memory": 32,
+     "command": ["sh", "-c", "echo starting; sleep 1; echo cannot reach the database >&2; exit 3"]}
+  ]
+}"#;
+
+#[test]
+fn a_stopped_tasks_logs_are_read_after_its_containers_are_removed() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    cp.register(CRASHING);
+    let id = cp.run_one("crashing");
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(30));
+    node.wait_for(
+        "its containers to be removed",
+        Duration::from_secs(10),
+        || node.ps().is_empty(),
+    );
+    // Each line on its stream, under its container's name, as while it ran.
+    let o = cp.flotilla(&["logs", &id]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{stderr}");
+    // (in the order they were written: the two containers start together)
+    let mut out: Vec<&str> = stdout.lines().collect();
+    out.sort();
+    assert_eq!(out, ["main | starting", "side | side was here"], "{stdout}");
+    assert_eq!(stderr, "main | cannot reach the database\n");
+    // One container by name, the last line; following ends at once (nothing runs).
+    let o = cp.flotilla(&["logs", &id, "-c", "main", "--tail", "1", "-f"]);
+    assert!(o.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&o.stderr),
+        "cannot reach the database\n"
+    );
+    let o = cp.flotilla(&["logs", &id, "-c", "nope"]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("no container 'nope' (it has side, main)"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // An agent restart keeps them (they are files, not memory).
+    agent.kill();
+    agent.run();
+    agent.wait_log("session established", 2, Duration::from_secs(30));
+    assert_eq!(
+        cp.flotilla_ok(&["logs", &id, "-c", "side"]),
+        "side was here\n"
+    );
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}

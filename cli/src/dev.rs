@@ -300,11 +300,23 @@ impl Interrupt {
 
     fn check(&self) -> Result<()> {
         if self.interrupted() {
-            bail!("interrupted");
+            return Err(Interrupted.into());
         }
         Ok(())
     }
 }
+
+/// Starting stopped because a signal asked to stop.
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 /// What `flotilla dev` started, stopped in reverse order whatever happens.
 #[derive(Default)]
@@ -355,7 +367,11 @@ impl Running {
         // Also when the removal failed: say exactly what is left.
         let left = node.leftovers();
         if !left.is_empty() {
-            let mut text = format!("left behind ({}):", count(left.len(), "thing"));
+            let mut text = format!(
+                "stopped, but {} {} left behind (each with the command that removes it):",
+                count(left.len(), "thing"),
+                if left.len() == 1 { "is" } else { "are" }
+            );
             for l in &left {
                 text.push_str("\n  ");
                 text.push_str(l);
@@ -470,6 +486,10 @@ pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
                 }
             }
         },
+        Err(e) if e.is::<Interrupted>() => {
+            say!("interrupted while starting");
+            None
+        }
         Err(e) if interrupt.interrupted() => {
             say!("interrupted while starting ({e:#})");
             None
@@ -740,17 +760,19 @@ async fn drain(
         }
         if start.elapsed() > grace {
             say!(
-                "{} not stopped after {} s: killing them",
+                "{} not stopped after {} s: killing {}",
                 count(left.len(), "container"),
-                grace.as_secs()
+                grace.as_secs(),
+                if left.len() == 1 { "it" } else { "them" }
             );
             return Ok(());
         }
         if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
             let more = grace.saturating_sub(start.elapsed()).as_secs();
             say!(
-                "waiting for {} to stop (at most {more} s more; Ctrl-C again to kill them now)",
-                count(left.len(), "container")
+                "waiting for {} to stop (at most {more} s more; Ctrl-C again to kill {} now)",
+                count(left.len(), "container"),
+                if left.len() == 1 { "it" } else { "them" }
             );
             told = Some(Instant::now());
         }

@@ -422,3 +422,83 @@ fn kill_pid_stops_a_bridge_task_and_leaves_nothing() {
     dev.assert_nothing_left();
     eprintln!("kill PID: everything gone {took:?} after it");
 }
+
+#[test]
+fn closing_the_terminal_while_it_stops_still_leaves_nothing() {
+    let _serial = serial();
+    let dev = DevInTerminal::start(Typed::Alone);
+    dev.run_bridge_task(5);
+    dev.term.ctrl_c();
+    dev.term.wait_for("waiting for", Duration::from_secs(10));
+    // Impatient: the window is closed mid-way; nobody sees the rest, it finishes anyway.
+    dev.term.close();
+    let took = dev.wait_gone(Duration::from_secs(30));
+    dev.assert_nothing_left();
+    eprintln!("Ctrl-C, then the terminal closed: everything gone {took:?} after it");
+}
+
+#[test]
+fn ctrl_c_in_a_terminal_while_it_starts_leaves_nothing() {
+    let _serial = serial();
+    let node = Node::bare();
+    let before = HostNetwork::now();
+    let _reaper = Reaper {
+        scratch: node.scratch().to_path_buf(),
+        cgroup_parent: node.cgroup_parent.clone(),
+    };
+    let term = Terminal::open();
+    term.type_line(&format!(
+        "HOME={} {} dev --data-dir {} --port {} --cgroup-parent {}",
+        node.scratch().display(),
+        flotilla_tests::bin("flotilla").display(),
+        node.scratch().display(),
+        free_port(),
+        node.cgroup_parent
+    ));
+    // While the control plane comes up and the node joins.
+    std::thread::sleep(Duration::from_millis(400));
+    term.ctrl_c();
+    let screen = term.wait_for("stopped: ", Duration::from_secs(30));
+    assert!(screen.contains(ALL_GONE), "{screen}");
+    let left: Vec<String> = cluster_processes(node.scratch(), &node.cgroup_parent)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    assert_eq!(left, Vec::<String>::new(), "processes left");
+    assert!(node.ps().is_empty(), "containers left: {:?}", node.ps());
+    node.assert_clean();
+    assert_eq!(HostNetwork::now(), before, "network state left");
+}
+
+#[test]
+fn what_is_left_behind_is_named_with_how_to_remove_it() {
+    let _serial = serial();
+    let dev = DevInTerminal::start(Typed::Alone);
+    // Something no stop can remove: a mount below the node's data directory, not of the node.
+    let stray = dev.node.data.join("stray");
+    std::fs::create_dir_all(&stray).expect("mkdir");
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "stray"])
+        .arg(&stray)
+        .status()
+        .expect("mount");
+    assert!(status.success());
+    dev.term.ctrl_c();
+    dev.wait_gone(Duration::from_secs(30));
+    dev.term.type_line("echo exit=$?");
+    let screen = dev.term.wait_for("exit=", Duration::from_secs(5));
+    let stray = stray.display();
+    assert!(
+        screen.contains("1 thing is left behind")
+            && screen.contains(&format!("mount {stray}: umount -l {stray}"))
+            && screen.contains("exit=1"),
+        "{screen}"
+    );
+    assert!(!screen.contains(ALL_GONE), "{screen}");
+    let status = Command::new("umount")
+        .arg(stray.to_string())
+        .status()
+        .expect("umount");
+    assert!(status.success());
+    dev.assert_nothing_left();
+}

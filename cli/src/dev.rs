@@ -339,11 +339,14 @@ impl Running {
     /// drained, so no service replaces the tasks meanwhile; what the agent could not stop in
     /// time (or at all) is removed on the node directly once it is stopped.
     async fn shutdown(&mut self, interrupt: &Interrupt, node: &NodeCommands<'_>) -> Result<()> {
-        let mut drained = Err(anyhow::anyhow!("the node agent was not running"));
         if let (Some(api), Some(node_id), Some(agent)) = (&self.api, &self.node_id, &mut self.agent)
         {
-            if agent.check().is_ok() {
-                drained = drain(api, node_id, interrupt, node).await;
+            let drained = match agent.check() {
+                Ok(()) => drain(api, node_id, agent, interrupt, node).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = drained {
+                say!("{e:#}");
             }
         }
         let grace = if interrupt.hurried() { 2 } else { 10 };
@@ -359,10 +362,8 @@ impl Running {
             return Ok(());
         }
         // Also after a clean drain: the agent may have been stopped before it removed the
-        // last task's network, the bridge or the nftables table.
-        if let Err(e) = drained {
-            say!("{e:#}: removing what is left on the node directly");
-        }
+        // last task's network, the bridge or the nftables table; and after a failed one, what
+        // the agent did not stop is killed here.
         let removed = remove_left(node);
         // Also when the removal failed: say exactly what is left.
         let left = node.leftovers();
@@ -746,6 +747,7 @@ const DEFAULT_STOP_TIMEOUT: u32 = 30;
 async fn drain(
     api: &Client,
     node_id: &str,
+    agent: &mut Daemon,
     interrupt: &Interrupt,
     node: &NodeCommands<'_>,
 ) -> Result<()> {
@@ -758,6 +760,8 @@ async fn drain(
         if left.is_empty() || interrupt.hurried() {
             return Ok(());
         }
+        // Nothing would stop them any more.
+        agent.check()?;
         if start.elapsed() > grace {
             say!(
                 "{} not stopped after {} s: killing {}",

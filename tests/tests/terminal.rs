@@ -62,6 +62,8 @@ impl Terminal {
 
     fn tmux(&self, args: &[&str]) -> Output {
         let o = Command::new("tmux")
+            // Also when the tests themselves run inside tmux.
+            .env_remove("TMUX")
             .args(["-L", &self.socket])
             .args(args)
             .output()

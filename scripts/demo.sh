@@ -2,7 +2,8 @@
 # The first set-up command: installs the Debian packages Flotilla needs, builds it, and runs a
 # whole cluster on this machine in the foreground (`flotilla dev`): a control plane, this node
 # enrolled with a join token, a demo image built from busybox-static and a demo task. It prints
-# what to type next; Ctrl-C stops everything. Run as root. Arguments go to `flotilla dev`.
+# what to type next; Ctrl-C (or closing the terminal) stops everything and removes its containers,
+# a second Ctrl-C without waiting for them. Run as root. Arguments go to `flotilla dev`.
 set -eu
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh

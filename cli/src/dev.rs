@@ -3,15 +3,20 @@
 //! the same token flow a real node uses, imports a demo image built from the host's static
 //! busybox, runs a demo task and says what to type next. Ctrl-C (or a closed terminal, or
 //! SIGTERM) drains the node — its tasks are stopped and their containers removed, and no service
-//! replaces them — then stops the agent and the control plane. The daemons run in their own
-//! process group, so the terminal's signals reach only `flotilla dev`, which stops them in that
-//! order. The data directory is kept: running it again reuses the cluster and takes the node
-//! back into service.
+//! replaces them — then stops the agent and the control plane. The containers get as long as
+//! their `stopTimeout`s take (bounded: see [`stop_grace`]); a second Ctrl-C (or SIGTERM) kills
+//! them at once. Whatever happens, what the agent did not remove is removed on the node directly, and
+//! the last line says that nothing is left or exactly what is and how to remove it. The daemons
+//! and every command it runs are in process groups of their own, so the terminal's signals reach
+//! only `flotilla dev`, which stops them in that order, and no cleanup step is cut short. The
+//! data directory is kept: running it again reuses the cluster and takes the node back into
+//! service.
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -90,16 +95,42 @@ impl Daemon {
         Ok(())
     }
 
-    /// SIGTERM, then SIGKILL after `grace`.
-    fn stop(&mut self, grace: Duration) {
-        if let Ok(Some(_)) = self.child.try_wait() {
+    /// SIGTERM, then SIGKILL after `grace`, without holding up the runtime (a signal that
+    /// comes meanwhile is answered at once).
+    async fn stop(&mut self, grace: Duration) {
+        if !self.terminate() {
             return;
+        }
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM; false when it had already exited.
+    fn terminate(&mut self) -> bool {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return false;
         }
         if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         }
+        true
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if !self.terminate() {
+            return;
+        }
         let start = Instant::now();
-        while start.elapsed() < grace {
+        while start.elapsed() < Duration::from_secs(5) {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
             }
@@ -107,12 +138,6 @@ impl Daemon {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        self.stop(Duration::from_secs(5));
     }
 }
 
@@ -205,52 +230,93 @@ fn operator_config(dev_admin: &Path, given: Option<PathBuf>) -> Result<Option<Pa
     }
 }
 
-/// Prints a line for the person at the terminal; a terminal that went away (hang-up) is no
-/// reason to stop shutting down.
+/// Prints a line for the person at the terminal. When standard output is gone — a pipe whose
+/// reader died with the same Ctrl-C (`flotilla dev | tee log`) — the line goes to standard
+/// error (still the terminal); a terminal that went away (hang-up) is no reason to stop
+/// shutting down.
 macro_rules! say {
     ($($arg:tt)*) => {{
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        let line = format!($($arg)*);
+        if writeln!(std::io::stdout(), "{line}").is_err() {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
     }};
 }
 
 /// Ctrl-C, a closed terminal (SIGHUP) or SIGTERM, caught from the start so that none ever
-/// leaves half a cluster behind.
+/// leaves half a cluster behind; a second Ctrl-C or SIGTERM asks to hurry: containers are
+/// killed instead of waited for. A hang-up never hurries (one closed terminal can deliver it
+/// more than once: to the job, from the shell, when the session leader exits).
 struct Interrupt {
-    flag: std::sync::atomic::AtomicBool,
+    /// Signals received that ask to stop.
+    received: AtomicUsize,
+    /// A second Ctrl-C or SIGTERM came.
+    hurry: AtomicBool,
     notify: tokio::sync::Notify,
 }
 
 impl Interrupt {
     fn install() -> Result<std::sync::Arc<Self>> {
         use tokio::signal::unix::{signal, SignalKind};
-        // Handlers are in place once these return.
+        // Handlers are in place once these return, and stay: no signal ends this process
+        // before it has stopped what it started.
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let me = std::sync::Arc::new(Self {
-            flag: false.into(),
+            received: 0.into(),
+            hurry: false.into(),
             notify: tokio::sync::Notify::new(),
         });
         let m = me.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-                _ = hup.recv() => {}
+            loop {
+                let again = tokio::select! {
+                    _ = int.recv() => Some("Ctrl-C"),
+                    _ = term.recv() => Some("SIGTERM"),
+                    _ = hup.recv() => None,
+                };
+                let earlier = m.received.fetch_add(1, Ordering::SeqCst);
+                if let (Some(what), true) = (again, earlier > 0) {
+                    if m.hurry.swap(true, Ordering::SeqCst) {
+                        say!("{what} again: already stopping as fast as it can; it ends by itself, leaving nothing half-removed");
+                    } else {
+                        say!("{what} again: killing the containers now instead of waiting for them to stop");
+                    }
+                }
+                m.notify.notify_waiters();
             }
-            m.flag.store(true, std::sync::atomic::Ordering::SeqCst);
-            m.notify.notify_waiters();
         });
         Ok(me)
     }
 
+    fn interrupted(&self) -> bool {
+        self.received.load(Ordering::SeqCst) > 0
+    }
+
+    fn hurried(&self) -> bool {
+        self.hurry.load(Ordering::SeqCst)
+    }
+
     fn check(&self) -> Result<()> {
-        if self.flag.load(std::sync::atomic::Ordering::SeqCst) {
-            bail!("interrupted");
+        if self.interrupted() {
+            return Err(Interrupted.into());
         }
         Ok(())
     }
 }
+
+/// Starting stopped because a signal asked to stop.
+#[derive(Debug)]
+struct Interrupted;
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("interrupted")
+    }
+}
+
+impl std::error::Error for Interrupted {}
 
 /// What `flotilla dev` started, stopped in reverse order whatever happens.
 #[derive(Default)]
@@ -270,31 +336,126 @@ impl Running {
     }
 
     /// Tasks (their containers removed), then the agent, then the control plane. The node is
-    /// drained, so no service replaces the tasks meanwhile; what the agent could not stop is
-    /// removed on the node directly once it is stopped.
-    async fn shutdown(&mut self, node_cmd: &dyn Fn(&[&str]) -> Command) -> Result<()> {
-        let mut drained = Err(anyhow::anyhow!("the node agent was not running"));
-        if let (Some(api), Some(node), Some(agent)) = (&self.api, &self.node_id, &mut self.agent) {
-            if agent.check().is_ok() {
-                drained = drain(api, node, node_cmd).await;
+    /// drained, so no service replaces the tasks meanwhile; what the agent could not stop in
+    /// time (or at all) is removed on the node directly once it is stopped.
+    async fn shutdown(&mut self, interrupt: &Interrupt, node: &NodeCommands<'_>) -> Result<()> {
+        if let (Some(api), Some(node_id), Some(agent)) = (&self.api, &self.node_id, &mut self.agent)
+        {
+            let drained = match agent.check() {
+                Ok(()) => drain(api, node_id, agent, interrupt, node).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = drained {
+                say!("{e:#}");
             }
         }
+        let grace = if interrupt.hurried() { 2 } else { 10 };
         if let Some(a) = &mut self.agent {
-            a.stop(Duration::from_secs(10));
+            say!("stopping the node agent");
+            a.stop(Duration::from_secs(grace)).await;
         }
         if let Some(c) = &mut self.cp {
-            c.stop(Duration::from_secs(10));
+            say!("stopping the control plane");
+            c.stop(Duration::from_secs(grace)).await;
         }
         if self.agent.is_none() {
             return Ok(());
         }
-        match drained {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                say!("{e:#}; removing what is left on the node");
-                remove_left(node_cmd)
+        // Also after a clean drain: the agent may have been stopped before it removed the
+        // last task's network, the bridge or the nftables table; and after a failed one, what
+        // the agent did not stop is killed here.
+        let removed = remove_left(node);
+        // Also when the removal failed: say exactly what is left.
+        let left = node.leftovers();
+        if !left.is_empty() {
+            let mut text = format!(
+                "stopped, but {} {} left behind (each with the command that removes it):",
+                count(left.len(), "thing"),
+                if left.len() == 1 { "is" } else { "are" }
+            );
+            for l in &left {
+                text.push_str("\n  ");
+                text.push_str(l);
+            }
+            bail!("{text}");
+        }
+        removed
+    }
+}
+
+/// The node's commands and where its things live, to stop it and check what is left.
+struct NodeCommands<'a> {
+    nodeagent: &'a Path,
+    data_dir: &'a Path,
+    cgroup_parent: &'a str,
+}
+
+impl NodeCommands<'_> {
+    /// `nodeagent --data-dir … --cgroup-parent … ARGS`, in a process group of its own: a
+    /// second Ctrl-C reaches `flotilla dev` only, never a removal half done.
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(self.nodeagent);
+        c.arg("--data-dir")
+            .arg(self.data_dir.join("node"))
+            .arg("--cgroup-parent")
+            .arg(self.cgroup_parent)
+            .args(args)
+            .stdin(Stdio::null())
+            .process_group(0);
+        c
+    }
+
+    /// How a person types `nodeagent … ctr ARGS` for this node.
+    fn typed(&self, args: &str) -> String {
+        format!(
+            "{} --data-dir {} --cgroup-parent {} ctr {args}",
+            self.nodeagent.display(),
+            self.data_dir.join("node").display(),
+            self.cgroup_parent
+        )
+    }
+
+    /// What of the cluster is still there, each with how to remove it: processes naming the
+    /// data directory or in the node's cgroup parent (daemons, shims, containers' processes),
+    /// containers, and mounts below the data directory.
+    fn leftovers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let data = self.data_dir.display().to_string();
+        let cgroup = format!(":/{}/", self.cgroup_parent.trim_matches('/'));
+        let me = std::process::id().to_string();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let pid = e.file_name().to_string_lossy().into_owned();
+            if !pid.bytes().all(|b| b.is_ascii_digit()) || pid == me {
+                continue;
+            }
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            let cg = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
+            // Ours, not a person's `tail -f` of a log in the data directory.
+            let exe = std::fs::read_link(e.path().join("exe")).unwrap_or_default();
+            let ours = exe.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                ["orchestratord", "nodeagent", "flotilla-shim", "flotilla"].contains(&n)
+            });
+            if (ours && cmd.contains(&data)) || cg.contains(&cgroup) {
+                out.push(format!("process {pid} ({}): kill -9 {pid}", cmd.trim_end()));
             }
         }
+        match containers(self) {
+            Ok(ids) if !ids.is_empty() => out.push(format!(
+                "{}: {}",
+                count(ids.len(), "container"),
+                self.typed(&format!("rm -f {}", ids.join(" ")))
+            )),
+            Ok(_) => {}
+            Err(e) => out.push(format!("{e:#}")),
+        }
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for m in info.lines().filter_map(|l| l.split_whitespace().nth(4)) {
+            if m.starts_with(&data) {
+                out.push(format!("mount {m}: umount -l {m}"));
+            }
+        }
+        out
     }
 }
 
@@ -305,24 +466,19 @@ pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
     }
     let interrupt = Interrupt::install()?;
     let nodeagent = sibling("nodeagent")?;
-    let node_dir = args.data_dir.join("node");
-    let node_cmd = |extra: &[&str]| {
-        let mut c = Command::new(&nodeagent);
-        c.arg("--data-dir")
-            .arg(&node_dir)
-            .arg("--cgroup-parent")
-            .arg(&args.cgroup_parent)
-            .args(extra);
-        c
+    let node = NodeCommands {
+        nodeagent: &nodeagent,
+        data_dir: &args.data_dir,
+        cgroup_parent: &args.cgroup_parent,
     };
     let mut up = Running::default();
-    let failure = match start(&args, config, &interrupt, &mut up, &node_cmd).await {
+    let failure = match start(&args, config, &interrupt, &mut up, &node).await {
         // Until Ctrl-C, SIGTERM, or a daemon dying.
         Ok(()) => loop {
             tokio::select! {
                 _ = interrupt.notify.notified() => break None,
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                    if interrupt.check().is_err() {
+                    if interrupt.interrupted() {
                         break None;
                     }
                     if let Err(e) = up.check() {
@@ -331,19 +487,27 @@ pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
                 }
             }
         },
-        Err(e) if interrupt.check().is_err() => {
+        Err(e) if e.is::<Interrupted>() => {
+            say!("interrupted while starting");
+            None
+        }
+        Err(e) if interrupt.interrupted() => {
             say!("interrupted while starting ({e:#})");
             None
         }
         Err(e) => Some(e),
     };
-    say!("stopping: tasks, then the node agent, then the control plane");
-    let stopped = up.shutdown(&node_cmd).await;
+    say!("stopping: the node's tasks, then the node agent, then the control plane (Ctrl-C again to kill the containers at once)");
+    let stopped = up.shutdown(&interrupt, &node).await;
     match (failure, stopped) {
-        (Some(e), _) => Err(e),
+        (Some(e), Err(left)) => Err(e.context(format!("{left:#}"))),
+        (Some(e), Ok(())) => Err(e),
         (None, Err(e)) => Err(e),
         (None, Ok(())) => {
-            say!("stopped; no container left running");
+            say!(
+                "stopped: nothing of the dev cluster is left running (no process, container, mount or task network); data kept in {} for the next run",
+                args.data_dir.display()
+            );
             Ok(())
         }
     }
@@ -355,7 +519,7 @@ async fn start(
     config: Option<PathBuf>,
     interrupt: &Interrupt,
     up: &mut Running,
-    node_cmd: &dyn Fn(&[&str]) -> Command,
+    node: &NodeCommands<'_>,
 ) -> Result<()> {
     let orchestratord = sibling("orchestratord")?;
     let nodeagent = sibling("nodeagent")?;
@@ -373,6 +537,8 @@ async fn start(
             .args(["init", "--cluster", "dev", "--port", &args.port.to_string()])
             .arg("--admin-config")
             .arg(&admin)
+            .stdin(Stdio::null())
+            .process_group(0)
             .output()
             .context("running orchestratord init")?;
         if !out.status.success() {
@@ -419,6 +585,8 @@ async fn start(
             .arg("--data-dir")
             .arg(&node_dir)
             .args(["join", &listen, "--token", &t.token])
+            .stdin(Stdio::null())
+            .process_group(0)
             .output()
             .context("running nodeagent join")?;
         if !out.status.success() {
@@ -429,7 +597,7 @@ async fn start(
         }
     }
     let node_id = Credential::load(&identity)?.name;
-    let mut agent_cmd = node_cmd(&["run"]);
+    let mut agent_cmd = node.cmd(&["run"]);
     agent_cmd.env("NODEAGENT_LOG", "info");
     up.agent = Some(Daemon::spawn(
         "nodeagent",
@@ -439,9 +607,13 @@ async fn start(
     up.node_id = Some(node_id.clone());
 
     // The demo image, built from the host's busybox-static, once.
-    let have = node_cmd(&["ctr", "image", "inspect", DEMO_IMAGE]).output()?;
+    let have = node
+        .cmd(&["ctr", "image", "inspect", DEMO_IMAGE])
+        .output()?;
     if !have.status.success() {
-        let out = node_cmd(&["ctr", "image", "import-busybox", "--name", DEMO_IMAGE]).output()?;
+        let out = node
+            .cmd(&["ctr", "image", "import-busybox", "--name", DEMO_IMAGE])
+            .output()?;
         if !out.status.success() {
             bail!(
                 "importing the demo image: {}",
@@ -521,13 +693,13 @@ async fn start(
     say!("  {me}{flag} logs {demo} -f");
     say!("  {me}{flag} node ls");
     say!("  {me}{flag} taskdef register my-task.json && {me}{flag} task run my-task");
-    say!("Ctrl-C stops the cluster and its containers; the data stays for the next run.");
+    say!("Ctrl-C (or closing this terminal) stops the cluster and removes its containers; a second Ctrl-C kills them without waiting; the data stays for the next run.");
     Ok(())
 }
 
 /// The containers on the node (`nodeagent ctr ps -a -q`).
-fn containers(node_cmd: &dyn Fn(&[&str]) -> Command) -> Result<Vec<String>> {
-    let out = node_cmd(&["ctr", "ps", "-a", "-q"]).output()?;
+fn containers(node: &NodeCommands) -> Result<Vec<String>> {
+    let out = node.cmd(&["ctr", "ps", "-a", "-q"]).output()?;
     if !out.status.success() {
         bail!(
             "listing the node's containers: {}",
@@ -540,51 +712,104 @@ fn containers(node_cmd: &dyn Fn(&[&str]) -> Command) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Time the node's tasks get to stop: each task its containers' longest `stopTimeout`
+/// (SIGTERM, then SIGKILL), one task after another as the node may stop them, plus 10 s for the
+/// node to remove them; at most 5 minutes.
+async fn stop_grace(api: &Client, node_id: &str) -> Duration {
+    let Ok(tasks) = api.tasks().await else {
+        return Duration::from_secs(u64::from(DEFAULT_STOP_TIMEOUT) + 10);
+    };
+    let mut total = 0u64;
+    for t in tasks.iter().filter(|t| {
+        t.node.as_deref() == Some(node_id) && t.state != flotilla_api::tasks::TaskState::Stopped
+    }) {
+        let longest = match api.taskdef(&t.task_definition).await {
+            Ok(def) => def
+                .task_definition
+                .container_definitions
+                .iter()
+                .map(|c| c.stop_timeout.unwrap_or(DEFAULT_STOP_TIMEOUT))
+                .max()
+                .unwrap_or(0),
+            Err(_) => DEFAULT_STOP_TIMEOUT,
+        };
+        total += u64::from(longest);
+    }
+    Duration::from_secs((total + 10).min(300))
+}
+
+/// ECS's `stopTimeout` when a container sets none.
+const DEFAULT_STOP_TIMEOUT: u32 = 30;
+
 /// Drains the node (its tasks stopped, nothing placed on it, so no service replaces them) and
-/// waits until its containers are gone.
-async fn drain(api: &Client, node_id: &str, node_cmd: &dyn Fn(&[&str]) -> Command) -> Result<()> {
+/// waits until its containers are gone: at most [`stop_grace`], not at all once asked to hurry.
+/// What is still there then is left to [`remove_left`]; an error means the drain itself failed.
+async fn drain(
+    api: &Client,
+    node_id: &str,
+    agent: &mut Daemon,
+    interrupt: &Interrupt,
+    node: &NodeCommands<'_>,
+) -> Result<()> {
     api.drain_node(node_id).await.context("draining the node")?;
+    let grace = stop_grace(api, node_id).await;
     let start = Instant::now();
+    let mut told = None::<Instant>;
     loop {
-        let left = containers(node_cmd)?;
-        if left.is_empty() {
+        let left = containers(node)?;
+        if left.is_empty() || interrupt.hurried() {
             return Ok(());
         }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "{} still on the node after 60 s",
-                count(left.len(), "container")
+        // Nothing would stop them any more.
+        agent.check()?;
+        if start.elapsed() > grace {
+            say!(
+                "{} not stopped after {} s: killing {}",
+                count(left.len(), "container"),
+                grace.as_secs(),
+                if left.len() == 1 { "it" } else { "them" }
             );
+            return Ok(());
+        }
+        if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            let more = grace.saturating_sub(start.elapsed()).as_secs();
+            say!(
+                "waiting for {} to stop (at most {more} s more; Ctrl-C again to kill {} now)",
+                count(left.len(), "container"),
+                if left.len() == 1 { "it" } else { "them" }
+            );
+            told = Some(Instant::now());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
-/// With the agent stopped: removes the node's containers and task networks directly.
-fn remove_left(node_cmd: &dyn Fn(&[&str]) -> Command) -> Result<()> {
-    let left = containers(node_cmd)?;
+/// With the agent stopped: kills and removes the node's containers and removes the task
+/// networks (namespaces, veths, the bridge, the nftables table) directly; the networks also when
+/// a container could not be removed.
+fn remove_left(node: &NodeCommands) -> Result<()> {
+    let left = containers(node)?;
+    let mut removed = Ok(());
     if !left.is_empty() {
+        say!("killing and removing {}", count(left.len(), "container"));
         let mut args = vec!["ctr", "rm", "-f"];
         args.extend(left.iter().map(String::as_str));
-        let out = node_cmd(&args).output()?;
+        let out = node.cmd(&args).output()?;
         if !out.status.success() {
-            bail!(
-                "removing {}: {}; see `nodeagent ctr ps -a`",
+            removed = Err(anyhow::anyhow!(
+                "removing {}: {}",
                 count(left.len(), "container"),
                 String::from_utf8_lossy(&out.stderr).trim()
-            );
+            ));
         }
     }
-    let out = node_cmd(&["ctr", "network", "prune"]).output()?;
+    let out = node.cmd(&["ctr", "network", "prune"]).output()?;
     if !out.status.success() {
         bail!(
-            "removing the task networks: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            "removing the task networks: {}; then run: {}",
+            String::from_utf8_lossy(&out.stderr).trim(),
+            node.typed("network prune")
         );
     }
-    say!(
-        "removed {} on the node directly",
-        count(left.len(), "container")
-    );
-    Ok(())
+    removed
 }

@@ -100,7 +100,8 @@ enum Output {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// A whole cluster on this machine, in the foreground: control plane, this node enrolled
-    /// with a token, a demo task. Ctrl-C stops it all; the data stays for the next run.
+    /// with a token, a demo task. Ctrl-C stops it all (twice: kills the containers without
+    /// waiting); the data stays for the next run.
     Dev(dev::DevArgs),
     #[command(flatten)]
     Cluster(ClusterCommand),

@@ -88,7 +88,7 @@ impl Dev {
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).expect("pid");
         rustix::process::kill_process_group(pid, signal).expect("signal");
         self.expect(
-            "stopped; no container left running",
+            "stopped: nothing of the dev cluster is left running",
             Duration::from_secs(60),
         );
         let status = self.child.wait().expect("wait");
@@ -172,7 +172,10 @@ fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
     let mut dev = Dev::start(&node, &home, port);
     let banner = dev.expect("RUNNING", Duration::from_secs(60));
     let task = demo_task(&banner);
-    dev.expect("Ctrl-C stops", Duration::from_secs(5));
+    dev.expect(
+        "Ctrl-C (or closing this terminal) stops",
+        Duration::from_secs(5),
+    );
     // The commands it prints work as printed (its credential went to the default place).
     let exe = flotilla_tests::bin("flotilla")
         .canonicalize()

@@ -23,7 +23,7 @@ use flotilla_api::ipam;
 use flotilla_api::taskdef::{NetworkMode as Mode, Protocol};
 use flotilla_api::tasks::{DesiredTask, NetworkBinding, NodeNetwork, TaskNetwork};
 use flotilla_runtime::container::NetworkMode;
-use flotilla_runtime::network::{conntrack, link, netns, nft};
+use flotilla_runtime::network::{conntrack, link, names, netns, nft};
 use ipnet::Ipv4Net;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -87,6 +87,8 @@ pub struct Attachment {
     pub network: NetworkMode,
     /// Their `/etc/resolv.conf`.
     pub resolv_conf: Option<PathBuf>,
+    /// The task's own addresses, named by each container's hostname in its `/etc/hosts`.
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 /// The node's task networks.
@@ -423,14 +425,17 @@ impl Networks {
             (None, _) => Attachment {
                 network: NetworkMode::Host,
                 resolv_conf: None,
+                addresses: Vec::new(),
             },
             (Some(ns), Mode::None) => Attachment {
                 network: NetworkMode::Join(ns.clone()),
                 resolv_conf: None,
+                addresses: Vec::new(),
             },
             (Some(ns), _) => Attachment {
                 network: NetworkMode::Join(ns.clone()),
                 resolv_conf: Some(self.resolv_conf_path(task)),
+                addresses: rec.address.iter().map(|a| a.addr().into()).collect(),
             },
         }
     }
@@ -445,7 +450,7 @@ impl Networks {
             Some(_) => crate::dns::resolv_conf(namespace),
             None => {
                 let node = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-                task_resolv_conf(&node)
+                names::namespaced_resolv_conf(&node)
             }
         };
         let path = self.resolv_conf_path(task);
@@ -768,39 +773,9 @@ fn default_route_in(table: &str) -> Option<String> {
     })
 }
 
-/// The node's resolver configuration as a task in its own namespace sees it: loopback
-/// name servers (a local stub resolver) are unreachable from there and left out.
-pub fn task_resolv_conf(node: &str) -> String {
-    let mut out = String::new();
-    for line in node.lines() {
-        let mut f = line.split_whitespace();
-        if f.next() == Some("nameserver") {
-            let loopback = f
-                .next()
-                .and_then(|a| a.parse::<std::net::IpAddr>().ok())
-                .is_none_or(|a| a.is_loopback());
-            if loopback {
-                continue;
-            }
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_name_servers_are_left_out() {
-        let node = "# generated\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nnameserver ::1\nsearch lan\noptions edns0\n";
-        assert_eq!(
-            task_resolv_conf(node),
-            "# generated\nnameserver 10.0.0.2\nsearch lan\noptions edns0\n"
-        );
-    }
 
     #[test]
     fn veth_names_fit_and_differ() {

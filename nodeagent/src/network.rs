@@ -23,6 +23,7 @@ use flotilla_api::ipam;
 use flotilla_api::taskdef::{NetworkMode as Mode, Protocol};
 use flotilla_api::tasks::{DesiredTask, NetworkBinding, NodeNetwork, TaskNetwork};
 use flotilla_runtime::container::NetworkMode;
+use flotilla_runtime::network::hostport::{self, HeldPort};
 use flotilla_runtime::network::{conntrack, link, names, netns, nft};
 use ipnet::Ipv4Net;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -118,6 +119,9 @@ struct State {
     records: BTreeMap<String, Record>,
     last_address: Option<Ipv4Addr>,
     last_port: Option<u16>,
+    /// The published host ports of bridge tasks, held by the agent while their networks live
+    /// (as Docker's proxy holds them), so nothing else on the node takes them.
+    held: BTreeMap<String, Vec<HeldPort>>,
 }
 
 impl Networks {
@@ -143,6 +147,17 @@ impl Networks {
                 records.insert(k.value().to_string(), rec);
             }
         }
+        let mut held = BTreeMap::new();
+        for (task, rec) in records.iter().filter(|(_, r)| r.mode == Mode::Bridge) {
+            let mut ports = Vec::new();
+            for b in &rec.bindings {
+                match hostport::hold(b.host_port, nft_proto(b.protocol)) {
+                    Ok(h) => ports.push(h),
+                    Err(e) => tracing::warn!(task = %task, "{e}; its traffic may go elsewhere"),
+                }
+            }
+            held.insert(task.clone(), ports);
+        }
         Ok(Self {
             db,
             netns_dir: data_dir.join("netns"),
@@ -150,6 +165,7 @@ impl Networks {
             settings,
             state: Mutex::new(State {
                 records,
+                held,
                 ..State::default()
             }),
             bridges_seen: Mutex::new(Vec::new()),
@@ -230,6 +246,17 @@ impl Networks {
             }
             tracing::info!(task = %task.id, "task network incomplete; making it again");
             self.teardown(&mut st, &task.id)?;
+        }
+        if mode == Mode::Host {
+            // The task's own process binds them: only checked here.
+            for m in task
+                .definition
+                .container_definitions
+                .iter()
+                .flat_map(|c| &c.port_mappings)
+            {
+                hostport::check_free(m.container_port, nft_proto(m.protocol))?;
+            }
         }
         let rec = match mode {
             Mode::Host => Record {
@@ -324,8 +351,10 @@ impl Networks {
         Ok(rec)
     }
 
-    /// Host ports of a bridge task: static ones checked against the node's other tasks,
-    /// dynamic ones picked from the free part of the range.
+    /// Host ports of a bridge task: static ones checked against the node's other tasks and
+    /// held (refused when anything on the node holds them or the node needs them), dynamic
+    /// ones picked from the free part of the range, skipping ports in use. The holds are kept
+    /// in `st.held` once all are taken.
     fn bridge_bindings(&self, st: &mut State, task: &DesiredTask) -> Result<Vec<NetworkBinding>> {
         let mut taken: BTreeMap<(Protocol, u16), String> = BTreeMap::new();
         for (id, r) in &st.records {
@@ -336,6 +365,7 @@ impl Networks {
             }
         }
         let mut out = Vec::new();
+        let mut held = Vec::new();
         for c in &task.definition.container_definitions {
             for m in &c.port_mappings {
                 if let Some(hp) = m.host_port {
@@ -345,6 +375,7 @@ impl Networks {
                             proto_name(m.protocol)
                         );
                     }
+                    held.push(hostport::hold(hp, nft_proto(m.protocol))?);
                     taken.insert((m.protocol, hp), task.id.clone());
                     out.push(binding(&c.name, m.container_port, hp, m.protocol));
                 }
@@ -352,23 +383,34 @@ impl Networks {
         }
         for c in &task.definition.container_definitions {
             for m in c.port_mappings.iter().filter(|m| m.host_port.is_none()) {
-                let used: BTreeSet<u16> = taken
+                let mut used: BTreeSet<u16> = taken
                     .keys()
                     .filter(|(p, _)| *p == m.protocol)
                     .map(|(_, port)| *port)
                     .collect();
-                let hp = ipam::next_port(&self.settings.dynamic_ports, &used, st.last_port)
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "no free host port left in {:?}",
-                            self.settings.dynamic_ports
-                        )
-                    })?;
+                let (hp, hold) = loop {
+                    let hp = ipam::next_port(&self.settings.dynamic_ports, &used, st.last_port)
+                        .ok_or_else(|| {
+                            anyhow!(
+                                "no free host port left in {:?}",
+                                self.settings.dynamic_ports
+                            )
+                        })?;
+                    match hostport::hold(hp, nft_proto(m.protocol)) {
+                        Ok(h) => break (hp, h),
+                        Err(e) => {
+                            tracing::debug!(task = %task.id, "skipping a dynamic port: {e}");
+                            used.insert(hp);
+                        }
+                    }
+                };
+                held.push(hold);
                 st.last_port = Some(hp);
                 taken.insert((m.protocol, hp), task.id.clone());
                 out.push(binding(&c.name, m.container_port, hp, m.protocol));
             }
         }
+        st.held.insert(task.id.clone(), held);
         Ok(out)
     }
 
@@ -522,6 +564,7 @@ impl Networks {
         }
         self.persist(task, None)?;
         st.records.remove(task);
+        st.held.remove(task);
         if let Some(b) = rec.bridge {
             self.bridges_seen
                 .lock()
@@ -722,6 +765,13 @@ fn direct_bindings(task: &DesiredTask) -> Vec<NetworkBinding> {
                 .map(|m| binding(&c.name, m.container_port, m.container_port, m.protocol))
         })
         .collect()
+}
+
+fn nft_proto(p: Protocol) -> nft::Proto {
+    match p {
+        Protocol::Tcp => nft::Proto::Tcp,
+        Protocol::Udp => nft::Proto::Udp,
+    }
 }
 
 fn proto_name(p: Protocol) -> &'static str {

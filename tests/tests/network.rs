@@ -512,3 +512,109 @@ fn ctr_run_gets_name_files_with_net_none_and_host() {
     }
     node.assert_clean();
 }
+
+/// Waits for task `id` to stop; its stop reason.
+fn stop_reason(fleet: &Fleet, id: &str) -> String {
+    let mut last = fleet.cp.task(id);
+    wait(
+        &format!("task {id} stopped"),
+        Duration::from_secs(60),
+        || {
+            last = fleet.cp.task(id);
+            last.state == TaskState::Stopped
+        },
+    );
+    last.stop_reason.unwrap_or_default()
+}
+
+/// A host port something on the node already holds is refused with its holder, and the host
+/// service keeps its traffic; ssh's port is never published; a published port is held, so a
+/// host process cannot take it later; dynamic ports skip ports in use.
+#[test]
+fn host_ports_in_use_or_reserved_are_refused_and_dynamic_ones_skip_them() {
+    let fleet = Fleet::start_with(&[&[], &[]], |_| {
+        (
+            Vec::new(),
+            vec!["--dynamic-ports".into(), "18090-18092".into()],
+        )
+    });
+    let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let www = tempfile::tempdir().expect("tmp");
+    std::fs::write(www.path().join("index.html"), "HOST-SERVICE\n").expect("index");
+    let www_dir = www.path().to_str().expect("utf-8");
+    let mut host_service = a
+        .command("busybox")
+        .args(["httpd", "-f", "-p", "18081", "-h", www_dir])
+        .spawn()
+        .expect("busybox httpd");
+    let mut on_dynamic = a
+        .command("busybox")
+        .args(["httpd", "-f", "-p", "18090", "-h", www_dir])
+        .spawn()
+        .expect("busybox httpd");
+    wait("the host services listen", Duration::from_secs(10), || {
+        fetch(b, &format!("http://{}:18081/", a.addr))
+            .status
+            .success()
+            && fetch(b, &format!("http://{}:18090/", a.addr))
+                .status
+                .success()
+    });
+
+    fleet.register(&web_def(
+        "taken",
+        "bridge",
+        r#"[{"containerPort": 80, "hostPort": 18081}]"#,
+        80,
+    ));
+    let id = run_on(&fleet, "taken", 0);
+    let reason = stop_reason(&fleet, &id);
+    assert!(
+        reason.contains("host port 18081/tcp is in use on this node")
+            && reason.contains("busybox (pid"),
+        "{reason}"
+    );
+    assert_eq!(
+        fetch_ok(b, &format!("http://{}:18081/", a.addr)),
+        "HOST-SERVICE"
+    );
+
+    fleet.register(&web_def(
+        "ssh",
+        "bridge",
+        r#"[{"containerPort": 22, "hostPort": 22}]"#,
+        22,
+    ));
+    let id = run_on(&fleet, "ssh", 0);
+    let reason = stop_reason(&fleet, &id);
+    assert!(
+        reason.contains("host port 22/tcp is reserved for the node's own ssh"),
+        "{reason}"
+    );
+
+    // Dynamic: 18090 is in use, so the task gets 18091, and holds it.
+    fleet.register(&web_def(
+        "dynamic",
+        "bridge",
+        r#"[{"containerPort": 80}]"#,
+        80,
+    ));
+    let id = run_on(&fleet, "dynamic", 0);
+    let (_, net) = running(&fleet, &id);
+    assert_eq!(net.bindings[0].host_port, 18091, "{net:#?}");
+    assert!(!fetch_ok(b, &format!("http://{}:18091/", a.addr)).contains("HOST-SERVICE"));
+    let mut late = a
+        .command("busybox")
+        .args(["httpd", "-f", "-p", "18091", "-h", www_dir])
+        .spawn()
+        .expect("busybox httpd");
+    let status = late.wait().expect("late httpd");
+    assert!(!status.success(), "a host process bound a published port");
+    stop_and_wait(&fleet, &[&id]);
+
+    let _ = host_service.kill();
+    let _ = host_service.wait();
+    let _ = on_dynamic.kill();
+    let _ = on_dynamic.wait();
+    fleet.finish();
+}

@@ -3,6 +3,7 @@
 //! the name files each container gets (`names`).
 
 pub mod conntrack;
+pub mod hostport;
 pub mod link;
 pub mod names;
 pub mod netns;

@@ -125,8 +125,15 @@ impl Dns {
         Ok(version)
     }
 
-    /// Serves DNS inside the namespace at `ns` for `task` (replacing its earlier listeners).
-    pub fn serve_in(self: &Arc<Self>, task: &str, ns: &Path) -> Result<()> {
+    /// Serves DNS inside the namespace at `ns` for `task` (replacing its earlier listeners);
+    /// `node_seen_as` is this node's address as the task reaches it (see [`Asker`]).
+    pub fn serve_in(
+        self: &Arc<Self>,
+        task: &str,
+        ns: &Path,
+        node_seen_as: Option<Ipv4Addr>,
+    ) -> Result<()> {
+        let asker = Asker { node_seen_as };
         self.stop(task);
         let addr = SocketAddr::from((RESOLVER, 53));
         let (udp, tcp) = netns::run_in(Some(ns), move || {
@@ -141,8 +148,8 @@ impl Dns {
         let udp = tokio::net::UdpSocket::from_std(udp)?;
         let tcp = tokio::net::TcpListener::from_std(tcp)?;
         let handles = vec![
-            self.rt.spawn(self.clone().serve_udp(udp)),
-            self.rt.spawn(self.clone().serve_tcp(tcp)),
+            self.rt.spawn(self.clone().serve_udp(udp, asker)),
+            self.rt.spawn(self.clone().serve_tcp(tcp, asker)),
         ];
         self.listeners
             .lock()
@@ -165,7 +172,7 @@ impl Dns {
         }
     }
 
-    async fn serve_udp(self: Arc<Self>, socket: tokio::net::UdpSocket) {
+    async fn serve_udp(self: Arc<Self>, socket: tokio::net::UdpSocket, asker: Asker) {
         let socket = Arc::new(socket);
         let mut buf = vec![0u8; 4096];
         loop {
@@ -173,7 +180,7 @@ impl Dns {
                 continue;
             };
             let query = buf[..n].to_vec();
-            match self.local_answer(&query, Transport::Udp) {
+            match self.local_answer(&query, Transport::Udp, asker) {
                 Some(reply) => {
                     let _ = socket.send_to(&reply, peer).await;
                 }
@@ -191,7 +198,7 @@ impl Dns {
         }
     }
 
-    async fn serve_tcp(self: Arc<Self>, listener: tokio::net::TcpListener) {
+    async fn serve_tcp(self: Arc<Self>, listener: tokio::net::TcpListener, asker: Asker) {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
@@ -208,7 +215,7 @@ impl Dns {
                     })
                     .await;
                     let Ok(Ok(query)) = read else { return };
-                    let reply = match me.local_answer(&query, Transport::Tcp) {
+                    let reply = match me.local_answer(&query, Transport::Tcp, asker) {
                         Some(r) => Some(r),
                         None => me.forward(&query, Transport::Tcp).await,
                     };
@@ -228,7 +235,12 @@ impl Dns {
 
     /// The answer to a query about the cluster domain (or a malformed query), encoded; `None`
     /// when the query is for the node's resolvers.
-    pub fn local_answer(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    pub fn local_answer(
+        &self,
+        query: &[u8],
+        transport: Transport,
+        asker: Asker,
+    ) -> Option<Vec<u8>> {
         let msg = match Message::from_vec(query) {
             Ok(m) => m,
             Err(_) => {
@@ -241,7 +253,7 @@ impl Dns {
                     .ok();
             }
         };
-        let reply = answer(&self.registry(), &msg)?;
+        let reply = answer(&self.registry(), &msg, asker)?;
         let bytes = reply.to_vec().ok()?;
         if transport == Transport::Udp && bytes.len() > udp_limit(&msg) {
             return reply.truncate().to_vec().ok();
@@ -411,8 +423,40 @@ fn resolve<'a>(registry: &'a Registry, labels: &[String]) -> Target<'a> {
     }
 }
 
-/// The answer to `msg` from `registry`, or `None` when it is not about the cluster domain.
-pub fn answer(registry: &Registry, msg: &Message) -> Option<Message> {
+/// Where a query comes from, for answers reachable from there.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Asker {
+    /// This node's address as the asking task reaches it (a bridge task: its bridge's
+    /// gateway). An endpoint the registry lists at a loopback address — a node whose address
+    /// is `127.0.0.1`, as in `flotilla dev` — is answered with it: loopback inside the task's
+    /// namespace is the task itself.
+    pub node_seen_as: Option<Ipv4Addr>,
+}
+
+impl Asker {
+    fn reach(&self, address: Ipv4Addr) -> Ipv4Addr {
+        match self.node_seen_as {
+            Some(node) if address.is_loopback() => node,
+            _ => address,
+        }
+    }
+}
+
+/// The labels of `fqdn` (lowercase, without the root), most specific first.
+fn labels_of(fqdn: &str) -> Vec<String> {
+    fqdn.trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The answer to `msg` from `registry`, or `None` when it is not about the cluster: names of
+/// the cluster domain, and the short `SERVICE.NAMESPACE` (and `TASK.SERVICE.NAMESPACE`,
+/// `_x._proto.SERVICE.NAMESPACE`) of a namespace the registry has — as Kubernetes' `svc.ns` —
+/// which resolvers that try a dotted name as it is before the search list (busybox, musl, glibc
+/// with `ndots:1`) ask for first.
+pub fn answer(registry: &Registry, msg: &Message, asker: Asker) -> Option<Message> {
     if msg.metadata.message_type != MessageType::Query || msg.metadata.op_code != OpCode::Query {
         return None;
     }
@@ -420,7 +464,15 @@ pub fn answer(registry: &Registry, msg: &Message) -> Option<Message> {
     let domain = Name::from_ascii(DOMAIN).ok()?;
     let qname = q.name().to_lowercase();
     if !domain.zone_of(&qname) {
-        return None;
+        let labels = labels_of(&qname.to_ascii());
+        let known = labels.len() >= 2
+            && labels
+                .last()
+                .is_some_and(|ns| registry.services.iter().any(|s| s.namespace == *ns))
+            && !matches!(resolve(registry, &labels), Target::Nothing);
+        if !known {
+            return None;
+        }
     }
     let mut reply = Message::response(msg.metadata.id, OpCode::Query);
     reply.metadata.authoritative = true;
@@ -434,17 +486,18 @@ pub fn answer(registry: &Registry, msg: &Message) -> Option<Message> {
         reply.set_edns(edns);
     }
     let fqdn = qname.to_ascii();
-    let relative = fqdn
-        .trim_end_matches('.')
-        .strip_suffix(DOMAIN)
-        .unwrap_or_default()
-        .trim_end_matches('.');
-    let labels: Vec<String> = relative
-        .split('.')
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
-    let a = |name: &Name, ip: Ipv4Addr| Record::from_rdata(name.clone(), TTL, RData::A(A(ip)));
+    let labels = if domain.zone_of(&qname) {
+        labels_of(
+            fqdn.trim_end_matches('.')
+                .strip_suffix(DOMAIN)
+                .unwrap_or_default(),
+        )
+    } else {
+        labels_of(&fqdn)
+    };
+    let a = |name: &Name, ip: Ipv4Addr| {
+        Record::from_rdata(name.clone(), TTL, RData::A(A(asker.reach(ip))))
+    };
     match (resolve(registry, &labels), q.query_type()) {
         (Target::Nothing, _) => {
             // The domain itself and the namespaces exist (no data); anything else does not.
@@ -546,7 +599,7 @@ mod tests {
         q.add_query(Query::query(Name::from_ascii(name).expect("name"), t));
         // Through the wire format, as a client sends it.
         let q = Message::from_vec(&q.to_vec().expect("encode")).expect("decode");
-        answer(&registry(), &q)
+        answer(&registry(), &q, Asker::default())
     }
 
     fn a_records(m: &Message) -> Vec<Ipv4Addr> {
@@ -623,7 +676,7 @@ mod tests {
             Name::from_ascii("api.shop.flotilla.internal.").expect("name"),
             RecordType::A,
         ));
-        let m = answer(&r, &q).expect("ours");
+        let m = answer(&r, &q, Asker::default()).expect("ours");
         assert_eq!(a_records(&m), [Ipv4Addr::new(10, 43, 0, 1)]);
     }
 
@@ -700,8 +753,8 @@ mod tests {
             .expect("udp");
         let addr = udp.local_addr().expect("addr");
         let tcp = tokio::net::TcpListener::bind(addr).await.expect("tcp");
-        tokio::spawn(dns.clone().serve_udp(udp));
-        tokio::spawn(dns.serve_tcp(tcp));
+        tokio::spawn(dns.clone().serve_udp(udp, Asker::default()));
+        tokio::spawn(dns.serve_tcp(tcp, Asker::default()));
         addr
     }
 
@@ -782,13 +835,21 @@ mod tests {
         dns.set(r).expect("registry");
         let name = "api.shop.flotilla.internal.";
         let udp = dns
-            .local_answer(&query(name, RecordType::SRV, None), Transport::Udp)
+            .local_answer(
+                &query(name, RecordType::SRV, None),
+                Transport::Udp,
+                Asker::default(),
+            )
             .expect("ours");
         assert!(udp.len() <= UDP_MAX);
         let udp = Message::from_vec(&udp).expect("answer");
         assert!(udp.metadata.truncation);
         let tcp = dns
-            .local_answer(&query(name, RecordType::SRV, None), Transport::Tcp)
+            .local_answer(
+                &query(name, RecordType::SRV, None),
+                Transport::Tcp,
+                Asker::default(),
+            )
             .expect("ours");
         let tcp = Message::from_vec(&tcp).expect("answer");
         assert!(!tcp.metadata.truncation);
@@ -796,7 +857,11 @@ mod tests {
         assert!(tcp.edns.is_none());
         // With EDNS: an OPT in the answer (RFC 6891), the whole answer when it fits.
         let edns = dns
-            .local_answer(&query(name, RecordType::SRV, Some(8192)), Transport::Udp)
+            .local_answer(
+                &query(name, RecordType::SRV, Some(8192)),
+                Transport::Udp,
+                Asker::default(),
+            )
             .expect("ours");
         let edns = Message::from_vec(&edns).expect("answer");
         assert!(edns.edns.is_some());
@@ -829,5 +894,57 @@ mod tests {
         // Garbage from an upstream is never passed on, and nothing panics.
         let junk = fit_udp(&query("big.example.", RecordType::A, None), vec![0xff; 600]);
         assert!(Message::from_vec(&junk).is_ok());
+    }
+
+    /// `flotilla dev`: the node's address is 127.0.0.1, loopback inside a task's namespace.
+    #[test]
+    fn loopback_endpoints_are_answered_with_the_node_as_the_task_reaches_it() {
+        let mut r = registry();
+        for e in &mut r.services[0].endpoints {
+            e.address = Ipv4Addr::LOCALHOST;
+        }
+        let mut q = Message::query();
+        q.add_query(Query::query(
+            Name::from_ascii("api.shop.flotilla.internal.").expect("name"),
+            RecordType::A,
+        ));
+        let bridge = Asker {
+            node_seen_as: Some(Ipv4Addr::new(10, 42, 0, 1)),
+        };
+        let m = answer(&r, &q, bridge).expect("ours");
+        assert_eq!(a_records(&m), [Ipv4Addr::new(10, 42, 0, 1)]);
+        // SRV targets' addresses too.
+        let mut q = Message::query();
+        q.add_query(Query::query(
+            Name::from_ascii("api.shop.flotilla.internal.").expect("name"),
+            RecordType::SRV,
+        ));
+        let m = answer(&r, &q, bridge).expect("ours");
+        assert!(m
+            .additionals
+            .iter()
+            .all(|rec| rec.data == RData::A(A(Ipv4Addr::new(10, 42, 0, 1)))));
+        // A node address that is not loopback is kept.
+        let m = ask("api.shop.flotilla.internal.", RecordType::A).expect("ours");
+        assert!(a_records(&m).iter().all(|a| !a.is_loopback()));
+    }
+
+    /// busybox's resolver asks for `api.shop.` as it is first (`ndots:1`); it is the service.
+    #[test]
+    fn service_dot_namespace_resolves_as_it_is() {
+        let m = ask("api.shop.", RecordType::A).expect("ours");
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(m.answers[0].name.to_ascii(), "api.shop.");
+        assert_eq!(
+            a_records(&m),
+            [Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 50)]
+        );
+        let t = ask("t-3.api.shop.", RecordType::A).expect("ours");
+        assert_eq!(a_records(&t), [Ipv4Addr::new(10, 0, 0, 50)]);
+        assert!(ask("_http._tcp.api.shop.", RecordType::SRV).is_some());
+        // Names of no service of a known namespace, and other namespaces, go out.
+        assert!(ask("www.shop.", RecordType::A).is_none());
+        assert!(ask("api.example.", RecordType::A).is_none());
+        assert!(ask("shop.", RecordType::A).is_none());
     }
 }

@@ -216,7 +216,7 @@ impl Networks {
         if let Some(dns) = &self.dns {
             for (task, r) in &st.records {
                 if let (Some(ns), Mode::Bridge | Mode::Awsvpc) = (&r.netns, r.mode) {
-                    if let Err(e) = dns.serve_in(task, ns) {
+                    if let Err(e) = dns.serve_in(task, ns, node_seen_from(r)) {
                         tracing::warn!(task = %task, "resolver: {e:#}");
                     }
                 }
@@ -289,7 +289,7 @@ impl Networks {
         self.record(&mut st, &task.id, rec.clone())?;
         if let (Some(ns), Mode::Bridge | Mode::Awsvpc) = (&rec.netns, mode) {
             if let Some(dns) = &self.dns {
-                dns.serve_in(&task.id, ns)?;
+                dns.serve_in(&task.id, ns, node_seen_from(&rec))?;
             }
             self.write_resolv_conf(&task.id, task.namespace.as_deref())?;
         }
@@ -765,6 +765,15 @@ fn direct_bindings(task: &DesiredTask) -> Vec<NetworkBinding> {
                 .map(|m| binding(&c.name, m.container_port, m.container_port, m.protocol))
         })
         .collect()
+}
+
+/// The node's own address as a task reaches it: the bridge's gateway for a bridge task (the
+/// node's published ports answer there too); none for others.
+fn node_seen_from(rec: &Record) -> Option<Ipv4Addr> {
+    match (rec.mode, rec.address) {
+        (Mode::Bridge, Some(a)) => Some(ipam::gateway(a.trunc())),
+        _ => None,
+    }
 }
 
 fn nft_proto(p: Protocol) -> nft::Proto {

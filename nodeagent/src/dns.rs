@@ -12,6 +12,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,63 @@ const EDNS_PAYLOAD: u16 = 1232;
 /// Largest DNS message (the TCP length prefix is 16 bits, RFC 1035 §4.2.2).
 const MESSAGE_MAX: usize = 65_535;
 
+/// Loops answering each task's UDP socket (the agent's runtime has a worker per core).
+const UDP_LOOPS: usize = 2;
+/// Encoded answers a UDP loop keeps before it starts again from empty.
+const CACHE_ENTRIES: usize = 1024;
+
+/// Encoded answers of one UDP loop, by the query's bytes after its id. An answer of the
+/// cluster's names depends only on those bytes (flags, question, OPT), the registry and the
+/// asker (one per socket), so a repeated query is answered by copying the answer and putting the
+/// query's id in — no decoding, no encoding, no lock. Emptied when the registry changes.
+#[derive(Debug, Default)]
+struct AnswerCache {
+    version: u64,
+    answers: HashMap<Box<[u8]>, Box<[u8]>>,
+}
+
+impl AnswerCache {
+    /// Puts the answer to `query` into `out` when it is known for registry `version`.
+    fn answer(&mut self, version: u64, query: &[u8], out: &mut Vec<u8>) -> bool {
+        if version != self.version {
+            self.answers.clear();
+            self.version = version;
+            return false;
+        }
+        let (Some(id), Some(key)) = (query.get(..2), query.get(2..)) else {
+            return false;
+        };
+        let Some(answer) = self.answers.get(key) else {
+            return false;
+        };
+        out.clear();
+        out.extend_from_slice(id);
+        out.extend_from_slice(&answer[2..]);
+        true
+    }
+
+    fn insert(&mut self, version: u64, query: &[u8], answer: Vec<u8>) {
+        // A header's worth at least: the id is replaced, the rest kept.
+        if version != self.version || query.len() < 12 || answer.len() < 12 {
+            return;
+        }
+        if self.answers.len() >= CACHE_ENTRIES {
+            self.answers.clear();
+        }
+        self.answers
+            .insert(query[2..].into(), answer.into_boxed_slice());
+    }
+}
+
+/// Aborts a spawned task when dropped (the loops of a listener end with it).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How a query reached the resolver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transport {
@@ -54,6 +112,8 @@ pub enum Transport {
 pub struct Dns {
     db: Arc<Database>,
     registry: RwLock<Arc<Registry>>,
+    /// The registry's version, read by every UDP answer without a lock.
+    version: AtomicU64,
     changed: watch::Sender<u64>,
     upstreams: Mutex<Option<(Instant, Vec<SocketAddr>)>>,
     listeners: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
@@ -83,6 +143,7 @@ impl Dns {
         };
         let (changed, _) = watch::channel(registry.version);
         Ok(Arc::new(Self {
+            version: AtomicU64::new(registry.version),
             db,
             registry: RwLock::new(Arc::new(registry)),
             changed,
@@ -121,6 +182,7 @@ impl Dns {
         w.commit()?;
         let version = registry.version;
         *self.registry.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(registry);
+        self.version.store(version, Ordering::Release);
         self.changed.send_replace(version);
         Ok(version)
     }
@@ -174,18 +236,40 @@ impl Dns {
 
     async fn serve_udp(self: Arc<Self>, socket: tokio::net::UdpSocket, asker: Asker) {
         let socket = Arc::new(socket);
+        // A second loop on the same socket: answers come from both cores.
+        let mut _loops = Vec::new();
+        for _ in 1..UDP_LOOPS {
+            _loops.push(AbortOnDrop(tokio::spawn(
+                self.clone().udp_loop(socket.clone(), asker),
+            )));
+        }
+        self.udp_loop(socket, asker).await;
+    }
+
+    /// Answers the datagrams of `socket`: the cluster's names from a cache of encoded answers
+    /// (see [`AnswerCache`]), the others forwarded.
+    async fn udp_loop(self: Arc<Self>, socket: Arc<tokio::net::UdpSocket>, asker: Asker) {
         let mut buf = vec![0u8; 4096];
+        let mut cache = AnswerCache::default();
+        let mut out = Vec::with_capacity(UDP_MAX);
         loop {
             let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
                 continue;
             };
-            let query = buf[..n].to_vec();
-            match self.local_answer(&query, Transport::Udp, asker) {
+            let query = &buf[..n];
+            let version = self.version.load(Ordering::Acquire);
+            if cache.answer(version, query, &mut out) {
+                let _ = socket.send_to(&out, peer).await;
+                continue;
+            }
+            match self.local_answer(query, Transport::Udp, asker) {
                 Some(reply) => {
                     let _ = socket.send_to(&reply, peer).await;
+                    cache.insert(version, query, reply);
                 }
                 None => {
                     // Forwarded concurrently: a slow upstream holds up nobody else.
+                    let query = query.to_vec();
                     let me = self.clone();
                     let socket = socket.clone();
                     tokio::spawn(async move {
@@ -745,9 +829,14 @@ mod tests {
 
     /// The node's resolver on loopback (UDP and TCP) with `upstream`; its address.
     async fn resolver(upstream: SocketAddr, dir: &Path) -> SocketAddr {
+        resolver_with(upstream, dir).await.0
+    }
+
+    async fn resolver_with(upstream: SocketAddr, dir: &Path) -> (SocketAddr, Arc<Dns>) {
         let db = Arc::new(Database::create(dir.join("agent.redb")).expect("db"));
         let dns = Dns::open(db, tokio::runtime::Handle::current(), vec![upstream]).expect("dns");
         dns.set(registry()).expect("registry");
+        let held = dns.clone();
         let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
             .await
             .expect("udp");
@@ -755,7 +844,35 @@ mod tests {
         let tcp = tokio::net::TcpListener::bind(addr).await.expect("tcp");
         tokio::spawn(dns.clone().serve_udp(udp, Asker::default()));
         tokio::spawn(dns.serve_tcp(tcp, Asker::default()));
-        addr
+        (addr, held)
+    }
+
+    fn with_id(mut q: Vec<u8>, id: u16) -> Vec<u8> {
+        q[..2].copy_from_slice(&id.to_be_bytes());
+        q
+    }
+
+    /// Repeated queries are answered from the loop's cache: each with its own id, and a new
+    /// registry is seen at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cached_answers_carry_each_query_id_and_follow_the_registry() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (at, dns) = resolver_with(big_upstream().await, dir.path()).await;
+        let q = query("t-3.api.shop.flotilla.internal.", RecordType::A, None);
+        for id in [1u16, 2, 3, 0xfffe] {
+            let m = over_udp(at, &with_id(q.clone(), id)).await;
+            assert_eq!(m.metadata.id, id);
+            assert_eq!(a_records(&m), [Ipv4Addr::new(10, 0, 0, 50)]);
+        }
+        let mut r = registry();
+        r.version += 1;
+        r.services[0].endpoints[2].address = Ipv4Addr::new(10, 0, 0, 51);
+        dns.set(r).expect("registry");
+        for id in [4u16, 5, 6] {
+            let m = over_udp(at, &with_id(q.clone(), id)).await;
+            assert_eq!(m.metadata.id, id);
+            assert_eq!(a_records(&m), [Ipv4Addr::new(10, 0, 0, 51)]);
+        }
     }
 
     fn query(name: &str, t: RecordType, edns: Option<u16>) -> Vec<u8> {

@@ -410,6 +410,7 @@ fn run_config(args: &RunArgs) -> Result<ContainerConfig> {
     };
     Ok(ContainerConfig {
         resolv_conf: None,
+        addresses: Vec::new(),
         name: args.name.clone(),
         image: args.image.clone(),
         entrypoint: args.entrypoint.as_ref().map(|e| vec![e.clone()]),

@@ -4,11 +4,15 @@
 //! the control plane gone and after an agent restart. Names of the cluster domain are answered
 //! here (A, SRV; authoritative, short TTL, NXDOMAIN for unknown names); anything else is
 //! forwarded to the node's own resolvers (from the agent's namespace, so a local stub resolver
-//! on 127.0.0.53 works too).
+//! on 127.0.0.53 works too) over the transport the client used: a TCP query goes upstream over
+//! TCP (RFC 7766 §6.2.1: TCP clients expect full answers), a UDP answer larger than the client
+//! can take is cut to the header and question with TC set (RFC 1035 §4.2.1, RFC 6891 §7), and
+//! the client retries over TCP, which this resolver serves too.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -29,14 +33,87 @@ const REGISTRY_KEY: &str = "registry";
 const UPSTREAMS_FOR: Duration = Duration::from_secs(5);
 /// How long an upstream has to answer a forwarded query.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest UDP answer without EDNS.
+/// Largest UDP answer without EDNS (RFC 1035 §2.3.4).
 const UDP_MAX: usize = 512;
+/// The UDP payload this resolver offers in its own OPT record: the size DNS Flag Day 2020
+/// settled on to avoid IP fragmentation.
+const EDNS_PAYLOAD: u16 = 1232;
+/// Largest DNS message (the TCP length prefix is 16 bits, RFC 1035 §4.2.2).
+const MESSAGE_MAX: usize = 65_535;
+
+/// Loops answering each task's UDP socket (the agent's runtime has a worker per core).
+const UDP_LOOPS: usize = 2;
+/// Encoded answers a UDP loop keeps before it starts again from empty.
+const CACHE_ENTRIES: usize = 1024;
+
+/// Encoded answers of one UDP loop, by the query's bytes after its id. An answer of the
+/// cluster's names depends only on those bytes (flags, question, OPT), the registry and the
+/// asker (one per socket), so a repeated query is answered by copying the answer and putting the
+/// query's id in — no decoding, no encoding, no lock. Emptied when the registry changes.
+#[derive(Debug, Default)]
+struct AnswerCache {
+    version: u64,
+    answers: HashMap<Box<[u8]>, Box<[u8]>>,
+}
+
+impl AnswerCache {
+    /// Puts the answer to `query` into `out` when it is known for registry `version`.
+    fn answer(&mut self, version: u64, query: &[u8], out: &mut Vec<u8>) -> bool {
+        if version != self.version {
+            self.answers.clear();
+            self.version = version;
+            return false;
+        }
+        let (Some(id), Some(key)) = (query.get(..2), query.get(2..)) else {
+            return false;
+        };
+        let Some(answer) = self.answers.get(key) else {
+            return false;
+        };
+        out.clear();
+        out.extend_from_slice(id);
+        out.extend_from_slice(&answer[2..]);
+        true
+    }
+
+    fn insert(&mut self, version: u64, query: &[u8], answer: Vec<u8>) {
+        // A header's worth at least: the id is replaced, the rest kept.
+        if version != self.version || query.len() < 12 || answer.len() < 12 {
+            return;
+        }
+        if self.answers.len() >= CACHE_ENTRIES {
+            self.answers.clear();
+        }
+        self.answers
+            .insert(query[2..].into(), answer.into_boxed_slice());
+    }
+}
+
+/// Aborts a spawned task when dropped (the loops of a listener end with it).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How a query reached the resolver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// A datagram: its answer must fit the client's payload size (512 bytes without EDNS).
+    Udp,
+    /// A stream: any answer fits.
+    Tcp,
+}
 
 /// The node's DNS.
 #[derive(Debug)]
 pub struct Dns {
     db: Arc<Database>,
     registry: RwLock<Arc<Registry>>,
+    /// The registry's version, read by every UDP answer without a lock.
+    version: AtomicU64,
     changed: watch::Sender<u64>,
     upstreams: Mutex<Option<(Instant, Vec<SocketAddr>)>>,
     listeners: Mutex<HashMap<String, Vec<JoinHandle<()>>>>,
@@ -66,6 +143,7 @@ impl Dns {
         };
         let (changed, _) = watch::channel(registry.version);
         Ok(Arc::new(Self {
+            version: AtomicU64::new(registry.version),
             db,
             registry: RwLock::new(Arc::new(registry)),
             changed,
@@ -104,12 +182,20 @@ impl Dns {
         w.commit()?;
         let version = registry.version;
         *self.registry.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(registry);
+        self.version.store(version, Ordering::Release);
         self.changed.send_replace(version);
         Ok(version)
     }
 
-    /// Serves DNS inside the namespace at `ns` for `task` (replacing its earlier listeners).
-    pub fn serve_in(self: &Arc<Self>, task: &str, ns: &Path) -> Result<()> {
+    /// Serves DNS inside the namespace at `ns` for `task` (replacing its earlier listeners);
+    /// `node_seen_as` is this node's address as the task reaches it (see [`Asker`]).
+    pub fn serve_in(
+        self: &Arc<Self>,
+        task: &str,
+        ns: &Path,
+        node_seen_as: Option<Ipv4Addr>,
+    ) -> Result<()> {
+        let asker = Asker { node_seen_as };
         self.stop(task);
         let addr = SocketAddr::from((RESOLVER, 53));
         let (udp, tcp) = netns::run_in(Some(ns), move || {
@@ -124,8 +210,8 @@ impl Dns {
         let udp = tokio::net::UdpSocket::from_std(udp)?;
         let tcp = tokio::net::TcpListener::from_std(tcp)?;
         let handles = vec![
-            self.rt.spawn(self.clone().serve_udp(udp)),
-            self.rt.spawn(self.clone().serve_tcp(tcp)),
+            self.rt.spawn(self.clone().serve_udp(udp, asker)),
+            self.rt.spawn(self.clone().serve_tcp(tcp, asker)),
         ];
         self.listeners
             .lock()
@@ -148,24 +234,46 @@ impl Dns {
         }
     }
 
-    async fn serve_udp(self: Arc<Self>, socket: tokio::net::UdpSocket) {
+    async fn serve_udp(self: Arc<Self>, socket: tokio::net::UdpSocket, asker: Asker) {
         let socket = Arc::new(socket);
+        // A second loop on the same socket: answers come from both cores.
+        let mut _loops = Vec::new();
+        for _ in 1..UDP_LOOPS {
+            _loops.push(AbortOnDrop(tokio::spawn(
+                self.clone().udp_loop(socket.clone(), asker),
+            )));
+        }
+        self.udp_loop(socket, asker).await;
+    }
+
+    /// Answers the datagrams of `socket`: the cluster's names from a cache of encoded answers
+    /// (see [`AnswerCache`]), the others forwarded.
+    async fn udp_loop(self: Arc<Self>, socket: Arc<tokio::net::UdpSocket>, asker: Asker) {
         let mut buf = vec![0u8; 4096];
+        let mut cache = AnswerCache::default();
+        let mut out = Vec::with_capacity(UDP_MAX);
         loop {
             let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
                 continue;
             };
-            let query = buf[..n].to_vec();
-            match self.local_answer(&query, true) {
+            let query = &buf[..n];
+            let version = self.version.load(Ordering::Acquire);
+            if cache.answer(version, query, &mut out) {
+                let _ = socket.send_to(&out, peer).await;
+                continue;
+            }
+            match self.local_answer(query, Transport::Udp, asker) {
                 Some(reply) => {
                     let _ = socket.send_to(&reply, peer).await;
+                    cache.insert(version, query, reply);
                 }
                 None => {
                     // Forwarded concurrently: a slow upstream holds up nobody else.
+                    let query = query.to_vec();
                     let me = self.clone();
                     let socket = socket.clone();
                     tokio::spawn(async move {
-                        if let Some(reply) = me.forward(&query).await {
+                        if let Some(reply) = me.forward(&query, Transport::Udp).await {
                             let _ = socket.send_to(&reply, peer).await;
                         }
                     });
@@ -174,7 +282,7 @@ impl Dns {
         }
     }
 
-    async fn serve_tcp(self: Arc<Self>, listener: tokio::net::TcpListener) {
+    async fn serve_tcp(self: Arc<Self>, listener: tokio::net::TcpListener, asker: Asker) {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
@@ -191,9 +299,9 @@ impl Dns {
                     })
                     .await;
                     let Ok(Ok(query)) = read else { return };
-                    let reply = match me.local_answer(&query, false) {
+                    let reply = match me.local_answer(&query, Transport::Tcp, asker) {
                         Some(r) => Some(r),
-                        None => me.forward(&query).await,
+                        None => me.forward(&query, Transport::Tcp).await,
                     };
                     let Some(reply) = reply else { return };
                     let Ok(len) = u16::try_from(reply.len()) else {
@@ -211,7 +319,12 @@ impl Dns {
 
     /// The answer to a query about the cluster domain (or a malformed query), encoded; `None`
     /// when the query is for the node's resolvers.
-    pub fn local_answer(&self, query: &[u8], udp: bool) -> Option<Vec<u8>> {
+    pub fn local_answer(
+        &self,
+        query: &[u8],
+        transport: Transport,
+        asker: Asker,
+    ) -> Option<Vec<u8>> {
         let msg = match Message::from_vec(query) {
             Ok(m) => m,
             Err(_) => {
@@ -224,44 +337,31 @@ impl Dns {
                     .ok();
             }
         };
-        let reply = answer(&self.registry(), &msg)?;
-        let limit = match &msg.edns {
-            Some(e) => usize::from(e.max_payload()).max(UDP_MAX),
-            None => UDP_MAX,
-        };
+        let reply = answer(&self.registry(), &msg, asker)?;
         let bytes = reply.to_vec().ok()?;
-        if udp && bytes.len() > limit {
+        if transport == Transport::Udp && bytes.len() > udp_limit(&msg) {
             return reply.truncate().to_vec().ok();
         }
         Some(bytes)
     }
 
-    /// Relays a query to the node's resolvers; the first answer wins.
-    async fn forward(&self, query: &[u8]) -> Option<Vec<u8>> {
-        for upstream in self.upstreams() {
-            let bind: SocketAddr = match upstream {
-                SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-                SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-            };
-            let Ok(sock) = tokio::net::UdpSocket::bind(bind).await else {
-                continue;
-            };
-            if sock.send_to(query, upstream).await.is_err() {
-                continue;
-            }
-            let mut buf = vec![0u8; 4096];
-            let got = tokio::time::timeout(UPSTREAM_TIMEOUT, async {
-                loop {
-                    let (n, from) = sock.recv_from(&mut buf).await?;
-                    // Only the upstream's answer to this query.
-                    if from == upstream && n >= 2 && buf[..2] == query[..2] {
-                        return std::io::Result::Ok(n);
-                    }
+    /// Relays a query to the node's resolvers (the first answer wins) over the client's
+    /// transport; a TCP client whose upstreams answer no TCP gets their UDP answer.
+    async fn forward(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let upstreams = self.upstreams();
+        if transport == Transport::Tcp {
+            for upstream in &upstreams {
+                if let Some(reply) = forward_tcp(query, *upstream).await {
+                    return Some(reply);
                 }
-            })
-            .await;
-            if let Ok(Ok(n)) = got {
-                return Some(buf[..n].to_vec());
+            }
+        }
+        for upstream in &upstreams {
+            if let Some(reply) = forward_udp(query, *upstream).await {
+                return Some(match transport {
+                    Transport::Udp => fit_udp(query, reply),
+                    Transport::Tcp => reply,
+                });
             }
         }
         let id = query
@@ -287,6 +387,81 @@ impl Dns {
         *held = Some((Instant::now(), list.clone()));
         list
     }
+}
+
+/// The largest UDP answer the sender of `query` takes: its EDNS payload size, never below 512
+/// (RFC 6891 §6.2.5), else 512 (RFC 1035 §4.2.1).
+fn udp_limit(query: &Message) -> usize {
+    match &query.edns {
+        Some(e) => usize::from(e.max_payload()).max(UDP_MAX),
+        None => UDP_MAX,
+    }
+}
+
+/// An upstream's UDP `reply` as the client of `query` can take it: whole when it fits, else
+/// its header and question with TC set, so the client retries over TCP (RFC 1035 §4.2.1).
+fn fit_udp(query: &[u8], reply: Vec<u8>) -> Vec<u8> {
+    let limit = Message::from_vec(query).map_or(UDP_MAX, |q| udp_limit(&q));
+    if reply.len() <= limit {
+        return reply;
+    }
+    match Message::from_vec(&reply)
+        .ok()
+        .and_then(|m| m.truncate().to_vec().ok())
+    {
+        Some(cut) => cut,
+        None => {
+            let id = u16::from_be_bytes([reply[0], reply[1]]);
+            Message::error_msg(id, OpCode::Query, ResponseCode::ServFail)
+                .to_vec()
+                .unwrap_or_default()
+        }
+    }
+}
+
+/// One query to `upstream` over UDP: its answer (any size a datagram holds), or `None`.
+async fn forward_udp(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
+    let bind: SocketAddr = match upstream {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let sock = tokio::net::UdpSocket::bind(bind).await.ok()?;
+    sock.connect(upstream).await.ok()?;
+    sock.send(query).await.ok()?;
+    let mut buf = vec![0u8; MESSAGE_MAX];
+    let got = tokio::time::timeout(UPSTREAM_TIMEOUT, async {
+        loop {
+            // A connected socket only receives from the upstream; only its answer to this query.
+            let n = sock.recv(&mut buf).await?;
+            if n >= 12 && query.len() >= 2 && buf[..2] == query[..2] {
+                return std::io::Result::Ok(n);
+            }
+        }
+    })
+    .await;
+    let n = got.ok()?.ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// One query to `upstream` over TCP (RFC 1035 §4.2.2 framing): its answer, or `None`.
+async fn forward_tcp(query: &[u8], upstream: SocketAddr) -> Option<Vec<u8>> {
+    let len = u16::try_from(query.len()).ok()?;
+    tokio::time::timeout(UPSTREAM_TIMEOUT, async {
+        let mut stream = tokio::net::TcpStream::connect(upstream).await?;
+        let mut framed = Vec::with_capacity(query.len() + 2);
+        framed.extend_from_slice(&len.to_be_bytes());
+        framed.extend_from_slice(query);
+        stream.write_all(&framed).await?;
+        let n = stream.read_u16().await?;
+        let mut reply = vec![0u8; usize::from(n)];
+        stream.read_exact(&mut reply).await?;
+        std::io::Result::Ok(reply)
+    })
+    .await
+    .ok()?
+    .ok()
+    .filter(|r| r.len() >= 12 && query.len() >= 2 && r[..2] == query[..2])
 }
 
 /// The name servers of a resolv.conf (port 53), without ours.
@@ -332,8 +507,40 @@ fn resolve<'a>(registry: &'a Registry, labels: &[String]) -> Target<'a> {
     }
 }
 
-/// The answer to `msg` from `registry`, or `None` when it is not about the cluster domain.
-pub fn answer(registry: &Registry, msg: &Message) -> Option<Message> {
+/// Where a query comes from, for answers reachable from there.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Asker {
+    /// This node's address as the asking task reaches it (a bridge task: its bridge's
+    /// gateway). An endpoint the registry lists at a loopback address — a node whose address
+    /// is `127.0.0.1`, as in `flotilla dev` — is answered with it: loopback inside the task's
+    /// namespace is the task itself.
+    pub node_seen_as: Option<Ipv4Addr>,
+}
+
+impl Asker {
+    fn reach(&self, address: Ipv4Addr) -> Ipv4Addr {
+        match self.node_seen_as {
+            Some(node) if address.is_loopback() => node,
+            _ => address,
+        }
+    }
+}
+
+/// The labels of `fqdn` (lowercase, without the root), most specific first.
+fn labels_of(fqdn: &str) -> Vec<String> {
+    fqdn.trim_end_matches('.')
+        .split('.')
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The answer to `msg` from `registry`, or `None` when it is not about the cluster: names of
+/// the cluster domain, and the short `SERVICE.NAMESPACE` (and `TASK.SERVICE.NAMESPACE`,
+/// `_x._proto.SERVICE.NAMESPACE`) of a namespace the registry has — as Kubernetes' `svc.ns` —
+/// which resolvers that try a dotted name as it is before the search list (busybox, musl, glibc
+/// with `ndots:1`) ask for first.
+pub fn answer(registry: &Registry, msg: &Message, asker: Asker) -> Option<Message> {
     if msg.metadata.message_type != MessageType::Query || msg.metadata.op_code != OpCode::Query {
         return None;
     }
@@ -341,25 +548,40 @@ pub fn answer(registry: &Registry, msg: &Message) -> Option<Message> {
     let domain = Name::from_ascii(DOMAIN).ok()?;
     let qname = q.name().to_lowercase();
     if !domain.zone_of(&qname) {
-        return None;
+        let labels = labels_of(&qname.to_ascii());
+        let known = labels.len() >= 2
+            && labels
+                .last()
+                .is_some_and(|ns| registry.services.iter().any(|s| s.namespace == *ns))
+            && !matches!(resolve(registry, &labels), Target::Nothing);
+        if !known {
+            return None;
+        }
     }
     let mut reply = Message::response(msg.metadata.id, OpCode::Query);
     reply.metadata.authoritative = true;
     reply.metadata.recursion_desired = msg.metadata.recursion_desired;
     reply.metadata.recursion_available = true;
     reply.add_query(q.clone());
+    if msg.edns.is_some() {
+        // A responder that understands EDNS answers an OPT with one (RFC 6891 §6.1.1).
+        let mut edns = hickory_proto::op::Edns::new();
+        edns.set_max_payload(EDNS_PAYLOAD);
+        reply.set_edns(edns);
+    }
     let fqdn = qname.to_ascii();
-    let relative = fqdn
-        .trim_end_matches('.')
-        .strip_suffix(DOMAIN)
-        .unwrap_or_default()
-        .trim_end_matches('.');
-    let labels: Vec<String> = relative
-        .split('.')
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect();
-    let a = |name: &Name, ip: Ipv4Addr| Record::from_rdata(name.clone(), TTL, RData::A(A(ip)));
+    let labels = if domain.zone_of(&qname) {
+        labels_of(
+            fqdn.trim_end_matches('.')
+                .strip_suffix(DOMAIN)
+                .unwrap_or_default(),
+        )
+    } else {
+        labels_of(&fqdn)
+    };
+    let a = |name: &Name, ip: Ipv4Addr| {
+        Record::from_rdata(name.clone(), TTL, RData::A(A(asker.reach(ip))))
+    };
     match (resolve(registry, &labels), q.query_type()) {
         (Target::Nothing, _) => {
             // The domain itself and the namespaces exist (no data); anything else does not.
@@ -461,7 +683,7 @@ mod tests {
         q.add_query(Query::query(Name::from_ascii(name).expect("name"), t));
         // Through the wire format, as a client sends it.
         let q = Message::from_vec(&q.to_vec().expect("encode")).expect("decode");
-        answer(&registry(), &q)
+        answer(&registry(), &q, Asker::default())
     }
 
     fn a_records(m: &Message) -> Vec<Ipv4Addr> {
@@ -538,7 +760,7 @@ mod tests {
             Name::from_ascii("api.shop.flotilla.internal.").expect("name"),
             RecordType::A,
         ));
-        let m = answer(&r, &q).expect("ours");
+        let m = answer(&r, &q, Asker::default()).expect("ours");
         assert_eq!(a_records(&m), [Ipv4Addr::new(10, 43, 0, 1)]);
     }
 
@@ -552,5 +774,294 @@ mod tests {
                 "[::1]:53".parse().expect("addr")
             ]
         );
+    }
+
+    /// A well-behaved upstream on loopback (UDP and TCP) whose answer to any query is 60 A
+    /// records (about 1 KB): over UDP it sends only what the query's payload size allows,
+    /// else the header and question with TC set, as a real server does.
+    async fn big_upstream() -> SocketAddr {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("udp");
+        let addr = udp.local_addr().expect("addr");
+        let tcp = tokio::net::TcpListener::bind(addr).await.expect("tcp");
+        fn big(query: &[u8]) -> Message {
+            let q = Message::from_vec(query).expect("query");
+            let mut m = Message::response(q.metadata.id, OpCode::Query);
+            m.add_query(q.queries[0].clone());
+            for i in 0..60u8 {
+                m.add_answer(Record::from_rdata(
+                    q.queries[0].name().clone(),
+                    60,
+                    RData::A(A(Ipv4Addr::new(10, 9, 0, i))),
+                ));
+            }
+            m
+        }
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, peer)) = udp.recv_from(&mut buf).await {
+                let q = Message::from_vec(&buf[..n]).expect("query");
+                let m = big(&buf[..n]);
+                let bytes = m.to_vec().expect("encode");
+                let out = if bytes.len() > udp_limit(&q) {
+                    m.truncate().to_vec().expect("encode")
+                } else {
+                    bytes
+                };
+                let _ = udp.send_to(&out, peer).await;
+            }
+        });
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = tcp.accept().await {
+                let len = s.read_u16().await.expect("len");
+                let mut q = vec![0u8; usize::from(len)];
+                s.read_exact(&mut q).await.expect("query");
+                let bytes = big(&q).to_vec().expect("encode");
+                s.write_u16(u16::try_from(bytes.len()).expect("fits"))
+                    .await
+                    .expect("len");
+                s.write_all(&bytes).await.expect("answer");
+            }
+        });
+        addr
+    }
+
+    /// The node's resolver on loopback (UDP and TCP) with `upstream`; its address.
+    async fn resolver(upstream: SocketAddr, dir: &Path) -> SocketAddr {
+        resolver_with(upstream, dir).await.0
+    }
+
+    async fn resolver_with(upstream: SocketAddr, dir: &Path) -> (SocketAddr, Arc<Dns>) {
+        let db = Arc::new(Database::create(dir.join("agent.redb")).expect("db"));
+        let dns = Dns::open(db, tokio::runtime::Handle::current(), vec![upstream]).expect("dns");
+        dns.set(registry()).expect("registry");
+        let held = dns.clone();
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("udp");
+        let addr = udp.local_addr().expect("addr");
+        let tcp = tokio::net::TcpListener::bind(addr).await.expect("tcp");
+        tokio::spawn(dns.clone().serve_udp(udp, Asker::default()));
+        tokio::spawn(dns.serve_tcp(tcp, Asker::default()));
+        (addr, held)
+    }
+
+    fn with_id(mut q: Vec<u8>, id: u16) -> Vec<u8> {
+        q[..2].copy_from_slice(&id.to_be_bytes());
+        q
+    }
+
+    /// Repeated queries are answered from the loop's cache: each with its own id, and a new
+    /// registry is seen at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cached_answers_carry_each_query_id_and_follow_the_registry() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (at, dns) = resolver_with(big_upstream().await, dir.path()).await;
+        let q = query("t-3.api.shop.flotilla.internal.", RecordType::A, None);
+        for id in [1u16, 2, 3, 0xfffe] {
+            let m = over_udp(at, &with_id(q.clone(), id)).await;
+            assert_eq!(m.metadata.id, id);
+            assert_eq!(a_records(&m), [Ipv4Addr::new(10, 0, 0, 50)]);
+        }
+        let mut r = registry();
+        r.version += 1;
+        r.services[0].endpoints[2].address = Ipv4Addr::new(10, 0, 0, 51);
+        dns.set(r).expect("registry");
+        for id in [4u16, 5, 6] {
+            let m = over_udp(at, &with_id(q.clone(), id)).await;
+            assert_eq!(m.metadata.id, id);
+            assert_eq!(a_records(&m), [Ipv4Addr::new(10, 0, 0, 51)]);
+        }
+    }
+
+    fn query(name: &str, t: RecordType, edns: Option<u16>) -> Vec<u8> {
+        let mut q = Message::query();
+        q.metadata.id = 4242;
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(Name::from_ascii(name).expect("name"), t));
+        if let Some(size) = edns {
+            let mut e = hickory_proto::op::Edns::new();
+            e.set_max_payload(size);
+            q.set_edns(e);
+        }
+        q.to_vec().expect("encode")
+    }
+
+    async fn over_udp(at: SocketAddr, q: &[u8]) -> Message {
+        let s = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("udp");
+        s.send_to(q, at).await.expect("send");
+        let mut buf = vec![0u8; MESSAGE_MAX];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.recv(&mut buf))
+            .await
+            .expect("an answer within 5 s")
+            .expect("recv");
+        Message::from_vec(&buf[..n]).expect("answer")
+    }
+
+    async fn over_tcp(at: SocketAddr, q: &[u8]) -> Message {
+        let mut s = tokio::net::TcpStream::connect(at).await.expect("connect");
+        s.write_u16(u16::try_from(q.len()).expect("fits"))
+            .await
+            .expect("len");
+        s.write_all(q).await.expect("query");
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read_u16())
+            .await
+            .expect("an answer within 5 s")
+            .expect("len");
+        let mut buf = vec![0u8; usize::from(n)];
+        s.read_exact(&mut buf).await.expect("answer");
+        Message::from_vec(&buf).expect("answer")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_outside_answers_reach_tcp_udp_and_edns_clients_whole_or_truncated() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let at = resolver(big_upstream().await, dir.path()).await;
+        // TCP: forwarded over TCP, the whole answer.
+        let m = over_tcp(at, &query("big.example.", RecordType::A, None)).await;
+        assert!(!m.metadata.truncation);
+        assert_eq!(m.answers.len(), 60);
+        // UDP without EDNS: TC and no records, so the client retries over TCP.
+        let m = over_udp(at, &query("big.example.", RecordType::A, None)).await;
+        assert!(m.metadata.truncation);
+        assert!(m.answers.is_empty());
+        assert_eq!(m.metadata.id, 4242);
+        // UDP with EDNS 4096: the whole answer in one datagram.
+        let m = over_udp(at, &query("big.example.", RecordType::A, Some(4096))).await;
+        assert!(!m.metadata.truncation);
+        assert_eq!(m.answers.len(), 60);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_cluster_answers_truncate_over_udp_and_come_whole_over_tcp() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = Arc::new(Database::create(dir.path().join("agent.redb")).expect("db"));
+        let dns = Dns::open(db, tokio::runtime::Handle::current(), Vec::new()).expect("dns");
+        let mut r = registry();
+        let template = r.services[0].endpoints[0].clone();
+        r.services[0].endpoints = (0..40u8)
+            .map(|i| Endpoint {
+                task: format!("t-{i:02}"),
+                address: Ipv4Addr::new(10, 0, 1, i),
+                ..template.clone()
+            })
+            .collect();
+        dns.set(r).expect("registry");
+        let name = "api.shop.flotilla.internal.";
+        let udp = dns
+            .local_answer(
+                &query(name, RecordType::SRV, None),
+                Transport::Udp,
+                Asker::default(),
+            )
+            .expect("ours");
+        assert!(udp.len() <= UDP_MAX);
+        let udp = Message::from_vec(&udp).expect("answer");
+        assert!(udp.metadata.truncation);
+        let tcp = dns
+            .local_answer(
+                &query(name, RecordType::SRV, None),
+                Transport::Tcp,
+                Asker::default(),
+            )
+            .expect("ours");
+        let tcp = Message::from_vec(&tcp).expect("answer");
+        assert!(!tcp.metadata.truncation);
+        assert_eq!(tcp.answers.len(), 40);
+        assert!(tcp.edns.is_none());
+        // With EDNS: an OPT in the answer (RFC 6891), the whole answer when it fits.
+        let edns = dns
+            .local_answer(
+                &query(name, RecordType::SRV, Some(8192)),
+                Transport::Udp,
+                Asker::default(),
+            )
+            .expect("ours");
+        let edns = Message::from_vec(&edns).expect("answer");
+        assert!(edns.edns.is_some());
+        assert_eq!(edns.answers.len(), 40);
+    }
+
+    #[test]
+    fn an_upstream_answer_too_large_for_the_client_is_cut_to_tc() {
+        let mut m = Message::response(7, OpCode::Query);
+        m.add_query(Query::query(
+            Name::from_ascii("big.example.").expect("name"),
+            RecordType::A,
+        ));
+        for i in 0..60u8 {
+            m.add_answer(Record::from_rdata(
+                Name::from_ascii("big.example.").expect("name"),
+                60,
+                RData::A(A(Ipv4Addr::new(10, 9, 0, i))),
+            ));
+        }
+        let big = m.to_vec().expect("encode");
+        let cut = fit_udp(&query("big.example.", RecordType::A, None), big.clone());
+        let cut = Message::from_vec(&cut).expect("answer");
+        assert!(cut.metadata.truncation && cut.answers.is_empty());
+        let whole = fit_udp(
+            &query("big.example.", RecordType::A, Some(4096)),
+            big.clone(),
+        );
+        assert_eq!(whole, big);
+        // Garbage from an upstream is never passed on, and nothing panics.
+        let junk = fit_udp(&query("big.example.", RecordType::A, None), vec![0xff; 600]);
+        assert!(Message::from_vec(&junk).is_ok());
+    }
+
+    /// `flotilla dev`: the node's address is 127.0.0.1, loopback inside a task's namespace.
+    #[test]
+    fn loopback_endpoints_are_answered_with_the_node_as_the_task_reaches_it() {
+        let mut r = registry();
+        for e in &mut r.services[0].endpoints {
+            e.address = Ipv4Addr::LOCALHOST;
+        }
+        let mut q = Message::query();
+        q.add_query(Query::query(
+            Name::from_ascii("api.shop.flotilla.internal.").expect("name"),
+            RecordType::A,
+        ));
+        let bridge = Asker {
+            node_seen_as: Some(Ipv4Addr::new(10, 42, 0, 1)),
+        };
+        let m = answer(&r, &q, bridge).expect("ours");
+        assert_eq!(a_records(&m), [Ipv4Addr::new(10, 42, 0, 1)]);
+        // SRV targets' addresses too.
+        let mut q = Message::query();
+        q.add_query(Query::query(
+            Name::from_ascii("api.shop.flotilla.internal.").expect("name"),
+            RecordType::SRV,
+        ));
+        let m = answer(&r, &q, bridge).expect("ours");
+        assert!(m
+            .additionals
+            .iter()
+            .all(|rec| rec.data == RData::A(A(Ipv4Addr::new(10, 42, 0, 1)))));
+        // A node address that is not loopback is kept.
+        let m = ask("api.shop.flotilla.internal.", RecordType::A).expect("ours");
+        assert!(a_records(&m).iter().all(|a| !a.is_loopback()));
+    }
+
+    /// busybox's resolver asks for `api.shop.` as it is first (`ndots:1`); it is the service.
+    #[test]
+    fn service_dot_namespace_resolves_as_it_is() {
+        let m = ask("api.shop.", RecordType::A).expect("ours");
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(m.answers[0].name.to_ascii(), "api.shop.");
+        assert_eq!(
+            a_records(&m),
+            [Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 50)]
+        );
+        let t = ask("t-3.api.shop.", RecordType::A).expect("ours");
+        assert_eq!(a_records(&t), [Ipv4Addr::new(10, 0, 0, 50)]);
+        assert!(ask("_http._tcp.api.shop.", RecordType::SRV).is_some());
+        // Names of no service of a known namespace, and other namespaces, go out.
+        assert!(ask("www.shop.", RecordType::A).is_none());
+        assert!(ask("api.example.", RecordType::A).is_none());
+        assert!(ask("shop.", RecordType::A).is_none());
     }
 }

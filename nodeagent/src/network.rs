@@ -23,7 +23,8 @@ use flotilla_api::ipam;
 use flotilla_api::taskdef::{NetworkMode as Mode, Protocol};
 use flotilla_api::tasks::{DesiredTask, NetworkBinding, NodeNetwork, TaskNetwork};
 use flotilla_runtime::container::NetworkMode;
-use flotilla_runtime::network::{conntrack, link, netns, nft};
+use flotilla_runtime::network::hostport::{self, HeldPort};
+use flotilla_runtime::network::{conntrack, link, names, netns, nft};
 use ipnet::Ipv4Net;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -87,6 +88,8 @@ pub struct Attachment {
     pub network: NetworkMode,
     /// Their `/etc/resolv.conf`.
     pub resolv_conf: Option<PathBuf>,
+    /// The task's own addresses, named by each container's hostname in its `/etc/hosts`.
+    pub addresses: Vec<std::net::IpAddr>,
 }
 
 /// The node's task networks.
@@ -116,6 +119,9 @@ struct State {
     records: BTreeMap<String, Record>,
     last_address: Option<Ipv4Addr>,
     last_port: Option<u16>,
+    /// The published host ports of bridge tasks, held by the agent while their networks live
+    /// (as Docker's proxy holds them), so nothing else on the node takes them.
+    held: BTreeMap<String, Vec<HeldPort>>,
 }
 
 impl Networks {
@@ -141,6 +147,17 @@ impl Networks {
                 records.insert(k.value().to_string(), rec);
             }
         }
+        let mut held = BTreeMap::new();
+        for (task, rec) in records.iter().filter(|(_, r)| r.mode == Mode::Bridge) {
+            let mut ports = Vec::new();
+            for b in &rec.bindings {
+                match hostport::hold(b.host_port, nft_proto(b.protocol)) {
+                    Ok(h) => ports.push(h),
+                    Err(e) => tracing::warn!(task = %task, "{e}; its traffic may go elsewhere"),
+                }
+            }
+            held.insert(task.clone(), ports);
+        }
         Ok(Self {
             db,
             netns_dir: data_dir.join("netns"),
@@ -148,6 +165,7 @@ impl Networks {
             settings,
             state: Mutex::new(State {
                 records,
+                held,
                 ..State::default()
             }),
             bridges_seen: Mutex::new(Vec::new()),
@@ -198,7 +216,7 @@ impl Networks {
         if let Some(dns) = &self.dns {
             for (task, r) in &st.records {
                 if let (Some(ns), Mode::Bridge | Mode::Awsvpc) = (&r.netns, r.mode) {
-                    if let Err(e) = dns.serve_in(task, ns) {
+                    if let Err(e) = dns.serve_in(task, ns, node_seen_from(r)) {
                         tracing::warn!(task = %task, "resolver: {e:#}");
                     }
                 }
@@ -228,6 +246,17 @@ impl Networks {
             }
             tracing::info!(task = %task.id, "task network incomplete; making it again");
             self.teardown(&mut st, &task.id)?;
+        }
+        if mode == Mode::Host {
+            // The task's own process binds them: only checked here.
+            for m in task
+                .definition
+                .container_definitions
+                .iter()
+                .flat_map(|c| &c.port_mappings)
+            {
+                hostport::check_free(m.container_port, nft_proto(m.protocol))?;
+            }
         }
         let rec = match mode {
             Mode::Host => Record {
@@ -260,7 +289,7 @@ impl Networks {
         self.record(&mut st, &task.id, rec.clone())?;
         if let (Some(ns), Mode::Bridge | Mode::Awsvpc) = (&rec.netns, mode) {
             if let Some(dns) = &self.dns {
-                dns.serve_in(&task.id, ns)?;
+                dns.serve_in(&task.id, ns, node_seen_from(&rec))?;
             }
             self.write_resolv_conf(&task.id, task.namespace.as_deref())?;
         }
@@ -322,8 +351,10 @@ impl Networks {
         Ok(rec)
     }
 
-    /// Host ports of a bridge task: static ones checked against the node's other tasks,
-    /// dynamic ones picked from the free part of the range.
+    /// Host ports of a bridge task: static ones checked against the node's other tasks and
+    /// held (refused when anything on the node holds them or the node needs them), dynamic
+    /// ones picked from the free part of the range, skipping ports in use. The holds are kept
+    /// in `st.held` once all are taken.
     fn bridge_bindings(&self, st: &mut State, task: &DesiredTask) -> Result<Vec<NetworkBinding>> {
         let mut taken: BTreeMap<(Protocol, u16), String> = BTreeMap::new();
         for (id, r) in &st.records {
@@ -334,6 +365,7 @@ impl Networks {
             }
         }
         let mut out = Vec::new();
+        let mut held = Vec::new();
         for c in &task.definition.container_definitions {
             for m in &c.port_mappings {
                 if let Some(hp) = m.host_port {
@@ -343,6 +375,7 @@ impl Networks {
                             proto_name(m.protocol)
                         );
                     }
+                    held.push(hostport::hold(hp, nft_proto(m.protocol))?);
                     taken.insert((m.protocol, hp), task.id.clone());
                     out.push(binding(&c.name, m.container_port, hp, m.protocol));
                 }
@@ -350,23 +383,34 @@ impl Networks {
         }
         for c in &task.definition.container_definitions {
             for m in c.port_mappings.iter().filter(|m| m.host_port.is_none()) {
-                let used: BTreeSet<u16> = taken
+                let mut used: BTreeSet<u16> = taken
                     .keys()
                     .filter(|(p, _)| *p == m.protocol)
                     .map(|(_, port)| *port)
                     .collect();
-                let hp = ipam::next_port(&self.settings.dynamic_ports, &used, st.last_port)
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "no free host port left in {:?}",
-                            self.settings.dynamic_ports
-                        )
-                    })?;
+                let (hp, hold) = loop {
+                    let hp = ipam::next_port(&self.settings.dynamic_ports, &used, st.last_port)
+                        .ok_or_else(|| {
+                            anyhow!(
+                                "no free host port left in {:?}",
+                                self.settings.dynamic_ports
+                            )
+                        })?;
+                    match hostport::hold(hp, nft_proto(m.protocol)) {
+                        Ok(h) => break (hp, h),
+                        Err(e) => {
+                            tracing::debug!(task = %task.id, "skipping a dynamic port: {e}");
+                            used.insert(hp);
+                        }
+                    }
+                };
+                held.push(hold);
                 st.last_port = Some(hp);
                 taken.insert((m.protocol, hp), task.id.clone());
                 out.push(binding(&c.name, m.container_port, hp, m.protocol));
             }
         }
+        st.held.insert(task.id.clone(), held);
         Ok(out)
     }
 
@@ -423,14 +467,17 @@ impl Networks {
             (None, _) => Attachment {
                 network: NetworkMode::Host,
                 resolv_conf: None,
+                addresses: Vec::new(),
             },
             (Some(ns), Mode::None) => Attachment {
                 network: NetworkMode::Join(ns.clone()),
                 resolv_conf: None,
+                addresses: Vec::new(),
             },
             (Some(ns), _) => Attachment {
                 network: NetworkMode::Join(ns.clone()),
                 resolv_conf: Some(self.resolv_conf_path(task)),
+                addresses: rec.address.iter().map(|a| a.addr().into()).collect(),
             },
         }
     }
@@ -445,7 +492,7 @@ impl Networks {
             Some(_) => crate::dns::resolv_conf(namespace),
             None => {
                 let node = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-                task_resolv_conf(&node)
+                names::namespaced_resolv_conf(&node)
             }
         };
         let path = self.resolv_conf_path(task);
@@ -517,6 +564,7 @@ impl Networks {
         }
         self.persist(task, None)?;
         st.records.remove(task);
+        st.held.remove(task);
         if let Some(b) = rec.bridge {
             self.bridges_seen
                 .lock()
@@ -719,6 +767,22 @@ fn direct_bindings(task: &DesiredTask) -> Vec<NetworkBinding> {
         .collect()
 }
 
+/// The node's own address as a task reaches it: the bridge's gateway for a bridge task (the
+/// node's published ports answer there too); none for others.
+fn node_seen_from(rec: &Record) -> Option<Ipv4Addr> {
+    match (rec.mode, rec.address) {
+        (Mode::Bridge, Some(a)) => Some(ipam::gateway(a.trunc())),
+        _ => None,
+    }
+}
+
+fn nft_proto(p: Protocol) -> nft::Proto {
+    match p {
+        Protocol::Tcp => nft::Proto::Tcp,
+        Protocol::Udp => nft::Proto::Udp,
+    }
+}
+
 fn proto_name(p: Protocol) -> &'static str {
     match p {
         Protocol::Tcp => "tcp",
@@ -768,39 +832,9 @@ fn default_route_in(table: &str) -> Option<String> {
     })
 }
 
-/// The node's resolver configuration as a task in its own namespace sees it: loopback
-/// name servers (a local stub resolver) are unreachable from there and left out.
-pub fn task_resolv_conf(node: &str) -> String {
-    let mut out = String::new();
-    for line in node.lines() {
-        let mut f = line.split_whitespace();
-        if f.next() == Some("nameserver") {
-            let loopback = f
-                .next()
-                .and_then(|a| a.parse::<std::net::IpAddr>().ok())
-                .is_none_or(|a| a.is_loopback());
-            if loopback {
-                continue;
-            }
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loopback_name_servers_are_left_out() {
-        let node = "# generated\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nnameserver ::1\nsearch lan\noptions edns0\n";
-        assert_eq!(
-            task_resolv_conf(node),
-            "# generated\nnameserver 10.0.0.2\nsearch lan\noptions edns0\n"
-        );
-    }
 
     #[test]
     fn veth_names_fit_and_differ() {

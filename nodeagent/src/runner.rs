@@ -459,6 +459,7 @@ impl Runner {
                 .context("its task network")?;
             config.network = attachment.network;
             config.resolv_conf = attachment.resolv_conf;
+            config.addresses = attachment.addresses;
             if store.images().get(&config.image).is_err() {
                 tracing::info!(task = %task, image = %config.image, "pulling");
                 store
@@ -592,6 +593,7 @@ pub fn container_config(
             TaskNetwork::None | TaskNetwork::Bridge | TaskNetwork::Awsvpc => NetworkMode::None,
         },
         resolv_conf: None,
+        addresses: Vec::new(),
         cap_add: c.capabilities_add.clone(),
         cap_drop: c.capabilities_drop.clone(),
         privileged: c.privileged,

@@ -487,3 +487,84 @@ fn a_vip_spreads_connections_and_drops_stopped_tasks() {
     fleet.cp.flotilla_ok(&["service", "rm", "vipweb"]);
     fleet.finish();
 }
+
+/// As in `flotilla dev`, the node's address is `127.0.0.1`: a bridge task still reaches a
+/// service of another namespace by its DNS name — also as busybox's resolver asks for
+/// `api.other` — and by its VIP.
+#[test]
+fn a_node_on_loopback_hands_out_addresses_its_bridge_tasks_reach() {
+    let fleet = Fleet::start_with(&[&[]], |_| {
+        (Vec::new(), vec!["--address".into(), "127.0.0.1".into()])
+    });
+    fleet.register(&web_def(
+        "api",
+        r#"{"containerPort": 80, "hostPort": 18085}"#,
+        3,
+    ));
+    fleet.register(&web_def("vipapi", r#"{"containerPort": 80}"#, 3));
+    fleet.register(CLIENT);
+    service(
+        &fleet,
+        r#"{"serviceName": "api", "taskDefinition": "api", "desiredCount": 1,
+            "discovery": {"namespace": "other"}}"#,
+    );
+    service(
+        &fleet,
+        r#"{"serviceName": "vipapi", "taskDefinition": "vipapi", "desiredCount": 1,
+            "discovery": {"namespace": "other", "vip": true}}"#,
+    );
+    let mut api = endpoints(&fleet, "api");
+    let mut vip = endpoints(&fleet, "vipapi");
+    wait(
+        "both services have endpoints",
+        Duration::from_secs(60),
+        || {
+            api = endpoints(&fleet, "api");
+            vip = endpoints(&fleet, "vipapi");
+            api.endpoints.len() == 1 && vip.endpoints.len() == 1 && vip.vip.is_some()
+        },
+    );
+    assert_eq!(api.endpoints[0].address, std::net::Ipv4Addr::LOCALHOST);
+    let client: Vec<TaskInfo> =
+        fleet
+            .cp
+            .flotilla_json(&["task", "run", "client", "--node", &fleet.ids[0]]);
+    let client = format!("{}-0", client[0].id);
+    wait("client container up", Duration::from_secs(60), || {
+        exec(&fleet, 0, &client, "true").0
+    });
+    for url in [
+        "http://api.other.flotilla.internal:18085/",
+        "http://api.other:18085/",
+    ] {
+        let mut last = (false, String::new());
+        wait(&format!("{url} answers"), Duration::from_secs(20), || {
+            last = exec(&fleet, 0, &client, &format!("wget -q -O - {url}"));
+            last.0
+        });
+        assert!(!last.1.trim().is_empty(), "{url}: {last:?}");
+    }
+    let (ok, out) = exec(&fleet, 0, &client, "nslookup api.other");
+    assert!(
+        ok && out.contains("api.other") && !out.lines().any(|l| l.trim() == "Address: 127.0.0.1"),
+        "{out}"
+    );
+    let vip_addr = vip.vip.expect("vip");
+    for url in [
+        format!("http://{vip_addr}/"),
+        "http://vipapi.other/".to_string(),
+    ] {
+        let mut last = (false, String::new());
+        wait(&format!("{url} answers"), Duration::from_secs(20), || {
+            last = exec(&fleet, 0, &client, &format!("wget -q -O - {url}"));
+            last.0
+        });
+    }
+    for s in ["api", "vipapi"] {
+        fleet.cp.flotilla_ok(&["service", "rm", s]);
+    }
+    fleet
+        .cp
+        .flotilla_ok(&["task", "stop", client.trim_end_matches("-0")]);
+    fleet.finish();
+}

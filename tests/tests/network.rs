@@ -372,3 +372,249 @@ fn awsvpc_tasks_get_lan_addresses_released_on_stop() {
     let _ = a;
     fleet.finish();
 }
+
+/// What a container prints about its name files: each file between markers, then
+/// `hostname -i`.
+const NAME_FILES: &str = "for f in /etc/hosts /etc/hostname /etc/resolv.conf; do echo \"== $f\"; cat $f || echo MISSING; done; echo \"== ip\"; hostname -i || echo NONE; echo END-NAMES";
+
+/// The text of `file` in what [`NAME_FILES`] printed.
+fn section<'a>(out: &'a str, file: &str) -> &'a str {
+    let start = out
+        .find(&format!("== {file}\n"))
+        .unwrap_or_else(|| panic!("{file} in {out}"));
+    let rest = &out[start + file.len() + 4..];
+    let end = rest.find("== ").or(rest.find("END-NAMES"));
+    &rest[..end.unwrap_or(rest.len())]
+}
+
+/// Docker gives every container `/etc/hosts` (localhost and its own address with its hostname),
+/// `/etc/hostname` and `/etc/resolv.conf`, whatever its network: so does a task in each mode.
+#[test]
+fn every_network_mode_gets_hosts_hostname_and_resolv_conf() {
+    let fleet = Fleet::start_with(&[&[]], |lan| {
+        let g = lan.gateway.octets();
+        let base = format!("{}.{}.{}", g[0], g[1], g[2]);
+        let cp = vec![
+            "--awsvpc-subnet".into(),
+            format!("{base}.0/24"),
+            "--awsvpc-range".into(),
+            format!("{base}.100-{base}.101"),
+            "--awsvpc-gateway".into(),
+            lan.gateway.to_string(),
+        ];
+        (cp, Vec::new())
+    });
+    for mode in ["bridge", "awsvpc", "host", "none"] {
+        fleet.register(
+            &format!(
+                r#"{{
+  "family": "names-{mode}",
+  "networkMode": "{mode}",
+  "containerDefinitions": [{{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "hostname": "{host}",
+    "command": {cmd}
+  }}]
+}}"#,
+                cmd = serde_json::json!(["sh", "-c", format!("{NAME_FILES}; sleep 600")]),
+                // ECS allows a hostname only outside awsvpc.
+                host = if mode == "awsvpc" { "" } else { "named-task" },
+            )
+            .replace(r#""hostname": "","#, ""),
+        );
+    }
+    let mut ids = Vec::new();
+    for mode in ["bridge", "awsvpc", "host", "none"] {
+        let id = run_on(&fleet, &format!("names-{mode}"), 0);
+        let (_, net) = running(&fleet, &id);
+        let mut logs = String::new();
+        wait(
+            &format!("the {mode} task printed its name files"),
+            Duration::from_secs(30),
+            || {
+                let out = fleet.cp.flotilla(&["logs", &id]);
+                logs = String::from_utf8_lossy(&out.stdout).into_owned();
+                logs.contains("END-NAMES")
+            },
+        );
+        let hosts = section(&logs, "/etc/hosts");
+        let hostname = section(&logs, "/etc/hostname").trim().to_string();
+        let resolv = section(&logs, "/etc/resolv.conf");
+        let ip = section(&logs, "ip").trim().to_string();
+        assert!(!logs.contains("MISSING"), "{mode}: {logs}");
+        assert!(!hostname.is_empty(), "{mode}: {logs}");
+        if mode != "awsvpc" {
+            assert_eq!(hostname, "named-task", "{mode}: {logs}");
+        }
+        assert!(
+            hosts.lines().any(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.first() == Some(&"127.0.0.1") && f.contains(&"localhost")
+            }),
+            "{mode}: {logs}"
+        );
+        assert_ne!(ip, "NONE", "{mode}: hostname -i failed: {logs}");
+        match mode {
+            "bridge" | "awsvpc" => {
+                let addr = net.address.expect("address").to_string();
+                assert!(
+                    hosts
+                        .lines()
+                        .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                            == [addr.as_str(), hostname.as_str()]),
+                    "{mode}: {logs}"
+                );
+                assert_eq!(ip, addr, "{mode}: {logs}");
+                assert!(resolv.contains("nameserver 127.0.0.11"), "{mode}: {logs}");
+            }
+            _ => {
+                assert!(!resolv.contains("127.0.0.11"), "{mode}: {logs}");
+            }
+        }
+        ids.push(id);
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    stop_and_wait(&fleet, &ids);
+    fleet.finish();
+}
+
+/// `nodeagent ctr run` gives the same name files with `--net none` and `--net host`.
+#[test]
+fn ctr_run_gets_name_files_with_net_none_and_host() {
+    use flotilla_tests::node::{Node, IMAGE};
+    let node = Node::new();
+    for net in ["none", "host"] {
+        let o = node.ctr(&[
+            "run",
+            "--rm",
+            "--net",
+            net,
+            "--hostname",
+            "ctr-box",
+            IMAGE,
+            "sh",
+            "-c",
+            NAME_FILES,
+        ]);
+        let out = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success(),
+            "{net}: {out}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(!out.contains("MISSING"), "{net}: {out}");
+        assert_eq!(section(&out, "/etc/hostname").trim(), "ctr-box", "{net}");
+        assert!(
+            section(&out, "/etc/hosts").contains("ctr-box"),
+            "{net}: {out}"
+        );
+        assert_ne!(section(&out, "ip").trim(), "NONE", "{net}: {out}");
+    }
+    node.assert_clean();
+}
+
+/// Waits for task `id` to stop; its stop reason.
+fn stop_reason(fleet: &Fleet, id: &str) -> String {
+    let mut last = fleet.cp.task(id);
+    wait(
+        &format!("task {id} stopped"),
+        Duration::from_secs(60),
+        || {
+            last = fleet.cp.task(id);
+            last.state == TaskState::Stopped
+        },
+    );
+    last.stop_reason.unwrap_or_default()
+}
+
+/// A host port something on the node already holds is refused with its holder, and the host
+/// service keeps its traffic; ssh's port is never published; a published port is held, so a
+/// host process cannot take it later; dynamic ports skip ports in use.
+#[test]
+fn host_ports_in_use_or_reserved_are_refused_and_dynamic_ones_skip_them() {
+    let fleet = Fleet::start_with(&[&[], &[]], |_| {
+        (
+            Vec::new(),
+            vec!["--dynamic-ports".into(), "18090-18092".into()],
+        )
+    });
+    let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
+    let www = tempfile::tempdir().expect("tmp");
+    std::fs::write(www.path().join("index.html"), "HOST-SERVICE\n").expect("index");
+    let www_dir = www.path().to_str().expect("utf-8");
+    let mut host_service = a
+        .command("busybox")
+        .args(["httpd", "-f", "-p", "18081", "-h", www_dir])
+        .spawn()
+        .expect("busybox httpd");
+    let mut on_dynamic = a
+        .command("busybox")
+        .args(["httpd", "-f", "-p", "18090", "-h", www_dir])
+        .spawn()
+        .expect("busybox httpd");
+    wait("the host services listen", Duration::from_secs(10), || {
+        fetch(b, &format!("http://{}:18081/", a.addr))
+            .status
+            .success()
+            && fetch(b, &format!("http://{}:18090/", a.addr))
+                .status
+                .success()
+    });
+
+    fleet.register(&web_def(
+        "taken",
+        "bridge",
+        r#"[{"containerPort": 80, "hostPort": 18081}]"#,
+        80,
+    ));
+    let id = run_on(&fleet, "taken", 0);
+    let reason = stop_reason(&fleet, &id);
+    assert!(
+        reason.contains("host port 18081/tcp is in use on this node")
+            && reason.contains("busybox (pid"),
+        "{reason}"
+    );
+    assert_eq!(
+        fetch_ok(b, &format!("http://{}:18081/", a.addr)),
+        "HOST-SERVICE"
+    );
+
+    fleet.register(&web_def(
+        "ssh",
+        "bridge",
+        r#"[{"containerPort": 22, "hostPort": 22}]"#,
+        22,
+    ));
+    let id = run_on(&fleet, "ssh", 0);
+    let reason = stop_reason(&fleet, &id);
+    assert!(
+        reason.contains("host port 22/tcp is reserved for the node's own ssh"),
+        "{reason}"
+    );
+
+    // Dynamic: 18090 is in use, so the task gets 18091, and holds it.
+    fleet.register(&web_def(
+        "dynamic",
+        "bridge",
+        r#"[{"containerPort": 80}]"#,
+        80,
+    ));
+    let id = run_on(&fleet, "dynamic", 0);
+    let (_, net) = running(&fleet, &id);
+    assert_eq!(net.bindings[0].host_port, 18091, "{net:#?}");
+    assert!(!fetch_ok(b, &format!("http://{}:18091/", a.addr)).contains("HOST-SERVICE"));
+    let mut late = a
+        .command("busybox")
+        .args(["httpd", "-f", "-p", "18091", "-h", www_dir])
+        .spawn()
+        .expect("busybox httpd");
+    let status = late.wait().expect("late httpd");
+    assert!(!status.success(), "a host process bound a published port");
+    stop_and_wait(&fleet, &[&id]);
+
+    let _ = host_service.kill();
+    let _ = host_service.wait();
+    let _ = on_dynamic.kill();
+    let _ = on_dynamic.wait();
+    fleet.finish();
+}

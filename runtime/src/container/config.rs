@@ -32,9 +32,12 @@ pub struct ContainerConfig {
     pub read_only: bool,
     /// Network namespace.
     pub network: NetworkMode,
-    /// A host file mounted read-only at `/etc/resolv.conf` (default: a copy of the node's for
-    /// `host`, the image's own otherwise).
+    /// A host file mounted read-only at `/etc/resolv.conf` (default: a copy of the node's,
+    /// without its loopback name servers outside `host`, as Docker gives it).
     pub resolv_conf: Option<PathBuf>,
+    /// The container's own addresses, named by its hostname in its `/etc/hosts` (none: its
+    /// name is on `127.0.1.1`; see `network::names`).
+    pub addresses: Vec<std::net::IpAddr>,
     /// Capabilities added to the default set (`ALL` for every one).
     pub cap_add: Vec<String>,
     /// Capabilities removed from the default set (`ALL` for every one).

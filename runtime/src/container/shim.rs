@@ -176,28 +176,7 @@ fn create_and_start(
     rootfs::ensure_dir(&root, &cwd)
         .map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
     let mut mounts = record.mounts.clone();
-    if let Some(file) = &record.config.resolv_conf {
-        mounts.push(ResolvedMount {
-            kind: MountKind::Bind,
-            source: file.clone(),
-            target: PathBuf::from("/etc/resolv.conf"),
-            read_only: true,
-            size: None,
-        });
-    } else if record.config.network == NetworkMode::Host {
-        // The node's resolver configuration, as a copy the container cannot change for
-        // the node.
-        let copy = dir.join("resolv.conf");
-        if fs::copy("/etc/resolv.conf", &copy).is_ok() {
-            mounts.push(ResolvedMount {
-                kind: MountKind::Bind,
-                source: copy,
-                target: PathBuf::from("/etc/resolv.conf"),
-                read_only: true,
-                size: None,
-            });
-        }
-    }
+    mounts.extend(name_files(record, dir)?);
     let bounding = bounding_set();
     let limit_problems = ulimits_beyond_own(&record.config.ulimits, &bounding);
     if !limit_problems.is_empty() {
@@ -533,6 +512,72 @@ fn supervise(dir: &Path, record: &ContainerRecord, c: StartedContainer) -> ExitI
         Err(e) => tracing::error!(container = %record.id, "recording the exit: {e}"),
     }
     exit
+}
+
+/// The name files of a container — `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` —
+/// as bind mounts of files in its directory, in every network mode, as Docker gives them (a
+/// mount the caller asked for at one of those paths wins).
+fn name_files(record: &ContainerRecord, dir: &Path) -> Result<Vec<ResolvedMount>, String> {
+    use crate::network::names;
+    let cfg = &record.config;
+    let hostname = spec::hostname(cfg, &record.id);
+    let host = cfg.network == NetworkMode::Host;
+    let node_hosts = if host {
+        Some(fs::read_to_string("/etc/hosts").unwrap_or_default())
+    } else {
+        None
+    };
+    let mut files = vec![
+        (
+            "hosts",
+            names::hosts_file(&hostname, &cfg.addresses, node_hosts.as_deref()),
+        ),
+        ("hostname", names::hostname_file(&hostname)),
+    ];
+    let resolv = match &cfg.resolv_conf {
+        Some(file) => Some(file.clone()),
+        None => {
+            let node = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            let text = if host {
+                node
+            } else {
+                names::namespaced_resolv_conf(&node)
+            };
+            files.push(("resolv.conf", text));
+            None
+        }
+    };
+    let mut mounts = Vec::new();
+    for (name, text) in files {
+        let path = dir.join(name);
+        write_name_file(&path, &text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        mounts.push((path, name));
+    }
+    if let Some(file) = resolv {
+        mounts.push((file, "resolv.conf"));
+    }
+    let asked: Vec<&Path> = record.mounts.iter().map(|m| m.target.as_path()).collect();
+    Ok(mounts
+        .into_iter()
+        .map(|(source, name)| (source, PathBuf::from("/etc").join(name)))
+        .filter(|(_, target)| !asked.contains(&target.as_path()))
+        .map(|(source, target)| ResolvedMount {
+            kind: MountKind::Bind,
+            // The caller's file (the task's resolver) is shared: read-only. The container's
+            // own copies are writable, as Docker's are, and go with the container.
+            read_only: cfg.resolv_conf.as_ref() == Some(&source),
+            source,
+            target,
+            size: None,
+        })
+        .collect())
+}
+
+/// Writes a name file readable by every user of the container, whatever the caller's umask.
+fn write_name_file(path: &Path, text: &str) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::write(path, text)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644))
 }
 
 #[cfg(test)]

@@ -398,13 +398,17 @@ fn all_capabilities() -> Vec<Capability> {
 /// The umask a container's process starts with: Docker's and runc's, never the caller's.
 pub const CONTAINER_UMASK: u32 = 0o022;
 
+/// The container's hostname: the one asked for, else its short id (as Docker's).
+pub fn hostname(cfg: &ContainerConfig, id: &str) -> String {
+    cfg.hostname
+        .clone()
+        .unwrap_or_else(|| id.chars().take(12).collect())
+}
+
 /// Builds the spec.
 pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     let cfg = input.config;
-    let hostname = cfg
-        .hostname
-        .clone()
-        .unwrap_or_else(|| input.id.chars().take(12).collect());
+    let hostname = hostname(cfg, input.id);
     let caps: HashSet<Capability> = capabilities(cfg)?
         .intersection(input.bounding)
         .copied()

@@ -3,8 +3,8 @@
 //! inside the task's network namespace ask `A web.bench.flotilla.internal` of the task's
 //! resolver (127.0.0.11:53, served by the agent) for a few seconds. *Anchor:* dnsmasq (Debian's
 //! `dnsmasq-base`) answering the same name from its configuration, in the same namespace, with
-//! the same clients, in the same run. Both servers answer from one socket, one query after the
-//! other; the clients run on the same cores, so answers/s is a property of the whole machine:
+//! the same clients, in the same run. dnsmasq answers from one socket, one query after the
+//! other, the agent from two loops on it; the clients run on the same cores, so answers/s is a property of the whole machine:
 //! the CPU time each server used per answer (its process's user + system time over the run,
 //! all threads) is printed next to it. Run as root with release binaries:
 //! `cargo build --release --workspace && target/release/bench-dns [SECONDS] [CLIENTS]`.

@@ -467,6 +467,43 @@ fn an_init_reaps_orphans_and_passes_signals_on() {
     assert!(took < Duration::from_secs(10), "stop took {took:?}");
     let exit = node.inspect(&init).exit.expect("exit recorded");
     assert_eq!(exit.exit_code, 143, "128 + SIGTERM, as a shell reports it");
+    // Real-time signals are passed on too, not fatal to the init.
+    let o = node.ctr(&[
+        "run",
+        "--rm",
+        "--init",
+        IMAGE,
+        "sh",
+        "-c",
+        "trap 'echo got-34' 34; kill -34 1; sleep 0.3; echo still-here",
+    ]);
+    assert_eq!(
+        (
+            o.status.code(),
+            stdout(&o).split_whitespace().collect::<Vec<_>>()
+        ),
+        (Some(0), vec!["got-34", "still-here"]),
+        "{}",
+        stderr(&o)
+    );
+    // The init holds nothing of the container's setup: a workload allowed to look into its
+    // PID 1 finds only stdio there (no host /proc, no host path of the root filesystem).
+    let o = node.ctr(&[
+        "run",
+        "--rm",
+        "--init",
+        "--cap-add",
+        "SYS_PTRACE",
+        IMAGE,
+        "ls",
+        "/proc/1/fd",
+    ]);
+    assert_eq!(
+        stdout(&o).split_whitespace().collect::<Vec<_>>(),
+        ["0", "1", "2"],
+        "{}",
+        stderr(&o)
+    );
     // The command's own exit code comes through, and it is not PID 1.
     let o = node.ctr(&[
         "run",

@@ -91,6 +91,13 @@ pub fn main(data_dir: &Path, id: &str) -> i32 {
             return 1;
         }
     };
+    if let Err(e) = record_fits(&record, id) {
+        report(&StatusLine::Error(format!(
+            "{}: {e}",
+            dir.join("container.json").display()
+        )));
+        return 1;
+    }
     tracing::debug!(container = %id, "shim running");
     // Nothing made for the container (mount points, the working directory, files) and no
     // process in it may depend on the umask of whoever started the agent.
@@ -294,6 +301,31 @@ fn bounding_set() -> std::collections::HashSet<oci_spec::runtime::Capability> {
     spec::capabilities_from_mask(mask)
 }
 
+/// Checks the record's fields that name places on the host against what the container store
+/// writes: its own id, layers by their digest's hex, a cgroup path under a valid parent ending
+/// in the id. A record edited by hand (or by anything that could write the data directory)
+/// must not point libcontainer or the overlay elsewhere.
+fn record_fits(record: &ContainerRecord, id: &str) -> Result<(), String> {
+    if record.id != id {
+        return Err(format!("records container '{}', not '{id}'", record.id));
+    }
+    if let Some(bad) = record
+        .image
+        .layers
+        .iter()
+        .find(|l| l.is_empty() || !l.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(format!("image.layers: '{bad}' is not a layer digest"));
+    }
+    let parent = record
+        .cgroup_path
+        .strip_prefix('/')
+        .and_then(|p| p.strip_suffix(id))
+        .and_then(|p| p.strip_suffix('/'))
+        .ok_or_else(|| format!("cgroup_path '{}' is not /PARENT/{id}", record.cgroup_path))?;
+    super::validate_cgroup_parent(parent).map_err(|e| format!("cgroup_path: {e}"))
+}
+
 /// This process's hard limit of `resource` (`None`: unlimited).
 fn hard_limit(resource: rustix::process::Resource) -> Option<u64> {
     rustix::process::getrlimit(resource).maximum
@@ -326,7 +358,7 @@ fn ulimits_beyond_own(
 }
 
 /// The rustix resource of a ulimit name (`nofile` → `Resource::Nofile`).
-fn rlimit_resource(name: &str) -> Option<rustix::process::Resource> {
+pub(super) fn rlimit_resource(name: &str) -> Option<rustix::process::Resource> {
     use rustix::process::Resource as R;
     Some(match name {
         "cpu" => R::Cpu,
@@ -594,5 +626,45 @@ mod tests {
         );
         assert_eq!(parse_status("started x"), None);
         assert_eq!(parse_status(""), None);
+    }
+
+    fn record(id: &str, layers: &[&str], cgroup_path: &str) -> ContainerRecord {
+        serde_json::from_value(serde_json::json!({
+            "id": id,
+            "created_at": 0,
+            "image": {"name": "x", "digest": "sha256:00", "layers": layers},
+            "image_process": {},
+            "cgroup_path": cgroup_path,
+            "mounts": [],
+            "config": {"image": "x"},
+        }))
+        .expect("record")
+    }
+
+    #[test]
+    fn a_record_pointing_outside_its_place_is_refused() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let good = record(id, &["ab12"], &format!("/flotilla/node-1/{id}"));
+        assert_eq!(record_fits(&good, id), Ok(()));
+        for (r, says) in [
+            (
+                record("../../x", &[], &format!("/f/{id}")),
+                "records container",
+            ),
+            (
+                record(id, &["../../etc"], &format!("/f/{id}")),
+                "image.layers",
+            ),
+            (
+                record(id, &["/tmp/victim"], &format!("/f/{id}")),
+                "image.layers",
+            ),
+            (record(id, &[], "/f/../escape"), "cgroup_path"),
+            (record(id, &[], &format!("/f/../x/{id}")), "cgroup_path"),
+            (record(id, &[], &format!("f/{id}")), "cgroup_path"),
+        ] {
+            let e = record_fits(&r, id).expect_err(says);
+            assert!(e.contains(says), "{e}");
+        }
     }
 }

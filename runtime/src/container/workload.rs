@@ -12,7 +12,7 @@
 //!    it is the shim's own code, already in memory, from the shim binary's read-only mount.
 
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
-use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
@@ -77,31 +77,72 @@ impl Executor for Workload {
 /// The container's PID 1 when it asked for an init: waits for signals (all blocked, so even
 /// those a namespace's init would otherwise never get are queued), reaps every child that
 /// ends — the workload's orphans are reparented to it — and passes every other signal on to
-/// the workload, so `SIGTERM` reaches a `sleep` that as PID 1 would have ignored it. When the
-/// workload ends it exits with the workload's status (128 + the signal's number when it was
-/// killed, as a shell reports it); the kernel then ends whatever is left in the container.
+/// the workload (real-time ones too), so `SIGTERM` reaches a `sleep` that as PID 1 would have
+/// ignored it. When the workload ends it exits with the workload's status (128 + the signal's
+/// number when it was killed, as a shell reports it); the kernel then ends whatever is left in
+/// the container.
+///
+/// It first closes every descriptor above stderr: what the container's setup held open (the
+/// host's `/proc`, the root filesystem by its host path, sync sockets) must not stay reachable
+/// through `/proc/1/fd` by a workload allowed to inspect its PID 1 (`CAP_SYS_PTRACE`).
 fn run_init(workload: Pid) -> ! {
+    sys::close_from(3);
     let all = SigSet::all();
     loop {
-        match all.wait() {
-            Ok(Signal::SIGCHLD) => {
-                if let Some(code) = reap(workload) {
-                    std::process::exit(code);
-                }
+        let sig = sys::wait_signal(&all);
+        if sig == libc::SIGCHLD {
+            if let Some(code) = reap(workload) {
+                std::process::exit(code);
             }
-            // Neither can be caught; a terminal's job-control stops do not apply to a
-            // container's init (tini ignores them too).
-            Ok(Signal::SIGKILL | Signal::SIGSTOP | Signal::SIGTTIN | Signal::SIGTTOU) => {}
-            Ok(sig) => {
-                // Gone already: its SIGCHLD is queued and ends the loop.
-                let _ = kill(workload, sig);
-            }
-            // Only a real-time signal nix has no name for: nothing to pass on.
-            Err(_) => {
-                if let Some(code) = reap(workload) {
-                    std::process::exit(code);
-                }
-            }
+        } else if sig > 0
+            && ![libc::SIGKILL, libc::SIGSTOP, libc::SIGTTIN, libc::SIGTTOU].contains(&sig)
+        {
+            // Neither SIGKILL nor SIGSTOP can be caught, and a terminal's job-control stops do
+            // not apply to a container's init (tini ignores them too). A workload already
+            // gone makes this fail: its SIGCHLD is queued and ends the loop.
+            sys::send(workload, sig);
+        }
+    }
+}
+
+/// The few raw system calls of the init, for what nix has no safe form of (real-time signals,
+/// `close_range`).
+mod sys {
+    use nix::sys::signal::SigSet;
+    use nix::unistd::Pid;
+
+    /// Closes every descriptor from `first` up.
+    pub fn close_from(first: u32) {
+        #[allow(unsafe_code)]
+        // SAFETY: close_range(2) takes plain integers and only closes this process's
+        // descriptors; nothing in this (single-threaded, about to loop forever) process uses
+        // one above stderr again.
+        unsafe {
+            libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32);
+        }
+    }
+
+    /// Waits for one of `set`'s signals (blocked) and returns its number, real-time ones
+    /// included; 0 if the wait failed.
+    pub fn wait_signal(set: &SigSet) -> i32 {
+        let mut sig: libc::c_int = 0;
+        #[allow(unsafe_code)]
+        // SAFETY: `set` is a valid, initialized sigset_t and `sig` a valid place for the
+        // result; sigwait(3) writes nothing else.
+        let r = unsafe { libc::sigwait(set.as_ref(), &mut sig) };
+        if r == 0 {
+            sig
+        } else {
+            0
+        }
+    }
+
+    /// Sends signal number `sig` to `pid` (errors ignored: see the caller).
+    pub fn send(pid: Pid, sig: i32) {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) takes plain integers.
+        unsafe {
+            libc::kill(pid.as_raw(), sig);
         }
     }
 }

@@ -10,6 +10,7 @@ mod ctr;
 mod ctr_container;
 mod dns;
 mod health;
+mod kept_logs;
 mod logs;
 mod network;
 mod node;

@@ -148,7 +148,7 @@ impl Runner {
             checks: Arc::default(),
             status,
             rounds,
-            task_logs: data_dir.join(crate::logs::KEPT_DIR),
+            task_logs: data_dir.join(crate::kept_logs::KEPT_DIR),
         }))
     }
 
@@ -514,7 +514,7 @@ impl Runner {
                 tokio::task::spawn_blocking(move || -> Result<()> {
                     // Its output stays readable for a while; a failure to keep it does not
                     // keep the task's containers.
-                    if let Err(e) = crate::logs::keep(&*rt, &kept, &task, &containers) {
+                    if let Err(e) = crate::kept_logs::keep(&*rt, &kept, &task, &containers) {
                         tracing::warn!(task = %task, "keeping its logs: {e:#}");
                     }
                     // Its task-scoped volumes and its network go with it.

@@ -14,12 +14,10 @@ use rustix::fs::{mkdirat, openat2, Mode, OFlags, ResolveFlags};
 use rustix::mount::{mount, MountFlags};
 
 use super::spec::ResolvedUser;
+use crate::image::MAX_LAYERS;
 
 /// Passwd and group files larger than this are refused.
 const MAX_ACCOUNT_FILE: u64 = 4 * 1024 * 1024;
-
-/// Most lower layers one overlayfs mount stacks (the kernel's `OVL_MAX_STACK`).
-pub const MAX_LAYERS: usize = 500;
 
 /// Name of the directory of short layer links inside an overlay's directory.
 const LINKS_DIR: &str = "layers";

@@ -36,6 +36,10 @@ pub use registry::{Credentials, RegistryOptions};
 use manifest::{Descriptor, ImageConfig, ManifestKind, MAX_CONFIG_BYTES};
 use registry::{RegistryClient, RegistryError};
 
+/// Most distinct layers an image may have: what one overlayfs mount stacks (the kernel's
+/// `OVL_MAX_STACK`), as a container's root filesystem is one mount.
+pub const MAX_LAYERS: usize = 500;
+
 /// Layers downloaded and unpacked at once by one pull.
 const LAYER_CONCURRENCY: usize = 3;
 /// Attempts per blob download before a pull gives up (each resumes where the last stopped).
@@ -634,12 +638,12 @@ impl ImageStore {
             )));
         }
         let distinct: HashSet<&Digest> = config.rootfs.diff_ids.iter().collect();
-        if distinct.len() > crate::container::rootfs::MAX_LAYERS {
+        if distinct.len() > MAX_LAYERS {
             return Err(invalid(format!(
                 "{} distinct layers; a container's root filesystem stacks at most {} \
                  (overlayfs' limit): squash the image",
                 distinct.len(),
-                crate::container::rootfs::MAX_LAYERS
+                MAX_LAYERS
             )));
         }
         let config_platform = Platform {

@@ -31,6 +31,43 @@ pub fn bin(name: &str) -> PathBuf {
     p
 }
 
+/// Copies what a running container's spec uses from the node into `bundle`, for a benchmark's
+/// anchor to run the same container: its merged root filesystem, seen through its shim's mount
+/// namespace (`/proc/<shim>/root`), to `bundle/rootfs` with `cp -a`, and the files the shim
+/// made in the container's directory (`/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf`),
+/// with `spec`'s mounts of them pointed at the copies — they go when the container is removed.
+pub fn copy_container_files(
+    container_dir: &std::path::Path,
+    shim_pid: i32,
+    spec: &mut serde_json::Value,
+    bundle: &std::path::Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(bundle)?;
+    let merged = format!(
+        "/proc/{shim_pid}/root{}",
+        container_dir.join("rootfs").display()
+    );
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&merged)
+        .arg(bundle.join("rootfs"))
+        .status()?;
+    anyhow::ensure!(status.success(), "copying {merged}: {status}");
+    for m in spec["mounts"].as_array_mut().into_iter().flatten() {
+        let Some(source) = m["source"].as_str().map(std::path::PathBuf::from) else {
+            continue;
+        };
+        if let (Ok(rest), Some(name)) = (source.strip_prefix(container_dir), source.file_name()) {
+            if rest.components().count() == 1 && source.is_file() {
+                let copy = bundle.join(name);
+                std::fs::copy(&source, &copy)?;
+                m["source"] = copy.to_string_lossy().into_owned().into();
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Waits until `cond` holds (polling every 200 ms), failing the test after `timeout`.
 pub fn wait(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
     let start = std::time::Instant::now();

@@ -144,13 +144,19 @@ fn mb(b: u64) -> f64 {
     b as f64 / 1e6
 }
 
-fn pids_of(name: &str) -> Vec<u32> {
+/// Processes named `name` whose command line mentions `needle` (this run's, not another's or a
+/// zombie's).
+fn pids_of(name: &str, needle: &str) -> Vec<u32> {
     let mut out = Vec::new();
     for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
             continue;
         };
-        if fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == name) {
+        let named =
+            fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_end() == name);
+        let ours = fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle));
+        if named && ours {
             out.push(pid);
         }
     }
@@ -221,16 +227,7 @@ fn flotilla(n: usize, work: &Path) -> Result<PathBuf> {
     spec["linux"]["seccomp"] = serde_json::from_slice(&fs::read(dir.join("seccomp.json"))?)?;
     let bundle = work.join("bundle");
     fs::create_dir_all(&bundle)?;
-    let merged = format!("/proc/{shim}/root{}", dir.join("rootfs").display());
-    if !Command::new("cp")
-        .arg("-a")
-        .arg(&merged)
-        .arg(bundle.join("rootfs"))
-        .status()?
-        .success()
-    {
-        bail!("copying the root filesystem");
-    }
+    flotilla_tests::copy_container_files(&dir, shim, &mut spec, &bundle)?;
     spec["root"]["path"] = bundle.join("rootfs").to_string_lossy().into_owned().into();
     spec["root"]["readonly"] = false.into();
     spec["process"]["args"] = serde_json::json!(["sleep", "3600"]);
@@ -391,9 +388,10 @@ fn containerd(n: usize, rootfs: &Path, work: &Path) -> Result<()> {
             ])?;
         }
         std::thread::sleep(Duration::from_secs(3));
-        let shims = pids_of("containerd-shim")
+        let sock_text = sock.to_string_lossy();
+        let shims = pids_of("containerd-shim", &sock_text)
             .into_iter()
-            .chain(pids_of("containerd-shim-runc-v2"))
+            .chain(pids_of("containerd-shim-runc-v2", &sock_text))
             .map(Memory::of)
             .collect::<Result<Vec<_>>>()?;
         let daemon_mem = Memory::of(daemon.id())?;

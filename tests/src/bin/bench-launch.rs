@@ -97,16 +97,7 @@ fn main() -> Result<()> {
     let shim = state.shim.pid;
     let bundle = node.scratch().join("bundle");
     fs::create_dir_all(&bundle)?;
-    let merged = format!("/proc/{shim}/root{}", dir.join("rootfs").display());
-    if !Command::new("cp")
-        .arg("-a")
-        .arg(&merged)
-        .arg(bundle.join("rootfs"))
-        .status()?
-        .success()
-    {
-        bail!("copying the root filesystem");
-    }
+    flotilla_tests::copy_container_files(&dir, shim, &mut spec, &bundle)?;
     node.ctr_ok(&["rm", "-f", &id]);
     spec["root"]["path"] = "rootfs".into();
     spec["process"]["args"] = serde_json::json!(["sleep", "3600"]);

@@ -72,16 +72,7 @@ fn main() -> Result<()> {
 
     let bundle = work.path().join("bundle");
     fs::create_dir_all(&bundle)?;
-    // The container's merged root filesystem, seen through its shim's mount namespace.
-    let merged = format!("/proc/{shim_pid}/root{}", dir.join("rootfs").display());
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(&merged)
-        .arg(bundle.join("rootfs"))
-        .status()?;
-    if !status.success() {
-        bail!("copying the root filesystem failed");
-    }
+    flotilla_tests::copy_container_files(&dir, shim_pid, &mut spec, &bundle)?;
     ctr(&["rm", "-f", &id])?;
     // The seccomp profile nodeagent compiles ahead and installs itself; runc gets it in the
     // spec and compiles it on its start path, as it always does.

@@ -692,7 +692,7 @@ async fn start(
     say!("  {me}{flag} task ls");
     say!("  {me}{flag} logs {demo} -f");
     say!("  {me}{flag} node ls");
-    say!("  {me}{flag} taskdef register my-task.json && {me}{flag} task run my-task");
+    say!("  {me}{flag} taskdef register web.json && {me}{flag} task run web   (web.json: README, \"Your first task\")");
     say!("Ctrl-C (or closing this terminal) stops the cluster and removes its containers; a second Ctrl-C kills them without waiting; the data stays for the next run.");
     Ok(())
 }

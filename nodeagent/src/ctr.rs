@@ -124,8 +124,31 @@ enum ImageCommand {
     Prune,
 }
 
+/// Whether `cmd` brings something new onto the node (an image, a container, a volume), and so
+/// may make the data directory; every other command reads or changes what is already there.
+fn adds_to_node(cmd: &CtrCommand) -> bool {
+    matches!(
+        cmd,
+        CtrCommand::Image(
+            ImageCommand::Pull { .. }
+                | ImageCommand::Import { .. }
+                | ImageCommand::ImportBusybox { .. }
+        ) | CtrCommand::Container(ContainerCommand::Run(_))
+            | CtrCommand::Volume(VolumeCommand::Create { .. })
+    )
+}
+
 pub async fn run(data_dir: &Path, node: StoreOptions, args: CtrArgs) -> Result<ExitCode> {
     let json = args.output == Output::Json;
+    // A mistyped --data-dir must not leave an empty store behind, nor list "nothing" as if the
+    // node had no containers.
+    if !adds_to_node(&args.command) && !data_dir.is_dir() {
+        bail!(
+            "no data directory at {}: pass the node's --data-dir (the agent's default is {})",
+            data_dir.display(),
+            crate::DEFAULT_DATA_DIR
+        );
+    }
     if let CtrCommand::Image(cmd) = args.command {
         let store = ImageStore::open(data_dir)
             .with_context(|| format!("opening the image store in {}", data_dir.display()))?;

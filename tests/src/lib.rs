@@ -12,7 +12,7 @@ pub mod openapi;
 pub mod registry;
 pub mod vm;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Path of a workspace binary built next to the running test (`cargo build --workspace` first).
 pub fn bin(name: &str) -> PathBuf {
@@ -89,6 +89,53 @@ pub fn require_root() {
         rustix::process::geteuid().is_root(),
         "system tests run as root (they create device nodes, mounts and cgroups)"
     );
+}
+
+/// The numeric arguments of a benchmark binary, each given as `(NAME, default)` in the order they
+/// are passed: `bench-x [NAME]…`. `-h`/`--help` prints the usage line (with the defaults) and the
+/// binary's own description is in its doc comment; a flag, a word that is not a whole number or
+/// one argument too many prints the usage on standard error and exits 2 (as a bad invocation of a
+/// Unix tool does), so a typo never runs an hour-long benchmark with the defaults.
+pub fn bench_args<const K: usize>(names: [(&str, u64); K]) -> [u64; K] {
+    let mut args = std::env::args();
+    let bin = args
+        .next()
+        .and_then(|a| {
+            Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "bench".into());
+    let usage: String = names
+        .iter()
+        .map(|(n, d)| format!(" [{n} (default {d})]"))
+        .collect();
+    let usage = format!("usage: {bin}{usage}");
+    let given: Vec<String> = args.collect();
+    if given.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{usage}");
+        std::process::exit(0);
+    }
+    let mut values = names.map(|(_, d)| d);
+    if given.len() > K {
+        let extra = given.len() - K;
+        let plural = if extra == 1 { "" } else { "s" };
+        eprintln!("{bin}: {extra} argument{plural} too many\n{usage}");
+        std::process::exit(2);
+    }
+    for (i, a) in given.iter().enumerate() {
+        match a.parse() {
+            Ok(v) => values[i] = v,
+            Err(_) => {
+                eprintln!(
+                    "{bin}: {} must be a whole number, not {a:?}\n{usage}",
+                    names[i].0
+                );
+                std::process::exit(2);
+            }
+        }
+    }
+    values
 }
 
 /// This machine's architecture in OCI (Go) naming, as images and indexes spell it.

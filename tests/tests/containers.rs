@@ -55,6 +55,38 @@ fn run_reports_output_and_exit_codes_and_cleans_up() {
 }
 
 #[test]
+fn a_mistyped_data_directory_is_named_and_nothing_is_made_there() {
+    let node = Node::bare();
+    assert!(!node.data.exists());
+    for args in [
+        &["ps"][..],
+        &["inspect", "web"],
+        &["logs", "web"],
+        &["rm", "web"],
+        &["image", "ls"],
+        &["image", "prune"],
+        &["volume", "ls"],
+    ] {
+        let o = node.ctr(args);
+        assert_eq!(o.status.code(), Some(1), "ctr {args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("no data directory at") && err.contains(&*node.data.to_string_lossy()),
+            "ctr {args:?}: {err}"
+        );
+        assert!(
+            !node.data.exists(),
+            "ctr {args:?} made {}",
+            node.data.display()
+        );
+    }
+    // What brings something onto the node makes it.
+    node.ctr_ok(&["volume", "create", "v"]);
+    assert!(node.data.is_dir());
+    node.ctr_ok(&["volume", "rm", "v"]);
+}
+
+#[test]
 fn detached_lifecycle_stop_kill_rm() {
     let node = Node::new();
     let script = "trap 'echo bye; exit 42' TERM; echo up; while true; do sleep 0.1 & wait; done";

@@ -161,6 +161,69 @@ fn assert_nothing_left(node: &Node) {
     node.assert_clean();
 }
 
+/// The README's *Your first task*, as a newcomer follows it in the dev cluster: the task
+/// definition registers, runs, serves its host name on the published port and stops quickly.
+/// Its host port is swapped for a free one so that the test never takes a port the machine uses.
+fn readme_first_task(node: &Node, home: &std::path::Path) {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README");
+    let section = readme
+        .split("## Your first task")
+        .nth(1)
+        .expect("the README has a section 'Your first task'");
+    let json = section
+        .split("```json\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a JSON block");
+    let port = free_port();
+    assert!(json.contains("\"hostPort\": 8080"), "{json}");
+    let file = node.scratch().join("web.json");
+    std::fs::write(
+        &file,
+        json.replace("\"hostPort\": 8080", &format!("\"hostPort\": {port}")),
+    )
+    .expect("write");
+    assert_eq!(
+        flotilla(home, &["taskdef", "register", file.to_str().expect("utf8")]).trim(),
+        "web:1"
+    );
+    let out = flotilla(home, &["task", "run", "web"]);
+    let task = out.split_whitespace().next().expect("task id").to_string();
+    let mut body = String::new();
+    flotilla_tests::wait("the web task to answer", Duration::from_secs(30), || {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        body.clear();
+        s.write_all(b"GET /hostname HTTP/1.0\r\n\r\n").is_ok()
+            && s.read_to_string(&mut body).is_ok()
+            && body.starts_with("HTTP/1.")
+            && body.lines().next().is_some_and(|l| l.contains(" 200 "))
+    });
+    // The container's host name: its short id, as Docker names a container's host.
+    let name = body.lines().last().unwrap_or_default();
+    assert!(
+        name.len() == 12 && name.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{body}"
+    );
+    let asked = std::time::Instant::now();
+    flotilla(home, &["task", "stop", &task]);
+    flotilla_tests::wait("the web task to stop", Duration::from_secs(20), || {
+        let ls: Vec<TaskInfo> =
+            serde_json::from_str(&flotilla(home, &["task", "ls", "-o", "json"])).expect("json");
+        ls.iter()
+            .any(|t| t.id == task && t.state == TaskState::Stopped)
+    });
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "the README's task took {:?} to stop",
+        asked.elapsed()
+    );
+}
+
 #[test]
 fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
     let node = Node::bare();
@@ -200,6 +263,7 @@ fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
     );
     let before: Vec<NodeInfo> =
         serde_json::from_str(&flotilla(&home, &["node", "ls", "-o", "json"])).expect("json");
+    readme_first_task(&node, &home);
 
     dev.interrupt();
     assert_nothing_left(&node);

@@ -105,10 +105,8 @@ fn median(mut v: Vec<Duration>) -> (Duration, Duration) {
 }
 
 fn main() {
-    let services: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1000);
+    let [services] = flotilla_tests::bench_args([("SERVICES", 1000)]);
+    let services = services.max(1) as usize;
     // On the disk the control plane's data would be on (not tmpfs): commits are fsynced.
     let dir = tempfile::tempdir_in("/var/tmp").expect("tempdir");
     let ca = flotilla_certs::ClusterCa::generate("bench").expect("CA");

@@ -57,13 +57,9 @@ fn median(v: &mut [Duration]) -> f64 {
 }
 
 fn main() -> Result<()> {
+    let [runs] = flotilla_tests::bench_args([("RUNS", 5)]);
+    let runs = runs.max(1) as usize;
     flotilla_tests::require_root();
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()
-        .context("RUNS must be a number")?
-        .unwrap_or(5);
     let work = tempfile::tempdir()?;
     let parent = format!("flotilla-bench/dev-{}", std::process::id());
 

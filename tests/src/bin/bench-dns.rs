@@ -62,16 +62,9 @@ fn blast(netns: &Path, server: SocketAddr, secs: u64, clients: usize) -> Result<
 }
 
 fn main() -> Result<()> {
+    let [secs, clients] = flotilla_tests::bench_args([("SECONDS", 5), ("CLIENTS", 4)]);
+    let (secs, clients) = (secs.max(1), clients.max(1) as usize);
     flotilla_tests::require_root();
-    let arg = |i: usize, default: u64| -> Result<u64> {
-        std::env::args()
-            .nth(i)
-            .map(|s| s.parse())
-            .transpose()
-            .context("SECONDS and CLIENTS are numbers")
-            .map(|v| v.unwrap_or(default))
-    };
-    let (secs, clients) = (arg(1, 5)?, usize::try_from(arg(2, 4)?)?);
     let fleet = Fleet::start(&[&[]]);
     let cp = &fleet.cp;
     fleet.register(WEB);

@@ -44,13 +44,9 @@ fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> 
 }
 
 fn main() -> Result<()> {
+    let [runs] = flotilla_tests::bench_args([("RUNS", 2)]);
+    let runs = runs.max(1) as usize;
     flotilla_tests::require_root();
-    let runs: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()
-        .context("RUNS must be a number")?
-        .unwrap_or(2);
     let fleet = Fleet::start(&[&[], &[], &[]]);
     let (cp, ids, hosts) = (&fleet.cp, &fleet.ids, &fleet.hosts);
     fleet.register(SERVE);

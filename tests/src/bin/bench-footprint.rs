@@ -424,14 +424,9 @@ fn containerd(n: usize, rootfs: &Path, work: &Path) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    let [n] = flotilla_tests::bench_args([("CONTAINERS", 50)]);
+    let n = n.max(1) as usize;
     flotilla_tests::require_root();
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()
-        .context("N is a number")?
-        .unwrap_or(50)
-        .max(1);
     let work = tempfile::tempdir()?;
     sizes(work.path())?;
     let bundle = flotilla(n, work.path())?;

@@ -27,11 +27,8 @@ fn pct(v: &mut [Duration], p: f64) -> f64 {
 }
 
 fn main() -> Result<()> {
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|s| s.parse())
-        .transpose()?
-        .unwrap_or(30);
+    let [n] = flotilla_tests::bench_args([("TASKS", 30)]);
+    let n = n.max(1) as usize;
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
     let mut agent = Agent::for_node(&node);

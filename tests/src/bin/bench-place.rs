@@ -69,6 +69,7 @@ fn rate(f: impl Fn() -> usize) -> f64 {
 }
 
 fn main() {
+    flotilla_tests::bench_args([]);
     println!("placements per second (spread over 50 sites, then binpack memory; one core)");
     for nodes in [1_000, 10_000] {
         let snap = snapshot(nodes);

@@ -85,6 +85,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() -> Result<()> {
+    flotilla_tests::bench_args([]);
     // Raw capacity: admission is not what is measured here.
     let cp = ControlPlane::start(&["--session-rate", "1000000"]);
     let rt = tokio::runtime::Builder::new_multi_thread()

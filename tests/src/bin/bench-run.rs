@@ -14,16 +14,9 @@ use anyhow::{bail, Context, Result};
 use flotilla_tests::image::{busybox_image, write_layout};
 
 fn main() -> Result<()> {
+    let [iterations, rounds] = flotilla_tests::bench_args([("ITERATIONS", 30), ("ROUNDS", 3)]);
+    let (iterations, rounds) = (iterations.max(1) as usize, rounds.max(1) as usize);
     flotilla_tests::require_root();
-    let arg = |i: usize, default: usize| -> Result<usize> {
-        std::env::args()
-            .nth(i)
-            .map(|s| s.parse())
-            .transpose()
-            .context("ITERATIONS and ROUNDS are numbers")
-            .map(|v| v.unwrap_or(default).max(1))
-    };
-    let (iterations, rounds) = (arg(1, 30)?, arg(2, 3)?);
     let nodeagent = flotilla_tests::bin("nodeagent");
     let work = tempfile::tempdir()?;
     let data = work.path().join("node");

@@ -75,6 +75,7 @@ fn median(mut v: Vec<Duration>) -> Duration {
 }
 
 fn main() -> Result<()> {
+    flotilla_tests::bench_args([]);
     flotilla_tests::require_root();
     let work = tempfile::tempdir()?;
     let layout = work.path().join("layout");

@@ -929,6 +929,14 @@ fn ulimits_apply_to_the_container() {
         "ulimit -n; ulimit -Hn; ulimit -u",
     ]);
     assert_eq!(out, "100\n200\n50\n");
+    // Values too small for the runtime's own setup still mean what they say to the workload,
+    // with or without an init in front of it.
+    for init in [&[][..], &["--init"]] {
+        let mut args = vec!["run", "--rm", "--ulimit", "nofile=1:2"];
+        args.extend(init);
+        args.extend([IMAGE, "sh", "-c", "ulimit -n; ulimit -Hn"]);
+        assert_eq!(node.ctr_ok(&args), "1\n2\n", "{args:?}");
+    }
     let o = node.ctr(&["run", "--rm", "--ulimit", "nofiles=1", IMAGE, "true"]);
     assert!(!o.status.success());
     assert!(
@@ -953,6 +961,53 @@ fn exec_joins_a_running_container_with_its_restrictions() {
         "sleep",
         "600",
     ]);
+    // The command runs as the container's process does, as `docker exec` runs it: its user,
+    // working directory, environment, capabilities (none beyond the user's) and rlimits.
+    node.ctr_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "app",
+        "-u",
+        "65532:65532",
+        "-w",
+        "/tmp",
+        "-e",
+        "MODE=prod",
+        "--ulimit",
+        "nofile=6:8",
+        "--ulimit",
+        "nproc=50",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    let o = node.ctr(&[
+        "exec",
+        "app",
+        "sh",
+        "-c",
+        "id; pwd; echo $MODE; ulimit -n; ulimit -Hn; ulimit -u; grep CapEff /proc/self/status",
+    ]);
+    assert_eq!(
+        stdout(&o),
+        "uid=65532 gid=65532\n/tmp\nprod\n6\n8\n50\nCapEff:\t0000000000000000\n",
+        "{}",
+        stderr(&o)
+    );
+    // Nothing of the exec is left in the container's directory.
+    let dir = node
+        .data
+        .join("containers")
+        .join(node.inspect("app").record.id);
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .expect("container dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".exec-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    node.ctr_ok(&["rm", "-f", "app"]);
     // Same namespaces (host name, pid 1 is the container's init), same hardening.
     let o = node.ctr(&[
         "exec",

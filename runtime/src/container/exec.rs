@@ -4,8 +4,9 @@
 //! [`super::isolate`]), so no process that joins the container ever has a writable
 //! `/proc/<pid>/exe` — enters the container's network namespace (its shim's or its task's,
 //! which the spec does not name), then joins the container through libcontainer's tenant
-//! builder: its namespaces, cgroup, user, capabilities, no_new_privs, and the container's
-//! seccomp profile.
+//! builder with the container's own process (its user, working directory, environment,
+//! capabilities, rlimits and no_new_privs; the command in place of its arguments), its
+//! namespaces and cgroup, and the container's seccomp profile.
 //! The command gets the helper's stdio; the helper waits for it (killing it after the timeout)
 //! and exits with its code. The helper stays single-threaded, like the shim.
 
@@ -24,6 +25,28 @@ use super::seccomp;
 pub const CANNOT_RUN: i32 = 126;
 /// Exit code when the command ran past its timeout and was killed.
 pub const TIMED_OUT: i32 = 124;
+
+/// The process of the container's spec (in `dir`) with `args` as its arguments and no
+/// terminal, written for libcontainer's tenant builder to a private file (mode 0600) that is
+/// removed when the returned value is dropped.
+fn exec_process(dir: &Path, args: Vec<String>) -> Result<tempfile::TempPath, String> {
+    let config = dir.join("config.json");
+    let spec = oci_spec::runtime::Spec::load(&config)
+        .map_err(|e| format!("the container's spec {}: {e}", config.display()))?;
+    let mut process = spec
+        .process()
+        .clone()
+        .ok_or_else(|| format!("the container's spec {} has no process", config.display()))?;
+    process.set_args(Some(args)).set_terminal(Some(false));
+    let file = tempfile::Builder::new()
+        .prefix(".exec-")
+        .suffix(".json")
+        .tempfile_in(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    serde_json::to_writer(file.as_file(), &process)
+        .map_err(|e| format!("writing the exec process: {e}"))?;
+    Ok(file.into_temp_path())
+}
 
 /// Runs `args` in container `id`; returns the command's exit code (128 + signal when killed),
 /// [`CANNOT_RUN`] or [`TIMED_OUT`].
@@ -71,15 +94,20 @@ fn run(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("{}: {e}", dir.join("seccomp.json").display())),
     };
-    let pid = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+    // The command runs as the container's process does — its user and groups, working
+    // directory, environment, capabilities and rlimits — as `docker exec` runs it: the
+    // container's own process from its spec, with the command in place of its arguments.
+    let process = exec_process(&dir, args)?;
+    let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(data_dir.join("libcontainer"))
         .map_err(|e| e.to_string())?
         .with_executor(super::workload::Workload::new(filter, false))
         .as_tenant()
-        .with_container_args(args)
+        .with_process(Some(&*process))
         .with_detach(false)
-        .build()
-        .map_err(|e| e.to_string())?;
+        .build();
+    drop(process);
+    let pid = built.map_err(|e| e.to_string())?;
     let pid = rustix::process::Pid::from_raw(pid.as_raw()).ok_or("invalid pid")?;
     // Our child: wait for it through a pidfd, so the timeout needs no signal handler.
     let pidfd = pidfd_open(pid, PidfdFlags::empty()).map_err(|e| format!("pidfd: {e}"))?;

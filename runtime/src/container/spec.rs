@@ -540,6 +540,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         .process(process)
         .mounts(mounts)
         .linux(linux.build()?)
+        .annotations(setup_annotations(&cfg.ulimits))
         .build()?)
 }
 
@@ -631,17 +632,49 @@ fn user_mount(m: &ResolvedMount) -> Result<Mount, SpecError> {
 /// each capped at the shim's own hard limit, which only `CAP_SYS_RESOURCE` may exceed.
 pub const DEFAULT_NOFILE: (u64, u64) = (1024, 524_288);
 
-/// The container's rlimits: its `ulimits`, and [`DEFAULT_NOFILE`] (capped at `nofile_hard`)
-/// unless it sets `nofile`.
+/// Open files the container's setup needs between the moment its limits are set and the
+/// workload's exec (the runtime's sync sockets, `/proc`, the root filesystem and mount points
+/// opened by descriptor): the spec never sets `nofile` below this, and the init lowers it to
+/// the container's own value right before the exec (see [`NOFILE_ANNOTATION`]). Measured: the
+/// setup fails with 8, runs with 16.
+pub const SETUP_NOFILE: u64 = 64;
+
+/// Annotation of the spec carrying the container's own `nofile` (`SOFT:HARD`) when it is below
+/// [`SETUP_NOFILE`]; the init (`workload::Workload`) applies it last, for the container's
+/// process and for every exec, so `--ulimit nofile=4` means 4 to the workload, as with Docker.
+pub const NOFILE_ANNOTATION: &str = "org.flotilla.rlimit.nofile";
+
+fn setup_annotations(
+    ulimits: &[super::config::Ulimit],
+) -> std::collections::HashMap<String, String> {
+    ulimits
+        .iter()
+        .filter(|u| u.name == "nofile" && u.soft.min(u.hard) < SETUP_NOFILE)
+        .map(|u| {
+            (
+                NOFILE_ANNOTATION.to_string(),
+                format!("{}:{}", u.soft, u.hard),
+            )
+        })
+        .collect()
+}
+
+/// The container's rlimits: its `ulimits` (`nofile` not below [`SETUP_NOFILE`]), and
+/// [`DEFAULT_NOFILE`] (capped at `nofile_hard`) unless it sets `nofile`.
 fn rlimits(ulimits: &[super::config::Ulimit], nofile_hard: Option<u64>) -> Vec<PosixRlimit> {
     let mut out: Vec<PosixRlimit> = ulimits
         .iter()
         .filter_map(|u| {
             let typ = rlimit_type(&u.name)?;
+            let floor = if typ == PosixRlimitType::RlimitNofile {
+                SETUP_NOFILE
+            } else {
+                0
+            };
             PosixRlimitBuilder::default()
                 .typ(typ)
-                .soft(u.soft)
-                .hard(u.hard)
+                .soft(u.soft.max(floor))
+                .hard(u.hard.max(floor))
                 .build()
                 .ok()
         })
@@ -684,6 +717,33 @@ mod tests {
                 "User": "app"
             }
         }))
+    }
+
+    #[test]
+    fn a_nofile_below_the_setup_floor_is_lowered_by_the_init() {
+        let u = |name: &str, soft, hard| crate::container::config::Ulimit {
+            name: name.into(),
+            soft,
+            hard,
+        };
+        let asked = [u("nofile", 1, 2), u("nproc", 0, 0)];
+        let got: Vec<_> = rlimits(&asked, None)
+            .iter()
+            .map(|r| (r.typ(), r.soft(), r.hard()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (PosixRlimitType::RlimitNofile, SETUP_NOFILE, SETUP_NOFILE),
+                (PosixRlimitType::RlimitNproc, 0, 0)
+            ]
+        );
+        let a = setup_annotations(&asked);
+        assert_eq!(a.get(NOFILE_ANNOTATION).map(String::as_str), Some("1:2"));
+        // At or above the floor the spec says it all.
+        assert!(setup_annotations(&[u("nofile", SETUP_NOFILE, 100)]).is_empty());
+        let got = rlimits(&[u("nofile", 100, 200)], None);
+        assert_eq!((got[0].soft(), got[0].hard()), (100, 200));
     }
 
     #[test]
@@ -820,6 +880,7 @@ mod tests {
             .map(|r| (r.typ(), r.soft(), r.hard()))
             .collect();
         assert_eq!(nofile, [(PosixRlimitType::RlimitNofile, 1024, 20_000)]);
+        assert!(spec.annotations().as_ref().is_none_or(|a| a.is_empty()));
         assert_eq!(spec.hostname().as_deref(), Some("0123456789ab"));
         assert_eq!(spec.root().as_ref().and_then(|r| r.readonly()), Some(true));
         let linux = spec.linux().as_ref().expect("linux");

@@ -64,6 +64,7 @@ impl Executor for Workload {
                 run_init(child);
             }
         }
+        own_nofile(spec).map_err(ExecutorError::Other)?;
         fresh_signal_state().map_err(|e| other("resetting signal dispositions", &e))?;
         self.seccomp()?;
         libcontainer::workload::default::DefaultExecutor {}.exec(spec)
@@ -72,6 +73,37 @@ impl Executor for Workload {
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         libcontainer::workload::default::DefaultExecutor {}.validate(spec)
     }
+}
+
+/// Lowers `RLIMIT_NOFILE` to the container's own value when the spec carries one below what
+/// the setup needs ([`super::spec::NOFILE_ANNOTATION`]); lowering needs no capability.
+fn own_nofile(spec: &Spec) -> Result<(), String> {
+    let Some(value) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(super::spec::NOFILE_ANNOTATION))
+    else {
+        return Ok(());
+    };
+    let bad = || {
+        format!(
+            "annotation {}: '{value}' is not SOFT:HARD",
+            super::spec::NOFILE_ANNOTATION
+        )
+    };
+    let (soft, hard) = value.split_once(':').ok_or_else(bad)?;
+    let (soft, hard): (u64, u64) = (
+        soft.parse().map_err(|_| bad())?,
+        hard.parse().map_err(|_| bad())?,
+    );
+    rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: Some(soft),
+            maximum: Some(hard),
+        },
+    )
+    .map_err(|e| format!("setting nofile to {soft}:{hard}: {e}"))
 }
 
 /// The container's PID 1 when it asked for an init: waits for signals (all blocked, so even

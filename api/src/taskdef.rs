@@ -283,11 +283,47 @@ pub struct MountPoint {
 pub struct Ulimit {
     /// `nofile`, `nproc`, …
     pub name: String,
-    /// Soft limit.
+    /// Soft limit ([`UNLIMITED`] for none; a task definition writes it `-1`).
+    #[serde(with = "limit_value")]
     pub soft_limit: u64,
-    /// Hard limit.
+    /// Hard limit ([`UNLIMITED`] for none; a task definition writes it `-1`).
+    #[serde(with = "limit_value")]
     pub hard_limit: u64,
 }
+
+/// A ulimit's value in JSON as ECS and Docker write it: [`UNLIMITED`] is `-1`, so what
+/// `taskdef inspect` prints registers again.
+mod limit_value {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        if *v == super::UNLIMITED {
+            s.serialize_i64(-1)
+        } else {
+            s.serialize_u64(*v)
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Limit {
+            Count(u64),
+            Unlimited(i64),
+        }
+        match Limit::deserialize(d)? {
+            Limit::Count(n) => Ok(n),
+            Limit::Unlimited(-1) => Ok(super::UNLIMITED),
+            Limit::Unlimited(n) => Err(serde::de::Error::custom(format!(
+                "a limit is a count or -1 (unlimited), not {n}"
+            ))),
+        }
+    }
+}
+
+/// A ulimit without a limit: `RLIM_INFINITY` of setrlimit(2), written `-1` in a task definition
+/// as Docker's `--ulimit memlock=-1` takes it.
+pub const UNLIMITED: u64 = u64::MAX;
 
 /// A tmpfs mount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1363,13 +1399,26 @@ impl Checker {
                     format!("unknown ulimit (one of {})", ULIMITS.join(", ")),
                 );
             }
-            let soft = self.int(&format!("{up}.softLimit"), um.get("softLimit"), 0, i64::MAX);
-            let hard = self.int(&format!("{up}.hardLimit"), um.get("hardLimit"), 0, i64::MAX);
-            match (n, soft, hard) {
+            // -1 is "unlimited" (RLIM_INFINITY), as Docker — which ECS hands ulimits to —
+            // takes it: `"memlock": -1` is what Elasticsearch's guides tell ECS users to write.
+            let limit = |v: i64| u64::try_from(v).unwrap_or(UNLIMITED);
+            let soft = self.int(
+                &format!("{up}.softLimit"),
+                um.get("softLimit"),
+                -1,
+                i64::MAX,
+            );
+            let hard = self.int(
+                &format!("{up}.hardLimit"),
+                um.get("hardLimit"),
+                -1,
+                i64::MAX,
+            );
+            match (n, soft.map(limit), hard.map(limit)) {
                 (Some(name), Some(s), Some(h)) if s <= h => ulimits.push(Ulimit {
                     name,
-                    soft_limit: s as u64,
-                    hard_limit: h as u64,
+                    soft_limit: s,
+                    hard_limit: h,
                 }),
                 (_, Some(_), Some(_)) => self.err(&format!("{up}.softLimit"), "exceeds hardLimit"),
                 _ => {
@@ -1917,6 +1966,35 @@ mod tests {
             "$.containerDefinitions[2].mountPoints[0].containerPath:",
         ] {
             assert!(all.contains(path), "missing {path} in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn minus_one_is_an_unlimited_ulimit_and_prints_back_as_minus_one() {
+        let text = r#"{"family":"es","containerDefinitions":[{"name":"es","image":"x","memory":64,
+            "ulimits":[{"name":"memlock","softLimit":-1,"hardLimit":-1},
+                       {"name":"nofile","softLimit":65535,"hardLimit":"-1"}]}]}"#;
+        let d = parse(text).expect("valid").definition;
+        let u = &d.container_definitions[0].ulimits;
+        assert_eq!((u[0].soft_limit, u[0].hard_limit), (UNLIMITED, UNLIMITED));
+        assert_eq!((u[1].soft_limit, u[1].hard_limit), (65535, UNLIMITED));
+        // What inspect prints registers again, the same.
+        let json = serde_json::to_value(&d).expect("json");
+        assert_eq!(
+            json["containerDefinitions"][0]["ulimits"][0]["softLimit"],
+            -1
+        );
+        let again: TaskDefinition = serde_json::from_value(json).expect("back");
+        assert_eq!(again, d);
+        // Only -1 means unlimited; soft above hard is still refused.
+        for bad in [
+            r#"{"name":"core","softLimit":-2,"hardLimit":0}"#,
+            r#"{"name":"core","softLimit":-1,"hardLimit":10}"#,
+        ] {
+            let t = format!(
+                r#"{{"family":"f","containerDefinitions":[{{"name":"a","image":"x","memory":64,"ulimits":[{bad}]}}]}}"#
+            );
+            assert!(parse(&t).is_err(), "{bad}");
         }
     }
 

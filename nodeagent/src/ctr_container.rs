@@ -444,14 +444,17 @@ fn run_config(args: &RunArgs) -> Result<ContainerConfig> {
     })
 }
 
-/// `NAME=SOFT[:HARD]` (HARD defaults to SOFT).
+/// `NAME=SOFT[:HARD]` (HARD defaults to SOFT); `-1` or `unlimited` for no limit, as Docker's
+/// `--ulimit memlock=-1:-1` takes it.
 fn ulimit(s: &str) -> Result<Ulimit, String> {
     let (name, limits) = s
         .split_once('=')
         .ok_or_else(|| format!("'{s}': expected NAME=SOFT[:HARD]"))?;
-    let num = |x: &str| {
-        x.parse::<u64>()
-            .map_err(|_| format!("'{s}': '{x}' is not a number"))
+    let num = |x: &str| match x {
+        "-1" | "unlimited" => Ok(flotilla_api::taskdef::UNLIMITED),
+        _ => x
+            .parse::<u64>()
+            .map_err(|_| format!("'{s}': '{x}' is not a number, -1 or unlimited")),
     };
     let (soft, hard) = match limits.split_once(':') {
         Some((a, b)) => (num(a)?, num(b)?),

@@ -913,6 +913,16 @@ fn image_content_stays_while_a_container_uses_it() {
     node.assert_clean();
 }
 
+/// Whether this process may raise hard limits (`CAP_SYS_RESOURCE`, bit 24 of `CapEff`).
+fn has_sys_resource() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").expect("status");
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .expect("CapEff");
+    u64::from_str_radix(eff.trim(), 16).expect("hex") & (1 << 24) != 0
+}
+
 #[test]
 fn ulimits_apply_to_the_container() {
     let node = Node::new();
@@ -936,6 +946,48 @@ fn ulimits_apply_to_the_container() {
         args.extend(init);
         args.extend([IMAGE, "sh", "-c", "ulimit -n; ulimit -Hn"]);
         assert_eq!(node.ctr_ok(&args), "1\n2\n", "{args:?}");
+    }
+    // No limit, as Docker writes it (-1) or as a shell says it: given where the node's own
+    // hard limit allows it (core files usually), refused by name where it does not and the
+    // agent may not raise it (memlock, without CAP_SYS_RESOURCE).
+    let own_hard = |r| {
+        rustix::process::getrlimit(r)
+            .maximum
+            .map_or("unlimited".to_string(), |m| m.to_string())
+    };
+    for (ask, resource, shell) in [
+        (
+            "core=-1",
+            rustix::process::Resource::Core,
+            "ulimit -c; ulimit -Hc",
+        ),
+        (
+            "memlock=unlimited",
+            rustix::process::Resource::Memlock,
+            "ulimit -l; ulimit -Hl",
+        ),
+    ] {
+        let o = node.ctr(&["run", "--rm", "--ulimit", ask, IMAGE, "sh", "-c", shell]);
+        let (name, _) = ask.split_once('=').expect("name");
+        if own_hard(resource) == "unlimited"
+            || rustix::process::geteuid().is_root() && has_sys_resource()
+        {
+            assert_eq!(
+                stdout(&o),
+                "unlimited\nunlimited\n",
+                "{ask}: {}",
+                stderr(&o)
+            );
+        } else {
+            assert_eq!(o.status.code(), Some(125), "{ask}");
+            assert!(
+                stderr(&o).contains(&format!(
+                    "ulimit {name}: hard limit unlimited is above the node's"
+                )),
+                "{ask}: {}",
+                stderr(&o)
+            );
+        }
     }
     let o = node.ctr(&["run", "--rm", "--ulimit", "nofiles=1", IMAGE, "true"]);
     assert!(!o.status.success());

@@ -347,10 +347,15 @@ fn ulimits_beyond_own(
             let resource = rlimit_resource(&u.name)?;
             let own = hard_limit(resource)?;
             (u.hard > own).then(|| {
+                let hard = if u.hard == u64::MAX {
+                    "unlimited".to_string()
+                } else {
+                    u.hard.to_string()
+                };
                 format!(
-                    "ulimit {}: hard limit {} is above the node's {own}, and the agent may not \
-                     raise it (no CAP_SYS_RESOURCE): ask for at most {own}",
-                    u.name, u.hard
+                    "ulimit {}: hard limit {hard} is above the node's {own}, and the agent may \
+                     not raise it (no CAP_SYS_RESOURCE): ask for at most {own}",
+                    u.name
                 )
             })
         })

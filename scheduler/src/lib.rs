@@ -19,6 +19,7 @@
 
 pub mod cron;
 pub mod expr;
+pub mod scaling;
 pub mod service;
 
 use std::cmp::Reverse;

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs Flotilla on this machine: the binaries (orchestratord, nodeagent and its flotilla-shim, flotilla) in
 # $PREFIX/bin, the systemd units in /etc/systemd/system, commented default configurations in
-# /etc/flotilla (never overwriting existing ones) and the data directories (mode 0700).
+# /etc/flotilla (never overwriting existing ones), shell completions for flotilla (bash, zsh, fish)
+# and the data directories (mode 0700).
 # Nothing is enabled or started: the end says what to run for a control plane and for a node.
 #
 #   scripts/install.sh                     install (as root)
@@ -21,6 +22,8 @@ UNIT_DIR="$DESTDIR/etc/systemd/system"
 CONF_DIR="$DESTDIR/etc/flotilla"
 DATA_DIR="$DESTDIR/var/lib/flotilla"
 DOC_DIR="$DESTDIR$PREFIX/share/doc/flotilla"
+# Where bash-completion, zsh and fish look for completions of commands under $PREFIX.
+COMPLETIONS="bash:share/bash-completion/completions/flotilla zsh:share/zsh/site-functions/_flotilla fish:share/fish/vendor_completions.d/flotilla.fish"
 BINARIES="orchestratord nodeagent flotilla-shim flotilla"
 
 live() { [ -z "$DESTDIR" ] && command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; }
@@ -42,6 +45,7 @@ uninstall() {
   for b in $BINARIES; do rm -f "$DESTDIR$PREFIX/bin/$b"; done
   rm -f "$UNIT_DIR/orchestratord.service" "$UNIT_DIR/nodeagent.service"
   rm -rf "$DOC_DIR"
+  for c in $COMPLETIONS; do rm -f "$DESTDIR$PREFIX/${c#*:}"; done
   if live; then systemctl daemon-reload; fi
   if [ "$purge" = yes ]; then
     rm -rf "$CONF_DIR" "$DATA_DIR"
@@ -74,6 +78,12 @@ for u in orchestratord nodeagent; do
   if [ ! -e "$CONF_DIR/$u.toml" ]; then install -m 0644 "config/$u.toml" "$CONF_DIR/$u.toml"; fi
 done
 install -m 0644 README.md "$DOC_DIR/README.md"
+for c in $COMPLETIONS; do
+  target="$DESTDIR$PREFIX/${c#*:}"
+  install -d -m 0755 "$(dirname "$target")"
+  "$BIN_DIR/flotilla" completion "${c%%:*}" > "$target"
+  chmod 0644 "$target"
+done
 install -d -m 0755 "$DATA_DIR"
 install -d -m 0700 "$DATA_DIR/orchestratord" "$DATA_DIR/nodeagent"
 if live; then systemctl daemon-reload; fi

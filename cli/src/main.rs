@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use flotilla_api::ops::{
     AdminIssue, NodeLabels, PlacementConstraintSpec, PlacementStrategySpec, TaskRun, TokenCreate,
 };
@@ -103,6 +103,13 @@ enum Command {
     /// with a token, a demo task. Ctrl-C stops it all (twice: kills the containers without
     /// waiting); the data stays for the next run.
     Dev(dev::DevArgs),
+    /// Print a completion script for SHELL: `source <(flotilla completion bash)`, or save it
+    /// where the shell loads completions (bash: /etc/bash_completion.d/flotilla, zsh: a
+    /// directory of $fpath as `_flotilla`, fish: ~/.config/fish/completions/flotilla.fish).
+    Completion {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
     #[command(flatten)]
     Cluster(ClusterCommand),
 }
@@ -831,6 +838,12 @@ async fn run(cli: Cli) -> Result<()> {
     let output = cli.output;
     let command = match cli.command {
         Command::Dev(args) => return dev::run(args, cli.config).await,
+        Command::Completion { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "flotilla", &mut script);
+            out!("{}", String::from_utf8_lossy(&script));
+            return Ok(());
+        }
         Command::Cluster(c) => c,
     };
     let api = Client::open(&config_dir(cli.config)?).await?;

@@ -57,12 +57,35 @@ fn install_lays_out_verified_units_and_uninstall_removes_them() {
         ("etc/flotilla/orchestratord.toml", 0o644),
         ("etc/flotilla/nodeagent.toml", 0o644),
         ("usr/local/share/doc/flotilla/README.md", 0o644),
+        (
+            "usr/local/share/bash-completion/completions/flotilla",
+            0o644,
+        ),
+        ("usr/local/share/zsh/site-functions/_flotilla", 0o644),
+        (
+            "usr/local/share/fish/vendor_completions.d/flotilla.fish",
+            0o644,
+        ),
         ("var/lib/flotilla/orchestratord", 0o700),
         ("var/lib/flotilla/nodeagent", 0o700),
     ];
     for (path, want) in expected {
         assert_eq!(mode(&r.join(path)), want, "{path}");
     }
+
+    // The bash completion is the CLI's own and loads.
+    let bash = r.join("usr/local/share/bash-completion/completions/flotilla");
+    let loaded = Command::new("bash")
+        .arg("--norc")
+        .arg("-c")
+        .arg(format!("source {} && complete -p flotilla", bash.display()))
+        .output()
+        .expect("bash");
+    assert!(
+        String::from_utf8_lossy(&loaded.stdout).contains("-F _flotilla flotilla"),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
 
     // Each unit runs an installed binary with an installed configuration file.
     for unit in ["orchestratord", "nodeagent"] {
@@ -131,6 +154,9 @@ fn install_lays_out_verified_units_and_uninstall_removes_them() {
         "etc/systemd/system/orchestratord.service",
         "etc/systemd/system/nodeagent.service",
         "usr/local/share/doc/flotilla",
+        "usr/local/share/bash-completion/completions/flotilla",
+        "usr/local/share/zsh/site-functions/_flotilla",
+        "usr/local/share/fish/vendor_completions.d/flotilla.fish",
     ] {
         assert!(!r.join(gone).exists(), "{gone} is still there");
     }

@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use flotilla_api::ops::{
-    AdminIssue, NodeLabels, PlacementConstraintSpec, PlacementStrategySpec, TaskRun, TokenCreate,
+    AdminIssue, NodeInfo, NodeLabels, PlacementConstraintSpec, PlacementStrategySpec, TaskInfo,
+    TaskRun, TokenCreate,
 };
 use flotilla_api::schedule::ScheduleSpec;
 use flotilla_api::service::{ServiceInfo, ServiceUpdate};
@@ -95,6 +96,15 @@ enum Output {
     Json,
     /// YAML.
     Yaml,
+}
+
+/// `-w`: keep listing.
+#[derive(Debug, Clone, Copy, clap::Args)]
+struct WatchArgs {
+    /// After the list, keep polling (every 2 s) and print each item that appears or changes —
+    /// a table row, a line of JSON or a YAML document (Ctrl-C to stop).
+    #[arg(short = 'w', long)]
+    watch: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -199,7 +209,7 @@ enum TaskCommand {
     },
     /// List tasks.
     #[command(alias = "list")]
-    Ls,
+    Ls(WatchArgs),
     /// Show a task: state, stop reason, each container's exit code.
     Inspect {
         /// Task id.
@@ -264,7 +274,7 @@ enum ServiceCommand {
     },
     /// List services.
     #[command(alias = "list")]
-    Ls,
+    Ls(WatchArgs),
     /// Show a service with its deployments.
     Inspect {
         /// Service name.
@@ -369,7 +379,7 @@ enum TokenCommand {
 enum NodeCommand {
     /// List nodes.
     #[command(alias = "list")]
-    Ls,
+    Ls(WatchArgs),
     /// Show a node.
     Inspect {
         /// Node id.
@@ -487,42 +497,7 @@ async fn service(api: &Client, cmd: ServiceCommand, output: Output) -> Result<()
             }
             print(output, &created, || print_service(&created.service))?;
         }
-        ServiceCommand::Ls => {
-            let list = api.services().await?;
-            print(output, &list, || {
-                let rows: Vec<Vec<String>> =
-                    list.iter()
-                        .map(|s| {
-                            let primary = s.deployments.iter().find(|d| {
-                                d.status == flotilla_api::service::DeploymentStatus::Primary
-                            });
-                            vec![
-                                s.spec.service_name.clone(),
-                                s.spec.scheduling_strategy.to_string(),
-                                s.spec.task_definition.clone(),
-                                s.spec.desired_count.to_string(),
-                                s.running_count.to_string(),
-                                s.pending_count.to_string(),
-                                primary
-                                    .map(|d| d.rollout_state.to_string())
-                                    .unwrap_or_default(),
-                            ]
-                        })
-                        .collect();
-                table(
-                    &[
-                        "NAME",
-                        "MODE",
-                        "TASK DEFINITION",
-                        "DESIRED",
-                        "RUNNING",
-                        "PENDING",
-                        "ROLLOUT",
-                    ],
-                    &rows,
-                );
-            })?;
-        }
+        ServiceCommand::Ls(w) => list(output, w, || service_listing(api)).await?,
         ServiceCommand::Inspect { name } => {
             print_document(output, &api.service(&name).await?)?;
         }
@@ -771,23 +746,229 @@ fn when(secs: u64) -> String {
 }
 
 fn table(header: &[&str], rows: &[Vec<String>]) {
+    let widths = column_widths(header, rows);
+    table_row(header, &widths);
+    for r in rows {
+        table_row(r, &widths);
+    }
+}
+
+/// The width of each column: its widest cell.
+fn column_widths<S: AsRef<str>>(header: &[&str], rows: &[Vec<S>]) -> Vec<usize> {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in rows {
         for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
+            *w = (*w).max(c.as_ref().chars().count());
         }
     }
-    let line = |cells: Vec<&str>| {
-        let s: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:w$}"))
-            .collect();
-        outln!("{}", s.join("  ").trim_end());
+    widths
+}
+
+/// One line of a table, its cells padded to `widths`.
+fn table_row<S: AsRef<str>>(cells: &[S], widths: &[usize]) {
+    let s: Vec<String> = cells
+        .iter()
+        .zip(widths)
+        .map(|(c, w)| format!("{:w$}", c.as_ref()))
+        .collect();
+    outln!("{}", s.join("  ").trim_end());
+}
+
+/// What an `ls` shows: its columns, and each item with its key and its row.
+struct Listing<T> {
+    header: &'static [&'static str],
+    items: Vec<(String, Vec<String>, T)>,
+}
+
+/// Prints a listing — a table, or the API's list as JSON or YAML; with `-w`, then polls every
+/// 2 s and prints each item that appeared or changed (a row under the same columns, a line of
+/// JSON, or a YAML document), as `kubectl get -w` does.
+async fn list<T, F, Fut>(output: Output, w: WatchArgs, fetch: F) -> Result<()>
+where
+    T: serde::Serialize,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Listing<T>>>,
+{
+    let first = fetch().await?;
+    let rows: Vec<Vec<String>> = first.items.iter().map(|(_, r, _)| r.clone()).collect();
+    if !w.watch {
+        let items: Vec<&T> = first.items.iter().map(|(_, _, t)| t).collect();
+        return print(output, &items, || table(first.header, &rows));
+    }
+    let mut widths = column_widths(first.header, &rows);
+    let emit = |row: &[String], item: &T, widths: &[usize]| -> Result<()> {
+        match output {
+            Output::Table => table_row(row, widths),
+            Output::Json => outln!("{}", serde_json::to_string(item)?),
+            Output::Yaml => out!("---\n{}", yaml_serde::to_string(item)?),
+        }
+        Ok(())
     };
-    line(header.to_vec());
-    for r in rows {
-        line(r.iter().map(String::as_str).collect());
+    if output == Output::Table {
+        table_row(first.header, &widths);
+    }
+    let mut seen: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
+    for (key, row, item) in &first.items {
+        emit(row, item, &widths)?;
+        seen.insert(key.clone(), row.clone());
+    }
+    loop {
+        tokio::time::sleep(WATCH_EVERY).await;
+        let next = fetch().await?;
+        for (key, row, item) in &next.items {
+            if seen.get(key) == Some(row) {
+                continue;
+            }
+            for (w, c) in widths.iter_mut().zip(row) {
+                *w = (*w).max(c.chars().count());
+            }
+            emit(row, item, &widths)?;
+            seen.insert(key.clone(), row.clone());
+        }
+    }
+}
+
+/// How often `-w` polls.
+const WATCH_EVERY: Duration = Duration::from_secs(2);
+
+async fn task_listing(api: &Client) -> Result<Listing<TaskInfo>> {
+    let now = now_secs();
+    let items = api
+        .tasks()
+        .await?
+        .into_iter()
+        .map(|t| {
+            let row = vec![
+                t.id.clone(),
+                t.task_definition.clone(),
+                t.node.clone().unwrap_or_default(),
+                format!("{:?}", t.state).to_uppercase(),
+                format!("{:?}", t.desired).to_uppercase(),
+                age(now, t.created_at),
+                t.stop_reason.clone().unwrap_or_default(),
+            ];
+            (t.id.clone(), row, t)
+        })
+        .collect();
+    Ok(Listing {
+        header: &[
+            "ID",
+            "TASK DEFINITION",
+            "NODE",
+            "STATE",
+            "DESIRED",
+            "AGE",
+            "STOP REASON",
+        ],
+        items,
+    })
+}
+
+async fn node_listing(api: &Client) -> Result<Listing<NodeInfo>> {
+    let now = now_secs();
+    let items = api
+        .nodes()
+        .await?
+        .into_iter()
+        .map(|n| {
+            let r = n.resources.clone().unwrap_or_default();
+            let row = vec![
+                n.id.clone(),
+                n.hostname.clone(),
+                n.state.to_string(),
+                if n.resources.is_some() {
+                    r.cpus.to_string()
+                } else {
+                    String::new()
+                },
+                if n.resources.is_some() {
+                    format!("{}/{}", gib(r.memory_available_bytes), gib(r.memory_bytes))
+                } else {
+                    String::new()
+                },
+                n.agent_version.clone().unwrap_or_default(),
+                n.last_seen
+                    .map(|t| format!("{} ago", age(now, t)))
+                    .unwrap_or_default(),
+                labels_text(&n.labels),
+            ];
+            (n.id.clone(), row, n)
+        })
+        .collect();
+    Ok(Listing {
+        header: &[
+            "ID",
+            "HOSTNAME",
+            "STATE",
+            "CPUS",
+            "MEMORY FREE/TOTAL",
+            "AGENT",
+            "LAST SEEN",
+            "LABELS",
+        ],
+        items,
+    })
+}
+
+async fn service_listing(api: &Client) -> Result<Listing<ServiceInfo>> {
+    let items = api
+        .services()
+        .await?
+        .into_iter()
+        .map(|s| {
+            let primary = s
+                .deployments
+                .iter()
+                .find(|d| d.status == flotilla_api::service::DeploymentStatus::Primary);
+            let row = vec![
+                s.spec.service_name.clone(),
+                s.spec.scheduling_strategy.to_string(),
+                s.spec.task_definition.clone(),
+                s.spec.desired_count.to_string(),
+                s.running_count.to_string(),
+                s.pending_count.to_string(),
+                primary
+                    .map(|d| d.rollout_state.to_string())
+                    .unwrap_or_default(),
+            ];
+            (s.spec.service_name.clone(), row, s)
+        })
+        .collect();
+    Ok(Listing {
+        header: &[
+            "NAME",
+            "MODE",
+            "TASK DEFINITION",
+            "DESIRED",
+            "RUNNING",
+            "PENDING",
+            "ROLLOUT",
+        ],
+        items,
+    })
+}
+
+/// Seconds since the epoch, now.
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// How long ago `then` was, as `kubectl` prints ages: `42s`, `3m12s` (under 10 minutes), `27m`,
+/// `5h8m` (under 8 hours), `20h`, `3d4h` (under 8 days), `12d`; a time ahead of this machine's
+/// clock is `0s`.
+fn age(now: u64, then: u64) -> String {
+    let s = now.saturating_sub(then);
+    let (m, h, d) = (s / 60, s / 3600, s / 86_400);
+    match s {
+        0..120 => format!("{s}s"),
+        120..600 => format!("{m}m{}s", s % 60),
+        600..10_800 => format!("{m}m"),
+        10_800..28_800 => format!("{h}h{}m", m % 60),
+        28_800..172_800 => format!("{h}h"),
+        172_800..691_200 => format!("{d}d{}h", h % 24),
+        _ => format!("{d}d"),
     }
 }
 
@@ -896,48 +1077,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             print(output, &ids, || {})?;
         }
-        ClusterCommand::Node(NodeCommand::Ls) => {
-            let list = api.nodes().await?;
-            print(output, &list, || {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|n| {
-                        let r = n.resources.clone().unwrap_or_default();
-                        vec![
-                            n.id.clone(),
-                            n.hostname.clone(),
-                            n.state.to_string(),
-                            if n.resources.is_some() {
-                                r.cpus.to_string()
-                            } else {
-                                String::new()
-                            },
-                            if n.resources.is_some() {
-                                format!("{}/{}", gib(r.memory_available_bytes), gib(r.memory_bytes))
-                            } else {
-                                String::new()
-                            },
-                            n.agent_version.clone().unwrap_or_default(),
-                            n.last_seen.map(when).unwrap_or_default(),
-                            labels_text(&n.labels),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &[
-                        "ID",
-                        "HOSTNAME",
-                        "STATE",
-                        "CPUS",
-                        "MEMORY FREE/TOTAL",
-                        "AGENT",
-                        "LAST SEEN",
-                        "LABELS",
-                    ],
-                    &rows,
-                );
-            })?;
-        }
+        ClusterCommand::Node(NodeCommand::Ls(w)) => list(output, w, || node_listing(&api)).await?,
         ClusterCommand::Node(NodeCommand::Inspect { id }) => {
             print_document(output, &api.node(&id).await?)?;
         }
@@ -1023,35 +1163,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         ClusterCommand::Service(cmd) => service(&api, cmd, output).await?,
         ClusterCommand::Schedule(cmd) => schedule(&api, cmd, output).await?,
-        ClusterCommand::Task(TaskCommand::Ls) => {
-            let list = api.tasks().await?;
-            print(output, &list, || {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|t| {
-                        vec![
-                            t.id.clone(),
-                            t.task_definition.clone(),
-                            t.node.clone().unwrap_or_default(),
-                            format!("{:?}", t.state).to_uppercase(),
-                            format!("{:?}", t.desired).to_uppercase(),
-                            t.stop_reason.clone().unwrap_or_default(),
-                        ]
-                    })
-                    .collect();
-                table(
-                    &[
-                        "ID",
-                        "TASK DEFINITION",
-                        "NODE",
-                        "STATE",
-                        "DESIRED",
-                        "STOP REASON",
-                    ],
-                    &rows,
-                );
-            })?;
-        }
+        ClusterCommand::Task(TaskCommand::Ls(w)) => list(output, w, || task_listing(&api)).await?,
         ClusterCommand::Task(TaskCommand::Inspect { id }) => {
             print_document(output, &api.task(&id).await?)?;
         }
@@ -1194,5 +1306,30 @@ fn main() -> ExitCode {
             errln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::age;
+
+    #[test]
+    fn ages_read_as_kubectl_prints_them() {
+        let now = 100_000_000;
+        for (ago, want) in [
+            (0, "0s"),
+            (42, "42s"),
+            (119, "119s"),
+            (192, "3m12s"),
+            (27 * 60, "27m"),
+            (5 * 3600 + 8 * 60, "5h8m"),
+            (20 * 3600, "20h"),
+            (3 * 86_400 + 4 * 3600, "3d4h"),
+            (12 * 86_400, "12d"),
+        ] {
+            assert_eq!(age(now, now - ago), want, "{ago} s");
+        }
+        // A time ahead of this clock is not negative.
+        assert_eq!(age(now, now + 30), "0s");
     }
 }

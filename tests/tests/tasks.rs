@@ -791,10 +791,42 @@ fn every_command_prints_its_answer_as_json_and_yaml() {
     let e: Event = serde_json::from_str(&first).expect("one event per line");
     assert_eq!(e.seq, 4);
 
+    // Watching: the list, then each task again as it changes (one JSON object per line).
+    let mut watch = std::process::Command::new(flotilla_tests::bin("flotilla"))
+        .arg("--config")
+        .arg(&cp.admin)
+        .args(["task", "ls", "-w", "-o", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("flotilla task ls -w");
+    let watched = watch.stdout.take().expect("stdout");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(watched)).map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let next_of = |task: &str| -> TaskInfo {
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(20))
+                .expect("a line from task ls -w");
+            let t: TaskInfo = serde_json::from_str(&line).expect("one task per line");
+            if t.id == task {
+                return t;
+            }
+        }
+    };
+    assert_eq!(next_of(&task).desired, DesiredStatus::Running);
+
     // Stopped: the tasks as the control plane answered.
     let stopped: Vec<TaskInfo> =
         yaml_serde::from_str(&cp.flotilla_ok(&["task", "stop", &task, "-o", "yaml"]))
             .expect("YAML");
+    // The watcher prints the task again once it changes.
+    assert_eq!(next_of(&task).desired, DesiredStatus::Stopped);
+    let _ = watch.kill();
+    let _ = watch.wait();
     assert_eq!(
         (stopped[0].id.as_str(), stopped[0].desired),
         (task.as_str(), DesiredStatus::Stopped)

@@ -320,6 +320,16 @@ journalctl -u nodeagent --no-pager | grep -c 'it starts again' > /dev/null && ec
         "the agent said nothing of the lost containers\n{}",
         out.log
     );
+    // Each in its task's cgroup again, made anew after the cut.
+    for c in &running {
+        let name = c.record.display_name();
+        let task = name.rsplit_once('-').map_or("", |(t, _)| t);
+        assert_eq!(
+            c.record.cgroup_path,
+            format!("/flotilla/vm/{task}/{}", c.record.id),
+            "{name}"
+        );
+    }
     let mut names: Vec<String> = running.iter().map(|c| c.record.display_name()).collect();
     names.sort();
     let mut old: Vec<String> = before.iter().map(|c| c.record.display_name()).collect();

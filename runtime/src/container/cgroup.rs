@@ -241,9 +241,6 @@ impl CgroupHierarchy {
                     mkdir(&dir)?;
                     enable(&dir);
                 }
-                if task.memory.is_some() || task.cpu_limit_units.is_some() {
-                    tracing::debug!(cgroup = %dir.display(), "task limits");
-                }
                 write(
                     dir.join("memory.max"),
                     task.memory.map_or("max".into(), |m| m.to_string()),

@@ -258,6 +258,27 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
     }
 }
 
+/// A task cgroup's name (see [`TaskCgroup::task`]): `[A-Za-z0-9_.-]`, at most 64 characters,
+/// not `.` or `..`, never a container id (those name containers' own cgroups beside it).
+pub fn validate_task_cgroup_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && !super::is_id(name)
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' cannot name a task's cgroup: use letters, digits, '_', '.', '-', at most \
+             64 characters, not a container id"
+        ))
+    }
+}
+
 /// A path inside the container: absolute, no `..`, normalized (`/a//b/` → `/a/b`).
 pub fn container_path(field: &str, path: &str) -> Result<PathBuf, String> {
     if !path.starts_with('/') {
@@ -346,20 +367,8 @@ impl ContainerConfig {
             errs.push("resources.pids: must be at least 1".into());
         }
         if let Some(t) = &self.task_cgroup {
-            let ok = !t.task.is_empty()
-                && t.task.len() <= 64
-                && t.task != "."
-                && t.task != ".."
-                && !super::is_id(&t.task)
-                && t.task
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-            if !ok {
-                errs.push(format!(
-                    "task_cgroup.task: '{}' cannot name a task's cgroup: use letters, digits, \
-                     '_', '.', '-', at most 64 characters, not a container id",
-                    t.task
-                ));
+            if let Err(e) = validate_task_cgroup_name(&t.task) {
+                errs.push(format!("task_cgroup.task: {e}"));
             }
             if t.cpu_limit_units == Some(0) {
                 errs.push("task_cgroup.cpu_limit_units: must be at least 1".into());

@@ -976,7 +976,7 @@ impl ContainerStore {
         let mut failed = Vec::new();
         for name in self.hierarchy.children(&self.options.cgroup_parent) {
             // Containers of no task sit there by their id.
-            if is_id(&name) {
+            if config::validate_task_cgroup_name(&name).is_err() {
                 continue;
             }
             if let Err(e) = self.remove_task_cgroup_if_unused(&name) {
@@ -989,6 +989,7 @@ impl ContainerStore {
     /// cgroup usage of task `task`'s cgroup: all its containers together, with the task's
     /// memory limit.
     pub fn task_stats(&self, task: &str) -> Result<CgroupUsage, ContainerError> {
+        config::validate_task_cgroup_name(task).map_err(|e| ContainerError::Invalid(vec![e]))?;
         Ok(self
             .hierarchy
             .usage(&format!("/{}/{task}", self.options.cgroup_parent))?)

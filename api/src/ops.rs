@@ -312,4 +312,9 @@ pub struct TaskInfo {
     /// Its network, as its node last reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<crate::tasks::TaskNetwork>,
+    /// What the whole task uses and the memory it may use, as of its node's last heartbeat
+    /// (filled in by the control plane when it answers, while the task has not stopped;
+    /// never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::tasks::TaskCgroupUsage>,
 }

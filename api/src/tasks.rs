@@ -362,6 +362,22 @@ pub struct ContainerUsage {
     pub pids: u64,
 }
 
+/// What a whole task uses, its containers together, and the memory it may use: its cgroup on
+/// its node, as its node last measured it (sent in heartbeats, shown in `TaskInfo`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskCgroupUsage {
+    /// CPU time its containers used, microseconds (of those still in its cgroup).
+    pub cpu_usec: u64,
+    /// Memory in use by its containers together, bytes.
+    pub memory_bytes: u64,
+    /// Its memory limit, bytes: the task-level `memory` (none without one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    /// Processes and threads of its containers.
+    pub pids: u64,
+}
+
 /// Usage of a task's running containers, by container name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskUsage {
@@ -369,6 +385,9 @@ pub struct TaskUsage {
     pub id: String,
     /// Container name → usage.
     pub containers: std::collections::BTreeMap<String, ContainerUsage>,
+    /// The whole task's cgroup (absent from agents of earlier releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<TaskCgroupUsage>,
 }
 
 /// A task as a node reports it.

@@ -441,6 +441,7 @@ fn run_config(args: &RunArgs) -> Result<ContainerConfig> {
         },
         ulimits: args.ulimits.clone(),
         init: args.init,
+        task_cgroup: None,
     })
 }
 

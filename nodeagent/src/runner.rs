@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use flotilla_api::taskdef::{ContainerDefinition, NetworkMode as TaskNetwork, TaskDefinition};
 use flotilla_api::tasks::{DesiredState, TaskState, TaskStatus, TaskUsage};
 use flotilla_runtime::container::{
-    ContainerConfig, ContainerStore, MountRequest, NetworkMode, Resources, Ulimit,
+    ContainerConfig, ContainerStore, MountRequest, NetworkMode, Resources, TaskCgroup, Ulimit,
 };
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{watch, Notify};
@@ -190,7 +190,8 @@ impl Runner {
         self.node().container_names(task)
     }
 
-    /// Usage of the running containers of desired tasks (cgroup counters; blocking reads).
+    /// Usage of the running containers of desired tasks, and of those tasks' cgroups (cgroup
+    /// counters; blocking reads).
     pub fn usage(&self) -> Vec<TaskUsage> {
         let desired = self.node().desired().clone();
         let mut out: BTreeMap<String, TaskUsage> = BTreeMap::new();
@@ -217,9 +218,13 @@ impl Runner {
                 .or_insert_with(|| TaskUsage {
                     id: cn.task.clone(),
                     containers: BTreeMap::new(),
+                    task: None,
                 })
                 .containers
                 .insert(name, u);
+        }
+        for u in out.values_mut() {
+            u.task = self.runtime.task_stats(&u.id).ok();
         }
         out.into_values().collect()
     }
@@ -267,6 +272,17 @@ impl Runner {
             Ok(Err(e)) => tracing::warn!("restoring task networks: {e:#}"),
             Err(e) => tracing::warn!("restoring task networks: {e}"),
             Ok(Ok(())) => {}
+        }
+        // Task cgroups an agent killed half-way through a removal left behind.
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.prune_task_cgroups()).await {
+            Ok(Ok(failed)) => {
+                for (task, e) in failed {
+                    tracing::warn!(task = %task, "removing its cgroup: {e}");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("task cgroups: {e}"),
+            Err(e) => tracing::warn!("task cgroups: {e}"),
         }
         // VIP rules follow the registry.
         let mut changes = self.dns.changes();
@@ -531,7 +547,9 @@ impl Runner {
 /// The runtime settings of a container of task `task`. Task volumes become bind mounts
 /// (`host.sourcePath`, below the node's allowed roots), named volumes shared across tasks
 /// (`dockerVolumeConfiguration.scope: shared`, by the volume's name) or volumes that live as
-/// long as the task (`<task>-<volume>`, removed with it).
+/// long as the task (`<task>-<volume>`, removed with it). Every container of a task is in
+/// the task's cgroup ([`task_cgroup`]); one without memory of its own is limited to the
+/// task's memory, so that is what it reads in its cgroup too.
 pub fn container_config(
     task: &str,
     t: &TaskDefinition,
@@ -582,7 +600,7 @@ pub fn container_config(
         resources: Resources {
             cpu_units: (c.cpu > 0).then_some(u64::from(c.cpu)),
             cpu_limit_millis: None,
-            memory: c.memory.map(|m| m << 20),
+            memory: c.memory.or(t.memory).map(|m| m << 20),
             memory_reservation: c.memory_reservation.map(|m| m << 20),
             pids: None,
         },
@@ -609,5 +627,90 @@ pub fn container_config(
             })
             .collect(),
         init: c.init_process_enabled,
+        task_cgroup: Some(task_cgroup(task, t)),
+    }
+}
+
+/// The cgroup of task `task`, around its containers: the task-level `cpu` (CPU units) is a
+/// hard limit and the task's weight, the task-level `memory` (MiB) a hard limit on all its
+/// containers together — as the ECS agent makes a task's cgroup on Linux. Without a
+/// task-level `cpu`, the task weighs the sum of its containers' `cpu` (the ECS agent's rule),
+/// or the kernel's default when none has any.
+pub fn task_cgroup(task: &str, t: &TaskDefinition) -> TaskCgroup {
+    let containers: u64 = t
+        .container_definitions
+        .iter()
+        .map(|c| u64::from(c.cpu))
+        .sum();
+    TaskCgroup {
+        task: task.to_string(),
+        cpu_limit_units: t.cpu.map(u64::from),
+        cpu_units: t
+            .cpu
+            .map(u64::from)
+            .or((containers > 0).then_some(containers)),
+        memory: t.memory.map(|m| m << 20),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn definition(text: &str) -> TaskDefinition {
+        flotilla_api::taskdef::parse(text)
+            .expect("a valid definition")
+            .definition
+    }
+
+    #[test]
+    fn a_tasks_containers_are_in_its_cgroup_with_its_cpu_and_memory() {
+        let t = definition(
+            r#"{"family":"f","cpu":"0.5 vCPU","memory":"64","containerDefinitions":[
+                {"name":"a","image":"x","cpu":128,"memory":32},
+                {"name":"b","image":"x","essential":false}]}"#,
+        );
+        let a = container_config("t-1", &t, &t.container_definitions[0]);
+        let b = container_config("t-1", &t, &t.container_definitions[1]);
+        let want = TaskCgroup {
+            task: "t-1".into(),
+            cpu_limit_units: Some(512),
+            cpu_units: Some(512),
+            memory: Some(64 << 20),
+        };
+        assert_eq!(a.task_cgroup.as_ref(), Some(&want));
+        assert_eq!(b.task_cgroup.as_ref(), Some(&want));
+        // Its own limits inside the task's; none of its own: the task's memory.
+        assert_eq!(
+            (a.resources.memory, a.resources.cpu_units),
+            (Some(32 << 20), Some(128))
+        );
+        assert_eq!(
+            (b.resources.memory, b.resources.cpu_units),
+            (Some(64 << 20), None)
+        );
+        assert!(a.validate().is_ok() && b.validate().is_ok());
+    }
+
+    #[test]
+    fn without_task_cpu_a_task_weighs_its_containers_cpu_and_has_no_limit() {
+        let t = definition(
+            r#"{"family":"f","containerDefinitions":[
+                {"name":"a","image":"x","cpu":128,"memory":32},
+                {"name":"b","image":"x","cpu":256,"memory":32,"essential":false}]}"#,
+        );
+        assert_eq!(
+            task_cgroup("t-1", &t),
+            TaskCgroup {
+                task: "t-1".into(),
+                cpu_limit_units: None,
+                cpu_units: Some(384),
+                memory: None,
+            }
+        );
+        let t = definition(
+            r#"{"family":"f","containerDefinitions":[{"name":"a","image":"x","memory":32}]}"#,
+        );
+        assert_eq!(task_cgroup("t-1", &t).cpu_units, None);
     }
 }

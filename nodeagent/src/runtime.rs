@@ -7,7 +7,7 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime};
 
-use flotilla_api::tasks::ContainerUsage;
+use flotilla_api::tasks::{ContainerUsage, TaskCgroupUsage};
 use flotilla_runtime::container::{
     ContainerConfig, ContainerError, ContainerInfo, ContainerStore, Status,
 };
@@ -159,6 +159,8 @@ pub trait ContainerRuntime: fmt::Debug + Send + Sync {
     fn take_logs(&self, name: &ContainerName, dest: &Path) -> Result<(), RuntimeError>;
     /// What a running container uses.
     fn stats(&self, name: &ContainerName) -> Result<ContainerUsage, RuntimeError>;
+    /// What task `task`'s cgroup uses (its containers together) and its memory limit.
+    fn task_stats(&self, task: &str) -> Result<TaskCgroupUsage, RuntimeError>;
 }
 
 /// The real runtime: the node's [`ContainerStore`].
@@ -308,6 +310,19 @@ impl ContainerRuntime for StoreRuntime {
         Ok(ContainerUsage {
             cpu_usec: u.cpu_ns / 1000,
             memory_bytes: u.memory_bytes,
+            pids: u.pids,
+        })
+    }
+
+    fn task_stats(&self, task: &str) -> Result<TaskCgroupUsage, RuntimeError> {
+        let u = self
+            .store
+            .task_stats(task)
+            .map_err(store_error("measuring the cgroup of", task))?;
+        Ok(TaskCgroupUsage {
+            cpu_usec: u.cpu_ns / 1000,
+            memory_bytes: u.memory_bytes,
+            memory_limit_bytes: u.memory_limit,
             pids: u.pids,
         })
     }
@@ -469,6 +484,21 @@ pub mod fake {
                     ContainerError::NotRunning(name.to_string()),
                 )),
             }
+        }
+
+        fn task_stats(&self, task: &str) -> Result<TaskCgroupUsage, RuntimeError> {
+            let s = self.state();
+            let running = s
+                .containers
+                .values()
+                .filter(|c| c.name.task == task && c.state == RunState::Running)
+                .count() as u64;
+            Ok(TaskCgroupUsage {
+                cpu_usec: running * 1_000,
+                memory_bytes: running << 20,
+                memory_limit_bytes: None,
+                pids: running,
+            })
         }
     }
 }

@@ -111,6 +111,32 @@ fn the_container_suite_passes_on_v2() {
     }
 }
 
+/// `task_limits.rs` in the guest: a task's cgroup on the unified hierarchy (controllers
+/// enabled down to it, `memory.max`, `cpu.max`), its containers' cgroups inside it sharing
+/// its memory, and the cgroup gone with the task.
+#[test]
+fn task_limits_hold_on_v2() {
+    flotilla_tests::require_root();
+    let suite = test_binary("task_limits");
+    let mut vm = Vm::start(VmOptions {
+        script: format!("cd /vm/data && {} --test-threads=1 2>&1\n", suite.display()),
+        ..Default::default()
+    })
+    .expect("boot");
+    let out = vm.wait(Duration::from_secs(1200)).expect("script");
+    assert_eq!(out.exit, 0, "{}", out.log);
+    for name in [
+        "task_level_cpu_and_memory_limit_the_task_as_a_whole",
+        "a_tasks_containers_share_its_memory",
+    ] {
+        assert!(
+            out.log.contains(&format!("test {name} ... ok")),
+            "{name} did not pass in the guest:\n{}",
+            out.log
+        );
+    }
+}
+
 /// The task definition the node keeps running through restarts and power cuts.
 const PINNED: &str = r#"{
   "family": "kiosk",
@@ -294,6 +320,16 @@ journalctl -u nodeagent --no-pager | grep -c 'it starts again' > /dev/null && ec
         "the agent said nothing of the lost containers\n{}",
         out.log
     );
+    // Each in its task's cgroup again, made anew after the cut.
+    for c in &running {
+        let name = c.record.display_name();
+        let task = name.rsplit_once('-').map_or("", |(t, _)| t);
+        assert_eq!(
+            c.record.cgroup_path,
+            format!("/flotilla/vm/{task}/{}", c.record.id),
+            "{name}"
+        );
+    }
     let mut names: Vec<String> = running.iter().map(|c| c.record.display_name()).collect();
     names.sort();
     let mut old: Vec<String> = before.iter().map(|c| c.record.display_name()).collect();

@@ -334,11 +334,15 @@ fn heartbeat(
     usage: Vec<TaskUsage>,
 ) -> AgentReply {
     // Only this node's own tasks are kept.
-    let mine: HashMap<String, _> = usage
+    let mine: Vec<TaskUsage> = usage
         .into_iter()
         .filter(|u| cx.txn.task(&u.id).is_some_and(|t| t.node() == Some(node)))
-        .map(|u| (u.id, u.containers))
         .collect();
+    let tasks: HashMap<String, _> = mine
+        .iter()
+        .filter_map(|u| Some((u.id.clone(), u.task.clone()?)))
+        .collect();
+    let mine: HashMap<String, _> = mine.into_iter().map(|u| (u.id, u.containers)).collect();
     // Its room is kept with the node: placement needs it also right after a restart.
     let capacity = Capacity {
         cpus: resources.cpus,
@@ -352,6 +356,7 @@ fn heartbeat(
     cx.live.touch(node, cx.now, |l| {
         l.resources = Some(resources);
         l.usage = mine;
+        l.task_usage = tasks;
     });
     // A node behind on its desired state (a push lost on the way) gets it again, once the
     // last push had time to arrive.

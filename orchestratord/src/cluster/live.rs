@@ -21,6 +21,8 @@ pub struct LiveInfo {
     pub resources: Option<flotilla_api::NodeResources>,
     /// Usage of its tasks' running containers at the last heartbeat: task → container → usage.
     pub usage: HashMap<String, BTreeMap<String, ContainerUsage>>,
+    /// Usage of its tasks' cgroups (each task's containers together) at the last heartbeat.
+    pub task_usage: HashMap<String, flotilla_api::tasks::TaskCgroupUsage>,
     /// When its last session ended (seconds since the epoch).
     pub disconnected_at: Option<u64>,
     /// The newest desired-state generation it said it persisted, in this session.

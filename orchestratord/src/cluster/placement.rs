@@ -326,6 +326,7 @@ fn new_task(
             started_by: started_by.clone(),
             deployment: t.deployment.clone(),
             network: None,
+            usage: None,
         },
         definition: t.revision.task_definition.clone(),
         env: t.env.clone(),

@@ -189,6 +189,7 @@ pub fn adopt(
             started_by: Some(Origin::Schedule(run.schedule.clone()).started_by()),
             deployment: None,
             network: None,
+            usage: None,
         },
         definition: s.revision.task_definition.clone(),
         env: s.spec.env.clone(),

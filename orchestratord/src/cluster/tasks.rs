@@ -30,8 +30,8 @@ pub fn stop(cx: &mut Ctx<'_, '_>, id: &str, code: StopCode, reason: Option<Strin
     true
 }
 
-/// A task as the API shows it: with its running containers' usage from its node's last
-/// heartbeat.
+/// A task as the API shows it: with its own and its running containers' usage from its
+/// node's last heartbeat.
 pub fn info(t: &TaskRecord, live: &Live) -> TaskInfo {
     let mut info = t.info.clone();
     if info.state == TaskState::Stopped {
@@ -39,6 +39,7 @@ pub fn info(t: &TaskRecord, live: &Live) -> TaskInfo {
     }
     let Some(node) = &info.node else { return info };
     let l = live.get(node);
+    info.usage = l.task_usage.get(&info.id).cloned();
     if let Some(usage) = l.usage.get(&info.id) {
         for c in &mut info.containers {
             if c.state == ContainerState::Running {

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use libcgroups::common::CgroupSetup;
 use serde::{Deserialize, Serialize};
 
+use super::config::TaskCgroup;
+
 /// Which hierarchy the node uses, with the mount points needed to read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupHierarchy {
@@ -56,6 +58,41 @@ pub enum CgroupError {
         /// Why.
         source: io::Error,
     },
+    /// A cgroup could not be made, or one of its files written.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The directory or file.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A cgroup could not be removed.
+    #[error("removing {path}: {source}")]
+    Remove {
+        /// The directory.
+        path: PathBuf,
+        /// Why (busy: processes or cgroups are still inside).
+        source: io::Error,
+    },
+}
+
+/// The CFS period a task's CPU limit is a quota of, microseconds (the ECS agent's default).
+pub const TASK_CPU_PERIOD_US: u64 = 100_000;
+
+/// The kernel's smallest CFS quota, microseconds (`cpu.max`, `cpu.cfs_quota_us`).
+const MIN_CPU_QUOTA_US: u64 = 1_000;
+
+/// The CFS quota per [`TASK_CPU_PERIOD_US`] of a CPU limit in CPU units (1024 = one core), as
+/// the ECS agent computes it (`vCPU × period`); at least the kernel's 1 ms.
+pub fn cpu_quota_us(units: u64) -> u64 {
+    (units.saturating_mul(TASK_CPU_PERIOD_US) / 1024).max(MIN_CPU_QUOTA_US)
+}
+
+/// `cpu.weight` (1–10000) for cgroup v1 `cpu.shares` (2–262144), the conversion runc, crun
+/// and libcgroups use, so a task's weight compares with its containers' as on v1.
+pub fn cpu_weight(shares: u64) -> u64 {
+    let shares = shares.clamp(2, 262_144);
+    1 + ((shares - 2) * 9999) / 262_142
 }
 
 const V1_CONTROLLERS: &[&str] = &[
@@ -145,14 +182,7 @@ impl CgroupHierarchy {
     /// Removes the directories of `parent` (e.g. `flotilla/node-1`) from the deepest up,
     /// in every hierarchy, where they are empty. Busy or missing directories are left alone.
     pub fn remove_empty_parents(&self, parent: &str) {
-        let roots: Vec<&PathBuf> = match self {
-            Self::V2 { root } => vec![root],
-            Self::V1 { mounts } => {
-                let mut r: Vec<&PathBuf> = mounts.values().collect();
-                r.dedup();
-                r
-            }
-        };
+        let roots = self.roots();
         let parts: Vec<&str> = parent.split('/').filter(|p| !p.is_empty()).collect();
         for root in roots {
             for depth in (1..=parts.len()).rev() {
@@ -166,6 +196,166 @@ impl CgroupHierarchy {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(_) => break,
                 }
+            }
+        }
+    }
+
+    /// Makes the task cgroup at `path` (relative to the hierarchy roots, e.g.
+    /// `flotilla/node-1/t-1`) if it is not there and writes its limits — again each time, so a
+    /// cgroup lost to a reboot or made by someone else ends up as asked. On v2 every
+    /// controller the root offers is enabled down to it and in it (its children are the
+    /// task's containers), as libcontainer does for a container; on v1 it is made in the
+    /// `cpu` and `memory` hierarchies, where its limits live (libcontainer makes the rest
+    /// with the containers' cgroups).
+    pub fn ensure_task(&self, path: &str, task: &TaskCgroup) -> Result<(), CgroupError> {
+        let rel = path.trim_matches('/');
+        let write = |file: PathBuf, value: String| {
+            fs::write(&file, value).map_err(|e| CgroupError::Write {
+                path: file,
+                source: e,
+            })
+        };
+        let mkdir = |dir: &Path| match fs::create_dir(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(CgroupError::Write {
+                path: dir.to_path_buf(),
+                source: e,
+            }),
+        };
+        match self {
+            Self::V2 { root } => {
+                let controllers = read(&root.join("cgroup.controllers"))?;
+                let enable = |dir: &Path| {
+                    for c in controllers.split_whitespace() {
+                        // One at a time: a controller the level cannot take (a threaded
+                        // subtree, say) must not keep the others off; a limit that needs it
+                        // fails below with its file named.
+                        let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+                    }
+                };
+                enable(root);
+                let mut dir = root.clone();
+                for part in rel.split('/').filter(|p| !p.is_empty()) {
+                    dir.push(part);
+                    mkdir(&dir)?;
+                    enable(&dir);
+                }
+                write(
+                    dir.join("memory.max"),
+                    task.memory.map_or("max".into(), |m| m.to_string()),
+                )?;
+                // Absent where the kernel does not account swap: then there is none to cap.
+                if dir.join("memory.swap.max").exists() {
+                    let swap = if task.memory.is_some() { "0" } else { "max" };
+                    write(dir.join("memory.swap.max"), swap.into())?;
+                }
+                let quota = task
+                    .cpu_limit_units
+                    .map_or("max".into(), |u| cpu_quota_us(u).to_string());
+                write(dir.join("cpu.max"), format!("{quota} {TASK_CPU_PERIOD_US}"))?;
+                write(
+                    dir.join("cpu.weight"),
+                    task.cpu_units.map_or(100, cpu_weight).to_string(),
+                )
+            }
+            Self::V1 { mounts } => {
+                let at = |ctl: &str| -> Result<PathBuf, CgroupError> {
+                    let mount = mounts.get(ctl).ok_or_else(|| CgroupError::Write {
+                        path: PathBuf::from("/sys/fs/cgroup").join(ctl),
+                        source: io::Error::other(format!(
+                            "the {ctl} controller is not mounted; task limits need it"
+                        )),
+                    })?;
+                    let dir = mount.join(rel);
+                    fs::create_dir_all(&dir).map_err(|e| CgroupError::Write {
+                        path: dir.clone(),
+                        source: e,
+                    })?;
+                    Ok(dir)
+                };
+                let mem = at("memory")?;
+                let limit = mem.join("memory.limit_in_bytes");
+                let memsw = mem.join("memory.memsw.limit_in_bytes");
+                match task.memory {
+                    // memory + swap may never be below memory: the limit first, then the sum.
+                    Some(m) => {
+                        write(limit, m.to_string())?;
+                        if memsw.exists() {
+                            write(memsw, m.to_string())?;
+                        }
+                    }
+                    None => {
+                        if memsw.exists() {
+                            write(memsw, "-1".into())?;
+                        }
+                        write(limit, "-1".into())?;
+                    }
+                }
+                let cpu = at("cpu")?;
+                write(
+                    cpu.join("cpu.cfs_period_us"),
+                    TASK_CPU_PERIOD_US.to_string(),
+                )?;
+                write(
+                    cpu.join("cpu.cfs_quota_us"),
+                    task.cpu_limit_units
+                        .map_or("-1".into(), |u| cpu_quota_us(u).to_string()),
+                )?;
+                write(
+                    cpu.join("cpu.shares"),
+                    task.cpu_units.map_or(1024, |u| u.max(2)).to_string(),
+                )
+            }
+        }
+    }
+
+    /// Removes the cgroup at `path` (relative to the hierarchy roots) in every hierarchy;
+    /// one already gone is fine. Fails while processes or cgroups are inside.
+    pub fn remove(&self, path: &str) -> Result<(), CgroupError> {
+        let rel = path.trim_matches('/');
+        let mut first_error = None;
+        for root in self.roots() {
+            let dir = root.join(rel);
+            match fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    first_error.get_or_insert(CgroupError::Remove {
+                        path: dir,
+                        source: e,
+                    });
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The names of the cgroups right under `path` (relative to the hierarchy roots), in any
+    /// hierarchy.
+    pub fn children(&self, path: &str) -> Vec<String> {
+        let rel = path.trim_matches('/');
+        let mut out: Vec<String> = self
+            .roots()
+            .into_iter()
+            .flat_map(|root| fs::read_dir(root.join(rel)).into_iter().flatten().flatten())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The root of each hierarchy (each v1 mount once).
+    fn roots(&self) -> Vec<&PathBuf> {
+        match self {
+            Self::V2 { root } => vec![root],
+            Self::V1 { mounts } => {
+                let mut r: Vec<&PathBuf> = mounts.values().collect();
+                r.sort();
+                r.dedup();
+                r
             }
         }
     }
@@ -297,6 +487,102 @@ mod tests {
         fs::remove_dir_all(&dir).expect("rm");
         h.remove_empty_parents("flotilla/n1");
         assert!(!root.path().join("flotilla").exists());
+    }
+
+    #[test]
+    fn a_tasks_limits_land_in_its_v2_cgroup_with_controllers_enabled_down_to_it() {
+        let root = tempfile::tempdir().expect("tmp");
+        fs::write(root.path().join("cgroup.controllers"), "cpu memory pids\n").expect("write");
+        let h = CgroupHierarchy::V2 {
+            root: root.path().to_path_buf(),
+        };
+        let dir = root.path().join("flotilla/n1/t-1");
+        fs::create_dir_all(&dir).expect("mkdir");
+        // Only where the kernel accounts swap.
+        fs::write(dir.join("memory.swap.max"), "max").expect("write");
+        let task = TaskCgroup {
+            task: "t-1".into(),
+            cpu_limit_units: Some(512),
+            cpu_units: Some(512),
+            memory: Some(64 << 20),
+        };
+        h.ensure_task("flotilla/n1/t-1", &task).expect("ensure");
+        let file = |f: &str| fs::read_to_string(dir.join(f)).expect(f);
+        assert_eq!(file("memory.max"), (64u64 << 20).to_string());
+        assert_eq!(file("memory.swap.max"), "0");
+        // Half a core: 50 ms of every 100 ms.
+        assert_eq!(file("cpu.max"), "50000 100000");
+        assert_eq!(file("cpu.weight"), cpu_weight(512).to_string());
+        // (A real cgroup.subtree_control takes one change per write; a file keeps the last.)
+        for level in ["", "flotilla", "flotilla/n1", "flotilla/n1/t-1"] {
+            let control = root.path().join(level).join("cgroup.subtree_control");
+            assert_eq!(fs::read_to_string(&control).expect("control"), "+pids");
+        }
+        // Again, without limits: they are lifted.
+        let none = TaskCgroup {
+            task: "t-1".into(),
+            ..Default::default()
+        };
+        h.ensure_task("flotilla/n1/t-1", &none)
+            .expect("ensure again");
+        assert_eq!(file("memory.max"), "max");
+        assert_eq!(file("memory.swap.max"), "max");
+        assert_eq!(file("cpu.max"), "max 100000");
+        assert_eq!(file("cpu.weight"), "100");
+        assert_eq!(h.children("flotilla/n1"), ["t-1"]);
+        h.remove("flotilla/n1/t-1")
+            .expect_err("files inside: not a cgroup's rmdir");
+    }
+
+    #[test]
+    fn a_tasks_limits_land_in_its_v1_cpu_and_memory_cgroups() {
+        let root = tempfile::tempdir().expect("tmp");
+        let mount = |c: &str| root.path().join(c);
+        let h = CgroupHierarchy::V1 {
+            mounts: ["cpu", "cpuacct", "memory", "pids"]
+                .iter()
+                .map(|c| (c.to_string(), mount(c)))
+                .collect(),
+        };
+        let mem = mount("memory").join("flotilla/n1/t-1");
+        fs::create_dir_all(&mem).expect("mkdir");
+        fs::write(mem.join("memory.memsw.limit_in_bytes"), "").expect("write");
+        let task = TaskCgroup {
+            task: "t-1".into(),
+            cpu_limit_units: Some(2048),
+            cpu_units: Some(2048),
+            memory: Some(64 << 20),
+        };
+        h.ensure_task("flotilla/n1/t-1", &task).expect("ensure");
+        let read = |p: PathBuf| fs::read_to_string(&p).expect("read");
+        assert_eq!(
+            read(mem.join("memory.limit_in_bytes")),
+            (64u64 << 20).to_string()
+        );
+        assert_eq!(
+            read(mem.join("memory.memsw.limit_in_bytes")),
+            (64u64 << 20).to_string()
+        );
+        let cpu = mount("cpu").join("flotilla/n1/t-1");
+        assert_eq!(read(cpu.join("cpu.cfs_period_us")), "100000");
+        assert_eq!(read(cpu.join("cpu.cfs_quota_us")), "200000");
+        assert_eq!(read(cpu.join("cpu.shares")), "2048");
+        // pids and cpuacct are libcontainer's to make, with the containers.
+        assert!(!mount("pids").join("flotilla").exists());
+        assert_eq!(h.children("flotilla/n1"), ["t-1"]);
+    }
+
+    #[test]
+    fn cpu_units_become_a_quota_and_a_weight_as_ecs_and_runc_map_them() {
+        assert_eq!(cpu_quota_us(1024), 100_000);
+        assert_eq!(cpu_quota_us(256), 25_000);
+        assert_eq!(cpu_quota_us(4096), 400_000);
+        // Never below the kernel's 1 ms.
+        assert_eq!(cpu_quota_us(1), 1_000);
+        assert_eq!(cpu_weight(2), 1);
+        assert_eq!(cpu_weight(1024), 39);
+        assert_eq!(cpu_weight(262_144), 10_000);
+        assert_eq!(cpu_weight(u64::MAX), 10_000);
     }
 
     #[test]

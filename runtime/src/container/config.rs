@@ -56,6 +56,34 @@ pub struct ContainerConfig {
     /// Compose `init: true`); see [`super::workload`].
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub init: bool,
+    /// The cgroup of the task the container belongs to, shared with the task's other
+    /// containers and limited as a whole; the container's own cgroup is nested in it (none:
+    /// the container's cgroup sits right under the node's cgroup parent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_cgroup: Option<TaskCgroup>,
+}
+
+/// A task's cgroup, `<cgroup parent>/<task>`: its containers' cgroups are made inside it, so
+/// its limits hold for all of them together — what ECS's task-level `cpu` and `memory` are on
+/// Linux ("the hard limit of CPU units / memory to present for the task", RegisterTaskDefinition).
+/// Made (or its limits written again) before each of its containers starts; removed with the
+/// last container that names it (see `ContainerStore::remove`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TaskCgroup {
+    /// The task's id, the cgroup's name: `[A-Za-z0-9_.-]`, at most 64 characters, never a
+    /// container id.
+    pub task: String,
+    /// Hard CPU limit in CPU units (1024 = one core): a CFS quota of `units / 1024` of a
+    /// 100 ms period (`cpu.max` on v2, `cpu.cfs_quota_us` on v1), as the ECS agent sets it.
+    pub cpu_limit_units: Option<u64>,
+    /// Relative CPU weight of the whole task against other tasks, in CPU units (`cpu.shares`
+    /// on v1; on v2 `cpu.weight`, converted as runc and libcgroups convert shares).
+    pub cpu_units: Option<u64>,
+    /// Hard memory limit of all its containers together, bytes, without swap beyond it
+    /// (`memory.max` and `memory.swap.max` 0 on v2; `memory.limit_in_bytes` and
+    /// `memory.memsw.limit_in_bytes` on v1, where the kernel accounts swap).
+    pub memory: Option<u64>,
 }
 
 /// One POSIX resource limit.
@@ -230,6 +258,27 @@ pub fn validate_name(kind: &str, name: &str) -> Result<(), String> {
     }
 }
 
+/// A task cgroup's name (see [`TaskCgroup::task`]): `[A-Za-z0-9_.-]`, at most 64 characters,
+/// not `.` or `..`, never a container id (those name containers' own cgroups beside it).
+pub fn validate_task_cgroup_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && !super::is_id(name)
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "'{name}' cannot name a task's cgroup: use letters, digits, '_', '.', '-', at most \
+             64 characters, not a container id"
+        ))
+    }
+}
+
 /// A path inside the container: absolute, no `..`, normalized (`/a//b/` → `/a/b`).
 pub fn container_path(field: &str, path: &str) -> Result<PathBuf, String> {
     if !path.starts_with('/') {
@@ -316,6 +365,22 @@ impl ContainerConfig {
         }
         if r.pids == Some(0) {
             errs.push("resources.pids: must be at least 1".into());
+        }
+        if let Some(t) = &self.task_cgroup {
+            if let Err(e) = validate_task_cgroup_name(&t.task) {
+                errs.push(format!("task_cgroup.task: {e}"));
+            }
+            if t.cpu_limit_units == Some(0) {
+                errs.push("task_cgroup.cpu_limit_units: must be at least 1".into());
+            }
+            if t.cpu_units == Some(0) {
+                errs.push("task_cgroup.cpu_units: must be at least 2".into());
+            }
+            if matches!(t.memory, Some(m) if m < 6 * 1024 * 1024) {
+                errs.push(
+                    "task_cgroup.memory: at least 6 MiB is needed to start a container".into(),
+                );
+            }
         }
         for (i, u) in self.ulimits.iter().enumerate() {
             if super::spec::rlimit_type(&u.name).is_none() {
@@ -463,5 +528,36 @@ mod tests {
         ] {
             assert!(all.contains(field), "{field} missing in:\n{all}");
         }
+    }
+
+    #[test]
+    fn a_task_cgroup_is_one_level_below_the_parent_and_never_a_containers() {
+        let with = |task: &str, memory: Option<u64>| ContainerConfig {
+            image: "busybox".into(),
+            task_cgroup: Some(TaskCgroup {
+                task: task.into(),
+                memory,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert!(with("t-0a1b", Some(64 << 20)).validate().is_ok());
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "0123456789abcdef0123456789abcdef",
+            "t 1",
+        ] {
+            let errs = with(bad, None).validate().expect_err(bad);
+            assert!(errs[0].starts_with("task_cgroup.task:"), "{bad}: {errs:?}");
+        }
+        let errs = with("t-1", Some(1 << 20)).validate().expect_err("1 MiB");
+        assert_eq!(
+            errs,
+            ["task_cgroup.memory: at least 6 MiB is needed to start a container"]
+        );
     }
 }

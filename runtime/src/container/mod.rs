@@ -36,7 +36,7 @@ use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
 
 pub use cgroup::{CgroupHierarchy, CgroupUsage};
-pub use config::{ContainerConfig, MountRequest, NetworkMode, Resources, Ulimit};
+pub use config::{ContainerConfig, MountRequest, NetworkMode, Resources, TaskCgroup, Ulimit};
 pub use process::ProcessIdentity;
 pub use signal::{parse_signal, signal_name, UnknownSignal};
 pub use spec::{ImageProcess, ResolvedMount};
@@ -478,7 +478,10 @@ impl ContainerStore {
                     .collect(),
             },
             image_process,
-            cgroup_path: format!("/{}/{}", self.options.cgroup_parent, id),
+            cgroup_path: match &config.task_cgroup {
+                Some(t) => format!("/{}/{}/{}", self.options.cgroup_parent, t.task, id),
+                None => format!("/{}/{}", self.options.cgroup_parent, id),
+            },
             mounts,
             config,
             id: id.clone(),
@@ -609,6 +612,18 @@ impl ContainerStore {
             .map_err(io_at(&shim_log))?;
         let record: ContainerRecord =
             read_json(&paths.record()).ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        if let Some(task) = &record.config.task_cgroup {
+            // Before every start: the task's cgroup may have gone with a reboot, and its
+            // limits must hold before any of its containers runs.
+            let path = task_cgroup_path(&record.cgroup_path);
+            if let Err(e) = self.hierarchy.ensure_task(path, task) {
+                let _ = self.remove(id, true);
+                return Err(ContainerError::Start {
+                    id: id.to_string(),
+                    message: format!("the cgroup of its task {}: {e}", task.task),
+                });
+            }
+        }
         tracing::debug!(container = %id, "spawning shim");
         let program = &self.options.shim;
         let mut cmd = Command::new(program);
@@ -901,9 +916,14 @@ impl ContainerStore {
         }
         tracing::debug!(container = %id, "runtime state deleted");
         // The container's own cgroup (if libcontainer did not get to it) and our parents
-        // when they are empty now.
-        self.hierarchy
-            .remove_empty_parents(info.record.cgroup_path.trim_start_matches('/'));
+        // when they are empty now; a task's cgroup goes only with its last container (below).
+        let cgroup = info.record.cgroup_path.trim_start_matches('/');
+        match &info.record.config.task_cgroup {
+            None => self.hierarchy.remove_empty_parents(cgroup),
+            Some(_) => {
+                let _ = self.hierarchy.remove(cgroup);
+            }
+        }
         self.images.release(&id)?;
         // The rootfs is mounted only inside the shim's mount namespace; refuse to recurse
         // into it should it ever be mounted here.
@@ -917,7 +937,62 @@ impl ContainerStore {
         }
         fs::remove_dir_all(&paths.dir).map_err(io_at(&paths.dir))?;
         tracing::debug!(container = %id, "removed");
+        if let Some(task) = &info.record.config.task_cgroup {
+            // The container is gone whatever happens here; a cgroup left is pruned later.
+            if let Err(e) = self.remove_task_cgroup_if_unused(&task.task) {
+                tracing::warn!(task = %task.task, "the task's cgroup stays for now: {e}");
+            }
+        }
         Ok(())
+    }
+
+    /// Removes task `task`'s cgroup (and our parents, when empty) unless a container record
+    /// still names it. Under the store lock, as records are written: a container of the task
+    /// being created now either has its record (and the cgroup stays) or makes the cgroup
+    /// again when it starts — the cgroup never goes from under a container that starts.
+    fn remove_task_cgroup_if_unused(&self, task: &str) -> Result<(), ContainerError> {
+        let _lock = self.lock()?;
+        let used = self.records()?.iter().any(|r| {
+            r.config
+                .task_cgroup
+                .as_ref()
+                .is_some_and(|t| t.task == task)
+        });
+        if used {
+            return Ok(());
+        }
+        let path = format!("{}/{task}", self.options.cgroup_parent);
+        self.hierarchy.remove(&path)?;
+        self.hierarchy
+            .remove_empty_parents(&self.options.cgroup_parent);
+        tracing::debug!(task, "task cgroup removed");
+        Ok(())
+    }
+
+    /// Removes the cgroups of tasks no container names any more (left by a removal that was
+    /// cut short: an agent killed half-way). Returns the tasks whose cgroup could not be
+    /// removed, with why.
+    pub fn prune_task_cgroups(&self) -> Result<Vec<(String, ContainerError)>, ContainerError> {
+        let mut failed = Vec::new();
+        for name in self.hierarchy.children(&self.options.cgroup_parent) {
+            // Containers of no task sit there by their id.
+            if config::validate_task_cgroup_name(&name).is_err() {
+                continue;
+            }
+            if let Err(e) = self.remove_task_cgroup_if_unused(&name) {
+                failed.push((name, e));
+            }
+        }
+        Ok(failed)
+    }
+
+    /// cgroup usage of task `task`'s cgroup: all its containers together, with the task's
+    /// memory limit.
+    pub fn task_stats(&self, task: &str) -> Result<CgroupUsage, ContainerError> {
+        config::validate_task_cgroup_name(task).map_err(|e| ContainerError::Invalid(vec![e]))?;
+        Ok(self
+            .hierarchy
+            .usage(&format!("/{}/{task}", self.options.cgroup_parent))?)
     }
 
     /// Names of containers (existing, in any state) that use volume `name`.
@@ -1025,6 +1100,14 @@ impl ContainerStore {
         }
         Ok(out)
     }
+}
+
+/// The task cgroup a task container's `cgroup_path` lies in (its parent directory).
+fn task_cgroup_path(cgroup_path: &str) -> &str {
+    cgroup_path
+        .trim_start_matches('/')
+        .rsplit_once('/')
+        .map_or("", |(parent, _)| parent)
 }
 
 fn running_state(info: &ContainerInfo) -> Result<&RuntimeState, ContainerError> {

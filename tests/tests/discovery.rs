@@ -826,6 +826,17 @@ fn real_resolvers_get_large_answers_whole_over_tcp_and_what_fits_over_udp() {
         endpoints(&fleet, "many").endpoints.len() == 10
     });
     let name = "many.shop.flotilla.internal";
+    // The node's copy follows the control plane's registry within a push.
+    let mut last = (false, String::new());
+    let until = Instant::now() + Duration::from_secs(30);
+    while !(last.0 && last.1.contains("SRV 10")) {
+        assert!(
+            Instant::now() < until,
+            "the node's resolver never gave ten SRV records: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        last = exec(&fleet, 0, &client, &format!("/probe-glibc srv {name}"));
+    }
     for probe in ["/probe-glibc", "/probe-go"] {
         let out = run(&format!("{probe} srv {name}"));
         assert_eq!(count(&out, "SRV"), 10, "{probe}: {out}");

@@ -350,7 +350,8 @@ fn httpd_def(family: &str, body: &str, host_port: u16) -> String {
 
 /// In a real `flotilla dev` (its node's address is 127.0.0.1), a bridge task reaches a service
 /// by its DNS name (`web.shop.flotilla.internal`, and as Kubernetes' `web.shop`) and by its VIP,
-/// and a service of another namespace as `api.other`; then Ctrl-C leaves nothing behind.
+/// and a service without a VIP, of another namespace, by its name (`api.other`, answered with
+/// the node as the task reaches it) and host port; then Ctrl-C leaves nothing behind.
 #[test]
 fn a_bridge_task_in_the_dev_cluster_reaches_services_by_name_and_by_vip() {
     let _one = serial();
@@ -409,6 +410,10 @@ fn a_bridge_task_in_the_dev_cluster_reaches_services_by_name_and_by_vip() {
         ("BY-SVC-NS", "http://web.shop/".to_string()),
         ("BY-VIP", format!("http://{vip}/")),
         ("OTHER-NS", format!("http://api.other:{api_port}/")),
+        (
+            "OTHER-FQDN",
+            format!("http://api.other.flotilla.internal:{api_port}/"),
+        ),
     ];
     let fetch_all = urls
         .iter()
@@ -453,6 +458,7 @@ fn a_bridge_task_in_the_dev_cluster_reaches_services_by_name_and_by_vip() {
         ("BY-SVC-NS", "WEB-BODY"),
         ("BY-VIP", "WEB-BODY"),
         ("OTHER-NS", "API-BODY"),
+        ("OTHER-FQDN", "API-BODY"),
     ] {
         assert!(
             logs.lines().any(|l| l.trim() == format!("{key}={body}")),

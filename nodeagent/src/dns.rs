@@ -6,8 +6,9 @@
 //! forwarded to the node's own resolvers (from the agent's namespace, so a local stub resolver
 //! on 127.0.0.53 works too) over the transport the client used: a TCP query goes upstream over
 //! TCP (RFC 7766 §6.2.1: TCP clients expect full answers), a UDP answer larger than the client
-//! can take is cut to the header and question with TC set (RFC 1035 §4.2.1, RFC 6891 §7), and
-//! the client retries over TCP, which this resolver serves too.
+//! can take is cut to the whole records that fit with TC set (RFC 1035 §4.2.1, RFC 6891 §7), and
+//! the client retries over TCP, which this resolver serves too — or, asking only over UDP
+//! (busybox's nslookup, musl before 1.2.4), uses the records it got.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -338,11 +339,10 @@ impl Dns {
             }
         };
         let reply = answer(&self.registry(), &msg, asker)?;
-        let bytes = reply.to_vec().ok()?;
-        if transport == Transport::Udp && bytes.len() > udp_limit(&msg) {
-            return reply.truncate().to_vec().ok();
+        match transport {
+            Transport::Udp => fit(reply, udp_limit(&msg)),
+            Transport::Tcp => reply.to_vec().ok(),
         }
-        Some(bytes)
     }
 
     /// Relays a query to the node's resolvers (the first answer wins) over the client's
@@ -398,17 +398,13 @@ fn udp_limit(query: &Message) -> usize {
     }
 }
 
-/// An upstream's UDP `reply` as the client of `query` can take it: whole when it fits, else
-/// its header and question with TC set, so the client retries over TCP (RFC 1035 §4.2.1).
+/// An upstream's UDP `reply` as the client of `query` can take it (see [`fit`]).
 fn fit_udp(query: &[u8], reply: Vec<u8>) -> Vec<u8> {
     let limit = Message::from_vec(query).map_or(UDP_MAX, |q| udp_limit(&q));
     if reply.len() <= limit {
         return reply;
     }
-    match Message::from_vec(&reply)
-        .ok()
-        .and_then(|m| m.truncate().to_vec().ok())
-    {
+    match Message::from_vec(&reply).ok().and_then(|m| fit(m, limit)) {
         Some(cut) => cut,
         None => {
             let id = u16::from_be_bytes([reply[0], reply[1]]);
@@ -417,6 +413,49 @@ fn fit_udp(query: &[u8], reply: Vec<u8>) -> Vec<u8> {
                 .unwrap_or_default()
         }
     }
+}
+
+/// `reply` encoded in at most `limit` bytes: whole when it fits; else without its additional
+/// records (no TC for those, RFC 2181 §9), then with as many whole answer and authority records
+/// as fit and TC set (RFC 1035 §4.2.1). A client that retries over TCP (glibc, Go, musl 1.2.4+)
+/// gets the whole answer there; one that asks only over UDP (busybox's nslookup, musl before
+/// 1.2.4) still has the records that fit, as a server truncating its own answer gives them,
+/// instead of none.
+fn fit(mut reply: Message, limit: usize) -> Option<Vec<u8>> {
+    let bytes = reply.to_vec().ok()?;
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    reply.additionals.clear();
+    reply.signature = None;
+    let bytes = reply.to_vec().ok()?;
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    // The most records, answers first, that fit: found by halving (each try encodes once).
+    let answers = std::mem::take(&mut reply.answers);
+    let authorities = std::mem::take(&mut reply.authorities);
+    let records: Vec<Record> = answers.iter().chain(&authorities).cloned().collect();
+    reply.metadata.truncation = true;
+    let with = |n: usize| -> Option<Vec<u8>> {
+        let mut m = reply.clone();
+        m.answers = records[..n.min(answers.len())].to_vec();
+        m.authorities = records[answers.len().min(n)..n].to_vec();
+        m.to_vec().ok()
+    };
+    let (mut lo, mut hi) = (0, records.len());
+    let mut best = with(0)?;
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        match with(mid) {
+            Some(b) if b.len() <= limit => {
+                best = b;
+                lo = mid;
+            }
+            _ => hi = mid - 1,
+        }
+    }
+    Some(best)
 }
 
 /// One query to `upstream` over UDP: its answer (any size a datagram holds), or `None`.
@@ -960,7 +999,11 @@ mod tests {
             .expect("ours");
         assert!(udp.len() <= UDP_MAX);
         let udp = Message::from_vec(&udp).expect("answer");
+        // TC, the SRV records that fit (in registry order), no additional records.
         assert!(udp.metadata.truncation);
+        assert!(udp.additionals.is_empty());
+        let fitted = udp.answers.len();
+        assert!((1..40).contains(&fitted), "{fitted}");
         let tcp = dns
             .local_answer(
                 &query(name, RecordType::SRV, None),
@@ -972,6 +1015,11 @@ mod tests {
         assert!(!tcp.metadata.truncation);
         assert_eq!(tcp.answers.len(), 40);
         assert!(tcp.edns.is_none());
+        assert_eq!(udp.answers, tcp.answers[..fitted]);
+        // One more would not have fitted.
+        let mut more = udp.clone();
+        more.answers.push(tcp.answers[fitted].clone());
+        assert!(more.to_vec().expect("encode").len() > UDP_MAX);
         // With EDNS: an OPT in the answer (RFC 6891), the whole answer when it fits.
         let edns = dns
             .local_answer(
@@ -986,7 +1034,7 @@ mod tests {
     }
 
     #[test]
-    fn an_upstream_answer_too_large_for_the_client_is_cut_to_tc() {
+    fn an_upstream_answer_too_large_for_the_client_is_cut_to_the_records_that_fit() {
         let mut m = Message::response(7, OpCode::Query);
         m.add_query(Query::query(
             Name::from_ascii("big.example.").expect("name"),
@@ -1001,8 +1049,12 @@ mod tests {
         }
         let big = m.to_vec().expect("encode");
         let cut = fit_udp(&query("big.example.", RecordType::A, None), big.clone());
+        assert!(cut.len() <= UDP_MAX, "{}", cut.len());
         let cut = Message::from_vec(&cut).expect("answer");
-        assert!(cut.metadata.truncation && cut.answers.is_empty());
+        // The records that fit (12 + 17 + 30 × 16 = 509 bytes), TC set: a client asking only
+        // over UDP has them, one that can retries over TCP.
+        assert!(cut.metadata.truncation);
+        assert_eq!(cut.answers, m.answers[..30]);
         let whole = fit_udp(
             &query("big.example.", RecordType::A, Some(4096)),
             big.clone(),

@@ -524,27 +524,46 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) -> Result<(
 /// A layer holding `binary` at `/probe` plus the shared libraries `ldd` says it needs, at the
 /// paths the dynamic linker looks for them.
 pub fn host_binary_layer(binary: &Path) -> Result<Vec<u8>> {
-    let out = std::process::Command::new("ldd").arg(binary).output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    host_binaries_layer(&[(binary, "probe")])
+}
+
+/// A layer holding each host `binary` at its path in the image (relative, e.g. `bin/getent`;
+/// its directories are made) plus the shared libraries `ldd` says they need, at the paths the
+/// dynamic linker looks for them. Static binaries need none.
+pub fn host_binaries_layer(binaries: &[(&Path, &str)]) -> Result<Vec<u8>> {
     let mut layer = Layer::new();
     let mut dirs = std::collections::BTreeSet::new();
-    let mut files = Vec::new();
-    for line in text.lines() {
-        // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
-        let path = match line.split_once("=>") {
-            Some((_, right)) => right.split_whitespace().next(),
-            None => line.split_whitespace().next(),
-        };
-        let Some(path) = path.filter(|p| p.starts_with('/')) else {
-            continue;
-        };
-        let rel = path.trim_start_matches('/').to_string();
-        let mut parent = Path::new(&rel).parent();
+    let mut files = std::collections::BTreeMap::new();
+    let add_dirs = |rel: &str, dirs: &mut std::collections::BTreeSet<String>| {
+        let mut parent = Path::new(rel).parent();
         while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
             dirs.insert(p.to_string_lossy().into_owned());
             parent = p.parent();
         }
-        files.push((rel, fs::read(path).with_context(|| path.to_string())?));
+    };
+    for (binary, at) in binaries {
+        let out = std::process::Command::new("ldd").arg(binary).output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in text.lines() {
+            // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)"
+            let path = match line.split_once("=>") {
+                Some((_, right)) => right.split_whitespace().next(),
+                None => line.split_whitespace().next(),
+            };
+            let Some(path) = path.filter(|p| p.starts_with('/')) else {
+                continue;
+            };
+            let rel = path.trim_start_matches('/').to_string();
+            add_dirs(&rel, &mut dirs);
+            if let std::collections::btree_map::Entry::Vacant(e) = files.entry(rel) {
+                e.insert(fs::read(path).with_context(|| path.to_string())?);
+            }
+        }
+        add_dirs(at, &mut dirs);
+        files.insert(
+            at.to_string(),
+            fs::read(binary).with_context(|| binary.display().to_string())?,
+        );
     }
     for d in &dirs {
         layer.dir(d, 0o755);
@@ -552,6 +571,5 @@ pub fn host_binary_layer(binary: &Path) -> Result<Vec<u8>> {
     for (rel, bytes) in &files {
         layer.file(rel, bytes, 0o755);
     }
-    layer.file("probe", &fs::read(binary)?, 0o755);
     Ok(layer.finish())
 }

@@ -207,9 +207,31 @@ impl Node {
         out
     }
 
+    /// The entries under `dir` with their sizes and modification times (for a failure message:
+    /// what a leftover directory holds says which step left it).
+    fn describe(&self, dir: &Path) -> String {
+        let out = Command::new("find")
+            .arg(dir)
+            .args(["-printf", "%p %s bytes, modified %TT\n"])
+            .output();
+        match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Err(e) => format!("{}: {e}", dir.display()),
+        }
+    }
+
     /// Asserts that no container, cgroup, mount or state directory is left.
     pub fn assert_clean(&self) {
-        assert_eq!(self.leftover_state(), BTreeSet::new(), "state left behind");
+        let state = self.leftover_state();
+        assert!(
+            state.is_empty(),
+            "state left behind: {state:?}; what they hold:\n{}",
+            state
+                .iter()
+                .map(|s| self.describe(&self.data.join(s)))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         assert_eq!(
             self.leftover_cgroups(),
             Vec::<PathBuf>::new(),

@@ -2,18 +2,28 @@
 //! RUNNING, `flotilla task ls` and `flotilla logs` show it, Ctrl-C — sent to the whole
 //! foreground process group, as a terminal does — or a closed terminal leaves no process,
 //! container, mount or cgroup behind, also with a service running, and a second run reuses the
-//! same cluster and brings the service back.
+//! same cluster and brings the service back. In it, a bridge task reaches services by their DNS
+//! names — also one of another namespace as `NAME.NAMESPACE` — and by their VIP.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
+use flotilla_api::discovery::DiscoveredService;
 use flotilla_api::ops::{NodeInfo, TaskInfo};
 use flotilla_api::tasks::TaskState;
 use flotilla_tests::cluster::free_port;
 use flotilla_tests::node::Node;
+
+/// One dev cluster at a time: each makes the bridge `flotilla0` and the nft table `ip flotilla`,
+/// and the tests compare the host's links and tables before and after.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 struct Dev {
     child: Child,
@@ -226,6 +236,7 @@ fn readme_first_task(node: &Node, home: &std::path::Path) {
 
 #[test]
 fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
+    let _one = serial();
     let node = Node::bare();
     let home = node.scratch().join("home");
     std::fs::create_dir_all(&home).expect("home");
@@ -316,4 +327,147 @@ fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
         dev.interrupt();
         assert_nothing_left(&node);
     }
+}
+
+/// Writes `json` to `name` in `dir` and registers it as a task definition.
+fn register(home: &std::path::Path, dir: &std::path::Path, name: &str, json: &str) {
+    let path = dir.join(name);
+    std::fs::write(&path, json).expect("write");
+    flotilla(home, &["taskdef", "register", path.to_str().expect("utf8")]);
+}
+
+/// busybox httpd on port 80 answering `body`, in a bridge task of the demo image; published on
+/// `host_port` (0: a dynamic one).
+fn httpd_def(family: &str, body: &str, host_port: u16) -> String {
+    format!(
+        r#"{{"family": "{family}", "networkMode": "bridge", "containerDefinitions": [{{
+  "name": "web", "image": "demo/busybox:latest", "memory": 16, "stopTimeout": 2,
+  "portMappings": [{{"containerPort": 80, "hostPort": {host_port}}}],
+  "command": ["sh", "-c", "mkdir -p /www && echo {body} > /www/index.html && exec httpd -f -p 80 -h /www"]
+}}]}}"#
+    )
+}
+
+/// In a real `flotilla dev` (its node's address is 127.0.0.1), a bridge task reaches a service
+/// by its DNS name (`web.shop.flotilla.internal`, and as Kubernetes' `web.shop`) and by its VIP,
+/// and a service without a VIP, of another namespace, by its name (`api.other`, answered with
+/// the node as the task reaches it) and host port; then Ctrl-C leaves nothing behind.
+#[test]
+fn a_bridge_task_in_the_dev_cluster_reaches_services_by_name_and_by_vip() {
+    let _one = serial();
+    let node = Node::bare();
+    let home = node.scratch().join("home");
+    std::fs::create_dir_all(&home).expect("home");
+    let port = free_port();
+    let (links_before, nft_before) = (links(), nft_tables());
+    let mut dev = Dev::start(&node, &home, port);
+    dev.expect("RUNNING", Duration::from_secs(60));
+    let defs = node.scratch();
+
+    let api_port = free_port();
+    register(&home, defs, "web.json", &httpd_def("web", "WEB-BODY", 0));
+    register(
+        &home,
+        defs,
+        "api.json",
+        &httpd_def("api", "API-BODY", api_port),
+    );
+    let services = [
+        (
+            "web",
+            r#"{"serviceName": "web", "taskDefinition": "web", "desiredCount": 1,
+                "discovery": {"namespace": "shop", "vip": true}}"#,
+        ),
+        (
+            "api",
+            r#"{"serviceName": "api", "taskDefinition": "api", "desiredCount": 1,
+                "discovery": {"namespace": "other"}}"#,
+        ),
+    ];
+    for (name, spec) in services {
+        let path = defs.join(format!("{name}-service.json"));
+        std::fs::write(&path, spec).expect("write");
+        flotilla(&home, &["service", "create", path.to_str().expect("utf8")]);
+    }
+    let endpoints = |name: &str| -> DiscoveredService {
+        serde_json::from_str(&flotilla(
+            &home,
+            &["service", "endpoints", name, "-o", "json"],
+        ))
+        .expect("json")
+    };
+    let mut web = endpoints("web");
+    flotilla_tests::wait("both services registered", Duration::from_secs(60), || {
+        web = endpoints("web");
+        web.vip.is_some() && web.endpoints.len() == 1 && endpoints("api").endpoints.len() == 1
+    });
+    let vip = web.vip.expect("vip");
+
+    // A bridge task of no namespace fetches each URL until all answer (the nodes' rules and
+    // names follow the registry within a push), then prints what each gave.
+    let urls = [
+        ("BY-NAME", "http://web.shop.flotilla.internal/".to_string()),
+        ("BY-SVC-NS", "http://web.shop/".to_string()),
+        ("BY-VIP", format!("http://{vip}/")),
+        ("OTHER-NS", format!("http://api.other:{api_port}/")),
+        (
+            "OTHER-FQDN",
+            format!("http://api.other.flotilla.internal:{api_port}/"),
+        ),
+    ];
+    let fetch_all = urls
+        .iter()
+        .map(|(_, u)| format!("wget -q -O /dev/null {u}"))
+        .collect::<Vec<_>>()
+        .join(" && ");
+    let print_all = urls
+        .iter()
+        .map(|(k, u)| format!("echo {k}=$(wget -q -O - {u})"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let script = format!(
+        "for i in $(seq 60); do if {fetch_all}; then {print_all}; echo DONE; break; fi; sleep 1; done; trap 'exit 0' TERM; sleep 3600 & wait"
+    );
+    register(
+        &home,
+        defs,
+        "client.json",
+        &format!(
+            r#"{{"family": "client", "networkMode": "bridge", "containerDefinitions": [{{
+  "name": "main", "image": "demo/busybox:latest", "memory": 16, "stopTimeout": 2,
+  "command": {}
+}}]}}"#,
+            serde_json::json!(["sh", "-c", script])
+        ),
+    );
+    let placed: Vec<TaskInfo> =
+        serde_json::from_str(&flotilla(&home, &["task", "run", "client", "-o", "json"]))
+            .expect("json");
+    let client = placed[0].id.clone();
+    let mut logs = String::new();
+    flotilla_tests::wait(
+        "the client reached every URL",
+        Duration::from_secs(90),
+        || {
+            logs = flotilla(&home, &["logs", &client]);
+            logs.contains("DONE")
+        },
+    );
+    for (key, body) in [
+        ("BY-NAME", "WEB-BODY"),
+        ("BY-SVC-NS", "WEB-BODY"),
+        ("BY-VIP", "WEB-BODY"),
+        ("OTHER-NS", "API-BODY"),
+        ("OTHER-FQDN", "API-BODY"),
+    ] {
+        assert!(
+            logs.lines().any(|l| l.trim() == format!("{key}={body}")),
+            "{key}: {logs}"
+        );
+    }
+
+    dev.interrupt();
+    assert_nothing_left(&node);
+    assert_eq!(links(), links_before, "network links left");
+    assert_eq!(nft_tables(), nft_before, "nft tables left");
 }

@@ -86,7 +86,13 @@ struct SiteDns(std::process::Child);
 
 impl SiteDns {
     fn start(at: std::net::Ipv4Addr) -> Self {
+        Self::start_with(at, &[])
+    }
+
+    /// [`SiteDns::start`] with more of dnsmasq's options.
+    fn start_with(at: std::net::Ipv4Addr, more: &[&str]) -> Self {
         let child = std::process::Command::new("dnsmasq")
+            .args(more)
             .args([
                 "--keep-in-foreground",
                 "--no-resolv",
@@ -566,5 +572,304 @@ fn a_node_on_loopback_hands_out_addresses_its_bridge_tasks_reach() {
     fleet
         .cp
         .flotilla_ok(&["task", "stop", client.trim_end_matches("-0")]);
+    fleet.finish();
+}
+
+/// The resolvers a container image may ship, built once for this run into a temporary
+/// directory (removed with it): a C program calling `getaddrinfo` / `res_query` against glibc
+/// (dynamic, with `getent` beside it) and against musl (`musl-gcc -static`, Debian's
+/// musl-tools), and a Go program with Go's own resolver (`CGO_ENABLED=0`, Debian's golang-go).
+struct Clients {
+    dir: tempfile::TempDir,
+}
+
+impl Clients {
+    fn build() -> Self {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        std::fs::write(d.join("probe.c"), include_str!("../fixtures/dns/probe.c")).expect("c");
+        std::fs::write(d.join("probe.go"), include_str!("../fixtures/dns/probe.go")).expect("go");
+        let run = |what: &str, cmd: &mut std::process::Command| {
+            let out = cmd.current_dir(d).output().unwrap_or_else(|e| {
+                panic!("{what}: {e} (scripts/install-deps.sh installs build-essential, musl-tools and golang-go)")
+            });
+            assert!(
+                out.status.success(),
+                "{what}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(
+            "gcc",
+            std::process::Command::new("gcc").args(["-O2", "-o", "probe-glibc", "probe.c"]),
+        );
+        run(
+            "musl-gcc",
+            std::process::Command::new("musl-gcc").args([
+                "-static",
+                "-O2",
+                "-o",
+                "probe-musl",
+                "probe.c",
+            ]),
+        );
+        run(
+            "go build",
+            std::process::Command::new("go")
+                .args(["build", "-trimpath", "-o", "probe-go", "probe.go"])
+                .env("CGO_ENABLED", "0")
+                .env("GOCACHE", d.join("gocache"))
+                .env("GOPATH", d.join("gopath"))
+                .env("GO111MODULE", "off")
+                .env("GOFLAGS", ""),
+        );
+        // Go's cache is written read-only; the directory must go with the test.
+        run(
+            "chmod",
+            std::process::Command::new("chmod").args(["-R", "u+w", "."]),
+        );
+        Self { dir }
+    }
+
+    /// Imports an image of busybox with the clients into `node` as `name`: `/probe-glibc`
+    /// (and `/bin/getent`) with their libraries, `/probe-musl`, `/probe-go`.
+    fn import(&self, node: &flotilla_tests::node::Node, name: &str) {
+        use flotilla_tests::image::{
+            busybox_image, host_binaries_layer, write_layout, Compression,
+        };
+        let d = self.dir.path();
+        let getent = std::path::Path::new("/usr/bin/getent");
+        let layer = host_binaries_layer(&[
+            (&d.join("probe-glibc"), "probe-glibc"),
+            (getent, "bin/getent"),
+            (&d.join("probe-musl"), "probe-musl"),
+            (&d.join("probe-go"), "probe-go"),
+        ])
+        .expect("client layer");
+        let mut spec = busybox_image(flotilla_tests::host_arch());
+        spec.layers.push((layer, Compression::Gzip));
+        let layout = d.join(format!("layout-{}", flotilla_tests::unique()));
+        write_layout(&layout, "latest", &spec).expect("layout");
+        let out = node.ctr(&[
+            "image",
+            "import",
+            layout.to_str().expect("utf-8"),
+            "--name",
+            name,
+        ]);
+        assert!(
+            out.status.success(),
+            "import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::remove_dir_all(&layout).expect("remove layout");
+    }
+}
+
+/// musl's version (`1.2.3` …), as its dynamic loader (Debian's musl package) says.
+fn musl_version() -> (u32, u32, u32) {
+    let loader = format!("/usr/lib/{}-linux-musl/libc.so", std::env::consts::ARCH);
+    let out = std::process::Command::new(&loader)
+        .output()
+        .unwrap_or_else(|e| panic!("{loader}: {e} (Debian's musl, with musl-tools)"));
+    let text = String::from_utf8_lossy(&out.stderr);
+    let v = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Version "))
+        .unwrap_or_else(|| panic!("no version from {loader}: {text}"));
+    let n: Vec<u32> = v
+        .trim()
+        .split('.')
+        .map(|x| x.parse().expect("number"))
+        .collect();
+    (n[0], n[1], n[2])
+}
+
+/// How many A records of `name` fit a 512-byte answer beside its header and question.
+fn a_records_in_512(name: &str) -> usize {
+    let question = name.split('.').map(|l| l.len() + 1).sum::<usize>() + 1 + 4;
+    (512 - 12 - question) / 16
+}
+
+/// The `ADDRESS` lines of a probe's output.
+fn addresses(out: &str) -> BTreeSet<String> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("ADDRESS "))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The number a probe printed after `key `.
+fn count(out: &str, key: &str) -> usize {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} ")))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {out}"))
+}
+
+/// Answers larger than 512 bytes reach the resolvers of real images in a bridge task: an
+/// outside name with 100 A records (1.6 KB, over the 1232 bytes Go's EDNS asks for) and one
+/// with 50 (830 bytes: within EDNS, over 512), and the SRV records of a cluster service of
+/// ten tasks (about 700 bytes). Clients that retry over TCP after TC — glibc (`getent`,
+/// `getaddrinfo`, `res_query`), Go (EDNS 1232, then TCP) and musl from 1.2.4 — get every record;
+/// those that ask only over UDP (busybox's `nslookup`, musl before 1.2.4, as Debian 12 ships
+/// it) get the whole records that fit in 512 bytes, never an empty or broken answer.
+#[test]
+fn real_resolvers_get_large_answers_whole_over_tcp_and_what_fits_over_udp() {
+    let clients = Clients::build();
+    let fleet = Fleet::start_with(&[&[]], |lan| {
+        (
+            Vec::new(),
+            vec!["--dns-upstream".into(), format!("{}:5354", lan.gateway)],
+        )
+    });
+    clients.import(&fleet.nodes[0], "test/dnsclients:latest");
+    // The site's resolver knows big.site.lan (100 addresses) and mid.site.lan (50).
+    let hosts = clients.dir.path().join("site.hosts");
+    let big: BTreeSet<String> = (0..100)
+        .map(|i| format!("10.9.{}.{}", i / 50, i % 50 + 1))
+        .collect();
+    let mid: BTreeSet<String> = (0..50).map(|i| format!("10.8.0.{}", i + 1)).collect();
+    let mut text = String::new();
+    for a in &big {
+        text.push_str(&format!("{a} big.site.lan\n"));
+    }
+    for a in &mid {
+        text.push_str(&format!("{a} mid.site.lan\n"));
+    }
+    std::fs::write(&hosts, text).expect("hosts");
+    let _site = SiteDns::start_with(
+        fleet.lan.gateway,
+        &[&format!("--addn-hosts={}", hosts.display())],
+    );
+
+    fleet.register(
+        r#"{
+  "family": "many",
+  "networkMode": "bridge",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 16, "stopTimeout": 2,
+    "portMappings": [{"containerPort": 80}],
+    "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+  }]
+}"#,
+    );
+    fleet.register(
+        r#"{
+  "family": "dnsclient",
+  "networkMode": "bridge",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/dnsclients:latest", "memory": 32, "stopTimeout": 2,
+    "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+  }]
+}"#,
+    );
+    service(
+        &fleet,
+        r#"{"serviceName": "many", "taskDefinition": "many", "desiredCount": 10,
+            "discovery": {"namespace": "shop"}}"#,
+    );
+    let client: Vec<TaskInfo> =
+        fleet
+            .cp
+            .flotilla_json(&["task", "run", "dnsclient", "--node", &fleet.ids[0]]);
+    let client = format!("{}-0", client[0].id);
+    wait("client container up", Duration::from_secs(60), || {
+        exec(&fleet, 0, &client, "true").0
+    });
+    let run = |script: &str| {
+        let started = Instant::now();
+        let (ok, out) = exec(&fleet, 0, &client, script);
+        assert!(ok, "{script}: {out}");
+        eprintln!("{script}: {:?}", started.elapsed());
+        out
+    };
+
+    // Outside names, through the node's resolver to the site's.
+    let musl_tcp = musl_version() >= (1, 2, 4);
+    for (name, all) in [("big.site.lan", &big), ("mid.site.lan", &mid)] {
+        let udp_only = a_records_in_512(name);
+        let out = run(&format!("getent ahostsv4 {name}"));
+        let got: BTreeSet<String> = out
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect();
+        assert_eq!(&got, all, "glibc getent {name}: {out}");
+        for probe in ["/probe-glibc", "/probe-go"] {
+            let out = run(&format!("{probe} host {name}"));
+            assert_eq!(&addresses(&out), all, "{probe} {name}: {out}");
+        }
+        // musl's getaddrinfo keeps at most 48 addresses (MAXADDRS).
+        let out = run(&format!("/probe-musl host {name}"));
+        let got = addresses(&out);
+        let want = if musl_tcp {
+            all.len().min(48)
+        } else {
+            udp_only
+        };
+        assert!(got.is_subset(all), "musl {name}: {out}");
+        assert_eq!(got.len(), want, "musl {name}: {out}");
+        let out = run(&format!("nslookup -type=a {name}"));
+        let got: BTreeSet<String> = out
+            .lines()
+            .filter_map(|l| l.strip_prefix("Address: "))
+            .filter(|a| !a.starts_with("127.0.0.11"))
+            .map(str::to_string)
+            .collect();
+        assert!(got.is_subset(all), "busybox {name}: {out}");
+        assert_eq!(got.len(), udp_only, "busybox {name}: {out}");
+    }
+
+    // A cluster name: the SRV records of ten tasks.
+    wait("ten endpoints", Duration::from_secs(90), || {
+        endpoints(&fleet, "many").endpoints.len() == 10
+    });
+    let name = "many.shop.flotilla.internal";
+    // The node's copy follows the control plane's registry within a push.
+    let mut last = (false, String::new());
+    let until = Instant::now() + Duration::from_secs(30);
+    while !(last.0 && last.1.contains("SRV 10")) {
+        assert!(
+            Instant::now() < until,
+            "the node's resolver never gave ten SRV records: {last:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        last = exec(&fleet, 0, &client, &format!("/probe-glibc srv {name}"));
+    }
+    for probe in ["/probe-glibc", "/probe-go"] {
+        let out = run(&format!("{probe} srv {name}"));
+        assert_eq!(count(&out, "SRV"), 10, "{probe}: {out}");
+    }
+    let out = run(&format!("/probe-musl srv {name}"));
+    let musl_srv = count(&out, "SRV");
+    if musl_tcp {
+        assert_eq!(musl_srv, 10, "musl: {out}");
+    } else {
+        assert_eq!(count(&out, "TC"), 1, "musl: {out}");
+        assert!((1..10).contains(&musl_srv), "musl: {out}");
+    }
+    let out = run(&format!("nslookup -type=srv {name}"));
+    let ports: BTreeSet<u16> = endpoints(&fleet, "many")
+        .endpoints
+        .iter()
+        .map(|e| e.port.expect("port"))
+        .collect();
+    let listed: Vec<&str> = out.lines().filter(|l| l.contains("service =")).collect();
+    assert!((1..10).contains(&listed.len()), "busybox: {out}");
+    for l in &listed {
+        assert!(
+            ports.iter().any(|p| l.contains(&format!(" {p} "))),
+            "busybox: {l} in {out}"
+        );
+    }
+    if !musl_tcp {
+        assert_eq!(listed.len(), musl_srv, "busybox and musl: {out}");
+    }
+
+    fleet
+        .cp
+        .flotilla_ok(&["task", "stop", client.trim_end_matches("-0")]);
+    fleet.cp.flotilla_ok(&["service", "rm", "many"]);
     fleet.finish();
 }

@@ -908,6 +908,50 @@ fn ulimits_apply_to_the_container() {
 }
 
 #[test]
+fn exec_gets_the_containers_resource_limits() {
+    let node = Node::new();
+    node.ctr_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "limited",
+        "--ulimit",
+        "nofile=100:200",
+        "--ulimit",
+        "nproc=50",
+        IMAGE,
+        "sleep",
+        "600",
+    ]);
+    node.ctr_ok(&["run", "-d", "--name", "plain", IMAGE, "sleep", "600"]);
+    // (builtins only: under nproc=50 the root user's processes on the host forbid a fork)
+    assert_eq!(
+        node.ctr_ok(&[
+            "exec",
+            "limited",
+            "sh",
+            "-c",
+            "ulimit -n; ulimit -Hn; ulimit -u"
+        ]),
+        "100\n200\n50\n"
+    );
+    // Every limit as the container's own process has it (open files 1024:524288 by
+    // default, not libcontainer's 1024:1024).
+    let out = node.ctr_ok(&[
+        "exec",
+        "plain",
+        "sh",
+        "-c",
+        "cat /proc/self/limits; echo --; cat /proc/1/limits",
+    ]);
+    let (exec, init) = out.split_once("--\n").expect("two tables");
+    assert_eq!(exec, init);
+    assert!(exec.contains("Max open files"), "{exec}");
+    node.remove_all();
+    node.assert_clean();
+}
+
+#[test]
 fn exec_joins_a_running_container_with_its_restrictions() {
     let node = Node::new();
     node.ctr_ok(&[

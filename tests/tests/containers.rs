@@ -908,7 +908,7 @@ fn ulimits_apply_to_the_container() {
 }
 
 #[test]
-fn exec_gets_the_containers_resource_limits() {
+fn exec_gets_the_containers_resource_limits_user_and_directory() {
     let node = Node::new();
     node.ctr_ok(&[
         "run",
@@ -947,6 +947,31 @@ fn exec_gets_the_containers_resource_limits() {
     let (exec, init) = out.split_once("--\n").expect("two tables");
     assert_eq!(exec, init);
     assert!(exec.contains("Max open files"), "{exec}");
+    // Its user and working directory too, as `docker exec` runs a command.
+    node.ctr_ok(&[
+        "run", "-d", "--name", "nobody", "-u", "65534", "-w", "/tmp", IMAGE, "sleep", "600",
+    ]);
+    assert_eq!(
+        node.ctr_ok(&[
+            "exec",
+            "nobody",
+            "sh",
+            "-c",
+            "id -u; pwd; grep CapEff /proc/self/status"
+        ]),
+        node.ctr_ok(&[
+            "exec",
+            "nobody",
+            "sh",
+            "-c",
+            "id -u; pwd; grep CapEff /proc/1/status"
+        ]),
+    );
+    assert_eq!(
+        node.ctr_ok(&["exec", "nobody", "sh", "-c", "id -u; pwd"]),
+        "65534\n/tmp\n",
+        "runs as the container's user in its directory"
+    );
     node.remove_all();
     node.assert_clean();
 }

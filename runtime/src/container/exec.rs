@@ -133,15 +133,15 @@ fn run(
     })
 }
 
-/// The process an exec runs: what libcontainer's exec makes of the container's spec — its
-/// environment, capabilities and no_new_privs, as root in `/` — with its resource limits
-/// (`rlimits`: its `ulimits` and open files), as `docker exec` gives them; libcontainer's own
-/// default is open files 1024:1024 and nothing else.
+/// The process an exec runs, as `docker exec` makes it: the container's environment, user
+/// (and groups), working directory, capabilities, no_new_privs and resource limits (`rlimits`:
+/// its `ulimits` and open files). libcontainer's own exec runs as root in `/` with open files
+/// 1024:1024 and no other limit.
 fn exec_process(
     spec: &oci_spec::runtime::Spec,
     args: Vec<String>,
 ) -> Result<oci_spec::runtime::Process, String> {
-    use oci_spec::runtime::{ProcessBuilder, UserBuilder};
+    use oci_spec::runtime::ProcessBuilder;
     let own = spec
         .process()
         .as_ref()
@@ -149,7 +149,8 @@ fn exec_process(
     let mut b = ProcessBuilder::default()
         .args(args)
         .env(own.env().clone().unwrap_or_default())
-        .user(UserBuilder::default().build().map_err(|e| e.to_string())?)
+        .user(own.user().clone())
+        .cwd(own.cwd().clone())
         .rlimits(own.rlimits().clone().unwrap_or_default());
     if let Some(caps) = own.capabilities() {
         b = b.capabilities(caps.clone());
@@ -285,7 +286,7 @@ mod tests {
     };
 
     #[test]
-    fn an_exec_gets_the_containers_limits_environment_and_capabilities_as_root() {
+    fn an_exec_gets_the_containers_user_directory_limits_environment_and_capabilities() {
         let limit = |typ, soft: u64, hard: u64| {
             PosixRlimitBuilder::default()
                 .typ(typ)
@@ -327,8 +328,8 @@ mod tests {
         assert_eq!(p.env(), own.env());
         assert_eq!(p.capabilities(), own.capabilities());
         assert_eq!(p.no_new_privileges(), Some(true));
-        // As libcontainer's own exec: root, in /.
-        assert_eq!((p.user().uid(), p.user().gid()), (0, 0));
-        assert_eq!(p.cwd(), &std::path::PathBuf::from("/"));
+        // As the container's own process, not as libcontainer's exec: root, in /.
+        assert_eq!((p.user().uid(), p.user().gid()), (65534, 65534));
+        assert_eq!(p.cwd(), &std::path::PathBuf::from("/srv"));
     }
 }

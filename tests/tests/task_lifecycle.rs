@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla_api::tasks::TaskState;
+use flotilla_api::tasks::{ContainerState, TaskState};
 use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::node::Node;
 use flotilla_tests::wait;
@@ -575,6 +575,63 @@ fn a_restart_that_cannot_start_keeps_the_container_and_goes_on_after_an_agent_re
     });
     assert_eq!(node.ctr_ok(&["logs", &name]), "run\nrun\n");
 
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    node.wait_for("its container to go", Duration::from_secs(10), || {
+        node.ps().is_empty()
+    });
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}
+
+/// Healthy in its first run (`/tmp/ok` is there), which ends after 4 s; its second run removes
+/// `/tmp/ok` and stays up, unhealthy.
+const HEALTHY_ONCE: &str = r#"{
+  "family": "healthy-once",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "restartPolicy": {"enabled": true, "restartAttemptPeriod": 60},
+    "healthCheck": {"command": ["CMD-SHELL", "cat /tmp/ok"], "interval": 5, "timeout": 2, "retries": 1},
+    "command": ["sh", "-c", "if [ -e /ran ]; then rm -f /tmp/ok; exec sleep 1000; fi; echo > /ran; echo > /tmp/ok; sleep 4; exit 1"]
+  }]
+}"#;
+
+#[test]
+fn a_restarted_containers_health_starts_over_with_its_new_run() {
+    use flotilla_api::tasks::HealthStatus;
+
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    cp.register(HEALTHY_ONCE);
+    let id = cp.run_one("healthy-once");
+    let health = || cp.task(&id).containers.first().and_then(|c| c.health);
+    wait("healthy in its first run", Duration::from_secs(30), || {
+        health() == Some(HealthStatus::Healthy)
+    });
+    wait("restarted", Duration::from_secs(30), || {
+        let t = cp.task(&id);
+        t.containers
+            .first()
+            .is_some_and(|c| c.restarts == 1 && c.state == ContainerState::Running)
+    });
+    // The first run's verdict is not the new run's: it starts over, and the check fails.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert_ne!(
+            health(),
+            Some(HealthStatus::Healthy),
+            "the first run's verdict"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait(
+        "unhealthy in its second run",
+        Duration::from_secs(20),
+        || health() == Some(HealthStatus::Unhealthy),
+    );
     cp.flotilla_ok(&["task", "stop", &id]);
     wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
     node.wait_for("its container to go", Duration::from_secs(10), || {

@@ -248,6 +248,7 @@ pub async fn container(
                         "IMAGE",
                         "COMMAND",
                         "STATUS",
+                        "RESTARTS",
                         "PID",
                         "CREATED",
                     ],
@@ -594,6 +595,9 @@ fn ps_row(c: &ContainerInfo) -> Vec<String> {
         (Status::Created, _) => "created".to_string(),
         (Status::Running, _) => "running".to_string(),
         (Status::Exited, Some(e)) if e.unknown => "exited (unknown)".to_string(),
+        (Status::Exited, Some(e)) if e.error.is_some() => {
+            format!("exited ({}, restart failed)", e.exit_code)
+        }
         (Status::Exited, Some(e)) if e.oom_killed => {
             format!("exited ({}, OOM killed)", e.exit_code)
         }
@@ -606,6 +610,7 @@ fn ps_row(c: &ContainerInfo) -> Vec<String> {
         r.image.name.clone(),
         cmd,
         status,
+        c.restart_count.to_string(),
         c.pid().map(|p| p.to_string()).unwrap_or_default(),
         ago(r.created_at),
     ]

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use flotilla_api::taskdef::HealthCheck;
 use flotilla_runtime::container::ContainerStore;
@@ -70,53 +70,73 @@ pub fn command(check: &HealthCheck) -> Vec<String> {
     }
 }
 
-/// Health of running containers by runtime id, with one checker task each.
+/// Health of running containers by runtime id, with one checker task each for the run it
+/// started with: a container restarted in place keeps its id, and its new run starts over
+/// (`Starting`, its `startPeriod` again), as Docker's health does.
 #[derive(Debug, Default)]
 pub struct Checks {
-    state: Mutex<HashMap<String, Health>>,
+    /// By id: the start of the run checked, and the verdict.
+    state: Mutex<HashMap<String, (Option<SystemTime>, Health)>>,
 }
 
 impl Checks {
-    /// The verdict on a container, if it has a checker.
-    pub fn get(&self, id: &str) -> Option<Health> {
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .copied()
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Option<SystemTime>, Health)>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts checking container `id` unless that is already going on; `changed` is called
-    /// whenever the verdict changes.
+    /// The verdict on container `id`'s run that started at `started`, if it has a checker.
+    pub fn get(&self, id: &str, started: Option<SystemTime>) -> Option<Health> {
+        self.lock()
+            .get(id)
+            .filter(|(run, _)| *run == started)
+            .map(|(_, h)| *h)
+    }
+
+    /// Starts checking container `id`'s run that started at `started`, unless that is
+    /// already going on; `changed` is called whenever the verdict changes.
     pub fn ensure(
         self: &Arc<Self>,
         store: &ContainerStore,
         id: &str,
+        started: Option<SystemTime>,
         check: &HealthCheck,
         changed: impl Fn() + Send + 'static,
     ) {
         {
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            if state.contains_key(id) {
+            let mut state = self.lock();
+            if state.get(id).is_some_and(|(run, _)| *run == started) {
                 return;
             }
-            state.insert(id.to_string(), Health::Starting);
+            // A new run (or the first): the checker of an earlier one sees it is superseded.
+            state.insert(id.to_string(), (started, Health::Starting));
         }
         let me = self.clone();
         let store = store.clone();
         let id = id.to_string();
         let check = check.clone();
         tokio::spawn(async move {
-            me.watch(store, &id, check, changed).await;
-            me.state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
+            me.watch(store, &id, started, check, changed).await;
+            let mut state = me.lock();
+            if state.get(&id).is_some_and(|(run, _)| *run == started) {
+                state.remove(&id);
+            }
         });
     }
 
-    /// Checks until the container stops running.
-    async fn watch(&self, store: ContainerStore, id: &str, check: HealthCheck, changed: impl Fn()) {
+    /// Whether the checker of `id`'s run that started at `started` is still the current one.
+    fn current(&self, id: &str, started: Option<SystemTime>) -> bool {
+        self.lock().get(id).is_some_and(|(run, _)| *run == started)
+    }
+
+    /// Checks until the container stops running or a new run of it has a checker.
+    async fn watch(
+        &self,
+        store: ContainerStore,
+        id: &str,
+        run: Option<SystemTime>,
+        check: HealthCheck,
+        changed: impl Fn(),
+    ) {
         let started = Instant::now();
         let args = command(&check);
         let probe = check
@@ -127,6 +147,9 @@ impl Checks {
         let (mut health, mut failures) = (Health::Starting, 0);
         tokio::time::sleep(Duration::from_secs(1)).await;
         loop {
+            if !self.current(id, run) {
+                return;
+            }
             let made = match &probe {
                 Some(p) => store.probe_command(id, p, timeout),
                 None => store.exec_command(id, &args, Some(timeout)),
@@ -158,12 +181,16 @@ impl Checks {
             let (next, f) = judge(&check, health, failures, passed, started.elapsed());
             failures = f;
             if next != health {
+                {
+                    let mut state = self.lock();
+                    match state.get_mut(id) {
+                        Some((r, h)) if *r == run => *h = next,
+                        // A new run has its own checker.
+                        _ => return,
+                    }
+                }
                 tracing::info!(container = id, health = next.as_str(), "health changed");
                 health = next;
-                self.state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.to_string(), health);
                 changed();
             }
             tokio::time::sleep(Duration::from_secs(check.interval.into())).await;

@@ -1,7 +1,9 @@
 //! The node as a deterministic state machine: everything the node decides about its tasks, with
 //! the time an input. It holds what lives only in memory — start failures and when they
-//! happened, restarts so far, tasks it stopped itself, exits kept after their containers went,
-//! since when it is offline — and the schedules' runs, which the runner persists for it.
+//! happened, restart attempts in a row (for backoff), tasks it stopped itself, exits kept after
+//! their containers went, since when it is offline — and the schedules' runs, which the runner
+//! persists for it. A container's restart count is its own: the runtime keeps it with the
+//! container, which a restart runs again in place.
 //!
 //! No I/O and no clock: the runner (`runner.rs`) observes the task containers, calls
 //! [`Node::round`] with [`Now`], applies the [`Command`]s through the container runtime, feeds
@@ -74,14 +76,16 @@ pub enum Command {
         /// Time between the two signals.
         grace: Duration,
     },
-    /// Replace an exited container by its restart policy: remove it, say so with
-    /// [`Node::restarting`], then start it as [`Command::Start`] does.
+    /// Start an exited container again in place by its restart policy (the same container:
+    /// its writable layer, volumes, log and restart count): say so with
+    /// [`Node::restarting`], then restart it through the runtime, its task network and image
+    /// made sure of as [`Command::Start`] does (one that never started is created).
     Restart {
         /// Its runtime name.
         name: ContainerName,
         /// Its name in the task definition.
         container: String,
-        /// Restarts of this container once this one is done.
+        /// Restart attempts in a row of this container once this one is done.
         attempt: u32,
     },
     /// Remove every container of a task, its own volumes and its network; its containers'
@@ -166,8 +170,8 @@ pub struct Node {
     /// Start failures by (task, container), until the task leaves the desired state or the
     /// container is restarted.
     failures: BTreeMap<(String, String), Failure>,
-    /// Restarts by restart policy so far (in memory: after an agent restart, backoff starts
-    /// over).
+    /// Restart attempts by restart policy in a row, for backoff (in memory: after an agent
+    /// restart, backoff starts over; the restart count reported is the container's own).
     restarts: Restarts,
     /// Since when the node has no session (`None` while it has one).
     offline_since: Option<Instant>,
@@ -291,7 +295,7 @@ impl Node {
             .why
     }
 
-    /// Container `container` of `task` exited and is gone; it starts again as restart number
+    /// Container `container` of `task` exited and starts again as restart attempt number
     /// `attempt`.
     pub fn restarting(&mut self, task: &str, container: &str, attempt: u32) {
         let key = (task.to_string(), container.to_string());
@@ -341,6 +345,18 @@ impl Node {
         let (world, names) = self.world(&desired, seen, health, now);
         let planned = plan(&desired, &world, &self.restarts);
         let mut status = planned.status;
+        // A container's restarts are counted with it, so the count survives an agent restart
+        // and goes on after a run long enough to start backoff over.
+        for s in &mut status {
+            for c in &mut s.containers {
+                let seen_as = names
+                    .get(&(s.id.clone(), c.name.clone()))
+                    .and_then(|n| seen.iter().find(|t| t.name == *n));
+                if let Some(t) = seen_as {
+                    c.restarts = t.restarts;
+                }
+            }
+        }
         for s in &mut status {
             // A task that ended because a container could not start says so.
             if s.stop_code != Some(StopCode::EssentialContainerExited) {
@@ -777,22 +793,27 @@ mod tests {
 
         fn apply(&mut self, desired: &DesiredState, command: Command) {
             match command {
-                Command::Start { name, container } => self.start(desired, name, &container),
+                Command::Start { name, container } => self.start(desired, name, &container, false),
                 Command::Stop { name, grace, .. } => self.rt.stop(&name, grace).expect("stop"),
                 Command::Restart {
                     name,
                     container,
                     attempt,
                 } => {
-                    self.rt.remove(&name).expect("remove");
                     self.node.restarting(&name.task, &container, attempt);
-                    self.start(desired, name, &container);
+                    self.start(desired, name, &container, true);
                 }
                 Command::Remove { task, .. } => self.rt.remove_task(&task).expect("remove task"),
             }
         }
 
-        fn start(&mut self, desired: &DesiredState, name: ContainerName, container: &str) {
+        fn start(
+            &mut self,
+            desired: &DesiredState,
+            name: ContainerName,
+            container: &str,
+            restart: bool,
+        ) {
             let t = desired
                 .tasks
                 .iter()
@@ -800,7 +821,12 @@ mod tests {
                 .expect("a desired task");
             let def = &t.definition.container_definitions[name.index];
             let config = crate::runner::container_config(&name.task, &t.definition, def);
-            match self.rt.run(&name, config) {
+            let done = if restart {
+                self.rt.restart(&name, config)
+            } else {
+                self.rt.run(&name, config)
+            };
+            match done {
                 Ok(()) => self.starts.push((self.t, name)),
                 Err(e) => {
                     let mono = self.now().mono;
@@ -825,13 +851,16 @@ mod tests {
         let web = ContainerName::new("t-1", 0);
         sim.settle();
         assert_eq!(sim.started(), 1);
-        // It ran 5 s and crashed: the first restart is at once, and the task keeps running.
+        let id = sim.rt.get(&web).expect("running").id;
+        // It ran 5 s and crashed: the first restart is at once, in place, and the task keeps
+        // running.
         sim.after(secs(5));
         sim.rt.exit(&web, 2);
         let s = sim.settle();
         assert_eq!(sim.started(), 2);
         assert_eq!(of(&s, "t-1").state, TaskState::Running);
         assert_eq!(of(&s, "t-1").containers[0].restarts, 1);
+        assert_eq!(sim.rt.get(&web).map(|c| c.id), Some(id.clone()));
         // From then on it crashes as it starts: each restart waits 1 s, doubling, up to 5 min.
         let mut waits = Vec::new();
         for _ in 2..=12 {
@@ -850,13 +879,46 @@ mod tests {
             waits,
             [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 300.0, 300.0]
         );
-        // One that ran its restartAttemptPeriod before it crashed is restarted at once again.
+        // One that ran its restartAttemptPeriod before it crashed is restarted at once again;
+        // its count goes on (it is the same container).
         sim.after(secs(60));
         sim.rt.exit(&web, 2);
         let before = sim.started();
         let s = sim.settle();
         assert_eq!(sim.started(), before + 1);
-        assert_eq!(of(&s, "t-1").containers[0].restarts, 1);
+        assert_eq!(of(&s, "t-1").containers[0].restarts, 13);
+        assert_eq!(sim.rt.get(&web).map(|c| c.id), Some(id));
+    }
+
+    #[test]
+    fn a_restart_count_is_the_containers_and_survives_an_agent_restart() {
+        const CRASHY: &str = r#"{"family":"f","containerDefinitions":[
+            {"name":"web","image":"x","memory":64,
+             "restartPolicy":{"enabled":true,"restartAttemptPeriod":60}}]}"#;
+        let desired = state(1, vec![task("t-1", CRASHY)]);
+        let mut sim = Sim::new(desired.clone());
+        let web = ContainerName::new("t-1", 0);
+        sim.settle();
+        for _ in 0..2 {
+            sim.after(secs(5));
+            sim.rt.exit(&web, 2);
+            sim.after(secs(5));
+            sim.settle();
+        }
+        assert_eq!(sim.rt.get(&web).map(|c| c.restarts), Some(2));
+        // The agent restarts: nothing in memory, the same count reported, nothing restarted.
+        let rt = std::mem::take(&mut sim.rt);
+        let mut sim = Sim::with(rt, desired, LocalRuns::default());
+        let s = sim.settle();
+        assert_eq!(of(&s, "t-1").containers[0].restarts, 2);
+        assert_eq!(sim.started(), 0);
+        // It crashes again: restarted in place, counted on.
+        sim.after(secs(5));
+        sim.rt.exit(&web, 2);
+        let s = sim.settle();
+        assert_eq!(sim.started(), 1);
+        assert_eq!(of(&s, "t-1").containers[0].restarts, 3);
+        assert_eq!(of(&s, "t-1").state, TaskState::Running);
     }
 
     #[test]

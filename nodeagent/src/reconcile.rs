@@ -49,7 +49,8 @@ pub enum Observed {
 /// The containers of each task present on the node, by task id then container name.
 pub type World = BTreeMap<String, BTreeMap<String, Observed>>;
 
-/// Restarts so far of each (task, container).
+/// Restart attempts in a row of each (task, container): what its backoff counts from (the
+/// status reports them for containers the caller has no count of its own for).
 pub type Restarts = BTreeMap<(String, String), u32>;
 
 /// The wait before restart number `attempt` (1-based): none for the first, then 1 s doubling
@@ -108,13 +109,13 @@ pub enum Action {
         /// Task id.
         task: String,
     },
-    /// Replace an exited container with a fresh one (its restart policy says so).
+    /// Start an exited container again, in place (its restart policy says so).
     Restart {
         /// Task id.
         task: String,
         /// Container name.
         container: String,
-        /// Restarts of this container once this one is done.
+        /// Restart attempts in a row of this container once this one is done.
         attempt: u32,
     },
 }

@@ -349,7 +349,7 @@ impl Runner {
         let health: BTreeMap<String, bool> = seen
             .iter()
             .filter(|c| c.state == RunState::Running)
-            .filter_map(|c| match self.checks.get(&c.id) {
+            .filter_map(|c| match self.checks.get(&c.id, c.started_at) {
                 Some(Health::Healthy) => Some((c.id.clone(), true)),
                 Some(Health::Unhealthy) => Some((c.id.clone(), false)),
                 _ => None,
@@ -364,8 +364,12 @@ impl Runner {
         };
         for (id, check) in &round.checks {
             let me = self.clone();
+            // Of the run seen (a container restarted in place keeps its id).
+            let started = seen.iter().find(|c| c.id == *id).and_then(|c| c.started_at);
             self.checks
-                .ensure(&self.store, id, check, move || me.wake.notify_one());
+                .ensure(&self.store, id, started, check, move || {
+                    me.wake.notify_one()
+                });
         }
         let acted = !round.commands.is_empty() || !round.discard.is_empty();
         let discard = std::mem::take(&mut round.discard);
@@ -441,9 +445,16 @@ impl Runner {
         Ok(acted)
     }
 
-    /// Creates and starts a container of a task: its network, its image, then the runtime. A
-    /// failure is told to the state machine (the container then counts as exited with 125).
-    async fn start(&self, desired: &DesiredState, name: ContainerName, container: String) {
+    /// Creates and starts a container of a task — or, when `restart`, starts its exited
+    /// container again in place: its network, its image, then the runtime. A failure is told
+    /// to the state machine (the container then counts as exited with 125).
+    async fn start(
+        &self,
+        desired: &DesiredState,
+        name: ContainerName,
+        container: String,
+        restart: bool,
+    ) {
         let Some(t) = desired.tasks.iter().find(|t| t.id == name.task) else {
             return;
         };
@@ -485,11 +496,21 @@ impl Runner {
                     .with_context(|| format!("pulling {}", config.image))?;
             }
             let rt = self.runtime.clone();
-            tokio::task::spawn_blocking(move || rt.run(&name, config)).await??;
+            tokio::task::spawn_blocking(move || {
+                if restart {
+                    rt.restart(&name, config)
+                } else {
+                    rt.run(&name, config)
+                }
+            })
+            .await??;
             anyhow::Ok(())
         }
         .await;
         match result {
+            Ok(()) if restart => {
+                tracing::info!(task = %task, container = %container, "restarted")
+            }
             Ok(()) => tracing::info!(task = %task, container = %container, "started"),
             Err(e) => {
                 let error = format!("{e:#}");
@@ -505,7 +526,7 @@ impl Runner {
 
     async fn apply(self: Arc<Self>, desired: &DesiredState, command: Command) -> Result<()> {
         match command {
-            Command::Start { name, container } => self.start(desired, name, container).await,
+            Command::Start { name, container } => self.start(desired, name, container, false).await,
             Command::Stop { name, grace, .. } => {
                 let rt = self.runtime.clone();
                 tokio::task::spawn_blocking(move || rt.stop(&name, grace)).await??;
@@ -516,12 +537,9 @@ impl Runner {
                 container,
                 attempt,
             } => {
-                let rt = self.runtime.clone();
-                let gone = name.clone();
-                tokio::task::spawn_blocking(move || rt.remove(&gone)).await??;
                 self.node().restarting(&name.task, &container, attempt);
                 tracing::info!(task = %name.task, container = %container, attempt, "restarting by restart policy");
-                self.start(desired, name, container).await;
+                self.start(desired, name, container, true).await;
             }
             Command::Remove { task, containers } => {
                 let rt = self.runtime.clone();

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use flotilla_api::tasks::{ContainerUsage, TaskCgroupUsage};
 use flotilla_runtime::container::{
-    ContainerConfig, ContainerError, ContainerInfo, ContainerStore, Status,
+    ContainerConfig, ContainerError, ContainerInfo, ContainerStore, NetworkSettings, Status,
 };
 
 /// A task's container as the container runtime names it: `<task id>-<index in the task's
@@ -94,8 +94,11 @@ pub struct TaskContainer {
     pub id: String,
     /// Where it is.
     pub state: RunState,
-    /// When its process started, once it did.
+    /// When its process started, once it did (its last run's, for a restarted one).
     pub started_at: Option<SystemTime>,
+    /// Times it was restarted in place; kept with the container, so also across agent
+    /// restarts.
+    pub restarts: u32,
 }
 
 /// Where a container is in its life.
@@ -150,6 +153,12 @@ pub trait ContainerRuntime: fmt::Debug + Send + Sync {
     /// Stops a container: SIGTERM, SIGKILL after `grace`; one that is not running is left as
     /// it is.
     fn stop(&self, name: &ContainerName, grace: Duration) -> Result<(), RuntimeError>;
+    /// Starts exited container `name` again in place: the same container — its writable
+    /// layer, its volumes, its log — with a new process, its restart count one higher. `config`
+    /// is what it would be created from now: its network settings replace the recorded ones
+    /// (a task network made again), and a container that is not there (it never started) is
+    /// created from it and started.
+    fn restart(&self, name: &ContainerName, config: ContainerConfig) -> Result<(), RuntimeError>;
     /// Removes an exited container; one that is not there is fine.
     fn remove(&self, name: &ContainerName) -> Result<(), RuntimeError>;
     /// Removes every container of task `task` (killing what still runs) and its own volumes.
@@ -237,6 +246,7 @@ impl ContainerRuntime for StoreRuntime {
                     started_at: c.state.as_ref().and_then(|s| time(&s.started_at)),
                     id: c.record.id,
                     state,
+                    restarts: c.restart_count,
                 })
             })
             .collect())
@@ -253,6 +263,18 @@ impl ContainerRuntime for StoreRuntime {
             .map_err(store_error("starting", name))?
             .detach();
         Ok(())
+    }
+
+    fn restart(&self, name: &ContainerName, config: ContainerConfig) -> Result<(), RuntimeError> {
+        let network = NetworkSettings::of(&config);
+        match self.store.restart(&name.to_string(), Some(network)) {
+            Ok(started) => {
+                started.detach();
+                Ok(())
+            }
+            Err(ContainerError::NotFound(_)) => self.run(name, config),
+            Err(e) => Err(store_error("restarting", name)(e)),
+        }
     }
 
     fn stop(&self, name: &ContainerName, grace: Duration) -> Result<(), RuntimeError> {
@@ -438,8 +460,31 @@ pub mod fake {
                 id: format!("{:032x}", s.next_id),
                 state: RunState::Running,
                 started_at: Some(s.now.unwrap_or(SystemTime::UNIX_EPOCH)),
+                restarts: 0,
             };
             s.containers.insert(name.clone(), c);
+            Ok(())
+        }
+
+        fn restart(
+            &self,
+            name: &ContainerName,
+            config: ContainerConfig,
+        ) -> Result<(), RuntimeError> {
+            let mut s = self.state();
+            let now = Some(s.now.unwrap_or(SystemTime::UNIX_EPOCH));
+            let Some(c) = s.containers.get_mut(name) else {
+                drop(s);
+                return self.run(name, config);
+            };
+            if c.state == RunState::Running {
+                let e = ContainerError::Running(name.to_string());
+                return Err(refused("restarting", name, e));
+            }
+            c.state = RunState::Running;
+            c.started_at = now;
+            c.restarts += 1;
+            s.attempts += 1;
             Ok(())
         }
 

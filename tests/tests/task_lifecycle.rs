@@ -1,10 +1,10 @@
 //! A task's life on its node with real containers: slow operations on one task never hold up
-//! the others, stops go in reverse `dependsOn` order, and a container is asked to stop with
-//! its image's stop signal.
+//! the others, stops go in reverse `dependsOn` order, a container is asked to stop with its
+//! image's stop signal, and a container its restart policy restarts is the same container.
 
 use std::time::{Duration, Instant};
 
-use flotilla_api::tasks::TaskState;
+use flotilla_api::tasks::{ContainerState, TaskState};
 use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::node::Node;
 use flotilla_tests::wait;
@@ -386,6 +386,257 @@ fn a_stopped_tasks_logs_are_read_after_its_containers_are_removed() {
         cp.flotilla_ok(&["logs", &id, "-c", "side"]),
         "side was here\n"
     );
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}
+
+/// Counts its runs in its own root filesystem (`/runs`) and in the image's volume (`/data`,
+/// `Volumes` in the image's configuration); its first two runs crash (exit 7), the third stays
+/// up.
+const CRASH_TWICE: &str = r#"{
+  "family": "crash-twice",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/volumes:1", "memory": 32, "stopTimeout": 5,
+    "restartPolicy": {"enabled": true, "restartAttemptPeriod": 60},
+    "command": ["sh", "-c", "n=$(( $(cat /runs 2>/dev/null || echo 0) + 1 )); echo $n > /runs; echo $n >> /data/runs; echo run $n; case $n in 1|2) echo crash $n >&2; exit 7;; esac; trap 'exit 0' TERM; while true; do sleep 0.2 & wait; done"]
+  }]
+}"#;
+
+#[test]
+fn a_restarted_container_keeps_its_layer_volumes_log_and_restart_count() {
+    use flotilla_runtime::container::Status;
+    use flotilla_tests::image::{busybox_image, write_layout_with};
+
+    let node = Node::new();
+    let layout = node.scratch().join("volumes-image");
+    write_layout_with(
+        &layout,
+        "",
+        &busybox_image(flotilla_tests::host_arch()),
+        &serde_json::json!({"Volumes": {"/data": {}}}),
+    )
+    .expect("layout");
+    node.ctr_ok(&[
+        "image",
+        "import",
+        layout.to_str().expect("utf8"),
+        "--name",
+        "test/volumes:1",
+    ]);
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    cp.register(CRASH_TWICE);
+    let id = cp.run_one("crash-twice");
+    let name = format!("{id}-0");
+    // Restarted at once, then after 1 s: the third run finds what the first two wrote, so it
+    // stays up.
+    wait(
+        "two restarts, then running",
+        Duration::from_secs(30),
+        || {
+            let t = cp.task(&id);
+            t.state == TaskState::Running
+                && t.containers.first().is_some_and(|c| c.restarts == 2)
+                && node.inspect(&name).status == Status::Running
+        },
+    );
+    // One container all along, which counts its restarts.
+    let ours: Vec<_> = node
+        .ps()
+        .into_iter()
+        .filter(|c| c.record.config.name.as_deref() == Some(name.as_str()))
+        .collect();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert_eq!(ours[0].restart_count, 2);
+    assert!(
+        node.ctr_ok(&["ps"]).contains("RESTARTS"),
+        "ctr ps shows the count"
+    );
+    // Its anonymous volume kept what every run wrote.
+    assert_eq!(
+        node.ctr_ok(&["exec", &name, "cat", "/data/runs"]),
+        "1\n2\n3\n"
+    );
+    // Its log holds every run, for `flotilla logs` and `ctr logs` alike.
+    let o = cp.flotilla(&["logs", &id]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "run 1\nrun 2\nrun 3\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "crash 1\ncrash 2\n");
+    let o = node.ctr(&["logs", &name]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "run 1\nrun 2\nrun 3\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "crash 1\ncrash 2\n");
+
+    // An agent restart changes nothing: the count is the container's, not the agent's memory.
+    let pid = node.running().get(&name).copied();
+    agent.kill();
+    agent.run();
+    agent.wait_log("session established", 2, Duration::from_secs(30));
+    // (a report every round; a few heartbeats' time for one from the new agent)
+    std::thread::sleep(Duration::from_secs(6));
+    let t = cp.task(&id);
+    assert_eq!(t.state, TaskState::Running);
+    assert_eq!(t.containers[0].restarts, 2, "{t:?}");
+    assert_eq!(node.running().get(&name).copied(), pid, "restarted again");
+    assert_eq!(node.inspect(&name).restart_count, 2);
+
+    // Stopped and removed, its log is still read whole.
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    node.wait_for(
+        "its container to be removed",
+        Duration::from_secs(10),
+        || node.ps().is_empty(),
+    );
+    assert_eq!(cp.flotilla_ok(&["logs", &id]), "run 1\nrun 2\nrun 3\n");
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}
+
+#[test]
+fn a_restart_that_cannot_start_keeps_the_container_and_goes_on_after_an_agent_restart() {
+    use flotilla_runtime::container::{Status, RESTART_FAILED_EXIT};
+
+    let node = Node::new();
+    let out = node.bind_roots[0].join("out");
+    let away = node.bind_roots[0].join("away");
+    std::fs::create_dir(&out).expect("out");
+    // Its first run ends after 5 s; it stays up once the host directory holds `stay`.
+    let def = serde_json::json!({
+        "family": "needs-out",
+        "networkMode": "none",
+        "volumes": [{"name": "out", "host": {"sourcePath": out}}],
+        "containerDefinitions": [{
+            "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 5,
+            "restartPolicy": {"enabled": true, "restartAttemptPeriod": 60},
+            "mountPoints": [{"sourceVolume": "out", "containerPath": "/out"}],
+            "command": ["sh", "-c", "echo run >> /out/runs; echo run; cat /out/stay 2>/dev/null && exec sleep 1000; sleep 5; exit 3"]
+        }]
+    });
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    cp.register(&def.to_string());
+    let id = cp.run_one("needs-out");
+    let name = format!("{id}-0");
+    node.wait_for("its first run", Duration::from_secs(30), || {
+        node.ctr(&["inspect", &name]).status.success()
+            && node.inspect(&name).status == Status::Running
+    });
+    let container = node.inspect(&name).record.id;
+    // Its bind source goes while it runs: its restart cannot start.
+    std::fs::rename(&out, &away).expect("move the source away");
+    node.wait_for("a failed restart", Duration::from_secs(30), || {
+        node.inspect(&name)
+            .exit
+            .is_some_and(|e| e.exit_code == RESTART_FAILED_EXIT && e.error.is_some())
+    });
+    let failed = node.inspect(&name);
+    assert_eq!(failed.record.id, container, "the same container");
+    assert!(failed.restart_count >= 1, "{failed:?}");
+    let error = failed.exit.and_then(|e| e.error).unwrap_or_default();
+    assert!(
+        error.contains(&container) && error.contains(&out.display().to_string()),
+        "the error names the container and the source: {error}"
+    );
+    assert!(
+        node.ctr_ok(&["ps", "-a"]).contains("restart failed"),
+        "ctr ps says so"
+    );
+    // Its policy covers the failure: the task runs on, its container being restarted.
+    assert_eq!(cp.task(&id).state, TaskState::Running);
+
+    // The agent goes in the middle of the backoff; the source comes back meanwhile. The next
+    // agent restarts the same container, and its count goes on.
+    agent.kill();
+    std::fs::write(away.join("stay"), "").expect("stay");
+    std::fs::rename(&away, &out).expect("move the source back");
+    let before = node.inspect(&name).restart_count;
+    agent.run();
+    agent.wait_log("session established", 2, Duration::from_secs(30));
+    node.wait_for("the restart to run", Duration::from_secs(30), || {
+        node.inspect(&name).status == Status::Running
+    });
+    let now = node.inspect(&name);
+    assert_eq!(now.record.id, container, "the same container");
+    assert!(
+        now.restart_count > before,
+        "{} after {before}",
+        now.restart_count
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("runs")).expect("runs"),
+        "run\nrun\n"
+    );
+    wait("the count reported", Duration::from_secs(20), || {
+        let t = cp.task(&id);
+        t.state == TaskState::Running && t.containers[0].restarts == now.restart_count
+    });
+    assert_eq!(node.ctr_ok(&["logs", &name]), "run\nrun\n");
+
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    node.wait_for("its container to go", Duration::from_secs(10), || {
+        node.ps().is_empty()
+    });
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}
+
+/// Healthy in its first run (`/tmp/ok` is there), which ends after 4 s; its second run removes
+/// `/tmp/ok` and stays up, unhealthy.
+const HEALTHY_ONCE: &str = r#"{
+  "family": "healthy-once",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "restartPolicy": {"enabled": true, "restartAttemptPeriod": 60},
+    "healthCheck": {"command": ["CMD-SHELL", "cat /tmp/ok"], "interval": 5, "timeout": 2, "retries": 1},
+    "command": ["sh", "-c", "if [ -e /ran ]; then rm -f /tmp/ok; exec sleep 1000; fi; echo > /ran; echo > /tmp/ok; sleep 4; exit 1"]
+  }]
+}"#;
+
+#[test]
+fn a_restarted_containers_health_starts_over_with_its_new_run() {
+    use flotilla_api::tasks::HealthStatus;
+
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = agent_in_session(&cp, &node);
+    cp.register(HEALTHY_ONCE);
+    let id = cp.run_one("healthy-once");
+    let health = || cp.task(&id).containers.first().and_then(|c| c.health);
+    wait("healthy in its first run", Duration::from_secs(30), || {
+        health() == Some(HealthStatus::Healthy)
+    });
+    wait("restarted", Duration::from_secs(30), || {
+        let t = cp.task(&id);
+        t.containers
+            .first()
+            .is_some_and(|c| c.restarts == 1 && c.state == ContainerState::Running)
+    });
+    // The first run's verdict is not the new run's: it starts over, and the check fails.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        assert_ne!(
+            health(),
+            Some(HealthStatus::Healthy),
+            "the first run's verdict"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    wait(
+        "unhealthy in its second run",
+        Duration::from_secs(20),
+        || health() == Some(HealthStatus::Unhealthy),
+    );
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    node.wait_for("its container to go", Duration::from_secs(10), || {
+        node.ps().is_empty()
+    });
     agent.kill();
     node.remove_all();
     node.assert_clean();

@@ -4,13 +4,13 @@
 //! [`super::isolate`]), so no process that joins the container ever has a writable
 //! `/proc/<pid>/exe` — enters the container's network namespace (its shim's or its task's,
 //! which the spec does not name), then joins the container through libcontainer's tenant
-//! builder with the container's own process (its user, working directory, environment,
-//! capabilities, rlimits and no_new_privs; the command in place of its arguments), its
-//! namespaces and cgroup, and the container's seccomp profile.
+//! builder: its namespaces, cgroup, user, capabilities, no_new_privs, and the container's
+//! seccomp profile.
 //! The command gets the helper's stdio; the helper waits for it (killing it after the timeout)
 //! and exits with its code. The helper stays single-threaded, like the shim.
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -25,28 +25,6 @@ use super::seccomp;
 pub const CANNOT_RUN: i32 = 126;
 /// Exit code when the command ran past its timeout and was killed.
 pub const TIMED_OUT: i32 = 124;
-
-/// The process of the container's spec (in `dir`) with `args` as its arguments and no
-/// terminal, written for libcontainer's tenant builder to a private file (mode 0600) that is
-/// removed when the returned value is dropped.
-fn exec_process(dir: &Path, args: Vec<String>) -> Result<tempfile::TempPath, String> {
-    let config = dir.join("config.json");
-    let spec = oci_spec::runtime::Spec::load(&config)
-        .map_err(|e| format!("the container's spec {}: {e}", config.display()))?;
-    let mut process = spec
-        .process()
-        .clone()
-        .ok_or_else(|| format!("the container's spec {} has no process", config.display()))?;
-    process.set_args(Some(args)).set_terminal(Some(false));
-    let file = tempfile::Builder::new()
-        .prefix(".exec-")
-        .suffix(".json")
-        .tempfile_in(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
-    serde_json::to_writer(file.as_file(), &process)
-        .map_err(|e| format!("writing the exec process: {e}"))?;
-    Ok(file.into_temp_path())
-}
 
 /// Runs `args` in container `id`; returns the command's exit code (128 + signal when killed),
 /// [`CANNOT_RUN`] or [`TIMED_OUT`].
@@ -94,20 +72,27 @@ fn run(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(format!("{}: {e}", dir.join("seccomp.json").display())),
     };
-    // The command runs as the container's process does — its user and groups, working
-    // directory, environment, capabilities and rlimits — as `docker exec` runs it: the
-    // container's own process from its spec, with the command in place of its arguments.
-    let process = exec_process(&dir, args)?;
-    let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+    // The process as libcontainer would make it, with the container's resource limits: they
+    // are set before its capabilities go, which the executor is too late for.
+    let spec_path = dir.join("config.json");
+    let spec = oci_spec::runtime::Spec::load(&spec_path)
+        .map_err(|e| format!("{}: {e}", spec_path.display()))?;
+    let process = exec_process(&spec, args)?;
+    let process_file = rustix::fs::memfd_create("flotilla-exec", rustix::fs::MemfdFlags::CLOEXEC)
+        .map_err(|e| format!("memfd: {e}"))?;
+    let json = serde_json::to_vec(&process).map_err(|e| e.to_string())?;
+    rustix::io::write(&process_file, &json).map_err(|e| format!("writing the process: {e}"))?;
+    let process_path = format!("/proc/self/fd/{}", process_file.as_raw_fd());
+    let pid = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(data_dir.join("libcontainer"))
         .map_err(|e| e.to_string())?
         .with_executor(super::workload::Workload::new(filter, false))
         .as_tenant()
-        .with_process(Some(&*process))
+        .with_process(Some(process_path))
         .with_detach(false)
-        .build();
-    drop(process);
-    let pid = built.map_err(|e| e.to_string())?;
+        .build()
+        .map_err(|e| e.to_string())?;
+    drop(process_file);
     let pid = rustix::process::Pid::from_raw(pid.as_raw()).ok_or("invalid pid")?;
     // Our child: wait for it through a pidfd, so the timeout needs no signal handler.
     let pidfd = pidfd_open(pid, PidfdFlags::empty()).map_err(|e| format!("pidfd: {e}"))?;
@@ -146,6 +131,34 @@ fn run(
     } else {
         CANNOT_RUN
     })
+}
+
+/// The process an exec runs, as `docker exec` makes it: the container's environment, user
+/// (and groups), working directory, capabilities, no_new_privs and resource limits (`rlimits`:
+/// its `ulimits` and open files). libcontainer's own exec runs as root in `/` with open files
+/// 1024:1024 and no other limit.
+fn exec_process(
+    spec: &oci_spec::runtime::Spec,
+    args: Vec<String>,
+) -> Result<oci_spec::runtime::Process, String> {
+    use oci_spec::runtime::ProcessBuilder;
+    let own = spec
+        .process()
+        .as_ref()
+        .ok_or("the container's spec has no process")?;
+    let mut b = ProcessBuilder::default()
+        .args(args)
+        .env(own.env().clone().unwrap_or_default())
+        .user(own.user().clone())
+        .cwd(own.cwd().clone())
+        .rlimits(own.rlimits().clone().unwrap_or_default());
+    if let Some(caps) = own.capabilities() {
+        b = b.capabilities(caps.clone());
+    }
+    if let Some(nnp) = own.no_new_privileges() {
+        b = b.no_new_privileges(nnp);
+    }
+    b.build().map_err(|e| e.to_string())
 }
 
 /// A network probe run from inside a container's network namespace.
@@ -263,4 +276,60 @@ fn run_probe(data_dir: &Path, id: &str, probe: &str, timeout: Duration) -> Resul
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|c| c.parse::<u16>().ok());
     Ok(status.is_some_and(|c| (200..400).contains(&c)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{
+        PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, SpecBuilder, UserBuilder,
+    };
+
+    #[test]
+    fn an_exec_gets_the_containers_user_directory_limits_environment_and_capabilities() {
+        let limit = |typ, soft: u64, hard: u64| {
+            PosixRlimitBuilder::default()
+                .typ(typ)
+                .soft(soft)
+                .hard(hard)
+                .build()
+                .expect("rlimit")
+        };
+        let limits = vec![
+            limit(PosixRlimitType::RlimitNofile, 100, 200),
+            limit(PosixRlimitType::RlimitNproc, 50, 50),
+        ];
+        let own = ProcessBuilder::default()
+            .args(vec!["sleep".to_string(), "600".to_string()])
+            .env(vec!["PATH=/bin".to_string(), "A=1".to_string()])
+            .cwd("/srv")
+            .user(
+                UserBuilder::default()
+                    .uid(65534u32)
+                    .gid(65534u32)
+                    .build()
+                    .expect("user"),
+            )
+            .no_new_privileges(true)
+            .rlimits(limits.clone())
+            .build()
+            .expect("process");
+        let spec = SpecBuilder::default()
+            .process(own.clone())
+            .build()
+            .expect("spec");
+        let p = exec_process(&spec, vec!["sh".into(), "-c".into(), "ulimit -n".into()])
+            .expect("exec process");
+        assert_eq!(
+            p.args().as_deref(),
+            Some(&["sh".to_string(), "-c".into(), "ulimit -n".into()][..])
+        );
+        assert_eq!(p.rlimits().as_deref(), Some(&limits[..]));
+        assert_eq!(p.env(), own.env());
+        assert_eq!(p.capabilities(), own.capabilities());
+        assert_eq!(p.no_new_privileges(), Some(true));
+        // As the container's own process, not as libcontainer's exec: root, in /.
+        assert_eq!((p.user().uid(), p.user().gid()), (65534, 65534));
+        assert_eq!(p.cwd(), &std::path::PathBuf::from("/srv"));
+    }
 }

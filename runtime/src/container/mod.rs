@@ -1,8 +1,11 @@
 //! Containers on this node, run through youki's libcontainer.
 //!
 //! Each container has a directory `<data>/containers/<id>/` holding its record
-//! (`container.json`), what its shim recorded (`state.json`: shim and init process identities;
-//! `exit.json`: exit code, time, OOM kill), its logs, and the overlay upper/work directories.
+//! (`container.json`), what its shim recorded of its last run (`state.json`: shim and init
+//! process identities; `exit.json`: exit code, time, OOM kill), its restart count
+//! (`restarts.json`), its logs, and the overlay upper/work directories. A restart
+//! ([`ContainerStore::restart`]) runs the same container again: the directory, and with it the
+//! writable layer, the anonymous volumes and the log, stays.
 //! A container is owned by one shim process (see [`shim`]) that outlives whoever started it, so
 //! everything here works from those files alone: a fresh process (a restarted agent, or
 //! `nodeagent ctr`) finds every container, its pid, and its real exit code.
@@ -134,6 +137,10 @@ pub struct ExitInfo {
     /// `finished_at` (when it was first found ended) are not the container's own.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unknown: bool,
+    /// Why a restart could not start the run (its `exit_code` is then
+    /// [`RESTART_FAILED_EXIT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Where a container is in its life.
@@ -157,11 +164,67 @@ pub struct ContainerInfo {
     pub record: ContainerRecord,
     /// Current status.
     pub status: Status,
-    /// Shim and init identities once started.
+    /// Shim and init identities of its last run, once started.
     pub state: Option<RuntimeState>,
-    /// How it ended, when it did and the shim could record it (absent when the shim died
-    /// before the container: the exit code is then unknown).
+    /// How its last run ended, when it did and the shim could record it (absent when the
+    /// shim died before the container: the exit code is then unknown).
     pub exit: Option<ExitInfo>,
+    /// Times it was started again in place ([`ContainerStore::restart`]), as Docker's
+    /// `RestartCount`.
+    #[serde(default)]
+    pub restart_count: u32,
+}
+
+/// A container's restarts (`restarts.json`), written before each restart begins.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartRecord {
+    /// Restarts so far, the one under way included.
+    pub count: u32,
+    /// `finished_at` of the exit the last counted restart followed: a restart cut short (its
+    /// launcher killed) and begun again after the same exit counts once.
+    #[serde(default)]
+    pub after: Option<String>,
+}
+
+impl RestartRecord {
+    /// The record of a restart that follows `exit` (the last run's, if recorded).
+    pub fn next(&self, exit: Option<&ExitInfo>) -> Self {
+        let after = exit.map(|e| e.finished_at.clone());
+        if after.is_some() && self.after == after {
+            return self.clone();
+        }
+        Self {
+            count: self.count.saturating_add(1),
+            after,
+        }
+    }
+}
+
+/// The exit code recorded for a restart whose new run could not start (Docker's and ECS's
+/// for a container the runtime could not run); [`ExitInfo::error`] says why.
+pub const RESTART_FAILED_EXIT: i32 = 125;
+
+/// What a container's network is: all a restart may change (its task network was made again,
+/// say after a reboot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSettings {
+    /// Its network namespace.
+    pub network: NetworkMode,
+    /// The host file mounted at `/etc/resolv.conf`, if any.
+    pub resolv_conf: Option<PathBuf>,
+    /// Its own addresses, named in its `/etc/hosts`.
+    pub addresses: Vec<std::net::IpAddr>,
+}
+
+impl NetworkSettings {
+    /// The network settings of `config`.
+    pub fn of(config: &ContainerConfig) -> Self {
+        Self {
+            network: config.network.clone(),
+            resolv_conf: config.resolv_conf.clone(),
+            addresses: config.addresses.clone(),
+        }
+    }
 }
 
 /// One container's resource usage as `nodeagent ctr stats -o json` prints it.
@@ -343,6 +406,10 @@ impl ContainerPaths {
     /// `exit.json`.
     pub fn exit(&self) -> PathBuf {
         self.dir.join("exit.json")
+    }
+    /// `restarts.json`.
+    pub fn restarts(&self) -> PathBuf {
+        self.dir.join("restarts.json")
     }
     /// The log directory.
     pub fn logs(&self) -> PathBuf {
@@ -601,23 +668,104 @@ impl ContainerStore {
         if paths.state().exists() {
             return Err(ContainerError::Start {
                 id: id.to_string(),
-                message: "already started (a container runs once; create a new one)".into(),
+                message: "already started (an ended container runs again with a restart)".into(),
             });
         }
+        let record: ContainerRecord =
+            read_json(&paths.record()).ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        match self.launch(&record) {
+            Err(e @ ContainerError::Start { .. }) => {
+                let _ = self.remove(id, true);
+                Err(e)
+            }
+            other => other,
+        }
+    }
+
+    /// Starts an ended container again in place, as Docker's restart policy does: the same
+    /// container — its writable layer, its anonymous volumes, its log (the new run's output is
+    /// appended) — with a fresh process, namespaces and cgroup, and its restart count one
+    /// higher. `network`, when given and not the recorded one, replaces it (its task network
+    /// was made again, say after a reboot). A running container is refused; one never
+    /// started is started. When the new run cannot start, that is recorded as its exit
+    /// ([`RESTART_FAILED_EXIT`], with the error) and the container stays, ended.
+    ///
+    /// Until the new run has started the container reads as ended with its last exit: the
+    /// restart count is written first, with the exit it follows (a restart begun again after
+    /// its launcher died counts once), and the shim replaces the last run's `state.json` in
+    /// one rename before it removes the last exit record.
+    pub fn restart(
+        &self,
+        key: &str,
+        network: Option<NetworkSettings>,
+    ) -> Result<Started, ContainerError> {
+        let info = self.get(key)?;
+        let id = info.record.id.clone();
+        match info.status {
+            Status::Running => return Err(ContainerError::Running(info.record.display_name())),
+            Status::Created => return self.start(&id),
+            Status::Exited => {}
+        }
+        if let Some(s) = &info.state {
+            // Let the last run's shim finish recording; then it has nothing left to do.
+            s.shim.wait_exit(EXIT_RECORD_WAIT);
+        }
+        tracing::debug!(container = %id, "restarting");
+        let paths = self.paths(&id);
+        let mut record = info.record.clone();
+        if let Some(n) = network.filter(|n| *n != NetworkSettings::of(&record.config)) {
+            record.config.network = n.network;
+            record.config.resolv_conf = n.resolv_conf;
+            record.config.addresses = n.addresses;
+            record.config.validate().map_err(ContainerError::Invalid)?;
+            let bytes = serde_json::to_vec_pretty(&record)
+                .map_err(|e| io_at(&paths.record())(io::Error::other(e)))?;
+            write_durable(&paths.record(), &bytes)?;
+        }
+        let counted: RestartRecord = read_json(&paths.restarts()).unwrap_or_default();
+        let next = counted.next(info.exit.as_ref());
+        if next != counted {
+            let bytes = serde_json::to_vec_pretty(&next)
+                .map_err(|e| io_at(&paths.restarts())(io::Error::other(e)))?;
+            write_durable(&paths.restarts(), &bytes)?;
+        }
+        let result = self
+            .delete_runtime_state(&info)
+            .and_then(|()| self.launch(&record));
+        if let Err(e) = &result {
+            // The attempt is this run: it ended at once, and says why.
+            let _ = fs::remove_file(paths.state());
+            let failed = ExitInfo {
+                exit_code: RESTART_FAILED_EXIT,
+                signal: None,
+                oom_killed: false,
+                finished_at: now_rfc3339(),
+                unknown: false,
+                error: Some(e.to_string()),
+            };
+            if let Ok(bytes) = serde_json::to_vec_pretty(&failed) {
+                let _ = write_atomic(&paths.exit(), &bytes);
+            }
+        }
+        result
+    }
+
+    /// Spawns the shim of `record`'s container and waits until it reports the container
+    /// running, or why it could not run it ([`ContainerError::Start`]).
+    fn launch(&self, record: &ContainerRecord) -> Result<Started, ContainerError> {
+        let id = record.id.as_str();
+        let paths = self.paths(id);
         let shim_log = paths.dir.join("shim.log");
         let stderr = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&shim_log)
             .map_err(io_at(&shim_log))?;
-        let record: ContainerRecord =
-            read_json(&paths.record()).ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
         if let Some(task) = &record.config.task_cgroup {
-            // Before every start: the task's cgroup may have gone with a reboot, and its
-            // limits must hold before any of its containers runs.
+            // Before every start and restart: the task's cgroup may have gone with a reboot,
+            // and its limits must hold before any of its containers runs.
             let path = task_cgroup_path(&record.cgroup_path);
             if let Err(e) = self.hierarchy.ensure_task(path, task) {
-                let _ = self.remove(id, true);
                 return Err(ContainerError::Start {
                     id: id.to_string(),
                     message: format!("the cgroup of its task {}: {e}", task.task),
@@ -687,7 +835,6 @@ impl ContainerStore {
                         shim_log.display()
                     ),
                 };
-                let _ = self.remove(id, true);
                 Err(ContainerError::Start {
                     id: id.to_string(),
                     message,
@@ -750,6 +897,7 @@ impl ContainerStore {
                     oom_killed: false,
                     finished_at: now_rfc3339(),
                     unknown: true,
+                    error: None,
                 };
                 serde_json::to_vec_pretty(&unknown)
                     .ok()
@@ -758,11 +906,13 @@ impl ContainerStore {
             }
             (_, exit, _) => exit,
         };
+        let restart_count = read_json::<RestartRecord>(&paths.restarts()).map_or(0, |r| r.count);
         ContainerInfo {
             record,
             status,
             state,
             exit,
+            restart_count,
         }
     }
 
@@ -867,6 +1017,7 @@ impl ContainerStore {
                     status: Status::Created,
                     state: None,
                     exit: None,
+                    restart_count: 0,
                 }
             }
             Err(e) => return Err(e),
@@ -887,34 +1038,7 @@ impl ContainerStore {
             s.shim.wait_exit(EXIT_RECORD_WAIT);
         }
         tracing::debug!(container = %id, "removing");
-        let lc_dir = self.libcontainer_root().join(&id);
-        // Started (or created) in an earlier boot: its processes and cgroup went with that
-        // boot, and libcontainer would judge it by a pid another process may hold now.
-        let earlier_boot = info
-            .state
-            .as_ref()
-            .map(|s| &s.init.boot_id)
-            .or(info.record.boot_id.as_ref())
-            .is_some_and(|then| process::boot_id().is_ok_and(|now| now != *then));
-        if lc_dir.exists() && earlier_boot {
-            fs::remove_dir_all(&lc_dir).map_err(io_at(&lc_dir))?;
-        } else if lc_dir.exists() {
-            match libcontainer::container::Container::load(lc_dir.clone()) {
-                Ok(mut c) => {
-                    if let Err(e) = c.delete(true) {
-                        return Err(ContainerError::Runtime {
-                            id,
-                            source: Box::new(e),
-                        });
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(container = %id, "unreadable libcontainer state, removing it: {e}");
-                    fs::remove_dir_all(&lc_dir).map_err(io_at(&lc_dir))?;
-                }
-            }
-        }
-        tracing::debug!(container = %id, "runtime state deleted");
+        self.delete_runtime_state(&info)?;
         // The container's own cgroup (if libcontainer did not get to it) and our parents
         // when they are empty now; a task's cgroup goes only with its last container (below).
         let cgroup = info.record.cgroup_path.trim_start_matches('/');
@@ -993,6 +1117,40 @@ impl ContainerStore {
         Ok(self
             .hierarchy
             .usage(&format!("/{}/{task}", self.options.cgroup_parent))?)
+    }
+
+    /// Deletes the libcontainer state of an ended container, and with it its cgroup.
+    fn delete_runtime_state(&self, info: &ContainerInfo) -> Result<(), ContainerError> {
+        let id = &info.record.id;
+        let lc_dir = self.libcontainer_root().join(id);
+        // Started (or created) in an earlier boot: its processes and cgroup went with that
+        // boot, and libcontainer would judge it by a pid another process may hold now.
+        let earlier_boot = info
+            .state
+            .as_ref()
+            .map(|s| &s.init.boot_id)
+            .or(info.record.boot_id.as_ref())
+            .is_some_and(|then| process::boot_id().is_ok_and(|now| now != *then));
+        if lc_dir.exists() && earlier_boot {
+            fs::remove_dir_all(&lc_dir).map_err(io_at(&lc_dir))?;
+        } else if lc_dir.exists() {
+            match libcontainer::container::Container::load(lc_dir.clone()) {
+                Ok(mut c) => {
+                    if let Err(e) = c.delete(true) {
+                        return Err(ContainerError::Runtime {
+                            id: id.clone(),
+                            source: Box::new(e),
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(container = %id, "unreadable libcontainer state, removing it: {e}");
+                    fs::remove_dir_all(&lc_dir).map_err(io_at(&lc_dir))?;
+                }
+            }
+        }
+        tracing::debug!(container = %id, "runtime state deleted");
+        Ok(())
     }
 
     /// Names of containers (existing, in any state) that use volume `name`.
@@ -1267,6 +1425,22 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ContainerErr
     fs::rename(&tmp, path).map_err(io_at(path))
 }
 
+/// Writes a file by rename, its content and the rename on disk before this returns: what an
+/// ended container keeps across a power cut (it may run again after it) is never left empty
+/// or half-written.
+fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), ContainerError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp).map_err(io_at(&tmp))?;
+    f.write_all(bytes).map_err(io_at(&tmp))?;
+    f.sync_all().map_err(io_at(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_at(path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(dir))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1314,6 +1488,31 @@ mod tests {
             .remove("stop_signal");
         let old: ContainerRecord = serde_json::from_value(old).expect("old record");
         assert_eq!(old.stop_signal(), Signal::TERM);
+    }
+
+    #[test]
+    fn a_restart_counts_once_after_each_exit_even_when_begun_again() {
+        let exit = |at: &str| ExitInfo {
+            exit_code: 1,
+            signal: None,
+            oom_killed: false,
+            finished_at: at.to_string(),
+            unknown: false,
+            error: None,
+        };
+        let first = RestartRecord::default().next(Some(&exit("t1")));
+        assert_eq!((first.count, first.after.as_deref()), (1, Some("t1")));
+        // Its launcher died before the new run started: begun again after the same exit.
+        assert_eq!(first.next(Some(&exit("t1"))), first);
+        let second = first.next(Some(&exit("t2")));
+        assert_eq!((second.count, second.after.as_deref()), (2, Some("t2")));
+        // Without an exit record (its shim died with it) every restart counts.
+        let blind = second.next(None);
+        assert_eq!((blind.count, blind.after.as_deref()), (3, None));
+        assert_eq!(blind.next(None).count, 4);
+        // A record written before the field existed reads as never restarted after an exit.
+        let old: RestartRecord = serde_json::from_str(r#"{"count": 2}"#).expect("record");
+        assert_eq!(old.next(Some(&exit("t3"))).count, 3);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The per-container supervisor (`flotilla-shim`), in the containerd-shim / conmon pattern.
 //!
-//! One shim owns one container for its whole life: it creates it through libcontainer (so the
+//! One shim owns one run of a container: it creates it through libcontainer (so the
 //! container's init is its child and `waitpid` gives the real exit status), holds its stdout
-//! and stderr and writes them to the log, and records the exit in `exit.json`. It runs in its
+//! and stderr and appends them to the log, and records the exit in `exit.json`. A restart
+//! spawns a new shim for the same container directory. It runs in its
 //! own session, so it outlives the agent or CLI that started it.
 //!
 //! The shim starts isolated (see [`super::isolate`]): its own session, a private mount
@@ -158,12 +159,14 @@ fn create_and_start(
     tracing::debug!(container = %record.id, "rootfs mounted");
     let root =
         rootfs::open_root(&rootfs_dir).map_err(|e| format!("{}: {e}", rootfs_dir.display()))?;
-    // The image's `Volumes`: their anonymous volumes start with the image's content there.
+    // The image's `Volumes`: their anonymous volumes start with the image's content there,
+    // once: a restarted container finds them as its earlier runs left them.
     let anonymous = dir.join(super::ANONYMOUS_VOLUMES);
+    let restarted = dir.join("restarts.json").exists();
     for m in record
         .mounts
         .iter()
-        .filter(|m| m.source.starts_with(&anonymous))
+        .filter(|m| !restarted && m.source.starts_with(&anonymous))
     {
         rootfs::copy_up(&root, &m.target, &m.source).map_err(|e| {
             format!(
@@ -182,6 +185,17 @@ fn create_and_start(
         spec::working_dir(&record.config, &record.image_process).map_err(|e| e.to_string())?;
     rootfs::ensure_dir(&root, &cwd)
         .map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
+    // A bind source can go while the container is not running (before a restart, say): name
+    // it, rather than libcontainer's bare "failed to prepare rootfs".
+    for m in record.mounts.iter().filter(|m| m.kind == MountKind::Bind) {
+        if let Err(e) = fs::metadata(&m.source) {
+            return Err(format!(
+                "the source of its mount at {}, {}: {e}",
+                m.target.display(),
+                m.source.display()
+            ));
+        }
+    }
     let mut mounts = record.mounts.clone();
     mounts.extend(name_files(record, dir)?);
     let bounding = bounding_set();
@@ -277,6 +291,18 @@ fn create_and_start(
     if let Err(e) = container.start() {
         let _ = fs::remove_file(dir.join("state.json"));
         return Err(fail(&mut container, e.to_string()));
+    }
+    // A restart: the last run's exit goes only now that this run is on record and runs, so
+    // the container never reads as anything but ended or running (see `ContainerStore::restart`).
+    match fs::remove_file(dir.join("exit.json")) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            let _ = fs::remove_file(dir.join("state.json"));
+            return Err(fail(
+                &mut container,
+                format!("removing the last exit record: {e}"),
+            ));
+        }
+        _ => {}
     }
     tracing::debug!(container = %record.id, "started");
     Ok(StartedContainer {
@@ -539,6 +565,7 @@ fn supervise(dir: &Path, record: &ContainerRecord, c: StartedContainer) -> ExitI
         oom_killed,
         finished_at: now_rfc3339(),
         unknown: false,
+        error: None,
     };
     match serde_json::to_vec_pretty(&exit) {
         Ok(bytes) => {

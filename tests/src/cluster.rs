@@ -336,6 +336,19 @@ impl Agent {
         self
     }
 
+    /// An agent over `node` with 5 s heartbeats, enrolled with `cp` with a fresh token and in
+    /// session.
+    pub fn in_session(cp: &ControlPlane, node: &crate::node::Node) -> Self {
+        let mut agent = Self::for_node(node).with_run_args(&["--heartbeat", "5"]);
+        assert!(agent
+            .join(&cp.server(), &cp.token(&[]), &[])
+            .status
+            .success());
+        agent.run();
+        agent.wait_log("session established", 1, Duration::from_secs(10));
+        agent
+    }
+
     /// The same agent, `nodeagent run` given `args` too.
     pub fn with_run_args(mut self, args: &[&str]) -> Self {
         self.run_args = args.iter().map(|s| s.to_string()).collect();

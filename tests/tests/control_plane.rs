@@ -14,13 +14,7 @@ use flotilla_tests::wait;
 
 /// An agent over `node`, enrolled with `cp`, in session and heard from (its resources known).
 fn agent_in_session(cp: &ControlPlane, node: &Node) -> Agent {
-    let mut agent = Agent::for_node(node).with_run_args(&["--heartbeat", "5"]);
-    assert!(agent
-        .join(&cp.server(), &cp.token(&[]), &[])
-        .status
-        .success());
-    agent.run();
-    agent.wait_log("session established", 1, Duration::from_secs(10));
+    let agent = Agent::in_session(cp, node);
     wait("the node's resources", Duration::from_secs(10), || {
         cp.nodes().first().is_some_and(|n| n.resources.is_some())
     });

@@ -29,18 +29,6 @@ const QUICK: &str = r#"{
   }]
 }"#;
 
-/// An agent over `node`, enrolled with `cp` and in session.
-fn agent_in_session(cp: &ControlPlane, node: &Node) -> Agent {
-    let mut agent = Agent::for_node(node).with_run_args(&["--heartbeat", "5"]);
-    assert!(agent
-        .join(&cp.server(), &cp.token(&[]), &[])
-        .status
-        .success());
-    agent.run();
-    agent.wait_log("session established", 1, Duration::from_secs(10));
-    agent
-}
-
 fn wait_state(cp: &ControlPlane, id: &str, state: TaskState, timeout: Duration) {
     wait(&format!("task {id} {state:?}"), timeout, || {
         cp.task(id).state == state
@@ -51,7 +39,7 @@ fn wait_state(cp: &ControlPlane, id: &str, state: TaskState, timeout: Duration) 
 fn a_task_waiting_out_its_stop_timeout_holds_up_nothing_else_on_its_node() {
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     cp.register(STUBBORN);
     cp.register(QUICK);
     let stubborn = cp.run_one("stubborn");
@@ -123,7 +111,7 @@ fn app_on_db(family: &str, order: &std::path::Path, stubborn: bool) -> String {
 fn a_task_stops_its_dependents_first_each_within_its_stop_timeout() {
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     for (family, stubborn) in [("polite", false), ("stubborn", true)] {
         let dir = node.bind_roots[0].join(family);
         std::fs::create_dir_all(&dir).expect("host dir");
@@ -240,7 +228,7 @@ fn a_container_is_asked_to_stop_with_its_images_stop_signal() {
 
     // The same through a task: its stop is the image's signal, then its stopTimeout.
     let cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     cp.register(
         r#"{"family": "usr1", "networkMode": "none", "containerDefinitions": [
             {"name": "main", "image": "stop/usr1:1", "memory": 32, "stopTimeout": 20}]}"#,
@@ -282,7 +270,7 @@ fn a_follower_of_a_quiet_task_waits_for_its_first_line_and_daemon_logs_are_plain
 
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     cp.register(QUIET);
     let id = cp.run_one("quiet");
     wait_state(&cp, &id, TaskState::Running, Duration::from_secs(30));
@@ -344,7 +332,7 @@ const CRASHING: &str = r#"{
 fn a_stopped_tasks_logs_are_read_after_its_containers_are_removed() {
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     cp.register(CRASHING);
     let id = cp.run_one("crashing");
     wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(30));
@@ -426,7 +414,7 @@ fn a_restarted_container_keeps_its_layer_volumes_log_and_restart_count() {
         "test/volumes:1",
     ]);
     let cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     cp.register(CRASH_TWICE);
     let id = cp.run_one("crash-twice");
     let name = format!("{id}-0");
@@ -516,7 +504,7 @@ fn a_restart_that_cannot_start_keeps_the_container_and_goes_on_after_an_agent_re
         }]
     });
     let cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     cp.register(&def.to_string());
     let id = cp.run_one("needs-out");
     let name = format!("{id}-0");
@@ -604,7 +592,7 @@ fn a_restarted_containers_health_starts_over_with_its_new_run() {
 
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     cp.register(HEALTHY_ONCE);
     let id = cp.run_one("healthy-once");
     let health = || cp.task(&id).containers.first().and_then(|c| c.health);

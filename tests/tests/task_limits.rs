@@ -44,18 +44,6 @@ const GREEDY: &str = r#"{
   ]
 }"#;
 
-/// An agent over `node`, enrolled with `cp` and in session.
-fn agent_in_session(cp: &ControlPlane, node: &Node) -> Agent {
-    let mut agent = Agent::for_node(node).with_run_args(&["--heartbeat", "5"]);
-    assert!(agent
-        .join(&cp.server(), &cp.token(&[]), &[])
-        .status
-        .success());
-    agent.run();
-    agent.wait_log("session established", 1, Duration::from_secs(10));
-    agent
-}
-
 fn hierarchy() -> CgroupHierarchy {
     CgroupHierarchy::detect().expect("cgroup hierarchy")
 }
@@ -137,7 +125,7 @@ fn task_level_cpu_and_memory_limit_the_task_as_a_whole() {
         }
     }
     let cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     cp.register(CAPPED);
     let task = cp.run_one("capped");
     wait("the task to run", Duration::from_secs(30), || {
@@ -220,7 +208,7 @@ fn task_level_cpu_and_memory_limit_the_task_as_a_whole() {
 fn a_tasks_containers_share_its_memory() {
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     cp.register(GREEDY);
     let task = cp.run_one("greedy");
     // 40 MiB each fits in 64 MiB alone, not together: the kernel OOM-kills one of them, an

@@ -32,23 +32,11 @@ const ONESHOT: &str = r#"{
   ]
 }"#;
 
-/// An agent over `node`, enrolled with `cp` and in session.
-fn agent_in_session(cp: &ControlPlane, node: &Node) -> Agent {
-    let mut agent = Agent::for_node(node).with_run_args(&["--heartbeat", "5"]);
-    assert!(agent
-        .join(&cp.server(), &cp.token(&[]), &[])
-        .status
-        .success());
-    agent.run();
-    agent.wait_log("session established", 1, Duration::from_secs(10));
-    agent
-}
-
 #[test]
 fn tasks_run_report_and_survive_a_control_plane_crash() {
     let node = Node::new();
     let mut cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     for (name, def) in [("serve.json", SERVE), ("oneshot.json", ONESHOT)] {
         let f = cp.scratch().join(name);
         std::fs::write(&f, def).expect("write");
@@ -158,7 +146,7 @@ fn tasks_run_report_and_survive_a_control_plane_crash() {
 fn after_a_reboot_without_control_plane_the_node_runs_its_tasks() {
     let node = Node::new();
     let mut cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     let f = cp.scratch().join("serve.json");
     std::fs::write(&f, SERVE).expect("write");
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
@@ -305,7 +293,7 @@ fn logs_stream_from_the_node_over_its_session() {
 
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     let f = cp.scratch().join("chatty.json");
     std::fs::write(&f, CHATTY).expect("write");
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
@@ -389,7 +377,7 @@ fn logs_stream_from_the_node_over_its_session() {
 fn task_volumes_bind_shared_and_task_scoped() {
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     let host_dir = node.bind_roots[0].join("site");
     std::fs::create_dir_all(&host_dir).expect("host dir");
     std::fs::write(host_dir.join("greeting"), "hello from the host\n").expect("greeting");
@@ -474,7 +462,7 @@ const HEALTHY: &str = r#"{
 fn health_checks_gate_healthy_dependencies_and_are_reported() {
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     let f = cp.scratch().join("healthy.json");
     std::fs::write(&f, HEALTHY).expect("write");
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
@@ -536,7 +524,7 @@ const PROBED: &str = r#"{
 fn http_and_tcp_checks_probe_from_inside_the_container() {
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
-    let mut agent = agent_in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     let f = cp.scratch().join("probed.json");
     std::fs::write(&f, PROBED).expect("write");
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);

@@ -202,10 +202,19 @@ mod tests {
         );
     }
 
+    /// A listener on a free port below the kernel's ephemeral range, so that no socket bound
+    /// to port 0 elsewhere (other tests, other processes) takes the port once it is let go.
+    fn listener_outside_the_ephemeral_range() -> (TcpListener, u16) {
+        let start = 20_000 + (std::process::id() % 8_000) as u16;
+        (0..4_000)
+            .map(|i| 20_000 + (start - 20_000 + i) % 8_000)
+            .find_map(|port| TcpListener::bind(("0.0.0.0", port)).ok().map(|l| (l, port)))
+            .expect("a free port in 20000-27999")
+    }
+
     #[test]
     fn a_port_held_elsewhere_is_refused_with_its_holder() {
-        let other = TcpListener::bind("127.0.0.1:0").expect("listener");
-        let port = other.local_addr().expect("addr").port();
+        let (other, port) = listener_outside_the_ephemeral_range();
         let e = hold(port, Proto::Tcp).expect_err("in use");
         let text = e.to_string();
         assert!(

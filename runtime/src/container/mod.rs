@@ -421,6 +421,44 @@ impl ContainerPaths {
     }
 }
 
+/// Removes a container's directory, its record last: a removal cut short (a crash, an error,
+/// a file appearing meanwhile) leaves the record, so the container is still listed and is
+/// removed again, never left as a directory nothing lists. A file that appears while the
+/// directory empties is removed too (three rounds at most).
+fn remove_container_dir(paths: &ContainerPaths) -> Result<(), ContainerError> {
+    let record = paths.record();
+    let gone_ok = |r: io::Result<()>| match r {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    };
+    for round in 0..3 {
+        let entries = match fs::read_dir(&paths.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_at(&paths.dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_at(&paths.dir))?;
+            let p = entry.path();
+            if p == record {
+                continue;
+            }
+            let removed = match entry.file_type() {
+                Ok(t) if t.is_dir() => fs::remove_dir_all(&p),
+                _ => fs::remove_file(&p),
+            };
+            gone_ok(removed).map_err(io_at(&p))?;
+        }
+        gone_ok(fs::remove_file(&record)).map_err(io_at(&record))?;
+        match gone_ok(fs::remove_dir(&paths.dir)) {
+            Ok(()) => return Ok(()),
+            Err(e) if round < 2 && e.kind() == io::ErrorKind::DirectoryNotEmpty => continue,
+            Err(e) => return Err(io_at(&paths.dir)(e)),
+        }
+    }
+    Ok(())
+}
+
 impl ContainerStore {
     /// Opens the store under `data_dir/containers` (images and volumes beside it).
     pub fn open(data_dir: &Path, options: StoreOptions) -> Result<Self, ContainerError> {
@@ -1033,8 +1071,9 @@ impl ContainerStore {
                 s.init.wait_exit(EXIT_RECORD_WAIT);
             }
         }
-        if let (Some(s), None) = (&info.state, &info.exit) {
-            // Let the shim finish recording; once exit.json exists it has nothing left to do.
+        if let Some(s) = &info.state {
+            // Let the shim finish: it records the exit, then drains and closes what it holds in
+            // the container's directory; a removal racing it would leave files behind.
             s.shim.wait_exit(EXIT_RECORD_WAIT);
         }
         tracing::debug!(container = %id, "removing");
@@ -1059,7 +1098,7 @@ impl ContainerStore {
                 )));
             }
         }
-        fs::remove_dir_all(&paths.dir).map_err(io_at(&paths.dir))?;
+        remove_container_dir(&paths)?;
         tracing::debug!(container = %id, "removed");
         if let Some(task) = &info.record.config.task_cgroup {
             // The container is gone whatever happens here; a cgroup left is pruned later.
@@ -1444,6 +1483,22 @@ fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), ContainerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_container_directory_goes_whole_also_when_gone_already() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let paths = ContainerPaths {
+            dir: root.path().join("c1"),
+        };
+        fs::create_dir_all(paths.logs()).expect("logs");
+        fs::write(paths.logs().join("container.log"), b"x").expect("log");
+        fs::write(paths.record(), b"{}").expect("record");
+        fs::write(paths.exit(), b"{}").expect("exit");
+        remove_container_dir(&paths).expect("removed");
+        assert!(!paths.dir.exists());
+        // Already gone: nothing to do.
+        remove_container_dir(&paths).expect("again");
+    }
 
     #[test]
     fn cgroup_parents() {

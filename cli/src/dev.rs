@@ -460,10 +460,50 @@ impl NodeCommands<'_> {
 }
 
 /// Runs the dev cluster until Ctrl-C or SIGTERM.
+/// Takes `dir` (made if missing) for this process: an exclusive lock on `dir/dev.lock`, held
+/// until the returned file is closed (also when the process dies), with this process's id in
+/// it. Refused, naming the holder, while another `flotilla dev` holds it.
+fn own_data_dir(dir: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("dev.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        if e != rustix::io::Errno::WOULDBLOCK {
+            return Err(anyhow::Error::from(std::io::Error::from(e)))
+                .with_context(|| format!("locking {}", path.display()));
+        }
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        let holder = match holder.trim() {
+            "" => String::new(),
+            pid => format!(" (pid {pid})"),
+        };
+        bail!(
+            "flotilla dev is already running on {}{holder}: use that cluster, or stop it first \
+             (Ctrl-C in its terminal); a second cluster needs its own --data-dir and --port",
+            dir.display()
+        );
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
 pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
     if !is_root() {
         bail!("flotilla dev runs containers (namespaces, mounts, cgroups): run it as root");
     }
+    // One `flotilla dev` per data directory: a second one would share the first one's admin
+    // credential and stores, and its stopping would drain the first one's node.
+    let _owner = own_data_dir(&args.data_dir)?;
     let interrupt = Interrupt::install()?;
     let nodeagent = sibling("nodeagent")?;
     let node = NodeCommands {

@@ -780,6 +780,20 @@ struct Listing<T> {
     items: Vec<(String, Vec<String>, T)>,
 }
 
+/// Columns that change with the clock alone (`AGE`, `LAST SEEN`): `-w` does not count them as
+/// a change of the item, as `kubectl get -w` does not.
+const CLOCK_COLUMNS: &[&str] = &["AGE", "LAST SEEN"];
+
+/// The cells of `row` that say what the item is, not how long ago something was.
+fn what_changes(header: &[&str], row: &[String]) -> Vec<String> {
+    header
+        .iter()
+        .zip(row)
+        .filter(|(h, _)| !CLOCK_COLUMNS.contains(h))
+        .map(|(_, c)| c.clone())
+        .collect()
+}
+
 /// Prints a listing — a table, or the API's list as JSON or YAML; with `-w`, then polls every
 /// 2 s and prints each item that appeared or changed (a row under the same columns, a line of
 /// JSON, or a YAML document), as `kubectl get -w` does.
@@ -810,20 +824,21 @@ where
     let mut seen: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
     for (key, row, item) in &first.items {
         emit(row, item, &widths)?;
-        seen.insert(key.clone(), row.clone());
+        seen.insert(key.clone(), what_changes(first.header, row));
     }
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
         let next = fetch().await?;
         for (key, row, item) in &next.items {
-            if seen.get(key) == Some(row) {
+            let now = what_changes(next.header, row);
+            if seen.get(key) == Some(&now) {
                 continue;
             }
             for (w, c) in widths.iter_mut().zip(row) {
                 *w = (*w).max(c.chars().count());
             }
             emit(row, item, &widths)?;
-            seen.insert(key.clone(), row.clone());
+            seen.insert(key.clone(), now);
         }
     }
 }
@@ -1312,6 +1327,20 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::age;
+
+    #[test]
+    fn the_clock_alone_is_no_change() {
+        let header = ["ID", "STATE", "AGE"];
+        let row = |state: &str, age: &str| vec!["t-1".to_string(), state.into(), age.into()];
+        assert_eq!(
+            super::what_changes(&header, &row("RUNNING", "3s")),
+            super::what_changes(&header, &row("RUNNING", "5s"))
+        );
+        assert_ne!(
+            super::what_changes(&header, &row("RUNNING", "3s")),
+            super::what_changes(&header, &row("STOPPED", "5s"))
+        );
+    }
 
     #[test]
     fn ages_read_as_kubectl_prints_them() {

@@ -39,7 +39,7 @@ pub const EXIT_HOST_UNFIT: u8 = 78;
 #[command(name = "nodeagent", version, about = "Flotilla node agent")]
 struct Cli {
     /// Configuration file (TOML; keys as the flags: data_dir, cgroup_parent, bind_roots,
-    /// heartbeat, log_format).
+    /// heartbeat, log_format, uplink, bridge, dynamic_ports, address, dns_upstreams).
     /// Default: /etc/flotilla/nodeagent.toml when it exists. Flags override it.
     #[arg(long, global = true, env = "NODEAGENT_CONFIG")]
     config: Option<PathBuf>,
@@ -398,5 +398,23 @@ mod tests {
             flotilla_api::config::parse("example", &live, FILE_KEYS).expect("example parses");
         assert_eq!(c.data_dir, Some(PathBuf::from(DEFAULT_DATA_DIR)));
         assert_eq!(c.heartbeat, Some(30));
+    }
+
+    #[test]
+    fn the_help_of_config_names_every_key() {
+        use clap::CommandFactory;
+        let cmd = Cli::command();
+        let help = cmd
+            .get_arguments()
+            .find(|a| a.get_id() == "config")
+            .and_then(|a| a.get_long_help().or(a.get_help()))
+            .map(|h| h.to_string().replace('\n', " "))
+            .expect("--config has help");
+        for k in FILE_KEYS {
+            assert!(
+                help.contains(k),
+                "--config's help does not name {k}: {help}"
+            );
+        }
     }
 }

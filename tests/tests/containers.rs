@@ -84,6 +84,15 @@ fn a_mistyped_data_directory_is_named_and_nothing_is_made_there() {
     node.ctr_ok(&["volume", "create", "v"]);
     assert!(node.data.is_dir());
     node.ctr_ok(&["volume", "rm", "v"]);
+    // Whatever else lands among the containers (by hand, by a tool) does not stop the node
+    // from listing them.
+    let containers = node.data.join("containers");
+    std::fs::write(containers.join("restarts.json"), "{}").expect("stray file");
+    std::fs::create_dir(containers.join("junk")).expect("stray dir");
+    std::fs::write(containers.join("junk").join("container.json"), "{}").expect("record");
+    assert_eq!(node.ctr_ok(&["ps", "-a", "-q"]), "");
+    std::fs::remove_file(containers.join("restarts.json")).expect("rm");
+    std::fs::remove_dir_all(containers.join("junk")).expect("rm");
 }
 
 #[test]

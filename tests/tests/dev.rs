@@ -276,6 +276,29 @@ fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
         serde_json::from_str(&flotilla(&home, &["node", "ls", "-o", "json"])).expect("json");
     readme_first_task(&node, &home);
 
+    // A second `flotilla dev` on the same data directory is refused before it touches anything:
+    // the first cluster's node stays in service.
+    let second = Command::new(flotilla_tests::bin("flotilla"))
+        .env("HOME", &home)
+        .env_remove("FLOTILLA_CONFIG")
+        .arg("dev")
+        .arg("--data-dir")
+        .arg(node.scratch())
+        .args(["--port", &free_port().to_string()])
+        .args(["--cgroup-parent", &node.cgroup_parent])
+        .stdin(Stdio::null())
+        .output()
+        .expect("a second flotilla dev");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{said}");
+    assert!(
+        said.contains("already running") && said.contains(&format!("pid {}", dev.child.id())),
+        "{said}"
+    );
+    let nodes: Vec<NodeInfo> =
+        serde_json::from_str(&flotilla(&home, &["node", "ls", "-o", "json"])).expect("json");
+    assert_eq!(nodes[0].state.to_string(), "READY", "{nodes:?}");
+
     dev.interrupt();
     assert_nothing_left(&node);
     assert_eq!(links(), links_before, "network links left");

@@ -629,3 +629,64 @@ fn a_restarted_containers_health_starts_over_with_its_new_run() {
     node.remove_all();
     node.assert_clean();
 }
+
+#[test]
+fn a_restart_never_follows_a_bind_source_swapped_for_a_symlink() {
+    use flotilla_runtime::container::{Status, RESTART_FAILED_EXIT};
+
+    let node = Node::new();
+    let src = node.bind_roots[0].join("src");
+    std::fs::create_dir(&src).expect("src");
+    // Outside every bind root: what a symlink swapped in would lead to.
+    let outside = node.scratch().join("outside");
+    std::fs::create_dir(&outside).expect("outside");
+    std::fs::write(outside.join("secret"), "outside").expect("secret");
+    let def = serde_json::json!({
+        "family": "swapped",
+        "networkMode": "none",
+        "volumes": [{"name": "src", "host": {"sourcePath": src}}],
+        "containerDefinitions": [{
+            "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+            "restartPolicy": {"enabled": true},
+            "mountPoints": [{"sourceVolume": "src", "containerPath": "/b"}],
+            "command": ["sh", "-c", "cat /b/secret 2>/dev/null; echo written > /b/written; sleep 3; exit 3"]
+        }]
+    });
+    let cp = ControlPlane::start(&[]);
+    let mut agent = Agent::in_session(&cp, &node);
+    cp.register(&def.to_string());
+    let id = cp.run_one("swapped");
+    let name = format!("{id}-0");
+    node.wait_for("its first run", Duration::from_secs(30), || {
+        node.ctr(&["inspect", &name]).status.success()
+            && node.inspect(&name).status == Status::Running
+    });
+    // While it runs, the source becomes a symlink to a directory outside the roots.
+    std::fs::remove_dir_all(&src).expect("rm src");
+    std::os::unix::fs::symlink(&outside, &src).expect("symlink");
+    node.wait_for("a refused restart", Duration::from_secs(30), || {
+        node.inspect(&name)
+            .exit
+            .is_some_and(|e| e.exit_code == RESTART_FAILED_EXIT && e.error.is_some())
+    });
+    let error = node
+        .inspect(&name)
+        .exit
+        .and_then(|e| e.error)
+        .unwrap_or_default();
+    assert!(error.contains("now leads to"), "{error}");
+    assert!(
+        !outside.join("written").exists(),
+        "the container wrote outside its bind roots"
+    );
+    assert!(!node.ctr_ok(&["logs", &name]).contains("outside"));
+
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    node.wait_for("its container to go", Duration::from_secs(10), || {
+        node.ps().is_empty()
+    });
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}

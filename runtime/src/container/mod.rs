@@ -793,6 +793,31 @@ impl ContainerStore {
     fn launch(&self, record: &ContainerRecord) -> Result<Started, ContainerError> {
         let id = record.id.as_str();
         let paths = self.paths(id);
+        // A bind source was checked (and its symlinks resolved) when the container was made;
+        // a restart comes minutes later. Each must still be the very path that was checked —
+        // a symlink swapped in on the way would mount what lies outside the allowed roots.
+        for m in record.mounts.iter().filter(|m| m.kind == MountKind::Bind) {
+            match fs::canonicalize(&m.source) {
+                Ok(real) if real == m.source => {}
+                Ok(real) => {
+                    return Err(ContainerError::Start {
+                        id: id.to_string(),
+                        message: format!(
+                            "bind source {} now leads to {}: refused (a bind source must be the \
+                             directory that was checked when the container was made)",
+                            m.source.display(),
+                            real.display()
+                        ),
+                    })
+                }
+                Err(e) => {
+                    return Err(ContainerError::Start {
+                        id: id.to_string(),
+                        message: format!("bind source {}: {e}", m.source.display()),
+                    })
+                }
+            }
+        }
         let shim_log = paths.dir.join("shim.log");
         let stderr = fs::OpenOptions::new()
             .create(true)
@@ -887,20 +912,30 @@ impl ContainerStore {
         for entry in fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
             let entry = entry.map_err(io_at(&self.dir))?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
+            // Only container directories (named by their id) count: anything else put here
+            // (by hand, by a tool) must not stop the node from seeing its containers.
+            if !is_id(&name) {
+                tracing::debug!(entry = %entry.path().display(), "not a container directory; skipped");
                 continue;
             }
             let path = entry.path().join("container.json");
             match fs::read(&path) {
                 Ok(bytes) => match serde_json::from_slice::<ContainerRecord>(&bytes) {
-                    Ok(r) => out.push(r),
+                    Ok(r) if r.id == name => out.push(r),
+                    Ok(r) => tracing::warn!(
+                        path = %path.display(),
+                        "container record names another container ({}); skipped",
+                        r.id
+                    ),
                     Err(e) => {
                         tracing::warn!(path = %path.display(), "unreadable container record: {e}")
                     }
                 },
                 // A directory being created or removed right now.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_at(&path)(e)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "unreadable container record: {e}")
+                }
             }
         }
         out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));

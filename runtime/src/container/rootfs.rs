@@ -154,10 +154,22 @@ pub enum UserError {
     /// The group is not in the image.
     #[error("group '{0}' is not in the image's /etc/group")]
     UnknownGroup(String),
+    /// A user or group id above [`MAX_ID`] (from the request or the image's account files).
+    #[error("{what} id {id} is out of range: at most {MAX_ID} (the kernel takes 4294967295 as \"leave unchanged\", which would keep the container's process root)")]
+    IdOutOfRange {
+        /// `user` or `group`.
+        what: &'static str,
+        /// The id.
+        id: u32,
+    },
     /// Reading the image failed.
     #[error("reading the image's account files: {0}")]
     Io(#[from] io::Error),
 }
+
+/// The largest user or group id a container may run as, as runc and Docker allow (2³¹ − 1):
+/// above it lies `(uid_t) -1`, which setresuid(2) reads as "leave unchanged".
+pub const MAX_ID: u32 = i32::MAX as u32;
 
 /// Resolves `user[:group]` (names or numbers) against the root filesystem at `rootfs`.
 pub fn resolve_user(rootfs: &OwnedFd, spec: Option<&str>) -> Result<ResolvedUser, UserError> {
@@ -220,6 +232,18 @@ pub fn resolve_user(rootfs: &OwnedFd, spec: Option<&str>) -> Result<ResolvedUser
     };
     additional_gids.sort_unstable();
     additional_gids.dedup();
+    if uid > MAX_ID {
+        return Err(UserError::IdOutOfRange {
+            what: "user",
+            id: uid,
+        });
+    }
+    if let Some(id) = std::iter::once(gid)
+        .chain(additional_gids.iter().copied())
+        .find(|g| *g > MAX_ID)
+    {
+        return Err(UserError::IdOutOfRange { what: "group", id });
+    }
     Ok(ResolvedUser {
         uid,
         gid,
@@ -473,6 +497,40 @@ mod tests {
         ));
         let u = resolve_user(&root, None).expect("default root");
         assert_eq!((u.uid, u.gid), (0, 0));
+    }
+
+    #[test]
+    fn ids_that_setresuid_would_not_apply_are_refused() {
+        // An image can name a huge id too, not only the request.
+        let d = root_with(&[
+            (
+                "etc/passwd",
+                "big:x:4294967295:0::/:/bin/sh
+",
+            ),
+            (
+                "etc/group",
+                "huge:x:2147483648:
+",
+            ),
+        ]);
+        let root = open_root(d.path()).expect("open");
+        for (spec, what, id) in [
+            ("4294967295", "user", u32::MAX),
+            ("2147483648", "user", 1 << 31),
+            ("big", "user", u32::MAX),
+            ("0:4294967295", "group", u32::MAX),
+            ("0:huge", "group", 1 << 31),
+        ] {
+            match resolve_user(&root, Some(spec)) {
+                Err(UserError::IdOutOfRange { what: w, id: i }) => {
+                    assert_eq!((w, i), (what, id), "{spec}")
+                }
+                other => panic!("{spec}: {other:?}"),
+            }
+        }
+        let u = resolve_user(&root, Some("2147483647:2147483647")).expect("the largest id");
+        assert_eq!((u.uid, u.gid), (MAX_ID, MAX_ID));
     }
 
     #[test]

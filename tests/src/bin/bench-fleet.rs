@@ -155,6 +155,20 @@ fn written(pid: u32) -> Result<u64> {
         .context("write_bytes missing in /proc/PID/io")
 }
 
+/// When the first and the last of the agents' current sessions were established, after `from`.
+fn window(shared: &Shared, from: Instant) -> (Duration, Duration) {
+    let at: Vec<Duration> = shared
+        .agents
+        .iter()
+        .filter_map(|a| a.state().established_at)
+        .map(|t| t.saturating_duration_since(from))
+        .collect();
+    (
+        at.iter().min().copied().unwrap_or_default(),
+        at.iter().max().copied().unwrap_or_default(),
+    )
+}
+
 fn all(shared: &Shared, f: impl Fn(&AgentState) -> bool) -> bool {
     shared.count(f) == shared.agents.len()
 }
@@ -201,6 +215,7 @@ fn measure(
 
     // Cold admission: every agent dials at once.
     let cpu0 = flotilla_tests::cpu_time(pid(&cp)?)?;
+    let started = Instant::now();
     let sim = {
         let _in_runtime = rt.enter();
         Simulator::start(&enrolled, settings.clone())?
@@ -210,6 +225,7 @@ fn measure(
         Ok(all(&shared, |a| a.in_session))
     })?;
     let busy: u32 = shared.agents.iter().map(|a| a.state().busy).sum();
+    let (first, last) = window(&shared, started);
     let t = Instant::now();
     until(
         "every node READY in the API",
@@ -220,9 +236,12 @@ fn measure(
         },
     )?;
     println!(
-        "cold admission: every agent in session after {:.2} s ({busy} busy answers), all READY \
-         in the API {:.2} s later; control plane CPU {:.1} s",
+        "cold admission: every agent in session after {:.2} s (sessions established from {:.2} \
+         s to {:.2} s; {busy} busy answers), all READY in the API {:.2} s later; control plane \
+         CPU {:.1} s",
         admitted.as_secs_f64(),
+        first.as_secs_f64(),
+        last.as_secs_f64(),
         t.elapsed().as_secs_f64(),
         (flotilla_tests::cpu_time(pid(&cp)?)? - cpu0).as_secs_f64()
     );
@@ -343,6 +362,7 @@ fn measure(
     )?;
     let back = restarted.elapsed();
     let from_kill = killed.elapsed();
+    let (first, last) = window(&shared, restarted);
     let busy: u32 = shared.agents.iter().map(|a| a.state().busy).sum::<u32>() - busy;
     let t = Instant::now();
     until(
@@ -355,10 +375,12 @@ fn measure(
     )?;
     println!(
         "reconnect storm: every agent in session again {:.2} s after the restart ({:.2} s after \
-         the kill; {busy} busy answers), all READY in the API {:.2} s later; control plane CPU \
-         {:.1} s, RSS {}",
+         the kill; sessions established from {:.2} s to {:.2} s after the restart; {busy} busy \
+         answers), all READY in the API {:.2} s later; control plane CPU {:.1} s, RSS {}",
         back.as_secs_f64(),
         from_kill.as_secs_f64(),
+        first.as_secs_f64(),
+        last.as_secs_f64(),
         t.elapsed().as_secs_f64(),
         (flotilla_tests::cpu_time(pid(&cp)?)? - cpu0).as_secs_f64(),
         flotilla_tests::Resident::of(pid(&cp)?)?

@@ -1,0 +1,428 @@
+//! Benchmark: a fleet simulator — fake agents, not nodes (`flotilla_tests::fleet`) — holding
+//! AGENTS sessions with one control plane. Each simulated agent has its own node identity from
+//! the real enrollment and its own mTLS QUIC session speaking the real protocol (hello,
+//! desired-state acknowledgements, task reports, heartbeats with usage, pings); its containers
+//! are simulated (RUNNING 200 ms after a start, STOPPED 100 ms after a stop), so only the
+//! control plane and the protocol are measured.
+//!
+//! `bench-fleet [AGENTS] [IDLE_SECS] [HEARTBEAT_SECS] [DISCOVERY]`
+//!
+//! Without `FLEET_SERVER` it starts its own `orchestratord run` (the binary next to this one,
+//! its log at `warn`) and measures, in order: enrollment of the fleet (joins with one token);
+//! cold admission (every agent dialling at once → all in session, and → all READY in the API);
+//! IDLE_SECS of steady state (heartbeats every HEARTBEAT_SECS: their round trip p50/p99, the
+//! control plane's CPU, RSS and bytes written to disk); a DAEMON service rolled out to every
+//! node (→ every task RUNNING and recorded; with DISCOVERY=1 the service registers for
+//! discovery and the time until every agent holds the registry with every endpoint is measured
+//! too); the latency of listing every node and every task; and a reconnect storm (`kill -9` of
+//! the control plane, restarted 2 s later as systemd's `RestartSec=2` does → every agent in
+//! session again). The simulator shares the machine's cores with the control plane.
+//!
+//! With `FLEET_SERVER=HOST:PORT` and `FLEET_TOKEN=TOKEN` (a token allowing AGENTS more joins)
+//! it only simulates: enrolls AGENTS agents with that control plane, keeps them in session and
+//! prints a line every 10 s until interrupted. Several such processes may run against one
+//! control plane (give each its own `FLEET_ADDRESS_OFFSET` so their node addresses differ).
+//!
+//! Build with `cargo build --release -p flotilla-tests --bin bench-fleet -p orchestratord`
+//! (and `-p flotilla-cli` for the `flotilla` binary the control plane helper polls), then run
+//! `target/release/bench-fleet 1000`.
+
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use flotilla_api::ops::{NodeState, TokenCreate};
+use flotilla_api::tasks::TaskState;
+use flotilla_tests::cluster::ControlPlane;
+use flotilla_tests::fleet::{self, percentile, AgentState, Settings, Shared, Simulator};
+
+const DEF: &str = r#"{
+  "family": "fleet",
+  "networkMode": "bridge",
+  "containerDefinitions": [{
+    "name": "web", "image": "test/busybox:latest", "memory": 32,
+    "portMappings": [{"containerPort": 80}],
+    "command": ["httpd", "-f", "-p", "80"]
+  }]
+}"#;
+
+fn main() -> Result<()> {
+    let [agents, idle_secs, heartbeat_secs, discovery] = flotilla_tests::bench_args([
+        ("AGENTS", 1000),
+        ("IDLE_SECS", 60),
+        ("HEARTBEAT_SECS", 30),
+        ("DISCOVERY", 0),
+    ]);
+    let agents = agents.max(1) as usize;
+    let settings = Settings {
+        heartbeat: Duration::from_secs(heartbeat_secs.max(1)),
+        address_offset: std::env::var("FLEET_ADDRESS_OFFSET")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1),
+        ..Settings::default()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match std::env::var("FLEET_SERVER") {
+        Ok(server) => {
+            let token = std::env::var("FLEET_TOKEN")
+                .context("FLEET_SERVER needs FLEET_TOKEN (a join token allowing AGENTS joins)")?;
+            let addr = flotilla_api::with_default_port(&server)
+                .to_socket_addrs()
+                .with_context(|| format!("resolving {server}"))?
+                .next()
+                .with_context(|| format!("{server} resolves to no address"))?;
+            rt.block_on(simulate_only(addr, &token, agents, settings))
+        }
+        Err(_) => measure(&rt, agents, idle_secs, discovery != 0, settings),
+    }
+}
+
+/// Enrolls and keeps `agents` in session with the control plane at `addr`, until interrupted.
+async fn simulate_only(
+    addr: std::net::SocketAddr,
+    token: &str,
+    agents: usize,
+    settings: Settings,
+) -> Result<()> {
+    let t = Instant::now();
+    let host = format!("fleet-sim-{}", std::process::id());
+    let enrolled = fleet::enroll(addr, token, agents, 64, &host).await?;
+    println!(
+        "enrolled {agents} agents in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let sim = Simulator::start(&enrolled, settings)?;
+    let shared = sim.shared().clone();
+    let mut every = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = every.tick() => println!("{}", summary(&shared)),
+        }
+    }
+    sim.stop().await;
+    Ok(())
+}
+
+/// One line about the fleet now, and the heartbeat round trips since the last line.
+fn summary(shared: &Shared) -> String {
+    let mut rtts = shared.take_heartbeat_rtts();
+    let (p50, p99) = (percentile(&mut rtts, 50.0), percentile(&mut rtts, 99.0));
+    let (mut in_session, mut busy, mut running) = (0, 0, 0);
+    for a in &shared.agents {
+        let st = a.state();
+        in_session += usize::from(st.in_session);
+        busy += st.busy;
+        running += st.recorded(TaskState::Running);
+    }
+    format!(
+        "{in_session}/{} in session, {busy} busy answers, {running} tasks RUNNING; heartbeat \
+         round trip p50 {} p99 {} ({} samples)",
+        shared.agents.len(),
+        ms(p50),
+        ms(p99),
+        rtts.len()
+    )
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Waits until `f` holds (polling every 50 ms); the time it took.
+fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<Duration> {
+    let t = Instant::now();
+    while !f()? {
+        if t.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(t.elapsed())
+}
+
+/// Bytes process `pid` caused to be written to storage so far (`/proc/PID/io`).
+fn written(pid: u32) -> Result<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io"))?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("write_bytes missing in /proc/PID/io")
+}
+
+/// When the first and the last of the agents' current sessions were established, after `from`.
+fn window(shared: &Shared, from: Instant) -> (Duration, Duration) {
+    let at: Vec<Duration> = shared
+        .agents
+        .iter()
+        .filter_map(|a| a.state().established_at)
+        .map(|t| t.saturating_duration_since(from))
+        .collect();
+    (
+        at.iter().min().copied().unwrap_or_default(),
+        at.iter().max().copied().unwrap_or_default(),
+    )
+}
+
+fn all(shared: &Shared, f: impl Fn(&AgentState) -> bool) -> bool {
+    shared.count(f) == shared.agents.len()
+}
+
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    agents: usize,
+    idle_secs: u64,
+    discovery: bool,
+    settings: Settings,
+) -> Result<()> {
+    // A bridge subnet for each of 32,768 nodes (the default pool holds 256).
+    let mut cp = ControlPlane::start_with(
+        std::net::Ipv4Addr::LOCALHOST,
+        &["--bridge-pool", "10.128.0.0/9", "--bridge-prefix", "24"],
+        &[("ORCHESTRATORD_LOG", std::ffi::OsStr::new("warn"))],
+    );
+    let pid = |cp: &ControlPlane| cp.pid().context("control plane not running");
+    println!(
+        "fleet of {agents} simulated agents, heartbeat every {} s",
+        settings.heartbeat.as_secs()
+    );
+    println!(
+        "control plane at start: {}",
+        flotilla_tests::Resident::of(pid(&cp)?)?
+    );
+
+    let token = cp
+        .api()
+        .create_token(&TokenCreate {
+            ttl_secs: Some(3600),
+            uses: Some(u32::try_from(agents)?),
+            labels: Default::default(),
+        })?
+        .token;
+    let t = Instant::now();
+    let enrolled = rt.block_on(fleet::enroll(cp.addr, &token, agents, 64, "sim"))?;
+    let took = t.elapsed();
+    println!(
+        "enrollment: {agents} joins in {:.2} s ({:.0} joins/s)",
+        took.as_secs_f64(),
+        agents as f64 / took.as_secs_f64()
+    );
+
+    // Cold admission: every agent dials at once.
+    let cpu0 = flotilla_tests::cpu_time(pid(&cp)?)?;
+    let started = Instant::now();
+    let sim = {
+        let _in_runtime = rt.enter();
+        Simulator::start(&enrolled, settings.clone())?
+    };
+    let shared = Arc::clone(sim.shared());
+    let admitted = until("every agent in session", Duration::from_secs(600), || {
+        Ok(all(&shared, |a| a.in_session))
+    })?;
+    let busy: u32 = shared.agents.iter().map(|a| a.state().busy).sum();
+    let (first, last) = window(&shared, started);
+    let t = Instant::now();
+    until(
+        "every node READY in the API",
+        Duration::from_secs(120),
+        || {
+            let nodes = cp.api().nodes()?;
+            Ok(nodes.len() == agents && nodes.iter().all(|n| n.state == NodeState::Ready))
+        },
+    )?;
+    println!(
+        "cold admission: every agent in session after {:.2} s (sessions established from {:.2} \
+         s to {:.2} s; {busy} busy answers), all READY in the API {:.2} s later; control plane \
+         CPU {:.1} s",
+        admitted.as_secs_f64(),
+        first.as_secs_f64(),
+        last.as_secs_f64(),
+        t.elapsed().as_secs_f64(),
+        (flotilla_tests::cpu_time(pid(&cp)?)? - cpu0).as_secs_f64()
+    );
+
+    // Steady state: nothing but heartbeats, pings and keep-alives.
+    std::thread::sleep(Duration::from_secs(2));
+    shared.take_heartbeat_rtts();
+    let (cpu0, w0) = (flotilla_tests::cpu_time(pid(&cp)?)?, written(pid(&cp)?)?);
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_secs(idle_secs.max(1)));
+    let idle = t.elapsed();
+    let cpu = flotilla_tests::cpu_time(pid(&cp)?)? - cpu0;
+    let w = written(pid(&cp)?)? - w0;
+    let mut rtts = shared.take_heartbeat_rtts();
+    println!(
+        "idle {:.0} s: control plane CPU {:.1} % of one core, {:.1} KiB/min written, RSS {}",
+        idle.as_secs_f64(),
+        100.0 * cpu.as_secs_f64() / idle.as_secs_f64(),
+        w as f64 / 1024.0 * 60.0 / idle.as_secs_f64(),
+        flotilla_tests::Resident::of(pid(&cp)?)?
+    );
+    println!(
+        "heartbeat round trip: p50 {} p99 {} max {} ({} heartbeats)",
+        ms(percentile(&mut rtts, 50.0)),
+        ms(percentile(&mut rtts, 99.0)),
+        ms(percentile(&mut rtts, 100.0)),
+        rtts.len()
+    );
+    let lost = shared
+        .agents
+        .iter()
+        .filter(|a| a.state().sessions != 1)
+        .count();
+    if lost > 0 {
+        println!("note: {lost} agents lost a session so far");
+    }
+
+    // A DAEMON service on every node.
+    cp.api().register_taskdef(DEF.as_bytes())?;
+    let mut spec = serde_json::json!({"serviceName": "fleet", "taskDefinition": "fleet",
+        "schedulingStrategy": "DAEMON"});
+    if discovery {
+        spec["discovery"] = serde_json::json!({"namespace": "bench"});
+    }
+    let cpu0 = flotilla_tests::cpu_time(pid(&cp)?)?;
+    let t = Instant::now();
+    cp.api().create_service(spec.to_string().as_bytes())?;
+    until(
+        "a task RUNNING on every node",
+        Duration::from_secs(600),
+        || Ok(all(&shared, |a| a.recorded(TaskState::Running) == 1)),
+    )?;
+    let rolled = t.elapsed();
+    println!(
+        "DAEMON rollout: a task RUNNING (and recorded) on every node {:.2} s after the service \
+         was created; control plane CPU {:.1} s, RSS {}",
+        rolled.as_secs_f64(),
+        (flotilla_tests::cpu_time(pid(&cp)?)? - cpu0).as_secs_f64(),
+        flotilla_tests::Resident::of(pid(&cp)?)?
+    );
+    if discovery {
+        until(
+            "the registry with every endpoint on every agent",
+            Duration::from_secs(600),
+            || {
+                Ok(all(&shared, |a| {
+                    a.registry
+                        .as_ref()
+                        .and_then(|r| r.services.get("bench/fleet"))
+                        .is_some_and(|e| e.len() == agents)
+                }))
+            },
+        )?;
+        println!(
+            "discovery: every agent holds the registry with all {agents} endpoints {:.2} s after \
+             the service was created",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    let t = Instant::now();
+    let nodes = cp.api().nodes()?;
+    let nodes_took = t.elapsed();
+    let t = Instant::now();
+    let tasks = cp.api().tasks()?;
+    let tasks_took = t.elapsed();
+    println!(
+        "listing: {} nodes in {}, {} tasks in {} (one unpaginated call each)",
+        nodes.len(),
+        ms(nodes_took),
+        tasks.len(),
+        ms(tasks_took)
+    );
+    let running = tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Running)
+        .count();
+    if running != agents {
+        bail!("the API shows {running} tasks RUNNING, not {agents}");
+    }
+
+    // Reconnect storm: kill -9, restarted 2 s later.
+    let before: Vec<u32> = shared.agents.iter().map(|a| a.state().sessions).collect();
+    let killed = Instant::now();
+    cp.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    let restarted = Instant::now();
+    cp.restart();
+    let cpu0 = flotilla_tests::cpu_time(pid(&cp)?)?;
+    until(
+        "every agent back in session",
+        Duration::from_secs(600),
+        || {
+            Ok(shared.agents.iter().zip(&before).all(|(a, b)| {
+                let st = a.state();
+                st.in_session && st.sessions > *b
+            }))
+        },
+    )?;
+    let back = restarted.elapsed();
+    let from_kill = killed.elapsed();
+    let (first, last) = window(&shared, restarted);
+    let busy: u32 = shared.agents.iter().map(|a| a.state().busy).sum::<u32>() - busy;
+    let t = Instant::now();
+    until(
+        "every node READY in the API",
+        Duration::from_secs(120),
+        || {
+            let nodes = cp.api().nodes()?;
+            Ok(nodes.len() == agents && nodes.iter().all(|n| n.state == NodeState::Ready))
+        },
+    )?;
+    println!(
+        "reconnect storm: every agent in session again {:.2} s after the restart ({:.2} s after \
+         the kill; sessions established from {:.2} s to {:.2} s after the restart; {busy} busy \
+         answers), all READY in the API {:.2} s later; control plane CPU {:.1} s, RSS {}",
+        back.as_secs_f64(),
+        from_kill.as_secs_f64(),
+        first.as_secs_f64(),
+        last.as_secs_f64(),
+        t.elapsed().as_secs_f64(),
+        (flotilla_tests::cpu_time(pid(&cp)?)? - cpu0).as_secs_f64(),
+        flotilla_tests::Resident::of(pid(&cp)?)?
+    );
+    // Every node keeps its one task through the storm (or gets it back).
+    let t = Instant::now();
+    let settled = until(
+        "every node's task RUNNING after the storm",
+        Duration::from_secs(60),
+        || Ok(all(&shared, |a| a.recorded(TaskState::Running) == 1)),
+    );
+    match settled {
+        Ok(_) => println!(
+            "after the storm: a task RUNNING on every node {:.2} s after all were back",
+            t.elapsed().as_secs_f64()
+        ),
+        Err(e) => {
+            println!("note: {e}");
+            for a in shared
+                .agents
+                .iter()
+                .filter(|a| a.state().recorded(TaskState::Running) != 1)
+                .take(5)
+            {
+                let st = a.state();
+                let tasks: Vec<String> = st
+                    .tasks
+                    .iter()
+                    .map(|(id, t)| format!("{id} {:?} (recorded {:?})", t.state, t.reported))
+                    .collect();
+                println!("  {} generation {}: {tasks:?}", a.node_id, st.generation);
+            }
+        }
+    }
+    let tasks = cp.api().tasks()?;
+    let mut by_state = std::collections::BTreeMap::new();
+    for t in &tasks {
+        *by_state
+            .entry(format!("{:?} {:?}", t.state, t.stop_code))
+            .or_insert(0) += 1;
+    }
+    println!("tasks after the storm: {by_state:?}");
+    rt.block_on(sim.stop());
+    Ok(())
+}

@@ -1,0 +1,997 @@
+//! A fleet simulator: fake agents, not nodes. Each simulated agent has its own node identity
+//! (enrolled through the real enrollment with a join token), keeps its own mutually
+//! authenticated QUIC session with the control plane and speaks the real protocol through
+//! `flotilla_api`'s types and framing — hello, desired-state acknowledgements, task reports,
+//! heartbeats with usage, pings, certificate renewal — with the timings of `nodeagent`
+//! (`nodeagent/src/agent.rs`: pings every 10 s answered within 5 s, redial with doubling backoff
+//! and jitter, `Busy` slots honoured). Its containers are simulated: a task it is given is
+//! reported `PENDING`, then `RUNNING` after [`Settings::start_delay`]; a task it is told to
+//! stop (or no longer given) is reported `STOPPED` after [`Settings::stop_delay`]. Nothing
+//! runs, nothing is written to disk: the node's state lives in memory, across its sessions.
+//!
+//! Used by `bench-fleet` (thousands of agents in one process; several processes may run
+//! against one control plane) and by the `fleet` system test (a few hundred, for correctness).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use flotilla_api::discovery::Registry;
+use flotilla_api::taskdef::NetworkMode;
+use flotilla_api::tasks::{
+    ContainerState, ContainerStatus, ContainerUsage, DesiredState, DesiredStatus, DesiredTask,
+    NetworkBinding, StopCode, TaskNetwork, TaskState, TaskStatus, TaskUsage,
+};
+use flotilla_api::{
+    read_frame, write_frame, AgentReply, AgentRequest, Hello, HelloReply, JoinReply, JoinRequest,
+    LogFrame, NodeResources, PushReply, ServerPush, PROTOCOLS,
+};
+use flotilla_certs::tls::ALPN_AGENT;
+use flotilla_certs::token::JoinToken;
+use flotilla_certs::{key_and_csr, CertifiedKey, SERVER_NAME};
+use quinn::{Connection, Endpoint};
+
+/// How often a session pings (as `nodeagent`).
+const PING_EVERY: Duration = Duration::from_secs(10);
+/// How long a ping may take before the session counts as lost (as `nodeagent`).
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait between two dial attempts (as `nodeagent`).
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Close code the control plane uses for a revoked node.
+const CLOSE_REVOKED: u32 = 2;
+/// Memory every simulated container says it uses, bytes.
+const CONTAINER_MEMORY: u64 = 4 << 20;
+
+/// One simulated node's identity: its id and its certificate with the key made for it.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The node id the control plane assigned.
+    pub node_id: String,
+    /// Node certificate and private key (PEM).
+    pub key: CertifiedKey,
+}
+
+/// Identities enrolled with one control plane.
+#[derive(Debug, Clone)]
+pub struct Enrolled {
+    /// Where the agents dial.
+    pub server: SocketAddr,
+    /// The cluster CA (PEM), from the enrollment answers.
+    pub ca_pem: String,
+    /// The identities, in enrollment order.
+    pub agents: Vec<Identity>,
+}
+
+/// QUIC client settings of an agent (those of `nodeagent`: keep-alives every 5 s, 30 s idle).
+fn quic_client(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
+    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.max_idle_timeout(Some(
+        quinn::IdleTimeout::try_from(Duration::from_secs(30))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    ));
+    cfg.transport_config(Arc::new(transport));
+    Ok(cfg)
+}
+
+fn client_endpoint() -> Result<Endpoint> {
+    Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).context("opening a UDP socket")
+}
+
+/// Enrolls `n` simulated nodes at `server` with `token` (which must allow `n` more joins), at
+/// most `concurrency` joins at a time, each through the real enrollment (`flotilla-join/1`,
+/// the token's CA pinned, a fresh key and CSR per node). Host names are `HOST_PREFIX-<i>`.
+pub async fn enroll(
+    server: SocketAddr,
+    token: &str,
+    n: usize,
+    concurrency: usize,
+    host_prefix: &str,
+) -> Result<Enrolled> {
+    let token: JoinToken = token.parse().context("join token")?;
+    let endpoint = client_endpoint()?;
+    let cfg = quic_client(flotilla_certs::tls::enrollment_client(*token.ca_digest())?)?;
+    let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut joins = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (endpoint, cfg, gate) = (endpoint.clone(), cfg.clone(), gate.clone());
+        let (token_id, secret) = (token.id().to_string(), token.secret().to_string());
+        let hostname = format!("{host_prefix}-{i}");
+        joins.spawn(async move {
+            let _permit = gate.acquire().await?;
+            let key = key_and_csr(&hostname)?;
+            let conn = endpoint
+                .connect_with(cfg, server, SERVER_NAME)?
+                .await
+                .with_context(|| format!("{hostname}: connecting to enroll"))?;
+            let (mut send, mut recv) = conn.open_bi().await?;
+            let req = JoinRequest {
+                protocols: PROTOCOLS.to_vec(),
+                token_id,
+                secret,
+                csr_pem: key.cert_pem.clone(),
+                hostname: hostname.clone(),
+                labels: [("fleet-sim".to_string(), "true".to_string())].into(),
+                previous: None,
+            };
+            write_frame(&mut send, &req).await?;
+            let _ = send.finish();
+            let reply: JoinReply = read_frame(&mut recv).await?;
+            conn.close(quinn::VarInt::from_u32(0), b"joined");
+            match reply {
+                JoinReply::Joined {
+                    node_id,
+                    cert_pem,
+                    ca_pem,
+                    ..
+                } => Ok((
+                    i,
+                    ca_pem,
+                    Identity {
+                        node_id,
+                        key: CertifiedKey {
+                            cert_pem,
+                            key_pem: key.key_pem,
+                        },
+                    },
+                )),
+                JoinReply::Refused { reason } => bail!("{hostname}: enrollment refused: {reason}"),
+            }
+        });
+    }
+    let mut got = Vec::with_capacity(n);
+    let mut ca = None;
+    while let Some(joined) = joins.join_next().await {
+        let (i, ca_pem, id) = joined.context("an enrollment task failed")??;
+        ca.get_or_insert(ca_pem);
+        got.push((i, id));
+    }
+    endpoint.wait_idle().await;
+    got.sort_by_key(|(i, _)| *i);
+    Ok(Enrolled {
+        server,
+        ca_pem: ca.unwrap_or_default(),
+        agents: got.into_iter().map(|(_, id)| id).collect(),
+    })
+}
+
+/// How the simulated agents behave.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Time between heartbeats (`nodeagent`'s default: 30 s).
+    pub heartbeat: Duration,
+    /// From a task's arrival to its `RUNNING` report.
+    pub start_delay: Duration,
+    /// From a stop to its `STOPPED` report.
+    pub stop_delay: Duration,
+    /// Agents sharing one UDP socket (each still has its own QUIC connection and TLS session).
+    pub agents_per_socket: usize,
+    /// Each agent's first dial waits a random fraction of this (zero: all at once).
+    pub dial_spread: Duration,
+    /// The first simulated node address is `100.64.0.0` plus this, one more per agent (what
+    /// each says in its hello: where its host ports would be reached).
+    pub address_offset: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(30),
+            start_delay: Duration::from_millis(200),
+            stop_delay: Duration::from_millis(100),
+            agents_per_socket: 32,
+            dial_spread: Duration::ZERO,
+            address_offset: 1,
+        }
+    }
+}
+
+/// A simulated task on a node.
+#[derive(Debug, Clone)]
+pub struct SimTask {
+    /// What the control plane gave.
+    pub desired: DesiredTask,
+    /// Its state on the node.
+    pub state: TaskState,
+    /// The state the control plane last recorded from this node (`None`: never reported).
+    pub reported: Option<TaskState>,
+    /// When the state moves on (to `RUNNING` or `STOPPED`).
+    due: Option<Instant>,
+    /// Why it stopped.
+    stop_code: Option<StopCode>,
+    /// When it started running.
+    running_since: Option<Instant>,
+}
+
+/// What a simulated agent's discovery registry held last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrySeen {
+    /// Its version.
+    pub version: u64,
+    /// `namespace/name` → its endpoints' node ids.
+    pub services: BTreeMap<String, Vec<String>>,
+}
+
+/// A simulated agent's state: its session and its node (kept across sessions).
+#[derive(Debug, Clone, Default)]
+pub struct AgentState {
+    /// In session now (the hello was answered `Welcome`).
+    pub in_session: bool,
+    /// Sessions established so far.
+    pub sessions: u32,
+    /// When the last session was established.
+    pub established_at: Option<Instant>,
+    /// `Busy` answers received so far.
+    pub busy: u32,
+    /// Why the last session ended or failed.
+    pub last_error: Option<String>,
+    /// The desired-state generation held.
+    pub generation: u64,
+    /// The node's tasks by id.
+    pub tasks: BTreeMap<String, SimTask>,
+    /// The ids in the held desired state.
+    desired_ids: BTreeSet<String>,
+    /// The registry held.
+    pub registry: Option<RegistrySeen>,
+    /// Everything is reported at the start of a session.
+    report_all: bool,
+}
+
+impl AgentState {
+    /// The node's tasks in `state` that the control plane recorded in that state.
+    pub fn recorded(&self, state: TaskState) -> usize {
+        self.tasks
+            .values()
+            .filter(|t| t.state == state && t.reported == Some(state))
+            .count()
+    }
+
+    /// Moves every task whose time came; true when something changed.
+    fn advance(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for t in self.tasks.values_mut() {
+            if t.due.is_some_and(|d| d <= now) {
+                t.due = None;
+                t.state = match t.state {
+                    TaskState::Pending | TaskState::Provisioning => {
+                        t.running_since = Some(now);
+                        TaskState::Running
+                    }
+                    _ => TaskState::Stopped,
+                };
+                changed = true;
+            }
+        }
+        changed
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.tasks.values().filter_map(|t| t.due).min()
+    }
+
+    /// Stops task `id` (if it is not stopping already) with `code`.
+    fn stop(&mut self, id: &str, code: StopCode, now: Instant, delay: Duration) {
+        if let Some(t) = self.tasks.get_mut(id) {
+            if t.state < TaskState::Stopping {
+                t.state = TaskState::Stopping;
+                t.stop_code = Some(code);
+                t.due = Some(now + delay);
+            }
+        }
+    }
+
+    /// Takes a desired state as the runner does: only a newer generation changes anything.
+    fn set_desired(&mut self, state: DesiredState, now: Instant, s: &Settings) -> u64 {
+        if state.generation <= self.generation {
+            return self.generation;
+        }
+        self.generation = state.generation;
+        self.desired_ids = state.tasks.iter().map(|t| t.id.clone()).collect();
+        for d in state.tasks {
+            let id = d.id.clone();
+            match (d.desired, self.tasks.contains_key(&id)) {
+                (DesiredStatus::Running, false) => {
+                    self.tasks.insert(
+                        id,
+                        SimTask {
+                            desired: d,
+                            state: TaskState::Pending,
+                            reported: None,
+                            due: Some(now + s.start_delay),
+                            stop_code: None,
+                            running_since: None,
+                        },
+                    );
+                }
+                (DesiredStatus::Stopped, false) => {
+                    let code = d.stop_code.unwrap_or(StopCode::UserInitiated);
+                    self.tasks.insert(
+                        id,
+                        SimTask {
+                            desired: d,
+                            state: TaskState::Stopped,
+                            reported: None,
+                            due: None,
+                            stop_code: Some(code),
+                            running_since: None,
+                        },
+                    );
+                }
+                (DesiredStatus::Stopped, true) => {
+                    let code = d.stop_code.unwrap_or(StopCode::UserInitiated);
+                    self.stop(&id, code, now, s.stop_delay);
+                }
+                (DesiredStatus::Running, true) => {}
+            }
+        }
+        // Gone from the desired state: stopped if it still runs, forgotten once reported.
+        let gone: Vec<String> = self
+            .tasks
+            .keys()
+            .filter(|id| !self.desired_ids.contains(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.stop(&id, StopCode::NotAssigned, now, s.stop_delay);
+        }
+        self.forget_reported();
+        self.generation
+    }
+
+    /// Drops stopped tasks the control plane recorded and no longer gives.
+    fn forget_reported(&mut self) {
+        let desired = &self.desired_ids;
+        self.tasks.retain(|id, t| {
+            desired.contains(id)
+                || !(t.state == TaskState::Stopped && t.reported == Some(TaskState::Stopped))
+        });
+    }
+
+    /// Statuses to report: every task at the start of a session, then those that changed.
+    fn to_report(&self) -> Vec<TaskStatus> {
+        self.tasks
+            .values()
+            .filter(|t| self.report_all || t.reported != Some(t.state))
+            .map(status_of)
+            .collect()
+    }
+
+    fn reported(&mut self, sent: &[TaskStatus]) {
+        for s in sent {
+            if let Some(t) = self.tasks.get_mut(&s.id) {
+                t.reported = Some(s.state);
+            }
+        }
+        self.report_all = false;
+        self.forget_reported();
+    }
+
+    fn usage(&self, now: Instant) -> Vec<TaskUsage> {
+        self.tasks
+            .values()
+            .filter(|t| t.state == TaskState::Running)
+            .map(|t| {
+                let ran = t.running_since.map_or(0, |s| (now - s).as_micros() as u64);
+                TaskUsage {
+                    id: t.desired.id.clone(),
+                    containers: t
+                        .desired
+                        .definition
+                        .container_definitions
+                        .iter()
+                        .map(|c| {
+                            (
+                                c.name.clone(),
+                                ContainerUsage {
+                                    // 1 % of a CPU.
+                                    cpu_usec: ran / 100,
+                                    memory_bytes: CONTAINER_MEMORY,
+                                    pids: 1,
+                                },
+                            )
+                        })
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A task's status as a node reports it, its containers all in the task's state and its
+/// network as its definition asks (bridge bindings on ephemeral host ports unless fixed).
+fn status_of(t: &SimTask) -> TaskStatus {
+    let def = &t.desired.definition;
+    let container_state = match t.state {
+        TaskState::Provisioning | TaskState::Pending => ContainerState::Pending,
+        TaskState::Running | TaskState::Stopping => ContainerState::Running,
+        TaskState::Stopped => ContainerState::Exited,
+    };
+    let ran = t.running_since.is_some();
+    let containers = def
+        .container_definitions
+        .iter()
+        .map(|c| ContainerStatus {
+            name: c.name.clone(),
+            state: if container_state == ContainerState::Exited && !ran {
+                ContainerState::Pending
+            } else {
+                container_state
+            },
+            exit_code: (container_state == ContainerState::Exited && ran).then_some(143),
+            reason: None,
+            restarts: 0,
+            health: None,
+            usage: None,
+        })
+        .collect();
+    let network = (t.state == TaskState::Running).then(|| {
+        let mut next_port = 32768u16;
+        let bindings = def
+            .container_definitions
+            .iter()
+            .flat_map(|c| c.port_mappings.iter().map(move |m| (c, m)))
+            .map(|(c, m)| {
+                let host_port = match def.network_mode {
+                    NetworkMode::Bridge => m.host_port.filter(|p| *p != 0).unwrap_or_else(|| {
+                        next_port += 1;
+                        next_port
+                    }),
+                    _ => m.container_port,
+                };
+                NetworkBinding {
+                    container: c.name.clone(),
+                    container_port: m.container_port,
+                    host_port,
+                    protocol: m.protocol,
+                }
+            })
+            .collect();
+        TaskNetwork {
+            mode: def.network_mode,
+            address: match def.network_mode {
+                NetworkMode::Awsvpc => t.desired.address.map(|a| a.address.addr()),
+                _ => None,
+            },
+            bindings: match def.network_mode {
+                NetworkMode::None => Vec::new(),
+                _ => bindings,
+            },
+        }
+    });
+    let stopped = t.state >= TaskState::Stopping;
+    TaskStatus {
+        id: t.desired.id.clone(),
+        state: t.state,
+        stop_reason: if stopped {
+            t.desired
+                .stop_reason
+                .clone()
+                .or_else(|| t.stop_code.map(|c| c.reason().to_string()))
+        } else {
+            None
+        },
+        stop_code: if stopped { t.stop_code } else { None },
+        containers,
+        scheduled: None,
+        network,
+    }
+}
+
+/// One simulated agent as observers see it.
+#[derive(Debug)]
+pub struct AgentView {
+    /// Its node id.
+    pub node_id: String,
+    /// The address it says in its hello.
+    pub address: Ipv4Addr,
+    state: Mutex<AgentState>,
+}
+
+impl AgentView {
+    /// Its state now.
+    pub fn state(&self) -> MutexGuard<'_, AgentState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// What all agents of a simulator share: their views and the measurements.
+#[derive(Debug)]
+pub struct Shared {
+    /// Every agent, in enrollment order.
+    pub agents: Vec<Arc<AgentView>>,
+    heartbeat_rtts: Mutex<Vec<Duration>>,
+}
+
+impl Shared {
+    /// Agents for which `f` holds now.
+    pub fn count(&self, f: impl Fn(&AgentState) -> bool) -> usize {
+        self.agents.iter().filter(|a| f(&a.state())).count()
+    }
+
+    /// Heartbeat round trips (request sent to `Recorded` read) measured since the last call.
+    pub fn take_heartbeat_rtts(&self) -> Vec<Duration> {
+        std::mem::take(
+            &mut *self
+                .heartbeat_rtts
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+}
+
+/// A running fleet of simulated agents; dropping it stops them all (their sessions simply
+/// vanish, as a power cut would).
+#[derive(Debug)]
+pub struct Simulator {
+    shared: Arc<Shared>,
+    tasks: tokio::task::JoinSet<()>,
+    endpoints: Vec<Endpoint>,
+}
+
+impl Simulator {
+    /// Starts one simulated agent per identity of `enrolled`, each dialling at once (or within
+    /// [`Settings::dial_spread`]). Must be called inside a tokio runtime.
+    pub fn start(enrolled: &Enrolled, settings: Settings) -> Result<Self> {
+        let base = u32::from(Ipv4Addr::new(100, 64, 0, 0)) + settings.address_offset;
+        let agents: Vec<Arc<AgentView>> = enrolled
+            .agents
+            .iter()
+            .enumerate()
+            .map(|(i, id)| {
+                Arc::new(AgentView {
+                    node_id: id.node_id.clone(),
+                    address: Ipv4Addr::from(base + i as u32),
+                    state: Mutex::new(AgentState::default()),
+                })
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            agents,
+            heartbeat_rtts: Mutex::new(Vec::new()),
+        });
+        let mut endpoints = Vec::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let settings = Arc::new(settings);
+        let per_socket = settings.agents_per_socket.max(1);
+        for (i, identity) in enrolled.agents.iter().enumerate() {
+            if i % per_socket == 0 {
+                endpoints.push(client_endpoint()?);
+            }
+            let endpoint = endpoints[endpoints.len() - 1].clone();
+            let agent = SimAgent {
+                view: shared.agents[i].clone(),
+                shared: shared.clone(),
+                settings: settings.clone(),
+                server: enrolled.server,
+                ca_pem: enrolled.ca_pem.clone(),
+                identity: identity.clone(),
+                endpoint,
+                rng: Rng::seeded(i as u64),
+            };
+            tasks.spawn(agent.run());
+        }
+        Ok(Self {
+            shared,
+            tasks,
+            endpoints,
+        })
+    }
+
+    /// The agents and measurements.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops every agent and closes their sockets.
+    pub async fn stop(mut self) {
+        self.tasks.shutdown().await;
+        for e in &self.endpoints {
+            e.close(quinn::VarInt::from_u32(0), b"fleet simulator stopping");
+        }
+    }
+}
+
+/// A small deterministic generator for jitter (SplitMix64).
+#[derive(Debug)]
+struct Rng(u64);
+
+impl Rng {
+    fn seeded(i: u64) -> Self {
+        let t = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        Self(t ^ i.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    }
+
+    /// A fraction in `[lo, hi)`.
+    fn between(&mut self, lo: f64, hi: f64) -> f64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        lo + (hi - lo) * ((z >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+/// How a session ended.
+enum Ended {
+    /// The control plane said when to come back.
+    Busy(Duration),
+    /// Lost or refused.
+    Lost(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Ended {
+    fn from(e: E) -> Self {
+        Self::Lost(e.into())
+    }
+}
+
+struct SimAgent {
+    view: Arc<AgentView>,
+    shared: Arc<Shared>,
+    settings: Arc<Settings>,
+    server: SocketAddr,
+    ca_pem: String,
+    identity: Identity,
+    endpoint: Endpoint,
+    rng: Rng,
+}
+
+impl SimAgent {
+    /// Keeps a session, forever (as `nodeagent run`'s loop).
+    async fn run(mut self) {
+        if !self.settings.dial_spread.is_zero() {
+            let wait = self
+                .settings
+                .dial_spread
+                .mul_f64(self.rng.between(0.0, 1.0));
+            tokio::time::sleep(wait).await;
+        }
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let started = Instant::now();
+            let ended = self.session().await;
+            self.view.state().in_session = false;
+            match ended {
+                Ended::Busy(after) => {
+                    self.view.state().busy += 1;
+                    let wait = after.mul_f64(self.rng.between(1.0, 1.1));
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                Ended::Lost(e) => self.view.state().last_error = Some(format!("{e:#}")),
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                backoff = Duration::from_secs(1);
+            }
+            let wait = backoff.mul_f64(self.rng.between(0.5, 1.5));
+            tokio::time::sleep(wait).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn session(&mut self) -> Ended {
+        match self.session_inner().await {
+            Ok(e) | Err(e) => e,
+        }
+    }
+
+    async fn session_inner(&mut self) -> Result<Ended, Ended> {
+        let tls = flotilla_certs::tls::client(&self.ca_pem, &self.identity.key, ALPN_AGENT)?;
+        let conn = self
+            .endpoint
+            .connect_with(quic_client(tls)?, self.server, SERVER_NAME)?
+            .await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        write_frame(
+            &mut send,
+            &Hello {
+                protocols: PROTOCOLS.to_vec(),
+                agent_version: format!("{}-fleet-sim", env!("CARGO_PKG_VERSION")),
+                address: Some(self.view.address),
+            },
+        )
+        .await?;
+        let _ = send.finish();
+        let reply: HelloReply = match read_frame(&mut recv).await {
+            Ok(r) => r,
+            Err(e) => {
+                let why = conn
+                    .close_reason()
+                    .map_or_else(|| e.to_string(), |c| c.to_string());
+                return Err(anyhow::anyhow!("hello: {why}").into());
+            }
+        };
+        match reply {
+            HelloReply::Welcome { node_id, .. } if node_id == self.identity.node_id => {}
+            HelloReply::Welcome { node_id, .. } => {
+                return Err(anyhow::anyhow!("welcomed as {node_id}").into())
+            }
+            HelloReply::Refused { reason } => {
+                return Err(anyhow::anyhow!("hello refused: {reason}").into())
+            }
+            HelloReply::Busy { retry_after_ms } => {
+                conn.close(quinn::VarInt::from_u32(0), b"busy: coming back later");
+                return Ok(Ended::Busy(Duration::from_millis(
+                    retry_after_ms.min(600_000),
+                )));
+            }
+        }
+        {
+            let mut st = self.view.state();
+            st.in_session = true;
+            st.sessions += 1;
+            st.established_at = Some(Instant::now());
+            st.report_all = true;
+        }
+        let mut due = renewal_due(&self.identity.key.cert_pem, &mut self.rng)?;
+        let mut ping = tokio::time::interval(PING_EVERY);
+        let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
+        loop {
+            // What changed is reported before anything else (as the runner's status watch).
+            let (report, next_due) = {
+                let mut st = self.view.state();
+                st.advance(Instant::now());
+                (st.to_report(), st.next_due())
+            };
+            if !report.is_empty() {
+                match request(
+                    &conn,
+                    &AgentRequest::Report {
+                        tasks: report.clone(),
+                    },
+                )
+                .await?
+                {
+                    AgentReply::Recorded => self.view.state().reported(&report),
+                    other => return Err(anyhow::anyhow!("report: {other:?}").into()),
+                }
+            }
+            let until_due = next_due.map_or(Duration::from_secs(3600), |d| {
+                d.saturating_duration_since(Instant::now())
+            });
+            let until_renewal = due
+                .duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO);
+            tokio::select! {
+                e = conn.closed() => {
+                    if let quinn::ConnectionError::ApplicationClosed(c) = &e {
+                        if c.error_code == quinn::VarInt::from_u32(CLOSE_REVOKED) {
+                            return Err(anyhow::anyhow!("revoked").into());
+                        }
+                    }
+                    return Err(anyhow::anyhow!("{e}").into());
+                }
+                push = conn.accept_bi() => {
+                    let (send, recv) = push?;
+                    self.answer_push(send, recv).await;
+                }
+                _ = heartbeat.tick() => {
+                    let (resources, usage) = {
+                        let st = self.view.state();
+                        (resources(), st.usage(Instant::now()))
+                    };
+                    let sent = Instant::now();
+                    match request(&conn, &AgentRequest::Heartbeat { resources, usage }).await? {
+                        AgentReply::Recorded => {
+                            let rtt = sent.elapsed();
+                            self.shared
+                                .heartbeat_rtts
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push(rtt);
+                        }
+                        other => return Err(anyhow::anyhow!("heartbeat: {other:?}").into()),
+                    }
+                }
+                _ = ping.tick() => {
+                    match tokio::time::timeout(PING_TIMEOUT, request(&conn, &AgentRequest::Ping)).await {
+                        Ok(Ok(AgentReply::Pong { .. })) => {}
+                        Ok(Ok(other)) => return Err(anyhow::anyhow!("ping: {other:?}").into()),
+                        Ok(Err(e)) => return Err(e.context("ping").into()),
+                        Err(_) => {
+                            conn.close(quinn::VarInt::from_u32(0), b"no answer to ping");
+                            return Err(anyhow::anyhow!("no answer to a ping within {PING_TIMEOUT:?}").into());
+                        }
+                    }
+                }
+                _ = tokio::time::sleep(until_due) => {}
+                _ = tokio::time::sleep(until_renewal) => {
+                    let fresh = key_and_csr(&self.identity.node_id)?;
+                    match request(&conn, &AgentRequest::Renew { csr_pem: fresh.cert_pem.clone() }).await? {
+                        AgentReply::Renewed { cert_pem } => {
+                            self.identity.key = CertifiedKey { cert_pem, key_pem: fresh.key_pem };
+                            due = renewal_due(&self.identity.key.cert_pem, &mut self.rng)?;
+                        }
+                        _ => due = SystemTime::now() + Duration::from_secs(30),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Answers one push of the control plane as the agent does: desired state and registry
+    /// taken (newer only) and acknowledged; logs refused (nothing runs here).
+    async fn answer_push(&mut self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+        let reply = match read_frame::<_, ServerPush>(&mut recv).await {
+            Ok(ServerPush::Desired(state)) => {
+                let generation =
+                    self.view
+                        .state()
+                        .set_desired(state, Instant::now(), &self.settings);
+                PushReply::Persisted { generation }
+            }
+            Ok(ServerPush::Registry(registry)) => {
+                let version = self.take_registry(registry);
+                PushReply::Persisted {
+                    generation: version,
+                }
+            }
+            Ok(ServerPush::Logs(_)) => {
+                let _ = write_frame(
+                    &mut send,
+                    &LogFrame::Error {
+                        reason: "a simulated node (bench-fleet) runs no containers".into(),
+                    },
+                )
+                .await;
+                let _ = send.finish();
+                return;
+            }
+            Err(e) => PushReply::Refused {
+                reason: format!("bad push: {e}"),
+            },
+        };
+        let _ = write_frame(&mut send, &reply).await;
+        let _ = send.finish();
+    }
+
+    fn take_registry(&self, registry: Registry) -> u64 {
+        let mut st = self.view.state();
+        let held = st.registry.as_ref().map_or(0, |r| r.version);
+        if registry.version <= held {
+            return held;
+        }
+        st.registry = Some(RegistrySeen {
+            version: registry.version,
+            services: registry
+                .services
+                .into_iter()
+                .map(|s| {
+                    (
+                        format!("{}/{}", s.namespace, s.name),
+                        s.endpoints.into_iter().map(|e| e.node).collect(),
+                    )
+                })
+                .collect(),
+        });
+        registry.version
+    }
+}
+
+/// What a simulated node says it has: 2 CPUs, 4 GiB, 32 GiB of disk.
+fn resources() -> NodeResources {
+    NodeResources {
+        cpus: 2,
+        memory_bytes: 4 << 30,
+        memory_available_bytes: 3 << 30,
+        disk_bytes: 32 << 30,
+        disk_available_bytes: 16 << 30,
+        load1_milli: 100,
+    }
+}
+
+/// When to renew: at a random 50–80 % of the certificate's lifetime, as `nodeagent`.
+fn renewal_due(cert_pem: &str, rng: &mut Rng) -> Result<SystemTime> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("certificate: {e:?}"))?;
+    let (not_before, not_after) = flotilla_certs::validity_of(&der)?;
+    let issued = not_before + flotilla_certs::BACKDATE;
+    let lifetime = not_after
+        .duration_since(issued)
+        .unwrap_or(Duration::from_secs(60));
+    Ok(issued + lifetime.mul_f64(rng.between(0.5, 0.8)))
+}
+
+/// One request, one reply, on a new stream.
+async fn request(conn: &Connection, req: &AgentRequest) -> Result<AgentReply> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(&mut send, req).await?;
+    let _ = send.finish();
+    Ok(read_frame(&mut recv).await?)
+}
+
+/// The `p`-th percentile (0–100) of `samples` by nearest rank; zero for none.
+pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    samples.sort_unstable();
+    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str, desired: DesiredStatus) -> DesiredTask {
+        let definition = flotilla_api::taskdef::parse(
+            r#"{"family":"f","containerDefinitions":[{"name":"main","image":"x","memory":8,
+                "portMappings":[{"containerPort":80}]}]}"#,
+        )
+        .expect("valid")
+        .definition;
+        DesiredTask {
+            id: id.into(),
+            task_definition: "f:1".into(),
+            definition,
+            env: Vec::new(),
+            desired,
+            stop_reason: None,
+            stop_code: None,
+            stop_on_client_after: None,
+            address: None,
+            namespace: None,
+        }
+    }
+
+    #[test]
+    fn a_simulated_node_runs_then_stops_what_it_is_given() {
+        let s = Settings::default();
+        let t0 = Instant::now();
+        let mut st = AgentState::default();
+        let state = |generation, tasks| DesiredState {
+            generation,
+            tasks,
+            ..Default::default()
+        };
+        assert_eq!(
+            st.set_desired(state(2, vec![task("t-1", DesiredStatus::Running)]), t0, &s),
+            2
+        );
+        // An older generation changes nothing.
+        assert_eq!(st.set_desired(state(1, vec![]), t0, &s), 2);
+        let first = st.to_report();
+        assert_eq!(first[0].state, TaskState::Pending);
+        st.reported(&first);
+        assert!(st.to_report().is_empty());
+        assert!(st.advance(t0 + s.start_delay));
+        let running = st.to_report();
+        assert_eq!(running[0].state, TaskState::Running);
+        let net = running[0].network.as_ref().expect("network");
+        assert_eq!(net.bindings[0].container_port, 80);
+        st.reported(&running);
+        assert_eq!(st.recorded(TaskState::Running), 1);
+        assert_eq!(st.usage(t0 + Duration::from_secs(1)).len(), 1);
+
+        // Stopped by the control plane, reported with its code, forgotten once recorded and
+        // gone from the desired state.
+        let mut stop = task("t-1", DesiredStatus::Stopped);
+        stop.stop_code = Some(StopCode::ServiceDeleted);
+        st.set_desired(state(3, vec![stop]), t0, &s);
+        assert!(st.advance(t0 + Duration::from_secs(5)));
+        let stopped = st.to_report();
+        assert_eq!(stopped[0].state, TaskState::Stopped);
+        assert_eq!(stopped[0].stop_code, Some(StopCode::ServiceDeleted));
+        st.reported(&stopped);
+        st.set_desired(state(4, vec![]), t0, &s);
+        assert!(st.tasks.is_empty());
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut v: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(percentile(&mut v, 50.0), Duration::from_millis(50));
+        assert_eq!(percentile(&mut v, 99.0), Duration::from_millis(99));
+        assert_eq!(percentile(&mut [], 99.0), Duration::ZERO);
+    }
+}

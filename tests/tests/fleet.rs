@@ -1,0 +1,220 @@
+//! A fleet of simulated agents against a real control plane: a few hundred fake agents
+//! (`flotilla_tests::fleet` — each with its own node identity from the real enrollment and its
+//! own mTLS QUIC session speaking the real protocol; no containers) are all admitted and shown
+//! READY, a DAEMON service with discovery gets a task RUNNING on every one of them, the
+//! discovery registry with every endpoint reaches every agent, and deleting the service stops
+//! every task and takes it out of every agent's registry. Correctness, not timing: the timings
+//! are in `bench-fleet` (BENCHMARKS.md, "Fleet").
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use flotilla_api::ops::{NodeInfo, NodeState, TokenCreate};
+use flotilla_api::tasks::{StopCode, TaskState};
+use flotilla_tests::cluster::ControlPlane;
+use flotilla_tests::fleet::{self, Settings, Shared, Simulator};
+
+/// Agents in the fleet: past the 256 nodes the default bridge pool holds.
+const AGENTS: usize = 300;
+
+const DEF: &str = r#"{
+  "family": "edge",
+  "networkMode": "bridge",
+  "containerDefinitions": [{
+    "name": "web", "image": "test/busybox:latest", "memory": 32,
+    "portMappings": [{"containerPort": 80}],
+    "command": ["httpd", "-f", "-p", "80"]
+  }]
+}"#;
+
+const SERVICE: &str = r#"{"serviceName": "edge", "taskDefinition": "edge",
+    "schedulingStrategy": "DAEMON", "discovery": {"namespace": "fleet"}}"#;
+
+/// Waits until `cond` holds, polling every 200 ms; after `timeout` fails the test with the
+/// fleet's state (how many agents are in session, a few of their last errors) and the tail of
+/// the control plane's log.
+fn wait_for(
+    what: &str,
+    timeout: Duration,
+    cp: &ControlPlane,
+    sim: &Shared,
+    mut cond: impl FnMut() -> bool,
+) {
+    let start = Instant::now();
+    while !cond() {
+        if start.elapsed() > timeout {
+            let in_session = sim.count(|a| a.in_session);
+            let errors: Vec<String> = sim
+                .agents
+                .iter()
+                .filter_map(|a| {
+                    let st = a.state();
+                    st.last_error.clone().map(|e| format!("{}: {e}", a.node_id))
+                })
+                .take(5)
+                .collect();
+            let log = cp.log();
+            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            panic!(
+                "timed out after {timeout:?} waiting for {what}: {in_session}/{AGENTS} agents in \
+                 session; last errors: {errors:#?}\ncontrol plane log (last lines, newest \
+                 first):\n{}",
+                tail.join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_registry() {
+    // Dropped in reverse: the simulator, its runtime, then the control plane — also when an
+    // assertion fails, so no process is left behind.
+    let cp = ControlPlane::start(&["--bridge-prefix", "28"]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let token = cp
+        .api()
+        .create_token(&TokenCreate {
+            ttl_secs: Some(600),
+            uses: Some(AGENTS as u32),
+            labels: Default::default(),
+        })
+        .expect("token")
+        .token;
+    let enrolled = rt
+        .block_on(fleet::enroll(cp.addr, &token, AGENTS, 16, "sim"))
+        .expect("every simulated node enrolls");
+    assert_eq!(enrolled.agents.len(), AGENTS);
+    let ids: BTreeSet<String> = enrolled.agents.iter().map(|a| a.node_id.clone()).collect();
+    assert_eq!(ids.len(), AGENTS, "node ids are unique");
+
+    let settings = Settings {
+        heartbeat: Duration::from_secs(5),
+        ..Settings::default()
+    };
+    let sim = {
+        let _in_runtime = rt.enter();
+        Simulator::start(&enrolled, settings).expect("simulator")
+    };
+    let shared = sim.shared().clone();
+
+    // Every agent admitted, and shown READY in `flotilla node ls`.
+    wait_for(
+        "every agent in session",
+        Duration::from_secs(30),
+        &cp,
+        &shared,
+        || shared.count(|a| a.in_session) == AGENTS,
+    );
+    let mut shown = Vec::new();
+    wait_for(
+        "every node READY in `flotilla node ls`",
+        Duration::from_secs(10),
+        &cp,
+        &shared,
+        || {
+            shown = cp.flotilla_json::<Vec<NodeInfo>>(&["node", "ls"]);
+            shown.len() == AGENTS
+                && shown
+                    .iter()
+                    .all(|n| n.state == NodeState::Ready && n.connected)
+        },
+    );
+    let listed: BTreeSet<String> = shown.iter().map(|n| n.id.clone()).collect();
+    assert_eq!(listed, ids);
+    assert!(
+        shown
+            .iter()
+            .all(|n| n.resources.as_ref().is_some_and(|r| r.cpus == 2)),
+        "every node's heartbeat is recorded"
+    );
+
+    // A DAEMON service: one task on every node, each reported RUNNING and recorded so.
+    cp.register(DEF);
+    cp.create_service(SERVICE);
+    wait_for(
+        "a task RUNNING on every node",
+        Duration::from_secs(40),
+        &cp,
+        &shared,
+        || shared.count(|a| a.recorded(TaskState::Running) == 1) == AGENTS,
+    );
+    let tasks: Vec<_> = cp
+        .tasks()
+        .into_iter()
+        .filter(|t| t.started_by.as_deref() == Some("service:edge"))
+        .collect();
+    assert_eq!(tasks.len(), AGENTS, "one task per node");
+    assert!(tasks.iter().all(|t| t.state == TaskState::Running));
+    let placed: BTreeSet<String> = tasks.iter().filter_map(|t| t.node.clone()).collect();
+    assert_eq!(placed, ids, "every node has the service's task");
+
+    // The registry with every endpoint reaches every agent.
+    let complete = |a: &fleet::AgentState| {
+        a.registry.as_ref().is_some_and(|r| {
+            r.services
+                .get("fleet/edge")
+                .is_some_and(|nodes| nodes.len() == AGENTS)
+        })
+    };
+    wait_for(
+        "the registry with all endpoints on every agent",
+        Duration::from_secs(20),
+        &cp,
+        &shared,
+        || shared.count(complete) == AGENTS,
+    );
+    let endpoints = cp.api().service_endpoints("edge").expect("endpoints");
+    let registered: BTreeSet<String> = endpoints.endpoints.iter().map(|e| e.node.clone()).collect();
+    assert_eq!(registered, ids);
+    for a in &shared.agents {
+        let st = a.state();
+        let held = &st.registry.as_ref().expect("registry").services["fleet/edge"];
+        assert!(
+            held.contains(&a.node_id),
+            "{} is in its own registry",
+            a.node_id
+        );
+    }
+
+    // A change: the service deleted stops every task, and leaves every agent's registry.
+    cp.api().remove_service("edge").expect("service removed");
+    wait_for(
+        "every task stopped and gone, and the service out of every registry",
+        Duration::from_secs(30),
+        &cp,
+        &shared,
+        || {
+            shared.count(|a| {
+                a.tasks.is_empty()
+                    && a.registry
+                        .as_ref()
+                        .is_some_and(|r| !r.services.contains_key("fleet/edge"))
+            }) == AGENTS
+        },
+    );
+    let stopped = cp
+        .tasks()
+        .into_iter()
+        .filter(|t| t.started_by.as_deref() == Some("service:edge"))
+        .filter(|t| t.state == TaskState::Stopped && t.stop_code == Some(StopCode::ServiceDeleted))
+        .count();
+    assert_eq!(stopped, AGENTS, "every task STOPPED by the deletion");
+
+    // Nobody lost a session on the way.
+    let churned: Vec<String> = shared
+        .agents
+        .iter()
+        .filter(|a| a.state().sessions != 1)
+        .map(|a| a.node_id.clone())
+        .collect();
+    assert!(
+        churned.is_empty(),
+        "agents that lost a session: {churned:?}"
+    );
+    rt.block_on(sim.stop());
+}

@@ -505,6 +505,24 @@ pub fn eligible(snap: &Snapshot, req: &Request) -> Vec<String> {
         .collect()
 }
 
+/// The nodes that are only disconnected and would otherwise be [`eligible`]: a daemon
+/// service's task stays on such a node — its loss is decided by the service's `lostAfter`
+/// (the control plane's node-loss check), as for any other task — and none starts there.
+pub fn disconnected_but_eligible(snap: &Snapshot, req: &Request) -> Vec<String> {
+    snap.nodes
+        .iter()
+        .filter(|n| n.state == NodeState::Disconnected)
+        .filter(|n| {
+            let connected = NodeView {
+                state: NodeState::Ready,
+                ..(*n).clone()
+            };
+            excluded(&connected, req).is_none()
+        })
+        .map(|n| n.id.clone())
+        .collect()
+}
+
 /// Places `req.count` tasks: the node of each, in order, or why they do not all fit.
 pub fn place(snap: &Snapshot, req: &Request) -> Result<Vec<String>, Unplaceable> {
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();

@@ -396,6 +396,8 @@ impl AgentState {
                             )
                         })
                         .collect(),
+                    // Simulated containers have no task cgroup to read.
+                    task: None,
                 }
             })
             .collect()

@@ -243,16 +243,28 @@ fn one(
     };
     let seed = cx.now.secs();
     let mut problem = None;
-    let eligible = match s.spec.scheduling_strategy {
+    let (eligible, away) = match s.spec.scheduling_strategy {
         SchedulingStrategy::Daemon => match request(&primary.revision, 1, seed) {
-            Ok(r) => flotilla_scheduler::eligible(snapshot(cx, cached), &r),
+            Ok(r) => {
+                let snap = snapshot(cx, cached);
+                (
+                    flotilla_scheduler::eligible(snap, &r),
+                    flotilla_scheduler::disconnected_but_eligible(snap, &r),
+                )
+            }
             Err(e) => {
                 problem = Some(e);
-                Vec::new()
+                (Vec::new(), Vec::new())
             }
         },
-        SchedulingStrategy::Replica => Vec::new(),
+        SchedulingStrategy::Replica => (Vec::new(), Vec::new()),
     };
+    // A daemon's task on a node that is only away is the node-loss check's to judge (after
+    // the service's lostAfter), not the planner's to replace at the first missed round.
+    let tasks: Vec<_> = tasks
+        .into_iter()
+        .filter(|t| !away.contains(&t.node))
+        .collect();
     let views: Vec<service::DeploymentView> = s
         .deployments
         .iter()

@@ -1406,3 +1406,40 @@ fn a_task_whose_essential_container_exited_is_desired_stopped_while_it_stops() {
         (TaskState::Stopping, DesiredStatus::Stopped)
     );
 }
+
+#[test]
+fn a_daemon_task_waits_out_its_nodes_lost_after_like_any_other() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    let _b = h.join(&[], 2048, 4);
+    h.register(&def("agent", "agent", 100));
+    h.create_service(
+        r#"{"serviceName":"per-node","taskDefinition":"agent","schedulingStrategy":"DAEMON",
+            "disconnectPolicy":{"lostAfter":10}}"#,
+    );
+    settle(&mut h, "per-node", 10);
+    let ids = |h: &mut Harness| -> Vec<String> {
+        let mut v: Vec<String> = live(&h.tasks()).iter().map(|t| t.id.clone()).collect();
+        v.sort();
+        v
+    };
+    let before = ids(&mut h);
+    assert_eq!(before.len(), 2);
+    // A node away for less than lostAfter keeps its task, as a REPLICA's would: neither
+    // stopped as ineligible at the first missed round nor started again when it is back.
+    h.disconnect(&a);
+    for _ in 0..5 {
+        h.step();
+    }
+    assert_eq!(ids(&mut h), before, "{:#?}", h.tasks());
+    h.connect(&a, 2048, 4);
+    for _ in 0..4 {
+        h.step();
+    }
+    assert_eq!(ids(&mut h), before, "{:#?}", h.tasks());
+    assert!(
+        h.tasks().iter().all(|t| t.stop_code.is_none()),
+        "{:#?}",
+        h.tasks()
+    );
+}

@@ -15,6 +15,7 @@ use flotilla_certs::token::JoinToken;
 use super::command::{CloseCode, ClusterError, Effect, Operator, Reply};
 use super::ctx::Ctx;
 use super::live::Live;
+use super::metrics::PlacementOrigin;
 use super::placement::{self, NewTask, Plan};
 use super::records::{NodeRecord, Origin, ScheduleRecord, ServiceRecord, TokenRecord};
 use super::{discovery, schedules, services, tasks};
@@ -513,8 +514,10 @@ fn run_task(cx: &mut Ctx<'_, '_>, req: TaskRun) -> Result<Reply, ClusterError> {
             }
         }
     }
-    let nodes = flotilla_scheduler::place(&snapshot, &request)
-        .map_err(|why| ClusterError::Conflict(format!("{}:{}: {why}", def.family, def.revision)))?;
+    let nodes = flotilla_scheduler::place(&snapshot, &request).map_err(|why| {
+        cx.metrics.unplaceable(PlacementOrigin::TaskRun, &why, true);
+        ClusterError::Conflict(format!("{}:{}: {why}", def.family, def.revision))
+    })?;
     let applied = placement::apply(
         cx,
         Plan {

@@ -18,6 +18,7 @@ use flotilla_scheduler::{Constraint, NodeState, NodeView, Request, Resources, Sn
 use super::command::ClusterError;
 use super::ctx::Ctx;
 use super::live::Live;
+use super::metrics::{PlacementOrigin, RefusalReason};
 use super::network;
 use super::records::{NodeRecord, Origin, TaskRecord};
 use super::state::Txn;
@@ -209,7 +210,7 @@ pub struct Applied {
 /// now, then the task created (`PENDING` on its node, with an awsvpc address when its network
 /// needs one, a `task.placed` event). An all-or-nothing plan with a refused placement fails
 /// with [`ClusterError::Conflict`] naming the node and the reason, and the command commits
-/// nothing.
+/// nothing. Placements and refusals are counted ([`super::metrics::Counters`]).
 pub fn apply(cx: &mut Ctx<'_, '_>, plan: Plan) -> Result<Applied, ClusterError> {
     // First every placement is checked, each counting those before it; then the accepted
     // ones are created (so a refused all-or-nothing plan writes nothing).
@@ -250,7 +251,13 @@ pub fn apply(cx: &mut Ctx<'_, '_>, plan: Plan) -> Result<Applied, ClusterError> 
             }
         }
     }
+    let origin = PlacementOrigin::of(plan.task.origin.as_ref());
     if plan.all_or_nothing && !out.refused.is_empty() {
+        // Every task of the plan goes unplaced, under the first refusal's reason.
+        if let Some((_, first)) = out.refused.first() {
+            cx.metrics
+                .refused(origin, RefusalReason::of(first), plan.nodes.len());
+        }
         let why: Vec<String> = out
             .refused
             .iter()
@@ -263,6 +270,10 @@ pub fn apply(cx: &mut Ctx<'_, '_>, plan: Plan) -> Result<Applied, ClusterError> 
             why.join("; ")
         )));
     }
+    for (_, why) in &out.refused {
+        cx.metrics.refused(origin, RefusalReason::of(why), 1);
+    }
+    cx.metrics.placed(origin, accepted.len());
     let awsvpc = plan.task.revision.task_definition.network_mode == NetworkMode::Awsvpc;
     for node in accepted {
         let address = if awsvpc {

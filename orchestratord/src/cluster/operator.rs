@@ -43,20 +43,25 @@ fn token_info(t: &TokenRecord) -> TokenInfo {
     }
 }
 
+/// Where a node is, as the API shows it.
+pub fn node_state(n: &NodeRecord, live: &Live) -> NodeState {
+    if n.revoked {
+        NodeState::Revoked
+    } else if !live.connected(&n.id) {
+        NodeState::Disconnected
+    } else if n.draining {
+        NodeState::Draining
+    } else {
+        NodeState::Ready
+    }
+}
+
 /// A node as the API shows it.
 pub fn node_info(n: &NodeRecord, live: &Live) -> NodeInfo {
     let l = live.get(&n.id);
     let connected = l.session.is_some();
     NodeInfo {
-        state: if n.revoked {
-            NodeState::Revoked
-        } else if !connected {
-            NodeState::Disconnected
-        } else if n.draining {
-            NodeState::Draining
-        } else {
-            NodeState::Ready
-        },
+        state: node_state(n, live),
         agent_version: l.agent_version,
         last_seen: l.last_seen,
         resources: l.resources,

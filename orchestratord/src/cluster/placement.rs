@@ -67,10 +67,10 @@ pub fn family_group(family: &str) -> String {
     format!("family:{family}")
 }
 
-/// Node `n` as the scheduler sees it in `txn`: its labels, reported capacity, what its live
-/// tasks reserve, their host ports and groups, and whether it takes tasks.
-pub fn node_view(txn: &Txn<'_>, live: &Live, n: &NodeRecord) -> NodeView {
-    let mut v = NodeView {
+/// Node `n` as the scheduler's static filters see it: its labels, reported capacity and
+/// whether it takes tasks, with none of its tasks counted.
+fn static_view(live: &Live, n: &NodeRecord) -> NodeView {
+    NodeView {
         id: n.id.clone(),
         attributes: n.labels.clone(),
         capacity: n.capacity.map(|c| Resources {
@@ -87,7 +87,13 @@ pub fn node_view(txn: &Txn<'_>, live: &Live, n: &NodeRecord) -> NodeView {
         } else {
             NodeState::Disconnected
         },
-    };
+    }
+}
+
+/// Node `n` as the scheduler sees it in `txn`: its labels, reported capacity, what its live
+/// tasks reserve, their host ports and groups, and whether it takes tasks.
+pub fn node_view(txn: &Txn<'_>, live: &Live, n: &NodeRecord) -> NodeView {
+    let mut v = static_view(live, n);
     for t in txn.live_tasks_on(&n.id) {
         let r = requirement(&t.definition);
         v.used.memory_mib += r.memory_mib;
@@ -112,6 +118,19 @@ pub fn snapshot(txn: &Txn<'_>, live: &Live) -> Snapshot {
             .into_iter()
             .filter(|n| !n.revoked)
             .map(|n| node_view(txn, live, n))
+            .collect(),
+    }
+}
+
+/// The cluster as the scheduler's static filters see it (state, labels, capacity; no task
+/// counted): enough for `flotilla_scheduler::eligible`, at a fraction of [`snapshot`]'s cost.
+pub fn static_snapshot(txn: &Txn<'_>, live: &Live) -> Snapshot {
+    Snapshot {
+        nodes: txn
+            .nodes()
+            .into_iter()
+            .filter(|n| !n.revoked)
+            .map(|n| static_view(live, n))
             .collect(),
     }
 }

@@ -1479,6 +1479,16 @@ fn metrics_count_nodes_tasks_services_and_placements_from_memory() {
     // Desired and running per service; the daemon runs on the one ready node.
     let big = m.services.iter().find(|s| s.service == "big").expect("big");
     assert_eq!((big.desired, big.running, big.pending), (10, 3, 0));
+    // As the API counts them.
+    for s in &m.services {
+        let info = h.service(&s.service);
+        assert_eq!(
+            (s.running, s.pending),
+            (u64::from(info.running_count), u64::from(info.pending_count)),
+            "{}",
+            s.service
+        );
+    }
     let every = m
         .services
         .iter()
@@ -1556,21 +1566,31 @@ fn metrics_count_sessions_admitted_rate_limited_and_refused() {
 }
 
 /// The cost of a metrics scrape on the core's thread with 1,000 simulated nodes' worth of
-/// records (the harness's fake agents: commands, no process), against a steady-state service
-/// round on the same records. Ignored by default; BENCHMARKS.md has its numbers:
-/// `CARGO_PROFILE_RELEASE_LTO=false cargo test --release -p orchestratord --lib -- --ignored --nocapture scrape_cost`.
+/// records (the harness's fake agents: commands, no process; `SCRAPE_NODES` for another size),
+/// 100 REPLICA services of a tenth as many tasks each and one DAEMON service, against a
+/// steady-state service round on the same records. Ignored by default; BENCHMARKS.md has its
+/// numbers: `CARGO_PROFILE_RELEASE_LTO=false cargo test --release -p orchestratord --lib --
+/// --ignored --nocapture scrape_cost`.
 #[test]
 #[ignore]
 fn scrape_cost_with_1000_nodes() {
     use std::time::{Duration, Instant};
-    let mut h = Harness::new();
-    for i in 0..1000 {
+    let nodes: u32 = std::env::var("SCRAPE_NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    // Every session admitted at once (the harness's clock stands still while they join).
+    let mut h = Harness::with_config(super::Config {
+        session_rate: nodes + 1,
+        ..Default::default()
+    });
+    for i in 0..nodes {
         h.join(&[("site", &format!("s{}", i % 10))], 256 << 10, 64);
     }
     h.register(&def("web", "web", 64));
     h.register(&def("agent", "agent", 16));
     for s in 0..100 {
-        h.create_service(&service(&format!("web{s}"), "web", 100, 50, 200, ""));
+        h.create_service(&service(&format!("web{s}"), "web", nodes / 10, 50, 200, ""));
     }
     h.create_service(
         r#"{"serviceName":"everywhere","taskDefinition":"agent","schedulingStrategy":"DAEMON"}"#,
@@ -1594,11 +1614,15 @@ fn scrape_cost_with_1000_nodes() {
     let m = metrics(&mut h);
     let tasks: u64 = m.tasks.values().sum();
     let running: u64 = m.services.iter().map(|s| s.running).sum();
-    assert_eq!(m.nodes[0], ("READY", 1000));
-    assert_eq!(running, 11_000, "every task placed and running");
+    assert_eq!(m.nodes[0], ("READY", u64::from(nodes)));
+    assert_eq!(
+        running,
+        u64::from(nodes) * 11,
+        "every task placed and running"
+    );
     let (scrape, round) = (p50(scrapes), p50(rounds));
     println!(
-        "scrape of 1000 nodes, {tasks} tasks, 101 services: p50 {:.2} ms; steady service round p50 {:.2} ms ({:.2}×)",
+        "scrape of {nodes} nodes, {tasks} tasks, 101 services: p50 {:.2} ms; steady service round p50 {:.2} ms ({:.2}×)",
         scrape.as_secs_f64() * 1e3,
         round.as_secs_f64() * 1e3,
         scrape.as_secs_f64() / round.as_secs_f64()

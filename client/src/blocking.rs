@@ -230,6 +230,11 @@ impl Client {
     pub fn events(&self, since: u64, limit: u32) -> Result<Vec<Event>, ClientError> {
         self.run(self.inner.events(since, limit))
     }
+
+    /// See [`crate::Client::metrics`].
+    pub fn metrics(&self) -> Result<String, ClientError> {
+        self.run(self.inner.metrics())
+    }
 }
 
 impl Drop for Client {

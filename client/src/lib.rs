@@ -438,6 +438,15 @@ impl Client {
             .await
     }
 
+    /// `GET /v1/metrics`: the control plane's Prometheus metrics, in the Prometheus text
+    /// format 0.0.4.
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        let path = path(&["metrics"], &[]);
+        let req = self.http.get(self.url(&path));
+        let bytes = self.body(Method::GET, &path, req).await?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     /// The URL of `path` on the control plane.
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.origin)

@@ -16,25 +16,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
+use crate::http::{http1, HEADER_TIMEOUT};
 use crate::plane::Plane;
 use orchestratord::cluster::{ClusterError, Command, Operator, Reply as CoreReply};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 64 * 1024;
-
-/// How long a client has to send a request's head, also the next one on a kept-alive
-/// connection: a connection that sends nothing (no certificate is needed to open one) does not
-/// hold its socket and task for ever.
-const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// The HTTP/1.1 server of every operator connection, heads read within `header_timeout`.
-fn http1(header_timeout: Duration) -> hyper::server::conn::http1::Builder {
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    builder
-}
 
 /// The `key=value` pairs of a query; a pair without `=` is refused, naming `usage`.
 fn query_pairs<'q>(
@@ -139,7 +126,19 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, plane:
     }
 }
 
+/// One request, its latency observed by route template and status code.
 async fn handle(req: Request<Incoming>, plane: &Plane, admin: Option<String>) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let response = answer(req, plane, admin).await;
+    plane
+        .metrics
+        .api_request(&method, &path, response.status(), started.elapsed());
+    response
+}
+
+async fn answer(req: Request<Incoming>, plane: &Plane, admin: Option<String>) -> Response<Body> {
     let Some(admin) = admin else {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -150,6 +149,11 @@ async fn handle(req: Request<Incoming>, plane: &Plane, admin: Option<String>) ->
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
+    let accept = req
+        .headers()
+        .get(hyper::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -164,6 +168,10 @@ async fn handle(req: Request<Incoming>, plane: &Plane, admin: Option<String>) ->
     tracing::info!(%admin, %method, %path, "operator request");
     match request {
         Request_::Logs(req) => task_logs(req, plane).await,
+        Request_::Metrics => crate::scrape::scrape(plane, accept.as_deref())
+            .await
+            .unwrap_or_else(|(status, why)| error(status, why))
+            .map(BodyExt::boxed),
         Request_::Core(op) => match plane.run(Command::Operator(op)).await {
             Ok(reply) => respond(reply),
             Err(e) => refusal(&e),
@@ -177,6 +185,8 @@ async fn handle(req: Request<Incoming>, plane: &Plane, admin: Option<String>) ->
 enum Request_ {
     Core(Operator),
     Logs(LogRequest),
+    /// `GET /v1/metrics`: the metrics listener's scrape, over TLS.
+    Metrics,
 }
 
 /// The HTTP status of a refusal.
@@ -373,6 +383,7 @@ fn parse(
             }
             Ok(Request_::Logs(req))
         }
+        (&Method::GET, ["v1", "metrics"]) => Ok(Request_::Metrics),
         _ => parse_operator(method, path, query, body).map(Request_::Core),
     }
 }

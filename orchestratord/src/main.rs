@@ -7,7 +7,10 @@
 mod agents;
 mod api;
 mod core;
+mod http;
+mod metrics;
 mod plane;
+mod scrape;
 mod timers;
 
 use cluster::network;
@@ -36,8 +39,8 @@ const SERVER_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 #[derive(Debug, Parser)]
 #[command(name = "orchestratord", version, about = "Flotilla control plane")]
 struct Cli {
-    /// Configuration file (TOML; keys as the flags: data_dir, listen, node_cert_lifetime,
-    /// session_rate, log_format).
+    /// Configuration file (TOML; keys as the flags: data_dir, listen, metrics_listen,
+    /// node_cert_lifetime, session_rate, log_format …).
     /// Default: /etc/flotilla/orchestratord.toml when it exists. Flags override it.
     #[arg(long, global = true, env = "ORCHESTRATORD_CONFIG")]
     config: Option<PathBuf>,
@@ -78,6 +81,10 @@ enum Command {
         /// Address to listen on, for UDP (agents) and TCP (operators) [default: 0.0.0.0:7443].
         #[arg(long)]
         listen: Option<SocketAddr>,
+        /// Address to serve Prometheus metrics on, plain HTTP `GET /metrics` (TCP)
+        /// [default: off]. Over TLS they are at `GET /v1/metrics` of the operator API.
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_listen: Option<SocketAddr>,
         /// Lifetime of node certificates in seconds, renewed at 50–80 % of it [default: 30 days].
         #[arg(long)]
         node_cert_lifetime: Option<u64>,
@@ -119,6 +126,7 @@ struct NetworkArgs {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
+    metrics_listen: Option<SocketAddr>,
     node_cert_lifetime: Option<u64>,
     session_rate: Option<u32>,
     log_format: Option<LogFormat>,
@@ -134,6 +142,7 @@ struct FileConfig {
 const FILE_KEYS: &[&str] = &[
     "data_dir",
     "listen",
+    "metrics_listen",
     "node_cert_lifetime",
     "session_rate",
     "log_format",
@@ -204,6 +213,7 @@ fn real_main() -> Result<()> {
         ),
         Command::Run {
             listen,
+            metrics_listen,
             node_cert_lifetime,
             session_rate,
             network,
@@ -220,6 +230,7 @@ fn real_main() -> Result<()> {
                 .unwrap_or(flotilla_certs::NODE_CERT_LIFETIME.as_secs());
             let settings = Settings {
                 listen,
+                metrics_listen: metrics_listen.or(file.metrics_listen),
                 node_cert_lifetime: Duration::from_secs(lifetime),
                 session_rate: session_rate.or(file.session_rate).unwrap_or(1000),
                 network: network_settings(network, &file)?,
@@ -355,6 +366,7 @@ fn server_cert(data_dir: &Path, ca: &ClusterCa) -> Result<CertifiedKey> {
 #[derive(Clone)]
 struct Settings {
     listen: SocketAddr,
+    metrics_listen: Option<SocketAddr>,
     node_cert_lifetime: Duration,
     session_rate: u32,
     network: network::Settings,
@@ -417,6 +429,7 @@ fn network_settings(a: NetworkArgs, file: &FileConfig) -> Result<network::Settin
 async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
     let Settings {
         listen,
+        metrics_listen,
         node_cert_lifetime,
         session_rate,
         ref network,
@@ -458,6 +471,14 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on tcp {listen}"))?;
+    let metrics_tcp = match metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening for metrics on tcp {addr}"))?,
+        ),
+        None => None,
+    };
 
     let store = cluster::RedbStore::open(&data_dir.join("orchestratord.redb"))?;
     let cluster = cluster::Cluster::open(
@@ -475,7 +496,13 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         core: core::Core::start(cluster).context("starting the core's thread")?,
         sessions: Default::default(),
         wake: Default::default(),
+        metrics: Default::default(),
     };
+    if let Some(tcp) = metrics_tcp {
+        let addr = tcp.local_addr().ok();
+        tracing::info!(?addr, "serving metrics (HTTP GET /metrics)");
+        tokio::spawn(scrape::serve(tcp, plane.clone()));
+    }
 
     tokio::spawn(timers::run(plane.clone()));
     tracing::info!(%listen, "serving agents (QUIC) and operators (HTTPS)");
@@ -534,5 +561,11 @@ mod tests {
             Some(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)))
         );
         assert_eq!(c.session_rate, Some(1000));
+        // Off by default: the example shows a loopback address, commented out.
+        assert_eq!(
+            c.metrics_listen,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
+        );
+        assert!(!example.lines().any(|l| l.starts_with("metrics_listen")));
     }
 }

@@ -19,6 +19,8 @@ pub struct Plane {
     pub sessions: Arc<Sessions>,
     /// Wakes the timers (a service changed).
     pub wake: Arc<tokio::sync::Notify>,
+    /// What the adapters measure (the operator API's latency).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Each node's live connection (at most one: a reconnect replaces the old one).

@@ -60,7 +60,8 @@ impl Doc {
     }
 
     /// Checks an answer of `METHOD template`: its status is documented, and its body matches
-    /// the documented schema (every line of it for `application/x-ndjson`).
+    /// the documented schema (every line of it for `application/x-ndjson`; the whole text as a
+    /// string for `text/*`).
     pub fn check(
         &self,
         method: &str,
@@ -87,6 +88,21 @@ impl Doc {
         };
         let (kind, media) = content.iter().next().ok_or("empty content")?;
         let schema = &media["schema"];
+        if kind.starts_with("text/") {
+            // Text (the metrics): a string, as its schema says.
+            let text = std::str::from_utf8(body)
+                .map_err(|e| format!("{method} {template} {status}: not UTF-8 text: {e}"))?;
+            let mut errors = Vec::new();
+            self.validate(schema, &Value::String(text.to_string()), "$", &mut errors);
+            return if errors.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{method} {template} {status}: {}",
+                    errors.join("; ")
+                ))
+            };
+        }
         let docs: Vec<&[u8]> = if kind == "application/x-ndjson" {
             body.split(|&b| b == b'\n')
                 .filter(|l| !l.is_empty())

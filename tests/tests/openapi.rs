@@ -591,6 +591,16 @@ fn every_documented_operation_answers_as_documented() {
     assert_eq!(seqs, [3, 4, 5]);
     api.refused("GET", "/v1/events", "/v1/events?limit=0", None, 400);
 
+    // The metrics, over TLS: the Prometheus text format, counting what this test did.
+    let (status, bytes) = api.call("GET", "/v1/metrics", "/v1/metrics", None);
+    let text = String::from_utf8_lossy(&bytes);
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("flotilla_api_request_duration_seconds_count{method=\"GET\",route=\"/v1/events\",code=\"200\"}")),
+        "{text}"
+    );
+
     // What is not documented is not served.
     let (status, body) = api.rt.block_on(async {
         let r = api

@@ -114,7 +114,15 @@ pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
             session,
             hello,
             remote,
-        } => Ok(hello_(cx, &node, session, hello, remote)),
+        } => {
+            let reply = hello_(cx, &node, session, hello, remote);
+            match &reply {
+                Reply::Hello(HelloReply::Welcome { .. }) => cx.metrics.sessions_admitted += 1,
+                Reply::Hello(HelloReply::Busy { .. }) => cx.metrics.sessions_rate_limited += 1,
+                _ => cx.metrics.sessions_refused += 1,
+            }
+            Ok(reply)
+        }
         Agent::SessionClosed { node, session } => {
             if cx.live.close(&node, session, cx.now) {
                 tracing::info!(node = %node, "session ended");

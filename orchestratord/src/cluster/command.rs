@@ -44,6 +44,9 @@ pub enum Command {
     Tick(Tick),
     /// Whether the store answers (the systemd watchdog).
     Health,
+    /// The cluster's state in numbers and the core's counters, for a metrics scrape: read from
+    /// memory, nothing written (`gauges::snapshot` says what it costs).
+    Metrics,
 }
 
 /// An operator's request.
@@ -265,6 +268,8 @@ pub enum Reply {
     Agent(AgentReply),
     /// The store's health.
     Health(bool),
+    /// The metrics' snapshot.
+    Metrics(Box<super::metrics::Snapshot>),
 }
 
 /// Something the adapters do for the core after it committed.

@@ -101,6 +101,8 @@ pub struct Ctx<'a, 's> {
     /// node behind on acknowledgements). Nodes whose desired state the command changed get
     /// it anyway.
     pub push: std::collections::BTreeSet<String>,
+    /// What the core counts (placements, refusals, sessions): kept when the command is refused.
+    pub metrics: &'a mut super::metrics::Counters,
 }
 
 impl Ctx<'_, '_> {

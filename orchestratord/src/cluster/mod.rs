@@ -15,7 +15,9 @@ pub mod command;
 pub mod ctx;
 mod desired;
 mod discovery;
+mod gauges;
 pub mod live;
+pub mod metrics;
 pub mod network;
 mod operator;
 pub mod placement;
@@ -56,6 +58,7 @@ pub struct Cluster {
     ids: Box<dyn Ids>,
     registry: Arc<flotilla_api::discovery::Registry>,
     awsvpc_cursor: Option<std::net::Ipv4Addr>,
+    metrics: metrics::Counters,
 }
 
 impl Cluster {
@@ -77,6 +80,7 @@ impl Cluster {
             ids,
             registry: Arc::default(),
             awsvpc_cursor: None,
+            metrics: metrics::Counters::default(),
         })
     }
 
@@ -99,6 +103,15 @@ impl Cluster {
                 effects: Vec::new(),
             });
         }
+        if let Command::Metrics = command {
+            // Read-only: computed from memory, nothing committed.
+            let view = Txn::new(&self.state);
+            let snapshot = gauges::snapshot(&view, &self.live, &self.metrics);
+            return Ok(Outcome {
+                reply: Reply::Metrics(Box::new(snapshot)),
+                effects: Vec::new(),
+            });
+        }
         let mut txn = Txn::new(&self.state);
         let mut cx = Ctx {
             txn: &mut txn,
@@ -112,6 +125,7 @@ impl Cluster {
             effects: Vec::new(),
             views: Default::default(),
             push: Default::default(),
+            metrics: &mut self.metrics,
         };
         let reply = match command {
             Command::Operator(op) => operator::execute(&mut cx, op)?,
@@ -129,7 +143,7 @@ impl Cluster {
                 schedules::round(&mut cx)?;
                 Reply::Done
             }
-            Command::Health => Reply::Done,
+            Command::Health | Command::Metrics => Reply::Done,
         };
         let Ctx {
             mut effects,
@@ -139,7 +153,11 @@ impl Cluster {
         push.extend(desired::bump_changed(&mut txn));
         let writes = txn.into_writes();
         if !writes.is_empty() {
-            self.store.commit(&writes)?;
+            // Measured for the metrics only: no decision reads this clock.
+            let started = std::time::Instant::now();
+            let committed = self.store.commit(&writes);
+            self.metrics.committed(started.elapsed(), committed.is_ok());
+            committed?;
             self.state.apply(writes);
         }
         let view = Txn::new(&self.state);

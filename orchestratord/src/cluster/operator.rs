@@ -15,6 +15,7 @@ use flotilla_certs::token::JoinToken;
 use super::command::{CloseCode, ClusterError, Effect, Operator, Reply};
 use super::ctx::Ctx;
 use super::live::Live;
+use super::metrics::PlacementOrigin;
 use super::placement::{self, NewTask, Plan};
 use super::records::{NodeRecord, Origin, ScheduleRecord, ServiceRecord, TokenRecord};
 use super::{discovery, schedules, services, tasks};
@@ -42,20 +43,25 @@ fn token_info(t: &TokenRecord) -> TokenInfo {
     }
 }
 
+/// Where a node is, as the API shows it.
+pub fn node_state(n: &NodeRecord, live: &Live) -> NodeState {
+    if n.revoked {
+        NodeState::Revoked
+    } else if !live.connected(&n.id) {
+        NodeState::Disconnected
+    } else if n.draining {
+        NodeState::Draining
+    } else {
+        NodeState::Ready
+    }
+}
+
 /// A node as the API shows it.
 pub fn node_info(n: &NodeRecord, live: &Live) -> NodeInfo {
     let l = live.get(&n.id);
     let connected = l.session.is_some();
     NodeInfo {
-        state: if n.revoked {
-            NodeState::Revoked
-        } else if !connected {
-            NodeState::Disconnected
-        } else if n.draining {
-            NodeState::Draining
-        } else {
-            NodeState::Ready
-        },
+        state: node_state(n, live),
         agent_version: l.agent_version,
         last_seen: l.last_seen,
         resources: l.resources,
@@ -513,8 +519,10 @@ fn run_task(cx: &mut Ctx<'_, '_>, req: TaskRun) -> Result<Reply, ClusterError> {
             }
         }
     }
-    let nodes = flotilla_scheduler::place(&snapshot, &request)
-        .map_err(|why| ClusterError::Conflict(format!("{}:{}: {why}", def.family, def.revision)))?;
+    let nodes = flotilla_scheduler::place(&snapshot, &request).map_err(|why| {
+        cx.metrics.unplaceable(PlacementOrigin::TaskRun, &why, true);
+        ClusterError::Conflict(format!("{}:{}: {why}", def.family, def.revision))
+    })?;
     let applied = placement::apply(
         cx,
         Plan {

@@ -18,6 +18,7 @@ use flotilla_scheduler::{Constraint, NodeState, NodeView, Request, Resources, Sn
 use super::command::ClusterError;
 use super::ctx::Ctx;
 use super::live::Live;
+use super::metrics::{PlacementOrigin, RefusalReason};
 use super::network;
 use super::records::{NodeRecord, Origin, TaskRecord};
 use super::state::Txn;
@@ -66,10 +67,10 @@ pub fn family_group(family: &str) -> String {
     format!("family:{family}")
 }
 
-/// Node `n` as the scheduler sees it in `txn`: its labels, reported capacity, what its live
-/// tasks reserve, their host ports and groups, and whether it takes tasks.
-pub fn node_view(txn: &Txn<'_>, live: &Live, n: &NodeRecord) -> NodeView {
-    let mut v = NodeView {
+/// Node `n` as the scheduler's static filters see it: its labels, reported capacity and
+/// whether it takes tasks, with none of its tasks counted.
+fn static_view(live: &Live, n: &NodeRecord) -> NodeView {
+    NodeView {
         id: n.id.clone(),
         attributes: n.labels.clone(),
         capacity: n.capacity.map(|c| Resources {
@@ -86,7 +87,13 @@ pub fn node_view(txn: &Txn<'_>, live: &Live, n: &NodeRecord) -> NodeView {
         } else {
             NodeState::Disconnected
         },
-    };
+    }
+}
+
+/// Node `n` as the scheduler sees it in `txn`: its labels, reported capacity, what its live
+/// tasks reserve, their host ports and groups, and whether it takes tasks.
+pub fn node_view(txn: &Txn<'_>, live: &Live, n: &NodeRecord) -> NodeView {
+    let mut v = static_view(live, n);
     for t in txn.live_tasks_on(&n.id) {
         let r = requirement(&t.definition);
         v.used.memory_mib += r.memory_mib;
@@ -111,6 +118,19 @@ pub fn snapshot(txn: &Txn<'_>, live: &Live) -> Snapshot {
             .into_iter()
             .filter(|n| !n.revoked)
             .map(|n| node_view(txn, live, n))
+            .collect(),
+    }
+}
+
+/// The cluster as the scheduler's static filters see it (state, labels, capacity; no task
+/// counted): enough for `flotilla_scheduler::eligible`, at a fraction of [`snapshot`]'s cost.
+pub fn static_snapshot(txn: &Txn<'_>, live: &Live) -> Snapshot {
+    Snapshot {
+        nodes: txn
+            .nodes()
+            .into_iter()
+            .filter(|n| !n.revoked)
+            .map(|n| static_view(live, n))
             .collect(),
     }
 }
@@ -209,7 +229,7 @@ pub struct Applied {
 /// now, then the task created (`PENDING` on its node, with an awsvpc address when its network
 /// needs one, a `task.placed` event). An all-or-nothing plan with a refused placement fails
 /// with [`ClusterError::Conflict`] naming the node and the reason, and the command commits
-/// nothing.
+/// nothing. Placements and refusals are counted ([`super::metrics::Counters`]).
 pub fn apply(cx: &mut Ctx<'_, '_>, plan: Plan) -> Result<Applied, ClusterError> {
     // First every placement is checked, each counting those before it; then the accepted
     // ones are created (so a refused all-or-nothing plan writes nothing).
@@ -250,7 +270,13 @@ pub fn apply(cx: &mut Ctx<'_, '_>, plan: Plan) -> Result<Applied, ClusterError> 
             }
         }
     }
+    let origin = PlacementOrigin::of(plan.task.origin.as_ref());
     if plan.all_or_nothing && !out.refused.is_empty() {
+        // Every task of the plan goes unplaced, under the first refusal's reason.
+        if let Some((_, first)) = out.refused.first() {
+            cx.metrics
+                .refused(origin, RefusalReason::of(first), plan.nodes.len());
+        }
         let why: Vec<String> = out
             .refused
             .iter()
@@ -263,6 +289,10 @@ pub fn apply(cx: &mut Ctx<'_, '_>, plan: Plan) -> Result<Applied, ClusterError> 
             why.join("; ")
         )));
     }
+    for (_, why) in &out.refused {
+        cx.metrics.refused(origin, RefusalReason::of(why), 1);
+    }
+    cx.metrics.placed(origin, accepted.len());
     let awsvpc = plan.task.revision.task_definition.network_mode == NetworkMode::Awsvpc;
     for node in accepted {
         let address = if awsvpc {

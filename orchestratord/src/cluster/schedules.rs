@@ -9,6 +9,7 @@ use flotilla_api::tasks::{DesiredStatus, ScheduledRun, StopCode, TaskState, Task
 
 use super::command::ClusterError;
 use super::ctx::Ctx;
+use super::metrics::PlacementOrigin;
 use super::placement::{self, NewTask, Plan};
 use super::records::{Origin, ScheduleRecord, TaskRecord};
 use super::tasks;
@@ -122,8 +123,10 @@ fn fire_one(
     )
     .map_err(ClusterError::invalid)?;
     let snapshot = placement::snapshot(cx.txn, cx.live);
-    let nodes = flotilla_scheduler::place(&snapshot, &request)
-        .map_err(|e| ClusterError::Conflict(e.to_string()))?;
+    let nodes = flotilla_scheduler::place(&snapshot, &request).map_err(|e| {
+        cx.metrics.unplaceable(PlacementOrigin::Schedule, &e, true);
+        ClusterError::Conflict(e.to_string())
+    })?;
     let applied = placement::apply(
         cx,
         Plan {

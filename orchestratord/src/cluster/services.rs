@@ -18,6 +18,7 @@ use flotilla_scheduler::Snapshot;
 
 use super::command::ClusterError;
 use super::ctx::Ctx;
+use super::metrics::{Counters, PlacementOrigin};
 use super::placement::{self, NewTask, Plan};
 use super::records::{DeploymentRecord, Origin, ServiceRecord, TaskRecord};
 use super::state::Txn;
@@ -293,7 +294,7 @@ fn one(
                     }
                 };
                 let snap = snapshot(cx, cached);
-                let nodes = place_what_fits(snap, &r, None, &mut problem);
+                let nodes = place_what_fits(snap, &r, None, &mut problem, cx.metrics);
                 start(cx, cached, &s, d, r, nodes, &mut problem)?;
             }
             Action::StartOn { deployment, node } => {
@@ -308,7 +309,7 @@ fn one(
                     }
                 };
                 let snap = snapshot(cx, cached);
-                let nodes = place_what_fits(snap, &r, Some(&node), &mut problem);
+                let nodes = place_what_fits(snap, &r, Some(&node), &mut problem, cx.metrics);
                 start(cx, cached, &s, d, r, nodes, &mut problem)?;
             }
             Action::Stop { task, cause } => {
@@ -389,12 +390,13 @@ fn one(
 }
 
 /// The nodes the scheduler gives `r` on `snap` (only `node` when given): all of them, or as
-/// many as fit, with the reason of the rest in `problem`.
+/// many as fit, with the reason of the rest in `problem` and counted in `metrics`.
 fn place_what_fits(
     snap: &Snapshot,
     r: &flotilla_scheduler::Request,
     node: Option<&str>,
     problem: &mut Option<String>,
+    metrics: &mut Counters,
 ) -> Vec<String> {
     let one_node;
     let on = match node {
@@ -407,6 +409,7 @@ fn place_what_fits(
         None => snap,
     };
     flotilla_scheduler::place(on, r).unwrap_or_else(|why| {
+        metrics.unplaceable(PlacementOrigin::Service, &why, false);
         let prefix = node.map(|n| format!("{n}: ")).unwrap_or_default();
         *problem = Some(format!("{prefix}{why}"));
         let mut fewer = r.clone();

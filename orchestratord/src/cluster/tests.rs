@@ -690,6 +690,7 @@ fn a_stale_plan_is_refused_by_the_applier() {
         effects: Vec::new(),
         views: Default::default(),
         push: Default::default(),
+        metrics: &mut c.metrics,
     };
     let plan = Plan {
         request,
@@ -1441,5 +1442,226 @@ fn a_daemon_task_waits_out_its_nodes_lost_after_like_any_other() {
         h.tasks().iter().all(|t| t.stop_code.is_none()),
         "{:#?}",
         h.tasks()
+    );
+}
+
+fn metrics(h: &mut Harness) -> super::metrics::Snapshot {
+    match h.exec(Command::Metrics).expect("metrics") {
+        Reply::Metrics(s) => *s,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn metrics_count_nodes_tasks_services_and_placements_from_memory() {
+    use super::metrics::{PlacementOrigin as O, RefusalReason as R};
+    // One node with room for four tasks of "big" (each reserves just over a fifth of its
+    // memory), one node that went away.
+    let mut h = Harness::new();
+    let _n = h.join(&[], 1000, 4);
+    let gone = h.join(&[], 1000, 4);
+    h.disconnect(&gone);
+    h.register(&def("big", "big", 201));
+    h.register(&def("tiny", "tiny", 6));
+    h.op(run("big", 1)).expect("run");
+    // Room for three more: five asked for all or nothing are refused, every one of them.
+    assert!(matches!(
+        h.op(run("big", 5)),
+        Err(ClusterError::Conflict(_))
+    ));
+    h.create_service(&service("big", "big", 10, 100, 200, ""));
+    h.create_service(
+        r#"{"serviceName":"everywhere","taskDefinition":"tiny","schedulingStrategy":"DAEMON"}"#,
+    );
+    for _ in 0..3 {
+        h.step();
+    }
+    let before = h.commit_count();
+    let m = metrics(&mut h);
+    assert_eq!(h.commit_count(), before, "a scrape writes nothing");
+
+    assert_eq!(
+        m.nodes,
+        [
+            ("READY", 1),
+            ("DRAINING", 0),
+            ("DISCONNECTED", 1),
+            ("REVOKED", 0)
+        ]
+    );
+    assert_eq!(m.sessions, 1);
+    assert_eq!(m.counters.sessions_admitted, 2);
+    // Tasks by service and state: as the API lists them.
+    let tasks = h.tasks();
+    let mut want: BTreeMap<(String, &str), u64> = BTreeMap::new();
+    for t in &tasks {
+        let service = t
+            .started_by
+            .as_deref()
+            .and_then(|s| s.strip_prefix("service:"))
+            .unwrap_or_default();
+        *want
+            .entry((service.to_string(), super::metrics::task_state(t.state)))
+            .or_default() += 1;
+    }
+    let got: BTreeMap<(String, &str), u64> = m
+        .tasks
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| (k.clone(), *n))
+        .collect();
+    assert_eq!(got, want);
+    assert_eq!(m.tasks.get(&(String::new(), "RUNNING")), Some(&1));
+    assert_eq!(m.tasks.get(&("big".to_string(), "STOPPED")), Some(&0));
+    // Desired and running per service; the daemon runs on the one ready node.
+    let big = m.services.iter().find(|s| s.service == "big").expect("big");
+    assert_eq!((big.desired, big.running, big.pending), (10, 3, 0));
+    // As the API counts them.
+    for s in &m.services {
+        let info = h.service(&s.service);
+        assert_eq!(
+            (s.running, s.pending),
+            (u64::from(info.running_count), u64::from(info.pending_count)),
+            "{}",
+            s.service
+        );
+    }
+    let every = m
+        .services
+        .iter()
+        .find(|s| s.service == "everywhere")
+        .expect("daemon");
+    assert_eq!((every.desired, every.running), (1, 1));
+    assert_eq!(
+        m.deployments.get(&("big".to_string(), "IN_PROGRESS")),
+        Some(&1)
+    );
+    assert_eq!(
+        m.deployments.get(&("everywhere".to_string(), "COMPLETED")),
+        Some(&1)
+    );
+    // Placements by origin; refusals by origin and reason.
+    let c = &m.counters;
+    assert_eq!(c.placements.get(&O::TaskRun), Some(&1));
+    assert_eq!(c.placements.get(&O::Service), Some(&4));
+    assert_eq!(c.refusals.get(&(O::TaskRun, R::Memory)), Some(&5));
+    // The big service asks for the seven that do not fit every round.
+    assert!(
+        c.refusals
+            .get(&(O::Service, R::Memory))
+            .is_some_and(|n| *n >= 7 * 3),
+        "{:?}",
+        c.refusals
+    );
+    assert!(
+        c.refusals.keys().all(|(_, r)| *r == R::Memory),
+        "{:?}",
+        c.refusals
+    );
+    // Every commit was timed.
+    assert_eq!(c.commits.count, h.commit_count());
+    assert_eq!(c.commit_failures, 0);
+}
+
+#[test]
+fn metrics_count_sessions_admitted_rate_limited_and_refused() {
+    let mut h = Harness::with_config(super::Config {
+        session_rate: 1,
+        ..Default::default()
+    });
+    let n = h.join(&[], 1000, 4);
+    h.disconnect(&n);
+    let hello = |node: &str, session| {
+        Command::Agent(Agent::Hello {
+            node: node.into(),
+            session,
+            hello: flotilla_api::Hello {
+                protocols: flotilla_api::PROTOCOLS.to_vec(),
+                agent_version: "test".into(),
+                address: None,
+            },
+            remote: None,
+        })
+    };
+    // The one session of this second is taken: told to come back.
+    let busy = h.exec(hello(&n, 100)).expect("hello");
+    assert!(
+        matches!(busy, Reply::Hello(flotilla_api::HelloReply::Busy { .. })),
+        "{busy:?}"
+    );
+    let unknown = h.exec(hello("n-unknown", 101)).expect("hello");
+    assert!(matches!(unknown, Reply::CloseSession { .. }), "{unknown:?}");
+    let c = metrics(&mut h).counters;
+    assert_eq!(
+        (
+            c.sessions_admitted,
+            c.sessions_rate_limited,
+            c.sessions_refused
+        ),
+        (1, 1, 1)
+    );
+}
+
+/// The cost of a metrics scrape on the core's thread with 1,000 simulated nodes' worth of
+/// records (the harness's fake agents: commands, no process; `SCRAPE_NODES` for another size),
+/// 100 REPLICA services of a tenth as many tasks each and one DAEMON service, against a
+/// steady-state service round on the same records. Ignored by default; BENCHMARKS.md has its
+/// numbers: `CARGO_PROFILE_RELEASE_LTO=false cargo test --release -p orchestratord --lib --
+/// --ignored --nocapture scrape_cost`.
+#[test]
+#[ignore]
+fn scrape_cost_with_1000_nodes() {
+    use std::time::{Duration, Instant};
+    let nodes: u32 = std::env::var("SCRAPE_NODES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    // Every session admitted at once (the harness's clock stands still while they join).
+    let mut h = Harness::with_config(super::Config {
+        session_rate: nodes + 1,
+        ..Default::default()
+    });
+    for i in 0..nodes {
+        h.join(&[("site", &format!("s{}", i % 10))], 256 << 10, 64);
+    }
+    h.register(&def("web", "web", 64));
+    h.register(&def("agent", "agent", 16));
+    for s in 0..100 {
+        h.create_service(&service(&format!("web{s}"), "web", nodes / 10, 50, 200, ""));
+    }
+    h.create_service(
+        r#"{"serviceName":"everywhere","taskDefinition":"agent","schedulingStrategy":"DAEMON"}"#,
+    );
+    for _ in 0..3 {
+        h.step();
+    }
+    let timed = |h: &mut Harness, c: Command| {
+        let t = Instant::now();
+        h.exec(c).expect("command");
+        t.elapsed()
+    };
+    let p50 = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let scrapes: Vec<Duration> = (0..21).map(|_| timed(&mut h, Command::Metrics)).collect();
+    let rounds: Vec<Duration> = (0..21)
+        .map(|_| timed(&mut h, Command::Tick(Tick::ServiceRound)))
+        .collect();
+    let m = metrics(&mut h);
+    let tasks: u64 = m.tasks.values().sum();
+    let running: u64 = m.services.iter().map(|s| s.running).sum();
+    assert_eq!(m.nodes[0], ("READY", u64::from(nodes)));
+    assert_eq!(
+        running,
+        u64::from(nodes) * 11,
+        "every task placed and running"
+    );
+    let (scrape, round) = (p50(scrapes), p50(rounds));
+    println!(
+        "scrape of {nodes} nodes, {tasks} tasks, 101 services: p50 {:.2} ms; steady service round p50 {:.2} ms ({:.2}×)",
+        scrape.as_secs_f64() * 1e3,
+        round.as_secs_f64() * 1e3,
+        scrape.as_secs_f64() / round.as_secs_f64()
     );
 }

@@ -1,0 +1,274 @@
+//! The control plane's Prometheus metrics on a real cluster: a control plane with
+//! `--metrics-listen`, a real agent running a real task; the scrape passes Debian's
+//! `promtool check metrics` and says what happened, and Debian's real `prometheus` server
+//! scrapes it — in plain HTTP at `/metrics` and over TLS at `/v1/metrics` with the admin
+//! credential, as the README's scrape configuration does — and answers PromQL queries with it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use flotilla_api::tasks::TaskState;
+use flotilla_tests::cluster::{free_port, Agent, ControlPlane};
+use flotilla_tests::node::Node;
+use flotilla_tests::wait;
+
+const SERVE: &str = r#"{
+  "family": "serve",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.2 & wait; done"]
+  }]
+}"#;
+
+/// `GET path` in HTTP/1.0 (no chunked answer, the connection closed at its end): the status
+/// code, the head and the body.
+fn try_get(addr: SocketAddr, path: &str, accept: &str) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, head.to_string(), body.to_string()))
+}
+
+fn http_get(addr: SocketAddr, path: &str, accept: &str) -> (u16, String, String) {
+    try_get(addr, path, accept).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// The value of the sample `series` (name and labels exactly as written) in a text scrape.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `prometheus` on loopback, killed (and its storage removed with the test's directory) when
+/// dropped, also when the test fails.
+struct Prometheus {
+    child: Child,
+    web: SocketAddr,
+    log: std::path::PathBuf,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, config: &str) -> Self {
+        let file = dir.join("prometheus.yml");
+        std::fs::write(&file, config).expect("config");
+        let check = Command::new("promtool")
+            .arg("check")
+            .arg("config")
+            .arg(&file)
+            .output()
+            .expect("promtool (Debian package prometheus: scripts/install-deps.sh)");
+        assert!(
+            check.status.success(),
+            "promtool check config:\n{}{}",
+            String::from_utf8_lossy(&check.stdout),
+            String::from_utf8_lossy(&check.stderr)
+        );
+        let web = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = dir.join("prometheus.log");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={web}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("prometheus (Debian package prometheus: scripts/install-deps.sh)");
+        Self { child, web, log }
+    }
+
+    /// The value of the instant query `q` (its first sample), if it has one.
+    fn query(&self, q: &str) -> Option<f64> {
+        let mut encoded = String::new();
+        for b in q.bytes() {
+            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+                encoded.push(b as char);
+            } else {
+                encoded.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let path = format!("/api/v1/query?query={encoded}");
+        let (status, _, body) = try_get(self.web, &path, "application/json").ok()?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse().ok())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn prometheus_scrapes_the_control_plane_in_plain_http_and_over_tls() {
+    let started = Instant::now();
+    let node = Node::new();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let cp = ControlPlane::start(&["--metrics-listen", &metrics.to_string()]);
+    let mut agent = Agent::for_node(&node).with_run_args(&["--heartbeat", "5"]);
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    let f = cp.scratch().join("serve.json");
+    std::fs::write(&f, SERVE).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    cp.flotilla_ok(&["task", "run", "serve"]);
+    wait("a running task", Duration::from_secs(30), || {
+        cp.tasks().iter().any(|t| t.state == TaskState::Running)
+    });
+
+    // (a) The scrape: the Prometheus text format by default, valid for promtool, and what
+    // happened in it.
+    let (status, head, text) = http_get(metrics, "/metrics", "*/*");
+    assert_eq!(status, 200, "{head}\n{text}");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+        "{head}"
+    );
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus: scripts/install-deps.sh)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool check metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let value = |series: &str| {
+        sample(&text, series).unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
+    };
+    assert_eq!(value(r#"flotilla_nodes{state="READY"}"#), 1.0);
+    assert_eq!(value(r#"flotilla_nodes{state="DISCONNECTED"}"#), 0.0);
+    assert_eq!(value("flotilla_agent_sessions"), 1.0);
+    assert_eq!(value(r#"flotilla_tasks{service="",state="RUNNING"}"#), 1.0);
+    assert!(value(r#"flotilla_placements_total{origin="task_run"}"#) >= 1.0);
+    assert!(value(r#"flotilla_agent_session_attempts_total{result="admitted"}"#) >= 1.0);
+    assert!(value("flotilla_store_commit_duration_seconds_count") >= 1.0);
+    // The task run went through the API: its route's histogram, by template.
+    assert_eq!(
+        value(
+            r#"flotilla_api_request_duration_seconds_count{method="POST",route="/v1/tasks",code="201"}"#
+        ),
+        1.0
+    );
+    assert!(
+        value(
+            r#"flotilla_api_request_duration_seconds_bucket{method="POST",route="/v1/tasks",code="201",le="+Inf"}"#
+        ) >= 1.0
+    );
+    // OpenMetrics when asked for, as Prometheus asks.
+    let (status, head, om) = http_get(
+        metrics,
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    );
+    assert_eq!(status, 200);
+    assert!(
+        head.contains("application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    // Nothing else on the metrics listener.
+    assert_eq!(http_get(metrics, "/", "*/*").0, 404);
+    assert_eq!(http_get(metrics, "/v1/nodes", "*/*").0, 404);
+    // Over TLS on the operator API, with an admin credential.
+    let tls = cp.api().metrics().expect("GET /v1/metrics");
+    assert_eq!(sample(&tls, r#"flotilla_nodes{state="READY"}"#), Some(1.0));
+
+    // (b) Debian's prometheus scrapes both, every second, with the README's configuration.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let admin = cp.admin.display();
+    let config = format!(
+        r#"global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: flotilla
+    static_configs:
+      - targets: ["{metrics}"]
+  - job_name: flotilla-tls
+    scheme: https
+    metrics_path: /v1/metrics
+    tls_config:
+      ca_file: {admin}/ca.pem
+      cert_file: {admin}/cert.pem
+      key_file: {admin}/key.pem
+      server_name: orchestratord.flotilla.internal
+    static_configs:
+      - targets: ["{}"]
+"#,
+        cp.addr
+    );
+    let prometheus = Prometheus::start(dir.path(), &config);
+    for job in ["flotilla", "flotilla-tls"] {
+        let q = format!(r#"flotilla_nodes{{state="READY",job="{job}"}}"#);
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            if prometheus.query(&q) == Some(1.0) {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "prometheus never answered {q} = 1 (up: {:?}):\n{}",
+                prometheus.query(&format!(r#"up{{job="{job}"}}"#)),
+                prometheus.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    let running = prometheus.query(r#"sum(flotilla_tasks{state="RUNNING",job="flotilla"})"#);
+    assert_eq!(running, Some(1.0));
+    let placed = prometheus.query(r#"flotilla_placements_total{origin="task_run",job="flotilla"}"#);
+    assert!(placed.is_some_and(|p| p >= 1.0), "{placed:?}");
+    drop(prometheus);
+
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+    eprintln!("metrics system test: {:?}", started.elapsed());
+}

@@ -40,7 +40,8 @@ const SERVER_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 #[command(name = "orchestratord", version, about = "Flotilla control plane")]
 struct Cli {
     /// Configuration file (TOML; keys as the flags: data_dir, listen, metrics_listen,
-    /// node_cert_lifetime, session_rate, log_format …).
+    /// node_cert_lifetime, session_rate, log_format, bridge_pool, bridge_prefix, awsvpc_subnet,
+    /// awsvpc_range, awsvpc_gateway, vip_pool).
     /// Default: /etc/flotilla/orchestratord.toml when it exists. Flags override it.
     #[arg(long, global = true, env = "ORCHESTRATORD_CONFIG")]
     config: Option<PathBuf>,
@@ -567,5 +568,22 @@ mod tests {
             Some(SocketAddr::from(([127, 0, 0, 1], 9464)))
         );
         assert!(!example.lines().any(|l| l.starts_with("metrics_listen")));
+    }
+
+    #[test]
+    fn the_help_of_config_names_every_key() {
+        use clap::CommandFactory;
+        let help = Cli::command()
+            .get_arguments()
+            .find(|a| a.get_id() == "config")
+            .and_then(|a| a.get_long_help().or(a.get_help()))
+            .map(|h| h.to_string().replace('\n', " "))
+            .expect("--config has help");
+        for k in FILE_KEYS {
+            assert!(
+                help.contains(k),
+                "--config's help does not name {k}: {help}"
+            );
+        }
     }
 }

@@ -48,10 +48,11 @@ fn config_files_give_settings_flags_override_them_and_typos_are_refused() {
     let conf = dir.path().join("nodeagent.toml");
     let data = dir.path().join("from-config");
     std::fs::write(&conf, format!("data_dir = \"{}\"\n", data.display())).expect("write");
+    // (a command that adds to the node: read-only ones refuse a data directory that is not there)
     let out = Command::new(bin("nodeagent"))
         .arg("--config")
         .arg(&conf)
-        .args(["ctr", "image", "ls"])
+        .args(["ctr", "volume", "create", "v"])
         .output()
         .expect("nodeagent");
     assert!(
@@ -69,7 +70,7 @@ fn config_files_give_settings_flags_override_them_and_typos_are_refused() {
         .arg(&conf)
         .arg("--data-dir")
         .arg(&flag)
-        .args(["ctr", "image", "ls"])
+        .args(["ctr", "volume", "create", "v"])
         .output()
         .expect("nodeagent");
     assert!(out.status.success());

@@ -31,6 +31,23 @@ pub const PROTOCOLS: &[u32] = &[1];
 /// Port of the control plane (QUIC for agents, HTTPS for operators) when none is given.
 pub const DEFAULT_PORT: u16 = 7443;
 
+/// How an agent keeps its session: what `nodeagent` does, and what the fleet simulator must do
+/// to stand for it.
+pub mod session {
+    use std::time::Duration;
+
+    /// How often a live session pings the control plane.
+    pub const PING_EVERY: Duration = Duration::from_secs(10);
+    /// How long a ping may take before the session counts as lost.
+    pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Longest wait between two dial attempts.
+    pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
+    /// QUIC keep-alive interval of the agent's connection.
+    pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
+    /// QUIC idle timeout the agent asks for.
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+}
+
 /// `host:port` from `host` or `host:port` (the default port added).
 pub fn with_default_port(server: &str) -> String {
     if server

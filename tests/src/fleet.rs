@@ -33,12 +33,9 @@ use flotilla_certs::token::JoinToken;
 use flotilla_certs::{key_and_csr, CertifiedKey, SERVER_NAME};
 use quinn::{Connection, Endpoint};
 
-/// How often a session pings (as `nodeagent`).
-const PING_EVERY: Duration = Duration::from_secs(10);
-/// How long a ping may take before the session counts as lost (as `nodeagent`).
-const PING_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest wait between two dial attempts (as `nodeagent`).
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+use flotilla_api::session::MAX_BACKOFF;
+use flotilla_api::session::PING_EVERY;
+use flotilla_api::session::PING_TIMEOUT;
 /// Close code the control plane uses for a revoked node.
 const CLOSE_REVOKED: u32 = 2;
 /// Memory every simulated container says it uses, bytes.
@@ -70,9 +67,9 @@ fn quic_client(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
         .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.keep_alive_interval(Some(flotilla_api::session::KEEP_ALIVE));
     transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(30))
+        quinn::IdleTimeout::try_from(flotilla_api::session::IDLE_TIMEOUT)
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     ));
     cfg.transport_config(Arc::new(transport));

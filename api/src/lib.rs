@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 pub mod config;
 pub mod discovery;
+pub mod errors;
 pub mod ipam;
 pub mod logging;
 pub mod ops;

@@ -945,6 +945,12 @@ async fn service_listing(api: &Client) -> Result<Listing<ServiceInfo>> {
                 primary
                     .map(|d| d.rollout_state.to_string())
                     .unwrap_or_default(),
+                // Why tasks wait (`service inspect` says it too): the column a person scans
+                // for when RUNNING stays below DESIRED.
+                s.placement_problem
+                    .as_deref()
+                    .map(|p| format!("cannot place: {p}"))
+                    .unwrap_or_default(),
             ];
             (s.spec.service_name.clone(), row, s)
         })
@@ -958,6 +964,7 @@ async fn service_listing(api: &Client) -> Result<Listing<ServiceInfo>> {
             "RUNNING",
             "PENDING",
             "ROLLOUT",
+            "PROBLEM",
         ],
         items,
     })
@@ -1318,7 +1325,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if closed_pipe(&e) => ExitCode::from(EXIT_CLOSED_PIPE),
         Err(e) => {
-            errln!("error: {e:#}");
+            errln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

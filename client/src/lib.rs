@@ -40,7 +40,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The credential directory could not be read.
-    #[error("no admin credential in {} (see `orchestratord init`)", dir.display())]
+    #[error(
+        "no admin credential in {} (`flotilla dev` makes one for a cluster on this machine; \
+         `orchestratord init` or `flotilla admin issue` for a cluster's; `--config DIR` reads \
+         another)",
+        dir.display()
+    )]
     Credential {
         /// The directory.
         dir: PathBuf,

@@ -426,14 +426,18 @@ async fn session(
                         let dns = runner.dns().clone();
                         match tokio::task::spawn_blocking(move || dns.set(registry)).await? {
                             Ok(version) => PushReply::Persisted { generation: version },
-                            Err(e) => PushReply::Refused { reason: format!("{e:#}") },
+                            Err(e) => PushReply::Refused {
+                                reason: flotilla_api::errors::chain(e.as_ref()),
+                            },
                         }
                     }
                     Ok(ServerPush::Desired(state)) => {
                         let r = runner.clone();
                         match tokio::task::spawn_blocking(move || r.set_desired(state)).await? {
                             Ok(generation) => PushReply::Persisted { generation },
-                            Err(e) => PushReply::Refused { reason: format!("{e:#}") },
+                            Err(e) => PushReply::Refused {
+                                reason: flotilla_api::errors::chain(e.as_ref()),
+                            },
                         }
                     }
                     Err(e) => PushReply::Refused { reason: format!("bad push: {e}") },

@@ -29,7 +29,7 @@ pub async fn serve(
     let last = match stream(&store, &runner, &req, &mut send).await {
         Ok(()) => LogFrame::End,
         Err(e) => LogFrame::Error {
-            reason: format!("{e:#}"),
+            reason: flotilla_api::errors::chain(e.as_ref()),
         },
     };
     let _ = write_frame(&mut send, &last).await;

@@ -205,7 +205,7 @@ fn main() -> ExitCode {
     let cli = match settle(Cli::parse()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
             return ExitCode::FAILURE;
         }
     };
@@ -222,7 +222,7 @@ fn main() -> ExitCode {
     let node = match node_options(&cli) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
             return ExitCode::FAILURE;
         }
     };
@@ -297,7 +297,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

@@ -513,7 +513,7 @@ impl Runner {
             }
             Ok(()) => tracing::info!(task = %task, container = %container, "started"),
             Err(e) => {
-                let error = format!("{e:#}");
+                let error = flotilla_api::errors::chain(e.as_ref());
                 {
                     let mut node = self.node();
                     let why = node.start_failed(&task, &container, &error, Instant::now());

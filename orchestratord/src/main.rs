@@ -178,7 +178,7 @@ fn main() -> std::process::ExitCode {
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }

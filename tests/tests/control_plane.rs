@@ -115,6 +115,16 @@ fn concurrent_task_runs_and_a_service_never_reserve_more_than_the_node_has() {
         .expect("the service says why it is short");
     assert!(problem.contains("lacked memory"), "{problem}");
     assert_eq!(s.running_count as usize + placed, 4);
+    // The listing a person scans says it too, on the service's row.
+    let listing = cp.flotilla_ok(&["service", "ls"]);
+    let row = listing
+        .lines()
+        .find(|l| l.starts_with("big-svc"))
+        .unwrap_or_else(|| panic!("no big-svc row: {listing}"));
+    assert!(
+        row.contains("cannot place:") && row.contains("lacked memory"),
+        "{listing}"
+    );
 
     cp.flotilla_ok(&["service", "rm", "big-svc"]);
     stop_everything(&cp, &node);

@@ -109,6 +109,15 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// A transport failure of a request to `url`; the client's own copy of the URL is dropped
+    /// from its message, which would otherwise say it twice.
+    fn http(url: &str, source: reqwest::Error) -> Self {
+        RegistryError::Http {
+            url: url.to_string(),
+            source: source.without_url(),
+        }
+    }
+
     /// Whether trying again (resuming) may help.
     pub fn is_transient(&self) -> bool {
         match self {
@@ -189,10 +198,7 @@ impl RegistryClient {
         url: &str,
         headers: HeaderMap,
     ) -> Result<reqwest::Response, RegistryError> {
-        let http_err = |source| RegistryError::Http {
-            url: url.to_string(),
-            source,
-        };
+        let http_err = |source| RegistryError::http(url, source);
         let cached = self.auth.lock().ok().and_then(|a| a.clone());
         let mut req = self
             .http
@@ -285,10 +291,10 @@ impl RegistryClient {
                 if let Credentials::Basic { user, password } = &self.opts.credentials {
                     treq = treq.basic_auth(user, Some(password));
                 }
-                let tresp = treq.send().await.map_err(|source| RegistryError::Http {
-                    url: realm.clone(),
-                    source,
-                })?;
+                let tresp = treq
+                    .send()
+                    .await
+                    .map_err(|source| RegistryError::http(realm, source))?;
                 match tresp.status() {
                     s if s.is_success() => {}
                     StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -428,10 +434,11 @@ impl RegistryClient {
             .map_err(werr)?;
         let mut held = start;
         progress(held);
-        while let Some(chunk) = resp.chunk().await.map_err(|source| RegistryError::Http {
-            url: url.clone(),
-            source,
-        })? {
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|source| RegistryError::http(&url, source))?
+        {
             held += chunk.len() as u64;
             if held > size {
                 return Err(RegistryError::TooLarge { url, limit: size });
@@ -457,10 +464,11 @@ async fn read_limited(
         });
     }
     let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|source| RegistryError::Http {
-        url: url.to_string(),
-        source,
-    })? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|source| RegistryError::http(url, source))?
+    {
         if out.len() as u64 + chunk.len() as u64 > limit {
             return Err(RegistryError::TooLarge {
                 url: url.to_string(),
@@ -543,6 +551,35 @@ mod tests {
         );
         assert!(parse_challenge(r#"Bearer realm="unterminated"#).is_none());
         assert!(parse_challenge("").is_none());
+    }
+
+    #[test]
+    fn a_transport_failure_names_the_url_once() {
+        // A port nothing listens on: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = RegistryClient::new(
+            http_client().expect("client"),
+            &format!("127.0.0.1:{port}"),
+            "team/app",
+            RegistryOptions {
+                credentials: Credentials::default(),
+                insecure: true,
+            },
+        );
+        let e = rt
+            .block_on(client.manifest("v1"))
+            .expect_err("nothing listens");
+        let text = format!("{:#}", anyhow::Error::new(e));
+        assert_eq!(text.matches("127.0.0.1").count(), 1, "{text}");
+        assert!(text.contains("/v2/team/app/manifests/v1"), "{text}");
+        assert!(text.contains("refused"), "{text}");
     }
 
     #[test]

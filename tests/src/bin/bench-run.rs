@@ -21,6 +21,7 @@ fn main() -> Result<()> {
     let work = tempfile::tempdir()?;
     let data = work.path().join("node");
     let parent = format!("flotilla-bench/{}", std::process::id());
+    let _cgroups = Cgroups(parent.clone());
     let ctr = |args: &[&str]| -> Result<String> {
         let out = Command::new(&nodeagent)
             .arg("--data-dir")
@@ -149,11 +150,22 @@ fn main() -> Result<()> {
         ratios[ratios.len() / 2]
     );
     println!("shim idle RSS: {shim_rss}");
-    // runc leaves its parents in every hierarchy (nodeagent removes its own when empty).
-    for entry in fs::read_dir("/sys/fs/cgroup")?.flatten() {
-        let _ = fs::remove_dir(entry.path().join(&parent).join("runc"));
-        let _ = fs::remove_dir(entry.path().join(&parent));
-        let _ = fs::remove_dir(entry.path().join("flotilla-bench"));
-    }
     Ok(())
+}
+
+/// The benchmark's cgroup parent, removed from every hierarchy when the benchmark ends, also
+/// when it fails: runc leaves its parents behind (nodeagent removes its own when empty).
+struct Cgroups(String);
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        let Ok(hierarchies) = fs::read_dir("/sys/fs/cgroup") else {
+            return;
+        };
+        for entry in hierarchies.flatten() {
+            let _ = fs::remove_dir(entry.path().join(&self.0).join("runc"));
+            let _ = fs::remove_dir(entry.path().join(&self.0));
+            let _ = fs::remove_dir(entry.path().join("flotilla-bench"));
+        }
+    }
 }

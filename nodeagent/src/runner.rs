@@ -458,6 +458,7 @@ impl Runner {
             return;
         };
         let task = name.task.clone();
+        let runtime_name = name.to_string();
         let mut config = container_config(&task, &t.definition, def);
         config
             .env
@@ -506,6 +507,7 @@ impl Runner {
                 "started again in place after the machine stopped"),
             // A warning: what the container held is gone.
             Ok(Some(Resumed::Afresh(why))) => tracing::warn!(task = %task, container = %container,
+                name = %runtime_name,
                 "{why}: it starts again in a new container, without what the old one held"),
             Ok(None) if how == StartHow::Restart => {
                 tracing::info!(task = %task, container = %container, "restarted")

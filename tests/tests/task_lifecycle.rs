@@ -702,24 +702,19 @@ const KEEPER: &str = r#"{
   }]
 }"#;
 
-/// A power cut for real, on one machine: the agent runs as in a boot of its own (its own
-/// boot id, its mounts in a namespace of their own); then it and every process it started
-/// are killed at once — shims, containers — and with the last of them go that boot's
-/// overlay mounts and its task's network namespace. The agent started again (in this boot)
-/// starts the same container again: its id, its writable layer, its log, in the task's
-/// network namespace made anew.
-#[test]
-fn after_a_power_cut_a_running_container_starts_again_in_place() {
+/// The first boot of a power-cut test: `node`'s agent, enrolled with `cp`, runs [`KEEPER`] as
+/// in a boot of its own until its first run has written `/runs` and its line; then the power
+/// is cut ([`Node::power_cut`]: that boot's processes and mounts are gone, its files stay).
+/// The task's id and its container as that boot last saw it.
+fn keeper_until_a_power_cut(
+    node: &Node,
+    cp: &ControlPlane,
+) -> (String, flotilla_runtime::container::ContainerInfo) {
     use flotilla_runtime::container::{ContainerInfo, Status};
 
-    let node = Node::new();
-    let cp = ControlPlane::start(&[]);
-    let mut agent = Agent::for_node(&node)
+    let mut agent = Agent::for_node(node)
         .with_run_args(&["--heartbeat", "5"])
         .in_another_boot();
-    // Dropped before the node: also when the test fails, nothing of that boot outlives the
-    // test (the node then removes what is left).
-    let _cut = scopeguard(|| node.power_cut());
     assert!(agent
         .join(&cp.server(), &cp.token(&[]), &[])
         .status
@@ -732,7 +727,7 @@ fn after_a_power_cut_a_running_container_starts_again_in_place() {
     cp.register(KEEPER);
     let id = cp.run_one("keeper");
     let name = format!("{id}-0");
-    wait_state(&cp, &id, TaskState::Running, Duration::from_secs(30));
+    wait_state(cp, &id, TaskState::Running, Duration::from_secs(30));
     // Seen from inside that boot.
     let ctr = |args: &[&str]| {
         let mut base = node.nodeagent();
@@ -746,7 +741,6 @@ fn after_a_power_cut_a_running_container_starts_again_in_place() {
     });
     let before: ContainerInfo = serde_json::from_str(&ctr(&["inspect", &name])).expect("inspect");
     assert_eq!(before.status, Status::Running);
-    let old_pid = before.pid().expect("pid");
     assert_eq!(ctr(&["exec", &name, "cat", "/runs"]), "1\n");
 
     // The power cut.
@@ -759,6 +753,28 @@ fn after_a_power_cut_a_running_container_starts_again_in_place() {
     );
     // That boot's records, seen from this one: a container cut off with it.
     assert_ne!(node.inspect(&name).status, Status::Running);
+    (id, before)
+}
+
+/// A power cut for real, on one machine: the agent runs as in a boot of its own (its own
+/// boot id, its mounts in a namespace of their own); then it and every process it started
+/// are killed at once — shims, containers — and with the last of them go that boot's
+/// overlay mounts and its task's network namespace. The agent started again (in this boot)
+/// starts the same container again: its id, its writable layer, its log, in the task's
+/// network namespace made anew.
+#[test]
+fn after_a_power_cut_a_running_container_starts_again_in_place() {
+    use flotilla_runtime::container::Status;
+
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    // Dropped before the node: also when the test fails, nothing of that boot outlives the
+    // test (the node then removes what is left).
+    let _cut = scopeguard(|| node.power_cut());
+    let (id, before) = keeper_until_a_power_cut(&node, &cp);
+    let name = format!("{id}-0");
+    let old_pid = before.pid().expect("pid");
+    let netns = node.data.join("netns").join(&id);
 
     // The next boot.
     let mut agent = Agent::for_node(&node).with_run_args(&["--heartbeat", "5"]);
@@ -804,7 +820,8 @@ fn after_a_power_cut_a_running_container_starts_again_in_place() {
         node.ctr_ok(&["logs", &name]) == "run 1\nrun 2\n"
     });
     agent.wait_log("it starts again in place", 1, Duration::from_secs(5));
-    agent.wait_log("session established", 1, Duration::from_secs(30));
+    // (the first boot's session, then this one's)
+    agent.wait_log("session established", 2, Duration::from_secs(30));
     wait(
         "the task reported running again",
         Duration::from_secs(30),
@@ -814,6 +831,68 @@ fn after_a_power_cut_a_running_container_starts_again_in_place() {
         },
     );
     assert_eq!(cp.flotilla_ok(&["logs", &id]), "run 1\nrun 2\n");
+
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}
+
+/// A container whose writable layer did not survive the power cut cannot start again in
+/// place: a new container takes its place, the agent's log names it, and the task runs.
+#[test]
+fn after_a_power_cut_a_container_whose_layer_is_damaged_is_replaced_and_its_task_runs() {
+    use flotilla_runtime::container::Status;
+
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let _cut = scopeguard(|| node.power_cut());
+    let (id, before) = keeper_until_a_power_cut(&node, &cp);
+    let name = format!("{id}-0");
+    let upper = node
+        .data
+        .join("containers")
+        .join(&before.record.id)
+        .join("upper");
+    std::fs::remove_dir_all(&upper).expect("its upper directory");
+
+    let mut agent = Agent::for_node(&node).with_run_args(&["--heartbeat", "5"]);
+    agent.run();
+    node.wait_for(
+        "a container of the task to run",
+        Duration::from_secs(30),
+        || {
+            node.ps().iter().any(|c| {
+                c.record.config.name.as_deref() == Some(&name) && c.status == Status::Running
+            })
+        },
+    );
+    let now = node.ps();
+    // A new one, alone: the damaged one is gone.
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0].record.id, before.record.id);
+    assert_eq!(node.ctr_ok(&["exec", &name, "cat", "/runs"]), "1\n");
+    let warned = || {
+        agent.log().lines().any(|l| {
+            l.contains("WARN")
+                && l.contains(&name)
+                && l.contains("its writable layer is damaged")
+                && l.contains("it starts again in a new container")
+        })
+    };
+    let start = std::time::Instant::now();
+    while !warned() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no warning naming {name}:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait("the task reported running", Duration::from_secs(30), || {
+        cp.task(&id).state == TaskState::Running
+    });
 
     cp.flotilla_ok(&["task", "stop", &id]);
     wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));

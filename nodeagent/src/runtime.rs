@@ -316,6 +316,10 @@ impl ContainerRuntime for StoreRuntime {
                         started.detach();
                         return Ok(Resumed::InPlace);
                     }
+                    // Started meanwhile (not by the node): never removed from under its run.
+                    Err(e @ ContainerError::Running(_)) => {
+                        return Err(store_error("starting again", name)(e))
+                    }
                     Err(e) => format!("it could not start again in place: {e}"),
                 }
             }

@@ -10,8 +10,8 @@
 //! back what happened ([`Node::start_failed`], [`Node::restarting`], [`Node::set_online`],
 //! [`Node::acknowledge`]) and persists what must survive a restart (the desired state, and the
 //! runs when [`Node::unsaved_runs`] says so). A node built from what was persisted (a power
-//! cut: nothing in memory) starts every task again. Tests drive it with a fake runtime and
-//! simulated time.
+//! cut: nothing in memory) starts every task again, each container that was running starting
+//! again in place ([`Command::Resume`]). Tests drive it with a fake runtime and simulated time.
 //!
 //! Commands run concurrently and may take long (a stop waits out its container's
 //! `stopTimeout`, a start may pull an image): the runner applies each on its own and says when
@@ -88,6 +88,18 @@ pub enum Command {
         /// Restart attempts in a row of this container once this one is done.
         attempt: u32,
     },
+    /// Start a container lost with an earlier boot of the machine ([`RunState::Lost`]: it was
+    /// running or starting when the power went or the machine rebooted) again in place, its
+    /// task network and image made sure of as [`Command::Start`] does: the same container, as
+    /// Docker starts a container of restart policy `always` again after a reboot, its restart
+    /// count starting over. The runtime makes a new one when it cannot (see
+    /// `ContainerRuntime::resume`).
+    Resume {
+        /// Its runtime name.
+        name: ContainerName,
+        /// Its name in the task definition.
+        container: String,
+    },
     /// Remove every container of a task, its own volumes and its network; its containers'
     /// logs are kept (see `logs::KEEP`).
     Remove {
@@ -121,9 +133,10 @@ impl Command {
     /// What it acts on.
     pub fn target(&self) -> Target {
         match self {
-            Self::Start { name, .. } | Self::Stop { name, .. } | Self::Restart { name, .. } => {
-                Target::Container(name.clone())
-            }
+            Self::Start { name, .. }
+            | Self::Stop { name, .. }
+            | Self::Restart { name, .. }
+            | Self::Resume { name, .. } => Target::Container(name.clone()),
             Self::Remove { task, .. } => Target::Task(task.clone()),
         }
     }
@@ -135,9 +148,6 @@ pub struct Round {
     /// The tasks this round converges: the control plane's (those the node stopped itself
     /// marked so) and the runs of the node's schedules.
     pub desired: DesiredState,
-    /// Containers lost with an earlier boot of the machine ([`RunState::Lost`]), to remove
-    /// before the commands are applied: the commands start them again.
-    pub discard: Vec<ContainerName>,
     /// What to do; each stands on its own, so they may be applied at once, and each is in
     /// flight until the runner calls [`Node::done`] with its target.
     pub commands: Vec<Command>,
@@ -324,10 +334,10 @@ impl Node {
         now: Now,
     ) -> Round {
         let desired = self.merged(now);
-        // A container lost with the machine's last boot, of a task meant to run, is as if it
-        // never ran: it runs again (and counts no restart). One of a task meant to stop, or no
-        // longer assigned, counts as ended without a known code, so the task is removed (with
-        // its volumes) the usual way.
+        // A container lost with the machine's last boot, of a task meant to run, is planned as
+        // if it had not started yet: its start (in its task's order) starts it again in place
+        // ([`Command::Resume`]). One of a task meant to stop, or no longer assigned, counts as
+        // ended without a known code, so the task is removed (with its volumes) the usual way.
         let runs = |task: &str| {
             desired
                 .tasks
@@ -340,7 +350,7 @@ impl Node {
                 .partition(|c| c.state == RunState::Lost && runs(&c.name.task));
             (lost, kept.into_iter().cloned().collect())
         };
-        let discard: Vec<ContainerName> = lost.iter().map(|c| c.name.clone()).collect();
+        let lost: BTreeSet<ContainerName> = lost.iter().map(|c| c.name.clone()).collect();
         let seen = &seen[..];
         let (world, names) = self.world(&desired, seen, health, now);
         let planned = plan(&desired, &world, &self.restarts);
@@ -392,6 +402,12 @@ impl Node {
             .actions
             .into_iter()
             .filter_map(|a| command(&desired, &names, &self.names, a))
+            .map(|c| match c {
+                Command::Start { name, container } if lost.contains(&name) => {
+                    Command::Resume { name, container }
+                }
+                other => other,
+            })
             .filter(|c| !self.busy(&c.target()))
             .collect();
         self.in_flight.extend(commands.iter().map(Command::target));
@@ -410,7 +426,6 @@ impl Node {
         self.restarts.retain(|(t, _), _| assigned(t));
         Round {
             desired,
-            discard,
             commands,
             status,
             checks,
@@ -492,7 +507,7 @@ impl Node {
                 RunState::Running => Observed::Running {
                     healthy: health.get(&c.id).copied(),
                 },
-                // Lost ones of tasks meant to run were discarded before; the rest ended, how
+                // Lost ones of tasks meant to run were set aside before; the rest ended, how
                 // unknown.
                 RunState::Exited(_) | RunState::Lost => {
                     let exit = match c.state {
@@ -697,6 +712,8 @@ mod tests {
         slow: Slow,
         /// Commands in flight, with the desired state of the round that gave them.
         held: Vec<(DesiredState, Command)>,
+        /// Every container lost with a power cut started again, and how.
+        resumes: Vec<(ContainerName, crate::runtime::Resumed)>,
     }
 
     /// Which commands take long (a stop waiting out its timeout, a start pulling an image).
@@ -721,6 +738,7 @@ mod tests {
                 starts: Vec::new(),
                 slow: Slow::default(),
                 held: Vec::new(),
+                resumes: Vec::new(),
             };
             sim.at(Duration::ZERO);
             sim
@@ -753,9 +771,6 @@ mod tests {
         fn round(&mut self) -> Round {
             let seen = self.rt.list().expect("list");
             let round = self.node.round(&seen, &BTreeMap::new(), self.now());
-            for name in &round.discard {
-                self.rt.remove(name).expect("remove");
-            }
             for c in &round.commands {
                 let slow = match c {
                     Command::Stop { .. } => self.slow.stops,
@@ -784,7 +799,7 @@ mod tests {
         fn settle(&mut self) -> Vec<TaskStatus> {
             for _ in 0..10 {
                 let round = self.round();
-                if round.commands.is_empty() && round.discard.is_empty() {
+                if round.commands.is_empty() {
                     return round.status;
                 }
             }
@@ -794,6 +809,26 @@ mod tests {
         fn apply(&mut self, desired: &DesiredState, command: Command) {
             match command {
                 Command::Start { name, container } => self.start(desired, name, &container, false),
+                Command::Resume { name, container } => {
+                    let t = desired
+                        .tasks
+                        .iter()
+                        .find(|t| t.id == name.task)
+                        .expect("a desired task");
+                    let def = &t.definition.container_definitions[name.index];
+                    let config = crate::runner::container_config(&name.task, &t.definition, def);
+                    match self.rt.resume(&name, config) {
+                        Ok(how) => {
+                            self.resumes.push((name.clone(), how));
+                            self.starts.push((self.t, name));
+                        }
+                        Err(e) => {
+                            let mono = self.now().mono;
+                            self.node
+                                .start_failed(&name.task, &container, &e.to_string(), mono);
+                        }
+                    }
+                }
                 Command::Stop { name, grace, .. } => self.rt.stop(&name, grace).expect("stop"),
                 Command::Restart {
                     name,
@@ -1071,14 +1106,33 @@ mod tests {
         let rt = std::mem::take(&mut sim.rt);
         rt.power_cut();
         let mut sim = Sim::with(rt, d, LocalRuns::default());
+        // t-1's container is asked to start again in place, not removed and created anew.
+        let r = sim.round();
+        let t1 = ContainerName::new("t-1", 0);
+        assert!(
+            r.commands.contains(&Command::Resume {
+                name: t1.clone(),
+                container: "main".into()
+            }),
+            "{:?}",
+            r.commands
+        );
+        assert!(
+            !r.commands
+                .iter()
+                .any(|c| matches!(c, Command::Start { .. } | Command::Restart { .. })),
+            "{:?}",
+            r.commands
+        );
         let s = sim.settle();
         let now = sim.rt.list().expect("list");
-        // t-1 runs again in a new container, counting no restart; t-2 is gone with its
+        // t-1 runs again in the same container, its count starting over; t-2 is gone with its
         // container, stopped (its code unknown), not started again.
         assert_eq!(now.len(), 1, "{now:?}");
         assert_eq!(now[0].name.task, "t-1");
         assert_eq!(now[0].state, RunState::Running);
-        assert!(!first.contains(&now[0].id));
+        assert!(first.contains(&now[0].id), "{now:?} {first:?}");
+        assert_eq!(sim.resumes, [(t1, crate::runtime::Resumed::InPlace)]);
         assert_eq!(of(&s, "t-1").state, TaskState::Running);
         assert_eq!(of(&s, "t-1").containers[0].restarts, 0);
         assert_eq!(of(&s, "t-2").state, TaskState::Stopped);
@@ -1206,6 +1260,14 @@ mod tests {
         assert!(s.iter().all(|t| t.state == TaskState::Running));
         // Power cut: containers gone, nothing in memory.
         let Sim { rt, t, .. } = sim;
+        let mut before: Vec<(String, String)> = rt
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|c| (c.name.to_string(), c.id))
+            .collect();
+        before.sort();
+        let attempts = rt.attempts();
         rt.power_cut();
         drop(db);
         let db = redb::Database::create(&path).expect("db");
@@ -1225,6 +1287,88 @@ mod tests {
         assert_eq!(started, want);
         assert_eq!(s.len(), 3);
         assert!(s.iter().all(|t| t.state == TaskState::Running), "{s:?}");
+        // Each started again in place: the same containers, nothing created.
+        assert_eq!(sim.resumes.len(), 4, "{:?}", sim.resumes);
+        assert!(sim
+            .resumes
+            .iter()
+            .all(|(_, how)| *how == crate::runtime::Resumed::InPlace));
+        let mut after: Vec<(String, String)> = sim
+            .rt
+            .list()
+            .expect("list")
+            .into_iter()
+            .map(|c| (c.name.to_string(), c.id))
+            .collect();
+        after.sort();
+        assert_eq!(after, before);
+        assert_eq!(sim.rt.attempts(), attempts + 4);
+    }
+
+    #[test]
+    fn after_a_power_cut_a_container_starts_again_in_place_or_afresh_when_it_cannot() {
+        const CRASHY: &str = r#"{"family":"f","containerDefinitions":[
+            {"name":"web","image":"x","memory":64,
+             "restartPolicy":{"enabled":true,"restartAttemptPeriod":60}}]}"#;
+        let desired = state(
+            1,
+            vec![task("t-1", CRASHY), task("t-2", SERVE), task("t-3", SERVE)],
+        );
+        let mut sim = Sim::new(desired.clone());
+        sim.settle();
+        let (web, fresh, broken) = (
+            ContainerName::new("t-1", 0),
+            ContainerName::new("t-2", 0),
+            ContainerName::new("t-3", 0),
+        );
+        // t-1's container was restarted twice by its policy.
+        for _ in 0..2 {
+            sim.after(secs(5));
+            sim.rt.exit(&web, 2);
+            sim.after(secs(5));
+            sim.settle();
+        }
+        assert_eq!(sim.rt.get(&web).map(|c| c.restarts), Some(2));
+        let id = |sim: &Sim, n: &ContainerName| sim.rt.get(n).expect("there").id;
+        let (web_id, fresh_id, broken_id) = (id(&sim, &web), id(&sim, &fresh), id(&sim, &broken));
+        // t-2's container had been created and not started yet; t-3's layer is damaged.
+        sim.rt.never_started(&fresh);
+        sim.rt.damage(&broken);
+        let rt = std::mem::take(&mut sim.rt);
+        rt.power_cut();
+        let mut sim = Sim::with(rt, desired, LocalRuns::default());
+        let s = sim.settle();
+        // Every task runs again; t-1 in its own container, its count starting over (as Docker's
+        // RestartCount after a reboot).
+        assert!(s.iter().all(|t| t.state == TaskState::Running), "{s:?}");
+        assert_eq!(id(&sim, &web), web_id);
+        assert_eq!(of(&s, "t-1").containers[0].restarts, 0);
+        // The others in new containers, each saying why.
+        assert_ne!(id(&sim, &fresh), fresh_id);
+        assert_ne!(id(&sim, &broken), broken_id);
+        let how = |n: &ContainerName| {
+            sim.resumes
+                .iter()
+                .find(|(r, _)| r == n)
+                .map(|(_, how)| how.clone())
+        };
+        assert_eq!(how(&web), Some(crate::runtime::Resumed::InPlace));
+        assert!(
+            matches!(how(&fresh), Some(crate::runtime::Resumed::Afresh(why)) if why.contains("not started")),
+            "{:?}",
+            how(&fresh)
+        );
+        assert!(
+            matches!(how(&broken), Some(crate::runtime::Resumed::Afresh(why)) if why.contains("damaged")),
+            "{:?}",
+            how(&broken)
+        );
+        // Its next crash is its first restart since.
+        sim.after(secs(5));
+        sim.rt.exit(&web, 2);
+        let s = sim.settle();
+        assert_eq!(of(&s, "t-1").containers[0].restarts, 1);
+        assert_eq!(id(&sim, &web), web_id);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::health::Health;
 use crate::node::{Command, Node, Now};
-use crate::runtime::{task_volume, ContainerName, ContainerRuntime, RunState};
+use crate::runtime::{task_volume, ContainerName, ContainerRuntime, Resumed, RunState};
 use crate::schedule::{LocalRuns, LocalTask};
 
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
@@ -81,6 +81,17 @@ fn now() -> Now {
         wall: SystemTime::now(),
         mono: Instant::now(),
     }
+}
+
+/// How [`Runner::start`] starts a container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StartHow {
+    /// Creates it and starts it.
+    Create,
+    /// Starts its exited container again in place (its restart policy).
+    Restart,
+    /// Starts its container lost with an earlier boot again in place.
+    Resume,
 }
 
 /// The runner shared by the session and the reconcile loop.
@@ -371,22 +382,7 @@ impl Runner {
                     me.wake.notify_one()
                 });
         }
-        let acted = !round.commands.is_empty() || !round.discard.is_empty();
-        let discard = std::mem::take(&mut round.discard);
-        for name in discard {
-            // A warning: the machine lost power or rebooted under its tasks.
-            tracing::warn!(task = %name.task, container = %name,
-                "the container was running or starting when the machine stopped (power cut \
-                 or reboot); it starts again");
-            let rt = self.runtime.clone();
-            let gone = name.clone();
-            match tokio::task::spawn_blocking(move || rt.remove(&gone)).await {
-                Ok(Ok(())) => {}
-                // Its start then fails on the name and says so; the node goes on.
-                Ok(Err(e)) => tracing::warn!(container = %name, "{e:#}"),
-                Err(e) => tracing::warn!(container = %name, "{e:#}"),
-            }
-        }
+        let acted = !round.commands.is_empty();
         let desired = Arc::new(round.desired);
         // Each command on its own: a stop waiting out its container's stopTimeout or a long
         // pull holds up nothing else; the machine holds it in flight until it is done.
@@ -445,15 +441,15 @@ impl Runner {
         Ok(acted)
     }
 
-    /// Creates and starts a container of a task — or, when `restart`, starts its exited
-    /// container again in place: its network, its image, then the runtime. A failure is told
-    /// to the state machine (the container then counts as exited with 125).
+    /// Creates and starts a container of a task — or starts its container again in place, as
+    /// `how` says: its network, its image, then the runtime. A failure is told to the state
+    /// machine (the container then counts as exited with 125).
     async fn start(
         &self,
         desired: &DesiredState,
         name: ContainerName,
         container: String,
-        restart: bool,
+        how: StartHow,
     ) {
         let Some(t) = desired.tasks.iter().find(|t| t.id == name.task) else {
             return;
@@ -462,6 +458,7 @@ impl Runner {
             return;
         };
         let task = name.task.clone();
+        let runtime_name = name.to_string();
         let mut config = container_config(&task, &t.definition, def);
         config
             .env
@@ -496,22 +493,26 @@ impl Runner {
                     .with_context(|| format!("pulling {}", config.image))?;
             }
             let rt = self.runtime.clone();
-            tokio::task::spawn_blocking(move || {
-                if restart {
-                    rt.restart(&name, config)
-                } else {
-                    rt.run(&name, config)
-                }
+            let resumed = tokio::task::spawn_blocking(move || match how {
+                StartHow::Create => rt.run(&name, config).map(|()| None),
+                StartHow::Restart => rt.restart(&name, config).map(|()| None),
+                StartHow::Resume => rt.resume(&name, config).map(Some),
             })
             .await??;
-            anyhow::Ok(())
+            anyhow::Ok(resumed)
         }
         .await;
         match result {
-            Ok(()) if restart => {
+            Ok(Some(Resumed::InPlace)) => tracing::info!(task = %task, container = %container,
+                "started again in place after the machine stopped"),
+            // A warning: what the container held is gone.
+            Ok(Some(Resumed::Afresh(why))) => tracing::warn!(task = %task, container = %container,
+                name = %runtime_name,
+                "{why}: it starts again in a new container, without what the old one held"),
+            Ok(None) if how == StartHow::Restart => {
                 tracing::info!(task = %task, container = %container, "restarted")
             }
-            Ok(()) => tracing::info!(task = %task, container = %container, "started"),
+            Ok(None) => tracing::info!(task = %task, container = %container, "started"),
             Err(e) => {
                 let error = flotilla_api::errors::chain(e.as_ref());
                 {
@@ -526,7 +527,16 @@ impl Runner {
 
     async fn apply(self: Arc<Self>, desired: &DesiredState, command: Command) -> Result<()> {
         match command {
-            Command::Start { name, container } => self.start(desired, name, container, false).await,
+            Command::Start { name, container } => {
+                self.start(desired, name, container, StartHow::Create).await
+            }
+            Command::Resume { name, container } => {
+                // A warning: the machine lost power or rebooted under its tasks.
+                tracing::warn!(task = %name.task, container = %name,
+                    "the container was running or starting when the machine stopped (power cut \
+                     or reboot); it starts again in place");
+                self.start(desired, name, container, StartHow::Resume).await
+            }
             Command::Stop { name, grace, .. } => {
                 let rt = self.runtime.clone();
                 tokio::task::spawn_blocking(move || rt.stop(&name, grace)).await??;
@@ -539,7 +549,8 @@ impl Runner {
             } => {
                 self.node().restarting(&name.task, &container, attempt);
                 tracing::info!(task = %name.task, container = %container, attempt, "restarting by restart policy");
-                self.start(desired, name, container, true).await;
+                self.start(desired, name, container, StartHow::Restart)
+                    .await;
             }
             Command::Remove { task, containers } => {
                 let rt = self.runtime.clone();

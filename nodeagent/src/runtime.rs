@@ -112,8 +112,17 @@ pub enum RunState {
     Exited(Option<Exit>),
     /// It was running or starting when the machine stopped (a power cut, a reboot, a kernel
     /// panic): it was started (or created) in an earlier boot and nothing recorded an exit.
-    /// Its task did not end; the node removes it and starts it again.
+    /// Its task did not end; the node starts it again in place ([`ContainerRuntime::resume`]).
     Lost,
+}
+
+/// How a container lost with an earlier boot started again ([`ContainerRuntime::resume`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resumed {
+    /// In place: the same container.
+    InPlace,
+    /// In a new container, for this reason (what the old one held is gone).
+    Afresh(String),
 }
 
 /// How a container ended.
@@ -159,8 +168,18 @@ pub trait ContainerRuntime: fmt::Debug + Send + Sync {
     /// (a task network made again), and a container that is not there (it never started) is
     /// created from it and started.
     fn restart(&self, name: &ContainerName, config: ContainerConfig) -> Result<(), RuntimeError>;
-    /// Removes an exited container; one that is not there is fine.
-    fn remove(&self, name: &ContainerName) -> Result<(), RuntimeError>;
+    /// Starts container `name`, lost with an earlier boot of the machine ([`RunState::Lost`]),
+    /// again in place: the same container — its writable layer, its volumes, its log — with a
+    /// new process, joining the network `config` names (its task network made again in this
+    /// boot), its restart count starting over (as Docker's after a reboot). One that cannot be
+    /// (it never started before the machine stopped, or its record or writable layer is
+    /// damaged) is removed and created afresh from `config`, and the answer says why: its task
+    /// runs either way.
+    fn resume(
+        &self,
+        name: &ContainerName,
+        config: ContainerConfig,
+    ) -> Result<Resumed, RuntimeError>;
     /// Removes every container of task `task` (killing what still runs) and its own volumes.
     fn remove_task(&self, task: &str) -> Result<(), RuntimeError>;
     /// Moves the log directory of ended container `name` to `dest`, so its output outlives
@@ -277,18 +296,47 @@ impl ContainerRuntime for StoreRuntime {
         }
     }
 
+    fn resume(
+        &self,
+        name: &ContainerName,
+        config: ContainerConfig,
+    ) -> Result<Resumed, RuntimeError> {
+        let key = name.to_string();
+        let why = match self.store.get(&key) {
+            // Its record unreadable (skipped, with a warning, by the store) or gone.
+            Err(ContainerError::NotFound(_)) => "its record is not there or unreadable".to_string(),
+            Err(e) => format!("it could not be read: {e}"),
+            Ok(info) if info.state.is_none() => {
+                "it was created but had not started when the machine stopped".to_string()
+            }
+            Ok(_) => {
+                let network = NetworkSettings::of(&config);
+                match self.store.resume(&key, Some(network)) {
+                    Ok(started) => {
+                        started.detach();
+                        return Ok(Resumed::InPlace);
+                    }
+                    // Started meanwhile (not by the node): never removed from under its run.
+                    Err(e @ ContainerError::Running(_)) => {
+                        return Err(store_error("starting again", name)(e))
+                    }
+                    Err(e) => format!("it could not start again in place: {e}"),
+                }
+            }
+        };
+        match self.store.remove(&key, true) {
+            Ok(()) | Err(ContainerError::NotFound(_)) => {}
+            Err(e) => return Err(store_error("removing", name)(e)),
+        }
+        self.run(name, config)?;
+        Ok(Resumed::Afresh(why))
+    }
+
     fn stop(&self, name: &ContainerName, grace: Duration) -> Result<(), RuntimeError> {
         self.store
             .stop(&name.to_string(), grace)
             .map(drop)
             .map_err(store_error("stopping", name))
-    }
-
-    fn remove(&self, name: &ContainerName) -> Result<(), RuntimeError> {
-        match self.store.remove(&name.to_string(), false) {
-            Ok(()) | Err(ContainerError::NotFound(_)) => Ok(()),
-            Err(e) => Err(store_error("removing", name)(e)),
-        }
     }
 
     fn remove_task(&self, task: &str) -> Result<(), RuntimeError> {
@@ -375,6 +423,8 @@ pub mod fake {
         broken: BTreeSet<String>,
         /// Every attempt to run one, successful or not.
         attempts: usize,
+        /// Containers whose writable layer is damaged.
+        damaged: BTreeSet<ContainerName>,
     }
 
     impl FakeRuntime {
@@ -417,7 +467,21 @@ pub mod fake {
             self.state().attempts
         }
 
-        /// The node lost power: every container is gone.
+        /// Container `name`'s writable layer is damaged: it cannot start again in place.
+        pub fn damage(&self, name: &ContainerName) {
+            self.state().damaged.insert(name.clone());
+        }
+
+        /// Container `name` was created and has not started yet.
+        pub fn never_started(&self, name: &ContainerName) {
+            if let Some(c) = self.state().containers.get_mut(name) {
+                c.state = RunState::Created;
+                c.started_at = None;
+            }
+        }
+
+        /// The node lost power: every container that ran or was about to is lost with the
+        /// boot (its files stay).
         pub fn power_cut(&self) {
             for c in self.state().containers.values_mut() {
                 if matches!(c.state, RunState::Running | RunState::Created) {
@@ -488,22 +552,43 @@ pub mod fake {
             Ok(())
         }
 
+        fn resume(
+            &self,
+            name: &ContainerName,
+            config: ContainerConfig,
+        ) -> Result<Resumed, RuntimeError> {
+            let mut s = self.state();
+            let now = Some(s.now.unwrap_or(SystemTime::UNIX_EPOCH));
+            let damaged = s.damaged.contains(name);
+            let why = match s.containers.get_mut(name) {
+                None => "its record is not there".to_string(),
+                Some(c) if c.state != RunState::Lost => {
+                    let e = ContainerError::Invalid(vec![format!("{name} is not lost")]);
+                    return Err(refused("resuming", name, e));
+                }
+                Some(c) if c.started_at.is_none() => {
+                    "it was created but had not started when the machine stopped".into()
+                }
+                Some(_) if damaged => "its writable layer is damaged".into(),
+                Some(c) => {
+                    c.state = RunState::Running;
+                    c.started_at = now;
+                    // As Docker's after a reboot: the count starts over.
+                    c.restarts = 0;
+                    s.attempts += 1;
+                    return Ok(Resumed::InPlace);
+                }
+            };
+            s.containers.remove(name);
+            s.damaged.remove(name);
+            drop(s);
+            self.run(name, config)?;
+            Ok(Resumed::Afresh(why))
+        }
+
         fn stop(&self, name: &ContainerName, _grace: Duration) -> Result<(), RuntimeError> {
             // It honours SIGTERM at once.
             self.exit(name, 143);
-            Ok(())
-        }
-
-        fn remove(&self, name: &ContainerName) -> Result<(), RuntimeError> {
-            let mut s = self.state();
-            if s.containers
-                .get(name)
-                .is_some_and(|c| c.state == RunState::Running)
-            {
-                let e = ContainerError::Running(name.to_string());
-                return Err(refused("removing", name, e));
-            }
-            s.containers.remove(name);
             Ok(())
         }
 

@@ -294,6 +294,9 @@ pub struct Agent {
     run_args: Vec<String>,
     /// The umask it is started with (the test's own when unset).
     umask: Option<u32>,
+    /// A file holding the boot id it is to see, when it runs as in another boot of the
+    /// machine (see [`Agent::in_another_boot`]).
+    boot: Option<PathBuf>,
 }
 
 impl Agent {
@@ -307,6 +310,7 @@ impl Agent {
             netns: None,
             run_args: Vec::new(),
             umask: None,
+            boot: None,
         }
     }
 
@@ -327,6 +331,7 @@ impl Agent {
             netns: None,
             run_args: Vec::new(),
             umask: None,
+            boot: None,
         }
     }
 
@@ -349,6 +354,47 @@ impl Agent {
         agent
     }
 
+    /// The same agent, run as if in another boot of the machine: in a mount namespace of its
+    /// own in which `/proc/sys/kernel/random/boot_id` reads a boot id made up for it (a bind
+    /// mount of a file there; the kernel's stays as it is for everything else). Its shims and
+    /// containers inherit the namespace, so they and their records carry that boot id too, and
+    /// what it mounts (its task networks' namespaces) lives only there. Killing it and every
+    /// process it started ([`crate::node::Node::power_cut`]) is then a power cut: that boot's
+    /// mounts go with its last process, and an agent started normally afterwards is in the
+    /// next boot. `nodeagent ctr` sees that boot only through [`Agent::in_its_boot`].
+    pub fn in_another_boot(mut self) -> Self {
+        assert!(
+            self.netns.is_none() && self.umask.is_none(),
+            "another boot, in a network namespace or with a umask: not supported"
+        );
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let id = format!(
+            "{:08x}-0000-4000-8000-{:012x}",
+            std::process::id(),
+            nanos & 0xffff_ffff_ffff
+        );
+        let file = self.log.with_extension("boot_id");
+        std::fs::write(&file, format!("{id}\n")).expect("boot id file");
+        self.boot = Some(file);
+        self
+    }
+
+    /// `command` (a `nodeagent` command line) run inside the mount namespace of this agent's
+    /// boot (see [`Agent::in_another_boot`]), while it runs.
+    pub fn in_its_boot(&self, command: &Command) -> Command {
+        let pid = self.pid().expect("the agent runs");
+        let mut c = Command::new("nsenter");
+        c.arg("-t")
+            .arg(pid.to_string())
+            .arg("-m")
+            .arg("--")
+            .arg(command.get_program())
+            .args(command.get_args());
+        c
+    }
+
     /// The same agent, `nodeagent run` given `args` too.
     pub fn with_run_args(mut self, args: &[&str]) -> Self {
         self.run_args = args.iter().map(|s| s.to_string()).collect();
@@ -367,9 +413,17 @@ impl Agent {
             Some(_) => "sh".into(),
             None => crate::bin("nodeagent").into(),
         };
-        let mut c = match &self.netns {
-            Some(ns) => crate::netns::command_in(ns, program),
-            None => Command::new(program),
+        let mut c = match (&self.netns, &self.boot) {
+            (Some(ns), _) => crate::netns::command_in(ns, program),
+            (None, Some(boot)) => {
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                    .arg("mount --bind \"$0\" /proc/sys/kernel/random/boot_id && exec \"$@\"")
+                    .arg(boot)
+                    .arg(program);
+                c
+            }
+            (None, None) => Command::new(program),
         };
         if let Some(mask) = self.umask {
             c.arg("-c")

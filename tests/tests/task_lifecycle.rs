@@ -1,6 +1,7 @@
 //! A task's life on its node with real containers: slow operations on one task never hold up
 //! the others, stops go in reverse `dependsOn` order, a container is asked to stop with its
-//! image's stop signal, and a container its restart policy restarts is the same container.
+//! image's stop signal, and a container its restart policy restarts — or a power cut stopped —
+//! is the same container when it starts again.
 
 use std::time::{Duration, Instant};
 
@@ -689,4 +690,224 @@ fn a_restart_never_follows_a_bind_source_swapped_for_a_symlink() {
     agent.kill();
     node.remove_all();
     node.assert_clean();
+}
+
+/// Counts its runs in its own root filesystem (`/runs`) and says so in its log; stays up.
+const KEEPER: &str = r#"{
+  "family": "keeper",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 5,
+    "command": ["sh", "-c", "n=$(( $(cat /runs 2>/dev/null || echo 0) + 1 )); echo $n > /runs; echo run $n; trap 'exit 0' TERM; while true; do sleep 0.2 & wait; done"]
+  }]
+}"#;
+
+/// The first boot of a power-cut test: `node`'s agent, enrolled with `cp`, runs [`KEEPER`] as
+/// in a boot of its own until its first run has written `/runs` and its line; then the power
+/// is cut ([`Node::power_cut`]: that boot's processes and mounts are gone, its files stay).
+/// The task's id and its container as that boot last saw it.
+fn keeper_until_a_power_cut(
+    node: &Node,
+    cp: &ControlPlane,
+) -> (String, flotilla_runtime::container::ContainerInfo) {
+    use flotilla_runtime::container::{ContainerInfo, Status};
+
+    let mut agent = Agent::for_node(node)
+        .with_run_args(&["--heartbeat", "5"])
+        .in_another_boot();
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    wait("the node's resources", Duration::from_secs(10), || {
+        cp.nodes().first().is_some_and(|n| n.resources.is_some())
+    });
+    cp.register(KEEPER);
+    let id = cp.run_one("keeper");
+    let name = format!("{id}-0");
+    wait_state(cp, &id, TaskState::Running, Duration::from_secs(30));
+    // Seen from inside that boot.
+    let ctr = |args: &[&str]| {
+        let mut base = node.nodeagent();
+        base.arg("ctr").args(args);
+        let out = agent.in_its_boot(&base).output().expect("nsenter");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    node.wait_for("its first run's line", Duration::from_secs(10), || {
+        ctr(&["logs", &name]) == "run 1\n"
+    });
+    let before: ContainerInfo = serde_json::from_str(&ctr(&["inspect", &name])).expect("inspect");
+    assert_eq!(before.status, Status::Running);
+    assert_eq!(ctr(&["exec", &name, "cat", "/runs"]), "1\n");
+
+    // The power cut.
+    agent.kill();
+    node.power_cut();
+    let netns = node.data.join("netns").join(&id);
+    assert!(
+        !flotilla_runtime::network::netns::is_namespace(&netns),
+        "its network namespace outlived the cut"
+    );
+    // That boot's records, seen from this one: a container cut off with it.
+    assert_ne!(node.inspect(&name).status, Status::Running);
+    (id, before)
+}
+
+/// A power cut for real, on one machine: the agent runs as in a boot of its own (its own
+/// boot id, its mounts in a namespace of their own); then it and every process it started
+/// are killed at once — shims, containers — and with the last of them go that boot's
+/// overlay mounts and its task's network namespace. The agent started again (in this boot)
+/// starts the same container again: its id, its writable layer, its log, in the task's
+/// network namespace made anew.
+#[test]
+fn after_a_power_cut_a_running_container_starts_again_in_place() {
+    use flotilla_runtime::container::Status;
+
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    // Dropped before the node: also when the test fails, nothing of that boot outlives the
+    // test (the node then removes what is left).
+    let _cut = scopeguard(|| node.power_cut());
+    let (id, before) = keeper_until_a_power_cut(&node, &cp);
+    let name = format!("{id}-0");
+    let old_pid = before.pid().expect("pid");
+    let netns = node.data.join("netns").join(&id);
+
+    // The next boot.
+    let mut agent = Agent::for_node(&node).with_run_args(&["--heartbeat", "5"]);
+    agent.run();
+    let named = || {
+        node.ps()
+            .into_iter()
+            .find(|c| c.record.config.name.as_deref() == Some(name.as_str()))
+    };
+    node.wait_for(
+        "its container to run again",
+        Duration::from_secs(30),
+        || named().is_some_and(|c| c.status == Status::Running && c.pid() != Some(old_pid)),
+    );
+    let after = named().expect("its container");
+    // The same container: its id, and nothing beside it.
+    assert_eq!(
+        after.record.id,
+        before.record.id,
+        "a new container took its place:\n{}",
+        agent.log()
+    );
+    assert_eq!(node.ps().len(), 1, "{:?}", node.ps());
+    // Its restart count starts over, as Docker's after a reboot.
+    assert_eq!(after.restart_count, 0);
+    // Its writable layer kept what the first run wrote: the second counts on from it.
+    assert_eq!(node.ctr_ok(&["exec", &name, "cat", "/runs"]), "2\n");
+    // In the task's network namespace, made anew in this boot.
+    let pid = after.pid().expect("pid");
+    let joined = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("its netns");
+    let made = std::fs::metadata(&netns).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    assert!(
+        flotilla_runtime::network::netns::is_namespace(&netns),
+        "no task network namespace"
+    );
+    assert_eq!(
+        joined.to_string_lossy(),
+        format!("net:[{}]", made.expect("stat")),
+        "not in the task's new network namespace"
+    );
+    // Its log holds both runs, for `ctr logs` and `flotilla logs` alike.
+    node.wait_for("its second run's line", Duration::from_secs(10), || {
+        node.ctr_ok(&["logs", &name]) == "run 1\nrun 2\n"
+    });
+    agent.wait_log("it starts again in place", 1, Duration::from_secs(5));
+    // (the first boot's session, then this one's)
+    agent.wait_log("session established", 2, Duration::from_secs(30));
+    wait(
+        "the task reported running again",
+        Duration::from_secs(30),
+        || {
+            let t = cp.task(&id);
+            t.state == TaskState::Running && t.containers[0].restarts == 0
+        },
+    );
+    assert_eq!(cp.flotilla_ok(&["logs", &id]), "run 1\nrun 2\n");
+
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}
+
+/// A container whose writable layer did not survive the power cut cannot start again in
+/// place: a new container takes its place, the agent's log names it, and the task runs.
+#[test]
+fn after_a_power_cut_a_container_whose_layer_is_damaged_is_replaced_and_its_task_runs() {
+    use flotilla_runtime::container::Status;
+
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let _cut = scopeguard(|| node.power_cut());
+    let (id, before) = keeper_until_a_power_cut(&node, &cp);
+    let name = format!("{id}-0");
+    let upper = node
+        .data
+        .join("containers")
+        .join(&before.record.id)
+        .join("upper");
+    std::fs::remove_dir_all(&upper).expect("its upper directory");
+
+    let mut agent = Agent::for_node(&node).with_run_args(&["--heartbeat", "5"]);
+    agent.run();
+    node.wait_for(
+        "a container of the task to run",
+        Duration::from_secs(30),
+        || {
+            node.ps().iter().any(|c| {
+                c.record.config.name.as_deref() == Some(&name) && c.status == Status::Running
+            })
+        },
+    );
+    let now = node.ps();
+    // A new one, alone: the damaged one is gone.
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now[0].record.id, before.record.id);
+    assert_eq!(node.ctr_ok(&["exec", &name, "cat", "/runs"]), "1\n");
+    let warned = || {
+        agent.log().lines().any(|l| {
+            l.contains("WARN")
+                && l.contains(&name)
+                && l.contains("its writable layer is damaged")
+                && l.contains("it starts again in a new container")
+        })
+    };
+    let start = std::time::Instant::now();
+    while !warned() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no warning naming {name}:\n{}",
+            agent.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait("the task reported running", Duration::from_secs(30), || {
+        cp.task(&id).state == TaskState::Running
+    });
+
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
+    struct Guard<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            (self.0)()
+        }
+    }
+    Guard(f)
 }

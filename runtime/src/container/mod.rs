@@ -749,6 +749,84 @@ impl ContainerStore {
             s.shim.wait_exit(EXIT_RECORD_WAIT);
         }
         tracing::debug!(container = %id, "restarting");
+        let counted: RestartRecord = read_json(&self.paths(&id).restarts()).unwrap_or_default();
+        let next = counted.next(info.exit.as_ref());
+        self.run_again(&info, network, next)
+    }
+
+    /// Starts again in place a container that was running (or starting) when the machine
+    /// stopped — a power cut, a reboot: its run began in an earlier boot and nothing recorded
+    /// its end. As Docker starts a container of restart policy `always` again when its daemon
+    /// starts after a reboot: the same container — its writable layer, its anonymous volumes,
+    /// its log (appended to) — with a fresh process, namespaces, cgroup and overlay mount (all
+    /// went with that boot), and `network`, when given, replacing the recorded one (its task
+    /// network was made again in this boot). Its restart count starts over at 0, as Docker's
+    /// `RestartCount` does when its daemon starts a container again after a reboot (the
+    /// daemon's restore starts it with its restart manager reset): the count is of restarts by
+    /// the restart policy since the container was last started on purpose.
+    ///
+    /// Refused ([`ContainerError::Invalid`]) for a container that was not cut off so (running,
+    /// never started, or one whose end was recorded), and ([`ContainerError::Start`]) for one
+    /// whose writable layer is damaged (its upper or work directory is gone): the caller makes
+    /// a new container instead. When the new run cannot start, that is recorded as its exit
+    /// ([`RESTART_FAILED_EXIT`]) as a restart's is.
+    pub fn resume(
+        &self,
+        key: &str,
+        network: Option<NetworkSettings>,
+    ) -> Result<Started, ContainerError> {
+        let info = self.get(key)?;
+        let id = info.record.id.clone();
+        if info.status == Status::Running {
+            return Err(ContainerError::Running(info.record.display_name()));
+        }
+        let cut_off = info.exit.is_none()
+            && info
+                .state
+                .as_ref()
+                .is_some_and(|s| process::boot_id().is_ok_and(|now| now != s.init.boot_id));
+        if !cut_off {
+            return Err(ContainerError::Invalid(vec![format!(
+                "container {} was not running when the machine stopped (never started, or its \
+                 end was recorded): it is not started again in place",
+                info.record.display_name()
+            )]));
+        }
+        let paths = self.paths(&id);
+        for sub in ["upper", "work"] {
+            let dir = paths.dir.join(sub);
+            if !dir.is_dir() {
+                return Err(ContainerError::Start {
+                    id,
+                    message: format!(
+                        "its writable layer is damaged: {} is missing",
+                        dir.display()
+                    ),
+                });
+            }
+        }
+        // What the last boot left behind that is made anew at every start.
+        let logs = paths.logs();
+        if !logs.is_dir() {
+            fs::create_dir_all(&logs).map_err(io_at(&logs))?;
+        }
+        let rootfs = paths.rootfs();
+        if !rootfs.is_dir() {
+            fs::create_dir_all(&rootfs).map_err(io_at(&rootfs))?;
+        }
+        tracing::debug!(container = %id, "starting again after the machine stopped");
+        self.run_again(&info, network, RestartRecord::default())
+    }
+
+    /// Runs ended container `info` again in place, its restarts recorded as `counted` first
+    /// and its network replaced by `network` when given and not the recorded one.
+    fn run_again(
+        &self,
+        info: &ContainerInfo,
+        network: Option<NetworkSettings>,
+        counted: RestartRecord,
+    ) -> Result<Started, ContainerError> {
+        let id = info.record.id.clone();
         let paths = self.paths(&id);
         let mut record = info.record.clone();
         if let Some(n) = network.filter(|n| *n != NetworkSettings::of(&record.config)) {
@@ -760,15 +838,14 @@ impl ContainerStore {
                 .map_err(|e| io_at(&paths.record())(io::Error::other(e)))?;
             write_durable(&paths.record(), &bytes)?;
         }
-        let counted: RestartRecord = read_json(&paths.restarts()).unwrap_or_default();
-        let next = counted.next(info.exit.as_ref());
-        if next != counted {
-            let bytes = serde_json::to_vec_pretty(&next)
+        let recorded: Option<RestartRecord> = read_json(&paths.restarts());
+        if recorded.as_ref() != Some(&counted) {
+            let bytes = serde_json::to_vec_pretty(&counted)
                 .map_err(|e| io_at(&paths.restarts())(io::Error::other(e)))?;
             write_durable(&paths.restarts(), &bytes)?;
         }
         let result = self
-            .delete_runtime_state(&info)
+            .delete_runtime_state(info)
             .and_then(|()| self.launch(&record));
         if let Err(e) = &result {
             // The attempt is this run: it ended at once, and says why.
@@ -1205,8 +1282,14 @@ impl ContainerStore {
             .map(|s| &s.init.boot_id)
             .or(info.record.boot_id.as_ref())
             .is_some_and(|then| process::boot_id().is_ok_and(|now| now != *then));
-        if lc_dir.exists() && earlier_boot {
-            fs::remove_dir_all(&lc_dir).map_err(io_at(&lc_dir))?;
+        if earlier_boot {
+            if lc_dir.exists() {
+                fs::remove_dir_all(&lc_dir).map_err(io_at(&lc_dir))?;
+            }
+            // Its cgroup, should that boot's have outlived it (empty: its processes are gone).
+            let _ = self
+                .hierarchy
+                .remove(info.record.cgroup_path.trim_start_matches('/'));
         } else if lc_dir.exists() {
             match libcontainer::container::Container::load(lc_dir.clone()) {
                 Ok(mut c) => {

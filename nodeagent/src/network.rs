@@ -614,6 +614,7 @@ impl Networks {
             }
         }
         table.vips = self.vips(st);
+        table.bridge_netfilter = bridge_netfilter();
         if table.is_empty() {
             if nft::exists(&self.settings.table).unwrap_or(true) {
                 nft::apply(&self.settings.table, &table)?;
@@ -814,6 +815,15 @@ fn enable_forwarding(bridge: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether frames crossing a bridge go through this namespace's IPv4 netfilter hooks
+/// (`br_netfilter`, on in new namespaces once the module is in; Docker and Kubernetes turn it
+/// on too): then a translated connection between two tasks of a bridge is translated back on
+/// the bridge and needs no masquerade. Read at every change of the table.
+fn bridge_netfilter() -> bool {
+    std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        .is_ok_and(|v| v.trim() == "1")
 }
 
 /// The interface of the node's IPv4 default route.

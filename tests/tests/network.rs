@@ -1,7 +1,8 @@
 //! Task networking on real hosts (network namespaces on a test LAN) with real containers:
 //! bridge tasks reached through static and dynamic host ports from another host, outbound NAT,
 //! port conflicts refused at placement, containers of a task sharing its namespace, `host` and
-//! `none` as named, awsvpc tasks with their own LAN address — and nothing left on a host once
+//! `none` as named, awsvpc tasks with their own LAN address, a bridge task reaching itself
+//! through its host ports and its service's VIP (hairpin) — and nothing left on a host once
 //! its tasks are gone.
 
 use std::process::Output;
@@ -616,5 +617,181 @@ fn host_ports_in_use_or_reserved_are_refused_and_dynamic_ones_skip_them() {
     let _ = host_service.wait();
     let _ = on_dynamic.kill();
     let _ = on_dynamic.wait();
+    fleet.finish();
+}
+
+/// A bridge task whose httpd (ports 80 and 81) answers `/cgi-bin/ip` with the address it sees
+/// the client at; `mappings` publishes them.
+fn echo_def(family: &str, mappings: &str) -> String {
+    format!(
+        r#"{{
+  "family": "{family}",
+  "networkMode": "bridge",
+  "containerDefinitions": [{{
+    "name": "web", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "portMappings": {mappings},
+    "command": ["sh", "-c", "mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho Content-Type: text/plain\\necho\\necho $REMOTE_ADDR\\n' > /www/cgi-bin/ip && chmod +x /www/cgi-bin/ip && httpd -p 81 -h /www && exec httpd -f -p 80 -h /www"]
+  }}]
+}}"#
+    )
+}
+
+const SLEEPER: &str = r#"{
+  "family": "sleeper",
+  "networkMode": "bridge",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "command": ["sleep", "3600"]
+  }]
+}"#;
+
+/// `wget -q -O - URL` (at most 5 s) in container `container` of node `node`: the answer, or
+/// why there is none.
+fn fetch_in(fleet: &Fleet, node: usize, container: &str, url: &str) -> Result<String, String> {
+    let out = fleet.nodes[node].ctr(&[
+        "exec", container, "--", "timeout", "5", "wget", "-q", "-O", "-", url,
+    ]);
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(format!(
+            "wget {url} in {container}: {} {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The client address an echo task answered with, as IPv4 (its httpd listens on IPv6 too and
+/// reports IPv4 clients as `[::ffff:A.B.C.D]`).
+fn client_address(answer: &str) -> String {
+    let a = answer.trim().trim_start_matches('[').trim_end_matches(']');
+    a.strip_prefix("::ffff:").unwrap_or(a).to_string()
+}
+
+/// [`fetch_in`] until it answers (20 s at most, as a fresh table may take a moment); the
+/// answer, or a failure with the last error.
+fn fetch_in_soon(fleet: &Fleet, node: usize, container: &str, url: &str) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        match fetch_in(fleet, node, container, url) {
+            Ok(answer) => return client_address(&answer),
+            Err(e) if start.elapsed() > Duration::from_secs(20) => panic!("{e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+/// Hairpin: a bridge task reaches itself through its own published host port, on every
+/// address of its node (translated, it sees the connection from its bridge's address) — and
+/// only such connections are masqueraded: another task of the same bridge, another host and
+/// the node keep their own address.
+#[test]
+fn a_bridge_task_reaches_itself_through_its_host_port_and_others_keep_their_address() {
+    let fleet = Fleet::start(&[&[], &[]]);
+    let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
+    fleet.register(&echo_def(
+        "echo",
+        r#"[{"containerPort": 80, "hostPort": 18090}, {"containerPort": 81, "hostPort": 0}]"#,
+    ));
+    fleet.register(SLEEPER);
+    let echo_id = run_on(&fleet, "echo", 0);
+    let (echo, net) = running(&fleet, &echo_id);
+    let echo_addr = net.address.expect("address");
+    let dynamic = net
+        .bindings
+        .iter()
+        .map(|b| b.host_port)
+        .find(|p| *p != 18090)
+        .unwrap_or_else(|| panic!("a dynamic host port: {echo:#?}"));
+    let other_id = run_on(&fleet, "sleeper", 0);
+    let other_addr = running(&fleet, &other_id).1.address.expect("address");
+    let (echo_c, other_c) = (format!("{echo_id}-0"), format!("{other_id}-0"));
+    let gateway = std::net::Ipv4Addr::from(u32::from(echo_addr) & 0xffff_ff00 | 1);
+
+    // The task itself, on the node's LAN address and on its bridge's address, through a
+    // static and a dynamic host port.
+    for url in [
+        format!("http://{}:18090/cgi-bin/ip", a.addr),
+        format!("http://{}:{dynamic}/cgi-bin/ip", a.addr),
+        format!("http://{gateway}:18090/cgi-bin/ip"),
+    ] {
+        let seen = fetch_in_soon(&fleet, 0, &echo_c, &url);
+        assert_ne!(seen, echo_addr.to_string(), "{url}: not masqueraded");
+        assert_eq!(seen, gateway.to_string(), "{url}");
+    }
+
+    // Everyone else keeps its own address: another task of the bridge, another host, the node.
+    let url = format!("http://{}:18090/cgi-bin/ip", a.addr);
+    assert_eq!(
+        fetch_in_soon(&fleet, 0, &other_c, &url),
+        other_addr.to_string(),
+        "another task of the bridge"
+    );
+    assert_eq!(
+        client_address(&fetch_ok(b, &url)),
+        b.addr.to_string(),
+        "another host"
+    );
+    assert_eq!(
+        client_address(&fetch_ok(a, &url)),
+        a.addr.to_string(),
+        "the node"
+    );
+
+    stop_and_wait(&fleet, &[&echo_id, &other_id]);
+    fleet.finish();
+}
+
+/// Hairpin through a VIP: the only task of a `"vip": true` service reaches the service's VIP
+/// (which can only lead back to itself); another task of the bridge reaching the VIP keeps its
+/// own address.
+#[test]
+fn a_bridge_task_reaches_itself_through_its_services_vip() {
+    let fleet = Fleet::start(&[&[]]);
+    fleet.register(&echo_def("vipecho", r#"[{"containerPort": 80}]"#));
+    fleet.register(SLEEPER);
+    fleet.cp.create_service(
+        r#"{"serviceName": "vipecho", "taskDefinition": "vipecho", "desiredCount": 1,
+            "discovery": {"namespace": "shop", "vip": true}}"#,
+    );
+    let endpoints = || {
+        fleet
+            .cp
+            .api()
+            .service_endpoints("vipecho")
+            .unwrap_or_else(|e| panic!("endpoints of vipecho: {e}"))
+    };
+    let mut e = endpoints();
+    wait("an endpoint and a VIP", Duration::from_secs(60), || {
+        e = endpoints();
+        e.vip.is_some() && e.endpoints.len() == 1
+    });
+    let vip = e.vip.expect("vip");
+    let task = fleet
+        .cp
+        .tasks()
+        .into_iter()
+        .find(|t| {
+            t.started_by.as_deref() == Some("service:vipecho") && t.state == TaskState::Running
+        })
+        .expect("the service's task");
+    let (_, net) = running(&fleet, &task.id);
+    let task_addr = net.address.expect("address");
+    let other_id = run_on(&fleet, "sleeper", 0);
+    let other_addr = running(&fleet, &other_id).1.address.expect("address");
+
+    let url = format!("http://{vip}:80/cgi-bin/ip");
+    let seen = fetch_in_soon(&fleet, 0, &format!("{}-0", task.id), &url);
+    assert_ne!(seen, task_addr.to_string(), "not masqueraded");
+    assert_eq!(
+        fetch_in_soon(&fleet, 0, &format!("{other_id}-0"), &url),
+        other_addr.to_string(),
+        "another task of the bridge"
+    );
+
+    fleet.cp.flotilla_ok(&["service", "rm", "vipecho"]);
+    stop_and_wait(&fleet, &[&other_id]);
     fleet.finish();
 }

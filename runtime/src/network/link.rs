@@ -11,7 +11,9 @@ use std::path::Path;
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVeth, LinkMessage, MacVlanMode};
-use rtnetlink::{Handle, LinkBridge, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
+};
 
 use super::netns;
 
@@ -137,8 +139,8 @@ pub struct Inside {
 }
 
 /// Connects the namespace at `ns` to `bridge` with a veth pair: `host_if` on the bridge here,
-/// [`TASK_IFNAME`] inside with `inside`'s address and default route. A leftover `host_if`
-/// from an earlier attempt is replaced.
+/// [`TASK_IFNAME`] inside with `inside`'s address and default route, `host_if` in hairpin
+/// mode. A leftover `host_if` from an earlier attempt is replaced.
 pub fn attach_veth(bridge: &str, host_if: &str, ns: &Path, inside: Inside) -> io::Result<()> {
     let fd = netns::open(ns)?;
     let (bridge, host_if) = (bridge.to_string(), host_if.to_string());
@@ -159,7 +161,14 @@ pub fn attach_veth(bridge: &str, host_if: &str, ns: &Path, inside: Inside) -> io
             .build();
         h.link().add(veth).execute().await?;
         drop(fd);
-        Ok(())
+        // Hairpin mode, so that a frame may leave by the port it came in on: a task reaching
+        // itself through a VIP or a host port, when the node translates bridged frames
+        // (`br_netfilter`), is sent back to its own port.
+        let port = index_of(&h, &host_if).await?;
+        h.link()
+            .set_port(LinkBridgePort::new(port).hairpin(true).build())
+            .execute()
+            .await
     })?;
     configure_inside(ns, inside)
 }

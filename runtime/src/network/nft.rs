@@ -1,5 +1,6 @@
-//! The node's nftables table: outbound NAT for task bridges and the host-port forwards of
-//! bridge tasks. The whole table is rendered from its description and replaced in one
+//! The node's nftables table: outbound NAT for task bridges, the host-port forwards of
+//! bridge tasks, service VIPs, and the hairpin masquerade that lets a task reach itself
+//! through either. The whole table is rendered from its description and replaced in one
 //! transaction (`add table`, `delete table`, then its content), so a reader never sees half a
 //! change and nothing stale survives an update. Only this one table is ever touched.
 
@@ -81,6 +82,13 @@ pub struct NatTable {
     pub forwards: Vec<PortForward>,
     /// Service virtual addresses.
     pub vips: Vec<Vip>,
+    /// Whether frames between two ports of a bridge go through this namespace's IPv4 netfilter
+    /// hooks (`br_netfilter` with `net.bridge.bridge-nf-call-iptables` = 1): then the answer of
+    /// a task to another task of its bridge that reached it through a translation is translated
+    /// back on the bridge, and only hairpin connections (a task reaching itself) need
+    /// masquerading. Without it such an answer would go straight to the other task, around the
+    /// translation, so every translated connection from the bridge to the bridge is masqueraded.
+    pub bridge_netfilter: bool,
 }
 
 impl NatTable {
@@ -256,6 +264,14 @@ pub fn render(name: &str, t: &NatTable) -> Nftables<'static> {
             ],
         ));
     }
+    // Where a translation may lead back into a bridge: the tasks' own addresses.
+    let mut targets: Vec<Ipv4Addr> = forwards
+        .iter()
+        .map(|f| f.address)
+        .chain(vips.iter().flat_map(|v| v.backends.iter().map(|b| b.0)))
+        .collect();
+    targets.sort();
+    targets.dedup();
     for b in &t.bridges {
         let from_subnet = || {
             matches(
@@ -281,25 +297,49 @@ pub fn render(name: &str, t: &NatTable) -> Nftables<'static> {
                 Statement::Masquerade(None),
             ],
         ));
-        // A task reaching a host port forwarded to a task on the same bridge: without this
-        // the answer would go straight back, around the translation.
-        batch.add(rule(
-            "postrouting",
-            vec![
-                from_subnet(),
-                matches(oif(), Operator::EQ, string(&b.name)),
-                matches(
-                    named(NamedExpression::CT(CT {
-                        key: Cow::Borrowed("status"),
-                        family: None,
-                        dir: None,
-                    })),
-                    Operator::IN,
-                    string("dnat"),
-                ),
-                Statement::Masquerade(None),
-            ],
-        ));
+        let translated = || {
+            matches(
+                named(NamedExpression::CT(CT {
+                    key: Cow::Borrowed("status"),
+                    family: None,
+                    dir: None,
+                })),
+                Operator::IN,
+                string("dnat"),
+            )
+        };
+        // Hairpin: a task sent to itself through a VIP or a host port. Its answer would go
+        // from its address to its address, never back through the translation (and its
+        // kernel drops a packet from its own address arriving from outside); from the
+        // bridge's address instead, it returns through the node. As Docker's
+        // `-s C -d C -j MASQUERADE`, and only for such connections: every other client keeps
+        // its own address.
+        for a in targets.iter().filter(|a| b.subnet.contains(*a)) {
+            batch.add(rule(
+                "postrouting",
+                vec![
+                    matches(oif(), Operator::EQ, string(&b.name)),
+                    matches(payload("ip", "saddr"), Operator::EQ, string(&a.to_string())),
+                    matches(payload("ip", "daddr"), Operator::EQ, string(&a.to_string())),
+                    translated(),
+                    Statement::Masquerade(None),
+                ],
+            ));
+        }
+        // A task reaching another task of its bridge through a translation, when bridged
+        // frames skip netfilter: the answer would go straight back over the bridge, around
+        // the translation.
+        if !t.bridge_netfilter {
+            batch.add(rule(
+                "postrouting",
+                vec![
+                    from_subnet(),
+                    matches(oif(), Operator::EQ, string(&b.name)),
+                    translated(),
+                    Statement::Masquerade(None),
+                ],
+            ));
+        }
         // The node itself on 127.0.0.1:HOSTPORT (needs route_localnet on the bridge).
         batch.add(rule(
             "postrouting",
@@ -413,6 +453,7 @@ mod tests {
                 port: 53,
             }],
             vips: Vec::new(),
+            bridge_netfilter: false,
         };
         let json = serde_json::to_string(&render("flotilla", &t)).expect("test value");
         assert!(
@@ -458,6 +499,100 @@ mod tests {
             "{json}"
         );
         assert!(!t.is_empty());
+    }
+
+    /// The postrouting rules that masquerade translated connections into a bridge: the JSON
+    /// text of each one's `(oifname, saddr, daddr)` match (empty when it has none).
+    fn masquerades_into_the_bridge(t: &NatTable) -> Vec<(String, String, String)> {
+        let json = serde_json::to_value(render("flotilla", t)).expect("test value");
+        let mut out = Vec::new();
+        for cmd in json["nftables"].as_array().expect("test value") {
+            let r = &cmd["add"]["rule"];
+            if r["chain"] != "postrouting" {
+                continue;
+            }
+            let exprs = r["expr"].as_array().expect("test value");
+            if !exprs
+                .iter()
+                .any(|e| e["match"]["left"]["ct"]["key"] == "status")
+            {
+                continue;
+            }
+            let field = |left: serde_json::Value| {
+                exprs
+                    .iter()
+                    .find(|e| e["match"]["left"] == left)
+                    .map(|e| e["match"]["right"].to_string())
+                    .unwrap_or_default()
+            };
+            out.push((
+                field(serde_json::json!({"meta": {"key": "oifname"}})),
+                field(serde_json::json!({"payload": {"protocol": "ip", "field": "saddr"}})),
+                field(serde_json::json!({"payload": {"protocol": "ip", "field": "daddr"}})),
+            ));
+        }
+        out
+    }
+
+    fn hairpin_table(bridge_netfilter: bool) -> NatTable {
+        let a = |s: &str| -> Ipv4Addr { s.parse().expect("test value") };
+        NatTable {
+            bridges: vec![BridgeNat {
+                name: "flotilla0".into(),
+                subnet: "10.42.3.0/24".parse().expect("test value"),
+            }],
+            forwards: vec![
+                PortForward {
+                    proto: Proto::Tcp,
+                    host_port: 8080,
+                    address: a("10.42.3.2"),
+                    port: 80,
+                },
+                PortForward {
+                    proto: Proto::Udp,
+                    host_port: 5353,
+                    address: a("10.42.3.2"),
+                    port: 53,
+                },
+            ],
+            vips: vec![Vip {
+                address: a("10.43.0.1"),
+                proto: Proto::Tcp,
+                port: 80,
+                // One backend of this bridge, one on another node.
+                backends: vec![(a("10.42.3.3"), 80), (a("10.0.0.10"), 49153)],
+            }],
+            bridge_netfilter,
+        }
+    }
+
+    #[test]
+    fn only_a_task_reaching_itself_is_masqueraded_when_bridged_frames_see_netfilter() {
+        let got = masquerades_into_the_bridge(&hairpin_table(true));
+        let q = |s: &str| format!("\"{s}\"");
+        // One rule per task address a translation leads to, from it to it; nothing for the
+        // backend on another node, nothing for the bridge's other clients.
+        assert_eq!(
+            got,
+            [
+                (q("flotilla0"), q("10.42.3.2"), q("10.42.3.2")),
+                (q("flotilla0"), q("10.42.3.3"), q("10.42.3.3")),
+            ],
+        );
+    }
+
+    #[test]
+    fn without_bridge_netfilter_every_translated_connection_within_the_bridge_is_masqueraded() {
+        let got = masquerades_into_the_bridge(&hairpin_table(false));
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(
+            got[2],
+            (
+                "\"flotilla0\"".to_string(),
+                r#"{"prefix":{"addr":"10.42.3.0","len":24}}"#.to_string(),
+                String::new()
+            ),
+        );
     }
 
     /// Removes the scratch namespace also when the test fails.
@@ -514,6 +649,7 @@ mod tests {
                     backends: vec![("10.0.0.11".parse().expect("test value"), 5353)],
                 },
             ],
+            bridge_netfilter: false,
         };
         let listed = crate::network::netns::run_in(Some(&ns), move || {
             apply("flotilla", &t)?;
@@ -535,6 +671,8 @@ mod tests {
             "dnat to 10.0.0.10:49153",
             "ip daddr 10.43.0.2 udp dport 53 goto svc-1",
             "masquerade",
+            "oifname \"flotilla0\" ip saddr 10.42.3.2 ip daddr 10.42.3.2 ct status dnat masquerade",
+            "ip saddr 10.42.3.0/24 oifname \"flotilla0\" ct status dnat masquerade",
         ] {
             assert!(listed.contains(want), "{want} not in:\n{listed}");
         }

@@ -1,5 +1,6 @@
 //! `nodeagent ctr run|ps|inspect|stop|kill|rm|logs|stats|volume`: containers on this node.
 
+use flotilla_api::{errln, outln};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -229,7 +230,7 @@ pub async fn container(
                 .collect();
             if quiet {
                 for c in &list {
-                    println!("{}", c.record.id);
+                    outln!("{}", c.record.id);
                 }
             } else if json {
                 let mut out = Vec::new();
@@ -238,7 +239,7 @@ pub async fn container(
                     v["pid"] = serde_json::json!(c.pid());
                     out.push(v);
                 }
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                outln!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 let rows: Vec<Vec<String>> = list.iter().map(ps_row).collect();
                 table(
@@ -260,7 +261,7 @@ pub async fn container(
             let info = store.get(&container)?;
             let mut v = serde_json::to_value(&info)?;
             v["pid"] = serde_json::json!(info.pid());
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
         }
         ContainerCommand::Stop { time, containers } => {
             for c in containers {
@@ -270,12 +271,12 @@ pub async fn container(
                     tokio::task::spawn_blocking(move || s.stop(&key, Duration::from_secs(time)))
                         .await??;
                 match exit {
-                    Some(e) => println!(
+                    Some(e) => outln!(
                         "{c}: exited {}{}",
                         e.exit_code,
                         if e.oom_killed { " (OOM killed)" } else { "" }
                     ),
-                    None => println!("{c}: stopped (exit code unknown)"),
+                    None => outln!("{c}: stopped (exit code unknown)"),
                 }
             }
         }
@@ -283,7 +284,7 @@ pub async fn container(
             let sig = parse_signal(&signal)?;
             for c in containers {
                 store.kill(&c, sig)?;
-                println!("{c}");
+                outln!("{c}");
             }
         }
         ContainerCommand::Rm { force, containers } => {
@@ -291,7 +292,7 @@ pub async fn container(
                 let s = store.clone();
                 let key = c.clone();
                 tokio::task::spawn_blocking(move || s.remove(&key, force)).await??;
-                println!("{c}");
+                outln!("{c}");
             }
         }
         ContainerCommand::Exec {
@@ -328,7 +329,13 @@ pub async fn container(
                     if !running {
                         break;
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // A quiet container writes nothing: end once the reader has gone.
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        () = flotilla_api::stdout::closed() => {
+                            return Ok(ExitCode::from(flotilla_api::stdout::EXIT_CLOSED_PIPE));
+                        }
+                    }
                 }
             }
         }
@@ -343,16 +350,16 @@ pub fn volume(store: &ContainerStore, cmd: VolumeCommand, json: bool) -> Result<
         VolumeCommand::Create { name } => {
             let v = volumes.create(&name)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{}", v.name);
+                outln!("{}", v.name);
             }
         }
         VolumeCommand::Ls => {
             let list = volumes.list()?;
             let used = store.volumes_in_use()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -371,12 +378,12 @@ pub fn volume(store: &ContainerStore, cmd: VolumeCommand, json: bool) -> Result<
             let v = volumes.get(&name)?;
             let mut out = serde_json::to_value(&v)?;
             out["used_by"] = serde_json::json!(store.volume_users(&name)?);
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            outln!("{}", serde_json::to_string_pretty(&out)?);
         }
         VolumeCommand::Rm { names } => {
             for n in names {
                 store.remove_volume(&n)?;
-                println!("{n}");
+                outln!("{n}");
             }
         }
     }
@@ -488,14 +495,14 @@ async fn run(store: &ContainerStore, args: RunArgs) -> Result<ExitCode> {
     let started = match started {
         Ok(st) => st,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return Ok(ExitCode::from(START_FAILED));
         }
     };
     let id = record.id.clone();
     if args.detach {
         started.detach();
-        println!("{id}");
+        outln!("{id}");
         return Ok(ExitCode::SUCCESS);
     }
     let log_dir = store.paths(&id).logs();
@@ -505,28 +512,36 @@ async fn run(store: &ContainerStore, args: RunArgs) -> Result<ExitCode> {
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut interrupts = 0;
     let code = loop {
-        tokio::select! {
+        let printed = tokio::select! {
             r = &mut waiter => break r.ok().flatten(),
-            _ = tick.tick() => print_entries(&follower.poll()?, false, false)?,
+            _ = tick.tick(), if !reader_gone => print_entries(&follower.poll()?, false, false),
+            () = flotilla_api::stdout::closed(), if !reader_gone => {
+                Err(flotilla_api::stdout::closed_error().into())
+            }
             _ = tokio::signal::ctrl_c() => {
                 interrupts += 1;
                 let s = store.clone();
                 let key = id.clone();
                 if interrupts == 1 {
-                    eprintln!("stopping {} (Ctrl-C again to kill)", record.display_name());
+                    errln!("stopping {} (Ctrl-C again to kill)", record.display_name());
                     tokio::task::spawn_blocking(move || s.stop(&key, Duration::from_secs(10)));
                 } else {
                     let _ = s.kill(&key, Signal::KILL);
                 }
             }
         }
+    // Once the reader of this output has gone (`ctr run … | head -1`), the container is
+    // stopped, as a pipeline's writer ends by SIGPIPE, and its output no longer printed.
+    let mut reader_gone = false;
     };
-    print_entries(&follower.poll()?, false, false)?;
+    if !reader_gone {
+        print_entries(&follower.poll()?, false, false)?;
+    }
     let info = store.get(&id)?;
     let code = info.exit.as_ref().map(|e| e.exit_code).or(code);
     if let Some(e) = &info.exit {
         if e.oom_killed {
-            eprintln!(
+            errln!(
                 "{}: OOM killed (memory limit reached)",
                 record.display_name()
             );
@@ -534,12 +549,22 @@ async fn run(store: &ContainerStore, args: RunArgs) -> Result<ExitCode> {
     }
     if args.rm {
         let s = store.clone();
+                Ok(())
         tokio::task::spawn_blocking(move || s.remove(&id, true)).await??;
+        };
+        match printed {
+            Err(e) if flotilla_api::stdout::closed_pipe(&*e) => {
+                reader_gone = true;
+                let s = store.clone();
+                let key = id.clone();
+                tokio::task::spawn_blocking(move || s.stop(&key, Duration::from_secs(10)));
+            }
+            r => r?,
     }
     Ok(match code {
         Some(c) => ExitCode::from((c & 0xff) as u8),
         None => {
-            eprintln!(
+            errln!(
                 "{}: exit code unknown (its shim ended without recording it)",
                 record.display_name()
             );
@@ -552,6 +577,9 @@ fn print_entries(entries: &[LogEntry], timestamps: bool, json: bool) -> Result<(
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     for e in entries {
+    if reader_gone {
+        return Ok(ExitCode::from(flotilla_api::stdout::EXIT_CLOSED_PIPE));
+    }
         if json {
             writeln!(out, "{}", serde_json::to_string(e)?)?;
             continue;
@@ -677,7 +705,7 @@ async fn stats(store: &ContainerStore, keys: Vec<String>, json: bool) -> Result<
         });
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         table(
             &["CONTAINER ID", "NAME", "CPU", "MEMORY", "PIDS", "OOM KILLS"],

@@ -215,3 +215,47 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
         (ticks(11)? + ticks(12)?) as f64 / hz as f64,
     ))
 }
+
+/// Runs `cmd` with its standard output a pipe whose reader reads `keep` bytes (none: the reader
+/// has gone before anything is written, as `… | true`), then goes away; answers the exit code
+/// and standard error, failing the test when the command does not end within `limit`.
+pub fn with_reader_gone(
+    mut cmd: std::process::Command,
+    keep: usize,
+    limit: std::time::Duration,
+) -> (Option<i32>, String) {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let (reader, writer) = rustix::pipe::pipe().expect("pipe");
+    let mut reader = std::fs::File::from(reader);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The command holds the write end now.
+    drop(cmd);
+    if keep > 0 {
+        let mut buf = vec![0; keep];
+        reader.read_exact(&mut buf).expect("the first output");
+    }
+    drop(reader);
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running {limit:?} after its reader went away");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

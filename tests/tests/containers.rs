@@ -1170,3 +1170,64 @@ fn exec_joins_a_running_container_with_its_restrictions() {
     node.remove_all();
     node.assert_clean();
 }
+
+#[test]
+fn a_closed_pipe_ends_ctr_commands_quietly_as_sigpipe_would() {
+    let node = Node::new();
+    node.ctr_ok(&["run", "-d", "--name", "quiet", IMAGE, "sleep", "600"]);
+    node.ctr_ok(&["volume", "create", "v1"]);
+    for args in [
+        &["ps"][..],
+        &["ps", "-a"],
+        &["ps", "-q"],
+        &["-o", "json", "ps"],
+        &["inspect", "quiet"],
+        &["image", "ls"],
+        &["-o", "json", "image", "ls"],
+        &["volume", "ls"],
+        &["stats"],
+        &["logs", "quiet"],
+    ] {
+        let mut cmd = node.nodeagent();
+        cmd.arg("ctr").args(args);
+        let (code, err) = flotilla_tests::with_reader_gone(cmd, 0, Duration::from_secs(20));
+        assert!(err.is_empty(), "{args:?} said: {err}");
+        // `logs` of a container that wrote nothing writes nothing.
+        let want = if args == ["logs", "quiet"] { 0 } else { 141 };
+        assert_eq!(code, Some(want), "{args:?}");
+    }
+    // Following a container that writes nothing: it ends once the reader has gone.
+    let mut cmd = node.nodeagent();
+    cmd.args(["ctr", "logs", "-f", "quiet"]);
+    let (code, err) = flotilla_tests::with_reader_gone(cmd, 0, Duration::from_secs(5));
+    assert!(err.is_empty(), "logs -f said: {err}");
+    assert_eq!(code, Some(141));
+    // An attached run whose reader goes: the container is stopped (as a pipeline's writer ends
+    // by SIGPIPE) and --rm honoured.
+    let mut cmd = node.nodeagent();
+    cmd.args([
+        "ctr",
+        "run",
+        "--rm",
+        "--name",
+        "chatty",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo first; exec sleep 600",
+    ]);
+    let (code, err) =
+        flotilla_tests::with_reader_gone(cmd, "first\n".len(), Duration::from_secs(20));
+    assert!(err.is_empty(), "run said: {err}");
+    assert_eq!(code, Some(141));
+    assert!(
+        !node
+            .ps()
+            .iter()
+            .any(|c| c.record.config.name.as_deref() == Some("chatty")),
+        "the attached container was left behind"
+    );
+    node.ctr_ok(&["rm", "-f", "quiet"]);
+    node.ctr_ok(&["volume", "rm", "v1"]);
+    node.assert_clean();
+}

@@ -34,7 +34,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "CORES")]
     cpu: Option<f64>,
     /// Relative CPU weight in CPU units, 1024 per core (cgroup shares).
-    #[arg(long, value_name = "UNITS")]
+    #[arg(long, value_name = "UNITS", value_parser = count)]
     cpu_units: Option<u64>,
     /// Memory limit, e.g. 64M; past it the kernel OOM-kills the container.
     #[arg(long, value_name = "SIZE", value_parser = size)]
@@ -43,7 +43,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = size)]
     memory_reservation: Option<u64>,
     /// Maximum processes and threads.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = count)]
     pids: Option<u64>,
     /// Environment variable KEY=VALUE (KEY alone takes this shell's value).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
@@ -109,6 +109,11 @@ enum Net {
 
 fn size(s: &str) -> Result<u64, String> {
     parse_size(s)
+}
+
+/// A count written plainly (`5`, not `+5` or `05`), as `--ulimit` takes its values.
+fn count(s: &str) -> Result<u64, String> {
+    flotilla_api::taskdef::parse_count(s)
 }
 
 /// Container and volume commands.
@@ -454,21 +459,32 @@ fn run_config(args: &RunArgs) -> Result<ContainerConfig> {
 }
 
 /// `NAME=SOFT[:HARD]` (HARD defaults to SOFT); `-1` or `unlimited` for no limit, as Docker's
-/// `--ulimit memlock=-1:-1` takes it.
+/// `--ulimit memlock=-1:-1` takes it. A value is a count written plainly
+/// ([`flotilla_api::taskdef::parse_count`]: not `+5`, `05`), and values that would keep the
+/// container from running are refused here with the reason
+/// ([`flotilla_api::taskdef::ulimit_problem`]: `cpu=0`), naming the limit and the value.
 fn ulimit(s: &str) -> Result<Ulimit, String> {
     let (name, limits) = s
         .split_once('=')
         .ok_or_else(|| format!("'{s}': expected NAME=SOFT[:HARD]"))?;
+    if flotilla_runtime::container::spec::rlimit_type(name).is_none() {
+        return Err(format!(
+            "'{s}': unknown limit '{name}' (as, core, cpu, data, fsize, locks, memlock, \
+             msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack)"
+        ));
+    }
     let num = |x: &str| match x {
         "-1" | "unlimited" => Ok(flotilla_api::taskdef::UNLIMITED),
-        _ => x
-            .parse::<u64>()
-            .map_err(|_| format!("'{s}': '{x}' is not a number, -1 or unlimited")),
+        _ => flotilla_api::taskdef::parse_count(x)
+            .map_err(|e| format!("ulimit {name}: {e}; give a count, -1 or unlimited")),
     };
     let (soft, hard) = match limits.split_once(':') {
         Some((a, b)) => (num(a)?, num(b)?),
         None => (num(limits)?, num(limits)?),
     };
+    if let Some(why) = flotilla_api::taskdef::ulimit_problem(name, soft, hard) {
+        return Err(format!("ulimit {name}={limits}: {why}"));
+    }
     Ok(Ulimit {
         name: name.to_string(),
         soft,
@@ -511,6 +527,9 @@ async fn run(store: &ContainerStore, args: RunArgs) -> Result<ExitCode> {
     let mut waiter = tokio::task::spawn_blocking(move || started.wait());
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut interrupts = 0;
+    // Once the reader of this output has gone (`ctr run … | head -1`), the container is
+    // stopped, as a pipeline's writer ends by SIGPIPE, and its output no longer printed.
+    let mut reader_gone = false;
     let code = loop {
         let printed = tokio::select! {
             r = &mut waiter => break r.ok().flatten(),
@@ -528,11 +547,18 @@ async fn run(store: &ContainerStore, args: RunArgs) -> Result<ExitCode> {
                 } else {
                     let _ = s.kill(&key, Signal::KILL);
                 }
+                Ok(())
             }
+        };
+        match printed {
+            Err(e) if flotilla_api::stdout::closed_pipe(&*e) => {
+                reader_gone = true;
+                let s = store.clone();
+                let key = id.clone();
+                tokio::task::spawn_blocking(move || s.stop(&key, Duration::from_secs(10)));
+            }
+            r => r?,
         }
-    // Once the reader of this output has gone (`ctr run … | head -1`), the container is
-    // stopped, as a pipeline's writer ends by SIGPIPE, and its output no longer printed.
-    let mut reader_gone = false;
     };
     if !reader_gone {
         print_entries(&follower.poll()?, false, false)?;
@@ -549,17 +575,10 @@ async fn run(store: &ContainerStore, args: RunArgs) -> Result<ExitCode> {
     }
     if args.rm {
         let s = store.clone();
-                Ok(())
         tokio::task::spawn_blocking(move || s.remove(&id, true)).await??;
-        };
-        match printed {
-            Err(e) if flotilla_api::stdout::closed_pipe(&*e) => {
-                reader_gone = true;
-                let s = store.clone();
-                let key = id.clone();
-                tokio::task::spawn_blocking(move || s.stop(&key, Duration::from_secs(10)));
-            }
-            r => r?,
+    }
+    if reader_gone {
+        return Ok(ExitCode::from(flotilla_api::stdout::EXIT_CLOSED_PIPE));
     }
     Ok(match code {
         Some(c) => ExitCode::from((c & 0xff) as u8),
@@ -577,9 +596,6 @@ fn print_entries(entries: &[LogEntry], timestamps: bool, json: bool) -> Result<(
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     for e in entries {
-    if reader_gone {
-        return Ok(ExitCode::from(flotilla_api::stdout::EXIT_CLOSED_PIPE));
-    }
         if json {
             writeln!(out, "{}", serde_json::to_string(e)?)?;
             continue;
@@ -726,4 +742,46 @@ pub fn bind_roots(roots: &[PathBuf]) -> Vec<PathBuf> {
         .filter(|p| !p.as_os_str().is_empty())
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ulimit;
+
+    #[test]
+    fn ulimits_name_the_limit_the_value_and_why() {
+        let u = ulimit("nofile=1024:4096").expect("valid");
+        assert_eq!((u.name.as_str(), u.soft, u.hard), ("nofile", 1024, 4096));
+        let u = ulimit("memlock=-1").expect("unlimited");
+        assert_eq!(u.soft, flotilla_api::taskdef::UNLIMITED);
+        ulimit("cpu=1:unlimited").expect("a second of CPU");
+        for (arg, want) in [
+            ("cpu=0", "ulimit cpu=0: a CPU-time limit of 0 seconds kills"),
+            ("cpu=0:10", "ulimit cpu=0:10: a CPU-time limit of 0 seconds"),
+            ("nofile=+5", "ulimit nofile: '+5' is not a count"),
+            ("nofile=5:+6", "ulimit nofile: '+6' is not a count"),
+            (
+                "nofile=05",
+                "ulimit nofile: '05' has a leading zero (write 5)",
+            ),
+            ("nofile= 5", "ulimit nofile: ' 5' is not a count"),
+            ("nofile=1e3", "ulimit nofile: '1e3' is not a count"),
+            (
+                "nofile=10:5",
+                "ulimit nofile=10:5: the soft limit (10) is above",
+            ),
+            ("bogus=1", "'bogus=1': unknown limit 'bogus'"),
+            ("nofile", "'nofile': expected NAME=SOFT[:HARD]"),
+        ] {
+            let e = ulimit(arg).expect_err(arg);
+            assert!(e.starts_with(want), "{arg}: {e}");
+        }
+    }
+
+    #[test]
+    fn counts_are_plain() {
+        assert_eq!(super::count("5"), Ok(5));
+        assert!(super::count("+5").is_err());
+        assert!(super::count("05").is_err());
+    }
 }

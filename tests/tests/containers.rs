@@ -1231,3 +1231,30 @@ fn a_closed_pipe_ends_ctr_commands_quietly_as_sigpipe_would() {
     node.ctr_ok(&["volume", "rm", "v1"]);
     node.assert_clean();
 }
+
+#[test]
+fn exec_that_cannot_start_names_the_directory_command_and_container() {
+    let node = Node::new();
+    node.ctr_ok(&[
+        "run", "-d", "--name", "gone", "-w", "/wd", IMAGE, "sleep", "600",
+    ]);
+    node.ctr_ok(&["exec", "gone", "rmdir", "/wd"]);
+    let o = node.ctr(&["exec", "gone", "pwd"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(126), "{err}");
+    assert!(
+        err.contains("container gone")
+            && err.contains("working directory /wd does not exist in the container"),
+        "{err}"
+    );
+    node.ctr_ok(&["exec", "gone", "mkdir", "/wd"]);
+    let o = node.ctr(&["exec", "gone", "nosuchcmd"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(126), "{err}");
+    assert!(
+        err.contains("container gone") && err.contains("command 'nosuchcmd' not found"),
+        "{err}"
+    );
+    node.ctr_ok(&["rm", "-f", "gone"]);
+    node.assert_clean();
+}

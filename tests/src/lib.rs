@@ -227,8 +227,13 @@ pub fn with_reader_gone(
     use std::io::Read as _;
     use std::process::Stdio;
     use std::time::{Duration, Instant};
-    let (reader, writer) = rustix::pipe::pipe().expect("pipe");
-    let mut reader = std::fs::File::from(reader);
+    // Close-on-exec: the command must not hold the reading end itself.
+    let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
+    let mut reader = Some(std::fs::File::from(reader));
+    if keep == 0 {
+        // Gone before anything can be written.
+        reader = None;
+    }
     let mut child = cmd
         .stdin(Stdio::null())
         .stdout(writer)
@@ -237,11 +242,23 @@ pub fn with_reader_gone(
         .expect("spawn");
     // The command holds the write end now.
     drop(cmd);
-    if keep > 0 {
-        let mut buf = vec![0; keep];
-        reader.read_exact(&mut buf).expect("the first output");
+    if let Some(mut r) = reader {
+        // Read on a thread, so a command that never writes fails the test, not hangs it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0; keep];
+            let _ = tx.send(r.read_exact(&mut buf).map(|()| r));
+        });
+        match rx.recv_timeout(limit) {
+            Ok(Ok(r)) => drop(r),
+            Ok(Err(e)) => panic!("reading the first {keep} bytes: {e}"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no first {keep} bytes of output within {limit:?}");
+            }
+        }
     }
-    drop(reader);
     let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().expect("wait") {

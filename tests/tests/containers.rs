@@ -998,13 +998,16 @@ fn ulimits_apply_to_the_container() {
             );
         }
     }
-    let o = node.ctr(&["run", "--rm", "--ulimit", "nofiles=1", IMAGE, "true"]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("ulimits[0].name: unknown limit 'nofiles'"),
-        "{}",
-        stderr(&o)
-    );
+    // Refused before anything is made, naming the limit, the value and why.
+    for (ulimit, want) in [
+        ("nofiles=1", "'nofiles=1': unknown limit 'nofiles'"),
+        ("cpu=0", "ulimit cpu=0: a CPU-time limit of 0 seconds kills"),
+        ("nofile=+5", "ulimit nofile: '+5' is not a count"),
+    ] {
+        let o = node.ctr(&["run", "--rm", "--ulimit", ulimit, IMAGE, "true"]);
+        assert_eq!(o.status.code(), Some(2), "{ulimit}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{ulimit}: {}", stderr(&o));
+    }
     node.assert_clean();
 }
 
@@ -1238,21 +1241,22 @@ fn exec_that_cannot_start_names_the_directory_command_and_container() {
     node.ctr_ok(&[
         "run", "-d", "--name", "gone", "-w", "/wd", IMAGE, "sleep", "600",
     ]);
-    node.ctr_ok(&["exec", "gone", "rmdir", "/wd"]);
-    let o = node.ctr(&["exec", "gone", "pwd"]);
-    let err = stderr(&o);
-    assert_eq!(o.status.code(), Some(126), "{err}");
-    assert!(
-        err.contains("container gone")
-            && err.contains("working directory /wd does not exist in the container"),
-        "{err}"
-    );
-    node.ctr_ok(&["exec", "gone", "mkdir", "/wd"]);
     let o = node.ctr(&["exec", "gone", "nosuchcmd"]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(126), "{err}");
     assert!(
         err.contains("container gone") && err.contains("command 'nosuchcmd' not found"),
+        "{err}"
+    );
+    // Its working directory removed since it started: every exec starts there (as with
+    // `docker exec`), and says so.
+    node.ctr_ok(&["exec", "gone", "busybox", "rmdir", "/wd"]);
+    let o = node.ctr(&["exec", "gone", "true"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(126), "{err}");
+    assert!(
+        err.contains("container gone")
+            && err.contains("working directory /wd does not exist in the container"),
         "{err}"
     );
     node.ctr_ok(&["rm", "-f", "gone"]);

@@ -110,8 +110,10 @@ fn why_not(data_dir: &Path, id: &str, process: &oci_spec::runtime::Process) -> O
     };
     if program.contains('/') {
         return match found(Path::new(program)) {
-            None => Some(format!("command {program} does not exist in the container")),
-            Some(false) => Some(format!("command {program} is not an executable file")),
+            None => Some(format!("command '{program}' not found in the container")),
+            Some(false) => Some(format!(
+                "command '{program}' is not an executable file in the container"
+            )),
             Some(true) => None,
         };
     }

@@ -198,8 +198,10 @@ fn run(
         if left.is_some_and(|l| l.is_zero()) {
             let _ = kill_process(pid, Signal::KILL);
             let _ = waitpid(Some(pid), WaitOptions::empty());
-            eprintln!(
-                "exec in {id}: timed out after {:?}",
+            let _ = writeln!(
+                std::io::stderr(),
+                "exec in {}: timed out after {:?}",
+                container_name(data_dir, id),
                 timeout.unwrap_or_default()
             );
             return Ok(TIMED_OUT);
@@ -328,7 +330,7 @@ pub fn probe_main(data_dir: &Path, id: &str, probe: &str, timeout: Duration) -> 
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {
-            eprintln!("probe in {id}: {e}");
+            let _ = writeln!(std::io::stderr(), "probe in {id}: {e}");
             CANNOT_RUN
         }
     }

@@ -17,6 +17,7 @@ pub mod logging;
 pub mod ops;
 pub mod schedule;
 pub mod service;
+pub mod stdout;
 pub mod systemd;
 pub mod taskdef;
 pub mod tasks;

@@ -325,6 +325,72 @@ mod limit_value {
 /// as Docker's `--ulimit memlock=-1` takes it.
 pub const UNLIMITED: u64 = u64::MAX;
 
+/// A count written as a person or a program writes it, and nothing else: decimal digits, no
+/// sign, space, leading zero or other character (`5`, not `+5`, `05`, ` 5` or `5.0`), so a
+/// slip (`nofile=+5`, a pasted `nofile=1,024`) is refused with the reason rather than read as
+/// something else. Docker reads `--ulimit` values with Go's `strconv.ParseInt`, which takes a
+/// leading `+`; Flotilla does not.
+pub fn parse_count(text: &str) -> Result<u64, String> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "'{text}' is not a count (decimal digits only: no sign, space, point or separator)"
+        ));
+    }
+    if text.len() > 1 && text.starts_with('0') {
+        let plain = text.trim_start_matches('0');
+        return Err(format!(
+            "'{text}' has a leading zero (write {})",
+            if plain.is_empty() { "0" } else { plain }
+        ));
+    }
+    text.parse::<u64>()
+        .map_err(|_| format!("'{text}' is too large (at most {})", u64::MAX))
+}
+
+/// Why a ulimit's values would keep its container from running, when they would; the same for
+/// `ctr run --ulimit` and a task definition's `ulimits`. A CPU-time limit (`cpu`, seconds) of 0
+/// ends the container's processes as they start: the kernel sends SIGXCPU at the soft limit
+/// and SIGKILL at the hard one (setrlimit(2)).
+pub fn ulimit_problem(name: &str, soft: u64, hard: u64) -> Option<String> {
+    if soft > hard {
+        return Some(format!(
+            "the soft limit ({}) is above the hard limit ({})",
+            limit_text(soft),
+            limit_text(hard)
+        ));
+    }
+    if name == "cpu" && soft == 0 {
+        return Some(
+            "a CPU-time limit of 0 seconds kills the container's processes as they start \
+             (SIGXCPU at the soft limit, SIGKILL at the hard one); give at least 1 second, or -1 \
+             for no limit"
+                .into(),
+        );
+    }
+    None
+}
+
+/// An integer written as JSON writes one: an optional `-`, then digits without a leading zero.
+fn canonical_int(text: &str) -> Option<i64> {
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    if digits.is_empty()
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+        || (digits.len() > 1 && digits.starts_with('0'))
+    {
+        return None;
+    }
+    text.parse().ok()
+}
+
+/// A ulimit value as it is written: `-1` for [`UNLIMITED`].
+fn limit_text(v: u64) -> String {
+    if v == UNLIMITED {
+        "-1".into()
+    } else {
+        v.to_string()
+    }
+}
+
 /// A tmpfs mount.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -441,6 +507,21 @@ const CONTAINER: &[&str] = &[
 /// The least memory a container gets, MiB (what Docker 20.10 and later reserve; ECS documents
 /// the same floor for `memory`).
 const MIN_CONTAINER_MEMORY: u64 = 6;
+
+/// Task-level `cpu`, in CPU units, as ECS bounds it for tasks on EC2 and external instances
+/// (Flotilla's nodes): "If you're using the EC2 launch type or external launch type, this field
+/// is optional. Supported values are between 128 CPU units (0.125 vCPUs) and 196608 CPU units
+/// (192 vCPUs)." (`cpu` in
+/// <https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RegisterTaskDefinition.html>).
+pub const TASK_CPU: std::ops::RangeInclusive<u32> = 128..=196_608;
+
+/// Task-level `memory`, in MiB. ECS bounds it only on Fargate ("If using the EC2 launch type,
+/// this field is optional"; `memory` in
+/// <https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RegisterTaskDefinition.html>):
+/// for EC2 and external instances the floor is what one container needs (the
+/// [`MIN_CONTAINER_MEMORY`] Docker reserves), the ceiling Flotilla's own (about 3.8 TiB, more
+/// than any node has).
+pub const TASK_MEMORY: std::ops::RangeInclusive<u32> = MIN_CONTAINER_MEMORY as u32..=4_000_000;
 /// How a node mounts every tmpfs: these `mountOptions` say what happens anyway.
 const TMPFS_OPTIONS: &[&str] = &["rw", "nosuid", "nodev"];
 const ULIMITS: &[&str] = &[
@@ -733,9 +814,21 @@ impl Checker {
         let n = match v {
             None | Some(Value::Null) => return None,
             Some(Value::Number(n)) => n.as_i64(),
-            Some(Value::String(s)) if s.trim().parse::<i64>().is_ok() => {
+            Some(Value::String(s)) if canonical_int(s.trim()).is_some() => {
                 self.lenient(Leniency::NumberAsString, path);
-                s.trim().parse::<i64>().ok()
+                canonical_int(s.trim())
+            }
+            Some(Value::String(s)) if s.trim().parse::<i64>().is_ok() => {
+                // `"+5"`, `"05"`: a number, but not as JSON (or anyone) writes one.
+                self.err(
+                    path,
+                    format!(
+                        "expected an integer, found the string '{s}' (write it {}, no sign or \
+                         leading zero)",
+                        s.trim().parse::<i64>().unwrap_or_default()
+                    ),
+                );
+                return None;
             }
             Some(Value::String(s)) => {
                 self.err(path, format!("expected an integer, found the string '{s}'"));
@@ -802,9 +895,9 @@ impl Checker {
                 NetworkMode::Bridge
             }
         };
-        let cpu = self.units("$.cpu", m.get("cpu"), "vCPU", 1024);
+        let cpu = self.units("$.cpu", m.get("cpu"), "vCPU", 1024, TASK_CPU);
         let memory = self
-            .units("$.memory", m.get("memory"), "GB", 1024)
+            .units("$.memory", m.get("memory"), "GB", 1024, TASK_MEMORY)
             .map(u64::from);
         let volumes = self.volumes(m.get("volumes"));
         let volume_names: HashSet<String> = volumes.iter().map(|v| v.name.clone()).collect();
@@ -911,9 +1004,17 @@ impl Checker {
 
     /// Task-level CPU units or MiB in every form `RegisterTaskDefinition` takes: a number, a
     /// numeric string, or a string in `unit` (vCPU or GB: `"1 vCPU"`, `".25 vcpu"`, `"0.5 GB"`,
-    /// `"2GB"`), converted at registration as ECS converts it. See `cpu` and `memory` in
+    /// `"2GB"`), converted at registration as ECS converts it, and then within `range` (in
+    /// CPU units or MiB: [`TASK_CPU`], [`TASK_MEMORY`]). See `cpu` and `memory` in
     /// <https://docs.aws.amazon.com/AmazonECS/latest/APIReference/API_RegisterTaskDefinition.html>.
-    fn units(&mut self, path: &str, v: Option<&Value>, unit: &str, per_unit: u32) -> Option<u32> {
+    fn units(
+        &mut self,
+        path: &str,
+        v: Option<&Value>,
+        unit: &str,
+        per_unit: u32,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Option<u32> {
         let text = match v {
             None | Some(Value::Null) => return None,
             Some(Value::Number(n)) => n.to_string(),
@@ -936,14 +1037,32 @@ impl Checker {
         } else {
             "CPU units"
         };
+        let (lo, hi) = (*range.start(), *range.end());
+        // In whole units of the wire: '0.0001 GB' is not 0 MiB.
+        let within = |n: f64| {
+            let n = (n * mult).round();
+            (f64::from(lo)..=f64::from(hi))
+                .contains(&n)
+                .then_some(n as u32)
+        };
         match num.parse::<f64>() {
-            // Positive once rounded to whole units: '0.0001 GB' is not 0 MiB.
-            Ok(n) if n.is_finite() && (n * mult).round() >= 1.0 && n * mult <= 4_000_000.0 => {
-                return Some((n * mult).round() as u32)
-            }
+            Ok(n) if n.is_finite() && within(n).is_some() => return within(n),
+            Ok(n) if n.is_finite() && (n * mult).round() >= 1.0 && unit == "vCPU" => self.err(
+                path,
+                format!(
+                    "'{text}' is outside the task cpu ECS takes for EC2 and external instances: \
+                     {lo} to {hi} CPU units ({} to {} vCPU)",
+                    f64::from(lo) / 1024.0,
+                    f64::from(hi) / 1024.0
+                ),
+            ),
+            Ok(n) if n.is_finite() && (n * mult).round() >= 1.0 => self.err(
+                path,
+                format!("'{text}' is outside the task memory Flotilla takes: {lo} to {hi} {plain}"),
+            ),
             Ok(_) => self.err(
                 path,
-                format!("'{text}' is not a positive amount (at most 4000000 {plain})"),
+                format!("'{text}' is not a positive amount ({lo} to {hi} {plain})"),
             ),
             Err(_) => self.err(
                 path,
@@ -1415,11 +1534,16 @@ impl Checker {
                 i64::MAX,
             );
             match (n, soft.map(limit), hard.map(limit)) {
-                (Some(name), Some(s), Some(h)) if s <= h => ulimits.push(Ulimit {
-                    name,
-                    soft_limit: s,
-                    hard_limit: h,
-                }),
+                (Some(name), Some(s), Some(h)) if s <= h => {
+                    if let Some(why) = ulimit_problem(&name, s, h) {
+                        self.err(&format!("{up}.softLimit"), format!("{name}={s}: {why}"));
+                    }
+                    ulimits.push(Ulimit {
+                        name,
+                        soft_limit: s,
+                        hard_limit: h,
+                    })
+                }
                 (_, Some(_), Some(_)) => self.err(&format!("{up}.softLimit"), "exceeds hardLimit"),
                 _ => {
                     if um.get("softLimit").is_none() || um.get("hardLimit").is_none() {
@@ -1999,6 +2123,67 @@ mod tests {
     }
 
     #[test]
+    fn ulimit_values_that_kill_or_are_not_numbers_are_refused_by_name() {
+        let with = |u: &str| {
+            format!(
+                r#"{{"family":"f","containerDefinitions":[{{"name":"a","image":"x","memory":64,"ulimits":[{u}]}}]}}"#
+            )
+        };
+        for (u, want) in [
+            (
+                r#"{"name":"cpu","softLimit":0,"hardLimit":0}"#,
+                "$.containerDefinitions[0].ulimits[0].softLimit: cpu=0: a CPU-time limit of 0 \
+                 seconds kills",
+            ),
+            (
+                r#"{"name":"nofile","softLimit":"+5","hardLimit":10}"#,
+                "$.containerDefinitions[0].ulimits[0].softLimit: expected an integer, found the \
+                 string '+5' (write it 5",
+            ),
+            (
+                r#"{"name":"nofile","softLimit":"05","hardLimit":10}"#,
+                "$.containerDefinitions[0].ulimits[0].softLimit: expected an integer, found the \
+                 string '05' (write it 5",
+            ),
+        ] {
+            let problems = parse(&with(u)).expect_err(u);
+            assert_eq!(problems.len(), 1, "{u}: {problems:?}");
+            assert!(problems[0].starts_with(want), "{u}: {problems:?}");
+        }
+        // A CPU limit of a second or more, and numbers as strings written plainly, register.
+        parse(&with(r#"{"name":"cpu","softLimit":1,"hardLimit":"2"}"#)).expect("cpu=1:2");
+    }
+
+    #[test]
+    fn counts_are_read_only_as_written_plainly() {
+        assert_eq!(parse_count("0"), Ok(0));
+        assert_eq!(parse_count("1024"), Ok(1024));
+        for bad in [
+            "", "+5", "-5", " 5", "5 ", "05", "00", "5.0", "1,024", "1_024", "0x10", "五",
+        ] {
+            assert!(parse_count(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse_count("+5").expect_err("sign"),
+            "'+5' is not a count (decimal digits only: no sign, space, point or separator)"
+        );
+        assert_eq!(
+            parse_count("007").expect_err("zero"),
+            "'007' has a leading zero (write 7)"
+        );
+        assert!(parse_count("18446744073709551616")
+            .expect_err("big")
+            .contains("too large"));
+        assert!(ulimit_problem("cpu", 0, 5).is_some_and(|w| w.contains("0 seconds")));
+        assert!(ulimit_problem("cpu", 1, 1).is_none());
+        assert!(ulimit_problem("core", 0, 0).is_none());
+        assert_eq!(
+            ulimit_problem("nofile", 10, 5).as_deref(),
+            Some("the soft limit (10) is above the hard limit (5)")
+        );
+    }
+
+    #[test]
     fn structural_rules() {
         let one = |c: &str| format!(r#"{{"family":"f","containerDefinitions":[{c}]}}"#);
         assert!(
@@ -2075,10 +2260,58 @@ mod tests {
             );
         }
         let d = parse(
-            r#"{"family":"f","cpu":"0.001 vCPU","memory":"0.006 GB","containerDefinitions":[{"name":"a","image":"x"}]}"#,
+            r#"{"family":"f","cpu":"0.125 vCPU","memory":"0.006 GB","containerDefinitions":[{"name":"a","image":"x"}]}"#,
         )
-        .expect("rounds to one unit");
-        assert_eq!((d.definition.cpu, d.definition.memory), (Some(1), Some(6)));
+        .expect("rounds to whole units");
+        assert_eq!(
+            (d.definition.cpu, d.definition.memory),
+            (Some(128), Some(6))
+        );
+    }
+
+    #[test]
+    fn task_cpu_is_bounded_as_ecs_bounds_it_for_ec2_and_external_instances() {
+        let task = |cpu: &str| {
+            format!(
+                r#"{{"family":"f","cpu":{cpu},"containerDefinitions":[{{"name":"a","image":"x","memory":64}}]}}"#
+            )
+        };
+        for cpu in [
+            r#""1""#,
+            "1",
+            "127",
+            r#""0.1 vCPU""#,
+            "196609",
+            r#""193 vCPU""#,
+        ] {
+            let problems = parse(&task(cpu)).expect_err(cpu);
+            assert_eq!(problems.len(), 1, "{cpu}: {problems:?}");
+            assert!(
+                problems[0].starts_with("$.cpu: '")
+                    && problems[0].ends_with(
+                        "' is outside the task cpu ECS takes for EC2 and external instances: \
+                         128 to 196608 CPU units (0.125 to 192 vCPU)"
+                    ),
+                "{cpu}: {problems:?}"
+            );
+        }
+        for (cpu, want) in [
+            ("128", 128),
+            (r#""0.125 vCPU""#, 128),
+            (r#""192 vCPU""#, 196_608),
+        ] {
+            let p = parse(&task(cpu)).expect(cpu);
+            assert_eq!(p.definition.cpu, Some(want), "{cpu}");
+        }
+        // Memory has its own bounds, named with it.
+        let problems = parse(
+            r#"{"family":"f","memory":"4000 GB","containerDefinitions":[{"name":"a","image":"x"}]}"#,
+        )
+        .expect_err("too much");
+        assert_eq!(
+            problems,
+            ["$.memory: '4000 GB' is outside the task memory Flotilla takes: 6 to 4000000 MiB"]
+        );
     }
 
     #[test]
@@ -2293,7 +2526,7 @@ mod tests {
             (
                 r#","memory":"4""#,
                 r#"{"name":"a","image":"x"}"#,
-                "$.memory: 4 MiB is less than the 6 MiB one container needs at least",
+                "$.memory: '4' is outside the task memory Flotilla takes: 6 to 4000000 MiB",
             ),
             (
                 "",

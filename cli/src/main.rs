@@ -25,53 +25,8 @@ use flotilla_certs::credential::Credential;
 use flotilla_certs::{key_and_csr, CertifiedKey};
 use flotilla_client::{Client, LogQuery};
 
-/// Exit status when standard output closes early (`flotilla task ls | head -1`): what a shell
-/// shows for a Unix tool that SIGPIPE ended (128 + 13).
-const EXIT_CLOSED_PIPE: u8 = 141;
-
-/// `println!` for standard output that ends the program quietly with [`EXIT_CLOSED_PIPE`] when
-/// its reader has gone, as a Unix tool does, instead of panicking.
-macro_rules! outln {
-    ($($arg:tt)*) => {
-        $crate::write_out(format_args!("{}\n", format_args!($($arg)*)))
-    };
-}
-
-/// `print!` for standard output, as [`outln!`].
-macro_rules! out {
-    ($($arg:tt)*) => {
-        $crate::write_out(format_args!($($arg)*))
-    };
-}
-
-/// `eprintln!` that never panics: with standard error gone there is no one left to tell.
-macro_rules! errln {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stderr(), $($arg)*);
-    }};
-}
-
-/// Writes to standard output; a reader that has gone ends the program quietly, another error
-/// (a full disk) with a message and exit status 1.
-fn write_out(args: std::fmt::Arguments<'_>) {
-    use std::io::Write as _;
-    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(EXIT_CLOSED_PIPE.into());
-        }
-        errln!("error: writing to standard output: {e}");
-        std::process::exit(1);
-    }
-}
-
-/// Whether `e` comes from writing to a reader that has gone.
-fn closed_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
-}
+use flotilla_api::stdout::{closed_pipe, EXIT_CLOSED_PIPE};
+use flotilla_api::{errln, out, outln};
 
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version, about = "Flotilla operator CLI")]
@@ -673,7 +628,15 @@ async fn logs(
     let prefix = query.container.is_none() && info.containers.len() > 1;
     let mut stream = api.logs(task, &query).await?;
     let (mut out, mut err) = (std::io::stdout(), std::io::stderr());
-    while let Some(l) = stream.next().await? {
+    loop {
+        // A quiet task sends nothing for a long time: end once the reader has gone.
+        let l = tokio::select! {
+            l = stream.next() => l?,
+            () = flotilla_api::stdout::closed() => {
+                return Err(flotilla_api::stdout::closed_error().into())
+            }
+        };
+        let Some(l) = l else { break };
         if output != Output::Table {
             print_record(output, &l)?;
             continue;
@@ -736,7 +699,7 @@ async fn events(
             return Ok(());
         }
         if list.len() < limit as usize {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            wait_or_reader_gone(Duration::from_secs(1)).await?;
         }
     }
 }
@@ -827,7 +790,7 @@ where
         seen.insert(key.clone(), what_changes(first.header, row));
     }
     loop {
-        tokio::time::sleep(WATCH_EVERY).await;
+        wait_or_reader_gone(WATCH_EVERY).await?;
         let next = fetch().await?;
         for (key, row, item) in &next.items {
             let now = what_changes(next.header, row);
@@ -840,6 +803,16 @@ where
             emit(row, item, &widths)?;
             seen.insert(key.clone(), now);
         }
+    }
+}
+
+/// Waits `d`, or less when standard output's reader goes away meanwhile: then the closed pipe
+/// as an error, which ends the command quietly (`flotilla service ls -w | head -1` ends once
+/// `head` has, even when nothing changes and so nothing is written).
+async fn wait_or_reader_gone(d: Duration) -> Result<()> {
+    tokio::select! {
+        () = tokio::time::sleep(d) => Ok(()),
+        () = flotilla_api::stdout::closed() => Err(flotilla_api::stdout::closed_error().into()),
     }
 }
 
@@ -1323,7 +1296,7 @@ fn main() -> ExitCode {
     };
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if closed_pipe(&e) => ExitCode::from(EXIT_CLOSED_PIPE),
+        Err(e) if closed_pipe(&*e) => ExitCode::from(EXIT_CLOSED_PIPE),
         Err(e) => {
             errln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
             ExitCode::FAILURE

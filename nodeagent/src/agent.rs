@@ -394,7 +394,17 @@ async fn session(
     };
     check_clock(server_time);
     tracing::info!(node = %cred.name, server = %cred.server, protocol, "session established");
-    println!("session established as {} with {}", cred.name, cred.server);
+    {
+        // The daemon's own line for whoever started it by hand: a closed output (the terminal
+        // gone, a journal stream restarted) is no reason to panic or to end the agent.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stdout(),
+            "session established as {} with {}",
+            cred.name,
+            cred.server
+        );
+    }
     announce_ready(&format!("in session with {}", cred.server));
     runner.set_online(true);
     let mut due = renewal_due(&cred.identity.cert_pem)?;

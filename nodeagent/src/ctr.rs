@@ -1,6 +1,7 @@
 //! `nodeagent ctr`: images, containers and volumes on this node, in the spirit of containerd's
 //! `ctr`.
 
+use flotilla_api::outln;
 use std::collections::HashMap;
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -182,12 +183,12 @@ fn network(data_dir: &Path, cmd: NetworkCommand, json: bool) -> Result<()> {
     let path = data_dir.join("agent.redb");
     if !path.exists() {
         if !json {
-            println!(
+            outln!(
                 "no task networks (no agent state in {})",
                 data_dir.display()
             );
         } else {
-            println!("[]");
+            outln!("[]");
         }
         return Ok(());
     }
@@ -212,7 +213,7 @@ fn network(data_dir: &Path, cmd: NetworkCommand, json: bool) -> Result<()> {
                     .iter()
                     .map(|(t, n, ready)| serde_json::json!({"task": t, "network": n, "complete": ready}))
                     .collect();
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -245,7 +246,7 @@ fn network(data_dir: &Path, cmd: NetworkCommand, json: bool) -> Result<()> {
         NetworkCommand::Prune => {
             let n = nets.prune()?;
             if !json {
-                println!("removed {n} task network(s)");
+                outln!("removed {n} task network(s)");
             }
         }
     }
@@ -312,14 +313,14 @@ async fn image(store: &ImageStore, cmd: ImageCommand, json: bool) -> Result<()> 
         ImageCommand::Ls => {
             let recs = store.list()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&recs)?);
+                outln!("{}", serde_json::to_string_pretty(&recs)?);
             } else {
                 print_table(&recs);
             }
         }
         ImageCommand::Inspect { reference } => {
             let d = store.inspect(&reference)?;
-            println!("{}", serde_json::to_string_pretty(&d)?);
+            outln!("{}", serde_json::to_string_pretty(&d)?);
         }
         ImageCommand::Tag { source, target } => {
             let rec = store.tag(&source, &target)?;
@@ -330,7 +331,7 @@ async fn image(store: &ImageStore, cmd: ImageCommand, json: bool) -> Result<()> 
             for r in &references {
                 let report = store.remove(r)?;
                 if !json {
-                    println!(
+                    outln!(
                         "removed {r} (freed {} layers, {})",
                         report.layers,
                         human(report.bytes)
@@ -339,15 +340,15 @@ async fn image(store: &ImageStore, cmd: ImageCommand, json: bool) -> Result<()> 
                 freed.push(serde_json::json!({ "removed": r, "freed": report }));
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&freed)?);
+                outln!("{}", serde_json::to_string_pretty(&freed)?);
             }
         }
         ImageCommand::Prune => {
             let report = store.prune()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                outln!("{}", serde_json::to_string_pretty(&report)?);
             } else {
-                println!(
+                outln!(
                     "removed {} blobs, {} layers, {} partial downloads; freed {}",
                     report.blobs,
                     report.layers,
@@ -436,7 +437,7 @@ fn progress_reporter(json: bool) -> (ProgressFn, Box<dyn FnOnce()>) {
         };
         let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
         if last.insert(ev.layer.to_string(), phase) != Some(phase) {
-            println!("layer {} ({}): {phase}", ev.layer.short(), human(ev.size));
+            outln!("layer {} ({}): {phase}", ev.layer.short(), human(ev.size));
         }
     });
     (cb, Box::new(|| {}))
@@ -444,11 +445,11 @@ fn progress_reporter(json: bool) -> (ProgressFn, Box<dyn FnOnce()>) {
 
 fn print_records(recs: &[ImageRecord], json: bool, verb: &str) {
     if json {
-        println!("{}", serde_json::to_string_pretty(recs).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(recs).unwrap_or_default());
         return;
     }
     for r in recs {
-        println!(
+        outln!(
             "{verb} {} {} ({}, {})",
             r.name,
             r.digest,

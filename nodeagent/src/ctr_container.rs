@@ -1,5 +1,6 @@
 //! `nodeagent ctr run|ps|inspect|stop|kill|rm|logs|stats|volume`: containers on this node.
 
+use flotilla_api::{errln, outln};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -33,7 +34,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "CORES")]
     cpu: Option<f64>,
     /// Relative CPU weight in CPU units, 1024 per core (cgroup shares).
-    #[arg(long, value_name = "UNITS")]
+    #[arg(long, value_name = "UNITS", value_parser = count)]
     cpu_units: Option<u64>,
     /// Memory limit, e.g. 64M; past it the kernel OOM-kills the container.
     #[arg(long, value_name = "SIZE", value_parser = size)]
@@ -42,7 +43,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = size)]
     memory_reservation: Option<u64>,
     /// Maximum processes and threads.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = count)]
     pids: Option<u64>,
     /// Environment variable KEY=VALUE (KEY alone takes this shell's value).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
@@ -108,6 +109,11 @@ enum Net {
 
 fn size(s: &str) -> Result<u64, String> {
     parse_size(s)
+}
+
+/// A count written plainly (`5`, not `+5` or `05`), as `--ulimit` takes its values.
+fn count(s: &str) -> Result<u64, String> {
+    flotilla_api::taskdef::parse_count(s)
 }
 
 /// Container and volume commands.
@@ -229,7 +235,7 @@ pub async fn container(
                 .collect();
             if quiet {
                 for c in &list {
-                    println!("{}", c.record.id);
+                    outln!("{}", c.record.id);
                 }
             } else if json {
                 let mut out = Vec::new();
@@ -238,7 +244,7 @@ pub async fn container(
                     v["pid"] = serde_json::json!(c.pid());
                     out.push(v);
                 }
-                println!("{}", serde_json::to_string_pretty(&out)?);
+                outln!("{}", serde_json::to_string_pretty(&out)?);
             } else {
                 let rows: Vec<Vec<String>> = list.iter().map(ps_row).collect();
                 table(
@@ -260,7 +266,7 @@ pub async fn container(
             let info = store.get(&container)?;
             let mut v = serde_json::to_value(&info)?;
             v["pid"] = serde_json::json!(info.pid());
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            outln!("{}", serde_json::to_string_pretty(&v)?);
         }
         ContainerCommand::Stop { time, containers } => {
             for c in containers {
@@ -270,12 +276,12 @@ pub async fn container(
                     tokio::task::spawn_blocking(move || s.stop(&key, Duration::from_secs(time)))
                         .await??;
                 match exit {
-                    Some(e) => println!(
+                    Some(e) => outln!(
                         "{c}: exited {}{}",
                         e.exit_code,
                         if e.oom_killed { " (OOM killed)" } else { "" }
                     ),
-                    None => println!("{c}: stopped (exit code unknown)"),
+                    None => outln!("{c}: stopped (exit code unknown)"),
                 }
             }
         }
@@ -283,7 +289,7 @@ pub async fn container(
             let sig = parse_signal(&signal)?;
             for c in containers {
                 store.kill(&c, sig)?;
-                println!("{c}");
+                outln!("{c}");
             }
         }
         ContainerCommand::Rm { force, containers } => {
@@ -291,7 +297,7 @@ pub async fn container(
                 let s = store.clone();
                 let key = c.clone();
                 tokio::task::spawn_blocking(move || s.remove(&key, force)).await??;
-                println!("{c}");
+                outln!("{c}");
             }
         }
         ContainerCommand::Exec {
@@ -328,7 +334,13 @@ pub async fn container(
                     if !running {
                         break;
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    // A quiet container writes nothing: end once the reader has gone.
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        () = flotilla_api::stdout::closed() => {
+                            return Ok(ExitCode::from(flotilla_api::stdout::EXIT_CLOSED_PIPE));
+                        }
+                    }
                 }
             }
         }
@@ -343,16 +355,16 @@ pub fn volume(store: &ContainerStore, cmd: VolumeCommand, json: bool) -> Result<
         VolumeCommand::Create { name } => {
             let v = volumes.create(&name)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
+                outln!("{}", serde_json::to_string_pretty(&v)?);
             } else {
-                println!("{}", v.name);
+                outln!("{}", v.name);
             }
         }
         VolumeCommand::Ls => {
             let list = volumes.list()?;
             let used = store.volumes_in_use()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?);
             } else {
                 let rows: Vec<Vec<String>> = list
                     .iter()
@@ -371,12 +383,12 @@ pub fn volume(store: &ContainerStore, cmd: VolumeCommand, json: bool) -> Result<
             let v = volumes.get(&name)?;
             let mut out = serde_json::to_value(&v)?;
             out["used_by"] = serde_json::json!(store.volume_users(&name)?);
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            outln!("{}", serde_json::to_string_pretty(&out)?);
         }
         VolumeCommand::Rm { names } => {
             for n in names {
                 store.remove_volume(&n)?;
-                println!("{n}");
+                outln!("{n}");
             }
         }
     }
@@ -447,21 +459,32 @@ fn run_config(args: &RunArgs) -> Result<ContainerConfig> {
 }
 
 /// `NAME=SOFT[:HARD]` (HARD defaults to SOFT); `-1` or `unlimited` for no limit, as Docker's
-/// `--ulimit memlock=-1:-1` takes it.
+/// `--ulimit memlock=-1:-1` takes it. A value is a count written plainly
+/// ([`flotilla_api::taskdef::parse_count`]: not `+5`, `05`), and values that would keep the
+/// container from running are refused here with the reason
+/// ([`flotilla_api::taskdef::ulimit_problem`]: `cpu=0`), naming the limit and the value.
 fn ulimit(s: &str) -> Result<Ulimit, String> {
     let (name, limits) = s
         .split_once('=')
         .ok_or_else(|| format!("'{s}': expected NAME=SOFT[:HARD]"))?;
+    if flotilla_runtime::container::spec::rlimit_type(name).is_none() {
+        return Err(format!(
+            "'{s}': unknown limit '{name}' (as, core, cpu, data, fsize, locks, memlock, \
+             msgqueue, nice, nofile, nproc, rss, rtprio, rttime, sigpending, stack)"
+        ));
+    }
     let num = |x: &str| match x {
         "-1" | "unlimited" => Ok(flotilla_api::taskdef::UNLIMITED),
-        _ => x
-            .parse::<u64>()
-            .map_err(|_| format!("'{s}': '{x}' is not a number, -1 or unlimited")),
+        _ => flotilla_api::taskdef::parse_count(x)
+            .map_err(|e| format!("ulimit {name}: {e}; give a count, -1 or unlimited")),
     };
     let (soft, hard) = match limits.split_once(':') {
         Some((a, b)) => (num(a)?, num(b)?),
         None => (num(limits)?, num(limits)?),
     };
+    if let Some(why) = flotilla_api::taskdef::ulimit_problem(name, soft, hard) {
+        return Err(format!("ulimit {name}={limits}: {why}"));
+    }
     Ok(Ulimit {
         name: name.to_string(),
         soft,
@@ -488,14 +511,14 @@ async fn run(store: &ContainerStore, args: RunArgs) -> Result<ExitCode> {
     let started = match started {
         Ok(st) => st,
         Err(e) => {
-            eprintln!("error: {e}");
+            errln!("error: {e}");
             return Ok(ExitCode::from(START_FAILED));
         }
     };
     let id = record.id.clone();
     if args.detach {
         started.detach();
-        println!("{id}");
+        outln!("{id}");
         return Ok(ExitCode::SUCCESS);
     }
     let log_dir = store.paths(&id).logs();
@@ -504,29 +527,47 @@ async fn run(store: &ContainerStore, args: RunArgs) -> Result<ExitCode> {
     let mut waiter = tokio::task::spawn_blocking(move || started.wait());
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut interrupts = 0;
+    // Once the reader of this output has gone (`ctr run … | head -1`), the container is
+    // stopped, as a pipeline's writer ends by SIGPIPE, and its output no longer printed.
+    let mut reader_gone = false;
     let code = loop {
-        tokio::select! {
+        let printed = tokio::select! {
             r = &mut waiter => break r.ok().flatten(),
-            _ = tick.tick() => print_entries(&follower.poll()?, false, false)?,
+            _ = tick.tick(), if !reader_gone => print_entries(&follower.poll()?, false, false),
+            () = flotilla_api::stdout::closed(), if !reader_gone => {
+                Err(flotilla_api::stdout::closed_error().into())
+            }
             _ = tokio::signal::ctrl_c() => {
                 interrupts += 1;
                 let s = store.clone();
                 let key = id.clone();
                 if interrupts == 1 {
-                    eprintln!("stopping {} (Ctrl-C again to kill)", record.display_name());
+                    errln!("stopping {} (Ctrl-C again to kill)", record.display_name());
                     tokio::task::spawn_blocking(move || s.stop(&key, Duration::from_secs(10)));
                 } else {
                     let _ = s.kill(&key, Signal::KILL);
                 }
+                Ok(())
             }
+        };
+        match printed {
+            Err(e) if flotilla_api::stdout::closed_pipe(&*e) => {
+                reader_gone = true;
+                let s = store.clone();
+                let key = id.clone();
+                tokio::task::spawn_blocking(move || s.stop(&key, Duration::from_secs(10)));
+            }
+            r => r?,
         }
     };
-    print_entries(&follower.poll()?, false, false)?;
+    if !reader_gone {
+        print_entries(&follower.poll()?, false, false)?;
+    }
     let info = store.get(&id)?;
     let code = info.exit.as_ref().map(|e| e.exit_code).or(code);
     if let Some(e) = &info.exit {
         if e.oom_killed {
-            eprintln!(
+            errln!(
                 "{}: OOM killed (memory limit reached)",
                 record.display_name()
             );
@@ -536,10 +577,13 @@ async fn run(store: &ContainerStore, args: RunArgs) -> Result<ExitCode> {
         let s = store.clone();
         tokio::task::spawn_blocking(move || s.remove(&id, true)).await??;
     }
+    if reader_gone {
+        return Ok(ExitCode::from(flotilla_api::stdout::EXIT_CLOSED_PIPE));
+    }
     Ok(match code {
         Some(c) => ExitCode::from((c & 0xff) as u8),
         None => {
-            eprintln!(
+            errln!(
                 "{}: exit code unknown (its shim ended without recording it)",
                 record.display_name()
             );
@@ -677,7 +721,7 @@ async fn stats(store: &ContainerStore, keys: Vec<String>, json: bool) -> Result<
         });
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        outln!("{}", serde_json::to_string_pretty(&out)?);
     } else {
         table(
             &["CONTAINER ID", "NAME", "CPU", "MEMORY", "PIDS", "OOM KILLS"],
@@ -698,4 +742,46 @@ pub fn bind_roots(roots: &[PathBuf]) -> Vec<PathBuf> {
         .filter(|p| !p.as_os_str().is_empty())
         .cloned()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ulimit;
+
+    #[test]
+    fn ulimits_name_the_limit_the_value_and_why() {
+        let u = ulimit("nofile=1024:4096").expect("valid");
+        assert_eq!((u.name.as_str(), u.soft, u.hard), ("nofile", 1024, 4096));
+        let u = ulimit("memlock=-1").expect("unlimited");
+        assert_eq!(u.soft, flotilla_api::taskdef::UNLIMITED);
+        ulimit("cpu=1:unlimited").expect("a second of CPU");
+        for (arg, want) in [
+            ("cpu=0", "ulimit cpu=0: a CPU-time limit of 0 seconds kills"),
+            ("cpu=0:10", "ulimit cpu=0:10: a CPU-time limit of 0 seconds"),
+            ("nofile=+5", "ulimit nofile: '+5' is not a count"),
+            ("nofile=5:+6", "ulimit nofile: '+6' is not a count"),
+            (
+                "nofile=05",
+                "ulimit nofile: '05' has a leading zero (write 5)",
+            ),
+            ("nofile= 5", "ulimit nofile: ' 5' is not a count"),
+            ("nofile=1e3", "ulimit nofile: '1e3' is not a count"),
+            (
+                "nofile=10:5",
+                "ulimit nofile=10:5: the soft limit (10) is above",
+            ),
+            ("bogus=1", "'bogus=1': unknown limit 'bogus'"),
+            ("nofile", "'nofile': expected NAME=SOFT[:HARD]"),
+        ] {
+            let e = ulimit(arg).expect_err(arg);
+            assert!(e.starts_with(want), "{arg}: {e}");
+        }
+    }
+
+    #[test]
+    fn counts_are_plain() {
+        assert_eq!(super::count("5"), Ok(5));
+        assert!(super::count("+5").is_err());
+        assert!(super::count("05").is_err());
+    }
 }

@@ -42,6 +42,19 @@ const EDNS_PAYLOAD: u16 = 1232;
 /// Largest DNS message (the TCP length prefix is 16 bits, RFC 1035 §4.2.2).
 const MESSAGE_MAX: usize = 65_535;
 
+/// TCP connections one task's resolver serves at once; past them, new connections wait in the
+/// listener's backlog until one ends (as dnsmasq, which serves at most 20 TCP connections at a
+/// time, `MAX_PROCS`). A task cannot take the agent's descriptors or memory with connections.
+const TCP_CONNECTIONS: usize = 20;
+/// How long a TCP connection may sit without a whole query before it is closed: RFC 7766
+/// §6.2.3 leaves the idle timeout to servers and advises one "of the order of a few seconds"
+/// under load. Each query must arrive whole within it, so one slow client cannot hold a
+/// connection (and a slot of [`TCP_CONNECTIONS`]) by trickling bytes.
+const TCP_IDLE: Duration = Duration::from_secs(5);
+/// Pause after a failed `accept` (out of descriptors: EMFILE, ENFILE; out of memory): the
+/// connection stays in the backlog, so trying again at once would only spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
 /// Loops answering each task's UDP socket (the agent's runtime has a worker per core).
 const UDP_LOOPS: usize = 2;
 /// Encoded answers a UDP loop keeps before it starts again from empty.
@@ -283,38 +296,60 @@ impl Dns {
         }
     }
 
+    /// Answers TCP connections of `listener`: at most [`TCP_CONNECTIONS`] at a time, each
+    /// closed after [`TCP_IDLE`] without a whole query; a failed `accept` is retried after
+    /// [`ACCEPT_BACKOFF`]. The connections end with this task (aborting it drops them), so none
+    /// holds the task's namespace after [`Dns::stop`].
     async fn serve_tcp(self: Arc<Self>, listener: tokio::net::TcpListener, asker: Asker) {
+        let slots = Arc::new(tokio::sync::Semaphore::new(TCP_CONNECTIONS));
+        let mut connections = tokio::task::JoinSet::new();
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
-                continue;
+            // Reap the connections that ended, so the set does not grow.
+            while connections.try_join_next().is_some() {}
+            // A slot first: past the cap, connections wait in the backlog, unaccepted.
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
             };
-            let me = self.clone();
-            tokio::spawn(async move {
-                // Several queries may come on one connection; each is length-prefixed.
-                loop {
-                    let read = tokio::time::timeout(Duration::from_secs(10), async {
-                        let len = stream.read_u16().await?;
-                        let mut q = vec![0u8; usize::from(len)];
-                        stream.read_exact(&mut q).await?;
-                        std::io::Result::Ok(q)
-                    })
-                    .await;
-                    let Ok(Ok(query)) = read else { return };
-                    let reply = match me.local_answer(&query, Transport::Tcp, asker) {
-                        Some(r) => Some(r),
-                        None => me.forward(&query, Transport::Tcp).await,
-                    };
-                    let Some(reply) = reply else { return };
-                    let Ok(len) = u16::try_from(reply.len()) else {
-                        return;
-                    };
-                    if stream.write_u16(len).await.is_err()
-                        || stream.write_all(&reply).await.is_err()
-                    {
-                        return;
-                    }
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::debug!("the resolver's accept failed: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
                 }
-            });
+            };
+            connections.spawn(self.clone().tcp_connection(stream, asker, slot));
+        }
+    }
+
+    /// One TCP connection: length-prefixed queries, answered in turn, until the client closes
+    /// it, sends nothing whole for [`TCP_IDLE`], or an answer cannot be written.
+    async fn tcp_connection(
+        self: Arc<Self>,
+        mut stream: tokio::net::TcpStream,
+        asker: Asker,
+        _slot: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        loop {
+            let read = tokio::time::timeout(TCP_IDLE, async {
+                let len = stream.read_u16().await?;
+                let mut q = vec![0u8; usize::from(len)];
+                stream.read_exact(&mut q).await?;
+                std::io::Result::Ok(q)
+            })
+            .await;
+            let Ok(Ok(query)) = read else { return };
+            let reply = match self.local_answer(&query, Transport::Tcp, asker) {
+                Some(r) => Some(r),
+                None => self.forward(&query, Transport::Tcp).await,
+            };
+            let Some(reply) = reply else { return };
+            let Ok(len) = u16::try_from(reply.len()) else {
+                return;
+            };
+            if stream.write_u16(len).await.is_err() || stream.write_all(&reply).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -884,6 +919,57 @@ mod tests {
         tokio::spawn(dns.clone().serve_udp(udp, Asker::default()));
         tokio::spawn(dns.serve_tcp(tcp, Asker::default()));
         (addr, held)
+    }
+
+    /// A task opening more TCP connections than [`TCP_CONNECTIONS`] gets no more served: the
+    /// extra one waits, unaccepted, while UDP answers as before; connections that send nothing
+    /// are closed after [`TCP_IDLE`], and then the waiting one is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tcp_connections_are_capped_and_idle_ones_closed() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let at = resolver(big_upstream().await, dir.path()).await;
+        let q = query("t-3.api.shop.flotilla.internal.", RecordType::A, None);
+        let opened = Instant::now();
+        let mut idle = Vec::new();
+        for _ in 0..TCP_CONNECTIONS {
+            idle.push(tokio::net::TcpStream::connect(at).await.expect("connect"));
+        }
+        // The handshake completes in the kernel's backlog; the query is sent, not answered.
+        let mut extra = tokio::net::TcpStream::connect(at).await.expect("connect");
+        extra
+            .write_u16(u16::try_from(q.len()).expect("fits"))
+            .await
+            .expect("len");
+        extra.write_all(&q).await.expect("query");
+        let mut len = [0u8; 2];
+        assert!(
+            tokio::time::timeout(Duration::from_secs(1), extra.read_exact(&mut len))
+                .await
+                .is_err(),
+            "a connection past the cap was served"
+        );
+        // UDP is not held up by TCP clients.
+        let m = over_udp(at, &q).await;
+        assert_eq!(a_records(&m), [Ipv4Addr::new(10, 0, 0, 50)]);
+        // The idle connections are closed after TCP_IDLE (EOF), not before.
+        let mut buf = [0u8; 16];
+        for s in &mut idle {
+            let n = tokio::time::timeout(TCP_IDLE + Duration::from_secs(3), s.read(&mut buf))
+                .await
+                .expect("an idle connection is closed")
+                .unwrap_or(0);
+            assert_eq!(n, 0, "an idle connection got data");
+        }
+        assert!(opened.elapsed() >= TCP_IDLE, "closed before {TCP_IDLE:?}");
+        // Their slots free, the waiting connection is served.
+        tokio::time::timeout(Duration::from_secs(5), extra.read_exact(&mut len))
+            .await
+            .expect("served once a slot is free")
+            .expect("len");
+        let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        extra.read_exact(&mut answer).await.expect("answer");
+        let m = Message::from_vec(&answer).expect("answer");
+        assert_eq!(a_records(&m), [Ipv4Addr::new(10, 0, 0, 50)]);
     }
 
     fn with_id(mut q: Vec<u8>, id: u16) -> Vec<u8> {

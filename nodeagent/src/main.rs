@@ -20,6 +20,8 @@ mod runner;
 mod runtime;
 mod schedule;
 
+use flotilla_api::stdout::{closed_pipe, EXIT_CLOSED_PIPE};
+use flotilla_api::{errln, outln};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -205,7 +207,7 @@ fn main() -> ExitCode {
     let cli = match settle(Cli::parse()) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
+            errln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
             return ExitCode::FAILURE;
         }
     };
@@ -222,7 +224,7 @@ fn main() -> ExitCode {
     let node = match node_options(&cli) {
         Ok(n) => n,
         Err(e) => {
-            eprintln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
+            errln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
             return ExitCode::FAILURE;
         }
     };
@@ -244,7 +246,7 @@ fn main() -> ExitCode {
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: starting the async runtime: {e}");
+            errln!("error: starting the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -257,8 +259,8 @@ fn main() -> ExitCode {
                 labels,
             } => {
                 let id = agent::join(&data_dir, &server, &token, &labels).await?;
-                println!("joined as {id}");
-                println!("next: nodeagent --data-dir {} run", data_dir.display());
+                outln!("joined as {id}");
+                outln!("next: nodeagent --data-dir {} run", data_dir.display());
                 Ok(ExitCode::SUCCESS)
             }
             Command::Run {
@@ -296,8 +298,9 @@ fn main() -> ExitCode {
     }
     match result {
         Ok(code) => code,
+        Err(e) if closed_pipe(&*e) => ExitCode::from(EXIT_CLOSED_PIPE),
         Err(e) => {
-            eprintln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
+            errln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }
@@ -329,12 +332,12 @@ pub fn host_fit(
     // The process exits next: let the probe remove its scratch directory first.
     report.finish_cleanup();
     let n = report.problems.len();
-    eprintln!(
+    errln!(
         "error: this host cannot run containers ({n} problem{}):",
         if n == 1 { "" } else { "s" }
     );
     for p in &report.problems {
-        eprintln!("  - {p}");
+        errln!("  - {p}");
     }
     None
 }

@@ -1,5 +1,7 @@
 //! Output for people shared by the `ctr` commands: aligned tables and byte sizes.
 
+use flotilla_api::outln;
+
 /// Prints rows under a header, columns padded to their widest cell.
 pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -14,7 +16,7 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
             .zip(&widths)
             .map(|(c, w)| format!("{c:w$}"))
             .collect();
-        println!("{}", s.join("  ").trim_end());
+        outln!("{}", s.join("  ").trim_end());
     };
     line(header.to_vec());
     for row in rows {

@@ -14,6 +14,7 @@ mod scrape;
 mod timers;
 
 use cluster::network;
+use flotilla_api::{errln, outln};
 use orchestratord::cluster;
 
 use std::net::SocketAddr;
@@ -177,8 +178,11 @@ fn file_config(given: Option<&Path>) -> Result<FileConfig> {
 fn main() -> std::process::ExitCode {
     match real_main() {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if flotilla_api::stdout::closed_pipe(&*e) => {
+            std::process::ExitCode::from(flotilla_api::stdout::EXIT_CLOSED_PIPE)
+        }
         Err(e) => {
-            eprintln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
+            errln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
@@ -315,14 +319,14 @@ fn init(
         identity: admin,
     }
     .write(&admin_dir)?;
-    println!("cluster CA created in {}", data_dir.display());
-    println!("CA digest: {}", ca.digest());
-    println!("server certificate for: {}", names.join(", "));
-    println!(
+    outln!("cluster CA created in {}", data_dir.display());
+    outln!("CA digest: {}", ca.digest());
+    outln!("server certificate for: {}", names.join(", "));
+    outln!(
         "admin credential '{admin_name}' for {server} in {}",
         admin_dir.display()
     );
-    println!("next: orchestratord --data-dir {} run", data_dir.display());
+    outln!("next: orchestratord --data-dir {} run", data_dir.display());
     Ok(())
 }
 

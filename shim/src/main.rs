@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -99,7 +100,11 @@ fn main() -> ExitCode {
     let args = match parse(std::env::args_os().skip(1)) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("flotilla-shim: {e} (it is launched by nodeagent, not by hand)");
+            // Never a panic, with standard error gone too.
+            let _ = writeln!(
+                std::io::stderr(),
+                "flotilla-shim: {e} (it is launched by nodeagent, not by hand)"
+            );
             return ExitCode::from(USAGE);
         }
     };

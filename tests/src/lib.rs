@@ -215,3 +215,64 @@ pub fn cpu_time(pid: u32) -> anyhow::Result<std::time::Duration> {
         (ticks(11)? + ticks(12)?) as f64 / hz as f64,
     ))
 }
+
+/// Runs `cmd` with its standard output a pipe whose reader reads `keep` bytes (none: the reader
+/// has gone before anything is written, as `… | true`), then goes away; answers the exit code
+/// and standard error, failing the test when the command does not end within `limit`.
+pub fn with_reader_gone(
+    mut cmd: std::process::Command,
+    keep: usize,
+    limit: std::time::Duration,
+) -> (Option<i32>, String) {
+    use std::io::Read as _;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    // Close-on-exec: the command must not hold the reading end itself.
+    let (reader, writer) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).expect("pipe");
+    let mut reader = Some(std::fs::File::from(reader));
+    if keep == 0 {
+        // Gone before anything can be written.
+        reader = None;
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    // The command holds the write end now.
+    drop(cmd);
+    if let Some(mut r) = reader {
+        // Read on a thread, so a command that never writes fails the test, not hangs it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = vec![0; keep];
+            let _ = tx.send(r.read_exact(&mut buf).map(|()| r));
+        });
+        match rx.recv_timeout(limit) {
+            Ok(Ok(r)) => drop(r),
+            Ok(Err(e)) => panic!("reading the first {keep} bytes: {e}"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("no first {keep} bytes of output within {limit:?}");
+            }
+        }
+    }
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                let _ = e.read_to_string(&mut err);
+            }
+            return (status.code(), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still running {limit:?} after its reader went away");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

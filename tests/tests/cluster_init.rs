@@ -143,3 +143,18 @@ fn json_logs_are_one_object_per_line_without_secrets() {
     let secret = token.rsplit('-').next().expect("secret");
     assert!(!log.contains(secret), "the token secret was logged");
 }
+
+#[test]
+fn init_with_its_reader_gone_ends_quietly_as_sigpipe_would() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(bin("orchestratord"));
+    cmd.args(["init", "--data-dir"])
+        .arg(dir.path().join("cp"))
+        .arg("--admin-config")
+        .arg(dir.path().join("admin"));
+    // `orchestratord init | true`: no panic, no message, 141; the CA is made all the same.
+    let (code, err) = flotilla_tests::with_reader_gone(cmd, 0, std::time::Duration::from_secs(30));
+    assert!(err.is_empty(), "init said: {err}");
+    assert_eq!(code, Some(141));
+    assert!(dir.path().join("cp/ca-key.pem").exists());
+}

@@ -998,13 +998,16 @@ fn ulimits_apply_to_the_container() {
             );
         }
     }
-    let o = node.ctr(&["run", "--rm", "--ulimit", "nofiles=1", IMAGE, "true"]);
-    assert!(!o.status.success());
-    assert!(
-        stderr(&o).contains("ulimits[0].name: unknown limit 'nofiles'"),
-        "{}",
-        stderr(&o)
-    );
+    // Refused before anything is made, naming the limit, the value and why.
+    for (ulimit, want) in [
+        ("nofiles=1", "'nofiles=1': unknown limit 'nofiles'"),
+        ("cpu=0", "ulimit cpu=0: a CPU-time limit of 0 seconds kills"),
+        ("nofile=+5", "ulimit nofile: '+5' is not a count"),
+    ] {
+        let o = node.ctr(&["run", "--rm", "--ulimit", ulimit, IMAGE, "true"]);
+        assert_eq!(o.status.code(), Some(2), "{ulimit}: {}", stderr(&o));
+        assert!(stderr(&o).contains(want), "{ulimit}: {}", stderr(&o));
+    }
     node.assert_clean();
 }
 
@@ -1168,5 +1171,94 @@ fn exec_joins_a_running_container_with_its_restrictions() {
     let o = node.ctr(&["exec", "host", "true"]);
     assert!(stderr(&o).contains("not running"), "{}", stderr(&o));
     node.remove_all();
+    node.assert_clean();
+}
+
+#[test]
+fn a_closed_pipe_ends_ctr_commands_quietly_as_sigpipe_would() {
+    let node = Node::new();
+    node.ctr_ok(&["run", "-d", "--name", "quiet", IMAGE, "sleep", "600"]);
+    node.ctr_ok(&["volume", "create", "v1"]);
+    for args in [
+        &["ps"][..],
+        &["ps", "-a"],
+        &["ps", "-q"],
+        &["-o", "json", "ps"],
+        &["inspect", "quiet"],
+        &["image", "ls"],
+        &["-o", "json", "image", "ls"],
+        &["volume", "ls"],
+        &["stats"],
+        &["logs", "quiet"],
+    ] {
+        let mut cmd = node.nodeagent();
+        cmd.arg("ctr").args(args);
+        let (code, err) = flotilla_tests::with_reader_gone(cmd, 0, Duration::from_secs(20));
+        assert!(err.is_empty(), "{args:?} said: {err}");
+        // `logs` of a container that wrote nothing writes nothing.
+        let want = if args == ["logs", "quiet"] { 0 } else { 141 };
+        assert_eq!(code, Some(want), "{args:?}");
+    }
+    // Following a container that writes nothing: it ends once the reader has gone.
+    let mut cmd = node.nodeagent();
+    cmd.args(["ctr", "logs", "-f", "quiet"]);
+    let (code, err) = flotilla_tests::with_reader_gone(cmd, 0, Duration::from_secs(5));
+    assert!(err.is_empty(), "logs -f said: {err}");
+    assert_eq!(code, Some(141));
+    // An attached run whose reader goes: the container is stopped (as a pipeline's writer ends
+    // by SIGPIPE) and --rm honoured.
+    let mut cmd = node.nodeagent();
+    cmd.args([
+        "ctr",
+        "run",
+        "--rm",
+        "--name",
+        "chatty",
+        IMAGE,
+        "sh",
+        "-c",
+        "echo first; exec sleep 600",
+    ]);
+    let (code, err) =
+        flotilla_tests::with_reader_gone(cmd, "first\n".len(), Duration::from_secs(20));
+    assert!(err.is_empty(), "run said: {err}");
+    assert_eq!(code, Some(141));
+    assert!(
+        !node
+            .ps()
+            .iter()
+            .any(|c| c.record.config.name.as_deref() == Some("chatty")),
+        "the attached container was left behind"
+    );
+    node.ctr_ok(&["rm", "-f", "quiet"]);
+    node.ctr_ok(&["volume", "rm", "v1"]);
+    node.assert_clean();
+}
+
+#[test]
+fn exec_that_cannot_start_names_the_directory_command_and_container() {
+    let node = Node::new();
+    node.ctr_ok(&[
+        "run", "-d", "--name", "gone", "-w", "/wd", IMAGE, "sleep", "600",
+    ]);
+    let o = node.ctr(&["exec", "gone", "nosuchcmd"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(126), "{err}");
+    assert!(
+        err.contains("container gone") && err.contains("command 'nosuchcmd' not found"),
+        "{err}"
+    );
+    // Its working directory removed since it started: every exec starts there (as with
+    // `docker exec`), and says so.
+    node.ctr_ok(&["exec", "gone", "busybox", "rmdir", "/wd"]);
+    let o = node.ctr(&["exec", "gone", "true"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(126), "{err}");
+    assert!(
+        err.contains("container gone")
+            && err.contains("working directory /wd does not exist in the container"),
+        "{err}"
+    );
+    node.ctr_ok(&["rm", "-f", "gone"]);
     node.assert_clean();
 }

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use flotilla_api::ops::{TaskDefRevision, TaskDefStatus};
 use flotilla_tests::cluster::ControlPlane;
@@ -226,5 +227,25 @@ fn a_closed_pipe_ends_the_cli_quietly_as_sigpipe_would() {
         // clap prints its help itself and ignores the closed pipe.
         let want = if args == ["--help"] { 0 } else { 141 };
         assert_eq!(o.status.code(), Some(want), "{args:?}");
+    }
+}
+
+#[test]
+fn a_watch_ends_once_its_reader_has_gone_even_when_nothing_changes() {
+    let cp = ControlPlane::start(&[]);
+    for (args, keep) in [
+        (&["task", "ls", "-w"][..], 1),
+        (&["service", "ls", "-w"], 1),
+        (&["node", "ls", "-w"], 1),
+        (&["events", "-f"], 1),
+        // An empty list prints nothing as JSON: the reader has gone before any write.
+        (&["-o", "json", "task", "ls", "-w"], 0),
+    ] {
+        let mut cmd = Command::new(flotilla_tests::bin("flotilla"));
+        cmd.arg("--config").arg(&cp.admin).args(args);
+        // `flotilla … -w | head -c 1`: the header is read, then nothing more changes.
+        let (code, err) = flotilla_tests::with_reader_gone(cmd, keep, Duration::from_secs(5));
+        assert!(err.is_empty(), "{args:?} said: {err}");
+        assert_eq!(code, Some(141), "{args:?}");
     }
 }

@@ -231,6 +231,15 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "t" => 1 << 40,
         _ => return Err(format!("invalid size '{text}' (e.g. 512k, 64M, 1G)")),
     };
+    // Digits with at most one point, as Docker's sizes: no sign (`+64M`), exponent or space.
+    let plain = num.bytes().any(|b| b.is_ascii_digit())
+        && num.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && num.bytes().filter(|&b| b == b'.').count() <= 1;
+    if !plain {
+        return Err(format!(
+            "invalid size '{text}': digits and a unit (e.g. 512k, 64M, 1.5G; no sign)"
+        ));
+    }
     let n: f64 = num
         .parse()
         .map_err(|_| format!("invalid size '{text}' (e.g. 512k, 64M, 1G)"))?;
@@ -496,6 +505,9 @@ mod tests {
         assert_eq!(parse_size("2KiB"), Ok(2048));
         assert!(parse_size("lots").is_err());
         assert!(parse_size("-1").is_err());
+        for bad in ["+64M", "1e3", "0x10", "1.2.3M", ".M", "inf", "NaN"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

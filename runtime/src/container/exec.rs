@@ -10,6 +10,7 @@
 //! and exits with its code. The helper stays single-threaded, like the shim.
 
 use std::fs;
+use std::io::Write as _;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -32,10 +33,102 @@ pub fn main(data_dir: &Path, id: &str, args: Vec<String>, timeout: Option<Durati
     match run(data_dir, id, args, timeout) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("exec in {id}: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "exec in {}: {e}",
+                container_name(data_dir, id)
+            );
             CANNOT_RUN
         }
     }
+}
+
+/// The container as people know it: `NAME (ID)`, or its id when it has no name.
+fn container_name(data_dir: &Path, id: &str) -> String {
+    let record = data_dir.join("containers").join(id).join("container.json");
+    let name = fs::read(record).ok().and_then(|b| {
+        let v: serde_json::Value = serde_json::from_slice(&b).ok()?;
+        v["config"]["name"].as_str().map(str::to_string)
+    });
+    let short: String = id.chars().take(12).collect();
+    match name {
+        Some(n) => format!("container {n} ({short})"),
+        None => format!("container {short}"),
+    }
+}
+
+/// Why the process could not start, in the container's terms, when libcontainer's own error
+/// does not say it: its working directory gone (`rmdir` since the container started) or not a
+/// directory, or its command missing or not executable. Looked up inside the running
+/// container's root (`/proc/PID/root` of its init, symlinks resolved within it); `None` when
+/// that cannot tell.
+fn why_not(data_dir: &Path, id: &str, process: &oci_spec::runtime::Process) -> Option<String> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    let container =
+        libcontainer::container::Container::load(data_dir.join("libcontainer").join(id)).ok()?;
+    let pid = container.pid()?;
+    let dirs = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let root = rustix::fs::open(format!("/proc/{pid}/root"), dirs, Mode::empty()).ok()?;
+    let inside = |path: &Path, flags: OFlags| {
+        openat2(&root, path, flags, Mode::empty(), ResolveFlags::IN_ROOT)
+    };
+    let cwd = process.cwd();
+    match inside(cwd, dirs) {
+        Ok(_) => {}
+        Err(rustix::io::Errno::NOENT) => {
+            return Some(format!(
+                "its working directory {} does not exist in the container (removed since the \
+                 container started?)",
+                cwd.display()
+            ))
+        }
+        Err(rustix::io::Errno::NOTDIR) => {
+            return Some(format!(
+                "its working directory {} is not a directory in the container",
+                cwd.display()
+            ))
+        }
+        Err(e) => {
+            return Some(format!(
+                "its working directory {} cannot be entered: {e}",
+                cwd.display()
+            ))
+        }
+    }
+    let program = process.args().as_ref()?.first()?;
+    let file = OFlags::PATH | OFlags::CLOEXEC;
+    let found = |p: &Path| {
+        let p = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            cwd.join(p)
+        };
+        let f = inside(&p, file).ok()?;
+        let st = rustix::fs::fstat(&f).ok()?;
+        let regular = rustix::fs::FileType::from_raw_mode(st.st_mode).is_file();
+        Some(regular && st.st_mode & 0o111 != 0)
+    };
+    if program.contains('/') {
+        return match found(Path::new(program)) {
+            None => Some(format!("command '{program}' not found in the container")),
+            Some(false) => Some(format!(
+                "command '{program}' is not an executable file in the container"
+            )),
+            Some(true) => None,
+        };
+    }
+    let path = process
+        .env()
+        .as_ref()?
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("")
+        .to_string();
+    let hit = path
+        .split(':')
+        .filter(|d| !d.is_empty())
+        .any(|d| found(&Path::new(d).join(program)) == Some(true));
+    (!hit).then(|| format!("command '{program}' not found in the container (its PATH is {path})"))
 }
 
 fn run(
@@ -91,7 +184,10 @@ fn run(
         .with_process(Some(process_path))
         .with_detach(false)
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| match why_not(data_dir, id, &process) {
+            Some(why) => why,
+            None => e.to_string(),
+        })?;
     drop(process_file);
     let pid = rustix::process::Pid::from_raw(pid.as_raw()).ok_or("invalid pid")?;
     // Our child: wait for it through a pidfd, so the timeout needs no signal handler.
@@ -102,8 +198,10 @@ fn run(
         if left.is_some_and(|l| l.is_zero()) {
             let _ = kill_process(pid, Signal::KILL);
             let _ = waitpid(Some(pid), WaitOptions::empty());
-            eprintln!(
-                "exec in {id}: timed out after {:?}",
+            let _ = writeln!(
+                std::io::stderr(),
+                "exec in {}: timed out after {:?}",
+                container_name(data_dir, id),
                 timeout.unwrap_or_default()
             );
             return Ok(TIMED_OUT);
@@ -232,7 +330,7 @@ pub fn probe_main(data_dir: &Path, id: &str, probe: &str, timeout: Duration) -> 
         Ok(true) => 0,
         Ok(false) => 1,
         Err(e) => {
-            eprintln!("probe in {id}: {e}");
+            let _ = writeln!(std::io::stderr(), "probe in {id}: {e}");
             CANNOT_RUN
         }
     }

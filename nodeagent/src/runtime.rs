@@ -174,7 +174,9 @@ pub trait ContainerRuntime: fmt::Debug + Send + Sync {
     /// boot), its restart count starting over (as Docker's after a reboot). One that cannot be
     /// (it never started before the machine stopped, or its record or writable layer is
     /// damaged) is removed and created afresh from `config`, and the answer says why: its task
-    /// runs either way.
+    /// runs either way. A new run that fails for any other reason (a bind source not there
+    /// yet) is an error, recorded as the container's exit (125) as a failed restart is: the
+    /// container stays, with all it holds.
     fn resume(
         &self,
         name: &ContainerName,
@@ -306,7 +308,10 @@ impl ContainerRuntime for StoreRuntime {
             // Its record unreadable (skipped, with a warning, by the store) or gone.
             Err(ContainerError::NotFound(_)) => "its record is not there or unreadable".to_string(),
             Err(e) => format!("it could not be read: {e}"),
-            Ok(info) if info.state.is_none() => {
+            // No state at all: never started (a start writes it first).
+            Ok(info)
+                if info.state.is_none() && !self.store.paths(&info.record.id).state().exists() =>
+            {
                 "it was created but had not started when the machine stopped".to_string()
             }
             Ok(_) => {
@@ -316,11 +321,14 @@ impl ContainerRuntime for StoreRuntime {
                         started.detach();
                         return Ok(Resumed::InPlace);
                     }
-                    // Started meanwhile (not by the node): never removed from under its run.
-                    Err(e @ ContainerError::Running(_)) => {
-                        return Err(store_error("starting again", name)(e))
+                    // Nothing to start from: a new container is all there is.
+                    Err(e @ (ContainerError::Damaged { .. } | ContainerError::Invalid(_))) => {
+                        format!("it could not start again in place: {e}")
                     }
-                    Err(e) => format!("it could not start again in place: {e}"),
+                    // Started meanwhile (not by the node), or its new run failed (a bind
+                    // source not there yet, say — recorded as its exit): the container stays
+                    // with all it holds, for its restart policy or its task to decide.
+                    Err(e) => return Err(store_error("starting again", name)(e)),
                 }
             }
         };

@@ -710,6 +710,15 @@ fn keeper_until_a_power_cut(
     node: &Node,
     cp: &ControlPlane,
 ) -> (String, flotilla_runtime::container::ContainerInfo) {
+    keeper_of_until_a_power_cut(KEEPER, node, cp)
+}
+
+/// [`keeper_until_a_power_cut`] with task definition `def` (of family `keeper`).
+fn keeper_of_until_a_power_cut(
+    def: &str,
+    node: &Node,
+    cp: &ControlPlane,
+) -> (String, flotilla_runtime::container::ContainerInfo) {
     use flotilla_runtime::container::{ContainerInfo, Status};
 
     let mut agent = Agent::for_node(node)
@@ -724,7 +733,7 @@ fn keeper_until_a_power_cut(
     wait("the node's resources", Duration::from_secs(10), || {
         cp.nodes().first().is_some_and(|n| n.resources.is_some())
     });
-    cp.register(KEEPER);
+    cp.register(def);
     let id = cp.run_one("keeper");
     let name = format!("{id}-0");
     wait_state(cp, &id, TaskState::Running, Duration::from_secs(30));
@@ -831,6 +840,75 @@ fn after_a_power_cut_a_running_container_starts_again_in_place() {
         },
     );
     assert_eq!(cp.flotilla_ok(&["logs", &id]), "run 1\nrun 2\n");
+
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}
+
+/// A container whose new run fails after a power cut for a reason other than a damaged layer
+/// (here its log directory is a file now; a bind source not mounted yet is the same kind) is
+/// never replaced: it stays with its writable layer, its failed run recorded as its exit (125,
+/// naming what is wrong), as a failed restart is; its restart policy tries again, and once
+/// the obstacle is gone the same container runs on from its layer.
+#[test]
+fn after_a_power_cut_a_container_whose_new_run_fails_keeps_its_layer_and_runs_again() {
+    use flotilla_runtime::container::Status;
+
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let _cut = scopeguard(|| node.power_cut());
+    let def = KEEPER.replace(
+        r#""stopTimeout": 5,"#,
+        r#""stopTimeout": 5, "restartPolicy": {"enabled": true},"#,
+    );
+    assert_ne!(def, KEEPER);
+    let (id, before) = keeper_of_until_a_power_cut(&def, &node, &cp);
+    let name = format!("{id}-0");
+    let dir = node.data.join("containers").join(&before.record.id);
+    let logs = dir.join("logs");
+    let log = std::fs::read(logs.join("container.log")).unwrap_or_default();
+    std::fs::remove_dir_all(&logs).expect("its log directory");
+    std::fs::write(&logs, "in the way").expect("a file in its place");
+
+    let mut agent = Agent::for_node(&node).with_run_args(&["--heartbeat", "5"]);
+    agent.run();
+    node.wait_for("its failed run recorded", Duration::from_secs(30), || {
+        node.inspect(&name)
+            .exit
+            .is_some_and(|e| e.error.is_some_and(|e| e.contains("not a directory")))
+    });
+    let failed = node.inspect(&name);
+    assert_eq!(
+        failed.record.id,
+        before.record.id,
+        "a new container took its place:\n{}",
+        agent.log()
+    );
+    assert_eq!(failed.exit.as_ref().map(|e| e.exit_code), Some(125));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("upper").join("runs")).expect("/runs in its layer"),
+        "1\n"
+    );
+
+    // The obstacle gone, the policy's next try runs the same container on from its layer.
+    std::fs::remove_file(&logs).expect("the file away");
+    std::fs::create_dir(&logs).expect("its log directory again");
+    std::fs::write(logs.join("container.log"), log).expect("its log back");
+    node.wait_for("it to run again", Duration::from_secs(30), || {
+        node.inspect(&name).status == Status::Running
+    });
+    let after = node.inspect(&name);
+    assert_eq!(after.record.id, before.record.id);
+    assert_eq!(node.ctr_ok(&["exec", &name, "cat", "/runs"]), "2\n");
+    assert_eq!(node.ps().len(), 1, "{:?}", node.ps());
+    assert!(
+        !agent.log().contains("it starts again in a new container"),
+        "{}",
+        agent.log()
+    );
 
     cp.flotilla_ok(&["task", "stop", &id]);
     wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));

@@ -284,6 +284,15 @@ pub enum ContainerError {
         /// What the shim said.
         message: String,
     },
+    /// A container cut off by a power cut cannot start again in place: what it held is not
+    /// there to start from ([`ContainerStore::resume`]).
+    #[error("container {id}: {what}; it cannot start again in place")]
+    Damaged {
+        /// Container id.
+        id: String,
+        /// What is missing or wrong.
+        what: String,
+    },
     /// Image problem.
     #[error(transparent)]
     Image(Box<ImageStoreError>),
@@ -766,10 +775,14 @@ impl ContainerStore {
     /// the restart policy since the container was last started on purpose.
     ///
     /// Refused ([`ContainerError::Invalid`]) for a container that was not cut off so (running,
-    /// never started, or one whose end was recorded), and ([`ContainerError::Start`]) for one
-    /// whose writable layer is damaged (its upper or work directory is gone): the caller makes
-    /// a new container instead. When the new run cannot start, that is recorded as its exit
-    /// ([`RESTART_FAILED_EXIT`]) as a restart's is.
+    /// never started, or one whose end was recorded), and ([`ContainerError::Damaged`]) for one
+    /// whose writable layer is damaged (its upper or work directory is gone or not a
+    /// directory): the caller makes a new container instead. Any other failure is the new
+    /// run's, recorded as its exit ([`RESTART_FAILED_EXIT`], with the error) as a restart's is:
+    /// the container stays, with all it holds, for its restart policy or its task to decide —
+    /// a bind source not there yet (a network mount not up) never costs a container its layer.
+    /// A container whose runtime state is unreadable started in the boot its record was made
+    /// in (the state is written at its start) and is judged by that boot.
     pub fn resume(
         &self,
         key: &str,
@@ -780,11 +793,16 @@ impl ContainerStore {
         if info.status == Status::Running {
             return Err(ContainerError::Running(info.record.display_name()));
         }
+        let paths = self.paths(&id);
+        // Its state names the boot it ran in; unreadable (but there: it did start), its
+        // record names the boot it was made in, no later one.
+        let ran_in = match &info.state {
+            Some(s) => Some(&s.init.boot_id),
+            None if paths.state().exists() => info.record.boot_id.as_ref(),
+            None => None,
+        };
         let cut_off = info.exit.is_none()
-            && info
-                .state
-                .as_ref()
-                .is_some_and(|s| process::boot_id().is_ok_and(|now| now != s.init.boot_id));
+            && ran_in.is_some_and(|then| process::boot_id().is_ok_and(|now| now != *then));
         if !cut_off {
             return Err(ContainerError::Invalid(vec![format!(
                 "container {} was not running when the machine stopped (never started, or its \
@@ -792,29 +810,34 @@ impl ContainerStore {
                 info.record.display_name()
             )]));
         }
-        let paths = self.paths(&id);
         for sub in ["upper", "work"] {
             let dir = paths.dir.join(sub);
-            if !dir.is_dir() {
-                return Err(ContainerError::Start {
+            // Not followed: a link there is no layer of this container's.
+            if !fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+                return Err(ContainerError::Damaged {
                     id,
-                    message: format!(
-                        "its writable layer is damaged: {} is missing",
+                    what: format!(
+                        "its writable layer is damaged: {} is missing or not a directory",
                         dir.display()
                     ),
                 });
             }
         }
-        // What the last boot left behind that is made anew at every start.
-        let logs = paths.logs();
-        if !logs.is_dir() {
-            fs::create_dir_all(&logs).map_err(io_at(&logs))?;
-        }
-        let rootfs = paths.rootfs();
-        if !rootfs.is_dir() {
-            fs::create_dir_all(&rootfs).map_err(io_at(&rootfs))?;
-        }
         tracing::debug!(container = %id, "starting again after the machine stopped");
+        // What the last boot left behind that is made anew at every start.
+        let prepared = [paths.logs(), paths.rootfs()]
+            .into_iter()
+            .try_for_each(|dir| match fs::symlink_metadata(&dir) {
+                Ok(m) if m.is_dir() => Ok(()),
+                Ok(_) => Err(io_at(&dir)(io::Error::other(
+                    "not a directory; move it away and the container starts again",
+                ))),
+                Err(_) => fs::create_dir_all(&dir).map_err(io_at(&dir)),
+            });
+        if let Err(e) = prepared {
+            record_failed_run(&paths, &e);
+            return Err(e);
+        }
         self.run_again(&info, network, RestartRecord::default())
     }
 
@@ -848,19 +871,7 @@ impl ContainerStore {
             .delete_runtime_state(info)
             .and_then(|()| self.launch(&record));
         if let Err(e) = &result {
-            // The attempt is this run: it ended at once, and says why.
-            let _ = fs::remove_file(paths.state());
-            let failed = ExitInfo {
-                exit_code: RESTART_FAILED_EXIT,
-                signal: None,
-                oom_killed: false,
-                finished_at: now_rfc3339(),
-                unknown: false,
-                error: Some(e.to_string()),
-            };
-            if let Ok(bytes) = serde_json::to_vec_pretty(&failed) {
-                let _ = write_atomic(&paths.exit(), &bytes);
-            }
+            record_failed_run(&paths, e);
         }
         result
     }
@@ -1569,6 +1580,23 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
             tracing::warn!(path = %path.display(), "unreadable: {e}");
             None
         }
+    }
+}
+
+/// Records run attempt `e` of the container at `paths` as the run: it ended at once
+/// ([`RESTART_FAILED_EXIT`]) and says why, as `ctr inspect` and the restart policy read it.
+fn record_failed_run(paths: &ContainerPaths, e: &ContainerError) {
+    let _ = fs::remove_file(paths.state());
+    let failed = ExitInfo {
+        exit_code: RESTART_FAILED_EXIT,
+        signal: None,
+        oom_killed: false,
+        finished_at: now_rfc3339(),
+        unknown: false,
+        error: Some(e.to_string()),
+    };
+    if let Ok(bytes) = serde_json::to_vec_pretty(&failed) {
+        let _ = write_atomic(&paths.exit(), &bytes);
     }
 }
 

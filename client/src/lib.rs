@@ -576,7 +576,9 @@ impl Client {
             method,
             path: path.to_string(),
             server: self.server.clone(),
-            source,
+            // The request is named above, by the server the credential names; the client's
+            // URL (with the TLS name it dials) would say it again.
+            source: source.without_url(),
         }
     }
 }
@@ -665,7 +667,7 @@ impl LogStream {
                         method: Method::GET,
                         path: self.path.clone(),
                         server: self.server.clone(),
-                        source,
+                        source: source.without_url(),
                     })
                 }
             }

@@ -133,7 +133,15 @@ pub async fn join(data_dir: &Path, server: &str, token: &str, labels: &[String])
     let conn = endpoint
         .connect_with(cfg, addr, SERVER_NAME)?
         .await
-        .map_err(|e| anyhow::anyhow!("connecting to {server} ({addr}): {}", explain(&e)))?;
+        .map_err(|e| {
+            // The address it resolved to, when the name is not that address already.
+            let resolved = if server.starts_with(&addr.to_string()) {
+                String::new()
+            } else {
+                format!(" ({addr})")
+            };
+            anyhow::anyhow!("connecting to {server}{resolved}: {}", explain(&e))
+        })?;
     let (mut send, mut recv) = conn.open_bi().await.context("opening the join stream")?;
     let req = JoinRequest {
         protocols: PROTOCOLS.to_vec(),

@@ -788,6 +788,15 @@ fn volumes_binds_and_tmpfs() {
         "{}",
         stderr(&o)
     );
+    // A source that is not there is named as the bind source it is.
+    let missing = allowed.join("not-there");
+    let spec = format!("{}:/host", missing.display());
+    let o = node.ctr(&["run", "--rm", "-v", &spec, IMAGE, "true"]);
+    assert!(
+        stderr(&o).contains(&format!("bind mount source {}", missing.display())),
+        "{}",
+        stderr(&o)
+    );
     std::os::unix::fs::symlink("/etc", allowed.join("escape")).expect("symlink");
     let spec = format!("{}:/host", allowed.join("escape").display());
     let o = node.ctr(&["run", "--rm", "-v", &spec, IMAGE, "true"]);

@@ -689,7 +689,9 @@ impl ContainerStore {
                     .join(", ")
             }
         };
-        let real = fs::canonicalize(source).map_err(io_at(source))?;
+        let real = fs::canonicalize(source).map_err(|e| {
+            ContainerError::Invalid(vec![format!("bind mount source {}: {e}", source.display())])
+        })?;
         let ok = self
             .options
             .bind_roots

@@ -638,7 +638,9 @@ async fn start(
     }
     let node_id = Credential::load(&identity)?.name;
     let mut agent_cmd = node.cmd(&["run"]);
-    agent_cmd.env("NODEAGENT_LOG", "info");
+    // What the agent does, without libcgroups' per-start notes on controllers this kernel
+    // lacks (the agent's own default keeps them out too).
+    agent_cmd.env("NODEAGENT_LOG", "info,libcgroups=error,libcontainer=error");
     up.agent = Some(Daemon::spawn(
         "nodeagent",
         agent_cmd,

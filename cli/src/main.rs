@@ -170,7 +170,8 @@ enum TaskCommand {
         /// Task id.
         id: String,
     },
-    /// Stop tasks (SIGTERM, then SIGKILL after the container's stopTimeout).
+    /// Stop tasks (each container's stop signal — its image's StopSignal, SIGTERM by default —
+    /// then SIGKILL after its stopTimeout).
     Stop {
         /// Task ids.
         #[arg(required = true)]

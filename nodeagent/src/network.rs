@@ -108,6 +108,10 @@ pub struct Networks {
     bridges_seen: Mutex<Vec<String>>,
     /// The VIPs last rendered (their removed backends' connections are forgotten).
     vips_rendered: Mutex<Vec<nft::Vip>>,
+    /// `net.bridge.bridge-nf-call-iptables` as read for the table last applied (none while
+    /// there is no table): a change of it outside the agent rebuilds the table
+    /// ([`Networks::follow_bridge_netfilter`]).
+    netfilter_rendered: Mutex<Option<BridgeNetfilter>>,
     /// The node's DNS (tasks' resolvers, VIPs); none for `ctr network`.
     dns: Option<Arc<crate::dns::Dns>>,
     /// This node's id (its own endpoints are reached directly).
@@ -170,6 +174,7 @@ impl Networks {
             }),
             bridges_seen: Mutex::new(Vec::new()),
             vips_rendered: Mutex::new(Vec::new()),
+            netfilter_rendered: Mutex::new(None),
             dns,
             node_id: node_id.to_string(),
         })
@@ -234,6 +239,49 @@ impl Networks {
     pub fn refresh(&self) -> Result<()> {
         let st = self.lock();
         self.sync_node(&st)
+    }
+
+    /// Renders the node's table again if `net.bridge.bridge-nf-call-iptables` changed since
+    /// it was last rendered (`br_netfilter` loaded or `sysctl.d` applied after the agent
+    /// started, another tool turning it off or on): which translated connections within a
+    /// bridge are masqueraded depends on it. One small procfs read when nothing changed.
+    /// Whether the table was rendered again.
+    pub fn follow_bridge_netfilter(&self) -> Result<bool> {
+        let now = BridgeNetfilter::read();
+        {
+            let mut rendered = self
+                .netfilter_rendered
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match *rendered {
+                Some(_) if BridgeNetfilter::changes_the_table(*rendered, now) => {}
+                Some(before) if before != now => {
+                    // Off and absent render the same table.
+                    tracing::debug!(%before, %now, "net.bridge.bridge-nf-call-iptables changed");
+                    *rendered = Some(now);
+                    return Ok(false);
+                }
+                _ => return Ok(false),
+            }
+        }
+        let st = self.lock();
+        // Read again under the lock: a sync in between may have rendered it already.
+        let rendered = *self
+            .netfilter_rendered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let now = BridgeNetfilter::read();
+        let Some(before) = rendered.filter(|_| BridgeNetfilter::changes_the_table(rendered, now))
+        else {
+            return Ok(false);
+        };
+        tracing::info!(
+            %before,
+            %now,
+            "net.bridge.bridge-nf-call-iptables changed: rendering the nftables table again"
+        );
+        self.sync_node(&st)?;
+        Ok(true)
     }
 
     /// The network of `task`, made if it is not there yet.
@@ -614,7 +662,8 @@ impl Networks {
             }
         }
         table.vips = self.vips(st);
-        table.bridge_netfilter = bridge_netfilter();
+        let netfilter = BridgeNetfilter::read();
+        table.bridge_netfilter = netfilter.hooks();
         if table.is_empty() {
             if nft::exists(&self.settings.table).unwrap_or(true) {
                 nft::apply(&self.settings.table, &table)?;
@@ -622,6 +671,10 @@ impl Networks {
         } else {
             nft::apply(&self.settings.table, &table)?;
         }
+        *self
+            .netfilter_rendered
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = (!table.is_empty()).then_some(netfilter);
         // A backend that left a VIP gets no new connection through an old translation.
         let before = std::mem::replace(
             &mut *self.vips_rendered.lock().unwrap_or_else(|p| p.into_inner()),
@@ -817,13 +870,61 @@ fn enable_forwarding(bridge: &str) -> Result<()> {
     Ok(())
 }
 
+const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
 /// Whether frames crossing a bridge go through this namespace's IPv4 netfilter hooks
 /// (`br_netfilter`, on in new namespaces once the module is in; Docker and Kubernetes turn it
 /// on too): then a translated connection between two tasks of a bridge is translated back on
-/// the bridge and needs no masquerade. Read at every change of the table.
-fn bridge_netfilter() -> bool {
-    std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
-        .is_ok_and(|v| v.trim() == "1")
+/// the bridge and needs no masquerade. Read at every change of the table and followed by
+/// [`Networks::follow_bridge_netfilter`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BridgeNetfilter {
+    /// `net.bridge.bridge-nf-call-iptables` = 1.
+    On,
+    /// Set to anything else.
+    Off,
+    /// No such setting: `br_netfilter` is not loaded, bridged frames skip netfilter.
+    Absent,
+}
+
+impl BridgeNetfilter {
+    fn read() -> Self {
+        Self::parse(
+            std::fs::read_to_string(BRIDGE_NF_CALL_IPTABLES)
+                .ok()
+                .as_deref(),
+        )
+    }
+
+    /// The setting from the file's content, `None` when it could not be read.
+    fn parse(content: Option<&str>) -> Self {
+        match content.map(str::trim) {
+            None => Self::Absent,
+            Some("1") => Self::On,
+            Some(_) => Self::Off,
+        }
+    }
+
+    /// Bridged frames go through the IPv4 hooks.
+    fn hooks(self) -> bool {
+        self == Self::On
+    }
+
+    /// Whether a table rendered with `rendered` (none: no table) must be rendered again now
+    /// that the setting reads `now`.
+    fn changes_the_table(rendered: Option<Self>, now: Self) -> bool {
+        rendered.is_some_and(|r| r.hooks() != now.hooks())
+    }
+}
+
+impl std::fmt::Display for BridgeNetfilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::On => "1",
+            Self::Off => "0",
+            Self::Absent => "absent (br_netfilter not loaded)",
+        })
+    }
 }
 
 /// The interface of the node's IPv4 default route.
@@ -863,5 +964,34 @@ mod tests {
         );
         assert_eq!(default_route_in(&table).as_deref(), Some("eth0"));
         assert_eq!(default_route_in(head), None);
+    }
+
+    #[test]
+    fn bridge_netfilter_is_on_only_at_1_and_absent_without_the_module() {
+        use BridgeNetfilter::*;
+        assert_eq!(BridgeNetfilter::parse(Some("1\n")), On);
+        assert_eq!(BridgeNetfilter::parse(Some("0\n")), Off);
+        assert_eq!(BridgeNetfilter::parse(None), Absent);
+        assert!(On.hooks());
+        assert!(!Off.hooks() && !Absent.hooks());
+        assert_eq!(Absent.to_string(), "absent (br_netfilter not loaded)");
+        // A rendered table follows a change of the hooks, not one between off and absent.
+        for (rendered, now, again) in [
+            (Some(On), Off, true),
+            (Some(On), Absent, true),
+            (Some(Off), On, true),
+            (Some(Absent), On, true),
+            (Some(Off), Absent, false),
+            (Some(Absent), Off, false),
+            (Some(On), On, false),
+            (None, On, false),
+            (None, Off, false),
+        ] {
+            assert_eq!(
+                BridgeNetfilter::changes_the_table(rendered, now),
+                again,
+                "{rendered:?} -> {now:?}"
+            );
+        }
     }
 }

@@ -30,6 +30,9 @@ const LOCAL_KEY: &str = "local";
 const FIRED_KEY: &str = "fired";
 /// How often the node re-checks its containers without being told.
 const RESYNC: Duration = Duration::from_secs(1);
+/// How often `net.bridge.bridge-nf-call-iptables` is read to follow a change of it made
+/// outside the agent (its nftables table depends on it).
+const BRIDGE_NETFILTER_POLL: Duration = Duration::from_secs(2);
 
 /// What the node persisted in `agent.redb`: the control plane's desired state and its
 /// schedules' runs (the table is made if it is not there yet).
@@ -305,6 +308,21 @@ impl Runner {
                     Ok(Err(e)) => tracing::warn!("service VIP rules: {e:#}"),
                     Err(e) => tracing::warn!("service VIP rules: {e}"),
                     Ok(Ok(())) => {}
+                }
+            }
+        });
+        // The table's masquerades follow `br_netfilter`, which can change under the agent.
+        let net = self.networks.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BRIDGE_NETFILTER_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let n = net.clone();
+                match tokio::task::spawn_blocking(move || n.follow_bridge_netfilter()).await {
+                    Ok(Err(e)) => tracing::warn!("following bridge-nf-call-iptables: {e:#}"),
+                    Err(e) => tracing::warn!("following bridge-nf-call-iptables: {e}"),
+                    Ok(Ok(_)) => {}
                 }
             }
         });

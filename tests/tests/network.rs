@@ -2,8 +2,9 @@
 //! bridge tasks reached through static and dynamic host ports from another host, outbound NAT,
 //! port conflicts refused at placement, containers of a task sharing its namespace, `host` and
 //! `none` as named, awsvpc tasks with their own LAN address, a bridge task reaching itself
-//! through its host ports and its service's VIP (hairpin) — and nothing left on a host once
-//! its tasks are gone.
+//! through its host ports and its service's VIP (hairpin), the table following
+//! `bridge-nf-call-iptables` changed while tasks run — and nothing left on a host once its
+//! tasks are gone.
 
 use std::process::Output;
 use std::time::Duration;
@@ -740,6 +741,142 @@ fn a_bridge_task_reaches_itself_through_its_host_port_and_others_keep_their_addr
         "the node"
     );
 
+    stop_and_wait(&fleet, &[&echo_id, &other_id]);
+    fleet.finish();
+}
+
+const BRIDGE_NF_CALL_IPTABLES: &str = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+
+/// `net.bridge.bridge-nf-call-iptables` of a host (it is per network namespace), put back as
+/// it was when dropped, also when the test fails.
+struct BridgeNetfilter<'a> {
+    host: &'a Host,
+    original: String,
+}
+
+impl<'a> BridgeNetfilter<'a> {
+    /// The host's setting as it is; `None` without `br_netfilter`.
+    fn of(host: &'a Host) -> Option<Self> {
+        let out = host
+            .command("cat")
+            .arg(BRIDGE_NF_CALL_IPTABLES)
+            .output()
+            .expect("cat");
+        out.status.success().then(|| Self {
+            host,
+            original: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        })
+    }
+
+    fn set(&self, value: &str) {
+        let out = self
+            .host
+            .command("sh")
+            .args(["-c", &format!("echo {value} > {BRIDGE_NF_CALL_IPTABLES}")])
+            .output()
+            .expect("sh");
+        assert!(
+            out.status.success(),
+            "setting {BRIDGE_NF_CALL_IPTABLES} to {value} in {}: {}",
+            self.host.netns,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for BridgeNetfilter<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .host
+            .command("sh")
+            .args([
+                "-c",
+                &format!("echo {} > {BRIDGE_NF_CALL_IPTABLES}", self.original),
+            ])
+            .status();
+    }
+}
+
+/// [`fetch_in`] until the client address answered is `want` (`within` at most): how long it
+/// took, or a failure with the last answer or error.
+fn fetch_in_until(
+    fleet: &Fleet,
+    container: &str,
+    url: &str,
+    want: &str,
+    within: Duration,
+) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let got = fetch_in(fleet, 0, container, url).map(|a| client_address(&a));
+        if got.as_deref() == Ok(want) {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < within,
+            "{url} from {container}: no answer seen from {want} within {within:?}; last: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The table follows `net.bridge.bridge-nf-call-iptables` changed under a running agent (as
+/// `br_netfilter` loaded or `sysctl.d` applied after it started, or another tool, do): turned
+/// off, another task of the bridge still reaches a task's host port within seconds (masqueraded,
+/// as the answer would skip the translation back); turned on again, the server sees that
+/// task's own address again. Hairpin keeps working both ways.
+#[test]
+fn the_table_follows_bridge_netfilter_changed_while_tasks_run() {
+    let fleet = Fleet::start(&[&[]]);
+    let a = &fleet.hosts[0];
+    let Some(setting) = BridgeNetfilter::of(a) else {
+        eprintln!("skipped: no {BRIDGE_NF_CALL_IPTABLES} (br_netfilter not loaded)");
+        fleet.finish();
+        return;
+    };
+    fleet.register(&echo_def(
+        "echo",
+        r#"[{"containerPort": 80, "hostPort": 18090}]"#,
+    ));
+    fleet.register(SLEEPER);
+    let echo_id = run_on(&fleet, "echo", 0);
+    let echo_addr = running(&fleet, &echo_id).1.address.expect("address");
+    let other_id = run_on(&fleet, "sleeper", 0);
+    let other_addr = running(&fleet, &other_id).1.address.expect("address");
+    let (echo_c, other_c) = (format!("{echo_id}-0"), format!("{other_id}-0"));
+    let gateway = std::net::Ipv4Addr::from(u32::from(echo_addr) & 0xffff_ff00 | 1);
+    let url = format!("http://{}:18090/cgi-bin/ip", a.addr);
+    let within = Duration::from_secs(15);
+
+    setting.set("1");
+    fetch_in_until(&fleet, &other_c, &url, &other_addr.to_string(), within);
+
+    // Off: the answer would reach the client untranslated; only a masquerade brings it back.
+    setting.set("0");
+    let took = fetch_in_until(&fleet, &other_c, &url, &gateway.to_string(), within);
+    eprintln!("followed 1 -> 0 in {took:?}");
+    assert_eq!(
+        fetch_in_soon(&fleet, 0, &echo_c, &url),
+        gateway.to_string(),
+        "hairpin at 0"
+    );
+
+    // On again: the broad masquerade goes, the server sees the client's own address.
+    setting.set("1");
+    let took = fetch_in_until(&fleet, &other_c, &url, &other_addr.to_string(), within);
+    eprintln!("followed 0 -> 1 in {took:?}");
+    assert_eq!(
+        fetch_in_soon(&fleet, 0, &echo_c, &url),
+        gateway.to_string(),
+        "hairpin at 1"
+    );
+    let log = fleet.agents[0].log();
+    assert!(
+        log.matches("bridge-nf-call-iptables changed").count() >= 2,
+        "the agent logs the changes: {log}"
+    );
+
+    drop(setting);
     stop_and_wait(&fleet, &[&echo_id, &other_id]);
     fleet.finish();
 }

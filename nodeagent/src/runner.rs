@@ -287,6 +287,19 @@ impl Runner {
             Err(e) => tracing::warn!("restoring task networks: {e}"),
             Ok(Ok(())) => {}
         }
+        // Containers whose record is damaged: set aside once, named, instead of skipped on
+        // every listing with their layers pinned.
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.set_aside_damaged()).await {
+            Ok(Ok(moved)) => {
+                for (from, to, why) in moved {
+                    tracing::warn!(container = %from.display(), to = %to.display(),
+                        "{why}: set aside (its task, if any, runs in a new container)");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("damaged containers: {e}"),
+            Err(e) => tracing::warn!("damaged containers: {e}"),
+        }
         // Task cgroups an agent killed half-way through a removal left behind.
         let store = self.store.clone();
         match tokio::task::spawn_blocking(move || store.prune_task_cgroups()).await {

@@ -917,6 +917,59 @@ fn after_a_power_cut_a_container_whose_new_run_fails_keeps_its_layer_and_runs_ag
     node.assert_clean();
 }
 
+/// A container whose record did not survive the power cut (not JSON any more) is set aside
+/// once, with a warning naming it — not skipped on every listing with its image layers pinned
+/// — and its task runs in a new container.
+#[test]
+fn after_a_power_cut_a_container_whose_record_is_damaged_is_set_aside_and_its_task_runs() {
+    use flotilla_runtime::container::Status;
+
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let _cut = scopeguard(|| node.power_cut());
+    let (id, before) = keeper_until_a_power_cut(&node, &cp);
+    let name = format!("{id}-0");
+    let containers = node.data.join("containers");
+    let old = containers.join(&before.record.id);
+    std::fs::write(old.join("container.json"), "{ torn").expect("a torn record");
+    let lease = node.data.join("images/leases").join(&before.record.id);
+    assert!(lease.exists(), "no lease at {}", lease.display());
+
+    let mut agent = Agent::for_node(&node).with_run_args(&["--heartbeat", "5"]);
+    agent.run();
+    node.wait_for(
+        "a new container of the task to run",
+        Duration::from_secs(30),
+        || {
+            node.ps().iter().any(|c| {
+                c.record.config.name.as_deref() == Some(&name) && c.status == Status::Running
+            })
+        },
+    );
+    let aside = containers.join(".damaged").join(&before.record.id);
+    assert!(aside.join("upper").is_dir(), "not set aside as it was");
+    assert!(!old.exists());
+    assert!(!lease.exists(), "its image lease stays");
+    agent.wait_log("set aside", 1, Duration::from_secs(5));
+    assert!(
+        agent.log().lines().any(|l| l.contains("WARN")
+            && l.contains(&before.record.id)
+            && l.contains("its record is unreadable")),
+        "{}",
+        agent.log()
+    );
+    // Listed without a word about it from now on.
+    let o = node.ctr(&["ps", "-a"]);
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("unreadable"));
+
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    agent.kill();
+    std::fs::remove_dir_all(containers.join(".damaged")).expect("the damaged one away");
+    node.remove_all();
+    node.assert_clean();
+}
+
 /// A container whose writable layer did not survive the power cut cannot start again in
 /// place: a new container takes its place, the agent's log names it, and the task runs.
 #[test]

@@ -200,6 +200,28 @@ impl CgroupHierarchy {
         }
     }
 
+    /// Makes the directories above the container cgroup at `path` (relative to the hierarchy
+    /// roots), on v2, where libcgroups makes each one it finds missing with `mkdir` and fails
+    /// on `EEXIST`: two containers started at once under a parent that is not there yet (the
+    /// first ones under it, or after the last one's removal took it) would race for it, and
+    /// one of them fail. Made here, where another's `mkdir` first is no error; libcgroups
+    /// still enables the controllers down to the container. v1's controllers make theirs with
+    /// `create_dir_all`, which takes such a race.
+    pub fn ensure_parents(&self, path: &str) -> Result<(), CgroupError> {
+        let Self::V2 { root } = self else {
+            return Ok(());
+        };
+        let rel = path.trim_matches('/');
+        let Some((parents, _own)) = rel.rsplit_once('/') else {
+            return Ok(());
+        };
+        let dir = root.join(parents);
+        fs::create_dir_all(&dir).map_err(|e| CgroupError::Write {
+            path: dir,
+            source: e,
+        })
+    }
+
     /// Makes the task cgroup at `path` (relative to the hierarchy roots, e.g.
     /// `flotilla/node-1/t-1`) if it is not there and writes its limits — again each time, so a
     /// cgroup lost to a reboot or made by someone else ends up as asked. On v2 every
@@ -487,6 +509,35 @@ mod tests {
         fs::remove_dir_all(&dir).expect("rm");
         h.remove_empty_parents("flotilla/n1");
         assert!(!root.path().join("flotilla").exists());
+    }
+
+    #[test]
+    fn containers_started_at_once_under_a_missing_v2_parent_all_get_it() {
+        let root = tempfile::tempdir().expect("tmp");
+        let h = CgroupHierarchy::V2 {
+            root: root.path().to_path_buf(),
+        };
+        // Eight starts at once, the parent missing: none fails on another's mkdir.
+        std::thread::scope(|s| {
+            let starts: Vec<_> = (0..8)
+                .map(|i| {
+                    let h = &h;
+                    s.spawn(move || h.ensure_parents(&format!("/flotilla-test/n1/c{i}")))
+                })
+                .collect();
+            for start in starts {
+                start.join().expect("thread").expect("parents made");
+            }
+        });
+        assert!(root.path().join("flotilla-test/n1").is_dir());
+        // The container's own is libcgroups' to make.
+        assert!(!root.path().join("flotilla-test/n1/c0").exists());
+        h.ensure_parents("c-at-the-root")
+            .expect("no parent to make");
+        let v1 = CgroupHierarchy::V1 {
+            mounts: Default::default(),
+        };
+        v1.ensure_parents("/a/b/c").expect("nothing on v1");
     }
 
     #[test]

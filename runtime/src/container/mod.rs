@@ -924,6 +924,11 @@ impl ContainerStore {
                     message: format!("the cgroup of its task {}: {e}", task.task),
                 });
             }
+        } else if let Err(e) = self.hierarchy.ensure_parents(&record.cgroup_path) {
+            return Err(ContainerError::Start {
+                id: id.to_string(),
+                message: format!("the cgroups above its own: {e}"),
+            });
         }
         tracing::debug!(container = %id, "spawning shim");
         let program = &self.options.shim;
@@ -1255,6 +1260,63 @@ impl ContainerStore {
             .remove_empty_parents(&self.options.cgroup_parent);
         tracing::debug!(task, "task cgroup removed");
         Ok(())
+    }
+
+    /// Directory of `containers/` where container directories whose record is damaged are set
+    /// aside ([`ContainerStore::set_aside_damaged`]); not a container id, so never listed.
+    pub const DAMAGED_DIR: &'static str = ".damaged";
+
+    /// Sets aside every container directory whose record (`container.json`) is there but
+    /// cannot be read (not JSON of a record, or naming another container) and that no live
+    /// shim holds: moved to `containers/.damaged/<id>` as it is, for an operator to look at
+    /// (nothing in it is deleted), and its image lease released, so that its layers do not
+    /// stay pinned by a container that can never run again. Without this, such a directory is
+    /// skipped with a warning on every listing, for ever. Called when the agent starts;
+    /// returns each directory set aside, where it went and why.
+    pub fn set_aside_damaged(&self) -> Result<Vec<(PathBuf, PathBuf, String)>, ContainerError> {
+        let _lock = self.lock()?;
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(io_at(&self.dir))? {
+            let entry = entry.map_err(io_at(&self.dir))?;
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if !is_id(&id) {
+                continue;
+            }
+            let record = entry.path().join("container.json");
+            // A missing record is a directory being made or removed right now: left alone.
+            let Ok(bytes) = fs::read(&record) else {
+                continue;
+            };
+            let why = match serde_json::from_slice::<ContainerRecord>(&bytes) {
+                Ok(r) if r.id == id => continue,
+                Ok(r) => format!("its record names another container ({})", r.id),
+                Err(e) => format!("its record is unreadable: {e}"),
+            };
+            let state: Option<RuntimeState> = read_json(&self.paths(&id).state());
+            if state.is_some_and(|s| s.shim.is_alive()) {
+                tracing::warn!(path = %record.display(), "{why}; its shim still runs, so it stays");
+                continue;
+            }
+            let aside = self.dir.join(Self::DAMAGED_DIR);
+            fs::create_dir_all(&aside).map_err(io_at(&aside))?;
+            let to = aside.join(&id);
+            fs::rename(entry.path(), &to).map_err(io_at(&to))?;
+            self.images.release(&id)?;
+            // What it had beside its directory, its processes gone: libcontainer's state and
+            // its cgroup — below the node's parent, or below its task's there (which task,
+            // its record no longer says), so that the task's can go with the task.
+            let lc_dir = self.libcontainer_root().join(&id);
+            if lc_dir.exists() {
+                fs::remove_dir_all(&lc_dir).map_err(io_at(&lc_dir))?;
+            }
+            let parent = &self.options.cgroup_parent;
+            let _ = self.hierarchy.remove(&format!("{parent}/{id}"));
+            for task in self.hierarchy.children(parent) {
+                let _ = self.hierarchy.remove(&format!("{parent}/{task}/{id}"));
+            }
+            out.push((entry.path(), to, why));
+        }
+        Ok(out)
     }
 
     /// Removes the cgroups of tasks no container names any more (left by a removal that was

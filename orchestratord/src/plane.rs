@@ -88,8 +88,12 @@ impl Plane {
         Ok(reply)
     }
 
-    /// Carries out effects (pushes in the background, in order per call).
+    /// Carries out effects (pushes in the background). A node's desired state is sent only
+    /// once a registry pushed to it by the same call was answered (or failed): a task it starts
+    /// gets its namespace's services in its environment from that registry, so they follow
+    /// from the records of the same commit, never from which push arrived first.
     pub fn carry_out(&self, effects: Vec<Effect>) {
+        let mut registry_sent: HashMap<String, tokio::sync::oneshot::Receiver<()>> = HashMap::new();
         for effect in effects {
             match effect {
                 Effect::PushDesired { node, state } => {
@@ -97,7 +101,11 @@ impl Plane {
                         continue;
                     };
                     let core = self.core.clone();
+                    let after = registry_sent.remove(&node);
                     tokio::spawn(async move {
+                        if let Some(after) = after {
+                            let _ = after.await;
+                        }
                         let generation = state.generation;
                         let answer = push(&conn, &ServerPush::Desired(*state)).await;
                         let said = match answer {
@@ -124,7 +132,10 @@ impl Plane {
                     };
                     for (node, conn) in targets {
                         let registry = registry.clone();
+                        let (sent, done) = tokio::sync::oneshot::channel();
+                        registry_sent.insert(node.clone(), done);
                         tokio::spawn(async move {
+                            let _sent = sent;
                             match push(&conn, &ServerPush::Registry((*registry).clone())).await {
                                 Ok(PushReply::Persisted { .. }) => {
                                     tracing::debug!(node = %node, version = registry.version, "registry delivered")

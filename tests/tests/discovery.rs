@@ -2,7 +2,8 @@
 //! host finds and reaches services on another by name (A and SRV records from the node's own
 //! resolver), gets the namespace's services in its environment, an unhealthy task leaves the
 //! answers, names keep resolving with the control plane down (also across an agent restart),
-//! and a VIP spreads connections over a service's tasks and stops sending any to a stopped one.
+//! and a VIP spreads connections over a service's tasks (whose own environment names it and its
+//! port) and stops sending any to a stopped one.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -421,6 +422,17 @@ fn a_vip_spreads_connections_and_drops_stopped_tasks() {
             .collect::<BTreeSet<_>>(),
         seen
     );
+    // The service's own tasks, started with it before any of them ran, got its VIP and the
+    // VIP's port, as every task of the namespace does.
+    for t in tasks_of(&fleet, "vipweb") {
+        let (ok, env) = exec(
+            &fleet,
+            node_of(&t),
+            &format!("{}-0", t.id),
+            "echo $VIPWEB_SERVICE_HOST:$VIPWEB_SERVICE_PORT",
+        );
+        assert!(ok && env.trim() == format!("{vip}:80"), "{}: {env}", t.id);
+    }
     fleet.cp.flotilla_ok(&["service", "scale", "vipweb", "2"]);
     let mut left = endpoints(&fleet, "vipweb");
     wait("two endpoints", Duration::from_secs(60), || {

@@ -101,12 +101,16 @@ fn entry(txn: &Txn<'_>, s: &ServiceRecord, d: &Discovery) -> DiscoveredService {
         .into_iter()
         .filter(|t| healthy(t))
         .collect();
-    let (port, protocol) = mine
-        .iter()
-        .find_map(|t| service_port(d, &t.definition))
+    // The service's port and what its definition fixes follow from its current definition
+    // alone, never from which tasks happen to be running and healthy: a task's environment
+    // is computed from this entry when it starts, also before any of the service's tasks run.
+    let def = s.primary().map(|dep| &dep.revision.task_definition);
+    let (port, protocol) = def
+        .and_then(|def| service_port(d, def))
         .map_or((d.container_port, Protocol::Tcp), |(_, p, proto)| {
             (Some(p), proto)
         });
+    let fixed_port = def.and_then(|def| fixed_port(d, def));
     let mut endpoints: Vec<Endpoint> = mine
         .iter()
         .filter_map(|t| {
@@ -115,10 +119,6 @@ fn entry(txn: &Txn<'_>, s: &ServiceRecord, d: &Discovery) -> DiscoveredService {
         })
         .collect();
     endpoints.sort_by(|a, b| a.task.cmp(&b.task));
-    // What the service's current definition fixes.
-    let fixed_port = s
-        .primary()
-        .and_then(|dep| fixed_port(d, &dep.revision.task_definition));
     DiscoveredService {
         namespace: d.namespace.clone(),
         name: d.name.clone(),

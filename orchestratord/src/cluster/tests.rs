@@ -1445,6 +1445,107 @@ fn a_daemon_task_waits_out_its_nodes_lost_after_like_any_other() {
     );
 }
 
+/// A bridge task definition of family `family` whose one container publishes `mapping`.
+fn published(family: &str, mapping: &str) -> String {
+    format!(
+        r#"{{"family":"{family}","networkMode":"bridge","containerDefinitions":[
+            {{"name":"main","image":"{family}","memory":32,"portMappings":[{mapping}]}}]}}"#
+    )
+}
+
+/// The `*_SERVICE_*` variables a task of namespace `ns` would get from the registry the core
+/// pushes now, sorted.
+fn service_env(h: &mut Harness, ns: &str) -> Vec<(String, String)> {
+    let mut env = flotilla_api::discovery::environment(&h.cluster().registry, ns);
+    env.sort();
+    env
+}
+
+#[test]
+fn a_services_variables_follow_from_its_definition_before_any_of_its_tasks_runs() {
+    let mut h = Harness::new();
+    h.join(&[], 2048, 4);
+    h.register(&published("hp", r#"{"containerPort":80}"#));
+    h.register(&published(
+        "db",
+        r#"{"containerPort":5432,"hostPort":15432}"#,
+    ));
+    h.create_service(
+        r#"{"serviceName":"hp","taskDefinition":"hp","desiredCount":2,
+            "discovery":{"namespace":"shop","vip":true}}"#,
+    );
+    h.create_service(
+        r#"{"serviceName":"db","taskDefinition":"db","desiredCount":1,
+            "discovery":{"namespace":"shop"}}"#,
+    );
+    // One round: the tasks are placed and the registry pushed with them; none runs yet.
+    h.advance(1);
+    h.rounds();
+    let tasks = h.tasks();
+    assert_eq!(tasks.len(), 3, "{tasks:#?}");
+    assert!(
+        tasks.iter().all(|t| t.state != TaskState::Running),
+        "{tasks:#?}"
+    );
+    let vip = h
+        .cluster()
+        .registry
+        .service("shop", "hp")
+        .and_then(|s| s.vip);
+    let vip = vip.expect("hp has its VIP").to_string();
+    let expected: Vec<(String, String)> = [
+        ("DB_SERVICE_HOST", "db.shop.flotilla.internal"),
+        ("DB_SERVICE_PORT", "15432"),
+        ("HP_SERVICE_HOST", vip.as_str()),
+        ("HP_SERVICE_PORT", "80"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    assert_eq!(service_env(&mut h, "shop"), expected);
+    // `service endpoints` shows the VIP's port the variables give.
+    let Reply::Endpoints(e) = h
+        .op(Operator::ServiceEndpoints("hp".into()))
+        .expect("endpoints")
+    else {
+        panic!("no endpoints")
+    };
+    assert_eq!((e.port, e.endpoints.len()), (Some(80), 0), "{e:#?}");
+    // The same once the tasks run and are healthy, and after a restart of the core, before
+    // any node is back in session.
+    for _ in 0..3 {
+        h.step();
+    }
+    assert_eq!(live(&h.tasks()).len(), 3);
+    assert_eq!(service_env(&mut h, "shop"), expected);
+    h.restart(1000);
+    h.advance(1);
+    h.rounds();
+    assert_eq!(service_env(&mut h, "shop"), expected);
+    // And with every task of hp stopped, still the same.
+    h.op(Operator::UpdateService(
+        "hp".into(),
+        ServiceUpdate {
+            desired_count: Some(0),
+            ..ServiceUpdate::default()
+        },
+    ))
+    .expect("scale to 0");
+    let node = h.nodes[0].clone();
+    h.connect(&node, 2048, 4);
+    for _ in 0..5 {
+        h.step();
+    }
+    let tasks = h.tasks();
+    assert!(
+        of_service(&tasks, "hp")
+            .iter()
+            .all(|t| t.state == TaskState::Stopped),
+        "{tasks:#?}"
+    );
+    assert_eq!(service_env(&mut h, "shop"), expected);
+}
+
 fn metrics(h: &mut Harness) -> super::metrics::Snapshot {
     match h.exec(Command::Metrics).expect("metrics") {
         Reply::Metrics(s) => *s,

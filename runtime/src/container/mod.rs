@@ -1228,28 +1228,35 @@ impl ContainerStore {
                 )));
             }
         }
-        remove_container_dir(&paths)?;
-        tracing::debug!(container = %id, "removed");
         if let Some(task) = &info.record.config.task_cgroup {
-            // The container is gone whatever happens here; a cgroup left is pruned later.
-            if let Err(e) = self.remove_task_cgroup_if_unused(&task.task) {
+            // Before the record goes: whoever sees the container gone sees its task's cgroup
+            // gone with it (when it was the last of the task's). A cgroup left (an agent killed
+            // right here) is pruned when the agent starts.
+            if let Err(e) = self.remove_task_cgroup_if_unused(&task.task, Some(&id)) {
                 tracing::warn!(task = %task.task, "the task's cgroup stays for now: {e}");
             }
         }
+        remove_container_dir(&paths)?;
+        tracing::debug!(container = %id, "removed");
         Ok(())
     }
 
     /// Removes task `task`'s cgroup (and our parents, when empty) unless a container record
-    /// still names it. Under the store lock, as records are written: a container of the task
+    /// — other than that of container `leaving`, being removed — still names it. Under the store lock, as records are written: a container of the task
     /// being created now either has its record (and the cgroup stays) or makes the cgroup
     /// again when it starts — the cgroup never goes from under a container that starts.
-    fn remove_task_cgroup_if_unused(&self, task: &str) -> Result<(), ContainerError> {
+    fn remove_task_cgroup_if_unused(
+        &self,
+        task: &str,
+        leaving: Option<&str>,
+    ) -> Result<(), ContainerError> {
         let _lock = self.lock()?;
         let used = self.records()?.iter().any(|r| {
-            r.config
-                .task_cgroup
-                .as_ref()
-                .is_some_and(|t| t.task == task)
+            Some(r.id.as_str()) != leaving
+                && r.config
+                    .task_cgroup
+                    .as_ref()
+                    .is_some_and(|t| t.task == task)
         });
         if used {
             return Ok(());
@@ -1329,7 +1336,7 @@ impl ContainerStore {
             if config::validate_task_cgroup_name(&name).is_err() {
                 continue;
             }
-            if let Err(e) = self.remove_task_cgroup_if_unused(&name) {
+            if let Err(e) = self.remove_task_cgroup_if_unused(&name, None) {
                 failed.push((name, e));
             }
         }

@@ -849,10 +849,10 @@ fn after_a_power_cut_a_running_container_starts_again_in_place() {
 }
 
 /// A container whose new run fails after a power cut for a reason other than a damaged layer
-/// (here its log directory is a file now; a bind source not mounted yet is the same kind) is
-/// never replaced: it stays with its writable layer, its failed run recorded as its exit (125,
-/// naming what is wrong), as a failed restart is; its restart policy tries again, and once
-/// the obstacle is gone the same container runs on from its layer.
+/// — its bind source is not there yet, as a network mount not up — is never replaced: it
+/// stays with its writable layer, its failed run recorded as its exit (125, naming the
+/// source), as a failed restart is; its restart policy tries again, and once the source is
+/// back the same container runs on from its layer.
 #[test]
 fn after_a_power_cut_a_container_whose_new_run_fails_keeps_its_layer_and_runs_again() {
     use flotilla_runtime::container::Status;
@@ -860,25 +860,36 @@ fn after_a_power_cut_a_container_whose_new_run_fails_keeps_its_layer_and_runs_ag
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
     let _cut = scopeguard(|| node.power_cut());
-    let def = KEEPER.replace(
-        r#""stopTimeout": 5,"#,
-        r#""stopTimeout": 5, "restartPolicy": {"enabled": true},"#,
-    );
-    assert_ne!(def, KEEPER);
+    let source = node.bind_roots[0].join("data");
+    std::fs::create_dir_all(&source).expect("the bind source");
+    let def = KEEPER
+        .replace(
+            r#""stopTimeout": 5,"#,
+            r#""stopTimeout": 5, "restartPolicy": {"enabled": true},
+               "mountPoints": [{"sourceVolume": "d", "containerPath": "/d"}],"#,
+        )
+        .replace(
+            r#""networkMode": "none","#,
+            &format!(
+                r#""networkMode": "none", "volumes": [{{"name": "d", "host": {{"sourcePath": "{}"}}}}],"#,
+                source.display()
+            ),
+        );
     let (id, before) = keeper_of_until_a_power_cut(&def, &node, &cp);
     let name = format!("{id}-0");
     let dir = node.data.join("containers").join(&before.record.id);
-    let logs = dir.join("logs");
-    let log = std::fs::read(logs.join("container.log")).unwrap_or_default();
-    std::fs::remove_dir_all(&logs).expect("its log directory");
-    std::fs::write(&logs, "in the way").expect("a file in its place");
+    // The machine comes back without it (its mount not up yet).
+    let away = node.bind_roots[0].join("data.away");
+    std::fs::rename(&source, &away).expect("the source away");
 
     let mut agent = Agent::for_node(&node).with_run_args(&["--heartbeat", "5"]);
     agent.run();
     node.wait_for("its failed run recorded", Duration::from_secs(30), || {
-        node.inspect(&name)
-            .exit
-            .is_some_and(|e| e.error.is_some_and(|e| e.contains("not a directory")))
+        node.inspect(&name).exit.is_some_and(|e| {
+            e.exit_code == 125
+                && e.error
+                    .is_some_and(|e| e.contains(&source.display().to_string()))
+        })
     });
     let failed = node.inspect(&name);
     assert_eq!(
@@ -887,16 +898,15 @@ fn after_a_power_cut_a_container_whose_new_run_fails_keeps_its_layer_and_runs_ag
         "a new container took its place:\n{}",
         agent.log()
     );
-    assert_eq!(failed.exit.as_ref().map(|e| e.exit_code), Some(125));
+    // Every try fails the same way while the source is away: the layer is as the first run
+    // left it.
     assert_eq!(
         std::fs::read_to_string(dir.join("upper").join("runs")).expect("/runs in its layer"),
         "1\n"
     );
 
-    // The obstacle gone, the policy's next try runs the same container on from its layer.
-    std::fs::remove_file(&logs).expect("the file away");
-    std::fs::create_dir(&logs).expect("its log directory again");
-    std::fs::write(logs.join("container.log"), log).expect("its log back");
+    // The source back, the policy's next try runs the same container on from its layer.
+    std::fs::rename(&away, &source).expect("the source back");
     node.wait_for("it to run again", Duration::from_secs(30), || {
         node.inspect(&name).status == Status::Running
     });

@@ -351,6 +351,20 @@ impl Agent {
             .success());
         agent.run();
         agent.wait_log("session established", 1, Duration::from_secs(10));
+        // Its first heartbeat follows the session at once; until the control plane has it,
+        // the node takes no task (a node that never reported has no room).
+        let id = flotilla_certs::credential::Credential::load(&agent.identity())
+            .expect("the node's credential")
+            .name;
+        crate::wait(
+            "the node's first report of its resources",
+            Duration::from_secs(10),
+            || {
+                cp.nodes()
+                    .iter()
+                    .any(|n| n.id == id && n.resources.is_some())
+            },
+        );
         agent
     }
 

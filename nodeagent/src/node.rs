@@ -699,6 +699,20 @@ mod tests {
 
     /// A node and a fake runtime in simulated time; commands are applied as the runner
     /// applies them.
+    /// The configuration container `name` of `desired` is made from, as the runner makes it.
+    fn config_of(
+        desired: &DesiredState,
+        name: &ContainerName,
+    ) -> flotilla_runtime::container::ContainerConfig {
+        let t = desired
+            .tasks
+            .iter()
+            .find(|t| t.id == name.task)
+            .expect("a desired task");
+        let def = &t.definition.container_definitions[name.index];
+        crate::runner::container_config(&name.task, &t.definition, def)
+    }
+
     struct Sim {
         node: Node,
         rt: FakeRuntime,
@@ -810,13 +824,7 @@ mod tests {
             match command {
                 Command::Start { name, container } => self.start(desired, name, &container, false),
                 Command::Resume { name, container } => {
-                    let t = desired
-                        .tasks
-                        .iter()
-                        .find(|t| t.id == name.task)
-                        .expect("a desired task");
-                    let def = &t.definition.container_definitions[name.index];
-                    let config = crate::runner::container_config(&name.task, &t.definition, def);
+                    let config = config_of(desired, &name);
                     match self.rt.resume(&name, config) {
                         Ok(how) => {
                             self.resumes.push((name.clone(), how));
@@ -849,13 +857,7 @@ mod tests {
             container: &str,
             restart: bool,
         ) {
-            let t = desired
-                .tasks
-                .iter()
-                .find(|t| t.id == name.task)
-                .expect("a desired task");
-            let def = &t.definition.container_definitions[name.index];
-            let config = crate::runner::container_config(&name.task, &t.definition, def);
+            let config = config_of(desired, &name);
             let done = if restart {
                 self.rt.restart(&name, config)
             } else {

@@ -273,10 +273,24 @@ impl ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            print_tail("orchestratord", &self.log());
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// On a failing test, shows the last lines of a daemon's log with the test's output (a
+/// CI run keeps nothing else of it).
+fn print_tail(daemon: &str, log: &str) {
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(80)..];
+    eprintln!("--- last {} lines of {daemon}'s log ---", tail.len());
+    for line in tail {
+        eprintln!("{line}");
     }
 }
 
@@ -528,6 +542,9 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            print_tail("nodeagent", &self.log());
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();

@@ -270,12 +270,19 @@ impl Interrupt {
         });
         let m = me.clone();
         tokio::spawn(async move {
+            let mut last = None::<Instant>;
             loop {
                 let again = tokio::select! {
                     _ = int.recv() => Some("Ctrl-C"),
                     _ = term.recv() => Some("SIGTERM"),
                     _ = hup.recv() => None,
                 };
+                // One request can come twice: timeout(1) and other supervisors signal both
+                // the process and its process group. A person's second Ctrl-C comes later.
+                if last.is_some_and(|t| t.elapsed() < SAME_REQUEST) {
+                    continue;
+                }
+                last = Some(Instant::now());
                 let earlier = m.received.fetch_add(1, Ordering::SeqCst);
                 if let (Some(what), true) = (again, earlier > 0) {
                     if m.hurry.swap(true, Ordering::SeqCst) {
@@ -305,6 +312,9 @@ impl Interrupt {
         Ok(())
     }
 }
+
+/// Signals closer together than this are one request to stop, not a second one to hurry.
+const SAME_REQUEST: Duration = Duration::from_millis(100);
 
 /// Starting stopped because a signal asked to stop.
 #[derive(Debug)]
@@ -784,8 +794,12 @@ async fn stop_grace(api: &Client, node_id: &str) -> Duration {
 const DEFAULT_STOP_TIMEOUT: u32 = 30;
 
 /// Drains the node (its tasks stopped, nothing placed on it, so no service replaces them) and
-/// waits until its containers are gone: at most [`stop_grace`], not at all once asked to hurry.
-/// What is still there then is left to [`remove_left`]; an error means the drain itself failed.
+/// waits until its containers are gone and the control plane holds every task's last report
+/// (STOPPED, with its containers' exit codes), so that what the next run shows is what
+/// happened: at most [`stop_grace`]. Asked to hurry, it kills the containers' processes
+/// (SIGKILL, as `docker kill` does) and still lets the agent record their exits, keep their
+/// logs, remove them and report, for at most [`HURRIED_GRACE`]. What is still there then is
+/// left to [`remove_left`]; an error means the drain itself failed.
 async fn drain(
     api: &Client,
     node_id: &str,
@@ -796,34 +810,94 @@ async fn drain(
     api.drain_node(node_id).await.context("draining the node")?;
     let grace = stop_grace(api, node_id).await;
     let start = Instant::now();
+    let mut hurried = None::<Instant>;
     let mut told = None::<Instant>;
     loop {
         let left = containers(node)?;
-        if left.is_empty() || interrupt.hurried() {
+        let unreported = unreported_tasks(api, node_id).await;
+        if left.is_empty() && unreported == 0 {
             return Ok(());
         }
         // Nothing would stop them any more.
         agent.check()?;
-        if start.elapsed() > grace {
+        let waiting_for = if left.is_empty() {
+            format!("the node to report {} stopped", count(unreported, "task"))
+        } else {
+            format!("{} to stop", count(left.len(), "container"))
+        };
+        if interrupt.hurried() {
+            let since = *hurried.get_or_insert_with(Instant::now);
+            if since.elapsed() > HURRIED_GRACE {
+                say!(
+                    "still waiting for {waiting_for} {} s after the second signal: going on without it",
+                    HURRIED_GRACE.as_secs()
+                );
+                return Ok(());
+            }
+            kill_running(node);
+        } else if start.elapsed() > grace {
             say!(
-                "{} not stopped after {} s: killing {}",
-                count(left.len(), "container"),
-                grace.as_secs(),
-                if left.len() == 1 { "it" } else { "them" }
+                "still waiting for {waiting_for} after {} s: going on without it",
+                grace.as_secs()
             );
             return Ok(());
-        }
-        if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+        } else if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
             let more = grace.saturating_sub(start.elapsed()).as_secs();
-            say!(
-                "waiting for {} to stop (at most {more} s more; Ctrl-C again to kill {} now)",
-                count(left.len(), "container"),
-                if left.len() == 1 { "it" } else { "them" }
-            );
+            let hint = if left.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; Ctrl-C again to kill {} now",
+                    if left.len() == 1 { "it" } else { "them" }
+                )
+            };
+            say!("waiting for {waiting_for} (at most {more} s more{hint})");
             told = Some(Instant::now());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// How long, after a second Ctrl-C, the agent gets to record the killed containers' exits,
+/// remove them and report their tasks before they are removed behind its back.
+const HURRIED_GRACE: Duration = Duration::from_secs(10);
+
+/// How many of the node's tasks the control plane does not have as STOPPED yet; 0 when it
+/// cannot tell (then nothing more can be reported to it).
+async fn unreported_tasks(api: &Client, node_id: &str) -> usize {
+    match api.tasks().await {
+        Ok(tasks) => tasks
+            .iter()
+            .filter(|t| {
+                t.node.as_deref() == Some(node_id)
+                    && t.state != flotilla_api::tasks::TaskState::Stopped
+            })
+            .count(),
+        Err(_) => 0,
+    }
+}
+
+/// Sends SIGKILL to the node's running containers (`nodeagent ctr kill -s KILL`) with the
+/// agent running, which sees them exit as it sees any container exit. A container that ends
+/// meanwhile is no error: the next round sees what is left.
+fn kill_running(node: &NodeCommands) {
+    let Ok(out) = node.cmd(&["ctr", "ps", "-q"]).output() else {
+        return;
+    };
+    let running: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    if running.is_empty() {
+        return;
+    }
+    let mut args = vec!["ctr", "kill", "-s", "KILL"];
+    args.extend(running.iter().map(String::as_str));
+    let _ = node
+        .cmd(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
 }
 
 /// With the agent stopped: kills and removes the node's containers and removes the task

@@ -217,6 +217,7 @@ struct DevInTerminal {
     term: Terminal,
     node: Node,
     home: PathBuf,
+    port: u16,
     before: HostNetwork,
 }
 
@@ -231,12 +232,12 @@ impl DevInTerminal {
             cgroup_parent: node.cgroup_parent.clone(),
         };
         let term = Terminal::open();
+        let port = free_port();
         let mut line = format!(
-            "HOME={} {} dev --data-dir {} --port {} --cgroup-parent {}",
+            "HOME={} {} dev --data-dir {} --port {port} --cgroup-parent {}",
             home.display(),
             flotilla_tests::bin("flotilla").display(),
             node.scratch().display(),
-            free_port(),
             node.cgroup_parent
         );
         if let Typed::IntoTee = typed {
@@ -252,8 +253,60 @@ impl DevInTerminal {
             term,
             node,
             home,
+            port,
             before,
         }
+    }
+
+    /// Task `id` as the control plane recorded it once `flotilla dev` has stopped — what the
+    /// next run shows: its store opened by `orchestratord run` alone, with no agent to
+    /// report anything more.
+    fn task_as_recorded(&self, id: &str) -> TaskInfo {
+        let cp = Command::new(flotilla_tests::bin("orchestratord"))
+            .arg("--data-dir")
+            .arg(self.node.scratch().join("cp"))
+            .args(["run", "--listen", &format!("127.0.0.1:{}", self.port)])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("orchestratord run");
+        struct Killed(std::process::Child);
+        impl Drop for Killed {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let _cp = Killed(cp);
+        let start = Instant::now();
+        loop {
+            let o = Command::new(flotilla_tests::bin("flotilla"))
+                .env("HOME", &self.home)
+                .env_remove("FLOTILLA_CONFIG")
+                .args(["task", "inspect", id])
+                .output()
+                .expect("flotilla");
+            if o.status.success() {
+                return serde_json::from_slice(&o.stdout).expect("json");
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "the control plane never answered: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The control plane holds task `id` as STOPPED, its container `web` killed (137):
+    /// the stop was reported before the agent stopped.
+    fn assert_recorded_as_killed(&self, id: &str) {
+        let t = self.task_as_recorded(id);
+        let web = t.containers.iter().find(|c| c.name == "web");
+        assert!(
+            t.state == TaskState::Stopped && web.and_then(|c| c.exit_code) == Some(137),
+            "{t:#?}"
+        );
     }
 
     fn flotilla(&self, args: &[&str]) -> String {
@@ -353,13 +406,14 @@ impl DevInTerminal {
 fn ctrl_c_in_a_terminal_stops_a_bridge_task_and_leaves_nothing() {
     let _serial = serial();
     let dev = DevInTerminal::start(Typed::Alone);
-    dev.run_bridge_task(3);
+    let id = dev.run_bridge_task(3);
     dev.term.ctrl_c();
     let took = dev.wait_gone(Duration::from_secs(30));
     let screen = dev.term.wait_for(ALL_GONE, Duration::from_secs(5));
     // The prompt is back: the shell got its terminal again.
     assert!(screen.trim_end().ends_with("term$"), "{screen}");
     dev.assert_nothing_left();
+    dev.assert_recorded_as_killed(&id);
     eprintln!("Ctrl-C: everything gone {took:?} after it");
 }
 
@@ -368,14 +422,19 @@ fn a_second_ctrl_c_kills_the_containers_at_once_and_leaves_nothing() {
     let _serial = serial();
     let dev = DevInTerminal::start(Typed::Alone);
     // Its container would take 60 s to be killed by its own stopTimeout.
-    dev.run_bridge_task(60);
+    let id = dev.run_bridge_task(60);
     dev.term.ctrl_c();
     dev.term.wait_for("Ctrl-C again", Duration::from_secs(10));
+    // A person reads it, then presses again.
+    std::thread::sleep(Duration::from_millis(300));
     dev.term.ctrl_c();
     let took = dev.wait_gone(Duration::from_secs(20));
     let screen = dev.term.wait_for(ALL_GONE, Duration::from_secs(5));
     assert!(screen.contains("killing"), "{screen}");
+    // The agent, not a cleanup behind its back, removed the killed container.
+    assert!(!screen.contains("killing and removing"), "{screen}");
     dev.assert_nothing_left();
+    dev.assert_recorded_as_killed(&id);
     eprintln!("double Ctrl-C: everything gone {took:?} after the second");
 }
 
@@ -383,10 +442,11 @@ fn a_second_ctrl_c_kills_the_containers_at_once_and_leaves_nothing() {
 fn closing_the_terminal_stops_a_bridge_task_and_leaves_nothing() {
     let _serial = serial();
     let dev = DevInTerminal::start(Typed::Alone);
-    dev.run_bridge_task(3);
+    let id = dev.run_bridge_task(3);
     dev.term.close();
     let took = dev.wait_gone(Duration::from_secs(30));
     dev.assert_nothing_left();
+    dev.assert_recorded_as_killed(&id);
     eprintln!("closed terminal: everything gone {took:?} after it");
 }
 
@@ -423,6 +483,36 @@ fn kill_pid_stops_a_bridge_task_and_leaves_nothing() {
     dev.term.wait_for(ALL_GONE, Duration::from_secs(5));
     dev.assert_nothing_left();
     eprintln!("kill PID: everything gone {took:?} after it");
+}
+
+#[test]
+fn a_signal_delivered_twice_at_once_is_one_request_to_stop() {
+    let _serial = serial();
+    let dev = DevInTerminal::start(Typed::Alone);
+    let id = dev.run_bridge_task(3);
+    // As timeout(1) does: the signal to the process, then to its process group.
+    let flotilla = flotilla_tests::bin("flotilla").display().to_string();
+    let pid = cluster_processes(dev.node.scratch(), &dev.node.cgroup_parent)
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains(&format!("{flotilla} dev ")))
+        .map(|(pid, _)| pid)
+        .expect("the flotilla dev process");
+    let asked = Instant::now();
+    for _ in 0..2 {
+        let status = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+    dev.wait_gone(Duration::from_secs(30));
+    let took = asked.elapsed();
+    let screen = dev.term.wait_for(ALL_GONE, Duration::from_secs(5));
+    // Not hurried: the container had its whole stopTimeout before SIGKILL.
+    assert!(!screen.contains("Ctrl-C again:"), "{screen}");
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+    dev.assert_nothing_left();
+    dev.assert_recorded_as_killed(&id);
 }
 
 #[test]

@@ -415,6 +415,8 @@ async fn session(
     }
     announce_ready(&format!("in session with {}", cred.server));
     runner.set_online(true);
+    let r = runner.clone();
+    tokio::task::spawn_blocking(move || r.contact()).await?;
     let mut due = renewal_due(&cred.identity.cert_pem)?;
     let mut ping = tokio::time::interval(PING_EVERY);
     // Everything known is reported once per session, then whenever it changes.
@@ -468,7 +470,10 @@ async fn session(
                 let r = runner.clone();
                 let usage = tokio::task::spawn_blocking(move || r.usage()).await.unwrap_or_default();
                 match request(&conn, &AgentRequest::Heartbeat { resources, usage }).await {
-                    Ok(AgentReply::Recorded) => {}
+                    Ok(AgentReply::Recorded) => {
+                        let r = runner.clone();
+                        tokio::task::spawn_blocking(move || r.contact()).await?;
+                    }
                     Ok(other) => tracing::warn!("heartbeat: {other:?}"),
                     Err(e) => bail!("heartbeat: {e:#}"),
                 }

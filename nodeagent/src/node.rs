@@ -57,6 +57,10 @@ impl Now {
     }
 }
 
+/// The time offline taken when it cannot be known: past any `stopOnClientAfter` (seconds
+/// in a `u32`).
+const OFFLINE_UNKNOWN: Duration = Duration::from_secs(u32::MAX as u64 + 1);
+
 /// What the runner is to do to the node's containers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -185,6 +189,9 @@ pub struct Node {
     restarts: Restarts,
     /// Since when the node has no session (`None` while it has one).
     offline_since: Option<Instant>,
+    /// Time offline before `offline_since`: from the last contact an earlier run of the agent
+    /// recorded to this start (a power cut while offline does not start the count over).
+    offline_before: Duration,
     /// Tasks the node stopped itself after `stopOnClientAfter`, and why: they stay stopped
     /// until the control plane has taken note (they leave its desired state).
     self_stopped: BTreeMap<String, String>,
@@ -200,8 +207,35 @@ pub struct Node {
 
 impl Node {
     /// The node as it starts (a cold boot, an agent restart, a power cut): nothing but what was
-    /// persisted, and offline until a first session.
-    pub fn new(node_id: &str, desired: DesiredState, runs: LocalRuns, now: Instant) -> Self {
+    /// persisted, and offline until a first session — offline since `last_contact`, the last
+    /// exchange with the control plane an earlier run recorded (see [`Node::keeps_contact`]),
+    /// when there is one. A wall clock now behind it (a board without a real-time clock that
+    /// has not found NTP yet) cannot say for how long: then every `stopOnClientAfter` counts as
+    /// passed, as a task stopped once too often is replaced, and one run twice is not undone.
+    pub fn new(
+        node_id: &str,
+        desired: DesiredState,
+        runs: LocalRuns,
+        now: Now,
+        last_contact: Option<SystemTime>,
+    ) -> Self {
+        let offline_before = match last_contact.map(|t| now.wall.duration_since(t)) {
+            None => Duration::ZERO,
+            Some(Ok(d)) => d,
+            Some(Err(_)) => {
+                if desired
+                    .tasks
+                    .iter()
+                    .any(|t| t.stop_on_client_after.is_some())
+                {
+                    tracing::warn!(
+                        "the clock is behind the last contact with the control plane: the time \
+                         offline is unknown and taken as past every stopOnClientAfter"
+                    );
+                }
+                OFFLINE_UNKNOWN
+            }
+        };
         Self {
             node_id: node_id.to_string(),
             desired,
@@ -209,7 +243,8 @@ impl Node {
             runs_dirty: false,
             failures: BTreeMap::new(),
             restarts: Restarts::new(),
-            offline_since: Some(now),
+            offline_since: Some(now.mono),
+            offline_before,
             self_stopped: BTreeMap::new(),
             kept: BTreeMap::new(),
             in_flight: BTreeSet::new(),
@@ -261,10 +296,23 @@ impl Node {
         self.runs_dirty = false;
     }
 
+    /// Whether the time of the last contact with the control plane is to be recorded (and
+    /// read at the next start): while a task held has a `stopOnClientAfter`, whose count
+    /// must go on across a restart.
+    pub fn keeps_contact(&self) -> bool {
+        self.desired
+            .tasks
+            .iter()
+            .any(|t| t.stop_on_client_after.is_some())
+    }
+
     /// The session is up (`true`) or lost (`false`) as of `now`.
     pub fn set_online(&mut self, online: bool, now: Instant) {
         match (online, self.offline_since) {
-            (true, _) => self.offline_since = None,
+            (true, _) => {
+                self.offline_since = None;
+                self.offline_before = Duration::ZERO;
+            }
             (false, None) => self.offline_since = Some(now),
             (false, Some(_)) => {}
         }
@@ -437,9 +485,10 @@ impl Node {
     /// plane already lists are its).
     fn merged(&mut self, now: Now) -> DesiredState {
         let mut desired = self.desired.clone();
-        let offline = self
-            .offline_since
-            .map(|t| now.mono.saturating_duration_since(t));
+        let offline = self.offline_since.map(|t| {
+            self.offline_before
+                .saturating_add(now.mono.saturating_duration_since(t))
+        });
         self.self_stopped
             .retain(|id, _| desired.tasks.iter().any(|t| &t.id == id));
         for t in &mut desired.tasks {
@@ -743,9 +792,24 @@ mod tests {
         }
 
         fn with(rt: FakeRuntime, desired: DesiredState, runs: LocalRuns) -> Self {
+            Self::with_contact(rt, desired, runs, None)
+        }
+
+        /// A node started with a last contact with the control plane an earlier run
+        /// recorded (its wall clock at the start: midnight).
+        fn with_contact(
+            rt: FakeRuntime,
+            desired: DesiredState,
+            runs: LocalRuns,
+            last_contact: Option<SystemTime>,
+        ) -> Self {
             let mono0 = Instant::now();
+            let start = Now {
+                wall: UNIX_EPOCH + secs(MIDNIGHT),
+                mono: mono0,
+            };
             let mut sim = Self {
-                node: Node::new("n-1", desired, runs, mono0),
+                node: Node::new("n-1", desired, runs, start, last_contact),
                 rt,
                 mono0,
                 t: Duration::ZERO,
@@ -991,6 +1055,65 @@ mod tests {
         assert!(sim.rt.list().expect("list").is_empty());
         sim.after(secs(1));
         assert!(sim.settle().is_empty(), "{s:?}");
+    }
+
+    #[test]
+    fn time_offline_counts_from_the_last_contact_an_earlier_run_recorded() {
+        let mut cut_off = task("t-1", SERVE);
+        cut_off.stop_on_client_after = Some(30);
+        let desired = state(1, vec![cut_off, task("t-2", SERVE)]);
+        let midnight = UNIX_EPOCH + secs(MIDNIGHT);
+        // (last contact before this start, seconds after the start until t-1 stops)
+        let cases = [
+            (Some(midnight - secs(20)), 10),
+            (Some(midnight - secs(30)), 0),
+            (Some(midnight - secs(3600)), 0),
+            // Never recorded: from the start.
+            (None, 30),
+            // The clock is behind the contact: unknown, so past the limit.
+            (Some(midnight + secs(600)), 0),
+        ];
+        for (contact, stops_after) in cases {
+            let mut sim = Sim::with_contact(
+                FakeRuntime::default(),
+                desired.clone(),
+                LocalRuns::default(),
+                contact,
+            );
+            if stops_after > 0 {
+                sim.after(secs(stops_after) - Duration::from_millis(1));
+                let s = sim.settle();
+                assert_eq!(of(&s, "t-1").state, TaskState::Running, "{contact:?}");
+                sim.after(Duration::from_millis(1));
+            }
+            let s = sim.settle();
+            let t = of(&s, "t-1");
+            assert_eq!(t.state, TaskState::Stopped, "{contact:?}");
+            assert_eq!(t.stop_code, Some(StopCode::StopOnClientAfter));
+            // It never ran in this start.
+            if stops_after == 0 {
+                assert!(
+                    !sim.starts.iter().any(|(_, n)| n.task == "t-1"),
+                    "{contact:?}: {:?}",
+                    sim.starts
+                );
+            }
+            assert_eq!(of(&s, "t-2").state, TaskState::Running);
+        }
+        // A session resets the count: lost again later, it starts from then.
+        let mut sim = Sim::with_contact(
+            FakeRuntime::default(),
+            desired.clone(),
+            LocalRuns::default(),
+            Some(midnight - secs(20)),
+        );
+        sim.online(true);
+        sim.after(secs(5));
+        sim.online(false);
+        sim.after(secs(29));
+        assert_eq!(of(&sim.settle(), "t-1").state, TaskState::Running);
+        sim.after(secs(1));
+        assert_eq!(of(&sim.settle(), "t-1").state, TaskState::Stopped);
     }
 
     #[test]

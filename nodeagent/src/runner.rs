@@ -28,6 +28,9 @@ const DESIRED_KEY: &str = "desired";
 /// Runs of this node's schedules, and each schedule's last firing.
 const LOCAL_KEY: &str = "local";
 const FIRED_KEY: &str = "fired";
+/// The wall-clock time of the last exchange with the control plane (seconds since the
+/// epoch, as text), recorded while [`Node::keeps_contact`].
+const CONTACT_KEY: &str = "contact";
 /// How often the node re-checks its containers without being told.
 const RESYNC: Duration = Duration::from_secs(1);
 /// How often `net.bridge.bridge-nf-call-iptables` is read to follow a change of it made
@@ -62,6 +65,35 @@ pub fn save_desired(db: &Database, state: &DesiredState) -> Result<()> {
     let bytes = serde_json::to_vec(state)?;
     let w = db.begin_write()?;
     w.open_table(STATE)?.insert(DESIRED_KEY, bytes.as_slice())?;
+    w.commit()?;
+    Ok(())
+}
+
+/// The last contact with the control plane an earlier run recorded, if any (an unreadable
+/// record is no contact: the count starts at this start).
+pub fn load_contact(db: &Database) -> Result<Option<SystemTime>> {
+    let r = db.begin_read()?;
+    let t = match r.open_table(STATE) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let secs = t.get(CONTACT_KEY)?.and_then(|v| {
+        std::str::from_utf8(v.value())
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+    });
+    Ok(secs.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)))
+}
+
+/// Records `at` as the last contact with the control plane (committed when this returns).
+pub fn save_contact(db: &Database, at: SystemTime) -> Result<()> {
+    let secs = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let w = db.begin_write()?;
+    w.open_table(STATE)?
+        .insert(CONTACT_KEY, secs.to_string().as_bytes())?;
     w.commit()?;
     Ok(())
 }
@@ -149,13 +181,14 @@ impl Runner {
             node_id,
         )?);
         let (desired, runs) = load_state(&db)?;
+        let contact = load_contact(&db)?;
         let (status, _) = watch::channel(Vec::new());
         let (rounds, _) = watch::channel(None);
         Ok(Arc::new(Self {
             db,
             networks,
             dns,
-            node: Mutex::new(Node::new(node_id, desired, runs, Instant::now())),
+            node: Mutex::new(Node::new(node_id, desired, runs, now(), contact)),
             wake: Notify::new(),
             store,
             runtime,
@@ -196,7 +229,23 @@ impl Runner {
         let generation = state.generation;
         self.node().set_desired(state);
         self.wake.notify_one();
+        // A push is a contact too: a task with `stopOnClientAfter` just given counts from now.
+        self.contact();
         Ok(generation)
+    }
+
+    /// The control plane answered just now: recorded while a task held has a
+    /// `stopOnClientAfter`, so that the time offline counted after a restart (a power cut
+    /// while cut off) goes on from here rather than from the restart — the control plane
+    /// counts its `lostAfter` from about then. A failed write is logged (after a restart the
+    /// count would then go on from the contact recorded before, or start over). Blocking.
+    pub fn contact(&self) {
+        if !self.node().keeps_contact() {
+            return;
+        }
+        if let Err(e) = save_contact(&self.db, SystemTime::now()) {
+            tracing::warn!("recording the contact with the control plane: {e:#}");
+        }
     }
 
     /// The container names of a task in the desired state, in definition order.

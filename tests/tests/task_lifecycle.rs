@@ -719,8 +719,18 @@ fn keeper_of_until_a_power_cut(
     node: &Node,
     cp: &ControlPlane,
 ) -> (String, flotilla_runtime::container::ContainerInfo) {
-    use flotilla_runtime::container::{ContainerInfo, Status};
+    let agent = first_boot(node, cp);
+    cp.register(def);
+    let id = cp.run_one("keeper");
+    wait_state(cp, &id, TaskState::Running, Duration::from_secs(30));
+    let before = first_run(&agent, node, &id);
+    power_cut(agent, node, &id);
+    (id, before)
+}
 
+/// The first boot of a power-cut test: `node`'s agent, enrolled with `cp` and in session, in
+/// a boot of its own.
+fn first_boot(node: &Node, cp: &ControlPlane) -> Agent {
     let mut agent = Agent::for_node(node)
         .with_run_args(&["--heartbeat", "5"])
         .in_another_boot();
@@ -733,11 +743,15 @@ fn keeper_of_until_a_power_cut(
     wait("the node's resources", Duration::from_secs(10), || {
         cp.nodes().first().is_some_and(|n| n.resources.is_some())
     });
-    cp.register(def);
-    let id = cp.run_one("keeper");
+    agent
+}
+
+/// Task `id` of [`KEEPER`] in the first boot, once its first run has written `/runs` and its
+/// line: its container, seen from inside that boot.
+fn first_run(agent: &Agent, node: &Node, id: &str) -> flotilla_runtime::container::ContainerInfo {
+    use flotilla_runtime::container::{ContainerInfo, Status};
+
     let name = format!("{id}-0");
-    wait_state(cp, &id, TaskState::Running, Duration::from_secs(30));
-    // Seen from inside that boot.
     let ctr = |args: &[&str]| {
         let mut base = node.nodeagent();
         base.arg("ctr").args(args);
@@ -751,18 +765,102 @@ fn keeper_of_until_a_power_cut(
     let before: ContainerInfo = serde_json::from_str(&ctr(&["inspect", &name])).expect("inspect");
     assert_eq!(before.status, Status::Running);
     assert_eq!(ctr(&["exec", &name, "cat", "/runs"]), "1\n");
+    before
+}
 
-    // The power cut.
+/// The power cut ([`Node::power_cut`]: the first boot's processes and mounts are gone, its
+/// files stay).
+fn power_cut(mut agent: Agent, node: &Node, id: &str) {
+    use flotilla_runtime::container::Status;
+
     agent.kill();
     node.power_cut();
-    let netns = node.data.join("netns").join(&id);
+    let netns = node.data.join("netns").join(id);
     assert!(
         !flotilla_runtime::network::netns::is_namespace(&netns),
         "its network namespace outlived the cut"
     );
     // That boot's records, seen from this one: a container cut off with it.
-    assert_ne!(node.inspect(&name).status, Status::Running);
-    (id, before)
+    assert_ne!(node.inspect(&format!("{id}-0")).status, Status::Running);
+}
+
+/// A node cut off from its control plane stops a service's task once the service's
+/// `stopOnClientAfter` has passed, before the control plane replaces it elsewhere (after
+/// `lostAfter`). A power cut while cut off does not start that count over: the node starts
+/// again past the limit, with the control plane still away, and does not run the task again
+/// — it would run twice.
+#[test]
+fn after_a_power_cut_while_cut_off_a_task_past_its_stop_on_client_after_stays_stopped() {
+    use flotilla_runtime::container::Status;
+
+    let node = Node::new();
+    let mut cp = ControlPlane::start(&[]);
+    let _cut = scopeguard(|| node.power_cut());
+    let first = first_boot(&node, &cp);
+    cp.register(KEEPER);
+    cp.create_service(
+        r#"{"serviceName": "keeper", "taskDefinition": "keeper", "desiredCount": 1,
+            "disconnectPolicy": {"lostAfter": 60, "stopOnClientAfter": 4}}"#,
+    );
+    wait(
+        "the service's task running",
+        Duration::from_secs(30),
+        || cp.tasks().iter().any(|t| t.state == TaskState::Running),
+    );
+    let id = cp.tasks().remove(0).id;
+    let name = format!("{id}-0");
+    first_run(&first, &node, &id);
+    // The control plane goes; then the power, before the limit.
+    cp.stop();
+    let gone = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    power_cut(first, &node, &id);
+    // The machine is back after the limit; the control plane is still away.
+    std::thread::sleep(Duration::from_secs(5).saturating_sub(gone.elapsed()));
+    let mut agent = Agent::for_node(&node).with_run_args(&["--heartbeat", "5"]);
+    agent.run();
+    agent.wait_log(
+        "stopping it (stopOnClientAfter)",
+        1,
+        Duration::from_secs(20),
+    );
+    node.wait_for("its container set aside", Duration::from_secs(10), || {
+        node.ps()
+            .iter()
+            .all(|c| c.record.config.name.as_deref() != Some(name.as_str()))
+            || node.inspect(&name).status == Status::Exited
+    });
+    // It never ran in this boot.
+    if node
+        .ps()
+        .iter()
+        .any(|c| c.record.config.name.as_deref() == Some(name.as_str()))
+    {
+        assert_eq!(node.ctr_ok(&["logs", &name]), "run 1\n", "{}", agent.log());
+    }
+    assert!(
+        !agent.log().contains("starts again in place"),
+        "{}",
+        agent.log()
+    );
+    // The control plane back: the task was stopped by its node, and the service goes on.
+    cp.restart();
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(60));
+    let t = cp.task(&id);
+    assert!(
+        t.stop_reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("stopOnClientAfter"),
+        "{t:?}"
+    );
+    cp.flotilla_ok(&["service", "rm", "keeper"]);
+    node.wait_for("the containers to go", Duration::from_secs(30), || {
+        node.ps().is_empty()
+    });
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
 }
 
 /// A power cut for real, on one machine: the agent runs as in a boot of its own (its own

@@ -224,3 +224,58 @@ fn a_failing_deployment_is_stopped_and_rolled_back_without_dropping_below_the_mi
         n.assert_clean();
     }
 }
+
+/// A service whose image cannot be pulled (its registry refuses connections) is not launched
+/// once a second for ever: after the second failure in a row each launch waits longer (ECS's
+/// service throttle), and `service ls` says why, with the pull's error.
+#[test]
+fn a_service_whose_tasks_cannot_start_is_launched_ever_more_slowly_and_says_why() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let (mut agent, _) = join(&cp, &node, "a");
+    register(
+        &cp,
+        "unpullable.json",
+        &SERVE.replace("test/busybox:latest", "127.0.0.1:1/nosuch:latest"),
+    );
+    let asked = Instant::now();
+    create(
+        &cp,
+        "unpullable",
+        &serde_json::json!({"serviceName": "unpullable", "taskDefinition": "serve", "desiredCount": 1}),
+    );
+    let launched = || {
+        cp.tasks()
+            .into_iter()
+            .filter(|t| t.started_by.as_deref() == Some("service:unpullable"))
+            .count()
+    };
+    wait("the throttle to say so", Duration::from_secs(30), || {
+        cp.service("unpullable")
+            .placement_problem
+            .is_some_and(|p| p.contains("is unable to consistently start tasks successfully"))
+    });
+    let problem = cp
+        .service("unpullable")
+        .placement_problem
+        .unwrap_or_default();
+    assert!(
+        problem.contains("2 in a row failed to start") && problem.contains("127.0.0.1:1/nosuch"),
+        "{problem}"
+    );
+    let ls = cp.flotilla_ok(&["service", "ls"]);
+    assert!(ls.contains("unable to consistently start tasks"), "{ls}");
+    // Without the throttle: one a second. With it: two, then the third 10 s after the second.
+    std::thread::sleep(Duration::from_secs(6));
+    let n = launched();
+    assert!(
+        n <= 3,
+        "{n} tasks launched in {:?}: {:#?}",
+        asked.elapsed(),
+        cp.tasks()
+    );
+    remove_all(&cp, &["unpullable"], &[&node]);
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}

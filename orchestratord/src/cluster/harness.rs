@@ -87,6 +87,9 @@ pub struct Harness {
     pub failing: BTreeSet<String>,
     /// Task definitions (`family` or `family:revision`) whose tasks stay unhealthy once running.
     pub unhealthy: BTreeSet<String>,
+    /// Families or `family:revision`s whose tasks fail to start (their image cannot be
+    /// pulled): STOPPED from PENDING with `TaskFailedToStart`.
+    pub unstartable: BTreeSet<String>,
 }
 
 /// 2030-01-15 00:00:00 UTC.
@@ -120,6 +123,7 @@ impl Harness {
             connected: BTreeSet::new(),
             failing: BTreeSet::new(),
             unhealthy: BTreeSet::new(),
+            unstartable: BTreeSet::new(),
         };
         h.open(Counter::default());
         h
@@ -308,6 +312,12 @@ impl Harness {
                         t.stop_code,
                         t.stop_reason.clone(),
                         container(ContainerState::Exited, Some(0), None),
+                    ),
+                    DesiredStatus::Running if is(&self.unstartable) => (
+                        TaskState::Stopped,
+                        Some(StopCode::TaskFailedToStart),
+                        Some("CannotPullContainerError: main: image not found".into()),
+                        container(ContainerState::Pending, None, None),
                     ),
                     DesiredStatus::Running if is(&self.failing) => (
                         TaskState::Stopped,

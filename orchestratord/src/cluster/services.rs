@@ -157,6 +157,80 @@ pub fn node_loss_check(cx: &mut Ctx<'_, '_>) {
     }
 }
 
+/// The first wait of the service throttle: after the second task in a row that failed to
+/// start (the first is tried again at once: it may have been passing).
+const THROTTLE_FIRST_SECS: u64 = 10;
+/// The longest wait of the service throttle (ECS's: 27 minutes).
+const THROTTLE_MAX_SECS: u64 = 27 * 60;
+
+/// ECS's service throttle logic ("Amazon ECS service throttle logic", Amazon ECS Developer
+/// Guide): when a service's tasks go from PENDING to STOPPED without running
+/// ([`StopCode::TaskFailedToStart`]: an image that cannot be pulled, a bind source that is
+/// missing …) several in a row, each next launch waits longer — [`THROTTLE_FIRST_SECS`]
+/// after the second, doubling, at most [`THROTTLE_MAX_SECS`], counted from the creation of
+/// the last one that failed — and the service says so (its problem, an event). It never stops
+/// trying; a task that runs, or a new deployment (a new task definition, `--force-new-deployment`),
+/// starts the count over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Throttle {
+    /// Tasks in a row that failed to start, newest first.
+    failed: usize,
+    /// The newest one's stop reason.
+    reason: String,
+    /// No launch before this (seconds since the epoch).
+    until: u64,
+}
+
+impl Throttle {
+    /// Of deployment `deployment`'s tasks in `tasks` (only those on `node`, when given), when
+    /// two or more in a row, the newest first, failed to start. Tasks still pending are the
+    /// tries under way and skipped; one that ran ends the row.
+    fn of(tasks: &[&TaskRecord], deployment: &str, node: Option<&str>) -> Option<Self> {
+        let mut mine: Vec<&TaskRecord> = tasks
+            .iter()
+            .copied()
+            .filter(|t| t.info.deployment.as_deref() == Some(deployment))
+            .filter(|t| node.is_none_or(|n| t.node() == Some(n)))
+            .collect();
+        mine.sort_by(|a, b| (b.info.created_at, &b.info.id).cmp(&(a.info.created_at, &a.info.id)));
+        let mut failed = 0usize;
+        let mut newest: Option<&TaskRecord> = None;
+        for t in mine {
+            match t.info.state {
+                TaskState::Provisioning | TaskState::Pending => continue,
+                TaskState::Stopped if t.info.stop_code == Some(StopCode::TaskFailedToStart) => {
+                    failed += 1;
+                    newest.get_or_insert(t);
+                }
+                _ => break,
+            }
+        }
+        let newest = newest.filter(|_| failed >= 2)?;
+        let wait = (THROTTLE_FIRST_SECS << (failed - 2).min(16)).min(THROTTLE_MAX_SECS);
+        Some(Self {
+            failed,
+            reason: newest.info.stop_reason.clone().unwrap_or_default(),
+            until: newest.info.created_at.saturating_add(wait),
+        })
+    }
+
+    /// Whether a launch must wait at `now` (seconds since the epoch).
+    fn holds(&self, now: u64) -> bool {
+        now < self.until
+    }
+
+    /// The service's problem while throttled, with ECS's service event message.
+    fn describe(&self, service: &str) -> String {
+        let until = std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.until);
+        format!(
+            "(service {service}) is unable to consistently start tasks successfully: {} in a row failed to start (last: {}); the next is started at {} at the earliest",
+            self.failed,
+            self.reason,
+            humantime::format_rfc3339_seconds(until)
+        )
+    }
+}
+
 /// One round over every service.
 pub fn round(cx: &mut Ctx<'_, '_>) -> Result<(), ClusterError> {
     let names: Vec<String> = cx
@@ -244,6 +318,10 @@ fn one(
     };
     let seed = cx.now.secs();
     let mut problem = None;
+    let throttle = |cx: &Ctx<'_, '_>, deployment: &str, node: Option<&str>| {
+        Throttle::of(&cx.txn.tasks_of(&by), deployment, node).filter(|t| t.holds(cx.now.secs()))
+    };
+    let impaired = Throttle::of(&cx.txn.tasks_of(&by), &primary.id, None);
     let (eligible, away) = match s.spec.scheduling_strategy {
         SchedulingStrategy::Daemon => match request(&primary.revision, 1, seed) {
             Ok(r) => {
@@ -286,6 +364,9 @@ fn one(
                 let Some(d) = s.deployments.iter().find(|d| d.id == deployment) else {
                     continue;
                 };
+                if throttle(cx, &deployment, None).is_some() {
+                    continue;
+                }
                 let r = match request(&d.revision, count, seed) {
                     Ok(r) => r,
                     Err(e) => {
@@ -301,6 +382,11 @@ fn one(
                 let Some(d) = s.deployments.iter().find(|d| d.id == deployment) else {
                     continue;
                 };
+                // A daemon's tasks are counted per node: one node's missing image holds up
+                // only that node.
+                if throttle(cx, &deployment, Some(&node)).is_some() {
+                    continue;
+                }
                 let r = match request(&d.revision, 1, seed) {
                     Ok(r) => r,
                     Err(e) => {
@@ -377,9 +463,15 @@ fn one(
         .filter_map(|t| t.info.deployment.clone())
         .collect();
     s.deployments.retain(|d| d.primary || live.contains(&d.id));
+    // Where nothing keeps its tasks from being placed, what keeps them from starting.
+    let (problem, kind) = match (problem, impaired) {
+        (Some(p), _) => (Some(p), "service.unplaceable"),
+        (None, Some(t)) => (Some(t.describe(name)), "service.task_start_impaired"),
+        (None, None) => (None, ""),
+    };
     if problem != s.placement_problem {
         if let Some(p) = &problem {
-            cx.event("service.unplaceable", name, p.clone());
+            cx.event(kind, name, p.clone());
         }
         s.placement_problem = problem;
     }

@@ -183,6 +183,106 @@ fn the_circuit_breaker_stops_a_failing_deployment_and_rolls_back() {
             || t.stop_code == Some(StopCode::ServiceDeploymentReplaced)));
 }
 
+/// Creation times of service `name`'s tasks, oldest first.
+fn launches(h: &mut Harness, name: &str) -> Vec<u64> {
+    let tasks = h.tasks();
+    let mut at: Vec<u64> = of_service(&tasks, name)
+        .iter()
+        .map(|t| t.created_at)
+        .collect();
+    at.sort();
+    at
+}
+
+#[test]
+fn tasks_that_fail_to_start_again_and_again_are_launched_ever_more_slowly() {
+    let mut h = Harness::new();
+    h.join(&[], 2048, 4);
+    h.register(&def("web", "web:1", 100));
+    h.register(&def("web", "web:2", 100));
+    h.unstartable.insert("web:1".into());
+    // (no circuit breaker: it would end the deployment after 3)
+    h.create_service(r#"{"serviceName":"web","taskDefinition":"web:1","desiredCount":1}"#);
+    let start = launches(&mut h, "web").first().copied().unwrap_or_default();
+    for _ in 0..200 {
+        h.step();
+    }
+    // Without the throttle, one a second; with it: at once, then 10 s, 20, 40, 80 after the
+    // one before (each counted from its creation, the next launch comes a round later).
+    let at = launches(&mut h, "web");
+    let gaps: Vec<u64> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    assert_eq!(at.len(), 6, "launched at {at:?} (from {start})");
+    for (gap, wait) in gaps.iter().skip(1).zip([10, 20, 40, 80]) {
+        assert!((wait..=wait + 2).contains(gap), "gaps {gaps:?}");
+    }
+    let s = h.service("web");
+    let problem = s.placement_problem.clone().unwrap_or_default();
+    assert!(
+        problem.contains("(service web) is unable to consistently start tasks successfully")
+            && problem.contains("6 in a row failed to start")
+            && problem.contains("CannotPullContainerError"),
+        "{problem}"
+    );
+    // One event per task that failed from the second on, not one per round.
+    assert_eq!(h.events("service.task_start_impaired").len(), 5);
+    // The operator fixes the task definition: the new deployment starts at once.
+    h.op(Operator::UpdateService(
+        "web".into(),
+        ServiceUpdate {
+            task_definition: Some("web:2".into()),
+            ..ServiceUpdate::default()
+        },
+    ))
+    .expect("update");
+    h.step();
+    h.step();
+    let s = h.service("web");
+    assert_eq!(s.running_count, 1, "{s:#?}");
+    assert_eq!(s.placement_problem, None);
+}
+
+#[test]
+fn a_daemons_tasks_are_throttled_per_node() {
+    let mut h = Harness::new();
+    let bad = h.join(&[("site", "bad")], 2048, 4);
+    let good = h.join(&[("site", "good")], 2048, 4);
+    h.register(&def("agent", "agent", 100));
+    h.create_service(
+        r#"{"serviceName":"agent","taskDefinition":"agent","schedulingStrategy":"DAEMON"}"#,
+    );
+    h.step();
+    // Only the bad node's tasks fail from now on (as its registry is unreachable).
+    let tasks = h.tasks();
+    let on_good: Vec<String> = of_service(&tasks, "agent")
+        .iter()
+        .filter(|t| t.node.as_deref() == Some(good.as_str()))
+        .map(|t| t.id.clone())
+        .collect();
+    assert_eq!(on_good.len(), 1);
+    h.unstartable.insert("agent".into());
+    // The good node's task keeps running: its reports are its own.
+    for _ in 0..60 {
+        h.advance(1);
+        h.rounds();
+        h.converge(&bad);
+    }
+    let tasks = h.tasks();
+    let on_bad = of_service(&tasks, "agent")
+        .iter()
+        .filter(|t| t.node.as_deref() == Some(bad.as_str()))
+        .count();
+    assert!(
+        (4..=5).contains(&on_bad),
+        "{on_bad} launches on the bad node in 60 s"
+    );
+    let good_now: Vec<_> = of_service(&tasks, "agent")
+        .into_iter()
+        .filter(|t| t.node.as_deref() == Some(good.as_str()))
+        .collect();
+    assert_eq!(good_now.len(), 1, "{good_now:?}");
+    assert_eq!(good_now[0].state, TaskState::Running);
+}
+
 #[test]
 fn drain_stops_the_nodes_tasks_with_the_drain_code_and_services_move_theirs() {
     let mut h = Harness::new();

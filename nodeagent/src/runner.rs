@@ -165,9 +165,14 @@ impl Runner {
         net: crate::network::Settings,
     ) -> Result<Arc<Self>> {
         let path = data_dir.join("agent.redb");
-        let db = Arc::new(
-            Database::create(&path).with_context(|| format!("opening {}", path.display()))?,
-        );
+        let db = Arc::new(Database::create(&path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
+                "{} is held by another nodeagent: one agent per data directory (stop the other, \
+                 or give this one its own --data-dir)",
+                path.display()
+            ),
+            e => anyhow::Error::new(e).context(format!("opening {}", path.display())),
+        })?);
         let dns = crate::dns::Dns::open(
             db.clone(),
             tokio::runtime::Handle::current(),

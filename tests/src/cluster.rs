@@ -435,8 +435,8 @@ impl Agent {
         self
     }
 
-    /// `nodeagent --data-dir … ARGS…`, inside the agent's host when it has one.
-    fn command(&self) -> Command {
+    /// `nodeagent --data-dir …`, inside the agent's host (or boot) when it has one.
+    pub fn command(&self) -> Command {
         let program: std::ffi::OsString = match self.umask {
             Some(_) => "sh".into(),
             None => crate::bin("nodeagent").into(),

@@ -149,3 +149,38 @@ fn label_drain_activate_and_remove_a_node() {
     node.remove_all();
     node.assert_clean();
 }
+
+/// A second `nodeagent run` on a data directory an agent runs on (a unit started twice, a
+/// person trying it by hand) ends at once, saying why, and the first goes on.
+#[test]
+fn a_second_agent_on_the_same_data_directory_is_refused_with_the_reason() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = Agent::for_node(&node);
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    let second = agent.command();
+    let out = std::process::Command::new("timeout")
+        .arg("30")
+        .arg(second.get_program())
+        .args(second.get_args())
+        .arg("run")
+        .output()
+        .expect("nodeagent run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("is held by another nodeagent: one agent per data directory")
+            && last.contains(&node.data.join("agent.redb").display().to_string()),
+        "{err}"
+    );
+    assert!(agent.running(), "the first agent ended:\n{}", agent.log());
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}

@@ -1271,3 +1271,33 @@ fn exec_that_cannot_start_names_the_directory_command_and_container() {
     node.ctr_ok(&["rm", "-f", "gone"]);
     node.assert_clean();
 }
+
+/// A container whose command is missing from its image, or is not an executable file, is
+/// not started, and says so in the container's terms (libcontainer's own words named a
+/// "process" and repeated "error"); nothing of it is left.
+#[test]
+fn run_of_a_command_the_image_lacks_names_the_command_and_leaves_nothing() {
+    let node = Node::new();
+    for (command, says) in [
+        (
+            "nosuchcmd",
+            "command 'nosuchcmd' not found in the container (its PATH is /bin)",
+        ),
+        (
+            "/etc/passwd",
+            "command '/etc/passwd' is not an executable file in the container",
+        ),
+        ("./here", "command './here' not found in the container"),
+    ] {
+        let o = node.ctr(&["run", "--rm", IMAGE, command]);
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(125), "{err}");
+        let last = err.trim_end().lines().last().unwrap_or_default();
+        assert!(
+            last.contains(says) && !last.contains("exec process"),
+            "{err}"
+        );
+    }
+    assert!(node.ps().is_empty(), "{:?}", node.ps());
+    node.assert_clean();
+}

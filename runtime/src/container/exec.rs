@@ -11,7 +11,7 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -63,14 +63,26 @@ fn container_name(data_dir: &Path, id: &str) -> String {
 /// container's root (`/proc/PID/root` of its init, symlinks resolved within it); `None` when
 /// that cannot tell.
 fn why_not(data_dir: &Path, id: &str, process: &oci_spec::runtime::Process) -> Option<String> {
-    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    use rustix::fs::{Mode, OFlags};
     let container =
         libcontainer::container::Container::load(data_dir.join("libcontainer").join(id)).ok()?;
     let pid = container.pid()?;
     let dirs = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let root = rustix::fs::open(format!("/proc/{pid}/root"), dirs, Mode::empty()).ok()?;
+    why_not_in(root.as_fd(), process)
+}
+
+/// [`why_not`] for the root filesystem open at `root` (a container's, before its init runs
+/// or while it does): symlinks are resolved within it. `None` when nothing there explains a
+/// failure.
+pub(super) fn why_not_in(
+    root: std::os::fd::BorrowedFd<'_>,
+    process: &oci_spec::runtime::Process,
+) -> Option<String> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    let dirs = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let inside = |path: &Path, flags: OFlags| {
-        openat2(&root, path, flags, Mode::empty(), ResolveFlags::IN_ROOT)
+        openat2(root, path, flags, Mode::empty(), ResolveFlags::IN_ROOT)
     };
     let cwd = process.cwd();
     match inside(cwd, dirs) {

@@ -255,7 +255,19 @@ fn create_and_start(
         .with_systemd(false)
         .with_detach(true)
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            // A command missing from the image, or not executable: said in the container's
+            // terms rather than libcontainer's ("exec process failed with error error in
+            // executing process …").
+            match spec
+                .process()
+                .as_ref()
+                .and_then(|p| super::exec::why_not_in(root.as_fd(), p))
+            {
+                Some(why) => why,
+                None => e.to_string(),
+            }
+        })?;
     tracing::debug!(container = %record.id, "created");
     let fail = |container: &mut libcontainer::container::Container, msg: String| {
         let _ = container.delete(true);

@@ -30,8 +30,9 @@ pub struct RunArgs {
     /// Name for the container.
     #[arg(long)]
     name: Option<String>,
-    /// Hard CPU limit in cores, e.g. 0.5 (cgroup quota).
-    #[arg(long, value_name = "CORES")]
+    /// Hard CPU limit in cores, e.g. 0.5 (cgroup quota): from 0.01 to this machine's CPUs,
+    /// as `docker run --cpus`.
+    #[arg(long, value_name = "CORES", value_parser = cores)]
     cpu: Option<f64>,
     /// Relative CPU weight in CPU units, 1024 per core (cgroup shares).
     #[arg(long, value_name = "UNITS", value_parser = count)]
@@ -109,6 +110,29 @@ enum Net {
 
 fn size(s: &str) -> Result<u64, String> {
     parse_size(s)
+}
+
+/// A number of cores written plainly (`2`, `0.5`; not `+0.5`, `5e-1`, `inf`), from 0.01 (a
+/// quota of 1 ms per 100 ms period, the kernel's least) to the CPUs this machine has online,
+/// as Docker bounds `--cpus`.
+fn cores(s: &str) -> Result<f64, String> {
+    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+    let plain = !whole.is_empty()
+        && whole.bytes().all(|b| b.is_ascii_digit())
+        && frac.bytes().all(|b| b.is_ascii_digit())
+        && (s.contains('.') <= !frac.is_empty());
+    let c: f64 = s
+        .parse()
+        .ok()
+        .filter(|_| plain)
+        .ok_or_else(|| format!("'{s}' is not a number of cores: write it as 2 or 0.5"))?;
+    if !(0.01..=online as f64).contains(&c) {
+        return Err(format!(
+            "{s} cores: give from 0.01 to {online} (the CPUs this machine has)"
+        ));
+    }
+    Ok(c)
 }
 
 /// A count written plainly (`5`, not `+5` or `05`), as `--ulimit` takes its values.
@@ -414,13 +438,8 @@ fn run_config(args: &RunArgs) -> Result<ContainerConfig> {
             }
         })
         .collect();
-    let cpu_limit_millis = match args.cpu {
-        None => None,
-        Some(c) if c.is_finite() && c > 0.0 && c <= 4096.0 => {
-            Some((c * 1000.0).round().max(1.0) as u64)
-        }
-        Some(c) => bail!("--cpu {c}: give cores above 0, e.g. 0.5"),
-    };
+    // (bounded by `cores`)
+    let cpu_limit_millis = args.cpu.map(|c| (c * 1000.0).round().max(10.0) as u64);
     Ok(ContainerConfig {
         resolv_conf: None,
         addresses: Vec::new(),
@@ -746,7 +765,26 @@ pub fn bind_roots(roots: &[PathBuf]) -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::ulimit;
+    use super::{cores, ulimit};
+
+    #[test]
+    fn cores_are_plain_numbers_from_a_hundredth_to_the_machines_cpus() {
+        assert_eq!(cores("0.5"), Ok(0.5));
+        assert_eq!(cores("1"), Ok(1.0));
+        assert_eq!(cores("0.01"), Ok(0.01));
+        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(cores(&online.to_string()), Ok(online as f64));
+        for bad in [
+            "+0.5", "-1", "5e-1", "inf", "NaN", ".5", "1.", "0x1", " 1", "", "1,5",
+        ] {
+            let e = cores(bad).expect_err(bad);
+            assert!(e.contains("is not a number of cores"), "{bad}: {e}");
+        }
+        for out in ["0", "0.001", "0.009", &format!("{}", online + 1), "1000000"] {
+            let e = cores(out).expect_err(out);
+            assert!(e.contains("give from 0.01 to"), "{out}: {e}");
+        }
+    }
 
     #[test]
     fn ulimits_name_the_limit_the_value_and_why() {

@@ -212,6 +212,26 @@ fn explain(e: &ConnectionError) -> String {
     }
 }
 
+/// When the control plane at `server` presents a certificate the cluster CA this node trusts
+/// (in `dir`) did not sign — rustls's "unknown issuer", or "bad signature" when the other CA
+/// has the same name — what that means and what to do: the address is another cluster's, or
+/// its control plane was initialized anew with a new CA.
+fn untrusted_server(text: &str, server: &str, dir: &Path) -> Option<String> {
+    let foreign = [
+        "invalid peer certificate: UnknownIssuer",
+        "invalid peer certificate: BadSignature",
+    ];
+    foreign.iter().any(|f| text.contains(f)).then(|| {
+        format!(
+            "the control plane at {server} is not of the cluster this node joined (its \
+             certificate is not signed by the CA in {}): the address is another cluster's, or \
+             the control plane was initialized anew; to join that one, run `nodeagent join \
+             {server} --token …` with one of its tokens",
+            dir.join(flotilla_certs::CA_CERT_FILE).display()
+        )
+    })
+}
+
 /// A random fraction in `[lo, hi)`.
 fn random_between(lo: f64, hi: f64) -> f64 {
     let mut b = [0u8; 4];
@@ -352,7 +372,13 @@ async fn session(
     let conn = endpoint
         .connect_with(quic_client(tls)?, addr, SERVER_NAME)?
         .await
-        .map_err(|e| anyhow::anyhow!("connecting to {}: {}", cred.server, explain(&e)))?;
+        .map_err(|e| {
+            let text = explain(&e);
+            match untrusted_server(&text, &cred.server, dir) {
+                Some(hint) => anyhow::anyhow!("connecting to {}: {text} — {hint}", cred.server),
+                None => anyhow::anyhow!("connecting to {}: {text}", cred.server),
+            }
+        })?;
     // TLS 1.3 lets a client "connect" before the server checked its certificate: the
     // session exists only once the server answered the hello.
     let (mut send, mut recv) = conn

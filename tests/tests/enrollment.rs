@@ -529,3 +529,37 @@ fn a_reconnect_storm_is_spread_by_the_control_plane() {
     );
     assert!(cp.nodes().iter().all(|n| n.state == NodeState::Ready));
 }
+
+/// A node pointed at another cluster's control plane (an address reused, a control plane
+/// initialized anew) keeps trying, and its log says what is wrong and how to join that one.
+#[test]
+fn a_node_pointed_at_another_cluster_says_so_and_how_to_join_it() {
+    let cp = ControlPlane::start(&[]);
+    let other = ControlPlane::start(&[]);
+    let mut agent = Agent::new(&cp.scratch().join("n1"));
+    let o = agent.join(&cp.server(), &cp.token(&[]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let file = agent.identity().join("credential.json");
+    let text = fs::read_to_string(&file).expect("credential");
+    fs::write(&file, text.replace(&cp.server(), &other.server())).expect("write");
+    agent.run();
+    let ca = agent.identity().join("ca.pem");
+    agent.wait_log(
+        &format!(
+            "the control plane at {} is not of the cluster this node joined (its certificate is not signed by the CA in {})",
+            other.server(),
+            ca.display()
+        ),
+        1,
+        Duration::from_secs(20),
+    );
+    assert!(
+        agent.log().contains(&format!(
+            "run `nodeagent join {} --token …`",
+            other.server()
+        )),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.running());
+}

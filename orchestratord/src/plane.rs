@@ -65,16 +65,28 @@ impl Sessions {
     }
 }
 
-/// Sends `what` on a new stream of a node's session and reads its answer.
+/// How long a node has to answer a push. An agent persists what it is sent (an fsync on an
+/// SD card can take seconds) and answers; one that does not answer in this time holds no
+/// stream, task or copy of the push any longer (it is sent again: with the next session, or
+/// a heartbeat of this one finding its generation behind).
+pub const PUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Sends `what` on a new stream of a node's session and reads its answer, within
+/// [`PUSH_TIMEOUT`].
 pub async fn push(conn: &Connection, what: &ServerPush) -> Result<PushReply, String> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    write_frame(&mut send, what)
+    let exchange = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_frame(&mut send, what)
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = send.finish();
+        read_frame::<_, PushReply>(&mut recv)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    tokio::time::timeout(PUSH_TIMEOUT, exchange)
         .await
-        .map_err(|e| e.to_string())?;
-    let _ = send.finish();
-    read_frame::<_, PushReply>(&mut recv)
-        .await
-        .map_err(|e| e.to_string())
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", PUSH_TIMEOUT.as_secs())))
 }
 
 impl Plane {

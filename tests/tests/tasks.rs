@@ -827,3 +827,67 @@ fn every_command_prints_its_answer_as_json_and_yaml() {
     agent.kill();
     node.assert_clean();
 }
+
+/// A node that takes a push and never answers (hung, or hostile) holds nothing of the control
+/// plane: the push gives up after its timeout, and the next heartbeat sends it again.
+#[test]
+fn a_push_a_node_never_answers_gives_up_and_is_sent_again() {
+    use flotilla_api::{AgentReply, AgentRequest};
+    use flotilla_certs::credential::Credential;
+    use flotilla_tests::cluster::raw;
+
+    let cp = ControlPlane::start(&[]);
+    let a = Agent::new(&cp.scratch().join("a"));
+    assert!(a.join(&cp.server(), &cp.token(&[]), &[]).status.success());
+    let cred = Credential::load(&a.identity()).expect("a");
+    let f = cp.scratch().join("serve.json");
+    std::fs::write(&f, SERVE).expect("write");
+    cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+    raw::runtime().block_on(async {
+        let conn = raw::connect(cp.addr, raw::client_of(&cred))
+            .await
+            .expect("connect");
+        raw::hello(&conn).await.expect("hello");
+        let beat = AgentRequest::Heartbeat {
+            resources: flotilla_api::NodeResources {
+                cpus: 2,
+                memory_bytes: 4 << 30,
+                ..Default::default()
+            },
+            usage: Vec::new(),
+        };
+        assert_eq!(raw::request(&conn, &beat).await, AgentReply::Recorded);
+        // A task for it: its desired state is pushed; the node takes the stream and is silent.
+        let server = cp.server();
+        let admin = cp.admin.clone();
+        let placed = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(flotilla_tests::bin("flotilla"))
+                .arg("--config")
+                .arg(admin)
+                .args(["task", "run", "serve"])
+                .output()
+        })
+        .await
+        .expect("join")
+        .expect("flotilla");
+        assert!(placed.status.success(), "{server}: {placed:?}");
+        let (_send, _recv) = conn.accept_bi().await.expect("the push");
+        let start = std::time::Instant::now();
+        while !cp
+            .log()
+            .contains("desired state not delivered: no answer within 10 s")
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the push never gave up:\n{}",
+                cp.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // A heartbeat finds it behind and sends it again, on a new stream.
+        assert_eq!(raw::request(&conn, &beat).await, AgentReply::Recorded);
+        let again = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await;
+        assert!(matches!(again, Ok(Ok(_))), "not sent again: {again:?}");
+        conn.close(0u32.into(), b"done");
+    });
+}

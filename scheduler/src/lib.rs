@@ -203,15 +203,34 @@ impl fmt::Display for Unplaceable {
             .reasons
             .iter()
             .map(|(why, n)| {
-                // Reasons are written for several nodes ("were draining").
-                let why = match why.strip_prefix("were ") {
-                    Some(rest) if *n == 1 => format!("was {rest}"),
-                    _ => why.clone(),
-                };
+                let why = if *n == 1 { singular(why) } else { why.clone() };
                 format!("{n} node{} {why}", if *n == 1 { "" } else { "s" })
             })
             .collect();
         write!(f, ": {}", parts.join(", "))
+    }
+}
+
+impl Unplaceable {
+    /// Why the one node a task was asked for (a DAEMON's, `--node`) cannot take it:
+    /// `node N cannot take the task: it lacked memory`.
+    pub fn on_node(&self, node: &str) -> String {
+        let whys: Vec<String> = self.reasons.keys().map(|w| singular(w)).collect();
+        if whys.is_empty() {
+            return format!("node {node} cannot take the task: it is not in the cluster");
+        }
+        format!(
+            "node {node} cannot take the task: it {}",
+            whys.join(", and ")
+        )
+    }
+}
+
+/// A reason, written for several nodes ("were draining"), for one ("was draining").
+fn singular(why: &str) -> String {
+    match why.strip_prefix("were ") {
+        Some(rest) => format!("was {rest}"),
+        None => why.to_string(),
     }
 }
 
@@ -245,7 +264,7 @@ fn lacks(s: &Slot<'_>, req: &Request) -> Option<String> {
         .any(|c| matches!(c, Constraint::DistinctInstance))
         && s.group > 0
     {
-        return Some("already run a task of the group (distinctInstance)".into());
+        return Some("already had a task of the group (distinctInstance)".into());
     }
     let Some(cap) = s.view.capacity else {
         return Some("had not reported resources yet".into());

@@ -93,8 +93,38 @@ fn filters_each_say_why_they_refused() {
     let e = place(&sites(), &req).expect_err("only three");
     assert_eq!(
         e.to_string(),
-        "room for 3 of 4 tasks: 3 nodes already run a task of the group (distinctInstance), \
+        "room for 3 of 4 tasks: 3 nodes already had a task of the group (distinctInstance), \
          2 nodes failed memberOf(attribute:arch == amd64)"
+    );
+}
+
+#[test]
+fn a_refusal_on_one_node_names_it_and_its_reason() {
+    let one = |why: &str| Unplaceable {
+        placed: 0,
+        requested: 1,
+        reasons: [(why.to_string(), 1)].into(),
+    };
+    assert_eq!(
+        one("lacked memory").on_node("n-1"),
+        "node n-1 cannot take the task: it lacked memory"
+    );
+    assert_eq!(
+        one("were draining").on_node("n-1"),
+        "node n-1 cannot take the task: it was draining"
+    );
+    assert_eq!(
+        one("were draining").to_string(),
+        "no node can take a task: 1 node was draining"
+    );
+    let none = Unplaceable {
+        placed: 0,
+        requested: 1,
+        reasons: BTreeMap::new(),
+    };
+    assert_eq!(
+        none.on_node("n-9"),
+        "node n-9 cannot take the task: it is not in the cluster"
     );
 }
 

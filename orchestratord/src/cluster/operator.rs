@@ -521,6 +521,10 @@ fn run_task(cx: &mut Ctx<'_, '_>, req: TaskRun) -> Result<Reply, ClusterError> {
     }
     let nodes = flotilla_scheduler::place(&snapshot, &request).map_err(|why| {
         cx.metrics.unplaceable(PlacementOrigin::TaskRun, &why, true);
+        let why = match &req.node {
+            Some(id) => why.on_node(id),
+            None => why.to_string(),
+        };
         ClusterError::Conflict(format!("{}:{}: {why}", def.family, def.revision))
     })?;
     let applied = placement::apply(

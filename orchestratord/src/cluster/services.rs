@@ -502,8 +502,10 @@ fn place_what_fits(
     };
     flotilla_scheduler::place(on, r).unwrap_or_else(|why| {
         metrics.unplaceable(PlacementOrigin::Service, &why, false);
-        let prefix = node.map(|n| format!("{n}: ")).unwrap_or_default();
-        *problem = Some(format!("{prefix}{why}"));
+        *problem = Some(match node {
+            Some(n) => why.on_node(n),
+            None => why.to_string(),
+        });
         let mut fewer = r.clone();
         fewer.count = why.placed;
         flotilla_scheduler::place(on, &fewer).unwrap_or_default()

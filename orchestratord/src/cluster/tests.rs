@@ -242,6 +242,22 @@ fn tasks_that_fail_to_start_again_and_again_are_launched_ever_more_slowly() {
 }
 
 #[test]
+fn a_daemon_that_cannot_run_on_a_node_names_the_node_and_why() {
+    let mut h = Harness::new();
+    let small = h.join(&[], 64, 4);
+    h.register(&def("agent", "agent", 100));
+    h.create_service(
+        r#"{"serviceName":"agent","taskDefinition":"agent","schedulingStrategy":"DAEMON"}"#,
+    );
+    h.step();
+    let problem = h.service("agent").placement_problem.unwrap_or_default();
+    assert_eq!(
+        problem,
+        format!("node {small} cannot take the task: it lacked memory")
+    );
+}
+
+#[test]
 fn a_daemons_tasks_are_throttled_per_node() {
     let mut h = Harness::new();
     let bad = h.join(&[("site", "bad")], 2048, 4);

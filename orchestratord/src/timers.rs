@@ -1,5 +1,6 @@
 //! The timers' adapter: every second — or at once when an operator changed a service — the
-//! node-loss check, the service round and the schedule round, each one command for the core.
+//! node-loss check, the service round and the schedule round, and every minute the removal
+//! of stopped tasks past their retention, each one command for the core.
 
 use std::time::Duration;
 
@@ -8,15 +9,23 @@ use orchestratord::cluster::{Command, Tick};
 
 /// How often the rounds run without being woken.
 const ROUND: Duration = Duration::from_secs(1);
+/// How often stopped tasks past their retention are removed.
+const PRUNE: Duration = Duration::from_secs(60);
 
 /// Runs the rounds forever.
 pub async fn run(plane: Plane) {
+    let mut pruned = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = plane.wake.notified() => {}
             _ = tokio::time::sleep(ROUND) => {}
         }
-        for tick in [Tick::NodeLossCheck, Tick::ServiceRound, Tick::ScheduleRound] {
+        let mut ticks = vec![Tick::NodeLossCheck, Tick::ServiceRound, Tick::ScheduleRound];
+        if pruned.elapsed() >= PRUNE {
+            pruned = tokio::time::Instant::now();
+            ticks.push(Tick::PruneStopped);
+        }
+        for tick in ticks {
             if let Err(e) = plane.run(Command::Tick(tick)).await {
                 tracing::warn!("{tick:?}: {e}");
             }

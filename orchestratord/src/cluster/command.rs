@@ -201,6 +201,8 @@ pub enum Tick {
     ServiceRound,
     /// Unpinned schedules that are due fire.
     ScheduleRound,
+    /// The records of tasks stopped longer than their retention are removed.
+    PruneStopped,
 }
 
 /// The answer to a command.

@@ -143,6 +143,16 @@ impl Cluster {
                 schedules::round(&mut cx)?;
                 Reply::Done
             }
+            Command::Tick(Tick::PruneStopped) => {
+                let n = tasks::prune_stopped(&mut cx);
+                if n > 0 {
+                    tracing::info!(
+                        "removed the records of {n} tasks stopped more than {} h ago",
+                        tasks::STOPPED_RETENTION_SECS / 3600
+                    );
+                }
+                Reply::Done
+            }
             Command::Health | Command::Metrics => Reply::Done,
         };
         let Ctx {
@@ -150,6 +160,7 @@ impl Cluster {
             mut push,
             ..
         } = cx;
+        txn.stamp_stopped(now.secs());
         push.extend(desired::bump_changed(&mut txn));
         let writes = txn.into_writes();
         if !writes.is_empty() {

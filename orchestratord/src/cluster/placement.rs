@@ -362,6 +362,7 @@ fn new_task(
         env: t.env.clone(),
         lost_at: None,
         address,
+        stopped_at: None,
     };
     cx.event(
         "task.placed",

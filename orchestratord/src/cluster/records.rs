@@ -217,6 +217,10 @@ pub struct TaskRecord {
     /// Its LAN address (awsvpc), held until it has stopped.
     #[serde(default)]
     pub address: Option<flotilla_api::tasks::TaskAddress>,
+    /// When it was first recorded `STOPPED` (seconds since the epoch): its record is removed
+    /// [`super::tasks::STOPPED_RETENTION_SECS`] later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<u64>,
 }
 
 impl TaskRecord {

@@ -199,6 +199,7 @@ pub fn adopt(
         lost_at: None,
         // Pinned runs start offline; awsvpc addresses are the control plane's to give.
         address: None,
+        stopped_at: None,
     };
     cx.event(
         "schedule.fired",

@@ -370,6 +370,25 @@ impl<'s> Txn<'s> {
         self.w.tasks.insert(t.info.id.clone(), Some(t));
     }
 
+    /// Removes a task's record (a `STOPPED` one past its retention).
+    pub fn remove_task(&mut self, id: &str) {
+        if let Some(n) = self.task(id).and_then(|t| t.info.node.clone()) {
+            *self.node_writes.entry(n).or_default() += 1;
+        }
+        self.w.tasks.insert(id.to_string(), None);
+    }
+
+    /// Gives every task this transaction wrote `STOPPED` without a time of stopping `now`
+    /// (seconds since the epoch): what its retention counts from. Once per command, before
+    /// the commit, so that every path that stops a task is covered.
+    pub fn stamp_stopped(&mut self, now: u64) {
+        for t in self.w.tasks.values_mut().flatten() {
+            if t.info.state == flotilla_api::tasks::TaskState::Stopped && t.stopped_at.is_none() {
+                t.stopped_at = Some(now);
+            }
+        }
+    }
+
     // ---- services
 
     /// A service.

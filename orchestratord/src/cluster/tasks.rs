@@ -7,6 +7,42 @@ use super::ctx::Ctx;
 use super::live::Live;
 use super::records::TaskRecord;
 
+/// How long a `STOPPED` task stays on record after it stopped: as long as its node keeps its
+/// containers' logs (`nodeagent`'s kept logs: 3 h, the ECS agent's default
+/// `ECS_ENGINE_TASK_CLEANUP_WAIT_DURATION`), so that `task inspect` and `logs` answer while
+/// the logs exist. ECS shows a stopped task for at least an hour ("Stopped tasks", Amazon ECS
+/// Developer Guide). Without it the store grows by every task ever run: a schedule every
+/// minute is half a million records a year.
+pub const STOPPED_RETENTION_SECS: u64 = 3 * 3600;
+
+/// Removes the records of tasks `STOPPED` longer than [`STOPPED_RETENTION_SECS`]; a stopped
+/// task with no time of stopping (recorded before it was kept) counts from now. How many were
+/// removed.
+pub fn prune_stopped(cx: &mut Ctx<'_, '_>) -> usize {
+    let now = cx.now.secs();
+    let mut due = Vec::new();
+    let mut unstamped = Vec::new();
+    for t in cx.txn.tasks() {
+        if t.info.state != TaskState::Stopped {
+            continue;
+        }
+        match t.stopped_at {
+            Some(at) if now >= at.saturating_add(STOPPED_RETENTION_SECS) => {
+                due.push(t.info.id.clone())
+            }
+            Some(_) => {}
+            None => unstamped.push(t.clone()),
+        }
+    }
+    for t in unstamped {
+        cx.txn.put_task(t);
+    }
+    for id in &due {
+        cx.txn.remove_task(id);
+    }
+    due.len()
+}
+
 /// Asks for task `id` to be stopped for `code` (`reason`: its text for people, default the
 /// code's): desired `STOPPED`, `STOPPING` until its node reports it stopped, a `task.stopping`
 /// event. False when it was already stopping or stopped (or there is no such task).

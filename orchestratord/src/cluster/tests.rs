@@ -242,6 +242,53 @@ fn tasks_that_fail_to_start_again_and_again_are_launched_ever_more_slowly() {
 }
 
 #[test]
+fn stopped_tasks_are_kept_for_their_retention_then_removed_for_good() {
+    use super::tasks::STOPPED_RETENTION_SECS;
+
+    let mut h = Harness::new();
+    h.join(&[], 2048, 4);
+    h.register(&def("batch", "batch", 100));
+    h.register(&def("web", "web", 100));
+    h.create_service(r#"{"serviceName":"web","taskDefinition":"web","desiredCount":1}"#);
+    h.op(run("batch", 2)).expect("run");
+    h.step();
+    let ids: Vec<String> = h
+        .tasks()
+        .iter()
+        .filter(|t| t.task_definition.starts_with("batch"))
+        .map(|t| t.id.clone())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    h.op(Operator::StopTask(ids[0].clone())).expect("stop");
+    h.step();
+    let prune = |h: &mut Harness| {
+        h.exec(Command::Tick(Tick::PruneStopped)).expect("prune");
+    };
+    // Just short of its retention: still there, for `task inspect` and `logs`.
+    h.advance(STOPPED_RETENTION_SECS - 1);
+    prune(&mut h);
+    let stopped = |h: &mut Harness| {
+        h.tasks()
+            .into_iter()
+            .filter(|t| t.state == TaskState::Stopped)
+            .map(|t| t.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(stopped(&mut h), [ids[0].clone()]);
+    h.advance(1);
+    prune(&mut h);
+    assert_eq!(stopped(&mut h), Vec::<String>::new());
+    // What runs is untouched, and gone is gone after a restart of the control plane.
+    let live: Vec<String> = h.tasks().into_iter().map(|t| t.id).collect();
+    assert_eq!(live.len(), 2, "{live:?}");
+    assert!(live.contains(&ids[1]));
+    h.restart(1000);
+    let after: Vec<String> = h.tasks().into_iter().map(|t| t.id).collect();
+    assert_eq!(after, live);
+    assert_eq!(h.service("web").running_count, 1);
+}
+
+#[test]
 fn a_daemon_that_cannot_run_on_a_node_names_the_node_and_why() {
     let mut h = Harness::new();
     let small = h.join(&[], 64, 4);

@@ -573,6 +573,27 @@ pub mod raw {
             .expect("runtime")
     }
 
+    /// A session of node `cred` as a real agent starts one: connected, hello answered, and
+    /// its first heartbeat (2 CPUs, 4 GiB) recorded — a node that never reported takes no task.
+    pub async fn in_session(addr: SocketAddr, cred: &Credential) -> quinn::Connection {
+        let conn = connect(addr, client_of(cred)).await.expect("connect");
+        hello(&conn).await.expect("hello");
+        assert_eq!(request(&conn, &heartbeat()).await, AgentReply::Recorded);
+        conn
+    }
+
+    /// A heartbeat of a node with 2 CPUs and 4 GiB, nothing running.
+    pub fn heartbeat() -> AgentRequest {
+        AgentRequest::Heartbeat {
+            resources: flotilla_api::NodeResources {
+                cpus: 2,
+                memory_bytes: 4 << 30,
+                ..Default::default()
+            },
+            usage: Vec::new(),
+        }
+    }
+
     /// Connects to the control plane.
     pub async fn connect(
         addr: SocketAddr,

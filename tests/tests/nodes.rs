@@ -156,13 +156,7 @@ fn label_drain_activate_and_remove_a_node() {
 fn a_second_agent_on_the_same_data_directory_is_refused_with_the_reason() {
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
-    let mut agent = Agent::for_node(&node);
-    assert!(agent
-        .join(&cp.server(), &cp.token(&[]), &[])
-        .status
-        .success());
-    agent.run();
-    agent.wait_log("session established", 1, Duration::from_secs(10));
+    let mut agent = Agent::in_session(&cp, &node);
     let second = agent.command();
     let out = std::process::Command::new("timeout")
         .arg("30")

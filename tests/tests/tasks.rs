@@ -205,19 +205,7 @@ fn a_node_can_only_report_on_its_own_tasks() {
     ]);
     // B reports its resources once (a node that never did takes no task: its room is unknown).
     raw::runtime().block_on(async {
-        let conn = raw::connect(cp.addr, raw::client_of(&cred_b))
-            .await
-            .expect("connect");
-        raw::hello(&conn).await.expect("hello");
-        let beat = AgentRequest::Heartbeat {
-            resources: flotilla_api::NodeResources {
-                cpus: 2,
-                memory_bytes: 4 << 30,
-                ..Default::default()
-            },
-            usage: Vec::new(),
-        };
-        assert_eq!(raw::request(&conn, &beat).await, AgentReply::Recorded);
+        let conn = raw::in_session(cp.addr, &cred_b).await;
         conn.close(0u32.into(), b"done");
     });
     let placed: Vec<TaskInfo> = cp.flotilla_json(&["task", "run", "serve", "--node", &cred_b.name]);
@@ -832,7 +820,7 @@ fn every_command_prints_its_answer_as_json_and_yaml() {
 /// plane: the push gives up after its timeout, and the next heartbeat sends it again.
 #[test]
 fn a_push_a_node_never_answers_gives_up_and_is_sent_again() {
-    use flotilla_api::{AgentReply, AgentRequest};
+    use flotilla_api::AgentReply;
     use flotilla_certs::credential::Credential;
     use flotilla_tests::cluster::raw;
 
@@ -844,19 +832,7 @@ fn a_push_a_node_never_answers_gives_up_and_is_sent_again() {
     std::fs::write(&f, SERVE).expect("write");
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
     raw::runtime().block_on(async {
-        let conn = raw::connect(cp.addr, raw::client_of(&cred))
-            .await
-            .expect("connect");
-        raw::hello(&conn).await.expect("hello");
-        let beat = AgentRequest::Heartbeat {
-            resources: flotilla_api::NodeResources {
-                cpus: 2,
-                memory_bytes: 4 << 30,
-                ..Default::default()
-            },
-            usage: Vec::new(),
-        };
-        assert_eq!(raw::request(&conn, &beat).await, AgentReply::Recorded);
+        let conn = raw::in_session(cp.addr, &cred).await;
         // A task for it: its desired state is pushed; the node takes the stream and is silent.
         let server = cp.server();
         let admin = cp.admin.clone();
@@ -885,7 +861,10 @@ fn a_push_a_node_never_answers_gives_up_and_is_sent_again() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         // A heartbeat finds it behind and sends it again, on a new stream.
-        assert_eq!(raw::request(&conn, &beat).await, AgentReply::Recorded);
+        assert_eq!(
+            raw::request(&conn, &raw::heartbeat()).await,
+            AgentReply::Recorded
+        );
         let again = tokio::time::timeout(Duration::from_secs(10), conn.accept_bi()).await;
         assert!(matches!(again, Ok(Ok(_))), "not sent again: {again:?}");
         conn.close(0u32.into(), b"done");

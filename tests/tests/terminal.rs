@@ -352,6 +352,16 @@ impl DevInTerminal {
         id
     }
 
+    /// The pid of `flotilla dev`.
+    fn pid(&self) -> u32 {
+        let flotilla = flotilla_tests::bin("flotilla").display().to_string();
+        cluster_processes(self.node.scratch(), &self.node.cgroup_parent)
+            .into_iter()
+            .find(|(_, cmd)| cmd.contains(&format!("{flotilla} dev ")))
+            .map(|(pid, _)| pid)
+            .expect("the flotilla dev process")
+    }
+
     fn processes(&self) -> Vec<String> {
         cluster_processes(self.node.scratch(), &self.node.cgroup_parent)
             .into_iter()
@@ -468,12 +478,7 @@ fn kill_pid_stops_a_bridge_task_and_leaves_nothing() {
     let _serial = serial();
     let dev = DevInTerminal::start(Typed::Alone);
     dev.run_bridge_task(3);
-    let flotilla = flotilla_tests::bin("flotilla").display().to_string();
-    let pid = cluster_processes(dev.node.scratch(), &dev.node.cgroup_parent)
-        .into_iter()
-        .find(|(_, cmd)| cmd.contains(&format!("{flotilla} dev ")))
-        .map(|(pid, _)| pid)
-        .expect("the flotilla dev process");
+    let pid = dev.pid();
     let status = Command::new("kill")
         .arg(pid.to_string())
         .status()
@@ -491,12 +496,7 @@ fn a_signal_delivered_twice_at_once_is_one_request_to_stop() {
     let dev = DevInTerminal::start(Typed::Alone);
     let id = dev.run_bridge_task(3);
     // As timeout(1) does: the signal to the process, then to its process group.
-    let flotilla = flotilla_tests::bin("flotilla").display().to_string();
-    let pid = cluster_processes(dev.node.scratch(), &dev.node.cgroup_parent)
-        .into_iter()
-        .find(|(_, cmd)| cmd.contains(&format!("{flotilla} dev ")))
-        .map(|(pid, _)| pid)
-        .expect("the flotilla dev process");
+    let pid = dev.pid();
     let asked = Instant::now();
     for _ in 0..2 {
         let status = Command::new("kill")

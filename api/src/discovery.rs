@@ -111,6 +111,11 @@ pub struct Endpoint {
     /// The task's own address (bridge, awsvpc): what its own node uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_address: Option<Ipv4Addr>,
+    /// The port on the task's own address: the container port of its own task definition,
+    /// which a deployment to a new revision may change while both revisions' tasks serve.
+    /// Absent (an older control plane): the service's port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_port: Option<u16>,
 }
 
 impl DiscoveredService {
@@ -171,6 +176,7 @@ mod tests {
             address: Ipv4Addr::new(10, 0, 0, 1),
             port: Some(port),
             task_address: None,
+            task_port: None,
         }
     }
 

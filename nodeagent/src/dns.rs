@@ -731,6 +731,7 @@ mod tests {
                         address: Ipv4Addr::new(10, 0, 0, 10),
                         port: Some(49153),
                         task_address: Some(Ipv4Addr::new(10, 42, 0, 2)),
+                        task_port: Some(80),
                     },
                     Endpoint {
                         task: "t-2".into(),
@@ -738,6 +739,7 @@ mod tests {
                         address: Ipv4Addr::new(10, 0, 0, 10),
                         port: Some(49154),
                         task_address: Some(Ipv4Addr::new(10, 42, 0, 3)),
+                        task_port: Some(80),
                     },
                     Endpoint {
                         task: "t-3".into(),
@@ -745,6 +747,7 @@ mod tests {
                         address: Ipv4Addr::new(10, 0, 0, 50),
                         port: Some(80),
                         task_address: Some(Ipv4Addr::new(10, 0, 0, 50)),
+                        task_port: Some(80),
                     },
                 ],
             }],

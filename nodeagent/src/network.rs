@@ -710,8 +710,9 @@ impl Networks {
     }
 
     /// The VIPs of the registry, each endpoint reached where it can be from this node: its
-    /// own bridge tasks directly on their address and container port, others where the
-    /// cluster reaches them.
+    /// own bridge tasks directly on their address and their own container port (during a
+    /// deployment that changes it, old and new tasks differ), others where the cluster
+    /// reaches them.
     fn vips(&self, st: &State) -> Vec<nft::Vip> {
         let Some(dns) = &self.dns else {
             return Vec::new();
@@ -732,7 +733,7 @@ impl Networks {
                             .get(&e.task)
                             .is_some_and(|r| r.mode == Mode::Bridge && r.ready);
                     match (local, e.task_address) {
-                        (true, Some(a)) => Some((a, port)),
+                        (true, Some(a)) => Some((a, e.task_port.unwrap_or(port))),
                         _ => Some((e.address, e.port?)),
                     }
                 })

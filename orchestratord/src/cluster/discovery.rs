@@ -70,6 +70,7 @@ fn endpoint(d: &Discovery, t: &TaskRecord, node_address: Option<Ipv4Addr>) -> Op
     let net = t.info.network.as_ref()?;
     let node = t.info.node.clone()?;
     let port = service_port(d, &t.definition);
+    let task_port = port.as_ref().map(|(_, p, _)| *p);
     let (address, reachable) = match net.mode {
         NetworkMode::Awsvpc => (net.address?, port.map(|(_, p, _)| p)),
         NetworkMode::Host => (node_address?, port.map(|(_, p, _)| p)),
@@ -90,6 +91,7 @@ fn endpoint(d: &Discovery, t: &TaskRecord, node_address: Option<Ipv4Addr>) -> Op
         address,
         port: reachable,
         task_address: net.address,
+        task_port,
     })
 }
 
@@ -198,6 +200,77 @@ mod tests {
         flotilla_api::taskdef::parse(json)
             .expect("valid")
             .definition
+    }
+
+    /// A running bridge task of definition `json`, at 10.42.0.5 on node n-1, publishing its
+    /// first container port on host port 49200.
+    fn bridge_task(json: &str) -> TaskRecord {
+        let definition = def(json);
+        let c = &definition.container_definitions[0];
+        let m = &c.port_mappings[0];
+        let binding = flotilla_api::tasks::NetworkBinding {
+            container: c.name.clone(),
+            container_port: m.container_port,
+            host_port: 49200,
+            protocol: m.protocol,
+        };
+        TaskRecord {
+            info: flotilla_api::ops::TaskInfo {
+                id: "t-1".into(),
+                task_definition: "web:2".into(),
+                node: Some("n-1".into()),
+                desired: flotilla_api::tasks::DesiredStatus::Running,
+                state: TaskState::Running,
+                stop_reason: None,
+                stop_code: None,
+                containers: Vec::new(),
+                created_at: 0,
+                started_by: None,
+                deployment: None,
+                network: Some(flotilla_api::tasks::TaskNetwork {
+                    mode: NetworkMode::Bridge,
+                    address: Some(Ipv4Addr::new(10, 42, 0, 5)),
+                    bindings: vec![binding],
+                }),
+                usage: None,
+            },
+            definition,
+            env: Vec::new(),
+            lost_at: None,
+            address: None,
+            stopped_at: None,
+        }
+    }
+
+    #[test]
+    fn each_endpoint_has_its_own_tasks_container_port() {
+        // A deployment from a revision listening on 80 to one on 8080: while both serve, the
+        // node's shortcut to its own task (its address, not the host port) must use the
+        // task's own port.
+        let d = Discovery {
+            namespace: "shop".into(),
+            name: "web".into(),
+            container_name: None,
+            container_port: None,
+            vip: true,
+        };
+        for port in [80u16, 8080] {
+            let t = bridge_task(&format!(
+                r#"{{"family":"web","networkMode":"bridge","containerDefinitions":[
+                    {{"name":"main","image":"x","memory":8,
+                      "portMappings":[{{"containerPort":{port}}}]}}]}}"#
+            ));
+            let e = endpoint(&d, &t, Some(Ipv4Addr::new(192, 168, 1, 10))).expect("endpoint");
+            assert_eq!(
+                (e.address, e.port, e.task_address, e.task_port),
+                (
+                    Ipv4Addr::new(192, 168, 1, 10),
+                    Some(49200),
+                    Some(Ipv4Addr::new(10, 42, 0, 5)),
+                    Some(port)
+                )
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,9 @@ use flotilla_api::ops::{
     TaskDefStatus, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
 use flotilla_api::schedule::ScheduleSpec;
-use flotilla_api::service::{SchedulingStrategy, ServiceCreated, ServiceUpdate};
+use flotilla_api::service::{
+    DeploymentStatus, RolloutState, SchedulingStrategy, ServiceCreated, ServiceUpdate,
+};
 use flotilla_api::tasks::{DesiredStatus, StopCode, TaskState};
 use flotilla_api::{count, plural};
 use flotilla_certs::token::JoinToken;
@@ -639,6 +641,16 @@ fn update_service(
         }
         s.spec.desired_count = n;
         cx.event("service.scaled", name, format!("desired count {n}"));
+        let running = services::info(cx.txn, &s)
+            .deployments
+            .iter()
+            .find(|d| d.status == DeploymentStatus::Primary)
+            .map(|d| d.running_count as usize);
+        if let (Some(running), Some(d)) = (running, s.deployments.iter_mut().find(|d| d.primary)) {
+            if d.rollout == RolloutState::Completed && running < n as usize {
+                services::reopen(cx, name, d, running, n);
+            }
+        }
     }
     let revision = match &update.task_definition {
         Some(t) => Some(active_revision(cx, t)?),

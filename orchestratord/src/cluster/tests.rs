@@ -347,6 +347,56 @@ fn a_daemons_tasks_are_throttled_per_node() {
 }
 
 #[test]
+fn a_scaled_out_deployment_is_completed_only_once_its_count_runs() {
+    let mut h = Harness::new();
+    // Room for one task only.
+    h.join(&[], 150, 4);
+    h.register(&def("web", "web:1", 100));
+    h.create_service(&service("web", "web:1", 1, 50, 200, ""));
+    settle(&mut h, "web", 10);
+    let scale = |h: &mut Harness, n| {
+        h.op(Operator::UpdateService(
+            "web".into(),
+            ServiceUpdate {
+                desired_count: Some(n),
+                ..ServiceUpdate::default()
+            },
+        ))
+        .expect("update")
+    };
+    // The answer to the update already says so.
+    let Reply::Service(s) = scale(&mut h, 2) else {
+        panic!("not a service")
+    };
+    let d = &s.deployments[0];
+    assert_eq!(d.rollout_state, RolloutState::InProgress, "{s:#?}");
+    assert_eq!(
+        d.rollout_state_reason.as_deref(),
+        Some("1 of 2 tasks running")
+    );
+    for _ in 0..5 {
+        h.step();
+    }
+    let s = h.service("web");
+    assert_eq!(s.running_count, 1);
+    assert_eq!(s.deployments.len(), 1);
+    assert_eq!(
+        s.deployments[0].rollout_state,
+        RolloutState::InProgress,
+        "{s:#?}"
+    );
+    // Room for the second: it runs, and only then is the deployment completed.
+    h.join(&[], 150, 4);
+    settle(&mut h, "web", 10);
+    assert_eq!(h.service("web").running_count, 2);
+    assert_eq!(h.events("service.deployment.completed").len(), 2);
+    // Scaling in leaves it completed.
+    scale(&mut h, 1);
+    settle(&mut h, "web", 10);
+    assert_eq!(h.events("service.deployment.in_progress").len(), 1);
+}
+
+#[test]
 fn drain_stops_the_nodes_tasks_with_the_drain_code_and_services_move_theirs() {
     let mut h = Harness::new();
     let a = h.join(&[("zone", "a")], 2048, 4);

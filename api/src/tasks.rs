@@ -316,6 +316,18 @@ impl std::fmt::Display for StopCode {
     }
 }
 
+impl ContainerStatus {
+    /// It never ran: not started yet, or ended without an exit code (it could not start) and
+    /// without a run before (restarted, it ran, and wrote its output then).
+    pub fn never_ran(&self) -> bool {
+        match self.state {
+            ContainerState::Pending | ContainerState::Created => true,
+            ContainerState::Exited => self.exit_code.is_none() && self.restarts == 0,
+            _ => false,
+        }
+    }
+}
+
 /// A container as a node reports it (and as `TaskInfo` shows it). camelCase on the wire; the
 /// snake_case names of the previous release are still read, so its agents report correctly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,10 +337,11 @@ pub struct ContainerStatus {
     pub name: String,
     /// Where it is.
     pub state: ContainerState,
-    /// Exit code once exited.
+    /// Exit code once exited; none for one that exited without ever running (it could not
+    /// start: its reason says why), as ECS reports a container that could not start.
     #[serde(default, skip_serializing_if = "Option::is_none", alias = "exit_code")]
     pub exit_code: Option<i32>,
-    /// Why it stopped (e.g. `OOM killed`).
+    /// Why it stopped (e.g. `OOM killed`, or why it could not start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Times the node restarted it by its restart policy.

@@ -23,7 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flotilla_api::taskdef::HealthCheck;
-use flotilla_api::tasks::{DesiredState, DesiredStatus, StopCode, TaskState, TaskStatus};
+use flotilla_api::tasks::{
+    ContainerState, DesiredState, DesiredStatus, StopCode, TaskState, TaskStatus,
+};
 
 use crate::reconcile::{plan, Action, Observed, Restarts, World};
 use crate::runtime::{ContainerName, RunState, TaskContainer};
@@ -415,6 +417,18 @@ impl Node {
                 }
             }
         }
+        // A container that could not start never ran: it has no exit code (as ECS reports
+        // one), its failure is its reason.
+        for s in &mut status {
+            for c in &mut s.containers {
+                if let Some(f) = self.failures.get(&(s.id.clone(), c.name.clone())) {
+                    if c.state == ContainerState::Exited {
+                        c.exit_code = None;
+                        c.reason = Some(f.why.clone());
+                    }
+                }
+            }
+        }
         for s in &mut status {
             // A task that ended because a container could not start says so.
             if s.stop_code != Some(StopCode::EssentialContainerExited) {
@@ -619,7 +633,10 @@ impl Node {
         self.kept
             .retain(|id, _| desired.tasks.iter().any(|t| &t.id == id));
         for s in status.iter_mut().filter(|s| s.state == TaskState::Stopped) {
-            if s.containers.iter().any(|c| c.exit_code.is_some()) {
+            if s.containers
+                .iter()
+                .any(|c| c.state == ContainerState::Exited)
+            {
                 self.kept.insert(s.id.clone(), s.clone());
             } else if let Some(k) = self.kept.get(&s.id) {
                 s.containers.clone_from(&k.containers);
@@ -1023,7 +1040,7 @@ mod tests {
     }
 
     #[test]
-    fn a_container_that_cannot_start_stops_its_task_once_with_its_reason_and_exit_125() {
+    fn a_container_that_cannot_start_stops_its_task_once_with_its_reason_and_no_exit_code() {
         const BROKEN: &str = r#"{"family":"f","containerDefinitions":[
             {"name":"main","image":"registry.example/nope","memory":64},
             {"name":"side","image":"x","memory":64,"essential":false}]}"#;
@@ -1039,9 +1056,14 @@ mod tests {
                 && reason.contains("registry.example/nope"),
             "{reason}"
         );
-        assert_eq!(t.containers[0].exit_code, Some(START_FAILED_EXIT));
+        // It never ran: no exit code, its failure as its reason (as ECS reports it).
+        assert_eq!(t.containers[0].state, ContainerState::Exited);
+        assert_eq!(t.containers[0].exit_code, None);
+        assert_eq!(t.containers[0].reason.as_deref(), Some(reason));
+        assert!(t.containers[0].never_ran());
         // the other container was stopped with it
         assert_eq!(t.containers[1].exit_code, Some(143));
+        assert!(!t.containers[1].never_ran());
         // An hour later, nothing was tried again and the report is the same.
         let attempts = sim.rt.attempts();
         for _ in 0..3600 {

@@ -10,7 +10,7 @@ use flotilla_api::schedule::ScheduleSpec;
 use flotilla_api::service::{
     DeploymentStatus, RolloutState, SchedulingStrategy, ServiceCreated, ServiceUpdate,
 };
-use flotilla_api::tasks::{DesiredStatus, StopCode, TaskState};
+use flotilla_api::tasks::{ContainerStatus, DesiredStatus, StopCode, TaskState};
 use flotilla_api::{count, plural};
 use flotilla_certs::token::JoinToken;
 
@@ -225,6 +225,21 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
                     "task {id} was never placed on a node"
                 )));
             };
+            // A task that stopped before any of its containers ran has no output to keep: it
+            // never had logs, rather than had them removed.
+            if t.info.state == TaskState::Stopped
+                && t.info.containers.iter().all(ContainerStatus::never_ran)
+            {
+                let why = t
+                    .info
+                    .stop_reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
+                return Err(ClusterError::Conflict(format!(
+                    "task {id} has no logs: its containers never started{why}"
+                )));
+            }
             // A stopped task's logs are read from its node too: it keeps them a while after
             // removing the containers (nodeagent/src/logs.rs says how long).
             if !cx.live.connected(&node) {

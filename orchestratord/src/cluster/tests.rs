@@ -1507,6 +1507,95 @@ fn a_task_that_stopped_on_its_own_is_desired_stopped_and_its_logs_are_read_from_
 }
 
 #[test]
+fn a_task_whose_containers_never_started_has_no_logs_and_says_why_not_that_they_expired() {
+    use flotilla_api::tasks::{ContainerState, ContainerStatus};
+
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    h.register(&def("job", "nosuch.invalid/x:1", 64));
+    let Reply::TasksCreated(t) = h.op(run("job", 2)).expect("run") else {
+        panic!()
+    };
+    let why = "container main could not start: pulling image 'nosuch.invalid/x:1': registry \
+               nosuch.invalid: dns error";
+    let container = |exit_code, restarts| ContainerStatus {
+        name: "main".into(),
+        state: ContainerState::Exited,
+        exit_code,
+        reason: exit_code.is_none().then(|| why.to_string()),
+        restarts,
+        health: None,
+        usage: None,
+    };
+    let stopped = |id: &str, c: ContainerStatus| TaskStatus {
+        id: id.to_string(),
+        state: TaskState::Stopped,
+        stop_reason: Some(why.into()),
+        stop_code: Some(StopCode::TaskFailedToStart),
+        containers: vec![c],
+        scheduled: None,
+        network: None,
+    };
+    h.exec(Command::Agent(Agent::Report {
+        node: a.clone(),
+        tasks: vec![
+            // Its image could not be pulled: it never ran.
+            stopped(&t[0].id, container(None, 0)),
+            // It ran, exited, and its restart could not start: it has output.
+            stopped(&t[1].id, container(None, 1)),
+        ],
+    }))
+    .expect("report");
+    let e = h
+        .op(Operator::LogSource(t[0].id.clone()))
+        .expect_err("no logs");
+    assert!(matches!(e, ClusterError::Conflict(_)), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "task {} has no logs: its containers never started: {why}",
+            t[0].id
+        )
+    );
+    assert!(matches!(
+        h.op(Operator::LogSource(t[1].id.clone())),
+        Ok(Reply::LogSource { .. })
+    ));
+    // Stopped by an operator before its node started anything: the same, with that reason.
+    let Reply::TasksCreated(p) = h.op(run("job", 1)).expect("run") else {
+        panic!()
+    };
+    h.op(Operator::StopTask(p[0].id.clone())).expect("stop");
+    let pending = ContainerStatus {
+        state: ContainerState::Pending,
+        ..container(Some(0), 0)
+    };
+    h.exec(Command::Agent(Agent::Report {
+        node: a.clone(),
+        tasks: vec![TaskStatus {
+            stop_reason: Some(StopCode::UserInitiated.reason().into()),
+            stop_code: Some(StopCode::UserInitiated),
+            ..stopped(
+                &p[0].id,
+                ContainerStatus {
+                    exit_code: None,
+                    ..pending
+                },
+            )
+        }],
+    }))
+    .expect("report");
+    let e = h
+        .op(Operator::LogSource(p[0].id.clone()))
+        .expect_err("no logs");
+    assert!(
+        e.to_string()
+            .ends_with("its containers never started: stopped by an operator"),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_schedule_that_never_fires_is_refused_and_a_removed_node_takes_its_schedules_along() {
     let mut h = Harness::new();
     let a = h.join(&[], 2048, 4);

@@ -181,16 +181,20 @@ pub enum ContainerState {
     Running,
     /// It exited; see the exit code.
     Exited,
+    /// It exited (see the exit code) and its restart policy starts it again, at `restartAt`:
+    /// its task goes on running meanwhile.
+    Restarting,
 }
 
 impl ContainerState {
-    /// As shown and sent: `pending`, `created`, `running`, `exited`.
+    /// As shown and sent: `pending`, `created`, `running`, `exited`, `restarting`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Created => "created",
             Self::Running => "running",
             Self::Exited => "exited",
+            Self::Restarting => "restarting",
         }
     }
 }
@@ -347,6 +351,10 @@ pub struct ContainerStatus {
     /// Times the node restarted it by its restart policy.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts: u32,
+    /// When `restarting`: when its restart policy starts it again (seconds since the epoch;
+    /// past when the start is under way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_at: Option<u64>,
     /// Its health check's verdict while it runs, when it has a health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthStatus>,

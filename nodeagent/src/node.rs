@@ -417,15 +417,29 @@ impl Node {
                 }
             }
         }
-        // A container that could not start never ran: it has no exit code (as ECS reports
-        // one), its failure is its reason.
         for s in &mut status {
             for c in &mut s.containers {
-                if let Some(f) = self.failures.get(&(s.id.clone(), c.name.clone())) {
-                    if c.state == ContainerState::Exited {
+                let key = (s.id.clone(), c.name.clone());
+                // A container that could not start never ran: it has no exit code (as ECS
+                // reports one), its failure is its reason.
+                if let Some(f) = self.failures.get(&key) {
+                    if matches!(c.state, ContainerState::Exited | ContainerState::Restarting) {
                         c.exit_code = None;
                         c.reason = Some(f.why.clone());
                     }
+                }
+                // A pending restart says when: its exit plus its backoff, on the wall clock
+                // (the same every round, so it is reported once).
+                let exited = world.get(&s.id).and_then(|w| w.get(&c.name));
+                if let (Some(wait), Some(Observed::Exited { ago, .. })) =
+                    (planned.restart_backoff.get(&key), exited)
+                {
+                    c.restart_at = now
+                        .wall
+                        .checked_sub(*ago)
+                        .map(|exit| exit + *wait)
+                        .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
                 }
             }
         }
@@ -979,19 +993,41 @@ mod tests {
         assert_eq!(of(&s, "t-1").state, TaskState::Running);
         assert_eq!(of(&s, "t-1").containers[0].restarts, 1);
         assert_eq!(sim.rt.get(&web).map(|c| c.id), Some(id.clone()));
-        // From then on it crashes as it starts: each restart waits 1 s, doubling, up to 5 min.
+        // From then on it crashes as it starts: each restart waits 1 s, doubling, up to 5 min;
+        // meanwhile it is reported restarting, with its exit code and when the next try is —
+        // the same moment every round, so a report goes out once.
         let mut waits = Vec::new();
         for _ in 2..=12 {
             sim.rt.exit(&web, 2);
             let crashed = sim.t;
             let before = sim.started();
+            let mut restart_at = None;
             while sim.started() == before {
                 sim.after(Duration::from_millis(250));
                 let s = sim.settle();
                 assert_eq!(of(&s, "t-1").state, TaskState::Running);
                 assert_eq!(of(&s, "t-1").stop_code, None);
+                let c = &of(&s, "t-1").containers[0];
+                if sim.started() == before {
+                    assert_eq!(
+                        (c.state, c.exit_code),
+                        (ContainerState::Restarting, Some(2))
+                    );
+                    assert!(
+                        restart_at.is_none_or(|at| c.restart_at == Some(at)),
+                        "{c:?}"
+                    );
+                    restart_at = c.restart_at;
+                }
             }
-            waits.push((sim.t - crashed).as_secs_f64());
+            let waited = (sim.t - crashed).as_secs_f64();
+            let exit = MIDNIGHT as f64 + crashed.as_secs_f64();
+            assert_eq!(
+                restart_at.map(|at| at as f64),
+                Some((exit + waited).ceil()),
+                "{waited}"
+            );
+            waits.push(waited);
         }
         assert_eq!(
             waits,

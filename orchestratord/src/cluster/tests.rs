@@ -1524,6 +1524,7 @@ fn a_task_whose_containers_never_started_has_no_logs_and_says_why_not_that_they_
         exit_code,
         reason: exit_code.is_none().then(|| why.to_string()),
         restarts,
+        restart_at: None,
         health: None,
         usage: None,
     };

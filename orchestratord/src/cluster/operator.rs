@@ -656,6 +656,15 @@ fn update_service(
         }
         s.spec.desired_count = n;
         cx.event("service.scaled", name, format!("desired count {n}"));
+    }
+    let revision = match &update.task_definition {
+        Some(t) => Some(active_revision(cx, t)?),
+        None if update.force_new_deployment => s.primary().map(|d| d.revision.clone()),
+        None => None,
+    };
+    if let (Some(n), None) = (update.desired_count, &revision) {
+        // Scaled out, the deployment runs fewer tasks than desired: in progress again from
+        // this answer on (the service round would say so a moment later).
         let running = services::info(cx.txn, &s)
             .deployments
             .iter()
@@ -667,11 +676,6 @@ fn update_service(
             }
         }
     }
-    let revision = match &update.task_definition {
-        Some(t) => Some(active_revision(cx, t)?),
-        None if update.force_new_deployment => s.primary().map(|d| d.revision.clone()),
-        None => None,
-    };
     if let Some(r) = revision {
         for d in &mut s.deployments {
             d.primary = false;

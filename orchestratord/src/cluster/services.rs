@@ -48,6 +48,8 @@ pub fn reopen(
     desired: u32,
 ) {
     d.rollout = RolloutState::InProgress;
+    // It was completed (also when stored before `completed_once` was).
+    d.completed_once = true;
     let reason = format!("{running} of {desired} tasks running");
     cx.event(
         "service.deployment.in_progress",

@@ -2,7 +2,7 @@
 //! then what to do — which depends on who pulled: the agent pulls a task's image anonymously
 //! over HTTPS, `nodeagent ctr image pull` with the flags it was given.
 
-use flotilla_runtime::image::registry::Failure;
+use flotilla_runtime::image::registry::{self, Failure};
 use flotilla_runtime::image::{ImageRef, ImageStoreError};
 
 /// Who pulled, and how.
@@ -43,8 +43,9 @@ impl PullFailed {
 /// What to do about `error`, from pulling `image` as `by` did.
 pub fn advice(error: &ImageStoreError, image: &str, by: Puller) -> Option<String> {
     let failure = error.pull_failure()?;
-    let registry = ImageRef::parse(image)
-        .map(|r| r.registry)
+    // The host the pull dialled, as the error names it.
+    let host = ImageRef::parse(image)
+        .map(|r| registry::host(&r.registry).to_string())
         .unwrap_or_else(|_| "the registry".into());
     const IMPORT: &str = "import the image on the node with `nodeagent ctr image import FILE`";
     const NO_SUCH_REPOSITORY: &str =
@@ -52,10 +53,10 @@ pub fn advice(error: &ImageStoreError, image: &str, by: Puller) -> Option<String
          do not have";
     Some(match (failure, by) {
         (Failure::NotFound, _) => {
-            format!("check the image's name and tag ({registry} has no such manifest), or {IMPORT}")
+            format!("check the image's name and tag ({host} has no such manifest), or {IMPORT}")
         }
         (Failure::Unreachable, Puller::Agent) => format!(
-            "check that this node resolves and reaches {registry} over HTTPS (DNS, routes, \
+            "check that this node resolves and reaches {host} over HTTPS (DNS, routes, \
              firewall, trust of its certificate); or pull the image on the node with `nodeagent \
              ctr image pull` (`--insecure` for a registry served over plain HTTP), or {IMPORT}"
         ),
@@ -65,12 +66,12 @@ pub fn advice(error: &ImageStoreError, image: &str, by: Puller) -> Option<String
                 insecure: false, ..
             },
         ) => format!(
-            "check that this node resolves and reaches {registry} over HTTPS (DNS, routes, \
+            "check that this node resolves and reaches {host} over HTTPS (DNS, routes, \
              firewall, trust of its certificate); `--insecure` for a registry served over plain \
              HTTP"
         ),
         (Failure::Unreachable, Puller::Ctr { insecure: true, .. }) => format!(
-            "check that this node resolves and reaches {registry} over plain HTTP (DNS, routes, \
+            "check that this node resolves and reaches {host} over plain HTTP (DNS, routes, \
              firewall)"
         ),
         (Failure::Unauthorized, Puller::Agent) => format!(
@@ -91,7 +92,7 @@ pub fn advice(error: &ImageStoreError, image: &str, by: Puller) -> Option<String
             Puller::Ctr {
                 credentials: true, ..
             },
-        ) => format!("check the user and password given with `--user` for {registry}"),
+        ) => format!("check the user and password given with `--user` for {host}"),
     })
 }
 
@@ -195,6 +196,22 @@ mod tests {
         assert_eq!(
             advice(&e, IMAGE, with_user).as_deref(),
             Some("check the user and password given with `--user` for r.example:5000")
+        );
+
+        // Docker Hub is named by the host a pull dials, as the error names it.
+        let hub = ImageStoreError::Registry {
+            image: "docker.io/library/nosuch:1".into(),
+            source: RegistryError::NeedsCredentials {
+                url: "https://registry-1.docker.io/v2/library/nosuch/manifests/1".into(),
+            },
+        };
+        let with_user = Puller::Ctr {
+            credentials: true,
+            insecure: false,
+        };
+        assert_eq!(
+            advice(&hub, "nosuch:1", with_user).as_deref(),
+            Some("check the user and password given with `--user` for registry-1.docker.io")
         );
 
         // A cause nothing can be advised about is said alone.

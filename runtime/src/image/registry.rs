@@ -207,6 +207,15 @@ pub struct RegistryClient {
     auth: Arc<Mutex<Option<String>>>,
 }
 
+/// The host[:port] a pull from `registry` (as an image's name has it) dials: Docker Hub's
+/// registry for `docker.io`.
+pub fn host(registry: &str) -> &str {
+    match registry {
+        "docker.io" | "index.docker.io" => "registry-1.docker.io",
+        other => other,
+    }
+}
+
 /// The HTTP client the store uses: rustls with the ring provider and the system's trust roots.
 pub fn http_client() -> Result<reqwest::Client, String> {
     use rustls_platform_verifier::BuilderVerifierExt;
@@ -234,10 +243,7 @@ impl RegistryClient {
         repository: &str,
         opts: RegistryOptions,
     ) -> Self {
-        let host = match registry {
-            "docker.io" | "index.docker.io" => "registry-1.docker.io",
-            other => other,
-        };
+        let host = host(registry);
         let scheme = if opts.insecure { "http" } else { "https" };
         Self {
             http,

@@ -38,12 +38,18 @@ pub fn uncomment(example: &str, known: &[&str]) -> String {
         .join("\n")
 }
 
-/// The known key closest to `key`, if close enough to be a likely typo.
+/// The known key closest to `key`, if close enough to be a likely typo. Case does not count
+/// (`containerdefinitions` is `containerDefinitions` misspelled), nor `-` for `_`.
 pub fn nearest<'a>(key: &str, known: &[&'a str]) -> Option<&'a str> {
     let key = key.to_ascii_lowercase().replace('-', "_");
     known
         .iter()
-        .map(|k| (strsim::damerau_levenshtein(&key, k), *k))
+        .map(|k| {
+            (
+                strsim::damerau_levenshtein(&key, &k.to_ascii_lowercase()),
+                *k,
+            )
+        })
         .filter(|(d, k)| *d <= (k.len() / 3).max(2))
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)

@@ -516,10 +516,11 @@ mod tests {
         };
         let container = tasks::ContainerStatus {
             name: "main".into(),
-            state: tasks::ContainerState::Exited,
+            state: tasks::ContainerState::Restarting,
             exit_code: Some(1),
             reason: None,
             restarts: 1,
+            restart_at: Some(9),
             health: None,
             usage: Some(tasks::ContainerUsage {
                 cpu_usec: 1,

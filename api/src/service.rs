@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::ops::{PlacementConstraintSpec, PlacementStrategySpec};
-use crate::taskdef::kind;
+use crate::taskdef::{kind, unknown_field};
 
 /// REPLICA or DAEMON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -406,7 +406,8 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
                 "$.{k}: ignored (Flotilla's services register with discovery.namespace)"
             ));
         } else if !KNOWN.contains(&k.as_str()) {
-            problems.push(format!("$.{k}: unknown field"));
+            let fields = [KNOWN, AWS_ONLY, READ_ONLY, &["namespace"]].concat();
+            problems.push(format!("$.{k}: {}", unknown_field(k, &fields)));
         }
     }
     let string = |key: &str, problems: &mut Vec<String>| -> Option<String> {
@@ -493,16 +494,18 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
     match m.get("deploymentConfiguration") {
         None | Some(Value::Null) => {}
         Some(Value::Object(d)) => {
+            const FIELDS: &[&str] = &[
+                "minimumHealthyPercent",
+                "maximumPercent",
+                "deploymentCircuitBreaker",
+                "alarms",
+            ];
             for k in d.keys() {
-                if ![
-                    "minimumHealthyPercent",
-                    "maximumPercent",
-                    "deploymentCircuitBreaker",
-                    "alarms",
-                ]
-                .contains(&k.as_str())
-                {
-                    problems.push(format!("$.deploymentConfiguration.{k}: unknown field"));
+                if !FIELDS.contains(&k.as_str()) {
+                    problems.push(format!(
+                        "$.deploymentConfiguration.{k}: {}",
+                        unknown_field(k, FIELDS)
+                    ));
                 } else if k == "alarms" {
                     warnings.push("$.deploymentConfiguration.alarms: ignored (AWS only)".into());
                 }
@@ -538,7 +541,10 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
                             ("enable" | "rollback", o) => {
                                 problems.push(format!("{p}: expected a boolean, found {}", kind(o)))
                             }
-                            _ => problems.push(format!("{p}: unknown field")),
+                            _ => problems.push(format!(
+                                "{p}: {}",
+                                unknown_field(k, &["enable", "rollback"])
+                            )),
                         }
                     }
                 }
@@ -620,7 +626,13 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
                     ("replace", o) => {
                         problems.push(format!("{p}: expected a boolean, found {}", kind(o)))
                     }
-                    _ => problems.push(format!("{p}: unknown field")),
+                    _ => problems.push(format!(
+                        "{p}: {}",
+                        unknown_field(
+                            k,
+                            &["lostAfter", "replace", "stopOnClientAfter", "reconcile"]
+                        )
+                    )),
                 }
             }
         }
@@ -740,9 +752,10 @@ fn discovery_of(
             false
         }
     };
+    const FIELDS: &[&str] = &["namespace", "name", "containerName", "containerPort", "vip"];
     for k in d.keys() {
-        if !["namespace", "name", "containerName", "containerPort", "vip"].contains(&k.as_str()) {
-            problems.push(format!("$.discovery.{k}: unknown field"));
+        if !FIELDS.contains(&k.as_str()) {
+            problems.push(format!("$.discovery.{k}: {}", unknown_field(k, FIELDS)));
         }
     }
     if problems.len() > before {
@@ -814,6 +827,30 @@ mod tests {
                 "{want}: {problems:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_misspelled_field_names_the_one_it_likely_is_at_every_level() {
+        let problems = parse(
+            r#"{"serviceName": "api", "taskDefinition": "api", "desiredcount": 2,
+                "deploymentConfiguration": {"maximumPercnt": 200,
+                    "deploymentCircuitBreaker": {"enabled": true}},
+                "disconnectPolicy": {"lostAfer": 60},
+                "discovery": {"namespace": "shop", "containerport": 80}}"#,
+        )
+        .expect_err("misspelled");
+        assert_eq!(
+            problems,
+            [
+                "$.desiredcount: unknown field (did you mean 'desiredCount'?)",
+                "$.deploymentConfiguration.maximumPercnt: unknown field (did you mean \
+                 'maximumPercent'?)",
+                "$.deploymentConfiguration.deploymentCircuitBreaker.enabled: unknown field (did \
+                 you mean 'enable'?)",
+                "$.disconnectPolicy.lostAfer: unknown field (did you mean 'lostAfter'?)",
+                "$.discovery.containerport: unknown field (did you mean 'containerPort'?)",
+            ]
+        );
     }
 
     #[test]

@@ -632,7 +632,10 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
             .keys()
             .filter(|k| !["taskDefinition", "tags"].contains(&k.as_str()))
         {
-            errors.push(format!("$.{k}: unknown field"));
+            errors.push(format!(
+                "$.{k}: {}",
+                unknown_field(k, &["taskDefinition", "tags"])
+            ));
         }
         warnings.insert(0, Leniency::Wrapped.warning(&["$.taskDefinition".into()]));
     }
@@ -642,6 +645,15 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
             warnings,
         }),
         _ => Err(errors),
+    }
+}
+
+/// What is said of an unknown field `key` of an object whose fields are `fields`: with the
+/// one it likely misspells (`portMapping` → `portMappings`), if one is close.
+pub fn unknown_field(key: &str, fields: &[&str]) -> String {
+    match crate::config::nearest(key, fields) {
+        Some(f) => format!("unknown field (did you mean '{f}'?)"),
+        None => "unknown field".to_string(),
     }
 }
 
@@ -756,7 +768,8 @@ impl Checker {
                     "{path}.{k}: ignored (it only means something on AWS)"
                 ));
             } else if !known.contains(&k.as_str()) {
-                self.err(&format!("{path}.{k}"), "unknown field");
+                let fields: Vec<&str> = [known, aws_only, not_yet].concat();
+                self.err(&format!("{path}.{k}"), unknown_field(k, &fields));
             }
         }
     }
@@ -2444,6 +2457,45 @@ mod tests {
                 "$.containerDefinitions[0].memory: expected an integer, found the string 'lots'",
                 "$.containerDefinitions[0].essential: expected true or false, found a string",
             ]
+        );
+    }
+
+    #[test]
+    fn a_misspelled_field_names_the_one_it_likely_is_at_every_level() {
+        let problems = parse(
+            r#"{"family":"web","containerDefintions":[],"containerDefinitions":[{"name":"a",
+            "image":"x","memoryReservaton":64,"portMapping":[],"bogus":1,
+            "portMappings":[{"containerPrt":80}],"logConfiguraton":{},
+            "healthCheck":{"command":["true"],"intervall":5}}]}"#,
+        )
+        .expect_err("misspelled");
+        // The fields it then lacks are said too; here only the unknown ones count.
+        let unknown: Vec<&String> = problems
+            .iter()
+            .filter(|p| p.contains("unknown field"))
+            .collect();
+        assert_eq!(
+            unknown,
+            [
+                "$.containerDefintions: unknown field (did you mean 'containerDefinitions'?)",
+                "$.containerDefinitions[0].bogus: unknown field",
+                "$.containerDefinitions[0].logConfiguraton: unknown field (did you mean \
+                 'logConfiguration'?)",
+                "$.containerDefinitions[0].memoryReservaton: unknown field (did you mean \
+                 'memoryReservation'?)",
+                "$.containerDefinitions[0].portMapping: unknown field (did you mean \
+                 'portMappings'?)",
+                "$.containerDefinitions[0].portMappings[0].containerPrt: unknown field (did you \
+                 mean 'containerPort'?)",
+                "$.containerDefinitions[0].healthCheck.intervall: unknown field (did you mean \
+                 'interval'?)",
+            ]
+        );
+        let wrapped = r#"{"taskDefinition":{"family":"web","containerDefinitions":[{"name":"a",
+            "image":"x","memory":64}]},"tag":[]}"#;
+        assert_eq!(
+            parse(wrapped).expect_err("tag"),
+            ["$.tag: unknown field (did you mean 'tags'?)"]
         );
     }
 

@@ -181,16 +181,20 @@ pub enum ContainerState {
     Running,
     /// It exited; see the exit code.
     Exited,
+    /// It exited (see the exit code) and its restart policy starts it again, at `restartAt`:
+    /// its task goes on running meanwhile.
+    Restarting,
 }
 
 impl ContainerState {
-    /// As shown and sent: `pending`, `created`, `running`, `exited`.
+    /// As shown and sent: `pending`, `created`, `running`, `exited`, `restarting`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Created => "created",
             Self::Running => "running",
             Self::Exited => "exited",
+            Self::Restarting => "restarting",
         }
     }
 }
@@ -316,6 +320,18 @@ impl std::fmt::Display for StopCode {
     }
 }
 
+impl ContainerStatus {
+    /// It never ran: not started yet, or ended without an exit code (it could not start) and
+    /// without a run before (restarted, it ran, and wrote its output then).
+    pub fn never_ran(&self) -> bool {
+        match self.state {
+            ContainerState::Pending | ContainerState::Created => true,
+            ContainerState::Exited => self.exit_code.is_none() && self.restarts == 0,
+            _ => false,
+        }
+    }
+}
+
 /// A container as a node reports it (and as `TaskInfo` shows it). camelCase on the wire; the
 /// snake_case names of the previous release are still read, so its agents report correctly.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -325,15 +341,20 @@ pub struct ContainerStatus {
     pub name: String,
     /// Where it is.
     pub state: ContainerState,
-    /// Exit code once exited.
+    /// Exit code once exited; none for one that exited without ever running (it could not
+    /// start: its reason says why), as ECS reports a container that could not start.
     #[serde(default, skip_serializing_if = "Option::is_none", alias = "exit_code")]
     pub exit_code: Option<i32>,
-    /// Why it stopped (e.g. `OOM killed`).
+    /// Why it stopped (e.g. `OOM killed`, or why it could not start).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Times the node restarted it by its restart policy.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts: u32,
+    /// When `restarting`: when its restart policy starts it again (seconds since the epoch;
+    /// past when the start is under way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_at: Option<u64>,
     /// Its health check's verdict while it runs, when it has a health check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthStatus>,

@@ -23,7 +23,7 @@ use flotilla_api::service::{ServiceInfo, ServiceUpdate};
 use flotilla_api::Labels;
 use flotilla_certs::credential::Credential;
 use flotilla_certs::{key_and_csr, CertifiedKey};
-use flotilla_client::{Client, LogQuery};
+use flotilla_client::{Client, ClientError, LogQuery};
 
 use flotilla_api::stdout::{closed_pipe, EXIT_CLOSED_PIPE};
 use flotilla_api::{errln, out, outln};
@@ -396,6 +396,22 @@ fn config_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     }
     let home = std::env::var_os("HOME").context("HOME is not set; give --config")?;
     Ok(PathBuf::from(home).join(".config/flotilla"))
+}
+
+/// What to say when `dir` holds no admin credential: how to get one, and — only when `dir` is
+/// the default one, not a directory named with `--config` or `FLOTILLA_CONFIG` — how to read
+/// another.
+fn no_credential(dir: &Path, named: bool) -> String {
+    let another = if named {
+        ""
+    } else {
+        "; `--config DIR` reads another"
+    };
+    format!(
+        "no admin credential in {} (`flotilla dev` makes one for a cluster on this machine; \
+         `orchestratord init` or `flotilla admin issue` for a cluster's{another})",
+        dir.display()
+    )
 }
 
 /// Reads FILE, or standard input for `-`.
@@ -1023,7 +1039,13 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Cluster(c) => c,
     };
-    let api = Client::open(&config_dir(cli.config)?).await?;
+    let named = cli.config.is_some();
+    let api = match Client::open(&config_dir(cli.config)?).await {
+        Err(ClientError::Credential { dir, source }) => {
+            return Err(anyhow::Error::new(source).context(no_credential(&dir, named)))
+        }
+        opened => opened?,
+    };
     match command {
         ClusterCommand::Token(TokenCommand::Create { ttl, uses, labels }) => {
             let mut l = Labels::new();

@@ -39,11 +39,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// What went wrong with a call.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// The credential directory could not be read.
+    /// The credential directory could not be read. (How to name another directory is the
+    /// caller's to say: the CLI says it only when it read its default one.)
     #[error(
         "no admin credential in {} (`flotilla dev` makes one for a cluster on this machine; \
-         `orchestratord init` or `flotilla admin issue` for a cluster's; `--config DIR` reads \
-         another)",
+         `orchestratord init` or `flotilla admin issue` for a cluster's)",
         dir.display()
     )]
     Credential {

@@ -12,6 +12,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::ctr_container::{container, volume, ContainerCommand, VolumeCommand};
 use crate::output::{human, table};
+use crate::pull::{PullFailed, Puller};
 use clap::{Args, Subcommand, ValueEnum};
 use flotilla_runtime::container::{ContainerStore, StoreOptions};
 use flotilla_runtime::image::{
@@ -262,6 +263,10 @@ async fn image(store: &ImageStore, cmd: ImageCommand, json: bool) -> Result<()> 
             password_stdin,
             platform,
         } => {
+            let by = Puller::Ctr {
+                credentials: user.is_some(),
+                insecure,
+            };
             let credentials = credentials(user, password_stdin)?;
             let opts = PullOptions {
                 registry: RegistryOptions {
@@ -273,7 +278,7 @@ async fn image(store: &ImageStore, cmd: ImageCommand, json: bool) -> Result<()> 
             let (progress, done) = progress_reporter(json);
             let rec = store.pull(&reference, &opts, progress).await;
             done();
-            let rec = rec?;
+            let rec = rec.map_err(|e| PullFailed::new(&e, &reference, by))?;
             print_records(&[rec], json, "pulled");
         }
         ImageCommand::Import {

@@ -15,6 +15,7 @@ mod logs;
 mod network;
 mod node;
 mod output;
+mod pull;
 mod reconcile;
 mod runner;
 mod runtime;

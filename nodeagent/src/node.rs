@@ -23,7 +23,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use flotilla_api::taskdef::HealthCheck;
-use flotilla_api::tasks::{DesiredState, DesiredStatus, StopCode, TaskState, TaskStatus};
+use flotilla_api::tasks::{
+    ContainerState, DesiredState, DesiredStatus, StopCode, TaskState, TaskStatus,
+};
 
 use crate::reconcile::{plan, Action, Observed, Restarts, World};
 use crate::runtime::{ContainerName, RunState, TaskContainer};
@@ -416,6 +418,32 @@ impl Node {
             }
         }
         for s in &mut status {
+            for c in &mut s.containers {
+                let key = (s.id.clone(), c.name.clone());
+                // A container that could not start never ran: it has no exit code (as ECS
+                // reports one), its failure is its reason.
+                if let Some(f) = self.failures.get(&key) {
+                    if matches!(c.state, ContainerState::Exited | ContainerState::Restarting) {
+                        c.exit_code = None;
+                        c.reason = Some(f.why.clone());
+                    }
+                }
+                // A pending restart says when: its exit plus its backoff, on the wall clock
+                // (the same every round, so it is reported once).
+                let exited = world.get(&s.id).and_then(|w| w.get(&c.name));
+                if let (Some(wait), Some(Observed::Exited { ago, .. })) =
+                    (planned.restart_backoff.get(&key), exited)
+                {
+                    c.restart_at = now
+                        .wall
+                        .checked_sub(*ago)
+                        .map(|exit| exit + *wait)
+                        .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+                }
+            }
+        }
+        for s in &mut status {
             // A task that ended because a container could not start says so.
             if s.stop_code != Some(StopCode::EssentialContainerExited) {
                 continue;
@@ -619,7 +647,10 @@ impl Node {
         self.kept
             .retain(|id, _| desired.tasks.iter().any(|t| &t.id == id));
         for s in status.iter_mut().filter(|s| s.state == TaskState::Stopped) {
-            if s.containers.iter().any(|c| c.exit_code.is_some()) {
+            if s.containers
+                .iter()
+                .any(|c| c.state == ContainerState::Exited)
+            {
                 self.kept.insert(s.id.clone(), s.clone());
             } else if let Some(k) = self.kept.get(&s.id) {
                 s.containers.clone_from(&k.containers);
@@ -962,19 +993,41 @@ mod tests {
         assert_eq!(of(&s, "t-1").state, TaskState::Running);
         assert_eq!(of(&s, "t-1").containers[0].restarts, 1);
         assert_eq!(sim.rt.get(&web).map(|c| c.id), Some(id.clone()));
-        // From then on it crashes as it starts: each restart waits 1 s, doubling, up to 5 min.
+        // From then on it crashes as it starts: each restart waits 1 s, doubling, up to 5 min;
+        // meanwhile it is reported restarting, with its exit code and when the next try is —
+        // the same moment every round, so a report goes out once.
         let mut waits = Vec::new();
         for _ in 2..=12 {
             sim.rt.exit(&web, 2);
             let crashed = sim.t;
             let before = sim.started();
+            let mut restart_at = None;
             while sim.started() == before {
                 sim.after(Duration::from_millis(250));
                 let s = sim.settle();
                 assert_eq!(of(&s, "t-1").state, TaskState::Running);
                 assert_eq!(of(&s, "t-1").stop_code, None);
+                let c = &of(&s, "t-1").containers[0];
+                if sim.started() == before {
+                    assert_eq!(
+                        (c.state, c.exit_code),
+                        (ContainerState::Restarting, Some(2))
+                    );
+                    assert!(
+                        restart_at.is_none_or(|at| c.restart_at == Some(at)),
+                        "{c:?}"
+                    );
+                    restart_at = c.restart_at;
+                }
             }
-            waits.push((sim.t - crashed).as_secs_f64());
+            let waited = (sim.t - crashed).as_secs_f64();
+            let exit = MIDNIGHT as f64 + crashed.as_secs_f64();
+            assert_eq!(
+                restart_at.map(|at| at as f64),
+                Some((exit + waited).ceil()),
+                "{waited}"
+            );
+            waits.push(waited);
         }
         assert_eq!(
             waits,
@@ -1023,7 +1076,7 @@ mod tests {
     }
 
     #[test]
-    fn a_container_that_cannot_start_stops_its_task_once_with_its_reason_and_exit_125() {
+    fn a_container_that_cannot_start_stops_its_task_once_with_its_reason_and_no_exit_code() {
         const BROKEN: &str = r#"{"family":"f","containerDefinitions":[
             {"name":"main","image":"registry.example/nope","memory":64},
             {"name":"side","image":"x","memory":64,"essential":false}]}"#;
@@ -1039,9 +1092,14 @@ mod tests {
                 && reason.contains("registry.example/nope"),
             "{reason}"
         );
-        assert_eq!(t.containers[0].exit_code, Some(START_FAILED_EXIT));
+        // It never ran: no exit code, its failure as its reason (as ECS reports it).
+        assert_eq!(t.containers[0].state, ContainerState::Exited);
+        assert_eq!(t.containers[0].exit_code, None);
+        assert_eq!(t.containers[0].reason.as_deref(), Some(reason));
+        assert!(t.containers[0].never_ran());
         // the other container was stopped with it
         assert_eq!(t.containers[1].exit_code, Some(143));
+        assert!(!t.containers[1].never_ran());
         // An hour later, nothing was tried again and the report is the same.
         let attempts = sim.rt.attempts();
         for _ in 0..3600 {

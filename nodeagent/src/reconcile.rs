@@ -66,9 +66,16 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(secs)
 }
 
-/// Whether `c`, seen as `o`, is to be restarted by its policy (now or after its backoff);
-/// `Some(attempt)` when that is due now.
-fn restart_due(c: &ContainerDefinition, o: Option<&Observed>, done: u32) -> Option<Option<u32>> {
+/// A restart `c`'s policy will make.
+struct Due {
+    /// Its attempt number.
+    attempt: u32,
+    /// Whether it is due now.
+    now: bool,
+}
+
+/// Whether `c`, seen as `o`, is to be restarted by its policy (now or after its backoff).
+fn restart_due(c: &ContainerDefinition, o: Option<&Observed>, done: u32) -> Option<Due> {
     let policy = c.restart_policy.as_ref()?;
     let Some(Observed::Exited { code, ran, ago, .. }) = o else {
         return None;
@@ -82,7 +89,10 @@ fn restart_due(c: &ContainerDefinition, o: Option<&Observed>, done: u32) -> Opti
     } else {
         done + 1
     };
-    Some((*ago >= backoff(attempt)).then_some(attempt))
+    Some(Due {
+        attempt,
+        now: *ago >= backoff(attempt),
+    })
 }
 
 /// What to do.
@@ -127,6 +137,10 @@ pub struct Plan {
     pub actions: Vec<Action>,
     /// Status of every task the node knows.
     pub status: Vec<TaskStatus>,
+    /// Of each container reported `restarting` (by task id and container name), how long
+    /// after its exit its restart policy starts it again: the caller, who has the clock,
+    /// turns that into the status's `restartAt`.
+    pub restart_backoff: BTreeMap<(String, String), Duration>,
 }
 
 fn exited(o: Option<&Observed>) -> Option<i32> {
@@ -204,6 +218,7 @@ fn container_status(
         exit_code,
         reason,
         restarts,
+        restart_at: None,
         health,
         usage: None,
     }
@@ -265,13 +280,13 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
             DesiredStatus::Running => None,
         };
         // Exited containers their policy restarts, and which of them are due now.
-        let mut restarting = Vec::new();
+        let mut restarting = BTreeMap::new();
         let mut due = Vec::new();
         for c in defs {
-            if let Some(now) = restart_due(c, seen.get(&c.name), done(&c.name)) {
-                restarting.push(c.name.as_str());
-                if let Some(attempt) = now {
-                    due.push((c.name.clone(), attempt));
+            if let Some(d) = restart_due(c, seen.get(&c.name), done(&c.name)) {
+                restarting.insert(c.name.as_str(), backoff(d.attempt));
+                if d.now {
+                    due.push((c.name.clone(), d.attempt));
                 }
             }
         }
@@ -279,7 +294,7 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
             if let Some(c) = defs.iter().find(|c| {
                 c.essential
                     && exited(seen.get(&c.name)).is_some()
-                    && !restarting.contains(&c.name.as_str())
+                    && !restarting.contains_key(c.name.as_str())
             }) {
                 ending = Some((
                     StopCode::EssentialContainerExited,
@@ -303,12 +318,19 @@ pub fn plan(desired: &DesiredState, world: &World, restarts: &Restarts) -> Plan 
         let containers: Vec<ContainerStatus> = defs
             .iter()
             .map(|c| {
-                container_status(
+                let mut status = container_status(
                     &c.name,
                     seen.get(&c.name),
                     done(&c.name),
                     c.health_check.is_some(),
-                )
+                );
+                // An exit its policy restarts, in a task that goes on, is a pending restart.
+                if let (Some(wait), None) = (restarting.get(c.name.as_str()), &ending) {
+                    status.state = ContainerState::Restarting;
+                    out.restart_backoff
+                        .insert((task.id.clone(), c.name.clone()), *wait);
+                }
+                status
             })
             .collect();
         let state = match &ending {
@@ -658,7 +680,16 @@ mod tests {
         // the fourth waits 4 s after the exit
         let three = Restarts::from([(key.clone(), 3)]);
         let w = world(&[("t1", &[("web", crashed(5, 3)), ("side", run)])]);
-        assert!(plan(&d, &w, &three).actions.is_empty());
+        let p = plan(&d, &w, &three);
+        assert!(p.actions.is_empty());
+        // meanwhile it is a pending restart, 4 s after its exit, in a running task
+        let web = &p.status[0].containers[0];
+        assert_eq!(p.status[0].state, TaskState::Running);
+        assert_eq!(
+            (web.state, web.exit_code),
+            (ContainerState::Restarting, Some(2))
+        );
+        assert_eq!(p.restart_backoff.get(&key), Some(&Duration::from_secs(4)));
         let w = world(&[("t1", &[("web", crashed(5, 4)), ("side", run)])]);
         assert_eq!(plan(&d, &w, &three).actions, [restart(4)]);
         assert_eq!(plan(&d, &w, &three).status[0].containers[0].restarts, 3);
@@ -672,6 +703,8 @@ mod tests {
             p.status[0].stop_reason.as_deref(),
             Some("essential container web exited")
         );
+        assert_eq!(p.status[0].containers[0].state, ContainerState::Exited);
+        assert!(p.restart_backoff.is_empty());
         assert!(!p
             .actions
             .iter()
@@ -679,10 +712,9 @@ mod tests {
         // a task being stopped restarts nothing
         let d = state(vec![task("t1", CRASHY, DesiredStatus::Stopped)]);
         let w = world(&[("t1", &[("web", crashed(5, 100))])]);
-        assert_eq!(
-            plan_(&d, &w).actions,
-            [Action::Remove { task: "t1".into() }]
-        );
+        let p = plan_(&d, &w);
+        assert_eq!(p.actions, [Action::Remove { task: "t1".into() }]);
+        assert_eq!(p.status[0].containers[0].state, ContainerState::Exited);
         // backoff doubles from 1 s and is capped
         assert_eq!(
             [1, 2, 3, 4, 10, 40].map(|a| backoff(a).as_secs()),

@@ -20,6 +20,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::health::Health;
 use crate::node::{Command, Node, Now};
+use crate::pull::{PullFailed, Puller};
 use crate::runtime::{task_volume, ContainerName, ContainerRuntime, Resumed, RunState};
 use crate::schedule::{LocalRuns, LocalTask};
 
@@ -575,7 +576,7 @@ impl Runner {
                     .images()
                     .pull(&config.image, &Default::default(), Arc::new(|_| {}))
                     .await
-                    .with_context(|| format!("pulling {}", config.image))?;
+                    .map_err(|e| PullFailed::new(&e, &config.image, Puller::Agent))?;
             }
             let rt = self.runtime.clone();
             let resumed = tokio::task::spawn_blocking(move || match how {

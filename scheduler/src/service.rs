@@ -89,6 +89,10 @@ pub struct DeploymentView {
     pub primary: bool,
     /// Its rollout.
     pub rollout: Rollout,
+    /// It completed once: the circuit breaker, which judges whether a deployment can reach
+    /// its count at all, no longer judges it (a later crash or scale-out reopens its rollout,
+    /// not its verdict).
+    pub proven: bool,
 }
 
 /// Where a task of the service is.
@@ -154,10 +158,21 @@ pub enum Action {
         /// Why.
         cause: StopCause,
     },
-    /// The deployment's rollout is complete.
+    /// The deployment's rollout is complete: as many of its tasks run as are desired, and
+    /// none of an older deployment is left.
     Complete {
         /// Deployment.
         deployment: String,
+    },
+    /// The completed deployment runs fewer tasks than desired (scaled out, a task ended, a
+    /// node joined): its rollout is in progress again, until they run.
+    Reopen {
+        /// Deployment.
+        deployment: String,
+        /// Its tasks running.
+        running: usize,
+        /// Tasks desired.
+        desired: u32,
     },
     /// The circuit breaker tripped.
     Fail {
@@ -209,6 +224,7 @@ pub fn plan(
         .count();
     if spec.circuit_breaker
         && primary.rollout == Rollout::InProgress
+        && !primary.proven
         && failures >= failure_threshold(desired)
     {
         out.push(Action::Fail {
@@ -295,6 +311,14 @@ pub fn plan(
                 });
             }
             let mine_ready = mine.iter().filter(|t| t.phase == Phase::Ready).count() as u64;
+            let mine_running = mine.iter().filter(|t| t.phase != Phase::Pending).count();
+            if primary.rollout == Rollout::Completed && (mine_running as u64) < u64::from(desired) {
+                out.push(Action::Reopen {
+                    deployment: primary.id.clone(),
+                    running: mine_running,
+                    desired,
+                });
+            }
             if primary.rollout == Rollout::InProgress
                 && mine_ready >= u64::from(desired)
                 && old.is_empty()
@@ -310,6 +334,7 @@ pub fn plan(
                 by_node.entry(t.node.as_str()).or_default().push(t);
             }
             let mut done = true;
+            let mut running = 0;
             for n in eligible {
                 let here = by_node.remove(n.as_str()).unwrap_or_default();
                 let (mine, old): (Vec<&ServiceTask>, Vec<&ServiceTask>) =
@@ -322,6 +347,9 @@ pub fn plan(
                 }
                 if mine.first().is_none_or(|t| t.phase != Phase::Ready) || !old.is_empty() {
                     done = false;
+                }
+                if mine.first().is_some_and(|t| t.phase != Phase::Pending) {
+                    running += 1;
                 }
                 for t in &old {
                     if t.phase == Phase::Ready {
@@ -351,6 +379,13 @@ pub fn plan(
                         cause: StopCause::NotEligible,
                     });
                 }
+            }
+            if primary.rollout == Rollout::Completed && running < eligible.len() {
+                out.push(Action::Reopen {
+                    deployment: primary.id.clone(),
+                    running,
+                    desired,
+                });
             }
             if primary.rollout == Rollout::InProgress && done && stopping == 0 {
                 out.push(Action::Complete {
@@ -382,6 +417,7 @@ mod tests {
             id: id.into(),
             primary,
             rollout,
+            proven: rollout == Rollout::Completed,
         }
     }
 
@@ -509,6 +545,57 @@ mod tests {
         let d = [dep("d2", true, Rollout::Failed)];
         assert_eq!(starts(&plan(&s, &d, &[], &[])), 0);
         assert_eq!([1, 4, 10, 1000].map(failure_threshold), [3, 3, 5, 200]);
+    }
+
+    #[test]
+    fn a_completed_deployment_is_in_progress_again_until_its_count_runs() {
+        let ready = |id: &str, c| task(id, "d1", "n", Phase::Ready, c);
+        // Scaled from 1 to 2: one runs, the rollout is reopened and the second started.
+        let s = spec(Mode::Replica(2));
+        let done = [dep("d1", true, Rollout::Completed)];
+        assert_eq!(
+            plan(&s, &done, &[ready("t1", 1)], &[]),
+            [
+                Action::Start {
+                    deployment: "d1".into(),
+                    count: 1
+                },
+                Action::Reopen {
+                    deployment: "d1".into(),
+                    running: 1,
+                    desired: 2
+                }
+            ]
+        );
+        // Reopened, it completes only once both run (a pending one does not count).
+        let mut reopened = dep("d1", true, Rollout::InProgress);
+        reopened.proven = true;
+        let reopened = [reopened];
+        let pending = task("t2", "d1", "n", Phase::Pending, 2);
+        assert_eq!(plan(&s, &reopened, &[ready("t1", 1), pending], &[]), []);
+        assert_eq!(
+            plan(&s, &reopened, &[ready("t1", 1), ready("t2", 2)], &[]),
+            [Action::Complete {
+                deployment: "d1".into()
+            }]
+        );
+        // What failed before and since is no circuit breaker's verdict on a deployment that
+        // completed: it is replaced.
+        let failed: Vec<ServiceTask> = (0..5)
+            .map(|i| task(&format!("f{i}"), "d1", "n", Phase::Failed, 10 + i))
+            .collect();
+        assert_eq!(starts(&plan(&s, &reopened, &failed, &[])), 2);
+        // A daemon service whose node joined: one node runs it, the other not yet.
+        let nodes = ["a".to_string(), "b".to_string()];
+        let d = spec(Mode::Daemon);
+        let on_a = [task("t1", "d1", "a", Phase::Ready, 1)];
+        assert!(plan(&d, &done, &on_a, &nodes).contains(&Action::Reopen {
+            deployment: "d1".into(),
+            running: 1,
+            desired: 2
+        }));
+        let on_both = [on_a[0].clone(), task("t2", "d1", "b", Phase::Ready, 2)];
+        assert_eq!(plan(&d, &done, &on_both, &nodes), []);
     }
 
     #[test]

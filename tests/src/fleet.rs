@@ -424,6 +424,7 @@ fn status_of(t: &SimTask) -> TaskStatus {
             exit_code: (container_state == ContainerState::Exited && ran).then_some(143),
             reason: None,
             restarts: 0,
+            restart_at: None,
             health: None,
             usage: None,
         })

@@ -276,9 +276,15 @@ fn basic_auth_pulls_with_credentials_and_refuses_without() -> Result<()> {
     let name = format!("{}/test/busybox:1.0", secured.addr);
     let node = Node::new();
     let err = node.fails(&["image", "pull", "--insecure", &name]);
-    assert!(err.contains("requires authentication"), "{err}");
+    assert!(
+        err.contains("authentication required; pass `--user"),
+        "{err}"
+    );
     let err = node.fails(&["image", "pull", "--insecure", "--user", "edge:wrong", &name]);
-    assert!(err.contains("refused the credentials"), "{err}");
+    assert!(
+        err.contains("the credentials were refused; check the user and password"),
+        "{err}"
+    );
     assert!(!err.contains("wrong"), "password echoed in error: {err}");
     let out = node.ctr_stdin(
         &[
@@ -315,7 +321,10 @@ fn token_auth_pulls_through_the_bearer_challenge() -> Result<()> {
     let name = format!("{}/test/busybox:1.0", secured.addr);
     let node = Node::new();
     let err = node.fails(&["image", "pull", "--insecure", &name]);
-    assert!(err.contains("requires authentication"), "{err}");
+    assert!(
+        err.contains("authentication required; pass `--user"),
+        "{err}"
+    );
     node.ok(&[
         "image",
         "pull",

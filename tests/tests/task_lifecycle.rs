@@ -1150,3 +1150,130 @@ fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
     }
     Guard(f)
 }
+
+/// Crashes as it starts, every run: its restart policy tries again at once, then after 1 s,
+/// 2 s, 4 s …
+const CRASH_LOOP: &str = r#"{
+  "family": "crash-loop",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 5,
+    "restartPolicy": {"enabled": true, "restartAttemptPeriod": 60},
+    "command": ["sh", "-c", "echo crashing; exit 3"]
+  }]
+}"#;
+
+/// What `task inspect` shows of a container between two runs its restart policy makes: it
+/// is restarting — its exit code, and when the next try is — under a running task, as `task
+/// ls` says.
+#[test]
+fn a_container_waiting_for_its_next_restart_shows_as_restarting_with_when() {
+    use flotilla_api::ops::TaskInfo;
+
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = Agent::in_session(&cp, &node);
+    cp.register(CRASH_LOOP);
+    let id = cp.run_one("crash-loop");
+    let mut seen = None;
+    wait("a pending restart", Duration::from_secs(30), || {
+        let t: TaskInfo = cp.flotilla_json(&["task", "inspect", &id]);
+        let restarting = t
+            .containers
+            .first()
+            .is_some_and(|c| c.state == ContainerState::Restarting && c.restarts >= 2);
+        if restarting {
+            seen = Some(t.clone());
+        }
+        restarting
+    });
+    let t = seen.expect("seen");
+    let c = &t.containers[0];
+    assert_eq!(t.state, TaskState::Running, "{t:?}");
+    assert_eq!(c.exit_code, Some(3), "{t:?}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    // The third try waits 2 s after the exit, the fourth 4 s: the next one is that soon.
+    let at = c.restart_at.expect("when the next try is");
+    assert!(
+        at + 2 >= now && at <= now + 10,
+        "restartAt {at}, now {now}: {t:?}"
+    );
+    let listed = cp.flotilla_ok(&["task", "ls"]);
+    let row = listed.lines().find(|l| l.starts_with(&id)).expect("listed");
+    assert!(row.contains("RUNNING"), "{listed}");
+    cp.flotilla_ok(&["task", "stop", &id]);
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    // Stopped, it restarts no more: it is exited.
+    let t = cp.task(&id);
+    assert_eq!(t.containers[0].state, ContainerState::Exited, "{t:?}");
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}
+
+/// A task whose image cannot be pulled: its stop reason names the image once and says what
+/// to do; its container never ran, so it has no logs — and `flotilla logs` says so, and why,
+/// rather than that they were removed.
+#[test]
+fn a_task_whose_image_cannot_be_pulled_says_why_once_and_has_no_logs() {
+    let node = Node::new();
+    let cp = ControlPlane::start(&[]);
+    let mut agent = Agent::in_session(&cp, &node);
+    // A registry that is not there: a local port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let image = format!("127.0.0.1:{port}/gone/app:1");
+    cp.register(&format!(
+        r#"{{"family": "unpullable", "networkMode": "none", "containerDefinitions": [{{
+            "name": "main", "image": "{image}", "memory": 32}}]}}"#
+    ));
+    let id = cp.run_one("unpullable");
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(60));
+    let t = cp.task(&id);
+    let reason = t.stop_reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with(&format!(
+            "container main could not start: pulling image '{image}': registry 127.0.0.1:{port}: "
+        )),
+        "{reason}"
+    );
+    assert_eq!(reason.matches("gone/app").count(), 1, "{reason}");
+    assert!(
+        reason.contains(&format!(
+            "; check that this node resolves and reaches 127.0.0.1:{port} over HTTPS"
+        )),
+        "{reason}"
+    );
+    let c = &t.containers[0];
+    assert_eq!(
+        (c.state, c.exit_code, c.reason.as_deref()),
+        (ContainerState::Exited, None, Some(reason.as_str())),
+        "{t:?}"
+    );
+    // The agent's log says it once too.
+    let log = agent.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("could not start"))
+        .expect("the failure logged");
+    assert_eq!(line.matches("gone/app").count(), 1, "{line}");
+
+    let o = cp.flotilla(&["logs", &id]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "task {id} has no logs: its containers never started: container main could not start"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("kept"), "{err}");
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}

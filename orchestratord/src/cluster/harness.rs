@@ -303,6 +303,7 @@ impl Harness {
                     exit_code,
                     reason: None,
                     restarts: 0,
+                    restart_at: None,
                     health,
                     usage: None,
                 };

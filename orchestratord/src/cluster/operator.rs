@@ -7,8 +7,10 @@ use flotilla_api::ops::{
     TaskDefStatus, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
 use flotilla_api::schedule::ScheduleSpec;
-use flotilla_api::service::{SchedulingStrategy, ServiceCreated, ServiceUpdate};
-use flotilla_api::tasks::{DesiredStatus, StopCode, TaskState};
+use flotilla_api::service::{
+    DeploymentStatus, RolloutState, SchedulingStrategy, ServiceCreated, ServiceUpdate,
+};
+use flotilla_api::tasks::{ContainerStatus, DesiredStatus, StopCode, TaskState};
 use flotilla_api::{count, plural};
 use flotilla_certs::token::JoinToken;
 
@@ -223,6 +225,21 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
                     "task {id} was never placed on a node"
                 )));
             };
+            // A task that stopped before any of its containers ran has no output to keep: it
+            // never had logs, rather than had them removed.
+            if t.info.state == TaskState::Stopped
+                && t.info.containers.iter().all(ContainerStatus::never_ran)
+            {
+                let why = t
+                    .info
+                    .stop_reason
+                    .as_deref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default();
+                return Err(ClusterError::Conflict(format!(
+                    "task {id} has no logs: its containers never started{why}"
+                )));
+            }
             // A stopped task's logs are read from its node too: it keeps them a while after
             // removing the containers (nodeagent/src/logs.rs says how long).
             if !cx.live.connected(&node) {
@@ -645,6 +662,20 @@ fn update_service(
         None if update.force_new_deployment => s.primary().map(|d| d.revision.clone()),
         None => None,
     };
+    if let (Some(n), None) = (update.desired_count, &revision) {
+        // Scaled out, the deployment runs fewer tasks than desired: in progress again from
+        // this answer on (the service round would say so a moment later).
+        let running = services::info(cx.txn, &s)
+            .deployments
+            .iter()
+            .find(|d| d.status == DeploymentStatus::Primary)
+            .map(|d| d.running_count as usize);
+        if let (Some(running), Some(d)) = (running, s.deployments.iter_mut().find(|d| d.primary)) {
+            if d.rollout == RolloutState::Completed && running < n as usize {
+                services::reopen(cx, name, d, running, n);
+            }
+        }
+    }
     if let Some(r) = revision {
         for d in &mut s.deployments {
             d.primary = false;

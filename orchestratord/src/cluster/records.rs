@@ -169,6 +169,10 @@ pub struct DeploymentRecord {
     pub primary: bool,
     /// Where its rollout is.
     pub rollout: RolloutState,
+    /// It completed once (its rollout may be in progress again, after a scale-out or a task
+    /// that ended): the circuit breaker no longer judges it.
+    #[serde(default)]
+    pub completed_once: bool,
     /// Why.
     #[serde(default)]
     pub reason: Option<String>,

@@ -31,9 +31,32 @@ pub fn new_deployment(cx: &mut Ctx<'_, '_>, revision: TaskDefRevision) -> Deploy
         revision,
         primary: true,
         rollout: RolloutState::InProgress,
+        completed_once: false,
         reason: None,
         created_at: cx.now.secs(),
     }
+}
+
+/// Puts completed deployment `d` of service `name` back in progress: `running` of its tasks
+/// run, fewer than the `desired` (the planner's [`Action::Reopen`]; `service update` does it at
+/// once when it scales out, so its answer does not say COMPLETED).
+pub fn reopen(
+    cx: &mut Ctx<'_, '_>,
+    name: &str,
+    d: &mut DeploymentRecord,
+    running: usize,
+    desired: u32,
+) {
+    d.rollout = RolloutState::InProgress;
+    // It was completed (also when stored before `completed_once` was).
+    d.completed_once = true;
+    let reason = format!("{running} of {desired} tasks running");
+    cx.event(
+        "service.deployment.in_progress",
+        name,
+        format!("deployment {}: {reason}", d.id),
+    );
+    d.reason = Some(reason);
 }
 
 /// Where a service's task is, for the planner: by its state, its containers' health, and for
@@ -355,6 +378,7 @@ fn one(
                 RolloutState::Failed => Rollout::Failed,
                 RolloutState::InProgress => Rollout::InProgress,
             },
+            proven: d.completed_once,
         })
         .collect();
     let actions = service::plan(&planner_spec(&s), &views, &tasks, &eligible);
@@ -410,6 +434,7 @@ fn one(
             Action::Complete { deployment } => {
                 if let Some(d) = s.deployments.iter_mut().find(|d| d.id == deployment) {
                     d.rollout = RolloutState::Completed;
+                    d.completed_once = true;
                     d.reason = Some("every task is healthy and no older one is left".into());
                     s.last_completed = Some(d.revision.clone());
                     let message = format!(
@@ -417,6 +442,15 @@ fn one(
                         d.revision.family, d.revision.revision
                     );
                     cx.event("service.deployment.completed", name, message);
+                }
+            }
+            Action::Reopen {
+                deployment,
+                running,
+                desired,
+            } => {
+                if let Some(d) = s.deployments.iter_mut().find(|d| d.id == deployment) {
+                    reopen(cx, name, d, running, desired);
                 }
             }
             Action::Fail {

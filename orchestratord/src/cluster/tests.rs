@@ -347,6 +347,56 @@ fn a_daemons_tasks_are_throttled_per_node() {
 }
 
 #[test]
+fn a_scaled_out_deployment_is_completed_only_once_its_count_runs() {
+    let mut h = Harness::new();
+    // Room for one task only.
+    h.join(&[], 150, 4);
+    h.register(&def("web", "web:1", 100));
+    h.create_service(&service("web", "web:1", 1, 50, 200, ""));
+    settle(&mut h, "web", 10);
+    let scale = |h: &mut Harness, n| {
+        h.op(Operator::UpdateService(
+            "web".into(),
+            ServiceUpdate {
+                desired_count: Some(n),
+                ..ServiceUpdate::default()
+            },
+        ))
+        .expect("update")
+    };
+    // The answer to the update already says so.
+    let Reply::Service(s) = scale(&mut h, 2) else {
+        panic!("not a service")
+    };
+    let d = &s.deployments[0];
+    assert_eq!(d.rollout_state, RolloutState::InProgress, "{s:#?}");
+    assert_eq!(
+        d.rollout_state_reason.as_deref(),
+        Some("1 of 2 tasks running")
+    );
+    for _ in 0..5 {
+        h.step();
+    }
+    let s = h.service("web");
+    assert_eq!(s.running_count, 1);
+    assert_eq!(s.deployments.len(), 1);
+    assert_eq!(
+        s.deployments[0].rollout_state,
+        RolloutState::InProgress,
+        "{s:#?}"
+    );
+    // Room for the second: it runs, and only then is the deployment completed.
+    h.join(&[], 150, 4);
+    settle(&mut h, "web", 10);
+    assert_eq!(h.service("web").running_count, 2);
+    assert_eq!(h.events("service.deployment.completed").len(), 2);
+    // Scaling in leaves it completed.
+    scale(&mut h, 1);
+    settle(&mut h, "web", 10);
+    assert_eq!(h.events("service.deployment.in_progress").len(), 1);
+}
+
+#[test]
 fn drain_stops_the_nodes_tasks_with_the_drain_code_and_services_move_theirs() {
     let mut h = Harness::new();
     let a = h.join(&[("zone", "a")], 2048, 4);
@@ -1454,6 +1504,96 @@ fn a_task_that_stopped_on_its_own_is_desired_stopped_and_its_logs_are_read_from_
         panic!()
     };
     assert_eq!(Some(node), t.node);
+}
+
+#[test]
+fn a_task_whose_containers_never_started_has_no_logs_and_says_why_not_that_they_expired() {
+    use flotilla_api::tasks::{ContainerState, ContainerStatus};
+
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    h.register(&def("job", "nosuch.invalid/x:1", 64));
+    let Reply::TasksCreated(t) = h.op(run("job", 2)).expect("run") else {
+        panic!()
+    };
+    let why = "container main could not start: pulling image 'nosuch.invalid/x:1': registry \
+               nosuch.invalid: dns error";
+    let container = |exit_code, restarts| ContainerStatus {
+        name: "main".into(),
+        state: ContainerState::Exited,
+        exit_code,
+        reason: exit_code.is_none().then(|| why.to_string()),
+        restarts,
+        restart_at: None,
+        health: None,
+        usage: None,
+    };
+    let stopped = |id: &str, c: ContainerStatus| TaskStatus {
+        id: id.to_string(),
+        state: TaskState::Stopped,
+        stop_reason: Some(why.into()),
+        stop_code: Some(StopCode::TaskFailedToStart),
+        containers: vec![c],
+        scheduled: None,
+        network: None,
+    };
+    h.exec(Command::Agent(Agent::Report {
+        node: a.clone(),
+        tasks: vec![
+            // Its image could not be pulled: it never ran.
+            stopped(&t[0].id, container(None, 0)),
+            // It ran, exited, and its restart could not start: it has output.
+            stopped(&t[1].id, container(None, 1)),
+        ],
+    }))
+    .expect("report");
+    let e = h
+        .op(Operator::LogSource(t[0].id.clone()))
+        .expect_err("no logs");
+    assert!(matches!(e, ClusterError::Conflict(_)), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "task {} has no logs: its containers never started: {why}",
+            t[0].id
+        )
+    );
+    assert!(matches!(
+        h.op(Operator::LogSource(t[1].id.clone())),
+        Ok(Reply::LogSource { .. })
+    ));
+    // Stopped by an operator before its node started anything: the same, with that reason.
+    let Reply::TasksCreated(p) = h.op(run("job", 1)).expect("run") else {
+        panic!()
+    };
+    h.op(Operator::StopTask(p[0].id.clone())).expect("stop");
+    let pending = ContainerStatus {
+        state: ContainerState::Pending,
+        ..container(Some(0), 0)
+    };
+    h.exec(Command::Agent(Agent::Report {
+        node: a.clone(),
+        tasks: vec![TaskStatus {
+            stop_reason: Some(StopCode::UserInitiated.reason().into()),
+            stop_code: Some(StopCode::UserInitiated),
+            ..stopped(
+                &p[0].id,
+                ContainerStatus {
+                    exit_code: None,
+                    ..pending
+                },
+            )
+        }],
+    }))
+    .expect("report");
+    let e = h
+        .op(Operator::LogSource(p[0].id.clone()))
+        .expect_err("no logs");
+    assert!(
+        e.to_string()
+            .ends_with("its containers never started: stopped by an operator"),
+        "{e}"
+    );
 }
 
 #[test]

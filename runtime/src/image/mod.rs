@@ -181,7 +181,7 @@ pub enum ImageStoreError {
     #[error("image '{0}' not found in the store")]
     NotFound(String),
     /// A registry request failed.
-    #[error("image '{image}': {source}")]
+    #[error("pulling image '{image}': {source}")]
     Registry {
         /// The image.
         image: String,
@@ -244,6 +244,17 @@ pub enum ImageStoreError {
         /// The OS error.
         source: io::Error,
     },
+}
+
+impl ImageStoreError {
+    /// What a failed pull comes down to, when a registry's answer (or its silence) says it:
+    /// what the person who asked for the image can do differs (see [`registry::Failure`]).
+    pub fn pull_failure(&self) -> Option<registry::Failure> {
+        match self {
+            Self::Registry { source, .. } => source.failure(),
+            _ => None,
+        }
+    }
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImageStoreError + '_ {

@@ -49,11 +49,13 @@ pub struct RegistryOptions {
     pub insecure: bool,
 }
 
-/// Why a registry request failed.
+/// Why a registry request failed. A message names the registry and, for a blob, its digest
+/// (see [`at`]) — not the repository and tag, which the image's name above it already says;
+/// the URL is kept for `Debug`.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// Transport failure (connection refused, reset, TLS).
-    #[error("{url}: {source}")]
+    #[error("{}: {source}", at(url))]
     Http {
         /// The request URL.
         url: String,
@@ -61,7 +63,7 @@ pub enum RegistryError {
         source: reqwest::Error,
     },
     /// The registry answered with an unexpected status.
-    #[error("{url}: registry answered {status}{detail}")]
+    #[error("{}: answered {status}{detail}", at(url))]
     Status {
         /// The request URL.
         url: String,
@@ -71,19 +73,19 @@ pub enum RegistryError {
         detail: String,
     },
     /// The registry wants credentials and none were given.
-    #[error("{url}: registry requires authentication (pass --user USER:PASSWORD)")]
+    #[error("{}: authentication required", at(url))]
     NeedsCredentials {
         /// The request URL.
         url: String,
     },
     /// Credentials were given and refused.
-    #[error("{url}: registry refused the credentials")]
+    #[error("{}: the credentials were refused", at(url))]
     Unauthorized {
         /// The request URL.
         url: String,
     },
     /// The auth challenge could not be followed.
-    #[error("{url}: unusable auth challenge: {reason}")]
+    #[error("{}: unusable auth challenge: {reason}", at(url))]
     Challenge {
         /// The request URL.
         url: String,
@@ -91,7 +93,7 @@ pub enum RegistryError {
         reason: String,
     },
     /// A document or blob was larger than allowed or than its descriptor says.
-    #[error("{url}: response larger than {limit} bytes refused")]
+    #[error("{}: response larger than {limit} bytes refused", at(url))]
     TooLarge {
         /// The request URL.
         url: String,
@@ -108,7 +110,62 @@ pub enum RegistryError {
     },
 }
 
+/// Where a request to `url` went, as a message says it: `registry HOST` for a manifest,
+/// `registry HOST, blob DIGEST` for a blob, the whole URL for anything else (a token service).
+fn at(url: &str) -> String {
+    let Some((host, path)) = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once("/v2/"))
+    else {
+        return url.to_string();
+    };
+    if path.contains("/manifests/") {
+        format!("registry {host}")
+    } else if let Some((_, digest)) = path.rsplit_once("/blobs/") {
+        format!("registry {host}, blob {digest}")
+    } else {
+        url.to_string()
+    }
+}
+
+/// What a failed request comes down to for the person who asked for the image: what they
+/// can do about it differs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The registry has no such manifest: the repository or the tag does not exist there.
+    NotFound,
+    /// The registry could not be reached: its name does not resolve, nothing answers, the
+    /// connection or its TLS handshake failed, or it timed out.
+    Unreachable,
+    /// The registry wants credentials (some, Docker Hub among them, answer so for a
+    /// repository they do not have), or refused the ones given.
+    Unauthorized,
+}
+
 impl RegistryError {
+    /// What this failure comes down to, when it is one of the [`Failure`]s.
+    pub fn failure(&self) -> Option<Failure> {
+        match self {
+            Self::Http { source, .. } if source.is_connect() || source.is_timeout() => {
+                Some(Failure::Unreachable)
+            }
+            Self::Status { url, status, .. }
+                if *status == StatusCode::NOT_FOUND && url.contains("/manifests/") =>
+            {
+                Some(Failure::NotFound)
+            }
+            Self::Status { status, .. }
+                if *status == StatusCode::UNAUTHORIZED || *status == StatusCode::FORBIDDEN =>
+            {
+                Some(Failure::Unauthorized)
+            }
+            Self::NeedsCredentials { .. } | Self::Unauthorized { .. } => {
+                Some(Failure::Unauthorized)
+            }
+            _ => None,
+        }
+    }
+
     /// A transport failure of a request to `url`; the client's own copy of the URL is dropped
     /// from its message, which would otherwise say it twice.
     fn http(url: &str, source: reqwest::Error) -> Self {
@@ -150,6 +207,15 @@ pub struct RegistryClient {
     auth: Arc<Mutex<Option<String>>>,
 }
 
+/// The host[:port] a pull from `registry` (as an image's name has it) dials: Docker Hub's
+/// registry for `docker.io`.
+pub fn host(registry: &str) -> &str {
+    match registry {
+        "docker.io" | "index.docker.io" => "registry-1.docker.io",
+        other => other,
+    }
+}
+
 /// The HTTP client the store uses: rustls with the ring provider and the system's trust roots.
 pub fn http_client() -> Result<reqwest::Client, String> {
     use rustls_platform_verifier::BuilderVerifierExt;
@@ -177,10 +243,7 @@ impl RegistryClient {
         repository: &str,
         opts: RegistryOptions,
     ) -> Self {
-        let host = match registry {
-            "docker.io" | "index.docker.io" => "registry-1.docker.io",
-            other => other,
-        };
+        let host = host(registry);
         let scheme = if opts.insecure { "http" } else { "https" };
         Self {
             http,
@@ -576,10 +639,65 @@ mod tests {
         let e = rt
             .block_on(client.manifest("v1"))
             .expect_err("nothing listens");
+        assert_eq!(e.failure(), Some(Failure::Unreachable));
         let text = format!("{:#}", anyhow::Error::new(e));
+        // The registry once; the repository and tag are the image's name, said above it.
         assert_eq!(text.matches("127.0.0.1").count(), 1, "{text}");
-        assert!(text.contains("/v2/team/app/manifests/v1"), "{text}");
+        assert!(
+            text.starts_with(&format!("registry 127.0.0.1:{port}: ")),
+            "{text}"
+        );
+        assert!(!text.contains("team/app"), "{text}");
         assert!(text.contains("refused"), "{text}");
+    }
+
+    #[test]
+    fn a_failure_is_told_by_what_the_registry_answered() {
+        let url = |path: &str| format!("https://r.example:5000/v2/team/app/{path}");
+        let status = |path: &str, status| RegistryError::Status {
+            url: url(path),
+            status,
+            detail: String::new(),
+        };
+        let not_found = status("manifests/v1", StatusCode::NOT_FOUND);
+        assert_eq!(not_found.failure(), Some(Failure::NotFound));
+        assert_eq!(
+            not_found.to_string(),
+            "registry r.example:5000: answered 404 Not Found"
+        );
+        // A blob the manifest names and the registry lacks is the registry's fault.
+        let blob = status("blobs/sha256:ab", StatusCode::NOT_FOUND);
+        assert_eq!(blob.failure(), None);
+        assert_eq!(
+            blob.to_string(),
+            "registry r.example:5000, blob sha256:ab: answered 404 Not Found"
+        );
+        assert_eq!(
+            status("manifests/v1", StatusCode::FORBIDDEN).failure(),
+            Some(Failure::Unauthorized)
+        );
+        let anonymous = RegistryError::NeedsCredentials {
+            url: url("manifests/v1"),
+        };
+        assert_eq!(anonymous.failure(), Some(Failure::Unauthorized));
+        assert_eq!(
+            anonymous.to_string(),
+            "registry r.example:5000: authentication required"
+        );
+        assert_eq!(
+            status("manifests/v1", StatusCode::INTERNAL_SERVER_ERROR).failure(),
+            None
+        );
+        // A token service is named by its whole URL: it is another place.
+        let token = RegistryError::Status {
+            url: "https://auth.example/token?scope=x".into(),
+            status: StatusCode::BAD_GATEWAY,
+            detail: String::new(),
+        };
+        assert_eq!(
+            token.to_string(),
+            "https://auth.example/token?scope=x: answered 502 Bad Gateway"
+        );
     }
 
     #[test]

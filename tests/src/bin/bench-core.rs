@@ -75,6 +75,7 @@ impl Fleet {
                         exit_code: (t.desired == DesiredStatus::Stopped).then_some(0),
                         reason: None,
                         restarts: 0,
+                        restart_at: None,
                         health: None,
                         usage: None,
                     }],

@@ -1,0 +1,225 @@
+//! A failed image pull as a person reads it: the error and its causes, the image named once,
+//! then what to do — which depends on who pulled: the agent pulls a task's image anonymously
+//! over HTTPS, `nodeagent ctr image pull` with the flags it was given.
+
+use flotilla_runtime::image::registry::{self, Failure};
+use flotilla_runtime::image::{ImageRef, ImageStoreError};
+
+/// Who pulled, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Puller {
+    /// The agent, for a task: anonymous, HTTPS, no flags to change that.
+    Agent,
+    /// `nodeagent ctr image pull`.
+    Ctr {
+        /// `--user` was given.
+        credentials: bool,
+        /// `--insecure` was given (plain HTTP).
+        insecure: bool,
+    },
+}
+
+/// A failed pull with the advice that fits its cause. It has no source: its message is the
+/// whole chain already, so each cause is said once.
+#[derive(Debug, thiserror::Error)]
+#[error("{text}")]
+pub struct PullFailed {
+    text: String,
+}
+
+impl PullFailed {
+    /// `error`, from pulling `image` as `by` did, with what to do about it when its cause is
+    /// known.
+    pub fn new(error: &ImageStoreError, image: &str, by: Puller) -> Self {
+        let mut text = flotilla_api::errors::chain(error);
+        if let Some(a) = advice(error, image, by) {
+            text.push_str("; ");
+            text.push_str(&a);
+        }
+        Self { text }
+    }
+}
+
+/// What to do about `error`, from pulling `image` as `by` did.
+pub fn advice(error: &ImageStoreError, image: &str, by: Puller) -> Option<String> {
+    let failure = error.pull_failure()?;
+    // The host the pull dialled, as the error names it.
+    let host = ImageRef::parse(image)
+        .map(|r| registry::host(&r.registry).to_string())
+        .unwrap_or_else(|_| "the registry".into());
+    const IMPORT: &str = "import the image on the node with `nodeagent ctr image import FILE`";
+    const NO_SUCH_REPOSITORY: &str =
+        "or check the image's name: some registries ask for credentials for a repository they \
+         do not have";
+    Some(match (failure, by) {
+        (Failure::NotFound, _) => {
+            format!("check the image's name and tag ({host} has no such manifest), or {IMPORT}")
+        }
+        (Failure::Unreachable, Puller::Agent) => format!(
+            "check that this node resolves and reaches {host} over HTTPS (DNS, routes, \
+             firewall, trust of its certificate); or pull the image on the node with `nodeagent \
+             ctr image pull` (`--insecure` for a registry served over plain HTTP), or {IMPORT}"
+        ),
+        (
+            Failure::Unreachable,
+            Puller::Ctr {
+                insecure: false, ..
+            },
+        ) => format!(
+            "check that this node resolves and reaches {host} over HTTPS (DNS, routes, \
+             firewall, trust of its certificate); `--insecure` for a registry served over plain \
+             HTTP"
+        ),
+        (Failure::Unreachable, Puller::Ctr { insecure: true, .. }) => format!(
+            "check that this node resolves and reaches {host} over plain HTTP (DNS, routes, \
+             firewall)"
+        ),
+        (Failure::Unauthorized, Puller::Agent) => format!(
+            "the agent pulls anonymously: pull the image on the node with `nodeagent ctr image \
+             pull --user USER --password-stdin {image}` (a task uses the copy in the node's \
+             store), {NO_SUCH_REPOSITORY}"
+        ),
+        (
+            Failure::Unauthorized,
+            Puller::Ctr {
+                credentials: false, ..
+            },
+        ) => format!(
+            "pass `--user USER:PASSWORD` (or `--user USER --password-stdin`), {NO_SUCH_REPOSITORY}"
+        ),
+        (
+            Failure::Unauthorized,
+            Puller::Ctr {
+                credentials: true, ..
+            },
+        ) => format!("check the user and password given with `--user` for {host}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_runtime::image::registry::RegistryError;
+    use reqwest::StatusCode;
+
+    const IMAGE: &str = "r.example:5000/team/app:1";
+
+    fn registry(source: RegistryError) -> ImageStoreError {
+        ImageStoreError::Registry {
+            image: IMAGE.into(),
+            source,
+        }
+    }
+
+    fn status(path: &str, status: StatusCode) -> ImageStoreError {
+        registry(RegistryError::Status {
+            url: format!("https://r.example:5000/v2/team/app/{path}"),
+            status,
+            detail: String::new(),
+        })
+    }
+
+    /// A transport error to a port nothing listens on.
+    fn refused() -> ImageStoreError {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let image = format!("127.0.0.1:{port}/team/app:1");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = flotilla_runtime::image::ImageStore::open(dir.path()).expect("store");
+        rt.block_on(store.pull(
+            &image,
+            &flotilla_runtime::image::PullOptions::default(),
+            std::sync::Arc::new(|_| {}),
+        ))
+        .expect_err("nothing listens")
+    }
+
+    #[test]
+    fn a_pull_names_the_image_once_and_ends_with_what_to_do_about_its_cause() {
+        let e = status("manifests/1", StatusCode::NOT_FOUND);
+        let text = PullFailed::new(&e, IMAGE, Puller::Agent).to_string();
+        assert_eq!(
+            text,
+            "pulling image 'r.example:5000/team/app:1': registry r.example:5000: answered 404 \
+             Not Found; check the image's name and tag (r.example:5000 has no such manifest), \
+             or import the image on the node with `nodeagent ctr image import FILE`"
+        );
+
+        let e = refused();
+        let text = PullFailed::new(&e, IMAGE, Puller::Agent).to_string();
+        assert_eq!(text.matches("team/app").count(), 1, "{text}");
+        assert!(text.contains("Connection refused"), "{text}");
+        assert!(
+            text.contains("; check that this node resolves and reaches"),
+            "{text}"
+        );
+        assert!(text.contains("`--insecure`"), "{text}");
+        let plain = Puller::Ctr {
+            credentials: false,
+            insecure: true,
+        };
+        assert!(!advice(&e, IMAGE, plain)
+            .expect("advice")
+            .contains("--insecure"));
+
+        let e = registry(RegistryError::NeedsCredentials {
+            url: "https://r.example:5000/v2/team/app/manifests/1".into(),
+        });
+        let text = PullFailed::new(&e, IMAGE, Puller::Agent).to_string();
+        assert!(
+            text.starts_with(
+                "pulling image 'r.example:5000/team/app:1': registry r.example:5000: \
+                 authentication required; the agent pulls anonymously: pull the image on the \
+                 node with `nodeagent ctr image pull --user USER --password-stdin \
+                 r.example:5000/team/app:1`"
+            ),
+            "{text}"
+        );
+        let anonymous = Puller::Ctr {
+            credentials: false,
+            insecure: false,
+        };
+        assert!(advice(&e, IMAGE, anonymous)
+            .expect("advice")
+            .starts_with("pass `--user USER:PASSWORD`"));
+        let e = status("manifests/1", StatusCode::FORBIDDEN);
+        let with_user = Puller::Ctr {
+            credentials: true,
+            insecure: false,
+        };
+        assert_eq!(
+            advice(&e, IMAGE, with_user).as_deref(),
+            Some("check the user and password given with `--user` for r.example:5000")
+        );
+
+        // Docker Hub is named by the host a pull dials, as the error names it.
+        let hub = ImageStoreError::Registry {
+            image: "docker.io/library/nosuch:1".into(),
+            source: RegistryError::NeedsCredentials {
+                url: "https://registry-1.docker.io/v2/library/nosuch/manifests/1".into(),
+            },
+        };
+        let with_user = Puller::Ctr {
+            credentials: true,
+            insecure: false,
+        };
+        assert_eq!(
+            advice(&hub, "nosuch:1", with_user).as_deref(),
+            Some("check the user and password given with `--user` for registry-1.docker.io")
+        );
+
+        // A cause nothing can be advised about is said alone.
+        let e = status("blobs/sha256:ab", StatusCode::NOT_FOUND);
+        assert_eq!(
+            PullFailed::new(&e, IMAGE, Puller::Agent).to_string(),
+            "pulling image 'r.example:5000/team/app:1': registry r.example:5000, blob \
+             sha256:ab: answered 404 Not Found"
+        );
+    }
+}

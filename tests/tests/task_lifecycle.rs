@@ -119,11 +119,17 @@ fn a_task_stops_its_dependents_first_each_within_its_stop_timeout() {
         let order = dir.join("order");
         cp.register(&app_on_db(family, &dir, stubborn));
         let id = cp.run_one(family);
-        wait(
-            &format!("{family}: both up"),
-            Duration::from_secs(30),
-            || std::fs::read_to_string(&order).is_ok_and(|s| s.contains("app-up")),
-        );
+        let start = Instant::now();
+        while !std::fs::read_to_string(&order).is_ok_and(|s| s.contains("app-up")) {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{family}: not both up after 30 s; the order file: {:?}; the task: {:#?}; the node: {:#?}",
+                std::fs::read_to_string(&order),
+                cp.task(&id),
+                node.ps()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
         wait_state(&cp, &id, TaskState::Running, Duration::from_secs(10));
         let asked = Instant::now();
         cp.flotilla_ok(&["task", "stop", &id]);

@@ -504,8 +504,9 @@ const CONTAINER: &[&str] = &[
     "privileged",
     "hostname",
 ];
-/// The least memory a container gets, MiB (what Docker 20.10 and later reserve; ECS documents
-/// the same floor for `memory`).
+/// The least memory a container gets, MiB, for its `memory` and its `memoryReservation` alike
+/// (what Docker 20.10 and later reserve — its daemon refuses less for either, "Minimum memory
+/// reservation allowed is 6MB"; ECS documents the same floor).
 const MIN_CONTAINER_MEMORY: u64 = 6;
 
 /// Task-level `cpu`, in CPU units, as ECS bounds it for tasks on EC2 and external instances
@@ -1255,7 +1256,7 @@ impl Checker {
             .int(
                 &format!("{p}.memoryReservation"),
                 m.get("memoryReservation"),
-                4,
+                MIN_CONTAINER_MEMORY as i64,
                 1 << 30,
             )
             .map(|n| n as u64);
@@ -2584,6 +2585,12 @@ mod tests {
                 "",
                 r#"{"name":"a","image":"x","memory":4}"#,
                 "$.containerDefinitions[0].memory: expected an integer from 6 to",
+            ),
+            // And for a container's soft limit, as Docker refuses less for either.
+            (
+                "",
+                r#"{"name":"a","image":"x","memoryReservation":4}"#,
+                "$.containerDefinitions[0].memoryReservation: expected an integer from 6 to",
             ),
             (
                 r#","memory":"64""#,

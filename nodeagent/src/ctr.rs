@@ -16,8 +16,8 @@ use crate::pull::{PullFailed, Puller};
 use clap::{Args, Subcommand, ValueEnum};
 use flotilla_runtime::container::{ContainerStore, StoreOptions};
 use flotilla_runtime::image::{
-    Credentials, ImageRecord, ImageStore, Phase, Platform, ProgressEvent, ProgressFn, PullOptions,
-    RegistryOptions,
+    Credentials, ImageRecord, ImageRef, ImageStore, Phase, Platform, ProgressEvent, ProgressFn,
+    PullOptions, RegistryOptions,
 };
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -456,7 +456,7 @@ fn print_records(recs: &[ImageRecord], json: bool, verb: &str) {
     for r in recs {
         outln!(
             "{verb} {} {} ({}, {})",
-            r.name,
+            ImageRef::familiar(&r.name),
             r.digest,
             r.platform,
             human(r.size())
@@ -469,7 +469,7 @@ fn print_table(recs: &[ImageRecord]) {
         .iter()
         .map(|r| {
             vec![
-                r.name.clone(),
+                ImageRef::familiar(&r.name).to_string(),
                 r.digest.short().to_string(),
                 r.platform.to_string(),
                 human(r.size()),

@@ -670,7 +670,7 @@ fn ps_row(c: &ContainerInfo) -> Vec<String> {
     vec![
         r.id.chars().take(12).collect(),
         r.config.name.clone().unwrap_or_default(),
-        r.image.name.clone(),
+        flotilla_runtime::image::ImageRef::familiar(&r.image.name).to_string(),
         cmd,
         status,
         c.restart_count.to_string(),

@@ -336,6 +336,16 @@ impl ImageRef {
         Some(format!("{first}/{tagged}"))
     }
 
+    /// How people write a canonical name `name` (Docker's "familiar" form, as `docker ps` and
+    /// `docker images` show names): Docker Hub's `docker.io/` and its `library/` left out —
+    /// `busybox:latest`, `demo/busybox:latest`; any other registry's names as they are.
+    pub fn familiar(name: &str) -> &str {
+        name.strip_prefix("docker.io/library/")
+            .filter(|rest| !rest.contains('/'))
+            .or_else(|| name.strip_prefix("docker.io/"))
+            .unwrap_or(name)
+    }
+
     /// The canonical name the store files the image under.
     pub fn name(&self) -> String {
         let mut s = format!("{}/{}", self.registry, self.repository);
@@ -1208,6 +1218,17 @@ mod tests {
             Some(format!("example.org/app@{d}"))
         );
         assert!(n("docker.io/library/UPPER").is_err());
+        for (canonical, familiar) in [
+            ("docker.io/library/busybox:latest", "busybox:latest"),
+            ("docker.io/demo/busybox:latest", "demo/busybox:latest"),
+            ("docker.io/library/a/b:1", "library/a/b:1"),
+            ("localhost/bb:latest", "localhost/bb:latest"),
+            ("registry.example:5000/x/y:2", "registry.example:5000/x/y:2"),
+        ] {
+            assert_eq!(ImageRef::familiar(canonical), familiar);
+            // Read back, the familiar form names the same image.
+            assert_eq!(n(familiar).expect("parses"), canonical);
+        }
         assert!(n("a b").is_err());
         assert!(n("").is_err());
     }

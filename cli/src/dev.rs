@@ -237,10 +237,31 @@ fn operator_config(dev_admin: &Path, given: Option<PathBuf>) -> Result<Option<Pa
 macro_rules! say {
     ($($arg:tt)*) => {{
         let line = format!($($arg)*);
+        to_dev_log(&line);
         if writeln!(std::io::stdout(), "{line}").is_err() {
             let _ = writeln!(std::io::stderr(), "{line}");
         }
     }};
+}
+
+/// `<data-dir>/dev.log`, once the data directory is this run's: every line `flotilla dev`
+/// says, with its time — what a stop did is there also when no terminal was left to show it
+/// (a closed terminal, a pipe's reader gone).
+static DEV_LOG: std::sync::OnceLock<std::sync::Mutex<std::fs::File>> = std::sync::OnceLock::new();
+
+/// Name of that log in the data directory.
+const DEV_LOG_FILE: &str = "dev.log";
+
+/// Appends `line` to [`DEV_LOG`] (nothing before it is open; a failed write is no reason to
+/// stop anything).
+fn to_dev_log(line: &str) {
+    if let Some(f) = DEV_LOG.get() {
+        let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now());
+        for l in line.lines() {
+            let _ = writeln!(f, "{now} {l}");
+        }
+    }
 }
 
 /// Ctrl-C, a closed terminal (SIGHUP) or SIGTERM, caught from the start so that none ever
@@ -514,6 +535,13 @@ pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
     // One `flotilla dev` per data directory: a second one would share the first one's admin
     // credential and stores, and its stopping would drain the first one's node.
     let _owner = own_data_dir(&args.data_dir)?;
+    let log = args.data_dir.join(DEV_LOG_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("opening {}", log.display()))?;
+    let _ = DEV_LOG.set(std::sync::Mutex::new(file));
     let interrupt = Interrupt::install()?;
     let nodeagent = sibling("nodeagent")?;
     let node = NodeCommands {
@@ -549,11 +577,21 @@ pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
     };
     say!("stopping: the node's tasks, then the node agent, then the control plane (Ctrl-C again to kill the containers at once)");
     let stopped = up.shutdown(&interrupt, &node).await;
-    match (failure, stopped) {
+    let outcome = match (failure, stopped) {
         (Some(e), Err(left)) => Err(e.context(format!("{left:#}"))),
         (Some(e), Ok(())) => Err(e),
         (None, Err(e)) => Err(e),
-        (None, Ok(())) => {
+        (None, Ok(())) => Ok(()),
+    };
+    match outcome {
+        Err(e) => {
+            to_dev_log(&format!(
+                "error: {}",
+                flotilla_api::errors::chain(e.as_ref())
+            ));
+            Err(e)
+        }
+        Ok(()) => {
             say!(
                 "stopped: nothing of the dev cluster is left running (no process, container, mount or task network); data kept in {} for the next run",
                 args.data_dir.display()
@@ -737,7 +775,7 @@ async fn start(
         started.elapsed().as_secs_f64()
     );
     say!(
-        "data in {} (logs: orchestratord.log, nodeagent.log)",
+        "data in {} (logs: orchestratord.log, nodeagent.log, dev.log)",
         dir.display()
     );
     say!("next, in another terminal:");

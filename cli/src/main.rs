@@ -453,7 +453,7 @@ fn print_service(s: &ServiceInfo) {
         );
     }
     if let Some(p) = &s.placement_problem {
-        outln!("  cannot place: {p}");
+        outln!("  problem: {p}");
     }
 }
 
@@ -850,7 +850,7 @@ async fn task_listing(api: &Client) -> Result<Listing<TaskInfo>> {
                 format!("{:?}", t.state).to_uppercase(),
                 format!("{:?}", t.desired).to_uppercase(),
                 age(now, t.created_at),
-                t.stop_reason.clone().unwrap_or_default(),
+                cell(t.stop_reason.as_deref().unwrap_or_default()),
             ];
             (t.id.clone(), row, t)
         })
@@ -937,10 +937,9 @@ async fn service_listing(api: &Client) -> Result<Listing<ServiceInfo>> {
                     .unwrap_or_default(),
                 // Why tasks wait (`service inspect` says it too): the column a person scans
                 // for when RUNNING stays below DESIRED.
-                s.placement_problem
-                    .as_deref()
-                    .map(|p| format!("cannot place: {p}"))
-                    .unwrap_or_default(),
+                // The problem says itself what it is: tasks that cannot be placed ("no node
+                // can take a task: …", "room for 1 of 2 tasks: …") or keep failing to start.
+                cell(s.placement_problem.as_deref().unwrap_or_default()),
             ];
             (s.spec.service_name.clone(), row, s)
         })
@@ -965,6 +964,22 @@ fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Longest text of a free-text column (a stop reason, a problem) in a listing: a row stays on
+/// one line of a terminal; the whole text is in `inspect` and in `-o json`, as `docker ps`
+/// cuts its COMMAND column unless asked not to.
+const CELL_CHARS: usize = 80;
+
+/// `text` on one line and at most [`CELL_CHARS`] characters, cut with `…`.
+fn cell(text: &str) -> String {
+    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() <= CELL_CHARS {
+        return one_line;
+    }
+    let mut cut: String = one_line.chars().take(CELL_CHARS - 1).collect();
+    cut.push('…');
+    cut
 }
 
 /// How long ago `then` was, as `kubectl` prints ages: `42s`, `3m12s` (under 10 minutes), `27m`,
@@ -1330,6 +1345,20 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::age;
+
+    #[test]
+    fn free_text_cells_stay_on_one_line_and_are_cut_with_an_ellipsis() {
+        assert_eq!(super::cell("short reason"), "short reason");
+        assert_eq!(super::cell("two\nlines"), "two lines");
+        let long = "é".repeat(200);
+        let c = super::cell(&long);
+        assert_eq!(c.chars().count(), super::CELL_CHARS);
+        assert!(c.ends_with('…'));
+        assert_eq!(
+            super::cell(&"x".repeat(super::CELL_CHARS)),
+            "x".repeat(super::CELL_CHARS)
+        );
+    }
 
     #[test]
     fn the_clock_alone_is_no_change() {

@@ -32,19 +32,19 @@ pub struct RunArgs {
     name: Option<String>,
     /// Hard CPU limit in cores, e.g. 0.5 (cgroup quota): from 0.01 to this machine's CPUs,
     /// as `docker run --cpus`.
-    #[arg(long, value_name = "CORES", value_parser = cores)]
+    #[arg(long, value_name = "CORES", value_parser = cores, allow_negative_numbers = true)]
     cpu: Option<f64>,
     /// Relative CPU weight in CPU units, 1024 per core (cgroup shares).
-    #[arg(long, value_name = "UNITS", value_parser = count)]
+    #[arg(long, value_name = "UNITS", value_parser = count, allow_negative_numbers = true)]
     cpu_units: Option<u64>,
     /// Memory limit, e.g. 64M; past it the kernel OOM-kills the container.
-    #[arg(long, value_name = "SIZE", value_parser = size)]
+    #[arg(long, value_name = "SIZE", value_parser = size, allow_negative_numbers = true)]
     memory: Option<u64>,
     /// Memory reservation (soft limit), e.g. 32M.
     #[arg(long, value_name = "SIZE", value_parser = size)]
     memory_reservation: Option<u64>,
     /// Maximum processes and threads.
-    #[arg(long, value_name = "N", value_parser = count)]
+    #[arg(long, value_name = "N", value_parser = count, allow_negative_numbers = true)]
     pids: Option<u64>,
     /// Environment variable KEY=VALUE (KEY alone takes this shell's value).
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
@@ -520,13 +520,21 @@ async fn run(store: &ContainerStore, args: RunArgs) -> Result<ExitCode> {
     }
     let config = run_config(&args)?;
     let s = store.clone();
-    let started = tokio::task::spawn_blocking(move || -> Result<_> {
+    let created = tokio::task::spawn_blocking(move || {
         let record = s.create(config)?;
         let id = record.id.clone();
-        Ok((record, s.start(&id)))
+        Ok::<_, flotilla_runtime::container::ContainerError>((record, s.start(&id)))
     })
-    .await??;
-    let (record, started) = started;
+    .await?;
+    // Settings the store refuses are a container that could not start, as `docker run` exits
+    // 125 for them too.
+    let (record, started) = match created {
+        Ok(c) => c,
+        Err(e) => {
+            errln!("error: {e}");
+            return Ok(ExitCode::from(START_FAILED));
+        }
+    };
     let started = match started {
         Ok(st) => st,
         Err(e) => {

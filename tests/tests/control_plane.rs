@@ -122,7 +122,7 @@ fn concurrent_task_runs_and_a_service_never_reserve_more_than_the_node_has() {
         .find(|l| l.starts_with("big-svc"))
         .unwrap_or_else(|| panic!("no big-svc row: {listing}"));
     assert!(
-        row.contains("cannot place:") && row.contains("lacked memory"),
+        row.contains("room for") && row.contains("lacked memory"),
         "{listing}"
     );
 

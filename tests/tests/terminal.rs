@@ -457,6 +457,13 @@ fn closing_the_terminal_stops_a_bridge_task_and_leaves_nothing() {
     let took = dev.wait_gone(Duration::from_secs(30));
     dev.assert_nothing_left();
     dev.assert_recorded_as_killed(&id);
+    // Nobody saw the stop; its log in the data directory tells how it went.
+    let log = std::fs::read_to_string(dev.node.scratch().join("dev.log")).expect("dev.log");
+    assert!(
+        log.contains("stopping: the node's tasks")
+            && log.lines().last().is_some_and(|l| l.contains(ALL_GONE)),
+        "{log}"
+    );
     eprintln!("closed terminal: everything gone {took:?} after it");
 }
 

@@ -537,6 +537,11 @@ async fn run(store: &ContainerStore, args: RunArgs) -> Result<ExitCode> {
     };
     let started = match started {
         Ok(st) => st,
+        // As `docker run`: 127 for a command not found, 126 for one that cannot be run.
+        Err(e @ flotilla_runtime::container::ContainerError::CannotRun { code, .. }) => {
+            errln!("error: {e}");
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(START_FAILED)));
+        }
         Err(e) => {
             errln!("error: {e}");
             return Ok(ExitCode::from(START_FAILED));

@@ -69,7 +69,17 @@ fn why_not(data_dir: &Path, id: &str, process: &oci_spec::runtime::Process) -> O
     let pid = container.pid()?;
     let dirs = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let root = rustix::fs::open(format!("/proc/{pid}/root"), dirs, Mode::empty()).ok()?;
-    why_not_in(root.as_fd(), process)
+    why_not_in(root.as_fd(), process).map(|n| n.message)
+}
+
+/// Why a process cannot run in a container, with the exit code Docker gives for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct NotRunnable {
+    /// 127 for a command not found, 126 for one that cannot be run (not an executable file,
+    /// a working directory that cannot be entered), as `docker run` exits.
+    pub code: i32,
+    /// Why, in the container's terms.
+    pub message: String,
 }
 
 /// [`why_not`] for the root filesystem open at `root` (a container's, before its init runs
@@ -78,7 +88,9 @@ fn why_not(data_dir: &Path, id: &str, process: &oci_spec::runtime::Process) -> O
 pub(super) fn why_not_in(
     root: std::os::fd::BorrowedFd<'_>,
     process: &oci_spec::runtime::Process,
-) -> Option<String> {
+) -> Option<NotRunnable> {
+    let cannot = |message: String| NotRunnable { code: 126, message };
+    let missing = |message: String| NotRunnable { code: 127, message };
     use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
     let dirs = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let inside = |path: &Path, flags: OFlags| {
@@ -88,23 +100,23 @@ pub(super) fn why_not_in(
     match inside(cwd, dirs) {
         Ok(_) => {}
         Err(rustix::io::Errno::NOENT) => {
-            return Some(format!(
+            return Some(cannot(format!(
                 "its working directory {} does not exist in the container (removed since the \
                  container started?)",
                 cwd.display()
-            ))
+            )))
         }
         Err(rustix::io::Errno::NOTDIR) => {
-            return Some(format!(
+            return Some(cannot(format!(
                 "its working directory {} is not a directory in the container",
                 cwd.display()
-            ))
+            )))
         }
         Err(e) => {
-            return Some(format!(
+            return Some(cannot(format!(
                 "its working directory {} cannot be entered: {e}",
                 cwd.display()
-            ))
+            )))
         }
     }
     let program = process.args().as_ref()?.first()?;
@@ -122,10 +134,12 @@ pub(super) fn why_not_in(
     };
     if program.contains('/') {
         return match found(Path::new(program)) {
-            None => Some(format!("command '{program}' not found in the container")),
-            Some(false) => Some(format!(
+            None => Some(missing(format!(
+                "command '{program}' not found in the container"
+            ))),
+            Some(false) => Some(cannot(format!(
                 "command '{program}' is not an executable file in the container"
-            )),
+            ))),
             Some(true) => None,
         };
     }
@@ -140,7 +154,11 @@ pub(super) fn why_not_in(
         .split(':')
         .filter(|d| !d.is_empty())
         .any(|d| found(&Path::new(d).join(program)) == Some(true));
-    (!hit).then(|| format!("command '{program}' not found in the container (its PATH is {path})"))
+    (!hit).then(|| {
+        missing(format!(
+            "command '{program}' not found in the container (its PATH is {path})"
+        ))
+    })
 }
 
 fn run(

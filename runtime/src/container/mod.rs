@@ -284,6 +284,18 @@ pub enum ContainerError {
         /// What the shim said.
         message: String,
     },
+    /// The container's process cannot run in it: its command is not in the image, or not an
+    /// executable file. Like [`ContainerError::Start`], with the exit code `docker run` gives
+    /// for it (127: not found, 126: cannot be run).
+    #[error("container {id}: {message}")]
+    CannotRun {
+        /// Container id.
+        id: String,
+        /// Why.
+        message: String,
+        /// 127 or 126.
+        code: i32,
+    },
     /// A container cut off by a power cut cannot start again in place: what it held is not
     /// there to start from ([`ContainerStore::resume`]).
     #[error("container {id}: {what}; it cannot start again in place")]
@@ -723,7 +735,7 @@ impl ContainerStore {
         let record: ContainerRecord =
             read_json(&paths.record()).ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
         match self.launch(&record) {
-            Err(e @ ContainerError::Start { .. }) => {
+            Err(e @ (ContainerError::Start { .. } | ContainerError::CannotRun { .. })) => {
                 let _ = self.remove(id, true);
                 Err(e)
             }
@@ -986,6 +998,13 @@ impl ContainerStore {
             }),
             (_, parsed) => {
                 let _ = child.wait();
+                if let Some(shim::StatusLine::CannotRun(code, message)) = parsed {
+                    return Err(ContainerError::CannotRun {
+                        id: id.to_string(),
+                        message,
+                        code,
+                    });
+                }
                 let message = match parsed {
                     Some(shim::StatusLine::Error(m)) => m,
                     _ => format!(

@@ -47,6 +47,9 @@ pub enum StatusLine {
     Exited(i32),
     /// It could not be started.
     Error(String),
+    /// Its process cannot run in it (a command not found, not executable): the exit code
+    /// Docker gives for that, and why.
+    CannotRun(i32, String),
 }
 
 /// Parses a status line.
@@ -57,6 +60,13 @@ pub fn parse_status(line: &str) -> Option<StatusLine> {
         "started" => rest.parse().ok().map(StatusLine::Started),
         "exited" => rest.parse().ok().map(StatusLine::Exited),
         "error" => Some(StatusLine::Error(rest.replace("\\n", "\n"))),
+        "cannotrun" => {
+            let (code, message) = rest.split_once(' ')?;
+            Some(StatusLine::CannotRun(
+                code.parse().ok()?,
+                message.replace("\\n", "\n"),
+            ))
+        }
         _ => None,
     }
 }
@@ -66,6 +76,7 @@ fn report(line: &StatusLine) {
         StatusLine::Started(pid) => format!("started {pid}\n"),
         StatusLine::Exited(code) => format!("exited {code}\n"),
         StatusLine::Error(m) => format!("error {}\n", m.replace('\n', "\\n")),
+        StatusLine::CannotRun(code, m) => format!("cannotrun {code} {}\n", m.replace('\n', "\\n")),
     };
     // The launcher may be gone (detached run, killed agent): nobody to tell, nothing lost.
     let _ = io::stdout().write_all(text.as_bytes());
@@ -111,8 +122,15 @@ pub fn main(data_dir: &Path, id: &str) -> i32 {
     }
     let started = match create_and_start(data_dir, &dir, &record) {
         Ok(s) => s,
-        Err(e) => {
-            report(&StatusLine::Error(e));
+        Err(Refusal {
+            message,
+            code: Some(code),
+        }) => {
+            report(&StatusLine::CannotRun(code, message));
+            return 1;
+        }
+        Err(Refusal { message, .. }) => {
+            report(&StatusLine::Error(message));
             return 1;
         }
     };
@@ -129,11 +147,34 @@ struct StartedContainer {
     hierarchy: CgroupHierarchy,
 }
 
+/// Why the shim could not start a container: what it says, and for a process that cannot
+/// run in it ([`super::exec::NotRunnable`]) the exit code `docker run` gives for that.
+#[derive(Debug)]
+struct Refusal {
+    message: String,
+    code: Option<i32>,
+}
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Self {
+            message,
+            code: None,
+        }
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(message: &str) -> Self {
+        message.to_string().into()
+    }
+}
+
 fn create_and_start(
     data_dir: &Path,
     dir: &Path,
     record: &ContainerRecord,
-) -> Result<StartedContainer, String> {
+) -> Result<StartedContainer, Refusal> {
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
     if record.config.network == NetworkMode::None {
         let mut link = libcontainer::network::link::LinkClient::new(
@@ -193,7 +234,8 @@ fn create_and_start(
                 "the source of its mount at {}, {}: {e}",
                 m.target.display(),
                 m.source.display()
-            ));
+            )
+            .into());
         }
     }
     let mut mounts = record.mounts.clone();
@@ -201,7 +243,7 @@ fn create_and_start(
     let bounding = bounding_set();
     let limit_problems = ulimits_beyond_own(&record.config.ulimits, &bounding);
     if !limit_problems.is_empty() {
-        return Err(limit_problems.join("; "));
+        return Err(limit_problems.join("; ").into());
     }
     let spec = spec::build(&SpecInput {
         id: &record.id,
@@ -264,8 +306,11 @@ fn create_and_start(
                 .as_ref()
                 .and_then(|p| super::exec::why_not_in(root.as_fd(), p))
             {
-                Some(why) => why,
-                None => e.to_string(),
+                Some(why) => Refusal {
+                    message: why.message,
+                    code: Some(why.code),
+                },
+                None => e.to_string().into(),
             }
         })?;
     tracing::debug!(container = %record.id, "created");
@@ -278,14 +323,11 @@ fn create_and_start(
     if let (CgroupHierarchy::V2 { root }, false) = (&hierarchy, record.config.privileged) {
         let cgroup = root.join(record.cgroup_path.trim_start_matches('/'));
         if let Err(e) = devices::attach(&cgroup, devices::DEFAULT_ALLOW) {
-            return Err(fail(&mut container, e.to_string()));
+            return Err(fail(&mut container, e.to_string()).into());
         }
     }
     let Some(pid) = container.pid() else {
-        return Err(fail(
-            &mut container,
-            "libcontainer reported no init pid".into(),
-        ));
+        return Err(fail(&mut container, "libcontainer reported no init pid".into()).into());
     };
     let identity = |p: i32| ProcessIdentity::of(p).map_err(|e| format!("pid {p}: {e}"));
     let state = match (identity(std::process::id() as i32), identity(pid.as_raw())) {
@@ -294,15 +336,15 @@ fn create_and_start(
             init,
             started_at: now_rfc3339(),
         },
-        (Err(e), _) | (_, Err(e)) => return Err(fail(&mut container, e)),
+        (Err(e), _) | (_, Err(e)) => return Err(fail(&mut container, e).into()),
     };
     let bytes = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
     if let Err(e) = super::write_atomic(&dir.join("state.json"), &bytes) {
-        return Err(fail(&mut container, e.to_string()));
+        return Err(fail(&mut container, e.to_string()).into());
     }
     if let Err(e) = container.start() {
         let _ = fs::remove_file(dir.join("state.json"));
-        return Err(fail(&mut container, e.to_string()));
+        return Err(fail(&mut container, e.to_string()).into());
     }
     // A restart: the last run's exit goes only now that this run is on record and runs, so
     // the container never reads as anything but ended or running (see `ContainerStore::restart`).
@@ -312,7 +354,8 @@ fn create_and_start(
             return Err(fail(
                 &mut container,
                 format!("removing the last exit record: {e}"),
-            ));
+            )
+            .into());
         }
         _ => {}
     }
@@ -668,6 +711,15 @@ mod tests {
             parse_status("error no such file\\nsecond line\n"),
             Some(StatusLine::Error("no such file\nsecond line".into()))
         );
+        let line = StatusLine::CannotRun(127, "command 'x' not found\nhere".into());
+        let text = match &line {
+            StatusLine::CannotRun(code, m) => {
+                format!("cannotrun {code} {}\n", m.replace('\n', "\\n"))
+            }
+            _ => unreachable!(),
+        };
+        assert_eq!(parse_status(&text), Some(line));
+        assert_eq!(parse_status("cannotrun x why"), None);
         assert_eq!(parse_status("started x"), None);
         assert_eq!(parse_status(""), None);
     }

@@ -59,6 +59,18 @@ impl Now {
     }
 }
 
+/// The last contact with the control plane an earlier run of the agent recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LastContact {
+    /// None recorded (no task with `stopOnClientAfter` ever held, or a first start).
+    Never,
+    /// At this wall-clock time.
+    At(SystemTime),
+    /// A record that cannot be read (torn, or a time no clock reaches): as with a clock behind
+    /// it, the time offline is unknown.
+    Unreadable,
+}
+
 /// The time offline taken when it cannot be known: past any `stopOnClientAfter` (seconds
 /// in a `u32`).
 const OFFLINE_UNKNOWN: Duration = Duration::from_secs(u32::MAX as u64 + 1);
@@ -194,6 +206,11 @@ pub struct Node {
     /// Time offline before `offline_since`: from the last contact an earlier run of the agent
     /// recorded to this start (a power cut while offline does not start the count over).
     offline_before: Duration,
+    /// The tasks that `offline_before` counts for: those none of whose containers ran when
+    /// this start first looked (`None` until then). Starting one of them again past its
+    /// `stopOnClientAfter` would run it twice; one that kept running (the agent alone
+    /// restarted, an upgrade) was never down, and counts from this start.
+    carried_for: Option<BTreeSet<String>>,
     /// Tasks the node stopped itself after `stopOnClientAfter`, and why: they stay stopped
     /// until the control plane has taken note (they leave its desired state).
     self_stopped: BTreeMap<String, String>,
@@ -219,23 +236,29 @@ impl Node {
         desired: DesiredState,
         runs: LocalRuns,
         now: Now,
-        last_contact: Option<SystemTime>,
+        last_contact: LastContact,
     ) -> Self {
-        let offline_before = match last_contact.map(|t| now.wall.duration_since(t)) {
-            None => Duration::ZERO,
-            Some(Ok(d)) => d,
-            Some(Err(_)) => {
-                if desired
-                    .tasks
-                    .iter()
-                    .any(|t| t.stop_on_client_after.is_some())
-                {
-                    tracing::warn!(
-                        "the clock is behind the last contact with the control plane: the time \
-                         offline is unknown and taken as past every stopOnClientAfter"
-                    );
-                }
-                OFFLINE_UNKNOWN
+        let unknown = |why: &str| {
+            if desired
+                .tasks
+                .iter()
+                .any(|t| t.stop_on_client_after.is_some())
+            {
+                tracing::warn!(
+                    "{why}: the time offline is unknown and taken as past every stopOnClientAfter \
+                     for the tasks not running"
+                );
+            }
+            OFFLINE_UNKNOWN
+        };
+        let offline_before = match last_contact {
+            LastContact::Never => Duration::ZERO,
+            LastContact::At(t) => match now.wall.duration_since(t) {
+                Ok(d) => d,
+                Err(_) => unknown("the clock is behind the last contact with the control plane"),
+            },
+            LastContact::Unreadable => {
+                unknown("the record of the last contact with the control plane is unreadable")
             }
         };
         Self {
@@ -247,6 +270,7 @@ impl Node {
             restarts: Restarts::new(),
             offline_since: Some(now.mono),
             offline_before,
+            carried_for: None,
             self_stopped: BTreeMap::new(),
             kept: BTreeMap::new(),
             in_flight: BTreeSet::new(),
@@ -314,6 +338,7 @@ impl Node {
             (true, _) => {
                 self.offline_since = None;
                 self.offline_before = Duration::ZERO;
+                self.carried_for = Some(BTreeSet::new());
             }
             (false, None) => self.offline_since = Some(now),
             (false, Some(_)) => {}
@@ -383,6 +408,21 @@ impl Node {
         health: &BTreeMap<String, bool>,
         now: Now,
     ) -> Round {
+        if self.carried_for.is_none() {
+            let running: BTreeSet<&str> = seen
+                .iter()
+                .filter(|c| c.state == RunState::Running)
+                .map(|c| c.name.task.as_str())
+                .collect();
+            self.carried_for = Some(
+                self.desired
+                    .tasks
+                    .iter()
+                    .filter(|t| !running.contains(t.id.as_str()))
+                    .map(|t| t.id.clone())
+                    .collect(),
+            );
+        }
         let desired = self.merged(now);
         // A container lost with the machine's last boot, of a task meant to run, is planned as
         // if it had not started yet: its start (in its task's order) starts it again in place
@@ -513,13 +553,20 @@ impl Node {
     /// plane already lists are its).
     fn merged(&mut self, now: Now) -> DesiredState {
         let mut desired = self.desired.clone();
-        let offline = self.offline_since.map(|t| {
-            self.offline_before
-                .saturating_add(now.mono.saturating_duration_since(t))
-        });
+        let offline = self
+            .offline_since
+            .map(|t| now.mono.saturating_duration_since(t));
         self.self_stopped
             .retain(|id, _| desired.tasks.iter().any(|t| &t.id == id));
         for t in &mut desired.tasks {
+            let carried = self.carried_for.as_ref().is_some_and(|c| c.contains(&t.id));
+            let offline = offline.map(|off| {
+                if carried {
+                    self.offline_before.saturating_add(off)
+                } else {
+                    off
+                }
+            });
             if let (Some(limit), Some(off)) = (t.stop_on_client_after, offline) {
                 if off >= Duration::from_secs(limit.into())
                     && !self.self_stopped.contains_key(&t.id)
@@ -823,7 +870,7 @@ mod tests {
         }
 
         fn with(rt: FakeRuntime, desired: DesiredState, runs: LocalRuns) -> Self {
-            Self::with_contact(rt, desired, runs, None)
+            Self::with_contact(rt, desired, runs, LastContact::Never)
         }
 
         /// A node started with a last contact with the control plane an earlier run
@@ -832,7 +879,7 @@ mod tests {
             rt: FakeRuntime,
             desired: DesiredState,
             runs: LocalRuns,
-            last_contact: Option<SystemTime>,
+            last_contact: LastContact,
         ) -> Self {
             let mono0 = Instant::now();
             let start = Now {
@@ -1123,13 +1170,15 @@ mod tests {
         let midnight = UNIX_EPOCH + secs(MIDNIGHT);
         // (last contact before this start, seconds after the start until t-1 stops)
         let cases = [
-            (Some(midnight - secs(20)), 10),
-            (Some(midnight - secs(30)), 0),
-            (Some(midnight - secs(3600)), 0),
+            (LastContact::At(midnight - secs(20)), 10),
+            (LastContact::At(midnight - secs(30)), 0),
+            (LastContact::At(midnight - secs(3600)), 0),
             // Never recorded: from the start.
-            (None, 30),
-            // The clock is behind the contact: unknown, so past the limit.
-            (Some(midnight + secs(600)), 0),
+            (LastContact::Never, 30),
+            // The clock is behind the contact, or the record is torn: unknown, so past the
+            // limit.
+            (LastContact::At(midnight + secs(600)), 0),
+            (LastContact::Unreadable, 0),
         ];
         for (contact, stops_after) in cases {
             let mut sim = Sim::with_contact(
@@ -1163,11 +1212,35 @@ mod tests {
             FakeRuntime::default(),
             desired.clone(),
             LocalRuns::default(),
-            Some(midnight - secs(20)),
+            LastContact::At(midnight - secs(20)),
         );
         sim.online(true);
         sim.after(secs(5));
         sim.online(false);
+        sim.after(secs(29));
+        assert_eq!(of(&sim.settle(), "t-1").state, TaskState::Running);
+        sim.after(secs(1));
+        assert_eq!(of(&sim.settle(), "t-1").state, TaskState::Stopped);
+    }
+
+    #[test]
+    fn a_task_still_running_when_the_agent_restarts_counts_from_the_restart() {
+        // The agent alone restarts (an upgrade, a crash): its containers kept running, the
+        // node was never down. A contact recorded long ago (a heartbeat is up to 30 s old)
+        // must not stop them at once.
+        let mut cut_off = task("t-1", SERVE);
+        cut_off.stop_on_client_after = Some(30);
+        let desired = state(1, vec![cut_off]);
+        let mut first = Sim::new(desired.clone());
+        first.settle();
+        let rt = std::mem::take(&mut first.rt);
+        let midnight = UNIX_EPOCH + secs(MIDNIGHT);
+        let mut sim = Sim::with_contact(
+            rt,
+            desired,
+            LocalRuns::default(),
+            LastContact::At(midnight - secs(3600)),
+        );
         sim.after(secs(29));
         assert_eq!(of(&sim.settle(), "t-1").state, TaskState::Running);
         sim.after(secs(1));
@@ -1402,6 +1475,40 @@ mod tests {
             (TaskState::Stopped, Some(StopCode::EssentialContainerExited))
         );
         assert_eq!(of(&s, &run(6)).state, TaskState::Running);
+    }
+
+    #[test]
+    fn the_recorded_contact_reads_back_and_a_torn_one_is_unreadable() {
+        use crate::runner::{load_contact, load_state, save_contact};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = redb::Database::create(dir.path().join("agent.redb")).expect("db");
+        assert_eq!(load_contact(&db).expect("load"), LastContact::Never);
+        load_state(&db).expect("the table");
+        assert_eq!(load_contact(&db).expect("load"), LastContact::Never);
+        let at = UNIX_EPOCH + secs(1_900_000_000);
+        save_contact(&db, at).expect("save");
+        assert_eq!(load_contact(&db).expect("load"), LastContact::At(at));
+        let table: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("state");
+        for torn in [
+            "",
+            "17e8",
+            "-5",
+            "18446744073709551615",
+            "9223372036854775808",
+            "\u{0}",
+        ] {
+            let w = db.begin_write().expect("write");
+            w.open_table(table)
+                .expect("table")
+                .insert("contact", torn.as_bytes())
+                .expect("insert");
+            w.commit().expect("commit");
+            assert_eq!(
+                load_contact(&db).expect("load"),
+                LastContact::Unreadable,
+                "{torn:?}"
+            );
+        }
     }
 
     #[test]

@@ -19,7 +19,7 @@ use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::sync::{watch, Notify};
 
 use crate::health::Health;
-use crate::node::{Command, Node, Now};
+use crate::node::{Command, LastContact, Node, Now};
 use crate::pull::{PullFailed, Puller};
 use crate::runtime::{task_volume, ContainerName, ContainerRuntime, Resumed, RunState};
 use crate::schedule::{LocalRuns, LocalTask};
@@ -70,21 +70,24 @@ pub fn save_desired(db: &Database, state: &DesiredState) -> Result<()> {
     Ok(())
 }
 
-/// The last contact with the control plane an earlier run recorded, if any (an unreadable
-/// record is no contact: the count starts at this start).
-pub fn load_contact(db: &Database) -> Result<Option<SystemTime>> {
+/// The last contact with the control plane an earlier run recorded: none, a time, or a
+/// record that cannot be read (not digits, or a time past what the clock can hold) — which,
+/// as a clock behind it, leaves the time offline unknown.
+pub fn load_contact(db: &Database) -> Result<LastContact> {
     let r = db.begin_read()?;
     let t = match r.open_table(STATE) {
         Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(LastContact::Never),
         Err(e) => return Err(e.into()),
     };
-    let secs = t.get(CONTACT_KEY)?.and_then(|v| {
-        std::str::from_utf8(v.value())
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-    });
-    Ok(secs.map(|s| SystemTime::UNIX_EPOCH + Duration::from_secs(s)))
+    let Some(v) = t.get(CONTACT_KEY)? else {
+        return Ok(LastContact::Never);
+    };
+    Ok(std::str::from_utf8(v.value())
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .and_then(|s| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+        .map_or(LastContact::Unreadable, LastContact::At))
 }
 
 /// Records `at` as the last contact with the control plane (committed when this returns).

@@ -271,6 +271,8 @@ fn to_dev_log(line: &str) {
 struct Interrupt {
     /// Signals received that ask to stop.
     received: AtomicUsize,
+    /// Of them, Ctrl-C and SIGTERM (a second one asks to hurry; a hang-up never does).
+    asked: AtomicUsize,
     /// A second Ctrl-C or SIGTERM came.
     hurry: AtomicBool,
     notify: tokio::sync::Notify,
@@ -286,6 +288,7 @@ impl Interrupt {
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
         let me = std::sync::Arc::new(Self {
             received: 0.into(),
+            asked: 0.into(),
             hurry: false.into(),
             notify: tokio::sync::Notify::new(),
         });
@@ -304,7 +307,13 @@ impl Interrupt {
                     continue;
                 }
                 last = Some(Instant::now());
-                let earlier = m.received.fetch_add(1, Ordering::SeqCst);
+                m.received.fetch_add(1, Ordering::SeqCst);
+                // Only a Ctrl-C or SIGTERM after another asks to hurry: a closed terminal is
+                // often followed by its session's SIGTERM (logind), still the first request.
+                let earlier = match again {
+                    Some(_) => m.asked.fetch_add(1, Ordering::SeqCst),
+                    None => 0,
+                };
                 if let (Some(what), true) = (again, earlier > 0) {
                     if m.hurry.swap(true, Ordering::SeqCst) {
                         say!("{what} again: already stopping as fast as it can; it ends by itself, leaving nothing half-removed");
@@ -370,14 +379,17 @@ impl Running {
     /// drained, so no service replaces the tasks meanwhile; what the agent could not stop in
     /// time (or at all) is removed on the node directly once it is stopped.
     async fn shutdown(&mut self, interrupt: &Interrupt, node: &NodeCommands<'_>) -> Result<()> {
-        if let (Some(api), Some(node_id), Some(agent)) = (&self.api, &self.node_id, &mut self.agent)
+        let mut drain_failed = None;
+        if let (Some(api), Some(node_id), Some(agent), Some(cp)) =
+            (&self.api, &self.node_id, &mut self.agent, &mut self.cp)
         {
             let drained = match agent.check() {
-                Ok(()) => drain(api, node_id, agent, interrupt, node).await,
+                Ok(()) => drain(api, node_id, agent, cp, interrupt, node).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = drained {
                 say!("{e:#}");
+                drain_failed = Some(e);
             }
         }
         let grace = if interrupt.hurried() { 2 } else { 10 };
@@ -410,7 +422,14 @@ impl Running {
             }
             bail!("{text}");
         }
-        removed
+        removed?;
+        // Nothing is left, but the tasks may not be recorded as they ended.
+        if let Some(e) = drain_failed {
+            bail!(
+                "stopped and nothing is left running, but the stop did not go as it should: {e:#}"
+            );
+        }
+        Ok(())
     }
 }
 
@@ -842,6 +861,7 @@ async fn drain(
     api: &Client,
     node_id: &str,
     agent: &mut Daemon,
+    cp: &mut Daemon,
     interrupt: &Interrupt,
     node: &NodeCommands<'_>,
 ) -> Result<()> {
@@ -853,15 +873,18 @@ async fn drain(
     loop {
         let left = containers(node)?;
         let unreported = unreported_tasks(api, node_id).await;
-        if left.is_empty() && unreported == 0 {
+        if left.is_empty() && unreported == Some(0) {
             return Ok(());
         }
         // Nothing would stop them any more.
         agent.check()?;
-        let waiting_for = if left.is_empty() {
-            format!("the node to report {} stopped", count(unreported, "task"))
-        } else {
-            format!("{} to stop", count(left.len(), "container"))
+        // Nothing would record how they ended.
+        cp.check()
+            .context("the tasks' last reports could not be recorded")?;
+        let waiting_for = match (left.is_empty(), unreported) {
+            (true, Some(n)) => format!("the node to report {} stopped", count(n, "task")),
+            (true, None) => "the control plane to answer".to_string(),
+            (false, _) => format!("{} to stop", count(left.len(), "container")),
         };
         if interrupt.hurried() {
             let since = *hurried.get_or_insert_with(Instant::now);
@@ -900,19 +923,19 @@ async fn drain(
 /// remove them and report their tasks before they are removed behind its back.
 const HURRIED_GRACE: Duration = Duration::from_secs(10);
 
-/// How many of the node's tasks the control plane does not have as STOPPED yet; 0 when it
-/// cannot tell (then nothing more can be reported to it).
-async fn unreported_tasks(api: &Client, node_id: &str) -> usize {
-    match api.tasks().await {
-        Ok(tasks) => tasks
+/// How many of the node's tasks the control plane does not have as STOPPED yet; `None` when
+/// it did not answer.
+async fn unreported_tasks(api: &Client, node_id: &str) -> Option<usize> {
+    let tasks = api.tasks().await.ok()?;
+    Some(
+        tasks
             .iter()
             .filter(|t| {
                 t.node.as_deref() == Some(node_id)
                     && t.state != flotilla_api::tasks::TaskState::Stopped
             })
             .count(),
-        Err(_) => 0,
-    }
+    )
 }
 
 /// Sends SIGKILL to the node's running containers (`nodeagent ctr kill -s KILL`) with the

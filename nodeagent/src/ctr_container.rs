@@ -116,7 +116,7 @@ fn size(s: &str) -> Result<u64, String> {
 /// quota of 1 ms per 100 ms period, the kernel's least) to the CPUs this machine has online,
 /// as Docker bounds `--cpus`.
 fn cores(s: &str) -> Result<f64, String> {
-    let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let online = online_cpus();
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
     let plain = !whole.is_empty()
         && whole.bytes().all(|b| b.is_ascii_digit())
@@ -133,6 +133,31 @@ fn cores(s: &str) -> Result<f64, String> {
         ));
     }
     Ok(c)
+}
+
+/// The CPUs this machine has online (`/sys/devices/system/cpu/online`, a list such as `0-3`
+/// or `0,2-3`), whatever the affinity or CPU quota of the process asking — as Docker bounds
+/// `--cpus` by the machine's; this process's share when that cannot be read.
+fn online_cpus() -> usize {
+    let counted = std::fs::read_to_string("/sys/devices/system/cpu/online")
+        .ok()
+        .and_then(|list| cpu_list_len(list.trim()));
+    counted.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// How many CPUs a kernel CPU list (`0-3`, `0,2-3`) names; `None` when it is not one.
+fn cpu_list_len(list: &str) -> Option<usize> {
+    let mut n = 0;
+    for part in list.split(',') {
+        n += match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?);
+                b.checked_sub(a)? + 1
+            }
+            None => part.parse::<usize>().map(|_| 1).ok()?,
+        };
+    }
+    (n > 0).then_some(n)
 }
 
 /// A count written plainly (`5`, not `+5` or `05`), as `--ulimit` takes its values.
@@ -778,14 +803,26 @@ pub fn bind_roots(roots: &[PathBuf]) -> Vec<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::{cores, ulimit};
+    use super::{cores, cpu_list_len, online_cpus, ulimit};
+
+    #[test]
+    fn the_machines_cpus_are_read_from_the_kernels_list() {
+        assert_eq!(cpu_list_len("0"), Some(1));
+        assert_eq!(cpu_list_len("0-3"), Some(4));
+        assert_eq!(cpu_list_len("0,2-3"), Some(3));
+        for bad in ["", "x", "3-1", "0-", "-1"] {
+            assert_eq!(cpu_list_len(bad), None, "{bad:?}");
+        }
+        // Not this process's share: the machine's.
+        assert!(online_cpus() >= std::thread::available_parallelism().map_or(1, |n| n.get()));
+    }
 
     #[test]
     fn cores_are_plain_numbers_from_a_hundredth_to_the_machines_cpus() {
         assert_eq!(cores("0.5"), Ok(0.5));
         assert_eq!(cores("1"), Ok(1.0));
         assert_eq!(cores("0.01"), Ok(0.01));
-        let online = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let online = online_cpus();
         assert_eq!(cores(&online.to_string()), Ok(online as f64));
         for bad in [
             "+0.5", "-1", "5e-1", "inf", "NaN", ".5", "1.", "0x1", " 1", "", "1,5",

@@ -497,29 +497,79 @@ fn kill_pid_stops_a_bridge_task_and_leaves_nothing() {
     eprintln!("kill PID: everything gone {took:?} after it");
 }
 
-#[test]
-fn a_signal_delivered_twice_at_once_is_one_request_to_stop() {
+/// Sends `flotilla dev` the `signals` (`kill -NAME`), `apart` from each other, and checks
+/// that they were one request to stop: the bridge task's container (which ignores SIGTERM)
+/// had its whole `stopTimeout` (3 s) before SIGKILL, and nothing is left.
+fn one_request(signals: &[&str], apart: Duration) {
     let _serial = serial();
     let dev = DevInTerminal::start(Typed::Alone);
     let id = dev.run_bridge_task(3);
-    // As timeout(1) does: the signal to the process, then to its process group.
     let pid = dev.pid();
     let asked = Instant::now();
-    for _ in 0..2 {
+    for (i, sig) in signals.iter().enumerate() {
+        if i > 0 {
+            std::thread::sleep(apart);
+        }
         let status = Command::new("kill")
-            .args(["-INT", &pid.to_string()])
+            .args([&format!("-{sig}"), &pid.to_string()])
             .status()
             .expect("kill");
         assert!(status.success());
     }
     dev.wait_gone(Duration::from_secs(30));
     let took = asked.elapsed();
-    let screen = dev.term.wait_for(ALL_GONE, Duration::from_secs(5));
+    let log = std::fs::read_to_string(dev.node.scratch().join("dev.log")).expect("dev.log");
     // Not hurried: the container had its whole stopTimeout before SIGKILL.
-    assert!(!screen.contains("Ctrl-C again:"), "{screen}");
+    assert!(!log.contains("again:"), "{log}");
     assert!(took >= Duration::from_secs(3), "{took:?}");
+    assert!(
+        log.lines().last().is_some_and(|l| l.contains(ALL_GONE)),
+        "{log}"
+    );
     dev.assert_nothing_left();
     dev.assert_recorded_as_killed(&id);
+}
+
+#[test]
+fn a_signal_delivered_twice_at_once_is_one_request_to_stop() {
+    // As timeout(1) does: the signal to the process, then to its process group.
+    one_request(&["INT", "INT"], Duration::ZERO);
+}
+
+#[test]
+fn a_hang_up_then_the_sessions_sigterm_is_one_request_to_stop() {
+    // A closed SSH session: the hang-up, then logind's SIGTERM to the session's processes.
+    one_request(&["HUP", "TERM"], Duration::from_millis(500));
+}
+
+#[test]
+fn a_control_plane_that_dies_while_the_node_drains_is_said_and_the_stop_fails() {
+    let _serial = serial();
+    let dev = DevInTerminal::start(Typed::Alone);
+    dev.run_bridge_task(20);
+    dev.term.ctrl_c();
+    dev.term.wait_for("waiting for", Duration::from_secs(10));
+    let cp = cluster_processes(dev.node.scratch(), &dev.node.cgroup_parent)
+        .into_iter()
+        .find(|(_, cmd)| cmd.contains("orchestratord") && cmd.contains(" run "))
+        .map(|(pid, _)| pid)
+        .expect("the control plane");
+    let status = Command::new("kill")
+        .args(["-9", &cp.to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    dev.wait_gone(Duration::from_secs(40));
+    dev.term.type_line("echo exit=$?");
+    let screen = dev.term.wait_for("exit=", Duration::from_secs(5));
+    assert!(
+        screen.contains("the tasks' last reports could not be recorded")
+            && screen.contains("orchestratord exited")
+            && screen.contains("exit=1")
+            && !screen.contains(ALL_GONE),
+        "{screen}"
+    );
+    dev.assert_nothing_left();
 }
 
 #[test]

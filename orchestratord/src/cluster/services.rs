@@ -344,7 +344,12 @@ fn one(
     let throttle = |cx: &Ctx<'_, '_>, deployment: &str, node: Option<&str>| {
         Throttle::of(&cx.txn.tasks_of(&by), deployment, node).filter(|t| t.holds(cx.now.secs()))
     };
-    let impaired = Throttle::of(&cx.txn.tasks_of(&by), &primary.id, None);
+    // (nothing is impaired while nothing is wanted)
+    let wanted = match s.spec.scheduling_strategy {
+        SchedulingStrategy::Replica => s.spec.desired_count > 0,
+        SchedulingStrategy::Daemon => true,
+    };
+    let impaired = Throttle::of(&cx.txn.tasks_of(&by), &primary.id, None).filter(|_| wanted);
     let (eligible, away) = match s.spec.scheduling_strategy {
         SchedulingStrategy::Daemon => match request(&primary.revision, 1, seed) {
             Ok(r) => {

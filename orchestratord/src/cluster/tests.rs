@@ -225,6 +225,31 @@ fn tasks_that_fail_to_start_again_and_again_are_launched_ever_more_slowly() {
     );
     // One event per task that failed from the second on, not one per round.
     assert_eq!(h.events("service.task_start_impaired").len(), 5);
+    // Scaled to 0, nothing is impaired; scaled out again, its rollout is in progress (and
+    // still throttled: the same failures count).
+    let scale = |h: &mut Harness, n: u32| {
+        h.op(Operator::UpdateService(
+            "web".into(),
+            ServiceUpdate {
+                desired_count: Some(n),
+                ..ServiceUpdate::default()
+            },
+        ))
+        .expect("scale");
+        h.step();
+    };
+    scale(&mut h, 0);
+    assert_eq!(h.service("web").placement_problem, None);
+    scale(&mut h, 2);
+    let s = h.service("web");
+    assert_eq!(
+        s.deployments[0].rollout_state,
+        RolloutState::InProgress,
+        "{s:#?}"
+    );
+    assert!(s
+        .placement_problem
+        .is_some_and(|p| p.contains("unable to consistently start tasks")));
     // The operator fixes the task definition: the new deployment starts at once.
     h.op(Operator::UpdateService(
         "web".into(),
@@ -237,7 +262,7 @@ fn tasks_that_fail_to_start_again_and_again_are_launched_ever_more_slowly() {
     h.step();
     h.step();
     let s = h.service("web");
-    assert_eq!(s.running_count, 1, "{s:#?}");
+    assert_eq!(s.running_count, 2, "{s:#?}");
     assert_eq!(s.placement_problem, None);
 }
 

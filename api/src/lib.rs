@@ -15,6 +15,7 @@ pub mod errors;
 pub mod ipam;
 pub mod logging;
 pub mod ops;
+pub mod scaling;
 pub mod schedule;
 pub mod service;
 pub mod stdout;

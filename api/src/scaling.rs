@@ -11,6 +11,8 @@
 //! ([`flotilla_scheduler::scaling`]); [`ScalingPolicy::planner`] turns a document into its
 //! policy.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -228,8 +230,8 @@ pub struct ScalingActivity {
     pub policy: Option<String>,
     /// The metrics the policies watch, by `PutMetricAlarm` name (`CPUUtilization`,
     /// `MemoryUtilization`), percent; `null` where unknown.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub metrics: Vec<(String, Option<f64>)>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, Option<f64>>,
 }
 
 /// A service's scaling, as `GET /v1/services/{name}/scaling` answers.
@@ -545,8 +547,7 @@ pub fn parse_policy(text: &str, service: &str) -> Result<Parsed<ScalingPolicy>, 
                     ));
                 }
             }
-            if let Some(c) = f.required("TargetTrackingScalingPolicyConfiguration", &mut problems)
-            {
+            if let Some(c) = f.required("TargetTrackingScalingPolicyConfiguration", &mut problems) {
                 policy.target_tracking_scaling_policy_configuration = target_tracking(
                     c,
                     "$.TargetTrackingScalingPolicyConfiguration",
@@ -580,8 +581,7 @@ pub fn parse_policy(text: &str, service: &str) -> Result<Parsed<ScalingPolicy>, 
                         .into(),
                 ),
             }
-            if let (Some(s), Some(a)) = (&policy.step_scaling_policy_configuration, &policy.alarm)
-            {
+            if let (Some(s), Some(a)) = (&policy.step_scaling_policy_configuration, &policy.alarm) {
                 check_steps(s, a, &mut problems);
             }
         }
@@ -640,7 +640,10 @@ fn target_tracking(
             let p = Fields::of(m, &at, problems)?;
             p.known(
                 &["PredefinedMetricType"],
-                &[("ResourceLabel", "AWS only: it names a load balancer's target group")],
+                &[(
+                    "ResourceLabel",
+                    "AWS only: it names a load balancer's target group",
+                )],
                 problems,
                 warnings,
             );
@@ -693,7 +696,10 @@ fn step_scaling(
         problems,
         warnings,
     );
-    match f.string("MetricAggregationType", false, problems).as_deref() {
+    match f
+        .string("MetricAggregationType", false, problems)
+        .as_deref()
+    {
         None | Some("Average") => {}
         Some(o) => problems.push(format!(
             "{}: '{o}' is not supported: the service's metrics are averages (Average)",
@@ -755,10 +761,9 @@ fn step_scaling(
                 }
             }
         }
-        Some(Value::Array(_)) => problems.push(format!(
-            "{}: at least one step",
-            f.path("StepAdjustments")
-        )),
+        Some(Value::Array(_)) => {
+            problems.push(format!("{}: at least one step", f.path("StepAdjustments")))
+        }
         Some(o) => problems.push(format!(
             "{}: expected an array, found {}",
             f.path("StepAdjustments"),
@@ -919,8 +924,14 @@ pub fn parse_scheduled_action(
     f.known(
         &fields,
         &[
-            ("StartTime", "not supported yet: the action applies from now on"),
-            ("EndTime", "not supported yet: the action applies from now on"),
+            (
+                "StartTime",
+                "not supported yet: the action applies from now on",
+            ),
+            (
+                "EndTime",
+                "not supported yet: the action applies from now on",
+            ),
         ],
         &mut problems,
         &mut warnings,
@@ -1017,12 +1028,16 @@ fn cron_of(schedule: &str) -> Result<String, String> {
     }
     for f in [minute, hour, dom, month, dow] {
         if f.contains(['L', 'W', '#']) {
-            return Err(format!(
-                "'{s}': L, W and # are not supported (field '{f}')"
-            ));
+            return Err(format!("'{s}': L, W and # are not supported (field '{f}')"));
         }
     }
-    let q = |f: &str| if f == "?" { "*".to_string() } else { f.to_string() };
+    let q = |f: &str| {
+        if f == "?" {
+            "*".to_string()
+        } else {
+            f.to_string()
+        }
+    };
     // AWS numbers the days of the week 1 (Sunday) to 7 (Saturday); cron 0 to 6.
     let dow = q(dow);
     let mut out = String::new();
@@ -1042,7 +1057,13 @@ fn cron_of(schedule: &str) -> Result<String, String> {
         }
         out.push(c);
     }
-    Ok(format!("{} {} {} {} {out}", q(minute), q(hour), q(dom), q(month)))
+    Ok(format!(
+        "{} {} {} {} {out}",
+        q(minute),
+        q(hour),
+        q(dom),
+        q(month)
+    ))
 }
 
 impl ScalingPolicy {
@@ -1114,7 +1135,9 @@ impl ScalingPolicy {
             }
             return "CPUUtilization";
         }
-        self.alarm.as_ref().map_or("CPUUtilization", |a| &a.metric_name)
+        self.alarm
+            .as_ref()
+            .map_or("CPUUtilization", |a| &a.metric_name)
     }
 }
 
@@ -1192,18 +1215,23 @@ mod tests {
             "ScaleInCooldown": 120
           }
         }"#;
-        let p = parse_policy(text, "web").unwrap();
+        let p = parse_policy(text, "web").expect("ok");
         assert!(p.warnings.is_empty(), "{:?}", p.warnings);
-        let n = p.value.planner().unwrap();
+        let n = p.value.planner().expect("ok");
         assert_eq!(n.name, "cpu75");
         let planner::Policy::TargetTracking(t) = n.policy else {
             panic!("{n:?}")
         };
         assert_eq!(
-            (t.metric, t.target, t.scale_out_cooldown, t.scale_in_cooldown),
+            (
+                t.metric,
+                t.target,
+                t.scale_out_cooldown,
+                t.scale_in_cooldown
+            ),
             (planner::Metric::Cpu, 75.0, 60, 120)
         );
-        let e = parse_policy(text, "api").unwrap_err();
+        let e = parse_policy(text, "api").expect_err("refused");
         assert_eq!(e, ["$.ResourceId: names service 'web', not 'api'"]);
     }
 
@@ -1225,31 +1253,34 @@ Alarm:
   EvaluationPeriods: 2
   Period: 60
 "#;
-        let p = parse_policy(text, "web").unwrap();
+        let p = parse_policy(text, "web").expect("ok");
         assert_eq!(p.warnings.len(), 1, "{:?}", p.warnings);
         assert!(p.warnings[0].starts_with("$.Alarm.Period: ignored"));
-        let planner::Policy::Step(s) = p.value.planner().unwrap().policy else {
+        let planner::Policy::Step(s) = p.value.planner().expect("ok").policy else {
             panic!()
         };
-        assert_eq!((s.threshold, s.evaluation_periods, s.cooldown), (70.0, 2, 30));
+        assert_eq!(
+            (s.threshold, s.evaluation_periods, s.cooldown),
+            (70.0, 2, 30)
+        );
         assert_eq!(s.steps.len(), 2);
 
-        let no_alarm = text.split("Alarm:").next().unwrap();
-        let e = parse_policy(no_alarm, "web").unwrap_err();
+        let no_alarm = text.split("Alarm:").next().expect("ok");
+        let e = parse_policy(no_alarm, "web").expect_err("refused");
         assert!(e[0].starts_with("$.Alarm: required"), "{e:?}");
 
         let below = text.replace(
             "MetricIntervalLowerBound: 0, MetricIntervalUpperBound: 20",
             "MetricIntervalLowerBound: -20, MetricIntervalUpperBound: 0",
         );
-        let e = parse_policy(&below, "web").unwrap_err();
+        let e = parse_policy(&below, "web").expect_err("refused");
         assert!(
             e.iter()
                 .any(|e| e.contains("StepAdjustments[0]: can never apply")),
             "{e:?}"
         );
         let overlapping = text.replace("LowerBound: 20,", "LowerBound: 10,");
-        let e = parse_policy(&overlapping, "web").unwrap_err();
+        let e = parse_policy(&overlapping, "web").expect_err("refused");
         assert!(e.iter().any(|e| e.contains("overlap")), "{e:?}");
     }
 
@@ -1263,7 +1294,7 @@ Alarm:
             "ScaleInCooldown": -1
           }
         }"#;
-        let e = parse_policy(text, "web").unwrap_err();
+        let e = parse_policy(text, "web").expect_err("refused");
         let want = [
             "$.PolicyName: 'bad name' is not 1-256 letters, digits, '-', '_' or '.'",
             "$.TargetTrackingScalingPolicyConfiguration.TargetValu: unknown field (did you mean \
@@ -1276,8 +1307,8 @@ Alarm:
              number from 0 to 86400",
         ];
         assert_eq!(e, want);
-        assert!(parse_policy("[1]", "web").unwrap_err()[0].contains("expected an object"));
-        assert!(parse_policy("{", "web").unwrap_err()[0].starts_with("$: not valid JSON"));
+        assert!(parse_policy("[1]", "web").expect_err("refused")[0].contains("expected an object"));
+        assert!(parse_policy("{", "web").expect_err("refused")[0].starts_with("$: not valid JSON"));
     }
 
     #[test]
@@ -1288,21 +1319,27 @@ Alarm:
           "Timezone": "Europe/Paris",
           "ScalableTargetAction": {"MinCapacity": 3}
         }"#;
-        let p = parse_scheduled_action(text, "web").unwrap();
-        assert_eq!(p.value.cron().unwrap(), "0 8 * * 1-5");
+        let p = parse_scheduled_action(text, "web").expect("ok");
+        assert_eq!(p.value.cron().expect("ok"), "0 8 * * 1-5");
         assert_eq!(p.value.scalable_target_action.min_capacity, Some(3));
-        assert_eq!(cron_of("cron(30 * ? * 1,7 *)").unwrap(), "30 * * * 0,6");
-        assert_eq!(cron_of("cron(*/15 * * * ? *)").unwrap(), "*/15 * * * *");
-        assert_eq!(cron_of("*/5 * * * *").unwrap(), "*/5 * * * *");
-        assert!(cron_of("cron(0 8 ? * 2-6 2027)").unwrap_err().contains("Year"));
-        assert!(cron_of("rate(5 minutes)").unwrap_err().contains("not supported"));
-        assert!(cron_of("cron(0 8 ? * 0 *)").unwrap_err().contains("1 is Sunday"));
+        assert_eq!(cron_of("cron(30 * ? * 1,7 *)").expect("ok"), "30 * * * 0,6");
+        assert_eq!(cron_of("cron(*/15 * * * ? *)").expect("ok"), "*/15 * * * *");
+        assert_eq!(cron_of("*/5 * * * *").expect("ok"), "*/5 * * * *");
+        assert!(cron_of("cron(0 8 ? * 2-6 2027)")
+            .expect_err("refused")
+            .contains("Year"));
+        assert!(cron_of("rate(5 minutes)")
+            .expect_err("refused")
+            .contains("not supported"));
+        assert!(cron_of("cron(0 8 ? * 0 *)")
+            .expect_err("refused")
+            .contains("1 is Sunday"));
         let e = parse_scheduled_action(
             r#"{"ScheduledActionName": "x", "Schedule": "61 * * * *",
                 "ScalableTargetAction": {"MinCapacity": 4, "MaxCapacity": 2}}"#,
             "web",
         )
-        .unwrap_err();
+        .expect_err("refused");
         assert_eq!(e.len(), 2, "{e:?}");
         assert!(e[0].starts_with("$.Schedule: "), "{e:?}");
         assert_eq!(
@@ -1317,11 +1354,17 @@ Alarm:
             min_capacity: 3,
             max_capacity: 2,
         };
-        assert_eq!(t.check().unwrap_err(), "MinCapacity 3 is above MaxCapacity 2");
+        assert_eq!(
+            t.check().expect_err("refused"),
+            "MinCapacity 3 is above MaxCapacity 2"
+        );
         let t = ScalableTarget {
             min_capacity: 0,
             max_capacity: MAX_CAPACITY + 1,
         };
-        assert!(t.check().unwrap_err().starts_with("MaxCapacity: at most"));
+        assert!(t
+            .check()
+            .expect_err("refused")
+            .starts_with("MaxCapacity: at most"));
     }
 }

@@ -245,6 +245,8 @@ fn respond(reply: CoreReply) -> Reply {
         CoreReply::ScheduleCreated(s) => json(S::CREATED, &s),
         CoreReply::Schedules(s) => json(S::OK, &s),
         CoreReply::Schedule(s) => json(S::OK, &s),
+        CoreReply::Scaling(s) => json(S::OK, &s),
+        CoreReply::ScalingPut(s) => json(S::OK, &s),
         other => error(
             S::INTERNAL_SERVER_ERROR,
             format!("unexpected answer {other:?}"),
@@ -388,6 +390,12 @@ fn parse(
     }
 }
 
+/// A body that is a document's text (JSON or YAML).
+fn text(body: &[u8], what: &str) -> Result<String, (StatusCode, String)> {
+    String::from_utf8(body.to_vec())
+        .map_err(|_| (StatusCode::BAD_REQUEST, format!("{what}: not UTF-8")))
+}
+
 /// A request for the core.
 fn parse_operator(
     method: &Method,
@@ -480,6 +488,28 @@ fn parse_operator(
         (&Method::DELETE, ["v1", "services", name]) => {
             Ok(Operator::RemoveService(name.to_string()))
         }
+        (&Method::GET, ["v1", "services", name, "scaling"]) => {
+            Ok(Operator::GetScaling(name.to_string()))
+        }
+        (&Method::PUT, ["v1", "services", name, "scaling"]) => Ok(Operator::Autoscale(
+            name.to_string(),
+            serde_json::from_slice(body).map_err(decode("scalable target"))?,
+        )),
+        (&Method::DELETE, ["v1", "services", name, "scaling"]) => {
+            Ok(Operator::DeregisterScaling(name.to_string()))
+        }
+        (&Method::POST, ["v1", "services", name, "scaling", "policies"]) => Ok(
+            Operator::PutScalingPolicy(name.to_string(), text(body, "scaling policy")?),
+        ),
+        (&Method::DELETE, ["v1", "services", name, "scaling", "policies", policy]) => Ok(
+            Operator::RemoveScalingPolicy(name.to_string(), policy.to_string()),
+        ),
+        (&Method::POST, ["v1", "services", name, "scaling", "scheduled-actions"]) => Ok(
+            Operator::PutScheduledAction(name.to_string(), text(body, "scheduled action")?),
+        ),
+        (&Method::DELETE, ["v1", "services", name, "scaling", "scheduled-actions", action]) => Ok(
+            Operator::RemoveScheduledAction(name.to_string(), action.to_string()),
+        ),
         (&Method::POST, ["v1", "schedules"]) => Ok(Operator::CreateSchedule(
             serde_json::from_slice(body).map_err(decode("schedule"))?,
         )),
@@ -537,7 +567,9 @@ mod tests {
         let path = template
             .replace("{id}", "x-1")
             .replace("{taskdef}", "fam:1")
-            .replace("{name}", "svc");
+            .replace("{name}", "svc")
+            .replace("{policy}", "p")
+            .replace("{action}", "a");
         !matches!(parse(method, &path, None, b"{}"), Err((StatusCode::NOT_FOUND, m)) if m.starts_with("no route"))
     }
 

@@ -41,7 +41,7 @@ const SERVER_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 #[command(name = "orchestratord", version, about = "Flotilla control plane")]
 struct Cli {
     /// Configuration file (TOML; keys as the flags: data_dir, listen, metrics_listen,
-    /// node_cert_lifetime, session_rate, log_format, bridge_pool, bridge_prefix, awsvpc_subnet,
+    /// node_cert_lifetime, session_rate, scaling_period, log_format, bridge_pool, bridge_prefix, awsvpc_subnet,
     /// awsvpc_range, awsvpc_gateway, vip_pool).
     /// Default: /etc/flotilla/orchestratord.toml when it exists. Flags override it.
     #[arg(long, global = true, env = "ORCHESTRATORD_CONFIG")]
@@ -94,6 +94,10 @@ enum Command {
         /// each at its own slot [default: 1000].
         #[arg(long)]
         session_rate: Option<u32>,
+        /// Seconds between auto scaling decisions: each service with a scalable target gets
+        /// one datapoint of its utilization per period, from 1 to 300 [default: 30].
+        #[arg(long, value_name = "SECS")]
+        scaling_period: Option<u64>,
         #[command(flatten)]
         network: NetworkArgs,
     },
@@ -131,6 +135,7 @@ struct FileConfig {
     metrics_listen: Option<SocketAddr>,
     node_cert_lifetime: Option<u64>,
     session_rate: Option<u32>,
+    scaling_period: Option<u64>,
     log_format: Option<LogFormat>,
     bridge_pool: Option<ipnet::Ipv4Net>,
     bridge_prefix: Option<u8>,
@@ -147,6 +152,7 @@ const FILE_KEYS: &[&str] = &[
     "metrics_listen",
     "node_cert_lifetime",
     "session_rate",
+    "scaling_period",
     "log_format",
     "bridge_pool",
     "bridge_prefix",
@@ -221,6 +227,7 @@ fn real_main() -> Result<()> {
             metrics_listen,
             node_cert_lifetime,
             session_rate,
+            scaling_period,
             network,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -238,6 +245,11 @@ fn real_main() -> Result<()> {
                 metrics_listen: metrics_listen.or(file.metrics_listen),
                 node_cert_lifetime: Duration::from_secs(lifetime),
                 session_rate: session_rate.or(file.session_rate).unwrap_or(1000),
+                scaling_period: Duration::from_secs(
+                    scaling_period
+                        .or(file.scaling_period)
+                        .unwrap_or(cluster::DEFAULT_SCALING_PERIOD.as_secs()),
+                ),
                 network: network_settings(network, &file)?,
             };
             rt.block_on(run(&data_dir, &settings))
@@ -374,6 +386,7 @@ struct Settings {
     metrics_listen: Option<SocketAddr>,
     node_cert_lifetime: Duration,
     session_rate: u32,
+    scaling_period: Duration,
     network: network::Settings,
 }
 
@@ -437,6 +450,7 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         metrics_listen,
         node_cert_lifetime,
         session_rate,
+        scaling_period,
         ref network,
     } = *settings;
     if node_cert_lifetime < Duration::from_secs(30) {
@@ -444,6 +458,9 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
     }
     if session_rate == 0 {
         bail!("--session-rate: at least 1 session per second");
+    }
+    if !(1..=300).contains(&scaling_period.as_secs()) {
+        bail!("--scaling-period: from 1 to 300 seconds");
     }
     let ca = ClusterCa::load(data_dir).with_context(|| {
         format!(
@@ -493,6 +510,7 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
             node_cert_lifetime,
             session_rate,
             network: network.clone(),
+            scaling_period,
         },
         Box::new(cluster::RandomIds),
         core::now(),
@@ -509,7 +527,7 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         tokio::spawn(scrape::serve(tcp, plane.clone()));
     }
 
-    tokio::spawn(timers::run(plane.clone()));
+    tokio::spawn(timers::run(plane.clone(), scaling_period));
     tracing::info!(%listen, "serving agents (QUIC) and operators (HTTPS)");
     // Under systemd: ready now that both listeners and the store are up; the watchdog is fed
     // only while the core and its store answer.

@@ -10,6 +10,7 @@ use flotilla_api::ops::{
     AdminCredential, ApiError, Event, NodeInfo, NodeState, TaskDefRegistered, TaskDefRevision,
     TaskInfo, TokenCreated, TokenInfo,
 };
+use flotilla_api::scaling::{ScalingPut, ServiceScaling};
 use flotilla_api::schedule::ScheduleInfo;
 use flotilla_api::service::{ServiceCreated, ServiceInfo};
 use flotilla_api::tasks::{DesiredStatus, TaskState};
@@ -448,6 +449,105 @@ fn every_documented_operation_answers_as_documented() {
         Some("{}"),
         404,
     );
+    // Auto scaling.
+    let sc = "/v1/services/{name}/scaling";
+    api.refused("GET", sc, "/v1/services/web/scaling", None, 404);
+    let autoscale = r#"{"target": {"MinCapacity": 1, "MaxCapacity": 3}, "policies": [{
+        "PolicyName": "mem", "PolicyType": "TargetTrackingScaling",
+        "TargetTrackingScalingPolicyConfiguration": {"TargetValue": 70,
+          "PredefinedMetricSpecification": {"PredefinedMetricType": "ECSServiceAverageMemoryUtilization"}}}]}"#;
+    let s: ServiceScaling = api.ok("PUT", sc, "/v1/services/web/scaling", Some(autoscale), 200);
+    assert_eq!(s.policies.len(), 1, "{s:?}");
+    let inverted = r#"{"target": {"MinCapacity": 4, "MaxCapacity": 3}}"#;
+    api.refused("PUT", sc, "/v1/services/web/scaling", Some(inverted), 400);
+    api.refused("PUT", sc, "/v1/services/nope/scaling", Some(autoscale), 404);
+    let _: ServiceScaling = api.ok("GET", sc, "/v1/services/web/scaling", None, 200);
+    let policies = "/v1/services/{name}/scaling/policies";
+    let step = "PolicyName: steps\nPolicyType: StepScaling\nStepScalingPolicyConfiguration:\n  \
+                AdjustmentType: ChangeInCapacity\n  StepAdjustments: [{MetricIntervalLowerBound: 0, \
+                ScalingAdjustment: 1}]\nAlarm: {MetricName: MemoryUtilization, Threshold: 80, \
+                ComparisonOperator: GreaterThanThreshold, Period: 60}\n";
+    let put: ScalingPut = api.ok(
+        "POST",
+        policies,
+        "/v1/services/web/scaling/policies",
+        Some(step),
+        200,
+    );
+    assert_eq!(put.scaling.policies.len(), 2, "{put:?}");
+    assert_eq!(put.warnings.len(), 1, "{put:?}");
+    let wrong = "PolicyName: x\nTargetTrackingScalingPolicyConfiguration: {TargetValue: 900}\n";
+    api.refused(
+        "POST",
+        policies,
+        "/v1/services/web/scaling/policies",
+        Some(wrong),
+        400,
+    );
+    api.refused(
+        "POST",
+        policies,
+        "/v1/services/nope/scaling/policies",
+        Some(step),
+        404,
+    );
+    let policy = "/v1/services/{name}/scaling/policies/{policy}";
+    api.empty(
+        "DELETE",
+        policy,
+        "/v1/services/web/scaling/policies/steps",
+        204,
+    );
+    api.refused(
+        "DELETE",
+        policy,
+        "/v1/services/web/scaling/policies/steps",
+        None,
+        404,
+    );
+    let actions = "/v1/services/{name}/scaling/scheduled-actions";
+    let night = r#"{"ScheduledActionName": "night", "Schedule": "cron(0 22 * * ? *)",
+        "Timezone": "Europe/Paris", "ScalableTargetAction": {"MaxCapacity": 1}}"#;
+    let put: ScalingPut = api.ok(
+        "POST",
+        actions,
+        "/v1/services/web/scaling/scheduled-actions",
+        Some(night),
+        200,
+    );
+    assert_eq!(put.scaling.scheduled_actions.len(), 1, "{put:?}");
+    let never = r#"{"ScheduledActionName": "n", "Schedule": "0 0 31 2 *", "ScalableTargetAction": {"MinCapacity": 1}}"#;
+    api.refused(
+        "POST",
+        actions,
+        "/v1/services/web/scaling/scheduled-actions",
+        Some(never),
+        400,
+    );
+    api.refused(
+        "POST",
+        actions,
+        "/v1/services/nope/scaling/scheduled-actions",
+        Some(night),
+        404,
+    );
+    let action = "/v1/services/{name}/scaling/scheduled-actions/{action}";
+    api.empty(
+        "DELETE",
+        action,
+        "/v1/services/web/scaling/scheduled-actions/night",
+        204,
+    );
+    api.refused(
+        "DELETE",
+        action,
+        "/v1/services/web/scaling/scheduled-actions/night",
+        None,
+        404,
+    );
+    api.empty("DELETE", sc, "/v1/services/web/scaling", 204);
+    api.refused("DELETE", sc, "/v1/services/web/scaling", None, 404);
+
     api.empty("DELETE", "/v1/services/{name}", "/v1/services/web", 204);
     api.refused(
         "DELETE",

@@ -12,6 +12,7 @@ use flotilla_api::{
 
 use super::command::{Agent, CloseCode, ClusterError, Effect, Reply, SessionId};
 use super::ctx::Ctx;
+use super::live::TaskCpu;
 use super::network;
 use super::records::{Capacity, NodeRecord, Origin, TaskRecord, TokenRecord};
 use super::schedules;
@@ -361,7 +362,24 @@ fn heartbeat(
         n.capacity = Some(capacity);
         cx.txn.put_node(n);
     }
-    cx.live.touch(node, cx.now, |l| {
+    let now = cx.now;
+    cx.live.touch(node, now, |l| {
+        let elapsed = l.heartbeat_ms.map(|at| now.unix_ms.saturating_sub(at));
+        l.task_cpu = tasks
+            .iter()
+            .map(|(id, u)| {
+                let prev = l.task_usage.get(id).map(|p| p.cpu_usec);
+                let cpu = TaskCpu::next(
+                    l.task_cpu.get(id).copied(),
+                    u.cpu_usec,
+                    prev,
+                    elapsed,
+                    now.secs(),
+                );
+                (id.clone(), cpu)
+            })
+            .collect();
+        l.heartbeat_ms = Some(now.unix_ms);
         l.resources = Some(resources);
         l.usage = mine;
         l.task_usage = tasks;

@@ -8,6 +8,7 @@ use flotilla_api::ops::{
     AdminCredential, AdminIssue, Event, NodeInfo, NodeLabels, TaskDefRegistered, TaskDefRevision,
     TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
+use flotilla_api::scaling::{Autoscale, ScalingPut, ServiceScaling};
 use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
 use flotilla_api::service::{ServiceCreated, ServiceInfo, ServiceUpdate};
 use flotilla_api::tasks::{DesiredState, TaskStatus, TaskUsage};
@@ -109,6 +110,20 @@ pub enum Operator {
     UpdateService(String, ServiceUpdate),
     /// `DELETE /v1/services/{name}`.
     RemoveService(String),
+    /// `GET /v1/services/{name}/scaling`.
+    GetScaling(String),
+    /// `PUT /v1/services/{name}/scaling`.
+    Autoscale(String, Autoscale),
+    /// `DELETE /v1/services/{name}/scaling`.
+    DeregisterScaling(String),
+    /// `POST /v1/services/{name}/scaling/policies` (the document's text).
+    PutScalingPolicy(String, String),
+    /// `DELETE /v1/services/{name}/scaling/policies/{policy}`.
+    RemoveScalingPolicy(String, String),
+    /// `POST /v1/services/{name}/scaling/scheduled-actions` (the document's text).
+    PutScheduledAction(String, String),
+    /// `DELETE /v1/services/{name}/scaling/scheduled-actions/{action}`.
+    RemoveScheduledAction(String, String),
     /// `POST /v1/schedules`.
     CreateSchedule(ScheduleSpec),
     /// `GET /v1/schedules`.
@@ -203,6 +218,9 @@ pub enum Tick {
     ScheduleRound,
     /// The records of tasks stopped longer than their retention are removed.
     PruneStopped,
+    /// Every scaling period: services with a scalable target get a datapoint, their due
+    /// scheduled actions and the scaling planner's decision.
+    ScalingRound,
 }
 
 /// The answer to a command.
@@ -255,6 +273,10 @@ pub enum Reply {
     Schedules(Vec<ScheduleInfo>),
     /// A schedule.
     Schedule(ScheduleInfo),
+    /// A service's auto scaling.
+    Scaling(Box<ServiceScaling>),
+    /// A service's auto scaling after a document was put, with the document's ignored fields.
+    ScalingPut(Box<ScalingPut>),
     /// The answer to a join.
     Join(Box<JoinReply>),
     /// The answer to a hello.

@@ -11,6 +11,10 @@ use super::live::Live;
 use super::network;
 use super::state::Txn;
 
+/// How often auto scaling decides when no setting says (`--scaling-period`): the agents'
+/// default heartbeat, so each datapoint has a fresh measurement.
+pub const DEFAULT_SCALING_PERIOD: Duration = Duration::from_secs(30);
+
 /// The core's settings (from `orchestratord run`'s flags and configuration file).
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -20,6 +24,8 @@ pub struct Config {
     pub session_rate: u32,
     /// Bridge subnets, awsvpc addresses, VIPs.
     pub network: network::Settings,
+    /// How often services with a scalable target get a datapoint and a scaling decision.
+    pub scaling_period: Duration,
 }
 
 impl Default for Config {
@@ -28,6 +34,7 @@ impl Default for Config {
             node_cert_lifetime: flotilla_certs::NODE_CERT_LIFETIME,
             session_rate: 1000,
             network: network::Settings::default(),
+            scaling_period: DEFAULT_SCALING_PERIOD,
         }
     }
 }

@@ -23,12 +23,51 @@ pub struct LiveInfo {
     pub usage: HashMap<String, BTreeMap<String, ContainerUsage>>,
     /// Usage of its tasks' cgroups (each task's containers together) at the last heartbeat.
     pub task_usage: HashMap<String, flotilla_api::tasks::TaskCgroupUsage>,
+    /// Its tasks' CPU use between its last two heartbeats (what auto scaling decides on).
+    pub task_cpu: HashMap<String, TaskCpu>,
+    /// When its last heartbeat came (milliseconds since the epoch).
+    pub heartbeat_ms: Option<u64>,
     /// When its last session ended (seconds since the epoch).
     pub disconnected_at: Option<u64>,
     /// The newest desired-state generation it said it persisted, in this session.
     pub acked_generation: Option<u64>,
     /// When its desired state was last sent (seconds since the epoch).
     pub pushed_at: Option<u64>,
+}
+
+/// A task's CPU use as the control plane derives it from two heartbeats in a row.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TaskCpu {
+    /// CPU units used (1024 per core), averaged between the last two heartbeats; `None` until
+    /// there are two, or when its counter went back (its cgroup was made again).
+    pub units: Option<f64>,
+    /// When its first heartbeat sample came (seconds since the epoch): how long it has been
+    /// measured.
+    pub since: u64,
+}
+
+impl TaskCpu {
+    /// The next sample of a task: `prev` its last one, `cpu_usec` its cgroup's counter now and
+    /// `prev_usec` at the last heartbeat, `elapsed_ms` between the two heartbeats.
+    pub fn next(
+        prev: Option<TaskCpu>,
+        cpu_usec: u64,
+        prev_usec: Option<u64>,
+        elapsed_ms: Option<u64>,
+        now_secs: u64,
+    ) -> TaskCpu {
+        let units = match (prev_usec, elapsed_ms) {
+            (Some(p), Some(ms)) if ms > 0 && cpu_usec >= p => {
+                // µs of CPU per µs of wall time is cores; a core is 1024 units.
+                Some((cpu_usec - p) as f64 / (ms as f64 * 1000.0) * 1024.0)
+            }
+            _ => None,
+        };
+        TaskCpu {
+            units,
+            since: prev.map_or(now_secs, |p| p.since),
+        }
+    }
 }
 
 /// Every node's live information.
@@ -54,6 +93,11 @@ impl Live {
     /// What a node last said (nothing: the default).
     pub fn get(&self, node: &str) -> LiveInfo {
         self.nodes.get(node).cloned().unwrap_or_default()
+    }
+
+    /// What a node last said, without a copy (`None`: nothing yet).
+    pub fn peek(&self, node: &str) -> Option<&LiveInfo> {
+        self.nodes.get(node)
     }
 
     /// The node is heard from now; `f` records what it said.

@@ -22,6 +22,7 @@ pub mod network;
 mod operator;
 pub mod placement;
 pub mod records;
+mod scaling;
 mod schedules;
 mod services;
 pub mod state;
@@ -30,6 +31,8 @@ mod tasks;
 
 #[cfg(test)]
 mod harness;
+#[cfg(test)]
+mod scaling_tests;
 #[cfg(test)]
 mod tests;
 
@@ -40,7 +43,7 @@ use flotilla_certs::ClusterCa;
 pub use command::{
     Agent, CloseCode, ClusterError, Command, Effect, Now, Operator, Outcome, Reply, Tick,
 };
-pub use ctx::{Config, Ids, RandomIds};
+pub use ctx::{Config, Ids, RandomIds, DEFAULT_SCALING_PERIOD};
 pub use store::{RedbStore, Store};
 
 use ctx::Ctx;
@@ -59,6 +62,7 @@ pub struct Cluster {
     registry: Arc<flotilla_api::discovery::Registry>,
     awsvpc_cursor: Option<std::net::Ipv4Addr>,
     metrics: metrics::Counters,
+    scaling: scaling::Windows,
 }
 
 impl Cluster {
@@ -81,6 +85,7 @@ impl Cluster {
             registry: Arc::default(),
             awsvpc_cursor: None,
             metrics: metrics::Counters::default(),
+            scaling: scaling::Windows::default(),
         })
     }
 
@@ -137,6 +142,10 @@ impl Cluster {
             Command::Tick(Tick::ServiceRound) => {
                 services::round(&mut cx)?;
                 discovery::round(&mut cx);
+                Reply::Done
+            }
+            Command::Tick(Tick::ScalingRound) => {
+                scaling::round(&mut cx, &mut self.scaling)?;
                 Reply::Done
             }
             Command::Tick(Tick::ScheduleRound) => {

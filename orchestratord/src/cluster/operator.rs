@@ -6,10 +6,9 @@ use flotilla_api::ops::{
     AdminCredential, NodeInfo, NodeLabels, NodeState, TaskDefRegistered, TaskDefRevision,
     TaskDefStatus, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
+use flotilla_api::scaling::ScalingPut;
 use flotilla_api::schedule::ScheduleSpec;
-use flotilla_api::service::{
-    DeploymentStatus, RolloutState, SchedulingStrategy, ServiceCreated, ServiceUpdate,
-};
+use flotilla_api::service::{SchedulingStrategy, ServiceCreated, ServiceUpdate};
 use flotilla_api::tasks::{ContainerStatus, DesiredStatus, StopCode, TaskState};
 use flotilla_api::{count, plural};
 use flotilla_certs::token::JoinToken;
@@ -20,7 +19,7 @@ use super::live::Live;
 use super::metrics::PlacementOrigin;
 use super::placement::{self, NewTask, Plan};
 use super::records::{NodeRecord, Origin, ScheduleRecord, ServiceRecord, TokenRecord};
-use super::{discovery, schedules, services, tasks};
+use super::{discovery, scaling, schedules, services, tasks};
 
 /// "invalid WHAT (N problems)".
 fn invalid(what: &str, problems: usize) -> String {
@@ -280,6 +279,36 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
         }
         Operator::UpdateService(name, update) => update_service(cx, &name, update),
         Operator::RemoveService(name) => remove_service(cx, &name),
+        Operator::GetScaling(name) => Ok(Reply::Scaling(Box::new(scaling::get(cx, &name)?))),
+        Operator::Autoscale(name, a) => {
+            Ok(Reply::Scaling(Box::new(scaling::autoscale(cx, &name, a)?)))
+        }
+        Operator::DeregisterScaling(name) => {
+            scaling::deregister(cx, &name)?;
+            Ok(Reply::Done)
+        }
+        Operator::PutScalingPolicy(name, text) => {
+            let (scaling, warnings) = scaling::put_policy(cx, &name, &text)?;
+            Ok(Reply::ScalingPut(Box::new(ScalingPut {
+                scaling,
+                warnings,
+            })))
+        }
+        Operator::RemoveScalingPolicy(name, policy) => {
+            scaling::remove_policy(cx, &name, &policy)?;
+            Ok(Reply::Done)
+        }
+        Operator::PutScheduledAction(name, text) => {
+            let (scaling, warnings) = scaling::put_scheduled_action(cx, &name, &text)?;
+            Ok(Reply::ScalingPut(Box::new(ScalingPut {
+                scaling,
+                warnings,
+            })))
+        }
+        Operator::RemoveScheduledAction(name, action) => {
+            scaling::remove_scheduled_action(cx, &name, &action)?;
+            Ok(Reply::Done)
+        }
         Operator::CreateSchedule(spec) => create_schedule(cx, spec),
         Operator::ListSchedules => Ok(Reply::Schedules(
             cx.txn
@@ -663,18 +692,7 @@ fn update_service(
         None => None,
     };
     if let (Some(n), None) = (update.desired_count, &revision) {
-        // Scaled out, the deployment runs fewer tasks than desired: in progress again from
-        // this answer on (the service round would say so a moment later).
-        let running = services::info(cx.txn, &s)
-            .deployments
-            .iter()
-            .find(|d| d.status == DeploymentStatus::Primary)
-            .map(|d| d.running_count as usize);
-        if let (Some(running), Some(d)) = (running, s.deployments.iter_mut().find(|d| d.primary)) {
-            if d.rollout == RolloutState::Completed && running < n as usize {
-                services::reopen(cx, name, d, running, n);
-            }
-        }
+        services::reopen_if_short(cx, &mut s, n);
     }
     if let Some(r) = revision {
         for d in &mut s.deployments {
@@ -699,6 +717,10 @@ fn remove_service(cx: &mut Ctx<'_, '_>, name: &str) -> Result<Reply, ClusterErro
         return Err(ClusterError::NotFound(format!("no service {name}")));
     }
     cx.txn.remove_service(name);
+    if cx.txn.scaling(name).is_some() {
+        // Its scalable target, policies and scheduled actions go with it.
+        cx.txn.remove_scaling(name);
+    }
     let by = Origin::Service(name.to_string()).started_by();
     let ids: Vec<String> = cx
         .txn

@@ -206,6 +206,53 @@ impl Record for ScheduleRecord {
     }
 }
 
+/// A service's auto scaling as stored: its scalable target, policies, scheduled actions, the
+/// planner's memory of its last scale-out and scale-in, and its latest decisions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScalingRecord {
+    /// The service.
+    pub service: String,
+    /// Its bounds.
+    pub target: flotilla_api::scaling::ScalableTarget,
+    /// Its policies, in the order they were put.
+    #[serde(default)]
+    pub policies: Vec<flotilla_api::scaling::ScalingPolicy>,
+    /// Its scheduled actions, each with its next minute.
+    #[serde(default)]
+    pub scheduled: Vec<ScheduledActionRecord>,
+    /// The last scale-out: when its cooldown ends, the count before it, the count it reached.
+    #[serde(default)]
+    pub scale_out: Option<(u64, u32, u32)>,
+    /// When the last scale-in's cooldown ends.
+    #[serde(default)]
+    pub scale_in_until: Option<u64>,
+    /// Latest decisions, newest first.
+    #[serde(default)]
+    pub activities: Vec<flotilla_api::scaling::ScalingActivity>,
+    /// Creation time.
+    pub created_at: u64,
+}
+
+/// A scheduled action with its next firing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduledActionRecord {
+    /// As put.
+    pub action: flotilla_api::scaling::ScheduledAction,
+    /// Its next minute (seconds since the epoch), if it fires again.
+    pub next_run: Option<u64>,
+}
+
+impl Record for ScalingRecord {
+    type Key = String;
+    const TABLE: &'static str = "scaling";
+    fn key(&self) -> String {
+        self.service.clone()
+    }
+    fn key_text(key: &String) -> String {
+        key.clone()
+    }
+}
+
 /// A task as stored: what is listed, plus what the node needs to run it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRecord {

@@ -59,6 +59,23 @@ pub fn reopen(
     d.reason = Some(reason);
 }
 
+/// After a scale-out to `n` (an operator's or auto scaling's): a completed primary deployment
+/// that now runs fewer tasks is in progress again from this command on (the service round
+/// would say so a moment later).
+pub fn reopen_if_short(cx: &mut Ctx<'_, '_>, s: &mut ServiceRecord, n: u32) {
+    let running = info(cx.txn, s)
+        .deployments
+        .iter()
+        .find(|d| d.status == DeploymentStatus::Primary)
+        .map(|d| d.running_count as usize);
+    let name = s.spec.service_name.clone();
+    if let (Some(running), Some(d)) = (running, s.deployments.iter_mut().find(|d| d.primary)) {
+        if d.rollout == RolloutState::Completed && running < n as usize {
+            reopen(cx, &name, d, running, n);
+        }
+    }
+}
+
 /// Where a service's task is, for the planner: by its state, its containers' health, and for
 /// a stopped task its stop code only.
 pub fn phase(t: &TaskRecord) -> Phase {

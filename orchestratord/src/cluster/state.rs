@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use flotilla_api::ops::{Event, TaskDefRevision, TaskDefStatus};
 
 use super::records::{
-    NodeRecord, Origin, Record, ScheduleRecord, ServiceRecord, TaskRecord, TokenRecord,
+    NodeRecord, Origin, Record, ScalingRecord, ScheduleRecord, ServiceRecord, TaskRecord,
+    TokenRecord,
 };
 use super::store::{Changes, Loaded, Writes};
 
@@ -28,6 +29,7 @@ pub struct State {
     tasks: BTreeMap<String, TaskRecord>,
     services: BTreeMap<String, ServiceRecord>,
     schedules: BTreeMap<String, ScheduleRecord>,
+    scaling: BTreeMap<String, ScalingRecord>,
     events: VecDeque<Event>,
     last_event: u64,
     max_events: u64,
@@ -50,6 +52,7 @@ impl State {
             taskdefs: keyed(loaded.taskdefs),
             services: keyed(loaded.services),
             schedules: keyed(loaded.schedules),
+            scaling: keyed(loaded.scaling),
             last_event: loaded.events.last().map_or(0, |e| e.seq),
             events: loaded.events.into(),
             max_events: MAX_EVENTS,
@@ -119,6 +122,7 @@ impl State {
         put(&mut self.taskdefs, w.taskdefs);
         put(&mut self.services, w.services);
         put(&mut self.schedules, w.schedules);
+        put(&mut self.scaling, w.scaling);
         for (id, new) in w.tasks {
             let old = self.tasks.remove(&id);
             self.index_task(old.as_ref(), new.as_ref());
@@ -431,6 +435,28 @@ impl<'s> Txn<'s> {
     /// Removes a schedule.
     pub fn remove_schedule(&mut self, name: &str) {
         self.w.schedules.insert(name.to_string(), None);
+    }
+
+    // ---- auto scaling
+
+    /// A service's auto scaling.
+    pub fn scaling(&self, service: &str) -> Option<&ScalingRecord> {
+        get(&self.base.scaling, &self.w.scaling, service)
+    }
+
+    /// Every service's auto scaling, by service.
+    pub fn scalings(&self) -> Vec<&ScalingRecord> {
+        merged(self.base.scaling.iter(), self.w.scaling.iter())
+    }
+
+    /// Stores a service's auto scaling.
+    pub fn put_scaling(&mut self, s: ScalingRecord) {
+        self.w.scaling.insert(s.key(), Some(s));
+    }
+
+    /// Removes a service's auto scaling.
+    pub fn remove_scaling(&mut self, service: &str) {
+        self.w.scaling.insert(service.to_string(), None);
     }
 
     // ---- events

@@ -9,7 +9,9 @@ use std::path::Path;
 use flotilla_api::ops::{Event, TaskDefRevision};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::records::{NodeRecord, Record, ScheduleRecord, ServiceRecord, TaskRecord, TokenRecord};
+use super::records::{
+    NodeRecord, Record, ScalingRecord, ScheduleRecord, ServiceRecord, TaskRecord, TokenRecord,
+};
 
 /// Changes to one table: key → the new record, or `None` to remove it.
 pub type Changes<R> = BTreeMap<<R as Record>::Key, Option<R>>;
@@ -29,6 +31,8 @@ pub struct Writes {
     pub services: Changes<ServiceRecord>,
     /// Schedules.
     pub schedules: Changes<ScheduleRecord>,
+    /// Services' auto scaling.
+    pub scaling: Changes<ScalingRecord>,
     /// Events appended, in sequence.
     pub events: Vec<Event>,
     /// Events with a sequence number below this are dropped (the log keeps the last
@@ -45,6 +49,7 @@ impl Writes {
             && self.tasks.is_empty()
             && self.services.is_empty()
             && self.schedules.is_empty()
+            && self.scaling.is_empty()
             && self.events.is_empty()
             && self.events_from.is_none()
     }
@@ -65,6 +70,8 @@ pub struct Loaded {
     pub services: Vec<ServiceRecord>,
     /// Schedules.
     pub schedules: Vec<ScheduleRecord>,
+    /// Services' auto scaling.
+    pub scaling: Vec<ScalingRecord>,
     /// The event log, oldest first.
     pub events: Vec<Event>,
 }
@@ -126,6 +133,7 @@ impl RedbStore {
         w.open_table(table::<TaskRecord>()).map_err(db)?;
         w.open_table(table::<ServiceRecord>()).map_err(db)?;
         w.open_table(table::<ScheduleRecord>()).map_err(db)?;
+        w.open_table(table::<ScalingRecord>()).map_err(db)?;
         w.open_table(EVENTS).map_err(db)?;
         w.commit().map_err(db)?;
         Ok(Self { db: database })
@@ -193,6 +201,7 @@ impl Store for RedbStore {
             tasks: Self::load_table(&r)?,
             services: Self::load_table(&r)?,
             schedules: Self::load_table(&r)?,
+            scaling: Self::load_table(&r)?,
             events,
         })
     }
@@ -205,6 +214,7 @@ impl Store for RedbStore {
         Self::write_table(&w, &writes.tasks)?;
         Self::write_table(&w, &writes.services)?;
         Self::write_table(&w, &writes.schedules)?;
+        Self::write_table(&w, &writes.scaling)?;
         if !writes.events.is_empty() || writes.events_from.is_some() {
             let mut t = w.open_table(EVENTS).map_err(db)?;
             for e in &writes.events {

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod dev;
+mod scaling;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -104,6 +105,10 @@ enum ClusterCommand {
     /// Scheduled tasks: a task definition started by a cron expression.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Service auto scaling (Application Auto Scaling's shapes): policies, scheduled actions
+    /// and what was decided; `flotilla service autoscale` turns it on.
+    #[command(subcommand)]
+    Scaling(scaling::ScalingCommand),
     /// What happened in the cluster, oldest first (the control plane keeps the last 10,000).
     Events {
         /// Only events after this sequence number.
@@ -256,6 +261,13 @@ enum ServiceCommand {
         #[arg(long)]
         force_new_deployment: bool,
     },
+    /// Turn on, change or (--off) turn off a service's auto scaling (REPLICA).
+    ///
+    /// Sets the bounds its desired count is kept within and, with --target-cpu or
+    /// --target-memory, puts the target-tracking policies cpu-target-tracking or
+    /// memory-target-tracking (replacing those of the same names). Other policies and the
+    /// scheduled actions are kept: `flotilla scaling` lists and changes them.
+    Autoscale(scaling::AutoscaleArgs),
     /// Change the number of tasks (REPLICA).
     Scale {
         /// Service name.
@@ -519,6 +531,7 @@ async fn service(api: &Client, cmd: ServiceCommand, output: Output) -> Result<()
             let s = api.update_service(&name, &update).await?;
             print(output, &s, || print_service(&s))?;
         }
+        ServiceCommand::Autoscale(a) => scaling::autoscale(api, a, output).await?,
         ServiceCommand::Rm { names } => {
             for n in &names {
                 api.remove_service(n).await?;
@@ -1054,6 +1067,10 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Cluster(c) => c,
     };
+    // A wrong flag is said before the credential is read or the control plane reached.
+    if let ClusterCommand::Service(ServiceCommand::Autoscale(a)) = &command {
+        scaling::check(a)?;
+    }
     let named = cli.config.is_some();
     let api = match Client::open(&config_dir(cli.config)?).await {
         Err(ClientError::Credential { dir, source }) => {
@@ -1196,6 +1213,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         ClusterCommand::Service(cmd) => service(&api, cmd, output).await?,
         ClusterCommand::Schedule(cmd) => schedule(&api, cmd, output).await?,
+        ClusterCommand::Scaling(cmd) => scaling::run(&api, cmd, output).await?,
         ClusterCommand::Task(TaskCommand::Ls(w)) => list(output, w, || task_listing(&api)).await?,
         ClusterCommand::Task(TaskCommand::Inspect { id }) => {
             print_document(output, &api.task(&id).await?)?;

@@ -55,6 +55,24 @@ fn bash_completes_subcommands_and_flags() {
     }
     let output = bash_complete(&path, &["flotilla", "node", "ls", "-o", ""]);
     assert_eq!(output, ["table", "json", "yaml"]);
+    let scaling = bash_complete(&path, &["flotilla", "scaling", ""]);
+    for want in ["policy", "schedule", "activity"] {
+        assert!(
+            scaling.iter().any(|w| w == want),
+            "{want} not in {scaling:?}"
+        );
+    }
+    let policy = bash_complete(&path, &["flotilla", "scaling", "policy", ""]);
+    for want in ["put", "ls", "rm"] {
+        assert!(policy.iter().any(|w| w == want), "{want} not in {policy:?}");
+    }
+    let autoscale = bash_complete(&path, &["flotilla", "service", "autoscale", "--"]);
+    for want in ["--min", "--max", "--target-cpu", "--target-memory", "--off"] {
+        assert!(
+            autoscale.iter().any(|w| w == want),
+            "{want} not in {autoscale:?}"
+        );
+    }
 }
 
 #[test]

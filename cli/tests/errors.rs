@@ -45,3 +45,49 @@ fn without_a_credential_in_the_default_directory_the_cli_says_how_to_read_anothe
     assert!(err.contains("`--config DIR` reads another"), "{err}");
     assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
+
+#[test]
+fn a_wrong_autoscale_flag_is_named_before_the_control_plane_is_reached() {
+    let dir = std::env::temp_dir().join(format!("flotilla-nocred-as-{}", std::process::id()));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args([
+                "--config",
+                dir.to_str().expect("utf-8"),
+                "service",
+                "autoscale",
+                "web",
+            ])
+            .args(args)
+            .output()
+            .expect("flotilla")
+    };
+    let out = run(&["--min", "3", "--max", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: --min 3 is above --max 2\n"
+    );
+    let out = run(&["--min", "1", "--max", "2", "--target-cpu", "150"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "error: --target-cpu 150: not a percentage above 0 and at most 100\n"
+    );
+    // --off with bounds is a wrong command line.
+    let out = run(&["--off", "--max", "2"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("'--off' cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Valid flags go on to read the credential.
+    let out = run(&["--min", "1", "--max", "2", "--target-cpu", "60"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).starts_with("error: no admin credential"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

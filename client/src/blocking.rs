@@ -10,6 +10,7 @@ use flotilla_api::ops::{
     AdminCredential, AdminIssue, Event, NodeInfo, NodeLabels, TaskDefRegistered, TaskDefRevision,
     TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
+use flotilla_api::scaling::{Autoscale, ScalingPut, ServiceScaling};
 use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
 use flotilla_api::service::{ServiceCreated, ServiceInfo, ServiceUpdate};
 use flotilla_api::LogLine;
@@ -204,6 +205,53 @@ impl Client {
     /// See [`crate::Client::service_endpoints`].
     pub fn service_endpoints(&self, name: &str) -> Result<DiscoveredService, ClientError> {
         self.run(self.inner.service_endpoints(name))
+    }
+
+    /// See [`crate::Client::service_scaling`].
+    pub fn service_scaling(&self, name: &str) -> Result<ServiceScaling, ClientError> {
+        self.run(self.inner.service_scaling(name))
+    }
+
+    /// See [`crate::Client::autoscale_service`].
+    pub fn autoscale_service(
+        &self,
+        name: &str,
+        autoscale: &Autoscale,
+    ) -> Result<ServiceScaling, ClientError> {
+        self.run(self.inner.autoscale_service(name, autoscale))
+    }
+
+    /// See [`crate::Client::remove_service_scaling`].
+    pub fn remove_service_scaling(&self, name: &str) -> Result<(), ClientError> {
+        self.run(self.inner.remove_service_scaling(name))
+    }
+
+    /// See [`crate::Client::put_scaling_policy`].
+    pub fn put_scaling_policy(
+        &self,
+        name: &str,
+        document: &[u8],
+    ) -> Result<ScalingPut, ClientError> {
+        self.run(self.inner.put_scaling_policy(name, document))
+    }
+
+    /// See [`crate::Client::remove_scaling_policy`].
+    pub fn remove_scaling_policy(&self, name: &str, policy: &str) -> Result<(), ClientError> {
+        self.run(self.inner.remove_scaling_policy(name, policy))
+    }
+
+    /// See [`crate::Client::put_scheduled_action`].
+    pub fn put_scheduled_action(
+        &self,
+        name: &str,
+        document: &[u8],
+    ) -> Result<ScalingPut, ClientError> {
+        self.run(self.inner.put_scheduled_action(name, document))
+    }
+
+    /// See [`crate::Client::remove_scheduled_action`].
+    pub fn remove_scheduled_action(&self, name: &str, action: &str) -> Result<(), ClientError> {
+        self.run(self.inner.remove_scheduled_action(name, action))
     }
 
     /// See [`crate::Client::create_schedule`].

@@ -21,6 +21,7 @@ use flotilla_api::ops::{
     AdminCredential, AdminIssue, ApiError, Event, NodeInfo, NodeLabels, TaskDefRegistered,
     TaskDefRevision, TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
+use flotilla_api::scaling::{Autoscale, ScalingPut, ServiceScaling};
 use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
 use flotilla_api::service::{ServiceCreated, ServiceInfo, ServiceUpdate};
 use flotilla_api::LogLine;
@@ -414,6 +415,85 @@ impl Client {
         self.get(&["services", name, "endpoints"], &[]).await
     }
 
+    /// `GET /v1/services/{name}/scaling`: its scalable target, policies, scheduled actions and
+    /// latest scaling activity (404 when the service has no scalable target).
+    pub async fn service_scaling(&self, name: &str) -> Result<ServiceScaling, ClientError> {
+        self.get(&["services", name, "scaling"], &[]).await
+    }
+
+    /// `PUT /v1/services/{name}/scaling`: registers (or changes) the service's scalable target
+    /// and puts the given policies, replacing those of the same names.
+    pub async fn autoscale_service(
+        &self,
+        name: &str,
+        autoscale: &Autoscale,
+    ) -> Result<ServiceScaling, ClientError> {
+        self.json(
+            Method::PUT,
+            &["services", name, "scaling"],
+            &[],
+            Some(autoscale),
+        )
+        .await
+    }
+
+    /// `DELETE /v1/services/{name}/scaling`: deregisters the scalable target with its policies
+    /// and scheduled actions; the desired count stays as it is.
+    pub async fn remove_service_scaling(&self, name: &str) -> Result<(), ClientError> {
+        self.empty(Method::DELETE, &["services", name, "scaling"], &[])
+            .await
+    }
+
+    /// `POST /v1/services/{name}/scaling/policies`: puts a scaling policy given as JSON or
+    /// YAML (the Application Auto Scaling PutScalingPolicy shape), replacing the one of the
+    /// same name.
+    pub async fn put_scaling_policy(
+        &self,
+        name: &str,
+        document: &[u8],
+    ) -> Result<ScalingPut, ClientError> {
+        self.document(&["services", name, "scaling", "policies"], document)
+            .await
+    }
+
+    /// `DELETE /v1/services/{name}/scaling/policies/{policy}`.
+    pub async fn remove_scaling_policy(&self, name: &str, policy: &str) -> Result<(), ClientError> {
+        self.empty(
+            Method::DELETE,
+            &["services", name, "scaling", "policies", policy],
+            &[],
+        )
+        .await
+    }
+
+    /// `POST /v1/services/{name}/scaling/scheduled-actions`: puts a scheduled action given as
+    /// JSON or YAML (the PutScheduledAction shape), replacing the one of the same name.
+    pub async fn put_scheduled_action(
+        &self,
+        name: &str,
+        document: &[u8],
+    ) -> Result<ScalingPut, ClientError> {
+        self.document(
+            &["services", name, "scaling", "scheduled-actions"],
+            document,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/services/{name}/scaling/scheduled-actions/{action}`.
+    pub async fn remove_scheduled_action(
+        &self,
+        name: &str,
+        action: &str,
+    ) -> Result<(), ClientError> {
+        self.empty(
+            Method::DELETE,
+            &["services", name, "scaling", "scheduled-actions", action],
+            &[],
+        )
+        .await
+    }
+
     /// `POST /v1/schedules`.
     pub async fn create_schedule(&self, spec: &ScheduleSpec) -> Result<ScheduleInfo, ClientError> {
         self.json(Method::POST, &["schedules"], &[], Some(spec))
@@ -729,6 +809,13 @@ mod tests {
                 &[("follow", "true"), ("container", "x&y=z")]
             ),
             "/v1/tasks/a%2F..%2Fb%3Fc%20d?follow=true&container=x%26y%3Dz"
+        );
+        assert_eq!(
+            path(
+                &["services", "web", "scaling", "scheduled-actions", "a/b"],
+                &[]
+            ),
+            "/v1/services/web/scaling/scheduled-actions/a%2Fb"
         );
     }
 }

@@ -279,3 +279,140 @@ fn a_service_whose_tasks_cannot_start_is_launched_ever_more_slowly_and_says_why(
     node.remove_all();
     node.assert_clean();
 }
+
+#[test]
+fn a_service_follows_its_cpu_load_out_and_back_and_a_scheduled_action_raises_a_minimum() {
+    let node = Node::new();
+    // A decision every 2 s; the agent's heartbeats every 5 s.
+    let cp = ControlPlane::start(&["--scaling-period", "2"]);
+    let mut agent = Agent::in_session(&cp, &node);
+    // The load's switch: while `on` exists, every task burns all the CPU it may use (its
+    // task-level `cpu`, 128 units, is a hard limit of an eighth of a core).
+    let switch = node.bind_roots[0].join("load");
+    std::fs::create_dir_all(&switch).expect("switch dir");
+    let def = serde_json::json!({
+        "family": "burn",
+        "networkMode": "none",
+        "cpu": "128",
+        "memory": "64",
+        "volumes": [{"name": "switch", "host": {"sourcePath": switch}}],
+        "containerDefinitions": [{
+            "name": "main", "image": "test/busybox:latest", "stopTimeout": 2,
+            "mountPoints": [{"sourceVolume": "switch", "containerPath": "/switch", "readOnly": true}],
+            "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do if [ -e /switch/on ]; then i=0; while [ $i -lt 5000 ]; do i=$((i+1)); done; else sleep 0.5 & wait; fi; done"]
+        }]
+    });
+    register(&cp, "burn.json", &def.to_string());
+    create(
+        &cp,
+        "burn",
+        &serde_json::json!({"serviceName": "burn", "taskDefinition": "burn", "desiredCount": 1}),
+    );
+    let desired = || cp.service("burn").spec.desired_count;
+    wait("its task to run", Duration::from_secs(30), || {
+        running(&cp, "burn").values().sum::<usize>() == 1
+    });
+    cp.flotilla_ok(&[
+        "service",
+        "autoscale",
+        "burn",
+        "--min",
+        "1",
+        "--max",
+        "3",
+        "--target-cpu",
+        "50",
+        "--scale-out-cooldown",
+        "0",
+        "--scale-in-cooldown",
+        "5",
+    ]);
+
+    // Meanwhile, another service's scheduled action raises its minimum at the next minute.
+    register(&cp, "serve.json", SERVE);
+    create(
+        &cp,
+        "steady",
+        &serde_json::json!({"serviceName": "steady", "taskDefinition": "serve", "desiredCount": 1}),
+    );
+    cp.flotilla_ok(&["service", "autoscale", "steady", "--min", "1", "--max", "2"]);
+    let rush = cp.scratch().join("rush.json");
+    std::fs::write(
+        &rush,
+        r#"{"ScheduledActionName": "rush", "Schedule": "cron(* * ? * * *)",
+            "ScalableTargetAction": {"MinCapacity": 2}}"#,
+    )
+    .expect("write");
+    cp.flotilla_ok(&[
+        "scaling",
+        "schedule",
+        "put",
+        "steady",
+        rush.to_str().expect("utf8"),
+    ]);
+    let put = Instant::now();
+
+    // Load: out to the maximum within a minute.
+    std::fs::write(switch.join("on"), "").expect("switch on");
+    let loaded = Instant::now();
+    wait("a scale-out to 3", Duration::from_secs(60), || {
+        desired() == 3
+    });
+    let out_in = loaded.elapsed();
+    wait("three tasks running", Duration::from_secs(30), || {
+        running(&cp, "burn").values().sum::<usize>() == 3
+    });
+    let activity: Vec<flotilla_api::scaling::ScalingActivity> =
+        cp.flotilla_json(&["scaling", "activity", "burn"]);
+    let out = activity
+        .iter()
+        .rev()
+        .find(|a| a.cause == "scaled out")
+        .unwrap_or_else(|| panic!("no scale-out in {activity:#?}"));
+    let cpu = out
+        .metrics
+        .get("CPUUtilization")
+        .copied()
+        .flatten()
+        .unwrap_or_default();
+    assert!(cpu > 50.0, "scaled out at {cpu} %: {activity:#?}");
+    let table = cp.flotilla_ok(&["scaling", "activity", "burn"]);
+    assert!(
+        table.contains("scaled out") && table.contains("CPUUtilization="),
+        "{table}"
+    );
+
+    // No load: back in to the minimum.
+    std::fs::remove_file(switch.join("on")).expect("switch off");
+    let idle = Instant::now();
+    wait("a scale-in to 1", Duration::from_secs(120), || {
+        desired() == 1
+    });
+    let in_in = idle.elapsed();
+    let activity: Vec<flotilla_api::scaling::ScalingActivity> =
+        cp.flotilla_json(&["scaling", "activity", "burn"]);
+    assert!(
+        activity.iter().any(|a| a.cause == "scaled in" && a.to == 1),
+        "{activity:#?}"
+    );
+
+    // The other service's minute came (at most 60 s after the action was put).
+    wait(
+        "the minute's minimum",
+        Duration::from_secs(75).saturating_sub(put.elapsed()),
+        || cp.service("steady").spec.desired_count == 2,
+    );
+    let activity: Vec<flotilla_api::scaling::ScalingActivity> =
+        cp.flotilla_json(&["scaling", "activity", "steady"]);
+    assert!(
+        activity
+            .iter()
+            .any(|a| a.policy.as_deref() == Some("rush") && (a.from, a.to) == (1, 2)),
+        "{activity:#?}"
+    );
+    eprintln!("scaled out in {out_in:?}, back in in {in_in:?}");
+    remove_all(&cp, &["burn", "steady"], &[&node]);
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
+}

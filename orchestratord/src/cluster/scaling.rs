@@ -324,7 +324,7 @@ fn note(
         .map(|p| format!(" ({p})"))
         .unwrap_or_default();
     cx.event(
-        "service.autoscale.held",
+        "service.scaling.held",
         &r.service,
         format!(
             "desired count stays {count}: {cause}{by}: {}",

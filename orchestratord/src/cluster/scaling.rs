@@ -464,16 +464,19 @@ pub fn autoscale(
         created_at: cx.now.secs(),
     });
     r.target = a.target;
-    for p in a.policies {
-        flotilla_api::scaling::check_name("PolicyName", &p.policy_name)
-            .map_err(ClusterError::invalid)?;
-        if p.planner().is_none() {
-            return Err(ClusterError::invalid(format!(
-                "policy {}: not a complete TargetTrackingScaling or StepScaling policy",
-                p.policy_name
-            )));
-        }
-        put_policy_into(&s, &mut r, p)?;
+    for (i, p) in a.policies.into_iter().enumerate() {
+        // Checked as a put document is: the same rules whichever way a policy comes.
+        let text = serde_json::to_string(&p).map_err(|e| ClusterError::invalid(e.to_string()))?;
+        let parsed = flotilla_api::scaling::parse_policy(&text, name).map_err(|problems| {
+            ClusterError::Invalid {
+                message: format!(
+                    "invalid scaling policy policies[{i}] ({})",
+                    flotilla_api::count(problems.len(), "problem")
+                ),
+                problems,
+            }
+        })?;
+        put_policy_into(&s, &mut r, parsed.value)?;
     }
     cx.event(
         "service.scaling.registered",

@@ -337,3 +337,31 @@ fn what_cannot_scale_is_refused_by_name() {
         Err(ClusterError::NotFound(_))
     ));
 }
+
+#[test]
+fn a_policy_given_with_the_target_is_checked_as_a_put_document_is() {
+    let mut f = Fleet::new();
+    let mut p = target_tracking_policy(flotilla_api::scaling::PREDEFINED_CPU, 0.0, None, None);
+    p.policy_name = "zero".into();
+    let a = Autoscale {
+        target: ScalableTarget {
+            min_capacity: 1,
+            max_capacity: 2,
+        },
+        policies: vec![p],
+    };
+    let Err(ClusterError::Invalid { message, problems }) =
+        f.h.op(Operator::Autoscale("web".into(), a))
+    else {
+        panic!("a target of 0 % taken")
+    };
+    assert_eq!(message, "invalid scaling policy policies[0] (1 problem)");
+    assert_eq!(
+        problems,
+        ["$.TargetTrackingScalingPolicyConfiguration.TargetValue: 0 is not a percentage above 0 and at most 100"]
+    );
+    assert!(matches!(
+        f.h.op(Operator::GetScaling("web".into())),
+        Err(ClusterError::NotFound(_))
+    ));
+}

@@ -27,6 +27,9 @@ use flotilla_client::Client;
 
 /// Name of the demo image in the node's store.
 const DEMO_IMAGE: &str = "demo/busybox:latest";
+/// The dev cluster's scaling period and heartbeat interval, seconds: a third of the defaults,
+/// so that auto scaling answers within a demo (out after 30 s of load, in after 150 s idle).
+const DEV_SECS: u64 = 10;
 
 /// The demo task definition: a service that says hello every 5 s.
 const DEMO_TASKDEF: &str = r#"{
@@ -481,10 +484,12 @@ impl NodeCommands<'_> {
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
             let cg = std::fs::read_to_string(e.path().join("cgroup")).unwrap_or_default();
-            // Ours, not a person's `tail -f` of a log in the data directory.
+            // Ours, not a person's `tail -f` of a log in the data directory, nor their
+            // `flotilla --config <data-dir>/admin service ls -w` watching the cluster.
             let exe = std::fs::read_link(e.path().join("exe")).unwrap_or_default();
             let ours = exe.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                ["orchestratord", "nodeagent", "flotilla-shim", "flotilla"].contains(&n)
+                ["orchestratord", "nodeagent", "flotilla-shim"].contains(&n)
+                    || (n == "flotilla" && cmd.split(' ').any(|a| a == "dev"))
             });
             if (ours && cmd.contains(&data)) || cg.contains(&cgroup) {
                 out.push(format!("process {pid} ({}): kill -9 {pid}", cmd.trim_end()));
@@ -658,7 +663,9 @@ async fn start(
     let mut cmd = Command::new(&orchestratord);
     cmd.arg("--data-dir")
         .arg(&cp_dir)
-        .args(["run", "--listen", &listen]);
+        .args(["run", "--listen", &listen])
+        // One machine, a demo: auto scaling decides every 10 s, not 30.
+        .args(["--scaling-period", &DEV_SECS.to_string()]);
     up.cp = Some(Daemon::spawn(
         "orchestratord",
         cmd,
@@ -704,7 +711,8 @@ async fn start(
         }
     }
     let node_id = Credential::load(&identity)?.name;
-    let mut agent_cmd = node.cmd(&["run"]);
+    // Heartbeats (usage for `task inspect` and auto scaling) every 10 s, not 30.
+    let mut agent_cmd = node.cmd(&["run", "--heartbeat", &DEV_SECS.to_string()]);
     // What the agent does, without libcgroups' per-start notes on controllers this kernel
     // lacks (the agent's own default keeps them out too).
     agent_cmd.env("NODEAGENT_LOG", "info,libcgroups=error,libcontainer=error");

@@ -18,7 +18,9 @@
 //!   adjustment — `ChangeInCapacity`, `PercentChangeInCapacity` (rounded as AWS rounds it, at
 //!   least `MinAdjustmentMagnitude`) or `ExactCapacity`.
 //! - **Several policies**: the largest scale-out wins; the service scales in only when every
-//!   policy asks for it, and then by the least any of them asks.
+//!   target-tracking policy that may scale in asks for it (Application Auto Scaling's rule for
+//!   target tracking), and then by the least any policy asks. A step policy has a say only
+//!   while its alarm fires: one that only adds tasks must not keep a service at its peak.
 //! - **Cooldowns**: after a scale-out, a policy scales out again within its cooldown only to more
 //!   than that scale-out reached, counted from the count before it (the capacity it added is
 //!   part of the next one); after a scale-in, no scale-in until its cooldown ends, while a
@@ -373,6 +375,9 @@ pub enum Cause {
     Deploying,
     /// A scale-in held back because a datapoint of the window is missing.
     MissingMetrics,
+    /// A scale-in held back until the window holds its periods (after the policies were put,
+    /// or after the control plane started).
+    WindowFilling,
     /// A scale-in held back because another policy does not agree.
     NotAllAgree,
 }
@@ -390,6 +395,7 @@ impl fmt::Display for Cause {
             Cause::ScaleInCooldown => "in the scale-in cooldown",
             Cause::Deploying => "no scale-in during a deployment",
             Cause::MissingMetrics => "no scale-in while metrics are missing",
+            Cause::WindowFilling => "no scale-in until the scale-in window is measured whole",
             Cause::NotAllAgree => "no scale-in until every policy asks for it",
         })
     }
@@ -536,8 +542,9 @@ pub fn plan(inputs: &Inputs<'_>, history: &mut History) -> Decision {
         return decision(to, Cause::ScaleOut, Some(p));
     }
 
-    // Scale in only with every datapoint of the longest window there, when every policy asks
-    // for it, by the least any of them asks.
+    // Scale in only with every datapoint of the longest window there, when every target
+    // tracking policy that may scale in asks for it (Application Auto Scaling's rule; a step
+    // policy has a say only while its alarm fires), by the least any of them asks.
     let longest = policies
         .iter()
         .map(|p| match &p.policy {
@@ -546,10 +553,16 @@ pub fn plan(inputs: &Inputs<'_>, history: &mut History) -> Decision {
         })
         .max()
         .unwrap_or(0);
-    let missing = datapoints.len() < longest
+    let filling = datapoints.len() < longest;
+    let missing = filling
         || datapoints[datapoints.len() - longest..]
             .iter()
             .any(|d| metrics.iter().any(|(m, _)| d.get(*m).is_none()));
+    let unknown = if filling {
+        Cause::WindowFilling
+    } else {
+        Cause::MissingMetrics
+    };
     let wishes: Vec<(Wish, &NamedPolicy)> = policies
         .iter()
         .map(|p| (wish(&p.policy, count, datapoints), p))
@@ -563,17 +576,22 @@ pub fn plan(inputs: &Inputs<'_>, history: &mut History) -> Decision {
         .collect();
     let Some(&(to, cooldown, p)) = ins.iter().max_by_key(|(to, _, _)| *to) else {
         let cause = if missing && count > min && !policies.is_empty() {
-            Cause::MissingMetrics
+            unknown
         } else {
             Cause::Steady
         };
         return decision(count, cause, None);
     };
-    if ins.len() < wishes.len() {
-        return decision(count, Cause::NotAllAgree, Some(p));
+    // The target-tracking policy that holds the scale-in back, if one does.
+    let holding = wishes.iter().find(|(w, p)| {
+        !matches!(w, Wish::In(..))
+            && matches!(&p.policy, Policy::TargetTracking(t) if !t.disable_scale_in)
+    });
+    if let Some((_, holding)) = holding {
+        return decision(count, Cause::NotAllAgree, Some(holding));
     }
     if missing {
-        return decision(count, Cause::MissingMetrics, Some(p));
+        return decision(count, unknown, Some(p));
     }
     if deploying {
         return decision(count, Cause::Deploying, Some(p));
@@ -938,6 +956,31 @@ mod tests {
             &mut History::default(),
         );
         assert_eq!((d.count, d.cause), (10, Cause::NotAllAgree));
+        assert_eq!(
+            d.policy.as_deref(),
+            Some("tt-ECSServiceAverageMemoryUtilization"),
+            "the policy that holds it back is named"
+        );
+        // A step policy that only scales out has no say in a scale-in while its alarm is
+        // quiet (the README's two policies together scaled in never).
+        let out_only = steps(
+            Comparison::GreaterOrEqual,
+            75.0,
+            Adjustment::Change,
+            &[Step {
+                lower: Some(0.0),
+                upper: None,
+                adjustment: 1,
+            }],
+        );
+        let d = round(
+            0,
+            10,
+            &low(10.0, Some(20.0)),
+            &[tt(Metric::Cpu, 50.0), out_only],
+            &mut History::default(),
+        );
+        assert_eq!((d.count, d.cause), (2, Cause::ScaleIn));
         let d = round(
             0,
             10,
@@ -980,7 +1023,7 @@ mod tests {
         assert_eq!((d.count, d.cause), (10, Cause::MissingMetrics));
         // ...nor with too short a history; a scale-out needs only its own three periods.
         let d = round(0, 10, &cpu(&[10.0; 5]), &policies, &mut History::default());
-        assert_eq!((d.count, d.cause), (10, Cause::MissingMetrics));
+        assert_eq!((d.count, d.cause), (10, Cause::WindowFilling));
         points.extend(cpu(&[90.0; 3]));
         let d = round(0, 10, &points, &policies, &mut History::default());
         assert_eq!((d.count, d.cause), (18, Cause::ScaleOut));

@@ -457,9 +457,10 @@ fn document(text: &str) -> Result<Value, Vec<String>> {
     }
 }
 
-/// Checks a policy or scheduled action name: 1–256 letters, digits, `-`, `_` or `.`.
+/// Checks a policy or scheduled action name: 1–256 letters, digits, `-`, `_` or `.`, the first
+/// a letter or digit (so that no name is a dot segment of a URL: `..`).
 pub fn check_name(field: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
+    let ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.len() <= 256
         && name
             .bytes()
@@ -468,7 +469,8 @@ pub fn check_name(field: &str, name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "{field}: '{name}' is not 1-256 letters, digits, '-', '_' or '.'"
+            "{field}: '{name}' is not 1-256 letters, digits, '-', '_' or '.', starting with a \
+             letter or digit"
         ))
     }
 }
@@ -947,11 +949,20 @@ pub fn parse_scheduled_action(
     let timezone = f
         .string("Timezone", false, &mut problems)
         .unwrap_or_else(utc);
+    let zone_ok = match flotilla_scheduler::cron::parse("* * * * *", &timezone) {
+        Ok(_) => true,
+        Err(e) => {
+            problems.push(format!("$.Timezone: {e}"));
+            false
+        }
+    };
     if let Some(s) = &schedule {
         match cron_of(s) {
             Ok(expr) => {
                 if let Err(e) = flotilla_scheduler::cron::parse(&expr, &timezone) {
-                    problems.push(format!("$.Schedule: {e}"));
+                    if zone_ok {
+                        problems.push(format!("$.Schedule: {e}"));
+                    }
                 }
             }
             Err(e) => problems.push(format!("$.Schedule: {e}")),
@@ -1026,44 +1037,67 @@ fn cron_of(schedule: &str) -> Result<String, String> {
     if *year != "*" {
         return Err(format!("'{s}': a Year other than * is not supported"));
     }
-    for f in [minute, hour, dom, month, dow] {
-        if f.contains(['L', 'W', '#']) {
-            return Err(format!("'{s}': L, W and # are not supported (field '{f}')"));
-        }
+    // AWS: one of the two day fields is `?`.
+    if (*dom == "?") == (*dow == "?") {
+        return Err(format!(
+            "'{s}': one of Day-of-month and Day-of-week must be ? (AWS's rule), the other \
+             the days it fires"
+        ));
     }
-    let q = |f: &str| {
-        if f == "?" {
-            "*".to_string()
-        } else {
-            f.to_string()
+    let fields = [(minute, 59), (hour, 23), (dom, 31), (month, 12), (dow, 7)];
+    let mut out = Vec::new();
+    for (i, (f, max)) in fields.into_iter().enumerate() {
+        if *f == "?" {
+            out.push("*".to_string());
+            continue;
         }
-    };
-    // AWS numbers the days of the week 1 (Sunday) to 7 (Saturday); cron 0 to 6.
-    let dow = q(dow);
-    let mut out = String::new();
-    for (i, c) in dow.char_indices() {
-        if let Some(d) = c.to_digit(10) {
-            let prev = dow[..i].chars().last();
-            // Only the day numbers move, not a step's count (`*/2`).
-            if prev != Some('/') && !dow[i + 1..].starts_with(|n: char| n.is_ascii_digit()) {
-                if !(1..=7).contains(&d) {
-                    return Err(format!(
-                        "'{s}': Day-of-week {d} is not 1-7 (1 is Sunday in cron(…))"
-                    ));
-                }
-                out.push(char::from_digit(d - 1, 10).unwrap_or('0'));
-                continue;
+        let mut tokens = Vec::new();
+        for token in f.split(',') {
+            let t = token.to_ascii_uppercase();
+            let special = t.contains('#')
+                || t == "L"
+                || t == "LW"
+                || t.starts_with("L-")
+                || ((t.ends_with('L') || t.ends_with('W'))
+                    && t[..t.len() - 1].ends_with(|c: char| c.is_ascii_digit()));
+            if special {
+                return Err(format!("'{s}': L, W and # are not supported (field '{f}')"));
             }
+            let (range, step) = match token.split_once('/') {
+                Some((r, n)) => (r, Some(n)),
+                None => (token, None),
+            };
+            // AWS's `0/15` is "from 0, every 15": cron writes it `0-59/15`.
+            let range = match step {
+                Some(_) if !range.contains('-') && range != "*" => format!("{range}-{max}"),
+                _ => range.to_string(),
+            };
+            let range = if i == 4 {
+                // AWS numbers the days of the week 1 (Sunday) to 7; cron 0 to 6.
+                let mut days = Vec::new();
+                for d in range.split('-') {
+                    match d.parse::<u32>() {
+                        Ok(n) if (1..=7).contains(&n) => days.push((n - 1).to_string()),
+                        Ok(n) => {
+                            return Err(format!(
+                                "'{s}': Day-of-week {n} is not 1-7 (1 is Sunday in cron(…))"
+                            ))
+                        }
+                        Err(_) => days.push(d.to_ascii_lowercase()),
+                    }
+                }
+                days.join("-")
+            } else {
+                range.to_ascii_lowercase()
+            };
+            tokens.push(match step {
+                Some(n) => format!("{range}/{n}"),
+                None => range,
+            });
         }
-        out.push(c);
+        out.push(tokens.join(","));
     }
-    Ok(format!(
-        "{} {} {} {} {out}",
-        q(minute),
-        q(hour),
-        q(dom),
-        q(month)
-    ))
+    Ok(out.join(" "))
 }
 
 impl ScalingPolicy {
@@ -1195,6 +1229,69 @@ pub struct ScalingPut {
     pub warnings: Vec<String>,
 }
 
+/// Parses `PUT /v1/services/{name}/scaling`'s body (JSON): the target's fields checked, each
+/// policy checked as [`parse_policy`] checks a document, its problems and warnings prefixed
+/// with `$.policies[i]`.
+pub fn parse_autoscale(text: &str, service: &str) -> Result<Parsed<Autoscale>, Vec<String>> {
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| vec![format!("$: not valid JSON: {e}")])?;
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+    let Some(f) = Fields::of(&v, "$", &mut problems) else {
+        return Err(problems);
+    };
+    f.known(&["target", "policies"], &[], &mut problems, &mut warnings);
+    let mut target = None;
+    if let Some(t) = f
+        .required("target", &mut problems)
+        .and_then(|t| Fields::of(t, "$.target", &mut problems))
+    {
+        t.known(
+            &["MinCapacity", "MaxCapacity"],
+            &[],
+            &mut problems,
+            &mut warnings,
+        );
+        let cap = 0..=i64::from(MAX_CAPACITY);
+        let min = t.whole("MinCapacity", true, cap.clone(), &mut problems);
+        let max = t.whole("MaxCapacity", true, cap, &mut problems);
+        if let (Some(min), Some(max)) = (min, max) {
+            let st = ScalableTarget {
+                min_capacity: min as u32,
+                max_capacity: max as u32,
+            };
+            match st.check() {
+                Ok(()) => target = Some(st),
+                Err(e) => problems.push(format!("$.target: {e}")),
+            }
+        }
+    }
+    let mut policies = Vec::new();
+    match f.get("policies") {
+        None => {}
+        Some(Value::Array(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                let at = |m: String| format!("$.policies[{i}]{}", m.trim_start_matches('$'));
+                match parse_policy(&item.to_string(), service) {
+                    Ok(p) => {
+                        warnings.extend(p.warnings.into_iter().map(at));
+                        policies.push(p.value);
+                    }
+                    Err(e) => problems.extend(e.into_iter().map(at)),
+                }
+            }
+        }
+        Some(o) => problems.push(format!("$.policies: expected an array, found {}", kind(o))),
+    }
+    match target {
+        Some(target) if problems.is_empty() => Ok(Parsed {
+            value: Autoscale { target, policies },
+            warnings,
+        }),
+        _ => Err(problems),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1296,7 +1393,8 @@ Alarm:
         }"#;
         let e = parse_policy(text, "web").expect_err("refused");
         let want = [
-            "$.PolicyName: 'bad name' is not 1-256 letters, digits, '-', '_' or '.'",
+            "$.PolicyName: 'bad name' is not 1-256 letters, digits, '-', '_' or '.', starting \
+             with a letter or digit",
             "$.TargetTrackingScalingPolicyConfiguration.TargetValu: unknown field (did you mean \
              'TargetValue'?)",
             "$.TargetTrackingScalingPolicyConfiguration.TargetValue: required",
@@ -1307,6 +1405,8 @@ Alarm:
              number from 0 to 86400",
         ];
         assert_eq!(e, want);
+        let dots = parse_policy(&text.replace("bad name", ".."), "web").expect_err("..");
+        assert!(dots[0].starts_with("$.PolicyName: '..' is not"), "{dots:?}");
         assert!(parse_policy("[1]", "web").expect_err("refused")[0].contains("expected an object"));
         assert!(parse_policy("{", "web").expect_err("refused")[0].starts_with("$: not valid JSON"));
     }
@@ -1323,6 +1423,35 @@ Alarm:
         assert_eq!(p.value.cron().expect("ok"), "0 8 * * 1-5");
         assert_eq!(p.value.scalable_target_action.min_capacity, Some(3));
         assert_eq!(cron_of("cron(30 * ? * 1,7 *)").expect("ok"), "30 * * * 0,6");
+        assert_eq!(
+            cron_of("cron(0/15 * * * ? *)").expect("ok"),
+            "0-59/15 * * * *"
+        );
+        assert_eq!(
+            cron_of("cron(0 8 ? JUL MON *)").expect("ok"),
+            "0 8 * jul mon"
+        );
+        assert_eq!(cron_of("cron(0 8 ? * 2/2 *)").expect("ok"), "0 8 * * 1-6/2");
+        assert!(cron_of("cron(0 8 ? * 10 *)")
+            .expect_err("10")
+            .contains("Day-of-week 10"));
+        assert!(cron_of("cron(0 8 1 * 2 *)")
+            .expect_err("both")
+            .contains("must be ?"));
+        assert!(cron_of("cron(0 8 L * ? *)")
+            .expect_err("L")
+            .contains("not supported"));
+        assert!(cron_of("cron(0 8 ? * 6#3 *)")
+            .expect_err("#")
+            .contains("not supported"));
+        let zone = parse_scheduled_action(
+            r#"{"ScheduledActionName": "z", "Schedule": "0 8 * * *", "Timezone": "Mars/Olympus",
+                "ScalableTargetAction": {"MinCapacity": 1}}"#,
+            "web",
+        )
+        .expect_err("zone");
+        assert_eq!(zone.len(), 1, "{zone:?}");
+        assert!(zone[0].starts_with("$.Timezone: "), "{zone:?}");
         assert_eq!(cron_of("cron(*/15 * * * ? *)").expect("ok"), "*/15 * * * *");
         assert_eq!(cron_of("*/5 * * * *").expect("ok"), "*/5 * * * *");
         assert!(cron_of("cron(0 8 ? * 2-6 2027)")
@@ -1346,6 +1475,32 @@ Alarm:
             e[1],
             "$.ScalableTargetAction: MinCapacity 4 is above MaxCapacity 2"
         );
+    }
+
+    #[test]
+    fn a_put_target_is_checked_field_by_field_with_its_policies() {
+        let e = parse_autoscale(
+            r#"{"target": {"MinCapacity": 1, "MaxCapacity": 3, "Bogus": 1},
+                "policies": [{"PolicyName": "p", "ResourceId": "service/c/other",
+                  "TargetTrackingScalingPolicyConfiguration": {"TargetValue": "50", "Typo": 1,
+                    "PredefinedMetricSpecification": {"PredefinedMetricType": "ECSServiceAverageCPUUtilization"}}}]}"#,
+            "web",
+        )
+        .expect_err("refused");
+        assert_eq!(
+            e,
+            [
+                "$.target.Bogus: unknown field",
+                "$.policies[0].ResourceId: names service 'other', not 'web'",
+                "$.policies[0].TargetTrackingScalingPolicyConfiguration.Typo: unknown field",
+            ]
+        );
+        let ok = parse_autoscale(r#"{"target": {"MinCapacity": 0, "MaxCapacity": 2}}"#, "web")
+            .expect("ok");
+        assert_eq!(ok.value.target.max_capacity, 2);
+        let e = parse_autoscale(r#"{"target": {"MinCapacity": 3, "MaxCapacity": 2}}"#, "web")
+            .expect_err("inverted");
+        assert_eq!(e, ["$.target: MinCapacity 3 is above MaxCapacity 2"]);
     }
 
     #[test]

@@ -216,8 +216,11 @@ pub async fn autoscale(api: &Client, a: AutoscaleArgs, output: Output) -> Result
         });
     }
     let req = autoscale_request(&a)?;
-    let s = api.autoscale_service(&a.name, &req).await?;
-    print(output, &s, || print_scaling(&s))
+    let r = api.autoscale_service(&a.name, &req).await?;
+    for w in &r.warnings {
+        errln!("warning: {w}");
+    }
+    print(output, &r.scaling, || print_scaling(&r.scaling))
 }
 
 /// The bounds, then the policies.

@@ -217,7 +217,7 @@ impl Client {
         &self,
         name: &str,
         autoscale: &Autoscale,
-    ) -> Result<ServiceScaling, ClientError> {
+    ) -> Result<ScalingPut, ClientError> {
         self.run(self.inner.autoscale_service(name, autoscale))
     }
 

@@ -103,6 +103,10 @@ pub enum ClientError {
         /// What the control plane said: its message and every problem of an invalid input.
         error: ApiError,
     },
+    /// A name that cannot be a path segment: empty, `.` or `..` (URLs remove those
+    /// segments, RFC 3986 §5.2.4: the request would name another resource).
+    #[error("'{0}' is not a name the control plane can hold (empty, '.' or '..')")]
+    Name(String),
     /// The request's body could not be encoded.
     #[error("encoding the body of {method} {path}")]
     Encode {
@@ -362,7 +366,7 @@ impl Client {
         if let Some(t) = &tail {
             pairs.push(("tail", t));
         }
-        let path = path(&["tasks", task, "logs"], &pairs);
+        let path = path(&["tasks", task, "logs"], &pairs)?;
         // No overall time limit: a followed stream lasts as long as the containers.
         let req = self
             .http
@@ -427,7 +431,7 @@ impl Client {
         &self,
         name: &str,
         autoscale: &Autoscale,
-    ) -> Result<ServiceScaling, ClientError> {
+    ) -> Result<ScalingPut, ClientError> {
         self.json(
             Method::PUT,
             &["services", name, "scaling"],
@@ -526,7 +530,7 @@ impl Client {
     /// `GET /v1/metrics`: the control plane's Prometheus metrics, in the Prometheus text
     /// format 0.0.4.
     pub async fn metrics(&self) -> Result<String, ClientError> {
-        let path = path(&["metrics"], &[]);
+        let path = path(&["metrics"], &[])?;
         let req = self.http.get(self.url(&path));
         let bytes = self.body(Method::GET, &path, req).await?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
@@ -553,7 +557,7 @@ impl Client {
         pairs: &[(&str, &str)],
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
-        let path = path(segments, pairs);
+        let path = path(segments, pairs)?;
         let mut req = self.http.request(method.clone(), self.url(&path));
         if let Some(b) = body {
             let bytes = serde_json::to_vec(b).map_err(|source| ClientError::Encode {
@@ -576,7 +580,7 @@ impl Client {
         segments: &[&str],
         pairs: &[(&str, &str)],
     ) -> Result<(), ClientError> {
-        let path = path(segments, pairs);
+        let path = path(segments, pairs)?;
         let req = self.http.request(method.clone(), self.url(&path));
         self.body(method, &path, req).await.map(drop)
     }
@@ -587,7 +591,7 @@ impl Client {
         segments: &[&str],
         document: &[u8],
     ) -> Result<T, ClientError> {
-        let path = path(segments, &[]);
+        let path = path(segments, &[])?;
         let json = document
             .iter()
             .find(|b| !b.is_ascii_whitespace())
@@ -665,9 +669,12 @@ impl Client {
 
 /// `/v1/<segments…>?<pairs…>`, every segment, key and value percent-encoded (so an id can
 /// never reach another path or add a parameter).
-fn path(segments: &[&str], pairs: &[(&str, &str)]) -> String {
+fn path(segments: &[&str], pairs: &[(&str, &str)]) -> Result<String, ClientError> {
     let mut out = String::from("/v1");
     for s in segments {
+        if s.is_empty() || *s == "." || *s == ".." {
+            return Err(ClientError::Name(s.to_string()));
+        }
         out.push('/');
         escape(s, b":@", &mut out);
     }
@@ -677,7 +684,7 @@ fn path(segments: &[&str], pairs: &[(&str, &str)]) -> String {
         out.push('=');
         escape(v, b"", &mut out);
     }
-    out
+    Ok(out)
 }
 
 /// Appends `s` with every byte but unreserved ones (RFC 3986) and `keep` percent-encoded.
@@ -800,22 +807,31 @@ mod tests {
     #[test]
     fn path_segments_and_parameters_are_escaped() {
         assert_eq!(
-            path(&["taskdefs", "web:2", "deregister"], &[]),
+            path(&["taskdefs", "web:2", "deregister"], &[]).expect("path"),
             "/v1/taskdefs/web:2/deregister"
         );
         assert_eq!(
             path(
                 &["tasks", "a/../b?c d"],
                 &[("follow", "true"), ("container", "x&y=z")]
-            ),
+            )
+            .expect("path"),
             "/v1/tasks/a%2F..%2Fb%3Fc%20d?follow=true&container=x%26y%3Dz"
         );
         assert_eq!(
             path(
                 &["services", "web", "scaling", "scheduled-actions", "a/b"],
                 &[]
-            ),
+            )
+            .expect("path"),
             "/v1/services/web/scaling/scheduled-actions/a%2Fb"
         );
+        // A dot segment would name another resource once the URL is normalized:
+        // `scaling policy rm web ..` was `DELETE /v1/services/web/scaling`.
+        for name in ["..", ".", ""] {
+            let e = path(&["services", "web", "scaling", "policies", name], &[])
+                .expect_err("dot segment");
+            assert!(matches!(e, ClientError::Name(n) if n == name));
+        }
     }
 }

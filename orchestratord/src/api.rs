@@ -493,7 +493,7 @@ fn parse_operator(
         }
         (&Method::PUT, ["v1", "services", name, "scaling"]) => Ok(Operator::Autoscale(
             name.to_string(),
-            serde_json::from_slice(body).map_err(decode("scalable target"))?,
+            text(body, "scalable target")?,
         )),
         (&Method::DELETE, ["v1", "services", name, "scaling"]) => {
             Ok(Operator::DeregisterScaling(name.to_string()))

@@ -9,7 +9,9 @@
 //! - **Target tracking** (`TargetTrackingScaling`, predefined metrics
 //!   `ECSServiceAverageCPUUtilization` and `ECSServiceAverageMemoryUtilization`): scales out as
 //!   soon as the metric stayed above the target for [`SCALE_OUT_POINTS`] periods, to the count
-//!   that brings it back to the target (`ceil(count × metric / target)`); scales in only after
+//!   that brings it back to the target (`ceil(measured × metric / target)`, `measured` the
+//!   tasks past their warm-up: those still warming up will share the load, and once measured
+//!   they count, also within a cooldown); scales in only after
 //!   [`SCALE_IN_POINTS`] periods below [`SCALE_IN_BAND`] of the target, and never so far that
 //!   the metric would rise above the target again. Out fast, in slowly; the band between the two
 //!   alarms keeps a metric hovering near the target from flapping the count.
@@ -75,6 +77,8 @@ pub struct Datapoint {
     pub cpu: Option<f64>,
     /// Memory utilization, percent.
     pub memory: Option<f64>,
+    /// How many tasks it measured (those past their warm-up); `None`: not said, all of them.
+    pub measured: Option<u32>,
 }
 
 impl Datapoint {
@@ -118,6 +122,7 @@ pub fn utilization(tasks: &[TaskUsage], warmup: u64) -> Datapoint {
     Datapoint {
         cpu: ratio(&|t| t.cpu_units, &|t| t.cpu_reserved),
         memory: ratio(&|t| t.memory_mib, &|t| t.memory_reserved),
+        measured: u32::try_from(settled.len()).ok(),
     }
 }
 
@@ -431,10 +436,26 @@ fn wish(policy: &Policy, count: u32, points: &[Datapoint]) -> Wish {
             let wanted = |v: f64| (f64::from(count) * v / target).ceil() as i64;
             if let Some(w) = window(points, t.metric, SCALE_OUT_POINTS) {
                 if w.iter().all(|v| *v > t.target) {
-                    return Wish::Out(
-                        wanted(w[w.len() - 1]).max(i64::from(count) + 1),
-                        t.scale_out_cooldown,
-                    );
+                    // The load is what the measured tasks carry; tasks still warming up will
+                    // share it, so it alone says how many are needed.
+                    let measured = points
+                        .last()
+                        .and_then(|d| d.measured)
+                        .filter(|m| *m > 0 && *m < count);
+                    let last = w[w.len() - 1];
+                    return match measured {
+                        None => {
+                            Wish::Out(wanted(last).max(i64::from(count) + 1), t.scale_out_cooldown)
+                        }
+                        Some(m) => {
+                            let need = (f64::from(m) * last / target).ceil() as i64;
+                            if need > i64::from(count) {
+                                Wish::Out(need, t.scale_out_cooldown)
+                            } else {
+                                Wish::Hold
+                            }
+                        }
+                    };
                 }
             }
             if t.disable_scale_in {
@@ -504,6 +525,10 @@ pub fn plan(inputs: &Inputs<'_>, history: &mut History) -> Decision {
         metrics: metrics.clone(),
     };
     let (min, max) = (target.min, target.max.max(target.min));
+    if count > max && deploying {
+        // Lowered bounds wait for the deployment, as a scale-in does.
+        return decision(count, Cause::Deploying, None);
+    }
     if count < min || count > max {
         return decision(count.clamp(min, max), Cause::Bounds, None);
     }
@@ -519,9 +544,17 @@ pub fn plan(inputs: &Inputs<'_>, history: &mut History) -> Decision {
     let base = history.scale_out.map_or(count, |o| o.from.min(count));
     let out = policies
         .iter()
-        .filter_map(|p| match wish(&p.policy, base, datapoints) {
-            Wish::Out(to, cooldown) => Some((to, cooldown, p)),
-            _ => None,
+        .filter_map(|p| {
+            // Target tracking measures the tasks there are; a step adjusts from the count
+            // before the scale-out cooling down.
+            let from = match p.policy {
+                Policy::TargetTracking(_) => count,
+                Policy::Step(_) => base,
+            };
+            match wish(&p.policy, from, datapoints) {
+                Wish::Out(to, cooldown) => Some((to, cooldown, p)),
+                _ => None,
+            }
         })
         .max_by_key(|(to, _, _)| *to);
     if let Some((to, cooldown, p)) = out {
@@ -620,6 +653,7 @@ mod tests {
             .map(|v| Datapoint {
                 cpu: Some(*v),
                 memory: Some(10.0),
+                measured: None,
             })
             .collect()
     }
@@ -943,6 +977,7 @@ mod tests {
                 Datapoint {
                     cpu: Some(cpu),
                     memory,
+                    measured: None,
                 };
                 SCALE_IN_POINTS
             ]
@@ -1016,6 +1051,20 @@ mod tests {
             &mut History::default(),
         );
         assert_eq!((deploying.count, deploying.cause), (10, Cause::Deploying));
+        // Nor does a lowered maximum bring the count down then; a raised minimum does.
+        let mut inputs = Inputs {
+            now: 0,
+            count: 10,
+            target: ScalableTarget { min: 1, max: 4 },
+            deploying: true,
+            datapoints: &[],
+            policies: &policies,
+        };
+        let d = plan(&inputs, &mut History::default());
+        assert_eq!((d.count, d.cause), (10, Cause::Deploying));
+        inputs.target = ScalableTarget { min: 12, max: 20 };
+        let d = plan(&inputs, &mut History::default());
+        assert_eq!((d.count, d.cause), (12, Cause::Bounds));
         // One period unknown (a node did not report) in the window: no scale-in...
         let mut points = cpu(&[10.0; SCALE_IN_POINTS]);
         points[4].cpu = None;
@@ -1057,8 +1106,29 @@ mod tests {
         assert_eq!(d.memory, Some(50.0));
         // A task still warming up is left out; an unreported one makes the metric unknown.
         let d = utilization(&[t(60, Some(128.0), 256), t(10, None, 256)], 30);
-        assert_eq!(d.cpu, Some(50.0));
+        assert_eq!((d.cpu, d.measured), (Some(50.0), Some(1)));
         assert_eq!(utilization(&[t(60, None, 256)], 30).cpu, None);
-        assert_eq!(utilization(&[], 30), Datapoint::default());
+        assert_eq!(utilization(&[], 30).cpu, None);
+    }
+
+    #[test]
+    fn target_tracking_goes_on_scaling_out_within_its_cooldown_once_new_tasks_are_measured() {
+        let policies = [tt(Metric::Cpu, 50.0)];
+        let mut h = History::default();
+        let at = |cpu: f64, measured: u32| Datapoint {
+            cpu: Some(cpu),
+            memory: Some(10.0),
+            measured: Some(measured),
+        };
+        // One task at 200 %: four.
+        let d = round(0, 1, &[at(200.0, 1); 3], &policies, &mut h);
+        assert_eq!((d.count, d.cause), (4, Cause::ScaleOut));
+        // The three new ones warming up: the one measured still says four, no more.
+        let d = round(15, 4, &[at(200.0, 1); 3], &policies, &mut h);
+        assert_eq!(d.count, 4, "{d:?}");
+        // All four measured at 200 %: the load is four times what one carried. Sixteen,
+        // within the cooldown (more than the scale-out reached).
+        let d = round(30, 4, &[at(200.0, 4); 3], &policies, &mut h);
+        assert_eq!((d.count, d.cause), (16, Cause::ScaleOut));
     }
 }

@@ -456,8 +456,8 @@ fn every_documented_operation_answers_as_documented() {
         "PolicyName": "mem", "PolicyType": "TargetTrackingScaling",
         "TargetTrackingScalingPolicyConfiguration": {"TargetValue": 70,
           "PredefinedMetricSpecification": {"PredefinedMetricType": "ECSServiceAverageMemoryUtilization"}}}]}"#;
-    let s: ServiceScaling = api.ok("PUT", sc, "/v1/services/web/scaling", Some(autoscale), 200);
-    assert_eq!(s.policies.len(), 1, "{s:?}");
+    let s: ScalingPut = api.ok("PUT", sc, "/v1/services/web/scaling", Some(autoscale), 200);
+    assert_eq!(s.scaling.policies.len(), 1, "{s:?}");
     let inverted = r#"{"target": {"MinCapacity": 4, "MaxCapacity": 3}}"#;
     api.refused("PUT", sc, "/v1/services/web/scaling", Some(inverted), 400);
     api.refused("PUT", sc, "/v1/services/nope/scaling", Some(autoscale), 404);

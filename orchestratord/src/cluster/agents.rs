@@ -363,7 +363,15 @@ fn heartbeat(
         cx.txn.put_node(n);
     }
     let now = cx.now;
+    let unmeasured: std::collections::HashSet<String> = cx
+        .txn
+        .live_tasks_on(node)
+        .into_iter()
+        .filter(|t| t.info.state == TaskState::Running && !tasks.contains_key(&t.info.id))
+        .map(|t| t.info.id.clone())
+        .collect();
     cx.live.touch(node, now, |l| {
+        l.unmeasured = unmeasured;
         let elapsed = l.heartbeat_ms.map(|at| now.unix_ms.saturating_sub(at));
         l.task_cpu = tasks
             .iter()

@@ -8,7 +8,7 @@ use flotilla_api::ops::{
     AdminCredential, AdminIssue, Event, NodeInfo, NodeLabels, TaskDefRegistered, TaskDefRevision,
     TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
-use flotilla_api::scaling::{Autoscale, ScalingPut, ServiceScaling};
+use flotilla_api::scaling::{ScalingPut, ServiceScaling};
 use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
 use flotilla_api::service::{ServiceCreated, ServiceInfo, ServiceUpdate};
 use flotilla_api::tasks::{DesiredState, TaskStatus, TaskUsage};
@@ -112,8 +112,8 @@ pub enum Operator {
     RemoveService(String),
     /// `GET /v1/services/{name}/scaling`.
     GetScaling(String),
-    /// `PUT /v1/services/{name}/scaling`.
-    Autoscale(String, Autoscale),
+    /// `PUT /v1/services/{name}/scaling` (the body's text).
+    Autoscale(String, String),
     /// `DELETE /v1/services/{name}/scaling`.
     DeregisterScaling(String),
     /// `POST /v1/services/{name}/scaling/policies` (the document's text).

@@ -27,6 +27,9 @@ pub struct LiveInfo {
     pub task_cpu: HashMap<String, TaskCpu>,
     /// When its last heartbeat came (milliseconds since the epoch).
     pub heartbeat_ms: Option<u64>,
+    /// Its tasks RUNNING when its last heartbeat came that the heartbeat did not measure:
+    /// their usage is unknown, not nothing.
+    pub unmeasured: std::collections::HashSet<String>,
     /// When its last session ended (seconds since the epoch).
     pub disconnected_at: Option<u64>,
     /// The newest desired-state generation it said it persisted, in this session.

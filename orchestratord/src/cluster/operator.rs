@@ -280,8 +280,12 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
         Operator::UpdateService(name, update) => update_service(cx, &name, update),
         Operator::RemoveService(name) => remove_service(cx, &name),
         Operator::GetScaling(name) => Ok(Reply::Scaling(Box::new(scaling::get(cx, &name)?))),
-        Operator::Autoscale(name, a) => {
-            Ok(Reply::Scaling(Box::new(scaling::autoscale(cx, &name, a)?)))
+        Operator::Autoscale(name, text) => {
+            let (scaling, warnings) = scaling::autoscale(cx, &name, &text)?;
+            Ok(Reply::ScalingPut(Box::new(ScalingPut {
+                scaling,
+                warnings,
+            })))
         }
         Operator::DeregisterScaling(name) => {
             scaling::deregister(cx, &name)?;
@@ -682,6 +686,16 @@ fn update_service(
             return Err(ClusterError::invalid(format!(
                 "desiredCount: at most {MAX_DESIRED_COUNT}"
             )));
+        }
+        if let Some(t) = cx.txn.scaling(name).map(|r| r.target) {
+            if n < t.min_capacity || n > t.max_capacity {
+                return Err(ClusterError::invalid(format!(
+                    "desiredCount: service {name} is auto scaled between {} and {} tasks: \
+                     change the bounds (`flotilla service autoscale {name} --min N --max N`) \
+                     or turn auto scaling off (`--off`)",
+                    t.min_capacity, t.max_capacity
+                )));
+            }
         }
         s.spec.desired_count = n;
         cx.event("service.scaled", name, format!("desired count {n}"));

@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use flotilla_api::scaling::{
-    Autoscale, ScalableTarget, ScalingActivity, ScalingPolicy, ScheduledAction, ServiceScaling,
+    Parsed, ScalableTarget, ScalingActivity, ScalingPolicy, ScheduledAction, ServiceScaling,
     MAX_POLICIES, MAX_SCHEDULED_ACTIONS,
 };
 use flotilla_api::service::SchedulingStrategy;
@@ -44,7 +44,8 @@ fn alarm_name(m: Metric) -> &'static str {
 
 /// The service's datapoint now: its RUNNING tasks' usage against what they reserve. A task
 /// measured for less than `warmup` seconds (or not yet twice) is still starting and left out;
-/// a task on a node without a session makes the metric unknown.
+/// a task on a node without a session, or left out of its node's last heartbeat while
+/// RUNNING, makes the metric unknown.
 fn datapoint(cx: &Ctx<'_, '_>, service: &str, warmup: u64) -> Datapoint {
     let now = cx.now.secs();
     let mut usage = Vec::new();
@@ -60,8 +61,10 @@ fn datapoint(cx: &Ctx<'_, '_>, service: &str, warmup: u64) -> Datapoint {
         let connected = live.is_some_and(|l| l.session.is_some());
         let cpu = live.and_then(|l| l.task_cpu.get(&t.info.id));
         let memory = live.and_then(|l| l.task_usage.get(&t.info.id));
+        let unmeasured = live.is_some_and(|l| l.unmeasured.contains(&t.info.id));
         let running_for = match cpu {
-            _ if !connected => u64::MAX,
+            // Unknown, not starting: the metric is unknown.
+            _ if !connected || unmeasured => u64::MAX,
             Some(c) if c.units.is_some() => now.saturating_sub(c.since),
             _ => 0,
         };
@@ -190,9 +193,27 @@ pub fn round(cx: &mut Ctx<'_, '_>, windows: &mut Windows) -> Result<(), ClusterE
                         bounds.min, bounds.max
                     );
                     let name = Some(a.scheduled_action_name.clone());
-                    if to != count {
+                    let deploying = s.deployments.len() > 1;
+                    if to < count && deploying {
+                        // The count follows once the deployment ends (the planner's bounds).
+                        let cause = format!("{cause}; the count follows once the deployment ends");
+                        cx.event("service.scaling.bounds", &r.service, cause.clone());
+                        activity(
+                            &mut r,
+                            ScalingActivity {
+                                time: now,
+                                from: count,
+                                to: count,
+                                cause,
+                                policy: name,
+                                metrics: BTreeMap::new(),
+                            },
+                        );
+                    } else if to != count {
                         scale(cx, &s, &mut r, to, cause, name, BTreeMap::new());
                         s = cx.txn.service(&r.service).cloned().unwrap_or(s);
+                    } else if r.target == before.target {
+                        // Nothing changed: nothing to record (an action every minute).
                     } else {
                         cx.event("service.scaling.bounds", &r.service, cause.clone());
                         activity(
@@ -286,7 +307,22 @@ pub fn round(cx: &mut Ctx<'_, '_>, windows: &mut Windows) -> Result<(), ClusterE
         } else {
             r.scale_out = h.scale_out.map(|o| (o.until, o.from, o.to));
             r.scale_in_until = h.scale_in_until;
-            if decision.cause != Cause::Steady {
+            let tracking = r
+                .policies
+                .iter()
+                .any(|p| p.policy_type == flotilla_api::scaling::PolicyType::TargetTrackingScaling);
+            if count == 0 && tracking && decision.cause == Cause::Steady {
+                note(
+                    cx,
+                    &mut r,
+                    count,
+                    "no task to measure: target tracking cannot scale out from 0 (a MinCapacity \
+                     of 1, or a scheduled action, can)"
+                        .into(),
+                    None,
+                    metrics,
+                );
+            } else if decision.cause != Cause::Steady {
                 note(
                     cx,
                     &mut r,
@@ -313,7 +349,12 @@ fn note(
     policy: Option<String>,
     metrics: BTreeMap<String, Option<f64>>,
 ) {
-    let last = r.activities.first();
+    // The last decision of the policies (a scheduled action's record in between does not
+    // make the same reason new again).
+    let last = r
+        .activities
+        .iter()
+        .find(|a| !a.cause.starts_with("scheduled action"));
     if last
         .is_some_and(|a| a.from == a.to && a.to == count && a.cause == cause && a.policy == policy)
     {
@@ -444,15 +485,23 @@ fn put_policy_into(
     Ok(())
 }
 
-/// `PUT /v1/services/{name}/scaling`: registers or changes the scalable target and puts the
-/// given policies. A count outside the new bounds is brought inside at once.
+/// `PUT /v1/services/{name}/scaling` (the body's text): registers or changes the scalable
+/// target and puts the given policies, each checked as a put document is. A count outside the
+/// new bounds is brought inside at once.
 pub fn autoscale(
     cx: &mut Ctx<'_, '_>,
     name: &str,
-    a: Autoscale,
-) -> Result<ServiceScaling, ClusterError> {
+    text: &str,
+) -> Result<(ServiceScaling, Vec<String>), ClusterError> {
     let s = scalable_service(cx, name)?.clone();
-    a.target.check().map_err(ClusterError::invalid)?;
+    let Parsed { value: a, warnings } = flotilla_api::scaling::parse_autoscale(text, name)
+        .map_err(|problems| ClusterError::Invalid {
+            message: format!(
+                "invalid scalable target ({})",
+                flotilla_api::count(problems.len(), "problem")
+            ),
+            problems,
+        })?;
     let mut r = cx.txn.scaling(name).cloned().unwrap_or(ScalingRecord {
         service: name.to_string(),
         target: a.target,
@@ -464,19 +513,8 @@ pub fn autoscale(
         created_at: cx.now.secs(),
     });
     r.target = a.target;
-    for (i, p) in a.policies.into_iter().enumerate() {
-        // Checked as a put document is: the same rules whichever way a policy comes.
-        let text = serde_json::to_string(&p).map_err(|e| ClusterError::invalid(e.to_string()))?;
-        let parsed = flotilla_api::scaling::parse_policy(&text, name).map_err(|problems| {
-            ClusterError::Invalid {
-                message: format!(
-                    "invalid scaling policy policies[{i}] ({})",
-                    flotilla_api::count(problems.len(), "problem")
-                ),
-                problems,
-            }
-        })?;
-        put_policy_into(&s, &mut r, parsed.value)?;
+    for p in a.policies {
+        put_policy_into(&s, &mut r, p)?;
     }
     cx.event(
         "service.scaling.registered",
@@ -501,7 +539,7 @@ pub fn autoscale(
     }
     let out = info(&r);
     cx.txn.put_scaling(r);
-    Ok(out)
+    Ok((out, warnings))
 }
 
 /// `DELETE /v1/services/{name}/scaling`: the target, its policies and scheduled actions go;

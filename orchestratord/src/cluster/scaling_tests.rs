@@ -57,12 +57,13 @@ impl Fleet {
                 Some(30),
             )],
         };
+        let text = serde_json::to_string(&a).expect("json");
         match self
             .h
-            .op(Operator::Autoscale("web".into(), a))
+            .op(Operator::Autoscale("web".into(), text))
             .expect("autoscale")
         {
-            Reply::Scaling(s) => *s,
+            Reply::ScalingPut(s) => s.scaling,
             other => panic!("{other:?}"),
         }
     }
@@ -83,10 +84,16 @@ impl Fleet {
     /// One scaling period passes with each running task using `units` CPU units: a heartbeat,
     /// the scaling round, the service rounds and convergence.
     fn period(&mut self, units: u64) {
+        self.period_of(units, usize::MAX);
+    }
+
+    /// A period whose heartbeat measures only the first `measured` running tasks.
+    fn period_of(&mut self, units: u64, measured: usize) {
         self.h.advance(PERIOD);
         let usage: Vec<TaskUsage> = self
             .running()
             .into_iter()
+            .take(measured)
             .map(|id| {
                 let c = self.counters.entry(id.clone()).or_default();
                 *c += units * PERIOD * 1_000_000 / 1024;
@@ -301,8 +308,11 @@ fn what_cannot_scale_is_refused_by_name() {
         )],
     };
     let e =
-        f.h.op(Operator::Autoscale("bare".into(), a.clone()))
-            .expect_err("no cpu");
+        f.h.op(Operator::Autoscale(
+            "bare".into(),
+            serde_json::to_string(&a).expect("json"),
+        ))
+        .expect_err("no cpu");
     assert!(
         e.to_string()
             .contains("bare:1 reserves no cpu: set the task definition's `cpu`"),
@@ -315,21 +325,29 @@ fn what_cannot_scale_is_refused_by_name() {
         },
         policies: Vec::new(),
     };
-    let e =
+    let bad = serde_json::to_string(&bad).expect("json");
+    let Err(ClusterError::Invalid { problems, .. }) =
         f.h.op(Operator::Autoscale("web".into(), bad))
-            .expect_err("bounds");
-    assert_eq!(e.to_string(), "MinCapacity 3 is above MaxCapacity 2");
-    // An operator's count outside the bounds is brought back at the next round.
-    f.h.op(Operator::UpdateService(
-        "web".into(),
-        ServiceUpdate {
-            desired_count: Some(7),
-            ..ServiceUpdate::default()
-        },
-    ))
-    .expect("update");
-    f.period(0);
-    assert_eq!(f.desired(), 2);
+    else {
+        panic!("inverted bounds taken")
+    };
+    assert_eq!(problems, ["$.target: MinCapacity 3 is above MaxCapacity 2"]);
+    // An operator's count outside the bounds is refused, naming them and what to do.
+    let e =
+        f.h.op(Operator::UpdateService(
+            "web".into(),
+            ServiceUpdate {
+                desired_count: Some(7),
+                ..ServiceUpdate::default()
+            },
+        ))
+        .expect_err("outside the bounds");
+    assert!(
+        e.to_string()
+            .starts_with("desiredCount: service web is auto scaled between 1 and 2 tasks"),
+        "{e}"
+    );
+    assert_eq!(f.desired(), 1);
     // Deleting the service deletes its scaling.
     f.h.op(Operator::RemoveService("web".into())).expect("rm");
     assert!(matches!(
@@ -350,18 +368,96 @@ fn a_policy_given_with_the_target_is_checked_as_a_put_document_is() {
         },
         policies: vec![p],
     };
-    let Err(ClusterError::Invalid { message, problems }) =
-        f.h.op(Operator::Autoscale("web".into(), a))
-    else {
+    let Err(ClusterError::Invalid { message, problems }) = f.h.op(Operator::Autoscale(
+        "web".into(),
+        serde_json::to_string(&a).expect("json"),
+    )) else {
         panic!("a target of 0 % taken")
     };
-    assert_eq!(message, "invalid scaling policy policies[0] (1 problem)");
+    assert_eq!(message, "invalid scalable target (1 problem)");
     assert_eq!(
         problems,
-        ["$.TargetTrackingScalingPolicyConfiguration.TargetValue: 0 is not a percentage above 0 and at most 100"]
+        ["$.policies[0].TargetTrackingScalingPolicyConfiguration.TargetValue: 0 is not a percentage above 0 and at most 100"]
     );
     assert!(matches!(
         f.h.op(Operator::GetScaling("web".into())),
         Err(ClusterError::NotFound(_))
     ));
+}
+
+#[test]
+fn a_task_left_out_of_its_nodes_heartbeat_makes_the_metric_unknown() {
+    let mut f = Fleet::new();
+    f.autoscale(1, 3, 50.0);
+    for _ in 0..8 {
+        f.period(1024);
+    }
+    assert_eq!(f.desired(), 3);
+    assert_eq!(f.running().len(), 3);
+    // Only one of the three is measured, idle: the others' load is unknown, not nothing.
+    for _ in 0..30 {
+        f.period_of(0, 1);
+    }
+    assert_eq!(f.desired(), 3, "scaled in on one task's usage of three");
+    assert_eq!(
+        f.scaling().activities[0].cause,
+        "no scale-in while metrics are missing"
+    );
+}
+
+#[test]
+fn scheduled_actions_wait_for_a_deployment_and_an_idle_one_records_nothing() {
+    let mut f = Fleet::new();
+    f.autoscale(1, 4, 50.0);
+    for _ in 0..6 {
+        f.period(1024);
+    }
+    assert_eq!(f.desired(), 4);
+    let put = |f: &mut Fleet, text: &str| {
+        f.h.op(Operator::PutScheduledAction("web".into(), text.into()))
+            .expect("put");
+    };
+    // Every minute, bounds it already has: nothing written.
+    put(
+        &mut f,
+        r#"{"ScheduledActionName": "same", "Schedule": "* * * * *",
+            "ScalableTargetAction": {"MinCapacity": 1, "MaxCapacity": 4}}"#,
+    );
+    let kept = f.scaling().activities.len();
+    for _ in 0..30 {
+        f.period(1024);
+    }
+    assert_eq!(f.scaling().activities.len(), kept, "{:#?}", f.scaling());
+    // A deployment whose tasks cannot start is in progress: a lowered maximum waits for it.
+    f.h.register(&WEB.replace("web:1", "web:2"));
+    f.h.unstartable.insert("web:2".into());
+    f.h.op(Operator::UpdateService(
+        "web".into(),
+        ServiceUpdate {
+            task_definition: Some("web:2".into()),
+            ..ServiceUpdate::default()
+        },
+    ))
+    .expect("deploy");
+    put(
+        &mut f,
+        r#"{"ScheduledActionName": "night", "Schedule": "* * * * *",
+            "ScalableTargetAction": {"MaxCapacity": 1}}"#,
+    );
+    for _ in 0..12 {
+        f.period(1024);
+    }
+    assert_eq!(f.scaling().target.max_capacity, 1);
+    assert_eq!(f.desired(), 4, "scaled in during a deployment");
+    let a = f
+        .scaling()
+        .activities
+        .into_iter()
+        .find(|a| a.policy.as_deref() == Some("night"))
+        .expect("recorded");
+    assert!(
+        a.cause
+            .ends_with("the count follows once the deployment ends"),
+        "{a:?}"
+    );
 }

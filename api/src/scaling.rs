@@ -886,6 +886,24 @@ fn check_steps(s: &StepScalingConfiguration, a: &Alarm, problems: &mut Vec<Strin
                  overlap",
                 w[0].2, w[1].2
             ));
+        } else if w[1].0 > w[0].1 {
+            // A metric in the gap would do nothing, silently: AWS refuses gaps too.
+            problems.push(format!(
+                "$.StepScalingPolicyConfiguration.StepAdjustments[{}] and [{}]: a gap between \
+                 {} and {} (each interval starts where the one below it ends)",
+                w[0].2, w[1].2, w[0].1, w[1].0
+            ));
+        }
+    }
+    if s.adjustment_type == "ExactCapacity" {
+        for (i, st) in s.step_adjustments.iter().enumerate() {
+            if st.scaling_adjustment < 0 {
+                problems.push(format!(
+                    "$.StepScalingPolicyConfiguration.StepAdjustments[{i}].ScalingAdjustment: \
+                     {} is not a count of tasks (ExactCapacity sets the count)",
+                    st.scaling_adjustment
+                ));
+            }
         }
     }
     let above = a.comparison_operator.starts_with("Greater");
@@ -1379,6 +1397,20 @@ Alarm:
         let overlapping = text.replace("LowerBound: 20,", "LowerBound: 10,");
         let e = parse_policy(&overlapping, "web").expect_err("refused");
         assert!(e.iter().any(|e| e.contains("overlap")), "{e:?}");
+        let gap = text.replace("LowerBound: 20,", "LowerBound: 30,");
+        let e = parse_policy(&gap, "web").expect_err("refused");
+        assert!(
+            e.iter().any(|e| e.contains("a gap between 20 and 30")),
+            "{e:?}"
+        );
+        let exact = text
+            .replace("ChangeInCapacity", "ExactCapacity")
+            .replace("ScalingAdjustment: 3", "ScalingAdjustment: -5");
+        let e = parse_policy(&exact, "web").expect_err("refused");
+        assert!(
+            e.iter().any(|e| e.contains("-5 is not a count of tasks")),
+            "{e:?}"
+        );
     }
 
     #[test]

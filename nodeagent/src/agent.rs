@@ -449,6 +449,9 @@ async fn session(
     let mut status = runner.status();
     status.mark_changed();
     let mut heartbeat = tokio::time::interval(heartbeat_every);
+    // After a stall, one heartbeat, not a burst of them a few milliseconds apart: the control
+    // plane derives CPU rates from the time between heartbeats.
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let data_dir = dir.parent().unwrap_or(dir).to_path_buf();
     loop {
         let until_renewal = due

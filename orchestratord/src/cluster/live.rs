@@ -38,6 +38,9 @@ pub struct LiveInfo {
     pub pushed_at: Option<u64>,
 }
 
+/// Heartbeats closer together than this (milliseconds) give no new CPU rate.
+pub const MIN_RATE_MS: u64 = 1000;
+
 /// A task's CPU use as the control plane derives it from two heartbeats in a row.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TaskCpu {
@@ -60,7 +63,10 @@ impl TaskCpu {
         now_secs: u64,
     ) -> TaskCpu {
         let units = match (prev_usec, elapsed_ms) {
-            (Some(p), Some(ms)) if ms > 0 && cpu_usec >= p => {
+            // Heartbeats too close together (a burst after a stall) say nothing of a rate:
+            // the last one stands.
+            (Some(_), Some(ms)) if ms < MIN_RATE_MS => prev.and_then(|p| p.units),
+            (Some(p), Some(ms)) if cpu_usec >= p => {
                 // µs of CPU per µs of wall time is cores; a core is 1024 units.
                 Some((cpu_usec - p) as f64 / (ms as f64 * 1000.0) * 1024.0)
             }
@@ -193,6 +199,38 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cpu_rate_is_use_over_the_time_between_two_heartbeats() {
+        // Half a core over 10 s: 512 units.
+        let first = TaskCpu::next(None, 1_000_000, None, None, 100);
+        assert_eq!(
+            first,
+            TaskCpu {
+                units: None,
+                since: 100
+            }
+        );
+        let second = TaskCpu::next(Some(first), 6_000_000, Some(1_000_000), Some(10_000), 110);
+        assert_eq!(
+            second,
+            TaskCpu {
+                units: Some(512.0),
+                since: 100
+            }
+        );
+        // A burst 3 ms later keeps the rate; a counter that went back has none.
+        let burst = TaskCpu::next(Some(second), 6_100_000, Some(6_000_000), Some(3), 110);
+        assert_eq!(burst.units, Some(512.0));
+        let reset = TaskCpu::next(Some(burst), 5, Some(6_100_000), Some(10_000), 120);
+        assert_eq!(
+            reset,
+            TaskCpu {
+                units: None,
+                since: 100
+            }
+        );
+    }
 
     #[test]
     fn admission_spreads_a_storm_over_slots_at_the_rate() {

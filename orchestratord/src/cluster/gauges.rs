@@ -75,25 +75,10 @@ pub fn snapshot(txn: &Txn<'_>, live: &Live, counters: &Counters) -> Snapshot {
         let name = s.spec.service_name.as_str();
         let desired = match s.spec.scheduling_strategy {
             SchedulingStrategy::Replica => u64::from(s.spec.desired_count),
-            SchedulingStrategy::Daemon => s.primary().map_or(0, |d| {
-                let request = placement::request(
-                    &d.revision.task_definition,
-                    Origin::Service(name.to_string()).started_by(),
-                    1,
-                    &s.spec.placement_constraints,
-                    &s.spec.placement_strategy,
-                    0,
-                );
-                match request {
-                    Ok(r) => {
-                        let view = eligibility
-                            .get_or_insert_with(|| placement::static_snapshot(txn, live));
-                        flotilla_scheduler::eligible(view, &r).len() as u64
-                    }
-                    // It cannot place anything: nowhere to run.
-                    Err(_) => 0,
-                }
-            }),
+            SchedulingStrategy::Daemon => {
+                let view = eligibility.get_or_insert_with(|| placement::static_snapshot(txn, live));
+                services::daemon_desired(s, view)
+            }
         };
         for r in ROLLOUT_STATES {
             deployments.insert((name.to_string(), rollout_state(r)), 0);

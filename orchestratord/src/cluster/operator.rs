@@ -254,11 +254,13 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
             cx.txn
                 .services()
                 .into_iter()
-                .map(|s| services::info(cx.txn, s))
+                .map(|s| services::info_live(cx.txn, cx.live, s))
                 .collect(),
         )),
         Operator::GetService(name) => match cx.txn.service(&name) {
-            Some(s) => Ok(Reply::Service(Box::new(services::info(cx.txn, s)))),
+            Some(s) => Ok(Reply::Service(Box::new(services::info_live(
+                cx.txn, cx.live, s,
+            )))),
             None => Err(ClusterError::NotFound(format!("no service {name}"))),
         },
         Operator::ServiceEndpoints(name) => {
@@ -662,7 +664,7 @@ fn create_service(cx: &mut Ctx<'_, '_>, text: &str) -> Result<Reply, ClusterErro
     cx.txn.put_service(record.clone());
     cx.effects.push(Effect::WakeServices);
     Ok(Reply::ServiceCreated(Box::new(ServiceCreated {
-        service: services::info(cx.txn, &record),
+        service: services::info_live(cx.txn, cx.live, &record),
         warnings: parsed.warnings,
     })))
 }
@@ -723,7 +725,9 @@ fn update_service(
     }
     cx.txn.put_service(s.clone());
     cx.effects.push(Effect::WakeServices);
-    Ok(Reply::Service(Box::new(services::info(cx.txn, &s))))
+    Ok(Reply::Service(Box::new(services::info_live(
+        cx.txn, cx.live, &s,
+    ))))
 }
 
 fn remove_service(cx: &mut Ctx<'_, '_>, name: &str) -> Result<Reply, ClusterError> {

@@ -18,6 +18,7 @@ use flotilla_scheduler::Snapshot;
 
 use super::command::ClusterError;
 use super::ctx::Ctx;
+use super::live::Live;
 use super::metrics::{Counters, PlacementOrigin};
 use super::placement::{self, NewTask, Plan};
 use super::records::{DeploymentRecord, Origin, ServiceRecord, TaskRecord};
@@ -115,6 +116,37 @@ pub fn stop_code(cause: StopCause) -> StopCode {
 
 fn group(name: &str) -> String {
     Origin::Service(name.to_string()).started_by()
+}
+
+/// How many tasks a DAEMON service wants: one per node its placement constraints allow, as
+/// the scheduler's static filters see the nodes in `view` (ECS's desiredCount of a DAEMON
+/// service is its number of instances).
+pub fn daemon_desired(s: &ServiceRecord, view: &Snapshot) -> u64 {
+    s.primary().map_or(0, |d| {
+        let request = placement::request(
+            &d.revision.task_definition,
+            Origin::Service(s.spec.service_name.clone()).started_by(),
+            1,
+            &s.spec.placement_constraints,
+            &s.spec.placement_strategy,
+            0,
+        );
+        match request {
+            Ok(r) => flotilla_scheduler::eligible(view, &r).len() as u64,
+            // It cannot place anything: nowhere to run.
+            Err(_) => 0,
+        }
+    })
+}
+
+/// The API's view of a service, with its live nodes for a DAEMON service's desired count.
+pub fn info_live(txn: &Txn<'_>, live: &Live, s: &ServiceRecord) -> ServiceInfo {
+    let mut i = info(txn, s);
+    if s.spec.scheduling_strategy == SchedulingStrategy::Daemon {
+        let view = placement::static_snapshot(txn, live);
+        i.spec.desired_count = u32::try_from(daemon_desired(s, &view)).unwrap_or(u32::MAX);
+    }
+    i
 }
 
 /// The API's view of a service.

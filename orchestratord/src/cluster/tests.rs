@@ -339,6 +339,8 @@ fn a_daemons_tasks_are_throttled_per_node() {
         r#"{"serviceName":"agent","taskDefinition":"agent","schedulingStrategy":"DAEMON"}"#,
     );
     h.step();
+    // As ECS says of a DAEMON service: it wants one task per node it may run on.
+    assert_eq!(h.service("agent").spec.desired_count, 2);
     // Only the bad node's tasks fail from now on (as its registry is unreachable).
     let tasks = h.tasks();
     let on_good: Vec<String> = of_service(&tasks, "agent")

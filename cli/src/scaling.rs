@@ -238,6 +238,28 @@ fn print_scaling(s: &ServiceScaling) {
     }
 }
 
+/// Every name of an `rm` must be there before anything is removed: a typo in the second name
+/// must not leave the first one removed behind an error.
+fn all_known(service: &str, what: &str, names: &[String], known: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = names
+        .iter()
+        .map(String::as_str)
+        .filter(|n| !known.contains(n))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let has = if known.is_empty() {
+        "none".to_string()
+    } else {
+        known.join(", ")
+    };
+    bail!(
+        "service {service} has no {what} {}: nothing removed (it has: {has})",
+        missing.join(", ")
+    )
+}
+
 /// `flotilla scaling …`.
 pub async fn run(api: &Client, cmd: ScalingCommand, output: Output) -> Result<()> {
     match cmd {
@@ -256,6 +278,13 @@ pub async fn run(api: &Client, cmd: ScalingCommand, output: Output) -> Result<()
             print(output, &s.policies, || policy_table(&s.policies))?;
         }
         ScalingCommand::Policy(PolicyCommand::Rm { service, names }) => {
+            let have = api.service_scaling(&service).await?;
+            let known: Vec<&str> = have
+                .policies
+                .iter()
+                .map(|p| p.policy_name.as_str())
+                .collect();
+            all_known(&service, "scaling policy", &names, &known)?;
             for n in &names {
                 api.remove_scaling_policy(&service, n).await?;
                 if output == Output::Table {
@@ -283,6 +312,13 @@ pub async fn run(api: &Client, cmd: ScalingCommand, output: Output) -> Result<()
             })?;
         }
         ScalingCommand::Schedule(ScheduledActionCommand::Rm { service, names }) => {
+            let have = api.service_scaling(&service).await?;
+            let known: Vec<&str> = have
+                .scheduled_actions
+                .iter()
+                .map(|a| a.scheduled_action_name.as_str())
+                .collect();
+            all_known(&service, "scheduled action", &names, &known)?;
             for n in &names {
                 api.remove_scheduled_action(&service, n).await?;
                 if output == Output::Table {
@@ -414,6 +450,18 @@ fn metrics_text<S: AsRef<str>>(metrics: impl IntoIterator<Item = (S, Option<f64>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_rm_with_an_unknown_name_removes_nothing_and_says_what_there_is() {
+        let names = ["cpu60".to_string(), "nosuch".to_string()];
+        let e =
+            all_known("web", "scaling policy", &names, &["cpu60", "steps"]).expect_err("unknown");
+        assert_eq!(
+            e.to_string(),
+            "service web has no scaling policy nosuch: nothing removed (it has: cpu60, steps)"
+        );
+        assert!(all_known("web", "scheduled action", &names[..1], &["cpu60"]).is_ok());
+    }
     use clap::Parser;
 
     fn args(line: &[&str]) -> Result<AutoscaleArgs, clap::Error> {

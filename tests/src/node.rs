@@ -44,7 +44,10 @@ impl Node {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let node = Self {
             data,
-            cgroup_parent: format!("flotilla-test/{}-{n}", std::process::id()),
+            // Its own top-level cgroup, shared with no other node: a parent shared by the
+            // nodes of tests running at once would be removed (empty) by one while another's
+            // container is being made under it.
+            cgroup_parent: format!("flotilla-test-{}-{n}", std::process::id()),
             bind_roots: vec![dir.path().join("allowed")],
             dir,
         };
@@ -146,20 +149,20 @@ impl Node {
         }
     }
 
-    /// cgroup directories of this node's parent that still exist, in any hierarchy.
+    /// cgroup directories of this node's parent that still exist, in any hierarchy: under
+    /// `/sys/fs/cgroup` itself (v2) or under a hierarchy mounted there (v1).
     pub fn leftover_cgroups(&self) -> Vec<PathBuf> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir("/sys/fs/cgroup")
+        let root = PathBuf::from("/sys/fs/cgroup");
+        let v1 = fs::read_dir(&root)
             .into_iter()
             .flatten()
             .flatten()
-        {
-            let p = entry.path().join(&self.cgroup_parent);
-            if p.exists() {
-                out.push(p);
-            }
-        }
-        out
+            .map(|e| e.path());
+        std::iter::once(root.clone())
+            .chain(v1)
+            .map(|h| h.join(&self.cgroup_parent))
+            .filter(|p| p.is_dir())
+            .collect()
     }
 
     /// Processes whose command line names this node's scratch directory.
@@ -312,13 +315,6 @@ impl Drop for Node {
                 .arg(&p)
                 .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
                 .status();
-        }
-        for entry in fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let _ = fs::remove_dir(entry.path().join("flotilla-test"));
         }
         for m in self.leftover_mounts() {
             let _ = Command::new("umount").arg("-l").arg(m).status();

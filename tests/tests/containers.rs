@@ -137,6 +137,38 @@ fn detached_lifecycle_stop_kill_rm() {
     node.assert_clean();
 }
 
+/// The cgroups above a container's (the node's cgroup parent) are ours to remove, but only
+/// with the last container: while another one is there it may start and must find them (one
+/// removed between a start making it and libcontainer making the container's cgroup under it
+/// fails that start). Of the last ones removed at once, one takes them.
+#[test]
+fn our_parent_cgroups_stay_while_a_container_is_left_and_go_with_the_last() {
+    let node = Node::new();
+    for name in ["a", "b", "c"] {
+        node.ctr_ok(&["run", "-d", "--name", name, IMAGE, "sleep", "60"]);
+    }
+    node.ctr_ok(&["rm", "-f", "a"]);
+    assert!(
+        !node.leftover_cgroups().is_empty(),
+        "the parent went with a while b and c are still there"
+    );
+    let removals: Vec<_> = ["b", "c"]
+        .iter()
+        .map(|name| {
+            node.nodeagent()
+                .args(["ctr", "rm", "-f", name])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("nodeagent")
+        })
+        .collect();
+    for mut r in removals {
+        assert!(r.wait().expect("wait").success());
+    }
+    node.assert_clean();
+}
+
 #[test]
 fn memory_limit_oom_kills_and_is_reported() {
     let node = Node::new();

@@ -1227,15 +1227,10 @@ impl ContainerStore {
         }
         tracing::debug!(container = %id, "removing");
         self.delete_runtime_state(&info)?;
-        // The container's own cgroup (if libcontainer did not get to it) and our parents
-        // when they are empty now; a task's cgroup goes only with its last container (below).
+        // The container's own cgroup (if libcontainer did not get to it); a task's cgroup goes
+        // only with its last container, and our parents only with the last record (below).
         let cgroup = info.record.cgroup_path.trim_start_matches('/');
-        match &info.record.config.task_cgroup {
-            None => self.hierarchy.remove_empty_parents(cgroup),
-            Some(_) => {
-                let _ = self.hierarchy.remove(cgroup);
-            }
-        }
+        let _ = self.hierarchy.remove(cgroup);
         self.images.release(&id)?;
         // The rootfs is mounted only inside the shim's mount namespace; refuse to recurse
         // into it should it ever be mounted here.
@@ -1256,11 +1251,26 @@ impl ContainerStore {
             }
         }
         remove_container_dir(&paths)?;
+        self.remove_parents_if_unused(cgroup)?;
         tracing::debug!(container = %id, "removed");
         Ok(())
     }
 
-    /// Removes task `task`'s cgroup (and our parents, when empty) unless a container record
+    /// Removes the empty cgroups above `cgroup` (relative to the hierarchy roots) when no
+    /// container record is left. Under the store lock, as records are written, and only once
+    /// the leaving container's record is gone: a container being made has its record before
+    /// it starts, so its parents never go between its start making them and libcontainer
+    /// making its own cgroup under them; of containers removed at once, the last one to get
+    /// here sees no record left and takes the parents.
+    fn remove_parents_if_unused(&self, cgroup: &str) -> Result<(), ContainerError> {
+        let _lock = self.lock()?;
+        if self.records()?.is_empty() {
+            self.hierarchy.remove_empty_parents(cgroup);
+        }
+        Ok(())
+    }
+
+    /// Removes task `task`'s cgroup (and, in a prune, our parents when no record is left) unless a container record
     /// — other than that of container `leaving`, being removed — still names it. Under the store lock, as records are written: a container of the task
     /// being created now either has its record (and the cgroup stays) or makes the cgroup
     /// again when it starts — the cgroup never goes from under a container that starts.
@@ -1282,8 +1292,11 @@ impl ContainerStore {
         }
         let path = format!("{}/{task}", self.options.cgroup_parent);
         self.hierarchy.remove(&path)?;
-        self.hierarchy
-            .remove_empty_parents(&self.options.cgroup_parent);
+        if leaving.is_none() && self.records()?.is_empty() {
+            // A prune: no removal follows to take our parents.
+            self.hierarchy
+                .remove_empty_parents(&self.options.cgroup_parent);
+        }
         tracing::debug!(task, "task cgroup removed");
         Ok(())
     }

@@ -226,11 +226,26 @@ mod tests {
             "{text}"
         );
         drop(other);
-        let held = hold(port, Proto::Tcp).expect("free again");
+        let held = once_let_go(|| hold(port, Proto::Tcp)).expect("free again");
         // Held: nothing else binds it now.
         assert!(TcpListener::bind(("127.0.0.1", port)).is_err());
         drop(held);
-        assert!(TcpListener::bind(("127.0.0.1", port)).is_ok());
+        once_let_go(|| TcpListener::bind(("127.0.0.1", port))).expect("free after the hold");
+    }
+
+    /// `bind` retried for a moment: a process another test thread forks just then holds a copy
+    /// of a dropped socket's descriptor until it execs (close-on-exec), so a port that was let
+    /// go comes free within moments, not always at once.
+    fn once_let_go<T, E>(mut bind: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match bind() {
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                done => return done,
+            }
+        }
     }
 
     #[test]

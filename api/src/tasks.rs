@@ -141,6 +141,10 @@ pub struct DesiredTask {
     /// environment variables it gets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The service it belongs to, if any (what its node labels its metrics with; absent from
+    /// control planes of earlier releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
 }
 
 /// What should happen to a task.

@@ -265,8 +265,18 @@ pub async fn run(
     node: flotilla_runtime::container::StoreOptions,
     heartbeat: Duration,
     net: crate::network::Settings,
+    metrics_listen: Option<std::net::SocketAddr>,
 ) -> Result<()> {
     let dir = identity_dir(data_dir);
+    // Bound first: an address that cannot be had is a configuration error, said at once.
+    let metrics = match metrics_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics_listen {addr}: cannot listen there"))?,
+        ),
+        None => None,
+    };
     let mut cred = Credential::load(&dir).with_context(|| {
         format!(
             "no node identity in {} (run `nodeagent join` first)",
@@ -288,6 +298,19 @@ pub async fn run(
     );
     let mut rounds = runner.rounds();
     tokio::spawn(runner.clone().run());
+    if let Some(listener) = metrics {
+        tracing::info!(
+            "metrics at http://{}/metrics",
+            listener
+                .local_addr()
+                .map_or_else(|e| e.to_string(), |a| a.to_string())
+        );
+        let (runner, data_dir) = (runner.clone(), data_dir.to_path_buf());
+        tokio::spawn(flotilla_metrics::serve(listener, move |accept| {
+            let (runner, data_dir) = (runner.clone(), data_dir.clone());
+            async move { scrape(runner, data_dir, accept).await }
+        }));
+    }
     // Ready for systemd once the node's containers are re-adopted (one full round) and the
     // first session attempt is over, established or not: a node serves its tasks offline too.
     let _ = rounds.wait_for(|r| r.is_some()).await;
@@ -578,7 +601,28 @@ fn check_clock(server_time: u64) {
 }
 
 /// The node's capacity and load, from /proc and the data directory's filesystem.
-fn node_resources(data_dir: &Path) -> flotilla_api::NodeResources {
+/// A scrape of `GET /metrics`: the node measured now (off the async workers) and the agent's
+/// meters, in the format `accept` asks for.
+async fn scrape(
+    runner: Arc<Runner>,
+    data_dir: std::path::PathBuf,
+    accept: Option<String>,
+) -> flotilla_metrics::Scrape {
+    let openmetrics = flotilla_metrics::wants_openmetrics(accept.as_deref());
+    tokio::task::spawn_blocking(move || {
+        let snapshot = crate::metrics::collect(&runner, &data_dir);
+        crate::metrics::encode(snapshot, runner.meters(), openmetrics)
+    })
+    .await
+    .map_err(|e| {
+        (
+            flotilla_metrics::StatusCode::INTERNAL_SERVER_ERROR,
+            format!("measuring the node: {e}"),
+        )
+    })
+}
+
+pub(crate) fn node_resources(data_dir: &Path) -> flotilla_api::NodeResources {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let kib = |key: &str| {
         meminfo

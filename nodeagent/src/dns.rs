@@ -134,6 +134,9 @@ pub struct Dns {
     rt: tokio::runtime::Handle,
     /// Resolvers for other names, when configured (else the node's resolv.conf's).
     fixed_upstreams: Vec<SocketAddr>,
+    /// Queries answered here (cluster names; cached answers too) and forwarded, for metrics.
+    answered: AtomicU64,
+    forwarded: AtomicU64,
 }
 
 impl Dns {
@@ -165,6 +168,8 @@ impl Dns {
             listeners: Mutex::new(HashMap::new()),
             rt,
             fixed_upstreams: upstreams,
+            answered: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
         }))
     }
 
@@ -273,15 +278,18 @@ impl Dns {
             let query = &buf[..n];
             let version = self.version.load(Ordering::Acquire);
             if cache.answer(version, query, &mut out) {
+                self.answered.fetch_add(1, Ordering::Relaxed);
                 let _ = socket.send_to(&out, peer).await;
                 continue;
             }
             match self.local_answer(query, Transport::Udp, asker) {
                 Some(reply) => {
+                    self.answered.fetch_add(1, Ordering::Relaxed);
                     let _ = socket.send_to(&reply, peer).await;
                     cache.insert(version, query, reply);
                 }
                 None => {
+                    self.forwarded.fetch_add(1, Ordering::Relaxed);
                     // Forwarded concurrently: a slow upstream holds up nobody else.
                     let query = query.to_vec();
                     let me = self.clone();
@@ -340,8 +348,14 @@ impl Dns {
             .await;
             let Ok(Ok(query)) = read else { return };
             let reply = match self.local_answer(&query, Transport::Tcp, asker) {
-                Some(r) => Some(r),
-                None => self.forward(&query, Transport::Tcp).await,
+                Some(r) => {
+                    self.answered.fetch_add(1, Ordering::Relaxed);
+                    Some(r)
+                }
+                None => {
+                    self.forwarded.fetch_add(1, Ordering::Relaxed);
+                    self.forward(&query, Transport::Tcp).await
+                }
             };
             let Some(reply) = reply else { return };
             let Ok(len) = u16::try_from(reply.len()) else {
@@ -351,6 +365,14 @@ impl Dns {
                 return;
             }
         }
+    }
+
+    /// Queries answered here and forwarded, since the agent started.
+    pub fn queries(&self) -> (u64, u64) {
+        (
+            self.answered.load(Ordering::Relaxed),
+            self.forwarded.load(Ordering::Relaxed),
+        )
     }
 
     /// The answer to a query about the cluster domain (or a malformed query), encoded; `None`

@@ -12,7 +12,6 @@ use flotilla_runtime::container::{ContainerStore, Status};
 
 use crate::kept_logs;
 use crate::runner::Runner;
-use crate::runtime::ContainerName;
 
 /// Serialized size of the lines sent in one frame (well under the frame limit).
 const BATCH_BYTES: usize = 256 * 1024;
@@ -93,13 +92,7 @@ fn containers(
     let names = runner.container_names(&req.task);
     let mut found = Vec::new();
     for c in store.list()? {
-        let Some(cn) = c
-            .record
-            .config
-            .name
-            .as_deref()
-            .and_then(|n| n.parse::<ContainerName>().ok())
-        else {
+        let Some(cn) = crate::runtime::task_container(&c) else {
             continue;
         };
         if cn.task != req.task {

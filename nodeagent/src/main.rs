@@ -12,6 +12,7 @@ mod dns;
 mod health;
 mod kept_logs;
 mod logs;
+mod metrics;
 mod network;
 mod node;
 mod output;
@@ -42,7 +43,8 @@ pub const EXIT_HOST_UNFIT: u8 = 78;
 #[command(name = "nodeagent", version, about = "Flotilla node agent")]
 struct Cli {
     /// Configuration file (TOML; keys as the flags: data_dir, cgroup_parent, bind_roots,
-    /// heartbeat, log_format, uplink, bridge, dynamic_ports, address, dns_upstreams).
+    /// heartbeat, log_format, uplink, bridge, dynamic_ports, address, dns_upstreams,
+    /// metrics_listen).
     /// Default: /etc/flotilla/nodeagent.toml when it exists. Flags override it.
     #[arg(long, global = true, env = "NODEAGENT_CONFIG")]
     config: Option<PathBuf>,
@@ -104,6 +106,10 @@ enum Command {
         /// [default: the node's /etc/resolv.conf].
         #[arg(long = "dns-upstream", value_name = "IP[:PORT]")]
         dns_upstreams: Vec<String>,
+        /// Serve the node's metrics for Prometheus in plain HTTP at `GET /metrics` on
+        /// ADDR:PORT (e.g. 127.0.0.1:9101) [default: off].
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
 }
 
@@ -123,6 +129,7 @@ struct FileConfig {
     address: Option<std::net::Ipv4Addr>,
     #[serde(default)]
     dns_upstreams: Vec<String>,
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// The keys of [`FileConfig`].
@@ -137,6 +144,7 @@ const FILE_KEYS: &[&str] = &[
     "dynamic_ports",
     "address",
     "dns_upstreams",
+    "metrics_listen",
 ];
 
 /// Default configuration file.
@@ -174,9 +182,11 @@ fn settle(mut cli: Cli) -> anyhow::Result<Cli> {
         dynamic_ports,
         address,
         dns_upstreams,
+        metrics_listen,
     } = &mut cli.command
     {
         *address = address.take().or(file.address);
+        *metrics_listen = metrics_listen.take().or(file.metrics_listen);
         if dns_upstreams.is_empty() {
             *dns_upstreams = file.dns_upstreams;
         }
@@ -271,6 +281,7 @@ fn main() -> ExitCode {
                 dynamic_ports,
                 address,
                 dns_upstreams,
+                metrics_listen,
             } => {
                 let heartbeat = Duration::from_secs(heartbeat.unwrap_or(30));
                 let mut net = network::Settings {
@@ -288,7 +299,7 @@ fn main() -> ExitCode {
                 if let Some(r) = dynamic_ports {
                     net.dynamic_ports = port_range(&r)?;
                 }
-                agent::run(&data_dir, node, heartbeat, net)
+                agent::run(&data_dir, node, heartbeat, net, metrics_listen)
                     .await
                     .map(|()| ExitCode::SUCCESS)
             }

@@ -805,6 +805,7 @@ mod tests {
             stop_on_client_after: None,
             address: None,
             namespace: None,
+            service: None,
         }
     }
 

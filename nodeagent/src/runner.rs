@@ -155,6 +155,8 @@ pub struct Runner {
     rounds: watch::Sender<Option<Instant>>,
     /// Where the logs of removed tasks' containers are kept (`<data-dir>/task-logs`).
     task_logs: std::path::PathBuf,
+    /// What the agent measures of its own work (its metrics).
+    meters: Arc<crate::metrics::Meters>,
 }
 
 impl Runner {
@@ -205,6 +207,7 @@ impl Runner {
             status,
             rounds,
             task_logs: data_dir.join(crate::kept_logs::KEPT_DIR),
+            meters: Arc::default(),
         }))
     }
 
@@ -398,7 +401,9 @@ impl Runner {
             }
         });
         loop {
+            let began = Instant::now();
             let result = self.clone().round().await;
+            self.meters.round(began.elapsed());
             self.rounds.send_replace(Some(Instant::now()));
             match result {
                 Ok(true) if back_to_back < 10 => {
@@ -418,7 +423,23 @@ impl Runner {
 
     /// The session is up (`true`) or lost (`false`).
     pub fn set_online(&self, online: bool) {
+        self.meters.connected(online);
         self.node().set_online(online, Instant::now());
+    }
+
+    /// What the agent measures of its own work.
+    pub fn meters(&self) -> &crate::metrics::Meters {
+        &self.meters
+    }
+
+    /// The desired state the node converges to now.
+    pub fn desired(&self) -> DesiredState {
+        self.node().desired().clone()
+    }
+
+    /// Queries the node's resolver answered itself and forwarded, since the agent started.
+    pub fn dns_queries(&self) -> (u64, u64) {
+        self.dns.queries()
     }
 
     /// Saves the schedules' runs if the state machine changed them (under its lock, so saves
@@ -575,11 +596,16 @@ impl Runner {
             config.addresses = attachment.addresses;
             if store.images().get(&config.image).is_err() {
                 tracing::info!(task = %task, image = %config.image, "pulling");
-                store
+                let pulled = store
                     .images()
-                    .pull(&config.image, &Default::default(), Arc::new(|_| {}))
-                    .await
-                    .map_err(|e| PullFailed::new(&e, &config.image, Puller::Agent))?;
+                    .pull(
+                        &config.image,
+                        &Default::default(),
+                        self.meters.pull_progress(),
+                    )
+                    .await;
+                self.meters.pulled(pulled.is_ok());
+                pulled.map_err(|e| PullFailed::new(&e, &config.image, Puller::Agent))?;
             }
             let rt = self.runtime.clone();
             let resumed = tokio::task::spawn_blocking(move || match how {

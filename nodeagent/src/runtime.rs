@@ -218,7 +218,7 @@ fn store_error(
 }
 
 /// The task container `c` is, if it is one.
-fn task_container(c: &ContainerInfo) -> Option<ContainerName> {
+pub fn task_container(c: &ContainerInfo) -> Option<ContainerName> {
     c.record.config.name.as_deref()?.parse().ok()
 }
 

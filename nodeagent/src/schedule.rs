@@ -120,6 +120,7 @@ pub fn fire_due(
                 stop_on_client_after: None,
                 address: None,
                 namespace: None,
+                service: None,
             },
             run: ScheduledRun {
                 schedule: s.name.clone(),

@@ -168,10 +168,11 @@ async fn answer(req: Request<Incoming>, plane: &Plane, admin: Option<String>) ->
     tracing::info!(%admin, %method, %path, "operator request");
     match request {
         Request_::Logs(req) => task_logs(req, plane).await,
-        Request_::Metrics => crate::scrape::scrape(plane, accept.as_deref())
-            .await
-            .unwrap_or_else(|(status, why)| error(status, why))
-            .map(BodyExt::boxed),
+        Request_::Metrics => match crate::scrape::scrape(plane, accept.as_deref()).await {
+            Ok(answer) => flotilla_metrics::response(Ok(answer)),
+            Err((status, why)) => error(status, why),
+        }
+        .map(BodyExt::boxed),
         Request_::Core(op) => match plane.run(Command::Operator(op)).await {
             Ok(reply) => respond(reply),
             Err(e) => refusal(&e),

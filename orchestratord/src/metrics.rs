@@ -28,20 +28,17 @@
 
 use std::time::Duration;
 
+use flotilla_metrics::{family, gauge};
 use hyper::{Method, StatusCode};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use orchestratord::cluster::metrics::{PlacementOrigin, RefusalReason, Snapshot};
-
-/// The OpenMetrics text format's content type (what Prometheus asks for first).
-pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Upper bounds (seconds) of the API latency buckets: Prometheus' defaults.
 const API_BUCKETS: [f64; 11] = [
@@ -158,21 +155,6 @@ pub fn route_of(path: &str) -> &'static str {
         .unwrap_or("other")
 }
 
-/// Whether a client's `Accept` header asks for OpenMetrics (Prometheus does); otherwise the
-/// Prometheus text format 0.0.4 is served.
-pub fn wants_openmetrics(accept: Option<&str>) -> bool {
-    accept.unwrap_or_default().split(',').any(|range| {
-        let mut parts = range.split(';').map(str::trim);
-        let kind = parts.next().unwrap_or_default();
-        let refused = parts.any(|p| {
-            p.strip_prefix("q=")
-                .and_then(|q| q.parse::<f64>().ok())
-                .is_some_and(|q| q <= 0.0)
-        });
-        kind.eq_ignore_ascii_case("application/openmetrics-text") && !refused
-    })
-}
-
 /// The metrics of `snapshot` and the API's, encoded: OpenMetrics or the Prometheus text
 /// format. The content type and the text.
 pub fn encode(snapshot: Snapshot, metrics: &Metrics, openmetrics: bool) -> (&'static str, String) {
@@ -184,46 +166,12 @@ pub fn encode(snapshot: Snapshot, metrics: &Metrics, openmetrics: bool) -> (&'st
         Unit::Seconds,
         metrics.api.clone(),
     );
-    let mut out = String::new();
-    let encoded = if openmetrics {
-        prometheus_client::encoding::text::encode(&mut out, &registry)
-    } else {
-        prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)
-    };
-    if let Err(e) = encoded {
-        // Writing into a String fails only if an encoder refuses a value.
-        tracing::error!("encoding the metrics: {e}");
-    }
-    let kind = if openmetrics {
-        OPENMETRICS
-    } else {
-        prometheus_client::encoding::prometheus_text::CONTENT_TYPE
-    };
-    (kind, out)
+    flotilla_metrics::encode(&registry, openmetrics)
 }
 
 /// The snapshot's metrics, encoded at each scrape.
 #[derive(Debug)]
 struct SnapshotCollector(Snapshot);
-
-fn gauge(v: u64) -> ConstGauge<i64> {
-    ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX))
-}
-
-/// Encodes one metric family: `name` with `help`, and a sample per label set.
-fn family<L: EncodeLabelSet, M: EncodeMetric>(
-    encoder: &mut DescriptorEncoder<'_>,
-    name: &str,
-    help: &str,
-    kind: MetricType,
-    samples: impl IntoIterator<Item = (L, M)>,
-) -> Result<(), std::fmt::Error> {
-    let mut metric = encoder.encode_descriptor(name, help, None, kind)?;
-    for (labels, m) in samples {
-        m.encode(metric.encode_family(&labels)?)?;
-    }
-    Ok(())
-}
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
@@ -471,17 +419,5 @@ mod tests {
         for r in ROUTES {
             assert!(documented.iter().any(|p| p == r), "{r} is not documented");
         }
-    }
-
-    #[test]
-    fn openmetrics_only_when_asked_for() {
-        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
-        assert!(wants_openmetrics(Some(prometheus)));
-        assert!(!wants_openmetrics(None));
-        assert!(!wants_openmetrics(Some("*/*")));
-        assert!(!wants_openmetrics(Some("text/plain")));
-        assert!(!wants_openmetrics(Some(
-            "application/openmetrics-text; q=0"
-        )));
     }
 }

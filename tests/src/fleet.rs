@@ -941,6 +941,7 @@ mod tests {
             stop_on_client_after: None,
             address: None,
             namespace: None,
+            service: None,
         }
     }
 

@@ -3,6 +3,8 @@
 //! `promtool check metrics` and says what happened, and Debian's real `prometheus` server
 //! scrapes it — in plain HTTP at `/metrics` and over TLS at `/v1/metrics` with the admin
 //! credential, as the README's scrape configuration does — and answers PromQL queries with it.
+//! The same for a node agent's metrics (`nodeagent run --metrics-listen`): its containers'
+//! memory as the cgroup has it, and OOM kills as they happen.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -159,26 +161,7 @@ fn prometheus_scrapes_the_control_plane_in_plain_http_and_over_tls() {
             .contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
         "{head}"
     );
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus: scripts/install-deps.sh)");
-    promtool
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(text.as_bytes())
-        .expect("write");
-    let checked = promtool.wait_with_output().expect("promtool");
-    assert!(
-        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
-        "promtool check metrics:\n{}{}\n{text}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    promtool_check(&text);
     let value = |series: &str| {
         sample(&text, series).unwrap_or_else(|| panic!("no sample {series} in:\n{text}"))
     };
@@ -271,4 +254,230 @@ scrape_configs:
     node.remove_all();
     node.assert_clean();
     eprintln!("metrics system test: {:?}", started.elapsed());
+}
+
+/// A task that holds about 24 MB of anonymous memory in its shell, on the bridge.
+const HOLD: &str = r#"{
+  "family": "hold",
+  "networkMode": "bridge",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 128, "stopTimeout": 2,
+    "command": ["sh", "-c", "x=$(head -c 24000000 /dev/zero | tr '\\0' a); trap 'exit 0' TERM; while true; do sleep 0.2 & wait; done"]
+  }]
+}"#;
+
+/// A task whose container stays up while a child of it is OOM-killed every second.
+const OOM: &str = r#"{
+  "family": "oom",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; sleep 1 & wait; done"]
+  }]
+}"#;
+
+/// The value of the first sample of `name` whose labels include `label`.
+fn sample_with(text: &str, name: &str, label: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+        .find(|rest| rest.split('}').next().is_some_and(|ls| ls.contains(label)))
+        .and_then(|rest| rest.rsplit_once(' '))
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+/// Memory in use by the cgroup at `path` (relative to the hierarchy), as the kernel says:
+/// `memory.current` on v2, `memory.usage_in_bytes` on v1.
+fn cgroup_memory(path: &str) -> u64 {
+    let path = path.trim_start_matches('/');
+    [
+        format!("/sys/fs/cgroup/{path}/memory.current"),
+        format!("/sys/fs/cgroup/memory/{path}/memory.usage_in_bytes"),
+    ]
+    .iter()
+    .find_map(|f| std::fs::read_to_string(f).ok()?.trim().parse().ok())
+    .unwrap_or_else(|| panic!("no memory counter for cgroup {path}"))
+}
+
+fn promtool_check(text: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus: scripts/install-deps.sh)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool check metrics:\n{}{}\n{text}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+#[test]
+fn prometheus_scrapes_a_node_agent_with_cadvisor_names() {
+    let node = Node::new();
+    let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let cp = ControlPlane::start(&[]);
+    let mut agent = Agent::for_node(&node).with_run_args(&[
+        "--heartbeat",
+        "5",
+        "--metrics-listen",
+        &metrics.to_string(),
+    ]);
+    assert!(agent
+        .join(&cp.server(), &cp.token(&[]), &[])
+        .status
+        .success());
+    agent.run();
+    agent.wait_log("session established", 1, Duration::from_secs(10));
+    for (name, def) in [("hold", HOLD), ("oom", OOM)] {
+        let f = cp.scratch().join(format!("{name}.json"));
+        std::fs::write(&f, def).expect("write");
+        cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);
+        cp.flotilla_ok(&["task", "run", name]);
+    }
+    wait("two running tasks", Duration::from_secs(30), || {
+        cp.tasks()
+            .iter()
+            .filter(|t| t.state == TaskState::Running)
+            .count()
+            == 2
+    });
+    let id = |family: &str| {
+        cp.tasks()
+            .into_iter()
+            .find(|t| t.task_definition.starts_with(&format!("{family}:")))
+            .map(|t| t.id)
+            .expect("task")
+    };
+    let (hold, oom) = (id("hold"), id("oom"));
+
+    // (a) The scrape passes promtool, carries cAdvisor's names with the task's labels.
+    let scrape = || {
+        let (status, head, text) = http_get(metrics, "/metrics", "*/*");
+        assert_eq!(status, 200, "{head}\n{text}");
+        text
+    };
+    // The shell fills its memory and the first OOM kill comes within moments of the start.
+    let mut text = scrape();
+    wait(
+        "the memory held and an OOM kill",
+        Duration::from_secs(30),
+        || {
+            text = scrape();
+            let held = sample_with(
+                &text,
+                "container_memory_working_set_bytes",
+                &format!("task=\"{hold}\""),
+            );
+            let killed = sample_with(
+                &text,
+                "container_oom_events_total",
+                &format!("task=\"{oom}\""),
+            );
+            held.is_some_and(|h| h > 20e6) && killed.is_some_and(|k| k >= 1.0)
+        },
+    );
+    promtool_check(&text);
+    let labels = format!(
+        r#"task="{hold}",container="main",family="hold",revision="1",service="",namespace="""#
+    );
+    for name in [
+        "container_cpu_usage_seconds_total",
+        "container_memory_usage_bytes",
+        "container_start_time_seconds",
+        "container_processes",
+    ] {
+        let v = sample(&text, &format!("{name}{{{labels}}}"));
+        assert!(
+            v.is_some_and(|v| v > 0.0),
+            "{name}{{{labels}}}: {v:?}\n{text}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &text,
+            &format!("container_spec_memory_limit_bytes{{{labels}}}")
+        ),
+        Some(128.0 * 1024.0 * 1024.0)
+    );
+    // The bridge task's own interface, in its network namespace; the `none` task has only lo.
+    assert!(
+        sample_with(
+            &text,
+            "container_network_receive_bytes_total",
+            &format!("task=\"{hold}\",family=\"hold\",revision=\"1\",service=\"\",namespace=\"\",interface=\"eth0\"")
+        )
+        .is_some(),
+        "{text}"
+    );
+    assert!(!text.contains(&format!(
+        "container_network_receive_bytes_total{{task=\"{oom}\""
+    )));
+    assert_eq!(sample(&text, "flotilla_agent_session_connected"), Some(1.0));
+    assert_eq!(
+        sample(&text, r#"flotilla_agent_desired_tasks{desired="RUNNING"}"#),
+        Some(2.0)
+    );
+    assert!(sample(&text, "machine_cpu_cores").is_some_and(|c| c >= 1.0));
+    assert!(
+        sample(&text, "flotilla_agent_reconcile_duration_seconds_count").is_some_and(|c| c >= 1.0)
+    );
+    assert_eq!(http_get(metrics, "/", "*/*").0, 404);
+
+    // (b) Debian's prometheus scrapes the agent; PromQL answers the task's working set within
+    // 2x of what its cgroup says, and the OOM kills.
+    let list = node.ctr_ok(&["ps", "-a", "-o", "json"]);
+    let containers: Vec<serde_json::Value> = serde_json::from_str(&list).expect("ps json");
+    let cgroup = containers
+        .iter()
+        .find(|c| c["config"]["name"].as_str() == Some(&format!("{hold}-0")))
+        .and_then(|c| c["cgroup_path"].as_str())
+        .unwrap_or_else(|| panic!("the hold container in {list}"))
+        .to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        r#"global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: flotilla-nodes
+    static_configs:
+      - targets: ["{metrics}"]
+"#
+    );
+    let prometheus = Prometheus::start(dir.path(), &config);
+    let q = format!(r#"container_memory_working_set_bytes{{task="{hold}"}}"#);
+    let until = Instant::now() + Duration::from_secs(30);
+    let working_set = loop {
+        if let Some(v) = prometheus.query(&q) {
+            break v;
+        }
+        assert!(
+            Instant::now() < until,
+            "prometheus never answered {q}:\n{}",
+            prometheus.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let kernel = cgroup_memory(&cgroup) as f64;
+    assert!(
+        working_set <= kernel * 2.0 && working_set >= kernel / 2.0,
+        "working set {working_set} against the cgroup's {kernel}"
+    );
+    let killed = prometheus.query(&format!(r#"container_oom_events_total{{task="{oom}"}}"#));
+    assert!(killed.is_some_and(|k| k >= 1.0), "{killed:?}");
+    drop(prometheus);
+
+    agent.kill();
+    node.remove_all();
+    node.assert_clean();
 }

@@ -107,6 +107,12 @@ pub fn state(txn: &Txn<'_>, node: &str) -> Option<DesiredState> {
                     stop_on_client_after,
                     address: t.address,
                     namespace: namespace.map(str::to_string),
+                    service: t
+                        .info
+                        .started_by
+                        .as_deref()
+                        .and_then(Origin::service_name)
+                        .map(str::to_string),
                 }
             })
             .collect(),

@@ -32,8 +32,14 @@ pub enum CgroupHierarchy {
 pub struct CgroupUsage {
     /// CPU time used, nanoseconds.
     pub cpu_ns: u64,
-    /// Memory in use, bytes.
+    /// Memory in use, bytes (`memory.current` on v2, `memory.usage_in_bytes` on v1: page cache
+    /// included).
     pub memory_bytes: u64,
+    /// Its working set, bytes: memory in use less the inactive file cache the kernel reclaims
+    /// first (`inactive_file` of `memory.stat`; v1: `total_inactive_file`), what cAdvisor's
+    /// `container_memory_working_set_bytes` and `kubectl top` report.
+    #[serde(default)]
+    pub memory_working_set_bytes: u64,
     /// Memory limit, bytes (`None`: unlimited).
     pub memory_limit: Option<u64>,
     /// Processes and threads.
@@ -148,9 +154,16 @@ impl CgroupHierarchy {
             Self::V2 { root } => {
                 let dir = root.join(rel);
                 let cpu = keyed(&read(&dir.join("cpu.stat"))?, "usage_usec").unwrap_or(0);
+                let memory = number(&read(&dir.join("memory.current"))?).unwrap_or(0);
+                // Absent where the memory controller is not enabled: no working set then.
+                let inactive = read(&dir.join("memory.stat"))
+                    .ok()
+                    .and_then(|t| keyed(&t, "inactive_file"))
+                    .unwrap_or(0);
                 Ok(CgroupUsage {
                     cpu_ns: cpu.saturating_mul(1000),
-                    memory_bytes: number(&read(&dir.join("memory.current"))?).unwrap_or(0),
+                    memory_bytes: memory,
+                    memory_working_set_bytes: memory.saturating_sub(inactive),
                     memory_limit: number(&read(&dir.join("memory.max"))?),
                     pids: number(&read(&dir.join("pids.current"))?).unwrap_or(0),
                     pids_limit: number(&read(&dir.join("pids.max"))?),
@@ -167,9 +180,12 @@ impl CgroupHierarchy {
                 // The kernel reports "no limit" as a huge page-aligned number on v1.
                 let limit =
                     number(&at("memory", "memory.limit_in_bytes")?).filter(|&l| l < (1u64 << 62));
+                let memory = number(&at("memory", "memory.usage_in_bytes")?).unwrap_or(0);
+                let inactive = keyed(&at("memory", "memory.stat")?, "total_inactive_file");
                 Ok(CgroupUsage {
                     cpu_ns: number(&at("cpuacct", "cpuacct.usage")?).unwrap_or(0),
-                    memory_bytes: number(&at("memory", "memory.usage_in_bytes")?).unwrap_or(0),
+                    memory_bytes: memory,
+                    memory_working_set_bytes: memory.saturating_sub(inactive.unwrap_or(0)),
                     memory_limit: limit,
                     pids: number(&at("pids", "pids.current")?).unwrap_or(0),
                     pids_limit: number(&at("pids", "pids.max")?),
@@ -484,6 +500,10 @@ mod tests {
                 "usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n",
             ),
             ("memory.current", "4096\n"),
+            (
+                "memory.stat",
+                "anon 3072\nfile 1024\nactive_file 0\ninactive_file 1024\n",
+            ),
             ("memory.max", "max\n"),
             ("pids.current", "3\n"),
             ("pids.max", "64\n"),
@@ -500,6 +520,7 @@ mod tests {
             CgroupUsage {
                 cpu_ns: 1_500_000,
                 memory_bytes: 4096,
+                memory_working_set_bytes: 3072,
                 memory_limit: None,
                 pids: 3,
                 pids_limit: Some(64),

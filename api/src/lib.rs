@@ -224,6 +224,11 @@ pub struct NodeResources {
     /// One-minute load average, in thousandths.
     #[serde(alias = "load1_milli")]
     pub load1_milli: u64,
+    /// CPU time the node's CPUs spent busy since it booted, microseconds: all of `/proc/stat`'s
+    /// `cpu` line but `idle` and `iowait` (proc(5)). A counter: the control plane derives the
+    /// node's CPU use from two heartbeats. Absent from agents of earlier releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_busy_usec: Option<u64>,
 }
 
 /// Answers to [`AgentRequest`]s.
@@ -477,6 +482,7 @@ mod tests {
                 disk_bytes: 100,
                 disk_available_bytes: 50,
                 load1_milli: 250,
+                cpu_busy_usec: None,
             }
         );
         let u = &usage[0].containers["main"];
@@ -504,6 +510,7 @@ mod tests {
         use ops::*;
         let resources = NodeResources {
             cpus: 1,
+            cpu_busy_usec: Some(1),
             ..Default::default()
         };
         let labels: Labels = [("site_code".to_string(), "a".to_string())].into();
@@ -553,6 +560,7 @@ mod tests {
                 agent_version: Some("0.1.0".into()),
                 last_seen: Some(3),
                 resources: Some(resources),
+                cpu_millicores: Some(250),
             }),
             serde_json::to_value(AdminIssue {
                 name: "ops".into(),

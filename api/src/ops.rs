@@ -80,6 +80,10 @@ pub struct NodeInfo {
     /// Capacity and load, as last reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<crate::NodeResources>,
+    /// CPU the node used between its last two heartbeats, all its processes, thousandths of a
+    /// core (filled in by the control plane when it answers; never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millicores: Option<u64>,
 }
 
 /// Where a node is, as operators see it.
@@ -317,4 +321,8 @@ pub struct TaskInfo {
     /// never stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::tasks::TaskCgroupUsage>,
+    /// CPU the task used between its node's last two heartbeats, thousandths of a core (filled
+    /// in by the control plane when it answers, while the task runs; never stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_millicores: Option<u64>,
 }

@@ -401,6 +401,10 @@ pub struct TaskCgroupUsage {
     pub memory_limit_bytes: Option<u64>,
     /// Processes and threads of its containers.
     pub pids: u64,
+    /// Its working set, bytes: memory in use less the inactive file cache (what `flotilla top`
+    /// shows, as `kubectl top` does). Absent from agents of earlier releases.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_working_set_bytes: Option<u64>,
 }
 
 /// Usage of a task's running containers, by container name.

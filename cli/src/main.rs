@@ -8,6 +8,7 @@
 
 mod dev;
 mod scaling;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -109,6 +110,10 @@ enum ClusterCommand {
     /// and what was decided; `flotilla service autoscale` turns it on.
     #[command(subcommand)]
     Scaling(scaling::ScalingCommand),
+    /// CPU and memory in use now, as `kubectl top` shows them: from the nodes' last
+    /// heartbeats (CPU: between their last two).
+    #[command(subcommand)]
+    Top(top::TopCommand),
     /// What happened in the cluster, oldest first (the control plane keeps the last 10,000).
     Events {
         /// Only events after this sequence number.
@@ -1214,6 +1219,7 @@ async fn run(cli: Cli) -> Result<()> {
         ClusterCommand::Service(cmd) => service(&api, cmd, output).await?,
         ClusterCommand::Schedule(cmd) => schedule(&api, cmd, output).await?,
         ClusterCommand::Scaling(cmd) => scaling::run(&api, cmd, output).await?,
+        ClusterCommand::Top(cmd) => top::run(&api, cmd, output).await?,
         ClusterCommand::Task(TaskCommand::Ls(w)) => list(output, w, || task_listing(&api)).await?,
         ClusterCommand::Task(TaskCommand::Inspect { id }) => {
             print_document(output, &api.task(&id).await?)?;

@@ -554,6 +554,7 @@ mod tests {
                 disk_bytes: 10,
                 disk_available_bytes: 5,
                 load1_milli: 1500,
+                cpu_busy_usec: None,
             },
             desired: (2, 1),
             dns: (7, 3),

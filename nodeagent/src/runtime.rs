@@ -402,6 +402,7 @@ impl ContainerRuntime for StoreRuntime {
             memory_bytes: u.memory_bytes,
             memory_limit_bytes: u.memory_limit,
             pids: u.pids,
+            memory_working_set_bytes: Some(u.memory_working_set_bytes),
         })
     }
 }
@@ -636,6 +637,7 @@ pub mod fake {
                 memory_bytes: running << 20,
                 memory_limit_bytes: None,
                 pids: running,
+                memory_working_set_bytes: Some(running << 20),
             })
         }
     }

@@ -885,6 +885,7 @@ fn resources() -> NodeResources {
         disk_bytes: 32 << 30,
         disk_available_bytes: 16 << 30,
         load1_milli: 100,
+        cpu_busy_usec: None,
     }
 }
 

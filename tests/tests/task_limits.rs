@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use flotilla_api::ops::TaskInfo;
+use flotilla_api::ops::{NodeInfo, TaskInfo};
 use flotilla_api::tasks::TaskState;
 use flotilla_runtime::container::cgroup::{CgroupHierarchy, CgroupUsage};
 use flotilla_runtime::container::{ContainerInfo, Status};
@@ -187,6 +187,42 @@ fn task_level_cpu_and_memory_limit_the_task_as_a_whole() {
                     && u.cpu_usec > 0
             })
     });
+
+    // `flotilla top tasks` shows it near its share, from two heartbeats; `top nodes` the node
+    // busy at least that much.
+    let mut cpu = None;
+    wait("a CPU rate for the task", Duration::from_secs(20), || {
+        let top: Vec<TaskInfo> = cp.flotilla_json(&["top", "tasks"]);
+        cpu = top
+            .iter()
+            .find(|t| t.id == task)
+            .and_then(|t| t.cpu_millicores);
+        cpu.is_some()
+    });
+    let cpu = cpu.expect("rate");
+    assert!(
+        (400..=560).contains(&cpu),
+        "top tasks: {cpu}m for a task spinning at its 512 CPU units"
+    );
+    let table = cp.flotilla_ok(&["top", "tasks"]);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(task.as_str()))
+        .unwrap_or_else(|| panic!("{task} in:\n{table}"));
+    assert!(row.contains("m ") && row.contains("64Mi"), "{table}");
+    eprintln!("flotilla top tasks:\n{table}");
+    let nodes: Vec<NodeInfo> = cp.flotilla_json(&["top", "nodes"]);
+    assert!(
+        nodes
+            .iter()
+            .any(|n| n.cpu_millicores.is_some_and(|m| m >= 400)),
+        "{nodes:#?}"
+    );
+    let o = cp.flotilla(&["top", "tasks", "--service", "nope"]);
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("nope"),
+        "{o:?}"
+    );
 
     // Stopped and removed: its cgroup goes too, in every hierarchy.
     cp.flotilla_ok(&["task", "stop", &task]);

@@ -387,6 +387,10 @@ fn heartbeat(
                 (id.clone(), cpu)
             })
             .collect();
+        let prev_busy = l.resources.as_ref().and_then(|r| r.cpu_busy_usec);
+        l.node_cpu = resources
+            .cpu_busy_usec
+            .map(|busy| TaskCpu::next(l.node_cpu, busy, prev_busy, elapsed, now.secs()));
         l.heartbeat_ms = Some(now.unix_ms);
         l.resources = Some(resources);
         l.usage = mine;

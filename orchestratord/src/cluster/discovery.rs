@@ -233,6 +233,7 @@ mod tests {
                     bindings: vec![binding],
                 }),
                 usage: None,
+                cpu_millicores: None,
             },
             definition,
             env: Vec::new(),

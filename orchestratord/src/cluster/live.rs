@@ -25,6 +25,8 @@ pub struct LiveInfo {
     pub task_usage: HashMap<String, flotilla_api::tasks::TaskCgroupUsage>,
     /// Its tasks' CPU use between its last two heartbeats (what auto scaling decides on).
     pub task_cpu: HashMap<String, TaskCpu>,
+    /// Its own CPU use (all its processes) between its last two heartbeats.
+    pub node_cpu: Option<TaskCpu>,
     /// When its last heartbeat came (milliseconds since the epoch).
     pub heartbeat_ms: Option<u64>,
     /// Its tasks RUNNING when its last heartbeat came that the heartbeat did not measure:
@@ -41,7 +43,7 @@ pub struct LiveInfo {
 /// Heartbeats closer together than this (milliseconds) give no new CPU rate.
 pub const MIN_RATE_MS: u64 = 1000;
 
-/// A task's CPU use as the control plane derives it from two heartbeats in a row.
+/// A task's (or a node's) CPU use as the control plane derives it from two heartbeats in a row.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TaskCpu {
     /// CPU units used (1024 per core), averaged between the last two heartbeats; `None` until
@@ -53,6 +55,12 @@ pub struct TaskCpu {
 }
 
 impl TaskCpu {
+    /// The rate in thousandths of a core (`kubectl top`'s unit), when there is one.
+    pub fn millicores(&self) -> Option<u64> {
+        self.units
+            .map(|u| (u * 1000.0 / 1024.0).round().max(0.0) as u64)
+    }
+
     /// The next sample of a task: `prev` its last one, `cpu_usec` its cgroup's counter now and
     /// `prev_usec` at the last heartbeat, `elapsed_ms` between the two heartbeats.
     pub fn next(
@@ -222,6 +230,9 @@ mod tests {
         // A burst 3 ms later keeps the rate; a counter that went back has none.
         let burst = TaskCpu::next(Some(second), 6_100_000, Some(6_000_000), Some(3), 110);
         assert_eq!(burst.units, Some(512.0));
+        // As `top` shows it: half a core is 500 thousandths.
+        assert_eq!(burst.millicores(), Some(500));
+        assert_eq!(first.millicores(), None);
         let reset = TaskCpu::next(Some(burst), 5, Some(6_100_000), Some(10_000), 120);
         assert_eq!(
             reset,

@@ -15,7 +15,7 @@ use flotilla_certs::token::JoinToken;
 
 use super::command::{CloseCode, ClusterError, Effect, Operator, Reply};
 use super::ctx::Ctx;
-use super::live::Live;
+use super::live::{Live, TaskCpu};
 use super::metrics::PlacementOrigin;
 use super::placement::{self, NewTask, Plan};
 use super::records::{NodeRecord, Origin, ScheduleRecord, ServiceRecord, TokenRecord};
@@ -65,6 +65,7 @@ pub fn node_info(n: &NodeRecord, live: &Live) -> NodeInfo {
         state: node_state(n, live),
         agent_version: l.agent_version,
         last_seen: l.last_seen,
+        cpu_millicores: l.node_cpu.as_ref().and_then(TaskCpu::millicores),
         resources: l.resources,
         id: n.id.clone(),
         hostname: n.hostname.clone(),

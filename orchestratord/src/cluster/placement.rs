@@ -357,6 +357,7 @@ fn new_task(
             deployment: t.deployment.clone(),
             network: None,
             usage: None,
+            cpu_millicores: None,
         },
         definition: t.revision.task_definition.clone(),
         env: t.env.clone(),

@@ -105,6 +105,7 @@ impl Fleet {
                         memory_bytes: 64 << 20,
                         memory_limit_bytes: None,
                         pids: 1,
+                        memory_working_set_bytes: None,
                     }),
                 }
             })

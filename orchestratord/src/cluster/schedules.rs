@@ -193,6 +193,7 @@ pub fn adopt(
             deployment: None,
             network: None,
             usage: None,
+            cpu_millicores: None,
         },
         definition: s.revision.task_definition.clone(),
         env: s.spec.env.clone(),

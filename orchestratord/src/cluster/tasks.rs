@@ -4,7 +4,7 @@ use flotilla_api::ops::TaskInfo;
 use flotilla_api::tasks::{ContainerState, DesiredStatus, StopCode, TaskState};
 
 use super::ctx::Ctx;
-use super::live::Live;
+use super::live::{Live, TaskCpu};
 use super::records::TaskRecord;
 
 /// How long a `STOPPED` task stays on record after it stopped: as long as its node keeps its
@@ -76,6 +76,7 @@ pub fn info(t: &TaskRecord, live: &Live) -> TaskInfo {
     let Some(node) = &info.node else { return info };
     let l = live.get(node);
     info.usage = l.task_usage.get(&info.id).cloned();
+    info.cpu_millicores = l.task_cpu.get(&info.id).and_then(TaskCpu::millicores);
     if let Some(usage) = l.usage.get(&info.id) {
         for c in &mut info.containers {
             if c.state == ContainerState::Running {

@@ -224,8 +224,8 @@ pub struct NodeResources {
     /// One-minute load average, in thousandths.
     #[serde(alias = "load1_milli")]
     pub load1_milli: u64,
-    /// CPU time the node's CPUs spent busy since it booted, microseconds: all of `/proc/stat`'s
-    /// `cpu` line but `idle` and `iowait` (proc(5)). A counter: the control plane derives the
+    /// CPU time the node's CPUs spent busy since it booted, microseconds: `/proc/stat`'s `cpu`
+    /// line's user, nice, system, irq and softirq (proc(5)). A counter: the control plane derives the
     /// node's CPU use from two heartbeats. Absent from agents of earlier releases.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_busy_usec: Option<u64>,

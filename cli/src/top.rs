@@ -82,7 +82,7 @@ fn millicores(m: Option<u64>) -> String {
 
 /// `24Mi`, as kubectl prints memory (binary mebibytes, rounded).
 fn mebibytes(bytes: u64) -> String {
-    format!("{}Mi", (bytes + (1 << 19)) >> 20)
+    format!("{}Mi", bytes.saturating_add(1 << 19) >> 20)
 }
 
 /// `42%` of `whole`.

@@ -306,9 +306,15 @@ pub async fn run(
                 .map_or_else(|e| e.to_string(), |a| a.to_string())
         );
         let (runner, data_dir) = (runner.clone(), data_dir.to_path_buf());
+        // One scrape measures at a time: scrapers at once wait their turn rather than take
+        // the blocking pool that container starts and heartbeats need.
+        let one = Arc::new(tokio::sync::Semaphore::new(1));
         tokio::spawn(flotilla_metrics::serve(listener, move |accept| {
-            let (runner, data_dir) = (runner.clone(), data_dir.clone());
-            async move { scrape(runner, data_dir, accept).await }
+            let (runner, data_dir, one) = (runner.clone(), data_dir.clone(), one.clone());
+            async move {
+                let _turn = one.acquire_owned().await;
+                scrape(runner, data_dir, accept).await
+            }
         }));
     }
     // Ready for systemd once the node's containers are re-adopted (one full round) and the
@@ -656,8 +662,9 @@ pub(crate) fn node_resources(data_dir: &Path) -> flotilla_api::NodeResources {
 
 /// The time all CPUs spent busy since boot, microseconds, from `/proc/stat`'s first line
 /// (proc(5): `cpu user nice system idle iowait irq softirq steal guest guest_nice`, in clock
-/// ticks; guest time is already counted in user time): every column but idle, iowait and the
-/// two guest ones. `None` when the line does not read.
+/// ticks; guest time is already counted in user time): user, nice, system, irq and softirq —
+/// not idle, iowait, steal (time the hypervisor gave to others) or the two guest columns.
+/// `None` when the line does not read.
 fn cpu_busy_usec(stat: &str) -> Option<u64> {
     let line = stat.lines().find(|l| l.starts_with("cpu "))?;
     let ticks: Vec<u64> = line
@@ -669,7 +676,7 @@ fn cpu_busy_usec(stat: &str) -> Option<u64> {
     if ticks.len() < 8 {
         return None;
     }
-    let busy: u64 = [0, 1, 2, 5, 6, 7].iter().map(|&i| ticks[i]).sum();
+    let busy: u64 = [0, 1, 2, 5, 6].iter().map(|&i| ticks[i]).sum();
     let hz = rustix::param::clock_ticks_per_second().max(1);
     Some(busy.saturating_mul(1_000_000) / hz)
 }
@@ -693,8 +700,8 @@ mod tests {
     fn busy_cpu_time_leaves_idle_iowait_and_guest_out() {
         let hz = rustix::param::clock_ticks_per_second();
         let stat = "cpu  100 20 30 5000 70 1 2 3 40 0\ncpu0 50 10 15 2500 35 0 1 1 20 0\nintr 1\n";
-        // user + nice + system + irq + softirq + steal
-        assert_eq!(cpu_busy_usec(stat), Some(156 * 1_000_000 / hz));
+        // user + nice + system + irq + softirq
+        assert_eq!(cpu_busy_usec(stat), Some(153 * 1_000_000 / hz));
         assert_eq!(cpu_busy_usec("cpu  1 2 3\n"), None);
         assert_eq!(cpu_busy_usec("cpu  1 2 x 4 5 6 7 8\n"), None);
         assert_eq!(cpu_busy_usec(""), None);

@@ -24,7 +24,7 @@
 //! | `flotilla_container_restarts_total` | counter | container's | restarts in place (its `restartPolicy`) |
 //! | `container_network_receive_bytes_total` | counter | task's, `interface` | the task network namespace's interfaces (`/proc/PID/net/dev`; not `lo`; none for `host` tasks) |
 //! | `container_network_transmit_bytes_total` | counter | task's, `interface` | the same, sent |
-//! | `machine_cpu_cores` | gauge | | CPUs this agent may use |
+//! | `machine_cpu_cores` | gauge | | CPUs online (`cpuN` lines of `/proc/stat`) |
 //! | `machine_memory_bytes` | gauge | | `MemTotal` |
 //! | `flotilla_node_memory_available_bytes` | gauge | | `MemAvailable` |
 //! | `flotilla_node_load1` | gauge | | 1-minute load average |
@@ -62,6 +62,9 @@ use crate::runner::Runner;
 const ROUND_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
+
+/// Interfaces of one task's network namespace reported at most (`eth0` and a few a task made).
+const MAX_INTERFACES: usize = 16;
 
 /// What the agent measures of its own work as it goes (shared; cheap to update).
 #[derive(Debug)]
@@ -195,8 +198,17 @@ pub struct Snapshot {
 pub fn collect(runner: &Runner, data_dir: &Path) -> Snapshot {
     let desired = runner.desired();
     let tasks: BTreeMap<&str, _> = desired.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+    let mut resources = crate::agent::node_resources(data_dir);
+    // The machine's CPUs, as cAdvisor counts them (the agent may be held to fewer).
+    if let Some(n) = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .map(|s| online_cpus(&s))
+        .filter(|&n| n > 0)
+    {
+        resources.cpus = n;
+    }
     let mut snapshot = Snapshot {
-        resources: crate::agent::node_resources(data_dir),
+        resources,
         desired: desired
             .tasks
             .iter()
@@ -222,7 +234,7 @@ pub fn collect(runner: &Runner, data_dir: &Path) -> Snapshot {
         let Some(def) = task.definition.container_definitions.get(name.index) else {
             continue;
         };
-        let Ok(usage) = store.stats(&c.record.id) else {
+        let Ok(usage) = store.stats_of(&c) else {
             continue;
         };
         let revision = task
@@ -242,8 +254,11 @@ pub fn collect(runner: &Runner, data_dir: &Path) -> Snapshot {
         let netns = !matches!(c.record.config.network, NetworkMode::Host);
         if netns && measured_network.insert(name.task.clone()) {
             if let Some(pid) = c.pid() {
-                let dev = std::fs::read_to_string(format!("/proc/{pid}/net/dev"));
-                for (interface, rx, tx) in net_dev(&dev.unwrap_or_default()) {
+                // The task may make interfaces of its own (with CAP_NET_ADMIN): a bounded
+                // number of series, and a name that is not UTF-8 costs only itself.
+                let dev = std::fs::read(format!("/proc/{pid}/net/dev")).unwrap_or_default();
+                let dev = String::from_utf8_lossy(&dev);
+                for (interface, rx, tx) in net_dev(&dev).into_iter().take(MAX_INTERFACES) {
                     snapshot.interfaces.push(InterfaceSample {
                         labels: InterfaceLabels {
                             task: labels.task.clone(),
@@ -267,6 +282,19 @@ pub fn collect(runner: &Runner, data_dir: &Path) -> Snapshot {
         });
     }
     snapshot
+}
+
+/// CPUs with a line of their own (`cpuN`) in `/proc/stat`: those online.
+fn online_cpus(stat: &str) -> u32 {
+    let n = stat
+        .lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .and_then(|r| r.split(char::is_whitespace).next())
+                .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// An RFC 3339 time as Unix seconds.
@@ -412,7 +440,7 @@ impl Collector for SnapshotCollector {
         for (name, help, v) in [
             (
                 "machine_cpu_cores",
-                "CPUs the agent may use",
+                "CPUs of the machine that are online",
                 u64::from(r.cpus),
             ),
             (
@@ -640,5 +668,17 @@ garbage\n\
  bad: 1 2 x\n";
         assert_eq!(net_dev(table), [("eth0".to_string(), 123456, 65432)]);
         assert!(net_dev("").is_empty());
+    }
+
+    #[test]
+    fn online_cpus_are_the_numbered_lines() {
+        let stat = "cpu  1 2 3 4 5 6 7 8
+cpu0 1 2 3 4
+cpu1 1 2 3 4
+cpuX 1
+intr 5
+";
+        assert_eq!(online_cpus(stat), 2);
+        assert_eq!(online_cpus(""), 0);
     }
 }

@@ -65,7 +65,12 @@ pub fn node_info(n: &NodeRecord, live: &Live) -> NodeInfo {
         state: node_state(n, live),
         agent_version: l.agent_version,
         last_seen: l.last_seen,
-        cpu_millicores: l.node_cpu.as_ref().and_then(TaskCpu::millicores),
+        // Only while its session is up: a lost node's last rate is not its use now.
+        cpu_millicores: l
+            .node_cpu
+            .as_ref()
+            .filter(|_| connected)
+            .and_then(TaskCpu::millicores),
         resources: l.resources,
         id: n.id.clone(),
         hostname: n.hostname.clone(),

@@ -76,7 +76,10 @@ pub fn info(t: &TaskRecord, live: &Live) -> TaskInfo {
     let Some(node) = &info.node else { return info };
     let l = live.get(node);
     info.usage = l.task_usage.get(&info.id).cloned();
-    info.cpu_millicores = l.task_cpu.get(&info.id).and_then(TaskCpu::millicores);
+    // A rate only while it runs and its node is heard: a lost node's last one is not now.
+    if info.state == TaskState::Running && l.session.is_some() {
+        info.cpu_millicores = l.task_cpu.get(&info.id).and_then(TaskCpu::millicores);
+    }
     if let Some(usage) = l.usage.get(&info.id) {
         for c in &mut info.containers {
             if c.state == ContainerState::Running {

@@ -2096,3 +2096,35 @@ fn scrape_cost_with_1000_nodes() {
         scrape.as_secs_f64() / round.as_secs_f64()
     );
 }
+
+#[test]
+fn a_nodes_cpu_is_its_busy_time_over_two_heartbeats_and_only_while_it_is_heard() {
+    let mut h = Harness::new();
+    let n = h.join(&[], 1000, 4);
+    let beat = |h: &mut Harness, busy: u64| {
+        h.exec(Command::Agent(Agent::Heartbeat {
+            node: n.clone(),
+            resources: flotilla_api::NodeResources {
+                cpus: 4,
+                memory_bytes: 1000 << 20,
+                cpu_busy_usec: Some(busy),
+                ..Default::default()
+            },
+            usage: Vec::new(),
+        }))
+        .expect("heartbeat");
+    };
+    let cpu = |h: &mut Harness| match h.op(Operator::GetNode(n.clone())).expect("node") {
+        Reply::Node(info) => info.cpu_millicores,
+        other => panic!("{other:?}"),
+    };
+    beat(&mut h, 50_000_000);
+    assert_eq!(cpu(&mut h), None, "one heartbeat gives no rate");
+    // 15 s of CPU over 10 s: one and a half cores.
+    h.advance(10);
+    beat(&mut h, 65_000_000);
+    assert_eq!(cpu(&mut h), Some(1500));
+    // Its session gone, its last rate is not its use now.
+    h.disconnect(&n);
+    assert_eq!(cpu(&mut h), None);
+}

@@ -1251,13 +1251,16 @@ impl ContainerStore {
             }
         }
         remove_container_dir(&paths)?;
-        self.remove_parents_if_unused(cgroup)?;
+        // The container is gone; parents left now are taken by the next removal or prune.
+        if let Err(e) = self.remove_parents_if_unused(cgroup) {
+            tracing::warn!(container = %id, "the cgroups above it stay for now: {e}");
+        }
         tracing::debug!(container = %id, "removed");
         Ok(())
     }
 
-    /// Removes the empty cgroups above `cgroup` (relative to the hierarchy roots) when no
-    /// container record is left. Under the store lock, as records are written, and only once
+    /// Removes `cgroup` (relative to the hierarchy roots) and the cgroups above it, where
+    /// empty, when no container record is left. Under the store lock, as records are written, and only once
     /// the leaving container's record is gone: a container being made has its record before
     /// it starts, so its parents never go between its start making them and libcontainer
     /// making its own cgroup under them; of containers removed at once, the last one to get
@@ -1270,7 +1273,7 @@ impl ContainerStore {
         Ok(())
     }
 
-    /// Removes task `task`'s cgroup (and, in a prune, our parents when no record is left) unless a container record
+    /// Removes task `task`'s cgroup unless a container record
     /// — other than that of container `leaving`, being removed — still names it. Under the store lock, as records are written: a container of the task
     /// being created now either has its record (and the cgroup stays) or makes the cgroup
     /// again when it starts — the cgroup never goes from under a container that starts.
@@ -1292,11 +1295,6 @@ impl ContainerStore {
         }
         let path = format!("{}/{task}", self.options.cgroup_parent);
         self.hierarchy.remove(&path)?;
-        if leaving.is_none() && self.records()?.is_empty() {
-            // A prune: no removal follows to take our parents.
-            self.hierarchy
-                .remove_empty_parents(&self.options.cgroup_parent);
-        }
         tracing::debug!(task, "task cgroup removed");
         Ok(())
     }
@@ -1358,8 +1356,8 @@ impl ContainerStore {
         Ok(out)
     }
 
-    /// Removes the cgroups of tasks no container names any more (left by a removal that was
-    /// cut short: an agent killed half-way). Returns the tasks whose cgroup could not be
+    /// Removes the cgroups of tasks no container names any more, and our parents when no
+    /// container is left (left by a removal that was cut short: an agent killed half-way). Returns the tasks whose cgroup could not be
     /// removed, with why.
     pub fn prune_task_cgroups(&self) -> Result<Vec<(String, ContainerError)>, ContainerError> {
         let mut failed = Vec::new();
@@ -1372,6 +1370,8 @@ impl ContainerStore {
                 failed.push((name, e));
             }
         }
+        // A removal cut short after its record went left our parents; no removal may follow.
+        self.remove_parents_if_unused(&self.options.cgroup_parent)?;
         Ok(failed)
     }
 
@@ -1512,8 +1512,13 @@ impl ContainerStore {
 
     /// cgroup usage of a running container.
     pub fn stats(&self, key: &str) -> Result<CgroupUsage, ContainerError> {
-        let info = self.get(key)?;
-        running_state(&info)?;
+        self.stats_of(&self.get(key)?)
+    }
+
+    /// cgroup usage of running container `info`, as [`ContainerStore::list`] found it (no
+    /// record read again: a pass over every container stays linear).
+    pub fn stats_of(&self, info: &ContainerInfo) -> Result<CgroupUsage, ContainerError> {
+        running_state(info)?;
         Ok(self.hierarchy.usage(&info.record.cgroup_path)?)
     }
 

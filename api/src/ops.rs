@@ -134,6 +134,31 @@ pub struct Event {
     pub message: String,
 }
 
+/// Which events `GET /v1/events` lists (`kind=` and `subject=` in its query): all of them
+/// when empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// A kind (`task.stopped`), or the leading part of kinds up to a dot (`task` matches
+    /// `task.placed` and `task.stopped`; `service.deployment` every deployment event).
+    pub kind: Option<String>,
+    /// What they are about, exactly: a node, task, service, schedule, token or task
+    /// definition (`family:revision`) id.
+    pub subject: Option<String>,
+}
+
+impl EventFilter {
+    /// Whether event `e` is one of those asked for.
+    pub fn matches(&self, e: &Event) -> bool {
+        let kind = self.kind.as_deref().is_none_or(|k| {
+            e.kind == k
+                || e.kind
+                    .strip_prefix(k)
+                    .is_some_and(|rest| rest.starts_with('.'))
+        });
+        kind && self.subject.as_deref().is_none_or(|s| e.subject == s)
+    }
+}
+
 /// `PUT /v1/nodes/{id}/labels`: labels set (added or replaced), then labels removed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -325,4 +350,40 @@ pub struct TaskInfo {
     /// in by the control plane when it answers, while the task runs; never stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_millicores: Option<u64>,
+}
+
+impl TaskInfo {
+    /// The service it belongs to: the name in its `startedBy` (`service:NAME`).
+    pub fn service(&self) -> Option<&str> {
+        self.started_by.as_deref()?.strip_prefix("service:")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_filter_takes_a_kind_whole_or_up_to_a_dot_and_a_subject_exactly() {
+        let e = |kind: &str, subject: &str| Event {
+            seq: 1,
+            time: 0,
+            kind: kind.into(),
+            subject: subject.into(),
+            message: String::new(),
+        };
+        let f = |kind: Option<&str>, subject: Option<&str>| EventFilter {
+            kind: kind.map(str::to_string),
+            subject: subject.map(str::to_string),
+        };
+        let placed = e("service.deployment.completed", "web");
+        assert!(f(None, None).matches(&placed));
+        assert!(f(Some("service"), None).matches(&placed));
+        assert!(f(Some("service.deployment"), None).matches(&placed));
+        assert!(f(Some("service.deployment.completed"), Some("web")).matches(&placed));
+        assert!(!f(Some("serv"), None).matches(&placed));
+        assert!(!f(Some("service.deployment.completed.x"), None).matches(&placed));
+        assert!(!f(None, Some("we")).matches(&placed));
+        assert!(!f(Some("task"), Some("web")).matches(&placed));
+    }
 }

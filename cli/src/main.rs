@@ -17,8 +17,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use flotilla_api::ops::{
-    AdminIssue, NodeInfo, NodeLabels, PlacementConstraintSpec, PlacementStrategySpec, TaskInfo,
-    TaskRun, TokenCreate,
+    AdminIssue, EventFilter, NodeInfo, NodeLabels, PlacementConstraintSpec, PlacementStrategySpec,
+    TaskInfo, TaskRun, TokenCreate,
 };
 use flotilla_api::schedule::ScheduleSpec;
 use flotilla_api::service::{ServiceInfo, ServiceUpdate};
@@ -36,8 +36,9 @@ struct Cli {
     /// Credential directory (server address, CA, admin certificate and key).
     #[arg(long, global = true, env = "FLOTILLA_CONFIG")]
     config: Option<PathBuf>,
-    /// Output format: a table (or a line), or the API's answer as JSON or YAML (streams: one
-    /// JSON object per line, or YAML documents separated by `---`).
+    /// Output format: a table (or a line), a table with more columns (`wide`: `task ls`,
+    /// `node ls`), or the API's answer as JSON or YAML (streams: one JSON object per line, or
+    /// YAML documents separated by `---`).
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
     #[command(subcommand)]
@@ -53,6 +54,9 @@ enum Output {
     Json,
     /// YAML.
     Yaml,
+    /// Tables with more columns (`task ls`: service, address, ports, containers, restarts;
+    /// `node ls`: load, disk, joined, certificate expiry); elsewhere as `table`.
+    Wide,
 }
 
 /// `-w`: keep listing.
@@ -125,6 +129,14 @@ enum ClusterCommand {
         /// Keep printing new events as they happen (Ctrl-C to stop).
         #[arg(long, short = 'f')]
         follow: bool,
+        /// Only events of this kind (`task.stopped`), or of kinds it begins up to a dot
+        /// (`task`: every task event; `service.deployment`).
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only events about this node, task, service, schedule, token or task definition
+        /// (`family:revision`).
+        #[arg(long)]
+        subject: Option<String>,
     },
     /// Print a task's container logs, read from its node over the node's session.
     Logs {
@@ -701,6 +713,7 @@ async fn events(
     api: &Client,
     mut since: u64,
     limit: u32,
+    filter: &EventFilter,
     follow: bool,
     output: Output,
 ) -> Result<()> {
@@ -714,7 +727,7 @@ async fn events(
         );
     }
     loop {
-        let list = api.events(since, limit).await?;
+        let list = api.events_matching(since, limit, filter).await?;
         for e in &list {
             if output == Output::Table {
                 outln!(
@@ -780,7 +793,7 @@ struct Listing<T> {
 
 /// Columns that change with the clock alone (`AGE`, `LAST SEEN`): `-w` does not count them as
 /// a change of the item, as `kubectl get -w` does not.
-const CLOCK_COLUMNS: &[&str] = &["AGE", "LAST SEEN"];
+const CLOCK_COLUMNS: &[&str] = &["AGE", "LAST SEEN", "JOINED", "CERTIFICATE"];
 
 /// The cells of `row` that say what the item is, not how long ago something was.
 fn what_changes(header: &[&str], row: &[String]) -> Vec<String> {
@@ -810,7 +823,7 @@ where
     let mut widths = column_widths(first.header, &rows);
     let emit = |row: &[String], item: &T, widths: &[usize]| -> Result<()> {
         match output {
-            Output::Table => table_row(row, widths),
+            Output::Table | Output::Wide => table_row(row, widths),
             Output::Json => outln!("{}", serde_json::to_string(item)?),
             Output::Yaml => out!("---\n{}", yaml_serde::to_string(item)?),
         }
@@ -854,27 +867,45 @@ async fn wait_or_reader_gone(d: Duration) -> Result<()> {
 /// How often `-w` polls.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
-async fn task_listing(api: &Client) -> Result<Listing<TaskInfo>> {
+async fn task_listing(api: &Client, wide: bool) -> Result<Listing<TaskInfo>> {
     let now = now_secs();
     let items = api
         .tasks()
         .await?
         .into_iter()
         .map(|t| {
-            let row = vec![
+            let mut row = vec![
                 t.id.clone(),
                 t.task_definition.clone(),
                 t.node.clone().unwrap_or_default(),
                 format!("{:?}", t.state).to_uppercase(),
                 format!("{:?}", t.desired).to_uppercase(),
                 age(now, t.created_at),
-                cell(t.stop_reason.as_deref().unwrap_or_default()),
             ];
+            if wide {
+                row.extend(task_wide_cells(&t));
+            }
+            row.push(cell(t.stop_reason.as_deref().unwrap_or_default()));
             (t.id.clone(), row, t)
         })
         .collect();
-    Ok(Listing {
-        header: &[
+    let header: &'static [&'static str] = if wide {
+        &[
+            "ID",
+            "TASK DEFINITION",
+            "NODE",
+            "STATE",
+            "DESIRED",
+            "AGE",
+            "SERVICE",
+            "ADDRESS",
+            "PORTS",
+            "CONTAINERS",
+            "RESTARTS",
+            "STOP REASON",
+        ]
+    } else {
+        &[
             "ID",
             "TASK DEFINITION",
             "NODE",
@@ -882,12 +913,45 @@ async fn task_listing(api: &Client) -> Result<Listing<TaskInfo>> {
             "DESIRED",
             "AGE",
             "STOP REASON",
-        ],
-        items,
-    })
+        ]
+    };
+    Ok(Listing { header, items })
 }
 
-async fn node_listing(api: &Client) -> Result<Listing<NodeInfo>> {
+/// `task ls -o wide`'s own cells: service, address, published ports (`HOST->CONTAINER`),
+/// containers with their states, and their restarts together.
+fn task_wide_cells(t: &TaskInfo) -> [String; 5] {
+    let service = t.service().unwrap_or_default().to_string();
+    let address = t
+        .network
+        .as_ref()
+        .and_then(|n| n.address)
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let ports = t
+        .network
+        .iter()
+        .flat_map(|n| &n.bindings)
+        .map(|b| format!("{}->{}", b.host_port, b.container_port))
+        .collect::<Vec<_>>()
+        .join(",");
+    let containers = t
+        .containers
+        .iter()
+        .map(|c| format!("{}:{}", c.name, format!("{:?}", c.state).to_lowercase()))
+        .collect::<Vec<_>>()
+        .join(",");
+    let restarts: u32 = t.containers.iter().map(|c| c.restarts).sum();
+    [
+        service,
+        address,
+        ports,
+        cell(&containers),
+        restarts.to_string(),
+    ]
+}
+
+async fn node_listing(api: &Client, wide: bool) -> Result<Listing<NodeInfo>> {
     let now = now_secs();
     let items = api
         .nodes()
@@ -895,7 +959,7 @@ async fn node_listing(api: &Client) -> Result<Listing<NodeInfo>> {
         .into_iter()
         .map(|n| {
             let r = n.resources.clone().unwrap_or_default();
-            let row = vec![
+            let mut row = vec![
                 n.id.clone(),
                 n.hostname.clone(),
                 n.state.to_string(),
@@ -913,13 +977,49 @@ async fn node_listing(api: &Client) -> Result<Listing<NodeInfo>> {
                 n.last_seen
                     .map(|t| format!("{} ago", age(now, t)))
                     .unwrap_or_default(),
-                labels_text(&n.labels),
             ];
+            if wide {
+                let reported = n.resources.is_some();
+                row.extend([
+                    if reported {
+                        format!("{:.2}", r.load1_milli as f64 / 1000.0)
+                    } else {
+                        String::new()
+                    },
+                    if reported {
+                        format!("{}/{}", gib(r.disk_available_bytes), gib(r.disk_bytes))
+                    } else {
+                        String::new()
+                    },
+                    age(now, n.joined_at),
+                    if n.cert_not_after > now {
+                        format!("in {}", age(n.cert_not_after, now))
+                    } else {
+                        "expired".to_string()
+                    },
+                ]);
+            }
+            row.push(labels_text(&n.labels));
             (n.id.clone(), row, n)
         })
         .collect();
-    Ok(Listing {
-        header: &[
+    let header: &'static [&'static str] = if wide {
+        &[
+            "ID",
+            "HOSTNAME",
+            "STATE",
+            "CPUS",
+            "MEMORY FREE/TOTAL",
+            "AGENT",
+            "LAST SEEN",
+            "LOAD",
+            "DISK FREE/TOTAL",
+            "JOINED",
+            "CERTIFICATE",
+            "LABELS",
+        ]
+    } else {
+        &[
             "ID",
             "HOSTNAME",
             "STATE",
@@ -928,9 +1028,9 @@ async fn node_listing(api: &Client) -> Result<Listing<NodeInfo>> {
             "AGENT",
             "LAST SEEN",
             "LABELS",
-        ],
-        items,
-    })
+        ]
+    };
+    Ok(Listing { header, items })
 }
 
 async fn service_listing(api: &Client) -> Result<Listing<ServiceInfo>> {
@@ -1031,7 +1131,7 @@ fn labels_text(l: &Labels) -> String {
 /// Prints `value` as JSON or YAML, or runs `human` for the table output.
 fn print<T: serde::Serialize>(output: Output, value: &T, human: impl FnOnce()) -> Result<()> {
     match output {
-        Output::Table => human(),
+        Output::Table | Output::Wide => human(),
         Output::Json => outln!("{}", serde_json::to_string_pretty(value)?),
         Output::Yaml => out!("{}", yaml_serde::to_string(value)?),
     }
@@ -1042,7 +1142,9 @@ fn print<T: serde::Serialize>(output: Output, value: &T, human: impl FnOnce()) -
 fn print_document<T: serde::Serialize>(output: Output, value: &T) -> Result<()> {
     match output {
         Output::Yaml => out!("{}", yaml_serde::to_string(value)?),
-        Output::Table | Output::Json => outln!("{}", serde_json::to_string_pretty(value)?),
+        Output::Table | Output::Wide | Output::Json => {
+            outln!("{}", serde_json::to_string_pretty(value)?)
+        }
     }
     Ok(())
 }
@@ -1054,14 +1156,18 @@ fn print_record<T: serde::Serialize>(output: Output, value: &T) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match output {
         Output::Yaml => write!(out, "---\n{}", yaml_serde::to_string(value)?)?,
-        Output::Table | Output::Json => writeln!(out, "{}", serde_json::to_string(value)?)?,
+        Output::Table | Output::Wide | Output::Json => {
+            writeln!(out, "{}", serde_json::to_string(value)?)?
+        }
     }
     out.flush()?;
     Ok(())
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let output = cli.output;
+    // `wide` is a table with more columns where a listing has them.
+    let wide = cli.output == Output::Wide;
+    let output = if wide { Output::Table } else { cli.output };
     let command = match cli.command {
         Command::Dev(args) => return dev::run(args, cli.config).await,
         Command::Completion { shell } => {
@@ -1132,7 +1238,9 @@ async fn run(cli: Cli) -> Result<()> {
             }
             print(output, &ids, || {})?;
         }
-        ClusterCommand::Node(NodeCommand::Ls(w)) => list(output, w, || node_listing(&api)).await?,
+        ClusterCommand::Node(NodeCommand::Ls(w)) => {
+            list(output, w, || node_listing(&api, wide)).await?
+        }
         ClusterCommand::Node(NodeCommand::Inspect { id }) => {
             print_document(output, &api.node(&id).await?)?;
         }
@@ -1220,7 +1328,9 @@ async fn run(cli: Cli) -> Result<()> {
         ClusterCommand::Schedule(cmd) => schedule(&api, cmd, output).await?,
         ClusterCommand::Scaling(cmd) => scaling::run(&api, cmd, output).await?,
         ClusterCommand::Top(cmd) => top::run(&api, cmd, output).await?,
-        ClusterCommand::Task(TaskCommand::Ls(w)) => list(output, w, || task_listing(&api)).await?,
+        ClusterCommand::Task(TaskCommand::Ls(w)) => {
+            list(output, w, || task_listing(&api, wide)).await?
+        }
         ClusterCommand::Task(TaskCommand::Inspect { id }) => {
             print_document(output, &api.task(&id).await?)?;
         }
@@ -1239,7 +1349,12 @@ async fn run(cli: Cli) -> Result<()> {
             since,
             limit,
             follow,
-        } => events(&api, since, limit, follow, output).await?,
+            kind,
+            subject,
+        } => {
+            let filter = EventFilter { kind, subject };
+            events(&api, since, limit, &filter, follow, output).await?
+        }
         ClusterCommand::Logs {
             task,
             container,

@@ -155,12 +155,11 @@ struct TaskFilter {
 
 impl TaskFilter {
     fn keeps(&self, t: &TaskInfo) -> bool {
-        let service = t
-            .started_by
-            .as_deref()
-            .and_then(|s| s.strip_prefix("service:"));
         t.state == TaskState::Running
-            && self.service.as_deref().is_none_or(|s| service == Some(s))
+            && self
+                .service
+                .as_deref()
+                .is_none_or(|s| t.service() == Some(s))
             && self
                 .node
                 .as_deref()
@@ -184,12 +183,7 @@ async fn tasks(
     let items = all
         .into_iter()
         .map(|t| {
-            let service = t
-                .started_by
-                .as_deref()
-                .and_then(|s| s.strip_prefix("service:"))
-                .unwrap_or_default()
-                .to_string();
+            let service = t.service().unwrap_or_default().to_string();
             let limit = t.usage.as_ref().and_then(|u| u.memory_limit_bytes);
             let row = vec![
                 t.id.clone(),

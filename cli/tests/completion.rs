@@ -54,7 +54,7 @@ fn bash_completes_subcommands_and_flags() {
         assert!(task.iter().any(|w| w == want), "{want} not in {task:?}");
     }
     let output = bash_complete(&path, &["flotilla", "node", "ls", "-o", ""]);
-    assert_eq!(output, ["table", "json", "yaml"]);
+    assert_eq!(output, ["table", "json", "yaml", "wide"]);
     let scaling = bash_complete(&path, &["flotilla", "scaling", ""]);
     for want in ["policy", "schedule", "activity"] {
         assert!(

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use flotilla_api::discovery::DiscoveredService;
 use flotilla_api::ops::{
-    AdminCredential, AdminIssue, ApiError, Event, NodeInfo, NodeLabels, TaskDefRegistered,
-    TaskDefRevision, TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
+    AdminCredential, AdminIssue, ApiError, Event, EventFilter, NodeInfo, NodeLabels,
+    TaskDefRegistered, TaskDefRevision, TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
 use flotilla_api::scaling::{Autoscale, ScalingPut, ServiceScaling};
 use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
@@ -522,9 +522,23 @@ impl Client {
     /// `GET /v1/events`: at most `limit` (1 to 1000) events with a sequence number above
     /// `since`, oldest first.
     pub async fn events(&self, since: u64, limit: u32) -> Result<Vec<Event>, ClientError> {
-        let (since, limit) = (since.to_string(), limit.to_string());
-        self.get(&["events"], &[("since", &since), ("limit", &limit)])
+        self.events_matching(since, limit, &EventFilter::default())
             .await
+    }
+
+    /// `GET /v1/events` of the events `filter` matches: at most `limit` after sequence
+    /// number `since`.
+    pub async fn events_matching(
+        &self,
+        since: u64,
+        limit: u32,
+        filter: &EventFilter,
+    ) -> Result<Vec<Event>, ClientError> {
+        let (since, limit) = (since.to_string(), limit.to_string());
+        let mut query = vec![("since", since.as_str()), ("limit", limit.as_str())];
+        query.extend(filter.kind.as_deref().map(|k| ("kind", k)));
+        query.extend(filter.subject.as_deref().map(|s| ("subject", s)));
+        self.get(&["events"], &query).await
     }
 
     /// `GET /v1/metrics`: the control plane's Prometheus metrics, in the Prometheus text

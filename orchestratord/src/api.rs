@@ -24,16 +24,43 @@ use orchestratord::cluster::{ClusterError, Command, Operator, Reply as CoreReply
 const MAX_BODY: usize = 64 * 1024;
 
 /// The `key=value` pairs of a query; a pair without `=` is refused, naming `usage`.
-fn query_pairs<'q>(
-    query: Option<&'q str>,
+fn query_pairs(
+    query: Option<&str>,
     usage: &str,
-) -> Result<Vec<(&'q str, &'q str)>, (StatusCode, String)> {
+) -> Result<Vec<(String, String)>, (StatusCode, String)> {
     query
         .unwrap_or_default()
         .split('&')
         .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').ok_or_else(|| bad_query(p, "", usage)))
+        .map(|p| {
+            let (k, v) = p.split_once('=').ok_or_else(|| bad_query(p, "", usage))?;
+            match (percent_decoded(k), percent_decoded(v)) {
+                (Some(k), Some(v)) => Ok((k, v)),
+                _ => Err(bad_query(k, v, usage)),
+            }
+        })
         .collect()
+}
+
+/// `text` with its `%XX` escapes (RFC 3986, 2.1) and `+` (a space, in a query) decoded;
+/// `None` for a broken escape or a result that is not UTF-8.
+fn percent_decoded(text: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+            }
+            b'+' => b' ',
+            b => b,
+        });
+    }
+    String::from_utf8(out).ok()
 }
 
 fn bad_query(key: &str, value: &str, usage: &str) -> (StatusCode, String) {
@@ -376,6 +403,7 @@ fn parse(
             };
             let usage = "container=NAME, follow=true|false or tail=N";
             for (k, v) in query_pairs(query, usage)? {
+                let (k, v) = (k.as_str(), v.as_str());
                 let bad = || bad_query(k, v, usage);
                 match k {
                     "container" => req.container = Some(v.to_string()),
@@ -520,9 +548,11 @@ fn parse_operator(
             Ok(Operator::RemoveSchedule(name.to_string()))
         }
         (&Method::GET, ["v1", "events"]) => {
-            let usage = "since=SEQ or limit=1..1000";
+            let usage = "since=SEQ, limit=1..1000, kind=KIND or subject=ID";
             let (mut since, mut limit) = (0, 100);
+            let mut filter = flotilla_api::ops::EventFilter::default();
             for (k, v) in query_pairs(query, usage)? {
+                let (k, v) = (k.as_str(), v.as_str());
                 let bad = || bad_query(k, v, usage);
                 match k {
                     "since" => since = v.parse().map_err(|_| bad())?,
@@ -533,10 +563,16 @@ fn parse_operator(
                             .filter(|l| (1..=1000).contains(l))
                             .ok_or_else(bad)?
                     }
+                    "kind" if !v.is_empty() => filter.kind = Some(v.to_string()),
+                    "subject" if !v.is_empty() => filter.subject = Some(v.to_string()),
                     _ => return Err(bad()),
                 }
             }
-            Ok(Operator::ListEvents { since, limit })
+            Ok(Operator::ListEvents {
+                since,
+                limit,
+                filter,
+            })
         }
         (&Method::POST, ["v1", "tasks", id, "stop"]) => Ok(Operator::StopTask(id.to_string())),
         _ => Err((StatusCode::NOT_FOUND, format!("no route {method} {path}"))),
@@ -546,6 +582,34 @@ fn parse_operator(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_are_percent_decoded_and_broken_escapes_refused() {
+        assert_eq!(percent_decoded("web%3A3").as_deref(), Some("web:3"));
+        assert_eq!(percent_decoded("a+b%20c").as_deref(), Some("a b c"));
+        assert_eq!(percent_decoded("plain").as_deref(), Some("plain"));
+        for broken in ["%", "%4", "%zz", "%+F", "%FF"] {
+            assert_eq!(percent_decoded(broken), None, "{broken}");
+        }
+        let events = parse_operator(
+            &Method::GET,
+            "/v1/events",
+            Some("kind=task&subject=web%3A3&limit=5"),
+            b"",
+        )
+        .expect("parses");
+        assert!(
+            matches!(
+                &events,
+                Operator::ListEvents { limit: 5, filter, .. }
+                    if filter.kind.as_deref() == Some("task")
+                        && filter.subject.as_deref() == Some("web:3")
+            ),
+            "{events:?}"
+        );
+        assert!(parse_operator(&Method::GET, "/v1/events", Some("kind=%zz"), b"").is_err());
+        assert!(parse_operator(&Method::GET, "/v1/events", Some("color=red"), b"").is_err());
+    }
 
     /// (METHOD, path template) of every operation in `api/openapi.yaml`.
     fn documented() -> Vec<(Method, String)> {

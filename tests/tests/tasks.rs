@@ -766,6 +766,85 @@ fn every_command_prints_its_answer_as_json_and_yaml() {
     let _ = follow.wait();
     let e: Event = serde_json::from_str(&first).expect("one event per line");
     assert_eq!(e.seq, 4);
+    // `-o wide`: more columns for tasks and nodes, the plain ones first.
+    let wide = cp.flotilla_ok(&["task", "ls", "-o", "wide"]);
+    let head = wide.lines().next().unwrap_or_default();
+    for column in [
+        "ID",
+        "NODE",
+        "SERVICE",
+        "ADDRESS",
+        "PORTS",
+        "CONTAINERS",
+        "RESTARTS",
+    ] {
+        assert!(head.contains(column), "{wide}");
+    }
+    let row = wide
+        .lines()
+        .find(|l| l.starts_with(task.as_str()))
+        .unwrap_or_else(|| panic!("{task} in {wide}"));
+    assert!(row.contains(":running"), "{wide}");
+    let nodes = cp.flotilla_ok(&["node", "ls", "-o", "wide"]);
+    for column in [
+        "HOSTNAME",
+        "LOAD",
+        "DISK FREE/TOTAL",
+        "JOINED",
+        "CERTIFICATE",
+        "LABELS",
+    ] {
+        assert!(
+            nodes.lines().next().unwrap_or_default().contains(column),
+            "{nodes}"
+        );
+    }
+    assert!(nodes.contains(" in "), "the certificate's expiry: {nodes}");
+    // Filtered by kind (whole or its leading part) and by subject, on the control plane.
+    let all: Vec<Event> =
+        json_records(&cp.flotilla_ok(&["events", "--limit", "1000", "-o", "json"]));
+    let of_tasks: Vec<Event> = json_records(
+        &cp.flotilla_ok(&["events", "--kind", "task", "--limit", "1000", "-o", "json"]),
+    );
+    assert!(!of_tasks.is_empty());
+    assert_eq!(
+        of_tasks,
+        all.iter()
+            .filter(|e| e.kind.starts_with("task."))
+            .cloned()
+            .collect::<Vec<_>>()
+    );
+    let of_task: Vec<Event> =
+        json_records(&cp.flotilla_ok(&["events", "--subject", &task, "-o", "json"]));
+    assert!(
+        !of_task.is_empty() && of_task.iter().all(|e| e.subject == task),
+        "{of_task:?}"
+    );
+    let placed: Vec<Event> = json_records(&cp.flotilla_ok(&[
+        "events",
+        "--kind",
+        "task.placed",
+        "--subject",
+        &task,
+        "-o",
+        "json",
+    ]));
+    assert_eq!(placed.len(), 1, "{placed:?}");
+    // A task definition's subject has a colon: sent escaped, read back as it is.
+    let registered: Vec<Event> =
+        json_records(&cp.flotilla_ok(&["events", "--subject", "serve:1", "-o", "json"]));
+    assert_eq!(
+        registered
+            .iter()
+            .map(|e| e.kind.as_str())
+            .collect::<Vec<_>>(),
+        ["taskdef.registered"]
+    );
+    // `tas` is no kind's leading part up to a dot.
+    assert!(cp
+        .flotilla_ok(&["events", "--kind", "tas", "-o", "json"])
+        .trim()
+        .is_empty());
 
     // Watching: the list, then each task again as it changes (one JSON object per line).
     let mut watch = std::process::Command::new(flotilla_tests::bin("flotilla"))

@@ -97,6 +97,8 @@ pub enum Operator {
         since: u64,
         /// At most this many.
         limit: usize,
+        /// Only these.
+        filter: flotilla_api::ops::EventFilter,
     },
     /// `POST /v1/services` (the JSON or YAML text).
     CreateService(String),

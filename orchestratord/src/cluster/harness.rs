@@ -411,6 +411,10 @@ impl Harness {
             .op(Operator::ListEvents {
                 since: 0,
                 limit: 100_000,
+                filter: flotilla_api::ops::EventFilter {
+                    kind: Some(kind.into()),
+                    subject: None,
+                },
             })
             .expect("events")
         {

@@ -254,7 +254,11 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
             }
             Ok(Reply::LogSource { task: id, node })
         }
-        Operator::ListEvents { since, limit } => Ok(Reply::Events(cx.txn.events(since, limit))),
+        Operator::ListEvents {
+            since,
+            limit,
+            filter,
+        } => Ok(Reply::Events(cx.txn.events(since, limit, &filter))),
         Operator::CreateService(text) => create_service(cx, &text),
         Operator::ListServices => Ok(Reply::Services(
             cx.txn

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use flotilla_api::ops::{Event, TaskDefRevision, TaskDefStatus};
+use flotilla_api::ops::{Event, EventFilter, TaskDefRevision, TaskDefStatus};
 
 use super::records::{
     NodeRecord, Origin, Record, ScalingRecord, ScheduleRecord, ServiceRecord, TaskRecord,
@@ -478,12 +478,12 @@ impl<'s> Txn<'s> {
     }
 
     /// Events after `since`, oldest first, at most `limit`.
-    pub fn events(&self, since: u64, limit: usize) -> Vec<Event> {
+    pub fn events(&self, since: u64, limit: usize, filter: &EventFilter) -> Vec<Event> {
         self.base
             .events
             .iter()
             .chain(&self.w.events)
-            .filter(|e| e.seq > since)
+            .filter(|e| e.seq > since && filter.matches(e))
             .take(limit)
             .cloned()
             .collect()
@@ -577,9 +577,17 @@ mod tests {
             state.apply(w);
         }
         let txn = Txn::new(&state);
-        let all: Vec<u64> = txn.events(0, 100).iter().map(|e| e.seq).collect();
+        let all: Vec<u64> = txn
+            .events(0, 100, &EventFilter::default())
+            .iter()
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(all, [4, 5, 6, 7, 8]);
-        let page: Vec<String> = txn.events(5, 2).into_iter().map(|e| e.message).collect();
+        let page: Vec<String> = txn
+            .events(5, 2, &EventFilter::default())
+            .into_iter()
+            .map(|e| e.message)
+            .collect();
         assert_eq!(page, ["m5", "m6"]);
     }
 }

@@ -38,88 +38,25 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
 
 use flotilla_api::tasks::DesiredStatus;
 use flotilla_metrics::{family, gauge};
 use flotilla_runtime::container::cgroup::CgroupUsage;
 use flotilla_runtime::container::{NetworkMode, Status};
-use flotilla_runtime::image::{Phase, ProgressFn};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::meters::Meters;
 use crate::runner::Runner;
-
-/// Upper bounds (seconds) of the reconcile round buckets: a quiet round takes milliseconds, one
-/// that starts containers up to seconds.
-const ROUND_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
 
 /// Interfaces of one task's network namespace reported at most (`eth0` and a few a task made).
 const MAX_INTERFACES: usize = 16;
-
-/// What the agent measures of its own work as it goes (shared; cheap to update).
-#[derive(Debug)]
-pub struct Meters {
-    rounds: Histogram,
-    connected: AtomicBool,
-    pulls_ok: AtomicU64,
-    pulls_failed: AtomicU64,
-    pull_bytes: Arc<AtomicU64>,
-}
-
-impl Default for Meters {
-    fn default() -> Self {
-        Self {
-            rounds: Histogram::new(ROUND_BUCKETS),
-            connected: AtomicBool::new(false),
-            pulls_ok: AtomicU64::new(0),
-            pulls_failed: AtomicU64::new(0),
-            pull_bytes: Arc::new(AtomicU64::new(0)),
-        }
-    }
-}
-
-impl Meters {
-    /// A reconcile round took `took`.
-    pub fn round(&self, took: Duration) {
-        self.rounds.observe(took.as_secs_f64());
-    }
-
-    /// The session with the control plane came up (`true`) or went (`false`).
-    pub fn connected(&self, up: bool) {
-        self.connected.store(up, Ordering::Relaxed);
-    }
-
-    /// A pull for a task ended, `ok` or not.
-    pub fn pulled(&self, ok: bool) {
-        let n = if ok {
-            &self.pulls_ok
-        } else {
-            &self.pulls_failed
-        };
-        n.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// A pull's progress callback that counts the layer bytes it fetches: a layer's size once
-    /// it is downloaded (it then unpacks); layers the store held report `Cached` instead.
-    pub fn pull_progress(&self) -> ProgressFn {
-        let bytes = self.pull_bytes.clone();
-        Arc::new(move |e| {
-            if e.phase == Phase::Unpacking {
-                bytes.fetch_add(e.size, Ordering::Relaxed);
-            }
-        })
-    }
-}
 
 /// A container's labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -198,11 +135,11 @@ pub struct Snapshot {
 pub fn collect(runner: &Runner, data_dir: &Path) -> Snapshot {
     let desired = runner.desired();
     let tasks: BTreeMap<&str, _> = desired.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
-    let mut resources = crate::agent::node_resources(data_dir);
+    let mut resources = crate::host::node_resources(data_dir);
     // The machine's CPUs, as cAdvisor counts them (the agent may be held to fewer).
     if let Some(n) = std::fs::read_to_string("/proc/stat")
         .ok()
-        .map(|s| online_cpus(&s))
+        .map(|s| crate::host::online_cpus(&s))
         .filter(|&n| n > 0)
     {
         resources.cpus = n;
@@ -282,19 +219,6 @@ pub fn collect(runner: &Runner, data_dir: &Path) -> Snapshot {
         });
     }
     snapshot
-}
-
-/// CPUs with a line of their own (`cpuN`) in `/proc/stat`: those online.
-fn online_cpus(stat: &str) -> u32 {
-    let n = stat
-        .lines()
-        .filter(|l| {
-            l.strip_prefix("cpu")
-                .and_then(|r| r.split(char::is_whitespace).next())
-                .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .count();
-    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// An RFC 3339 time as Unix seconds.
@@ -538,6 +462,7 @@ impl Collector for MeterCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn snapshot() -> Snapshot {
         let labels = ContainerLabels {
@@ -637,28 +562,6 @@ mod tests {
     }
 
     #[test]
-    fn pulled_layers_count_once_downloaded() {
-        let meters = Meters::default();
-        let progress = meters.pull_progress();
-        let digest: flotilla_runtime::image::Digest = format!("sha256:{}", "a".repeat(64))
-            .parse()
-            .expect("digest");
-        for phase in [
-            Phase::Cached,
-            Phase::Downloading(10),
-            Phase::Unpacking,
-            Phase::Done,
-        ] {
-            progress(flotilla_runtime::image::ProgressEvent {
-                layer: digest.clone(),
-                size: 1000,
-                phase,
-            });
-        }
-        assert_eq!(meters.pull_bytes.load(Ordering::Relaxed), 1000);
-    }
-
-    #[test]
     fn net_dev_reads_each_interface_but_loopback() {
         let table = "Inter-|   Receive                                                |  Transmit\n \
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \
@@ -668,17 +571,5 @@ garbage\n\
  bad: 1 2 x\n";
         assert_eq!(net_dev(table), [("eth0".to_string(), 123456, 65432)]);
         assert!(net_dev("").is_empty());
-    }
-
-    #[test]
-    fn online_cpus_are_the_numbered_lines() {
-        let stat = "cpu  1 2 3 4 5 6 7 8
-cpu0 1 2 3 4
-cpu1 1 2 3 4
-cpuX 1
-intr 5
-";
-        assert_eq!(online_cpus(stat), 2);
-        assert_eq!(online_cpus(""), 0);
     }
 }

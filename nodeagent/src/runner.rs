@@ -156,7 +156,7 @@ pub struct Runner {
     /// Where the logs of removed tasks' containers are kept (`<data-dir>/task-logs`).
     task_logs: std::path::PathBuf,
     /// What the agent measures of its own work (its metrics).
-    meters: Arc<crate::metrics::Meters>,
+    meters: Arc<crate::meters::Meters>,
 }
 
 impl Runner {
@@ -428,7 +428,7 @@ impl Runner {
     }
 
     /// What the agent measures of its own work.
-    pub fn meters(&self) -> &crate::metrics::Meters {
+    pub fn meters(&self) -> &crate::meters::Meters {
         &self.meters
     }
 

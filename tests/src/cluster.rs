@@ -358,7 +358,14 @@ impl Agent {
     /// An agent over `node` with 5 s heartbeats, enrolled with `cp` with a fresh token and in
     /// session.
     pub fn in_session(cp: &ControlPlane, node: &crate::node::Node) -> Self {
-        let mut agent = Self::for_node(node).with_run_args(&["--heartbeat", "5"]);
+        Self::in_session_with(cp, node, &[])
+    }
+
+    /// [`Agent::in_session`], its `run` given `args` too.
+    pub fn in_session_with(cp: &ControlPlane, node: &crate::node::Node, args: &[&str]) -> Self {
+        let mut run_args = vec!["--heartbeat", "5"];
+        run_args.extend_from_slice(args);
+        let mut agent = Self::for_node(node).with_run_args(&run_args);
         assert!(agent
             .join(&cp.server(), &cp.token(&[]), &[])
             .status

@@ -326,18 +326,7 @@ fn prometheus_scrapes_a_node_agent_with_cadvisor_names() {
     let node = Node::new();
     let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let cp = ControlPlane::start(&[]);
-    let mut agent = Agent::for_node(&node).with_run_args(&[
-        "--heartbeat",
-        "5",
-        "--metrics-listen",
-        &metrics.to_string(),
-    ]);
-    assert!(agent
-        .join(&cp.server(), &cp.token(&[]), &[])
-        .status
-        .success());
-    agent.run();
-    agent.wait_log("session established", 1, Duration::from_secs(10));
+    let mut agent = Agent::in_session_with(&cp, &node, &["--metrics-listen", &metrics.to_string()]);
     for (name, def) in [("hold", HOLD), ("oom", OOM)] {
         let f = cp.scratch().join(format!("{name}.json"));
         std::fs::write(&f, def).expect("write");

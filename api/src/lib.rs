@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 pub mod config;
 pub mod discovery;
 pub mod errors;
+pub mod exec;
 pub mod ipam;
 pub mod logging;
 pub mod ops;
@@ -264,6 +265,9 @@ pub enum ServerPush {
     Logs(LogRequest),
     /// The cluster's discoverable services (answered with `Persisted { generation: version }`).
     Registry(discovery::Registry),
+    /// Run a command in a task's container; the stream then carries [`exec::ExecFrame`]s
+    /// both ways (see [`exec`]).
+    Exec(exec::ExecRequest),
 }
 
 /// Which logs of a task to read.

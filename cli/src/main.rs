@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 mod dev;
+mod exec;
 mod scaling;
 mod top;
 
@@ -138,6 +139,10 @@ enum ClusterCommand {
         #[arg(long)]
         subject: Option<String>,
     },
+    /// Run a command in a task's container, through the control plane and the node's own
+    /// session: `flotilla exec -it TASK -- sh`. Exits with the command's exit code (126 when
+    /// it could not run, 255 when the connection broke).
+    Exec(exec::ExecArgs),
     /// Print a task's container logs, read from its node over the node's session.
     Logs {
         /// Task id.
@@ -1355,6 +1360,7 @@ async fn run(cli: Cli) -> Result<()> {
             let filter = EventFilter { kind, subject };
             events(&api, since, limit, &filter, follow, output).await?
         }
+        ClusterCommand::Exec(args) => exec::run(&api, args).await?,
         ClusterCommand::Logs {
             task,
             container,
@@ -1474,6 +1480,13 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if closed_pipe(&*e) => ExitCode::from(EXIT_CLOSED_PIPE),
+        Err(e) if e.is::<exec::ExitWith>() => {
+            ExitCode::from(e.downcast_ref::<exec::ExitWith>().map_or(1, |x| x.0))
+        }
+        Err(e) if e.is::<exec::ExitWithMessage>() => {
+            errln!("error: {e}");
+            ExitCode::from(e.downcast_ref::<exec::ExitWithMessage>().map_or(1, |x| x.0))
+        }
         Err(e) => {
             errln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
             ExitCode::FAILURE

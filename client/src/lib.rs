@@ -12,6 +12,9 @@
 
 pub mod blocking;
 
+/// The connection of an exec after its upgrade ([`Client::exec`]).
+pub use reqwest::Upgraded;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -128,6 +131,14 @@ pub enum ClientError {
         /// How it failed to decode.
         #[source]
         source: serde_json::Error,
+    },
+    /// An exec's stream broke off or said something out of order.
+    #[error("exec in task {task}: {reason}")]
+    Exec {
+        /// Task id.
+        task: String,
+        /// What went wrong.
+        reason: String,
     },
     /// The node serving a task's logs failed after the stream began.
     #[error("logs of task {task}: {reason}")]
@@ -381,6 +392,78 @@ impl Client {
             server: self.server.clone(),
             ended: false,
         })
+    }
+
+    /// `POST /v1/tasks/{id}/exec`: runs `req.command` in one of the task's containers and
+    /// returns the connection, which now carries [`flotilla_api::exec::ExecFrame`]s both ways
+    /// (read with [`flotilla_api::exec::read`], written with [`flotilla_api::exec::write`]);
+    /// the first the node sent, `Started`, has been read. `req.task` and `req.admin` are
+    /// ignored (the admin is the credential's).
+    pub async fn exec(
+        &self,
+        task: &str,
+        req: &flotilla_api::exec::ExecRequest,
+    ) -> Result<ExecStream, ClientError> {
+        use flotilla_api::exec::{self as wire, ExecFrame};
+        let (tty, stdin) = (req.tty.to_string(), req.stdin.to_string());
+        let mut pairs: Vec<(&str, &str)> = req
+            .command
+            .iter()
+            .map(|a| ("command", a.as_str()))
+            .collect();
+        pairs.push(("tty", &tty));
+        pairs.push(("stdin", &stdin));
+        if let Some(c) = &req.container {
+            pairs.push(("container", c));
+        }
+        let size = req.size.map(|s| (s.rows.to_string(), s.cols.to_string()));
+        if let Some((rows, cols)) = &size {
+            pairs.push(("rows", rows));
+            pairs.push(("cols", cols));
+        }
+        let path = path(&["tasks", task, "exec"], &pairs)?;
+        let resp = self
+            .http
+            .post(self.url(&path))
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, wire::UPGRADE)
+            // The answer comes once the node started the command (an image's exec is quick;
+            // the node answers within 10 s or the control plane says it did not).
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|source| self.transport(Method::POST, &path, source))?;
+        if resp.status() != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            let status = resp.status().as_u16();
+            let bytes = resp
+                .bytes()
+                .await
+                .map_err(|source| self.transport(Method::POST, &path, source))?;
+            let error = serde_json::from_slice::<ApiError>(&bytes).unwrap_or_else(|_| ApiError {
+                error: String::from_utf8_lossy(&bytes).trim().to_string(),
+                problems: Vec::new(),
+            });
+            return Err(ClientError::Api {
+                method: Method::POST,
+                path,
+                status,
+                error,
+            });
+        }
+        let mut io = resp
+            .upgrade()
+            .await
+            .map_err(|source| self.transport(Method::POST, &path, source))?;
+        let broken = |reason: String| ClientError::Exec {
+            task: task.to_string(),
+            reason,
+        };
+        match wire::read(&mut io).await {
+            Ok(Some(ExecFrame::Started(container))) => Ok(ExecStream { io, container }),
+            Ok(Some(ExecFrame::Error(why))) => Err(broken(why)),
+            Ok(other) => Err(broken(format!("unexpected first frame {other:?}"))),
+            Err(e) => Err(broken(e.to_string())),
+        }
     }
 
     /// `POST /v1/services`: creates a service from a JSON or YAML document (the ECS
@@ -722,6 +805,15 @@ fn decode<T: DeserializeOwned>(
         path: path.to_string(),
         source,
     })
+}
+
+/// An exec's connection after the upgrade, from [`Client::exec`].
+#[derive(Debug)]
+pub struct ExecStream {
+    /// The connection: [`flotilla_api::exec::ExecFrame`]s both ways.
+    pub io: reqwest::Upgraded,
+    /// The container the command runs in (its name in the task definition).
+    pub container: String,
 }
 
 /// One record of a log stream: a line, or the last record when the node failed mid-way.

@@ -500,6 +500,16 @@ async fn session(
                         ));
                         continue;
                     }
+                    Ok(ServerPush::Exec(req)) => {
+                        tokio::spawn(crate::exec::serve(
+                            runner.store().clone(),
+                            runner.clone(),
+                            req,
+                            send,
+                            recv,
+                        ));
+                        continue;
+                    }
                     Ok(ServerPush::Registry(registry)) => {
                         let dns = runner.dns().clone();
                         match tokio::task::spawn_blocking(move || dns.set(registry)).await? {

@@ -354,7 +354,7 @@ pub async fn container(
             container,
             command,
         } => {
-            let mut cmd = store.exec_command(&container, &command, timeout)?;
+            let mut cmd = store.exec_command(&container, &command, timeout, None)?;
             let code = tokio::task::spawn_blocking(move || -> Result<i32> {
                 let status = cmd
                     .stdin(std::process::Stdio::inherit())

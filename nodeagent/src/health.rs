@@ -152,7 +152,7 @@ impl Checks {
             }
             let made = match &probe {
                 Some(p) => store.probe_command(id, p, timeout),
-                None => store.exec_command(id, &args, Some(timeout)),
+                None => store.exec_command(id, &args, Some(timeout), None),
             };
             let cmd = match made {
                 Ok(c) => c,

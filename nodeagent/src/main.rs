@@ -9,6 +9,7 @@ mod agent;
 mod ctr;
 mod ctr_container;
 mod dns;
+mod exec;
 mod health;
 mod host;
 mod kept_logs;

@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
+use flotilla_api::exec::{self as exec_wire, ExecFrame, ExecRequest};
 use flotilla_api::ops::{ApiError, TokenCreate};
 use flotilla_api::{read_frame, write_frame, LogFrame, LogRequest, ServerPush};
 use flotilla_certs::{identity_of, Role};
@@ -145,6 +146,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, plane:
             });
             if let Err(e) = http1(HEADER_TIMEOUT)
                 .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .with_upgrades()
                 .await
             {
                 tracing::debug!(%peer, "operator connection: {e}");
@@ -165,7 +167,11 @@ async fn handle(req: Request<Incoming>, plane: &Plane, admin: Option<String>) ->
     response
 }
 
-async fn answer(req: Request<Incoming>, plane: &Plane, admin: Option<String>) -> Response<Body> {
+async fn answer(
+    mut req: Request<Incoming>,
+    plane: &Plane,
+    admin: Option<String>,
+) -> Response<Body> {
     let Some(admin) = admin else {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -181,6 +187,13 @@ async fn answer(req: Request<Incoming>, plane: &Plane, admin: Option<String>) ->
         .get(hyper::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let upgrade_to = req
+        .headers()
+        .get(hyper::header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // Taken before the body is read; only an exec uses it.
+    let upgrade = hyper::upgrade::on(&mut req);
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
@@ -195,6 +208,12 @@ async fn answer(req: Request<Incoming>, plane: &Plane, admin: Option<String>) ->
     tracing::info!(%admin, %method, %path, "operator request");
     match request {
         Request_::Logs(req) => task_logs(req, plane).await,
+        Request_::Exec(mut req) => {
+            req.admin = admin;
+            exec(req, upgrade_to.as_deref(), upgrade, plane)
+                .await
+                .map(BodyExt::boxed)
+        }
         Request_::Metrics => match crate::scrape::scrape(plane, accept.as_deref()).await {
             Ok(answer) => flotilla_metrics::response(Ok(answer)),
             Err((status, why)) => error(status, why),
@@ -213,6 +232,8 @@ async fn answer(req: Request<Incoming>, plane: &Plane, admin: Option<String>) ->
 enum Request_ {
     Core(Operator),
     Logs(LogRequest),
+    /// `POST /v1/tasks/{id}/exec`: an upgrade to a command's streams.
+    Exec(ExecRequest),
     /// `GET /v1/metrics`: the metrics listener's scrape, over TLS.
     Metrics,
 }
@@ -386,6 +407,155 @@ async fn task_logs(req: LogRequest, plane: &Plane) -> Response<Body> {
         .unwrap_or_else(|_| boxed(error(StatusCode::INTERNAL_SERVER_ERROR, "response")))
 }
 
+/// `POST /v1/tasks/{id}/exec`: asks the task's node over its session to run the command and,
+/// once it has started, switches the connection to its [`ExecFrame`]s (see
+/// [`flotilla_api::exec`]), passed through both ways unchanged until either side ends.
+async fn exec(
+    req: ExecRequest,
+    upgrade_to: Option<&str>,
+    upgrade: hyper::upgrade::OnUpgrade,
+    plane: &Plane,
+) -> Reply {
+    if !upgrade_to.is_some_and(|u| u.eq_ignore_ascii_case(exec_wire::UPGRADE)) {
+        let mut r = error(
+            StatusCode::UPGRADE_REQUIRED,
+            format!(
+                "exec switches the connection to its streams: send `Connection: upgrade` and \
+                 `Upgrade: {}` (`flotilla exec` does)",
+                exec_wire::UPGRADE
+            ),
+        );
+        r.headers_mut().insert(
+            hyper::header::UPGRADE,
+            hyper::header::HeaderValue::from_static(exec_wire::UPGRADE),
+        );
+        return r;
+    }
+    let problems = req.problems();
+    if !problems.is_empty() {
+        return json(
+            StatusCode::BAD_REQUEST,
+            &ApiError {
+                error: format!("exec in task {}: invalid request", req.task),
+                problems,
+            },
+        );
+    }
+    let target = plane
+        .run(Command::Operator(Operator::Exec {
+            task: req.task.clone(),
+            container: req.container.clone(),
+            command: req.shown(),
+            admin: req.admin.clone(),
+        }))
+        .await;
+    let node = match target {
+        Ok(CoreReply::ExecTarget { node }) => node,
+        Ok(other) => return respond(other),
+        Err(e) => return refusal(&e),
+    };
+    let Some(conn) = plane.sessions.get(&node) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("node {node} is not connected; exec runs through its session"),
+        );
+    };
+    let opened = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+        write_frame(&mut send, &ServerPush::Exec(req))
+            .await
+            .map_err(|e| e.to_string())?;
+        let first = tokio::time::timeout(Duration::from_secs(10), exec_wire::read(&mut recv))
+            .await
+            .map_err(|_| "no answer within 10 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok::<_, String>((send, recv, first))
+    };
+    let (send, recv, first) = match opened.await {
+        Ok(x) => x,
+        Err(e) => return error(StatusCode::BAD_GATEWAY, format!("node {node}: {e}")),
+    };
+    let started = match first {
+        Some(f @ ExecFrame::Started(_)) => f,
+        Some(ExecFrame::Error(why)) => {
+            return error(StatusCode::CONFLICT, format!("node {node}: {why}"))
+        }
+        other => {
+            return error(
+                StatusCode::BAD_GATEWAY,
+                format!("node {node}: unexpected answer {other:?}"),
+            )
+        }
+    };
+    tokio::spawn(async move {
+        let upgraded = match upgrade.await {
+            Ok(u) => u,
+            Err(e) => return tracing::debug!(%node, "exec upgrade: {e}"),
+        };
+        let mut operator = hyper_util::rt::TokioIo::new(upgraded);
+        // The node's first frame, then everything as it comes, both ways.
+        if let Err(e) = exec_wire::write(&mut operator, &started).await {
+            return tracing::debug!(%node, "exec: {e}");
+        }
+        let mut node_side = tokio::io::join(recv, send);
+        if let Err(e) = tokio::io::copy_bidirectional(&mut operator, &mut node_side).await {
+            tracing::debug!(%node, "exec stream: {e}");
+        }
+    });
+    let mut r = Response::new(Full::new(Bytes::new()));
+    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    r.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("upgrade"),
+    );
+    r.headers_mut().insert(
+        hyper::header::UPGRADE,
+        hyper::header::HeaderValue::from_static(exec_wire::UPGRADE),
+    );
+    r
+}
+
+/// `POST /v1/tasks/{id}/exec`'s query: `command` (repeated, in order), `container`, `tty`,
+/// `stdin`, `rows` and `cols`.
+fn exec_request(task: &str, query: Option<&str>) -> Result<ExecRequest, (StatusCode, String)> {
+    let mut req = ExecRequest {
+        task: task.to_string(),
+        container: None,
+        command: Vec::new(),
+        tty: false,
+        stdin: false,
+        size: None,
+        admin: String::new(),
+    };
+    let usage = "command=ARG (repeated), container=NAME, tty=true|false, stdin=true|false, \
+                 rows=N and cols=N";
+    let (mut rows, mut cols) = (None, None);
+    for (k, v) in query_pairs(query, usage)? {
+        let (k, v) = (k.as_str(), v.as_str());
+        let bad = || bad_query(k, v, usage);
+        match k {
+            "command" => req.command.push(v.to_string()),
+            "container" if !v.is_empty() => req.container = Some(v.to_string()),
+            "tty" => req.tty = v.parse().map_err(|_| bad())?,
+            "stdin" => req.stdin = v.parse().map_err(|_| bad())?,
+            "rows" => rows = Some(v.parse::<u16>().map_err(|_| bad())?),
+            "cols" => cols = Some(v.parse::<u16>().map_err(|_| bad())?),
+            _ => return Err(bad()),
+        }
+    }
+    req.size = match (rows, cols) {
+        (Some(rows), Some(cols)) => Some(exec_wire::WindowSize { rows, cols }),
+        (None, None) => None,
+        _ => {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                "rows and cols go together".to_string(),
+            ))
+        }
+    };
+    Ok(req)
+}
+
 fn parse(
     method: &Method,
     path: &str,
@@ -414,6 +584,7 @@ fn parse(
             }
             Ok(Request_::Logs(req))
         }
+        (&Method::POST, ["v1", "tasks", id, "exec"]) => exec_request(id, query).map(Request_::Exec),
         (&Method::GET, ["v1", "metrics"]) => Ok(Request_::Metrics),
         _ => parse_operator(method, path, query, body).map(Request_::Core),
     }

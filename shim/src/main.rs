@@ -10,7 +10,9 @@
 //!
 //! ```text
 //! flotilla-shim --data-dir DIR --id ID                          supervise container ID
-//! flotilla-shim --data-dir DIR --id ID [--timeout MS] -- CMD…   run CMD inside it
+//! flotilla-shim --data-dir DIR --id ID [--timeout MS] [--console-socket PATH] -- CMD…
+//!                                                               run CMD inside it (on a
+//!                                                               terminal sent to PATH)
 //! flotilla-shim --data-dir DIR --id ID --timeout MS --probe P   probe tcp:PORT | http:PORT/PATH
 //! ```
 //!
@@ -40,6 +42,7 @@ struct Args {
     id: String,
     timeout: Option<Duration>,
     probe: Option<String>,
+    console: Option<PathBuf>,
     exec: Vec<String>,
 }
 
@@ -49,6 +52,7 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     let mut id = None;
     let mut timeout = None;
     let mut probe = None;
+    let mut console = None;
     let mut exec = Vec::new();
     fn text(flag: &str, v: Option<OsString>) -> Result<String, String> {
         v.ok_or_else(|| format!("{flag} needs a value"))?
@@ -71,6 +75,11 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
                 timeout = Some(Duration::from_millis(ms));
             }
             Some("--probe") => probe = Some(text("--probe", args.next())?),
+            Some("--console-socket") => {
+                console = Some(PathBuf::from(
+                    args.next().ok_or("--console-socket needs a value")?,
+                ))
+            }
             Some("--") => {
                 for a in args.by_ref() {
                     exec.push(
@@ -87,11 +96,15 @@ fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, String> {
     if probe.is_some() && !exec.is_empty() {
         return Err("--probe and a command are exclusive".into());
     }
+    if console.is_some() && exec.is_empty() {
+        return Err("--console-socket goes with a command".into());
+    }
     Ok(Args {
         data_dir,
         id,
         timeout,
         probe,
+        console,
         exec,
     })
 }
@@ -138,7 +151,13 @@ fn main() -> ExitCode {
     } else if args.exec.is_empty() {
         shim::main(&args.data_dir, &args.id)
     } else {
-        exec::main(&args.data_dir, &args.id, args.exec, args.timeout)
+        exec::main(
+            &args.data_dir,
+            &args.id,
+            args.exec,
+            args.timeout,
+            args.console.as_deref(),
+        )
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -818,7 +818,7 @@ impl SimAgent {
     }
 
     /// Answers one push of the control plane as the agent does: desired state and registry
-    /// taken (newer only) and acknowledged; logs refused (nothing runs here).
+    /// taken (newer only) and acknowledged; logs and execs refused (nothing runs here).
     async fn answer_push(&mut self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
         let reply = match read_frame::<_, ServerPush>(&mut recv).await {
             Ok(ServerPush::Desired(state)) => {
@@ -833,6 +833,14 @@ impl SimAgent {
                 PushReply::Persisted {
                     generation: version,
                 }
+            }
+            Ok(ServerPush::Exec(_)) => {
+                let refusal = flotilla_api::exec::ExecFrame::Error(
+                    "a simulated node (bench-fleet) runs no containers".into(),
+                );
+                let _ = flotilla_api::exec::write(&mut send, &refusal).await;
+                let _ = send.finish();
+                return;
             }
             Ok(ServerPush::Logs(_)) => {
                 let _ = write_frame(

@@ -421,7 +421,7 @@ pub fn busybox_image(arch: &str) -> ImageSpec {
         .file("bin/busybox", &busybox(), 0o755);
     for applet in [
         "sh", "echo", "cat", "ls", "true", "sleep", "httpd", "wget", "nc", "ip", "hostname",
-        "mkdir", "timeout", "nslookup",
+        "mkdir", "timeout", "nslookup", "false", "wc", "stty",
     ] {
         base.symlink(&format!("bin/{applet}"), "busybox");
     }

@@ -11,6 +11,7 @@ pub mod netns;
 pub mod node;
 pub mod openapi;
 pub mod registry;
+pub mod terminal;
 pub mod vm;
 
 use std::path::{Path, PathBuf};

@@ -70,14 +70,33 @@ impl Caller {
         path: &str,
         body: Option<&str>,
     ) -> (u16, Vec<u8>) {
+        self.call_with(method, template, path, body, &[])
+    }
+
+    /// [`Caller::call`] with these request headers. A 101 answer's connection is dropped
+    /// (its body is empty).
+    fn call_with(
+        &mut self,
+        method: &str,
+        template: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Vec<u8>) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(m, format!("{}{path}", self.base));
         if let Some(b) = body {
             req = req.body(b.to_string());
         }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
         let (status, bytes) = self.rt.block_on(async {
             let resp = req.send().await.expect("request");
             let status = resp.status().as_u16();
+            if status == 101 {
+                return (status, Vec::new());
+            }
             (status, resp.bytes().await.expect("body").to_vec())
         });
         if let Err(e) = self.doc.check(method, template, status, &bytes) {
@@ -310,6 +329,36 @@ fn every_documented_operation_answers_as_documented() {
     api.refused("GET", "/v1/tasks/{id}/logs", &nope, None, 404);
     let bogus = format!("{task_path}/logs?bogus=1");
     api.refused("GET", "/v1/tasks/{id}/logs", &bogus, None, 400);
+
+    // Exec: an upgrade, refused without one, with a bad query or a container the task lacks.
+    let exec = "/v1/tasks/{id}/exec";
+    let upgrade = [("connection", "upgrade"), ("upgrade", "flotilla-exec/1")];
+    let run_true = format!("{task_path}/exec?command=true");
+    let (status, _) = api.call_with("POST", exec, &run_true, None, &upgrade);
+    assert_eq!(status, 101);
+    let e = api.refused("POST", exec, &run_true, None, 426);
+    assert!(e.error.contains("Upgrade: flotilla-exec/1"), "{e:?}");
+    for bad in [
+        "",
+        "?command=a%00b",
+        "?command=true&rows=24",
+        "?command=true&tty=maybe",
+    ] {
+        let path = format!("{task_path}/exec{bad}");
+        let (status, body) = api.call_with("POST", exec, &path, None, &upgrade);
+        assert_eq!(status, 400, "{bad}: {}", String::from_utf8_lossy(&body));
+    }
+    let nope = format!("{task_path}/exec?command=true&container=nope");
+    let (status, body) = api.call_with("POST", exec, &nope, None, &upgrade);
+    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    let (status, _) = api.call_with(
+        "POST",
+        exec,
+        "/v1/tasks/t-nope/exec?command=true",
+        None,
+        &upgrade,
+    );
+    assert_eq!(status, 404);
 
     // Draining refuses placement; activating allows it again.
     let n: NodeInfo = api.ok(

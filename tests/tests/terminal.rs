@@ -6,7 +6,7 @@
 //! time and leaves no process, container, mount, cgroup, link, nft table or network namespace.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,7 @@ use flotilla_api::ops::TaskInfo;
 use flotilla_api::tasks::TaskState;
 use flotilla_tests::cluster::free_port;
 use flotilla_tests::node::Node;
+use flotilla_tests::terminal::Terminal;
 
 /// The line `flotilla dev` ends with when nothing is left.
 const ALL_GONE: &str = "stopped: nothing of the dev cluster is left running";
@@ -23,104 +24,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A terminal: a tmux server of its own (private socket) with one 200×50 pane running an
-/// interactive bash, as a person's terminal emulator runs their shell.
-struct Terminal {
-    socket: String,
-}
-
-impl Terminal {
-    fn open() -> Self {
-        let version = Command::new("tmux").arg("-V").output();
-        assert!(
-            matches!(&version, Ok(o) if o.status.success()),
-            "tmux is missing (scripts/install-deps.sh installs it): {version:?}"
-        );
-        let t = Self {
-            socket: format!(
-                "flotilla-test-{}-{}",
-                std::process::id(),
-                flotilla_tests::unique()
-            ),
-        };
-        t.tmux(&[
-            "new-session",
-            "-d",
-            "-s",
-            "dev",
-            "-x",
-            "200",
-            "-y",
-            "50",
-            "PS1='term$ ' exec bash --norc --noprofile -i",
-        ]);
-        t.wait_for("term$ ", Duration::from_secs(10));
-        t
-    }
-
-    fn tmux(&self, args: &[&str]) -> Output {
-        let o = Command::new("tmux")
-            // Also when the tests themselves run inside tmux.
-            .env_remove("TMUX")
-            .args(["-L", &self.socket])
-            .args(args)
-            .output()
-            .expect("tmux");
-        assert!(
-            o.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        o
-    }
-
-    /// Types a command line and Enter.
-    fn type_line(&self, line: &str) {
-        self.tmux(&["send-keys", "-t", "dev", "-l", line]);
-        self.tmux(&["send-keys", "-t", "dev", "Enter"]);
-    }
-
-    fn ctrl_c(&self) {
-        self.tmux(&["send-keys", "-t", "dev", "C-c"]);
-    }
-
-    /// The whole pane, history included, wrapped lines joined.
-    fn screen(&self) -> String {
-        let o = self.tmux(&["capture-pane", "-p", "-J", "-S", "-", "-t", "dev"]);
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    }
-
-    /// Waits until the pane shows `what`; returns the pane.
-    fn wait_for(&self, what: &str, timeout: Duration) -> String {
-        let start = Instant::now();
-        loop {
-            let s = self.screen();
-            if s.contains(what) {
-                return s;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "the terminal never showed {what:?} within {timeout:?}; it shows:\n{}",
-                s.trim_end()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// Closes the terminal: tmux closes the pty, the kernel hangs up the session.
-    fn close(&self) {
-        self.tmux(&["kill-session", "-t", "dev"]);
-    }
-}
-
-impl Drop for Terminal {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["-L", &self.socket, "kill-server"])
-            .output();
-    }
 }
 
 /// Pids of the processes that belong to a test's cluster: those naming its scratch directory

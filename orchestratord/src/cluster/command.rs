@@ -91,6 +91,18 @@ pub enum Operator {
     StopTask(String),
     /// The node a task's logs are read from (`GET /v1/tasks/{id}/logs`).
     LogSource(String),
+    /// The node `POST /v1/tasks/{id}/exec` runs a command on; the exec is recorded as a
+    /// `task.exec` event naming the admin, the container and the command.
+    Exec {
+        /// The task.
+        task: String,
+        /// The container asked for (the task's first when `None`).
+        container: Option<String>,
+        /// The command, as events show it.
+        command: String,
+        /// The admin asking, by the name in their client certificate.
+        admin: String,
+    },
     /// `GET /v1/events`.
     ListEvents {
         /// After this sequence number.
@@ -256,6 +268,11 @@ pub enum Reply {
     LogSource {
         /// The task.
         task: String,
+        /// Its node.
+        node: String,
+    },
+    /// The node an exec runs on.
+    ExecTarget {
         /// Its node.
         node: String,
     },

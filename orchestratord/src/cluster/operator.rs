@@ -254,6 +254,41 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
             }
             Ok(Reply::LogSource { task: id, node })
         }
+        Operator::Exec {
+            task,
+            container,
+            command,
+            admin,
+        } => {
+            let Some(t) = cx.txn.task(&task) else {
+                return Err(ClusterError::NotFound(format!("no task {task}")));
+            };
+            if t.info.state == TaskState::Stopped {
+                return Err(ClusterError::Conflict(format!(
+                    "task {task} has stopped: exec needs a running container"
+                )));
+            }
+            let Some(node) = t.info.node.clone() else {
+                return Err(ClusterError::Conflict(format!(
+                    "task {task} is not placed on a node yet"
+                )));
+            };
+            if !cx.live.connected(&node) {
+                return Err(ClusterError::Unavailable(format!(
+                    "node {node} is not connected; exec runs through its session"
+                )));
+            }
+            let place = container.map_or_else(
+                || "its first container".to_string(),
+                |c| format!("container {c}"),
+            );
+            cx.event(
+                "task.exec",
+                &task,
+                format!("admin {admin} runs {command} in {place} on node {node}"),
+            );
+            Ok(Reply::ExecTarget { node })
+        }
         Operator::ListEvents {
             since,
             limit,

@@ -2128,3 +2128,53 @@ fn a_nodes_cpu_is_its_busy_time_over_two_heartbeats_and_only_while_it_is_heard()
     h.disconnect(&n);
     assert_eq!(cpu(&mut h), None);
 }
+
+#[test]
+fn an_exec_goes_to_a_running_tasks_connected_node_and_is_an_event_naming_the_admin() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    h.register(&def("web", "web", 64));
+    let Reply::TasksCreated(t) = h.op(run("web", 1)).expect("run") else {
+        panic!()
+    };
+    let id = t[0].id.clone();
+    h.converge(&a);
+    let exec = |task: &str| Operator::Exec {
+        task: task.to_string(),
+        container: Some("main".into()),
+        command: "sh -c \"echo hi\"".into(),
+        admin: "alice".into(),
+    };
+    let Reply::ExecTarget { node } = h.op(exec(&id)).expect("exec") else {
+        panic!()
+    };
+    assert_eq!(node, a);
+    let events = h.events("task.exec");
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].subject, id);
+    assert_eq!(
+        events[0].message,
+        format!("admin alice runs sh -c \"echo hi\" in container main on node {a}")
+    );
+    assert!(matches!(
+        h.op(exec("t-nope")),
+        Err(ClusterError::NotFound(m)) if m.contains("t-nope")
+    ));
+    h.op(Operator::StopTask(id.clone())).expect("stop");
+    h.converge(&a);
+    let stopped = h.op(exec(&id));
+    assert!(
+        matches!(&stopped, Err(ClusterError::Conflict(m)) if m.contains("has stopped")),
+        "{stopped:?}"
+    );
+    let Reply::TasksCreated(t) = h.op(run("web", 1)).expect("run") else {
+        panic!()
+    };
+    h.converge(&a);
+    h.disconnect(&a);
+    assert!(matches!(
+        h.op(exec(&t[0].id)),
+        Err(ClusterError::Unavailable(m)) if m.contains("not connected")
+    ));
+    assert_eq!(h.events("task.exec").len(), 1, "a refused exec is no event");
+}

@@ -6,8 +6,12 @@
 //! which the spec does not name), then joins the container through libcontainer's tenant
 //! builder: its namespaces, cgroup, user, capabilities, no_new_privs, and the container's
 //! seccomp profile.
-//! The command gets the helper's stdio; the helper waits for it (killing it after the timeout)
-//! and exits with its code. The helper stays single-threaded, like the shim.
+//! The command gets the helper's stdio, or — with a console socket — a terminal: libcontainer
+//! opens a pseudoterminal in the container's own `devpts`, makes it the command's controlling
+//! terminal and sends its master to the socket (the OCI runtime spec's `consoleSocket`), where
+//! nodeagent takes it. The helper waits for the command (killing it after the timeout), passes
+//! it `SIGHUP` and `SIGINT`, kills it on `SIGTERM`, and exits with its code. It stays
+//! single-threaded, like the shim.
 
 use std::fs;
 use std::io::Write as _;
@@ -27,10 +31,17 @@ pub const CANNOT_RUN: i32 = 126;
 /// Exit code when the command ran past its timeout and was killed.
 pub const TIMED_OUT: i32 = 124;
 
-/// Runs `args` in container `id`; returns the command's exit code (128 + signal when killed),
-/// [`CANNOT_RUN`] or [`TIMED_OUT`].
-pub fn main(data_dir: &Path, id: &str, args: Vec<String>, timeout: Option<Duration>) -> i32 {
-    match run(data_dir, id, args, timeout) {
+/// Runs `args` in container `id` — on a terminal whose master goes to the listening Unix
+/// socket at `console`, when given; returns the command's exit code (128 + signal when
+/// killed), [`CANNOT_RUN`] or [`TIMED_OUT`].
+pub fn main(
+    data_dir: &Path,
+    id: &str,
+    args: Vec<String>,
+    timeout: Option<Duration>,
+    console: Option<&Path>,
+) -> i32 {
+    match run(data_dir, id, args, timeout, console) {
         Ok(code) => code,
         Err(e) => {
             let _ = writeln!(
@@ -38,6 +49,7 @@ pub fn main(data_dir: &Path, id: &str, args: Vec<String>, timeout: Option<Durati
                 "exec in {}: {e}",
                 container_name(data_dir, id)
             );
+            // As `docker exec`: 126 also for a command not found (`docker run` says 127).
             CANNOT_RUN
         }
     }
@@ -62,14 +74,14 @@ fn container_name(data_dir: &Path, id: &str) -> String {
 /// directory, or its command missing or not executable. Looked up inside the running
 /// container's root (`/proc/PID/root` of its init, symlinks resolved within it); `None` when
 /// that cannot tell.
-fn why_not(data_dir: &Path, id: &str, process: &oci_spec::runtime::Process) -> Option<String> {
+fn why_not(data_dir: &Path, id: &str, process: &oci_spec::runtime::Process) -> Option<NotRunnable> {
     use rustix::fs::{Mode, OFlags};
     let container =
         libcontainer::container::Container::load(data_dir.join("libcontainer").join(id)).ok()?;
     let pid = container.pid()?;
     let dirs = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let root = rustix::fs::open(format!("/proc/{pid}/root"), dirs, Mode::empty()).ok()?;
-    why_not_in(root.as_fd(), process).map(|n| n.message)
+    why_not_in(root.as_fd(), process)
 }
 
 /// Why a process cannot run in a container, with the exit code Docker gives for it.
@@ -166,6 +178,7 @@ fn run(
     id: &str,
     args: Vec<String>,
     timeout: Option<Duration>,
+    console: Option<&Path>,
 ) -> Result<i32, String> {
     if !super::is_id(id) {
         return Err(format!("invalid container id '{id}'"));
@@ -200,7 +213,7 @@ fn run(
     let spec_path = dir.join("config.json");
     let spec = oci_spec::runtime::Spec::load(&spec_path)
         .map_err(|e| format!("{}: {e}", spec_path.display()))?;
-    let process = exec_process(&spec, args)?;
+    let process = exec_process(&spec, args, console.is_some())?;
     let process_file = rustix::fs::memfd_create("flotilla-exec", rustix::fs::MemfdFlags::CLOEXEC)
         .map_err(|e| format!("memfd: {e}"))?;
     let json = serde_json::to_vec(&process).map_err(|e| e.to_string())?;
@@ -209,19 +222,28 @@ fn run(
     let pid = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(data_dir.join("libcontainer"))
         .map_err(|e| e.to_string())?
+        .with_console_socket(console)
         .with_executor(super::workload::Workload::new(filter, false))
         .as_tenant()
         .with_process(Some(process_path))
-        .with_detach(false)
+        // libcontainer takes a console socket only for a "detached" terminal; the helper
+        // waits for the command all the same.
+        .with_detach(console.is_some())
         .build()
         .map_err(|e| match why_not(data_dir, id, &process) {
-            Some(why) => why,
+            Some(why) => why.message,
             None => e.to_string(),
         })?;
     drop(process_file);
+    if let Some(console) = console {
+        forget_console_links(&data_dir.join("libcontainer").join(id), console);
+    }
     let pid = rustix::process::Pid::from_raw(pid.as_raw()).ok_or("invalid pid")?;
     // Our child: wait for it through a pidfd, so the timeout needs no signal handler.
     let pidfd = pidfd_open(pid, PidfdFlags::empty()).map_err(|e| format!("pidfd: {e}"))?;
+    // Signals for the command come through a signalfd. They are blocked only now, after the
+    // command was forked: a blocked mask would be inherited by it.
+    let signals = relayed_signals()?;
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
@@ -240,10 +262,14 @@ fn run(
             tv_sec: l.as_secs() as i64,
             tv_nsec: l.subsec_nanos() as i64,
         });
-        let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+        let mut fds = [
+            PollFd::new(&pidfd, PollFlags::IN),
+            PollFd::new(&signals, PollFlags::IN),
+        ];
         match poll(&mut fds, spec.as_ref()) {
             Ok(0) => continue,
-            Ok(_) => break,
+            Ok(_) if fds[0].revents().contains(PollFlags::IN) => break,
+            Ok(_) => relay(&signals, pid),
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(format!("waiting: {e}")),
         }
@@ -261,6 +287,52 @@ fn run(
     })
 }
 
+/// Removes the links to `console` libcontainer left in the container's state directory
+/// `dir` (`tenant-tty-*`, one per exec with a terminal).
+fn forget_console_links(dir: &Path, console: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let ours = e.file_name().to_string_lossy().starts_with("tenant-tty-")
+            && fs::read_link(e.path()).is_ok_and(|t| t == console);
+        if ours {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Blocks `SIGHUP`, `SIGINT` and `SIGTERM` in this (single-threaded) helper and returns a
+/// signalfd that reads them.
+fn relayed_signals() -> Result<nix::sys::signalfd::SignalFd, String> {
+    use nix::sys::signal::{SigSet, Signal as S};
+    let mut set = SigSet::empty();
+    for s in [S::SIGHUP, S::SIGINT, S::SIGTERM] {
+        set.add(s);
+    }
+    set.thread_block()
+        .map_err(|e| format!("blocking signals: {e}"))?;
+    nix::sys::signalfd::SignalFd::with_flags(
+        &set,
+        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+    )
+    .map_err(|e| format!("signalfd: {e}"))
+}
+
+/// Passes the signals `signals` holds on to the command `pid` (still our unreaped child, so
+/// the pid is its own): `SIGHUP` and `SIGINT` as they are, `SIGTERM` as `SIGKILL` — the
+/// agent's last word when the operator is gone and the command did not end on the hang-up.
+fn relay(signals: &nix::sys::signalfd::SignalFd, pid: rustix::process::Pid) {
+    while let Ok(Some(info)) = signals.read_signal() {
+        let signal = match Signal::from_named_raw(info.ssi_signo as i32) {
+            Some(Signal::HUP) => Signal::HUP,
+            Some(Signal::INT) => Signal::INT,
+            _ => Signal::KILL,
+        };
+        let _ = kill_process(pid, signal);
+    }
+}
+
 /// The process an exec runs, as `docker exec` makes it: the container's environment, user
 /// (and groups), working directory, capabilities, no_new_privs and resource limits (`rlimits`:
 /// its `ulimits` and open files). libcontainer's own exec runs as root in `/` with open files
@@ -268,15 +340,22 @@ fn run(
 fn exec_process(
     spec: &oci_spec::runtime::Spec,
     args: Vec<String>,
+    terminal: bool,
 ) -> Result<oci_spec::runtime::Process, String> {
     use oci_spec::runtime::ProcessBuilder;
     let own = spec
         .process()
         .as_ref()
         .ok_or("the container's spec has no process")?;
+    let mut env = own.env().clone().unwrap_or_default();
+    // As `docker exec -t`: a terminal's programs need its type.
+    if terminal && !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".to_string());
+    }
     let mut b = ProcessBuilder::default()
         .args(args)
-        .env(own.env().clone().unwrap_or_default())
+        .terminal(terminal)
+        .env(env)
         .user(own.user().clone())
         .cwd(own.cwd().clone())
         .rlimits(own.rlimits().clone().unwrap_or_default());
@@ -446,8 +525,12 @@ mod tests {
             .process(own.clone())
             .build()
             .expect("spec");
-        let p = exec_process(&spec, vec!["sh".into(), "-c".into(), "ulimit -n".into()])
-            .expect("exec process");
+        let p = exec_process(
+            &spec,
+            vec!["sh".into(), "-c".into(), "ulimit -n".into()],
+            false,
+        )
+        .expect("exec process");
         assert_eq!(
             p.args().as_deref(),
             Some(&["sh".to_string(), "-c".into(), "ulimit -n".into()][..])

@@ -12,6 +12,7 @@
 
 pub mod cgroup;
 pub mod config;
+pub mod console;
 pub mod devices;
 pub mod exec;
 pub mod isolate;
@@ -1448,12 +1449,15 @@ impl ContainerStore {
 
     /// The command that runs `args` inside running container `key` (see [`exec`]): the
     /// caller sets its stdio, spawns it and gets the command's exit code as the child's.
-    /// `timeout` bounds the command (it is killed after it).
+    /// `timeout` bounds the command (it is killed after it). With `console`, the command runs
+    /// on a terminal of its own whose master is sent (`SCM_RIGHTS`) to the Unix socket
+    /// listening at that path; the caller's stdio then carries only the helper's own errors.
     pub fn exec_command(
         &self,
         key: &str,
         args: &[String],
         timeout: Option<Duration>,
+        console: Option<&Path>,
     ) -> Result<Command, ContainerError> {
         let info = self.get(key)?;
         if info.status != Status::Running {
@@ -1475,6 +1479,9 @@ impl ContainerStore {
             .arg(&info.record.id);
         if let Some(t) = timeout {
             cmd.arg("--timeout").arg(t.as_millis().max(1).to_string());
+        }
+        if let Some(c) = console {
+            cmd.arg("--console-socket").arg(c);
         }
         cmd.arg("--").args(args);
         isolate::isolate_before_exec(&mut cmd, program, isolate::Network::Keep)

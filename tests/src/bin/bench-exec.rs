@@ -80,7 +80,9 @@ fn main() -> Result<()> {
         exec.len()
     );
     println!("  flotilla exec TASK -- true (through the control plane): p50 {e50:.1} ms  p99 {e99:.1} ms");
-    println!("  nodeagent ctr exec C true (on the node):               p50 {c50:.1} ms  p99 {c99:.1} ms");
+    println!(
+        "  nodeagent ctr exec C true (on the node):               p50 {c50:.1} ms  p99 {c99:.1} ms"
+    );
     println!("  ratio (p50): {:.2}x nodeagent ctr exec", e50 / c50);
     cp.flotilla_ok(&["task", "stop", &task]);
     drop(agent);

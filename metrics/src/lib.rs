@@ -1,12 +1,15 @@
 //! Prometheus exposition shared by the control plane (`orchestratord`) and the node agent
 //! (`nodeagent`): the two text formats, chosen by the scraper's `Accept` header, helpers to
 //! encode a family of samples computed at scrape time, and the plain-HTTP listener that serves
-//! `GET /metrics` (`metrics_listen` of both daemons).
+//! `GET /metrics` (`metrics_listen` of both daemons); `dashboard` checks the fleet's Grafana
+//! dashboard against what they emit.
 //!
 //! Encoding is `prometheus-client`'s; formats: OpenMetrics 1.0
 //! (<https://github.com/OpenObservability/OpenMetrics/blob/main/specification/OpenMetrics.md>)
 //! when asked for, else the Prometheus text format 0.0.4
 //! (<https://prometheus.io/docs/instrumenting/exposition_formats/>).
+
+pub mod dashboard;
 
 use std::future::Future;
 use std::time::Duration;

@@ -562,6 +562,21 @@ mod tests {
     }
 
     #[test]
+    fn the_fleet_dashboard_reads_only_what_the_agent_emits() {
+        use flotilla_metrics::dashboard::{unknown_names, Source, FLEET_DASHBOARD};
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(FLEET_DASHBOARD);
+        let dashboard = std::fs::read_to_string(&path).expect("the fleet dashboard");
+        for openmetrics in [false, true] {
+            let (_, text) = encode(snapshot(), &Meters::default(), openmetrics);
+            let checked = unknown_names(&dashboard, Source::Node, &text)
+                .unwrap_or_else(|problems| panic!("{}:\n{}", path.display(), problems.join("\n")));
+            assert!(checked >= 15, "only {checked} of the agent's queries found");
+        }
+    }
+
+    #[test]
     fn net_dev_reads_each_interface_but_loopback() {
         let table = "Inter-|   Receive                                                |  Transmit\n \
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    \

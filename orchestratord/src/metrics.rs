@@ -392,6 +392,31 @@ mod tests {
     }
 
     #[test]
+    fn the_fleet_dashboard_reads_only_what_the_control_plane_emits() {
+        use flotilla_metrics::dashboard::{unknown_names, Source, FLEET_DASHBOARD};
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(FLEET_DASHBOARD);
+        let dashboard = std::fs::read_to_string(&path).expect("the fleet dashboard");
+        let m = Metrics::default();
+        m.api_request(
+            &Method::GET,
+            "/v1/tasks",
+            StatusCode::OK,
+            Duration::from_millis(2),
+        );
+        for openmetrics in [false, true] {
+            let (_, text) = encode(snapshot(), &m, openmetrics);
+            let checked = unknown_names(&dashboard, Source::ControlPlane, &text)
+                .unwrap_or_else(|problems| panic!("{}:\n{}", path.display(), problems.join("\n")));
+            assert!(
+                checked >= 10,
+                "only {checked} of the control plane's queries found"
+            );
+        }
+    }
+
+    #[test]
     fn routes_are_templates_never_paths() {
         assert_eq!(route_of("/v1/tasks/t-1"), "/v1/tasks/{id}");
         assert_eq!(route_of("/v1/tasks/t-1/logs"), "/v1/tasks/{id}/logs");

@@ -4,7 +4,8 @@
 //! scrapes it — in plain HTTP at `/metrics` and over TLS at `/v1/metrics` with the admin
 //! credential, as the README's scrape configuration does — and answers PromQL queries with it.
 //! The same for a node agent's metrics (`nodeagent run --metrics-listen`): its containers'
-//! memory as the cgroup has it, and OOM kills as they happen.
+//! memory as the cgroup has it, and OOM kills as they happen. On both, every query of the
+//! fleet's Grafana dashboard (`grafana/flotilla-fleet.json`) runs on what Prometheus scraped.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -13,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_api::tasks::TaskState;
+use flotilla_metrics::dashboard::{queries, Source, FLEET_DASHBOARD};
 use flotilla_tests::cluster::{free_port, Agent, ControlPlane};
 use flotilla_tests::node::Node;
 use flotilla_tests::wait;
@@ -100,15 +102,7 @@ impl Prometheus {
 
     /// The value of the instant query `q` (its first sample), if it has one.
     fn query(&self, q: &str) -> Option<f64> {
-        let mut encoded = String::new();
-        for b in q.bytes() {
-            if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
-                encoded.push(b as char);
-            } else {
-                encoded.push_str(&format!("%{b:02X}"));
-            }
-        }
-        let path = format!("/api/v1/query?query={encoded}");
+        let path = format!("/api/v1/query?query={}", encode(q));
         let (status, _, body) = try_get(self.web, &path, "application/json").ok()?;
         if status != 200 {
             return None;
@@ -119,9 +113,77 @@ impl Prometheus {
             .and_then(|s| s.parse().ok())
     }
 
+    /// How many series the instant query `q` answers, or Prometheus' refusal.
+    fn series(&self, q: &str) -> Result<usize, String> {
+        let path = format!("/api/v1/query?query={}", encode(q));
+        let (status, _, body) =
+            try_get(self.web, &path, "application/json").map_err(|e| format!("GET {path}: {e}"))?;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        if status != 200 || v["status"] != "success" {
+            return Err(format!("{status}: {body}"));
+        }
+        Ok(v["data"]["result"].as_array().map_or(0, Vec::len))
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Every query of the fleet dashboard that `source`'s exporter answers runs on this
+    /// Prometheus, Grafana's variables given values (every node and service chosen, a 1-minute
+    /// rate interval); the panels and variables named in `with_data` answer series (within
+    /// 20 s: a rate needs two scrapes).
+    fn runs_the_dashboard(&self, source: Source, with_data: &[&str]) {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(FLEET_DASHBOARD);
+        let text = std::fs::read_to_string(&path).expect("the fleet dashboard");
+        let doc: serde_json::Value = serde_json::from_str(&text).expect("dashboard json");
+        let all = queries(&doc).unwrap_or_else(|p| panic!("{}", p.join("\n")));
+        let ours: Vec<_> = all.iter().filter(|q| q.source == Some(source)).collect();
+        assert!(ours.len() >= 10, "{} queries of {source:?}", ours.len());
+        for want in with_data {
+            assert!(
+                ours.iter().any(|q| q.place.contains(want)),
+                "no panel or variable {want}"
+            );
+        }
+        let until = Instant::now() + Duration::from_secs(20);
+        for q in ours {
+            let expr = q
+                .expr
+                .replace("$__rate_interval", "1m")
+                .replace("$node", ".*")
+                .replace("$service", ".*");
+            loop {
+                let n = self
+                    .series(&expr)
+                    .unwrap_or_else(|e| panic!("{}: {expr}: {e}", q.place));
+                if n > 0 || !with_data.iter().any(|w| q.place.contains(w)) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "{}: {expr} answers no series",
+                    q.place
+                );
+                std::thread::sleep(Duration::from_millis(250));
+            }
+        }
+    }
+}
+
+/// `q` percent-encoded for a URL's query string.
+fn encode(q: &str) -> String {
+    let mut encoded = String::new();
+    for b in q.bytes() {
+        if b.is_ascii_alphanumeric() || b"_-.".contains(&b) {
+            encoded.push(b as char);
+        } else {
+            encoded.push_str(&format!("%{b:02X}"));
+        }
+    }
+    encoded
 }
 
 impl Drop for Prometheus {
@@ -248,6 +310,17 @@ scrape_configs:
     assert_eq!(running, Some(1.0));
     let placed = prometheus.query(r#"flotilla_placements_total{origin="task_run",job="flotilla"}"#);
     assert!(placed.is_some_and(|p| p >= 1.0), "{placed:?}");
+    // The fleet dashboard's control-plane panels run on what it scraped.
+    prometheus.runs_the_dashboard(
+        Source::ControlPlane,
+        &[
+            "\"Nodes by state\"",
+            "\"Tasks by state\"",
+            "\"Placements by origin\"",
+            "\"API requests by route and code\"",
+            "\"Store commits and failures\"",
+        ],
+    );
     drop(prometheus);
 
     agent.kill();
@@ -464,6 +537,21 @@ scrape_configs:
     );
     let killed = prometheus.query(&format!(r#"container_oom_events_total{{task="{oom}"}}"#));
     assert!(killed.is_some_and(|k| k >= 1.0), "{killed:?}");
+    // The fleet dashboard's node panels run on what it scraped, and show the tasks.
+    prometheus.runs_the_dashboard(
+        Source::Node,
+        &[
+            "variable node",
+            "\"Node CPU used by tasks\"",
+            "\"Node memory in use\"",
+            "\"CPU per container\"",
+            "\"Memory working set per container\"",
+            "\"Working set of the memory limit\"",
+            "\"OOM kills\"",
+            "\"Network received",
+            "\"Desired tasks per node\"",
+        ],
+    );
     drop(prometheus);
 
     agent.kill();

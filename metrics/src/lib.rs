@@ -9,6 +9,8 @@
 //! when asked for, else the Prometheus text format 0.0.4
 //! (<https://prometheus.io/docs/instrumenting/exposition_formats/>).
 
+#![forbid(unsafe_code)]
+
 pub mod dashboard;
 
 use std::future::Future;

@@ -616,7 +616,6 @@ fn check_clock(server_time: u64) {
     }
 }
 
-/// The node's capacity and load, from /proc and the data directory's filesystem.
 /// A scrape of `GET /metrics`: the node measured now (off the async workers) and the agent's
 /// meters, in the format `accept` asks for.
 async fn scrape(

@@ -28,6 +28,7 @@
 //! | `machine_memory_bytes` | gauge | | `MemTotal` |
 //! | `flotilla_node_memory_available_bytes` | gauge | | `MemAvailable` |
 //! | `flotilla_node_load1` | gauge | | 1-minute load average |
+//! | `flotilla_node_cpu_busy_seconds_total` | counter | | CPU time the node's CPUs spent busy since boot: `/proc/stat`'s `cpu` line's user, nice, system, irq and softirq (proc(5)); its rate over `machine_cpu_cores` is the node's CPU use |
 //! | `flotilla_node_disk_bytes`, `flotilla_node_disk_available_bytes` | gauge | | the data directory's filesystem |
 //! | `flotilla_agent_session_connected` | gauge | | 1 while the session with the control plane is up |
 //! | `flotilla_agent_desired_tasks` | gauge | `desired` | tasks of the node's desired state (`RUNNING`, `STOPPED`) |
@@ -403,6 +404,15 @@ impl Collector for SnapshotCollector {
             MetricType::Gauge,
             [(none(), ConstGauge::new(r.load1_milli as f64 / 1000.0))],
         )?;
+        if let Some(busy) = r.cpu_busy_usec {
+            family(
+                &mut encoder,
+                "flotilla_node_cpu_busy_seconds",
+                "CPU time the node's CPUs spent busy since boot (user, nice, system, irq, softirq)",
+                MetricType::Counter,
+                [(none(), ConstCounter::new(busy as f64 / 1e6))],
+            )?;
+        }
         family(
             &mut encoder,
             "flotilla_agent_desired_tasks",
@@ -507,7 +517,7 @@ mod tests {
                 disk_bytes: 10,
                 disk_available_bytes: 5,
                 load1_milli: 1500,
-                cpu_busy_usec: None,
+                cpu_busy_usec: Some(2_500_000),
             },
             desired: (2, 1),
             dns: (7, 3),
@@ -544,6 +554,7 @@ mod tests {
                 "machine_memory_bytes 1073741824".into(),
                 "flotilla_node_memory_available_bytes 536870912".into(),
                 "flotilla_node_load1 1.5".into(),
+                "flotilla_node_cpu_busy_seconds_total 2.5".into(),
                 "flotilla_node_disk_available_bytes 5".into(),
                 "flotilla_agent_desired_tasks{desired=\"RUNNING\"} 2".into(),
                 "flotilla_agent_dns_queries_total{answered=\"forwarded\"} 3".into(),

@@ -542,7 +542,7 @@ scrape_configs:
         Source::Node,
         &[
             "variable node",
-            "\"Node CPU used by tasks\"",
+            "\"Node CPU use\"",
             "\"Node memory in use\"",
             "\"CPU per container\"",
             "\"Memory working set per container\"",

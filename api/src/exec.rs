@@ -25,8 +25,10 @@ pub const MAX_CHUNK: usize = 64 * 1024;
 /// Most arguments a command may have.
 pub const MAX_ARGS: usize = 256;
 
-/// Most bytes the arguments of a command may have together.
-pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+/// Most bytes the arguments of a command may take in a URL's query, percent-encoded (RFC 3986,
+/// 2.1: a byte other than an unreserved character takes three): HTTP servers refuse longer
+/// request lines (414).
+pub const MAX_COMMAND_BYTES: usize = 48 * 1024;
 
 /// Exit code of `flotilla exec` when the command could not be run at all (as `docker exec`).
 pub const CANNOT_RUN: i32 = 126;
@@ -81,14 +83,44 @@ impl ExecRequest {
                 self.command.len()
             ));
         }
-        let bytes: usize = self.command.iter().map(String::len).sum();
-        if bytes > MAX_COMMAND_BYTES {
+        let encoded: usize = self
+            .command
+            .iter()
+            .map(|a| {
+                "&command=".len()
+                    + a.bytes()
+                        .map(|b| {
+                            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                                1
+                            } else {
+                                3
+                            }
+                        })
+                        .sum::<usize>()
+            })
+            .sum();
+        if encoded > MAX_COMMAND_BYTES {
             out.push(format!(
-                "command: {bytes} bytes; at most {MAX_COMMAND_BYTES}"
+                "command: {encoded} bytes once encoded in the request; at most \
+                 {MAX_COMMAND_BYTES}"
             ));
         }
         if let Some(i) = self.command.iter().position(|a| a.contains('\0')) {
             out.push(format!("command: argument {i} contains a NUL byte"));
+        }
+        if let Some(c) = &self.container {
+            // ECS's rule for a container's name (RegisterTaskDefinition, ContainerDefinition
+            // `name`): what events and logs show of it is then always plain.
+            let valid = !c.is_empty()
+                && c.len() <= 255
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !valid {
+                out.push(format!(
+                    "container: {c:?} is not a container name (1-255 letters, digits, '-' and \
+                     '_')"
+                ));
+            }
         }
         if let Some(s) = self.size {
             if s.rows == 0 || s.cols == 0 {
@@ -158,6 +190,20 @@ const EXIT: u8 = 19;
 const ERROR: u8 = 20;
 
 impl ExecFrame {
+    /// The frame's kind as logs name it (`stdout`, `resize` …), without its payload.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Self::Stdin(_) => "stdin",
+            Self::StdinEnd => "stdin-end",
+            Self::Resize(_) => "resize",
+            Self::Started(_) => "started",
+            Self::Stdout(_) => "stdout",
+            Self::Stderr(_) => "stderr",
+            Self::Exit(_) => "exit",
+            Self::Error(_) => "error",
+        }
+    }
+
     /// The frame's bytes: kind, length, payload. A payload over [`MAX_CHUNK`] is refused.
     pub fn encode(&self) -> Result<Vec<u8>, FrameError> {
         use std::borrow::Cow;
@@ -308,6 +354,19 @@ mod tests {
         assert!(req(&["a\0b"]).problems()[0].contains("NUL"));
         let many: Vec<&str> = vec!["x"; MAX_ARGS + 1];
         assert!(req(&many).problems()[0].contains("arguments"));
+        // Counted as sent: "é" is 6 bytes in a query, a space 3.
+        let wide = "é".repeat(MAX_COMMAND_BYTES / 6);
+        assert!(req(&[&wide]).problems()[0].contains("once encoded"));
+        assert!(req(&[&"e".repeat(MAX_COMMAND_BYTES / 2)])
+            .problems()
+            .is_empty());
+        let mut named = req(&["sh"]);
+        named.container = Some("web_1-a".into());
+        assert!(named.problems().is_empty());
+        for bad in ["", "x\n\u{1b}[31mRED", "a b", &"c".repeat(256)] {
+            named.container = Some(bad.to_string());
+            assert!(named.problems()[0].starts_with("container:"), "{bad:?}");
+        }
         let mut zero = req(&["sh"]);
         zero.size = Some(WindowSize { rows: 0, cols: 80 });
         assert!(zero.problems()[0].starts_with("size"));

@@ -2,11 +2,12 @@
 //! through the control plane and the node's own session, as `docker exec` and `kubectl exec`
 //! run one.
 //!
-//! With `-t` the local terminal is put in raw mode for the command's own terminal: every key,
-//! Ctrl-C included, goes to the command (its terminal makes the signal), and a window resize
-//! is passed on. The local terminal is restored however `flotilla exec` ends. A hang-up
-//! (the terminal closed), `SIGTERM`, or — without `-t` — Ctrl-C ends `flotilla exec` with
-//! 128 + the signal, and the node hangs the command up.
+//! With `-it` the local terminal is put in raw mode for the command's own terminal: every key,
+//! Ctrl-C and Ctrl-Z included, goes to the command (its terminal makes the signal), and a
+//! window resize is passed on. The local terminal is restored however `flotilla exec` ends,
+//! and while a `SIGTSTP` from elsewhere stops it. A hang-up (the terminal closed), `SIGTERM`,
+//! or — without `-it` — Ctrl-C ends `flotilla exec` with 128 + the signal, and the node hangs
+//! the command up.
 
 use std::io::{Read as _, Write as _};
 use std::os::fd::AsFd;
@@ -32,7 +33,8 @@ pub struct ExecArgs {
     /// Pass this terminal's standard input to the command.
     #[arg(long, short = 'i')]
     interactive: bool,
-    /// Run the command on a terminal (for a shell: `-it`).
+    /// Run the command on a terminal (for a shell: `-it`, which also puts this terminal in raw
+    /// mode: every key goes to the command).
     #[arg(long, short = 't')]
     tty: bool,
     /// The command and its arguments (after `--`; no shell is added).
@@ -96,8 +98,10 @@ fn window_size() -> Option<WindowSize> {
 
 /// Runs `flotilla exec`; `Err(ExitWith(code))` carries the command's exit code.
 pub async fn run(api: &Client, args: ExecArgs) -> Result<()> {
-    if args.tty && !rustix::termios::isatty(std::io::stdin()) {
-        bail!("-t needs a terminal on standard input (leave -t out to pipe input with -i)");
+    // As `docker exec`: this terminal goes raw only when it is the command's input too.
+    let raw_mode = args.tty && args.interactive;
+    if raw_mode && !rustix::termios::isatty(std::io::stdin()) {
+        bail!("-it needs a terminal on standard input (leave -t out to pipe input with -i)");
     }
     let req = ExecRequest {
         task: args.task.clone(),
@@ -113,12 +117,12 @@ pub async fn run(api: &Client, args: ExecArgs) -> Result<()> {
         bail!("{}", problems.join("\n"));
     }
     let stream = api.exec(&args.task, &req).await?;
-    let raw = if args.tty {
+    let mut raw = if raw_mode {
         Some(RawMode::enter()?)
     } else {
         None
     };
-    let code = relay(stream.io, &args.task, args.interactive, args.tty).await;
+    let code = relay(stream.io, &args.task, args.interactive, args.tty, &mut raw).await;
     drop(raw);
     match code {
         Ok(0) => Ok(()),
@@ -133,6 +137,7 @@ async fn relay(
     task: &str,
     interactive: bool,
     tty: bool,
+    raw: &mut Option<RawMode>,
 ) -> Result<u8> {
     let (mut rd, mut wr) = tokio::io::split(io);
     let (frames_tx, mut frames) = mpsc::channel(16);
@@ -172,6 +177,9 @@ async fn relay(
     let mut term = signal(SignalKind::terminate())?;
     // In raw mode Ctrl-C is a key for the command; a SIGINT from elsewhere still ends us.
     let mut interrupt = signal(SignalKind::interrupt())?;
+    // In raw mode Ctrl-Z is the command's too; a SIGTSTP from elsewhere (`kill -TSTP`) stops
+    // us, with this terminal as it was, until the shell continues us.
+    let mut stop = signal(SignalKind::from_raw(rustix::process::Signal::TSTP.as_raw()))?;
     let lost = |why: String| -> anyhow::Error {
         ExitWithMessage(LOST, format!("exec in task {task}: {why}")).into()
     };
@@ -183,6 +191,10 @@ async fn relay(
                     out.write_all(&bytes).and_then(|()| out.flush()).context("standard output")?;
                 }
                 Some(Ok(Some(ExecFrame::Stderr(bytes)))) => {
+                    // With a terminal, what comes on stderr is the node's own word (the
+                    // command's output is all on its terminal); a raw terminal needs its
+                    // carriage returns.
+                    let bytes = if raw.is_some() { with_returns(&bytes) } else { bytes };
                     let mut err = std::io::stderr().lock();
                     let _ = err.write_all(&bytes).and_then(|()| err.flush());
                 }
@@ -198,9 +210,18 @@ async fn relay(
                 }
                 Some(Ok(Some(other))) => return Err(lost(format!("unexpected frame {other:?}"))),
                 Some(Ok(None)) | None => {
-                    return Err(lost("the connection ended before the command's exit code came".into()))
+                    return Err(lost(
+                        "the connection ended before the command's exit code came (the node or \
+                         the control plane went away)"
+                            .into(),
+                    ))
                 }
-                Some(Err(e)) => return Err(lost(format!("the connection broke: {e}"))),
+                Some(Err(e)) => {
+                    return Err(lost(format!(
+                        "the connection broke before the command's exit code came (the node or \
+                         the control plane went away): {e}"
+                    )))
+                }
             },
             chunk = input.recv(), if input_open => {
                 let frame = match chunk {
@@ -221,11 +242,38 @@ async fn relay(
                     }
                 }
             }
+            _ = stop.recv() => {
+                let was_raw = raw.take().is_some();
+                if let Some(me) = rustix::process::Pid::from_raw(std::process::id() as i32) {
+                    let _ = rustix::process::kill_process(me, rustix::process::Signal::STOP);
+                }
+                // Continued.
+                if was_raw {
+                    *raw = Some(RawMode::enter()?);
+                }
+                if let (true, Some(size)) = (tty, window_size()) {
+                    if let Err(e) = wire::write(&mut wr, &ExecFrame::Resize(size)).await {
+                        return Err(lost(format!("the connection broke: {e}")));
+                    }
+                }
+            }
             _ = hangup.recv() => return Ok(128 + 1),
             _ = interrupt.recv() => return Ok(128 + 2),
             _ = term.recv() => return Ok(128 + 15),
         }
     }
+}
+
+/// `bytes` with a carriage return before each line feed that has none.
+fn with_returns(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len() + 8);
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\n' && (i == 0 || bytes[i - 1] != b'\r') {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+    out
 }
 
 /// An end with an exit code and a message for standard error.
@@ -239,3 +287,12 @@ impl std::fmt::Display for ExitWithMessage {
 }
 
 impl std::error::Error for ExitWithMessage {}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_raw_terminal_gets_carriage_returns_once() {
+        assert_eq!(super::with_returns(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");
+        assert_eq!(super::with_returns(b"\n"), b"\r\n");
+    }
+}

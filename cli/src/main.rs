@@ -739,9 +739,9 @@ async fn events(
                     "{:>6}  {:<20}  {:<28} {:<16} {}",
                     e.seq,
                     when(e.time),
-                    e.kind,
-                    e.subject,
-                    e.message
+                    printable(&e.kind),
+                    printable(&e.subject),
+                    printable(&e.message)
                 );
             } else {
                 print_record(output, e)?;
@@ -1096,13 +1096,31 @@ const CELL_CHARS: usize = 80;
 
 /// `text` on one line and at most [`CELL_CHARS`] characters, cut with `…`.
 fn cell(text: &str) -> String {
-    let one_line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    let one_line = printable(&text.split_whitespace().collect::<Vec<_>>().join(" "));
     if one_line.chars().count() <= CELL_CHARS {
         return one_line;
     }
     let mut cut: String = one_line.chars().take(CELL_CHARS - 1).collect();
     cut.push('…');
     cut
+}
+
+/// `text` safe for a terminal: control characters (an escape sequence, a carriage return, a
+/// newline) shown escaped (`\u{1b}`, `\r`, `\n`), so text from elsewhere can neither
+/// restyle the terminal nor fake a line of the listing.
+fn printable(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// How long ago `then` was, as `kubectl` prints ages: `42s`, `3m12s` (under 10 minutes), `27m`,
@@ -1510,6 +1528,13 @@ mod tests {
             super::cell(&"x".repeat(super::CELL_CHARS)),
             "x".repeat(super::CELL_CHARS)
         );
+    }
+
+    #[test]
+    fn text_from_elsewhere_cannot_restyle_the_terminal_or_fake_a_line() {
+        assert_eq!(super::printable("plain é"), "plain é");
+        assert_eq!(super::printable("x\n\u{1b}[31mRED"), "x\\n\\u{1b}[31mRED");
+        assert_eq!(super::cell("a\u{1b}[2Jb"), "a\\u{1b}[2Jb");
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use flotilla_api::exec::{self as wire, ExecFrame, ExecRequest, WindowSize, MAX_CHUNK};
 use flotilla_runtime::container::console::{self, ConsoleSocket, Terminal};
+use flotilla_runtime::container::exec::HANGUP_GRACE;
 use flotilla_runtime::container::{ContainerStore, Status};
 use rustix::process::Signal;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -27,8 +28,6 @@ use crate::runner::Runner;
 pub const MAX_RUNNING: usize = 32;
 /// How long the command may take to get its terminal.
 const CONSOLE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a command has to end on the hang-up once its operator went away.
-const HANGUP_GRACE: Duration = Duration::from_secs(5);
 /// How long output still in pipes or the terminal is collected after the command exited
 /// (a background process it left may hold them open).
 const DRAIN: Duration = Duration::from_secs(1);
@@ -122,6 +121,8 @@ fn target(store: &ContainerStore, runner: &Runner, req: &ExecRequest) -> Result<
 #[derive(Debug)]
 enum Control {
     Resize(WindowSize),
+    /// It sent what only a node sends: the exec ends with this error.
+    Refused(String),
     /// The stream ended or failed: the operator went away.
     Gone,
 }
@@ -162,12 +163,41 @@ async fn run(
     .stdout(if req.tty { null() } else { piped() })
     .stderr(piped());
     let mut child = tokio::process::Command::from(cmd)
+        // A last resort (the agent ending): the helper also hangs its command up when the
+        // agent is gone.
+        .kill_on_drop(true)
         .spawn()
         .context("starting the exec helper")?;
     tracing::info!(
         task = %req.task, container = %name, admin = %req.admin, tty = req.tty,
         command = %req.shown(), "exec"
     );
+    let outcome = drive(&mut child, name, console.as_ref(), req, send, recv).await;
+    if outcome.is_err() {
+        // Whatever failed, the command does not outlive its exec: the helper kills it on
+        // SIGTERM (also one that came while it was still making it) and exits.
+        signal(&mut child, Signal::TERM);
+        if tokio::time::timeout(HANGUP_GRACE, child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+    outcome
+}
+
+/// Carries an exec whose helper runs as `child`: `Started`, then input, output and the
+/// operator's hang-up until the helper exits; its exit code.
+async fn drive(
+    child: &mut tokio::process::Child,
+    name: String,
+    console: Option<&ConsoleSocket>,
+    req: &ExecRequest,
+    send: &mut quinn::SendStream,
+    recv: quinn::RecvStream,
+) -> Result<i32> {
     wire::write(send, &ExecFrame::Started(name)).await?;
 
     let (out_tx, mut out_rx) = mpsc::channel::<ExecFrame>(16);
@@ -188,7 +218,7 @@ async fn run(
     }
 
     // The terminal, once the command's init sends its master.
-    let listener = match &console {
+    let listener = match console {
         Some(c) => Some(tokio::net::UnixListener::from_std(
             c.listener().try_clone()?,
         )?),
@@ -212,7 +242,7 @@ async fn run(
                     let lost = !gone && wire::write(send, &f).await.is_err();
                     if lost {
                         gone = true;
-                        kill_at = hang_up(&mut child);
+                        kill_at = hang_up(child);
                     }
                 }
                 // Every output has ended.
@@ -228,6 +258,13 @@ async fn run(
                 if gone {
                     break;
                 }
+                // A command that ended at once may have done so before its terminal was
+                // taken: its init connected before running it, so the master is waiting.
+                if let (Some(l), None) = (&listener, &master) {
+                    if let Ok(Ok((conn, _))) = tokio::time::timeout(DRAIN, l.accept()).await {
+                        master = Some(terminal(&conn, size, &out_tx, &mut stdin_rx).await?);
+                    }
+                }
                 // Only the readers hold senders now: the channel closes when they end.
                 out_tx = None;
                 drained_by = Some(Instant::now() + DRAIN);
@@ -240,18 +277,7 @@ async fn run(
             }, if awaiting_console =>
             {
                 let (conn, _) = conn.context("the terminal's socket")?;
-                let fd = receive(&conn).await.context("receiving the command's terminal")?;
-                let fd = Arc::new(Terminal::new(fd).context("the command's terminal")?);
-                if let Some(s) = size {
-                    let _ = fd.resize(s.rows, s.cols);
-                }
-                if let Some(tx) = &out_tx {
-                    tokio::spawn(pump_terminal(fd.clone(), tx.clone()));
-                }
-                if let Some(rx) = stdin_rx.take() {
-                    tokio::spawn(feed_terminal(rx, fd.clone()));
-                }
-                master = Some(fd);
+                master = Some(terminal(&conn, size, &out_tx, &mut stdin_rx).await?);
             }
             () = tokio::time::sleep_until(console_by), if awaiting_console => {
                 let _ = child.start_kill();
@@ -264,19 +290,20 @@ async fn run(
                         let _ = m.resize(s.rows, s.cols);
                     }
                 }
+                Some(Control::Refused(why)) => bail!("{why}"),
                 Some(Control::Gone) | None => {
                     gone = true;
                     if code.is_some() {
                         break;
                     }
                     tracing::info!(task = %req.task, admin = %req.admin, "exec: the operator went away; hanging up");
-                    kill_at = hang_up(&mut child);
+                    kill_at = hang_up(child);
                 }
             },
             () = until(kill_at), if code.is_none() =>
             {
                 // The helper kills the command on SIGTERM.
-                signal(&mut child, Signal::TERM);
+                signal(child, Signal::TERM);
                 kill_at = None;
             }
             () = until(drained_by) => break,
@@ -287,6 +314,30 @@ async fn run(
         Some(c) if !gone => Ok(c),
         _ => bail!("the operator went away"),
     }
+}
+
+/// Takes the command's terminal from `conn`, sized `size`, its output to `out` and the
+/// operator's input from `stdin`.
+async fn terminal(
+    conn: &tokio::net::UnixStream,
+    size: Option<WindowSize>,
+    out: &Option<mpsc::Sender<ExecFrame>>,
+    stdin: &mut Option<mpsc::Receiver<Vec<u8>>>,
+) -> Result<Arc<Terminal>> {
+    let fd = receive(conn)
+        .await
+        .context("receiving the command's terminal")?;
+    let fd = Arc::new(Terminal::new(fd).context("the command's terminal")?);
+    if let Some(s) = size {
+        let _ = fd.resize(s.rows, s.cols);
+    }
+    if let Some(tx) = out {
+        tokio::spawn(pump_terminal(fd.clone(), tx.clone()));
+    }
+    if let Some(rx) = stdin.take() {
+        tokio::spawn(feed_terminal(rx, fd.clone()));
+    }
+    Ok(fd)
 }
 
 /// Sleeps until `deadline`; forever without one.
@@ -347,8 +398,13 @@ async fn operator(
                 }
             }
             Ok(Some(other)) => {
-                tracing::warn!("exec: unexpected frame from the operator's side: {other:?}");
-                break;
+                let why = format!(
+                    "the operator's side sent a {} frame, which only a node sends",
+                    other.kind_name()
+                );
+                tracing::warn!("exec: {why}");
+                let _ = control.send(Control::Refused(why)).await;
+                return;
             }
             Ok(None) => break,
             Err(e) => {

@@ -535,7 +535,7 @@ fn exec_request(task: &str, query: Option<&str>) -> Result<ExecRequest, (StatusC
         let bad = || bad_query(k, v, usage);
         match k {
             "command" => req.command.push(v.to_string()),
-            "container" if !v.is_empty() => req.container = Some(v.to_string()),
+            "container" => req.container = Some(v.to_string()),
             "tty" => req.tty = v.parse().map_err(|_| bad())?,
             "stdin" => req.stdin = v.parse().map_err(|_| bad())?,
             "rows" => rows = Some(v.parse::<u16>().map_err(|_| bad())?),

@@ -89,7 +89,7 @@ fn mixed_credential(cp: &ControlPlane, identity: &Path, name: &str) -> std::path
 fn exec_runs_commands_in_a_tasks_container_through_the_control_plane() {
     let node = Node::new();
     let cp = ControlPlane::start(&[]);
-    let agent = Agent::in_session(&cp, &node);
+    let mut agent = Agent::in_session(&cp, &node);
     cp.register(PAIR);
     let task = cp.run_one("pair");
     wait("the task running", Duration::from_secs(60), || {
@@ -137,6 +137,13 @@ fn exec_runs_commands_in_a_tasks_container_through_the_control_plane() {
     assert_eq!(o.status.code(), Some(1));
     assert!(
         text(&o.stderr).contains("has no container 'nope' (it has main, side)"),
+        "{}",
+        text(&o.stderr)
+    );
+    let o = cp.flotilla(&["exec", "-c", "x\u{1b}[31mRED", &task, "--", "true"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        text(&o.stderr).contains("is not a container name"),
         "{}",
         text(&o.stderr)
     );
@@ -222,15 +229,38 @@ fn exec_runs_commands_in_a_tasks_container_through_the_control_plane() {
                 !(cmd.contains("flotilla-shim") && cmd.contains(&data) && cmd.contains("\0--\0"))
             })
     });
-    let sockets: Vec<_> = fs::read_dir(node.data.join("containers"))
-        .into_iter()
-        .flatten()
-        .flatten()
+    let left: Vec<_> = ["containers", "libcontainer"]
+        .iter()
+        .flat_map(|d| {
+            fs::read_dir(node.data.join(d))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
         .flat_map(|c| fs::read_dir(c.path()).into_iter().flatten().flatten())
-        .filter(|f| f.file_name().to_string_lossy().starts_with("console-"))
+        .filter(|f| {
+            let n = f.file_name().to_string_lossy().into_owned();
+            n.starts_with("console-") || n.starts_with("tenant-tty-")
+        })
         .map(|f| f.path())
         .collect();
-    assert!(sockets.is_empty(), "{sockets:?}");
+    assert!(left.is_empty(), "{left:?}");
+
+    // An operator who goes away at once — before the command started, or just after —
+    // leaves nothing running.
+    for ms in [20, 30, 40, 50, 60, 80, 100, 150] {
+        let _ = Command::new("timeout")
+            .args(["-s", "TERM", &format!("{}", ms as f64 / 1000.0)])
+            .arg(flotilla_tests::bin("flotilla"))
+            .arg("--config")
+            .arg(&cp.admin)
+            .args(["exec", &task, "--", "sleep", "3005"])
+            .output()
+            .expect("timeout");
+    }
+    wait("no sleep 3005 left", Duration::from_secs(15), || {
+        processes("sleep 3005").is_empty()
+    });
 
     // Every exec is an event naming the admin and the command.
     let events = cp.flotilla_ok(&["events", "--kind", "task.exec", "--subject", &task]);
@@ -269,6 +299,27 @@ fn exec_runs_commands_in_a_tasks_container_through_the_control_plane() {
     let events = cp.flotilla_ok(&["events", "--kind", "task.exec"]);
     assert!(!events.contains("should-not-run"), "{events}");
 
-    cp.flotilla_ok(&["task", "stop", &task]);
-    drop(agent);
+    // A command outlives neither its exec nor the agent that runs it: the agent killed, its
+    // helper hangs the command up.
+    let mut exec = Command::new(flotilla_tests::bin("flotilla"))
+        .arg("--config")
+        .arg(&cp.admin)
+        .args(["exec", &task, "--", "sleep", "3006"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("flotilla");
+    wait("sleep 3006 running", Duration::from_secs(10), || {
+        !processes("sleep 3006").is_empty()
+    });
+    agent.kill();
+    wait(
+        "sleep 3006 ended with its agent",
+        Duration::from_secs(15),
+        || processes("sleep 3006").is_empty(),
+    );
+    let _ = exec.kill();
+    let _ = exec.wait();
+    node.remove_all();
+    node.assert_clean();
 }

@@ -219,7 +219,12 @@ fn run(
     let json = serde_json::to_vec(&process).map_err(|e| e.to_string())?;
     rustix::io::write(&process_file, &json).map_err(|e| format!("writing the process: {e}"))?;
     let process_path = format!("/proc/self/fd/{}", process_file.as_raw_fd());
-    let pid = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+    // Signals for the command come through a signalfd, blocked from now on: one that comes
+    // while the command is being made waits for it. The command's process inherits the mask
+    // until the executor empties it right before execve (`workload::fresh_signal_state`).
+    let signals = relayed_signals()?;
+    let launcher = launcher();
+    let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(data_dir.join("libcontainer"))
         .map_err(|e| e.to_string())?
         .with_console_socket(console)
@@ -229,25 +234,31 @@ fn run(
         // libcontainer takes a console socket only for a "detached" terminal; the helper
         // waits for the command all the same.
         .with_detach(console.is_some())
-        .build()
-        .map_err(|e| match why_not(data_dir, id, &process) {
-            Some(why) => why.message,
-            None => e.to_string(),
-        })?;
+        .build();
     drop(process_file);
-    if let Some(console) = console {
-        forget_console_links(&data_dir.join("libcontainer").join(id), console);
-    }
+    sweep(&data_dir.join("libcontainer").join(id), console);
+    let pid = built.map_err(|e| match why_not(data_dir, id, &process) {
+        Some(why) => why.message,
+        None => e.to_string(),
+    })?;
     let pid = rustix::process::Pid::from_raw(pid.as_raw()).ok_or("invalid pid")?;
     // Our child: wait for it through a pidfd, so the timeout needs no signal handler.
     let pidfd = pidfd_open(pid, PidfdFlags::empty()).map_err(|e| format!("pidfd: {e}"))?;
-    // Signals for the command come through a signalfd. They are blocked only now, after the
-    // command was forked: a blocked mask would be inherited by it.
-    let signals = relayed_signals()?;
     let deadline = timeout.map(|t| Instant::now() + t);
+    // Once the launcher is gone, the command is hung up and killed this much later.
+    let mut kill_at: Option<Instant> = None;
+    let mut hung_up = false;
     loop {
-        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        if left.is_some_and(|l| l.is_zero()) {
+        if kill_at.is_some_and(|k| k <= Instant::now()) {
+            let _ = kill_process(pid, Signal::KILL);
+            kill_at = None;
+        }
+        let left = [deadline, kill_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        if deadline.is_some_and(|d| d <= Instant::now()) {
             let _ = kill_process(pid, Signal::KILL);
             let _ = waitpid(Some(pid), WaitOptions::empty());
             let _ = writeln!(
@@ -262,14 +273,32 @@ fn run(
             tv_sec: l.as_secs() as i64,
             tv_nsec: l.subsec_nanos() as i64,
         });
-        let mut fds = [
+        let mut fds = vec![
             PollFd::new(&pidfd, PollFlags::IN),
             PollFd::new(&signals, PollFlags::IN),
         ];
+        let watching = !hung_up && launcher.is_some();
+        if let (true, Some(l)) = (watching, &launcher) {
+            fds.push(PollFd::new(l, PollFlags::IN));
+        }
         match poll(&mut fds, spec.as_ref()) {
             Ok(0) => continue,
             Ok(_) if fds[0].revents().contains(PollFlags::IN) => break,
-            Ok(_) => relay(&signals, pid),
+            Ok(_) => {
+                if fds[1].revents().contains(PollFlags::IN) {
+                    relay(&signals, pid);
+                }
+                if fds
+                    .get(2)
+                    .is_some_and(|f| f.revents().contains(PollFlags::IN))
+                {
+                    // The agent (or `ctr exec`) that launched us ended: as a closed terminal,
+                    // a hang-up, then a kill.
+                    let _ = kill_process(pid, Signal::HUP);
+                    kill_at = Some(Instant::now() + HANGUP_GRACE);
+                    hung_up = true;
+                }
+            }
             Err(rustix::io::Errno::INTR) => continue,
             Err(e) => return Err(format!("waiting: {e}")),
         }
@@ -287,16 +316,42 @@ fn run(
     })
 }
 
-/// Removes the links to `console` libcontainer left in the container's state directory
-/// `dir` (`tenant-tty-*`, one per exec with a terminal).
-fn forget_console_links(dir: &Path, console: &Path) {
+/// How long a command whose launcher ended has between its hang-up and its kill.
+pub const HANGUP_GRACE: Duration = Duration::from_secs(5);
+
+/// A pidfd of the process that launched this helper (the agent, or `nodeagent ctr exec`),
+/// readable once it has ended; `None` when it is already gone or cannot be watched.
+fn launcher() -> Option<rustix::fd::OwnedFd> {
+    let parent = rustix::process::getppid()?;
+    if parent.as_raw_nonzero().get() == 1 {
+        return None;
+    }
+    let fd = pidfd_open(parent, PidfdFlags::empty()).ok()?;
+    // It may have ended between getppid and pidfd_open (the pid reused since): ask again.
+    (rustix::process::getppid() == Some(parent)).then_some(fd)
+}
+
+/// Removes what libcontainer's tenant builder leaves in the container's state directory `dir`
+/// after each exec: the link to our `console`, and the notify sockets and terminal links
+/// (`tenant-notify-*`, `tenant-tty-*`) of execs that ended — those older than a minute; a
+/// younger one may be another exec's, still being built.
+fn sweep(dir: &Path, console: Option<&Path>) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
+    let old = std::time::SystemTime::now() - Duration::from_secs(60);
     for e in entries.flatten() {
-        let ours = e.file_name().to_string_lossy().starts_with("tenant-tty-")
-            && fs::read_link(e.path()).is_ok_and(|t| t == console);
-        if ours {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("tenant-tty-") || name.starts_with("tenant-notify-")) {
+            continue;
+        }
+        let ours = console.is_some_and(|c| fs::read_link(e.path()).is_ok_and(|t| t == c));
+        let ended = e
+            .path()
+            .symlink_metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t < old);
+        if ours || ended {
             let _ = fs::remove_file(e.path());
         }
     }

@@ -8,4 +8,4 @@ set -eu
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --release --workspace --bins
-exec target/release/flotilla dev "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/flotilla" dev "$@"

@@ -141,7 +141,10 @@ enum ClusterCommand {
     },
     /// Run a command in a task's container, through the control plane and the node's own
     /// session: `flotilla exec -it TASK -- sh`. Exits with the command's exit code (126 when
-    /// it could not run, 255 when the connection broke).
+    /// it could not run, 255 when the connection broke). A closed terminal, SIGTERM, or Ctrl-C
+    /// without `-it` end it with 128 + the signal, and the node hangs the command up (SIGHUP,
+    /// SIGKILL 5 s later). Each exec is a `task.exec` event naming the admin, the container and
+    /// the command.
     Exec(exec::ExecArgs),
     /// Print a task's container logs, read from its node over the node's session.
     Logs {

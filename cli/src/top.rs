@@ -191,7 +191,8 @@ async fn tasks(
                 t.node.clone().unwrap_or_default(),
                 millicores(t.cpu_millicores),
                 task_memory(&t).map_or_else(|| UNKNOWN.to_string(), mebibytes),
-                limit.map(mebibytes).unwrap_or_default(),
+                // A task without a memory limit of its own: its containers' limits bound it.
+                limit.map_or_else(|| "-".to_string(), mebibytes),
             ];
             (t.id.clone(), row, t)
         })

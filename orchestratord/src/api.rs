@@ -449,8 +449,13 @@ async fn exec(
             admin: req.admin.clone(),
         }))
         .await;
+    let mut req = req;
     let node = match target {
-        Ok(CoreReply::ExecTarget { node }) => node,
+        Ok(CoreReply::ExecTarget { node, container }) => {
+            // The node runs it in the container the event names.
+            req.container = Some(container);
+            node
+        }
         Ok(other) => return respond(other),
         Err(e) => return refusal(&e),
     };

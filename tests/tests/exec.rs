@@ -265,13 +265,17 @@ fn exec_runs_commands_in_a_tasks_container_through_the_control_plane() {
     // Every exec is an event naming the admin and the command.
     let events = cp.flotilla_ok(&["events", "--kind", "task.exec", "--subject", &task]);
     for want in [
-        r#"runs sh -c "echo $WHO; echo oops >&2; exit 7" in its first container"#,
+        r#"runs sh -c "echo $WHO; echo oops >&2; exit 7" in container main"#,
         "runs sh -c \"echo $WHO\" in container side",
-        "runs sh in its first container",
+        "runs sh in container main",
     ] {
         assert!(events.contains(want), "{want}\n{events}");
     }
     assert!(events.contains("admin admin runs"), "{events}");
+    assert!(
+        !events.contains("nope"),
+        "a refused exec is no event:\n{events}"
+    );
 
     // Another cluster's admin, and this cluster's node certificate, are refused.
     let other = ControlPlane::start(&[]);

@@ -350,7 +350,7 @@ fn every_documented_operation_answers_as_documented() {
     }
     let nope = format!("{task_path}/exec?command=true&container=nope");
     let (status, body) = api.call_with("POST", exec, &nope, None, &upgrade);
-    assert_eq!(status, 409, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(status, 404, "{}", String::from_utf8_lossy(&body));
     let (status, _) = api.call_with(
         "POST",
         exec,

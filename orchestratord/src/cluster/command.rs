@@ -96,7 +96,8 @@ pub enum Operator {
     Exec {
         /// The task.
         task: String,
-        /// The container asked for (the task's first when `None`).
+        /// The container asked for (the task's first when `None`); one the task definition
+        /// lacks is refused (not found).
         container: Option<String>,
         /// The command, as events show it.
         command: String,
@@ -271,10 +272,12 @@ pub enum Reply {
         /// Its node.
         node: String,
     },
-    /// The node an exec runs on.
+    /// The node an exec runs on, and the container (the one asked for, or the task's first).
     ExecTarget {
         /// Its node.
         node: String,
+        /// The container's name in the task definition.
+        container: String,
     },
     /// Events.
     Events(Vec<Event>),

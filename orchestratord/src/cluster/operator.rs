@@ -278,16 +278,28 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
                     "node {node} is not connected; exec runs through its session"
                 )));
             }
-            let place = container.map_or_else(
-                || "its first container".to_string(),
-                |c| format!("container {c}"),
-            );
+            let names: Vec<&str> = t
+                .definition
+                .container_definitions
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            let container = match container {
+                Some(c) if !names.contains(&c.as_str()) => {
+                    return Err(ClusterError::NotFound(format!(
+                        "task {task} has no container '{c}' (it has {})",
+                        names.join(", ")
+                    )))
+                }
+                Some(c) => c,
+                None => names.first().map(|c| c.to_string()).unwrap_or_default(),
+            };
             cx.event(
                 "task.exec",
                 &task,
-                format!("admin {admin} runs {command} in {place} on node {node}"),
+                format!("admin {admin} runs {command} in container {container} on node {node}"),
             );
-            Ok(Reply::ExecTarget { node })
+            Ok(Reply::ExecTarget { node, container })
         }
         Operator::ListEvents {
             since,

@@ -2145,12 +2145,13 @@ fn an_exec_goes_to_a_running_tasks_connected_node_and_is_an_event_naming_the_adm
         command: "sh -c \"echo hi\"".into(),
         admin: "alice".into(),
     };
-    let Reply::ExecTarget { node } = h.op(exec(&id)).expect("exec") else {
+    let Reply::ExecTarget { node, container } = h.op(exec(&id)).expect("exec") else {
         panic!()
     };
-    assert_eq!(node, a);
+    assert_eq!((node.as_str(), container.as_str()), (a.as_str(), "main"));
     let events = h.events("task.exec");
     assert_eq!(events.len(), 1, "{events:?}");
+    let ok_events = 2;
     assert_eq!(events[0].subject, id);
     assert_eq!(
         events[0].message,
@@ -2160,6 +2161,23 @@ fn an_exec_goes_to_a_running_tasks_connected_node_and_is_an_event_naming_the_adm
         h.op(exec("t-nope")),
         Err(ClusterError::NotFound(m)) if m.contains("t-nope")
     ));
+    let mut nope = exec(&id);
+    if let Operator::Exec { container, .. } = &mut nope {
+        *container = Some("nope".into());
+    }
+    let refused = h.op(nope);
+    assert!(
+        matches!(&refused, Err(ClusterError::NotFound(m)) if m.contains("has no container 'nope' (it has main)")),
+        "{refused:?}"
+    );
+    let mut first = exec(&id);
+    if let Operator::Exec { container, .. } = &mut first {
+        *container = None;
+    }
+    let Reply::ExecTarget { container, .. } = h.op(first).expect("exec") else {
+        panic!()
+    };
+    assert_eq!(container, "main", "the task's first");
     h.op(Operator::StopTask(id.clone())).expect("stop");
     h.converge(&a);
     let stopped = h.op(exec(&id));
@@ -2176,5 +2194,9 @@ fn an_exec_goes_to_a_running_tasks_connected_node_and_is_an_event_naming_the_adm
         h.op(exec(&t[0].id)),
         Err(ClusterError::Unavailable(m)) if m.contains("not connected")
     ));
-    assert_eq!(h.events("task.exec").len(), 1, "a refused exec is no event");
+    assert_eq!(
+        h.events("task.exec").len(),
+        ok_events,
+        "a refused exec is no event"
+    );
 }

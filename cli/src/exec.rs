@@ -37,8 +37,14 @@ pub struct ExecArgs {
     /// mode: every key goes to the command).
     #[arg(long, short = 't')]
     tty: bool,
-    /// The command and its arguments (after `--`; no shell is added).
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments (no shell is added); everything from the first of them
+    /// on is the command's, flags too. `--` before it, as `kubectl exec` wants, is taken too.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        required = true,
+        value_name = "CMD"
+    )]
     command: Vec<String>,
 }
 
@@ -290,6 +296,53 @@ impl std::error::Error for ExitWithMessage {}
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser as _;
+
+    #[derive(clap::Parser)]
+    struct Exec {
+        #[command(flatten)]
+        args: super::ExecArgs,
+    }
+
+    fn parsed(line: &[&str]) -> super::ExecArgs {
+        Exec::try_parse_from(std::iter::once("exec").chain(line.iter().copied()))
+            .unwrap_or_else(|e| panic!("{line:?}: {e}"))
+            .args
+    }
+
+    #[test]
+    fn the_command_is_everything_from_its_first_word_with_or_without_dashes() {
+        for (line, task, command) in [
+            (&["t-1", "--", "false"][..], "t-1", &["false"][..]),
+            (&["t-1", "ls", "-l"], "t-1", &["ls", "-l"]),
+            (
+                &["-it", "t-1", "--", "sh", "-c", "echo -i"],
+                "t-1",
+                &["sh", "-c", "echo -i"],
+            ),
+            (&["-c", "web", "t-1", "--", "-x"], "t-1", &["-x"]),
+            (
+                &["t-1", "sh", "-c", "--", "x"],
+                "t-1",
+                &["sh", "-c", "--", "x"],
+            ),
+        ] {
+            let a = parsed(line);
+            let got: Vec<&str> = a.command.iter().map(String::as_str).collect();
+            assert_eq!(
+                (a.task.as_str(), got.as_slice()),
+                (task, command),
+                "{line:?}"
+            );
+        }
+        let a = parsed(&["-it", "-c", "web", "t-1", "sh"]);
+        assert!(a.tty && a.interactive && a.container.as_deref() == Some("web"));
+        assert!(
+            Exec::try_parse_from(["exec", "t-1"]).is_err(),
+            "a command is required"
+        );
+    }
+
     #[test]
     fn a_raw_terminal_gets_carriage_returns_once() {
         assert_eq!(super::with_returns(b"a\nb\r\nc\n"), b"a\r\nb\r\nc\r\n");

@@ -1509,7 +1509,16 @@ fn main() -> ExitCode {
             ExitCode::from(e.downcast_ref::<exec::ExitWithMessage>().map_or(1, |x| x.0))
         }
         Err(e) => {
-            errln!("error: {}", flotilla_api::errors::chain(e.as_ref()));
+            let text = flotilla_api::errors::chain(e.as_ref());
+            // rustls' words for a server certificate no anchor of ours signed.
+            let hint = if text.contains("UnknownIssuer") {
+                " — the control plane there is not of the cluster this credential is for (its \
+                 certificate is signed by another CA): name that cluster's credential with \
+                 `--config DIR`"
+            } else {
+                ""
+            };
+            errln!("error: {text}{hint}");
             ExitCode::FAILURE
         }
     }

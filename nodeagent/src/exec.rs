@@ -162,10 +162,9 @@ async fn run(
     })
     .stdout(if req.tty { null() } else { piped() })
     .stderr(piped());
+    // Not killed when dropped (the agent ending): the helper outlives the agent just long
+    // enough to hang its command up, which a killed helper could not.
     let mut child = tokio::process::Command::from(cmd)
-        // A last resort (the agent ending): the helper also hangs its command up when the
-        // agent is gone.
-        .kill_on_drop(true)
         .spawn()
         .context("starting the exec helper")?;
     tracing::info!(

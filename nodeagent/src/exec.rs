@@ -66,27 +66,13 @@ pub async fn serve(
 
 /// The container `req` names, as `(name in the task definition, container id)`: the one
 /// asked for, or the task's first; it must be running.
-fn target(store: &ContainerStore, runner: &Runner, req: &ExecRequest) -> Result<(String, String)> {
-    let names = runner.container_names(&req.task);
-    let mut found = Vec::new();
-    for c in store.list()? {
-        let Some(cn) = crate::runtime::task_container(&c) else {
-            continue;
-        };
-        if cn.task == req.task {
-            let name = names
-                .as_ref()
-                .and_then(|n| n.get(cn.index).cloned())
-                .unwrap_or_else(|| cn.placeholder());
-            found.push((cn.index, name, c.record.id.clone(), c.status));
-        }
-    }
+fn target(runner: &Runner, req: &ExecRequest) -> Result<(String, String)> {
+    let (names, found) = runner.task_containers(&req.task)?;
     let Some(names) =
         names.or_else(|| (!found.is_empty()).then(|| found.iter().map(|f| f.1.clone()).collect()))
     else {
         bail!("no task {} on this node", req.task);
     };
-    found.sort_by_key(|f| f.0);
     let want = match &req.container {
         Some(w) if !names.contains(w) => bail!(
             "task {} has no container '{w}' (it has {})",
@@ -100,11 +86,11 @@ fn target(store: &ContainerStore, runner: &Runner, req: &ExecRequest) -> Result<
             .with_context(|| format!("task {} has no containers", req.task))?,
     };
     match found.into_iter().find(|f| f.1 == want) {
-        Some((_, name, id, Status::Running)) => Ok((name, id)),
-        Some((_, name, _, status)) => bail!(
+        Some((_, name, c)) if c.status == Status::Running => Ok((name, c.record.id)),
+        Some((_, name, c)) => bail!(
             "container {name} of task {} is {}: exec needs a running container",
             req.task,
-            match status {
+            match c.status {
                 Status::Created => "created but not started",
                 _ => "exited",
             }
@@ -138,8 +124,8 @@ async fn run(
     if !problems.is_empty() {
         bail!("{}", problems.join("; "));
     }
-    let (s, r, q) = (store.clone(), runner.clone(), req.clone());
-    let (name, id) = tokio::task::spawn_blocking(move || target(&s, &r, &q)).await??;
+    let (r, q) = (runner.clone(), req.clone());
+    let (name, id) = tokio::task::spawn_blocking(move || target(&r, &q)).await??;
     let console = if req.tty {
         Some(ConsoleSocket::bind(&store.paths(&id).dir).context("the terminal's socket")?)
     } else {

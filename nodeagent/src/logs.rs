@@ -89,20 +89,9 @@ fn containers(
     runner: &Runner,
     req: &LogRequest,
 ) -> Result<(Vec<Source>, Vec<LogLine>)> {
-    let names = runner.container_names(&req.task);
+    let (names, containers) = runner.task_containers(&req.task)?;
     let mut found = Vec::new();
-    for c in store.list()? {
-        let Some(cn) = crate::runtime::task_container(&c) else {
-            continue;
-        };
-        if cn.task != req.task {
-            continue;
-        }
-        let idx = cn.index;
-        let name = names
-            .as_ref()
-            .and_then(|n| n.get(idx).cloned())
-            .unwrap_or_else(|| cn.placeholder());
+    for (idx, name, c) in containers {
         if req.container.as_ref().is_some_and(|w| *w != name) {
             continue;
         }

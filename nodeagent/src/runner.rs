@@ -133,6 +133,13 @@ enum StartHow {
     Resume,
 }
 
+/// A task's containers as [`Runner::task_containers`] finds them: the names its definition
+/// gives, and `(index, name, container)` by index.
+pub type TaskContainers = (
+    Option<Vec<String>>,
+    Vec<(usize, String, flotilla_runtime::container::ContainerInfo)>,
+);
+
 /// The runner shared by the session and the reconcile loop.
 #[derive(Debug)]
 pub struct Runner {
@@ -263,6 +270,28 @@ impl Runner {
     /// The container names of a task in the desired state, in definition order.
     pub fn container_names(&self, task: &str) -> Option<Vec<String>> {
         self.node().container_names(task)
+    }
+
+    /// The containers of `task` in the store, by index, each with its name in the task
+    /// definition (`container-N` for a task that left the desired state), and the names the
+    /// definition gives (`None`: the task is not desired). Blocking reads.
+    pub fn task_containers(&self, task: &str) -> Result<TaskContainers> {
+        let names = self.container_names(task);
+        let mut found = Vec::new();
+        for c in self.store.list()? {
+            let Some(cn) = crate::runtime::task_container(&c) else {
+                continue;
+            };
+            if cn.task == task {
+                let name = names
+                    .as_ref()
+                    .and_then(|n| n.get(cn.index).cloned())
+                    .unwrap_or_else(|| cn.placeholder());
+                found.push((cn.index, name, c));
+            }
+        }
+        found.sort_by_key(|f| f.0);
+        Ok((names, found))
     }
 
     /// Usage of the running containers of desired tasks, and of those tasks' cgroups (cgroup

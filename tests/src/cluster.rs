@@ -244,6 +244,36 @@ impl ControlPlane {
             .id
     }
 
+    /// Runs `n` tasks of `taskdef` (ten per request) and waits until the control plane has
+    /// them all `RUNNING`, for at most `timeout`; their ids.
+    pub fn run_all_running(
+        &self,
+        taskdef: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> anyhow::Result<Vec<String>> {
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            let mut req = TaskRun::new(taskdef);
+            req.count = u32::try_from((n - ids.len()).min(10))?;
+            ids.extend(self.run_task(&req).into_iter().map(|t| t.id));
+        }
+        let start = Instant::now();
+        while self
+            .tasks()
+            .iter()
+            .filter(|t| t.state == flotilla_api::tasks::TaskState::Running)
+            .count()
+            < n
+        {
+            if start.elapsed() > timeout {
+                anyhow::bail!("{n} tasks did not all run within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(ids)
+    }
+
     /// Registers a task definition given as JSON or YAML, which must be valid.
     pub fn register(&self, def: &str) -> TaskDefRegistered {
         self.api()

@@ -24,7 +24,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use flotilla_api::ops::TaskRun;
 use flotilla_api::tasks::TaskState;
 use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::node::Node;
@@ -184,25 +183,7 @@ fn flotilla(n: usize, work: &Path) -> Result<PathBuf> {
         "nodeagent run, idle with no task: RSS {} KiB ({} anonymous + {} file-backed), PSS {} KiB, USS {} KiB",
         alone.rss, status.anon, status.file, alone.pss, alone.uss
     );
-    let mut ids = Vec::new();
-    while ids.len() < n {
-        let mut req = TaskRun::new("idle");
-        req.count = u32::try_from((n - ids.len()).min(10))?;
-        ids.extend(cp.run_task(&req).into_iter().map(|t| t.id));
-    }
-    let t = Instant::now();
-    while cp
-        .tasks()
-        .iter()
-        .filter(|t| t.state == TaskState::Running)
-        .count()
-        < n
-    {
-        if t.elapsed() > Duration::from_secs(120) {
-            bail!("{n} tasks did not all run within 120 s");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let ids = cp.run_all_running("idle", n, Duration::from_secs(120))?;
     std::thread::sleep(Duration::from_secs(3));
     let agent_mem = Memory::of(agent_pid)?;
     let mut shims = Vec::new();

@@ -19,7 +19,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use flotilla_api::ops::TaskRun;
 use flotilla_api::tasks::TaskState;
 use flotilla_tests::cluster::{free_port, Agent, ControlPlane};
 use flotilla_tests::node::Node;
@@ -233,25 +232,7 @@ fn run(n: usize, scrapes: usize, work: &Path) -> Result<()> {
         println!("with no task:");
         idle[0].report("nodeagent", idle_cpu[0]);
 
-        let mut ids = Vec::new();
-        while ids.len() < n {
-            let mut req = TaskRun::new("idle");
-            req.count = u32::try_from((n - ids.len()).min(10))?;
-            ids.extend(cp.run_task(&req).into_iter().map(|t| t.id));
-        }
-        let t = Instant::now();
-        while cp
-            .tasks()
-            .iter()
-            .filter(|t| t.state == TaskState::Running)
-            .count()
-            < n
-        {
-            if t.elapsed() > Duration::from_secs(180) {
-                bail!("{n} tasks did not all run within 180 s");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let ids = cp.run_all_running("idle", n, Duration::from_secs(180))?;
         std::thread::sleep(Duration::from_secs(3));
         let mut targets = vec![&agent_target];
         targets.extend(exporter_target.as_ref());

@@ -18,6 +18,7 @@ pub mod logging;
 pub mod ops;
 pub mod scaling;
 pub mod schedule;
+pub mod secrets;
 pub mod service;
 pub mod stdout;
 pub mod systemd;
@@ -201,6 +202,14 @@ pub enum AgentRequest {
         /// The CSR.
         csr_pem: String,
     },
+    /// A version of a secret a task of the node's desired state is placed with (answered
+    /// with [`AgentReply::Secret`], or refused — and recorded — for any other).
+    Secret {
+        /// The secret's name.
+        name: String,
+        /// Its version.
+        version: u32,
+    },
 }
 
 /// A node's capacity and load (sent in heartbeats, shown in `NodeInfo`). camelCase on the
@@ -247,6 +256,11 @@ pub enum AgentReply {
     Renewed {
         /// The new certificate (PEM).
         cert_pem: String,
+    },
+    /// Answer to `Secret`: the value (base64 on the wire; never logged).
+    Secret {
+        /// The value.
+        value: secrets::SecretValue,
     },
     /// The request was refused.
     Refused {

@@ -129,6 +129,55 @@ pub struct ContainerDefinition {
     /// Restarts of the container in place, by its node (also while disconnected).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart_policy: Option<RestartPolicy>,
+    /// Secrets it gets (ECS `secrets`, Flotilla's `flotilla:` references only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<ContainerSecret>,
+}
+
+/// A secret a container gets (an entry of ECS's `secrets`): as the environment variable
+/// `name` (unless `environment` is false) and always as the file `/run/secrets/<name>` on a
+/// read-only tmpfs, as Docker Swarm gives secrets. The value is never part of the definition:
+/// `value_from` names it (see [`crate::secrets::SecretRef`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerSecret {
+    /// The variable's and the file's name: 1–255 letters, digits, `_`, `-` or `.`.
+    pub name: String,
+    /// `flotilla:NAME[:JSON-KEY][:VERSION]`.
+    pub value_from: String,
+    /// Also an environment variable (a Flotilla extension; default true). False: the file only,
+    /// so the value is not in the environment child processes inherit.
+    #[serde(default = "yes", skip_serializing_if = "is_yes")]
+    pub environment: bool,
+    /// The file's mode (a Flotilla extension, after Swarm's; default 0444). In a file, a
+    /// string of octal digits (`"0400"`) or a number, which is the mode's value (YAML's `0400`
+    /// reads as 256).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// The file's owner (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The file's group (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+}
+
+impl ContainerSecret {
+    /// The file's mode when none is given: Swarm's.
+    pub const DEFAULT_MODE: u32 = 0o444;
+
+    /// The reference its `value_from` makes (checked when the definition was parsed).
+    pub fn reference(&self) -> Option<crate::secrets::SecretRef> {
+        crate::secrets::SecretRef::parse(&self.value_from)?.ok()
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_yes(b: &bool) -> bool {
+    *b
 }
 
 /// ECS `restartPolicy`: the node restarts an exited container in place, unless its exit code
@@ -457,7 +506,6 @@ const TOP: &[&str] = &[
 ];
 const AWS_ONLY_CONTAINER: &[&str] = &[
     "logConfiguration",
-    "secrets",
     "repositoryCredentials",
     "firelensConfiguration",
     "resourceRequirements",
@@ -503,6 +551,7 @@ const CONTAINER: &[&str] = &[
     "restartPolicy",
     "privileged",
     "hostname",
+    "secrets",
 ];
 /// The least memory a container gets, MiB, for its `memory` and its `memoryReservation` alike
 /// (what Docker 20.10 and later reserve — its daemon refuses less for either, "Minimum memory
@@ -1662,6 +1711,7 @@ impl Checker {
             .get("restartPolicy")
             .filter(|r| !r.is_null())
             .and_then(|r| self.restart_policy(&format!("{p}.restartPolicy"), r));
+        let secrets = self.secrets(p, m.get("secrets"), &environment);
         Some(ContainerDefinition {
             name: name?,
             image: image?,
@@ -1688,7 +1738,112 @@ impl Checker {
             privileged,
             hostname,
             restart_policy,
+            secrets,
         })
+    }
+
+    /// A container's `secrets`: Flotilla's references checked, AWS ones (ARNs) warned about
+    /// and left out.
+    fn secrets(
+        &mut self,
+        p: &str,
+        v: Option<&Value>,
+        environment: &[KeyValue],
+    ) -> Vec<ContainerSecret> {
+        let mut out: Vec<ContainerSecret> = Vec::new();
+        let mut aws = Vec::new();
+        for (i, e) in self.array(&format!("{p}.secrets"), v).iter().enumerate() {
+            let sp = format!("{p}.secrets[{i}]");
+            let Some(sm) = self.object(&sp, e) else {
+                continue;
+            };
+            self.keys(
+                &sp,
+                sm,
+                &["name", "valueFrom", "environment", "mode", "uid", "gid"],
+                &[],
+                &[],
+            );
+            let name = self.string(&format!("{sp}.name"), sm.get("name"), true);
+            if let Some(n) = &name {
+                let file_name = !n.is_empty()
+                    && n.len() <= 255
+                    && n != "."
+                    && n != ".."
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+                if !file_name {
+                    self.err(
+                        &format!("{sp}.name"),
+                        "use 1-255 letters, digits, '_', '-' or '.' (it names the variable and \
+                         the file /run/secrets/NAME)",
+                    );
+                } else if out.iter().any(|x| &x.name == n) {
+                    self.err(&format!("{sp}.name"), format!("'{n}' is set twice"));
+                } else if environment.iter().any(|x| &x.name == n) {
+                    self.err(
+                        &format!("{sp}.name"),
+                        format!("'{n}' is also set in environment"),
+                    );
+                }
+            }
+            let value_from = self.string(&format!("{sp}.valueFrom"), sm.get("valueFrom"), true);
+            let reference = value_from
+                .as_deref()
+                .map(|v| (v, crate::secrets::SecretRef::parse(v)));
+            match reference {
+                Some((_, Some(Err(why)))) => self.err(&format!("{sp}.valueFrom"), why),
+                Some((_, None)) => {
+                    aws.push(format!("[{i}]"));
+                    continue;
+                }
+                _ => {}
+            }
+            let environment = self
+                .boolean(&format!("{sp}.environment"), sm.get("environment"))
+                .unwrap_or(true);
+            let mode = match sm.get("mode") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(t)) => match u32::from_str_radix(t.trim(), 8) {
+                    Ok(m) if m <= 0o777 && !t.trim().is_empty() => Some(m),
+                    _ => {
+                        self.err(
+                            &format!("{sp}.mode"),
+                            format!("'{t}': an octal mode from \"0000\" to \"0777\""),
+                        );
+                        None
+                    }
+                },
+                other => self
+                    .int(&format!("{sp}.mode"), other, 0, 0o777)
+                    .map(|m| m as u32),
+            };
+            let uid = self
+                .int(&format!("{sp}.uid"), sm.get("uid"), 0, u32::MAX.into())
+                .map(|n| n as u32);
+            let gid = self
+                .int(&format!("{sp}.gid"), sm.get("gid"), 0, u32::MAX.into())
+                .map(|n| n as u32);
+            if let (Some(name), Some(value_from)) = (name, value_from) {
+                out.push(ContainerSecret {
+                    name,
+                    value_from,
+                    environment,
+                    mode,
+                    uid,
+                    gid,
+                });
+            }
+        }
+        if !aws.is_empty() {
+            self.warnings.push(format!(
+                "{p}.secrets{}: ignored (an AWS Secrets Manager or SSM reference only means \
+                 something on AWS; a Flotilla secret is `flotilla:NAME`, made with `flotilla \
+                 secret create`)",
+                aws.join(", ")
+            ));
+        }
+        out
     }
 
     fn restart_policy(&mut self, p: &str, v: &Value) -> Option<RestartPolicy> {
@@ -2857,6 +3012,11 @@ mod tests {
             Warned,
         ),
         (
+            "containerDefinitions.0.secrets",
+            r#"[{"name": "S", "valueFrom": "flotilla:db:password:2", "environment": false, "mode": "0400", "uid": 1000, "gid": 1000}]"#,
+            Acted,
+        ),
+        (
             "containerDefinitions.0.repositoryCredentials",
             r#"{"credentialsParameter": "arn"}"#,
             Warned,
@@ -3134,5 +3294,70 @@ mod tests {
             "$.containerDefinitions[0].portMappings[0].containerPortRange: port ranges are not \
              supported yet"
         ));
+    }
+
+    #[test]
+    fn secrets_name_what_is_wrong_with_each_entry_and_arns_are_left_out_with_a_warning() {
+        let with = |entries: &str| {
+            parse(&format!(
+                r#"{{"family":"f","containerDefinitions":[{{"name":"a","image":"x","memory":64,
+                "environment":[{{"name":"A","value":"1"}}],"secrets":{entries}}}]}}"#
+            ))
+        };
+        for (entries, want) in [
+            (
+                r#"[{"name":"S","valueFrom":"flotilla:-db"}]"#,
+                "[0].valueFrom: secret name '-db'",
+            ),
+            (
+                r#"[{"name":"A","valueFrom":"flotilla:db"}]"#,
+                "[0].name: 'A' is also set in environment",
+            ),
+            (
+                r#"[{"name":"../x","valueFrom":"flotilla:db"}]"#,
+                "[0].name: use 1-255",
+            ),
+            (
+                r#"[{"name":"S","valueFrom":"flotilla:db","mode":"0999"}]"#,
+                "[0].mode: '0999'",
+            ),
+            (
+                r#"[{"name":"S","valueFrom":"flotilla:db","mode":512}]"#,
+                "[0].mode",
+            ),
+            (
+                r#"[{"name":"S","valueFrom":"flotilla:db"},{"name":"S","valueFrom":"flotilla:x"}]"#,
+                "[1].name: 'S' is set twice",
+            ),
+            (r#"[{"name":"S"}]"#, "[0].valueFrom: required"),
+            (
+                r#"[{"name":"S","valueFrom":"flotilla:db","file":true}]"#,
+                "[0].file: unknown field",
+            ),
+        ] {
+            let problems = with(entries).expect_err(entries);
+            let want = format!("$.containerDefinitions[0].secrets{want}");
+            assert!(
+                problems.iter().any(|p| p.starts_with(&want)),
+                "{entries}: {problems:?}"
+            );
+        }
+        let parsed = with(
+            r#"[{"name":"S","valueFrom":"flotilla:db::2","mode":256},
+                {"name":"T","valueFrom":"arn:aws:secretsmanager:eu-central-1:1:secret:t"}]"#,
+        )
+        .expect("registers");
+        let secrets = &parsed.definition.container_definitions[0].secrets;
+        assert_eq!(secrets.len(), 1, "the ARN is left out: {secrets:?}");
+        assert_eq!(secrets[0].mode, Some(0o400));
+        assert_eq!(secrets[0].reference().and_then(|r| r.version), Some(2));
+        assert!(
+            parsed
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("$.containerDefinitions[0].secrets[1]: ignored")),
+            "{:?}",
+            parsed.warnings
+        );
     }
 }

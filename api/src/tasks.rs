@@ -145,6 +145,10 @@ pub struct DesiredTask {
     /// control planes of earlier releases).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
+    /// The version of each secret its containers reference, by secret name, fixed when it
+    /// was placed: what the node asks for (`AgentRequest::Secret`) and keeps sealed.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_versions: std::collections::BTreeMap<String, u32>,
 }
 
 /// What should happen to a task.

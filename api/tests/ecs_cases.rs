@@ -119,8 +119,8 @@ const CASES: &[(&str, Expect)] = &[
             "$.requiresCompatibilities: ignored",
             "$.runtimePlatform: ignored",
             "$.containerDefinitions[0].logConfiguration: ignored",
-            "$.containerDefinitions[0].secrets: ignored",
             "$.containerDefinitions[0].portMappings[0].appProtocol: ignored",
+            "$.containerDefinitions[0].secrets[0], [1], [2], [3], [4], [5]: ignored (an AWS Secrets Manager",
             "$.taskDefinitionArn, $.revision, $.status, $.requiresAttributes, \
              $.compatibilities, $.registeredAt, $.registeredBy: ignored (read-only fields of \
              describe-task-definition output: ECS sets them)",

@@ -21,6 +21,7 @@ use rcgen::{
 use sha2::{Digest as _, Sha256};
 
 pub mod credential;
+pub mod sealing;
 pub mod tls;
 pub mod token;
 
@@ -131,6 +132,13 @@ impl ClusterCa {
     /// The certificate in DER.
     pub fn cert_der(&self) -> &[u8] {
         &self.cert_der
+    }
+
+    /// The key that seals what the control plane keeps secret at rest (secrets' values),
+    /// derived from the CA's private key with HKDF-SHA256 for `purpose` (see [`sealing`]).
+    pub fn sealing_key(&self, purpose: &[u8]) -> Result<sealing::SealingKey, CertError> {
+        let key = KeyPair::from_pem(&self.key_pem).map_err(|e| invalid("CA key", e))?;
+        Ok(sealing::SealingKey::derive(&key.serialize_der(), purpose))
     }
 
     /// Loads `ca.pem` and `ca-key.pem` from `dir`.

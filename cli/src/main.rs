@@ -9,6 +9,7 @@
 mod dev;
 mod exec;
 mod scaling;
+mod secret;
 mod top;
 
 use std::path::{Path, PathBuf};
@@ -111,6 +112,11 @@ enum ClusterCommand {
     /// Scheduled tasks: a task definition started by a cron expression.
     #[command(subcommand)]
     Schedule(ScheduleCommand),
+    /// Secrets: values sealed by the control plane, given as environment variables and files
+    /// in /run/secrets to the containers whose task definition references them
+    /// (`"valueFrom": "flotilla:NAME[:JSON-KEY][:VERSION]"`).
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
     /// Service auto scaling (Application Auto Scaling's shapes): policies, scheduled actions
     /// and what was decided; `flotilla service autoscale` turns it on.
     #[command(subcommand)]
@@ -1353,6 +1359,7 @@ async fn run(cli: Cli) -> Result<()> {
         ClusterCommand::Service(cmd) => service(&api, cmd, output).await?,
         ClusterCommand::Schedule(cmd) => schedule(&api, cmd, output).await?,
         ClusterCommand::Scaling(cmd) => scaling::run(&api, cmd, output).await?,
+        ClusterCommand::Secret(cmd) => secret::run(&api, cmd, output).await?,
         ClusterCommand::Top(cmd) => top::run(&api, cmd, output).await?,
         ClusterCommand::Task(TaskCommand::Ls(w)) => {
             list(output, w, || task_listing(&api, wide)).await?

@@ -26,6 +26,7 @@ use flotilla_api::ops::{
 };
 use flotilla_api::scaling::{Autoscale, ScalingPut, ServiceScaling};
 use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
+use flotilla_api::secrets::{SecretInfo, SecretPut, SecretValue};
 use flotilla_api::service::{ServiceCreated, ServiceInfo, ServiceUpdate};
 use flotilla_api::LogLine;
 use flotilla_certs::credential::Credential;
@@ -600,6 +601,46 @@ impl Client {
     /// `DELETE /v1/schedules/{name}`: runs already started keep running.
     pub async fn remove_schedule(&self, name: &str) -> Result<(), ClientError> {
         self.empty(Method::DELETE, &["schedules", name], &[]).await
+    }
+
+    /// `POST /v1/secrets`: a new secret (version 1); its metadata.
+    pub async fn create_secret(&self, put: &SecretPut) -> Result<SecretInfo, ClientError> {
+        self.json(Method::POST, &["secrets"], &[], Some(put)).await
+    }
+
+    /// `POST /v1/secrets/{name}/versions`: a new version of secret `name`; its metadata.
+    pub async fn rotate_secret(
+        &self,
+        name: &str,
+        value: &SecretValue,
+    ) -> Result<SecretInfo, ClientError> {
+        let put = SecretPut {
+            name: String::new(),
+            value: value.clone(),
+        };
+        self.json(
+            Method::POST,
+            &["secrets", name, "versions"],
+            &[],
+            Some(&put),
+        )
+        .await
+    }
+
+    /// `GET /v1/secrets`: every secret's metadata (never a value).
+    pub async fn secrets(&self) -> Result<Vec<SecretInfo>, ClientError> {
+        self.get(&["secrets"], &[]).await
+    }
+
+    /// `GET /v1/secrets/{name}`: its metadata (never its value).
+    pub async fn secret(&self, name: &str) -> Result<SecretInfo, ClientError> {
+        self.get(&["secrets", name], &[]).await
+    }
+
+    /// `DELETE /v1/secrets/{name}[?force=true]`: refused while in use, unless `force`.
+    pub async fn remove_secret(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        let query: &[(&str, &str)] = if force { &[("force", "true")] } else { &[] };
+        self.empty(Method::DELETE, &["secrets", name], query).await
     }
 
     /// `GET /v1/events`: at most `limit` (1 to 1000) events with a sequence number above

@@ -451,6 +451,7 @@ mod tests {
             address: None,
             namespace: None,
             service: None,
+            secret_versions: Default::default(),
         }
     }
 

@@ -121,6 +121,7 @@ pub fn fire_due(
                 address: None,
                 namespace: None,
                 service: None,
+                secret_versions: Default::default(),
             },
             run: ScheduledRun {
                 schedule: s.name.clone(),

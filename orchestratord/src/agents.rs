@@ -199,6 +199,11 @@ async fn session(plane: &Plane, conn: Connection) {
                 node: node.clone(),
                 tasks,
             },
+            Ok(AgentRequest::Secret { name, version }) => Agent::FetchSecret {
+                node: node.clone(),
+                name,
+                version,
+            },
             Err(e) => {
                 let refused = AgentReply::Refused {
                     reason: format!("bad request: {e}"),

@@ -21,8 +21,9 @@ use crate::http::{http1, HEADER_TIMEOUT};
 use crate::plane::Plane;
 use orchestratord::cluster::{ClusterError, Command, Operator, Reply as CoreReply};
 
-/// Largest request body accepted.
-const MAX_BODY: usize = 64 * 1024;
+/// Largest request body accepted: room for a secret's largest value
+/// ([`flotilla_api::secrets::MAX_VALUE`]) in base64, in JSON.
+const MAX_BODY: usize = 128 * 1024;
 
 /// The `key=value` pairs of a query; a pair without `=` is refused, naming `usage`.
 fn query_pairs(
@@ -296,6 +297,9 @@ fn respond(reply: CoreReply) -> Reply {
         CoreReply::Schedule(s) => json(S::OK, &s),
         CoreReply::Scaling(s) => json(S::OK, &s),
         CoreReply::ScalingPut(s) => json(S::OK, &s),
+        CoreReply::SecretCreated(s) => json(S::CREATED, &s),
+        CoreReply::Secret(s) => json(S::OK, &s),
+        CoreReply::Secrets(s) => json(S::OK, &s),
         other => error(
             S::INTERNAL_SERVER_ERROR,
             format!("unexpected answer {other:?}"),
@@ -601,6 +605,18 @@ fn text(body: &[u8], what: &str) -> Result<String, (StatusCode, String)> {
         .map_err(|_| (StatusCode::BAD_REQUEST, format!("{what}: not UTF-8")))
 }
 
+/// `?force=true` (or `false`, or nothing) of a removal.
+fn force(query: Option<&str>) -> Result<bool, (StatusCode, String)> {
+    match query {
+        None | Some("") | Some("force=false") => Ok(false),
+        Some("force=true") => Ok(true),
+        Some(q) => Err((
+            StatusCode::BAD_REQUEST,
+            format!("unknown query '{q}' (force=true or force=false)"),
+        )),
+    }
+}
+
 /// A request for the core.
 fn parse_operator(
     method: &Method,
@@ -638,16 +654,7 @@ fn parse_operator(
             Ok(Operator::DrainNode(id.to_string(), false))
         }
         (&Method::DELETE, ["v1", "nodes", id]) => {
-            let force = match query {
-                None | Some("") | Some("force=false") => false,
-                Some("force=true") => true,
-                Some(q) => {
-                    return Err((
-                        StatusCode::BAD_REQUEST,
-                        format!("unknown query '{q}' (force=true or force=false)"),
-                    ))
-                }
-            };
+            let force = force(query)?;
             Ok(Operator::RemoveNode(id.to_string(), force))
         }
         (&Method::POST, ["v1", "admins"]) => Ok(Operator::IssueAdmin(
@@ -662,6 +669,31 @@ fn parse_operator(
                 )
             }),
         (&Method::GET, ["v1", "taskdefs"]) => Ok(Operator::ListTaskDefs),
+        // A secret's body is never echoed in an error (serde's messages quote what they read).
+        (&Method::POST, ["v1", "secrets"]) => serde_json::from_slice(body)
+            .map(Operator::CreateSecret)
+            .map_err(|_| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "secret: expected {\"name\": NAME, \"value\": BASE64}".to_string(),
+                )
+            }),
+        (&Method::GET, ["v1", "secrets"]) => Ok(Operator::ListSecrets),
+        (&Method::GET, ["v1", "secrets", name]) => Ok(Operator::GetSecret(name.to_string())),
+        (&Method::POST, ["v1", "secrets", name, "versions"]) => {
+            serde_json::from_slice::<flotilla_api::secrets::SecretPut>(body)
+                .map(|put| Operator::RotateSecret(name.to_string(), put.value))
+                .map_err(|_| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        "secret version: expected {\"value\": BASE64}".to_string(),
+                    )
+                })
+        }
+        (&Method::DELETE, ["v1", "secrets", name]) => {
+            let force = force(query)?;
+            Ok(Operator::RemoveSecret(name.to_string(), force))
+        }
         (&Method::GET, ["v1", "taskdefs", spec]) => {
             let (f, r) = family_revision(spec)?;
             Ok(Operator::GetTaskDef(f, r))

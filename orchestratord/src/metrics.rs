@@ -131,6 +131,9 @@ pub const ROUTES: &[&str] = &[
     "/v1/services/{name}/scaling/scheduled-actions/{action}",
     "/v1/schedules",
     "/v1/schedules/{name}",
+    "/v1/secrets",
+    "/v1/secrets/{name}",
+    "/v1/secrets/{name}/versions",
     "/v1/events",
     "/v1/metrics",
 ];

@@ -951,6 +951,7 @@ mod tests {
             address: None,
             namespace: None,
             service: None,
+            secret_versions: Default::default(),
         }
     }
 

@@ -12,6 +12,7 @@ use flotilla_api::ops::{
 };
 use flotilla_api::scaling::{ScalingPut, ServiceScaling};
 use flotilla_api::schedule::ScheduleInfo;
+use flotilla_api::secrets::SecretInfo;
 use flotilla_api::service::{ServiceCreated, ServiceInfo};
 use flotilla_api::tasks::{DesiredStatus, TaskState};
 use flotilla_api::LogLine;
@@ -605,6 +606,68 @@ fn every_documented_operation_answers_as_documented() {
         None,
         404,
     );
+
+    // Secrets: metadata only, never a value, in any answer.
+    let s: SecretInfo = api.ok(
+        "POST",
+        "/v1/secrets",
+        "/v1/secrets",
+        Some(r#"{"name": "db", "value": "eyJwYXNzd29yZCI6Imh1bnRlcjIifQ=="}"#),
+        201,
+    );
+    assert_eq!(
+        (s.latest(), s.versions[0].json_keys.as_slice()),
+        (1, &["password".to_string()][..])
+    );
+    api.refused(
+        "POST",
+        "/v1/secrets",
+        "/v1/secrets",
+        Some(r#"{"name": "db", "value": "eA=="}"#),
+        409,
+    );
+    let bad = api.refused(
+        "POST",
+        "/v1/secrets",
+        "/v1/secrets",
+        Some(r#"{"name": "x", "value": 12345678}"#),
+        400,
+    );
+    assert!(
+        !bad.error.contains("12345678"),
+        "a body is never echoed: {bad:?}"
+    );
+    let s: SecretInfo = api.ok(
+        "POST",
+        "/v1/secrets/{name}/versions",
+        "/v1/secrets/db/versions",
+        Some(r#"{"value": "eyJwYXNzd29yZCI6Imh1bnRlcjMifQ=="}"#),
+        200,
+    );
+    assert_eq!(s.latest(), 2);
+    api.refused(
+        "POST",
+        "/v1/secrets/{name}/versions",
+        "/v1/secrets/nope/versions",
+        Some(r#"{"value": "eA=="}"#),
+        404,
+    );
+    let all: Vec<SecretInfo> = api.ok("GET", "/v1/secrets", "/v1/secrets", None, 200);
+    assert_eq!(all.len(), 1);
+    let uses = r#"{"family": "uses-db", "containerDefinitions": [{"name": "app", "image": "x",
+        "memory": 16, "secrets": [{"name": "DB", "valueFrom": "flotilla:db:password"}]}]}"#;
+    let _: TaskDefRegistered = api.ok("POST", "/v1/taskdefs", "/v1/taskdefs", Some(uses), 201);
+    let s: SecretInfo = api.ok("GET", "/v1/secrets/{name}", "/v1/secrets/db", None, 200);
+    assert_eq!(s.used_by, ["uses-db:1"]);
+    api.refused("GET", "/v1/secrets/{name}", "/v1/secrets/nope", None, 404);
+    api.refused("DELETE", "/v1/secrets/{name}", "/v1/secrets/db", None, 409);
+    api.empty(
+        "DELETE",
+        "/v1/secrets/{name}",
+        "/v1/secrets/db?force=true",
+        204,
+    );
+    api.refused("DELETE", "/v1/secrets/{name}", "/v1/secrets/db", None, 404);
 
     // Schedules.
     let sched = r#"{"name": "nightly", "taskDefinition": "serve", "cron": "0 2 * * *", "timezone": "Europe/Paris"}"#;

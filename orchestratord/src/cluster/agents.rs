@@ -92,6 +92,7 @@ pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
         | Agent::Report { node, .. }
         | Agent::Renew { node, .. }
         | Agent::DesiredAcked { node, .. }
+        | Agent::FetchSecret { node, .. }
         | Agent::DesiredRefused { node, .. } => Some(node.clone()),
         Agent::Join { .. } | Agent::Hello { .. } | Agent::SessionClosed { .. } => None,
     };
@@ -143,6 +144,11 @@ pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
         } => Ok(Reply::Agent(heartbeat(cx, &node, resources, usage))),
         Agent::Report { node, tasks } => Ok(Reply::Agent(report(cx, &node, tasks))),
         Agent::Renew { node, csr_pem } => Ok(Reply::Agent(renew(cx, &node, &csr_pem))),
+        Agent::FetchSecret {
+            node,
+            name,
+            version,
+        } => Ok(super::secrets::fetch(cx, &node, &name, version)),
         Agent::DesiredAcked { node, generation } => {
             cx.live.touch(&node, cx.now, |l| {
                 l.acked_generation = Some(l.acked_generation.unwrap_or(0).max(generation));

@@ -104,6 +104,16 @@ pub enum Operator {
         /// The admin asking, by the name in their client certificate.
         admin: String,
     },
+    /// `POST /v1/secrets`.
+    CreateSecret(flotilla_api::secrets::SecretPut),
+    /// `POST /v1/secrets/{name}/versions`.
+    RotateSecret(String, flotilla_api::secrets::SecretValue),
+    /// `GET /v1/secrets`.
+    ListSecrets,
+    /// `GET /v1/secrets/{name}`.
+    GetSecret(String),
+    /// `DELETE /v1/secrets/{name}[?force=true]`.
+    RemoveSecret(String, bool),
     /// `GET /v1/events`.
     ListEvents {
         /// After this sequence number.
@@ -212,6 +222,15 @@ pub enum Agent {
         /// The generation it holds.
         generation: u64,
     },
+    /// It asks for a version of a secret (see `secrets::fetch`).
+    FetchSecret {
+        /// The node.
+        node: String,
+        /// The secret.
+        name: String,
+        /// The version.
+        version: u32,
+    },
     /// It refused a desired state (it never should).
     DesiredRefused {
         /// The node.
@@ -281,6 +300,12 @@ pub enum Reply {
     },
     /// Events.
     Events(Vec<Event>),
+    /// A secret was created: its metadata.
+    SecretCreated(flotilla_api::secrets::SecretInfo),
+    /// A secret's metadata.
+    Secret(flotilla_api::secrets::SecretInfo),
+    /// Secrets' metadata.
+    Secrets(Vec<flotilla_api::secrets::SecretInfo>),
     /// A service was created.
     ServiceCreated(Box<ServiceCreated>),
     /// Services.

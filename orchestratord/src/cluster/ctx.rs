@@ -91,6 +91,8 @@ pub struct Ctx<'a, 's> {
     pub config: &'a Config,
     /// The cluster CA.
     pub ca: &'a ClusterCa,
+    /// The key secrets' values are sealed with.
+    pub sealing: &'a flotilla_certs::sealing::SealingKey,
     /// Id source.
     pub ids: &'a mut dyn Ids,
     /// Where the next awsvpc address search starts.

@@ -34,6 +34,7 @@ impl PartialEq for Parts<'_> {
                             && a.info.stop_code == b.info.stop_code
                             && a.env == b.env
                             && a.address == b.address
+                            && a.secret_versions == b.secret_versions
                             && a.definition == b.definition))
             };
         self.network == other.network
@@ -113,6 +114,7 @@ pub fn state(txn: &Txn<'_>, node: &str) -> Option<DesiredState> {
                         .as_deref()
                         .and_then(Origin::service_name)
                         .map(str::to_string),
+                    secret_versions: t.secret_versions.clone(),
                 }
             })
             .collect(),

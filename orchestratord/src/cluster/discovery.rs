@@ -240,6 +240,7 @@ mod tests {
             lost_at: None,
             address: None,
             stopped_at: None,
+            secret_versions: Default::default(),
         }
     }
 

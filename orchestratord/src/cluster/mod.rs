@@ -24,6 +24,7 @@ pub mod placement;
 pub mod records;
 mod scaling;
 mod schedules;
+mod secrets;
 mod services;
 pub mod state;
 pub mod store;
@@ -58,6 +59,7 @@ pub struct Cluster {
     live: Live,
     config: Config,
     ca: ClusterCa,
+    sealing: flotilla_certs::sealing::SealingKey,
     ids: Box<dyn Ids>,
     registry: Arc<flotilla_api::discovery::Registry>,
     awsvpc_cursor: Option<std::net::Ipv4Addr>,
@@ -75,7 +77,11 @@ impl Cluster {
         now: Now,
     ) -> Result<Self, ClusterError> {
         let state = State::new(store.load()?);
+        let sealing = ca
+            .sealing_key(secrets::PURPOSE)
+            .map_err(|e| ClusterError::Internal(format!("the secrets' sealing key: {e}")))?;
         Ok(Self {
+            sealing,
             state,
             store,
             live: Live::new(now, config.session_rate),
@@ -123,6 +129,7 @@ impl Cluster {
             live: &mut self.live,
             config: &self.config,
             ca: &self.ca,
+            sealing: &self.sealing,
             ids: self.ids.as_mut(),
             awsvpc_cursor: &mut self.awsvpc_cursor,
             registry: &mut self.registry,

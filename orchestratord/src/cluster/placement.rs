@@ -364,6 +364,7 @@ fn new_task(
         lost_at: None,
         address,
         stopped_at: None,
+        secret_versions: super::secrets::versions_for(cx.txn, &t.revision.task_definition),
     };
     cx.event(
         "task.placed",

@@ -2,6 +2,8 @@
 //! tables, plus the event log. Their JSON encoding is the on-disk format: fields are only ever
 //! added (with defaults), so a newer control plane reads an older store.
 
+use std::collections::BTreeMap;
+
 use flotilla_api::ops::{TaskDefRevision, TaskInfo};
 use flotilla_api::service::RolloutState;
 use flotilla_api::taskdef::TaskDefinition;
@@ -253,6 +255,57 @@ impl Record for ScalingRecord {
     }
 }
 
+/// A secret as stored: every version's value sealed with the control plane's sealing key
+/// (`ClusterCa::sealing_key`), bound to the secret's name and version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretRecord {
+    /// Its name.
+    pub name: String,
+    /// Creation time (seconds since the epoch).
+    pub created_at: u64,
+    /// Its versions, oldest first.
+    pub versions: Vec<SecretVersionRecord>,
+}
+
+/// One version of a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretVersionRecord {
+    /// 1, 2 …
+    pub version: u32,
+    /// Creation time (seconds since the epoch).
+    pub created_at: u64,
+    /// The value's size, bytes.
+    pub size: usize,
+    /// The value's keys when it is a JSON object.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub json_keys: Vec<String>,
+    /// The sealed value, base64.
+    pub sealed: String,
+}
+
+impl SecretRecord {
+    /// Version `version`.
+    pub fn version(&self, version: u32) -> Option<&SecretVersionRecord> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+
+    /// The newest version.
+    pub fn latest(&self) -> Option<&SecretVersionRecord> {
+        self.versions.last()
+    }
+}
+
+impl Record for SecretRecord {
+    type Key = String;
+    const TABLE: &'static str = "secrets";
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+    fn key_text(key: &String) -> String {
+        key.clone()
+    }
+}
+
 /// A task as stored: what is listed, plus what the node needs to run it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskRecord {
@@ -272,6 +325,10 @@ pub struct TaskRecord {
     /// [`super::tasks::STOPPED_RETENTION_SECS`] later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped_at: Option<u64>,
+    /// The version of each secret its containers reference (by secret name), fixed when it
+    /// was placed: all its containers, and all their runs, get the same values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_versions: BTreeMap<String, u32>,
 }
 
 impl TaskRecord {

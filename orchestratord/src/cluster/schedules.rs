@@ -201,6 +201,8 @@ pub fn adopt(
         // Pinned runs start offline; awsvpc addresses are the control plane's to give.
         address: None,
         stopped_at: None,
+        // Pinned schedules of definitions with secrets are refused.
+        secret_versions: Default::default(),
     };
     cx.event(
         "schedule.fired",

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use flotilla_api::ops::{Event, EventFilter, TaskDefRevision, TaskDefStatus};
 
 use super::records::{
-    NodeRecord, Origin, Record, ScalingRecord, ScheduleRecord, ServiceRecord, TaskRecord,
-    TokenRecord,
+    NodeRecord, Origin, Record, ScalingRecord, ScheduleRecord, SecretRecord, ServiceRecord,
+    TaskRecord, TokenRecord,
 };
 use super::store::{Changes, Loaded, Writes};
 
@@ -30,6 +30,7 @@ pub struct State {
     services: BTreeMap<String, ServiceRecord>,
     schedules: BTreeMap<String, ScheduleRecord>,
     scaling: BTreeMap<String, ScalingRecord>,
+    secrets: BTreeMap<String, SecretRecord>,
     events: VecDeque<Event>,
     last_event: u64,
     max_events: u64,
@@ -53,6 +54,7 @@ impl State {
             services: keyed(loaded.services),
             schedules: keyed(loaded.schedules),
             scaling: keyed(loaded.scaling),
+            secrets: keyed(loaded.secrets),
             last_event: loaded.events.last().map_or(0, |e| e.seq),
             events: loaded.events.into(),
             max_events: MAX_EVENTS,
@@ -123,6 +125,7 @@ impl State {
         put(&mut self.services, w.services);
         put(&mut self.schedules, w.schedules);
         put(&mut self.scaling, w.scaling);
+        put(&mut self.secrets, w.secrets);
         for (id, new) in w.tasks {
             let old = self.tasks.remove(&id);
             self.index_task(old.as_ref(), new.as_ref());
@@ -457,6 +460,28 @@ impl<'s> Txn<'s> {
     /// Removes a service's auto scaling.
     pub fn remove_scaling(&mut self, service: &str) {
         self.w.scaling.insert(service.to_string(), None);
+    }
+
+    // ---- secrets
+
+    /// A secret.
+    pub fn secret(&self, name: &str) -> Option<&SecretRecord> {
+        get(&self.base.secrets, &self.w.secrets, name)
+    }
+
+    /// Every secret, by name.
+    pub fn secrets(&self) -> Vec<&SecretRecord> {
+        merged(self.base.secrets.iter(), self.w.secrets.iter())
+    }
+
+    /// Stores a secret.
+    pub fn put_secret(&mut self, s: SecretRecord) {
+        self.w.secrets.insert(s.key(), Some(s));
+    }
+
+    /// Removes a secret.
+    pub fn remove_secret(&mut self, name: &str) {
+        self.w.secrets.insert(name.to_string(), None);
     }
 
     // ---- events

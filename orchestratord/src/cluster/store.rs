@@ -10,7 +10,8 @@ use flotilla_api::ops::{Event, TaskDefRevision};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::records::{
-    NodeRecord, Record, ScalingRecord, ScheduleRecord, ServiceRecord, TaskRecord, TokenRecord,
+    NodeRecord, Record, ScalingRecord, ScheduleRecord, SecretRecord, ServiceRecord, TaskRecord,
+    TokenRecord,
 };
 
 /// Changes to one table: key → the new record, or `None` to remove it.
@@ -33,6 +34,8 @@ pub struct Writes {
     pub schedules: Changes<ScheduleRecord>,
     /// Services' auto scaling.
     pub scaling: Changes<ScalingRecord>,
+    /// Secrets (their values sealed).
+    pub secrets: Changes<SecretRecord>,
     /// Events appended, in sequence.
     pub events: Vec<Event>,
     /// Events with a sequence number below this are dropped (the log keeps the last
@@ -50,6 +53,7 @@ impl Writes {
             && self.services.is_empty()
             && self.schedules.is_empty()
             && self.scaling.is_empty()
+            && self.secrets.is_empty()
             && self.events.is_empty()
             && self.events_from.is_none()
     }
@@ -72,6 +76,8 @@ pub struct Loaded {
     pub schedules: Vec<ScheduleRecord>,
     /// Services' auto scaling.
     pub scaling: Vec<ScalingRecord>,
+    /// Secrets (their values sealed).
+    pub secrets: Vec<SecretRecord>,
     /// The event log, oldest first.
     pub events: Vec<Event>,
 }
@@ -134,6 +140,7 @@ impl RedbStore {
         w.open_table(table::<ServiceRecord>()).map_err(db)?;
         w.open_table(table::<ScheduleRecord>()).map_err(db)?;
         w.open_table(table::<ScalingRecord>()).map_err(db)?;
+        w.open_table(table::<SecretRecord>()).map_err(db)?;
         w.open_table(EVENTS).map_err(db)?;
         w.commit().map_err(db)?;
         Ok(Self { db: database })
@@ -202,6 +209,7 @@ impl Store for RedbStore {
             services: Self::load_table(&r)?,
             schedules: Self::load_table(&r)?,
             scaling: Self::load_table(&r)?,
+            secrets: Self::load_table(&r)?,
             events,
         })
     }
@@ -215,6 +223,7 @@ impl Store for RedbStore {
         Self::write_table(&w, &writes.services)?;
         Self::write_table(&w, &writes.schedules)?;
         Self::write_table(&w, &writes.scaling)?;
+        Self::write_table(&w, &writes.secrets)?;
         if !writes.events.is_empty() || writes.events_from.is_some() {
             let mut t = w.open_table(EVENTS).map_err(db)?;
             for e in &writes.events {

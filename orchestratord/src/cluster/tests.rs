@@ -923,6 +923,7 @@ fn a_stale_plan_is_refused_by_the_applier() {
         live: &mut c.live,
         config: &c.config,
         ca: &c.ca,
+        sealing: &c.sealing,
         ids: c.ids.as_mut(),
         awsvpc_cursor: &mut c.awsvpc_cursor,
         registry: &mut c.registry,
@@ -2199,4 +2200,149 @@ fn an_exec_goes_to_a_running_tasks_connected_node_and_is_an_event_naming_the_adm
         ok_events,
         "a refused exec is no event"
     );
+}
+
+#[test]
+fn a_secret_is_sealed_at_rest_pinned_per_task_and_given_only_to_the_node_that_runs_it() {
+    use flotilla_api::secrets::{SecretPut, SecretValue};
+    use flotilla_api::AgentReply;
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    let b = h.join(&[], 2048, 4);
+    let value = br#"{"user": "app", "password": "hunter2-3f9a"}"#;
+    let create = |name: &str, v: &[u8]| {
+        Operator::CreateSecret(SecretPut {
+            name: name.into(),
+            value: SecretValue(v.to_vec()),
+        })
+    };
+    h.op(create("db", value)).expect("create");
+    assert!(matches!(
+        h.op(create("db", b"x")),
+        Err(ClusterError::Conflict(_))
+    ));
+    assert!(matches!(
+        h.op(create("-x", b"x")),
+        Err(ClusterError::Invalid { .. })
+    ));
+    assert!(matches!(
+        h.op(create("e", b"")),
+        Err(ClusterError::Invalid { .. })
+    ));
+    let uses = |family: &str, from: &str| {
+        format!(
+            r#"{{"family":"{family}","containerDefinitions":[{{"name":"main","image":"x","memory":64,
+                "secrets":[{{"name":"DB","valueFrom":"{from}"}}]}}]}}"#
+        )
+    };
+    // References to what does not exist are refused at registration, by path.
+    for (from, want) in [
+        ("flotilla:nope", "no secret nope"),
+        ("flotilla:db::2", "secret db has no version 2"),
+        ("flotilla:db:port", "has no JSON key 'port'"),
+    ] {
+        let refused = h.op(Operator::RegisterTaskDef(uses("bad", from)));
+        assert!(
+            matches!(&refused, Err(ClusterError::Invalid { problems, .. })
+                if problems.iter().any(|p| p.starts_with("$.containerDefinitions[0].secrets[0].valueFrom: ") && p.contains(want))),
+            "{from}: {refused:?}"
+        );
+    }
+    h.register(&uses("app", "flotilla:db:password"));
+    let Reply::TasksCreated(t) = h.op(run("app", 1)).expect("run") else {
+        panic!()
+    };
+    let first = t[0].id.clone();
+    let runner = t[0].node.clone().expect("placed");
+    let other = if runner == a { b.clone() } else { a.clone() };
+    assert_eq!(
+        h.desired(&runner).tasks[0].secret_versions,
+        BTreeMap::from([("db".to_string(), 1)])
+    );
+    let fetch = |node: &str, version: u32| {
+        Command::Agent(Agent::FetchSecret {
+            node: node.to_string(),
+            name: "db".into(),
+            version,
+        })
+    };
+    let Ok(Reply::Agent(AgentReply::Secret { value: got })) = h.exec(fetch(&runner, 1)) else {
+        panic!("the node that runs it gets it")
+    };
+    assert_eq!(got.0, value.to_vec());
+    // Another node, another version: refused, logged as an event (without the value).
+    for (node, version) in [(other.as_str(), 1), (runner.as_str(), 2)] {
+        let r = h.exec(fetch(node, version));
+        assert!(
+            matches!(r, Ok(Reply::Agent(AgentReply::Refused { .. }))),
+            "{node} v{version}: {r:?}"
+        );
+    }
+    let refused = h.events("secret.refused");
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0].message.contains(&other), "{refused:?}");
+    // Rotation: the running task keeps version 1; a new task gets version 2.
+    h.op(Operator::RotateSecret(
+        "db".into(),
+        SecretValue(br#"{"password": "rotated-77c1"}"#.to_vec()),
+    ))
+    .expect("rotate");
+    let Reply::TasksCreated(t) = h.op(run("app", 1)).expect("run") else {
+        panic!()
+    };
+    let second = t[0].id.clone();
+    let on = t[0].node.clone().expect("placed");
+    let versions: BTreeMap<String, BTreeMap<String, u32>> = h
+        .desired(&on)
+        .tasks
+        .into_iter()
+        .map(|t| (t.id, t.secret_versions))
+        .collect();
+    assert_eq!(versions[&second]["db"], 2);
+    if on == runner {
+        assert_eq!(versions[&first]["db"], 1);
+    }
+    // In use: not removed unless forced.
+    assert!(matches!(
+        h.op(Operator::RemoveSecret("db".into(), false)),
+        Err(ClusterError::Conflict(m)) if m.contains("app:1")
+    ));
+    // A stopped task's node gets nothing more.
+    h.converge_all();
+    h.op(Operator::StopTask(first.clone())).expect("stop");
+    let r = h.exec(fetch(&runner, 1));
+    assert!(
+        matches!(r, Ok(Reply::Agent(AgentReply::Refused { .. }))),
+        "{r:?}"
+    );
+    // No value in the store file, the events or any answer to an operator.
+    let Reply::Secrets(all) = h.op(Operator::ListSecrets).expect("ls") else {
+        panic!()
+    };
+    assert_eq!(all[0].versions.len(), 2);
+    let shown = format!("{all:?} {:?}", h.events(""));
+    let store = std::fs::read(h.store_path()).expect("store");
+    for needle in [&b"hunter2-3f9a"[..], b"rotated-77c1", b"aHVudGVy"] {
+        assert!(
+            !store.windows(needle.len()).any(|w| w == needle),
+            "{needle:?} in the store"
+        );
+        assert!(!shown.as_bytes().windows(needle.len()).any(|w| w == needle));
+    }
+    h.op(Operator::RemoveSecret("db".into(), true))
+        .expect("forced");
+    // After a restart the sealed values open with the key derived from the CA again.
+    h.op(create("db", b"again")).expect("create");
+    h.restart(100);
+    h.connect(&a, 2048, 4);
+    h.connect(&b, 2048, 4);
+    h.register(&uses("plain", "flotilla:db"));
+    let Reply::TasksCreated(t) = h.op(run("plain", 1)).expect("run") else {
+        panic!()
+    };
+    let node = t[0].node.clone().expect("placed");
+    let Ok(Reply::Agent(AgentReply::Secret { value: got })) = h.exec(fetch(&node, 1)) else {
+        panic!("opens after a restart")
+    };
+    assert_eq!(got.0, b"again");
 }

@@ -499,6 +499,7 @@ fn run_config(args: &RunArgs) -> Result<ContainerConfig> {
         ulimits: args.ulimits.clone(),
         init: args.init,
         task_cgroup: None,
+        secrets: Vec::new(),
     })
 }
 

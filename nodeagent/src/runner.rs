@@ -801,6 +801,7 @@ pub fn container_config(
             .collect(),
         init: c.init_process_enabled,
         task_cgroup: Some(task_cgroup(task, t)),
+        secrets: Vec::new(),
     }
 }
 

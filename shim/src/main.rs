@@ -9,7 +9,8 @@
 //! footprint*.
 //!
 //! ```text
-//! flotilla-shim --data-dir DIR --id ID                          supervise container ID
+//! flotilla-shim --data-dir DIR --id ID                          supervise container ID (its
+//!                                                               secret material on stdin)
 //! flotilla-shim --data-dir DIR --id ID [--timeout MS] [--console-socket PATH] -- CMD…
 //!                                                               run CMD inside it (on a
 //!                                                               terminal sent to PATH)

@@ -1335,3 +1335,205 @@ fn run_of_a_command_the_image_lacks_names_the_command_and_leaves_nothing() {
     assert!(node.ps().is_empty(), "{:?}", node.ps());
     node.assert_clean();
 }
+
+/// Every regular file below `dir` that holds `needle` (links not followed).
+fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            match fs::symlink_metadata(&p) {
+                Ok(m) if m.is_dir() => todo.push(p),
+                Ok(m) if m.is_file() => {
+                    let bytes = fs::read(&p).unwrap_or_default();
+                    if bytes.windows(needle.len()).any(|w| w == needle) {
+                        found.push(p);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    found
+}
+
+/// Secrets given at each start reach the container — as environment entries of its process
+/// (also under `--init`) and as files on a read-only tmpfs at `/run/secrets`, with their
+/// owners and modes — and never the disk: no file of the data directory holds the value
+/// while the container runs or after, the host's mount table has no mount for them, and the
+/// record names them only. A restart gets them again; a name that cannot be a file is refused;
+/// a shim that dies before it reads them fails the start, no hang.
+#[test]
+fn secrets_reach_the_container_and_never_the_disk() {
+    use flotilla_runtime::container::{
+        ContainerConfig, ContainerError, ContainerStore, SecretEnv, SecretFile, SecretMaterial,
+        StoreOptions,
+    };
+    let node = Node::new();
+    let store = ContainerStore::open(
+        &node.data,
+        StoreOptions {
+            cgroup_parent: node.cgroup_parent.clone(),
+            bind_roots: node.bind_roots.clone(),
+            shim: flotilla_tests::bin("flotilla-shim"),
+        },
+    )
+    .expect("store");
+    let mut random = [0u8; 16];
+    rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty()).expect("random");
+    let value = format!("s3cr3t-{}", hex::encode(random));
+    let mut big = value.repeat(64 * 1024 / value.len() + 1).into_bytes();
+    big.truncate(64 * 1024);
+    let material = SecretMaterial {
+        env: vec![SecretEnv {
+            name: "DB_PASSWORD".into(),
+            value: value.clone(),
+        }],
+        files: vec![
+            SecretFile {
+                uid: 1000,
+                gid: 1000,
+                mode: 0o400,
+                ..SecretFile::new("db_password", value.clone())
+            },
+            // More than a pipe holds: the shim reads while its launcher writes.
+            SecretFile::new("big", big),
+        ],
+    };
+    let config = |name: &str, init: bool, command: &[&str]| ContainerConfig {
+        name: Some(name.into()),
+        image: IMAGE.into(),
+        command: Some(command.iter().map(|s| s.to_string()).collect()),
+        env: vec!["DB_PASSWORD=from-the-spec".into()],
+        init,
+        secrets: vec!["DB_PASSWORD".into(), "db_password".into(), "big".into()],
+        ..Default::default()
+    };
+    let plain = store
+        .create(config(
+            "sec",
+            false,
+            &["sh", "-c", "trap 'exit 0' TERM; sleep 60 & wait"],
+        ))
+        .expect("create");
+    let under_init = store
+        .create(config("sec-init", true, &["sleep", "60"]))
+        .expect("create");
+    store
+        .start_with(&plain.id, &material)
+        .expect("start")
+        .detach();
+    store
+        .start_with(&under_init.id, &material)
+        .expect("start")
+        .detach();
+    let leaks = || files_holding(&node.data, value.as_bytes());
+    // (the walk reads every file: the records name the secrets)
+    assert!(!files_holding(&node.data, b"db_password").is_empty());
+    let seen_inside = |name: &str, pid: &str| {
+        let script = format!(
+            "tr '\\0' '\\n' < /proc/{pid}/environ | grep '^DB_PASSWORD='; \
+             cat /run/secrets/db_password; echo; \
+             stat -c '%a %u:%g' /run/secrets/db_password; \
+             stat -c '%a %u:%g %s' /run/secrets/big; \
+             grep ' /run/secrets ' /proc/mounts; \
+             echo \"exec: ${{DB_PASSWORD}}\"; \
+             echo x > /run/secrets/db_password || echo read-only"
+        );
+        let out = node.ctr_ok(&["exec", name, "sh", "-c", &script]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 7, "{name}: {out}");
+        assert_eq!(lines[0], format!("DB_PASSWORD={value}"), "{name}");
+        assert_eq!(lines[1], value, "{name}");
+        assert_eq!(lines[2], "400 1000:1000", "{name}");
+        assert_eq!(lines[3], "444 0:0 65536", "{name}");
+        assert!(
+            lines[4].starts_with("tmpfs /run/secrets tmpfs ro,"),
+            "{name}: {}",
+            lines[4]
+        );
+        // An exec'd command has the spec's environment, not the secret entries.
+        assert_eq!(lines[5], "exec: from-the-spec", "{name}");
+        assert_eq!(lines[6], "read-only", "{name}: {out}");
+    };
+    seen_inside("sec", "1");
+    seen_inside("sec-init", "$(pidof sleep)");
+
+    // On the host: no mount for them, an empty directory, and the value in no file, nor in
+    // the shim's command line; the record names the secrets.
+    assert_eq!(node.leftover_mounts(), Vec::<String>::new());
+    let dir = store.paths(&plain.id).dir.join("secrets");
+    assert_eq!(fs::read_dir(&dir).expect("secrets dir").count(), 0);
+    assert_eq!(leaks(), Vec::<std::path::PathBuf>::new(), "while running");
+    let info = node.inspect("sec");
+    assert_eq!(
+        info.record.config.secrets,
+        ["DB_PASSWORD", "db_password", "big"]
+    );
+    let shim = info.state.expect("state").shim.pid;
+    let cmdline = fs::read(format!("/proc/{shim}/cmdline")).expect("shim cmdline");
+    assert!(!String::from_utf8_lossy(&cmdline).contains(&value));
+
+    // (the init passes SIGTERM on to `sleep`, and ends as it did: 128 + 15)
+    for (name, code) in [("sec", 0), ("sec-init", 143)] {
+        let exit = store.stop(name, Duration::from_secs(5)).expect("stop");
+        assert_eq!(exit.map(|e| e.exit_code), Some(code), "{name}");
+    }
+    assert_eq!(leaks(), Vec::<std::path::PathBuf>::new(), "after the end");
+
+    // A name that cannot be a file is refused, naming it, before anything changes.
+    let bad = SecretMaterial {
+        files: vec![SecretFile::new("../db_password", value.clone())],
+        ..material.clone()
+    };
+    match store.restart_with("sec", None, &bad) {
+        Err(ContainerError::Invalid(problems)) => {
+            let all = problems.join("\n");
+            assert!(all.contains("'../db_password'"), "{all}");
+            assert!(!all.contains(&value), "{all}");
+        }
+        other => panic!("bad material was not refused: {other:?}"),
+    }
+    assert_eq!(node.inspect("sec").restart_count, 0);
+
+    // A restart gets them again.
+    store
+        .restart_with("sec", None, &material)
+        .expect("restart")
+        .detach();
+    assert_eq!(node.inspect("sec").restart_count, 1);
+    seen_inside("sec", "1");
+    store.stop("sec", Duration::from_secs(5)).expect("stop");
+    assert_eq!(
+        leaks(),
+        Vec::<std::path::PathBuf>::new(),
+        "after the restart"
+    );
+    assert_eq!(node.leftover_mounts(), Vec::<String>::new());
+    node.ctr_ok(&["rm", "sec", "sec-init"]);
+    node.assert_clean();
+
+    let dies_at_once = ContainerStore::open(
+        &node.data,
+        StoreOptions {
+            cgroup_parent: node.cgroup_parent.clone(),
+            bind_roots: node.bind_roots.clone(),
+            shim: "/bin/true".into(),
+        },
+    )
+    .expect("store");
+    let record = dies_at_once
+        .create(config("sec-lost", false, &["true"]))
+        .expect("create");
+    match dies_at_once.start_with(&record.id, &material) {
+        Err(ContainerError::Start { message, .. }) => {
+            assert!(
+                message.contains("handing its secret material to the shim"),
+                "{message}"
+            );
+        }
+        other => panic!("a start whose shim died was not refused: {other:?}"),
+    }
+    node.assert_clean();
+}

@@ -61,6 +61,12 @@ pub struct ContainerConfig {
     /// the container's cgroup sits right under the node's cgroup parent).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub task_cgroup: Option<TaskCgroup>,
+    /// Names of what the container gets from its secrets at each start — environment
+    /// variables and files in `/run/secrets` —, never their values: those are handed over at
+    /// each start ([`super::secrets::SecretMaterial`]) and held only in memory. A start is
+    /// given only secrets named here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 /// A task's cgroup, `<cgroup parent>/<task>`: its containers' cgroups are made inside it, so
@@ -325,6 +331,7 @@ impl ContainerConfig {
                 _ => errs.push(format!("env[{i}]: '{e}' is not KEY=VALUE")),
             }
         }
+        errs.extend(super::secrets::name_problems(&self.secrets));
         if let NetworkMode::Join(p) = &self.network {
             if !p.is_absolute() {
                 errs.push(format!(
@@ -526,6 +533,7 @@ mod tests {
                 target: "/data/../x".into(),
                 read_only: false,
             }],
+            secrets: vec!["TOKEN".into(), "A=B".into()],
             ..Default::default()
         };
         let errs = cfg.validate().expect_err("invalid");
@@ -537,6 +545,7 @@ mod tests {
             "resources.memory",
             "mounts[0].target",
             "mounts[0]: invalid volume",
+            "secrets[1]: name 'A=B'",
         ] {
             assert!(all.contains(field), "{field} missing in:\n{all}");
         }

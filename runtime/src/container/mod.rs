@@ -6,6 +6,8 @@
 //! (`restarts.json`), its logs, and the overlay upper/work directories. A restart
 //! ([`ContainerStore::restart`]) runs the same container again: the directory, and with it the
 //! writable layer, the anonymous volumes and the log, stays.
+//! Each start may give the container secret material ([`SecretMaterial`], see [`secrets`]),
+//! which never reaches the disk: only its names are in the record.
 //! A container is owned by one shim process (see [`shim`]) that outlives whoever started it, so
 //! everything here works from those files alone: a fresh process (a restarted agent, or
 //! `nodeagent ctr`) finds every container, its pid, and its real exit code.
@@ -20,6 +22,7 @@ pub mod logs;
 pub mod process;
 pub mod rootfs;
 pub mod seccomp;
+pub mod secrets;
 pub mod shim;
 pub mod signal;
 pub mod spec;
@@ -32,8 +35,8 @@ use std::io::{self, BufRead, BufReader};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{flock, FlockOperation};
 use rustix::process::Signal;
@@ -42,6 +45,7 @@ use serde::{Deserialize, Serialize};
 pub use cgroup::{CgroupHierarchy, CgroupUsage};
 pub use config::{ContainerConfig, MountRequest, NetworkMode, Resources, TaskCgroup, Ulimit};
 pub use process::ProcessIdentity;
+pub use secrets::{SecretEnv, SecretFile, SecretMaterial};
 pub use signal::{parse_signal, signal_name, UnknownSignal};
 pub use spec::{ImageProcess, ResolvedMount};
 pub use volume::{Volume, VolumeError, VolumeStore};
@@ -443,6 +447,81 @@ impl ContainerPaths {
     }
 }
 
+/// Refuses `secrets` for `record`'s container ([`ContainerError::Invalid`]) when they have
+/// problems of their own, name a secret its settings do not, or bring files while it mounts
+/// something at `/run/secrets`. No message holds a value.
+fn check_secrets(record: &ContainerRecord, secrets: &SecretMaterial) -> Result<(), ContainerError> {
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    let mut problems = secrets.problems();
+    if problems.is_empty() {
+        for name in secrets.names() {
+            if !record.config.secrets.iter().any(|n| n == name) {
+                problems.push(format!(
+                    "secret '{}' is not among the container's secrets ({})",
+                    name.escape_debug(),
+                    if record.config.secrets.is_empty() {
+                        "it has none".to_string()
+                    } else {
+                        record.config.secrets.join(", ")
+                    }
+                ));
+            }
+        }
+    }
+    if !secrets.files.is_empty() {
+        if let Some(m) = secrets::clashing_mount(&record.mounts) {
+            problems.push(format!(
+                "its mount at {} (asked for, or a volume of its image) clashes with its secret \
+                 files at {}",
+                m.target.display(),
+                secrets::SECRETS_TARGET
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ContainerError::Invalid(problems))
+    }
+}
+
+/// Writes `bytes` to a shim's standard input and closes it, giving up at `deadline`
+/// ([`io::ErrorKind::TimedOut`]); a shim that is gone makes it fail with `EPIPE`.
+fn hand_over(stdin: ChildStdin, bytes: &[u8], deadline: Instant) -> io::Result<()> {
+    use rustix::event::{poll, PollFd, PollFlags, Timespec};
+    let flags = rustix::fs::fcntl_getfl(&stdin)?;
+    rustix::fs::fcntl_setfl(&stdin, flags | rustix::fs::OFlags::NONBLOCK)?;
+    let mut left = bytes;
+    while !left.is_empty() {
+        match rustix::io::write(&stdin, left) {
+            Ok(n) => left = &left[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::AGAIN) => {
+                let wait = deadline.saturating_duration_since(Instant::now());
+                if wait.is_zero() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("the shim did not read it within {START_TIMEOUT:?}"),
+                    ));
+                }
+                let ts = Timespec {
+                    tv_sec: i64::try_from(wait.as_secs()).unwrap_or(i64::MAX),
+                    tv_nsec: i64::from(wait.subsec_nanos()),
+                };
+                let mut fds = [PollFd::new(&stdin, PollFlags::OUT)];
+                match poll(&mut fds, Some(&ts)) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// Removes a container's directory, its record last: a removal cut short (a crash, an error,
 /// a file appearing meanwhile) leaves the record, so the container is still listed and is
 /// removed again, never left as a directory nothing lists. A file that appears while the
@@ -723,6 +802,20 @@ impl ContainerStore {
     /// Launches the container's shim and waits until the container runs (or failed to).
     /// On failure the container is removed: nothing is left behind.
     pub fn start(&self, id: &str) -> Result<Started, ContainerError> {
+        self.start_with(id, &SecretMaterial::default())
+    }
+
+    /// [`ContainerStore::start`], giving the container `secrets` (see [`secrets`]): its
+    /// environment entries in the process's environment, its files in `/run/secrets`, neither
+    /// ever on disk. Refused ([`ContainerError::Invalid`], the container left as it is) when
+    /// [`SecretMaterial::problems`] finds any, when it names a secret the container's
+    /// [`ContainerConfig::secrets`] does not, or when it has files and the container mounts
+    /// something at `/run/secrets` (or inside it).
+    pub fn start_with(
+        &self,
+        id: &str,
+        secrets: &SecretMaterial,
+    ) -> Result<Started, ContainerError> {
         if !is_id(id) {
             return Err(ContainerError::NotFound(id.to_string()));
         }
@@ -735,7 +828,8 @@ impl ContainerStore {
         }
         let record: ContainerRecord =
             read_json(&paths.record()).ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
-        match self.launch(&record) {
+        check_secrets(&record, secrets)?;
+        match self.launch(&record, secrets) {
             Err(e @ (ContainerError::Start { .. } | ContainerError::CannotRun { .. })) => {
                 let _ = self.remove(id, true);
                 Err(e)
@@ -761,13 +855,25 @@ impl ContainerStore {
         key: &str,
         network: Option<NetworkSettings>,
     ) -> Result<Started, ContainerError> {
+        self.restart_with(key, network, &SecretMaterial::default())
+    }
+
+    /// [`ContainerStore::restart`], giving the new run `secrets`, refused before anything
+    /// changes as [`ContainerStore::start_with`] refuses them.
+    pub fn restart_with(
+        &self,
+        key: &str,
+        network: Option<NetworkSettings>,
+        secrets: &SecretMaterial,
+    ) -> Result<Started, ContainerError> {
         let info = self.get(key)?;
         let id = info.record.id.clone();
         match info.status {
             Status::Running => return Err(ContainerError::Running(info.record.display_name())),
-            Status::Created => return self.start(&id),
+            Status::Created => return self.start_with(&id, secrets),
             Status::Exited => {}
         }
+        check_secrets(&info.record, secrets)?;
         if let Some(s) = &info.state {
             // Let the last run's shim finish recording; then it has nothing left to do.
             s.shim.wait_exit(EXIT_RECORD_WAIT);
@@ -775,7 +881,7 @@ impl ContainerStore {
         tracing::debug!(container = %id, "restarting");
         let counted: RestartRecord = read_json(&self.paths(&id).restarts()).unwrap_or_default();
         let next = counted.next(info.exit.as_ref());
-        self.run_again(&info, network, next)
+        self.run_again(&info, network, next, secrets)
     }
 
     /// Starts again in place a container that was running (or starting) when the machine
@@ -803,11 +909,25 @@ impl ContainerStore {
         key: &str,
         network: Option<NetworkSettings>,
     ) -> Result<Started, ContainerError> {
+        self.resume_with(key, network, &SecretMaterial::default())
+    }
+
+    /// [`ContainerStore::resume`], giving the new run `secrets`, refused before anything
+    /// changes as [`ContainerStore::start_with`] refuses them — with
+    /// [`ContainerError::Invalid`], which `resume` also gives for a container that cannot
+    /// start again in place: check [`SecretMaterial::problems`] first to tell them apart.
+    pub fn resume_with(
+        &self,
+        key: &str,
+        network: Option<NetworkSettings>,
+        secrets: &SecretMaterial,
+    ) -> Result<Started, ContainerError> {
         let info = self.get(key)?;
         let id = info.record.id.clone();
         if info.status == Status::Running {
             return Err(ContainerError::Running(info.record.display_name()));
         }
+        check_secrets(&info.record, secrets)?;
         let paths = self.paths(&id);
         // Its state names the boot it ran in; unreadable (but there: it did start), its
         // record names the boot it was made in, no later one.
@@ -853,7 +973,7 @@ impl ContainerStore {
             record_failed_run(&paths, &e);
             return Err(e);
         }
-        self.run_again(&info, network, RestartRecord::default())
+        self.run_again(&info, network, RestartRecord::default(), secrets)
     }
 
     /// Runs ended container `info` again in place, its restarts recorded as `counted` first
@@ -863,6 +983,7 @@ impl ContainerStore {
         info: &ContainerInfo,
         network: Option<NetworkSettings>,
         counted: RestartRecord,
+        secrets: &SecretMaterial,
     ) -> Result<Started, ContainerError> {
         let id = info.record.id.clone();
         let paths = self.paths(&id);
@@ -884,16 +1005,22 @@ impl ContainerStore {
         }
         let result = self
             .delete_runtime_state(info)
-            .and_then(|()| self.launch(&record));
+            .and_then(|()| self.launch(&record, secrets));
         if let Err(e) = &result {
             record_failed_run(&paths, e);
         }
         result
     }
 
-    /// Spawns the shim of `record`'s container and waits until it reports the container
-    /// running, or why it could not run it ([`ContainerError::Start`]).
-    fn launch(&self, record: &ContainerRecord) -> Result<Started, ContainerError> {
+    /// Spawns the shim of `record`'s container, hands it `secrets` over its standard input,
+    /// and waits until it reports the container running, or why it could not run it
+    /// ([`ContainerError::Start`]).
+    fn launch(
+        &self,
+        record: &ContainerRecord,
+        secrets: &SecretMaterial,
+    ) -> Result<Started, ContainerError> {
+        check_secrets(record, secrets)?;
         let id = record.id.as_str();
         let paths = self.paths(id);
         // A bind source was checked (and its symlinks resolved) when the container was made;
@@ -950,7 +1077,7 @@ impl ContainerStore {
             .arg(&self.data_dir)
             .arg("--id")
             .arg(id)
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr);
         let network = match &record.config.network {
@@ -966,17 +1093,32 @@ impl ContainerStore {
             }
         };
         isolate::isolate_before_exec(&mut cmd, program, network).map_err(io_at(program))?;
+        let wire = secrets.encode();
         let mut child = cmd.spawn().map_err(io_at(program))?;
-        let Some(stdout) = child.stdout.take() else {
+        // A shim stuck before the container runs must not hang its launcher forever.
+        let deadline = Instant::now() + START_TIMEOUT;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
             return Err(io_at(&self.options.shim)(io::Error::other(
-                "no status pipe",
+                "no status or secrets pipe",
             )));
         };
         tracing::debug!(container = %id, "shim spawned");
+        // The shim reads all of it first thing, so this ends however large it is; a shim that
+        // died meanwhile makes it fail (EPIPE), and its status line, if any, says why.
+        let handed = hand_over(stdin, &wire, deadline);
+        drop(wire);
+        if handed
+            .as_ref()
+            .is_err_and(|e| e.kind() == io::ErrorKind::TimedOut)
+        {
+            let _ = child.kill();
+        }
         let mut status = BufReader::new(stdout);
         let mut line = String::new();
-        // A shim stuck before the container runs must not hang its launcher forever.
-        let read = if process::wait_readable_fd(status.get_ref().as_fd(), Some(START_TIMEOUT)) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let read = if process::wait_readable_fd(status.get_ref().as_fd(), Some(left)) {
             status.read_line(&mut line)
         } else {
             let _ = child.kill();
@@ -1006,8 +1148,12 @@ impl ContainerStore {
                         code,
                     });
                 }
-                let message = match parsed {
-                    Some(shim::StatusLine::Error(m)) => m,
+                let message = match (parsed, handed) {
+                    (Some(shim::StatusLine::Error(m)), _) => m,
+                    (_, Err(e)) => format!(
+                        "handing its secret material to the shim: {e} (see {})",
+                        shim_log.display()
+                    ),
                     _ => format!(
                         "the shim ended without starting the container (see {})",
                         shim_log.display()

@@ -12,7 +12,9 @@
 //! namespace, so it vanishes with the shim and the container, whatever happens.
 //!
 //! The shim talks to its launcher through its stdout, one line each: `started <pid>`,
-//! `error <message>`, `exited <code>`.
+//! `error <message>`, `exited <code>`. Its stdin brings the container's secret material for
+//! this run (see [`super::secrets`]), read to its end before anything else: nothing of it is
+//! written to disk, logged, or said in an error.
 
 use std::fs;
 use std::io::{self, Write};
@@ -31,6 +33,7 @@ use super::devices;
 use super::logs::{LineSplitter, LogWriter, Stream};
 use super::process::ProcessIdentity;
 use super::seccomp;
+use super::secrets::{self, SecretMaterial};
 use super::spec::{self, MountKind, ResolvedMount, SpecInput};
 use super::workload;
 use super::{now_rfc3339, rootfs, ContainerRecord, ExitInfo, NetworkMode, RuntimeState};
@@ -83,8 +86,23 @@ fn report(line: &StatusLine) {
     let _ = io::stdout().flush();
 }
 
-/// Runs the shim for container `id`; returns the shim's exit code.
+/// Runs the shim for container `id`, its secret material read from standard input first;
+/// returns the shim's exit code.
 pub fn main(data_dir: &Path, id: &str) -> i32 {
+    // First thing: the launcher writes all of it, closes the pipe, and only then waits for
+    // the status line.
+    let material = match secrets::read_material(io::stdin().lock()) {
+        Ok(m) => m,
+        Err(e) => {
+            report(&StatusLine::Error(e.to_string()));
+            return 1;
+        }
+    };
+    let problems = material.problems();
+    if !problems.is_empty() {
+        report(&StatusLine::Error(problems.join("; ")));
+        return 1;
+    }
     if !super::is_id(id) {
         report(&StatusLine::Error(format!("invalid container id '{id}'")));
         return 1;
@@ -120,7 +138,7 @@ pub fn main(data_dir: &Path, id: &str) -> i32 {
         ));
         return 1;
     }
-    let started = match create_and_start(data_dir, &dir, &record) {
+    let started = match create_and_start(data_dir, &dir, &record, &material) {
         Ok(s) => s,
         Err(Refusal {
             message,
@@ -134,6 +152,7 @@ pub fn main(data_dir: &Path, id: &str) -> i32 {
             return 1;
         }
     };
+    drop(material);
     report(&StatusLine::Started(started.pid.as_raw_nonzero().get()));
     let exit = supervise(&dir, &record, started);
     report(&StatusLine::Exited(exit.exit_code));
@@ -174,6 +193,7 @@ fn create_and_start(
     data_dir: &Path,
     dir: &Path,
     record: &ContainerRecord,
+    material: &SecretMaterial,
 ) -> Result<StartedContainer, Refusal> {
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
     if record.config.network == NetworkMode::None {
@@ -240,6 +260,19 @@ fn create_and_start(
     }
     let mut mounts = record.mounts.clone();
     mounts.extend(name_files(record, dir)?);
+    if !material.files.is_empty() {
+        if let Some(m) = secrets::clashing_mount(&record.mounts) {
+            return Err(format!(
+                "its mount at {} clashes with its secret files at {}",
+                m.target.display(),
+                secrets::SECRETS_TARGET
+            )
+            .into());
+        }
+        // Last: above any mount of `/run` it has.
+        mounts.push(secrets::mount_files(dir, &material.files).map_err(|e| e.to_string())?);
+        tracing::debug!(container = %record.id, files = material.files.len(), "secret files mounted");
+    }
     let bounding = bounding_set();
     let limit_problems = ulimits_beyond_own(&record.config.ulimits, &bounding);
     if !limit_problems.is_empty() {
@@ -292,7 +325,9 @@ fn create_and_start(
         .with_stdin(stdin_r)
         .with_stdout(out_w)
         .with_stderr(err_w)
-        .with_executor(workload::Workload::new(filter, record.config.init))
+        .with_executor(
+            workload::Workload::new(filter, record.config.init).with_env(material.env.clone()),
+        )
         .as_init(dir)
         .with_systemd(false)
         .with_detach(true)

@@ -2,6 +2,9 @@
 //! [`Workload`] (its `Executor`) once namespaces, mounts, cgroups, capabilities and
 //! `no_new_privs` are in place.
 //!
+//! 0. Before the start, the environment libcontainer made from the spec gets the container's
+//!    secret environment entries for this run ([`Workload::with_env`]), which are thus in
+//!    the process's environment but never in the spec on disk.
 //! 1. The process gets the signal state of a freshly started one (see
 //!    [`fresh_signal_state`]).
 //! 2. The seccomp program compiled ahead by the shim is installed.
@@ -11,26 +14,45 @@
 //!    [`run_init`]), as Docker's `docker-init` (tini) does. It needs nothing inside the image:
 //!    it is the shim's own code, already in memory, from the shim binary's read-only mount.
 
-use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
+use std::collections::HashMap;
+
+use libcontainer::workload::{
+    Executor, ExecutorError, ExecutorSetEnvsError, ExecutorValidationError,
+};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use oci_spec::runtime::Spec;
 
 use super::seccomp::CompiledFilter;
+use super::secrets::SecretEnv;
 
 /// libcontainer's default executor, with the steps above around it.
 #[derive(Debug, Clone)]
 pub struct Workload {
     filter: Option<CompiledFilter>,
     init: bool,
+    env: Vec<SecretEnv>,
 }
 
 impl Workload {
     /// Installs `filter` (none: no seccomp) and executes the workload; with `init`, under an
     /// init process that reaps orphans and passes signals on.
     pub fn new(filter: Option<CompiledFilter>, init: bool) -> Self {
-        Self { filter, init }
+        Self {
+            filter,
+            init,
+            env: Vec::new(),
+        }
+    }
+
+    /// Adds `env` to the workload's environment, each replacing an entry of the spec of the
+    /// same name (their names and values must be valid: see
+    /// [`super::secrets::SecretMaterial::problems`]). With an init, the workload it forks
+    /// inherits them.
+    pub fn with_env(mut self, env: Vec<SecretEnv>) -> Self {
+        self.env = env;
+        self
     }
 
     fn seccomp(&self) -> Result<(), ExecutorError> {
@@ -72,6 +94,23 @@ impl Executor for Workload {
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
         libcontainer::workload::default::DefaultExecutor {}.validate(spec)
+    }
+
+    /// libcontainer calls this in the container's init with the environment it parsed from
+    /// the spec (plus `HOME`), before the start; the default executor's `execvp` then passes
+    /// the process's environment on, so what is added here reaches the workload.
+    fn setup_envs(&self, mut envs: HashMap<String, String>) -> Result<(), ExecutorSetEnvsError> {
+        for e in &self.env {
+            if e.name.is_empty() || e.name.contains(['=', '\0']) || e.value.contains('\0') {
+                // Checked long before; never a panic in `set_var` here.
+                return Err(ExecutorSetEnvsError::Other(format!(
+                    "secret env '{}' cannot be set",
+                    e.name.escape_debug()
+                )));
+            }
+            envs.insert(e.name.clone(), e.value.clone());
+        }
+        libcontainer::workload::default::DefaultExecutor {}.setup_envs(envs)
     }
 }
 

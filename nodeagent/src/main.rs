@@ -24,6 +24,7 @@ mod reconcile;
 mod runner;
 mod runtime;
 mod schedule;
+mod secrets;
 
 use flotilla_api::stdout::{closed_pipe, EXIT_CLOSED_PIPE};
 use flotilla_api::{errln, outln};

@@ -969,7 +969,7 @@ mod tests {
                 Command::Start { name, container } => self.start(desired, name, &container, false),
                 Command::Resume { name, container } => {
                     let config = config_of(desired, &name);
-                    match self.rt.resume(&name, config) {
+                    match self.rt.resume(&name, config, &Default::default()) {
                         Ok(how) => {
                             self.resumes.push((name.clone(), how));
                             self.starts.push((self.t, name));
@@ -1003,9 +1003,9 @@ mod tests {
         ) {
             let config = config_of(desired, &name);
             let done = if restart {
-                self.rt.restart(&name, config)
+                self.rt.restart(&name, config, &Default::default())
             } else {
-                self.rt.run(&name, config)
+                self.rt.run(&name, config, &Default::default())
             };
             match done {
                 Ok(()) => self.starts.push((self.t, name)),

@@ -164,6 +164,8 @@ pub struct Runner {
     task_logs: std::path::PathBuf,
     /// What the agent measures of its own work (its metrics).
     meters: Arc<crate::meters::Meters>,
+    /// The secrets its tasks' containers reference, kept sealed.
+    secrets: Arc<crate::secrets::Secrets>,
 }
 
 impl Runner {
@@ -200,6 +202,12 @@ impl Runner {
         )?);
         let (desired, runs) = load_state(&db)?;
         let contact = load_contact(&db)?;
+        let secrets = Arc::new(crate::secrets::Secrets::open(db.clone(), data_dir)?);
+        match secrets.retain(&desired) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("deleted {n} secret values no desired task needs"),
+            Err(e) => tracing::warn!("deleting secret values no desired task needs: {e:#}"),
+        }
         let (status, _) = watch::channel(Vec::new());
         let (rounds, _) = watch::channel(None);
         Ok(Arc::new(Self {
@@ -215,6 +223,7 @@ impl Runner {
             rounds,
             task_logs: data_dir.join(crate::kept_logs::KEPT_DIR),
             meters: Arc::default(),
+            secrets,
         }))
     }
 
@@ -225,6 +234,11 @@ impl Runner {
     /// The node's address in the cluster, when configured.
     pub fn address(&self) -> Option<std::net::Ipv4Addr> {
         self.networks.address()
+    }
+
+    /// The node's secrets (the session is what they are asked over).
+    pub fn secrets(&self) -> &Arc<crate::secrets::Secrets> {
+        &self.secrets
     }
 
     /// The node's DNS (the session hands it new registries).
@@ -245,6 +259,12 @@ impl Runner {
             return Ok(current);
         }
         save_desired(&self.db, &state)?;
+        // What no desired task needs any more goes at once (the new state is committed).
+        match self.secrets.retain(&state) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("deleted {n} secret values no desired task needs"),
+            Err(e) => tracing::warn!("deleting secret values no desired task needs: {e:#}"),
+        }
         let generation = state.generation;
         self.node().set_desired(state);
         self.wake.notify_one();
@@ -616,6 +636,7 @@ impl Runner {
         }
         let (net, dt, node) = (self.networks.clone(), t.clone(), desired.network.clone());
         let store = self.store.clone();
+        let (secrets, task_def, container_def) = (self.secrets.clone(), t.clone(), def.clone());
         let result = async {
             let attachment = tokio::task::spawn_blocking(move || net.ensure(&dt, &node))
                 .await?
@@ -636,11 +657,12 @@ impl Runner {
                 self.meters.pulled(pulled.is_ok());
                 pulled.map_err(|e| PullFailed::new(&e, &config.image, Puller::Agent))?;
             }
+            let material = secrets.material(&task_def, &container_def).await?;
             let rt = self.runtime.clone();
             let resumed = tokio::task::spawn_blocking(move || match how {
-                StartHow::Create => rt.run(&name, config).map(|()| None),
-                StartHow::Restart => rt.restart(&name, config).map(|()| None),
-                StartHow::Resume => rt.resume(&name, config).map(Some),
+                StartHow::Create => rt.run(&name, config, &material).map(|()| None),
+                StartHow::Restart => rt.restart(&name, config, &material).map(|()| None),
+                StartHow::Resume => rt.resume(&name, config, &material).map(Some),
             })
             .await??;
             anyhow::Ok(resumed)
@@ -801,7 +823,8 @@ pub fn container_config(
             .collect(),
         init: c.init_process_enabled,
         task_cgroup: Some(task_cgroup(task, t)),
-        secrets: Vec::new(),
+        // Their names only (what `ctr inspect` shows); the values come at each start.
+        secrets: c.secrets.iter().map(|s| s.name.clone()).collect(),
     }
 }
 

@@ -9,7 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use flotilla_api::tasks::{ContainerUsage, TaskCgroupUsage};
 use flotilla_runtime::container::{
-    ContainerConfig, ContainerError, ContainerInfo, ContainerStore, NetworkSettings, Status,
+    ContainerConfig, ContainerError, ContainerInfo, ContainerStore, NetworkSettings,
+    SecretMaterial, Status,
 };
 
 /// A task's container as the container runtime names it: `<task id>-<index in the task's
@@ -157,8 +158,14 @@ pub enum RuntimeError {
 pub trait ContainerRuntime: fmt::Debug + Send + Sync {
     /// Every task container on the node.
     fn list(&self) -> Result<Vec<TaskContainer>, RuntimeError>;
-    /// Creates container `name` from `config` (its image already in the store) and starts it.
-    fn run(&self, name: &ContainerName, config: ContainerConfig) -> Result<(), RuntimeError>;
+    /// Creates container `name` from `config` (its image already in the store) and starts it
+    /// with `secrets` (held in memory only; see `flotilla_runtime::container::SecretMaterial`).
+    fn run(
+        &self,
+        name: &ContainerName,
+        config: ContainerConfig,
+        secrets: &SecretMaterial,
+    ) -> Result<(), RuntimeError>;
     /// Stops a container: SIGTERM, SIGKILL after `grace`; one that is not running is left as
     /// it is.
     fn stop(&self, name: &ContainerName, grace: Duration) -> Result<(), RuntimeError>;
@@ -166,8 +173,13 @@ pub trait ContainerRuntime: fmt::Debug + Send + Sync {
     /// layer, its volumes, its log — with a new process, its restart count one higher. `config`
     /// is what it would be created from now: its network settings replace the recorded ones
     /// (a task network made again), and a container that is not there (it never started) is
-    /// created from it and started.
-    fn restart(&self, name: &ContainerName, config: ContainerConfig) -> Result<(), RuntimeError>;
+    /// created from it and started. Each start gets `secrets` again.
+    fn restart(
+        &self,
+        name: &ContainerName,
+        config: ContainerConfig,
+        secrets: &SecretMaterial,
+    ) -> Result<(), RuntimeError>;
     /// Starts container `name`, lost with an earlier boot of the machine ([`RunState::Lost`]),
     /// again in place: the same container — its writable layer, its volumes, its log — with a
     /// new process, joining the network `config` names (its task network made again in this
@@ -181,6 +193,7 @@ pub trait ContainerRuntime: fmt::Debug + Send + Sync {
         &self,
         name: &ContainerName,
         config: ContainerConfig,
+        secrets: &SecretMaterial,
     ) -> Result<Resumed, RuntimeError>;
     /// Removes every container of task `task` (killing what still runs) and its own volumes.
     fn remove_task(&self, task: &str) -> Result<(), RuntimeError>;
@@ -273,27 +286,40 @@ impl ContainerRuntime for StoreRuntime {
             .collect())
     }
 
-    fn run(&self, name: &ContainerName, mut config: ContainerConfig) -> Result<(), RuntimeError> {
+    fn run(
+        &self,
+        name: &ContainerName,
+        mut config: ContainerConfig,
+        secrets: &SecretMaterial,
+    ) -> Result<(), RuntimeError> {
         config.name = Some(name.to_string());
         let record = self
             .store
             .create(config)
             .map_err(store_error("creating", name))?;
         self.store
-            .start(&record.id)
+            .start_with(&record.id, secrets)
             .map_err(store_error("starting", name))?
             .detach();
         Ok(())
     }
 
-    fn restart(&self, name: &ContainerName, config: ContainerConfig) -> Result<(), RuntimeError> {
+    fn restart(
+        &self,
+        name: &ContainerName,
+        config: ContainerConfig,
+        secrets: &SecretMaterial,
+    ) -> Result<(), RuntimeError> {
         let network = NetworkSettings::of(&config);
-        match self.store.restart(&name.to_string(), Some(network)) {
+        match self
+            .store
+            .restart_with(&name.to_string(), Some(network), secrets)
+        {
             Ok(started) => {
                 started.detach();
                 Ok(())
             }
-            Err(ContainerError::NotFound(_)) => self.run(name, config),
+            Err(ContainerError::NotFound(_)) => self.run(name, config, secrets),
             Err(e) => Err(store_error("restarting", name)(e)),
         }
     }
@@ -302,7 +328,15 @@ impl ContainerRuntime for StoreRuntime {
         &self,
         name: &ContainerName,
         config: ContainerConfig,
+        secrets: &SecretMaterial,
     ) -> Result<Resumed, RuntimeError> {
+        // Material the store would refuse is no reason to give up the container's layer.
+        let problems = secrets.problems();
+        if !problems.is_empty() {
+            return Err(store_error("starting again", name)(
+                ContainerError::Invalid(problems),
+            ));
+        }
         let key = name.to_string();
         let why = match self.store.get(&key) {
             // Its record unreadable (skipped, with a warning, by the store) or gone.
@@ -316,7 +350,7 @@ impl ContainerRuntime for StoreRuntime {
             }
             Ok(_) => {
                 let network = NetworkSettings::of(&config);
-                match self.store.resume(&key, Some(network)) {
+                match self.store.resume_with(&key, Some(network), secrets) {
                     Ok(started) => {
                         started.detach();
                         return Ok(Resumed::InPlace);
@@ -336,7 +370,7 @@ impl ContainerRuntime for StoreRuntime {
             Ok(()) | Err(ContainerError::NotFound(_)) => {}
             Err(e) => return Err(store_error("removing", name)(e)),
         }
-        self.run(name, config)?;
+        self.run(name, config, secrets)?;
         Ok(Resumed::Afresh(why))
     }
 
@@ -513,7 +547,12 @@ pub mod fake {
             Ok(self.state().containers.values().cloned().collect())
         }
 
-        fn run(&self, name: &ContainerName, config: ContainerConfig) -> Result<(), RuntimeError> {
+        fn run(
+            &self,
+            name: &ContainerName,
+            config: ContainerConfig,
+            _secrets: &SecretMaterial,
+        ) -> Result<(), RuntimeError> {
             let mut s = self.state();
             s.attempts += 1;
             if s.broken.contains(&config.image) {
@@ -543,12 +582,13 @@ pub mod fake {
             &self,
             name: &ContainerName,
             config: ContainerConfig,
+            secrets: &SecretMaterial,
         ) -> Result<(), RuntimeError> {
             let mut s = self.state();
             let now = Some(s.now.unwrap_or(SystemTime::UNIX_EPOCH));
             let Some(c) = s.containers.get_mut(name) else {
                 drop(s);
-                return self.run(name, config);
+                return self.run(name, config, secrets);
             };
             if c.state == RunState::Running {
                 let e = ContainerError::Running(name.to_string());
@@ -565,6 +605,7 @@ pub mod fake {
             &self,
             name: &ContainerName,
             config: ContainerConfig,
+            secrets: &SecretMaterial,
         ) -> Result<Resumed, RuntimeError> {
             let mut s = self.state();
             let now = Some(s.now.unwrap_or(SystemTime::UNIX_EPOCH));
@@ -591,7 +632,7 @@ pub mod fake {
             s.containers.remove(name);
             s.damaged.remove(name);
             drop(s);
-            self.run(name, config)?;
+            self.run(name, config, secrets)?;
             Ok(Resumed::Afresh(why))
         }
 

@@ -210,6 +210,14 @@ pub enum AgentRequest {
         /// Its version.
         version: u32,
     },
+    /// A version of a config a task of the node's desired state is placed with (answered
+    /// with [`AgentReply::Config`]; refused as `Secret` is for any other).
+    Config {
+        /// The config's name.
+        name: String,
+        /// Its version.
+        version: u32,
+    },
 }
 
 /// A node's capacity and load (sent in heartbeats, shown in `NodeInfo`). camelCase on the
@@ -259,6 +267,11 @@ pub enum AgentReply {
     },
     /// Answer to `Secret`: the value (base64 on the wire; never logged).
     Secret {
+        /// The value.
+        value: secrets::SecretValue,
+    },
+    /// Answer to `Config`: the value (base64 on the wire).
+    Config {
         /// The value.
         value: secrets::SecretValue,
     },

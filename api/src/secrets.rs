@@ -47,7 +47,8 @@ impl<'de> Deserialize<'de> for SecretValue {
     }
 }
 
-/// `POST /v1/secrets` (create) and `POST /v1/secrets/{name}/versions` (rotate, `name` unset).
+/// `POST /v1/secrets` (create) and `POST /v1/secrets/{name}/versions` (rotate, `name` unset);
+/// configs' the same (`/v1/configs`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretPut {
     /// The secret's name (create only).
@@ -67,12 +68,10 @@ pub struct SecretVersionInfo {
     pub created_at: u64,
     /// The value's size, bytes.
     pub size: usize,
-    /// When the value is a JSON object: its keys (what `valueFrom`'s JSON-KEY may name).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub json_keys: Vec<String>,
 }
 
-/// A secret, as `GET /v1/secrets[/{name}]` shows it: metadata only.
+/// A secret, as `GET /v1/secrets[/{name}]` shows it: metadata only; a config's the same
+/// (`GET /v1/configs[/{name}]`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SecretInfo {
@@ -187,13 +186,6 @@ pub fn pick(value: &[u8], json_key: Option<&str>) -> Result<Vec<u8>, String> {
     }
 }
 
-/// The keys of `value` when it is a JSON object (sorted), else none.
-pub fn json_keys(value: &[u8]) -> Vec<String> {
-    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(value)
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default()
-}
-
 /// What is wrong with a value to store, if anything.
 pub fn value_problem(value: &[u8]) -> Option<String> {
     if value.is_empty() {
@@ -261,8 +253,6 @@ mod tests {
         assert!(e.contains("nope") && !e.contains("hunter2"), "{e}");
         let e = pick(b"hunter2", Some("user")).expect_err("an error");
         assert!(!e.contains("hunter2"), "{e}");
-        assert_eq!(json_keys(v), ["password", "port", "user"]);
-        assert!(json_keys(b"plain").is_empty());
     }
 
     #[test]

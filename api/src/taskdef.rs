@@ -132,6 +132,33 @@ pub struct ContainerDefinition {
     /// Secrets it gets (ECS `secrets`, Flotilla's `flotilla:` references only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<ContainerSecret>,
+    /// Config files it gets (a Flotilla extension in the shape of Compose's and Swarm's
+    /// `configs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<ContainerConfigFile>,
+}
+
+/// A config file a container gets (an entry of the Flotilla extension `configs`, in the shape
+/// of Compose's long syntax): config `source`'s value, mounted read-only at `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerConfigFile {
+    /// The config's name (`flotilla config create`).
+    pub source: String,
+    /// Its version; none: the newest when the task is placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    /// Absolute path in the container (default `/<source>`, as Swarm mounts configs).
+    pub target: String,
+    /// The file's mode (default 0444), owner and group (default 0), as for secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    /// The file's owner.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The file's group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
 }
 
 /// A secret a container gets (an entry of ECS's `secrets`): as the environment variable
@@ -171,6 +198,36 @@ impl ContainerSecret {
         crate::secrets::SecretRef::parse(&self.value_from)?.ok()
     }
 }
+
+/// What is wrong with a config file's `target`, if anything: an absolute, normalized path,
+/// not `/`, and not in `/proc`, `/sys`, `/dev` or the secrets' directory.
+pub fn config_target_problem(target: &str) -> Option<&'static str> {
+    if !target.starts_with('/') || target == "/" {
+        return Some("must be an absolute path to a file");
+    }
+    if target.len() > 4096 || target.contains('\0') {
+        return Some("must be at most 4096 bytes, without NUL");
+    }
+    if target.ends_with('/')
+        || target[1..]
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Some("must be a normalized path (no '.', '..', '//' or trailing '/')");
+    }
+    let under = |dir: &str| target == dir || target.starts_with(&format!("{dir}/"));
+    if ["/proc", "/sys", "/dev"].into_iter().any(under) {
+        return Some("must not be in /proc, /sys or /dev");
+    }
+    if under(crate::secrets::FILES_DIR) {
+        return Some("must not be in /run/secrets, where the secrets are");
+    }
+    None
+}
+
+/// The largest user or group id a file may be given: `(uid_t)-1` means "unchanged" to
+/// chown(2).
+const MAX_ID: i64 = u32::MAX as i64 - 1;
 
 fn yes() -> bool {
     true
@@ -552,6 +609,7 @@ const CONTAINER: &[&str] = &[
     "privileged",
     "hostname",
     "secrets",
+    "configs",
 ];
 /// The least memory a container gets, MiB, for its `memory` and its `memoryReservation` alike
 /// (what Docker 20.10 and later reserve — its daemon refuses less for either, "Minimum memory
@@ -1712,6 +1770,7 @@ impl Checker {
             .filter(|r| !r.is_null())
             .and_then(|r| self.restart_policy(&format!("{p}.restartPolicy"), r));
         let secrets = self.secrets(p, m.get("secrets"), &environment);
+        let configs = self.configs(p, m.get("configs"));
         Some(ContainerDefinition {
             name: name?,
             image: image?,
@@ -1739,7 +1798,84 @@ impl Checker {
             hostname,
             restart_policy,
             secrets,
+            configs,
         })
+    }
+
+    /// A file mode: a string of octal digits, or a number that is the mode's value.
+    fn mode(&mut self, path: &str, v: Option<&Value>) -> Option<u32> {
+        match v {
+            None | Some(Value::Null) => None,
+            Some(Value::String(t)) => match u32::from_str_radix(t.trim(), 8) {
+                Ok(m) if m <= 0o777 && t.trim().bytes().all(|b| b.is_ascii_digit()) => Some(m),
+                _ => {
+                    self.err(
+                        path,
+                        format!("'{t}': an octal mode from \"0000\" to \"0777\""),
+                    );
+                    None
+                }
+            },
+            other => self.int(path, other, 0, 0o777).map(|m| m as u32),
+        }
+    }
+
+    /// A container's `configs` (a Flotilla extension): each names a config and where it goes.
+    fn configs(&mut self, p: &str, v: Option<&Value>) -> Vec<ContainerConfigFile> {
+        let mut out: Vec<ContainerConfigFile> = Vec::new();
+        for (i, e) in self.array(&format!("{p}.configs"), v).iter().enumerate() {
+            let cp = format!("{p}.configs[{i}]");
+            let Some(cm) = self.object(&cp, e) else {
+                continue;
+            };
+            self.keys(
+                &cp,
+                cm,
+                &["source", "version", "target", "mode", "uid", "gid"],
+                &[],
+                &[],
+            );
+            let source = self.string(&format!("{cp}.source"), cm.get("source"), true);
+            if let Some(why) = source.as_deref().and_then(crate::secrets::name_problem) {
+                self.err(&format!("{cp}.source"), why);
+            }
+            let version = self
+                .int(
+                    &format!("{cp}.version"),
+                    cm.get("version"),
+                    1,
+                    u32::MAX.into(),
+                )
+                .map(|n| n as u32);
+            let target = self
+                .string(&format!("{cp}.target"), cm.get("target"), false)
+                .or_else(|| source.as_ref().map(|s| format!("/{s}")));
+            if let Some(t) = &target {
+                if let Some(why) = config_target_problem(t) {
+                    self.err(&format!("{cp}.target"), format!("'{t}': {why}"));
+                } else if out.iter().any(|c| &c.target == t) {
+                    self.err(&format!("{cp}.target"), format!("'{t}' is set twice"));
+                }
+            }
+            let mode = self.mode(&format!("{cp}.mode"), cm.get("mode"));
+            let uid = self
+                .int(&format!("{cp}.uid"), cm.get("uid"), 0, MAX_ID)
+                .map(|n| n as u32);
+            let gid = self
+                .int(&format!("{cp}.gid"), cm.get("gid"), 0, MAX_ID)
+                .map(|n| n as u32);
+            if let (Some(source), Some(target)) = (source, target) {
+                out.push(ContainerConfigFile {
+                    source,
+                    version,
+                    target,
+                    mode,
+                    uid,
+                    gid,
+                });
+            }
+        }
+        out
     }
 
     /// A container's `secrets`: Flotilla's references checked, AWS ones (ARNs) warned about
@@ -1802,27 +1938,12 @@ impl Checker {
             let environment = self
                 .boolean(&format!("{sp}.environment"), sm.get("environment"))
                 .unwrap_or(true);
-            let mode = match sm.get("mode") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(t)) => match u32::from_str_radix(t.trim(), 8) {
-                    Ok(m) if m <= 0o777 && !t.trim().is_empty() => Some(m),
-                    _ => {
-                        self.err(
-                            &format!("{sp}.mode"),
-                            format!("'{t}': an octal mode from \"0000\" to \"0777\""),
-                        );
-                        None
-                    }
-                },
-                other => self
-                    .int(&format!("{sp}.mode"), other, 0, 0o777)
-                    .map(|m| m as u32),
-            };
+            let mode = self.mode(&format!("{sp}.mode"), sm.get("mode"));
             let uid = self
-                .int(&format!("{sp}.uid"), sm.get("uid"), 0, u32::MAX.into())
+                .int(&format!("{sp}.uid"), sm.get("uid"), 0, MAX_ID)
                 .map(|n| n as u32);
             let gid = self
-                .int(&format!("{sp}.gid"), sm.get("gid"), 0, u32::MAX.into())
+                .int(&format!("{sp}.gid"), sm.get("gid"), 0, MAX_ID)
                 .map(|n| n as u32);
             if let (Some(name), Some(value_from)) = (name, value_from) {
                 out.push(ContainerSecret {
@@ -3017,6 +3138,11 @@ mod tests {
             Acted,
         ),
         (
+            "containerDefinitions.0.configs",
+            r#"[{"source": "nginx", "version": 2, "target": "/etc/nginx/nginx.conf", "mode": "0440", "uid": 101, "gid": 101}]"#,
+            Acted,
+        ),
+        (
             "containerDefinitions.0.repositoryCredentials",
             r#"{"credentialsParameter": "arn"}"#,
             Warned,
@@ -3342,6 +3468,48 @@ mod tests {
                 "{entries}: {problems:?}"
             );
         }
+        let configs = |entries: &str| {
+            parse(&format!(
+                r#"{{"family":"f","containerDefinitions":[{{"name":"a","image":"x","memory":64,
+                "configs":{entries}}}]}}"#
+            ))
+        };
+        for (entries, want) in [
+            (r#"[{"source":"-x"}]"#, "[0].source"),
+            (
+                r#"[{"source":"x","target":"etc/x"}]"#,
+                "[0].target: 'etc/x'",
+            ),
+            (
+                r#"[{"source":"x","target":"/etc/../x"}]"#,
+                "[0].target: '/etc/../x'",
+            ),
+            (
+                r#"[{"source":"x","target":"/proc/x"}]"#,
+                "[0].target: '/proc/x'",
+            ),
+            (
+                r#"[{"source":"x","target":"/run/secrets/x"}]"#,
+                "[0].target: '/run/secrets/x'",
+            ),
+            (
+                r#"[{"source":"x","target":"/a"},{"source":"y","target":"/a"}]"#,
+                "[1].target: '/a' is set twice",
+            ),
+            (r#"[{"source":"x","version":0}]"#, "[0].version"),
+        ] {
+            let problems = configs(entries).expect_err(entries);
+            let want = format!("$.containerDefinitions[0].configs{want}");
+            assert!(
+                problems.iter().any(|p| p.starts_with(&want)),
+                "{entries}: {problems:?}"
+            );
+        }
+        let c = configs(r#"[{"source":"nginx.conf"}]"#).expect("registers");
+        assert_eq!(
+            c.definition.container_definitions[0].configs[0].target, "/nginx.conf",
+            "Swarm's default"
+        );
         let parsed = with(
             r#"[{"name":"S","valueFrom":"flotilla:db::2","mode":256},
                 {"name":"T","valueFrom":"arn:aws:secretsmanager:eu-central-1:1:secret:t"}]"#,

@@ -149,6 +149,10 @@ pub struct DesiredTask {
     /// was placed: what the node asks for (`AgentRequest::Secret`) and keeps sealed.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub secret_versions: std::collections::BTreeMap<String, u32>,
+    /// The version of each config its containers mount, by config name, fixed when it was
+    /// placed (`AgentRequest::Config`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub config_versions: std::collections::BTreeMap<String, u32>,
 }
 
 /// What should happen to a task.

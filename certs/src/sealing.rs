@@ -54,8 +54,11 @@ impl SealingKey {
         }
     }
 
-    /// The node's key in `path`: read when it is there (it must be 32 bytes, owned by this
-    /// user and not readable by others), made (0600, synced) when it is not.
+    /// The node's key in `path`: read when it is there (it must be 32 bytes and not readable
+    /// by others), made when it is not — written whole to a temporary file (0600, synced),
+    /// renamed into place and the directory synced, so a power cut leaves the old state or the
+    /// whole key. A file of another length is refused ([`CertError::Invalid`] naming it): the
+    /// caller decides whether to set it aside and make a new key.
     pub fn load_or_create(path: &Path) -> Result<Self, CertError> {
         let io = |source| CertError::Io {
             path: path.to_path_buf(),
@@ -95,7 +98,18 @@ impl SealingKey {
                 SystemRandom::new()
                     .fill(&mut bytes)
                     .map_err(|_| invalid("the system's random source failed"))?;
-                crate::write_new(path, &bytes, 0o600)?;
+                let tmp = path.with_extension("new");
+                let _ = fs::remove_file(&tmp);
+                crate::write_new(&tmp, &bytes, 0o600)?;
+                fs::rename(&tmp, path).map_err(io)?;
+                if let Some(dir) = path.parent() {
+                    fs::File::open(dir)
+                        .and_then(|d| d.sync_all())
+                        .map_err(|source| CertError::Io {
+                            path: dir.to_path_buf(),
+                            source,
+                        })?;
+                }
                 Ok(Self::from_bytes(&bytes))
             }
             Err(e) => Err(io(e)),

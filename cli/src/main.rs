@@ -117,6 +117,10 @@ enum ClusterCommand {
     /// (`"valueFrom": "flotilla:NAME[:JSON-KEY][:VERSION]"`).
     #[command(subcommand)]
     Secret(secret::SecretCommand),
+    /// Configs: files such as nginx.conf kept by the control plane and mounted read-only where
+    /// a container definition's `configs` say (`{"source": NAME, "target": PATH}`).
+    #[command(subcommand)]
+    Config(secret::ConfigCommand),
     /// Service auto scaling (Application Auto Scaling's shapes): policies, scheduled actions
     /// and what was decided; `flotilla service autoscale` turns it on.
     #[command(subcommand)]
@@ -1360,6 +1364,7 @@ async fn run(cli: Cli) -> Result<()> {
         ClusterCommand::Schedule(cmd) => schedule(&api, cmd, output).await?,
         ClusterCommand::Scaling(cmd) => scaling::run(&api, cmd, output).await?,
         ClusterCommand::Secret(cmd) => secret::run(&api, cmd, output).await?,
+        ClusterCommand::Config(cmd) => secret::run_config(&api, cmd, output).await?,
         ClusterCommand::Top(cmd) => top::run(&api, cmd, output).await?,
         ClusterCommand::Task(TaskCommand::Ls(w)) => {
             list(output, w, || task_listing(&api, wide)).await?

@@ -1,4 +1,6 @@
-//! `flotilla secret create|rotate|ls|inspect|rm`: secrets kept sealed by the control plane and
+//! `flotilla secret create|rotate|ls|inspect|rm` and `flotilla config create|update|ls|inspect|rm`:
+//! configs are files kept as they are and mounted where a container definition's `configs`
+//! say. Secrets are kept sealed by the control plane and
 //! given to the containers that reference them (`valueFrom: flotilla:NAME[:JSON-KEY][:VERSION]`).
 //! A value is read from a file, standard input or `--from-literal` pairs, sent once, and never
 //! shown again: every command prints metadata only.
@@ -37,9 +39,13 @@ impl ValueArgs {
             (Some(f), None, []) | (None, Some(f), []) => read_input(f)?,
             (None, None, pairs) if !pairs.is_empty() => {
                 let mut object = serde_json::Map::new();
-                for pair in pairs {
+                for (i, pair) in pairs.iter().enumerate() {
+                    // Never shown: a mistyped pair may be the value itself.
                     let Some((k, v)) = pair.split_once('=').filter(|(k, _)| !k.is_empty()) else {
-                        bail!("--from-literal: '{}' is not KEY=VALUE", key_only(pair));
+                        bail!(
+                            "--from-literal number {}: not KEY=VALUE (a key, '=', the value)",
+                            i + 1
+                        );
                     };
                     if object
                         .insert(k.to_string(), serde_json::Value::String(v.to_string()))
@@ -53,16 +59,11 @@ impl ValueArgs {
             _ => bail!("give the value: FILE, - (standard input), --from-file FILE or --from-literal KEY=VALUE"),
         };
         if let Some(why) = flotilla_api::secrets::value_problem(&bytes) {
-            bail!("{why}");
+            bail!("{}", why.replace("a secret's value", "the value"));
         }
         debug_assert!(bytes.len() <= MAX_VALUE);
         Ok(SecretValue(bytes))
     }
-}
-
-/// What of a `--from-literal` argument may be shown: its key, never its value.
-fn key_only(pair: &str) -> &str {
-    pair.split_once('=').map_or(pair, |(k, _)| k)
 }
 
 /// `flotilla secret …`.
@@ -107,14 +108,34 @@ pub enum SecretCommand {
 fn summary(s: &SecretInfo) -> String {
     let v = s.versions.last();
     format!(
-        "{}: version {} ({} bytes{})",
+        "{}: version {} ({} bytes)",
         s.name,
         s.latest(),
-        v.map_or(0, |v| v.size),
-        v.filter(|v| !v.json_keys.is_empty())
-            .map(|v| format!(", keys {}", v.json_keys.join(", ")))
-            .unwrap_or_default()
+        v.map_or(0, |v| v.size)
     )
+}
+
+/// The metadata list `ls` prints.
+fn print_list(output: Output, list: &[SecretInfo]) -> Result<()> {
+    print(output, &list, || {
+        let rows: Vec<Vec<String>> = list
+            .iter()
+            .map(|s| {
+                vec![
+                    cell(&s.name),
+                    s.latest().to_string(),
+                    s.versions.last().map_or(0, |v| v.size).to_string(),
+                    when(s.versions.last().map_or(s.created_at, |v| v.created_at)),
+                    if s.used_by.is_empty() {
+                        "-".to_string()
+                    } else {
+                        cell(&s.used_by.join(","))
+                    },
+                ]
+            })
+            .collect();
+        table(&["NAME", "VERSION", "BYTES", "UPDATED", "USED BY"], &rows);
+    })
 }
 
 /// Runs `cmd`.
@@ -132,35 +153,77 @@ pub async fn run(api: &Client, cmd: SecretCommand, output: Output) -> Result<()>
             let s = api.rotate_secret(&name, &value.value()?).await?;
             print(output, &s, || outln!("{}", summary(&s)))?;
         }
-        SecretCommand::Ls => {
-            let list = api.secrets().await?;
-            print(output, &list, || {
-                let rows: Vec<Vec<String>> = list
-                    .iter()
-                    .map(|s| {
-                        vec![
-                            cell(&s.name),
-                            s.latest().to_string(),
-                            s.versions.last().map_or(0, |v| v.size).to_string(),
-                            when(s.versions.last().map_or(s.created_at, |v| v.created_at)),
-                            if s.used_by.is_empty() {
-                                "-".to_string()
-                            } else {
-                                cell(&s.used_by.join(","))
-                            },
-                        ]
-                    })
-                    .collect();
-                table(&["NAME", "VERSION", "BYTES", "UPDATED", "USED BY"], &rows);
-            })?;
-        }
-        SecretCommand::Inspect { name } => {
-            let s = api.secret(&name).await?;
-            print_document(output, &s)?;
-        }
+        SecretCommand::Ls => print_list(output, &api.secrets().await?)?,
+        SecretCommand::Inspect { name } => print_document(output, &api.secret(&name).await?)?,
         SecretCommand::Rm { force, names } => {
             for name in names {
                 api.remove_secret(&name, force).await?;
+                outln!("{name} removed");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `flotilla config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Create a config (version 1) from a file or standard input.
+    Create {
+        /// Config name: 1-128 letters, digits, '_', '-' or '.'.
+        name: String,
+        #[command(flatten)]
+        value: ValueArgs,
+    },
+    /// Give a config a new version. Tasks placed from now on get it; running tasks keep
+    /// theirs (`flotilla service update --force-new-deployment` rolls a service).
+    Update {
+        /// Config name.
+        name: String,
+        #[command(flatten)]
+        value: ValueArgs,
+    },
+    /// List configs.
+    #[command(alias = "list")]
+    Ls,
+    /// Show a config's versions and the task definitions that use it.
+    Inspect {
+        /// Config name.
+        name: String,
+    },
+    /// Remove configs with all their versions; refused while in use, unless --force.
+    #[command(alias = "remove")]
+    Rm {
+        /// Remove even while task definitions or running tasks use it: their containers then
+        /// cannot start anew.
+        #[arg(long)]
+        force: bool,
+        /// Config names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// Runs `cmd`.
+pub async fn run_config(api: &Client, cmd: ConfigCommand, output: Output) -> Result<()> {
+    match cmd {
+        ConfigCommand::Create { name, value } => {
+            let put = SecretPut {
+                name,
+                value: value.value()?,
+            };
+            let s = api.create_config(&put).await?;
+            print(output, &s, || outln!("{}", summary(&s)))?;
+        }
+        ConfigCommand::Update { name, value } => {
+            let s = api.update_config(&name, &value.value()?).await?;
+            print(output, &s, || outln!("{}", summary(&s)))?;
+        }
+        ConfigCommand::Ls => print_list(output, &api.configs().await?)?,
+        ConfigCommand::Inspect { name } => print_document(output, &api.config(&name).await?)?,
+        ConfigCommand::Rm { force, names } => {
+            for name in names {
+                api.remove_config(&name, force).await?;
                 outln!("{name} removed");
             }
         }
@@ -194,10 +257,10 @@ mod tests {
             .value()
             .expect_err("an error");
         assert!(!e.to_string().contains("hunter2"), "{e}");
-        let e = args(None, None, &["=hunter2"])
-            .value()
-            .expect_err("an error");
-        assert!(!e.to_string().contains("hunter2"), "{e}");
+        for bad in ["=hunter2", "hunter2"] {
+            let e = args(None, None, &[bad]).value().expect_err("an error");
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
         assert!(args(None, None, &[]).value().is_err(), "no value");
         let dir = tempfile::tempdir().expect("tempdir");
         let f = dir.path().join("v");

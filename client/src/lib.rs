@@ -643,6 +643,46 @@ impl Client {
         self.empty(Method::DELETE, &["secrets", name], query).await
     }
 
+    /// `POST /v1/configs`: a new config (version 1); its metadata.
+    pub async fn create_config(&self, put: &SecretPut) -> Result<SecretInfo, ClientError> {
+        self.json(Method::POST, &["configs"], &[], Some(put)).await
+    }
+
+    /// `POST /v1/configs/{name}/versions`: a new version of config `name`; its metadata.
+    pub async fn update_config(
+        &self,
+        name: &str,
+        value: &SecretValue,
+    ) -> Result<SecretInfo, ClientError> {
+        let put = SecretPut {
+            name: String::new(),
+            value: value.clone(),
+        };
+        self.json(
+            Method::POST,
+            &["configs", name, "versions"],
+            &[],
+            Some(&put),
+        )
+        .await
+    }
+
+    /// `GET /v1/configs`: every config's metadata.
+    pub async fn configs(&self) -> Result<Vec<SecretInfo>, ClientError> {
+        self.get(&["configs"], &[]).await
+    }
+
+    /// `GET /v1/configs/{name}`: its metadata.
+    pub async fn config(&self, name: &str) -> Result<SecretInfo, ClientError> {
+        self.get(&["configs", name], &[]).await
+    }
+
+    /// `DELETE /v1/configs/{name}[?force=true]`: refused while in use, unless `force`.
+    pub async fn remove_config(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        let query: &[(&str, &str)] = if force { &[("force", "true")] } else { &[] };
+        self.empty(Method::DELETE, &["configs", name], query).await
+    }
+
     /// `GET /v1/events`: at most `limit` (1 to 1000) events with a sequence number above
     /// `since`, oldest first.
     pub async fn events(&self, since: u64, limit: u32) -> Result<Vec<Event>, ClientError> {

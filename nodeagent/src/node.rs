@@ -807,6 +807,7 @@ mod tests {
             namespace: None,
             service: None,
             secret_versions: Default::default(),
+            config_versions: Default::default(),
         }
     }
 

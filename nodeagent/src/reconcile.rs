@@ -452,6 +452,7 @@ mod tests {
             namespace: None,
             service: None,
             secret_versions: Default::default(),
+            config_versions: Default::default(),
         }
     }
 

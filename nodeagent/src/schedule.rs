@@ -122,6 +122,7 @@ pub fn fire_due(
                 namespace: None,
                 service: None,
                 secret_versions: Default::default(),
+                config_versions: Default::default(),
             },
             run: ScheduledRun {
                 schedule: s.name.clone(),

@@ -16,34 +16,54 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use flotilla_api::secrets::{pick, SecretRef};
+use flotilla_api::secrets::pick;
 use flotilla_api::taskdef::{ContainerDefinition, ContainerSecret};
 use flotilla_api::tasks::{DesiredState, DesiredTask};
 use flotilla_api::{read_frame, write_frame, AgentReply, AgentRequest};
 use flotilla_certs::sealing::SealingKey;
-use flotilla_runtime::container::{SecretEnv, SecretFile, SecretMaterial};
+use flotilla_runtime::container::{ConfigFile, SecretEnv, SecretFile, SecretMaterial};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-/// Sealed values by `name:version`.
+/// Sealed values by `name:version` (secrets) and `config/name:version` (configs).
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// The node's sealing key, in its data directory.
 pub const KEY_FILE: &str = "secrets.key";
 /// How long the control plane may take to answer for a value.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn key_text(name: &str, version: u32) -> String {
-    format!("{name}:{version}")
+/// Secrets or configs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Secret,
+    Config,
+}
+
+impl Kind {
+    fn noun(self) -> &'static str {
+        match self {
+            Self::Secret => "secret",
+            Self::Config => "config",
+        }
+    }
+}
+
+fn key_text(kind: Kind, name: &str, version: u32) -> String {
+    match kind {
+        Kind::Secret => format!("{name}:{version}"),
+        Kind::Config => format!("config/{name}:{version}"),
+    }
 }
 
 /// What a sealed value is bound to.
-fn context(name: &str, version: u32) -> Vec<u8> {
-    format!("node secret\0{name}\0{version}").into_bytes()
+fn context(kind: Kind, name: &str, version: u32) -> Vec<u8> {
+    format!("node {}\0{name}\0{version}", kind.noun()).into_bytes()
 }
 
 /// The node's secrets (see the module).
 pub struct Secrets {
     db: Arc<Database>,
-    key: SealingKey,
+    /// The node's key, or why there is none (secrets cannot be used then; nothing else stops).
+    key: std::result::Result<SealingKey, String>,
     session: Mutex<Option<quinn::Connection>>,
 }
 
@@ -53,12 +73,34 @@ impl std::fmt::Debug for Secrets {
     }
 }
 
+/// The node's key in `<data_dir>/secrets.key`: made when missing; a damaged one (of the wrong
+/// length: a power cut while it was first written by an older agent, say) is set aside and a
+/// new one made — the values it sealed are then fetched again. One readable by others is
+/// refused: the values it sealed may be known.
+fn node_key(data_dir: &Path) -> std::result::Result<SealingKey, String> {
+    let path = data_dir.join(KEY_FILE);
+    match SealingKey::load_or_create(&path) {
+        Ok(k) => Ok(k),
+        Err(e) if e.to_string().contains("bytes, not") => {
+            let aside = path.with_extension("damaged");
+            tracing::warn!("{e}: set aside as {} and replaced", aside.display());
+            std::fs::rename(&path, &aside)
+                .map_err(|r| format!("setting aside {}: {r}", path.display()))?;
+            SealingKey::load_or_create(&path).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 impl Secrets {
-    /// The secrets kept in `db`, sealed with the key in `<data_dir>/secrets.key` (made on
-    /// first use).
+    /// The secrets kept in `db`, sealed with the node's key in `<data_dir>/secrets.key` (made
+    /// on first use). A key that cannot be used is logged, and only containers that reference
+    /// secrets or configs then fail to start, naming why.
     pub fn open(db: Arc<Database>, data_dir: &Path) -> Result<Self> {
-        let key = SealingKey::load_or_create(&data_dir.join(KEY_FILE))
-            .context("the node's sealing key for secrets")?;
+        let key = node_key(data_dir);
+        if let Err(why) = &key {
+            tracing::error!("the node's sealing key for secrets: {why}; containers that reference secrets or configs cannot start");
+        }
         let w = db.begin_write()?;
         w.open_table(SECRETS)?;
         w.commit()?;
@@ -74,29 +116,52 @@ impl Secrets {
         *self.session.lock().unwrap_or_else(|p| p.into_inner()) = conn;
     }
 
-    fn kept(&self, name: &str, version: u32) -> Result<Option<Vec<u8>>> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(SECRETS)?;
-        let Some(sealed) = t.get(key_text(name, version).as_str())? else {
-            return Ok(None);
-        };
-        let value = self
-            .key
-            .open(&context(name, version), sealed.value())
-            .map_err(|e| anyhow!("secret {name} version {version} as kept on this node: {e}"))?;
-        Ok(Some(value))
+    fn key(&self) -> Result<&SealingKey> {
+        self.key
+            .as_ref()
+            .map_err(|why| anyhow!("the node's sealing key for secrets: {why}"))
     }
 
-    fn keep(&self, name: &str, version: u32, value: &[u8]) -> Result<()> {
-        let sealed = self.key.seal(&context(name, version), value)?;
+    /// A kept value: `None` when there is none, or when the one kept does not open (another
+    /// key, a damaged record): that one is deleted, to be fetched again.
+    fn kept(&self, kind: Kind, name: &str, version: u32) -> Result<Option<Vec<u8>>> {
+        let key = self.key()?;
+        let k = key_text(kind, name, version);
+        let sealed = {
+            let r = self.db.begin_read()?;
+            let t = r.open_table(SECRETS)?;
+            let Some(sealed) = t.get(k.as_str())? else {
+                return Ok(None);
+            };
+            sealed.value().to_vec()
+        };
+        match key.open(&context(kind, name, version), &sealed) {
+            Ok(value) => Ok(Some(value)),
+            Err(e) => {
+                tracing::warn!(
+                    "{} {name} version {version} as kept on this node: {e}; deleted, to be \
+                     fetched again",
+                    kind.noun()
+                );
+                let w = self.db.begin_write()?;
+                w.open_table(SECRETS)?.remove(k.as_str())?;
+                w.commit()?;
+                Ok(None)
+            }
+        }
+    }
+
+    fn keep(&self, kind: Kind, name: &str, version: u32, value: &[u8]) -> Result<()> {
+        let sealed = self.key()?.seal(&context(kind, name, version), value)?;
         let w = self.db.begin_write()?;
         w.open_table(SECRETS)?
-            .insert(key_text(name, version).as_str(), sealed.as_slice())?;
+            .insert(key_text(kind, name, version).as_str(), sealed.as_slice())?;
         w.commit()?;
         Ok(())
     }
 
-    async fn fetch(&self, name: &str, version: u32) -> Result<Vec<u8>> {
+    async fn fetch(&self, kind: Kind, name: &str, version: u32) -> Result<Vec<u8>> {
+        let noun = kind.noun();
         let conn = self
             .session
             .lock()
@@ -104,55 +169,65 @@ impl Secrets {
             .clone();
         let Some(conn) = conn else {
             bail!(
-                "secret {name} version {version} is not on this node yet and the control plane \
+                "{noun} {name} version {version} is not on this node yet and the control plane \
                  is not reachable: it is fetched when the session is back"
             );
         };
+        let request = match kind {
+            Kind::Secret => AgentRequest::Secret {
+                name: name.to_string(),
+                version,
+            },
+            Kind::Config => AgentRequest::Config {
+                name: name.to_string(),
+                version,
+            },
+        };
         let ask = async {
             let (mut send, mut recv) = conn.open_bi().await?;
-            write_frame(
-                &mut send,
-                &AgentRequest::Secret {
-                    name: name.to_string(),
-                    version,
-                },
-            )
-            .await?;
+            write_frame(&mut send, &request).await?;
             let _ = send.finish();
             anyhow::Ok(read_frame::<_, AgentReply>(&mut recv).await?)
         };
         match tokio::time::timeout(FETCH_TIMEOUT, ask).await {
-            Err(_) => bail!("secret {name} version {version}: the control plane did not answer within {FETCH_TIMEOUT:?}"),
-            Ok(Err(e)) => Err(e.context(format!("asking for secret {name} version {version}"))),
-            Ok(Ok(AgentReply::Secret { value })) => Ok(value.0),
+            Err(_) => bail!(
+                "{noun} {name} version {version}: the control plane did not answer within \
+                 {FETCH_TIMEOUT:?}"
+            ),
+            Ok(Err(e)) => Err(e.context(format!("asking for {noun} {name} version {version}"))),
+            Ok(Ok(AgentReply::Secret { value })) if kind == Kind::Secret => Ok(value.0),
+            Ok(Ok(AgentReply::Config { value })) if kind == Kind::Config => Ok(value.0),
             Ok(Ok(AgentReply::Refused { reason })) => {
-                bail!("secret {name} version {version}: the control plane refused: {reason}")
+                bail!("{noun} {name} version {version}: the control plane refused: {reason}")
             }
-            Ok(Ok(_)) => bail!("secret {name} version {version}: an unexpected answer"),
+            Ok(Ok(_)) => bail!("{noun} {name} version {version}: an unexpected answer"),
         }
     }
 
-    /// The value of `version` of secret `name`: kept on the node, or asked of the control
-    /// plane and then kept (sealed) before it is used.
-    async fn value(self: &Arc<Self>, name: &str, version: u32) -> Result<Vec<u8>> {
+    /// The value of `version` of `name`: kept on the node, or asked of the control plane and
+    /// then kept (sealed) before it is used.
+    async fn value(self: &Arc<Self>, kind: Kind, name: &str, version: u32) -> Result<Vec<u8>> {
         let me = self.clone();
-        let (n, v) = (name.to_string(), version);
-        if let Some(value) = tokio::task::spawn_blocking(move || me.kept(&n, v)).await?? {
+        let n = name.to_string();
+        if let Some(value) =
+            tokio::task::spawn_blocking(move || me.kept(kind, &n, version)).await??
+        {
             return Ok(value);
         }
-        let value = self.fetch(name, version).await?;
+        let value = self.fetch(kind, name, version).await?;
         let me = self.clone();
         let (n, kept) = (name.to_string(), value.clone());
-        tokio::task::spawn_blocking(move || me.keep(&n, version, &kept))
+        tokio::task::spawn_blocking(move || me.keep(kind, &n, version, &kept))
             .await?
-            .with_context(|| format!("keeping secret {name} version {version}"))?;
-        tracing::info!(secret = %name, version, "secret received and kept sealed");
+            .with_context(|| format!("keeping {} {name} version {version}", kind.noun()))?;
+        tracing::info!(name = %name, version, "{} received and kept sealed", kind.noun());
         Ok(value)
     }
 
-    /// What container `def` of task `task` gets from its secrets: each as an environment
-    /// variable (unless its entry says not) and as the file `/run/secrets/<name>`. An error
-    /// names the secret (and never a value): what the container's failed start says.
+    /// What container `def` of task `task` gets from its secrets — each as an environment
+    /// variable (unless its entry says not) and as the file `/run/secrets/<name>` — and its
+    /// configs. An error names the secret or config (and never a value): what the container's
+    /// failed start says.
     pub async fn material(
         self: &Arc<Self>,
         task: &DesiredTask,
@@ -161,7 +236,7 @@ impl Secrets {
         let mut material = SecretMaterial::default();
         for s in &def.secrets {
             let (r, version) = reference(task, s)?;
-            let whole = self.value(&r.secret, version).await?;
+            let whole = self.value(Kind::Secret, &r.secret, version).await?;
             let value = pick(&whole, r.json_key.as_deref())
                 .map_err(|why| anyhow!("secret {} version {version}: {why}", r.secret))?;
             if s.environment {
@@ -186,16 +261,55 @@ impl Secrets {
                 mode: s.mode.unwrap_or(ContainerSecret::DEFAULT_MODE),
             });
         }
+        for c in &def.configs {
+            let version = c
+                .version
+                .or_else(|| task.config_versions.get(&c.source).copied())
+                .ok_or_else(|| {
+                    anyhow!(
+                        "config {} for {}: the task was placed without it (the config was removed)",
+                        c.source,
+                        c.target
+                    )
+                })?;
+            let data = self.value(Kind::Config, &c.source, version).await?;
+            material.configs.push(ConfigFile {
+                target: c.target.clone(),
+                data,
+                uid: c.uid.unwrap_or(0),
+                gid: c.gid.unwrap_or(0),
+                mode: c.mode.unwrap_or(ContainerSecret::DEFAULT_MODE),
+            });
+        }
         Ok(material)
     }
 
-    /// Deletes every kept value no task of `desired` is placed with; returns how many.
+    /// Deletes every kept value no task of `desired` uses; returns how many.
     pub fn retain(&self, desired: &DesiredState) -> Result<usize> {
-        let wanted: BTreeSet<String> = desired
-            .tasks
-            .iter()
-            .flat_map(|t| t.secret_versions.iter().map(|(n, v)| key_text(n, *v)))
-            .collect();
+        let mut wanted: BTreeSet<String> = BTreeSet::new();
+        for t in &desired.tasks {
+            wanted.extend(
+                t.secret_versions
+                    .iter()
+                    .map(|(n, v)| key_text(Kind::Secret, n, *v)),
+            );
+            wanted.extend(
+                t.config_versions
+                    .iter()
+                    .map(|(n, v)| key_text(Kind::Config, n, *v)),
+            );
+            for c in &t.definition.container_definitions {
+                wanted.extend(c.secrets.iter().filter_map(|s| {
+                    let r = s.reference()?;
+                    Some(key_text(Kind::Secret, &r.secret, r.version?))
+                }));
+                wanted.extend(
+                    c.configs
+                        .iter()
+                        .filter_map(|f| Some(key_text(Kind::Config, &f.source, f.version?))),
+                );
+            }
+        }
         let w = self.db.begin_write()?;
         let removed = {
             let mut t = w.open_table(SECRETS)?;
@@ -214,8 +328,12 @@ impl Secrets {
     }
 }
 
-/// The secret and version entry `s` of a container of `task` names.
-fn reference(task: &DesiredTask, s: &ContainerSecret) -> Result<(SecretRef, u32)> {
+/// The secret and version entry `s` of a container of `task` names: the version its
+/// reference names, else the one the task was placed with.
+fn reference(
+    task: &DesiredTask,
+    s: &ContainerSecret,
+) -> Result<(flotilla_api::secrets::SecretRef, u32)> {
     let r = s.reference().ok_or_else(|| {
         anyhow!(
             "secret for {}: '{}' is no Flotilla reference",
@@ -223,10 +341,9 @@ fn reference(task: &DesiredTask, s: &ContainerSecret) -> Result<(SecretRef, u32)
             s.value_from
         )
     })?;
-    let version = task
-        .secret_versions
-        .get(&r.secret)
-        .copied()
+    let version = r
+        .version
+        .or_else(|| task.secret_versions.get(&r.secret).copied())
         .ok_or_else(|| {
             anyhow!(
                 "secret {} for {}: the task was placed without it (the secret was removed)",
@@ -261,6 +378,7 @@ mod tests {
             namespace: None,
             service: None,
             secret_versions: versions.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+            config_versions: Default::default(),
         }
     }
 
@@ -270,7 +388,7 @@ mod tests {
         let db = Arc::new(Database::create(dir.path().join("agent.redb")).expect("db"));
         let secrets = Arc::new(Secrets::open(db.clone(), dir.path()).expect("open"));
         let value = br#"{"user": "app", "password": "hunter2-node"}"#;
-        secrets.keep("db", 3, value).expect("keep");
+        secrets.keep(Kind::Secret, "db", 3, value).expect("keep");
         drop(secrets);
         // Sealed in the database: the value is nowhere in the file.
         let file = std::fs::read(dir.path().join("agent.redb")).expect("read");
@@ -321,6 +439,6 @@ mod tests {
         };
         assert_eq!(secrets.retain(&desired).expect("retain"), 0);
         assert_eq!(secrets.retain(&DesiredState::default()).expect("retain"), 1);
-        assert!(secrets.kept("db", 3).expect("read").is_none());
+        assert!(secrets.kept(Kind::Secret, "db", 3).expect("read").is_none());
     }
 }

@@ -200,6 +200,13 @@ async fn session(plane: &Plane, conn: Connection) {
                 tasks,
             },
             Ok(AgentRequest::Secret { name, version }) => Agent::FetchSecret {
+                kind: orchestratord::cluster::secrets::Kind::Secret,
+                node: node.clone(),
+                name,
+                version,
+            },
+            Ok(AgentRequest::Config { name, version }) => Agent::FetchSecret {
+                kind: orchestratord::cluster::secrets::Kind::Config,
                 node: node.clone(),
                 name,
                 version,

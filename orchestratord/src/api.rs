@@ -690,6 +690,29 @@ fn parse_operator(
                     )
                 })
         }
+        (&Method::POST, ["v1", "configs"]) => serde_json::from_slice(body)
+            .map(Operator::CreateConfig)
+            .map_err(|_| {
+                (
+                    StatusCode::BAD_REQUEST,
+                    "config: expected {\"name\": NAME, \"value\": BASE64}".to_string(),
+                )
+            }),
+        (&Method::GET, ["v1", "configs"]) => Ok(Operator::ListConfigs),
+        (&Method::GET, ["v1", "configs", name]) => Ok(Operator::GetConfig(name.to_string())),
+        (&Method::POST, ["v1", "configs", name, "versions"]) => {
+            serde_json::from_slice::<flotilla_api::secrets::SecretPut>(body)
+                .map(|put| Operator::UpdateConfig(name.to_string(), put.value))
+                .map_err(|_| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        "config version: expected {\"value\": BASE64}".to_string(),
+                    )
+                })
+        }
+        (&Method::DELETE, ["v1", "configs", name]) => {
+            Ok(Operator::RemoveConfig(name.to_string(), force(query)?))
+        }
         (&Method::DELETE, ["v1", "secrets", name]) => {
             let force = force(query)?;
             Ok(Operator::RemoveSecret(name.to_string(), force))

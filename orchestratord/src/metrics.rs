@@ -134,6 +134,9 @@ pub const ROUTES: &[&str] = &[
     "/v1/secrets",
     "/v1/secrets/{name}",
     "/v1/secrets/{name}/versions",
+    "/v1/configs",
+    "/v1/configs/{name}",
+    "/v1/configs/{name}/versions",
     "/v1/events",
     "/v1/metrics",
 ];

@@ -28,6 +28,7 @@ const APP: &str = r#"{
       {"name": "DB_PASSWORD", "valueFrom": "flotilla:db:password"},
       {"name": "db.json", "valueFrom": "flotilla:db", "environment": false, "mode": "0400", "uid": 1000}
     ],
+    "configs": [{"source": "motd", "target": "/etc/app/motd", "mode": "0440", "uid": 1000}],
     "command": ["sh", "-c", "[ -n \"$DB_PASSWORD\" ] && [ \"$DB_PASSWORD\" = \"$(cat /run/secrets/DB_PASSWORD)\" ] && echo variable matches file; cat /proc/mounts; ls -ln /run/secrets; while true; do sleep 1; done"]
   }]
 }"#;
@@ -82,6 +83,9 @@ fn a_secret_reaches_only_its_tasks_never_rests_in_clear_and_survives_a_cut_off_r
     let created = cp.flotilla_ok(&["secret", "create", "db", file.to_str().expect("utf8")]);
     assert!(created.contains("db: version 1"), "{created}");
     std::fs::remove_file(&file).expect("rm");
+    let motd = cp.scratch().join("motd");
+    std::fs::write(&motd, "welcome to the fleet\n").expect("write");
+    cp.flotilla_ok(&["config", "create", "motd", motd.to_str().expect("utf8")]);
 
     // A reference to what does not exist is refused at registration, naming it.
     let bad = cp.scratch().join("bad.json");
@@ -112,6 +116,13 @@ fn a_secret_reaches_only_its_tasks_never_rests_in_clear_and_survives_a_cut_off_r
     );
     let in_file = cp.flotilla_ok(&["exec", &task, "--", "cat", "/run/secrets/DB_PASSWORD"]);
     assert_eq!(in_file, password);
+    // The config, where the definition says, read-only, with its mode and owner.
+    let config = cp.flotilla_ok(&["exec", &task, "--", "cat", "/etc/app/motd"]);
+    assert_eq!(config, "welcome to the fleet\n");
+    let listed = cp.flotilla_ok(&["exec", &task, "--", "ls", "-ln", "/etc/app/motd"]);
+    assert!(listed.starts_with("-r--r-----") && listed.contains(" 1000 "), "{listed}");
+    let write = cp.flotilla(&["exec", &task, "--", "sh", "-c", "echo x > /etc/app/motd"]);
+    assert!(!write.status.success(), "a config is read-only");
     let logs = || cp.flotilla_ok(&["logs", &task]);
     wait("the container's report", Duration::from_secs(10), || {
         logs().contains("db.json")

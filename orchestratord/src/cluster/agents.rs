@@ -145,10 +145,11 @@ pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
         Agent::Report { node, tasks } => Ok(Reply::Agent(report(cx, &node, tasks))),
         Agent::Renew { node, csr_pem } => Ok(Reply::Agent(renew(cx, &node, &csr_pem))),
         Agent::FetchSecret {
+            kind,
             node,
             name,
             version,
-        } => Ok(super::secrets::fetch(cx, &node, &name, version)),
+        } => Ok(super::secrets::fetch(cx, kind, &node, &name, version)),
         Agent::DesiredAcked { node, generation } => {
             cx.live.touch(&node, cx.now, |l| {
                 l.acked_generation = Some(l.acked_generation.unwrap_or(0).max(generation));

@@ -114,6 +114,16 @@ pub enum Operator {
     GetSecret(String),
     /// `DELETE /v1/secrets/{name}[?force=true]`.
     RemoveSecret(String, bool),
+    /// `POST /v1/configs`.
+    CreateConfig(flotilla_api::secrets::SecretPut),
+    /// `POST /v1/configs/{name}/versions`.
+    UpdateConfig(String, flotilla_api::secrets::SecretValue),
+    /// `GET /v1/configs`.
+    ListConfigs,
+    /// `GET /v1/configs/{name}`.
+    GetConfig(String),
+    /// `DELETE /v1/configs/{name}[?force=true]`.
+    RemoveConfig(String, bool),
     /// `GET /v1/events`.
     ListEvents {
         /// After this sequence number.
@@ -222,8 +232,10 @@ pub enum Agent {
         /// The generation it holds.
         generation: u64,
     },
-    /// It asks for a version of a secret (see `secrets::fetch`).
+    /// It asks for a version of a secret or a config (see `secrets::fetch`).
     FetchSecret {
+        /// Secret or config.
+        kind: super::secrets::Kind,
         /// The node.
         node: String,
         /// The secret.
@@ -300,9 +312,9 @@ pub enum Reply {
     },
     /// Events.
     Events(Vec<Event>),
-    /// A secret was created: its metadata.
+    /// A secret (or config) was created: its metadata.
     SecretCreated(flotilla_api::secrets::SecretInfo),
-    /// A secret's metadata.
+    /// A secret's (or config's) metadata.
     Secret(flotilla_api::secrets::SecretInfo),
     /// Secrets' metadata.
     Secrets(Vec<flotilla_api::secrets::SecretInfo>),

@@ -35,6 +35,7 @@ impl PartialEq for Parts<'_> {
                             && a.env == b.env
                             && a.address == b.address
                             && a.secret_versions == b.secret_versions
+                            && a.config_versions == b.config_versions
                             && a.definition == b.definition))
             };
         self.network == other.network
@@ -115,6 +116,7 @@ pub fn state(txn: &Txn<'_>, node: &str) -> Option<DesiredState> {
                         .and_then(Origin::service_name)
                         .map(str::to_string),
                     secret_versions: t.secret_versions.clone(),
+                    config_versions: t.config_versions.clone(),
                 }
             })
             .collect(),

@@ -241,6 +241,7 @@ mod tests {
             address: None,
             stopped_at: None,
             secret_versions: Default::default(),
+            config_versions: Default::default(),
         }
     }
 

@@ -38,6 +38,9 @@ pub struct LiveInfo {
     pub acked_generation: Option<u64>,
     /// When its desired state was last sent (seconds since the epoch).
     pub pushed_at: Option<u64>,
+    /// When a request of it for a secret or config was last recorded as refused (seconds since
+    /// the epoch): refusals become events at most once a minute per node.
+    pub refused_at: Option<u64>,
 }
 
 /// Heartbeats closer together than this (milliseconds) give no new CPU rate.

@@ -24,7 +24,7 @@ pub mod placement;
 pub mod records;
 mod scaling;
 mod schedules;
-mod secrets;
+pub mod secrets;
 mod services;
 pub mod state;
 pub mod store;

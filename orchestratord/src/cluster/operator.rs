@@ -19,7 +19,8 @@ use super::live::{Live, TaskCpu};
 use super::metrics::PlacementOrigin;
 use super::placement::{self, NewTask, Plan};
 use super::records::{NodeRecord, Origin, ScheduleRecord, ServiceRecord, TokenRecord};
-use super::{discovery, scaling, schedules, secrets, services, tasks};
+use super::secrets::{self, Kind};
+use super::{discovery, scaling, schedules, services, tasks};
 
 /// "invalid WHAT (N problems)".
 fn invalid(what: &str, problems: usize) -> String {
@@ -167,11 +168,16 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
             }))
         }
         Operator::RegisterTaskDef(text) => register_taskdef(cx, &text),
-        Operator::CreateSecret(put) => secrets::create(cx, put),
-        Operator::RotateSecret(name, value) => secrets::rotate(cx, &name, value),
-        Operator::ListSecrets => Ok(secrets::list(cx)),
-        Operator::GetSecret(name) => secrets::get(cx, &name),
-        Operator::RemoveSecret(name, force) => secrets::remove(cx, &name, force),
+        Operator::CreateSecret(put) => secrets::create(cx, Kind::Secret, put),
+        Operator::RotateSecret(name, value) => secrets::rotate(cx, Kind::Secret, &name, value),
+        Operator::ListSecrets => Ok(secrets::list(cx, Kind::Secret)),
+        Operator::GetSecret(name) => secrets::get(cx, Kind::Secret, &name),
+        Operator::RemoveSecret(name, force) => secrets::remove(cx, Kind::Secret, &name, force),
+        Operator::CreateConfig(put) => secrets::create(cx, Kind::Config, put),
+        Operator::UpdateConfig(name, value) => secrets::rotate(cx, Kind::Config, &name, value),
+        Operator::ListConfigs => Ok(secrets::list(cx, Kind::Config)),
+        Operator::GetConfig(name) => secrets::get(cx, Kind::Config, &name),
+        Operator::RemoveConfig(name, force) => secrets::remove(cx, Kind::Config, &name, force),
         Operator::ListTaskDefs => Ok(Reply::TaskDefs(
             cx.txn.taskdefs().into_iter().cloned().collect(),
         )),
@@ -846,10 +852,10 @@ fn create_schedule(cx: &mut Ctx<'_, '_>, mut spec: ScheduleSpec) -> Result<Reply
             .task_definition
             .container_definitions
             .iter()
-            .any(|c| !c.secrets.is_empty())
+            .any(|c| !c.secrets.is_empty() || !c.configs.is_empty())
     {
         return Err(ClusterError::invalid(format!(
-            "node: {} references secrets, and a schedule pinned to a node starts its tasks \
+            "node: {} references secrets or configs, and a schedule pinned to a node starts its tasks \
              itself, offline too, which secrets do not support yet: leave the schedule \
              unpinned (the control plane places its tasks)",
             spec.task_definition

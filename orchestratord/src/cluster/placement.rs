@@ -364,7 +364,16 @@ fn new_task(
         lost_at: None,
         address,
         stopped_at: None,
-        secret_versions: super::secrets::versions_for(cx.txn, &t.revision.task_definition),
+        secret_versions: super::secrets::versions_for(
+            cx.txn,
+            super::secrets::Kind::Secret,
+            &t.revision.task_definition,
+        ),
+        config_versions: super::secrets::versions_for(
+            cx.txn,
+            super::secrets::Kind::Config,
+            &t.revision.task_definition,
+        ),
     };
     cx.event(
         "task.placed",

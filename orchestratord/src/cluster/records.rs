@@ -256,15 +256,24 @@ impl Record for ScalingRecord {
 }
 
 /// A secret as stored: every version's value sealed with the control plane's sealing key
-/// (`ClusterCa::sealing_key`), bound to the secret's name and version.
+/// (`ClusterCa::sealing_key`), bound to the secret's name and version. A config is stored in
+/// the same shape ([`ConfigRecord`]), its values as they are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretRecord {
     /// Its name.
     pub name: String,
     /// Creation time (seconds since the epoch).
     pub created_at: u64,
-    /// Its versions, oldest first.
+    /// Its versions kept, oldest first (the newest [`SecretRecord::KEPT_VERSIONS`], and any
+    /// older one a task or a definition still uses).
     pub versions: Vec<SecretVersionRecord>,
+    /// The highest version it ever had: numbers are never given twice, also after a removal
+    /// and a new secret of the same name, so a version names one value forever.
+    #[serde(default)]
+    pub last_version: u32,
+    /// When it was removed: the record stays, without its values, to keep `last_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed_at: Option<u64>,
 }
 
 /// One version of a secret.
@@ -276,14 +285,30 @@ pub struct SecretVersionRecord {
     pub created_at: u64,
     /// The value's size, bytes.
     pub size: usize,
-    /// The value's keys when it is a JSON object.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub json_keys: Vec<String>,
-    /// The sealed value, base64.
-    pub sealed: String,
+    /// The value, base64: sealed for a secret, as it is for a config.
+    pub value: String,
+}
+
+/// A config as stored (table `configs`): a [`SecretRecord`] whose values are not sealed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConfigRecord(pub SecretRecord);
+
+impl Record for ConfigRecord {
+    type Key = String;
+    const TABLE: &'static str = "configs";
+    fn key(&self) -> String {
+        self.0.name.clone()
+    }
+    fn key_text(key: &String) -> String {
+        key.clone()
+    }
 }
 
 impl SecretRecord {
+    /// How many of the newest versions are kept whether used or not.
+    pub const KEPT_VERSIONS: usize = 10;
+
     /// Version `version`.
     pub fn version(&self, version: u32) -> Option<&SecretVersionRecord> {
         self.versions.iter().find(|v| v.version == version)
@@ -329,6 +354,9 @@ pub struct TaskRecord {
     /// was placed: all its containers, and all their runs, get the same values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub secret_versions: BTreeMap<String, u32>,
+    /// The version of each config its containers mount (by config name), fixed likewise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config_versions: BTreeMap<String, u32>,
 }
 
 impl TaskRecord {

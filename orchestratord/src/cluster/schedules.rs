@@ -203,6 +203,7 @@ pub fn adopt(
         stopped_at: None,
         // Pinned schedules of definitions with secrets are refused.
         secret_versions: Default::default(),
+        config_versions: Default::default(),
     };
     cx.event(
         "schedule.fired",

@@ -12,6 +12,10 @@
 //!   when a task of its desired state (not STOPPED, desired RUNNING) is placed with that
 //!   version. Anything else is refused, logged and recorded as a `secret.refused` event.
 //! - No value is ever in an event, a log line or an answer to an operator.
+//!
+//! Configs ([`Kind::Config`]: files such as `nginx.conf`, a container definition's `configs`)
+//! go the same way — registration checks, versions fixed per task, given only to the nodes
+//! that run them — but are stored as they are, not sealed.
 
 use std::collections::BTreeMap;
 
@@ -23,11 +27,119 @@ use flotilla_api::AgentReply;
 
 use super::command::{ClusterError, Reply};
 use super::ctx::Ctx;
-use super::records::{SecretRecord, SecretVersionRecord};
+use super::records::{ConfigRecord, SecretRecord, SecretVersionRecord};
 use super::state::Txn;
 
 /// The sealing key's purpose (its HKDF info).
 pub const PURPOSE: &[u8] = b"flotilla secrets v1";
+
+/// Secrets or configs: what the handlers below act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Sealed values, given as environment variables and files in /run/secrets.
+    Secret,
+    /// Values as they are, mounted as files.
+    Config,
+}
+
+impl Kind {
+    /// `secret` or `config`: the noun of messages and event kinds.
+    pub fn noun(self) -> &'static str {
+        match self {
+            Self::Secret => "secret",
+            Self::Config => "config",
+        }
+    }
+
+    /// The record of `name`, a removed one's included.
+    fn record<'t>(self, txn: &'t Txn<'_>, name: &str) -> Option<&'t SecretRecord> {
+        match self {
+            Self::Secret => txn.secret(name),
+            Self::Config => txn.config(name).map(|c| &c.0),
+        }
+    }
+
+    /// `name`, unless it was removed.
+    fn get<'t>(self, txn: &'t Txn<'_>, name: &str) -> Option<&'t SecretRecord> {
+        self.record(txn, name).filter(|r| r.removed_at.is_none())
+    }
+
+    fn all<'t>(self, txn: &'t Txn<'_>) -> Vec<&'t SecretRecord> {
+        let all = match self {
+            Self::Secret => txn.secrets(),
+            Self::Config => txn.configs().into_iter().map(|c| &c.0).collect(),
+        };
+        all.into_iter().filter(|r| r.removed_at.is_none()).collect()
+    }
+
+    fn put(self, txn: &mut Txn<'_>, rec: SecretRecord) {
+        match self {
+            Self::Secret => txn.put_secret(rec),
+            Self::Config => txn.put_config(ConfigRecord(rec)),
+        }
+    }
+
+    /// The versions a task record holds of this kind.
+    fn versions_of(self, t: &super::records::TaskRecord) -> &BTreeMap<String, u32> {
+        match self {
+            Self::Secret => &t.secret_versions,
+            Self::Config => &t.config_versions,
+        }
+    }
+
+    fn versions_of_mut(self, t: &mut super::records::TaskRecord) -> &mut BTreeMap<String, u32> {
+        match self {
+            Self::Secret => &mut t.secret_versions,
+            Self::Config => &mut t.config_versions,
+        }
+    }
+
+    /// Whether task `t` uses `version` of `name`: placed with it (an unversioned reference),
+    /// or its definition names that version.
+    fn uses(self, t: &super::records::TaskRecord, name: &str, version: u32) -> bool {
+        self.versions_of(t).get(name) == Some(&version)
+            || self
+                .references(&t.definition)
+                .iter()
+                .any(|(n, v, ..)| n == name && *v == Some(version))
+    }
+
+    /// The names of this kind `def` references, with the version named (if any) and the
+    /// JSON path of the reference.
+    fn references(
+        self,
+        def: &TaskDefinition,
+    ) -> Vec<(String, Option<u32>, Option<String>, String)> {
+        let mut out = Vec::new();
+        for (ci, c) in def.container_definitions.iter().enumerate() {
+            match self {
+                Self::Secret => {
+                    for (si, s) in c.secrets.iter().enumerate() {
+                        if let Some(r) = s.reference() {
+                            out.push((
+                                r.secret,
+                                r.version,
+                                r.json_key,
+                                format!("$.containerDefinitions[{ci}].secrets[{si}].valueFrom"),
+                            ));
+                        }
+                    }
+                }
+                Self::Config => {
+                    for (fi, f) in c.configs.iter().enumerate() {
+                        out.push((
+                            f.source.clone(),
+                            f.version,
+                            None,
+                            format!("$.containerDefinitions[{ci}].configs[{fi}].source"),
+                        ));
+                    }
+                }
+            }
+        }
+        out
+    }
+}
 
 /// What a sealed value is bound to: its secret and version.
 fn context(name: &str, version: u32) -> Vec<u8> {
@@ -38,91 +150,200 @@ fn internal(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Internal(e.to_string())
 }
 
-fn sealed_version(
+fn stored_version(
     cx: &Ctx<'_, '_>,
+    kind: Kind,
     name: &str,
     version: u32,
     value: &SecretValue,
 ) -> Result<SecretVersionRecord, ClusterError> {
     use base64::Engine;
     if let Some(why) = secrets::value_problem(&value.0) {
-        return Err(ClusterError::invalid(format!("value: {why}")));
+        return Err(ClusterError::invalid(format!(
+            "value: {}",
+            why.replace("a secret's", &format!("a {}'s", kind.noun()))
+        )));
     }
-    let sealed = cx
-        .sealing
-        .seal(&context(name, version), &value.0)
-        .map_err(internal)?;
+    let stored = match kind {
+        Kind::Secret => cx
+            .sealing
+            .seal(&context(name, version), &value.0)
+            .map_err(internal)?,
+        Kind::Config => value.0.clone(),
+    };
     Ok(SecretVersionRecord {
         version,
         created_at: cx.now.secs(),
         size: value.0.len(),
-        json_keys: secrets::json_keys(&value.0),
-        sealed: base64::engine::general_purpose::STANDARD.encode(sealed),
+        value: base64::engine::general_purpose::STANDARD.encode(stored),
     })
 }
 
-/// The value of `version` of `secret`, opened.
-fn open(cx: &Ctx<'_, '_>, secret: &SecretRecord, version: u32) -> Result<Vec<u8>, String> {
+/// The value of `version` of `rec`, opened.
+fn open(cx: &Ctx<'_, '_>, kind: Kind, rec: &SecretRecord, version: u32) -> Result<Vec<u8>, String> {
     use base64::Engine;
-    let v = secret
+    let noun = kind.noun();
+    let v = rec
         .version(version)
-        .ok_or_else(|| format!("secret {} has no version {version}", secret.name))?;
-    let sealed = base64::engine::general_purpose::STANDARD
-        .decode(&v.sealed)
-        .map_err(|_| format!("secret {} version {version}: damaged record", secret.name))?;
-    cx.sealing
-        .open(&context(&secret.name, version), &sealed)
-        .map_err(|e| format!("secret {} version {version}: {e}", secret.name))
+        .ok_or_else(|| format!("{noun} {} has no version {version}", rec.name))?;
+    let stored = base64::engine::general_purpose::STANDARD
+        .decode(&v.value)
+        .map_err(|_| format!("{noun} {} version {version}: damaged record", rec.name))?;
+    match kind {
+        Kind::Secret => cx
+            .sealing
+            .open(&context(&rec.name, version), &stored)
+            .map_err(|e| format!("{noun} {} version {version}: {e}", rec.name)),
+        Kind::Config => Ok(stored),
+    }
 }
 
-/// `flotilla secret create`.
-pub fn create(cx: &mut Ctx<'_, '_>, put: SecretPut) -> Result<Reply, ClusterError> {
+/// `flotilla secret create` / `flotilla config create`. A name that was removed goes on with
+/// the versions after its last one.
+pub fn create(cx: &mut Ctx<'_, '_>, kind: Kind, put: SecretPut) -> Result<Reply, ClusterError> {
+    let noun = kind.noun();
     if let Some(why) = secrets::name_problem(&put.name) {
         return Err(ClusterError::invalid(format!("name '{}': {why}", put.name)));
     }
-    if cx.txn.secret(&put.name).is_some() {
+    if kind.get(cx.txn, &put.name).is_some() {
+        let verb = if kind == Kind::Secret {
+            "rotate"
+        } else {
+            "update"
+        };
         return Err(ClusterError::Conflict(format!(
-            "secret {} exists; `flotilla secret rotate {}` gives it a new version",
+            "{noun} {} exists; `flotilla {noun} {verb} {}` gives it a new version",
             put.name, put.name
         )));
     }
-    let first = sealed_version(cx, &put.name, 1, &put.value)?;
+    let before = kind.record(cx.txn, &put.name).map_or(0, |r| r.last_version);
+    let version = next_version(kind, &put.name, before)?;
+    let first = stored_version(cx, kind, &put.name, version, &put.value)?;
     let rec = SecretRecord {
         name: put.name.clone(),
         created_at: cx.now.secs(),
         versions: vec![first],
+        last_version: version,
+        removed_at: None,
     };
-    tracing::info!(secret = %put.name, "secret created");
-    cx.event("secret.created", &put.name, "version 1");
-    let info = info(cx.txn, &rec);
-    cx.txn.put_secret(rec);
+    tracing::info!(name = %put.name, version, "{noun} created");
+    cx.event(
+        &format!("{noun}.created"),
+        &put.name,
+        format!("version {version}"),
+    );
+    let info = info(cx.txn, kind, &rec);
+    kind.put(cx.txn, rec);
     Ok(Reply::SecretCreated(info))
 }
 
-/// `flotilla secret rotate`: a new version; tasks placed from now on get it.
-pub fn rotate(cx: &mut Ctx<'_, '_>, name: &str, value: SecretValue) -> Result<Reply, ClusterError> {
-    let mut rec = secret(cx.txn, name)?.clone();
-    let version = rec.latest().map_or(1, |v| v.version.saturating_add(1));
-    let next = sealed_version(cx, name, version, &value)?;
+fn next_version(kind: Kind, name: &str, last: u32) -> Result<u32, ClusterError> {
+    last.checked_add(1).ok_or_else(|| {
+        ClusterError::Conflict(format!("{} {name} has no version number left", kind.noun()))
+    })
+}
+
+/// `flotilla secret rotate` / `flotilla config update`: a new version; tasks placed from now
+/// on get it. Versions beyond the newest [`SecretRecord::KEPT_VERSIONS`] that no task or
+/// definition uses are dropped.
+pub fn rotate(
+    cx: &mut Ctx<'_, '_>,
+    kind: Kind,
+    name: &str,
+    value: SecretValue,
+) -> Result<Reply, ClusterError> {
+    let noun = kind.noun();
+    let mut rec = object(cx.txn, kind, name)?.clone();
+    let last = rec.last_version.max(rec.latest().map_or(0, |v| v.version));
+    let version = next_version(kind, name, last)?;
+    let next = stored_version(cx, kind, name, version, &value)?;
     rec.versions.push(next);
-    tracing::info!(secret = %name, version, "secret rotated");
+    rec.last_version = version;
+    let used = used_versions(cx.txn, kind, name);
+    let keep_from = rec
+        .versions
+        .len()
+        .saturating_sub(SecretRecord::KEPT_VERSIONS);
+    let mut i = 0;
+    rec.versions.retain(|v| {
+        i += 1;
+        i > keep_from || used.contains(&v.version)
+    });
+    tracing::info!(name = %name, version, "{noun}: a new version");
     cx.event(
-        "secret.rotated",
+        &format!("{noun}.rotated"),
         name,
         format!("version {version}: tasks placed from now on get it"),
     );
-    let info = info(cx.txn, &rec);
-    cx.txn.put_secret(rec);
+    let info = info(cx.txn, kind, &rec);
+    kind.put(cx.txn, rec);
     Ok(Reply::Secret(info))
 }
 
-fn secret<'t>(txn: &'t Txn<'_>, name: &str) -> Result<&'t SecretRecord, ClusterError> {
-    txn.secret(name)
-        .ok_or_else(|| ClusterError::NotFound(format!("no secret {name}")))
+/// The versions of `name` that tasks not stopped use, and that definitions still in use
+/// name.
+fn used_versions(txn: &Txn<'_>, kind: Kind, name: &str) -> std::collections::BTreeSet<u32> {
+    let mut out: std::collections::BTreeSet<u32> = txn
+        .tasks()
+        .into_iter()
+        .filter(|t| t.is_live())
+        .flat_map(|t| {
+            let mut v: Vec<u32> = kind.versions_of(t).get(name).copied().into_iter().collect();
+            v.extend(
+                kind.references(&t.definition)
+                    .into_iter()
+                    .filter(|(n, ..)| n == name)
+                    .filter_map(|(_, v, ..)| v),
+            );
+            v
+        })
+        .collect();
+    for def in definitions_in_use(txn) {
+        out.extend(
+            kind.references(&def.task_definition)
+                .into_iter()
+                .filter(|(n, ..)| n == name)
+                .filter_map(|(_, v, ..)| v),
+        );
+    }
+    out
 }
 
-/// A secret's metadata, with the active revisions that reference it.
-fn info(txn: &Txn<'_>, rec: &SecretRecord) -> SecretInfo {
+/// Every revision new tasks may still be placed from: active ones, and those services'
+/// deployments and schedules hold (also once deregistered).
+fn definitions_in_use<'t>(txn: &'t Txn<'_>) -> Vec<&'t flotilla_api::ops::TaskDefRevision> {
+    let mut out: Vec<&flotilla_api::ops::TaskDefRevision> = txn
+        .taskdefs()
+        .into_iter()
+        .filter(|r| r.status == TaskDefStatus::Active)
+        .collect();
+    for s in txn.services() {
+        out.extend(s.deployments.iter().map(|d| &d.revision));
+    }
+    for s in txn.schedules() {
+        out.push(&s.revision);
+    }
+    out
+}
+
+fn object<'t>(txn: &'t Txn<'_>, kind: Kind, name: &str) -> Result<&'t SecretRecord, ClusterError> {
+    kind.get(txn, name)
+        .ok_or_else(|| ClusterError::NotFound(format!("no {} {name}", kind.noun())))
+}
+
+/// Metadata of `rec`, with the revisions in use that reference it.
+fn info(txn: &Txn<'_>, kind: Kind, rec: &SecretRecord) -> SecretInfo {
+    let mut used_by: Vec<String> = definitions_in_use(txn)
+        .into_iter()
+        .filter(|r| {
+            kind.references(&r.task_definition)
+                .iter()
+                .any(|(n, ..)| *n == rec.name)
+        })
+        .map(|r| format!("{}:{}", r.family, r.revision))
+        .collect();
+    used_by.sort();
+    used_by.dedup();
     SecretInfo {
         name: rec.name.clone(),
         created_at: rec.created_at,
@@ -133,57 +354,55 @@ fn info(txn: &Txn<'_>, rec: &SecretRecord) -> SecretInfo {
                 version: v.version,
                 created_at: v.created_at,
                 size: v.size,
-                json_keys: v.json_keys.clone(),
             })
             .collect(),
-        used_by: txn
-            .taskdefs()
-            .into_iter()
-            .filter(|r| {
-                r.status == TaskDefStatus::Active && references(&r.task_definition, &rec.name)
-            })
-            .map(|r| format!("{}:{}", r.family, r.revision))
-            .collect(),
+        used_by,
     }
 }
 
-/// Whether `def` references secret `name`.
-fn references(def: &TaskDefinition, name: &str) -> bool {
-    def.container_definitions
-        .iter()
-        .flat_map(|c| &c.secrets)
-        .filter_map(|s| s.reference())
-        .any(|r| r.secret == name)
-}
-
-/// `flotilla secret ls`.
-pub fn list(cx: &mut Ctx<'_, '_>) -> Reply {
+/// `flotilla secret ls` / `flotilla config ls`.
+pub fn list(cx: &mut Ctx<'_, '_>, kind: Kind) -> Reply {
     Reply::Secrets(
-        cx.txn
-            .secrets()
+        kind.all(cx.txn)
             .into_iter()
-            .map(|s| info(cx.txn, s))
+            .map(|s| info(cx.txn, kind, s))
             .collect(),
     )
 }
 
-/// `flotilla secret inspect`.
-pub fn get(cx: &mut Ctx<'_, '_>, name: &str) -> Result<Reply, ClusterError> {
-    let rec = secret(cx.txn, name)?;
-    Ok(Reply::Secret(info(cx.txn, rec)))
+/// `flotilla secret inspect` / `flotilla config inspect`.
+pub fn get(cx: &mut Ctx<'_, '_>, kind: Kind, name: &str) -> Result<Reply, ClusterError> {
+    let rec = object(cx.txn, kind, name)?;
+    Ok(Reply::Secret(info(cx.txn, kind, rec)))
 }
 
-/// `flotilla secret rm [--force]`: refused while an active task definition revision or a task
-/// that has not stopped references it, unless forced (such tasks then fail to start their
-/// containers anew, naming the secret).
-pub fn remove(cx: &mut Ctx<'_, '_>, name: &str, force: bool) -> Result<Reply, ClusterError> {
-    let rec = secret(cx.txn, name)?;
-    let users = info(cx.txn, rec).used_by;
+/// `flotilla secret rm [--force]` / `flotilla config rm`: refused while a revision in use (an
+/// active one, or one a service's deployment or a schedule holds) or a task that has not
+/// stopped references it, unless forced. Forced, its values are taken from the tasks that
+/// have them (their desired state changes, and their nodes delete them): their containers
+/// cannot start anew. The record stays, without values, so its version numbers are never
+/// given again.
+pub fn remove(
+    cx: &mut Ctx<'_, '_>,
+    kind: Kind,
+    name: &str,
+    force: bool,
+) -> Result<Reply, ClusterError> {
+    let noun = kind.noun();
+    let rec = object(cx.txn, kind, name)?.clone();
+    let users = info(cx.txn, kind, &rec).used_by;
     let tasks: Vec<String> = cx
         .txn
         .tasks()
         .into_iter()
-        .filter(|t| t.is_live() && t.secret_versions.contains_key(name))
+        .filter(|t| {
+            t.is_live()
+                && (kind.versions_of(t).contains_key(name)
+                    || kind
+                        .references(&t.definition)
+                        .iter()
+                        .any(|(n, ..)| n == name))
+        })
         .map(|t| t.info.id.clone())
         .collect();
     let in_use = !(users.is_empty() && tasks.is_empty());
@@ -196,17 +415,37 @@ pub fn remove(cx: &mut Ctx<'_, '_>, name: &str, force: bool) -> Result<Reply, Cl
             what.push(format!("tasks {}", tasks.join(", ")));
         }
         return Err(ClusterError::Conflict(format!(
-            "secret {name} is in use by {}: deregister or stop them first, or --force",
+            "{noun} {name} is in use by {}: deregister or stop them first, or --force",
             what.join(" and ")
         )));
     }
-    cx.txn.remove_secret(name);
-    tracing::info!(secret = %name, force, "secret removed");
+    for id in &tasks {
+        if let Some(t) = cx.txn.task(id) {
+            let mut t = t.clone();
+            if kind.versions_of_mut(&mut t).remove(name).is_some() {
+                cx.txn.put_task(t);
+            }
+        }
+    }
+    let last_version = rec.last_version.max(rec.latest().map_or(0, |v| v.version));
+    kind.put(
+        cx.txn,
+        SecretRecord {
+            versions: Vec::new(),
+            last_version,
+            removed_at: Some(cx.now.secs()),
+            ..rec
+        },
+    );
+    tracing::info!(name = %name, force, "{noun} removed");
     cx.event(
-        "secret.removed",
+        &format!("{noun}.removed"),
         name,
         if in_use {
-            "forced, while in use".to_string()
+            format!(
+                "forced, while in use: taken from {}",
+                count(tasks.len(), "task")
+            )
         } else {
             "all versions".to_string()
         },
@@ -214,41 +453,40 @@ pub fn remove(cx: &mut Ctx<'_, '_>, name: &str, force: bool) -> Result<Reply, Cl
     Ok(Reply::Done)
 }
 
-/// What is wrong with the secrets `def` references, each named by its JSON path: a missing
-/// secret, version or JSON key (checked against the version a task placed now would get).
+fn count(n: usize, what: &str) -> String {
+    flotilla_api::count(n, what)
+}
+
+/// What is wrong with the secrets and configs `def` references, each named by its JSON path:
+/// a missing secret or config, version, or JSON key (checked in the value of the version a
+/// task placed now would get).
 pub fn problems(cx: &Ctx<'_, '_>, def: &TaskDefinition) -> Vec<String> {
     let mut out = Vec::new();
-    for (ci, c) in def.container_definitions.iter().enumerate() {
-        for (si, s) in c.secrets.iter().enumerate() {
-            let path = format!("$.containerDefinitions[{ci}].secrets[{si}].valueFrom");
-            let Some(r) = s.reference() else {
-                continue;
-            };
-            let Some(rec) = cx.txn.secret(&r.secret) else {
+    for kind in [Kind::Secret, Kind::Config] {
+        let noun = kind.noun();
+        for (name, named, json_key, path) in kind.references(def) {
+            let Some(rec) = kind.get(cx.txn, &name) else {
                 out.push(format!(
-                    "{path}: no secret {} (create it with `flotilla secret create {}`)",
-                    r.secret, r.secret
+                    "{path}: no {noun} {name} (create it with `flotilla {noun} create {name}`)"
                 ));
                 continue;
             };
-            let version = match r.version {
+            let newest = rec.latest().map_or(0, |l| l.version);
+            let version = match named {
                 Some(v) if rec.version(v).is_none() => {
                     out.push(format!(
-                        "{path}: secret {} has no version {v} (its newest is {})",
-                        r.secret,
-                        rec.latest().map_or(0, |l| l.version)
+                        "{path}: {noun} {name} has no version {v} (its newest is {newest})"
                     ));
                     continue;
                 }
                 Some(v) => v,
-                None => rec.latest().map_or(0, |l| l.version),
+                None => newest,
             };
-            if let (Some(key), Some(v)) = (&r.json_key, rec.version(version)) {
-                if !v.json_keys.contains(key) {
-                    out.push(format!(
-                        "{path}: version {version} of secret {} has no JSON key '{key}'",
-                        r.secret
-                    ));
+            if let Some(key) = &json_key {
+                let picked =
+                    open(cx, kind, rec, version).and_then(|value| secrets::pick(&value, Some(key)));
+                if let Err(why) = picked {
+                    out.push(format!("{path}: version {version} of {noun} {name}: {why}"));
                 }
             }
         }
@@ -256,44 +494,63 @@ pub fn problems(cx: &Ctx<'_, '_>, def: &TaskDefinition) -> Vec<String> {
     out
 }
 
-/// The version of each secret `def` references that a task placed now gets: the one named,
-/// else the newest. A secret that is gone (removed with `--force`) is left out: the node
-/// cannot start the containers that need it and says which secret is missing.
-pub fn versions_for(txn: &Txn<'_>, def: &TaskDefinition) -> BTreeMap<String, u32> {
+/// The version of each secret (or config) `def` references without naming one that a task
+/// placed now gets: the newest. One that is gone (removed) is left out: the node cannot start
+/// the containers that need it and says which is missing. A reference that names its version
+/// gets that one, or — when it is gone — nothing (see [`Kind::uses`]).
+pub fn versions_for(txn: &Txn<'_>, kind: Kind, def: &TaskDefinition) -> BTreeMap<String, u32> {
     let mut out = BTreeMap::new();
-    for r in def
-        .container_definitions
-        .iter()
-        .flat_map(|c| &c.secrets)
-        .filter_map(|s| s.reference())
-    {
-        let Some(rec) = txn.secret(&r.secret) else {
+    for (name, named, ..) in kind.references(def) {
+        if named.is_some() {
             continue;
-        };
-        let version = r
-            .version
-            .filter(|v| rec.version(*v).is_some())
-            .or_else(|| rec.latest().map(|l| l.version));
-        if let Some(v) = version {
-            out.insert(r.secret.clone(), v);
+        }
+        if let Some(v) = kind.get(txn, &name).and_then(|r| r.latest()) {
+            out.insert(name, v.version);
         }
     }
     out
 }
 
-/// A node asks for `version` of secret `name`: the value when a task of its desired state is
-/// placed with it; otherwise refused, logged and recorded.
-pub fn fetch(cx: &mut Ctx<'_, '_>, node: &str, name: &str, version: u32) -> Reply {
-    let needed = cx.txn.live_tasks_on(node).into_iter().any(|t| {
-        t.info.desired == DesiredStatus::Running && t.secret_versions.get(name) == Some(&version)
-    });
+/// How often a node's refused requests become an event, at most: each is logged, but a node
+/// that keeps asking cannot push the event log's older events out.
+const REFUSAL_EVENT_EVERY_SECS: u64 = 60;
+
+/// A node asks for `version` of secret (or config) `name`: the value when a task of its
+/// desired state uses it; otherwise refused and logged (and recorded as an event, at most once
+/// a minute per node).
+pub fn fetch(cx: &mut Ctx<'_, '_>, kind: Kind, node: &str, name: &str, version: u32) -> Reply {
+    let noun = kind.noun();
+    if secrets::name_problem(name).is_some() {
+        let shown: String = name.chars().take(64).collect();
+        tracing::warn!(node = %node, name = ?shown, "{noun} refused: not a {noun} name");
+        return Reply::Agent(AgentReply::Refused {
+            reason: format!("not a {noun} name"),
+        });
+    }
+    let needed = cx
+        .txn
+        .live_tasks_on(node)
+        .into_iter()
+        .any(|t| t.info.desired == DesiredStatus::Running && kind.uses(t, name, version));
     let refuse = |cx: &mut Ctx<'_, '_>, why: String| {
-        tracing::warn!(node = %node, secret = %name, version, "secret refused: {why}");
-        cx.event(
-            "secret.refused",
-            name,
-            format!("node {node} asked for version {version}: {why}"),
-        );
+        tracing::warn!(node = %node, name = %name, version, "{noun} refused: {why}");
+        let now = cx.now.secs();
+        let recent = cx
+            .live
+            .peek(node)
+            .and_then(|l| l.refused_at)
+            .is_some_and(|at| now < at + REFUSAL_EVENT_EVERY_SECS);
+        if !recent {
+            cx.live.touch(node, cx.now, |l| l.refused_at = Some(now));
+            cx.event(
+                &format!("{noun}.refused"),
+                name,
+                format!(
+                    "node {node} asked for version {version}: {why} (further refusals of this \
+                     node within {REFUSAL_EVENT_EVERY_SECS} s are only logged)"
+                ),
+            );
+        }
         Reply::Agent(AgentReply::Refused { reason: why })
     };
     if !needed {
@@ -302,18 +559,20 @@ pub fn fetch(cx: &mut Ctx<'_, '_>, node: &str, name: &str, version: u32) -> Repl
             "no task of its desired state is placed with it".to_string(),
         );
     }
-    let Some(rec) = cx.txn.secret(name) else {
-        return refuse(cx, "the secret was removed".to_string());
+    let Some(rec) = kind.get(cx.txn, name) else {
+        return refuse(cx, format!("the {noun} was removed"));
     };
-    match open(cx, rec, version) {
+    match open(cx, kind, rec, version) {
         Ok(value) => {
-            tracing::info!(node = %node, secret = %name, version, "secret given to its node");
-            Reply::Agent(AgentReply::Secret {
-                value: SecretValue(value),
+            tracing::info!(node = %node, name = %name, version, "{noun} given to its node");
+            let value = SecretValue(value);
+            Reply::Agent(match kind {
+                Kind::Secret => AgentReply::Secret { value },
+                Kind::Config => AgentReply::Config { value },
             })
         }
         Err(why) => {
-            tracing::error!(node = %node, "{why}");
+            tracing::warn!(node = %node, "{why}");
             Reply::Agent(AgentReply::Refused { reason: why })
         }
     }

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use flotilla_api::ops::{Event, EventFilter, TaskDefRevision, TaskDefStatus};
 
 use super::records::{
-    NodeRecord, Origin, Record, ScalingRecord, ScheduleRecord, SecretRecord, ServiceRecord,
-    TaskRecord, TokenRecord,
+    ConfigRecord, NodeRecord, Origin, Record, ScalingRecord, ScheduleRecord, SecretRecord,
+    ServiceRecord, TaskRecord, TokenRecord,
 };
 use super::store::{Changes, Loaded, Writes};
 
@@ -31,6 +31,7 @@ pub struct State {
     schedules: BTreeMap<String, ScheduleRecord>,
     scaling: BTreeMap<String, ScalingRecord>,
     secrets: BTreeMap<String, SecretRecord>,
+    configs: BTreeMap<String, ConfigRecord>,
     events: VecDeque<Event>,
     last_event: u64,
     max_events: u64,
@@ -55,6 +56,7 @@ impl State {
             schedules: keyed(loaded.schedules),
             scaling: keyed(loaded.scaling),
             secrets: keyed(loaded.secrets),
+            configs: keyed(loaded.configs),
             last_event: loaded.events.last().map_or(0, |e| e.seq),
             events: loaded.events.into(),
             max_events: MAX_EVENTS,
@@ -126,6 +128,7 @@ impl State {
         put(&mut self.schedules, w.schedules);
         put(&mut self.scaling, w.scaling);
         put(&mut self.secrets, w.secrets);
+        put(&mut self.configs, w.configs);
         for (id, new) in w.tasks {
             let old = self.tasks.remove(&id);
             self.index_task(old.as_ref(), new.as_ref());
@@ -479,9 +482,21 @@ impl<'s> Txn<'s> {
         self.w.secrets.insert(s.key(), Some(s));
     }
 
-    /// Removes a secret.
-    pub fn remove_secret(&mut self, name: &str) {
-        self.w.secrets.insert(name.to_string(), None);
+    // ---- configs
+
+    /// A config.
+    pub fn config(&self, name: &str) -> Option<&ConfigRecord> {
+        get(&self.base.configs, &self.w.configs, name)
+    }
+
+    /// Every config, by name.
+    pub fn configs(&self) -> Vec<&ConfigRecord> {
+        merged(self.base.configs.iter(), self.w.configs.iter())
+    }
+
+    /// Stores a config.
+    pub fn put_config(&mut self, c: ConfigRecord) {
+        self.w.configs.insert(c.key(), Some(c));
     }
 
     // ---- events

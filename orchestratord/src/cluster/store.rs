@@ -10,8 +10,8 @@ use flotilla_api::ops::{Event, TaskDefRevision};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::records::{
-    NodeRecord, Record, ScalingRecord, ScheduleRecord, SecretRecord, ServiceRecord, TaskRecord,
-    TokenRecord,
+    ConfigRecord, NodeRecord, Record, ScalingRecord, ScheduleRecord, SecretRecord, ServiceRecord,
+    TaskRecord, TokenRecord,
 };
 
 /// Changes to one table: key → the new record, or `None` to remove it.
@@ -36,6 +36,8 @@ pub struct Writes {
     pub scaling: Changes<ScalingRecord>,
     /// Secrets (their values sealed).
     pub secrets: Changes<SecretRecord>,
+    /// Configs.
+    pub configs: Changes<ConfigRecord>,
     /// Events appended, in sequence.
     pub events: Vec<Event>,
     /// Events with a sequence number below this are dropped (the log keeps the last
@@ -54,6 +56,7 @@ impl Writes {
             && self.schedules.is_empty()
             && self.scaling.is_empty()
             && self.secrets.is_empty()
+            && self.configs.is_empty()
             && self.events.is_empty()
             && self.events_from.is_none()
     }
@@ -78,6 +81,8 @@ pub struct Loaded {
     pub scaling: Vec<ScalingRecord>,
     /// Secrets (their values sealed).
     pub secrets: Vec<SecretRecord>,
+    /// Configs.
+    pub configs: Vec<ConfigRecord>,
     /// The event log, oldest first.
     pub events: Vec<Event>,
 }
@@ -141,6 +146,7 @@ impl RedbStore {
         w.open_table(table::<ScheduleRecord>()).map_err(db)?;
         w.open_table(table::<ScalingRecord>()).map_err(db)?;
         w.open_table(table::<SecretRecord>()).map_err(db)?;
+        w.open_table(table::<ConfigRecord>()).map_err(db)?;
         w.open_table(EVENTS).map_err(db)?;
         w.commit().map_err(db)?;
         Ok(Self { db: database })
@@ -210,6 +216,7 @@ impl Store for RedbStore {
             schedules: Self::load_table(&r)?,
             scaling: Self::load_table(&r)?,
             secrets: Self::load_table(&r)?,
+            configs: Self::load_table(&r)?,
             events,
         })
     }
@@ -224,6 +231,7 @@ impl Store for RedbStore {
         Self::write_table(&w, &writes.schedules)?;
         Self::write_table(&w, &writes.scaling)?;
         Self::write_table(&w, &writes.secrets)?;
+        Self::write_table(&w, &writes.configs)?;
         if !writes.events.is_empty() || writes.events_from.is_some() {
             let mut t = w.open_table(EVENTS).map_err(db)?;
             for e in &writes.events {

@@ -2239,7 +2239,10 @@ fn a_secret_is_sealed_at_rest_pinned_per_task_and_given_only_to_the_node_that_ru
     for (from, want) in [
         ("flotilla:nope", "no secret nope"),
         ("flotilla:db::2", "secret db has no version 2"),
-        ("flotilla:db:port", "has no JSON key 'port'"),
+        (
+            "flotilla:db:port",
+            "JSON key 'port': the value has no such key",
+        ),
     ] {
         let refused = h.op(Operator::RegisterTaskDef(uses("bad", from)));
         assert!(
@@ -2261,6 +2264,7 @@ fn a_secret_is_sealed_at_rest_pinned_per_task_and_given_only_to_the_node_that_ru
     );
     let fetch = |node: &str, version: u32| {
         Command::Agent(Agent::FetchSecret {
+            kind: super::secrets::Kind::Secret,
             node: node.to_string(),
             name: "db".into(),
             version,
@@ -2331,8 +2335,24 @@ fn a_secret_is_sealed_at_rest_pinned_per_task_and_given_only_to_the_node_that_ru
     }
     h.op(Operator::RemoveSecret("db".into(), true))
         .expect("forced");
-    // After a restart the sealed values open with the key derived from the CA again.
-    h.op(create("db", b"again")).expect("create");
+    // Forced: taken from the tasks that had it (their nodes delete it); a node asking again is
+    // refused.
+    assert!(h
+        .desired(&on)
+        .tasks
+        .iter()
+        .all(|t| t.secret_versions.is_empty()));
+    let r = h.exec(fetch(&on, 2));
+    assert!(
+        matches!(r, Ok(Reply::Agent(AgentReply::Refused { .. }))),
+        "{r:?}"
+    );
+    // A secret made again under the name goes on with the next version: a version names one
+    // value forever. After a restart the sealed values open with the key derived from the CA.
+    let Reply::SecretCreated(again) = h.op(create("db", b"again")).expect("create") else {
+        panic!()
+    };
+    assert_eq!(again.latest(), 3);
     h.restart(100);
     h.connect(&a, 2048, 4);
     h.connect(&b, 2048, 4);
@@ -2341,8 +2361,119 @@ fn a_secret_is_sealed_at_rest_pinned_per_task_and_given_only_to_the_node_that_ru
         panic!()
     };
     let node = t[0].node.clone().expect("placed");
-    let Ok(Reply::Agent(AgentReply::Secret { value: got })) = h.exec(fetch(&node, 1)) else {
+    let Ok(Reply::Agent(AgentReply::Secret { value: got })) = h.exec(fetch(&node, 3)) else {
         panic!("opens after a restart")
     };
     assert_eq!(got.0, b"again");
+    // References that name their versions get those: two of one secret in one definition.
+    h.op(Operator::RotateSecret(
+        "db".into(),
+        SecretValue(b"four".to_vec()),
+    ))
+    .expect("rotate");
+    h.register(
+        r#"{"family":"both","containerDefinitions":[{"name":"main","image":"x","memory":64,
+            "secrets":[{"name":"OLD","valueFrom":"flotilla:db::3"},
+                       {"name":"NEW","valueFrom":"flotilla:db"}]}]}"#,
+    );
+    let Reply::TasksCreated(t) = h.op(run("both", 1)).expect("run") else {
+        panic!()
+    };
+    let node = t[0].node.clone().expect("placed");
+    for (version, want) in [(3, &b"again"[..]), (4, b"four")] {
+        let Ok(Reply::Agent(AgentReply::Secret { value })) = h.exec(fetch(&node, version)) else {
+            panic!("version {version}")
+        };
+        assert_eq!(value.0, want);
+    }
+    // A node that keeps asking for what it may not have makes one event a minute, and a name
+    // that is no secret's none.
+    let before = h.events("secret.refused").len();
+    for _ in 0..20 {
+        let _ = h.exec(fetch(&node, 99));
+    }
+    let _ = h.exec(Command::Agent(Agent::FetchSecret {
+        kind: super::secrets::Kind::Secret,
+        node: node.clone(),
+        name: "x\nforged log line".repeat(1000),
+        version: 1,
+    }));
+    assert!(h.events("secret.refused").len() <= before + 1);
+}
+
+#[test]
+fn a_config_is_kept_as_it_is_versioned_per_task_and_given_only_to_the_node_that_runs_it() {
+    use super::secrets::Kind;
+    use flotilla_api::secrets::{SecretPut, SecretValue};
+    use flotilla_api::AgentReply;
+    let mut h = Harness::new();
+    let a = h.join(&[], 2048, 4);
+    let b = h.join(&[], 2048, 4);
+    h.op(Operator::CreateConfig(SecretPut {
+        name: "nginx".into(),
+        value: SecretValue(b"worker_processes 1;".to_vec()),
+    }))
+    .expect("create");
+    let uses = |family: &str, source: &str| {
+        format!(
+            r#"{{"family":"{family}","containerDefinitions":[{{"name":"main","image":"x","memory":64,
+                "configs":[{{"source":"{source}","target":"/etc/nginx/nginx.conf"}}]}}]}}"#
+        )
+    };
+    let refused = h.op(Operator::RegisterTaskDef(uses("bad", "nope")));
+    assert!(
+        matches!(&refused, Err(ClusterError::Invalid { problems, .. })
+            if problems.iter().any(|p| p.starts_with("$.containerDefinitions[0].configs[0].source: no config nope"))),
+        "{refused:?}"
+    );
+    h.register(&uses("web", "nginx"));
+    h.op(Operator::UpdateConfig(
+        "nginx".into(),
+        SecretValue(b"worker_processes 2;".to_vec()),
+    ))
+    .expect("update");
+    let Reply::TasksCreated(t) = h.op(run("web", 1)).expect("run") else {
+        panic!()
+    };
+    let node = t[0].node.clone().expect("placed");
+    let other = if node == a { b.clone() } else { a.clone() };
+    assert_eq!(
+        h.desired(&node).tasks[0].config_versions,
+        BTreeMap::from([("nginx".to_string(), 2)])
+    );
+    let fetch = |node: &str, kind| {
+        Command::Agent(Agent::FetchSecret {
+            kind,
+            node: node.to_string(),
+            name: "nginx".into(),
+            version: 2,
+        })
+    };
+    let Ok(Reply::Agent(AgentReply::Config { value })) = h.exec(fetch(&node, Kind::Config)) else {
+        panic!("the node that runs it gets it")
+    };
+    assert_eq!(value.0, b"worker_processes 2;");
+    for (n, kind) in [
+        (other.as_str(), Kind::Config),
+        (node.as_str(), Kind::Secret),
+    ] {
+        let r = h.exec(fetch(n, kind));
+        assert!(
+            matches!(r, Ok(Reply::Agent(AgentReply::Refused { .. }))),
+            "{n}: {r:?}"
+        );
+    }
+    assert_eq!(h.events("config.refused").len(), 1);
+    assert!(matches!(
+        h.op(Operator::RemoveConfig("nginx".into(), false)),
+        Err(ClusterError::Conflict(m)) if m.contains("web:1")
+    ));
+    let Reply::Secrets(all) = h.op(Operator::ListConfigs).expect("ls") else {
+        panic!()
+    };
+    assert_eq!((all.len(), all[0].versions.len()), (1, 2));
+    let Reply::Secrets(none) = h.op(Operator::ListSecrets).expect("ls") else {
+        panic!()
+    };
+    assert!(none.is_empty(), "configs are not secrets");
 }

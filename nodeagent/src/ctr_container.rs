@@ -500,6 +500,7 @@ fn run_config(args: &RunArgs) -> Result<ContainerConfig> {
         init: args.init,
         task_cgroup: None,
         secrets: Vec::new(),
+        configs: Vec::new(),
     })
 }
 

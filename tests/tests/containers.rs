@@ -1362,13 +1362,18 @@ fn files_holding(dir: &std::path::Path, needle: &[u8]) -> Vec<std::path::PathBuf
 /// (also under `--init`) and as files on a read-only tmpfs at `/run/secrets`, with their
 /// owners and modes — and never the disk: no file of the data directory holds the value
 /// while the container runs or after, the host's mount table has no mount for them, and the
-/// record names them only. A restart gets them again; a name that cannot be a file is refused;
-/// a shim that dies before it reads them fails the start, no hang.
+/// record names them only. Config files given with them are read-only at their own paths,
+/// with their owners and modes — one where the image has no parent directory, one over an
+/// image's file, also on a read-only root filesystem —, seen by the container's process and
+/// an exec'd shell, held on no disk either, the record listing their paths. A restart gets
+/// them again; a name that cannot be a file, a config the container does not list, and a
+/// config where the image has a directory are refused; a shim that dies before it reads
+/// them fails the start, no hang.
 #[test]
 fn secrets_reach_the_container_and_never_the_disk() {
     use flotilla_runtime::container::{
-        ContainerConfig, ContainerError, ContainerStore, SecretEnv, SecretFile, SecretMaterial,
-        StoreOptions,
+        ConfigFile, ContainerConfig, ContainerError, ContainerStore, SecretEnv, SecretFile,
+        SecretMaterial, StoreOptions,
     };
     let node = Node::new();
     let store = ContainerStore::open(
@@ -1383,6 +1388,7 @@ fn secrets_reach_the_container_and_never_the_disk() {
     let mut random = [0u8; 16];
     rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty()).expect("random");
     let value = format!("s3cr3t-{}", hex::encode(random));
+    let app_conf = format!("listen 8080 # config-{}", hex::encode(&random[..8]));
     let mut big = value.repeat(64 * 1024 / value.len() + 1).into_bytes();
     big.truncate(64 * 1024);
     let material = SecretMaterial {
@@ -1400,6 +1406,17 @@ fn secrets_reach_the_container_and_never_the_disk() {
             // More than a pipe holds: the shim reads while its launcher writes.
             SecretFile::new("big", big),
         ],
+        configs: vec![
+            // Its directory is not in the image.
+            ConfigFile {
+                uid: 1000,
+                gid: 1000,
+                mode: 0o440,
+                ..ConfigFile::new("/etc/app/app.conf", app_conf.clone())
+            },
+            // Over the image's file.
+            ConfigFile::new("/data/keep", "kept by a config\n"),
+        ],
     };
     let config = |name: &str, init: bool, command: &[&str]| ContainerConfig {
         name: Some(name.into()),
@@ -1408,6 +1425,7 @@ fn secrets_reach_the_container_and_never_the_disk() {
         env: vec!["DB_PASSWORD=from-the-spec".into()],
         init,
         secrets: vec!["DB_PASSWORD".into(), "db_password".into(), "big".into()],
+        configs: vec!["/etc/app/app.conf".into(), "/data/keep".into()],
         ..Default::default()
     };
     let plain = store
@@ -1417,8 +1435,12 @@ fn secrets_reach_the_container_and_never_the_disk() {
             &["sh", "-c", "trap 'exit 0' TERM; sleep 60 & wait"],
         ))
         .expect("create");
+    // (read-only: the configs' mount points are made in its layer all the same)
     let under_init = store
-        .create(config("sec-init", true, &["sleep", "60"]))
+        .create(ContainerConfig {
+            read_only: true,
+            ..config("sec-init", true, &["sleep", "60"])
+        })
         .expect("create");
     store
         .start_with(&plain.id, &material)
@@ -1439,11 +1461,16 @@ fn secrets_reach_the_container_and_never_the_disk() {
              stat -c '%a %u:%g %s' /run/secrets/big; \
              grep ' /run/secrets ' /proc/mounts; \
              echo \"exec: ${{DB_PASSWORD}}\"; \
-             echo x > /run/secrets/db_password || echo read-only"
+             echo x > /run/secrets/db_password || echo read-only; \
+             cat /etc/app/app.conf; echo; \
+             stat -c '%a %u:%g' /etc/app/app.conf /data/keep; \
+             cat /proc/{pid}/root/data/keep; \
+             echo x > /etc/app/app.conf || echo read-only; \
+             echo x > /data/keep || echo read-only"
         );
         let out = node.ctr_ok(&["exec", name, "sh", "-c", &script]);
         let lines: Vec<&str> = out.lines().collect();
-        assert_eq!(lines.len(), 7, "{name}: {out}");
+        assert_eq!(lines.len(), 13, "{name}: {out}");
         assert_eq!(lines[0], format!("DB_PASSWORD={value}"), "{name}");
         assert_eq!(lines[1], value, "{name}");
         assert_eq!(lines[2], "400 1000:1000", "{name}");
@@ -1456,6 +1483,12 @@ fn secrets_reach_the_container_and_never_the_disk() {
         // An exec'd command has the spec's environment, not the secret entries.
         assert_eq!(lines[5], "exec: from-the-spec", "{name}");
         assert_eq!(lines[6], "read-only", "{name}: {out}");
+        // The configs: seen by the exec'd shell and, in its root, by the container's process.
+        assert_eq!(lines[7], app_conf, "{name}");
+        assert_eq!(lines[8], "440 1000:1000", "{name}");
+        assert_eq!(lines[9], "444 0:0", "{name}");
+        assert_eq!(lines[10], "kept by a config", "{name}");
+        assert_eq!(lines[11..], ["read-only", "read-only"], "{name}: {out}");
     };
     seen_inside("sec", "1");
     seen_inside("sec-init", "$(pidof sleep)");
@@ -1463,13 +1496,24 @@ fn secrets_reach_the_container_and_never_the_disk() {
     // On the host: no mount for them, an empty directory, and the value in no file, nor in
     // the shim's command line; the record names the secrets.
     assert_eq!(node.leftover_mounts(), Vec::<String>::new());
-    let dir = store.paths(&plain.id).dir.join("secrets");
-    assert_eq!(fs::read_dir(&dir).expect("secrets dir").count(), 0);
+    for sub in ["secrets", "configs"] {
+        let dir = store.paths(&plain.id).dir.join(sub);
+        assert_eq!(fs::read_dir(&dir).expect(sub).count(), 0, "{sub}");
+    }
     assert_eq!(leaks(), Vec::<std::path::PathBuf>::new(), "while running");
+    assert_eq!(
+        files_holding(&node.data, app_conf.as_bytes()),
+        Vec::<std::path::PathBuf>::new(),
+        "a config's content"
+    );
     let info = node.inspect("sec");
     assert_eq!(
         info.record.config.secrets,
         ["DB_PASSWORD", "db_password", "big"]
+    );
+    assert_eq!(
+        info.record.config.configs,
+        ["/etc/app/app.conf", "/data/keep"]
     );
     let shim = info.state.expect("state").shim.pid;
     let cmdline = fs::read(format!("/proc/{shim}/cmdline")).expect("shim cmdline");
@@ -1495,6 +1539,22 @@ fn secrets_reach_the_container_and_never_the_disk() {
         }
         other => panic!("bad material was not refused: {other:?}"),
     }
+    let unlisted = SecretMaterial {
+        configs: vec![ConfigFile::new("/etc/other.conf", app_conf.clone())],
+        ..material.clone()
+    };
+    match store.restart_with("sec", None, &unlisted) {
+        Err(ContainerError::Invalid(problems)) => {
+            assert_eq!(
+                problems,
+                [
+                    "config '/etc/other.conf' is not among the container's configs \
+                  (/etc/app/app.conf, /data/keep)"
+                ]
+            );
+        }
+        other => panic!("an unlisted config was not refused: {other:?}"),
+    }
     assert_eq!(node.inspect("sec").restart_count, 0);
 
     // A restart gets them again.
@@ -1512,6 +1572,27 @@ fn secrets_reach_the_container_and_never_the_disk() {
     );
     assert_eq!(node.leftover_mounts(), Vec::<String>::new());
     node.ctr_ok(&["rm", "sec", "sec-init"]);
+    node.assert_clean();
+
+    // A config where the image has a directory: the start is refused, saying so.
+    let over_dir = store
+        .create(ContainerConfig {
+            configs: vec!["/data/dir".into()],
+            ..config("sec-dir", false, &["true"])
+        })
+        .expect("create");
+    let on_dir = SecretMaterial {
+        configs: vec![ConfigFile::new("/data/dir", app_conf.clone())],
+        ..Default::default()
+    };
+    match store.start_with(&over_dir.id, &on_dir) {
+        Err(ContainerError::Start { message, .. }) => assert!(
+            message
+                .contains("its config at /data/dir cannot be mounted: the image has a directory"),
+            "{message}"
+        ),
+        other => panic!("a config over a directory was not refused: {other:?}"),
+    }
     node.assert_clean();
 
     let dies_at_once = ContainerStore::open(

@@ -67,6 +67,15 @@ pub struct ContainerConfig {
     /// given only secrets named here.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
+    /// Paths in the container of the config files it gets at each start (Docker Swarm's and
+    /// Compose's `configs`), never their content: that is handed over at each start
+    /// ([`super::secrets::SecretMaterial::configs`]), and each file is mounted read-only at
+    /// its path. Each path is absolute and normalized, not `/`, neither at, under nor above
+    /// one of [`super::secrets::RESERVED_TARGETS`] or one of `mounts`' targets, listed once
+    /// and never under another's (see [`super::secrets::ConfigFile::target`]). A start is
+    /// given only configs listed here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub configs: Vec<String>,
 }
 
 /// A task's cgroup, `<cgroup parent>/<task>`: its containers' cgroups are made inside it, so
@@ -332,6 +341,7 @@ impl ContainerConfig {
             }
         }
         errs.extend(super::secrets::name_problems(&self.secrets));
+        errs.extend(super::secrets::config_target_problems(&self.configs));
         if let NetworkMode::Join(p) = &self.network {
             if !p.is_absolute() {
                 errs.push(format!(
@@ -446,6 +456,22 @@ impl ContainerConfig {
                 MountRequest::Tmpfs { .. } => {}
             }
         }
+        for (i, c) in self.configs.iter().enumerate() {
+            let config = Path::new(c);
+            let clash = self.mounts.iter().enumerate().find_map(|(j, m)| {
+                container_path("", m.target())
+                    .ok()
+                    .filter(|t| config.starts_with(t) || t.starts_with(config))
+                    .map(|t| (j, t))
+            });
+            if let Some((j, t)) = clash {
+                errs.push(format!(
+                    "configs[{i}]: '{}' clashes with the mount at '{}' (mounts[{j}])",
+                    c.escape_debug(),
+                    t.display()
+                ));
+            }
+        }
         if errs.is_empty() {
             Ok(())
         } else {
@@ -528,12 +554,23 @@ mod tests {
                 memory: Some(1024),
                 ..Default::default()
             },
-            mounts: vec![MountRequest::Volume {
-                name: "a/b".into(),
-                target: "/data/../x".into(),
-                read_only: false,
-            }],
+            mounts: vec![
+                MountRequest::Volume {
+                    name: "a/b".into(),
+                    target: "/data/../x".into(),
+                    read_only: false,
+                },
+                MountRequest::Tmpfs {
+                    target: "/data/".into(),
+                    size: None,
+                },
+            ],
             secrets: vec!["TOKEN".into(), "A=B".into()],
+            configs: vec![
+                "/etc/app.conf".into(),
+                "/proc/x".into(),
+                "/data/keep".into(),
+            ],
             ..Default::default()
         };
         let errs = cfg.validate().expect_err("invalid");
@@ -546,6 +583,8 @@ mod tests {
             "mounts[0].target",
             "mounts[0]: invalid volume",
             "secrets[1]: name 'A=B'",
+            "configs[1]: target '/proc/x' is at or under /proc",
+            "configs[2]: '/data/keep' clashes with the mount at '/data' (mounts[1])",
         ] {
             assert!(all.contains(field), "{field} missing in:\n{all}");
         }

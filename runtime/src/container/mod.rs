@@ -6,8 +6,9 @@
 //! (`restarts.json`), its logs, and the overlay upper/work directories. A restart
 //! ([`ContainerStore::restart`]) runs the same container again: the directory, and with it the
 //! writable layer, the anonymous volumes and the log, stays.
-//! Each start may give the container secret material ([`SecretMaterial`], see [`secrets`]),
-//! which never reaches the disk: only its names are in the record.
+//! Each start may give the container secret material ([`SecretMaterial`], see [`secrets`]:
+//! environment entries, secret files and config files), which never reaches the disk: only
+//! its names and config targets are in the record.
 //! A container is owned by one shim process (see [`shim`]) that outlives whoever started it, so
 //! everything here works from those files alone: a fresh process (a restarted agent, or
 //! `nodeagent ctr`) finds every container, its pid, and its real exit code.
@@ -45,7 +46,7 @@ use serde::{Deserialize, Serialize};
 pub use cgroup::{CgroupHierarchy, CgroupUsage};
 pub use config::{ContainerConfig, MountRequest, NetworkMode, Resources, TaskCgroup, Ulimit};
 pub use process::ProcessIdentity;
-pub use secrets::{SecretEnv, SecretFile, SecretMaterial};
+pub use secrets::{ConfigFile, SecretEnv, SecretFile, SecretMaterial};
 pub use signal::{parse_signal, signal_name, UnknownSignal};
 pub use spec::{ImageProcess, ResolvedMount};
 pub use volume::{Volume, VolumeError, VolumeStore};
@@ -448,8 +449,9 @@ impl ContainerPaths {
 }
 
 /// Refuses `secrets` for `record`'s container ([`ContainerError::Invalid`]) when they have
-/// problems of their own, name a secret its settings do not, or bring files while it mounts
-/// something at `/run/secrets`. No message holds a value.
+/// problems of their own, name a secret or a config target its settings do not, bring files
+/// while it mounts something at `/run/secrets`, or bring a config at, under or above one of
+/// its mounts. No message holds a value.
 fn check_secrets(record: &ContainerRecord, secrets: &SecretMaterial) -> Result<(), ContainerError> {
     if secrets.is_empty() {
         return Ok(());
@@ -468,6 +470,29 @@ fn check_secrets(record: &ContainerRecord, secrets: &SecretMaterial) -> Result<(
                     }
                 ));
             }
+        }
+        for target in secrets.targets() {
+            if !record.config.configs.iter().any(|t| t == target) {
+                problems.push(format!(
+                    "config '{}' is not among the container's configs ({})",
+                    target.escape_debug(),
+                    if record.config.configs.is_empty() {
+                        "it has none".to_string()
+                    } else {
+                        record.config.configs.join(", ")
+                    }
+                ));
+            }
+        }
+    }
+    for c in &secrets.configs {
+        if let Some(m) = secrets::clashing_config_mount(&c.target, &record.mounts) {
+            problems.push(format!(
+                "its mount at {} (asked for, or a volume of its image) clashes with its config \
+                 at {}",
+                m.target.display(),
+                c.target.escape_debug()
+            ));
         }
     }
     if !secrets.files.is_empty() {
@@ -806,11 +831,14 @@ impl ContainerStore {
     }
 
     /// [`ContainerStore::start`], giving the container `secrets` (see [`secrets`]): its
-    /// environment entries in the process's environment, its files in `/run/secrets`, neither
-    /// ever on disk. Refused ([`ContainerError::Invalid`], the container left as it is) when
+    /// environment entries in the process's environment, its files in `/run/secrets`, its
+    /// configs each read-only at its target, none ever on disk. Refused
+    /// ([`ContainerError::Invalid`], the container left as it is) when
     /// [`SecretMaterial::problems`] finds any, when it names a secret the container's
-    /// [`ContainerConfig::secrets`] does not, or when it has files and the container mounts
-    /// something at `/run/secrets` (or inside it).
+    /// [`ContainerConfig::secrets`] does not or a config target its
+    /// [`ContainerConfig::configs`] does not, when it has files and the container mounts
+    /// something at `/run/secrets` (or inside it), or when one of its configs is at, under
+    /// or above one of the container's mounts.
     pub fn start_with(
         &self,
         id: &str,

@@ -275,6 +275,20 @@ pub fn ensure_dir(rootfs: &OwnedFd, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `path` is a directory inside the root filesystem `rootfs` (resolved inside it, a
+/// link at its end followed, as a mount over it is made): `false` when it is something else
+/// or missing. An error when it cannot be looked up (a component that is a file, say).
+pub fn is_dir_in_root(rootfs: &OwnedFd, path: &Path) -> io::Result<bool> {
+    match open_in_root(rootfs, &path.to_string_lossy(), OFlags::PATH) {
+        Ok(fd) => Ok(
+            rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode)
+                == rustix::fs::FileType::Directory,
+        ),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Directories deeper than this below an image volume's path are refused by [`copy_up`].
 const MAX_COPY_DEPTH: usize = 128;
 
@@ -554,5 +568,21 @@ mod tests {
         // exist there, so nothing is created outside
         let _ = ensure_dir(&root, Path::new("/escape/x"));
         assert_eq!(fs::read_dir(outside.path()).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn directories_are_told_inside_the_root() {
+        let d = root_with(&[("etc/hostname", "h\n")]);
+        std::os::unix::fs::symlink("/etc", d.path().join("etc-link")).expect("link");
+        // Absolute, so inside the root it is the root's /etc; on the host, /tmp.
+        std::os::unix::fs::symlink("/tmp", d.path().join("etc/tmp-link")).expect("link");
+        let root = open_root(d.path()).expect("open");
+        let is_dir = |p: &str| is_dir_in_root(&root, Path::new(p));
+        assert!(is_dir("/etc").expect("etc"));
+        assert!(is_dir("/etc-link").expect("a link to a directory"));
+        assert!(!is_dir("/etc/hostname").expect("a file"));
+        assert!(!is_dir("/etc/app/app.conf").expect("missing"));
+        assert!(!is_dir("/etc/tmp-link").expect("the root has no /tmp"));
+        assert!(is_dir("/etc/hostname/x").is_err());
     }
 }

@@ -259,7 +259,8 @@ fn create_and_start(
         }
     }
     let mut mounts = record.mounts.clone();
-    mounts.extend(name_files(record, dir)?);
+    let config_targets = material.targets();
+    mounts.extend(name_files(record, dir, &config_targets)?);
     if !material.files.is_empty() {
         if let Some(m) = secrets::clashing_mount(&record.mounts) {
             return Err(format!(
@@ -272,6 +273,40 @@ fn create_and_start(
         // Last: above any mount of `/run` it has.
         mounts.push(secrets::mount_files(dir, &material.files).map_err(|e| e.to_string())?);
         tracing::debug!(container = %record.id, files = material.files.len(), "secret files mounted");
+    }
+    if !material.configs.is_empty() {
+        for c in &material.configs {
+            if let Some(m) = secrets::clashing_config_mount(&c.target, &mounts) {
+                return Err(format!(
+                    "its mount at {} clashes with its config at {}",
+                    m.target.display(),
+                    c.target.escape_debug()
+                )
+                .into());
+            }
+            // A file cannot be bind-mounted over a directory: said here, rather than as
+            // libcontainer's "failed to prepare rootfs".
+            match rootfs::is_dir_in_root(&root, Path::new(&c.target)) {
+                Ok(false) => {}
+                Ok(true) => {
+                    return Err(format!(
+                        "its config at {} cannot be mounted: the image has a directory there",
+                        c.target.escape_debug()
+                    )
+                    .into())
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "its config at {} cannot be mounted: in the image, {e}",
+                        c.target.escape_debug()
+                    )
+                    .into())
+                }
+            }
+        }
+        // Last, each at a path no other mount is at, under or above.
+        mounts.extend(secrets::mount_configs(dir, &material.configs).map_err(|e| e.to_string())?);
+        tracing::debug!(container = %record.id, configs = material.configs.len(), "configs mounted");
     }
     let bounding = bounding_set();
     let limit_problems = ulimits_beyond_own(&record.config.ulimits, &bounding);
@@ -670,8 +705,13 @@ fn supervise(dir: &Path, record: &ContainerRecord, c: StartedContainer) -> ExitI
 
 /// The name files of a container — `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` —
 /// as bind mounts of files in its directory, in every network mode, as Docker gives them (a
-/// mount the caller asked for at one of those paths wins).
-fn name_files(record: &ContainerRecord, dir: &Path) -> Result<Vec<ResolvedMount>, String> {
+/// mount the caller asked for at one of those paths wins, and so does a config at one of
+/// `config_targets`).
+fn name_files(
+    record: &ContainerRecord,
+    dir: &Path,
+    config_targets: &[&str],
+) -> Result<Vec<ResolvedMount>, String> {
     use crate::network::names;
     let cfg = &record.config;
     let hostname = spec::hostname(cfg, &record.id);
@@ -710,7 +750,12 @@ fn name_files(record: &ContainerRecord, dir: &Path) -> Result<Vec<ResolvedMount>
     if let Some(file) = resolv {
         mounts.push((file, "resolv.conf"));
     }
-    let asked: Vec<&Path> = record.mounts.iter().map(|m| m.target.as_path()).collect();
+    let asked: Vec<&Path> = record
+        .mounts
+        .iter()
+        .map(|m| m.target.as_path())
+        .chain(config_targets.iter().map(Path::new))
+        .collect();
     Ok(mounts
         .into_iter()
         .map(|(source, name)| (source, PathBuf::from("/etc").join(name)))

@@ -215,12 +215,17 @@ pub fn config_target_problem(target: &str) -> Option<&'static str> {
     {
         return Some("must be a normalized path (no '.', '..', '//' or trailing '/')");
     }
+    if target[1..].split('/').any(|c| c.len() > 255) {
+        return Some("must have no component longer than 255 bytes");
+    }
     let under = |dir: &str| target == dir || target.starts_with(&format!("{dir}/"));
     if ["/proc", "/sys", "/dev"].into_iter().any(under) {
         return Some("must not be in /proc, /sys or /dev");
     }
-    if under(crate::secrets::FILES_DIR) {
-        return Some("must not be in /run/secrets, where the secrets are");
+    if under(crate::secrets::FILES_DIR)
+        || crate::secrets::FILES_DIR.starts_with(&format!("{target}/"))
+    {
+        return Some("must not be at, in or above /run/secrets, where the secrets are");
     }
     None
 }
@@ -1855,6 +1860,17 @@ impl Checker {
                     self.err(&format!("{cp}.target"), format!("'{t}': {why}"));
                 } else if out.iter().any(|c| &c.target == t) {
                     self.err(&format!("{cp}.target"), format!("'{t}' is set twice"));
+                } else if let Some(o) = out.iter().find(|c| {
+                    c.target.starts_with(&format!("{t}/"))
+                        || t.starts_with(&format!("{}/", c.target))
+                }) {
+                    self.err(
+                        &format!("{cp}.target"),
+                        format!(
+                            "'{t}' and '{}': one config cannot be inside another",
+                            o.target
+                        ),
+                    );
                 }
             }
             let mode = self.mode(&format!("{cp}.mode"), cm.get("mode"));
@@ -3497,6 +3513,11 @@ mod tests {
                 "[1].target: '/a' is set twice",
             ),
             (r#"[{"source":"x","version":0}]"#, "[0].version"),
+            (r#"[{"source":"x","target":"/run"}]"#, "[0].target: '/run'"),
+            (
+                r#"[{"source":"x","target":"/a"},{"source":"y","target":"/a/b"}]"#,
+                "[1].target: '/a/b' and '/a'",
+            ),
         ] {
             let problems = configs(entries).expect_err(entries);
             let want = format!("$.containerDefinitions[0].configs{want}");

@@ -825,7 +825,7 @@ pub fn container_config(
         task_cgroup: Some(task_cgroup(task, t)),
         // Their names only (what `ctr inspect` shows); the values come at each start.
         secrets: c.secrets.iter().map(|s| s.name.clone()).collect(),
-        configs: Vec::new(),
+        configs: c.configs.iter().map(|f| f.target.clone()).collect(),
     }
 }
 

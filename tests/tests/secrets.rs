@@ -120,7 +120,10 @@ fn a_secret_reaches_only_its_tasks_never_rests_in_clear_and_survives_a_cut_off_r
     let config = cp.flotilla_ok(&["exec", &task, "--", "cat", "/etc/app/motd"]);
     assert_eq!(config, "welcome to the fleet\n");
     let listed = cp.flotilla_ok(&["exec", &task, "--", "ls", "-ln", "/etc/app/motd"]);
-    assert!(listed.starts_with("-r--r-----") && listed.contains(" 1000 "), "{listed}");
+    assert!(
+        listed.starts_with("-r--r-----") && listed.contains(" 1000 "),
+        "{listed}"
+    );
     let write = cp.flotilla(&["exec", &task, "--", "sh", "-c", "echo x > /etc/app/motd"]);
     assert!(!write.status.success(), "a config is read-only");
     let logs = || cp.flotilla_ok(&["logs", &task]);

@@ -50,6 +50,15 @@ pub enum Command {
     Metrics,
 }
 
+/// Secrets or configs: what `secrets.rs`'s handlers act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    /// Sealed values, given as environment variables and files in /run/secrets.
+    Secret,
+    /// Values as they are, mounted as files.
+    Config,
+}
+
 /// An operator's request.
 #[derive(Debug, Clone)]
 pub enum Operator {
@@ -235,7 +244,7 @@ pub enum Agent {
     /// It asks for a version of a secret or a config (see `secrets::fetch`).
     FetchSecret {
         /// Secret or config.
-        kind: super::secrets::Kind,
+        kind: SecretKind,
         /// The node.
         node: String,
         /// The secret.

@@ -33,14 +33,7 @@ use super::state::Txn;
 /// The sealing key's purpose (its HKDF info).
 pub const PURPOSE: &[u8] = b"flotilla secrets v1";
 
-/// Secrets or configs: what the handlers below act on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// Sealed values, given as environment variables and files in /run/secrets.
-    Secret,
-    /// Values as they are, mounted as files.
-    Config,
-}
+pub use super::command::SecretKind as Kind;
 
 impl Kind {
     /// `secret` or `config`: the noun of messages and event kinds.

@@ -151,7 +151,7 @@ pub struct ContainerConfigFile {
     /// Absolute path in the container (default `/<source>`, as Swarm mounts configs).
     pub target: String,
     /// The file's mode (default 0444), owner and group (default 0), as for secrets.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "octal_mode")]
     pub mode: Option<u32>,
     /// The file's owner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,8 +178,8 @@ pub struct ContainerSecret {
     pub environment: bool,
     /// The file's mode (a Flotilla extension, after Swarm's; default 0444). In a file, a
     /// string of octal digits (`"0400"`) or a number, which is the mode's value (YAML's `0400`
-    /// reads as 256).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// reads as 256). Written as a string of octal digits.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "octal_mode")]
     pub mode: Option<u32>,
     /// The file's owner (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -228,6 +228,36 @@ pub fn config_target_problem(target: &str) -> Option<&'static str> {
         return Some("must not be at, in or above /run/secrets, where the secrets are");
     }
     None
+}
+
+/// A file mode as a string of octal digits (`"0400"`); read from that or from a number (the
+/// mode's value), as the checker reads it.
+mod octal_mode {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mode: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+        match mode {
+            Some(m) => s.serialize_str(&format!("{m:04o}")),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Either {
+        Text(String),
+        Number(u32),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+        match Option::<Either>::deserialize(d)? {
+            None => Ok(None),
+            Some(Either::Number(n)) => Ok(Some(n)),
+            Some(Either::Text(t)) => u32::from_str_radix(&t, 8)
+                .map(Some)
+                .map_err(|_| serde::de::Error::custom(format!("mode '{t}': octal digits"))),
+        }
+    }
 }
 
 /// The largest user or group id a file may be given: `(uid_t)-1` means "unchanged" to
@@ -1945,6 +1975,14 @@ impl Checker {
                 .map(|v| (v, crate::secrets::SecretRef::parse(v)));
             match reference {
                 Some((_, Some(Err(why)))) => self.err(&format!("{sp}.valueFrom"), why),
+                Some((v, None)) if !v.starts_with("arn:") => {
+                    self.warnings.push(format!(
+                        "{sp}.valueFrom: ignored: '{v}' is no Flotilla reference (an SSM \
+                         parameter name only means something on AWS); did you mean \
+                         `flotilla:{v}`?"
+                    ));
+                    continue;
+                }
                 Some((_, None)) => {
                     aws.push(format!("[{i}]"));
                     continue;
@@ -3539,6 +3577,10 @@ mod tests {
         let secrets = &parsed.definition.container_definitions[0].secrets;
         assert_eq!(secrets.len(), 1, "the ARN is left out: {secrets:?}");
         assert_eq!(secrets[0].mode, Some(0o400));
+        let shown = serde_json::to_value(&secrets[0]).expect("json");
+        assert_eq!(shown["mode"], "0400", "modes are shown in octal");
+        let back: ContainerSecret = serde_json::from_value(shown).expect("read back");
+        assert_eq!(back, secrets[0]);
         assert_eq!(secrets[0].reference().and_then(|r| r.version), Some(2));
         assert!(
             parsed

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 use flotilla_api::outln;
 use flotilla_api::secrets::{SecretInfo, SecretPut, SecretValue, MAX_VALUE};
-use flotilla_client::Client;
+use flotilla_client::{Client, ValueKind};
 
 use crate::{cell, print, print_document, read_input, table, when, Output};
 
@@ -25,9 +25,9 @@ pub struct ValueArgs {
     /// The value is this file's bytes (as FILE).
     #[arg(long, value_name = "FILE", conflicts_with = "from_literal")]
     from_file: Option<PathBuf>,
-    /// The value is a JSON object of these pairs (repeatable), whose keys a task definition
-    /// picks with `flotilla:NAME:KEY`. Arguments are visible to other users of this machine
-    /// (`ps`) while the command runs: prefer a file or standard input for real secrets.
+    /// The value is a JSON object of these pairs (repeatable); a secret's keys are what a task
+    /// definition picks with `flotilla:NAME:KEY`. Arguments are visible to other users of this
+    /// machine (`ps`) while the command runs: prefer a file or standard input for secrets.
     #[arg(long, value_name = "KEY=VALUE")]
     from_literal: Vec<String>,
 }
@@ -69,9 +69,10 @@ impl ValueArgs {
 /// `flotilla secret …`.
 #[derive(Debug, Subcommand)]
 pub enum SecretCommand {
-    /// Create a secret (version 1) from a file, standard input or KEY=VALUE pairs.
+    /// Create a secret from a file, standard input or KEY=VALUE pairs (at most 65,536 bytes):
+    /// its first version (the number after the last one, for a name that was removed).
     Create {
-        /// Secret name: 1-128 letters, digits, '_', '-' or '.'.
+        /// Secret name: 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit.
         name: String,
         #[command(flatten)]
         value: ValueArgs,
@@ -138,26 +139,35 @@ fn print_list(output: Output, list: &[SecretInfo]) -> Result<()> {
     })
 }
 
-/// Runs `cmd`.
-pub async fn run(api: &Client, cmd: SecretCommand, output: Output) -> Result<()> {
-    match cmd {
-        SecretCommand::Create { name, value } => {
+/// What a `secret` or `config` command does.
+enum Op {
+    Create(String, ValueArgs),
+    NewVersion(String, ValueArgs),
+    Ls,
+    Inspect(String),
+    Rm(bool, Vec<String>),
+}
+
+/// Runs `op` on the secrets or configs.
+async fn run_op(api: &Client, kind: ValueKind, op: Op, output: Output) -> Result<()> {
+    match op {
+        Op::Create(name, value) => {
             let put = SecretPut {
                 name,
                 value: value.value()?,
             };
-            let s = api.create_secret(&put).await?;
+            let s = api.create_value(kind, &put).await?;
             print(output, &s, || outln!("{}", summary(&s)))?;
         }
-        SecretCommand::Rotate { name, value } => {
-            let s = api.rotate_secret(&name, &value.value()?).await?;
+        Op::NewVersion(name, value) => {
+            let s = api.new_version(kind, &name, &value.value()?).await?;
             print(output, &s, || outln!("{}", summary(&s)))?;
         }
-        SecretCommand::Ls => print_list(output, &api.secrets().await?)?,
-        SecretCommand::Inspect { name } => print_document(output, &api.secret(&name).await?)?,
-        SecretCommand::Rm { force, names } => {
+        Op::Ls => print_list(output, &api.values(kind).await?)?,
+        Op::Inspect(name) => print_document(output, &api.value_info(kind, &name).await?)?,
+        Op::Rm(force, names) => {
             for name in names {
-                api.remove_secret(&name, force).await?;
+                api.remove_value(kind, &name, force).await?;
                 outln!("{name} removed");
             }
         }
@@ -165,12 +175,25 @@ pub async fn run(api: &Client, cmd: SecretCommand, output: Output) -> Result<()>
     Ok(())
 }
 
+/// Runs `cmd`.
+pub async fn run(api: &Client, cmd: SecretCommand, output: Output) -> Result<()> {
+    let op = match cmd {
+        SecretCommand::Create { name, value } => Op::Create(name, value),
+        SecretCommand::Rotate { name, value } => Op::NewVersion(name, value),
+        SecretCommand::Ls => Op::Ls,
+        SecretCommand::Inspect { name } => Op::Inspect(name),
+        SecretCommand::Rm { force, names } => Op::Rm(force, names),
+    };
+    run_op(api, ValueKind::Secret, op, output).await
+}
+
 /// `flotilla config …`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
-    /// Create a config (version 1) from a file or standard input.
+    /// Create a config from a file or standard input (at most 65,536 bytes): its first
+    /// version (the number after the last one, for a name that was removed).
     Create {
-        /// Config name: 1-128 letters, digits, '_', '-' or '.'.
+        /// Config name: 1-128 letters, digits, '_', '-' or '.', starting with a letter or digit.
         name: String,
         #[command(flatten)]
         value: ValueArgs,
@@ -206,29 +229,14 @@ pub enum ConfigCommand {
 
 /// Runs `cmd`.
 pub async fn run_config(api: &Client, cmd: ConfigCommand, output: Output) -> Result<()> {
-    match cmd {
-        ConfigCommand::Create { name, value } => {
-            let put = SecretPut {
-                name,
-                value: value.value()?,
-            };
-            let s = api.create_config(&put).await?;
-            print(output, &s, || outln!("{}", summary(&s)))?;
-        }
-        ConfigCommand::Update { name, value } => {
-            let s = api.update_config(&name, &value.value()?).await?;
-            print(output, &s, || outln!("{}", summary(&s)))?;
-        }
-        ConfigCommand::Ls => print_list(output, &api.configs().await?)?,
-        ConfigCommand::Inspect { name } => print_document(output, &api.config(&name).await?)?,
-        ConfigCommand::Rm { force, names } => {
-            for name in names {
-                api.remove_config(&name, force).await?;
-                outln!("{name} removed");
-            }
-        }
-    }
-    Ok(())
+    let op = match cmd {
+        ConfigCommand::Create { name, value } => Op::Create(name, value),
+        ConfigCommand::Update { name, value } => Op::NewVersion(name, value),
+        ConfigCommand::Ls => Op::Ls,
+        ConfigCommand::Inspect { name } => Op::Inspect(name),
+        ConfigCommand::Rm { force, names } => Op::Rm(force, names),
+    };
+    run_op(api, ValueKind::Config, op, output).await
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use flotilla_api::ops::{
 };
 use flotilla_api::scaling::{Autoscale, ScalingPut, ServiceScaling};
 use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
-use flotilla_api::secrets::{SecretInfo, SecretPut, SecretValue};
 use flotilla_api::service::{ServiceCreated, ServiceInfo, ServiceUpdate};
 use flotilla_api::LogLine;
 use flotilla_certs::credential::Credential;
@@ -273,35 +272,6 @@ impl Client {
     /// See [`crate::Client::remove_schedule`].
     pub fn remove_schedule(&self, name: &str) -> Result<(), ClientError> {
         self.run(self.inner.remove_schedule(name))
-    }
-
-    /// See [`crate::Client::create_secret`].
-    pub fn create_secret(&self, put: &SecretPut) -> Result<SecretInfo, ClientError> {
-        self.run(self.inner.create_secret(put))
-    }
-
-    /// See [`crate::Client::rotate_secret`].
-    pub fn rotate_secret(
-        &self,
-        name: &str,
-        value: &SecretValue,
-    ) -> Result<SecretInfo, ClientError> {
-        self.run(self.inner.rotate_secret(name, value))
-    }
-
-    /// See [`crate::Client::secrets`].
-    pub fn secrets(&self) -> Result<Vec<SecretInfo>, ClientError> {
-        self.run(self.inner.secrets())
-    }
-
-    /// See [`crate::Client::secret`].
-    pub fn secret(&self, name: &str) -> Result<SecretInfo, ClientError> {
-        self.run(self.inner.secret(name))
-    }
-
-    /// See [`crate::Client::remove_secret`].
-    pub fn remove_secret(&self, name: &str, force: bool) -> Result<(), ClientError> {
-        self.run(self.inner.remove_secret(name, force))
     }
 
     /// See [`crate::Client::events`].

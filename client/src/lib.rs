@@ -193,6 +193,25 @@ pub struct LogQuery {
     pub tail: Option<u32>,
 }
 
+/// Which of the control plane's named values a call is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    /// Secrets (`/v1/secrets`): sealed, never shown.
+    Secret,
+    /// Configs (`/v1/configs`): files kept as they are.
+    Config,
+}
+
+impl ValueKind {
+    /// The API's collection: `secrets` or `configs`.
+    pub fn collection(self) -> &'static str {
+        match self {
+            Self::Secret => "secrets",
+            Self::Config => "configs",
+        }
+    }
+}
+
 /// A client of one control plane, with one admin credential. Cheap to clone (the connection
 /// pool is shared).
 #[derive(Debug, Clone)]
@@ -603,14 +622,21 @@ impl Client {
         self.empty(Method::DELETE, &["schedules", name], &[]).await
     }
 
-    /// `POST /v1/secrets`: a new secret (version 1); its metadata.
-    pub async fn create_secret(&self, put: &SecretPut) -> Result<SecretInfo, ClientError> {
-        self.json(Method::POST, &["secrets"], &[], Some(put)).await
+    /// `POST /v1/secrets` or `/v1/configs`: a new secret or config (version 1); its metadata.
+    pub async fn create_value(
+        &self,
+        kind: ValueKind,
+        put: &SecretPut,
+    ) -> Result<SecretInfo, ClientError> {
+        self.json(Method::POST, &[kind.collection()], &[], Some(put))
+            .await
     }
 
-    /// `POST /v1/secrets/{name}/versions`: a new version of secret `name`; its metadata.
-    pub async fn rotate_secret(
+    /// `POST /v1/secrets/{name}/versions` (a rotation) or `/v1/configs/{name}/versions`: a
+    /// new version; its metadata.
+    pub async fn new_version(
         &self,
+        kind: ValueKind,
         name: &str,
         value: &SecretValue,
     ) -> Result<SecretInfo, ClientError> {
@@ -620,67 +646,34 @@ impl Client {
         };
         self.json(
             Method::POST,
-            &["secrets", name, "versions"],
+            &[kind.collection(), name, "versions"],
             &[],
             Some(&put),
         )
         .await
     }
 
-    /// `GET /v1/secrets`: every secret's metadata (never a value).
-    pub async fn secrets(&self) -> Result<Vec<SecretInfo>, ClientError> {
-        self.get(&["secrets"], &[]).await
+    /// `GET /v1/secrets` or `/v1/configs`: every one's metadata (never a value).
+    pub async fn values(&self, kind: ValueKind) -> Result<Vec<SecretInfo>, ClientError> {
+        self.get(&[kind.collection()], &[]).await
     }
 
-    /// `GET /v1/secrets/{name}`: its metadata (never its value).
-    pub async fn secret(&self, name: &str) -> Result<SecretInfo, ClientError> {
-        self.get(&["secrets", name], &[]).await
+    /// `GET /v1/secrets/{name}` or `/v1/configs/{name}`: its metadata (never its value).
+    pub async fn value_info(&self, kind: ValueKind, name: &str) -> Result<SecretInfo, ClientError> {
+        self.get(&[kind.collection(), name], &[]).await
     }
 
-    /// `DELETE /v1/secrets/{name}[?force=true]`: refused while in use, unless `force`.
-    pub async fn remove_secret(&self, name: &str, force: bool) -> Result<(), ClientError> {
-        let query: &[(&str, &str)] = if force { &[("force", "true")] } else { &[] };
-        self.empty(Method::DELETE, &["secrets", name], query).await
-    }
-
-    /// `POST /v1/configs`: a new config (version 1); its metadata.
-    pub async fn create_config(&self, put: &SecretPut) -> Result<SecretInfo, ClientError> {
-        self.json(Method::POST, &["configs"], &[], Some(put)).await
-    }
-
-    /// `POST /v1/configs/{name}/versions`: a new version of config `name`; its metadata.
-    pub async fn update_config(
+    /// `DELETE /v1/secrets/{name}[?force=true]` or `/v1/configs/{name}`: refused while in
+    /// use, unless `force`.
+    pub async fn remove_value(
         &self,
+        kind: ValueKind,
         name: &str,
-        value: &SecretValue,
-    ) -> Result<SecretInfo, ClientError> {
-        let put = SecretPut {
-            name: String::new(),
-            value: value.clone(),
-        };
-        self.json(
-            Method::POST,
-            &["configs", name, "versions"],
-            &[],
-            Some(&put),
-        )
-        .await
-    }
-
-    /// `GET /v1/configs`: every config's metadata.
-    pub async fn configs(&self) -> Result<Vec<SecretInfo>, ClientError> {
-        self.get(&["configs"], &[]).await
-    }
-
-    /// `GET /v1/configs/{name}`: its metadata.
-    pub async fn config(&self, name: &str) -> Result<SecretInfo, ClientError> {
-        self.get(&["configs", name], &[]).await
-    }
-
-    /// `DELETE /v1/configs/{name}[?force=true]`: refused while in use, unless `force`.
-    pub async fn remove_config(&self, name: &str, force: bool) -> Result<(), ClientError> {
+        force: bool,
+    ) -> Result<(), ClientError> {
         let query: &[(&str, &str)] = if force { &[("force", "true")] } else { &[] };
-        self.empty(Method::DELETE, &["configs", name], query).await
+        self.empty(Method::DELETE, &[kind.collection(), name], query)
+            .await
     }
 
     /// `GET /v1/events`: at most `limit` (1 to 1000) events with a sequence number above

@@ -655,16 +655,25 @@ impl Node {
             names.insert((c.name.task.clone(), container), c.name.clone());
         }
         for ((task, container), f) in &self.failures {
+            let failed = Observed::Exited {
+                code: START_FAILED_EXIT,
+                oom: false,
+                ran: Duration::ZERO,
+                ago: now.mono.saturating_duration_since(f.at),
+            };
+            // A failure is newer than the exit a container shows (a restart clears it): a
+            // restart that could not start counts from its own failure, so its backoff grows
+            // instead of being measured from the exit before it, again and again.
             world
                 .entry(task.clone())
                 .or_default()
                 .entry(container.clone())
-                .or_insert(Observed::Exited {
-                    code: START_FAILED_EXIT,
-                    oom: false,
-                    ran: Duration::ZERO,
-                    ago: now.mono.saturating_duration_since(f.at),
-                });
+                .and_modify(|o| {
+                    if matches!(o, Observed::Exited { .. }) {
+                        *o = failed;
+                    }
+                })
+                .or_insert(failed);
         }
         (world, names)
     }
@@ -1092,6 +1101,28 @@ mod tests {
         assert_eq!(sim.started(), before + 1);
         assert_eq!(of(&s, "t-1").containers[0].restarts, 13);
         assert_eq!(sim.rt.get(&web).map(|c| c.id), Some(id));
+    }
+
+    #[test]
+    fn a_restart_that_cannot_start_backs_off_from_its_own_failure_not_the_exit_before_it() {
+        const CRASHY: &str = r#"{"family":"f","containerDefinitions":[
+            {"name":"web","image":"flaky","memory":64,
+             "restartPolicy":{"enabled":true,"restartAttemptPeriod":60}}]}"#;
+        let mut sim = Sim::new(state(1, vec![task("t-1", CRASHY)]));
+        let web = ContainerName::new("t-1", 0);
+        sim.settle();
+        sim.after(secs(5));
+        // It exits, and from then on its restarts cannot start (a secret gone, say): an hour
+        // later it has been tried about as often as backoff allows, not at every round.
+        sim.rt.break_image("flaky");
+        sim.rt.exit(&web, 2);
+        let before = sim.rt.attempts();
+        for _ in 0..3600 {
+            sim.after(secs(1));
+            sim.settle();
+        }
+        let tried = sim.rt.attempts() - before;
+        assert!((5..=25).contains(&tried), "{tried} attempts in an hour");
     }
 
     #[test]

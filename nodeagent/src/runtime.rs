@@ -586,6 +586,11 @@ pub mod fake {
         ) -> Result<(), RuntimeError> {
             let mut s = self.state();
             let now = Some(s.now.unwrap_or(SystemTime::UNIX_EPOCH));
+            if s.broken.contains(&config.image) {
+                s.attempts += 1;
+                let e = ContainerError::Invalid(vec![format!("image {}: broken", config.image)]);
+                return Err(refused("restarting", name, e));
+            }
             let Some(c) = s.containers.get_mut(name) else {
                 drop(s);
                 return self.run(name, config, secrets);

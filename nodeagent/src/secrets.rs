@@ -62,8 +62,10 @@ fn context(kind: Kind, name: &str, version: u32) -> Vec<u8> {
 /// The node's secrets (see the module).
 pub struct Secrets {
     db: Arc<Database>,
-    /// The node's key, or why there is none (secrets cannot be used then; nothing else stops).
-    key: std::result::Result<SealingKey, String>,
+    /// The node's key, or why there is none (secrets cannot be used then; nothing else
+    /// stops; it is read again at the next use, once the operator fixed it).
+    key: Mutex<std::result::Result<Arc<SealingKey>, String>>,
+    data_dir: std::path::PathBuf,
     session: Mutex<Option<quinn::Connection>>,
 }
 
@@ -82,7 +84,7 @@ fn node_key(data_dir: &Path) -> std::result::Result<SealingKey, String> {
     match SealingKey::load_or_create(&path) {
         Ok(k) => Ok(k),
         Err(e) if e.to_string().contains("bytes, not") => {
-            let aside = path.with_extension("damaged");
+            let aside = data_dir.join(format!("{KEY_FILE}.damaged"));
             tracing::warn!("{e}: set aside as {} and replaced", aside.display());
             std::fs::rename(&path, &aside)
                 .map_err(|r| format!("setting aside {}: {r}", path.display()))?;
@@ -97,7 +99,7 @@ impl Secrets {
     /// on first use). A key that cannot be used is logged, and only containers that reference
     /// secrets or configs then fail to start, naming why.
     pub fn open(db: Arc<Database>, data_dir: &Path) -> Result<Self> {
-        let key = node_key(data_dir);
+        let key = node_key(data_dir).map(Arc::new);
         if let Err(why) = &key {
             tracing::error!("the node's sealing key for secrets: {why}; containers that reference secrets or configs cannot start");
         }
@@ -106,7 +108,8 @@ impl Secrets {
         w.commit()?;
         Ok(Self {
             db,
-            key,
+            key: Mutex::new(key),
+            data_dir: data_dir.to_path_buf(),
             session: Mutex::new(None),
         })
     }
@@ -116,9 +119,15 @@ impl Secrets {
         *self.session.lock().unwrap_or_else(|p| p.into_inner()) = conn;
     }
 
-    fn key(&self) -> Result<&SealingKey> {
-        self.key
-            .as_ref()
+    fn key(&self) -> Result<Arc<SealingKey>> {
+        let mut key = self.key.lock().unwrap_or_else(|p| p.into_inner());
+        if key.is_err() {
+            *key = node_key(&self.data_dir).map(Arc::new);
+            if key.is_ok() {
+                tracing::info!("the node's sealing key for secrets can be used now");
+            }
+        }
+        key.clone()
             .map_err(|why| anyhow!("the node's sealing key for secrets: {why}"))
     }
 
@@ -267,7 +276,7 @@ impl Secrets {
                 .or_else(|| task.config_versions.get(&c.source).copied())
                 .ok_or_else(|| {
                     anyhow!(
-                        "config {} for {}: the task was placed without it (the config was removed)",
+                        "config {} for {}: the config was removed (`flotilla config rm --force`) and taken from this task",
                         c.source,
                         c.target
                     )
@@ -280,6 +289,12 @@ impl Secrets {
                 gid: c.gid.unwrap_or(0),
                 mode: c.mode.unwrap_or(ContainerSecret::DEFAULT_MODE),
             });
+        }
+        // What the runtime would refuse (a NUL byte in a variable's value …) fails the start
+        // here, with the names and never a value.
+        let problems = material.problems();
+        if !problems.is_empty() {
+            bail!("{}", problems.join("; "));
         }
         Ok(material)
     }
@@ -346,7 +361,7 @@ fn reference(
         .or_else(|| task.secret_versions.get(&r.secret).copied())
         .ok_or_else(|| {
             anyhow!(
-                "secret {} for {}: the task was placed without it (the secret was removed)",
+                "secret {} for {}: the secret was removed (`flotilla secret rm --force`) and taken from this task",
                 r.secret,
                 s.name
             )
@@ -431,13 +446,43 @@ mod tests {
             .material(&t3, &t3.definition.container_definitions[0])
             .await
             .expect_err("an error");
-        assert!(format!("{e:#}").contains("secret gone for P"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("secret gone for P: the secret was removed"),
+            "{e:#}"
+        );
+        // A value a variable cannot hold fails the start, naming it and not the value.
+        secrets
+            .keep(Kind::Secret, "nul", 1, b"a\0hunter2")
+            .expect("keep");
+        let t4 = task(
+            &[("nul", 1)],
+            r#"[{"name":"P","valueFrom":"flotilla:nul"}]"#,
+        );
+        let e = secrets
+            .material(&t4, &t4.definition.container_definitions[0])
+            .await
+            .expect_err("a NUL byte");
+        assert!(
+            format!("{e:#}").contains("NUL") && !format!("{e:#}").contains("hunter2"),
+            "{e:#}"
+        );
+        // A key readable by others is refused, and used again once it is fixed.
+        use std::os::unix::fs::PermissionsExt;
+        let key = dir.path().join(KEY_FILE);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        *secrets.key.lock().expect("lock") = node_key(dir.path()).map(Arc::new);
+        assert!(secrets.kept(Kind::Secret, "db", 3).is_err());
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(secrets
+            .kept(Kind::Secret, "db", 3)
+            .expect("fixed")
+            .is_some());
         let desired = DesiredState {
             generation: 2,
             tasks: vec![t.clone()],
             ..Default::default()
         };
-        assert_eq!(secrets.retain(&desired).expect("retain"), 0);
+        assert_eq!(secrets.retain(&desired).expect("retain"), 1, "nul:1");
         assert_eq!(secrets.retain(&DesiredState::default()).expect("retain"), 1);
         assert!(secrets.kept(Kind::Secret, "db", 3).expect("read").is_none());
     }

@@ -249,6 +249,28 @@ pub fn rotate(
     let mut rec = object(cx.txn, kind, name)?.clone();
     let last = rec.last_version.max(rec.latest().map_or(0, |v| v.version));
     let version = next_version(kind, name, last)?;
+    // Definitions in use that pick a JSON key of the newest version must find it in this one.
+    let mut misfits: Vec<String> = Vec::new();
+    for def in definitions_in_use(cx.txn) {
+        for (n, named, json_key, path) in kind.references(&def.task_definition) {
+            let (true, None, Some(key)) = (n == name, named, json_key) else {
+                continue;
+            };
+            if let Err(why) = secrets::pick(&value.0, Some(&key)) {
+                misfits.push(format!("{}:{} {path}: {why}", def.family, def.revision));
+            }
+        }
+    }
+    misfits.sort();
+    misfits.dedup();
+    if !misfits.is_empty() {
+        return Err(ClusterError::Invalid {
+            message: format!(
+                "the new value of {noun} {name} lacks what task definitions in use pick from it"
+            ),
+            problems: misfits,
+        });
+    }
     let next = stored_version(cx, kind, name, version, &value)?;
     rec.versions.push(next);
     rec.last_version = version;
@@ -263,8 +285,13 @@ pub fn rotate(
         i > keep_from || used.contains(&v.version)
     });
     tracing::info!(name = %name, version, "{noun}: a new version");
+    let verb = if kind == Kind::Secret {
+        "rotated"
+    } else {
+        "updated"
+    };
     cx.event(
-        &format!("{noun}.rotated"),
+        &format!("{noun}.{verb}"),
         name,
         format!("version {version}: tasks placed from now on get it"),
     );

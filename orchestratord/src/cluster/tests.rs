@@ -2285,6 +2285,16 @@ fn a_secret_is_sealed_at_rest_pinned_per_task_and_given_only_to_the_node_that_ru
     let refused = h.events("secret.refused");
     assert_eq!(refused.len(), 2, "{refused:?}");
     assert!(refused[0].message.contains(&other), "{refused:?}");
+    // A new value without the key a definition in use picks is refused.
+    let misfit = h.op(Operator::RotateSecret(
+        "db".into(),
+        SecretValue(br#"{"user": "x"}"#.to_vec()),
+    ));
+    assert!(
+        matches!(&misfit, Err(ClusterError::Invalid { problems, .. })
+            if problems[0].starts_with("app:1 $.containerDefinitions[0].secrets[0].valueFrom: JSON key 'password'")),
+        "{misfit:?}"
+    );
     // Rotation: the running task keeps version 1; a new task gets version 2.
     h.op(Operator::RotateSecret(
         "db".into(),
@@ -2368,7 +2378,7 @@ fn a_secret_is_sealed_at_rest_pinned_per_task_and_given_only_to_the_node_that_ru
     // References that name their versions get those: two of one secret in one definition.
     h.op(Operator::RotateSecret(
         "db".into(),
-        SecretValue(b"four".to_vec()),
+        SecretValue(br#"{"password": "four"}"#.to_vec()),
     ))
     .expect("rotate");
     h.register(
@@ -2380,7 +2390,7 @@ fn a_secret_is_sealed_at_rest_pinned_per_task_and_given_only_to_the_node_that_ru
         panic!()
     };
     let node = t[0].node.clone().expect("placed");
-    for (version, want) in [(3, &b"again"[..]), (4, b"four")] {
+    for (version, want) in [(3, &b"again"[..]), (4, br#"{"password": "four"}"#)] {
         let Ok(Reply::Agent(AgentReply::Secret { value })) = h.exec(fetch(&node, version)) else {
             panic!("version {version}")
         };

@@ -7,10 +7,12 @@
 //! - A task is placed with the version of each secret it references fixed
 //!   ([`versions_for`]): the newest then, unless the reference names one. All its containers
 //!   and all their runs get the same values; a rotation reaches the tasks placed after it (a
-//!   forced deployment rolls a service).
+//!   forced deployment rolls a service). Version numbers are never given twice (a removed
+//!   secret keeps its record, without values).
 //! - A node asks for a value over its own session ([`fetch`]); the answer is the value only
-//!   when a task of its desired state (not STOPPED, desired RUNNING) is placed with that
-//!   version. Anything else is refused, logged and recorded as a `secret.refused` event.
+//!   when a task of its desired state (not STOPPED, desired RUNNING) uses that version.
+//!   Anything else is refused and logged, and recorded as a `secret.refused` event at most
+//!   once a minute per node.
 //! - No value is ever in an event, a log line or an answer to an operator.
 //!
 //! Configs ([`Kind::Config`]: files such as `nginx.conf`, a container definition's `configs`)

@@ -111,27 +111,24 @@ fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_re
         || shared.count(|a| a.in_session) == AGENTS,
     );
     let mut shown = Vec::new();
+    // A session is admitted before its first heartbeat is recorded: both are waited for.
     wait_for(
-        "every node READY in `flotilla node ls`",
+        "every node READY in `flotilla node ls`, its heartbeat recorded",
         Duration::from_secs(10),
         &cp,
         &shared,
         || {
             shown = cp.flotilla_json::<Vec<NodeInfo>>(&["node", "ls"]);
             shown.len() == AGENTS
-                && shown
-                    .iter()
-                    .all(|n| n.state == NodeState::Ready && n.connected)
+                && shown.iter().all(|n| {
+                    n.state == NodeState::Ready
+                        && n.connected
+                        && n.resources.as_ref().is_some_and(|r| r.cpus == 2)
+                })
         },
     );
     let listed: BTreeSet<String> = shown.iter().map(|n| n.id.clone()).collect();
     assert_eq!(listed, ids);
-    assert!(
-        shown
-            .iter()
-            .all(|n| n.resources.as_ref().is_some_and(|r| r.cpus == 2)),
-        "every node's heartbeat is recorded"
-    );
 
     // A DAEMON service: one task on every node, each reported RUNNING and recorded so.
     cp.register(DEF);

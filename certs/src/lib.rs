@@ -64,6 +64,14 @@ pub enum CertError {
         /// Why it was refused.
         reason: String,
     },
+    /// A key file is there but damaged (of the wrong length): its holder may set it aside.
+    #[error("{what}: {reason}")]
+    Damaged {
+        /// What was read.
+        what: &'static str,
+        /// Why it was refused.
+        reason: String,
+    },
     /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {

@@ -57,7 +57,7 @@ impl SealingKey {
     /// The node's key in `path`: read when it is there (it must be 32 bytes and not readable
     /// by others), made when it is not — written whole to a temporary file (0600, synced),
     /// renamed into place and the directory synced, so a power cut leaves the old state or the
-    /// whole key. A file of another length is refused ([`CertError::Invalid`] naming it): the
+    /// whole key. A file of another length is refused ([`CertError::Damaged`] naming it): the
     /// caller decides whether to set it aside and make a new key.
     pub fn load_or_create(path: &Path) -> Result<Self, CertError> {
         let io = |source| CertError::Io {
@@ -83,7 +83,7 @@ impl SealingKey {
                     .read_to_end(&mut bytes)
                     .map_err(io)?;
                 let bytes: [u8; KEY_LEN] =
-                    bytes.try_into().map_err(|b: Vec<u8>| CertError::Invalid {
+                    bytes.try_into().map_err(|b: Vec<u8>| CertError::Damaged {
                         what: "sealing key",
                         reason: format!(
                             "{} holds {} bytes, not {KEY_LEN}",
@@ -214,6 +214,9 @@ mod tests {
         assert!(e.to_string().contains("chmod 600"), "{e}");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
         fs::write(&path, b"short").expect("write");
-        assert!(SealingKey::load_or_create(&path).is_err());
+        assert!(matches!(
+            SealingKey::load_or_create(&path),
+            Err(CertError::Damaged { .. })
+        ));
     }
 }

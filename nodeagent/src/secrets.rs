@@ -83,7 +83,7 @@ fn node_key(data_dir: &Path) -> std::result::Result<SealingKey, String> {
     let path = data_dir.join(KEY_FILE);
     match SealingKey::load_or_create(&path) {
         Ok(k) => Ok(k),
-        Err(e) if e.to_string().contains("bytes, not") => {
+        Err(e @ flotilla_certs::CertError::Damaged { .. }) => {
             let aside = data_dir.join(format!("{KEY_FILE}.damaged"));
             tracing::warn!("{e}: set aside as {} and replaced", aside.display());
             std::fs::rename(&path, &aside)

@@ -16,6 +16,7 @@ pub mod exec;
 pub mod ipam;
 pub mod logging;
 pub mod ops;
+pub mod project;
 pub mod scaling;
 pub mod schedule;
 pub mod secrets;

@@ -18,7 +18,10 @@
 
 use std::path::PathBuf;
 
+mod dotenv;
+mod interpolate;
 pub mod load;
+mod merge;
 pub mod plan;
 
 pub use load::{load, LoadOptions};

@@ -25,7 +25,9 @@ mod merge;
 pub mod plan;
 
 pub use load::{load, LoadOptions};
-pub use plan::{plan, Plan};
+pub use plan::{
+    plan, stages, Condition, Dependency, Plan, ServicePlan, ValueKind, ValueOrigin, ValueSource,
+};
 
 /// A project's files loaded into one canonical document.
 #[derive(Debug, Clone, PartialEq)]

@@ -92,7 +92,7 @@ pub struct Plan {
     /// The secrets and configs the services use that `compose up` makes when missing, by kind
     /// and name.
     pub values: Vec<ValueSource>,
-    /// Keys that do not map, each with its path, in the order of their paths.
+    /// Keys that do not map, one line per key path (`PATH: why`), in the order of their paths.
     pub warnings: Vec<String>,
 }
 
@@ -236,8 +236,28 @@ pub fn plan(loaded: &Loaded) -> Result<Plan, Vec<String>> {
         project: cx.project,
         services: services.into_iter().map(|s| s.plan).collect(),
         values,
-        warnings: cx.warnings,
+        warnings: one_per_path(cx.warnings),
     })
+}
+
+/// Sorted warnings with those at the same key path joined into one line (`PATH: A; B`): one
+/// warning per key, however many of its parts do not map (a bind source on this machine and
+/// its `:Z`, say).
+fn one_per_path(sorted: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(sorted.len());
+    for w in sorted {
+        let (path, msg) = w.split_once(": ").unwrap_or((w.as_str(), ""));
+        // Sorted by their whole text, lines of one path are next to each other.
+        if let Some(last) = out.last_mut() {
+            if last.split_once(": ").is_some_and(|(p, _)| p == path) {
+                last.push_str("; ");
+                last.push_str(msg);
+                continue;
+            }
+        }
+        out.push(w);
+    }
+    out
 }
 
 /// Start order: groups of Compose service names, each group depending only on earlier groups

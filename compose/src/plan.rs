@@ -94,6 +94,10 @@ pub struct Plan {
     pub values: Vec<ValueSource>,
     /// Keys that do not map, one line per key path (`PATH: why`), in the order of their paths.
     pub warnings: Vec<String>,
+    /// What `compose up` refuses although the project maps (`config` shows it as a warning):
+    /// a service with only `build:` (`PATH: why`). Its service is planned with the image name
+    /// Compose would give the build, `PROJECT-SERVICE`, so the rest of it is checked too.
+    pub refusals: Vec<String>,
 }
 
 /// One Compose service on the fleet.
@@ -175,6 +179,7 @@ pub fn plan(loaded: &Loaded) -> Result<Plan, Vec<String>> {
         project_dir: loaded.project_dir.clone(),
         problems: Vec::new(),
         warnings: Vec::new(),
+        refusals: Vec::new(),
     };
     if !flotilla_api::discovery::is_label(&cx.project) {
         cx.problem(
@@ -237,6 +242,7 @@ pub fn plan(loaded: &Loaded) -> Result<Plan, Vec<String>> {
         services: services.into_iter().map(|s| s.plan).collect(),
         values,
         warnings: one_per_path(cx.warnings),
+        refusals: cx.refusals,
     })
 }
 
@@ -355,6 +361,7 @@ pub(crate) struct Cx {
     pub project_dir: PathBuf,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
+    pub refusals: Vec<String>,
 }
 
 impl Cx {

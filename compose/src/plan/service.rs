@@ -833,11 +833,11 @@ impl Service<'_> {
                 i
             }
             (None, true) => {
-                self.problem(
-                    &self.at("build"),
-                    "Flotilla runs images; give image: (build and push it yourself)",
-                );
-                return None;
+                let path = self.at("build");
+                self.cx.refusals.push(format!(
+                    "{path}: Flotilla runs images; give image: (build and push it yourself)"
+                ));
+                format!("{}-{}", self.cx.project, flotilla_name(&self.name))
             }
             (None, false) => {
                 self.problem(&self.at("image"), "required (the service has no image)");

@@ -135,11 +135,12 @@ fn several_ports_warn_that_the_vip_carries_the_first() {
 
 #[test]
 fn build_alone_is_refused_and_beside_an_image_warned() {
-    let e = plan_of("services:\n  app:\n    build: .\n").expect_err("no image");
+    let p = ok("services:\n  app:\n    build: .\n");
     assert_eq!(
-        e,
+        p.refusals,
         ["services.app.build: Flotilla runs images; give image: (build and push it yourself)"]
     );
+    assert_eq!(p.services[0].image, format!("{}-app", p.project));
     let p = ok("services:\n  app:\n    build: .\n    image: registry/app:1\n");
     assert_eq!(warned(&p, "services.app.build").len(), 1);
 }

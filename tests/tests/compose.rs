@@ -1,0 +1,187 @@
+//! `flotilla compose` end to end, on a real control plane and a real node: a three-service
+//! project shaped like awesome-compose's nginx-golang-postgres (a web front, a back end on a
+//! port, a "db" with a health check the back end waits for) comes up in `depends_on` order;
+//! the front reaches the back end by its Compose service name; `ps` and `logs` show them; a
+//! second `up` changes nothing (no event); a changed service alone rolls out; `down` leaves
+//! nothing.
+
+use std::path::Path;
+use std::time::Duration;
+
+use flotilla_api::ops::{Event, TaskInfo};
+use flotilla_api::tasks::TaskState;
+use flotilla_tests::cluster::Fleet;
+use flotilla_tests::wait;
+
+/// The project; `FRONT` is what the front serves (changed between two `up`s).
+fn compose_file(front: &str) -> String {
+    format!(
+        r#"name: shop
+x-small: &small
+  image: test/busybox:latest
+  mem_limit: 32m
+  stop_grace_period: 2s
+services:
+  front:
+    <<: *small
+    command: ["sh", "-c", "mkdir -p /www && echo {front} > /www/index.html && exec httpd -f -p 80 -h /www"]
+    ports: ["8080:80"]
+    depends_on: [back]
+  back:
+    <<: *small
+    command: ["sh", "-c", "mkdir -p /www && echo back says ${{GREETING:-hello}} > /www/index.html && echo back ready && exec httpd -f -p 8000 -h /www"]
+    expose: ["8000"]
+    depends_on:
+      db:
+        condition: service_healthy
+  db:
+    <<: *small
+    command: ["sh", "-c", "echo db starting; sleep 3; touch /tmp/ready; exec httpd -f -p 5432 -h /tmp"]
+    expose: [5432]
+    healthcheck:
+      test: ["CMD-SHELL", "[ -e /tmp/ready ]"]
+      interval: 1s
+      retries: 3
+"#
+    )
+}
+
+fn compose(fleet: &Fleet, file: &Path, args: &[&str]) -> std::process::Output {
+    let mut a = vec!["compose", "-f", file.to_str().expect("utf-8 path")];
+    a.extend_from_slice(args);
+    fleet.cp.flotilla(&a)
+}
+
+fn compose_ok(fleet: &Fleet, file: &Path, args: &[&str]) -> (String, String) {
+    let o = compose(fleet, file, args);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(o.status.success(), "compose {args:?}:\n{out}\n{err}");
+    (out, err)
+}
+
+fn running(fleet: &Fleet, service: &str) -> Vec<TaskInfo> {
+    fleet
+        .cp
+        .tasks()
+        .into_iter()
+        .filter(|t| t.service() == Some(service) && t.state == TaskState::Running)
+        .collect()
+}
+
+fn events(fleet: &Fleet) -> Vec<Event> {
+    fleet.cp.api().events(0, 1000).expect("events")
+}
+
+#[test]
+fn a_compose_project_comes_up_in_order_reaches_by_name_updates_one_service_and_goes() {
+    let fleet = Fleet::start(&[&[]]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("compose.yaml");
+    std::fs::write(&file, compose_file("front v1")).expect("write");
+
+    // `config` needs no control plane, and warns about nothing in this file.
+    let (config, warnings) = compose_ok(&fleet, &file, &["config"]);
+    assert!(config.contains("back says ${GREETING:-hello}") || config.contains("back says hello"));
+    assert!(!warnings.contains("warning"), "{warnings}");
+
+    let (out, err) = compose_ok(&fleet, &file, &["up"]);
+    assert!(err.contains("waiting for db to be healthy"), "{err}");
+    for s in ["shop-front", "shop-back", "shop-db"] {
+        assert!(out.contains(&format!("created    {s} ({s}:1)")), "{out}");
+        assert_eq!(running(&fleet, s).len(), 1, "{s}");
+    }
+    // The back end was placed only once the db had passed its health check: at least the 3 s
+    // the db waits before it is ready after it started.
+    let db = &running(&fleet, "shop-db")[0];
+    let back = &running(&fleet, "shop-back")[0];
+    assert!(back.created_at >= db.created_at + 3, "{db:?}\n{back:?}");
+    let created: Vec<String> = events(&fleet)
+        .into_iter()
+        .filter(|e| e.kind == "service.created")
+        .map(|e| e.subject)
+        .collect();
+    assert_eq!(created, ["shop-db", "shop-back", "shop-front"]);
+
+    // The front reaches the back end by its Compose service name and port, as on a laptop.
+    let front = running(&fleet, "shop-front").remove(0);
+    let container = format!("{}-0", front.id);
+    let mut answer = String::new();
+    wait("the front reaching back:8000", Duration::from_secs(20), || {
+        let o = fleet.nodes[0].ctr(&[
+            "exec",
+            &container,
+            "--",
+            "wget",
+            "-qO-",
+            "-T",
+            "2",
+            "http://back:8000/",
+        ]);
+        answer = String::from_utf8_lossy(&o.stdout).into_owned();
+        answer.contains("back says hello")
+    });
+
+    // `ps` and `logs` show them.
+    let (ps, _) = compose_ok(&fleet, &file, &["ps"]);
+    for s in ["front", "back", "db"] {
+        assert!(
+            ps.lines()
+                .any(|l| l.starts_with(s) && l.contains("RUNNING")),
+            "{ps}"
+        );
+    }
+    assert!(
+        ps.lines().any(|l| l.starts_with("db") && l.contains("healthy")),
+        "{ps}"
+    );
+    let (logs, _) = compose_ok(&fleet, &file, &["logs", "back", "db"]);
+    assert!(logs.contains("back-1 | back ready"), "{logs}");
+    assert!(logs.contains("db-1   | db starting"), "{logs}");
+
+    // A second `up` with the same file changes nothing: no event at all.
+    let seq = events(&fleet).last().map_or(0, |e| e.seq);
+    let (out, _) = compose_ok(&fleet, &file, &["up", "-d"]);
+    assert_eq!(out.matches("unchanged").count(), 3, "{out}");
+    let after: Vec<Event> = events(&fleet).into_iter().filter(|e| e.seq > seq).collect();
+    assert!(after.is_empty(), "{after:?}");
+
+    // A changed front rolls out alone.
+    std::fs::write(&file, compose_file("front v2")).expect("write");
+    let (out, _) = compose_ok(&fleet, &file, &["up"]);
+    assert!(out.contains("updated    shop-front (shop-front:2)"), "{out}");
+    assert!(out.contains("unchanged  shop-back (shop-back:1)"), "{out}");
+    assert!(out.contains("unchanged  shop-db (shop-db:1)"), "{out}");
+    wait("the front on its new revision", Duration::from_secs(30), || {
+        let r = running(&fleet, "shop-front");
+        r.len() == 1 && r[0].task_definition == "shop-front:2"
+    });
+    assert_eq!(running(&fleet, "shop-back")[0].id, back.id);
+    assert_eq!(running(&fleet, "shop-db")[0].id, db.id);
+
+    // `down` removes what `up` made, and nothing else.
+    fleet.register(
+        r#"{"family": "other", "containerDefinitions": [{"name": "m", "image": "test/busybox:latest", "memory": 16}]}"#,
+    );
+    let (out, _) = compose_ok(&fleet, &file, &["down"]);
+    assert_eq!(out.matches("removed").count(), 3, "{out}");
+    wait("the project's tasks stopped", Duration::from_secs(30), || {
+        fleet.cp.tasks().iter().all(|t| t.state == TaskState::Stopped)
+    });
+    let (ls, _) = compose_ok(&fleet, &file, &["ls"]);
+    assert!(!ls.contains("shop"), "{ls}");
+    assert!(fleet.cp.api().services().expect("services").is_empty());
+    let defs = fleet.cp.api().taskdefs().expect("taskdefs");
+    assert!(
+        defs.iter()
+            .filter(|d| d.family.starts_with("shop-"))
+            .all(|d| d.status == flotilla_api::ops::TaskDefStatus::Inactive),
+        "{defs:?}"
+    );
+    assert!(defs
+        .iter()
+        .any(|d| d.family == "other" && d.status == flotilla_api::ops::TaskDefStatus::Active));
+    fleet.finish();
+}

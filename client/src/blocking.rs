@@ -10,6 +10,7 @@ use flotilla_api::ops::{
     AdminCredential, AdminIssue, Event, NodeInfo, NodeLabels, TaskDefRegistered, TaskDefRevision,
     TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
+use flotilla_api::project::{ProjectApplied, ProjectApply, ProjectInfo, ProjectSummary};
 use flotilla_api::scaling::{Autoscale, ScalingPut, ServiceScaling};
 use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
 use flotilla_api::service::{ServiceCreated, ServiceInfo, ServiceUpdate};
@@ -200,6 +201,30 @@ impl Client {
     /// See [`crate::Client::remove_service`].
     pub fn remove_service(&self, name: &str) -> Result<(), ClientError> {
         self.run(self.inner.remove_service(name))
+    }
+
+    /// See [`crate::Client::apply_project`].
+    pub fn apply_project(
+        &self,
+        name: &str,
+        apply: &ProjectApply,
+    ) -> Result<ProjectApplied, ClientError> {
+        self.run(self.inner.apply_project(name, apply))
+    }
+
+    /// See [`crate::Client::projects`].
+    pub fn projects(&self) -> Result<Vec<ProjectSummary>, ClientError> {
+        self.run(self.inner.projects())
+    }
+
+    /// See [`crate::Client::project`].
+    pub fn project(&self, name: &str) -> Result<ProjectInfo, ClientError> {
+        self.run(self.inner.project(name))
+    }
+
+    /// See [`crate::Client::remove_project`].
+    pub fn remove_project(&self, name: &str) -> Result<ProjectApplied, ClientError> {
+        self.run(self.inner.remove_project(name))
     }
 
     /// See [`crate::Client::service_endpoints`].

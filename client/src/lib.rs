@@ -24,6 +24,7 @@ use flotilla_api::ops::{
     AdminCredential, AdminIssue, ApiError, Event, EventFilter, NodeInfo, NodeLabels,
     TaskDefRegistered, TaskDefRevision, TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
+use flotilla_api::project::{ProjectApplied, ProjectApply, ProjectInfo, ProjectSummary};
 use flotilla_api::scaling::{Autoscale, ScalingPut, ServiceScaling};
 use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
 use flotilla_api::secrets::{SecretInfo, SecretPut, SecretValue};
@@ -515,6 +516,37 @@ impl Client {
     /// `DELETE /v1/services/{name}`: its tasks are stopped.
     pub async fn remove_service(&self, name: &str) -> Result<(), ClientError> {
         self.empty(Method::DELETE, &["services", name], &[]).await
+    }
+
+    /// `PUT /v1/projects/{name}`: applies the project's services in one transaction (see
+    /// [`ProjectApply`]): what happened to each, and the ignored fields. A refusal (400 with
+    /// every problem by its path in the body, 409 for a service that exists outside the
+    /// project) changed nothing.
+    pub async fn apply_project(
+        &self,
+        name: &str,
+        apply: &ProjectApply,
+    ) -> Result<ProjectApplied, ClientError> {
+        self.json(Method::PUT, &["projects", name], &[], Some(apply))
+            .await
+    }
+
+    /// `GET /v1/projects`: every project, by name, with its services' counts.
+    pub async fn projects(&self) -> Result<Vec<ProjectSummary>, ClientError> {
+        self.get(&["projects"], &[]).await
+    }
+
+    /// `GET /v1/projects/{name}`: the project's services (404 when it has none).
+    pub async fn project(&self, name: &str) -> Result<ProjectInfo, ClientError> {
+        self.get(&["projects", name], &[]).await
+    }
+
+    /// `DELETE /v1/projects/{name}`: deletes its services (their tasks are stopped) and
+    /// deregisters their families' revisions nothing uses any more (404 for a project without
+    /// services).
+    pub async fn remove_project(&self, name: &str) -> Result<ProjectApplied, ClientError> {
+        self.json(Method::DELETE, &["projects", name], &[], None::<&()>)
+            .await
     }
 
     /// `GET /v1/services/{name}/endpoints`: what DNS answers for a service with discovery.

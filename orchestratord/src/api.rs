@@ -25,6 +25,22 @@ use orchestratord::cluster::{ClusterError, Command, Operator, Reply as CoreReply
 /// ([`flotilla_api::secrets::MAX_VALUE`]) in base64, in JSON.
 const MAX_BODY: usize = 128 * 1024;
 
+/// Largest body of `PUT /v1/projects/{name}`: a project carries every service's task
+/// definition and service in one body (up to [`flotilla_api::project::MAX_SERVICES`]); a
+/// real definition with its environment is a few KiB, so 20 services can pass
+/// [`MAX_BODY`] — 1 MiB is 10 KiB for each of 100.
+const MAX_PROJECT_BODY: usize = 1024 * 1024;
+
+/// The body limit of a request: [`MAX_PROJECT_BODY`] for a project's apply, [`MAX_BODY`]
+/// for everything else.
+fn body_limit(method: &Method, path: &str) -> usize {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method, segments.as_slice()) {
+        (&Method::PUT, ["v1", "projects", _]) => MAX_PROJECT_BODY,
+        _ => MAX_BODY,
+    }
+}
+
 /// The `key=value` pairs of a query; a pair without `=` is refused, naming `usage`.
 fn query_pairs(
     query: Option<&str>,
@@ -195,7 +211,8 @@ async fn answer(
         .map(str::to_string);
     // Taken before the body is read; only an exec uses it.
     let upgrade = hyper::upgrade::on(&mut req);
-    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+    let limit = body_limit(&method, &path);
+    let body = match Limited::new(req.into_body(), limit).collect().await {
         Ok(b) => b.to_bytes(),
         Err(e) => {
             return error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body: {e}"))
@@ -300,6 +317,9 @@ fn respond(reply: CoreReply) -> Reply {
         CoreReply::SecretCreated(s) => json(S::CREATED, &s),
         CoreReply::Secret(s) => json(S::OK, &s),
         CoreReply::Secrets(s) => json(S::OK, &s),
+        CoreReply::ProjectApplied(p) => json(S::OK, &p),
+        CoreReply::Projects(p) => json(S::OK, &p),
+        CoreReply::Project(p) => json(S::OK, &p),
         other => error(
             S::INTERNAL_SERVER_ERROR,
             format!("unexpected answer {other:?}"),
@@ -778,6 +798,15 @@ fn parse_operator(
         (&Method::DELETE, ["v1", "schedules", name]) => {
             Ok(Operator::RemoveSchedule(name.to_string()))
         }
+        (&Method::PUT, ["v1", "projects", name]) => Ok(Operator::ApplyProject(
+            name.to_string(),
+            serde_json::from_slice(body).map_err(decode("project"))?,
+        )),
+        (&Method::GET, ["v1", "projects"]) => Ok(Operator::ListProjects),
+        (&Method::GET, ["v1", "projects", name]) => Ok(Operator::GetProject(name.to_string())),
+        (&Method::DELETE, ["v1", "projects", name]) => {
+            Ok(Operator::RemoveProject(name.to_string()))
+        }
         (&Method::GET, ["v1", "events"]) => {
             let usage = "since=SEQ, limit=1..1000, kind=KIND or subject=ID";
             let (mut since, mut limit) = (0, 100);
@@ -883,6 +912,23 @@ mod tests {
             let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
             assert!(ended.is_ok(), "still open after {sent:?}");
             drop(client);
+        }
+    }
+
+    #[test]
+    fn only_a_projects_apply_may_send_a_larger_body() {
+        assert_eq!(
+            body_limit(&Method::PUT, "/v1/projects/shop"),
+            MAX_PROJECT_BODY
+        );
+        for (m, p) in [
+            (Method::PUT, "/v1/services/web"),
+            (Method::GET, "/v1/projects/shop"),
+            (Method::DELETE, "/v1/projects/shop"),
+            (Method::PUT, "/v1/projects/shop/x"),
+            (Method::POST, "/v1/secrets"),
+        ] {
+            assert_eq!(body_limit(&m, p), MAX_BODY, "{m} {p}");
         }
     }
 

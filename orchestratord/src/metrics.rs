@@ -137,6 +137,8 @@ pub const ROUTES: &[&str] = &[
     "/v1/configs",
     "/v1/configs/{name}",
     "/v1/configs/{name}/versions",
+    "/v1/projects",
+    "/v1/projects/{name}",
     "/v1/events",
     "/v1/metrics",
 ];

@@ -10,6 +10,7 @@ use flotilla_api::ops::{
     AdminCredential, ApiError, Event, NodeInfo, NodeState, TaskDefRegistered, TaskDefRevision,
     TaskInfo, TokenCreated, TokenInfo,
 };
+use flotilla_api::project::{Change, ProjectApplied, ProjectInfo, ProjectSummary};
 use flotilla_api::scaling::{ScalingPut, ServiceScaling};
 use flotilla_api::schedule::ScheduleInfo;
 use flotilla_api::secrets::SecretInfo;
@@ -607,6 +608,103 @@ fn every_documented_operation_answers_as_documented() {
         404,
     );
 
+    // Projects: services applied together, in one transaction.
+    let front = r#"{"family": "front", "networkMode": "none", "containerDefinitions": [
+        {"name": "main", "image": "test/busybox:latest", "memory": 16}]}"#;
+    let project = |service: &str| {
+        format!(
+            r#"{{"services": [{{"taskDefinition": {front}, "service": {service}}}], "removeOrphans": true}}"#
+        )
+    };
+    let front_svc = r#"{"serviceName": "front", "desiredCount": 0, "launchType": "EC2",
+                        "discovery": {"vip": false}}"#;
+    let pr = "/v1/projects/{name}";
+    let a: ProjectApplied = api.ok(
+        "PUT",
+        pr,
+        "/v1/projects/shop",
+        Some(&project(front_svc)),
+        200,
+    );
+    assert_eq!(
+        (a.services[0].task_definition.as_str(), a.services[0].change),
+        ("front:1", Change::Created)
+    );
+    assert_eq!(
+        a.warnings,
+        ["front: $.services[0].service.launchType: ignored (AWS only)"]
+    );
+    // The same again changes nothing; a body past the other routes' 128 KiB is taken here.
+    let padded = format!("{}{}", project(front_svc), " ".repeat(200 * 1024));
+    let a: ProjectApplied = api.ok("PUT", pr, "/v1/projects/shop", Some(&padded), 200);
+    assert_eq!(a.services[0].change, Change::Unchanged);
+    let e = api.refused(
+        "PUT",
+        pr,
+        "/v1/projects/Shop",
+        Some(&project(front_svc)),
+        400,
+    );
+    assert!(e.error.contains("DNS label"), "{e:?}");
+    let bad = api.refused(
+        "PUT",
+        pr,
+        "/v1/projects/shop",
+        Some(&project(r#"{"serviceName": "front", "desiredCount": -1}"#)),
+        400,
+    );
+    assert!(
+        bad.problems
+            .iter()
+            .any(|p| p.starts_with("front: $.services[0].service.desiredCount")),
+        "{bad:?}"
+    );
+    api.refused(
+        "PUT",
+        pr,
+        "/v1/projects/shop",
+        Some(r#"{"services": 1}"#),
+        400,
+    );
+    let taken = api.refused(
+        "PUT",
+        pr,
+        "/v1/projects/blog",
+        Some(&project(front_svc)),
+        409,
+    );
+    assert!(taken.error.contains("belongs to project shop"), "{taken:?}");
+    let all: Vec<ProjectSummary> = api.ok("GET", "/v1/projects", "/v1/projects", None, 200);
+    assert_eq!(
+        all.iter()
+            .map(|p| (p.name.as_str(), p.services))
+            .collect::<Vec<_>>(),
+        [("shop", 1)]
+    );
+    let p: ProjectInfo = api.ok("GET", pr, "/v1/projects/shop", None, 200);
+    assert_eq!(p.services[0].project.as_deref(), Some("shop"));
+    assert_eq!(
+        p.services[0]
+            .spec
+            .discovery
+            .as_ref()
+            .map(|d| d.namespace.as_str()),
+        Some("shop")
+    );
+    let s: ServiceInfo = api.ok(
+        "GET",
+        "/v1/services/{name}",
+        "/v1/services/front",
+        None,
+        200,
+    );
+    assert_eq!(s.project.as_deref(), Some("shop"));
+    api.refused("GET", pr, "/v1/projects/nope", None, 404);
+    let down: ProjectApplied = api.ok("DELETE", pr, "/v1/projects/shop", None, 200);
+    assert_eq!(down.services[0].change, Change::Removed);
+    assert_eq!(down.deregistered, ["front:1"]);
+    api.refused("DELETE", pr, "/v1/projects/shop", None, 404);
+
     // Secrets: metadata only, never a value, in any answer.
     let s: SecretInfo = api.ok(
         "POST",
@@ -836,6 +934,8 @@ fn every_documented_operation_answers_as_documented() {
         "node.draining",
         "node.revoked",
         "node.removed",
+        "project.applied",
+        "project.removed",
     ] {
         assert!(kinds.contains(&k), "no {k} event in {kinds:?}");
     }

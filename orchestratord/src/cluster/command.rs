@@ -8,6 +8,7 @@ use flotilla_api::ops::{
     AdminCredential, AdminIssue, Event, NodeInfo, NodeLabels, TaskDefRegistered, TaskDefRevision,
     TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
+use flotilla_api::project::{ProjectApplied, ProjectApply, ProjectInfo, ProjectSummary};
 use flotilla_api::scaling::{ScalingPut, ServiceScaling};
 use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
 use flotilla_api::service::{ServiceCreated, ServiceInfo, ServiceUpdate};
@@ -176,6 +177,16 @@ pub enum Operator {
     GetSchedule(String),
     /// `DELETE /v1/schedules/{name}`.
     RemoveSchedule(String),
+    /// `PUT /v1/projects/{name}`: the project's services applied in this one command
+    /// (answered [`Reply::ProjectApplied`]; see `projects.rs`).
+    ApplyProject(String, ProjectApply),
+    /// `GET /v1/projects` (answered [`Reply::Projects`]).
+    ListProjects,
+    /// `GET /v1/projects/{name}` (answered [`Reply::Project`]).
+    GetProject(String),
+    /// `DELETE /v1/projects/{name}`: its services deleted, their families' unused active
+    /// revisions deregistered (answered [`Reply::ProjectApplied`]).
+    RemoveProject(String),
 }
 
 /// What an agent says.
@@ -362,6 +373,12 @@ pub enum Reply {
     Health(bool),
     /// The metrics' snapshot.
     Metrics(Box<super::metrics::Snapshot>),
+    /// What a project's apply or removal did to each of its services.
+    ProjectApplied(Box<ProjectApplied>),
+    /// Projects.
+    Projects(Vec<ProjectSummary>),
+    /// A project.
+    Project(Box<ProjectInfo>),
 }
 
 /// Something the adapters do for the core after it committed.

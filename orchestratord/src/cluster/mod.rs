@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod network;
 mod operator;
 pub mod placement;
+mod projects;
 pub mod records;
 mod scaling;
 mod schedules;
@@ -32,6 +33,8 @@ mod tasks;
 
 #[cfg(test)]
 mod harness;
+#[cfg(test)]
+mod project_tests;
 #[cfg(test)]
 mod scaling_tests;
 #[cfg(test)]
@@ -140,6 +143,9 @@ impl Cluster {
             metrics: &mut self.metrics,
         };
         let reply = match command {
+            // Projects are built on the operator's handlers (`projects.rs` calls them), so they
+            // are dispatched here rather than by `operator::execute`.
+            Command::Operator(op) if projects::handles(&op) => projects::execute(&mut cx, op)?,
             Command::Operator(op) => operator::execute(&mut cx, op)?,
             Command::Agent(a) => agents::execute(&mut cx, a)?,
             Command::Tick(Tick::NodeLossCheck) => {

@@ -23,7 +23,7 @@ use super::secrets::{self, Kind};
 use super::{discovery, scaling, schedules, services, tasks};
 
 /// "invalid WHAT (N problems)".
-fn invalid(what: &str, problems: usize) -> String {
+pub(super) fn invalid(what: &str, problems: usize) -> String {
     format!("invalid {what} ({})", count(problems, "problem"))
 }
 
@@ -189,21 +189,7 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
             })),
         },
         Operator::DeregisterTaskDef(family, revision) => {
-            let Some(t) = cx.txn.taskdef(&family, Some(revision)) else {
-                return Err(ClusterError::NotFound(format!(
-                    "no task definition {family}:{revision}"
-                )));
-            };
-            let mut t = t.clone();
-            t.status = TaskDefStatus::Inactive;
-            cx.txn.put_taskdef(t.clone());
-            tracing::info!(%family, revision, "task definition deregistered");
-            cx.event(
-                "taskdef.deregistered",
-                &format!("{family}:{revision}"),
-                "no new tasks start from it",
-            );
-            Ok(Reply::TaskDef(t))
+            deregister_taskdef(cx, &family, revision).map(Reply::TaskDef)
         }
         Operator::RunTask(req) => run_task(cx, req),
         Operator::ListTasks => {
@@ -384,6 +370,13 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
             Ok(Reply::Done)
         }
         Operator::CreateSchedule(spec) => create_schedule(cx, spec),
+        // `Cluster::run` gives these to `projects.rs` (which calls the handlers here).
+        Operator::ApplyProject(..)
+        | Operator::ListProjects
+        | Operator::GetProject(_)
+        | Operator::RemoveProject(_) => Err(ClusterError::Internal(
+            "a project's request reached the operator's handlers".into(),
+        )),
         Operator::ListSchedules => Ok(Reply::Schedules(
             cx.txn
                 .schedules()
@@ -569,6 +562,24 @@ fn remove_node(cx: &mut Ctx<'_, '_>, id: &str, force: bool) -> Result<Reply, Clu
 }
 
 fn register_taskdef(cx: &mut Ctx<'_, '_>, text: &str) -> Result<Reply, ClusterError> {
+    let parsed = parse_taskdef(cx, text)?;
+    let rec = register_revision(cx, parsed.definition, parsed.warnings.len())?;
+    Ok(Reply::TaskDefRegistered(TaskDefRegistered {
+        family: rec.family,
+        revision: rec.revision,
+        warnings: parsed.warnings,
+    }))
+}
+
+/// A task definition's text (JSON or YAML) parsed and checked, the secrets and configs it
+/// references included (each must exist, with the version and JSON key it names).
+///
+/// # Errors
+/// [`ClusterError::Invalid`] with every problem by its JSON path.
+pub(super) fn parse_taskdef(
+    cx: &Ctx<'_, '_>,
+    text: &str,
+) -> Result<flotilla_api::taskdef::Parsed, ClusterError> {
     let parsed = flotilla_api::taskdef::parse(text).map_err(|problems| ClusterError::Invalid {
         message: invalid("task definition", problems.len()),
         problems,
@@ -580,7 +591,20 @@ fn register_taskdef(cx: &mut Ctx<'_, '_>, text: &str) -> Result<Reply, ClusterEr
             problems: missing,
         });
     }
-    let family = parsed.definition.family.clone();
+    Ok(parsed)
+}
+
+/// Registers `definition` (checked by [`parse_taskdef`]) as the next revision of its family,
+/// ACTIVE, with a `taskdef.registered` event counting its `warnings`.
+///
+/// # Errors
+/// [`ClusterError::Conflict`] when the family has used every revision number.
+pub(super) fn register_revision(
+    cx: &mut Ctx<'_, '_>,
+    definition: flotilla_api::taskdef::TaskDefinition,
+    warnings: usize,
+) -> Result<TaskDefRevision, ClusterError> {
+    let family = definition.family.clone();
     let revision = cx
         .txn
         .revisions(&family)
@@ -593,20 +617,43 @@ fn register_taskdef(cx: &mut Ctx<'_, '_>, text: &str) -> Result<Reply, ClusterEr
         revision,
         status: TaskDefStatus::Active,
         registered_at: cx.now.secs(),
-        task_definition: parsed.definition,
+        task_definition: definition,
     };
-    cx.txn.put_taskdef(rec);
+    cx.txn.put_taskdef(rec.clone());
     tracing::info!(%family, revision, "task definition registered");
     cx.event(
         "taskdef.registered",
         &format!("{family}:{revision}"),
-        count(parsed.warnings.len(), "warning"),
+        count(warnings, "warning"),
     );
-    Ok(Reply::TaskDefRegistered(TaskDefRegistered {
-        family,
-        revision,
-        warnings: parsed.warnings,
-    }))
+    Ok(rec)
+}
+
+/// Deregisters `family:revision`: no new task starts from it (tasks, services' deployments
+/// and schedules that hold it keep it). Nothing refuses it but a revision that does not exist.
+///
+/// # Errors
+/// [`ClusterError::NotFound`] for an unknown revision.
+pub(super) fn deregister_taskdef(
+    cx: &mut Ctx<'_, '_>,
+    family: &str,
+    revision: u32,
+) -> Result<TaskDefRevision, ClusterError> {
+    let Some(t) = cx.txn.taskdef(family, Some(revision)) else {
+        return Err(ClusterError::NotFound(format!(
+            "no task definition {family}:{revision}"
+        )));
+    };
+    let mut t = t.clone();
+    t.status = TaskDefStatus::Inactive;
+    cx.txn.put_taskdef(t.clone());
+    tracing::info!(%family, revision, "task definition deregistered");
+    cx.event(
+        "taskdef.deregistered",
+        &format!("{family}:{revision}"),
+        "no new tasks start from it",
+    );
+    Ok(t)
 }
 
 /// `task run`: placed as ECS does, all tasks or none, through the plan applier.
@@ -673,17 +720,20 @@ fn run_task(cx: &mut Ctx<'_, '_>, req: TaskRun) -> Result<Reply, ClusterError> {
 }
 
 /// Why a service cannot register as `d` with task definition `def`: its name is taken in the
-/// namespace, or the container it names is not in the definition.
-fn discovery_problem(
+/// namespace (by a service other than `except`), or the container it names is not in the
+/// definition.
+pub(super) fn discovery_problem(
     cx: &Ctx<'_, '_>,
     d: &flotilla_api::discovery::Discovery,
     def: &flotilla_api::taskdef::TaskDefinition,
+    except: Option<&str>,
 ) -> Option<String> {
     let taken = cx.txn.services().into_iter().find(|s| {
-        s.spec
-            .discovery
-            .as_ref()
-            .is_some_and(|o| o.namespace == d.namespace && o.name == d.name)
+        Some(s.spec.service_name.as_str()) != except
+            && s.spec
+                .discovery
+                .as_ref()
+                .is_some_and(|o| o.namespace == d.namespace && o.name == d.name)
     });
     if let Some(s) = taken {
         return Some(format!(
@@ -706,17 +756,36 @@ fn create_service(cx: &mut Ctx<'_, '_>, text: &str) -> Result<Reply, ClusterErro
         message: invalid("service", problems.len()),
         problems,
     })?;
-    let name = parsed.spec.service_name.clone();
+    let record = create_parsed(cx, parsed.spec, None)?;
+    Ok(Reply::ServiceCreated(Box::new(ServiceCreated {
+        service: services::info_live(cx.txn, cx.live, &record),
+        warnings: parsed.warnings,
+    })))
+}
+
+/// Creates the service `spec` describes (checked by `flotilla_api::service::parse`), in
+/// `project` when given: its task definition resolved to an active revision, its first
+/// deployment started, a `service.created` event, and a service round woken.
+///
+/// # Errors
+/// [`ClusterError::Conflict`] when the name is taken or its discovery name is;
+/// [`ClusterError::NotFound`] / [`ClusterError::Invalid`] when its task definition does not
+/// resolve to an active revision.
+pub(super) fn create_parsed(
+    cx: &mut Ctx<'_, '_>,
+    mut spec: flotilla_api::service::ServiceSpec,
+    project: Option<String>,
+) -> Result<ServiceRecord, ClusterError> {
+    let name = spec.service_name.clone();
     if cx.txn.service(&name).is_some() {
         return Err(ClusterError::Conflict(format!("service {name} exists")));
     }
-    let revision = active_revision(cx, &parsed.spec.task_definition)?;
-    if let Some(d) = &parsed.spec.discovery {
-        if let Some(p) = discovery_problem(cx, d, &revision.task_definition) {
+    let revision = active_revision(cx, &spec.task_definition)?;
+    if let Some(d) = &spec.discovery {
+        if let Some(p) = discovery_problem(cx, d, &revision.task_definition, None) {
             return Err(ClusterError::Conflict(p));
         }
     }
-    let mut spec = parsed.spec;
     spec.task_definition = format!("{}:{}", revision.family, revision.revision);
     let deployment = services::new_deployment(cx, revision);
     let record = ServiceRecord {
@@ -726,22 +795,26 @@ fn create_service(cx: &mut Ctx<'_, '_>, text: &str) -> Result<Reply, ClusterErro
         placement_problem: None,
         vip: None,
         created_at: cx.now.secs(),
+        project,
     };
     cx.event(
         "service.created",
         &name,
         format!(
-            "{} ({})",
-            record.spec.task_definition, record.spec.scheduling_strategy
+            "{} ({}){}",
+            record.spec.task_definition,
+            record.spec.scheduling_strategy,
+            record
+                .project
+                .as_deref()
+                .map(|p| format!(", project {p}"))
+                .unwrap_or_default()
         ),
     );
     tracing::info!(service = %name, taskdef = %record.spec.task_definition, "service created");
     cx.txn.put_service(record.clone());
     cx.effects.push(Effect::WakeServices);
-    Ok(Reply::ServiceCreated(Box::new(ServiceCreated {
-        service: services::info_live(cx.txn, cx.live, &record),
-        warnings: parsed.warnings,
-    })))
+    Ok(record)
 }
 
 fn update_service(
@@ -754,28 +827,7 @@ fn update_service(
     };
     let mut s = s.clone();
     if let Some(n) = update.desired_count {
-        if s.spec.scheduling_strategy == SchedulingStrategy::Daemon {
-            return Err(ClusterError::invalid(
-                "desiredCount: a DAEMON service runs one task per eligible node",
-            ));
-        }
-        if n > MAX_DESIRED_COUNT {
-            return Err(ClusterError::invalid(format!(
-                "desiredCount: at most {MAX_DESIRED_COUNT}"
-            )));
-        }
-        if let Some(t) = cx.txn.scaling(name).map(|r| r.target) {
-            if n < t.min_capacity || n > t.max_capacity {
-                return Err(ClusterError::invalid(format!(
-                    "desiredCount: service {name} is auto scaled between {} and {} tasks: \
-                     change the bounds (`flotilla service autoscale {name} --min N --max N`) \
-                     or turn auto scaling off (`--off`)",
-                    t.min_capacity, t.max_capacity
-                )));
-            }
-        }
-        s.spec.desired_count = n;
-        cx.event("service.scaled", name, format!("desired count {n}"));
+        set_desired_count(cx, &mut s, n)?;
     }
     let revision = match &update.task_definition {
         Some(t) => Some(active_revision(cx, t)?),
@@ -786,17 +838,7 @@ fn update_service(
         services::reopen_if_short(cx, &mut s, n);
     }
     if let Some(r) = revision {
-        for d in &mut s.deployments {
-            d.primary = false;
-        }
-        let d = services::new_deployment(cx, r);
-        s.spec.task_definition = format!("{}:{}", d.revision.family, d.revision.revision);
-        cx.event(
-            "service.deployment.started",
-            name,
-            format!("deployment {} of {}", d.id, s.spec.task_definition),
-        );
-        s.deployments.push(d);
+        deploy(cx, &mut s, r);
     }
     cx.txn.put_service(s.clone());
     cx.effects.push(Effect::WakeServices);
@@ -805,7 +847,67 @@ fn update_service(
     ))))
 }
 
-fn remove_service(cx: &mut Ctx<'_, '_>, name: &str) -> Result<Reply, ClusterError> {
+/// Sets service `s`'s desired count to `n`, with a `service.scaled` event (the caller stores
+/// `s`, and puts a completed deployment back in progress when it deploys nothing:
+/// [`services::reopen_if_short`]).
+///
+/// # Errors
+/// [`ClusterError::Invalid`] for a DAEMON service, a count above [`MAX_DESIRED_COUNT`], or a
+/// count outside the service's auto scaling bounds.
+pub(super) fn set_desired_count(
+    cx: &mut Ctx<'_, '_>,
+    s: &mut ServiceRecord,
+    n: u32,
+) -> Result<(), ClusterError> {
+    let name = s.spec.service_name.clone();
+    if s.spec.scheduling_strategy == SchedulingStrategy::Daemon {
+        return Err(ClusterError::invalid(
+            "desiredCount: a DAEMON service runs one task per eligible node",
+        ));
+    }
+    if n > MAX_DESIRED_COUNT {
+        return Err(ClusterError::invalid(format!(
+            "desiredCount: at most {MAX_DESIRED_COUNT}"
+        )));
+    }
+    if let Some(t) = cx.txn.scaling(&name).map(|r| r.target) {
+        if n < t.min_capacity || n > t.max_capacity {
+            return Err(ClusterError::invalid(format!(
+                "desiredCount: service {name} is auto scaled between {} and {} tasks: \
+                 change the bounds (`flotilla service autoscale {name} --min N --max N`) \
+                 or turn auto scaling off (`--off`)",
+                t.min_capacity, t.max_capacity
+            )));
+        }
+    }
+    s.spec.desired_count = n;
+    cx.event("service.scaled", &name, format!("desired count {n}"));
+    Ok(())
+}
+
+/// Starts a new primary deployment of `revision` for service `s` (the older ones are
+/// replaced as the deployment configuration allows), with a `service.deployment.started`
+/// event; the caller stores `s`.
+pub(super) fn deploy(cx: &mut Ctx<'_, '_>, s: &mut ServiceRecord, revision: TaskDefRevision) {
+    for d in &mut s.deployments {
+        d.primary = false;
+    }
+    let d = services::new_deployment(cx, revision);
+    s.spec.task_definition = format!("{}:{}", d.revision.family, d.revision.revision);
+    cx.event(
+        "service.deployment.started",
+        &s.spec.service_name,
+        format!("deployment {} of {}", d.id, s.spec.task_definition),
+    );
+    s.deployments.push(d);
+}
+
+/// Deletes service `name`: its auto scaling goes with it and its tasks are stopped, with a
+/// `service.deleted` event.
+///
+/// # Errors
+/// [`ClusterError::NotFound`] for an unknown service.
+pub(super) fn remove_service(cx: &mut Ctx<'_, '_>, name: &str) -> Result<Reply, ClusterError> {
     if cx.txn.service(name).is_none() {
         return Err(ClusterError::NotFound(format!("no service {name}")));
     }

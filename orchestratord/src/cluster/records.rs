@@ -140,6 +140,10 @@ pub struct ServiceRecord {
     pub vip: Option<std::net::Ipv4Addr>,
     /// Creation time.
     pub created_at: u64,
+    /// The project it belongs to (`PUT /v1/projects/{name}` created it), `None` for a service
+    /// created by the service API. Only its project's applies change or remove it as a member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
 }
 
 impl ServiceRecord {

@@ -189,6 +189,7 @@ pub fn info(txn: &Txn<'_>, s: &ServiceRecord) -> ServiceInfo {
         placement_problem: s.placement_problem.clone(),
         vip: s.vip,
         created_at: s.created_at,
+        project: s.project.clone(),
     }
 }
 

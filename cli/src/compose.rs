@@ -32,18 +32,18 @@ pub struct ComposeArgs {
     /// Compose file (repeatable: later files override earlier ones, merged as Compose merges
     /// them). Default: compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml
     /// in this directory.
-    #[arg(short = 'f', long = "file", value_name = "FILE", global = true)]
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
     files: Vec<PathBuf>,
     /// Project name: the discovery namespace of its services, and the prefix of their names
     /// (default: `name:` in the file, else COMPOSE_PROJECT_NAME, else the directory's name).
-    #[arg(short = 'p', long = "project-name", value_name = "NAME", global = true)]
+    #[arg(short = 'p', long = "project-name", value_name = "NAME")]
     project: Option<String>,
     /// Variables for interpolation (repeatable; default: .env in the project directory). The
     /// environment wins over them.
-    #[arg(long = "env-file", value_name = "FILE", global = true)]
+    #[arg(long = "env-file", value_name = "FILE")]
     env_files: Vec<PathBuf>,
     /// Enable services of this profile (repeatable; also COMPOSE_PROFILES).
-    #[arg(long = "profile", value_name = "PROFILE", global = true)]
+    #[arg(long = "profile", value_name = "PROFILE")]
     profiles: Vec<String>,
     #[command(subcommand)]
     command: ComposeCommand,
@@ -251,7 +251,12 @@ pub async fn run(api: &Client, args: ComposeArgs, output: Output) -> Result<()> 
 fn options(args: &ComposeArgs) -> Result<LoadOptions> {
     let mut profiles = args.profiles.clone();
     if let Ok(p) = std::env::var("COMPOSE_PROFILES") {
-        profiles.extend(p.split(',').map(str::trim).filter(|p| !p.is_empty()).map(String::from));
+        profiles.extend(
+            p.split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(String::from),
+        );
     }
     Ok(LoadOptions {
         files: args.files.clone(),
@@ -271,6 +276,9 @@ fn load_and_plan(args: &ComposeArgs) -> Result<(Loaded, Plan)> {
     let plan = flotilla_compose::plan(&loaded).map_err(problems)?;
     for w in loaded.warnings.iter().chain(&plan.warnings) {
         errln!("warning: {}", printable(w));
+    }
+    for r in &plan.refusals {
+        errln!("warning: {} (`compose up` refuses this)", printable(r));
     }
     Ok((loaded, plan))
 }
@@ -310,8 +318,14 @@ async fn up(
     timeout: Duration,
     output: Output,
 ) -> Result<()> {
+    if !plan.refusals.is_empty() {
+        return Err(problems(plan.refusals.clone()));
+    }
     if plan.services.is_empty() {
-        bail!("project {}: no service to run (check --profile)", plan.project);
+        bail!(
+            "project {}: no service to run (check --profile)",
+            plan.project
+        );
     }
     provide_values(api, plan).await?;
     let stages = flotilla_compose::plan::stages(plan).map_err(|e| anyhow!(e))?;
@@ -363,19 +377,29 @@ async fn up(
     let mut result = last.ok_or_else(|| anyhow!("no stage applied"))?;
     result.services = changes
         .into_iter()
-        .map(|(service, (task_definition, change))| flotilla_api::project::ServiceChange {
-            service,
-            task_definition,
-            change,
-        })
+        .map(
+            |(service, (task_definition, change))| flotilla_api::project::ServiceChange {
+                service,
+                task_definition,
+                change,
+            },
+        )
         .collect();
     if output == Output::Table {
         print_changes(&result);
     }
     if !remove_orphans {
-        let mine: BTreeSet<&str> = plan.services.iter().map(|s| s.service_name.as_str()).collect();
+        let mine: BTreeSet<&str> = plan
+            .services
+            .iter()
+            .map(|s| s.service_name.as_str())
+            .collect();
         if let Ok(p) = api.project(&plan.project).await {
-            for s in p.services.iter().filter(|s| !mine.contains(s.spec.service_name.as_str())) {
+            for s in p
+                .services
+                .iter()
+                .filter(|s| !mine.contains(s.spec.service_name.as_str()))
+            {
                 errln!(
                     "warning: service {} of project {} is not in the files; `flotilla compose up --remove-orphans` removes it",
                     s.spec.service_name,
@@ -417,8 +441,9 @@ async fn provide_values(api: &Client, plan: &Plan) -> Result<()> {
             Err(e) => return Err(e.into()),
         }
         let bytes = match &v.origin {
-            ValueOrigin::File(path) => std::fs::read(path)
-                .with_context(|| format!("{} {}: reading {}", noun(kind), v.name, path.display()))?,
+            ValueOrigin::File(path) => std::fs::read(path).with_context(|| {
+                format!("{} {}: reading {}", noun(kind), v.name, path.display())
+            })?,
             ValueOrigin::Content(text) => text.clone().into_bytes(),
             ValueOrigin::Environment(var) => std::env::var(var)
                 .map_err(|_| {
@@ -490,7 +515,12 @@ async fn wait_for(
             return Ok(());
         }
         if p.state != shown {
-            errln!("{project}: waiting for {} to be {}: {}", s.name, what(condition), p.state);
+            errln!(
+                "{project}: waiting for {} to be {}: {}",
+                s.name,
+                what(condition),
+                p.state
+            );
             shown = p.state.clone();
         }
         if start.elapsed() >= timeout {
@@ -523,7 +553,10 @@ async fn progress(api: &Client, s: &ServicePlan, condition: Condition) -> Result
         .into_iter()
         .filter(|t| t.service() == Some(s.service_name.as_str()) && t.deployment == primary)
         .collect();
-    let running: Vec<_> = tasks.iter().filter(|t| t.state == TaskState::Running).collect();
+    let running: Vec<_> = tasks
+        .iter()
+        .filter(|t| t.state == TaskState::Running)
+        .collect();
     let want = match info.spec.scheduling_strategy {
         SchedulingStrategy::Replica => info.spec.desired_count as usize,
         SchedulingStrategy::Daemon => tasks
@@ -648,7 +681,15 @@ async fn ps(api: &Client, project: &str, all: bool, output: Output) -> Result<()
             })
             .collect();
         table(
-            &["SERVICE", "TASK", "TASK DEFINITION", "NODE", "STATE", "HEALTH", "CREATED"],
+            &[
+                "SERVICE",
+                "TASK",
+                "TASK DEFINITION",
+                "NODE",
+                "STATE",
+                "HEALTH",
+                "CREATED",
+            ],
             &rows,
         );
     })

@@ -6,6 +6,7 @@
 
 #![forbid(unsafe_code)]
 
+mod compose;
 mod dev;
 mod exec;
 mod scaling;
@@ -121,6 +122,10 @@ enum ClusterCommand {
     /// a container definition's `configs` say (`{"source": NAME, "target": PATH}`).
     #[command(subcommand)]
     Config(secret::ConfigCommand),
+    /// Compose projects: a Compose file's services deployed onto the fleet (`up`, `down`,
+    /// `ps`, `logs`, `config`, `restart`, `scale`, `ls`), each service a task definition and a
+    /// service named PROJECT-SERVICE, the project their discovery namespace.
+    Compose(compose::ComposeArgs),
     /// Service auto scaling (Application Auto Scaling's shapes): policies, scheduled actions
     /// and what was decided; `flotilla service autoscale` turns it on.
     #[command(subcommand)]
@@ -1218,6 +1223,12 @@ async fn run(cli: Cli) -> Result<()> {
     if let ClusterCommand::Service(ServiceCommand::Autoscale(a)) = &command {
         scaling::check(a)?;
     }
+    // `compose config` reads files only: no credential needed.
+    if let ClusterCommand::Compose(a) = &command {
+        if let Some(done) = compose::run_local(a, output) {
+            return done;
+        }
+    }
     let named = cli.config.is_some();
     let api = match Client::open(&config_dir(cli.config)?).await {
         Err(ClientError::Credential { dir, source }) => {
@@ -1365,6 +1376,7 @@ async fn run(cli: Cli) -> Result<()> {
         ClusterCommand::Scaling(cmd) => scaling::run(&api, cmd, output).await?,
         ClusterCommand::Secret(cmd) => secret::run(&api, cmd, output).await?,
         ClusterCommand::Config(cmd) => secret::run_config(&api, cmd, output).await?,
+        ClusterCommand::Compose(args) => compose::run(&api, args, output).await?,
         ClusterCommand::Top(cmd) => top::run(&api, cmd, output).await?,
         ClusterCommand::Task(TaskCommand::Ls(w)) => {
             list(output, w, || task_listing(&api, wide)).await?
@@ -1539,6 +1551,13 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::age;
+
+    /// Every command's flags are consistent (no short option used twice in one command, as
+    /// `compose -f FILE logs -f` once had), checked by clap on the whole tree.
+    #[test]
+    fn the_command_tree_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 
     #[test]
     fn free_text_cells_stay_on_one_line_and_are_cut_with_an_ellipsis() {

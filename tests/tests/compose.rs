@@ -40,7 +40,7 @@ services:
     expose: [5432]
     healthcheck:
       test: ["CMD-SHELL", "[ -e /tmp/ready ]"]
-      interval: 1s
+      interval: 5s
       retries: 3
 "#
     )
@@ -108,21 +108,31 @@ fn a_compose_project_comes_up_in_order_reaches_by_name_updates_one_service_and_g
     // The front reaches the back end by its Compose service name and port, as on a laptop.
     let front = running(&fleet, "shop-front").remove(0);
     let container = format!("{}-0", front.id);
-    let mut answer = String::new();
-    wait("the front reaching back:8000", Duration::from_secs(20), || {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let answer = loop {
         let o = fleet.nodes[0].ctr(&[
             "exec",
             &container,
             "--",
-            "wget",
-            "-qO-",
-            "-T",
-            "2",
-            "http://back:8000/",
+            "sh",
+            "-c",
+            "wget -q -O - http://back:8000/ 2>&1",
         ]);
-        answer = String::from_utf8_lossy(&o.stdout).into_owned();
-        answer.contains("back says hello")
-    });
+        let answer = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        if answer.contains("back says hello") || std::time::Instant::now() > deadline {
+            break answer;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(
+        answer.contains("back says hello"),
+        "{answer}\n{}",
+        fleet.cp.flotilla_ok(&["service", "inspect", "shop-back"])
+    );
 
     // `ps` and `logs` show them.
     let (ps, _) = compose_ok(&fleet, &file, &["ps"]);
@@ -134,7 +144,8 @@ fn a_compose_project_comes_up_in_order_reaches_by_name_updates_one_service_and_g
         );
     }
     assert!(
-        ps.lines().any(|l| l.starts_with("db") && l.contains("healthy")),
+        ps.lines()
+            .any(|l| l.starts_with("db") && l.contains("healthy")),
         "{ps}"
     );
     let (logs, _) = compose_ok(&fleet, &file, &["logs", "back", "db"]);
@@ -151,13 +162,20 @@ fn a_compose_project_comes_up_in_order_reaches_by_name_updates_one_service_and_g
     // A changed front rolls out alone.
     std::fs::write(&file, compose_file("front v2")).expect("write");
     let (out, _) = compose_ok(&fleet, &file, &["up"]);
-    assert!(out.contains("updated    shop-front (shop-front:2)"), "{out}");
+    assert!(
+        out.contains("updated    shop-front (shop-front:2)"),
+        "{out}"
+    );
     assert!(out.contains("unchanged  shop-back (shop-back:1)"), "{out}");
     assert!(out.contains("unchanged  shop-db (shop-db:1)"), "{out}");
-    wait("the front on its new revision", Duration::from_secs(30), || {
-        let r = running(&fleet, "shop-front");
-        r.len() == 1 && r[0].task_definition == "shop-front:2"
-    });
+    wait(
+        "the front on its new revision",
+        Duration::from_secs(30),
+        || {
+            let r = running(&fleet, "shop-front");
+            r.len() == 1 && r[0].task_definition == "shop-front:2"
+        },
+    );
     assert_eq!(running(&fleet, "shop-back")[0].id, back.id);
     assert_eq!(running(&fleet, "shop-db")[0].id, db.id);
 
@@ -167,9 +185,17 @@ fn a_compose_project_comes_up_in_order_reaches_by_name_updates_one_service_and_g
     );
     let (out, _) = compose_ok(&fleet, &file, &["down"]);
     assert_eq!(out.matches("removed").count(), 3, "{out}");
-    wait("the project's tasks stopped", Duration::from_secs(30), || {
-        fleet.cp.tasks().iter().all(|t| t.state == TaskState::Stopped)
-    });
+    wait(
+        "the project's tasks stopped",
+        Duration::from_secs(30),
+        || {
+            fleet
+                .cp
+                .tasks()
+                .iter()
+                .all(|t| t.state == TaskState::Stopped)
+        },
+    );
     let (ls, _) = compose_ok(&fleet, &file, &["ls"]);
     assert!(!ls.contains("shop"), "{ls}");
     assert!(fleet.cp.api().services().expect("services").is_empty());

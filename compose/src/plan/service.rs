@@ -1039,10 +1039,14 @@ impl Service<'_> {
             svc.insert("schedulingStrategy".into(), json!("REPLICA"));
             svc.insert("desiredCount".into(), json!(count));
         }
-        if let Some(u) = self.update.take() {
-            if let Some(d) = self.update_config(&u, count) {
-                svc.insert("deploymentConfiguration".into(), d);
-            }
+        // Without `update_config`, Swarm's defaults (parallelism 1, stop-first): a task is
+        // stopped before its replacement starts, so a published host port is free for it.
+        let update = self
+            .update
+            .take()
+            .unwrap_or_else(|| Value::Object(Map::new()));
+        if let Some(d) = self.update_config(&update, count) {
+            svc.insert("deploymentConfiguration".into(), d);
         }
         if !self.constraints.is_empty() {
             svc.insert(

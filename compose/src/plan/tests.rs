@@ -78,6 +78,8 @@ fn a_service_is_a_task_definition_and_a_service_named_project_service() {
         s.spec.service,
         json!({"serviceName": "shop-web", "taskDefinition": "shop-web",
                "schedulingStrategy": "REPLICA", "desiredCount": 1,
+               // Swarm's default update: one task at a time, stopped before its replacement.
+               "deploymentConfiguration": {"minimumHealthyPercent": 0, "maximumPercent": 100},
                "discovery": {"namespace": "shop", "name": "web", "containerPort": 80, "vip": true}})
     );
     assert!(p.warnings.is_empty(), "{:?}", p.warnings);

@@ -494,12 +494,15 @@ fn has_health_check(s: &ServicePlan) -> bool {
 /// Where a service is, as `up` waits on it.
 struct Progress {
     met: bool,
+    /// Why it cannot be met any more (a task unhealthy, a one-shot task failed, a deployment
+    /// stopped by its circuit breaker): `up` stops at once, as `docker compose up` does.
+    failed: Option<String>,
     /// What is missing, for the wait's message.
     state: String,
 }
 
 /// Waits until `s` meets `condition`, printing each new state; gives up after `timeout`
-/// naming what it last saw.
+/// naming what it last saw, or at once when the condition cannot be met.
 async fn wait_for(
     api: &Client,
     project: &str,
@@ -507,12 +510,23 @@ async fn wait_for(
     condition: Condition,
     timeout: Duration,
 ) -> Result<()> {
+    if condition == Condition::Healthy && !has_health_check(s) {
+        bail!(
+            "{project}: {} has no healthcheck in the files, so service_healthy cannot be met \
+             (Flotilla does not run an image's HEALTHCHECK): give it one, or depend on it with \
+             condition: service_started",
+            s.name
+        );
+    }
     let start = Instant::now();
     let mut shown = String::new();
     loop {
         let p = progress(api, s, condition).await?;
         if p.met {
             return Ok(());
+        }
+        if let Some(why) = p.failed {
+            bail!("{project}: {} cannot be {}: {why}", s.name, what(condition));
         }
         if p.state != shown {
             errln!(
@@ -546,13 +560,15 @@ fn what(c: Condition) -> &'static str {
 
 async fn progress(api: &Client, s: &ServicePlan, condition: Condition) -> Result<Progress> {
     let info = api.service(&s.service_name).await?;
-    let primary = info.deployments.first().map(|d| d.id.clone());
-    let tasks: Vec<_> = api
+    let primary = info.deployments.first();
+    let primary_id = primary.map(|d| d.id.clone());
+    let mut tasks: Vec<_> = api
         .tasks()
         .await?
         .into_iter()
-        .filter(|t| t.service() == Some(s.service_name.as_str()) && t.deployment == primary)
+        .filter(|t| t.service() == Some(s.service_name.as_str()) && t.deployment == primary_id)
         .collect();
+    tasks.sort_by_key(|t| t.created_at);
     let running: Vec<_> = tasks
         .iter()
         .filter(|t| t.state == TaskState::Running)
@@ -565,10 +581,43 @@ async fn progress(api: &Client, s: &ServicePlan, condition: Condition) -> Result
             .count()
             .max(1),
     };
+    // The newest stopped task's reason, for a service whose tasks keep ending.
+    let last_stop = tasks
+        .iter()
+        .rev()
+        .find(|t| t.state == TaskState::Stopped)
+        .map(|t| {
+            let exit = t
+                .containers
+                .iter()
+                .find_map(|c| c.exit_code.filter(|&e| e != 0))
+                .map(|e| format!(", exit code {e}"))
+                .unwrap_or_default();
+            format!(
+                "; the last task stopped: {}{exit}",
+                cell(t.stop_reason.as_deref().unwrap_or("no reason given"))
+            )
+        })
+        .unwrap_or_default();
+    let breaker = primary
+        .filter(|d| d.rollout_state == flotilla_api::service::RolloutState::Failed)
+        .map(|d| {
+            format!(
+                "its deployment failed: {}",
+                d.rollout_state_reason
+                    .as_deref()
+                    .unwrap_or("no reason given")
+            )
+        });
     Ok(match condition {
         Condition::Started => Progress {
             met: running.len() >= want,
-            state: format!("{}/{want} tasks running{}", running.len(), problem(&info)),
+            failed: breaker,
+            state: format!(
+                "{}/{want} tasks running{}{last_stop}",
+                running.len(),
+                problem(&info)
+            ),
         },
         Condition::Healthy => {
             let healthy = running
@@ -580,24 +629,40 @@ async fn progress(api: &Client, s: &ServicePlan, condition: Condition) -> Result
                         && t.containers.iter().any(|c| c.health.is_some())
                 })
                 .count();
+            let unhealthy = running.iter().find(|t| {
+                t.containers
+                    .iter()
+                    .any(|c| c.health == Some(HealthStatus::Unhealthy))
+            });
             Progress {
-                met: want > 0 && healthy >= want,
+                met: want == 0 || healthy >= want,
+                failed: breaker
+                    .or_else(|| unhealthy.map(|t| format!("task {} is unhealthy", t.id))),
                 state: format!(
-                    "{}/{want} tasks running, {healthy} healthy{}",
+                    "{}/{want} tasks running, {healthy} healthy{}{last_stop}",
                     running.len(),
                     problem(&info)
                 ),
             }
         }
         Condition::CompletedSuccessfully => {
-            let done = tasks.iter().any(|t| {
-                t.state == TaskState::Stopped
-                    && !t.containers.is_empty()
-                    && t.containers.iter().all(|c| c.exit_code == Some(0))
-            });
+            let ended: Vec<_> = tasks
+                .iter()
+                .filter(|t| t.state == TaskState::Stopped && !t.containers.is_empty())
+                .collect();
+            let done = ended
+                .iter()
+                .any(|t| t.containers.iter().all(|c| c.exit_code == Some(0)));
             Progress {
                 met: done,
-                state: format!("{} tasks, none ended with exit code 0 yet", tasks.len()),
+                failed: ended.first().map(|t| {
+                    format!(
+                        "task {} ended without success{}",
+                        t.id,
+                        last_stop.trim_start_matches(';')
+                    )
+                }),
+                state: format!("{} tasks, none ended yet", tasks.len()),
             }
         }
     })

@@ -18,6 +18,7 @@ vm_tests=(the_container_suite_passes_on_v2 on_the_unified_hierarchy_only_task_li
     after_a_power_cut_the_node_runs_its_tasks_again)
 vm_bin=$(cargo test -p flotilla-tests --test cgroup_v2 --no-run 2>&1 |
     grep -Eo '\([^()]*/cgroup_v2-[0-9a-f]+\)' | tr -d '()' | tail -1)
+vm_bin=$(readlink -f "$vm_bin")
 [ -x "$vm_bin" ] || { echo "cgroup_v2 test binary not found" >&2; exit 1; }
 (cd tests && nice -n 5 "$vm_bin" --exact --test-threads=1 "${vm_tests[@]}" >"$vm_log" 2>&1) &
 vm_pid=$!

@@ -441,9 +441,14 @@ async fn provide_values(api: &Client, plan: &Plan) -> Result<()> {
             Err(e) => return Err(e.into()),
         }
         let bytes = match &v.origin {
-            ValueOrigin::File(path) => std::fs::read(path).with_context(|| {
-                format!("{} {}: reading {}", noun(kind), v.name, path.display())
-            })?,
+            // Bounded: a path to /dev/zero or a FIFO fails at once rather than eating memory
+            // or blocking.
+            ValueOrigin::File(path) => {
+                flotilla_compose::files::read_bounded(path, flotilla_api::secrets::MAX_VALUE as u64)
+                    .with_context(|| {
+                        format!("{} {}: reading {}", noun(kind), v.name, path.display())
+                    })?
+            }
             ValueOrigin::Content(text) => text.clone().into_bytes(),
             ValueOrigin::Environment(var) => std::env::var(var)
                 .map_err(|_| {

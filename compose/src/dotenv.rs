@@ -28,6 +28,8 @@ pub(crate) fn parse(
     let mut vars: Vec<(String, String)> = Vec::new();
     let mut own: BTreeMap<String, String> = BTreeMap::new();
     let mut errors = Vec::new();
+    // What the values may still add up to: `A2=$A1$A1` doubles at each line.
+    let mut budget = interpolate::MAX_TOTAL;
     let mut pos = 0;
     let mut line_no = 0;
     while pos < text.len() {
@@ -109,7 +111,15 @@ pub(crate) fn parse(
                 .map_err(|e| format!("{file}:{start_line}: {key}: {e}"))
         };
         match value {
+            Ok(value) if value.len() > budget => {
+                errors.push(format!(
+                    "{file}:{start_line}: {key}: the file's values add up to more than {} bytes",
+                    interpolate::MAX_TOTAL
+                ));
+                break;
+            }
             Ok(value) => {
+                budget -= value.len();
                 own.insert(key.to_owned(), value.clone());
                 vars.push((key.to_owned(), value));
             }
@@ -165,7 +175,7 @@ fn expand(
 ) -> Result<String, String> {
     let both = |k: &str| lookup(k).or_else(|| own.get(k).cloned());
     let mut unset = Vec::new();
-    interpolate::substitute(template, &both, &mut unset)
+    interpolate::substitute(template, &both, &mut unset, interpolate::MAX_VALUE)
 }
 
 #[cfg(test)]
@@ -175,6 +185,28 @@ mod tests {
     fn parse_ok(text: &str) -> Vec<(String, String)> {
         let lookup = |k: &str| (k == "OUTER").then(|| "outer".to_owned());
         parse(text, ".env", &lookup, false).expect("parses")
+    }
+
+    #[test]
+    fn doubling_lines_are_bounded() {
+        let mut text = String::from("A0=xxxxxxxxxxxxxxxx\n");
+        for i in 1..200 {
+            text.push_str(&format!("A{i}=$A{}$A{}\n", i - 1, i - 1));
+        }
+        let lookup = |_: &str| None;
+        let start = std::time::Instant::now();
+        let errors = parse(&text, ".env", &lookup, false).expect_err("too large");
+        assert!(errors[0].contains("longer than"), "{}", errors[0]);
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        // Many values each under the limit, adding up past the total.
+        let big = "x".repeat(1000);
+        let mut text = format!("B={big}\n");
+        for i in 0..40_000 {
+            text.push_str(&format!("C{i}=$B\n"));
+        }
+        let errors = parse(&text, ".env", &lookup, false).expect_err("too large");
+        assert_eq!(errors.len(), 1, "stops at the first");
+        assert!(errors[0].contains("add up to"), "{}", errors[0]);
     }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {

@@ -327,8 +327,8 @@ async fn up(
             plan.project
         );
     }
-    provide_values(api, plan).await?;
     let stages = flotilla_compose::plan::stages(plan).map_err(|e| anyhow!(e))?;
+    provide_values(api, plan).await?;
     let by_name: BTreeMap<&str, &ServicePlan> =
         plan.services.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut applied: Vec<&ServicePlan> = Vec::new();

@@ -237,13 +237,25 @@ pub fn plan(loaded: &Loaded) -> Result<Plan, Vec<String>> {
     cx.warnings.sort_by_cached_key(|w| path_order(w));
     cx.warnings.dedup();
     services.sort_by(|a, b| a.plan.name.cmp(&b.plan.name));
-    Ok(Plan {
+    let max = flotilla_api::project::MAX_SERVICES;
+    if services.len() > max {
+        // Refused before anything is applied: `up` applies stage by stage, and the control
+        // plane would refuse only the stage that went past the bound.
+        cx.refusals.push(format!(
+            "services: {} services; a project has at most {max}",
+            services.len()
+        ));
+    }
+    let plan = Plan {
         project: cx.project,
         services: services.into_iter().map(|s| s.plan).collect(),
         values,
         warnings: one_per_path(cx.warnings),
         refusals: cx.refusals,
-    })
+    };
+    // A cycle is an error here, as in `docker compose config`, not once `up` has started.
+    stages(&plan).map_err(|e| vec![format!("services: {e}")])?;
+    Ok(plan)
 }
 
 /// Sorted warnings with those at the same key path joined into one line (`PATH: A; B`): one

@@ -225,7 +225,7 @@ pub fn port_range(text: &str) -> Result<(u16, u16), String> {
             .parse::<u16>()
             .ok()
             .filter(|p| *p > 0)
-            .ok_or_else(|| format!("'{t}' is not a port (1 to 65535)"))
+            .ok_or_else(|| format!("'{text}' is not a port or a range of ports (1 to 65535)"))
     };
     match text.split_once('-') {
         Some((a, b)) => {

@@ -49,8 +49,11 @@ pub(crate) fn parse(
         let Some(eq) = body.find('=') else {
             let key = body.trim();
             if !valid_key(key) {
+                // Not quoted: a line without `=` is as likely a value that lost its key (a
+                // password pasted alone) as anything, and errors end up in terminals and CI
+                // logs.
                 errors.push(format!(
-                    "{file}:{start_line}: {key:?} is not a KEY=VALUE line"
+                    "{file}:{start_line}: not a KEY=VALUE line (no `=`, and not a variable name)"
                 ));
             } else if let Some(value) = lookup(key).or_else(|| own.get(key).cloned()) {
                 own.insert(key.to_owned(), value.clone());
@@ -62,7 +65,8 @@ pub(crate) fn parse(
         let key = body[..eq].trim();
         if !valid_key(key) {
             errors.push(format!(
-                "{file}:{start_line}: {key:?} is not a variable name"
+                "{file}:{start_line}: {} is not a variable name",
+                interpolate::excerpt(key)
             ));
             pos = next;
             continue;
@@ -207,6 +211,24 @@ mod tests {
         let errors = parse(&text, ".env", &lookup, false).expect_err("too large");
         assert_eq!(errors.len(), 1, "stops at the first");
         assert!(errors[0].contains("add up to"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn a_line_that_may_be_a_value_is_not_quoted_in_errors() {
+        let lookup = |_: &str| None;
+        let errors = parse("hunter2 s3cret\n", ".env", &lookup, false).expect_err("not KEY=VALUE");
+        assert_eq!(
+            errors,
+            [".env:1: not a KEY=VALUE line (no `=`, and not a variable name)"]
+        );
+        let errors = parse(
+            &format!("{}=x\n", "A B".repeat(100)),
+            ".env",
+            &lookup,
+            false,
+        )
+        .expect_err("bad name");
+        assert!(errors[0].len() < 150, "{}", errors[0]);
     }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {

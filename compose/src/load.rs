@@ -106,6 +106,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, Vec<String>> {
     let mut loader = FileLoader {
         env: &env,
         cache: HashMap::new(),
+        resolved: HashMap::new(),
         diag: &mut diag,
     };
     let mut merged: Option<Mapping> = None;
@@ -322,6 +323,9 @@ struct FileLoader<'a> {
     env: &'a BTreeMap<String, String>,
     /// Each file read, as [`FileLoader::read`] left it (`None`: it failed, already reported).
     cache: HashMap<PathBuf, Option<Mapping>>,
+    /// Each service whose `extends` was resolved (`None`: it failed, already reported), so a
+    /// base extended by many services, or through a long chain, is resolved once.
+    resolved: HashMap<(PathBuf, String), Option<Mapping>>,
     diag: &'a mut Diag,
 }
 
@@ -444,6 +448,29 @@ impl FileLoader<'_> {
         name: &str,
         chain: &mut Vec<(PathBuf, String)>,
     ) -> Option<Mapping> {
+        let key = (file.to_path_buf(), name.to_owned());
+        if let Some(done) = self.resolved.get(&key) {
+            return done.clone();
+        }
+        let service = self.resolve(file, name, chain);
+        // Each copy kept counts: this one, and the one its caller makes of it.
+        if let Some(s) = &service {
+            if !self.diag.charge(crate::yaml::mapping_size(s)) {
+                return None;
+            }
+        }
+        // A failure met inside a cycle is only this chain's; the cycle is reported anyway.
+        self.resolved.insert(key, service.clone());
+        service
+    }
+
+    /// [`FileLoader::service`] without the memory of services resolved before.
+    fn resolve(
+        &mut self,
+        file: &Path,
+        name: &str,
+        chain: &mut Vec<(PathBuf, String)>,
+    ) -> Option<Mapping> {
         let shown = file.display().to_string();
         let link = (file.to_path_buf(), name.to_owned());
         if chain.contains(&link) || chain.len() >= MAX_EXTENDS {
@@ -531,13 +558,10 @@ impl FileLoader<'_> {
             resolve_paths(&mut base, &base_dir, self.env, &base_shown, self.diag);
         }
         let segments = vec!["services".to_owned(), name.to_owned()];
-        let merged = match merge(Value::Mapping(base), Value::Mapping(service), &segments) {
-            Some(Value::Mapping(merged)) => merged,
-            _ => Mapping::new(),
-        };
-        // Every service extending a large one is a copy of it.
-        let size = crate::yaml::mapping_size(&merged);
-        self.diag.charge(size).then_some(merged)
+        match merge(Value::Mapping(base), Value::Mapping(service), &segments) {
+            Some(Value::Mapping(merged)) => Some(merged),
+            _ => Some(Mapping::new()),
+        }
     }
 }
 
@@ -1805,5 +1829,35 @@ secrets: [{{source: s, target: /run/secrets/s, mode: 0400}}]
         let mut opts = options(dir.path());
         opts.files = vec!["compose.yaml".into(), "compose.yaml".into()];
         assert_eq!(load_ok(&opts).document["services"]["web"]["image"], "nginx");
+    }
+
+    #[test]
+    fn a_chain_extended_by_many_services_is_resolved_once() {
+        // 3000 services extending the head of a 40-file chain: resolved once per link, not
+        // once per link for each service (which also counted 120,000 copies).
+        let mut files: Vec<(String, String)> = (0..40)
+            .map(|i| {
+                (
+                    format!("c{i}.yaml"),
+                    format!("services:\n  s:\n    extends: {{file: c{}.yaml, service: s}}\n    labels: {{l{i}: x}}\n", i + 1),
+                )
+            })
+            .collect();
+        files.push(("c40.yaml".into(), "services:\n  s:\n    image: x\n".into()));
+        let fan: String = (0..3000)
+            .map(|i| format!("  s{i}:\n    extends: {{file: c0.yaml, service: s}}\n"))
+            .collect();
+        files.push(("compose.yaml".into(), format!("services:\n{fan}")));
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let dir = project(&refs);
+        let start = std::time::Instant::now();
+        let l = load_ok(&options(dir.path()));
+        assert!(start.elapsed() < std::time::Duration::from_secs(20));
+        let s = &l.document["services"]["s2999"];
+        assert_eq!(s["image"], "x");
+        assert_eq!(s["labels"]["l39"], "x");
     }
 }

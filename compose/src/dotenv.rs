@@ -25,6 +25,8 @@ pub(crate) fn parse(
     lookup: Lookup<'_>,
     raw: bool,
 ) -> Result<Vec<(String, String)>, Vec<String>> {
+    // A byte order mark, as editors on Windows write, is not part of the first name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut vars: Vec<(String, String)> = Vec::new();
     let mut own: BTreeMap<String, String> = BTreeMap::new();
     let mut errors = Vec::new();
@@ -211,6 +213,19 @@ mod tests {
         let errors = parse(&text, ".env", &lookup, false).expect_err("too large");
         assert_eq!(errors.len(), 1, "stops at the first");
         assert!(errors[0].contains("add up to"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        assert_eq!(parse_ok("\u{feff}A=1\n"), pairs(&[("A", "1")]));
+    }
+
+    #[test]
+    fn an_unclosed_quote_does_not_show_the_lines_it_ran_into() {
+        let lookup = |_: &str| None;
+        let errors = parse("B=\"x${\nPASSWORD=hunter2\nC=\"\n", ".env", &lookup, false)
+            .expect_err("unclosed");
+        assert!(!errors[0].contains("hunter2"), "{errors:?}");
     }
 
     #[test]

@@ -105,10 +105,12 @@ fn substitute_at(
                 i += 2;
             }
             Some(b'{') => {
+                // Errors say where, never what: the text may be a value, a secret's as often
+                // as not (an env file's unclosed quote runs into the lines after it).
                 let close = closing_brace(bytes, i + 1).ok_or_else(|| {
                     format!(
-                        "invalid interpolation format: `${{` without its `}}` in {}; a literal $ is written $$",
-                        excerpt(template)
+                        "invalid interpolation format: the `${{` at character {} has no `}}`; a literal $ is written $$",
+                        template[..i].chars().count() + 1
                     )
                 })?;
                 let inner = &template[i + 2..close];
@@ -194,10 +196,10 @@ fn braced(
         .is_some_and(|&c| c == b'_' || c.is_ascii_alphabetic());
     let end = name_end(bytes, 0);
     if !starts_well {
-        return Err(format!(
-            "invalid interpolation format: {} does not start with a variable name; a literal $ is written $$",
-            excerpt(&format!("${{{inner}}}"))
-        ));
+        return Err(
+            "invalid interpolation format: a `${` is not followed by a variable name; a literal $ is written $$"
+                .to_owned(),
+        );
     }
     let name = &inner[..end];
     let rest = &inner[end..];
@@ -217,8 +219,8 @@ fn braced(
         })
         .ok_or_else(|| {
             format!(
-                "invalid interpolation format: {}: after the name comes }}, :-, -, :?, ?, :+ or +",
-                excerpt(&format!("${{{inner}}}"))
+                "invalid interpolation format: in ${{{}…}}, after the name comes }}, :-, -, :?, ?, :+ or +",
+                excerpt_name(name)
             )
         })?;
     let set = value.is_some();
@@ -433,6 +435,24 @@ mod tests {
         assert!(err.len() < 400, "{err}");
         let (_, unset) = run(&format!("${}", "A".repeat(100_000)));
         assert!(unset[0].len() < 100);
+    }
+
+    #[test]
+    fn malformed_expressions_do_not_quote_the_text() {
+        for template in [
+            "hunter2 ${",
+            "hunter2 ${SET",
+            "hunter2 ${}",
+            "hunter2 ${1A}",
+            "hunter2 ${A hunter2}",
+            "${SET/hunter2/x}",
+            "${SET:hunter2}",
+        ] {
+            let err = run(template).0.expect_err(template);
+            assert!(!err.contains("hunter2"), "{template}: {err}");
+        }
+        let err = run("héllo ${A").0.expect_err("unclosed");
+        assert!(err.contains("character 7"), "{err}");
     }
 
     #[test]

@@ -226,7 +226,11 @@ pub(crate) fn flow_depth_bound(text: &str) -> usize {
         let unit = Unit {
             byte: b,
             is_break: b == b'\n' || b == b'\r' || width > 1,
+            is_blank: b == b' ' || b == b'\t',
         };
+        // A byte order mark: libyaml skips one at the start of a line between tokens, and
+        // takes it as a character elsewhere. Both readings are followed.
+        let bom = b == 0xEF && bytes.get(i + 1) == Some(&0xBB) && bytes.get(i + 2) == Some(&0xBF);
         let mut new: Readings = [None; 8];
         if b == b'[' || b == b'{' {
             put(&mut new, Mode::Token, 1);
@@ -234,6 +238,13 @@ pub(crate) fn flow_depth_bound(text: &str) -> usize {
         for mode in MODES {
             if let Some(depth) = now[mode as usize] {
                 step(mode, depth, unit, &mut new);
+                if bom {
+                    let blank = Unit {
+                        is_blank: true,
+                        ..unit
+                    };
+                    step(mode, depth, blank, &mut new);
+                }
             }
         }
         for d in new.iter().flatten() {
@@ -243,7 +254,7 @@ pub(crate) fn flow_depth_bound(text: &str) -> usize {
             return max;
         }
         now = new;
-        i += width;
+        i += if bom { 3 } else { width };
     }
     max
 }
@@ -253,11 +264,12 @@ pub(crate) fn flow_depth_bound(text: &str) -> usize {
 struct Unit {
     byte: u8,
     is_break: bool,
+    is_blank: bool,
 }
 
 impl Unit {
     fn is_space(self) -> bool {
-        self.is_break || self.byte == b' ' || self.byte == b'\t'
+        self.is_break || self.is_blank
     }
 }
 
@@ -376,6 +388,8 @@ mod tests {
             ("a: [&a 'x]]]', [[y]]]", 3),
             ("a: [!t \"x]]]\", [[y]]]", 3),
             ("a: [x\u{85}'y]]]', [[z]]]", 3),
+            ("a: [x,\n\u{feff}'y]]]', [[z]]]", 3),
+            ("a: [x\u{feff}#y, [[z]]]", 3),
             ("a: [{k: 'v]]'}, [[z]]]", 3),
             ("a: it's [not flow\nb: [x]", 2),
         ] {

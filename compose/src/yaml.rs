@@ -435,4 +435,54 @@ mod tests {
         let ok = parse("x: &a {k: v}\ny: *a\nz: [*a, *a]\n").expect("parses");
         assert_eq!(ok["z"][1]["k"], Value::from("v"));
     }
+
+    /// How deep `value`'s flow collections nest (a scalar is 0). A single-pair mapping in a
+    /// sequence may be an implicit one (`[a: b]`), which opens no flow level: not counted.
+    fn depth(value: &Value, in_sequence: bool) -> usize {
+        match value {
+            Value::Sequence(items) => 1 + items.iter().map(|v| depth(v, true)).max().unwrap_or(0),
+            Value::Mapping(map) => {
+                let own = usize::from(!(in_sequence && map.len() == 1));
+                own + map
+                    .iter()
+                    .map(|(k, v)| depth(k, false).max(depth(v, false)))
+                    .max()
+                    .unwrap_or(0)
+            }
+            Value::Tagged(t) => depth(&t.value, in_sequence),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn random_flow_documents_never_nest_deeper_than_the_bound() {
+        // A document that starts with `[` is all flow: its nesting is its flow depth.
+        let pieces = [
+            "[", "]", "{", "}", ",", "'", "''", "\"", "\\", "#", " ", "\n", ":", ": ", "a", "-",
+            "&a ", "*a", "!t ", "? ", "\u{feff}", "\u{85}", "\t",
+        ];
+        let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut parsed = 0;
+        for _ in 0..200_000 {
+            let len = 1 + (next() % 16) as usize;
+            let mut text = String::from("[");
+            for _ in 0..len {
+                text.push_str(pieces[(next() % pieces.len() as u64) as usize]);
+            }
+            // A top-level sequence (not, say, `[a]: b`, a block mapping with a flow key).
+            if let Ok(value @ Value::Sequence(_)) = yaml_serde::from_str::<Value>(&text) {
+                parsed += 1;
+                let bound = flow_depth_bound(&text);
+                let real = depth(&value, false);
+                assert!(real <= bound, "{text:?}: {real} > {bound}");
+            }
+        }
+        assert!(parsed > 1000, "only {parsed} parsed");
+    }
 }

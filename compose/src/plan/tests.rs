@@ -1124,3 +1124,18 @@ fn warnings_are_in_the_order_of_their_paths_indices_as_numbers() {
         .collect();
     assert_eq!(paths, want);
 }
+
+#[test]
+fn a_negative_number_is_named_as_one_and_long_values_are_cut_in_messages() {
+    let e = plan_of("services:\n  a:\n    image: a\n    cpus: -1\n").expect_err("negative");
+    assert_eq!(
+        e,
+        ["services.a.cpus: expected a number of 0 or more, found -1"]
+    );
+    let long = "9".repeat(100_000);
+    let e = plan_of(&format!(
+        "services:\n  a:\n    image: a\n    cpus: 'x{long}'\n"
+    ))
+    .expect_err("not a number");
+    assert!(e[0].len() < 200, "{}", e[0]);
+}

@@ -95,13 +95,17 @@ pub fn number(v: &Value) -> Result<f64, String> {
         _ => None,
     };
     n.filter(|n| n.is_finite() && *n >= 0.0)
-        .ok_or_else(|| format!("expected a number, found {}", describe(v)))
+        .ok_or_else(|| format!("expected a number of 0 or more, found {}", describe(v)))
 }
 
-/// A value as a message shows it: the scalar itself, else its kind.
+/// A value as a message shows it: the scalar itself (a long string cut after 80 characters),
+/// else its kind.
 pub fn describe(v: &Value) -> String {
     match v {
-        Value::String(s) => format!("'{s}'"),
+        Value::String(s) => match s.char_indices().nth(80) {
+            Some((at, _)) => format!("'{}…'", &s[..at]),
+            None => format!("'{s}'"),
+        },
         Value::Number(_) | Value::Bool(_) => scalar_text(v).unwrap_or_default(),
         other => kind(other).to_string(),
     }

@@ -1010,7 +1010,8 @@ fn project_name(
             return Some(name);
         }
         diag.error(format!(
-            "project name {name:?} (from {origin}) is not a DNS label: lowercase letters, digits and hyphens, 1 to 63 characters, not starting or ending with a hyphen"
+            "project name {} (from {origin}) is not a DNS label: lowercase letters, digits and hyphens, 1 to 63 characters, not starting or ending with a hyphen",
+            crate::interpolate::excerpt(&name)
         ));
         return None;
     }

@@ -246,6 +246,19 @@ pub fn plan(loaded: &Loaded) -> Result<Plan, Vec<String>> {
             services.len()
         ));
     }
+    // The last stage's apply carries every service: when it fits, every earlier one does.
+    let all = flotilla_api::project::ProjectApply {
+        services: services.iter().map(|s| s.plan.spec.clone()).collect(),
+        remove_orphans: false,
+    };
+    let bytes = serde_json::to_vec(&all).map_or(usize::MAX, |b| b.len());
+    let most = flotilla_api::project::MAX_APPLY_BYTES;
+    if bytes > most {
+        cx.refusals.push(format!(
+            "services: the project is {bytes} bytes as the control plane receives it; it takes \
+             at most {most} (large environments? env_file inlines every variable)"
+        ));
+    }
     let plan = Plan {
         project: cx.project,
         services: services.into_iter().map(|s| s.plan).collect(),

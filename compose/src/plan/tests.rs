@@ -1139,3 +1139,23 @@ fn a_negative_number_is_named_as_one_and_long_values_are_cut_in_messages() {
     .expect_err("not a number");
     assert!(e[0].len() < 200, "{}", e[0]);
 }
+
+#[test]
+fn a_project_larger_than_the_control_plane_takes_is_refused_before_up_applies_any() {
+    // Small a first, then b with a large environment applied in a second stage: the first
+    // stage would pass and the second be refused.
+    let env: String = (0..300)
+        .map(|i| format!("      K{i}: '{}'\n", "v".repeat(4000)))
+        .collect();
+    let p = ok(&format!(
+        "services:\n  a:\n    image: a\n  b:\n    image: b\n    depends_on: [a]\n    environment:\n{env}"
+    ));
+    assert_eq!(p.refusals.len(), 1, "{:?}", p.refusals);
+    assert!(
+        p.refusals[0].starts_with("services: the project is ")
+            && p.refusals[0].contains("at most 1048576"),
+        "{:?}",
+        p.refusals
+    );
+    assert!(ok("services:\n  a:\n    image: a\n").refusals.is_empty());
+}

@@ -204,7 +204,7 @@ impl Diag {
         }
         if before <= MAX_DOCUMENT {
             self.error(format!(
-                "the project is larger than {} MiB once loaded (aliases, extends, env_file and variables expanded)",
+                "the project is larger than {} MiB once loaded: every -f file, extends, env_file and expanded alias counts each time it is used",
                 MAX_DOCUMENT / (1024 * 1024)
             ));
         }

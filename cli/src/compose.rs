@@ -609,9 +609,11 @@ async fn progress(api: &Client, s: &ServicePlan, condition: Condition) -> Result
         .map(|d| {
             format!(
                 "its deployment failed: {}",
-                d.rollout_state_reason
-                    .as_deref()
-                    .unwrap_or("no reason given")
+                cell(
+                    d.rollout_state_reason
+                        .as_deref()
+                        .unwrap_or("no reason given")
+                )
             )
         });
     Ok(match condition {

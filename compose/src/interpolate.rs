@@ -267,11 +267,15 @@ pub(crate) fn interpolate_tree(
                 *budget = budget.saturating_sub(s.len());
                 return;
             }
-            match substitute(s, lookup, &mut unset, MAX_VALUE.min(*budget)) {
+            let limit = MAX_VALUE.min(*budget);
+            match substitute(s, lookup, &mut unset, limit) {
                 Ok(new) => {
                     *budget -= new.len();
                     *s = new;
                 }
+                Err(e) if e == too_long(limit) && limit < MAX_VALUE => errors.push(format!(
+                    "{file}: {path}: the file's values add up to more than {MAX_TOTAL} bytes once interpolated"
+                )),
                 Err(e) => errors.push(format!("{file}: {path}: {e}")),
             }
             for name in unset {
@@ -453,6 +457,30 @@ mod tests {
         }
         let err = run("héllo ${A").0.expect_err("unclosed");
         assert!(err.contains("character 7"), "{err}");
+    }
+
+    #[test]
+    fn a_files_values_are_bounded_together() {
+        let big = "x".repeat(MAX_VALUE / 2);
+        let lookup = |k: &str| (k == "BIG").then(|| big.clone());
+        let mut doc = Value::Sequence(vec![Value::from("$BIG"); 100]);
+        let (mut warnings, mut errors) = (Vec::new(), Vec::new());
+        let mut budget = MAX_TOTAL;
+        interpolate_tree(
+            &mut doc,
+            "x",
+            "f",
+            &lookup,
+            &mut warnings,
+            &mut errors,
+            &mut budget,
+        );
+        assert!(!errors.is_empty());
+        assert!(
+            errors.iter().all(|e| e.contains("add up to more than")),
+            "{:?}",
+            &errors[..1]
+        );
     }
 
     #[test]

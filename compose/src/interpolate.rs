@@ -235,6 +235,10 @@ fn braced(
         "?" if set => Ok(value.unwrap_or_default()),
         // The message as written, not interpolated: a message naming other variables must
         // not print their values (secrets, as often as not) in an error.
+        ":?" | "?" if arg.is_empty() => Err(format!(
+            "required variable {} is missing a value",
+            excerpt_name(name)
+        )),
         ":?" | "?" => Err(format!(
             "required variable {} is missing a value: {}",
             excerpt_name(name),
@@ -398,6 +402,10 @@ mod tests {
         assert!(
             err.contains("UNSET") && err.contains("please set it"),
             "{err}"
+        );
+        assert_eq!(
+            run("${UNSET:?}").0,
+            Err("required variable UNSET is missing a value".into())
         );
         let err = run("${EMPTY:?must not be empty}").0.expect_err("required");
         assert!(err.contains("must not be empty"), "{err}");

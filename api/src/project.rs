@@ -104,6 +104,11 @@ pub struct ProjectApplied {
 /// services, so 100 leaves room and keeps an apply (and its body) small.
 pub const MAX_SERVICES: usize = 100;
 
+/// Largest body of `PUT /v1/projects/{name}` ([`ProjectApply`] as JSON): a project carries
+/// every service's task definition and service in one body; a real definition with its
+/// environment is a few KiB, so 1 MiB is 10 KiB for each of [`MAX_SERVICES`].
+pub const MAX_APPLY_BYTES: usize = 1024 * 1024;
+
 /// `GET /v1/projects`: one project.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

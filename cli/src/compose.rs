@@ -327,8 +327,8 @@ async fn up(
             plan.project
         );
     }
-    provide_values(api, plan).await?;
     let stages = flotilla_compose::plan::stages(plan).map_err(|e| anyhow!(e))?;
+    provide_values(api, plan).await?;
     let by_name: BTreeMap<&str, &ServicePlan> =
         plan.services.iter().map(|s| (s.name.as_str(), s)).collect();
     let mut applied: Vec<&ServicePlan> = Vec::new();
@@ -441,9 +441,14 @@ async fn provide_values(api: &Client, plan: &Plan) -> Result<()> {
             Err(e) => return Err(e.into()),
         }
         let bytes = match &v.origin {
-            ValueOrigin::File(path) => std::fs::read(path).with_context(|| {
-                format!("{} {}: reading {}", noun(kind), v.name, path.display())
-            })?,
+            // Bounded: a path to /dev/zero or a FIFO fails at once rather than eating memory
+            // or blocking.
+            ValueOrigin::File(path) => {
+                flotilla_compose::files::read_bounded(path, flotilla_api::secrets::MAX_VALUE as u64)
+                    .with_context(|| {
+                        format!("{} {}: reading {}", noun(kind), v.name, path.display())
+                    })?
+            }
             ValueOrigin::Content(text) => text.clone().into_bytes(),
             ValueOrigin::Environment(var) => std::env::var(var)
                 .map_err(|_| {
@@ -604,9 +609,11 @@ async fn progress(api: &Client, s: &ServicePlan, condition: Condition) -> Result
         .map(|d| {
             format!(
                 "its deployment failed: {}",
-                d.rollout_state_reason
-                    .as_deref()
-                    .unwrap_or("no reason given")
+                cell(
+                    d.rollout_state_reason
+                        .as_deref()
+                        .unwrap_or("no reason given")
+                )
             )
         });
     Ok(match condition {

@@ -25,9 +25,13 @@ pub(crate) fn parse(
     lookup: Lookup<'_>,
     raw: bool,
 ) -> Result<Vec<(String, String)>, Vec<String>> {
+    // A byte order mark, as editors on Windows write, is not part of the first name.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut vars: Vec<(String, String)> = Vec::new();
     let mut own: BTreeMap<String, String> = BTreeMap::new();
     let mut errors = Vec::new();
+    // What the values may still add up to: `A2=$A1$A1` doubles at each line.
+    let mut budget = interpolate::MAX_TOTAL;
     let mut pos = 0;
     let mut line_no = 0;
     while pos < text.len() {
@@ -47,8 +51,11 @@ pub(crate) fn parse(
         let Some(eq) = body.find('=') else {
             let key = body.trim();
             if !valid_key(key) {
+                // Not quoted: a line without `=` is as likely a value that lost its key (a
+                // password pasted alone) as anything, and errors end up in terminals and CI
+                // logs.
                 errors.push(format!(
-                    "{file}:{start_line}: {key:?} is not a KEY=VALUE line"
+                    "{file}:{start_line}: not a KEY=VALUE line (no `=`, and not a variable name)"
                 ));
             } else if let Some(value) = lookup(key).or_else(|| own.get(key).cloned()) {
                 own.insert(key.to_owned(), value.clone());
@@ -59,8 +66,11 @@ pub(crate) fn parse(
         };
         let key = body[..eq].trim();
         if !valid_key(key) {
+            // Not quoted either: a line of a key file (`env_file: ~/.ssh/id_rsa`) has `=` and
+            // `/` or `+` before it.
             errors.push(format!(
-                "{file}:{start_line}: {key:?} is not a variable name"
+                "{file}:{start_line}: what comes before `=` is not a variable name (letters, \
+                 digits, '_', '.', '-', '[' and ']')"
             ));
             pos = next;
             continue;
@@ -109,7 +119,15 @@ pub(crate) fn parse(
                 .map_err(|e| format!("{file}:{start_line}: {key}: {e}"))
         };
         match value {
+            Ok(value) if value.len() > budget => {
+                errors.push(format!(
+                    "{file}:{start_line}: {key}: the file's values add up to more than {} bytes",
+                    interpolate::MAX_TOTAL
+                ));
+                break;
+            }
             Ok(value) => {
+                budget -= value.len();
                 own.insert(key.to_owned(), value.clone());
                 vars.push((key.to_owned(), value));
             }
@@ -165,7 +183,7 @@ fn expand(
 ) -> Result<String, String> {
     let both = |k: &str| lookup(k).or_else(|| own.get(k).cloned());
     let mut unset = Vec::new();
-    interpolate::substitute(template, &both, &mut unset)
+    interpolate::substitute(template, &both, &mut unset, interpolate::MAX_VALUE)
 }
 
 #[cfg(test)]
@@ -175,6 +193,58 @@ mod tests {
     fn parse_ok(text: &str) -> Vec<(String, String)> {
         let lookup = |k: &str| (k == "OUTER").then(|| "outer".to_owned());
         parse(text, ".env", &lookup, false).expect("parses")
+    }
+
+    #[test]
+    fn doubling_lines_are_bounded() {
+        let mut text = String::from("A0=xxxxxxxxxxxxxxxx\n");
+        for i in 1..200 {
+            text.push_str(&format!("A{i}=$A{}$A{}\n", i - 1, i - 1));
+        }
+        let lookup = |_: &str| None;
+        let start = std::time::Instant::now();
+        let errors = parse(&text, ".env", &lookup, false).expect_err("too large");
+        assert!(errors[0].contains("longer than"), "{}", errors[0]);
+        assert!(start.elapsed() < std::time::Duration::from_secs(10));
+        // Many values each under the limit, adding up past the total.
+        let big = "x".repeat(1000);
+        let mut text = format!("B={big}\n");
+        for i in 0..40_000 {
+            text.push_str(&format!("C{i}=$B\n"));
+        }
+        let errors = parse(&text, ".env", &lookup, false).expect_err("too large");
+        assert_eq!(errors.len(), 1, "stops at the first");
+        assert!(errors[0].contains("add up to"), "{}", errors[0]);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        assert_eq!(parse_ok("\u{feff}A=1\n"), pairs(&[("A", "1")]));
+    }
+
+    #[test]
+    fn an_unclosed_quote_does_not_show_the_lines_it_ran_into() {
+        let lookup = |_: &str| None;
+        let errors = parse("B=\"x${\nPASSWORD=hunter2\nC=\"\n", ".env", &lookup, false)
+            .expect_err("unclosed");
+        assert!(!errors[0].contains("hunter2"), "{errors:?}");
+    }
+
+    #[test]
+    fn a_line_that_may_be_a_value_is_not_quoted_in_errors() {
+        let lookup = |_: &str| None;
+        let errors = parse("hunter2 s3cret\n", ".env", &lookup, false).expect_err("not KEY=VALUE");
+        assert_eq!(
+            errors,
+            [".env:1: not a KEY=VALUE line (no `=`, and not a variable name)"]
+        );
+        let errors = parse("MIIEv+QIBADAN/Bgkq=\n", ".env", &lookup, false).expect_err("bad name");
+        assert!(!errors[0].contains("MIIE"), "{}", errors[0]);
+        assert!(
+            errors[0].starts_with(".env:1: what comes before `=`"),
+            "{}",
+            errors[0]
+        );
     }
 
     fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {

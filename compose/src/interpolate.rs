@@ -6,8 +6,9 @@
 //! - `${VAR:?message}` (unset or empty) and `${VAR?message}` (unset): an error with the message.
 //! - `${VAR:+alternative}` (set and not empty) and `${VAR+alternative}` (set): the alternative,
 //!   else empty.
-//! - Defaults, messages and alternatives are themselves interpolated, only when used:
-//!   `${A:-${B:-x}}`.
+//! - Defaults and alternatives are themselves interpolated, only when used: `${A:-${B:-x}}`.
+//!   Messages are not (the specification interpolates them): an error shows a message as
+//!   written, so it never prints another variable's value, often a secret.
 //! - `$$` is a literal `$` (so `$${x}` gives `${x}`); a `$` not followed by a name, `{` or `$` is
 //!   kept as it is ("Compose processes any string following a `$` sign as long as it makes it a
 //!   valid variable definition").
@@ -22,20 +23,53 @@ use yaml_serde::Value;
 /// How deep defaults may nest (`${A:-${B:-${C:-…}}}`): bounds the recursion on hostile input.
 const MAX_NESTING: usize = 32;
 
+/// How long one value may be once interpolated: `$BIG$BIG$BIG…` must not multiply a large
+/// variable without end.
+pub(crate) const MAX_VALUE: usize = 1024 * 1024;
+
+/// How many bytes all the values of one file may add up to once interpolated (each env file
+/// line may reuse the ones before it: `A2=$A1$A1`, `A3=$A2$A2`, … doubles at each line).
+pub(crate) const MAX_TOTAL: usize = 32 * 1024 * 1024;
+
+/// At most this much of a template is quoted in an error.
+const QUOTED: usize = 80;
+
+/// `text` for an error message, quoted, cut after [`QUOTED`] characters.
+pub(crate) fn excerpt(text: &str) -> String {
+    match text.char_indices().nth(QUOTED) {
+        Some((at, _)) => format!("{:?}…", &text[..at]),
+        None => format!("{text:?}"),
+    }
+}
+
+/// `text` cut after [`QUOTED`] characters.
+fn cut(text: &str) -> String {
+    match text.char_indices().nth(QUOTED) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
 /// Looks a variable up: its value when set (possibly empty), `None` when unset.
 pub(crate) type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// Substitutes the variables in `template`. Names used while unset (and not defaulted) are
-/// pushed to `unset`.
+/// pushed to `unset`. The result is at most `limit` bytes long.
 ///
 /// # Errors
-/// A required variable that is missing (with its message) or a malformed `${…}`.
+/// A required variable that is missing (with its message), a malformed `${…}`, a result
+/// longer than `limit`.
 pub(crate) fn substitute(
     template: &str,
     lookup: Lookup<'_>,
     unset: &mut Vec<String>,
+    limit: usize,
 ) -> Result<String, String> {
-    substitute_at(template, lookup, unset, 0)
+    substitute_at(template, lookup, unset, 0, limit)
+}
+
+fn too_long(limit: usize) -> String {
+    format!("the value is longer than {limit} bytes once interpolated")
 }
 
 fn substitute_at(
@@ -43,6 +77,7 @@ fn substitute_at(
     lookup: Lookup<'_>,
     unset: &mut Vec<String>,
     depth: usize,
+    limit: usize,
 ) -> Result<String, String> {
     if depth > MAX_NESTING {
         return Err(format!(
@@ -50,7 +85,7 @@ fn substitute_at(
         ));
     }
     let bytes = template.as_bytes();
-    let mut out = String::with_capacity(template.len());
+    let mut out = String::with_capacity(template.len().min(limit));
     let mut literal_from = 0;
     let mut i = 0;
     // Every index used to slice is the position of an ASCII byte or the end, so always a char
@@ -60,6 +95,9 @@ fn substitute_at(
             i += 1;
             continue;
         }
+        if out.len() > limit {
+            return Err(too_long(limit));
+        }
         out.push_str(&template[literal_from..i]);
         match bytes.get(i + 1) {
             Some(b'$') => {
@@ -67,11 +105,16 @@ fn substitute_at(
                 i += 2;
             }
             Some(b'{') => {
+                // Errors say where, never what: the text may be a value, a secret's as often
+                // as not (an env file's unclosed quote runs into the lines after it).
                 let close = closing_brace(bytes, i + 1).ok_or_else(|| {
-                    format!("invalid interpolation format: `${{` without its `}}` in {template:?}; a literal $ is written $$")
+                    format!(
+                        "invalid interpolation format: the `${{` at character {} has no `}}`; a literal $ is written $$",
+                        template[..i].chars().count() + 1
+                    )
                 })?;
                 let inner = &template[i + 2..close];
-                out.push_str(&braced(inner, lookup, unset, depth)?);
+                out.push_str(&braced(inner, lookup, unset, depth, limit)?);
                 i = close + 1;
             }
             Some(&c) if c == b'_' || c.is_ascii_alphabetic() => {
@@ -79,7 +122,7 @@ fn substitute_at(
                 let name = &template[i + 1..end];
                 match lookup(name) {
                     Some(value) => out.push_str(&value),
-                    None => unset.push(name.to_owned()),
+                    None => unset.push(excerpt_name(name)),
                 }
                 i = end;
             }
@@ -91,7 +134,19 @@ fn substitute_at(
         literal_from = i;
     }
     out.push_str(&template[literal_from..]);
+    if out.len() > limit {
+        return Err(too_long(limit));
+    }
     Ok(out)
+}
+
+/// A variable name for a message: names are not bounded, messages are.
+fn excerpt_name(name: &str) -> String {
+    if name.len() > QUOTED {
+        format!("{}…", &name[..QUOTED])
+    } else {
+        name.to_owned()
+    }
 }
 
 /// The end of the name starting at `from` (`[_A-Za-z0-9]*`).
@@ -133,6 +188,7 @@ fn braced(
     lookup: Lookup<'_>,
     unset: &mut Vec<String>,
     depth: usize,
+    limit: usize,
 ) -> Result<String, String> {
     let bytes = inner.as_bytes();
     let starts_well = bytes
@@ -140,16 +196,17 @@ fn braced(
         .is_some_and(|&c| c == b'_' || c.is_ascii_alphabetic());
     let end = name_end(bytes, 0);
     if !starts_well {
-        return Err(format!(
-            "invalid interpolation format: ${{{inner}}} does not start with a variable name; a literal $ is written $$"
-        ));
+        return Err(
+            "invalid interpolation format: a `${` is not followed by a variable name; a literal $ is written $$"
+                .to_owned(),
+        );
     }
     let name = &inner[..end];
     let rest = &inner[end..];
     let value = lookup(name);
     if rest.is_empty() {
         return Ok(value.unwrap_or_else(|| {
-            unset.push(name.to_owned());
+            unset.push(excerpt_name(name));
             String::new()
         }));
     }
@@ -162,12 +219,13 @@ fn braced(
         })
         .ok_or_else(|| {
             format!(
-                "invalid interpolation format: ${{{inner}}}: after the name comes }}, :-, -, :?, ?, :+ or +"
+                "invalid interpolation format: in ${{{}…}}, after the name comes }}, :-, -, :?, ?, :+ or +",
+                excerpt_name(name)
             )
         })?;
     let set = value.is_some();
     let non_empty = value.as_deref().is_some_and(|v| !v.is_empty());
-    let mut nested = |arg: &str| substitute_at(arg, lookup, unset, depth + 1);
+    let mut nested = |arg: &str| substitute_at(arg, lookup, unset, depth + 1, limit);
     match op.as_str() {
         ":-" if non_empty => Ok(value.unwrap_or_default()),
         ":-" => nested(arg),
@@ -175,9 +233,16 @@ fn braced(
         "-" => nested(arg),
         ":?" if non_empty => Ok(value.unwrap_or_default()),
         "?" if set => Ok(value.unwrap_or_default()),
+        // The message as written, not interpolated: a message naming other variables must
+        // not print their values (secrets, as often as not) in an error.
+        ":?" | "?" if arg.is_empty() => Err(format!(
+            "required variable {} is missing a value",
+            excerpt_name(name)
+        )),
         ":?" | "?" => Err(format!(
-            "required variable {name} is missing a value: {}",
-            nested(arg)?
+            "required variable {} is missing a value: {}",
+            excerpt_name(name),
+            cut(arg)
         )),
         ":+" if non_empty => nested(arg),
         "+" if set => nested(arg),
@@ -187,6 +252,9 @@ fn braced(
 
 /// Interpolates every string scalar under `value` (mapping keys excepted). `path` names
 /// `value` (`services.web`); problems are reported as `FILE: PATH: …`.
+///
+/// `budget` is how many bytes the interpolated values may still add up to: each value is at
+/// most [`MAX_VALUE`] and takes its length from it; past it, values are errors.
 pub(crate) fn interpolate_tree(
     value: &mut Value,
     path: &str,
@@ -194,12 +262,24 @@ pub(crate) fn interpolate_tree(
     lookup: Lookup<'_>,
     warnings: &mut Vec<String>,
     errors: &mut Vec<String>,
+    budget: &mut usize,
 ) {
     match value {
         Value::String(s) => {
             let mut unset = Vec::new();
-            match substitute(s, lookup, &mut unset) {
-                Ok(new) => *s = new,
+            if !s.contains('$') {
+                *budget = budget.saturating_sub(s.len());
+                return;
+            }
+            let limit = MAX_VALUE.min(*budget);
+            match substitute(s, lookup, &mut unset, limit) {
+                Ok(new) => {
+                    *budget -= new.len();
+                    *s = new;
+                }
+                Err(e) if e == too_long(limit) && limit < MAX_VALUE => errors.push(format!(
+                    "{file}: {path}: the file's values add up to more than {MAX_TOTAL} bytes once interpolated"
+                )),
                 Err(e) => errors.push(format!("{file}: {path}: {e}")),
             }
             for name in unset {
@@ -211,17 +291,25 @@ pub(crate) fn interpolate_tree(
         Value::Sequence(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 let p = format!("{path}[{i}]");
-                interpolate_tree(item, &p, file, lookup, warnings, errors);
+                interpolate_tree(item, &p, file, lookup, warnings, errors, budget);
             }
         }
         Value::Mapping(map) => {
             for (k, v) in map.iter_mut() {
                 let p = crate::load::child_path(path, k);
-                interpolate_tree(v, &p, file, lookup, warnings, errors);
+                interpolate_tree(v, &p, file, lookup, warnings, errors, budget);
             }
         }
         Value::Tagged(tagged) => {
-            interpolate_tree(&mut tagged.value, path, file, lookup, warnings, errors);
+            interpolate_tree(
+                &mut tagged.value,
+                path,
+                file,
+                lookup,
+                warnings,
+                errors,
+                budget,
+            );
         }
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
@@ -248,7 +336,7 @@ mod tests {
         let env = env();
         let lookup = |k: &str| env.get(k).cloned();
         let mut unset = Vec::new();
-        let out = substitute(template, &lookup, &mut unset);
+        let out = substitute(template, &lookup, &mut unset, MAX_VALUE);
         (out, unset)
     }
 
@@ -315,10 +403,16 @@ mod tests {
             err.contains("UNSET") && err.contains("please set it"),
             "{err}"
         );
+        assert_eq!(
+            run("${UNSET:?}").0,
+            Err("required variable UNSET is missing a value".into())
+        );
         let err = run("${EMPTY:?must not be empty}").0.expect_err("required");
         assert!(err.contains("must not be empty"), "{err}");
-        let err = run("${UNSET?${MSG}}").0.expect_err("required");
-        assert!(err.ends_with("set MSG"), "{err}");
+        // The message is shown as written: other variables' values stay out of errors.
+        let err = run("${UNSET?${MSG} $B}").0.expect_err("required");
+        assert!(err.ends_with("${MSG} $B"), "{err}");
+        assert!(!err.contains("bee") && !err.contains("set MSG"), "{err}");
     }
 
     #[test]
@@ -334,6 +428,67 @@ mod tests {
         ] {
             assert!(run(template).0.is_err(), "{template}");
         }
+    }
+
+    #[test]
+    fn hostile_expansion_is_bounded() {
+        let big = "x".repeat(100_000);
+        let lookup = |k: &str| (k == "BIG").then(|| big.clone());
+        let template = "$BIG".repeat(100_000);
+        let mut unset = Vec::new();
+        let err = substitute(&template, &lookup, &mut unset, MAX_VALUE).expect_err("too long");
+        assert!(err.contains("longer than"), "{err}");
+        let template = format!("${{U:-{}}}", "${BIG}".repeat(100));
+        assert!(substitute(&template, &lookup, &mut unset, MAX_VALUE).is_err());
+        // Messages quote at most a little of a long template or name.
+        let err = run(&format!("${{{}", "A".repeat(100_000)))
+            .0
+            .expect_err("bad");
+        assert!(err.len() < 400, "{err}");
+        let (_, unset) = run(&format!("${}", "A".repeat(100_000)));
+        assert!(unset[0].len() < 100);
+    }
+
+    #[test]
+    fn malformed_expressions_do_not_quote_the_text() {
+        for template in [
+            "hunter2 ${",
+            "hunter2 ${SET",
+            "hunter2 ${}",
+            "hunter2 ${1A}",
+            "hunter2 ${A hunter2}",
+            "${SET/hunter2/x}",
+            "${SET:hunter2}",
+        ] {
+            let err = run(template).0.expect_err(template);
+            assert!(!err.contains("hunter2"), "{template}: {err}");
+        }
+        let err = run("héllo ${A").0.expect_err("unclosed");
+        assert!(err.contains("character 7"), "{err}");
+    }
+
+    #[test]
+    fn a_files_values_are_bounded_together() {
+        let big = "x".repeat(MAX_VALUE / 2);
+        let lookup = |k: &str| (k == "BIG").then(|| big.clone());
+        let mut doc = Value::Sequence(vec![Value::from("$BIG"); 100]);
+        let (mut warnings, mut errors) = (Vec::new(), Vec::new());
+        let mut budget = MAX_TOTAL;
+        interpolate_tree(
+            &mut doc,
+            "x",
+            "f",
+            &lookup,
+            &mut warnings,
+            &mut errors,
+            &mut budget,
+        );
+        assert!(!errors.is_empty());
+        assert!(
+            errors.iter().all(|e| e.contains("add up to more than")),
+            "{:?}",
+            &errors[..1]
+        );
     }
 
     #[test]

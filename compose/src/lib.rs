@@ -19,10 +19,12 @@
 use std::path::PathBuf;
 
 mod dotenv;
+pub mod files;
 mod interpolate;
 pub mod load;
 mod merge;
 pub mod plan;
+mod yaml;
 
 pub use load::{load, LoadOptions};
 pub use plan::{

@@ -50,6 +50,7 @@ use std::path::{Component, Path, PathBuf};
 
 use yaml_serde::{Mapping, Value};
 
+use crate::files::read_text;
 use crate::interpolate::interpolate_tree;
 use crate::merge::{
     dedupe_unique, merge, merge_mappings, normalize_service, scalar_string, short_volume, Unique,
@@ -105,6 +106,7 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, Vec<String>> {
     let mut loader = FileLoader {
         env: &env,
         cache: HashMap::new(),
+        resolved: HashMap::new(),
         diag: &mut diag,
     };
     let mut merged: Option<Mapping> = None;
@@ -135,6 +137,9 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, Vec<String>> {
         _ => Mapping::new(),
     };
     for (name, service) in services.iter_mut() {
+        if diag.exhausted() {
+            return Err(diag.errors);
+        }
         let path = child_path("services", name);
         if let Value::Mapping(service) = service {
             resolve_paths(service, &project_dir, &env, &path, &mut diag);
@@ -175,14 +180,42 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, Vec<String>> {
     })
 }
 
+/// How large the loaded project may grow, counted as [`crate::yaml::size`] counts: every
+/// copy that aliases, `extends`, repeated `-f` files, `env_file` and variables make counts, so
+/// no combination of them takes unbounded memory.
+const MAX_DOCUMENT: usize = 32 * 1024 * 1024;
+
 /// Errors and warnings gathered along the way.
 #[derive(Debug, Default)]
 pub(crate) struct Diag {
     pub(crate) errors: Vec<String>,
     pub(crate) warnings: Vec<String>,
+    /// What the copies made so far count towards [`MAX_DOCUMENT`].
+    spent: usize,
 }
 
 impl Diag {
+    /// Counts `size` towards [`MAX_DOCUMENT`]; `false` (with one error) once past it.
+    fn charge(&mut self, size: usize) -> bool {
+        let before = self.spent;
+        self.spent = self.spent.saturating_add(size);
+        if self.spent <= MAX_DOCUMENT {
+            return true;
+        }
+        if before <= MAX_DOCUMENT {
+            self.error(format!(
+                "the project is larger than {} MiB once loaded: every -f file, extends, env_file and expanded alias counts each time it is used",
+                MAX_DOCUMENT / (1024 * 1024)
+            ));
+        }
+        false
+    }
+
+    /// Whether [`MAX_DOCUMENT`] was passed: the rest of the work is skipped.
+    fn exhausted(&self) -> bool {
+        self.spent > MAX_DOCUMENT
+    }
+
     pub(crate) fn error(&mut self, message: String) {
         self.errors.push(message);
     }
@@ -267,9 +300,9 @@ fn interpolation_environment(
     };
     let mut vars = BTreeMap::new();
     for (file, required) in files {
-        let text = match std::fs::read_to_string(&file) {
+        let text = match read_text(&file) {
             Ok(text) => text,
-            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if !required && e.is_not_found() => continue,
             Err(e) => {
                 diag.error(format!("env file {}: {e}", file.display()));
                 continue;
@@ -290,26 +323,33 @@ struct FileLoader<'a> {
     env: &'a BTreeMap<String, String>,
     /// Each file read, as [`FileLoader::read`] left it (`None`: it failed, already reported).
     cache: HashMap<PathBuf, Option<Mapping>>,
+    /// Each service whose `extends` was resolved (`None`: it failed, already reported), so a
+    /// base extended by many services, or through a long chain, is resolved once.
+    resolved: HashMap<(PathBuf, String), Option<Mapping>>,
     diag: &'a mut Diag,
 }
 
 impl FileLoader<'_> {
     fn file(&mut self, path: &Path) -> Option<Mapping> {
-        if let Some(doc) = self.cache.get(path) {
-            return doc.clone();
-        }
-        let doc = self.read(path);
-        self.cache.insert(path.to_path_buf(), doc.clone());
-        doc
+        let doc = match self.cache.get(path) {
+            Some(doc) => doc.clone(),
+            None => {
+                let doc = self.read(path);
+                self.cache.insert(path.to_path_buf(), doc.clone());
+                doc
+            }
+        }?;
+        let size = crate::yaml::mapping_size(&doc);
+        self.diag.charge(size).then_some(doc)
     }
 
     /// Parses, merges `<<` keys, interpolates and normalizes one file.
     fn read(&mut self, path: &Path) -> Option<Mapping> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
+        let text = read_text(path)
             .map_err(|e| self.diag.error(format!("{shown}: {e}")))
             .ok()?;
-        let mut doc: Value = yaml_serde::from_str(&text)
+        let mut doc: Value = crate::yaml::parse(&text)
             .map_err(|e| self.diag.error(format!("{shown}: {e}")))
             .ok()?;
         doc.apply_merge()
@@ -325,6 +365,7 @@ impl FileLoader<'_> {
         let env = self.env;
         let lookup = |k: &str| env.get(k).cloned();
         let errors_before = self.diag.errors.len();
+        let mut budget = crate::interpolate::MAX_TOTAL;
         interpolate_tree(
             &mut doc,
             "",
@@ -332,6 +373,7 @@ impl FileLoader<'_> {
             &lookup,
             &mut self.diag.warnings,
             &mut self.diag.errors,
+            &mut budget,
         );
         let mut doc = match doc {
             Value::Mapping(m) => m,
@@ -383,6 +425,9 @@ impl FileLoader<'_> {
         let names: Vec<String> = services.keys().filter_map(key_name).collect();
         let mut resolved = Vec::new();
         for name in names {
+            if self.diag.exhausted() {
+                return;
+            }
             let mut chain = Vec::new();
             if let Some(service) = self.service(file, &name, &mut chain) {
                 resolved.push((name, service));
@@ -398,6 +443,29 @@ impl FileLoader<'_> {
     /// Service `name` of `file` with its `extends` resolved. `chain` is the services being
     /// resolved, to find cycles.
     fn service(
+        &mut self,
+        file: &Path,
+        name: &str,
+        chain: &mut Vec<(PathBuf, String)>,
+    ) -> Option<Mapping> {
+        let key = (file.to_path_buf(), name.to_owned());
+        if let Some(done) = self.resolved.get(&key) {
+            return done.clone();
+        }
+        let service = self.resolve(file, name, chain);
+        // Each copy kept counts: this one, and the one its caller makes of it.
+        if let Some(s) = &service {
+            if !self.diag.charge(crate::yaml::mapping_size(s)) {
+                return None;
+            }
+        }
+        // A failure met inside a cycle is only this chain's; the cycle is reported anyway.
+        self.resolved.insert(key, service.clone());
+        service
+    }
+
+    /// [`FileLoader::service`] without the memory of services resolved before.
+    fn resolve(
         &mut self,
         file: &Path,
         name: &str,
@@ -440,6 +508,9 @@ impl FileLoader<'_> {
         let Some(extends) = service.shift_remove("extends") else {
             return Some(service);
         };
+        if self.diag.exhausted() {
+            return None;
+        }
         let path = format!("{shown}: services.{name}.extends");
         let (base_name, base_file) = match &extends {
             Value::String(s) => (s.clone(), None),
@@ -689,14 +760,23 @@ fn finalize_service(
                     continue;
                 }
             };
-            let text = match std::fs::read_to_string(&file) {
+            if diag.exhausted() {
+                return;
+            }
+            let text = match read_text(Path::new(&file)) {
                 Ok(text) => text,
-                Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) if !required && e.is_not_found() => continue,
                 Err(e) => {
                     diag.error(format!("{at}: {file}: {e}"));
                     continue;
                 }
             };
+            // Each service that names the file gets its own copy: its text, and a node for each
+            // name and value.
+            let lines = text.bytes().filter(|&b| b == b'\n').count();
+            if !diag.charge(text.len().saturating_add(lines.saturating_mul(128))) {
+                continue;
+            }
             let lookup = |k: &str| env.get(k).cloned();
             match dotenv::parse(&text, &file, &lookup, raw) {
                 Ok(vars) => {
@@ -930,7 +1010,8 @@ fn project_name(
             return Some(name);
         }
         diag.error(format!(
-            "project name {name:?} (from {origin}) is not a DNS label: lowercase letters, digits and hyphens, 1 to 63 characters, not starting or ending with a hyphen"
+            "project name {} (from {origin}) is not a DNS label: lowercase letters, digits and hyphens, 1 to 63 characters, not starting or ending with a hyphen",
+            crate::interpolate::excerpt(&name)
         ));
         return None;
     }
@@ -1680,5 +1761,104 @@ secrets: [{{source: s, target: /run/secrets/s, mode: 0400}}]
         );
         assert_eq!(grafana["environment"]["GF_DATAPROXY_LOGGING"], "1");
         assert_eq!(grafana["cap_add"], yaml("[SYS_PTRACE]"));
+    }
+
+    #[test]
+    fn hostile_paths_fail_at_once() {
+        let dir = project(&[("ok.yaml", "services:\n  web:\n    image: nginx\n")]);
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        for bad in [fifo.display().to_string(), "/dev/zero".into(), "/".into()] {
+            let files = [
+                format!("services:\n  web:\n    image: nginx\n    env_file: {bad}\n"),
+                format!("services:\n  web:\n    extends: {{file: {bad}, service: x}}\n"),
+            ];
+            for text in files {
+                std::fs::write(dir.path().join("compose.yaml"), text).expect("write");
+                let errors = load_err(&options(dir.path()));
+                assert!(errors[0].contains("not a regular file"), "{errors:?}");
+            }
+            let mut opts = options(dir.path());
+            opts.files = vec![PathBuf::from(&bad)];
+            assert!(load_err(&opts)[0].contains("not a regular file"));
+            let mut opts = options(dir.path());
+            opts.files = vec![PathBuf::from("ok.yaml")];
+            opts.env_files = vec![PathBuf::from(&bad)];
+            assert!(load_err(&opts)[0].contains("not a regular file"));
+        }
+    }
+
+    #[test]
+    fn copies_are_bounded_across_the_project() {
+        // A 3 MB environment extended by 2000 services, and a 3 MB env_file named by 2000:
+        // each copy counts, and loading stops once they add up past the bound.
+        let env: String = (0..25_000)
+            .map(|i| format!("      K{i}: \"{}\"\n", "v".repeat(100)))
+            .collect();
+        let extenders: String = (0..2000)
+            .map(|i| format!("  s{i}:\n    extends: base\n"))
+            .collect();
+        let env_file: String = (0..25_000)
+            .map(|i| format!("K{i}={}\n", "v".repeat(100)))
+            .collect();
+        let users: String = (0..2000)
+            .map(|i| format!("  s{i}:\n    image: nginx\n    env_file: big.env\n"))
+            .collect();
+        for (compose, extra) in [
+            (
+                format!("services:\n  base:\n    image: nginx\n    environment:\n{env}{extenders}"),
+                "",
+            ),
+            (format!("services:\n{users}"), env_file.as_str()),
+        ] {
+            let dir = project(&[("compose.yaml", &compose), ("big.env", extra)]);
+            let start = std::time::Instant::now();
+            let errors = load_err(&options(dir.path()));
+            assert!(
+                errors.iter().any(|e| e.contains("larger than 32 MiB")),
+                "{:?}",
+                &errors[..errors.len().min(3)]
+            );
+            assert!(start.elapsed() < std::time::Duration::from_secs(30));
+        }
+        // The same file given twice is two copies, still well within the bound.
+        let dir = project(&[("compose.yaml", "services:\n  web:\n    image: nginx\n")]);
+        let mut opts = options(dir.path());
+        opts.files = vec!["compose.yaml".into(), "compose.yaml".into()];
+        assert_eq!(load_ok(&opts).document["services"]["web"]["image"], "nginx");
+    }
+
+    #[test]
+    fn a_chain_extended_by_many_services_is_resolved_once() {
+        // 3000 services extending the head of a 40-file chain: resolved once per link, not
+        // once per link for each service (which also counted 120,000 copies).
+        let mut files: Vec<(String, String)> = (0..40)
+            .map(|i| {
+                (
+                    format!("c{i}.yaml"),
+                    format!("services:\n  s:\n    extends: {{file: c{}.yaml, service: s}}\n    labels: {{l{i}: x}}\n", i + 1),
+                )
+            })
+            .collect();
+        files.push(("c40.yaml".into(), "services:\n  s:\n    image: x\n".into()));
+        let fan: String = (0..3000)
+            .map(|i| format!("  s{i}:\n    extends: {{file: c0.yaml, service: s}}\n"))
+            .collect();
+        files.push(("compose.yaml".into(), format!("services:\n{fan}")));
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let dir = project(&refs);
+        let start = std::time::Instant::now();
+        let l = load_ok(&options(dir.path()));
+        assert!(start.elapsed() < std::time::Duration::from_secs(20));
+        let s = &l.document["services"]["s2999"];
+        assert_eq!(s["image"], "x");
+        assert_eq!(s["labels"]["l39"], "x");
     }
 }

@@ -237,13 +237,38 @@ pub fn plan(loaded: &Loaded) -> Result<Plan, Vec<String>> {
     cx.warnings.sort_by_cached_key(|w| path_order(w));
     cx.warnings.dedup();
     services.sort_by(|a, b| a.plan.name.cmp(&b.plan.name));
-    Ok(Plan {
+    let max = flotilla_api::project::MAX_SERVICES;
+    if services.len() > max {
+        // Refused before anything is applied: `up` applies stage by stage, and the control
+        // plane would refuse only the stage that went past the bound.
+        cx.refusals.push(format!(
+            "services: {} services; a project has at most {max}",
+            services.len()
+        ));
+    }
+    // The last stage's apply carries every service: when it fits, every earlier one does.
+    let all = flotilla_api::project::ProjectApply {
+        services: services.iter().map(|s| s.plan.spec.clone()).collect(),
+        remove_orphans: false,
+    };
+    let bytes = serde_json::to_vec(&all).map_or(usize::MAX, |b| b.len());
+    let most = flotilla_api::project::MAX_APPLY_BYTES;
+    if bytes > most {
+        cx.refusals.push(format!(
+            "services: the project is {bytes} bytes as the control plane receives it; it takes \
+             at most {most} (large environments? env_file inlines every variable)"
+        ));
+    }
+    let plan = Plan {
         project: cx.project,
         services: services.into_iter().map(|s| s.plan).collect(),
         values,
         warnings: one_per_path(cx.warnings),
         refusals: cx.refusals,
-    })
+    };
+    // A cycle is an error here, as in `docker compose config`, not once `up` has started.
+    stages(&plan).map_err(|e| vec![format!("services: {e}")])?;
+    Ok(plan)
 }
 
 /// Sorted warnings with those at the same key path joined into one line (`PATH: A; B`): one

@@ -28,8 +28,8 @@ const MAX_BODY: usize = 128 * 1024;
 /// Largest body of `PUT /v1/projects/{name}`: a project carries every service's task
 /// definition and service in one body (up to [`flotilla_api::project::MAX_SERVICES`]); a
 /// real definition with its environment is a few KiB, so 20 services can pass
-/// [`MAX_BODY`] — 1 MiB is 10 KiB for each of 100.
-const MAX_PROJECT_BODY: usize = 1024 * 1024;
+/// [`MAX_BODY`]. `compose up` checks the same bound before it applies anything.
+const MAX_PROJECT_BODY: usize = flotilla_api::project::MAX_APPLY_BYTES;
 
 /// The body limit of a request: [`MAX_PROJECT_BODY`] for a project's apply, [`MAX_BODY`]
 /// for everything else.

@@ -24,6 +24,9 @@ pub const DEFAULT_TMPFS_MIB: u64 = 64;
 /// The least memory a container gets (MiB), as the task definition checks it.
 const MIN_MEMORY: u64 = 6;
 
+/// How many ports a warning lists before it counts the rest.
+const MAX_LISTED: usize = 20;
+
 /// A mapped service, with what the checks across services need.
 #[derive(Debug)]
 pub struct Mapped {
@@ -932,13 +935,14 @@ impl Service<'_> {
                 "none: the service publishes no port (ports and expose are not mapped)",
             );
         } else {
+            // Where each container port was first given: a range of 60,000 ports is 60,000
+            // mappings, so no search through the list for each.
+            let mut seen: std::collections::HashMap<(u16, bool), String> =
+                std::collections::HashMap::new();
             for port in given {
-                match all
-                    .iter()
-                    .find(|a| a.container == port.container && a.udp == port.udp)
-                {
+                match seen.get(&(port.container, port.udp)) {
                     Some(first) if port.path.contains(".ports[") => {
-                        let first = first.path.clone();
+                        let first = first.clone();
                         self.warn(
                             &port.path,
                             format!(
@@ -950,7 +954,10 @@ impl Service<'_> {
                         );
                     }
                     Some(_) => {}
-                    None => all.push(port),
+                    None => {
+                        seen.insert((port.container, port.udp), port.path.clone());
+                        all.push(port);
+                    }
                 }
             }
         }
@@ -1087,11 +1094,15 @@ impl Service<'_> {
             if let Some(first) = all.first() {
                 d["containerPort"] = json!(first.container);
                 d["vip"] = json!(self.vip);
-                let others: Vec<String> = all
+                let mut others: Vec<String> = all
                     .iter()
                     .skip(1)
+                    .take(MAX_LISTED)
                     .map(|p| format!("{}/{}", p.container, if p.udp { "udp" } else { "tcp" }))
                     .collect();
+                if all.len() > MAX_LISTED + 1 {
+                    others.push(format!("and {} more", all.len() - MAX_LISTED - 1));
+                }
                 if self.vip && !others.is_empty() {
                     let at = if all.iter().any(|p| p.path.contains(".ports[")) {
                         self.at("ports")

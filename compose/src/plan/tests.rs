@@ -381,6 +381,32 @@ fn ports_in_short_and_long_syntax() {
 }
 
 #[test]
+fn port_ranges_are_bounded() {
+    // 60,000 ports in a few bytes, many times over: refused at once, without a mapping each.
+    let many: String = (0..2000).map(|_| "      - '1-60000:1-60000'\n").collect();
+    let start = std::time::Instant::now();
+    let e = plan_of(&format!(
+        "services:\n  a:\n    image: a\n    ports:\n{many}"
+    ))
+    .expect_err("too many");
+    assert!(e[0].contains("at most 1000"), "{e:?}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    // Up to the bound, and the warning lists a few.
+    let p = ok("services:\n  a:\n    image: a\n    ports: ['1-999:1-999']\n");
+    assert_eq!(
+        container(&p, "a")["portMappings"].as_array().map(Vec::len),
+        Some(999)
+    );
+    let w = warned(&p, "services.a.ports");
+    assert!(w.iter().any(|w| w.contains("and 978 more")), "{w:?}");
+    let e = plan_of("services:\n  a:\n    image: a\n    ports: ['1-999', '1000-1001']\n")
+        .expect_err("too many");
+    assert!(e[0].starts_with("services.a.ports[1]: 1001 ports"), "{e:?}");
+    let e = plan_of("services:\n  a:\n    image: a\n    ports: ['-1:80']\n").expect_err("bad");
+    assert!(e[0].contains("'-1'"), "{e:?}");
+}
+
+#[test]
 fn expose_maps_container_ports_only() {
     let p = ok("services:\n  db:\n    image: postgres\n    expose: ['5432', 53/udp]\n");
     assert_eq!(
@@ -718,14 +744,31 @@ fn depends_on_in_both_forms() {
 
 #[test]
 fn a_cycle_is_named() {
-    let p = ok(concat!(
+    // An error of the plan (so of `config`), not only once `up` has created secrets.
+    let e = plan_of(concat!(
         "services:\n  a:\n    image: a\n    depends_on: [b]\n",
         "  b:\n    image: b\n    depends_on: [c]\n  c:\n    image: c\n    depends_on: [a]\n",
         "  d:\n    image: d\n"
-    ));
+    ))
+    .expect_err("a cycle");
     assert_eq!(
-        stages(&p),
-        Err("depends_on forms a cycle: a → b → c → a (each waits for the next)".into())
+        e,
+        ["services: depends_on forms a cycle: a → b → c → a (each waits for the next)"]
+    );
+}
+
+#[test]
+fn more_services_than_a_project_holds_are_refused_before_up_applies_any() {
+    // In stages (b… depend on a), so `up` would have applied the first before the control
+    // plane refused the second.
+    let mut yaml = String::from("services:\n  a:\n    image: a\n");
+    for i in 0..120 {
+        yaml.push_str(&format!("  b{i}:\n    image: b\n    depends_on: [a]\n"));
+    }
+    let p = ok(&yaml);
+    assert_eq!(
+        p.refusals,
+        ["services: 121 services; a project has at most 100"]
     );
 }
 
@@ -1080,4 +1123,39 @@ fn warnings_are_in_the_order_of_their_paths_indices_as_numbers() {
         .map(|i| format!("services.a.volumes[{i}]"))
         .collect();
     assert_eq!(paths, want);
+}
+
+#[test]
+fn a_negative_number_is_named_as_one_and_long_values_are_cut_in_messages() {
+    let e = plan_of("services:\n  a:\n    image: a\n    cpus: -1\n").expect_err("negative");
+    assert_eq!(
+        e,
+        ["services.a.cpus: expected a number of 0 or more, found -1"]
+    );
+    let long = "9".repeat(100_000);
+    let e = plan_of(&format!(
+        "services:\n  a:\n    image: a\n    cpus: 'x{long}'\n"
+    ))
+    .expect_err("not a number");
+    assert!(e[0].len() < 200, "{}", e[0]);
+}
+
+#[test]
+fn a_project_larger_than_the_control_plane_takes_is_refused_before_up_applies_any() {
+    // Small a first, then b with a large environment applied in a second stage: the first
+    // stage would pass and the second be refused.
+    let env: String = (0..300)
+        .map(|i| format!("      K{i}: '{}'\n", "v".repeat(4000)))
+        .collect();
+    let p = ok(&format!(
+        "services:\n  a:\n    image: a\n  b:\n    image: b\n    depends_on: [a]\n    environment:\n{env}"
+    ));
+    assert_eq!(p.refusals.len(), 1, "{:?}", p.refusals);
+    assert!(
+        p.refusals[0].starts_with("services: the project is ")
+            && p.refusals[0].contains("at most 1048576"),
+        "{:?}",
+        p.refusals
+    );
+    assert!(ok("services:\n  a:\n    image: a\n").refusals.is_empty());
 }

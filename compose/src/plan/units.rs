@@ -95,13 +95,17 @@ pub fn number(v: &Value) -> Result<f64, String> {
         _ => None,
     };
     n.filter(|n| n.is_finite() && *n >= 0.0)
-        .ok_or_else(|| format!("expected a number, found {}", describe(v)))
+        .ok_or_else(|| format!("expected a number of 0 or more, found {}", describe(v)))
 }
 
-/// A value as a message shows it: the scalar itself, else its kind.
+/// A value as a message shows it: the scalar itself (a long string cut after 80 characters),
+/// else its kind.
 pub fn describe(v: &Value) -> String {
     match v {
-        Value::String(s) => format!("'{s}'"),
+        Value::String(s) => match s.char_indices().nth(80) {
+            Some((at, _)) => format!("'{}…'", &s[..at]),
+            None => format!("'{s}'"),
+        },
         Value::Number(_) | Value::Bool(_) => scalar_text(v).unwrap_or_default(),
         other => kind(other).to_string(),
     }
@@ -225,7 +229,7 @@ pub fn port_range(text: &str) -> Result<(u16, u16), String> {
             .parse::<u16>()
             .ok()
             .filter(|p| *p > 0)
-            .ok_or_else(|| format!("'{t}' is not a port (1 to 65535)"))
+            .ok_or_else(|| format!("'{text}' is not a port or a range of ports (1 to 65535)"))
     };
     match text.split_once('-') {
         Some((a, b)) => {

@@ -596,3 +596,72 @@ fn an_auto_scaled_count_is_left_to_auto_scaling_with_a_warning() {
     );
     assert_eq!(h.commit_count(), commits);
 }
+
+#[test]
+fn hostile_bodies_are_refused_whole_with_the_field_named() {
+    let mut h = cluster();
+    // A hand-made service already holds shop's discovery name db.
+    h.register(&td("other", "busybox").to_string());
+    h.create_service(
+        &svc(
+            "other",
+            1,
+            json!({"taskDefinition": "other", "discovery": {"namespace": "shop", "name": "db"}}),
+        )
+        .to_string(),
+    );
+    let commits = h.commit_count();
+    // web would be created first: the refusal of db later in the same apply takes it back.
+    let services = vec![
+        one(td("web", "nginx:1"), svc("web", 1, json!({}))),
+        one(
+            td("db", "postgres:16"),
+            svc("db", 1, json!({"discovery": {"name": "db"}})),
+        ),
+    ];
+    let e = apply(&mut h, "shop", services, false).expect_err("discovery name taken");
+    assert!(e.to_string().contains("db"), "{e}");
+    assert_eq!(h.commit_count(), commits, "nothing half-applied");
+    assert!(h.op(Operator::GetService("web".into())).is_err(), "no web");
+    assert!(revisions(&mut h, "web").is_empty(), "no revision of web");
+
+    // Inputs of the wrong shape, each named by its path.
+    let services = vec![
+        one(json!("web"), svc("a", 1, json!({}))),
+        one(json!([1, 2]), svc("b", 1, json!({}))),
+        one(Value::Null, svc("c", 1, json!({}))),
+        one(td("d", "x"), json!("d")),
+        one(td("e", "x"), svc("e", 1, json!({"discovery": "e"}))),
+        one(td("f", "x"), svc("../f", 1, json!({}))),
+        one(td("g", "x"), svc(&"g".repeat(300), 1, json!({}))),
+        one(
+            td("h", "x"),
+            svc("h", 1, json!({"discovery": {"namespace": 7}})),
+        ),
+    ];
+    let e = apply(&mut h, "shop", services, false).expect_err("refused");
+    let ClusterError::Invalid { problems, .. } = e else {
+        panic!("{e:?}")
+    };
+    for prefix in [
+        "a: $.services[0].taskDefinition",
+        "b: $.services[1].taskDefinition",
+        "c: $.services[2].taskDefinition",
+        "$.services[3].service: expected an object",
+        "e: $.services[4].service.discovery",
+        "../f: $.services[5].service.serviceName",
+        "h: $.services[7].service.discovery.namespace: 7 is not the project",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(prefix)),
+            "no {prefix}… in {problems:#?}"
+        );
+    }
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("$.services[6].service.serviceName: use 1-255")),
+        "{problems:#?}"
+    );
+    assert_eq!(h.commit_count(), commits);
+}

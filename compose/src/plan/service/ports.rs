@@ -4,6 +4,9 @@ use serde_json::Value;
 
 use super::*;
 
+/// How many port mappings (`ports` and `expose` together) a service may have.
+pub(crate) const MAX_PORTS: usize = 1000;
+
 impl Service<'_> {
     /// Adds the container ports `target` (published on `published`, if given).
     #[allow(clippy::too_many_arguments)]
@@ -57,6 +60,20 @@ impl Service<'_> {
             }
         }
         let count = t1 - t0;
+        // A range is a mapping per port: `1-60000:1-60000` in a few bytes would otherwise be
+        // 60,000 mappings, and a file of them billions.
+        let mapped = self.ports.len() + self.exposed.len();
+        if mapped + usize::from(count) + 1 > MAX_PORTS {
+            self.problem(
+                p,
+                format!(
+                    "{} ports: a service maps at most {MAX_PORTS} (each port of a range is a \
+                     mapping)",
+                    mapped + usize::from(count) + 1
+                ),
+            );
+            return;
+        }
         let host_for = |i: u16| -> Option<u16> {
             let (h0, h1) = hosts?;
             if h1 - h0 == count {

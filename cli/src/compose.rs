@@ -73,9 +73,15 @@ pub enum ComposeCommand {
         #[arg(long, value_name = "SECONDS", default_value_t = 300)]
         wait_timeout: u64,
     },
-    /// Remove the project's services (their tasks stop) and the task definitions only they
-    /// used. Named volumes stay on the nodes (`nodeagent ctr volume rm` removes one there).
-    Down,
+    /// Remove the project's services and the task definitions only they used, and wait until
+    /// their tasks have stopped. Named volumes stay on the nodes (`nodeagent ctr volume rm`
+    /// removes one there), and so do the secrets and configs `up` created (`flotilla secret
+    /// rm`). A project that has no service is nothing to remove (not an error).
+    Down {
+        /// Seconds to wait for the tasks to stop.
+        #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+        timeout: u64,
+    },
     /// The project's tasks.
     Ps {
         /// Also stopped tasks.
@@ -148,20 +154,42 @@ pub async fn run(api: &Client, args: ComposeArgs, output: Output) -> Result<()> 
             wait_timeout,
         } => {
             let (_, plan) = load_and_plan(&args)?;
-            up(
-                api,
-                &plan,
-                *detach,
-                *remove_orphans,
-                Duration::from_secs(*wait_timeout),
-                output,
-            )
-            .await
+            let applied = std::sync::Mutex::new(Vec::new());
+            tokio::select! {
+                done = up(
+                    api,
+                    &plan,
+                    *detach,
+                    *remove_orphans,
+                    Duration::from_secs(*wait_timeout),
+                    output,
+                    &applied,
+                ) => done,
+                _ = tokio::signal::ctrl_c() => {
+                    let applied = applied.lock().map(|a| a.clone()).unwrap_or_default();
+                    let missing: Vec<&str> = plan
+                        .services
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .filter(|n| !applied.iter().any(|a| a == n))
+                        .collect();
+                    if applied.is_empty() {
+                        bail!("interrupted: nothing of project {} was applied", plan.project)
+                    }
+                    bail!(
+                        "interrupted: project {} is applied up to {} (not yet: {}); the applied \
+                         services keep running. `flotilla compose up` again finishes it, \
+                         `flotilla compose down` removes it",
+                        plan.project,
+                        applied.join(", "),
+                        if missing.is_empty() { "-".to_string() } else { missing.join(", ") }
+                    )
+                }
+            }
         }
-        ComposeCommand::Down => {
+        ComposeCommand::Down { timeout } => {
             let name = project_name(&args)?;
-            let done = api.remove_project(&name).await?;
-            print(output, &done, || print_changes(&done))
+            down(api, &name, Duration::from_secs(*timeout), output).await
         }
         ComposeCommand::Ps { all } => ps(api, &project_name(&args)?, *all, output).await,
         ComposeCommand::Logs {
@@ -317,6 +345,7 @@ async fn up(
     remove_orphans: bool,
     timeout: Duration,
     output: Output,
+    applied_so_far: &std::sync::Mutex<Vec<String>>,
 ) -> Result<()> {
     if !plan.refusals.is_empty() {
         return Err(problems(plan.refusals.clone()));
@@ -334,6 +363,7 @@ async fn up(
     let mut applied: Vec<&ServicePlan> = Vec::new();
     let mut changes: BTreeMap<String, (String, Change)> = BTreeMap::new();
     let mut warnings = BTreeSet::new();
+    let mut printed = BTreeSet::new();
     let mut last = None;
     for (i, stage) in stages.iter().enumerate() {
         for name in stage {
@@ -360,12 +390,22 @@ async fn up(
             remove_orphans: final_step && remove_orphans,
         };
         let done = api.apply_project(&plan.project, &req).await?;
+        if let Ok(mut so_far) = applied_so_far.lock() {
+            *so_far = applied.iter().map(|s| s.name.clone()).collect();
+        }
         for c in &done.services {
             let entry = changes
                 .entry(c.service.clone())
                 .or_insert((c.task_definition.clone(), c.change));
-            if entry.1 == Change::Unchanged {
+            if entry.1 == Change::Unchanged && c.change != Change::Unchanged {
                 *entry = (c.task_definition.clone(), c.change);
+            }
+            // Each change as it is made; what stayed as it was, at the end.
+            if output == Output::Table
+                && c.change != Change::Unchanged
+                && printed.insert(c.service.clone())
+            {
+                outln!("{:<10} {} ({})", c.change, c.service, c.task_definition);
             }
         }
         warnings.extend(done.warnings.iter().cloned());
@@ -386,7 +426,13 @@ async fn up(
         )
         .collect();
     if output == Output::Table {
-        print_changes(&result);
+        for c in result
+            .services
+            .iter()
+            .filter(|c| !printed.contains(&c.service))
+        {
+            outln!("{:<10} {} ({})", c.change, c.service, c.task_definition);
+        }
     }
     if !remove_orphans {
         let mine: BTreeSet<&str> = plan
@@ -417,6 +463,17 @@ async fn up(
         }
         if output == Output::Table {
             outln!("project {}: every service is running", plan.project);
+        }
+    } else if let Ok(p) = api.project(&plan.project).await {
+        // Returned without waiting: say now what keeps a service from running.
+        for s in &p.services {
+            if let Some(why) = &s.placement_problem {
+                errln!(
+                    "warning: {}: {} (its tasks wait until a node can take them)",
+                    s.spec.service_name,
+                    cell(why)
+                );
+            }
         }
     }
     if output != Output::Table {
@@ -682,6 +739,60 @@ fn problem(info: &ServiceInfo) -> String {
         .unwrap_or_default()
 }
 
+/// `down`: the project's services removed, then their tasks waited for.
+async fn down(api: &Client, project: &str, timeout: Duration, output: Output) -> Result<()> {
+    let done = match api.remove_project(project).await {
+        Ok(done) => done,
+        Err(e) if e.status() == Some(404) => {
+            errln!("project {project} has no service: nothing to remove (`flotilla compose ls` lists the projects)");
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    print(output, &done, || print_changes(&done))?;
+    let removed: BTreeSet<&str> = done.services.iter().map(|c| c.service.as_str()).collect();
+    let start = Instant::now();
+    loop {
+        let live = api
+            .tasks()
+            .await?
+            .into_iter()
+            .filter(|t| t.service().is_some_and(|s| removed.contains(s)))
+            .filter(|t| t.state != TaskState::Stopped)
+            .count();
+        if live == 0 {
+            break;
+        }
+        if start.elapsed() >= timeout {
+            bail!(
+                "project {project}: {live} tasks had not stopped within {} s (`flotilla task ls` shows them)",
+                timeout.as_secs()
+            );
+        }
+        crate::wait_or_reader_gone(Duration::from_secs(1)).await?;
+    }
+    // What `up` made that `down` keeps.
+    let prefix = format!("{project}-");
+    for kind in [ValueKind::Secret, ValueKind::Config] {
+        let kept: Vec<String> = api
+            .values(kind)
+            .await?
+            .into_iter()
+            .map(|v| v.name)
+            .filter(|n| n.starts_with(&prefix))
+            .collect();
+        if !kept.is_empty() {
+            errln!(
+                "kept: {}s {} (`flotilla {} rm NAME` removes one)",
+                noun(kind),
+                kept.join(", "),
+                noun(kind)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn print_changes(done: &ProjectApplied) {
     for c in &done.services {
         outln!("{:<10} {} ({})", c.change, c.service, c.task_definition);
@@ -764,6 +875,16 @@ async fn ps(api: &Client, project: &str, all: bool, output: Output) -> Result<()
             ],
             &rows,
         );
+        // A service without tasks has no row: say why.
+        for svc in &p.services {
+            if let Some(why) = &svc.placement_problem {
+                errln!(
+                    "{}: not every task is placed: {}",
+                    compose_name(svc),
+                    cell(why)
+                );
+            }
+        }
     })
 }
 
@@ -791,7 +912,11 @@ async fn logs(
         }
     }
     if streams.is_empty() {
-        bail!("project {project}: no running task");
+        let names: Vec<&str> = chosen.iter().map(compose_name).collect();
+        bail!(
+            "project {project}: no running task of {} (stopped tasks' logs went with their containers)",
+            names.join(", ")
+        );
     }
     let width = streams.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);

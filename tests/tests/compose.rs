@@ -1,6 +1,7 @@
 //! `flotilla compose` end to end, on a real control plane and a real node: a three-service
 //! project shaped like awesome-compose's nginx-golang-postgres (a web front, a back end on a
-//! port, a "db" with a health check the back end waits for) comes up in `depends_on` order;
+//! port, a "db" with a health check the back end waits for) comes up in `depends_on` order
+//! (also after a Ctrl-C while `up` waits, which says what was applied);
 //! the front reaches the back end by its Compose service name; `ps` and `logs` show them; a
 //! second `up` changes nothing (no event); a changed service alone rolls out; `down` leaves
 //! nothing.
@@ -87,10 +88,56 @@ fn a_compose_project_comes_up_in_order_reaches_by_name_updates_one_service_and_g
     assert!(config.contains("back says ${GREETING:-hello}") || config.contains("back says hello"));
     assert!(!warnings.contains("warning"), "{warnings}");
 
-    let (out, err) = compose_ok(&fleet, &file, &["up"]);
-    assert!(err.contains("waiting for db to be healthy"), "{err}");
-    for s in ["shop-front", "shop-back", "shop-db"] {
+    // Ctrl-C while `up` waits for the db to be healthy: the db is applied and keeps running,
+    // and `up` says so; nothing else was applied.
+    let mut up = std::process::Command::new(flotilla_tests::bin("flotilla"))
+        .arg("--config")
+        .arg(&fleet.cp.admin)
+        .args(["compose", "-f", file.to_str().expect("utf-8 path"), "up"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("flotilla compose up");
+    let mut stderr = std::io::BufReader::new(up.stderr.take().expect("stderr"));
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stderr, &mut line).expect("read stderr");
+        seen.push_str(&line);
+        if n == 0 || line.contains("waiting for db to be healthy") {
+            break;
+        }
+    }
+    assert!(seen.contains("waiting for db to be healthy"), "{seen}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&up),
+        rustix::process::Signal::INT,
+    )
+    .expect("SIGINT");
+    std::io::Read::read_to_string(&mut stderr, &mut seen).expect("read stderr");
+    let status = up.wait().expect("wait");
+    assert!(!status.success(), "{seen}");
+    assert!(
+        seen.contains("interrupted: project shop is applied up to db (not yet: back, front)"),
+        "{seen}"
+    );
+    let names: Vec<String> = fleet
+        .cp
+        .api()
+        .services()
+        .expect("services")
+        .into_iter()
+        .map(|s| s.spec.service_name)
+        .collect();
+    assert_eq!(names, ["shop-db"]);
+
+    // `up` again finishes the project, in order.
+    let (out, _) = compose_ok(&fleet, &file, &["up"]);
+    assert!(out.contains("unchanged  shop-db (shop-db:1)"), "{out}");
+    for s in ["shop-front", "shop-back"] {
         assert!(out.contains(&format!("created    {s} ({s}:1)")), "{out}");
+    }
+    for s in ["shop-front", "shop-back", "shop-db"] {
         assert_eq!(running(&fleet, s).len(), 1, "{s}");
     }
     // The back end was placed only once the db had passed its health check: at least the 3 s

@@ -553,6 +553,9 @@ fn has_health_check(s: &ServicePlan) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.get("healthCheck").is_some()))
 }
 
+/// Failed tasks of a service's deployment after which `up` stops waiting for it.
+const FAILED_TASKS: usize = 3;
+
 /// Where a service is, as `up` waits on it.
 struct Progress {
     met: bool,
@@ -661,6 +664,18 @@ async fn progress(api: &Client, s: &ServicePlan, condition: Condition) -> Result
             )
         })
         .unwrap_or_default();
+    // Tasks that failed (not stopped on purpose): past a few, waiting longer is a crash loop
+    // (a database never ready, a command that exits), as `docker compose up` stops at the
+    // first failure of a dependency.
+    let failures = tasks
+        .iter()
+        .filter(|t| {
+            t.state == TaskState::Stopped
+                && !t
+                    .stop_code
+                    .is_some_and(flotilla_api::tasks::StopCode::is_retirement)
+        })
+        .count();
     let breaker = primary
         .filter(|d| d.rollout_state == flotilla_api::service::RolloutState::Failed)
         .map(|d| {
@@ -672,6 +687,14 @@ async fn progress(api: &Client, s: &ServicePlan, condition: Condition) -> Result
                         .unwrap_or("no reason given")
                 )
             )
+        })
+        .or_else(|| {
+            (failures >= FAILED_TASKS && condition != Condition::CompletedSuccessfully).then(|| {
+                format!(
+                    "{failures} of its tasks failed{}",
+                    last_stop.replacen(';', ":", 1).trim_end()
+                )
+            })
         });
     Ok(match condition {
         Condition::Started => Progress {
@@ -888,6 +911,85 @@ async fn ps(api: &Client, project: &str, all: bool, output: Output) -> Result<()
     })
 }
 
+/// The tasks `logs` reads, and each one's prefix: `SERVICE-N`, N counting the service's
+/// tasks by age from 1, as Compose numbers containers.
+#[derive(Debug, Default)]
+struct Streams {
+    seen: BTreeSet<String>,
+    numbered: BTreeMap<String, usize>,
+}
+
+impl Streams {
+    /// The running tasks of `services` not read yet, oldest first, with their prefixes.
+    async fn new_tasks(
+        &mut self,
+        api: &Client,
+        services: &[ServiceInfo],
+    ) -> Result<Vec<(String, String)>> {
+        let mut tasks = api.tasks().await?;
+        tasks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        let mut new = Vec::new();
+        for s in services {
+            let mine: Vec<_> = tasks
+                .iter()
+                .filter(|t| {
+                    t.service() == Some(s.spec.service_name.as_str())
+                        && t.state != TaskState::Stopped
+                        && !self.seen.contains(&t.id)
+                })
+                .collect();
+            for t in mine {
+                let n = self
+                    .numbered
+                    .entry(s.spec.service_name.clone())
+                    .or_default();
+                *n += 1;
+                self.seen.insert(t.id.clone());
+                new.push((format!("{}-{n}", compose_name(s)), t.id.clone()));
+            }
+        }
+        Ok(new)
+    }
+}
+
+type LogItem = (
+    String,
+    Result<Option<flotilla_api::LogLine>, flotilla_client::ClientError>,
+);
+
+/// Reads one task's log stream into `tx`, each record with `prefix`.
+fn stream_task(
+    api: &Client,
+    tx: &tokio::sync::mpsc::Sender<LogItem>,
+    prefix: String,
+    task: String,
+    query: &LogQuery,
+) {
+    let (api, tx, query) = (api.clone(), tx.clone(), query.clone());
+    tokio::spawn(async move {
+        let mut stream = match api.logs(&task, &query).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send((prefix, Err(e))).await;
+                return;
+            }
+        };
+        loop {
+            let l = stream.next().await;
+            let end = !matches!(l, Ok(Some(_)));
+            if end {
+                if let Err(e) = l {
+                    let _ = tx.send((prefix, Err(e))).await;
+                }
+                return;
+            }
+            if tx.send((prefix.clone(), l)).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// `logs`: every chosen task's stream at once, each line prefixed `SERVICE-N | ` (N counts
 /// the service's tasks by age, from 1, as Compose numbers containers).
 async fn logs(
@@ -900,46 +1002,44 @@ async fn logs(
 ) -> Result<()> {
     use std::io::Write;
     let chosen = chosen(api, project, services).await?;
-    let mut tasks = api.tasks().await?;
-    tasks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-    let mut streams = Vec::new();
-    for s in &chosen {
-        let mine = tasks.iter().filter(|t| {
-            t.service() == Some(s.spec.service_name.as_str()) && t.state != TaskState::Stopped
-        });
-        for (i, t) in mine.enumerate() {
-            streams.push((format!("{}-{}", compose_name(s), i + 1), t.id.clone()));
-        }
-    }
-    if streams.is_empty() {
+    let names: Vec<String> = chosen.iter().map(|s| s.spec.service_name.clone()).collect();
+    let mut streams = Streams::default();
+    let first = streams.new_tasks(api, &chosen).await?;
+    if first.is_empty() {
         let names: Vec<&str> = chosen.iter().map(compose_name).collect();
         bail!(
             "project {project}: no running task of {} (stopped tasks' logs went with their containers)",
             names.join(", ")
         );
     }
-    let width = streams.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
+    let width = first.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-    for (prefix, task) in streams {
-        let (api, tx, query) = (api.clone(), tx.clone(), query.clone());
+    for (prefix, task) in first {
+        stream_task(api, &tx, prefix, task, &query);
+    }
+    if query.follow {
+        // Follow the services, not only their tasks of now: a task that replaces one (a
+        // rollout, `compose restart`, a crash) is followed too, numbered on.
+        let (api, tx, query, project) =
+            (api.clone(), tx.clone(), query.clone(), project.to_string());
         tokio::spawn(async move {
-            let mut stream = match api.logs(&task, &query).await {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = tx.send((prefix, Err(e))).await;
-                    return;
-                }
-            };
             loop {
-                let l = stream.next().await;
-                let end = !matches!(l, Ok(Some(_)));
-                if end {
-                    if let Err(e) = l {
-                        let _ = tx.send((prefix, Err(e))).await;
-                    }
-                    return;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let Ok(p) = api.project(&project).await else {
+                    continue;
+                };
+                let chosen: Vec<ServiceInfo> = p
+                    .services
+                    .into_iter()
+                    .filter(|s| names.contains(&s.spec.service_name))
+                    .collect();
+                let Ok(new) = streams.new_tasks(&api, &chosen).await else {
+                    continue;
+                };
+                for (prefix, task) in new {
+                    stream_task(&api, &tx, prefix, task, &query);
                 }
-                if tx.send((prefix.clone(), l)).await.is_err() {
+                if tx.is_closed() {
                     return;
                 }
             }

@@ -25,7 +25,7 @@ x-small: &small
 services:
   front:
     <<: *small
-    command: ["sh", "-c", "mkdir -p /www && echo {front} > /www/index.html && exec httpd -f -p 80 -h /www"]
+    command: ["sh", "-c", "mkdir -p /www && echo {front} > /www/index.html && echo serving {front} && exec httpd -f -p 80 -h /www"]
     ports: ["8080:80"]
     depends_on: [back]
   back:
@@ -206,6 +206,33 @@ fn a_compose_project_comes_up_in_order_reaches_by_name_updates_one_service_and_g
     let after: Vec<Event> = events(&fleet).into_iter().filter(|e| e.seq > seq).collect();
     assert!(after.is_empty(), "{after:?}");
 
+    // `logs -f` follows the service: the task that replaces the front's is followed too.
+    let mut follow = std::process::Command::new(flotilla_tests::bin("flotilla"))
+        .arg("--config")
+        .arg(&fleet.cp.admin)
+        .args([
+            "compose",
+            "-f",
+            file.to_str().expect("utf-8 path"),
+            "logs",
+            "-f",
+            "front",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("flotilla compose logs -f");
+    let followed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let reader = {
+        let (out, followed) = (follow.stdout.take().expect("stdout"), followed.clone());
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok)
+            {
+                followed.lock().expect("lock").push_str(&(line + "\n"));
+            }
+        })
+    };
+
     // A changed front rolls out alone.
     std::fs::write(&file, compose_file("front v2")).expect("write");
     let (out, _) = compose_ok(&fleet, &file, &["up"]);
@@ -225,6 +252,27 @@ fn a_compose_project_comes_up_in_order_reaches_by_name_updates_one_service_and_g
     );
     assert_eq!(running(&fleet, "shop-back")[0].id, back.id);
     assert_eq!(running(&fleet, "shop-db")[0].id, db.id);
+    wait(
+        "logs -f reading the new front",
+        Duration::from_secs(20),
+        || {
+            followed
+                .lock()
+                .expect("lock")
+                .contains("front-2 | serving front v2")
+        },
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+    let _ = reader.join();
+    assert!(
+        followed
+            .lock()
+            .expect("lock")
+            .contains("front-1 | serving front v1"),
+        "{}",
+        followed.lock().expect("lock")
+    );
 
     // `down` removes what `up` made, and nothing else.
     fleet.register(

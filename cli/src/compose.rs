@@ -81,6 +81,9 @@ pub enum ComposeCommand {
         /// Seconds to wait for the tasks to stop.
         #[arg(long, value_name = "SECONDS", default_value_t = 120)]
         timeout: u64,
+        /// (Not on a fleet: named volumes stay on the nodes; says how to remove them.)
+        #[arg(short = 'v', long)]
+        volumes: bool,
     },
     /// The project's tasks.
     Ps {
@@ -187,7 +190,7 @@ pub async fn run(api: &Client, args: ComposeArgs, output: Output) -> Result<()> 
                 }
             }
         }
-        ComposeCommand::Down { timeout } => {
+        ComposeCommand::Down { timeout, .. } => {
             let name = project_name(&args)?;
             down(api, &name, Duration::from_secs(*timeout), output).await
         }
@@ -322,8 +325,48 @@ fn project_name(args: &ComposeArgs) -> Result<String> {
         }
         return Ok(p.clone());
     }
-    let loaded = flotilla_compose::load(&options(args)?).map_err(problems)?;
+    let loaded = flotilla_compose::load(&options(args)?)
+        .map_err(problems)
+        .map_err(|e| {
+            e.context(
+                "which project? name it with -p NAME, or run this where its compose file is \
+                 (`flotilla compose ls` lists the projects)",
+            )
+        })?;
     Ok(loaded.name)
+}
+
+/// The project `name` as the control plane has it; an unknown one is said with how to find
+/// the known ones.
+async fn project_info(api: &Client, name: &str) -> Result<flotilla_api::project::ProjectInfo> {
+    match api.project(name).await {
+        Err(e) if e.status() == Some(404) => bail!(
+            "no project {name} in the cluster (`flotilla compose ls` lists the projects; `up` makes one)"
+        ),
+        other => Ok(other?),
+    }
+}
+
+/// What `flotilla compose` can tell before the credential is read: that the files load and
+/// map (for `up`), or which project is meant (for the rest). Prints nothing.
+pub fn check(args: &ComposeArgs) -> Result<()> {
+    match &args.command {
+        ComposeCommand::Up { .. } => {
+            let loaded = flotilla_compose::load(&options(args)?).map_err(problems)?;
+            let plan = flotilla_compose::plan(&loaded).map_err(problems)?;
+            if !plan.refusals.is_empty() {
+                return Err(problems(plan.refusals));
+            }
+            Ok(())
+        }
+        ComposeCommand::Down { volumes: true, .. } => bail!(
+            "down -v: named volumes live on each node that ran the project's tasks, and the \
+             control plane does not manage volumes yet: remove one there with `nodeagent ctr \
+             volume rm PROJECT_VOLUME` after `flotilla compose down` (nothing was removed)"
+        ),
+        ComposeCommand::Config { .. } | ComposeCommand::Ls => Ok(()),
+        _ => project_name(args).map(drop),
+    }
 }
 
 fn problems(list: Vec<String>) -> anyhow::Error {
@@ -824,7 +867,7 @@ fn print_changes(done: &ProjectApplied) {
 
 /// The project's services named (by their Compose name, or their Flotilla name), or all.
 async fn chosen(api: &Client, project: &str, names: &[String]) -> Result<Vec<ServiceInfo>> {
-    let p = api.project(project).await?;
+    let p = project_info(api, project).await?;
     if names.is_empty() {
         return Ok(p.services);
     }
@@ -849,7 +892,7 @@ fn compose_name(s: &ServiceInfo) -> &str {
 }
 
 async fn ps(api: &Client, project: &str, all: bool, output: Output) -> Result<()> {
-    let p = api.project(project).await?;
+    let p = project_info(api, project).await?;
     let names: BTreeMap<&str, &str> = p
         .services
         .iter()

@@ -1228,6 +1228,8 @@ async fn run(cli: Cli) -> Result<()> {
         if let Some(done) = compose::run_local(a, output) {
             return done;
         }
+        // A missing or broken compose file is said before a missing credential.
+        compose::check(a)?;
     }
     let named = cli.config.is_some();
     let api = match Client::open(&config_dir(cli.config)?).await {

@@ -118,6 +118,27 @@ pub enum ComposeCommand {
         #[arg(value_name = "SERVICE=N", required = true)]
         pairs: Vec<String>,
     },
+    /// Run a command in a running task of SERVICE, as `flotilla exec` does (with this
+    /// terminal as its input and a pseudo-terminal when standard input is one, as `docker
+    /// compose exec`; `-T` for none).
+    Exec {
+        /// No pseudo-terminal, and standard input only when it is not a terminal.
+        #[arg(short = 'T', long = "no-tty")]
+        no_tty: bool,
+        /// Which of the service's running tasks, by age from 1.
+        #[arg(long, default_value_t = 1)]
+        index: usize,
+        /// The Compose service.
+        service: String,
+        /// The command and its arguments.
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true,
+            value_name = "CMD"
+        )]
+        command: Vec<String>,
+    },
     /// The projects of the cluster.
     Ls,
 }
@@ -258,6 +279,43 @@ pub async fn run(api: &Client, args: ComposeArgs, output: Output) -> Result<()> 
                     outln!("{} scaled to {}", s.spec.service_name, s.spec.desired_count);
                 }
             })
+        }
+        ComposeCommand::Exec {
+            no_tty,
+            index,
+            service,
+            command,
+        } => {
+            let name = project_name(&args)?;
+            let s = chosen(api, &name, std::slice::from_ref(service))
+                .await?
+                .remove(0);
+            let mut tasks: Vec<_> = api
+                .tasks()
+                .await?
+                .into_iter()
+                .filter(|t| {
+                    t.service() == Some(s.spec.service_name.as_str())
+                        && t.state == TaskState::Running
+                })
+                .collect();
+            tasks.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+            let Some(task) = index.checked_sub(1).and_then(|i| tasks.get(i)) else {
+                bail!(
+                    "{}: {} running tasks, no task {index} (`flotilla compose ps` lists them)",
+                    compose_name(&s),
+                    tasks.len()
+                );
+            };
+            let terminal = rustix::termios::isatty(std::io::stdin());
+            let args = crate::exec::ExecArgs::new(
+                task.id.clone(),
+                None,
+                true,
+                terminal && !no_tty,
+                command.clone(),
+            );
+            crate::exec::run(api, args).await
         }
         ComposeCommand::Ls => {
             let list = api.projects().await?;

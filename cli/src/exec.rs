@@ -48,6 +48,25 @@ pub struct ExecArgs {
     command: Vec<String>,
 }
 
+impl ExecArgs {
+    /// An exec of `command` in `task` (its first container unless `container`).
+    pub fn new(
+        task: String,
+        container: Option<String>,
+        interactive: bool,
+        tty: bool,
+        command: Vec<String>,
+    ) -> Self {
+        Self {
+            task,
+            container,
+            interactive,
+            tty,
+            command,
+        }
+    }
+}
+
 /// How `flotilla exec` ends: the process exits with this code, having said why (if at all).
 #[derive(Debug)]
 pub struct ExitWith(pub u8);

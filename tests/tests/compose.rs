@@ -2,7 +2,8 @@
 //! project shaped like awesome-compose's nginx-golang-postgres (a web front, a back end on a
 //! port, a "db" with a health check the back end waits for) comes up in `depends_on` order
 //! (also after a Ctrl-C while `up` waits, which says what was applied);
-//! the front reaches the back end by its Compose service name; `ps` and `logs` show them; a
+//! the front reaches the back end by its Compose service name; `ps`, `logs` and `exec` reach
+//! them; a
 //! second `up` changes nothing (no event); a changed service alone rolls out; `down` leaves
 //! nothing.
 
@@ -195,6 +196,8 @@ fn a_compose_project_comes_up_in_order_reaches_by_name_updates_one_service_and_g
             .any(|l| l.starts_with("db") && l.contains("healthy")),
         "{ps}"
     );
+    let (page, _) = compose_ok(&fleet, &file, &["exec", "front", "cat", "/www/index.html"]);
+    assert_eq!(page, "front v1\n");
     let (logs, _) = compose_ok(&fleet, &file, &["logs", "back", "db"]);
     assert!(logs.contains("back-1 | back ready"), "{logs}");
     assert!(logs.contains("db-1   | db starting"), "{logs}");

@@ -468,8 +468,14 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
+        // 50,000 documents here (a few seconds in a debug build); FLOW_DOCUMENTS=3000000 for
+        // the longer run the bound was checked with.
+        let rounds: usize = std::env::var("FLOW_DOCUMENTS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(50_000);
         let mut parsed = 0;
-        for _ in 0..200_000 {
+        for _ in 0..rounds {
             let len = 1 + (next() % 16) as usize;
             let mut text = String::from("[");
             for _ in 0..len {

@@ -2592,3 +2592,47 @@ fn a_failed_one_shot_task_is_replaced_under_on_failure_not_under_never() {
         "{d:#?}"
     );
 }
+
+/// A one-shot DAEMON service (Compose's `global-job`) runs its task once on every node,
+/// and once on a node that joins later.
+#[test]
+fn a_one_shot_daemon_runs_once_on_every_node() {
+    let mut h = Harness::new();
+    h.join(&[], 2048, 4);
+    h.join(&[], 2048, 4);
+    h.register(&def("prep", "prep", 100));
+    h.completing.insert("prep".into());
+    h.create_service(
+        r#"{"serviceName":"prep","taskDefinition":"prep","schedulingStrategy":"DAEMON",
+            "completionPolicy":{"replace":"onFailure"}}"#,
+    );
+    for _ in 0..8 {
+        h.step();
+    }
+    let nodes = |h: &mut Harness| {
+        let mut n: Vec<String> = of_service(&h.tasks(), "prep")
+            .iter()
+            .filter_map(|t| t.node.clone())
+            .collect();
+        n.sort();
+        n
+    };
+    let mut want = h.nodes.clone();
+    want.sort();
+    assert_eq!(nodes(&mut h), want);
+    let s = h.service("prep");
+    assert_eq!(s.completed_count, 2, "{s:#?}");
+    assert_eq!(s.deployments[0].rollout_state, RolloutState::Completed);
+    let c = h.join(&[], 2048, 4);
+    for _ in 0..8 {
+        h.step();
+    }
+    want.push(c);
+    want.sort();
+    assert_eq!(
+        nodes(&mut h),
+        want,
+        "once on the new node, not again on the others"
+    );
+    assert_eq!(h.service("prep").completed_count, 3);
+}

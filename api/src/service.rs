@@ -70,6 +70,10 @@ pub struct ServiceSpec {
     /// What happens to tasks on a node that stops answering (Flotilla's own field).
     #[serde(default)]
     pub disconnect_policy: DisconnectPolicy,
+    /// Whether a task that stopped is replaced: a one-shot service's task that completed is
+    /// not (Flotilla's own field).
+    #[serde(default, skip_serializing_if = "CompletionPolicy::is_default")]
+    pub completion_policy: CompletionPolicy,
     /// The name it registers under for DNS, and its VIP (Flotilla's own field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discovery: Option<crate::discovery::Discovery>,
@@ -100,6 +104,56 @@ impl Default for DisconnectPolicy {
             reconcile: ReconcilePolicy::KeepReplacement,
             stop_on_client_after: None,
         }
+    }
+}
+
+/// `completionPolicy`: which stopped tasks of the service's deployment are replaced (Swarm's
+/// `restart_policy.condition` for a service's tasks, as opposed to a container's in-place
+/// `restartPolicy`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletionPolicy {
+    /// Which stopped tasks are replaced (default `always`).
+    pub replace: ReplaceStopped,
+}
+
+impl CompletionPolicy {
+    /// `replace: always`, today's and ECS's behaviour.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Which stopped tasks a service replaces (`completionPolicy.replace`). A task *completed* when
+/// it stopped because its essential containers exited, all with code 0; any other stop not
+/// made by the service itself is a *failure*.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReplaceStopped {
+    /// Every task that stopped is replaced: the service keeps its count running.
+    #[default]
+    Always,
+    /// A failed task is replaced; a completed one counts toward the desired count and is not
+    /// (a job: each of its tasks runs to success once per deployment).
+    OnFailure,
+    /// No task that stopped is replaced: each runs once per deployment, completed or failed.
+    Never,
+}
+
+impl ReplaceStopped {
+    /// As written: `always`, `onFailure`, `never`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "always",
+            Self::OnFailure => "onFailure",
+            Self::Never => "never",
+        }
+    }
+}
+
+impl std::fmt::Display for ReplaceStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(self.as_str())
     }
 }
 
@@ -211,6 +265,10 @@ pub struct DeploymentInfo {
     pub pending_count: u32,
     /// Its tasks that failed.
     pub failed_tasks: u32,
+    /// Its tasks that completed (stopped with exit code 0) and, by the service's
+    /// `completionPolicy`, are not replaced.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub completed_count: u32,
     /// Creation time.
     pub created_at: u64,
 }
@@ -228,6 +286,10 @@ pub struct ServiceInfo {
     pub running_count: u32,
     /// Tasks placed, not running yet.
     pub pending_count: u32,
+    /// Tasks of the primary deployment that completed and, by `completionPolicy`, are not
+    /// replaced.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub completed_count: u32,
     /// Newest first.
     pub deployments: Vec<DeploymentInfo>,
     /// Why tasks could not be placed lately, if so.
@@ -242,6 +304,10 @@ pub struct ServiceInfo {
     /// `POST /v1/services`. A project's apply changes and removes only its own services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// `POST /v1/services`: the service, and the fields that were ignored.
@@ -386,6 +452,7 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
         "placementStrategy",
         "namespace",
         "disconnectPolicy",
+        "completionPolicy",
         "discovery",
     ];
     let read_only: Vec<String> = READ_ONLY
@@ -645,6 +712,28 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
             kind(o)
         )),
     }
+    let mut completion = CompletionPolicy::default();
+    match m.get("completionPolicy") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(c)) => {
+            for (k, v) in c {
+                let p = format!("$.completionPolicy.{k}");
+                match (k.as_str(), v) {
+                    ("replace", o) => match serde_json::from_value::<ReplaceStopped>(o.clone()) {
+                        Ok(r) => completion.replace = r,
+                        Err(_) => {
+                            problems.push(format!("{p}: {o} is not always, onFailure or never"))
+                        }
+                    },
+                    _ => problems.push(format!("{p}: {}", unknown_field(k, &["replace"]))),
+                }
+            }
+        }
+        Some(o) => problems.push(format!(
+            "$.completionPolicy: expected an object, found {}",
+            kind(o)
+        )),
+    }
     let discovery = match m.get("discovery") {
         None | Some(Value::Null) => None,
         Some(Value::Object(d)) => discovery_of(d, name.as_deref(), &mut problems),
@@ -683,6 +772,7 @@ pub fn parse(text: &str) -> Result<Parsed, Vec<String>> {
             placement_constraints: constraints,
             placement_strategy: strategy,
             disconnect_policy: disconnect,
+            completion_policy: completion,
             discovery,
         },
         warnings,
@@ -923,5 +1013,63 @@ mod tests {
             e[0].starts_with("$.desiredCount: expected an integer, found a string"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn completion_policy_says_which_stopped_tasks_are_replaced() {
+        let p = parse(r#"{"serviceName": "web", "taskDefinition": "web"}"#).expect("valid");
+        assert_eq!(p.spec.completion_policy.replace, ReplaceStopped::Always);
+        // The default is not written back: a service as before reads as before.
+        let json = serde_json::to_value(&p.spec).expect("json");
+        assert!(json.get("completionPolicy").is_none(), "{json}");
+        for (text, want) in [
+            ("always", ReplaceStopped::Always),
+            ("onFailure", ReplaceStopped::OnFailure),
+            ("never", ReplaceStopped::Never),
+        ] {
+            let p = parse(&format!(
+                r#"{{"serviceName": "seed", "taskDefinition": "seed",
+                    "completionPolicy": {{"replace": "{text}"}}}}"#
+            ))
+            .expect("valid");
+            assert_eq!(p.spec.completion_policy.replace, want);
+            assert_eq!(want.to_string(), text);
+            let back: ServiceSpec =
+                serde_json::from_value(serde_json::to_value(&p.spec).expect("json"))
+                    .expect("round trip");
+            assert_eq!(back, p.spec);
+        }
+        let yaml =
+            parse("serviceName: seed\ntaskDefinition: seed\ncompletionPolicy:\n  replace: never\n")
+                .expect("yaml");
+        assert_eq!(yaml.spec.completion_policy.replace, ReplaceStopped::Never);
+        let bad = parse(
+            r#"{"serviceName": "seed", "taskDefinition": "seed",
+                "completionPolicy": {"replace": "on-failure", "replce": "never"}}"#,
+        )
+        .expect_err("invalid");
+        assert_eq!(
+            bad,
+            [
+                "$.completionPolicy.replace: \"on-failure\" is not always, onFailure or never",
+                "$.completionPolicy.replce: unknown field (did you mean 'replace'?)",
+            ]
+        );
+        for (v, want) in [
+            (
+                r#""never""#,
+                "$.completionPolicy: expected an object, found a string",
+            ),
+            (
+                r#"{"replace": true}"#,
+                "$.completionPolicy.replace: true is not always, onFailure or never",
+            ),
+        ] {
+            let e = parse(&format!(
+                r#"{{"serviceName": "a", "taskDefinition": "a", "completionPolicy": {v}}}"#
+            ))
+            .expect_err("invalid");
+            assert_eq!(e, [want]);
+        }
     }
 }

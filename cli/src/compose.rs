@@ -797,12 +797,20 @@ async fn progress(api: &Client, s: &ServicePlan, condition: Condition) -> Result
                 )
             })
         });
+    // A one-shot service's tasks that completed (its completionPolicy does not run them
+    // again) count as started, and as healthy: they did their work.
+    let completed = primary.map_or(0, |d| d.completed_count as usize);
+    let done = if completed > 0 {
+        format!(", {completed} completed")
+    } else {
+        String::new()
+    };
     Ok(match condition {
         Condition::Started => Progress {
-            met: running.len() >= want,
+            met: running.len() + completed >= want,
             failed: breaker,
             state: format!(
-                "{}/{want} tasks running{}{last_stop}",
+                "{}/{want} tasks running{done}{}{last_stop}",
                 running.len(),
                 problem(&info)
             ),
@@ -823,11 +831,11 @@ async fn progress(api: &Client, s: &ServicePlan, condition: Condition) -> Result
                     .any(|c| c.health == Some(HealthStatus::Unhealthy))
             });
             Progress {
-                met: want == 0 || healthy >= want,
+                met: want == 0 || healthy + completed >= want,
                 failed: breaker
                     .or_else(|| unhealthy.map(|t| format!("task {} is unhealthy", t.id))),
                 state: format!(
-                    "{}/{want} tasks running, {healthy} healthy{}{last_stop}",
+                    "{}/{want} tasks running, {healthy} healthy{done}{}{last_stop}",
                     running.len(),
                     problem(&info)
                 ),

@@ -479,24 +479,40 @@ fn read_input(file: &Path) -> Result<Vec<u8>> {
 }
 
 fn print_service(s: &ServiceInfo) {
+    // A one-shot service says what stopped tasks it leaves, and how many completed.
+    let replace = s.spec.completion_policy.replace;
+    let one_shot = replace != flotilla_api::service::ReplaceStopped::Always;
     outln!(
-        "{}  {}  {}  desired {}  running {}  pending {}",
+        "{}  {}  {}  desired {}  running {}  pending {}{}",
         s.spec.service_name,
         s.spec.scheduling_strategy,
         s.spec.task_definition,
         s.spec.desired_count,
         s.running_count,
-        s.pending_count
+        s.pending_count,
+        if one_shot {
+            format!(
+                "  completed {}  (replaces stopped: {replace})",
+                s.completed_count
+            )
+        } else {
+            String::new()
+        }
     );
     for d in &s.deployments {
         outln!(
-            "  {} {:<8} {:<12} {} running {} pending {} failed {}{}",
+            "  {} {:<8} {:<12} {} running {} pending {}{} failed {}{}",
             d.id,
             d.status,
             d.rollout_state,
             d.task_definition,
             d.running_count,
             d.pending_count,
+            if one_shot {
+                format!(" completed {}", d.completed_count)
+            } else {
+                String::new()
+            },
             d.failed_tasks,
             d.rollout_state_reason
                 .as_deref()
@@ -1073,6 +1089,7 @@ async fn service_listing(api: &Client) -> Result<Listing<ServiceInfo>> {
                 s.spec.desired_count.to_string(),
                 s.running_count.to_string(),
                 s.pending_count.to_string(),
+                s.completed_count.to_string(),
                 primary
                     .map(|d| d.rollout_state.to_string())
                     .unwrap_or_default(),
@@ -1093,6 +1110,7 @@ async fn service_listing(api: &Client) -> Result<Listing<ServiceInfo>> {
             "DESIRED",
             "RUNNING",
             "PENDING",
+            "COMPLETED",
             "ROLLOUT",
             "PROBLEM",
         ],

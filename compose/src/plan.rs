@@ -50,7 +50,9 @@
 //! | `deploy.placement.max_replicas_per_node: 1` | `distinctInstance` |
 //! | `deploy.update_config` `order`, `parallelism` | `deploymentConfiguration`: `start-first` → minimum 100 %, maximum 100 % + parallelism; `stop-first` (Swarm's default) → maximum 100 %, minimum 100 % − parallelism |
 //! | `deploy.update_config.failure_action` | `rollback` → circuit breaker with rollback; `pause` → circuit breaker |
-//! | `restart`, `deploy.restart_policy` | the container's `restartPolicy`: `always`/`unless-stopped`/`any` → enabled; `on-failure` → enabled but exit code 0 ignored; `no`/`none` → none (the node does not restart it in place; the service still replaces a task that stopped, with a warning); `window` → `restartAttemptPeriod` (60–1800 s) |
+//! | `restart`, `deploy.restart_policy` | the container's `restartPolicy`: `always`/`unless-stopped`/`any` → enabled; `on-failure` → enabled but exit code 0 ignored; `no`/`none` → none (the node does not restart it in place); `window` → `restartAttemptPeriod` (60–1800 s). And the service's `completionPolicy.replace`: `no`/`none` → `never` (a task that stopped is not run again), `on-failure` → `onFailure` (one that completed, exit code 0, is not) |
+//! | `deploy.mode: replicated-job` / `global-job` | as `replicated` / `global`, with `completionPolicy.replace: onFailure` (unless `restart_policy` says `none`) |
+//! | the target of a `service_completed_successfully` with no `restart` nor `restart_policy` | `completionPolicy.replace: onFailure` |
 //! | service `secrets` | container `secrets` `{name: TARGET or SOURCE, valueFrom: "flotilla:SECRET", environment: false, mode, uid, gid}`: the file `/run/secrets/NAME`, never a variable |
 //! | top-level `secrets` | `external`: that Flotilla secret as it is named; `file`/`environment`: secret `PROJECT-NAME` (or its `name:`) and a [`ValueSource`] |
 //! | service `configs` | container `configs` `{source: CONFIG, target (default /NAME), mode, uid, gid}` |
@@ -219,7 +221,7 @@ pub fn plan(loaded: &Loaded) -> Result<Plan, Vec<String>> {
     if services.is_empty() && cx.problems.is_empty() {
         cx.problem("services", "the project has no service");
     }
-    service::check_across(&mut cx, &services);
+    service::check_across(&mut cx, &mut services);
     let used = service::used_values(&services);
     let values: Vec<ValueSource> = globals
         .values

@@ -7,12 +7,18 @@
 //!   stops old ones only while at least `minimumHealthyPercent` stay healthy; unhealthy tasks
 //!   are replaced. **DAEMON** keeps one task on every eligible node (ready, matching the
 //!   constraints), replacing a node's old task under the same minimum.
-//! - A deployment is **completed** when all its tasks are healthy and no older task remains.
+//! - A task that stopped is replaced, unless the service's [`Replace`] policy keeps it: then
+//!   a task that **completed** (its essential containers exited 0) — and under
+//!   [`Replace::Never`] one that failed — counts toward the desired count of its deployment for
+//!   good. A new deployment runs such a one-shot service once more: the old deployment's
+//!   tasks are not its own.
+//! - A deployment is **completed** when all its tasks are healthy (or, kept by the policy,
+//!   completed) and no older task remains.
 //! - The **circuit breaker** fails a deployment once as many of its tasks failed as ECS's
 //!   threshold (half the desired count, at least 3, at most 200); with rollback the control
 //!   plane then deploys the last completed revision again.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 /// Why the planner stops a task. The control plane records it as the task's stop code; a task
 /// of a deployment that stopped for any reason but these (or was replaced as unhealthy) counts
@@ -43,6 +49,29 @@ pub enum Reconcile {
     LongestRunning,
 }
 
+/// Which stopped tasks of the service are replaced (`completionPolicy.replace`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Replace {
+    /// Every one: the service keeps its count running.
+    #[default]
+    Always,
+    /// Failed ones; a completed one counts toward the desired count.
+    OnFailure,
+    /// None: completed or failed, each counts toward the desired count.
+    Never,
+}
+
+impl Replace {
+    /// Whether a task of the deployment in `phase` stays counted instead of being replaced.
+    fn keeps(self, phase: Phase) -> bool {
+        match self {
+            Self::Always => false,
+            Self::OnFailure => phase == Phase::Completed,
+            Self::Never => matches!(phase, Phase::Completed | Phase::Failed),
+        }
+    }
+}
+
 /// How the service schedules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -67,6 +96,8 @@ pub struct ServiceSpec {
     pub rollback: bool,
     /// Which copy survives a lost node's return.
     pub reconcile: Reconcile,
+    /// Which stopped tasks are replaced.
+    pub replace: Replace,
 }
 
 /// Where a deployment's rollout is.
@@ -110,6 +141,8 @@ pub enum Phase {
     Stopping,
     /// Stopped by the service (scaled down, replaced, deleted, not eligible).
     Retired,
+    /// Stopped because its essential containers exited, all with code 0.
+    Completed,
     /// Stopped for any other reason.
     Failed,
     /// On a node lost for longer than the service waits: replaced, not counted, not stopped
@@ -174,6 +207,14 @@ pub enum Action {
         /// Tasks desired.
         desired: u32,
     },
+    /// Every task of the deployment ran once under [`Replace::Never`] (none is left to
+    /// start or replace) and some failed: its rollout failed, with no rollback.
+    EndFailed {
+        /// Deployment.
+        deployment: String,
+        /// Its tasks that failed.
+        failed: usize,
+    },
     /// The circuit breaker tripped.
     Fail {
         /// Deployment.
@@ -216,13 +257,52 @@ pub fn plan(
     let min_ready = (u64::from(desired) * u64::from(spec.min_healthy_percent)).div_ceil(100);
     let max_total =
         (u64::from(desired) * u64::from(spec.max_percent) / 100).max(u64::from(desired));
+    // Under `always` a task that completed is one more that stopped, as it always was (the
+    // circuit breaker counts it too).
+    let tasks: Vec<ServiceTask> = tasks
+        .iter()
+        .cloned()
+        .map(|mut t| {
+            if spec.replace == Replace::Always && t.phase == Phase::Completed {
+                t.phase = Phase::Failed;
+            }
+            t
+        })
+        .collect();
+    let tasks = tasks.as_slice();
+    // The primary deployment's stopped tasks that the policy keeps: they count toward its
+    // desired count and are never started again.
+    let kept: Vec<&ServiceTask> = tasks
+        .iter()
+        .filter(|t| t.deployment == primary.id && spec.replace.keeps(t.phase))
+        .collect();
+    let kept_failed = kept.iter().filter(|t| t.phase == Phase::Failed).count();
+    let finish = |out: &mut Vec<Action>| {
+        out.push(if kept_failed > 0 {
+            Action::EndFailed {
+                deployment: primary.id.clone(),
+                failed: kept_failed,
+            }
+        } else {
+            Action::Complete {
+                deployment: primary.id.clone(),
+            }
+        })
+    };
 
     // The circuit breaker first: a failing deployment starts nothing more.
     let failures = tasks
         .iter()
         .filter(|t| t.deployment == primary.id && t.phase == Phase::Failed)
         .count();
+    // A deployment in progress completes (or ends failed); one that completed ends failed
+    // when a task kept by `never` failed since.
+    let settles = primary.rollout == Rollout::InProgress
+        || (primary.rollout == Rollout::Completed && kept_failed > 0);
+    // (Under `never` a failed task is not replaced: there is no churn to stop, and a rollback
+    // would run the older revision's one-shot tasks again.)
     if spec.circuit_breaker
+        && spec.replace != Replace::Never
         && primary.rollout == Rollout::InProgress
         && !primary.proven
         && failures >= failure_threshold(desired)
@@ -256,10 +336,12 @@ pub fn plan(
             let mine: Vec<&ServiceTask> = alive.iter().copied().filter(is_primary).collect();
             let old: Vec<&ServiceTask> = alive.iter().copied().filter(|t| !is_primary(t)).collect();
             let total = alive.len() as u64 + stopping;
+            // What kept tasks leave for live ones of the primary deployment.
+            let desired_live = u64::from(desired).saturating_sub(kept.len() as u64);
             // Surplus (scaled down, or a lost node came back with tasks that were replaced):
             // copies a returning node brought go by the reconcile policy, then not-ready and
             // newest first.
-            if mine.len() as u64 > u64::from(desired) {
+            if mine.len() as u64 > desired_live {
                 let mut surplus = mine.clone();
                 let keep = |t: &ServiceTask| match spec.reconcile {
                     Reconcile::KeepReplacement => !t.was_lost,
@@ -274,7 +356,7 @@ pub fn plan(
                     )
                 });
                 let returned = mine.iter().any(|t| t.was_lost);
-                for t in surplus.iter().take(mine.len() - desired as usize) {
+                for t in surplus.iter().take(mine.len() - desired_live as usize) {
                     out.push(Action::Stop {
                         task: t.id.clone(),
                         cause: if returned {
@@ -287,7 +369,7 @@ pub fn plan(
             }
             // Start new ones within maximumPercent.
             if starting_allowed {
-                let missing = u64::from(desired).saturating_sub(mine.len() as u64);
+                let missing = desired_live.saturating_sub(mine.len() as u64);
                 let room = max_total.saturating_sub(total);
                 let n = missing.min(room);
                 if n > 0 {
@@ -310,8 +392,10 @@ pub fn plan(
                     cause: StopCause::Replaced,
                 });
             }
-            let mine_ready = mine.iter().filter(|t| t.phase == Phase::Ready).count() as u64;
-            let mine_running = mine.iter().filter(|t| t.phase != Phase::Pending).count();
+            let mine_ready =
+                mine.iter().filter(|t| t.phase == Phase::Ready).count() as u64 + kept.len() as u64;
+            let mine_running =
+                mine.iter().filter(|t| t.phase != Phase::Pending).count() + kept.len();
             if primary.rollout == Rollout::Completed && (mine_running as u64) < u64::from(desired) {
                 out.push(Action::Reopen {
                     deployment: primary.id.clone(),
@@ -319,13 +403,8 @@ pub fn plan(
                     desired,
                 });
             }
-            if primary.rollout == Rollout::InProgress
-                && mine_ready >= u64::from(desired)
-                && old.is_empty()
-            {
-                out.push(Action::Complete {
-                    deployment: primary.id.clone(),
-                });
+            if settles && mine_ready >= u64::from(desired) && old.is_empty() {
+                finish(&mut out);
             }
         }
         Mode::Daemon => {
@@ -333,22 +412,27 @@ pub fn plan(
             for t in &alive {
                 by_node.entry(t.node.as_str()).or_default().push(t);
             }
+            let kept_on: BTreeSet<&str> = kept.iter().map(|t| t.node.as_str()).collect();
             let mut done = true;
             let mut running = 0;
             for n in eligible {
                 let here = by_node.remove(n.as_str()).unwrap_or_default();
                 let (mine, old): (Vec<&ServiceTask>, Vec<&ServiceTask>) =
                     here.into_iter().partition(is_primary);
-                for t in mine.iter().skip(1) {
+                // The node ran its task of this deployment to its end, kept by the policy.
+                let kept_here = kept_on.contains(n.as_str());
+                for t in mine.iter().skip(usize::from(!kept_here)) {
                     out.push(Action::Stop {
                         task: t.id.clone(),
                         cause: StopCause::ScaledDown,
                     });
                 }
-                if mine.first().is_none_or(|t| t.phase != Phase::Ready) || !old.is_empty() {
+                if (!kept_here && mine.first().is_none_or(|t| t.phase != Phase::Ready))
+                    || !old.is_empty()
+                {
                     done = false;
                 }
-                if mine.first().is_some_and(|t| t.phase != Phase::Pending) {
+                if kept_here || mine.first().is_some_and(|t| t.phase != Phase::Pending) {
                     running += 1;
                 }
                 for t in &old {
@@ -364,7 +448,7 @@ pub fn plan(
                     });
                 }
                 // A node's old task goes before its new one starts (one per node).
-                if mine.is_empty() && old.is_empty() && starting_allowed {
+                if mine.is_empty() && old.is_empty() && !kept_here && starting_allowed {
                     out.push(Action::StartOn {
                         deployment: primary.id.clone(),
                         node: n.clone(),
@@ -387,10 +471,8 @@ pub fn plan(
                     desired,
                 });
             }
-            if primary.rollout == Rollout::InProgress && done && stopping == 0 {
-                out.push(Action::Complete {
-                    deployment: primary.id.clone(),
-                });
+            if settles && done && stopping == 0 {
+                finish(&mut out);
             }
         }
     }
@@ -409,6 +491,7 @@ mod tests {
             circuit_breaker: true,
             rollback: true,
             reconcile: Reconcile::KeepReplacement,
+            replace: Replace::Always,
         }
     }
 
@@ -673,5 +756,170 @@ mod tests {
         assert_eq!(survivor(Reconcile::KeepReplacement), ["t2"]);
         assert_eq!(survivor(Reconcile::KeepOriginal), ["t3"]);
         assert_eq!(survivor(Reconcile::LongestRunning), ["t3"]);
+    }
+
+    fn one_shot(n: u32, replace: Replace) -> ServiceSpec {
+        let mut s = spec(Mode::Replica(n));
+        s.replace = replace;
+        s
+    }
+
+    #[test]
+    fn a_completed_task_counts_and_is_not_replaced_unless_always() {
+        let d = [dep("d1", true, Rollout::InProgress)];
+        let tasks = [
+            task("t1", "d1", "n", Phase::Completed, 1),
+            task("t2", "d1", "n", Phase::Ready, 2),
+        ];
+        // onFailure and never: the completed one counts; the deployment is complete.
+        for r in [Replace::OnFailure, Replace::Never] {
+            assert_eq!(
+                plan(&one_shot(2, r), &d, &tasks, &[]),
+                [Action::Complete {
+                    deployment: "d1".into()
+                }],
+                "{r:?}"
+            );
+        }
+        // always (the default): it is replaced, as any task that stopped.
+        let a = plan(&one_shot(2, Replace::Always), &d, &tasks, &[]);
+        assert_eq!(starts(&a), 1, "{a:?}");
+        assert!(!a.contains(&Action::Complete {
+            deployment: "d1".into()
+        }));
+        // A deployment whose every task completed is complete, and stays so: nothing starts
+        // again, round after round.
+        let all_done = [
+            task("t1", "d1", "n", Phase::Completed, 1),
+            task("t2", "d1", "n", Phase::Completed, 2),
+        ];
+        let s = one_shot(2, Replace::OnFailure);
+        assert_eq!(
+            plan(&s, &d, &all_done, &[]),
+            [Action::Complete {
+                deployment: "d1".into()
+            }]
+        );
+        let done = [dep("d1", true, Rollout::Completed)];
+        assert_eq!(plan(&s, &done, &all_done, &[]), []);
+    }
+
+    #[test]
+    fn a_failed_task_is_replaced_under_on_failure_not_under_never() {
+        let d = [dep("d1", true, Rollout::InProgress)];
+        let tasks = [task("t1", "d1", "n", Phase::Failed, 1)];
+        assert_eq!(
+            plan(&one_shot(1, Replace::OnFailure), &d, &tasks, &[]),
+            [Action::Start {
+                deployment: "d1".into(),
+                count: 1
+            }]
+        );
+        // Under never it ran once: the rollout failed (no rollback), nothing starts.
+        assert_eq!(
+            plan(&one_shot(1, Replace::Never), &d, &tasks, &[]),
+            [Action::EndFailed {
+                deployment: "d1".into(),
+                failed: 1
+            }]
+        );
+        let ended = [dep("d1", true, Rollout::Failed)];
+        assert_eq!(plan(&one_shot(1, Replace::Never), &ended, &tasks, &[]), []);
+        // One that completed ends failed when a task fails after it completed.
+        let done = [dep("d1", true, Rollout::Completed)];
+        let later = [
+            task("t1", "d1", "n", Phase::Completed, 1),
+            task("t2", "d1", "n", Phase::Failed, 2),
+        ];
+        assert_eq!(
+            plan(&one_shot(2, Replace::Never), &done, &later, &[]),
+            [Action::EndFailed {
+                deployment: "d1".into(),
+                failed: 1
+            }]
+        );
+        // Under never the circuit breaker has no churn to stop (nor a rollback to run the
+        // older revision's job again).
+        let failed: Vec<ServiceTask> = (0..4)
+            .map(|i| task(&format!("f{i}"), "d1", "n", Phase::Failed, i))
+            .collect();
+        assert_eq!(
+            plan(&one_shot(4, Replace::Never), &d, &failed, &[]),
+            [Action::EndFailed {
+                deployment: "d1".into(),
+                failed: 4
+            }]
+        );
+        assert!(matches!(
+            plan(&one_shot(4, Replace::OnFailure), &d, &failed, &[])[..],
+            [Action::Fail { .. }]
+        ));
+        // A task that stopped by the service's own hand (scaled down) is not kept.
+        let retired = [task("t1", "d1", "n", Phase::Retired, 1)];
+        assert_eq!(
+            starts(&plan(&one_shot(1, Replace::Never), &d, &retired, &[])),
+            1
+        );
+    }
+
+    #[test]
+    fn a_new_deployment_runs_a_one_shot_service_once_more() {
+        let s = one_shot(1, Replace::OnFailure);
+        let d = [
+            dep("d1", false, Rollout::Completed),
+            dep("d2", true, Rollout::InProgress),
+        ];
+        // d1's completed task is not d2's: d2 starts one.
+        let old = task("t1", "d1", "n", Phase::Completed, 1);
+        assert_eq!(
+            plan(&s, &d, std::slice::from_ref(&old), &[]),
+            [Action::Start {
+                deployment: "d2".into(),
+                count: 1
+            }]
+        );
+        // Once it completed, nothing more starts.
+        let new = task("t2", "d2", "n", Phase::Completed, 2);
+        assert_eq!(
+            plan(&s, &d, &[old.clone(), new.clone()], &[]),
+            [Action::Complete {
+                deployment: "d2".into()
+            }]
+        );
+        let d = [
+            dep("d1", false, Rollout::Completed),
+            dep("d2", true, Rollout::Completed),
+        ];
+        assert_eq!(plan(&s, &d, &[old, new], &[]), []);
+    }
+
+    #[test]
+    fn a_one_shot_daemon_runs_once_on_each_node() {
+        let mut s = spec(Mode::Daemon);
+        s.replace = Replace::OnFailure;
+        let d = [dep("d1", true, Rollout::InProgress)];
+        let nodes = ["a".to_string(), "b".to_string()];
+        let tasks = [
+            task("ta", "d1", "a", Phase::Completed, 1),
+            task("tb", "d1", "b", Phase::Failed, 2),
+        ];
+        // a completed, b failed: b runs it again, a does not.
+        assert_eq!(
+            plan(&s, &d, &tasks, &nodes),
+            [Action::StartOn {
+                deployment: "d1".into(),
+                node: "b".into()
+            }]
+        );
+        let tasks = [
+            tasks[0].clone(),
+            task("tb2", "d1", "b", Phase::Completed, 3),
+        ];
+        assert_eq!(
+            plan(&s, &d, &tasks, &nodes),
+            [Action::Complete {
+                deployment: "d1".into()
+            }]
+        );
     }
 }

@@ -309,3 +309,65 @@ fn a_compose_project_comes_up_in_order_reaches_by_name_updates_one_service_and_g
         .any(|d| d.family == "other" && d.status == flotilla_api::ops::TaskDefStatus::Active));
     fleet.finish();
 }
+
+/// One-shot services run once: a seed with `restart: "no"` and a migration the app waits
+/// for with `service_completed_successfully` each run to their end once — `up` does not wait
+/// for them to be running, the fleet does not run them again, and an `up` that changes
+/// nothing does not either.
+#[test]
+fn one_shot_services_run_once_and_up_waits_for_their_completion() {
+    let fleet = Fleet::start(&[&[]]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("compose.yaml");
+    std::fs::write(
+        &file,
+        r#"name: once
+x-small: &small
+  image: test/busybox:latest
+  mem_limit: 32m
+  stop_grace_period: 2s
+services:
+  seed:
+    <<: *small
+    command: ["sh", "-c", "echo seeded"]
+    restart: "no"
+  migrate:
+    <<: *small
+    command: ["sh", "-c", "echo migrated"]
+  app:
+    <<: *small
+    command: ["sh", "-c", "exec httpd -f -p 80 -h /tmp"]
+    depends_on:
+      migrate:
+        condition: service_completed_successfully
+"#,
+    )
+    .expect("write");
+    let (out, _) = compose_ok(&fleet, &file, &["up"]);
+    assert!(out.contains("every service is running"), "{out}");
+    assert_eq!(running(&fleet, "once-app").len(), 1);
+    let runs = |service: &str| {
+        fleet
+            .cp
+            .tasks()
+            .into_iter()
+            .filter(|t| t.service() == Some(service))
+            .collect::<Vec<_>>()
+    };
+    // Long enough for a service that replaced them to have run them again several times.
+    std::thread::sleep(Duration::from_secs(8));
+    for s in ["once-seed", "once-migrate"] {
+        let tasks = runs(s);
+        assert_eq!(tasks.len(), 1, "{s} ran more than once: {tasks:#?}");
+        assert_eq!(tasks[0].state, TaskState::Stopped, "{tasks:#?}");
+        assert!(tasks[0].containers.iter().all(|c| c.exit_code == Some(0)));
+        assert_eq!(fleet.cp.service(s).completed_count, 1);
+    }
+    let (out, _) = compose_ok(&fleet, &file, &["up", "-d"]);
+    assert_eq!(out.matches("unchanged").count(), 3, "{out}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(runs("once-seed").len(), 1);
+    assert_eq!(runs("once-migrate").len(), 1);
+    compose_ok(&fleet, &file, &["down"]);
+    fleet.finish();
+}

@@ -39,6 +39,9 @@ pub struct Mapped {
     discovery: Option<String>,
     /// The Flotilla secrets and configs its container uses.
     values: Vec<(ValueKind, String)>,
+    /// It says which stopped tasks are replaced (`restart`, `deploy.restart_policy` or a
+    /// job's `deploy.mode`).
+    says_replace: bool,
 }
 
 /// One published or exposed port.
@@ -76,6 +79,8 @@ struct Service<'a> {
     cpu_weight: Option<(u32, String)>,
     restart: Option<(Restart, String)>,
     deploy_restart: Option<(Restart, String)>,
+    /// `deploy.mode: replicated-job` or `global-job`.
+    job: bool,
     replicas: Option<(u32, String)>,
     scale: Option<(u32, String)>,
     global: bool,
@@ -159,6 +164,7 @@ pub fn map(
         cpu_weight: None,
         restart: None,
         deploy_restart: None,
+        job: false,
         replicas: None,
         scale: None,
         global: false,
@@ -916,14 +922,19 @@ impl Service<'_> {
                 }
                 self.container.insert("restartPolicy".into(), rp);
                 self.origin(format!("{C}.restartPolicy"), at);
-            } else {
-                self.warn(
-                    &at,
-                    "the container is not restarted in place, but a Flotilla service starts a \
-                     new task when its task stops (run a one-off with `flotilla task run`)",
-                );
             }
         }
+        // Which stopped tasks the service replaces, as Swarm's restart condition says of a
+        // service's tasks: `none` (`restart: "no"`) none, `on-failure` (and a job) the failed
+        // ones only; `any`/`always` every one (the default).
+        let given = self.deploy_restart.clone().or(self.restart.clone());
+        let replace = match &given {
+            Some((r, _)) if !r.enabled => Some("never"),
+            Some((r, _)) if r.ignore_success => Some("onFailure"),
+            _ if self.job => Some("onFailure"),
+            _ => None,
+        };
+        let says_replace = given.is_some() || self.job;
 
         // Ports: each container port once; those of expose only when not also published.
         let mode = self.network.clone().unwrap_or_else(|| "bridge".into());
@@ -1061,6 +1072,9 @@ impl Service<'_> {
                 Value::Array(std::mem::take(&mut self.constraints)),
             );
         }
+        if let Some(r) = replace {
+            svc.insert("completionPolicy".into(), json!({ "replace": r }));
+        }
         if !self.strategy.is_empty() {
             svc.insert(
                 "placementStrategy".into(),
@@ -1142,6 +1156,7 @@ impl Service<'_> {
             healthy_check: self.healthy_check,
             discovery: discovery_name,
             values: std::mem::take(&mut self.values),
+            says_replace,
         })
     }
 
@@ -1210,8 +1225,24 @@ fn is_attribute(s: &str) -> bool {
 }
 
 /// Checks across services: names that collide on Flotilla, and `service_healthy` on a
-/// service without a health check.
-pub fn check_across(cx: &mut Cx, services: &[Mapped]) {
+/// service without a health check. A service another one waits for with
+/// `service_completed_successfully`, and that says nothing of restarts, is a one-shot one: its
+/// task that completed is not run again (`completionPolicy` onFailure).
+pub fn check_across(cx: &mut Cx, services: &mut [Mapped]) {
+    let awaited: BTreeSet<String> = services
+        .iter()
+        .flat_map(|s| &s.plan.depends_on)
+        .filter(|d| d.condition == Condition::CompletedSuccessfully)
+        .map(|d| d.service.clone())
+        .collect();
+    for s in services.iter_mut() {
+        if !s.says_replace && awaited.contains(&s.plan.name) {
+            if let Value::Object(svc) = &mut s.plan.spec.service {
+                svc.insert("completionPolicy".into(), json!({ "replace": "onFailure" }));
+            }
+        }
+    }
+    let services = &*services;
     let mut families: BTreeMap<&str, &str> = BTreeMap::new();
     let mut labels: BTreeMap<&str, &str> = BTreeMap::new();
     for s in services {

@@ -609,7 +609,8 @@ fn restart_policies_restart_in_place() {
     );
     assert_eq!(warned(&p, "services.b.restart").len(), 1);
     assert_eq!(container(&p, "c").get("restartPolicy"), None);
-    assert_eq!(warned(&p, "services.c.restart").len(), 1);
+    // Not restarted in place, and its task is not run again once it stopped: nothing to warn.
+    assert_eq!(warned(&p, "services.c.restart"), Vec::<&str>::new());
     assert_eq!(
         container(&p, "d")["restartPolicy"],
         json!({"enabled": true, "ignoredExitCodes": [0], "restartAttemptPeriod": 120})
@@ -617,6 +618,73 @@ fn restart_policies_restart_in_place() {
     assert_eq!(
         warned(&p, "services.d.deploy.restart_policy.max_attempts").len(),
         1
+    );
+}
+
+#[test]
+fn one_shot_services_are_not_run_again_once_they_completed() {
+    let p = ok(concat!(
+        "services:\n  always:\n    image: a\n    restart: always\n",
+        "  plain:\n    image: p\n",
+        "  seed:\n    image: s\n    restart: 'no'\n",
+        "  retry:\n    image: r\n    restart: on-failure\n",
+        "  none:\n    image: n\n    deploy:\n      restart_policy: {condition: none}\n",
+        "  swarm-retry:\n    image: r\n    deploy:\n      restart_policy: {condition: on-failure}\n",
+        "  any:\n    image: a\n    deploy:\n      restart_policy: {condition: any}\n",
+        "  job:\n    image: j\n    deploy:\n      mode: replicated-job\n      replicas: 3\n",
+        "  node-job:\n    image: j\n    deploy:\n      mode: global-job\n",
+        "  once-job:\n    image: j\n    deploy:\n      mode: replicated-job\n      restart_policy: {condition: none}\n",
+        "  migrate:\n    image: m\n",
+        "  prepare:\n    image: p\n    restart: always\n",
+        "  api:\n    image: a\n    depends_on:\n",
+        "      migrate: {condition: service_completed_successfully}\n",
+        "      prepare: {condition: service_completed_successfully}\n",
+        "      plain: {condition: service_started}\n",
+    ));
+    let replace = |name: &str| svc(&p, name)["completionPolicy"]["replace"].clone();
+    for (name, want) in [
+        ("always", Value::Null),
+        ("plain", Value::Null),
+        ("any", Value::Null),
+        ("api", Value::Null),
+        ("seed", json!("never")),
+        ("none", json!("never")),
+        ("once-job", json!("never")),
+        ("retry", json!("onFailure")),
+        ("swarm-retry", json!("onFailure")),
+        ("job", json!("onFailure")),
+        ("node-job", json!("onFailure")),
+        // Awaited to complete, saying nothing of restarts: a one-shot service.
+        ("migrate", json!("onFailure")),
+        // Awaited, but it says it restarts always: as it says.
+        ("prepare", Value::Null),
+    ] {
+        assert_eq!(replace(name), want, "{name}: {}", svc(&p, name));
+    }
+    assert_eq!(svc(&p, "job")["desiredCount"], json!(3));
+    assert_eq!(svc(&p, "node-job")["schedulingStrategy"], json!("DAEMON"));
+    // The container's in-place restart is as it was.
+    assert_eq!(
+        container(&p, "retry")["restartPolicy"],
+        json!({"enabled": true, "ignoredExitCodes": [0]})
+    );
+    assert_eq!(container(&p, "seed").get("restartPolicy"), None);
+    // Jobs map: nothing to warn about.
+    assert_eq!(warned(&p, "services.job.deploy.mode"), Vec::<&str>::new());
+    assert_eq!(
+        warned(&p, "services.node-job.deploy.mode"),
+        Vec::<&str>::new()
+    );
+    // And the API takes what the plan says.
+    for s in &p.services {
+        let text = serde_json::to_string(&s.spec.service).expect("json");
+        flotilla_api::service::parse(&text).unwrap_or_else(|e| panic!("{}: {e:?}", s.name));
+    }
+    let e = plan_of("services:\n  a:\n    image: a\n    deploy:\n      mode: batch\n")
+        .expect_err("unknown mode");
+    assert!(
+        e[0].starts_with("services.a.deploy.mode: expected replicated, global"),
+        "{e:?}"
     );
 }
 

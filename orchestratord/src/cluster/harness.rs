@@ -85,6 +85,9 @@ pub struct Harness {
     /// Task definitions (`family` or `family:revision`) whose tasks fail as their node starts
     /// them (an essential container exits 1).
     pub failing: BTreeSet<String>,
+    /// Task definitions whose tasks run to completion as their node starts them (their
+    /// essential container exits 0).
+    pub completing: BTreeSet<String>,
     /// Task definitions (`family` or `family:revision`) whose tasks stay unhealthy once running.
     pub unhealthy: BTreeSet<String>,
     /// Families or `family:revision`s whose tasks fail to start (their image cannot be
@@ -122,6 +125,7 @@ impl Harness {
             nodes: Vec::new(),
             connected: BTreeSet::new(),
             failing: BTreeSet::new(),
+            completing: BTreeSet::new(),
             unhealthy: BTreeSet::new(),
             unstartable: BTreeSet::new(),
         };
@@ -319,6 +323,12 @@ impl Harness {
                         Some(StopCode::TaskFailedToStart),
                         Some("CannotPullContainerError: main: image not found".into()),
                         container(ContainerState::Pending, None, None),
+                    ),
+                    DesiredStatus::Running if is(&self.completing) => (
+                        TaskState::Stopped,
+                        Some(StopCode::EssentialContainerExited),
+                        Some("essential container main exited".into()),
+                        container(ContainerState::Exited, Some(0), None),
                     ),
                     DesiredStatus::Running if is(&self.failing) => (
                         TaskState::Stopped,

@@ -665,3 +665,52 @@ fn hostile_bodies_are_refused_whole_with_the_field_named() {
     );
     assert_eq!(h.commit_count(), commits);
 }
+
+/// A project's one-shot service (`compose up` of a seed with `restart: "no"`) runs once: an
+/// `up` that changes nothing does not run it again, one that changes it runs it once more,
+/// and a changed `completionPolicy` alone is recorded without a new deployment.
+#[test]
+fn a_one_shot_service_of_a_project_runs_once_per_deployment() {
+    let mut h = Harness::new();
+    h.join(&[], 2048, 4);
+    h.completing.insert("seed".into());
+    let seed = |image: &str, replace: &str| {
+        vec![one(
+            td("seed", image),
+            svc("seed", 1, json!({"completionPolicy": {"replace": replace}})),
+        )]
+    };
+    let runs = |h: &mut Harness| {
+        h.tasks()
+            .iter()
+            .filter(|t| t.started_by.as_deref() == Some("service:seed"))
+            .count()
+    };
+    apply(&mut h, "shop", seed("seed:1", "never"), true).expect("apply");
+    for _ in 0..5 {
+        h.step();
+    }
+    assert_eq!(runs(&mut h), 1);
+    let a = apply(&mut h, "shop", seed("seed:1", "never"), true).expect("again");
+    assert_eq!(changes(&a), [("seed", "seed:1", Change::Unchanged)]);
+    for _ in 0..5 {
+        h.step();
+    }
+    assert_eq!(runs(&mut h), 1, "an up that changes nothing seeds nothing");
+    let a = apply(&mut h, "shop", seed("seed:1", "onFailure"), true).expect("policy");
+    assert_ne!(changes(&a)[0].2, Change::Unchanged);
+    assert_eq!(
+        h.service("seed").spec.completion_policy.replace,
+        flotilla_api::service::ReplaceStopped::OnFailure
+    );
+    for _ in 0..5 {
+        h.step();
+    }
+    assert_eq!(runs(&mut h), 1, "the policy alone is no new deployment");
+    apply(&mut h, "shop", seed("seed:2", "onFailure"), true).expect("new image");
+    for _ in 0..5 {
+        h.step();
+    }
+    assert_eq!(runs(&mut h), 2, "a new revision seeds once more");
+    assert_eq!(h.service("seed").completed_count, 1);
+}

@@ -368,6 +368,10 @@ fn apply_one(
         s.spec.disconnect_policy = want.disconnect_policy;
         changed.push("disconnectPolicy");
     }
+    if s.spec.completion_policy != want.completion_policy {
+        s.spec.completion_policy = want.completion_policy;
+        changed.push("completionPolicy");
+    }
     let rediscover = s.spec.discovery != want.discovery;
     if rediscover {
         s.spec.discovery = want.discovery;

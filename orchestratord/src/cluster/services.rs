@@ -9,8 +9,8 @@ use std::collections::BTreeSet;
 
 use flotilla_api::ops::TaskDefRevision;
 use flotilla_api::service::{
-    DeploymentInfo, DeploymentStatus, ReconcilePolicy, RolloutState, SchedulingStrategy,
-    ServiceInfo, ServiceStatus,
+    DeploymentInfo, DeploymentStatus, ReconcilePolicy, ReplaceStopped, RolloutState,
+    SchedulingStrategy, ServiceInfo, ServiceStatus,
 };
 use flotilla_api::tasks::{DesiredStatus, HealthStatus, StopCode, TaskState};
 use flotilla_scheduler::service::{self, Action, Mode, Phase, Rollout, StopCause};
@@ -68,7 +68,8 @@ pub fn reopen_if_short(cx: &mut Ctx<'_, '_>, s: &mut ServiceRecord, n: u32) {
         .deployments
         .iter()
         .find(|d| d.status == DeploymentStatus::Primary)
-        .map(|d| d.running_count as usize);
+        // (A one-shot service's completed tasks count: they are not run again.)
+        .map(|d| (d.running_count + d.completed_count) as usize);
     let name = s.spec.service_name.clone();
     if let (Some(running), Some(d)) = (running, s.deployments.iter_mut().find(|d| d.primary)) {
         if d.rollout == RolloutState::Completed && running < n as usize {
@@ -78,7 +79,9 @@ pub fn reopen_if_short(cx: &mut Ctx<'_, '_>, s: &mut ServiceRecord, n: u32) {
 }
 
 /// Where a service's task is, for the planner: by its state, its containers' health, and for
-/// a stopped task its stop code only.
+/// a stopped task its stop code — and, when an essential container ended it, whether every
+/// essential container exited with code 0 (it *completed*, as `depends_on:
+/// service_completed_successfully` means; the others are stopped with it).
 pub fn phase(t: &TaskRecord) -> Phase {
     match t.info.state {
         TaskState::Provisioning | TaskState::Pending => Phase::Pending,
@@ -96,11 +99,58 @@ pub fn phase(t: &TaskRecord) -> Phase {
         TaskState::Stopped => {
             if t.info.stop_code.is_some_and(StopCode::is_retirement) {
                 Phase::Retired
+            } else if completed(t) {
+                Phase::Completed
             } else {
                 Phase::Failed
             }
         }
     }
+}
+
+/// Whether stopped task `t` ended because its essential containers exited, all with code 0.
+fn completed(t: &TaskRecord) -> bool {
+    let exit_code = |name: &str| {
+        t.info
+            .containers
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| c.exit_code)
+    };
+    let mut essential = t
+        .definition
+        .container_definitions
+        .iter()
+        .filter(|c| c.essential)
+        .peekable();
+    t.info.stop_code == Some(StopCode::EssentialContainerExited)
+        && essential.peek().is_some()
+        && essential.all(|c| exit_code(&c.name) == Some(0))
+}
+
+/// The planner's form of a service's `completionPolicy.replace`.
+fn replace_of(s: &ServiceRecord) -> service::Replace {
+    match s.spec.completion_policy.replace {
+        ReplaceStopped::Always => service::Replace::Always,
+        ReplaceStopped::OnFailure => service::Replace::OnFailure,
+        ReplaceStopped::Never => service::Replace::Never,
+    }
+}
+
+/// Stopped task `t` of service `s` counts toward its deployment's desired count for good:
+/// the service's `completionPolicy` does not replace it. (Its record outlives the stopped-task
+/// retention while its deployment is the primary one, or the service would run it again.)
+pub fn kept_stopped(s: &ServiceRecord, t: &TaskRecord) -> bool {
+    let replace = replace_of(s);
+    replace != service::Replace::Always
+        && t.info.state == TaskState::Stopped
+        && s.primary()
+            .is_some_and(|d| t.info.deployment.as_deref() == Some(d.id.as_str()))
+        && match phase(t) {
+            Phase::Completed => true,
+            Phase::Failed => replace == service::Replace::Never,
+            _ => false,
+        }
 }
 
 /// The stop code of a planner's cause.
@@ -160,6 +210,11 @@ pub fn info(txn: &Txn<'_>, s: &ServiceRecord) -> ServiceInfo {
     };
     let running = |p: Phase| matches!(p, Phase::Starting | Phase::Ready | Phase::Unhealthy);
     let pending = |p: Phase| p == Phase::Pending;
+    // Under `replace: always` a task that completed is one more stopped task to replace, and
+    // counted as failed as it always was.
+    let keeps_completed = s.spec.completion_policy.replace != ReplaceStopped::Always;
+    let failed = |p: Phase| p == Phase::Failed || (p == Phase::Completed && !keeps_completed);
+    let completed = |p: Phase| p == Phase::Completed && keeps_completed;
     let mut deployments: Vec<DeploymentInfo> = s
         .deployments
         .iter()
@@ -175,7 +230,8 @@ pub fn info(txn: &Txn<'_>, s: &ServiceRecord) -> ServiceInfo {
             rollout_state_reason: d.reason.clone(),
             running_count: count(Some(&d.id), &running),
             pending_count: count(Some(&d.id), &pending),
-            failed_tasks: count(Some(&d.id), &|p| p == Phase::Failed),
+            failed_tasks: count(Some(&d.id), &failed),
+            completed_count: count(Some(&d.id), &completed),
             created_at: d.created_at,
         })
         .collect();
@@ -185,6 +241,7 @@ pub fn info(txn: &Txn<'_>, s: &ServiceRecord) -> ServiceInfo {
         status: ServiceStatus::Active,
         running_count: count(None, &running),
         pending_count: count(None, &pending),
+        completed_count: s.primary().map_or(0, |d| count(Some(&d.id), &completed)),
         deployments,
         placement_problem: s.placement_problem.clone(),
         vip: s.vip,
@@ -337,6 +394,7 @@ fn planner_spec(s: &ServiceRecord) -> service::ServiceSpec {
             ReconcilePolicy::LongestRunning => service::Reconcile::LongestRunning,
             ReconcilePolicy::KeepReplacement => service::Reconcile::KeepReplacement,
         },
+        replace: replace_of(s),
     }
 }
 
@@ -490,7 +548,14 @@ fn one(
                 if let Some(d) = s.deployments.iter_mut().find(|d| d.id == deployment) {
                     d.rollout = RolloutState::Completed;
                     d.completed_once = true;
-                    d.reason = Some("every task is healthy and no older one is left".into());
+                    d.reason = Some(
+                        if s.spec.completion_policy.replace == ReplaceStopped::Always {
+                            "every task is healthy and no older one is left"
+                        } else {
+                            "every task is healthy or completed and no older one is left"
+                        }
+                        .into(),
+                    );
                     s.last_completed = Some(d.revision.clone());
                     let message = format!(
                         "deployment {deployment} ({}:{})",
@@ -507,6 +572,20 @@ fn one(
                 if let Some(d) = s.deployments.iter_mut().find(|d| d.id == deployment) {
                     reopen(cx, name, d, running, desired);
                 }
+            }
+            Action::EndFailed { deployment, failed } => {
+                let reason = format!(
+                    "every task ran once and {failed} failed (completionPolicy.replace: never)"
+                );
+                if let Some(d) = s.deployments.iter_mut().find(|d| d.id == deployment) {
+                    d.rollout = RolloutState::Failed;
+                    d.reason = Some(reason.clone());
+                }
+                cx.event(
+                    "service.deployment.failed",
+                    name,
+                    format!("deployment {deployment}: {reason}"),
+                );
             }
             Action::Fail {
                 deployment,
@@ -548,7 +627,7 @@ fn one(
         .txn
         .tasks_of(&by)
         .into_iter()
-        .filter(|t| !matches!(phase(t), Phase::Retired | Phase::Failed))
+        .filter(|t| !matches!(phase(t), Phase::Retired | Phase::Completed | Phase::Failed))
         .filter_map(|t| t.info.deployment.clone())
         .collect();
     s.deployments.retain(|d| d.primary || live.contains(&d.id));

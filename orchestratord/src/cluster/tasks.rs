@@ -16,8 +16,9 @@ use super::records::TaskRecord;
 pub const STOPPED_RETENTION_SECS: u64 = 3 * 3600;
 
 /// Removes the records of tasks `STOPPED` longer than [`STOPPED_RETENTION_SECS`]; a stopped
-/// task with no time of stopping (recorded before it was kept) counts from now. How many were
-/// removed.
+/// task with no time of stopping (recorded before it was kept) counts from now, and one that
+/// its service's `completionPolicy` keeps counted (a one-shot task of the primary deployment)
+/// stays while that holds. How many were removed.
 pub fn prune_stopped(cx: &mut Ctx<'_, '_>) -> usize {
     let now = cx.now.secs();
     let mut due = Vec::new();
@@ -28,7 +29,14 @@ pub fn prune_stopped(cx: &mut Ctx<'_, '_>) -> usize {
         }
         match t.stopped_at {
             Some(at) if now >= at.saturating_add(STOPPED_RETENTION_SECS) => {
-                due.push(t.info.id.clone())
+                let kept = t
+                    .info
+                    .service()
+                    .and_then(|name| cx.txn.service(name))
+                    .is_some_and(|s| super::services::kept_stopped(s, t));
+                if !kept {
+                    due.push(t.info.id.clone())
+                }
             }
             Some(_) => {}
             None => unstamped.push(t.clone()),

@@ -2487,3 +2487,152 @@ fn a_config_is_kept_as_it_is_versioned_per_task_and_given_only_to_the_node_that_
     };
     assert!(none.is_empty(), "configs are not secrets");
 }
+
+/// A one-shot service (`completionPolicy.replace: onFailure`, Compose's `restart: on-failure`
+/// or a `replicated-job`): its task that completed is not run again — not in later rounds, not
+/// after the stopped-task retention — until a new deployment runs it once more.
+#[test]
+fn a_one_shot_service_runs_its_task_once_per_deployment() {
+    use super::tasks::STOPPED_RETENTION_SECS;
+
+    let mut h = Harness::new();
+    h.join(&[], 2048, 4);
+    h.register(&def("seed", "seed", 100));
+    h.completing.insert("seed".into());
+    h.create_service(
+        r#"{"serviceName":"seed","taskDefinition":"seed","desiredCount":1,
+            "completionPolicy":{"replace":"onFailure"}}"#,
+    );
+    for _ in 0..10 {
+        h.step();
+    }
+    let tasks = h.tasks();
+    let ran = of_service(&tasks, "seed");
+    assert_eq!(ran.len(), 1, "seeded once: {ran:#?}");
+    assert_eq!(ran[0].state, TaskState::Stopped);
+    let s = h.service("seed");
+    assert_eq!((s.completed_count, s.running_count), (1, 0), "{s:#?}");
+    let d = &s.deployments[0];
+    assert_eq!(d.rollout_state, RolloutState::Completed, "{s:#?}");
+    assert_eq!((d.completed_count, d.failed_tasks), (1, 0));
+    // Past the stopped-task retention its record stays: without it the task would run again.
+    h.advance(STOPPED_RETENTION_SECS + 1);
+    h.exec(Command::Tick(Tick::PruneStopped)).expect("prune");
+    for _ in 0..5 {
+        h.step();
+    }
+    assert_eq!(of_service(&h.tasks(), "seed").len(), 1);
+    // `--force-new-deployment` (Compose's `restart`) runs it once more.
+    h.op(Operator::UpdateService(
+        "seed".into(),
+        ServiceUpdate {
+            force_new_deployment: true,
+            ..ServiceUpdate::default()
+        },
+    ))
+    .expect("update");
+    for _ in 0..10 {
+        h.step();
+    }
+    assert_eq!(of_service(&h.tasks(), "seed").len(), 2);
+    let s = h.service("seed");
+    assert_eq!(s.completed_count, 1, "{s:#?}");
+    assert_eq!(s.deployments.len(), 1, "{s:#?}");
+    assert_eq!(s.deployments[0].rollout_state, RolloutState::Completed);
+}
+
+/// The default (`replace: always`) keeps a service's count running: a task that completed is
+/// replaced, as ever, and counted among the failed.
+#[test]
+fn a_service_replaces_a_completed_task_by_default() {
+    let mut h = Harness::new();
+    h.join(&[], 2048, 4);
+    h.register(&def("seed", "seed", 100));
+    h.completing.insert("seed".into());
+    h.create_service(r#"{"serviceName":"seed","taskDefinition":"seed","desiredCount":1}"#);
+    for _ in 0..5 {
+        h.step();
+    }
+    assert!(of_service(&h.tasks(), "seed").len() > 1);
+    let s = h.service("seed");
+    assert_eq!(s.completed_count, 0);
+    assert!(s.deployments[0].failed_tasks > 0, "{s:#?}");
+}
+
+/// A failed task of a one-shot service is run again under `onFailure`; under `never` it is
+/// not, and the deployment's rollout failed (no rollback).
+#[test]
+fn a_failed_one_shot_task_is_replaced_under_on_failure_not_under_never() {
+    let runs = |replace: &str| {
+        let mut h = Harness::new();
+        h.join(&[], 2048, 4);
+        h.register(&def("seed", "seed", 100));
+        h.failing.insert("seed".into());
+        h.create_service(&format!(
+            r#"{{"serviceName":"seed","taskDefinition":"seed","desiredCount":1,
+                "completionPolicy":{{"replace":"{replace}"}}}}"#
+        ));
+        for _ in 0..5 {
+            h.step();
+        }
+        let n = of_service(&h.tasks(), "seed").len();
+        (n, h.service("seed"))
+    };
+    let (n, _) = runs("onFailure");
+    assert!(n > 1, "{n}");
+    let (n, s) = runs("never");
+    assert_eq!(n, 1);
+    let d = &s.deployments[0];
+    assert_eq!(d.rollout_state, RolloutState::Failed, "{s:#?}");
+    assert_eq!(d.failed_tasks, 1);
+    assert!(
+        d.rollout_state_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("every task ran once")),
+        "{d:#?}"
+    );
+}
+
+/// A one-shot DAEMON service (Compose's `global-job`) runs its task once on every node,
+/// and once on a node that joins later.
+#[test]
+fn a_one_shot_daemon_runs_once_on_every_node() {
+    let mut h = Harness::new();
+    h.join(&[], 2048, 4);
+    h.join(&[], 2048, 4);
+    h.register(&def("prep", "prep", 100));
+    h.completing.insert("prep".into());
+    h.create_service(
+        r#"{"serviceName":"prep","taskDefinition":"prep","schedulingStrategy":"DAEMON",
+            "completionPolicy":{"replace":"onFailure"}}"#,
+    );
+    for _ in 0..8 {
+        h.step();
+    }
+    let nodes = |h: &mut Harness| {
+        let mut n: Vec<String> = of_service(&h.tasks(), "prep")
+            .iter()
+            .filter_map(|t| t.node.clone())
+            .collect();
+        n.sort();
+        n
+    };
+    let mut want = h.nodes.clone();
+    want.sort();
+    assert_eq!(nodes(&mut h), want);
+    let s = h.service("prep");
+    assert_eq!(s.completed_count, 2, "{s:#?}");
+    assert_eq!(s.deployments[0].rollout_state, RolloutState::Completed);
+    let c = h.join(&[], 2048, 4);
+    for _ in 0..8 {
+        h.step();
+    }
+    want.push(c);
+    want.sort();
+    assert_eq!(
+        nodes(&mut h),
+        want,
+        "once on the new node, not again on the others"
+    );
+    assert_eq!(h.service("prep").completed_count, 3);
+}

@@ -19,17 +19,15 @@ impl Service<'_> {
                 "mode" => match val.as_str() {
                     Some("replicated") => {}
                     Some("global") => self.global = true,
+                    // A job's tasks run to success once (completionPolicy onFailure).
                     Some(j @ ("replicated-job" | "global-job")) => {
                         self.global = j == "global-job";
-                        self.warn(
-                            &kp,
-                            format!(
-                                "{j}: run as a service: Flotilla replaces its tasks when they \
-                                 exit (run a one-off with `flotilla task run`)"
-                            ),
-                        );
+                        self.job = true;
                     }
-                    _ => self.problem(&kp, "expected replicated or global"),
+                    _ => self.problem(
+                        &kp,
+                        "expected replicated, global, replicated-job or global-job",
+                    ),
                 },
                 "replicas" => match units::integer(val, 0, 10_000) {
                     Ok(n) => self.replicas = Some((n as u32, kp)),

@@ -849,16 +849,24 @@ async fn progress(api: &Client, s: &ServicePlan, condition: Condition) -> Result
             let done = ended
                 .iter()
                 .any(|t| t.containers.iter().all(|c| c.exit_code == Some(0)));
+            // A failed run is tried again unless the service replaces nothing: give up at
+            // once then, or after a few failed runs.
+            let retried =
+                info.spec.completion_policy.replace != flotilla_api::service::ReplaceStopped::Never;
+            let failed_runs = ended.len();
             Progress {
                 met: done,
-                failed: ended.first().map(|t| {
+                failed: (failed_runs > 0 && (!retried || failed_runs >= FAILED_TASKS)).then(|| {
                     format!(
-                        "task {} ended without success{}",
-                        t.id,
-                        last_stop.trim_start_matches(';')
+                        "{failed_runs} of its runs failed{}",
+                        last_stop.replacen(';', ":", 1).trim_end()
                     )
                 }),
-                state: format!("{} tasks, none ended yet", tasks.len()),
+                state: if failed_runs == 0 {
+                    format!("{} tasks, none ended yet", tasks.len())
+                } else {
+                    format!("{failed_runs} runs failed; tried again{last_stop}")
+                },
             }
         }
     })

@@ -166,7 +166,12 @@ impl Cluster {
                 Reply::Done
             }
             Command::Tick(Tick::PruneStopped) => {
-                let n = tasks::prune_stopped(&mut cx);
+                let n = tasks::prune_stopped(&mut cx, |txn, t| {
+                    t.info
+                        .service()
+                        .and_then(|name| txn.service(name))
+                        .is_some_and(|s| services::kept_stopped(s, t))
+                });
                 if n > 0 {
                     tracing::info!(
                         "removed the records of {n} tasks stopped more than {} h ago",

@@ -17,9 +17,13 @@ pub const STOPPED_RETENTION_SECS: u64 = 3 * 3600;
 
 /// Removes the records of tasks `STOPPED` longer than [`STOPPED_RETENTION_SECS`]; a stopped
 /// task with no time of stopping (recorded before it was kept) counts from now, and one that
-/// its service's `completionPolicy` keeps counted (a one-shot task of the primary deployment)
-/// stays while that holds. How many were removed.
-pub fn prune_stopped(cx: &mut Ctx<'_, '_>) -> usize {
+/// `kept` says still counts (for its service's `completionPolicy`: a one-shot task of the
+/// primary deployment — the caller's to judge, as this module knows no services) stays while
+/// that holds. How many were removed.
+pub fn prune_stopped(
+    cx: &mut Ctx<'_, '_>,
+    kept: impl Fn(&super::state::Txn<'_>, &TaskRecord) -> bool,
+) -> usize {
     let now = cx.now.secs();
     let mut due = Vec::new();
     let mut unstamped = Vec::new();
@@ -29,12 +33,7 @@ pub fn prune_stopped(cx: &mut Ctx<'_, '_>) -> usize {
         }
         match t.stopped_at {
             Some(at) if now >= at.saturating_add(STOPPED_RETENTION_SECS) => {
-                let kept = t
-                    .info
-                    .service()
-                    .and_then(|name| cx.txn.service(name))
-                    .is_some_and(|s| super::services::kept_stopped(s, t));
-                if !kept {
+                if !kept(cx.txn, t) {
                     due.push(t.info.id.clone())
                 }
             }

@@ -31,7 +31,8 @@ use crate::{cell, print, print_document, printable, table, when, Output};
 pub struct ComposeArgs {
     /// Compose file (repeatable: later files override earlier ones, merged as Compose merges
     /// them). Default: compose.yaml, compose.yml, docker-compose.yaml or docker-compose.yml
-    /// in this directory.
+    /// in this directory, then its compose.override.yml (or .yaml, or docker-compose.override.*)
+    /// there if any.
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     files: Vec<PathBuf>,
     /// Project name: the discovery namespace of its services, and the prefix of their names

@@ -16,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 mod dotenv;
@@ -45,6 +46,11 @@ pub struct Loaded {
     /// `environment`.
     pub document: yaml_serde::Value,
     /// What the loader noticed that does not stop it (an unset variable, an obsolete key),
-    /// each naming its file and key path.
+    /// each naming its file and key path. An unset variable is warned once, at the first
+    /// place it was used, with how many more places used it.
     pub warnings: Vec<String>,
+    /// Bind sources the loader made absolute from `~` (the `HOME` of the machine that loaded
+    /// the files), as they are now, with what was written (`~/data`): the plan warns that
+    /// they are paths of this machine, as it does for relative ones.
+    pub home_paths: BTreeMap<String, String>,
 }

@@ -5,7 +5,11 @@
 //!
 //! 1. **Files.** `-f` files in order, relative ones against the working directory; without
 //!    any, the first of `compose.yaml`, `compose.yml`, `docker-compose.yaml`,
-//!    `docker-compose.yml` there. The project directory is the first file's directory.
+//!    `docker-compose.yml` there, followed, as `docker compose` reads them (compose-go's
+//!    `DefaultOverrideFileNames`), by the first of `compose.override.yml`,
+//!    `compose.override.yaml`, `docker-compose.override.yml`, `docker-compose.override.yaml`
+//!    in the same directory when one is there: merged after it as a second `-f` file would
+//!    be. The project directory is the first file's directory.
 //! 2. **Environment** for interpolation: the `--env-file` files (a missing one is an error),
 //!    or else `.env` in the project directory when present, read with Compose's dotenv rules
 //!    (see `dotenv.rs`); the process environment wins over them.
@@ -24,7 +28,9 @@
 //! 5. **Canonical forms**, what `docker compose config` prints: relative paths made absolute
 //!    against the project directory (`build.context` unless a URL, `env_file`, bind volume
 //!    sources starting with `.` or `~`, long-syntax `type: bind` sources, top-level `secrets`
-//!    and `configs` `file:`; `~` is `HOME` from the environment); `env_file` read and inlined
+//!    and `configs` `file:`; `~` is `HOME` from the environment, and a bind source written
+//!    with `~` is noted in [`Loaded::home_paths`] so the plan can say it is a path of this
+//!    machine); `env_file` read and inlined
 //!    into `environment` (`environment` wins, the key removed); an `environment` or
 //!    `build.args` entry without a value takes it from the interpolation environment and is
 //!    left out when not set there; `depends_on` entries `{condition, required, restart}`
@@ -61,7 +67,8 @@ use crate::{dotenv, Loaded};
 #[derive(Debug, Clone, Default)]
 pub struct LoadOptions {
     /// `-f`, in order (later files override earlier ones); empty: `compose.yaml`,
-    /// `compose.yml`, `docker-compose.yaml` or `docker-compose.yml` in `working_dir`.
+    /// `compose.yml`, `docker-compose.yaml` or `docker-compose.yml` in `working_dir`, then
+    /// its override file there if any (see [`OVERRIDE_FILES`]).
     pub files: Vec<PathBuf>,
     /// The directory the command runs in.
     pub working_dir: PathBuf,
@@ -81,6 +88,15 @@ pub const DEFAULT_FILES: [&str; 4] = [
     "compose.yml",
     "docker-compose.yaml",
     "docker-compose.yml",
+];
+
+/// The override files looked for beside the default file, in order: the first one present is
+/// merged after it (compose-go's `DefaultOverrideFileNames`).
+pub const OVERRIDE_FILES: [&str; 4] = [
+    "compose.override.yml",
+    "compose.override.yaml",
+    "docker-compose.override.yml",
+    "docker-compose.override.yaml",
 ];
 
 /// How long an `extends` chain may be.
@@ -176,8 +192,44 @@ pub fn load(opts: &LoadOptions) -> Result<Loaded, Vec<String>> {
         name,
         project_dir,
         document: Value::Mapping(document),
-        warnings: diag.warnings,
+        warnings: once_per_variable(diag.warnings),
+        home_paths: diag.home_paths,
     })
+}
+
+/// The unset-variable warnings one per variable, as `docker compose` gives them: the first
+/// place it was used, and how many more there were; other warnings as they were.
+fn once_per_variable(warnings: Vec<String>) -> Vec<String> {
+    // (warning's index in `out`, further uses) by variable.
+    let mut seen: HashMap<String, (usize, usize)> = HashMap::new();
+    let mut out: Vec<String> = Vec::with_capacity(warnings.len());
+    for w in warnings {
+        let name = w
+            .strip_prefix("the ")
+            .and_then(|rest| rest.split_once(" variable is not set; "))
+            .map(|(name, _)| name.to_string());
+        match name {
+            Some(name) => match seen.get_mut(&name) {
+                Some((_, more)) => *more += 1,
+                None => {
+                    seen.insert(name, (out.len(), 0));
+                    out.push(w);
+                }
+            },
+            None => out.push(w),
+        }
+    }
+    for (at, more) in seen.into_values() {
+        if more > 0 {
+            let w = &mut out[at];
+            if w.ends_with(')') {
+                w.pop();
+                let places = if more == 1 { "place" } else { "places" };
+                w.push_str(&format!(", and {more} more {places})"));
+            }
+        }
+    }
+    out
 }
 
 /// How large the loaded project may grow, counted as [`crate::yaml::size`] counts: every
@@ -190,6 +242,8 @@ const MAX_DOCUMENT: usize = 32 * 1024 * 1024;
 pub(crate) struct Diag {
     pub(crate) errors: Vec<String>,
     pub(crate) warnings: Vec<String>,
+    /// Bind sources made absolute from `~`, as [`Loaded::home_paths`] has them.
+    pub(crate) home_paths: BTreeMap<String, String>,
     /// What the copies made so far count towards [`MAX_DOCUMENT`].
     spent: usize,
 }
@@ -249,11 +303,18 @@ fn compose_files(opts: &LoadOptions) -> Result<Vec<PathBuf>, Vec<String>> {
             .map(|f| clean(&working_dir.join(f)))
             .collect());
     }
-    DEFAULT_FILES
-        .iter()
-        .map(|name| working_dir.join(name))
-        .find(|path| path.is_file())
-        .map(|path| vec![path])
+    let first = |names: &[&str]| {
+        names
+            .iter()
+            .map(|name| working_dir.join(name))
+            .find(|path| path.is_file())
+    };
+    first(&DEFAULT_FILES)
+        .map(|path| {
+            let mut files = vec![path];
+            files.extend(first(&OVERRIDE_FILES));
+            files
+        })
         .ok_or_else(|| {
             vec![format!(
                 "no compose file in {}: looked for {}",
@@ -675,6 +736,9 @@ fn resolve_paths(
                     let Some(abs) = absolute(source, dir, env, &at, diag) else {
                         continue;
                     };
+                    if source.starts_with('~') {
+                        diag.home_paths.insert(abs.clone(), source.to_string());
+                    }
                     if abs.contains(':') {
                         diag.error(format!(
                             "{at}: the source {abs} holds a ':', which the short syntax cannot carry; use the long syntax"
@@ -694,6 +758,9 @@ fn resolve_paths(
                     }
                     if let Some(Value::String(source)) = long.get_mut("source") {
                         if let Some(abs) = absolute(source, dir, env, &at, diag) {
+                            if source.starts_with('~') {
+                                diag.home_paths.insert(abs.clone(), source.clone());
+                            }
                             *source = abs;
                         }
                     }
@@ -1120,6 +1187,122 @@ mod tests {
         let loaded = load_ok(&options(dir.path()));
         assert!(loaded.document["services"].get("new").is_some());
         assert_eq!(loaded.project_dir, dir.path());
+    }
+
+    #[test]
+    fn without_f_the_override_file_beside_the_default_file_is_merged_after_it() {
+        let dir = project(&[
+            (
+                "compose.yaml",
+                "services: {web: {image: a, environment: {A: base, B: base}}}",
+            ),
+            (
+                "compose.override.yaml",
+                "services: {web: {environment: {B: override}}, extra: {image: b}}",
+            ),
+            (
+                "docker-compose.override.yml",
+                "services: {not-read: {image: c}}",
+            ),
+        ]);
+        let loaded = load_ok(&options(dir.path()));
+        let env = &service(&loaded, "web")["environment"];
+        assert_eq!(env["A"], "base");
+        assert_eq!(env["B"], "override");
+        assert!(loaded.document["services"].get("extra").is_some());
+        // One override file only: the first of OVERRIDE_FILES present.
+        assert!(loaded.document["services"].get("not-read").is_none());
+        assert_eq!(loaded.project_dir, dir.path());
+
+        // A docker-compose.* default file takes its docker-compose.override.* file.
+        let dir = project(&[
+            ("docker-compose.yml", "services: {web: {image: a}}"),
+            ("docker-compose.override.yml", "services: {web: {image: b}}"),
+        ]);
+        assert_eq!(service(&load_ok(&options(dir.path())), "web")["image"], "b");
+
+        // -f files are read as given: no override file is added to them.
+        let mut opts = options(dir.path());
+        opts.files = vec!["docker-compose.yml".into()];
+        assert_eq!(service(&load_ok(&opts), "web")["image"], "a");
+
+        // An override file alone is no project.
+        let dir = project(&[("compose.override.yaml", "services: {web: {image: a}}")]);
+        assert!(load_err(&options(dir.path()))[0].contains("no compose file"));
+    }
+
+    #[test]
+    fn an_unset_variable_is_warned_once_with_the_number_of_other_places() {
+        let dir = project(&[(
+            "compose.yaml",
+            "services:
+  a:
+    image: \"img${TAG}\"
+    environment: {X: $NOPE, Y: $NOPE}
+  b:
+    image: img
+    environment: {X: $NOPE, Z: $ONCE}
+",
+        )]);
+        let loaded = load_ok(&options(dir.path()));
+        let file = d(&dir.path().join("compose.yaml"));
+        assert_eq!(
+            loaded.warnings,
+            [
+                format!("the TAG variable is not set; using an empty string ({file}: services.a.image)"),
+                format!("the NOPE variable is not set; using an empty string ({file}: services.a.environment.X, and 2 more places)"),
+                format!("the ONCE variable is not set; using an empty string ({file}: services.b.environment.Z)"),
+            ]
+        );
+    }
+
+    #[test]
+    fn bind_sources_written_with_a_tilde_are_noted_as_home_paths() {
+        let dir = project(&[(
+            "compose.yaml",
+            "services:
+  web:
+    image: a
+    volumes:
+      - ~/data:/data
+      - {type: bind, source: ~/conf, target: /conf}
+      - ./local:/local
+      - /srv/abs:/abs
+",
+        )]);
+        let loaded = load_ok(&options(dir.path()));
+        assert_eq!(
+            loaded.home_paths,
+            BTreeMap::from([
+                ("/home/user/conf".to_string(), "~/conf".to_string()),
+                ("/home/user/data".to_string(), "~/data".to_string()),
+            ])
+        );
+        // The plan says they are paths of this machine, as it does of ./local.
+        let p = crate::plan(&loaded).expect("plans");
+        let at = |i: usize| {
+            p.warnings
+                .iter()
+                .find(|w| w.starts_with(&format!("services.web.volumes[{i}]:")))
+                .cloned()
+                .unwrap_or_default()
+        };
+        assert!(
+            at(0).contains("~/data: a path on this machine (~ is its HOME): each node mounts its own /home/user/data"),
+            "{:#?}",
+            p.warnings
+        );
+        assert!(
+            at(1).contains("~/conf: a path on this machine"),
+            "{:#?}",
+            p.warnings
+        );
+        assert!(
+            at(2).contains("a path on this machine"),
+            "{:#?}",
+            p.warnings
+        );
+        assert_eq!(at(3), "", "{:#?}", p.warnings);
     }
 
     #[test]

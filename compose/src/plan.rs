@@ -17,7 +17,7 @@
 //! |---|---|
 //! | service `NAME` | family and service `PROJECT-NAME` (`.` → `-`), container `NAME` |
 //! | any `ports`/`expose` | `discovery: {namespace: PROJECT, name: NAME, containerPort: FIRST, vip: true}`: other services reach `NAME:FIRST` as on a laptop; a VIP carries one port, so a service with several ports gets a warning naming the one reachable by name |
-//! | no port | `discovery: {namespace: PROJECT, name: NAME}` (DNS answers with the tasks' addresses); `network_mode: none`: none |
+//! | no port | `discovery: {namespace: PROJECT, name: NAME}` (DNS answers with the tasks' addresses), warned in bridge mode: other services cannot reach it by name (nothing listens at the node's address); `network_mode: none`: none |
 //! | a name with `_`, `.` or capitals | discovery name lowercased, `_` and `.` → `-`, with a warning; one that is still no DNS label is refused |
 //! | `image` | `image` (required: `build` alone is refused, `build` beside `image` warned) |
 //! | `command`, `entrypoint` | `command`, `entryPoint` (a string split as a shell splits words) |
@@ -30,13 +30,13 @@
 //! | `init`, `cap_add`, `cap_drop`, `shm_size`, `tmpfs` | `linuxParameters`: `initProcessEnabled`, `capabilities`, `sharedMemorySize` (MiB), `tmpfs` (`size=` in MiB, 64 MiB when none; other options as `mountOptions`) |
 //! | `ulimits` | `ulimits` (`nproc: N` is soft and hard) |
 //! | `network_mode` `bridge`/`host`/`none` | `networkMode` (default `bridge`); `service:X`, `container:X` warned |
-//! | `stop_grace_period` | `stopTimeout` (seconds, 2–120) |
+//! | `stop_grace_period` | `stopTimeout` (seconds, 2–120); none given: 10, Compose's default (Flotilla's own is 30) |
 //! | `healthcheck` | `healthCheck` (a string test is `CMD-SHELL`; Compose's defaults 30 s, 30 s, 3, 0 s when left out; `disable`/`NONE`: none) |
 //! | `ports` | `portMappings` (`containerPort`, `hostPort`, `protocol`; ranges one mapping per port) |
-//! | `expose` | `portMappings` with `containerPort` only (a host port from the node's dynamic range) |
+//! | `expose` | `portMappings` with `containerPort` only (a host port from the node's dynamic range), warned: it is published on every address of the node, the LAN included (there is no internal-only network yet) |
 //! | `volumes`: named | task volume `PROJECT_NAME` (external or `name:`: that name) with `dockerVolumeConfiguration {scope: shared, autoprovision: true}`, and a mount point |
 //! | `volumes`: anonymous | a task volume that lives as long as the task |
-//! | `volumes`: bind | a task volume with `host.sourcePath` (below the node's `bind_roots`) |
+//! | `volumes`: bind | a task volume with `host.sourcePath` (below the node's `bind_roots`); a source in the project directory or written with `~` ([`Loaded::home_paths`]) is warned as a path of this machine |
 //! | `volumes`: tmpfs | `linuxParameters.tmpfs` |
 //! | `mem_limit`, `deploy.resources.limits.memory` | container `memory` (MiB) |
 //! | `mem_reservation`, `deploy.resources.reservations.memory` | container `memoryReservation` (MiB); with neither, a reservation of 128 MiB (a task definition needs one) |
@@ -62,8 +62,11 @@
 //! | `x-*`, top-level `name`, `version`, `profiles` | ignored (the loader read them) |
 //!
 //! Every other key is a warning naming its path and why (`services.web.networks`: every service
-//! of a project reaches every other, networks are not separated), and a key the Compose
-//! specification does not have is a warning too. A value of the wrong type is a problem naming
+//! of a project reaches every other, networks are not separated). A key the Compose
+//! specification does not have where it is written is a refusal (`config` shows it, `up`
+//! refuses), with the key of that place it likely misspells, found as `flotilla taskdef
+//! register` finds one (`flotilla_api::config::nearest`): `services.web.comand: not a Compose
+//! key (did you mean 'command'?)`; a misspelled key would otherwise deploy a broken service. A value of the wrong type is a problem naming
 //! its path. Each task definition and service is then checked by `flotilla_api`'s own parsers;
 //! what they refuse is a problem of the Compose service, and what they warn about (a field
 //! Flotilla accepts but does not act on yet, such as `dockerLabels`) is a warning at the
@@ -97,7 +100,8 @@ pub struct Plan {
     /// Keys that do not map, one line per key path (`PATH: why`), in the order of their paths.
     pub warnings: Vec<String>,
     /// What `compose up` refuses although the project maps (`config` shows it as a warning):
-    /// a service with only `build:` (`PATH: why`). Its service is planned with the image name
+    /// a service with only `build:`, a key that is not a Compose key (`PATH: why`), in the
+    /// order of their paths. Its service is planned with the image name
     /// Compose would give the build, `PROJECT-SERVICE`, so the rest of it is checked too.
     pub refusals: Vec<String>,
 }
@@ -179,6 +183,7 @@ pub fn plan(loaded: &Loaded) -> Result<Plan, Vec<String>> {
     let mut cx = Cx {
         project: loaded.name.clone(),
         project_dir: loaded.project_dir.clone(),
+        home_paths: loaded.home_paths.clone(),
         problems: Vec::new(),
         warnings: Vec::new(),
         refusals: Vec::new(),
@@ -238,6 +243,8 @@ pub fn plan(loaded: &Loaded) -> Result<Plan, Vec<String>> {
     }
     cx.warnings.sort_by_cached_key(|w| path_order(w));
     cx.warnings.dedup();
+    cx.refusals.sort_by_cached_key(|r| path_order(r));
+    cx.refusals.dedup();
     services.sort_by(|a, b| a.plan.name.cmp(&b.plan.name));
     let max = flotilla_api::project::MAX_SERVICES;
     if services.len() > max {
@@ -386,6 +393,8 @@ fn path_order(line: &str) -> String {
 pub(crate) struct Cx {
     pub project: String,
     pub project_dir: PathBuf,
+    /// Bind sources the loader made from `~`, with what was written.
+    pub home_paths: BTreeMap<String, String>,
     pub problems: Vec<String>,
     pub warnings: Vec<String>,
     pub refusals: Vec<String>,
@@ -398,5 +407,12 @@ impl Cx {
 
     pub fn warn(&mut self, path: &str, msg: impl std::fmt::Display) {
         self.warnings.push(format!("{path}: {msg}"));
+    }
+
+    /// `key`, at `path`, is not a Compose key where it is: a refusal naming the key of `known`
+    /// it likely misspells.
+    pub fn not_compose(&mut self, path: &str, key: &str, known: &[&str]) {
+        self.refusals
+            .push(format!("{path}: {}", keys::not_compose(key, known)));
     }
 }

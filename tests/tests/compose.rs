@@ -84,10 +84,20 @@ fn a_compose_project_comes_up_in_order_reaches_by_name_updates_one_service_and_g
     let file = dir.path().join("compose.yaml");
     std::fs::write(&file, compose_file("front v1")).expect("write");
 
-    // `config` needs no control plane, and warns about nothing in this file.
+    // `config` needs no control plane, and warns only that back's and db's expose publish
+    // their ports on every address of the node.
     let (config, warnings) = compose_ok(&fleet, &file, &["config"]);
     assert!(config.contains("back says ${GREETING:-hello}") || config.contains("back says hello"));
-    assert!(!warnings.contains("warning"), "{warnings}");
+    let warned: Vec<&str> = warnings.lines().filter(|l| l.contains("warning")).collect();
+    assert_eq!(warned.len(), 2, "{warnings}");
+    for (line, service) in warned.iter().zip(["back", "db"]) {
+        assert!(
+            line.contains(&format!(
+                "services.{service}.expose: published on a dynamic port of every address of the node"
+            )),
+            "{warnings}"
+        );
+    }
 
     // Ctrl-C while `up` waits for the db to be healthy: the db is applied and keeps running,
     // and `up` says so; nothing else was applied.

@@ -24,6 +24,10 @@ pub const DEFAULT_TMPFS_MIB: u64 = 64;
 /// The least memory a container gets (MiB), as the task definition checks it.
 const MIN_MEMORY: u64 = 6;
 
+/// Compose's `stop_grace_period` when a service gives none, in seconds (the specification's
+/// default; Flotilla's own container default is 30).
+pub const COMPOSE_STOP_GRACE_SECONDS: u64 = 10;
+
 /// How many ports a warning lists before it counts the rest.
 const MAX_LISTED: usize = 20;
 
@@ -202,6 +206,10 @@ impl Service<'_> {
 
     fn warn(&mut self, path: &str, msg: impl std::fmt::Display) {
         self.cx.warn(path, msg);
+    }
+
+    fn not_compose(&mut self, path: &str, key: &str, known: &[&str]) {
+        self.cx.not_compose(path, key, known);
     }
 
     fn origin(&mut self, json: impl Into<String>, compose: impl Into<String>) {
@@ -465,7 +473,7 @@ impl Service<'_> {
             "depends_on" => self.depends_on(&p, v, names),
             _ => match keys::unmapped_service_key(k) {
                 Some(why) => self.warn(&p, why),
-                None => self.warn(&p, keys::NOT_COMPOSE),
+                None => self.not_compose(&p, k, keys::SERVICE),
             },
         }
     }
@@ -723,7 +731,7 @@ impl Service<'_> {
                     &kp,
                     "not mapped: the first check runs 1 s after the start, then every interval",
                 ),
-                _ => self.warn(&kp, keys::NOT_COMPOSE),
+                _ => self.not_compose(&kp, k, keys::HEALTHCHECK),
             }
         }
         let Some(command) = command else {
@@ -803,7 +811,7 @@ impl Service<'_> {
                             );
                         }
                     }
-                    _ => self.warn(&kp, keys::NOT_COMPOSE),
+                    _ => self.not_compose(&kp, k, keys::DEPENDS_ON),
                 }
             }
             if service == self.name {
@@ -864,6 +872,11 @@ impl Service<'_> {
         self.container.insert("name".into(), json!(container_name));
         self.container.insert("image".into(), json!(image));
         self.container.insert("essential".into(), json!(true));
+        if !self.container.contains_key("stopTimeout") {
+            // Compose's stop_grace_period when none is given (Flotilla's own is 30 s).
+            self.container
+                .insert("stopTimeout".into(), json!(COMPOSE_STOP_GRACE_SECONDS));
+        }
 
         // Memory: a task definition needs one figure.
         match (self.memory.clone(), self.reservation.clone()) {
@@ -970,6 +983,24 @@ impl Service<'_> {
                         all.push(port);
                     }
                 }
+            }
+        }
+        if mode == "bridge" {
+            if all.iter().any(|p| p.path.contains(".expose[")) {
+                // Nothing keeps a port to the project: a node has no network of its own for it.
+                self.warn(
+                    &self.at("expose"),
+                    "published on a dynamic port of every address of the node, the LAN included \
+                     (Flotilla has no internal-only network yet): other services reach it by \
+                     name through its VIP",
+                );
+            } else if all.is_empty() {
+                // Its name answers with the node's address, where nothing of it listens.
+                self.warn(
+                    &path,
+                    "other services cannot reach it by name: Flotilla reaches a service through \
+                     a port it declares; give it expose: PORT",
+                );
             }
         }
         let mappings: Vec<Value> = all

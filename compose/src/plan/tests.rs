@@ -19,6 +19,7 @@ fn loaded(name: &str, dir: &Path, yaml: &str) -> Loaded {
         project_dir: dir.to_path_buf(),
         document,
         warnings: Vec::new(),
+        home_paths: Default::default(),
     }
 }
 
@@ -72,6 +73,7 @@ fn a_service_is_a_task_definition_and_a_service_named_project_service() {
         s.spec.task_definition,
         json!({"family": "shop-web", "networkMode": "bridge", "containerDefinitions": [{
             "name": "web", "image": "nginx", "essential": true, "memoryReservation": 128,
+            "stopTimeout": 10,
             "portMappings": [{"containerPort": 80, "hostPort": 8080, "protocol": "tcp"}]}]})
     );
     assert_eq!(
@@ -211,7 +213,7 @@ fn container_settings_map_one_to_one() {
         "services:\n  a:\n    image: a\n    user: 1000\n    working_dir: /app\n",
         "    read_only: true\n    hostname: box\n    privileged: 'false'\n",
         "    init: true\n    cap_add: [NET_ADMIN]\n    cap_drop: [ALL]\n",
-        "    stop_grace_period: 1m30s\n",
+        "    stop_grace_period: 1m30s\n    ports: ['80']\n",
         "    ulimits:\n      nproc: 65535\n      nofile: {soft: 20000, hard: 40000}\n"
     ));
     let c = container(&p, "a");
@@ -418,7 +420,7 @@ fn expose_maps_container_ports_only() {
 #[test]
 fn volumes_named_anonymous_bind_and_tmpfs() {
     let p = ok(concat!(
-        "services:\n  a:\n    image: a\n    volumes:\n",
+        "services:\n  a:\n    image: a\n    ports: ['80']\n    volumes:\n",
         "      - db-data:/var/lib/db\n      - /cache\n      - /etc/localtime:/etc/localtime:ro\n",
         "      - ./conf:/conf:ro,Z\n",
         "      - {type: volume, source: db-data, target: /backup, read_only: true}\n",
@@ -475,7 +477,7 @@ fn volumes_named_anonymous_bind_and_tmpfs() {
 #[test]
 fn top_level_volumes_external_named_and_drivers() {
     let p = ok(concat!(
-        "services:\n  a:\n    image: a\n    volumes: [ext:/e, own:/o, remote:/r]\n",
+        "services:\n  a:\n    image: a\n    ports: ['80']\n    volumes: [ext:/e, own:/o, remote:/r]\n",
         "volumes:\n  ext:\n    external: true\n    name: shared-data\n  own:\n    name: my_vol\n",
         "  remote:\n    driver: rexray/dobs\n    driver_opts: {size: 1}\n"
     ));
@@ -859,7 +861,7 @@ fn keys_that_do_not_map_are_warned_by_path_and_x_keys_are_not() {
     let p = ok(concat!(
         "x-common: &c {logging: {driver: json-file}}\n",
         "version: '3.8'\n",
-        "services:\n  web:\n    image: a\n    container_name: w\n    networks: [front]\n",
+        "services:\n  web:\n    image: a\n    ports: ['80']\n    container_name: w\n    networks: [front]\n",
         "    logging: {driver: syslog}\n    security_opt: [label=disable]\n    devices: [/dev/fuse]\n",
         "    pull_policy: always\n    platform: linux/amd64\n    links: [db]\n",
         "    x-note: hi\n    bogus: 1\n    profiles: [debug]\n",
@@ -876,7 +878,6 @@ fn keys_that_do_not_map_are_warned_by_path_and_x_keys_are_not() {
         paths,
         [
             "networks.front",
-            "services.web.bogus",
             "services.web.container_name",
             "services.web.deploy.labels",
             "services.web.deploy.resources.limits.pids",
@@ -887,12 +888,18 @@ fn keys_that_do_not_map_are_warned_by_path_and_x_keys_are_not() {
             "services.web.platform",
             "services.web.pull_policy",
             "services.web.security_opt",
-            "whatever",
         ],
         "{:#?}",
         p.warnings
     );
-    assert!(warned(&p, "services.web.bogus")[0].ends_with("not a Compose key"));
+    // Keys the Compose specification does not have are refused, not warned.
+    assert_eq!(
+        p.refusals,
+        [
+            "services.web.bogus: not a Compose key",
+            "whatever: not a Compose key"
+        ]
+    );
 }
 
 #[test]
@@ -915,7 +922,18 @@ fn a_file_of_supported_keys_gives_no_warning() {
         "secrets:\n  tls-key:\n    file: /etc/shop/tls.key\n",
         "configs:\n  site:\n    file: /etc/shop/site.conf\n"
     ));
-    assert!(p.warnings.is_empty(), "{:#?}", p.warnings);
+    // Only expose is said to be published on the node's every address.
+    assert_eq!(
+        p.warnings,
+        [
+            "services.api.expose: published on a dynamic port of every address of the node, \
+             the LAN included (Flotilla has no internal-only network yet): other services reach \
+             it by name through its VIP"
+        ],
+        "{:#?}",
+        p.warnings
+    );
+    assert!(p.refusals.is_empty(), "{:?}", p.refusals);
     assert_eq!(p.values.len(), 2);
 }
 
@@ -1177,7 +1195,8 @@ fn the_extended_grafana_plugin_as_the_loader_resolves_it() {
 
 #[test]
 fn warnings_are_in_the_order_of_their_paths_indices_as_numbers() {
-    let mut volumes = String::from("services:\n  a:\n    image: a\n    volumes:\n");
+    let mut volumes =
+        String::from("services:\n  a:\n    image: a\n    ports: ['80']\n    volumes:\n");
     for i in 0..12 {
         volumes.push_str(&format!("      - /srv/d{i}:/d{i}:z\n"));
     }
@@ -1226,4 +1245,91 @@ fn a_project_larger_than_the_control_plane_takes_is_refused_before_up_applies_an
         p.refusals
     );
     assert!(ok("services:\n  a:\n    image: a\n").refusals.is_empty());
+}
+
+#[test]
+fn a_key_compose_does_not_have_is_refused_with_the_key_it_likely_misspells() {
+    let p = ok(concat!(
+        "services:\n  web:\n    image: a\n    comand: [run]\n    port: ['80:80']\n",
+        "    enviroment: {A: b}\n    expose: [80]\n",
+        "    healthcheck: {test: [CMD, x], intervl: 10s}\n",
+        "    deploy: {resources: {limits: {memroy: 1G}}, restart_policy: {conditon: any}}\n",
+        "    volumes: [{type: bind, source: /srv, target: /s, bind: {propogation: rshared}}]\n",
+        "    depends_on: {db: {conditon: service_healthy}}\n",
+        "  db:\n    image: b\n    expose: [5432]\n",
+        "volumes:\n  v:\n    drvier: local\n",
+        "secrets:\n  s:\n    external: true\n    lables: {a: b}\n",
+        "servics: {}\n"
+    ));
+    let refused: std::collections::BTreeSet<&str> = p.refusals.iter().map(String::as_str).collect();
+    let want: std::collections::BTreeSet<&str> = [
+        "services.web.comand: not a Compose key (did you mean 'command'?)",
+        "services.web.deploy.resources.limits.memroy: not a Compose key (did you mean 'memory'?)",
+        "services.web.deploy.restart_policy.conditon: not a Compose key (did you mean 'condition'?)",
+        "services.web.depends_on.db.conditon: not a Compose key (did you mean 'condition'?)",
+        "services.web.enviroment: not a Compose key (did you mean 'environment'?)",
+        "services.web.healthcheck.intervl: not a Compose key (did you mean 'interval'?)",
+        "services.web.port: not a Compose key (did you mean 'ports'?)",
+        "services.web.volumes[0].bind.propogation: not a Compose key (did you mean 'propagation'?)",
+        "secrets.s.lables: not a Compose key (did you mean 'labels'?)",
+        "servics: not a Compose key (did you mean 'services'?)",
+        "volumes.v.drvier: not a Compose key (did you mean 'driver'?)",
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(refused, want, "{:#?}", p.refusals);
+    // Not warned as well: `config` shows the refusals beside the warnings.
+    assert!(p.warnings.iter().all(|w| !w.contains("not a Compose key")));
+    // A Compose key that does not map is still only a warning.
+    let p = ok("services:\n  a:\n    image: a\n    ports: ['80']\n    pids_limit: 5\n");
+    assert!(p.refusals.is_empty(), "{:?}", p.refusals);
+    assert_eq!(warned(&p, "services.a.pids_limit").len(), 1);
+}
+
+#[test]
+fn expose_is_warned_as_published_on_every_address_of_the_node() {
+    let p = ok(concat!(
+        "services:\n  db:\n    image: a\n    expose: [5432, 5433]\n",
+        "  web:\n    image: b\n    ports: ['80:80']\n    expose: [80]\n"
+    ));
+    let w = warned(&p, "services.db.expose");
+    assert_eq!(w.len(), 1, "{:?}", p.warnings);
+    assert!(w[0].contains(
+        "published on a dynamic port of every address of the node, the LAN included (Flotilla \
+         has no internal-only network yet): other services reach it by name through its VIP"
+    ));
+    assert!(w[0].contains("only db:5432 is reached by name"), "{w:?}");
+    // A port both published and exposed is published on its own host port only.
+    assert!(
+        warned(&p, "services.web.expose").is_empty(),
+        "{:?}",
+        p.warnings
+    );
+}
+
+#[test]
+fn a_service_without_a_port_is_warned_that_no_one_reaches_it_by_name() {
+    let p = ok(concat!(
+        "services:\n  worker:\n    image: a\n",
+        "  cache:\n    image: b\n    expose: [6379]\n",
+        "  probe:\n    image: c\n    network_mode: host\n",
+        "  off:\n    image: d\n    network_mode: none\n"
+    ));
+    assert_eq!(
+        warned(&p, "services.worker"),
+        [
+            "services.worker: other services cannot reach it by name: Flotilla reaches a service \
+             through a port it declares; give it expose: PORT"
+        ]
+    );
+    for s in ["services.cache", "services.probe", "services.off"] {
+        assert!(warned(&p, s).is_empty(), "{s}: {:?}", p.warnings);
+    }
+}
+
+#[test]
+fn the_stop_grace_period_is_compose_s_ten_seconds_when_none_is_given() {
+    let p = ok("services:\n  a:\n    image: a\n  b:\n    image: b\n    stop_grace_period: 3s\n");
+    assert_eq!(container(&p, "a")["stopTimeout"], 10);
+    assert_eq!(container(&p, "b")["stopTimeout"], 3);
 }

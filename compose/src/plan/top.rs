@@ -39,7 +39,7 @@ pub fn read(cx: &mut Cx, doc: &Map<String, Value>) -> Globals {
                 "not read here: the loader includes the files (this document did not come from it)",
             ),
             "models" => cx.warn("models", "not mapped: Flotilla runs no language models"),
-            _ => cx.warn(key, super::keys::NOT_COMPOSE),
+            _ => cx.not_compose(key, key, super::keys::TOP),
         }
     }
     g
@@ -200,7 +200,7 @@ fn volumes(cx: &mut Cx, v: &Value, g: &mut Globals) {
                         cx.warn(&kp, "not mapped: volumes have no labels");
                     }
                 }
-                _ => cx.warn(&kp, super::keys::NOT_COMPOSE),
+                _ => cx.not_compose(&kp, k, super::keys::VOLUME),
             }
         }
         g.volumes.insert(name.clone(), flotilla);
@@ -288,7 +288,13 @@ fn values(cx: &mut Cx, what: ValueKind, v: &Value, g: &mut Globals) {
                     cx.warn(&kp, format!("not mapped: Flotilla keeps {top} itself"))
                 }
                 "template_driver" => cx.warn(&kp, "not mapped: values are given as they are"),
-                _ => cx.warn(&kp, super::keys::NOT_COMPOSE),
+                _ => {
+                    let known = match what {
+                        ValueKind::Secret => super::keys::SECRET,
+                        ValueKind::Config => super::keys::CONFIG,
+                    };
+                    cx.not_compose(&kp, k, known);
+                }
             }
         }
         let flotilla = match (&ext, &own_name) {

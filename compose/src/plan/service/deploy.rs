@@ -59,7 +59,7 @@ impl Service<'_> {
                     "not mapped: a rollback deploys the last completed revision as any \
                      deployment is rolled out",
                 ),
-                _ => self.warn(&kp, keys::NOT_COMPOSE),
+                _ => self.not_compose(&kp, k, keys::DEPLOY),
             }
         }
     }
@@ -78,7 +78,7 @@ impl Service<'_> {
                 "limits" => true,
                 "reservations" => false,
                 _ => {
-                    self.warn(&kp, keys::NOT_COMPOSE);
+                    self.not_compose(&kp, k, keys::RESOURCES);
                     continue;
                 }
             };
@@ -130,7 +130,14 @@ impl Service<'_> {
                         "not mapped: placement counts memory and CPU only; no device is passed \
                          to containers",
                     ),
-                    _ => self.warn(&rp, keys::NOT_COMPOSE),
+                    _ => {
+                        let known = if limits {
+                            keys::LIMITS
+                        } else {
+                            keys::RESERVATIONS
+                        };
+                        self.not_compose(&rp, rk, known);
+                    }
                 }
             }
         }
@@ -185,7 +192,7 @@ impl Service<'_> {
                     }
                     Err(e) => self.problem(&kp, e),
                 },
-                _ => self.warn(&kp, keys::NOT_COMPOSE),
+                _ => self.not_compose(&kp, k, keys::RESTART_POLICY),
             }
         }
         self.deploy_restart = Some((r, p.to_string()));
@@ -246,7 +253,7 @@ impl Service<'_> {
                     ),
                     Err(e) => self.problem(&kp, e),
                 },
-                _ => self.warn(&kp, keys::NOT_COMPOSE),
+                _ => self.not_compose(&kp, k, keys::PLACEMENT),
             }
         }
     }
@@ -345,7 +352,7 @@ impl Service<'_> {
                     "not mapped: the circuit breaker (failure_action) stops a deployment whose \
                      tasks keep failing: half the desired count, at least 3",
                 ),
-                _ => self.warn(&kp, keys::NOT_COMPOSE),
+                _ => self.not_compose(&kp, k, keys::UPDATE_CONFIG),
             }
         }
         let mut d = Map::new();

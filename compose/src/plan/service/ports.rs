@@ -185,7 +185,7 @@ impl Service<'_> {
                             "app_protocol" => self
                                 .warn(&kp, "not mapped: a port mapping names its transport only"),
                             k if k.starts_with("x-") => {}
-                            _ => self.warn(&kp, keys::NOT_COMPOSE),
+                            _ => self.not_compose(&kp, k, keys::PORT),
                         }
                     }
                     match target {

@@ -129,7 +129,7 @@ impl Service<'_> {
                             Ok(n) => out.4 = Some(n),
                             Err(e) => self.problem(&kp, e),
                         },
-                        _ => self.warn(&kp, keys::NOT_COMPOSE),
+                        _ => self.not_compose(&kp, k, keys::VALUE_REF),
                     }
                 }
                 match out.0 {

@@ -78,7 +78,16 @@ impl Service<'_> {
             return None;
         }
         let abs = absolute(self.cx, source);
-        if abs.starts_with(&self.cx.project_dir) {
+        if let Some(written) = self.cx.home_paths.get(source).cloned() {
+            self.warn(
+                p,
+                format!(
+                    "{written}: a path on this machine (~ is its HOME): each node mounts its own \
+                     {} (below its bind_roots); a file is better given as a config",
+                    abs.display()
+                ),
+            );
+        } else if abs.starts_with(&self.cx.project_dir) {
             self.warn(
                 p,
                 format!(
@@ -246,11 +255,11 @@ impl Service<'_> {
                             | ("bind", "propagation" | "recursive")
                             | ("volume", "subpath" | "labels")
                             | ("image", "subpath") => self.warn(&sp, "not mapped"),
-                            _ => self.warn(&sp, keys::NOT_COMPOSE),
+                            _ => self.not_compose(&sp, sk, keys::mount_options(k)),
                         }
                     }
                 }
-                _ => self.warn(&kp, keys::NOT_COMPOSE),
+                _ => self.not_compose(&kp, k, keys::MOUNT),
             }
         }
         let volume = match (kind_of, source.as_deref()) {

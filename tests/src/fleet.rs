@@ -186,6 +186,9 @@ pub struct Settings {
     /// The first simulated node address is `100.64.0.0` plus this, one more per agent (what
     /// each says in its hello: where its host ports would be reached).
     pub address_offset: u32,
+    /// Every this many agents, one speaks only protocol 1, as an agent of the previous release
+    /// (it is sent whole registries only); zero: none.
+    pub protocol_1_every: usize,
 }
 
 impl Default for Settings {
@@ -197,6 +200,7 @@ impl Default for Settings {
             agents_per_socket: 32,
             dial_spread: Duration::ZERO,
             address_offset: 1,
+            protocol_1_every: 0,
         }
     }
 }
@@ -635,6 +639,13 @@ impl Simulator {
                 identity: identity.clone(),
                 endpoint,
                 rng: Rng::seeded(i as u64),
+                protocols: if settings.protocol_1_every > 0
+                    && i % settings.protocol_1_every == settings.protocol_1_every - 1
+                {
+                    vec![1]
+                } else {
+                    PROTOCOLS.to_vec()
+                },
             };
             tasks.spawn(agent.run());
         }
@@ -705,6 +716,8 @@ struct SimAgent {
     identity: Identity,
     endpoint: Endpoint,
     rng: Rng,
+    /// The protocol versions it says it speaks.
+    protocols: Vec<u32>,
 }
 
 impl SimAgent {
@@ -756,7 +769,7 @@ impl SimAgent {
         write_frame(
             &mut send,
             &Hello {
-                protocols: PROTOCOLS.to_vec(),
+                protocols: self.protocols.clone(),
                 agent_version: format!("{}-fleet-sim", env!("CARGO_PKG_VERSION")),
                 address: Some(self.view.address),
             },

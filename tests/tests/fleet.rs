@@ -6,7 +6,8 @@
 //! session, and every change after that as a delta —, agents whose session drops (some also
 //! losing their registry, as an agent restarted on a new disk) end with the whole registry
 //! again, and deleting the service stops every task and takes it out of every agent's registry,
-//! as a delta. Correctness, not timing: the timings are in `bench-fleet` (BENCHMARKS.md,
+//! as a delta. One agent in ten speaks only protocol 1, as an agent of the previous release,
+//! and is sent the whole registry every time. Correctness, not timing: the timings are in `bench-fleet` (BENCHMARKS.md,
 //! "Fleet").
 
 use std::collections::BTreeSet;
@@ -19,6 +20,14 @@ use flotilla_tests::fleet::{self, Settings, Shared, Simulator};
 
 /// Agents in the fleet: past the 256 nodes the default bridge pool holds.
 const AGENTS: usize = 300;
+
+/// Every this many agents, one speaks only protocol 1 (an agent of the previous release).
+const OLD_EVERY: usize = 10;
+
+/// Whether agent `i` speaks only protocol 1.
+fn old(i: usize) -> bool {
+    i % OLD_EVERY == OLD_EVERY - 1
+}
 
 const DEF: &str = r#"{
   "family": "edge",
@@ -97,6 +106,7 @@ fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_re
 
     let settings = Settings {
         heartbeat: Duration::from_secs(5),
+        protocol_1_every: OLD_EVERY,
         ..Settings::default()
     };
     let sim = {
@@ -181,9 +191,15 @@ fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_re
         );
     }
 
-    // The registry was sent whole once per session, every change after that as a delta.
-    for a in &shared.agents {
+    // The registry was sent whole once per session, every change after that as a delta; to
+    // agents of protocol 1, whole every time.
+    for (i, a) in shared.agents.iter().enumerate() {
         let st = a.state();
+        if old(i) {
+            assert_eq!(st.registry_deltas, 0, "{}: no delta", a.node_id);
+            assert!(st.registry_wholes >= 2, "{}: every change whole", a.node_id);
+            continue;
+        }
         assert_eq!(
             (st.registry_wholes, st.registry_out_of_sequence),
             (1, 0),
@@ -211,8 +227,10 @@ fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_re
             })
         },
     );
-    for a in shared.agents.iter().take(RECONNECTING) {
-        assert_eq!(a.state().registry_wholes, 2, "{}", a.node_id);
+    for (i, a) in shared.agents.iter().enumerate().take(RECONNECTING) {
+        if !old(i) {
+            assert_eq!(a.state().registry_wholes, 2, "{}", a.node_id);
+        }
     }
     let deltas_before: Vec<u32> = shared
         .agents
@@ -248,9 +266,13 @@ fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_re
         .filter(|t| t.state == TaskState::Stopped && t.stop_code == Some(StopCode::ServiceDeleted))
         .count();
     assert_eq!(stopped, AGENTS, "every task STOPPED by the deletion");
-    // The removal reached every agent as a delta.
+    // The removal reached every agent as a delta (whole to those of protocol 1).
     for (i, a) in shared.agents.iter().enumerate() {
         let st = a.state();
+        if old(i) {
+            assert!(st.registry_wholes > wholes_before[i], "{}", a.node_id);
+            continue;
+        }
         assert!(
             st.registry_deltas > deltas_before[i] && st.registry_wholes == wholes_before[i],
             "{}: the removal came as a delta ({} deltas before, {} after; {} whole before, {} \

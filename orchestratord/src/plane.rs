@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use flotilla_api::{encode_frame, read_frame, write_encoded, PushReply, ServerPush};
+use flotilla_api::{encode_frame, read_frame, PushReply, ServerPush};
 use quinn::{Connection, VarInt};
 
 use crate::core::Core;
@@ -91,15 +91,17 @@ pub const PUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// [`PUSH_TIMEOUT`].
 pub async fn push(conn: &Connection, what: &ServerPush) -> Result<PushReply, String> {
     let frame = encode_frame(what).map_err(|e| e.to_string())?;
-    exchange(conn, &frame).await
+    exchange(conn, &Arc::from(frame)).await
 }
 
 /// Sends an encoded push on a new stream of a node's session and reads its answer, within
 /// [`PUSH_TIMEOUT`].
-pub async fn exchange(conn: &Connection, frame: &[u8]) -> Result<PushReply, String> {
+pub async fn exchange(conn: &Connection, frame: &Arc<[u8]>) -> Result<PushReply, String> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        write_encoded(&mut send, frame)
+        // Handed to QUIC as it is, not copied into the stream's buffer: the frame of a
+        // registry push is one for all the sessions it goes to.
+        send.write_chunk(bytes::Bytes::from_owner(frame.clone()))
             .await
             .map_err(|e| e.to_string())?;
         let _ = send.finish();

@@ -2,6 +2,7 @@
 //! control plane pushes to every node, from which each node answers DNS for the cluster domain
 //! and programs service VIPs — also while the control plane is unreachable.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -66,6 +67,123 @@ impl Registry {
             .iter()
             .find(|s| s.namespace == namespace && s.name == name)
     }
+
+    /// The registry `delta` makes of this one; refused unless the delta applies to this
+    /// version. Services stay ordered by namespace and name.
+    pub fn apply(&self, delta: &RegistryDelta) -> Result<Registry, OutOfSequence> {
+        if delta.from != self.version {
+            return Err(OutOfSequence {
+                held: self.version,
+                from: delta.from,
+            });
+        }
+        let mut services: BTreeMap<ServiceName, DiscoveredService> =
+            self.services.iter().map(|s| (s.key(), s.clone())).collect();
+        for k in &delta.removed {
+            services.remove(k);
+        }
+        for s in &delta.upserted {
+            services.insert(s.key(), s.clone());
+        }
+        Ok(Registry {
+            version: delta.to,
+            services: services.into_values().collect(),
+        })
+    }
+}
+
+/// A service's place in the registry: its namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceName {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+/// What changed in the registry from version `from` to version `to`: the services added or
+/// replaced (each whole) and the services removed. Sent to agents that speak protocol 2 in
+/// place of the whole registry when they hold `from`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegistryDelta {
+    /// The version it applies to.
+    pub from: u64,
+    /// The version it makes.
+    pub to: u64,
+    /// Services added or replaced, whole.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upserted: Vec<DiscoveredService>,
+    /// Services removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<ServiceName>,
+}
+
+/// A delta that does not follow the registry it is applied to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("registry delta from version {from} does not apply to version {held}")]
+pub struct OutOfSequence {
+    /// The version held.
+    pub held: u64,
+    /// The version the delta applies to.
+    pub from: u64,
+}
+
+impl RegistryDelta {
+    /// What changed from `old` to `new`.
+    pub fn between(old: &Registry, new: &Registry) -> Self {
+        let before: BTreeMap<ServiceName, &DiscoveredService> =
+            old.services.iter().map(|s| (s.key(), s)).collect();
+        let after: BTreeMap<ServiceName, &DiscoveredService> =
+            new.services.iter().map(|s| (s.key(), s)).collect();
+        let upserted = after
+            .iter()
+            .filter(|(k, s)| before.get(*k) != Some(*s))
+            .map(|(_, s)| (*s).clone())
+            .collect();
+        let removed = before
+            .keys()
+            .filter(|k| !after.contains_key(*k))
+            .cloned()
+            .collect();
+        Self {
+            from: old.version,
+            to: new.version,
+            upserted,
+            removed,
+        }
+    }
+
+    /// `self` and then `next` as one delta (from `self.from` to `next.to`).
+    pub fn then(&self, next: &RegistryDelta) -> Result<RegistryDelta, OutOfSequence> {
+        if next.from != self.to {
+            return Err(OutOfSequence {
+                held: self.to,
+                from: next.from,
+            });
+        }
+        let mut changes: BTreeMap<ServiceName, Option<DiscoveredService>> = BTreeMap::new();
+        for d in [self, next] {
+            for k in &d.removed {
+                changes.insert(k.clone(), None);
+            }
+            for s in &d.upserted {
+                changes.insert(s.key(), Some(s.clone()));
+            }
+        }
+        let mut out = RegistryDelta {
+            from: self.from,
+            to: next.to,
+            ..Default::default()
+        };
+        for (k, change) in changes {
+            match change {
+                Some(s) => out.upserted.push(s),
+                None => out.removed.push(k),
+            }
+        }
+        Ok(out)
+    }
 }
 
 /// A service as DNS answers for it.
@@ -119,6 +237,14 @@ pub struct Endpoint {
 }
 
 impl DiscoveredService {
+    /// Its place in the registry.
+    pub fn key(&self) -> ServiceName {
+        ServiceName {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
     /// `NAME.NAMESPACE.flotilla.internal`.
     pub fn fqdn(&self) -> String {
         format!("{}.{}.{DOMAIN}", self.name, self.namespace)
@@ -228,5 +354,98 @@ mod tests {
         assert_eq!(get("API_SERVICE_PORT"), Some("80"));
         assert_eq!(get("X_SERVICE_HOST"), None);
         assert_eq!(env.len(), 4);
+    }
+
+    fn service(ns: &str, name: &str, tasks: &[&str]) -> DiscoveredService {
+        DiscoveredService {
+            namespace: ns.into(),
+            name: name.into(),
+            service: name.into(),
+            vip: None,
+            port: Some(80),
+            fixed_port: None,
+            protocol: Protocol::Tcp,
+            endpoints: tasks.iter().map(|t| endpoint(t, 80)).collect(),
+        }
+    }
+
+    fn registry(version: u64, services: Vec<DiscoveredService>) -> Registry {
+        Registry { version, services }
+    }
+
+    #[test]
+    fn a_delta_carries_what_changed_and_makes_the_new_registry() {
+        let old = registry(
+            5,
+            vec![
+                service("a", "db", &["t-1"]),
+                service("a", "web", &["t-2"]),
+                service("b", "x", &[]),
+            ],
+        );
+        let new = registry(
+            9,
+            vec![
+                service("a", "api", &["t-4"]),
+                service("a", "web", &["t-2", "t-3"]),
+                service("b", "x", &[]),
+            ],
+        );
+        let d = RegistryDelta::between(&old, &new);
+        assert_eq!((d.from, d.to), (5, 9));
+        let names: Vec<&str> = d.upserted.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["api", "web"], "unchanged services are not carried");
+        assert_eq!(
+            d.removed,
+            [ServiceName {
+                namespace: "a".into(),
+                name: "db".into()
+            }]
+        );
+        assert_eq!(old.apply(&d), Ok(new.clone()), "in order, as whole");
+        // Nothing changed: an empty delta still moves the version.
+        let same = RegistryDelta::between(&new, &registry(10, new.services.clone()));
+        assert!(same.upserted.is_empty() && same.removed.is_empty());
+        assert_eq!(new.apply(&same).map(|r| r.version), Ok(10));
+    }
+
+    #[test]
+    fn a_delta_applies_only_to_the_version_it_follows() {
+        let v1 = registry(1, vec![service("a", "web", &["t-1"])]);
+        let v2 = registry(2, vec![service("a", "web", &["t-1", "t-2"])]);
+        let v3 = registry(3, vec![]);
+        let d12 = RegistryDelta::between(&v1, &v2);
+        let d23 = RegistryDelta::between(&v2, &v3);
+        // A gap (2→3 given to a holder of 1) and a repeat (1→2 given to a holder of 2).
+        assert_eq!(v1.apply(&d23), Err(OutOfSequence { held: 1, from: 2 }));
+        assert_eq!(v2.apply(&d12), Err(OutOfSequence { held: 2, from: 1 }));
+        // A reset to nothing: every service removed.
+        assert_eq!(v2.apply(&d23), Ok(v3.clone()));
+        assert!(d23.upserted.is_empty() && d23.removed.len() == 1);
+    }
+
+    #[test]
+    fn deltas_in_a_row_compose_into_one() {
+        let v1 = registry(
+            1,
+            vec![service("a", "db", &["t-1"]), service("a", "web", &[])],
+        );
+        let v2 = registry(2, vec![service("a", "web", &["t-2"])]);
+        let v3 = registry(
+            3,
+            vec![service("a", "db", &["t-9"]), service("a", "web", &["t-2"])],
+        );
+        let v4 = registry(4, vec![service("a", "db", &["t-9"])]);
+        let d = RegistryDelta::between(&v1, &v2)
+            .then(&RegistryDelta::between(&v2, &v3))
+            .and_then(|d| d.then(&RegistryDelta::between(&v3, &v4)))
+            .expect("in sequence");
+        assert_eq!((d.from, d.to), (1, 4));
+        // db removed then added again: carried whole; web changed then removed: removed.
+        assert_eq!(v1.apply(&d), Ok(v4.clone()));
+        assert_eq!(d.upserted.len() + d.removed.len(), 2);
+        assert!(RegistryDelta::between(&v1, &v2)
+            .then(&RegistryDelta::between(&v3, &v4))
+            .is_err());
     }
 }

@@ -31,8 +31,12 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Protocol versions this build speaks, oldest first: a control plane accepts agents of the
-/// previous version while a fleet upgrades.
-pub const PROTOCOLS: &[u32] = &[1];
+/// previous version while a fleet upgrades. Version 2 adds [`ServerPush::RegistryDelta`]: a
+/// session that negotiated 1 is only ever pushed whole registries.
+pub const PROTOCOLS: &[u32] = &[1, 2];
+
+/// The first protocol version whose agents take registry deltas.
+pub const PROTOCOL_REGISTRY_DELTAS: u32 = 2;
 
 /// Port of the control plane (QUIC for agents, HTTPS for operators) when none is given.
 pub const DEFAULT_PORT: u16 = 7443;
@@ -293,6 +297,11 @@ pub enum ServerPush {
     Logs(LogRequest),
     /// The cluster's discoverable services (answered with `Persisted { generation: version }`).
     Registry(discovery::Registry),
+    /// What changed in the registry since version `from` (protocol 2). Answered with
+    /// `Persisted { generation }`, the version then held: `to` once applied, or the version
+    /// the node holds when it does not hold `from` — the control plane then sends it what
+    /// changed since that version, or the whole registry.
+    RegistryDelta(discovery::RegistryDelta),
     /// Run a command in a task's container; the stream then carries [`exec::ExecFrame`]s
     /// both ways (see [`exec`]).
     Exec(exec::ExecRequest),
@@ -394,6 +403,29 @@ pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     Ok(())
 }
 
+/// One frame as [`write_frame`] writes it (length and body), encoded once to be written to any
+/// number of streams with [`write_encoded`].
+pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let body = serde_json::to_vec(msg)?;
+    if body.len() > MAX_FRAME {
+        return Err(FrameError::TooLarge(body.len()));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    Ok(frame)
+}
+
+/// Writes a frame made by [`encode_frame`].
+pub async fn write_encoded<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    frame: &[u8],
+) -> Result<(), FrameError> {
+    w.write_all(frame).await?;
+    w.flush().await?;
+    Ok(())
+}
+
 /// Reads one frame.
 pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
     r: &mut R,
@@ -464,6 +496,18 @@ mod tests {
             read_frame::<_, AgentRequest>(&mut b).await,
             Err(FrameError::TooLarge(_))
         ));
+        // An encoded frame reads as the message.
+        let frame = encode_frame(&msg).expect("encode");
+        write_encoded(&mut a, &frame).await.expect("write");
+        assert_eq!(
+            read_frame::<_, AgentRequest>(&mut b).await.expect("read"),
+            msg
+        );
+        assert!(matches!(
+            encode_frame(&"x".repeat(MAX_FRAME)),
+            Err(FrameError::TooLarge(_))
+        ));
+
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&5u32.to_be_bytes()).await.expect("write");
         a.write_all(b"{oops").await.expect("write");
@@ -619,6 +663,8 @@ mod tests {
     fn versions_and_labels() {
         assert_eq!(negotiate(&[1, 2], &[2, 3]), Some(2));
         assert_eq!(negotiate(&[1], &[2]), None);
+        // An agent of the previous release speaks 1 only: no registry deltas for it.
+        assert_eq!(negotiate(PROTOCOLS, &[1]), Some(1));
         assert_eq!(
             parse_label("site=store-12"),
             Ok(("site".into(), "store-12".into()))

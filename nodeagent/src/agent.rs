@@ -521,6 +521,15 @@ async fn session(
                             },
                         }
                     }
+                    Ok(ServerPush::RegistryDelta(delta)) => {
+                        let dns = runner.dns().clone();
+                        match tokio::task::spawn_blocking(move || dns.apply(&delta)).await? {
+                            Ok(version) => PushReply::Persisted { generation: version },
+                            Err(e) => PushReply::Refused {
+                                reason: flotilla_api::errors::chain(e.as_ref()),
+                            },
+                        }
+                    }
                     Ok(ServerPush::Desired(state)) => {
                         let r = runner.clone();
                         match tokio::task::spawn_blocking(move || r.set_desired(state)).await? {

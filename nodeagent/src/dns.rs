@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use flotilla_api::discovery::{DiscoveredService, Registry, DOMAIN, RESOLVER, TTL};
+use flotilla_api::discovery::{DiscoveredService, Registry, RegistryDelta, DOMAIN, RESOLVER, TTL};
 use flotilla_runtime::network::netns;
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, SRV};
@@ -126,6 +126,8 @@ pub enum Transport {
 pub struct Dns {
     db: Arc<Database>,
     registry: RwLock<Arc<Registry>>,
+    /// Held while a registry is persisted: one change at a time.
+    writing: Mutex<()>,
     /// The registry's version, read by every UDP answer without a lock.
     version: AtomicU64,
     changed: watch::Sender<u64>,
@@ -163,6 +165,7 @@ impl Dns {
             version: AtomicU64::new(registry.version),
             db,
             registry: RwLock::new(Arc::new(registry)),
+            writing: Mutex::new(()),
             changed,
             upstreams: Mutex::new(None),
             listeners: Mutex::new(HashMap::new()),
@@ -189,10 +192,32 @@ impl Dns {
     /// Persists a newer registry (committed before this returns) and answers from it; an older
     /// one changes nothing. Returns the version held.
     pub fn set(&self, registry: Registry) -> Result<u64> {
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let held = self.registry().version;
         if registry.version <= held {
             return Ok(held);
         }
+        self.keep(registry)
+    }
+
+    /// Applies what changed in the registry since the version held: the registry it makes is
+    /// persisted whole in one commit (what DNS and the VIPs are served from, offline too), then
+    /// answered from. A delta that does not follow the version held changes nothing. Returns
+    /// the version held: the delta's `to`, or — out of sequence — the version the control plane
+    /// is to send what changed since.
+    pub fn apply(&self, delta: &RegistryDelta) -> Result<u64> {
+        let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let held = self.registry();
+        match held.apply(delta) {
+            Ok(next) => self.keep(next),
+            Err(e) => {
+                tracing::info!("{e}: asking for what changed since {}", e.held);
+                Ok(e.held)
+            }
+        }
+    }
+
+    fn keep(&self, registry: Registry) -> Result<u64> {
         let w = self.db.begin_write()?;
         {
             let mut t = w.open_table(DISCOVERY)?;
@@ -1226,5 +1251,49 @@ mod tests {
         assert!(ask("www.shop.", RecordType::A).is_none());
         assert!(ask("api.example.", RecordType::A).is_none());
         assert!(ask("shop.", RecordType::A).is_none());
+    }
+
+    /// A delta applied to the held registry is persisted whole: a restarted agent (offline)
+    /// answers from the registry it made; one out of sequence changes nothing and says what
+    /// is held.
+    #[tokio::test]
+    async fn a_registry_delta_is_applied_to_the_persisted_registry() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let path = dir.path().join("agent.redb");
+        let db = Arc::new(Database::create(&path).expect("db"));
+        let dns = Dns::open(db, tokio::runtime::Handle::current(), Vec::new()).expect("dns");
+        assert_eq!(dns.set(registry()).expect("registry"), 7);
+        let mut next = registry();
+        next.version = 9;
+        next.services[0].endpoints.truncate(1);
+        let mut web = next.services[0].clone();
+        web.name = "web".into();
+        next.services.push(web);
+        let delta = RegistryDelta::between(&registry(), &next);
+        // From a version it does not hold (a lost push): nothing changes.
+        let gap = RegistryDelta {
+            from: 8,
+            ..delta.clone()
+        };
+        assert_eq!(dns.apply(&gap).expect("apply"), 7);
+        assert_eq!(*dns.registry(), registry());
+        let changes = dns.changes();
+        assert_eq!(dns.apply(&delta).expect("apply"), 9);
+        assert_eq!(*dns.registry(), next);
+        assert!(changes.has_changed().expect("watch"));
+        // Again: it is not its version any more.
+        assert_eq!(dns.apply(&delta).expect("apply"), 9);
+        drop(dns);
+        let db = Arc::new(Database::create(&path).expect("db"));
+        let dns = Dns::open(db, tokio::runtime::Handle::current(), Vec::new()).expect("dns");
+        assert_eq!(*dns.registry(), next, "persisted whole");
+        let m = answer(
+            &dns.registry(),
+            &Message::from_vec(&query("web.shop.flotilla.internal.", RecordType::A, None))
+                .expect("query"),
+            Asker::default(),
+        )
+        .expect("ours");
+        assert_eq!(a_records(&m), [Ipv4Addr::new(10, 0, 0, 10)]);
     }
 }

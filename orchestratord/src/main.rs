@@ -487,8 +487,30 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     ));
     quic.transport_config(Arc::new(transport));
-    let endpoint = quinn::Endpoint::server(quic, listen)
+    let (socket, buffers) = orchestratord::udp::bind(listen, orchestratord::udp::BUFFER_BYTES)
         .with_context(|| format!("listening on udp {listen}"))?;
+    if buffers.capped() {
+        tracing::warn!(
+            recv = buffers.recv,
+            send = buffers.send,
+            asked = buffers.asked,
+            "the kernel capped the QUIC socket's buffers (raise net.core.rmem_max and wmem_max): \
+             handshakes dropped in a reconnect storm are resent only after QUIC's probe timeout"
+        );
+    } else {
+        tracing::info!(
+            recv = buffers.recv,
+            send = buffers.send,
+            "QUIC socket buffers"
+        );
+    }
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(quic),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .with_context(|| format!("listening on udp {listen}"))?;
     let https_tls = flotilla_certs::tls::server(ca.cert_pem(), &server, &[b"http/1.1"])?;
     let tcp = tokio::net::TcpListener::bind(listen)
         .await

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use flotilla_api::{read_frame, write_frame, PushReply, ServerPush};
+use flotilla_api::{encode_frame, read_frame, PushReply, ServerPush};
 use quinn::{Connection, VarInt};
 
 use crate::core::Core;
@@ -23,11 +23,34 @@ pub struct Plane {
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
-/// Each node's live connection (at most one: a reconnect replaces the old one).
+/// Each node's live connection (at most one: a reconnect replaces the old one), and the last
+/// registry push to each session.
 #[derive(Debug, Default)]
-pub struct Sessions(Mutex<HashMap<String, Connection>>);
+pub struct Sessions(
+    Mutex<HashMap<String, Connection>>,
+    Mutex<HashMap<String, (usize, tokio::sync::oneshot::Receiver<()>)>>,
+);
+
+/// A registry push's place in its session's order.
+struct Turn {
+    /// Done when the push before it to the same session is.
+    after: Option<tokio::sync::oneshot::Receiver<()>>,
+    /// Dropped when this one is done.
+    mine: tokio::sync::oneshot::Sender<()>,
+}
 
 impl Sessions {
+    /// The next registry push to `node`'s session `conn`: after the last one to that session.
+    fn registry_turn(&self, node: &str, conn: &Connection) -> Turn {
+        let (mine, next) = tokio::sync::oneshot::channel();
+        let mut last = self.1.lock().unwrap_or_else(|p| p.into_inner());
+        let after = last
+            .insert(node.to_string(), (conn.stable_id(), next))
+            .filter(|(session, _)| *session == conn.stable_id())
+            .map(|(_, r)| r);
+        Turn { after, mine }
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Connection>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -56,13 +79,6 @@ impl Sessions {
     fn take(&self, node: &str) -> Option<Connection> {
         self.map().remove(node)
     }
-
-    fn all(&self) -> Vec<(String, Connection)> {
-        self.map()
-            .iter()
-            .map(|(n, c)| (n.clone(), c.clone()))
-            .collect()
-    }
 }
 
 /// How long a node has to answer a push. An agent persists what it is sent (an fsync on an
@@ -74,9 +90,18 @@ pub const PUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10)
 /// Sends `what` on a new stream of a node's session and reads its answer, within
 /// [`PUSH_TIMEOUT`].
 pub async fn push(conn: &Connection, what: &ServerPush) -> Result<PushReply, String> {
+    let frame = encode_frame(what).map_err(|e| e.to_string())?;
+    exchange(conn, &Arc::from(frame)).await
+}
+
+/// Sends an encoded push on a new stream of a node's session and reads its answer, within
+/// [`PUSH_TIMEOUT`].
+pub async fn exchange(conn: &Connection, frame: &Arc<[u8]>) -> Result<PushReply, String> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        write_frame(&mut send, what)
+        // Handed to QUIC as it is, not copied into the stream's buffer: the frame of a
+        // registry push is one for all the sessions it goes to.
+        send.write_chunk(bytes::Bytes::from_owner(frame.clone()))
             .await
             .map_err(|e| e.to_string())?;
         let _ = send.finish();
@@ -137,27 +162,43 @@ impl Plane {
                         }
                     });
                 }
-                Effect::PushRegistry { node, registry } => {
-                    let targets = match node {
-                        Some(n) => self.sessions.get(&n).map(|c| (n, c)).into_iter().collect(),
-                        None => self.sessions.all(),
-                    };
-                    for (node, conn) in targets {
-                        let registry = registry.clone();
+                Effect::PushRegistry { nodes, push } => {
+                    for node in nodes {
+                        let Some(conn) = self.sessions.get(&node) else {
+                            continue;
+                        };
                         let (sent, done) = tokio::sync::oneshot::channel();
                         registry_sent.insert(node.clone(), done);
+                        // Pushes to one session go in order: a delta applies to what the
+                        // one before it made.
+                        let before = self.sessions.registry_turn(&node, &conn);
+                        let core = self.core.clone();
+                        let push = push.clone();
                         tokio::spawn(async move {
-                            let _sent = sent;
-                            match push(&conn, &ServerPush::Registry((*registry).clone())).await {
-                                Ok(PushReply::Persisted { .. }) => {
-                                    tracing::debug!(node = %node, version = registry.version, "registry delivered")
-                                }
+                            let (_sent, _turn) = (sent, before.mine);
+                            if let Some(previous) = before.after {
+                                let _ = previous.await;
+                            }
+                            let held = match exchange(&conn, &push.frame).await {
+                                Ok(PushReply::Persisted { generation }) => generation,
                                 Ok(PushReply::Refused { reason }) => {
-                                    tracing::warn!(node = %node, "registry refused: {reason}")
+                                    return tracing::warn!(node = %node, "registry refused: {reason}")
                                 }
                                 Err(e) => {
-                                    tracing::debug!(node = %node, "registry not delivered: {e}")
+                                    return tracing::debug!(node = %node, "registry not delivered: {e}")
                                 }
+                            };
+                            if held == push.version {
+                                return tracing::debug!(node = %node, version = held, "registry delivered");
+                            }
+                            let said = Agent::RegistryHeld {
+                                node,
+                                pushed: push.version,
+                                from: push.from,
+                                held,
+                            };
+                            if let Err(e) = core.call(Command::Agent(said)).await {
+                                tracing::warn!("recording the registry a node holds: {e}");
                             }
                         });
                     }

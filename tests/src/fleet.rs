@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use flotilla_api::discovery::Registry;
+use flotilla_api::discovery::{DiscoveredService, Registry, RegistryDelta};
 use flotilla_api::taskdef::NetworkMode;
 use flotilla_api::tasks::{
     ContainerState, ContainerStatus, ContainerUsage, DesiredState, DesiredStatus, DesiredTask,
@@ -76,8 +76,21 @@ fn quic_client(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
     Ok(cfg)
 }
 
+/// A client endpoint on a socket of its own, with the control plane's buffer sizes: several
+/// dozen agents share one, and their handshakes come in bursts too.
 fn client_endpoint() -> Result<Endpoint> {
-    Endpoint::client(SocketAddr::from(([0, 0, 0, 0], 0))).context("opening a UDP socket")
+    let (socket, _) = orchestratord::udp::bind(
+        SocketAddr::from(([0, 0, 0, 0], 0)),
+        orchestratord::udp::BUFFER_BYTES,
+    )
+    .context("opening a UDP socket")?;
+    Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .context("opening a QUIC endpoint")
 }
 
 /// Enrolls `n` simulated nodes at `server` with `token` (which must allow `n` more joins), at
@@ -173,6 +186,9 @@ pub struct Settings {
     /// The first simulated node address is `100.64.0.0` plus this, one more per agent (what
     /// each says in its hello: where its host ports would be reached).
     pub address_offset: u32,
+    /// Every this many agents, one speaks only protocol 1, as an agent of the previous release
+    /// (it is sent whole registries only); zero: none.
+    pub protocol_1_every: usize,
 }
 
 impl Default for Settings {
@@ -184,6 +200,7 @@ impl Default for Settings {
             agents_per_socket: 32,
             dial_spread: Duration::ZERO,
             address_offset: 1,
+            protocol_1_every: 0,
         }
     }
 }
@@ -214,6 +231,38 @@ pub struct RegistrySeen {
     pub services: BTreeMap<String, Vec<String>>,
 }
 
+impl RegistrySeen {
+    /// What an agent keeps of `registry`.
+    fn of(registry: Registry) -> Self {
+        Self {
+            version: registry.version,
+            services: registry.services.into_iter().map(Self::entry).collect(),
+        }
+    }
+
+    fn entry(s: DiscoveredService) -> (String, Vec<String>) {
+        (
+            format!("{}/{}", s.namespace, s.name),
+            s.endpoints.into_iter().map(|e| e.node).collect(),
+        )
+    }
+
+    /// Applies what changed since the version held (as `nodeagent` does to its persisted
+    /// registry); `false`, and nothing changed, when the delta does not follow it.
+    fn apply(&mut self, delta: RegistryDelta) -> bool {
+        if delta.from != self.version {
+            return false;
+        }
+        for k in delta.removed {
+            self.services.remove(&format!("{}/{}", k.namespace, k.name));
+        }
+        self.services
+            .extend(delta.upserted.into_iter().map(Self::entry));
+        self.version = delta.to;
+        true
+    }
+}
+
 /// A simulated agent's state: its session and its node (kept across sessions).
 #[derive(Debug, Clone, Default)]
 pub struct AgentState {
@@ -235,6 +284,12 @@ pub struct AgentState {
     desired_ids: BTreeSet<String>,
     /// The registry held.
     pub registry: Option<RegistrySeen>,
+    /// Whole registries received.
+    pub registry_wholes: u32,
+    /// Registry deltas received and applied.
+    pub registry_deltas: u32,
+    /// Registry deltas received that did not follow the version held (answered with it).
+    pub registry_out_of_sequence: u32,
     /// Everything is reported at the start of a session.
     report_all: bool,
 }
@@ -490,12 +545,23 @@ pub struct AgentView {
     /// The address it says in its hello.
     pub address: Ipv4Addr,
     state: Mutex<AgentState>,
+    /// Ends its session when notified (it dials again as after any loss).
+    drop_session: tokio::sync::Notify,
 }
 
 impl AgentView {
     /// Its state now.
     pub fn state(&self) -> MutexGuard<'_, AgentState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ends its session now (it dials again after its backoff); with `restarted` it also
+    /// forgets its registry, as an agent whose data directory was lost.
+    pub fn reconnect(&self, restarted: bool) {
+        if restarted {
+            self.state().registry = None;
+        }
+        self.drop_session.notify_one();
     }
 }
 
@@ -547,6 +613,7 @@ impl Simulator {
                     node_id: id.node_id.clone(),
                     address: Ipv4Addr::from(base + i as u32),
                     state: Mutex::new(AgentState::default()),
+                    drop_session: tokio::sync::Notify::new(),
                 })
             })
             .collect();
@@ -572,6 +639,13 @@ impl Simulator {
                 identity: identity.clone(),
                 endpoint,
                 rng: Rng::seeded(i as u64),
+                protocols: if settings.protocol_1_every > 0
+                    && i % settings.protocol_1_every == settings.protocol_1_every - 1
+                {
+                    vec![1]
+                } else {
+                    PROTOCOLS.to_vec()
+                },
             };
             tasks.spawn(agent.run());
         }
@@ -642,6 +716,8 @@ struct SimAgent {
     identity: Identity,
     endpoint: Endpoint,
     rng: Rng,
+    /// The protocol versions it says it speaks.
+    protocols: Vec<u32>,
 }
 
 impl SimAgent {
@@ -693,7 +769,7 @@ impl SimAgent {
         write_frame(
             &mut send,
             &Hello {
-                protocols: PROTOCOLS.to_vec(),
+                protocols: self.protocols.clone(),
                 agent_version: format!("{}-fleet-sim", env!("CARGO_PKG_VERSION")),
                 address: Some(self.view.address),
             },
@@ -769,6 +845,10 @@ impl SimAgent {
                     }
                     return Err(anyhow::anyhow!("{e}").into());
                 }
+                _ = self.view.drop_session.notified() => {
+                    conn.close(quinn::VarInt::from_u32(0), b"session dropped on purpose");
+                    return Err(anyhow::anyhow!("session dropped on purpose").into());
+                }
                 push = conn.accept_bi() => {
                     let (send, recv) = push?;
                     self.answer_push(send, recv).await;
@@ -834,6 +914,21 @@ impl SimAgent {
                     generation: version,
                 }
             }
+            Ok(ServerPush::RegistryDelta(delta)) => {
+                let mut st = self.view.state();
+                let held = st.registry.get_or_insert(RegistrySeen {
+                    version: 0,
+                    services: BTreeMap::new(),
+                });
+                let applied = held.apply(delta);
+                let generation = held.version;
+                if applied {
+                    st.registry_deltas += 1;
+                } else {
+                    st.registry_out_of_sequence += 1;
+                }
+                PushReply::Persisted { generation }
+            }
             Ok(ServerPush::Exec(_)) => {
                 let refusal = flotilla_api::exec::ExecFrame::Error(
                     "a simulated node (bench-fleet) runs no containers".into(),
@@ -863,24 +958,14 @@ impl SimAgent {
 
     fn take_registry(&self, registry: Registry) -> u64 {
         let mut st = self.view.state();
+        st.registry_wholes += 1;
         let held = st.registry.as_ref().map_or(0, |r| r.version);
         if registry.version <= held {
             return held;
         }
-        st.registry = Some(RegistrySeen {
-            version: registry.version,
-            services: registry
-                .services
-                .into_iter()
-                .map(|s| {
-                    (
-                        format!("{}/{}", s.namespace, s.name),
-                        s.endpoints.into_iter().map(|e| e.node).collect(),
-                    )
-                })
-                .collect(),
-        });
-        registry.version
+        let version = registry.version;
+        st.registry = Some(RegistrySeen::of(registry));
+        version
     }
 }
 

@@ -2,9 +2,13 @@
 //! (`flotilla_tests::fleet` — each with its own node identity from the real enrollment and its
 //! own mTLS QUIC session speaking the real protocol; no containers) are all admitted and shown
 //! READY, a DAEMON service with discovery gets a task RUNNING on every one of them, the
-//! discovery registry with every endpoint reaches every agent, and deleting the service stops
-//! every task and takes it out of every agent's registry. Correctness, not timing: the timings
-//! are in `bench-fleet` (BENCHMARKS.md, "Fleet").
+//! discovery registry with every endpoint reaches every agent — whole once, at the start of its
+//! session, and every change after that as a delta —, agents whose session drops (some also
+//! losing their registry, as an agent restarted on a new disk) end with the whole registry
+//! again, and deleting the service stops every task and takes it out of every agent's registry,
+//! as a delta. One agent in ten speaks only protocol 1, as an agent of the previous release,
+//! and is sent the whole registry every time. Correctness, not timing: the timings are in `bench-fleet` (BENCHMARKS.md,
+//! "Fleet").
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
@@ -16,6 +20,14 @@ use flotilla_tests::fleet::{self, Settings, Shared, Simulator};
 
 /// Agents in the fleet: past the 256 nodes the default bridge pool holds.
 const AGENTS: usize = 300;
+
+/// Every this many agents, one speaks only protocol 1 (an agent of the previous release).
+const OLD_EVERY: usize = 10;
+
+/// Whether agent `i` speaks only protocol 1.
+fn old(i: usize) -> bool {
+    i % OLD_EVERY == OLD_EVERY - 1
+}
 
 const DEF: &str = r#"{
   "family": "edge",
@@ -94,6 +106,7 @@ fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_re
 
     let settings = Settings {
         heartbeat: Duration::from_secs(5),
+        protocol_1_every: OLD_EVERY,
         ..Settings::default()
     };
     let sim = {
@@ -178,6 +191,58 @@ fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_re
         );
     }
 
+    // The registry was sent whole once per session, every change after that as a delta; to
+    // agents of protocol 1, whole every time.
+    for (i, a) in shared.agents.iter().enumerate() {
+        let st = a.state();
+        if old(i) {
+            assert_eq!(st.registry_deltas, 0, "{}: no delta", a.node_id);
+            assert!(st.registry_wholes >= 2, "{}: every change whole", a.node_id);
+            continue;
+        }
+        assert_eq!(
+            (st.registry_wholes, st.registry_out_of_sequence),
+            (1, 0),
+            "{}: one whole registry, no delta out of sequence",
+            a.node_id
+        );
+        assert!(st.registry_deltas >= 1, "{}: deltas", a.node_id);
+    }
+
+    // Agents whose session drops, half of them also losing the registry they held: each is
+    // sent the whole registry in its new session and holds every endpoint again.
+    const RECONNECTING: usize = 20;
+    for (i, a) in shared.agents.iter().take(RECONNECTING).enumerate() {
+        a.reconnect(i % 2 == 0);
+    }
+    wait_for(
+        "the agents that reconnected in session again, with the whole registry",
+        Duration::from_secs(30),
+        &cp,
+        &shared,
+        || {
+            shared.agents.iter().take(RECONNECTING).all(|a| {
+                let st = a.state();
+                st.in_session && st.sessions == 2 && complete(&st)
+            })
+        },
+    );
+    for (i, a) in shared.agents.iter().enumerate().take(RECONNECTING) {
+        if !old(i) {
+            assert_eq!(a.state().registry_wholes, 2, "{}", a.node_id);
+        }
+    }
+    let deltas_before: Vec<u32> = shared
+        .agents
+        .iter()
+        .map(|a| a.state().registry_deltas)
+        .collect();
+    let wholes_before: Vec<u32> = shared
+        .agents
+        .iter()
+        .map(|a| a.state().registry_wholes)
+        .collect();
+
     // A change: the service deleted stops every task, and leaves every agent's registry.
     cp.api().remove_service("edge").expect("service removed");
     wait_for(
@@ -201,13 +266,32 @@ fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_re
         .filter(|t| t.state == TaskState::Stopped && t.stop_code == Some(StopCode::ServiceDeleted))
         .count();
     assert_eq!(stopped, AGENTS, "every task STOPPED by the deletion");
+    // The removal reached every agent as a delta (whole to those of protocol 1).
+    for (i, a) in shared.agents.iter().enumerate() {
+        let st = a.state();
+        if old(i) {
+            assert!(st.registry_wholes > wholes_before[i], "{}", a.node_id);
+            continue;
+        }
+        assert!(
+            st.registry_deltas > deltas_before[i] && st.registry_wholes == wholes_before[i],
+            "{}: the removal came as a delta ({} deltas before, {} after; {} whole before, {} \
+             after)",
+            a.node_id,
+            deltas_before[i],
+            st.registry_deltas,
+            wholes_before[i],
+            st.registry_wholes
+        );
+    }
 
-    // Nobody lost a session on the way.
+    // Nobody lost a session on the way but those told to.
     let churned: Vec<String> = shared
         .agents
         .iter()
-        .filter(|a| a.state().sessions != 1)
-        .map(|a| a.node_id.clone())
+        .enumerate()
+        .filter(|(i, a)| a.state().sessions != if *i < RECONNECTING { 2 } else { 1 })
+        .map(|(_, a)| a.node_id.clone())
         .collect();
     assert!(
         churned.is_empty(),

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use flotilla_api::tasks::{DesiredStatus, StopCode, TaskState, TaskStatus, TaskUsage};
 use flotilla_api::{
     negotiate, AgentReply, Hello, HelloReply, JoinReply, JoinRequest, NodeResources, PROTOCOLS,
+    PROTOCOL_REGISTRY_DELTAS,
 };
 
 use super::command::{Agent, CloseCode, ClusterError, Effect, Reply, SessionId};
@@ -92,6 +93,7 @@ pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
         | Agent::Report { node, .. }
         | Agent::Renew { node, .. }
         | Agent::DesiredAcked { node, .. }
+        | Agent::RegistryHeld { node, .. }
         | Agent::FetchSecret { node, .. }
         | Agent::DesiredRefused { node, .. } => Some(node.clone()),
         Agent::Join { .. } | Agent::Hello { .. } | Agent::SessionClosed { .. } => None,
@@ -105,7 +107,9 @@ pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
             reason: reason.clone(),
         });
         return Ok(match a {
-            Agent::DesiredAcked { .. } | Agent::DesiredRefused { .. } => Reply::Done,
+            Agent::DesiredAcked { .. }
+            | Agent::DesiredRefused { .. }
+            | Agent::RegistryHeld { .. } => Reply::Done,
             _ => Reply::Agent(AgentReply::Refused { reason }),
         });
     }
@@ -155,6 +159,15 @@ pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
                 l.acked_generation = Some(l.acked_generation.unwrap_or(0).max(generation));
             });
             tracing::info!(node = %node, generation, "desired state delivered");
+            Ok(Reply::Done)
+        }
+        Agent::RegistryHeld {
+            node,
+            pushed,
+            from,
+            held,
+        } => {
+            super::discovery::held(cx, &node, pushed, from, held);
             Ok(Reply::Done)
         }
         Agent::DesiredRefused { node, reason } => {
@@ -318,6 +331,9 @@ fn hello_(
         l.agent_version = Some(shown);
         l.disconnected_at = None;
         l.acked_generation = None;
+        l.registry_deltas = protocol >= PROTOCOL_REGISTRY_DELTAS;
+        // What it holds is not known: it gets the whole registry.
+        l.registry_sent = None;
     });
     tracing::info!(node = %node_id, agent = %version, protocol, "session established");
     // Where its host ports are reached: what it says, else where its session comes from.
@@ -330,12 +346,7 @@ fn hello_(
     network::ensure_bridge_subnet(cx.txn, &cx.config.network, node_id);
     // A (re)connected node gets its current desired state and registry.
     cx.push.insert(node_id.to_string());
-    if cx.registry.version != 0 {
-        cx.effects.push(Effect::PushRegistry {
-            node: Some(node_id.to_string()),
-            registry: cx.registry.clone(),
-        });
-    }
+    super::discovery::send(cx, [node_id.to_string()]);
     Reply::Hello(HelloReply::Welcome {
         protocol,
         node_id: node_id.to_string(),

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use flotilla_api::discovery::{DiscoveredService, Registry};
+use flotilla_api::discovery::DiscoveredService;
 use flotilla_api::ops::{
     AdminCredential, AdminIssue, Event, NodeInfo, NodeLabels, TaskDefRegistered, TaskDefRevision,
     TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
@@ -252,6 +252,18 @@ pub enum Agent {
         /// The generation it holds.
         generation: u64,
     },
+    /// It answered a registry push with the version it holds (only when that is not the
+    /// version pushed: a delta that did not follow what it held).
+    RegistryHeld {
+        /// The node.
+        node: String,
+        /// The version pushed.
+        pushed: u64,
+        /// What the push applied to (`None`: the whole registry).
+        from: Option<u64>,
+        /// The version it holds.
+        held: u64,
+    },
     /// It asks for a version of a secret or a config (see `secrets::fetch`).
     FetchSecret {
         /// Secret or config.
@@ -392,12 +404,13 @@ pub enum Effect {
         /// Its desired state.
         state: Box<DesiredState>,
     },
-    /// Send the discovery registry to one node, or to every live session.
+    /// Send nodes the discovery registry, or what changed in it since the version they hold:
+    /// one encoded frame for all of them.
     PushRegistry {
-        /// The node, or every node (`None`).
-        node: Option<String>,
-        /// The registry.
-        registry: Arc<Registry>,
+        /// The nodes.
+        nodes: Vec<String>,
+        /// What they are sent.
+        push: RegistryPush,
     },
     /// End a node's live session.
     CloseSession {
@@ -410,6 +423,17 @@ pub enum Effect {
     },
     /// Run a service round soon (an operator changed a service).
     WakeServices,
+}
+
+/// A registry push, encoded once for every node it goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryPush {
+    /// The version it brings a node to.
+    pub version: u64,
+    /// The version it applies to: `None` for the whole registry, else a delta.
+    pub from: Option<u64>,
+    /// The frame (`ServerPush::Registry` or `ServerPush::RegistryDelta`), as written.
+    pub frame: Arc<[u8]>,
 }
 
 /// Why a session is closed (QUIC application close codes).

@@ -1,7 +1,6 @@
 //! What a command's handler works with: its transaction, the live node information, the
 //! settings, the CA, the id source, the time, and the effects it asks for.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_certs::ClusterCa;
@@ -97,8 +96,8 @@ pub struct Ctx<'a, 's> {
     pub ids: &'a mut dyn Ids,
     /// Where the next awsvpc address search starts.
     pub awsvpc_cursor: &'a mut Option<std::net::Ipv4Addr>,
-    /// The discovery registry last computed.
-    pub registry: &'a mut Arc<flotilla_api::discovery::Registry>,
+    /// The discovery registry last computed, its last changes and their encoded pushes.
+    pub feed: &'a mut super::feed::Feed,
     /// The time.
     pub now: Now,
     /// Effects asked for, carried out after the commit.

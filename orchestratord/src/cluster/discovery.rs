@@ -1,17 +1,19 @@
 //! The discovery registry: from the records (services with `discovery`, their running healthy
 //! tasks, the networks their nodes reported, the nodes' addresses) to what every node answers
-//! DNS from and programs VIPs with. Recomputed every service round; pushed to every live
-//! session when it changed, and to each node when its session starts.
+//! DNS from and programs VIPs with. Recomputed every service round; when it changed, every
+//! live session is sent what changed since the version it was last sent (a delta, one encoded
+//! frame shared by all the sessions at that version), or the whole registry when that version
+//! is unknown (a new session) or older than the kept changes, or when its agent takes no
+//! deltas (protocol 1).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 
 use flotilla_api::discovery::{DiscoveredService, Discovery, Endpoint, Registry};
 use flotilla_api::taskdef::{NetworkMode, Protocol, TaskDefinition};
 use flotilla_api::tasks::{HealthStatus, TaskState};
 
-use super::command::Effect;
+use super::command::{Effect, RegistryPush};
 use super::ctx::Ctx;
 use super::records::{Origin, ServiceRecord, TaskRecord};
 use super::state::Txn;
@@ -176,20 +178,64 @@ fn assign_vips(cx: &mut Ctx<'_, '_>) {
     }
 }
 
-/// VIPs assigned, the registry recomputed and, when it changed, numbered anew and pushed to
+/// Sends each of `nodes` that has a session what brings it to the current registry; nodes
+/// sent the same thing share one frame.
+pub fn send(cx: &mut Ctx<'_, '_>, nodes: impl IntoIterator<Item = String>) {
+    let mut groups: BTreeMap<Option<u64>, (RegistryPush, Vec<String>)> = BTreeMap::new();
+    for node in nodes {
+        let Some(l) = cx.live.peek(&node).filter(|l| l.session.is_some()) else {
+            continue;
+        };
+        let Some(push) = cx.feed.push_for(l.registry_sent, l.registry_deltas) else {
+            continue;
+        };
+        let version = push.version;
+        cx.live.update(&node, |l| l.registry_sent = Some(version));
+        groups
+            .entry(push.from)
+            .or_insert_with(|| (push, Vec::new()))
+            .1
+            .push(node);
+    }
+    for (_, (push, nodes)) in groups {
+        cx.effects.push(Effect::PushRegistry { nodes, push });
+    }
+}
+
+/// A node answered a registry push with a version other than the one pushed: it did not hold
+/// what the delta applied to (a push lost on the way, an agent restarted). It is sent what
+/// changed since the version it holds, or the whole registry; a node that kept its own
+/// version over a whole registry (a newer one) is not sent it again.
+pub fn held(cx: &mut Ctx<'_, '_>, node: &str, pushed: u64, from: Option<u64>, held: u64) {
+    if cx.live.peek(node).is_none_or(|l| l.session.is_none()) {
+        return;
+    }
+    if held == cx.feed.registry().version {
+        cx.live.update(node, |l| l.registry_sent = Some(held));
+        return;
+    }
+    if from.is_none() {
+        tracing::warn!(node = %node, pushed, held, "the node kept its registry over the whole one pushed");
+        return;
+    }
+    tracing::info!(node = %node, pushed, ?from, held, "registry delta out of sequence: sending what changed since the version the node holds");
+    cx.live.update(node, |l| l.registry_sent = Some(held));
+    send(cx, [node.to_string()]);
+}
+
+/// VIPs assigned, the registry recomputed and, when it changed, numbered anew and sent to
 /// every live session.
 pub fn round(cx: &mut Ctx<'_, '_>) {
     assign_vips(cx);
     let mut next = compute(cx.txn);
-    if cx.registry.services == next.services && cx.registry.version != 0 {
+    let current = cx.feed.registry().clone();
+    if current.services == next.services && current.version != 0 {
         return;
     }
-    next.version = (cx.registry.version + 1).max(cx.now.unix_ms);
-    *cx.registry = Arc::new(next);
-    cx.effects.push(Effect::PushRegistry {
-        node: None,
-        registry: cx.registry.clone(),
-    });
+    next.version = (current.version + 1).max(cx.now.unix_ms);
+    cx.feed.change(next);
+    let nodes = cx.live.in_session();
+    send(cx, nodes);
 }
 
 #[cfg(test)]

@@ -244,9 +244,14 @@ impl Harness {
 
     /// The node's fake agent says hello (and nothing more yet).
     pub fn hello(&mut self, node: &str) {
+        self.hello_speaking(node, PROTOCOLS);
+    }
+
+    /// The node's fake agent, speaking `protocols`, says hello.
+    pub fn hello_speaking(&mut self, node: &str, protocols: &[u32]) {
         self.sessions += 1;
         let hello = Hello {
-            protocols: PROTOCOLS.to_vec(),
+            protocols: protocols.to_vec(),
             agent_version: "test".into(),
             address: Some(std::net::Ipv4Addr::new(192, 0, 2, 10)),
         };

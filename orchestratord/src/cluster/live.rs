@@ -38,6 +38,12 @@ pub struct LiveInfo {
     pub acked_generation: Option<u64>,
     /// When its desired state was last sent (seconds since the epoch).
     pub pushed_at: Option<u64>,
+    /// Its session takes registry deltas (it negotiated protocol 2 or later).
+    pub registry_deltas: bool,
+    /// The registry version last sent to it in this session (pushes to a node go in order,
+    /// so the next delta starts there), or the version it said it holds; `None` at the start
+    /// of a session: it is sent the whole registry.
+    pub registry_sent: Option<u64>,
     /// When a request of it for a secret or config was last recorded as refused (seconds since
     /// the epoch): refusals become events at most once a minute per node.
     pub refused_at: Option<u64>,
@@ -127,6 +133,22 @@ impl Live {
         f(entry);
     }
 
+    /// Changes what is known of a node that has said nothing (its last-seen time stays).
+    pub fn update(&mut self, node: &str, f: impl FnOnce(&mut LiveInfo)) {
+        if let Some(l) = self.nodes.get_mut(node) {
+            f(l);
+        }
+    }
+
+    /// The nodes with a live session.
+    pub fn in_session(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|(_, l)| l.session.is_some())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// Its desired state was sent at `now`.
     pub fn pushed(&mut self, node: &str, now: Now) {
         self.nodes.entry(node.to_string()).or_default().pushed_at = Some(now.secs());
@@ -153,6 +175,7 @@ impl Live {
             Some(l) if l.session == Some(session) => {
                 l.session = None;
                 l.acked_generation = None;
+                l.registry_sent = None;
                 l.disconnected_at = Some(now.secs());
                 true
             }

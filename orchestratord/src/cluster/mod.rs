@@ -15,6 +15,7 @@ pub mod command;
 pub mod ctx;
 mod desired;
 mod discovery;
+mod feed;
 mod gauges;
 pub mod live;
 pub mod metrics;
@@ -36,11 +37,11 @@ mod harness;
 #[cfg(test)]
 mod project_tests;
 #[cfg(test)]
+mod registry_tests;
+#[cfg(test)]
 mod scaling_tests;
 #[cfg(test)]
 mod tests;
-
-use std::sync::Arc;
 
 use flotilla_certs::ClusterCa;
 
@@ -64,7 +65,7 @@ pub struct Cluster {
     ca: ClusterCa,
     sealing: flotilla_certs::sealing::SealingKey,
     ids: Box<dyn Ids>,
-    registry: Arc<flotilla_api::discovery::Registry>,
+    registry: feed::Feed,
     awsvpc_cursor: Option<std::net::Ipv4Addr>,
     metrics: metrics::Counters,
     scaling: scaling::Windows,
@@ -91,7 +92,7 @@ impl Cluster {
             config,
             ca,
             ids,
-            registry: Arc::default(),
+            registry: feed::Feed::default(),
             awsvpc_cursor: None,
             metrics: metrics::Counters::default(),
             scaling: scaling::Windows::default(),
@@ -101,11 +102,11 @@ impl Cluster {
     /// Runs a command at `now`: its changes committed in one transaction (nothing committed
     /// when it fails), then its reply and effects.
     pub fn execute(&mut self, command: Command, now: Now) -> Result<Outcome, ClusterError> {
-        let registry = self.registry.clone();
+        let registry = self.registry.registry().clone();
         let result = self.run(command, now);
         if result.is_err() {
             // Derived from uncommitted state: computed again next round.
-            self.registry = registry;
+            self.registry.restore(registry);
         }
         result
     }
@@ -135,7 +136,7 @@ impl Cluster {
             sealing: &self.sealing,
             ids: self.ids.as_mut(),
             awsvpc_cursor: &mut self.awsvpc_cursor,
-            registry: &mut self.registry,
+            feed: &mut self.registry,
             now,
             effects: Vec::new(),
             views: Default::default(),

@@ -7,7 +7,6 @@
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
-use flotilla_api::ipam;
 use flotilla_api::tasks::TaskAddress;
 use ipnet::Ipv4Net;
 
@@ -107,11 +106,7 @@ pub fn ensure_bridge_subnet(txn: &mut Txn<'_>, settings: &Settings, id: &str) ->
         return Some(s);
     }
     let mut node = node.clone();
-    let used: BTreeSet<Ipv4Net> = txn.nodes().iter().filter_map(|n| n.bridge_subnet).collect();
-    let subnet = (0u32..)
-        .map_while(|i| ipam::nth_subnet(settings.bridge_pool, settings.bridge_prefix, i))
-        .find(|s| !used.contains(s));
-    match subnet {
+    match txn.lowest_free_bridge_subnet(settings.bridge_pool, settings.bridge_prefix) {
         Some(s) => {
             node.bridge_subnet = Some(s);
             txn.put_node(node);

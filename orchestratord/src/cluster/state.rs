@@ -7,7 +7,10 @@
 //! transaction and only then applied to the state; when it fails (a refusal, a store error)
 //! they are dropped and the state is as it was.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use ipnet::Ipv4Net;
 
 use flotilla_api::ops::{Event, EventFilter, TaskDefRevision, TaskDefStatus};
 
@@ -39,6 +42,12 @@ pub struct State {
     live_by_node: HashMap<String, BTreeSet<String>>,
     /// `startedBy` → every task it started.
     by_group: HashMap<String, BTreeSet<String>>,
+    /// Bridge subnet → how many node records hold it (one: allocation keeps them unique).
+    bridge_subnets: BTreeMap<Ipv4Net, u32>,
+    /// `(pool, prefix, i)`: every subnet of `pool` in `/prefix`s below the `i`-th is held in
+    /// the state — where the search for the lowest free one starts (forgotten when a subnet is
+    /// given back).
+    bridge_held_below: Cell<Option<(Ipv4Net, u8, u32)>>,
 }
 
 fn keyed<R: Record>(rows: Vec<R>) -> BTreeMap<R::Key, R> {
@@ -62,6 +71,11 @@ impl State {
             max_events: MAX_EVENTS,
             ..Self::default()
         };
+        for n in s.nodes.values() {
+            if let Some(b) = n.bridge_subnet {
+                *s.bridge_subnets.entry(b).or_default() += 1;
+            }
+        }
         for mut t in loaded.tasks {
             t.upgrade();
             s.index_task(None, Some(&t));
@@ -122,6 +136,25 @@ impl State {
             }
         }
         put(&mut self.tokens, w.tokens);
+        for (id, new) in &w.nodes {
+            let old = self.nodes.get(id).and_then(|n| n.bridge_subnet);
+            let new = new.as_ref().and_then(|n| n.bridge_subnet);
+            if old == new {
+                continue;
+            }
+            if let Some(o) = old {
+                if let Some(c) = self.bridge_subnets.get_mut(&o) {
+                    *c -= 1;
+                    if *c == 0 {
+                        self.bridge_subnets.remove(&o);
+                        self.bridge_held_below.set(None);
+                    }
+                }
+            }
+            if let Some(n) = new {
+                *self.bridge_subnets.entry(n).or_default() += 1;
+            }
+        }
         put(&mut self.nodes, w.nodes);
         put(&mut self.taskdefs, w.taskdefs);
         put(&mut self.services, w.services);
@@ -265,6 +298,50 @@ impl<'s> Txn<'s> {
     /// How many writes of this command touched node `id` so far (its record or a task on it).
     pub fn node_writes(&self, id: &str) -> u64 {
         self.node_writes.get(id).copied().unwrap_or(0)
+    }
+
+    /// The lowest subnet of `pool` in `/prefix`s that no node holds (in this transaction
+    /// too), or `None` when every one is held. Logarithmic in the number of nodes (amortized):
+    /// the state indexes the held subnets and remembers below which all are held.
+    pub fn lowest_free_bridge_subnet(&self, pool: Ipv4Net, prefix: u8) -> Option<Ipv4Net> {
+        let base = self.base;
+        let nth = |i: u32| flotilla_api::ipam::nth_subnet(pool, prefix, i);
+        let mut i = match base.bridge_held_below.get() {
+            Some((p, l, i)) if p == pool && l == prefix => i,
+            _ => 0,
+        };
+        while nth(i).is_some_and(|s| base.bridge_subnets.contains_key(&s)) {
+            i += 1;
+        }
+        base.bridge_held_below.set(Some((pool, prefix, i)));
+        // This command's own writes: subnets it gave nodes, and subnets of the state it took
+        // back (which may lie below `i`).
+        let mut given = BTreeSet::new();
+        let mut taken_back: BTreeMap<Ipv4Net, u32> = BTreeMap::new();
+        for (id, new) in &self.w.nodes {
+            let old = base.nodes.get(id).and_then(|n| n.bridge_subnet);
+            let new = new.as_ref().and_then(|n| n.bridge_subnet);
+            if old != new {
+                given.extend(new);
+                if let Some(o) = old {
+                    *taken_back.entry(o).or_default() += 1;
+                }
+            }
+        }
+        let held = |s: &Ipv4Net| {
+            given.contains(s)
+                || base
+                    .bridge_subnets
+                    .get(s)
+                    .is_some_and(|c| *c > taken_back.get(s).copied().unwrap_or(0))
+        };
+        let in_pool = |s: &Ipv4Net| s.prefix_len() == prefix && pool.contains(s);
+        let freed = taken_back.keys().filter(|s| in_pool(s) && !held(s)).min();
+        let scanned = (i..).map_while(nth).find(|s| !held(s));
+        match (freed, scanned) {
+            (Some(f), Some(s)) => Some((*f).min(s)),
+            (f, s) => f.copied().or(s),
+        }
     }
 
     /// Removes a node.
@@ -629,5 +706,92 @@ mod tests {
             .map(|e| e.message)
             .collect();
         assert_eq!(page, ["m5", "m6"]);
+    }
+
+    /// The lowest free subnet as the scan over every node found it before the index.
+    fn scanned(txn: &Txn<'_>, pool: Ipv4Net, prefix: u8) -> Option<Ipv4Net> {
+        let used: BTreeSet<Ipv4Net> = txn.nodes().iter().filter_map(|n| n.bridge_subnet).collect();
+        (0u32..)
+            .map_while(|i| flotilla_api::ipam::nth_subnet(pool, prefix, i))
+            .find(|s| !used.contains(s))
+    }
+
+    #[test]
+    fn the_lowest_free_bridge_subnet_is_the_one_a_scan_of_every_node_finds() {
+        let pool: Ipv4Net = "10.42.0.0/22".parse().expect("pool");
+        let with = |id: &str, s: Option<&str>| {
+            let mut n = node(id);
+            n.bridge_subnet = s.map(|s| s.parse().expect("subnet"));
+            n
+        };
+        // Loaded with a hole (10.42.1.0/24 is free) and a subnet of another pool.
+        let mut state = State::new(Loaded {
+            nodes: vec![
+                with("a", Some("10.42.0.0/24")),
+                with("b", Some("10.42.2.0/24")),
+                with("x", Some("192.168.9.0/24")),
+                with("y", None),
+            ],
+            ..Loaded::default()
+        });
+        // A deterministic sequence of joins, removals and changes, each in its own command
+        // (some with several writes), compared with the scan at every step.
+        let mut rng = 7u64;
+        let mut next = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            rng >> 33
+        };
+        for step in 0..300 {
+            let mut txn = Txn::new(&state);
+            for _ in 0..1 + next() % 3 {
+                let ids: Vec<String> = txn.nodes().iter().map(|n| n.id.clone()).collect();
+                match next() % 4 {
+                    0 if !ids.is_empty() => {
+                        let id = &ids[next() as usize % ids.len()];
+                        txn.remove_node(id);
+                    }
+                    1 if !ids.is_empty() => {
+                        let id = ids[next() as usize % ids.len()].clone();
+                        let mut n = txn.node(&id).cloned().expect("node");
+                        n.bridge_subnet = None;
+                        txn.put_node(n);
+                    }
+                    _ => {
+                        let expected = scanned(&txn, pool, 24);
+                        let got = txn.lowest_free_bridge_subnet(pool, 24);
+                        assert_eq!(got, expected, "step {step}");
+                        txn.put_node(with(&format!("n{step}-{}", next()), None));
+                        if let Some(s) = got {
+                            let mut n = node(&format!("m{step}-{}", next()));
+                            n.bridge_subnet = Some(s);
+                            txn.put_node(n);
+                        }
+                    }
+                }
+                assert_eq!(
+                    txn.lowest_free_bridge_subnet(pool, 24),
+                    scanned(&txn, pool, 24),
+                    "step {step}"
+                );
+            }
+            // A failed command's writes are dropped; the others are applied.
+            if next() % 5 != 0 {
+                state.apply(txn.into_writes());
+            }
+            let txn = Txn::new(&state);
+            assert_eq!(
+                txn.lowest_free_bridge_subnet(pool, 24),
+                scanned(&txn, pool, 24),
+                "step {step}"
+            );
+            // Another pool or prefix (the settings changed) starts its own search.
+            assert_eq!(
+                txn.lowest_free_bridge_subnet(pool, 25),
+                scanned(&txn, pool, 25),
+                "step {step}"
+            );
+        }
     }
 }

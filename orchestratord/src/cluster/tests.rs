@@ -926,7 +926,7 @@ fn a_stale_plan_is_refused_by_the_applier() {
         sealing: &c.sealing,
         ids: c.ids.as_mut(),
         awsvpc_cursor: &mut c.awsvpc_cursor,
-        registry: &mut c.registry,
+        feed: &mut c.registry,
         now,
         effects: Vec::new(),
         views: Default::default(),
@@ -1787,7 +1787,7 @@ fn published(family: &str, mapping: &str) -> String {
 /// The `*_SERVICE_*` variables a task of namespace `ns` would get from the registry the core
 /// pushes now, sorted.
 fn service_env(h: &mut Harness, ns: &str) -> Vec<(String, String)> {
-    let mut env = flotilla_api::discovery::environment(&h.cluster().registry, ns);
+    let mut env = flotilla_api::discovery::environment(h.cluster().registry.registry(), ns);
     env.sort();
     env
 }
@@ -1821,6 +1821,7 @@ fn a_services_variables_follow_from_its_definition_before_any_of_its_tasks_runs(
     let vip = h
         .cluster()
         .registry
+        .registry()
         .service("shop", "hp")
         .and_then(|s| s.vip);
     let vip = vip.expect("hp has its VIP").to_string();

@@ -16,7 +16,10 @@
 //! discovery and the time until every agent holds the registry with every endpoint is measured
 //! too); the latency of listing every node and every task; and a reconnect storm (`kill -9` of
 //! the control plane, restarted 2 s later as systemd's `RestartSec=2` does → every agent in
-//! session again). The simulator shares the machine's cores with the control plane.
+//! session again; with DISCOVERY=1 also → every agent holding the registry again). How the
+//! agents got their registries (whole, as deltas) and how many UDP datagrams the kernel dropped
+//! at full socket receive buffers (`Udp: RcvbufErrors`, every socket of the host) are printed
+//! with each phase. The simulator shares the machine's cores with the control plane.
 //!
 //! With `FLEET_SERVER=HOST:PORT` and `FLEET_TOKEN=TOKEN` (a token allowing AGENTS more joins)
 //! it only simulates: enrolls AGENTS agents with that control plane, keeps them in session and
@@ -173,6 +176,33 @@ fn all(shared: &Shared, f: impl Fn(&AgentState) -> bool) -> bool {
     shared.count(f) == shared.agents.len()
 }
 
+/// Datagrams the kernel dropped at full socket receive buffers (every socket of the host:
+/// the control plane's and the simulator's) since `from`.
+fn dropped_since(from: Option<u64>) -> String {
+    match (from, orchestratord::udp::rcvbuf_errors()) {
+        (Some(a), Some(b)) => format!("{} UDP datagrams dropped at full receive buffers", b - a),
+        _ => "UDP drops unknown (no /proc/net/snmp)".into(),
+    }
+}
+
+/// How the agents got their registries so far: whole, as deltas, deltas out of sequence.
+fn registry_deliveries(shared: &Shared) -> String {
+    let (mut whole, mut deltas, mut out) = (0u64, 0u64, 0u64);
+    for a in &shared.agents {
+        let st = a.state();
+        whole += u64::from(st.registry_wholes);
+        deltas += u64::from(st.registry_deltas);
+        out += u64::from(st.registry_out_of_sequence);
+    }
+    format!("{whole} whole registries, {deltas} deltas applied, {out} deltas out of sequence")
+}
+
+/// `net.core.rmem_max`, what caps a socket's receive buffer for a process that may not force it.
+fn rmem_max() -> String {
+    std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
+}
+
 fn measure(
     rt: &tokio::runtime::Runtime,
     agents: usize,
@@ -192,9 +222,13 @@ fn measure(
         settings.heartbeat.as_secs()
     );
     println!(
-        "control plane at start: {}",
-        flotilla_tests::Resident::of(pid(&cp)?)?
+        "control plane at start: {}; net.core.rmem_max {} (the control plane, as root, may force \
+         its socket's {} MiB past it)",
+        flotilla_tests::Resident::of(pid(&cp)?)?,
+        rmem_max(),
+        orchestratord::udp::BUFFER_BYTES >> 20
     );
+    let drops_at_start = orchestratord::udp::rcvbuf_errors();
 
     let token = cp
         .api()
@@ -214,6 +248,7 @@ fn measure(
     );
 
     // Cold admission: every agent dials at once.
+    let drops0 = orchestratord::udp::rcvbuf_errors();
     let cpu0 = flotilla_tests::cpu_time(pid(&cp)?)?;
     let started = Instant::now();
     let sim = {
@@ -238,12 +273,13 @@ fn measure(
     println!(
         "cold admission: every agent in session after {:.2} s (sessions established from {:.2} \
          s to {:.2} s; {busy} busy answers), all READY in the API {:.2} s later; control plane \
-         CPU {:.1} s",
+         CPU {:.1} s; {}",
         admitted.as_secs_f64(),
         first.as_secs_f64(),
         last.as_secs_f64(),
         t.elapsed().as_secs_f64(),
-        (flotilla_tests::cpu_time(pid(&cp)?)? - cpu0).as_secs_f64()
+        (flotilla_tests::cpu_time(pid(&cp)?)? - cpu0).as_secs_f64(),
+        dropped_since(drops0)
     );
 
     // Steady state: nothing but heartbeats, pings and keep-alives.
@@ -317,8 +353,10 @@ fn measure(
         )?;
         println!(
             "discovery: every agent holds the registry with all {agents} endpoints {:.2} s after \
-             the service was created",
-            t.elapsed().as_secs_f64()
+             the service was created; control plane RSS {}; so far {}",
+            t.elapsed().as_secs_f64(),
+            flotilla_tests::Resident::of(pid(&cp)?)?,
+            registry_deliveries(&shared)
         );
     }
     let t = Instant::now();
@@ -344,10 +382,15 @@ fn measure(
 
     // Reconnect storm: kill -9, restarted 2 s later.
     let before: Vec<u32> = shared.agents.iter().map(|a| a.state().sessions).collect();
+    let drops0 = orchestratord::udp::rcvbuf_errors();
     let killed = Instant::now();
     cp.stop();
     std::thread::sleep(Duration::from_secs(2));
     let restarted = Instant::now();
+    // A registry made after the restart has a version of at least this (its milliseconds).
+    let restarted_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
     cp.restart();
     let cpu0 = flotilla_tests::cpu_time(pid(&cp)?)?;
     until(
@@ -376,15 +419,39 @@ fn measure(
     println!(
         "reconnect storm: every agent in session again {:.2} s after the restart ({:.2} s after \
          the kill; sessions established from {:.2} s to {:.2} s after the restart; {busy} busy \
-         answers), all READY in the API {:.2} s later; control plane CPU {:.1} s, RSS {}",
+         answers), all READY in the API {:.2} s later; control plane CPU {:.1} s, RSS {}; {}",
         back.as_secs_f64(),
         from_kill.as_secs_f64(),
         first.as_secs_f64(),
         last.as_secs_f64(),
         t.elapsed().as_secs_f64(),
         (flotilla_tests::cpu_time(pid(&cp)?)? - cpu0).as_secs_f64(),
-        flotilla_tests::Resident::of(pid(&cp)?)?
+        flotilla_tests::Resident::of(pid(&cp)?)?,
+        dropped_since(drops0)
     );
+    if discovery {
+        let t = Instant::now();
+        until(
+            "the restarted control plane's registry with every endpoint on every agent",
+            Duration::from_secs(120),
+            || {
+                Ok(all(&shared, |a| {
+                    a.registry
+                        .as_ref()
+                        .filter(|r| r.version >= restarted_ms)
+                        .and_then(|r| r.services.get("bench/fleet"))
+                        .is_some_and(|e| e.len() == agents)
+                }))
+            },
+        )?;
+        println!(
+            "after the storm: every agent holds the restarted control plane's registry with all \
+             {agents} endpoints {:.2} s after all were back; control plane RSS {}; in all {}",
+            t.elapsed().as_secs_f64(),
+            flotilla_tests::Resident::of(pid(&cp)?)?,
+            registry_deliveries(&shared)
+        );
+    }
     // Every node keeps its one task through the storm (or gets it back).
     let t = Instant::now();
     let settled = until(
@@ -423,6 +490,7 @@ fn measure(
             .or_insert(0) += 1;
     }
     println!("tasks after the storm: {by_state:?}");
+    println!("in the whole run: {}", dropped_since(drops_at_start));
     rt.block_on(sim.stop());
     Ok(())
 }

@@ -1,0 +1,165 @@
+//! The registry as nodes are sent it: whole at the start of a session and to agents that take
+//! no deltas, else what changed since the version each node holds, one frame for all.
+
+use flotilla_api::discovery::Registry;
+use flotilla_api::ServerPush;
+
+use super::command::{Agent, Command, Effect, RegistryPush};
+use super::harness::Harness;
+
+/// The registry pushes of the commands since the last call: (nodes, push).
+fn pushes(h: &mut Harness) -> Vec<(Vec<String>, RegistryPush)> {
+    std::mem::take(&mut h.effects)
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::PushRegistry { nodes, push } => Some((nodes, push)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// What a push's frame says.
+fn decode(push: &RegistryPush) -> ServerPush {
+    let len = u32::from_be_bytes(push.frame[..4].try_into().expect("length")) as usize;
+    assert_eq!(len + 4, push.frame.len());
+    serde_json::from_slice(&push.frame[4..]).expect("a push")
+}
+
+/// What a node holding `held` makes of `push`.
+fn applied(held: &Registry, push: &RegistryPush) -> Registry {
+    match decode(push) {
+        ServerPush::Registry(r) => r,
+        ServerPush::RegistryDelta(d) => held.apply(&d).expect("in sequence"),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn current(h: &mut Harness) -> Registry {
+    (**h.cluster().registry.registry()).clone()
+}
+
+/// A service `name` with discovery and one task: the registry changes at the next round.
+fn discoverable(h: &mut Harness, name: &str) {
+    h.register(&format!(
+        r#"{{"family":"{name}","networkMode":"host","containerDefinitions":[
+            {{"name":"main","image":"x","memory":8,"portMappings":[{{"containerPort":80}}]}}]}}"#
+    ));
+    h.create_service(&format!(
+        r#"{{"serviceName":"{name}","taskDefinition":"{name}","desiredCount":1,
+            "discovery":{{"namespace":"shop"}}}}"#
+    ));
+}
+
+#[test]
+fn a_change_reaches_each_node_as_a_delta_and_older_agents_whole() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 4096, 4);
+    let c = h.join(&[], 4096, 4);
+    let old = h.join(&[], 4096, 4);
+    // An agent of the previous release speaks protocol 1 only.
+    h.disconnect(&old);
+    h.hello_speaking(&old, &[1]);
+    discoverable(&mut h, "web");
+    h.step();
+    h.step();
+    h.step();
+    let first = current(&mut h);
+    assert!(first.version != 0 && first.services.len() == 1);
+    // Nothing was held: every node got the whole registry first, one frame for all; then
+    // deltas, which applied in order make the registry.
+    let sent = pushes(&mut h);
+    let (nodes, whole) = &sent[0];
+    assert_eq!((nodes.len(), whole.from), (3, None), "{sent:?}");
+    let mut held = applied(&Registry::default(), whole);
+    for (_, p) in sent.iter().skip(1).filter(|(n, _)| n.contains(&a)) {
+        assert!(p.from.is_some(), "{p:?}");
+        held = applied(&held, p);
+    }
+    assert_eq!(held, first);
+
+    discoverable(&mut h, "api");
+    h.step();
+    h.step();
+    h.step();
+    let next = current(&mut h);
+    assert!(next.version > first.version);
+    let sent = pushes(&mut h);
+    let (to_new, delta): (Vec<String>, RegistryPush) = sent
+        .iter()
+        .find(|(_, p)| p.from.is_some())
+        .cloned()
+        .expect("a delta");
+    let mut expected = vec![a.clone(), c.clone()];
+    expected.sort();
+    let mut got = to_new.clone();
+    got.sort();
+    assert_eq!(got, expected, "the nodes that take deltas share one frame");
+    // Each change is its own delta; applied in order they make the registry.
+    let mut held = first.clone();
+    for (_, p) in sent.iter().filter(|(n, _)| n.contains(&a)) {
+        assert!(p.from.is_some(), "{p:?}");
+        held = applied(&held, p);
+    }
+    assert_eq!(held, next);
+    assert!(matches!(decode(&delta), ServerPush::RegistryDelta(d) if d.removed.is_empty()));
+    // The node of protocol 1 is sent every change whole.
+    assert!(sent
+        .iter()
+        .filter(|(n, _)| n.contains(&old))
+        .all(|(_, p)| p.from.is_none()));
+    assert!(sent.iter().any(|(n, _)| n.contains(&old)));
+
+    // A reconnecting node holds what it holds: it is sent the whole registry.
+    h.disconnect(&a);
+    h.hello(&a);
+    let sent = pushes(&mut h);
+    assert_eq!(sent.len(), 1);
+    assert_eq!((sent[0].0.clone(), sent[0].1.from), (vec![a.clone()], None));
+    assert_eq!(applied(&Registry::default(), &sent[0].1), next);
+}
+
+#[test]
+fn a_node_out_of_sequence_is_sent_what_changed_since_what_it_holds_or_the_whole() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 4096, 4);
+    let mut versions = Vec::new();
+    for name in ["web", "api", "db"] {
+        discoverable(&mut h, name);
+        for _ in 0..3 {
+            h.step();
+        }
+        versions.push(current(&mut h));
+    }
+    let now = current(&mut h);
+    pushes(&mut h);
+    let said = |held: u64, from: Option<u64>| {
+        Command::Agent(Agent::RegistryHeld {
+            node: a.clone(),
+            pushed: now.version,
+            from,
+            held,
+        })
+    };
+    // A delta found it at the first version (the pushes after it were lost): it is sent
+    // what changed since then, in one delta.
+    h.exec(said(versions[0].version, Some(versions[1].version)))
+        .expect("held");
+    let sent = pushes(&mut h);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].1.from, Some(versions[0].version));
+    assert_eq!(applied(&versions[0], &sent[0].1), now);
+    // It holds a version this control plane never kept (before a restart, or older than
+    // the kept changes): the whole registry.
+    h.exec(said(17, Some(versions[1].version))).expect("held");
+    let sent = pushes(&mut h);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].1.from, None);
+    assert_eq!(applied(&Registry::default(), &sent[0].1), now);
+    // It kept a version of its own over the whole registry: not sent again (no loop).
+    h.exec(said(17, None)).expect("held");
+    assert!(pushes(&mut h).is_empty());
+    // It holds the current version: nothing to send.
+    h.exec(said(now.version, Some(versions[0].version)))
+        .expect("held");
+    assert!(pushes(&mut h).is_empty());
+}

@@ -300,8 +300,9 @@ pub struct ServiceInfo {
     pub vip: Option<std::net::Ipv4Addr>,
     /// Creation time.
     pub created_at: u64,
-    /// The project it belongs to (see [`crate::project`]): absent for a service created with
-    /// `POST /v1/services`. A project's apply changes and removes only its own services.
+    /// The project whose apply (`PUT /v1/projects/{name}`) created it: absent for a service
+    /// created with `POST /v1/services`. A project's apply changes and removes only its own
+    /// services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project: Option<String>,
 }

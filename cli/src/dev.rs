@@ -515,19 +515,62 @@ impl NodeCommands<'_> {
 }
 
 /// Runs the dev cluster until Ctrl-C or SIGTERM.
+/// Where the host's one dev cluster is claimed (tmpfs: gone at boot with what it guarded).
+const HOST_LOCK: &str = "/run/flotilla/dev.lock";
+
 /// Takes `dir` (made if missing) for this process: an exclusive lock on `dir/dev.lock`, held
 /// until the returned file is closed (also when the process dies), with this process's id in
 /// it. Refused, naming the holder, while another `flotilla dev` holds it.
 fn own_data_dir(dir: &Path) -> Result<std::fs::File> {
-    use std::io::{Read, Seek, Write};
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let path = dir.join("dev.lock");
+    hold(&dir.join("dev.lock"), &std::process::id().to_string())?.map_err(|holder| {
+        let holder = match holder.as_str() {
+            "" => String::new(),
+            pid => format!(" (pid {pid})"),
+        };
+        anyhow::anyhow!(
+            "flotilla dev is already running on {}{holder}: use that cluster, or stop it first \
+             (Ctrl-C in its terminal)",
+            dir.display()
+        )
+    })
+}
+
+/// Takes the host for this process's dev cluster ([`HOST_LOCK`], holding its pid and data
+/// directory). Refused, naming the holder, while another `flotilla dev` runs on the host: the
+/// node of each would share the host's task bridge, its nftables table `ip flotilla` and the
+/// bridge subnets, and one stopping would remove what the other's tasks use.
+fn own_host(data_dir: &Path) -> Result<std::fs::File> {
+    let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+    let me = format!("pid {}, data dir {}", std::process::id(), dir.display());
+    hold(Path::new(HOST_LOCK), &me)?.map_err(|holder| {
+        let holder = if holder.is_empty() || holder.chars().any(char::is_control) {
+            String::new()
+        } else {
+            format!(" ({holder})")
+        };
+        anyhow::anyhow!(
+            "flotilla dev is already running on this host{holder}: use that cluster, or stop it \
+             first (Ctrl-C in its terminal). One dev cluster per host: two would share the task \
+             bridge, the nftables table and the bridge subnets"
+        )
+    })
+}
+
+/// An exclusive `flock(2)` on `path` (made if missing, with its directory), taken without
+/// waiting, with `me` written in it; `Ok(Err(holder))` with the holder's first line while
+/// another process holds it.
+fn hold(path: &Path, me: &str) -> Result<std::result::Result<std::fs::File, String>> {
+    use std::io::{Read, Seek, Write};
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
     if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
         if e != rustix::io::Errno::WOULDBLOCK {
@@ -535,29 +578,23 @@ fn own_data_dir(dir: &Path) -> Result<std::fs::File> {
                 .with_context(|| format!("locking {}", path.display()));
         }
         let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
-        let holder = match holder.trim() {
-            "" => String::new(),
-            pid => format!(" (pid {pid})"),
-        };
-        bail!(
-            "flotilla dev is already running on {}{holder}: use that cluster, or stop it first \
-             (Ctrl-C in its terminal); a second cluster needs its own --data-dir and --port",
-            dir.display()
-        );
+        let _ = (&mut file).take(4096).read_to_string(&mut holder);
+        return Ok(Err(holder.lines().next().unwrap_or("").trim().to_string()));
     }
     file.set_len(0)?;
     file.rewind()?;
-    writeln!(file, "{}", std::process::id())?;
-    Ok(file)
+    writeln!(file, "{me}")?;
+    Ok(Ok(file))
 }
 
 pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
     if !is_root() {
         bail!("flotilla dev runs containers (namespaces, mounts, cgroups): run it as root");
     }
-    // One `flotilla dev` per data directory: a second one would share the first one's admin
-    // credential and stores, and its stopping would drain the first one's node.
+    // One `flotilla dev` per host, refused before it makes anything; and per data directory
+    // (a second one would share the first one's admin credential and stores, and its stopping
+    // would drain the first one's node), also where `/run` is not the host's.
+    let _host = own_host(&args.data_dir)?;
     let _owner = own_data_dir(&args.data_dir)?;
     let log = args.data_dir.join(DEV_LOG_FILE);
     let file = std::fs::OpenOptions::new()

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod agent;
+mod claim;
 mod ctr;
 mod ctr_container;
 mod dns;

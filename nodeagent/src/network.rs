@@ -11,6 +11,10 @@
 //! Every task network is recorded in `agent.redb` before anything is made, so an agent that
 //! stops halfway finds and finishes or removes it; the nftables table is always rendered from
 //! the records as a whole.
+//!
+//! The bridge and the table are the network namespace's, not the agent's: the agent makes,
+//! renders or removes them only while it holds the namespace's [`Claim`], which it lets go once
+//! it has neither.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -28,6 +32,8 @@ use flotilla_runtime::network::{conntrack, link, names, netns, nft};
 use ipnet::Ipv4Net;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
+
+use crate::claim::{self, Claim};
 
 const NETWORKS: TableDefinition<&str, &[u8]> = TableDefinition::new("networks");
 
@@ -116,6 +122,12 @@ pub struct Networks {
     dns: Option<Arc<crate::dns::Dns>>,
     /// This node's id (its own endpoints are reached directly).
     node_id: String,
+    /// The agent's data directory, named in the claim.
+    data_dir: PathBuf,
+    /// Where the claim of the namespace's bridge and table is.
+    claim_path: PathBuf,
+    /// The claim, while this agent has a bridge or a table in the namespace.
+    claim: Mutex<Option<Claim>>,
 }
 
 #[derive(Debug, Default)]
@@ -177,7 +189,36 @@ impl Networks {
             netfilter_rendered: Mutex::new(None),
             dns,
             node_id: node_id.to_string(),
+            data_dir: data_dir.to_path_buf(),
+            claim_path: crate::claim::path_for_this_namespace()?,
+            claim: Mutex::new(None),
         })
+    }
+
+    /// Takes the namespace's claim unless this agent holds it: refused, naming the holder,
+    /// while another agent has a bridge or a table here.
+    fn claim(&self) -> Result<()> {
+        let mut held = self.claim.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_none() {
+            *held = Some(Claim::take(&self.claim_path, &self.data_dir)?);
+        }
+        Ok(())
+    }
+
+    /// Whether this agent may remove the namespace's table and bridges, now that it has no
+    /// use for them: it holds the claim or takes it (they are leftovers of an agent that
+    /// stopped); not while another agent holds it (they are that agent's).
+    fn may_remove(&self) -> Result<bool> {
+        match self.claim() {
+            Ok(()) => Ok(true),
+            Err(e) => match e.downcast_ref::<claim::Refused>() {
+                Some(claim::Refused::Held { holder }) => {
+                    tracing::debug!(%holder, "leaving the bridge and table to their holder");
+                    Ok(false)
+                }
+                _ => Err(e),
+            },
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -353,6 +394,7 @@ impl Networks {
         let subnet = node.bridge_subnet.ok_or_else(|| {
             anyhow!("this node has no bridge subnet yet (the control plane assigns one when the node connects)")
         })?;
+        self.claim()?;
         let taken: BTreeSet<Ipv4Addr> = st
             .records
             .values()
@@ -664,13 +706,27 @@ impl Networks {
         table.vips = self.vips(st);
         let netfilter = BridgeNetfilter::read();
         table.bridge_netfilter = netfilter.hooks();
-        if table.is_empty() {
-            if nft::exists(&self.settings.table).unwrap_or(true) {
+        // With nothing to render, what is there is removed only if it is not another agent's.
+        let remove = if table.is_empty() {
+            let bridges_seen = self
+                .bridges_seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            let anything = nft::exists(&self.settings.table).unwrap_or(true)
+                || std::iter::once(&self.settings.bridge)
+                    .chain(&bridges_seen)
+                    .any(|b| link::exists(b).unwrap_or(true));
+            let remove = anything && self.may_remove()?;
+            if remove && nft::exists(&self.settings.table).unwrap_or(true) {
                 nft::apply(&self.settings.table, &table)?;
             }
+            remove
         } else {
+            self.claim()?;
             nft::apply(&self.settings.table, &table)?;
-        }
+            true
+        };
         *self
             .netfilter_rendered
             .lock()
@@ -702,9 +758,13 @@ impl Networks {
                 .drain(..),
         );
         for b in gone {
-            if !table.bridges.iter().any(|t| t.name == b) {
+            if remove && !table.bridges.iter().any(|t| t.name == b) {
                 link::delete(None, &b).with_context(|| format!("deleting bridge {b}"))?;
             }
+        }
+        if table.is_empty() {
+            // Neither a bridge nor a table of this agent's is left: another agent may have them.
+            *self.claim.lock().unwrap_or_else(|p| p.into_inner()) = None;
         }
         Ok(())
     }

@@ -295,6 +295,35 @@ fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
         said.contains("already running") && said.contains(&format!("pid {}", dev.child.id())),
         "{said}"
     );
+    // So is one on another data directory and port: the two nodes would share the host's
+    // bridge, nftables table and bridge subnets. It makes nothing in its data directory.
+    let elsewhere = node.scratch().join("elsewhere");
+    let second = Command::new(flotilla_tests::bin("flotilla"))
+        .env("HOME", &home)
+        .env_remove("FLOTILLA_CONFIG")
+        .arg("dev")
+        .arg("--data-dir")
+        .arg(&elsewhere)
+        .args(["--port", &free_port().to_string()])
+        .args(["--cgroup-parent", &node.cgroup_parent])
+        .stdin(Stdio::null())
+        .output()
+        .expect("a flotilla dev elsewhere");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{said}");
+    assert!(
+        said.contains("already running on this host")
+            && said.contains(&format!(
+                "pid {}, data dir {}",
+                dev.child.id(),
+                node.scratch().display()
+            )),
+        "{said}"
+    );
+    assert!(
+        !elsewhere.exists(),
+        "the refused one made its data directory"
+    );
     let nodes: Vec<NodeInfo> =
         serde_json::from_str(&flotilla(&home, &["node", "ls", "-o", "json"])).expect("json");
     assert_eq!(nodes[0].state.to_string(), "READY", "{nodes:?}");

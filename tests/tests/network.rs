@@ -937,3 +937,98 @@ fn a_bridge_task_reaches_itself_through_its_services_vip() {
     stop_and_wait(&fleet, &[&other_id]);
     fleet.finish();
 }
+
+/// Two node agents on one host (a dev cluster beside the node's own agent): the bridge and the
+/// nftables table are the namespace's, so the first to make them holds them. The second is
+/// refused bridge tasks, naming the holder, runs its other tasks, and never removes what the
+/// first made — not when its last task goes, nor at `ctr network prune` after it stopped.
+#[test]
+fn a_second_agent_on_a_host_leaves_the_first_ones_bridge_and_table_alone() {
+    let fleet = Fleet::start(&[&[]]);
+    let host = &fleet.hosts[0];
+    fleet.register(&web_def(
+        "web",
+        "bridge",
+        r#"[{"containerPort": 80, "hostPort": 8080}]"#,
+        80,
+    ));
+    fleet.register(&web_def("quiet", "none", "[]", 80));
+    let web_id = run_on(&fleet, "web", 0);
+    running(&fleet, &web_id);
+    let page = fetch_ok(host, "http://127.0.0.1:8080/");
+
+    let node = flotilla_tests::node::Node::new();
+    let mut second = flotilla_tests::cluster::Agent::for_node(&node).on_host(host);
+    let out = second.join(&fleet.server, &fleet.cp.token(&[]), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = flotilla_certs::credential::Credential::load(&second.identity())
+        .expect("identity")
+        .name;
+    second.run();
+    second.wait_log("session established", 1, Duration::from_secs(15));
+    let on_second = |family: &str| {
+        let placed = fleet.cp.run_task(&TaskRun {
+            node: Some(id.clone()),
+            ..TaskRun::new(family)
+        });
+        placed.into_iter().next().expect("one task").id
+    };
+
+    let refused = on_second("web");
+    let mut last = fleet.cp.task(&refused);
+    wait(
+        "the refused bridge task stopped",
+        Duration::from_secs(60),
+        || {
+            last = fleet.cp.task(&refused);
+            last.state == TaskState::Stopped
+        },
+    );
+    let reason = last.containers[0].reason.clone().unwrap_or_default();
+    let holder = format!(
+        "another node agent (pid {}, data dir {})",
+        fleet.agents[0].pid().expect("pid"),
+        fleet.nodes[0].data.display()
+    );
+    assert!(
+        reason.contains(&holder) && reason.contains("one node agent per network namespace"),
+        "{last:#?}"
+    );
+    let quiet = on_second("quiet");
+    running(&fleet, &quiet);
+
+    // Its last task goes, then it stops and prunes: the first one's task is still served.
+    stop_and_wait(&fleet, &[&quiet]);
+    node.wait_for(
+        "the second node's containers removed",
+        Duration::from_secs(60),
+        || node.ps().is_empty(),
+    );
+    second.kill();
+    let pruned = second
+        .command()
+        .args(["ctr", "network", "prune"])
+        .output()
+        .expect("nodeagent ctr network prune");
+    assert!(
+        pruned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pruned.stderr)
+    );
+    assert!(
+        leftovers(host, &fleet.nodes[0].data).contains(&"nft table flotilla".to_string()),
+        "the first agent's table went"
+    );
+    assert_eq!(fetch_ok(host, "http://127.0.0.1:8080/"), page);
+    assert_eq!(fetch_ok(host, &format!("http://{}:8080/", host.addr)), page);
+
+    stop_and_wait(&fleet, &[&web_id]);
+    wait("task networks removed", Duration::from_secs(30), || {
+        leftovers(host, &fleet.nodes[0].data).is_empty()
+    });
+    fleet.finish();
+}

@@ -13,6 +13,7 @@ pub mod config;
 pub mod discovery;
 pub mod errors;
 pub mod exec;
+pub mod images;
 pub mod ipam;
 pub mod logging;
 pub mod ops;
@@ -305,6 +306,9 @@ pub enum ServerPush {
     /// Run a command in a task's container; the stream then carries [`exec::ExecFrame`]s
     /// both ways (see [`exec`]).
     Exec(exec::ExecRequest),
+    /// Pull an image into the node's store ahead of a deployment; answered with
+    /// [`images::PullFrame`]s on this stream.
+    Pull(images::PullRequest),
 }
 
 /// Which logs of a task to read.

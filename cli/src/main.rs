@@ -9,6 +9,7 @@
 mod compose;
 mod dev;
 mod exec;
+mod image;
 mod scaling;
 mod secret;
 mod top;
@@ -122,6 +123,9 @@ enum ClusterCommand {
     /// a container definition's `configs` say (`{"source": NAME, "target": PATH}`).
     #[command(subcommand)]
     Config(secret::ConfigCommand),
+    /// Images on the nodes: `prefetch` pulls one onto them ahead of a deployment.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Compose projects: a Compose file's services deployed onto the fleet (`up`, `down`,
     /// `ps`, `logs`, `config`, `restart`, `scale`, `ls`), each service a task definition and a
     /// service named PROJECT-SERVICE, the project their discovery namespace.
@@ -1398,6 +1402,7 @@ async fn run(cli: Cli) -> Result<()> {
         ClusterCommand::Config(cmd) => secret::run_config(&api, cmd, output).await?,
         ClusterCommand::Compose(args) => compose::run(&api, args, output).await?,
         ClusterCommand::Top(cmd) => top::run(&api, cmd, output).await?,
+        ClusterCommand::Image(cmd) => image::run(&api, cmd, output).await?,
         ClusterCommand::Task(TaskCommand::Ls(w)) => {
             list(output, w, || task_listing(&api, wide)).await?
         }

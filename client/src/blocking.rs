@@ -174,6 +174,18 @@ impl Client {
         })
     }
 
+    /// See [`crate::Client::prefetch`]: the updates as an iterator, each read when asked for.
+    pub fn prefetch(
+        &self,
+        req: &flotilla_api::images::PrefetchRequest,
+    ) -> Result<PrefetchUpdates<'_>, ClientError> {
+        let stream = self.run(self.inner.prefetch(req))?;
+        Ok(PrefetchUpdates {
+            client: self,
+            stream,
+        })
+    }
+
     /// See [`crate::Client::create_service`].
     pub fn create_service(&self, document: &[u8]) -> Result<ServiceCreated, ClientError> {
         self.run(self.inner.create_service(document))
@@ -328,6 +340,21 @@ pub struct LogLines<'a> {
 
 impl Iterator for LogLines<'_> {
     type Item = Result<LogLine, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.client.run(self.stream.next()).transpose()
+    }
+}
+
+/// A prefetch's updates, read as iterated (see [`Client::prefetch`]).
+#[derive(Debug)]
+pub struct PrefetchUpdates<'a> {
+    client: &'a Client,
+    stream: crate::PrefetchStream,
+}
+
+impl Iterator for PrefetchUpdates<'_> {
+    type Item = Result<flotilla_api::images::PrefetchUpdate, ClientError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.client.run(self.stream.next()).transpose()

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_api::discovery::DiscoveredService;
+use flotilla_api::images::{PrefetchRequest, PrefetchUpdate};
 use flotilla_api::ops::{
     AdminCredential, AdminIssue, ApiError, Event, EventFilter, NodeInfo, NodeLabels,
     TaskDefRegistered, TaskDefRevision, TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
@@ -406,12 +407,31 @@ impl Client {
             .timeout(Duration::from_secs(100 * 365 * 86_400));
         let resp = self.answer(Method::GET, &path, req).await?;
         Ok(LogStream {
-            resp,
-            pending: Vec::new(),
+            records: Ndjson::new(resp, Method::GET, path, self.server.clone()),
             task: task.to_string(),
-            path,
-            server: self.server.clone(),
-            ended: false,
+        })
+    }
+
+    /// `POST /v1/images/prefetch`: asks the nodes `req` selects to pull its image now; their
+    /// progress streams back until each has a final state (see
+    /// [`flotilla_api::images::PrefetchState`]).
+    pub async fn prefetch(&self, req: &PrefetchRequest) -> Result<PrefetchStream, ClientError> {
+        let path = "/v1/images/prefetch".to_string();
+        let body = serde_json::to_vec(req).map_err(|source| ClientError::Encode {
+            method: Method::POST,
+            path: path.clone(),
+            source,
+        })?;
+        // No overall time limit: a big image over a site's slow link takes what it takes.
+        let http = self
+            .http
+            .post(self.url(&path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .timeout(Duration::from_secs(100 * 365 * 86_400));
+        let resp = self.answer(Method::POST, &path, http).await?;
+        Ok(PrefetchStream {
+            records: Ndjson::new(resp, Method::POST, path, self.server.clone()),
         })
     }
 
@@ -930,66 +950,101 @@ enum LogRecord {
     Error { error: String },
 }
 
-/// A task's log records as they arrive (newline-delimited JSON), from [`Client::logs`].
+/// Records of a streamed answer (newline-delimited JSON) as they arrive.
 #[derive(Debug)]
-pub struct LogStream {
+struct Ndjson {
     resp: reqwest::Response,
     /// Bytes received after the last complete record.
     pending: Vec<u8>,
-    task: String,
+    method: Method,
     path: String,
     server: String,
     ended: bool,
+}
+
+impl Ndjson {
+    fn new(resp: reqwest::Response, method: Method, path: String, server: String) -> Self {
+        Self {
+            resp,
+            pending: Vec::new(),
+            method,
+            path,
+            server,
+            ended: false,
+        }
+    }
+
+    /// The next record that is not blank, decoded; `None` once the answer ended.
+    async fn next<T: serde::de::DeserializeOwned>(&mut self) -> Result<Option<T>, ClientError> {
+        loop {
+            let record = if let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
+                self.pending.drain(..=nl).collect()
+            } else if self.ended {
+                if self.pending.is_empty() {
+                    return Ok(None);
+                }
+                std::mem::take(&mut self.pending)
+            } else {
+                match self.resp.chunk().await {
+                    Ok(Some(chunk)) => self.pending.extend_from_slice(&chunk),
+                    Ok(None) => self.ended = true,
+                    Err(source) => {
+                        return Err(ClientError::Transport {
+                            method: self.method.clone(),
+                            path: self.path.clone(),
+                            server: self.server.clone(),
+                            source: source.without_url(),
+                        })
+                    }
+                }
+                continue;
+            };
+            if record.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return serde_json::from_slice(&record).map(Some).map_err(|source| {
+                ClientError::Decode {
+                    method: self.method.clone(),
+                    path: self.path.clone(),
+                    source,
+                }
+            });
+        }
+    }
+}
+
+/// A task's log records as they arrive (newline-delimited JSON), from [`Client::logs`].
+#[derive(Debug)]
+pub struct LogStream {
+    records: Ndjson,
+    task: String,
 }
 
 impl LogStream {
     /// The next record; `None` once the stream ended (a followed stream ends when the task's
     /// containers exit). A node that fails mid-way ends it with [`ClientError::Logs`].
     pub async fn next(&mut self) -> Result<Option<LogLine>, ClientError> {
-        loop {
-            if let Some(nl) = self.pending.iter().position(|&b| b == b'\n') {
-                let record: Vec<u8> = self.pending.drain(..=nl).collect();
-                if let Some(line) = self.record(&record)? {
-                    return Ok(Some(line));
-                }
-                continue;
-            }
-            if self.ended {
-                let rest = std::mem::take(&mut self.pending);
-                return self.record(&rest);
-            }
-            match self.resp.chunk().await {
-                Ok(Some(chunk)) => self.pending.extend_from_slice(&chunk),
-                Ok(None) => self.ended = true,
-                Err(source) => {
-                    return Err(ClientError::Transport {
-                        method: Method::GET,
-                        path: self.path.clone(),
-                        server: self.server.clone(),
-                        source: source.without_url(),
-                    })
-                }
-            }
-        }
-    }
-
-    /// The line in `record`, `None` for a blank one.
-    fn record(&self, record: &[u8]) -> Result<Option<LogLine>, ClientError> {
-        if record.iter().all(u8::is_ascii_whitespace) {
-            return Ok(None);
-        }
-        match serde_json::from_slice(record) {
-            Ok(LogRecord::Line(l)) => Ok(Some(l)),
-            Ok(LogRecord::Error { error }) => Err(ClientError::Logs {
+        match self.records.next::<LogRecord>().await? {
+            Some(LogRecord::Line(l)) => Ok(Some(l)),
+            Some(LogRecord::Error { error }) => Err(ClientError::Logs {
                 task: self.task.clone(),
                 reason: error,
             }),
-            Err(source) => Err(ClientError::Decode {
-                method: Method::GET,
-                path: self.path.clone(),
-                source,
-            }),
+            None => Ok(None),
         }
+    }
+}
+
+/// The nodes' progress in a prefetch as it arrives, from [`Client::prefetch`].
+#[derive(Debug)]
+pub struct PrefetchStream {
+    records: Ndjson,
+}
+
+impl PrefetchStream {
+    /// The next update; `None` once every node has a final state.
+    pub async fn next(&mut self) -> Result<Option<PrefetchUpdate>, ClientError> {
+        self.records.next().await
     }
 }
 

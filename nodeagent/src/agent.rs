@@ -512,6 +512,10 @@ async fn session(
                         ));
                         continue;
                     }
+                    Ok(ServerPush::Pull(req)) => {
+                        tokio::spawn(crate::pull::serve(runner.clone(), req, send));
+                        continue;
+                    }
                     Ok(ServerPush::Registry(registry)) => {
                         let dns = runner.dns().clone();
                         match tokio::task::spawn_blocking(move || dns.set(registry)).await? {

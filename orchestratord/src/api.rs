@@ -19,6 +19,8 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::http::{http1, HEADER_TIMEOUT};
 use crate::plane::Plane;
+
+mod prefetch;
 use orchestratord::cluster::{ClusterError, Command, Operator, Reply as CoreReply};
 
 /// Largest request body accepted: room for a secret's largest value
@@ -226,6 +228,7 @@ async fn answer(
     tracing::info!(%admin, %method, %path, "operator request");
     match request {
         Request_::Logs(req) => task_logs(req, plane).await,
+        Request_::Prefetch(req) => prefetch::prefetch(req, plane).await,
         Request_::Exec(mut req) => {
             req.admin = admin;
             exec(req, upgrade_to.as_deref(), upgrade, plane)
@@ -250,6 +253,8 @@ async fn answer(
 enum Request_ {
     Core(Operator),
     Logs(LogRequest),
+    /// `POST /v1/images/prefetch`: a stream of the nodes' pulls.
+    Prefetch(flotilla_api::images::PrefetchRequest),
     /// `POST /v1/tasks/{id}/exec`: an upgrade to a command's streams.
     Exec(ExecRequest),
     /// `GET /v1/metrics`: the metrics listener's scrape, over TLS.
@@ -615,6 +620,9 @@ fn parse(
         }
         (&Method::POST, ["v1", "tasks", id, "exec"]) => exec_request(id, query).map(Request_::Exec),
         (&Method::GET, ["v1", "metrics"]) => Ok(Request_::Metrics),
+        (&Method::POST, ["v1", "images", "prefetch"]) => serde_json::from_slice(body)
+            .map(Request_::Prefetch)
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("prefetch request: {e}"))),
         _ => parse_operator(method, path, query, body).map(Request_::Core),
     }
 }

@@ -121,6 +121,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/tasks/{id}/stop",
     "/v1/tasks/{id}/logs",
     "/v1/tasks/{id}/exec",
+    "/v1/images/prefetch",
     "/v1/services",
     "/v1/services/{name}",
     "/v1/services/{name}/endpoints",

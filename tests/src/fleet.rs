@@ -898,7 +898,7 @@ impl SimAgent {
     }
 
     /// Answers one push of the control plane as the agent does: desired state and registry
-    /// taken (newer only) and acknowledged; logs and execs refused (nothing runs here).
+    /// taken (newer only) and acknowledged; logs, execs and pulls refused (nothing runs here).
     async fn answer_push(&mut self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
         let reply = match read_frame::<_, ServerPush>(&mut recv).await {
             Ok(ServerPush::Desired(state)) => {
@@ -934,6 +934,17 @@ impl SimAgent {
                     "a simulated node (bench-fleet) runs no containers".into(),
                 );
                 let _ = flotilla_api::exec::write(&mut send, &refusal).await;
+                let _ = send.finish();
+                return;
+            }
+            Ok(ServerPush::Pull(_)) => {
+                let _ = write_frame(
+                    &mut send,
+                    &flotilla_api::images::PullFrame::Failed {
+                        reason: "a simulated node (bench-fleet) holds no images".into(),
+                    },
+                )
+                .await;
                 let _ = send.finish();
                 return;
             }

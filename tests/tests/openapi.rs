@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use flotilla_api::discovery::DiscoveredService;
+use flotilla_api::images::{PrefetchState, PrefetchUpdate};
 use flotilla_api::ops::{
     AdminCredential, ApiError, Event, NodeInfo, NodeState, TaskDefRegistered, TaskDefRevision,
     TaskInfo, TokenCreated, TokenInfo,
@@ -154,7 +155,18 @@ impl Caller {
 
     /// A call that must answer 200 with newline-delimited records of type `T`.
     fn lines<T: DeserializeOwned>(&mut self, method: &str, template: &str, path: &str) -> Vec<T> {
-        let (status, bytes) = self.call(method, template, path, None);
+        self.lines_of(method, template, path, None)
+    }
+
+    /// [`Caller::lines`] of a request with a body.
+    fn lines_of<T: DeserializeOwned>(
+        &mut self,
+        method: &str,
+        template: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Vec<T> {
+        let (status, bytes) = self.call(method, template, path, body);
         assert_eq!(status, 200, "{method} {path}");
         bytes
             .split(|&b| b == b'\n')
@@ -327,6 +339,38 @@ fn every_documented_operation_answers_as_documented() {
         assert!(start.elapsed() < Duration::from_secs(10), "no log line");
         std::thread::sleep(Duration::from_millis(200));
     }
+    // The node has the task's image: a prefetch fetches nothing and says so.
+    let pf = "/v1/images/prefetch";
+    let updates: Vec<PrefetchUpdate> =
+        api.lines_of("POST", pf, pf, Some(r#"{"image":"test/busybox:latest"}"#));
+    let last = updates.last().expect("an update");
+    assert_eq!(
+        (updates.len(), last.node.as_str(), last.state),
+        (2, id.as_str(), PrefetchState::Present),
+        "{updates:?}"
+    );
+    assert!(
+        last.digest
+            .as_deref()
+            .is_some_and(|d| d.starts_with("sha256:")),
+        "{last:?}"
+    );
+    let e = api.refused(
+        "POST",
+        pf,
+        pf,
+        Some(r#"{"image":"a","constraints":["site == x"]}"#),
+        400,
+    );
+    assert!(e.error.starts_with("constraints[0] (site == x): "), "{e:?}");
+    let e = api.refused(
+        "POST",
+        pf,
+        pf,
+        Some(r#"{"image":"a","nodes":["n-nope"]}"#),
+        404,
+    );
+    assert_eq!(e.error, "node n-nope is not in the cluster");
     let nope = format!("{task_path}/logs?container=nope");
     api.refused("GET", "/v1/tasks/{id}/logs", &nope, None, 404);
     let bogus = format!("{task_path}/logs?bogus=1");

@@ -1,0 +1,207 @@
+//! Images pulled onto nodes ahead of a deployment: `POST /v1/images/prefetch` (an operator's
+//! request, answered as newline-delimited [`PrefetchUpdate`]s), and [`crate::ServerPush::Pull`]
+//! (the control plane asking one node over its session, answered with [`PullFrame`]s).
+//!
+//! A node pulls as it pulls for a task (its registry mirrors, anonymously), so a deployment
+//! that comes later finds the image in the node's store and starts without a pull.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest image reference taken (the distribution spec bounds a repository name to 255
+/// characters; with a registry host, a tag of 128 and a digest this is ample).
+pub const MAX_REFERENCE: usize = 1024;
+
+/// Most nodes one request names, and most constraints it has.
+pub const MAX_SELECTORS: usize = 1000;
+
+/// `POST /v1/images/prefetch`: which image, onto which nodes. Nodes are those named in
+/// `nodes`, or every node when none is named, kept when they match every expression of
+/// `constraints` (the `memberOf` language of placement: `attribute:site == store-12`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PrefetchRequest {
+    /// The image reference, as a task definition names it.
+    pub image: String,
+    /// `memberOf` expressions every node must satisfy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    /// Node ids (all nodes when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nodes: Vec<String>,
+}
+
+impl PrefetchRequest {
+    /// What is wrong with it, each naming its field; empty when nothing is.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.image.trim().is_empty() {
+            out.push("image: empty".to_string());
+        } else if self.image.len() > MAX_REFERENCE {
+            out.push(format!("image: longer than {MAX_REFERENCE} bytes"));
+        } else if self
+            .image
+            .chars()
+            .any(|c| c.is_control() || c.is_whitespace())
+        {
+            out.push("image: holds a space or a control character".to_string());
+        }
+        for (field, n) in [
+            ("constraints", self.constraints.len()),
+            ("nodes", self.nodes.len()),
+        ] {
+            if n > MAX_SELECTORS {
+                out.push(format!("{field}: more than {MAX_SELECTORS}"));
+            }
+        }
+        out
+    }
+}
+
+/// Asks a node to pull an image into its store ([`crate::ServerPush::Pull`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PullRequest {
+    /// The image reference.
+    pub image: String,
+}
+
+/// What a node sends back for [`crate::ServerPush::Pull`], frame after frame: progress, then
+/// one of the others, which ends the stream. Tagged `result` like [`crate::PushReply`], so the
+/// refusal of an agent that does not know the push (`bad push: …`) reads as
+/// [`PullFrame::Refused`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum PullFrame {
+    /// Bytes of the image's layers held so far, of their total (compressed sizes, from the
+    /// manifest); sent at most about once a second.
+    Progress {
+        /// Held, bytes.
+        done_bytes: u64,
+        /// Of, bytes.
+        total_bytes: u64,
+    },
+    /// The image was already in the node's store: nothing was fetched.
+    Present {
+        /// Its manifest digest.
+        digest: String,
+    },
+    /// Pulled and stored.
+    Pulled {
+        /// Its manifest digest.
+        digest: String,
+        /// Bytes of its layers (compressed).
+        size_bytes: u64,
+    },
+    /// The pull failed; the reason says why and what to do.
+    Failed {
+        /// Why.
+        reason: String,
+    },
+    /// The node refused the request (an agent too old to know it says `bad push`).
+    Refused {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Where one node is in a prefetch, as `POST /v1/images/prefetch` streams it: a line per
+/// change, a last one per node with a final state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PrefetchUpdate {
+    /// Node id.
+    pub node: String,
+    /// Its state.
+    pub state: PrefetchState,
+    /// Bytes held so far (`pulling`), or the image's size (`pulled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub done_bytes: Option<u64>,
+    /// Bytes of the image's layers (`pulling`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    /// The manifest digest (`present`, `pulled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// Why (`failed`, `unreachable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A node's state in a prefetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PrefetchState {
+    /// Asked; pulling.
+    Pulling,
+    /// Final: it had the image already.
+    Present,
+    /// Final: pulled.
+    Pulled,
+    /// Final: the pull failed or the node refused it.
+    Failed,
+    /// Final: not connected, or its session failed mid-way; nothing is known of its store.
+    Unreachable,
+}
+
+impl PrefetchState {
+    /// Whether the node has the image.
+    pub fn holds(self) -> bool {
+        matches!(self, Self::Present | Self::Pulled)
+    }
+
+    /// Whether this is the node's last update.
+    pub fn is_final(self) -> bool {
+        self != Self::Pulling
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_old_agents_refusal_reads_as_a_refused_frame() {
+        let old = crate::PushReply::Refused {
+            reason: "bad push: unknown variant `pull`".into(),
+        };
+        let frame: PullFrame =
+            serde_json::from_value(serde_json::to_value(&old).expect("json")).expect("frame");
+        assert_eq!(
+            frame,
+            PullFrame::Refused {
+                reason: "bad push: unknown variant `pull`".into()
+            }
+        );
+    }
+
+    #[test]
+    fn problems_name_their_field() {
+        let ok = PrefetchRequest {
+            image: "registry.example/app:1".into(),
+            ..Default::default()
+        };
+        assert!(ok.problems().is_empty());
+        let bad = PrefetchRequest {
+            image: "app 1".into(),
+            nodes: vec![String::new(); MAX_SELECTORS + 1],
+            ..Default::default()
+        };
+        assert_eq!(
+            bad.problems(),
+            [
+                "image: holds a space or a control character",
+                "nodes: more than 1000"
+            ]
+        );
+        assert_eq!(
+            PrefetchRequest::default().problems(),
+            ["image: empty"],
+            "an empty image"
+        );
+        let unknown = serde_json::from_str::<PrefetchRequest>(r#"{"image":"a","node":["x"]}"#);
+        assert!(unknown
+            .expect_err("unknown field")
+            .to_string()
+            .contains("unknown field `node`"));
+    }
+}

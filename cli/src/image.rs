@@ -1,0 +1,192 @@
+//! `flotilla image prefetch`: an image pulled onto nodes ahead of a deployment (at night, over a
+//! site's slow link), so that the deployment's tasks start without waiting for a pull.
+
+use anyhow::{bail, Result};
+use clap::Subcommand;
+use flotilla_api::images::{PrefetchRequest, PrefetchState, PrefetchUpdate};
+use flotilla_client::Client;
+
+use crate::Output;
+
+/// `flotilla image`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull IMAGE onto the nodes now, each as it pulls a task's image (its registry mirrors,
+    /// anonymously), printing each node's progress; a node that has it already fetches nothing.
+    /// Exits 1 when a node failed or was not connected (run it again for those: the others
+    /// answer `present` at once).
+    Prefetch {
+        /// The image reference, as task definitions name it.
+        image: String,
+        /// Only nodes matching this memberOf expression, e.g. "attribute:site == store-12"
+        /// (repeatable: all must match).
+        #[arg(long = "constraint", value_name = "EXPRESSION")]
+        constraints: Vec<String>,
+        /// Only this node (repeatable) [default: every node].
+        #[arg(long = "node", value_name = "NODE")]
+        nodes: Vec<String>,
+    },
+}
+
+/// Runs `flotilla image …`.
+pub async fn run(api: &Client, cmd: ImageCommand, output: Output) -> Result<()> {
+    match cmd {
+        ImageCommand::Prefetch {
+            image,
+            constraints,
+            nodes,
+        } => {
+            let req = PrefetchRequest {
+                image,
+                constraints,
+                nodes,
+            };
+            prefetch(api, &req, output).await
+        }
+    }
+}
+
+async fn prefetch(api: &Client, req: &PrefetchRequest, output: Output) -> Result<()> {
+    let mut stream = api.prefetch(req).await?;
+    let mut tally = Tally::default();
+    while let Some(u) = stream.next().await? {
+        match output {
+            Output::Json | Output::Yaml => crate::outln!("{}", serde_json::to_string(&u)?),
+            Output::Table | Output::Wide => crate::outln!("{}", said(&u)),
+        }
+        tally.see(&u);
+    }
+    if matches!(output, Output::Table | Output::Wide) {
+        crate::outln!("{}", tally.summary(&req.image));
+    }
+    if tally.failed + tally.unreachable > 0 {
+        bail!(
+            "{} of {} did not get {}",
+            count(tally.failed + tally.unreachable, "node"),
+            tally.total(),
+            req.image
+        );
+    }
+    Ok(())
+}
+
+/// One update as a line for people.
+fn said(u: &PrefetchUpdate) -> String {
+    let reason = u.reason.as_deref().unwrap_or("no reason given");
+    match u.state {
+        PrefetchState::Pulling => match (u.done_bytes, u.total_bytes) {
+            (Some(done), Some(total)) => {
+                format!("{}: pulling, {} of {}", u.node, mib(done), mib(total))
+            }
+            _ => format!("{}: pulling", u.node),
+        },
+        PrefetchState::Present => format!(
+            "{}: present ({}), nothing fetched",
+            u.node,
+            u.digest.as_deref().unwrap_or("?")
+        ),
+        PrefetchState::Pulled => format!(
+            "{}: pulled {} ({})",
+            u.node,
+            u.digest.as_deref().unwrap_or("?"),
+            mib(u.done_bytes.unwrap_or(0))
+        ),
+        PrefetchState::Failed => format!("{}: failed: {reason}", u.node),
+        PrefetchState::Unreachable => format!("{}: unreachable: {reason}", u.node),
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+fn count(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+/// Final states counted.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    present: usize,
+    pulled: usize,
+    failed: usize,
+    unreachable: usize,
+}
+
+impl Tally {
+    fn see(&mut self, u: &PrefetchUpdate) {
+        match u.state {
+            PrefetchState::Pulling => {}
+            PrefetchState::Present => self.present += 1,
+            PrefetchState::Pulled => self.pulled += 1,
+            PrefetchState::Failed => self.failed += 1,
+            PrefetchState::Unreachable => self.unreachable += 1,
+        }
+    }
+
+    fn total(&self) -> usize {
+        self.present + self.pulled + self.failed + self.unreachable
+    }
+
+    fn summary(&self, image: &str) -> String {
+        let mut text = format!(
+            "{} of {} {} {image} ({} pulled, {} had it)",
+            self.present + self.pulled,
+            count(self.total(), "node"),
+            if self.present + self.pulled == 1 {
+                "holds"
+            } else {
+                "hold"
+            },
+            self.pulled,
+            self.present
+        );
+        if self.failed > 0 {
+            text.push_str(&format!("; {} failed", self.failed));
+        }
+        if self.unreachable > 0 {
+            text.push_str(&format!("; {} unreachable", self.unreachable));
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn u(node: &str, state: PrefetchState) -> PrefetchUpdate {
+        PrefetchUpdate {
+            node: node.into(),
+            state,
+            done_bytes: None,
+            total_bytes: None,
+            digest: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn lines_and_summary_say_what_each_node_did() {
+        let mut pulling = u("n1", PrefetchState::Pulling);
+        pulling.done_bytes = Some(3 << 20);
+        pulling.total_bytes = Some(12 << 20);
+        assert_eq!(said(&pulling), "n1: pulling, 3.0 MiB of 12.0 MiB");
+        let mut gone = u("n2", PrefetchState::Unreachable);
+        gone.reason = Some("not connected".into());
+        assert_eq!(said(&gone), "n2: unreachable: not connected");
+        let mut t = Tally::default();
+        for s in [
+            PrefetchState::Pulling,
+            PrefetchState::Pulled,
+            PrefetchState::Present,
+            PrefetchState::Unreachable,
+        ] {
+            t.see(&u("n", s));
+        }
+        assert_eq!(
+            t.summary("app:1"),
+            "2 of 3 nodes hold app:1 (1 pulled, 1 had it); 1 unreachable"
+        );
+    }
+}

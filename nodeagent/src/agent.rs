@@ -263,6 +263,7 @@ fn pem_der(pem: &str) -> Result<Vec<u8>> {
 pub async fn run(
     data_dir: &Path,
     node: flotilla_runtime::container::StoreOptions,
+    images: crate::images::ImageSettings,
     heartbeat: Duration,
     net: crate::network::Settings,
     metrics_listen: Option<std::net::SocketAddr>,
@@ -291,7 +292,7 @@ pub async fn run(
         .await??
     };
     let runtime = Arc::new(crate::runtime::StoreRuntime::new(store.clone()));
-    let runner = Runner::open(data_dir, store, runtime, &cred.name, net)?;
+    let runner = Runner::open(data_dir, store, runtime, &cred.name, net, images)?;
     tracing::info!(
         generation = runner.generation(),
         "converging to the persisted desired state"

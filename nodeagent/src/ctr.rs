@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{bail, Context, Result};
 
 use crate::ctr_container::{container, volume, ContainerCommand, VolumeCommand};
+use crate::images::ImageSettings;
 use crate::output::{human, table};
 use crate::pull::{PullFailed, Puller};
 use clap::{Args, Subcommand, ValueEnum};
@@ -62,11 +63,13 @@ enum NetworkCommand {
 
 #[derive(Debug, Subcommand)]
 enum ImageCommand {
-    /// Pull an image from an OCI distribution registry.
+    /// Pull an image from an OCI distribution registry (through its mirrors first, when the
+    /// configuration's registry_mirrors or --registry-mirror give it some).
     Pull {
         /// Image reference, e.g. registry.example:5000/app:1.2 or busybox.
         reference: String,
-        /// Use plain HTTP (only for registries you trust on a trusted network).
+        /// Use plain HTTP with the registry (only for registries you trust on a trusted
+        /// network; a mirror's own URL says whether it is plain HTTP).
         #[arg(long)]
         insecure: bool,
         /// Registry credentials USER:PASSWORD (or USER with --password-stdin).
@@ -140,7 +143,12 @@ fn adds_to_node(cmd: &CtrCommand) -> bool {
     )
 }
 
-pub async fn run(data_dir: &Path, node: StoreOptions, args: CtrArgs) -> Result<ExitCode> {
+pub async fn run(
+    data_dir: &Path,
+    node: StoreOptions,
+    images: &ImageSettings,
+    args: CtrArgs,
+) -> Result<ExitCode> {
     let json = args.output == Output::Json;
     // A mistyped --data-dir must not leave an empty store behind, nor list "nothing" as if the
     // node had no containers.
@@ -154,7 +162,7 @@ pub async fn run(data_dir: &Path, node: StoreOptions, args: CtrArgs) -> Result<E
     if let CtrCommand::Image(cmd) = args.command {
         let store = ImageStore::open(data_dir)
             .with_context(|| format!("opening the image store in {}", data_dir.display()))?;
-        image(&store, cmd, json).await?;
+        image(&store, images, cmd, json).await?;
         return Ok(ExitCode::SUCCESS);
     }
     if let CtrCommand::Network(cmd) = args.command {
@@ -254,7 +262,12 @@ fn network(data_dir: &Path, cmd: NetworkCommand, json: bool) -> Result<()> {
     Ok(())
 }
 
-async fn image(store: &ImageStore, cmd: ImageCommand, json: bool) -> Result<()> {
+async fn image(
+    store: &ImageStore,
+    settings: &ImageSettings,
+    cmd: ImageCommand,
+    json: bool,
+) -> Result<()> {
     match cmd {
         ImageCommand::Pull {
             reference,
@@ -274,12 +287,17 @@ async fn image(store: &ImageStore, cmd: ImageCommand, json: bool) -> Result<()> 
                     insecure,
                 },
                 platform,
+                mirrors: settings.mirrors.clone(),
             };
             let (progress, done) = progress_reporter(json);
             let rec = store.pull(&reference, &opts, progress).await;
             done();
             let rec = rec.map_err(|e| PullFailed::new(&e, &reference, by))?;
-            print_records(&[rec], json, "pulled");
+            let verb = match &rec.mirror {
+                Some(m) => format!("pulled (from mirror {m})"),
+                None => "pulled".to_string(),
+            };
+            print_records(&[rec], json, &verb);
         }
         ImageCommand::Import {
             file,

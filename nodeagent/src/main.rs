@@ -13,6 +13,7 @@ mod dns;
 mod exec;
 mod health;
 mod host;
+mod images;
 mod kept_logs;
 mod logs;
 mod meters;
@@ -48,8 +49,8 @@ pub const EXIT_HOST_UNFIT: u8 = 78;
 #[command(name = "nodeagent", version, about = "Flotilla node agent")]
 struct Cli {
     /// Configuration file (TOML; keys as the flags: data_dir, cgroup_parent, bind_roots,
-    /// heartbeat, log_format, uplink, bridge, dynamic_ports, address, dns_upstreams,
-    /// metrics_listen).
+    /// registry_mirrors, heartbeat, log_format, uplink, bridge, dynamic_ports, address,
+    /// dns_upstreams, metrics_listen).
     /// Default: /etc/flotilla/nodeagent.toml when it exists. Flags override it.
     #[arg(long, global = true, env = "NODEAGENT_CONFIG")]
     config: Option<PathBuf>,
@@ -70,6 +71,14 @@ struct Cli {
         value_delimiter = ':'
     )]
     bind_roots: Vec<PathBuf>,
+    /// A mirror tried before a registry, REGISTRY=URL (repeatable, in order; e.g.
+    /// docker.io=https://mirror.site.example, or http://… for plain HTTP). Given, it replaces
+    /// the configuration's registry_mirrors.
+    #[arg(long = "registry-mirror", global = true, value_name = "REGISTRY=URL")]
+    registry_mirrors: Vec<String>,
+    /// The image settings the configuration and flags make (filled by `settle`).
+    #[arg(skip)]
+    images: images::ImageSettings,
     #[command(subcommand)]
     command: Command,
 }
@@ -126,6 +135,8 @@ struct FileConfig {
     cgroup_parent: Option<String>,
     #[serde(default)]
     bind_roots: Vec<PathBuf>,
+    #[serde(default)]
+    registry_mirrors: std::collections::BTreeMap<String, Vec<String>>,
     heartbeat: Option<u64>,
     log_format: Option<LogFormat>,
     uplink: Option<String>,
@@ -142,6 +153,7 @@ const FILE_KEYS: &[&str] = &[
     "data_dir",
     "cgroup_parent",
     "bind_roots",
+    "registry_mirrors",
     "heartbeat",
     "log_format",
     "uplink",
@@ -180,6 +192,7 @@ fn settle(mut cli: Cli) -> anyhow::Result<Cli> {
     if cli.bind_roots.is_empty() {
         cli.bind_roots = file.bind_roots;
     }
+    cli.images.mirrors = images::mirrors(&file.registry_mirrors, &cli.registry_mirrors)?;
     if let Command::Run {
         heartbeat,
         uplink,
@@ -268,7 +281,7 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Ctr(args) => ctr::run(&data_dir, node, args).await,
+            Command::Ctr(args) => ctr::run(&data_dir, node, &cli.images, args).await,
             Command::Join {
                 server,
                 token,
@@ -304,7 +317,7 @@ fn main() -> ExitCode {
                 if let Some(r) = dynamic_ports {
                     net.dynamic_ports = port_range(&r)?;
                 }
-                agent::run(&data_dir, node, heartbeat, net, metrics_listen)
+                agent::run(&data_dir, node, cli.images, heartbeat, net, metrics_listen)
                     .await
                     .map(|()| ExitCode::SUCCESS)
             }

@@ -166,6 +166,8 @@ pub struct Runner {
     meters: Arc<crate::meters::Meters>,
     /// The secrets its tasks' containers reference, kept sealed.
     secrets: Arc<crate::secrets::Secrets>,
+    /// How images are pulled (mirrors) and collected.
+    images: crate::images::ImageSettings,
 }
 
 impl Runner {
@@ -178,6 +180,7 @@ impl Runner {
         runtime: Arc<dyn ContainerRuntime>,
         node_id: &str,
         net: crate::network::Settings,
+        images: crate::images::ImageSettings,
     ) -> Result<Arc<Self>> {
         let path = data_dir.join("agent.redb");
         let db = Arc::new(Database::create(&path).map_err(|e| match e {
@@ -224,6 +227,7 @@ impl Runner {
             task_logs: data_dir.join(crate::kept_logs::KEPT_DIR),
             meters: Arc::default(),
             secrets,
+            images,
         }))
     }
 
@@ -650,7 +654,10 @@ impl Runner {
                     .images()
                     .pull(
                         &config.image,
-                        &Default::default(),
+                        &flotilla_runtime::image::PullOptions {
+                            mirrors: self.images.mirrors.clone(),
+                            ..Default::default()
+                        },
                         self.meters.pull_progress(),
                     )
                     .await;

@@ -264,6 +264,138 @@ fn layers_are_shared_and_rm_and_prune_free_only_unreferenced_content() -> Result
 }
 
 #[test]
+fn a_mirror_serves_first_and_the_registry_when_the_mirror_fails() -> Result<()> {
+    let layout = tempfile::tempdir()?;
+    let built = image::write_layout(layout.path(), "1.0", &busybox_image(host_arch()))?;
+    let (origin_storage, mirror_storage) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let origin = Registry::start(origin_storage.path(), Auth::None)?;
+    let mirror = Registry::start(mirror_storage.path(), Auth::None)?;
+    // `only-mirrored` is on the mirror alone, `only-origin` on the registry alone; `both` on
+    // both (its mirror copy is made corrupt below).
+    mirror.push(layout.path(), "1.0", "test/only-mirrored")?;
+    origin.push(layout.path(), "1.0", "test/only-origin")?;
+    mirror.push(layout.path(), "1.0", "test/both")?;
+    origin.push(layout.path(), "1.0", "test/both")?;
+    let mirror_url = format!("http://{}", mirror.addr);
+    let config = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        config.path(),
+        format!(
+            "registry_mirrors = {{ \"{}\" = [\"{mirror_url}\"] }}\n",
+            origin.addr
+        ),
+    )?;
+    let config = config.path().to_str().expect("utf8");
+    let node = Node::new();
+    let pull_on = |node: &Node, name: &str, through: &[&str]| {
+        let mut args = vec!["image", "pull", "--insecure", "-o", "json"];
+        args.extend_from_slice(through);
+        args.push(name);
+        node.ctr(&args)
+    };
+    let pull = |name: &str, through: &[&str]| pull_on(&node, name, through);
+    let record = |out: &Output| -> ImageRecord {
+        assert!(
+            out.status.success(),
+            "pull failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut recs: Vec<ImageRecord> = serde_json::from_slice(&out.stdout).expect("pull -o json");
+        recs.pop().expect("one record")
+    };
+
+    // The name says the registry; the image comes from the mirror, the only place it is.
+    let name = format!("{}/test/only-mirrored:1.0", origin.addr);
+    let rec = record(&pull(&name, &["--config", config]));
+    assert_eq!(rec.name, name);
+    assert_eq!(rec.mirror.as_deref(), Some(mirror_url.as_str()));
+    assert_eq!(
+        node.images()[0].mirror.as_deref(),
+        Some(mirror_url.as_str())
+    );
+    // Without the mirror configured, the registry does not have it.
+    node.ok(&["image", "rm", &name]);
+    let err = String::from_utf8_lossy(&pull(&name, &[]).stderr).into_owned();
+    assert!(err.contains("404 Not Found"), "{err}");
+
+    // The mirror lacks it: the registry serves it, and the mirror's answer is logged.
+    let name = format!("{}/test/only-origin:1.0", origin.addr);
+    let out = pull(&name, &["--config", config]);
+    let rec = record(&out);
+    assert_eq!(rec.mirror, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mirror failed")
+            && err.contains(&mirror_url)
+            && err.contains(&format!("registry={}", origin.addr))
+            && err.contains("404 Not Found"),
+        "{err}"
+    );
+
+    // A corrupt copy on the mirror is refused by digest and the registry's is stored.
+    let blob = mirror.blob_file(&built.layers[1]);
+    let mut data = std::fs::read(&blob)?;
+    let mid = data.len() / 2;
+    data[mid] ^= 0xff;
+    std::fs::write(&blob, data)?;
+    let name = format!("{}/test/both:1.0", origin.addr);
+    let mirror_flag = format!("{}={mirror_url}", origin.addr);
+    // (A node that holds none of its layers yet: a layer held is not fetched again.)
+    let fresh = Node::new();
+    let out = pull_on(&fresh, &name, &["--registry-mirror", &mirror_flag]);
+    let rec = record(&out);
+    assert_eq!(rec.mirror, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("corrupt") && err.contains(&built.layers[1]),
+        "{err}"
+    );
+    assert_eq!(fresh.inspect(&name).record.digest, rec.digest);
+    assert_eq!(
+        fresh.trees(&name),
+        node.trees(&format!("{}/test/only-origin:1.0", origin.addr))
+    );
+
+    // The mirror down: the registry serves what it has; what it lacks names both.
+    let mirror_addr = mirror.addr.clone();
+    drop(mirror);
+    node.ok(&[
+        "image",
+        "rm",
+        &format!("{}/test/only-origin:1.0", origin.addr),
+    ]);
+    let out = pull(
+        &format!("{}/test/only-origin:1.0", origin.addr),
+        &["--config", config],
+    );
+    let rec = record(&out);
+    assert_eq!(rec.mirror, None);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mirror failed") && err.contains(&mirror_url),
+        "{err}"
+    );
+    let out = pull(
+        &format!("{}/test/nowhere:1.0", origin.addr),
+        &["--config", config],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!(
+            "mirror {mirror_url} failed (registry {mirror_addr}:"
+        )) && last.contains(&format!(
+            "then registry {}: answered 404 Not Found",
+            origin.addr
+        )) && last.contains("check the image's name and tag"),
+        "{err}"
+    );
+    assert!(node.tmp_is_empty());
+    Ok(())
+}
+
+#[test]
 fn basic_auth_pulls_with_credentials_and_refuses_without() -> Result<()> {
     let p = publish(busybox_image(host_arch()))?;
     let secured = Registry::start(

@@ -31,10 +31,10 @@ use serde::{Deserialize, Serialize};
 
 pub use digest::Digest;
 pub use manifest::{Platform, PlatformMatcher};
-pub use registry::{Credentials, RegistryOptions};
+pub use registry::{Credentials, Mirror, RegistryMirrors, RegistryOptions};
 
 use manifest::{Descriptor, ImageConfig, ManifestKind, MAX_CONFIG_BYTES};
-use registry::{RegistryClient, RegistryError};
+use registry::{PullSource, RegistryClient, RegistryError};
 
 /// Most distinct layers an image may have: what one overlayfs mount stacks (the kernel's
 /// `OVL_MAX_STACK`), as a container's root filesystem is one mount.
@@ -67,6 +67,10 @@ pub struct ImageRecord {
     pub stored_at: u64,
     /// Where it came from: `registry` or `import`.
     pub source: String,
+    /// The mirror that served it (`https://host[:port]`, `http://…`), when a mirror of its
+    /// registry did rather than the registry itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<String>,
 }
 
 impl ImageRecord {
@@ -164,6 +168,8 @@ pub struct PullOptions {
     pub registry: RegistryOptions,
     /// The platform to pick from an index (default: this node's).
     pub platform: Option<Platform>,
+    /// Mirrors tried, in order, before the image's registry (see [`registry::pull_sources`]).
+    pub mirrors: RegistryMirrors,
 }
 
 /// Why an image operation failed. Each variant names the image and, where it applies, the layer.
@@ -186,6 +192,17 @@ pub enum ImageStoreError {
         /// The image.
         image: String,
         /// What went wrong.
+        source: RegistryError,
+    },
+    /// Every mirror of the image's registry failed, then the registry itself: each is named
+    /// with what it answered, the registry last.
+    #[error("pulling image '{image}': {}then {source}", mirrors_said(tried))]
+    Mirrors {
+        /// The image.
+        image: String,
+        /// Each mirror tried, with why it failed.
+        tried: Vec<MirrorFailure>,
+        /// What the registry itself answered.
         source: RegistryError,
     },
     /// A manifest, index or config is unusable.
@@ -249,12 +266,57 @@ pub enum ImageStoreError {
 impl ImageStoreError {
     /// What a failed pull comes down to, when a registry's answer (or its silence) says it:
     /// what the person who asked for the image can do differs (see [`registry::Failure`]).
+    /// With mirrors, what the registry itself answered.
     pub fn pull_failure(&self) -> Option<registry::Failure> {
         match self {
-            Self::Registry { source, .. } => source.failure(),
+            Self::Registry { source, .. } | Self::Mirrors { source, .. } => source.failure(),
             _ => None,
         }
     }
+
+    /// Whether a pull from a mirror that failed so should go on with the next source: the
+    /// mirror did not answer, answered an error, or served content that does not match its
+    /// digest. Anything else (the image's own platforms, a hostile layer, the node's disk) is
+    /// the same from every source.
+    fn next_source_may_help(&self) -> bool {
+        matches!(
+            self,
+            Self::Registry { .. } | Self::DigestMismatch { .. } | Self::Mirrors { .. }
+        )
+    }
+}
+
+/// A mirror a pull tried, and why it did not serve the image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorFailure {
+    /// The mirror, `https://host[:port]` or `http://…`.
+    pub mirror: String,
+    /// What it answered, with its causes.
+    pub reason: String,
+}
+
+/// `mirror URL: reason; ` for each mirror, as a failed pull's message lists them.
+fn mirrors_said(tried: &[MirrorFailure]) -> String {
+    tried
+        .iter()
+        .map(|m| format!("mirror {} failed ({}); ", m.mirror, m.reason))
+        .collect()
+}
+
+/// `e` and its causes on one line, each cause once (a cause its error's message already ends
+/// with is left out).
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !text.is_empty() && !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        cause = c.source();
+    }
+    line
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImageStoreError + '_ {
@@ -504,7 +566,11 @@ impl ImageStore {
             .collect()
     }
 
-    /// Pulls `reference` from its registry, unpacks every layer, and files it under its name.
+    /// Pulls `reference` from its registry — trying the registry's mirrors first, in order, when
+    /// `opts` has some —, unpacks every layer, and files it under its name. The manifest and
+    /// the blobs come from the one source that served the manifest; a mirror that does not
+    /// answer, answers an error or serves content that does not match its digest is logged
+    /// with the registry it stands for, and the next source is tried.
     pub async fn pull(
         &self,
         reference: &str,
@@ -513,12 +579,81 @@ impl ImageStore {
     ) -> Result<ImageRecord, ImageStoreError> {
         let r = ImageRef::parse(reference)?;
         let name = r.name();
-        let client = RegistryClient::new(
-            self.http()?,
-            &r.registry,
-            &r.repository,
-            opts.registry.clone(),
-        );
+        let mut tried: Vec<MirrorFailure> = Vec::new();
+        for source in registry::pull_sources(&opts.mirrors, &r.registry) {
+            let client = match &source {
+                PullSource::Mirror(m) => RegistryClient::for_mirror(self.http()?, m, &r.repository),
+                PullSource::Origin => RegistryClient::new(
+                    self.http()?,
+                    &r.registry,
+                    &r.repository,
+                    opts.registry.clone(),
+                ),
+            };
+            let result = self
+                .pull_from(client, &r, &name, opts, progress.clone())
+                .await;
+            match (source, result) {
+                (PullSource::Mirror(m), Ok(rec)) => {
+                    tracing::info!(image = %name, mirror = %m, registry = %r.registry, "pulled from a mirror");
+                    return Ok(rec);
+                }
+                (PullSource::Mirror(m), Err(e)) if e.next_source_may_help() => {
+                    let reason = match &e {
+                        // The image is named once, above.
+                        ImageStoreError::Registry { source, .. } => causes(source),
+                        ImageStoreError::DigestMismatch {
+                            what,
+                            digest,
+                            actual,
+                            ..
+                        } => format!("{what} {digest} is corrupt: content hashes to {actual}"),
+                        other => causes(other),
+                    };
+                    tracing::warn!(image = %name, mirror = %m, registry = %r.registry,
+                        "mirror failed, trying the next source: {reason}");
+                    tried.push(MirrorFailure {
+                        mirror: m.to_string(),
+                        reason,
+                    });
+                }
+                (PullSource::Mirror(_), Err(e)) => return Err(e),
+                (PullSource::Origin, Ok(rec)) => {
+                    if !tried.is_empty() {
+                        tracing::info!(image = %name, registry = %r.registry,
+                            "pulled from the registry after its mirrors failed");
+                    }
+                    return Ok(rec);
+                }
+                (PullSource::Origin, Err(ImageStoreError::Registry { source, .. }))
+                    if !tried.is_empty() =>
+                {
+                    return Err(ImageStoreError::Mirrors {
+                        image: name,
+                        tried,
+                        source,
+                    })
+                }
+                (PullSource::Origin, Err(e)) => return Err(e),
+            }
+        }
+        // `pull_sources` always ends with the registry itself.
+        Err(ImageStoreError::Invalid {
+            image: name,
+            reason: "no source to pull from".into(),
+        })
+    }
+
+    /// One pull of `r` from the source `client` talks to.
+    async fn pull_from(
+        &self,
+        client: RegistryClient,
+        r: &ImageRef,
+        name: &str,
+        opts: &PullOptions,
+        progress: ProgressFn,
+    ) -> Result<ImageRecord, ImageStoreError> {
+        let name = name.to_string();
         let reg_err = |source| ImageStoreError::Registry {
             image: name.clone(),
             source,
@@ -726,6 +861,10 @@ impl ImageStore {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             source: origin.to_string(),
+            mirror: match source {
+                Source::Registry(c) => c.mirror().map(ToString::to_string),
+                Source::Layout(_) => None,
+            },
         };
         let rec = record.clone();
         self.update_records(move |records| {
@@ -849,7 +988,7 @@ impl ImageStore {
                     .inner
                     .root
                     .join("ingest")
-                    .join(format!("{}.partial", desc.digest.hex()));
+                    .join(client.partial_name(&desc.digest));
                 let mut attempt = 0;
                 loop {
                     attempt += 1;
@@ -1231,6 +1370,71 @@ mod tests {
         }
         assert!(n("a b").is_err());
         assert!(n("").is_err());
+    }
+
+    #[test]
+    fn a_pull_whose_mirror_and_registry_both_fail_names_each() {
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port()
+        };
+        let (origin, mirror) = (free(), free());
+        let registry = format!("127.0.0.1:{origin}");
+        let urls = [format!("http://127.0.0.1:{mirror}")];
+        let mirrors =
+            RegistryMirrors::new([(registry.as_str(), &urls[..])]).expect("mirror config");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("store");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let opts = PullOptions {
+            registry: RegistryOptions {
+                credentials: Credentials::Anonymous,
+                insecure: true,
+            },
+            mirrors,
+            ..Default::default()
+        };
+        let e = rt
+            .block_on(store.pull(&format!("{registry}/team/app:1"), &opts, Arc::new(|_| {})))
+            .expect_err("nothing listens");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "pulling image '{registry}/team/app:1': mirror http://127.0.0.1:{mirror} failed \
+                 (registry 127.0.0.1:{mirror}: "
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("); then registry {registry}: ")),
+            "{text}"
+        );
+        assert_eq!(text.matches("team/app").count(), 1, "{text}");
+        // What the registry itself answered decides the advice.
+        assert_eq!(e.pull_failure(), Some(registry::Failure::Unreachable));
+    }
+
+    #[test]
+    fn mirror_urls_are_https_unless_http_is_written() {
+        let m = |s: &str| Mirror::parse(s).map(|m| m.to_string());
+        assert_eq!(m("mirror.example").as_deref(), Ok("https://mirror.example"));
+        assert_eq!(
+            m("https://mirror.example:443/").as_deref(),
+            Ok("https://mirror.example")
+        );
+        assert_eq!(
+            m("http://10.0.0.5:5000").as_deref(),
+            Ok("http://10.0.0.5:5000")
+        );
+        assert_eq!(m("[::1]:5000").as_deref(), Ok("https://[::1]:5000"));
+        assert!(m("").is_err());
+        assert!(m("https://").is_err());
+        assert!(m("https://m.example?x=1").is_err());
     }
 
     #[test]

@@ -49,6 +49,184 @@ pub struct RegistryOptions {
     pub insecure: bool,
 }
 
+/// A registry mirror: a host that serves a registry's repositories under the same names and
+/// is tried before the registry itself, as a `[host."URL"]` of containerd's `hosts.toml` with
+/// `capabilities = ["pull", "resolve"]` is before its `server`
+/// (<https://github.com/containerd/containerd/blob/main/docs/hosts.md>). A mirror is not
+/// trusted: what it serves is verified by digest as anything from a registry, and it is never
+/// sent the registry's credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Mirror {
+    /// The `host[:port]` dialled.
+    pub host: String,
+    /// Plain HTTP: only when the operator wrote `http://`.
+    pub plain_http: bool,
+}
+
+impl Mirror {
+    /// Parses `https://host[:port]`, `http://host[:port]` or `host[:port]` (HTTPS, as in
+    /// containerd). Paths, queries, credentials and other schemes are refused.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty mirror".into());
+        }
+        let url = if s.contains("://") {
+            s.to_string()
+        } else {
+            format!("https://{s}")
+        };
+        let u = reqwest::Url::parse(&url)
+            .map_err(|e| format!("'{s}' is not a URL or host[:port]: {e}"))?;
+        let plain_http = match u.scheme() {
+            "https" => false,
+            "http" => true,
+            other => {
+                return Err(format!(
+                    "'{s}': scheme {other} (a mirror is https:// or, when stated, http://)"
+                ))
+            }
+        };
+        if !u.username().is_empty() || u.password().is_some() {
+            return Err(format!(
+                "'{s}': credentials in a mirror's URL are refused (mirrors are pulled from \
+                 anonymously)"
+            ));
+        }
+        if !matches!(u.path(), "" | "/") || u.query().is_some() || u.fragment().is_some() {
+            return Err(format!(
+                "'{s}': a mirror is scheme://host[:port]; a path, query or fragment is not \
+                 supported"
+            ));
+        }
+        let host = u
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("'{s}' names no host"))?;
+        let host = match u.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        Ok(Self { host, plain_http })
+    }
+}
+
+impl fmt::Display for Mirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.plain_http { "http" } else { "https" };
+        write!(f, "{scheme}://{}", self.host)
+    }
+}
+
+/// The mirrors of each registry, in the order they are tried (`registry_mirrors` in the
+/// agent's configuration). A registry is named as image names have it: `docker.io` for
+/// Docker Hub, `host[:port]` for any other.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RegistryMirrors(std::collections::BTreeMap<String, Vec<Mirror>>);
+
+/// A `registry_mirrors` entry that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("registry {registry}: {reason}")]
+pub struct MirrorConfigError {
+    /// The registry key as written.
+    pub registry: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl RegistryMirrors {
+    /// Checks and parses `registry → mirror URLs`; every problem names the registry and the
+    /// mirror.
+    pub fn new<'a>(
+        entries: impl IntoIterator<Item = (&'a str, &'a [String])>,
+    ) -> Result<Self, MirrorConfigError> {
+        let mut out = std::collections::BTreeMap::new();
+        for (registry, urls) in entries {
+            let bad = |reason: String| MirrorConfigError {
+                registry: registry.to_string(),
+                reason,
+            };
+            if registry.contains("://") || registry.contains('/') {
+                return Err(bad(
+                    "a registry is host[:port] as image names have it (docker.io for Docker \
+                     Hub), not a URL"
+                        .into(),
+                ));
+            }
+            if registry.is_empty()
+                || !registry
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+            {
+                return Err(bad("not a registry host[:port]".into()));
+            }
+            if registry.bytes().any(|b| b.is_ascii_uppercase()) {
+                return Err(bad(
+                    "write the registry in lower case, as image names have it".into(),
+                ));
+            }
+            if matches!(registry, "index.docker.io" | "registry-1.docker.io") {
+                return Err(bad(
+                    "Docker Hub's images are named docker.io/…: give its mirrors under docker.io"
+                        .into(),
+                ));
+            }
+            if urls.is_empty() {
+                return Err(bad("no mirror listed".into()));
+            }
+            let mut mirrors: Vec<Mirror> = Vec::new();
+            for u in urls {
+                let m = Mirror::parse(u).map_err(|e| bad(format!("mirror {e}")))?;
+                if mirrors.contains(&m) {
+                    return Err(bad(format!("mirror {m} is listed twice")));
+                }
+                mirrors.push(m);
+            }
+            if out.insert(registry.to_string(), mirrors).is_some() {
+                return Err(bad("given twice".into()));
+            }
+        }
+        Ok(Self(out))
+    }
+
+    /// No mirror for any registry.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The mirrors of `registry` (as an image's name has it), in order.
+    pub fn of(&self, registry: &str) -> &[Mirror] {
+        self.0.get(registry).map(Vec::as_slice).unwrap_or_default()
+    }
+
+    /// Each registry with its mirrors.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[Mirror])> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+}
+
+/// Where a pull is tried: a mirror, or the registry the image's name says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullSource {
+    /// A mirror of the registry (anonymous; plain HTTP only when its URL says `http://`).
+    Mirror(Mirror),
+    /// The registry itself, with the pull's own credentials and transport.
+    Origin,
+}
+
+/// The order a pull of an image of `registry` tries its sources in: each of its mirrors as
+/// listed, then the registry itself (containerd's: "the hosts will be tried first in the order
+/// listed … then server will be used as a fallback").
+pub fn pull_sources(mirrors: &RegistryMirrors, registry: &str) -> Vec<PullSource> {
+    mirrors
+        .of(registry)
+        .iter()
+        .cloned()
+        .map(PullSource::Mirror)
+        .chain([PullSource::Origin])
+        .collect()
+}
+
 /// Why a registry request failed. A message names the registry and, for a blob, its digest
 /// (see [`at`]) — not the repository and tag, which the image's name above it already says;
 /// the URL is kept for `Debug`.
@@ -205,6 +383,8 @@ pub struct RegistryClient {
     opts: RegistryOptions,
     /// The `Authorization` value that worked last, reused for later requests.
     auth: Arc<Mutex<Option<String>>>,
+    /// The mirror this client pulls from, if it is one.
+    mirror: Option<Mirror>,
 }
 
 /// The host[:port] a pull from `registry` (as an image's name has it) dials: Docker Hub's
@@ -251,6 +431,43 @@ impl RegistryClient {
             repository: repository.to_string(),
             opts,
             auth: Arc::new(Mutex::new(None)),
+            mirror: None,
+        }
+    }
+
+    /// A client for `repository` on `mirror`: anonymous (a mirror is never sent a registry's
+    /// credentials), plain HTTP only when the mirror's URL says so.
+    pub fn for_mirror(http: reqwest::Client, mirror: &Mirror, repository: &str) -> Self {
+        let opts = RegistryOptions {
+            credentials: Credentials::Anonymous,
+            insecure: mirror.plain_http,
+        };
+        Self {
+            http,
+            base: format!("{mirror}/v2/{repository}"),
+            repository: repository.to_string(),
+            opts,
+            auth: Arc::new(Mutex::new(None)),
+            mirror: Some(mirror.clone()),
+        }
+    }
+
+    /// The mirror this client pulls from, when it is one.
+    pub fn mirror(&self) -> Option<&Mirror> {
+        self.mirror.as_ref()
+    }
+
+    /// The file name of a partial download of `digest` from this client's source: a download
+    /// resumes only from where it came from, so bytes a mirror sent are never completed by
+    /// another source (a bad mirror cannot spoil the registry's download).
+    pub fn partial_name(&self, digest: &Digest) -> String {
+        match &self.mirror {
+            None => format!("{}.partial", digest.hex()),
+            Some(m) => {
+                use sha2::Digest as _;
+                let tag = hex::encode(&sha2::Sha256::digest(m.to_string().as_bytes())[..6]);
+                format!("{}.mirror-{tag}.partial", digest.hex())
+            }
         }
     }
 

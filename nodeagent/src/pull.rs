@@ -98,7 +98,7 @@ pub fn advice(error: &ImageStoreError, image: &str, by: Puller) -> Option<String
 
 /// Answers a prefetch ([`flotilla_api::ServerPush::Pull`]) on `send`: `Present` when the
 /// node's store has the image, otherwise `Progress` about once a second while the agent pulls
-/// it as it pulls a task's image, then `Pulled` or `Failed` with the advice of [`PullFailed`].
+/// it as it pulls a task's image (its mirrors, anonymously), then `Pulled` or `Failed` with the advice of [`PullFailed`].
 /// A prefetch that arrives while a task's start pulls the same image waits for the same layers
 /// (the store locks each layer), so nothing is fetched twice.
 pub async fn serve(
@@ -121,7 +121,7 @@ pub async fn serve(
             seen.lock().unwrap_or_else(|p| p.into_inner()).see(&e);
             counted(e);
         });
-        let options = Default::default();
+        let options = runner.pull_options();
         let pull = images.pull(&req.image, &options, progress);
         tokio::pin!(pull);
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));

@@ -481,6 +481,15 @@ impl Runner {
     }
 
     /// What the agent measures of its own work.
+    /// How the agent pulls an image, for a task or a prefetch: anonymously, through the
+    /// node's registry mirrors.
+    pub fn pull_options(&self) -> flotilla_runtime::image::PullOptions {
+        flotilla_runtime::image::PullOptions {
+            mirrors: self.images.mirrors.clone(),
+            ..Default::default()
+        }
+    }
+
     pub fn meters(&self) -> &crate::meters::Meters {
         &self.meters
     }
@@ -654,10 +663,7 @@ impl Runner {
                     .images()
                     .pull(
                         &config.image,
-                        &flotilla_runtime::image::PullOptions {
-                            mirrors: self.images.mirrors.clone(),
-                            ..Default::default()
-                        },
+                        &self.pull_options(),
                         self.meters.pull_progress(),
                     )
                     .await;

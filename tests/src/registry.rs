@@ -309,7 +309,7 @@ pub struct ProxyLog {
 /// relayed that many response bytes.
 #[derive(Debug)]
 pub struct Proxy {
-    /// `127.0.0.1:PORT` to pull through.
+    /// `IP:PORT` to pull through.
     pub addr: String,
     /// What went through.
     pub log: Arc<Mutex<ProxyLog>>,
@@ -320,7 +320,12 @@ pub struct Proxy {
 impl Proxy {
     /// Starts relaying to `upstream`.
     pub async fn start(upstream: &str) -> Result<Self> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        Self::start_on(std::net::Ipv4Addr::LOCALHOST, upstream).await
+    }
+
+    /// Starts relaying to `upstream`, listening on `ip` (a test LAN's gateway, for its hosts).
+    pub async fn start_on(ip: std::net::Ipv4Addr, upstream: &str) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await?;
         let addr = listener.local_addr()?.to_string();
         let log: Arc<Mutex<ProxyLog>> = Arc::default();
         let cut_after = Arc::new(AtomicU64::new(0));

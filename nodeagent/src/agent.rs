@@ -299,6 +299,7 @@ pub async fn run(
     );
     let mut rounds = runner.rounds();
     tokio::spawn(runner.clone().run());
+    tokio::spawn(runner.clone().collect_images());
     if let Some(listener) = metrics {
         tracing::info!(
             "metrics at http://{}/metrics",

@@ -126,7 +126,14 @@ enum ImageCommand {
         references: Vec<String>,
     },
     /// Remove unreferenced content, partial downloads and leftovers.
-    Prune,
+    Prune {
+        /// Instead, collect by disk pressure as the agent does: at or above
+        /// image_gc_high_threshold_percent of the store's filesystem used, remove the least
+        /// recently used images no container uses until it is down to
+        /// image_gc_low_threshold_percent.
+        #[arg(long)]
+        disk_pressure: bool,
+    },
 }
 
 /// Whether `cmd` brings something new onto the node (an image, a container, a volume), and so
@@ -366,7 +373,45 @@ async fn image(
                 outln!("{}", serde_json::to_string_pretty(&freed)?);
             }
         }
-        ImageCommand::Prune => {
+        ImageCommand::Prune { disk_pressure } => {
+            if disk_pressure {
+                let policy = settings.gc;
+                let s = store.clone();
+                let r = tokio::task::spawn_blocking(move || {
+                    s.collect_by_pressure(&policy, std::time::SystemTime::now())
+                        .map_err(anyhow::Error::from)
+                })
+                .await??;
+                if json {
+                    outln!("{}", serde_json::to_string_pretty(&r)?);
+                    return Ok(());
+                }
+                let used = |u: Option<flotilla_runtime::image::gc::FsUsage>| {
+                    u.map_or(0, |u| u.used_percent())
+                };
+                if r.busy {
+                    bail!("a pull holds the image store: try again when it is done");
+                }
+                for name in &r.removed {
+                    outln!("removed {}", ImageRef::familiar(name));
+                }
+                outln!(
+                    "image store filesystem {} % used (high {} %, low {} %){}",
+                    used(r.before),
+                    policy.high_percent,
+                    policy.low_percent,
+                    match r.after {
+                        Some(_) => format!(
+                            "; freed {} in {} layers, now {} %",
+                            human(r.freed.bytes),
+                            r.freed.layers,
+                            used(r.after)
+                        ),
+                        None => String::new(),
+                    }
+                );
+                return Ok(());
+            }
             let report = store.prune()?;
             if json {
                 outln!("{}", serde_json::to_string_pretty(&report)?);

@@ -1,16 +1,77 @@
 //! The agent's image settings: the registry mirrors pulls try first (`registry_mirrors`,
-//! `--registry-mirror`), shared by the agent's pulls and `nodeagent ctr image pull`.
+//! `--registry-mirror`), shared by the agent's pulls and `nodeagent ctr image pull`, and the
+//! watermarks of image garbage collection by disk pressure (`image_gc_*`), which the agent runs
+//! every [`GC_PERIOD`] and after each pull, and `nodeagent ctr image prune --disk-pressure` on
+//! demand.
 
 use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, Result};
-use flotilla_runtime::image::RegistryMirrors;
+use flotilla_runtime::image::gc::GcPolicy;
+use flotilla_runtime::image::{ImageStore, PressureReport, RegistryMirrors};
+
+/// How often the agent checks its image store's filesystem: kubelet's image GC period, 5 min.
+pub const GC_PERIOD: Duration = Duration::from_secs(300);
 
 /// What the configuration and flags say about images.
 #[derive(Debug, Clone, Default)]
 pub struct ImageSettings {
     /// Mirrors per registry, tried in order before the registry itself.
     pub mirrors: RegistryMirrors,
+    /// When unused images are collected.
+    pub gc: GcPolicy,
+}
+
+/// The collection policy from the configuration's or flags' values (kubelet's defaults for
+/// what neither gives).
+pub fn gc_policy(high: Option<u8>, low: Option<u8>, minimum_age: Option<u64>) -> Result<GcPolicy> {
+    let d = GcPolicy::default();
+    GcPolicy::new(
+        high.unwrap_or(d.high_percent),
+        low.unwrap_or(d.low_percent),
+        minimum_age.map_or(d.minimum_age, Duration::from_secs),
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+/// Collects `store` by disk pressure now and logs what it did (the agent's rounds).
+pub fn collect(store: &ImageStore, policy: &GcPolicy) {
+    match store.collect_by_pressure(policy, SystemTime::now()) {
+        Ok(r) => log(&r, policy),
+        Err(e) => tracing::warn!("image garbage collection: {e}"),
+    }
+}
+
+fn log(r: &PressureReport, policy: &GcPolicy) {
+    let used = |u: Option<flotilla_runtime::image::gc::FsUsage>| u.map_or(0, |u| u.used_percent());
+    if r.busy {
+        tracing::debug!("image garbage collection: a pull holds the store; next round");
+        return;
+    }
+    if !r.removed.is_empty() {
+        tracing::info!(
+            removed = %r.removed.join(", "),
+            freed_bytes = r.freed.bytes,
+            layers = r.freed.layers,
+            used_before = used(r.before),
+            used_after = used(r.after),
+            high = policy.high_percent,
+            low = policy.low_percent,
+            "image garbage collection removed {} image name(s), freed {} bytes",
+            r.removed.len(),
+            r.freed.bytes
+        );
+    }
+    let now = used(r.after.or(r.before));
+    if r.wanted_bytes > 0 && now >= policy.high_percent {
+        tracing::warn!(
+            used = now,
+            high = policy.high_percent,
+            "the image store's filesystem stays above the high watermark: what is left is used by \
+             containers, younger than image_gc_minimum_age, or not images"
+        );
+    }
 }
 
 /// The mirrors `--registry-mirror REGISTRY=URL` flags give (in their order; they replace the
@@ -40,6 +101,27 @@ pub fn mirrors(file: &BTreeMap<String, Vec<String>>, flags: &[String]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gc_watermarks_default_to_kubelets_and_are_checked() {
+        let p = gc_policy(None, None, None).expect("defaults");
+        assert_eq!((p.high_percent, p.low_percent), (85, 80));
+        assert_eq!(p.minimum_age, Duration::from_secs(120));
+        let p = gc_policy(Some(60), Some(40), Some(0)).expect("set");
+        assert_eq!(
+            (p.high_percent, p.low_percent, p.minimum_age),
+            (60, 40, Duration::ZERO)
+        );
+        let e = gc_policy(Some(70), None, None).expect_err("low above high");
+        assert!(
+            e.to_string().contains(
+                "image_gc_low_threshold_percent (80) must be below \
+                 image_gc_high_threshold_percent (70)"
+            ),
+            "{e}"
+        );
+        assert!(gc_policy(Some(101), Some(90), None).is_err());
+    }
     use flotilla_runtime::image::registry::{pull_sources, PullSource};
     use flotilla_runtime::image::Mirror;
 

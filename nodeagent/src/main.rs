@@ -49,7 +49,8 @@ pub const EXIT_HOST_UNFIT: u8 = 78;
 #[command(name = "nodeagent", version, about = "Flotilla node agent")]
 struct Cli {
     /// Configuration file (TOML; keys as the flags: data_dir, cgroup_parent, bind_roots,
-    /// registry_mirrors, heartbeat, log_format, uplink, bridge, dynamic_ports, address,
+    /// registry_mirrors, image_gc_high_threshold_percent, image_gc_low_threshold_percent,
+    /// image_gc_minimum_age, heartbeat, log_format, uplink, bridge, dynamic_ports, address,
     /// dns_upstreams, metrics_listen).
     /// Default: /etc/flotilla/nodeagent.toml when it exists. Flags override it.
     #[arg(long, global = true, env = "NODEAGENT_CONFIG")]
@@ -76,6 +77,16 @@ struct Cli {
     /// the configuration's registry_mirrors.
     #[arg(long = "registry-mirror", global = true, value_name = "REGISTRY=URL")]
     registry_mirrors: Vec<String>,
+    /// Percent of the image store's filesystem used at which unused images are collected,
+    /// least recently used first (100: never) [default: 85, as kubelet's].
+    #[arg(long, global = true, value_name = "PERCENT")]
+    image_gc_high_threshold_percent: Option<u8>,
+    /// Percent used down to which they are collected [default: 80].
+    #[arg(long, global = true, value_name = "PERCENT")]
+    image_gc_low_threshold_percent: Option<u8>,
+    /// Seconds an image stored or used is kept from collection [default: 120].
+    #[arg(long, global = true, value_name = "SECS")]
+    image_gc_minimum_age: Option<u64>,
     /// The image settings the configuration and flags make (filled by `settle`).
     #[arg(skip)]
     images: images::ImageSettings,
@@ -137,6 +148,9 @@ struct FileConfig {
     bind_roots: Vec<PathBuf>,
     #[serde(default)]
     registry_mirrors: std::collections::BTreeMap<String, Vec<String>>,
+    image_gc_high_threshold_percent: Option<u8>,
+    image_gc_low_threshold_percent: Option<u8>,
+    image_gc_minimum_age: Option<u64>,
     heartbeat: Option<u64>,
     log_format: Option<LogFormat>,
     uplink: Option<String>,
@@ -154,6 +168,9 @@ const FILE_KEYS: &[&str] = &[
     "cgroup_parent",
     "bind_roots",
     "registry_mirrors",
+    "image_gc_high_threshold_percent",
+    "image_gc_low_threshold_percent",
+    "image_gc_minimum_age",
     "heartbeat",
     "log_format",
     "uplink",
@@ -193,6 +210,13 @@ fn settle(mut cli: Cli) -> anyhow::Result<Cli> {
         cli.bind_roots = file.bind_roots;
     }
     cli.images.mirrors = images::mirrors(&file.registry_mirrors, &cli.registry_mirrors)?;
+    cli.images.gc = images::gc_policy(
+        cli.image_gc_high_threshold_percent
+            .or(file.image_gc_high_threshold_percent),
+        cli.image_gc_low_threshold_percent
+            .or(file.image_gc_low_threshold_percent),
+        cli.image_gc_minimum_age.or(file.image_gc_minimum_age),
+    )?;
     if let Command::Run {
         heartbeat,
         uplink,

@@ -168,6 +168,8 @@ pub struct Runner {
     secrets: Arc<crate::secrets::Secrets>,
     /// How images are pulled (mirrors) and collected.
     images: crate::images::ImageSettings,
+    /// Wakes the image collection (after a pull).
+    collect_images: Notify,
 }
 
 impl Runner {
@@ -228,11 +230,27 @@ impl Runner {
             meters: Arc::default(),
             secrets,
             images,
+            collect_images: Notify::new(),
         }))
     }
 
     fn node(&self) -> MutexGuard<'_, Node> {
         self.node.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Image garbage collection by disk pressure, every [`crate::images::GC_PERIOD`] and after
+    /// each pull (the image just pulled is kept by the policy's minimum age until its
+    /// container leases it). Runs until the agent ends.
+    pub async fn collect_images(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(crate::images::GC_PERIOD) => {}
+                _ = self.collect_images.notified() => {}
+            }
+            let (store, policy) = (self.store.images().clone(), self.images.gc);
+            let _ =
+                tokio::task::spawn_blocking(move || crate::images::collect(&store, &policy)).await;
+        }
     }
 
     /// The node's address in the cluster, when configured.
@@ -668,6 +686,9 @@ impl Runner {
                     )
                     .await;
                 self.meters.pulled(pulled.is_ok());
+                if pulled.is_ok() {
+                    self.collect_images.notify_one();
+                }
                 pulled.map_err(|e| PullFailed::new(&e, &config.image, Puller::Agent))?;
             }
             let material = secrets.material(&task_def, &container_def).await?;

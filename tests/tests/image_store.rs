@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::atomic::Ordering;
 
 use anyhow::Result;
-use flotilla_runtime::image::{ImageDetails, ImageRecord, PruneReport};
+use flotilla_runtime::image::{ImageDetails, ImageRecord, PressureReport, PruneReport};
 use flotilla_tests::image::{self, busybox_image, tree_listing, Compression, ImageSpec, Layer};
 use flotilla_tests::registry::{Auth, Proxy, Registry, TokenServer};
 use flotilla_tests::{bin, host_arch, require_root};
@@ -15,6 +15,8 @@ use flotilla_tests::{bin, host_arch, require_root};
 /// One node's store, driven through `nodeagent ctr`.
 struct Node {
     dir: tempfile::TempDir,
+    /// The data directory, when not `dir` itself.
+    data: Option<PathBuf>,
 }
 
 impl Node {
@@ -22,11 +24,20 @@ impl Node {
         require_root();
         Self {
             dir: tempfile::tempdir().expect("tempdir"),
+            data: None,
+        }
+    }
+
+    /// A node whose data directory is `data` (on a filesystem of the test's own).
+    fn at(data: PathBuf) -> Self {
+        Self {
+            data: Some(data),
+            ..Self::new()
         }
     }
 
     fn data(&self) -> &Path {
-        self.dir.path()
+        self.data.as_deref().unwrap_or(self.dir.path())
     }
 
     fn ctr(&self, args: &[&str]) -> Output {
@@ -999,6 +1010,160 @@ fn unpacked_layers_stack_correctly_under_overlayfs() -> Result<()> {
     assert_eq!(
         std::fs::read_link(merged.join("bin/sh"))?,
         PathBuf::from("busybox")
+    );
+    Ok(())
+}
+
+/// A tmpfs of `size` mounted on a directory of its own, unmounted (and removed) when dropped —
+/// a failed assertion too.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(size: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()?;
+        anyhow::ensure!(status.success(), "mount -t tmpfs failed");
+        Ok(Self { dir })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The busybox image with one more layer: `mib` MiB of bytes no other image has (`seed`), stored
+/// uncompressed so the layer costs what it says.
+fn filled_image(seed: u64, mib: usize) -> ImageSpec {
+    let mut spec = busybox_image(host_arch());
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let data: Vec<u8> = (0..mib << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let mut fill = Layer::new();
+    fill.file("fill", &data, 0o644);
+    spec.layers.push((fill.finish(), Compression::None));
+    spec
+}
+
+#[test]
+fn disk_pressure_removes_the_least_recently_used_unused_images_and_keeps_used_ones() -> Result<()> {
+    require_root();
+    // 64 MiB of its own: the busybox base (about 2 MiB, shared) and four images of 10 MiB
+    // each fill it to about 66 %.
+    let fs = Tmpfs::mount("64m")?;
+    let node = Node::at(fs.dir.path().join("node"));
+    let config = fs.dir.path().join("nodeagent.toml");
+    std::fs::write(
+        &config,
+        "image_gc_high_threshold_percent = 60\nimage_gc_low_threshold_percent = 45\n\
+         image_gc_minimum_age = 0\n",
+    )?;
+    let config = config.to_str().expect("utf8");
+    let layouts = tempfile::tempdir()?;
+    let import = |seed: u64, name: &str| -> Result<()> {
+        let layout = layouts.path().join(name.replace(['/', ':'], "-"));
+        image::write_layout(&layout, "1.0", &filled_image(seed, 10))?;
+        node.ok(&[
+            "image",
+            "import",
+            layout.to_str().expect("utf8"),
+            "--name",
+            name,
+        ]);
+        Ok(())
+    };
+    let cgroup_parent = format!("flotilla-test-gc-{}", std::process::id());
+    import(1, "local/used:1")?;
+    // A container of local/used ends and stays: its image is in use, and the least recently
+    // used of all.
+    let out = node.ctr(&[
+        "--cgroup-parent",
+        &cgroup_parent,
+        "run",
+        "--name",
+        "user",
+        "local/used:1",
+        "true",
+    ]);
+    let ran = out.status.success();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    import(2, "local/old-1:1")?;
+    import(3, "local/old-2:1")?;
+    import(4, "local/new:1")?;
+
+    // Below the high watermark: the agent's defaults (85 %) remove nothing.
+    let report: PressureReport =
+        serde_json::from_str(&node.ok(&["image", "prune", "--disk-pressure", "-o", "json"]))?;
+    let before = report.before.expect("measured");
+    let collected: Result<PressureReport> = (|| {
+        anyhow::ensure!(ran, "ctr run failed: {stderr}");
+        assert!(report.removed.is_empty(), "{report:?}");
+        let used = before.used_percent();
+        assert!(
+            (60..85).contains(&used),
+            "the store fills {used} %: {before:?}"
+        );
+        Ok(serde_json::from_str(&node.ok(&[
+            "--config",
+            config,
+            "image",
+            "prune",
+            "--disk-pressure",
+            "-o",
+            "json",
+        ]))?)
+    })();
+    node.ctr(&["--cgroup-parent", &cgroup_parent, "rm", "-f", "user"]);
+    let report = collected?;
+
+    // The two least recently used unused images went, and no more than what brought the
+    // filesystem under the low watermark; the used one and the newest stayed.
+    assert_eq!(
+        report.removed,
+        ["docker.io/local/old-1:1", "docker.io/local/old-2:1"],
+        "{report:?}"
+    );
+    let after = report.after.expect("measured after");
+    assert!(after.used_percent() < 45, "{report:?}");
+    assert!(report.freed.bytes >= 20 << 20, "{report:?}");
+    assert_eq!(report.freed.layers, 2, "{report:?}");
+    let left: Vec<String> = node.images().into_iter().map(|r| r.name).collect();
+    assert_eq!(left, ["docker.io/local/new:1", "docker.io/local/used:1"]);
+    assert_eq!(node.layer_count(), 5, "base, upper, top and two fillers");
+    // Under the low watermark now: another round removes nothing.
+    let again: PressureReport = serde_json::from_str(&node.ok(&[
+        "--config",
+        config,
+        "image",
+        "prune",
+        "--disk-pressure",
+        "-o",
+        "json",
+    ]))?;
+    assert!(
+        again.removed.is_empty() && again.after.is_none(),
+        "{again:?}"
     );
     Ok(())
 }

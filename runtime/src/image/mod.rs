@@ -14,6 +14,7 @@
 
 pub mod busybox;
 pub mod digest;
+pub mod gc;
 mod import;
 pub mod manifest;
 pub mod registry;
@@ -132,6 +133,25 @@ pub struct PruneReport {
     pub partials: u64,
     /// Bytes freed (file content).
     pub bytes: u64,
+}
+
+/// What a collection by disk pressure found and did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PressureReport {
+    /// The filesystem before.
+    pub before: Option<gc::FsUsage>,
+    /// The filesystem after (when something was removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<gc::FsUsage>,
+    /// Names removed, least recently used first.
+    pub removed: Vec<String>,
+    /// Bytes wanted freed to be down to the low watermark (0: below the high one).
+    pub wanted_bytes: u64,
+    /// What the removal freed.
+    pub freed: PruneReport,
+    /// Whether a pull held the store, so nothing was looked at (the next round does).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub busy: bool,
 }
 
 /// Progress of one layer during a pull or import.
@@ -1206,17 +1226,59 @@ impl ImageStore {
             config: record.config.clone(),
             layers: record.layers.iter().map(|l| l.diff_id.clone()).collect(),
         };
+        // A collection may have removed the image since the record was read.
+        let manifest = self.blob_path(&record.digest);
+        if !manifest.is_file()
+            || record
+                .layers
+                .iter()
+                .any(|l| !self.layer_dir(&l.diff_id).is_dir())
+        {
+            return Err(ImageStoreError::NotFound(record.name.clone()));
+        }
         let path = self.inner.root.join("leases").join(holder);
         let bytes = serde_json::to_vec(&lease).map_err(|e| ImageStoreError::Io {
             path: path.clone(),
             source: io::Error::new(io::ErrorKind::InvalidData, e),
         })?;
-        write_atomic(&path, &bytes)
+        write_atomic(&path, &bytes)?;
+        self.touch(&record.digest);
+        Ok(())
     }
 
-    /// Ends a lease taken with [`ImageStore::lease`]; content becomes collectable again.
+    /// Marks the image with manifest `digest` used now: the modification time of its manifest
+    /// blob (content-addressed, never rewritten) is its last use, so recording a use writes no
+    /// data, only the inode's time.
+    fn touch(&self, digest: &Digest) {
+        let path = self.blob_path(digest);
+        let touched = File::options()
+            .write(true)
+            .open(&path)
+            .and_then(|f| f.set_modified(SystemTime::now()));
+        if let Err(e) = touched {
+            tracing::debug!(path = %path.display(), "recording an image's use: {e}");
+        }
+    }
+
+    /// When the image of `record` was last stored or used (its manifest blob's modification
+    /// time, or its record's `stored_at`, whichever is later).
+    fn last_used(&self, record: &ImageRecord) -> SystemTime {
+        let stored = UNIX_EPOCH + Duration::from_secs(record.stored_at);
+        fs::metadata(self.blob_path(&record.digest))
+            .and_then(|m| m.modified())
+            .map_or(stored, |m| m.max(stored))
+    }
+
+    /// Ends a lease taken with [`ImageStore::lease`]; content becomes collectable again (the
+    /// image counts as used until now).
     pub fn release(&self, holder: &str) -> Result<(), ImageStoreError> {
         let path = self.inner.root.join("leases").join(holder);
+        if let Some(l) = fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Lease>(&b).ok())
+        {
+            self.touch(&l.manifest);
+        }
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_at(&path)(e)),
             _ => Ok(()),
@@ -1243,6 +1305,85 @@ impl ImageStore {
         self.collect(true, false)
     }
 
+    /// The filesystem the store is on, as `statvfs` tells it.
+    pub fn filesystem(&self) -> Result<gc::FsUsage, ImageStoreError> {
+        let root = &self.inner.root;
+        let s = rustix::fs::statvfs(root).map_err(|e| ImageStoreError::Io {
+            path: root.clone(),
+            source: e.into(),
+        })?;
+        Ok(gc::FsUsage {
+            capacity: s.f_blocks.saturating_mul(s.f_frsize),
+            available: s.f_bavail.saturating_mul(s.f_frsize),
+        })
+    }
+
+    /// Garbage collection by disk pressure ([`gc::plan`]): at or above the policy's high
+    /// watermark, removes the least recently used images no container uses, every name of
+    /// each, until the store's filesystem is down to the low watermark, then the content they
+    /// alone held. When a pull holds the store, looks at nothing and says so (`busy`).
+    pub fn collect_by_pressure(
+        &self,
+        policy: &gc::GcPolicy,
+        now: SystemTime,
+    ) -> Result<PressureReport, ImageStoreError> {
+        let before = self.filesystem()?;
+        let mut report = PressureReport {
+            before: Some(before),
+            ..PressureReport::default()
+        };
+        if policy.is_off() || before.used_percent() < policy.high_percent {
+            return Ok(report);
+        }
+        let _g = match FileLock::take(
+            &self.inner.root.join("gc.lock"),
+            FlockOperation::NonBlockingLockExclusive,
+        ) {
+            Ok(g) => g,
+            Err(_) => {
+                report.busy = true;
+                return Ok(report);
+            }
+        };
+        let records = self.list()?;
+        let mut images: Vec<gc::GcImage> = Vec::new();
+        for r in &records {
+            match images.iter_mut().find(|i| i.digest == r.digest) {
+                Some(i) => i.names.push(r.name.clone()),
+                None => images.push(gc::GcImage {
+                    digest: r.digest.clone(),
+                    names: vec![r.name.clone()],
+                    last_used: self.last_used(r),
+                    layers: r
+                        .layers
+                        .iter()
+                        .map(|l| (l.diff_id.clone(), l.unpacked_bytes))
+                        .collect(),
+                }),
+            }
+        }
+        let leases = self.leases()?;
+        let leased_images: HashSet<Digest> = leases.iter().map(|l| l.manifest.clone()).collect();
+        let leased_layers: HashSet<Digest> = leases
+            .iter()
+            .flat_map(|l| l.layers.iter().cloned())
+            .collect();
+        let plan = gc::plan(policy, before, &images, &leased_images, &leased_layers, now);
+        report.wanted_bytes = plan.wanted_bytes;
+        if plan.remove.is_empty() {
+            return Ok(report);
+        }
+        let gone: HashSet<String> = plan.remove.iter().flat_map(|i| i.names.clone()).collect();
+        self.update_records(|records| {
+            records.retain(|r| !gone.contains(&r.name));
+            Ok(())
+        })?;
+        report.removed = plan.remove.iter().flat_map(|i| i.names.clone()).collect();
+        report.freed = self.collect_locked(false)?;
+        report.after = Some(self.filesystem()?);
+        Ok(report)
+    }
+
     /// Removes unreferenced content under the exclusive GC lock. `partials` also drops resumable
     /// downloads. With `try_only`, gives up at once when a pull holds the lock.
     fn collect(&self, partials: bool, try_only: bool) -> Result<PruneReport, ImageStoreError> {
@@ -1256,6 +1397,11 @@ impl ImageStore {
             Err(_) if try_only => return Ok(PruneReport::default()),
             Err(e) => return Err(e),
         };
+        self.collect_locked(partials)
+    }
+
+    /// [`ImageStore::collect`] with `gc.lock` held exclusively by the caller.
+    fn collect_locked(&self, partials: bool) -> Result<PruneReport, ImageStoreError> {
         let records = self.list()?;
         let mut blobs: HashSet<String> = HashSet::new();
         let mut layers: HashSet<String> = HashSet::new();

@@ -447,6 +447,9 @@ fn snapshot(pids: &[u32]) -> BTreeMap<u32, u64> {
 /// The containerd anchor, started and brought to N running containers.
 struct Containerd {
     daemon: Child,
+    /// This run's own (`bench-writes-PID`): runc keeps its state under
+    /// `/run/containerd/runc/NAMESPACE` whatever the daemon's directories.
+    namespace: String,
     sock: PathBuf,
     disk: LoopFs,
     state: PathBuf,
@@ -484,6 +487,7 @@ impl Containerd {
             .spawn()?;
         let me = Self {
             daemon,
+            namespace: format!("bench-writes-{}", std::process::id()),
             sock,
             disk,
             state,
@@ -515,7 +519,7 @@ impl Containerd {
         let s = Command::new("ctr")
             .arg("--address")
             .arg(&self.sock)
-            .args(["--namespace", "bench"])
+            .args(["--namespace", &self.namespace])
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -550,7 +554,7 @@ impl Drop for Containerd {
             .stderr(Stdio::null())
             .status();
         let _ = fs::remove_dir_all(&self.state);
-        let _ = &self.disk;
+        let _ = fs::remove_dir(Path::new("/run/containerd/runc").join(&self.namespace));
     }
 }
 
@@ -595,187 +599,191 @@ fn main() -> Result<()> {
         o.containers,
         t.elapsed().as_secs_f64()
     );
-    let agent_pid = agent.pid().context("agent pid")?;
-    let (shims, inits) = node_processes(&node.data)?;
-    if shims.len() != o.containers {
-        bail!("{} shims found for {} tasks", shims.len(), o.containers);
-    }
+    // Whatever happens, the tasks are removed and the node cleaned up afterwards.
+    let result = (|| -> Result<()> {
+        let agent_pid = agent.pid().context("agent pid")?;
+        let (shims, inits) = node_processes(&node.data)?;
+        if shims.len() != o.containers {
+            bail!("{} shims found for {} tasks", shims.len(), o.containers);
+        }
 
-    let work = tempfile::tempdir()?;
-    let containerd = if anchor {
-        let shim = shims[0];
-        let dir = fs::read_dir(node.data.join("containers"))?
-            .flatten()
-            .find(|e| e.path().join("state.json").exists())
-            .context("a container")?
-            .path();
-        let rootfs = format!("/proc/{shim}/root{}", dir.join("rootfs").display());
-        Some(Containerd::start(
+        let work = tempfile::tempdir()?;
+        let containerd = if anchor {
+            let shim = shims[0];
+            let dir = fs::read_dir(node.data.join("containers"))?
+                .flatten()
+                .find(|e| e.path().join("state.json").exists())
+                .context("a container")?
+                .path();
+            let rootfs = format!("/proc/{shim}/root{}", dir.join("rootfs").display());
+            Some(Containerd::start(
+                o.containers,
+                Path::new(&rootfs),
+                work.path(),
+            )?)
+        } else {
+            println!("containerd: not installed or --no-anchor: the anchor is skipped");
+            None
+        };
+
+        // Listed before the settle period: the walk reads every directory and so updates their
+        // access times, metadata the kernel writes back within about 30 s, which must not fall in
+        // the window. The changes listed span the settle period and the window.
+        let files0 = files(&node.data);
+        let listed = Instant::now();
+        println!("settling {} s", o.settle);
+        std::thread::sleep(Duration::from_secs(o.settle));
+
+        let agent_log = node.scratch().join("agent.log");
+        let log_size = || fs::metadata(&agent_log).map_or(0, |m| m.len());
+        let cd_pids = containerd
+            .as_ref()
+            .map(|c| (c.daemon.id(), c.shims()))
+            .unwrap_or_default();
+        let tracer = if strace {
+            let mut pids = vec![agent_pid];
+            pids.extend(&shims);
+            Some(Strace::attach(&pids, &work.path().join("strace.log"))?)
+        } else {
+            println!("strace: not installed or --no-strace: no per-file calls");
+            None
+        };
+        disk.sync();
+        if let Some(c) = &containerd {
+            c.disk.sync();
+        }
+        let mut all: Vec<u32> = vec![agent_pid];
+        all.extend(&shims);
+        all.extend(&inits);
+        all.push(cd_pids.0);
+        all.extend(&cd_pids.1);
+        let io0 = snapshot(&all);
+        let dev0 = disk.written()?;
+        let cd_dev0 = containerd.as_ref().map(|c| c.disk.written()).transpose()?;
+        let log0 = log_size();
+        let start = Instant::now();
+        let window = Duration::from_secs_f64(o.minutes * 60.0);
+        println!("measuring for {:.1} min", o.minutes);
+        std::thread::sleep(window);
+        // What the window dirtied reaches the device now, not after it.
+        disk.sync();
+        if let Some(c) = &containerd {
+            c.disk.sync();
+        }
+        let elapsed = start.elapsed();
+        let agent_w = sum_delta(&io0, &[agent_pid]);
+        let shims_w = sum_delta(&io0, &shims);
+        let inits_w = sum_delta(&io0, &inits);
+        let dev = disk.written()?.saturating_sub(dev0);
+        let files1 = files(&node.data);
+        let log = log_size().saturating_sub(log0);
+        let cd = containerd
+            .as_ref()
+            .map(|c| -> Result<(u64, u64, u64)> {
+                Ok((
+                    sum_delta(&io0, &[cd_pids.0]),
+                    sum_delta(&io0, &cd_pids.1),
+                    c.disk.written()?.saturating_sub(cd_dev0.unwrap_or(0)),
+                ))
+            })
+            .transpose()?;
+        let traced = tracer.map(|t| t.finish(&node.data)).transpose()?;
+
+        let still: usize = shims.iter().filter(|p| write_bytes(**p).is_some()).count();
+        println!(
+            "\nwindow {:.1} min, {} containers ({} shims alive at the end)",
+            elapsed.as_secs_f64() / 60.0,
             o.containers,
-            Path::new(&rootfs),
-            work.path(),
-        )?)
-    } else {
-        println!("containerd: not installed or --no-anchor: the anchor is skipped");
-        None
-    };
-
-    // Listed before the settle period: the walk reads every directory and so updates their
-    // access times, metadata the kernel writes back within about 30 s, which must not fall in
-    // the window. The changes listed span the settle period and the window.
-    let files0 = files(&node.data);
-    let listed = Instant::now();
-    println!("settling {} s", o.settle);
-    std::thread::sleep(Duration::from_secs(o.settle));
-
-    let agent_log = node.scratch().join("agent.log");
-    let log_size = || fs::metadata(&agent_log).map_or(0, |m| m.len());
-    let cd_pids = containerd
-        .as_ref()
-        .map(|c| (c.daemon.id(), c.shims()))
-        .unwrap_or_default();
-    let tracer = if strace {
-        let mut pids = vec![agent_pid];
-        pids.extend(&shims);
-        Some(Strace::attach(&pids, &work.path().join("strace.log"))?)
-    } else {
-        println!("strace: not installed or --no-strace: no per-file calls");
-        None
-    };
-    disk.sync();
-    if let Some(c) = &containerd {
-        c.disk.sync();
-    }
-    let mut all: Vec<u32> = vec![agent_pid];
-    all.extend(&shims);
-    all.extend(&inits);
-    all.push(cd_pids.0);
-    all.extend(&cd_pids.1);
-    let io0 = snapshot(&all);
-    let dev0 = disk.written()?;
-    let cd_dev0 = containerd.as_ref().map(|c| c.disk.written()).transpose()?;
-    let log0 = log_size();
-    let start = Instant::now();
-    let window = Duration::from_secs_f64(o.minutes * 60.0);
-    println!("measuring for {:.1} min", o.minutes);
-    std::thread::sleep(window);
-    // What the window dirtied reaches the device now, not after it.
-    disk.sync();
-    if let Some(c) = &containerd {
-        c.disk.sync();
-    }
-    let elapsed = start.elapsed();
-    let agent_w = sum_delta(&io0, &[agent_pid]);
-    let shims_w = sum_delta(&io0, &shims);
-    let inits_w = sum_delta(&io0, &inits);
-    let dev = disk.written()?.saturating_sub(dev0);
-    let files1 = files(&node.data);
-    let log = log_size().saturating_sub(log0);
-    let cd = containerd
-        .as_ref()
-        .map(|c| -> Result<(u64, u64, u64)> {
-            Ok((
-                sum_delta(&io0, &[cd_pids.0]),
-                sum_delta(&io0, &cd_pids.1),
-                c.disk.written()?.saturating_sub(cd_dev0.unwrap_or(0)),
-            ))
-        })
-        .transpose()?;
-    let traced = tracer.map(|t| t.finish(&node.data)).transpose()?;
-
-    let still: usize = shims.iter().filter(|p| write_bytes(**p).is_some()).count();
-    println!(
-        "\nwindow {:.1} min, {} containers ({} shims alive at the end)",
-        elapsed.as_secs_f64() / 60.0,
-        o.containers,
-        still
-    );
-    println!("flotilla, write_bytes per process (/proc/PID/io):");
-    println!(
-        "  nodeagent run                 {}",
-        kib(per_hour(agent_w, elapsed))
-    );
-    println!(
-        "    of which its own log (stderr) {}",
-        kib(per_hour(log, elapsed))
-    );
-    println!(
-        "  flotilla-shim, all {:<3}        {}",
-        shims.len(),
-        kib(per_hour(shims_w, elapsed))
-    );
-    println!(
-        "  containers' processes (sleep) {}  (baseline: 0 expected)",
-        kib(per_hour(inits_w, elapsed))
-    );
-    let total = agent_w + shims_w;
-    println!(
-        "  total agent + shims           {}  = {:.3}× the 1 MiB/h budget",
-        kib(per_hour(total, elapsed)),
-        per_hour(total, elapsed) / BUDGET
-    );
-    println!(
-        "  data directory's device       {}  = {:.3}× the budget (journal and metadata included)",
-        kib(per_hour(dev, elapsed)),
-        per_hour(dev, elapsed) / BUDGET
-    );
-    let span = listed.elapsed();
-    println!(
-        "files under the data directory changed in the settle period and the window, {:.1} min \
-         (files, bytes grown per hour):",
-        span.as_secs_f64() / 60.0
-    );
-    for (kind, (n, grew)) in changed(&files0, &files1, &node.data) {
-        println!(
-            "  {kind:<60} {n:>4} files {:>10.1} KiB/h",
-            grew as f64 * 3600.0 / span.as_secs_f64() / 1024.0
+            still
         );
-    }
-    if let Some(t) = traced {
+        println!("flotilla, write_bytes per process (/proc/PID/io):");
         println!(
-            "strace of the agent and the shims, per hour (writes, KiB, fsyncs, renames, \
-             other metadata calls: times, sizes, modes, files made or removed, opens to write):"
+            "  nodeagent run                 {}",
+            kib(per_hour(agent_w, elapsed))
         );
-        let mut rows: Vec<_> = t.into_iter().collect();
-        rows.sort_by_key(|(_, v)| std::cmp::Reverse(v[1]));
-        for (kind, [w, b, f, r, m]) in rows {
-            let h = |x: u64| x as f64 * 3600.0 / elapsed.as_secs_f64();
+        println!(
+            "    of which its own log (stderr) {}",
+            kib(per_hour(log, elapsed))
+        );
+        println!(
+            "  flotilla-shim, all {:<3}        {}",
+            shims.len(),
+            kib(per_hour(shims_w, elapsed))
+        );
+        println!(
+            "  containers' processes (sleep) {}  (baseline: 0 expected)",
+            kib(per_hour(inits_w, elapsed))
+        );
+        let total = agent_w + shims_w;
+        println!(
+            "  total agent + shims           {}  = {:.3}× the 1 MiB/h budget",
+            kib(per_hour(total, elapsed)),
+            per_hour(total, elapsed) / BUDGET
+        );
+        println!(
+            "  data directory's device       {}  = {:.3}× the budget (journal and metadata included)",
+            kib(per_hour(dev, elapsed)),
+            per_hour(dev, elapsed) / BUDGET
+        );
+        let span = listed.elapsed();
+        println!(
+            "files under the data directory changed in the settle period and the window, {:.1} min \
+             (files, bytes grown per hour):",
+            span.as_secs_f64() / 60.0
+        );
+        for (kind, (n, grew)) in changed(&files0, &files1, &node.data) {
             println!(
-                "  {kind:<60} {:>8.0} writes {:>9.1} KiB {:>7.0} fsyncs {:>6.0} renames {:>6.0} other",
-                h(w),
-                h(b) / 1024.0,
-                h(f),
-                h(r),
-                h(m)
+                "  {kind:<60} {n:>4} files {:>10.1} KiB/h",
+                grew as f64 * 3600.0 / span.as_secs_f64() / 1024.0
             );
         }
-    }
-    if let Some((daemon, shims, dev)) = cd {
-        println!(
-            "anchor, containerd with {} idle containers, the same window:",
-            o.containers
-        );
-        println!(
-            "  containerd                    {}",
-            kib(per_hour(daemon, elapsed))
-        );
-        println!(
-            "  containerd-shim-runc-v2, all {:<3} {}",
-            cd_pids.1.len(),
-            kib(per_hour(shims, elapsed))
-        );
-        println!(
-            "  its root's device             {}",
-            kib(per_hour(dev, elapsed))
-        );
-        let ours = per_hour(total, elapsed);
-        let theirs = per_hour(daemon + shims, elapsed);
-        if theirs > 0.0 {
-            println!("  flotilla / containerd (processes): {:.2}×", ours / theirs);
+        if let Some(t) = traced {
+            println!(
+                "strace of the agent and the shims, per hour (writes, KiB, fsyncs, renames, \
+                 other metadata calls: times, sizes, modes, files made or removed, opens to write):"
+            );
+            let mut rows: Vec<_> = t.into_iter().collect();
+            rows.sort_by_key(|(_, v)| std::cmp::Reverse(v[1]));
+            for (kind, [w, b, f, r, m]) in rows {
+                let h = |x: u64| x as f64 * 3600.0 / elapsed.as_secs_f64();
+                println!(
+                    "  {kind:<60} {:>8.0} writes {:>9.1} KiB {:>7.0} fsyncs {:>6.0} renames {:>6.0} other",
+                    h(w),
+                    h(b) / 1024.0,
+                    h(f),
+                    h(r),
+                    h(m)
+                );
+            }
         }
-    }
+        if let Some((daemon, shims, dev)) = cd {
+            println!(
+                "anchor, containerd with {} idle containers, the same window:",
+                o.containers
+            );
+            println!(
+                "  containerd                    {}",
+                kib(per_hour(daemon, elapsed))
+            );
+            println!(
+                "  containerd-shim-runc-v2, all {:<3} {}",
+                cd_pids.1.len(),
+                kib(per_hour(shims, elapsed))
+            );
+            println!(
+                "  its root's device             {}",
+                kib(per_hour(dev, elapsed))
+            );
+            let ours = per_hour(total, elapsed);
+            let theirs = per_hour(daemon + shims, elapsed);
+            if theirs > 0.0 {
+                println!("  flotilla / containerd (processes): {:.2}×", ours / theirs);
+            }
+        }
 
-    drop(containerd);
+        drop(containerd);
+        Ok(())
+    })();
     cp.flotilla(&["service", "rm", "idle"]);
     let t = Instant::now();
     while !node_processes(&node.data).map_or(true, |(s, _)| s.is_empty())
@@ -788,5 +796,5 @@ fn main() -> Result<()> {
     node.remove_all();
     drop(node);
     drop(disk);
-    Ok(())
+    result
 }

@@ -8,7 +8,10 @@ scripts/install-deps.sh
 cargo build --workspace --bins
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace 2>&1 | tee "$log"
+# Four tests at a time per binary on two cores: the system tests mostly wait (for containers,
+# sessions, timers), and overlapping their waits takes minutes off the run; the guests of the
+# cgroup v2 tests still run two at a time (tests/src/vm.rs).
+RUST_TEST_THREADS=${RUST_TEST_THREADS:-4} cargo test --workspace 2>&1 | tee "$log"
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 echo

@@ -1,6 +1,7 @@
 #!/bin/bash
 # The test command: installs what the tests need, builds the binaries the system tests run,
-# then runs every test of the workspace and prints the totals. Run as root (tests create device
+# then runs every test of the workspace and prints the totals, then runs every fuzz target for a
+# few seconds (scripts/fuzz.sh, on the nightly toolchain). Run as root (tests create device
 # nodes, mounts and registries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,3 +14,4 @@ passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ p
 failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 echo
 echo "tests: $passed passed, $failed failed"
+scripts/fuzz.sh

@@ -535,6 +535,41 @@ mod tests {
             .collect()
     }
 
+    /// Found by the `dns_query` fuzz target (fuzz/regressions/dns_query/): the UDP loop's cache
+    /// keys answers by the bytes after the id, but a name compressed to a pointer into the id
+    /// reads as another name — or as none — under another id.
+    #[test]
+    fn a_query_whose_name_points_into_its_id_is_not_answered_from_the_cache() {
+        // `api.shop` and then a pointer to offset 0: the id's first byte is the next label's
+        // length. Under id 00 07 the name ends there (`api.shop.`, a service); under be ef it
+        // is malformed (a label of 190 bytes).
+        let query = |id: [u8; 2]| -> Vec<u8> {
+            let mut q = id.to_vec();
+            q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+            q.extend_from_slice(b"\x03api\x04shop\xc0\x00\x00\x01\x00\x01");
+            q
+        };
+        let (named, malformed) = (query([0x00, 0x07]), query([0xbe, 0xef]));
+        let registry = registry();
+        let asker = Asker::default();
+        for (first, then) in [(&named, &malformed), (&malformed, &named)] {
+            let mut cache = AnswerCache::default();
+            let mut out = Vec::new();
+            cache.answer(registry.version, first, &mut out);
+            let answer = reply(&registry, first, Transport::Udp, asker).expect("answered here");
+            cache.insert(registry.version, first, answer);
+            let fresh = reply(&registry, then, Transport::Udp, asker).expect("answered here");
+            if cache.answer(registry.version, then, &mut out) {
+                assert_eq!(out, fresh, "a cached answer that is not the answer");
+            }
+        }
+        let named =
+            Message::from_vec(&reply(&registry, &named, Transport::Udp, asker).expect("ours"))
+                .expect("an answer");
+        assert_eq!(named.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(a_records(&named).len(), 2);
+    }
+
     #[test]
     fn a_records_list_each_reachable_address_once() {
         let m = ask("API.shop.flotilla.internal.", RecordType::A).expect("ours");

@@ -26,7 +26,9 @@ const CACHE_ENTRIES: usize = 1024;
 /// Encoded answers of one UDP loop, by the query's bytes after its id. An answer of the
 /// cluster's names depends only on those bytes (flags, question, OPT), the registry and the
 /// asker (one per socket), so a repeated query is answered by copying the answer and putting the
-/// query's id in — no decoding, no encoding, no lock. Emptied when the registry changes.
+/// query's id in — no decoding, no encoding, no lock. Emptied when the registry changes. A query
+/// that may hold a name compressed to a pointer into its id (RFC 1035 §4.1.4: any earlier
+/// offset) reads differently under another id, so it is never kept; no resolver sends one.
 #[derive(Debug, Default)]
 pub(crate) struct AnswerCache {
     version: u64,
@@ -56,6 +58,14 @@ impl AnswerCache {
     pub(crate) fn insert(&mut self, version: u64, query: &[u8], answer: Vec<u8>) {
         // A header's worth at least: the id is replaced, the rest kept.
         if version != self.version || query.len() < 12 || answer.len() < 12 {
+            return;
+        }
+        // A pointer to offset 0 or 1 is one of these two byte pairs; any other place they
+        // appear (a type, a class, an option) only costs a decode.
+        if query[12..]
+            .windows(2)
+            .any(|w| w == [0xc0, 0x00] || w == [0xc0, 0x01])
+        {
             return;
         }
         if self.answers.len() >= CACHE_ENTRIES {

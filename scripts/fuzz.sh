@@ -5,24 +5,28 @@
 # not needed (`cargo fuzz run TARGET` works on the same build when it is installed) — then runs
 # each for SECONDS from its committed seeds (fuzz/corpus/TARGET) and the inputs that once
 # crashed (fuzz/regressions/TARGET). Inputs the run finds go to fuzz/corpus-run/TARGET (not
-# committed). A panic, an input that takes over a second or a process over 2 GiB fails the
-# run; the input is kept in fuzz/artifacts/TARGET/.
+# committed). A panic, an input that takes over a second (--timeout) or a process over 2 GiB
+# fails the run; the input is kept in fuzz/artifacts/TARGET/.
 #
 #   scripts/fuzz.sh                       CI: 8 s per target
 #   scripts/fuzz.sh --seconds 600         the longer run (RELIABILITY.md)
 #   scripts/fuzz.sh --seconds 60 cron     some targets only
+#   scripts/fuzz.sh --timeout 5           a slower limit per input, on a busy machine
 #
 # Reproduce a crash: fuzz/target/x86_64-unknown-linux-gnu/release/TARGET ARTIFACT
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds=8
+timeout=1
 targets=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --seconds) seconds="$2"; shift 2 ;;
     --seconds=*) seconds="${1#*=}"; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --timeout) timeout="$2"; shift 2 ;;
+    --timeout=*) timeout="${1#*=}"; shift ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac
@@ -57,7 +61,7 @@ for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus-run/$t" "fuzz/artifacts/$t" "fuzz/regressions/$t"
   echo "fuzz: $t for $seconds s"
   # stdin from /dev/null: no input may read the fuzzer's terminal.
-  if ! "$bin/$t" -max_total_time="$seconds" -timeout=1 -rss_limit_mb=2048 \
+  if ! "$bin/$t" -max_total_time="$seconds" -timeout="$timeout" -rss_limit_mb=2048 \
       -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 \
       "fuzz/corpus-run/$t" "fuzz/corpus/$t" "fuzz/regressions/$t" \
       </dev/null 2>"fuzz/artifacts/$t.log"; then

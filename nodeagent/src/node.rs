@@ -75,6 +75,13 @@ pub enum LastContact {
 /// in a `u32`).
 const OFFLINE_UNKNOWN: Duration = Duration::from_secs(u32::MAX as u64 + 1);
 
+/// The recorded last contact may lag the real one by at most this fraction of the shortest
+/// `stopOnClientAfter` held (a quarter: a task is then stopped after a power cut at most a
+/// quarter of its limit early, never late) ...
+const CONTACT_LAG_SHARE: u32 = 4;
+/// ... and by at most this much whatever the limits (10 min).
+const CONTACT_LAG_MAX: Duration = Duration::from_secs(600);
+
 /// What the runner is to do to the node's containers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -227,7 +234,7 @@ pub struct Node {
 impl Node {
     /// The node as it starts (a cold boot, an agent restart, a power cut): nothing but what was
     /// persisted, and offline until a first session — offline since `last_contact`, the last
-    /// exchange with the control plane an earlier run recorded (see [`Node::keeps_contact`]),
+    /// exchange with the control plane an earlier run recorded (see [`Node::contact_due`]),
     /// when there is one. A wall clock now behind it (a board without a real-time clock that
     /// has not found NTP yet) cannot say for how long: then every `stopOnClientAfter` counts as
     /// passed, as a task stopped once too often is replaced, and one run twice is not undone.
@@ -322,14 +329,37 @@ impl Node {
         self.runs_dirty = false;
     }
 
-    /// Whether the time of the last contact with the control plane is to be recorded (and
-    /// read at the next start): while a task held has a `stopOnClientAfter`, whose count
-    /// must go on across a restart.
-    pub fn keeps_contact(&self) -> bool {
+    /// How far the recorded last contact may lag the real one: a quarter of the shortest
+    /// `stopOnClientAfter` held, at most 10 min; `None` while no task has one. Each record is
+    /// a store commit (pages and an `fsync`), so the contact is not recorded at every
+    /// heartbeat but once this much has passed since the last record (an idle node's disk
+    /// writes, an SD card's wear). A record older than the real contact only makes the time
+    /// offline counted after a power cut longer than it was, by at most this lag plus one
+    /// heartbeat: a task is stopped that much early, never run past its limit.
+    pub fn contact_lag(&self) -> Option<Duration> {
         self.desired
             .tasks
             .iter()
-            .any(|t| t.stop_on_client_after.is_some())
+            .filter_map(|t| t.stop_on_client_after)
+            .min()
+            .map(|limit| {
+                (Duration::from_secs(limit.into()) / CONTACT_LAG_SHARE).min(CONTACT_LAG_MAX)
+            })
+    }
+
+    /// Whether a contact with the control plane at `now` is to be recorded, `recorded` being
+    /// the last one recorded (by this run or an earlier one): while a task keeps contact, when
+    /// none is recorded, when the record is [`Node::contact_lag`] old or older, or when it is
+    /// ahead of the clock (the clock was set back: a record ahead of it would make the time
+    /// offline unknown after a restart).
+    pub fn contact_due(&self, recorded: Option<SystemTime>, now: SystemTime) -> bool {
+        let Some(lag) = self.contact_lag() else {
+            return false;
+        };
+        match recorded.map(|r| now.duration_since(r)) {
+            None | Some(Err(_)) => true,
+            Some(Ok(age)) => age >= lag,
+        }
     }
 
     /// The session is up (`true`) or lost (`false`) as of `now`.
@@ -1509,6 +1539,85 @@ mod tests {
             (TaskState::Stopped, Some(StopCode::EssentialContainerExited))
         );
         assert_eq!(of(&s, &run(6)).state, TaskState::Running);
+    }
+
+    #[test]
+    fn the_contact_is_recorded_once_a_quarter_of_the_shortest_limit_has_passed() {
+        let midnight = UNIX_EPOCH + secs(MIDNIGHT);
+        let with_limits = |limits: &[Option<u32>]| {
+            let tasks = limits
+                .iter()
+                .enumerate()
+                .map(|(i, l)| {
+                    let mut t = task(&format!("t-{i}"), SERVE);
+                    t.stop_on_client_after = *l;
+                    t
+                })
+                .collect();
+            Sim::new(state(1, tasks)).node
+        };
+        // No task with a limit: nothing is recorded.
+        let node = with_limits(&[None, None]);
+        assert_eq!(node.contact_lag(), None);
+        assert!(!node.contact_due(None, midnight));
+        // The shortest limit counts: 1800 s and 120 s give 30 s.
+        let node = with_limits(&[Some(1800), None, Some(120)]);
+        assert_eq!(node.contact_lag(), Some(secs(30)));
+        // (recorded, now, due)
+        let cases = [
+            (None, midnight, true),
+            (Some(midnight), midnight, false),
+            (Some(midnight - secs(29)), midnight, false),
+            (Some(midnight - secs(30)), midnight, true),
+            (Some(midnight - secs(3600)), midnight, true),
+            // The clock was set back behind the record.
+            (Some(midnight + secs(1)), midnight, true),
+        ];
+        for (recorded, now, due) in cases {
+            assert_eq!(node.contact_due(recorded, now), due, "{recorded:?}");
+        }
+        // A long limit: at most 10 min.
+        let node = with_limits(&[Some(86_400)]);
+        assert_eq!(node.contact_lag(), Some(secs(600)));
+        assert!(!node.contact_due(Some(midnight - secs(599)), midnight));
+        assert!(node.contact_due(Some(midnight - secs(600)), midnight));
+        // A short one: every contact (a heartbeat is 5 s or more apart).
+        let node = with_limits(&[Some(2)]);
+        assert_eq!(node.contact_lag(), Some(Duration::from_millis(500)));
+        assert!(node.contact_due(Some(midnight - secs(5)), midnight));
+    }
+
+    #[test]
+    fn a_record_lagging_the_contact_by_its_bound_stops_a_task_early_never_late() {
+        // The last real contact was 10 s before the power cut ended by this start; the record
+        // lags it by up to a quarter of the limit (30 s of 120 s): the task is stopped up to
+        // that much early, and never after its limit counted from the real contact.
+        let mut cut_off = task("t-1", SERVE);
+        cut_off.stop_on_client_after = Some(120);
+        let desired = state(1, vec![cut_off]);
+        let midnight = UNIX_EPOCH + secs(MIDNIGHT);
+        let real = midnight - secs(10);
+        for lag in [0, 15, 30] {
+            let mut sim = Sim::with_contact(
+                FakeRuntime::default(),
+                desired.clone(),
+                LocalRuns::default(),
+                LastContact::At(real - secs(lag)),
+            );
+            // The limit counted from the real contact ends 110 s after this start.
+            sim.after(secs(110 - lag) - Duration::from_millis(1));
+            assert_eq!(
+                of(&sim.settle(), "t-1").state,
+                TaskState::Running,
+                "lag {lag}"
+            );
+            sim.after(Duration::from_millis(1));
+            assert_eq!(
+                of(&sim.settle(), "t-1").state,
+                TaskState::Stopped,
+                "lag {lag}"
+            );
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ const DESIRED_KEY: &str = "desired";
 const LOCAL_KEY: &str = "local";
 const FIRED_KEY: &str = "fired";
 /// The wall-clock time of the last exchange with the control plane (seconds since the
-/// epoch, as text), recorded while [`Node::keeps_contact`].
+/// epoch, as text), recorded when [`Node::contact_due`].
 const CONTACT_KEY: &str = "contact";
 /// How often the node re-checks its containers without being told.
 const RESYNC: Duration = Duration::from_secs(1);
@@ -170,6 +170,9 @@ pub struct Runner {
     images: crate::images::ImageSettings,
     /// Wakes the image collection (after a pull).
     collect_images: Notify,
+    /// The last contact with the control plane recorded in `agent.redb` (by this run or an
+    /// earlier one), so that the next is recorded only when [`Node::contact_due`].
+    recorded_contact: Mutex<Option<SystemTime>>,
 }
 
 impl Runner {
@@ -231,6 +234,10 @@ impl Runner {
             secrets,
             images,
             collect_images: Notify::new(),
+            recorded_contact: Mutex::new(match contact {
+                LastContact::At(t) => Some(t),
+                LastContact::Never | LastContact::Unreadable => None,
+            }),
         }))
     }
 
@@ -297,15 +304,24 @@ impl Runner {
 
     /// The control plane answered just now: recorded while a task held has a
     /// `stopOnClientAfter`, so that the time offline counted after a restart (a power cut
-    /// while cut off) goes on from here rather than from the restart — the control plane
-    /// counts its `lostAfter` from about then. A failed write is logged (after a restart the
-    /// count would then go on from the contact recorded before, or start over). Blocking.
+    /// while cut off) goes on from about here rather than from the restart — the control
+    /// plane counts its `lostAfter` from about then. Recorded only when the last record is
+    /// older than [`Node::contact_lag`] (a quarter of the shortest limit, at most 10 min):
+    /// one commit every few minutes rather than one per heartbeat. A failed write is logged
+    /// (after a restart the count would then go on from the contact recorded before, or start
+    /// over). Blocking.
     pub fn contact(&self) {
-        if !self.node().keeps_contact() {
+        let now = SystemTime::now();
+        let mut recorded = self
+            .recorded_contact
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !self.node().contact_due(*recorded, now) {
             return;
         }
-        if let Err(e) = save_contact(&self.db, SystemTime::now()) {
-            tracing::warn!("recording the contact with the control plane: {e:#}");
+        match save_contact(&self.db, now) {
+            Ok(()) => *recorded = Some(now),
+            Err(e) => tracing::warn!("recording the contact with the control plane: {e:#}"),
         }
     }
 

@@ -58,6 +58,14 @@ impl Node {
     /// A node with the test image imported.
     pub fn new() -> Self {
         let node = Self::bare();
+        node.import_test_image();
+        node
+    }
+
+    /// Imports the test image ([`IMAGE`]) into the node's store (what [`Node::new`] does, for
+    /// a node made with [`Node::bare_at`] whose data directory was prepared first).
+    pub fn import_test_image(&self) {
+        let node = self;
         let layout = node.dir.path().join("layout");
         let mut spec = busybox_image(crate::host_arch());
         let probe = host_binary_layer(&crate::bin("probe")).expect("probe layer");
@@ -70,7 +78,6 @@ impl Node {
             "--name",
             IMAGE,
         ]);
-        node
     }
 
     /// Scratch directory of the test (removed with the node).

@@ -2,8 +2,9 @@
 //! table `ip flotilla` exist once per namespace, so one node agent at a time may make, render or
 //! remove them there.
 //!
-//! The claim is an exclusive `flock(2)` on `/run/flotilla/netns-<inode>.lock`, named by the inode
-//! of the namespace (`/proc/self/ns/net`), holding the holder's pid and data directory so that a
+//! The claim is an exclusive `flock(2)` on `/run/flotilla/netns-<dev>-<inode>.lock`, named by the
+//! device and inode of the namespace (`/proc/self/ns/net`; namespaces(7) identifies one by both),
+//! holding the holder's pid and data directory so that a
 //! refusal can name them. The kernel drops it with the process, so a killed agent leaves nothing
 //! to clean up. An agent takes it before it makes the bridge or renders a table and lets it go
 //! once it has neither; another agent in the namespace (a second `flotilla dev`, or a dev cluster
@@ -28,8 +29,7 @@ pub fn path_for_this_namespace() -> Result<PathBuf> {
     Ok(path_in(Path::new(DIR), ns.dev(), ns.ino()))
 }
 
-/// `DIR/netns-<inode>.lock`, with the device too when it is not nsfs's usual one (a namespace is
-/// named by both: namespaces(7)).
+/// `DIR/netns-<dev>-<inode>.lock`.
 fn path_in(dir: &Path, dev: u64, ino: u64) -> PathBuf {
     dir.join(format!("netns-{dev}-{ino}.lock"))
 }

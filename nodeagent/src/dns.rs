@@ -10,7 +10,7 @@
 //! the client retries over TCP, which this resolver serves too — or, asking only over UDP
 //! (busybox's nslookup, musl before 1.2.4), uses the records it got.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,15 +18,18 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use flotilla_api::discovery::{DiscoveredService, Registry, RegistryDelta, DOMAIN, RESOLVER, TTL};
+use flotilla_api::discovery::{Registry, RegistryDelta, DOMAIN, RESOLVER};
 use flotilla_runtime::network::netns;
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, SRV};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::op::{Message, OpCode, ResponseCode};
 use redb::{Database, ReadableDatabase, TableDefinition};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+mod answer;
+
+use answer::{fit_udp, AnswerCache, UDP_MAX};
+pub use answer::{reply, Asker, Transport};
 
 const DISCOVERY: TableDefinition<&str, &[u8]> = TableDefinition::new("discovery");
 const REGISTRY_KEY: &str = "registry";
@@ -34,11 +37,6 @@ const REGISTRY_KEY: &str = "registry";
 const UPSTREAMS_FOR: Duration = Duration::from_secs(5);
 /// How long an upstream has to answer a forwarded query.
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
-/// Largest UDP answer without EDNS (RFC 1035 §2.3.4).
-const UDP_MAX: usize = 512;
-/// The UDP payload this resolver offers in its own OPT record: the size DNS Flag Day 2020
-/// settled on to avoid IP fragmentation.
-const EDNS_PAYLOAD: u16 = 1232;
 /// Largest DNS message (the TCP length prefix is 16 bits, RFC 1035 §4.2.2).
 const MESSAGE_MAX: usize = 65_535;
 
@@ -57,52 +55,6 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Loops answering each task's UDP socket (the agent's runtime has a worker per core).
 const UDP_LOOPS: usize = 2;
-/// Encoded answers a UDP loop keeps before it starts again from empty.
-const CACHE_ENTRIES: usize = 1024;
-
-/// Encoded answers of one UDP loop, by the query's bytes after its id. An answer of the
-/// cluster's names depends only on those bytes (flags, question, OPT), the registry and the
-/// asker (one per socket), so a repeated query is answered by copying the answer and putting the
-/// query's id in — no decoding, no encoding, no lock. Emptied when the registry changes.
-#[derive(Debug, Default)]
-struct AnswerCache {
-    version: u64,
-    answers: HashMap<Box<[u8]>, Box<[u8]>>,
-}
-
-impl AnswerCache {
-    /// Puts the answer to `query` into `out` when it is known for registry `version`.
-    fn answer(&mut self, version: u64, query: &[u8], out: &mut Vec<u8>) -> bool {
-        if version != self.version {
-            self.answers.clear();
-            self.version = version;
-            return false;
-        }
-        let (Some(id), Some(key)) = (query.get(..2), query.get(2..)) else {
-            return false;
-        };
-        let Some(answer) = self.answers.get(key) else {
-            return false;
-        };
-        out.clear();
-        out.extend_from_slice(id);
-        out.extend_from_slice(&answer[2..]);
-        true
-    }
-
-    fn insert(&mut self, version: u64, query: &[u8], answer: Vec<u8>) {
-        // A header's worth at least: the id is replaced, the rest kept.
-        if version != self.version || query.len() < 12 || answer.len() < 12 {
-            return;
-        }
-        if self.answers.len() >= CACHE_ENTRIES {
-            self.answers.clear();
-        }
-        self.answers
-            .insert(query[2..].into(), answer.into_boxed_slice());
-    }
-}
-
 /// Aborts a spawned task when dropped (the loops of a listener end with it).
 struct AbortOnDrop(JoinHandle<()>);
 
@@ -110,15 +62,6 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// How a query reached the resolver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    /// A datagram: its answer must fit the client's payload size (512 bytes without EDNS).
-    Udp,
-    /// A stream: any answer fits.
-    Tcp,
 }
 
 /// The node's DNS.
@@ -408,23 +351,7 @@ impl Dns {
         transport: Transport,
         asker: Asker,
     ) -> Option<Vec<u8>> {
-        let msg = match Message::from_vec(query) {
-            Ok(m) => m,
-            Err(_) => {
-                // The id is the first two bytes when there are two.
-                let id = query
-                    .get(..2)
-                    .map_or(0, |b| u16::from_be_bytes([b[0], b[1]]));
-                return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
-                    .to_vec()
-                    .ok();
-            }
-        };
-        let reply = answer(&self.registry(), &msg, asker)?;
-        match transport {
-            Transport::Udp => fit(reply, udp_limit(&msg)),
-            Transport::Tcp => reply.to_vec().ok(),
-        }
+        reply(&self.registry(), query, transport, asker)
     }
 
     /// Relays a query to the node's resolvers (the first answer wins) over the client's
@@ -469,75 +396,6 @@ impl Dns {
         *held = Some((Instant::now(), list.clone()));
         list
     }
-}
-
-/// The largest UDP answer the sender of `query` takes: its EDNS payload size, never below 512
-/// (RFC 6891 §6.2.5), else 512 (RFC 1035 §4.2.1).
-fn udp_limit(query: &Message) -> usize {
-    match &query.edns {
-        Some(e) => usize::from(e.max_payload()).max(UDP_MAX),
-        None => UDP_MAX,
-    }
-}
-
-/// An upstream's UDP `reply` as the client of `query` can take it (see [`fit`]).
-fn fit_udp(query: &[u8], reply: Vec<u8>) -> Vec<u8> {
-    let limit = Message::from_vec(query).map_or(UDP_MAX, |q| udp_limit(&q));
-    if reply.len() <= limit {
-        return reply;
-    }
-    match Message::from_vec(&reply).ok().and_then(|m| fit(m, limit)) {
-        Some(cut) => cut,
-        None => {
-            let id = u16::from_be_bytes([reply[0], reply[1]]);
-            Message::error_msg(id, OpCode::Query, ResponseCode::ServFail)
-                .to_vec()
-                .unwrap_or_default()
-        }
-    }
-}
-
-/// `reply` encoded in at most `limit` bytes: whole when it fits; else without its additional
-/// records (no TC for those, RFC 2181 §9), then with as many whole answer and authority records
-/// as fit and TC set (RFC 1035 §4.2.1). A client that retries over TCP (glibc, Go, musl 1.2.4+)
-/// gets the whole answer there; one that asks only over UDP (busybox's nslookup, musl before
-/// 1.2.4) still has the records that fit, as a server truncating its own answer gives them,
-/// instead of none.
-fn fit(mut reply: Message, limit: usize) -> Option<Vec<u8>> {
-    let bytes = reply.to_vec().ok()?;
-    if bytes.len() <= limit {
-        return Some(bytes);
-    }
-    reply.additionals.clear();
-    reply.signature = None;
-    let bytes = reply.to_vec().ok()?;
-    if bytes.len() <= limit {
-        return Some(bytes);
-    }
-    // The most records, answers first, that fit: found by halving (each try encodes once).
-    let answers = std::mem::take(&mut reply.answers);
-    let authorities = std::mem::take(&mut reply.authorities);
-    let records: Vec<Record> = answers.iter().chain(&authorities).cloned().collect();
-    reply.metadata.truncation = true;
-    let with = |n: usize| -> Option<Vec<u8>> {
-        let mut m = reply.clone();
-        m.answers = records[..n.min(answers.len())].to_vec();
-        m.authorities = records[answers.len().min(n)..n].to_vec();
-        m.to_vec().ok()
-    };
-    let (mut lo, mut hi) = (0, records.len());
-    let mut best = with(0)?;
-    while lo < hi {
-        let mid = (lo + hi).div_ceil(2);
-        match with(mid) {
-            Some(b) if b.len() <= limit => {
-                best = b;
-                lo = mid;
-            }
-            _ => hi = mid - 1,
-        }
-    }
-    Some(best)
 }
 
 /// One query to `upstream` over UDP: its answer (any size a datagram holds), or `None`.
@@ -598,152 +456,6 @@ fn name_servers(text: &str) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// What a name of the cluster domain is.
-enum Target<'a> {
-    /// `NAME.NS.DOMAIN` or `_x._proto.NAME.NS.DOMAIN`.
-    Service(&'a DiscoveredService),
-    /// `TASK.NAME.NS.DOMAIN`.
-    Task(&'a flotilla_api::discovery::Endpoint),
-    /// A name of the domain with nothing behind it.
-    Nothing,
-}
-
-fn resolve<'a>(registry: &'a Registry, labels: &[String]) -> Target<'a> {
-    // labels: the name's labels before the domain, lowercase, most specific first.
-    let service = |name: &str, ns: &str| registry.service(ns, name);
-    match labels {
-        [name, ns] => service(name, ns).map_or(Target::Nothing, Target::Service),
-        [first, second, name, ns] if first.starts_with('_') && second.starts_with('_') => {
-            service(name, ns).map_or(Target::Nothing, Target::Service)
-        }
-        [task, name, ns] => match service(name, ns) {
-            Some(s) => s
-                .endpoints
-                .iter()
-                .find(|e| e.task == *task)
-                .map_or(Target::Nothing, Target::Task),
-            None => Target::Nothing,
-        },
-        _ => Target::Nothing,
-    }
-}
-
-/// Where a query comes from, for answers reachable from there.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Asker {
-    /// This node's address as the asking task reaches it (a bridge task: its bridge's
-    /// gateway). An endpoint the registry lists at a loopback address — a node whose address
-    /// is `127.0.0.1`, as in `flotilla dev` — is answered with it: loopback inside the task's
-    /// namespace is the task itself.
-    pub node_seen_as: Option<Ipv4Addr>,
-}
-
-impl Asker {
-    fn reach(&self, address: Ipv4Addr) -> Ipv4Addr {
-        match self.node_seen_as {
-            Some(node) if address.is_loopback() => node,
-            _ => address,
-        }
-    }
-}
-
-/// The labels of `fqdn` (lowercase, without the root), most specific first.
-fn labels_of(fqdn: &str) -> Vec<String> {
-    fqdn.trim_end_matches('.')
-        .split('.')
-        .filter(|l| !l.is_empty())
-        .map(str::to_string)
-        .collect()
-}
-
-/// The answer to `msg` from `registry`, or `None` when it is not about the cluster: names of
-/// the cluster domain, and the short `SERVICE.NAMESPACE` (and `TASK.SERVICE.NAMESPACE`,
-/// `_x._proto.SERVICE.NAMESPACE`) of a namespace the registry has — as Kubernetes' `svc.ns` —
-/// which resolvers that try a dotted name as it is before the search list (busybox, musl, glibc
-/// with `ndots:1`) ask for first.
-pub fn answer(registry: &Registry, msg: &Message, asker: Asker) -> Option<Message> {
-    if msg.metadata.message_type != MessageType::Query || msg.metadata.op_code != OpCode::Query {
-        return None;
-    }
-    let q = msg.queries.first()?;
-    let domain = Name::from_ascii(DOMAIN).ok()?;
-    let qname = q.name().to_lowercase();
-    if !domain.zone_of(&qname) {
-        let labels = labels_of(&qname.to_ascii());
-        let known = labels.len() >= 2
-            && labels
-                .last()
-                .is_some_and(|ns| registry.services.iter().any(|s| s.namespace == *ns))
-            && !matches!(resolve(registry, &labels), Target::Nothing);
-        if !known {
-            return None;
-        }
-    }
-    let mut reply = Message::response(msg.metadata.id, OpCode::Query);
-    reply.metadata.authoritative = true;
-    reply.metadata.recursion_desired = msg.metadata.recursion_desired;
-    reply.metadata.recursion_available = true;
-    reply.add_query(q.clone());
-    if msg.edns.is_some() {
-        // A responder that understands EDNS answers an OPT with one (RFC 6891 §6.1.1).
-        let mut edns = hickory_proto::op::Edns::new();
-        edns.set_max_payload(EDNS_PAYLOAD);
-        reply.set_edns(edns);
-    }
-    let fqdn = qname.to_ascii();
-    let labels = if domain.zone_of(&qname) {
-        labels_of(
-            fqdn.trim_end_matches('.')
-                .strip_suffix(DOMAIN)
-                .unwrap_or_default(),
-        )
-    } else {
-        labels_of(&fqdn)
-    };
-    let a = |name: &Name, ip: Ipv4Addr| {
-        Record::from_rdata(name.clone(), TTL, RData::A(A(asker.reach(ip))))
-    };
-    match (resolve(registry, &labels), q.query_type()) {
-        (Target::Nothing, _) => {
-            // The domain itself and the namespaces exist (no data); anything else does not.
-            let namespace =
-                labels.len() == 1 && registry.services.iter().any(|s| s.namespace == labels[0]);
-            if !(labels.is_empty() || namespace) {
-                reply.metadata.response_code = ResponseCode::NXDomain;
-            }
-        }
-        (Target::Service(s), RecordType::A) => {
-            let addrs: BTreeSet<Ipv4Addr> = match s.vip {
-                Some(v) => BTreeSet::from([v]),
-                None => s.endpoints.iter().map(|e| e.address).collect(),
-            };
-            for ip in addrs {
-                reply.add_answer(a(q.name(), ip));
-            }
-        }
-        (Target::Service(s), RecordType::SRV) => {
-            for e in &s.endpoints {
-                let Some(port) = e.port else { continue };
-                let Ok(target) = Name::from_ascii(format!("{}.", s.task_fqdn(&e.task))) else {
-                    continue;
-                };
-                reply.add_answer(Record::from_rdata(
-                    q.name().clone(),
-                    TTL,
-                    RData::SRV(SRV::new(0, 10, port, target.clone())),
-                ));
-                reply.additionals.push(a(&target, e.address));
-            }
-        }
-        (Target::Task(e), RecordType::A) => {
-            reply.add_answer(a(q.name(), e.address));
-        }
-        // Names that exist, other types: no data.
-        _ => {}
-    }
-    Some(reply)
-}
-
 /// The resolv.conf of a task of `namespace` (or none) using the node's DNS.
 pub fn resolv_conf(namespace: Option<&str>) -> String {
     let search = match namespace {
@@ -755,10 +467,13 @@ pub fn resolv_conf(namespace: Option<&str>) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::answer::{answer, udp_limit};
     use super::*;
-    use flotilla_api::discovery::Endpoint;
+    use flotilla_api::discovery::{DiscoveredService, Endpoint, TTL};
     use flotilla_api::taskdef::Protocol;
     use hickory_proto::op::Query;
+    use hickory_proto::rr::rdata::A;
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
 
     fn registry() -> Registry {
         Registry {
@@ -818,6 +533,41 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    /// Found by the `dns_query` fuzz target (fuzz/regressions/dns_query/): the UDP loop's cache
+    /// keys answers by the bytes after the id, but a name compressed to a pointer into the id
+    /// reads as another name — or as none — under another id.
+    #[test]
+    fn a_query_whose_name_points_into_its_id_is_not_answered_from_the_cache() {
+        // `api.shop` and then a pointer to offset 0: the id's first byte is the next label's
+        // length. Under id 00 07 the name ends there (`api.shop.`, a service); under be ef it
+        // is malformed (a label of 190 bytes).
+        let query = |id: [u8; 2]| -> Vec<u8> {
+            let mut q = id.to_vec();
+            q.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0, 0, 0]);
+            q.extend_from_slice(b"\x03api\x04shop\xc0\x00\x00\x01\x00\x01");
+            q
+        };
+        let (named, malformed) = (query([0x00, 0x07]), query([0xbe, 0xef]));
+        let registry = registry();
+        let asker = Asker::default();
+        for (first, then) in [(&named, &malformed), (&malformed, &named)] {
+            let mut cache = AnswerCache::default();
+            let mut out = Vec::new();
+            cache.answer(registry.version, first, &mut out);
+            let answer = reply(&registry, first, Transport::Udp, asker).expect("answered here");
+            cache.insert(registry.version, first, answer);
+            let fresh = reply(&registry, then, Transport::Udp, asker).expect("answered here");
+            if cache.answer(registry.version, then, &mut out) {
+                assert_eq!(out, fresh, "a cached answer that is not the answer");
+            }
+        }
+        let named =
+            Message::from_vec(&reply(&registry, &named, Transport::Udp, asker).expect("ours"))
+                .expect("an answer");
+        assert_eq!(named.metadata.response_code, ResponseCode::NoError);
+        assert_eq!(a_records(&named).len(), 2);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 mod agent;
 mod claim;
+mod config_file;
 mod ctr;
 mod ctr_container;
 mod dns;
@@ -35,6 +36,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use config_file::{FileConfig, FILE_KEYS};
 use flotilla_api::logging::LogFormat;
 use flotilla_runtime::container::StoreOptions;
 
@@ -137,49 +139,6 @@ enum Command {
         metrics_listen: Option<std::net::SocketAddr>,
     },
 }
-
-/// `/etc/flotilla/nodeagent.toml`: the same settings as the flags.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    cgroup_parent: Option<String>,
-    #[serde(default)]
-    bind_roots: Vec<PathBuf>,
-    #[serde(default)]
-    registry_mirrors: std::collections::BTreeMap<String, Vec<String>>,
-    image_gc_high_threshold_percent: Option<u8>,
-    image_gc_low_threshold_percent: Option<u8>,
-    image_gc_minimum_age: Option<u64>,
-    heartbeat: Option<u64>,
-    log_format: Option<LogFormat>,
-    uplink: Option<String>,
-    bridge: Option<String>,
-    dynamic_ports: Option<String>,
-    address: Option<std::net::Ipv4Addr>,
-    #[serde(default)]
-    dns_upstreams: Vec<String>,
-    metrics_listen: Option<std::net::SocketAddr>,
-}
-
-/// The keys of [`FileConfig`].
-const FILE_KEYS: &[&str] = &[
-    "data_dir",
-    "cgroup_parent",
-    "bind_roots",
-    "registry_mirrors",
-    "image_gc_high_threshold_percent",
-    "image_gc_low_threshold_percent",
-    "image_gc_minimum_age",
-    "heartbeat",
-    "log_format",
-    "uplink",
-    "bridge",
-    "dynamic_ports",
-    "address",
-    "dns_upstreams",
-    "metrics_listen",
-];
 
 /// Default configuration file.
 const DEFAULT_CONFIG: &str = "/etc/flotilla/nodeagent.toml";

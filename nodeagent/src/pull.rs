@@ -121,8 +121,7 @@ pub async fn serve(
             seen.lock().unwrap_or_else(|p| p.into_inner()).see(&e);
             counted(e);
         });
-        let options = runner.pull_options();
-        let pull = images.pull(&req.image, &options, progress);
+        let pull = runner.pull(&req.image, progress);
         tokio::pin!(pull);
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -141,7 +140,6 @@ pub async fn serve(
                 }
             }
         };
-        runner.meters().pulled(pulled.is_ok());
         match pulled {
             Ok(record) => {
                 tracing::info!(image = %req.image, digest = %record.digest, "prefetched");

@@ -515,13 +515,25 @@ impl Runner {
     }
 
     /// What the agent measures of its own work.
-    /// How the agent pulls an image, for a task or a prefetch: anonymously, through the
-    /// node's registry mirrors.
-    pub fn pull_options(&self) -> flotilla_runtime::image::PullOptions {
-        flotilla_runtime::image::PullOptions {
+    /// Pulls `image` as the agent pulls, for a task or a prefetch: anonymously, through the
+    /// node's registry mirrors; counted in the meters; a successful pull wakes the collection
+    /// by disk pressure.
+    pub async fn pull(
+        &self,
+        image: &str,
+        progress: flotilla_runtime::image::ProgressFn,
+    ) -> Result<flotilla_runtime::image::ImageRecord, flotilla_runtime::image::ImageStoreError>
+    {
+        let options = flotilla_runtime::image::PullOptions {
             mirrors: self.images.mirrors.clone(),
             ..Default::default()
+        };
+        let pulled = self.store.images().pull(image, &options, progress).await;
+        self.meters.pulled(pulled.is_ok());
+        if pulled.is_ok() {
+            self.collect_images.notify_one();
         }
+        pulled
     }
 
     pub fn meters(&self) -> &crate::meters::Meters {
@@ -693,19 +705,9 @@ impl Runner {
             config.addresses = attachment.addresses;
             if store.images().get(&config.image).is_err() {
                 tracing::info!(task = %task, image = %config.image, "pulling");
-                let pulled = store
-                    .images()
-                    .pull(
-                        &config.image,
-                        &self.pull_options(),
-                        self.meters.pull_progress(),
-                    )
-                    .await;
-                self.meters.pulled(pulled.is_ok());
-                if pulled.is_ok() {
-                    self.collect_images.notify_one();
-                }
-                pulled.map_err(|e| PullFailed::new(&e, &config.image, Puller::Agent))?;
+                self.pull(&config.image, self.meters.pull_progress())
+                    .await
+                    .map_err(|e| PullFailed::new(&e, &config.image, Puller::Agent))?;
             }
             let material = secrets.material(&task_def, &container_def).await?;
             let rt = self.runtime.clone();

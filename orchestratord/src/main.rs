@@ -6,6 +6,7 @@
 
 mod agents;
 mod api;
+mod config_file;
 mod core;
 mod http;
 mod metrics;
@@ -25,6 +26,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use config_file::{FileConfig, FILE_KEYS};
 use flotilla_certs::credential::{write_replace, Credential};
 use flotilla_certs::{
     identity_of, CertifiedKey, ClusterCa, ADMIN_CERT_LIFETIME, SERVER_CERT_LIFETIME,
@@ -125,42 +127,6 @@ struct NetworkArgs {
     #[arg(long, value_name = "CIDR")]
     vip_pool: Option<ipnet::Ipv4Net>,
 }
-
-/// `/etc/flotilla/orchestratord.toml`: the same settings as the flags.
-#[derive(Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    listen: Option<SocketAddr>,
-    metrics_listen: Option<SocketAddr>,
-    node_cert_lifetime: Option<u64>,
-    session_rate: Option<u32>,
-    scaling_period: Option<u64>,
-    log_format: Option<LogFormat>,
-    bridge_pool: Option<ipnet::Ipv4Net>,
-    bridge_prefix: Option<u8>,
-    awsvpc_subnet: Option<ipnet::Ipv4Net>,
-    awsvpc_range: Option<String>,
-    awsvpc_gateway: Option<std::net::Ipv4Addr>,
-    vip_pool: Option<ipnet::Ipv4Net>,
-}
-
-/// The keys of [`FileConfig`].
-const FILE_KEYS: &[&str] = &[
-    "data_dir",
-    "listen",
-    "metrics_listen",
-    "node_cert_lifetime",
-    "session_rate",
-    "scaling_period",
-    "log_format",
-    "bridge_pool",
-    "bridge_prefix",
-    "awsvpc_subnet",
-    "awsvpc_range",
-    "awsvpc_gateway",
-    "vip_pool",
-];
 
 /// Default configuration file.
 const DEFAULT_CONFIG: &str = "/etc/flotilla/orchestratord.toml";

@@ -141,6 +141,21 @@ impl ControlPlane {
         }
     }
 
+    /// Waits for node `id`'s first report of its resources. Its first heartbeat follows its
+    /// session at once, but until the control plane has it the node takes no task (a node that
+    /// never reported has no room), and on a busy machine that is a while.
+    pub fn wait_reported(&self, id: &str) {
+        crate::wait(
+            &format!("node {id}'s first report of its resources"),
+            Duration::from_secs(30),
+            || {
+                self.nodes()
+                    .iter()
+                    .any(|n| n.id == id && n.resources.is_some())
+            },
+        );
+    }
+
     /// Starts `orchestratord run` again (after [`ControlPlane::stop`]).
     pub fn restart(&mut self) {
         self.stop();
@@ -401,21 +416,7 @@ impl Agent {
             .status
             .success());
         agent.run();
-        agent.wait_log("session established", 1, Duration::from_secs(10));
-        // Its first heartbeat follows the session at once; until the control plane has it,
-        // the node takes no task (a node that never reported has no room).
-        let id = flotilla_certs::credential::Credential::load(&agent.identity())
-            .expect("the node's credential")
-            .name;
-        crate::wait(
-            "the node's first report of its resources",
-            Duration::from_secs(10),
-            || {
-                cp.nodes()
-                    .iter()
-                    .any(|n| n.id == id && n.resources.is_some())
-            },
-        );
+        agent.wait_in_service(cp);
         agent
     }
 
@@ -520,6 +521,16 @@ impl Agent {
             .args(extra)
             .output()
             .expect("nodeagent join")
+    }
+
+    /// Waits for its session, then for the control plane to have its first report of its
+    /// resources ([`ControlPlane::wait_reported`]): from then on it takes tasks.
+    pub fn wait_in_service(&self, cp: &ControlPlane) {
+        self.wait_log("session established", 1, Duration::from_secs(15));
+        let id = flotilla_certs::credential::Credential::load(&self.identity())
+            .expect("the node's credential")
+            .name;
+        cp.wait_reported(&id);
     }
 
     /// Starts `nodeagent run`.
@@ -763,6 +774,7 @@ impl Fleet {
             .name;
         agent.run();
         agent.wait_log("session established", 1, Duration::from_secs(15));
+        self.cp.wait_reported(&id);
         self.agents.push(agent);
         self.ids.push(id);
         self.nodes.push(node);

@@ -45,6 +45,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -142,6 +143,42 @@ pub struct Vm {
     qemu: Child,
     dir: tempfile::TempDir,
     out: PathBuf,
+    /// Its place among the guests of this process, given back once QEMU is gone.
+    _slot: Slot,
+}
+
+/// At most this many guests run at once in one test process: under TCG each keeps a core busy,
+/// and the test binaries run more tests at once than the machine has cores (to overlap their
+/// waits), so a third guest would only slow the others down past their timeouts.
+const MAX_GUESTS: usize = 2;
+
+/// Guests running in this process, and a wake-up for a test waiting to start one.
+static GUESTS: (Mutex<usize>, Condvar) = (Mutex::new(0), Condvar::new());
+
+/// A guest's place: taken before QEMU starts (waiting while [`MAX_GUESTS`] run), given back
+/// when dropped.
+#[derive(Debug)]
+struct Slot;
+
+impl Slot {
+    fn take() -> Self {
+        let (running, freed) = &GUESTS;
+        let mut n = running.lock().unwrap_or_else(|p| p.into_inner());
+        while *n >= MAX_GUESTS {
+            n = freed.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+        *n += 1;
+        Slot
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (running, freed) = &GUESTS;
+        let mut n = running.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        freed.notify_one();
+    }
 }
 
 /// The host's kernel image and its version (`/boot/vmlinuz-V` with `/lib/modules/V`).
@@ -418,6 +455,7 @@ impl Vm {
                 disk.path.display()
             ));
         }
+        let slot = Slot::take();
         // setpriv (util-linux) makes QEMU die with the test process, also when that is killed.
         let qemu = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "--", "qemu-system-x86_64"])
@@ -427,7 +465,12 @@ impl Vm {
             .stderr(Stdio::from(fs::File::create(dir.path().join("qemu.err"))?))
             .spawn()
             .context("starting qemu-system-x86_64 (install qemu-system-x86)")?;
-        Ok(Self { qemu, dir, out })
+        Ok(Self {
+            qemu,
+            dir,
+            out,
+            _slot: slot,
+        })
     }
 
     /// The host directory the guest sees at `/vm/out`.

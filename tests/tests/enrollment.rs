@@ -64,7 +64,7 @@ fn a_node_joins_connects_and_its_key_stays_on_it() {
     }
 
     agent.run();
-    agent.wait_log("session established", 1, Duration::from_secs(10));
+    agent.wait_in_service(&cp);
     let nodes = cp.nodes();
     assert_eq!(nodes.len(), 1);
     let n = &nodes[0];

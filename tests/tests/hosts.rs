@@ -59,7 +59,7 @@ fn three_hosts_spread_tasks_and_ride_out_a_crash_and_a_cut_link() {
         a.run();
     }
     for a in &agents {
-        a.wait_log("session established", 1, Duration::from_secs(15));
+        a.wait_in_service(&cp);
     }
     let f = cp.scratch().join("serve.json");
     std::fs::write(&f, SERVE).expect("write");

@@ -1,7 +1,8 @@
 //! Images delivered to a fleet ahead of its deployments: `flotilla image prefetch` pulls an
 //! image onto the nodes a constraint selects, each through its own registry mirror, and a
 //! deployment on them later starts every task without fetching anything — the relay in front
-//! of the registry sees no request.
+//! of the registry sees no request —, while a task started on a node without it pulls it there,
+//! through the same mirror.
 
 use std::time::Duration;
 
@@ -134,6 +135,31 @@ fn a_prefetched_image_starts_a_deployment_without_a_pull() {
         assert!(!a.log().contains("pulling"), "{}", a.log());
     }
 
+    // Without a prefetch, s2's node pulls the image when a task of it starts there, through
+    // its mirror too.
+    fleet.register(&format!(
+        r#"{{"family": "one", "networkMode": "none",
+  "containerDefinitions": [{{"name": "main", "image": "{IMAGE}", "memory": 16,
+    "stopTimeout": 2, "command": ["sh", "-c", "trap 'exit 0' TERM; sleep 600 & wait"]}}]}}"#
+    ));
+    let placed = fleet.cp.run_task(&flotilla_api::ops::TaskRun {
+        node: Some(fleet.ids[3].clone()),
+        ..flotilla_api::ops::TaskRun::new("one")
+    });
+    let on_s2 = placed.into_iter().next().expect("one task").id;
+    wait("the task on s2 running", Duration::from_secs(60), || {
+        let t = fleet.cp.task(&on_s2);
+        assert_ne!(t.state, TaskState::Stopped, "{t:#?}");
+        t.state == TaskState::Running
+    });
+    let now = seen();
+    assert!(
+        now.1 > fetched.1 + (2 << 20),
+        "the task's pull did not go through the mirror: {now:?}"
+    );
+    assert!(fleet.agents[3].log().contains("pulling"));
+
+    fleet.cp.flotilla_ok(&["task", "stop", &on_s2]);
     fleet.cp.flotilla_ok(&["service", "rm", "app"]);
     fleet.finish();
 }

@@ -532,7 +532,7 @@ fn a_task_of_another_user_runs_from_an_agent_started_under_umask_027() {
         .status
         .success());
     agent.run();
-    agent.wait_log("session established", 1, std::time::Duration::from_secs(10));
+    agent.wait_in_service(&cp);
     // A bridge task: its resolv.conf is written by the agent and bind-mounted read-only. Each
     // check has its exit code (a stopped task's logs are not the point here).
     let script = "cat /etc/resolv.conf >/dev/null || exit 2; ls / >/dev/null || exit 3; \

@@ -205,7 +205,7 @@ fn prometheus_scrapes_the_control_plane_in_plain_http_and_over_tls() {
         .status
         .success());
     agent.run();
-    agent.wait_log("session established", 1, Duration::from_secs(10));
+    agent.wait_in_service(&cp);
     let f = cp.scratch().join("serve.json");
     std::fs::write(&f, SERVE).expect("write");
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);

@@ -970,6 +970,7 @@ fn a_second_agent_on_a_host_leaves_the_first_ones_bridge_and_table_alone() {
         .name;
     second.run();
     second.wait_log("session established", 1, Duration::from_secs(15));
+    fleet.cp.wait_reported(&id);
     let on_second = |family: &str| {
         let placed = fleet.cp.run_task(&TaskRun {
             node: Some(id.clone()),

@@ -31,7 +31,7 @@ fn label_drain_activate_and_remove_a_node() {
         .success());
     let id = Credential::load(&agent.identity()).expect("identity").name;
     agent.run();
-    agent.wait_log("session established", 1, Duration::from_secs(10));
+    agent.wait_in_service(&cp);
     let f = cp.scratch().join("serve.json");
     std::fs::write(&f, SERVE).expect("write");
     cp.flotilla_ok(&["taskdef", "register", f.to_str().expect("utf8")]);

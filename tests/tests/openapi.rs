@@ -187,7 +187,7 @@ fn every_documented_operation_answers_as_documented() {
         .success());
     let id = Credential::load(&agent.identity()).expect("identity").name;
     agent.run();
-    agent.wait_log("session established", 1, Duration::from_secs(10));
+    agent.wait_in_service(&cp);
     let mut api = Caller::new(&cp);
     let node_path = format!("/v1/nodes/{id}");
 

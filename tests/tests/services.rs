@@ -34,7 +34,7 @@ fn join(cp: &ControlPlane, node: &Node, site: &str) -> (Agent, String) {
     );
     let id = Credential::load(&agent.identity()).expect("identity").name;
     agent.run();
-    agent.wait_log("session established", 1, Duration::from_secs(10));
+    agent.wait_in_service(cp);
     (agent, id)
 }
 

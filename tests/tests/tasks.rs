@@ -593,7 +593,7 @@ fn every_command_prints_its_answer_as_json_and_yaml() {
         .status
         .success());
     agent.run();
-    agent.wait_log("session established", 1, Duration::from_secs(10));
+    agent.wait_in_service(&cp);
     let id = cp.nodes()[0].id.clone();
     let f = cp.scratch().join("serve.json");
     std::fs::write(&f, SERVE).expect("write");

@@ -1,6 +1,9 @@
 //! The JSON documents of an image: descriptors, manifests, indexes, platforms, and the parts of
 //! the image configuration the store needs. Docker v2 schema 2 and OCI shapes are the same JSON
 //! with different media types, so one set of types serves both.
+//!
+//! The fuzz harness (`fuzz/harness`) compiles this file in by its path, without the rest of the
+//! crate: it may use only `super::digest` and crates the harness has.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;

@@ -7,6 +7,9 @@
 //! passes through a symlink (or a non-directory), or a hardlink whose target does so is refused.
 //! So nothing is ever created, written or linked outside the target directory, whatever the
 //! archive holds. Device nodes are skipped.
+//!
+//! The fuzz harness (`fuzz/harness`) compiles this file in by its path, without the rest of the
+//! crate: it may use only `super::digest` and crates the harness has.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;

@@ -1,0 +1,86 @@
+#!/bin/bash
+# Fuzzes every decoder that reads the network or a file (fuzz/; RELIABILITY.md lists the
+# targets). Builds all cargo-fuzz targets once on nightly with libFuzzer's coverage
+# instrumentation — the flags `cargo fuzz build -O -a -s none` passes, so cargo-fuzz itself is
+# not needed (`cargo fuzz run TARGET` works on the same build when it is installed) — then runs
+# each for SECONDS from its committed seeds (fuzz/corpus/TARGET) and the inputs that once
+# crashed (fuzz/regressions/TARGET). Inputs the run finds go to fuzz/corpus-run/TARGET (not
+# committed). A panic, an input that takes over a second (--timeout) or a process over 2 GiB
+# fails the run; the input is kept in fuzz/artifacts/TARGET/.
+#
+#   scripts/fuzz.sh                       CI: 8 s per target
+#   scripts/fuzz.sh --seconds 600         the longer run (RELIABILITY.md)
+#   scripts/fuzz.sh --seconds 60 cron     some targets only
+#   scripts/fuzz.sh --timeout 5           a slower limit per input, on a busy machine
+#   scripts/fuzz.sh --build-only          only the build (scripts/test.sh runs it during the tests)
+#   scripts/fuzz.sh --no-build            only the runs, of the last build
+#
+# Reproduce a crash: fuzz/target/x86_64-unknown-linux-gnu/release/TARGET ARTIFACT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=8
+timeout=1
+build=1
+run=1
+targets=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --seconds) seconds="$2"; shift 2 ;;
+    --seconds=*) seconds="${1#*=}"; shift ;;
+    --timeout) timeout="$2"; shift 2 ;;
+    --timeout=*) timeout="${1#*=}"; shift ;;
+    --build-only) build=1; run=0; shift ;;
+    --no-build) build=0; run=1; shift ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
+    *) targets+=("$1"); shift ;;
+  esac
+done
+if [ ${#targets[@]} -eq 0 ]; then
+  for f in fuzz/fuzz_targets/*.rs; do targets+=("$(basename "$f" .rs)"); done
+fi
+
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "fuzz.sh: the nightly toolchain is needed: rustup toolchain install nightly" >&2
+  exit 1
+fi
+
+triple=$(rustc +nightly -vV | sed -n 's/^host: //p')
+# cargo-fuzz's instrumentation (`cargo fuzz build -O -a -s none`: src/project.rs), flag for
+# flag so the two share one build. No sanitizer: the decoders are safe Rust, and
+# AddressSanitizer would halve the speed for nothing. Debug assertions (and overflow checks) on.
+export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
+-Cllvm-args=-sanitizer-coverage-inline-8bit-counters -Cllvm-args=-sanitizer-coverage-pc-table \
+-Cllvm-args=-sanitizer-coverage-trace-compares --cfg fuzzing \
+-Cllvm-args=-simplifycfg-branch-fold-threshold=0 -Cllvm-args=-sanitizer-coverage-stack-depth \
+-Cdebug-assertions -Ccodegen-units=1"
+started=$(date +%s)
+if [ "$build" = 1 ]; then
+  # --target: the flags go to the targets only, not to build scripts and proc macros.
+  cargo +nightly build --manifest-path fuzz/Cargo.toml --release --bins --locked --target "$triple"
+  echo "fuzz: built in $(($(date +%s) - started)) s"
+fi
+[ "$run" = 1 ] || exit 0
+
+bin="fuzz/target/$triple/release"
+failed=()
+for t in "${targets[@]}"; do
+  mkdir -p "fuzz/corpus-run/$t" "fuzz/artifacts/$t" "fuzz/regressions/$t"
+  echo "fuzz: $t for $seconds s"
+  # stdin from /dev/null: no input may read the fuzzer's terminal.
+  if ! "$bin/$t" -max_total_time="$seconds" -timeout="$timeout" -rss_limit_mb=2048 \
+      -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 \
+      "fuzz/corpus-run/$t" "fuzz/corpus/$t" "fuzz/regressions/$t" \
+      </dev/null 2>"fuzz/artifacts/$t.log"; then
+    failed+=("$t")
+    tail -n 40 "fuzz/artifacts/$t.log"
+  fi
+  grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' \
+    "fuzz/artifacts/$t.log" | sed "s/^/fuzz: $t /" || true
+done
+echo "fuzz: ${#targets[@]} targets in $(($(date +%s) - started)) s"
+if [ ${#failed[@]} -gt 0 ]; then
+  echo "fuzz: failed: ${failed[*]} (inputs in fuzz/artifacts/)" >&2
+  exit 1
+fi

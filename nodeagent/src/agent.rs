@@ -515,7 +515,7 @@ async fn session(
                         continue;
                     }
                     Ok(ServerPush::Pull(req)) => {
-                        tokio::spawn(crate::pull::serve(runner.clone(), req, send));
+                        tokio::spawn(crate::prefetch::serve(runner.clone(), req, send));
                         continue;
                     }
                     Ok(ServerPush::Registry(registry)) => {

@@ -22,6 +22,7 @@ mod metrics;
 mod network;
 mod node;
 mod output;
+mod prefetch;
 mod pull;
 mod reconcile;
 mod runner;

@@ -6,6 +6,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use flotilla_runtime::container::{ContainerInfo, ContainerStats, Status};
@@ -28,6 +29,36 @@ pub struct Node {
 }
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The files of the test image's OCI layout (busybox and the probe, gzip-compressed), each as
+/// its path in the layout and its bytes: built once per test process, as compressing and hashing
+/// the layers is most of a container test's setup (about a minute under the cgroup v2 tests'
+/// emulated CPU). Each node writes its own copy.
+fn test_layout() -> &'static [(PathBuf, Vec<u8>)] {
+    static FILES: OnceLock<Vec<(PathBuf, Vec<u8>)>> = OnceLock::new();
+    FILES.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut spec = busybox_image(crate::host_arch());
+        let probe = host_binary_layer(&crate::bin("probe")).expect("probe layer");
+        spec.layers.push((probe, Compression::Gzip));
+        write_layout(dir.path(), "test", &spec).expect("layout");
+        let mut files = Vec::new();
+        let mut dirs = vec![dir.path().to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for entry in fs::read_dir(&d).expect("reading the layout") {
+                let path = entry.expect("layout entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    let bytes = fs::read(&path).expect("layout file");
+                    let rel = path.strip_prefix(dir.path()).expect("in the layout");
+                    files.push((rel.to_path_buf(), bytes));
+                }
+            }
+        }
+        files
+    })
+}
 
 impl Node {
     /// A node with nothing in its store yet.
@@ -67,10 +98,11 @@ impl Node {
     pub fn import_test_image(&self) {
         let node = self;
         let layout = node.dir.path().join("layout");
-        let mut spec = busybox_image(crate::host_arch());
-        let probe = host_binary_layer(&crate::bin("probe")).expect("probe layer");
-        spec.layers.push((probe, Compression::Gzip));
-        write_layout(&layout, "test", &spec).expect("layout");
+        for (path, bytes) in test_layout() {
+            let path = layout.join(path);
+            fs::create_dir_all(path.parent().expect("in the layout")).expect("layout directory");
+            fs::write(&path, bytes).expect("layout file");
+        }
         node.ctr_ok(&[
             "image",
             "import",

@@ -15,6 +15,7 @@ pub mod errors;
 pub mod exec;
 pub mod images;
 pub mod ipam;
+pub mod lockfile;
 pub mod logging;
 pub mod ops;
 pub mod project;

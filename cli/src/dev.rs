@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use flotilla_api::count;
+use flotilla_api::lockfile::Lock;
 use flotilla_api::ops::{TaskRun, TokenCreate};
 use flotilla_certs::credential::Credential;
 use flotilla_client::Client;
@@ -524,10 +525,7 @@ const HOST_LOCK: &str = "/run/flotilla/dev.lock";
 fn own_data_dir(dir: &Path) -> Result<std::fs::File> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     hold(&dir.join("dev.lock"), &std::process::id().to_string())?.map_err(|holder| {
-        let holder = match holder.as_str() {
-            "" => String::new(),
-            pid => format!(" (pid {pid})"),
-        };
+        let holder = holder.map_or(String::new(), |pid| format!(" (pid {pid})"));
         anyhow::anyhow!(
             "flotilla dev is already running on {}{holder}: use that cluster, or stop it first \
              (Ctrl-C in its terminal)",
@@ -544,11 +542,7 @@ fn own_host(data_dir: &Path) -> Result<std::fs::File> {
     let dir = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
     let me = format!("pid {}, data dir {}", std::process::id(), dir.display());
     hold(Path::new(HOST_LOCK), &me)?.map_err(|holder| {
-        let holder = if holder.is_empty() || holder.chars().any(char::is_control) {
-            String::new()
-        } else {
-            format!(" ({holder})")
-        };
+        let holder = holder.map_or(String::new(), |h| format!(" ({h})"));
         anyhow::anyhow!(
             "flotilla dev is already running on this host{holder}: use that cluster, or stop it \
              first (Ctrl-C in its terminal). One dev cluster per host: two would share the task \
@@ -557,34 +551,13 @@ fn own_host(data_dir: &Path) -> Result<std::fs::File> {
     })
 }
 
-/// An exclusive `flock(2)` on `path` (made if missing, with its directory), taken without
-/// waiting, with `me` written in it; `Ok(Err(holder))` with the holder's first line while
-/// another process holds it.
-fn hold(path: &Path, me: &str) -> Result<std::result::Result<std::fs::File, String>> {
-    use std::io::{Read, Seek, Write};
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    if let Err(e) = rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        if e != rustix::io::Errno::WOULDBLOCK {
-            return Err(anyhow::Error::from(std::io::Error::from(e)))
-                .with_context(|| format!("locking {}", path.display()));
-        }
-        let mut holder = String::new();
-        let _ = (&mut file).take(4096).read_to_string(&mut holder);
-        return Ok(Err(holder.lines().next().unwrap_or("").trim().to_string()));
-    }
-    file.set_len(0)?;
-    file.rewind()?;
-    writeln!(file, "{me}")?;
-    Ok(Ok(file))
+/// The lock on `path` for this process, with `me` written in it; `Ok(Err(holder))` with the
+/// holder's line (when it wrote a printable one) while another process holds it.
+fn hold(path: &Path, me: &str) -> Result<std::result::Result<std::fs::File, Option<String>>> {
+    Ok(match flotilla_api::lockfile::try_lock(path, me)? {
+        Lock::Taken(file) => Ok(file),
+        Lock::Busy { holder } => Err(holder),
+    })
 }
 
 pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {

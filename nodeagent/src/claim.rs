@@ -12,12 +12,11 @@
 //! removes what the holder made.
 
 use std::fs::File;
-use std::io::{Read, Seek, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use rustix::fs::FlockOperation;
+use flotilla_api::lockfile::Lock;
 
 /// Where claims live: tmpfs, emptied at boot like the namespaces they name.
 const DIR: &str = "/run/flotilla";
@@ -62,54 +61,18 @@ impl Claim {
     /// Takes the claim at `path` without waiting, writing `data_dir` and this process's id in
     /// it.
     pub fn take(path: &Path, data_dir: &Path) -> Result<Self, Refused> {
-        let io = |e: std::io::Error, what: &str| {
-            Refused::Io(anyhow::Error::new(e).context(format!("{what} {}", path.display())))
-        };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io(e, "creating the directory of"))?;
+        let me = format!(
+            "pid {}, data dir {}",
+            std::process::id(),
+            data_dir.display()
+        );
+        match flotilla_api::lockfile::try_lock(path, &me) {
+            Ok(Lock::Taken(file)) => Ok(Self { _file: file }),
+            Ok(Lock::Busy { holder }) => Err(Refused::Held {
+                holder: holder.unwrap_or_else(|| "which did not say its pid".to_string()),
+            }),
+            Err(e) => Err(Refused::Io(e.into())),
         }
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|e| io(e, "opening"))?;
-        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => {
-                let mut text = String::new();
-                // At most a line's worth: the holder wrote it, but the file is on a shared
-                // directory.
-                let _ = (&mut file).take(4096).read_to_string(&mut text);
-                return Err(Refused::Held {
-                    holder: holder(&text),
-                });
-            }
-            Err(e) => return Err(io(e.into(), "locking")),
-        }
-        let write = |file: &mut File| -> std::io::Result<()> {
-            file.set_len(0)?;
-            file.rewind()?;
-            writeln!(
-                file,
-                "pid {}, data dir {}",
-                std::process::id(),
-                data_dir.display()
-            )
-        };
-        write(&mut file).map_err(|e| io(e, "writing"))?;
-        Ok(Self { _file: file })
-    }
-}
-
-/// What a refusal says of the holder: its line, or that it did not say.
-fn holder(text: &str) -> String {
-    let line = text.lines().next().unwrap_or("").trim();
-    if line.is_empty() || line.chars().any(char::is_control) {
-        "which did not say its pid".to_string()
-    } else {
-        line.to_string()
     }
 }
 
@@ -136,12 +99,5 @@ mod tests {
             std::fs::read_to_string(&path).expect("read"),
             format!("pid {}, data dir /var/lib/b\n", std::process::id())
         );
-    }
-
-    #[test]
-    fn a_holder_line_that_is_not_one_is_not_repeated() {
-        assert_eq!(holder(""), "which did not say its pid");
-        assert_eq!(holder("\u{1b}[2J"), "which did not say its pid");
-        assert_eq!(holder("pid 7, data dir /d\nmore"), "pid 7, data dir /d");
     }
 }

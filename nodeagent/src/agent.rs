@@ -547,6 +547,11 @@ async fn session(
                     }
                     Err(e) => PushReply::Refused { reason: format!("bad push: {e}") },
                 };
+                // Said here too: a node that cannot keep what it is sent (a full disk) says so
+                // in its own log, not only in the control plane's.
+                if let PushReply::Refused { reason } = &reply {
+                    tracing::warn!("refused what the control plane sent: {reason}");
+                }
                 let _ = write_frame(&mut send, &reply).await;
                 let _ = send.finish();
             }

@@ -208,7 +208,7 @@ fn network(data_dir: &Path, cmd: NetworkCommand, json: bool) -> Result<()> {
         }
         return Ok(());
     }
-    let db = redb::Database::create(&path).with_context(|| {
+    let db = crate::db::AgentDb::open(&path).with_context(|| {
         format!(
             "opening {} (is the agent running? stop it first)",
             path.display()

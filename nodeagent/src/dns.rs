@@ -21,7 +21,9 @@ use anyhow::{Context, Result};
 use flotilla_api::discovery::{Registry, RegistryDelta, DOMAIN, RESOLVER};
 use flotilla_runtime::network::netns;
 use hickory_proto::op::{Message, OpCode, ResponseCode};
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::TableDefinition;
+
+use crate::db::AgentDb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -67,7 +69,7 @@ impl Drop for AbortOnDrop {
 /// The node's DNS.
 #[derive(Debug)]
 pub struct Dns {
-    db: Arc<Database>,
+    db: Arc<AgentDb>,
     registry: RwLock<Arc<Registry>>,
     /// Held while a registry is persisted: one change at a time.
     writing: Mutex<()>,
@@ -88,7 +90,7 @@ impl Dns {
     /// Opens the persisted registry in `db`; listeners run on `rt`; names outside the cluster
     /// domain go to `upstreams` (empty: the node's `/etc/resolv.conf`).
     pub fn open(
-        db: Arc<Database>,
+        db: Arc<AgentDb>,
         rt: tokio::runtime::Handle,
         upstreams: Vec<SocketAddr>,
     ) -> Result<Arc<Self>> {
@@ -707,7 +709,7 @@ mod tests {
     }
 
     async fn resolver_with(upstream: SocketAddr, dir: &Path) -> (SocketAddr, Arc<Dns>) {
-        let db = Arc::new(Database::create(dir.join("agent.redb")).expect("db"));
+        let db = Arc::new(AgentDb::open(&dir.join("agent.redb")).expect("db"));
         let dns = Dns::open(db, tokio::runtime::Handle::current(), vec![upstream]).expect("dns");
         dns.set(registry()).expect("registry");
         let held = dns.clone();
@@ -863,7 +865,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn large_cluster_answers_truncate_over_udp_and_come_whole_over_tcp() {
         let dir = tempfile::tempdir().expect("tmp");
-        let db = Arc::new(Database::create(dir.path().join("agent.redb")).expect("db"));
+        let db = Arc::new(AgentDb::open(&dir.path().join("agent.redb")).expect("db"));
         let dns = Dns::open(db, tokio::runtime::Handle::current(), Vec::new()).expect("dns");
         let mut r = registry();
         let template = r.services[0].endpoints[0].clone();
@@ -1010,7 +1012,7 @@ mod tests {
     async fn a_registry_delta_is_applied_to_the_persisted_registry() {
         let dir = tempfile::tempdir().expect("tmp");
         let path = dir.path().join("agent.redb");
-        let db = Arc::new(Database::create(&path).expect("db"));
+        let db = Arc::new(AgentDb::open(&path).expect("db"));
         let dns = Dns::open(db, tokio::runtime::Handle::current(), Vec::new()).expect("dns");
         assert_eq!(dns.set(registry()).expect("registry"), 7);
         let mut next = registry();
@@ -1034,7 +1036,7 @@ mod tests {
         // Again: it is not its version any more.
         assert_eq!(dns.apply(&delta).expect("apply"), 9);
         drop(dns);
-        let db = Arc::new(Database::create(&path).expect("db"));
+        let db = Arc::new(AgentDb::open(&path).expect("db"));
         let dns = Dns::open(db, tokio::runtime::Handle::current(), Vec::new()).expect("dns");
         assert_eq!(*dns.registry(), next, "persisted whole");
         let m = answer(

@@ -10,6 +10,7 @@ mod claim;
 mod config_file;
 mod ctr;
 mod ctr_container;
+mod db;
 mod dns;
 mod exec;
 mod health;

@@ -30,7 +30,9 @@ use flotilla_runtime::container::NetworkMode;
 use flotilla_runtime::network::hostport::{self, HeldPort};
 use flotilla_runtime::network::{conntrack, link, names, netns, nft};
 use ipnet::Ipv4Net;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
+
+use crate::db::AgentDb;
 use serde::{Deserialize, Serialize};
 
 use crate::claim::{self, Claim};
@@ -101,7 +103,7 @@ pub struct Attachment {
 /// The node's task networks.
 #[derive(Debug)]
 pub struct Networks {
-    db: Arc<Database>,
+    db: Arc<AgentDb>,
     /// Where task namespaces are mounted.
     netns_dir: PathBuf,
     /// Per-task files (resolv.conf).
@@ -143,7 +145,7 @@ struct State {
 impl Networks {
     /// Opens the records in `db`; namespaces live under `<data_dir>/netns`.
     pub fn open(
-        db: Arc<Database>,
+        db: Arc<AgentDb>,
         data_dir: &Path,
         settings: Settings,
         dns: Option<Arc<crate::dns::Dns>>,

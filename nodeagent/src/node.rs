@@ -1624,7 +1624,7 @@ mod tests {
     fn the_recorded_contact_reads_back_and_a_torn_one_is_unreadable() {
         use crate::runner::{load_contact, load_state, save_contact};
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = redb::Database::create(dir.path().join("agent.redb")).expect("db");
+        let db = crate::db::AgentDb::open(&dir.path().join("agent.redb")).expect("db");
         assert_eq!(load_contact(&db).expect("load"), LastContact::Never);
         load_state(&db).expect("the table");
         assert_eq!(load_contact(&db).expect("load"), LastContact::Never);
@@ -1661,7 +1661,7 @@ mod tests {
             {"name":"a","image":"x","memory":64},{"name":"b","image":"x","memory":64}]}"#;
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("agent.redb");
-        let db = redb::Database::create(&path).expect("db");
+        let db = crate::db::AgentDb::open(&path).expect("db");
         load_state(&db).expect("fresh state");
         let mut desired = state(5, vec![task("t-1", PAIR), task("t-2", SERVE)]);
         desired.schedules = vec![NodeSchedule {
@@ -1703,7 +1703,7 @@ mod tests {
         let attempts = rt.attempts();
         rt.power_cut();
         drop(db);
-        let db = redb::Database::create(&path).expect("db");
+        let db = crate::db::AgentDb::open(&path).expect("db");
         let (d, runs) = load_state(&db).expect("load");
         assert_eq!(d.generation, 5);
         let mut sim = Sim::with(rt, d, runs);

@@ -15,7 +15,9 @@ use flotilla_api::tasks::{DesiredState, TaskState, TaskStatus, TaskUsage};
 use flotilla_runtime::container::{
     ContainerConfig, ContainerStore, MountRequest, NetworkMode, Resources, TaskCgroup, Ulimit,
 };
-use redb::{Database, ReadableDatabase, TableDefinition};
+use redb::TableDefinition;
+
+use crate::db::AgentDb;
 use tokio::sync::{watch, Notify};
 
 use crate::health::Health;
@@ -40,7 +42,7 @@ const BRIDGE_NETFILTER_POLL: Duration = Duration::from_secs(2);
 
 /// What the node persisted in `agent.redb`: the control plane's desired state and its
 /// schedules' runs (the table is made if it is not there yet).
-pub fn load_state(db: &Database) -> Result<(DesiredState, LocalRuns)> {
+pub fn load_state(db: &AgentDb) -> Result<(DesiredState, LocalRuns)> {
     let w = db.begin_write()?;
     w.open_table(STATE)?;
     w.commit()?;
@@ -62,7 +64,7 @@ pub fn load_state(db: &Database) -> Result<(DesiredState, LocalRuns)> {
 }
 
 /// Persists the control plane's desired state (committed when this returns).
-pub fn save_desired(db: &Database, state: &DesiredState) -> Result<()> {
+pub fn save_desired(db: &AgentDb, state: &DesiredState) -> Result<()> {
     let bytes = serde_json::to_vec(state)?;
     let w = db.begin_write()?;
     w.open_table(STATE)?.insert(DESIRED_KEY, bytes.as_slice())?;
@@ -73,7 +75,7 @@ pub fn save_desired(db: &Database, state: &DesiredState) -> Result<()> {
 /// The last contact with the control plane an earlier run recorded: none, a time, or a
 /// record that cannot be read (not digits, or a time past what the clock can hold) — which,
 /// as a clock behind it, leaves the time offline unknown.
-pub fn load_contact(db: &Database) -> Result<LastContact> {
+pub fn load_contact(db: &AgentDb) -> Result<LastContact> {
     let r = db.begin_read()?;
     let t = match r.open_table(STATE) {
         Ok(t) => t,
@@ -91,7 +93,7 @@ pub fn load_contact(db: &Database) -> Result<LastContact> {
 }
 
 /// Records `at` as the last contact with the control plane (committed when this returns).
-pub fn save_contact(db: &Database, at: SystemTime) -> Result<()> {
+pub fn save_contact(db: &AgentDb, at: SystemTime) -> Result<()> {
     let secs = at
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -103,7 +105,7 @@ pub fn save_contact(db: &Database, at: SystemTime) -> Result<()> {
 }
 
 /// Persists the schedules' runs and firings (committed when this returns).
-pub fn save_runs(db: &Database, runs: &LocalRuns) -> Result<()> {
+pub fn save_runs(db: &AgentDb, runs: &LocalRuns) -> Result<()> {
     let w = db.begin_write()?;
     {
         let mut t = w.open_table(STATE)?;
@@ -143,7 +145,7 @@ pub type TaskContainers = (
 /// The runner shared by the session and the reconcile loop.
 #[derive(Debug)]
 pub struct Runner {
-    db: Arc<Database>,
+    db: Arc<AgentDb>,
     /// Task networks.
     networks: Arc<crate::network::Networks>,
     /// The node's DNS and the discovery registry.
@@ -188,7 +190,7 @@ impl Runner {
         images: crate::images::ImageSettings,
     ) -> Result<Arc<Self>> {
         let path = data_dir.join("agent.redb");
-        let db = Arc::new(Database::create(&path).map_err(|e| match e {
+        let db = Arc::new(AgentDb::open(&path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => anyhow::anyhow!(
                 "{} is held by another nodeagent: one agent per data directory (stop the other, \
                  or give this one its own --data-dir)",

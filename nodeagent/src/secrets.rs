@@ -22,7 +22,9 @@ use flotilla_api::tasks::{DesiredState, DesiredTask};
 use flotilla_api::{read_frame, write_frame, AgentReply, AgentRequest};
 use flotilla_certs::sealing::SealingKey;
 use flotilla_runtime::container::{ConfigFile, SecretEnv, SecretFile, SecretMaterial};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableTable, TableDefinition};
+
+use crate::db::AgentDb;
 
 /// Sealed values by `name:version` (secrets) and `config/name:version` (configs).
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
@@ -61,7 +63,7 @@ fn context(kind: Kind, name: &str, version: u32) -> Vec<u8> {
 
 /// The node's secrets (see the module).
 pub struct Secrets {
-    db: Arc<Database>,
+    db: Arc<AgentDb>,
     /// The node's key, or why there is none (secrets cannot be used then; nothing else
     /// stops; it is read again at the next use, once the operator fixed it).
     key: Mutex<std::result::Result<Arc<SealingKey>, String>>,
@@ -98,7 +100,7 @@ impl Secrets {
     /// The secrets kept in `db`, sealed with the node's key in `<data_dir>/secrets.key` (made
     /// on first use). A key that cannot be used is logged, and only containers that reference
     /// secrets or configs then fail to start, naming why.
-    pub fn open(db: Arc<Database>, data_dir: &Path) -> Result<Self> {
+    pub fn open(db: Arc<AgentDb>, data_dir: &Path) -> Result<Self> {
         let key = node_key(data_dir).map(Arc::new);
         if let Err(why) = &key {
             tracing::error!("the node's sealing key for secrets: {why}; containers that reference secrets or configs cannot start");
@@ -400,7 +402,7 @@ mod tests {
     #[tokio::test]
     async fn kept_values_are_sealed_made_into_material_and_dropped_when_no_task_needs_them() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Arc::new(Database::create(dir.path().join("agent.redb")).expect("db"));
+        let db = Arc::new(AgentDb::open(&dir.path().join("agent.redb")).expect("db"));
         let secrets = Arc::new(Secrets::open(db.clone(), dir.path()).expect("open"));
         let value = br#"{"user": "app", "password": "hunter2-node"}"#;
         secrets.keep(Kind::Secret, "db", 3, value).expect("keep");

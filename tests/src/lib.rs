@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cluster;
+pub mod disk;
 pub mod fleet;
 pub mod image;
 pub mod netns;

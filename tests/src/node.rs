@@ -86,6 +86,14 @@ impl Node {
         node
     }
 
+    /// A node with nothing in its store yet whose data directory is `data` (outside its scratch
+    /// directory: a filesystem of its own, made and removed by the caller after the node).
+    pub fn bare_with_data(data: PathBuf) -> Self {
+        let mut node = Self::bare();
+        node.data = data;
+        node
+    }
+
     /// A node with the test image imported.
     pub fn new() -> Self {
         let node = Self::bare();

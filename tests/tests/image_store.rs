@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use anyhow::Result;
 use flotilla_runtime::image::{ImageDetails, ImageRecord, PressureReport, PruneReport};
+use flotilla_tests::disk::Tmpfs;
 use flotilla_tests::image::{self, busybox_image, tree_listing, Compression, ImageSpec, Layer};
 use flotilla_tests::registry::{Auth, Proxy, Registry, TokenServer};
 use flotilla_tests::{bin, host_arch, require_root};
@@ -1014,39 +1015,6 @@ fn unpacked_layers_stack_correctly_under_overlayfs() -> Result<()> {
     Ok(())
 }
 
-/// A tmpfs of `size` mounted on a directory of its own, unmounted (and removed) when dropped —
-/// a failed assertion too.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size: &str) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let status = Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
-            .arg(dir.path())
-            .status()?;
-        anyhow::ensure!(status.success(), "mount -t tmpfs failed");
-        Ok(Self { dir })
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
-
 /// The busybox image with one more layer: `mib` MiB of bytes no other image has (`seed`), stored
 /// uncompressed so the layer costs what it says.
 fn filled_image(seed: u64, mib: usize) -> ImageSpec {
@@ -1072,8 +1040,8 @@ fn disk_pressure_removes_the_least_recently_used_unused_images_and_keeps_used_on
     // 64 MiB of its own: the busybox base (about 2 MiB, shared) and four images of 10 MiB
     // each fill it to about 66 %.
     let fs = Tmpfs::mount("64m")?;
-    let node = Node::at(fs.dir.path().join("node"));
-    let config = fs.dir.path().join("nodeagent.toml");
+    let node = Node::at(fs.path().join("node"));
+    let config = fs.path().join("nodeagent.toml");
     std::fs::write(
         &config,
         "image_gc_high_threshold_percent = 60\nimage_gc_low_threshold_percent = 45\n\

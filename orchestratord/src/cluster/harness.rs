@@ -37,7 +37,7 @@ impl Store for Counting {
         self.commits.fetch_add(1, Ordering::SeqCst);
         self.inner.commit(writes)
     }
-    fn healthy(&self) -> bool {
+    fn healthy(&mut self) -> bool {
         self.inner.healthy()
     }
 }

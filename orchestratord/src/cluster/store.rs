@@ -1,13 +1,16 @@
 //! The store behind the core: a trait with the two operations the core needs — load every
 //! record when it starts, commit one command's changes in one transaction — so another backend
 //! (etcd) can sit behind it. [`RedbStore`] is the default: one redb file, each commit durable
-//! (fsynced) before it returns.
+//! (fsynced) before it returns, opened again after a storage error (a full disk) so that writes
+//! go on once the cause is gone.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use flotilla_api::ops::{Event, TaskDefRevision};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, StorageError, TableDefinition, TransactionError,
+};
 
 use super::records::{
     ConfigRecord, NodeRecord, Record, ScalingRecord, ScheduleRecord, SecretRecord, ServiceRecord,
@@ -117,7 +120,7 @@ pub trait Store: Send + std::fmt::Debug {
     /// is applied.
     fn commit(&mut self, writes: &Writes) -> Result<(), StoreError>;
     /// Whether the store answers a read (what the systemd watchdog vouches for).
-    fn healthy(&self) -> bool;
+    fn healthy(&mut self) -> bool;
 }
 
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
@@ -127,16 +130,22 @@ fn table<R: Record>() -> TableDefinition<'static, &'static str, &'static [u8]> {
 }
 
 /// The default store: one redb file.
+///
+/// redb refuses every transaction after one I/O error until the database is closed and opened
+/// again (`StorageError::PreviousIo`); a transaction refused so makes this store do that, once,
+/// and try again — a full disk fails the commits made while it is full, not every one after.
+/// The core is the store's only user, so no transaction of the old handle is alive then.
 #[derive(Debug)]
 pub struct RedbStore {
-    db: Database,
+    path: PathBuf,
+    /// `None` after an opening again that failed: the next transaction tries again.
+    db: Option<Database>,
 }
 
 impl RedbStore {
     /// Opens (creating) the database file and its tables.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let database = Database::create(path)
-            .map_err(|e| StoreError::Db(format!("opening {}: {e}", path.display())))?;
+        let database = Self::open_file(path)?;
         let w = database.begin_write().map_err(db)?;
         w.open_table(table::<TokenRecord>()).map_err(db)?;
         w.open_table(table::<NodeRecord>()).map_err(db)?;
@@ -149,7 +158,46 @@ impl RedbStore {
         w.open_table(table::<ConfigRecord>()).map_err(db)?;
         w.open_table(EVENTS).map_err(db)?;
         w.commit().map_err(db)?;
-        Ok(Self { db: database })
+        Ok(Self {
+            path: path.to_path_buf(),
+            db: Some(database),
+        })
+    }
+
+    fn open_file(path: &Path) -> Result<Database, StoreError> {
+        Database::create(path)
+            .map_err(|e| StoreError::Db(format!("opening {}: {e}", path.display())))
+    }
+
+    /// The open database, opened again first when an earlier attempt failed.
+    fn database(&mut self) -> Result<&Database, StoreError> {
+        if self.db.is_none() {
+            self.db = Some(Self::open_file(&self.path)?);
+            tracing::info!(
+                "{} opened again after a storage error (a full disk or a failing one): writes go \
+                 on",
+                self.path.display()
+            );
+        }
+        self.db
+            .as_ref()
+            .ok_or_else(|| StoreError::Db("the database is closed".into()))
+    }
+
+    /// Begins a transaction with `begin`; when redb refuses it after an earlier I/O error,
+    /// closes the database, opens it again and begins it there.
+    fn begin<T>(
+        &mut self,
+        begin: impl Fn(&Database) -> Result<T, TransactionError>,
+    ) -> Result<T, StoreError> {
+        match begin(self.database()?) {
+            Err(TransactionError::Storage(StorageError::PreviousIo)) => {
+                // Closed here: the core is the only user, no transaction of it is alive.
+                self.db = None;
+                begin(self.database()?).map_err(db)
+            }
+            other => other.map_err(db),
+        }
     }
 
     fn load_table<R: Record>(r: &redb::ReadTransaction) -> Result<Vec<R>, StoreError> {
@@ -194,7 +242,12 @@ impl RedbStore {
 
 impl Store for RedbStore {
     fn load(&self) -> Result<Loaded, StoreError> {
-        let r = self.db.begin_read().map_err(db)?;
+        let r = self
+            .db
+            .as_ref()
+            .ok_or_else(|| StoreError::Db("the database is closed".into()))?
+            .begin_read()
+            .map_err(db)?;
         let mut events = Vec::new();
         let t = r.open_table(EVENTS).map_err(db)?;
         for entry in t.iter().map_err(db)? {
@@ -222,7 +275,7 @@ impl Store for RedbStore {
     }
 
     fn commit(&mut self, writes: &Writes) -> Result<(), StoreError> {
-        let w = self.db.begin_write().map_err(db)?;
+        let w = self.begin(Database::begin_write)?;
         Self::write_table(&w, &writes.tokens)?;
         Self::write_table(&w, &writes.nodes)?;
         Self::write_table(&w, &writes.taskdefs)?;
@@ -245,9 +298,8 @@ impl Store for RedbStore {
         w.commit().map_err(db)
     }
 
-    fn healthy(&self) -> bool {
-        self.db
-            .begin_read()
+    fn healthy(&mut self) -> bool {
+        self.begin(|d| d.begin_read())
             .ok()
             .and_then(|r| r.open_table(EVENTS).ok())
             .is_some()
@@ -293,7 +345,7 @@ mod tests {
         w.events_from = Some(4);
         s.commit(&w).expect("commit");
         drop(s);
-        let s = RedbStore::open(&path).expect("reopen");
+        let mut s = RedbStore::open(&path).expect("reopen");
         let l = s.load().expect("load");
         assert_eq!(
             l.tokens.iter().map(|t| t.id.as_str()).collect::<Vec<_>>(),
@@ -307,8 +359,8 @@ mod tests {
     fn a_corrupt_record_is_named_by_table_and_key() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("s.redb");
-        let s = RedbStore::open(&path).expect("open");
-        let w = s.db.begin_write().expect("w");
+        let mut s = RedbStore::open(&path).expect("open");
+        let w = s.begin(Database::begin_write).expect("w");
         w.open_table(table::<NodeRecord>())
             .expect("t")
             .insert("n-1", b"{not json".as_slice())

@@ -1,0 +1,103 @@
+//! Small filesystems for tests of what a daemon does when its disk fills: a tmpfs of a given
+//! size, filled to the last byte and given back on demand.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+
+/// A tmpfs of `size` mounted on a directory, unmounted (lazily, so a process still in it does
+/// not keep it) when dropped — after a failed assertion too. Declare it after whatever owns the
+/// directory it is mounted on (a `TempDir`, a [`crate::node::Node`]), so that it is dropped
+/// first.
+#[derive(Debug)]
+pub struct Tmpfs {
+    path: PathBuf,
+    /// The directory made for it, when it made one.
+    _own: Option<tempfile::TempDir>,
+}
+
+impl Tmpfs {
+    /// A tmpfs of `size` (as mount(8) reads it: `64m`) on a directory of its own.
+    pub fn mount(size: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut fs = Self::mount_at(dir.path(), size)?;
+        fs._own = Some(dir);
+        Ok(fs)
+    }
+
+    /// A tmpfs of `size` on `path` (made if missing), mode 0700.
+    pub fn mount_at(path: &Path, size: &str) -> Result<Self> {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        let status = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(path)
+            .status()
+            .context("running mount")?;
+        ensure!(
+            status.success(),
+            "mount -t tmpfs on {} failed",
+            path.display()
+        );
+        Ok(Self {
+            path: path.to_path_buf(),
+            _own: None,
+        })
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Fills it to the last byte with one file, `.filler` at its root (in 1 MiB writes, then
+    /// 4 KiB, then single bytes, until the kernel says `ENOSPC`); its size.
+    pub fn fill(&self) -> Result<u64> {
+        let path = self.filler();
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let mut written = 0u64;
+        for chunk in [1 << 20, 4096, 1] {
+            let bytes = vec![0xa5u8; chunk];
+            loop {
+                match file.write(&bytes) {
+                    Ok(0) => break,
+                    Ok(n) => written += n as u64,
+                    Err(e) if e.raw_os_error() == Some(libc_enospc()) => break,
+                    Err(e) => return Err(e).context("filling"),
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// Gives the space [`Tmpfs::fill`] took back.
+    pub fn release(&self) -> Result<()> {
+        std::fs::remove_file(self.filler()).context("removing the filler")
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.path.join(".filler")
+    }
+}
+
+/// `ENOSPC` (28 on Linux).
+fn libc_enospc() -> i32 {
+    rustix::io::Errno::NOSPC.raw_os_error()
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+    }
+}

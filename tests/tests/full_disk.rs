@@ -1,0 +1,145 @@
+//! Full disks: the control plane's and a node's data directories on small filesystems of their
+//! own, filled to the last byte while they work. Writes fail, saying why, in the logs and to the
+//! operator; what runs goes on; nothing half-written is kept; and both write again once space
+//! returns, without a restart — then, restarted, both find everything they acknowledged.
+
+use std::process::Command;
+use std::time::Duration;
+
+use flotilla_api::secrets::SecretInfo;
+use flotilla_api::tasks::TaskState;
+use flotilla_tests::cluster::{Agent, ControlPlane};
+use flotilla_tests::disk::Tmpfs;
+use flotilla_tests::node::Node;
+use flotilla_tests::wait;
+
+const STEADY: &str = r#"{
+  "family": "steady",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1 & wait; done"]
+  }]
+}"#;
+
+const NO_SPACE: &str = "No space left on device";
+
+fn copy(from: &std::path::Path, to: &std::path::Path) {
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(
+        status.success(),
+        "cp -a {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
+fn running(cp: &ControlPlane, task: &str) -> bool {
+    cp.task(task).state == TaskState::Running
+}
+
+#[test]
+fn full_data_directories_fail_writes_clearly_and_recover_when_space_returns() {
+    // The control plane's data directory moved onto 16 MiB of its own.
+    let mut cp = ControlPlane::start(&[]);
+    cp.stop();
+    let data = cp.scratch().join("cp");
+    let aside = cp.scratch().join("cp.aside");
+    copy(&data, &aside);
+    std::fs::remove_dir_all(&data).expect("emptying the data directory");
+    let cp_fs = Tmpfs::mount_at(&data, "16m").expect("tmpfs");
+    copy(&aside.join("."), &data);
+    cp.restart();
+    // The node's on 64 MiB (the test image takes about 20).
+    let node_fs = Tmpfs::mount("64m").expect("tmpfs");
+    let node = Node::bare_with_data(node_fs.path().join("node"));
+    node.import_test_image();
+    let mut agent = Agent::in_session(&cp, &node);
+    cp.register(STEADY);
+    let first = cp.run_one("steady");
+    wait("the first task", Duration::from_secs(30), || {
+        running(&cp, &first)
+    });
+    let first_pid = node.running()[&format!("{first}-0")];
+
+    // The node's disk full: it refuses the desired state it cannot keep, saying why, and the
+    // control plane sends it again; what runs goes on.
+    node_fs.fill().expect("filling the node's disk");
+    let second = cp.run_one("steady");
+    agent.wait_log(
+        "refused what the control plane sent",
+        1,
+        Duration::from_secs(30),
+    );
+    assert!(agent.log().contains(NO_SPACE), "{}", agent.log());
+    assert!(cp.log().contains(NO_SPACE), "{}", cp.log());
+    assert_eq!(cp.task(&second).state, TaskState::Pending);
+    assert_eq!(node.running().get(&format!("{first}-0")), Some(&first_pid));
+    // Space back: the next delivery is kept (the agent opened its database again).
+    node_fs.release().expect("freeing the node's disk");
+    wait("the second task", Duration::from_secs(40), || {
+        running(&cp, &second)
+    });
+    assert!(
+        agent.log().contains("opened again after a storage error"),
+        "{}",
+        agent.log()
+    );
+
+    // The control plane's disk full: a write fails, saying why, and leaves nothing behind;
+    // reads go on.
+    cp_fs.fill().expect("filling the control plane's disk");
+    let value = cp.scratch().join("value");
+    std::fs::write(&value, vec![b'x'; 60_000]).expect("value");
+    let value = value.to_str().expect("utf8");
+    let mut acknowledged = Vec::new();
+    let refused = loop {
+        let name = format!("s{}", acknowledged.len());
+        let out = cp.flotilla(&["secret", "create", &name, value]);
+        if !out.status.success() {
+            break (name, String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        acknowledged.push(name);
+        assert!(acknowledged.len() < 300, "16 MiB took 300 secrets of 60 kB");
+    };
+    assert!(
+        refused.1.contains(NO_SPACE) && refused.1.contains("500"),
+        "{refused:?}"
+    );
+    let secrets = |cp: &ControlPlane| -> Vec<String> {
+        let list: Vec<SecretInfo> = cp.flotilla_json(&["secret", "ls"]);
+        list.into_iter().map(|s| s.name).collect()
+    };
+    let listed = secrets(&cp);
+    assert!(!listed.contains(&refused.0), "{listed:?}");
+    assert!(running(&cp, &first) && running(&cp, &second));
+    // Space back: writes go on without a restart.
+    cp_fs.release().expect("freeing the control plane's disk");
+    cp.flotilla_ok(&["secret", "create", "after", value]);
+    let third = cp.run_one("steady");
+    wait("the third task", Duration::from_secs(30), || {
+        running(&cp, &third)
+    });
+
+    // Nothing corrupted: both killed and started again find what they acknowledged, and the
+    // node's containers are the ones from before.
+    cp.restart();
+    agent.kill();
+    agent.run();
+    agent.wait_log("session established", 2, Duration::from_secs(30));
+    let listed = secrets(&cp);
+    for name in acknowledged.iter().chain([&"after".to_string()]) {
+        assert!(listed.contains(name), "{name} lost: {listed:?}");
+    }
+    assert!(!listed.contains(&refused.0), "{listed:?}");
+    for task in [&first, &second, &third] {
+        wait("the tasks after a restart", Duration::from_secs(30), || {
+            running(&cp, task)
+        });
+    }
+    assert_eq!(node.running().get(&format!("{first}-0")), Some(&first_pid));
+}

@@ -35,13 +35,8 @@ mod nodeagent_config;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../../orchestratord/src/config_file.rs"]
 mod orchestratord_config;
-// The image decoders say `super::digest`: here, the crate root.
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../../runtime/src/image/digest.rs"]
-mod digest;
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../../runtime/src/image/manifest.rs"]
-mod manifest;
+// The unpacker says `super::digest`: here, the crate root.
+use flotilla_oci::{digest, manifest};
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../../runtime/src/image/unpack.rs"]
 mod unpack;

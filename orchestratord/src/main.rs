@@ -7,6 +7,7 @@
 mod agents;
 mod api;
 mod config_file;
+mod content;
 mod core;
 mod http;
 mod metrics;
@@ -508,7 +509,12 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         sessions: Default::default(),
         wake: Default::default(),
         metrics: Default::default(),
+        content: Arc::new(
+            content::ContentStore::open(data_dir)
+                .with_context(|| format!("opening the content store in {}", data_dir.display()))?,
+        ),
     };
+    api::sweep(&plane).await;
     if let Some(tcp) = metrics_tcp {
         let addr = tcp.local_addr().ok();
         tracing::info!(?addr, "serving metrics (HTTP GET /metrics)");

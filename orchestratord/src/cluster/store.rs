@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use flotilla_api::images::StoredImage;
 use flotilla_api::ops::{Event, TaskDefRevision};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -38,6 +39,8 @@ pub struct Writes {
     pub secrets: Changes<SecretRecord>,
     /// Configs.
     pub configs: Changes<ConfigRecord>,
+    /// Images of the content store.
+    pub images: Changes<StoredImage>,
     /// Events appended, in sequence.
     pub events: Vec<Event>,
     /// Events with a sequence number below this are dropped (the log keeps the last
@@ -57,6 +60,7 @@ impl Writes {
             && self.scaling.is_empty()
             && self.secrets.is_empty()
             && self.configs.is_empty()
+            && self.images.is_empty()
             && self.events.is_empty()
             && self.events_from.is_none()
     }
@@ -83,6 +87,8 @@ pub struct Loaded {
     pub secrets: Vec<SecretRecord>,
     /// Configs.
     pub configs: Vec<ConfigRecord>,
+    /// Images of the content store.
+    pub images: Vec<StoredImage>,
     /// The event log, oldest first.
     pub events: Vec<Event>,
 }
@@ -147,6 +153,7 @@ impl RedbStore {
         w.open_table(table::<ScalingRecord>()).map_err(db)?;
         w.open_table(table::<SecretRecord>()).map_err(db)?;
         w.open_table(table::<ConfigRecord>()).map_err(db)?;
+        w.open_table(table::<StoredImage>()).map_err(db)?;
         w.open_table(EVENTS).map_err(db)?;
         w.commit().map_err(db)?;
         Ok(Self { db: database })
@@ -217,6 +224,7 @@ impl Store for RedbStore {
             scaling: Self::load_table(&r)?,
             secrets: Self::load_table(&r)?,
             configs: Self::load_table(&r)?,
+            images: Self::load_table(&r)?,
             events,
         })
     }
@@ -232,6 +240,7 @@ impl Store for RedbStore {
         Self::write_table(&w, &writes.scaling)?;
         Self::write_table(&w, &writes.secrets)?;
         Self::write_table(&w, &writes.configs)?;
+        Self::write_table(&w, &writes.images)?;
         if !writes.events.is_empty() || writes.events_from.is_some() {
             let mut t = w.open_table(EVENTS).map_err(db)?;
             for e in &writes.events {

@@ -11,11 +11,12 @@
 //!   its digest and has its descriptor's size (OCI image-spec, `descriptor.md`: content is
 //!   verified against both). Only then does the core record the names.
 //! - Content and references are kept in step by [`ContentStore::gate`]: a push holds it shared
-//!   from its first blob until its names are committed, a removal exclusively from its commit
-//!   until the blobs no image references are deleted — so a removal never deletes a blob a
-//!   push is about to reference. Blobs a failed push stored, or a crash left without a
-//!   reference, are removed after the failure and when the control plane starts
-//!   ([`ContentStore::sweep`], under the gate held exclusively).
+//!   from its first blob (after its upload) until its names are committed, a removal
+//!   exclusively from its commit until the blobs no image references are deleted — so a
+//!   removal never deletes a blob a push is about to reference. Blobs a failed push stored, an
+//!   image replaced by a push left, or a crash left without a reference are removed after the
+//!   push and when the control plane starts ([`ContentStore::sweep`], under the gate held
+//!   exclusively).
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};

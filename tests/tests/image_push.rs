@@ -149,6 +149,42 @@ fn an_archive_with_a_corrupted_blob_is_refused_naming_it() {
     );
 }
 
+#[test]
+fn an_image_replaced_by_a_push_leaves_no_blob_of_its_own_behind() {
+    let cp = ControlPlane::start(&[]);
+    let work = tempfile::tempdir().expect("work");
+    let spec = busybox_image(host_arch());
+    let layout = work.path().join("layout");
+    let built = write_layout(&layout, "1.0", &spec).expect("layout");
+    let oci = work.path().join("app.tar");
+    tar_dir(&layout, &oci).expect("oci archive");
+    let saved = work.path().join("saved.tar");
+    write_docker_save(&saved, "shop/app:1.0", &spec, &built).expect("docker save");
+    cp.flotilla_ok(&["image", "push", &path(&oci), "--name", "shop/app:1.0"]);
+    let now: Vec<StoredImage> = cp.flotilla_json(&["image", "push", &path(&saved)]);
+    let mut want: Vec<String> = now[0].digests().map(|d| d[7..].to_string()).collect();
+    want.sort();
+    want.dedup();
+    // The sweep runs right after the answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while blobs(&cp) != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?} != {want:?}",
+            blobs(&cp)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let events = cp.api().events(0, 1000).expect("events");
+    assert!(
+        events.iter().any(|e| e.kind == "image.pushed"
+            && e.subject == "docker.io/shop/app:1.0"
+            && e.message
+                .ends_with(&format!("replacing {}", built.manifest))),
+        "{events:?}"
+    );
+}
+
 fn path(p: &Path) -> String {
     p.display().to_string()
 }

@@ -57,9 +57,10 @@ pub enum PushError {
     /// The body could not be read.
     #[error("reading the archive: {0}")]
     Upload(String),
-    /// The archive is not a usable layout.
-    #[error(transparent)]
-    Layout(#[from] LayoutError),
+    /// The archive is not a usable layout: what is wrong, naming the entry, document or blob
+    /// (never the control plane's temporary file).
+    #[error("the archive: {0}")]
+    Archive(String),
     /// An image of it is refused.
     #[error("image {image}: {reason}")]
     Image {
@@ -92,6 +93,21 @@ impl PushError {
     /// Whether the fault is the control plane's (the rest is the archive's or the request's).
     pub fn is_internal(&self) -> bool {
         matches!(self, Self::Io { .. })
+    }
+}
+
+/// A layout error about the pushed archive, without the temporary file's path.
+fn of_archive(e: LayoutError) -> PushError {
+    match e {
+        LayoutError::Invalid { reason, .. } => PushError::Archive(reason),
+        LayoutError::DigestMismatch {
+            what,
+            digest,
+            actual,
+            ..
+        } => PushError::Archive(format!(
+            "{what} {digest} is corrupt: content hashes to {actual}"
+        )),
     }
 }
 
@@ -202,18 +218,17 @@ impl ContentStore {
                 bytes: MAX_STAGED_BYTES,
                 entries: MAX_ENTRIES,
             },
-        )?;
+        )
+        .map_err(of_archive)?;
         let entries = layout.index().manifests.clone();
         if entries.is_empty() {
-            return Err(layout.err("the layout's index lists no images").into());
+            return Err(of_archive(layout.err("the layout's index lists no images")));
         }
         if name.is_some() && entries.len() > 1 {
-            return Err(layout
-                .err(format!(
-                    "a name needs an archive with one image; this one has {}",
-                    entries.len()
-                ))
-                .into());
+            return Err(of_archive(layout.err(format!(
+                "a name needs an archive with one image; this one has {}",
+                entries.len()
+            ))));
         }
         let matcher = match platform {
             Some(p) => PlatformMatcher::new(p, false),
@@ -228,7 +243,7 @@ impl ContentStore {
                         reason: e.to_string(),
                     })?
                     .name(),
-                None => archive_name(desc).map_err(|reason| layout.err(reason))?,
+                None => archive_name(desc).map_err(PushError::Archive)?,
             };
             if image.contains('@') {
                 return Err(PushError::Image {
@@ -253,7 +268,7 @@ impl ContentStore {
             image: image.clone(),
             reason,
         };
-        let bytes = layout.read_verified(desc)?;
+        let bytes = layout.read_verified(desc).map_err(of_archive)?;
         let (bytes, mdesc, m) = match manifest::parse_manifest(Some(&desc.media_type), &bytes)
             .map_err(|e| refuse(e.to_string()))?
         {
@@ -265,7 +280,7 @@ impl ContentStore {
                         matcher.platform()
                     ))
                 })?;
-                let b = layout.read_verified(child)?;
+                let b = layout.read_verified(child).map_err(of_archive)?;
                 match manifest::parse_manifest(Some(&child.media_type), &b)
                     .map_err(|e| refuse(e.to_string()))?
                 {
@@ -285,7 +300,9 @@ impl ContentStore {
                 m.layers.len()
             )));
         }
-        let config_bytes = layout.read_small(&m.config.digest, MAX_CONFIG_BYTES)?;
+        let config_bytes = layout
+            .read_small(&m.config.digest, MAX_CONFIG_BYTES)
+            .map_err(of_archive)?;
         let actual = Digest::of(&config_bytes);
         if actual != m.config.digest {
             return Err(PushError::Blob {
@@ -309,7 +326,7 @@ impl ContentStore {
             variant: config.variant.clone(),
         };
         for d in std::iter::once(&m.config).chain(&m.layers) {
-            let from = layout.blob_path(&d.digest)?;
+            let from = layout.blob_path(&d.digest).map_err(of_archive)?;
             self.put_file(&from, d, &image)?;
         }
         self.put_bytes(&bytes, &mdesc.digest)?;

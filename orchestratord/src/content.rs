@@ -10,6 +10,9 @@
 //!   store through a temporary file that is renamed into place only when its content hashed to
 //!   its digest and has its descriptor's size (OCI image-spec, `descriptor.md`: content is
 //!   verified against both). Only then does the core record the names.
+//! - A node fetches a blob over its own session (`AgentRequest::Blob`, [`ContentStore::serve_blob`])
+//!   from any byte offset, so a cut transfer resumes from what it has; the bytes are paced by
+//!   `image_rate_limit`, per node across all its transfers ([`Pacer`]).
 //! - Content and references are kept in step by [`ContentStore::gate`]: a push holds it shared
 //!   from its first blob (after its upload) until its names are committed, a removal
 //!   exclusively from its commit until the blobs no image references are deleted — so a
@@ -118,10 +121,46 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> PushError + '_ {
     }
 }
 
+/// Bytes of a blob sent per write to a node's stream.
+const CHUNK: usize = 64 << 10;
+
+/// Paces the bytes sent to one node, all its transfers together, at a rate in bytes per second
+/// (a virtual clock of when the link is next free: each chunk waits for it, then moves it on by
+/// its own length at the rate).
+#[derive(Debug)]
+pub struct Pacer {
+    rate: u64,
+    next: tokio::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Pacer {
+    fn new(rate: u64) -> Self {
+        Self {
+            rate,
+            next: tokio::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    /// Waits until `n` more bytes may go.
+    async fn take(&self, n: usize) {
+        let start = {
+            let mut next = self.next.lock().await;
+            let start = (*next).max(tokio::time::Instant::now());
+            *next = start + std::time::Duration::from_secs_f64(n as f64 / self.rate as f64);
+            start
+        };
+        tokio::time::sleep_until(start).await;
+    }
+}
+
 /// The blobs on disk, and the gate that keeps them in step with the core's references.
 #[derive(Debug)]
 pub struct ContentStore {
     root: PathBuf,
+    /// `image_rate_limit`: bytes per second per node, 0 for none.
+    rate: u64,
+    /// Each node's pacer while it has a transfer.
+    pacers: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<Pacer>>>,
     /// Shared by a push until its names are committed, exclusive for a removal until its
     /// blobs are deleted (see the module's docs).
     pub gate: tokio::sync::RwLock<()>,
@@ -129,11 +168,11 @@ pub struct ContentStore {
 
 impl ContentStore {
     /// Opens (creating, 0700) `<data_dir>/images`, emptying its `tmp/` of what an earlier run
-    /// left.
+    /// left; blobs go to each node at most `rate` bytes per second (0: no limit).
     ///
     /// # Errors
     /// A directory that cannot be made or secured.
-    pub fn open(data_dir: &Path) -> io::Result<Self> {
+    pub fn open(data_dir: &Path, rate: u64) -> io::Result<Self> {
         let root = data_dir.join("images");
         let tmp = root.join("tmp");
         if tmp.exists() {
@@ -153,8 +192,106 @@ impl ContentStore {
         }
         Ok(Self {
             root,
+            rate,
+            pacers: Default::default(),
             gate: tokio::sync::RwLock::new(()),
         })
+    }
+
+    /// The pacer of `node`'s transfers (`None` without a limit), shared by its concurrent ones.
+    pub fn pacer(&self, node: &str) -> Option<std::sync::Arc<Pacer>> {
+        if self.rate == 0 {
+            return None;
+        }
+        let mut pacers = self.pacers.lock().unwrap_or_else(|p| p.into_inner());
+        pacers.retain(|_, p| p.strong_count() > 0);
+        if let Some(p) = pacers.get(node).and_then(std::sync::Weak::upgrade) {
+            return Some(p);
+        }
+        let p = std::sync::Arc::new(Pacer::new(self.rate));
+        pacers.insert(node.to_string(), std::sync::Arc::downgrade(&p));
+        Some(p)
+    }
+
+    /// Answers a node's `AgentRequest::Blob` on `out`: `AgentReply::Blob { size }` and the
+    /// blob's bytes from `offset` to its end, paced by `pacer`; or `AgentReply::Refused` for a
+    /// digest that is malformed or not held, or an offset past the end. Answers the bytes of
+    /// content sent.
+    ///
+    /// # Errors
+    /// The blob could not be read, or the stream failed (the node went away): naming which.
+    pub async fn serve_blob<W: tokio::io::AsyncWrite + Unpin>(
+        &self,
+        digest: &str,
+        offset: u64,
+        pacer: Option<&Pacer>,
+        out: &mut W,
+    ) -> Result<u64, String> {
+        use flotilla_api::{write_frame, AgentReply};
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let refuse = |reason: String| AgentReply::Refused { reason };
+        let opened = match digest.parse::<Digest>() {
+            Err(e) => Err(refuse(e.to_string())),
+            Ok(d) => {
+                let path = self.blob_path(&d);
+                match tokio::fs::File::open(&path).await {
+                    Ok(f) => Ok((f, path)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => Err(refuse(format!(
+                        "blob {digest} is not in the control plane's content store"
+                    ))),
+                    Err(e) => return Err(format!("{}: {e}", path.display())),
+                }
+            }
+        };
+        let (mut file, path) = match opened {
+            Ok(x) => x,
+            Err(refusal) => {
+                write_frame(out, &refusal)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                return Ok(0);
+            }
+        };
+        let size = file
+            .metadata()
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
+        if offset > size {
+            let r = refuse(format!(
+                "offset {offset} is past the end of blob {digest} ({size} bytes)"
+            ));
+            write_frame(out, &r).await.map_err(|e| e.to_string())?;
+            return Ok(0);
+        }
+        write_frame(out, &AgentReply::Blob { size })
+            .await
+            .map_err(|e| e.to_string())?;
+        file.seek(io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut buf = vec![0u8; CHUNK];
+        let mut sent = 0u64;
+        loop {
+            let n = file
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            if n == 0 {
+                break;
+            }
+            if let Some(p) = pacer {
+                p.take(n).await;
+            }
+            out.write_all(&buf[..n])
+                .await
+                .map_err(|e| format!("sending blob {digest}: {e}"))?;
+            sent += n as u64;
+        }
+        out.flush()
+            .await
+            .map_err(|e| format!("sending blob {digest}: {e}"))?;
+        Ok(sent)
     }
 
     /// The file of blob `digest`.
@@ -517,7 +654,7 @@ mod tests {
     #[test]
     fn blobs_are_stored_private_and_shared_between_images() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = ContentStore::open(&dir.path().join("cp")).expect("open");
+        let store = ContentStore::open(&dir.path().join("cp"), 0).expect("open");
         let a = write_tar(dir.path(), &archive("demo/a:1", &[b"shared", b"only-a"]));
         let images = store.ingest(&a, None, None).expect("push a");
         assert_eq!(images.len(), 1);
@@ -554,7 +691,7 @@ mod tests {
     #[test]
     fn a_blob_whose_content_is_not_its_digest_is_refused_naming_it() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = ContentStore::open(dir.path()).expect("open");
+        let store = ContentStore::open(dir.path(), 0).expect("open");
         let mut entries = archive("demo/a:1", &[b"layer"]);
         let layer = Digest::of(b"layer");
         for (p, body) in &mut entries {
@@ -574,7 +711,7 @@ mod tests {
     #[test]
     fn hostile_archives_are_refused_naming_what_is_wrong() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = ContentStore::open(dir.path()).expect("open");
+        let store = ContentStore::open(dir.path(), 0).expect("open");
         let mut escaping = archive("demo/a:1", &[b"l"]);
         escaping.push(("../../etc/evil".into(), b"x".to_vec()));
         let e = store
@@ -597,10 +734,93 @@ mod tests {
         assert_eq!(blobs(&store), 0);
     }
 
+    /// A store holding one blob of `len` bytes; its digest.
+    fn with_blob(dir: &Path, len: usize, rate: u64) -> (ContentStore, Digest, Vec<u8>) {
+        let store = ContentStore::open(dir, rate).expect("open");
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let d = Digest::of(&bytes);
+        store.put_bytes(&bytes, &d).expect("blob");
+        (store, d, bytes)
+    }
+
+    #[tokio::test]
+    async fn a_blob_is_served_from_any_offset_after_its_size() {
+        use flotilla_api::{read_frame, AgentReply};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, d, bytes) = with_blob(dir.path(), 300_000, 0);
+        let mut out = Vec::new();
+        let sent = store
+            .serve_blob(&d.to_string(), 100_000, None, &mut out)
+            .await
+            .expect("served");
+        assert_eq!(sent, 200_000);
+        let mut r = out.as_slice();
+        let head: AgentReply = read_frame(&mut r).await.expect("head");
+        assert_eq!(head, AgentReply::Blob { size: 300_000 });
+        assert_eq!(r, &bytes[100_000..]);
+        // Past the end, not held, not a digest: refused, nothing sent.
+        for (digest, offset, why) in [
+            (d.to_string(), 300_001, "past the end"),
+            (
+                Digest::of(b"x").to_string(),
+                0,
+                "is not in the control plane's",
+            ),
+            ("sha256:../../etc/passwd".to_string(), 0, "malformed digest"),
+        ] {
+            let mut out = Vec::new();
+            let sent = store
+                .serve_blob(&digest, offset, None, &mut out)
+                .await
+                .expect("answered");
+            assert_eq!(sent, 0);
+            let reply: AgentReply = read_frame(&mut out.as_slice()).await.expect("reply");
+            assert!(
+                matches!(&reply, AgentReply::Refused { reason } if reason.contains(why)),
+                "{reply:?}"
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_nodes_transfers_together_keep_to_its_rate() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, d, _) = with_blob(dir.path(), 512 << 10, 1 << 20);
+        let pacer = store.pacer("n-1").expect("a limit");
+        // The same node's second transfer shares the pacer; another node's does not.
+        assert!(std::sync::Arc::ptr_eq(
+            &pacer,
+            &store.pacer("n-1").expect("limit")
+        ));
+        assert!(!std::sync::Arc::ptr_eq(
+            &pacer,
+            &store.pacer("n-2").expect("limit")
+        ));
+        let started = tokio::time::Instant::now();
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let digest = d.to_string();
+        let (x, y) = tokio::join!(
+            store.serve_blob(&digest, 0, Some(&pacer), &mut a),
+            store.serve_blob(&digest, 0, Some(&pacer), &mut b)
+        );
+        assert_eq!((x, y), (Ok(512 << 10), Ok(512 << 10)));
+        // 1 MiB at 1 MiB/s: the last chunk leaves a chunk's time before the second is up.
+        let took = started.elapsed();
+        assert!(
+            took >= std::time::Duration::from_millis(900)
+                && took <= std::time::Duration::from_millis(1100),
+            "{took:?}"
+        );
+        assert!(ContentStore::open(dir.path(), 0)
+            .expect("open")
+            .pacer("n-1")
+            .is_none());
+    }
+
     #[tokio::test]
     async fn an_upload_past_its_limit_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = ContentStore::open(dir.path()).expect("open");
+        let store = ContentStore::open(dir.path(), 0).expect("open");
         let body = http_body_util::Full::new(hyper::body::Bytes::from_static(b"0123456789"));
         let e = store.receive(body, 5).await.expect_err("too large");
         assert!(matches!(e, PushError::TooLarge { limit: 5 }), "{e}");

@@ -37,12 +37,13 @@ pub async fn push(body: Incoming, query: Option<&str>, plane: &Plane) -> Reply {
         }
     }
     let content = plane.content.clone();
-    // Held until the names are committed: no removal deletes a blob this push references.
-    let _gate = content.gate.read().await;
+    // The upload touches no blob: a removal need not wait for a slow link.
     let archive = match content.receive(body, MAX_PUSH_BYTES).await {
         Ok(a) => a,
         Err(e) => return push_refused(&e),
     };
+    // Held until the names are committed: no removal deletes a blob this push references.
+    let gate = content.gate.read().await;
     let ingested = {
         let store = content.clone();
         tokio::task::spawn_blocking(move || {
@@ -56,7 +57,7 @@ pub async fn push(body: Incoming, query: Option<&str>, plane: &Plane) -> Reply {
         Ok(Ok(images)) => images,
         Ok(Err(e)) => {
             // The blobs it stored before the fault are referenced by nothing.
-            drop(_gate);
+            drop(gate);
             sweep(plane).await;
             return push_refused(&e);
         }
@@ -65,13 +66,19 @@ pub async fn push(body: Incoming, query: Option<&str>, plane: &Plane) -> Reply {
     for i in &images {
         tracing::info!(image = %i.name, digest = %i.manifest.digest, "image pushed");
     }
-    match plane
+    let answer = match plane
         .run(Command::Operator(Operator::PutImages(images)))
         .await
     {
         Ok(reply) => respond(reply),
         Err(e) => refusal(&e),
-    }
+    };
+    drop(gate);
+    // An image the push replaced may leave blobs no image references: they go once no
+    // push is under way, after the answer.
+    let plane = plane.clone();
+    tokio::spawn(async move { sweep(&plane).await });
+    answer
 }
 
 /// Removes every blob no image references, with no push under way: after a failed push, and

@@ -1,4 +1,6 @@
-//! Images pulled onto nodes ahead of a deployment: `POST /v1/images/prefetch` (an operator's
+//! Images in the control plane's content store (`POST /v1/images` takes an image archive;
+//! [`StoredImage`] is what it holds of each image), and images pulled onto nodes ahead of a
+//! deployment: `POST /v1/images/prefetch` (an operator's
 //! request, answered as newline-delimited [`PrefetchUpdate`]s), and [`crate::ServerPush::Pull`]
 //! (the control plane asking one node over its session, answered with [`PullFrame`]s).
 //!
@@ -204,4 +206,63 @@ mod tests {
             .to_string()
             .contains("unknown field `node`"));
     }
+}
+
+/// A blob an image stored in the control plane consists of: an OCI descriptor's content
+/// (image-spec `descriptor.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredBlob {
+    /// Its media type (a layer's: `application/vnd.oci.image.layer.v1.tar+gzip` …).
+    pub media_type: String,
+    /// `sha256:<64 hex>`, the digest the content store checked it against.
+    pub digest: String,
+    /// Its length, bytes.
+    pub size: u64,
+}
+
+/// An image in the control plane's content store (`GET /v1/images`, `GET /v1/images/{name}`):
+/// a name bound to one image manifest, whose blobs the store holds, shared with every other
+/// image that has them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredImage {
+    /// The canonical reference, `registry/repository:tag` (`docker.io/library/busybox:latest`).
+    pub name: String,
+    /// The image manifest: its media type (OCI or Docker v2 schema 2), digest and size.
+    pub manifest: StoredBlob,
+    /// The image configuration blob.
+    pub config: StoredBlob,
+    /// The layers, lowest first.
+    pub layers: Vec<StoredBlob>,
+    /// `os/architecture[/variant]`, from the image configuration.
+    pub platform: String,
+    /// When it was pushed, seconds since the epoch.
+    pub pushed_at: u64,
+}
+
+impl StoredImage {
+    /// Bytes of its manifest, configuration and layers (shared blobs counted in each image).
+    pub fn size(&self) -> u64 {
+        self.manifest.size + self.config.size + self.layers.iter().map(|l| l.size).sum::<u64>()
+    }
+
+    /// Every blob's digest: manifest, configuration, layers.
+    pub fn digests(&self) -> impl Iterator<Item = &str> {
+        [&self.manifest, &self.config]
+            .into_iter()
+            .chain(&self.layers)
+            .map(|b| b.digest.as_str())
+    }
+}
+
+/// `DELETE /v1/images/{name}`'s answer: the image removed, and the blobs no other image
+/// references, removed with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageRemoved {
+    /// The canonical reference removed.
+    pub name: String,
+    /// Digests of the blobs deleted from the content store.
+    pub blobs_removed: Vec<String>,
 }

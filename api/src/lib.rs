@@ -225,6 +225,23 @@ pub enum AgentRequest {
         /// Its version.
         version: u32,
     },
+    /// Whether the control plane's content store holds an image, by reference (Docker's
+    /// defaults apply): answered with [`AgentReply::Image`], or `Refused` when it does not
+    /// hold it (a control plane too old to know the request refuses it too).
+    Image {
+        /// The image reference, as a task definition names it.
+        image: String,
+    },
+    /// A blob of the content store from byte `offset` to its end (a cut transfer resumes
+    /// from what the node has): answered with [`AgentReply::Blob`], then the bytes, raw, on
+    /// the same stream until it finishes — paced by the control plane's
+    /// `image_rate_limit` for the node. The node verifies the whole blob against `digest`.
+    Blob {
+        /// `sha256:<64 hex>`.
+        digest: String,
+        /// The first byte wanted, from 0.
+        offset: u64,
+    },
 }
 
 /// A node's capacity and load (sent in heartbeats, shown in `NodeInfo`). camelCase on the
@@ -281,6 +298,14 @@ pub enum AgentReply {
     Config {
         /// The value.
         value: secrets::SecretValue,
+    },
+    /// Answer to `Image`: the image the content store holds under that name.
+    Image(images::StoredImage),
+    /// Answer to `Blob`: the blob's whole size; its bytes from the offset asked for follow
+    /// on the stream.
+    Blob {
+        /// Bytes of the whole blob.
+        size: u64,
     },
     /// The request was refused.
     Refused {

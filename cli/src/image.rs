@@ -1,16 +1,49 @@
-//! `flotilla image prefetch`: an image pulled onto nodes ahead of a deployment (at night, over a
+//! `flotilla image`: images in the control plane's content store (`push`, `ls`, `inspect`,
+//! `rm`), and `prefetch`: an image pulled onto nodes ahead of a deployment (at night, over a
 //! site's slow link), so that the deployment's tasks start without waiting for a pull.
+
+use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
-use flotilla_api::images::{PrefetchRequest, PrefetchState, PrefetchUpdate};
+use flotilla_api::images::{PrefetchRequest, PrefetchState, PrefetchUpdate, StoredImage};
 use flotilla_client::Client;
 
-use crate::Output;
+use crate::{cell, print, print_document, table, when, Output};
 
 /// `flotilla image`.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
+    /// Store the images of an archive in the control plane's content store: an OCI image
+    /// layout as a tar (`skopeo copy … oci-archive:FILE`, plain, gzip or zstd) or a
+    /// `docker save` archive, at most 4 GiB, sent as it is read. Every blob is checked
+    /// against its digest; blobs are shared between images. Prints the images stored.
+    Push {
+        /// The archive.
+        file: PathBuf,
+        /// Name the image (an archive with one image) instead of by the archive's annotations.
+        #[arg(long, value_name = "REF")]
+        name: Option<String>,
+        /// From an image index, store the manifest for this platform (`linux/arm64`)
+        /// [default: the control plane's].
+        #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+        platform: Option<String>,
+    },
+    /// List the images of the control plane's content store.
+    #[command(alias = "list")]
+    Ls,
+    /// Show an image of the content store (its manifest, config and layers) as JSON.
+    Inspect {
+        /// The image reference (`busybox` is docker.io/library/busybox:latest).
+        image: String,
+    },
+    /// Remove images from the content store, and the blobs no other image has.
+    #[command(alias = "remove")]
+    Rm {
+        /// Image references.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
     /// Pull IMAGE onto the nodes now, each as it pulls a task's image (its registry mirrors,
     /// anonymously), printing each node's progress; a node that has it already fetches nothing.
     /// Exits 1 when a node failed or was not connected (run it again for those: the others
@@ -31,6 +64,32 @@ pub enum ImageCommand {
 /// Runs `flotilla image …`.
 pub async fn run(api: &Client, cmd: ImageCommand, output: Output) -> Result<()> {
     match cmd {
+        ImageCommand::Push {
+            file,
+            name,
+            platform,
+        } => {
+            let pushed = api
+                .push_image(&file, name.as_deref(), platform.as_deref())
+                .await?;
+            print(output, &pushed, || list(&pushed))
+        }
+        ImageCommand::Ls => {
+            let images = api.images().await?;
+            print(output, &images, || list(&images))
+        }
+        ImageCommand::Inspect { image } => print_document(output, &api.image(&image).await?),
+        ImageCommand::Rm { images } => {
+            for image in images {
+                let removed = api.remove_image(&image).await?;
+                crate::outln!(
+                    "{} removed ({} blobs deleted)",
+                    removed.name,
+                    removed.blobs_removed.len()
+                );
+            }
+            Ok(())
+        }
         ImageCommand::Prefetch {
             image,
             constraints,
@@ -44,6 +103,32 @@ pub async fn run(api: &Client, cmd: ImageCommand, output: Output) -> Result<()> 
             prefetch(api, &req, output).await
         }
     }
+}
+
+/// The images as a table: name, manifest digest, platform, layers, size, when pushed.
+fn list(images: &[StoredImage]) {
+    let rows: Vec<Vec<String>> = images
+        .iter()
+        .map(|i| {
+            vec![
+                cell(&i.name),
+                cell(i.manifest.digest.get(..19).unwrap_or(&i.manifest.digest)),
+                cell(&i.platform),
+                i.layers.len().to_string(),
+                megabytes(i.size()),
+                when(i.pushed_at),
+            ]
+        })
+        .collect();
+    table(
+        &["NAME", "DIGEST", "PLATFORM", "LAYERS", "SIZE", "PUSHED"],
+        &rows,
+    );
+}
+
+/// Bytes as MB with one decimal, as `docker images` sizes them.
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1}MB", bytes as f64 / 1e6)
 }
 
 async fn prefetch(api: &Client, req: &PrefetchRequest, output: Output) -> Result<()> {

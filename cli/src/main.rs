@@ -123,7 +123,8 @@ enum ClusterCommand {
     /// a container definition's `configs` say (`{"source": NAME, "target": PATH}`).
     #[command(subcommand)]
     Config(secret::ConfigCommand),
-    /// Images on the nodes: `prefetch` pulls one onto them ahead of a deployment.
+    /// Images: `push`, `ls`, `inspect`, `rm` in the control plane's content store; `prefetch`
+    /// pulls one onto the nodes ahead of a deployment.
     #[command(subcommand)]
     Image(image::ImageCommand),
     /// Compose projects: a Compose file's services deployed onto the fleet (`up`, `down`,

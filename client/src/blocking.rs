@@ -174,6 +174,34 @@ impl Client {
         })
     }
 
+    /// See [`crate::Client::push_image`].
+    pub fn push_image(
+        &self,
+        file: &std::path::Path,
+        name: Option<&str>,
+        platform: Option<&str>,
+    ) -> Result<Vec<flotilla_api::images::StoredImage>, ClientError> {
+        self.run(self.inner.push_image(file, name, platform))
+    }
+
+    /// See [`crate::Client::images`].
+    pub fn images(&self) -> Result<Vec<flotilla_api::images::StoredImage>, ClientError> {
+        self.run(self.inner.images())
+    }
+
+    /// See [`crate::Client::image`].
+    pub fn image(&self, name: &str) -> Result<flotilla_api::images::StoredImage, ClientError> {
+        self.run(self.inner.image(name))
+    }
+
+    /// See [`crate::Client::remove_image`].
+    pub fn remove_image(
+        &self,
+        name: &str,
+    ) -> Result<flotilla_api::images::ImageRemoved, ClientError> {
+        self.run(self.inner.remove_image(name))
+    }
+
     /// See [`crate::Client::prefetch`]: the updates as an iterator, each read when asked for.
     pub fn prefetch(
         &self,

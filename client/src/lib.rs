@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_api::discovery::DiscoveredService;
-use flotilla_api::images::{PrefetchRequest, PrefetchUpdate};
+use flotilla_api::images::{ImageRemoved, PrefetchRequest, PrefetchUpdate, StoredImage};
 use flotilla_api::ops::{
     AdminCredential, AdminIssue, ApiError, Event, EventFilter, NodeInfo, NodeLabels,
     TaskDefRegistered, TaskDefRevision, TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
@@ -84,6 +84,15 @@ pub enum ClientError {
     /// The runtime of the blocking client could not be started.
     #[error("starting the blocking client's runtime")]
     Runtime(#[source] std::io::Error),
+    /// A file to send could not be opened.
+    #[error("reading {}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// The request got no answer: connection, TLS, timeout, or the answer broke off.
     #[error("{method} {path} on {server}")]
     Transport {
@@ -410,6 +419,65 @@ impl Client {
             records: Ndjson::new(resp, Method::GET, path, self.server.clone()),
             task: task.to_string(),
         })
+    }
+
+    /// `POST /v1/images`: pushes the image archive at `file` (an OCI layout tar, plain or
+    /// compressed, or a `docker save` archive) into the control plane's content store,
+    /// streamed from the file as it is sent. `name` names the image of a one-image archive;
+    /// `platform` (`linux/arm64`) picks from an image index.
+    pub async fn push_image(
+        &self,
+        file: &Path,
+        name: Option<&str>,
+        platform: Option<&str>,
+    ) -> Result<Vec<StoredImage>, ClientError> {
+        let mut pairs = Vec::new();
+        pairs.extend(name.map(|n| ("name", n)));
+        pairs.extend(platform.map(|p| ("platform", p)));
+        let path = path(&["images"], &pairs)?;
+        let std_file = std::fs::File::open(file).map_err(|source| ClientError::File {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        let len = std_file
+            .metadata()
+            .map_err(|source| ClientError::File {
+                path: file.to_path_buf(),
+                source,
+            })?
+            .len();
+        let body = FileBody {
+            file: tokio::fs::File::from_std(std_file),
+            left: len,
+            buf: vec![0; 256 << 10],
+        };
+        // No overall time limit: gigabytes over a site's slow link take what they take.
+        let req = self
+            .http
+            .post(self.url(&path))
+            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap(body))
+            .timeout(Duration::from_secs(100 * 365 * 86_400));
+        let bytes = self.body(Method::POST, &path, req).await?;
+        decode(&Method::POST, &path, &bytes)
+    }
+
+    /// `GET /v1/images`: the images of the control plane's content store.
+    pub async fn images(&self) -> Result<Vec<StoredImage>, ClientError> {
+        self.get(&["images"], &[]).await
+    }
+
+    /// `GET /v1/images/{name}`: one image of the content store (`busybox` is
+    /// `docker.io/library/busybox:latest`).
+    pub async fn image(&self, name: &str) -> Result<StoredImage, ClientError> {
+        self.get(&["images", name], &[]).await
+    }
+
+    /// `DELETE /v1/images/{name}`: removes an image, and the blobs no other image has.
+    pub async fn remove_image(&self, name: &str) -> Result<ImageRemoved, ClientError> {
+        self.json(Method::DELETE, &["images", name], &[], None::<&()>)
+            .await
     }
 
     /// `POST /v1/images/prefetch`: asks the nodes `req` selects to pull its image now; their
@@ -1045,6 +1113,50 @@ impl PrefetchStream {
     /// The next update; `None` once every node has a final state.
     pub async fn next(&mut self) -> Result<Option<PrefetchUpdate>, ClientError> {
         self.records.next().await
+    }
+}
+
+/// A file as a request body, read as it is sent ([`Client::push_image`]).
+struct FileBody {
+    file: tokio::fs::File,
+    left: u64,
+    buf: Vec<u8>,
+}
+
+impl http_body::Body for FileBody {
+    type Data = bytes::Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>> {
+        use std::task::Poll;
+        if self.left == 0 {
+            return Poll::Ready(None);
+        }
+        let this = &mut *self;
+        let mut rb = tokio::io::ReadBuf::new(&mut this.buf);
+        match tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut this.file), cx, &mut rb) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Ok(())) => {
+                let n = rb.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Some(Err(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file got shorter while it was sent",
+                    ))));
+                }
+                let data = bytes::Bytes::copy_from_slice(rb.filled());
+                this.left = this.left.saturating_sub(n as u64);
+                Poll::Ready(Some(Ok(http_body::Frame::data(data))))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.left)
     }
 }
 

@@ -211,6 +211,35 @@ async fn session(plane: &Plane, conn: Connection) {
                 name,
                 version,
             },
+            Ok(AgentRequest::Image { image }) => {
+                let reply = held_image(plane, &image).await;
+                let _ = write_frame(&mut send, &reply).await;
+                let _ = send.finish();
+                continue;
+            }
+            Ok(AgentRequest::Blob { digest, offset }) => {
+                // A transfer takes long: on its own task, so the session's other requests
+                // (heartbeats, reports) are not held up behind it.
+                let (plane, node) = (plane.clone(), node.clone());
+                tokio::spawn(async move {
+                    let pacer = plane.content.pacer(&node);
+                    match plane
+                        .content
+                        .serve_blob(&digest, offset, pacer.as_deref(), &mut send)
+                        .await
+                    {
+                        Ok(n) => {
+                            tracing::debug!(node = %node, %digest, offset, bytes = n, "blob sent");
+                            let _ = send.finish();
+                        }
+                        Err(e) => {
+                            tracing::info!(node = %node, %digest, offset, "blob transfer: {e}");
+                            let _ = send.reset(VarInt::from_u32(0));
+                        }
+                    }
+                });
+                continue;
+            }
             Err(e) => {
                 let refused = AgentReply::Refused {
                     reason: format!("bad request: {e}"),
@@ -234,6 +263,33 @@ async fn session(plane: &Plane, conn: Connection) {
     }
     plane.sessions.remove_if(&node, &conn);
     closed(plane, &node, session).await;
+}
+
+/// The answer to `AgentRequest::Image`: the image when the content store holds it under the
+/// reference's canonical name, else a refusal saying it does not.
+async fn held_image(plane: &Plane, image: &str) -> AgentReply {
+    let name = match flotilla_oci::ImageRef::parse(image) {
+        Ok(r) => r.name(),
+        Err(e) => {
+            return AgentReply::Refused {
+                reason: e.to_string(),
+            }
+        }
+    };
+    match plane
+        .run(Command::Operator(
+            orchestratord::cluster::Operator::GetImage(name),
+        ))
+        .await
+    {
+        Ok(Reply::Image(i)) => AgentReply::Image(i),
+        Ok(other) => AgentReply::Refused {
+            reason: format!("unexpected answer {other:?}"),
+        },
+        Err(e) => AgentReply::Refused {
+            reason: e.to_string(),
+        },
+    }
 }
 
 async fn closed(plane: &Plane, node: &str, session: u64) {

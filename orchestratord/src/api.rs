@@ -20,6 +20,8 @@ use tokio_rustls::TlsAcceptor;
 use crate::http::{http1, HEADER_TIMEOUT};
 use crate::plane::Plane;
 
+mod images;
+pub use images::sweep;
 mod prefetch;
 use orchestratord::cluster::{ClusterError, Command, Operator, Reply as CoreReply};
 
@@ -211,6 +213,13 @@ async fn answer(
         .get(hyper::header::UPGRADE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    if method == Method::POST && path.trim_matches('/') == "v1/images" {
+        // An archive of up to gigabytes: streamed to disk, never collected in memory.
+        tracing::info!(%admin, %method, %path, "operator request");
+        return images::push(req.into_body(), query.as_deref(), plane)
+            .await
+            .map(BodyExt::boxed);
+    }
     // Taken before the body is read; only an exec uses it.
     let upgrade = hyper::upgrade::on(&mut req);
     let limit = body_limit(&method, &path);
@@ -229,6 +238,12 @@ async fn answer(
     match request {
         Request_::Logs(req) => task_logs(req, plane).await,
         Request_::Prefetch(req) => prefetch::prefetch(req, plane).await,
+        Request_::PushImage => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "an image push is read as it streams",
+        )
+        .map(BodyExt::boxed),
+        Request_::RemoveImage(name) => images::remove(name, plane).await.map(BodyExt::boxed),
         Request_::Exec(mut req) => {
             req.admin = admin;
             exec(req, upgrade_to.as_deref(), upgrade, plane)
@@ -253,6 +268,11 @@ async fn answer(
 enum Request_ {
     Core(Operator),
     Logs(LogRequest),
+    /// `POST /v1/images`: an archive streamed into the content store (answered before the
+    /// body is read, see [`answer`]).
+    PushImage,
+    /// `DELETE /v1/images/{name}`: the reference, then the blobs no image has.
+    RemoveImage(String),
     /// `POST /v1/images/prefetch`: a stream of the nodes' pulls.
     Prefetch(flotilla_api::images::PrefetchRequest),
     /// `POST /v1/tasks/{id}/exec`: an upgrade to a command's streams.
@@ -310,6 +330,9 @@ fn respond(reply: CoreReply) -> Reply {
         CoreReply::Tasks(t) => json(S::OK, &t),
         CoreReply::Task(t) => json(S::OK, &t),
         CoreReply::Events(e) => json(S::OK, &e),
+        CoreReply::ImagesPushed(i) => json(S::CREATED, &i),
+        CoreReply::Images(i) => json(S::OK, &i),
+        CoreReply::Image(i) => json(S::OK, &i),
         CoreReply::ServiceCreated(s) => json(S::CREATED, &s),
         CoreReply::Services(s) => json(S::OK, &s),
         CoreReply::Service(s) => json(S::OK, &s),
@@ -620,11 +643,29 @@ fn parse(
         }
         (&Method::POST, ["v1", "tasks", id, "exec"]) => exec_request(id, query).map(Request_::Exec),
         (&Method::GET, ["v1", "metrics"]) => Ok(Request_::Metrics),
+        (&Method::POST, ["v1", "images"]) => Ok(Request_::PushImage),
+        (&Method::DELETE, ["v1", "images", name]) if *name != "prefetch" => {
+            image_name(name).map(Request_::RemoveImage)
+        }
         (&Method::POST, ["v1", "images", "prefetch"]) => serde_json::from_slice(body)
             .map(Request_::Prefetch)
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("prefetch request: {e}"))),
         _ => parse_operator(method, path, query, body).map(Request_::Core),
     }
+}
+
+/// The canonical name of the image reference in a path segment (percent-encoded, as its `/`
+/// and `:` must be): `busybox` is `docker.io/library/busybox:latest`.
+fn image_name(segment: &str) -> Result<String, (StatusCode, String)> {
+    let reference = percent_decoded(segment).ok_or_else(|| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("image '{segment}': a broken percent-encoding"),
+        )
+    })?;
+    flotilla_oci::ImageRef::parse(&reference)
+        .map(|r| r.name())
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
 }
 
 /// A body that is a document's text (JSON or YAML).
@@ -667,6 +708,10 @@ fn parse_operator(
             Ok(Operator::CreateToken(t))
         }
         (&Method::GET, ["v1", "tokens"]) => Ok(Operator::ListTokens),
+        (&Method::GET, ["v1", "images"]) => Ok(Operator::ListImages),
+        (&Method::GET, ["v1", "images", name]) if *name != "prefetch" => {
+            image_name(name).map(Operator::GetImage)
+        }
         (&Method::DELETE, ["v1", "tokens", id]) => Ok(Operator::RemoveToken(id.to_string())),
         (&Method::GET, ["v1", "nodes"]) => Ok(Operator::ListNodes),
         (&Method::GET, ["v1", "nodes", id]) => Ok(Operator::GetNode(id.to_string())),

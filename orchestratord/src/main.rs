@@ -7,6 +7,7 @@
 mod agents;
 mod api;
 mod config_file;
+mod content;
 mod core;
 mod http;
 mod metrics;
@@ -43,7 +44,7 @@ const SERVER_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 #[command(name = "orchestratord", version, about = "Flotilla control plane")]
 struct Cli {
     /// Configuration file (TOML; keys as the flags: data_dir, listen, metrics_listen,
-    /// node_cert_lifetime, session_rate, scaling_period, log_format, bridge_pool, bridge_prefix, awsvpc_subnet,
+    /// node_cert_lifetime, session_rate, scaling_period, image_rate_limit, log_format, bridge_pool, bridge_prefix, awsvpc_subnet,
     /// awsvpc_range, awsvpc_gateway, vip_pool).
     /// Default: /etc/flotilla/orchestratord.toml when it exists. Flags override it.
     #[arg(long, global = true, env = "ORCHESTRATORD_CONFIG")]
@@ -100,6 +101,10 @@ enum Command {
         /// one datapoint of its utilization per period, from 1 to 300 [default: 30].
         #[arg(long, value_name = "SECS")]
         scaling_period: Option<u64>,
+        /// Bytes per second each node may fetch from the content store over its session, all
+        /// its blob transfers together; 0 is no limit [default: 0].
+        #[arg(long, value_name = "BYTES")]
+        image_rate_limit: Option<u64>,
         #[command(flatten)]
         network: NetworkArgs,
     },
@@ -194,6 +199,7 @@ fn real_main() -> Result<()> {
             node_cert_lifetime,
             session_rate,
             scaling_period,
+            image_rate_limit,
             network,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -216,6 +222,7 @@ fn real_main() -> Result<()> {
                         .or(file.scaling_period)
                         .unwrap_or(cluster::DEFAULT_SCALING_PERIOD.as_secs()),
                 ),
+                image_rate_limit: image_rate_limit.or(file.image_rate_limit).unwrap_or(0),
                 network: network_settings(network, &file)?,
             };
             rt.block_on(run(&data_dir, &settings))
@@ -353,6 +360,8 @@ struct Settings {
     node_cert_lifetime: Duration,
     session_rate: u32,
     scaling_period: Duration,
+    /// Bytes per second per node from the content store (0: no limit).
+    image_rate_limit: u64,
     network: network::Settings,
 }
 
@@ -417,6 +426,7 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         node_cert_lifetime,
         session_rate,
         scaling_period,
+        image_rate_limit,
         ref network,
     } = *settings;
     if node_cert_lifetime < Duration::from_secs(30) {
@@ -508,7 +518,12 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         sessions: Default::default(),
         wake: Default::default(),
         metrics: Default::default(),
+        content: Arc::new(
+            content::ContentStore::open(data_dir, image_rate_limit)
+                .with_context(|| format!("opening the content store in {}", data_dir.display()))?,
+        ),
     };
+    api::sweep(&plane).await;
     if let Some(tcp) = metrics_tcp {
         let addr = tcp.local_addr().ok();
         tracing::info!(?addr, "serving metrics (HTTP GET /metrics)");

@@ -21,6 +21,8 @@ pub struct Plane {
     pub wake: Arc<tokio::sync::Notify>,
     /// What the adapters measure (the operator API's latency).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The blobs of the images pushed to the control plane.
+    pub content: Arc<crate::content::ContentStore>,
 }
 
 /// Each node's live connection (at most one: a reconnect replaces the old one), and the last

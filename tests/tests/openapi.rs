@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use flotilla_api::discovery::DiscoveredService;
-use flotilla_api::images::{PrefetchState, PrefetchUpdate};
+use flotilla_api::images::{ImageRemoved, PrefetchState, PrefetchUpdate, StoredImage};
 use flotilla_api::ops::{
     AdminCredential, ApiError, Event, NodeInfo, NodeState, TaskDefRegistered, TaskDefRevision,
     TaskInfo, TokenCreated, TokenInfo,
@@ -21,6 +21,8 @@ use flotilla_api::LogLine;
 use flotilla_certs::credential::Credential;
 use flotilla_certs::SERVER_NAME;
 use flotilla_tests::cluster::{Agent, ControlPlane};
+use flotilla_tests::host_arch;
+use flotilla_tests::image::{busybox_image, tar_dir, write_layout};
 use flotilla_tests::node::Node;
 use flotilla_tests::openapi::Doc;
 use serde::de::DeserializeOwned;
@@ -73,7 +75,7 @@ impl Caller {
         path: &str,
         body: Option<&str>,
     ) -> (u16, Vec<u8>) {
-        self.call_with(method, template, path, body, &[])
+        self.call_with(method, template, path, body.map(str::as_bytes), &[])
     }
 
     /// [`Caller::call`] with these request headers. A 101 answer's connection is dropped
@@ -83,13 +85,13 @@ impl Caller {
         method: &str,
         template: &str,
         path: &str,
-        body: Option<&str>,
+        body: Option<&[u8]>,
         headers: &[(&str, &str)],
     ) -> (u16, Vec<u8>) {
         let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let mut req = self.http.request(m, format!("{}{path}", self.base));
         if let Some(b) = body {
-            req = req.body(b.to_string());
+            req = req.body(b.to_vec());
         }
         for (k, v) in headers {
             req = req.header(*k, *v);
@@ -371,6 +373,43 @@ fn every_documented_operation_answers_as_documented() {
         404,
     );
     assert_eq!(e.error, "node n-nope is not in the cluster");
+
+    // The content store: an OCI archive pushed, listed, inspected, removed.
+    let work = tempfile::tempdir().expect("work");
+    let layout = work.path().join("layout");
+    write_layout(&layout, "1.0", &busybox_image(host_arch())).expect("layout");
+    let archive = work.path().join("a.tar");
+    tar_dir(&layout, &archive).expect("archive");
+    let bytes = std::fs::read(&archive).expect("archive");
+    let (status, body) = api.call_with(
+        "POST",
+        "/v1/images",
+        "/v1/images?name=shop%2Fapp%3A1",
+        Some(&bytes),
+        &[],
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let pushed: Vec<StoredImage> = serde_json::from_slice(&body).expect("images");
+    assert_eq!(pushed[0].name, "docker.io/shop/app:1");
+    let (status, body) = api.call_with("POST", "/v1/images", "/v1/images", Some(b"junk"), &[]);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    let listed: Vec<StoredImage> = api.ok("GET", "/v1/images", "/v1/images", None, 200);
+    assert_eq!(listed, pushed);
+    let one = "/v1/images/shop%2Fapp%3A1";
+    let got: StoredImage = api.ok("GET", "/v1/images/{name}", one, None, 200);
+    assert_eq!(got, pushed[0]);
+    api.refused(
+        "GET",
+        "/v1/images/{name}",
+        "/v1/images/Not%20A%20Name",
+        None,
+        400,
+    );
+    let removed: ImageRemoved = api.ok("DELETE", "/v1/images/{name}", one, None, 200);
+    assert_eq!(removed.blobs_removed.len(), 2 + pushed[0].layers.len());
+    api.refused("DELETE", "/v1/images/{name}", one, None, 404);
+    api.refused("GET", "/v1/images/{name}", one, None, 404);
+
     let nope = format!("{task_path}/logs?container=nope");
     api.refused("GET", "/v1/tasks/{id}/logs", &nope, None, 404);
     let bogus = format!("{task_path}/logs?bogus=1");

@@ -35,13 +35,8 @@ mod nodeagent_config;
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../../orchestratord/src/config_file.rs"]
 mod orchestratord_config;
-// The image decoders say `super::digest`: here, the crate root.
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../../runtime/src/image/digest.rs"]
-mod digest;
-#[allow(dead_code, unreachable_pub)]
-#[path = "../../../runtime/src/image/manifest.rs"]
-mod manifest;
+// The unpacker says `super::digest`: here, the crate root.
+use flotilla_oci::{digest, manifest};
 #[allow(dead_code, unreachable_pub)]
 #[path = "../../../runtime/src/image/unpack.rs"]
 mod unpack;
@@ -57,6 +52,7 @@ pub const TARGETS: &[Target] = &[
     ("compose", compose),
     ("image_manifest", image_manifest),
     ("layer_unpack", layer_unpack),
+    ("image_archive", image_archive),
     ("dns_query", dns_query),
     ("cron", cron),
     ("member_of", member_of),
@@ -292,6 +288,51 @@ pub fn layer_unpack(data: &[u8]) {
         .collect();
     assert_eq!(beside, [layer], "the unpacker wrote outside the layer");
     std::fs::remove_dir_all(&base).expect("the unpacked layer is removed");
+}
+
+/// An image archive as `flotilla image push` sends it to the control plane (and `nodeagent
+/// ctr image import` reads it): `flotilla_oci::layout::Layout::open` with the control plane's
+/// kind of limits, then every index entry's name, manifest and blobs as the content store
+/// reads them. Checks that staging writes only inside its scratch directory.
+pub fn image_archive(data: &[u8]) {
+    use flotilla_oci::layout::{archive_name, Layout, Limits};
+    let base = scratch().join("archive");
+    let _ = std::fs::remove_dir_all(&base);
+    let staging = base.join("staging");
+    std::fs::create_dir_all(&staging).expect("the staging directory");
+    let file = base.join("archive.tar");
+    std::fs::write(&file, data).expect("the archive");
+    let limits = Limits {
+        bytes: 64 << 20,
+        entries: 10_000,
+    };
+    if let Ok(layout) = Layout::open(&file, &staging, limits) {
+        for desc in &layout.index().manifests {
+            let _ = archive_name(desc);
+            if let Ok(bytes) = layout.read_verified(desc) {
+                if let Ok(manifest::ManifestKind::Image(m)) =
+                    manifest::parse_manifest(Some(&desc.media_type), &bytes)
+                {
+                    let _ = layout.read_small(&m.config.digest, manifest::MAX_CONFIG_BYTES);
+                    for l in &m.layers {
+                        let _ = layout.blob_path(&l.digest);
+                    }
+                }
+            }
+        }
+    }
+    let beside: Vec<PathBuf> = std::fs::read_dir(&base)
+        .expect("the scratch directory")
+        .map(|e| e.expect("an entry").path())
+        .collect();
+    let mut beside = beside;
+    beside.sort();
+    assert_eq!(
+        beside,
+        [file, staging],
+        "staging wrote outside its directory"
+    );
+    std::fs::remove_dir_all(&base).expect("the scratch directory is removed");
 }
 
 /// A DNS message as a task sends it to the agent's resolver (UDP and TCP), answered from a

@@ -134,6 +134,16 @@ pub enum Operator {
     GetConfig(String),
     /// `DELETE /v1/configs/{name}[?force=true]`.
     RemoveConfig(String, bool),
+    /// `POST /v1/images`: the images of an archive whose blobs the adapter has stored.
+    PutImages(Vec<flotilla_api::images::StoredImage>),
+    /// `GET /v1/images`.
+    ListImages,
+    /// `GET /v1/images/{name}`, by canonical name.
+    GetImage(String),
+    /// `DELETE /v1/images/{name}`, by canonical name.
+    RemoveImage(String),
+    /// The digests of every blob an image references (the content store's start-up sweep).
+    ReferencedBlobs,
     /// `GET /v1/events`.
     ListEvents {
         /// After this sequence number.
@@ -344,6 +354,16 @@ pub enum Reply {
     },
     /// Events.
     Events(Vec<Event>),
+    /// The images a push recorded.
+    ImagesPushed(Vec<flotilla_api::images::StoredImage>),
+    /// Images of the content store.
+    Images(Vec<flotilla_api::images::StoredImage>),
+    /// An image of the content store.
+    Image(flotilla_api::images::StoredImage),
+    /// An image removed, and the blobs to delete.
+    ImageRemoved(flotilla_api::images::ImageRemoved),
+    /// Digests of blobs (`sha256:…`).
+    Blobs(std::collections::BTreeSet<String>),
     /// A secret (or config) was created: its metadata.
     SecretCreated(flotilla_api::secrets::SecretInfo),
     /// A secret's (or config's) metadata.

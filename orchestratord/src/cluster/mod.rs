@@ -17,6 +17,7 @@ mod desired;
 mod discovery;
 mod feed;
 mod gauges;
+mod images;
 pub mod live;
 pub mod metrics;
 pub mod network;

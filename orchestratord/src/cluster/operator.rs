@@ -15,6 +15,7 @@ use flotilla_certs::token::JoinToken;
 
 use super::command::{CloseCode, ClusterError, Effect, Operator, Reply};
 use super::ctx::Ctx;
+use super::images;
 use super::live::{Live, TaskCpu};
 use super::metrics::PlacementOrigin;
 use super::placement::{self, NewTask, Plan};
@@ -178,6 +179,11 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
         Operator::ListConfigs => Ok(secrets::list(cx, Kind::Config)),
         Operator::GetConfig(name) => secrets::get(cx, Kind::Config, &name),
         Operator::RemoveConfig(name, force) => secrets::remove(cx, Kind::Config, &name, force),
+        Operator::PutImages(images) => images::put(cx, images),
+        Operator::ListImages => Ok(images::list(cx)),
+        Operator::GetImage(name) => images::get(cx, &name),
+        Operator::RemoveImage(name) => images::remove(cx, &name),
+        Operator::ReferencedBlobs => Ok(images::referenced(cx)),
         Operator::ListTaskDefs => Ok(Reply::TaskDefs(
             cx.txn.taskdefs().into_iter().cloned().collect(),
         )),

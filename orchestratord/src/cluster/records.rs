@@ -110,6 +110,20 @@ impl Record for NodeRecord {
     }
 }
 
+/// An image of the content store (table `images`), keyed by its canonical name; its blobs are
+/// files of the content store, outside the store's transactions (see `orchestratord`'s
+/// `content.rs`).
+impl Record for flotilla_api::images::StoredImage {
+    type Key = String;
+    const TABLE: &'static str = "images";
+    fn key(&self) -> String {
+        self.name.clone()
+    }
+    fn key_text(key: &String) -> String {
+        key.clone()
+    }
+}
+
 impl Record for TaskDefRevision {
     type Key = (String, u32);
     const TABLE: &'static str = "taskdefs";

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use ipnet::Ipv4Net;
 
+use flotilla_api::images::StoredImage;
 use flotilla_api::ops::{Event, EventFilter, TaskDefRevision, TaskDefStatus};
 
 use super::records::{
@@ -35,6 +36,7 @@ pub struct State {
     scaling: BTreeMap<String, ScalingRecord>,
     secrets: BTreeMap<String, SecretRecord>,
     configs: BTreeMap<String, ConfigRecord>,
+    images: BTreeMap<String, StoredImage>,
     events: VecDeque<Event>,
     last_event: u64,
     max_events: u64,
@@ -66,6 +68,7 @@ impl State {
             scaling: keyed(loaded.scaling),
             secrets: keyed(loaded.secrets),
             configs: keyed(loaded.configs),
+            images: keyed(loaded.images),
             last_event: loaded.events.last().map_or(0, |e| e.seq),
             events: loaded.events.into(),
             max_events: MAX_EVENTS,
@@ -162,6 +165,7 @@ impl State {
         put(&mut self.scaling, w.scaling);
         put(&mut self.secrets, w.secrets);
         put(&mut self.configs, w.configs);
+        put(&mut self.images, w.images);
         for (id, new) in w.tasks {
             let old = self.tasks.remove(&id);
             self.index_task(old.as_ref(), new.as_ref());
@@ -574,6 +578,28 @@ impl<'s> Txn<'s> {
     /// Stores a config.
     pub fn put_config(&mut self, c: ConfigRecord) {
         self.w.configs.insert(c.key(), Some(c));
+    }
+
+    // ---- images
+
+    /// An image of the content store, by canonical name.
+    pub fn image(&self, name: &str) -> Option<&StoredImage> {
+        get(&self.base.images, &self.w.images, name)
+    }
+
+    /// Every image of the content store, by name.
+    pub fn images(&self) -> Vec<&StoredImage> {
+        merged(self.base.images.iter(), self.w.images.iter())
+    }
+
+    /// Stores an image (replacing one of the same name).
+    pub fn put_image(&mut self, i: StoredImage) {
+        self.w.images.insert(i.key(), Some(i));
+    }
+
+    /// Removes an image.
+    pub fn remove_image(&mut self, name: &str) {
+        self.w.images.insert(name.to_string(), None);
     }
 
     // ---- events

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use flotilla_api::images::StoredImage;
 use flotilla_api::ops::{Event, TaskDefRevision};
 use redb::{
     Database, ReadableDatabase, ReadableTable, StorageError, TableDefinition, TransactionError,
@@ -41,6 +42,8 @@ pub struct Writes {
     pub secrets: Changes<SecretRecord>,
     /// Configs.
     pub configs: Changes<ConfigRecord>,
+    /// Images of the content store.
+    pub images: Changes<StoredImage>,
     /// Events appended, in sequence.
     pub events: Vec<Event>,
     /// Events with a sequence number below this are dropped (the log keeps the last
@@ -60,6 +63,7 @@ impl Writes {
             && self.scaling.is_empty()
             && self.secrets.is_empty()
             && self.configs.is_empty()
+            && self.images.is_empty()
             && self.events.is_empty()
             && self.events_from.is_none()
     }
@@ -86,6 +90,8 @@ pub struct Loaded {
     pub secrets: Vec<SecretRecord>,
     /// Configs.
     pub configs: Vec<ConfigRecord>,
+    /// Images of the content store.
+    pub images: Vec<StoredImage>,
     /// The event log, oldest first.
     pub events: Vec<Event>,
 }
@@ -156,6 +162,7 @@ impl RedbStore {
         w.open_table(table::<ScalingRecord>()).map_err(db)?;
         w.open_table(table::<SecretRecord>()).map_err(db)?;
         w.open_table(table::<ConfigRecord>()).map_err(db)?;
+        w.open_table(table::<StoredImage>()).map_err(db)?;
         w.open_table(EVENTS).map_err(db)?;
         w.commit().map_err(db)?;
         Ok(Self {
@@ -270,6 +277,7 @@ impl Store for RedbStore {
             scaling: Self::load_table(&r)?,
             secrets: Self::load_table(&r)?,
             configs: Self::load_table(&r)?,
+            images: Self::load_table(&r)?,
             events,
         })
     }
@@ -285,6 +293,7 @@ impl Store for RedbStore {
         Self::write_table(&w, &writes.scaling)?;
         Self::write_table(&w, &writes.secrets)?;
         Self::write_table(&w, &writes.configs)?;
+        Self::write_table(&w, &writes.images)?;
         if !writes.events.is_empty() || writes.events_from.is_some() {
             let mut t = w.open_table(EVENTS).map_err(db)?;
             for e in &writes.events {

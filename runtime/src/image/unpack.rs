@@ -9,12 +9,12 @@
 //! archive holds. Device nodes are skipped.
 //!
 //! The fuzz harness (`fuzz/harness`) compiles this file in by its path, without the rest of the
-//! crate: it may use only `super::digest` and crates the harness has.
+//! crate: it may use only `super::digest`, `flotilla_oci` and crates the harness has.
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -125,18 +125,7 @@ fn io_err<'a>(entry: &'a str, op: &'static str) -> impl FnOnce(Errno) -> UnpackE
     }
 }
 
-/// Wraps `reader` in the decompressor its first bytes call for (gzip, zstd, or none).
-pub fn decompress<'a, R: Read + 'a>(reader: R) -> io::Result<Box<dyn Read + 'a>> {
-    let mut buf = BufReader::with_capacity(256 << 10, reader);
-    let head = buf.fill_buf()?;
-    if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::bufread::MultiGzDecoder::new(buf)))
-    } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
-        Ok(Box::new(zstd::stream::read::Decoder::with_buffer(buf)?))
-    } else {
-        Ok(Box::new(buf))
-    }
-}
+pub use flotilla_oci::layout::decompress;
 
 /// Unpacks the (possibly compressed) layer tar `reader` into `dest`, which must be an existing,
 /// empty directory. Returns the diffID computed over the uncompressed stream; the caller checks

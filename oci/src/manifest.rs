@@ -2,8 +2,8 @@
 //! the image configuration the store needs. Docker v2 schema 2 and OCI shapes are the same JSON
 //! with different media types, so one set of types serves both.
 //!
-//! The fuzz harness (`fuzz/harness`) compiles this file in by its path, without the rest of the
-//! crate: it may use only `super::digest` and crates the harness has.
+//! Shapes from the OCI image-spec (`manifest.md`, `image-index.md`, `config.md`) and Docker's
+//! image manifest v2 schema 2.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use super::digest::Digest;
+use crate::digest::Digest;
 
 /// OCI image manifest media type.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";

@@ -1,7 +1,7 @@
 //! Content digests (`sha256:<hex>`), parsed strictly because they name files on disk.
 //!
-//! The fuzz harness (`fuzz/harness`) compiles this file in by its path, without the rest of the
-//! crate: it may use only `super::digest` and crates the harness has.
+//! The OCI image-spec's digests (<https://github.com/opencontainers/image-spec/blob/main/descriptor.md#digests>),
+//! restricted to the one algorithm every registry and tool writes.
 
 use std::fmt;
 use std::io::{self, Read};

@@ -1,0 +1,18 @@
+//! `flotilla-oci`: the OCI image formats Flotilla reads, with no I/O beyond reading a file —
+//! shared by the node's image store (`flotilla-runtime`) and the control plane's content store
+//! (`orchestratord`), which must not carry the container runtime.
+//!
+//! `digest` (strict `sha256:` digests, a hashing reader), `manifest` (OCI and Docker v2
+//! schema 2 documents, platform matching), `reference` (image references with Docker's
+//! defaulting rules) and `layout` (OCI image layouts, OCI archives and docker-save archives,
+//! staged safely).
+
+#![forbid(unsafe_code)]
+
+pub mod digest;
+pub mod layout;
+pub mod manifest;
+pub mod reference;
+
+pub use digest::Digest;
+pub use reference::{ImageRef, ReferenceError};

@@ -1,0 +1,140 @@
+//! The control plane's content store over the operator API: `POST /v1/images` (an image
+//! archive, streamed into the store — see `content.rs`) and `DELETE /v1/images/{name}` (the
+//! reference removed by the core, then the blobs no image references). Listing and inspecting
+//! are plain core commands (`Operator::ListImages`, `Operator::GetImage`).
+
+use flotilla_api::images::ImageRemoved;
+use flotilla_oci::manifest::Platform;
+use hyper::body::Incoming;
+use hyper::StatusCode;
+use orchestratord::cluster::{Command, Operator, Reply as CoreReply};
+
+use super::{error, json, query_pairs, refusal, respond, Reply};
+use crate::content::{PushError, MAX_PUSH_BYTES};
+use crate::plane::Plane;
+
+/// `POST /v1/images?name=REF&platform=OS/ARCH[/VARIANT]`: the body is an OCI image layout
+/// archive (tar, optionally gzip or zstd compressed) or a `docker save` archive, at most
+/// [`MAX_PUSH_BYTES`]. 201 with the images stored; 400 naming what is wrong with the archive
+/// (an entry leaving it, bad JSON, a blob whose content is not its digest …), 413 past the
+/// limit.
+pub async fn push(body: Incoming, query: Option<&str>, plane: &Plane) -> Reply {
+    let usage = "name=REF or platform=OS/ARCH[/VARIANT]";
+    let mut name = None;
+    let mut platform = None;
+    let pairs = match query_pairs(query, usage) {
+        Ok(p) => p,
+        Err((status, why)) => return error(status, why),
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "name" if !v.is_empty() => name = Some(v),
+            "platform" => match v.parse::<Platform>() {
+                Ok(p) => platform = Some(p),
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("platform: {e}")),
+            },
+            _ => return error(StatusCode::BAD_REQUEST, format!("query '{k}': {usage}")),
+        }
+    }
+    let content = plane.content.clone();
+    // The upload touches no blob: a removal need not wait for a slow link.
+    let archive = match content.receive(body, MAX_PUSH_BYTES).await {
+        Ok(a) => a,
+        Err(e) => return push_refused(&e),
+    };
+    // Held until the names are committed: no removal deletes a blob this push references.
+    let gate = content.gate.read().await;
+    let ingested = {
+        let store = content.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = store.ingest(&archive, name.as_deref(), platform.as_ref());
+            drop(archive);
+            r
+        })
+        .await
+    };
+    let images = match ingested {
+        Ok(Ok(images)) => images,
+        Ok(Err(e)) => {
+            // The blobs it stored before the fault are referenced by nothing.
+            drop(gate);
+            sweep(plane).await;
+            return push_refused(&e);
+        }
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("push: {e}")),
+    };
+    for i in &images {
+        tracing::info!(image = %i.name, digest = %i.manifest.digest, "image pushed");
+    }
+    let answer = match plane
+        .run(Command::Operator(Operator::PutImages(images)))
+        .await
+    {
+        Ok(reply) => respond(reply),
+        Err(e) => refusal(&e),
+    };
+    drop(gate);
+    // An image the push replaced may leave blobs no image references: they go once no
+    // push is under way, after the answer.
+    let plane = plane.clone();
+    tokio::spawn(async move { sweep(&plane).await });
+    answer
+}
+
+/// Removes every blob no image references, with no push under way: after a failed push, and
+/// when the control plane starts (a crash between a push's blobs and its commit).
+pub async fn sweep(plane: &Plane) {
+    let content = plane.content.clone();
+    let _gate = content.gate.write().await;
+    let keep = match plane
+        .run(Command::Operator(Operator::ReferencedBlobs))
+        .await
+    {
+        Ok(CoreReply::Blobs(keep)) => keep,
+        other => return tracing::warn!("content store sweep: unexpected answer {other:?}"),
+    };
+    let store = content.clone();
+    match tokio::task::spawn_blocking(move || store.sweep(&keep)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!("content store: {n} blobs no image references removed"),
+        Ok(Err(e)) => tracing::warn!("content store sweep: {e}"),
+        Err(e) => tracing::warn!("content store sweep: {e}"),
+    }
+}
+
+fn push_refused(e: &PushError) -> Reply {
+    let status = match e {
+        PushError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        e if e.is_internal() => {
+            tracing::error!("image push: {e}");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        _ => StatusCode::BAD_REQUEST,
+    };
+    error(status, e.to_string())
+}
+
+/// `DELETE /v1/images/{name}`: the core removes the reference and names the blobs no other
+/// image has; they are deleted before the answer, with no push in between.
+pub async fn remove(name: String, plane: &Plane) -> Reply {
+    let content = plane.content.clone();
+    let _gate = content.gate.write().await;
+    let removed: ImageRemoved = match plane
+        .run(Command::Operator(Operator::RemoveImage(name)))
+        .await
+    {
+        Ok(CoreReply::ImageRemoved(r)) => r,
+        Ok(other) => return respond(other),
+        Err(e) => return refusal(&e),
+    };
+    let blobs = removed.blobs_removed.clone();
+    let store = content.clone();
+    let failed = tokio::task::spawn_blocking(move || store.remove(&blobs))
+        .await
+        .unwrap_or_else(|e| vec![e.to_string()]);
+    for f in &failed {
+        // The reference is gone; the start-up sweep removes what is left.
+        tracing::warn!(image = %removed.name, "removing blob {f}");
+    }
+    json(StatusCode::OK, &removed)
+}

@@ -10,6 +10,7 @@ pub mod image;
 pub mod netns;
 pub mod node;
 pub mod openapi;
+pub mod power;
 pub mod registry;
 pub mod terminal;
 pub mod vm;

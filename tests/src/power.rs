@@ -168,25 +168,68 @@ pub struct Snapshot {
 /// Everything wrong with `s`: against the desired state alone, and with a ledger against every
 /// acknowledged write. Empty when all holds.
 pub fn verdict(s: &Snapshot, ledger: Option<&Ledger>) -> Vec<String> {
+    judge(&Look::of(s), ledger)
+}
+
+/// What [`verdict`] reads of a snapshot.
+#[derive(Debug, Default)]
+struct Look {
+    /// Nodes: id, connected.
+    nodes: Vec<(String, bool)>,
+    /// Tasks: id, desired, state, started by.
+    tasks: Vec<(String, DesiredStatus, TaskState, Option<String>)>,
+    /// The service's count, if it exists.
+    service_count: Option<u32>,
+    /// Containers: name (`TASK-INDEX`), running.
+    containers: Vec<(String, bool)>,
+}
+
+impl Look {
+    fn of(s: &Snapshot) -> Self {
+        Self {
+            nodes: s
+                .nodes
+                .iter()
+                .map(|n| (n.id.clone(), n.connected))
+                .collect(),
+            tasks: s
+                .tasks
+                .iter()
+                .map(|t| (t.id.clone(), t.desired, t.state, t.started_by.clone()))
+                .collect(),
+            service_count: s
+                .services
+                .iter()
+                .find(|v| v.spec.service_name == SERVICE)
+                .map(|v| v.spec.desired_count),
+            containers: s
+                .containers
+                .iter()
+                .map(|c| (c.record.display_name(), c.status == Status::Running))
+                .collect(),
+        }
+    }
+}
+
+fn judge(s: &Look, ledger: Option<&Ledger>) -> Vec<String> {
     let mut problems = Vec::new();
-    for n in &s.nodes {
-        if !n.connected {
-            problems.push(format!("node {} is not connected", n.id));
+    for (id, connected) in &s.nodes {
+        if !connected {
+            problems.push(format!("node {id} is not connected"));
         }
     }
     if s.nodes.is_empty() {
         problems.push("no node".into());
     }
 
-    // No two containers of one name; at most one running per task container.
-    let mut names: BTreeMap<String, usize> = BTreeMap::new();
-    let mut running: BTreeMap<String, usize> = BTreeMap::new();
-    for c in &s.containers {
-        let name = c.record.display_name();
-        *names.entry(name.clone()).or_default() += 1;
-        if c.status == Status::Running {
+    // No two containers of one name; at most one running per task.
+    let mut names: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut running: BTreeMap<&str, usize> = BTreeMap::new();
+    for (name, is_running) in &s.containers {
+        *names.entry(name).or_default() += 1;
+        if *is_running {
             let task = name.rsplit_once('-').map_or(name.as_str(), |(t, _)| t);
-            *running.entry(task.to_string()).or_default() += 1;
+            *running.entry(task).or_default() += 1;
         }
     }
     for (name, n) in &names {
@@ -194,9 +237,9 @@ pub fn verdict(s: &Snapshot, ledger: Option<&Ledger>) -> Vec<String> {
             problems.push(format!("doubled: {n} containers named {name}"));
         }
     }
-    let tasks: BTreeMap<&str, &TaskInfo> = s.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+    let tasks: BTreeMap<&str, _> = s.tasks.iter().map(|t| (t.0.as_str(), t)).collect();
     for (task, n) in &running {
-        match tasks.get(task.as_str()) {
+        match tasks.get(task) {
             None => problems.push(format!(
                 "{n} container(s) of task {task} run, which the control plane does not know"
             )),
@@ -206,50 +249,44 @@ pub fn verdict(s: &Snapshot, ledger: Option<&Ledger>) -> Vec<String> {
     }
 
     // The node as the desired state says, and the control plane told so.
-    for t in &s.tasks {
-        let n = running.get(&t.id).copied().unwrap_or(0);
-        match t.desired {
-            DesiredStatus::Running => {
-                if n != 1 {
-                    problems.push(format!("task {} is meant to run: {n} containers run", t.id));
-                }
-                if t.state != TaskState::Running {
-                    problems.push(format!("task {} is meant to run: {:?}", t.id, t.state));
-                }
-            }
-            DesiredStatus::Stopped => {
-                if n != 0 {
-                    problems.push(format!("task {} is stopped: {n} containers run", t.id));
-                }
-                if t.state != TaskState::Stopped {
-                    problems.push(format!("task {} is stopped: {:?}", t.id, t.state));
-                }
-            }
+    for (id, desired, state, _) in &s.tasks {
+        let n = running.get(id.as_str()).copied().unwrap_or(0);
+        let (want_running, want_state) = match desired {
+            DesiredStatus::Running => (1, TaskState::Running),
+            DesiredStatus::Stopped => (0, TaskState::Stopped),
+        };
+        if n != want_running {
+            problems.push(format!(
+                "task {id} is meant {desired:?}: {n} containers run"
+            ));
+        }
+        if *state != want_state {
+            problems.push(format!("task {id} is meant {desired:?}: {state:?}"));
         }
     }
     let service_tag = format!("service:{SERVICE}");
-    match s.services.iter().find(|v| v.spec.service_name == SERVICE) {
+    match s.service_count {
         None => problems.push(format!("no service {SERVICE}")),
-        Some(svc) => {
+        Some(count) => {
             let live = s
                 .tasks
                 .iter()
-                .filter(|t| t.started_by.as_deref() == Some(service_tag.as_str()))
-                .filter(|t| t.desired == DesiredStatus::Running)
+                .filter(|t| t.3.as_deref() == Some(service_tag.as_str()))
+                .filter(|t| t.1 == DesiredStatus::Running)
                 .count();
-            if live != svc.spec.desired_count as usize {
+            if live != count as usize {
                 problems.push(format!(
-                    "service {SERVICE} wants {} tasks: {live} meant to run",
-                    svc.spec.desired_count
+                    "service {SERVICE} wants {count} tasks: {live} meant to run"
                 ));
             }
             if let Some(ledger) = ledger {
                 let mut allowed = ledger.scale_tried.clone();
                 allowed.insert(ledger.scale.unwrap_or(0));
-                if !allowed.contains(&svc.spec.desired_count) {
+                if !allowed.contains(&count) {
                     problems.push(format!(
-                        "lost: service {SERVICE} wants {}, acknowledged {:?} (asked since: {:?})",
-                        svc.spec.desired_count, ledger.scale, ledger.scale_tried
+                        "lost: service {SERVICE} wants {count}, acknowledged {:?} (asked since: \
+                         {:?})",
+                        ledger.scale, ledger.scale_tried
                     ));
                 }
             }
@@ -259,15 +296,19 @@ pub fn verdict(s: &Snapshot, ledger: Option<&Ledger>) -> Vec<String> {
     // Every acknowledged write is there.
     if let Some(ledger) = ledger {
         for (id, l) in &ledger.tasks {
-            let Some(t) = tasks.get(id.as_str()) else {
+            let Some((_, desired, state, _)) = tasks.get(id.as_str()) else {
                 problems.push(format!("lost: acknowledged task {id} is gone"));
                 continue;
             };
-            if l.stop_acknowledged && t.desired != DesiredStatus::Stopped {
-                problems.push(format!("lost: the stop of {id} was acknowledged: {t:?}"));
+            if l.stop_acknowledged && *desired != DesiredStatus::Stopped {
+                problems.push(format!(
+                    "lost: the stop of {id} was acknowledged: it is meant {desired:?} ({state:?})"
+                ));
             }
-            if !l.stop_tried && t.desired != DesiredStatus::Running {
-                problems.push(format!("task {id} was never stopped: {t:?}"));
+            if !l.stop_tried && *desired != DesiredStatus::Running {
+                problems.push(format!(
+                    "task {id} was never stopped: it is meant {desired:?}"
+                ));
             }
         }
     }
@@ -504,8 +545,6 @@ pub struct Report {
     pub acknowledged: u64,
     /// Tasks the ledger tracks.
     pub tasks: usize,
-    /// Times the control plane's or the agent's store said it was repaired on open.
-    pub repairs: u32,
     /// Seconds the whole run took.
     pub seconds: f64,
     /// Slowest convergence after a boot, in seconds.
@@ -521,7 +560,6 @@ impl Report {
         self.checks += other.checks;
         self.acknowledged += other.acknowledged;
         self.tasks += other.tasks;
-        self.repairs += other.repairs;
         self.seconds = self.seconds.max(other.seconds);
         self.slowest_convergence = self.slowest_convergence.max(other.slowest_convergence);
     }
@@ -573,11 +611,6 @@ fn tail(text: &str, n: usize) -> &str {
         at += 1;
     }
     &text[at..]
-}
-
-/// Counts lines of `log` saying a store was repaired when it opened.
-fn repairs(log: &str) -> u32 {
-    log.lines().filter(|l| l.contains("repair")).count() as u32
 }
 
 /// Runs the cycles: boot, check against the ledger, load, cut. Fails at the first cycle whose
@@ -680,7 +713,6 @@ pub fn run(o: &Options) -> Result<Report> {
             report.slowest_convergence = report.slowest_convergence.max(secs);
             convergence = Some(secs);
             if last {
-                report.repairs += repairs(&logs(&vm));
                 break;
             }
             if let Err(e) = vm.wait_file("loading", Duration::from_secs(60)) {
@@ -705,7 +737,6 @@ pub fn run(o: &Options) -> Result<Report> {
         report.cuts += 1;
         let acked = std::fs::read_to_string(out.join("acked.log")).unwrap_or_default();
         ledger.merge(&acked)?;
-        report.repairs += repairs(&text);
         drop(vm);
         previous = text;
         let what = match convergence {
@@ -743,6 +774,96 @@ pub fn run(o: &Options) -> Result<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn task(
+        id: &str,
+        desired: DesiredStatus,
+        state: TaskState,
+    ) -> (String, DesiredStatus, TaskState, Option<String>) {
+        (id.into(), desired, state, None)
+    }
+
+    /// A converged node: one task running in one container, one stopped, the service at 0.
+    fn converged() -> Look {
+        Look {
+            nodes: vec![("n-1".into(), true)],
+            tasks: vec![
+                task("t-a", DesiredStatus::Running, TaskState::Running),
+                task("t-b", DesiredStatus::Stopped, TaskState::Stopped),
+            ],
+            service_count: Some(0),
+            containers: vec![("t-a-0".into(), true)],
+        }
+    }
+
+    fn ledger(log: &str) -> Ledger {
+        let mut l = Ledger::default();
+        l.merge(log).expect("merge");
+        l
+    }
+
+    #[test]
+    fn a_converged_node_with_every_acknowledged_write_passes() {
+        let l = ledger("run t-a\nrun t-b\ntry-stop t-b\nstop t-b\nscale 0\n");
+        assert_eq!(judge(&converged(), Some(&l)), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_lost_task_a_lost_stop_and_a_lost_scale_are_found() {
+        let mut look = converged();
+        look.tasks[1].1 = DesiredStatus::Running;
+        look.tasks[1].2 = TaskState::Running;
+        look.containers.push(("t-b-0".into(), true));
+        let l = ledger("run t-a\nrun t-b\nstop t-b\nrun t-gone\nscale 2\n");
+        let problems = judge(&look, Some(&l)).join("\n");
+        assert!(
+            problems.contains("lost: acknowledged task t-gone is gone"),
+            "{problems}"
+        );
+        assert!(problems.contains("lost: the stop of t-b"), "{problems}");
+        assert!(problems.contains("lost: service svc wants 0"), "{problems}");
+    }
+
+    #[test]
+    fn a_task_running_twice_is_found() {
+        let mut look = converged();
+        look.containers.push(("t-a-0".into(), true));
+        let problems = judge(&look, None).join("\n");
+        assert!(
+            problems.contains("doubled: 2 containers named t-a-0"),
+            "{problems}"
+        );
+        assert!(
+            problems.contains("doubled: 2 containers of t-a run"),
+            "{problems}"
+        );
+        let mut look = converged();
+        look.containers.push(("t-x-0".into(), true));
+        let problems = judge(&look, None).join("\n");
+        assert!(
+            problems.contains("task t-x run, which the control plane"),
+            "{problems}"
+        );
+    }
+
+    #[test]
+    fn a_node_not_yet_as_desired_is_not_converged() {
+        let mut look = converged();
+        look.containers.clear();
+        look.nodes[0].1 = false;
+        let problems = judge(&look, None).join("\n");
+        assert!(problems.contains("node n-1 is not connected"), "{problems}");
+        assert!(
+            problems.contains("task t-a is meant Running: 0 containers run"),
+            "{problems}"
+        );
+    }
+
+    #[test]
+    fn a_stop_asked_without_an_answer_may_or_may_not_have_committed() {
+        let l = ledger("run t-a\nrun t-b\ntry-stop t-b\ntry-stop t-a\ntry-scale 1\n");
+        assert_eq!(judge(&converged(), Some(&l)), Vec::<String>::new());
+    }
 
     #[test]
     fn a_line_cut_short_is_not_acknowledged() {

@@ -105,15 +105,14 @@ fn main() -> Result<()> {
             println!(
                 "power-cuts: seed {seed}, {chains} chain(s): {} cuts ({} in the load, {} in \
                  recovery), {} boots checked, {} acknowledged writes ({} tasks) checked at \
-                 every later boot: 0 lost, 0 unreadable stores, 0 doubled tasks; {} store \
-                 repairs logged; slowest convergence {:.1} s; {:.0} s in all, {:.1} s per cut",
+                 every later boot: 0 lost, 0 unreadable stores, 0 doubled tasks; slowest \
+                 convergence {:.1} s; {:.0} s in all, {:.1} s per cut",
                 total.cuts,
                 total.cuts_in_load,
                 total.cuts_in_recovery,
                 total.checks,
                 total.acknowledged,
                 total.tasks,
-                total.repairs,
                 total.slowest_convergence,
                 seconds,
                 seconds / f64::from(total.cuts.max(1)),

@@ -11,6 +11,7 @@ pub mod image;
 pub mod netns;
 pub mod node;
 pub mod openapi;
+pub mod power;
 pub mod registry;
 pub mod terminal;
 pub mod vm;

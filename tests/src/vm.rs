@@ -540,6 +540,12 @@ impl Vm {
 
     /// Cuts the power: QEMU is killed, the guest gets no shutdown.
     pub fn power_cut(mut self) -> Result<()> {
+        self.cut_power()
+    }
+
+    /// Cuts the power as [`Vm::power_cut`] does, and keeps [`Vm::out`] and the logs to read
+    /// until the `Vm` is dropped: what the guest wrote there before the cut, and nothing after.
+    pub fn cut_power(&mut self) -> Result<()> {
         self.qemu.kill()?;
         self.qemu.wait()?;
         Ok(())

@@ -743,7 +743,9 @@ impl ContainerStore {
             self.images.lease(&id, &details.record)?;
             let bytes = serde_json::to_vec_pretty(&record)
                 .map_err(|e| io_at(&paths.record())(io::Error::other(e)))?;
-            write_atomic(&paths.record(), &bytes)
+            // Durable: a container may run for a while before anything else of it is synced,
+            // and one whose record a power cut left empty cannot be started again in place.
+            write_durable(&paths.record(), &bytes)
         })();
         if let Err(e) = result {
             let _ = self.images.release(&id);
@@ -1889,8 +1891,9 @@ fn record_failed_run(paths: &ContainerPaths, e: &ContainerError) {
     }
 }
 
-/// Writes a file by rename so readers see all or nothing. Not fsynced: containers do not
-/// survive a power cut, and a record lost to one leaves a directory `ctr rm <id>` removes.
+/// Writes a file by rename so readers see all or nothing. Not fsynced: for what a power cut
+/// may take back (a run's state, an exit the next boot records as `unknown`), never for the
+/// record a container is started again from (see [`write_durable`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ContainerError> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");

@@ -10,8 +10,11 @@ cargo build --workspace --bins
 log=$(mktemp)
 fuzz_log=$(mktemp)
 # The fuzz targets build on nightly at the lowest priority while the tests run (they mostly
-# wait), then each runs briefly after them (scripts/fuzz.sh).
-setsid nice -n 19 scripts/fuzz.sh --build-only >"$fuzz_log" 2>&1 &
+# wait), then each runs briefly after them (scripts/fuzz.sh). Its own session is its own
+# autogroup when the kernel groups by session (sched_autogroup_enabled): a nice value then
+# weighs only inside the group, and the group would get as much CPU as the tests' own, so the
+# group's nice is set too (sched(7), "The autogroup feature").
+setsid sh -c 'echo 19 > /proc/self/autogroup 2>/dev/null || true; exec nice -n 19 scripts/fuzz.sh --build-only' >"$fuzz_log" 2>&1 &
 fuzz_build=$!
 # Its own process group, stopped whole when the tests fail first.
 trap 'kill -- -"$fuzz_build" 2>/dev/null || true; rm -f "$log" "$fuzz_log"' EXIT

@@ -351,7 +351,7 @@ pub async fn run(
         let started = std::time::Instant::now();
         let result = session(&endpoint, &dir, &mut cred, &runner, heartbeat).await;
         runner.set_online(false);
-        runner.secrets().set_session(None);
+        runner.session().set(None);
         announce_ready("running offline: the control plane is not reachable yet");
         match result {
             Ok(()) => tracing::info!("session closed"),
@@ -473,7 +473,7 @@ async fn session(
     }
     announce_ready(&format!("in session with {}", cred.server));
     runner.set_online(true);
-    runner.secrets().set_session(Some(conn.clone()));
+    runner.session().set(Some(conn.clone()));
     let r = runner.clone();
     tokio::task::spawn_blocking(move || r.contact()).await?;
     let mut due = renewal_due(&cred.identity.cert_pem)?;

@@ -8,6 +8,7 @@
 mod agent;
 mod claim;
 mod config_file;
+mod cp_images;
 mod ctr;
 mod ctr_container;
 mod db;
@@ -30,6 +31,7 @@ mod runner;
 mod runtime;
 mod schedule;
 mod secrets;
+mod session;
 
 use flotilla_api::stdout::{closed_pipe, EXIT_CLOSED_PIPE};
 use flotilla_api::{errln, outln};

@@ -168,6 +168,8 @@ pub struct Runner {
     meters: Arc<crate::meters::Meters>,
     /// The secrets its tasks' containers reference, kept sealed.
     secrets: Arc<crate::secrets::Secrets>,
+    /// The session with the control plane, as secrets and images ask over it.
+    session: Arc<crate::session::Session>,
     /// How images are pulled (mirrors) and collected.
     images: crate::images::ImageSettings,
     /// Wakes the image collection (after a pull).
@@ -212,7 +214,12 @@ impl Runner {
         )?);
         let (desired, runs) = load_state(&db)?;
         let contact = load_contact(&db)?;
-        let secrets = Arc::new(crate::secrets::Secrets::open(db.clone(), data_dir)?);
+        let session = Arc::new(crate::session::Session::default());
+        let secrets = Arc::new(crate::secrets::Secrets::open(
+            db.clone(),
+            data_dir,
+            session.clone(),
+        )?);
         match secrets.retain(&desired) {
             Ok(0) => {}
             Ok(n) => tracing::info!("deleted {n} secret values no desired task needs"),
@@ -234,6 +241,7 @@ impl Runner {
             task_logs: data_dir.join(crate::kept_logs::KEPT_DIR),
             meters: Arc::default(),
             secrets,
+            session,
             images,
             collect_images: Notify::new(),
             recorded_contact: Mutex::new(match contact {
@@ -267,9 +275,9 @@ impl Runner {
         self.networks.address()
     }
 
-    /// The node's secrets (the session is what they are asked over).
-    pub fn secrets(&self) -> &Arc<crate::secrets::Secrets> {
-        &self.secrets
+    /// The session with the control plane (set by the session loop).
+    pub fn session(&self) -> &Arc<crate::session::Session> {
+        &self.session
     }
 
     /// The node's DNS (the session hands it new registries).
@@ -516,21 +524,18 @@ impl Runner {
         self.node().set_online(online, Instant::now());
     }
 
-    /// What the agent measures of its own work.
-    /// Pulls `image` as the agent pulls, for a task or a prefetch: anonymously, through the
-    /// node's registry mirrors; counted in the meters; a successful pull wakes the collection
-    /// by disk pressure.
+    /// Pulls `image` as the agent pulls, for a task or a prefetch: from the control plane's
+    /// content store when it holds the image (`cp_images.rs`), else — or when that fails —
+    /// from its registry, anonymously, through the node's registry mirrors; counted in the
+    /// meters; a successful pull wakes the collection by disk pressure. When both fail, the
+    /// control plane's failure is answered (it held the image) and the registry's logged.
     pub async fn pull(
         &self,
         image: &str,
         progress: flotilla_runtime::image::ProgressFn,
     ) -> Result<flotilla_runtime::image::ImageRecord, flotilla_runtime::image::ImageStoreError>
     {
-        let options = flotilla_runtime::image::PullOptions {
-            mirrors: self.images.mirrors.clone(),
-            ..Default::default()
-        };
-        let pulled = self.store.images().pull(image, &options, progress).await;
+        let pulled = self.pull_from_anywhere(image, progress).await;
         self.meters.pulled(pulled.is_ok());
         if pulled.is_ok() {
             self.collect_images.notify_one();
@@ -538,6 +543,54 @@ impl Runner {
         pulled
     }
 
+    async fn pull_from_anywhere(
+        &self,
+        image: &str,
+        progress: flotilla_runtime::image::ProgressFn,
+    ) -> Result<flotilla_runtime::image::ImageRecord, flotilla_runtime::image::ImageStoreError>
+    {
+        let cp = crate::cp_images::ControlPlane::new(self.session.clone());
+        let mut from_cp = None;
+        if let Some(manifest) = cp.held(image).await {
+            let pulled = self
+                .store
+                .images()
+                .pull_from_source(image, &manifest, Arc::new(cp), progress.clone())
+                .await;
+            match pulled {
+                Ok(rec) => {
+                    tracing::info!(image, digest = %rec.digest, "fetched from the control plane");
+                    return Ok(rec);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        image,
+                        "fetching from the control plane failed, trying its registry: {}",
+                        flotilla_api::errors::chain(&e)
+                    );
+                    from_cp = Some(e);
+                }
+            }
+        }
+        let options = flotilla_runtime::image::PullOptions {
+            mirrors: self.images.mirrors.clone(),
+            ..Default::default()
+        };
+        let pulled = self.store.images().pull(image, &options, progress).await;
+        match (pulled, from_cp) {
+            (Err(registry), Some(cp)) => {
+                tracing::warn!(
+                    image,
+                    "and from its registry: {}",
+                    flotilla_api::errors::chain(&registry)
+                );
+                Err(cp)
+            }
+            (pulled, _) => pulled,
+        }
+    }
+
+    /// What the agent measures of its own work.
     pub fn meters(&self) -> &crate::meters::Meters {
         &self.meters
     }

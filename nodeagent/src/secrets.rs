@@ -68,7 +68,7 @@ pub struct Secrets {
     /// stops; it is read again at the next use, once the operator fixed it).
     key: Mutex<std::result::Result<Arc<SealingKey>, String>>,
     data_dir: std::path::PathBuf,
-    session: Mutex<Option<quinn::Connection>>,
+    session: Arc<crate::session::Session>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -100,7 +100,12 @@ impl Secrets {
     /// The secrets kept in `db`, sealed with the node's key in `<data_dir>/secrets.key` (made
     /// on first use). A key that cannot be used is logged, and only containers that reference
     /// secrets or configs then fail to start, naming why.
-    pub fn open(db: Arc<AgentDb>, data_dir: &Path) -> Result<Self> {
+    /// Values not kept are asked for over `session`.
+    pub fn open(
+        db: Arc<AgentDb>,
+        data_dir: &Path,
+        session: Arc<crate::session::Session>,
+    ) -> Result<Self> {
         let key = node_key(data_dir).map(Arc::new);
         if let Err(why) = &key {
             tracing::error!("the node's sealing key for secrets: {why}; containers that reference secrets or configs cannot start");
@@ -112,13 +117,8 @@ impl Secrets {
             db,
             key: Mutex::new(key),
             data_dir: data_dir.to_path_buf(),
-            session: Mutex::new(None),
+            session,
         })
-    }
-
-    /// The session values are asked over (`None`: offline).
-    pub fn set_session(&self, conn: Option<quinn::Connection>) {
-        *self.session.lock().unwrap_or_else(|p| p.into_inner()) = conn;
     }
 
     fn key(&self) -> Result<Arc<SealingKey>> {
@@ -173,12 +173,7 @@ impl Secrets {
 
     async fn fetch(&self, kind: Kind, name: &str, version: u32) -> Result<Vec<u8>> {
         let noun = kind.noun();
-        let conn = self
-            .session
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        let Some(conn) = conn else {
+        let Some(conn) = self.session.current() else {
             bail!(
                 "{noun} {name} version {version} is not on this node yet and the control plane \
                  is not reachable: it is fetched when the session is back"
@@ -403,14 +398,15 @@ mod tests {
     async fn kept_values_are_sealed_made_into_material_and_dropped_when_no_task_needs_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Arc::new(AgentDb::open(&dir.path().join("agent.redb")).expect("db"));
-        let secrets = Arc::new(Secrets::open(db.clone(), dir.path()).expect("open"));
+        let secrets =
+            Arc::new(Secrets::open(db.clone(), dir.path(), Arc::default()).expect("open"));
         let value = br#"{"user": "app", "password": "hunter2-node"}"#;
         secrets.keep(Kind::Secret, "db", 3, value).expect("keep");
         drop(secrets);
         // Sealed in the database: the value is nowhere in the file.
         let file = std::fs::read(dir.path().join("agent.redb")).expect("read");
         assert!(!file.windows(12).any(|w| w == b"hunter2-node"));
-        let secrets = Arc::new(Secrets::open(db, dir.path()).expect("reopen"));
+        let secrets = Arc::new(Secrets::open(db, dir.path(), Arc::default()).expect("reopen"));
         let t = task(
             &[("db", 3)],
             r#"[{"name":"DB_PASSWORD","valueFrom":"flotilla:db:password"},

@@ -225,7 +225,9 @@ async fn session(plane: &Plane, conn: Connection) {
                     let pacer = plane.content.pacer(&node);
                     match plane
                         .content
-                        .serve_blob(&digest, offset, pacer.as_deref(), &mut send)
+                        .serve_blob(&digest, offset, pacer.as_deref(), &mut send, &|n| {
+                            plane.metrics.image_sent(n)
+                        })
                         .await
                     {
                         Ok(n) => {

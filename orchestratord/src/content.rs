@@ -216,7 +216,7 @@ impl ContentStore {
     /// Answers a node's `AgentRequest::Blob` on `out`: `AgentReply::Blob { size }` and the
     /// blob's bytes from `offset` to its end, paced by `pacer`; or `AgentReply::Refused` for a
     /// digest that is malformed or not held, or an offset past the end. Answers the bytes of
-    /// content sent.
+    /// content sent, and tells `sent_bytes` of each chunk as it is written.
     ///
     /// # Errors
     /// The blob could not be read, or the stream failed (the node went away): naming which.
@@ -226,6 +226,7 @@ impl ContentStore {
         offset: u64,
         pacer: Option<&Pacer>,
         out: &mut W,
+        sent_bytes: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<u64, String> {
         use flotilla_api::{write_frame, AgentReply};
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -286,6 +287,7 @@ impl ContentStore {
             out.write_all(&buf[..n])
                 .await
                 .map_err(|e| format!("sending blob {digest}: {e}"))?;
+            sent_bytes(n as u64);
             sent += n as u64;
         }
         out.flush()
@@ -749,11 +751,19 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (store, d, bytes) = with_blob(dir.path(), 300_000, 0);
         let mut out = Vec::new();
+        let counted = std::sync::atomic::AtomicU64::new(0);
         let sent = store
-            .serve_blob(&d.to_string(), 100_000, None, &mut out)
+            .serve_blob(&d.to_string(), 100_000, None, &mut out, &|n| {
+                counted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            })
             .await
             .expect("served");
         assert_eq!(sent, 200_000);
+        assert_eq!(
+            counted.into_inner(),
+            200_000,
+            "every byte written is counted"
+        );
         let mut r = out.as_slice();
         let head: AgentReply = read_frame(&mut r).await.expect("head");
         assert_eq!(head, AgentReply::Blob { size: 300_000 });
@@ -770,7 +780,7 @@ mod tests {
         ] {
             let mut out = Vec::new();
             let sent = store
-                .serve_blob(&digest, offset, None, &mut out)
+                .serve_blob(&digest, offset, None, &mut out, &|_| {})
                 .await
                 .expect("answered");
             assert_eq!(sent, 0);
@@ -800,8 +810,8 @@ mod tests {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         let digest = d.to_string();
         let (x, y) = tokio::join!(
-            store.serve_blob(&digest, 0, Some(&pacer), &mut a),
-            store.serve_blob(&digest, 0, Some(&pacer), &mut b)
+            store.serve_blob(&digest, 0, Some(&pacer), &mut a, &|_| {}),
+            store.serve_blob(&digest, 0, Some(&pacer), &mut b, &|_| {})
         );
         assert_eq!((x, y), (Ok(512 << 10), Ok(512 << 10)));
         // 1 MiB at 1 MiB/s: the last chunk leaves a chunk's time before the second is up.

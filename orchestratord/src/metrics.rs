@@ -25,6 +25,7 @@
 //! | `flotilla_store_commit_duration_seconds` | histogram | | one store transaction's commit |
 //! | `flotilla_store_commit_failures_total` | counter | | commits that failed |
 //! | `flotilla_api_request_duration_seconds` | histogram | `method`, `route`, `code` | operator API requests, by route template |
+//! | `flotilla_image_sent_bytes_total` | counter | | bytes of the content store's blobs sent to nodes over their sessions (`AgentRequest::Blob`), as written to the streams |
 
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use flotilla_metrics::{family, gauge};
 use hyper::{Method, StatusCode};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
@@ -67,12 +68,14 @@ fn api_histogram() -> Histogram {
 #[derive(Debug)]
 pub struct Metrics {
     api: ApiHistograms,
+    image_sent: Counter,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self {
             api: Family::new_with_constructor(api_histogram),
+            image_sent: Counter::default(),
         }
     }
 }
@@ -86,6 +89,11 @@ impl Metrics {
             code: code.as_u16(),
         };
         self.api.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    /// `bytes` of a content-store blob were written to a node's stream.
+    pub fn image_sent(&self, bytes: u64) {
+        self.image_sent.inc_by(bytes);
     }
 }
 
@@ -177,6 +185,12 @@ pub fn encode(snapshot: Snapshot, metrics: &Metrics, openmetrics: bool) -> (&'st
         "Operator API requests by method, route template and status code, until the response head (a streamed body is not timed)",
         Unit::Seconds,
         metrics.api.clone(),
+    );
+    registry.register_with_unit(
+        "flotilla_image_sent",
+        "Bytes of the content store's blobs sent to nodes over their sessions",
+        Unit::Bytes,
+        metrics.image_sent.clone(),
     );
     flotilla_metrics::encode(&registry, openmetrics)
 }

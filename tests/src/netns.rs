@@ -142,6 +142,12 @@ impl Host {
     pub fn restore(&self) {
         ip(&["link", "set", &self.veth, "up"]);
     }
+
+    /// Leaves the host a route to its LAN only (no default route): nothing beyond the LAN —
+    /// a registry, a DNS server — can be reached, and trying fails at once.
+    pub fn lan_only(&self) {
+        ip(&["-n", &self.netns, "route", "del", "default"]);
+    }
 }
 
 impl Drop for Host {

@@ -2,14 +2,22 @@
 //! archive and a `docker save` archive of the same image share every blob, `ls` and `inspect`
 //! show them, `rm` deletes only what no other image has, a blob whose content is not its
 //! digest is refused naming it, and what is kept survives a restart of the control plane.
+//! A node with no route beyond its LAN runs tasks of a pushed image, fetched over its own
+//! session: a transfer cut by a lost link goes on from where it stopped, and content that is
+//! not what its digest says is refused.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
+use std::time::Duration;
+
 use flotilla_api::images::StoredImage;
-use flotilla_tests::cluster::ControlPlane;
-use flotilla_tests::host_arch;
-use flotilla_tests::image::{busybox_image, tar_dir, write_docker_save, write_layout};
+use flotilla_api::tasks::TaskState;
+use flotilla_tests::cluster::{ControlPlane, Fleet};
+use flotilla_tests::image::{
+    busybox_image, tar_dir, write_docker_save, write_layout, Compression, Layer,
+};
+use flotilla_tests::{host_arch, wait};
 
 /// The blob files of the content store.
 fn blobs(cp: &ControlPlane) -> Vec<String> {
@@ -196,4 +204,152 @@ fn an_image_replaced_by_a_push_leaves_no_blob_of_its_own_behind() {
 
 fn path(p: &Path) -> String {
     p.display().to_string()
+}
+
+/// An OCI archive of busybox with a layer of its own: `bytes` that do not compress (so the
+/// node has all but that layer already: its test image is busybox). The archive, and the own
+/// layer's digest and size.
+fn image_with_noise(dir: &Path, bytes: u64) -> (std::path::PathBuf, String, u64) {
+    let mut spec = busybox_image(host_arch());
+    let mut noise = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(std::fs::File::open("/dev/urandom").expect("urandom"), bytes),
+        &mut noise,
+    )
+    .expect("noise");
+    let mut own = Layer::new();
+    own.dir("app", 0o755).file("app/data", &noise, 0o644);
+    spec.layers.push((own.finish(), Compression::Gzip));
+    let layout = dir.join("layout");
+    let built = write_layout(&layout, "1", &spec).expect("layout");
+    let archive = dir.join("app.tar");
+    tar_dir(&layout, &archive).expect("archive");
+    let layer = built.layers.last().expect("own layer").clone();
+    let size = std::fs::metadata(layout.join("blobs/sha256").join(&layer[7..]))
+        .expect("layer blob")
+        .len();
+    (archive, layer, size)
+}
+
+/// A task definition of `image`, a container that runs until stopped.
+fn serving(family: &str, image: &str) -> String {
+    format!(
+        r#"{{"family": "{family}", "networkMode": "none", "containerDefinitions": [{{
+            "name": "main", "image": "{image}", "memory": 16, "stopTimeout": 2,
+            "command": ["sh", "-c", "test -s /app/data; trap 'exit 0' TERM; sleep 600 & wait"]}}]}}"#
+    )
+}
+
+/// The control plane's `flotilla_image_sent_bytes_total`.
+fn sent_bytes(cp: &ControlPlane) -> u64 {
+    let text = cp.api().metrics().expect("metrics");
+    text.lines()
+        .find_map(|l| l.strip_prefix("flotilla_image_sent_bytes_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no flotilla_image_sent_bytes_total in:\n{text}"))
+}
+
+/// Bytes of the partial file of `layer` fetched from the control plane, if there is one.
+fn partial(fleet: &Fleet, layer: &str) -> Option<u64> {
+    let path = fleet.nodes[0]
+        .data
+        .join("images/ingest")
+        .join(format!("{}.control-plane.partial", &layer[7..]));
+    std::fs::metadata(path).ok().map(|m| m.len())
+}
+
+#[test]
+fn a_node_with_no_route_to_a_registry_runs_a_pushed_image_resuming_a_cut_transfer() {
+    // 1 MiB/s per node: the 4 MiB layer takes four seconds, long enough to cut.
+    let fleet = Fleet::start_with(&[&[]], |_| {
+        (vec!["--image-rate-limit".into(), "1048576".into()], vec![])
+    });
+    fleet.hosts[0].lan_only();
+    let work = tempfile::tempdir().expect("work");
+    let (archive, layer, size) = image_with_noise(work.path(), 4 << 20);
+    fleet
+        .cp
+        .flotilla_ok(&["image", "push", &path(&archive), "--name", "shop/app:1"]);
+    fleet.register(&serving("app", "shop/app:1"));
+    let id = fleet.cp.run_one("app");
+
+    wait(
+        "a quarter of the layer fetched",
+        Duration::from_secs(30),
+        || partial(&fleet, &layer).is_some_and(|n| n >= size / 4),
+    );
+    let sessions_lost = |log: &str| log.matches("reconnecting in").count();
+    let before = sessions_lost(&fleet.agents[0].log());
+    fleet.hosts[0].cut();
+    // The session ends (QUIC's idle timeout) and the transfer with it.
+    wait("the session lost", Duration::from_secs(60), || {
+        sessions_lost(&fleet.agents[0].log()) > before
+    });
+    let held = partial(&fleet, &layer).expect("the partial layer is kept");
+    assert!(held > 0 && held < size, "{held} of {size}");
+    let sent_before = sent_bytes(&fleet.cp);
+    fleet.hosts[0].restore();
+    wait("the task running", Duration::from_secs(90), || {
+        let t = fleet.cp.task(&id);
+        assert_ne!(t.state, TaskState::Stopped, "{t:#?}");
+        t.state == TaskState::Running
+    });
+    let resumed = sent_bytes(&fleet.cp) - sent_before;
+    eprintln!("layer of {size} bytes: {held} held at the cut, {resumed} sent after it");
+    assert!(
+        resumed <= size - held,
+        "after the cut, the control plane sent more than the node lacked: {resumed} bytes, \
+         held {held} of {size}"
+    );
+    let log = fleet.agents[0].log();
+    assert!(
+        log.contains("layer transfer interrupted; resuming"),
+        "{log}"
+    );
+    assert!(log.contains("fetched from the control plane"), "{log}");
+    assert!(partial(&fleet, &layer).is_none(), "the partial file stays");
+}
+
+#[test]
+fn a_blob_the_control_plane_serves_corrupt_is_refused_naming_it() {
+    let fleet = Fleet::start(&[&[]]);
+    fleet.hosts[0].lan_only();
+    let work = tempfile::tempdir().expect("work");
+    let (archive, layer, size) = image_with_noise(work.path(), 256 << 10);
+    fleet
+        .cp
+        .flotilla_ok(&["image", "push", &path(&archive), "--name", "shop/bad:1"]);
+    // Bit rot in the control plane's store: one byte of the layer, same length.
+    let blob = fleet.cp.data.join("images/blobs/sha256").join(&layer[7..]);
+    let mut bytes = std::fs::read(&blob).expect("blob");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&blob, &bytes).expect("rot");
+    assert_eq!(bytes.len() as u64, size);
+
+    fleet.register(&serving("bad", "shop/bad:1"));
+    let id = fleet.cp.run_one("bad");
+    wait("the task stopped", Duration::from_secs(60), || {
+        fleet.cp.task(&id).state == TaskState::Stopped
+    });
+    let reason = fleet.cp.task(&id).stop_reason.unwrap_or_default();
+    assert!(
+        reason.starts_with(&format!(
+            "container main could not start: pulling image 'docker.io/shop/bad:1' from the \
+             control plane: layer {layer} is corrupt: content hashes to sha256:"
+        )),
+        "{reason}"
+    );
+    let log = fleet.agents[0].log();
+    assert!(
+        log.contains("fetching from the control plane failed, trying its registry"),
+        "{log}"
+    );
+    assert!(
+        partial(&fleet, &layer).is_none(),
+        "the corrupt bytes are kept"
+    );
+    let images = fleet.nodes[0].ctr_ok(&["image", "ls"]);
+    assert!(!images.contains("shop/bad"), "{images}");
 }

@@ -4,7 +4,8 @@
 //! - `blobs/sha256/<hex>`: verified manifests and configs;
 //! - `layers/<diffID hex>/`: each layer unpacked once, in overlayfs lower-layer form, shared by
 //!   every image that has it; `layers/<hex>.json` records its size;
-//! - `ingest/<hex>.partial`: downloads in progress, kept across failures so a pull resumes;
+//! - `ingest/<hex>[.<source>].partial`: downloads in progress (from a registry, a mirror, or
+//!   the control plane: [`remote`]), kept across failures so a pull resumes;
 //! - `tmp/`: unpacks and archive imports in progress (emptied by garbage collection);
 //! - `images.json`: names → image records, replaced atomically under `images.lock`;
 //! - `gc.lock`: pulls hold it shared, garbage collection exclusive.
@@ -16,6 +17,7 @@ pub mod busybox;
 pub mod gc;
 mod import;
 pub mod registry;
+pub mod remote;
 pub mod unpack;
 
 pub use flotilla_oci::reference::{ImageRef, ReferenceError};
@@ -221,6 +223,16 @@ pub enum ImageStoreError {
         /// What the registry itself answered.
         source: RegistryError,
     },
+    /// A fetch from a [`remote::BlobSource`] (the control plane) failed.
+    #[error("pulling image '{image}' from {from}: {source}")]
+    Fetch {
+        /// The image.
+        image: String,
+        /// Who served ("the control plane").
+        from: String,
+        /// What went wrong.
+        source: remote::FetchError,
+    },
     /// A manifest, index or config is unusable.
     #[error("image '{image}': {reason}")]
     Invalid {
@@ -335,6 +347,92 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     line
 }
 
+/// A manifest or config from `source`: at most `desc.size` bytes, checked against its digest;
+/// a transient failure is tried again from the start, up to [`DOWNLOAD_ATTEMPTS`] times.
+async fn fetch_small(
+    source: &dyn remote::BlobSource,
+    image: &str,
+    what: &'static str,
+    desc: &Descriptor,
+) -> Result<Vec<u8>, ImageStoreError> {
+    let mut attempt = 0;
+    let bytes = loop {
+        attempt += 1;
+        let mut sink = remote::Bounded::new(desc.size);
+        match source
+            .fetch(&desc.digest, 0, desc.size, &mut sink, &|_| {})
+            .await
+        {
+            Ok(_) => break sink.bytes,
+            Err(e) if e.transient && attempt < DOWNLOAD_ATTEMPTS => {
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            Err(source_error) => {
+                return Err(ImageStoreError::Fetch {
+                    image: image.to_string(),
+                    from: source.name().to_string(),
+                    source: source_error,
+                })
+            }
+        }
+    };
+    let actual = Digest::of(&bytes);
+    if actual != desc.digest || bytes.len() as u64 != desc.size {
+        return Err(ImageStoreError::DigestMismatch {
+            image: image.to_string(),
+            what,
+            digest: desc.digest.clone(),
+            actual,
+        });
+    }
+    Ok(bytes)
+}
+
+/// Brings `partial` up to blob `desc`'s whole length with bytes from `source`, asking from
+/// the length it has (a partial file longer than the blob is started over). The content is
+/// verified by the unpack that reads it.
+async fn fetch_into(
+    source: &dyn remote::BlobSource,
+    desc: &Descriptor,
+    partial: &Path,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(), remote::FetchError> {
+    use tokio::io::AsyncWriteExt;
+    let write_error =
+        |e: io::Error| remote::FetchError::permanent(format!("{}: {e}", partial.display()));
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(partial)
+        .await
+        .map_err(write_error)?;
+    let mut have = file.metadata().await.map_err(write_error)?.len();
+    if have > desc.size {
+        file.set_len(0).await.map_err(write_error)?;
+        have = 0;
+    }
+    if have < desc.size {
+        let start = have;
+        let cb = |n: u64| progress(start + n);
+        progress(start);
+        let written = source
+            .fetch(&desc.digest, start, desc.size, &mut file, &cb)
+            .await;
+        // What arrived stays for the next attempt, also when the transfer was cut.
+        file.flush().await.map_err(write_error)?;
+        written?;
+        file.sync_data().await.map_err(write_error)?;
+        have = file.metadata().await.map_err(write_error)?.len();
+    }
+    if have != desc.size {
+        return Err(remote::FetchError::transient(format!(
+            "blob {} ended after {have} of its {} bytes",
+            desc.digest, desc.size
+        )));
+    }
+    Ok(())
+}
+
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> ImageStoreError + '_ {
     move |source| ImageStoreError::Io {
         path: path.to_path_buf(),
@@ -394,6 +492,7 @@ pub(crate) struct PlatformChoice<'a> {
 pub(crate) enum Source {
     Registry(RegistryClient),
     Layout(Arc<import::Layout>),
+    Remote(Arc<dyn remote::BlobSource>),
 }
 
 impl ImageStore {
@@ -563,6 +662,76 @@ impl ImageStore {
         })
     }
 
+    /// Fetches image `reference`, whose manifest `manifest` describes, from `source` (the
+    /// control plane's content store) — manifest, config, then each layer not already
+    /// unpacked here, resuming a layer's partial download from `source` — verifies each blob
+    /// against its digest and size, unpacks the layers, and files the image under
+    /// `reference`'s name with `source`'s tag as its origin. An image manifest only: the
+    /// source chose the platform.
+    ///
+    /// # Errors
+    /// [`ImageStoreError::Fetch`] when the source fails (after [`DOWNLOAD_ATTEMPTS`] tries of
+    /// a layer when it fails transiently) or serves content that is not what its descriptor
+    /// says (deleted, and named as corrupt), and the errors of a registry pull for everything
+    /// after.
+    pub async fn pull_from_source(
+        &self,
+        reference: &str,
+        manifest: &Descriptor,
+        source: Arc<dyn remote::BlobSource>,
+        progress: ProgressFn,
+    ) -> Result<ImageRecord, ImageStoreError> {
+        let name = ImageRef::parse(reference)?.name();
+        if manifest.size > manifest::MAX_MANIFEST_BYTES {
+            return Err(ImageStoreError::Invalid {
+                image: name,
+                reason: format!(
+                    "manifest of {} bytes is larger than allowed ({} bytes)",
+                    manifest.size,
+                    manifest::MAX_MANIFEST_BYTES
+                ),
+            });
+        }
+        let from = source.name().to_string();
+        // Content that is not what its digest says is the source's fault: named so.
+        let named = |e| match e {
+            ImageStoreError::DigestMismatch {
+                image,
+                what,
+                digest,
+                actual,
+            } => ImageStoreError::Fetch {
+                image,
+                from: from.clone(),
+                source: remote::FetchError::permanent(format!(
+                    "{what} {digest} is corrupt: content hashes to {actual}"
+                )),
+            },
+            other => other,
+        };
+        let bytes = fetch_small(source.as_ref(), &name, "manifest", manifest)
+            .await
+            .map_err(named)?;
+        let platforms = self.platforms(None);
+        let tag = source.tag().to_string();
+        self.ingest(
+            &Source::Remote(source),
+            &name,
+            &bytes,
+            manifest.digest.clone(),
+            Some(&manifest.media_type),
+            PlatformChoice {
+                platforms: &platforms,
+                from_index: None,
+                asked: false,
+            },
+            &tag,
+            progress,
+        )
+        .await
+        .map_err(named)
+    }
+
     /// One pull of `r` from the source `client` talks to.
     async fn pull_from(
         &self,
@@ -693,6 +862,7 @@ impl ImageStore {
                     source,
                 })?,
             Source::Layout(l) => l.read_small(&m.config.digest, MAX_CONFIG_BYTES)?,
+            Source::Remote(r) => fetch_small(r.as_ref(), name, "config", &m.config).await?,
         };
         let actual = Digest::of(&config_bytes);
         if actual != m.config.digest {
@@ -782,7 +952,7 @@ impl ImageStore {
             source: origin.to_string(),
             mirror: match source {
                 Source::Registry(c) => c.mirror().map(ToString::to_string),
-                Source::Layout(_) => None,
+                Source::Layout(_) | Source::Remote(_) => None,
             },
         };
         let rec = record.clone();
@@ -933,6 +1103,35 @@ impl ImageStore {
                 partial
             }
             Source::Layout(l) => l.blob_path(&desc.digest)?,
+            Source::Remote(r) => {
+                let partial = self.inner.root.join("ingest").join(format!(
+                    "{}.{}.partial",
+                    desc.digest.hex(),
+                    r.tag()
+                ));
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let cb = |held| event(Phase::Downloading(held));
+                    match fetch_into(r.as_ref(), desc, &partial, &cb).await {
+                        Ok(()) => break,
+                        Err(e) if e.transient && attempt < DOWNLOAD_ATTEMPTS => {
+                            tracing::warn!(image, layer = %desc.digest, attempt, from = r.name(),
+                                error = %e, "layer transfer interrupted; resuming");
+                            tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt)))
+                                .await;
+                        }
+                        Err(source) => {
+                            return Err(ImageStoreError::Fetch {
+                                image: image.to_string(),
+                                from: r.name().to_string(),
+                                source,
+                            })
+                        }
+                    }
+                }
+                partial
+            }
         };
 
         event(Phase::Unpacking);
@@ -961,7 +1160,7 @@ impl ImageStore {
         let (stats, (blob_digest, blob_len)) = unpacked;
         let corrupt_blob = blob_digest != desc.digest || blob_len != desc.size;
         if corrupt_blob {
-            if matches!(source, Source::Registry(_)) {
+            if !matches!(source, Source::Layout(_)) {
                 let _ = fs::remove_file(&blob_file);
             }
             return Err(ImageStoreError::DigestMismatch {
@@ -987,7 +1186,7 @@ impl ImageStore {
         let meta = serde_json::json!({ "diff_id": diff_id, "unpacked_bytes": stats.content_bytes, "entries": stats.entries });
         write_atomic(&dir.with_extension("json"), meta.to_string().as_bytes())?;
         fs::rename(&target, &dir).map_err(io_at(&dir))?;
-        if matches!(source, Source::Registry(_)) {
+        if !matches!(source, Source::Layout(_)) {
             let _ = fs::remove_file(&blob_file);
         }
         event(Phase::Done);

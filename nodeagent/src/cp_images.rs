@@ -1,0 +1,232 @@
+//! Images from the control plane's content store (`flotilla image push`), over the node's own
+//! session: no inbound port, no registry credentials, nothing but the node's certificate.
+//!
+//! Before it pulls a task's image from a registry, the agent asks the control plane whether
+//! it holds the image (`AgentRequest::Image`); if so, the image comes from there, blob by blob
+//! (`AgentRequest::Blob`, from the length of what the node already has of it), each verified
+//! against its digest by the image store ([`flotilla_runtime::image::remote`]). The control
+//! plane paces each node's transfers (`image_rate_limit`). A transfer cut by a lost session
+//! waits for the next session (up to [`SESSION_WAIT`]) and goes on from where it stopped.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flotilla_api::images::StoredImage;
+use flotilla_api::{read_frame, write_frame, AgentReply, AgentRequest};
+use flotilla_runtime::image::digest::Digest;
+use flotilla_runtime::image::manifest::Descriptor;
+use flotilla_runtime::image::remote::{BlobSink, BlobSource, FetchError, FetchFuture};
+use tokio::io::AsyncWriteExt;
+
+use crate::session::Session;
+
+/// How long a transfer cut by a lost session waits for the next one before the pull fails
+/// (and the task's start is tried again later, resuming).
+pub const SESSION_WAIT: Duration = Duration::from_secs(90);
+
+/// How long the control plane has to answer a request's head (not the transfer).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Bytes read from the stream at a time.
+const CHUNK: usize = 64 << 10;
+
+/// The control plane's content store, reached over the node's session.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    session: Arc<Session>,
+}
+
+impl ControlPlane {
+    /// The content store behind `session`.
+    pub fn new(session: Arc<Session>) -> Self {
+        Self { session }
+    }
+
+    /// The image the control plane holds under `image` (Docker's defaults apply), as a
+    /// manifest descriptor: `None` when there is no session now, or the control plane does
+    /// not hold it (or refuses, or is of a release without a content store), logged at debug.
+    pub async fn held(&self, image: &str) -> Option<Descriptor> {
+        let conn = self.session.current()?;
+        let ask = async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            write_frame(
+                &mut send,
+                &AgentRequest::Image {
+                    image: image.to_string(),
+                },
+            )
+            .await?;
+            let _ = send.finish();
+            anyhow::Ok(read_frame::<_, AgentReply>(&mut recv).await?)
+        };
+        match tokio::time::timeout(ANSWER_TIMEOUT, ask).await {
+            Ok(Ok(AgentReply::Image(stored))) => match descriptor(&stored) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::warn!(image, "the control plane's answer for the image: {e}");
+                    None
+                }
+            },
+            Ok(Ok(AgentReply::Refused { reason })) => {
+                tracing::debug!(image, "not from the control plane: {reason}");
+                None
+            }
+            Ok(Ok(other)) => {
+                tracing::warn!(image, "unexpected answer to an image request: {other:?}");
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(image, "asking the control plane for the image: {e:#}");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(
+                    image,
+                    "the control plane did not answer whether it holds the image within {ANSWER_TIMEOUT:?}"
+                );
+                None
+            }
+        }
+    }
+
+    async fn fetch_blob(
+        &self,
+        digest: &Digest,
+        offset: u64,
+        size: u64,
+        out: BlobSink<'_>,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<u64, FetchError> {
+        let conn = self.session.wait(SESSION_WAIT).await.ok_or_else(|| {
+            FetchError::transient(format!(
+                "blob {digest}: no session with the control plane for {SESSION_WAIT:?}"
+            ))
+        })?;
+        let cut = |e: &dyn std::fmt::Display| {
+            FetchError::transient(format!("blob {digest} from byte {offset}: {e}"))
+        };
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| cut(&e))?;
+        let ask = AgentRequest::Blob {
+            digest: digest.to_string(),
+            offset,
+        };
+        write_frame(&mut send, &ask).await.map_err(|e| cut(&e))?;
+        let _ = send.finish();
+        let head = tokio::time::timeout(ANSWER_TIMEOUT, read_frame::<_, AgentReply>(&mut recv))
+            .await
+            .map_err(|_| cut(&format!("no answer within {ANSWER_TIMEOUT:?}")))?
+            .map_err(|e| cut(&e))?;
+        match head {
+            AgentReply::Blob { size: whole } if whole == size => {}
+            AgentReply::Blob { size: whole } => {
+                return Err(FetchError::permanent(format!(
+                    "blob {digest}: the control plane holds {whole} bytes, the manifest says \
+                     {size}"
+                )))
+            }
+            AgentReply::Refused { reason } => {
+                return Err(FetchError::permanent(format!(
+                    "blob {digest}: refused: {reason}"
+                )))
+            }
+            other => {
+                return Err(FetchError::permanent(format!(
+                    "blob {digest}: unexpected answer {other:?}"
+                )))
+            }
+        }
+        let want = size.saturating_sub(offset);
+        let mut buf = vec![0u8; CHUNK];
+        let mut got = 0u64;
+        loop {
+            let n = match recv.read(&mut buf).await {
+                Ok(Some(n)) => n,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(FetchError::transient(format!(
+                        "blob {digest}: the transfer was cut after {} of its {size} bytes: {e}",
+                        offset + got
+                    )))
+                }
+            };
+            if got + n as u64 > want {
+                return Err(FetchError::permanent(format!(
+                    "blob {digest}: the control plane sent more than its {size} bytes"
+                )));
+            }
+            out.write_all(&buf[..n])
+                .await
+                .map_err(|e| FetchError::permanent(format!("blob {digest}: writing: {e}")))?;
+            got += n as u64;
+            progress(got);
+        }
+        Ok(got)
+    }
+}
+
+impl BlobSource for ControlPlane {
+    fn name(&self) -> &str {
+        "the control plane"
+    }
+
+    fn tag(&self) -> &str {
+        "control-plane"
+    }
+
+    fn fetch<'a>(
+        &'a self,
+        digest: &'a Digest,
+        offset: u64,
+        size: u64,
+        out: BlobSink<'a>,
+        progress: &'a (dyn Fn(u64) + Send + Sync),
+    ) -> FetchFuture<'a> {
+        Box::pin(self.fetch_blob(digest, offset, size, out, progress))
+    }
+}
+
+/// The manifest descriptor of an image the control plane holds.
+fn descriptor(stored: &StoredImage) -> Result<Descriptor, String> {
+    Ok(Descriptor {
+        media_type: stored.manifest.media_type.clone(),
+        digest: stored
+            .manifest
+            .digest
+            .parse()
+            .map_err(|e| format!("manifest digest: {e}"))?,
+        size: stored.manifest.size,
+        platform: None,
+        annotations: Default::default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_api::images::StoredBlob;
+
+    #[test]
+    fn a_stored_image_is_fetched_by_its_manifest_and_a_bad_digest_is_refused() {
+        let blob = |digest: &str| StoredBlob {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: digest.into(),
+            size: 7,
+        };
+        let good = format!("sha256:{}", "a".repeat(64));
+        let mut stored = StoredImage {
+            name: "docker.io/shop/app:1".into(),
+            manifest: blob(&good),
+            config: blob(&good),
+            layers: vec![],
+            platform: "linux/amd64".into(),
+            pushed_at: 0,
+        };
+        let d = descriptor(&stored).expect("descriptor");
+        assert_eq!(d.digest.to_string(), good);
+        assert_eq!(d.size, 7);
+        stored.manifest.digest = "sha256:../../x".into();
+        assert!(descriptor(&stored)
+            .expect_err("bad digest")
+            .starts_with("manifest digest:"));
+    }
+}

@@ -124,6 +124,10 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> PushError + '_ {
 /// Bytes of a blob sent per write to a node's stream.
 const CHUNK: usize = 64 << 10;
 
+/// How long a push's upload may send nothing before it is given up (its temporary file
+/// deleted): a stalled client does not hold a connection and a file for ever.
+pub const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Paces the bytes sent to one node, all its transfers together, at a rate in bytes per second
 /// (a virtual clock of when the link is next free: each chunk waits for it, then moves it on by
 /// its own length at the rate).
@@ -306,7 +310,7 @@ impl ContentStore {
     }
 
     /// Streams `body` into a temporary file (0600, removed when dropped), refusing more than
-    /// `limit` bytes.
+    /// `limit` bytes, and giving up an upload that sends nothing for [`UPLOAD_IDLE`].
     ///
     /// # Errors
     /// [`PushError::TooLarge`], [`PushError::Upload`], or the disk's.
@@ -323,7 +327,17 @@ impl ContentStore {
         let (std_file, path) = file.into_parts();
         let mut out = tokio::fs::File::from_std(std_file);
         let mut n = 0u64;
-        while let Some(frame) = body.frame().await {
+        loop {
+            let frame = match tokio::time::timeout(UPLOAD_IDLE, body.frame()).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(_) => {
+                    return Err(PushError::Upload(format!(
+                        "nothing arrived for {} s after {n} bytes: given up",
+                        UPLOAD_IDLE.as_secs()
+                    )))
+                }
+            };
             let frame = frame.map_err(|e| PushError::Upload(e.to_string()))?;
             if let Ok(data) = frame.into_data() {
                 n += data.len() as u64;
@@ -790,6 +804,46 @@ mod tests {
                 "{reply:?}"
             );
         }
+    }
+
+    /// A body that sends one frame, then nothing, and never ends.
+    struct Stalled(bool);
+
+    impl hyper::body::Body for Stalled {
+        type Data = hyper::body::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+            if std::mem::replace(&mut self.0, true) {
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(
+                hyper::body::Bytes::from_static(b"0123456789"),
+            ))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upload_that_stalls_is_given_up_and_its_file_deleted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ContentStore::open(dir.path(), 0).expect("open");
+        let started = tokio::time::Instant::now();
+        let e = store
+            .receive(Stalled(false), MAX_PUSH_BYTES)
+            .await
+            .expect_err("stalled");
+        assert_eq!(
+            e.to_string(),
+            "reading the archive: nothing arrived for 60 s after 10 bytes: given up"
+        );
+        assert!(started.elapsed() >= UPLOAD_IDLE);
+        let left = std::fs::read_dir(dir.path().join("images/tmp"))
+            .expect("tmp")
+            .count();
+        assert_eq!(left, 0, "the partial upload is deleted");
     }
 
     #[tokio::test(start_paused = true)]

@@ -1892,14 +1892,27 @@ fn record_failed_run(paths: &ContainerPaths, e: &ContainerError) {
 }
 
 /// Writes a file by rename so readers see all or nothing. Not fsynced: for what a power cut
-/// may take back (a run's state, an exit the next boot records as `unknown`), never for the
-/// record a container is started again from (see [`write_durable`]).
+/// may take back (an exit the next boot records as `unknown`; a run's state, which the shim
+/// syncs after the start with [`sync_path`]), never for the record a container is started
+/// again from (see [`write_durable`]).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ContainerError> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     let mut f = fs::File::create(&tmp).map_err(io_at(&tmp))?;
     f.write_all(bytes).map_err(io_at(&tmp))?;
     fs::rename(&tmp, path).map_err(io_at(path))
+}
+
+/// Puts a file written by [`write_atomic`] on disk: its content, then its directory (the
+/// rename).
+pub(crate) fn sync_path(path: &Path) -> Result<(), ContainerError> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_at(path))?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_at(dir))
 }
 
 /// Writes a file by rename, its content and the rename on disk before this returns: what an

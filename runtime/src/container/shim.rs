@@ -154,6 +154,18 @@ pub fn main(data_dir: &Path, id: &str) -> i32 {
     };
     drop(material);
     report(&StatusLine::Started(started.pid.as_raw_nonzero().get()));
+    // The run's record goes to the disk while the container runs, off the start's path:
+    // after a power cut the agent resumes a container in place only if it finds it (without
+    // it the container reads as never started and is replaced). Not waited for: the process
+    // ends with the shim, and a record a cut takes back costs a replacement, not a task.
+    let state = dir.join("state.json");
+    let _ = std::thread::Builder::new()
+        .name("state-sync".into())
+        .spawn(move || {
+            if let Err(e) = super::sync_path(&state) {
+                tracing::warn!("{e}");
+            }
+        });
     let exit = supervise(&dir, &record, started);
     report(&StatusLine::Exited(exit.exit_code));
     0

@@ -1247,7 +1247,7 @@ fn a_closed_pipe_ends_ctr_commands_quietly_as_sigpipe_would() {
     assert!(err.is_empty(), "logs -f said: {err}");
     assert_eq!(code, Some(141));
     // An attached run whose reader goes: the container is stopped (as a pipeline's writer ends
-    // by SIGPIPE) and --rm honoured.
+    // by SIGPIPE) and --rm honoured. It ends at SIGTERM, so the stop waits out no grace period.
     let mut cmd = node.nodeagent();
     cmd.args([
         "ctr",
@@ -1258,7 +1258,7 @@ fn a_closed_pipe_ends_ctr_commands_quietly_as_sigpipe_would() {
         IMAGE,
         "sh",
         "-c",
-        "echo first; exec sleep 600",
+        "trap 'exit 0' TERM; echo first; sleep 600 & wait",
     ]);
     let (code, err) =
         flotilla_tests::with_reader_gone(cmd, "first\n".len(), Duration::from_secs(20));

@@ -142,11 +142,12 @@ fn a_rolling_deployment_completes_after_kill_9_of_the_control_plane() {
                 "command":["sh","-c","{command}"]{health}}}]}}"#
         )
     };
-    cp.register(&def("exec sleep 3600", ""));
+    // Both end at SIGTERM: a stop takes no stopTimeout.
+    cp.register(&def("trap 'exit 0' TERM; sleep 3600 & wait", ""));
     // The new revision turns healthy a second or two after it starts: one at a time, the
     // rollout takes several rounds.
     cp.register(&def(
-        "touch /tmp/ready; exec sleep 3600",
+        "trap 'exit 0' TERM; touch /tmp/ready; sleep 3600 & wait",
         r#","healthCheck":{"command":["CMD-SHELL","test -f /tmp/ready"],"interval":5}"#,
     ));
     let svc = cp.scratch().join("roll.json");

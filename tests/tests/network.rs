@@ -24,6 +24,11 @@ fn httpd(port: u16) -> String {
 }
 
 fn web_def(family: &str, mode: &str, mappings: &str, port: u16) -> String {
+    web_def_running(family, mode, mappings, &httpd(port))
+}
+
+/// A task definition of one container named `web` running `cmd` (JSON).
+fn web_def_running(family: &str, mode: &str, mappings: &str, cmd: &str) -> String {
     format!(
         r#"{{
   "family": "{family}",
@@ -33,8 +38,7 @@ fn web_def(family: &str, mode: &str, mappings: &str, port: u16) -> String {
     "portMappings": {mappings},
     "command": {cmd}
   }}]
-}}"#,
-        cmd = httpd(port)
+}}"#
     )
 }
 
@@ -336,7 +340,14 @@ fn awsvpc_tasks_get_lan_addresses_released_on_stop() {
         (cp, Vec::new())
     });
     let (a, b) = (&fleet.hosts[0], &fleet.hosts[1]);
-    fleet.register(&web_def("vpc", "awsvpc", r#"[{"containerPort": 80}]"#, 80));
+    // httpd as PID 1 ignores SIGTERM: under a shell that ends at it, each of the many stops
+    // below is over at once rather than at the stopTimeout's SIGKILL.
+    fleet.register(&web_def_running(
+        "vpc",
+        "awsvpc",
+        r#"[{"containerPort": 80}]"#,
+        r#"["sh", "-c", "mkdir -p /www && hostname > /www/index.html; trap 'exit 0' TERM; httpd -f -p 80 -h /www & wait"]"#,
+    ));
     let id = run_on(&fleet, "vpc", 0);
     let (t, net) = running(&fleet, &id);
     let addr = net.address.expect("address").to_string();

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use flotilla_api::ops::NodeState;
 use flotilla_api::tasks::TaskState;
 use flotilla_runtime::container::Status;
 use flotilla_tests::cluster::Fleet;
@@ -31,10 +32,6 @@ fn a_pinned_schedule_fires_on_its_disconnected_node_and_reports_later() {
     let (cp, ids, hosts, nodes) = (&fleet.cp, &fleet.ids, &fleet.hosts, &fleet.nodes);
     fleet.register(ONCE);
 
-    // Leave time to cut the link before the minute turns.
-    while now() % 60 > 35 {
-        std::thread::sleep(Duration::from_millis(500));
-    }
     cp.flotilla_ok(&[
         "schedule",
         "create",
@@ -46,15 +43,6 @@ fn a_pinned_schedule_fires_on_its_disconnected_node_and_reports_later() {
         "--node",
         &ids[0],
     ]);
-    cp.flotilla_ok(&[
-        "schedule",
-        "create",
-        "tick",
-        "--taskdef",
-        "once",
-        "--cron",
-        "* * * * *",
-    ]);
     let bad = cp.flotilla(&[
         "schedule",
         "create",
@@ -65,11 +53,44 @@ fn a_pinned_schedule_fires_on_its_disconnected_node_and_reports_later() {
         "61 * * * *",
     ]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("minute: '61' is not from 0 to 59"));
-    // The node has its schedule once its desired state is delivered.
+    // The node has its schedule once its desired state is delivered: its second, after the
+    // empty one of its session's start.
+    let delivered = format!("node={}", ids[0]);
     wait("the node's desired state", Duration::from_secs(10), || {
-        cp.log().matches("desired state delivered").count() >= 2
+        cp.log()
+            .lines()
+            .filter(|l| l.contains("desired state delivered") && l.contains(&delivered))
+            .count()
+            >= 2
     });
+    // The link is cut 20 s before a minute turns: time for the control plane to see the node
+    // go (within 15 s) before that minute, and a cut short enough that the agent's backoff is
+    // still short when the link is back.
+    let phase = now() % 60;
+    std::thread::sleep(Duration::from_secs(if phase <= 40 {
+        40 - phase
+    } else {
+        100 - phase
+    }));
     hosts[0].cut();
+    // The unpinned schedule is made once the control plane has seen the node go (within 15 s
+    // of silence), so that every run of it is placed while only the other node is connected.
+    wait(
+        "the control plane to see the node gone",
+        Duration::from_secs(30),
+        || fleet.node_state(0) == Some(NodeState::Disconnected),
+    );
+    cp.flotilla_ok(&[
+        "schedule",
+        "create",
+        "tick",
+        "--taskdef",
+        "once",
+        "--cron",
+        "* * * * *",
+    ]);
+    // Both fire at the next minute: the pinned one on the cut-off node, the other on the
+    // connected one.
     let minute = (now() / 60 + 1) * 60;
     // The node derives its run's id from its id, the schedule and the minute.
     let id = flotilla_api::tasks::scheduled_task_id(&ids[0], "local", minute);

@@ -283,8 +283,9 @@ fn a_service_whose_tasks_cannot_start_is_launched_ever_more_slowly_and_says_why(
 #[test]
 fn a_service_follows_its_cpu_load_out_and_back_and_a_scheduled_action_raises_a_minimum() {
     let node = Node::new();
-    // A decision every 2 s; the agent's heartbeats every 5 s.
-    let cp = ControlPlane::start(&["--scaling-period", "2"]);
+    // A decision every second (the shortest period), each on the agent's last heartbeats (every
+    // 5 s): scaling in takes its 15 periods below the band.
+    let cp = ControlPlane::start(&["--scaling-period", "1"]);
     let mut agent = Agent::in_session(&cp, &node);
     // The load's switch: while `on` exists, every task burns all the CPU it may use (its
     // task-level `cpu`, 128 units, is a hard limit of an eighth of a core).

@@ -32,8 +32,9 @@ const ONESHOT: &str = r#"{
   ]
 }"#;
 
+// One of the longest here: its name (libtest starts tests in name order) starts it first.
 #[test]
-fn tasks_run_report_and_survive_a_control_plane_crash() {
+fn a_task_runs_reports_and_survives_a_control_plane_crash() {
     let node = Node::new();
     let mut cp = ControlPlane::start(&[]);
     let mut agent = Agent::in_session(&cp, &node);
@@ -137,6 +138,23 @@ fn tasks_run_report_and_survive_a_control_plane_crash() {
         .find(|c| c.name == "main")
         .expect("main");
     assert_eq!(main.exit_code, Some(7));
+    // Its containers gone to the last directory before the agent is killed: only the running
+    // task's are left.
+    let kept: Vec<String> = node
+        .ps()
+        .into_iter()
+        .filter(|c| c.status == Status::Running)
+        .map(|c| c.record.id)
+        .collect();
+    node.wait_for(
+        "the oneshot task's containers to go",
+        Duration::from_secs(10),
+        || {
+            node.leftover_state()
+                .iter()
+                .all(|s| kept.iter().any(|id| s.ends_with(id.as_str())))
+        },
+    );
     agent.kill();
     node.remove_all();
     node.assert_clean();
@@ -488,8 +506,9 @@ fn health_checks_gate_healthy_dependencies_and_are_reported() {
     wait("the task to stop", Duration::from_secs(20), || {
         cp.task(&id).state == TaskState::Stopped
     });
+    // Gone to the last directory and cgroup before the agent is killed.
     node.wait_for("containers removed", Duration::from_secs(10), || {
-        node.ps().is_empty()
+        node.leftover_state().is_empty() && node.leftover_cgroups().is_empty()
     });
     agent.kill();
     node.assert_clean();
@@ -537,8 +556,9 @@ fn http_and_tcp_checks_probe_from_inside_the_container() {
         },
     );
     cp.flotilla_ok(&["task", "stop", &id]);
+    // Gone to the last directory and cgroup before the agent is killed.
     node.wait_for("containers removed", Duration::from_secs(30), || {
-        node.ps().is_empty()
+        node.leftover_state().is_empty() && node.leftover_cgroups().is_empty()
     });
     agent.kill();
     node.assert_clean();
@@ -888,8 +908,9 @@ fn every_command_prints_its_answer_as_json_and_yaml() {
     );
     // Tables stay the default.
     assert!(cp.flotilla_ok(&["task", "ls"]).starts_with("ID "));
+    // Gone to the last directory and cgroup before the agent is killed.
     node.wait_for("containers removed", Duration::from_secs(30), || {
-        node.ps().is_empty()
+        node.leftover_state().is_empty() && node.leftover_cgroups().is_empty()
     });
     agent.kill();
     node.assert_clean();

@@ -228,7 +228,8 @@ impl DevInTerminal {
     }
 
     /// Runs a bridge task publishing a port, whose container ignores SIGTERM (so it ends only
-    /// by SIGKILL after `stop_timeout` s), and waits until it runs.
+    /// by SIGKILL after `stop_timeout` s: 2 at least, as task definitions take it), and waits
+    /// until it runs.
     fn run_bridge_task(&self, stop_timeout: u32) -> String {
         let def = self.node.scratch().join("web.json");
         std::fs::write(
@@ -319,7 +320,7 @@ impl DevInTerminal {
 fn ctrl_c_in_a_terminal_stops_a_bridge_task_and_leaves_nothing() {
     let _serial = serial();
     let dev = DevInTerminal::start(Typed::Alone);
-    let id = dev.run_bridge_task(3);
+    let id = dev.run_bridge_task(2);
     dev.term.ctrl_c();
     let took = dev.wait_gone(Duration::from_secs(30));
     let screen = dev.term.wait_for(ALL_GONE, Duration::from_secs(5));
@@ -355,7 +356,7 @@ fn a_second_ctrl_c_kills_the_containers_at_once_and_leaves_nothing() {
 fn closing_the_terminal_stops_a_bridge_task_and_leaves_nothing() {
     let _serial = serial();
     let dev = DevInTerminal::start(Typed::Alone);
-    let id = dev.run_bridge_task(3);
+    let id = dev.run_bridge_task(2);
     dev.term.close();
     let took = dev.wait_gone(Duration::from_secs(30));
     dev.assert_nothing_left();
@@ -374,7 +375,7 @@ fn closing_the_terminal_stops_a_bridge_task_and_leaves_nothing() {
 fn ctrl_c_with_the_output_piped_into_tee_leaves_nothing() {
     let _serial = serial();
     let dev = DevInTerminal::start(Typed::IntoTee);
-    dev.run_bridge_task(3);
+    dev.run_bridge_task(2);
     dev.term.ctrl_c();
     let took = dev.wait_gone(Duration::from_secs(30));
     // tee died with the job: what it says while stopping comes on standard error.
@@ -387,7 +388,7 @@ fn ctrl_c_with_the_output_piped_into_tee_leaves_nothing() {
 fn kill_pid_stops_a_bridge_task_and_leaves_nothing() {
     let _serial = serial();
     let dev = DevInTerminal::start(Typed::Alone);
-    dev.run_bridge_task(3);
+    dev.run_bridge_task(2);
     let pid = dev.pid();
     let status = Command::new("kill")
         .arg(pid.to_string())

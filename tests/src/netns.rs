@@ -24,6 +24,25 @@ fn ip_quiet(args: &[&str]) {
     let _ = Command::new("ip").args(args).output();
 }
 
+/// Loads `rules` with `nft -f -` run as `nft` says.
+fn nft(mut nft: Command, rules: &str) {
+    let mut child = nft
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nft");
+    if let Some(mut stdin) = child.stdin.take() {
+        std::io::Write::write_all(&mut stdin, rules.as_bytes()).expect("rules");
+    }
+    let out = child.wait_with_output().expect("nft");
+    assert!(
+        out.status.success(),
+        "nft: {}\n{rules}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `program` run inside the network namespace `netns` (the program keeps nsenter's pid).
 pub fn command_in(netns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut c = Command::new("nsenter");
@@ -143,6 +162,42 @@ impl Host {
         ip(&["link", "set", &self.veth, "up"]);
     }
 
+    /// Makes the host's link lose `percent` % of the packets it carries, each way, each
+    /// packet drawn at random (nftables `numgen random`); `0` makes it whole again. Both
+    /// drops are silent, as on a real link: what the host receives is dropped on its way in
+    /// (its namespace's `input` hook), what it sends on the LAN's end of its link (an
+    /// `ingress` hook of that device in the root namespace) — a drop in its own `output` hook
+    /// would fail the send (`EPERM`), which a real link never does.
+    pub fn lose(&self, percent: u32) {
+        let table = format!("flotilla_loss_{}", self.veth.replace('-', "_"));
+        let _ = self
+            .command("nft")
+            .args(["delete", "table", "inet", "flotilla_loss"])
+            .output();
+        let _ = Command::new("nft")
+            .args(["delete", "table", "netdev", &table])
+            .output();
+        if percent == 0 {
+            return;
+        }
+        nft(
+            self.command("nft"),
+            &format!(
+                "table inet flotilla_loss {{\nchain input {{ type filter hook input priority 0; \
+                 policy accept; iifname \"eth0\" numgen random mod 100 < {percent} drop; }}\n}}\n"
+            ),
+        );
+        nft(
+            Command::new("nft"),
+            &format!(
+                "table netdev {table} {{\nchain ingress {{ type filter hook ingress device \
+                 \"{}\" priority 0; policy accept; numgen random mod 100 < {percent} drop; }}\n\
+                 }}\n",
+                self.veth
+            ),
+        );
+    }
+
     /// Leaves the host a route to its LAN only (no default route): nothing beyond the LAN —
     /// a registry, a DNS server — can be reached, and trying fails at once.
     pub fn lan_only(&self) {
@@ -152,6 +207,7 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
+        self.lose(0);
         ip_quiet(&["link", "del", &self.veth]);
         ip_quiet(&["netns", "del", &self.netns]);
     }

@@ -13,6 +13,7 @@ pub mod node;
 pub mod openapi;
 pub mod power;
 pub mod registry;
+pub mod relay;
 pub mod terminal;
 pub mod vm;
 

@@ -27,6 +27,12 @@ pub const SESSION_WAIT: Duration = Duration::from_secs(90);
 /// How long the control plane has to answer a request's head (not the transfer).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How long a blob's stream may bring nothing before the transfer is given up (and asked
+/// for again from what arrived): the session's keep-alives hold the connection open through
+/// a stall, so its idle timeout would never end one. Longer than the pause before each
+/// 64 KiB a paced transfer sends at any `image_rate_limit` above about 1.1 kB/s.
+const BLOB_IDLE: Duration = Duration::from_secs(60);
+
 /// Bytes read from the stream at a time.
 const CHUNK: usize = 64 << 10;
 
@@ -105,17 +111,22 @@ impl ControlPlane {
         let cut = |e: &dyn std::fmt::Display| {
             FetchError::transient(format!("blob {digest} from byte {offset}: {e}"))
         };
-        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| cut(&e))?;
         let ask = AgentRequest::Blob {
             digest: digest.to_string(),
             offset,
         };
-        write_frame(&mut send, &ask).await.map_err(|e| cut(&e))?;
-        let _ = send.finish();
-        let head = tokio::time::timeout(ANSWER_TIMEOUT, read_frame::<_, AgentReply>(&mut recv))
+        let (mut send, mut recv) = tokio::time::timeout(ANSWER_TIMEOUT, conn.open_bi())
             .await
-            .map_err(|_| cut(&format!("no answer within {ANSWER_TIMEOUT:?}")))?
+            .map_err(|_| cut(&format!("no stream within {ANSWER_TIMEOUT:?}")))?
             .map_err(|e| cut(&e))?;
+        let head = tokio::time::timeout(ANSWER_TIMEOUT, async {
+            write_frame(&mut send, &ask).await?;
+            let _ = send.finish();
+            anyhow::Ok(read_frame::<_, AgentReply>(&mut recv).await?)
+        })
+        .await
+        .map_err(|_| cut(&format!("no answer within {ANSWER_TIMEOUT:?}")))?
+        .map_err(|e| cut(&e))?;
         match head {
             AgentReply::Blob { size: whole } if whole == size => {}
             AgentReply::Blob { size: whole } => {
@@ -139,12 +150,21 @@ impl ControlPlane {
         let mut buf = vec![0u8; CHUNK];
         let mut got = 0u64;
         loop {
-            let n = match recv.read(&mut buf).await {
-                Ok(Some(n)) => n,
-                Ok(None) => break,
-                Err(e) => {
+            let n = match tokio::time::timeout(BLOB_IDLE, recv.read(&mut buf)).await {
+                Ok(Ok(Some(n))) => n,
+                Ok(Ok(None)) => break,
+                Ok(Err(e)) => {
                     return Err(FetchError::transient(format!(
                         "blob {digest}: the transfer was cut after {} of its {size} bytes: {e}",
+                        offset + got
+                    )))
+                }
+                // The connection lives (keep-alives) but the stream stalled: given up, to go
+                // on from here in a new one.
+                Err(_) => {
+                    return Err(FetchError::transient(format!(
+                        "blob {digest}: nothing arrived for {} s after {} of its {size} bytes",
+                        BLOB_IDLE.as_secs(),
                         offset + got
                     )))
                 }
@@ -154,9 +174,9 @@ impl ControlPlane {
                     "blob {digest}: the control plane sent more than its {size} bytes"
                 )));
             }
-            out.write_all(&buf[..n])
-                .await
-                .map_err(|e| FetchError::permanent(format!("blob {digest}: writing: {e}")))?;
+            out.write_all(&buf[..n]).await.map_err(|e| {
+                FetchError::permanent(format!("blob {digest}: writing this node's copy: {e}"))
+            })?;
             got += n as u64;
             progress(got);
         }

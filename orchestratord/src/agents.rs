@@ -222,6 +222,7 @@ async fn session(plane: &Plane, conn: Connection) {
                 // (heartbeats, reports) are not held up behind it.
                 let (plane, node) = (plane.clone(), node.clone());
                 tokio::spawn(async move {
+                    let _slot = plane.content.transfer_slot(&node).await;
                     let pacer = plane.content.pacer(&node);
                     match plane
                         .content
@@ -231,8 +232,14 @@ async fn session(plane: &Plane, conn: Connection) {
                         .await
                     {
                         Ok(n) => {
+                            let digest: String = digest.chars().take(80).collect();
                             tracing::debug!(node = %node, %digest, offset, bytes = n, "blob sent");
                             let _ = send.finish();
+                        }
+                        // The content store's own disk: the operator's to see.
+                        Err(e) if e.starts_with("reading ") => {
+                            tracing::warn!(node = %node, %digest, offset, "blob transfer: {e}");
+                            let _ = send.reset(VarInt::from_u32(0));
                         }
                         Err(e) => {
                             tracing::info!(node = %node, %digest, offset, "blob transfer: {e}");

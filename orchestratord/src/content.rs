@@ -124,6 +124,14 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> PushError + '_ {
 /// Bytes of a blob sent per write to a node's stream.
 const CHUNK: usize = 64 << 10;
 
+/// How long a node may take nothing of a blob sent to it before the transfer is given up (its
+/// stream reset): a stalled node does not hold a task and an open file for ever.
+pub const SEND_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Blob transfers one node has at once; more wait for one of them to end (a node's own pulls
+/// take at most three layers at a time each).
+pub const NODE_TRANSFERS: usize = 8;
+
 /// How long a push's upload may send nothing before it is given up (its temporary file
 /// deleted): a stalled client does not hold a connection and a file for ever.
 pub const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -165,6 +173,10 @@ pub struct ContentStore {
     rate: u64,
     /// Each node's pacer while it has a transfer.
     pacers: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<Pacer>>>,
+    /// Each node's transfer slots while it has a transfer ([`NODE_TRANSFERS`]).
+    slots: std::sync::Mutex<
+        std::collections::HashMap<String, std::sync::Weak<tokio::sync::Semaphore>>,
+    >,
     /// Shared by a push until its names are committed, exclusive for a removal until its
     /// blobs are deleted (see the module's docs).
     pub gate: tokio::sync::RwLock<()>,
@@ -198,6 +210,7 @@ impl ContentStore {
             root,
             rate,
             pacers: Default::default(),
+            slots: Default::default(),
             gate: tokio::sync::RwLock::new(()),
         })
     }
@@ -217,13 +230,33 @@ impl ContentStore {
         Some(p)
     }
 
+    /// A slot for one of `node`'s blob transfers, waited for while it has [`NODE_TRANSFERS`]
+    /// already (quinn's limit on a connection's streams bounds how many wait). `None` only if
+    /// the slots were closed, which nothing does.
+    pub async fn transfer_slot(&self, node: &str) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let slots = {
+            let mut all = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            all.retain(|_, s| s.strong_count() > 0);
+            match all.get(node).and_then(std::sync::Weak::upgrade) {
+                Some(s) => s,
+                None => {
+                    let s = std::sync::Arc::new(tokio::sync::Semaphore::new(NODE_TRANSFERS));
+                    all.insert(node.to_string(), std::sync::Arc::downgrade(&s));
+                    s
+                }
+            }
+        };
+        slots.acquire_owned().await.ok()
+    }
+
     /// Answers a node's `AgentRequest::Blob` on `out`: `AgentReply::Blob { size }` and the
     /// blob's bytes from `offset` to its end, paced by `pacer`; or `AgentReply::Refused` for a
     /// digest that is malformed or not held, or an offset past the end. Answers the bytes of
     /// content sent, and tells `sent_bytes` of each chunk as it is written.
     ///
     /// # Errors
-    /// The blob could not be read, or the stream failed (the node went away): naming which.
+    /// The blob could not be read (`reading PATH: …`, the control plane's fault), or the stream
+    /// failed (the node went away, or took nothing for [`SEND_IDLE`]).
     pub async fn serve_blob<W: tokio::io::AsyncWrite + Unpin>(
         &self,
         digest: &str,
@@ -235,7 +268,12 @@ impl ContentStore {
         use flotilla_api::{write_frame, AgentReply};
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let refuse = |reason: String| AgentReply::Refused { reason };
+        // Never echoed whole: a refusal quoting a digest of a megabyte would not fit a frame.
         let opened = match digest.parse::<Digest>() {
+            Err(_) if digest.len() > 80 => Err(refuse(format!(
+                "malformed digest of {} bytes (sha256:<64 hex> has 71)",
+                digest.len()
+            ))),
             Err(e) => Err(refuse(e.to_string())),
             Ok(d) => {
                 let path = self.blob_path(&d);
@@ -244,7 +282,7 @@ impl ContentStore {
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Err(refuse(format!(
                         "blob {digest} is not in the control plane's content store"
                     ))),
-                    Err(e) => return Err(format!("{}: {e}", path.display())),
+                    Err(e) => return Err(format!("reading {}: {e}", path.display())),
                 }
             }
         };
@@ -260,7 +298,7 @@ impl ContentStore {
         let size = file
             .metadata()
             .await
-            .map_err(|e| format!("{}: {e}", path.display()))?
+            .map_err(|e| format!("reading {}: {e}", path.display()))?
             .len();
         if offset > size {
             let r = refuse(format!(
@@ -274,22 +312,28 @@ impl ContentStore {
             .map_err(|e| e.to_string())?;
         file.seek(io::SeekFrom::Start(offset))
             .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
         let mut buf = vec![0u8; CHUNK];
         let mut sent = 0u64;
         loop {
             let n = file
                 .read(&mut buf)
                 .await
-                .map_err(|e| format!("{}: {e}", path.display()))?;
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
             if n == 0 {
                 break;
             }
             if let Some(p) = pacer {
                 p.take(n).await;
             }
-            out.write_all(&buf[..n])
+            tokio::time::timeout(SEND_IDLE, out.write_all(&buf[..n]))
                 .await
+                .map_err(|_| {
+                    format!(
+                        "sending blob {digest}: the node took nothing for {} s",
+                        SEND_IDLE.as_secs()
+                    )
+                })?
                 .map_err(|e| format!("sending blob {digest}: {e}"))?;
             sent_bytes(n as u64);
             sent += n as u64;
@@ -506,11 +550,33 @@ impl ContentStore {
         })
     }
 
+    /// Whether the store holds blob `digest` whole: its file is there and hashes to it. One
+    /// that does not (the disk's rot, a bad restore) is logged, to be replaced by the push that
+    /// brings it again (a node that fetched it refused it, naming it).
+    fn holds_intact(&self, digest: &Digest) -> bool {
+        let path = self.blob_path(digest);
+        let Ok(f) = File::open(&path) else {
+            return false;
+        };
+        let mut reader = HashingReader::new(io::BufReader::with_capacity(1 << 20, f));
+        match io::copy(&mut reader, &mut io::sink()).and_then(|_| reader.finish()) {
+            Ok((actual, _)) if actual == *digest => true,
+            Ok((actual, _)) => {
+                tracing::warn!(blob = %digest, "the content store's copy hashes to {actual}: replaced by this push");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(blob = %digest, "reading the content store's copy: {e}: replaced by this push");
+                false
+            }
+        }
+    }
+
     /// Copies `from` into the store as blob `d`, verified against its digest and size; a blob
-    /// the store holds already is kept as it is (it was verified when it came).
+    /// the store holds whole already is kept as it is, one that is not is replaced.
     fn put_file(&self, from: &Path, d: &Descriptor, image: &str) -> Result<(), PushError> {
         let dest = self.blob_path(&d.digest);
-        if dest.is_file() {
+        if self.holds_intact(&d.digest) {
             return Ok(());
         }
         let tmp = self.tmp();
@@ -542,7 +608,7 @@ impl ContentStore {
     /// Writes a verified document (a manifest) as blob `digest`.
     fn put_bytes(&self, bytes: &[u8], digest: &Digest) -> Result<(), PushError> {
         let dest = self.blob_path(digest);
-        if dest.is_file() {
+        if self.holds_intact(digest) {
             return Ok(());
         }
         let tmp = self.tmp();
@@ -791,6 +857,8 @@ mod tests {
                 "is not in the control plane's",
             ),
             ("sha256:../../etc/passwd".to_string(), 0, "malformed digest"),
+            // Not echoed: the refusal must fit a frame.
+            ("x".repeat(1 << 20), 0, "malformed digest of 1048576 bytes"),
         ] {
             let mut out = Vec::new();
             let sent = store
@@ -804,6 +872,25 @@ mod tests {
                 "{reply:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_stored_blob_that_rotted_is_replaced_by_the_next_push_and_a_whole_one_kept() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (store, d, bytes) = with_blob(dir.path(), 4096, 0);
+        let path = store.blob_path(&d);
+        let inode = |p: &Path| std::fs::metadata(p).expect("blob").ino();
+        let whole = inode(&path);
+        store.put_bytes(&bytes, &d).expect("again");
+        assert_eq!(inode(&path), whole, "a whole blob is kept as it is");
+        let mut rotten = bytes.clone();
+        rotten[100] ^= 0x01;
+        std::fs::write(&path, &rotten).expect("rot");
+        assert!(!store.holds_intact(&d));
+        store.put_bytes(&bytes, &d).expect("replaced");
+        assert_eq!(std::fs::read(&path).expect("blob"), bytes);
+        assert!(store.holds_intact(&d));
     }
 
     /// A body that sends one frame, then nothing, and never ends.

@@ -1417,9 +1417,10 @@ impl ImageStore {
     }
 
     /// Garbage collection by disk pressure ([`gc::plan`]): at or above the policy's high
-    /// watermark, removes the least recently used images no container uses, every name of
-    /// each, until the store's filesystem is down to the low watermark, then the content they
-    /// alone held. When a pull holds the store, looks at nothing and says so (`busy`).
+    /// watermark, deletes the partial downloads first, then — still at or above it — removes
+    /// the least recently used images no container uses, every name of each, until the store's
+    /// filesystem is down to the low watermark, then the content they alone held. When a pull
+    /// holds the store, looks at nothing and says so (`busy`).
     pub fn collect_by_pressure(
         &self,
         policy: &gc::GcPolicy,
@@ -1442,6 +1443,22 @@ impl ImageStore {
                 report.busy = true;
                 return Ok(report);
             }
+        };
+        // Partial downloads go first: no pull runs now (the lock is exclusive), whatever
+        // left them (a cut transfer, a source that failed for good) may never come back for
+        // them, and a layer can be fetched again.
+        let mut partials = PruneReport::default();
+        self.remove_partials(&mut partials)?;
+        let before = if partials.partials > 0 {
+            let now_used = self.filesystem()?;
+            if now_used.used_percent() < policy.high_percent {
+                report.freed = partials;
+                report.after = Some(now_used);
+                return Ok(report);
+            }
+            now_used
+        } else {
+            before
         };
         let records = self.list()?;
         let mut images: Vec<gc::GcImage> = Vec::new();
@@ -1469,6 +1486,7 @@ impl ImageStore {
         let plan = gc::plan(policy, before, &images, &leased_images, &leased_layers, now);
         report.wanted_bytes = plan.wanted_bytes;
         if plan.remove.is_empty() {
+            report.freed = partials;
             return Ok(report);
         }
         let gone: HashSet<String> = plan.remove.iter().flat_map(|i| i.names.clone()).collect();
@@ -1477,7 +1495,13 @@ impl ImageStore {
             Ok(())
         })?;
         report.removed = plan.remove.iter().flat_map(|i| i.names.clone()).collect();
-        report.freed = self.collect_locked(false)?;
+        let collected = self.collect_locked(false)?;
+        report.freed = PruneReport {
+            blobs: collected.blobs,
+            layers: collected.layers,
+            partials: collected.partials + partials.partials,
+            bytes: collected.bytes + partials.bytes,
+        };
         report.after = Some(self.filesystem()?);
         Ok(report)
     }
@@ -1499,6 +1523,17 @@ impl ImageStore {
     }
 
     /// [`ImageStore::collect`] with `gc.lock` held exclusively by the caller.
+    /// Deletes every partial download (`ingest/`), counted in `report`. Only under the GC
+    /// lock held exclusively: no pull is writing one.
+    fn remove_partials(&self, report: &mut PruneReport) -> Result<(), ImageStoreError> {
+        for (p, _) in read_dir_names(&self.inner.root.join("ingest"))? {
+            report.bytes += fs::symlink_metadata(&p).map(|m| m.len()).unwrap_or(0);
+            fs::remove_file(&p).map_err(io_at(&p))?;
+            report.partials += 1;
+        }
+        Ok(())
+    }
+
     fn collect_locked(&self, partials: bool) -> Result<PruneReport, ImageStoreError> {
         let records = self.list()?;
         let mut blobs: HashSet<String> = HashSet::new();
@@ -1546,11 +1581,7 @@ impl ImageStore {
             report.partials += 1;
         }
         if partials {
-            for (p, _) in read_dir_names(&self.inner.root.join("ingest"))? {
-                report.bytes += fs::symlink_metadata(&p).map(|m| m.len()).unwrap_or(0);
-                fs::remove_file(&p).map_err(io_at(&p))?;
-                report.partials += 1;
-            }
+            self.remove_partials(&mut report)?;
         }
         Ok(report)
     }
@@ -1661,6 +1692,32 @@ mod tests {
         assert_eq!(text.matches("team/app").count(), 1, "{text}");
         // What the registry itself answered decides the advice.
         assert_eq!(e.pull_failure(), Some(registry::Failure::Unreachable));
+    }
+
+    #[test]
+    fn under_disk_pressure_partial_downloads_go_first() {
+        // On the filesystem of the build, which its build output fills past 1 %.
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).expect("tempdir");
+        let store = ImageStore::open(dir.path()).expect("store");
+        let partial = dir
+            .path()
+            .join("images/ingest")
+            .join(format!("{}.control-plane.partial", "c".repeat(64)));
+        fs::write(&partial, vec![7u8; 4096]).expect("partial");
+        // Below the high watermark: kept, to resume from.
+        let off = gc::GcPolicy::new(100, 99, Duration::ZERO).expect("policy");
+        store
+            .collect_by_pressure(&off, SystemTime::now())
+            .expect("collect");
+        assert!(partial.exists());
+        // At or above it: deleted, and counted.
+        let pressed = gc::GcPolicy::new(1, 0, Duration::ZERO).expect("policy");
+        let report = store
+            .collect_by_pressure(&pressed, SystemTime::now())
+            .expect("collect");
+        assert!(!partial.exists());
+        assert_eq!(report.freed.partials, 1, "{report:?}");
+        assert!(report.freed.bytes >= 4096, "{report:?}");
     }
 
     #[test]

@@ -1039,6 +1039,10 @@ struct Streams {
 
 impl Streams {
     /// The running tasks of `services` not read yet, oldest first, with their prefixes.
+    ///
+    /// Only a task whose containers have started (RUNNING, or STOPPING with its logs still
+    /// there) is taken: a task still PROVISIONING or PENDING has no log to open yet, and is
+    /// left for a later call instead of being marked read with a failed stream.
     async fn new_tasks(
         &mut self,
         api: &Client,
@@ -1052,7 +1056,7 @@ impl Streams {
                 .iter()
                 .filter(|t| {
                     t.service() == Some(s.spec.service_name.as_str())
-                        && t.state != TaskState::Stopped
+                        && matches!(t.state, TaskState::Running | TaskState::Stopping)
                         && !self.seen.contains(&t.id)
                 })
                 .collect();

@@ -35,18 +35,7 @@ pub struct PrefetchRequest {
 impl PrefetchRequest {
     /// What is wrong with it, each naming its field; empty when nothing is.
     pub fn problems(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.image.trim().is_empty() {
-            out.push("image: empty".to_string());
-        } else if self.image.len() > MAX_REFERENCE {
-            out.push(format!("image: longer than {MAX_REFERENCE} bytes"));
-        } else if self
-            .image
-            .chars()
-            .any(|c| c.is_control() || c.is_whitespace())
-        {
-            out.push("image: holds a space or a control character".to_string());
-        }
+        let mut out = reference_problems("image", &self.image);
         for (field, n) in [
             ("constraints", self.constraints.len()),
             ("nodes", self.nodes.len()),
@@ -56,6 +45,44 @@ impl PrefetchRequest {
             }
         }
         out
+    }
+}
+
+/// `POST /v1/images/pull`: the control plane pulls `image` from its registry (or one of the
+/// control plane's `registry_mirrors`) into its content store, as a push of an archive would
+/// store it (`flotilla image push REF`). Answered with the [`StoredImage`] once it is stored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImagePullRequest {
+    /// The image reference, as a task definition names it (a tag or a digest).
+    pub image: String,
+    /// The platform to pick from an index, `OS/ARCH[/VARIANT]`; the control plane's own when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+    /// Reach the registry over plain HTTP instead of HTTPS (a registry on a LAN without TLS).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure: bool,
+}
+
+impl ImagePullRequest {
+    /// What is wrong with it, each naming its field; empty when nothing is.
+    pub fn problems(&self) -> Vec<String> {
+        reference_problems("image", &self.image)
+    }
+}
+
+/// What is wrong with an image reference in `field`: empty, too long, a space or a control
+/// character.
+fn reference_problems(field: &str, image: &str) -> Vec<String> {
+    if image.trim().is_empty() {
+        vec![format!("{field}: empty")]
+    } else if image.len() > MAX_REFERENCE {
+        vec![format!("{field}: longer than {MAX_REFERENCE} bytes")]
+    } else if image.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        vec![format!("{field}: holds a space or a control character")]
+    } else {
+        Vec::new()
     }
 }
 

@@ -228,9 +228,21 @@ pub enum AgentRequest {
     /// Whether the control plane's content store holds an image, by reference (Docker's
     /// defaults apply): answered with [`AgentReply::Image`], or `Refused` when it does not
     /// hold it (a control plane too old to know the request refuses it too).
+    ///
+    /// With `pull`, a node that could not reach the image's registry asks the control plane to
+    /// pull it (pull-through): the answer comes once the control plane holds it — minutes for
+    /// a large image — or is `Refused` naming why its pull failed. A control plane of a
+    /// release before `pull` ignores the field and answers as without it.
     Image {
         /// The image reference, as a task definition names it.
         image: String,
+        /// Pull the image into the content store first if it is not there.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        pull: bool,
+        /// The node's platform, `OS/ARCH[/VARIANT]`, which a pull picks from an index (the
+        /// control plane's own when absent).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        platform: Option<String>,
     },
     /// A blob of the content store from byte `offset` to its end (a cut transfer resumes
     /// from what the node has): answered with [`AgentReply::Blob`], then the bytes, raw, on

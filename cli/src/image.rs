@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
-use flotilla_api::images::{PrefetchRequest, PrefetchState, PrefetchUpdate, StoredImage};
+use flotilla_api::images::{
+    ImagePullRequest, PrefetchRequest, PrefetchState, PrefetchUpdate, StoredImage,
+};
 use flotilla_client::Client;
 
 use crate::{cell, print, print_document, table, when, Output};
@@ -14,13 +16,16 @@ use crate::{cell, print, print_document, table, when, Output};
 /// `flotilla image`.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Store the images of an archive in the control plane's content store: an OCI image
-    /// layout as a tar (`skopeo copy … oci-archive:FILE`, plain, gzip or zstd) or a
-    /// `docker save` archive, at most 4 GiB, sent as it is read. Every blob is checked
-    /// against its digest; blobs are shared between images. Prints the images stored.
+    /// Store images in the control plane's content store, from an archive or a registry.
+    /// FILE: an OCI image layout as a tar (`skopeo copy … oci-archive:FILE`, plain, gzip or
+    /// zstd) or a `docker save` archive, at most 4 GiB, sent as it is read. REF (an argument
+    /// that is no file here and does not look like a path): the control plane pulls the image
+    /// from its registry (or its `registry_mirrors`). Every blob is checked against its digest;
+    /// blobs are shared between images. Prints the images stored.
     Push {
-        /// The archive.
-        file: PathBuf,
+        /// The archive, or an image reference (`busybox`, `registry.example/app:1.4`).
+        #[arg(value_name = "FILE|REF")]
+        source: String,
         /// Name the image (an archive with one image) instead of by the archive's annotations.
         #[arg(long, value_name = "REF")]
         name: Option<String>,
@@ -28,6 +33,9 @@ pub enum ImageCommand {
         /// [default: the control plane's].
         #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
         platform: Option<String>,
+        /// With REF: reach the registry over plain HTTP instead of HTTPS.
+        #[arg(long)]
+        insecure: bool,
     },
     /// List the images of the control plane's content store.
     #[command(alias = "list")]
@@ -65,13 +73,34 @@ pub enum ImageCommand {
 pub async fn run(api: &Client, cmd: ImageCommand, output: Output) -> Result<()> {
     match cmd {
         ImageCommand::Push {
-            file,
+            source,
             name,
             platform,
+            insecure,
         } => {
-            let pushed = api
-                .push_image(&file, name.as_deref(), platform.as_deref())
-                .await?;
+            let pushed = match PushSource::of(&source) {
+                PushSource::File(file) => {
+                    if insecure {
+                        bail!("--insecure is for a reference the control plane pulls; {source} is a file");
+                    }
+                    api.push_image(&file, name.as_deref(), platform.as_deref())
+                        .await?
+                }
+                PushSource::Reference(image) => {
+                    if name.is_some() {
+                        bail!(
+                            "--name names an archive's image; a reference ({image}) names itself"
+                        );
+                    }
+                    crate::errln!("the control plane is pulling {image} …");
+                    let req = ImagePullRequest {
+                        image,
+                        platform,
+                        insecure,
+                    };
+                    api.pull_image(&req).await?
+                }
+            };
             print(output, &pushed, || list(&pushed))
         }
         ImageCommand::Ls => {
@@ -101,6 +130,31 @@ pub async fn run(api: &Client, cmd: ImageCommand, output: Output) -> Result<()> 
                 nodes,
             };
             prefetch(api, &req, output).await
+        }
+    }
+}
+
+/// What `image push` sends: an archive, or a reference for the control plane to pull.
+#[derive(Debug, PartialEq, Eq)]
+enum PushSource {
+    File(PathBuf),
+    Reference(String),
+}
+
+impl PushSource {
+    /// A file when it is one here, or when it looks like a path (it starts with `/`, `./`,
+    /// `../` or `~`, or ends as an archive's name does) — a missing archive is named as a
+    /// missing file, never pulled as an image of that name; otherwise a reference.
+    fn of(arg: &str) -> Self {
+        let path = std::path::Path::new(arg);
+        let looks_like_path = ["/", "./", "../", "~"].iter().any(|p| arg.starts_with(p))
+            || [".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.zstd"]
+                .iter()
+                .any(|e| arg.ends_with(e));
+        if looks_like_path || path.symlink_metadata().is_ok() {
+            Self::File(path.to_path_buf())
+        } else {
+            Self::Reference(arg.to_string())
         }
     }
 }

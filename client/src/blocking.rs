@@ -184,6 +184,14 @@ impl Client {
         self.run(self.inner.push_image(file, name, platform))
     }
 
+    /// See [`crate::Client::pull_image`].
+    pub fn pull_image(
+        &self,
+        req: &flotilla_api::images::ImagePullRequest,
+    ) -> Result<Vec<flotilla_api::images::StoredImage>, ClientError> {
+        self.run(self.inner.pull_image(req))
+    }
+
     /// See [`crate::Client::images`].
     pub fn images(&self) -> Result<Vec<flotilla_api::images::StoredImage>, ClientError> {
         self.run(self.inner.images())

@@ -463,6 +463,29 @@ impl Client {
         decode(&Method::POST, &path, &bytes)
     }
 
+    /// `POST /v1/images/pull`: the control plane pulls an image into its content store;
+    /// answers it once stored. No overall time limit: a large image over a slow uplink takes
+    /// what it takes.
+    pub async fn pull_image(
+        &self,
+        req: &flotilla_api::images::ImagePullRequest,
+    ) -> Result<Vec<StoredImage>, ClientError> {
+        let path = "/v1/images/pull".to_string();
+        let body = serde_json::to_vec(req).map_err(|source| ClientError::Encode {
+            method: Method::POST,
+            path: path.clone(),
+            source,
+        })?;
+        let request = self
+            .http
+            .post(self.url(&path))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .timeout(Duration::from_secs(100 * 365 * 86_400));
+        let bytes = self.body(Method::POST, &path, request).await?;
+        decode(&Method::POST, &path, &bytes)
+    }
+
     /// `GET /v1/images`: the images of the control plane's content store.
     pub async fn images(&self) -> Result<Vec<StoredImage>, ClientError> {
         self.get(&["images"], &[]).await

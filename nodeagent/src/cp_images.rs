@@ -7,6 +7,11 @@
 //! against its digest by the image store ([`flotilla_runtime::image::remote`]). The control
 //! plane paces each node's transfers (`image_rate_limit`). A transfer cut by a lost session
 //! waits for the next session (up to [`SESSION_WAIT`]) and goes on from where it stopped.
+//!
+//! A node whose own pull cannot reach an image's registry asks the control plane to pull it
+//! (pull-through, [`ControlPlane::pull_through`]: `AgentRequest::Image { pull: true }`), then
+//! fetches it from there as above: a site whose nodes have no route beyond the LAN runs
+//! images from any registry the control plane reaches.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +19,7 @@ use std::time::Duration;
 use flotilla_api::images::StoredImage;
 use flotilla_api::{read_frame, write_frame, AgentReply, AgentRequest};
 use flotilla_runtime::image::digest::Digest;
-use flotilla_runtime::image::manifest::Descriptor;
+use flotilla_runtime::image::manifest::{Descriptor, Platform};
 use flotilla_runtime::image::remote::{BlobSink, BlobSource, FetchError, FetchFuture};
 use tokio::io::AsyncWriteExt;
 
@@ -36,6 +41,18 @@ const BLOB_IDLE: Duration = Duration::from_secs(60);
 /// Bytes read from the stream at a time.
 const CHUNK: usize = 64 << 10;
 
+/// How long a node waits for the control plane's pull of an image it asked for (pull-through);
+/// the control plane's own requests to a registry time out well before it.
+pub const PULL_THROUGH_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// Why an image request gave no image.
+enum Asked {
+    /// The control plane said no, and why.
+    Refused(String),
+    /// No session, a lost stream, a bad answer, no answer in time.
+    Failed(String),
+}
+
 /// The control plane's content store, reached over the node's session.
 #[derive(Debug, Clone)]
 pub struct ControlPlane {
@@ -52,45 +69,70 @@ impl ControlPlane {
     /// manifest descriptor: `None` when there is no session now, or the control plane does
     /// not hold it (or refuses, or is of a release without a content store), logged at debug.
     pub async fn held(&self, image: &str) -> Option<Descriptor> {
-        let conn = self.session.current()?;
-        let ask = async {
-            let (mut send, mut recv) = conn.open_bi().await?;
-            write_frame(
-                &mut send,
-                &AgentRequest::Image {
-                    image: image.to_string(),
-                },
-            )
-            .await?;
-            let _ = send.finish();
-            anyhow::Ok(read_frame::<_, AgentReply>(&mut recv).await?)
-        };
-        match tokio::time::timeout(ANSWER_TIMEOUT, ask).await {
-            Ok(Ok(AgentReply::Image(stored))) => match descriptor(&stored) {
-                Ok(d) => Some(d),
-                Err(e) => {
-                    tracing::warn!(image, "the control plane's answer for the image: {e}");
-                    None
-                }
-            },
-            Ok(Ok(AgentReply::Refused { reason })) => {
+        match self.ask(image, false, ANSWER_TIMEOUT).await {
+            Ok(d) => Some(d),
+            Err(Asked::Refused(reason)) => {
                 tracing::debug!(image, "not from the control plane: {reason}");
                 None
             }
+            Err(Asked::Failed(e)) => {
+                tracing::debug!(image, "asking the control plane for the image: {e}");
+                None
+            }
+        }
+    }
+
+    /// Asks the control plane to pull `image` for this node's platform (pull-through, for a
+    /// node that could not reach the image's registry) and answers its manifest once the
+    /// control plane holds it, waiting up to [`PULL_THROUGH_WAIT`].
+    ///
+    /// # Errors
+    /// Why not: no session, the control plane's refusal (naming why its pull failed), a lost
+    /// stream, or no answer in time.
+    pub async fn pull_through(&self, image: &str) -> Result<Descriptor, String> {
+        self.ask(image, true, PULL_THROUGH_WAIT)
+            .await
+            .map_err(|e| match e {
+                Asked::Refused(reason) | Asked::Failed(reason) => reason,
+            })
+    }
+
+    async fn ask(&self, image: &str, pull: bool, within: Duration) -> Result<Descriptor, Asked> {
+        let conn = self
+            .session
+            .current()
+            .ok_or_else(|| Asked::Failed("no session with the control plane".into()))?;
+        let request = AgentRequest::Image {
+            image: image.to_string(),
+            pull,
+            platform: pull.then(|| Platform::host().to_string()),
+        };
+        let ask = async {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            write_frame(&mut send, &request).await?;
+            let _ = send.finish();
+            anyhow::Ok(read_frame::<_, AgentReply>(&mut recv).await?)
+        };
+        match tokio::time::timeout(within, ask).await {
+            Ok(Ok(AgentReply::Image(stored))) => descriptor(&stored).map_err(|e| {
+                tracing::warn!(image, "the control plane's answer for the image: {e}");
+                Asked::Failed(format!("the control plane's answer: {e}"))
+            }),
+            Ok(Ok(AgentReply::Refused { reason })) => Err(Asked::Refused(reason)),
             Ok(Ok(other)) => {
                 tracing::warn!(image, "unexpected answer to an image request: {other:?}");
-                None
+                Err(Asked::Failed(format!("unexpected answer {other:?}")))
             }
-            Ok(Err(e)) => {
-                tracing::debug!(image, "asking the control plane for the image: {e:#}");
-                None
-            }
+            Ok(Err(e)) => Err(Asked::Failed(format!("{e:#}"))),
             Err(_) => {
                 tracing::warn!(
                     image,
-                    "the control plane did not answer whether it holds the image within {ANSWER_TIMEOUT:?}"
+                    pull,
+                    "the control plane did not answer for the image within {within:?}"
                 );
-                None
+                Err(Asked::Failed(format!(
+                    "the control plane did not answer within {within:?}"
+                )))
             }
         }
     }

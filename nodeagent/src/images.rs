@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use flotilla_runtime::image::gc::GcPolicy;
 use flotilla_runtime::image::{ImageStore, PressureReport, RegistryMirrors};
 
@@ -75,27 +75,10 @@ fn log(r: &PressureReport, policy: &GcPolicy) {
 }
 
 /// The mirrors `--registry-mirror REGISTRY=URL` flags give (in their order; they replace the
-/// file's when there are any), else those of the file's `registry_mirrors`.
+/// file's when there are any), else those of the file's `registry_mirrors`
+/// ([`RegistryMirrors::from_config`]).
 pub fn mirrors(file: &BTreeMap<String, Vec<String>>, flags: &[String]) -> Result<RegistryMirrors> {
-    if flags.is_empty() {
-        return RegistryMirrors::new(file.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-            .map_err(|e| anyhow!("registry_mirrors: {e}"));
-    }
-    let mut by_registry: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for f in flags {
-        let (registry, url) = f
-            .split_once('=')
-            .filter(|(r, u)| !r.is_empty() && !u.is_empty())
-            .ok_or_else(|| {
-                anyhow!("--registry-mirror: '{f}' is not REGISTRY=URL (e.g. docker.io=https://mirror.example)")
-            })?;
-        by_registry
-            .entry(registry.to_string())
-            .or_default()
-            .push(url.to_string());
-    }
-    RegistryMirrors::new(by_registry.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
-        .map_err(|e| anyhow!("--registry-mirror: {e}"))
+    RegistryMirrors::from_config(file, flags).map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

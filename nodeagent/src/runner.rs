@@ -555,7 +555,7 @@ impl Runner {
             let pulled = self
                 .store
                 .images()
-                .pull_from_source(image, &manifest, Arc::new(cp), progress.clone())
+                .pull_from_source(image, &manifest, Arc::new(cp.clone()), progress.clone())
                 .await;
             match pulled {
                 Ok(rec) => {
@@ -576,7 +576,41 @@ impl Runner {
             mirrors: self.images.mirrors.clone(),
             ..Default::default()
         };
-        let pulled = self.store.images().pull(image, &options, progress).await;
+        let pulled = self
+            .store
+            .images()
+            .pull(image, &options, progress.clone())
+            .await;
+        // The registry is out of this node's reach (a site with no route beyond its LAN):
+        // the control plane pulls it, and the node fetches it from there.
+        if let Err(e) = &pulled {
+            if e.pull_failure() == Some(flotilla_runtime::image::registry::Failure::Unreachable) {
+                match cp.pull_through(image).await {
+                    Ok(manifest) => {
+                        let fetched = self
+                            .store
+                            .images()
+                            .pull_from_source(image, &manifest, Arc::new(cp), progress)
+                            .await;
+                        match fetched {
+                            Ok(rec) => {
+                                tracing::info!(image, digest = %rec.digest, "the control plane pulled it for this node: fetched from there");
+                                return Ok(rec);
+                            }
+                            Err(f) => tracing::warn!(
+                                image,
+                                "the registry is out of reach and fetching the control plane's pull failed: {}",
+                                flotilla_api::errors::chain(&f)
+                            ),
+                        }
+                    }
+                    Err(why) => tracing::warn!(
+                        image,
+                        "the registry is out of reach and the control plane did not pull it: {why}"
+                    ),
+                }
+            }
+        }
         match (pulled, from_cp) {
             (Err(registry), Some(cp)) => {
                 tracing::warn!(

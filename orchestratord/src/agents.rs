@@ -211,10 +211,27 @@ async fn session(plane: &Plane, conn: Connection) {
                 name,
                 version,
             },
-            Ok(AgentRequest::Image { image }) => {
+            Ok(AgentRequest::Image {
+                image, pull: false, ..
+            }) => {
                 let reply = held_image(plane, &image).await;
                 let _ = write_frame(&mut send, &reply).await;
                 let _ = send.finish();
+                continue;
+            }
+            Ok(AgentRequest::Image {
+                image,
+                pull: true,
+                platform,
+            }) => {
+                // A pull takes long: on its own task, so the session's other requests are not
+                // held up behind it.
+                let (plane, node) = (plane.clone(), node.clone());
+                tokio::spawn(async move {
+                    let reply = pulled_image(&plane, &node, &image, platform.as_deref()).await;
+                    let _ = write_frame(&mut send, &reply).await;
+                    let _ = send.finish();
+                });
                 continue;
             }
             Ok(AgentRequest::Blob { digest, offset }) => {
@@ -298,6 +315,40 @@ async fn held_image(plane: &Plane, image: &str) -> AgentReply {
         Err(e) => AgentReply::Refused {
             reason: e.to_string(),
         },
+    }
+}
+
+/// The answer to `AgentRequest::Image { pull: true }` (pull-through): the image once the
+/// content store holds it, pulled by the control plane if it did not, else a refusal naming
+/// why the pull failed.
+async fn pulled_image(
+    plane: &Plane,
+    node: &str,
+    image: &str,
+    platform: Option<&str>,
+) -> AgentReply {
+    let platform = match platform.map(str::parse::<flotilla_oci::manifest::Platform>) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => {
+            return AgentReply::Refused {
+                reason: format!("platform: {e}"),
+            }
+        }
+    };
+    let ask = crate::pull::PullAsk {
+        reference: image.to_string(),
+        platform,
+        insecure: false,
+    };
+    match crate::pull::pull(plane, &ask, true).await {
+        Ok(i) => AgentReply::Image(i),
+        Err(e) => {
+            tracing::info!(node = %node, "pull-through for the node: {e}");
+            AgentReply::Refused {
+                reason: e.to_string(),
+            }
+        }
     }
 }
 

@@ -238,6 +238,7 @@ async fn answer(
     match request {
         Request_::Logs(req) => task_logs(req, plane).await,
         Request_::Prefetch(req) => prefetch::prefetch(req, plane).await,
+        Request_::PullImage(req) => images::pull(req, plane).await.map(BodyExt::boxed),
         Request_::PushImage => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "an image push is read as it streams",
@@ -275,6 +276,8 @@ enum Request_ {
     RemoveImage(String),
     /// `POST /v1/images/prefetch`: a stream of the nodes' pulls.
     Prefetch(flotilla_api::images::PrefetchRequest),
+    /// `POST /v1/images/pull`: the control plane pulls an image into its content store.
+    PullImage(flotilla_api::images::ImagePullRequest),
     /// `POST /v1/tasks/{id}/exec`: an upgrade to a command's streams.
     Exec(ExecRequest),
     /// `GET /v1/metrics`: the metrics listener's scrape, over TLS.
@@ -644,12 +647,15 @@ fn parse(
         (&Method::POST, ["v1", "tasks", id, "exec"]) => exec_request(id, query).map(Request_::Exec),
         (&Method::GET, ["v1", "metrics"]) => Ok(Request_::Metrics),
         (&Method::POST, ["v1", "images"]) => Ok(Request_::PushImage),
-        (&Method::DELETE, ["v1", "images", name]) if *name != "prefetch" => {
+        (&Method::DELETE, ["v1", "images", name]) if !matches!(*name, "prefetch" | "pull") => {
             image_name(name).map(Request_::RemoveImage)
         }
         (&Method::POST, ["v1", "images", "prefetch"]) => serde_json::from_slice(body)
             .map(Request_::Prefetch)
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("prefetch request: {e}"))),
+        (&Method::POST, ["v1", "images", "pull"]) => serde_json::from_slice(body)
+            .map(Request_::PullImage)
+            .map_err(|e| (StatusCode::BAD_REQUEST, format!("pull request: {e}"))),
         _ => parse_operator(method, path, query, body).map(Request_::Core),
     }
 }
@@ -709,7 +715,7 @@ fn parse_operator(
         }
         (&Method::GET, ["v1", "tokens"]) => Ok(Operator::ListTokens),
         (&Method::GET, ["v1", "images"]) => Ok(Operator::ListImages),
-        (&Method::GET, ["v1", "images", name]) if *name != "prefetch" => {
+        (&Method::GET, ["v1", "images", name]) if !matches!(*name, "prefetch" | "pull") => {
             image_name(name).map(Operator::GetImage)
         }
         (&Method::DELETE, ["v1", "tokens", id]) => Ok(Operator::RemoveToken(id.to_string())),

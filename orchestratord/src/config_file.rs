@@ -18,6 +18,8 @@ pub(crate) struct FileConfig {
     pub(crate) session_rate: Option<u32>,
     pub(crate) scaling_period: Option<u64>,
     pub(crate) image_rate_limit: Option<u64>,
+    #[serde(default)]
+    pub(crate) registry_mirrors: std::collections::BTreeMap<String, Vec<String>>,
     pub(crate) log_format: Option<LogFormat>,
     pub(crate) bridge_pool: Option<ipnet::Ipv4Net>,
     pub(crate) bridge_prefix: Option<u8>,
@@ -36,6 +38,7 @@ pub(crate) const FILE_KEYS: &[&str] = &[
     "session_rate",
     "scaling_period",
     "image_rate_limit",
+    "registry_mirrors",
     "log_format",
     "bridge_pool",
     "bridge_prefix",

@@ -114,6 +114,14 @@ fn of_archive(e: LayoutError) -> PushError {
     }
 }
 
+/// What picks an image from an index: `platform`, else the control plane's own.
+fn matcher(platform: Option<&Platform>) -> PlatformMatcher {
+    match platform {
+        Some(p) => PlatformMatcher::new(p, false),
+        None => PlatformMatcher::host(),
+    }
+}
+
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> PushError + '_ {
     move |source| PushError::Io {
         path: path.to_path_buf(),
@@ -349,7 +357,8 @@ impl ContentStore {
         self.root.join("blobs/sha256").join(digest.hex())
     }
 
-    fn tmp(&self) -> PathBuf {
+    /// The store's scratch directory (emptied when the control plane starts).
+    pub(crate) fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
     }
 
@@ -427,10 +436,7 @@ impl ContentStore {
                 entries.len()
             ))));
         }
-        let matcher = match platform {
-            Some(p) => PlatformMatcher::new(p, false),
-            None => PlatformMatcher::host(),
-        };
+        let matcher = matcher(platform);
         let mut out = Vec::new();
         for desc in &entries {
             let image = match name {
@@ -452,6 +458,28 @@ impl ContentStore {
             out.push(self.ingest_one(&layout, desc, image, &matcher)?);
         }
         Ok(out)
+    }
+
+    /// Stores the one image of the layout directory `dir` that a pull from a registry wrote
+    /// (`pull.rs`), as `name` — which may pin a digest, as the reference pulled did. Blocking.
+    ///
+    /// # Errors
+    /// As [`ContentStore::ingest`].
+    pub fn ingest_pulled(
+        &self,
+        dir: &Path,
+        name: &str,
+        platform: Option<&Platform>,
+    ) -> Result<StoredImage, PushError> {
+        let limits = Limits {
+            bytes: MAX_STAGED_BYTES,
+            entries: MAX_ENTRIES,
+        };
+        let layout = Layout::open(dir, &self.tmp(), limits).map_err(of_archive)?;
+        let Some(desc) = layout.index().manifests.first().cloned() else {
+            return Err(of_archive(layout.err("the pull wrote no manifest")));
+        };
+        self.ingest_one(&layout, &desc, name.to_string(), &matcher(platform))
     }
 
     fn ingest_one(
@@ -553,7 +581,7 @@ impl ContentStore {
     /// Whether the store holds blob `digest` whole: its file is there and hashes to it. One
     /// that does not (the disk's rot, a bad restore) is logged, to be replaced by the push that
     /// brings it again (a node that fetched it refused it, naming it).
-    fn holds_intact(&self, digest: &Digest) -> bool {
+    pub(crate) fn holds_intact(&self, digest: &Digest) -> bool {
         let path = self.blob_path(digest);
         let Ok(f) = File::open(&path) else {
             return false;

@@ -12,6 +12,7 @@ mod core;
 mod http;
 mod metrics;
 mod plane;
+mod pull;
 mod scrape;
 mod timers;
 
@@ -44,7 +45,7 @@ const SERVER_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 #[command(name = "orchestratord", version, about = "Flotilla control plane")]
 struct Cli {
     /// Configuration file (TOML; keys as the flags: data_dir, listen, metrics_listen,
-    /// node_cert_lifetime, session_rate, scaling_period, image_rate_limit, log_format, bridge_pool, bridge_prefix, awsvpc_subnet,
+    /// node_cert_lifetime, session_rate, scaling_period, image_rate_limit, registry_mirrors, log_format, bridge_pool, bridge_prefix, awsvpc_subnet,
     /// awsvpc_range, awsvpc_gateway, vip_pool).
     /// Default: /etc/flotilla/orchestratord.toml when it exists. Flags override it.
     #[arg(long, global = true, env = "ORCHESTRATORD_CONFIG")]
@@ -105,6 +106,12 @@ enum Command {
         /// its blob transfers together; 0 is no limit [default: 0].
         #[arg(long, value_name = "BYTES")]
         image_rate_limit: Option<u64>,
+        /// A mirror the control plane's own pulls (`flotilla image push REF`, and pulls for
+        /// nodes that cannot reach a registry) try before the registry, as REGISTRY=URL
+        /// (`docker.io=https://mirror.example`); repeat it for more, tried in order. Replaces
+        /// the file's `registry_mirrors` when given.
+        #[arg(long = "registry-mirror", value_name = "REGISTRY=URL")]
+        registry_mirrors: Vec<String>,
         #[command(flatten)]
         network: NetworkArgs,
     },
@@ -200,6 +207,7 @@ fn real_main() -> Result<()> {
             session_rate,
             scaling_period,
             image_rate_limit,
+            registry_mirrors,
             network,
         } => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -223,6 +231,11 @@ fn real_main() -> Result<()> {
                         .unwrap_or(cluster::DEFAULT_SCALING_PERIOD.as_secs()),
                 ),
                 image_rate_limit: image_rate_limit.or(file.image_rate_limit).unwrap_or(0),
+                registry_mirrors: flotilla_oci::registry::RegistryMirrors::from_config(
+                    &file.registry_mirrors,
+                    &registry_mirrors,
+                )
+                .map_err(anyhow::Error::msg)?,
                 network: network_settings(network, &file)?,
             };
             rt.block_on(run(&data_dir, &settings))
@@ -362,6 +375,8 @@ struct Settings {
     scaling_period: Duration,
     /// Bytes per second per node from the content store (0: no limit).
     image_rate_limit: u64,
+    /// Mirrors the control plane's own pulls try first.
+    registry_mirrors: flotilla_oci::registry::RegistryMirrors,
     network: network::Settings,
 }
 
@@ -427,6 +442,7 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         session_rate,
         scaling_period,
         image_rate_limit,
+        ref registry_mirrors,
         ref network,
     } = *settings;
     if node_cert_lifetime < Duration::from_secs(30) {
@@ -522,6 +538,7 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
             content::ContentStore::open(data_dir, image_rate_limit)
                 .with_context(|| format!("opening the content store in {}", data_dir.display()))?,
         ),
+        puller: Arc::new(pull::Puller::new(registry_mirrors.clone())),
     };
     api::sweep(&plane).await;
     if let Some(tcp) = metrics_tcp {

@@ -131,6 +131,7 @@ pub const ROUTES: &[&str] = &[
     "/v1/tasks/{id}/exec",
     "/v1/images",
     "/v1/images/prefetch",
+    "/v1/images/pull",
     "/v1/images/{name}",
     "/v1/services",
     "/v1/services/{name}",

@@ -23,6 +23,8 @@ pub struct Plane {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The blobs of the images pushed to the control plane.
     pub content: Arc<crate::content::ContentStore>,
+    /// The control plane's own pulls from registries into the content store.
+    pub puller: Arc<crate::pull::Puller>,
 }
 
 /// Each node's live connection (at most one: a reconnect replaces the old one), and the last

@@ -4,7 +4,9 @@
 //! digest is refused naming it, and what is kept survives a restart of the control plane.
 //! A node with no route beyond its LAN runs tasks of a pushed image, fetched over its own
 //! session: a transfer cut by a lost link goes on from where it stopped, and content that is
-//! not what its digest says is refused.
+//! not what its digest says is refused. The control plane pulls an image from a registry
+//! itself (`flotilla image push REF`), and for a node that cannot reach the registry
+//! (pull-through).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -17,6 +19,7 @@ use flotilla_tests::cluster::{ControlPlane, Fleet};
 use flotilla_tests::image::{
     busybox_image, tar_dir, write_docker_save, write_layout, Compression, Layer,
 };
+use flotilla_tests::registry::{Auth, Registry};
 use flotilla_tests::{host_arch, wait};
 
 /// The blob files of the content store.
@@ -352,4 +355,82 @@ fn a_blob_the_control_plane_serves_corrupt_is_refused_naming_it() {
     );
     let images = fleet.nodes[0].ctr_ok(&["image", "ls"]);
     assert!(!images.contains("shop/bad"), "{images}");
+}
+
+#[test]
+fn the_control_plane_pulls_a_reference_and_for_a_node_that_cannot_reach_the_registry() {
+    // A registry the control plane reaches (on its loopback) and the node does not (its own
+    // loopback has nothing there, and it has no route beyond its LAN).
+    let work = tempfile::tempdir().expect("work");
+    let storage = tempfile::tempdir().expect("registry storage");
+    let registry = Registry::start(storage.path(), Auth::None).expect("registry");
+    let (_, layer, _) = image_with_noise(work.path(), 64 << 10);
+    let layout = work.path().join("layout");
+    registry.push(&layout, "1", "shop/app").expect("push tag 1");
+    registry
+        .push(&layout, "1", "shop/web")
+        .expect("push shop/web");
+    let addr = registry.addr.clone();
+    let fleet = Fleet::start_with(&[&[]], |_| {
+        (
+            vec!["--registry-mirror".into(), format!("{addr}=http://{addr}")],
+            vec![],
+        )
+    });
+    fleet.hosts[0].lan_only();
+
+    // An operator's pull: `image push REF` (the control plane's mirror is tried first; here
+    // it is the registry itself, which --insecure would reach over plain HTTP too).
+    let one = format!("{addr}/shop/app:1");
+    let pushed: Vec<StoredImage> = fleet
+        .cp
+        .flotilla_json(&["image", "push", &one, "--insecure"]);
+    assert_eq!(pushed.len(), 1, "{pushed:?}");
+    assert_eq!(pushed[0].name, one);
+    assert!(
+        pushed[0].layers.iter().any(|l| l.digest == layer),
+        "{pushed:?}"
+    );
+    assert!(
+        has_blob(&fleet.cp, &layer),
+        "the layer is in the content store"
+    );
+    // A reference that is not in the registry, named with what the registry answered.
+    let failed = fleet.cp.flotilla(&[
+        "image",
+        "push",
+        &format!("{addr}/shop/none:1"),
+        "--insecure",
+    ]);
+    assert!(!failed.status.success());
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        err.contains(&format!("pulling image '{addr}/shop/none:1'")),
+        "{err}"
+    );
+    assert!(err.contains("404"), "{err}");
+
+    // Pull-through: the task's image (shop/web) is in neither store; the node's own pull cannot
+    // reach the registry, so the control plane pulls it (through its mirror) and the node
+    // fetches it over its session.
+    let two = format!("{addr}/shop/web:1");
+    fleet.register(&serving("app", &two));
+    let id = fleet.cp.run_one("app");
+    wait("the task running", Duration::from_secs(60), || {
+        let t = fleet.cp.task(&id);
+        assert_ne!(t.state, TaskState::Stopped, "{t:#?}");
+        t.state == TaskState::Running
+    });
+    let log = fleet.agents[0].log();
+    assert!(
+        log.contains("the control plane pulled it for this node: fetched from there"),
+        "{log}"
+    );
+    let cp_log = fleet.cp.log();
+    assert!(
+        cp_log.contains(&format!("source=mirror http://{addr}")) && cp_log.contains("image pulled"),
+        "{cp_log}"
+    );
+    let images: Vec<StoredImage> = fleet.cp.flotilla_json(&["image", "ls"]);
+    assert!(images.iter().any(|i| i.name == two), "{images:?}");
 }

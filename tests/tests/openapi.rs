@@ -374,6 +374,24 @@ fn every_documented_operation_answers_as_documented() {
     );
     assert_eq!(e.error, "node n-nope is not in the cluster");
 
+    // A pull by the control plane: refused naming the field, and a registry out of reach
+    // (nothing listens on port 1) named with what it answered.
+    let pull = "/v1/images/pull";
+    let e = api.refused("POST", pull, pull, Some(r#"{"image":""}"#), 400);
+    assert_eq!(e.error, "image: empty");
+    let e = api.refused(
+        "POST",
+        pull,
+        pull,
+        Some(r#"{"image":"127.0.0.1:1/nope:1","insecure":true}"#),
+        502,
+    );
+    assert!(
+        e.error
+            .starts_with("pulling image '127.0.0.1:1/nope:1': registry 127.0.0.1:1: "),
+        "{e:?}"
+    );
+
     // The content store: an OCI archive pushed, listed, inspected, removed.
     let work = tempfile::tempdir().expect("work");
     let layout = work.path().join("layout");

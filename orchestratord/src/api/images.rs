@@ -3,8 +3,9 @@
 //! reference removed by the core, then the blobs no image references). Listing and inspecting
 //! are plain core commands (`Operator::ListImages`, `Operator::GetImage`).
 
-use flotilla_api::images::ImageRemoved;
+use flotilla_api::images::{ImagePullRequest, ImageRemoved};
 use flotilla_oci::manifest::Platform;
+use flotilla_oci::registry::Failure;
 use hyper::body::Incoming;
 use hyper::StatusCode;
 use orchestratord::cluster::{Command, Operator, Reply as CoreReply};
@@ -12,6 +13,7 @@ use orchestratord::cluster::{Command, Operator, Reply as CoreReply};
 use super::{error, json, query_pairs, refusal, respond, Reply};
 use crate::content::{PushError, MAX_PUSH_BYTES};
 use crate::plane::Plane;
+use crate::pull::{PullAsk, PullError};
 
 /// `POST /v1/images?name=REF&platform=OS/ARCH[/VARIANT]`: the body is an OCI image layout
 /// archive (tar, optionally gzip or zstd compressed) or a `docker save` archive, at most
@@ -79,6 +81,45 @@ pub async fn push(body: Incoming, query: Option<&str>, plane: &Plane) -> Reply {
     let plane = plane.clone();
     tokio::spawn(async move { sweep(&plane).await });
     answer
+}
+
+/// `POST /v1/images/pull`: the control plane pulls the image (`pull.rs`); 201 with the image
+/// stored (as a one-element list, as a push answers); 400 naming the field or what is wrong with
+/// what the registry sent, 404 when the registry has no such image, 502 when no source could
+/// give it (each mirror and the registry named with what it answered).
+pub async fn pull(req: ImagePullRequest, plane: &Plane) -> Reply {
+    let problems = req.problems();
+    if !problems.is_empty() {
+        return error(StatusCode::BAD_REQUEST, problems.join("; "));
+    }
+    let platform = match req.platform.as_deref().map(str::parse::<Platform>) {
+        None => None,
+        Some(Ok(p)) => Some(p),
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, format!("platform: {e}")),
+    };
+    let ask = PullAsk {
+        reference: req.image,
+        platform,
+        insecure: req.insecure,
+    };
+    match crate::pull::pull(plane, &ask, false).await {
+        Ok(image) => json(StatusCode::CREATED, &vec![image]),
+        Err(e) => {
+            let status = match &e {
+                PullError::Reference(_) => StatusCode::BAD_REQUEST,
+                PullError::Registry { failure, .. } => match failure {
+                    Some(Failure::NotFound) => StatusCode::NOT_FOUND,
+                    _ => StatusCode::BAD_GATEWAY,
+                },
+                PullError::Store { source, .. } if !source.is_internal() => StatusCode::BAD_REQUEST,
+                PullError::Store { .. } | PullError::Record { .. } => {
+                    tracing::error!("image pull: {e}");
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
+            };
+            error(status, e.to_string())
+        }
+    }
 }
 
 /// Removes every blob no image references, with no push under way: after a failed push, and

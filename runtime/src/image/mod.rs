@@ -16,12 +16,11 @@
 pub mod busybox;
 pub mod gc;
 mod import;
-pub mod registry;
 pub mod remote;
 pub mod unpack;
 
 pub use flotilla_oci::reference::{ImageRef, ReferenceError};
-pub use flotilla_oci::{digest, manifest};
+pub use flotilla_oci::{digest, manifest, registry};
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};

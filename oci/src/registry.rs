@@ -13,8 +13,8 @@ use reqwest::header::{
 use reqwest::{Method, StatusCode};
 use tokio::io::AsyncWriteExt;
 
-use super::digest::Digest;
-use super::manifest::{manifest_accept, MAX_MANIFEST_BYTES};
+use crate::digest::Digest;
+use crate::manifest::{manifest_accept, MAX_MANIFEST_BYTES};
 
 /// Credentials for one registry. The password never appears in `Debug` output or logs.
 #[derive(Clone, Default)]
@@ -187,6 +187,37 @@ impl RegistryMirrors {
             }
         }
         Ok(Self(out))
+    }
+
+    /// The mirrors `--registry-mirror REGISTRY=URL` flags give (in their order; they replace the
+    /// file's when there are any), else those of a configuration file's `registry_mirrors`.
+    ///
+    /// # Errors
+    /// What is wrong, prefixed by `registry_mirrors: ` or `--registry-mirror: `.
+    pub fn from_config(
+        file: &std::collections::BTreeMap<String, Vec<String>>,
+        flags: &[String],
+    ) -> Result<Self, String> {
+        if flags.is_empty() {
+            return Self::new(file.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+                .map_err(|e| format!("registry_mirrors: {e}"));
+        }
+        let mut by_registry: std::collections::BTreeMap<String, Vec<String>> =
+            std::collections::BTreeMap::new();
+        for f in flags {
+            let (registry, url) = f
+            .split_once('=')
+            .filter(|(r, u)| !r.is_empty() && !u.is_empty())
+            .ok_or_else(|| {
+                format!("--registry-mirror: '{f}' is not REGISTRY=URL (e.g. docker.io=https://mirror.example)")
+            })?;
+            by_registry
+                .entry(registry.to_string())
+                .or_default()
+                .push(url.to_string());
+        }
+        Self::new(by_registry.iter().map(|(k, v)| (k.as_str(), v.as_slice())))
+            .map_err(|e| format!("--registry-mirror: {e}"))
     }
 
     /// No mirror for any registry.
@@ -396,7 +427,10 @@ pub fn host(registry: &str) -> &str {
     }
 }
 
-/// The HTTP client the store uses: rustls with the ring provider and the system's trust roots.
+/// The HTTP client a [`RegistryClient`] sends with (one per process, shared by its pulls).
+pub type HttpClient = reqwest::Client;
+
+/// The HTTP client pulls use (the node's image store, the control plane's content store): rustls with the ring provider and the system's trust roots.
 pub fn http_client() -> Result<reqwest::Client, String> {
     use rustls_platform_verifier::BuilderVerifierExt;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -410,7 +444,7 @@ pub fn http_client() -> Result<reqwest::Client, String> {
         .tls_backend_preconfigured(tls)
         .connect_timeout(Duration::from_secs(15))
         .read_timeout(Duration::from_secs(60))
-        .user_agent(concat!("flotilla-nodeagent/", env!("CARGO_PKG_VERSION")))
+        .user_agent(concat!("flotilla/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| e.to_string())
 }
@@ -857,7 +891,12 @@ mod tests {
             .block_on(client.manifest("v1"))
             .expect_err("nothing listens");
         assert_eq!(e.failure(), Some(Failure::Unreachable));
-        let text = format!("{:#}", anyhow::Error::new(e));
+        let mut text = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            text = format!("{text}: {c}");
+            cause = c.source();
+        }
         // The registry once; the repository and tag are the image's name, said above it.
         assert_eq!(text.matches("127.0.0.1").count(), 1, "{text}");
         assert!(

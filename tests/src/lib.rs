@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod churn;
 pub mod cluster;
 pub mod disk;
 pub mod fleet;

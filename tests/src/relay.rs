@@ -1,5 +1,6 @@
 //! A UDP relay that holds every datagram for a fixed time each way: a slow link (satellite,
-//! cellular) between hosts and the control plane, here where `tc netem` is not. Each client
+//! cellular) between hosts and the control plane, here where `tc netem` is not; it may drop a
+//! share of them too (loss on the control plane's own link, [`DelayRelay::start_lossy`]). Each client
 //! address gets a socket of its own toward the upstream, so the upstream sees one peer per
 //! client, as QUIC needs. Stopped (its threads joined) on drop.
 
@@ -42,6 +43,21 @@ impl DelayRelay {
         upstream: SocketAddr,
         delay: Duration,
     ) -> std::io::Result<Self> {
+        Self::start_lossy(listen, upstream, delay, 0, 0)
+    }
+
+    /// As [`DelayRelay::start`], and drops `loss_percent` % of the datagrams each way, each
+    /// drawn at random from `seed`'s sequence (silently, as a link loses them).
+    ///
+    /// # Errors
+    /// The socket cannot be bound.
+    pub fn start_lossy(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        delay: Duration,
+        loss_percent: u32,
+        seed: u64,
+    ) -> std::io::Result<Self> {
         let front = Arc::new(UdpSocket::bind(listen)?);
         front.set_read_timeout(Some(POLL))?;
         let addr = front.local_addr()?;
@@ -53,6 +69,7 @@ impl DelayRelay {
         let sender = {
             let stop = stop.clone();
             std::thread::spawn(move || {
+                let mut rng = crate::power::Rng::new(seed);
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(held) = rx.recv_timeout(POLL) else {
                         continue;
@@ -60,6 +77,9 @@ impl DelayRelay {
                     let now = Instant::now();
                     if held.due > now {
                         std::thread::sleep(held.due - now);
+                    }
+                    if loss_percent > 0 && rng.below(100) < u64::from(loss_percent) {
+                        continue;
                     }
                     let _ = held.from.send_to(&held.bytes, held.to);
                 }

@@ -50,8 +50,29 @@ pub mod session {
 
     /// How often a live session pings the control plane.
     pub const PING_EVERY: Duration = Duration::from_secs(10);
-    /// How long a ping may take before the session counts as lost.
+    /// How long a ping may take on a fast path before it counts as unanswered (see
+    /// [`ping_timeout`] and [`ping_lost`]).
     pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+    /// Pings in a row that may go unanswered while the control plane's packets still arrive
+    /// (a link that is slow and lossy at once: a ping's stream then needs retransmissions a
+    /// round trip apart) before the session counts as lost anyway.
+    pub const MAX_UNANSWERED_PINGS: u32 = 3;
+
+    /// How long a ping may take on a path whose smoothed round-trip time is `rtt`:
+    /// [`PING_TIMEOUT`], or eight round trips on a slower path (room for a few of QUIC's
+    /// retransmissions, each a probe timeout — about a round trip and more — after the last;
+    /// RFC 9002, section 6.2).
+    pub fn ping_timeout(rtt: Duration) -> Duration {
+        PING_TIMEOUT.max(rtt.saturating_mul(8))
+    }
+
+    /// Whether a ping that went unanswered ends the session: when nothing at all arrived from
+    /// the control plane while it waited (it is gone without closing: a power cut, `kill -9`,
+    /// a cut link), or when it is the [`MAX_UNANSWERED_PINGS`]th in a row. Otherwise the link
+    /// is slow or lossy and the session is kept (the control plane still answers QUIC).
+    pub fn ping_lost(unanswered_in_a_row: u32, heard_meanwhile: bool) -> bool {
+        !heard_meanwhile || unanswered_in_a_row >= MAX_UNANSWERED_PINGS
+    }
     /// Longest wait between two dial attempts.
     pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
     /// QUIC keep-alive interval of the agent's connection.
@@ -511,6 +532,27 @@ pub type Labels = BTreeMap<String, String>;
 
 #[cfg(test)]
 mod tests {
+    use super::session::{ping_lost, ping_timeout, MAX_UNANSWERED_PINGS, PING_TIMEOUT};
+
+    #[test]
+    fn a_ping_unanswered_ends_the_session_only_when_nothing_arrives_or_too_many_in_a_row() {
+        // A control plane gone without closing: nothing arrives, the first miss ends it.
+        assert!(ping_lost(1, false));
+        // A slow, lossy link: its packets arrive, the session is kept up to the limit.
+        for n in 1..MAX_UNANSWERED_PINGS {
+            assert!(!ping_lost(n, true), "{n}");
+        }
+        assert!(ping_lost(MAX_UNANSWERED_PINGS, true));
+        // A LAN's round trip keeps the fixed timeout; a satellite's second gets eight.
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(ping_timeout(ms(1)), PING_TIMEOUT);
+        assert_eq!(ping_timeout(ms(1000)), ms(8000));
+        assert_eq!(
+            ping_timeout(std::time::Duration::MAX),
+            std::time::Duration::MAX
+        );
+    }
+
     use super::*;
 
     #[test]

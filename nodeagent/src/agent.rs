@@ -28,7 +28,7 @@ use crate::runner::Runner;
 const CLOSE_REVOKED: u32 = 2;
 use flotilla_api::session::MAX_BACKOFF;
 use flotilla_api::session::PING_EVERY;
-use flotilla_api::session::PING_TIMEOUT;
+use flotilla_api::session::{ping_lost, ping_timeout};
 
 /// Tells systemd the agent is ready, once.
 fn announce_ready(status: &str) {
@@ -478,6 +478,8 @@ async fn session(
     tokio::task::spawn_blocking(move || r.contact()).await?;
     let mut due = renewal_due(&cred.identity.cert_pem)?;
     let mut ping = tokio::time::interval(PING_EVERY);
+    // Pings in a row the control plane did not answer while its packets still arrived.
+    let mut unanswered = 0u32;
     // Everything known is reported once per session, then whenever it changes.
     let mut status = runner.status();
     status.mark_changed();
@@ -580,14 +582,32 @@ async fn session(
             }
             _ = ping.tick() => {
                 // A control plane that vanished without closing (power cut, kill -9) is
-                // noticed here rather than at the idle timeout.
-                match tokio::time::timeout(PING_TIMEOUT, request(&conn, &AgentRequest::Ping)).await {
-                    Ok(Ok(AgentReply::Pong { server_time })) => check_clock(server_time),
+                // noticed here rather than at the idle timeout; a slow, lossy link that still
+                // carries its packets keeps the session (`session::ping_lost`).
+                let heard_before = conn.stats().udp_rx.datagrams;
+                let within = ping_timeout(conn.rtt());
+                match tokio::time::timeout(within, request(&conn, &AgentRequest::Ping)).await {
+                    Ok(Ok(AgentReply::Pong { server_time })) => {
+                        unanswered = 0;
+                        check_clock(server_time);
+                    }
                     Ok(Ok(other)) => tracing::warn!("unexpected reply to ping: {other:?}"),
                     Ok(Err(e)) => bail!("ping: {e:#}"),
                     Err(_) => {
-                        conn.close(quinn::VarInt::from_u32(0), b"no answer to ping");
-                        bail!("the control plane did not answer a ping within {PING_TIMEOUT:?}");
+                        unanswered += 1;
+                        let heard = conn.stats().udp_rx.datagrams > heard_before;
+                        if ping_lost(unanswered, heard) {
+                            conn.close(quinn::VarInt::from_u32(0), b"no answer to ping");
+                            if heard {
+                                bail!("the control plane did not answer {unanswered} pings in a row");
+                            }
+                            bail!("the control plane did not answer a ping within {within:?}, and nothing arrived from it");
+                        }
+                        tracing::info!(
+                            rtt_ms = conn.rtt().as_millis() as u64,
+                            unanswered,
+                            "the control plane did not answer a ping within {within:?}, but its packets still arrive: a slow or lossy link; the session is kept"
+                        );
                     }
                 }
             }

@@ -35,7 +35,7 @@ use quinn::{Connection, Endpoint};
 
 use flotilla_api::session::MAX_BACKOFF;
 use flotilla_api::session::PING_EVERY;
-use flotilla_api::session::PING_TIMEOUT;
+use flotilla_api::session::{ping_lost, ping_timeout};
 /// Close code the control plane uses for a revoked node.
 const CLOSE_REVOKED: u32 = 2;
 /// Memory every simulated container says it uses, bytes.
@@ -809,6 +809,7 @@ impl SimAgent {
         }
         let mut due = renewal_due(&self.identity.key.cert_pem, &mut self.rng)?;
         let mut ping = tokio::time::interval(PING_EVERY);
+        let mut unanswered = 0u32;
         let mut heartbeat = tokio::time::interval(self.settings.heartbeat);
         loop {
             // What changed is reported before anything else (as the runner's status watch).
@@ -872,13 +873,19 @@ impl SimAgent {
                     }
                 }
                 _ = ping.tick() => {
-                    match tokio::time::timeout(PING_TIMEOUT, request(&conn, &AgentRequest::Ping)).await {
-                        Ok(Ok(AgentReply::Pong { .. })) => {}
+                    // As nodeagent: lost when nothing arrives, or after a few unanswered in a row.
+                    let heard_before = conn.stats().udp_rx.datagrams;
+                    let within = ping_timeout(conn.rtt());
+                    match tokio::time::timeout(within, request(&conn, &AgentRequest::Ping)).await {
+                        Ok(Ok(AgentReply::Pong { .. })) => unanswered = 0,
                         Ok(Ok(other)) => return Err(anyhow::anyhow!("ping: {other:?}").into()),
                         Ok(Err(e)) => return Err(e.context("ping").into()),
                         Err(_) => {
-                            conn.close(quinn::VarInt::from_u32(0), b"no answer to ping");
-                            return Err(anyhow::anyhow!("no answer to a ping within {PING_TIMEOUT:?}").into());
+                            unanswered += 1;
+                            if ping_lost(unanswered, conn.stats().udp_rx.datagrams > heard_before) {
+                                conn.close(quinn::VarInt::from_u32(0), b"no answer to ping");
+                                return Err(anyhow::anyhow!("no answer to a ping within {within:?}").into());
+                            }
                         }
                     }
                 }

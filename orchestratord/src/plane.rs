@@ -91,15 +91,24 @@ impl Sessions {
 /// a heartbeat of this one finding its generation behind).
 pub const PUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a node on a path of smoothed round-trip time `rtt` has to answer a push:
+/// [`PUSH_TIMEOUT`], or sixteen round trips on a slow path — a satellite link a second away
+/// that also loses packets needs several of QUIC's retransmissions, each a probe timeout after
+/// the last and doubling (RFC 9002, section 6.2), and a push given up there is sent again only
+/// at the node's next heartbeat.
+pub fn push_timeout(rtt: std::time::Duration) -> std::time::Duration {
+    PUSH_TIMEOUT.max(rtt.saturating_mul(16))
+}
+
 /// Sends `what` on a new stream of a node's session and reads its answer, within
-/// [`PUSH_TIMEOUT`].
+/// [`push_timeout`].
 pub async fn push(conn: &Connection, what: &ServerPush) -> Result<PushReply, String> {
     let frame = encode_frame(what).map_err(|e| e.to_string())?;
     exchange(conn, &Arc::from(frame)).await
 }
 
 /// Sends an encoded push on a new stream of a node's session and reads its answer, within
-/// [`PUSH_TIMEOUT`].
+/// [`push_timeout`] of the session's round-trip time.
 pub async fn exchange(conn: &Connection, frame: &Arc<[u8]>) -> Result<PushReply, String> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
@@ -113,9 +122,10 @@ pub async fn exchange(conn: &Connection, frame: &Arc<[u8]>) -> Result<PushReply,
             .await
             .map_err(|e| e.to_string())
     };
-    tokio::time::timeout(PUSH_TIMEOUT, exchange)
+    let within = push_timeout(conn.rtt());
+    tokio::time::timeout(within, exchange)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {} s", PUSH_TIMEOUT.as_secs())))
+        .unwrap_or_else(|_| Err(format!("no answer within {} s", within.as_secs())))
 }
 
 impl Plane {
@@ -215,5 +225,17 @@ impl Plane {
                 Effect::WakeServices => self.wake.notify_one(),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_push_waits_longer_on_a_slow_path_only() {
+        let ms = std::time::Duration::from_millis;
+        assert_eq!(push_timeout(ms(2)), PUSH_TIMEOUT);
+        assert_eq!(push_timeout(ms(1000)), ms(16_000));
     }
 }

@@ -11,6 +11,7 @@
 //!
 //! ```text
 //! soak-links [--minutes 5] [--hosts 3] [--loss 30] [--delay-ms 500] [--cp-loss 5] [--seed N]
+//!            [--keep DIR]   # the control plane's and agents' logs written there at the end
 //! ```
 
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ struct Options {
     delay_ms: u64,
     cp_loss: u32,
     seed: u64,
+    keep: Option<std::path::PathBuf>,
 }
 
 fn options() -> Result<Options> {
@@ -42,6 +44,7 @@ fn options() -> Result<Options> {
         seed: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_secs()),
+        keep: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -59,9 +62,10 @@ fn options() -> Result<Options> {
             "--delay-ms" => o.delay_ms = value("--delay-ms")?,
             "--cp-loss" => o.cp_loss = u32::try_from(value("--cp-loss")?)?,
             "--seed" => o.seed = value("--seed")?,
+            "--keep" => o.keep = Some(args.next().context("--keep needs a directory")?.into()),
             other => bail!(
                 "unknown argument {other}: soak-links [--minutes M] [--hosts N] [--loss P] \
-                 [--delay-ms MS] [--cp-loss P] [--seed N]"
+                 [--delay-ms MS] [--cp-loss P] [--seed N] [--keep DIR]"
             ),
         }
     }
@@ -184,6 +188,13 @@ fn main() -> Result<()> {
             at(0.9),
             at(1.0)
         );
+    }
+    if let Some(dir) = &o.keep {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
+        std::fs::write(dir.join("orchestratord.log"), fleet.cp.log())?;
+        for (i, a) in fleet.agents.iter().enumerate() {
+            std::fs::write(dir.join(format!("nodeagent-{i}.log")), a.log())?;
+        }
     }
     for (i, a) in fleet.agents.iter().enumerate() {
         if a.log().contains("panicked") {

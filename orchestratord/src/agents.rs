@@ -17,7 +17,8 @@ use flotilla_certs::{identity_of, Role};
 use quinn::{Connection, VarInt};
 
 use crate::plane::Plane;
-use orchestratord::cluster::{Agent, CloseCode, Command, Reply};
+use flotilla_api::images::StoredImage;
+use orchestratord::cluster::{Agent, CloseCode, ClusterError, Command, Reply};
 
 fn refuse(conn: &Connection, code: CloseCode, reason: &str) {
     tracing::info!(peer = %conn.remote_address(), "refused: {reason}");
@@ -214,7 +215,7 @@ async fn session(plane: &Plane, conn: Connection) {
             Ok(AgentRequest::Image {
                 image, pull: false, ..
             }) => {
-                let reply = held_image(plane, &image).await;
+                let reply = held_image(plane, &node, &image).await;
                 let _ = write_frame(&mut send, &reply).await;
                 let _ = send.finish();
                 continue;
@@ -239,6 +240,13 @@ async fn session(plane: &Plane, conn: Connection) {
                 // (heartbeats, reports) are not held up behind it.
                 let (plane, node) = (plane.clone(), node.clone());
                 tokio::spawn(async move {
+                    // Only a blob of an image the node may have, checked before it waits for a
+                    // slot: a refused request holds none.
+                    if let Some(refused) = blob_refused(&plane, &node, &digest).await {
+                        let _ = write_frame(&mut send, &refused).await;
+                        let _ = send.finish();
+                        return;
+                    }
                     let _slot = plane.content.transfer_slot(&node).await;
                     let pacer = plane.content.pacer(&node);
                     match plane
@@ -291,42 +299,71 @@ async fn session(plane: &Plane, conn: Connection) {
     closed(plane, &node, session).await;
 }
 
-/// The answer to `AgentRequest::Image`: the image when the content store holds it under the
-/// reference's canonical name, else a refusal saying it does not.
-async fn held_image(plane: &Plane, image: &str) -> AgentReply {
-    let name = match flotilla_oci::ImageRef::parse(image) {
+/// What the core says of `node` having an image (the core's `Agent::Image`).
+enum MayHave {
+    /// It may, and the content store holds it.
+    Held(Box<StoredImage>),
+    /// It may, but the content store does not hold it: why, to tell the node.
+    NotHeld(String),
+    /// It may not (a task of its own uses it, or a prefetch asked it for it: neither), or the
+    /// core could not say: the refusal to send.
+    Refused(AgentReply),
+}
+
+/// Whether `node` may have image `reference` from the content store, and whether the store
+/// holds it: the core's `Agent::Image` (its tasks), with the prefetches in progress that asked
+/// the node for an image (the plane's record).
+async fn may_have(plane: &Plane, node: &str, reference: &str) -> MayHave {
+    let name = match flotilla_oci::ImageRef::parse(reference) {
         Ok(r) => r.name(),
         Err(e) => {
-            return AgentReply::Refused {
+            return MayHave::Refused(AgentReply::Refused {
                 reason: e.to_string(),
-            }
+            })
         }
     };
-    match plane
-        .run(Command::Operator(
-            orchestratord::cluster::Operator::GetImage(name),
-        ))
-        .await
-    {
-        Ok(Reply::Image(i)) => AgentReply::Image(i),
-        Ok(other) => AgentReply::Refused {
+    let ask = Agent::Image {
+        node: node.to_string(),
+        image: name,
+        prefetching: plane.prefetches.of(node),
+    };
+    match plane.run(Command::Agent(ask)).await {
+        Ok(Reply::Agent(AgentReply::Image(i))) => MayHave::Held(Box::new(i)),
+        Ok(Reply::Agent(r)) => MayHave::Refused(r),
+        Ok(other) => MayHave::Refused(AgentReply::Refused {
             reason: format!("unexpected answer {other:?}"),
-        },
-        Err(e) => AgentReply::Refused {
+        }),
+        Err(ClusterError::NotFound(why)) => MayHave::NotHeld(why),
+        Err(e) => MayHave::Refused(AgentReply::Refused {
             reason: e.to_string(),
-        },
+        }),
     }
 }
 
-/// The answer to `AgentRequest::Image { pull: true }` (pull-through): the image once the
-/// content store holds it, pulled by the control plane if it did not, else a refusal naming
-/// why the pull failed.
+/// The answer to `AgentRequest::Image { pull: false }` from `node`: the image the content
+/// store holds under the reference's canonical name when the node may have it ([`may_have`]),
+/// else a refusal saying why.
+async fn held_image(plane: &Plane, node: &str, image: &str) -> AgentReply {
+    match may_have(plane, node, image).await {
+        MayHave::Held(i) => AgentReply::Image(*i),
+        MayHave::NotHeld(reason) => AgentReply::Refused { reason },
+        MayHave::Refused(r) => r,
+    }
+}
+
+/// The answer to `AgentRequest::Image { pull: true }` (pull-through): for an image the node
+/// may have ([`may_have`]; checked before anything is pulled), the image once the content
+/// store holds it, pulled by the control plane if it did not, else a refusal naming why the
+/// pull failed.
 async fn pulled_image(
     plane: &Plane,
     node: &str,
     image: &str,
     platform: Option<&str>,
 ) -> AgentReply {
+    if let MayHave::Refused(r) = may_have(plane, node, image).await {
+        return r;
+    }
     let platform = match platform.map(str::parse::<flotilla_oci::manifest::Platform>) {
         None => None,
         Some(Ok(p)) => Some(p),
@@ -349,6 +386,26 @@ async fn pulled_image(
                 reason: e.to_string(),
             }
         }
+    }
+}
+
+/// Why `node` may not have blob `digest` (the core's `Agent::Blob`: it is no part of an image
+/// the node may have), as the refusal to send it; `None` when it may.
+async fn blob_refused(plane: &Plane, node: &str, digest: &str) -> Option<AgentReply> {
+    let ask = Agent::Blob {
+        node: node.to_string(),
+        digest: digest.to_string(),
+        prefetching: plane.prefetches.of(node),
+    };
+    match plane.run(Command::Agent(ask)).await {
+        Ok(Reply::Done) => None,
+        Ok(Reply::Agent(r)) => Some(r),
+        Ok(other) => Some(AgentReply::Refused {
+            reason: format!("unexpected answer {other:?}"),
+        }),
+        Err(e) => Some(AgentReply::Refused {
+            reason: e.to_string(),
+        }),
     }
 }
 

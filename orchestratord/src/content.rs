@@ -11,6 +11,7 @@
 //!   its digest and has its descriptor's size (OCI image-spec, `descriptor.md`: content is
 //!   verified against both). Only then does the core record the names.
 //! - A node fetches a blob over its own session (`AgentRequest::Blob`, [`ContentStore::serve_blob`])
+//!   — only one of an image it may have, which the core checks first (`Agent::Blob`) —
 //!   from any byte offset, so a cut transfer resumes from what it has; the bytes are paced by
 //!   `image_rate_limit`, per node across all its transfers ([`Pacer`]).
 //! - Content and references are kept in step by [`ContentStore::gate`]: a push holds it shared

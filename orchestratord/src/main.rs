@@ -539,6 +539,7 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
                 .with_context(|| format!("opening the content store in {}", data_dir.display()))?,
         ),
         puller: Arc::new(pull::Puller::new(registry_mirrors.clone())),
+        prefetches: Default::default(),
     };
     api::sweep(&plane).await;
     if let Some(tcp) = metrics_tcp {

@@ -25,6 +25,72 @@ pub struct Plane {
     pub content: Arc<crate::content::ContentStore>,
     /// The control plane's own pulls from registries into the content store.
     pub puller: Arc<crate::pull::Puller>,
+    /// The images prefetches in progress asked each node for.
+    pub prefetches: Arc<Prefetches>,
+}
+
+/// The images a prefetch in progress asked each node for (`api/prefetch.rs`): what a node may
+/// get from the content store besides its tasks' images, passed to the core with each of its
+/// image and blob requests (`Agent::Image`, `Agent::Blob`). In memory only: a prefetch is not a
+/// record, and one that ends (or a control plane that restarts) grants nothing more.
+#[derive(Debug, Default)]
+pub struct Prefetches(Mutex<HashMap<String, HashMap<String, usize>>>);
+
+/// A prefetch's grant of one image to one node, held while it is in progress for that node:
+/// dropped, it grants nothing more (unless another prefetch of the image to the node goes on).
+#[derive(Debug)]
+pub struct PrefetchGrant {
+    record: Arc<Prefetches>,
+    node: String,
+    image: String,
+}
+
+impl Prefetches {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, usize>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records that a prefetch asks `node` for `image` (its canonical name) until the grant
+    /// is dropped.
+    pub fn grant(self: &Arc<Self>, node: &str, image: &str) -> PrefetchGrant {
+        *self
+            .map()
+            .entry(node.to_string())
+            .or_default()
+            .entry(image.to_string())
+            .or_default() += 1;
+        PrefetchGrant {
+            record: self.clone(),
+            node: node.to_string(),
+            image: image.to_string(),
+        }
+    }
+
+    /// The canonical names of the images prefetches in progress asked `node` for.
+    pub fn of(&self, node: &str) -> Vec<String> {
+        self.map()
+            .get(node)
+            .map(|images| images.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for PrefetchGrant {
+    fn drop(&mut self) {
+        let mut map = self.record.map();
+        let Some(images) = map.get_mut(&self.node) else {
+            return;
+        };
+        if let Some(n) = images.get_mut(&self.image) {
+            *n -= 1;
+            if *n == 0 {
+                images.remove(&self.image);
+            }
+        }
+        if images.is_empty() {
+            map.remove(&self.node);
+        }
+    }
 }
 
 /// Each node's live connection (at most one: a reconnect replaces the old one), and the last
@@ -237,5 +303,26 @@ mod tests {
         let ms = std::time::Duration::from_millis;
         assert_eq!(push_timeout(ms(2)), PUSH_TIMEOUT);
         assert_eq!(push_timeout(ms(1000)), ms(16_000));
+    }
+
+    #[test]
+    fn a_prefetch_grants_its_image_to_its_node_until_it_ends_for_that_node() {
+        let record = Arc::new(Prefetches::default());
+        let first = record.grant("n1", "docker.io/library/a:1");
+        let second = record.grant("n1", "docker.io/library/a:1");
+        let other = record.grant("n2", "docker.io/library/b:1");
+        assert_eq!(record.of("n1"), vec!["docker.io/library/a:1".to_string()]);
+        assert_eq!(record.of("n3"), Vec::<String>::new());
+        drop(first);
+        assert_eq!(
+            record.of("n1"),
+            vec!["docker.io/library/a:1".to_string()],
+            "a second prefetch of the image to the node goes on"
+        );
+        drop(second);
+        assert!(record.of("n1").is_empty());
+        assert_eq!(record.of("n2"), vec!["docker.io/library/b:1".to_string()]);
+        drop(other);
+        assert!(record.map().is_empty(), "nothing left behind");
     }
 }

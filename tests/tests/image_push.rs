@@ -4,9 +4,9 @@
 //! digest is refused naming it, and what is kept survives a restart of the control plane.
 //! A node with no route beyond its LAN runs tasks of a pushed image, fetched over its own
 //! session: a transfer cut by a lost link goes on from where it stopped, and content that is
-//! not what its digest says is refused. The control plane pulls an image from a registry
-//! itself (`flotilla image push REF`), and for a node that cannot reach the registry
-//! (pull-through).
+//! not what its digest says is refused. A prefetch brings a pushed image the same way to the
+//! node it asks, and to no other. The control plane pulls an image from a registry itself
+//! (`flotilla image push REF`), and for a node that cannot reach the registry (pull-through).
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -312,6 +312,46 @@ fn a_node_with_no_route_to_a_registry_runs_a_pushed_image_resuming_a_cut_transfe
     );
     assert!(log.contains("fetched from the control plane"), "{log}");
     assert!(partial(&fleet, &layer).is_none(), "the partial file stays");
+    // Its task's image, over the second session too: nothing was refused.
+    assert_eq!(refusals(&fleet.cp), Vec::<String>::new());
+}
+
+/// The messages of the control plane's `image.refused` events.
+fn refusals(cp: &ControlPlane) -> Vec<String> {
+    let events = cp.api().events(0, 1000).expect("events");
+    events
+        .into_iter()
+        .filter(|e| e.kind == "image.refused")
+        .map(|e| e.message)
+        .collect()
+}
+
+#[test]
+fn a_prefetch_brings_a_pushed_image_to_the_node_it_asks_and_to_no_other() {
+    let fleet = Fleet::start(&[&[], &[]]);
+    for h in &fleet.hosts {
+        h.lan_only();
+    }
+    let work = tempfile::tempdir().expect("work");
+    let (archive, _, _) = image_with_noise(work.path(), 256 << 10);
+    fleet
+        .cp
+        .flotilla_ok(&["image", "push", &path(&archive), "--name", "shop/early:1"]);
+    let (asked, other) = (&fleet.ids[0], &fleet.ids[1]);
+    let out = fleet
+        .cp
+        .flotilla_ok(&["image", "prefetch", "shop/early:1", "--node", asked]);
+    assert!(out.contains(&format!("{asked}: pulled sha256:")), "{out}");
+    assert!(!out.contains(other.as_str()), "{out}");
+    let log = fleet.agents[0].log();
+    assert!(log.contains("fetched from the control plane"), "{log}");
+    assert!(fleet.nodes[0]
+        .ctr_ok(&["image", "ls"])
+        .contains("shop/early"));
+    let images = fleet.nodes[1].ctr_ok(&["image", "ls"]);
+    assert!(!images.contains("shop/early"), "{images}");
+    assert_eq!(refusals(&fleet.cp), Vec::<String>::new());
+    fleet.finish();
 }
 
 #[test]
@@ -433,4 +473,6 @@ fn the_control_plane_pulls_a_reference_and_for_a_node_that_cannot_reach_the_regi
     );
     let images: Vec<StoredImage> = fleet.cp.flotilla_json(&["image", "ls"]);
     assert!(images.iter().any(|i| i.name == two), "{images:?}");
+    // The node's task's image: the pull for it and its blobs were its to have.
+    assert_eq!(refusals(&fleet.cp), Vec::<String>::new());
 }

@@ -50,6 +50,11 @@ pub async fn prefetch(req: PrefetchRequest, plane: &Plane) -> Response<Body> {
         Err(why) => return boxed(error(StatusCode::NOT_FOUND, why)),
     };
     tracing::info!(image = %req.image, nodes = targets.len(), "prefetch");
+    // What each node may then get from the content store: the image as the node will ask for
+    // it, by the canonical name the store keys by.
+    let canonical = flotilla_oci::ImageRef::parse(&req.image)
+        .map(|r| r.name())
+        .unwrap_or_else(|_| req.image.clone());
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let mut unreachable = Vec::new();
     for node in targets {
@@ -62,7 +67,11 @@ pub async fn prefetch(req: PrefetchRequest, plane: &Plane) -> Response<Body> {
             continue;
         };
         let (tx, image) = (tx.clone(), req.image.clone());
+        // Granted before the node is asked, so its first request finds it; ended with this
+        // node's part of the prefetch, however it ends.
+        let grant = plane.prefetches.grant(&node, &canonical);
         tokio::spawn(async move {
+            let _grant = grant;
             let _ = tx
                 .send(line(&update(&node, PrefetchState::Pulling, None)))
                 .await;
@@ -74,6 +83,7 @@ pub async fn prefetch(req: PrefetchRequest, plane: &Plane) -> Response<Body> {
                     return;
                 }
             };
+            let mut told = true;
             loop {
                 let u = match read_frame::<_, PullFrame>(&mut recv).await {
                     Ok(f) => of_frame(&node, f),
@@ -83,9 +93,10 @@ pub async fn prefetch(req: PrefetchRequest, plane: &Plane) -> Response<Body> {
                         Some(format!("its session: {e}")),
                     ),
                 };
-                let last = u.state.is_final();
-                // A reader that went away: the node pulls on, nobody is told.
-                if tx.send(line(&u)).await.is_err() || last {
+                // A reader that went away: the node pulls on, nobody is told; its frames are
+                // still read to the end, which ends the grant of its blobs.
+                told = told && tx.send(line(&u)).await.is_ok();
+                if u.state.is_final() {
                     return;
                 }
             }

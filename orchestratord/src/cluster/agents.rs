@@ -95,6 +95,8 @@ pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
         | Agent::DesiredAcked { node, .. }
         | Agent::RegistryHeld { node, .. }
         | Agent::FetchSecret { node, .. }
+        | Agent::Image { node, .. }
+        | Agent::Blob { node, .. }
         | Agent::DesiredRefused { node, .. } => Some(node.clone()),
         Agent::Join { .. } | Agent::Hello { .. } | Agent::SessionClosed { .. } => None,
     };
@@ -154,6 +156,21 @@ pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
             name,
             version,
         } => Ok(super::secrets::fetch(cx, kind, &node, &name, version)),
+        Agent::Image {
+            node,
+            image,
+            prefetching,
+        } => super::images::for_node(cx, &node, &image, &prefetching),
+        Agent::Blob {
+            node,
+            digest,
+            prefetching,
+        } => Ok(super::images::blob_for_node(
+            cx,
+            &node,
+            &digest,
+            &prefetching,
+        )),
         Agent::DesiredAcked { node, generation } => {
             cx.live.touch(&node, cx.now, |l| {
                 l.acked_generation = Some(l.acked_generation.unwrap_or(0).max(generation));

@@ -285,6 +285,29 @@ pub enum Agent {
         /// The version.
         version: u32,
     },
+    /// It asks for an image of the content store (see `images::for_node`): answered only
+    /// when a task placed on it and not `STOPPED` uses the image, or a prefetch asked it for
+    /// the image.
+    Image {
+        /// The node.
+        node: String,
+        /// The image's canonical name (`flotilla_oci::ImageRef::name`).
+        image: String,
+        /// The canonical names of the images a prefetch in progress asked this node for (the
+        /// adapter's record: a prefetch is not in the core).
+        prefetching: Vec<String>,
+    },
+    /// It asks for a blob of the content store (see `images::blob_for_node`): `Reply::Done`
+    /// when the digest is the manifest, config or a layer of an image it may get (as
+    /// [`Agent::Image`]), before the adapter sends it; otherwise refused.
+    Blob {
+        /// The node.
+        node: String,
+        /// The digest it asks for, as it sent it (not yet parsed).
+        digest: String,
+        /// As [`Agent::Image`]'s.
+        prefetching: Vec<String>,
+    },
     /// It refused a desired state (it never should).
     DesiredRefused {
         /// The node.

@@ -3,13 +3,25 @@
 //! verified, before it sends [`Operator::PutImages`](super::command::Operator::PutImages)) and
 //! removes (the digests [`remove`] answers, after the removal is committed); references are
 //! records like any other, written in the command's one transaction with their event.
+//!
+//! Which node may have what (ARCHITECTURE.md, the `flotilla image push` data flow and the
+//! invariants): a node gets an image only when a task placed on it and not `STOPPED` has a
+//! container whose image resolves to that name, or a prefetch in progress asked it for that
+//! image (the adapter's record, passed in: a prefetch is not in the core); it gets a blob
+//! only when the digest is the manifest, config or a layer of such an image. Anything else
+//! is refused alike whether the image or blob exists or not, logged, and recorded as an
+//! `image.refused` event at most once a minute per node — as secrets are (`secrets::fetch`).
 
 use std::collections::BTreeSet;
 
 use flotilla_api::images::{ImageRemoved, StoredImage};
+use flotilla_api::AgentReply;
+use flotilla_oci::ImageRef;
 
 use super::command::{ClusterError, Reply};
 use super::ctx::Ctx;
+use super::secrets::REFUSAL_EVENT_EVERY_SECS;
+use super::state::Txn;
 
 /// Records the images of one push, each replacing the image of its name; one `image.pushed`
 /// event each, naming its manifest digest.
@@ -90,6 +102,126 @@ pub fn referenced(cx: &Ctx<'_, '_>) -> Reply {
     )
 }
 
+/// How many characters of a digest a node sent are quoted back, logged or recorded: a sha256
+/// digest has 71; a longer string is cut, as the content store cuts it.
+const DIGEST_SHOWN: usize = 80;
+
+/// How many characters of an image name are quoted likewise: a parsed reference's repository
+/// has at most 255, its tag 128, its digest 71; its registry is not bounded by the parser.
+const NAME_SHOWN: usize = 512;
+
+/// `s` as a refusal, a log line or an event quotes it: at most `max` characters, `…` marking
+/// a cut.
+fn shown(s: &str, max: usize) -> String {
+    let mut out: String = s.chars().take(max).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// The canonical names of the images the containers of the tasks placed on `node` and not
+/// `STOPPED` run. A reference that does not parse names nothing: the node could not pull it.
+fn used_on(txn: &Txn<'_>, node: &str) -> BTreeSet<String> {
+    txn.live_tasks_on(node)
+        .into_iter()
+        .flat_map(|t| t.definition.container_definitions.iter())
+        .filter_map(|c| ImageRef::parse(&c.image).ok().map(|r| r.name()))
+        .collect()
+}
+
+/// The canonical names of the images `node` may get from the content store: those of its
+/// tasks ([`used_on`]) and those a prefetch in progress asked it for.
+fn allowed(txn: &Txn<'_>, node: &str, prefetching: &[String]) -> BTreeSet<String> {
+    let mut names = used_on(txn, node);
+    names.extend(prefetching.iter().cloned());
+    names
+}
+
+/// Refuses `node` `what` (`image NAME`, `blob DIGEST`) because `why`: logged at info, and an
+/// `image.refused` event about `subject` at most once every [`REFUSAL_EVENT_EVERY_SECS`] per
+/// node, so a node that keeps asking cannot push the event log's older events out.
+fn refuse(cx: &mut Ctx<'_, '_>, node: &str, subject: &str, what: &str, why: &str) -> Reply {
+    tracing::info!(node = %node, "{what} refused: {why}");
+    let now = cx.now.secs();
+    let recent = cx
+        .live
+        .peek(node)
+        .and_then(|l| l.image_refused_at)
+        .is_some_and(|at| now < at + REFUSAL_EVENT_EVERY_SECS);
+    if !recent {
+        cx.live
+            .touch(node, cx.now, |l| l.image_refused_at = Some(now));
+        cx.event(
+            "image.refused",
+            subject,
+            format!(
+                "node {node} asked for {what}: {why} (further refusals of this node within \
+                 {REFUSAL_EVENT_EVERY_SECS} s are only logged)"
+            ),
+        );
+    }
+    Reply::Agent(AgentReply::Refused {
+        reason: format!("node {node} may not have {what}: {why}"),
+    })
+}
+
+/// A node asks for the image the content store holds under canonical name `image`
+/// (`AgentRequest::Image`, to fetch it or to have the control plane pull it first):
+/// `AgentReply::Image` when it may get it (see the module's rule) and the store holds it;
+/// otherwise refused as [`refuse`] does, whether the image exists or not.
+///
+/// # Errors
+/// [`ClusterError::NotFound`] when the node may get it but the store does not hold it (a
+/// pull-through may then pull it).
+pub fn for_node(
+    cx: &mut Ctx<'_, '_>,
+    node: &str,
+    image: &str,
+    prefetching: &[String],
+) -> Result<Reply, ClusterError> {
+    if !allowed(cx.txn, node, prefetching).contains(image) {
+        let name = shown(image, NAME_SHOWN);
+        return Ok(refuse(
+            cx,
+            node,
+            &name,
+            &format!("image {name}"),
+            "no task placed on it uses it and no prefetch asked it for it",
+        ));
+    }
+    match cx.txn.image(image) {
+        Some(i) => Ok(Reply::Agent(AgentReply::Image(i.clone()))),
+        None => Err(not_found(image)),
+    }
+}
+
+/// A node asks for blob `digest` (`AgentRequest::Blob`): `Reply::Done` when it is the
+/// manifest, config or a layer of an image the node may get (as [`for_node`]) — the adapter
+/// then sends it —; otherwise refused as [`refuse`] does, whether the blob exists or not.
+pub fn blob_for_node(
+    cx: &mut Ctx<'_, '_>,
+    node: &str,
+    digest: &str,
+    prefetching: &[String],
+) -> Reply {
+    let part_of_one = allowed(cx.txn, node, prefetching)
+        .iter()
+        .filter_map(|name| cx.txn.image(name))
+        .any(|i| i.digests().any(|d| d == digest));
+    if part_of_one {
+        return Reply::Done;
+    }
+    let digest = shown(digest, DIGEST_SHOWN);
+    refuse(
+        cx,
+        node,
+        &digest,
+        &format!("blob {digest}"),
+        "it is no part of an image a task placed on it uses or a prefetch asked it for",
+    )
+}
+
 fn not_found(name: &str) -> ClusterError {
     ClusterError::NotFound(format!(
         "no image {name} in the control plane's content store"
@@ -100,7 +232,10 @@ fn not_found(name: &str) -> ClusterError {
 mod tests {
     use flotilla_api::images::{StoredBlob, StoredImage};
 
-    use super::super::command::{Operator, Reply};
+    use flotilla_api::ops::TaskRun;
+    use flotilla_api::AgentReply;
+
+    use super::super::command::{Agent, ClusterError, Command, Operator, Reply};
     use super::super::harness::Harness;
 
     fn blob(n: u8) -> StoredBlob {
@@ -154,6 +289,171 @@ mod tests {
         assert!(kept.contains(&blob(11).digest) && !kept.contains(&blob(10).digest));
         assert_eq!(h.events("image.removed").len(), 1);
         assert_eq!(h.events("image.pushed").len(), 2);
+    }
+
+    /// What a node's request for an image comes to: the image's name, or the refusal's reason.
+    fn ask_image(
+        h: &mut Harness,
+        node: &str,
+        image: &str,
+        prefetching: &[&str],
+    ) -> Result<String, String> {
+        let asked = Command::Agent(Agent::Image {
+            node: node.into(),
+            image: image.into(),
+            prefetching: prefetching.iter().map(|p| p.to_string()).collect(),
+        });
+        match h.exec(asked) {
+            Ok(Reply::Agent(AgentReply::Image(i))) => Ok(i.name),
+            Ok(Reply::Agent(AgentReply::Refused { reason })) => Err(reason),
+            Err(ClusterError::NotFound(why)) => Err(why),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// What a node's request for a blob comes to: sent (`Ok`), or the refusal's reason.
+    fn ask_blob(
+        h: &mut Harness,
+        node: &str,
+        digest: &str,
+        prefetching: &[&str],
+    ) -> Result<(), String> {
+        let asked = Command::Agent(Agent::Blob {
+            node: node.into(),
+            digest: digest.into(),
+            prefetching: prefetching.iter().map(|p| p.to_string()).collect(),
+        });
+        match h.exec(asked) {
+            Ok(Reply::Done) => Ok(()),
+            Ok(Reply::Agent(AgentReply::Refused { reason })) => Err(reason),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    const APP: &str = "docker.io/library/app:1";
+    const OTHER: &str = "docker.io/library/other:1";
+
+    /// Two nodes, two images pushed, and a task on the first node whose container names the
+    /// first image as a task definition would (Docker's defaults make it `APP`).
+    fn cluster() -> (Harness, String, String, String) {
+        let mut h = Harness::new();
+        let a = h.join(&[], 2048, 4);
+        let b = h.join(&[], 2048, 4);
+        h.op(Operator::PutImages(vec![
+            image(APP, 1, &[10, 11]),
+            image(OTHER, 2, &[11, 12]),
+        ]))
+        .expect("push");
+        h.register(
+            r#"{"family":"app","containerDefinitions":[{"name":"main","image":"app:1","memory":64}]}"#,
+        );
+        let Reply::TasksCreated(t) = h
+            .op(Operator::RunTask(TaskRun {
+                node: Some(a.clone()),
+                ..TaskRun::new("app")
+            }))
+            .expect("run")
+        else {
+            panic!("no task")
+        };
+        h.converge_all();
+        (h, a, b, t[0].id.clone())
+    }
+
+    #[test]
+    fn a_node_gets_an_image_and_its_blobs_only_while_a_task_on_it_uses_the_image() {
+        let (mut h, a, b, task) = cluster();
+        assert_eq!(ask_image(&mut h, &a, APP, &[]), Ok(APP.to_string()));
+        for d in [blob(1), blob(101), blob(10), blob(11)] {
+            assert_eq!(ask_blob(&mut h, &a, &d.digest, &[]), Ok(()), "{}", d.digest);
+        }
+        // Not its task's: refused alike whether the image exists or not, naming the node.
+        let other = ask_image(&mut h, &a, OTHER, &[]).expect_err("another image");
+        let missing = ask_image(&mut h, &a, "docker.io/library/nope:1", &[])
+            .expect_err("an image nobody pushed");
+        assert_eq!(
+            other,
+            format!(
+                "node {a} may not have image {OTHER}: no task placed on it uses it and no \
+                 prefetch asked it for it"
+            )
+        );
+        assert_eq!(missing, other.replace(OTHER, "docker.io/library/nope:1"));
+        // A blob of another image only (12), or of none, is refused naming the node and the
+        // digest; one that is no digest is cut.
+        let theirs = ask_blob(&mut h, &a, &blob(12).digest, &[]).expect_err("another's blob");
+        let nobodys = ask_blob(&mut h, &a, &blob(99).digest, &[]).expect_err("nobody's blob");
+        assert_eq!(
+            theirs,
+            format!(
+                "node {a} may not have blob {}: it is no part of an image a task placed on it \
+                 uses or a prefetch asked it for",
+                blob(12).digest
+            )
+        );
+        assert_eq!(nobodys, theirs.replace(&blob(12).digest, &blob(99).digest));
+        let long = ask_blob(&mut h, &a, &"sha256:ab".repeat(100_000), &[]).expect_err("long");
+        assert!(long.len() < 300 && long.contains(&a), "{long}");
+        // The other node has no task using it: refused too.
+        assert!(ask_image(&mut h, &b, APP, &[]).is_err());
+        assert!(ask_blob(&mut h, &b, &blob(10).digest, &[]).is_err());
+        // One event per node a minute, naming the node; every refusal is logged.
+        let events = h.events("image.refused");
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(events[0]
+            .message
+            .starts_with(&format!("node {a} asked for image {OTHER}")));
+        assert!(events[1]
+            .message
+            .starts_with(&format!("node {b} asked for image {APP}")));
+        h.advance(61);
+        assert!(ask_blob(&mut h, &a, &blob(12).digest, &[]).is_err());
+        assert_eq!(h.events("image.refused").len(), 3);
+        // Stopping, it still holds it; STOPPED, it grants nothing more.
+        h.op(Operator::StopTask(task)).expect("stop");
+        assert_eq!(ask_image(&mut h, &a, APP, &[]), Ok(APP.to_string()));
+        h.converge_all();
+        assert!(ask_image(&mut h, &a, APP, &[]).is_err());
+        assert!(ask_blob(&mut h, &a, &blob(10).digest, &[]).is_err());
+    }
+
+    #[test]
+    fn a_prefetch_in_progress_grants_its_image_and_only_its_blobs() {
+        let (mut h, a, b, _) = cluster();
+        // b runs nothing; a prefetch asks it for OTHER.
+        assert_eq!(
+            ask_image(&mut h, &b, OTHER, &[OTHER]),
+            Ok(OTHER.to_string())
+        );
+        for d in [blob(2), blob(102), blob(11), blob(12)] {
+            assert_eq!(
+                ask_blob(&mut h, &b, &d.digest, &[OTHER]),
+                Ok(()),
+                "{}",
+                d.digest
+            );
+        }
+        assert!(ask_image(&mut h, &b, APP, &[OTHER]).is_err());
+        assert!(
+            ask_blob(&mut h, &b, &blob(10).digest, &[OTHER]).is_err(),
+            "APP's own layer"
+        );
+        // a keeps its task's image besides the prefetch's.
+        assert!(ask_blob(&mut h, &a, &blob(10).digest, &[OTHER]).is_ok());
+        assert!(ask_blob(&mut h, &a, &blob(12).digest, &[OTHER]).is_ok());
+        // Ended: nothing more.
+        assert!(ask_image(&mut h, &b, OTHER, &[]).is_err());
+        assert!(ask_blob(&mut h, &b, &blob(12).digest, &[]).is_err());
+        // Granted but not held: said so (the node may know which images it may have).
+        assert_eq!(
+            ask_image(
+                &mut h,
+                &b,
+                "docker.io/library/nope:1",
+                &["docker.io/library/nope:1"]
+            ),
+            Err("no image docker.io/library/nope:1 in the control plane's content store".into())
+        );
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct LiveInfo {
     /// When a request of it for a secret or config was last recorded as refused (seconds since
     /// the epoch): refusals become events at most once a minute per node.
     pub refused_at: Option<u64>,
+    /// When a request of it for an image or a blob of the content store was last recorded as
+    /// refused (seconds since the epoch): likewise at most one event a minute per node.
+    pub image_refused_at: Option<u64>,
 }
 
 /// Heartbeats closer together than this (milliseconds) give no new CPU rate.

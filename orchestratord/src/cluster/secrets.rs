@@ -535,7 +535,7 @@ pub fn versions_for(txn: &Txn<'_>, kind: Kind, def: &TaskDefinition) -> BTreeMap
 
 /// How often a node's refused requests become an event, at most: each is logged, but a node
 /// that keeps asking cannot push the event log's older events out.
-const REFUSAL_EVENT_EVERY_SECS: u64 = 60;
+pub(super) const REFUSAL_EVENT_EVERY_SECS: u64 = 60;
 
 /// A node asks for `version` of secret (or config) `name`: the value when a task of its
 /// desired state uses it; otherwise refused and logged (and recorded as an event, at most once

@@ -21,7 +21,6 @@ use crate::http::{http1, HEADER_TIMEOUT};
 use crate::plane::Plane;
 
 mod images;
-pub use images::sweep;
 mod prefetch;
 use orchestratord::cluster::{ClusterError, Command, Operator, Reply as CoreReply};
 

@@ -174,6 +174,50 @@ impl Pacer {
     }
 }
 
+/// What the control plane's pulls from registries share (`pull.rs`): its mirrors, its HTTP
+/// client, and a lock per name being pulled.
+#[derive(Debug)]
+pub struct Puller {
+    pub(crate) mirrors: flotilla_oci::registry::RegistryMirrors,
+    http: std::sync::Mutex<Option<flotilla_oci::registry::HttpClient>>,
+    busy: std::sync::Mutex<
+        std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
+    >,
+}
+
+impl Puller {
+    /// Pulls that try `mirrors` before each registry.
+    pub fn new(mirrors: flotilla_oci::registry::RegistryMirrors) -> Self {
+        Self {
+            mirrors,
+            http: std::sync::Mutex::new(None),
+            busy: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    pub(crate) fn http(&self) -> Result<flotilla_oci::registry::HttpClient, String> {
+        let mut http = self.http.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = http.as_ref() {
+            return Ok(c.clone());
+        }
+        let c = flotilla_oci::registry::http_client()?;
+        *http = Some(c.clone());
+        Ok(c)
+    }
+
+    /// The lock of pulls of `name`.
+    pub(crate) fn lock_of(&self, name: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
+        busy.retain(|_, l| l.strong_count() > 0);
+        if let Some(l) = busy.get(name).and_then(std::sync::Weak::upgrade) {
+            return l;
+        }
+        let l = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+        busy.insert(name.to_string(), std::sync::Arc::downgrade(&l));
+        l
+    }
+}
+
 /// The blobs on disk, and the gate that keeps them in step with the core's references.
 #[derive(Debug)]
 pub struct ContentStore {

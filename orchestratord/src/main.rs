@@ -538,10 +538,10 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
             content::ContentStore::open(data_dir, image_rate_limit)
                 .with_context(|| format!("opening the content store in {}", data_dir.display()))?,
         ),
-        puller: Arc::new(pull::Puller::new(registry_mirrors.clone())),
+        puller: Arc::new(content::Puller::new(registry_mirrors.clone())),
         prefetches: Default::default(),
     };
-    api::sweep(&plane).await;
+    plane.sweep_content().await;
     if let Some(tcp) = metrics_tcp {
         let addr = tcp.local_addr().ok();
         tracing::info!(?addr, "serving metrics (HTTP GET /metrics)");

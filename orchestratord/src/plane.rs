@@ -24,7 +24,7 @@ pub struct Plane {
     /// The blobs of the images pushed to the control plane.
     pub content: Arc<crate::content::ContentStore>,
     /// The control plane's own pulls from registries into the content store.
-    pub puller: Arc<crate::pull::Puller>,
+    pub puller: Arc<crate::content::Puller>,
     /// The images prefetches in progress asked each node for.
     pub prefetches: Arc<Prefetches>,
 }
@@ -195,6 +195,31 @@ pub async fn exchange(conn: &Connection, frame: &Arc<[u8]>) -> Result<PushReply,
 }
 
 impl Plane {
+    /// Removes every blob of the content store no image references, with no push under way
+    /// (its gate held exclusively): after a failed push or pull, after one that replaced an
+    /// image, and when the control plane starts (a crash between a push's blobs and its
+    /// commit).
+    pub async fn sweep_content(&self) {
+        let content = self.content.clone();
+        let _gate = content.gate.write().await;
+        let keep = match self
+            .run(Command::Operator(
+                orchestratord::cluster::Operator::ReferencedBlobs,
+            ))
+            .await
+        {
+            Ok(orchestratord::cluster::Reply::Blobs(keep)) => keep,
+            other => return tracing::warn!("content store sweep: unexpected answer {other:?}"),
+        };
+        let store = content.clone();
+        match tokio::task::spawn_blocking(move || store.sweep(&keep)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!("content store: {n} blobs no image references removed"),
+            Ok(Err(e)) => tracing::warn!("content store sweep: {e}"),
+            Err(e) => tracing::warn!("content store sweep: {e}"),
+        }
+    }
+
     /// Runs `command` on the core and carries out its effects; the reply, or why it failed.
     pub async fn run(
         &self,

@@ -13,14 +13,13 @@
 //! trusted before its digest is checked. One pull of a name runs at a time; a second waits for
 //! it.
 
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use flotilla_api::images::StoredImage;
 use flotilla_oci::manifest::{self, Descriptor, ManifestKind, Platform, MAX_CONFIG_BYTES};
 use flotilla_oci::registry::{
-    self, Failure, PullSource, RegistryClient, RegistryError, RegistryMirrors, RegistryOptions,
+    self, Failure, PullSource, RegistryClient, RegistryError, RegistryOptions,
 };
 use flotilla_oci::{Digest, ImageRef, ReferenceError};
 use orchestratord::cluster::{Command, Operator, Reply as CoreReply};
@@ -75,47 +74,6 @@ pub enum PullError {
         /// Why.
         reason: String,
     },
-}
-
-/// The control plane's pulls: its mirrors, its HTTP client, and a lock per name being pulled.
-#[derive(Debug)]
-pub struct Puller {
-    mirrors: RegistryMirrors,
-    http: Mutex<Option<registry::HttpClient>>,
-    busy: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
-}
-
-impl Puller {
-    /// Pulls that try `mirrors` before each registry.
-    pub fn new(mirrors: RegistryMirrors) -> Self {
-        Self {
-            mirrors,
-            http: Mutex::new(None),
-            busy: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn http(&self) -> Result<registry::HttpClient, String> {
-        let mut http = self.http.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = http.as_ref() {
-            return Ok(c.clone());
-        }
-        let c = registry::http_client()?;
-        *http = Some(c.clone());
-        Ok(c)
-    }
-
-    /// The lock of pulls of `name`.
-    fn lock_of(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        busy.retain(|_, l| l.strong_count() > 0);
-        if let Some(l) = busy.get(name).and_then(Weak::upgrade) {
-            return l;
-        }
-        let l = Arc::new(tokio::sync::Mutex::new(()));
-        busy.insert(name.to_string(), Arc::downgrade(&l));
-        l
-    }
 }
 
 /// Pulls `ask` into the content store and records it with the core; answers the image
@@ -243,7 +201,7 @@ pub async fn pull(
         Ok(Ok(i)) => i,
         Ok(Err(e)) => {
             drop(gate);
-            crate::api::sweep(plane).await;
+            plane.sweep_content().await;
             return Err(store_err(e));
         }
         Err(e) => {
@@ -279,7 +237,7 @@ pub async fn pull(
     }
     // An image the pull replaced may leave blobs no image references.
     let plane = plane.clone();
-    tokio::spawn(async move { crate::api::sweep(&plane).await });
+    tokio::spawn(async move { plane.sweep_content().await });
     Ok(image)
 }
 

@@ -60,7 +60,7 @@ pub async fn push(body: Incoming, query: Option<&str>, plane: &Plane) -> Reply {
         Ok(Err(e)) => {
             // The blobs it stored before the fault are referenced by nothing.
             drop(gate);
-            sweep(plane).await;
+            plane.sweep_content().await;
             return push_refused(&e);
         }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("push: {e}")),
@@ -79,7 +79,7 @@ pub async fn push(body: Incoming, query: Option<&str>, plane: &Plane) -> Reply {
     // An image the push replaced may leave blobs no image references: they go once no
     // push is under way, after the answer.
     let plane = plane.clone();
-    tokio::spawn(async move { sweep(&plane).await });
+    tokio::spawn(async move { plane.sweep_content().await });
     answer
 }
 
@@ -119,27 +119,6 @@ pub async fn pull(req: ImagePullRequest, plane: &Plane) -> Reply {
             };
             error(status, e.to_string())
         }
-    }
-}
-
-/// Removes every blob no image references, with no push under way: after a failed push, and
-/// when the control plane starts (a crash between a push's blobs and its commit).
-pub async fn sweep(plane: &Plane) {
-    let content = plane.content.clone();
-    let _gate = content.gate.write().await;
-    let keep = match plane
-        .run(Command::Operator(Operator::ReferencedBlobs))
-        .await
-    {
-        Ok(CoreReply::Blobs(keep)) => keep,
-        other => return tracing::warn!("content store sweep: unexpected answer {other:?}"),
-    };
-    let store = content.clone();
-    match tokio::task::spawn_blocking(move || store.sweep(&keep)).await {
-        Ok(Ok(0)) => {}
-        Ok(Ok(n)) => tracing::info!("content store: {n} blobs no image references removed"),
-        Ok(Err(e)) => tracing::warn!("content store sweep: {e}"),
-        Err(e) => tracing::warn!("content store sweep: {e}"),
     }
 }
 

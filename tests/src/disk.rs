@@ -1,5 +1,6 @@
-//! Small filesystems for tests of what a daemon does when its disk fills: a tmpfs of a given
-//! size, filled to the last byte and given back on demand.
+//! Small filesystems for tests of what a daemon does when its disk fills: a tmpfs, or an ext4
+//! on a loop device (what a node's SD card or disk really is: journal, block allocation), of a
+//! given size, filled to the last byte and given back on demand.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -7,8 +8,9 @@ use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
 
-/// A tmpfs of `size` mounted on a directory, unmounted (lazily, so a process still in it does
-/// not keep it) when dropped — after a failed assertion too. Declare it after whatever owns the
+/// A tmpfs of `size` (or an ext4, [`Tmpfs::ext4_at`]) mounted on a directory, unmounted
+/// (lazily, so a process still in it does not keep it; a loop device goes with it) when
+/// dropped — after a failed assertion too. Declare it after whatever owns the
 /// directory it is mounted on (a `TempDir`, a [`crate::node::Node`]), so that it is dropped
 /// first.
 #[derive(Debug)]
@@ -16,6 +18,8 @@ pub struct Tmpfs {
     path: PathBuf,
     /// The directory made for it, when it made one.
     _own: Option<tempfile::TempDir>,
+    /// The directory holding an ext4's image file.
+    _image: Option<tempfile::TempDir>,
 }
 
 impl Tmpfs {
@@ -23,6 +27,14 @@ impl Tmpfs {
     pub fn mount(size: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut fs = Self::mount_at(dir.path(), size)?;
+        fs._own = Some(dir);
+        Ok(fs)
+    }
+
+    /// An ext4 of `mib` MiB on a directory of its own (see [`Tmpfs::ext4_at`]).
+    pub fn ext4(mib: u64) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut fs = Self::ext4_at(dir.path(), mib)?;
         fs._own = Some(dir);
         Ok(fs)
     }
@@ -49,6 +61,48 @@ impl Tmpfs {
         Ok(Self {
             path: path.to_path_buf(),
             _own: None,
+            _image: None,
+        })
+    }
+
+    /// An ext4 of `mib` MiB on a loop device, mounted on `path` (made if missing), its root
+    /// 0700; the image file lives in a directory of its own under the system's temporary one.
+    pub fn ext4_at(path: &Path, mib: u64) -> Result<Self> {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        let dir = tempfile::tempdir()?;
+        let image = dir.path().join("fs.img");
+        std::fs::File::create(&image)?.set_len(mib << 20)?;
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&image)
+            .output()
+            .context("running mkfs.ext4 (Debian's e2fsprogs)")?;
+        ensure!(
+            out.status.success(),
+            "mkfs.ext4 {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = Command::new("mount")
+            .args(["-t", "ext4", "-o", "loop"])
+            .arg(&image)
+            .arg(path)
+            .output()
+            .context("running mount")?;
+        ensure!(
+            out.status.success(),
+            "mount -o loop {} on {}: {}",
+            image.display(),
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        // Nothing of mkfs's own in the way of what the test expects to find there.
+        let _ = std::fs::remove_dir(path.join("lost+found"));
+        Ok(Self {
+            path: path.to_path_buf(),
+            _own: None,
+            _image: Some(dir),
         })
     }
 
@@ -98,6 +152,10 @@ fn libc_enospc() -> i32 {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
+        // `-d`: the loop device of an ext4 goes too (once the lazy unmount completes).
+        let _ = Command::new("umount")
+            .args(["-l", "-d"])
+            .arg(&self.path)
+            .status();
     }
 }

@@ -1,7 +1,10 @@
 //! Full disks: the control plane's and a node's data directories on small filesystems of their
 //! own, filled to the last byte while they work. Writes fail, saying why, in the logs and to the
 //! operator; what runs goes on; nothing half-written is kept; and both write again once space
-//! returns, without a restart — then, restarted, both find everything they acknowledged.
+//! returns, without a restart — then, restarted, both find everything they acknowledged. On a
+//! node's ext4 filled while a container writes its log and a layer is unpacked: the container
+//! runs on, the layer fails naming the full disk and leaves nothing half-stored, and both go on
+//! once space returns.
 
 use std::process::Command;
 use std::time::Duration;
@@ -10,8 +13,9 @@ use flotilla_api::secrets::SecretInfo;
 use flotilla_api::tasks::TaskState;
 use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::disk::Tmpfs;
+use flotilla_tests::image::{busybox_image, write_layout, Compression, Layer};
 use flotilla_tests::node::Node;
-use flotilla_tests::wait;
+use flotilla_tests::{host_arch, wait};
 
 const STEADY: &str = r#"{
   "family": "steady",
@@ -142,4 +146,113 @@ fn full_data_directories_fail_writes_clearly_and_recover_when_space_returns() {
         });
     }
     assert_eq!(node.running().get(&format!("{first}-0")), Some(&first_pid));
+}
+
+/// A container that logs a numbered line every 50 ms until it is stopped.
+const LOUD: &str = r#"{
+  "family": "loud",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
+    "command": ["sh", "-c", "trap 'exit 0' TERM; i=0; while true; do echo line $i; i=$((i+1)); sleep 0.05 & wait; done"]
+  }]
+}"#;
+
+/// The number of the last line `task` logged, as the control plane reads it from the node.
+fn last_line(cp: &ControlPlane, task: &str) -> Option<u64> {
+    let out = cp.flotilla(&["task", "logs", task, "--tail", "1"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            l.rsplit_once("line ")
+                .and_then(|(_, n)| n.trim().parse().ok())
+        })
+        .next_back()
+}
+
+/// The entries of a directory of the node's image store (none when it is missing).
+fn entries(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn on_a_full_ext4_disk_a_container_runs_on_and_an_unpack_fails_cleanly_until_space_returns() {
+    let cp = ControlPlane::start(&[]);
+    let node_fs = Tmpfs::ext4(128).expect("ext4 on a loop device");
+    let node = Node::bare_with_data(node_fs.path().join("node"));
+    node.import_test_image();
+    let _agent = Agent::in_session(&cp, &node);
+    cp.register(LOUD);
+    let task = cp.run_one("loud");
+    wait("the task running", Duration::from_secs(30), || {
+        running(&cp, &task)
+    });
+    let name = format!("{task}-0");
+    let pid = node.running()[&name];
+    wait("its log growing", Duration::from_secs(20), || {
+        last_line(&cp, &task).is_some()
+    });
+    // An image of a layer of its own, 4 MiB that do not compress, to import while full.
+    let mut spec = busybox_image(host_arch());
+    let mut noise = vec![0u8; 4 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for b in &mut noise {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    let mut own = Layer::new();
+    own.dir("data", 0o755).file("data/blob", &noise, 0o644);
+    spec.layers.push((own.finish(), Compression::Gzip));
+    let layout = node.scratch().join("big");
+    write_layout(&layout, "1", &spec).expect("layout");
+    let layout = layout.to_str().expect("utf-8");
+
+    node_fs.fill().expect("filling the node's disk");
+    // What the container writes has nowhere to go: it runs on.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        node.running().get(&name),
+        Some(&pid),
+        "the container was not kept"
+    );
+    // A layer unpacked now fails naming the full disk, and leaves nothing half-stored.
+    let out = node.ctr(&["image", "import", layout, "--name", "shop/big:1"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "an import onto a full disk succeeded"
+    );
+    assert!(err.contains(NO_SPACE), "{err}");
+    let images = node.ctr_ok(&["image", "ls"]);
+    assert!(!images.contains("shop/big"), "{images}");
+    let store = node_fs.path().join("node/images");
+    assert_eq!(
+        entries(&store.join("tmp")),
+        Vec::<String>::new(),
+        "unpack leftovers"
+    );
+    assert_eq!(
+        entries(&store.join("ingest")),
+        Vec::<String>::new(),
+        "ingest leftovers"
+    );
+
+    // Space back: the log goes on from the same process, and the import succeeds.
+    node_fs.release().expect("freeing the node's disk");
+    let before = last_line(&cp, &task).unwrap_or(0);
+    wait(
+        "new lines after space returned",
+        Duration::from_secs(20),
+        || last_line(&cp, &task).is_some_and(|n| n > before),
+    );
+    assert_eq!(node.running().get(&name), Some(&pid));
+    node.ctr_ok(&["image", "import", layout, "--name", "shop/big:1"]);
+    assert!(running(&cp, &task));
 }

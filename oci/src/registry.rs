@@ -652,7 +652,7 @@ impl RegistryClient {
             return Ok(resp);
         }
         let status = resp.status();
-        let text = resp.text().await.unwrap_or_default();
+        let text = error_excerpt(resp).await;
         let detail: String = text.chars().filter(|c| !c.is_control()).take(200).collect();
         Err(RegistryError::Status {
             url: url.to_string(),
@@ -764,6 +764,23 @@ impl RegistryClient {
         file.sync_data().await.map_err(werr)?;
         Ok(())
     }
+}
+
+/// Most bytes of an error answer's body read for its message: a registry's body of any length
+/// (or one that never ends) is not read whole.
+const ERROR_BODY_BYTES: usize = 4 << 10;
+
+/// The first [`ERROR_BODY_BYTES`] of an error answer's body (less if reading it fails), as text.
+async fn error_excerpt(mut resp: reqwest::Response) -> String {
+    let mut out = Vec::new();
+    while out.len() < ERROR_BODY_BYTES {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => out.extend_from_slice(&chunk),
+            Ok(None) | Err(_) => break,
+        }
+    }
+    out.truncate(ERROR_BODY_BYTES);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn read_limited(
@@ -953,6 +970,89 @@ mod tests {
         assert_eq!(
             token.to_string(),
             "https://auth.example/token?scope=x: answered 502 Bad Gateway"
+        );
+    }
+
+    /// A registry on 127.0.0.1 that answers each request by `respond(path, stream)` (writing a
+    /// whole HTTP/1.1 answer); its port. Its thread lives as long as the test process.
+    pub(crate) fn hostile_registry(
+        respond: impl Fn(&str, &mut std::net::TcpStream) + Send + Sync + 'static,
+    ) -> u16 {
+        use std::io::{BufRead, BufReader};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+        let port = listener.local_addr().expect("its address").port();
+        let respond = Arc::new(respond);
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let respond = respond.clone();
+                std::thread::spawn(move || {
+                    let Ok(read) = conn.try_clone() else { return };
+                    let mut lines = BufReader::new(read);
+                    let mut first = String::new();
+                    if lines.read_line(&mut first).is_err() {
+                        return;
+                    }
+                    loop {
+                        let mut l = String::new();
+                        match lines.read_line(&mut l) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if l == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let path = first.split(' ').nth(1).unwrap_or_default().to_string();
+                    respond(&path, &mut conn);
+                });
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn an_error_answer_whose_body_never_ends_is_not_read_whole() {
+        use std::io::Write as _;
+        // 500 with a chunked body that goes on until the client hangs up.
+        let port = hostile_registry(|_, conn| {
+            let head = "HTTP/1.1 500 Internal Server Error\r\ntransfer-encoding: chunked\r\n\r\n";
+            if conn.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            let chunk = format!("10000\r\n{}\r\n", "x".repeat(0x10000));
+            while conn.write_all(chunk.as_bytes()).is_ok() {}
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = RegistryClient::new(
+            http_client().expect("client"),
+            &format!("127.0.0.1:{port}"),
+            "team/app",
+            RegistryOptions {
+                credentials: Credentials::default(),
+                insecure: true,
+            },
+        );
+        let e = rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(20), client.manifest("v1")).await
+            })
+            .expect("the answer within 20 s, its body not read to its (absent) end")
+            .expect_err("a 500");
+        assert!(
+            matches!(e, RegistryError::Status { status, .. } if status == StatusCode::INTERNAL_SERVER_ERROR),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!("registry 127.0.0.1:{port}: answered 500")),
+            "{text}"
+        );
+        assert!(
+            text.len() < 400,
+            "an excerpt, not the body: {} bytes",
+            text.len()
         );
     }
 

@@ -31,6 +31,11 @@ use crate::plane::Plane;
 /// goes on from the bytes that arrived (an HTTP range).
 const LAYER_TRIES: usize = 4;
 
+/// Most bytes an image's config and layers may add up to, as its manifest gives their sizes
+/// (16 GiB, what a pushed archive may hold once staged: [`crate::content::MAX_STAGED_BYTES`]).
+/// Checked before any layer is fetched: a manifest cannot make the control plane fill its disk.
+pub const MAX_PULL_BYTES: u64 = crate::content::MAX_STAGED_BYTES;
+
 /// What to pull.
 #[derive(Debug, Clone)]
 pub struct PullAsk {
@@ -130,64 +135,7 @@ pub async fn pull(
         detail: format!("the HTTP client: {e}"),
         failure: None,
     })?;
-    let mut said = Vec::new();
-    let mut fetched = None;
-    for source in registry::pull_sources(&puller.mirrors, &r.registry) {
-        let (client, who) = match &source {
-            PullSource::Mirror(m) => (
-                RegistryClient::for_mirror(http.clone(), m, &r.repository),
-                format!("mirror {m}"),
-            ),
-            PullSource::Origin => (
-                RegistryClient::new(
-                    http.clone(),
-                    &r.registry,
-                    &r.repository,
-                    RegistryOptions {
-                        insecure: ask.insecure,
-                        ..Default::default()
-                    },
-                ),
-                String::new(),
-            ),
-        };
-        // Each source writes its own layout: bytes one sent are never completed by another.
-        let _ = std::fs::remove_dir_all(dir.path().join("blobs"));
-        match write_layout(&client, &r, &content, dir.path(), ask.platform.as_ref()).await {
-            Ok(()) => {
-                fetched = Some(who);
-                break;
-            }
-            Err(e) => {
-                let failure = match &e {
-                    Fault::Registry(e) => e.failure(),
-                    Fault::Image(_) => None,
-                };
-                let text = e.to_string();
-                tracing::info!(image = %name, source = %if who.is_empty() { r.registry.as_str() } else { who.as_str() }, "pull: {text}");
-                said.push((who, text, failure));
-            }
-        }
-    }
-    let Some(from) = fetched else {
-        let failure = said.last().and_then(|(_, _, f)| *f);
-        let detail = said
-            .iter()
-            .map(|(who, text, _)| {
-                if who.is_empty() {
-                    text.clone()
-                } else {
-                    format!("{who}: {text}")
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("; then ");
-        return Err(PullError::Registry {
-            image: name,
-            detail,
-            failure,
-        });
-    };
+    let from = fetch(&puller.mirrors, &http, &r, ask, &content, dir.path()).await?;
     // Held until the name is committed: no removal deletes a blob this pull references.
     let gate = content.gate.read().await;
     let stored = {
@@ -241,6 +189,82 @@ pub async fn pull(
     Ok(image)
 }
 
+/// Writes the image `r` names into the OCI layout directory `dir` from the first of its
+/// sources (`mirrors` of its registry in order, then the registry) that gives it whole: each
+/// blob of the right size and digest, else the next source is tried. Answers the source it
+/// came from (`mirror URL`; empty for the registry).
+///
+/// # Errors
+/// [`PullError::Registry`] naming each source with what was wrong with it.
+async fn fetch(
+    mirrors: &registry::RegistryMirrors,
+    http: &registry::HttpClient,
+    r: &ImageRef,
+    ask: &PullAsk,
+    content: &Arc<ContentStore>,
+    dir: &Path,
+) -> Result<String, PullError> {
+    let name = r.name();
+    let mut said = Vec::new();
+    for source in registry::pull_sources(mirrors, &r.registry) {
+        let (client, who) = match &source {
+            PullSource::Mirror(m) => (
+                RegistryClient::for_mirror(http.clone(), m, &r.repository),
+                format!("mirror {m}"),
+            ),
+            PullSource::Origin => (
+                RegistryClient::new(
+                    http.clone(),
+                    &r.registry,
+                    &r.repository,
+                    RegistryOptions {
+                        insecure: ask.insecure,
+                        ..Default::default()
+                    },
+                ),
+                String::new(),
+            ),
+        };
+        // Each source writes its own layout: bytes one sent are never completed by another.
+        let _ = std::fs::remove_dir_all(dir.join("blobs"));
+        match write_layout(&client, r, content, dir, ask.platform.as_ref()).await {
+            Ok(()) => return Ok(who),
+            Err(e) => {
+                let failure = match &e {
+                    Fault::Registry(e) => e.failure(),
+                    Fault::Image(_) | Fault::Short { .. } => None,
+                };
+                // A registry's error names it; what its content is wrong in is said here.
+                let text = match &e {
+                    Fault::Image(_) | Fault::Short { .. } if who.is_empty() => {
+                        format!("registry {}: {e}", r.registry)
+                    }
+                    e => e.to_string(),
+                };
+                tracing::info!(image = %name, source = %if who.is_empty() { r.registry.as_str() } else { who.as_str() }, "pull: {text}");
+                said.push((who, text, failure));
+            }
+        }
+    }
+    let failure = said.last().and_then(|(_, _, f)| *f);
+    let detail = said
+        .iter()
+        .map(|(who, text, _)| {
+            if who.is_empty() {
+                text.clone()
+            } else {
+                format!("{who}: {text}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; then ");
+    Err(PullError::Registry {
+        image: name,
+        detail,
+        failure,
+    })
+}
+
 /// Why one source did not give the image.
 #[derive(Debug, thiserror::Error)]
 enum Fault {
@@ -248,6 +272,50 @@ enum Fault {
     Registry(#[from] RegistryError),
     #[error("{0}")]
     Image(String),
+    /// A layer's answer ended, without error, short of its descriptor's size: fetched again
+    /// from there.
+    #[error("blob {digest}: the answer ended after {held} of its {size} bytes")]
+    Short {
+        /// The layer.
+        digest: Digest,
+        /// Bytes of it held.
+        held: u64,
+        /// Its descriptor's size.
+        size: u64,
+    },
+}
+
+/// Checks the download of `layer` at `path` against its descriptor: [`Fault::Short`] when it
+/// holds less than its size, [`Fault::Image`] naming the blob when its content hashes to
+/// another digest (the file is removed: it is fetched whole again from the next source).
+async fn check_blob(path: &Path, layer: &Descriptor) -> Result<(), Fault> {
+    let (p, d) = (path.to_path_buf(), layer.digest.clone());
+    let hashed = tokio::task::spawn_blocking(move || {
+        // A descriptor of size 0 is not fetched: its file is the empty one.
+        if !p.exists() {
+            std::fs::write(&p, b"")?;
+        }
+        flotilla_oci::digest::digest_file(&p)
+    })
+    .await
+    .map_err(|e| Fault::Image(format!("blob {d}: hashing it: {e}")))?;
+    let (actual, size) = hashed
+        .map_err(|e| Fault::Image(format!("blob {}: {}: {e}", layer.digest, path.display())))?;
+    if size < layer.size {
+        return Err(Fault::Short {
+            digest: layer.digest.clone(),
+            held: size,
+            size: layer.size,
+        });
+    }
+    if actual != layer.digest {
+        let _ = tokio::fs::remove_file(path).await;
+        return Err(Fault::Image(format!(
+            "blob {} is corrupt: content hashes to {actual}",
+            layer.digest
+        )));
+    }
+    Ok(())
 }
 
 /// Fetches the image `r` names from `client` into the OCI layout directory `dir`: its image
@@ -342,10 +410,27 @@ async fn write_layout(
             crate::content::MAX_LAYERS
         )));
     }
+    let total = std::iter::once(&m.config)
+        .chain(&m.layers)
+        .try_fold(0u64, |sum, d| sum.checked_add(d.size))
+        .filter(|t| *t <= MAX_PULL_BYTES);
+    if total.is_none() {
+        return Err(Fault::Image(format!(
+            "manifest {}: its config and layers add up to more than {MAX_PULL_BYTES} bytes",
+            desc.digest
+        )));
+    }
     write(&desc.digest, body).await?;
     let config = client
         .small_blob(&m.config.digest, MAX_CONFIG_BYTES)
         .await?;
+    let actual = Digest::of(&config);
+    if actual != m.config.digest {
+        return Err(Fault::Image(format!(
+            "blob {} (the config) is corrupt: content hashes to {actual}",
+            m.config.digest
+        )));
+    }
     write(&m.config.digest, config).await?;
     for layer in &m.layers {
         let path = blobs.join(layer.digest.hex());
@@ -360,16 +445,24 @@ async fn write_layout(
         let mut tries = 0;
         loop {
             tries += 1;
-            match client
+            let got = client
                 .download_blob(&layer.digest, layer.size, &path, &|_| {})
-                .await
-            {
+                .await;
+            let got = match got {
+                Ok(()) => check_blob(&path, layer).await,
+                Err(e) => Err(e.into()),
+            };
+            match got {
                 Ok(()) => break,
-                Err(e) if e.is_transient() && tries < LAYER_TRIES => {
+                Err(Fault::Registry(e)) if e.is_transient() && tries < LAYER_TRIES => {
                     tracing::info!(blob = %layer.digest, tries, "pull: {e}: going on from what arrived");
                     tokio::time::sleep(std::time::Duration::from_secs(tries as u64)).await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e @ Fault::Short { .. }) if tries < LAYER_TRIES => {
+                    tracing::info!(tries, "pull: {e}: going on from there");
+                    tokio::time::sleep(std::time::Duration::from_secs(tries as u64)).await;
+                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -398,5 +491,192 @@ fn descriptor(media_type: String, digest: Digest, size: usize) -> Descriptor {
         size: size as u64,
         platform: None,
         annotations: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// A registry on 127.0.0.1 serving `files` (path → content type, body) and answering 404 to
+    /// anything else; its port and the count of blob requests it had. Its thread lives as long
+    /// as the test process.
+    fn serve(files: HashMap<String, (String, Vec<u8>)>) -> (u16, Arc<AtomicUsize>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a port");
+        let port = listener.local_addr().expect("its address").port();
+        let (files, blobs) = (Arc::new(files), Arc::new(AtomicUsize::new(0)));
+        let counted = blobs.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (files, counted) = (files.clone(), counted.clone());
+                std::thread::spawn(move || {
+                    let Ok(read) = conn.try_clone() else { return };
+                    let mut lines = BufReader::new(read);
+                    let mut first = String::new();
+                    if lines.read_line(&mut first).is_err() {
+                        return;
+                    }
+                    loop {
+                        let mut l = String::new();
+                        match lines.read_line(&mut l) {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if l == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let path = first.split(' ').nth(1).unwrap_or_default();
+                    if path.contains("/blobs/") {
+                        counted.fetch_add(1, Ordering::SeqCst);
+                    }
+                    let (status, ctype, body) = match files.get(path) {
+                        Some((t, b)) => ("200 OK", t.as_str(), b.as_slice()),
+                        None => ("404 Not Found", "text/plain", &b"no such thing"[..]),
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\n\
+                         connection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = conn.write_all(head.as_bytes());
+                    let _ = conn.write_all(body);
+                });
+            }
+        });
+        (port, blobs)
+    }
+
+    /// An image `team/app:v1` of one layer, as a registry serves it: its files, with the
+    /// layer's bytes changed by `spoil`, and the layer's digest. `layer_size` is what the
+    /// manifest says of the layer (its real length when `None`).
+    fn image(
+        spoil: impl Fn(&mut Vec<u8>),
+        layer_size: Option<u64>,
+    ) -> (HashMap<String, (String, Vec<u8>)>, Digest) {
+        let layer = b"a layer's bytes, any will do".to_vec();
+        let ld = Digest::of(&layer);
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":["{ld}"]}}}}"#
+        )
+        .into_bytes();
+        let cd = Digest::of(&config);
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":{}}}]}}"#,
+            manifest::OCI_MANIFEST,
+            config.len(),
+            layer_size.unwrap_or(layer.len() as u64),
+        )
+        .into_bytes();
+        let mut served = layer.clone();
+        spoil(&mut served);
+        let blob = |d: &Digest| format!("/v2/team/app/blobs/{d}");
+        let files = HashMap::from([
+            (
+                "/v2/team/app/manifests/v1".to_string(),
+                (manifest::OCI_MANIFEST.to_string(), manifest),
+            ),
+            (blob(&cd), ("application/octet-stream".into(), config)),
+            (blob(&ld), ("application/octet-stream".into(), served)),
+        ]);
+        (files, ld)
+    }
+
+    fn ask(registry: u16) -> PullAsk {
+        PullAsk {
+            reference: format!("127.0.0.1:{registry}/team/app:v1"),
+            platform: None,
+            insecure: true,
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    #[test]
+    fn a_manifest_whose_layers_add_up_past_the_limit_is_refused_before_any_layer_is_fetched() {
+        let data = tempfile::tempdir().expect("a data directory");
+        let store = Arc::new(ContentStore::open(data.path(), 0).expect("the store"));
+        let dir = tempfile::tempdir_in(store.tmp()).expect("a pull directory");
+        let (files, _) = image(|_| {}, Some(u64::MAX / 2));
+        let (port, blobs) = serve(files);
+        let a = ask(port);
+        let r = ImageRef::parse(&a.reference).expect("a reference");
+        let http = registry::http_client().expect("a client");
+        let e = rt()
+            .block_on(fetch(
+                &Default::default(),
+                &http,
+                &r,
+                &a,
+                &store,
+                dir.path(),
+            ))
+            .expect_err("terabytes are refused");
+        let text = e.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "pulling image '127.0.0.1:{port}/team/app:v1': registry 127.0.0.1:{port}: manifest sha256:"
+            )) && text.ends_with(&format!("add up to more than {MAX_PULL_BYTES} bytes")),
+            "{text}"
+        );
+        // The config is fetched after the check too: nothing but the manifest was asked for.
+        assert_eq!(blobs.load(Ordering::SeqCst), 0, "blobs fetched");
+    }
+
+    #[test]
+    fn a_mirror_that_serves_a_corrupt_layer_is_passed_over_for_the_registry() {
+        let data = tempfile::tempdir().expect("a data directory");
+        let store = Arc::new(ContentStore::open(data.path(), 0).expect("the store"));
+        let flip = |b: &mut Vec<u8>| b[0] ^= 1;
+        let (bad, layer) = image(flip, None);
+        let (mirror, _) = serve(bad.clone());
+        let (bad_origin, _) = serve(bad);
+        let (good, _) = image(|_| {}, None);
+        let (origin, _) = serve(good);
+        let http = registry::http_client().expect("a client");
+        let run = |origin: u16| {
+            let dir = tempfile::tempdir_in(store.tmp()).expect("a pull directory");
+            let m = vec![format!("http://127.0.0.1:{mirror}")];
+            let key = format!("127.0.0.1:{origin}");
+            let mirrors =
+                registry::RegistryMirrors::new([(key.as_str(), m.as_slice())]).expect("mirrors");
+            let a = ask(origin);
+            let r = ImageRef::parse(&a.reference).expect("a reference");
+            let from = rt().block_on(fetch(&mirrors, &http, &r, &a, &store, dir.path()));
+            let stored = from
+                .as_ref()
+                .ok()
+                .map(|_| store.ingest_pulled(dir.path(), &r.name(), None));
+            (from, stored)
+        };
+        // Both corrupt: each is named with the blob it spoiled.
+        let (from, _) = run(bad_origin);
+        let text = from.expect_err("no source gave it whole").to_string();
+        assert!(
+            text.contains(&format!(
+                "mirror http://127.0.0.1:{mirror}: blob {layer} is corrupt: content hashes to"
+            )) && text.contains(&format!(
+                "; then registry 127.0.0.1:{bad_origin}: blob {layer} is corrupt"
+            )),
+            "{text}"
+        );
+        // The registry's good copy after the mirror's bad one: stored.
+        let (from, stored) = run(origin);
+        assert_eq!(
+            from.expect("the registry gives it"),
+            "",
+            "came from the registry"
+        );
+        let stored = stored.expect("ingested").expect("stored");
+        assert_eq!(stored.layers[0].digest, layer.to_string());
+        assert!(store.holds_intact(&layer), "the layer is in the store");
     }
 }

@@ -309,6 +309,15 @@ pub enum RegistryError {
         /// The limit.
         limit: u64,
     },
+    /// A manifest's or a config's request did not end within the client's deadline
+    /// ([`DOCUMENT_DEADLINE`]).
+    #[error("{}: no whole answer within {secs} s", at(url))]
+    Slow {
+        /// The request URL.
+        url: String,
+        /// The deadline, seconds.
+        secs: u64,
+    },
     /// Writing the download to disk failed.
     #[error("writing {path}: {source}")]
     Write {
@@ -358,6 +367,7 @@ impl RegistryError {
             Self::Http { source, .. } if source.is_connect() || source.is_timeout() => {
                 Some(Failure::Unreachable)
             }
+            Self::Slow { .. } => Some(Failure::Unreachable),
             Self::Status { url, status, .. }
                 if *status == StatusCode::NOT_FOUND && url.contains("/manifests/") =>
             {
@@ -387,7 +397,7 @@ impl RegistryError {
     /// Whether trying again (resuming) may help.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Http { .. } => true,
+            Self::Http { .. } | Self::Slow { .. } => true,
             Self::Status { status, .. } => {
                 status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS
             }
@@ -416,7 +426,14 @@ pub struct RegistryClient {
     auth: Arc<Mutex<Option<String>>>,
     /// The mirror this client pulls from, if it is one.
     mirror: Option<Mirror>,
+    /// How long a manifest's or a config's request may take whole ([`DOCUMENT_DEADLINE`]).
+    deadline: Duration,
 }
+
+/// How long the request of a manifest, an index or a config (at most a few MiB) may take
+/// whole, its auth challenge included: a registry that answers a byte a minute (each read
+/// within the client's read timeout) does not hold a pull for ever.
+pub const DOCUMENT_DEADLINE: Duration = Duration::from_secs(5 * 60);
 
 /// The host[:port] a pull from `registry` (as an image's name has it) dials: Docker Hub's
 /// registry for `docker.io`.
@@ -466,6 +483,7 @@ impl RegistryClient {
             opts,
             auth: Arc::new(Mutex::new(None)),
             mirror: None,
+            deadline: DOCUMENT_DEADLINE,
         }
     }
 
@@ -483,7 +501,29 @@ impl RegistryClient {
             opts,
             auth: Arc::new(Mutex::new(None)),
             mirror: Some(mirror.clone()),
+            deadline: DOCUMENT_DEADLINE,
         }
+    }
+
+    /// This client with `deadline` for a manifest's or a config's whole request instead of
+    /// [`DOCUMENT_DEADLINE`].
+    pub fn with_document_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Runs `request` (of `url`) within this client's document deadline.
+    async fn within_deadline<T>(
+        &self,
+        url: &str,
+        request: impl std::future::Future<Output = Result<T, RegistryError>>,
+    ) -> Result<T, RegistryError> {
+        tokio::time::timeout(self.deadline, request)
+            .await
+            .map_err(|_| RegistryError::Slow {
+                url: url.to_string(),
+                secs: self.deadline.as_secs(),
+            })?
     }
 
     /// The mirror this client pulls from, when it is one.
@@ -672,21 +712,28 @@ impl RegistryClient {
         if let Ok(v) = manifest_accept().parse() {
             headers.insert(ACCEPT, v);
         }
-        let resp = Self::check(self.send(Method::GET, &url, headers).await?, &url).await?;
-        let content_type = resp
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let body = read_limited(resp, &url, MAX_MANIFEST_BYTES).await?;
-        Ok(FetchedManifest { body, content_type })
+        self.within_deadline(&url, async {
+            let resp = Self::check(self.send(Method::GET, &url, headers).await?, &url).await?;
+            let content_type = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = read_limited(resp, &url, MAX_MANIFEST_BYTES).await?;
+            Ok(FetchedManifest { body, content_type })
+        })
+        .await
     }
 
     /// Fetches a small blob (an image config) into memory.
     pub async fn small_blob(&self, digest: &Digest, limit: u64) -> Result<Vec<u8>, RegistryError> {
         let url = format!("{}/blobs/{}", self.base, digest);
-        let resp = Self::check(self.send(Method::GET, &url, HeaderMap::new()).await?, &url).await?;
-        read_limited(resp, &url, limit).await
+        self.within_deadline(&url, async {
+            let resp =
+                Self::check(self.send(Method::GET, &url, HeaderMap::new()).await?, &url).await?;
+            read_limited(resp, &url, limit).await
+        })
+        .await
     }
 
     /// Downloads a blob into `partial`, continuing from the bytes already there (HTTP range).
@@ -1054,6 +1101,47 @@ mod tests {
             "an excerpt, not the body: {} bytes",
             text.len()
         );
+    }
+
+    #[test]
+    fn a_manifest_sent_a_byte_at_a_time_ends_at_the_deadline() {
+        use std::io::Write as _;
+        // Each byte well within the client's read timeout; the whole never.
+        let port = hostile_registry(|_, conn| {
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n";
+            if conn.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            while conn.write_all(b" ").is_ok() {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = RegistryClient::new(
+            http_client().expect("client"),
+            &format!("127.0.0.1:{port}"),
+            "team/app",
+            RegistryOptions {
+                credentials: Credentials::default(),
+                insecure: true,
+            },
+        )
+        .with_document_deadline(Duration::from_secs(1));
+        let e = rt
+            .block_on(async {
+                tokio::time::timeout(Duration::from_secs(20), client.manifest("v1")).await
+            })
+            .expect("given up at its deadline")
+            .expect_err("never whole");
+        assert_eq!(
+            e.to_string(),
+            format!("registry 127.0.0.1:{port}: no whole answer within 1 s")
+        );
+        assert_eq!(e.failure(), Some(Failure::Unreachable));
     }
 
     #[test]

@@ -632,6 +632,80 @@ mod tests {
     }
 
     #[test]
+    fn what_a_hostile_registry_sends_fails_the_pull_naming_the_registry_and_the_blob() {
+        let data = tempfile::tempdir().expect("a data directory");
+        let store = Arc::new(ContentStore::open(data.path(), 0).expect("the store"));
+        let http = registry::http_client().expect("a client");
+        let run = |files: HashMap<String, (String, Vec<u8>)>| {
+            let dir = tempfile::tempdir_in(store.tmp()).expect("a pull directory");
+            let (port, _) = serve(files);
+            let mut a = ask(port);
+            a.platform = Some("linux/amd64".parse().expect("a platform"));
+            let r = ImageRef::parse(&a.reference).expect("a reference");
+            let e = rt()
+                .block_on(fetch(
+                    &Default::default(),
+                    &http,
+                    &r,
+                    &a,
+                    &store,
+                    dir.path(),
+                ))
+                .expect_err("refused");
+            (port, e.to_string())
+        };
+        let index_type = "application/vnd.oci.image.index.v1+json";
+        // An index whose entry for the platform is an index again (which could name the first).
+        let inner = format!(r#"{{"schemaVersion":2,"mediaType":"{index_type}","manifests":[]}}"#);
+        let inner_digest = Digest::of(inner.as_bytes());
+        let outer = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{index_type}","manifests":[{{"mediaType":"{index_type}","digest":"{inner_digest}","size":{},"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#,
+            inner.len()
+        );
+        let (port, text) = run(HashMap::from([
+            (
+                "/v2/team/app/manifests/v1".to_string(),
+                (index_type.to_string(), outer.into_bytes()),
+            ),
+            (
+                format!("/v2/team/app/manifests/{inner_digest}"),
+                (index_type.to_string(), inner.into_bytes()),
+            ),
+        ]));
+        assert!(
+            text.ends_with(&format!(
+                "registry 127.0.0.1:{port}: index entry {inner_digest} is an index again (one level is read)"
+            )),
+            "{text}"
+        );
+        // A layer longer than its descriptor says.
+        let (mut files, layer) = image(|b| b.extend_from_slice(b"more"), None);
+        let (port, text) = run(files.clone());
+        assert!(
+            text.ends_with(&format!(
+                "registry 127.0.0.1:{port}, blob {layer}: response larger than 28 bytes refused"
+            )),
+            "{text}"
+        );
+        // A config larger than any config may be.
+        let config = files
+            .keys()
+            .find(|k| k.contains("/blobs/") && !k.ends_with(layer.hex()))
+            .cloned()
+            .expect("the config's path");
+        let huge = vec![b' '; MAX_CONFIG_BYTES as usize + 1];
+        files.insert(config.clone(), ("application/json".into(), huge));
+        let (port, text) = run(files);
+        let digest = config.rsplit('/').next().expect("its digest");
+        assert!(
+            text.ends_with(&format!(
+                "registry 127.0.0.1:{port}, blob {digest}: response larger than {MAX_CONFIG_BYTES} bytes refused"
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_mirror_that_serves_a_corrupt_layer_is_passed_over_for_the_registry() {
         let data = tempfile::tempdir().expect("a data directory");
         let store = Arc::new(ContentStore::open(data.path(), 0).expect("the store"));

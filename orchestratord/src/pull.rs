@@ -71,6 +71,20 @@ pub enum PullError {
         /// What is wrong.
         source: PushError,
     },
+    /// A pull-through for a platform other than the one the store holds the name for: the
+    /// held image is kept (see [`pull`]).
+    #[error(
+        "image '{image}': the control plane holds it for {held}, not for {asked}; push it under a \
+         name per platform for a fleet of both"
+    )]
+    OtherPlatform {
+        /// The image.
+        image: String,
+        /// The platform the store holds it for.
+        held: String,
+        /// The platform asked for.
+        asked: String,
+    },
     /// The core did not record the image.
     #[error("pulling image '{image}': recording it: {reason}")]
     Record {
@@ -82,10 +96,11 @@ pub enum PullError {
 }
 
 /// Pulls `ask` into the content store and records it with the core; answers the image
-/// recorded. With `unless_held`, an image the store already holds under the name for the
-/// asked platform is answered as it is (a node's pull-through: a second node asking while the
-/// first pull runs waits for it and gets its result). The store keeps one platform per name:
-/// a pull for another platform replaces it.
+/// recorded. With `unless_held` (a node's pull-through), an image the store already holds
+/// under the name is never replaced: answered as it is when it is of the asked platform (a
+/// second node asking while the first pull runs waits for it and gets its result), refused
+/// when it is of another — the store keeps one platform per name, and a node must not replace
+/// what an operator pushed or other nodes fetch. An operator's pull replaces it.
 ///
 /// # Errors
 /// [`PullError`] naming the image and, for a registry's fault, each source tried.
@@ -114,6 +129,11 @@ pub async fn pull(
             {
                 return Ok(i);
             }
+            return Err(PullError::OtherPlatform {
+                image: name,
+                held: i.platform,
+                asked: matcher.platform().to_string(),
+            });
         }
     }
     let content = plane.content.clone();

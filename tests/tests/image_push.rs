@@ -410,6 +410,17 @@ fn the_control_plane_pulls_a_reference_and_for_a_node_that_cannot_reach_the_regi
     registry
         .push(&layout, "1", "shop/web")
         .expect("push shop/web");
+    // An image of another architecture than the node's.
+    let other_arch = if host_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    let foreign = work.path().join("foreign");
+    write_layout(&foreign, "1", &busybox_image(other_arch)).expect("foreign layout");
+    registry
+        .push(&foreign, "1", "shop/foreign")
+        .expect("push shop/foreign");
     let addr = registry.addr.clone();
     let fleet = Fleet::start_with(&[&[]], |_| {
         (
@@ -475,4 +486,34 @@ fn the_control_plane_pulls_a_reference_and_for_a_node_that_cannot_reach_the_regi
     assert!(images.iter().any(|i| i.name == two), "{images:?}");
     // The node's task's image: the pull for it and its blobs were its to have.
     assert_eq!(refusals(&fleet.cp), Vec::<String>::new());
+
+    // A name the control plane holds for another platform is not replaced by a node's
+    // pull-through: refused, saying so, and the operator's image is kept.
+    let foreign = format!("{addr}/shop/foreign:1");
+    let held: Vec<StoredImage> = fleet.cp.flotilla_json(&[
+        "image",
+        "push",
+        &foreign,
+        "--platform",
+        &format!("linux/{other_arch}"),
+    ]);
+    fleet.register(&serving("foreign", &foreign));
+    let id = fleet.cp.run_one("foreign");
+    wait("the foreign task stopped", Duration::from_secs(60), || {
+        fleet.cp.task(&id).state == TaskState::Stopped
+    });
+    let log = fleet.agents[0].log();
+    assert!(
+        log.contains(&format!(
+            "the control plane did not pull it: image '{foreign}': the control plane holds it \
+             for linux/{other_arch}, not for linux/{}",
+            host_arch()
+        )),
+        "{log}"
+    );
+    let after: StoredImage = fleet.cp.flotilla_json(&["image", "inspect", &foreign]);
+    assert_eq!(
+        after.manifest, held[0].manifest,
+        "the held image was replaced"
+    );
 }

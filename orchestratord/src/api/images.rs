@@ -107,6 +107,8 @@ pub async fn pull(req: ImagePullRequest, plane: &Plane) -> Reply {
         Err(e) => {
             let status = match &e {
                 PullError::Reference(_) => StatusCode::BAD_REQUEST,
+                // Only a node's pull-through keeps a held image of another platform.
+                PullError::OtherPlatform { .. } => StatusCode::CONFLICT,
                 PullError::Registry { failure, .. } => match failure {
                     Some(Failure::NotFound) => StatusCode::NOT_FOUND,
                     _ => StatusCode::BAD_GATEWAY,

@@ -159,7 +159,7 @@ const LOUD: &str = r#"{
 
 /// The number of the last line `task` logged, as the control plane reads it from the node.
 fn last_line(cp: &ControlPlane, task: &str) -> Option<u64> {
-    let out = cp.flotilla(&["task", "logs", task, "--tail", "1"]);
+    let out = cp.flotilla(&["logs", task, "--tail", "1"]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {

@@ -1,7 +1,7 @@
 //! The node on a real cgroup v2 kernel: Debian's kernel booted under QEMU with the unified
 //! hierarchy only (see `flotilla_tests::vm`), this workspace's binaries and tests run inside.
-/// Every test here boots a guest: named `under_qemu::…`, so the test command runs them beside
-/// the host's tests (`scripts/test.sh`) and `cargo test -- --skip under_qemu::` leaves them out.
+/// Every test here boots a guest: named `under_qemu::…`, so that `cargo test -- --skip
+/// under_qemu::` leaves them out and `-- under_qemu::` runs them alone.
 mod under_qemu {
     use std::time::Duration;
 

@@ -148,9 +148,11 @@ fn full_data_directories_fail_writes_clearly_and_recover_when_space_returns() {
     assert_eq!(node.running().get(&format!("{first}-0")), Some(&first_pid));
 }
 
-/// A container that logs a numbered line every 50 ms until it is stopped.
+/// A container that logs a numbered line every 50 ms until it is stopped. No network of its
+/// own: the other test's agent holds this namespace's task bridge.
 const LOUD: &str = r#"{
   "family": "loud",
+  "networkMode": "none",
   "containerDefinitions": [{
     "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
     "command": ["sh", "-c", "trap 'exit 0' TERM; i=0; while true; do echo line $i; i=$((i+1)); sleep 0.05 & wait; done"]

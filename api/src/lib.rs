@@ -18,6 +18,7 @@ pub mod ipam;
 pub mod lockfile;
 pub mod logging;
 pub mod ops;
+pub mod page;
 pub mod project;
 pub mod scaling;
 pub mod schedule;

@@ -72,6 +72,87 @@ struct WatchArgs {
     watch: bool,
 }
 
+/// `task ls`: which tasks (all when no flag is given; flags together narrow it).
+#[derive(Debug, Clone, clap::Args)]
+struct TaskLsArgs {
+    #[command(flatten)]
+    watch: WatchArgs,
+    /// Items asked for at a time, each batch printed as it comes (1 to 1000; as kubectl's
+    /// `--chunk-size`).
+    #[arg(long, value_name = "N", default_value_t = PAGE, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    chunk_size: u32,
+    /// Only the tasks of this node, whatever their state.
+    #[arg(long, value_name = "ID")]
+    node: Option<String>,
+    /// Only the tasks of this service.
+    #[arg(long, value_name = "NAME")]
+    service: Option<String>,
+    /// Only the tasks of this task definition family (any revision).
+    #[arg(long, value_name = "FAMILY")]
+    family: Option<String>,
+    /// Only the tasks in this state: PROVISIONING, PENDING, RUNNING, STOPPING or STOPPED.
+    #[arg(long, value_name = "STATE", value_parser = task_state_arg)]
+    state: Option<flotilla_api::tasks::TaskState>,
+}
+
+impl TaskLsArgs {
+    fn filter(&self) -> flotilla_client::TaskFilter {
+        flotilla_client::TaskFilter {
+            node: self.node.clone(),
+            service: self.service.clone(),
+            family: self.family.clone(),
+            state: self.state,
+            ..Default::default()
+        }
+    }
+}
+
+fn task_state_arg(s: &str) -> Result<flotilla_api::tasks::TaskState, String> {
+    flotilla_api::page::task_state(s)
+        .ok_or_else(|| "expected PROVISIONING, PENDING, RUNNING, STOPPING or STOPPED".into())
+}
+
+/// `node ls`: which nodes (all when no flag is given).
+#[derive(Debug, Clone, clap::Args)]
+struct NodeLsArgs {
+    #[command(flatten)]
+    watch: WatchArgs,
+    /// Items asked for at a time, each batch printed as it comes (1 to 1000; as kubectl's
+    /// `--chunk-size`).
+    #[arg(long, value_name = "N", default_value_t = PAGE, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    chunk_size: u32,
+    /// Only the nodes in this state: READY, DRAINING, DISCONNECTED or REVOKED.
+    #[arg(long, value_name = "STATE", value_parser = node_state_arg)]
+    status: Option<flotilla_api::ops::NodeState>,
+    /// Only the nodes with this label (KEY, any value, or KEY=VALUE; repeatable: all of them).
+    #[arg(long = "label", value_name = "KEY[=VALUE]")]
+    labels: Vec<String>,
+}
+
+impl NodeLsArgs {
+    fn filter(&self) -> flotilla_client::NodeFilter {
+        flotilla_client::NodeFilter {
+            status: self.status,
+            labels: self
+                .labels
+                .iter()
+                .map(|l| match l.split_once('=') {
+                    Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                    None => (l.clone(), None),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn node_state_arg(s: &str) -> Result<flotilla_api::ops::NodeState, String> {
+    flotilla_api::page::node_state(s)
+        .ok_or_else(|| "expected READY, DRAINING, DISCONNECTED or REVOKED".into())
+}
+
+/// How many items `task ls` and `node ls` ask for at a time by default.
+const PAGE: u32 = 500;
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// A whole cluster on this machine, in the foreground: control plane, this node enrolled
@@ -212,9 +293,9 @@ enum TaskCommand {
         #[arg(long = "strategy", value_name = "TYPE[:FIELD]")]
         strategies: Vec<String>,
     },
-    /// List tasks.
+    /// List tasks, oldest first (fetched and printed 500 at a time).
     #[command(alias = "list")]
-    Ls(WatchArgs),
+    Ls(TaskLsArgs),
     /// Show a task: state, stop reason, each container's exit code.
     Inspect {
         /// Task id.
@@ -390,9 +471,9 @@ enum TokenCommand {
 
 #[derive(Debug, Subcommand)]
 enum NodeCommand {
-    /// List nodes.
+    /// List nodes, by id (fetched and printed 500 at a time).
     #[command(alias = "list")]
-    Ls(WatchArgs),
+    Ls(NodeLsArgs),
     /// Show a node.
     Inspect {
         /// Node id.
@@ -898,6 +979,82 @@ where
     }
 }
 
+/// Prints a listing page by page as the pages come, the same text as the whole listing at
+/// once would be — one table (its columns as wide as the first page needs, widened for a
+/// later page's longer cells), one JSON array, one YAML sequence — without holding the pages
+/// already printed.
+struct PagePrinter {
+    output: Output,
+    /// The table's column widths, once its header is printed.
+    widths: Option<Vec<usize>>,
+    /// Items printed.
+    printed: usize,
+}
+
+impl PagePrinter {
+    fn new(output: Output) -> Self {
+        Self {
+            output,
+            widths: None,
+            printed: 0,
+        }
+    }
+
+    fn page<T: serde::Serialize>(&mut self, page: &Listing<T>) -> Result<()> {
+        match self.output {
+            Output::Table | Output::Wide => {
+                let rows: Vec<Vec<String>> = page.items.iter().map(|(_, r, _)| r.clone()).collect();
+                let widths = match &mut self.widths {
+                    Some(w) => {
+                        for (w, h) in w.iter_mut().zip(column_widths(page.header, &rows)) {
+                            *w = (*w).max(h);
+                        }
+                        w
+                    }
+                    None => {
+                        let w = column_widths(page.header, &rows);
+                        table_row(page.header, &w);
+                        self.widths.insert(w)
+                    }
+                };
+                for r in &rows {
+                    table_row(r, widths);
+                }
+            }
+            Output::Json => {
+                for (_, _, item) in &page.items {
+                    // `serde_json::to_string_pretty` of the whole array, an item at a time.
+                    out!("{}", if self.printed == 0 { "[\n" } else { ",\n" });
+                    let text = serde_json::to_string_pretty(item)?;
+                    let lines: Vec<String> = text.lines().map(|l| format!("  {l}")).collect();
+                    out!("{}", lines.join("\n"));
+                    self.printed += 1;
+                }
+            }
+            Output::Yaml => {
+                for (_, _, item) in &page.items {
+                    out!("{}", yaml_serde::to_string(&[item])?);
+                    self.printed += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        match self.output {
+            Output::Table | Output::Wide => {}
+            Output::Json if self.printed == 0 => outln!("[]"),
+            Output::Json => outln!("\n]"),
+            Output::Yaml if self.printed == 0 => {
+                out!("{}", yaml_serde::to_string(&Vec::<u8>::new())?)
+            }
+            Output::Yaml => {}
+        }
+        Ok(())
+    }
+}
+
 /// Waits `d`, or less when standard output's reader goes away meanwhile: then the closed pipe
 /// as an error, which ends the command quietly (`flotilla service ls -w | head -1` ends once
 /// `head` has, even when nothing changes and so nothing is written).
@@ -911,11 +1068,19 @@ async fn wait_or_reader_gone(d: Duration) -> Result<()> {
 /// How often `-w` polls.
 const WATCH_EVERY: Duration = Duration::from_secs(2);
 
-async fn task_listing(api: &Client, wide: bool) -> Result<Listing<TaskInfo>> {
+/// Every task `filter` matches, as `task ls` shows them (`-w`'s listing: every page).
+async fn task_listing(
+    api: &Client,
+    wide: bool,
+    filter: &flotilla_client::TaskFilter,
+) -> Result<Listing<TaskInfo>> {
+    Ok(task_rows(api.task_pages(filter, PAGE)?.all().await?, wide))
+}
+
+/// Tasks as `task ls` shows them.
+fn task_rows(tasks: Vec<TaskInfo>, wide: bool) -> Listing<TaskInfo> {
     let now = now_secs();
-    let items = api
-        .tasks()
-        .await?
+    let items = tasks
         .into_iter()
         .map(|t| {
             let mut row = vec![
@@ -959,7 +1124,7 @@ async fn task_listing(api: &Client, wide: bool) -> Result<Listing<TaskInfo>> {
             "STOP REASON",
         ]
     };
-    Ok(Listing { header, items })
+    Listing { header, items }
 }
 
 /// `task ls -o wide`'s own cells: service, address, published ports (`HOST->CONTAINER`),
@@ -995,11 +1160,19 @@ fn task_wide_cells(t: &TaskInfo) -> [String; 5] {
     ]
 }
 
-async fn node_listing(api: &Client, wide: bool) -> Result<Listing<NodeInfo>> {
+/// Every node `filter` matches, as `node ls` shows them (`-w`'s listing: every page).
+async fn node_listing(
+    api: &Client,
+    wide: bool,
+    filter: &flotilla_client::NodeFilter,
+) -> Result<Listing<NodeInfo>> {
+    Ok(node_rows(api.node_pages(filter, PAGE)?.all().await?, wide))
+}
+
+/// Nodes as `node ls` shows them.
+fn node_rows(nodes: Vec<NodeInfo>, wide: bool) -> Listing<NodeInfo> {
     let now = now_secs();
-    let items = api
-        .nodes()
-        .await?
+    let items = nodes
         .into_iter()
         .map(|n| {
             let r = n.resources.clone().unwrap_or_default();
@@ -1074,7 +1247,7 @@ async fn node_listing(api: &Client, wide: bool) -> Result<Listing<NodeInfo>> {
             "LABELS",
         ]
     };
-    Ok(Listing { header, items })
+    Listing { header, items }
 }
 
 async fn service_listing(api: &Client) -> Result<Listing<ServiceInfo>> {
@@ -1310,8 +1483,18 @@ async fn run(cli: Cli) -> Result<()> {
             }
             print(output, &ids, || {})?;
         }
-        ClusterCommand::Node(NodeCommand::Ls(w)) => {
-            list(output, w, || node_listing(&api, wide)).await?
+        ClusterCommand::Node(NodeCommand::Ls(a)) => {
+            let filter = a.filter();
+            if a.watch.watch {
+                list(output, a.watch, || node_listing(&api, wide, &filter)).await?
+            } else {
+                let mut pages = api.node_pages(&filter, a.chunk_size)?;
+                let mut printer = PagePrinter::new(output);
+                while let Some(page) = pages.next_page().await? {
+                    printer.page(&node_rows(page, wide))?;
+                }
+                printer.finish()?;
+            }
         }
         ClusterCommand::Node(NodeCommand::Inspect { id }) => {
             print_document(output, &api.node(&id).await?)?;
@@ -1404,8 +1587,18 @@ async fn run(cli: Cli) -> Result<()> {
         ClusterCommand::Compose(args) => compose::run(&api, args, output).await?,
         ClusterCommand::Top(cmd) => top::run(&api, cmd, output).await?,
         ClusterCommand::Image(cmd) => image::run(&api, cmd, output).await?,
-        ClusterCommand::Task(TaskCommand::Ls(w)) => {
-            list(output, w, || task_listing(&api, wide)).await?
+        ClusterCommand::Task(TaskCommand::Ls(a)) => {
+            let filter = a.filter();
+            if a.watch.watch {
+                list(output, a.watch, || task_listing(&api, wide, &filter)).await?
+            } else {
+                let mut pages = api.task_pages(&filter, a.chunk_size)?;
+                let mut printer = PagePrinter::new(output);
+                while let Some(page) = pages.next_page().await? {
+                    printer.page(&task_rows(page, wide))?;
+                }
+                printer.finish()?;
+            }
         }
         ClusterCommand::Task(TaskCommand::Inspect { id }) => {
             print_document(output, &api.task(&id).await?)?;

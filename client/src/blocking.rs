@@ -17,7 +17,23 @@ use flotilla_api::service::{ServiceCreated, ServiceInfo, ServiceUpdate};
 use flotilla_api::LogLine;
 use flotilla_certs::credential::Credential;
 
-use crate::{ClientError, LogQuery, LogStream};
+use crate::{ClientError, LogQuery, LogStream, NodeFilter, TaskFilter};
+
+/// The pages of a listing, each asked for as the iteration reaches it ([`crate::Pages`]); an
+/// error ends the iteration.
+#[derive(Debug)]
+pub struct Pages<'a, T> {
+    client: &'a Client,
+    inner: crate::Pages<T>,
+}
+
+impl<T: serde::de::DeserializeOwned> Iterator for Pages<'_, T> {
+    type Item = Result<Vec<T>, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.client.run(self.inner.next_page()).transpose()
+    }
+}
 
 /// A blocking [`crate::Client`]; see the methods of the same names there.
 #[derive(Debug)]
@@ -90,6 +106,23 @@ impl Client {
         self.run(self.inner.nodes())
     }
 
+    /// See [`crate::Client::nodes_where`].
+    pub fn nodes_where(&self, filter: &NodeFilter) -> Result<Vec<NodeInfo>, ClientError> {
+        self.run(self.inner.nodes_where(filter))
+    }
+
+    /// See [`crate::Client::node_pages`]: an iterator of the pages.
+    pub fn node_pages(
+        &self,
+        filter: &NodeFilter,
+        max_results: u32,
+    ) -> Result<Pages<'_, NodeInfo>, ClientError> {
+        Ok(Pages {
+            client: self,
+            inner: self.inner.node_pages(filter, max_results)?,
+        })
+    }
+
     /// See [`crate::Client::node`].
     pub fn node(&self, id: &str) -> Result<NodeInfo, ClientError> {
         self.run(self.inner.node(id))
@@ -153,6 +186,23 @@ impl Client {
     /// See [`crate::Client::tasks`].
     pub fn tasks(&self) -> Result<Vec<TaskInfo>, ClientError> {
         self.run(self.inner.tasks())
+    }
+
+    /// See [`crate::Client::tasks_where`].
+    pub fn tasks_where(&self, filter: &TaskFilter) -> Result<Vec<TaskInfo>, ClientError> {
+        self.run(self.inner.tasks_where(filter))
+    }
+
+    /// See [`crate::Client::task_pages`]: an iterator of the pages.
+    pub fn task_pages(
+        &self,
+        filter: &TaskFilter,
+        max_results: u32,
+    ) -> Result<Pages<'_, TaskInfo>, ClientError> {
+        Ok(Pages {
+            client: self,
+            inner: self.inner.task_pages(filter, max_results)?,
+        })
     }
 
     /// See [`crate::Client::task`].

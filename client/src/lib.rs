@@ -25,6 +25,8 @@ use flotilla_api::ops::{
     AdminCredential, AdminIssue, ApiError, Event, EventFilter, NodeInfo, NodeLabels,
     TaskDefRegistered, TaskDefRevision, TaskInfo, TaskRun, TokenCreate, TokenCreated, TokenInfo,
 };
+pub use flotilla_api::page::{NodeFilter, TaskFilter};
+use flotilla_api::page::{MAX_RESULTS_PARAM, NEXT_TOKEN_PARAM};
 use flotilla_api::project::{ProjectApplied, ProjectApply, ProjectInfo, ProjectSummary};
 use flotilla_api::scaling::{Autoscale, ScalingPut, ServiceScaling};
 use flotilla_api::schedule::{ScheduleInfo, ScheduleSpec};
@@ -132,6 +134,14 @@ pub enum ClientError {
         /// Why.
         #[source]
         source: serde_json::Error,
+    },
+    /// A page's `Link` header names a next page that is not on this control plane's API.
+    #[error("the next page of {path}: its link '{link}' is not a path of the API")]
+    Link {
+        /// Path and query of the page that named it.
+        path: String,
+        /// The link's target.
+        link: String,
     },
     /// The answer is not the JSON its operation documents.
     #[error("the reply to {method} {path}")]
@@ -304,6 +314,24 @@ impl Client {
         self.get(&["nodes"], &[]).await
     }
 
+    /// `GET /v1/nodes?…`: every node `filter` matches, in one answer, by id.
+    pub async fn nodes_where(&self, filter: &NodeFilter) -> Result<Vec<NodeInfo>, ClientError> {
+        let query = filter.query();
+        let pairs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.get(&["nodes"], &pairs).await
+    }
+
+    /// `GET /v1/nodes?…&maxResults=N`: the nodes `filter` matches, by id, `max_results`
+    /// (1 to [`flotilla_api::page::MAX_RESULTS`]) at a time, each page asked for when
+    /// [`Pages::next_page`] is called.
+    pub fn node_pages(
+        &self,
+        filter: &NodeFilter,
+        max_results: u32,
+    ) -> Result<Pages<NodeInfo>, ClientError> {
+        self.pages(&["nodes"], filter.query(), max_results)
+    }
+
     /// `GET /v1/nodes/{id}`.
     pub async fn node(&self, id: &str) -> Result<NodeInfo, ClientError> {
         self.get(&["nodes", id], &[]).await
@@ -384,6 +412,24 @@ impl Client {
     /// `GET /v1/tasks`.
     pub async fn tasks(&self) -> Result<Vec<TaskInfo>, ClientError> {
         self.get(&["tasks"], &[]).await
+    }
+
+    /// `GET /v1/tasks?…`: every task `filter` matches, in one answer, oldest first.
+    pub async fn tasks_where(&self, filter: &TaskFilter) -> Result<Vec<TaskInfo>, ClientError> {
+        let query = filter.query();
+        let pairs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        self.get(&["tasks"], &pairs).await
+    }
+
+    /// `GET /v1/tasks?…&maxResults=N`: the tasks `filter` matches, oldest first,
+    /// `max_results` (1 to [`flotilla_api::page::MAX_RESULTS`]) at a time, each page asked
+    /// for when [`Pages::next_page`] is called.
+    pub fn task_pages(
+        &self,
+        filter: &TaskFilter,
+        max_results: u32,
+    ) -> Result<Pages<TaskInfo>, ClientError> {
+        self.pages(&["tasks"], filter.query(), max_results)
     }
 
     /// `GET /v1/tasks/{id}`.
@@ -850,6 +896,56 @@ impl Client {
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
+    /// The pages of a listing, the first not asked for yet.
+    fn pages<T>(
+        &self,
+        segments: &[&str],
+        mut query: Vec<(&'static str, String)>,
+        max_results: u32,
+    ) -> Result<Pages<T>, ClientError> {
+        query.push((MAX_RESULTS_PARAM, max_results.to_string()));
+        let pairs: Vec<(&str, &str)> = query.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Ok(Pages {
+            client: self.clone(),
+            next: Some(path(segments, &pairs)?),
+            item: std::marker::PhantomData,
+        })
+    }
+
+    /// `GET path` of a listing's page: its items, and the path of the next page when its
+    /// `Link` header names one (only a path of this API is followed).
+    async fn page<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<(Vec<T>, Option<String>), ClientError> {
+        let req = self.http.get(self.url(path));
+        let resp = self.answer(Method::GET, path, req).await?;
+        let next = resp
+            .headers()
+            .get_all(reqwest::header::LINK)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(flotilla_api::page::next_link)
+            .map(str::to_string);
+        if let Some(link) = &next {
+            // Only what this client would ask itself: a path of the API with a token.
+            let ours = link.starts_with("/v1/")
+                && !link.contains("//")
+                && link.contains(&format!("{NEXT_TOKEN_PARAM}="));
+            if !ours {
+                return Err(ClientError::Link {
+                    path: path.to_string(),
+                    link: link.clone(),
+                });
+            }
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| self.transport(Method::GET, path, source))?;
+        Ok((decode(&Method::GET, path, &bytes)?, next))
+    }
+
     /// The URL of `path` on the control plane.
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.origin)
@@ -978,6 +1074,39 @@ impl Client {
             // URL (with the TLS name it dials) would say it again.
             source: source.without_url(),
         }
+    }
+}
+
+/// A listing read a page at a time ([`Client::task_pages`], [`Client::node_pages`]): each page
+/// is asked for where the last one's `Link: <…>; rel="next"` header said, until a page has
+/// none. Items created or removed meanwhile move no other item across pages (the API's page
+/// token is a place in the listing's order, not an offset).
+#[derive(Debug)]
+pub struct Pages<T> {
+    client: Client,
+    /// The next page's path and query; `None` once the last page was read.
+    next: Option<String>,
+    item: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned> Pages<T> {
+    /// The next page (`None` after the last one; the first may be empty).
+    pub async fn next_page(&mut self) -> Result<Option<Vec<T>>, ClientError> {
+        let Some(path) = self.next.take() else {
+            return Ok(None);
+        };
+        let (items, next) = self.client.page(&path).await?;
+        self.next = next;
+        Ok(Some(items))
+    }
+
+    /// Every page left, together.
+    pub async fn all(mut self) -> Result<Vec<T>, ClientError> {
+        let mut out = Vec::new();
+        while let Some(page) = self.next_page().await? {
+            out.extend(page);
+        }
+        Ok(out)
     }
 }
 

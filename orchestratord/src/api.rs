@@ -22,6 +22,10 @@ use crate::plane::Plane;
 
 mod images;
 mod prefetch;
+use flotilla_api::page::{
+    NodeCursor, TaskCursor, MAX_RESULTS, MAX_RESULTS_PARAM, NEXT_TOKEN_PARAM,
+};
+use flotilla_api::page::{NodeQuery, TaskQuery};
 use orchestratord::cluster::{ClusterError, Command, Operator, Reply as CoreReply};
 
 /// Largest request body accepted: room for a secret's largest value
@@ -256,7 +260,7 @@ async fn answer(
         }
         .map(BodyExt::boxed),
         Request_::Core(op) => match plane.run(Command::Operator(op)).await {
-            Ok(reply) => respond(reply),
+            Ok(reply) => respond_to(reply, &path, query.as_deref()),
             Err(e) => refusal(&e),
         }
         .map(BodyExt::boxed),
@@ -312,6 +316,205 @@ fn refusal(e: &ClusterError) -> Reply {
     )
 }
 
+/// The response of a reply to a request of `path` and `query`: a listing's page that has
+/// more after it gets a `Link: <…>; rel="next"` header (RFC 8288) to the next page.
+fn respond_to(reply: CoreReply, path: &str, query: Option<&str>) -> Reply {
+    let token = match &reply {
+        CoreReply::Tasks(p) => p.next.as_ref().map(TaskCursor::token),
+        CoreReply::Nodes(p) => p.next.as_ref().map(NodeCursor::token),
+        _ => None,
+    };
+    let mut r = respond(reply);
+    if let Some(token) = token {
+        match hyper::header::HeaderValue::from_str(&next_link(path, query, &token)) {
+            Ok(v) => {
+                r.headers_mut().insert(hyper::header::LINK, v);
+            }
+            Err(e) => tracing::error!(%path, "the next page's link: {e}"),
+        }
+    }
+    r
+}
+
+/// `<PATH?QUERY&nextToken=TOKEN>; rel="next"`: the request's own query (its filter and
+/// `maxResults`, in its order, percent-encoded anew) with the next page's token in place of
+/// its own. The target is relative to the request's (RFC 8288 §3.1, RFC 3986 §4.2).
+fn next_link(path: &str, query: Option<&str>, token: &str) -> String {
+    let mut target = path.to_string();
+    let pairs = query
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|p| p.split_once('='))
+        .filter_map(|(k, v)| Some((percent_decoded(k)?, percent_decoded(v)?)))
+        .filter(|(k, _)| k != NEXT_TOKEN_PARAM)
+        .chain(std::iter::once((
+            NEXT_TOKEN_PARAM.to_string(),
+            token.to_string(),
+        )));
+    for (i, (k, v)) in pairs.enumerate() {
+        target.push(if i == 0 { '?' } else { '&' });
+        target.push_str(&percent_encoded(&k));
+        target.push('=');
+        target.push_str(&percent_encoded(&v));
+    }
+    format!("<{target}>; rel=\"next\"")
+}
+
+/// `text` with every byte but RFC 3986's unreserved ones percent-encoded.
+fn percent_encoded(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A listing's `maxResults` (1 to [`MAX_RESULTS`]) or `nextToken`, when `key` is one: `Ok(true)`
+/// once taken.
+fn page_param(
+    key: &str,
+    value: &str,
+    max: &mut Option<usize>,
+    token: &mut Option<String>,
+) -> Result<bool, (StatusCode, String)> {
+    match key {
+        MAX_RESULTS_PARAM => {
+            let n = value
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_RESULTS).contains(n))
+                .ok_or_else(|| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!(
+                            "query '{key}={value}': {MAX_RESULTS_PARAM} takes a number of \
+                             items from 1 to {MAX_RESULTS}"
+                        ),
+                    )
+                })?;
+            *max = usize::try_from(n).ok();
+            Ok(true)
+        }
+        NEXT_TOKEN_PARAM => {
+            *token = Some(value.to_string());
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// The `key=value` pairs of a listing's query, each key at most once but those in `repeatable`.
+fn listing_pairs(
+    query: Option<&str>,
+    usage: &str,
+    repeatable: &[&str],
+) -> Result<Vec<(String, String)>, (StatusCode, String)> {
+    let pairs = query_pairs(query, usage)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, _) in &pairs {
+        if !seen.insert(k.as_str()) && !repeatable.contains(&k.as_str()) {
+            return Err((
+                StatusCode::BAD_REQUEST,
+                format!("query: {k} is given more than once"),
+            ));
+        }
+    }
+    Ok(pairs)
+}
+
+/// `GET /v1/tasks`' query: its filter (`node`, `service`, `family`, `startedBy`, `state`,
+/// `desiredStatus`) and page (`maxResults`, `nextToken`).
+fn task_query(query: Option<&str>) -> Result<TaskQuery, (StatusCode, String)> {
+    let usage = "node=ID, service=NAME, family=FAMILY, startedBy=TEXT, \
+                 state=PROVISIONING|PENDING|RUNNING|STOPPING|STOPPED, \
+                 desiredStatus=RUNNING|STOPPED, maxResults=1..1000 or nextToken=TOKEN";
+    let mut q = TaskQuery::default();
+    let mut token = None;
+    for (k, v) in listing_pairs(query, usage, &[])? {
+        if page_param(&k, &v, &mut q.max, &mut token)? {
+            continue;
+        }
+        let bad = |why: &str| (StatusCode::BAD_REQUEST, format!("query '{k}={v}': {why}"));
+        let f = &mut q.filter;
+        match k.as_str() {
+            "node" | "service" | "family" | "startedBy" | "state" | "desiredStatus"
+                if v.is_empty() =>
+            {
+                return Err(bad(&format!(
+                    "{k} names what to list; leave it out for all"
+                )))
+            }
+            "node" => f.node = Some(v),
+            "service" => f.service = Some(v),
+            "family" if v.contains(':') => {
+                return Err(bad("family takes a family name, without a revision"))
+            }
+            "family" => f.family = Some(v),
+            "startedBy" => f.started_by = Some(v),
+            "state" => {
+                f.state = Some(flotilla_api::page::task_state(&v).ok_or_else(|| {
+                    bad("state is PROVISIONING, PENDING, RUNNING, STOPPING or STOPPED")
+                })?)
+            }
+            "desiredStatus" => {
+                f.desired_status = Some(
+                    flotilla_api::page::desired_status(&v)
+                        .ok_or_else(|| bad("desiredStatus is RUNNING or STOPPED"))?,
+                )
+            }
+            _ => return Err(bad_query(&k, &v, usage)),
+        }
+    }
+    q.after = token
+        .map(|t| TaskCursor::parse(&t))
+        .transpose()
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(q)
+}
+
+/// `GET /v1/nodes`' query: its filter (`status`, `label`, repeatable) and page (`maxResults`,
+/// `nextToken`).
+fn node_query(query: Option<&str>) -> Result<NodeQuery, (StatusCode, String)> {
+    let usage = "status=READY|DRAINING|DISCONNECTED|REVOKED, label=KEY or label=KEY=VALUE \
+                 (repeatable), maxResults=1..1000 or nextToken=TOKEN";
+    let mut q = NodeQuery::default();
+    let mut token = None;
+    for (k, v) in listing_pairs(query, usage, &["label"])? {
+        if page_param(&k, &v, &mut q.max, &mut token)? {
+            continue;
+        }
+        let bad = |why: &str| (StatusCode::BAD_REQUEST, format!("query '{k}={v}': {why}"));
+        match k.as_str() {
+            "status" => {
+                q.filter.status = Some(
+                    flotilla_api::page::node_state(&v)
+                        .ok_or_else(|| bad("status is READY, DRAINING, DISCONNECTED or REVOKED"))?,
+                )
+            }
+            "label" => {
+                let (key, value) = match v.split_once('=') {
+                    Some((key, value)) => (key, Some(value.to_string())),
+                    None => (v.as_str(), None),
+                };
+                if key.is_empty() {
+                    return Err(bad("label is KEY or KEY=VALUE"));
+                }
+                q.filter.labels.push((key.to_string(), value));
+            }
+            _ => return Err(bad_query(&k, &v, usage)),
+        }
+    }
+    q.after = token
+        .map(|t| NodeCursor::parse(&t))
+        .transpose()
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok(q)
+}
+
 /// The response of a reply.
 fn respond(reply: CoreReply) -> Reply {
     use StatusCode as S;
@@ -322,14 +525,14 @@ fn respond(reply: CoreReply) -> Reply {
             .unwrap_or_default(),
         CoreReply::TokenCreated(t) => json(S::CREATED, &t),
         CoreReply::Tokens(t) => json(S::OK, &t),
-        CoreReply::Nodes(n) => json(S::OK, &n),
+        CoreReply::Nodes(n) => json(S::OK, &n.items),
         CoreReply::Node(n) => json(S::OK, &n),
         CoreReply::AdminCredential(c) => json(S::CREATED, &c),
         CoreReply::TaskDefRegistered(t) => json(S::CREATED, &t),
         CoreReply::TaskDefs(t) => json(S::OK, &t),
         CoreReply::TaskDef(t) => json(S::OK, &t),
         CoreReply::TasksCreated(t) => json(S::CREATED, &t),
-        CoreReply::Tasks(t) => json(S::OK, &t),
+        CoreReply::Tasks(t) => json(S::OK, &t.items),
         CoreReply::Task(t) => json(S::OK, &t),
         CoreReply::Events(e) => json(S::OK, &e),
         CoreReply::ImagesPushed(i) => json(S::CREATED, &i),
@@ -718,7 +921,7 @@ fn parse_operator(
             image_name(name).map(Operator::GetImage)
         }
         (&Method::DELETE, ["v1", "tokens", id]) => Ok(Operator::RemoveToken(id.to_string())),
-        (&Method::GET, ["v1", "nodes"]) => Ok(Operator::ListNodes),
+        (&Method::GET, ["v1", "nodes"]) => node_query(query).map(Operator::ListNodes),
         (&Method::GET, ["v1", "nodes", id]) => Ok(Operator::GetNode(id.to_string())),
         (&Method::POST, ["v1", "nodes", id, "revoke"]) => Ok(Operator::RevokeNode(id.to_string())),
         (&Method::PUT, ["v1", "nodes", id, "labels"]) => Ok(Operator::LabelNode(
@@ -809,7 +1012,7 @@ fn parse_operator(
         (&Method::POST, ["v1", "tasks"]) => Ok(Operator::RunTask(
             serde_json::from_slice(body).map_err(decode("task request"))?,
         )),
-        (&Method::GET, ["v1", "tasks"]) => Ok(Operator::ListTasks),
+        (&Method::GET, ["v1", "tasks"]) => task_query(query).map(Operator::ListTasks),
         (&Method::GET, ["v1", "tasks", id]) => Ok(Operator::GetTask(id.to_string())),
         (&Method::POST, ["v1", "services"]) => String::from_utf8(body.to_vec())
             .map(Operator::CreateService)
@@ -927,6 +1130,88 @@ mod tests {
         );
         assert!(parse_operator(&Method::GET, "/v1/events", Some("kind=%zz"), b"").is_err());
         assert!(parse_operator(&Method::GET, "/v1/events", Some("color=red"), b"").is_err());
+    }
+
+    #[test]
+    fn listing_queries_name_the_parameter_they_refuse() {
+        let q = task_query(Some(
+            "node=n-1&service=web&family=web&startedBy=service%3Aweb&state=running\
+             &desiredStatus=RUNNING&maxResults=2",
+        ))
+        .expect("parses");
+        assert_eq!(q.max, Some(2));
+        assert_eq!(q.filter.started_by.as_deref(), Some("service:web"));
+        assert_eq!(
+            q.filter.state,
+            Some(flotilla_api::tasks::TaskState::Running)
+        );
+        assert_eq!(task_query(None).expect("none"), TaskQuery::default());
+        for (query, names) in [
+            ("maxResults=0", "maxResults"),
+            ("maxResults=1001", "maxResults"),
+            ("maxResults=x", "maxResults"),
+            ("nextToken=nope", "nextToken"),
+            ("state=RUN", "state"),
+            ("desiredStatus=PENDING", "desiredStatus"),
+            ("family=web:3", "family"),
+            ("node=", "node"),
+            ("color=red", "color"),
+            ("node=a&node=b", "node"),
+        ] {
+            let (status, why) = task_query(Some(query)).expect_err(query);
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
+            assert!(why.contains(names), "{query}: {why}");
+        }
+        // A node's token is not a task's.
+        let token = NodeCursor { id: "n-1".into() }.token();
+        let (_, why) = task_query(Some(&format!("nextToken={token}"))).expect_err("a node token");
+        assert!(why.contains("nextToken"), "{why}");
+
+        let q =
+            node_query(Some("status=ready&label=site%3Da&label=gpu&maxResults=5")).expect("parses");
+        assert_eq!(q.filter.status, Some(flotilla_api::ops::NodeState::Ready));
+        assert_eq!(
+            q.filter.labels,
+            [
+                ("site".to_string(), Some("a".to_string())),
+                ("gpu".to_string(), None)
+            ]
+        );
+        for (query, names) in [
+            ("status=UP", "status"),
+            ("label==a", "label"),
+            ("status=READY&status=REVOKED", "status"),
+            ("maxResults=-1", "maxResults"),
+            ("node=n-1", "node"),
+        ] {
+            let (_, why) = node_query(Some(query)).expect_err(query);
+            assert!(why.contains(names), "{query}: {why}");
+        }
+    }
+
+    #[test]
+    fn the_next_link_keeps_the_query_and_replaces_the_token() {
+        assert_eq!(
+            next_link(
+                "/v1/tasks",
+                Some("service=a%20b&maxResults=2&nextToken=old"),
+                "new"
+            ),
+            r#"</v1/tasks?service=a%20b&maxResults=2&nextToken=new>; rel="next""#
+        );
+        assert_eq!(
+            next_link("/v1/nodes", None, "T"),
+            r#"</v1/nodes?nextToken=T>; rel="next""#
+        );
+        let link = next_link(
+            "/v1/tasks",
+            Some("startedBy=service%3Aweb&maxResults=1"),
+            "T",
+        );
+        assert_eq!(
+            flotilla_api::page::next_link(&link),
+            Some("/v1/tasks?startedBy=service%3Aweb&maxResults=1&nextToken=T")
+        );
     }
 
     /// (METHOD, path template) of every operation in `api/openapi.yaml`.

@@ -43,6 +43,18 @@ impl Doc {
         out
     }
 
+    /// The headers documented for answer `status` of `METHOD template`.
+    pub fn response_headers(&self, method: &str, template: &str, status: u16) -> Vec<String> {
+        let response =
+            &self.root["paths"][template][method.to_lowercase()]["responses"][status.to_string()];
+        self.resolve(response)
+            .ok()
+            .and_then(|r| r.get("headers"))
+            .and_then(Value::as_object)
+            .map(|h| h.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     fn resolve<'a>(&'a self, mut v: &'a Value) -> Result<&'a Value, String> {
         for _ in 0..16 {
             let Some(r) = v.get("$ref").and_then(Value::as_str) else {

@@ -132,6 +132,71 @@ impl Caller {
         })
     }
 
+    /// A 200 answer of a listing (`GET template`): its items and its `Link` header's next
+    /// page (the header documented for it).
+    fn page<T: DeserializeOwned>(
+        &mut self,
+        template: &str,
+        path: &str,
+    ) -> (Vec<T>, Option<String>) {
+        let req = self.http.get(format!("{}{path}", self.base));
+        let (status, link, bytes) = self.rt.block_on(async {
+            let resp = req.send().await.expect("request");
+            let link = resp
+                .headers()
+                .get("link")
+                .map(|v| v.to_str().expect("a Link header is text").to_string());
+            let status = resp.status().as_u16();
+            (status, link, resp.bytes().await.expect("body").to_vec())
+        });
+        if let Err(e) = self.doc.check("GET", template, status, &bytes) {
+            panic!("{e}");
+        }
+        self.called
+            .insert(("GET".to_string(), template.to_string()));
+        let text = String::from_utf8_lossy(&bytes);
+        assert_eq!(status, 200, "GET {path}: {text}");
+        let next = link.map(|l| {
+            assert!(
+                self.doc
+                    .response_headers("GET", template, 200)
+                    .contains(&"Link".to_string()),
+                "GET {template}: a Link header answered but not documented"
+            );
+            flotilla_api::page::next_link(&l)
+                .unwrap_or_else(|| panic!("GET {path}: no rel=\"next\" in Link: {l}"))
+                .to_string()
+        });
+        let items = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|e| panic!("GET {path}: not a list: {e}\n{text}"));
+        (items, next)
+    }
+
+    /// Every page of a listing from `path`, following each page's `Link`, checking that each
+    /// holds at most `max` items and its link keeps the query it was asked with.
+    fn pages<T: DeserializeOwned>(&mut self, template: &str, path: &str, max: usize) -> Vec<T> {
+        let query = path.split_once('?').map_or("", |(_, q)| q).to_string();
+        let mut out = Vec::new();
+        let mut path = path.to_string();
+        for _ in 0..1000 {
+            let (items, next) = self.page::<T>(template, &path);
+            assert!(items.len() <= max, "{path}: {} items", items.len());
+            let Some(next) = next else {
+                out.extend(items);
+                return out;
+            };
+            // Only a last page may be short (it has no link).
+            assert_eq!(items.len(), max, "{path}: a short page with a next link");
+            out.extend(items);
+            assert!(
+                next.starts_with(&format!("{template}?{query}&nextToken=")),
+                "{path}: next page {next}"
+            );
+            path = next;
+        }
+        panic!("{path}: pages never end")
+    }
+
     /// A refusal with status `want`.
     fn refused(
         &mut self,
@@ -176,6 +241,142 @@ impl Caller {
             .map(|l| serde_json::from_slice(l).expect("a record"))
             .collect()
     }
+}
+
+/// `GET /v1/tasks` and `GET /v1/nodes` filtered and in pages — the whole listing with a
+/// `Link` to follow, each filter, refusals naming the parameter — and `task ls` / `node ls`
+/// reading them a chunk at a time. Here: node `node`, task `stopped` (asked to stop), another
+/// task of `serve`, and the one task of service `web`, running.
+fn listings(api: &mut Caller, cp: &ControlPlane, node: &str, stopped: &str) {
+    let ids = |t: &[TaskInfo]| t.iter().map(|t| t.id.clone()).collect::<Vec<_>>();
+    let (all, link) = api.page::<TaskInfo>("/v1/tasks", "/v1/tasks");
+    assert_eq!(link, None, "a whole listing has no next page");
+    assert!(all.len() >= 3, "{all:?}");
+    let keys: Vec<(u64, &str)> = all.iter().map(|t| (t.created_at, t.id.as_str())).collect();
+    assert!(
+        keys.windows(2).all(|w| w[0] < w[1]),
+        "oldest first: {keys:?}"
+    );
+    // A page of 1 names the next; followed to the end, the pages are the whole listing.
+    let (first, next) = api.page::<TaskInfo>("/v1/tasks", "/v1/tasks?maxResults=1");
+    assert_eq!(ids(&first), ids(&all[..1]));
+    assert!(next.is_some(), "a page of 1 of {} has a next", all.len());
+    let paged: Vec<TaskInfo> = api.pages("/v1/tasks", "/v1/tasks?maxResults=1", 1);
+    assert_eq!(ids(&paged), ids(&all));
+    let paged: Vec<TaskInfo> = api.pages("/v1/tasks", "/v1/tasks?maxResults=2", 2);
+    assert_eq!(ids(&paged), ids(&all));
+    // Each filter, alone and with pages.
+    let matching = |f: &dyn Fn(&TaskInfo) -> bool| -> Vec<String> {
+        all.iter().filter(|t| f(t)).map(|t| t.id.clone()).collect()
+    };
+    let web = matching(&|t| t.service() == Some("web"));
+    assert_eq!(web.len(), 1, "{all:?}");
+    assert!(matching(&|t| t.desired == DesiredStatus::Stopped).contains(&stopped.to_string()));
+    for (query, want) in [
+        (
+            format!("node={node}"),
+            matching(&|t| t.node.as_deref() == Some(node)),
+        ),
+        ("node=n-nope".to_string(), Vec::new()),
+        ("service=web".to_string(), web.clone()),
+        ("startedBy=service%3Aweb".to_string(), web.clone()),
+        (
+            "family=serve".to_string(),
+            matching(&|t| t.task_definition.starts_with("serve:")),
+        ),
+        ("family=nope".to_string(), Vec::new()),
+        (
+            "desiredStatus=STOPPED".to_string(),
+            matching(&|t| t.desired == DesiredStatus::Stopped),
+        ),
+        (
+            "desiredStatus=running&family=serve".to_string(),
+            matching(&|t| {
+                t.desired == DesiredStatus::Running && t.task_definition.starts_with("serve:")
+            }),
+        ),
+    ] {
+        let path = format!("/v1/tasks?{query}");
+        let (got, next) = api.page::<TaskInfo>("/v1/tasks", &path);
+        assert_eq!((ids(&got), next), (want.clone(), None), "{path}");
+        let paged: Vec<TaskInfo> = api.pages("/v1/tasks", &format!("{path}&maxResults=1"), 1);
+        assert_eq!(ids(&paged), want, "{path} in pages of 1");
+    }
+    // A state changes as tasks run and stop: what is listed is in it, and the service's
+    // running task is among it.
+    let (running, _) = api.page::<TaskInfo>("/v1/tasks", "/v1/tasks?state=RUNNING");
+    assert!(
+        running.iter().all(|t| t.state == TaskState::Running),
+        "{running:?}"
+    );
+    assert!(ids(&running).contains(&web[0]), "{running:?}");
+    // Bad values are refused, naming the parameter.
+    let task_token = next.expect("a next page");
+    let task_token = task_token.split("nextToken=").nth(1).expect("a token");
+    for (query, names) in [
+        ("maxResults=0", "maxResults"),
+        ("maxResults=1001", "maxResults"),
+        ("maxResults=many", "maxResults"),
+        ("nextToken=bm9wZQ", "nextToken"),
+        ("state=RUN", "state"),
+        ("desiredStatus=PENDING", "desiredStatus"),
+        ("family=serve:1", "family"),
+        ("node=", "node"),
+        ("color=red", "color"),
+        ("service=a&service=b", "service"),
+    ] {
+        let e = api.refused("GET", "/v1/tasks", &format!("/v1/tasks?{query}"), None, 400);
+        assert!(e.error.contains(names), "{query}: {e:?}");
+    }
+    // Nodes: one here.
+    let (nodes, link) = api.page::<NodeInfo>("/v1/nodes", "/v1/nodes?maxResults=1");
+    assert_eq!((nodes.len(), link), (1, None));
+    for (query, want) in [
+        ("status=READY", vec![node.to_string()]),
+        ("status=ready&maxResults=5", vec![node.to_string()]),
+        ("status=DISCONNECTED", Vec::new()),
+        ("label=nope", Vec::new()),
+        ("label=nope%3Dx&status=READY", Vec::new()),
+    ] {
+        let (got, link) = api.page::<NodeInfo>("/v1/nodes", &format!("/v1/nodes?{query}"));
+        let got: Vec<String> = got.into_iter().map(|n| n.id).collect();
+        assert_eq!((got, link), (want, None), "{query}");
+    }
+    for (query, names) in [
+        ("status=UP".to_string(), "status"),
+        ("maxResults=0".to_string(), "maxResults"),
+        (format!("nextToken={task_token}"), "nextToken"),
+        ("label=".to_string(), "label"),
+        ("node=x".to_string(), "node"),
+    ] {
+        let e = api.refused("GET", "/v1/nodes", &format!("/v1/nodes?{query}"), None, 400);
+        assert!(e.error.contains(names), "{query}: {e:?}");
+    }
+    // The CLI, a task at a time: one table, one JSON array, one YAML sequence, in order.
+    let json: Vec<TaskInfo> = cp.flotilla_json(&["task", "ls", "--chunk-size", "1"]);
+    assert_eq!(ids(&json), ids(&all));
+    let yaml = cp.flotilla_ok(&["task", "ls", "--chunk-size", "1", "-o", "yaml"]);
+    let yaml: Vec<TaskInfo> = yaml_serde::from_str(&yaml).expect("one YAML sequence");
+    assert_eq!(ids(&yaml), ids(&all));
+    let table = cp.flotilla_ok(&["task", "ls", "--chunk-size", "1"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID "), "{table}");
+    let rows: Vec<String> = lines[1..]
+        .iter()
+        .map(|l| l.split_whitespace().next().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(rows, ids(&all), "{table}");
+    let web_ls: Vec<TaskInfo> = cp.flotilla_json(&["task", "ls", "--service", "web"]);
+    assert_eq!(ids(&web_ls), web);
+    let none: Vec<TaskInfo> = cp.flotilla_json(&["task", "ls", "--family", "nope"]);
+    assert!(none.is_empty());
+    let out = cp.flotilla(&["task", "ls", "--state", "RUN"]);
+    assert!(!out.status.success());
+    let ready: Vec<NodeInfo> =
+        cp.flotilla_json(&["node", "ls", "--status", "ready", "--chunk-size", "1"]);
+    assert_eq!(ready.len(), 1);
+    let gone: Vec<NodeInfo> = cp.flotilla_json(&["node", "ls", "--status", "DISCONNECTED"]);
+    assert!(gone.is_empty());
 }
 
 #[test]
@@ -553,6 +754,7 @@ fn every_documented_operation_answers_as_documented() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let _: Vec<ServiceInfo> = api.ok("GET", "/v1/services", "/v1/services", None, 200);
+    listings(&mut api, &cp, &id, &task);
     api.refused("GET", "/v1/services/{name}", "/v1/services/nope", None, 404);
     let start = Instant::now();
     loop {

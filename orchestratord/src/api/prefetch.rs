@@ -40,8 +40,9 @@ pub async fn prefetch(req: PrefetchRequest, plane: &Plane) -> Response<Body> {
             }
         }
     }
-    let nodes = match plane.run(Command::Operator(Operator::ListNodes)).await {
-        Ok(CoreReply::Nodes(n)) => n,
+    let all = Operator::ListNodes(Default::default());
+    let nodes = match plane.run(Command::Operator(all)).await {
+        Ok(CoreReply::Nodes(n)) => n.items,
         Ok(other) => return boxed(respond(other)),
         Err(e) => return boxed(refusal(&e)),
     };

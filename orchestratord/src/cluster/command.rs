@@ -69,8 +69,9 @@ pub enum Operator {
     ListTokens,
     /// `DELETE /v1/tokens/{id}`.
     RemoveToken(String),
-    /// `GET /v1/nodes`.
-    ListNodes,
+    /// `GET /v1/nodes[?status=…&label=…&maxResults=N&nextToken=T]`: the nodes a filter
+    /// matches, whole or a page (answered [`Reply::Nodes`]; see `listing.rs`).
+    ListNodes(flotilla_api::page::NodeQuery),
     /// `GET /v1/nodes/{id}`.
     GetNode(String),
     /// `POST /v1/nodes/{id}/revoke`.
@@ -93,8 +94,10 @@ pub enum Operator {
     DeregisterTaskDef(String, u32),
     /// `POST /v1/tasks`.
     RunTask(TaskRun),
-    /// `GET /v1/tasks`.
-    ListTasks,
+    /// `GET /v1/tasks[?node=…&service=…&family=…&startedBy=…&state=…&desiredStatus=…
+    /// &maxResults=N&nextToken=T]`: the tasks a filter matches, whole or a page (answered
+    /// [`Reply::Tasks`]; see `listing.rs`).
+    ListTasks(flotilla_api::page::TaskQuery),
     /// `GET /v1/tasks/{id}`.
     GetTask(String),
     /// `POST /v1/tasks/{id}/stop`.
@@ -343,8 +346,8 @@ pub enum Reply {
     TokenCreated(TokenCreated),
     /// Tokens.
     Tokens(Vec<TokenInfo>),
-    /// Nodes.
-    Nodes(Vec<NodeInfo>),
+    /// Nodes (a page of them, with where the next starts).
+    Nodes(flotilla_api::page::Page<NodeInfo, flotilla_api::page::NodeCursor>),
     /// A node.
     Node(NodeInfo),
     /// An admin credential.
@@ -357,8 +360,8 @@ pub enum Reply {
     TaskDef(TaskDefRevision),
     /// Tasks were created.
     TasksCreated(Vec<TaskInfo>),
-    /// Tasks.
-    Tasks(Vec<TaskInfo>),
+    /// Tasks (a page of them, with where the next starts).
+    Tasks(flotilla_api::page::Page<TaskInfo, flotilla_api::page::TaskCursor>),
     /// A task.
     Task(TaskInfo),
     /// The node a task's logs are read from.

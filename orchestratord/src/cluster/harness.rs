@@ -400,8 +400,11 @@ impl Harness {
 
     /// Every task.
     pub fn tasks(&mut self) -> Vec<TaskInfo> {
-        match self.op(Operator::ListTasks).expect("tasks") {
-            Reply::Tasks(t) => t,
+        match self
+            .op(Operator::ListTasks(Default::default()))
+            .expect("tasks")
+        {
+            Reply::Tasks(t) => t.items,
             other => panic!("{other:?}"),
         }
     }

@@ -18,6 +18,7 @@ mod discovery;
 mod feed;
 mod gauges;
 mod images;
+mod listing;
 pub mod live;
 pub mod metrics;
 pub mod network;
@@ -35,6 +36,8 @@ mod tasks;
 
 #[cfg(test)]
 mod harness;
+#[cfg(test)]
+mod listing_tests;
 #[cfg(test)]
 mod project_tests;
 #[cfg(test)]

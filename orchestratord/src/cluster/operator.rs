@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use flotilla_api::ops::{
-    AdminCredential, NodeInfo, NodeLabels, NodeState, TaskDefRegistered, TaskDefRevision,
-    TaskDefStatus, TaskRun, TokenCreate, TokenCreated, TokenInfo,
+    AdminCredential, NodeLabels, TaskDefRegistered, TaskDefRevision, TaskDefStatus, TaskRun,
+    TokenCreate, TokenCreated, TokenInfo,
 };
 use flotilla_api::scaling::ScalingPut;
 use flotilla_api::schedule::ScheduleSpec;
@@ -16,12 +16,12 @@ use flotilla_certs::token::JoinToken;
 use super::command::{CloseCode, ClusterError, Effect, Operator, Reply};
 use super::ctx::Ctx;
 use super::images;
-use super::live::{Live, TaskCpu};
 use super::metrics::PlacementOrigin;
 use super::placement::{self, NewTask, Plan};
 use super::records::{NodeRecord, Origin, ScheduleRecord, ServiceRecord, TokenRecord};
 use super::secrets::{self, Kind};
-use super::{discovery, scaling, schedules, services, tasks};
+use super::{discovery, listing, scaling, schedules, services, tasks};
+pub use listing::{node_info, node_state};
 
 /// "invalid WHAT (N problems)".
 pub(super) fn invalid(what: &str, problems: usize) -> String {
@@ -43,46 +43,6 @@ fn token_info(t: &TokenRecord) -> TokenInfo {
         uses: t.uses,
         used: t.used,
         labels: t.labels.clone(),
-    }
-}
-
-/// Where a node is, as the API shows it.
-pub fn node_state(n: &NodeRecord, live: &Live) -> NodeState {
-    if n.revoked {
-        NodeState::Revoked
-    } else if !live.connected(&n.id) {
-        NodeState::Disconnected
-    } else if n.draining {
-        NodeState::Draining
-    } else {
-        NodeState::Ready
-    }
-}
-
-/// A node as the API shows it.
-pub fn node_info(n: &NodeRecord, live: &Live) -> NodeInfo {
-    let l = live.get(&n.id);
-    let connected = l.session.is_some();
-    NodeInfo {
-        state: node_state(n, live),
-        agent_version: l.agent_version,
-        last_seen: l.last_seen,
-        // Only while its session is up: a lost node's last rate is not its use now.
-        cpu_millicores: l
-            .node_cpu
-            .as_ref()
-            .filter(|_| connected)
-            .and_then(TaskCpu::millicores),
-        resources: l.resources,
-        id: n.id.clone(),
-        hostname: n.hostname.clone(),
-        labels: n.labels.clone(),
-        joined_at: n.joined_at,
-        token_id: n.token_id.clone(),
-        cert_not_after: n.cert_not_after,
-        revoked: n.revoked,
-        draining: n.draining,
-        connected,
     }
 }
 
@@ -133,13 +93,7 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
             cx.event("token.removed", &id, "revoked by an operator");
             Ok(Reply::Done)
         }
-        Operator::ListNodes => Ok(Reply::Nodes(
-            cx.txn
-                .nodes()
-                .into_iter()
-                .map(|n| node_info(n, cx.live))
-                .collect(),
-        )),
+        Operator::ListNodes(q) => Ok(Reply::Nodes(listing::nodes(cx, &q))),
         Operator::GetNode(id) => Ok(Reply::Node(node_info(&node(cx, &id)?, cx.live))),
         Operator::RevokeNode(id) => {
             let mut n = node(cx, &id)?;
@@ -198,16 +152,7 @@ pub fn execute(cx: &mut Ctx<'_, '_>, op: Operator) -> Result<Reply, ClusterError
             deregister_taskdef(cx, &family, revision).map(Reply::TaskDef)
         }
         Operator::RunTask(req) => run_task(cx, req),
-        Operator::ListTasks => {
-            // Oldest first, as they were created (ids are random).
-            let mut all = cx.txn.tasks();
-            all.sort_by(|a, b| {
-                (a.info.created_at, &a.info.id).cmp(&(b.info.created_at, &b.info.id))
-            });
-            Ok(Reply::Tasks(
-                all.into_iter().map(|t| tasks::info(t, cx.live)).collect(),
-            ))
-        }
+        Operator::ListTasks(q) => Ok(Reply::Tasks(listing::tasks(cx, &q))),
         Operator::GetTask(id) => match cx.txn.task(&id) {
             Some(t) => Ok(Reply::Task(tasks::info(t, cx.live))),
             None => Err(ClusterError::NotFound(format!("no task {id}"))),

@@ -721,7 +721,7 @@ fn every_command_is_one_commit() {
     );
     // Reads, refusals and what stays in memory write nothing.
     let before = h.commit_count();
-    h.op(Operator::ListTasks).expect("ls");
+    h.op(Operator::ListTasks(Default::default())).expect("ls");
     h.op(Operator::GetNode(a.clone())).expect("node");
     assert!(h.op(run("batch", 1)).is_err(), "the only node is draining");
     assert!(h.op(Operator::GetTask("t-nope".into())).is_err());

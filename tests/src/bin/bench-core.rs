@@ -196,9 +196,12 @@ fn main() {
     let loss: Vec<Duration> = (0..20)
         .map(|_| fleet.timed(Command::Tick(Tick::NodeLossCheck)))
         .collect();
-    let Reply::Tasks(tasks) = fleet.exec(Command::Operator(Operator::ListTasks)) else {
+    let Reply::Tasks(tasks) =
+        fleet.exec(Command::Operator(Operator::ListTasks(Default::default())))
+    else {
         panic!("tasks")
     };
+    let tasks = tasks.items;
     let running = tasks
         .iter()
         .filter(|t| t.state == TaskState::Running)

@@ -1,13 +1,15 @@
 //! `GET /v1/tasks` and `GET /v1/nodes`: the filter and the page, in the core, in one read of
 //! the state (see `flotilla_api::page` for the tokens and the order).
 //!
-//! What a page costs: tasks are read once — all of them, or, for `service=` and `startedBy=`,
-//! only that group's from the state's `startedBy` index —, each compared with the filter and
-//! the token (no copy), then the page's `maxResults` are chosen by a linear selection and only
-//! they sorted and copied into the answer: O(n + k log k) for n tasks read and a page of k,
-//! against O(n log n) and n copies for the whole list. Nodes are held in id order: a page
-//! reads them once in that order, each compared with the filter and the token (O(n)), and
-//! copies only its k.
+//! What a page costs: tasks are read in the order of the state's `(createdAt, id)` index from
+//! the token's place, each compared with the filter, until the page is full — O(log n + k)
+//! for a page of k when every task read matches, up to O(n) for a filter few tasks match
+//! (`state=`, `family=`, `desiredStatus=` alone); for `service=`, `startedBy=` and `node=` only
+//! that group's tasks are read, from the state's `startedBy` and node indexes, and the page
+//! chosen among them by a linear selection: O(g + k log k) for a group of g.
+//! Only the page's tasks are copied into the answer. The whole list is O(n) and n copies.
+//! Nodes are held in id order: a page reads them once in that order, each compared with the
+//! filter and the token (O(n)), and copies only its k.
 
 use flotilla_api::ops::{NodeInfo, NodeState, TaskInfo};
 use flotilla_api::page::{NodeCursor, NodeQuery, Page, TaskCursor, TaskQuery};
@@ -24,24 +26,42 @@ fn task_key(t: &TaskRecord) -> (u64, &str) {
 /// The tasks `q` asks for, oldest first (by `createdAt`, then id).
 pub fn tasks(cx: &Ctx<'_, '_>, q: &TaskQuery) -> Page<TaskInfo, TaskCursor> {
     let f = &q.filter;
-    // A group the state indexes is read alone; the filter still checks every field.
-    let read = match (&f.service, &f.started_by) {
-        (Some(s), _) => cx.txn.tasks_of(&format!("service:{s}")),
-        (None, Some(g)) => cx.txn.tasks_of(g),
-        (None, None) => cx.txn.tasks(),
-    };
     let after = q.after.as_ref().map(|c| (c.created_at, c.id.as_str()));
-    let mut hits: Vec<&TaskRecord> = read
-        .into_iter()
-        .filter(|t| after.is_none_or(|a| task_key(t) > a) && f.matches(&t.info))
-        .collect();
+    // One more than a page: whether another follows.
+    let limit = q.max.map_or(usize::MAX, |m| m.saturating_add(1));
+    let indexed = match (&f.service, &f.started_by, &f.node) {
+        (Some(s), _, _) => Some(cx.txn.tasks_of(&format!("service:{s}"))),
+        (None, Some(g), _) => Some(cx.txn.tasks_of(g)),
+        (None, None, Some(n)) => Some(cx.txn.tasks_placed_on(n)),
+        (None, None, None) => None,
+    };
+    let mut hits: Vec<&TaskRecord> = match indexed {
+        // A group the state indexes is read alone (the filter still checks every field),
+        // the page chosen from it by a linear selection, then only the page sorted.
+        Some(group) => {
+            let mut hits: Vec<&TaskRecord> = group
+                .into_iter()
+                .filter(|t| after.is_none_or(|a| task_key(t) > a) && f.matches(&t.info))
+                .collect();
+            if hits.len() > limit {
+                hits.select_nth_unstable_by(limit, |a, b| task_key(a).cmp(&task_key(b)));
+                hits.truncate(limit);
+            }
+            hits.sort_unstable_by(|a, b| task_key(a).cmp(&task_key(b)));
+            hits
+        }
+        // Otherwise in order from the token's place, until the page is full.
+        None => cx
+            .txn
+            .tasks_by_created(after)
+            .filter(|t| f.matches(&t.info))
+            .take(limit)
+            .collect(),
+    };
     let more = q.max.is_some_and(|m| hits.len() > m);
     if let (Some(m), true) = (q.max, more) {
-        // The m first in the order, unordered, in front: then only they are sorted.
-        hits.select_nth_unstable_by(m, |a, b| task_key(a).cmp(&task_key(b)));
         hits.truncate(m);
     }
-    hits.sort_unstable_by(|a, b| task_key(a).cmp(&task_key(b)));
     let next = hits.last().filter(|_| more).map(|t| TaskCursor {
         created_at: t.info.created_at,
         id: t.info.id.clone(),

@@ -1,7 +1,8 @@
 //! The cluster's records in memory, and the transaction a command runs in.
 //!
 //! [`State`] holds every record of the store (loaded once when the core starts) with the
-//! indexes the core asks by: live tasks per node, tasks per `startedBy` group. A command never
+//! indexes the core asks by: live tasks per node, every task per node and per `startedBy`
+//! group, every task by `(created_at, id)`. A command never
 //! changes it directly: it reads and writes through a [`Txn`], an overlay of its own writes on
 //! the state. When the command succeeds its writes are committed to the store in one
 //! transaction and only then applied to the state; when it fails (a refusal, a store error)
@@ -44,6 +45,10 @@ pub struct State {
     live_by_node: HashMap<String, BTreeSet<String>>,
     /// `startedBy` → every task it started.
     by_group: HashMap<String, BTreeSet<String>>,
+    /// Node → every task placed on it, stopped ones too (`GET /v1/tasks?node=`).
+    placed_on: HashMap<String, BTreeSet<String>>,
+    /// Every task by `(created_at, id)`: the order `GET /v1/tasks` lists and pages in.
+    by_created: BTreeSet<(u64, String)>,
     /// Bridge subnet → how many node records hold it (one: allocation keeps them unique).
     bridge_subnets: BTreeMap<Ipv4Net, u32>,
     /// `(pool, prefix, i)`: every subnet of `pool` in `/prefix`s below the `i`-th is held in
@@ -95,6 +100,16 @@ impl State {
 
     fn index_task(&mut self, old: Option<&TaskRecord>, new: Option<&TaskRecord>) {
         if let Some(o) = old {
+            self.by_created
+                .remove(&(o.info.created_at, o.info.id.clone()));
+            if let Some(n) = &o.info.node {
+                if let Some(set) = self.placed_on.get_mut(n) {
+                    set.remove(&o.info.id);
+                    if set.is_empty() {
+                        self.placed_on.remove(n);
+                    }
+                }
+            }
             if let Some(n) = o.node() {
                 if let Some(set) = self.live_by_node.get_mut(n) {
                     set.remove(&o.info.id);
@@ -113,6 +128,14 @@ impl State {
             }
         }
         if let Some(t) = new {
+            self.by_created
+                .insert((t.info.created_at, t.info.id.clone()));
+            if let Some(n) = &t.info.node {
+                self.placed_on
+                    .entry(n.clone())
+                    .or_default()
+                    .insert(t.info.id.clone());
+            }
             if let (Some(n), true) = (t.node(), t.is_live()) {
                 self.live_by_node
                     .entry(n.to_string())
@@ -402,6 +425,43 @@ impl<'s> Txn<'s> {
         merged(self.base.tasks.iter(), self.w.tasks.iter())
     }
 
+    /// Every task after `after` in the order of `(created_at, id)` (from the first when
+    /// `None`), read from the state's index as it is needed (merged with this command's own
+    /// writes): a page of k costs O(log n + k) when every task read matches.
+    pub fn tasks_by_created(
+        &self,
+        after: Option<(u64, &str)>,
+    ) -> impl Iterator<Item = &TaskRecord> + '_ {
+        let key = |t: &TaskRecord| (t.info.created_at, t.info.id.clone());
+        let from = match after {
+            Some((at, id)) => std::ops::Bound::Excluded((at, id.to_string())),
+            None => std::ops::Bound::Unbounded,
+        };
+        let w = &self.w.tasks;
+        let base = self
+            .base
+            .by_created
+            .range((from.clone(), std::ops::Bound::Unbounded))
+            .filter(move |(_, id)| !w.contains_key(id))
+            .filter_map(|(_, id)| self.base.tasks.get(id));
+        let mut written: Vec<&TaskRecord> = w
+            .values()
+            .flatten()
+            .filter(|t| match &from {
+                std::ops::Bound::Excluded(a) => key(t) > *a,
+                _ => true,
+            })
+            .collect();
+        written.sort_by_key(|t| key(t));
+        let mut base = base.peekable();
+        let mut written = written.into_iter().peekable();
+        std::iter::from_fn(move || match (base.peek(), written.peek()) {
+            (Some(b), Some(w)) if key(w) < key(b) => written.next(),
+            (Some(_), _) => base.next(),
+            (None, _) => written.next(),
+        })
+    }
+
     /// The tasks of node `node` that are not `STOPPED`, by id.
     pub fn live_tasks_on(&self, node: &str) -> Vec<&TaskRecord> {
         let mut ids: BTreeSet<&String> = self
@@ -415,6 +475,28 @@ impl<'s> Txn<'s> {
         ids.into_iter()
             .filter_map(|id| self.task(id))
             .filter(|t| t.is_live() && t.node() == Some(node))
+            .collect()
+    }
+
+    /// Every task placed on node `node`, stopped ones too, by id.
+    pub fn tasks_placed_on(&self, node: &str) -> Vec<&TaskRecord> {
+        let mut ids: BTreeSet<&String> = self
+            .base
+            .placed_on
+            .get(node)
+            .into_iter()
+            .flatten()
+            .collect();
+        for (id, t) in &self.w.tasks {
+            if t.as_ref()
+                .is_some_and(|t| t.info.node.as_deref() == Some(node))
+            {
+                ids.insert(id);
+            }
+        }
+        ids.into_iter()
+            .filter_map(|id| self.task(id))
+            .filter(|t| t.info.node.as_deref() == Some(node))
             .collect()
     }
 

@@ -32,6 +32,7 @@ mod services;
 pub mod state;
 pub mod store;
 mod tasks;
+pub use tasks::STOPPED_RETENTION_SECS;
 
 #[cfg(test)]
 mod harness;

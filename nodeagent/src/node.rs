@@ -213,6 +213,9 @@ pub struct Node {
     runs: LocalRuns,
     /// The runs changed since the runner last saved them.
     runs_dirty: bool,
+    /// When this run of the agent first held each acknowledged run, on the monotonic clock:
+    /// a run is forgotten only once held a day by it too (`schedule::forget_old`).
+    acknowledged_at: BTreeMap<String, Instant>,
     /// Start failures by (task, container), until the task leaves the desired state or the
     /// container is restarted.
     failures: BTreeMap<(String, String), Failure>,
@@ -288,6 +291,7 @@ impl Node {
             desired,
             runs,
             runs_dirty: false,
+            acknowledged_at: BTreeMap::new(),
             failures: BTreeMap::new(),
             restarts: Restarts::new(),
             exits: BTreeMap::new(),
@@ -644,6 +648,21 @@ impl Node {
         ) {
             self.runs_dirty = true;
         }
+        for l in runs.tasks.iter().filter(|l| l.acknowledged) {
+            self.acknowledged_at
+                .entry(l.task.id.clone())
+                .or_insert(now.mono);
+        }
+        let held = |id: &str| {
+            self.acknowledged_at
+                .get(id)
+                .map_or(0, |at| now.mono.saturating_duration_since(*at).as_secs())
+        };
+        if crate::schedule::forget_old(&mut runs.tasks, now.unix_secs(), held) {
+            self.runs_dirty = true;
+        }
+        self.acknowledged_at
+            .retain(|id, _| runs.tasks.iter().any(|l| &l.task.id == id));
         for l in &self.runs.tasks {
             if !desired.tasks.iter().any(|t| t.id == l.task.id) {
                 desired.tasks.push(l.task.clone());

@@ -151,13 +151,22 @@ pub fn fire_due(
             acknowledged: false,
         });
     }
+    changed
+}
+
+/// Forgets the runs finished and acknowledged more than a day ago ([`KEEP_SECS`]) both by the
+/// wall clock (`now`) and by how long this agent has held them acknowledged (`held`, on the
+/// monotonic clock): a clock set a year ahead would forget them all at once, and, set back,
+/// their minutes would run again. Returns whether any was forgotten.
+pub fn forget_old(local: &mut Vec<LocalTask>, now: u64, held: impl Fn(&str) -> u64) -> bool {
     let before = local.len();
     local.retain(|l| {
         !(l.acknowledged
             && l.finished_at
-                .is_some_and(|f| now.saturating_sub(f) > KEEP_SECS))
+                .is_some_and(|f| now.saturating_sub(f) > KEEP_SECS)
+            && held(&l.task.id) > KEEP_SECS)
     });
-    changed || local.len() != before
+    local.len() != before
 }
 
 /// The latest firing of `cron` after `last` and at or before `now`. After a clock set a year
@@ -264,6 +273,9 @@ mod tests {
             l.acknowledged = true;
         }
         fire_due(&r, &mut fired, &mut local, "n-1", MIDNIGHT + 6 * DAY + 100);
+        // held a day by this agent too
+        assert!(!forget_old(&mut local, MIDNIGHT + 6 * DAY + 100, |_| 600));
+        assert!(forget_old(&mut local, MIDNIGHT + 6 * DAY + 100, |_| DAY + 1));
         assert!(local.is_empty());
     }
 
@@ -294,6 +306,12 @@ mod tests {
         assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 121 - 600), 4);
         assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 150), 4);
         assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 241), 5);
+        // acknowledged, they are not forgotten a year ahead (this agent held them a minute)
+        for l in &mut local {
+            l.finished_at = Some(MIDNIGHT + 242);
+            l.acknowledged = true;
+        }
+        assert!(!forget_old(&mut local, MIDNIGHT + YEAR, |_| 60));
         // four hours ahead (its catch-up), then back before a minute that ran: counting
         // starts over, and that minute is not run again
         assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 4 * 3600 + 250), 6);

@@ -172,6 +172,19 @@ impl Live {
         Some(now.secs().saturating_sub(since))
     }
 
+    /// The clock reads `now`: a session end (or the start) recorded later than that was
+    /// recorded by a clock since set back, a year say; counted from it, the node would not be
+    /// lost for a year. Such times count from `now` instead.
+    pub fn clock_reads(&mut self, now: Now) {
+        let now = now.secs();
+        self.started_at = self.started_at.min(now);
+        for l in self.nodes.values_mut() {
+            if let Some(at) = l.disconnected_at.as_mut() {
+                *at = (*at).min(now);
+            }
+        }
+    }
+
     /// A session ended; true when it was the node's live one.
     pub fn close(&mut self, node: &str, session: SessionId, now: Now) -> bool {
         match self.nodes.get_mut(node) {
@@ -299,6 +312,22 @@ mod tests {
         assert!(a.admit(at(500)).is_err());
         // a later refusal queues behind the slots already given
         assert_eq!(a.admit(at(500)).expect_err("busy"), 1750);
+    }
+
+    #[test]
+    fn a_node_gone_while_the_clock_ran_a_year_ahead_counts_as_gone_from_the_clock_set_back() {
+        const YEAR_MS: u64 = 365 * 86_400_000;
+        let t0 = Now { unix_ms: 1_000_000 };
+        let at = |ms| Now {
+            unix_ms: t0.unix_ms + ms,
+        };
+        let mut live = Live::new(t0, 10);
+        live.touch("n-1", t0, |l| l.session = Some(1));
+        assert!(live.close("n-1", 1, at(YEAR_MS)));
+        // back a year: gone since the clock's time, not for a year to come
+        live.clock_reads(at(5_000));
+        assert_eq!(live.disconnected_for("n-1", at(5_000)), Some(0));
+        assert_eq!(live.disconnected_for("n-1", at(65_000)), Some(60));
     }
 
     #[test]

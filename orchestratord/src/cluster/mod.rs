@@ -152,6 +152,7 @@ impl Cluster {
             Command::Operator(op) => operator::execute(&mut cx, op)?,
             Command::Agent(a) => agents::execute(&mut cx, a)?,
             Command::Tick(Tick::NodeLossCheck) => {
+                cx.live.clock_reads(now);
                 services::node_loss_check(&mut cx);
                 Reply::Done
             }

@@ -251,6 +251,61 @@ fn renewal_due(cert_pem: &str) -> Result<SystemTime> {
     Ok(issued + lifetime.mul_f64(random_between(0.5, 0.8)))
 }
 
+/// The control plane's clock as this node last heard it (the `server_time` of its welcome
+/// and pongs), carried forward by the monotonic clock: what a certificate's validity is
+/// judged by, since the control plane checks this node's certificate against its own clock.
+#[derive(Debug, Clone, Copy)]
+struct ServerClock {
+    /// Seconds since the epoch it said.
+    said: u64,
+    /// When it was heard.
+    at: std::time::Instant,
+}
+
+impl ServerClock {
+    fn heard(said: u64) -> Self {
+        Self {
+            said,
+            at: std::time::Instant::now(),
+        }
+    }
+
+    /// The control plane's clock now, as far as this node can tell.
+    fn now(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.said) + self.at.elapsed()
+    }
+}
+
+/// How long until the certificate valid from `not_before` is to be renewed at `due`, judged
+/// at `server_now`, the control plane's clock, which is what checks it: the time left until
+/// `due`, or none when the certificate is not valid yet by that clock (issued while both
+/// clocks ran ahead, then set back: renewed at once, while the session lasts, not at the next
+/// handshake, which it would fail). `None` while this node's clock (`local_now`) and the
+/// control plane's differ by more than [`flotilla_certs::BACKDATE`]: a certificate issued then
+/// is dated by a clock one side will find wrong once it is set right — a control plane a year
+/// ahead would issue one that is not valid for a year once it is back, and the node could not
+/// connect again without a new join; and a node a year ahead would find every renewal due
+/// again at once and renew at every turn of the loop. The current certificate stays: valid by
+/// whichever clock is right, it serves again once the wrong one is.
+fn renewal_wait(
+    not_before: SystemTime,
+    due: SystemTime,
+    server_now: SystemTime,
+    local_now: SystemTime,
+) -> Option<Duration> {
+    let skew = match server_now.duration_since(local_now) {
+        Ok(d) => d,
+        Err(e) => e.duration(),
+    };
+    if skew > flotilla_certs::BACKDATE {
+        return None;
+    }
+    if server_now < not_before {
+        return Some(Duration::ZERO);
+    }
+    Some(due.duration_since(server_now).unwrap_or(Duration::ZERO))
+}
+
 fn pem_der(pem: &str) -> Result<Vec<u8>> {
     use rustls::pki_types::pem::PemObject;
     rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
@@ -459,6 +514,7 @@ async fn session(
         }
     };
     check_clock(server_time);
+    let mut server_clock = ServerClock::heard(server_time);
     tracing::info!(node = %cred.name, server = %cred.server, protocol, "session established");
     {
         // The daemon's own line for whoever started it by hand: a closed output (the terminal
@@ -477,6 +533,8 @@ async fn session(
     let r = runner.clone();
     tokio::task::spawn_blocking(move || r.contact()).await?;
     let mut due = renewal_due(&cred.identity.cert_pem)?;
+    let mut valid_from = flotilla_certs::validity_of(&pem_der(&cred.identity.cert_pem)?)?.0;
+    let mut renewal_held = false;
     let mut ping = tokio::time::interval(PING_EVERY);
     // Pings in a row the control plane did not answer while its packets still arrived.
     let mut unanswered = 0u32;
@@ -489,9 +547,26 @@ async fn session(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let data_dir = dir.parent().unwrap_or(dir).to_path_buf();
     loop {
-        let until_renewal = due
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
+        let until_renewal =
+            match renewal_wait(valid_from, due, server_clock.now(), SystemTime::now()) {
+                Some(wait) => {
+                    renewal_held = false;
+                    Some(wait)
+                }
+                None => {
+                    if !renewal_held {
+                        tracing::warn!(
+                            "certificate renewal waits until this node's clock and the control \
+                             plane's agree (within {} s)",
+                            flotilla_certs::BACKDATE.as_secs()
+                        );
+                        renewal_held = true;
+                    }
+                    // Looked at again at the loop's next turn (the next pong says the
+                    // control plane's clock anew).
+                    None
+                }
+            };
         tokio::select! {
             e = conn.closed() => bail!("{}", explain(&e)),
             push = conn.accept_bi() => {
@@ -590,6 +665,7 @@ async fn session(
                     Ok(Ok(AgentReply::Pong { server_time })) => {
                         unanswered = 0;
                         check_clock(server_time);
+                        server_clock = ServerClock::heard(server_time);
                     }
                     Ok(Ok(other)) => tracing::warn!("unexpected reply to ping: {other:?}"),
                     Ok(Err(e)) => bail!("ping: {e:#}"),
@@ -611,17 +687,20 @@ async fn session(
                     }
                 }
             }
-            _ = tokio::time::sleep(until_renewal) => {
+            _ = tokio::time::sleep(until_renewal.unwrap_or(PING_EVERY)), if until_renewal.is_some() => {
                 let fresh = key_and_csr(&cred.name)?;
                 match request(&conn, &AgentRequest::Renew { csr_pem: fresh.cert_pem.clone() }).await? {
                     AgentReply::Renewed { cert_pem } => {
                         cred.replace_identity(dir, CertifiedKey { cert_pem, key_pem: fresh.key_pem })?;
                         due = renewal_due(&cred.identity.cert_pem)?;
+                        valid_from = flotilla_certs::validity_of(&pem_der(&cred.identity.cert_pem)?)?.0;
                         tracing::info!(node = %cred.name, "certificate renewed in place");
                     }
                     AgentReply::Refused { reason } => {
                         tracing::warn!("certificate renewal refused: {reason}");
-                        due = SystemTime::now() + Duration::from_secs(30);
+                        // Tried again in 30 s, whether or not the certificate is valid yet.
+                        due = server_clock.now() + Duration::from_secs(30);
+                        valid_from = UNIX_EPOCH;
                     }
                     other => tracing::warn!("unexpected reply to renew: {other:?}"),
                 }
@@ -687,5 +766,47 @@ fn source_address(server: std::net::SocketAddr) -> Option<std::net::Ipv4Addr> {
     match probe.local_addr().ok()?.ip() {
         std::net::IpAddr::V4(a) if !a.is_unspecified() => Some(a),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_follows_the_control_planes_clock_and_a_certificate_it_dates_ahead_is_renewed_at_once(
+    ) {
+        let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+        let (from, due) = (at(1_000_000), at(2_000_000));
+        const YEAR: u64 = 365 * 86_400;
+        // by the control plane's clock: the time left, none once due (a node's clock a few
+        // minutes off changes nothing)
+        assert_eq!(
+            renewal_wait(from, due, at(1_500_000), at(1_500_300)),
+            Some(Duration::from_secs(500_000))
+        );
+        assert_eq!(
+            renewal_wait(from, due, at(2_000_001), at(2_000_001)),
+            Some(Duration::ZERO)
+        );
+        // either clock a year ahead of the other: no renewal (the node's ahead would find it
+        // due at every turn; the control plane's ahead would date the certificate a year on)
+        assert_eq!(
+            renewal_wait(from, due, at(1_500_000), at(1_500_000 + YEAR)),
+            None
+        );
+        assert_eq!(
+            renewal_wait(from, due, at(1_500_000 + YEAR), at(1_500_000)),
+            None
+        );
+        // issued while both clocks ran a year ahead, judged once they are back: not valid
+        // yet, so renewed now
+        assert_eq!(
+            renewal_wait(at(40_000_000), at(41_000_000), at(1_500_000), at(1_500_000)),
+            Some(Duration::ZERO)
+        );
+        // the control plane's clock as last heard, carried forward
+        let heard = ServerClock::heard(1_500_000);
+        assert!(heard.now() >= at(1_500_000) && heard.now() < at(1_500_010));
     }
 }

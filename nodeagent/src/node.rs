@@ -191,6 +191,17 @@ struct Failure {
     at: Instant,
 }
 
+/// An exit as first seen: what its age is counted from.
+#[derive(Debug, Clone, Copy)]
+struct SeenExit {
+    /// The exit time its record gave (the wall clock of the shim that saw it).
+    finished: Option<SystemTime>,
+    /// When it was first seen, on the monotonic clock.
+    seen: Instant,
+    /// How long ago it was then, by the wall clock.
+    ago: Duration,
+}
+
 /// The node's state machine; see the module.
 #[derive(Debug, Clone)]
 pub struct Node {
@@ -202,12 +213,19 @@ pub struct Node {
     runs: LocalRuns,
     /// The runs changed since the runner last saved them.
     runs_dirty: bool,
+    /// When this run of the agent first held each acknowledged run, on the monotonic clock:
+    /// a run is forgotten only once held a day by it too (`schedule::forget_old`).
+    acknowledged_at: BTreeMap<String, Instant>,
     /// Start failures by (task, container), until the task leaves the desired state or the
     /// container is restarted.
     failures: BTreeMap<(String, String), Failure>,
     /// Restart attempts by restart policy in a row, for backoff (in memory: after an agent
     /// restart, backoff starts over; the restart count reported is the container's own).
     restarts: Restarts,
+    /// The exits of containers seen exited, by container: their backoff counts from the
+    /// first sight on the monotonic clock (the wall clock only says how old an exit was when
+    /// first seen: one that happened while the agent was down).
+    exits: BTreeMap<ContainerName, SeenExit>,
     /// Since when the node has no session (`None` while it has one).
     offline_since: Option<Instant>,
     /// Time offline before `offline_since`: from the last contact an earlier run of the agent
@@ -273,8 +291,10 @@ impl Node {
             desired,
             runs,
             runs_dirty: false,
+            acknowledged_at: BTreeMap::new(),
             failures: BTreeMap::new(),
             restarts: Restarts::new(),
+            exits: BTreeMap::new(),
             offline_since: Some(now.mono),
             offline_before,
             carried_for: None,
@@ -628,6 +648,21 @@ impl Node {
         ) {
             self.runs_dirty = true;
         }
+        for l in runs.tasks.iter().filter(|l| l.acknowledged) {
+            self.acknowledged_at
+                .entry(l.task.id.clone())
+                .or_insert(now.mono);
+        }
+        let held = |id: &str| {
+            self.acknowledged_at
+                .get(id)
+                .map_or(0, |at| now.mono.saturating_duration_since(*at).as_secs())
+        };
+        if crate::schedule::forget_old(&mut runs.tasks, now.unix_secs(), held) {
+            self.runs_dirty = true;
+        }
+        self.acknowledged_at
+            .retain(|id, _| runs.tasks.iter().any(|l| &l.task.id == id));
         for l in &self.runs.tasks {
             if !desired.tasks.iter().any(|t| t.id == l.task.id) {
                 desired.tasks.push(l.task.clone());
@@ -640,7 +675,7 @@ impl Node {
     /// longer assigned), with the containers that could not start as exited
     /// with [`START_FAILED_EXIT`]; and the runtime name of each container seen.
     fn world(
-        &self,
+        &mut self,
         desired: &DesiredState,
         seen: &[TaskContainer],
         health: &BTreeMap<String, bool>,
@@ -648,6 +683,7 @@ impl Node {
     ) -> (World, BTreeMap<(String, String), ContainerName>) {
         let mut world = World::new();
         let mut names = BTreeMap::new();
+        let mut exited = BTreeSet::new();
         for c in seen {
             let container = definition(desired, &c.name)
                 .map(|d| d.name.clone())
@@ -669,12 +705,33 @@ impl Node {
                         _ => None,
                     };
                     let finished = exit.and_then(|e| e.finished_at);
+                    // An unknown exit time counts as just now, so backoff still applies. Once
+                    // seen, an exit ages by the monotonic clock: a wall clock set a year ahead
+                    // must not end its backoff early, nor one set back from it (the exit then
+                    // reads as a year in the future) hold its restart for a year.
+                    let ago = match self.exits.get(&c.name) {
+                        Some(e) if e.finished == finished => e
+                            .ago
+                            .saturating_add(now.mono.saturating_duration_since(e.seen)),
+                        _ => {
+                            let ago = since(finished, now.wall);
+                            self.exits.insert(
+                                c.name.clone(),
+                                SeenExit {
+                                    finished,
+                                    seen: now.mono,
+                                    ago,
+                                },
+                            );
+                            ago
+                        }
+                    };
+                    exited.insert(c.name.clone());
                     Observed::Exited {
                         code: exit.map_or(UNKNOWN_EXIT, |e| e.code),
                         oom: exit.is_some_and(|e| e.oom),
                         ran: since(c.started_at, finished.unwrap_or(now.wall)),
-                        // An unknown exit time counts as just now, so backoff still applies.
-                        ago: since(finished, now.wall),
+                        ago,
                     }
                 }
             };
@@ -684,6 +741,7 @@ impl Node {
                 .insert(container.clone(), observed);
             names.insert((c.name.task.clone(), container), c.name.clone());
         }
+        self.exits.retain(|name, _| exited.contains(name));
         for ((task, container), f) in &self.failures {
             let failed = Observed::Exited {
                 code: START_FAILED_EXIT,
@@ -897,6 +955,8 @@ mod tests {
         held: Vec<(DesiredState, Command)>,
         /// Every container lost with a power cut started again, and how.
         resumes: Vec<(ContainerName, crate::runtime::Resumed)>,
+        /// How far the wall clock reads ahead of the simulated time (a clock set wrong).
+        ahead: Duration,
     }
 
     /// Which commands take long (a stop waiting out its timeout, a start pulling an image).
@@ -937,6 +997,7 @@ mod tests {
                 slow: Slow::default(),
                 held: Vec::new(),
                 resumes: Vec::new(),
+                ahead: Duration::ZERO,
             };
             sim.at(Duration::ZERO);
             sim
@@ -944,7 +1005,7 @@ mod tests {
 
         fn now(&self) -> Now {
             Now {
-                wall: UNIX_EPOCH + secs(MIDNIGHT) + self.t,
+                wall: UNIX_EPOCH + secs(MIDNIGHT) + self.t + self.ahead,
                 mono: self.mono0 + self.t,
             }
         }
@@ -958,6 +1019,12 @@ mod tests {
 
         fn after(&mut self, d: Duration) {
             self.at(self.t + d);
+        }
+
+        /// The wall clock (the node's and its containers') jumps to `ahead` of the real time.
+        fn clock_ahead(&mut self, ahead: Duration) {
+            self.ahead = ahead;
+            self.at(self.t);
         }
 
         fn online(&mut self, online: bool) {
@@ -1061,6 +1128,48 @@ mod tests {
         fn started(&self) -> usize {
             self.starts.len()
         }
+    }
+
+    #[test]
+    fn a_wall_clock_jump_neither_ends_a_restart_backoff_early_nor_holds_it() {
+        const CRASHY: &str = r#"{"family":"f","containerDefinitions":[
+            {"name":"web","image":"x","memory":64,
+             "restartPolicy":{"enabled":true,"restartAttemptPeriod":60}}]}"#;
+        const YEAR: Duration = Duration::from_secs(365 * 86_400);
+        let mut sim = Sim::new(state(1, vec![task("t-1", CRASHY)]));
+        let web = ContainerName::new("t-1", 0);
+        sim.settle();
+        // A year ahead, it crashes twice: restarted at once, then due 1 s after its exit.
+        sim.after(secs(5));
+        sim.clock_ahead(YEAR);
+        sim.rt.exit(&web, 2);
+        sim.settle();
+        assert_eq!(sim.started(), 2);
+        sim.after(secs(1));
+        sim.rt.exit(&web, 2);
+        sim.settle();
+        assert_eq!(sim.started(), 2, "backoff");
+        // The clock goes back a year: its exit reads a year in the future, and still the
+        // restart comes 1 s after it, not a year later.
+        sim.after(Duration::from_millis(500));
+        sim.clock_ahead(Duration::ZERO);
+        sim.settle();
+        assert_eq!(sim.started(), 2, "backoff");
+        sim.after(Duration::from_millis(600));
+        sim.settle();
+        assert_eq!(sim.started(), 3, "held by a clock set back");
+        // It crashes again (2 s of backoff) and the clock jumps a year ahead: its exit now
+        // reads a year old, and still it waits its 2 s.
+        sim.after(secs(1));
+        sim.rt.exit(&web, 2);
+        sim.settle();
+        sim.after(secs(1));
+        sim.clock_ahead(YEAR);
+        sim.settle();
+        assert_eq!(sim.started(), 3, "backoff ended early by a clock set ahead");
+        sim.after(Duration::from_millis(1100));
+        sim.settle();
+        assert_eq!(sim.started(), 4);
     }
 
     #[test]

@@ -41,9 +41,19 @@ const KEEP_SECS: u64 = 86_400;
 /// them; older ones go, so a frequent schedule on a node offline for long cannot fill its disk.
 const KEEP_UNREPORTED: usize = 20;
 
-/// Fires what is due at `now`: at most one run per schedule (the latest missed minute), as its
-/// overlap policy allows. `fired` holds each schedule's last firing; a schedule seen for the
-/// first time starts counting from now. Returns whether anything changed.
+/// A clock behind a schedule's last firing by more than this (3 h) was corrected, not stepped
+/// back a little: counting starts over from it (cron's rule for clock changes: "clock changes
+/// of more than 3 hours are considered to be corrections to the clock, and the new time is
+/// used immediately"). A smaller step back (an NTP correction, a summer-time mistake) fires
+/// nothing until the clock is past the last firing again: the minutes it repeats already ran.
+pub const CLOCK_CORRECTION_SECS: u64 = 3 * 3600;
+
+/// Fires what is due at `now`: at most one run per schedule (the latest missed minute, however
+/// far the clock jumped forward), as its overlap policy allows. `fired` holds each schedule's
+/// last firing; a schedule seen for the first time starts counting from now, and so does one
+/// whose last firing is more than [`CLOCK_CORRECTION_SECS`] ahead of the clock (the clock was
+/// set back: a year, say, after it ran a year ahead). A minute whose run is still remembered
+/// (in `local`) is never fired again. Returns whether anything changed.
 pub fn fire_due(
     schedules: &[NodeSchedule],
     fired: &mut BTreeMap<String, u64>,
@@ -62,18 +72,28 @@ pub fn fire_due(
             changed = true;
             continue;
         };
-        let mut due = None;
-        let mut after = last as i64;
-        while let Some(next) = cron.next_after_unix(after) {
-            if next as u64 > now {
-                break;
-            }
-            due = Some(next as u64);
-            after = next;
+        if last > now.saturating_add(CLOCK_CORRECTION_SECS) {
+            tracing::warn!(
+                schedule = %s.name,
+                "the clock is {} s behind this schedule's last firing: taken as a correction of \
+                 the clock, its minutes count from now",
+                last - now
+            );
+            fired.insert(s.name.clone(), now);
+            changed = true;
+            continue;
         }
-        let Some(at) = due else { continue };
+        let Some(at) = latest_due(&cron, last, now) else {
+            continue;
+        };
         fired.insert(s.name.clone(), at);
         changed = true;
+        let id = flotilla_api::tasks::scheduled_task_id(node_id, &s.name, at);
+        if local.iter().any(|l| l.task.id == id) {
+            // The clock came back to a minute that already ran (set back less than a
+            // correction, then forward again): its run is not started twice.
+            continue;
+        }
         let running: Vec<usize> = local
             .iter()
             .enumerate()
@@ -94,7 +114,6 @@ pub fn fire_due(
             }
             Overlap::Forbid | Overlap::Allow => {}
         }
-        let id = flotilla_api::tasks::scheduled_task_id(node_id, &s.name, at);
         tracing::info!(schedule = %s.name, task = %id, "schedule fired");
         let mut finished: Vec<usize> = local
             .iter()
@@ -132,13 +151,44 @@ pub fn fire_due(
             acknowledged: false,
         });
     }
+    changed
+}
+
+/// Forgets the runs finished and acknowledged more than a day ago ([`KEEP_SECS`]) both by the
+/// wall clock (`now`) and by how long this agent has held them acknowledged (`held`, on the
+/// monotonic clock): a clock set a year ahead would forget them all at once, and, set back,
+/// their minutes would run again. Returns whether any was forgotten.
+pub fn forget_old(local: &mut Vec<LocalTask>, now: u64, held: impl Fn(&str) -> u64) -> bool {
     let before = local.len();
     local.retain(|l| {
         !(l.acknowledged
             && l.finished_at
-                .is_some_and(|f| now.saturating_sub(f) > KEEP_SECS))
+                .is_some_and(|f| now.saturating_sub(f) > KEEP_SECS)
+            && held(&l.task.id) > KEEP_SECS)
     });
-    changed || local.len() != before
+    local.len() != before
+}
+
+/// The latest firing of `cron` after `last` and at or before `now`. After a clock set a year
+/// ahead, walking from `last` would visit a year of minutes (half a million of an
+/// every-minute schedule) in one round: the last day is searched first, and before it only
+/// when it holds none (a schedule that fires rarely, so few steps).
+fn latest_due(cron: &flotilla_scheduler::cron::Cron, last: u64, now: u64) -> Option<u64> {
+    let scan = |from: u64, until: u64| {
+        let mut due = None;
+        let mut after = i64::try_from(from).ok()?;
+        while let Some(next) = cron.next_after_unix(after) {
+            if u64::try_from(next).map_or(true, |n| n > until) {
+                break;
+            }
+            due = u64::try_from(next).ok();
+            after = next;
+        }
+        due
+    };
+    const RECENT_SECS: u64 = 86_400;
+    let recent = now.saturating_sub(RECENT_SECS).max(last);
+    scan(recent, now).or_else(|| (recent > last).then(|| scan(last, recent)).flatten())
 }
 
 #[cfg(test)]
@@ -223,7 +273,54 @@ mod tests {
             l.acknowledged = true;
         }
         fire_due(&r, &mut fired, &mut local, "n-1", MIDNIGHT + 6 * DAY + 100);
+        // held a day by this agent too
+        assert!(!forget_old(&mut local, MIDNIGHT + 6 * DAY + 100, |_| 600));
+        assert!(forget_old(&mut local, MIDNIGHT + 6 * DAY + 100, |_| DAY + 1));
         assert!(local.is_empty());
+    }
+
+    #[test]
+    fn a_clock_a_year_ahead_and_back_fires_one_catch_up_then_every_minute_again() {
+        const YEAR: u64 = 365 * DAY;
+        let mut s = schedule("allow");
+        s.cron = "* * * * *".into();
+        let s = [s];
+        let (mut fired, mut local) = (BTreeMap::new(), Vec::new());
+        let fire = |fired: &mut BTreeMap<String, u64>, local: &mut Vec<LocalTask>, at: u64| {
+            fire_due(&s, fired, local, "n-1", at);
+            local.len()
+        };
+        fire(&mut fired, &mut local, MIDNIGHT + 10);
+        assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 61), 1);
+        // a year ahead: one run, the latest missed minute, not a year of them
+        assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + YEAR + 70), 2);
+        assert_eq!(local[1].run.fired_at, MIDNIGHT + YEAR + 60);
+        assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + YEAR + 75), 2);
+        // back a year: a correction; nothing at once, then every minute from the clock's
+        assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 90), 2);
+        assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 119), 2);
+        assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 121), 3);
+        assert_eq!(local[2].run.fired_at, MIDNIGHT + 120);
+        assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 181), 4);
+        // back ten minutes (less than a correction): the minutes that ran do not run again
+        assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 121 - 600), 4);
+        assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 150), 4);
+        assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 241), 5);
+        // acknowledged, they are not forgotten a year ahead (this agent held them a minute)
+        for l in &mut local {
+            l.finished_at = Some(MIDNIGHT + 242);
+            l.acknowledged = true;
+        }
+        assert!(!forget_old(&mut local, MIDNIGHT + YEAR, |_| 60));
+        // four hours ahead (its catch-up), then back before a minute that ran: counting
+        // starts over, and that minute is not run again
+        assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 4 * 3600 + 250), 6);
+        assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 200), 6);
+        assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 245), 6);
+        assert_eq!(fire(&mut fired, &mut local, MIDNIGHT + 301), 7);
+        let ids: std::collections::BTreeSet<&str> =
+            local.iter().map(|l| l.task.id.as_str()).collect();
+        assert_eq!(ids.len(), local.len(), "a run started twice");
     }
 
     #[test]

@@ -172,6 +172,19 @@ impl Live {
         Some(now.secs().saturating_sub(since))
     }
 
+    /// The clock reads `now`: a session end (or the start) recorded later than that was
+    /// recorded by a clock since set back, a year say; counted from it, the node would not be
+    /// lost for a year. Such times count from `now` instead.
+    pub fn clock_reads(&mut self, now: Now) {
+        let now = now.secs();
+        self.started_at = self.started_at.min(now);
+        for l in self.nodes.values_mut() {
+            if let Some(at) = l.disconnected_at.as_mut() {
+                *at = (*at).min(now);
+            }
+        }
+    }
+
     /// A session ended; true when it was the node's live one.
     pub fn close(&mut self, node: &str, session: SessionId, now: Now) -> bool {
         match self.nodes.get_mut(node) {
@@ -220,9 +233,16 @@ impl Admission {
     }
 
     fn admit(&mut self, now: Now) -> Result<(), u64> {
+        if now.unix_ms < self.last_ms {
+            // The clock was set back (after running ahead, a year say): counting from a time
+            // it will not reach again would refill nothing and give slots that far away, and
+            // no node could come back. The bucket counts on from the clock's time.
+            self.last_ms = now.unix_ms;
+            self.next_slot_ms = self.next_slot_ms.min(now.unix_ms);
+        }
         let elapsed = now.unix_ms.saturating_sub(self.last_ms) as f64 / 1000.0;
         self.tokens = (self.tokens + elapsed * self.rate).min(self.rate);
-        self.last_ms = self.last_ms.max(now.unix_ms);
+        self.last_ms = now.unix_ms;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             return Ok(());
@@ -292,5 +312,40 @@ mod tests {
         assert!(a.admit(at(500)).is_err());
         // a later refusal queues behind the slots already given
         assert_eq!(a.admit(at(500)).expect_err("busy"), 1750);
+    }
+
+    #[test]
+    fn a_node_gone_while_the_clock_ran_a_year_ahead_counts_as_gone_from_the_clock_set_back() {
+        const YEAR_MS: u64 = 365 * 86_400_000;
+        let t0 = Now { unix_ms: 1_000_000 };
+        let at = |ms| Now {
+            unix_ms: t0.unix_ms + ms,
+        };
+        let mut live = Live::new(t0, 10);
+        live.touch("n-1", t0, |l| l.session = Some(1));
+        assert!(live.close("n-1", 1, at(YEAR_MS)));
+        // back a year: gone since the clock's time, not for a year to come
+        live.clock_reads(at(5_000));
+        assert_eq!(live.disconnected_for("n-1", at(5_000)), Some(0));
+        assert_eq!(live.disconnected_for("n-1", at(65_000)), Some(60));
+    }
+
+    #[test]
+    fn admission_goes_on_after_the_clock_ran_a_year_ahead_and_was_set_back() {
+        const YEAR_MS: u64 = 365 * 86_400_000;
+        let t0 = Now { unix_ms: 1_000_000 };
+        let at = |ms| Now {
+            unix_ms: t0.unix_ms + ms,
+        };
+        let mut a = Admission::new(2, t0);
+        // a year ahead: a burst of the rate, then slots from 1 s on
+        for _ in 0..2 {
+            assert_eq!(a.admit(at(YEAR_MS)), Ok(()));
+        }
+        assert_eq!(a.admit(at(YEAR_MS)).expect_err("busy"), 1000);
+        // back: tokens come back at the rate from the clock's time, slots are near
+        assert_eq!(a.admit(at(10)).expect_err("busy"), 1000);
+        assert_eq!(a.admit(at(1_010)), Ok(()));
+        assert_eq!(a.admit(at(1_510)), Ok(()));
     }
 }

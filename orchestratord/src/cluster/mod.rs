@@ -33,6 +33,7 @@ mod services;
 pub mod state;
 pub mod store;
 mod tasks;
+pub use tasks::STOPPED_RETENTION_SECS;
 
 #[cfg(test)]
 mod harness;
@@ -154,6 +155,7 @@ impl Cluster {
             Command::Operator(op) => operator::execute(&mut cx, op)?,
             Command::Agent(a) => agents::execute(&mut cx, a)?,
             Command::Tick(Tick::NodeLossCheck) => {
+                cx.live.clock_reads(now);
                 services::node_loss_check(&mut cx);
                 Reply::Done
             }

@@ -43,9 +43,45 @@ fn record_run(s: &mut ScheduleRecord, run: ScheduleRun) {
     s.runs.truncate(KEEP_RUNS);
 }
 
-/// Fires the unpinned schedules that are due.
+/// A clock set back by more than this (3 h) was corrected: a schedule's next firing is taken
+/// from it anew (cron's rule: "clock changes of more than 3 hours are considered to be
+/// corrections to the clock, and the new time is used immediately"; the node's rule for the
+/// schedules pinned to it is the same).
+const CLOCK_CORRECTION_SECS: u64 = 3 * 3600;
+
+/// Whether unpinned schedule `s`'s next firing was reckoned by a clock that has since been
+/// set back more than [`CLOCK_CORRECTION_SECS`]: it is later than the firing its cron gives
+/// after that much from `now`, which a clock that only moves forward never makes.
+fn reckoned_ahead(s: &ScheduleRecord, now: u64) -> bool {
+    match (
+        s.next_run,
+        next_run(&s.spec, now.saturating_add(CLOCK_CORRECTION_SECS)),
+    ) {
+        (Some(stored), Some(bound)) => stored > bound,
+        _ => false,
+    }
+}
+
+/// Fires the unpinned schedules that are due: at most one run each however far the clock
+/// jumped ahead (the next firing is then reckoned from the clock's time); a schedule whose
+/// next firing a clock set back would hold for long is reckoned anew from it.
 pub fn round(cx: &mut Ctx<'_, '_>) -> Result<(), ClusterError> {
     let now = cx.now.secs();
+    let behind: Vec<ScheduleRecord> = cx
+        .txn
+        .schedules()
+        .into_iter()
+        .filter(|s| s.spec.node.is_none() && reckoned_ahead(s, now))
+        .cloned()
+        .collect();
+    for mut s in behind {
+        tracing::warn!(
+            schedule = %s.spec.name,
+            "the clock was set back past this schedule's next firing: reckoned anew from it"
+        );
+        s.next_run = next_run(&s.spec, now);
+        cx.txn.put_schedule(s);
+    }
     let due: Vec<ScheduleRecord> = cx
         .txn
         .schedules()

@@ -667,6 +667,50 @@ fn a_restarted_core_resumes_in_flight_deployments_and_schedules() {
 }
 
 #[test]
+fn a_clock_a_year_ahead_and_back_fires_a_schedule_once_then_every_minute_again() {
+    const YEAR_MS: u64 = 365 * 86_400_000;
+    let mut h = Harness::new();
+    h.join(&[], 2048, 4);
+    h.register(&def("job", "job", 50));
+    h.op(Operator::CreateSchedule(
+        serde_json::from_str(
+            r#"{"name":"tick","taskDefinition":"job","cron":"* * * * *","overlap":"allow"}"#,
+        )
+        .expect("spec"),
+    ))
+    .expect("schedule");
+    let runs = |h: &mut Harness| {
+        let Reply::Schedule(s) = h.op(Operator::GetSchedule("tick".into())).expect("get") else {
+            panic!("not a schedule")
+        };
+        s
+    };
+    for _ in 0..61 {
+        h.advance(1);
+        h.rounds();
+    }
+    assert_eq!(runs(&mut h).runs.len(), 1);
+    // A year ahead: one run (the minute that was due), not a year of them.
+    h.now.unix_ms += YEAR_MS;
+    for _ in 0..10 {
+        h.advance(1);
+        h.rounds();
+    }
+    let s = runs(&mut h);
+    assert_eq!(s.runs.len(), 2, "{s:?}");
+    assert!(s.next_run.expect("next") > h.now.secs());
+    // Back a year: reckoned anew, it fires at the clock's next minute, not a year on.
+    h.now.unix_ms -= YEAR_MS;
+    for _ in 0..61 {
+        h.advance(1);
+        h.rounds();
+    }
+    let s = runs(&mut h);
+    assert_eq!(s.runs.len(), 3, "{s:?}");
+    assert!(s.runs[0].fired_at <= h.now.secs(), "{s:?}");
+}
+
+#[test]
 fn every_command_is_one_commit() {
     let mut h = Harness::new();
     let a = h.join(&[], 4096, 8);

@@ -350,13 +350,7 @@ pub const ROLLOUT_STATES: [RolloutState; 3] = [
 
 /// A task state as the API spells it (the `state` label).
 pub fn task_state(s: TaskState) -> &'static str {
-    match s {
-        TaskState::Provisioning => "PROVISIONING",
-        TaskState::Pending => "PENDING",
-        TaskState::Running => "RUNNING",
-        TaskState::Stopping => "STOPPING",
-        TaskState::Stopped => "STOPPED",
-    }
+    flotilla_api::page::task_state_name(s)
 }
 
 /// A rollout state as the API spells it (the `state` label).

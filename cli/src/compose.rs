@@ -1129,12 +1129,25 @@ async fn logs(
     let first = streams.new_tasks(api, &chosen).await?;
     if first.is_empty() {
         let names: Vec<&str> = chosen.iter().map(compose_name).collect();
-        bail!(
-            "project {project}: no running task of {} (stopped tasks' logs went with their containers)",
+        if !query.follow {
+            bail!(
+                "project {project}: no running task of {} (stopped tasks' logs went with their containers)",
+                names.join(", ")
+            );
+        }
+        // Between a rollout's stop of the old task and the start of the new one, say: the
+        // services are followed, so their next tasks are waited for.
+        errln!(
+            "project {project}: no running task of {} yet; waiting for one",
             names.join(", ")
         );
     }
-    let width = first.iter().map(|(p, _)| p.len()).max().unwrap_or(0);
+    // Every prefix is `SERVICE-N`: aligned on the longest service name, as Compose aligns them.
+    let width = chosen
+        .iter()
+        .map(|s| compose_name(s).len() + 2)
+        .max()
+        .unwrap_or(0);
     let (tx, mut rx) = tokio::sync::mpsc::channel(256);
     for (prefix, task) in first {
         stream_task(api, &tx, prefix, task, &query);

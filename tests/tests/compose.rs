@@ -77,6 +77,72 @@ fn events(fleet: &Fleet) -> Vec<Event> {
     fleet.cp.api().events(0, 1000).expect("events")
 }
 
+/// A running `flotilla compose logs -f SERVICE`: what it printed so far, and its standard error
+/// in a file. Dropping it ends the command.
+struct Follower {
+    child: std::process::Child,
+    out: std::sync::Arc<std::sync::Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+    err: std::path::PathBuf,
+}
+
+impl Follower {
+    fn start(fleet: &Fleet, file: &Path, service: &str, err: &Path) -> Self {
+        let mut child = std::process::Command::new(flotilla_tests::bin("flotilla"))
+            .arg("--config")
+            .arg(&fleet.cp.admin)
+            .args(["compose", "-f", file.to_str().expect("utf-8 path")])
+            .args(["logs", "-f", service])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(err).expect("logs -f's stderr"))
+            .spawn()
+            .expect("flotilla compose logs -f");
+        let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let reader = {
+            let (stdout, out) = (child.stdout.take().expect("stdout"), out.clone());
+            std::thread::spawn(move || {
+                for line in
+                    std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok)
+                {
+                    out.lock().expect("lock").push_str(&(line + "\n"));
+                }
+            })
+        };
+        Self {
+            child,
+            out,
+            reader: Some(reader),
+            err: err.to_path_buf(),
+        }
+    }
+
+    /// Waits up to 20 s for `text` in what the command printed; fails the test with all it
+    /// printed, on both outputs, as soon as the command has ended.
+    fn wait_for(&mut self, text: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !self.out.lock().expect("lock").contains(text) {
+            let ended = self.child.try_wait();
+            assert!(
+                std::time::Instant::now() < deadline && matches!(ended, Ok(None)),
+                "logs -f did not print {text:?} (it {ended:?}):\n--- stdout ---\n{}--- stderr ---\n{}",
+                self.out.lock().expect("lock"),
+                std::fs::read_to_string(&self.err).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(r) = self.reader.take() {
+            let _ = r.join();
+        }
+    }
+}
+
 #[test]
 fn a_compose_project_comes_up_in_order_reaches_by_name_updates_one_service_and_goes() {
     let fleet = Fleet::start(&[&[]]);
@@ -220,31 +286,8 @@ fn a_compose_project_comes_up_in_order_reaches_by_name_updates_one_service_and_g
     assert!(after.is_empty(), "{after:?}");
 
     // `logs -f` follows the service: the task that replaces the front's is followed too.
-    let mut follow = std::process::Command::new(flotilla_tests::bin("flotilla"))
-        .arg("--config")
-        .arg(&fleet.cp.admin)
-        .args([
-            "compose",
-            "-f",
-            file.to_str().expect("utf-8 path"),
-            "logs",
-            "-f",
-            "front",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("flotilla compose logs -f");
-    let followed = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    let reader = {
-        let (out, followed) = (follow.stdout.take().expect("stdout"), followed.clone());
-        std::thread::spawn(move || {
-            for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok)
-            {
-                followed.lock().expect("lock").push_str(&(line + "\n"));
-            }
-        })
-    };
+    let mut follow = Follower::start(&fleet, &file, "front", &dir.path().join("logs-f.stderr"));
+    follow.wait_for("front-1 | serving front v1");
 
     // A changed front rolls out alone.
     std::fs::write(&file, compose_file("front v2")).expect("write");
@@ -265,27 +308,29 @@ fn a_compose_project_comes_up_in_order_reaches_by_name_updates_one_service_and_g
     );
     assert_eq!(running(&fleet, "shop-back")[0].id, back.id);
     assert_eq!(running(&fleet, "shop-db")[0].id, db.id);
-    wait(
-        "logs -f reading the new front",
-        Duration::from_secs(20),
-        || {
-            followed
-                .lock()
-                .expect("lock")
-                .contains("front-2 | serving front v2")
-        },
-    );
-    let _ = follow.kill();
-    let _ = follow.wait();
-    let _ = reader.join();
-    assert!(
-        followed
-            .lock()
-            .expect("lock")
-            .contains("front-1 | serving front v1"),
-        "{}",
-        followed.lock().expect("lock")
-    );
+    follow.wait_for("front-2 | serving front v2");
+    drop(follow);
+
+    // With no task of the front running (scaled to none, or between a rollout's stop and
+    // start), `logs -f` waits for the next one instead of ending.
+    compose_ok(&fleet, &file, &["scale", "front=0"]);
+    wait("the front scaled in", Duration::from_secs(30), || {
+        fleet
+            .cp
+            .tasks()
+            .iter()
+            .all(|t| t.service() != Some("shop-front") || t.state == TaskState::Stopped)
+    });
+    let err = dir.path().join("logs-f-waits.stderr");
+    let mut follow = Follower::start(&fleet, &file, "front", &err);
+    wait("logs -f saying it waits", Duration::from_secs(10), || {
+        std::fs::read_to_string(&err)
+            .unwrap_or_default()
+            .contains("no running task of front yet; waiting for one")
+    });
+    compose_ok(&fleet, &file, &["scale", "front=1"]);
+    follow.wait_for("front-1 | serving front v2");
+    drop(follow);
 
     // `down` removes what `up` made, and nothing else.
     fleet.register(

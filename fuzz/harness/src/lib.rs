@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::pin::pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
@@ -192,16 +192,15 @@ pub fn service_definition(data: &[u8]) {
     }
 }
 
-/// A scratch directory for this process's inputs, removed when the process ends normally.
-fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| {
-        tempfile::Builder::new()
-            .prefix("flotilla-fuzz-")
-            .tempdir()
-            .expect("a scratch directory")
-    })
-    .path()
+/// A scratch directory for one input, removed when the returned guard drops: at the end of
+/// the input's run, so a fuzzing run leaves nothing behind however it ends (libFuzzer ends
+/// with `exit`, which runs no destructor of a static). An input that crashes leaves its
+/// directory, beside the crash it is evidence for.
+fn scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("flotilla-fuzz-")
+        .tempdir()
+        .expect("a scratch directory")
 }
 
 /// A Compose project as `flotilla compose` loads and plans it: the input is `compose.yaml`, and
@@ -211,8 +210,8 @@ pub fn compose(data: &[u8]) {
         Some(i) => (&data[..i], Some(&data[i + 1..])),
         None => (data, None),
     };
-    let dir = scratch().join("compose");
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = scratch();
+    let dir = scratch.path().join("compose");
     std::fs::create_dir_all(&dir).expect("the project directory");
     std::fs::write(dir.join("compose.yaml"), file).expect("compose.yaml");
     if let Some(env) = env {
@@ -277,8 +276,8 @@ pub fn image_manifest(data: &[u8]) {
 /// A layer blob (tar, gzip or zstd) through the safe unpacker into a fresh directory; nothing
 /// may appear beside it.
 pub fn layer_unpack(data: &[u8]) {
-    let base = scratch().join("unpack");
-    let _ = std::fs::remove_dir_all(&base);
+    let scratch = scratch();
+    let base = scratch.path().join("unpack");
     let layer = base.join("layer");
     std::fs::create_dir_all(&layer).expect("the layer directory");
     let _ = unpack::unpack_layer(data, &layer);
@@ -296,8 +295,8 @@ pub fn layer_unpack(data: &[u8]) {
 /// reads them. Checks that staging writes only inside its scratch directory.
 pub fn image_archive(data: &[u8]) {
     use flotilla_oci::layout::{archive_name, Layout, Limits};
-    let base = scratch().join("archive");
-    let _ = std::fs::remove_dir_all(&base);
+    let scratch = scratch();
+    let base = scratch.path().join("archive");
     let staging = base.join("staging");
     std::fs::create_dir_all(&staging).expect("the staging directory");
     let file = base.join("archive.tar");

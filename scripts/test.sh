@@ -1,14 +1,20 @@
 #!/bin/bash
 # The test command: installs what the tests need, builds the binaries the system tests run,
-# then runs every test of the workspace and prints the totals, then runs every fuzz target for a
-# few seconds (scripts/fuzz.sh, on the nightly toolchain). Run as root (tests create device
-# nodes, mounts and registries).
+# then runs every test of the workspace (the cgroup v2 guests beside the others) and prints the
+# totals, then runs every fuzz target for a few seconds (scripts/fuzz.sh, on the nightly
+# toolchain). Run as root (tests create device nodes, mounts and registries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --workspace --bins
 log=$(mktemp)
 fuzz_log=$(mktemp)
+vm_log=$(mktemp)
+fuzz_build=""
+vm=""
+# Each background job is its own process group, stopped whole when the script ends first (a
+# failing build or test).
+trap 'for g in $fuzz_build $vm; do kill -- -"$g" 2>/dev/null || true; done; rm -f "$log" "$fuzz_log" "$vm_log"' EXIT
 # The fuzz targets build on nightly at the lowest priority while the tests run (they mostly
 # wait), then each runs briefly after them (scripts/fuzz.sh). Its own session is its own
 # autogroup when the kernel groups by session (sched_autogroup_enabled): a nice value then
@@ -16,19 +22,40 @@ fuzz_log=$(mktemp)
 # group's nice is set too (sched(7), "The autogroup feature").
 setsid sh -c 'echo 19 > /proc/self/autogroup 2>/dev/null || true; exec nice -n 19 scripts/fuzz.sh --build-only' >"$fuzz_log" 2>&1 &
 fuzz_build=$!
-# Its own process group, stopped whole when the tests fail first.
-trap 'kill -- -"$fuzz_build" 2>/dev/null || true; rm -f "$log" "$fuzz_log"' EXIT
-# As many tests at a time per binary as cores (RUST_TEST_THREADS overrides it; the guests of
-# the cgroup v2 tests run at most two at a time whatever it says: tests/src/vm.rs).
-cargo test --workspace 2>&1 | tee "$log"
+# Every test executable first (the cgroup v2 tests run the container suite's in their guests).
+cargo test --workspace --no-run 2>&1 | tee "$log"
+guests=$(sed -n 's|^ *Executable tests/cgroup_v2.rs (\(.*\))$|\1|p' "$log")
+[ -n "$guests" ] || { echo "test.sh: no cgroup_v2 test executable was built" >&2; exit 1; }
+# The cgroup v2 and power-cut tests boot guests under QEMU's TCG, which needs CPU and little
+# else, while the host's system tests mostly wait on their daemons: the guests run beside them
+# (at most two at a time: tests/src/vm.rs), at a lower priority so that the host tests' timing
+# is as when they run alone, in their own session (autogroup, as above). The executable runs
+# directly, as cargo runs it (from its package's directory), so that the two never wait for
+# each other's lock on target/.
+(cd tests && exec setsid sh -c 'echo 10 > /proc/self/autogroup 2>/dev/null || true; exec nice -n 10 "$0" under_qemu::' "$PWD/../$guests") >"$vm_log" 2>&1 &
+vm=$!
+# As many tests at a time per binary as cores (RUST_TEST_THREADS overrides it).
+host=0
+cargo test --workspace -- --skip under_qemu:: 2>&1 | tee "$log" || host=$?
+guests_rc=0
+wait "$vm" || guests_rc=$?
+vm=""
+echo
+echo "--- the cgroup v2 guests (run beside the tests above) ---"
+cat "$vm_log"
+cat "$vm_log" >> "$log"
 passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '^test result: .* ([0-9]+) failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 echo
 echo "tests: $passed passed, $failed failed"
+if [ "$host" != 0 ] || [ "$guests_rc" != 0 ]; then
+  exit 1
+fi
 if ! wait "$fuzz_build"; then
   cat "$fuzz_log"
   echo "fuzz: the build failed" >&2
   exit 1
 fi
+fuzz_build=""
 tail -n 1 "$fuzz_log"
 scripts/fuzz.sh --no-build

@@ -20,7 +20,7 @@ use flotilla_oci::ImageRef;
 
 use super::command::{ClusterError, Reply};
 use super::ctx::Ctx;
-use super::secrets::REFUSAL_EVENT_EVERY_SECS;
+use super::live::REFUSAL_EVENT_EVERY_SECS;
 use super::state::Txn;
 
 /// Records the images of one push, each replacing the image of its name; one `image.pushed`
@@ -143,15 +143,10 @@ fn allowed(txn: &Txn<'_>, node: &str, prefetching: &[String]) -> BTreeSet<String
 /// node, so a node that keeps asking cannot push the event log's older events out.
 fn refuse(cx: &mut Ctx<'_, '_>, node: &str, subject: &str, what: &str, why: &str) -> Reply {
     tracing::info!(node = %node, "{what} refused: {why}");
-    let now = cx.now.secs();
-    let recent = cx
+    if cx
         .live
-        .peek(node)
-        .and_then(|l| l.image_refused_at)
-        .is_some_and(|at| now < at + REFUSAL_EVENT_EVERY_SECS);
-    if !recent {
-        cx.live
-            .touch(node, cx.now, |l| l.image_refused_at = Some(now));
+        .refusal_event_due(node, cx.now, |l| &mut l.image_refused_at)
+    {
         cx.event(
             "image.refused",
             subject,

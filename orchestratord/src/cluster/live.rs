@@ -52,6 +52,11 @@ pub struct LiveInfo {
     pub image_refused_at: Option<u64>,
 }
 
+/// How often a node's refused requests of one kind (secrets and configs; images and blobs)
+/// become an event, at most (seconds): each is logged, but a node that keeps asking cannot push
+/// the event log's older events out.
+pub const REFUSAL_EVENT_EVERY_SECS: u64 = 60;
+
 /// Heartbeats closer together than this (milliseconds) give no new CPU rate.
 pub const MIN_RATE_MS: u64 = 1000;
 
@@ -134,6 +139,27 @@ impl Live {
         let entry = self.nodes.entry(node.to_string()).or_default();
         entry.last_seen = Some(now.secs());
         f(entry);
+    }
+
+    /// Whether `node`'s refused request should become an event now: true at most once every
+    /// [`REFUSAL_EVENT_EVERY_SECS`] per node and kind of request (`at` picks the kind's time:
+    /// `|l| &mut l.refused_at`), recording the time when it is. A time ahead of `now` (the
+    /// clock went back) does not hold the next event back.
+    pub fn refusal_event_due(
+        &mut self,
+        node: &str,
+        now: Now,
+        at: fn(&mut LiveInfo) -> &mut Option<u64>,
+    ) -> bool {
+        let secs = now.secs();
+        let entry = self.nodes.entry(node.to_string()).or_default();
+        let last = at(entry);
+        if last.is_some_and(|t| t <= secs && secs < t + REFUSAL_EVENT_EVERY_SECS) {
+            return false;
+        }
+        *last = Some(secs);
+        entry.last_seen = Some(secs);
+        true
     }
 
     /// Changes what is known of a node that has said nothing (its last-seen time stays).
@@ -256,6 +282,25 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refusals_become_an_event_once_a_minute_per_node_and_kind_whatever_the_clock_does() {
+        let at = |secs: u64| Now {
+            unix_ms: secs * 1000,
+        };
+        let mut live = Live::new(at(0), 10);
+        let secrets: fn(&mut LiveInfo) -> &mut Option<u64> = |l| &mut l.refused_at;
+        let images: fn(&mut LiveInfo) -> &mut Option<u64> = |l| &mut l.image_refused_at;
+        assert!(live.refusal_event_due("n1", at(10_000), secrets));
+        assert!(!live.refusal_event_due("n1", at(10_059), secrets));
+        // Another kind, another node: their own minute.
+        assert!(live.refusal_event_due("n1", at(10_059), images));
+        assert!(live.refusal_event_due("n2", at(10_059), secrets));
+        assert!(live.refusal_event_due("n1", at(10_060), secrets));
+        // The clock went back an hour: the next refusal is an event, not an hour of silence.
+        assert!(live.refusal_event_due("n1", at(10_060 - 3600), secrets));
+        assert!(!live.refusal_event_due("n1", at(10_061 - 3600), secrets));
+    }
 
     #[test]
     fn a_cpu_rate_is_use_over_the_time_between_two_heartbeats() {

@@ -29,6 +29,7 @@ use flotilla_api::AgentReply;
 
 use super::command::{ClusterError, Reply};
 use super::ctx::Ctx;
+use super::live::REFUSAL_EVENT_EVERY_SECS;
 use super::records::{ConfigRecord, SecretRecord, SecretVersionRecord};
 use super::state::Txn;
 
@@ -533,10 +534,6 @@ pub fn versions_for(txn: &Txn<'_>, kind: Kind, def: &TaskDefinition) -> BTreeMap
     out
 }
 
-/// How often a node's refused requests become an event, at most: each is logged, but a node
-/// that keeps asking cannot push the event log's older events out.
-pub(super) const REFUSAL_EVENT_EVERY_SECS: u64 = 60;
-
 /// A node asks for `version` of secret (or config) `name`: the value when a task of its
 /// desired state uses it; otherwise refused and logged (and recorded as an event, at most once
 /// a minute per node).
@@ -556,14 +553,10 @@ pub fn fetch(cx: &mut Ctx<'_, '_>, kind: Kind, node: &str, name: &str, version: 
         .any(|t| t.info.desired == DesiredStatus::Running && kind.uses(t, name, version));
     let refuse = |cx: &mut Ctx<'_, '_>, why: String| {
         tracing::warn!(node = %node, name = %name, version, "{noun} refused: {why}");
-        let now = cx.now.secs();
-        let recent = cx
+        if cx
             .live
-            .peek(node)
-            .and_then(|l| l.refused_at)
-            .is_some_and(|at| now < at + REFUSAL_EVENT_EVERY_SECS);
-        if !recent {
-            cx.live.touch(node, cx.now, |l| l.refused_at = Some(now));
+            .refusal_event_due(node, cx.now, |l| &mut l.refused_at)
+        {
             cx.event(
                 &format!("{noun}.refused"),
                 name,

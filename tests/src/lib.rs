@@ -15,6 +15,7 @@ pub mod openapi;
 pub mod power;
 pub mod registry;
 pub mod relay;
+pub mod taskdefs;
 pub mod terminal;
 pub mod vm;
 

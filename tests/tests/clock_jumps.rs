@@ -48,16 +48,6 @@ const CRASH: &str = r#"{
   }]
 }"#;
 
-/// The scheduled run.
-const ONCE: &str = r#"{
-  "family": "once",
-  "networkMode": "none",
-  "containerDefinitions": [{
-    "name": "main", "image": "test/busybox:latest", "memory": 16,
-    "command": ["sh", "-c", "echo ran on schedule"]
-  }]
-}"#;
-
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -275,7 +265,7 @@ fn clocks_a_year_ahead_and_back_restart_nothing_fire_no_burst_and_keep_the_sessi
 
     cp.register(WEB);
     cp.register(CRASH);
-    cp.register(ONCE);
+    cp.register(flotilla_tests::taskdefs::ONCE);
     let web = cp.run_one("web");
     let crash = cp.run_one("crash");
     wait("web healthy", Duration::from_secs(30), || {

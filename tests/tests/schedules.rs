@@ -10,15 +10,6 @@ use flotilla_runtime::container::Status;
 use flotilla_tests::cluster::Fleet;
 use flotilla_tests::wait;
 
-const ONCE: &str = r#"{
-  "family": "once",
-  "networkMode": "none",
-  "containerDefinitions": [{
-    "name": "main", "image": "test/busybox:latest", "memory": 16,
-    "command": ["sh", "-c", "echo ran on schedule"]
-  }]
-}"#;
-
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -30,7 +21,7 @@ fn now() -> u64 {
 fn a_pinned_schedule_fires_on_its_disconnected_node_and_reports_later() {
     let fleet = Fleet::start(&[&[], &[]]);
     let (cp, ids, hosts, nodes) = (&fleet.cp, &fleet.ids, &fleet.hosts, &fleet.nodes);
-    fleet.register(ONCE);
+    fleet.register(flotilla_tests::taskdefs::ONCE);
 
     cp.flotilla_ok(&[
         "schedule",

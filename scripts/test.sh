@@ -23,9 +23,14 @@ trap 'for g in $fuzz_build $vm; do kill -- -"$g" 2>/dev/null || true; done; rm -
 setsid sh -c 'echo 19 > /proc/self/autogroup 2>/dev/null || true; exec nice -n 19 scripts/fuzz.sh --build-only' >"$fuzz_log" 2>&1 &
 fuzz_build=$!
 # Every test executable first (the cgroup v2 tests run the container suite's in their guests).
-cargo test --workspace --no-run 2>&1 | tee "$log"
-guests=$(sed -n 's|^ *Executable tests/cgroup_v2.rs (\(.*\))$|\1|p' "$log")
-[ -n "$guests" ] || { echo "test.sh: no cgroup_v2 test executable was built" >&2; exit 1; }
+cargo test --workspace --no-run
+# (Its path, as cargo names it: the runtime crate has a tests/cgroup_v2.rs of its own.)
+guests=$(cargo test -p flotilla-tests --test cgroup_v2 --no-run 2>&1 |
+  sed -n 's|^ *Executable tests/cgroup_v2.rs (\(.*\))$|\1|p')
+if [ "$(printf '%s\n' "$guests" | wc -l)" != 1 ] || [ ! -x "$guests" ]; then
+  echo "test.sh: not one cgroup_v2 test executable of flotilla-tests: '$guests'" >&2
+  exit 1
+fi
 # The cgroup v2 and power-cut tests boot guests under QEMU's TCG, which needs CPU and little
 # else, while the host's system tests mostly wait on their daemons: the guests run beside them
 # (at most two at a time: tests/src/vm.rs), at a lower priority so that the host tests' timing

@@ -500,13 +500,16 @@ impl ContentStore {
                         .into(),
                 });
             }
-            out.push(self.ingest_one(&layout, desc, image, &matcher)?);
+            out.push(self.ingest_one(&layout, desc, image, &matcher, Blobs::Copy)?);
         }
         Ok(out)
     }
 
     /// Stores the one image of the layout directory `dir` that a pull from a registry wrote
     /// (`pull.rs`), as `name` — which may pin a digest, as the reference pulled did. Blocking.
+    /// The layout is the store's own (under its `tmp/`, on its filesystem): each blob the store
+    /// does not hold yet is moved in, hashed again but not copied, so a pull writes each
+    /// layer once.
     ///
     /// # Errors
     /// As [`ContentStore::ingest`].
@@ -524,7 +527,13 @@ impl ContentStore {
         let Some(desc) = layout.index().manifests.first().cloned() else {
             return Err(of_archive(layout.err("the pull wrote no manifest")));
         };
-        self.ingest_one(&layout, &desc, name.to_string(), &matcher(platform))
+        self.ingest_one(
+            &layout,
+            &desc,
+            name.to_string(),
+            &matcher(platform),
+            Blobs::Move,
+        )
     }
 
     fn ingest_one(
@@ -533,6 +542,7 @@ impl ContentStore {
         desc: &Descriptor,
         image: String,
         matcher: &PlatformMatcher,
+        blobs: Blobs,
     ) -> Result<StoredImage, PushError> {
         let refuse = |reason: String| PushError::Image {
             image: image.clone(),
@@ -597,7 +607,10 @@ impl ContentStore {
         };
         for d in std::iter::once(&m.config).chain(&m.layers) {
             let from = layout.blob_path(&d.digest).map_err(of_archive)?;
-            self.put_file(&from, d, &image)?;
+            match blobs {
+                Blobs::Copy => self.put_file(&from, d, &image)?,
+                Blobs::Move => self.move_file(&from, d, &image)?,
+            }
         }
         self.put_bytes(&bytes, &mdesc.digest)?;
         let blob = |d: &Descriptor| StoredBlob {
@@ -660,22 +673,26 @@ impl ContentStore {
         let src = File::open(from).map_err(io_at(from))?;
         let mut reader = HashingReader::new(io::BufReader::with_capacity(1 << 20, src));
         io::copy(&mut reader, out.as_file_mut()).map_err(io_at(from))?;
-        let (actual, size) = reader.finish().map_err(io_at(from))?;
-        if actual != d.digest {
-            return Err(PushError::Blob {
-                image: image.to_string(),
-                digest: d.digest.clone(),
-                reason: format!("content hashes to {actual}"),
-            });
-        }
-        if size != d.size {
-            return Err(PushError::Blob {
-                image: image.to_string(),
-                digest: d.digest.clone(),
-                reason: format!("{size} bytes where its descriptor says {}", d.size),
-            });
-        }
+        verified(reader.finish().map_err(io_at(from))?, d, image)?;
         self.persist(out, &dest)
+    }
+
+    /// Moves the file `from`, on the store's filesystem, into the store as blob `d`: hashed
+    /// against its digest and size, made 0600 and synced, then renamed; a blob the store holds
+    /// whole already is kept as it is (and `from` left where it is).
+    fn move_file(&self, from: &Path, d: &Descriptor, image: &str) -> Result<(), PushError> {
+        let dest = self.blob_path(&d.digest);
+        if self.holds_intact(&d.digest) {
+            return Ok(());
+        }
+        let src = File::open(from).map_err(io_at(from))?;
+        let mut reader = HashingReader::new(io::BufReader::with_capacity(1 << 20, &src));
+        io::copy(&mut reader, &mut io::sink()).map_err(io_at(from))?;
+        verified(reader.finish().map_err(io_at(from))?, d, image)?;
+        src.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io_at(from))?;
+        src.sync_all().map_err(io_at(from))?;
+        fs::rename(from, &dest).map_err(io_at(&dest))
     }
 
     /// Writes a verified document (a manifest) as blob `digest`.
@@ -737,6 +754,35 @@ impl ContentStore {
         }
         Ok(removed)
     }
+}
+
+/// How [`ContentStore::ingest_one`] takes a layout's blobs: copied (an operator's archive,
+/// unpacked in staging) or moved (a pull's layout, already on the store's filesystem).
+#[derive(Debug, Clone, Copy)]
+enum Blobs {
+    Copy,
+    Move,
+}
+
+/// `got` (digest and size read) if it is blob `d` of `image`; otherwise the refusal naming the
+/// difference.
+fn verified(got: (Digest, u64), d: &Descriptor, image: &str) -> Result<(), PushError> {
+    let (actual, size) = got;
+    if actual != d.digest {
+        return Err(PushError::Blob {
+            image: image.to_string(),
+            digest: d.digest.clone(),
+            reason: format!("content hashes to {actual}"),
+        });
+    }
+    if size != d.size {
+        return Err(PushError::Blob {
+            image: image.to_string(),
+            digest: d.digest.clone(),
+            reason: format!("{size} bytes where its descriptor says {}", d.size),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

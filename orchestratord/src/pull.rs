@@ -9,7 +9,8 @@
 //! directory under the store's `tmp/` — manifest, config and layers fetched with
 //! `flotilla_oci::registry`, a layer the store already holds whole linked rather than fetched —
 //! then stores it as a push stores an archive ([`ContentStore::ingest_pulled`]: every blob
-//! verified by digest and size) and commits the name with the core. Nothing a registry sends is
+//! verified by digest and size, and moved into the store rather than copied, so each layer is
+//! written once) and commits the name with the core. Nothing a registry sends is
 //! trusted before its digest is checked. One pull of a name runs at a time; a second waits for
 //! it.
 
@@ -772,5 +773,37 @@ mod tests {
         let stored = stored.expect("ingested").expect("stored");
         assert_eq!(stored.layers[0].digest, layer.to_string());
         assert!(store.holds_intact(&layer), "the layer is in the store");
+    }
+
+    #[test]
+    fn a_pulled_layer_is_moved_into_the_store_not_written_again() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let data = tempfile::tempdir().expect("a data directory");
+        let store = Arc::new(ContentStore::open(data.path(), 0).expect("the store"));
+        let (files, layer) = image(|_| {}, None);
+        let (port, _) = serve(files);
+        let dir = tempfile::tempdir_in(store.tmp()).expect("a pull directory");
+        let a = ask(port);
+        let r = ImageRef::parse(&a.reference).expect("a reference");
+        let http = registry::http_client().expect("a client");
+        rt().block_on(fetch(
+            &Default::default(),
+            &http,
+            &r,
+            &a,
+            &store,
+            dir.path(),
+        ))
+        .expect("pulled");
+        let pulled = dir.path().join("blobs/sha256").join(layer.hex());
+        let inode = std::fs::metadata(&pulled).expect("the pulled layer").ino();
+        store
+            .ingest_pulled(dir.path(), &r.name(), None)
+            .expect("stored");
+        let kept = std::fs::metadata(store.blob_path(&layer)).expect("the stored layer");
+        assert_eq!(kept.ino(), inode, "the same file, renamed");
+        assert_eq!(kept.permissions().mode() & 0o777, 0o600);
+        assert!(!pulled.exists());
+        assert!(store.holds_intact(&layer));
     }
 }

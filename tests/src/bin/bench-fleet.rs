@@ -14,9 +14,12 @@
 //! control plane's CPU, RSS and bytes written to disk); a DAEMON service rolled out to every
 //! node (→ every task RUNNING and recorded; with DISCOVERY=1 the service registers for
 //! discovery and the time until every agent holds the registry with every endpoint is measured
-//! too); the latency of listing every node and every task; and a reconnect storm (`kill -9` of
+//! too); the latency of listing every node and every task, in one call and in pages of 500 (as
+//! `flotilla task ls` and `node ls` read them); the DAEMON service updated to a new revision
+//! (→ every node's one RUNNING task of the new revision); a reconnect storm (`kill -9` of
 //! the control plane, restarted 2 s later as systemd's `RestartSec=2` does → every agent in
-//! session again; with DISCOVERY=1 also → every agent holding the registry again). How the
+//! session again; with DISCOVERY=1 also → every agent holding the registry again); and a
+//! REPLICA service of AGENTS tasks (→ all RUNNING and recorded). How the
 //! agents got their registries (whole, as deltas) and how many UDP datagrams the kernel dropped
 //! at full socket receive buffers (`Udp: RcvbufErrors`, every socket of the host) are printed
 //! with each phase. The simulator shares the machine's cores with the control plane.
@@ -49,6 +52,72 @@ const DEF: &str = r#"{
     "command": ["httpd", "-f", "-p", "80"]
   }]
 }"#;
+
+/// The DAEMON service's next revision: another command, the same shape.
+const DEF_2: &str = r#"{
+  "family": "fleet",
+  "networkMode": "bridge",
+  "containerDefinitions": [{
+    "name": "web", "image": "test/busybox:latest", "memory": 32,
+    "portMappings": [{"containerPort": 80}],
+    "command": ["httpd", "-f", "-p", "80", "-h", "/tmp"]
+  }]
+}"#;
+
+/// The REPLICA service's tasks: no network, so they add no port or address to any node.
+const REPLICA: &str = r#"{
+  "family": "fleet-replica",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 16,
+    "command": ["sleep", "1000000"]
+  }]
+}"#;
+
+/// Page size of the paged listings: what the CLI asks for by default.
+const PAGE: u32 = 500;
+
+/// Every page of a listing, one after another: the whole listing's time, the number of items,
+/// and the pages' median and slowest time.
+fn paged<T>(
+    mut pages: impl Iterator<Item = Result<Vec<T>, flotilla_client::ClientError>>,
+) -> Result<String> {
+    let started = Instant::now();
+    let (mut items, mut times) = (0, Vec::new());
+    loop {
+        let t = Instant::now();
+        let Some(page) = pages.next() else { break };
+        times.push(t.elapsed());
+        items += page?.len();
+    }
+    let took = started.elapsed();
+    let n = times.len();
+    Ok(format!(
+        "{items} in {} ({n} pages; a page p50 {} max {})",
+        ms(took),
+        ms(percentile(&mut times, 50.0)),
+        ms(percentile(&mut times, 100.0))
+    ))
+}
+
+/// How many of the agents' tasks of task definition `prefix…` are RUNNING and recorded.
+fn recorded_running(shared: &Shared, prefix: &str) -> usize {
+    shared
+        .agents
+        .iter()
+        .map(|a| {
+            a.state()
+                .tasks
+                .values()
+                .filter(|t| {
+                    t.desired.task_definition.starts_with(prefix)
+                        && t.state == TaskState::Running
+                        && t.reported == Some(TaskState::Running)
+                })
+                .count()
+        })
+        .sum()
+}
 
 fn main() -> Result<()> {
     let [agents, idle_secs, heartbeat_secs, discovery] = flotilla_tests::bench_args([
@@ -379,6 +448,46 @@ fn measure(
     if running != agents {
         bail!("the API shows {running} tasks RUNNING, not {agents}");
     }
+    let api = cp.api();
+    println!(
+        "paged listing (pages of {PAGE}, one after another): nodes {}; tasks {}",
+        paged(api.node_pages(&Default::default(), PAGE)?)?,
+        paged(api.task_pages(&Default::default(), PAGE)?)?
+    );
+
+    // The DAEMON service updated: every node's task replaced by one of the new revision.
+    cp.api().register_taskdef(DEF_2.as_bytes())?;
+    let cpu0 = flotilla_tests::cpu_time(pid(&cp)?)?;
+    let t = Instant::now();
+    cp.api().update_service(
+        "fleet",
+        &flotilla_api::service::ServiceUpdate {
+            task_definition: Some("fleet:2".into()),
+            ..Default::default()
+        },
+    )?;
+    until(
+        "one task of fleet:2 RUNNING on every node, and no other",
+        Duration::from_secs(600),
+        || {
+            Ok(all(&shared, |a| {
+                let running: Vec<&str> = a
+                    .tasks
+                    .values()
+                    .filter(|t| t.state == TaskState::Running)
+                    .map(|t| t.desired.task_definition.as_str())
+                    .collect();
+                running == ["fleet:2"] && a.recorded(TaskState::Running) == 1
+            }))
+        },
+    )?;
+    println!(
+        "DAEMON update: every node's task replaced by one of revision 2, RUNNING and recorded, \
+         {:.2} s after the update; control plane CPU {:.1} s, RSS {}",
+        t.elapsed().as_secs_f64(),
+        (flotilla_tests::cpu_time(pid(&cp)?)? - cpu0).as_secs_f64(),
+        flotilla_tests::Resident::of(pid(&cp)?)?
+    );
 
     // Reconnect storm: kill -9, restarted 2 s later.
     let before: Vec<u32> = shared.agents.iter().map(|a| a.state().sessions).collect();
@@ -490,6 +599,39 @@ fn measure(
             .or_insert(0) += 1;
     }
     println!("tasks after the storm: {by_state:?}");
+
+    // A REPLICA service of as many tasks as agents, spread over the fleet.
+    cp.api().register_taskdef(REPLICA.as_bytes())?;
+    let cpu0 = flotilla_tests::cpu_time(pid(&cp)?)?;
+    let t = Instant::now();
+    let spec = serde_json::json!({"serviceName": "replicas", "taskDefinition": "fleet-replica",
+        "desiredCount": agents, "schedulingStrategy": "REPLICA"});
+    cp.api().create_service(spec.to_string().as_bytes())?;
+    until(
+        "every replica RUNNING and recorded",
+        Duration::from_secs(900),
+        || Ok(recorded_running(&shared, "fleet-replica:") == agents),
+    )?;
+    println!(
+        "REPLICA service of {agents} tasks: all RUNNING and recorded {:.2} s after the service \
+         was created; control plane CPU {:.1} s, RSS {}",
+        t.elapsed().as_secs_f64(),
+        (flotilla_tests::cpu_time(pid(&cp)?)? - cpu0).as_secs_f64(),
+        flotilla_tests::Resident::of(pid(&cp)?)?
+    );
+    let api = cp.api();
+    println!(
+        "paged listing with the replicas: tasks {}; the service's RUNNING tasks {}",
+        paged(api.task_pages(&Default::default(), PAGE)?)?,
+        paged(api.task_pages(
+            &flotilla_api::page::TaskFilter {
+                service: Some("replicas".into()),
+                state: Some(TaskState::Running),
+                ..Default::default()
+            },
+            PAGE
+        )?)?
+    );
     println!("in the whole run: {}", dropped_since(drops_at_start));
     rt.block_on(sim.stop());
     Ok(())

@@ -75,15 +75,33 @@ impl Executor for Workload {
             // from a clean state before it executes the workload.
             sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None)
                 .map_err(|e| other("blocking signals for the init", &e))?;
+            // The workload waits for the end of this pipe, which the init closes with every
+            // other descriptor of the setup: it never runs while those are still open in its
+            // PID 1 (where `/proc/1/fd` would show them).
+            let (closed, closing) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+                .map_err(|e| other("a pipe for the init", &e))?;
             #[allow(unsafe_code)]
             // SAFETY: the container's init process is single-threaded here (libcontainer made
             // it with clone and starts no thread in it), so the child of fork is a complete
             // copy that may run any code: no lock is held by another thread.
             let forked =
                 unsafe { nix::unistd::fork() }.map_err(|e| other("forking the init", &e))?;
-            if let nix::unistd::ForkResult::Parent { child } = forked {
-                self.seccomp()?;
-                run_init(child);
+            match forked {
+                nix::unistd::ForkResult::Parent { child } => {
+                    drop(closed);
+                    // Closed below, with the rest.
+                    let _ = std::os::fd::IntoRawFd::into_raw_fd(closing);
+                    sys::close_from(3);
+                    self.seccomp()?;
+                    run_init(child);
+                }
+                nix::unistd::ForkResult::Child => {
+                    drop(closing);
+                    let mut byte = [0u8; 1];
+                    // End of file once the init closed its end; signals are blocked here, so
+                    // nothing interrupts the wait.
+                    while matches!(rustix::io::read(&closed, &mut byte), Ok(1)) {}
+                }
             }
         }
         own_nofile(spec).map_err(ExecutorError::Other)?;
@@ -153,11 +171,11 @@ fn own_nofile(spec: &Spec) -> Result<(), String> {
 /// number when it was killed, as a shell reports it); the kernel then ends whatever is left in
 /// the container.
 ///
-/// It first closes every descriptor above stderr: what the container's setup held open (the
-/// host's `/proc`, the root filesystem by its host path, sync sockets) must not stay reachable
-/// through `/proc/1/fd` by a workload allowed to inspect its PID 1 (`CAP_SYS_PTRACE`).
+/// Every descriptor above stderr is closed before (and before the workload runs): what the
+/// container's setup held open (the host's `/proc`, the root filesystem by its host path, sync
+/// sockets) must not be reachable through `/proc/1/fd` by a workload allowed to inspect its
+/// PID 1 (`CAP_SYS_PTRACE`).
 fn run_init(workload: Pid) -> ! {
-    sys::close_from(3);
     let all = SigSet::all();
     loop {
         let sig = sys::wait_signal(&all);
@@ -182,14 +200,30 @@ mod sys {
     use nix::sys::signal::SigSet;
     use nix::unistd::Pid;
 
-    /// Closes every descriptor from `first` up.
+    /// Closes every descriptor from `first` up: `close_range(2)`, or one by one as
+    /// `/proc/self/fd` lists them where the kernel has no `close_range` (before Linux 5.9).
     pub fn close_from(first: u32) {
         #[allow(unsafe_code)]
         // SAFETY: close_range(2) takes plain integers and only closes this process's
         // descriptors; nothing in this (single-threaded, about to loop forever) process uses
         // one above stderr again.
-        unsafe {
-            libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32);
+        let r = unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, 0u32) };
+        if r == 0 {
+            return;
+        }
+        let open: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|fd| u32::try_from(*fd).is_ok_and(|fd| fd >= first))
+            .collect();
+        for fd in open {
+            #[allow(unsafe_code)]
+            // SAFETY: as above; the directory's own descriptor, listed too, is closed already
+            // (a close of it fails harmlessly).
+            unsafe {
+                libc::close(fd);
+            }
         }
     }
 

@@ -377,6 +377,7 @@ async fn pulled_image(
         reference: image.to_string(),
         platform,
         insecure: false,
+        require_platform: false,
     };
     match crate::pull::pull(plane, &ask, true).await {
         Ok(i) => AgentReply::Image(i),

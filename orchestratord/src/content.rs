@@ -500,7 +500,13 @@ impl ContentStore {
                         .into(),
                 });
             }
-            out.push(self.ingest_one(&layout, desc, image, &matcher, Blobs::Copy)?);
+            out.push(self.ingest_one(
+                &layout,
+                desc,
+                image,
+                (&matcher, platform.is_some()),
+                Blobs::Copy,
+            )?);
         }
         Ok(out)
     }
@@ -509,7 +515,7 @@ impl ContentStore {
     /// (`pull.rs`), as `name` — which may pin a digest, as the reference pulled did. Blocking.
     /// The layout is the store's own (under its `tmp/`, on its filesystem): each blob the store
     /// does not hold yet is moved in, hashed again but not copied, so a pull writes each
-    /// layer once.
+    /// layer once. With `required`, an image for another `platform` is refused.
     ///
     /// # Errors
     /// As [`ContentStore::ingest`].
@@ -518,6 +524,7 @@ impl ContentStore {
         dir: &Path,
         name: &str,
         platform: Option<&Platform>,
+        required: bool,
     ) -> Result<StoredImage, PushError> {
         let limits = Limits {
             bytes: MAX_STAGED_BYTES,
@@ -531,7 +538,7 @@ impl ContentStore {
             &layout,
             &desc,
             name.to_string(),
-            &matcher(platform),
+            (&matcher(platform), required && platform.is_some()),
             Blobs::Move,
         )
     }
@@ -541,7 +548,7 @@ impl ContentStore {
         layout: &Layout,
         desc: &Descriptor,
         image: String,
-        matcher: &PlatformMatcher,
+        (matcher, explicit): (&PlatformMatcher, bool),
         blobs: Blobs,
     ) -> Result<StoredImage, PushError> {
         let refuse = |reason: String| PushError::Image {
@@ -605,6 +612,15 @@ impl ContentStore {
             architecture: config.architecture.clone(),
             variant: config.variant.clone(),
         };
+        // Asked for by name (`--platform`), a platform is a requirement, of a single image as
+        // of an index; the default (the control plane's own) only picks from an index, as a
+        // control plane may well keep images for nodes of another architecture.
+        if explicit && matcher.rank(&platform).is_none() {
+            return Err(refuse(format!(
+                "it is an image for {platform}, not for {} (--platform)",
+                matcher.platform()
+            )));
+        }
         for d in std::iter::once(&m.config).chain(&m.layers) {
             let from = layout.blob_path(&d.digest).map_err(of_archive)?;
             match blobs {
@@ -659,11 +675,12 @@ impl ContentStore {
     }
 
     /// Copies `from` into the store as blob `d`, verified against its digest and size; a blob
-    /// the store holds whole already is kept as it is, one that is not is replaced.
+    /// the store holds whole already is kept as it is (`from` is still verified: an archive
+    /// with a corrupt copy is refused all the same), one that is not is replaced.
     fn put_file(&self, from: &Path, d: &Descriptor, image: &str) -> Result<(), PushError> {
         let dest = self.blob_path(&d.digest);
         if self.holds_intact(&d.digest) {
-            return Ok(());
+            return verify_file(from, d, image);
         }
         let tmp = self.tmp();
         let mut out = tempfile::Builder::new()
@@ -679,16 +696,14 @@ impl ContentStore {
 
     /// Moves the file `from`, on the store's filesystem, into the store as blob `d`: hashed
     /// against its digest and size, made 0600 and synced, then renamed; a blob the store holds
-    /// whole already is kept as it is (and `from` left where it is).
+    /// whole already is kept as it is (and `from`, verified all the same, left where it is).
     fn move_file(&self, from: &Path, d: &Descriptor, image: &str) -> Result<(), PushError> {
         let dest = self.blob_path(&d.digest);
         if self.holds_intact(&d.digest) {
-            return Ok(());
+            return verify_file(from, d, image);
         }
+        verify_file(from, d, image)?;
         let src = File::open(from).map_err(io_at(from))?;
-        let mut reader = HashingReader::new(io::BufReader::with_capacity(1 << 20, &src));
-        io::copy(&mut reader, &mut io::sink()).map_err(io_at(from))?;
-        verified(reader.finish().map_err(io_at(from))?, d, image)?;
         src.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
             .map_err(io_at(from))?;
         src.sync_all().map_err(io_at(from))?;
@@ -762,6 +777,14 @@ impl ContentStore {
 enum Blobs {
     Copy,
     Move,
+}
+
+/// Hashes the file `from` as blob `d` of `image` (reading it only).
+fn verify_file(from: &Path, d: &Descriptor, image: &str) -> Result<(), PushError> {
+    let src = File::open(from).map_err(io_at(from))?;
+    let mut reader = HashingReader::new(io::BufReader::with_capacity(1 << 20, src));
+    io::copy(&mut reader, &mut io::sink()).map_err(io_at(from))?;
+    verified(reader.finish().map_err(io_at(from))?, d, image)
 }
 
 /// `got` (digest and size read) if it is blob `d` of `image`; otherwise the refusal naming the
@@ -907,6 +930,41 @@ mod tests {
         assert!(e.to_string().contains(&layer.to_string()), "{e}");
         assert!(e.to_string().contains("content hashes to"), "{e}");
         assert!(!store.blob_path(&layer).exists());
+        // The same archive once the store holds that layer whole (from another image): still
+        // refused, and the store's copy kept.
+        store
+            .ingest(
+                &write_tar(dir.path(), &archive("demo/b:1", &[b"layer", b"b"])),
+                None,
+                None,
+            )
+            .expect("a whole archive");
+        let e = store
+            .ingest(&write_tar(dir.path(), &entries), None, None)
+            .expect_err("corrupt, though the layer is held");
+        assert!(e.to_string().contains(&layer.to_string()), "{e}");
+        assert!(e.to_string().contains("content hashes to"), "{e}");
+        assert!(store.holds_intact(&layer));
+    }
+
+    #[test]
+    fn a_platform_asked_for_is_required_of_a_single_image_and_the_default_is_not() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ContentStore::open(dir.path(), 0).expect("open");
+        let a = write_tar(dir.path(), &archive("demo/a:1", &[b"l"]));
+        let arm: Platform = "linux/arm64".parse().expect("a platform");
+        let e = store
+            .ingest(&a, None, Some(&arm))
+            .expect_err("amd64, not arm64");
+        assert!(
+            e.to_string()
+                .ends_with("it is an image for linux/amd64, not for linux/arm64 (--platform)"),
+            "{e}"
+        );
+        assert_eq!(blobs(&store), 0);
+        // Without --platform an image for any platform is kept (for nodes of that one).
+        let images = store.ingest(&a, None, None).expect("kept");
+        assert_eq!(images[0].platform, "linux/amd64");
     }
 
     #[test]

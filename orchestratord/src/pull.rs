@@ -46,6 +46,11 @@ pub struct PullAsk {
     pub platform: Option<Platform>,
     /// The registry is reached over plain HTTP (an operator's `--insecure`; never a node's).
     pub insecure: bool,
+    /// `platform` is a requirement (an operator's `--platform`): an image for another is
+    /// refused, a single one as one picked from an index. Otherwise it only picks from an
+    /// index (a node's pull-through: the node checks what it can run, 32-bit ARM on arm64
+    /// among it).
+    pub require_platform: bool,
 }
 
 /// Why a pull failed.
@@ -161,9 +166,11 @@ pub async fn pull(
     let gate = content.gate.read().await;
     let stored = {
         let (store, name, platform) = (content.clone(), name.clone(), ask.platform.clone());
-        let dir = dir.path().to_path_buf();
-        tokio::task::spawn_blocking(move || store.ingest_pulled(&dir, &name, platform.as_ref()))
-            .await
+        let (dir, required) = (dir.path().to_path_buf(), ask.require_platform);
+        tokio::task::spawn_blocking(move || {
+            store.ingest_pulled(&dir, &name, platform.as_ref(), required)
+        })
+        .await
     };
     drop(dir);
     let image = match stored {
@@ -248,7 +255,7 @@ async fn fetch(
         };
         // Each source writes its own layout: bytes one sent are never completed by another.
         let _ = std::fs::remove_dir_all(dir.join("blobs"));
-        match write_layout(&client, r, content, dir, ask.platform.as_ref()).await {
+        match write_layout(&client, r, content, dir, ask).await {
             Ok(()) => return Ok(who),
             Err(e) => {
                 let failure = match &e {
@@ -260,7 +267,10 @@ async fn fetch(
                     Fault::Image(_) | Fault::Short { .. } if who.is_empty() => {
                         format!("registry {}: {e}", r.registry)
                     }
-                    e => e.to_string(),
+                    // With its causes: "error sending request" alone says nothing of a
+                    // refused connection, a failed name lookup or a TLS handshake with a
+                    // plain-HTTP server.
+                    e => flotilla_api::errors::chain(e),
                 };
                 tracing::info!(image = %name, source = %if who.is_empty() { r.registry.as_str() } else { who.as_str() }, "pull: {text}");
                 said.push((who, text, failure));
@@ -279,6 +289,16 @@ async fn fetch(
         })
         .collect::<Vec<_>>()
         .join("; then ");
+    let origin_unreachable = said.last().is_some_and(|(who, _, _)| who.is_empty())
+        && failure == Some(Failure::Unreachable);
+    let detail = if origin_unreachable && !ask.insecure {
+        format!(
+            "{detail} (a registry served over plain HTTP is pulled from with `--insecure`: \
+             `flotilla image push REF --insecure`)"
+        )
+    } else {
+        detail
+    };
     Err(PullError::Registry {
         image: name,
         detail,
@@ -347,8 +367,9 @@ async fn write_layout(
     r: &ImageRef,
     store: &Arc<ContentStore>,
     dir: &Path,
-    platform: Option<&Platform>,
+    ask: &PullAsk,
 ) -> Result<(), Fault> {
+    let platform = ask.platform.as_ref();
     let blobs = dir.join("blobs/sha256");
     tokio::fs::create_dir_all(&blobs)
         .await
@@ -451,6 +472,24 @@ async fn write_layout(
             "blob {} (the config) is corrupt: content hashes to {actual}",
             m.config.digest
         )));
+    }
+    // A platform asked for by name is a requirement of a single image too (the store refuses
+    // it as well): said before any layer is fetched.
+    if let Some(want) = platform.filter(|_| ask.require_platform) {
+        let c: manifest::ImageConfig = serde_json::from_slice(&config)
+            .map_err(|e| Fault::Image(format!("blob {} (the config): {e}", m.config.digest)))?;
+        let have = Platform {
+            os: c.os,
+            architecture: c.architecture,
+            variant: c.variant,
+        };
+        let matcher = manifest::PlatformMatcher::new(want, false);
+        if matcher.rank(&have).is_none() {
+            return Err(Fault::Image(format!(
+                "it is an image for {have}, not for {} (--platform)",
+                matcher.platform()
+            )));
+        }
     }
     write(&m.config.digest, config).await?;
     for layer in &m.layers {
@@ -611,6 +650,7 @@ mod tests {
             reference: format!("127.0.0.1:{registry}/team/app:v1"),
             platform: None,
             insecure: true,
+            require_platform: false,
         }
     }
 
@@ -749,7 +789,7 @@ mod tests {
             let stored = from
                 .as_ref()
                 .ok()
-                .map(|_| store.ingest_pulled(dir.path(), &r.name(), None));
+                .map(|_| store.ingest_pulled(dir.path(), &r.name(), None, false));
             (from, stored)
         };
         // Both corrupt: each is named with the blob it spoiled.
@@ -798,12 +838,84 @@ mod tests {
         let pulled = dir.path().join("blobs/sha256").join(layer.hex());
         let inode = std::fs::metadata(&pulled).expect("the pulled layer").ino();
         store
-            .ingest_pulled(dir.path(), &r.name(), None)
+            .ingest_pulled(dir.path(), &r.name(), None, false)
             .expect("stored");
         let kept = std::fs::metadata(store.blob_path(&layer)).expect("the stored layer");
         assert_eq!(kept.ino(), inode, "the same file, renamed");
         assert_eq!(kept.permissions().mode() & 0o777, 0o600);
         assert!(!pulled.exists());
         assert!(store.holds_intact(&layer));
+    }
+
+    #[test]
+    fn a_single_image_of_another_platform_than_asked_is_refused_before_its_layers() {
+        let data = tempfile::tempdir().expect("a data directory");
+        let store = Arc::new(ContentStore::open(data.path(), 0).expect("the store"));
+        let (files, _) = image(|_| {}, None);
+        let (port, blobs) = serve(files);
+        let dir = tempfile::tempdir_in(store.tmp()).expect("a pull directory");
+        let mut a = ask(port);
+        a.platform = Some("linux/riscv64".parse().expect("a platform"));
+        a.require_platform = true;
+        let r = ImageRef::parse(&a.reference).expect("a reference");
+        let http = registry::http_client().expect("a client");
+        let e = rt()
+            .block_on(fetch(
+                &Default::default(),
+                &http,
+                &r,
+                &a,
+                &store,
+                dir.path(),
+            ))
+            .expect_err("another platform");
+        assert!(
+            e.to_string().contains("not for linux/riscv64 (--platform)"),
+            "{e}"
+        );
+        assert_eq!(
+            blobs.load(Ordering::SeqCst),
+            1,
+            "only the config was fetched"
+        );
+    }
+
+    #[test]
+    fn an_unreachable_registry_is_named_with_the_cause_and_plain_http_is_hinted() {
+        let data = tempfile::tempdir().expect("a data directory");
+        let store = Arc::new(ContentStore::open(data.path(), 0).expect("the store"));
+        let http = registry::http_client().expect("a client");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a port")
+            .port();
+        let (plain, _) = serve(HashMap::new());
+        for (port, insecure, cause) in [(closed, true, "Connection refused"), (plain, false, "tls")]
+        {
+            let dir = tempfile::tempdir_in(store.tmp()).expect("a pull directory");
+            let mut a = ask(port);
+            a.insecure = insecure;
+            let r = ImageRef::parse(&a.reference).expect("a reference");
+            let e = rt()
+                .block_on(fetch(
+                    &Default::default(),
+                    &http,
+                    &r,
+                    &a,
+                    &store,
+                    dir.path(),
+                ))
+                .expect_err("unreachable");
+            let text = e.to_string();
+            assert!(
+                text.to_lowercase().contains(&cause.to_lowercase()),
+                "{port}: {text}"
+            );
+            assert_eq!(
+                text.contains("`flotilla image push REF --insecure`"),
+                !insecure,
+                "{text}"
+            );
+        }
     }
 }

@@ -99,6 +99,7 @@ pub async fn pull(req: ImagePullRequest, plane: &Plane) -> Reply {
     };
     let ask = PullAsk {
         reference: req.image,
+        require_platform: platform.is_some(),
         platform,
         insecure: req.insecure,
     };

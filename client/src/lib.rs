@@ -485,13 +485,22 @@ impl Client {
             path: file.to_path_buf(),
             source,
         })?;
-        let len = std_file
-            .metadata()
-            .map_err(|source| ClientError::File {
+        let meta = std_file.metadata().map_err(|source| ClientError::File {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        if meta.is_dir() {
+            // An OCI layout directory: the control plane takes its archive.
+            return Err(ClientError::File {
                 path: file.to_path_buf(),
-                source,
-            })?
-            .len();
+                source: std::io::Error::new(
+                    std::io::ErrorKind::IsADirectory,
+                    "a directory, not an archive: an OCI layout directory becomes one with \
+                     `tar -C DIR -cf FILE.tar .` (or `skopeo copy oci:DIR oci-archive:FILE.tar`)",
+                ),
+            });
+        }
+        let len = meta.len();
         let body = FileBody {
             file: tokio::fs::File::from_std(std_file),
             left: len,

@@ -324,7 +324,16 @@ fn init(
         "admin credential '{admin_name}' for {server} in {}",
         admin_dir.display()
     );
-    outln!("next: orchestratord --data-dir {} run", data_dir.display());
+    // `run` listens on the default port unless told: the credential names `port`.
+    let listen = if port == flotilla_api::DEFAULT_PORT {
+        String::new()
+    } else {
+        format!(" --listen 0.0.0.0:{port}")
+    };
+    outln!(
+        "next: orchestratord --data-dir {} run{listen}",
+        data_dir.display()
+    );
     Ok(())
 }
 

@@ -25,7 +25,33 @@ fn init_creates_a_private_ca_and_refuses_to_replace_it() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert!(String::from_utf8_lossy(&first.stdout).contains("CA digest: sha256:"));
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(said.contains("CA digest: sha256:"), "{said}");
+    // The default port: `run` needs no --listen.
+    assert!(
+        said.contains(&format!(
+            "next: orchestratord --data-dir {} run\n",
+            data.display()
+        )),
+        "{said}"
+    );
+    // Another port, which the admin credential names: the next command listens on it.
+    let other = dir.path().join("cp-7450");
+    let o = Command::new(bin("orchestratord"))
+        .args(["init", "--port", "7450", "--data-dir"])
+        .arg(&other)
+        .arg("--admin-config")
+        .arg(dir.path().join("admin-7450"))
+        .output()
+        .expect("run orchestratord");
+    let said = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        said.contains(&format!(
+            "next: orchestratord --data-dir {} run --listen 0.0.0.0:7450\n",
+            other.display()
+        )),
+        "{said}"
+    );
     let mode =
         |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode(&data.join("ca-key.pem")), 0o600);

@@ -158,6 +158,17 @@ fn an_archive_with_a_corrupted_blob_is_refused_naming_it() {
     std::fs::write(&junk, b"not a tar archive, not at all").expect("junk");
     let o = cp.flotilla(&["image", "push", &path(&junk)]);
     assert_eq!(o.status.code(), Some(1));
+    // A layout directory is no archive: named, with how to make one, nothing sent.
+    let o = cp.flotilla(&["image", "push", &path(&layout)]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "reading {}: a directory, not an archive",
+            path(&layout)
+        )) && err.contains("tar -C DIR -cf FILE.tar ."),
+        "{err}"
+    );
     // Nothing of either push is left in the store (the blobs stored before the corrupted one
     // are swept with the failure) or its scratch directory.
     assert!(blobs(&cp).is_empty(), "{:?}", blobs(&cp));

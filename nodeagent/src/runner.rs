@@ -572,6 +572,19 @@ impl Runner {
                 }
             }
         }
+        // `localhost/NAME` names an image of this node or of the control plane's store (as
+        // podman names local images), never one of a registry on this host's port 443.
+        let local = flotilla_runtime::image::ImageRef::parse(image)
+            .is_ok_and(|r| r.registry == "localhost");
+        if local && from_cp.is_none() {
+            return Err(flotilla_runtime::image::ImageStoreError::Invalid {
+                image: image.to_string(),
+                reason: "neither this node nor the control plane holds it, and a localhost/ \
+                         image is never pulled from a registry: push it with `flotilla image \
+                         push`, or import it here with `nodeagent ctr image import`"
+                    .into(),
+            });
+        }
         let options = flotilla_runtime::image::PullOptions {
             mirrors: self.images.mirrors.clone(),
             ..Default::default()

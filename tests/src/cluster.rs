@@ -133,6 +133,13 @@ impl ControlPlane {
         self.child.as_ref().map(Child::id)
     }
 
+    /// True while `orchestratord run` is running (it has not exited).
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
     /// Stops `orchestratord run` with SIGKILL (a crash).
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -51,7 +51,7 @@ pub const TASKDEF: &str = r#"{
 pub const SERVICE: &str = "svc";
 
 /// The service's definition, created at count 0.
-const SERVICE_JSON: &str = r#"{"serviceName":"svc","taskDefinition":"load","desiredCount":0}"#;
+pub const SERVICE_JSON: &str = r#"{"serviceName":"svc","taskDefinition":"load","desiredCount":0}"#;
 
 /// At most this many tasks run outside the service, so a cycle's recovery stays short.
 const MAX_TASKS: usize = 4;
@@ -144,6 +144,12 @@ impl Ledger {
         // The load stops tasks it found in the API, also ones whose run it never heard
         // acknowledged (a run that committed before a cut): those are tracked from here.
         Ok(self.tasks.entry(id.to_string()).or_default())
+    }
+
+    /// Whether task `id` is one the ledger knows: its run was acknowledged, or a stop of it
+    /// asked.
+    pub fn knows(&self, id: &str) -> bool {
+        self.tasks.contains_key(id)
     }
 
     /// Writes acknowledged so far.
@@ -449,11 +455,108 @@ pub fn guest_check(out: &Path, limit: Duration, pids: &[u32]) -> Result<()> {
     Ok(())
 }
 
-/// `guest-load`: the write load, forever (the power cut ends it): tasks run (one or two at
-/// a time) and stopped, the service scaled, pauses in which only reports flow. Each write is
+/// One write of the load, as [`Load::draw`] draws it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// `flotilla task run load --count N`.
+    Run(u64),
+    /// `flotilla task stop ID`.
+    Stop(String),
+    /// `flotilla service scale svc N`.
+    Scale(u32),
+    /// No write: a pause in which only reports flow.
+    Pause(Duration),
+}
+
+impl Write {
+    /// Its `flotilla` arguments (before `-o json`); none for a pause.
+    pub fn args(&self) -> Vec<String> {
+        let own = |a: &[&str]| a.iter().map(|s| s.to_string()).collect();
+        match self {
+            Write::Run(n) => own(&["task", "run", "load", "--count", &n.to_string()]),
+            Write::Stop(id) => own(&["task", "stop", id]),
+            Write::Scale(n) => own(&["service", "scale", SERVICE, &n.to_string()]),
+            Write::Pause(_) => Vec::new(),
+        }
+    }
+
+    /// The ledger line noted before it is asked (`try-…`); none for a pause.
+    pub fn tried(&self) -> Option<String> {
+        match self {
+            Write::Run(_) => Some("try-run".into()),
+            Write::Stop(id) => Some(format!("try-stop {id}")),
+            Write::Scale(n) => Some(format!("try-scale {n}")),
+            Write::Pause(_) => None,
+        }
+    }
+}
+
+/// The write load of [`guest_load`] and of `soak-disk`: tasks of [`TASKDEF`] run (one or two
+/// at a time, at most four outside the service) and stopped, the service [`SERVICE`] scaled
+/// (0–2), pauses; drawn from a seed.
+#[derive(Debug, Clone)]
+pub struct Load {
+    rng: Rng,
+    /// The tasks outside the service it ran and has not stopped yet.
+    mine: Vec<String>,
+}
+
+impl Load {
+    /// A load from `seed`, its running tasks `mine` (outside the service) so far.
+    pub fn new(seed: u64, mine: Vec<String>) -> Self {
+        Self {
+            rng: Rng::new(seed),
+            mine,
+        }
+    }
+
+    /// The next write (a stop's task is taken off the tasks to stop).
+    pub fn draw(&mut self) -> Write {
+        match self.rng.below(10) {
+            0..=3 if self.mine.len() < MAX_TASKS => Write::Run(1 + self.rng.below(2)),
+            0..=6 if !self.mine.is_empty() => {
+                let i = self.rng.below(self.mine.len() as u64) as usize;
+                Write::Stop(self.mine.swap_remove(i))
+            }
+            0..=8 => Write::Scale(self.rng.below(u64::from(MAX_SCALE) + 1) as u32),
+            _ => Write::Pause(Duration::from_millis(300 + self.rng.below(1500))),
+        }
+    }
+
+    /// `write` acknowledged, `answer` the `-o json` output: the ledger lines to note (a run's
+    /// `run ID` per task it started, which are then among the tasks to stop).
+    pub fn acknowledged(&mut self, write: &Write, answer: &str) -> Result<Vec<String>> {
+        Ok(match write {
+            Write::Run(_) => {
+                let started: Vec<TaskInfo> =
+                    serde_json::from_str(answer).with_context(|| format!("task run: {answer}"))?;
+                started
+                    .into_iter()
+                    .map(|t| {
+                        let line = format!("run {}", t.id);
+                        self.mine.push(t.id);
+                        line
+                    })
+                    .collect()
+            }
+            Write::Stop(id) => vec![format!("stop {id}")],
+            Write::Scale(n) => vec![format!("scale {n}")],
+            Write::Pause(_) => Vec::new(),
+        })
+    }
+
+    /// `write` refused for sure (the API answered with an error): a stop's task is still to
+    /// be stopped.
+    pub fn refused(&mut self, write: &Write) {
+        if let Write::Stop(id) = write {
+            self.mine.push(id.clone());
+        }
+    }
+}
+
+/// `guest-load`: the write load ([`Load`]), forever (the power cut ends it). Each write is
 /// logged to `log` before it is asked (`try-…`) and once acknowledged.
 pub fn guest_load(seed: u64, log: &Path) -> Result<()> {
-    let mut rng = Rng::new(seed);
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -465,47 +568,33 @@ pub fn guest_load(seed: u64, log: &Path) -> Result<()> {
         file.flush()?;
         Ok(())
     };
-    // The tasks outside the service meant to run: listed once, then kept here.
+    // The tasks outside the service meant to run: listed once, then kept by the load.
     let tasks: Vec<TaskInfo> = serde_json::from_str(&flotilla(&["task", "ls"])?)?;
-    let mut mine: Vec<String> = tasks
+    let mine: Vec<String> = tasks
         .into_iter()
         .filter(|t| t.started_by.is_none() && t.desired == DesiredStatus::Running)
         .map(|t| t.id)
         .collect();
+    let mut load = Load::new(seed, mine);
     std::fs::write(log.with_file_name("loading"), "")?;
     loop {
-        match rng.below(10) {
-            0..=3 if mine.len() < MAX_TASKS => {
-                let count = 1 + rng.below(2);
-                note("try-run".into())?;
-                match flotilla(&["task", "run", "load", "--count", &count.to_string()]) {
-                    Ok(text) => {
-                        let started: Vec<TaskInfo> = serde_json::from_str(&text)?;
-                        for t in started {
-                            note(format!("run {}", t.id))?;
-                            mine.push(t.id);
-                        }
-                    }
-                    Err(e) => eprintln!("{e:#}"),
+        let write = load.draw();
+        if let Write::Pause(pause) = write {
+            std::thread::sleep(pause);
+            continue;
+        }
+        if let Some(line) = write.tried() {
+            note(line)?;
+        }
+        let args = write.args();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match flotilla(&args) {
+            Ok(text) => {
+                for line in load.acknowledged(&write, &text)? {
+                    note(line)?;
                 }
             }
-            0..=6 if !mine.is_empty() => {
-                let t = mine.swap_remove(rng.below(mine.len() as u64) as usize);
-                note(format!("try-stop {t}"))?;
-                match flotilla(&["task", "stop", &t]) {
-                    Ok(_) => note(format!("stop {t}"))?,
-                    Err(e) => eprintln!("{e:#}"),
-                }
-            }
-            0..=8 => {
-                let n = rng.below(u64::from(MAX_SCALE) + 1).to_string();
-                note(format!("try-scale {n}"))?;
-                match flotilla(&["service", "scale", SERVICE, &n]) {
-                    Ok(_) => note(format!("scale {n}"))?,
-                    Err(e) => eprintln!("{e:#}"),
-                }
-            }
-            _ => std::thread::sleep(Duration::from_millis(300 + rng.below(1500))),
+            Err(e) => eprintln!("{e:#}"),
         }
     }
 }

@@ -6,7 +6,6 @@
 //! runs on, the layer fails naming the full disk and leaves nothing half-stored, and both go on
 //! once space returns.
 
-use std::process::Command;
 use std::time::Duration;
 
 use flotilla_api::secrets::SecretInfo;
@@ -15,32 +14,10 @@ use flotilla_tests::cluster::{Agent, ControlPlane};
 use flotilla_tests::disk::Tmpfs;
 use flotilla_tests::image::{busybox_image, write_layout, Compression, Layer};
 use flotilla_tests::node::Node;
+use flotilla_tests::taskdefs::STEADY;
 use flotilla_tests::{host_arch, wait};
 
-const STEADY: &str = r#"{
-  "family": "steady",
-  "containerDefinitions": [{
-    "name": "main", "image": "test/busybox:latest", "memory": 32, "stopTimeout": 2,
-    "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1 & wait; done"]
-  }]
-}"#;
-
 const NO_SPACE: &str = "No space left on device";
-
-fn copy(from: &std::path::Path, to: &std::path::Path) {
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .expect("cp");
-    assert!(
-        status.success(),
-        "cp -a {} {}",
-        from.display(),
-        to.display()
-    );
-}
 
 fn running(cp: &ControlPlane, task: &str) -> bool {
     cp.task(task).state == TaskState::Running
@@ -51,12 +28,7 @@ fn full_data_directories_fail_writes_clearly_and_recover_when_space_returns() {
     // The control plane's data directory moved onto 16 MiB of its own.
     let mut cp = ControlPlane::start(&[]);
     cp.stop();
-    let data = cp.scratch().join("cp");
-    let aside = cp.scratch().join("cp.aside");
-    copy(&data, &aside);
-    std::fs::remove_dir_all(&data).expect("emptying the data directory");
-    let cp_fs = Tmpfs::mount_at(&data, "16m").expect("tmpfs");
-    copy(&aside.join("."), &data);
+    let cp_fs = Tmpfs::move_onto(&cp.data, |p| Tmpfs::mount_at(p, "16m")).expect("tmpfs");
     cp.restart();
     // The node's on 64 MiB (the test image takes about 20).
     let node_fs = Tmpfs::mount("64m").expect("tmpfs");

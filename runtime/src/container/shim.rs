@@ -355,8 +355,7 @@ fn create_and_start(
             spec.set_linux(Some(linux));
         }
     }
-    spec.save(dir.join("config.json"))
-        .map_err(|e| format!("writing the runtime spec: {e}"))?;
+    save_spec(&spec, &dir.join("config.json"))?;
 
     // Pipes, never /dev/null: libcontainer reopens /dev/null read-only over fds 0-2, which
     // breaks writes to it. stdin is a pipe whose write end is closed: reads see EOF.
@@ -368,7 +367,7 @@ fn create_and_start(
     let (err_r, err_w) = pipe()?;
     let mut container = ContainerBuilder::new(record.id.clone(), SyscallType::Linux)
         .with_root_path(data_dir.join("libcontainer"))
-        .map_err(|e| e.to_string())?
+        .map_err(|e| crate::causes(&e))?
         .with_stdin(stdin_r)
         .with_stdout(out_w)
         .with_stderr(err_w)
@@ -392,7 +391,7 @@ fn create_and_start(
                     message: why.message,
                     code: Some(why.code),
                 },
-                None => e.to_string().into(),
+                None => crate::causes(&e).into(),
             }
         })?;
     tracing::debug!(container = %record.id, "created");
@@ -426,7 +425,7 @@ fn create_and_start(
     }
     if let Err(e) = container.start() {
         let _ = fs::remove_file(dir.join("state.json"));
-        return Err(fail(&mut container, e.to_string()).into());
+        return Err(fail(&mut container, crate::causes(&e)).into());
     }
     // A restart: the last run's exit goes only now that this run is on record and runs, so
     // the container never reads as anything but ended or running (see `ContainerStore::restart`).
@@ -791,9 +790,28 @@ fn write_name_file(path: &Path, text: &str) -> io::Result<()> {
     fs::set_permissions(path, fs::Permissions::from_mode(0o644))
 }
 
+/// Writes the runtime spec libcontainer reads to `path`; a failure says why (oci-spec's own
+/// message, `io operation failed`, leaves out the cause: `No space left on device` on a full
+/// disk).
+fn save_spec(spec: &oci_spec::runtime::Spec, path: &Path) -> Result<(), String> {
+    spec.save(path)
+        .map_err(|e| format!("writing the runtime spec: {}", crate::causes(&e)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_spec_written_to_a_full_disk_says_the_disk_is_full() {
+        // `/dev/full` fails every write with ENOSPC, as a full filesystem does.
+        let e = save_spec(&oci_spec::runtime::Spec::default(), Path::new("/dev/full"))
+            .expect_err("a write to /dev/full succeeded");
+        assert!(
+            e.starts_with("writing the runtime spec: ") && e.contains("No space left on device"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn status_lines_round_trip() {

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::causes;
 use rustix::fs::FlockOperation;
 use serde::{Deserialize, Serialize};
 
@@ -328,22 +329,6 @@ fn mirrors_said(tried: &[MirrorFailure]) -> String {
         .iter()
         .map(|m| format!("mirror {} failed ({}); ", m.mirror, m.reason))
         .collect()
-}
-
-/// `e` and its causes on one line, each cause once (a cause its error's message already ends
-/// with is left out).
-fn causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut line = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !text.is_empty() && !line.ends_with(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        cause = c.source();
-    }
-    line
 }
 
 /// A manifest or config from `source`: at most `desc.size` bytes, checked against its digest;

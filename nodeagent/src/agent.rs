@@ -26,6 +26,12 @@ use crate::runner::Runner;
 
 /// Close code the control plane uses for a revoked node.
 const CLOSE_REVOKED: u32 = 2;
+
+/// First wait before a report the control plane did not record (its disk full, say) is sent
+/// again, whole; doubled at each refusal in a row up to [`REPORT_RETRY_MAX`].
+const REPORT_RETRY: Duration = Duration::from_secs(2);
+/// Longest wait between two sends of a report the control plane keeps refusing.
+const REPORT_RETRY_MAX: Duration = Duration::from_secs(30);
 use flotilla_api::session::MAX_BACKOFF;
 use flotilla_api::session::PING_EVERY;
 use flotilla_api::session::{ping_lost, ping_timeout};
@@ -541,6 +547,10 @@ async fn session(
     // Everything known is reported once per session, then whenever it changes.
     let mut status = runner.status();
     status.mark_changed();
+    // A report the control plane did not record is sent again at this time: nothing else
+    // would send it before the node's state changes again.
+    let mut report_again: Option<tokio::time::Instant> = None;
+    let mut report_wait = REPORT_RETRY;
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     // After a stall, one heartbeat, not a burst of them a few milliseconds apart: the control
     // plane derives CPU rates from the time between heartbeats.
@@ -649,11 +659,28 @@ async fn session(
                 if changed.is_ok() {
                     let tasks = status.borrow_and_update().clone();
                     match request(&conn, &AgentRequest::Report { tasks: tasks.clone() }).await {
-                        Ok(AgentReply::Recorded) => runner.acknowledge(&tasks)?,
-                        Ok(other) => tracing::warn!("report: {other:?}"),
+                        Ok(AgentReply::Recorded) => {
+                            report_again = None;
+                            report_wait = REPORT_RETRY;
+                            runner.acknowledge(&tasks)?;
+                        }
+                        Ok(other) => {
+                            tracing::warn!(
+                                "report: {other:?}; sent again in {} s",
+                                report_wait.as_secs()
+                            );
+                            report_again = Some(tokio::time::Instant::now() + report_wait);
+                            report_wait = (report_wait * 2).min(REPORT_RETRY_MAX);
+                        }
                         Err(e) => bail!("report: {e:#}"),
                     }
                 }
+            }
+            () = tokio::time::sleep_until(report_again.unwrap_or_else(tokio::time::Instant::now)),
+                if report_again.is_some() =>
+            {
+                report_again = None;
+                status.mark_changed();
             }
             _ = ping.tick() => {
                 // A control plane that vanished without closing (power cut, kill -9) is

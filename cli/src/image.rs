@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use flotilla_api::images::{
     ImagePullRequest, PrefetchRequest, PrefetchState, PrefetchUpdate, StoredImage,
@@ -84,7 +84,8 @@ pub async fn run(api: &Client, cmd: ImageCommand, output: Output) -> Result<()> 
                         bail!("--insecure is for a reference the control plane pulls; {source} is a file");
                     }
                     api.push_image(&file, name.as_deref(), platform.as_deref())
-                        .await?
+                        .await
+                        .with_context(|| format!("pushing {}", file.display()))?
                 }
                 PushSource::Reference(image) => {
                     if name.is_some() {

@@ -148,7 +148,9 @@ fn an_archive_with_a_corrupted_blob_is_refused_naming_it() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains(&built.layers[built.layers.len() - 1]) && err.contains("content hashes to"),
+        err.contains(&built.layers[built.layers.len() - 1])
+            && err.contains("content hashes to")
+            && err.contains(&format!("pushing {}: ", path(&oci))),
         "{err}"
     );
     let listed: Vec<StoredImage> = cp.flotilla_json(&["image", "ls"]);

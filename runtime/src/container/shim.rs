@@ -391,7 +391,7 @@ fn create_and_start(
                     message: why.message,
                     code: Some(why.code),
                 },
-                None => crate::causes(&e).into(),
+                None => with_full_disk(crate::causes(&e), dir).into(),
             }
         })?;
     tracing::debug!(container = %record.id, "created");
@@ -425,7 +425,7 @@ fn create_and_start(
     }
     if let Err(e) = container.start() {
         let _ = fs::remove_file(dir.join("state.json"));
-        return Err(fail(&mut container, crate::causes(&e)).into());
+        return Err(fail(&mut container, with_full_disk(crate::causes(&e), dir)).into());
     }
     // A restart: the last run's exit goes only now that this run is on record and runs, so
     // the container never reads as anything but ended or running (see `ContainerStore::restart`).
@@ -798,8 +798,55 @@ fn save_spec(spec: &oci_spec::runtime::Spec, path: &Path) -> Result<(), String> 
         .map_err(|e| format!("writing the runtime spec: {}", crate::causes(&e)))
 }
 
+/// `msg`, a container's failure to be created or started, with a note when the filesystem of
+/// `dir` (the container's directory, beside its root filesystem's upper layer) has no room
+/// left: libcontainer's init reports some of its failures as text without their cause
+/// (`failed to prepare rootfs`), which a full disk then explains.
+fn with_full_disk(msg: String, dir: &Path) -> String {
+    match rustix::fs::statvfs(dir) {
+        Ok(s) => {
+            let bytes = s.f_bavail.saturating_mul(s.f_frsize);
+            full_disk_note(msg, dir, bytes, s.f_favail)
+        }
+        Err(_) => msg,
+    }
+}
+
+/// What [`with_full_disk`] says for a filesystem with `bytes` and `inodes` free: a note when
+/// either is (nearly) gone — under 64 KiB, no inode — in the kernel's words for it.
+fn full_disk_note(msg: String, dir: &Path, bytes: u64, inodes: u64) -> String {
+    if bytes >= 64 << 10 && inodes > 0 || msg.contains("No space left on device") {
+        return msg;
+    }
+    format!(
+        "{msg} (the filesystem of {} is full: No space left on device; {bytes} bytes and \
+         {inodes} inodes free)",
+        dir.display()
+    )
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_failure_on_a_full_filesystem_says_so_and_one_on_a_roomy_one_is_left_alone() {
+        let dir = std::path::Path::new("/data/containers/c1");
+        let rootfs = "failed to create container: failed to prepare rootfs".to_string();
+        assert_eq!(
+            super::full_disk_note(rootfs.clone(), dir, 0, 100),
+            "failed to create container: failed to prepare rootfs (the filesystem of \
+             /data/containers/c1 is full: No space left on device; 0 bytes and 100 inodes free)"
+        );
+        assert!(super::full_disk_note(rootfs.clone(), dir, 1 << 30, 0)
+            .ends_with("1073741824 bytes and 0 inodes free)"));
+        assert_eq!(
+            super::full_disk_note(rootfs.clone(), dir, 1 << 30, 100),
+            rootfs
+        );
+        // Said already: not twice.
+        let said = "writing: No space left on device (os error 28)".to_string();
+        assert_eq!(super::full_disk_note(said.clone(), dir, 0, 0), said);
+    }
     use super::*;
 
     #[test]

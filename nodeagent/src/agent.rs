@@ -23,6 +23,9 @@ use quinn::{Connection, ConnectionError, Endpoint};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::runner::Runner;
+use flotilla_api::session::MAX_BACKOFF;
+use flotilla_api::session::PING_EVERY;
+use flotilla_api::session::{ping_lost, ping_timeout};
 
 /// Close code the control plane uses for a revoked node.
 const CLOSE_REVOKED: u32 = 2;
@@ -32,9 +35,6 @@ const CLOSE_REVOKED: u32 = 2;
 const REPORT_RETRY: Duration = Duration::from_secs(2);
 /// Longest wait between two sends of a report the control plane keeps refusing.
 const REPORT_RETRY_MAX: Duration = Duration::from_secs(30);
-use flotilla_api::session::MAX_BACKOFF;
-use flotilla_api::session::PING_EVERY;
-use flotilla_api::session::{ping_lost, ping_timeout};
 
 /// Tells systemd the agent is ready, once.
 fn announce_ready(status: &str) {

@@ -654,6 +654,17 @@ mod tests {
         }
     }
 
+    /// `fetch` of `a` into `dir` with no mirrors, as [`pull`] runs it.
+    fn fetch_plain(
+        store: &Arc<ContentStore>,
+        a: &PullAsk,
+        dir: &Path,
+    ) -> Result<String, PullError> {
+        let r = ImageRef::parse(&a.reference).expect("a reference");
+        let http = registry::http_client().expect("a client");
+        rt().block_on(fetch(&Default::default(), &http, &r, a, store, dir))
+    }
+
     fn rt() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -669,18 +680,7 @@ mod tests {
         let (files, _) = image(|_| {}, Some(u64::MAX / 2));
         let (port, blobs) = serve(files);
         let a = ask(port);
-        let r = ImageRef::parse(&a.reference).expect("a reference");
-        let http = registry::http_client().expect("a client");
-        let e = rt()
-            .block_on(fetch(
-                &Default::default(),
-                &http,
-                &r,
-                &a,
-                &store,
-                dir.path(),
-            ))
-            .expect_err("terabytes are refused");
+        let e = fetch_plain(&store, &a, dir.path()).expect_err("terabytes are refused");
         let text = e.to_string();
         assert!(
             text.starts_with(&format!(
@@ -696,23 +696,12 @@ mod tests {
     fn what_a_hostile_registry_sends_fails_the_pull_naming_the_registry_and_the_blob() {
         let data = tempfile::tempdir().expect("a data directory");
         let store = Arc::new(ContentStore::open(data.path(), 0).expect("the store"));
-        let http = registry::http_client().expect("a client");
         let run = |files: HashMap<String, (String, Vec<u8>)>| {
             let dir = tempfile::tempdir_in(store.tmp()).expect("a pull directory");
             let (port, _) = serve(files);
             let mut a = ask(port);
             a.platform = Some("linux/amd64".parse().expect("a platform"));
-            let r = ImageRef::parse(&a.reference).expect("a reference");
-            let e = rt()
-                .block_on(fetch(
-                    &Default::default(),
-                    &http,
-                    &r,
-                    &a,
-                    &store,
-                    dir.path(),
-                ))
-                .expect_err("refused");
+            let e = fetch_plain(&store, &a, dir.path()).expect_err("refused");
             (port, e.to_string())
         };
         let index_type = "application/vnd.oci.image.index.v1+json";
@@ -825,16 +814,7 @@ mod tests {
         let dir = tempfile::tempdir_in(store.tmp()).expect("a pull directory");
         let a = ask(port);
         let r = ImageRef::parse(&a.reference).expect("a reference");
-        let http = registry::http_client().expect("a client");
-        rt().block_on(fetch(
-            &Default::default(),
-            &http,
-            &r,
-            &a,
-            &store,
-            dir.path(),
-        ))
-        .expect("pulled");
+        fetch_plain(&store, &a, dir.path()).expect("pulled");
         let pulled = dir.path().join("blobs/sha256").join(layer.hex());
         let inode = std::fs::metadata(&pulled).expect("the pulled layer").ino();
         store
@@ -857,18 +837,7 @@ mod tests {
         let mut a = ask(port);
         a.platform = Some("linux/riscv64".parse().expect("a platform"));
         a.require_platform = true;
-        let r = ImageRef::parse(&a.reference).expect("a reference");
-        let http = registry::http_client().expect("a client");
-        let e = rt()
-            .block_on(fetch(
-                &Default::default(),
-                &http,
-                &r,
-                &a,
-                &store,
-                dir.path(),
-            ))
-            .expect_err("another platform");
+        let e = fetch_plain(&store, &a, dir.path()).expect_err("another platform");
         assert!(
             e.to_string().contains("not for linux/riscv64 (--platform)"),
             "{e}"
@@ -884,7 +853,6 @@ mod tests {
     fn an_unreachable_registry_is_named_with_the_cause_and_plain_http_is_hinted() {
         let data = tempfile::tempdir().expect("a data directory");
         let store = Arc::new(ContentStore::open(data.path(), 0).expect("the store"));
-        let http = registry::http_client().expect("a client");
         let closed = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a port")
@@ -895,17 +863,7 @@ mod tests {
             let dir = tempfile::tempdir_in(store.tmp()).expect("a pull directory");
             let mut a = ask(port);
             a.insecure = insecure;
-            let r = ImageRef::parse(&a.reference).expect("a reference");
-            let e = rt()
-                .block_on(fetch(
-                    &Default::default(),
-                    &http,
-                    &r,
-                    &a,
-                    &store,
-                    dir.path(),
-                ))
-                .expect_err("unreachable");
+            let e = fetch_plain(&store, &a, dir.path()).expect_err("unreachable");
             let text = e.to_string();
             assert!(
                 text.to_lowercase().contains(&cause.to_lowercase()),

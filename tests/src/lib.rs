@@ -98,6 +98,24 @@ pub fn require_root() {
     );
 }
 
+/// The value after flag `name` of a soak binary (`--minutes 5`) as a whole number, from the
+/// arguments still to read.
+pub fn flag_number(args: &mut impl Iterator<Item = String>, name: &str) -> anyhow::Result<u64> {
+    use anyhow::Context;
+    let v = args
+        .next()
+        .with_context(|| format!("{name} needs a value"))?;
+    v.parse()
+        .with_context(|| format!("{name}: '{v}' is not a number"))
+}
+
+/// A seed from the wall clock (seconds since the epoch), for a run not given `--seed`.
+pub fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_secs())
+}
+
 /// The numeric arguments of a benchmark binary, each given as `(NAME, default)` in the order they
 /// are passed: `bench-x [NAME]…`. `-h`/`--help` prints the usage line (with the defaults) and the
 /// binary's own description is in its doc comment; a flag, a word that is not a whole number or

@@ -65,22 +65,14 @@ struct Options {
 fn options() -> Result<Options> {
     let mut o = Options {
         minutes: 5,
-        seed: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs()),
+        seed: flotilla_tests::clock_seed(),
         cp_mib: 32,
         node_mib: 128,
         keep: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = |name: &str| -> Result<u64> {
-            let v = args
-                .next()
-                .with_context(|| format!("{name} needs a value"))?;
-            v.parse()
-                .with_context(|| format!("{name}: '{v}' is not a number"))
-        };
+        let mut value = |name: &str| flotilla_tests::flag_number(&mut args, name);
         match a.as_str() {
             "--minutes" => o.minutes = value("--minutes")?,
             "--seed" => o.seed = value("--seed")?,

@@ -41,20 +41,12 @@ fn options() -> Result<Options> {
         loss: 30,
         delay_ms: 500,
         cp_loss: 5,
-        seed: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs()),
+        seed: flotilla_tests::clock_seed(),
         keep: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        let mut value = |name: &str| -> Result<u64> {
-            let v = args
-                .next()
-                .with_context(|| format!("{name} needs a value"))?;
-            v.parse()
-                .with_context(|| format!("{name}: '{v}' is not a number"))
-        };
+        let mut value = |name: &str| flotilla_tests::flag_number(&mut args, name);
         match a.as_str() {
             "--minutes" => o.minutes = value("--minutes")?,
             "--hosts" => o.hosts = usize::try_from(value("--hosts")?)?,

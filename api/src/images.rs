@@ -264,8 +264,44 @@ pub struct StoredImage {
     pub layers: Vec<StoredBlob>,
     /// `os/architecture[/variant]`, from the image configuration.
     pub platform: String,
-    /// When it was pushed, seconds since the epoch.
+    /// When it was pushed (or pulled), seconds since the epoch.
     pub pushed_at: u64,
+    /// Where the control plane got it; absent in records of releases that did not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<ImageSource>,
+}
+
+/// Where the control plane got an image of its content store (`StoredImage::source`): the
+/// `image.pushed` and `image.pulled` events name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ImageSource {
+    /// An archive an operator pushed (`flotilla image push FILE`).
+    Archive,
+    /// Pulled by the control plane (`flotilla image push REF`, or a node's pull-through).
+    #[serde(rename_all = "camelCase")]
+    Pull {
+        /// The source that gave it: the registry's host (`docker.io`), or
+        /// `mirror URL` for one of its mirrors.
+        from: String,
+        /// The node whose pull-through asked for it; absent for an operator's pull.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+    },
+}
+
+impl std::fmt::Display for ImageSource {
+    /// `an archive`, `docker.io`, `mirror http://10.0.0.2:5000 for node n-1`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Archive => f.write_str("an archive"),
+            Self::Pull { from, node: None } => f.write_str(from),
+            Self::Pull {
+                from,
+                node: Some(n),
+            } => write!(f, "{from} for node {n}"),
+        }
+    }
 }
 
 impl StoredImage {

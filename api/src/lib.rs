@@ -108,6 +108,23 @@ pub fn count(n: usize, noun: &str) -> String {
     format!("{n} {}", plural(n, noun))
 }
 
+/// A byte count as the command lines show sizes: binary units with one decimal
+/// (`512 B`, `1.5 MiB`, `2.0 GiB`; IEC 80000-13 prefixes).
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < UNITS.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[i])
+    }
+}
+
 /// Largest frame accepted (1 MiB).
 pub const MAX_FRAME: usize = 1 << 20;
 
@@ -334,7 +351,7 @@ pub enum AgentReply {
         value: secrets::SecretValue,
     },
     /// Answer to `Image`: the image the content store holds under that name.
-    Image(images::StoredImage),
+    Image(Box<images::StoredImage>),
     /// Answer to `Blob`: the blob's whole size; its bytes from the offset asked for follow
     /// on the stream.
     Blob {

@@ -444,12 +444,46 @@ struct NodeCommands<'a> {
     cgroup_parent: &'a str,
 }
 
+/// The configuration files of the dev cluster's daemons, in its data directory: written
+/// (comments only) when missing, and always passed with `--config`, so that a host's
+/// `/etc/flotilla/*.toml` (a production node's metrics port, mirrors, bridge) never reaches
+/// the dev cluster, and an operator has one place to give it settings.
+const DAEMON_CONFIGS: [&str; 2] = ["orchestratord", "nodeagent"];
+
+/// `<data-dir>/DAEMON.toml` ([`DAEMON_CONFIGS`]).
+fn daemon_config(data_dir: &Path, daemon: &str) -> PathBuf {
+    data_dir.join(format!("{daemon}.toml"))
+}
+
+/// Writes each of [`DAEMON_CONFIGS`] that is missing.
+///
+/// # Errors
+/// A file that cannot be written, named.
+fn write_daemon_configs(data_dir: &Path) -> Result<()> {
+    for daemon in DAEMON_CONFIGS {
+        let path = daemon_config(data_dir, daemon);
+        if path.exists() {
+            continue;
+        }
+        let text = format!(
+            "# Settings of this `flotilla dev` cluster's {daemon}: the keys of\n\
+             # /etc/flotilla/{daemon}.toml (`{daemon} --help` lists them). The host's\n\
+             # /etc/flotilla/{daemon}.toml is not read for this cluster; flags that\n\
+             # `flotilla dev` passes override what is here.\n"
+        );
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 impl NodeCommands<'_> {
     /// `nodeagent --data-dir … --cgroup-parent … ARGS`, in a process group of its own: a
     /// second Ctrl-C reaches `flotilla dev` only, never a removal half done.
     fn cmd(&self, args: &[&str]) -> Command {
         let mut c = Command::new(self.nodeagent);
-        c.arg("--data-dir")
+        c.arg("--config")
+            .arg(daemon_config(self.data_dir, "nodeagent"))
+            .arg("--data-dir")
             .arg(self.data_dir.join("node"))
             .arg("--cgroup-parent")
             .arg(self.cgroup_parent)
@@ -462,8 +496,9 @@ impl NodeCommands<'_> {
     /// How a person types `nodeagent … ctr ARGS` for this node.
     fn typed(&self, args: &str) -> String {
         format!(
-            "{} --data-dir {} --cgroup-parent {} ctr {args}",
+            "{} --config {} --data-dir {} --cgroup-parent {} ctr {args}",
             self.nodeagent.display(),
+            daemon_config(self.data_dir, "nodeagent").display(),
             self.data_dir.join("node").display(),
             self.cgroup_parent
         )
@@ -577,6 +612,7 @@ pub async fn run(args: DevArgs, config: Option<PathBuf>) -> Result<()> {
         .with_context(|| format!("opening {}", log.display()))?;
     let _ = DEV_LOG.set(std::sync::Mutex::new(file));
     let interrupt = Interrupt::install()?;
+    write_daemon_configs(&args.data_dir)?;
     let nodeagent = sibling("nodeagent")?;
     let node = NodeCommands {
         nodeagent: &nodeagent,
@@ -644,16 +680,18 @@ async fn start(
     node: &NodeCommands<'_>,
 ) -> Result<()> {
     let orchestratord = sibling("orchestratord")?;
-    let nodeagent = sibling("nodeagent")?;
     let dir = &args.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let (cp_dir, node_dir, admin) = (dir.join("cp"), dir.join("node"), dir.join("admin"));
+    let cp_config = daemon_config(dir, "orchestratord");
     let listen = format!("127.0.0.1:{}", args.port);
     let started = Instant::now();
 
     // The control plane: initialized once, then run.
     if !cp_dir.join(flotilla_certs::CA_CERT_FILE).exists() {
         let out = Command::new(&orchestratord)
+            .arg("--config")
+            .arg(&cp_config)
             .arg("--data-dir")
             .arg(&cp_dir)
             .args(["init", "--cluster", "dev", "--port", &args.port.to_string()])
@@ -671,7 +709,9 @@ async fn start(
         }
     }
     let mut cmd = Command::new(&orchestratord);
-    cmd.arg("--data-dir")
+    cmd.arg("--config")
+        .arg(&cp_config)
+        .arg("--data-dir")
         .arg(&cp_dir)
         .args(["run", "--listen", &listen])
         // One machine, a demo: auto scaling decides every 10 s, not 30.
@@ -705,12 +745,8 @@ async fn start(
                 labels: [("dev".to_string(), "true".to_string())].into(),
             })
             .await?;
-        let out = Command::new(&nodeagent)
-            .arg("--data-dir")
-            .arg(&node_dir)
-            .args(["join", &listen, "--token", &t.token])
-            .stdin(Stdio::null())
-            .process_group(0)
+        let out = node
+            .cmd(&["join", &listen, "--token", &t.token])
             .output()
             .context("running nodeagent join")?;
         if !out.status.success() {

@@ -99,7 +99,13 @@ pub async fn run(api: &Client, cmd: ImageCommand, output: Output) -> Result<()> 
                         platform,
                         insecure,
                     };
-                    api.pull_image(&req).await?
+                    let pulled = api.pull_image(&req).await?;
+                    for i in &pulled {
+                        if let Some(source) = &i.source {
+                            crate::errln!("{}: pulled from {source}", i.name);
+                        }
+                    }
+                    pulled
                 }
             };
             print(output, &pushed, || list(&pushed))
@@ -166,11 +172,11 @@ fn list(images: &[StoredImage]) {
         .iter()
         .map(|i| {
             vec![
-                cell(&i.name),
-                cell(i.manifest.digest.get(..19).unwrap_or(&i.manifest.digest)),
+                cell(flotilla_oci::ImageRef::familiar(&i.name)),
+                cell(short_digest(&i.manifest.digest)),
                 cell(&i.platform),
                 i.layers.len().to_string(),
-                megabytes(i.size()),
+                flotilla_api::human_bytes(i.size()),
                 when(i.pushed_at),
             ]
         })
@@ -181,9 +187,11 @@ fn list(images: &[StoredImage]) {
     );
 }
 
-/// Bytes as MB with one decimal, as `docker images` sizes them.
-fn megabytes(bytes: u64) -> String {
-    format!("{:.1}MB", bytes as f64 / 1e6)
+/// The first 12 hex digits of a `sha256:` digest, as `docker images` and `nodeagent ctr image
+/// ls` show an image's.
+fn short_digest(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    hex.get(..12).unwrap_or(hex)
 }
 
 async fn prefetch(api: &Client, req: &PrefetchRequest, output: Output) -> Result<()> {
@@ -202,7 +210,7 @@ async fn prefetch(api: &Client, req: &PrefetchRequest, output: Output) -> Result
     if tally.failed + tally.unreachable > 0 {
         bail!(
             "{} of {} did not get {}",
-            count(tally.failed + tally.unreachable, "node"),
+            flotilla_api::count(tally.failed + tally.unreachable, "node"),
             tally.total(),
             req.image
         );
@@ -216,7 +224,12 @@ fn said(u: &PrefetchUpdate) -> String {
     match u.state {
         PrefetchState::Pulling => match (u.done_bytes, u.total_bytes) {
             (Some(done), Some(total)) => {
-                format!("{}: pulling, {} of {}", u.node, mib(done), mib(total))
+                format!(
+                    "{}: pulling, {} of {}",
+                    u.node,
+                    flotilla_api::human_bytes(done),
+                    flotilla_api::human_bytes(total)
+                )
             }
             _ => format!("{}: pulling", u.node),
         },
@@ -229,19 +242,11 @@ fn said(u: &PrefetchUpdate) -> String {
             "{}: pulled {} ({})",
             u.node,
             u.digest.as_deref().unwrap_or("?"),
-            mib(u.done_bytes.unwrap_or(0))
+            flotilla_api::human_bytes(u.done_bytes.unwrap_or(0))
         ),
         PrefetchState::Failed => format!("{}: failed: {reason}", u.node),
         PrefetchState::Unreachable => format!("{}: unreachable: {reason}", u.node),
     }
-}
-
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
-}
-
-fn count(n: usize, what: &str) -> String {
-    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Final states counted.
@@ -272,7 +277,7 @@ impl Tally {
         let mut text = format!(
             "{} of {} {} {image} ({} pulled, {} had it)",
             self.present + self.pulled,
-            count(self.total(), "node"),
+            flotilla_api::count(self.total(), "node"),
             if self.present + self.pulled == 1 {
                 "holds"
             } else {

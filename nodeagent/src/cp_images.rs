@@ -21,6 +21,7 @@ use flotilla_api::{read_frame, write_frame, AgentReply, AgentRequest};
 use flotilla_runtime::image::digest::Digest;
 use flotilla_runtime::image::manifest::{Descriptor, Platform};
 use flotilla_runtime::image::remote::{BlobSink, BlobSource, FetchError, FetchFuture};
+use flotilla_runtime::image::ImageRef;
 use tokio::io::AsyncWriteExt;
 
 use crate::session::Session;
@@ -65,10 +66,11 @@ impl ControlPlane {
         Self { session }
     }
 
-    /// The image the control plane holds under `image` (Docker's defaults apply), as a
-    /// manifest descriptor: `None` when there is no session now, or the control plane does
-    /// not hold it (or refuses, or is of a release without a content store), logged at debug.
-    pub async fn held(&self, image: &str) -> Option<Descriptor> {
+    /// The image the control plane holds under `image`'s lookup names
+    /// (`ImageRef::lookup_names`: `bb:v1` may be its `localhost/bb:v1`): `None` when there is
+    /// no session now, or the control plane does not hold it (or refuses, or is of a release
+    /// without a content store), logged at debug.
+    pub async fn held(&self, image: &str) -> Option<Held> {
         match self.ask(image, false, ANSWER_TIMEOUT).await {
             Ok(d) => Some(d),
             Err(Asked::Refused(reason)) => {
@@ -89,7 +91,7 @@ impl ControlPlane {
     /// # Errors
     /// Why not: no session, the control plane's refusal (naming why its pull failed), a lost
     /// stream, or no answer in time.
-    pub async fn pull_through(&self, image: &str) -> Result<Descriptor, String> {
+    pub async fn pull_through(&self, image: &str) -> Result<Held, String> {
         self.ask(image, true, PULL_THROUGH_WAIT)
             .await
             .map_err(|e| match e {
@@ -97,7 +99,7 @@ impl ControlPlane {
             })
     }
 
-    async fn ask(&self, image: &str, pull: bool, within: Duration) -> Result<Descriptor, Asked> {
+    async fn ask(&self, image: &str, pull: bool, within: Duration) -> Result<Held, Asked> {
         let conn = self
             .session
             .current()
@@ -114,7 +116,7 @@ impl ControlPlane {
             anyhow::Ok(read_frame::<_, AgentReply>(&mut recv).await?)
         };
         match tokio::time::timeout(within, ask).await {
-            Ok(Ok(AgentReply::Image(stored))) => descriptor(&stored).map_err(|e| {
+            Ok(Ok(AgentReply::Image(stored))) => held(image, &stored).map_err(|e| {
                 tracing::warn!(image, "the control plane's answer for the image: {e}");
                 Asked::Failed(format!("the control plane's answer: {e}"))
             }),
@@ -248,6 +250,34 @@ impl BlobSource for ControlPlane {
 }
 
 /// The manifest descriptor of an image the control plane holds.
+/// An image the control plane holds for a node's reference.
+#[derive(Debug, Clone)]
+pub struct Held {
+    /// The name the control plane holds it under, one of the reference's lookup names: the
+    /// name the node files it under too.
+    pub name: String,
+    /// Its manifest.
+    pub manifest: Descriptor,
+}
+
+/// The control plane's answer `stored` for reference `image`, checked: its name must be one
+/// of `image`'s lookup names (a control plane cannot have a node file an image under a name
+/// it did not ask for).
+fn held(image: &str, stored: &StoredImage) -> Result<Held, String> {
+    let names = ImageRef::lookup_names(image).map_err(|e| e.to_string())?;
+    if !names.contains(&stored.name) {
+        return Err(format!(
+            "it answered image {} for {image}, which is none of {}",
+            stored.name,
+            names.join(", ")
+        ));
+    }
+    Ok(Held {
+        name: stored.name.clone(),
+        manifest: descriptor(stored)?,
+    })
+}
+
 fn descriptor(stored: &StoredImage) -> Result<Descriptor, String> {
     Ok(Descriptor {
         media_type: stored.manifest.media_type.clone(),
@@ -282,10 +312,26 @@ mod tests {
             layers: vec![],
             platform: "linux/amd64".into(),
             pushed_at: 0,
+            source: None,
         };
         let d = descriptor(&stored).expect("descriptor");
         assert_eq!(d.digest.to_string(), good);
         assert_eq!(d.size, 7);
+        // Filed under the name the control plane holds it by, when it is one the node asked
+        // for; any other answer is refused.
+        assert_eq!(held("shop/app:1", &stored).expect("held").name, stored.name);
+        stored.name = "localhost/shop/app:1".into();
+        assert_eq!(
+            held("shop/app:1", &stored).expect("local").name,
+            stored.name
+        );
+        assert_eq!(
+            held("docker.io/shop/app:1", &stored).expect_err("not asked for"),
+            "it answered image localhost/shop/app:1 for docker.io/shop/app:1, which is none of \
+             docker.io/shop/app:1"
+        );
+        stored.name = "docker.io/library/sshd:1".into();
+        assert!(held("shop/app:1", &stored).is_err());
         stored.manifest.digest = "sha256:../../x".into();
         assert!(descriptor(&stored)
             .expect_err("bad digest")

@@ -316,7 +316,12 @@ async fn image(
                 .import(&file, name.as_deref(), platform, progress)
                 .await;
             done();
-            print_records(&recs?, json, "imported");
+            let by = Puller::Ctr {
+                credentials: false,
+                insecure: false,
+            };
+            let recs = recs.map_err(|e| PullFailed::new(&e, &file.display().to_string(), by))?;
+            print_records(&recs, json, "imported");
         }
         ImageCommand::ImportBusybox { busybox, name } => {
             let staging =

@@ -25,17 +25,4 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
 }
 
 /// A byte count in binary units, one decimal (`1.5 MiB`).
-pub(crate) fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < UNITS.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
-}
+pub(crate) use flotilla_api::human_bytes as human;

@@ -42,6 +42,16 @@ impl PullFailed {
 
 /// What to do about `error`, from pulling `image` as `by` did.
 pub fn advice(error: &ImageStoreError, image: &str, by: Puller) -> Option<String> {
+    if let ImageStoreError::OtherPlatform { platform, node, .. } = error {
+        return Some(match by {
+            Puller::Agent => format!(
+                "push an image for {node} too (an index holds one image per platform), or \
+                 place the task on nodes of {platform} (a memberOf constraint on an attribute \
+                 they carry)"
+            ),
+            Puller::Ctr { .. } => format!("pass `--platform {platform}` to store it anyway"),
+        });
+    }
     let failure = error.pull_failure()?;
     // The host the pull dialled, as the error names it.
     let host = ImageRef::parse(image)
@@ -138,6 +148,30 @@ mod tests {
             std::sync::Arc::new(|_| {}),
         ))
         .expect_err("nothing listens")
+    }
+
+    #[test]
+    fn an_image_of_another_platform_is_advised_on_as_its_puller_can_act() {
+        let e = ImageStoreError::OtherPlatform {
+            image: IMAGE.into(),
+            platform: "linux/arm64".into(),
+            node: "linux/amd64".into(),
+        };
+        // A task's pull: nothing a node's flag can change.
+        assert_eq!(
+            PullFailed::new(&e, IMAGE, Puller::Agent).to_string(),
+            "image 'r.example:5000/team/app:1' is for linux/arm64, this node is linux/amd64; \
+             push an image for linux/amd64 too (an index holds one image per platform), or \
+             place the task on nodes of linux/arm64 (a memberOf constraint on an attribute \
+             they carry)"
+        );
+        let ctr = Puller::Ctr {
+            credentials: false,
+            insecure: false,
+        };
+        assert!(PullFailed::new(&e, IMAGE, ctr)
+            .to_string()
+            .ends_with("; pass `--platform linux/arm64` to store it anyway"));
     }
 
     #[test]

@@ -551,11 +551,16 @@ impl Runner {
     {
         let cp = crate::cp_images::ControlPlane::new(self.session.clone());
         let mut from_cp = None;
-        if let Some(manifest) = cp.held(image).await {
+        if let Some(held) = cp.held(image).await {
             let pulled = self
                 .store
                 .images()
-                .pull_from_source(image, &manifest, Arc::new(cp.clone()), progress.clone())
+                .pull_from_source(
+                    &held.name,
+                    &held.manifest,
+                    Arc::new(cp.clone()),
+                    progress.clone(),
+                )
                 .await;
             match pulled {
                 Ok(rec) => {
@@ -599,11 +604,11 @@ impl Runner {
         if let Err(e) = &pulled {
             if e.pull_failure() == Some(flotilla_runtime::image::registry::Failure::Unreachable) {
                 match cp.pull_through(image).await {
-                    Ok(manifest) => {
+                    Ok(held) => {
                         let fetched = self
                             .store
                             .images()
-                            .pull_from_source(image, &manifest, Arc::new(cp), progress)
+                            .pull_from_source(&held.name, &held.manifest, Arc::new(cp), progress)
                             .await;
                         match fetched {
                             Ok(rec) => {

@@ -98,6 +98,24 @@ impl ImageRef {
         Some(format!("{first}/{tagged}"))
     }
 
+    /// The names under which a store looks `reference` up, in order: its canonical name, and
+    /// for a short name (no registry: `bb:v1`, `team/app`) then its local name
+    /// (`localhost/bb:v1`), as podman finds a local image by its short name. A name with a
+    /// registry is looked up under its canonical name only. Every store (a node's, the control
+    /// plane's) and every grant of an image to a node follows this one rule.
+    ///
+    /// # Errors
+    /// [`ReferenceError`] when `reference` does not parse.
+    pub fn lookup_names(reference: &str) -> Result<Vec<String>, ReferenceError> {
+        let mut names = vec![Self::parse(reference)?.name()];
+        if !has_registry(reference) {
+            if let Ok(local) = Self::parse(&format!("localhost/{reference}")) {
+                names.push(local.name());
+            }
+        }
+        Ok(names)
+    }
+
     /// How people write a canonical name `name` (Docker's "familiar" form, as `docker ps` and
     /// `docker images` show names): Docker Hub's `docker.io/` and its `library/` left out —
     /// `busybox:latest`, `demo/busybox:latest`; any other registry's names as they are.
@@ -120,5 +138,31 @@ impl ImageRef {
             s.push_str(&d.to_string());
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ImageRef;
+
+    #[test]
+    fn a_short_name_is_looked_up_canonical_first_then_local() {
+        let names = |r: &str| ImageRef::lookup_names(r).expect("parses");
+        assert_eq!(
+            names("bb:v1"),
+            ["docker.io/library/bb:v1", "localhost/bb:v1"]
+        );
+        assert_eq!(
+            names("team/app"),
+            ["docker.io/team/app:latest", "localhost/team/app:latest"]
+        );
+        // A registry given is the only place looked in.
+        assert_eq!(names("localhost/bb:v1"), ["localhost/bb:v1"]);
+        assert_eq!(
+            names("docker.io/library/bb"),
+            ["docker.io/library/bb:latest"]
+        );
+        assert_eq!(names("reg.lan:5000/bb:v1"), ["reg.lan:5000/bb:v1"]);
+        assert!(ImageRef::lookup_names("BB:v1").is_err());
     }
 }

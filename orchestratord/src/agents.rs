@@ -314,21 +314,18 @@ enum MayHave {
 /// holds it: the core's `Agent::Image` (its tasks), with the prefetches in progress that asked
 /// the node for an image (the plane's record).
 async fn may_have(plane: &Plane, node: &str, reference: &str) -> MayHave {
-    let name = match flotilla_oci::ImageRef::parse(reference) {
-        Ok(r) => r.name(),
-        Err(e) => {
-            return MayHave::Refused(AgentReply::Refused {
-                reason: e.to_string(),
-            })
-        }
-    };
+    if let Err(e) = flotilla_oci::ImageRef::parse(reference) {
+        return MayHave::Refused(AgentReply::Refused {
+            reason: e.to_string(),
+        });
+    }
     let ask = Agent::Image {
         node: node.to_string(),
-        image: name,
+        image: reference.to_string(),
         prefetching: plane.prefetches.of(node),
     };
     match plane.run(Command::Agent(ask)).await {
-        Ok(Reply::Agent(AgentReply::Image(i))) => MayHave::Held(Box::new(i)),
+        Ok(Reply::Agent(AgentReply::Image(i))) => MayHave::Held(i),
         Ok(Reply::Agent(r)) => MayHave::Refused(r),
         Ok(other) => MayHave::Refused(AgentReply::Refused {
             reason: format!("unexpected answer {other:?}"),
@@ -341,11 +338,11 @@ async fn may_have(plane: &Plane, node: &str, reference: &str) -> MayHave {
 }
 
 /// The answer to `AgentRequest::Image { pull: false }` from `node`: the image the content
-/// store holds under the reference's canonical name when the node may have it ([`may_have`]),
+/// store holds under the reference's lookup names when the node may have it ([`may_have`]),
 /// else a refusal saying why.
 async fn held_image(plane: &Plane, node: &str, image: &str) -> AgentReply {
     match may_have(plane, node, image).await {
-        MayHave::Held(i) => AgentReply::Image(*i),
+        MayHave::Held(i) => AgentReply::Image(i),
         MayHave::NotHeld(reason) => AgentReply::Refused { reason },
         MayHave::Refused(r) => r,
     }
@@ -379,8 +376,8 @@ async fn pulled_image(
         insecure: false,
         require_platform: false,
     };
-    match crate::pull::pull(plane, &ask, true).await {
-        Ok(i) => AgentReply::Image(i),
+    match crate::pull::pull(plane, &ask, Some(node)).await {
+        Ok(i) => AgentReply::Image(Box::new(i)),
         Err(e) => {
             tracing::info!(node = %node, "pull-through for the node: {e}");
             AgentReply::Refused {

@@ -850,7 +850,7 @@ fn parse(
         (&Method::GET, ["v1", "metrics"]) => Ok(Request_::Metrics),
         (&Method::POST, ["v1", "images"]) => Ok(Request_::PushImage),
         (&Method::DELETE, ["v1", "images", name]) if !matches!(*name, "prefetch" | "pull") => {
-            image_name(name).map(Request_::RemoveImage)
+            image_reference(name).map(Request_::RemoveImage)
         }
         (&Method::POST, ["v1", "images", "prefetch"]) => serde_json::from_slice(body)
             .map(Request_::Prefetch)
@@ -862,9 +862,10 @@ fn parse(
     }
 }
 
-/// The canonical name of the image reference in a path segment (percent-encoded, as its `/`
-/// and `:` must be): `busybox` is `docker.io/library/busybox:latest`.
-fn image_name(segment: &str) -> Result<String, (StatusCode, String)> {
+/// The image reference in a path segment (percent-encoded, as its `/` and `:` must be), as
+/// given: the core looks it up under `ImageRef::lookup_names` (`busybox` is
+/// `docker.io/library/busybox:latest`, else `localhost/busybox:latest`).
+fn image_reference(segment: &str) -> Result<String, (StatusCode, String)> {
     let reference = percent_decoded(segment).ok_or_else(|| {
         (
             StatusCode::BAD_REQUEST,
@@ -872,7 +873,7 @@ fn image_name(segment: &str) -> Result<String, (StatusCode, String)> {
         )
     })?;
     flotilla_oci::ImageRef::parse(&reference)
-        .map(|r| r.name())
+        .map(|_| reference)
         .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))
 }
 
@@ -918,7 +919,7 @@ fn parse_operator(
         (&Method::GET, ["v1", "tokens"]) => Ok(Operator::ListTokens),
         (&Method::GET, ["v1", "images"]) => Ok(Operator::ListImages),
         (&Method::GET, ["v1", "images", name]) if !matches!(*name, "prefetch" | "pull") => {
-            image_name(name).map(Operator::GetImage)
+            image_reference(name).map(Operator::GetImage)
         }
         (&Method::DELETE, ["v1", "tokens", id]) => Ok(Operator::RemoveToken(id.to_string())),
         (&Method::GET, ["v1", "nodes"]) => node_query(query).map(Operator::ListNodes),

@@ -648,6 +648,7 @@ impl ContentStore {
             layers: m.layers.iter().map(blob).collect(),
             platform: platform.to_string(),
             pushed_at: 0,
+            source: None,
             name: image,
         })
     }

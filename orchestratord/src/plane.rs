@@ -50,7 +50,7 @@ impl Prefetches {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records that a prefetch asks `node` for `image` (its canonical name) until the grant
+    /// Records that a prefetch asks `node` for `image` (the reference as given) until the grant
     /// is dropped.
     pub fn grant(self: &Arc<Self>, node: &str, image: &str) -> PrefetchGrant {
         *self
@@ -66,7 +66,7 @@ impl Prefetches {
         }
     }
 
-    /// The canonical names of the images prefetches in progress asked `node` for.
+    /// The references of the images prefetches in progress asked `node` for.
     pub fn of(&self, node: &str) -> Vec<String> {
         self.map()
             .get(node)

@@ -17,7 +17,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use flotilla_api::images::StoredImage;
+use flotilla_api::images::{ImageSource, StoredImage};
 use flotilla_oci::manifest::{self, Descriptor, ManifestKind, Platform, MAX_CONFIG_BYTES};
 use flotilla_oci::registry::{
     self, Failure, PullSource, RegistryClient, RegistryError, RegistryOptions,
@@ -101,8 +101,9 @@ pub enum PullError {
     },
 }
 
-/// Pulls `ask` into the content store and records it with the core; answers the image
-/// recorded. With `unless_held` (a node's pull-through), an image the store already holds
+/// Pulls `ask` into the content store and records it with the core, its source named
+/// (`ImageSource::Pull`, with `for_node`); answers the image recorded. For a node's
+/// pull-through (`for_node`), an image the store already holds
 /// under the name is never replaced: answered as it is when it is of the asked platform (a
 /// second node asking while the first pull runs waits for it and gets its result), refused
 /// when it is of another — the store keeps one platform per name, and a node must not replace
@@ -113,14 +114,14 @@ pub enum PullError {
 pub async fn pull(
     plane: &Plane,
     ask: &PullAsk,
-    unless_held: bool,
+    for_node: Option<&str>,
 ) -> Result<StoredImage, PullError> {
     let r = ImageRef::parse(&ask.reference)?;
     let name = r.name();
     let puller = &plane.puller;
     let lock = puller.lock_of(&name);
     let _turn = lock.lock().await;
-    if unless_held {
+    if for_node.is_some() {
         if let Ok(CoreReply::Image(i)) = plane
             .run(Command::Operator(Operator::GetImage(name.clone())))
             .await
@@ -174,7 +175,17 @@ pub async fn pull(
     };
     drop(dir);
     let image = match stored {
-        Ok(Ok(i)) => i,
+        Ok(Ok(i)) => StoredImage {
+            source: Some(ImageSource::Pull {
+                from: if from.is_empty() {
+                    r.registry.clone()
+                } else {
+                    from.clone()
+                },
+                node: for_node.map(str::to_string),
+            }),
+            ..i
+        },
         Ok(Err(e)) => {
             drop(gate);
             plane.sweep_content().await;

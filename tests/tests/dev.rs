@@ -33,9 +33,16 @@ struct Dev {
 
 impl Dev {
     fn start(node: &Node, home: &std::path::Path, port: u16) -> Self {
+        // The host's daemon configuration (here named through the environment, as
+        // /etc/flotilla/*.toml would be found) never reaches the dev cluster's daemons: this
+        // one would stop them.
+        let host_config = home.join("host-daemon.toml");
+        std::fs::write(&host_config, "not_a_key = 1\n").expect("host config");
         let mut child = Command::new(flotilla_tests::bin("flotilla"))
             .env("HOME", home)
             .env_remove("FLOTILLA_CONFIG")
+            .env("ORCHESTRATORD_CONFIG", &host_config)
+            .env("NODEAGENT_CONFIG", &host_config)
             .arg("dev")
             .arg("--data-dir")
             .arg(node.scratch())
@@ -188,6 +195,12 @@ fn readme_first_task(node: &Node, home: &std::path::Path) {
         .expect("a JSON block");
     let port = free_port();
     assert!(json.contains("\"hostPort\": 8080"), "{json}");
+    // The daemons' own configuration files, with a word on what they are.
+    for daemon in ["orchestratord", "nodeagent"] {
+        let path = node.scratch().join(format!("{daemon}.toml"));
+        let text = std::fs::read_to_string(&path).expect("a dev daemon's config");
+        assert!(text.contains("is not read for this cluster"), "{text}");
+    }
     let file = node.scratch().join("web.json");
     std::fs::write(
         &file,

@@ -5,7 +5,8 @@
 //! A node with no route beyond its LAN runs tasks of a pushed image, fetched over its own
 //! session: a transfer cut by a lost link goes on from where it stopped, and content that is
 //! not what its digest says is refused. A prefetch brings a pushed image the same way to the
-//! node it asks, and to no other. The control plane pulls an image from a registry itself
+//! node it asks, and to no other; a short name finds a `localhost/` image as podman finds it.
+//! The control plane pulls an image from a registry itself
 //! (`flotilla image push REF`), and for a node that cannot reach the registry (pull-through).
 
 use std::os::unix::fs::MetadataExt;
@@ -13,7 +14,8 @@ use std::path::Path;
 
 use std::time::Duration;
 
-use flotilla_api::images::StoredImage;
+use flotilla_api::images::{ImageSource, StoredImage};
+use flotilla_api::ops::TaskRun;
 use flotilla_api::tasks::TaskState;
 use flotilla_tests::cluster::{ControlPlane, Fleet};
 use flotilla_tests::image::{
@@ -94,11 +96,16 @@ fn pushed_images_share_blobs_and_removal_keeps_what_another_image_has() {
         "nothing shared: {both:?}"
     );
 
+    // Named, sized and digested as `nodeagent ctr image ls` and `docker images` show them.
     let ls = cp.flotilla_ok(&["image", "ls"]);
-    assert!(
-        ls.contains("docker.io/shop/app:1.0") && ls.contains("docker.io/shop/app:saved"),
-        "{ls}"
-    );
+    let row = ls
+        .lines()
+        .find(|l| l.starts_with("shop/app:1.0 "))
+        .unwrap_or_else(|| panic!("no row of shop/app:1.0 in:\n{ls}"));
+    let digest = &app.manifest.digest["sha256:".len()..][..12];
+    assert!(row.contains(&format!(" {digest} ")), "{row}");
+    assert!(row.contains(" KiB ") || row.contains(" MiB "), "{row}");
+    assert!(ls.contains("\nshop/app:saved "), "{ls}");
     let inspected: StoredImage = cp.flotilla_json(&["image", "inspect", "shop/app:1.0"]);
     assert_eq!(inspected.manifest, app.manifest);
 
@@ -120,7 +127,9 @@ fn pushed_images_share_blobs_and_removal_keeps_what_another_image_has() {
     let o = cp.flotilla(&["image", "inspect", "shop/app:1.0"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("no image docker.io/shop/app:1.0"),
+        String::from_utf8_lossy(&o.stderr).contains(
+            "no image shop/app:1.0 (neither docker.io/shop/app:1.0 nor localhost/shop/app:1.0)"
+        ),
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
@@ -363,6 +372,42 @@ fn a_prefetch_brings_a_pushed_image_to_the_node_it_asks_and_to_no_other() {
         .contains("shop/early"));
     let images = fleet.nodes[1].ctr_ok(&["image", "ls"]);
     assert!(!images.contains("shop/early"), "{images}");
+
+    // A local image (as skopeo and podman name one: `localhost/`), found by its short name as
+    // podman finds it: by `image inspect`, and by a task whose container names it, on a node
+    // that cannot reach any registry.
+    fleet.cp.flotilla_ok(&[
+        "image",
+        "push",
+        &path(&archive),
+        "--name",
+        "localhost/shop/local:1",
+    ]);
+    let local: StoredImage = fleet
+        .cp
+        .flotilla_json(&["image", "inspect", "shop/local:1"]);
+    assert_eq!(local.name, "localhost/shop/local:1");
+    fleet.register(&serving("local", "shop/local:1"));
+    let id = fleet.cp.run_task(&TaskRun {
+        node: Some(other.clone()),
+        ..TaskRun::new("local")
+    })[0]
+        .id
+        .clone();
+    wait(
+        "the local image's task running",
+        Duration::from_secs(60),
+        || {
+            let t = fleet.cp.task(&id);
+            assert_ne!(t.state, TaskState::Stopped, "{t:#?}");
+            t.state == TaskState::Running
+        },
+    );
+    let images = fleet.nodes[1].ctr_ok(&["image", "ls"]);
+    assert!(images.contains("localhost/shop/local:1"), "{images}");
+    fleet.cp.flotilla_ok(&["task", "stop", &id]);
+    let out = fleet.cp.flotilla_ok(&["image", "rm", "shop/local:1"]);
+    assert!(out.contains("localhost/shop/local:1"), "{out}");
     assert_eq!(refusals(&fleet.cp), Vec::<String>::new());
     fleet.finish();
 }
@@ -455,6 +500,15 @@ fn the_control_plane_pulls_a_reference_and_for_a_node_that_cannot_reach_the_regi
         pushed[0].layers.iter().any(|l| l.digest == layer),
         "{pushed:?}"
     );
+    // Where it came from: the mirror, and it says so.
+    let mirror = format!("mirror http://{addr}");
+    assert_eq!(
+        pushed[0].source,
+        Some(ImageSource::Pull {
+            from: mirror.clone(),
+            node: None
+        })
+    );
     assert!(
         has_blob(&fleet.cp, &layer),
         "the layer is in the content store"
@@ -497,6 +551,38 @@ fn the_control_plane_pulls_a_reference_and_for_a_node_that_cannot_reach_the_regi
     );
     let images: Vec<StoredImage> = fleet.cp.flotilla_json(&["image", "ls"]);
     assert!(images.iter().any(|i| i.name == two), "{images:?}");
+    // Each pull is an `image.pulled` event naming its source, and the node it was for.
+    let events = fleet.cp.api().events(0, 1000).expect("events");
+    let mut pulled: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e.kind == "image.pulled")
+        .map(|e| (e.subject.clone(), e.message.clone()))
+        .collect();
+    pulled.sort();
+    let digest_of = |name: &str| {
+        images
+            .iter()
+            .find(|i| i.name == name)
+            .map(|i| i.manifest.digest.clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        pulled,
+        [
+            (
+                one.clone(),
+                format!("{} pulled from {mirror}", digest_of(&one))
+            ),
+            (
+                two.clone(),
+                format!(
+                    "{} pulled from {mirror} for node {}",
+                    digest_of(&two),
+                    fleet.ids[0]
+                )
+            ),
+        ]
+    );
     // The node's task's image: the pull for it and its blobs were its to have.
     assert_eq!(refusals(&fleet.cp), Vec::<String>::new());
 

@@ -3,7 +3,7 @@
 //! reference removed by the core, then the blobs no image references). Listing and inspecting
 //! are plain core commands (`Operator::ListImages`, `Operator::GetImage`).
 
-use flotilla_api::images::{ImagePullRequest, ImageRemoved};
+use flotilla_api::images::{ImagePullRequest, ImageRemoved, ImageSource};
 use flotilla_oci::manifest::Platform;
 use flotilla_oci::registry::Failure;
 use hyper::body::Incoming;
@@ -55,7 +55,7 @@ pub async fn push(body: Incoming, query: Option<&str>, plane: &Plane) -> Reply {
         })
         .await
     };
-    let images = match ingested {
+    let mut images = match ingested {
         Ok(Ok(images)) => images,
         Ok(Err(e)) => {
             // The blobs it stored before the fault are referenced by nothing.
@@ -65,7 +65,8 @@ pub async fn push(body: Incoming, query: Option<&str>, plane: &Plane) -> Reply {
         }
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("push: {e}")),
     };
-    for i in &images {
+    for i in &mut images {
+        i.source = Some(ImageSource::Archive);
         tracing::info!(image = %i.name, digest = %i.manifest.digest, "image pushed");
     }
     let answer = match plane
@@ -103,7 +104,7 @@ pub async fn pull(req: ImagePullRequest, plane: &Plane) -> Reply {
         platform,
         insecure: req.insecure,
     };
-    match crate::pull::pull(plane, &ask, false).await {
+    match crate::pull::pull(plane, &ask, None).await {
         Ok(image) => json(StatusCode::CREATED, &vec![image]),
         Err(e) => {
             let status = match &e {

@@ -51,11 +51,6 @@ pub async fn prefetch(req: PrefetchRequest, plane: &Plane) -> Response<Body> {
         Err(why) => return boxed(error(StatusCode::NOT_FOUND, why)),
     };
     tracing::info!(image = %req.image, nodes = targets.len(), "prefetch");
-    // What each node may then get from the content store: the image as the node will ask for
-    // it, by the canonical name the store keys by.
-    let canonical = flotilla_oci::ImageRef::parse(&req.image)
-        .map(|r| r.name())
-        .unwrap_or_else(|_| req.image.clone());
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
     let mut unreachable = Vec::new();
     for node in targets {
@@ -70,7 +65,7 @@ pub async fn prefetch(req: PrefetchRequest, plane: &Plane) -> Response<Body> {
         let (tx, image) = (tx.clone(), req.image.clone());
         // Granted before the node is asked, so its first request finds it; ended with this
         // node's part of the prefetch, however it ends.
-        let grant = plane.prefetches.grant(&node, &canonical);
+        let grant = plane.prefetches.grant(&node, &req.image);
         tokio::spawn(async move {
             let _grant = grant;
             let _ = tx

@@ -141,9 +141,10 @@ pub enum Operator {
     PutImages(Vec<flotilla_api::images::StoredImage>),
     /// `GET /v1/images`.
     ListImages,
-    /// `GET /v1/images/{name}`, by canonical name.
+    /// `GET /v1/images/{reference}`: a reference as given, looked up under
+    /// `flotilla_oci::ImageRef::lookup_names` (a short name also finds its `localhost/` image).
     GetImage(String),
-    /// `DELETE /v1/images/{name}`, by canonical name.
+    /// `DELETE /v1/images/{reference}`, looked up as [`Operator::GetImage`] is.
     RemoveImage(String),
     /// The digests of every blob an image references (the content store's start-up sweep).
     ReferencedBlobs,
@@ -294,10 +295,11 @@ pub enum Agent {
     Image {
         /// The node.
         node: String,
-        /// The image's canonical name (`flotilla_oci::ImageRef::name`).
+        /// The image's reference as the node asked for it, looked up under
+        /// `flotilla_oci::ImageRef::lookup_names`.
         image: String,
-        /// The canonical names of the images a prefetch in progress asked this node for (the
-        /// adapter's record: a prefetch is not in the core).
+        /// The references of the images a prefetch in progress asked this node for, as the
+        /// operator gave them (the adapter's record: a prefetch is not in the core).
         prefetching: Vec<String>,
     },
     /// It asks for a blob of the content store (see `images::blob_for_node`): `Reply::Done`

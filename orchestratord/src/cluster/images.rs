@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 
-use flotilla_api::images::{ImageRemoved, StoredImage};
+use flotilla_api::images::{ImageRemoved, ImageSource, StoredImage};
 use flotilla_api::AgentReply;
 use flotilla_oci::ImageRef;
 
@@ -23,8 +23,9 @@ use super::ctx::Ctx;
 use super::live::REFUSAL_EVENT_EVERY_SECS;
 use super::state::Txn;
 
-/// Records the images of one push, each replacing the image of its name; one `image.pushed`
-/// event each, naming its manifest digest.
+/// Records the images of one push or pull, each replacing the image of its name; one event
+/// each naming its manifest digest: `image.pulled` naming the source for an image the control
+/// plane pulled (`ImageSource::Pull`), else `image.pushed`.
 pub fn put(cx: &mut Ctx<'_, '_>, images: Vec<StoredImage>) -> Result<Reply, ClusterError> {
     if images.is_empty() {
         return Err(ClusterError::invalid("the archive holds no image"));
@@ -32,13 +33,17 @@ pub fn put(cx: &mut Ctx<'_, '_>, images: Vec<StoredImage>) -> Result<Reply, Clus
     let mut out = Vec::new();
     for mut i in images {
         i.pushed_at = cx.now.secs();
-        let before = cx.txn.image(&i.name).map(|b| b.manifest.digest.clone());
-        let message = match before {
-            Some(b) if b == i.manifest.digest => format!("{} pushed again", i.manifest.digest),
-            Some(b) => format!("{} pushed, replacing {b}", i.manifest.digest),
-            None => format!("{} pushed", i.manifest.digest),
+        let (kind, verb, from) = match &i.source {
+            Some(s @ ImageSource::Pull { .. }) => ("image.pulled", "pulled", format!(" from {s}")),
+            _ => ("image.pushed", "pushed", String::new()),
         };
-        cx.event("image.pushed", &i.name, message);
+        let digest = &i.manifest.digest;
+        let message = match cx.txn.image(&i.name).map(|b| &b.manifest.digest) {
+            Some(b) if b == digest => format!("{digest} {verb} again{from}"),
+            Some(b) => format!("{digest} {verb}{from}, replacing {b}"),
+            None => format!("{digest} {verb}{from}"),
+        };
+        cx.event(kind, &i.name, message);
         cx.txn.put_image(i.clone());
         out.push(i);
     }
@@ -51,17 +56,40 @@ pub fn list(cx: &Ctx<'_, '_>) -> Reply {
 }
 
 /// One image by canonical name.
-pub fn get(cx: &Ctx<'_, '_>, name: &str) -> Result<Reply, ClusterError> {
-    cx.txn
-        .image(name)
-        .map(|i| Reply::Image(i.clone()))
-        .ok_or_else(|| not_found(name))
+pub fn get(cx: &Ctx<'_, '_>, reference: &str) -> Result<Reply, ClusterError> {
+    held(cx.txn, reference).map(|i| Reply::Image(i.clone()))
+}
+
+/// The image the store holds under the first of `reference`'s lookup names
+/// (`ImageRef::lookup_names`: a short name also finds its `localhost/` image).
+///
+/// # Errors
+/// [`ClusterError::Invalid`] for a reference that does not parse, [`ClusterError::NotFound`]
+/// naming `reference` when no lookup name is held.
+fn held<'t>(txn: &'t Txn<'_>, reference: &str) -> Result<&'t StoredImage, ClusterError> {
+    let names =
+        ImageRef::lookup_names(reference).map_err(|e| ClusterError::invalid(e.to_string()))?;
+    names
+        .iter()
+        .find_map(|n| txn.image(n))
+        .ok_or_else(|| not_found_as(reference, &names))
+}
+
+/// [`not_found`] for `reference`, naming the names it was looked up under when they are not
+/// just the reference itself.
+fn not_found_as(reference: &str, names: &[String]) -> ClusterError {
+    match names {
+        [one] if one == reference => not_found(reference),
+        [one] => not_found(&format!("{reference} ({one})")),
+        many => not_found(&format!("{reference} (neither {})", many.join(" nor "))),
+    }
 }
 
 /// Removes an image; answers the digests of its blobs no remaining image references, which
 /// the adapter deletes once this is committed. An `image.removed` event.
-pub fn remove(cx: &mut Ctx<'_, '_>, name: &str) -> Result<Reply, ClusterError> {
-    let image = cx.txn.image(name).cloned().ok_or_else(|| not_found(name))?;
+pub fn remove(cx: &mut Ctx<'_, '_>, reference: &str) -> Result<Reply, ClusterError> {
+    let image = held(cx.txn, reference)?.clone();
+    let name = image.name.as_str();
     cx.txn.remove_image(name);
     let still: BTreeSet<String> = cx
         .txn
@@ -120,21 +148,26 @@ fn shown(s: &str, max: usize) -> String {
     out
 }
 
-/// The canonical names of the images the containers of the tasks placed on `node` and not
-/// `STOPPED` run. A reference that does not parse names nothing: the node could not pull it.
+/// The names of the images the containers of the tasks placed on `node` and not `STOPPED`
+/// run, each image reference under its lookup names (`ImageRef::lookup_names`). A reference
+/// that does not parse names nothing: the node could not pull it.
 fn used_on(txn: &Txn<'_>, node: &str) -> BTreeSet<String> {
     txn.live_tasks_on(node)
         .into_iter()
         .flat_map(|t| t.definition.container_definitions.iter())
-        .filter_map(|c| ImageRef::parse(&c.image).ok().map(|r| r.name()))
+        .flat_map(|c| ImageRef::lookup_names(&c.image).unwrap_or_default())
         .collect()
 }
 
-/// The canonical names of the images `node` may get from the content store: those of its
-/// tasks ([`used_on`]) and those a prefetch in progress asked it for.
+/// The names of the images `node` may get from the content store: those of its tasks
+/// ([`used_on`]) and those a prefetch in progress asked it for, under their lookup names.
 fn allowed(txn: &Txn<'_>, node: &str, prefetching: &[String]) -> BTreeSet<String> {
     let mut names = used_on(txn, node);
-    names.extend(prefetching.iter().cloned());
+    names.extend(
+        prefetching
+            .iter()
+            .flat_map(|r| ImageRef::lookup_names(r).unwrap_or_default()),
+    );
     names
 }
 
@@ -161,21 +194,28 @@ fn refuse(cx: &mut Ctx<'_, '_>, node: &str, subject: &str, what: &str, why: &str
     })
 }
 
-/// A node asks for the image the content store holds under canonical name `image`
+/// A node asks for the image the content store holds under reference `image`'s lookup names
 /// (`AgentRequest::Image`, to fetch it or to have the control plane pull it first):
-/// `AgentReply::Image` when it may get it (see the module's rule) and the store holds it;
-/// otherwise refused as [`refuse`] does, whether the image exists or not.
+/// `AgentReply::Image` with the first lookup name that the node may get (see the module's
+/// rule) and the store holds; otherwise refused as [`refuse`] does, whether the image exists
+/// or not.
 ///
 /// # Errors
-/// [`ClusterError::NotFound`] when the node may get it but the store does not hold it (a
-/// pull-through may then pull it).
+/// [`ClusterError::NotFound`] when the node may get it but the store holds it under none of
+/// its names (a pull-through may then pull it).
 pub fn for_node(
     cx: &mut Ctx<'_, '_>,
     node: &str,
     image: &str,
     prefetching: &[String],
 ) -> Result<Reply, ClusterError> {
-    if !allowed(cx.txn, node, prefetching).contains(image) {
+    let allowed = allowed(cx.txn, node, prefetching);
+    let names: Vec<String> = ImageRef::lookup_names(image)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| allowed.contains(n))
+        .collect();
+    if names.is_empty() {
         let name = shown(image, NAME_SHOWN);
         return Ok(refuse(
             cx,
@@ -185,9 +225,9 @@ pub fn for_node(
             "no task placed on it uses it and no prefetch asked it for it",
         ));
     }
-    match cx.txn.image(image) {
-        Some(i) => Ok(Reply::Agent(AgentReply::Image(i.clone()))),
-        None => Err(not_found(image)),
+    match names.iter().find_map(|n| cx.txn.image(n)) {
+        Some(i) => Ok(Reply::Agent(AgentReply::Image(Box::new(i.clone())))),
+        None => Err(not_found_as(image, &names)),
     }
 }
 
@@ -225,7 +265,7 @@ fn not_found(name: &str) -> ClusterError {
 
 #[cfg(test)]
 mod tests {
-    use flotilla_api::images::{StoredBlob, StoredImage};
+    use flotilla_api::images::{ImageSource, StoredBlob, StoredImage};
 
     use flotilla_api::ops::TaskRun;
     use flotilla_api::AgentReply;
@@ -249,6 +289,7 @@ mod tests {
             layers: layers.iter().map(|l| blob(*l)).collect(),
             platform: "linux/amd64".into(),
             pushed_at: 0,
+            source: None,
         }
     }
 
@@ -284,6 +325,123 @@ mod tests {
         assert!(kept.contains(&blob(11).digest) && !kept.contains(&blob(10).digest));
         assert_eq!(h.events("image.removed").len(), 1);
         assert_eq!(h.events("image.pushed").len(), 2);
+    }
+
+    #[test]
+    fn a_pulled_image_is_an_event_naming_its_source_and_node() {
+        let mut h = Harness::new();
+        let pulled = |node: Option<&str>| StoredImage {
+            source: Some(ImageSource::Pull {
+                from: "mirror http://10.0.0.2:5000".into(),
+                node: node.map(str::to_string),
+            }),
+            ..image("docker.io/library/a:1", 1, &[10])
+        };
+        h.op(Operator::PutImages(vec![pulled(None)])).expect("pull");
+        h.op(Operator::PutImages(vec![pulled(Some("n-1"))]))
+            .expect("pull-through");
+        let d = blob(1).digest;
+        assert_eq!(
+            h.events("image.pulled")
+                .into_iter()
+                .map(|e| e.message)
+                .collect::<Vec<_>>(),
+            [
+                format!("{d} pulled from mirror http://10.0.0.2:5000"),
+                format!("{d} pulled again from mirror http://10.0.0.2:5000 for node n-1"),
+            ]
+        );
+        assert!(h.events("image.pushed").is_empty());
+    }
+
+    #[test]
+    fn a_short_name_finds_a_local_image_as_a_node_store_does() {
+        let mut h = Harness::new();
+        let (a, b) = (h.join(&[], 2048, 4), h.join(&[], 2048, 4));
+        // As `flotilla image push` files a skopeo archive whose ref name is `bb:v1`.
+        h.op(Operator::PutImages(vec![image(
+            "localhost/bb:v1",
+            1,
+            &[10],
+        )]))
+        .expect("push");
+        let name_of = |r: Result<Reply, ClusterError>| match r {
+            Ok(Reply::Image(i)) => Ok(i.name),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        assert_eq!(
+            name_of(h.op(Operator::GetImage("bb:v1".into()))),
+            Ok("localhost/bb:v1".to_string())
+        );
+        // A registry given is the only place looked in.
+        assert_eq!(
+            name_of(h.op(Operator::GetImage("docker.io/library/bb:v1".into()))),
+            Err("no image docker.io/library/bb:v1 in the control plane's content store".into())
+        );
+        // A task whose container names the short name: its node gets the local image, and
+        // may ask by either name; another node may not.
+        h.register(
+            r#"{"family":"bb","containerDefinitions":[{"name":"main","image":"bb:v1","memory":64}]}"#,
+        );
+        h.op(Operator::RunTask(TaskRun {
+            node: Some(a.clone()),
+            ..TaskRun::new("bb")
+        }))
+        .expect("run");
+        h.converge_all();
+        for asked in ["bb:v1", "localhost/bb:v1"] {
+            assert_eq!(
+                ask_image(&mut h, &a, asked, &[]),
+                Ok("localhost/bb:v1".to_string()),
+                "{asked}"
+            );
+        }
+        assert!(ask_image(&mut h, &b, "bb:v1", &[]).is_err());
+        // A prefetch by the short name grants the local image likewise.
+        assert_eq!(
+            ask_image(&mut h, &b, "bb:v1", &["bb:v1"]),
+            Ok("localhost/bb:v1".to_string())
+        );
+        // Docker Hub's image is found first once the store holds it too.
+        h.op(Operator::PutImages(vec![image(
+            "docker.io/library/bb:v1",
+            2,
+            &[11],
+        )]))
+        .expect("push");
+        assert_eq!(
+            ask_image(&mut h, &a, "bb:v1", &[]),
+            Ok("docker.io/library/bb:v1".to_string())
+        );
+        // A removal by the short name removes the first found, then the next.
+        for want in ["docker.io/library/bb:v1", "localhost/bb:v1"] {
+            let Ok(Reply::ImageRemoved(r)) = h.op(Operator::RemoveImage("bb:v1".into())) else {
+                panic!("not removed");
+            };
+            assert_eq!(r.name, want);
+        }
+        assert!(h.op(Operator::RemoveImage("bb:v1".into())).is_err());
+        // A task naming the canonical name does not grant the local image.
+        h.register(
+            r#"{"family":"hub","containerDefinitions":[{"name":"main","image":"docker.io/library/cc:1","memory":64}]}"#,
+        );
+        h.op(Operator::PutImages(vec![image("localhost/cc:1", 3, &[12])]))
+            .expect("push");
+        h.op(Operator::RunTask(TaskRun {
+            node: Some(b.clone()),
+            ..TaskRun::new("hub")
+        }))
+        .expect("run");
+        h.converge_all();
+        assert!(ask_image(&mut h, &b, "localhost/cc:1", &[]).is_err());
+        assert_eq!(
+            ask_image(&mut h, &b, "cc:1", &[]),
+            Err(
+                "no image cc:1 (docker.io/library/cc:1) in the control plane's content store"
+                    .to_string()
+            )
+        );
     }
 
     /// What a node's request for an image comes to: the image's name, or the refusal's reason.

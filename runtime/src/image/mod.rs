@@ -241,6 +241,17 @@ pub enum ImageStoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A single image (no index) for another platform than the node's, not asked for by
+    /// platform.
+    #[error("image '{image}' is for {platform}, this node is {node}")]
+    OtherPlatform {
+        /// The image.
+        image: String,
+        /// The image's platform (its configuration's), `os/architecture[/variant]`.
+        platform: String,
+        /// The node's.
+        node: String,
+    },
     /// The index has no entry for the wanted platform.
     #[error("image '{image}' has no variant for platform {want}; it has: {available}")]
     Platform {
@@ -890,10 +901,11 @@ impl ImageStore {
             && !platform.asked
             && platform.platforms.rank(&image_platform).is_none()
         {
-            let node = platform.platforms.platform();
-            return Err(invalid(format!(
-                "image is for {image_platform}, this node is {node} (pass --platform {image_platform} to store it anyway)"
-            )));
+            return Err(ImageStoreError::OtherPlatform {
+                image: name.to_string(),
+                platform: image_platform.to_string(),
+                node: platform.platforms.platform().to_string(),
+            });
         }
 
         let gc_guard = {
@@ -1230,18 +1242,11 @@ impl ImageStore {
                 return Ok(r.clone());
             }
         }
-        let name = ImageRef::parse(reference)?.name();
-        if let Some(r) = records.iter().find(|r| r.name == name) {
-            return Ok(r.clone());
-        }
-        // A short name also finds a local image, as podman's lookup does: `bb` is
-        // `localhost/bb:latest` when no `docker.io/library/bb:latest` is stored.
-        if !flotilla_oci::reference::has_registry(reference) {
-            if let Ok(local) = ImageRef::parse(&format!("localhost/{reference}")) {
-                let local = local.name();
-                if let Some(r) = records.into_iter().find(|r| r.name == local) {
-                    return Ok(r);
-                }
+        // By ImageRef::lookup_names' rule: `bb` is `localhost/bb:latest` when no
+        // `docker.io/library/bb:latest` is stored, as podman finds local images.
+        for name in ImageRef::lookup_names(reference)? {
+            if let Some(r) = records.iter().find(|r| r.name == name) {
+                return Ok(r.clone());
             }
         }
         Err(ImageStoreError::NotFound(reference.to_string()))

@@ -415,9 +415,15 @@ fn docker_save_layout(
         media_type: Some(manifest::OCI_INDEX.into()),
         manifests: Vec::new(),
     };
-    let describe = |path: &str,
-                    staged: &mut HashMap<Digest, PathBuf>|
+    // Each file is hashed once, however often `manifest.json` names it (a layer repeated
+    // in an image, or shared by its images).
+    let mut described: HashMap<String, (Digest, u64, bool)> = HashMap::new();
+    let mut describe = |path: &str,
+                        staged: &mut HashMap<Digest, PathBuf>|
      -> Result<(Digest, u64, bool), String> {
+        if let Some(known) = described.get(path) {
+            return Ok(known.clone());
+        }
         let p = files
             .get(path)
             .ok_or_else(|| format!("manifest.json names '{path}', which the archive lacks"))?;
@@ -428,6 +434,7 @@ fn docker_save_layout(
         };
         let (d, n) = HashingReader::new(f).finish().map_err(|e| e.to_string())?;
         staged.insert(d.clone(), p.clone());
+        described.insert(path.to_string(), (d.clone(), n, gz));
         Ok((d, n, gz))
     };
     for (i, e) in entries.iter().enumerate() {
@@ -541,6 +548,31 @@ mod tests {
         )
         .expect_err("too many");
         assert!(e.to_string().contains("more than 2 entries"), "{e}");
+    }
+
+    #[test]
+    fn a_docker_save_layer_named_many_times_is_listed_each_time() {
+        let layer = vec![7u8; 1 << 20];
+        let names = vec!["\"l.tar\""; 300].join(",");
+        let mf = format!(r#"[{{"Config":"c.json","RepoTags":["bb:v1"],"Layers":[{names}]}}]"#);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = dir.path().join("a.tar");
+        let archive = tar_with(&[
+            ("c.json", b"{}"),
+            ("l.tar", &layer),
+            ("manifest.json", mf.as_bytes()),
+        ]);
+        fs::write(&p, archive).expect("write");
+        let layout = Layout::open(&p, dir.path(), Limits::NONE).expect("a docker-save archive");
+        let desc = layout.index().manifests[0].clone();
+        let m: manifest::Manifest =
+            serde_json::from_slice(&layout.read_verified(&desc).expect("its manifest"))
+                .expect("a manifest");
+        assert_eq!(m.layers.len(), 300);
+        assert!(m
+            .layers
+            .iter()
+            .all(|l| l.digest == Digest::of(&layer) && l.size == layer.len() as u64));
     }
 
     #[test]

@@ -621,7 +621,28 @@ impl ContentStore {
                 matcher.platform()
             )));
         }
+        // A manifest may list a layer more than once (old Docker images repeat their empty
+        // layer): each blob is verified and stored once, so a listing repeated up to
+        // [`MAX_LAYERS`] times neither fails for the file it moved already nor hashes a large
+        // layer hundreds of times with the gate held.
+        let mut distinct: Vec<&Descriptor> = Vec::new();
         for d in std::iter::once(&m.config).chain(&m.layers) {
+            match distinct.iter().find(|o| o.digest == d.digest) {
+                Some(o) if o.size != d.size => {
+                    return Err(PushError::Blob {
+                        image,
+                        digest: d.digest.clone(),
+                        reason: format!(
+                            "its manifest lists it with {} bytes and with {} bytes",
+                            o.size, d.size
+                        ),
+                    })
+                }
+                Some(_) => {}
+                None => distinct.push(d),
+            }
+        }
+        for d in distinct {
             let from = layout.blob_path(&d.digest).map_err(of_archive)?;
             match blobs {
                 Blobs::Copy => self.put_file(&from, d, &image)?,

@@ -838,6 +838,93 @@ mod tests {
         assert!(store.holds_intact(&layer));
     }
 
+    /// An image `team/app:v1` whose manifest lists one layer once per size in `sizes` (old
+    /// Docker images repeat their empty layer), as a registry serves it; the layer's digest.
+    fn repeated_layer(sizes: &[u64]) -> (HashMap<String, (String, Vec<u8>)>, Digest) {
+        let layer = b"a layer listed more than once".to_vec();
+        let ld = Digest::of(&layer);
+        let diff_ids = vec![format!("\"{ld}\""); sizes.len()].join(",");
+        let config = format!(
+            r#"{{"architecture":"amd64","os":"linux","rootfs":{{"type":"layers","diff_ids":[{diff_ids}]}}}}"#
+        )
+        .into_bytes();
+        let cd = Digest::of(&config);
+        let layers: Vec<String> = sizes
+            .iter()
+            .map(|n| {
+                format!(
+                    r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{ld}","size":{n}}}"#
+                )
+            })
+            .collect();
+        let manifest = format!(
+            r#"{{"schemaVersion":2,"mediaType":"{}","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{cd}","size":{}}},"layers":[{}]}}"#,
+            manifest::OCI_MANIFEST,
+            config.len(),
+            layers.join(",")
+        )
+        .into_bytes();
+        let blob = |d: &Digest| format!("/v2/team/app/blobs/{d}");
+        let files = HashMap::from([
+            (
+                "/v2/team/app/manifests/v1".to_string(),
+                (manifest::OCI_MANIFEST.to_string(), manifest),
+            ),
+            (blob(&cd), ("application/octet-stream".into(), config)),
+            (blob(&ld), ("application/octet-stream".into(), layer)),
+        ]);
+        (files, ld)
+    }
+
+    #[test]
+    fn a_layer_its_manifest_lists_twice_is_fetched_and_stored_once() {
+        let data = tempfile::tempdir().expect("a data directory");
+        let store = Arc::new(ContentStore::open(data.path(), 0).expect("the store"));
+        let len = b"a layer listed more than once".len() as u64;
+        let (files, layer) = repeated_layer(&[len, len]);
+        let (port, blobs) = serve(files);
+        let dir = tempfile::tempdir_in(store.tmp()).expect("a pull directory");
+        let a = ask(port);
+        let r = ImageRef::parse(&a.reference).expect("a reference");
+        fetch_plain(&store, &a, dir.path()).expect("pulled");
+        assert_eq!(
+            blobs.load(Ordering::SeqCst),
+            2,
+            "the config and the layer, once"
+        );
+        let stored = store
+            .ingest_pulled(dir.path(), &r.name(), None, false)
+            .expect("stored, though its layer is listed twice");
+        assert_eq!(stored.layers.len(), 2, "as its manifest lists them");
+        assert!(stored.layers.iter().all(|l| l.digest == layer.to_string()));
+        assert!(store.holds_intact(&layer), "the layer is in the store");
+    }
+
+    #[test]
+    fn a_layer_listed_with_two_sizes_is_refused_naming_both() {
+        let data = tempfile::tempdir().expect("a data directory");
+        let store = Arc::new(ContentStore::open(data.path(), 0).expect("the store"));
+        let len = b"a layer listed more than once".len() as u64;
+        let (files, layer) = repeated_layer(&[len, len + 1]);
+        let (port, _) = serve(files);
+        let dir = tempfile::tempdir_in(store.tmp()).expect("a pull directory");
+        let a = ask(port);
+        let r = ImageRef::parse(&a.reference).expect("a reference");
+        // The registry's client fetches the digest once, at its first size.
+        fetch_plain(&store, &a, dir.path()).expect("pulled");
+        let e = store
+            .ingest_pulled(dir.path(), &r.name(), None, false)
+            .expect_err("two sizes of one blob");
+        assert!(
+            e.to_string().ends_with(&format!(
+                "blob {layer}: its manifest lists it with {len} bytes and with {} bytes",
+                len + 1
+            )),
+            "{e}"
+        );
+        assert!(!store.blob_path(&layer).exists(), "nothing of it is kept");
+    }
+
     #[test]
     fn a_single_image_of_another_platform_than_asked_is_refused_before_its_layers() {
         let data = tempfile::tempdir().expect("a data directory");

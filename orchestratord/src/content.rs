@@ -483,6 +483,9 @@ impl ContentStore {
         }
         let matcher = matcher(platform);
         let mut out = Vec::new();
+        // Blobs stored by this push, with their sizes: an index of many images sharing a
+        // large layer hashes it once, not once per image.
+        let mut stored = std::collections::HashMap::new();
         for desc in &entries {
             let image = match name {
                 Some(n) => ImageRef::parse(n)
@@ -505,7 +508,7 @@ impl ContentStore {
                 desc,
                 image,
                 (&matcher, platform.is_some()),
-                Blobs::Copy,
+                (Blobs::Copy, &mut stored),
             )?);
         }
         Ok(out)
@@ -539,7 +542,7 @@ impl ContentStore {
             &desc,
             name.to_string(),
             (&matcher(platform), required && platform.is_some()),
-            Blobs::Move,
+            (Blobs::Move, &mut Default::default()),
         )
     }
 
@@ -549,7 +552,7 @@ impl ContentStore {
         desc: &Descriptor,
         image: String,
         (matcher, explicit): (&PlatformMatcher, bool),
-        blobs: Blobs,
+        (blobs, stored): (Blobs, &mut std::collections::HashMap<Digest, u64>),
     ) -> Result<StoredImage, PushError> {
         let refuse = |reason: String| PushError::Image {
             image: image.clone(),
@@ -622,9 +625,10 @@ impl ContentStore {
             )));
         }
         // A manifest may list a layer more than once (old Docker images repeat their empty
-        // layer): each blob is verified and stored once, so a listing repeated up to
-        // [`MAX_LAYERS`] times neither fails for the file it moved already nor hashes a large
-        // layer hundreds of times with the gate held.
+        // layer), and an archive's images share layers: each blob is verified and stored once
+        // per push, so a listing repeated up to [`MAX_LAYERS`] times (or an index of thousands
+        // of images of one layer) neither fails for the file it moved already nor hashes a
+        // large layer over and over with the gate held.
         let mut distinct: Vec<&Descriptor> = Vec::new();
         for d in std::iter::once(&m.config).chain(&m.layers) {
             match distinct.iter().find(|o| o.digest == d.digest) {
@@ -643,11 +647,26 @@ impl ContentStore {
             }
         }
         for d in distinct {
+            match stored.get(&d.digest) {
+                Some(&n) if n != d.size => {
+                    return Err(PushError::Blob {
+                        image,
+                        digest: d.digest.clone(),
+                        reason: format!(
+                        "another image of the archive lists it with {n} bytes, this one with {}",
+                        d.size
+                    ),
+                    })
+                }
+                Some(_) => continue,
+                None => {}
+            }
             let from = layout.blob_path(&d.digest).map_err(of_archive)?;
             match blobs {
                 Blobs::Copy => self.put_file(&from, d, &image)?,
                 Blobs::Move => self.move_file(&from, d, &image)?,
             }
+            stored.insert(d.digest.clone(), d.size);
         }
         self.put_bytes(&bytes, &mdesc.digest)?;
         let blob = |d: &Descriptor| StoredBlob {
@@ -1013,6 +1032,58 @@ mod tests {
             .expect_err("name");
         assert!(e.to_string().contains("io.containerd.image.name"), "{e}");
         assert_eq!(blobs(&store), 0);
+    }
+
+    #[test]
+    fn images_of_an_archive_that_list_a_shared_layer_with_two_sizes_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = ContentStore::open(dir.path(), 0).expect("open");
+        let mut entries = archive("demo/a:1", &[b"shared"]);
+        let layer = Digest::of(b"shared");
+        let manifest_of = |entries: &[(String, Vec<u8>)]| {
+            let index = &entries
+                .iter()
+                .find(|(p, _)| p == "index.json")
+                .expect("index")
+                .1;
+            let index: serde_json::Value = serde_json::from_slice(index).expect("json");
+            index["manifests"][0].clone()
+        };
+        let first = manifest_of(&entries);
+        let hex = |d: &serde_json::Value| d["digest"].as_str().expect("a digest")[7..].to_string();
+        let body = entries
+            .iter()
+            .find(|(p, _)| p.ends_with(&hex(&first)))
+            .expect("the manifest")
+            .1
+            .clone();
+        // A second image: the same manifest but for the layer's size.
+        let lying = String::from_utf8(body)
+            .expect("utf-8")
+            .replace(r#""size":6}"#, r#""size":7}"#)
+            .into_bytes();
+        let ld = Digest::of(&lying);
+        entries.push((format!("blobs/sha256/{}", ld.hex()), lying.clone()));
+        let mut second = first.clone();
+        second["digest"] = ld.to_string().into();
+        second["size"] = lying.len().into();
+        second["annotations"]["io.containerd.image.name"] = "demo/b:1".into();
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": [first, second]});
+        for (p, b) in &mut entries {
+            if p == "index.json" {
+                *b = index.to_string().into_bytes();
+            }
+        }
+        let e = store
+            .ingest(&write_tar(dir.path(), &entries), None, None)
+            .expect_err("one blob, two sizes");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "image docker.io/demo/b:1: blob {layer}: another image of the archive lists it \
+                 with 6 bytes, this one with 7"
+            )
+        );
     }
 
     /// A store holding one blob of `len` bytes; its digest.

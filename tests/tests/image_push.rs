@@ -1,7 +1,9 @@
 //! Images pushed to the control plane's content store with `flotilla image push`: an OCI
 //! archive and a `docker save` archive of the same image share every blob, `ls` and `inspect`
 //! show them, `rm` deletes only what no other image has, a blob whose content is not its
-//! digest is refused naming it, and what is kept survives a restart of the control plane.
+//! digest is refused naming it, and what is kept survives a restart of the control plane;
+//! a push whose client leaves once its upload is done is stored all the same, leaving no blob
+//! no image has.
 //! A node with no route beyond its LAN runs tasks of a pushed image, fetched over its own
 //! session: a transfer cut by a lost link goes on from where it stopped, and content that is
 //! not what its digest says is refused. A prefetch brings a pushed image the same way to the
@@ -225,6 +227,65 @@ fn an_image_replaced_by_a_push_leaves_no_blob_of_its_own_behind() {
                 .ends_with(&format!("replacing {}", built.manifest))),
         "{events:?}"
     );
+}
+
+#[test]
+fn a_push_whose_client_leaves_after_its_upload_is_stored_whole() {
+    let cp = ControlPlane::start(&[]);
+    let work = tempfile::tempdir().expect("work");
+    // Large enough that storing it takes a while after the upload.
+    let (archive, layer, _) = image_with_noise(work.path(), 256 << 20);
+    let mut push = std::process::Command::new(flotilla_tests::bin("flotilla"))
+        .arg("--config")
+        .arg(&cp.admin)
+        .args(["image", "push", &path(&archive), "--name", "shop/left:1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("flotilla image push");
+    // The upload is done once the archive is staged; the client then leaves (Ctrl-C).
+    let tmp = cp.data.join("images/tmp");
+    let staging = || {
+        std::fs::read_dir(&tmp)
+            .expect("the content store's tmp")
+            .any(|e| {
+                e.expect("an entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("import-")
+            })
+    };
+    let start = std::time::Instant::now();
+    while !staging() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the archive was never staged:\n{}",
+            cp.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    push.kill().expect("the client leaves");
+    let _ = push.wait();
+    // The push goes on without it, to its record, and the store holds what its images have.
+    wait("the push stored", Duration::from_secs(240), || {
+        std::fs::read_dir(&tmp)
+            .expect("the content store's tmp")
+            .next()
+            .is_none()
+    });
+    let images: Vec<StoredImage> = cp.flotilla_json(&["image", "ls"]);
+    let left = images
+        .iter()
+        .find(|i| i.name == "docker.io/shop/left:1")
+        .unwrap_or_else(|| panic!("not recorded: {images:?}\n{}", cp.log()));
+    assert!(left.digests().any(|d| d == layer), "{left:?}");
+    let mut want: Vec<String> = images
+        .iter()
+        .flat_map(|i| i.digests().map(|d| d[7..].to_string()).collect::<Vec<_>>())
+        .collect();
+    want.sort();
+    want.dedup();
+    assert_eq!(blobs(&cp), want, "every blob is one of an image's");
 }
 
 fn path(p: &Path) -> String {

@@ -44,6 +44,24 @@ pub async fn push(body: Incoming, query: Option<&str>, plane: &Plane) -> Reply {
         Ok(a) => a,
         Err(e) => return push_refused(&e),
     };
+    // Once uploaded, the archive is stored on a task of its own: a client that leaves (its
+    // request dropped) would otherwise release the gate while the blocking ingest goes on
+    // writing blobs, and skip the sweep of what it stored.
+    let plane = plane.clone();
+    tokio::spawn(async move { store(archive, name, platform, &plane).await })
+        .await
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, format!("push: {e}")))
+}
+
+/// Stores the uploaded `archive` (`push`'s second half): blobs under the gate, names
+/// committed, unreferenced blobs swept.
+async fn store(
+    archive: tempfile::TempPath,
+    name: Option<String>,
+    platform: Option<Platform>,
+    plane: &Plane,
+) -> Reply {
+    let content = plane.content.clone();
     // Held until the names are committed: no removal deletes a blob this push references.
     let gate = content.gate.read().await;
     let ingested = {
@@ -104,7 +122,18 @@ pub async fn pull(req: ImagePullRequest, plane: &Plane) -> Reply {
         platform,
         insecure: req.insecure,
     };
-    match crate::pull::pull(plane, &ask, None).await {
+    // On a task of its own, as a push's ingest: a client that leaves does not cut the pull
+    // between its blobs and its record (the layout deleted under the ingest, the gate
+    // released, no sweep).
+    let pulled = {
+        let plane = plane.clone();
+        tokio::spawn(async move { crate::pull::pull(&plane, &ask, None).await }).await
+    };
+    let pulled = match pulled {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("pull: {e}")),
+    };
+    match pulled {
         Ok(image) => json(StatusCode::CREATED, &vec![image]),
         Err(e) => {
             let status = match &e {

@@ -327,6 +327,12 @@ fn stage_archive(
         }
         let mut entry = entry.map_err(|e| format!("reading archive: {e}"))?;
         let raw = entry.path_bytes().into_owned();
+        if std::str::from_utf8(&raw).is_err() {
+            return Err(format!(
+                "entry '{}' has a name that is not UTF-8",
+                String::from_utf8_lossy(&raw)
+            ));
+        }
         let Some(path) = archive_path(&raw) else {
             return Err(format!(
                 "entry '{}' escapes the archive",
@@ -525,6 +531,24 @@ mod tests {
     fn an_entry_leaving_the_archive_is_refused_by_its_path() {
         let e = open(&tar_with(&[("../evil", b"x")]), Limits::NONE).expect_err("escapes");
         assert!(e.to_string().contains("entry '../evil' escapes"), "{e}");
+    }
+
+    #[test]
+    fn an_entry_whose_name_is_not_utf8_is_refused_saying_so() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(1);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.as_gnu_mut().expect("gnu").name[..4].copy_from_slice(b"a\xffb\xfe");
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).expect("append");
+        let e = open(&b.into_inner().expect("tar"), Limits::NONE).expect_err("not UTF-8");
+        assert!(
+            e.to_string()
+                .ends_with("entry 'a\u{fffd}b\u{fffd}' has a name that is not UTF-8"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -665,8 +665,13 @@ async fn session(
                             runner.acknowledge(&tasks)?;
                         }
                         Ok(other) => {
+                            let why = match other {
+                                AgentReply::Refused { reason } => reason,
+                                other => format!("unexpected answer {other:?}"),
+                            };
                             tracing::warn!(
-                                "report: {other:?}; sent again in {} s",
+                                "the control plane did not record the report ({why}); sent \
+                                 again in {} s",
                                 report_wait.as_secs()
                             );
                             report_again = Some(tokio::time::Instant::now() + report_wait);

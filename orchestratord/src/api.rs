@@ -918,9 +918,7 @@ fn parse_operator(
         }
         (&Method::GET, ["v1", "tokens"]) => Ok(Operator::ListTokens),
         (&Method::GET, ["v1", "images"]) => Ok(Operator::ListImages),
-        (&Method::GET, ["v1", "images", name]) => {
-            image_reference(name).map(Operator::GetImage)
-        }
+        (&Method::GET, ["v1", "images", name]) => image_reference(name).map(Operator::GetImage),
         (&Method::DELETE, ["v1", "tokens", id]) => Ok(Operator::RemoveToken(id.to_string())),
         (&Method::GET, ["v1", "nodes"]) => node_query(query).map(Operator::ListNodes),
         (&Method::GET, ["v1", "nodes", id]) => Ok(Operator::GetNode(id.to_string())),
@@ -1154,7 +1152,12 @@ mod tests {
             );
         }
         assert!(matches!(
-            parse(&Method::POST, "/v1/images/pull", None, b"{\"image\": \"pull\"}"),
+            parse(
+                &Method::POST,
+                "/v1/images/pull",
+                None,
+                b"{\"image\": \"pull\"}"
+            ),
             Ok(Request_::PullImage(_))
         ));
     }

@@ -4,7 +4,8 @@
 //! returns, without a restart — then, restarted, both find everything they acknowledged. On a
 //! node's ext4 filled while a container writes its log and a layer is unpacked: the container
 //! runs on, the layer fails naming the full disk and leaves nothing half-stored, and both go on
-//! once space returns.
+//! once space returns. A report the control plane cannot record (its store refusing every
+//! write) is sent again by the node, on the same session, until it is recorded.
 
 use std::time::Duration;
 
@@ -229,4 +230,95 @@ fn on_a_full_ext4_disk_a_container_runs_on_and_an_unpack_fails_cleanly_until_spa
     assert_eq!(node.running().get(&name), Some(&pid));
     node.ctr_ok(&["image", "import", layout, "--name", "shop/big:1"]);
     assert!(running(&cp, &task));
+}
+
+/// A container that sleeps until SIGTERM ends it with exit code 0; no network of its own (the
+/// other tests' agents hold this namespace's task bridge).
+const QUIET: &str = r#"{
+  "family": "quiet",
+  "networkMode": "none",
+  "containerDefinitions": [{
+    "name": "main", "image": "test/busybox:latest", "memory": 16, "stopTimeout": 2,
+    "command": ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1 & wait; done"]
+  }]
+}"#;
+
+/// A file made immutable (`chattr +i`: every write to it fails, also through descriptors
+/// already open, as a failing disk's would) until dropped, also when the test fails.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: std::path::PathBuf) -> Self {
+        let ok = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(&path)
+            .status()
+            .expect("chattr (Debian's e2fsprogs)");
+        assert!(ok.success(), "chattr +i {}", path.display());
+        Self(path)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_report_the_control_plane_cannot_record_is_sent_again_until_it_is() {
+    // The control plane's data directory on an ext4 of its own, whatever the host's is (ext4
+    // refuses writes to an immutable file through descriptors already open; tmpfs does not).
+    let mut cp = ControlPlane::start(&[]);
+    cp.stop();
+    let _cp_fs = Tmpfs::move_onto(&cp.data, |p| Tmpfs::ext4_at(p, 32)).expect("ext4");
+    cp.restart();
+    let node = Node::bare();
+    node.import_test_image();
+    let agent = Agent::in_session(&cp, &node);
+    cp.register(QUIET);
+    let task = cp.run_one("quiet");
+    wait("the task running", Duration::from_secs(30), || {
+        running(&cp, &task)
+    });
+    let sessions = agent.log().matches("session established").count();
+
+    // The store refuses every write; the container ends: the report of it is refused, and the
+    // node sends it again (after 2 s, then 4 s), whole.
+    let store = Immutable::set(cp.data.join("orchestratord.redb"));
+    let pid = node.running()[&format!("{task}-0")];
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    agent.wait_log("; sent again in ", 3, Duration::from_secs(30));
+    assert!(
+        running(&cp, &task),
+        "recorded while the store refuses writes"
+    );
+    // Writable again: the next send is recorded, with the container's exit code, on the same
+    // session.
+    drop(store);
+    wait("the report recorded", Duration::from_secs(30), || {
+        cp.task(&task).state == TaskState::Stopped
+    });
+    let stopped = cp.task(&task);
+    assert_eq!(
+        stopped.containers.first().and_then(|c| c.exit_code),
+        Some(0),
+        "{stopped:#?}"
+    );
+    assert_eq!(
+        agent.log().matches("session established").count(),
+        sessions,
+        "delivered by a new session, not sent again:\n{}",
+        agent.log()
+    );
+    // Kept: the control plane started again has it as recorded.
+    cp.restart();
+    assert_eq!(cp.task(&task).state, TaskState::Stopped);
 }

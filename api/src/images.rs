@@ -204,6 +204,25 @@ mod tests {
     }
 
     #[test]
+    fn a_layer_listed_twice_is_sized_once() {
+        let blob = |n: u8, size: u64| StoredBlob {
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            digest: format!("sha256:{}", format!("{n:02x}").repeat(32)),
+            size,
+        };
+        let image = StoredImage {
+            name: "docker.io/library/old:1".into(),
+            manifest: blob(1, 1),
+            config: blob(2, 10),
+            layers: vec![blob(3, 100), blob(4, 1000), blob(3, 100), blob(3, 100)],
+            platform: "linux/amd64".into(),
+            pushed_at: 0,
+            source: None,
+        };
+        assert_eq!(image.size(), 1111);
+    }
+
+    #[test]
     fn problems_name_their_field() {
         let ok = PrefetchRequest {
             image: "registry.example/app:1".into(),
@@ -305,9 +324,17 @@ impl std::fmt::Display for ImageSource {
 }
 
 impl StoredImage {
-    /// Bytes of its manifest, configuration and layers (shared blobs counted in each image).
+    /// Bytes of its manifest, configuration and layers, each distinct blob once (a layer its
+    /// manifest lists twice is stored once); blobs shared with other images are counted in
+    /// each image.
     pub fn size(&self) -> u64 {
-        self.manifest.size + self.config.size + self.layers.iter().map(|l| l.size).sum::<u64>()
+        let mut seen = std::collections::BTreeSet::new();
+        [&self.manifest, &self.config]
+            .into_iter()
+            .chain(&self.layers)
+            .filter(|b| seen.insert(b.digest.as_str()))
+            .map(|b| b.size)
+            .sum()
     }
 
     /// Every blob's digest: manifest, configuration, layers.

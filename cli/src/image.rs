@@ -116,15 +116,17 @@ pub async fn run(api: &Client, cmd: ImageCommand, output: Output) -> Result<()> 
         }
         ImageCommand::Inspect { image } => print_document(output, &api.image(&image).await?),
         ImageCommand::Rm { images } => {
-            for image in images {
-                let removed = api.remove_image(&image).await?;
+            crate::each(&images, "image", "not removed", async |image| {
+                let removed = api.remove_image(image).await?;
                 crate::outln!(
                     "{} removed ({} blobs deleted)",
                     removed.name,
                     removed.blobs_removed.len()
                 );
-            }
-            Ok(())
+                Ok(())
+            })
+            .await
+            .1
         }
         ImageCommand::Prefetch {
             image,

@@ -675,13 +675,16 @@ async fn service(api: &Client, cmd: ServiceCommand, output: Output) -> Result<()
         }
         ServiceCommand::Autoscale(a) => scaling::autoscale(api, a, output).await?,
         ServiceCommand::Rm { names } => {
-            for n in &names {
+            let (removed, outcome) = each(&names, "service", "not removed", async |n| {
                 api.remove_service(n).await?;
                 if output == Output::Table {
                     outln!("{n}");
                 }
-            }
-            print(output, &names, || {})?;
+                Ok(n.to_string())
+            })
+            .await;
+            print(output, &removed, || {})?;
+            outcome?;
         }
     }
     Ok(())
@@ -773,13 +776,16 @@ async fn schedule(api: &Client, cmd: ScheduleCommand, output: Output) -> Result<
             print_document(output, &api.schedule(&name).await?)?;
         }
         ScheduleCommand::Rm { names } => {
-            for n in &names {
+            let (removed, outcome) = each(&names, "schedule", "not removed", async |n| {
                 api.remove_schedule(n).await?;
                 if output == Output::Table {
                     outln!("{n}");
                 }
-            }
-            print(output, &names, || {})?;
+                Ok(n.to_string())
+            })
+            .await;
+            print(output, &removed, || {})?;
+            outcome?;
         }
     }
     Ok(())
@@ -1365,6 +1371,41 @@ fn labels_text(l: &Labels) -> String {
         .join(",")
 }
 
+/// Does `one` to each of `targets` in turn, going on past a failure as `docker rm` does: each
+/// failure is said on standard error naming its target (`error: web: …`). Answers what was
+/// done, and the command's outcome: for one target its own error; for several, when any
+/// failed, how many (`2 of 3 services not removed`, `noun` and `failed` naming them).
+pub(crate) async fn each<T>(
+    targets: &[String],
+    noun: &str,
+    failed: &str,
+    mut one: impl AsyncFnMut(&str) -> Result<T>,
+) -> (Vec<T>, Result<()>) {
+    let mut done = Vec::new();
+    let mut errors = Vec::new();
+    for t in targets {
+        match one(t).await {
+            Ok(d) => done.push(d),
+            Err(e) => errors.push((t, e)),
+        }
+    }
+    let outcome = match errors.len() {
+        0 => Ok(()),
+        1 if targets.len() == 1 => Err(errors.remove(0).1),
+        n => {
+            for (t, e) in &errors {
+                errln!("error: {t}: {}", flotilla_api::errors::chain(e.as_ref()));
+            }
+            Err(anyhow::anyhow!(
+                "{n} of {} {} {failed}",
+                targets.len(),
+                flotilla_api::plural(targets.len(), noun)
+            ))
+        }
+    };
+    (done, outcome)
+}
+
 /// Prints `value` as JSON or YAML, or runs `human` for the table output.
 fn print<T: serde::Serialize>(output: Output, value: &T, human: impl FnOnce()) -> Result<()> {
     match output {
@@ -1475,13 +1516,16 @@ async fn run(cli: Cli) -> Result<()> {
             })?;
         }
         ClusterCommand::Token(TokenCommand::Rm { ids }) => {
-            for id in &ids {
+            let (removed, outcome) = each(&ids, "token", "not removed", async |id| {
                 api.remove_token(id).await?;
                 if output == Output::Table {
                     outln!("{id}");
                 }
-            }
-            print(output, &ids, || {})?;
+                Ok(id.to_string())
+            })
+            .await;
+            print(output, &removed, || {})?;
+            outcome?;
         }
         ClusterCommand::Node(NodeCommand::Ls(a)) => {
             let filter = a.filter();
@@ -1604,15 +1648,16 @@ async fn run(cli: Cli) -> Result<()> {
             print_document(output, &api.task(&id).await?)?;
         }
         ClusterCommand::Task(TaskCommand::Stop { ids }) => {
-            let mut stopped = Vec::new();
-            for id in &ids {
+            let (stopped, outcome) = each(&ids, "task", "not stopped", async |id| {
                 let t = api.stop_task(id).await?;
                 if output == Output::Table {
                     outln!("{} {}", t.id, format!("{:?}", t.state).to_uppercase());
                 }
-                stopped.push(t);
-            }
+                Ok(t)
+            })
+            .await;
             print(output, &stopped, || {})?;
+            outcome?;
         }
         ClusterCommand::Events {
             since,
@@ -1770,6 +1815,34 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::age;
+
+    #[test]
+    fn each_goes_on_past_a_failure_and_says_how_many_failed() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let targets: Vec<String> = ["a", "bad", "c", "worse"].map(String::from).to_vec();
+        let (done, outcome) =
+            rt.block_on(super::each(&targets, "service", "not removed", async |t| {
+                anyhow::ensure!(!t.contains('b') && !t.contains('w'), "no service {t}");
+                Ok(t.to_uppercase())
+            }));
+        assert_eq!(done, ["A", "C"]);
+        assert_eq!(
+            outcome.expect_err("two failed").to_string(),
+            "2 of 4 services not removed"
+        );
+        // One target: its own error, as it always was.
+        let one = vec!["bad".to_string()];
+        let (done, outcome) = rt.block_on(super::each(
+            &one,
+            "service",
+            "not removed",
+            async |t| -> anyhow::Result<()> { anyhow::bail!("no service {t}") },
+        ));
+        assert!(done.is_empty());
+        assert_eq!(outcome.expect_err("failed").to_string(), "no service bad");
+    }
 
     /// Every command's flags are consistent (no short option used twice in one command, as
     /// `compose -f FILE logs -f` once had), checked by clap on the whole tree.

@@ -166,10 +166,17 @@ async fn run_op(api: &Client, kind: ValueKind, op: Op, output: Output) -> Result
         Op::Ls => print_list(output, &api.values(kind).await?)?,
         Op::Inspect(name) => print_document(output, &api.value_info(kind, &name).await?)?,
         Op::Rm(force, names) => {
-            for name in names {
-                api.remove_value(kind, &name, force).await?;
+            let noun = match kind {
+                ValueKind::Secret => "secret",
+                ValueKind::Config => "config",
+            };
+            crate::each(&names, noun, "not removed", async |name| {
+                api.remove_value(kind, name, force).await?;
                 outln!("{name} removed");
-            }
+                Ok(())
+            })
+            .await
+            .1?;
         }
     }
     Ok(())

@@ -41,7 +41,8 @@ fi
 vm=$!
 # As many tests at a time per binary as cores (RUST_TEST_THREADS overrides it).
 host=0
-cargo test --workspace -- --skip under_qemu:: 2>&1 | tee "$log" || host=$?
+# Every test binary runs, also after one fails: CI shows every failure at once.
+cargo test --workspace --no-fail-fast -- --skip under_qemu:: 2>&1 | tee "$log" || host=$?
 guests_rc=0
 wait "$vm" || guests_rc=$?
 vm=""

@@ -204,6 +204,31 @@ mod tests {
     }
 
     #[test]
+    fn an_image_source_is_an_object_of_its_kind() {
+        let pulled = ImageSource::Pull {
+            from: "mirror http://10.0.0.2:5000".into(),
+            node: Some("n-1".into()),
+        };
+        assert_eq!(
+            serde_json::to_value(&pulled).expect("json"),
+            serde_json::json!({"kind": "pull", "from": "mirror http://10.0.0.2:5000", "node": "n-1"})
+        );
+        assert_eq!(
+            serde_json::to_value(ImageSource::Archive).expect("json"),
+            serde_json::json!({"kind": "archive"})
+        );
+        let back: ImageSource =
+            serde_json::from_str(r#"{"kind": "pull", "from": "docker.io"}"#).expect("parses");
+        assert_eq!(
+            back,
+            ImageSource::Pull {
+                from: "docker.io".into(),
+                node: None
+            }
+        );
+    }
+
+    #[test]
     fn a_layer_listed_twice_is_sized_once() {
         let blob = |n: u8, size: u64| StoredBlob {
             media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
@@ -292,8 +317,10 @@ pub struct StoredImage {
 
 /// Where the control plane got an image of its content store (`StoredImage::source`): the
 /// `image.pushed` and `image.pulled` events name it.
+///
+/// JSON: `{"kind": "archive"}`, `{"kind": "pull", "from": "docker.io", "node": "n-1"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(tag = "kind", rename_all = "camelCase")]
 pub enum ImageSource {
     /// An archive an operator pushed (`flotilla image push FILE`).
     Archive,

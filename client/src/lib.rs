@@ -549,13 +549,18 @@ impl Client {
     /// `GET /v1/images/{name}`: one image of the content store (`busybox` is
     /// `docker.io/library/busybox:latest`).
     pub async fn image(&self, name: &str) -> Result<StoredImage, ClientError> {
-        self.get(&["images", name], &[]).await
+        self.get(&["images", &image_segment(name)], &[]).await
     }
 
     /// `DELETE /v1/images/{name}`: removes an image, and the blobs no other image has.
     pub async fn remove_image(&self, name: &str) -> Result<ImageRemoved, ClientError> {
-        self.json(Method::DELETE, &["images", name], &[], None::<&()>)
-            .await
+        self.json(
+            Method::DELETE,
+            &["images", &image_segment(name)],
+            &[],
+            None::<&()>,
+        )
+        .await
     }
 
     /// `POST /v1/images/prefetch`: asks the nodes `req` selects to pull its image now; their
@@ -1321,9 +1326,29 @@ impl http_body::Body for FileBody {
     }
 }
 
+/// The path segment of image reference `name` in `/v1/images/{name}`: as given, but for the
+/// short names `pull` and `prefetch`, whose segments are routes of their own (`POST`); they
+/// are sent with their default tag (`pull:latest`), which the control plane looks up alike
+/// (`ImageRef::lookup_names`).
+fn image_segment(name: &str) -> std::borrow::Cow<'_, str> {
+    match name {
+        "pull" | "prefetch" => format!("{name}:latest").into(),
+        _ => name.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_image_named_as_a_route_is_sent_with_its_tag() {
+        assert_eq!(image_segment("pull"), "pull:latest");
+        assert_eq!(image_segment("prefetch"), "prefetch:latest");
+        for as_given in ["pull:v1", "team/pull", "busybox", "pulls"] {
+            assert_eq!(image_segment(as_given), as_given);
+        }
+    }
 
     #[test]
     fn refusals_read_as_before_and_carry_their_status() {

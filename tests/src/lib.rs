@@ -98,6 +98,19 @@ pub fn require_root() {
     );
 }
 
+/// Ends a soak binary's argument parsing at an argument it does not take: `-h`/`--help`
+/// prints `usage` (what the tool does, its flags and their defaults) on standard output and
+/// exits 0; anything else is named on standard error above the usage, and the exit status is
+/// 2, as for a bad invocation of a Unix tool, so that a typo never starts a long run.
+pub fn soak_usage(arg: &str, usage: &str) -> ! {
+    if arg == "-h" || arg == "--help" {
+        println!("{}", usage.trim_end());
+        std::process::exit(0);
+    }
+    eprintln!("unknown argument {arg:?}\n{}", usage.trim_end());
+    std::process::exit(2);
+}
+
 /// The value after flag `name` of a soak binary (`--minutes 5`) as a whole number, from the
 /// arguments still to read.
 pub fn flag_number(args: &mut impl Iterator<Item = String>, name: &str) -> anyhow::Result<u64> {

@@ -693,6 +693,40 @@ up "checked: $(head -1 /vm/out/checked)"
     )
 }
 
+/// Keeps a boot's logs, as far as they reached the host, under [`Options::keep`]'s
+/// `boot-CYCLE/`: each cut boot's and the last, checked one's.
+fn keep_boot(o: &Options, cycle: u32, out: &Path) -> Result<()> {
+    if let Some(keep) = &o.keep {
+        let dir = keep.join(format!("boot-{cycle}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("--keep: {}", dir.display()))?;
+        for name in ["script.log", "orchestratord.log", "nodeagent.log"] {
+            let _ = std::fs::copy(out.join(name), dir.join(name));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a binary the guest cannot see as the host does: the guest shares the host's root
+/// read-only but mounts a tmpfs of its own on `/tmp` and `/run` (`vm.rs`), so a binary there
+/// would be missing in the guest and every boot would fail its script.
+pub fn hidden_in_guest(path: &Path) -> Result<()> {
+    let path = std::path::absolute(path)?;
+    for dir in GUEST_OWN_DIRS {
+        if path.starts_with(dir) {
+            bail!(
+                "{} lies under {dir}, which the guest mounts its own: copy the binaries (power-cuts, \
+                 orchestratord, nodeagent, flotilla) to a directory elsewhere and run power-cuts \
+                 from there",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Directories the guest mounts a filesystem of its own on (`vm.rs`).
+const GUEST_OWN_DIRS: [&str; 2] = ["/tmp", "/run"];
+
 /// The last `n` bytes of `text` (from a character boundary).
 fn tail(text: &str, n: usize) -> &str {
     let mut at = text.len().saturating_sub(n);
@@ -707,6 +741,9 @@ fn tail(text: &str, n: usize) -> &str {
 /// per cycle.
 pub fn run(o: &Options) -> Result<Report> {
     crate::require_root();
+    for path in [&o.harness, &o.bin_dir] {
+        hidden_in_guest(path)?;
+    }
     let scratch = tempfile::Builder::new().prefix("power-cuts-").tempdir()?;
     let disk = Disk::create(&scratch.path().join("disk.img"), 2048)?;
     let mut rng = Rng::new(o.seed);
@@ -802,6 +839,7 @@ pub fn run(o: &Options) -> Result<Report> {
             report.slowest_convergence = report.slowest_convergence.max(secs);
             convergence = Some(secs);
             if last {
+                keep_boot(o, cycle, vm.out())?;
                 break;
             }
             if let Err(e) = vm.wait_file("loading", Duration::from_secs(60)) {
@@ -815,14 +853,7 @@ pub fn run(o: &Options) -> Result<Report> {
         vm.cut_power()?;
         let out = vm.out().to_path_buf();
         let text = logs(&vm);
-        if let Some(keep) = &o.keep {
-            // Each boot's logs, as far as they reached the host.
-            let dir = keep.join(format!("boot-{cycle}"));
-            std::fs::create_dir_all(&dir)?;
-            for name in ["script.log", "orchestratord.log", "nodeagent.log"] {
-                let _ = std::fs::copy(out.join(name), dir.join(name));
-            }
-        }
+        keep_boot(o, cycle, &out)?;
         report.cuts += 1;
         let acked = std::fs::read_to_string(out.join("acked.log")).unwrap_or_default();
         ledger.merge(&acked)?;
@@ -889,6 +920,24 @@ mod tests {
         let mut l = Ledger::default();
         l.merge(log).expect("merge");
         l
+    }
+
+    #[test]
+    fn binaries_under_the_guests_own_tmp_or_run_are_refused_naming_the_path() {
+        for bad in ["/tmp/b/nodeagent", "/run/x/power-cuts", "/tmp"] {
+            let e = hidden_in_guest(Path::new(bad)).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains(bad)),
+                "{bad}: {e:?}"
+            );
+        }
+        for good in [
+            "/work/target/debug/nodeagent",
+            "/tmpfoo/nodeagent",
+            "/srv/run/x",
+        ] {
+            assert!(hidden_in_guest(Path::new(good)).is_ok(), "{good}");
+        }
     }
 
     #[test]

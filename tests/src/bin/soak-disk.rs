@@ -62,6 +62,22 @@ struct Options {
     keep: Option<PathBuf>,
 }
 
+const USAGE: &str = "\
+usage: soak-disk [--minutes 5] [--seed N] [--cp-mib 32] [--node-mib 128] [--keep DIR]
+
+The control plane's and a node's data directories on small ext4 filesystems of their own,
+filled to the last byte and given back for minutes under a write load; every refused write
+must name the full disk, nothing acknowledged may be lost, containers run on, and the cluster
+converges when space returns and after both daemons are killed. Root; run `cargo build
+--workspace --bins` first, and hold /work/systest.lock (RELIABILITY.md, \"Full disks\").
+
+  --minutes M      how long the load and the filler run (5)
+  --seed N         the seed of the fill cycles and the load (default: the clock's seconds)
+  --cp-mib MIB     the control plane's filesystem, at least 16 (32)
+  --node-mib MIB   the node's filesystem, at least 64 (128)
+  --keep DIR       write both daemons' logs, every write and every cycle there
+";
+
 fn options() -> Result<Options> {
     let mut o = Options {
         minutes: 5,
@@ -79,10 +95,7 @@ fn options() -> Result<Options> {
             "--cp-mib" => o.cp_mib = value("--cp-mib")?,
             "--node-mib" => o.node_mib = value("--node-mib")?,
             "--keep" => o.keep = Some(args.next().context("--keep needs a directory")?.into()),
-            other => bail!(
-                "unknown argument {other}: soak-disk [--minutes M] [--seed N] [--cp-mib MIB] \
-                 [--node-mib MIB] [--keep DIR]"
-            ),
+            other => flotilla_tests::soak_usage(other, USAGE),
         }
     }
     if o.cp_mib < 16 || o.node_mib < 64 {

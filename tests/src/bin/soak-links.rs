@@ -34,6 +34,24 @@ struct Options {
     keep: Option<std::path::PathBuf>,
 }
 
+const USAGE: &str = "\
+usage: soak-links [--minutes 5] [--hosts 3] [--loss 30] [--delay-ms 500] [--cp-loss 5]
+                  [--seed N] [--keep DIR]
+
+A fleet of real agents, each host in its own network namespace, churned for minutes over links
+that lose packets, its control plane behind a relay that delays and drops datagrams; each
+action must converge, and no task may run twice. Root; run `cargo build --workspace --bins`
+first, and hold /work/systest.lock (RELIABILITY.md, \"Lossy and slow links\").
+
+  --minutes M     how long the churn runs (5)
+  --hosts N       agents, each in its own network namespace (3)
+  --loss P        % of packets each host's link drops, each way (30; at most 90)
+  --delay-ms MS   delay the relay adds to each datagram, each way (500)
+  --cp-loss P     % of datagrams the relay drops (5; at most 90)
+  --seed N        the seed of every random choice (default: the clock's seconds)
+  --keep DIR      write the control plane's and agents' logs there at the end
+";
+
 fn options() -> Result<Options> {
     let mut o = Options {
         minutes: 5,
@@ -55,10 +73,7 @@ fn options() -> Result<Options> {
             "--cp-loss" => o.cp_loss = u32::try_from(value("--cp-loss")?)?,
             "--seed" => o.seed = value("--seed")?,
             "--keep" => o.keep = Some(args.next().context("--keep needs a directory")?.into()),
-            other => bail!(
-                "unknown argument {other}: soak-links [--minutes M] [--hosts N] [--loss P] \
-                 [--delay-ms MS] [--cp-loss P] [--seed N] [--keep DIR]"
-            ),
+            other => flotilla_tests::soak_usage(other, USAGE),
         }
     }
     if o.hosts == 0 || o.loss > 90 || o.cp_loss > 90 {

@@ -276,6 +276,8 @@ pub struct AgentState {
     pub busy: u32,
     /// Why the last session ended or failed.
     pub last_error: Option<String>,
+    /// Why each session that ended or failed did, as [`why_kind`] words it, and how often.
+    pub ended: BTreeMap<String, u32>,
     /// The desired-state generation held.
     pub generation: u64,
     /// The node's tasks by id.
@@ -693,6 +695,27 @@ impl Rng {
     }
 }
 
+/// The kind of a session's end, for a tally: `why` with each figure (a number with its
+/// decimal points and unit, as `5.2s` or `40ms`; an address, as `10.0.3.7`) as `N`, at most
+/// 80 characters.
+pub fn why_kind(why: &str) -> String {
+    let mut kind = String::new();
+    let mut chars = why.chars().peekable();
+    while let Some(c) = chars.next() {
+        if !c.is_ascii_digit() {
+            kind.push(c);
+            continue;
+        }
+        while chars.next_if(|c| c.is_ascii_digit() || *c == '.').is_some() {}
+        while chars
+            .next_if(|c| c.is_ascii_lowercase() || *c == 'µ')
+            .is_some()
+        {}
+        kind.push('N');
+    }
+    kind.chars().take(80).collect()
+}
+
 /// How a session ended.
 enum Ended {
     /// The control plane said when to come back.
@@ -742,7 +765,12 @@ impl SimAgent {
                     tokio::time::sleep(wait).await;
                     continue;
                 }
-                Ended::Lost(e) => self.view.state().last_error = Some(format!("{e:#}")),
+                Ended::Lost(e) => {
+                    let why = format!("{e:#}");
+                    let mut st = self.view.state();
+                    *st.ended.entry(why_kind(&why)).or_default() += 1;
+                    st.last_error = Some(why);
+                }
             }
             if started.elapsed() > Duration::from_secs(60) {
                 backoff = Duration::from_secs(1);
@@ -1034,6 +1062,23 @@ pub fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_ends_that_differ_only_in_figures_are_tallied_as_one_kind() {
+        assert_eq!(
+            why_kind("no answer to a ping within 5.2s"),
+            why_kind("no answer to a ping within 40ms")
+        );
+        assert_eq!(
+            why_kind("connection lost: timed out"),
+            "connection lost: timed out"
+        );
+        assert_eq!(
+            why_kind("hello: 10.0.3.7:4433 refused"),
+            "hello: N:N refused"
+        );
+        assert_eq!(why_kind(&"x".repeat(200)).len(), 80);
+    }
 
     fn task(id: &str, desired: DesiredStatus) -> DesiredTask {
         let definition = flotilla_api::taskdef::parse(

@@ -227,6 +227,22 @@ fn written(pid: u32) -> Result<u64> {
         .context("write_bytes missing in /proc/PID/io")
 }
 
+/// Why the agents' sessions ended so far, each kind with its count, the most frequent first.
+fn ended_tally(shared: &Shared) -> String {
+    let mut all = std::collections::BTreeMap::<String, u32>::new();
+    for a in &shared.agents {
+        for (why, n) in &a.state().ended {
+            *all.entry(why.clone()).or_default() += n;
+        }
+    }
+    let mut all: Vec<_> = all.into_iter().collect();
+    all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    all.iter()
+        .map(|(why, n)| format!("{n}× {why}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// When the first and the last of the agents' current sessions were established, after `from`.
 fn window(shared: &Shared, from: Instant) -> (Duration, Duration) {
     let at: Vec<Duration> = shared
@@ -381,7 +397,10 @@ fn measure(
         .filter(|a| a.state().sessions != 1)
         .count();
     if lost > 0 {
-        println!("note: {lost} agents lost a session so far");
+        println!(
+            "note: {lost} agents lost a session so far; why: {}",
+            ended_tally(&shared)
+        );
     }
 
     // A DAEMON service on every node.

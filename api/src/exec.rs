@@ -221,7 +221,10 @@ impl ExecFrame {
             Self::Error(why) => (ERROR, why.as_bytes().into()),
         };
         if payload.len() > MAX_CHUNK {
-            return Err(FrameError::TooLarge(payload.len()));
+            return Err(FrameError::TooLarge {
+                len: payload.len(),
+                limit: MAX_CHUNK,
+            });
         }
         let mut out = Vec::with_capacity(5 + payload.len());
         out.push(kind);
@@ -283,7 +286,10 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<ExecFrame>, 
     }
     let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
     if len > MAX_CHUNK {
-        return Err(FrameError::TooLarge(len));
+        return Err(FrameError::TooLarge {
+            len,
+            limit: MAX_CHUNK,
+        });
     }
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload).await?;
@@ -322,7 +328,7 @@ mod tests {
 
         assert!(matches!(
             ExecFrame::Stdout(vec![0; MAX_CHUNK + 1]).encode(),
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge { .. })
         ));
         let hostile: [&[u8]; 6] = [
             &[STDOUT, 0xff, 0xff, 0xff, 0xff],

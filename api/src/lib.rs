@@ -3,7 +3,8 @@
 //!
 //! Framing: on each bidirectional stream the opener sends one request frame and reads one
 //! reply frame; a frame is a 4-byte big-endian length and that many bytes of JSON. Frames
-//! larger than [`MAX_FRAME`] are refused before they are read.
+//! larger than [`MAX_FRAME`] are refused before they are read, but for what the control plane
+//! pushes to a node ([`ServerPush`]), up to [`MAX_PUSH_FRAME`].
 
 #![forbid(unsafe_code)]
 
@@ -125,8 +126,15 @@ pub fn human_bytes(bytes: u64) -> String {
     }
 }
 
-/// Largest frame accepted (1 MiB).
+/// Largest frame accepted (1 MiB), but for a push of the control plane ([`MAX_PUSH_FRAME`]).
 pub const MAX_FRAME: usize = 1 << 20;
+
+/// Largest push the control plane sends a node and a node reads (16 MiB): a whole registry
+/// of service discovery grows with the fleet — an endpoint is about 120 bytes of JSON, so a
+/// DAEMON service registered for discovery on 10,000 nodes is over 1 MiB — and comes from
+/// the control plane only, authenticated by the session's mutual TLS. Everything a node or an
+/// unauthenticated peer sends stays within [`MAX_FRAME`].
+pub const MAX_PUSH_FRAME: usize = 16 << 20;
 
 /// Picks the newest protocol both sides speak.
 pub fn negotiate(ours: &[u32], theirs: &[u32]) -> Option<u32> {
@@ -458,9 +466,15 @@ pub enum PushReply {
 /// Framing errors.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    /// The peer announced a frame over [`MAX_FRAME`].
-    #[error("frame of {0} bytes exceeds the {MAX_FRAME}-byte limit")]
-    TooLarge(usize),
+    /// A frame of `len` bytes, over the `limit` of its kind ([`MAX_FRAME`],
+    /// [`MAX_PUSH_FRAME`], an exec stream's chunk), announced by the peer or about to be sent.
+    #[error("frame of {len} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// The frame's length.
+        len: usize,
+        /// The largest allowed.
+        limit: usize,
+    },
     /// The stream failed or ended early.
     #[error("stream: {0}")]
     Io(#[from] std::io::Error),
@@ -469,27 +483,34 @@ pub enum FrameError {
     Decode(#[from] serde_json::Error),
 }
 
-/// Writes one frame.
+/// Writes one frame (at most [`MAX_FRAME`]).
 pub async fn write_frame<W: AsyncWrite + Unpin, T: Serialize>(
     w: &mut W,
     msg: &T,
 ) -> Result<(), FrameError> {
-    let body = serde_json::to_vec(msg)?;
-    if body.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge(body.len()));
-    }
-    w.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    w.write_all(&body).await?;
-    w.flush().await?;
-    Ok(())
+    let frame = encode_frame(msg)?;
+    write_encoded(w, &frame).await
 }
 
-/// One frame as [`write_frame`] writes it (length and body), encoded once to be written to any
-/// number of streams with [`write_encoded`].
+/// One frame as [`write_frame`] writes it (length and body, at most [`MAX_FRAME`]), encoded once
+/// to be written to any number of streams with [`write_encoded`].
 pub fn encode_frame<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    encode_within(msg, MAX_FRAME)
+}
+
+/// A push of the control plane as one frame (at most [`MAX_PUSH_FRAME`]), for [`write_encoded`];
+/// a node reads it with [`read_push`].
+pub fn encode_push(push: &ServerPush) -> Result<Vec<u8>, FrameError> {
+    encode_within(push, MAX_PUSH_FRAME)
+}
+
+fn encode_within<T: Serialize>(msg: &T, limit: usize) -> Result<Vec<u8>, FrameError> {
     let body = serde_json::to_vec(msg)?;
-    if body.len() > MAX_FRAME {
-        return Err(FrameError::TooLarge(body.len()));
+    if body.len() > limit {
+        return Err(FrameError::TooLarge {
+            len: body.len(),
+            limit,
+        });
     }
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
@@ -507,15 +528,27 @@ pub async fn write_encoded<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-/// Reads one frame.
+/// Reads one frame (at most [`MAX_FRAME`]; a longer one is refused before its body is read).
 pub async fn read_frame<R: AsyncRead + Unpin, T: DeserializeOwned>(
     r: &mut R,
+) -> Result<T, FrameError> {
+    read_within(r, MAX_FRAME).await
+}
+
+/// Reads one push of the control plane, as a node does (at most [`MAX_PUSH_FRAME`]).
+pub async fn read_push<R: AsyncRead + Unpin>(r: &mut R) -> Result<ServerPush, FrameError> {
+    read_within(r, MAX_PUSH_FRAME).await
+}
+
+async fn read_within<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    limit: usize,
 ) -> Result<T, FrameError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
+    if len > limit {
+        return Err(FrameError::TooLarge { len, limit });
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
@@ -582,6 +615,72 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_registry_of_a_daemon_on_ten_thousand_nodes_is_pushed_in_one_frame() {
+        use discovery::{DiscoveredService, Endpoint, Registry};
+        let endpoints = (0..12_000u32)
+            .map(|i| Endpoint {
+                task: format!("t-{i:012x}"),
+                node: format!("n-{i:08x}"),
+                address: std::net::Ipv4Addr::from(0x0a80_0000 + i),
+                port: Some(32768),
+                task_address: Some(std::net::Ipv4Addr::from(0x0a00_0000 + (i << 8) + 2)),
+                task_port: Some(8080),
+            })
+            .collect();
+        let push = ServerPush::Registry(Registry {
+            version: 7,
+            services: vec![DiscoveredService {
+                namespace: "shop".into(),
+                name: "edge".into(),
+                service: "edge".into(),
+                vip: None,
+                port: Some(8080),
+                fixed_port: None,
+                protocol: taskdef::Protocol::Tcp,
+                endpoints,
+            }],
+        });
+        // Over what a node or a peer may send, within what the control plane may push.
+        let frame = encode_push(&push).expect("encode");
+        assert!(frame.len() > MAX_FRAME, "{}", frame.len());
+        assert!(matches!(
+            encode_frame(&push),
+            Err(FrameError::TooLarge {
+                limit: MAX_FRAME,
+                ..
+            })
+        ));
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        let reader = tokio::spawn(async move { read_push(&mut b).await });
+        write_encoded(&mut a, &frame).await.expect("write");
+        assert_eq!(reader.await.expect("reader").expect("read"), push);
+        // Read as any other frame, it is refused at its length.
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&frame[..4]).await.expect("write");
+        let refused = read_frame::<_, ServerPush>(&mut b).await;
+        let e = refused.err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            e,
+            format!(
+                "frame of {} bytes exceeds the {MAX_FRAME}-byte limit",
+                frame.len() - 4
+            )
+        );
+        // A push over its own limit is refused before its body is read.
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&(MAX_PUSH_FRAME as u32 + 1).to_be_bytes())
+            .await
+            .expect("write");
+        assert!(matches!(
+            read_push(&mut b).await,
+            Err(FrameError::TooLarge {
+                limit: MAX_PUSH_FRAME,
+                ..
+            })
+        ));
+    }
+
+    #[tokio::test]
     async fn frames_round_trip_and_oversized_ones_are_refused() {
         let (mut a, mut b) = tokio::io::duplex(4096);
         let msg = AgentRequest::Renew {
@@ -596,7 +695,7 @@ mod tests {
             .expect("write");
         assert!(matches!(
             read_frame::<_, AgentRequest>(&mut b).await,
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge { .. })
         ));
         // An encoded frame reads as the message.
         let frame = encode_frame(&msg).expect("encode");
@@ -607,7 +706,7 @@ mod tests {
         );
         assert!(matches!(
             encode_frame(&"x".repeat(MAX_FRAME)),
-            Err(FrameError::TooLarge(_))
+            Err(FrameError::TooLarge { .. })
         ));
 
         let (mut a, mut b) = tokio::io::duplex(64);

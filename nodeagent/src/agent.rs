@@ -624,7 +624,7 @@ async fn session(
             e = conn.closed() => bail!("{}", explain(&e)),
             push = conn.accept_bi() => {
                 let (mut send, mut recv) = push.map_err(|e| anyhow::anyhow!("{}", explain(&e)))?;
-                let reply = match read_frame::<_, ServerPush>(&mut recv).await {
+                let reply = match flotilla_api::read_push(&mut recv).await {
                     Ok(ServerPush::Logs(req)) => {
                         tokio::spawn(crate::logs::serve(
                             runner.store().clone(),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use flotilla_api::{encode_frame, read_frame, PushReply, ServerPush};
+use flotilla_api::{encode_push, read_frame, PushReply, ServerPush};
 use quinn::{Connection, VarInt};
 
 use crate::core::Core;
@@ -169,7 +169,7 @@ pub fn push_timeout(rtt: std::time::Duration) -> std::time::Duration {
 /// Sends `what` on a new stream of a node's session and reads its answer, within
 /// [`push_timeout`].
 pub async fn push(conn: &Connection, what: &ServerPush) -> Result<PushReply, String> {
-    let frame = encode_frame(what).map_err(|e| e.to_string())?;
+    let frame = encode_push(what).map_err(|e| e.to_string())?;
     exchange(conn, &Arc::from(frame)).await
 }
 

@@ -935,7 +935,7 @@ impl SimAgent {
     /// Answers one push of the control plane as the agent does: desired state and registry
     /// taken (newer only) and acknowledged; logs, execs and pulls refused (nothing runs here).
     async fn answer_push(&mut self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let reply = match read_frame::<_, ServerPush>(&mut recv).await {
+        let reply = match flotilla_api::read_push(&mut recv).await {
             Ok(ServerPush::Desired(state)) => {
                 let generation =
                     self.view

@@ -77,9 +77,9 @@ impl Feed {
             Some(f) => f.clone(),
             None => {
                 let encoded = match from.and_then(|v| self.since(v)) {
-                    Some(d) => flotilla_api::encode_frame(&ServerPush::RegistryDelta(d)),
+                    Some(d) => flotilla_api::encode_push(&ServerPush::RegistryDelta(d)),
                     None => {
-                        flotilla_api::encode_frame(&ServerPush::Registry((*self.registry).clone()))
+                        flotilla_api::encode_push(&ServerPush::Registry((*self.registry).clone()))
                     }
                 };
                 let frame = match encoded {

@@ -69,13 +69,15 @@ impl Registry {
     }
 
     /// The registry `delta` makes of this one; refused unless the delta applies to this
-    /// version. Services stay ordered by namespace and name.
-    pub fn apply(&self, delta: &RegistryDelta) -> Result<Registry, OutOfSequence> {
+    /// version and every service whose endpoints it changes is held. Services stay ordered by
+    /// namespace and name, endpoints by task id.
+    pub fn apply(&self, delta: &RegistryDelta) -> Result<Registry, DeltaError> {
         if delta.from != self.version {
             return Err(OutOfSequence {
                 held: self.version,
                 from: delta.from,
-            });
+            }
+            .into());
         }
         let mut services: BTreeMap<ServiceName, DiscoveredService> =
             self.services.iter().map(|s| (s.key(), s.clone())).collect();
@@ -85,11 +87,26 @@ impl Registry {
         for s in &delta.upserted {
             services.insert(s.key(), s.clone());
         }
+        for e in &delta.endpoints {
+            let k = e.key();
+            let Some(s) = services.get(&k) else {
+                return Err(DeltaError::NotHeld(k));
+            };
+            let changed = e.applied_to(s);
+            services.insert(k, changed);
+        }
         Ok(Registry {
             version: delta.to,
             services: services.into_values().collect(),
         })
     }
+}
+
+/// One service's change in composed deltas.
+enum Change {
+    Removed,
+    Whole(DiscoveredService),
+    Endpoints(EndpointsDelta),
 }
 
 /// A service's place in the registry: its namespace and name.
@@ -102,8 +119,11 @@ pub struct ServiceName {
 }
 
 /// What changed in the registry from version `from` to version `to`: the services added or
-/// replaced (each whole) and the services removed. Sent to agents that speak protocol 2 in
-/// place of the whole registry when they hold `from`.
+/// replaced (each whole), the services removed and — from protocol 3
+/// ([`crate::PROTOCOL_ENDPOINT_DELTAS`]) — the services of which only endpoints changed, by
+/// endpoint. Sent to agents that speak protocol 2 or later in place of the whole registry when
+/// they hold `from`; an agent of protocol 2 gets no `endpoints` (see
+/// [`RegistryDelta::services_whole`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RegistryDelta {
@@ -117,6 +137,104 @@ pub struct RegistryDelta {
     /// Services removed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub removed: Vec<ServiceName>,
+    /// Services held at `from` of which only endpoints changed, ordered by namespace and name
+    /// (protocol 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub endpoints: Vec<EndpointsDelta>,
+}
+
+/// What changed in the endpoints of one service, its other fields as they were: a DAEMON
+/// service on 10,000 nodes has 10,000 endpoints (about 1.2 MB), and a task started or stopped
+/// changes one of them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointsDelta {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Endpoints added or changed (by task id), ordered by task id.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upserted: Vec<Endpoint>,
+    /// Task ids whose endpoints went (a task not held is no error: composed deltas may name a
+    /// task added and removed since `from`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed: Vec<String>,
+}
+
+impl EndpointsDelta {
+    fn key(&self) -> ServiceName {
+        ServiceName {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        }
+    }
+
+    /// What changed from `old`'s endpoints to `new`'s (the same service).
+    fn between(old: &DiscoveredService, new: &DiscoveredService) -> Self {
+        let before: BTreeMap<&str, &Endpoint> =
+            old.endpoints.iter().map(|e| (e.task.as_str(), e)).collect();
+        let after: BTreeMap<&str, &Endpoint> =
+            new.endpoints.iter().map(|e| (e.task.as_str(), e)).collect();
+        EndpointsDelta {
+            namespace: new.namespace.clone(),
+            name: new.name.clone(),
+            upserted: after
+                .iter()
+                .filter(|(t, e)| before.get(*t) != Some(*e))
+                .map(|(_, e)| (*e).clone())
+                .collect(),
+            removed: before
+                .keys()
+                .filter(|t| !after.contains_key(*t))
+                .map(|t| t.to_string())
+                .collect(),
+        }
+    }
+
+    /// `service` with these endpoint changes (its endpoints stay ordered by task id).
+    fn applied_to(&self, service: &DiscoveredService) -> DiscoveredService {
+        let mut endpoints: BTreeMap<&str, &Endpoint> = service
+            .endpoints
+            .iter()
+            .map(|e| (e.task.as_str(), e))
+            .collect();
+        for t in &self.removed {
+            endpoints.remove(t.as_str());
+        }
+        for e in &self.upserted {
+            endpoints.insert(e.task.as_str(), e);
+        }
+        DiscoveredService {
+            endpoints: endpoints.into_values().cloned().collect(),
+            ..service.clone()
+        }
+    }
+
+    /// These changes, then `next`'s, as one.
+    fn then(&self, next: &EndpointsDelta) -> EndpointsDelta {
+        let mut upserted: BTreeMap<String, Endpoint> = self
+            .upserted
+            .iter()
+            .map(|e| (e.task.clone(), e.clone()))
+            .collect();
+        let mut removed: std::collections::BTreeSet<String> =
+            self.removed.iter().cloned().collect();
+        for t in &next.removed {
+            upserted.remove(t);
+            removed.insert(t.clone());
+        }
+        for e in &next.upserted {
+            removed.remove(&e.task);
+            upserted.insert(e.task.clone(), e.clone());
+        }
+        EndpointsDelta {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            upserted: upserted.into_values().collect(),
+            removed: removed.into_iter().collect(),
+        }
+    }
 }
 
 /// A delta that does not follow the registry it is applied to.
@@ -129,18 +247,67 @@ pub struct OutOfSequence {
     pub from: u64,
 }
 
+/// Why a delta was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeltaError {
+    /// It does not follow the version held.
+    #[error(transparent)]
+    OutOfSequence(#[from] OutOfSequence),
+    /// It changes the endpoints of a service the registry does not hold: no control plane
+    /// sends that; the registry held is not what the delta was made against.
+    #[error("registry delta changes the endpoints of {0}, which the registry does not hold")]
+    NotHeld(ServiceName),
+}
+
+impl DeltaError {
+    /// The version to answer the control plane with, to be sent what changed since: the one
+    /// held, or 0 (nothing usable: the whole registry) when the delta named a service not held.
+    pub fn held(&self) -> u64 {
+        match self {
+            DeltaError::OutOfSequence(e) => e.held,
+            DeltaError::NotHeld(_) => 0,
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.name, self.namespace)
+    }
+}
+
 impl RegistryDelta {
-    /// What changed from `old` to `new`.
+    /// What changed from `old` to `new`: a service of which only endpoints changed is carried
+    /// by endpoint when that is fewer endpoints than the service has, else whole.
     pub fn between(old: &Registry, new: &Registry) -> Self {
         let before: BTreeMap<ServiceName, &DiscoveredService> =
             old.services.iter().map(|s| (s.key(), s)).collect();
         let after: BTreeMap<ServiceName, &DiscoveredService> =
             new.services.iter().map(|s| (s.key(), s)).collect();
-        let upserted = after
-            .iter()
-            .filter(|(k, s)| before.get(*k) != Some(*s))
-            .map(|(_, s)| (*s).clone())
-            .collect();
+        let mut upserted = Vec::new();
+        let mut endpoints = Vec::new();
+        for (k, s) in &after {
+            let Some(was) = before.get(k) else {
+                upserted.push((*s).clone());
+                continue;
+            };
+            if was == s {
+                continue;
+            }
+            let same_but_endpoints = DiscoveredService {
+                endpoints: Vec::new(),
+                ..(*was).clone()
+            } == DiscoveredService {
+                endpoints: Vec::new(),
+                ..(*s).clone()
+            };
+            let e = EndpointsDelta::between(was, s);
+            if same_but_endpoints && e.upserted.len() + e.removed.len() < s.endpoints.len() {
+                endpoints.push(e);
+            } else {
+                upserted.push((*s).clone());
+            }
+        }
         let removed = before
             .keys()
             .filter(|k| !after.contains_key(*k))
@@ -151,24 +318,52 @@ impl RegistryDelta {
             to: new.version,
             upserted,
             removed,
+            endpoints,
         }
     }
 
+    /// This delta as an agent of protocol 2 takes it: each service whose endpoints it changes
+    /// carried whole, as it is in `at`, the registry at [`RegistryDelta::to`].
+    pub fn services_whole(&self, at: &Registry) -> RegistryDelta {
+        let mut out = RegistryDelta {
+            endpoints: Vec::new(),
+            ..self.clone()
+        };
+        for e in &self.endpoints {
+            if let Some(s) = at.service(&e.namespace, &e.name) {
+                out.upserted.push(s.clone());
+            }
+        }
+        out.upserted.sort_by_key(DiscoveredService::key);
+        out
+    }
+
     /// `self` and then `next` as one delta (from `self.from` to `next.to`).
-    pub fn then(&self, next: &RegistryDelta) -> Result<RegistryDelta, OutOfSequence> {
+    pub fn then(&self, next: &RegistryDelta) -> Result<RegistryDelta, DeltaError> {
         if next.from != self.to {
             return Err(OutOfSequence {
                 held: self.to,
                 from: next.from,
-            });
+            }
+            .into());
         }
-        let mut changes: BTreeMap<ServiceName, Option<DiscoveredService>> = BTreeMap::new();
+        let mut changes: BTreeMap<ServiceName, Change> = BTreeMap::new();
         for d in [self, next] {
             for k in &d.removed {
-                changes.insert(k.clone(), None);
+                changes.insert(k.clone(), Change::Removed);
             }
             for s in &d.upserted {
-                changes.insert(s.key(), Some(s.clone()));
+                changes.insert(s.key(), Change::Whole(s.clone()));
+            }
+            for e in &d.endpoints {
+                let change = match changes.remove(&e.key()) {
+                    None => Change::Endpoints(e.clone()),
+                    Some(Change::Whole(s)) => Change::Whole(e.applied_to(&s)),
+                    Some(Change::Endpoints(before)) => Change::Endpoints(before.then(e)),
+                    // Endpoints of a service removed before: no control plane makes that.
+                    Some(Change::Removed) => return Err(DeltaError::NotHeld(e.key())),
+                };
+                changes.insert(e.key(), change);
             }
         }
         let mut out = RegistryDelta {
@@ -178,8 +373,9 @@ impl RegistryDelta {
         };
         for (k, change) in changes {
             match change {
-                Some(s) => out.upserted.push(s),
-                None => out.removed.push(k),
+                Change::Whole(s) => out.upserted.push(s),
+                Change::Removed => out.removed.push(k),
+                Change::Endpoints(e) => out.endpoints.push(e),
             }
         }
         Ok(out)
@@ -394,7 +590,17 @@ mod tests {
         let d = RegistryDelta::between(&old, &new);
         assert_eq!((d.from, d.to), (5, 9));
         let names: Vec<&str> = d.upserted.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["api", "web"], "unchanged services are not carried");
+        assert_eq!(names, ["api"], "unchanged services are not carried");
+        // web gained one endpoint of two: carried by endpoint.
+        assert_eq!(
+            d.endpoints,
+            [EndpointsDelta {
+                namespace: "a".into(),
+                name: "web".into(),
+                upserted: vec![endpoint("t-3", 80)],
+                removed: vec![],
+            }]
+        );
         assert_eq!(
             d.removed,
             [ServiceName {
@@ -417,8 +623,14 @@ mod tests {
         let d12 = RegistryDelta::between(&v1, &v2);
         let d23 = RegistryDelta::between(&v2, &v3);
         // A gap (2→3 given to a holder of 1) and a repeat (1→2 given to a holder of 2).
-        assert_eq!(v1.apply(&d23), Err(OutOfSequence { held: 1, from: 2 }));
-        assert_eq!(v2.apply(&d12), Err(OutOfSequence { held: 2, from: 1 }));
+        assert_eq!(
+            v1.apply(&d23),
+            Err(OutOfSequence { held: 1, from: 2 }.into())
+        );
+        assert_eq!(
+            v2.apply(&d12),
+            Err(OutOfSequence { held: 2, from: 1 }.into())
+        );
         // A reset to nothing: every service removed.
         assert_eq!(v2.apply(&d23), Ok(v3.clone()));
         assert!(d23.upserted.is_empty() && d23.removed.len() == 1);
@@ -447,5 +659,150 @@ mod tests {
         assert!(RegistryDelta::between(&v1, &v2)
             .then(&RegistryDelta::between(&v3, &v4))
             .is_err());
+    }
+
+    #[test]
+    fn a_task_replaced_in_a_service_of_a_thousand_endpoints_is_sent_as_two_endpoints() {
+        let tasks: Vec<String> = (0..1000).map(|i| format!("t-{i:04}")).collect();
+        let refs: Vec<&str> = tasks.iter().map(String::as_str).collect();
+        let old = registry(1, vec![service("a", "edge", &refs)]);
+        let mut replaced = refs.clone();
+        replaced[500] = "t-9999";
+        replaced.sort_unstable();
+        let new = registry(2, vec![service("a", "edge", &replaced)]);
+        let d = RegistryDelta::between(&old, &new);
+        assert!(d.upserted.is_empty() && d.removed.is_empty(), "{d:?}");
+        assert_eq!(d.endpoints.len(), 1);
+        assert_eq!(d.endpoints[0].removed, ["t-0500"]);
+        assert_eq!(d.endpoints[0].upserted, [endpoint("t-9999", 80)]);
+        let frame = serde_json::to_vec(&d).expect("encode");
+        let whole = serde_json::to_vec(&d.services_whole(&new)).expect("encode");
+        assert!(frame.len() < 300, "{} bytes", frame.len());
+        assert!(whole.len() > 50_000, "{} bytes", whole.len());
+        assert_eq!(old.apply(&d), Ok(new.clone()));
+        // As an agent of protocol 2 takes it: the service whole, the same registry made.
+        let d2 = d.services_whole(&new);
+        assert!(d2.endpoints.is_empty() && d2.upserted.len() == 1);
+        assert_eq!(old.apply(&d2), Ok(new));
+    }
+
+    #[test]
+    fn endpoints_of_a_service_not_held_are_refused_and_ask_for_the_whole_registry() {
+        let held = registry(3, vec![service("a", "web", &["t-1"])]);
+        let d = RegistryDelta {
+            from: 3,
+            to: 4,
+            endpoints: vec![EndpointsDelta {
+                namespace: "a".into(),
+                name: "db".into(),
+                upserted: vec![endpoint("t-2", 80)],
+                removed: vec![],
+            }],
+            ..Default::default()
+        };
+        let e = held.apply(&d).err();
+        assert_eq!(
+            e.as_ref().map(ToString::to_string).as_deref(),
+            Some("registry delta changes the endpoints of db.a, which the registry does not hold")
+        );
+        assert_eq!(e.map(|e| e.held()), Some(0));
+    }
+
+    /// Registries in a row, each from the one before by a change drawn from `seed`: endpoints
+    /// added, removed or changed, a service's port changed, a service removed or added again.
+    fn registries_in_a_row(seed: u64, n: usize) -> Vec<Registry> {
+        let mut x = seed;
+        let mut next = move |m: u64| {
+            x = x
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (x >> 33) % m
+        };
+        let mut out = vec![registry(
+            1,
+            vec![
+                service("a", "db", &["t-1", "t-2"]),
+                service("a", "web", &["t-3", "t-4", "t-5", "t-6"]),
+            ],
+        )];
+        for v in 2..=n as u64 {
+            let mut r = out.last().cloned().unwrap_or_default();
+            r.version = v;
+            for _ in 0..=next(3) {
+                let names = ["db", "web", "cache"];
+                let name = names[next(3) as usize];
+                let at = r.services.iter().position(|s| s.name == name);
+                match (next(6), at) {
+                    (0, Some(i)) => {
+                        r.services.remove(i);
+                    }
+                    (1, Some(i)) => r.services[i].port = Some(80 + next(3) as u16),
+                    (2 | 3, Some(i)) => {
+                        let t = format!("t-{}", next(12));
+                        let port = 80 + next(2) as u16;
+                        let eps = &mut r.services[i].endpoints;
+                        eps.retain(|e| e.task != t);
+                        eps.push(endpoint(&t, port));
+                        eps.sort_by(|a, b| a.task.cmp(&b.task));
+                    }
+                    (_, Some(i)) => {
+                        let eps = &mut r.services[i].endpoints;
+                        if !eps.is_empty() {
+                            let k = next(eps.len() as u64) as usize;
+                            eps.remove(k);
+                        }
+                    }
+                    (_, None) => {
+                        r.services.push(service("a", name, &["t-7"]));
+                        r.services.sort_by_key(DiscoveredService::key);
+                    }
+                }
+            }
+            out.push(r);
+        }
+        out
+    }
+
+    #[test]
+    fn composed_deltas_of_endpoints_and_services_make_the_registry_of_their_end() {
+        let (mut by_endpoint, mut whole, mut removed) = (0, 0, 0);
+        for seed in 0..40 {
+            let rs = registries_in_a_row(seed, 12);
+            let deltas: Vec<RegistryDelta> = rs
+                .windows(2)
+                .map(|w| RegistryDelta::between(&w[0], &w[1]))
+                .collect();
+            for d in &deltas {
+                by_endpoint += d.endpoints.len();
+                whole += d.upserted.len();
+                removed += d.removed.len();
+            }
+            for i in 0..deltas.len() {
+                let mut composed = deltas[i].clone();
+                for (j, d) in deltas.iter().enumerate().skip(i) {
+                    if j > i {
+                        composed = composed.then(d).expect("in sequence");
+                    }
+                    let end = &rs[j + 1];
+                    assert_eq!(
+                        rs[i].apply(&composed).as_ref(),
+                        Ok(end),
+                        "seed {seed}: {i} to {}: {composed:?}",
+                        j + 1
+                    );
+                    assert_eq!(
+                        rs[i].apply(&composed.services_whole(end)).as_ref(),
+                        Ok(end),
+                        "seed {seed}: {i} to {}, services whole",
+                        j + 1
+                    );
+                }
+            }
+        }
+        // Every kind of change was drawn, many times.
+        assert!(
+            by_endpoint > 50 && whole > 50 && removed > 20,
+            "{by_endpoint} {whole} {removed}"
+        );
     }
 }

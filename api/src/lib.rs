@@ -34,13 +34,19 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Protocol versions this build speaks, oldest first: a control plane accepts agents of the
-/// previous version while a fleet upgrades. Version 2 adds [`ServerPush::RegistryDelta`]: a
-/// session that negotiated 1 is only ever pushed whole registries.
-pub const PROTOCOLS: &[u32] = &[1, 2];
+/// Protocol versions this build speaks, oldest first: a control plane accepts agents of
+/// earlier versions while a fleet upgrades. Version 2 adds [`ServerPush::RegistryDelta`]: a
+/// session that negotiated 1 is only ever pushed whole registries. Version 3 adds a delta's
+/// `endpoints` ([`discovery::EndpointsDelta`]): a session that negotiated 2 gets each changed
+/// service whole.
+pub const PROTOCOLS: &[u32] = &[1, 2, 3];
 
 /// The first protocol version whose agents take registry deltas.
 pub const PROTOCOL_REGISTRY_DELTAS: u32 = 2;
+
+/// The first protocol version whose agents take a service's endpoints changed one by one in a
+/// registry delta.
+pub const PROTOCOL_ENDPOINT_DELTAS: u32 = 3;
 
 /// Port of the control plane (QUIC for agents, HTTPS for operators) when none is given.
 pub const DEFAULT_PORT: u16 = 7443;

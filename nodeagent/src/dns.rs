@@ -149,15 +149,16 @@ impl Dns {
     /// persisted whole in one commit (what DNS and the VIPs are served from, offline too), then
     /// answered from. A delta that does not follow the version held changes nothing. Returns
     /// the version held: the delta's `to`, or — out of sequence — the version the control plane
-    /// is to send what changed since.
+    /// is to send what changed since (0, for the whole registry, when the delta changes the
+    /// endpoints of a service not held).
     pub fn apply(&self, delta: &RegistryDelta) -> Result<u64> {
         let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let held = self.registry();
         match held.apply(delta) {
             Ok(next) => self.keep(next),
             Err(e) => {
-                tracing::info!("{e}: asking for what changed since {}", e.held);
-                Ok(e.held)
+                tracing::info!("{e}: asking for what changed since {}", e.held());
+                Ok(e.held())
             }
         }
     }

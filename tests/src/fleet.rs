@@ -186,8 +186,9 @@ pub struct Settings {
     /// The first simulated node address is `100.64.0.0` plus this, one more per agent (what
     /// each says in its hello: where its host ports would be reached).
     pub address_offset: u32,
-    /// Every this many agents, one speaks only protocol 1, as an agent of the previous release
-    /// (it is sent whole registries only); zero: none.
+    /// Every this many agents, one speaks only protocol 1 (it is sent whole registries only)
+    /// and the one before it protocols 1 and 2 (deltas, each changed service whole), as agents
+    /// of earlier releases; zero: none.
     pub protocol_1_every: usize,
 }
 
@@ -227,8 +228,8 @@ pub struct SimTask {
 pub struct RegistrySeen {
     /// Its version.
     pub version: u64,
-    /// `namespace/name` → its endpoints' node ids.
-    pub services: BTreeMap<String, Vec<String>>,
+    /// `namespace/name` → its endpoints: task id → node id.
+    pub services: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl RegistrySeen {
@@ -240,10 +241,10 @@ impl RegistrySeen {
         }
     }
 
-    fn entry(s: DiscoveredService) -> (String, Vec<String>) {
+    fn entry(s: DiscoveredService) -> (String, BTreeMap<String, String>) {
         (
             format!("{}/{}", s.namespace, s.name),
-            s.endpoints.into_iter().map(|e| e.node).collect(),
+            s.endpoints.into_iter().map(|e| (e.task, e.node)).collect(),
         )
     }
 
@@ -256,8 +257,31 @@ impl RegistrySeen {
         for k in delta.removed {
             self.services.remove(&format!("{}/{}", k.namespace, k.name));
         }
+        // A service whose endpoints change must be held (as `Registry::apply` checks).
+        if delta.endpoints.iter().any(|e| {
+            !delta
+                .upserted
+                .iter()
+                .any(|s| s.namespace == e.namespace && s.name == e.name)
+                && !self
+                    .services
+                    .contains_key(&format!("{}/{}", e.namespace, e.name))
+        }) {
+            return false;
+        }
         self.services
             .extend(delta.upserted.into_iter().map(Self::entry));
+        for e in delta.endpoints {
+            if let Some(held) = self
+                .services
+                .get_mut(&format!("{}/{}", e.namespace, e.name))
+            {
+                for t in e.removed {
+                    held.remove(&t);
+                }
+                held.extend(e.upserted.into_iter().map(|e| (e.task, e.node)));
+            }
+        }
         self.version = delta.to;
         true
     }
@@ -292,6 +316,8 @@ pub struct AgentState {
     pub registry_deltas: u32,
     /// Registry deltas received that did not follow the version held (answered with it).
     pub registry_out_of_sequence: u32,
+    /// Services whose endpoints came changed one by one in the deltas received (protocol 3).
+    pub registry_endpoint_changes: u32,
     /// Everything is reported at the start of a session.
     report_all: bool,
 }
@@ -641,13 +667,7 @@ impl Simulator {
                 identity: identity.clone(),
                 endpoint,
                 rng: Rng::seeded(i as u64),
-                protocols: if settings.protocol_1_every > 0
-                    && i % settings.protocol_1_every == settings.protocol_1_every - 1
-                {
-                    vec![1]
-                } else {
-                    PROTOCOLS.to_vec()
-                },
+                protocols: speaks(i, settings.protocol_1_every),
             };
             tasks.spawn(agent.run());
         }
@@ -692,6 +712,18 @@ impl Rng {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
         lo + (hi - lo) * ((z >> 11) as f64 / (1u64 << 53) as f64)
+    }
+}
+
+/// The protocols simulated agent `i` says it speaks (see [`Settings::protocol_1_every`]).
+pub fn speaks(i: usize, protocol_1_every: usize) -> Vec<u32> {
+    let every = protocol_1_every;
+    if every > 0 && i % every == every - 1 {
+        vec![1]
+    } else if every > 1 && i % every == every - 2 {
+        vec![1, 2]
+    } else {
+        PROTOCOLS.to_vec()
     }
 }
 
@@ -955,8 +987,10 @@ impl SimAgent {
                     version: 0,
                     services: BTreeMap::new(),
                 });
+                let by_endpoint = u32::try_from(delta.endpoints.len()).unwrap_or(u32::MAX);
                 let applied = held.apply(delta);
                 let generation = held.version;
+                st.registry_endpoint_changes += by_endpoint;
                 if applied {
                     st.registry_deltas += 1;
                 } else {

@@ -21,12 +21,18 @@ use flotilla_tests::fleet::{self, Settings, Shared, Simulator};
 /// Agents in the fleet: past the 256 nodes the default bridge pool holds.
 const AGENTS: usize = 300;
 
-/// Every this many agents, one speaks only protocol 1 (an agent of the previous release).
+/// Every this many agents, one speaks only protocol 1 and one protocols 1 and 2 (agents of
+/// earlier releases: `fleet::speaks`).
 const OLD_EVERY: usize = 10;
 
 /// Whether agent `i` speaks only protocol 1.
 fn old(i: usize) -> bool {
-    i % OLD_EVERY == OLD_EVERY - 1
+    fleet::speaks(i, OLD_EVERY) == [1]
+}
+
+/// Whether agent `i` speaks protocol 2 at most (deltas, each changed service whole).
+fn services_whole(i: usize) -> bool {
+    fleet::speaks(i, OLD_EVERY) == [1, 2]
 }
 
 const DEF: &str = r#"{
@@ -185,7 +191,7 @@ fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_re
         let st = a.state();
         let held = &st.registry.as_ref().expect("registry").services["fleet/edge"];
         assert!(
-            held.contains(&a.node_id),
+            held.values().any(|n| *n == a.node_id),
             "{} is in its own registry",
             a.node_id
         );
@@ -207,6 +213,38 @@ fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_re
             a.node_id
         );
         assert!(st.registry_deltas >= 1, "{}: deltas", a.node_id);
+    }
+
+    // One task stopped: the service replaces it, and the registry loses one endpoint and
+    // gains another. Agents of protocol 3 are sent the two endpoints, those of protocol 2 the
+    // service whole, those of protocol 1 the whole registry; every agent ends holding it.
+    let changes_before: Vec<u32> = shared
+        .agents
+        .iter()
+        .map(|a| a.state().registry_endpoint_changes)
+        .collect();
+    let gone = tasks[0].id.clone();
+    cp.api().stop_task(&gone).expect("task stopped");
+    let replaced = |a: &fleet::AgentState| {
+        complete(a)
+            && a.registry
+                .as_ref()
+                .is_some_and(|r| !r.services["fleet/edge"].contains_key(&gone))
+    };
+    wait_for(
+        "the stopped task replaced in every agent's registry",
+        Duration::from_secs(30),
+        &cp,
+        &shared,
+        || shared.count(replaced) == AGENTS,
+    );
+    for (i, a) in shared.agents.iter().enumerate() {
+        let got = a.state().registry_endpoint_changes - changes_before[i];
+        if old(i) || services_whole(i) {
+            assert_eq!(a.state().registry_endpoint_changes, 0, "{}", a.node_id);
+        } else {
+            assert!(got >= 1, "{}: the endpoints changed one by one", a.node_id);
+        }
     }
 
     // Agents whose session drops, half of them also losing the registry they held: each is

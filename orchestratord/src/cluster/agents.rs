@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use flotilla_api::tasks::{DesiredStatus, StopCode, TaskState, TaskStatus, TaskUsage};
 use flotilla_api::{
     negotiate, AgentReply, Hello, HelloReply, JoinReply, JoinRequest, NodeResources, PROTOCOLS,
-    PROTOCOL_REGISTRY_DELTAS,
 };
 
 use super::command::{Agent, CloseCode, ClusterError, Effect, Reply, SessionId};
@@ -348,7 +347,7 @@ fn hello_(
         l.agent_version = Some(shown);
         l.disconnected_at = None;
         l.acked_generation = None;
-        l.registry_deltas = protocol >= PROTOCOL_REGISTRY_DELTAS;
+        l.registry_form = super::feed::RegistryForm::of(protocol);
         // What it holds is not known: it gets the whole registry.
         l.registry_sent = None;
     });

@@ -15,6 +15,7 @@ use flotilla_api::tasks::{HealthStatus, TaskState};
 
 use super::command::{Effect, RegistryPush};
 use super::ctx::Ctx;
+use super::feed::RegistryForm;
 use super::records::{Origin, ServiceRecord, TaskRecord};
 use super::state::Txn;
 
@@ -181,18 +182,26 @@ fn assign_vips(cx: &mut Ctx<'_, '_>) {
 /// Sends each of `nodes` that has a session what brings it to the current registry; nodes
 /// sent the same thing share one frame.
 pub fn send(cx: &mut Ctx<'_, '_>, nodes: impl IntoIterator<Item = String>) {
-    let mut groups: BTreeMap<Option<u64>, (RegistryPush, Vec<String>)> = BTreeMap::new();
+    // By what they are sent: where the delta starts, and its form (whole services or
+    // endpoints; the whole registry is one frame for every form).
+    let mut groups: BTreeMap<(Option<u64>, RegistryForm), (RegistryPush, Vec<String>)> =
+        BTreeMap::new();
     for node in nodes {
         let Some(l) = cx.live.peek(&node).filter(|l| l.session.is_some()) else {
             continue;
         };
-        let Some(push) = cx.feed.push_for(l.registry_sent, l.registry_deltas) else {
+        let Some(push) = cx.feed.push_for(l.registry_sent, l.registry_form) else {
             continue;
         };
         let version = push.version;
+        let form = if push.from.is_some() {
+            l.registry_form
+        } else {
+            RegistryForm::Whole
+        };
         cx.live.update(&node, |l| l.registry_sent = Some(version));
         groups
-            .entry(push.from)
+            .entry((push.from, form))
             .or_insert_with(|| (push, Vec::new()))
             .1
             .push(node);

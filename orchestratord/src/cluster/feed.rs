@@ -14,6 +14,34 @@ use super::command::RegistryPush;
 /// the whole registry.
 pub const KEPT_CHANGES: usize = 64;
 
+/// How a session takes the registry, by the protocol its agent negotiated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum RegistryForm {
+    /// Protocol 1: whole registries only.
+    #[default]
+    Whole,
+    /// Protocol 2: deltas, each changed service whole.
+    Services,
+    /// Protocol 3: deltas, a service's endpoints changed one by one.
+    Endpoints,
+}
+
+impl RegistryForm {
+    /// The form an agent of `protocol` takes.
+    pub fn of(protocol: u32) -> Self {
+        if protocol >= flotilla_api::PROTOCOL_ENDPOINT_DELTAS {
+            RegistryForm::Endpoints
+        } else if protocol >= flotilla_api::PROTOCOL_REGISTRY_DELTAS {
+            RegistryForm::Services
+        } else {
+            RegistryForm::Whole
+        }
+    }
+}
+
+/// Where a push starts (`None`: the whole registry) and the form of its delta.
+type FrameKey = (Option<u64>, RegistryForm);
+
 /// The registry, the last changes that made it, and the frames that bring a node to it.
 #[derive(Debug, Default)]
 pub struct Feed {
@@ -21,8 +49,8 @@ pub struct Feed {
     /// The last changes, oldest first; the last one ends at the registry's version.
     changes: VecDeque<Arc<RegistryDelta>>,
     /// Encoded pushes to the current version by the version they apply to (`None`: the whole
-    /// registry); `None` when it does not fit in a frame.
-    frames: HashMap<Option<u64>, Option<Arc<[u8]>>>,
+    /// registry) and the form of a delta; `None` when it does not fit in a frame.
+    frames: HashMap<FrameKey, Option<Arc<[u8]>>>,
 }
 
 impl Feed {
@@ -65,18 +93,27 @@ impl Feed {
     }
 
     /// What brings a node holding `held` (`None`: unknown) to the current registry: nothing
-    /// when it holds it (or there is none yet), a delta when it takes deltas and the kept
-    /// changes go back to its version, else the whole registry.
-    pub fn push_for(&mut self, held: Option<u64>, deltas: bool) -> Option<RegistryPush> {
+    /// when it holds it (or there is none yet), a delta in its `form` when it takes deltas and
+    /// the kept changes go back to its version, else the whole registry.
+    pub fn push_for(&mut self, held: Option<u64>, form: RegistryForm) -> Option<RegistryPush> {
         let version = self.registry.version;
         if version == 0 || held == Some(version) {
             return None;
         }
-        let from = held.filter(|v| deltas && self.changes.iter().any(|d| d.from == *v));
-        let frame = match self.frames.get(&from) {
+        let from = held
+            .filter(|v| form != RegistryForm::Whole && self.changes.iter().any(|d| d.from == *v));
+        let form = if from.is_some() {
+            form
+        } else {
+            RegistryForm::Whole
+        };
+        let frame = match self.frames.get(&(from, form)) {
             Some(f) => f.clone(),
             None => {
                 let encoded = match from.and_then(|v| self.since(v)) {
+                    Some(d) if form == RegistryForm::Services => flotilla_api::encode_push(
+                        &ServerPush::RegistryDelta(d.services_whole(&self.registry)),
+                    ),
                     Some(d) => flotilla_api::encode_push(&ServerPush::RegistryDelta(d)),
                     None => {
                         flotilla_api::encode_push(&ServerPush::Registry((*self.registry).clone()))
@@ -89,7 +126,7 @@ impl Feed {
                         None
                     }
                 };
-                self.frames.insert(from, frame.clone());
+                self.frames.insert((from, form), frame.clone());
                 frame
             }
         }?;
@@ -129,11 +166,19 @@ mod tests {
     #[test]
     fn the_feed_sends_deltas_within_its_kept_changes_and_the_whole_past_them() {
         let mut feed = Feed::default();
-        assert_eq!(feed.push_for(None, true), None, "no registry yet");
+        assert_eq!(
+            feed.push_for(None, RegistryForm::Endpoints),
+            None,
+            "no registry yet"
+        );
         feed.change(numbered(1, &[]));
-        let whole = feed.push_for(None, true).expect("whole");
+        let whole = feed.push_for(None, RegistryForm::Endpoints).expect("whole");
         assert_eq!((whole.version, whole.from), (1, None));
-        assert_eq!(feed.push_for(Some(1), true), None, "held already");
+        assert_eq!(
+            feed.push_for(Some(1), RegistryForm::Endpoints),
+            None,
+            "held already"
+        );
         let names: Vec<String> = (0..KEPT_CHANGES + 5).map(|i| format!("s{i}")).collect();
         for (i, _) in names.iter().enumerate() {
             let refs: Vec<&str> = names[..=i].iter().map(String::as_str).collect();
@@ -141,27 +186,36 @@ mod tests {
         }
         let last = feed.registry().version;
         // One frame per starting version, shared by every node there.
-        let a = feed.push_for(Some(last - 1), true).expect("delta");
-        let b = feed.push_for(Some(last - 1), true).expect("delta");
+        let a = feed
+            .push_for(Some(last - 1), RegistryForm::Endpoints)
+            .expect("delta");
+        let b = feed
+            .push_for(Some(last - 1), RegistryForm::Endpoints)
+            .expect("delta");
         assert_eq!(a.from, Some(last - 1));
         assert!(Arc::ptr_eq(&a.frame, &b.frame));
         // Within the kept changes: one delta; past them, or unknown: the whole registry.
         let oldest_kept = last - KEPT_CHANGES as u64;
         assert_eq!(
-            feed.push_for(Some(oldest_kept), true).map(|p| p.from),
+            feed.push_for(Some(oldest_kept), RegistryForm::Endpoints)
+                .map(|p| p.from),
             Some(Some(oldest_kept))
         );
         assert_eq!(
-            feed.push_for(Some(oldest_kept - 1), true).map(|p| p.from),
+            feed.push_for(Some(oldest_kept - 1), RegistryForm::Endpoints)
+                .map(|p| p.from),
             Some(None)
         );
         assert_eq!(
-            feed.push_for(Some(999_999), true).map(|p| p.from),
+            feed.push_for(Some(999_999), RegistryForm::Endpoints)
+                .map(|p| p.from),
             Some(None)
         );
         // An agent that takes no deltas: always whole, the same frame.
-        let old = feed.push_for(Some(last - 1), false).expect("whole");
-        let unknown = feed.push_for(None, true).expect("whole");
+        let old = feed
+            .push_for(Some(last - 1), RegistryForm::Whole)
+            .expect("whole");
+        let unknown = feed.push_for(None, RegistryForm::Endpoints).expect("whole");
         assert_eq!(old.from, None);
         assert!(Arc::ptr_eq(&old.frame, &unknown.frame));
         // A failed command's change is taken back.
@@ -170,8 +224,56 @@ mod tests {
         feed.restore(before.clone());
         assert_eq!(feed.registry(), &before);
         assert_eq!(
-            feed.push_for(Some(last - 1), true).map(|p| p.version),
+            feed.push_for(Some(last - 1), RegistryForm::Endpoints)
+                .map(|p| p.version),
             Some(last)
         );
+    }
+
+    #[test]
+    fn an_agent_of_protocol_2_gets_a_changed_service_whole_and_one_of_3_its_endpoints() {
+        use flotilla_api::discovery::Endpoint;
+        let with = |version: u64, tasks: &[&str]| {
+            let mut r = numbered(version, &["web"]);
+            r.services[0].endpoints = tasks
+                .iter()
+                .map(|t| Endpoint {
+                    task: t.to_string(),
+                    node: "n-1".into(),
+                    address: std::net::Ipv4Addr::new(10, 0, 0, 1),
+                    port: Some(80),
+                    task_address: None,
+                    task_port: None,
+                })
+                .collect();
+            r
+        };
+        let mut feed = Feed::default();
+        feed.change(with(1, &["t-1", "t-2", "t-3"]));
+        feed.change(with(2, &["t-1", "t-2", "t-4"]));
+        fn delta(feed: &mut Feed, form: RegistryForm) -> RegistryDelta {
+            let push = feed.push_for(Some(1), form).expect("a delta");
+            match serde_json::from_slice::<ServerPush>(&push.frame[4..]) {
+                Ok(ServerPush::RegistryDelta(d)) => d,
+                other => panic!("{other:?}"),
+            }
+        }
+        let by_endpoint = delta(&mut feed, RegistryForm::Endpoints);
+        assert!(by_endpoint.upserted.is_empty());
+        assert_eq!(by_endpoint.endpoints[0].removed, ["t-3"]);
+        let whole = delta(&mut feed, RegistryForm::Services);
+        assert!(whole.endpoints.is_empty());
+        assert_eq!(whole.upserted, feed.registry().services);
+        // Each made once and shared.
+        let a = feed
+            .push_for(Some(1), RegistryForm::Services)
+            .expect("delta");
+        let b = feed
+            .push_for(Some(1), RegistryForm::Services)
+            .expect("delta");
+        assert!(Arc::ptr_eq(&a.frame, &b.frame));
+        assert_eq!(RegistryForm::of(1), RegistryForm::Whole);
+        assert_eq!(RegistryForm::of(2), RegistryForm::Services);
+        assert_eq!(RegistryForm::of(3), RegistryForm::Endpoints);
     }
 }

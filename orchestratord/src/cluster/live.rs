@@ -38,8 +38,9 @@ pub struct LiveInfo {
     pub acked_generation: Option<u64>,
     /// When its desired state was last sent (seconds since the epoch).
     pub pushed_at: Option<u64>,
-    /// Its session takes registry deltas (it negotiated protocol 2 or later).
-    pub registry_deltas: bool,
+    /// How its session takes the registry (by the protocol it negotiated: whole, deltas of
+    /// services, deltas of endpoints).
+    pub registry_form: super::feed::RegistryForm,
     /// The registry version last sent to it in this session (pushes to a node go in order,
     /// so the next delta starts there), or the version it said it holds; `None` at the start
     /// of a session: it is sent the whole registry.

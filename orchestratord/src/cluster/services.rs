@@ -5,7 +5,7 @@
 //! events recorded. The node-loss check records tasks whose node was silent longer than their
 //! service allows.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use flotilla_api::ops::TaskDefRevision;
 use flotilla_api::service::{
@@ -311,6 +311,23 @@ struct Throttle {
     until: u64,
 }
 
+/// The throttle of each (deployment, node) of a service's `tasks` that has one: what
+/// [`Throttle::of`] says of each node's tasks, in one pass.
+fn throttles_by_node(tasks: &[&TaskRecord]) -> HashMap<(String, String), Throttle> {
+    let mut groups: HashMap<(&str, &str), Vec<&TaskRecord>> = HashMap::new();
+    for t in tasks {
+        if let (Some(d), Some(n)) = (t.info.deployment.as_deref(), t.node()) {
+            groups.entry((d, n)).or_default().push(t);
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|((d, n), mine)| {
+            Throttle::of(&mine, d, Some(n)).map(|t| ((d.to_string(), n.to_string()), t))
+        })
+        .collect()
+}
+
 impl Throttle {
     /// Of deployment `deployment`'s tasks in `tasks` (only those on `node`, when given), when
     /// two or more in a row, the newest first, failed to start. Tasks still pending are the
@@ -449,8 +466,8 @@ fn one(
     };
     let seed = cx.now.secs();
     let mut problem = None;
-    let throttle = |cx: &Ctx<'_, '_>, deployment: &str, node: Option<&str>| {
-        Throttle::of(&cx.txn.tasks_of(&by), deployment, node).filter(|t| t.holds(cx.now.secs()))
+    let throttle = |cx: &Ctx<'_, '_>, deployment: &str| {
+        Throttle::of(&cx.txn.tasks_of(&by), deployment, None).filter(|t| t.holds(cx.now.secs()))
     };
     // (nothing is impaired while nothing is wanted)
     let wanted = match s.spec.scheduling_strategy {
@@ -495,13 +512,22 @@ fn one(
         })
         .collect();
     let actions = service::plan(&planner_spec(&s), &views, &tasks, &eligible);
+    // A daemon's launches are held back per node: each node's throttle, from one pass over
+    // the service's tasks, not one per node (a rollout on 10,000 nodes would read the
+    // service's 10,000 tasks 10,000 times). Tasks started in this round are pending, which a
+    // throttle skips, so one read before the launches holds for all of them.
+    let node_throttles = if actions.iter().any(|a| matches!(a, Action::StartOn { .. })) {
+        throttles_by_node(&cx.txn.tasks_of(&by))
+    } else {
+        HashMap::new()
+    };
     for action in actions {
         match action {
             Action::Start { deployment, count } => {
                 let Some(d) = s.deployments.iter().find(|d| d.id == deployment) else {
                     continue;
                 };
-                if throttle(cx, &deployment, None).is_some() {
+                if throttle(cx, &deployment).is_some() {
                     continue;
                 }
                 let r = match request(&d.revision, count, seed) {
@@ -521,7 +547,10 @@ fn one(
                 };
                 // A daemon's tasks are counted per node: one node's missing image holds up
                 // only that node.
-                if throttle(cx, &deployment, Some(&node)).is_some() {
+                if node_throttles
+                    .get(&(deployment.clone(), node.clone()))
+                    .is_some_and(|t| t.holds(cx.now.secs()))
+                {
                     continue;
                 }
                 let r = match request(&d.revision, 1, seed) {

@@ -299,6 +299,46 @@ impl NodeCursor {
     }
 }
 
+/// The `key=value` pairs of a URL query (`&`-separated, empty pairs skipped), each side
+/// [`percent_decoded`]. A pair without `=`, or with a broken escape, is refused as
+/// `Err((key, value))` as written (for a pair without `=`, the pair and an empty value).
+pub fn query_pairs(query: &str) -> Result<Vec<(String, String)>, (String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p
+                .split_once('=')
+                .ok_or_else(|| (p.to_string(), String::new()))?;
+            match (percent_decoded(k), percent_decoded(v)) {
+                (Some(k), Some(v)) => Ok((k, v)),
+                _ => Err((k.to_string(), v.to_string())),
+            }
+        })
+        .collect()
+}
+
+/// `text` with its `%XX` escapes (RFC 3986, 2.1) and `+` (a space, in a query) decoded;
+/// `None` for a broken escape or a result that is not UTF-8.
+pub fn percent_decoded(text: &str) -> Option<String> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut bytes = text.bytes();
+    while let Some(b) = bytes.next() {
+        out.push(match b {
+            b'%' => {
+                let hex = [bytes.next()?, bytes.next()?];
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
+            }
+            b'+' => b' ',
+            b => b,
+        });
+    }
+    String::from_utf8(out).ok()
+}
+
 /// The target of a `Link` header's `rel="next"` link (RFC 8288 §3: `<target>; rel="next"`,
 /// links separated by commas), as written — `None` when it has none.
 pub fn next_link(header: &str) -> Option<&str> {

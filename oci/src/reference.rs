@@ -49,6 +49,16 @@ impl ImageRef {
         };
         let r: oci_spec::distribution::Reference =
             reference.parse().map_err(|e| bad(format!("{e}")))?;
+        // The grammar lets a first component in capitals through as a registry host (Docker
+        // reads it so), but it names no host here (`has_registry`): it would be a repository
+        // in capitals, and a name no parser, registry or store takes back.
+        if r.repository().bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(bad(
+                "repository name must be lowercase (a registry host has a '.' or a ':', or is \
+                 localhost)"
+                    .into(),
+            ));
+        }
         let digest = r
             .digest()
             .map(|d| d.parse::<Digest>().map_err(|e| bad(e.to_string())))
@@ -144,6 +154,25 @@ impl ImageRef {
 #[cfg(test)]
 mod tests {
     use super::ImageRef;
+
+    #[test]
+    fn a_name_in_capitals_is_refused_and_every_name_given_parses_to_itself() {
+        for bad in ["linuQx/arm64/v8", "Team/app:v1", "MyRegistry/app"] {
+            let e = ImageRef::parse(bad).expect_err(bad);
+            assert!(e.reason.contains("lowercase"), "{bad}: {e}");
+        }
+        // A host may have capitals (hosts are not case-sensitive); a path may not.
+        for good in [
+            "busybox",
+            "team/app:v1",
+            "Reg.Example.com/app",
+            "localhost:5000/a/b@sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824",
+        ] {
+            let name = ImageRef::parse(good).expect(good).name();
+            assert_eq!(ImageRef::parse(&name).map(|r| r.name()), Ok(name), "{good}");
+        }
+        assert!(ImageRef::parse("reg.example.com/App").is_err());
+    }
 
     #[test]
     fn a_short_name_is_looked_up_canonical_first_then_local() {

@@ -1,7 +1,6 @@
 //! A client for the OCI distribution v2 API: manifests and blobs, anonymous, basic and
 //! bearer-token auth, resumable blob downloads.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -13,6 +12,8 @@ use reqwest::header::{
 use reqwest::{Method, StatusCode};
 use tokio::io::AsyncWriteExt;
 
+pub use crate::auth::parse_challenge;
+use crate::auth::{content_range_start, parse_token};
 use crate::digest::Digest;
 use crate::manifest::{manifest_accept, MAX_MANIFEST_BYTES};
 
@@ -670,17 +671,7 @@ impl RegistryClient {
                     }
                 }
                 let body = read_limited(tresp, realm, 1 << 20).await?;
-                #[derive(serde::Deserialize)]
-                struct Token {
-                    token: Option<String>,
-                    access_token: Option<String>,
-                }
-                let t: Token = serde_json::from_slice(&body)
-                    .map_err(|_| bad("token service answered no JSON"))?;
-                let token = t
-                    .token
-                    .or(t.access_token)
-                    .ok_or_else(|| bad("token service answered no token"))?;
+                let token = parse_token(&body).map_err(bad)?;
                 Ok(format!("Bearer {token}"))
             }
             _ => Err(bad("unknown auth scheme")),
@@ -771,9 +762,7 @@ impl RegistryClient {
                 .headers()
                 .get(CONTENT_RANGE)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok());
+                .and_then(content_range_start);
             if from == Some(have) {
                 start = have;
             } else {
@@ -866,70 +855,9 @@ fn basic_header(user: &str, password: &str) -> String {
     )
 }
 
-/// Parses `Scheme k="v", k2=v2` (RFC 7235 auth-params, quoted strings with escapes).
-pub fn parse_challenge(h: &str) -> Option<(String, HashMap<String, String>)> {
-    let h = h.trim();
-    let (scheme, rest) = h.split_once(' ').unwrap_or((h, ""));
-    if scheme.is_empty() {
-        return None;
-    }
-    let mut params = HashMap::new();
-    let mut chars = rest.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| *c == ',' || c.is_whitespace()) {
-            chars.next();
-        }
-        let key: String =
-            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
-        if key.is_empty() {
-            break;
-        }
-        if chars.next() != Some('=') {
-            return None;
-        }
-        let mut value = String::new();
-        if chars.peek() == Some(&'"') {
-            chars.next();
-            loop {
-                match chars.next()? {
-                    '\\' => value.push(chars.next()?),
-                    '"' => break,
-                    c => value.push(c),
-                }
-            }
-        } else {
-            value = std::iter::from_fn(|| chars.next_if(|c| *c != ','))
-                .collect::<String>()
-                .trim()
-                .to_string();
-        }
-        params.insert(key.trim().to_ascii_lowercase(), value);
-    }
-    Some((scheme.to_string(), params))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_bearer_challenge_with_quotes_and_commas() {
-        let (s, p) = parse_challenge(
-            r#"Bearer realm="https://auth.example/token",service="registry.example",scope="repository:a/b:pull,push""#,
-        )
-        .expect("parse");
-        assert_eq!(s, "Bearer");
-        assert_eq!(p["realm"], "https://auth.example/token");
-        assert_eq!(p["service"], "registry.example");
-        assert_eq!(p["scope"], "repository:a/b:pull,push");
-        let (s, p) = parse_challenge(r#"Basic realm="Registry Realm""#).expect("parse");
-        assert_eq!(
-            (s.as_str(), p["realm"].as_str()),
-            ("Basic", "Registry Realm")
-        );
-        assert!(parse_challenge(r#"Bearer realm="unterminated"#).is_none());
-        assert!(parse_challenge("").is_none());
-    }
 
     #[test]
     fn a_transport_failure_names_the_url_once() {

@@ -22,10 +22,10 @@ use crate::plane::Plane;
 
 mod images;
 mod prefetch;
+use flotilla_api::page::{percent_decoded, NodeQuery, TaskQuery};
 use flotilla_api::page::{
     NodeCursor, TaskCursor, MAX_RESULTS, MAX_RESULTS_PARAM, NEXT_TOKEN_PARAM,
 };
-use flotilla_api::page::{NodeQuery, TaskQuery};
 use orchestratord::cluster::{ClusterError, Command, Operator, Reply as CoreReply};
 
 /// Largest request body accepted: room for a secret's largest value
@@ -48,44 +48,14 @@ fn body_limit(method: &Method, path: &str) -> usize {
     }
 }
 
-/// The `key=value` pairs of a query; a pair without `=` is refused, naming `usage`.
+/// The `key=value` pairs of a query ([`flotilla_api::page::query_pairs`]); a pair without `=`
+/// or with a broken escape is refused, naming `usage`.
 fn query_pairs(
     query: Option<&str>,
     usage: &str,
 ) -> Result<Vec<(String, String)>, (StatusCode, String)> {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (k, v) = p.split_once('=').ok_or_else(|| bad_query(p, "", usage))?;
-            match (percent_decoded(k), percent_decoded(v)) {
-                (Some(k), Some(v)) => Ok((k, v)),
-                _ => Err(bad_query(k, v, usage)),
-            }
-        })
-        .collect()
-}
-
-/// `text` with its `%XX` escapes (RFC 3986, 2.1) and `+` (a space, in a query) decoded;
-/// `None` for a broken escape or a result that is not UTF-8.
-fn percent_decoded(text: &str) -> Option<String> {
-    let mut out = Vec::with_capacity(text.len());
-    let mut bytes = text.bytes();
-    while let Some(b) = bytes.next() {
-        out.push(match b {
-            b'%' => {
-                let hex = [bytes.next()?, bytes.next()?];
-                if !hex.iter().all(u8::is_ascii_hexdigit) {
-                    return None;
-                }
-                u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?
-            }
-            b'+' => b' ',
-            b => b,
-        });
-    }
-    String::from_utf8(out).ok()
+    flotilla_api::page::query_pairs(query.unwrap_or_default())
+        .map_err(|(k, v)| bad_query(&k, &v, usage))
 }
 
 fn bad_query(key: &str, value: &str, usage: &str) -> (StatusCode, String) {

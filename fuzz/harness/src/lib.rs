@@ -38,6 +38,12 @@ mod orchestratord_config;
 // The unpacker says `super::digest`: here, the crate root.
 use flotilla_oci::{digest, manifest};
 #[allow(dead_code, unreachable_pub)]
+#[path = "../../../runtime/src/container/accounts.rs"]
+mod accounts;
+#[allow(dead_code, unreachable_pub)]
+#[path = "../../../runtime/src/container/logs.rs"]
+mod logs;
+#[allow(dead_code, unreachable_pub)]
 #[path = "../../../runtime/src/image/unpack.rs"]
 mod unpack;
 
@@ -51,12 +57,17 @@ pub const TARGETS: &[Target] = &[
     ("service_definition", service_definition),
     ("compose", compose),
     ("image_manifest", image_manifest),
+    ("registry_answer", registry_answer),
     ("layer_unpack", layer_unpack),
     ("image_archive", image_archive),
+    ("image_user", image_user),
+    ("container_logs", container_logs),
     ("dns_query", dns_query),
     ("cron", cron),
     ("member_of", member_of),
     ("config_toml", config_toml),
+    ("join_request", join_request),
+    ("operator_query", operator_query),
 ];
 
 /// Runs a future over in-memory input: a `&[u8]` reader never waits, so one poll ends it.
@@ -131,15 +142,22 @@ fn registry() -> &'static Registry {
 
 /// The QUIC session's frames (4-byte length, JSON), read as each side reads them: the control
 /// plane's (`JoinRequest`, `Hello`, `AgentRequest`, `PushReply`, `LogFrame`) and the agent's
-/// (`JoinReply`, `HelloReply`, `AgentReply`, `ServerPush`), then exec streams' binary frames.
-/// A decoded registry delta is applied, and a secret's JSON key picked, as the agent does.
+/// (`JoinReply`, `HelloReply`, `AgentReply`, `ServerPush`), a prefetch's `PullFrame`s as the
+/// control plane reads them from a node, then exec streams' binary frames.
+/// A joining node's labels are checked as the control plane does; a decoded registry delta is
+/// applied, and a secret's JSON key picked, as the agent does.
 pub fn session_frames(data: &[u8]) {
     use flotilla_api::*;
-    frames::<JoinRequest>(data, |_| {});
+    frames::<JoinRequest>(data, |req| {
+        for (k, v) in &req.labels {
+            let _ = parse_label(&format!("{k}={v}"));
+        }
+    });
     frames::<Hello>(data, |_| {});
     frames::<AgentRequest>(data, |_| {});
     frames::<PushReply>(data, |_| {});
     frames::<LogFrame>(data, |_| {});
+    frames::<images::PullFrame>(data, |_| {});
     frames::<JoinReply>(data, |_| {});
     frames::<HelloReply>(data, |_| {});
     frames::<AgentReply>(data, |reply| {
@@ -270,7 +288,49 @@ pub fn image_manifest(data: &[u8]) {
                 let _ = m.rank(&p);
             }
         }
+        image_reference(text);
     }
+}
+
+/// An image reference as a task definition, a manifest's annotation or the operator API's path
+/// names one: the name the stores file it under parses to itself, and the quick name a node's
+/// store looks it up by first, when it is a name the parser gives, is the parser's.
+fn image_reference(text: &str) {
+    use flotilla_oci::ImageRef;
+    let _ = text.parse::<digest::Digest>();
+    let parsed = ImageRef::parse(text).map(|r| r.name());
+    if let Ok(name) = &parsed {
+        assert_eq!(
+            ImageRef::parse(name).map(|r| r.name()).as_ref(),
+            Ok(name),
+            "a stored name does not parse to itself"
+        );
+        let _ = ImageRef::lookup_names(text);
+    }
+    if let Some(quick) = ImageRef::quick_name(text) {
+        if ImageRef::parse(&quick).map(|r| r.name()).as_ref() == Ok(&quick) {
+            assert_eq!(
+                parsed.as_ref().ok(),
+                Some(&quick),
+                "the quick name of {text:?} is another image's"
+            );
+        }
+    }
+}
+
+/// What a registry's answers carry besides its documents, as the pull client reads them: a
+/// `WWW-Authenticate` challenge, the token service's JSON, and a `206`'s `Content-Range`.
+pub fn registry_answer(data: &[u8]) {
+    use flotilla_oci::auth::{content_range_start, parse_challenge, parse_token};
+    let _ = parse_token(data);
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Some((scheme, params)) = parse_challenge(text) {
+        assert!(!scheme.is_empty(), "a challenge without a scheme");
+        let _ = params.get("realm");
+    }
+    let _ = content_range_start(text);
 }
 
 /// A layer blob (tar, gzip or zstd) through the safe unpacker into a fresh directory; nothing
@@ -432,4 +492,224 @@ pub fn config_toml(data: &[u8]) {
         text,
         orchestratord_config::FILE_KEYS,
     );
+}
+
+/// An image's `/etc/passwd`, `/etc/group` and a `user[:group]` (three parts, NUL-separated), as a
+/// container's user is resolved against its root filesystem; also a few usual users. A
+/// resolved id is never above `MAX_ID` (the kernel reads `(uid_t) -1` as "leave unchanged").
+pub fn image_user(data: &[u8]) {
+    let mut parts = data.split(|b| *b == 0).map(String::from_utf8_lossy);
+    let passwd = parts.next().unwrap_or_default();
+    let group = parts.next().unwrap_or_default();
+    let spec = parts.next();
+    let usual = [
+        None,
+        Some("root"),
+        Some("0"),
+        Some("app"),
+        Some("1000:1000"),
+        Some("app:wheel"),
+    ];
+    for spec in usual.into_iter().chain([spec.as_deref()]) {
+        if let Ok(u) = accounts::resolve(&passwd, &group, spec) {
+            assert!(
+                std::iter::once(u.uid)
+                    .chain([u.gid])
+                    .chain(u.additional_gids.iter().copied())
+                    .all(|id| id <= accounts::MAX_ID),
+                "{spec:?} resolved to an id above MAX_ID: {u:?}"
+            );
+        }
+    }
+}
+
+/// The token id `join_request`'s rejoins name (a proof signs it).
+pub const JOIN_TOKEN_ID: &str = "0123456789ab";
+
+/// What `join_request` makes of its input, as a node sends it: the previous certificate
+/// (PEM), the proof (base64) and the CSR (PEM).
+pub fn join_request_parts(data: &[u8]) -> (String, String, String) {
+    use base64::Engine as _;
+    let mut rest = data;
+    let cert = part(&mut rest);
+    let proof = part(&mut rest);
+    (
+        pem("CERTIFICATE", cert),
+        base64::engine::general_purpose::STANDARD.encode(proof),
+        pem("CERTIFICATE REQUEST", rest),
+    )
+}
+
+/// A fixed cluster CA (`harness/ca/`, made for these targets only), so a committed node
+/// certificate can be one it issued.
+pub fn fuzz_ca() -> &'static flotilla_certs::ClusterCa {
+    static CA: OnceLock<flotilla_certs::ClusterCa> = OnceLock::new();
+    CA.get_or_init(|| {
+        flotilla_certs::ClusterCa::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ca"),
+        )
+        .expect("the harness's CA")
+    })
+}
+
+/// The next part of `data`: a 2-byte big-endian length, then that many bytes (fewer at the
+/// end of the input).
+fn part<'a>(data: &mut &'a [u8]) -> &'a [u8] {
+    let (len, rest) = match data {
+        [a, b, rest @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), rest),
+        _ => (0, &[][..]),
+    };
+    let (head, tail) = rest.split_at(len.min(rest.len()));
+    *data = tail;
+    head
+}
+
+/// `der` in PEM with `label`, as openssl and rcgen write it (64 columns).
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// What a node sends the join port before it holds a certificate (`JoinRequest`): a returning
+/// node's previous certificate and its proof, checked before the token is (so by anyone who
+/// reaches the port), and the CSR the control plane signs once the token holds. The input is
+/// `LEN CERTIFICATE LEN PROOF CSR` (lengths of 2 bytes, big-endian): DER, the raw signature,
+/// DER, each wrapped as the node sends it (PEM, base64); the whole input is also tried as the
+/// PEM text of each, and as a join token. An
+/// issued certificate names the node the control plane chose, whatever the CSR says.
+pub fn join_request(data: &[u8]) {
+    use flotilla_certs::{identity_of, validity_of, Role};
+    let ca = fuzz_ca();
+    let lifetime = std::time::Duration::from_secs(3600);
+    let issue = |csr_pem: &str| {
+        if let Ok(cert) = ca.issue_node(csr_pem, "n-fuzz", lifetime) {
+            let der = <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::from_pem_slice(cert.as_bytes())
+                .expect("an issued certificate is PEM");
+            let (id, _) = identity_of(&der).expect("an issued certificate names its node");
+            assert_eq!((id.role, id.name.as_str()), (Role::Node, "n-fuzz"));
+        }
+        let _ = ca.issue_admin_from_csr(csr_pem, "op", lifetime);
+    };
+    let rejoin = |cert_pem: &str, proof: &str, csr_pem: &str| {
+        if let Ok(id) = ca.verify_rejoin(cert_pem, proof, JOIN_TOKEN_ID, csr_pem) {
+            let der = <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::from_pem_slice(cert_pem.as_bytes())
+                .expect("a verified certificate is PEM");
+            let (who, _) = identity_of(&der).expect("a verified certificate has an identity");
+            assert_eq!(
+                (who.role, who.name),
+                (Role::Node, id),
+                "a rejoin kept another id"
+            );
+        }
+    };
+    let mut rest = data;
+    let cert = part(&mut rest);
+    let _ = identity_of(cert);
+    let _ = validity_of(cert);
+    let (cert_pem, proof, csr_pem) = join_request_parts(data);
+    rejoin(&cert_pem, &proof, &csr_pem);
+    issue(&csr_pem);
+    if let Ok(text) = std::str::from_utf8(data) {
+        rejoin(text, text, text);
+        issue(text);
+        let _ = text.parse::<flotilla_certs::token::JoinToken>();
+    }
+}
+
+/// The operator API's query strings (`GET /v1/tasks?…`, `/v1/nodes?…`, an exec's) with the
+/// `nextToken`s a listing reads back, and a `Link` header as the CLI follows it to the next
+/// page. A token read back is the cursor it was made from.
+pub fn operator_query(data: &[u8]) {
+    use flotilla_api::page::{self, NodeCursor, TaskCursor};
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let _ = page::percent_decoded(text);
+    for (_, v) in page::query_pairs(text).unwrap_or_default() {
+        if let Ok(c) = TaskCursor::parse(&v) {
+            assert_eq!(TaskCursor::parse(&c.token()), Ok(c), "a task token changed");
+        }
+        if let Ok(c) = NodeCursor::parse(&v) {
+            assert_eq!(NodeCursor::parse(&c.token()), Ok(c), "a node token changed");
+        }
+        let _ = page::task_state(&v);
+        let _ = page::node_state(&v);
+        let _ = page::desired_status(&v);
+    }
+    let _ = page::next_link(text);
+}
+
+/// What a container prints, as its shim writes it to the container's log files (cut into
+/// lines and pieces per stream, rotated by size) and the agent reads it back (`logs::read`,
+/// whole or its tail). The input is the container's writes, split at each `0xFF` byte, to
+/// stdout and stderr in turn. Each stream's records end with a whole line; read back, the log
+/// is what was written: all of it with room to spare, its last records when files rotated
+/// away, its last N lines for a tail of N.
+pub fn container_logs(data: &[u8]) {
+    use logs::{LineSplitter, LogEntry, LogLimits, LogWriter, Stream};
+    let record = |e: &LogEntry| (e.stream, e.partial, e.content.clone());
+    let scratch = scratch();
+    for (name, limits) in [
+        ("roomy", LogLimits::default()),
+        (
+            "rotating",
+            LogLimits {
+                max_size: 1024,
+                max_files: 2,
+            },
+        ),
+    ] {
+        let dir = scratch.path().join(name);
+        let mut log = LogWriter::open(&dir, limits).expect("the log directory");
+        let mut written = Vec::new();
+        let mut split = [LineSplitter::default(), LineSplitter::default()];
+        let streams = [Stream::Stdout, Stream::Stderr];
+        let mut write = |stream: Stream, partial: bool, content: &[u8]| {
+            written.push((stream, partial, content.to_vec()));
+            log.write(stream, partial, content)
+        };
+        for (i, chunk) in data.split(|b| *b == 0xff).enumerate() {
+            split[i % 2]
+                .feed(chunk, &mut |p, c| write(streams[i % 2], p, c))
+                .expect("a log write");
+        }
+        for (s, stream) in split.iter_mut().zip(streams) {
+            s.finish(&mut |p, c| write(stream, p, c))
+                .expect("a log write");
+        }
+        for stream in streams {
+            let last = written.iter().rev().find(|(s, _, _)| *s == stream);
+            assert!(
+                last.is_none_or(|(_, partial, _)| !partial),
+                "{name}: the {stream:?} output ended inside a line (a container started again \
+                 would continue it)"
+            );
+        }
+        let (all, _) = logs::read(&dir, None).expect("the log reads back");
+        let all: Vec<_> = all.iter().map(record).collect();
+        assert!(
+            written.ends_with(&all),
+            "{name}: the log read back is not what was written"
+        );
+        if name == "roomy" {
+            assert_eq!(all.len(), written.len(), "a record of a roomy log was lost");
+        }
+        for n in 0..3 {
+            let (tail, _) = logs::read(&dir, Some(n)).expect("the log's tail reads back");
+            let tail: Vec<_> = tail.iter().map(record).collect();
+            assert!(
+                all.ends_with(&tail),
+                "{name}: a tail of {n} is not the log's end"
+            );
+            let lines = tail.iter().filter(|(_, partial, _)| !partial).count();
+            assert!(lines <= n, "{name}: a tail of {n} has {lines} lines");
+        }
+    }
 }

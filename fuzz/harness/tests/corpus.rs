@@ -52,3 +52,21 @@ fn every_target_has_its_cargo_fuzz_binary() {
         );
     }
 }
+
+/// The committed rejoin is one the control plane accepts, so the fuzzer starts from a
+/// certificate, proof and CSR that reach every check of a rejoin and the signing of a CSR.
+#[test]
+fn the_committed_rejoin_passes_every_check() -> Result<(), Box<dyn std::error::Error>> {
+    use flotilla_fuzz_harness::{fuzz_ca, join_request_parts, JOIN_TOKEN_ID};
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let seed = std::fs::read(fuzz.join("corpus/join_request/rejoin-with-proof"))?;
+    let (cert, proof, csr) = join_request_parts(&seed);
+    let ca = fuzz_ca();
+    assert_eq!(ca.verify_rejoin(&cert, &proof, JOIN_TOKEN_ID, &csr)?, "n-1");
+    ca.issue_node(&csr, "n-1", std::time::Duration::from_secs(3600))?;
+    // The same certificate with a proof of another CSR is refused.
+    assert!(ca
+        .verify_rejoin(&cert, &proof, JOIN_TOKEN_ID, &csr.replace('A', "B"))
+        .is_err());
+    Ok(())
+}

@@ -126,10 +126,12 @@ fn rotated(dir: &Path, n: u32) -> PathBuf {
 }
 
 /// Cuts a byte stream into lines for the log: complete lines as `F` records, over-long ones
-/// as `P` pieces.
+/// as `P` pieces. Every line ends with an `F` record, the stream's last one too.
 #[derive(Debug, Default)]
 pub struct LineSplitter {
     pending: Vec<u8>,
+    /// A `P` piece was emitted and its line has not ended yet.
+    in_line: bool,
 }
 
 impl LineSplitter {
@@ -147,25 +149,31 @@ impl LineSplitter {
                 emit(false, &self.pending)?;
                 self.pending.clear();
             }
+            self.in_line = false;
             bytes = &bytes[i + 1..];
         }
         self.pending.extend_from_slice(bytes);
         while self.pending.len() >= MAX_LINE {
             let rest = self.pending.split_off(MAX_LINE);
             emit(true, &self.pending)?;
+            self.in_line = true;
             self.pending = rest;
         }
         Ok(())
     }
 
-    /// Emits what is left when the stream ends (a last line without a newline).
+    /// Ends the stream's last line when the stream ends without a newline: what is left, or an
+    /// empty `F` record after a last `P` piece (a line of a multiple of [`MAX_LINE`] bytes),
+    /// so the next run of the container, which appends to the same log, starts a line of
+    /// its own.
     pub fn finish(
         &mut self,
         emit: &mut impl FnMut(bool, &[u8]) -> io::Result<()>,
     ) -> io::Result<()> {
-        if !self.pending.is_empty() {
+        if !self.pending.is_empty() || self.in_line {
             emit(false, &self.pending)?;
             self.pending.clear();
+            self.in_line = false;
         }
         Ok(())
     }
@@ -351,6 +359,39 @@ mod tests {
         let (t, _) = read(dir.path(), Some(2)).expect("tail");
         assert_eq!(t.len(), 3);
         assert!(t[0].partial);
+    }
+
+    #[test]
+    fn output_that_ends_after_a_whole_piece_still_ends_its_line() {
+        // A last line of exactly MAX_LINE bytes and no newline: one `P` piece, then nothing
+        // left. Unclosed, the container's next run (same log) would continue that line.
+        let dir = tempfile::tempdir().expect("tmp");
+        let mut w = LogWriter::open(dir.path(), LogLimits::default()).expect("open");
+        let mut split = LineSplitter::default();
+        let mut emit = |p: bool, c: &[u8]| w.write(Stream::Stdout, p, c);
+        split.feed(&[b'y'; MAX_LINE], &mut emit).expect("feed");
+        split.finish(&mut emit).expect("finish");
+        let mut next_run = LineSplitter::default();
+        next_run.feed(b"started again\n", &mut emit).expect("feed");
+        let got = collect(dir.path());
+        assert_eq!((got[0].1, got[0].2.len()), (true, MAX_LINE));
+        assert_eq!(got[1], (Stream::Stdout, false, String::new()));
+        assert_eq!(got[2], (Stream::Stdout, false, "started again".into()));
+        // Each run's last line is a line of its own.
+        let (t, _) = read(dir.path(), Some(1)).expect("tail");
+        assert_eq!(t.len(), 1);
+        // A stream that ended on a newline, or before anything, adds nothing.
+        let mut emitted = 0;
+        let mut count = |_: bool, _: &[u8]| {
+            emitted += 1;
+            Ok(())
+        };
+        let mut split = LineSplitter::default();
+        split.finish(&mut count).expect("finish");
+        split.feed(&[b'y'; MAX_LINE], &mut count).expect("feed");
+        split.feed(b"\n", &mut count).expect("feed");
+        split.finish(&mut count).expect("finish");
+        assert_eq!(emitted, 2);
     }
 
     #[test]

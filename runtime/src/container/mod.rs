@@ -13,6 +13,7 @@
 //! everything here works from those files alone: a fresh process (a restarted agent, or
 //! `nodeagent ctr`) finds every container, its pid, and its real exit code.
 
+pub mod accounts;
 pub mod cgroup;
 pub mod config;
 pub mod console;

@@ -12,6 +12,7 @@ use oci_spec::runtime::{
 };
 use serde::{Deserialize, Serialize};
 
+pub use super::accounts::ResolvedUser;
 use super::config::{container_path, ContainerConfig};
 
 /// Errors building a spec.
@@ -127,19 +128,6 @@ impl ImageProcess {
             stop_signal: text(&c["StopSignal"]),
         }
     }
-}
-
-/// The user a container runs as, resolved against its root filesystem.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ResolvedUser {
-    /// User id.
-    pub uid: u32,
-    /// Primary group id.
-    pub gid: u32,
-    /// Supplementary groups.
-    pub additional_gids: Vec<u32>,
-    /// Home directory, for `HOME`.
-    pub home: Option<String>,
 }
 
 /// A mount with its host side resolved.

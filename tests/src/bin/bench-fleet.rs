@@ -227,7 +227,8 @@ fn written(pid: u32) -> Result<u64> {
         .context("write_bytes missing in /proc/PID/io")
 }
 
-/// Why the agents' sessions ended so far, each kind with its count, the most frequent first.
+/// Why the agents' sessions ended, or their dials failed, so far: each kind with its count, the
+/// most frequent first.
 fn ended_tally(shared: &Shared) -> String {
     let mut all = std::collections::BTreeMap::<String, u32>::new();
     for a in &shared.agents {
@@ -398,7 +399,8 @@ fn measure(
         .count();
     if lost > 0 {
         println!(
-            "note: {lost} agents lost a session so far; why: {}",
+            "note: {lost} agents lost a session so far; sessions ended and dials failed, by \
+             why: {}",
             ended_tally(&shared)
         );
     }

@@ -25,36 +25,131 @@ fn refuse(conn: &Connection, code: CloseCode, reason: &str) {
     conn.close(VarInt::from_u32(code as u32), reason.as_bytes());
 }
 
-/// Accepts connections until the endpoint closes.
+/// How many connections may be between their first packet and the answer to their first
+/// request (a session's `Hello`, a join's `JoinRequest`) at once: the handshakes' crypto and
+/// the first requests' work, bounded. A fleet dialling at once after a restart is admitted this
+/// many at a time, in the order it dialled, each quickly, rather than all of them slowly
+/// together: then the handshakes in progress and the established sessions' pings are read
+/// from the socket in time instead of dropped behind a flood of retransmitted handshakes
+/// (BENCHMARKS.md, *Fleet*). 512 in flight keep about 1,700 admissions/s going at 300 ms
+/// round trips, above the core's default `session_rate` of 1,000/s.
+pub const ADMISSIONS_IN_FLIGHT: usize = 512;
+
+/// How long a connection may wait for its turn before it is refused (QUIC's
+/// `CONNECTION_REFUSED`, RFC 9000 §20.1; the node dials again after its backoff). Below the
+/// agents' 30 s handshake timeout (`flotilla_api::session::IDLE_TIMEOUT`), so that no
+/// handshake is begun for a node that has given up on it.
+pub const ADMISSION_WAIT: Duration = Duration::from_secs(10);
+
+/// How long a connection holds its turn: its handshake and its first request must be done
+/// within this, or it is closed. A peer that handshakes and then says nothing (a join needs
+/// no certificate) cannot keep turns from the fleet.
+pub const ADMISSION_HOLD: Duration = Duration::from_secs(10);
+
+/// Turns to be admitted: at most `in_flight` at once, given in the order they were asked
+/// for; an ask that waited `wait` gets none; a turn is held `hold` at most.
+#[derive(Clone)]
+struct Gate {
+    turns: std::sync::Arc<tokio::sync::Semaphore>,
+    wait: Duration,
+    hold: Duration,
+}
+
+impl Gate {
+    fn new(in_flight: usize, wait: Duration, hold: Duration) -> Self {
+        Self {
+            turns: std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight)),
+            wait,
+            hold,
+        }
+    }
+
+    /// A turn, once one is free (the semaphore is fair: first asked, first given); `None`
+    /// when none was free within the gate's wait.
+    async fn turn(&self) -> Option<Turn> {
+        let permit = tokio::time::timeout(self.wait, self.turns.clone().acquire_owned())
+            .await
+            .ok()?
+            .ok()?;
+        Some(Turn {
+            _permit: permit,
+            until: tokio::time::Instant::now() + self.hold,
+        })
+    }
+}
+
+/// Accepts connections until the endpoint closes, at most [`ADMISSIONS_IN_FLIGHT`] in their
+/// handshake and first request at once; one that waited [`ADMISSION_WAIT`] for its turn is
+/// refused.
 pub async fn serve(plane: Plane, endpoint: quinn::Endpoint) {
+    let gate = Gate::new(ADMISSIONS_IN_FLIGHT, ADMISSION_WAIT, ADMISSION_HOLD);
     while let Some(incoming) = endpoint.accept().await {
-        let plane = plane.clone();
+        let (plane, gate) = (plane.clone(), gate.clone());
         tokio::spawn(async move {
-            match incoming.await {
-                Ok(conn) => connection(plane, conn).await,
-                Err(e) => tracing::debug!("handshake failed: {e}"),
+            let Some(turn) = gate.turn().await else {
+                tracing::debug!(
+                    peer = %incoming.remote_address(),
+                    "refused: no turn to be admitted within {ADMISSION_WAIT:?}"
+                );
+                incoming.refuse();
+                return;
+            };
+            match tokio::time::timeout_at(turn.until, incoming).await {
+                Ok(Ok(conn)) => connection(plane, conn, turn).await,
+                Ok(Err(e)) => tracing::debug!("handshake failed: {e}"),
+                Err(_) => tracing::debug!("handshake not done within {ADMISSION_HOLD:?}"),
             }
         });
     }
 }
 
-async fn connection(plane: Plane, conn: Connection) {
+/// A connection's place among [`ADMISSIONS_IN_FLIGHT`], given back once its first request is
+/// answered (dropped), held until `until` at most.
+struct Turn {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    until: tokio::time::Instant,
+}
+
+/// The first request of `conn`: its first stream and what the frame on it decodes to, by the
+/// turn's end. `None` when the peer closed first, or said nothing by then (closed, saying so).
+async fn first_request<T: serde::de::DeserializeOwned>(
+    conn: &Connection,
+    turn: &Turn,
+) -> Option<(quinn::SendStream, Result<T, flotilla_api::FrameError>)> {
+    let read = async {
+        let (send, mut recv) = conn.accept_bi().await.ok()?;
+        Some((send, read_frame::<_, T>(&mut recv).await))
+    };
+    match tokio::time::timeout_at(turn.until, read).await {
+        Ok(first) => first,
+        Err(_) => {
+            refuse(
+                conn,
+                CloseCode::Refused,
+                &format!("no first request within {ADMISSION_HOLD:?} of the handshake"),
+            );
+            None
+        }
+    }
+}
+
+async fn connection(plane: Plane, conn: Connection, turn: Turn) {
     let alpn = conn
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol);
     match alpn.as_deref() {
-        Some(p) if p == ALPN_JOIN => join(&plane, conn).await,
-        Some(p) if p == ALPN_AGENT => session(&plane, conn).await,
+        Some(p) if p == ALPN_JOIN => join(&plane, conn, turn).await,
+        Some(p) if p == ALPN_AGENT => session(&plane, conn, turn).await,
         _ => refuse(&conn, CloseCode::Refused, "unknown protocol"),
     }
 }
 
-async fn join(plane: &Plane, conn: Connection) {
-    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+async fn join(plane: &Plane, conn: Connection, turn: Turn) {
+    let Some((mut send, request)) = first_request::<JoinRequest>(&conn, &turn).await else {
         return;
     };
-    let reply = match read_frame::<_, JoinRequest>(&mut recv).await {
+    let reply = match request {
         Ok(request) => {
             let peer = conn.remote_address().to_string();
             match plane
@@ -79,11 +174,12 @@ async fn join(plane: &Plane, conn: Connection) {
     };
     let _ = write_frame(&mut send, &reply).await;
     let _ = send.finish();
+    drop(turn);
     // Let the reply reach the node before the connection goes.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
 }
 
-async fn session(plane: &Plane, conn: Connection) {
+async fn session(plane: &Plane, conn: Connection, turn: Turn) {
     // Who it is comes from the verified certificate, never from a message.
     let chain = conn.peer_identity().and_then(|p| {
         p.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
@@ -107,10 +203,10 @@ async fn session(plane: &Plane, conn: Connection) {
         }
         Err(e) => return refuse(&conn, CloseCode::Refused, &e.to_string()),
     };
-    let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+    let Some((mut send, hello)) = first_request::<Hello>(&conn, &turn).await else {
         return;
     };
-    let hello = match read_frame::<_, Hello>(&mut recv).await {
+    let hello = match hello {
         Ok(h) => h,
         Err(e) => return refuse(&conn, CloseCode::Refused, &format!("bad hello: {e}")),
     };
@@ -168,6 +264,7 @@ async fn session(plane: &Plane, conn: Connection) {
             );
         }
     };
+    drop(turn);
     // One live session per node: a reconnect replaces the old one.
     if let Some(old) = plane.sessions.insert(&node, conn.clone()) {
         old.close(
@@ -414,5 +511,57 @@ async fn closed(plane: &Plane, node: &str, session: u64) {
     };
     if let Err(e) = plane.run(Command::Agent(ended)).await {
         tracing::warn!(node = %node, "recording the end of a session: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn turns_are_bounded_given_in_order_and_refused_after_the_wait() {
+        let s = Duration::from_secs;
+        let gate = Gate::new(2, s(10), s(4));
+        let began = tokio::time::Instant::now();
+        let first = gate.turn().await.expect("a free turn at once");
+        let second = gate.turn().await.expect("a second free turn at once");
+        assert_eq!(
+            first.until,
+            began + s(4),
+            "a turn is held for the gate's hold"
+        );
+        // Two more ask, in this order, while both turns are held.
+        let ask = |gate: &Gate| {
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let turn = gate.turn().await;
+                (tokio::time::Instant::now(), turn)
+            })
+        };
+        let third = ask(&gate);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let fourth = ask(&gate);
+        tokio::time::sleep(s(3)).await;
+        assert!(
+            !third.is_finished() && !fourth.is_finished(),
+            "only two at once"
+        );
+        drop(second);
+        let (at, turn) = third.await.expect("third");
+        assert!(
+            turn.is_some(),
+            "the first to ask gets the first turn given back"
+        );
+        assert_eq!(at, began + s(3) + Duration::from_millis(1));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(!fourth.is_finished(), "the fourth waits for the next one");
+        drop(first);
+        let (_, last) = fourth.await.expect("fourth");
+        assert!(last.is_some());
+        // Both turns held again: the next ask is refused after the wait, not before.
+        let asked = tokio::time::Instant::now();
+        assert!(gate.turn().await.is_none(), "no turn within the wait");
+        assert_eq!(tokio::time::Instant::now(), asked + s(10));
+        drop((turn, last));
     }
 }

@@ -354,6 +354,39 @@ fn the_server_takes_identity_from_certificates_only() {
 }
 
 #[test]
+fn a_connection_that_says_nothing_is_closed_and_gives_back_its_turn() {
+    use flotilla_certs::credential::Credential;
+    let cp = ControlPlane::start(&[]);
+    let a = Agent::new(&cp.scratch().join("a"));
+    assert!(a.join(&cp.server(), &cp.token(&[]), &[]).status.success());
+    let cred = Credential::load(&a.identity()).expect("a");
+    let rt = raw::runtime();
+    let (held, reason) = rt.block_on(async {
+        // A handshake, then no hello: the connection holds one of the turns to be admitted.
+        let conn = raw::connect(cp.addr, raw::client_of(&cred))
+            .await
+            .expect("connect");
+        let began = Instant::now();
+        let why = tokio::time::timeout(Duration::from_secs(25), conn.closed())
+            .await
+            .expect("the control plane closes a connection that says nothing");
+        (began.elapsed(), why.to_string())
+    });
+    assert!(
+        reason.contains("no first request within 10s of the handshake"),
+        "{reason}"
+    );
+    assert!(
+        held >= Duration::from_secs(8) && held < Duration::from_secs(15),
+        "held {held:?}"
+    );
+    // Nothing else was held up: the node itself still joins a session.
+    let mut a = a;
+    a.run();
+    a.wait_log("session established", 1, Duration::from_secs(20));
+}
+
+#[test]
 fn a_node_certificate_cannot_serve_as_the_control_plane() {
     use flotilla_certs::credential::Credential;
     let cp = ControlPlane::start(&[]);

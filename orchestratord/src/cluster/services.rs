@@ -388,7 +388,7 @@ pub fn round(cx: &mut Ctx<'_, '_>) -> Result<(), ClusterError> {
         .collect();
     // Built when a service first needs it, then kept up to date with the tasks this round
     // places (a stale view only places fewer: the applier checks the state itself).
-    let mut snapshot: Option<Snapshot> = None;
+    let mut snapshot: Option<RoundView> = None;
     for name in names {
         one(cx, &name, &mut snapshot)?;
     }
@@ -415,14 +415,47 @@ fn planner_spec(s: &ServiceRecord) -> service::ServiceSpec {
     }
 }
 
-fn snapshot<'a>(cx: &Ctx<'_, '_>, cached: &'a mut Option<Snapshot>) -> &'a mut Snapshot {
-    cached.get_or_insert_with(|| placement::snapshot(cx.txn, cx.live))
+/// The cluster as a service round places on: the scheduler's snapshot, with where each node
+/// is in it. A daemon's launch places on one node and updates that node's view: by the index,
+/// so that a rollout on N nodes costs N lookups, not N scans of N nodes.
+struct RoundView {
+    snap: Snapshot,
+    /// Node id → its place in `snap.nodes`.
+    at: HashMap<String, usize>,
+}
+
+impl RoundView {
+    fn of(snap: Snapshot) -> Self {
+        let at = snap
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (v.id.clone(), i))
+            .collect();
+        Self { snap, at }
+    }
+
+    /// The snapshot of node `id` alone (empty when it is not in the view).
+    fn only(&self, id: &str) -> Snapshot {
+        Snapshot {
+            nodes: self
+                .at
+                .get(id)
+                .map(|&i| self.snap.nodes[i].clone())
+                .into_iter()
+                .collect(),
+        }
+    }
+}
+
+fn snapshot<'a>(cx: &Ctx<'_, '_>, cached: &'a mut Option<RoundView>) -> &'a mut RoundView {
+    cached.get_or_insert_with(|| RoundView::of(placement::snapshot(cx.txn, cx.live)))
 }
 
 fn one(
     cx: &mut Ctx<'_, '_>,
     name: &str,
-    cached: &mut Option<Snapshot>,
+    cached: &mut Option<RoundView>,
 ) -> Result<(), ClusterError> {
     let Some(s) = cx.txn.service(name) else {
         return Ok(());
@@ -478,7 +511,7 @@ fn one(
     let (eligible, away) = match s.spec.scheduling_strategy {
         SchedulingStrategy::Daemon => match request(&primary.revision, 1, seed) {
             Ok(r) => {
-                let snap = snapshot(cx, cached);
+                let snap = &snapshot(cx, cached).snap;
                 (
                     flotilla_scheduler::eligible(snap, &r),
                     flotilla_scheduler::disconnected_but_eligible(snap, &r),
@@ -537,7 +570,7 @@ fn one(
                         continue;
                     }
                 };
-                let snap = snapshot(cx, cached);
+                let snap = &snapshot(cx, cached).snap;
                 let nodes = place_what_fits(snap, &r, None, &mut problem, cx.metrics);
                 start(cx, cached, &s, d, r, nodes, &mut problem)?;
             }
@@ -560,8 +593,8 @@ fn one(
                         continue;
                     }
                 };
-                let snap = snapshot(cx, cached);
-                let nodes = place_what_fits(snap, &r, Some(&node), &mut problem, cx.metrics);
+                let one = snapshot(cx, cached).only(&node);
+                let nodes = place_what_fits(&one, &r, Some(&node), &mut problem, cx.metrics);
                 start(cx, cached, &s, d, r, nodes, &mut problem)?;
             }
             Action::Stop { task, cause } => {
@@ -678,25 +711,16 @@ fn one(
     Ok(())
 }
 
-/// The nodes the scheduler gives `r` on `snap` (only `node` when given): all of them, or as
-/// many as fit, with the reason of the rest in `problem` and counted in `metrics`.
+/// The nodes the scheduler gives `r` on `on` (the snapshot of `node` alone when one is
+/// named): all of them, or as many as fit, with the reason of the rest in `problem` and
+/// counted in `metrics`.
 fn place_what_fits(
-    snap: &Snapshot,
+    on: &Snapshot,
     r: &flotilla_scheduler::Request,
     node: Option<&str>,
     problem: &mut Option<String>,
     metrics: &mut Counters,
 ) -> Vec<String> {
-    let one_node;
-    let on = match node {
-        Some(n) => {
-            one_node = Snapshot {
-                nodes: snap.nodes.iter().filter(|v| v.id == n).cloned().collect(),
-            };
-            &one_node
-        }
-        None => snap,
-    };
     flotilla_scheduler::place(on, r).unwrap_or_else(|why| {
         metrics.unplaceable(PlacementOrigin::Service, &why, false);
         *problem = Some(match node {
@@ -713,7 +737,7 @@ fn place_what_fits(
 /// and brings the round's snapshot up to date with them.
 fn start(
     cx: &mut Ctx<'_, '_>,
-    cached: &mut Option<Snapshot>,
+    cached: &mut Option<RoundView>,
     s: &ServiceRecord,
     d: &DeploymentRecord,
     request: flotilla_scheduler::Request,
@@ -741,19 +765,15 @@ fn start(
     if let Some((node, why)) = applied.refused.first() {
         *problem = Some(format!("{node}: {why}"));
     }
-    if let Some(snap) = cached.as_mut() {
+    if let Some(view) = cached.as_mut() {
         let touched: BTreeSet<&str> = applied
             .created
             .iter()
             .filter_map(|t| t.node.as_deref())
             .collect();
-        for v in snap
-            .nodes
-            .iter_mut()
-            .filter(|v| touched.contains(v.id.as_str()))
-        {
-            if let Some(n) = cx.txn.node(&v.id) {
-                *v = placement::node_view(cx.txn, cx.live, n);
+        for id in touched {
+            if let (Some(&i), Some(n)) = (view.at.get(id), cx.txn.node(id)) {
+                view.snap.nodes[i] = placement::node_view(cx.txn, cx.live, n);
             }
         }
     }

@@ -7,6 +7,9 @@
 //!   nothing else; a session counts once the `Hello` round trip is done. Revocation closes the
 //!   live connection at once.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use flotilla_api::{
@@ -36,97 +39,158 @@ fn refuse(conn: &Connection, code: CloseCode, reason: &str) {
 pub const ADMISSIONS_IN_FLIGHT: usize = 512;
 
 /// How long a connection may wait for its turn before it is refused (QUIC's
-/// `CONNECTION_REFUSED`, RFC 9000 §20.1; the node dials again after its backoff). Below the
-/// agents' 30 s handshake timeout (`flotilla_api::session::IDLE_TIMEOUT`), so that no
-/// handshake is begun for a node that has given up on it.
-pub const ADMISSION_WAIT: Duration = Duration::from_secs(10);
+/// `CONNECTION_REFUSED`, RFC 9000 §20.1; the node dials again after its backoff, which a
+/// refusal doubles). While it waits, quinn keeps what the node resends of its first flight.
+/// 10 s below the agents' 30 s handshake timeout (`flotilla_api::session::IDLE_TIMEOUT`), so
+/// that a handshake begun at the last moment still ends before the node gives up on it.
+pub const ADMISSION_WAIT: Duration = Duration::from_secs(20);
 
-/// How long a connection holds its turn: its handshake and its first request must be done
-/// within this, or it is closed. A peer that handshakes and then says nothing (a join needs
-/// no certificate) cannot keep turns from the fleet.
-pub const ADMISSION_HOLD: Duration = Duration::from_secs(10);
+/// How long a connection's handshake may take once it has its turn: the agents' own handshake
+/// timeout (`flotilla_api::session::IDLE_TIMEOUT`), by which a node has given up on it anyway.
+/// Handshakes of a fleet dialling at once lose packets and wait out QUIC's probe timeouts,
+/// which double (RFC 9002 §6.2): a few such losses take seconds.
+pub const HANDSHAKE_WITHIN: Duration = Duration::from_secs(30);
+
+/// How long after its handshake a connection may take to send its first request (a node
+/// sends it at once, in the handshake's last flight): a peer that handshakes and then says
+/// nothing (a join needs no certificate) holds its turn no longer.
+pub const FIRST_REQUEST_WITHIN: Duration = Duration::from_secs(10);
+
+/// How many of the turns (held or waited for) connections from one IP address may have: a
+/// peer cannot take every turn from one address, and a site of many nodes behind one NAT
+/// address is admitted this many at a time (the others are refused at once and dial again
+/// after their backoff).
+pub const ADMISSIONS_PER_ADDRESS: usize = 64;
+
+/// Why a connection got no turn.
+#[derive(Debug, PartialEq, Eq)]
+enum NoTurn {
+    /// Its address already holds or waits for [`Gate`]'s share of one address.
+    Address,
+    /// None was free within the gate's wait.
+    Waited,
+}
 
 /// Turns to be admitted: at most `in_flight` at once, given in the order they were asked
-/// for; an ask that waited `wait` gets none; a turn is held `hold` at most.
+/// for, at most `per_address` held or asked for from one address; an ask that waited `wait`
+/// gets none.
 #[derive(Clone)]
 struct Gate {
-    turns: std::sync::Arc<tokio::sync::Semaphore>,
+    turns: Arc<tokio::sync::Semaphore>,
+    per_address: usize,
+    by_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
     wait: Duration,
-    hold: Duration,
 }
 
 impl Gate {
-    fn new(in_flight: usize, wait: Duration, hold: Duration) -> Self {
+    fn new(in_flight: usize, per_address: usize, wait: Duration) -> Self {
         Self {
-            turns: std::sync::Arc::new(tokio::sync::Semaphore::new(in_flight)),
+            turns: Arc::new(tokio::sync::Semaphore::new(in_flight)),
+            per_address,
+            by_address: Arc::default(),
             wait,
-            hold,
         }
     }
 
-    /// A turn, once one is free (the semaphore is fair: first asked, first given); `None`
-    /// when none was free within the gate's wait.
-    async fn turn(&self) -> Option<Turn> {
+    /// A turn for a connection from `from`, once one is free (the semaphore is fair: first
+    /// asked, first given).
+    async fn turn(&self, from: IpAddr) -> Result<Turn, NoTurn> {
+        let share = {
+            let mut by_address = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+            let n = by_address.entry(from).or_default();
+            if *n >= self.per_address {
+                return Err(NoTurn::Address);
+            }
+            *n += 1;
+            Share {
+                by_address: self.by_address.clone(),
+                from,
+            }
+        };
         let permit = tokio::time::timeout(self.wait, self.turns.clone().acquire_owned())
             .await
-            .ok()?
-            .ok()?;
-        Some(Turn {
+            .map_err(|_| NoTurn::Waited)?
+            .map_err(|_| NoTurn::Waited)?;
+        Ok(Turn {
             _permit: permit,
-            until: tokio::time::Instant::now() + self.hold,
+            _share: share,
         })
     }
 }
 
+/// One address's count of a turn held or asked for, given back when dropped.
+struct Share {
+    by_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    from: IpAddr,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut by_address = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_address.get_mut(&self.from) {
+            *n -= 1;
+            if *n == 0 {
+                by_address.remove(&self.from);
+            }
+        }
+    }
+}
+
 /// Accepts connections until the endpoint closes, at most [`ADMISSIONS_IN_FLIGHT`] in their
-/// handshake and first request at once; one that waited [`ADMISSION_WAIT`] for its turn is
-/// refused.
+/// handshake and first request at once and [`ADMISSIONS_PER_ADDRESS`] from one address; one
+/// that waited [`ADMISSION_WAIT`] for its turn, or came from an address with its share taken,
+/// is refused.
 pub async fn serve(plane: Plane, endpoint: quinn::Endpoint) {
-    let gate = Gate::new(ADMISSIONS_IN_FLIGHT, ADMISSION_WAIT, ADMISSION_HOLD);
+    let gate = Gate::new(ADMISSIONS_IN_FLIGHT, ADMISSIONS_PER_ADDRESS, ADMISSION_WAIT);
     while let Some(incoming) = endpoint.accept().await {
         let (plane, gate) = (plane.clone(), gate.clone());
         tokio::spawn(async move {
-            let Some(turn) = gate.turn().await else {
-                tracing::debug!(
-                    peer = %incoming.remote_address(),
-                    "refused: no turn to be admitted within {ADMISSION_WAIT:?}"
-                );
-                incoming.refuse();
-                return;
+            let peer = incoming.remote_address();
+            let turn = match gate.turn(peer.ip()).await {
+                Ok(turn) => turn,
+                Err(why) => {
+                    tracing::debug!(%peer, "refused: {}", match why {
+                        NoTurn::Address => "its address has its share of the turns to be admitted",
+                        NoTurn::Waited => "no turn to be admitted within the wait",
+                    });
+                    incoming.refuse();
+                    return;
+                }
             };
-            match tokio::time::timeout_at(turn.until, incoming).await {
+            match tokio::time::timeout(HANDSHAKE_WITHIN, incoming).await {
                 Ok(Ok(conn)) => connection(plane, conn, turn).await,
                 Ok(Err(e)) => tracing::debug!("handshake failed: {e}"),
-                Err(_) => tracing::debug!("handshake not done within {ADMISSION_HOLD:?}"),
+                Err(_) => tracing::debug!("handshake not done within {HANDSHAKE_WITHIN:?}"),
             }
         });
     }
 }
 
-/// A connection's place among [`ADMISSIONS_IN_FLIGHT`], given back once its first request is
-/// answered (dropped), held until `until` at most.
+/// A connection's place among [`ADMISSIONS_IN_FLIGHT`] (and its address's share), given back
+/// once its first request is answered (dropped): held [`HANDSHAKE_WITHIN`] and
+/// [`FIRST_REQUEST_WITHIN`] at most.
 struct Turn {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    until: tokio::time::Instant,
+    _share: Share,
 }
 
-/// The first request of `conn`: its first stream and what the frame on it decodes to, by the
-/// turn's end. `None` when the peer closed first, or said nothing by then (closed, saying so).
+/// The first request of `conn`: its first stream and what the frame on it decodes to, within
+/// [`FIRST_REQUEST_WITHIN`]. `None` when the peer closed first, or said nothing by then
+/// (closed, saying so).
 async fn first_request<T: serde::de::DeserializeOwned>(
     conn: &Connection,
-    turn: &Turn,
 ) -> Option<(quinn::SendStream, Result<T, flotilla_api::FrameError>)> {
     let read = async {
         let (send, mut recv) = conn.accept_bi().await.ok()?;
         Some((send, read_frame::<_, T>(&mut recv).await))
     };
-    match tokio::time::timeout_at(turn.until, read).await {
+    match tokio::time::timeout(FIRST_REQUEST_WITHIN, read).await {
         Ok(first) => first,
         Err(_) => {
             refuse(
                 conn,
                 CloseCode::Refused,
-                &format!("no first request within {ADMISSION_HOLD:?} of the handshake"),
+                &format!("no first request within {FIRST_REQUEST_WITHIN:?} of the handshake"),
             );
             None
         }
@@ -146,7 +210,7 @@ async fn connection(plane: Plane, conn: Connection, turn: Turn) {
 }
 
 async fn join(plane: &Plane, conn: Connection, turn: Turn) {
-    let Some((mut send, request)) = first_request::<JoinRequest>(&conn, &turn).await else {
+    let Some((mut send, request)) = first_request::<JoinRequest>(&conn).await else {
         return;
     };
     let reply = match request {
@@ -203,7 +267,7 @@ async fn session(plane: &Plane, conn: Connection, turn: Turn) {
         }
         Err(e) => return refuse(&conn, CloseCode::Refused, &e.to_string()),
     };
-    let Some((mut send, hello)) = first_request::<Hello>(&conn, &turn).await else {
+    let Some((mut send, hello)) = first_request::<Hello>(&conn).await else {
         return;
     };
     let hello = match hello {
@@ -518,29 +582,28 @@ async fn closed(plane: &Plane, node: &str, session: u64) {
 mod tests {
     use super::*;
 
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([192, 0, 2, last])
+    }
+
     #[tokio::test(start_paused = true)]
     async fn turns_are_bounded_given_in_order_and_refused_after_the_wait() {
         let s = Duration::from_secs;
-        let gate = Gate::new(2, s(10), s(4));
+        let gate = Gate::new(2, 64, s(10));
         let began = tokio::time::Instant::now();
-        let first = gate.turn().await.expect("a free turn at once");
-        let second = gate.turn().await.expect("a second free turn at once");
-        assert_eq!(
-            first.until,
-            began + s(4),
-            "a turn is held for the gate's hold"
-        );
+        let first = gate.turn(ip(1)).await.expect("a free turn at once");
+        let second = gate.turn(ip(2)).await.expect("a second free turn at once");
         // Two more ask, in this order, while both turns are held.
-        let ask = |gate: &Gate| {
+        let ask = |gate: &Gate, from| {
             let gate = gate.clone();
             tokio::spawn(async move {
-                let turn = gate.turn().await;
+                let turn = gate.turn(from).await;
                 (tokio::time::Instant::now(), turn)
             })
         };
-        let third = ask(&gate);
+        let third = ask(&gate, ip(3));
         tokio::time::sleep(Duration::from_millis(1)).await;
-        let fourth = ask(&gate);
+        let fourth = ask(&gate, ip(4));
         tokio::time::sleep(s(3)).await;
         assert!(
             !third.is_finished() && !fourth.is_finished(),
@@ -549,7 +612,7 @@ mod tests {
         drop(second);
         let (at, turn) = third.await.expect("third");
         assert!(
-            turn.is_some(),
+            turn.is_ok(),
             "the first to ask gets the first turn given back"
         );
         assert_eq!(at, began + s(3) + Duration::from_millis(1));
@@ -557,11 +620,47 @@ mod tests {
         assert!(!fourth.is_finished(), "the fourth waits for the next one");
         drop(first);
         let (_, last) = fourth.await.expect("fourth");
-        assert!(last.is_some());
+        assert!(last.is_ok());
         // Both turns held again: the next ask is refused after the wait, not before.
         let asked = tokio::time::Instant::now();
-        assert!(gate.turn().await.is_none(), "no turn within the wait");
+        assert_eq!(gate.turn(ip(5)).await.err(), Some(NoTurn::Waited));
         assert_eq!(tokio::time::Instant::now(), asked + s(10));
         drop((turn, last));
+        assert!(
+            gate.by_address.lock().expect("lock").is_empty(),
+            "every share given back"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn one_address_gets_its_share_of_the_turns_and_no_more() {
+        let s = Duration::from_secs;
+        let gate = Gate::new(2, 3, s(10));
+        let one = gate.turn(ip(1)).await.expect("first");
+        let two = gate.turn(ip(1)).await.expect("second");
+        // The third waits (both turns held): waiting counts against its address's share.
+        let waiting = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.turn(ip(1)).await.is_ok() })
+        };
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let asked = tokio::time::Instant::now();
+        assert_eq!(
+            gate.turn(ip(1)).await.err(),
+            Some(NoTurn::Address),
+            "a fourth from the same address"
+        );
+        assert_eq!(tokio::time::Instant::now(), asked, "refused at once");
+        // Another address still waits its turn, and gets it.
+        let other = {
+            let gate = gate.clone();
+            tokio::spawn(async move { gate.turn(ip(2)).await.is_ok() })
+        };
+        drop(one);
+        assert!(waiting.await.expect("waiting"));
+        drop(two);
+        assert!(other.await.expect("other"));
+        assert!(gate.turn(ip(1)).await.is_ok(), "the share is given back");
+        assert!(gate.by_address.lock().expect("lock").is_empty());
     }
 }

@@ -13,7 +13,7 @@
 //! against one control plane) and by the `fleet` system test (a few hundred, for correctness).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -76,11 +76,29 @@ fn quic_client(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
     Ok(cfg)
 }
 
-/// A client endpoint on a socket of its own, with the control plane's buffer sizes: several
-/// dozen agents share one, and their handshakes come in bursts too.
-fn client_endpoint() -> Result<Endpoint> {
+/// Where the `index`-th socket of the simulator is bound to reach `server`. A control plane
+/// on loopback is reached from an address of the socket's own in 127.1.0.0/16 (all of
+/// 127.0.0.0/8 is the host's): the control plane admits a bounded share of connections from
+/// one address at a time (`orchestratord`'s `ADMISSIONS_PER_ADDRESS`), and a real fleet dials
+/// from as many addresses as it has nodes. Elsewhere, the host's own address: the share
+/// bounds such a simulator as it bounds a site behind one NAT address.
+fn bind_address(server: SocketAddr, index: usize) -> SocketAddr {
+    match server.ip() {
+        IpAddr::V4(v4) if v4.is_loopback() => {
+            let i = index % (1 << 16);
+            SocketAddr::from(([127, 1, (i >> 8) as u8, i as u8], 0))
+        }
+        IpAddr::V4(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+        IpAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+    }
+}
+
+/// A client endpoint on a socket of its own (the `index`-th, bound by [`bind_address`]),
+/// with the control plane's buffer sizes: several dozen agents share one, and their
+/// handshakes come in bursts too.
+fn client_endpoint(server: SocketAddr, index: usize) -> Result<Endpoint> {
     let (socket, _) = orchestratord::udp::bind(
-        SocketAddr::from(([0, 0, 0, 0], 0)),
+        bind_address(server, index),
         orchestratord::udp::BUFFER_BYTES,
     )
     .context("opening a UDP socket")?;
@@ -93,6 +111,9 @@ fn client_endpoint() -> Result<Endpoint> {
     .context("opening a QUIC endpoint")
 }
 
+/// Joins at a time per socket of [`enroll`].
+const JOINS_PER_SOCKET: usize = 16;
+
 /// Enrolls `n` simulated nodes at `server` with `token` (which must allow `n` more joins), at
 /// most `concurrency` joins at a time, each through the real enrollment (`flotilla-join/1`,
 /// the token's CA pinned, a fresh key and CSR per node). Host names are `HOST_PREFIX-<i>`.
@@ -104,12 +125,16 @@ pub async fn enroll(
     host_prefix: &str,
 ) -> Result<Enrolled> {
     let token: JoinToken = token.parse().context("join token")?;
-    let endpoint = client_endpoint()?;
+    // One socket (and address) for every 16 joins at a time.
+    let endpoints = (0..concurrency.div_ceil(JOINS_PER_SOCKET).max(1))
+        .map(|k| client_endpoint(server, k))
+        .collect::<Result<Vec<_>>>()?;
     let cfg = quic_client(flotilla_certs::tls::enrollment_client(*token.ca_digest())?)?;
     let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut joins = tokio::task::JoinSet::new();
     for i in 0..n {
-        let (endpoint, cfg, gate) = (endpoint.clone(), cfg.clone(), gate.clone());
+        let endpoint = endpoints[i % endpoints.len()].clone();
+        let (cfg, gate) = (cfg.clone(), gate.clone());
         let (token_id, secret) = (token.id().to_string(), token.secret().to_string());
         let hostname = format!("{host_prefix}-{i}");
         joins.spawn(async move {
@@ -161,7 +186,9 @@ pub async fn enroll(
         ca.get_or_insert(ca_pem);
         got.push((i, id));
     }
-    endpoint.wait_idle().await;
+    for endpoint in &endpoints {
+        endpoint.wait_idle().await;
+    }
     got.sort_by_key(|(i, _)| *i);
     Ok(Enrolled {
         server,
@@ -657,7 +684,7 @@ impl Simulator {
         let per_socket = settings.agents_per_socket.max(1);
         for (i, identity) in enrolled.agents.iter().enumerate() {
             if i % per_socket == 0 {
-                endpoints.push(client_endpoint()?);
+                endpoints.push(client_endpoint(enrolled.server, endpoints.len())?);
             }
             let endpoint = endpoints[endpoints.len() - 1].clone();
             let agent = SimAgent {

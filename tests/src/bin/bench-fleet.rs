@@ -367,6 +367,10 @@ fn measure(
         (flotilla_tests::cpu_time(pid(&cp)?)? - cpu0).as_secs_f64(),
         dropped_since(drops0)
     );
+    let tally = ended_tally(&shared);
+    if !tally.is_empty() {
+        println!("dials failed in the cold admission, by why: {tally}");
+    }
 
     // Steady state: nothing but heartbeats, pings and keep-alives.
     std::thread::sleep(Duration::from_secs(2));
@@ -558,6 +562,11 @@ fn measure(
         (flotilla_tests::cpu_time(pid(&cp)?)? - cpu0).as_secs_f64(),
         flotilla_tests::Resident::of(pid(&cp)?)?,
         dropped_since(drops0)
+    );
+    println!(
+        "sessions ended and dials failed in the run so far (the kill ended one session of \
+         each agent), by why: {}",
+        ended_tally(&shared)
     );
     if discovery {
         let t = Instant::now();

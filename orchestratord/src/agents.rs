@@ -56,6 +56,11 @@ pub const HANDSHAKE_WITHIN: Duration = Duration::from_secs(30);
 /// nothing (a join needs no certificate) holds its turn no longer.
 pub const FIRST_REQUEST_WITHIN: Duration = Duration::from_secs(10);
 
+/// How long the answer to a first request may take to be taken by the peer (into its
+/// stream's flow-control window; a node reads it at once): a peer that asks and then never
+/// reads (a zero window, kept alive) holds its turn no longer.
+pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
 /// How many of the turns (held or waited for) connections from one IP address may have: a
 /// peer cannot take every turn from one address, and a site of many nodes behind one NAT
 /// address is admitted this many at a time (the others are refused at once and dial again
@@ -167,8 +172,8 @@ pub async fn serve(plane: Plane, endpoint: quinn::Endpoint) {
 }
 
 /// A connection's place among [`ADMISSIONS_IN_FLIGHT`] (and its address's share), given back
-/// once its first request is answered (dropped): held [`HANDSHAKE_WITHIN`] and
-/// [`FIRST_REQUEST_WITHIN`] at most.
+/// once its first request is answered (dropped): held [`HANDSHAKE_WITHIN`],
+/// [`FIRST_REQUEST_WITHIN`] and [`ANSWER_WITHIN`] at most.
 struct Turn {
     _permit: tokio::sync::OwnedSemaphorePermit,
     _share: Share,
@@ -193,6 +198,30 @@ async fn first_request<T: serde::de::DeserializeOwned>(
                 &format!("no first request within {FIRST_REQUEST_WITHIN:?} of the handshake"),
             );
             None
+        }
+    }
+}
+
+/// Writes the answer to the first request of `conn` on `send` and finishes the stream, within
+/// [`ANSWER_WITHIN`]. False when it could not, the connection then closed.
+async fn answer<T: serde::Serialize>(
+    conn: &Connection,
+    send: &mut quinn::SendStream,
+    msg: &T,
+) -> bool {
+    match tokio::time::timeout(ANSWER_WITHIN, write_frame(send, msg)).await {
+        Ok(Ok(())) => {
+            let _ = send.finish();
+            true
+        }
+        Ok(Err(_)) => false,
+        Err(_) => {
+            refuse(
+                conn,
+                CloseCode::Refused,
+                &format!("the answer to the first request not read within {ANSWER_WITHIN:?}"),
+            );
+            false
         }
     }
 }
@@ -236,8 +265,9 @@ async fn join(plane: &Plane, conn: Connection, turn: Turn) {
             reason: format!("bad join request: {e}"),
         },
     };
-    let _ = write_frame(&mut send, &reply).await;
-    let _ = send.finish();
+    if !answer(&conn, &mut send, &reply).await {
+        return;
+    }
     drop(turn);
     // Let the reply reach the node before the connection goes.
     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
@@ -291,17 +321,17 @@ async fn session(plane: &Plane, conn: Connection, turn: Turn) {
     let effects = match outcome {
         Ok(o) => match o.reply {
             Reply::Hello(welcome @ HelloReply::Welcome { .. }) => {
-                if write_frame(&mut send, &welcome).await.is_err() {
+                if !answer(&conn, &mut send, &welcome).await {
                     closed(plane, &node, session).await;
                     return;
                 }
-                let _ = send.finish();
                 o.effects
             }
             Reply::Hello(other) => {
                 let busy = matches!(other, HelloReply::Busy { .. });
-                let _ = write_frame(&mut send, &other).await;
-                let _ = send.finish();
+                if !answer(&conn, &mut send, &other).await {
+                    return;
+                }
                 if busy {
                     // Closed once the agent has read the answer (or gives up), not before.
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;

@@ -387,6 +387,64 @@ fn a_connection_that_says_nothing_is_closed_and_gives_back_its_turn() {
 }
 
 #[test]
+fn joins_that_never_read_their_answer_are_closed_and_give_back_their_address_share() {
+    use flotilla_certs::token::JoinToken;
+    let cp = ControlPlane::start(&[]);
+    let token: JoinToken = cp.token(&[]).parse().expect("token");
+    let rt = raw::runtime();
+    let reasons = rt.block_on(async {
+        // From the address a real node dials from, as many join connections as one address
+        // may hold turns (64, `orchestratord`'s `ADMISSIONS_PER_ADDRESS`): each asks, with a
+        // zero stream window (kept alive), so that the answer can never be written.
+        let tls = flotilla_certs::tls::enrollment_client(*token.ca_digest()).expect("tls");
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+        let mut cfg = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        transport.stream_receive_window(quinn::VarInt::from_u32(0));
+        transport.keep_alive_interval(Some(Duration::from_secs(2)));
+        transport.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(120)).expect("idle timeout"),
+        ));
+        cfg.transport_config(std::sync::Arc::new(transport));
+        let ep = quinn::Endpoint::client(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("endpoint");
+        let mut held = Vec::new();
+        for _ in 0..64 {
+            let conn = ep
+                .connect_with(cfg.clone(), cp.addr, flotilla_certs::SERVER_NAME)
+                .expect("connect")
+                .await
+                .expect("handshake");
+            let (mut send, recv) = conn.open_bi().await.expect("stream");
+            send.write_all(&2u32.to_be_bytes()).await.expect("length");
+            send.write_all(b"{}").await.expect("body");
+            let _ = send.finish();
+            held.push((conn, recv));
+        }
+        let mut reasons = Vec::new();
+        for (conn, _recv) in &held {
+            let why = tokio::time::timeout(Duration::from_secs(40), conn.closed())
+                .await
+                .expect("the control plane closes a join whose answer is never read");
+            reasons.push(why.to_string());
+        }
+        reasons
+    });
+    for reason in &reasons {
+        assert!(
+            reason.contains("the answer to the first request not read within 10s"),
+            "{reason}"
+        );
+    }
+    // The address's share was given back: a node from it joins and starts its session.
+    let mut a = Agent::new(&cp.scratch().join("a"));
+    let o = a.join(&cp.server(), &cp.token(&[]), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    a.run();
+    a.wait_log("session established", 1, Duration::from_secs(20));
+}
+
+#[test]
 fn a_node_certificate_cannot_serve_as_the_control_plane() {
     use flotilla_certs::credential::Credential;
     let cp = ControlPlane::start(&[]);

@@ -97,6 +97,11 @@ impl Gate {
         }
     }
 
+    /// How many turns are free now.
+    fn free(&self) -> usize {
+        self.turns.available_permits()
+    }
+
     /// A turn for a connection from `from`, once one is free (the semaphore is fair: first
     /// asked, first given).
     async fn turn(&self, from: IpAddr) -> Result<Turn, NoTurn> {
@@ -151,6 +156,18 @@ pub async fn serve(plane: Plane, endpoint: quinn::Endpoint) {
         let (plane, gate) = (plane.clone(), gate.clone());
         tokio::spawn(async move {
             let peer = incoming.remote_address();
+            // When turns run short, a peer whose address is not proven yet is sent a Retry
+            // first (RFC 9000 §8.1.2): a node comes back one round trip later with a token
+            // that proves it, while Initials from forged addresses never hold a turn.
+            if gate.free() < ADMISSIONS_IN_FLIGHT / 2
+                && !incoming.remote_address_validated()
+                && incoming.may_retry()
+            {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
+                }
+                return;
+            }
             let turn = match gate.turn(peer.ip()).await {
                 Ok(turn) => turn,
                 Err(why) => {

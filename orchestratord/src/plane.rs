@@ -93,14 +93,12 @@ impl Drop for PrefetchGrant {
     }
 }
 
-/// Each node's live connection (at most one: a reconnect replaces the old one), the last
-/// registry push to each session, and the newest registry version each session's node said
-/// it holds.
+/// Each node's live connection (at most one: a reconnect replaces the old one), and the last
+/// registry push to each session.
 #[derive(Debug, Default)]
 pub struct Sessions(
     Mutex<HashMap<String, Connection>>,
     Mutex<HashMap<String, (usize, tokio::sync::oneshot::Receiver<()>)>>,
-    Mutex<HashMap<String, (usize, tokio::sync::watch::Sender<u64>)>>,
 );
 
 /// A registry push's place in its session's order.
@@ -121,20 +119,6 @@ impl Sessions {
             .filter(|(session, _)| *session == conn.stable_id())
             .map(|(_, r)| r);
         Turn { after, mine }
-    }
-
-    /// The newest registry version `node` said it holds on session `conn` (0 before it said
-    /// any), to be told or watched.
-    fn registry_held(&self, node: &str, conn: &Connection) -> tokio::sync::watch::Sender<u64> {
-        let mut held = self.2.lock().unwrap_or_else(|p| p.into_inner());
-        match held.get(node) {
-            Some((session, tx)) if *session == conn.stable_id() => tx.clone(),
-            _ => {
-                let tx = tokio::sync::watch::Sender::new(0);
-                held.insert(node.to_string(), (conn.stable_id(), tx.clone()));
-                tx
-            }
-        }
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Connection>> {
@@ -246,32 +230,23 @@ impl Plane {
         Ok(reply)
     }
 
-    /// Carries out effects (pushes in the background). A node's desired state that names a
-    /// registry version is sent once the node said it holds that version (or a newer one), or
-    /// after [`PUSH_TIMEOUT`], or when its session ends: a task it starts gets its
-    /// namespace's services in its environment from the registry, so they follow from the
-    /// records of the same commit, never from which push arrived first.
+    /// Carries out effects (pushes in the background). A node's desired state is sent only
+    /// once a registry pushed to it by the same call was answered (or failed): a task it starts
+    /// gets its namespace's services in its environment from that registry, so they follow
+    /// from the records of the same commit, never from which push arrived first.
     pub fn carry_out(&self, effects: Vec<Effect>) {
+        let mut registry_sent: HashMap<String, tokio::sync::oneshot::Receiver<()>> = HashMap::new();
         for effect in effects {
             match effect {
-                Effect::PushDesired {
-                    node,
-                    state,
-                    registry,
-                } => {
+                Effect::PushDesired { node, state } => {
                     let Some(conn) = self.sessions.get(&node) else {
                         continue;
                     };
-                    let plane = self.clone();
-                    let held = registry.map(|v| (v, self.sessions.registry_held(&node, &conn)));
+                    let core = self.core.clone();
+                    let after = registry_sent.remove(&node);
                     tokio::spawn(async move {
-                        if let Some((version, held)) = held {
-                            let mut held = held.subscribe();
-                            let _ = tokio::time::timeout(
-                                PUSH_TIMEOUT,
-                                held.wait_for(|h| *h >= version),
-                            )
-                            .await;
+                        if let Some(after) = after {
+                            let _ = after.await;
                         }
                         let generation = state.generation;
                         let answer = push(&conn, &ServerPush::Desired(*state)).await;
@@ -287,7 +262,7 @@ impl Plane {
                                 return tracing::info!(node = %node, generation, "desired state not delivered: {e}")
                             }
                         };
-                        if let Err(e) = plane.run(Command::Agent(said)).await {
+                        if let Err(e) = core.call(Command::Agent(said)).await {
                             tracing::warn!("recording an acknowledgement: {e}");
                         }
                     });
@@ -297,46 +272,37 @@ impl Plane {
                         let Some(conn) = self.sessions.get(&node) else {
                             continue;
                         };
+                        let (sent, done) = tokio::sync::oneshot::channel();
+                        registry_sent.insert(node.clone(), done);
                         // Pushes to one session go in order: a delta applies to what the
                         // one before it made.
                         let before = self.sessions.registry_turn(&node, &conn);
-                        let held = self.sessions.registry_held(&node, &conn);
-                        // The answer's own effects (the next push) are carried out too.
-                        let plane = self.clone();
+                        let core = self.core.clone();
                         let push = push.clone();
                         tokio::spawn(async move {
-                            let _turn = before.mine;
+                            let (_sent, _turn) = (sent, before.mine);
                             if let Some(previous) = before.after {
                                 let _ = previous.await;
                             }
-                            let answer = match exchange(&conn, &push.frame).await {
-                                Ok(PushReply::Persisted { generation }) => Some(generation),
+                            let held = match exchange(&conn, &push.frame).await {
+                                Ok(PushReply::Persisted { generation }) => generation,
                                 Ok(PushReply::Refused { reason }) => {
-                                    tracing::warn!(node = %node, "registry refused: {reason}");
-                                    None
+                                    return tracing::warn!(node = %node, "registry refused: {reason}")
                                 }
                                 Err(e) => {
-                                    tracing::debug!(node = %node, "registry not delivered: {e}");
-                                    None
+                                    return tracing::debug!(node = %node, "registry not delivered: {e}")
                                 }
                             };
-                            if let Some(h) = answer {
-                                held.send_if_modified(|v| {
-                                    let newer = h > *v;
-                                    if newer {
-                                        *v = h;
-                                    }
-                                    newer
-                                });
+                            if held == push.version {
+                                return tracing::debug!(node = %node, version = held, "registry delivered");
                             }
-                            let said = Agent::RegistryAnswered {
+                            let said = Agent::RegistryHeld {
                                 node,
-                                session: conn.stable_id() as u64,
                                 pushed: push.version,
                                 from: push.from,
-                                held: answer,
+                                held,
                             };
-                            if let Err(e) = plane.run(Command::Agent(said)).await {
+                            if let Err(e) = core.call(Command::Agent(said)).await {
                                 tracing::warn!("recording the registry a node holds: {e}");
                             }
                         });

@@ -242,7 +242,7 @@ impl Plane {
                     let Some(conn) = self.sessions.get(&node) else {
                         continue;
                     };
-                    let core = self.core.clone();
+                    let plane = self.clone();
                     let after = registry_sent.remove(&node);
                     tokio::spawn(async move {
                         if let Some(after) = after {
@@ -262,7 +262,7 @@ impl Plane {
                                 return tracing::info!(node = %node, generation, "desired state not delivered: {e}")
                             }
                         };
-                        if let Err(e) = core.call(Command::Agent(said)).await {
+                        if let Err(e) = plane.run(Command::Agent(said)).await {
                             tracing::warn!("recording an acknowledgement: {e}");
                         }
                     });
@@ -277,7 +277,8 @@ impl Plane {
                         // Pushes to one session go in order: a delta applies to what the
                         // one before it made.
                         let before = self.sessions.registry_turn(&node, &conn);
-                        let core = self.core.clone();
+                        // What the answer leads to (the delta a node out of sequence lacks) is carried out.
+                        let plane = self.clone();
                         let push = push.clone();
                         tokio::spawn(async move {
                             let (_sent, _turn) = (sent, before.mine);
@@ -302,7 +303,7 @@ impl Plane {
                                 from: push.from,
                                 held,
                             };
-                            if let Err(e) = core.call(Command::Agent(said)).await {
+                            if let Err(e) = plane.run(Command::Agent(said)).await {
                                 tracing::warn!("recording the registry a node holds: {e}");
                             }
                         });

@@ -30,7 +30,7 @@
 //! control plane (give each its own `FLEET_ADDRESS_OFFSET` so their node addresses differ).
 //!
 //! Build with `cargo build --release -p flotilla-tests --bin bench-fleet -p orchestratord`
-//! (and `-p flotilla-cli` for the `flotilla` binary the control plane helper polls), then run
+//! (and `-p flotilla` for the `flotilla` binary the control plane helper polls), then run
 //! `target/release/bench-fleet 1000`.
 
 use std::net::ToSocketAddrs;
@@ -126,9 +126,13 @@ fn main() -> Result<()> {
         ("HEARTBEAT_SECS", 30),
         ("DISCOVERY", 0),
     ]);
-    let agents = agents.max(1) as usize;
+    if agents == 0 || heartbeat_secs == 0 {
+        eprintln!("bench-fleet: AGENTS and HEARTBEAT_SECS must be at least 1");
+        std::process::exit(2);
+    }
+    let agents = agents as usize;
     let settings = Settings {
-        heartbeat: Duration::from_secs(heartbeat_secs.max(1)),
+        heartbeat: Duration::from_secs(heartbeat_secs),
         address_offset: std::env::var("FLEET_ADDRESS_OFFSET")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -389,13 +393,20 @@ fn measure(
         w as f64 / 1024.0 * 60.0 / idle.as_secs_f64(),
         flotilla_tests::Resident::of(pid(&cp)?)?
     );
-    println!(
-        "heartbeat round trip: p50 {} p99 {} max {} ({} heartbeats)",
-        ms(percentile(&mut rtts, 50.0)),
-        ms(percentile(&mut rtts, 99.0)),
-        ms(percentile(&mut rtts, 100.0)),
-        rtts.len()
-    );
+    if rtts.is_empty() {
+        println!(
+            "heartbeat round trip: no heartbeat in the idle window (IDLE_SECS is shorter than \
+             HEARTBEAT_SECS)"
+        );
+    } else {
+        println!(
+            "heartbeat round trip: p50 {} p99 {} max {} ({} heartbeats)",
+            ms(percentile(&mut rtts, 50.0)),
+            ms(percentile(&mut rtts, 99.0)),
+            ms(percentile(&mut rtts, 100.0)),
+            rtts.len()
+        );
+    }
     let lost = shared
         .agents
         .iter()

@@ -349,6 +349,8 @@ async fn session(plane: &Plane, conn: Connection, turn: Turn) {
                 if !answer(&conn, &mut send, &other).await {
                     return;
                 }
+                // Answered: the turn goes back before the wait for the agent to close.
+                drop(turn);
                 if busy {
                     // Closed once the agent has read the answer (or gives up), not before.
                     let _ = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;

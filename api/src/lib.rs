@@ -38,8 +38,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// earlier versions while a fleet upgrades. Version 2 adds [`ServerPush::RegistryDelta`]: a
 /// session that negotiated 1 is only ever pushed whole registries. Version 3 adds a delta's
 /// `endpoints` ([`discovery::EndpointsDelta`]): a session that negotiated 2 gets each changed
-/// service whole.
-pub const PROTOCOLS: &[u32] = &[1, 2, 3];
+/// service whole. Version 4 lets one registry push carry several deltas in a row
+/// ([`PROTOCOL_DELTAS_IN_A_ROW`]).
+pub const PROTOCOLS: &[u32] = &[1, 2, 3, 4];
 
 /// The first protocol version whose agents take registry deltas.
 pub const PROTOCOL_REGISTRY_DELTAS: u32 = 2;
@@ -47,6 +48,18 @@ pub const PROTOCOL_REGISTRY_DELTAS: u32 = 2;
 /// The first protocol version whose agents take a service's endpoints changed one by one in a
 /// registry delta.
 pub const PROTOCOL_ENDPOINT_DELTAS: u32 = 3;
+
+/// The first protocol version whose agents take several registry deltas in a row on one push:
+/// a stream of [`ServerPush::RegistryDelta`] frames, one per change, oldest first and each
+/// following the one before it, up to [`MAX_DELTAS_IN_A_PUSH`]. The node applies them in
+/// order, keeps what they make in one commit, and answers once with the version it then holds
+/// (as for one delta). The control plane encodes each change once and sends a node behind
+/// the frames of the changes it lacks, instead of a delta composed for its version.
+pub const PROTOCOL_DELTAS_IN_A_ROW: u32 = 4;
+
+/// The most registry deltas one push carries ([`PROTOCOL_DELTAS_IN_A_ROW`]); a node refuses a
+/// push with more. The control plane keeps fewer changes than this.
+pub const MAX_DELTAS_IN_A_PUSH: usize = 256;
 
 /// Port of the control plane (QUIC for agents, HTTPS for operators) when none is given.
 pub const DEFAULT_PORT: u16 = 7443;
@@ -392,7 +405,9 @@ pub enum ServerPush {
     /// What changed in the registry since version `from` (protocol 2). Answered with
     /// `Persisted { generation }`, the version then held: `to` once applied, or the version
     /// the node holds when it does not hold `from` — the control plane then sends it what
-    /// changed since that version, or the whole registry.
+    /// changed since that version, or the whole registry. From protocol 4
+    /// ([`PROTOCOL_DELTAS_IN_A_ROW`]) the stream may carry more deltas after it, each
+    /// answered by the one reply.
     RegistryDelta(discovery::RegistryDelta),
     /// Run a command in a task's container; the stream then carries [`exec::ExecFrame`]s
     /// both ways (see [`exec`]).
@@ -546,19 +561,46 @@ pub async fn read_push<R: AsyncRead + Unpin>(r: &mut R) -> Result<ServerPush, Fr
     read_within(r, MAX_PUSH_FRAME).await
 }
 
+/// Reads the next push of a stream that may carry several in a row
+/// ([`PROTOCOL_DELTAS_IN_A_ROW`]): `None` when the stream ends where a frame would start; a
+/// stream that ends inside a frame is an error.
+pub async fn read_next_push<R: AsyncRead + Unpin>(
+    r: &mut R,
+) -> Result<Option<ServerPush>, FrameError> {
+    read_next_within(r, MAX_PUSH_FRAME).await
+}
+
 async fn read_within<R: AsyncRead + Unpin, T: DeserializeOwned>(
     r: &mut R,
     limit: usize,
 ) -> Result<T, FrameError> {
+    read_next_within(r, limit)
+        .await?
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into())
+}
+
+/// The next frame of at most `limit` bytes, or `None` when the stream ends where one would
+/// start.
+async fn read_next_within<R: AsyncRead + Unpin, T: DeserializeOwned>(
+    r: &mut R,
+    limit: usize,
+) -> Result<Option<T>, FrameError> {
     let mut len = [0u8; 4];
-    r.read_exact(&mut len).await?;
+    let mut got = 0;
+    while got < len.len() {
+        match r.read(&mut len[got..]).await? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+            n => got += n,
+        }
+    }
     let len = u32::from_be_bytes(len) as usize;
     if len > limit {
         return Err(FrameError::TooLarge { len, limit });
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).await?;
-    Ok(serde_json::from_slice(&body)?)
+    Ok(Some(serde_json::from_slice(&body)?))
 }
 
 /// Parses `key=value` labels: keys of letters, digits, `.`, `_`, `-`, `/` (at most 63),
@@ -618,6 +660,45 @@ mod tests {
         assert_eq!(count(2, "problem"), "2 problems");
         assert_eq!(count(0, "warning"), "0 warnings");
         assert_eq!(plural(1, "schedule"), "schedule");
+    }
+
+    #[tokio::test]
+    async fn deltas_in_a_row_are_read_to_the_end_of_their_stream_and_a_cut_frame_is_an_error() {
+        use discovery::RegistryDelta;
+        let delta = |from: u64| {
+            ServerPush::RegistryDelta(RegistryDelta {
+                from,
+                to: from + 1,
+                upserted: Vec::new(),
+                removed: Vec::new(),
+                endpoints: Vec::new(),
+            })
+        };
+        let mut bytes = encode_push(&delta(1)).expect("encode");
+        bytes.extend(encode_push(&delta(2)).expect("encode"));
+        let mut r = &bytes[..];
+        assert_eq!(read_next_push(&mut r).await.expect("first"), Some(delta(1)));
+        assert_eq!(
+            read_next_push(&mut r).await.expect("second"),
+            Some(delta(2))
+        );
+        assert_eq!(read_next_push(&mut r).await.expect("the end"), None);
+        // Cut inside the length or inside the body: never taken for the end of the row.
+        for cut in [2, bytes.len() - 3] {
+            let mut r = &bytes[..cut];
+            let mut read = Vec::new();
+            let e = loop {
+                match read_next_push(&mut r).await {
+                    Ok(Some(p)) => read.push(p),
+                    Ok(None) => panic!("a frame cut at {cut} taken for the end after {read:?}"),
+                    Err(e) => break e,
+                }
+            };
+            assert!(matches!(e, FrameError::Io(_)), "{e}");
+        }
+        // A push with none is the end at once; read as one push, it is an error.
+        assert_eq!(read_next_push(&mut &b""[..]).await.expect("empty"), None);
+        assert!(read_push(&mut &b""[..]).await.is_err());
     }
 
     #[tokio::test]

@@ -11,9 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use flotilla_api::discovery::RegistryDelta;
 use flotilla_api::{
     read_frame, write_frame, AgentReply, AgentRequest, Hello, HelloReply, JoinReply, JoinRequest,
-    Labels, PreviousIdentity, PushReply, ServerPush, PROTOCOLS,
+    Labels, PreviousIdentity, PushReply, ServerPush, MAX_PUSH_FRAME, PROTOCOLS,
 };
 use flotilla_certs::credential::Credential;
 use flotilla_certs::tls::ALPN_AGENT;
@@ -657,15 +658,20 @@ async fn session(
                             },
                         }
                     }
-                    Ok(ServerPush::RegistryDelta(delta)) => {
-                        let dns = runner.dns().clone();
-                        match tokio::task::spawn_blocking(move || dns.apply(&delta)).await? {
-                            Ok(version) => PushReply::Persisted { generation: version },
-                            Err(e) => PushReply::Refused {
-                                reason: flotilla_api::errors::chain(e.as_ref()),
-                            },
+                    // More may follow on the same stream (protocol 4): all are applied and
+                    // kept at once, and answered once.
+                    Ok(ServerPush::RegistryDelta(delta)) => match deltas_in_a_row(delta, &mut recv).await {
+                        Ok(deltas) => {
+                            let dns = runner.dns().clone();
+                            match tokio::task::spawn_blocking(move || dns.apply(&deltas)).await? {
+                                Ok(version) => PushReply::Persisted { generation: version },
+                                Err(e) => PushReply::Refused {
+                                    reason: flotilla_api::errors::chain(e.as_ref()),
+                                },
+                            }
                         }
-                    }
+                        Err(reason) => PushReply::Refused { reason },
+                    },
                     Ok(ServerPush::Desired(state)) => {
                         let r = runner.clone();
                         match tokio::task::spawn_blocking(move || r.set_desired(state)).await? {
@@ -778,6 +784,45 @@ async fn session(
                     other => tracing::warn!("unexpected reply to renew: {other:?}"),
                 }
             }
+        }
+    }
+}
+
+/// The registry deltas of one push: `first`, then those that follow it on the stream
+/// (protocol 4), at most [`flotilla_api::MAX_DELTAS_IN_A_PUSH`] and [`MAX_PUSH_FRAME`] bytes
+/// after the first; why the push is refused when something else follows, a frame is bad or
+/// there are more.
+async fn deltas_in_a_row(
+    first: RegistryDelta,
+    recv: &mut quinn::RecvStream,
+) -> std::result::Result<Vec<RegistryDelta>, String> {
+    use tokio::io::AsyncReadExt;
+    let mut deltas = vec![first];
+    let mut within = recv.take(MAX_PUSH_FRAME as u64);
+    loop {
+        match flotilla_api::read_next_push(&mut within).await {
+            Ok(None) if within.limit() == 0 => {
+                return Err(format!(
+                    "bad push: registry deltas in a row over {MAX_PUSH_FRAME} bytes"
+                ))
+            }
+            Ok(None) => return Ok(deltas),
+            Ok(Some(ServerPush::RegistryDelta(d))) => {
+                if deltas.len() == flotilla_api::MAX_DELTAS_IN_A_PUSH {
+                    return Err(format!(
+                        "bad push: more than {} registry deltas in a row",
+                        flotilla_api::MAX_DELTAS_IN_A_PUSH
+                    ));
+                }
+                deltas.push(d);
+            }
+            Ok(Some(_)) => {
+                return Err(format!(
+                    "bad push: something other than a registry delta after {} of them",
+                    deltas.len()
+                ))
+            }
+            Err(e) => return Err(format!("bad push: delta {}: {e}", deltas.len() + 1)),
         }
     }
 }

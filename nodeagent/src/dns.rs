@@ -145,22 +145,34 @@ impl Dns {
         self.keep(registry)
     }
 
-    /// Applies what changed in the registry since the version held: the registry it makes is
-    /// persisted whole in one commit (what DNS and the VIPs are served from, offline too), then
-    /// answered from. A delta that does not follow the version held changes nothing. Returns
-    /// the version held: the delta's `to`, or — out of sequence — the version the control plane
-    /// is to send what changed since (0, for the whole registry, when the delta changes the
-    /// endpoints of a service not held).
-    pub fn apply(&self, delta: &RegistryDelta) -> Result<u64> {
+    /// Applies what changed in the registry since the version held, one delta or several in a
+    /// row (protocol 4, each following the one before it): the registry they make is
+    /// persisted whole in one commit (what DNS and the VIPs are served from, offline too),
+    /// then answered from. A delta that does not follow what the ones before it made changes
+    /// nothing, and the deltas after it are not looked at. Returns the version held: the last
+    /// delta's `to`, or — out of sequence — the version the control plane is to send what
+    /// changed since (0, for the whole registry, when a delta changes the endpoints of a
+    /// service not held).
+    pub fn apply(&self, deltas: &[RegistryDelta]) -> Result<u64> {
         let _one = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let held = self.registry();
-        match held.apply(delta) {
-            Ok(next) => self.keep(next),
-            Err(e) => {
-                tracing::info!("{e}: asking for what changed since {}", e.held());
-                Ok(e.held())
+        let mut made: Option<Registry> = None;
+        let mut answer = None;
+        for delta in deltas {
+            match made.as_ref().unwrap_or(&held).apply(delta) {
+                Ok(next) => made = Some(next),
+                Err(e) => {
+                    tracing::info!("{e}: asking for what changed since {}", e.held());
+                    answer = Some(e.held());
+                    break;
+                }
             }
         }
+        let version = match made {
+            Some(registry) => self.keep(registry)?,
+            None => held.version,
+        };
+        Ok(answer.unwrap_or(version))
     }
 
     fn keep(&self, registry: Registry) -> Result<u64> {
@@ -1028,14 +1040,14 @@ mod tests {
             from: 8,
             ..delta.clone()
         };
-        assert_eq!(dns.apply(&gap).expect("apply"), 7);
+        assert_eq!(dns.apply(&[gap]).expect("apply"), 7);
         assert_eq!(*dns.registry(), registry());
         let changes = dns.changes();
-        assert_eq!(dns.apply(&delta).expect("apply"), 9);
+        assert_eq!(dns.apply(std::slice::from_ref(&delta)).expect("apply"), 9);
         assert_eq!(*dns.registry(), next);
         assert!(changes.has_changed().expect("watch"));
         // Again: it is not its version any more.
-        assert_eq!(dns.apply(&delta).expect("apply"), 9);
+        assert_eq!(dns.apply(std::slice::from_ref(&delta)).expect("apply"), 9);
         drop(dns);
         let db = Arc::new(AgentDb::open(&path).expect("db"));
         let dns = Dns::open(db, tokio::runtime::Handle::current(), Vec::new()).expect("dns");
@@ -1048,5 +1060,40 @@ mod tests {
         )
         .expect("ours");
         assert_eq!(a_records(&m), [Ipv4Addr::new(10, 0, 0, 10)]);
+    }
+
+    /// Several deltas in a row (protocol 4) are applied in order and kept in one commit; the
+    /// first that does not follow what the ones before it made ends the row: what those made
+    /// is kept and the node answers with its version, so the control plane sends the rest.
+    #[tokio::test]
+    async fn deltas_in_a_row_are_applied_in_order_until_one_does_not_follow() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let db = Arc::new(AgentDb::open(&dir.path().join("agent.redb")).expect("db"));
+        let dns = Dns::open(db, tokio::runtime::Handle::current(), Vec::new()).expect("dns");
+        assert_eq!(dns.set(registry()).expect("registry"), 7);
+        let at = |version: u64, keep: usize| {
+            let mut r = registry();
+            r.version = version;
+            r.services[0].endpoints.truncate(keep);
+            r
+        };
+        let (v8, v9, v10) = (at(8, 1), at(9, 0), at(10, 2));
+        let row = [
+            RegistryDelta::between(&registry(), &v8),
+            RegistryDelta::between(&v8, &v9),
+            RegistryDelta::between(&v9, &v10),
+        ];
+        assert_eq!(dns.apply(&row).expect("apply"), 10);
+        assert_eq!(*dns.registry(), v10);
+        // A row whose second delta skips a version: the first is kept, the rest are not.
+        let v11 = at(11, 1);
+        let v13 = at(13, 0);
+        let broken = [
+            RegistryDelta::between(&v10, &v11),
+            RegistryDelta::between(&at(12, 2), &v13),
+            RegistryDelta::between(&v13, &at(14, 2)),
+        ];
+        assert_eq!(dns.apply(&broken).expect("apply"), 11);
+        assert_eq!(*dns.registry(), v11);
     }
 }

@@ -488,6 +488,12 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     ));
     quic.transport_config(Arc::new(transport));
+    // A node sent a Retry (admission under pressure, `agents::serve`) resends its Initial with
+    // the token at each probe timeout, doubling, until its handshake is done or given up: the
+    // token must outlive that wait, not quinn's 15 s, or a node whose Initials were dropped at
+    // a full socket buffer is refused with INVALID_TOKEN (414 of 10,000 dials in a cold
+    // admission).
+    quic.retry_token_lifetime(agents::ADMISSION_WAIT + agents::HANDSHAKE_WITHIN);
     let (socket, buffers) = orchestratord::udp::bind(listen, orchestratord::udp::BUFFER_BYTES)
         .with_context(|| format!("listening on udp {listen}"))?;
     if buffers.capped() {

@@ -93,13 +93,35 @@ impl Drop for PrefetchGrant {
     }
 }
 
-/// Each node's live connection (at most one: a reconnect replaces the old one), and the last
-/// registry push to each session.
+/// Each node's live connection (at most one: a reconnect replaces the old one), the last
+/// registry push to each session, and the newest registry version each session's node said
+/// it holds.
 #[derive(Debug, Default)]
 pub struct Sessions(
     Mutex<HashMap<String, Connection>>,
     Mutex<HashMap<String, (usize, tokio::sync::oneshot::Receiver<()>)>>,
+    Mutex<HashMap<String, (usize, tokio::sync::watch::Sender<u64>)>>,
+    RegistryPushes,
 );
+
+/// How many registry pushes are under way at once, over all sessions. A DAEMON service
+/// registered for discovery on 10,000 nodes puts 10,000 endpoints in every node's registry:
+/// sent to every session at once, the transfers' state (QUIC's packets in flight, each
+/// node's receive buffers) grew past a gigabyte on each side. In turns, a session whose turn
+/// comes later is sent every change up to then in one push.
+pub const REGISTRY_PUSHES_IN_FLIGHT: usize = 256;
+
+/// The turns of [`REGISTRY_PUSHES_IN_FLIGHT`], given in the order they were asked for.
+#[derive(Debug)]
+struct RegistryPushes(Arc<tokio::sync::Semaphore>);
+
+impl Default for RegistryPushes {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(
+            REGISTRY_PUSHES_IN_FLIGHT,
+        )))
+    }
+}
 
 /// A registry push's place in its session's order.
 struct Turn {
@@ -119,6 +141,20 @@ impl Sessions {
             .filter(|(session, _)| *session == conn.stable_id())
             .map(|(_, r)| r);
         Turn { after, mine }
+    }
+
+    /// The newest registry version `node` said it holds on session `conn` (0 before it said
+    /// any), to be told or watched.
+    fn registry_held(&self, node: &str, conn: &Connection) -> tokio::sync::watch::Sender<u64> {
+        let mut held = self.2.lock().unwrap_or_else(|p| p.into_inner());
+        match held.get(node) {
+            Some((session, tx)) if *session == conn.stable_id() => tx.clone(),
+            _ => {
+                let tx = tokio::sync::watch::Sender::new(0);
+                held.insert(node.to_string(), (conn.stable_id(), tx.clone()));
+                tx
+            }
+        }
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Connection>> {
@@ -170,19 +206,21 @@ pub fn push_timeout(rtt: std::time::Duration) -> std::time::Duration {
 /// [`push_timeout`].
 pub async fn push(conn: &Connection, what: &ServerPush) -> Result<PushReply, String> {
     let frame = encode_push(what).map_err(|e| e.to_string())?;
-    exchange(conn, &Arc::from(frame)).await
+    exchange(conn, &[Arc::from(frame)]).await
 }
 
-/// Sends an encoded push on a new stream of a node's session and reads its answer, within
-/// [`push_timeout`] of the session's round-trip time.
-pub async fn exchange(conn: &Connection, frame: &Arc<[u8]>) -> Result<PushReply, String> {
+/// Sends encoded pushes, one after the other, on a new stream of a node's session and reads
+/// its one answer, within [`push_timeout`] of the session's round-trip time.
+pub async fn exchange(conn: &Connection, frames: &[Arc<[u8]>]) -> Result<PushReply, String> {
     let exchange = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-        // Handed to QUIC as it is, not copied into the stream's buffer: the frame of a
-        // registry push is one for all the sessions it goes to.
-        send.write_chunk(bytes::Bytes::from_owner(frame.clone()))
-            .await
-            .map_err(|e| e.to_string())?;
+        // Handed to QUIC as they are, not copied into the stream's buffer: the frames of a
+        // registry push are shared by all the sessions they go to.
+        for frame in frames {
+            send.write_chunk(bytes::Bytes::from_owner(frame.clone()))
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         let _ = send.finish();
         read_frame::<_, PushReply>(&mut recv)
             .await
@@ -230,23 +268,32 @@ impl Plane {
         Ok(reply)
     }
 
-    /// Carries out effects (pushes in the background). A node's desired state is sent only
-    /// once a registry pushed to it by the same call was answered (or failed): a task it starts
-    /// gets its namespace's services in its environment from that registry, so they follow
-    /// from the records of the same commit, never from which push arrived first.
+    /// Carries out effects (pushes in the background). A node's desired state that names a
+    /// registry version is sent once the node said it holds that version (or a newer one), or
+    /// after [`PUSH_TIMEOUT`], or when its session ends: a task it starts gets its
+    /// namespace's services in its environment from the registry, so they follow from the
+    /// records of the same commit, never from which push arrived first.
     pub fn carry_out(&self, effects: Vec<Effect>) {
-        let mut registry_sent: HashMap<String, tokio::sync::oneshot::Receiver<()>> = HashMap::new();
         for effect in effects {
             match effect {
-                Effect::PushDesired { node, state } => {
+                Effect::PushDesired {
+                    node,
+                    state,
+                    registry,
+                } => {
                     let Some(conn) = self.sessions.get(&node) else {
                         continue;
                     };
                     let plane = self.clone();
-                    let after = registry_sent.remove(&node);
+                    let held = registry.map(|v| (v, self.sessions.registry_held(&node, &conn)));
                     tokio::spawn(async move {
-                        if let Some(after) = after {
-                            let _ = after.await;
+                        if let Some((version, held)) = held {
+                            let mut held = held.subscribe();
+                            let _ = tokio::time::timeout(
+                                PUSH_TIMEOUT,
+                                held.wait_for(|h| *h >= version),
+                            )
+                            .await;
                         }
                         let generation = state.generation;
                         let answer = push(&conn, &ServerPush::Desired(*state)).await;
@@ -272,36 +319,47 @@ impl Plane {
                         let Some(conn) = self.sessions.get(&node) else {
                             continue;
                         };
-                        let (sent, done) = tokio::sync::oneshot::channel();
-                        registry_sent.insert(node.clone(), done);
                         // Pushes to one session go in order: a delta applies to what the
                         // one before it made.
                         let before = self.sessions.registry_turn(&node, &conn);
-                        // What the answer leads to (the delta a node out of sequence lacks) is carried out.
+                        let held = self.sessions.registry_held(&node, &conn);
+                        // The answer's own effects (the next push) are carried out too.
                         let plane = self.clone();
                         let push = push.clone();
+                        let pushes = self.sessions.3 .0.clone();
                         tokio::spawn(async move {
-                            let (_sent, _turn) = (sent, before.mine);
+                            let _turn = before.mine;
                             if let Some(previous) = before.after {
                                 let _ = previous.await;
                             }
-                            let held = match exchange(&conn, &push.frame).await {
-                                Ok(PushReply::Persisted { generation }) => generation,
+                            // Never closed: a permit always comes.
+                            let _permit = pushes.acquire_owned().await;
+                            let answer = match exchange(&conn, &push.frames).await {
+                                Ok(PushReply::Persisted { generation }) => Some(generation),
                                 Ok(PushReply::Refused { reason }) => {
-                                    return tracing::warn!(node = %node, "registry refused: {reason}")
+                                    tracing::warn!(node = %node, "registry refused: {reason}");
+                                    None
                                 }
                                 Err(e) => {
-                                    return tracing::debug!(node = %node, "registry not delivered: {e}")
+                                    tracing::debug!(node = %node, "registry not delivered: {e}");
+                                    None
                                 }
                             };
-                            if held == push.version {
-                                return tracing::debug!(node = %node, version = held, "registry delivered");
+                            if let Some(h) = answer {
+                                held.send_if_modified(|v| {
+                                    let newer = h > *v;
+                                    if newer {
+                                        *v = h;
+                                    }
+                                    newer
+                                });
                             }
-                            let said = Agent::RegistryHeld {
+                            let said = Agent::RegistryAnswered {
                                 node,
+                                session: conn.stable_id() as u64,
                                 pushed: push.version,
                                 from: push.from,
-                                held,
+                                held: answer,
                             };
                             if let Err(e) = plane.run(Command::Agent(said)).await {
                                 tracing::warn!("recording the registry a node holds: {e}");

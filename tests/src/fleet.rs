@@ -12,7 +12,7 @@
 //! Used by `bench-fleet` (thousands of agents in one process; several processes may run
 //! against one control plane) and by the `fleet` system test (a few hundred, for correctness).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -213,9 +213,10 @@ pub struct Settings {
     /// The first simulated node address is `100.64.0.0` plus this, one more per agent (what
     /// each says in its hello: where its host ports would be reached).
     pub address_offset: u32,
-    /// Every this many agents, one speaks only protocol 1 (it is sent whole registries only)
-    /// and the one before it protocols 1 and 2 (deltas, each changed service whole), as agents
-    /// of earlier releases; zero: none.
+    /// Every this many agents, one speaks only protocol 1 (it is sent whole registries only),
+    /// the one before it protocols 1 and 2 (deltas, each changed service whole) and the one
+    /// before that 1 to 3 (deltas by endpoint, one at a time), as agents of earlier releases;
+    /// zero: none.
     pub protocol_1_every: usize,
 }
 
@@ -250,6 +251,58 @@ pub struct SimTask {
     running_since: Option<Instant>,
 }
 
+/// A task or node id as a number, the same for every simulated agent: the agents' registries
+/// hold 10,000 × 10,000 endpoints at 10,000 agents, too many to keep as strings.
+fn name_id(name: &str) -> u32 {
+    static NAMES: std::sync::OnceLock<std::sync::Mutex<HashMap<String, u32>>> =
+        std::sync::OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(&id) = names.get(name) {
+        return id;
+    }
+    let id = u32::try_from(names.len()).unwrap_or(u32::MAX);
+    names.insert(name.to_string(), id);
+    id
+}
+
+/// A service's endpoints as a simulated agent keeps them: task → node, by [`name_id`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoints(HashMap<u32, u32>);
+
+impl Endpoints {
+    /// How many.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether task `task` is one.
+    pub fn has_task(&self, task: &str) -> bool {
+        self.0.contains_key(&name_id(task))
+    }
+
+    /// Whether one is on node `node`.
+    pub fn has_node(&self, node: &str) -> bool {
+        let node = name_id(node);
+        self.0.values().any(|n| *n == node)
+    }
+
+    fn insert(&mut self, task: &str, node: &str) {
+        self.0.insert(name_id(task), name_id(node));
+    }
+
+    fn remove(&mut self, task: &str) {
+        self.0.remove(&name_id(task));
+    }
+}
+
 /// What a simulated agent's discovery registry held last, reduced to what the checks read
 /// (each agent holding a whole `Registry` would be 10,000 copies of a 1.2 MB registry at
 /// 10,000 agents); [`RegistrySeen::apply`] follows `Registry::apply`'s rules on it.
@@ -257,8 +310,9 @@ pub struct SimTask {
 pub struct RegistrySeen {
     /// Its version.
     pub version: u64,
-    /// `namespace/name` → its endpoints: task id → node id.
-    pub services: BTreeMap<String, BTreeMap<String, String>>,
+    /// `namespace/name` → its endpoints (shared by the agents that took the same whole
+    /// registry until one changes them).
+    pub services: BTreeMap<String, Arc<Endpoints>>,
 }
 
 impl RegistrySeen {
@@ -270,11 +324,12 @@ impl RegistrySeen {
         }
     }
 
-    fn entry(s: DiscoveredService) -> (String, BTreeMap<String, String>) {
-        (
-            format!("{}/{}", s.namespace, s.name),
-            s.endpoints.into_iter().map(|e| (e.task, e.node)).collect(),
-        )
+    fn entry(s: DiscoveredService) -> (String, Arc<Endpoints>) {
+        let mut endpoints = Endpoints::default();
+        for e in &s.endpoints {
+            endpoints.insert(&e.task, &e.node);
+        }
+        (format!("{}/{}", s.namespace, s.name), Arc::new(endpoints))
     }
 
     /// Applies what changed since the version held (as `nodeagent` does to its persisted
@@ -305,10 +360,13 @@ impl RegistrySeen {
                 .services
                 .get_mut(&format!("{}/{}", e.namespace, e.name))
             {
-                for t in e.removed {
-                    held.remove(&t);
+                let held = Arc::make_mut(held);
+                for t in &e.removed {
+                    held.remove(t);
                 }
-                held.extend(e.upserted.into_iter().map(|e| (e.task, e.node)));
+                for u in &e.upserted {
+                    held.insert(&u.task, &u.node);
+                }
             }
         }
         self.version = delta.to;
@@ -345,6 +403,8 @@ pub struct AgentState {
     pub registry_deltas: u32,
     /// Registry deltas received that did not follow the version held (answered with it).
     pub registry_out_of_sequence: u32,
+    /// Registry pushes that carried more than one delta applied (protocol 4).
+    pub registry_pushes_in_a_row: u32,
     /// Services whose endpoints came changed one by one in the deltas received (protocol 3).
     pub registry_endpoint_changes: u32,
     /// Everything is reported at the start of a session.
@@ -751,6 +811,8 @@ pub fn speaks(i: usize, protocol_1_every: usize) -> Vec<u32> {
         vec![1]
     } else if every > 1 && i % every == every - 2 {
         vec![1, 2]
+    } else if every > 2 && i % every == every - 3 {
+        vec![1, 2, 3]
     } else {
         PROTOCOLS.to_vec()
     }
@@ -996,7 +1058,29 @@ impl SimAgent {
     /// Answers one push of the control plane as the agent does: desired state and registry
     /// taken (newer only) and acknowledged; logs, execs and pulls refused (nothing runs here).
     async fn answer_push(&mut self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-        let reply = match flotilla_api::read_push(&mut recv).await {
+        let first = match read_raw_push(&mut recv).await {
+            Ok(body) => body,
+            Err(e) => {
+                let reason = format!("bad push: {e}");
+                let _ = write_frame(&mut send, &PushReply::Refused { reason }).await;
+                let _ = send.finish();
+                return;
+            }
+        };
+        // A whole registry is the same frame for every agent sent it: taken from the agents'
+        // shared copy when one took it already.
+        if let Some(seen) = whole_registry(&first) {
+            let version = self.take_registry(seen);
+            let reply = PushReply::Persisted {
+                generation: version,
+            };
+            let _ = write_frame(&mut send, &reply).await;
+            let _ = send.finish();
+            return;
+        }
+        let decoded =
+            serde_json::from_slice::<ServerPush>(&first).map_err(flotilla_api::FrameError::from);
+        let reply = match decoded {
             Ok(ServerPush::Desired(state)) => {
                 let generation =
                     self.view
@@ -1005,26 +1089,55 @@ impl SimAgent {
                 PushReply::Persisted { generation }
             }
             Ok(ServerPush::Registry(registry)) => {
-                let version = self.take_registry(registry);
+                let version = self.take_registry(RegistrySeen::of(registry));
                 PushReply::Persisted {
                     generation: version,
                 }
             }
-            Ok(ServerPush::RegistryDelta(delta)) => {
+            Ok(ServerPush::RegistryDelta(first)) => {
+                // More may follow on the stream (protocol 4), applied in order, answered once.
+                let mut row = vec![first];
+                loop {
+                    match flotilla_api::read_next_push(&mut recv).await {
+                        Ok(None) => break,
+                        Ok(Some(ServerPush::RegistryDelta(d))) => row.push(d),
+                        Ok(Some(other)) => {
+                            let reason = format!("bad push: {other:?} after registry deltas");
+                            let _ = write_frame(&mut send, &PushReply::Refused { reason }).await;
+                            let _ = send.finish();
+                            return;
+                        }
+                        Err(e) => {
+                            let reason = format!("bad push: {e}");
+                            let _ = write_frame(&mut send, &PushReply::Refused { reason }).await;
+                            let _ = send.finish();
+                            return;
+                        }
+                    }
+                }
                 let mut st = self.view.state();
                 let held = st.registry.get_or_insert(RegistrySeen {
                     version: 0,
                     services: BTreeMap::new(),
                 });
-                let by_endpoint = u32::try_from(delta.endpoints.len()).unwrap_or(u32::MAX);
-                let applied = held.apply(delta);
-                let generation = held.version;
-                st.registry_endpoint_changes += by_endpoint;
-                if applied {
-                    st.registry_deltas += 1;
-                } else {
-                    st.registry_out_of_sequence += 1;
+                let mut by_endpoint = 0u32;
+                let (mut applied, mut out_of_sequence) = (0, 0);
+                for delta in row {
+                    by_endpoint = by_endpoint
+                        .saturating_add(u32::try_from(delta.endpoints.len()).unwrap_or(u32::MAX));
+                    if held.apply(delta) {
+                        applied += 1;
+                    } else {
+                        out_of_sequence += 1;
+                        break;
+                    }
                 }
+                let generation = held.version;
+                st.registry_endpoint_changes =
+                    st.registry_endpoint_changes.saturating_add(by_endpoint);
+                st.registry_deltas += applied;
+                st.registry_out_of_sequence += out_of_sequence;
+                st.registry_pushes_in_a_row += u32::from(applied > 1);
                 PushReply::Persisted { generation }
             }
             Ok(ServerPush::Exec(_)) => {
@@ -1065,7 +1178,7 @@ impl SimAgent {
         let _ = send.finish();
     }
 
-    fn take_registry(&self, registry: Registry) -> u64 {
+    fn take_registry(&self, registry: RegistrySeen) -> u64 {
         let mut st = self.view.state();
         st.registry_wholes += 1;
         let held = st.registry.as_ref().map_or(0, |r| r.version);
@@ -1073,9 +1186,69 @@ impl SimAgent {
             return held;
         }
         let version = registry.version;
-        st.registry = Some(RegistrySeen::of(registry));
+        st.registry = Some(registry);
         version
     }
+}
+
+/// The body of the next push frame (at most [`flotilla_api::MAX_PUSH_FRAME`]), not decoded.
+async fn read_raw_push(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, flotilla_api::FrameError> {
+    use tokio::io::AsyncReadExt;
+    let mut len = [0u8; 4];
+    AsyncReadExt::read_exact(recv, &mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > flotilla_api::MAX_PUSH_FRAME {
+        return Err(flotilla_api::FrameError::TooLarge {
+            len,
+            limit: flotilla_api::MAX_PUSH_FRAME,
+        });
+    }
+    let mut body = vec![0u8; len];
+    AsyncReadExt::read_exact(recv, &mut body).await?;
+    Ok(body)
+}
+
+/// How many decoded whole registries [`whole_registry`] keeps: the control plane's pushes
+/// under way at once may carry the registries of as many versions as it keeps changes.
+const WHOLES_KEPT: usize = 64;
+
+/// What an agent keeps of the whole registry in push `body`, decoded once for all the agents
+/// sent the same frame (the last [`WHOLES_KEPT`] are kept, by a hash of the body): 10,000 agents each
+/// decoding the 1.2 MB registry of a DAEMON on 10,000 nodes is 12 GB of JSON, more than the
+/// simulator's share of the cores decodes in minutes, while a real node decodes its one copy.
+/// `None` when the body is not a whole registry (or not one that decodes: the caller says why).
+fn whole_registry(body: &[u8]) -> Option<RegistrySeen> {
+    static SEEN: std::sync::Mutex<Vec<(u64, usize, RegistrySeen)>> =
+        std::sync::Mutex::new(Vec::new());
+    if !body.starts_with(br#"{"Registry":"#) {
+        return None;
+    }
+    // FNV-1a over 8 bytes at a time: a fingerprint of frames from one control plane, not a
+    // defence against a hostile one.
+    let mut key = 0xcbf2_9ce4_8422_2325u64;
+    for chunk in body.chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        key = (key ^ u64::from_le_bytes(word)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let cached = |seen: &Vec<(u64, usize, RegistrySeen)>| {
+        seen.iter()
+            .find(|(k, len, _)| *k == key && *len == body.len())
+            .map(|(_, _, r)| r.clone())
+    };
+    if let Some(r) = cached(&SEEN.lock().unwrap_or_else(|p| p.into_inner())) {
+        return Some(r);
+    }
+    let Ok(ServerPush::Registry(registry)) = serde_json::from_slice::<ServerPush>(body) else {
+        return None;
+    };
+    let seen = RegistrySeen::of(registry);
+    let mut all = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if all.len() == WHOLES_KEPT {
+        all.remove(0);
+    }
+    all.push((key, body.len(), seen.clone()));
+    Some(seen)
 }
 
 /// What a simulated node says it has: 2 CPUs, 4 GiB, 32 GiB of disk.

@@ -191,7 +191,7 @@ fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_re
         let st = a.state();
         let held = &st.registry.as_ref().expect("registry").services["fleet/edge"];
         assert!(
-            held.values().any(|n| *n == a.node_id),
+            held.has_node(&a.node_id),
             "{} is in its own registry",
             a.node_id
         );
@@ -229,7 +229,7 @@ fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_re
         complete(a)
             && a.registry
                 .as_ref()
-                .is_some_and(|r| !r.services["fleet/edge"].contains_key(&gone))
+                .is_some_and(|r| !r.services["fleet/edge"].has_task(&gone))
     };
     wait_for(
         "the stopped task replaced in every agent's registry",

@@ -92,7 +92,7 @@ pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
         | Agent::Report { node, .. }
         | Agent::Renew { node, .. }
         | Agent::DesiredAcked { node, .. }
-        | Agent::RegistryHeld { node, .. }
+        | Agent::RegistryAnswered { node, .. }
         | Agent::FetchSecret { node, .. }
         | Agent::Image { node, .. }
         | Agent::Blob { node, .. }
@@ -110,7 +110,7 @@ pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
         return Ok(match a {
             Agent::DesiredAcked { .. }
             | Agent::DesiredRefused { .. }
-            | Agent::RegistryHeld { .. } => Reply::Done,
+            | Agent::RegistryAnswered { .. } => Reply::Done,
             _ => Reply::Agent(AgentReply::Refused { reason }),
         });
     }
@@ -177,13 +177,14 @@ pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
             tracing::info!(node = %node, generation, "desired state delivered");
             Ok(Reply::Done)
         }
-        Agent::RegistryHeld {
+        Agent::RegistryAnswered {
             node,
+            session,
             pushed,
             from,
             held,
         } => {
-            super::discovery::held(cx, &node, pushed, from, held);
+            super::discovery::answered(cx, &node, session, pushed, from, held);
             Ok(Reply::Done)
         }
         Agent::DesiredRefused { node, reason } => {
@@ -350,6 +351,7 @@ fn hello_(
         l.registry_form = super::feed::RegistryForm::of(protocol);
         // What it holds is not known: it gets the whole registry.
         l.registry_sent = None;
+        l.registry_in_flight = false;
     });
     tracing::info!(node = %node_id, agent = %version, protocol, "session established");
     // Where its host ports are reached: what it says, else where its session comes from.

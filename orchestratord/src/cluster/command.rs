@@ -266,17 +266,20 @@ pub enum Agent {
         /// The generation it holds.
         generation: u64,
     },
-    /// It answered a registry push with the version it holds (only when that is not the
-    /// version pushed: a delta that did not follow what it held).
-    RegistryHeld {
+    /// A registry push to it was answered, or given up on: the next one may go.
+    RegistryAnswered {
         /// The node.
         node: String,
+        /// The session it was pushed on (an answer on an older session is not this one's).
+        session: SessionId,
         /// The version pushed.
         pushed: u64,
         /// What the push applied to (`None`: the whole registry).
         from: Option<u64>,
-        /// The version it holds.
-        held: u64,
+        /// The version it said it holds (another than `pushed`: a delta that did not follow
+        /// what it held); `None` when no answer came (the session ended, or the push's time
+        /// ran out).
+        held: Option<u64>,
     },
     /// It asks for a version of a secret or a config (see `secrets::fetch`).
     FetchSecret {
@@ -451,9 +454,13 @@ pub enum Effect {
         node: String,
         /// Its desired state.
         state: Box<DesiredState>,
+        /// The registry version the node is to hold first, when a registry push to it is
+        /// under way: a task it starts gets its namespace's services in its environment from
+        /// the registry, which then follows from the same records as its desired state.
+        registry: Option<u64>,
     },
     /// Send nodes the discovery registry, or what changed in it since the version they hold:
-    /// one encoded frame for all of them.
+    /// encoded once for all of them.
     PushRegistry {
         /// The nodes.
         nodes: Vec<String>,
@@ -480,8 +487,10 @@ pub struct RegistryPush {
     pub version: u64,
     /// The version it applies to: `None` for the whole registry, else a delta.
     pub from: Option<u64>,
-    /// The frame (`ServerPush::Registry` or `ServerPush::RegistryDelta`), as written.
-    pub frame: Arc<[u8]>,
+    /// The frames, written one after the other on one stream: a `ServerPush::Registry`, one
+    /// `ServerPush::RegistryDelta`, or (protocol 4) the deltas of each change since `from`,
+    /// oldest first, each encoded once for every node behind it.
+    pub frames: Vec<Arc<[u8]>>,
 }
 
 /// Why a session is closed (QUIC application close codes).

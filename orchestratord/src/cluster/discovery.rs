@@ -187,7 +187,13 @@ pub fn send(cx: &mut Ctx<'_, '_>, nodes: impl IntoIterator<Item = String>) {
     let mut groups: BTreeMap<(Option<u64>, RegistryForm), (RegistryPush, Vec<String>)> =
         BTreeMap::new();
     for node in nodes {
-        let Some(l) = cx.live.peek(&node).filter(|l| l.session.is_some()) else {
+        // One push at a time per node: one under way is followed by what changed since it
+        // once it is answered (`answered`).
+        let Some(l) = cx
+            .live
+            .peek(&node)
+            .filter(|l| l.session.is_some() && !l.registry_in_flight)
+        else {
             continue;
         };
         let Some(push) = cx.feed.push_for(l.registry_sent, l.registry_form) else {
@@ -199,7 +205,10 @@ pub fn send(cx: &mut Ctx<'_, '_>, nodes: impl IntoIterator<Item = String>) {
         } else {
             RegistryForm::Whole
         };
-        cx.live.update(&node, |l| l.registry_sent = Some(version));
+        cx.live.update(&node, |l| {
+            l.registry_sent = Some(version);
+            l.registry_in_flight = true;
+        });
         groups
             .entry((push.from, form))
             .or_insert_with(|| (push, Vec::new()))
@@ -211,14 +220,42 @@ pub fn send(cx: &mut Ctx<'_, '_>, nodes: impl IntoIterator<Item = String>) {
     }
 }
 
+/// A registry push to `node` on `session` was answered (`held`: the version it said it
+/// holds) or given up on (`None`). The node may be sent the next: what changed since, when
+/// the registry moved on meanwhile — every change since composed into one delta.
+pub fn answered(
+    cx: &mut Ctx<'_, '_>,
+    node: &str,
+    session: u64,
+    pushed: u64,
+    from: Option<u64>,
+    answer: Option<u64>,
+) {
+    if cx
+        .live
+        .peek(node)
+        .is_none_or(|l| l.session != Some(session))
+    {
+        return;
+    }
+    cx.live.update(node, |l| l.registry_in_flight = false);
+    match answer {
+        Some(h) if h != pushed => held(cx, node, pushed, from, h),
+        Some(_) => send(cx, [node.to_string()]),
+        // Not known to be delivered: it is sent again, from what it held before (a node
+        // that did take it answers that it holds `pushed`, and is sent what came since).
+        None => {
+            cx.live.update(node, |l| l.registry_sent = from);
+            send(cx, [node.to_string()]);
+        }
+    }
+}
+
 /// A node answered a registry push with a version other than the one pushed: it did not hold
 /// what the delta applied to (a push lost on the way, an agent restarted). It is sent what
 /// changed since the version it holds, or the whole registry; a node that kept its own
 /// version over a whole registry (a newer one) is not sent it again.
-pub fn held(cx: &mut Ctx<'_, '_>, node: &str, pushed: u64, from: Option<u64>, held: u64) {
-    if cx.live.peek(node).is_none_or(|l| l.session.is_none()) {
-        return;
-    }
+fn held(cx: &mut Ctx<'_, '_>, node: &str, pushed: u64, from: Option<u64>, held: u64) {
     if held == cx.feed.registry().version {
         cx.live.update(node, |l| l.registry_sent = Some(held));
         return;

@@ -1,6 +1,8 @@
 //! The registry as nodes are sent it: the registry now, the last changes that made it
-//! (deltas, per service: replaced whole or removed) and the encoded frames that bring a node
-//! to it — one per starting version, shared by every node that starts there.
+//! (deltas, per service: replaced whole or removed, or by endpoint) and the encoded frames that
+//! bring a node to it. A change's own frame is encoded once and sent to every node of protocol
+//! 4 behind it, in a row with the frames of the changes after it; a delta composed for older
+//! agents is encoded once per starting version, shared by every node that starts there.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -11,8 +13,15 @@ use flotilla_api::ServerPush;
 use super::command::RegistryPush;
 
 /// How many registry changes are kept to send as deltas: a node whose version is older gets
-/// the whole registry.
+/// the whole registry. Fewer than a node takes in a row
+/// ([`flotilla_api::MAX_DELTAS_IN_A_PUSH`]).
 pub const KEPT_CHANGES: usize = 64;
+
+const _: () = assert!(KEPT_CHANGES <= flotilla_api::MAX_DELTAS_IN_A_PUSH);
+
+/// A row of deltas longer than this (bytes) is weighed against the whole registry: a node
+/// behind by more than the registry holds is sent the whole.
+const ROW_WEIGHED_FROM: usize = 64 << 10;
 
 /// How a session takes the registry, by the protocol its agent negotiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -24,12 +33,17 @@ pub enum RegistryForm {
     Services,
     /// Protocol 3: deltas, a service's endpoints changed one by one.
     Endpoints,
+    /// Protocol 4: as 3, and a node behind by several changes is sent each change's own delta,
+    /// in a row on one push ([`flotilla_api::PROTOCOL_DELTAS_IN_A_ROW`]).
+    InARow,
 }
 
 impl RegistryForm {
     /// The form an agent of `protocol` takes.
     pub fn of(protocol: u32) -> Self {
-        if protocol >= flotilla_api::PROTOCOL_ENDPOINT_DELTAS {
+        if protocol >= flotilla_api::PROTOCOL_DELTAS_IN_A_ROW {
+            RegistryForm::InARow
+        } else if protocol >= flotilla_api::PROTOCOL_ENDPOINT_DELTAS {
             RegistryForm::Endpoints
         } else if protocol >= flotilla_api::PROTOCOL_REGISTRY_DELTAS {
             RegistryForm::Services
@@ -42,15 +56,34 @@ impl RegistryForm {
 /// Where a push starts (`None`: the whole registry) and the form of its delta.
 type FrameKey = (Option<u64>, RegistryForm);
 
+/// One kept change.
+#[derive(Debug)]
+struct Change {
+    delta: Arc<RegistryDelta>,
+    /// Its own frame (by endpoint), once first sent; `None` inside when it does not fit.
+    frame: Option<Option<Arc<[u8]>>>,
+}
+
 /// The registry, the last changes that made it, and the frames that bring a node to it.
 #[derive(Debug, Default)]
 pub struct Feed {
     registry: Arc<Registry>,
     /// The last changes, oldest first; the last one ends at the registry's version.
-    changes: VecDeque<Arc<RegistryDelta>>,
+    changes: VecDeque<Change>,
     /// Encoded pushes to the current version by the version they apply to (`None`: the whole
     /// registry) and the form of a delta; `None` when it does not fit in a frame.
     frames: HashMap<FrameKey, Option<Arc<[u8]>>>,
+}
+
+/// `push` as one frame; `None` (said in the log) when it does not fit.
+fn encode(push: &ServerPush, version: u64, from: Option<u64>) -> Option<Arc<[u8]>> {
+    match flotilla_api::encode_push(push) {
+        Ok(f) => Some(Arc::from(f)),
+        Err(e) => {
+            tracing::warn!(version, ?from, "the registry cannot be sent: {e}");
+            None
+        }
+    }
 }
 
 impl Feed {
@@ -62,8 +95,10 @@ impl Feed {
     /// `next` (numbered) becomes the registry; what changed is kept.
     pub fn change(&mut self, next: Registry) {
         if self.registry.version != 0 {
-            self.changes
-                .push_back(Arc::new(RegistryDelta::between(&self.registry, &next)));
+            self.changes.push_back(Change {
+                delta: Arc::new(RegistryDelta::between(&self.registry, &next)),
+                frame: None,
+            });
             while self.changes.len() > KEPT_CHANGES {
                 self.changes.pop_front();
             }
@@ -77,63 +112,107 @@ impl Feed {
         if registry.version == self.registry.version {
             return;
         }
-        self.changes.retain(|d| d.to <= registry.version);
+        self.changes.retain(|c| c.delta.to <= registry.version);
         self.registry = registry;
         self.frames.clear();
     }
 
-    /// What changed since `version`, when the kept changes go back that far.
-    fn since(&self, version: u64) -> Option<RegistryDelta> {
-        let start = self.changes.iter().position(|d| d.from == version)?;
-        let mut out = (*self.changes[start]).clone();
-        for d in self.changes.iter().skip(start + 1) {
-            out = out.then(d).ok()?;
+    /// Where in the kept changes the one from `version` is.
+    fn position(&self, version: u64) -> Option<usize> {
+        self.changes.iter().position(|c| c.delta.from == version)
+    }
+
+    /// What changed since the kept change at `start`, composed into one delta.
+    fn since(&self, start: usize) -> Option<RegistryDelta> {
+        let mut out = (*self.changes[start].delta).clone();
+        for c in self.changes.iter().skip(start + 1) {
+            out = out.then(&c.delta).ok()?;
         }
         Some(out)
     }
 
+    /// The frame of `key` to the current version, encoded once.
+    fn frame(&mut self, key: FrameKey, start: Option<usize>) -> Option<Arc<[u8]>> {
+        if let Some(f) = self.frames.get(&key) {
+            return f.clone();
+        }
+        let version = self.registry.version;
+        let frame = match start.and_then(|i| self.since(i)) {
+            Some(d) if key.1 == RegistryForm::Services => encode(
+                &ServerPush::RegistryDelta(d.services_whole(&self.registry)),
+                version,
+                key.0,
+            ),
+            Some(d) => encode(&ServerPush::RegistryDelta(d), version, key.0),
+            None => encode(
+                &ServerPush::Registry((*self.registry).clone()),
+                version,
+                None,
+            ),
+        };
+        self.frames.insert(key, frame.clone());
+        frame
+    }
+
+    /// The frames of every kept change from `start` on, each encoded once; `None` when one
+    /// does not fit, or when the row weighs more than the whole registry.
+    fn row(&mut self, start: usize) -> Option<Vec<Arc<[u8]>>> {
+        let mut frames = Vec::with_capacity(self.changes.len() - start);
+        let mut bytes = 0;
+        for c in self.changes.iter_mut().skip(start) {
+            let frame = c
+                .frame
+                .get_or_insert_with(|| {
+                    let d = &c.delta;
+                    encode(
+                        &ServerPush::RegistryDelta((**d).clone()),
+                        d.to,
+                        Some(d.from),
+                    )
+                })
+                .clone()?;
+            bytes += frame.len();
+            frames.push(frame);
+        }
+        if bytes > ROW_WEIGHED_FROM {
+            let whole = self.frame((None, RegistryForm::Whole), None)?;
+            if bytes > whole.len() {
+                return None;
+            }
+        }
+        Some(frames)
+    }
+
     /// What brings a node holding `held` (`None`: unknown) to the current registry: nothing
-    /// when it holds it (or there is none yet), a delta in its `form` when it takes deltas and
-    /// the kept changes go back to its version, else the whole registry.
+    /// when it holds it (or there is none yet); when it takes deltas and the kept changes go
+    /// back to its version, a delta in its `form` (of protocol 4: each change since, in a
+    /// row); else the whole registry.
     pub fn push_for(&mut self, held: Option<u64>, form: RegistryForm) -> Option<RegistryPush> {
         let version = self.registry.version;
         if version == 0 || held == Some(version) {
             return None;
         }
-        let from = held
-            .filter(|v| form != RegistryForm::Whole && self.changes.iter().any(|d| d.from == *v));
-        let form = if from.is_some() {
-            form
-        } else {
-            RegistryForm::Whole
-        };
-        let frame = match self.frames.get(&(from, form)) {
-            Some(f) => f.clone(),
-            None => {
-                let encoded = match from.and_then(|v| self.since(v)) {
-                    Some(d) if form == RegistryForm::Services => flotilla_api::encode_push(
-                        &ServerPush::RegistryDelta(d.services_whole(&self.registry)),
-                    ),
-                    Some(d) => flotilla_api::encode_push(&ServerPush::RegistryDelta(d)),
-                    None => {
-                        flotilla_api::encode_push(&ServerPush::Registry((*self.registry).clone()))
-                    }
-                };
-                let frame = match encoded {
-                    Ok(f) => Some(Arc::<[u8]>::from(f)),
-                    Err(e) => {
-                        tracing::warn!(version, ?from, "the registry cannot be sent: {e}");
-                        None
-                    }
-                };
-                self.frames.insert((from, form), frame.clone());
-                frame
+        let start = held
+            .filter(|_| form != RegistryForm::Whole)
+            .and_then(|v| self.position(v));
+        if let (Some(i), RegistryForm::InARow) = (start, form) {
+            if let Some(frames) = self.row(i) {
+                return Some(RegistryPush {
+                    version,
+                    from: held,
+                    frames,
+                });
             }
-        }?;
+        }
+        let (from, form) = match start {
+            Some(_) if form != RegistryForm::InARow => (held, form),
+            _ => (None, RegistryForm::Whole),
+        };
+        let frame = self.frame((from, form), start.filter(|_| from.is_some()))?;
         Some(RegistryPush {
             version,
             from,
-            frame,
+            frames: vec![frame],
         })
     }
 }
@@ -193,7 +272,7 @@ mod tests {
             .push_for(Some(last - 1), RegistryForm::Endpoints)
             .expect("delta");
         assert_eq!(a.from, Some(last - 1));
-        assert!(Arc::ptr_eq(&a.frame, &b.frame));
+        assert!(Arc::ptr_eq(&a.frames[0], &b.frames[0]));
         // Within the kept changes: one delta; past them, or unknown: the whole registry.
         let oldest_kept = last - KEPT_CHANGES as u64;
         assert_eq!(
@@ -217,7 +296,7 @@ mod tests {
             .expect("whole");
         let unknown = feed.push_for(None, RegistryForm::Endpoints).expect("whole");
         assert_eq!(old.from, None);
-        assert!(Arc::ptr_eq(&old.frame, &unknown.frame));
+        assert!(Arc::ptr_eq(&old.frames[0], &unknown.frames[0]));
         // A failed command's change is taken back.
         let before = feed.registry().clone();
         feed.change(numbered(last + 1, &["x"]));
@@ -253,7 +332,7 @@ mod tests {
         feed.change(with(2, &["t-1", "t-2", "t-4"]));
         fn delta(feed: &mut Feed, form: RegistryForm) -> RegistryDelta {
             let push = feed.push_for(Some(1), form).expect("a delta");
-            match serde_json::from_slice::<ServerPush>(&push.frame[4..]) {
+            match serde_json::from_slice::<ServerPush>(&push.frames[0][4..]) {
                 Ok(ServerPush::RegistryDelta(d)) => d,
                 other => panic!("{other:?}"),
             }
@@ -271,9 +350,98 @@ mod tests {
         let b = feed
             .push_for(Some(1), RegistryForm::Services)
             .expect("delta");
-        assert!(Arc::ptr_eq(&a.frame, &b.frame));
+        assert!(Arc::ptr_eq(&a.frames[0], &b.frames[0]));
         assert_eq!(RegistryForm::of(1), RegistryForm::Whole);
         assert_eq!(RegistryForm::of(2), RegistryForm::Services);
         assert_eq!(RegistryForm::of(3), RegistryForm::Endpoints);
+        assert_eq!(RegistryForm::of(4), RegistryForm::InARow);
+    }
+
+    /// The deltas a push carries, in order (the frames of one stream).
+    fn deltas(push: &RegistryPush) -> Vec<RegistryDelta> {
+        push.frames
+            .iter()
+            .map(|f| {
+                let len = u32::from_be_bytes(f[..4].try_into().expect("length")) as usize;
+                assert_eq!(len + 4, f.len(), "one frame each");
+                match serde_json::from_slice::<ServerPush>(&f[4..]) {
+                    Ok(ServerPush::RegistryDelta(d)) => d,
+                    other => panic!("{other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_agent_of_protocol_4_behind_gets_each_change_since_in_a_row_each_encoded_once() {
+        let mut feed = Feed::default();
+        feed.change(numbered(1, &[]));
+        let names: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
+        let at = |n: usize| {
+            let refs: Vec<&str> = names[..n].iter().map(String::as_str).collect();
+            numbered(n as u64 + 1, &refs)
+        };
+        for n in 1..=3 {
+            feed.change(at(n));
+        }
+        let from_2 = feed.push_for(Some(2), RegistryForm::InARow).expect("row");
+        assert_eq!((from_2.from, from_2.version), (Some(2), 4));
+        let row = deltas(&from_2);
+        assert_eq!(
+            row.iter().map(|d| (d.from, d.to)).collect::<Vec<_>>(),
+            [(2, 3), (3, 4)]
+        );
+        // Applied in order, they make the registry.
+        let mut held = at(1);
+        for d in &row {
+            held = held.apply(d).expect("follows");
+        }
+        assert_eq!(&held, &**feed.registry());
+        // The next change: the ones before keep their frames, shared by every node behind.
+        feed.change(at(4));
+        let from_1 = feed.push_for(Some(1), RegistryForm::InARow).expect("row");
+        let from_3 = feed.push_for(Some(3), RegistryForm::InARow).expect("row");
+        assert_eq!(from_1.frames.len(), 4);
+        assert!(Arc::ptr_eq(&from_1.frames[2], &from_2.frames[1]));
+        assert!(Arc::ptr_eq(&from_1.frames[2], &from_3.frames[0]));
+        assert!(Arc::ptr_eq(&from_1.frames[3], &from_3.frames[1]));
+        // Unknown or too old: the whole registry, in one frame.
+        let whole = feed.push_for(None, RegistryForm::InARow).expect("whole");
+        assert_eq!((whole.from, whole.frames.len()), (None, 1));
+        assert!(
+            feed.push_for(Some(5), RegistryForm::InARow).is_none(),
+            "held"
+        );
+    }
+
+    #[test]
+    fn a_row_that_weighs_more_than_the_whole_registry_is_sent_as_the_whole() {
+        use flotilla_api::discovery::Endpoint;
+        // Each change replaces every endpoint of one service: the row of all of them is
+        // several registries' worth.
+        let with = |version: u64| {
+            let mut r = numbered(version, &["web"]);
+            r.services[0].endpoints = (0..300)
+                .map(|i| Endpoint {
+                    task: format!("t-{version}-{i}"),
+                    node: format!("n-{i}"),
+                    address: std::net::Ipv4Addr::new(10, 0, 0, 1),
+                    port: Some(80),
+                    task_address: None,
+                    task_port: None,
+                })
+                .collect();
+            r
+        };
+        let mut feed = Feed::default();
+        for v in 1..=6 {
+            feed.change(with(v));
+        }
+        let one = feed.push_for(Some(5), RegistryForm::InARow).expect("row");
+        assert_eq!((one.from, one.frames.len()), (Some(5), 1));
+        let behind = feed.push_for(Some(1), RegistryForm::InARow).expect("whole");
+        assert_eq!((behind.from, behind.frames.len()), (None, 1));
+        let whole = feed.push_for(None, RegistryForm::InARow).expect("whole");
+        assert!(Arc::ptr_eq(&behind.frames[0], &whole.frames[0]));
     }
 }

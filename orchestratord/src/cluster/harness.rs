@@ -77,6 +77,8 @@ pub struct Harness {
     pub commits: Arc<AtomicU64>,
     /// Effects of every command so far.
     pub effects: Vec<Effect>,
+    /// The fake agents do not answer registry pushes (see [`Harness::exec`]).
+    pub withhold_registry_answers: bool,
     sessions: u64,
     /// Nodes joined, in order.
     pub nodes: Vec<String>,
@@ -121,6 +123,7 @@ impl Harness {
             now: Now { unix_ms: START_MS },
             commits: Arc::default(),
             effects: Vec::new(),
+            withhold_registry_answers: false,
             sessions: 0,
             nodes: Vec::new(),
             connected: BTreeSet::new(),
@@ -169,11 +172,35 @@ impl Harness {
         self.now.unix_ms += secs * 1000;
     }
 
-    /// Runs a command now; its effects are recorded.
+    /// Runs a command now; its effects are recorded. Unless `withhold_registry_answers`, each
+    /// node's fake agent answers a registry push at once, holding the version pushed (what
+    /// that brings about is recorded too).
     pub fn exec(&mut self, command: Command) -> Result<Reply, ClusterError> {
         let now = self.now;
         let Outcome { reply, effects } = self.cluster().execute(command, now)?;
+        let mut answers = Vec::new();
+        let answering = !self.withhold_registry_answers;
+        for e in effects.iter().filter(|_| answering) {
+            let Effect::PushRegistry { nodes, push } = e else {
+                continue;
+            };
+            for node in nodes {
+                let Some(session) = self.cluster().live.peek(node).and_then(|l| l.session) else {
+                    continue;
+                };
+                answers.push(Command::Agent(Agent::RegistryAnswered {
+                    node: node.clone(),
+                    session,
+                    pushed: push.version,
+                    from: push.from,
+                    held: Some(push.version),
+                }));
+            }
+        }
         self.effects.extend(effects);
+        for answer in answers {
+            self.exec(answer)?;
+        }
         Ok(reply)
     }
 

@@ -45,6 +45,11 @@ pub struct LiveInfo {
     /// so the next delta starts there), or the version it said it holds; `None` at the start
     /// of a session: it is sent the whole registry.
     pub registry_sent: Option<u64>,
+    /// A registry push to it is not answered yet. It has at most one: a change meanwhile is
+    /// sent once the answer comes, composed with every change since (`discovery::answered`),
+    /// so a node that takes pushes slower than the registry changes is sent fewer, larger
+    /// deltas rather than a queue of them.
+    pub registry_in_flight: bool,
     /// When a request of it for a secret or config was last recorded as refused (seconds since
     /// the epoch): refusals become events at most once a minute per node.
     pub refused_at: Option<u64>,
@@ -219,6 +224,7 @@ impl Live {
                 l.session = None;
                 l.acked_generation = None;
                 l.registry_sent = None;
+                l.registry_in_flight = false;
                 l.disconnected_at = Some(now.secs());
                 true
             }

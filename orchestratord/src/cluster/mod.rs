@@ -214,9 +214,15 @@ impl Cluster {
                 continue;
             }
             self.live.pushed(&node, now);
+            let registry = self
+                .live
+                .peek(&node)
+                .filter(|l| l.registry_in_flight)
+                .map(|_| self.registry.registry().version);
             effects.push(Effect::PushDesired {
                 node,
                 state: Box::new(state),
+                registry,
             });
         }
         Ok(Outcome { reply, effects })

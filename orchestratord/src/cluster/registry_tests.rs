@@ -2,9 +2,10 @@
 //! no deltas, else what changed since the version each node holds, one frame for all.
 
 use flotilla_api::discovery::Registry;
+use flotilla_api::ops::TaskRun;
 use flotilla_api::ServerPush;
 
-use super::command::{Agent, Command, Effect, RegistryPush};
+use super::command::{Agent, Command, Effect, Operator, RegistryPush};
 use super::harness::Harness;
 
 /// The registry pushes of the commands since the last call: (nodes, push).
@@ -18,20 +19,27 @@ fn pushes(h: &mut Harness) -> Vec<(Vec<String>, RegistryPush)> {
         .collect()
 }
 
-/// What a push's frame says.
-fn decode(push: &RegistryPush) -> ServerPush {
-    let len = u32::from_be_bytes(push.frame[..4].try_into().expect("length")) as usize;
-    assert_eq!(len + 4, push.frame.len());
-    serde_json::from_slice(&push.frame[4..]).expect("a push")
+/// What a push's frames say, in order.
+fn decode(push: &RegistryPush) -> Vec<ServerPush> {
+    push.frames
+        .iter()
+        .map(|f| {
+            let len = u32::from_be_bytes(f[..4].try_into().expect("length")) as usize;
+            assert_eq!(len + 4, f.len(), "one frame each");
+            serde_json::from_slice(&f[4..]).expect("a push")
+        })
+        .collect()
 }
 
 /// What a node holding `held` makes of `push`.
 fn applied(held: &Registry, push: &RegistryPush) -> Registry {
-    match decode(push) {
-        ServerPush::Registry(r) => r,
-        ServerPush::RegistryDelta(d) => held.apply(&d).expect("in sequence"),
-        other => panic!("{other:?}"),
-    }
+    decode(push)
+        .into_iter()
+        .fold(held.clone(), |held, p| match p {
+            ServerPush::Registry(r) => r,
+            ServerPush::RegistryDelta(d) => held.apply(&d).expect("in sequence"),
+            other => panic!("{other:?}"),
+        })
 }
 
 fn current(h: &mut Harness) -> Registry {
@@ -101,7 +109,7 @@ fn a_change_reaches_each_node_as_a_delta_and_older_agents_whole() {
         held = applied(&held, p);
     }
     assert_eq!(held, next);
-    assert!(matches!(decode(&delta), ServerPush::RegistryDelta(d) if d.removed.is_empty()));
+    assert!(matches!(&decode(&delta)[..], [ServerPush::RegistryDelta(d)] if d.removed.is_empty()));
     // The node of protocol 1 is sent every change whole.
     assert!(sent
         .iter()
@@ -132,12 +140,19 @@ fn a_node_out_of_sequence_is_sent_what_changed_since_what_it_holds_or_the_whole(
     }
     let now = current(&mut h);
     pushes(&mut h);
+    let session = h
+        .cluster()
+        .live
+        .peek(&a)
+        .and_then(|l| l.session)
+        .expect("in session");
     let said = |held: u64, from: Option<u64>| {
-        Command::Agent(Agent::RegistryHeld {
+        Command::Agent(Agent::RegistryAnswered {
             node: a.clone(),
+            session,
             pushed: now.version,
             from,
-            held,
+            held: Some(held),
         })
     };
     // A delta found it at the first version (the pushes after it were lost): it is sent
@@ -162,4 +177,136 @@ fn a_node_out_of_sequence_is_sent_what_changed_since_what_it_holds_or_the_whole(
     h.exec(said(now.version, Some(versions[0].version)))
         .expect("held");
     assert!(pushes(&mut h).is_empty());
+}
+
+#[test]
+fn a_node_has_one_push_under_way_and_then_every_change_since_in_one_push() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 4096, 4);
+    discoverable(&mut h, "web");
+    for _ in 0..3 {
+        h.step();
+    }
+    let start = current(&mut h);
+    assert_eq!(start.services.len(), 1);
+    h.effects.clear();
+    // From here the node takes its time to answer.
+    h.withhold_registry_answers = true;
+    discoverable(&mut h, "api");
+    for _ in 0..3 {
+        h.step();
+    }
+    // A task placed on it meanwhile: its desired state names the registry to hold first.
+    h.register(
+        r#"{"family":"batch","containerDefinitions":[{"name":"main","image":"x","memory":8}]}"#,
+    );
+    h.op(Operator::RunTask(TaskRun {
+        task_definition: "batch".into(),
+        node: None,
+        count: 1,
+        env: Vec::new(),
+        placement_constraints: Vec::new(),
+        placement_strategy: Vec::new(),
+    }))
+    .expect("run");
+    let desired: Vec<Option<u64>> = h
+        .effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::PushDesired { node, registry, .. } if node == &a => Some(*registry),
+            _ => None,
+        })
+        .collect();
+    let sent = pushes(&mut h);
+    assert_eq!(sent.len(), 1, "one push under way at a time: {sent:?}");
+    let first = sent[0].1.clone();
+    assert_eq!(first.from, Some(start.version));
+    let after_first = applied(&start, &first);
+    assert!(
+        !desired.is_empty()
+            && desired
+                .iter()
+                .all(|r| r.is_some_and(|v| v >= first.version)),
+        "the desired state waits for the registry: {desired:?}"
+    );
+    for name in ["db", "cache"] {
+        discoverable(&mut h, name);
+        for _ in 0..3 {
+            h.step();
+        }
+    }
+    assert!(
+        pushes(&mut h).is_empty(),
+        "nothing more while it is under way"
+    );
+    let now = current(&mut h);
+    assert_eq!(now.services.len(), 4);
+    // The answer comes: every change since, in one push from what it holds (of protocol 4,
+    // each change's own delta in a row).
+    let session = h
+        .cluster()
+        .live
+        .peek(&a)
+        .and_then(|l| l.session)
+        .expect("in session");
+    h.exec(Command::Agent(Agent::RegistryAnswered {
+        node: a.clone(),
+        session,
+        pushed: first.version,
+        from: first.from,
+        held: Some(first.version),
+    }))
+    .expect("answered");
+    let sent = pushes(&mut h);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].1.from, Some(first.version));
+    assert!(
+        sent[0].1.frames.len() >= 2,
+        "the changes it missed, each its own frame: {:?}",
+        sent[0].1
+    );
+    assert_eq!(applied(&after_first, &sent[0].1), now);
+    // An answer of an older session changes nothing of this one's.
+    h.exec(Command::Agent(Agent::RegistryAnswered {
+        node: a.clone(),
+        session: session + 100,
+        pushed: now.version,
+        from: Some(first.version),
+        held: None,
+    }))
+    .expect("answered");
+    assert!(h
+        .cluster()
+        .live
+        .peek(&a)
+        .is_some_and(|l| l.registry_in_flight));
+    // No answer at all (its time ran out, the node may or may not have it): sent again from
+    // what it held before.
+    h.exec(Command::Agent(Agent::RegistryAnswered {
+        node: a.clone(),
+        session,
+        pushed: now.version,
+        from: Some(first.version),
+        held: None,
+    }))
+    .expect("answered");
+    let again = pushes(&mut h);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(again[0].1.from, Some(first.version));
+    assert_eq!(applied(&after_first, &again[0].1), now);
+    // It had taken the first one after all: it says so, and has nothing more to take.
+    h.exec(Command::Agent(Agent::RegistryAnswered {
+        node: a.clone(),
+        session,
+        pushed: now.version,
+        from: Some(first.version),
+        held: Some(now.version),
+    }))
+    .expect("answered");
+    assert!(pushes(&mut h).is_empty(), "it holds the current registry");
+    assert!(h
+        .cluster()
+        .live
+        .peek(&a)
+        .is_some_and(|l| !l.registry_in_flight));
 }

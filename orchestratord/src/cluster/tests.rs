@@ -1019,7 +1019,7 @@ fn a_nodes_generation_moves_only_when_its_desired_state_changes() {
         .effects
         .iter()
         .filter_map(|e| match e {
-            Effect::PushDesired { node, state } if node == &a => Some(state.generation),
+            Effect::PushDesired { node, state, .. } if node == &a => Some(state.generation),
             _ => None,
         })
         .collect();

@@ -43,7 +43,7 @@ impl Fleet {
     fn exec(&mut self, c: Command) -> Reply {
         let o = self.core.execute(c, now()).expect("command");
         for e in o.effects {
-            if let Effect::PushDesired { node, state } = e {
+            if let Effect::PushDesired { node, state, .. } = e {
                 self.desired.insert(node, *state);
             }
         }

@@ -231,6 +231,37 @@ fn written(pid: u32) -> Result<u64> {
         .context("write_bytes missing in /proc/PID/io")
 }
 
+/// Where the agents' registries stand while they are awaited: how many hold all `agents`
+/// endpoints of the service, how many fewer (and the fewest), how many none; their versions.
+fn registry_census(shared: &Shared, agents: usize) -> String {
+    let (mut all, mut fewer, mut none, mut fewest) = (0, 0, 0, usize::MAX);
+    let mut versions = std::collections::BTreeSet::new();
+    for a in &shared.agents {
+        let st = a.state();
+        match st
+            .registry
+            .as_ref()
+            .and_then(|r| r.services.get("bench/fleet"))
+        {
+            Some(e) if e.len() == agents => all += 1,
+            Some(e) => {
+                fewer += 1;
+                fewest = fewest.min(e.len());
+            }
+            None => none += 1,
+        }
+        versions.insert(st.registry.as_ref().map_or(0, |r| r.version));
+    }
+    format!(
+        "agents with all {agents} endpoints: {all}; with fewer: {fewer} (fewest {}); without \
+         the service: {none}; {} versions held, newest {}; {}",
+        if fewer > 0 { fewest } else { 0 },
+        versions.len(),
+        versions.last().copied().unwrap_or(0),
+        registry_deliveries(shared)
+    )
+}
+
 /// Why the agents' sessions ended, or their dials failed, so far: each kind with its count, the
 /// most frequent first.
 fn ended_tally(shared: &Shared) -> String {
@@ -275,16 +306,21 @@ fn dropped_since(from: Option<u64>) -> String {
     }
 }
 
-/// How the agents got their registries so far: whole, as deltas, deltas out of sequence.
+/// How the agents got their registries so far: whole, as deltas (and how many pushes carried
+/// several in a row), deltas out of sequence.
 fn registry_deliveries(shared: &Shared) -> String {
-    let (mut whole, mut deltas, mut out) = (0u64, 0u64, 0u64);
+    let (mut whole, mut deltas, mut rows, mut out) = (0u64, 0u64, 0u64, 0u64);
     for a in &shared.agents {
         let st = a.state();
         whole += u64::from(st.registry_wholes);
         deltas += u64::from(st.registry_deltas);
+        rows += u64::from(st.registry_pushes_in_a_row);
         out += u64::from(st.registry_out_of_sequence);
     }
-    format!("{whole} whole registries, {deltas} deltas applied, {out} deltas out of sequence")
+    format!(
+        "{whole} whole registries, {deltas} deltas applied ({rows} pushes of several in a row), \
+         {out} deltas out of sequence"
+    )
 }
 
 /// `net.core.rmem_max`, what caps a socket's receive buffer for a process that may not force it.
@@ -444,16 +480,22 @@ fn measure(
         flotilla_tests::Resident::of(pid(&cp)?)?
     );
     if discovery {
+        let mut census_at = Instant::now();
         until(
             "the registry with every endpoint on every agent",
             Duration::from_secs(600),
             || {
-                Ok(all(&shared, |a| {
+                let done = all(&shared, |a| {
                     a.registry
                         .as_ref()
                         .and_then(|r| r.services.get("bench/fleet"))
                         .is_some_and(|e| e.len() == agents)
-                }))
+                });
+                if !done && census_at.elapsed() > Duration::from_secs(30) {
+                    census_at = Instant::now();
+                    println!("  … {}", registry_census(&shared, agents));
+                }
+                Ok(done)
             },
         )?;
         println!(

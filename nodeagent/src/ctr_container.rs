@@ -374,6 +374,14 @@ pub async fn container(
             let info = store.get(&container)?;
             let dir = store.paths(&info.record.id).logs();
             let (entries, mut follower) = logs::read(&dir, tail)?;
+            // A removal takes the logs before the record: a container whose logs directory is
+            // gone is going, and "no lines" would be a false answer.
+            if !dir.exists() {
+                bail!(
+                    "container {}: removed while its logs were read",
+                    info.record.display_name()
+                );
+            }
             print_entries(&entries, timestamps, json)?;
             if follow {
                 loop {

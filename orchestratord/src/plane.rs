@@ -333,8 +333,11 @@ impl Plane {
                                 let _ = previous.await;
                             }
                             // Never closed: a permit always comes.
-                            let _permit = pushes.acquire_owned().await;
-                            let answer = match exchange(&conn, &push.frames).await {
+                            let permit = pushes.acquire_owned().await;
+                            let answer = exchange(&conn, &push.frames).await;
+                            // Given back before the core hears of it: the turn is the transfer's.
+                            drop(permit);
+                            let answer = match answer {
                                 Ok(PushReply::Persisted { generation }) => Some(generation),
                                 Ok(PushReply::Refused { reason }) => {
                                     tracing::warn!(node = %node, "registry refused: {reason}");

@@ -886,6 +886,19 @@ fn logs_tail_follow_and_streams() {
     assert_eq!(tail, "last\n");
     let ts = node.ctr_ok(&["logs", "-t", "--tail", "1", "talk"]);
     assert!(ts.starts_with("20") && ts.contains("Z last"), "{ts}");
+    // Caught mid-removal (a removal takes the logs before the record): an error naming the
+    // container, not an empty answer.
+    let id = node.inspect("talk").record.id;
+    let logs = node.data.join("containers").join(&id).join("logs");
+    fs::rename(&logs, logs.with_extension("aside")).expect("set the logs aside");
+    let o = node.ctr(&["logs", "talk"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("talk: removed while its logs were read"),
+        "{}",
+        stderr(&o)
+    );
+    fs::rename(logs.with_extension("aside"), &logs).expect("put the logs back");
     node.ctr_ok(&["rm", "talk"]);
     node.assert_clean();
 }

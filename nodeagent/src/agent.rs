@@ -790,24 +790,37 @@ async fn session(
 
 /// The registry deltas of one push: `first`, then those that follow it on the stream
 /// (protocol 4), at most [`flotilla_api::MAX_DELTAS_IN_A_PUSH`] and [`MAX_PUSH_FRAME`] bytes
-/// after the first; why the push is refused when something else follows, a frame is bad or
-/// there are more.
-async fn deltas_in_a_row(
+/// after the first (as sent and, for a packed frame, unpacked); why the push is refused when
+/// something else follows, a frame is bad or there are more.
+async fn deltas_in_a_row<R: tokio::io::AsyncRead + Unpin>(
     first: RegistryDelta,
-    recv: &mut quinn::RecvStream,
+    recv: &mut R,
 ) -> std::result::Result<Vec<RegistryDelta>, String> {
-    use tokio::io::AsyncReadExt;
     let mut deltas = vec![first];
-    let mut within = recv.take(MAX_PUSH_FRAME as u64);
+    let mut left = MAX_PUSH_FRAME;
+    let over = || format!("bad push: registry deltas in a row over {MAX_PUSH_FRAME} bytes");
     loop {
-        match flotilla_api::read_next_push(&mut within).await {
-            Ok(None) if within.limit() == 0 => {
-                return Err(format!(
-                    "bad push: registry deltas in a row over {MAX_PUSH_FRAME} bytes"
-                ))
-            }
+        let (raw, packed) = match flotilla_api::read_next_raw(recv, left, true).await {
             Ok(None) => return Ok(deltas),
-            Ok(Some(ServerPush::RegistryDelta(d))) => {
+            Ok(Some(frame)) => frame,
+            Err(flotilla_api::FrameError::TooLarge { .. }) => return Err(over()),
+            Err(e) => return Err(format!("bad push: delta {}: {e}", deltas.len() + 1)),
+        };
+        left -= raw.len();
+        let body = if packed {
+            match flotilla_api::unpack(&raw, left) {
+                Ok(body) => {
+                    left -= body.len();
+                    body
+                }
+                Err(flotilla_api::FrameError::TooLarge { .. }) => return Err(over()),
+                Err(e) => return Err(format!("bad push: delta {}: {e}", deltas.len() + 1)),
+            }
+        } else {
+            raw
+        };
+        match serde_json::from_slice::<ServerPush>(&body) {
+            Ok(ServerPush::RegistryDelta(d)) => {
                 if deltas.len() == flotilla_api::MAX_DELTAS_IN_A_PUSH {
                     return Err(format!(
                         "bad push: more than {} registry deltas in a row",
@@ -816,13 +829,18 @@ async fn deltas_in_a_row(
                 }
                 deltas.push(d);
             }
-            Ok(Some(_)) => {
+            Ok(_) => {
                 return Err(format!(
                     "bad push: something other than a registry delta after {} of them",
                     deltas.len()
                 ))
             }
-            Err(e) => return Err(format!("bad push: delta {}: {e}", deltas.len() + 1)),
+            Err(e) => {
+                return Err(format!(
+                    "bad push: delta {}: malformed message: {e}",
+                    deltas.len() + 1
+                ))
+            }
         }
     }
 }
@@ -889,6 +907,52 @@ fn source_address(server: std::net::SocketAddr) -> Option<std::net::Ipv4Addr> {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn deltas_in_a_row_are_read_packed_or_not_within_one_budget_as_sent_and_unpacked() {
+        use flotilla_api::discovery::RegistryDelta;
+        use flotilla_api::{encode_push, pack_push, ServerPush, MAX_PUSH_FRAME};
+        let delta = |from: u64| RegistryDelta {
+            from,
+            to: from + 1,
+            ..RegistryDelta::default()
+        };
+        let frame =
+            |from: u64| encode_push(&ServerPush::RegistryDelta(delta(from))).expect("encode");
+        let mut row = frame(2);
+        row.extend(pack_push(&frame(3)).expect("pack"));
+        let read = super::deltas_in_a_row(delta(1), &mut &row[..]).await;
+        assert_eq!(read.expect("a row"), [delta(1), delta(2), delta(3)]);
+        // A packed frame that unpacks past what is left of the row's budget: refused, not
+        // unpacked further.
+        let mut heavy = (MAX_PUSH_FRAME as u32).to_be_bytes().to_vec();
+        heavy.extend(vec![b' '; MAX_PUSH_FRAME]);
+        let mut row = frame(2);
+        row.extend(pack_push(&heavy).expect("pack"));
+        let e = super::deltas_in_a_row(delta(1), &mut &row[..])
+            .await
+            .expect_err("over");
+        assert_eq!(
+            e,
+            format!("bad push: registry deltas in a row over {MAX_PUSH_FRAME} bytes")
+        );
+        // Something else after deltas, and a packed frame that is no Zstandard frame.
+        let mut row = frame(2);
+        row.extend(encode_push(&ServerPush::Registry(Default::default())).expect("encode"));
+        let e = super::deltas_in_a_row(delta(1), &mut &row[..])
+            .await
+            .expect_err("other");
+        assert!(
+            e.contains("something other than a registry delta after 2"),
+            "{e}"
+        );
+        let mut row = (4 | flotilla_api::PACKED).to_be_bytes().to_vec();
+        row.extend(b"junk");
+        let e = super::deltas_in_a_row(delta(1), &mut &row[..])
+            .await
+            .expect_err("junk");
+        assert!(e.starts_with("bad push: delta 2: packed frame:"), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -487,6 +487,10 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         quinn::IdleTimeout::try_from(Duration::from_secs(15))
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     ));
+    // An agent opens bidirectional streams only (one per request, a blob's download): quinn
+    // sets aside room in every session for each stream the peer may open, and its default
+    // 100 unidirectional ones were half of the 3.2 KiB that took per session.
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     quic.transport_config(Arc::new(transport));
     // A node sent a Retry (admission under pressure, `agents::serve`) resends its Initial with
     // the token at each probe timeout, doubling, until its handshake is done or given up: the
@@ -511,11 +515,14 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
             "QUIC socket buffers"
         );
     }
-    let endpoint = quinn::Endpoint::new(
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let socket = orchestratord::udp::FewSegments::wrap(socket, runtime.as_ref())
+        .with_context(|| format!("listening on udp {listen}"))?;
+    let endpoint = quinn::Endpoint::new_with_abstract_socket(
         quinn::EndpointConfig::default(),
         Some(quic),
         socket,
-        Arc::new(quinn::TokioRuntime),
+        runtime,
     )
     .with_context(|| format!("listening on udp {listen}"))?;
     let https_tls = flotilla_certs::tls::server(ca.cert_pem(), &server, &[b"http/1.1"])?;

@@ -334,11 +334,11 @@ impl RegistrySeen {
 
     /// Applies what changed since the version held (as `nodeagent` does to its persisted
     /// registry); `false`, and nothing changed, when the delta does not follow it.
-    fn apply(&mut self, delta: RegistryDelta) -> bool {
+    fn apply(&mut self, delta: &RegistryDelta) -> bool {
         if delta.from != self.version {
             return false;
         }
-        for k in delta.removed {
+        for k in &delta.removed {
             self.services.remove(&format!("{}/{}", k.namespace, k.name));
         }
         // A service whose endpoints change must be held (as `Registry::apply` checks).
@@ -354,8 +354,8 @@ impl RegistrySeen {
             return false;
         }
         self.services
-            .extend(delta.upserted.into_iter().map(Self::entry));
-        for e in delta.endpoints {
+            .extend(delta.upserted.iter().cloned().map(Self::entry));
+        for e in &delta.endpoints {
             if let Some(held) = self
                 .services
                 .get_mut(&format!("{}/{}", e.namespace, e.name))
@@ -1059,7 +1059,7 @@ impl SimAgent {
     /// taken (newer only) and acknowledged; logs, execs and pulls refused (nothing runs here).
     async fn answer_push(&mut self, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
         let first = match read_raw_push(&mut recv).await {
-            Ok(body) => body,
+            Ok(frame) => frame,
             Err(e) => {
                 let reason = format!("bad push: {e}");
                 let _ = write_frame(&mut send, &PushReply::Refused { reason }).await;
@@ -1067,19 +1067,32 @@ impl SimAgent {
                 return;
             }
         };
-        // A whole registry is the same frame for every agent sent it: taken from the agents'
-        // shared copy when one took it already.
-        if let Some(seen) = whole_registry(&first) {
-            let version = self.take_registry(seen);
-            let reply = PushReply::Persisted {
-                generation: version,
-            };
-            let _ = write_frame(&mut send, &reply).await;
-            let _ = send.finish();
-            return;
+        // A registry push is the same frames for every agent sent it: decoded once, and a row
+        // of deltas applied once to the same registry, for all of them.
+        match registry_push(&first) {
+            Some(Known::Whole(seen)) => {
+                let version = self.take_registry(seen);
+                let reply = PushReply::Persisted {
+                    generation: version,
+                };
+                let _ = write_frame(&mut send, &reply).await;
+                let _ = send.finish();
+                return;
+            }
+            Some(Known::Delta(delta)) => {
+                let reply = match self.take_deltas(delta, &mut recv).await {
+                    Ok(generation) => PushReply::Persisted { generation },
+                    Err(reason) => PushReply::Refused { reason },
+                };
+                let _ = write_frame(&mut send, &reply).await;
+                let _ = send.finish();
+                return;
+            }
+            None => {}
         }
-        let decoded =
-            serde_json::from_slice::<ServerPush>(&first).map_err(flotilla_api::FrameError::from);
+        let decoded = first.body().and_then(|body| {
+            serde_json::from_slice::<ServerPush>(&body).map_err(flotilla_api::FrameError::from)
+        });
         let reply = match decoded {
             Ok(ServerPush::Desired(state)) => {
                 let generation =
@@ -1094,52 +1107,9 @@ impl SimAgent {
                     generation: version,
                 }
             }
-            Ok(ServerPush::RegistryDelta(first)) => {
-                // More may follow on the stream (protocol 4), applied in order, answered once.
-                let mut row = vec![first];
-                loop {
-                    match flotilla_api::read_next_push(&mut recv).await {
-                        Ok(None) => break,
-                        Ok(Some(ServerPush::RegistryDelta(d))) => row.push(d),
-                        Ok(Some(other)) => {
-                            let reason = format!("bad push: {other:?} after registry deltas");
-                            let _ = write_frame(&mut send, &PushReply::Refused { reason }).await;
-                            let _ = send.finish();
-                            return;
-                        }
-                        Err(e) => {
-                            let reason = format!("bad push: {e}");
-                            let _ = write_frame(&mut send, &PushReply::Refused { reason }).await;
-                            let _ = send.finish();
-                            return;
-                        }
-                    }
-                }
-                let mut st = self.view.state();
-                let held = st.registry.get_or_insert(RegistrySeen {
-                    version: 0,
-                    services: BTreeMap::new(),
-                });
-                let mut by_endpoint = 0u32;
-                let (mut applied, mut out_of_sequence) = (0, 0);
-                for delta in row {
-                    by_endpoint = by_endpoint
-                        .saturating_add(u32::try_from(delta.endpoints.len()).unwrap_or(u32::MAX));
-                    if held.apply(delta) {
-                        applied += 1;
-                    } else {
-                        out_of_sequence += 1;
-                        break;
-                    }
-                }
-                let generation = held.version;
-                st.registry_endpoint_changes =
-                    st.registry_endpoint_changes.saturating_add(by_endpoint);
-                st.registry_deltas += applied;
-                st.registry_out_of_sequence += out_of_sequence;
-                st.registry_pushes_in_a_row += u32::from(applied > 1);
-                PushReply::Persisted { generation }
-            }
+            Ok(ServerPush::RegistryDelta(_)) => PushReply::Refused {
+                reason: "bad push: a registry delta that does not decode as one".into(),
+            },
             Ok(ServerPush::Exec(_)) => {
                 let refusal = flotilla_api::exec::ExecFrame::Error(
                     "a simulated node (bench-fleet) runs no containers".into(),
@@ -1178,6 +1148,52 @@ impl SimAgent {
         let _ = send.finish();
     }
 
+    /// Takes the registry deltas of one push, `first` and those after it on the stream
+    /// (protocol 4), in order, as `nodeagent` does; the version then held, or why the push is
+    /// refused.
+    async fn take_deltas(
+        &self,
+        first: (u64, Arc<RegistryDelta>),
+        recv: &mut quinn::RecvStream,
+    ) -> Result<u64, String> {
+        let mut row = vec![first];
+        loop {
+            match flotilla_api::read_next_raw(recv, flotilla_api::MAX_PUSH_FRAME, true).await {
+                Ok(None) => break,
+                Ok(Some((raw, packed))) => match registry_push(&RawPush { raw, packed }) {
+                    Some(Known::Delta(d)) => row.push(d),
+                    _ => {
+                        return Err(format!(
+                            "bad push: not a registry delta after {}",
+                            row.len()
+                        ))
+                    }
+                },
+                Err(e) => return Err(format!("bad push: {e}")),
+            }
+            if row.len() > flotilla_api::MAX_DELTAS_IN_A_PUSH {
+                return Err("bad push: too many registry deltas in a row".into());
+            }
+        }
+        let by_endpoint = row
+            .iter()
+            .map(|(_, d)| u32::try_from(d.endpoints.len()).unwrap_or(u32::MAX))
+            .fold(0u32, u32::saturating_add);
+        let mut st = self.view.state();
+        let held = st.registry.take().unwrap_or(RegistrySeen {
+            version: 0,
+            services: BTreeMap::new(),
+        });
+        let (now, applied) = apply_row(held, &row);
+        let generation = now.version;
+        st.registry = Some(now);
+        st.registry_endpoint_changes = st.registry_endpoint_changes.saturating_add(by_endpoint);
+        st.registry_deltas += applied;
+        st.registry_out_of_sequence += u32::from(applied < row.len() as u32);
+        st.registry_pushes_in_a_row += u32::from(applied > 1);
+        Ok(generation)
+    }
+
     fn take_registry(&self, registry: RegistrySeen) -> u64 {
         let mut st = self.view.state();
         st.registry_wholes += 1;
@@ -1191,47 +1207,76 @@ impl SimAgent {
     }
 }
 
-/// The body of the next push frame (at most [`flotilla_api::MAX_PUSH_FRAME`]), not decoded.
-async fn read_raw_push(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, flotilla_api::FrameError> {
-    use tokio::io::AsyncReadExt;
-    let mut len = [0u8; 4];
-    AsyncReadExt::read_exact(recv, &mut len).await?;
-    let len = u32::from_be_bytes(len) as usize;
-    if len > flotilla_api::MAX_PUSH_FRAME {
-        return Err(flotilla_api::FrameError::TooLarge {
-            len,
-            limit: flotilla_api::MAX_PUSH_FRAME,
-        });
-    }
-    let mut body = vec![0u8; len];
-    AsyncReadExt::read_exact(recv, &mut body).await?;
-    Ok(body)
+/// A push frame's body as it came: packed or not ([`flotilla_api::PACKED`]).
+struct RawPush {
+    raw: Vec<u8>,
+    packed: bool,
 }
 
-/// How many decoded whole registries [`whole_registry`] keeps: the control plane's pushes
-/// under way at once may carry the registries of as many versions as it keeps changes.
-const WHOLES_KEPT: usize = 64;
-
-/// What an agent keeps of the whole registry in push `body`, decoded once for all the agents
-/// sent the same frame (the last [`WHOLES_KEPT`] are kept, by a hash of the body): 10,000 agents each
-/// decoding the 1.2 MB registry of a DAEMON on 10,000 nodes is 12 GB of JSON, more than the
-/// simulator's share of the cores decodes in minutes, while a real node decodes its one copy.
-/// `None` when the body is not a whole registry (or not one that decodes: the caller says why).
-fn whole_registry(body: &[u8]) -> Option<RegistrySeen> {
-    static SEEN: std::sync::Mutex<Vec<(u64, usize, RegistrySeen)>> =
-        std::sync::Mutex::new(Vec::new());
-    if !body.starts_with(br#"{"Registry":"#) {
-        return None;
+impl RawPush {
+    /// The body unpacked.
+    fn body(&self) -> Result<std::borrow::Cow<'_, [u8]>, flotilla_api::FrameError> {
+        if self.packed {
+            Ok(flotilla_api::unpack(&self.raw, flotilla_api::MAX_PUSH_FRAME)?.into())
+        } else {
+            Ok(self.raw.as_slice().into())
+        }
     }
-    // FNV-1a over 8 bytes at a time: a fingerprint of frames from one control plane, not a
-    // defence against a hostile one.
+}
+
+/// The next push frame (at most [`flotilla_api::MAX_PUSH_FRAME`]), not unpacked nor decoded.
+async fn read_raw_push(recv: &mut quinn::RecvStream) -> Result<RawPush, flotilla_api::FrameError> {
+    match flotilla_api::read_next_raw(recv, flotilla_api::MAX_PUSH_FRAME, true).await? {
+        Some((raw, packed)) => Ok(RawPush { raw, packed }),
+        None => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+    }
+}
+
+/// How a whole registry's push begins ([`ServerPush`] is tagged by its `push` field, first).
+const WHOLE: &[u8] = br#"{"push":"registry","#;
+
+/// How a registry delta's push begins.
+const DELTA: &[u8] = br#"{"push":"registry_delta","#;
+
+/// How many decoded registry frames [`registry_push`] keeps, and rows applied [`apply_row`]
+/// keeps: the control plane's pushes under way at once may carry the registries and the
+/// deltas of as many versions as it keeps changes, and more.
+const KNOWN_KEPT: usize = 256;
+
+/// A registry frame decoded: a whole registry as an agent keeps it, or a delta, with the hash
+/// of the frame as it came.
+#[derive(Clone)]
+enum Known {
+    Whole(RegistrySeen),
+    Delta((u64, Arc<RegistryDelta>)),
+}
+
+/// FNV-1a over 8 bytes at a time: a fingerprint of frames from one control plane, not a
+/// defence against a hostile one.
+fn fingerprint(bytes: &[u8]) -> u64 {
     let mut key = 0xcbf2_9ce4_8422_2325u64;
-    for chunk in body.chunks(8) {
+    for chunk in bytes.chunks(8) {
         let mut word = [0u8; 8];
         word[..chunk.len()].copy_from_slice(chunk);
         key = (key ^ u64::from_le_bytes(word)).wrapping_mul(0x0000_0100_0000_01b3);
     }
-    let cached = |seen: &Vec<(u64, usize, RegistrySeen)>| {
+    key
+}
+
+/// Push `frame` as an agent keeps it when it is a whole registry or a registry delta,
+/// unpacked and decoded once for all the agents sent the same frame (the last
+/// [`KNOWN_KEPT`] are kept, by a hash of the frame as it came): 10,000 agents each decoding
+/// the 1.2 MB registry of a DAEMON on 10,000 nodes is 12 GB of JSON, more than the
+/// simulator's share of the cores decodes in minutes, while a real node decodes its one copy.
+/// `None` when it is neither (or not one that decodes: the caller says why).
+fn registry_push(frame: &RawPush) -> Option<Known> {
+    static SEEN: std::sync::Mutex<Vec<(u64, usize, Known)>> = std::sync::Mutex::new(Vec::new());
+    let body = &frame.raw;
+    if !frame.packed && !body.starts_with(WHOLE) && !body.starts_with(DELTA) {
+        return None;
+    }
+    let key = fingerprint(body);
+    let cached = |seen: &Vec<(u64, usize, Known)>| {
         seen.iter()
             .find(|(k, len, _)| *k == key && *len == body.len())
             .map(|(_, _, r)| r.clone())
@@ -1239,16 +1284,61 @@ fn whole_registry(body: &[u8]) -> Option<RegistrySeen> {
     if let Some(r) = cached(&SEEN.lock().unwrap_or_else(|p| p.into_inner())) {
         return Some(r);
     }
-    let Ok(ServerPush::Registry(registry)) = serde_json::from_slice::<ServerPush>(body) else {
+    let unpacked = frame.body().ok()?;
+    // The push's own fields follow the tag: read as the registry or the delta (the tag an
+    // unknown field), without the copy an internally tagged enum makes of the whole content.
+    let known = if unpacked.starts_with(WHOLE) {
+        Known::Whole(RegistrySeen::of(serde_json::from_slice(&unpacked).ok()?))
+    } else if unpacked.starts_with(DELTA) {
+        Known::Delta((key, Arc::new(serde_json::from_slice(&unpacked).ok()?)))
+    } else {
         return None;
     };
-    let seen = RegistrySeen::of(registry);
     let mut all = SEEN.lock().unwrap_or_else(|p| p.into_inner());
-    if all.len() == WHOLES_KEPT {
+    if all.len() == KNOWN_KEPT {
         all.remove(0);
     }
-    all.push((key, body.len(), seen.clone()));
-    Some(seen)
+    all.push((key, body.len(), known.clone()));
+    Some(known)
+}
+
+/// What `held` makes of `row` (deltas by the hash of their frames), in order until one does
+/// not follow, and how many applied. Agents that held the same registry (the same shared
+/// endpoints) and were sent the same row share one result, made once (the last
+/// [`KNOWN_KEPT`] are kept, with what they were made from, so that a pointer compared is
+/// never one reused).
+fn apply_row(held: RegistrySeen, row: &[(u64, Arc<RegistryDelta>)]) -> (RegistrySeen, u32) {
+    type Key = (u64, Vec<(String, usize)>, Vec<u64>);
+    static MADE: std::sync::Mutex<Vec<(Key, RegistrySeen, RegistrySeen, u32)>> =
+        std::sync::Mutex::new(Vec::new());
+    let key: Key = (
+        held.version,
+        held.services
+            .iter()
+            .map(|(k, v)| (k.clone(), Arc::as_ptr(v) as usize))
+            .collect(),
+        row.iter().map(|(h, _)| *h).collect(),
+    );
+    {
+        let made = MADE.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, now, applied)) = made.iter().find(|(k, ..)| *k == key) {
+            return (now.clone(), *applied);
+        }
+    }
+    let mut now = held.clone();
+    let mut applied = 0;
+    for (_, delta) in row {
+        if !now.apply(delta) {
+            break;
+        }
+        applied += 1;
+    }
+    let mut made = MADE.lock().unwrap_or_else(|p| p.into_inner());
+    if made.len() == KNOWN_KEPT {
+        made.remove(0);
+    }
+    made.push((key, held, now.clone(), applied));
+    (now, applied)
 }
 
 /// What a simulated node says it has: 2 CPUs, 4 GiB, 32 GiB of disk.
@@ -1314,6 +1404,111 @@ mod tests {
             "hello: N:N refused"
         );
         assert_eq!(why_kind(&"x".repeat(200)).len(), 80);
+    }
+
+    #[test]
+    fn a_registry_push_plain_or_packed_is_decoded_and_applied_once_for_every_agent() {
+        use flotilla_api::discovery::Endpoint;
+        let registry = Registry {
+            version: 42,
+            services: vec![DiscoveredService {
+                namespace: "bench".into(),
+                name: "whole-test".into(),
+                service: "whole-test".into(),
+                vip: None,
+                port: Some(80),
+                fixed_port: None,
+                protocol: flotilla_api::taskdef::Protocol::Tcp,
+                endpoints: (0..200u32)
+                    .map(|i| Endpoint {
+                        task: format!("t-whole-{i}"),
+                        node: format!("n-whole-{i}"),
+                        address: Ipv4Addr::from(0x0a00_0000 + i),
+                        port: Some(80),
+                        task_address: None,
+                        task_port: None,
+                    })
+                    .collect(),
+            }],
+        };
+        let frame = flotilla_api::encode_push(&ServerPush::Registry(registry)).expect("encode");
+        let plain = RawPush {
+            raw: frame[4..].to_vec(),
+            packed: false,
+        };
+        let packed = flotilla_api::pack_push(&frame).expect("pack");
+        let packed = RawPush {
+            raw: packed[4..].to_vec(),
+            packed: true,
+        };
+        let whole = |push: &RawPush| match registry_push(push) {
+            Some(Known::Whole(seen)) => seen,
+            _ => panic!("not a whole registry"),
+        };
+        let mut seen = Vec::new();
+        for push in [&plain, &packed] {
+            let first = whole(push);
+            assert_eq!(first.version, 42);
+            assert_eq!(first.services["bench/whole-test"].len(), 200);
+            // The second agent sent it shares the first one's decoded copy.
+            let again = whole(push);
+            assert!(Arc::ptr_eq(
+                &first.services["bench/whole-test"],
+                &again.services["bench/whole-test"]
+            ));
+            seen.push(first);
+        }
+        // A delta: one endpoint gone, one added; a row of it applied once for every agent
+        // that held the same registry, and applied anew to another.
+        let delta = RegistryDelta {
+            from: 42,
+            to: 43,
+            endpoints: vec![flotilla_api::discovery::EndpointsDelta {
+                namespace: "bench".into(),
+                name: "whole-test".into(),
+                upserted: vec![Endpoint {
+                    task: "t-whole-new".into(),
+                    node: "n-whole-new".into(),
+                    address: Ipv4Addr::new(10, 1, 0, 1),
+                    port: Some(80),
+                    task_address: None,
+                    task_port: None,
+                }],
+                removed: vec!["t-whole-0".into()],
+            }],
+            ..RegistryDelta::default()
+        };
+        let frame =
+            flotilla_api::encode_push(&ServerPush::RegistryDelta(delta.clone())).expect("encode");
+        let raw = RawPush {
+            raw: frame[4..].to_vec(),
+            packed: false,
+        };
+        let Some(Known::Delta(d)) = registry_push(&raw) else {
+            panic!("not a delta")
+        };
+        assert_eq!(*d.1, delta);
+        let (a, applied) = apply_row(seen[0].clone(), std::slice::from_ref(&d));
+        assert_eq!((a.version, applied), (43, 1));
+        let endpoints = &a.services["bench/whole-test"];
+        assert_eq!(endpoints.len(), 200);
+        assert!(endpoints.has_task("t-whole-new") && !endpoints.has_task("t-whole-0"));
+        let (b, _) = apply_row(seen[0].clone(), std::slice::from_ref(&d));
+        assert!(Arc::ptr_eq(endpoints, &b.services["bench/whole-test"]));
+        let (c, _) = apply_row(seen[1].clone(), std::slice::from_ref(&d));
+        assert_eq!(c, a);
+        assert!(!Arc::ptr_eq(endpoints, &c.services["bench/whole-test"]));
+        // Not following: nothing applied.
+        let (d2, applied) = apply_row(a.clone(), std::slice::from_ref(&d));
+        assert_eq!((d2, applied), (a, 0));
+        // Neither: a desired state is decoded by the agent itself.
+        let desired =
+            flotilla_api::encode_push(&ServerPush::Desired(Default::default())).expect("encode");
+        let desired = RawPush {
+            raw: desired[4..].to_vec(),
+            packed: false,
+        };
+        assert!(registry_push(&desired).is_none());
     }
 
     fn task(id: &str, desired: DesiredStatus) -> DesiredTask {

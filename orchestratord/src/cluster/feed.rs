@@ -2,7 +2,8 @@
 //! (deltas, per service: replaced whole or removed, or by endpoint) and the encoded frames that
 //! bring a node to it. A change's own frame is encoded once and sent to every node of protocol
 //! 4 behind it, in a row with the frames of the changes after it; a delta composed for older
-//! agents is encoded once per starting version, shared by every node that starts there.
+//! agents is encoded once per starting version, shared by every node that starts there. For
+//! nodes of protocol 5 a frame worth it is also packed ([`flotilla_api::pack_push`]), once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -23,6 +24,10 @@ const _: () = assert!(KEPT_CHANGES <= flotilla_api::MAX_DELTAS_IN_A_PUSH);
 /// behind by more than the registry holds is sent the whole.
 const ROW_WEIGHED_FROM: usize = 64 << 10;
 
+/// A frame of this many bytes or more is packed for nodes that take packed pushes: below it,
+/// what packing saves is not worth the node's unpacking.
+const PACK_FROM: usize = 4 << 10;
+
 /// How a session takes the registry, by the protocol its agent negotiated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub enum RegistryForm {
@@ -36,12 +41,17 @@ pub enum RegistryForm {
     /// Protocol 4: as 3, and a node behind by several changes is sent each change's own delta,
     /// in a row on one push ([`flotilla_api::PROTOCOL_DELTAS_IN_A_ROW`]).
     InARow,
+    /// Protocol 5: as 4, each frame of [`PACK_FROM`] bytes or more packed
+    /// ([`flotilla_api::PROTOCOL_PACKED_PUSHES`]).
+    Packed,
 }
 
 impl RegistryForm {
     /// The form an agent of `protocol` takes.
     pub fn of(protocol: u32) -> Self {
-        if protocol >= flotilla_api::PROTOCOL_DELTAS_IN_A_ROW {
+        if protocol >= flotilla_api::PROTOCOL_PACKED_PUSHES {
+            RegistryForm::Packed
+        } else if protocol >= flotilla_api::PROTOCOL_DELTAS_IN_A_ROW {
             RegistryForm::InARow
         } else if protocol >= flotilla_api::PROTOCOL_ENDPOINT_DELTAS {
             RegistryForm::Endpoints
@@ -62,6 +72,8 @@ struct Change {
     delta: Arc<RegistryDelta>,
     /// Its own frame (by endpoint), once first sent; `None` inside when it does not fit.
     frame: Option<Option<Arc<[u8]>>>,
+    /// That frame as a node of protocol 5 is sent it ([`pack`]), once first sent.
+    packed: Option<Arc<[u8]>>,
 }
 
 /// The registry, the last changes that made it, and the frames that bring a node to it.
@@ -86,6 +98,22 @@ fn encode(push: &ServerPush, version: u64, from: Option<u64>) -> Option<Arc<[u8]
     }
 }
 
+/// `frame` as a node of protocol 5 is sent it: packed when it weighs [`PACK_FROM`] or more
+/// and packing makes it lighter, else as it is.
+fn pack(frame: &Arc<[u8]>) -> Arc<[u8]> {
+    if frame.len() < PACK_FROM {
+        return frame.clone();
+    }
+    match flotilla_api::pack_push(frame) {
+        Ok(packed) if packed.len() < frame.len() => Arc::from(packed),
+        Ok(_) => frame.clone(),
+        Err(e) => {
+            tracing::warn!("a registry frame is sent unpacked: {e}");
+            frame.clone()
+        }
+    }
+}
+
 impl Feed {
     /// The registry now.
     pub fn registry(&self) -> &Arc<Registry> {
@@ -98,6 +126,7 @@ impl Feed {
             self.changes.push_back(Change {
                 delta: Arc::new(RegistryDelta::between(&self.registry, &next)),
                 frame: None,
+                packed: None,
             });
             while self.changes.len() > KEPT_CHANGES {
                 self.changes.pop_front();
@@ -154,13 +183,29 @@ impl Feed {
         frame
     }
 
-    /// The frames of every kept change from `start` on, each encoded once; `None` when one
-    /// does not fit, or when the row weighs more than the whole registry.
-    fn row(&mut self, start: usize) -> Option<Vec<Arc<[u8]>>> {
+    /// The whole registry's frame, encoded once (and, `packed`, packed once: [`pack`]).
+    fn whole(&mut self, packed: bool) -> Option<Arc<[u8]>> {
+        let plain = self.frame((None, RegistryForm::Whole), None)?;
+        if !packed {
+            return Some(plain);
+        }
+        Some(
+            self.frames
+                .entry((None, RegistryForm::Packed))
+                .or_insert_with(|| Some(pack(&plain)))
+                .clone()
+                .unwrap_or(plain),
+        )
+    }
+
+    /// The frames of every kept change from `start` on, each encoded once (and, `packed`,
+    /// packed once); `None` when one does not fit, or when the row weighs more than the whole
+    /// registry (sent in the same form).
+    fn row(&mut self, start: usize, packed: bool) -> Option<Vec<Arc<[u8]>>> {
         let mut frames = Vec::with_capacity(self.changes.len() - start);
         let mut bytes = 0;
         for c in self.changes.iter_mut().skip(start) {
-            let frame = c
+            let plain = c
                 .frame
                 .get_or_insert_with(|| {
                     let d = &c.delta;
@@ -171,11 +216,16 @@ impl Feed {
                     )
                 })
                 .clone()?;
+            let frame = if packed {
+                c.packed.get_or_insert_with(|| pack(&plain)).clone()
+            } else {
+                plain
+            };
             bytes += frame.len();
             frames.push(frame);
         }
         if bytes > ROW_WEIGHED_FROM {
-            let whole = self.frame((None, RegistryForm::Whole), None)?;
+            let whole = self.whole(packed)?;
             if bytes > whole.len() {
                 return None;
             }
@@ -185,8 +235,8 @@ impl Feed {
 
     /// What brings a node holding `held` (`None`: unknown) to the current registry: nothing
     /// when it holds it (or there is none yet); when it takes deltas and the kept changes go
-    /// back to its version, a delta in its `form` (of protocol 4: each change since, in a
-    /// row); else the whole registry.
+    /// back to its version, a delta in its `form` (of protocol 4 and later: each change since,
+    /// in a row; of protocol 5, packed where worth it); else the whole registry.
     pub fn push_for(&mut self, held: Option<u64>, form: RegistryForm) -> Option<RegistryPush> {
         let version = self.registry.version;
         if version == 0 || held == Some(version) {
@@ -195,8 +245,10 @@ impl Feed {
         let start = held
             .filter(|_| form != RegistryForm::Whole)
             .and_then(|v| self.position(v));
-        if let (Some(i), RegistryForm::InARow) = (start, form) {
-            if let Some(frames) = self.row(i) {
+        let in_a_row = form >= RegistryForm::InARow;
+        let packed = form == RegistryForm::Packed;
+        if let (Some(i), true) = (start, in_a_row) {
+            if let Some(frames) = self.row(i, packed) {
                 return Some(RegistryPush {
                     version,
                     from: held,
@@ -204,17 +256,34 @@ impl Feed {
                 });
             }
         }
-        let (from, form) = match start {
-            Some(_) if form != RegistryForm::InARow => (held, form),
-            _ => (None, RegistryForm::Whole),
+        let (frame, from) = match start {
+            Some(_) if !in_a_row => (self.frame((held, form), start)?, held),
+            _ => (self.whole(packed)?, None),
         };
-        let frame = self.frame((from, form), start.filter(|_| from.is_some()))?;
         Some(RegistryPush {
             version,
             from,
             frames: vec![frame],
         })
     }
+}
+
+/// What one encoded frame says, unpacked when packed, and whether it was (for tests).
+#[cfg(test)]
+pub(crate) fn decode_frame(frame: &[u8]) -> (ServerPush, bool) {
+    let word = u32::from_be_bytes(frame[..4].try_into().expect("length"));
+    let packed = word & flotilla_api::PACKED != 0;
+    assert_eq!(
+        (word & !flotilla_api::PACKED) as usize + 4,
+        frame.len(),
+        "one frame each"
+    );
+    let body = if packed {
+        flotilla_api::unpack(&frame[4..], flotilla_api::MAX_PUSH_FRAME).expect("unpack")
+    } else {
+        frame[4..].to_vec()
+    };
+    (serde_json::from_slice(&body).expect("a push"), packed)
 }
 
 #[cfg(test)]
@@ -355,19 +424,16 @@ mod tests {
         assert_eq!(RegistryForm::of(2), RegistryForm::Services);
         assert_eq!(RegistryForm::of(3), RegistryForm::Endpoints);
         assert_eq!(RegistryForm::of(4), RegistryForm::InARow);
+        assert_eq!(RegistryForm::of(5), RegistryForm::Packed);
     }
 
     /// The deltas a push carries, in order (the frames of one stream).
     fn deltas(push: &RegistryPush) -> Vec<RegistryDelta> {
         push.frames
             .iter()
-            .map(|f| {
-                let len = u32::from_be_bytes(f[..4].try_into().expect("length")) as usize;
-                assert_eq!(len + 4, f.len(), "one frame each");
-                match serde_json::from_slice::<ServerPush>(&f[4..]) {
-                    Ok(ServerPush::RegistryDelta(d)) => d,
-                    other => panic!("{other:?}"),
-                }
+            .map(|f| match decode_frame(f).0 {
+                ServerPush::RegistryDelta(d) => d,
+                other => panic!("{other:?}"),
             })
             .collect()
     }
@@ -443,5 +509,65 @@ mod tests {
         assert_eq!((behind.from, behind.frames.len()), (None, 1));
         let whole = feed.push_for(None, RegistryForm::InARow).expect("whole");
         assert!(Arc::ptr_eq(&behind.frames[0], &whole.frames[0]));
+    }
+
+    #[test]
+    fn an_agent_of_protocol_5_gets_the_frames_worth_it_packed_each_packed_once() {
+        use flotilla_api::discovery::Endpoint;
+        let endpoint = |version: u64, i: u32| Endpoint {
+            task: format!("t-{version:04}-{i:06}"),
+            node: format!("n-{i:08x}"),
+            address: std::net::Ipv4Addr::from(0x0a80_0000 + i),
+            port: Some(32768),
+            task_address: None,
+            task_port: None,
+        };
+        // A service of 300 endpoints (about 30 KB of JSON); then one endpoint added, then
+        // every endpoint replaced.
+        let mut feed = Feed::default();
+        let mut r = numbered(1, &["web"]);
+        r.services[0].endpoints = (0..300).map(|i| endpoint(1, i)).collect();
+        feed.change(r.clone());
+        let mut one_more = r.clone();
+        one_more.version = 2;
+        one_more.services[0].endpoints.push(endpoint(2, 300));
+        feed.change(one_more.clone());
+        let mut replaced = one_more.clone();
+        replaced.version = 3;
+        replaced.services[0].endpoints = (0..301).map(|i| endpoint(3, i)).collect();
+        feed.change(replaced.clone());
+        // The whole: packed, a fraction of the plain one's weight, packed once.
+        let plain = feed.push_for(None, RegistryForm::InARow).expect("whole");
+        let whole = feed.push_for(None, RegistryForm::Packed).expect("whole");
+        assert!(whole.frames[0].len() * 3 < plain.frames[0].len());
+        assert_eq!(
+            decode_frame(&whole.frames[0]),
+            (ServerPush::Registry(replaced.clone()), true)
+        );
+        let again = feed.push_for(None, RegistryForm::Packed).expect("whole");
+        assert!(Arc::ptr_eq(&whole.frames[0], &again.frames[0]));
+        // A row: the small change as it is, the heavy one packed; each as the plain row says.
+        let row = feed.push_for(Some(1), RegistryForm::Packed).expect("row");
+        let plain_row = feed.push_for(Some(1), RegistryForm::InARow).expect("row");
+        assert_eq!(row.from, Some(1));
+        let read: Vec<(ServerPush, bool)> = row.frames.iter().map(|f| decode_frame(f)).collect();
+        assert_eq!(
+            read.iter().map(|(_, p)| *p).collect::<Vec<_>>(),
+            [false, true]
+        );
+        assert!(Arc::ptr_eq(&row.frames[0], &plain_row.frames[0]));
+        for ((push, _), plain) in read.iter().zip(&plain_row.frames) {
+            assert_eq!(push, &decode_frame(plain).0);
+        }
+        let mut held = r;
+        for (push, _) in read {
+            let ServerPush::RegistryDelta(d) = push else {
+                panic!("{push:?}")
+            };
+            held = held.apply(&d).expect("follows");
+        }
+        assert_eq!(held, replaced);
+        let from_2 = feed.push_for(Some(2), RegistryForm::Packed).expect("row");
+        assert!(Arc::ptr_eq(&from_2.frames[0], &row.frames[1]));
     }
 }

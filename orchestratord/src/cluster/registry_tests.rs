@@ -23,11 +23,7 @@ fn pushes(h: &mut Harness) -> Vec<(Vec<String>, RegistryPush)> {
 fn decode(push: &RegistryPush) -> Vec<ServerPush> {
     push.frames
         .iter()
-        .map(|f| {
-            let len = u32::from_be_bytes(f[..4].try_into().expect("length")) as usize;
-            assert_eq!(len + 4, f.len(), "one frame each");
-            serde_json::from_slice(&f[4..]).expect("a push")
-        })
+        .map(|f| super::feed::decode_frame(f).0)
         .collect()
 }
 

@@ -200,10 +200,12 @@ pub fn send(cx: &mut Ctx<'_, '_>, nodes: impl IntoIterator<Item = String>) {
             continue;
         };
         let version = push.version;
-        let form = if push.from.is_some() {
-            l.registry_form
-        } else {
-            RegistryForm::Whole
+        // The whole registry is one frame for every form but protocol 5's, which is packed: an
+        // older agent sent that one would refuse it.
+        let form = match (push.from, l.registry_form) {
+            (Some(_), form) => form,
+            (None, RegistryForm::Packed) => RegistryForm::Packed,
+            (None, _) => RegistryForm::Whole,
         };
         cx.live.update(&node, |l| {
             l.registry_sent = Some(version);

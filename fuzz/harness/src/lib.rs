@@ -142,7 +142,7 @@ fn registry() -> &'static Registry {
 
 /// The QUIC session's frames (4-byte length, JSON), read as each side reads them: the control
 /// plane's (`JoinRequest`, `Hello`, `AgentRequest`, `PushReply`, `LogFrame`) and the agent's
-/// (`JoinReply`, `HelloReply`, `AgentReply`, `ServerPush`), a prefetch's `PullFrame`s as the
+/// (`JoinReply`, `HelloReply`, `AgentReply`, `ServerPush` plain or packed), a prefetch's `PullFrame`s as the
 /// control plane reads them from a node, then exec streams' binary frames.
 /// A joining node's labels are checked as the control plane does; a decoded registry delta is
 /// applied, and a secret's JSON key picked, as the agent does.
@@ -165,15 +165,24 @@ pub fn session_frames(data: &[u8]) {
             let _ = secrets::pick(&value.0, Some("password"));
         }
     });
-    frames::<ServerPush>(data, |push| {
-        if let ServerPush::RegistryDelta(delta) = push {
+    // Pushes as a node reads them: plain or packed (Zstandard, the length word's top bit).
+    let mut r = data;
+    while let Ok(Some(push)) = now(read_next_push(&mut r)) {
+        if let ServerPush::RegistryDelta(delta) = &push {
             let held = Registry {
                 version: delta.from,
                 ..registry().clone()
             };
             let _ = held.apply(delta);
         }
-    });
+        if let Ok(frame) = encode_push(&push) {
+            let again = now(read_push(&mut &frame[..])).expect("a push this build encoded decodes");
+            assert_eq!(again, push, "a push changed through the wire");
+            let packed = pack_push(&frame).expect("a push this build encoded packs");
+            let again = now(read_push(&mut &packed[..])).expect("a push this build packed decodes");
+            assert_eq!(again, push, "a push changed through packing");
+        }
+    }
     let mut r = data;
     while let Ok(Some(frame)) = now(exec::read(&mut r)) {
         if let Ok(bytes) = frame.encode() {

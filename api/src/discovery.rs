@@ -49,6 +49,17 @@ pub fn is_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
+/// The registry a node holds, as its hello says it (`Hello::registry`): the control plane
+/// sends nothing when it is the registry now, what changed since when it is a kept version
+/// with the same services, else the whole registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldRegistry {
+    /// [`Registry::version`].
+    pub version: u64,
+    /// [`Registry::digest`].
+    pub digest: String,
+}
+
 /// What every node knows of the cluster's discoverable services.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -61,6 +72,28 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// Its services' content: hex SHA-256 of their JSON (this crate's serialization, in
+    /// their order: by namespace and name, endpoints by task id), 64 characters. Two registries
+    /// with the same services have the same digest whatever their versions; a node says it with
+    /// the version it holds ([`HeldRegistry`]) so that a version numbered again with other
+    /// services (a control plane's store put back from a backup) is never taken for it.
+    pub fn digest(&self) -> String {
+        let json = serde_json::to_vec(&self.services).unwrap_or_default();
+        ring::digest::digest(&ring::digest::SHA256, &json)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// What a node holding this registry says of it in its hello; `None` for none (version 0).
+    pub fn held(&self) -> Option<HeldRegistry> {
+        (self.version != 0).then(|| HeldRegistry {
+            version: self.version,
+            digest: self.digest(),
+        })
+    }
+
     /// The service `name` in `namespace`.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&DiscoveredService> {
         self.services
@@ -613,6 +646,44 @@ mod tests {
         let same = RegistryDelta::between(&new, &registry(10, new.services.clone()));
         assert!(same.upserted.is_empty() && same.removed.is_empty());
         assert_eq!(new.apply(&same).map(|r| r.version), Ok(10));
+    }
+
+    #[test]
+    fn a_registry_made_by_deltas_has_the_digest_of_the_one_they_lead_to() {
+        let old = registry(
+            5,
+            vec![service("a", "db", &["t-1"]), service("a", "web", &["t-2"])],
+        );
+        let new = registry(
+            9,
+            vec![
+                service("a", "api", &["t-4"]),
+                service("a", "web", &["t-3", "t-2", "t-5"]),
+            ],
+        );
+        // As the control plane numbers it: endpoints by task id.
+        let mut new = new;
+        new.services[1]
+            .endpoints
+            .sort_by(|a, b| a.task.cmp(&b.task));
+        let made = old
+            .apply(&RegistryDelta::between(&old, &new))
+            .expect("applies");
+        assert_eq!(made.digest(), new.digest());
+        // Through the wire (JSON) too: the node's copy is what it decoded.
+        let decoded: Registry =
+            serde_json::from_slice(&serde_json::to_vec(&made).expect("json")).expect("decodes");
+        assert_eq!(decoded.digest(), new.digest());
+        let digest = new.digest();
+        assert_eq!(digest.len(), 64);
+        assert!(digest
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+        // Another version of the same services: the same digest; other services: another.
+        assert_eq!(registry(10, new.services.clone()).digest(), digest);
+        assert_ne!(old.digest(), digest);
+        assert_eq!(new.held(), Some(HeldRegistry { version: 9, digest }));
+        assert_eq!(Registry::default().held(), None, "version 0: none held");
     }
 
     #[test]

@@ -241,6 +241,12 @@ pub struct Hello {
     /// The node's address in the cluster: where its host ports are reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<std::net::Ipv4Addr>,
+    /// The discovery registry the node holds, if any (`Registry::held`): a control plane whose
+    /// registry is that one (version and digest) sends it nothing, one that kept the changes
+    /// since sends those, any other the whole registry. Absent (an agent before it, or a node
+    /// holding none): the whole registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<discovery::HeldRegistry>,
 }
 
 /// The answer to [`Hello`]; only after it is the session established.

@@ -531,6 +531,7 @@ async fn session(
             protocols: PROTOCOLS.to_vec(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             address: runner.address().or_else(|| source_address(addr)),
+            registry: runner.dns().registry().held(),
         },
     )
     .await

@@ -673,6 +673,7 @@ pub mod raw {
                 protocols: PROTOCOLS.to_vec(),
                 agent_version: "test".into(),
                 address: None,
+                registry: None,
             },
         )
         .await

@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use flotilla_api::discovery::{DiscoveredService, Registry, RegistryDelta};
+use flotilla_api::discovery::{DiscoveredService, HeldRegistry, Registry, RegistryDelta};
 use flotilla_api::taskdef::NetworkMode;
 use flotilla_api::tasks::{
     ContainerState, ContainerStatus, ContainerUsage, DesiredState, DesiredStatus, DesiredTask,
@@ -313,15 +313,33 @@ pub struct RegistrySeen {
     /// `namespace/name` → its endpoints (shared by the agents that took the same whole
     /// registry until one changes them).
     pub services: BTreeMap<String, Arc<Endpoints>>,
+    /// The registry's digest (`Registry::digest`), said in a hello as `nodeagent` says it;
+    /// `None` when the simulator no longer holds the registry a delta applied to whole
+    /// ([`FULL_KEPT`]): the hello then says nothing and the node is sent the whole.
+    pub digest: Option<Arc<str>>,
 }
 
 impl RegistrySeen {
-    /// What an agent keeps of `registry`.
+    /// What an agent keeps of `registry` (also kept whole: [`keep_full`]).
     fn of(registry: Registry) -> Self {
-        Self {
+        let seen = Self {
             version: registry.version,
-            services: registry.services.into_iter().map(Self::entry).collect(),
+            services: registry.services.iter().cloned().map(Self::entry).collect(),
+            digest: None,
+        };
+        Self {
+            digest: Some(keep_full(Arc::new(registry))),
+            ..seen
         }
+    }
+
+    /// What a hello says of it.
+    fn held(&self) -> Option<HeldRegistry> {
+        Some(HeldRegistry {
+            version: self.version,
+            digest: self.digest.as_deref()?.to_string(),
+        })
+        .filter(|h| h.version != 0)
     }
 
     fn entry(s: DiscoveredService) -> (String, Arc<Endpoints>) {
@@ -917,12 +935,22 @@ impl SimAgent {
             .connect_with(quic_client(tls)?, self.server, SERVER_NAME)?
             .await?;
         let (mut send, mut recv) = conn.open_bi().await?;
+        // As `nodeagent` of this release: the registry it holds, if any (an agent of an
+        // earlier release does not say).
+        let registry = self
+            .view
+            .state()
+            .registry
+            .as_ref()
+            .filter(|_| self.protocols.last() == flotilla_api::PROTOCOLS.last())
+            .and_then(RegistrySeen::held);
         write_frame(
             &mut send,
             &Hello {
                 protocols: self.protocols.clone(),
                 agent_version: format!("{}-fleet-sim", env!("CARGO_PKG_VERSION")),
                 address: Some(self.view.address),
+                registry,
             },
         )
         .await?;
@@ -1183,6 +1211,7 @@ impl SimAgent {
         let held = st.registry.take().unwrap_or(RegistrySeen {
             version: 0,
             services: BTreeMap::new(),
+            digest: None,
         });
         let (now, applied) = apply_row(held, &row);
         let generation = now.version;
@@ -1333,12 +1362,57 @@ fn apply_row(held: RegistrySeen, row: &[(u64, Arc<RegistryDelta>)]) -> (Registry
         }
         applied += 1;
     }
+    if applied > 0 {
+        // Its digest: the deltas applied to the registry held, whole, when still kept.
+        now.digest = held
+            .digest
+            .as_deref()
+            .and_then(|d| full(held.version, d))
+            .and_then(|mut whole| {
+                for (_, delta) in &row[..applied as usize] {
+                    whole = whole.apply(delta).ok()?;
+                }
+                Some(keep_full(Arc::new(whole)))
+            });
+    }
     let mut made = MADE.lock().unwrap_or_else(|p| p.into_inner());
     if made.len() == KNOWN_KEPT {
         made.remove(0);
     }
     made.push((key, held, now.clone(), applied));
     (now, applied)
+}
+
+/// How many registries the simulator keeps whole, the last decoded or made: what a row of
+/// deltas is applied to, once for every agent sent it, to know the digest of what it makes
+/// (a real node holds its one registry whole; a simulated agent holds a reduced copy).
+const FULL_KEPT: usize = 32;
+
+/// The registries kept whole, with their digests, oldest first.
+static FULL: std::sync::Mutex<Vec<(Arc<str>, Arc<Registry>)>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps `registry` whole (the last [`FULL_KEPT`]); its digest.
+fn keep_full(registry: Arc<Registry>) -> Arc<str> {
+    let digest: Arc<str> = Arc::from(registry.digest());
+    let mut all = FULL.lock().unwrap_or_else(|p| p.into_inner());
+    if !all
+        .iter()
+        .any(|(d, r)| *d == digest && r.version == registry.version)
+    {
+        if all.len() == FULL_KEPT {
+            all.remove(0);
+        }
+        all.push((digest.clone(), registry));
+    }
+    digest
+}
+
+/// The registry kept whole of `version` and `digest`, if still kept.
+fn full(version: u64, digest: &str) -> Option<Registry> {
+    let all = FULL.lock().unwrap_or_else(|p| p.into_inner());
+    all.iter()
+        .find(|(d, r)| &**d == digest && r.version == version)
+        .map(|(_, r)| (**r).clone())
 }
 
 /// What a simulated node says it has: 2 CPUs, 4 GiB, 32 GiB of disk.

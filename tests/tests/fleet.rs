@@ -3,9 +3,9 @@
 //! own mTLS QUIC session speaking the real protocol; no containers) are all admitted and shown
 //! READY, a DAEMON service with discovery gets a task RUNNING on every one of them, the
 //! discovery registry with every endpoint reaches every agent — whole once, at the start of its
-//! session, and every change after that as a delta —, agents whose session drops (some also
-//! losing their registry, as an agent restarted on a new disk) end with the whole registry
-//! again, and deleting the service stops every task and takes it out of every agent's registry,
+//! session, and every change after that as a delta —, agents whose session drops end holding
+//! every endpoint again (sent the whole registry when they lost theirs, as an agent restarted
+//! on a new disk; nothing when their hello says they hold the current one), and deleting the service stops every task and takes it out of every agent's registry,
 //! as a delta. One agent in ten speaks only protocol 1, as an agent of the previous release,
 //! and is sent the whole registry every time. Correctness, not timing: the timings are in `bench-fleet` (BENCHMARKS.md,
 //! "Fleet").
@@ -247,9 +247,16 @@ fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_re
         }
     }
 
-    // Agents whose session drops, half of them also losing the registry they held: each is
-    // sent the whole registry in its new session and holds every endpoint again.
+    // Agents whose session drops, half of them also losing the registry they held: those
+    // are sent the whole registry in their new session; the others say in their hello that
+    // they hold the current version and are sent nothing. Each holds every endpoint again.
     const RECONNECTING: usize = 20;
+    let wholes_at_drop: Vec<u32> = shared
+        .agents
+        .iter()
+        .take(RECONNECTING)
+        .map(|a| a.state().registry_wholes)
+        .collect();
     for (i, a) in shared.agents.iter().take(RECONNECTING).enumerate() {
         a.reconnect(i % 2 == 0);
     }
@@ -266,9 +273,21 @@ fn a_fleet_of_simulated_agents_is_admitted_runs_a_daemon_service_and_gets_the_re
         },
     );
     for (i, a) in shared.agents.iter().enumerate().take(RECONNECTING) {
-        if !old(i) {
-            assert_eq!(a.state().registry_wholes, 2, "{}", a.node_id);
-        }
+        let lost = i % 2 == 0;
+        let earlier = fleet::speaks(i, OLD_EVERY).last() != flotilla_api::PROTOCOLS.last();
+        assert_eq!(
+            a.state().registry_wholes,
+            wholes_at_drop[i] + u32::from(lost || earlier),
+            "{}: {}",
+            a.node_id,
+            if lost {
+                "lost its registry: sent the whole"
+            } else if earlier {
+                "an agent of an earlier release does not say what it holds: sent the whole"
+            } else {
+                "said it holds the current registry: sent nothing"
+            }
+        );
     }
     let deltas_before: Vec<u32> = shared
         .agents

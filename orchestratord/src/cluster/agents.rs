@@ -343,14 +343,18 @@ fn hello_(
         .take(MAX_AGENT_VERSION)
         .collect();
     let shown = version.clone();
+    let registry_held = hello.registry.as_ref().and_then(|h| cx.feed.held(h));
     cx.live.touch(node_id, cx.now, |l| {
         l.session = Some(session);
         l.agent_version = Some(shown);
         l.disconnected_at = None;
         l.acked_generation = None;
         l.registry_form = super::feed::RegistryForm::of(protocol);
-        // What it holds is not known: it gets the whole registry.
-        l.registry_sent = None;
+        // What it says it holds, when that is known here by version and digest: nothing is
+        // sent when it is the registry now (after a restart, the same registry keeps its
+        // version: `discovery::round`), what changed since when it is a kept version; else,
+        // or when it does not say, the whole.
+        l.registry_sent = registry_held;
         l.registry_in_flight = false;
     });
     tracing::info!(node = %node_id, agent = %version, protocol, "session established");

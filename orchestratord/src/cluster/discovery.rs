@@ -3,8 +3,8 @@
 //! DNS from and programs VIPs with. Recomputed every service round; when it changed, every
 //! live session is sent what changed since the version it was last sent (a delta, one encoded
 //! frame shared by all the sessions at that version), or the whole registry when that version
-//! is unknown (a new session) or older than the kept changes, or when its agent takes no
-//! deltas (protocol 1).
+//! is unknown (a new session whose agent did not say which it holds) or older than the kept
+//! changes, or when its agent takes no deltas (protocol 1).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -16,7 +16,7 @@ use flotilla_api::tasks::{HealthStatus, TaskState};
 use super::command::{Effect, RegistryPush};
 use super::ctx::Ctx;
 use super::feed::RegistryForm;
-use super::records::{Origin, ServiceRecord, TaskRecord};
+use super::records::{Origin, RegistryMark, ServiceRecord, TaskRecord};
 use super::state::Txn;
 
 /// The container and port a service's discovery points at in `def`: the named container (or
@@ -273,6 +273,12 @@ fn held(cx: &mut Ctx<'_, '_>, node: &str, pushed: u64, from: Option<u64>, held: 
 
 /// VIPs assigned, the registry recomputed and, when it changed, numbered anew and sent to
 /// every live session.
+///
+/// Numbered: the milliseconds of the clock, or one more than the last version numbered when
+/// that is later (a clock set back), that version kept in the store with a digest of the
+/// services ([`RegistryMark`]). The first registry after a start has the version of the last
+/// one numbered when it holds the same services: the nodes that say they hold it
+/// (`Hello::registry`) are sent nothing.
 pub fn round(cx: &mut Ctx<'_, '_>) {
     assign_vips(cx);
     let mut next = compute(cx.txn);
@@ -280,8 +286,20 @@ pub fn round(cx: &mut Ctx<'_, '_>) {
     if current.services == next.services && current.version != 0 {
         return;
     }
-    next.version = (current.version + 1).max(cx.now.unix_ms);
-    cx.feed.change(next);
+    let digest = next.digest();
+    let mark = cx.txn.registry_mark().cloned();
+    match mark {
+        Some(m) if current.version == 0 && m.digest == digest => next.version = m.version,
+        _ => {
+            let last = mark.map_or(current.version, |m| m.version.max(current.version));
+            next.version = (last + 1).max(cx.now.unix_ms);
+            cx.txn.put_registry_mark(RegistryMark {
+                version: next.version,
+                digest: digest.clone(),
+            });
+        }
+    }
+    cx.feed.change(next, digest);
     let nodes = cx.live.in_session();
     send(cx, nodes);
 }

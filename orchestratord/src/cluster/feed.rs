@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use flotilla_api::discovery::{Registry, RegistryDelta};
+use flotilla_api::discovery::{HeldRegistry, Registry, RegistryDelta};
 use flotilla_api::ServerPush;
 
 use super::command::RegistryPush;
@@ -70,6 +70,8 @@ type FrameKey = (Option<u64>, RegistryForm);
 #[derive(Debug)]
 struct Change {
     delta: Arc<RegistryDelta>,
+    /// The digest of the registry it applies to ([`Registry::digest`]).
+    from_digest: Arc<str>,
     /// Its own frame (by endpoint), once first sent; `None` inside when it does not fit.
     frame: Option<Option<Arc<[u8]>>>,
     /// That frame as a node of protocol 5 is sent it ([`pack`]), once first sent.
@@ -80,6 +82,8 @@ struct Change {
 #[derive(Debug, Default)]
 pub struct Feed {
     registry: Arc<Registry>,
+    /// Its digest ([`Registry::digest`]).
+    digest: Arc<str>,
     /// The last changes, oldest first; the last one ends at the registry's version.
     changes: VecDeque<Change>,
     /// Encoded pushes to the current version by the version they apply to (`None`: the whole
@@ -120,11 +124,19 @@ impl Feed {
         &self.registry
     }
 
-    /// `next` (numbered) becomes the registry; what changed is kept.
-    pub fn change(&mut self, next: Registry) {
+    /// The registry now and its digest, for [`Feed::restore`].
+    pub fn now(&self) -> (Arc<Registry>, Arc<str>) {
+        (self.registry.clone(), self.digest.clone())
+    }
+
+    /// `next` (numbered), whose digest is `digest` ([`Registry::digest`]), becomes the
+    /// registry; what changed is kept.
+    pub fn change(&mut self, next: Registry, digest: String) {
+        let digest: Arc<str> = Arc::from(digest);
         if self.registry.version != 0 {
             self.changes.push_back(Change {
                 delta: Arc::new(RegistryDelta::between(&self.registry, &next)),
+                from_digest: std::mem::replace(&mut self.digest, digest.clone()),
                 frame: None,
                 packed: None,
             });
@@ -133,17 +145,35 @@ impl Feed {
             }
         }
         self.registry = Arc::new(next);
+        self.digest = digest;
         self.frames.clear();
     }
 
-    /// Back to `registry`, an earlier registry of this feed (its command failed).
-    pub fn restore(&mut self, registry: Arc<Registry>) {
+    /// Back to `now`, an earlier registry of this feed and its digest ([`Feed::now`]; its
+    /// command failed).
+    pub fn restore(&mut self, (registry, digest): (Arc<Registry>, Arc<str>)) {
         if registry.version == self.registry.version {
             return;
         }
         self.changes.retain(|c| c.delta.to <= registry.version);
         self.registry = registry;
+        self.digest = digest;
         self.frames.clear();
+    }
+
+    /// The version a node that says it holds `held` is taken to hold: that version when it
+    /// is the registry now or one a kept change applies to, with the same digest; else
+    /// `None` (it is sent the whole registry). A version numbered again with other services
+    /// (a store put back from a backup) is not taken for the one the node holds.
+    pub fn held(&self, held: &HeldRegistry) -> Option<u64> {
+        let same = |version: u64, digest: &str| version == held.version && digest == held.digest;
+        (self.registry.version != 0
+            && (same(self.registry.version, &self.digest)
+                || self
+                    .changes
+                    .iter()
+                    .any(|c| same(c.delta.from, &c.from_digest))))
+        .then_some(held.version)
     }
 
     /// Where in the kept changes the one from `version` is.
@@ -292,6 +322,12 @@ mod tests {
     use flotilla_api::discovery::DiscoveredService;
     use flotilla_api::taskdef::Protocol;
 
+    /// `next` becomes the registry, with its digest.
+    fn change(feed: &mut Feed, next: Registry) {
+        let digest = next.digest();
+        feed.change(next, digest);
+    }
+
     fn numbered(version: u64, names: &[&str]) -> Registry {
         Registry {
             version,
@@ -319,7 +355,7 @@ mod tests {
             None,
             "no registry yet"
         );
-        feed.change(numbered(1, &[]));
+        change(&mut feed, numbered(1, &[]));
         let whole = feed.push_for(None, RegistryForm::Endpoints).expect("whole");
         assert_eq!((whole.version, whole.from), (1, None));
         assert_eq!(
@@ -330,7 +366,7 @@ mod tests {
         let names: Vec<String> = (0..KEPT_CHANGES + 5).map(|i| format!("s{i}")).collect();
         for (i, _) in names.iter().enumerate() {
             let refs: Vec<&str> = names[..=i].iter().map(String::as_str).collect();
-            feed.change(numbered(i as u64 + 2, &refs));
+            change(&mut feed, numbered(i as u64 + 2, &refs));
         }
         let last = feed.registry().version;
         // One frame per starting version, shared by every node there.
@@ -367,10 +403,11 @@ mod tests {
         assert_eq!(old.from, None);
         assert!(Arc::ptr_eq(&old.frames[0], &unknown.frames[0]));
         // A failed command's change is taken back.
-        let before = feed.registry().clone();
-        feed.change(numbered(last + 1, &["x"]));
+        let before = feed.now();
+        change(&mut feed, numbered(last + 1, &["x"]));
         feed.restore(before.clone());
-        assert_eq!(feed.registry(), &before);
+        assert_eq!(feed.registry(), &before.0);
+        assert_eq!(feed.held(&before.0.held().expect("numbered")), Some(last));
         assert_eq!(
             feed.push_for(Some(last - 1), RegistryForm::Endpoints)
                 .map(|p| p.version),
@@ -397,8 +434,8 @@ mod tests {
             r
         };
         let mut feed = Feed::default();
-        feed.change(with(1, &["t-1", "t-2", "t-3"]));
-        feed.change(with(2, &["t-1", "t-2", "t-4"]));
+        change(&mut feed, with(1, &["t-1", "t-2", "t-3"]));
+        change(&mut feed, with(2, &["t-1", "t-2", "t-4"]));
         fn delta(feed: &mut Feed, form: RegistryForm) -> RegistryDelta {
             let push = feed.push_for(Some(1), form).expect("a delta");
             match serde_json::from_slice::<ServerPush>(&push.frames[0][4..]) {
@@ -441,14 +478,14 @@ mod tests {
     #[test]
     fn an_agent_of_protocol_4_behind_gets_each_change_since_in_a_row_each_encoded_once() {
         let mut feed = Feed::default();
-        feed.change(numbered(1, &[]));
+        change(&mut feed, numbered(1, &[]));
         let names: Vec<String> = (0..10).map(|i| format!("s{i}")).collect();
         let at = |n: usize| {
             let refs: Vec<&str> = names[..n].iter().map(String::as_str).collect();
             numbered(n as u64 + 1, &refs)
         };
         for n in 1..=3 {
-            feed.change(at(n));
+            change(&mut feed, at(n));
         }
         let from_2 = feed.push_for(Some(2), RegistryForm::InARow).expect("row");
         assert_eq!((from_2.from, from_2.version), (Some(2), 4));
@@ -464,7 +501,7 @@ mod tests {
         }
         assert_eq!(&held, &**feed.registry());
         // The next change: the ones before keep their frames, shared by every node behind.
-        feed.change(at(4));
+        change(&mut feed, at(4));
         let from_1 = feed.push_for(Some(1), RegistryForm::InARow).expect("row");
         let from_3 = feed.push_for(Some(3), RegistryForm::InARow).expect("row");
         assert_eq!(from_1.frames.len(), 4);
@@ -501,7 +538,7 @@ mod tests {
         };
         let mut feed = Feed::default();
         for v in 1..=6 {
-            feed.change(with(v));
+            change(&mut feed, with(v));
         }
         let one = feed.push_for(Some(5), RegistryForm::InARow).expect("row");
         assert_eq!((one.from, one.frames.len()), (Some(5), 1));
@@ -527,15 +564,15 @@ mod tests {
         let mut feed = Feed::default();
         let mut r = numbered(1, &["web"]);
         r.services[0].endpoints = (0..300).map(|i| endpoint(1, i)).collect();
-        feed.change(r.clone());
+        change(&mut feed, r.clone());
         let mut one_more = r.clone();
         one_more.version = 2;
         one_more.services[0].endpoints.push(endpoint(2, 300));
-        feed.change(one_more.clone());
+        change(&mut feed, one_more.clone());
         let mut replaced = one_more.clone();
         replaced.version = 3;
         replaced.services[0].endpoints = (0..301).map(|i| endpoint(3, i)).collect();
-        feed.change(replaced.clone());
+        change(&mut feed, replaced.clone());
         // The whole: packed, a fraction of the plain one's weight, packed once.
         let plain = feed.push_for(None, RegistryForm::InARow).expect("whole");
         let whole = feed.push_for(None, RegistryForm::Packed).expect("whole");

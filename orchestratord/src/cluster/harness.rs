@@ -276,11 +276,23 @@ impl Harness {
 
     /// The node's fake agent, speaking `protocols`, says hello.
     pub fn hello_speaking(&mut self, node: &str, protocols: &[u32]) {
+        self.hello_holding(node, protocols, None);
+    }
+
+    /// The node's fake agent, speaking `protocols` and saying it holds `registry`, says
+    /// hello.
+    pub fn hello_holding(
+        &mut self,
+        node: &str,
+        protocols: &[u32],
+        registry: Option<flotilla_api::discovery::HeldRegistry>,
+    ) {
         self.sessions += 1;
         let hello = Hello {
             protocols: protocols.to_vec(),
             agent_version: "test".into(),
             address: Some(std::net::Ipv4Addr::new(192, 0, 2, 10)),
+            registry,
         };
         let reply = self
             .exec(Command::Agent(Agent::Hello {

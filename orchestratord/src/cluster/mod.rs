@@ -107,7 +107,7 @@ impl Cluster {
     /// Runs a command at `now`: its changes committed in one transaction (nothing committed
     /// when it fails), then its reply and effects.
     pub fn execute(&mut self, command: Command, now: Now) -> Result<Outcome, ClusterError> {
-        let registry = self.registry.registry().clone();
+        let registry = self.registry.now();
         let result = self.run(command, now);
         if result.is_err() {
             // Derived from uncommitted state: computed again next round.

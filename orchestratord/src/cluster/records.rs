@@ -323,6 +323,35 @@ impl Record for ConfigRecord {
     }
 }
 
+/// The discovery registry's version and a digest of the services it held, kept so that a
+/// control plane started again numbers the same registry as before — nodes that say they
+/// hold it are sent nothing — and a new one above every version it ever sent: a node keeps a
+/// newer registry over an older whole one, so a version numbered lower after a restart (a
+/// clock set back) would leave nodes on a stale registry. One record, under `current`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryMark {
+    /// The version last numbered.
+    pub version: u64,
+    /// Hex SHA-256 of the registry's services as JSON.
+    pub digest: String,
+}
+
+impl RegistryMark {
+    /// The one record's key.
+    pub const KEY: &'static str = "current";
+}
+
+impl Record for RegistryMark {
+    type Key = String;
+    const TABLE: &'static str = "registry";
+    fn key(&self) -> String {
+        Self::KEY.to_string()
+    }
+    fn key_text(key: &String) -> String {
+        key.clone()
+    }
+}
+
 impl SecretRecord {
     /// How many of the newest versions are kept whether used or not.
     pub const KEPT_VERSIONS: usize = 10;

@@ -137,6 +137,90 @@ fn a_change_reaches_each_node_as_a_delta_and_older_agents_whole() {
 }
 
 #[test]
+fn a_restarted_control_plane_keeps_its_registrys_version_and_sends_a_node_that_holds_it_nothing() {
+    let mut h = Harness::new();
+    let a = h.join(&[], 4096, 4);
+    let b = h.join(&[], 4096, 4);
+    let c = h.join(&[], 4096, 4);
+    let mut versions = Vec::new();
+    for name in ["web", "api"] {
+        discoverable(&mut h, name);
+        for _ in 0..3 {
+            h.step();
+        }
+        versions.push(current(&mut h));
+    }
+    let (older, now) = (versions[0].clone(), versions[1].clone());
+    // Its hello says which version it holds: the current one, nothing; a kept one, what
+    // changed since; one never numbered, the whole.
+    pushes(&mut h);
+    h.disconnect(&a);
+    h.hello_holding(&a, flotilla_api::PROTOCOLS, now.held());
+    assert!(pushes(&mut h).is_empty());
+    h.disconnect(&b);
+    h.hello_holding(&b, flotilla_api::PROTOCOLS, older.held());
+    let sent = pushes(&mut h);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].1.from, Some(older.version));
+    assert_eq!(applied(&older, &sent[0].1), now);
+    h.disconnect(&c);
+    h.hello_holding(
+        &c,
+        flotilla_api::PROTOCOLS,
+        Registry {
+            version: 17,
+            ..now.clone()
+        }
+        .held(),
+    );
+    let sent = pushes(&mut h);
+    assert_eq!((sent.len(), sent[0].1.from), (1, None), "{sent:?}");
+    // The current version with other services (a store put back from a backup numbered it
+    // again), or a kept one: the whole, never nothing or a delta to what it does not hold.
+    for v in [&now, &older] {
+        let other = Registry {
+            version: v.version,
+            services: Vec::new(),
+        };
+        h.disconnect(&c);
+        h.hello_holding(&c, flotilla_api::PROTOCOLS, other.held());
+        let sent = pushes(&mut h);
+        assert_eq!((sent.len(), sent[0].1.from), (1, None), "{sent:?}");
+    }
+
+    // Restarted (`kill -9`) with the same services: the same version, and a node that says
+    // it holds it is sent nothing — the reconnect storm sends no registries.
+    h.restart(1000);
+    h.advance(5);
+    h.step();
+    assert_eq!(current(&mut h), now);
+    pushes(&mut h);
+    h.hello_holding(&a, flotilla_api::PROTOCOLS, now.held());
+    assert!(pushes(&mut h).is_empty());
+    // The version before is no longer kept: the whole.
+    h.hello_holding(&b, flotilla_api::PROTOCOLS, older.held());
+    let sent = pushes(&mut h);
+    assert_eq!((sent.len(), sent[0].1.from), (1, None), "{sent:?}");
+
+    // Restarted with the clock set back a day and the services changed: numbered above every
+    // version sent before, or the nodes would keep their registry over the new one.
+    h.restart(2000);
+    h.now.unix_ms -= 86_400_000;
+    discoverable(&mut h, "db");
+    for _ in 0..3 {
+        h.step();
+    }
+    let after = current(&mut h);
+    assert_ne!(after.services, now.services);
+    assert!(
+        after.version > now.version,
+        "{} after {}",
+        after.version,
+        now.version
+    );
+}
+
+#[test]
 fn a_node_out_of_sequence_is_sent_what_changed_since_what_it_holds_or_the_whole() {
     let mut h = Harness::new();
     let a = h.join(&[], 4096, 4);

@@ -17,8 +17,8 @@ use flotilla_api::images::StoredImage;
 use flotilla_api::ops::{Event, EventFilter, TaskDefRevision, TaskDefStatus};
 
 use super::records::{
-    ConfigRecord, NodeRecord, Origin, Record, ScalingRecord, ScheduleRecord, SecretRecord,
-    ServiceRecord, TaskRecord, TokenRecord,
+    ConfigRecord, NodeRecord, Origin, Record, RegistryMark, ScalingRecord, ScheduleRecord,
+    SecretRecord, ServiceRecord, TaskRecord, TokenRecord,
 };
 use super::store::{Changes, Loaded, Writes};
 
@@ -38,6 +38,7 @@ pub struct State {
     secrets: BTreeMap<String, SecretRecord>,
     configs: BTreeMap<String, ConfigRecord>,
     images: BTreeMap<String, StoredImage>,
+    registry: BTreeMap<String, RegistryMark>,
     events: VecDeque<Event>,
     last_event: u64,
     max_events: u64,
@@ -74,6 +75,7 @@ impl State {
             secrets: keyed(loaded.secrets),
             configs: keyed(loaded.configs),
             images: keyed(loaded.images),
+            registry: keyed(loaded.registry),
             last_event: loaded.events.last().map_or(0, |e| e.seq),
             events: loaded.events.into(),
             max_events: MAX_EVENTS,
@@ -189,6 +191,7 @@ impl State {
         put(&mut self.secrets, w.secrets);
         put(&mut self.configs, w.configs);
         put(&mut self.images, w.images);
+        put(&mut self.registry, w.registry);
         for (id, new) in w.tasks {
             let old = self.tasks.remove(&id);
             self.index_task(old.as_ref(), new.as_ref());
@@ -643,6 +646,18 @@ impl<'s> Txn<'s> {
     /// Stores a secret.
     pub fn put_secret(&mut self, s: SecretRecord) {
         self.w.secrets.insert(s.key(), Some(s));
+    }
+
+    // ---- the discovery registry's mark
+
+    /// The discovery registry's version and digest, as last numbered.
+    pub fn registry_mark(&self) -> Option<&RegistryMark> {
+        get(&self.base.registry, &self.w.registry, RegistryMark::KEY)
+    }
+
+    /// Keeps the discovery registry's version and digest.
+    pub fn put_registry_mark(&mut self, m: RegistryMark) {
+        self.w.registry.insert(m.key(), Some(m));
     }
 
     // ---- configs

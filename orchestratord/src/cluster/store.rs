@@ -14,8 +14,8 @@ use redb::{
 };
 
 use super::records::{
-    ConfigRecord, NodeRecord, Record, ScalingRecord, ScheduleRecord, SecretRecord, ServiceRecord,
-    TaskRecord, TokenRecord,
+    ConfigRecord, NodeRecord, Record, RegistryMark, ScalingRecord, ScheduleRecord, SecretRecord,
+    ServiceRecord, TaskRecord, TokenRecord,
 };
 
 /// Changes to one table: key → the new record, or `None` to remove it.
@@ -44,6 +44,8 @@ pub struct Writes {
     pub configs: Changes<ConfigRecord>,
     /// Images of the content store.
     pub images: Changes<StoredImage>,
+    /// The discovery registry's version and digest.
+    pub registry: Changes<RegistryMark>,
     /// Events appended, in sequence.
     pub events: Vec<Event>,
     /// Events with a sequence number below this are dropped (the log keeps the last
@@ -64,6 +66,7 @@ impl Writes {
             && self.secrets.is_empty()
             && self.configs.is_empty()
             && self.images.is_empty()
+            && self.registry.is_empty()
             && self.events.is_empty()
             && self.events_from.is_none()
     }
@@ -92,6 +95,8 @@ pub struct Loaded {
     pub configs: Vec<ConfigRecord>,
     /// Images of the content store.
     pub images: Vec<StoredImage>,
+    /// The discovery registry's version and digest (none before its first registry).
+    pub registry: Vec<RegistryMark>,
     /// The event log, oldest first.
     pub events: Vec<Event>,
 }
@@ -163,6 +168,7 @@ impl RedbStore {
         w.open_table(table::<SecretRecord>()).map_err(db)?;
         w.open_table(table::<ConfigRecord>()).map_err(db)?;
         w.open_table(table::<StoredImage>()).map_err(db)?;
+        w.open_table(table::<RegistryMark>()).map_err(db)?;
         w.open_table(EVENTS).map_err(db)?;
         w.commit().map_err(db)?;
         Ok(Self {
@@ -278,6 +284,7 @@ impl Store for RedbStore {
             secrets: Self::load_table(&r)?,
             configs: Self::load_table(&r)?,
             images: Self::load_table(&r)?,
+            registry: Self::load_table(&r)?,
             events,
         })
     }
@@ -294,6 +301,7 @@ impl Store for RedbStore {
         Self::write_table(&w, &writes.secrets)?;
         Self::write_table(&w, &writes.configs)?;
         Self::write_table(&w, &writes.images)?;
+        Self::write_table(&w, &writes.registry)?;
         if !writes.events.is_empty() || writes.events_from.is_some() {
             let mut t = w.open_table(EVENTS).map_err(db)?;
             for e in &writes.events {

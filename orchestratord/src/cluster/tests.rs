@@ -1108,6 +1108,7 @@ fn revoking_a_node_ends_its_session_and_refuses_it() {
                 protocols: flotilla_api::PROTOCOLS.to_vec(),
                 agent_version: "test".into(),
                 address: None,
+                registry: None,
             },
             remote: None,
         }))
@@ -1721,6 +1722,7 @@ fn an_agent_version_is_kept_printable_and_short() {
             protocols: flotilla_api::PROTOCOLS.to_vec(),
             agent_version: format!("1.0\u{1b}[31m{}", "x".repeat(10_000)),
             address: None,
+            registry: None,
         },
         remote: None,
     }))
@@ -2056,6 +2058,7 @@ fn metrics_count_sessions_admitted_rate_limited_and_refused() {
                 protocols: flotilla_api::PROTOCOLS.to_vec(),
                 agent_version: "test".into(),
                 address: None,
+                registry: None,
             },
             remote: None,
         })

@@ -156,6 +156,7 @@ fn main() {
                 protocols: PROTOCOLS.to_vec(),
                 agent_version: "simulated".into(),
                 address: None,
+                registry: None,
             },
             remote: None,
         }));

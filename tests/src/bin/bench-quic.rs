@@ -40,6 +40,7 @@ async fn session(
                 protocols: PROTOCOLS.to_vec(),
                 agent_version: "bench".into(),
                 address: None,
+                registry: None,
             },
         )
         .await?;

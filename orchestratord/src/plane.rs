@@ -8,7 +8,7 @@ use flotilla_api::{encode_push, read_frame, PushReply, ServerPush};
 use quinn::{Connection, VarInt};
 
 use crate::core::Core;
-use orchestratord::cluster::{Agent, Command, Effect, Outcome};
+use orchestratord::cluster::{Agent, Command, Effect, Outcome, RegistryAnswer};
 
 /// The adapters' shared parts.
 #[derive(Debug, Clone)]
@@ -338,17 +338,19 @@ impl Plane {
                             // Given back before the core hears of it: the turn is the transfer's.
                             drop(permit);
                             let answer = match answer {
-                                Ok(PushReply::Persisted { generation }) => Some(generation),
+                                Ok(PushReply::Persisted { generation }) => {
+                                    RegistryAnswer::Holds(generation)
+                                }
                                 Ok(PushReply::Refused { reason }) => {
                                     tracing::warn!(node = %node, "registry refused: {reason}");
-                                    None
+                                    RegistryAnswer::Refused
                                 }
                                 Err(e) => {
                                     tracing::debug!(node = %node, "registry not delivered: {e}");
-                                    None
+                                    RegistryAnswer::Unanswered
                                 }
                             };
-                            if let Some(h) = answer {
+                            if let RegistryAnswer::Holds(h) = answer {
                                 held.send_if_modified(|v| {
                                     let newer = h > *v;
                                     if newer {
@@ -362,7 +364,7 @@ impl Plane {
                                 session: conn.stable_id() as u64,
                                 pushed: push.version,
                                 from: push.from,
-                                held: answer,
+                                answer,
                             };
                             if let Err(e) = plane.run(Command::Agent(said)).await {
                                 tracing::warn!("recording the registry a node holds: {e}");

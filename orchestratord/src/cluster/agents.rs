@@ -182,9 +182,9 @@ pub fn execute(cx: &mut Ctx<'_, '_>, a: Agent) -> Result<Reply, ClusterError> {
             session,
             pushed,
             from,
-            held,
+            answer,
         } => {
-            super::discovery::answered(cx, &node, session, pushed, from, held);
+            super::discovery::answered(cx, &node, session, pushed, from, answer);
             Ok(Reply::Done)
         }
         Agent::DesiredRefused { node, reason } => {

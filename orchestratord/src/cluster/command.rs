@@ -276,10 +276,8 @@ pub enum Agent {
         pushed: u64,
         /// What the push applied to (`None`: the whole registry).
         from: Option<u64>,
-        /// The version it said it holds (another than `pushed`: a delta that did not follow
-        /// what it held); `None` when no answer came (the session ended, or the push's time
-        /// ran out).
-        held: Option<u64>,
+        /// What it answered.
+        answer: RegistryAnswer,
     },
     /// It asks for a version of a secret or a config (see `secrets::fetch`).
     FetchSecret {
@@ -323,6 +321,20 @@ pub enum Agent {
         /// Why.
         reason: String,
     },
+}
+
+/// How a node answered a registry push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistryAnswer {
+    /// It holds this version (another than the one pushed: a delta that did not follow what
+    /// it held, or a whole registry older than its own).
+    Holds(u64),
+    /// It refused the push (a frame it could not read or apply, a row over its budget): sent
+    /// again as it was, it would be refused again.
+    Refused,
+    /// No answer came (the session ended, or the push's time ran out): the node may or may
+    /// not hold it.
+    Unanswered,
 }
 
 /// A timer.

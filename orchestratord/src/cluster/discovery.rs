@@ -13,7 +13,7 @@ use flotilla_api::discovery::{DiscoveredService, Discovery, Endpoint, Registry};
 use flotilla_api::taskdef::{NetworkMode, Protocol, TaskDefinition};
 use flotilla_api::tasks::{HealthStatus, TaskState};
 
-use super::command::{Effect, RegistryPush};
+use super::command::{Effect, RegistryAnswer, RegistryPush};
 use super::ctx::Ctx;
 use super::feed::RegistryForm;
 use super::records::{Origin, RegistryMark, ServiceRecord, TaskRecord};
@@ -222,16 +222,17 @@ pub fn send(cx: &mut Ctx<'_, '_>, nodes: impl IntoIterator<Item = String>) {
     }
 }
 
-/// A registry push to `node` on `session` was answered (`held`: the version it said it
-/// holds) or given up on (`None`). The node may be sent the next: what changed since, when
-/// the registry moved on meanwhile — every change since composed into one delta.
+/// A registry push to `node` on `session` was answered, refused or given up on. The node may
+/// be sent the next: what changed since, when the registry moved on meanwhile — every change
+/// since composed into one delta; after a refused delta, the whole registry; after a refused
+/// whole registry, nothing until the registry changes (it would be refused again).
 pub fn answered(
     cx: &mut Ctx<'_, '_>,
     node: &str,
     session: u64,
     pushed: u64,
     from: Option<u64>,
-    answer: Option<u64>,
+    answer: RegistryAnswer,
 ) {
     if cx
         .live
@@ -242,13 +243,20 @@ pub fn answered(
     }
     cx.live.update(node, |l| l.registry_in_flight = false);
     match answer {
-        Some(h) if h != pushed => held(cx, node, pushed, from, h),
-        Some(_) => send(cx, [node.to_string()]),
+        RegistryAnswer::Holds(h) if h != pushed => held(cx, node, pushed, from, h),
+        RegistryAnswer::Holds(_) => send(cx, [node.to_string()]),
         // Not known to be delivered: it is sent again, from what it held before (a node
         // that did take it answers that it holds `pushed`, and is sent what came since).
-        None => {
+        RegistryAnswer::Unanswered => {
             cx.live.update(node, |l| l.registry_sent = from);
             send(cx, [node.to_string()]);
+        }
+        // What it holds is not known; the same push would be refused again.
+        RegistryAnswer::Refused => {
+            cx.live.update(node, |l| l.registry_sent = None);
+            if from.is_some() {
+                send(cx, [node.to_string()]);
+            }
         }
     }
 }

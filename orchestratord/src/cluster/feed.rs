@@ -229,11 +229,15 @@ impl Feed {
     }
 
     /// The frames of every kept change from `start` on, each encoded once (and, `packed`,
-    /// packed once); `None` when one does not fit, or when the row weighs more than the whole
+    /// packed once); `None` when one does not fit, when the frames after the first weigh
+    /// more than a node takes in a row (`MAX_PUSH_FRAME`, as sent and, a packed one, also
+    /// unpacked: `nodeagent`'s `deltas_in_a_row`), or when the row weighs more than the whole
     /// registry (sent in the same form).
     fn row(&mut self, start: usize, packed: bool) -> Option<Vec<Arc<[u8]>>> {
         let mut frames = Vec::with_capacity(self.changes.len() - start);
         let mut bytes = 0;
+        // What the node counts of the frames after the first.
+        let mut counted = 0;
         for c in self.changes.iter_mut().skip(start) {
             let plain = c
                 .frame
@@ -249,8 +253,20 @@ impl Feed {
             let frame = if packed {
                 c.packed.get_or_insert_with(|| pack(&plain)).clone()
             } else {
-                plain
+                plain.clone()
             };
+            if !frames.is_empty() {
+                counted += frame.len() - 4;
+                if u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]])
+                    & flotilla_api::PACKED
+                    != 0
+                {
+                    counted += plain.len() - 4;
+                }
+                if counted > flotilla_api::MAX_PUSH_FRAME {
+                    return None;
+                }
+            }
             bytes += frame.len();
             frames.push(frame);
         }
@@ -546,6 +562,72 @@ mod tests {
         assert_eq!((behind.from, behind.frames.len()), (None, 1));
         let whole = feed.push_for(None, RegistryForm::InARow).expect("whole");
         assert!(Arc::ptr_eq(&behind.frames[0], &whole.frames[0]));
+    }
+
+    #[test]
+    fn a_packed_row_a_node_would_unpack_past_its_budget_is_sent_as_the_whole() {
+        use flotilla_api::discovery::Endpoint;
+        let endpoint = |task: String| Endpoint {
+            task,
+            node: "n-1".into(),
+            address: std::net::Ipv4Addr::new(10, 0, 0, 1),
+            port: Some(80),
+            task_address: None,
+            task_port: None,
+        };
+        // A service of endpoints that pack poorly (the whole registry packed is heavy), and
+        // one that comes and goes with 40,000 endpoints that pack very well: 10 MB of JSON
+        // each time, a few KB packed.
+        let mut seed = 1u64;
+        let noise: Vec<Endpoint> = (0..40_000)
+            .map(|_| {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                endpoint(format!("t-{seed:016x}{:016x}", seed.rotate_left(29)))
+            })
+            .collect();
+        let web: Vec<Endpoint> = (0..40_000)
+            .map(|i| endpoint(format!("t-{}-{i:06}", "a".repeat(200))))
+            .collect();
+        let at = |version: u64, with_web: bool| {
+            let mut r = numbered(
+                version,
+                if with_web {
+                    &["noise", "web"]
+                } else {
+                    &["noise"]
+                },
+            );
+            r.services[0].endpoints = noise.clone();
+            if with_web {
+                r.services[1].endpoints = web.clone();
+            }
+            r
+        };
+        let mut feed = Feed::default();
+        for v in 1..=7 {
+            change(&mut feed, at(v, v % 2 == 0));
+        }
+        let whole = feed.push_for(None, RegistryForm::Packed).expect("whole");
+        // Behind by four changes: a row, one 10 MB frame after the first.
+        let near = feed.push_for(Some(3), RegistryForm::Packed).expect("row");
+        assert_eq!((near.from, near.frames.len()), (Some(3), 4));
+        // Behind by six: the row is lighter than the whole as sent, but the frames after the
+        // first unpack to over 16 MiB, which the node refuses: the whole.
+        let far = feed.push_for(Some(1), RegistryForm::Packed).expect("whole");
+        let sent: usize = feed
+            .changes
+            .iter()
+            .map(|c| c.packed.as_ref().expect("packed").len())
+            .sum();
+        assert!(
+            sent < whole.frames[0].len(),
+            "{sent} B of row against {} B whole",
+            whole.frames[0].len()
+        );
+        assert_eq!((far.from, far.frames.len()), (None, 1));
+        assert!(Arc::ptr_eq(&far.frames[0], &whole.frames[0]));
     }
 
     #[test]

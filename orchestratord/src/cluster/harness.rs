@@ -193,7 +193,7 @@ impl Harness {
                     session,
                     pushed: push.version,
                     from: push.from,
-                    held: Some(push.version),
+                    answer: super::command::RegistryAnswer::Holds(push.version),
                 }));
             }
         }

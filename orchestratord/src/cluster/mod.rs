@@ -51,7 +51,8 @@ mod tests;
 use flotilla_certs::ClusterCa;
 
 pub use command::{
-    Agent, CloseCode, ClusterError, Command, Effect, Now, Operator, Outcome, Reply, Tick,
+    Agent, CloseCode, ClusterError, Command, Effect, Now, Operator, Outcome, RegistryAnswer, Reply,
+    Tick,
 };
 pub use ctx::{Config, Ids, RandomIds, DEFAULT_SCALING_PERIOD};
 pub use store::{RedbStore, Store};

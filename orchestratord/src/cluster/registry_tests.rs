@@ -5,7 +5,7 @@ use flotilla_api::discovery::Registry;
 use flotilla_api::ops::TaskRun;
 use flotilla_api::ServerPush;
 
-use super::command::{Agent, Command, Effect, Operator, RegistryPush};
+use super::command::{Agent, Command, Effect, Operator, RegistryAnswer, RegistryPush};
 use super::harness::Harness;
 
 /// The registry pushes of the commands since the last call: (nodes, push).
@@ -246,7 +246,7 @@ fn a_node_out_of_sequence_is_sent_what_changed_since_what_it_holds_or_the_whole(
             session,
             pushed: now.version,
             from,
-            held: Some(held),
+            answer: RegistryAnswer::Holds(held),
         })
     };
     // A delta found it at the first version (the pushes after it were lost): it is sent
@@ -348,7 +348,7 @@ fn a_node_has_one_push_under_way_and_then_every_change_since_in_one_push() {
         session,
         pushed: first.version,
         from: first.from,
-        held: Some(first.version),
+        answer: RegistryAnswer::Holds(first.version),
     }))
     .expect("answered");
     let sent = pushes(&mut h);
@@ -366,7 +366,7 @@ fn a_node_has_one_push_under_way_and_then_every_change_since_in_one_push() {
         session: session + 100,
         pushed: now.version,
         from: Some(first.version),
-        held: None,
+        answer: RegistryAnswer::Unanswered,
     }))
     .expect("answered");
     assert!(h
@@ -381,7 +381,7 @@ fn a_node_has_one_push_under_way_and_then_every_change_since_in_one_push() {
         session,
         pushed: now.version,
         from: Some(first.version),
-        held: None,
+        answer: RegistryAnswer::Unanswered,
     }))
     .expect("answered");
     let again = pushes(&mut h);
@@ -394,7 +394,7 @@ fn a_node_has_one_push_under_way_and_then_every_change_since_in_one_push() {
         session,
         pushed: now.version,
         from: Some(first.version),
-        held: Some(now.version),
+        answer: RegistryAnswer::Holds(now.version),
     }))
     .expect("answered");
     assert!(pushes(&mut h).is_empty(), "it holds the current registry");
@@ -403,4 +403,40 @@ fn a_node_has_one_push_under_way_and_then_every_change_since_in_one_push() {
         .live
         .peek(&a)
         .is_some_and(|l| !l.registry_in_flight));
+
+    // A refused delta (a frame it could not read, a row past its budget) is not sent again:
+    // the whole registry is.
+    h.exec(Command::Agent(Agent::RegistryAnswered {
+        node: a.clone(),
+        session,
+        pushed: now.version,
+        from: Some(first.version),
+        answer: RegistryAnswer::Refused,
+    }))
+    .expect("answered");
+    let whole = pushes(&mut h);
+    assert_eq!(whole.len(), 1, "{whole:?}");
+    assert_eq!((whole[0].1.from, whole[0].1.version), (None, now.version));
+    // A refused whole is not sent again at once (it would be refused again), only with the
+    // next change.
+    h.exec(Command::Agent(Agent::RegistryAnswered {
+        node: a.clone(),
+        session,
+        pushed: now.version,
+        from: None,
+        answer: RegistryAnswer::Refused,
+    }))
+    .expect("answered");
+    assert!(pushes(&mut h).is_empty());
+    discoverable(&mut h, "later");
+    for _ in 0..3 {
+        h.step();
+    }
+    let next = pushes(&mut h);
+    let to_a: Vec<_> = next
+        .iter()
+        .filter(|(nodes, _)| nodes.contains(&a))
+        .collect();
+    assert_eq!(to_a.len(), 1, "{next:?}");
+    assert_eq!(to_a[0].1.from, None, "the whole again");
 }

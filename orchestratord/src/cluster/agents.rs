@@ -344,6 +344,17 @@ fn hello_(
         .collect();
     let shown = version.clone();
     let registry_held = hello.registry.as_ref().and_then(|h| cx.feed.held(h));
+    // Before the first registry after a start, what it says is checked then; a version not
+    // known here at or above the registry's own (a store put back from a backup numbered
+    // lower) is one the next registry is numbered above, or the node would keep its own over
+    // it.
+    let first = cx.feed.registry().version == 0;
+    let registry_claim = hello.registry.clone().filter(|_| first);
+    if let Some(h) = hello.registry.as_ref() {
+        if !first && registry_held.is_none() {
+            cx.feed.above(h.version, cx.now, node_id);
+        }
+    }
     cx.live.touch(node_id, cx.now, |l| {
         l.session = Some(session);
         l.agent_version = Some(shown);
@@ -355,6 +366,7 @@ fn hello_(
         // version: `discovery::round`), what changed since when it is a kept version; else,
         // or when it does not say, the whole.
         l.registry_sent = registry_held;
+        l.registry_claim = registry_claim;
         l.registry_in_flight = false;
     });
     tracing::info!(node = %node_id, agent = %version, protocol, "session established");

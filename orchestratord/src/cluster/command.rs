@@ -329,8 +329,9 @@ pub enum RegistryAnswer {
     /// It holds this version (another than the one pushed: a delta that did not follow what
     /// it held, or a whole registry older than its own).
     Holds(u64),
-    /// It refused the push (a frame it could not read or apply, a row over its budget): sent
-    /// again as it was, it would be refused again.
+    /// It refused the push (a frame it could not read or apply, a row over its budget, a
+    /// registry it could not persist): sent again as it was, it would likely be refused again
+    /// (`discovery::answered`).
     Refused,
     /// No answer came (the session ended, or the push's time ran out): the node may or may
     /// not hold it.

@@ -207,6 +207,7 @@ pub fn send(cx: &mut Ctx<'_, '_>, nodes: impl IntoIterator<Item = String>) {
             (None, RegistryForm::Packed) => RegistryForm::Packed,
             (None, _) => RegistryForm::Whole,
         };
+        cx.feed.note_sent(&node, l.registry_sent);
         cx.live.update(&node, |l| {
             l.registry_sent = Some(version);
             l.registry_in_flight = true;
@@ -244,18 +245,25 @@ pub fn answered(
     cx.live.update(node, |l| l.registry_in_flight = false);
     match answer {
         RegistryAnswer::Holds(h) if h != pushed => held(cx, node, pushed, from, h),
-        RegistryAnswer::Holds(_) => send(cx, [node.to_string()]),
+        RegistryAnswer::Holds(h) => {
+            cx.live.update(node, |l| l.registry_sent = Some(h));
+            send(cx, [node.to_string()]);
+        }
         // Not known to be delivered: it is sent again, from what it held before (a node
         // that did take it answers that it holds `pushed`, and is sent what came since).
         RegistryAnswer::Unanswered => {
             cx.live.update(node, |l| l.registry_sent = from);
             send(cx, [node.to_string()]);
         }
-        // What it holds is not known; the same push would be refused again.
+        // What it holds is not known; the same push would likely be refused again: after a
+        // delta, the whole; after the whole, the whole again a while later (a full disk
+        // freed, say) unless a change sends it first.
         RegistryAnswer::Refused => {
             cx.live.update(node, |l| l.registry_sent = None);
             if from.is_some() {
                 send(cx, [node.to_string()]);
+            } else {
+                cx.feed.refused(node, cx.now);
             }
         }
     }
@@ -271,7 +279,12 @@ fn held(cx: &mut Ctx<'_, '_>, node: &str, pushed: u64, from: Option<u64>, held: 
         return;
     }
     if from.is_none() {
-        tracing::warn!(node = %node, pushed, held, "the node kept its registry over the whole one pushed");
+        // It holds a version at or above the one pushed that this control plane does not
+        // know (a store put back from a backup numbered again from below): the next registry
+        // is numbered above it, and sent whole.
+        tracing::warn!(node = %node, pushed, held, "the node kept its registry over the whole one pushed: numbering the next above it");
+        cx.feed.above(held, cx.now, node);
+        cx.live.update(node, |l| l.registry_sent = None);
         return;
     }
     tracing::info!(node = %node, pushed, ?from, held, "registry delta out of sequence: sending what changed since the version the node holds");
@@ -291,16 +304,25 @@ pub fn round(cx: &mut Ctx<'_, '_>) {
     assign_vips(cx);
     let mut next = compute(cx.txn);
     let current = cx.feed.registry().clone();
-    if current.services == next.services && current.version != 0 {
+    let floor = cx.feed.floor();
+    if current.services == next.services && current.version != 0 && floor < current.version {
+        let due = cx.feed.refused_due(cx.now);
+        if !due.is_empty() {
+            send(cx, due);
+        }
         return;
     }
     let digest = next.digest();
     let mark = cx.txn.registry_mark().cloned();
     match mark {
-        Some(m) if current.version == 0 && m.digest == digest => next.version = m.version,
+        Some(m) if current.version == 0 && m.digest == digest && m.version > floor => {
+            next.version = m.version
+        }
         _ => {
-            let last = mark.map_or(current.version, |m| m.version.max(current.version));
-            next.version = (last + 1).max(cx.now.unix_ms);
+            let last = mark
+                .map_or(current.version, |m| m.version.max(current.version))
+                .max(floor);
+            next.version = last.saturating_add(1).max(cx.now.unix_ms);
             cx.txn.put_registry_mark(RegistryMark {
                 version: next.version,
                 digest: digest.clone(),
@@ -309,6 +331,24 @@ pub fn round(cx: &mut Ctx<'_, '_>) {
     }
     cx.feed.change(next, digest);
     let nodes = cx.live.in_session();
+    if current.version == 0 {
+        // Sessions that began before this first registry after a start: what their hello
+        // said they hold.
+        for node in &nodes {
+            let claim = cx.live.peek(node).and_then(|l| l.registry_claim.clone());
+            let Some(claim) = claim else {
+                continue;
+            };
+            let held = cx.feed.held(&claim);
+            if held.is_none() {
+                cx.feed.above(claim.version, cx.now, node);
+            }
+            cx.live.update(node, |l| {
+                l.registry_claim = None;
+                l.registry_sent = held;
+            });
+        }
+    }
     send(cx, nodes);
 }
 

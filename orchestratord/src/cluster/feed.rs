@@ -89,7 +89,26 @@ pub struct Feed {
     /// Encoded pushes to the current version by the version they apply to (`None`: the whole
     /// registry) and the form of a delta; `None` when it does not fit in a frame.
     frames: HashMap<FrameKey, Option<Arc<[u8]>>>,
+    /// A version a node holds that this feed does not know, at or above its own: the next
+    /// registry is numbered above it ([`Feed::above`]).
+    floor: u64,
+    /// The nodes a push was made for in this command, and what they were sent before
+    /// ([`Feed::begin`], [`Feed::sent`]): taken back when the command fails.
+    sent: Vec<(String, Option<u64>)>,
+    /// Nodes that refused the whole registry, and when (seconds since the epoch): sent it
+    /// again [`RETRY_REFUSED_SECS`] later if the registry has not changed meanwhile.
+    refused: Vec<(String, u64)>,
 }
+
+/// Seconds after a node refused the whole registry (its disk full, say) that it is sent the
+/// whole again, if no change sent it meanwhile.
+pub const RETRY_REFUSED_SECS: u64 = 30;
+
+/// How far past the clock (and the registry's version) a version a node says it holds is
+/// believed, milliseconds: versions are the control plane's clock at a change, so one further
+/// ahead is not one it numbered, and numbering above it would only let a node push the
+/// registry's versions to their end.
+const FLOOR_AHEAD_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// `push` as one frame; `None` (said in the log) when it does not fit.
 fn encode(push: &ServerPush, version: u64, from: Option<u64>) -> Option<Arc<[u8]>> {
@@ -161,6 +180,70 @@ impl Feed {
         self.frames.clear();
     }
 
+    /// A node says it holds `version`, a registry this feed does not know: when that is at or
+    /// above the registry's own, the node would keep its own over the whole one (`nodeagent`
+    /// takes only a newer one), so the next registry is numbered above it
+    /// ([`Feed::floor`]) — a control plane whose store was put back from a backup numbers
+    /// again from below what its nodes hold. A version more than [`FLOOR_AHEAD_MS`] past the
+    /// clock is not believed (said in the log, naming `node`).
+    pub fn above(&mut self, version: u64, now: super::Now, node: &str) {
+        if version < self.registry.version || version <= self.floor {
+            return;
+        }
+        if version
+            > now
+                .unix_ms
+                .max(self.registry.version)
+                .saturating_add(FLOOR_AHEAD_MS)
+        {
+            tracing::warn!(node = %node, version, "the node says it holds a registry version far past this control plane's clock: not believed");
+            return;
+        }
+        self.floor = version;
+    }
+
+    /// The version the next registry must be numbered above (0: none); while it is at or
+    /// above the registry's own, the registry is numbered anew even when unchanged.
+    pub fn floor(&self) -> u64 {
+        self.floor
+    }
+
+    /// `node` refused the whole registry at `now`.
+    pub fn refused(&mut self, node: &str, now: super::Now) {
+        self.refused.retain(|(n, _)| n != node);
+        self.refused.push((node.to_string(), now.secs()));
+    }
+
+    /// The nodes that refused the whole registry [`RETRY_REFUSED_SECS`] or more before `now`
+    /// (or after it: the clock went back), taken.
+    pub fn refused_due(&mut self, now: super::Now) -> Vec<String> {
+        if self.refused.is_empty() {
+            return Vec::new();
+        }
+        let secs = now.secs();
+        let (due, wait): (Vec<_>, Vec<_>) = self
+            .refused
+            .drain(..)
+            .partition(|(_, at)| *at > secs || secs - at >= RETRY_REFUSED_SECS);
+        self.refused = wait;
+        due.into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// A command starts: the pushes it makes are noted ([`Feed::sent`]).
+    pub fn begin(&mut self) {
+        self.sent.clear();
+    }
+
+    /// A push is made for `node`, which was sent `before`.
+    pub fn note_sent(&mut self, node: &str, before: Option<u64>) {
+        self.sent.push((node.to_string(), before));
+    }
+
+    /// The pushes made since [`Feed::begin`], taken: the nodes and what they were sent before.
+    pub fn sent(&mut self) -> Vec<(String, Option<u64>)> {
+        std::mem::take(&mut self.sent)
+    }
+
     /// The version a node that says it holds `held` is taken to hold: that version when it
     /// is the registry now or one a kept change applies to, with the same digest; else
     /// `None` (it is sent the whole registry). A version numbered again with other services
@@ -230,9 +313,9 @@ impl Feed {
 
     /// The frames of every kept change from `start` on, each encoded once (and, `packed`,
     /// packed once); `None` when one does not fit, when the frames after the first weigh
-    /// more than a node takes in a row (`MAX_PUSH_FRAME`, as sent and, a packed one, also
-    /// unpacked: `nodeagent`'s `deltas_in_a_row`), or when the row weighs more than the whole
-    /// registry (sent in the same form).
+    /// as much as a node takes in a row or more (`MAX_PUSH_FRAME`, as sent and, a packed one,
+    /// also unpacked: `nodeagent`'s `deltas_in_a_row`), or when the row weighs more than the
+    /// whole registry (sent in the same form).
     fn row(&mut self, start: usize, packed: bool) -> Option<Vec<Arc<[u8]>>> {
         let mut frames = Vec::with_capacity(self.changes.len() - start);
         let mut bytes = 0;
@@ -255,15 +338,18 @@ impl Feed {
             } else {
                 plain.clone()
             };
+            // Length words included and the limit itself refused: as an agent of protocol 4
+            // counts (its stream's bytes after the first frame, below the limit), which is
+            // stricter than this release's.
             if !frames.is_empty() {
-                counted += frame.len() - 4;
+                counted += frame.len();
                 if u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]])
                     & flotilla_api::PACKED
                     != 0
                 {
                     counted += plain.len() - 4;
                 }
-                if counted > flotilla_api::MAX_PUSH_FRAME {
+                if counted >= flotilla_api::MAX_PUSH_FRAME {
                     return None;
                 }
             }

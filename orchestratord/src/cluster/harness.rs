@@ -27,6 +27,8 @@ use super::Cluster;
 pub struct Counting {
     inner: RedbStore,
     commits: Arc<AtomicU64>,
+    /// While set, every commit fails (a full disk, say).
+    refusing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Store for Counting {
@@ -34,6 +36,9 @@ impl Store for Counting {
         self.inner.load()
     }
     fn commit(&mut self, writes: &Writes) -> Result<(), StoreError> {
+        if self.refusing.load(Ordering::SeqCst) {
+            return Err(StoreError::Db("a commit refused by the test".into()));
+        }
         self.commits.fetch_add(1, Ordering::SeqCst);
         self.inner.commit(writes)
     }
@@ -75,6 +80,8 @@ pub struct Harness {
     pub now: Now,
     /// Commits so far.
     pub commits: Arc<AtomicU64>,
+    /// While set, every commit fails.
+    pub refusing_commits: Arc<std::sync::atomic::AtomicBool>,
     /// Effects of every command so far.
     pub effects: Vec<Effect>,
     /// The fake agents do not answer registry pushes (see [`Harness::exec`]).
@@ -122,6 +129,7 @@ impl Harness {
             config,
             now: Now { unix_ms: START_MS },
             commits: Arc::default(),
+            refusing_commits: Arc::default(),
             effects: Vec::new(),
             withhold_registry_answers: false,
             sessions: 0,
@@ -140,6 +148,7 @@ impl Harness {
         let store = Counting {
             inner: RedbStore::open(&self.dir.path().join("cp.redb")).expect("store"),
             commits: self.commits.clone(),
+            refusing: self.refusing_commits.clone(),
         };
         let ca = ClusterCa::load(self.dir.path()).expect("CA");
         self.cluster = Some(

@@ -42,9 +42,13 @@ pub struct LiveInfo {
     /// services, deltas of endpoints).
     pub registry_form: super::feed::RegistryForm,
     /// The registry version last sent to it in this session (pushes to a node go in order,
-    /// so the next delta starts there), or the version it said it holds; `None` at the start
-    /// of a session: it is sent the whole registry.
+    /// so the next delta starts there), or the version it holds (said in its hello and known
+    /// here by version and digest, or in an answer); `None` when not known: it is sent the
+    /// whole registry.
     pub registry_sent: Option<u64>,
+    /// What its hello said it holds, kept while this control plane has no registry yet (the
+    /// first round after a start numbers it): taken then instead of sending it the whole.
+    pub registry_claim: Option<flotilla_api::discovery::HeldRegistry>,
     /// A registry push to it is not answered yet. It has at most one: a change meanwhile is
     /// sent once the answer comes, composed with every change since (`discovery::answered`),
     /// so a node that takes pushes slower than the registry changes is sent fewer, larger
@@ -224,6 +228,7 @@ impl Live {
                 l.session = None;
                 l.acked_generation = None;
                 l.registry_sent = None;
+                l.registry_claim = None;
                 l.registry_in_flight = false;
                 l.disconnected_at = Some(now.secs());
                 true

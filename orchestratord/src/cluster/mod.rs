@@ -109,10 +109,18 @@ impl Cluster {
     /// when it fails), then its reply and effects.
     pub fn execute(&mut self, command: Command, now: Now) -> Result<Outcome, ClusterError> {
         let registry = self.registry.now();
+        self.registry.begin();
         let result = self.run(command, now);
         if result.is_err() {
-            // Derived from uncommitted state: computed again next round.
+            // Derived from uncommitted state: computed again next round. Its pushes were not
+            // made: the nodes are as before them.
             self.registry.restore(registry);
+            for (node, before) in self.registry.sent() {
+                self.live.update(&node, |l| {
+                    l.registry_sent = before;
+                    l.registry_in_flight = false;
+                });
+            }
         }
         result
     }

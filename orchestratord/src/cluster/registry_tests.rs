@@ -439,4 +439,143 @@ fn a_node_has_one_push_under_way_and_then_every_change_since_in_one_push() {
         .collect();
     assert_eq!(to_a.len(), 1, "{next:?}");
     assert_eq!(to_a[0].1.from, None, "the whole again");
+    // Or, with no change, once a while has passed (its disk freed, say).
+    let pushed = to_a[0].1.version;
+    h.exec(Command::Agent(Agent::RegistryAnswered {
+        node: a.clone(),
+        session,
+        pushed,
+        from: None,
+        answer: RegistryAnswer::Refused,
+    }))
+    .expect("answered");
+    h.step();
+    assert!(pushes(&mut h).is_empty(), "not at once");
+    h.advance(super::feed::RETRY_REFUSED_SECS);
+    h.step();
+    let again = pushes(&mut h);
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert_eq!(
+        (again[0].0.clone(), again[0].1.from),
+        (vec![a.clone()], None)
+    );
+}
+
+#[test]
+fn a_node_holding_a_registry_this_control_plane_does_not_know_is_sent_one_it_takes() {
+    use super::command::Tick;
+    let mut h = Harness::new();
+    let a = h.join(&[], 4096, 4);
+    let b = h.join(&[], 4096, 4);
+    discoverable(&mut h, "web");
+    for _ in 0..3 {
+        h.step();
+    }
+    let now = current(&mut h);
+    pushes(&mut h);
+
+    // Its hello says a version above this control plane's that it does not know (the store
+    // put back from a backup): the next registry is numbered above it — a node keeps its own
+    // registry over an older whole one — even with nothing changed.
+    let ahead = now.version + 5_000;
+    h.disconnect(&b);
+    h.hello_holding(
+        &b,
+        flotilla_api::PROTOCOLS,
+        Registry {
+            version: ahead,
+            services: Vec::new(),
+        }
+        .held(),
+    );
+    h.step();
+    let next = current(&mut h);
+    assert!(next.version > ahead, "{} after {ahead}", next.version);
+    assert_eq!(next.services, now.services);
+    let sent = pushes(&mut h);
+    assert!(
+        sent.iter()
+            .any(|(nodes, p)| nodes.contains(&b) && p.version == next.version),
+        "{sent:?}"
+    );
+
+    // A node that kept its own registry over the whole one pushed (it holds a newer one):
+    // the same, and it is sent the whole.
+    let session = h
+        .cluster()
+        .live
+        .peek(&a)
+        .and_then(|l| l.session)
+        .expect("in session");
+    let kept = next.version + 9_000;
+    h.exec(Command::Agent(Agent::RegistryAnswered {
+        node: a.clone(),
+        session,
+        pushed: next.version,
+        from: None,
+        answer: RegistryAnswer::Holds(kept),
+    }))
+    .expect("answered");
+    h.step();
+    let after = current(&mut h);
+    assert!(after.version > kept, "{} after {kept}", after.version);
+    let sent = pushes(&mut h);
+    assert!(
+        sent.iter()
+            .any(|(nodes, p)| nodes.contains(&a) && p.from.is_none() && p.version == after.version),
+        "{sent:?}"
+    );
+
+    // A version far past the clock is not believed: a node cannot push the registry's
+    // versions to their end.
+    h.disconnect(&b);
+    let far = h.now.unix_ms + 30 * 24 * 3600 * 1000;
+    h.hello_holding(
+        &b,
+        flotilla_api::PROTOCOLS,
+        Registry {
+            version: far,
+            services: Vec::new(),
+        }
+        .held(),
+    );
+    h.step();
+    assert_eq!(current(&mut h).version, after.version);
+
+    // After a restart, hellos before the first registry is numbered: what they say is
+    // checked then — the node holding it is sent nothing.
+    pushes(&mut h);
+    h.restart(1000);
+    h.hello_holding(&a, flotilla_api::PROTOCOLS, after.held());
+    h.hello_holding(&b, flotilla_api::PROTOCOLS, now.held());
+    h.step();
+    assert_eq!(current(&mut h), after);
+    let sent = pushes(&mut h);
+    assert!(
+        !sent.iter().any(|(nodes, _)| nodes.contains(&a)),
+        "{sent:?}"
+    );
+    assert!(
+        sent.iter()
+            .any(|(nodes, p)| nodes.contains(&b) && p.from.is_none()),
+        "{sent:?}"
+    );
+
+    // A command whose commit fails makes no push: its nodes are as before it, and the next
+    // round sends them the change.
+    discoverable(&mut h, "api");
+    h.refusing_commits
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(h.exec(Command::Tick(Tick::ServiceRound)).is_err());
+    h.refusing_commits
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    pushes(&mut h);
+    h.exec(Command::Tick(Tick::ServiceRound)).expect("round");
+    let sent = pushes(&mut h);
+    for node in [&a, &b] {
+        assert!(
+            sent.iter().any(|(nodes, _)| nodes.contains(node)),
+            "{node}: {sent:?}"
+        );
+    }
 }

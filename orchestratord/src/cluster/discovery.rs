@@ -329,6 +329,12 @@ pub fn round(cx: &mut Ctx<'_, '_>) {
             });
         }
     }
+    tracing::debug!(
+        version = next.version,
+        previous = current.version,
+        floor,
+        "registry numbered"
+    );
     cx.feed.change(next, digest);
     let nodes = cx.live.in_session();
     if current.version == 0 {

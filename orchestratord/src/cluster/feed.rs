@@ -199,6 +199,7 @@ impl Feed {
             tracing::warn!(node = %node, version, "the node says it holds a registry version far past this control plane's clock: not believed");
             return;
         }
+        tracing::info!(node = %node, version, registry = self.registry.version, "the node holds a registry version this control plane does not know: the next is numbered above it");
         self.floor = version;
     }
 

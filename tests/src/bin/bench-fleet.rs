@@ -33,6 +33,7 @@
 //! (and `-p flotilla` for the `flotilla` binary the control plane helper polls), then run
 //! `target/release/bench-fleet 1000`.
 
+use std::collections::BTreeSet;
 use std::net::ToSocketAddrs;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -306,6 +307,15 @@ fn dropped_since(from: Option<u64>) -> String {
     }
 }
 
+/// Whole registries the agents were sent so far.
+fn wholes(shared: &Shared) -> u64 {
+    shared
+        .agents
+        .iter()
+        .map(|a| u64::from(a.state().registry_wholes))
+        .sum()
+}
+
 /// How the agents got their registries so far: whole, as deltas (and how many pushes carried
 /// several in a row), deltas out of sequence.
 fn registry_deliveries(shared: &Shared) -> String {
@@ -567,14 +577,47 @@ fn measure(
         flotilla_tests::Resident::of(pid(&cp)?)?
     );
 
-    // Reconnect storm: kill -9, restarted 2 s later.
+    // Reconnect storm: kill -9, restarted 2 s later — once the registry has settled (every
+    // agent holding one version with every endpoint), so that the storm measures a restart
+    // with nothing changed; a registry changed by then is numbered anew and sent whole.
+    if discovery {
+        until(
+            "one registry with every endpoint on every agent before the kill",
+            Duration::from_secs(120),
+            || {
+                let versions: BTreeSet<u64> = shared
+                    .agents
+                    .iter()
+                    .filter_map(|a| a.state().registry.as_ref().map(|r| r.version))
+                    .collect();
+                Ok(versions.len() == 1
+                    && all(&shared, |a| {
+                        a.registry
+                            .as_ref()
+                            .and_then(|r| r.services.get("bench/fleet"))
+                            .is_some_and(|e| e.len() == agents)
+                    }))
+            },
+        )?;
+    }
     let before: Vec<u32> = shared.agents.iter().map(|a| a.state().sessions).collect();
+    // The newest registry an agent holds, and the whole ones sent so far: a registry with the
+    // same services keeps its version across the restart, and an agent that holds it is sent
+    // nothing.
+    let held_at_kill = shared
+        .agents
+        .iter()
+        .filter_map(|a| a.state().registry.as_ref().map(|r| r.version))
+        .max()
+        .unwrap_or(0);
+    let wholes_at_kill = wholes(&shared);
     let drops0 = orchestratord::udp::rcvbuf_errors();
     let killed = Instant::now();
     cp.stop();
     std::thread::sleep(Duration::from_secs(2));
     let restarted = Instant::now();
-    // A registry made after the restart has a version of at least this (its milliseconds).
+    // A registry numbered after the restart has a version of at least this (its
+    // milliseconds).
     let restarted_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_millis() as u64;
@@ -627,19 +670,37 @@ fn measure(
             "the restarted control plane's registry with every endpoint on every agent",
             Duration::from_secs(120),
             || {
-                Ok(all(&shared, |a| {
-                    a.registry
-                        .as_ref()
-                        .filter(|r| r.version >= restarted_ms)
-                        .and_then(|r| r.services.get("bench/fleet"))
-                        .is_some_and(|e| e.len() == agents)
-                }))
+                let versions: BTreeSet<u64> = shared
+                    .agents
+                    .iter()
+                    .filter_map(|a| a.state().registry.as_ref().map(|r| r.version))
+                    .collect();
+                Ok(versions.len() == 1
+                    && versions.first().is_some_and(|v| *v >= held_at_kill)
+                    && all(&shared, |a| {
+                        a.registry
+                            .as_ref()
+                            .and_then(|r| r.services.get("bench/fleet"))
+                            .is_some_and(|e| e.len() == agents)
+                    }))
             },
         )?;
+        let version = shared.agents[0]
+            .state()
+            .registry
+            .as_ref()
+            .map_or(0, |r| r.version);
         println!(
             "after the storm: every agent holds the restarted control plane's registry with all \
-             {agents} endpoints {:.2} s after all were back; control plane RSS {}; in all {}",
+             {agents} endpoints {:.2} s after all were back ({}; {} whole registries sent since \
+             the kill); control plane RSS {}; in all {}",
             t.elapsed().as_secs_f64(),
+            if version >= restarted_ms {
+                "numbered anew: its services changed since the newest an agent held"
+            } else {
+                "its version kept across the restart"
+            },
+            wholes(&shared) - wholes_at_kill,
             flotilla_tests::Resident::of(pid(&cp)?)?,
             registry_deliveries(&shared)
         );

@@ -226,7 +226,8 @@ pub fn send(cx: &mut Ctx<'_, '_>, nodes: impl IntoIterator<Item = String>) {
 /// A registry push to `node` on `session` was answered, refused or given up on. The node may
 /// be sent the next: what changed since, when the registry moved on meanwhile — every change
 /// since composed into one delta; after a refused delta, the whole registry; after a refused
-/// whole registry, nothing until the registry changes (it would be refused again).
+/// whole registry, the whole again with the next change or [`super::feed::RETRY_REFUSED_SECS`]
+/// later, whichever comes first.
 pub fn answered(
     cx: &mut Ctx<'_, '_>,
     node: &str,

@@ -38,6 +38,25 @@ fn applied(held: &Registry, push: &RegistryPush) -> Registry {
         })
 }
 
+/// `node`'s agent answers on `session` the push of `pushed` that applied to `from`.
+fn answer(
+    h: &mut Harness,
+    node: &str,
+    session: u64,
+    pushed: u64,
+    from: Option<u64>,
+    answer: RegistryAnswer,
+) {
+    h.exec(Command::Agent(Agent::RegistryAnswered {
+        node: node.to_string(),
+        session,
+        pushed,
+        from,
+        answer,
+    }))
+    .expect("answered");
+}
+
 fn current(h: &mut Harness) -> Registry {
     (**h.cluster().registry.registry()).clone()
 }
@@ -343,14 +362,14 @@ fn a_node_has_one_push_under_way_and_then_every_change_since_in_one_push() {
         .peek(&a)
         .and_then(|l| l.session)
         .expect("in session");
-    h.exec(Command::Agent(Agent::RegistryAnswered {
-        node: a.clone(),
+    answer(
+        &mut h,
+        &a,
         session,
-        pushed: first.version,
-        from: first.from,
-        answer: RegistryAnswer::Holds(first.version),
-    }))
-    .expect("answered");
+        first.version,
+        first.from,
+        RegistryAnswer::Holds(first.version),
+    );
     let sent = pushes(&mut h);
     assert_eq!(sent.len(), 1, "{sent:?}");
     assert_eq!(sent[0].1.from, Some(first.version));
@@ -361,14 +380,14 @@ fn a_node_has_one_push_under_way_and_then_every_change_since_in_one_push() {
     );
     assert_eq!(applied(&after_first, &sent[0].1), now);
     // An answer of an older session changes nothing of this one's.
-    h.exec(Command::Agent(Agent::RegistryAnswered {
-        node: a.clone(),
-        session: session + 100,
-        pushed: now.version,
-        from: Some(first.version),
-        answer: RegistryAnswer::Unanswered,
-    }))
-    .expect("answered");
+    answer(
+        &mut h,
+        &a,
+        session + 100,
+        now.version,
+        Some(first.version),
+        RegistryAnswer::Unanswered,
+    );
     assert!(h
         .cluster()
         .live
@@ -376,27 +395,27 @@ fn a_node_has_one_push_under_way_and_then_every_change_since_in_one_push() {
         .is_some_and(|l| l.registry_in_flight));
     // No answer at all (its time ran out, the node may or may not have it): sent again from
     // what it held before.
-    h.exec(Command::Agent(Agent::RegistryAnswered {
-        node: a.clone(),
+    answer(
+        &mut h,
+        &a,
         session,
-        pushed: now.version,
-        from: Some(first.version),
-        answer: RegistryAnswer::Unanswered,
-    }))
-    .expect("answered");
+        now.version,
+        Some(first.version),
+        RegistryAnswer::Unanswered,
+    );
     let again = pushes(&mut h);
     assert_eq!(again.len(), 1, "{again:?}");
     assert_eq!(again[0].1.from, Some(first.version));
     assert_eq!(applied(&after_first, &again[0].1), now);
     // It had taken the first one after all: it says so, and has nothing more to take.
-    h.exec(Command::Agent(Agent::RegistryAnswered {
-        node: a.clone(),
+    answer(
+        &mut h,
+        &a,
         session,
-        pushed: now.version,
-        from: Some(first.version),
-        answer: RegistryAnswer::Holds(now.version),
-    }))
-    .expect("answered");
+        now.version,
+        Some(first.version),
+        RegistryAnswer::Holds(now.version),
+    );
     assert!(pushes(&mut h).is_empty(), "it holds the current registry");
     assert!(h
         .cluster()
@@ -406,27 +425,27 @@ fn a_node_has_one_push_under_way_and_then_every_change_since_in_one_push() {
 
     // A refused delta (a frame it could not read, a row past its budget) is not sent again:
     // the whole registry is.
-    h.exec(Command::Agent(Agent::RegistryAnswered {
-        node: a.clone(),
+    answer(
+        &mut h,
+        &a,
         session,
-        pushed: now.version,
-        from: Some(first.version),
-        answer: RegistryAnswer::Refused,
-    }))
-    .expect("answered");
+        now.version,
+        Some(first.version),
+        RegistryAnswer::Refused,
+    );
     let whole = pushes(&mut h);
     assert_eq!(whole.len(), 1, "{whole:?}");
     assert_eq!((whole[0].1.from, whole[0].1.version), (None, now.version));
     // A refused whole is not sent again at once (it would be refused again), only with the
     // next change.
-    h.exec(Command::Agent(Agent::RegistryAnswered {
-        node: a.clone(),
+    answer(
+        &mut h,
+        &a,
         session,
-        pushed: now.version,
-        from: None,
-        answer: RegistryAnswer::Refused,
-    }))
-    .expect("answered");
+        now.version,
+        None,
+        RegistryAnswer::Refused,
+    );
     assert!(pushes(&mut h).is_empty());
     discoverable(&mut h, "later");
     for _ in 0..3 {
@@ -441,14 +460,7 @@ fn a_node_has_one_push_under_way_and_then_every_change_since_in_one_push() {
     assert_eq!(to_a[0].1.from, None, "the whole again");
     // Or, with no change, once a while has passed (its disk freed, say).
     let pushed = to_a[0].1.version;
-    h.exec(Command::Agent(Agent::RegistryAnswered {
-        node: a.clone(),
-        session,
-        pushed,
-        from: None,
-        answer: RegistryAnswer::Refused,
-    }))
-    .expect("answered");
+    answer(&mut h, &a, session, pushed, None, RegistryAnswer::Refused);
     h.step();
     assert!(pushes(&mut h).is_empty(), "not at once");
     h.advance(super::feed::RETRY_REFUSED_SECS);
@@ -508,14 +520,14 @@ fn a_node_holding_a_registry_this_control_plane_does_not_know_is_sent_one_it_tak
         .and_then(|l| l.session)
         .expect("in session");
     let kept = next.version + 9_000;
-    h.exec(Command::Agent(Agent::RegistryAnswered {
-        node: a.clone(),
+    answer(
+        &mut h,
+        &a,
         session,
-        pushed: next.version,
-        from: None,
-        answer: RegistryAnswer::Holds(kept),
-    }))
-    .expect("answered");
+        next.version,
+        None,
+        RegistryAnswer::Holds(kept),
+    );
     h.step();
     let after = current(&mut h);
     assert!(after.version > kept, "{} after {kept}", after.version);

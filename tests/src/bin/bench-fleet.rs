@@ -307,6 +307,26 @@ fn dropped_since(from: Option<u64>) -> String {
     }
 }
 
+/// The one registry version every agent holds, each with all `agents` endpoints of the
+/// service; `None` while they differ or one lacks an endpoint.
+fn settled(shared: &Shared, agents: usize) -> Option<u64> {
+    let versions: BTreeSet<u64> = shared
+        .agents
+        .iter()
+        .filter_map(|a| a.state().registry.as_ref().map(|r| r.version))
+        .collect();
+    let all_endpoints = all(shared, |a| {
+        a.registry
+            .as_ref()
+            .and_then(|r| r.services.get("bench/fleet"))
+            .is_some_and(|e| e.len() == agents)
+    });
+    match (versions.len(), versions.first()) {
+        (1, Some(v)) if all_endpoints => Some(*v),
+        _ => None,
+    }
+}
+
 /// Whole registries the agents were sent so far.
 fn wholes(shared: &Shared) -> u64 {
     shared
@@ -584,20 +604,7 @@ fn measure(
         until(
             "one registry with every endpoint on every agent before the kill",
             Duration::from_secs(120),
-            || {
-                let versions: BTreeSet<u64> = shared
-                    .agents
-                    .iter()
-                    .filter_map(|a| a.state().registry.as_ref().map(|r| r.version))
-                    .collect();
-                Ok(versions.len() == 1
-                    && all(&shared, |a| {
-                        a.registry
-                            .as_ref()
-                            .and_then(|r| r.services.get("bench/fleet"))
-                            .is_some_and(|e| e.len() == agents)
-                    }))
-            },
+            || Ok(settled(&shared, agents).is_some()),
         )?;
     }
     let before: Vec<u32> = shared.agents.iter().map(|a| a.state().sessions).collect();
@@ -669,27 +676,9 @@ fn measure(
         until(
             "the restarted control plane's registry with every endpoint on every agent",
             Duration::from_secs(120),
-            || {
-                let versions: BTreeSet<u64> = shared
-                    .agents
-                    .iter()
-                    .filter_map(|a| a.state().registry.as_ref().map(|r| r.version))
-                    .collect();
-                Ok(versions.len() == 1
-                    && versions.first().is_some_and(|v| *v >= held_at_kill)
-                    && all(&shared, |a| {
-                        a.registry
-                            .as_ref()
-                            .and_then(|r| r.services.get("bench/fleet"))
-                            .is_some_and(|e| e.len() == agents)
-                    }))
-            },
+            || Ok(settled(&shared, agents).is_some_and(|v| v >= held_at_kill)),
         )?;
-        let version = shared.agents[0]
-            .state()
-            .registry
-            .as_ref()
-            .map_or(0, |r| r.version);
+        let version = settled(&shared, agents).unwrap_or(0);
         println!(
             "after the storm: every agent holds the restarted control plane's registry with all \
              {agents} endpoints {:.2} s after all were back ({}; {} whole registries sent since \

@@ -1,7 +1,7 @@
 #!/bin/sh
 # Installs the Debian packages Flotilla's build and tests need. Run as root on Debian 12+.
 set -eu
-PACKAGES="build-essential pkg-config libseccomp-dev busybox-static docker-registry skopeo umoci runc apache2-utils nftables iproute2 faketime systemd util-linux tzdata dnsmasq-base musl-tools golang-go conntrack tmux qemu-system-x86 linux-image-amd64 e2fsprogs prometheus"
+PACKAGES="build-essential pkg-config libseccomp-dev libzstd-dev busybox-static docker-registry skopeo umoci runc apache2-utils nftables iproute2 faketime systemd util-linux tzdata dnsmasq-base musl-tools golang-go conntrack tmux qemu-system-x86 linux-image-amd64 e2fsprogs prometheus"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

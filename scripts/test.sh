@@ -20,7 +20,7 @@ trap 'for g in $fuzz_build $vm; do kill -- -"$g" 2>/dev/null || true; done; rm -
 # autogroup when the kernel groups by session (sched_autogroup_enabled): a nice value then
 # weighs only inside the group, and the group would get as much CPU as the tests' own, so the
 # group's nice is set too (sched(7), "The autogroup feature").
-setsid sh -c 'echo 19 > /proc/self/autogroup 2>/dev/null || true; exec nice -n 19 scripts/fuzz.sh --build-only' >"$fuzz_log" 2>&1 &
+setsid sh -c 'echo 19 > /proc/self/autogroup 2>/dev/null || true; exec nice -n 19 scripts/fuzz.sh --quick --build-only' >"$fuzz_log" 2>&1 &
 fuzz_build=$!
 # Every test executable first (the cgroup v2 tests run the container suite's in their guests).
 cargo test --workspace --no-run
@@ -64,4 +64,4 @@ if ! wait "$fuzz_build"; then
 fi
 fuzz_build=""
 tail -n 1 "$fuzz_log"
-scripts/fuzz.sh --no-build
+scripts/fuzz.sh --quick --no-build

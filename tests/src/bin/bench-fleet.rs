@@ -265,14 +265,27 @@ fn registry_census(shared: &Shared, agents: usize) -> String {
 
 /// Why the agents' sessions ended, or their dials failed, so far: each kind with its count, the
 /// most frequent first.
-fn ended_tally(shared: &Shared) -> String {
+/// Why sessions ended and dials failed so far, each kind with its count.
+fn ended(shared: &Shared) -> std::collections::BTreeMap<String, u32> {
     let mut all = std::collections::BTreeMap::<String, u32>::new();
     for a in &shared.agents {
         for (why, n) in &a.state().ended {
             *all.entry(why.clone()).or_default() += n;
         }
     }
-    let mut all: Vec<_> = all.into_iter().collect();
+    all
+}
+
+/// [`ended`] since `before` (one of its earlier results), most frequent first.
+fn ended_tally(shared: &Shared, before: &std::collections::BTreeMap<String, u32>) -> String {
+    let mut all: Vec<_> = ended(shared)
+        .into_iter()
+        .map(|(why, n)| {
+            let n = n - before.get(&why).copied().unwrap_or(0);
+            (why, n)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect();
     all.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
     all.iter()
         .map(|(why, n)| format!("{n}× {why}"))
@@ -437,7 +450,7 @@ fn measure(
         (flotilla_tests::cpu_time(pid(&cp)?)? - cpu0).as_secs_f64(),
         dropped_since(drops0)
     );
-    let tally = ended_tally(&shared);
+    let tally = ended_tally(&shared, &Default::default());
     if !tally.is_empty() {
         println!("dials failed in the cold admission, by why: {tally}");
     }
@@ -482,7 +495,7 @@ fn measure(
         println!(
             "note: {lost} agents lost a session so far; sessions ended and dials failed, by \
              why: {}",
-            ended_tally(&shared)
+            ended_tally(&shared, &Default::default())
         );
     }
 
@@ -618,6 +631,7 @@ fn measure(
         .max()
         .unwrap_or(0);
     let wholes_at_kill = wholes(&shared);
+    let ended_at_kill = ended(&shared);
     let drops0 = orchestratord::udp::rcvbuf_errors();
     let killed = Instant::now();
     cp.stop();
@@ -666,10 +680,30 @@ fn measure(
         flotilla_tests::Resident::of(pid(&cp)?)?,
         dropped_since(drops0)
     );
+    let mut at: Vec<Duration> = shared
+        .agents
+        .iter()
+        .filter_map(|a| a.state().established_at)
+        .map(|t| t.saturating_duration_since(restarted))
+        .collect();
+    let dials: Vec<u32> = shared
+        .agents
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.state().sessions - b)
+        .collect();
     println!(
-        "sessions ended and dials failed in the run so far (the kill ended one session of \
-         each agent), by why: {}",
-        ended_tally(&shared)
+        "storm: the agents' sessions established after the restart by p50 {:.1} s, p90 {:.1} s, \
+         p99 {:.1} s, max {:.1} s; {} agents needed more than one session to stay (at most {}); \
+         sessions ended and dials failed since the kill (one session of each agent ended by it), \
+         by why: {}",
+        percentile(&mut at, 50.0).as_secs_f64(),
+        percentile(&mut at, 90.0).as_secs_f64(),
+        percentile(&mut at, 99.0).as_secs_f64(),
+        percentile(&mut at, 100.0).as_secs_f64(),
+        dials.iter().filter(|n| **n > 1).count(),
+        dials.iter().max().copied().unwrap_or(0),
+        ended_tally(&shared, &ended_at_kill)
     );
     if discovery {
         let t = Instant::now();

@@ -644,6 +644,7 @@ fn measure(
         .as_millis() as u64;
     cp.restart();
     let cpu0 = flotilla_tests::cpu_time(pid(&cp)?)?;
+    let sim_cpu0 = flotilla_tests::cpu_time(std::process::id())?;
     until(
         "every agent back in session",
         Duration::from_secs(600),
@@ -656,6 +657,7 @@ fn measure(
     )?;
     let back = restarted.elapsed();
     let from_kill = killed.elapsed();
+    let sim_cpu = flotilla_tests::cpu_time(std::process::id())? - sim_cpu0;
     let (first, last) = window(&shared, restarted);
     let busy: u32 = shared.agents.iter().map(|a| a.state().busy).sum::<u32>() - busy;
     let t = Instant::now();
@@ -694,13 +696,15 @@ fn measure(
         .collect();
     println!(
         "storm: the agents' sessions established after the restart by p50 {:.1} s, p90 {:.1} s, \
-         p99 {:.1} s, max {:.1} s; {} agents needed more than one session to stay (at most {}); \
+         p99 {:.1} s, max {:.1} s; the simulator's CPU meanwhile {:.1} s (of its two cores); {} \
+         agents needed more than one session to stay (at most {}); \
          sessions ended and dials failed since the kill (one session of each agent ended by it), \
          by why: {}",
         percentile(&mut at, 50.0).as_secs_f64(),
         percentile(&mut at, 90.0).as_secs_f64(),
         percentile(&mut at, 99.0).as_secs_f64(),
         percentile(&mut at, 100.0).as_secs_f64(),
+        sim_cpu.as_secs_f64(),
         dials.iter().filter(|n| **n > 1).count(),
         dials.iter().max().copied().unwrap_or(0),
         ended_tally(&shared, &ended_at_kill)

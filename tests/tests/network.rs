@@ -90,8 +90,15 @@ fn fetch(host: &Host, url: &str) -> Output {
         .expect("busybox wget")
 }
 
+/// [`fetch`] until it succeeds, for at most 15 s: a task counts as RUNNING once its container
+/// started, which may be before its server listens (on a busy machine, seconds before).
 fn fetch_ok(host: &Host, url: &str) -> String {
-    let out = fetch(host, url);
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let mut out = fetch(host, url);
+    while !out.status.success() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        out = fetch(host, url);
+    }
     assert!(
         out.status.success(),
         "wget {url} from {}: {}",

@@ -90,6 +90,16 @@ fn fetch(host: &Host, url: &str) -> Output {
         .expect("busybox wget")
 }
 
+/// A process of a test, killed and reaped when dropped (also when the test panics).
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// [`fetch`] until it succeeds, for at most 15 s: a task counts as RUNNING once its container
 /// started, which may be before its server listens (on a busy machine, seconds before).
 fn fetch_ok(host: &Host, url: &str) -> String {
@@ -562,16 +572,19 @@ fn host_ports_in_use_or_reserved_are_refused_and_dynamic_ones_skip_them() {
     let www = tempfile::tempdir().expect("tmp");
     std::fs::write(www.path().join("index.html"), "HOST-SERVICE\n").expect("index");
     let www_dir = www.path().to_str().expect("utf-8");
-    let mut host_service = a
-        .command("busybox")
-        .args(["httpd", "-f", "-p", "18081", "-h", www_dir])
-        .spawn()
-        .expect("busybox httpd");
-    let mut on_dynamic = a
-        .command("busybox")
-        .args(["httpd", "-f", "-p", "18090", "-h", www_dir])
-        .spawn()
-        .expect("busybox httpd");
+    // Stopped also when the test fails: left running, they would hold the test's output open.
+    let _host_service = Stopped(
+        a.command("busybox")
+            .args(["httpd", "-f", "-p", "18081", "-h", www_dir])
+            .spawn()
+            .expect("busybox httpd"),
+    );
+    let _on_dynamic = Stopped(
+        a.command("busybox")
+            .args(["httpd", "-f", "-p", "18090", "-h", www_dir])
+            .spawn()
+            .expect("busybox httpd"),
+    );
     wait("the host services listen", Duration::from_secs(10), || {
         fetch(b, &format!("http://{}:18081/", a.addr))
             .status
@@ -632,10 +645,6 @@ fn host_ports_in_use_or_reserved_are_refused_and_dynamic_ones_skip_them() {
     assert!(!status.success(), "a host process bound a published port");
     stop_and_wait(&fleet, &[&id]);
 
-    let _ = host_service.kill();
-    let _ = host_service.wait();
-    let _ = on_dynamic.kill();
-    let _ = on_dynamic.wait();
     fleet.finish();
 }
 

@@ -42,12 +42,7 @@ vm=$!
 # As many tests at a time per binary as cores (RUST_TEST_THREADS overrides it).
 host=0
 # Every test binary runs, also after one fails: CI shows every failure at once.
-# Into a file, shown as it grows until cargo exits: a process a failed test left behind keeps
-# no pipe open, so the script goes on (`| tee` would wait for it forever).
-cargo test --workspace --no-fail-fast -- --skip under_qemu:: >"$log" 2>&1 &
-tests=$!
-tail -n +1 -f --pid="$tests" "$log"
-wait "$tests" || host=$?
+cargo test --workspace --no-fail-fast -- --skip under_qemu:: 2>&1 | tee "$log" || host=$?
 guests_rc=0
 wait "$vm" || guests_rc=$?
 vm=""

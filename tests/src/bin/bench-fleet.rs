@@ -263,9 +263,7 @@ fn registry_census(shared: &Shared, agents: usize) -> String {
     )
 }
 
-/// Why the agents' sessions ended, or their dials failed, so far: each kind with its count, the
-/// most frequent first.
-/// Why sessions ended and dials failed so far, each kind with its count.
+/// Why the agents' sessions ended, or their dials failed, so far: each kind with its count.
 fn ended(shared: &Shared) -> std::collections::BTreeMap<String, u32> {
     let mut all = std::collections::BTreeMap::<String, u32>::new();
     for a in &shared.agents {
@@ -293,14 +291,19 @@ fn ended_tally(shared: &Shared, before: &std::collections::BTreeMap<String, u32>
         .join("; ")
 }
 
-/// When the first and the last of the agents' current sessions were established, after `from`.
-fn window(shared: &Shared, from: Instant) -> (Duration, Duration) {
-    let at: Vec<Duration> = shared
+/// How long after `from` each agent's current session was established.
+fn established_since(shared: &Shared, from: Instant) -> Vec<Duration> {
+    shared
         .agents
         .iter()
         .filter_map(|a| a.state().established_at)
         .map(|t| t.saturating_duration_since(from))
-        .collect();
+        .collect()
+}
+
+/// When the first and the last of the agents' current sessions were established, after `from`.
+fn window(shared: &Shared, from: Instant) -> (Duration, Duration) {
+    let at = established_since(shared, from);
     (
         at.iter().min().copied().unwrap_or_default(),
         at.iter().max().copied().unwrap_or_default(),
@@ -682,13 +685,8 @@ fn measure(
         flotilla_tests::Resident::of(pid(&cp)?)?,
         dropped_since(drops0)
     );
-    let mut at: Vec<Duration> = shared
-        .agents
-        .iter()
-        .filter_map(|a| a.state().established_at)
-        .map(|t| t.saturating_duration_since(restarted))
-        .collect();
-    let dials: Vec<u32> = shared
+    let mut at = established_since(&shared, restarted);
+    let sessions_since: Vec<u32> = shared
         .agents
         .iter()
         .zip(&before)
@@ -705,8 +703,8 @@ fn measure(
         percentile(&mut at, 99.0).as_secs_f64(),
         percentile(&mut at, 100.0).as_secs_f64(),
         sim_cpu.as_secs_f64(),
-        dials.iter().filter(|n| **n > 1).count(),
-        dials.iter().max().copied().unwrap_or(0),
+        sessions_since.iter().filter(|n| **n > 1).count(),
+        sessions_since.iter().max().copied().unwrap_or(0),
         ended_tally(&shared, &ended_at_kill)
     );
     if discovery {

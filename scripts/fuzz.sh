@@ -16,6 +16,8 @@
 #   scripts/fuzz.sh --no-build            only the runs, of the last build
 #   scripts/fuzz.sh --quick               fuzz/Cargo.toml's `quick` profile (opt-level 1: built
 #                                         with a fifth less CPU, runs as fast): scripts/test.sh
+#   scripts/fuzz.sh --jobs 2              two targets at a time (each fuzzer uses one core):
+#                                         scripts/test.sh, with one per core
 #
 # Reproduce a crash: fuzz/target/x86_64-unknown-linux-gnu/release/TARGET ARTIFACT (quick/ for
 # a --quick build)
@@ -24,6 +26,7 @@ cd "$(dirname "$0")/.."
 
 seconds=8
 timeout=1
+jobs=1
 build=1
 run=1
 profile=release
@@ -34,10 +37,12 @@ while [ $# -gt 0 ]; do
     --seconds=*) seconds="${1#*=}"; shift ;;
     --timeout) timeout="$2"; shift 2 ;;
     --timeout=*) timeout="${1#*=}"; shift ;;
+    --jobs) jobs="$2"; shift 2 ;;
+    --jobs=*) jobs="${1#*=}"; shift ;;
     --build-only) build=1; run=0; shift ;;
     --no-build) build=0; run=1; shift ;;
     --quick) profile=quick; shift ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     -*) echo "fuzz.sh: unknown option $1" >&2; exit 2 ;;
     *) targets+=("$1"); shift ;;
   esac
@@ -76,21 +81,43 @@ if [ "$build" = 1 ]; then
 fi
 [ "$run" = 1 ] || exit 0
 
+case "$jobs" in
+  ''|*[!0-9]*|0) echo "fuzz.sh: --jobs takes a number of targets at a time, 1 or more: '$jobs'" >&2; exit 2 ;;
+esac
 bin="fuzz/target/$triple/$profile"
-failed=()
+# One target: its fuzzer's output in fuzz/artifacts/TARGET.log, its exit status in
+# fuzz/artifacts/TARGET.rc (read back in the targets' order once all have run).
+fuzz_one() {
+  local t=$1 rc=0
+  # stdin from /dev/null: no input may read the fuzzer's terminal.
+  "$bin/$t" -max_total_time="$seconds" -timeout="$timeout" -rss_limit_mb=2048 \
+    -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 \
+    "fuzz/corpus-run/$t" "fuzz/corpus/$t" "fuzz/regressions/$t" \
+    </dev/null 2>"fuzz/artifacts/$t.log" || rc=$?
+  echo "$rc" >"fuzz/artifacts/$t.rc"
+}
+running=0
 for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus-run/$t" "fuzz/artifacts/$t" "fuzz/regressions/$t"
+  rm -f "fuzz/artifacts/$t.rc"
+  if [ "$running" -ge "$jobs" ]; then
+    wait -n || true
+    running=$((running - 1))
+  fi
   echo "fuzz: $t for $seconds s"
-  # stdin from /dev/null: no input may read the fuzzer's terminal.
-  if ! "$bin/$t" -max_total_time="$seconds" -timeout="$timeout" -rss_limit_mb=2048 \
-      -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 \
-      "fuzz/corpus-run/$t" "fuzz/corpus/$t" "fuzz/regressions/$t" \
-      </dev/null 2>"fuzz/artifacts/$t.log"; then
+  fuzz_one "$t" &
+  running=$((running + 1))
+done
+wait
+failed=()
+for t in "${targets[@]}"; do
+  if [ "$(cat "fuzz/artifacts/$t.rc" 2>/dev/null)" != 0 ]; then
     failed+=("$t")
     tail -n 40 "fuzz/artifacts/$t.log"
   fi
   grep -E '^stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' \
     "fuzz/artifacts/$t.log" | sed "s/^/fuzz: $t /" || true
+  rm -f "fuzz/artifacts/$t.rc"
 done
 echo "fuzz: ${#targets[@]} targets in $(($(date +%s) - started)) s"
 if [ ${#failed[@]} -gt 0 ]; then

@@ -12,9 +12,11 @@ fuzz_log=$(mktemp)
 vm_log=$(mktemp)
 fuzz_build=""
 vm=""
+shown=""
+held=""
 # Each background job is its own process group, stopped whole when the script ends first (a
-# failing build or test).
-trap 'for g in $fuzz_build $vm; do kill -- -"$g" 2>/dev/null || true; done; rm -f "$log" "$fuzz_log" "$vm_log"' EXIT
+# failing build or test, Ctrl-C); the tail that shows the tests' log is one process.
+trap 'for g in $fuzz_build $vm; do kill -- -"$g" 2>/dev/null || true; done; for p in $shown $held; do kill "$p" 2>/dev/null || true; done; rm -f "$log" "$fuzz_log" "$vm_log"' EXIT
 # The fuzz targets build on nightly at the lowest priority while the tests run (they mostly
 # wait), then each runs briefly after them (scripts/fuzz.sh). Its own session is its own
 # autogroup when the kernel groups by session (sched_autogroup_enabled): a nice value then
@@ -41,8 +43,21 @@ fi
 vm=$!
 # As many tests at a time per binary as cores (RUST_TEST_THREADS overrides it).
 host=0
-# Every test binary runs, also after one fails: CI shows every failure at once.
-cargo test --workspace --no-fail-fast -- --skip under_qemu:: 2>&1 | tee "$log" || host=$?
+# Every test binary runs, also after one fails: CI shows every failure at once. The tests
+# write to a file that a tail shows as it grows, not to a pipe: a process a failing test leaves
+# behind (a daemon it started) holds whatever the test's output went to, and a pipe's reader
+# would wait for it forever. cargo runs in the foreground, so Ctrl-C stops it (background jobs
+# of a script ignore SIGINT); the tail follows a placeholder process and, once that is gone,
+# shows the rest of the file and ends.
+sleep infinity &
+held=$!
+tail -n +1 -f --pid="$held" "$log" &
+shown=$!
+cargo test --workspace --no-fail-fast -- --skip under_qemu:: >"$log" 2>&1 || host=$?
+kill "$held"
+wait "$shown" || true
+held=""
+shown=""
 guests_rc=0
 wait "$vm" || guests_rc=$?
 vm=""
@@ -64,4 +79,4 @@ if ! wait "$fuzz_build"; then
 fi
 fuzz_build=""
 tail -n 1 "$fuzz_log"
-scripts/fuzz.sh --quick --no-build
+scripts/fuzz.sh --quick --no-build --jobs "$(nproc)"

@@ -119,6 +119,43 @@ pub mod session {
     pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
     /// QUIC idle timeout the agent asks for.
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+    /// How long after its handshake is done on its side an agent waits, at least, for the
+    /// control plane to confirm it (QUIC's `HANDSHAKE_DONE`, RFC 9001 §4.1.2) before it gives
+    /// up on the connection and dials again (with its usual backoff): see
+    /// [`handshake_confirm_within`].
+    ///
+    /// The control plane confirms a round trip after the agent's last handshake flight
+    /// arrives. When that flight is lost (or waits too long in the control plane's socket
+    /// queue), the agent sends it again only at its probe timeout (RFC 9002 §6.2), and after a
+    /// wait for admission that timeout is long: the wait makes the first round-trip sample
+    /// long, and the probes sent during it doubled the backoff, which acknowledgments in
+    /// Initial packets do not reset (§6.2.1). Seen in a 10,000-node admission: after a 4.3 s
+    /// wait, one agent sent its lost flight again 15.4 s later, another not within 22 s, both
+    /// past the control plane's 15 s idle timeout, which bounds its handshake; their hellos
+    /// went unanswered until the agents' idle timeout, or were answered with a stateless
+    /// reset (BENCHMARKS.md, *Fleet*). A new dial is admitted sooner.
+    pub const HANDSHAKE_CONFIRM_WITHIN: Duration = Duration::from_secs(5);
+
+    /// The longest an agent waits for the control plane to confirm a handshake, whatever the
+    /// round-trip time: the control plane's idle timeout (15 s, counted from the agent's
+    /// first packet) less the 5 s its admission gate leaves a handshake at least. A
+    /// connection still unconfirmed by then is one the control plane has dropped or is about
+    /// to; a round-trip time made long by an overloaded control plane or by the wait for
+    /// admission (its first sample) must not keep an agent waiting on it.
+    pub const HANDSHAKE_CONFIRM_AT_MOST: Duration = Duration::from_secs(10);
+
+    /// How long an agent waits for the control plane to confirm a handshake on a path whose
+    /// round-trip time is `rtt` (as known before the handshake: the last session's, else the
+    /// handshake's own estimate): [`HANDSHAKE_CONFIRM_WITHIN`], or eight round trips on a slower
+    /// path, as [`ping_timeout`], and [`HANDSHAKE_CONFIRM_AT_MOST`] at most. On a 1 s round
+    /// trip, a last flight lost once is confirmed about 7 s after the handshake (its probe
+    /// timeout is then three round trips, doubled once by the Initial probe the first reply
+    /// came too late for).
+    pub fn handshake_confirm_within(rtt: Duration) -> Duration {
+        HANDSHAKE_CONFIRM_WITHIN
+            .max(rtt.saturating_mul(8))
+            .min(HANDSHAKE_CONFIRM_AT_MOST)
+    }
 }
 
 /// `host:port` from `host` or `host:port` (the default port added).
@@ -744,6 +781,17 @@ pub type Labels = BTreeMap<String, String>;
 #[cfg(test)]
 mod tests {
     use super::session::{ping_lost, ping_timeout, MAX_UNANSWERED_PINGS, PING_TIMEOUT};
+
+    #[test]
+    fn a_handshake_is_waited_for_eight_round_trips_between_5_and_10_s() {
+        use super::session::handshake_confirm_within as within;
+        use std::time::Duration;
+        let ms = Duration::from_millis;
+        assert_eq!(within(ms(1)), ms(5_000));
+        assert_eq!(within(ms(1_000)), ms(8_000));
+        assert_eq!(within(ms(2_000)), ms(10_000));
+        assert_eq!(within(Duration::MAX), ms(10_000));
+    }
 
     #[test]
     fn a_ping_unanswered_ends_the_session_only_when_nothing_arrives_or_too_many_in_a_row() {

@@ -82,6 +82,27 @@ pub enum CertError {
     },
 }
 
+/// The keys of the control plane's QUIC endpoint that are the same after a restart, so that a
+/// restarted control plane can tell a node that the session it still holds is gone: the
+/// node's next packet (a keep-alive comes every 5 s) is answered with a stateless reset (RFC
+/// 9000 §10.3) and the node redials then, rather than after its idle timeout. They last as
+/// long as the CA's key; control planes that shared them would each reset the others'
+/// sessions (RFC 9000 §21.11), so one that runs beside another must mix in its own identity.
+pub struct EndpointKeys {
+    /// The stateless reset key: a reset's token is HMAC-SHA256(key, connection ID).
+    pub reset_key: ring::hmac::Key,
+    /// The key that tags the connection IDs the control plane issues (HMAC-SHA256 of their
+    /// random part): a packet for an ID without its tag was never the control plane's and is
+    /// dropped without a reset.
+    pub cid_key: ring::hmac::Key,
+}
+
+impl std::fmt::Debug for EndpointKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EndpointKeys").finish_non_exhaustive()
+    }
+}
+
 /// A freshly created cluster CA: its certificate and key in PEM.
 pub struct ClusterCa {
     cert_pem: String,
@@ -147,6 +168,23 @@ impl ClusterCa {
     pub fn sealing_key(&self, purpose: &[u8]) -> Result<sealing::SealingKey, CertError> {
         let key = KeyPair::from_pem(&self.key_pem).map_err(|e| invalid("CA key", e))?;
         Ok(sealing::SealingKey::derive(&key.serialize_der(), purpose))
+    }
+
+    /// The keys of the control plane's QUIC endpoint that must outlive a restart, derived from
+    /// the CA's private key with HKDF-SHA256 (see [`EndpointKeys`]).
+    pub fn endpoint_keys(&self) -> Result<EndpointKeys, CertError> {
+        let key = KeyPair::from_pem(&self.key_pem).map_err(|e| invalid("CA key", e))?;
+        let der = key.serialize_der();
+        let hmac = |purpose: &[u8]| {
+            ring::hmac::Key::new(
+                ring::hmac::HMAC_SHA256,
+                &sealing::derive_bytes(&der, purpose),
+            )
+        };
+        Ok(EndpointKeys {
+            reset_key: hmac(b"flotilla quic stateless reset"),
+            cid_key: hmac(b"flotilla quic connection id"),
+        })
     }
 
     /// Loads `ca.pem` and `ca-key.pem` from `dir`.
@@ -607,6 +645,35 @@ mod tests {
             fs::read_to_string(dir.path().join(CA_CERT_FILE)).expect("read"),
             pem
         );
+    }
+
+    #[test]
+    fn endpoint_keys_are_the_same_after_a_restart_and_the_cluster_s_own() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = ClusterCa::generate("test").expect("generate");
+        ca.write_to(dir.path()).expect("write");
+        let tag = |k: &EndpointKeys| ring::hmac::sign(&k.reset_key, b"a connection id");
+        let cid_tag = |k: &EndpointKeys| ring::hmac::sign(&k.cid_key, b"nonce");
+        let first = ca.endpoint_keys().expect("keys");
+        // Loaded again from its files, as a restarted control plane does.
+        let again = ClusterCa::load(dir.path())
+            .expect("load")
+            .endpoint_keys()
+            .expect("keys");
+        assert_eq!(tag(&first).as_ref(), tag(&again).as_ref());
+        assert_eq!(cid_tag(&first).as_ref(), cid_tag(&again).as_ref());
+        let other = ClusterCa::generate("test")
+            .expect("generate")
+            .endpoint_keys()
+            .expect("keys");
+        assert_ne!(tag(&first).as_ref(), tag(&other).as_ref());
+        assert_ne!(cid_tag(&first).as_ref(), cid_tag(&other).as_ref());
+        // Not the key that seals secrets, nor each other.
+        let der = KeyPair::from_pem(&ca.key_pem).expect("key").serialize_der();
+        let reset = sealing::derive_bytes(&der, b"flotilla quic stateless reset");
+        let cid = sealing::derive_bytes(&der, b"flotilla quic connection id");
+        assert_ne!(reset, cid);
+        assert_ne!(reset, sealing::derive_bytes(&der, b"flotilla secrets v1"));
     }
 }
 

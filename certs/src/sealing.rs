@@ -44,6 +44,24 @@ fn invalid(reason: impl Into<String>) -> CertError {
     }
 }
 
+/// 32 bytes derived from `secret` (key material of at least 32 bytes) for `purpose`, with
+/// HKDF-SHA256 (RFC 5869): different purposes give unrelated keys.
+pub(crate) fn derive_bytes(secret: &[u8], purpose: &[u8]) -> [u8; KEY_LEN] {
+    struct Len;
+    impl ring::hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            KEY_LEN
+        }
+    }
+    let prk =
+        ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"flotilla sealing key").extract(secret);
+    let mut bytes = [0u8; KEY_LEN];
+    prk.expand(&[purpose], Len)
+        .and_then(|okm| okm.fill(&mut bytes))
+        .unwrap_or_else(|_| unreachable!("32 bytes is within HKDF-SHA256's output"));
+    bytes
+}
+
 impl SealingKey {
     /// The key of these 32 bytes.
     pub fn from_bytes(bytes: &[u8; KEY_LEN]) -> Self {
@@ -119,19 +137,7 @@ impl SealingKey {
     /// Derives a key from `secret` (key material of at least 32 bytes) for `purpose`, with
     /// HKDF-SHA256: different purposes give unrelated keys.
     pub fn derive(secret: &[u8], purpose: &[u8]) -> Self {
-        struct Len;
-        impl ring::hkdf::KeyType for Len {
-            fn len(&self) -> usize {
-                KEY_LEN
-            }
-        }
-        let prk =
-            ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"flotilla sealing key").extract(secret);
-        let mut bytes = [0u8; KEY_LEN];
-        prk.expand(&[purpose], Len)
-            .and_then(|okm| okm.fill(&mut bytes))
-            .unwrap_or_else(|_| unreachable!("32 bytes is within HKDF-SHA256's output"));
-        Self::from_bytes(&bytes)
+        Self::from_bytes(&derive_bytes(secret, purpose))
     }
 
     /// `plaintext` sealed, bound to `context` (which [`SealingKey::open`] must be given again).

@@ -838,7 +838,8 @@ async fn start(
     )
     .await?;
 
-    let flag = match operator_config(&admin, config)? {
+    let operator = operator_config(&admin, config)?;
+    let flag = match &operator {
         Some(d) => format!(" --config {}", d.display()),
         None => String::new(),
     };
@@ -851,6 +852,12 @@ async fn start(
         "data in {} (logs: orchestratord.log, nodeagent.log, dev.log)",
         dir.display()
     );
+    match &operator {
+        Some(d) => say!("admin credential in {} (hence --config below)", d.display()),
+        None => {
+            say!("admin credential in ~/.config/flotilla (flotilla's default: no --config needed)")
+        }
+    }
     say!("next, in another terminal:");
     say!("  {me}{flag} task ls");
     say!("  {me}{flag} logs {demo} -f");

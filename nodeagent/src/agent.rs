@@ -24,8 +24,8 @@ use quinn::{Connection, ConnectionError, Endpoint};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::runner::Runner;
-use flotilla_api::session::MAX_BACKOFF;
 use flotilla_api::session::PING_EVERY;
+use flotilla_api::session::{handshake_confirm_within, MAX_BACKOFF};
 use flotilla_api::session::{ping_lost, ping_timeout};
 
 /// Close code the control plane uses for a revoked node.
@@ -455,9 +455,18 @@ pub async fn run(
     });
     let endpoint = client_endpoint()?;
     let mut backoff = Duration::from_secs(1);
+    let mut known_rtt = None;
     loop {
         let started = std::time::Instant::now();
-        let result = session(&endpoint, &dir, &mut cred, &runner, heartbeat).await;
+        let result = session(
+            &endpoint,
+            &dir,
+            &mut cred,
+            &runner,
+            heartbeat,
+            &mut known_rtt,
+        )
+        .await;
         runner.set_online(false);
         runner.session().set(None);
         announce_ready("running offline: the control plane is not reachable yet");
@@ -489,12 +498,51 @@ pub async fn run(
     }
 }
 
+/// Why no answer to the hello came.
+enum HelloLost {
+    /// The control plane did not confirm the handshake within the wait (the connection is
+    /// closed).
+    Unconfirmed(Duration),
+    /// The stream ended, or its frame did not decode.
+    Frame(flotilla_api::FrameError),
+}
+
+/// The answer to the hello on `recv`, read while the control plane has confirmed the
+/// handshake of `conn` or [`handshake_confirm_within`] the path's round-trip time (`known_rtt`,
+/// the last session's, else the handshake's estimate) has not yet passed since it was done on
+/// this side. A connection it did not confirm by then is closed: the control plane has not
+/// got this node's last handshake flight, and a new dial comes through sooner than that
+/// flight sent again at the probe timeout (see
+/// [`flotilla_api::session::HANDSHAKE_CONFIRM_WITHIN`]).
+async fn hello_reply(
+    conn: &Connection,
+    recv: &mut quinn::RecvStream,
+    known_rtt: Option<Duration>,
+) -> Result<HelloReply, HelloLost> {
+    let within = handshake_confirm_within(known_rtt.unwrap_or_else(|| conn.rtt()));
+    let read = read_frame::<_, HelloReply>(recv);
+    tokio::pin!(read);
+    tokio::select! {
+        biased;
+        r = &mut read => return r.map_err(HelloLost::Frame),
+        () = tokio::time::sleep(within) => {}
+    }
+    if conn.stats().frame_rx.handshake_done == 0 {
+        conn.close(quinn::VarInt::from_u32(0), b"handshake not confirmed");
+        return Err(HelloLost::Unconfirmed(within));
+    }
+    read.await.map_err(HelloLost::Frame)
+}
+
+/// One session with the control plane, until it ends. `known_rtt` is the path's round-trip
+/// time as the last session knew it (kept up to date at each ping).
 async fn session(
     endpoint: &Endpoint,
     dir: &Path,
     cred: &mut Credential,
     runner: &Arc<Runner>,
     heartbeat_every: Duration,
+    known_rtt: &mut Option<Duration>,
 ) -> Result<()> {
     let (_, not_after) = flotilla_certs::validity_of(&pem_der(&cred.identity.cert_pem)?)?;
     if not_after <= SystemTime::now() {
@@ -537,9 +585,13 @@ async fn session(
     .await
     .map_err(|e| anyhow::anyhow!("sending hello: {e}"))?;
     let _ = send.finish();
-    let reply: HelloReply = match read_frame(&mut recv).await {
+    let reply: HelloReply = match hello_reply(&conn, &mut recv, *known_rtt).await {
         Ok(r) => r,
-        Err(e) => {
+        Err(HelloLost::Unconfirmed(within)) => bail!(
+            "hello: the control plane did not confirm the handshake within {within:?}; dialling \
+             again"
+        ),
+        Err(HelloLost::Frame(e)) => {
             let why = conn
                 .close_reason()
                 .map(|c| explain(&c))
@@ -740,6 +792,7 @@ async fn session(
                 // noticed here rather than at the idle timeout; a slow, lossy link that still
                 // carries its packets keeps the session (`session::ping_lost`).
                 let heard_before = conn.stats().udp_rx.datagrams;
+                *known_rtt = Some(conn.rtt());
                 let within = ping_timeout(conn.rtt());
                 match tokio::time::timeout(within, request(&conn, &AgentRequest::Ping)).await {
                     Ok(Ok(AgentReply::Pong { server_time })) => {

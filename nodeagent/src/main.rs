@@ -52,7 +52,14 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/flotilla/nodeagent";
 pub const EXIT_HOST_UNFIT: u8 = 78;
 
 #[derive(Debug, Parser)]
-#[command(name = "nodeagent", version, about = "Flotilla node agent")]
+#[command(
+    name = "nodeagent",
+    version,
+    about = "Flotilla node agent",
+    after_help = "Logs go to standard error. NODEAGENT_LOG chooses what is logged: a filter \
+                  such as info, debug or warn,nodeagent=debug (default: \
+                  warn,libcgroups=error,libcontainer=error); --log-format how."
+)]
 struct Cli {
     /// Configuration file (TOML; keys as the flags: data_dir, cgroup_parent, bind_roots,
     /// registry_mirrors, image_gc_high_threshold_percent, image_gc_low_threshold_percent,

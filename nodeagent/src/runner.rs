@@ -862,7 +862,13 @@ impl Runner {
                      or reboot); it starts again in place");
                 self.start(desired, name, container, StartHow::Resume).await
             }
-            Command::Stop { name, grace, .. } => {
+            Command::Stop {
+                name,
+                container,
+                grace,
+            } => {
+                tracing::info!(task = %name.task, container = %container,
+                    grace_secs = grace.as_secs(), "stopping");
                 let rt = self.runtime.clone();
                 tokio::task::spawn_blocking(move || rt.stop(&name, grace)).await??;
                 self.wake.notify_one();
@@ -889,7 +895,10 @@ impl Runner {
                     }
                     // Its task-scoped volumes and its network go with it.
                     rt.remove_task(&task)?;
-                    net.release(&task)
+                    net.release(&task)?;
+                    tracing::info!(task = %task, containers = containers.len(),
+                        "removed, with its containers, volumes and network");
+                    Ok(())
                 })
                 .await??;
             }

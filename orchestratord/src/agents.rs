@@ -8,9 +8,9 @@
 //!   live connection at once.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use flotilla_api::{
     read_frame, write_frame, AgentReply, AgentRequest, Hello, HelloReply, JoinReply, JoinRequest,
@@ -19,6 +19,7 @@ use flotilla_certs::tls::{ALPN_AGENT, ALPN_JOIN};
 use flotilla_certs::{identity_of, Role};
 use quinn::{Connection, VarInt};
 
+use crate::metrics::AdmissionRefusal;
 use crate::plane::Plane;
 use flotilla_api::images::StoredImage;
 use orchestratord::cluster::{Agent, CloseCode, ClusterError, Command, Reply};
@@ -38,12 +39,30 @@ fn refuse(conn: &Connection, code: CloseCode, reason: &str) {
 /// round trips, above the core's default `session_rate` of 1,000/s.
 pub const ADMISSIONS_IN_FLIGHT: usize = 512;
 
+/// How long a session may go without a packet from its node (QUIC's idle timeout, the least
+/// of this and the node's own; RFC 9000 §10.1). Nodes send keep-alives every 5 s
+/// (`flotilla_api::session::KEEP_ALIVE`): a node silent for 15 s is gone. It bounds a
+/// handshake too: quinn counts it from the connection's first packet, and gives up at once,
+/// without a word, on a connection accepted later than that (`abandoning accept of stale
+/// initial`).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// How long a connection may wait for its turn before it is refused (QUIC's
 /// `CONNECTION_REFUSED`, RFC 9000 §20.1; the node dials again after its backoff, which a
 /// refusal doubles). While it waits, quinn keeps what the node resends of its first flight.
-/// 10 s below the agents' 30 s handshake timeout (`flotilla_api::session::IDLE_TIMEOUT`), so
-/// that a handshake begun at the last moment still ends before the node gives up on it.
-pub const ADMISSION_WAIT: Duration = Duration::from_secs(20);
+/// [`HANDSHAKE_ROOM`] below [`IDLE_TIMEOUT`], which counts from the first packet: a connection
+/// given its turn at the last moment still has 5 s for its handshake. (At 20 s, a connection
+/// that waited 15–20 s was dropped unanswered when its turn came, and its node waited out its
+/// own 30 s handshake timeout: 2 to 13 nodes per 10,000-node reconnect storm, each back 40 s
+/// after the restart instead of about 20; BENCHMARKS.md, *Fleet*.)
+pub const ADMISSION_WAIT: Duration = Duration::from_secs(10);
+
+/// What [`IDLE_TIMEOUT`] leaves a connection for its handshake at least, after the longest
+/// wait for its turn (more when the node's resent Initials came during the wait: quinn counts
+/// from the last).
+pub const HANDSHAKE_ROOM: Duration = Duration::from_secs(5);
+const _: () =
+    assert!(ADMISSION_WAIT.as_millis() + HANDSHAKE_ROOM.as_millis() <= IDLE_TIMEOUT.as_millis());
 
 /// How long a connection's handshake may take once it has its turn: the agents' own handshake
 /// timeout (`flotilla_api::session::IDLE_TIMEOUT`), by which a node has given up on it anyway.
@@ -61,29 +80,128 @@ pub const FIRST_REQUEST_WITHIN: Duration = Duration::from_secs(10);
 /// reads (a zero window, kept alive) holds its turn no longer.
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
-/// How many of the turns (held or waited for) connections from one IP address may have: a
+/// How many of the turns (held or waited for) connections from one [`Source`] may have: a
 /// peer cannot take every turn from one address, and a site of many nodes behind one NAT
 /// address is admitted this many at a time (the others are refused at once and dial again
 /// after their backoff).
 pub const ADMISSIONS_PER_ADDRESS: usize = 64;
 
+/// Where a connection comes from, as [`ADMISSIONS_PER_ADDRESS`] counts it: its IPv4 address,
+/// or its IPv6 address's /64 (one host's share of addresses on a LAN, RFC 4291 §2.5.1: a peer
+/// with a /64 would otherwise have 2^64 shares); and whether QUIC proved the address (a
+/// Retry's token came back, RFC 9000 §8.1). Proven and unproven connections have a share
+/// each: Initials sent from a forged source address fill only the unproven share of that
+/// address, and a node dialling from it is then sent a Retry instead of being refused, comes
+/// back proven and takes its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Source {
+    /// The address (IPv6: its first 64 bits, the rest zero).
+    pub net: IpAddr,
+    /// Whether QUIC validated the address.
+    pub proven: bool,
+}
+
+impl Source {
+    /// The source of a connection from `ip`, proven or not.
+    pub fn of(ip: IpAddr, proven: bool) -> Self {
+        let net = match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6(std::net::Ipv6Addr::from(
+                    u128::from(v6) & !((1u128 << 64) - 1),
+                )),
+            },
+        };
+        Self { net, proven }
+    }
+}
+
+/// How long the control plane remembers a first flight it answered with a Retry.
+pub const RETRIED_FOR: Duration = Duration::from_secs(10);
+
+/// The most first flights remembered at once (about 150 bytes each); while that many are
+/// recent, one more is not remembered.
+pub const RETRIED_AT_MOST: usize = 65_536;
+
+/// First flights answered with a Retry (RFC 9000 §8.1.2), by the client's address and the
+/// connection ID it chose, for [`RETRIED_FOR`].
+///
+/// A client resends its first flight at its probe timeout (about 1 s on a new path: RFC 9002
+/// §6.2.2) when nothing came back yet — and in a storm the copies wait in the socket's queue
+/// for seconds. The first is answered with a Retry and forgotten by quinn; without this, a
+/// later copy would be taken as a new connection and, when a turn happened to be free, begin a
+/// handshake the client never answers (it goes on with the Retry's token), holding that turn
+/// until the 15 s idle timeout: 1,667 such handshakes in a 10,000-agent reconnect storm. A copy
+/// is answered with the Retry again instead: a client takes only the first (RFC 9000
+/// §17.2.5.2) and one that lost it gets this one.
+///
+/// Every operation costs O(1) (amortised): what is forgotten is forgotten oldest first, from
+/// the order they were remembered in, never by a scan — forged first flights from made-up
+/// addresses fill it at most, and then are not remembered.
+#[derive(Clone, Default)]
+struct Retried(Arc<Mutex<RetriedInner>>);
+
+#[derive(Default)]
+struct RetriedInner {
+    at: HashMap<(SocketAddr, quinn::ConnectionId), Instant>,
+    /// What was remembered, oldest first (a first flight remembered again is in it twice: only
+    /// its newest time counts).
+    order: std::collections::VecDeque<(Instant, (SocketAddr, quinn::ConnectionId))>,
+}
+
+impl RetriedInner {
+    /// Forgets what is older than [`RETRIED_FOR`] at `now`.
+    fn forget_old(&mut self, now: Instant) {
+        while let Some(&(at, key)) = self.order.front() {
+            if now.saturating_duration_since(at) < RETRIED_FOR {
+                break;
+            }
+            self.order.pop_front();
+            if self.at.get(&key) == Some(&at) {
+                self.at.remove(&key);
+            }
+        }
+    }
+}
+
+impl Retried {
+    /// Remembers the first flight of `from` to `cid`, answered at `now`.
+    fn remember(&self, from: SocketAddr, cid: quinn::ConnectionId, now: Instant) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.forget_old(now);
+        if m.order.len() < RETRIED_AT_MOST {
+            m.at.insert((from, cid), now);
+            m.order.push_back((now, (from, cid)));
+        }
+    }
+
+    /// Whether the first flight of `from` to `cid` was answered with a Retry within
+    /// [`RETRIED_FOR`] of `now`.
+    fn recalls(&self, from: SocketAddr, cid: quinn::ConnectionId, now: Instant) -> bool {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.forget_old(now);
+        m.at.contains_key(&(from, cid))
+    }
+}
+
 /// Why a connection got no turn.
 #[derive(Debug, PartialEq, Eq)]
 enum NoTurn {
-    /// Its address already holds or waits for [`Gate`]'s share of one address.
+    /// Its [`Source`] already holds or waits for [`Gate`]'s share of one.
     Address,
     /// None was free within the gate's wait.
     Waited,
 }
 
 /// Turns to be admitted: at most `in_flight` at once, given in the order they were asked
-/// for, at most `per_address` held or asked for from one address; an ask that waited `wait`
-/// gets none.
+/// for, at most `per_address` held or asked for from one [`Source`]; an ask that waited
+/// `wait` gets none.
 #[derive(Clone)]
 struct Gate {
     turns: Arc<tokio::sync::Semaphore>,
     per_address: usize,
-    by_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    by_address: Arc<Mutex<HashMap<Source, usize>>>,
     wait: Duration,
 }
 
@@ -102,9 +220,17 @@ impl Gate {
         self.turns.available_permits()
     }
 
-    /// A turn for a connection from `from`, once one is free (the semaphore is fair: first
-    /// asked, first given).
-    async fn turn(&self, from: IpAddr) -> Result<Turn, NoTurn> {
+    /// Whether `from` holds or waits for its whole share now.
+    fn share_taken(&self, from: Source) -> bool {
+        let by_address = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
+        by_address
+            .get(&from)
+            .is_some_and(|n| *n >= self.per_address)
+    }
+
+    /// A turn for a connection from `from` that arrived at `arrived`, once one is free (the
+    /// semaphore is fair: first asked, first given), within the gate's wait from `arrived`.
+    async fn turn(&self, from: Source, arrived: tokio::time::Instant) -> Result<Turn, NoTurn> {
         let share = {
             let mut by_address = self.by_address.lock().unwrap_or_else(|e| e.into_inner());
             let n = by_address.entry(from).or_default();
@@ -117,7 +243,8 @@ impl Gate {
                 from,
             }
         };
-        let permit = tokio::time::timeout(self.wait, self.turns.clone().acquire_owned())
+        let wait = self.wait.saturating_sub(arrived.elapsed());
+        let permit = tokio::time::timeout(wait, self.turns.clone().acquire_owned())
             .await
             .map_err(|_| NoTurn::Waited)?
             .map_err(|_| NoTurn::Waited)?;
@@ -128,10 +255,10 @@ impl Gate {
     }
 }
 
-/// One address's count of a turn held or asked for, given back when dropped.
+/// One [`Source`]'s count of a turn held or asked for, given back when dropped.
 struct Share {
-    by_address: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    from: IpAddr,
+    by_address: Arc<Mutex<HashMap<Source, usize>>>,
+    from: Source,
 }
 
 impl Drop for Share {
@@ -147,42 +274,63 @@ impl Drop for Share {
 }
 
 /// Accepts connections until the endpoint closes, at most [`ADMISSIONS_IN_FLIGHT`] in their
-/// handshake and first request at once and [`ADMISSIONS_PER_ADDRESS`] from one address; one
-/// that waited [`ADMISSION_WAIT`] for its turn, or came from an address with its share taken,
-/// is refused.
+/// handshake and first request at once and [`ADMISSIONS_PER_ADDRESS`] from one [`Source`];
+/// one that waited [`ADMISSION_WAIT`] for its turn, or came from a proven address with its
+/// share taken, is refused (an unproven one is sent a Retry).
 pub async fn serve(plane: Plane, endpoint: quinn::Endpoint) {
     let gate = Gate::new(ADMISSIONS_IN_FLIGHT, ADMISSIONS_PER_ADDRESS, ADMISSION_WAIT);
+    let retried = Retried::default();
     while let Some(incoming) = endpoint.accept().await {
-        let (plane, gate) = (plane.clone(), gate.clone());
+        // (quinn's own count of the wait starts a little earlier, at the first packet.)
+        let arrived = tokio::time::Instant::now();
+        let (plane, gate, retried) = (plane.clone(), gate.clone(), retried.clone());
         tokio::spawn(async move {
             let peer = incoming.remote_address();
-            // When turns run short, a peer whose address is not proven yet is sent a Retry
-            // first (RFC 9000 §8.1.2): a node comes back one round trip later with a token
-            // that proves it, while Initials from forged addresses never hold a turn.
-            if gate.free() < ADMISSIONS_IN_FLIGHT / 2
-                && !incoming.remote_address_validated()
-                && incoming.may_retry()
-            {
-                if let Err(e) = incoming.retry() {
-                    e.into_incoming().ignore();
+            let from = Source::of(peer.ip(), incoming.remote_address_validated());
+            // When turns run short, or its address's unproven share is taken (by Initials
+            // from forged addresses, perhaps), a peer whose address is not proven yet is sent
+            // a Retry first (RFC 9000 §8.1.2): a node comes back one round trip later with a
+            // token that proves it, while Initials from forged addresses never hold a turn.
+            // A copy of a first flight answered so is answered so again (`Retried`).
+            if !from.proven && incoming.may_retry() {
+                let (cid, now) = (incoming.orig_dst_cid(), Instant::now());
+                let again = retried.recalls(peer, cid, now);
+                if again || gate.free() < ADMISSIONS_IN_FLIGHT / 2 || gate.share_taken(from) {
+                    if again {
+                        tracing::debug!(%peer, "a first flight again after its Retry: the Retry again");
+                    }
+                    // Remembered first: once the Retry is sent quinn forgets the flight, and
+                    // a copy read meanwhile on another thread must find it here.
+                    retried.remember(peer, cid, now);
+                    if let Err(e) = incoming.retry() {
+                        e.into_incoming().ignore();
+                    }
+                    return;
                 }
-                return;
             }
-            let turn = match gate.turn(peer.ip()).await {
+            let turn = match gate.turn(from, arrived).await {
                 Ok(turn) => turn,
                 Err(why) => {
-                    tracing::debug!(%peer, "refused: {}", match why {
-                        NoTurn::Address => "its address has its share of the turns to be admitted",
-                        NoTurn::Waited => "no turn to be admitted within the wait",
-                    });
+                    let (why, text) = match why {
+                        NoTurn::Address => (
+                            AdmissionRefusal::Address,
+                            "its address has its share of the turns to be admitted",
+                        ),
+                        NoTurn::Waited => (
+                            AdmissionRefusal::Wait,
+                            "no turn to be admitted within the wait",
+                        ),
+                    };
+                    tracing::debug!(%peer, "refused: {text}");
+                    plane.metrics.connection_refused(why);
                     incoming.refuse();
                     return;
                 }
             };
             match tokio::time::timeout(HANDSHAKE_WITHIN, incoming).await {
                 Ok(Ok(conn)) => connection(plane, conn, turn).await,
-                Ok(Err(e)) => tracing::debug!("handshake failed: {e}"),
-                Err(_) => tracing::debug!("handshake not done within {HANDSHAKE_WITHIN:?}"),
+                Ok(Err(e)) => tracing::debug!(%peer, "handshake failed: {e}"),
+                Err(_) => tracing::debug!(%peer, "handshake not done within {HANDSHAKE_WITHIN:?}"),
             }
         });
     }
@@ -631,8 +779,52 @@ async fn closed(plane: &Plane, node: &str, session: u64) {
 mod tests {
     use super::*;
 
-    fn ip(last: u8) -> IpAddr {
-        IpAddr::from([192, 0, 2, last])
+    /// A node's source, proven (as after a Retry).
+    fn ip(last: u8) -> Source {
+        Source::of(IpAddr::from([192, 0, 2, last]), true)
+    }
+
+    #[test]
+    fn a_retried_first_flight_is_recalled_for_a_while_and_the_memory_is_bounded() {
+        let t0 = Instant::now();
+        let from = |port| SocketAddr::from(([192, 0, 2, 1], port));
+        let cid = |b| quinn::ConnectionId::new(&[b; 8]);
+        let r = Retried::default();
+        let len = |r: &Retried| {
+            let m = r.0.lock().expect("lock");
+            (m.at.len(), m.order.len())
+        };
+        r.remember(from(1000), cid(1), t0);
+        assert!(r.recalls(from(1000), cid(1), t0 + Duration::from_secs(9)));
+        // Another connection of the same client, or the same ID from elsewhere: not a copy.
+        assert!(!r.recalls(from(1000), cid(2), t0));
+        assert!(!r.recalls(from(1001), cid(1), t0));
+        // Remembered again later: kept from then on.
+        r.remember(from(1000), cid(1), t0 + Duration::from_secs(5));
+        assert!(r.recalls(from(1000), cid(1), t0 + RETRIED_FOR));
+        // Forgotten RETRIED_FOR after it was last remembered.
+        assert!(!r.recalls(
+            from(1000),
+            cid(1),
+            t0 + Duration::from_secs(5) + RETRIED_FOR
+        ));
+        assert_eq!(len(&r), (0, 0));
+        // Full of recent ones: one more is not remembered, and nothing is scanned for room.
+        for i in 0..RETRIED_AT_MOST {
+            r.remember(from((i % 60_000) as u16), cid((i / 60_000) as u8), t0);
+        }
+        let later = t0 + Duration::from_secs(1);
+        r.remember(from(1), cid(200), later);
+        assert!(
+            !r.recalls(from(1), cid(200), later),
+            "not kept while all are recent"
+        );
+        assert_eq!(len(&r), (RETRIED_AT_MOST, RETRIED_AT_MOST));
+        // Once they are old, they go, oldest first, and there is room again.
+        let much_later = t0 + RETRIED_FOR;
+        r.remember(from(1), cid(200), much_later);
+        assert!(r.recalls(from(1), cid(200), much_later));
+        assert_eq!(len(&r), (1, 1), "the stale ones went");
     }
 
     #[tokio::test(start_paused = true)]
@@ -640,13 +832,19 @@ mod tests {
         let s = Duration::from_secs;
         let gate = Gate::new(2, 64, s(10));
         let began = tokio::time::Instant::now();
-        let first = gate.turn(ip(1)).await.expect("a free turn at once");
-        let second = gate.turn(ip(2)).await.expect("a second free turn at once");
+        let first = gate
+            .turn(ip(1), tokio::time::Instant::now())
+            .await
+            .expect("a free turn at once");
+        let second = gate
+            .turn(ip(2), tokio::time::Instant::now())
+            .await
+            .expect("a second free turn at once");
         // Two more ask, in this order, while both turns are held.
         let ask = |gate: &Gate, from| {
             let gate = gate.clone();
             tokio::spawn(async move {
-                let turn = gate.turn(from).await;
+                let turn = gate.turn(from, tokio::time::Instant::now()).await;
                 (tokio::time::Instant::now(), turn)
             })
         };
@@ -672,7 +870,10 @@ mod tests {
         assert!(last.is_ok());
         // Both turns held again: the next ask is refused after the wait, not before.
         let asked = tokio::time::Instant::now();
-        assert_eq!(gate.turn(ip(5)).await.err(), Some(NoTurn::Waited));
+        assert_eq!(
+            gate.turn(ip(5), tokio::time::Instant::now()).await.err(),
+            Some(NoTurn::Waited)
+        );
         assert_eq!(tokio::time::Instant::now(), asked + s(10));
         drop((turn, last));
         assert!(
@@ -685,17 +886,23 @@ mod tests {
     async fn one_address_gets_its_share_of_the_turns_and_no_more() {
         let s = Duration::from_secs;
         let gate = Gate::new(2, 3, s(10));
-        let one = gate.turn(ip(1)).await.expect("first");
-        let two = gate.turn(ip(1)).await.expect("second");
+        let one = gate
+            .turn(ip(1), tokio::time::Instant::now())
+            .await
+            .expect("first");
+        let two = gate
+            .turn(ip(1), tokio::time::Instant::now())
+            .await
+            .expect("second");
         // The third waits (both turns held): waiting counts against its address's share.
         let waiting = {
             let gate = gate.clone();
-            tokio::spawn(async move { gate.turn(ip(1)).await.is_ok() })
+            tokio::spawn(async move { gate.turn(ip(1), tokio::time::Instant::now()).await.is_ok() })
         };
         tokio::time::sleep(Duration::from_millis(1)).await;
         let asked = tokio::time::Instant::now();
         assert_eq!(
-            gate.turn(ip(1)).await.err(),
+            gate.turn(ip(1), tokio::time::Instant::now()).await.err(),
             Some(NoTurn::Address),
             "a fourth from the same address"
         );
@@ -703,13 +910,75 @@ mod tests {
         // Another address still waits its turn, and gets it.
         let other = {
             let gate = gate.clone();
-            tokio::spawn(async move { gate.turn(ip(2)).await.is_ok() })
+            tokio::spawn(async move { gate.turn(ip(2), tokio::time::Instant::now()).await.is_ok() })
         };
         drop(one);
         assert!(waiting.await.expect("waiting"));
         drop(two);
         assert!(other.await.expect("other"));
-        assert!(gate.turn(ip(1)).await.is_ok(), "the share is given back");
+        assert!(
+            gate.turn(ip(1), tokio::time::Instant::now()).await.is_ok(),
+            "the share is given back"
+        );
         assert!(gate.by_address.lock().expect("lock").is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_wait_counts_from_when_the_connection_arrived() {
+        let s = Duration::from_secs;
+        let gate = Gate::new(1, 64, s(10));
+        let held = gate
+            .turn(ip(1), tokio::time::Instant::now())
+            .await
+            .expect("free");
+        // Handed over 8 s after it arrived (a busy accept loop): 2 s of its wait are left.
+        let arrived = tokio::time::Instant::now();
+        tokio::time::sleep(s(8)).await;
+        let asked = tokio::time::Instant::now();
+        assert_eq!(gate.turn(ip(2), arrived).await.err(), Some(NoTurn::Waited));
+        assert_eq!(tokio::time::Instant::now(), asked + s(2));
+        // Past its wait already: refused at once.
+        let asked = tokio::time::Instant::now();
+        assert_eq!(gate.turn(ip(2), arrived).await.err(), Some(NoTurn::Waited));
+        assert_eq!(tokio::time::Instant::now(), asked);
+        drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forged_initials_take_only_the_unproven_share_of_an_address() {
+        let gate = Gate::new(8, 2, Duration::from_secs(10));
+        let node = IpAddr::from([192, 0, 2, 7]);
+        let now = tokio::time::Instant::now;
+        // Two Initials sent from the node's address by someone else, never answered.
+        let forged: Vec<Turn> = vec![
+            gate.turn(Source::of(node, false), now()).await.expect("1"),
+            gate.turn(Source::of(node, false), now()).await.expect("2"),
+        ];
+        assert!(gate.share_taken(Source::of(node, false)), "sent a Retry");
+        // The node, proven by the Retry's token, still has its share.
+        assert!(!gate.share_taken(Source::of(node, true)));
+        let turn = gate.turn(Source::of(node, true), now()).await;
+        assert!(turn.is_ok());
+        drop((forged, turn));
+        assert!(gate.by_address.lock().expect("lock").is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_peer_has_one_share_per_64_and_a_mapped_ipv4_is_its_ipv4() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().expect("a");
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().expect("b");
+        let c: IpAddr = "2001:db8:1:3::1".parse().expect("c");
+        assert_eq!(Source::of(a, true), Source::of(b, true));
+        assert_ne!(Source::of(a, true), Source::of(c, true));
+        assert_ne!(Source::of(a, true), Source::of(a, false));
+        assert_eq!(
+            Source::of(a, true).net,
+            "2001:db8:1:2::".parse::<IpAddr>().expect("net")
+        );
+        let mapped: IpAddr = "::ffff:192.0.2.9".parse().expect("mapped");
+        assert_eq!(
+            Source::of(mapped, false),
+            Source::of(IpAddr::from([192, 0, 2, 9]), false)
+        );
     }
 }

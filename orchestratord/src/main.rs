@@ -42,7 +42,14 @@ use flotilla_api::DEFAULT_PORT;
 const SERVER_CERT_RENEW_BEFORE: Duration = Duration::from_secs(30 * 86_400);
 
 #[derive(Debug, Parser)]
-#[command(name = "orchestratord", version, about = "Flotilla control plane")]
+#[command(
+    name = "orchestratord",
+    version,
+    about = "Flotilla control plane",
+    after_help = "Logs go to standard error. ORCHESTRATORD_LOG chooses what is logged: a filter \
+                  such as info, debug or info,orchestratord=debug (default: info); \
+                  --log-format how."
+)]
 struct Cli {
     /// Configuration file (TOML; keys as the flags: data_dir, listen, metrics_listen,
     /// node_cert_lifetime, session_rate, scaling_period, image_rate_limit, registry_mirrors, log_format, bridge_pool, bridge_prefix, awsvpc_subnet,
@@ -482,10 +489,8 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
     let mut quic = quinn::ServerConfig::with_crypto(Arc::new(quic_crypto));
     let mut transport = quinn::TransportConfig::default();
-    // Agents send keep-alives every 5 s: a node silent for 15 s is gone.
     transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(Duration::from_secs(15))
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
+        quinn::IdleTimeout::try_from(agents::IDLE_TIMEOUT).map_err(|e| anyhow::anyhow!("{e}"))?,
     ));
     // An agent opens bidirectional streams only (one per request, a blob's download): quinn
     // sets aside room in every session for each stream the peer may open, and its default
@@ -493,10 +498,11 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
     quic.transport_config(Arc::new(transport));
     // A node sent a Retry (admission under pressure, `agents::serve`) resends its Initial with
-    // the token at each probe timeout, doubling, until its handshake is done or given up: the
-    // token must outlive that wait, not quinn's 15 s, or a node whose Initials were dropped at
-    // a full socket buffer is refused with INVALID_TOKEN (414 of 10,000 dials in a cold
-    // admission).
+    // the token at each probe timeout, doubling, until its handshake is done or its own 30 s
+    // handshake timeout passes. quinn checks the token's age when a copy opens a connection
+    // (the first that arrives, or a later one when the first was dropped at a full socket
+    // buffer), so it must outlive that resending, not quinn's 15 s, or the node is refused
+    // with INVALID_TOKEN (414 of 10,000 dials in a cold admission): 40 s.
     quic.retry_token_lifetime(agents::ADMISSION_WAIT + agents::HANDSHAKE_WITHIN);
     let (socket, buffers) = orchestratord::udp::bind(listen, orchestratord::udp::BUFFER_BYTES)
         .with_context(|| format!("listening on udp {listen}"))?;
@@ -519,7 +525,7 @@ async fn run(data_dir: &Path, settings: &Settings) -> Result<()> {
     let socket = orchestratord::udp::FewSegments::wrap(socket, runtime.as_ref())
         .with_context(|| format!("listening on udp {listen}"))?;
     let endpoint = quinn::Endpoint::new_with_abstract_socket(
-        quinn::EndpointConfig::default(),
+        orchestratord::udp::endpoint_config(ca.endpoint_keys()?),
         Some(quic),
         socket,
         runtime,

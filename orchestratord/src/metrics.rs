@@ -26,6 +26,7 @@
 //! | `flotilla_store_commit_failures_total` | counter | | commits that failed |
 //! | `flotilla_api_request_duration_seconds` | histogram | `method`, `route`, `code` | operator API requests, by route template |
 //! | `flotilla_image_sent_bytes_total` | counter | | bytes of the content store's blobs sent to nodes over their sessions (`AgentRequest::Blob`), as written to the streams |
+//! | `flotilla_agent_connections_refused_total` | counter | `reason` | QUIC connections refused before their handshake ([`AdmissionRefusal`]); no hello, so not in the session attempts |
 
 use std::time::Duration;
 
@@ -64,11 +65,35 @@ fn api_histogram() -> Histogram {
     Histogram::new(API_BUCKETS)
 }
 
+/// Why a connection was refused before its handshake (`agents::serve`'s admission gate): the
+/// `reason` label of `flotilla_agent_connections_refused_total`.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum AdmissionRefusal {
+    /// `address`: its address already held its share of the admission turns
+    /// (`agents::ADMISSIONS_PER_ADDRESS`).
+    Address,
+    /// `wait`: no turn came within `agents::ADMISSION_WAIT` (many nodes dialling at once, as
+    /// after a restart of the control plane); the node dials again.
+    Wait,
+}
+
+impl AdmissionRefusal {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Address => "address",
+            Self::Wait => "wait",
+        }
+    }
+}
+
 /// What the adapters measure themselves (shared, cheap to clone through its `Arc`).
 #[derive(Debug)]
 pub struct Metrics {
     api: ApiHistograms,
     image_sent: Counter,
+    refused_address: Counter,
+    refused_wait: Counter,
 }
 
 impl Default for Metrics {
@@ -76,6 +101,8 @@ impl Default for Metrics {
         Self {
             api: Family::new_with_constructor(api_histogram),
             image_sent: Counter::default(),
+            refused_address: Counter::default(),
+            refused_wait: Counter::default(),
         }
     }
 }
@@ -94,6 +121,14 @@ impl Metrics {
     /// `bytes` of a content-store blob were written to a node's stream.
     pub fn image_sent(&self, bytes: u64) {
         self.image_sent.inc_by(bytes);
+    }
+
+    /// A connection was refused before its handshake, for `why`.
+    pub fn connection_refused(&self, why: AdmissionRefusal) {
+        match why {
+            AdmissionRefusal::Address => self.refused_address.inc(),
+            AdmissionRefusal::Wait => self.refused_wait.inc(),
+        };
     }
 }
 
@@ -193,7 +228,30 @@ pub fn encode(snapshot: Snapshot, metrics: &Metrics, openmetrics: bool) -> (&'st
         Unit::Bytes,
         metrics.image_sent.clone(),
     );
+    registry.register_collector(Box::new(RefusalCollector([
+        (AdmissionRefusal::Address, metrics.refused_address.get()),
+        (AdmissionRefusal::Wait, metrics.refused_wait.get()),
+    ])));
     flotilla_metrics::encode(&registry, openmetrics)
+}
+
+/// `flotilla_agent_connections_refused_total`, every reason present from the start (a
+/// counter that appears only at its first refusal breaks `rate()` over its first value).
+#[derive(Debug)]
+struct RefusalCollector([(AdmissionRefusal, u64); 2]);
+
+impl Collector for RefusalCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        family(
+            &mut encoder,
+            "flotilla_agent_connections_refused",
+            "Agent connections refused before their handshake, by reason: address (its address held its share of the admission turns) or wait (no turn within the admission wait)",
+            MetricType::Counter,
+            self.0
+                .iter()
+                .map(|(why, n)| ([("reason", why.as_str())], ConstCounter::new(*n))),
+        )
+    }
 }
 
 /// The snapshot's metrics, encoded at each scrape.
@@ -382,6 +440,8 @@ mod tests {
             StatusCode::OK,
             Duration::from_millis(2),
         );
+        m.connection_refused(AdmissionRefusal::Wait);
+        m.connection_refused(AdmissionRefusal::Wait);
         for openmetrics in [false, true] {
             let (kind, text) = encode(snapshot(), &m, openmetrics);
             assert_eq!(
@@ -406,6 +466,8 @@ mod tests {
                 "flotilla_store_commit_duration_seconds_count 1",
                 "flotilla_store_commit_failures_total 0",
                 "flotilla_api_request_duration_seconds_count{method=\"GET\",route=\"/v1/tasks/{id}\",code=\"200\"} 1",
+                "flotilla_agent_connections_refused_total{reason=\"wait\"} 2",
+                "flotilla_agent_connections_refused_total{reason=\"address\"} 0",
             ] {
                 assert!(
                     text.lines().any(|l| l == line),
@@ -431,6 +493,8 @@ mod tests {
             StatusCode::OK,
             Duration::from_millis(2),
         );
+        m.connection_refused(AdmissionRefusal::Wait);
+        m.connection_refused(AdmissionRefusal::Wait);
         for openmetrics in [false, true] {
             let (_, text) = encode(snapshot(), &m, openmetrics);
             let checked = unknown_names(&dashboard, Source::ControlPlane, &text)

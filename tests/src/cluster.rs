@@ -120,7 +120,7 @@ impl ControlPlane {
         let start = Instant::now();
         while !self.flotilla(&["token", "ls"]).status.success() {
             assert!(
-                start.elapsed() < Duration::from_secs(10),
+                start.elapsed() < crate::patient(Duration::from_secs(10)),
                 "control plane did not come up:\n{}",
                 self.log()
             );
@@ -177,6 +177,22 @@ impl ControlPlane {
     /// The control plane's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("orchestratord.log")).unwrap_or_default()
+    }
+
+    /// Waits until the control plane's log contains `what`. What the control plane logs about a
+    /// node's message may land after the node's own log line about it: assert on it through this,
+    /// not on [`ControlPlane::log`] read once.
+    pub fn wait_log(&self, what: &str, timeout: Duration) {
+        let timeout = crate::patient(timeout);
+        let start = Instant::now();
+        while !self.log().contains(what) {
+            assert!(
+                start.elapsed() < timeout,
+                "the control plane's log never showed '{what}':\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Runs `flotilla ARGS` with the admin credential.
@@ -583,6 +599,7 @@ impl Agent {
 
     /// Waits until the log contains `what` `times` times.
     pub fn wait_log(&self, what: &str, times: usize, timeout: Duration) {
+        let timeout = crate::patient(timeout);
         let start = Instant::now();
         while self.log().matches(what).count() < times {
             assert!(

@@ -35,7 +35,7 @@ use quinn::{Connection, Endpoint};
 
 use flotilla_api::session::MAX_BACKOFF;
 use flotilla_api::session::PING_EVERY;
-use flotilla_api::session::{ping_lost, ping_timeout};
+use flotilla_api::session::{handshake_confirm_within, ping_lost, ping_timeout};
 /// Close code the control plane uses for a revoked node.
 const CLOSE_REVOKED: u32 = 2;
 /// Memory every simulated container says it uses, bytes.
@@ -775,6 +775,7 @@ impl Simulator {
                 endpoint,
                 rng: Rng::seeded(i as u64),
                 protocols: speaks(i, settings.protocol_1_every),
+                known_rtt: None,
             };
             tasks.spawn(agent.run());
         }
@@ -857,6 +858,11 @@ pub fn why_kind(why: &str) -> String {
     kind.chars().take(80).collect()
 }
 
+/// Whether every session that ends and every dial that fails is printed (`FLEET_TRACE_DIALS`
+/// set: see `bench-fleet`).
+static TRACE_DIALS: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(|| std::env::var_os("FLEET_TRACE_DIALS").is_some());
+
 /// How a session ended.
 enum Ended {
     /// The control plane said when to come back.
@@ -882,6 +888,8 @@ struct SimAgent {
     rng: Rng,
     /// The protocol versions it says it speaks.
     protocols: Vec<u32>,
+    /// The path's round-trip time as its last session knew it (as `nodeagent`).
+    known_rtt: Option<Duration>,
 }
 
 impl SimAgent {
@@ -908,6 +916,20 @@ impl SimAgent {
                 }
                 Ended::Lost(e) => {
                     let why = format!("{e:#}");
+                    if *TRACE_DIALS {
+                        let at = SystemTime::now()
+                            .duration_since(UNIX_EPOCH)
+                            .unwrap_or_default();
+                        let from = self
+                            .endpoint
+                            .local_addr()
+                            .map_or_else(|e| e.to_string(), |a| a.to_string());
+                        eprintln!(
+                            "TRACE {:.3} from {from} after {:.3} s: {why}",
+                            at.as_secs_f64(),
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
                     let mut st = self.view.state();
                     *st.ended.entry(why_kind(&why)).or_default() += 1;
                     st.last_error = Some(why);
@@ -955,7 +977,28 @@ impl SimAgent {
         )
         .await?;
         let _ = send.finish();
-        let reply: HelloReply = match read_frame(&mut recv).await {
+        // As `nodeagent`: a handshake the control plane did not confirm in time is given up
+        // on, and dialled again.
+        let within = handshake_confirm_within(self.known_rtt.unwrap_or_else(|| conn.rtt()));
+        let read = read_frame::<_, HelloReply>(&mut recv);
+        tokio::pin!(read);
+        let confirmed = tokio::select! {
+            biased;
+            r = &mut read => Some(r),
+            () = tokio::time::sleep(within) => None,
+        };
+        let answered = match confirmed {
+            Some(r) => r,
+            None if conn.stats().frame_rx.handshake_done == 0 => {
+                conn.close(quinn::VarInt::from_u32(0), b"handshake not confirmed");
+                return Err(anyhow::anyhow!(
+                    "hello: the control plane did not confirm the handshake within {within:?}"
+                )
+                .into());
+            }
+            None => read.await,
+        };
+        let reply: HelloReply = match answered {
             Ok(r) => r,
             Err(e) => {
                 let why = conn
@@ -1054,6 +1097,7 @@ impl SimAgent {
                 _ = ping.tick() => {
                     // As nodeagent: lost when nothing arrives, or after a few unanswered in a row.
                     let heard_before = conn.stats().udp_rx.datagrams;
+                    self.known_rtt = Some(conn.rtt());
                     let within = ping_timeout(conn.rtt());
                     match tokio::time::timeout(within, request(&conn, &AgentRequest::Ping)).await {
                         Ok(Ok(AgentReply::Pong { .. })) => unanswered = 0,

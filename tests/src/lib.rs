@@ -75,8 +75,31 @@ pub fn copy_container_files(
     Ok(())
 }
 
-/// Waits until `cond` holds (polling every 200 ms), failing the test after `timeout`.
+/// The variable that stretches the test helpers' waits for a state: a factor (a number from
+/// 1 to 100; 1 when unset or unreadable, 100 above). The cgroup v2 guests set it ([`vm`]): under QEMU's TCG, niced
+/// beside the host's tests, a guest runs 10–50 times slower than the host, and a helper's
+/// "until it is so, at most T" must not fail there for the host's T.
+pub const PATIENCE_VAR: &str = "FLOTILLA_TEST_PATIENCE";
+
+/// `timeout` stretched by [`PATIENCE_VAR`]. The helpers that wait for a state — [`wait`],
+/// `Node::wait_for`, `Agent::wait_log`, `ControlPlane::wait_log` and a control plane's
+/// start — take their deadline through this; a test that asserts how *soon* something
+/// happens does not (it measures, and the guests do not run such tests).
+pub fn patient(timeout: std::time::Duration) -> std::time::Duration {
+    static FACTOR: std::sync::LazyLock<f64> = std::sync::LazyLock::new(|| {
+        std::env::var(PATIENCE_VAR)
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|f| *f >= 1.0)
+            .map_or(1.0, |f| f.min(100.0))
+    });
+    timeout.mul_f64(*FACTOR)
+}
+
+/// Waits until `cond` holds (polling every 200 ms), failing the test after `timeout`
+/// ([`patient`]).
 pub fn wait(what: &str, timeout: std::time::Duration, mut cond: impl FnMut() -> bool) {
+    let timeout = patient(timeout);
     let start = std::time::Instant::now();
     while !cond() {
         assert!(start.elapsed() < timeout, "timed out waiting for {what}");

@@ -187,8 +187,10 @@ impl Node {
         serde_json::from_str(&self.ctr_ok(&args)).expect("ctr stats")
     }
 
-    /// Waits until `cond` holds (polling), failing the test after `timeout`.
+    /// Waits until `cond` holds (polling), failing the test after `timeout`
+    /// ([`crate::patient`]).
     pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+        let timeout = crate::patient(timeout);
         let start = Instant::now();
         while !cond() {
             assert!(start.elapsed() < timeout, "timed out waiting for {what}");

@@ -1,6 +1,7 @@
 //! A UDP relay that holds every datagram for a fixed time each way: a slow link (satellite,
 //! cellular) between hosts and the control plane, here where `tc netem` is not; it may drop a
-//! share of them too (loss on the control plane's own link, [`DelayRelay::start_lossy`]). Each client
+//! share of them too (loss on the control plane's own link, [`DelayRelay::start_lossy`]), or
+//! the ones a test picks ([`DelayRelay::start_filtered`]). Each client
 //! address gets a socket of its own toward the upstream, so the upstream sees one peer per
 //! client, as QUIC needs. Stopped (its threads joined) on drop.
 
@@ -12,9 +13,23 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+/// Which way a datagram goes through the relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Way {
+    /// From a client to the upstream.
+    Up,
+    /// From the upstream back to a client.
+    Down,
+}
+
+/// What [`DelayRelay::start_filtered`] asks of each datagram, in the order they come due:
+/// whether it goes on (else it is dropped silently).
+pub type Keep = Box<dyn FnMut(Way, &[u8]) -> bool + Send>;
+
 /// A datagram due to be sent.
 struct Held {
     due: Instant,
+    way: Way,
     from: Arc<UdpSocket>,
     to: SocketAddr,
     bytes: Vec<u8>,
@@ -58,6 +73,23 @@ impl DelayRelay {
         loss_percent: u32,
         seed: u64,
     ) -> std::io::Result<Self> {
+        let mut rng = crate::power::Rng::new(seed);
+        let keep =
+            move |_: Way, _: &[u8]| loss_percent == 0 || rng.below(100) >= u64::from(loss_percent);
+        Self::start_filtered(listen, upstream, delay, Box::new(keep))
+    }
+
+    /// As [`DelayRelay::start`], and drops the datagrams `keep` says no to (it sees every
+    /// datagram, either way, once it is due).
+    ///
+    /// # Errors
+    /// The socket cannot be bound.
+    pub fn start_filtered(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        delay: Duration,
+        mut keep: Keep,
+    ) -> std::io::Result<Self> {
         let front = Arc::new(UdpSocket::bind(listen)?);
         front.set_read_timeout(Some(POLL))?;
         let addr = front.local_addr()?;
@@ -69,7 +101,6 @@ impl DelayRelay {
         let sender = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let mut rng = crate::power::Rng::new(seed);
                 while !stop.load(Ordering::Relaxed) {
                     let Ok(held) = rx.recv_timeout(POLL) else {
                         continue;
@@ -78,7 +109,7 @@ impl DelayRelay {
                     if held.due > now {
                         std::thread::sleep(held.due - now);
                     }
-                    if loss_percent > 0 && rng.below(100) < u64::from(loss_percent) {
+                    if !keep(held.way, &held.bytes) {
                         continue;
                     }
                     let _ = held.from.send_to(&held.bytes, held.to);
@@ -110,6 +141,7 @@ impl DelayRelay {
                                         if let Ok((n, _)) = s.recv_from(&mut buf) {
                                             let _ = tx.send(Held {
                                                 due: Instant::now() + delay,
+                                                way: Way::Down,
                                                 from: front.clone(),
                                                 to: client,
                                                 bytes: buf[..n].to_vec(),
@@ -125,6 +157,7 @@ impl DelayRelay {
                     };
                     let _ = tx.send(Held {
                         due: Instant::now() + delay,
+                        way: Way::Up,
                         from: up,
                         to: upstream,
                         bytes: buf[..n].to_vec(),

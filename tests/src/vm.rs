@@ -356,14 +356,21 @@ fn stage2(init: Init) -> String {
         Init::Script => "sync\n/bin/busybox poweroff -f\n",
         Init::Systemd => "sync\n/bin/systemctl poweroff --no-block\n",
     };
+    // The helpers' waits inside run this much longer (`crate::patient`): TCG, niced beside
+    // the host's tests.
     format!(
         "{mounts}\
          cd /\n\
+         export {}={GUEST_PATIENCE}\n\
          /bin/sh /vm/script > /vm/out/script.log 2>&1\n\
          echo $? > /vm/out/exit.tmp && mv /vm/out/exit.tmp /vm/out/exit\n\
-         {end}"
+         {end}",
+        crate::PATIENCE_VAR
     )
 }
+
+/// How many times longer the test helpers wait inside a guest ([`crate::PATIENCE_VAR`]).
+const GUEST_PATIENCE: u32 = 4;
 
 const TEST_UNIT: &str = "[Unit]\n\
 Description=Flotilla VM test script\n\

@@ -125,15 +125,22 @@ impl Drop for Dev {
 }
 
 fn flotilla(home: &std::path::Path, args: &[&str]) -> String {
-    let o = Command::new(flotilla_tests::bin("flotilla"))
+    let mut c = Command::new(flotilla_tests::bin("flotilla"));
+    c.args(args);
+    as_operator(c, home, &format!("flotilla {args:?}"))
+}
+
+/// The standard output of `c` run as the operator whose home is `home` (the dev cluster's
+/// credential in the default place), failing the test when it fails.
+fn as_operator(mut c: Command, home: &std::path::Path, what: &str) -> String {
+    let o = c
         .env("HOME", home)
         .env_remove("FLOTILLA_CONFIG")
-        .args(args)
         .output()
-        .expect("flotilla");
+        .expect(what);
     assert!(
         o.status.success(),
-        "flotilla {args:?}: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
@@ -245,6 +252,68 @@ fn readme_first_task(node: &Node, home: &std::path::Path) {
         "the README's task took {:?} to stop",
         asked.elapsed()
     );
+
+    // Its service: the README's lines as a shell runs them, `flotilla` being the one built.
+    let block = section
+        .split("```sh\n")
+        .nth(2)
+        .and_then(|s| s.split("```").next())
+        .expect("a second shell block: the service");
+    let lines: Vec<&str> = block
+        .lines()
+        .map(|l| l.split("  #").next().unwrap_or(l).trim())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            r#"echo '{"serviceName": "web", "taskDefinition": "web", "desiredCount": 1}' | flotilla service create -"#,
+            "flotilla service ls",
+            "flotilla service rm web",
+        ]
+    );
+    let sh = |line: &str| {
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(line.replace(
+            "flotilla ",
+            &format!("{} ", flotilla_tests::bin("flotilla").display()),
+        ));
+        as_operator(c, home, line)
+    };
+    sh(lines[0]);
+    // NAME MODE TASK DEFINITION DESIRED RUNNING …, as the README's comment reads.
+    let running = |shown: &str| {
+        let row: Vec<&str> = shown
+            .lines()
+            .find(|l| l.starts_with("web "))
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        row.get(..5) == Some(&["web", "REPLICA", "web:1", "1", "1"][..])
+    };
+    let started = std::time::Instant::now();
+    let mut shown = sh(lines[1]);
+    while !running(&shown) {
+        assert!(
+            started.elapsed() < flotilla_tests::patient(Duration::from_secs(30)),
+            "the service's task never RUNNING:\n{shown}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        shown = sh(lines[1]);
+    }
+    sh(lines[2]);
+    flotilla_tests::wait(
+        "the service's task to stop",
+        Duration::from_secs(20),
+        || {
+            let ls: Vec<TaskInfo> =
+                serde_json::from_str(&flotilla(home, &["task", "ls", "-o", "json"])).expect("json");
+            ls.iter().any(|t| t.service() == Some("web"))
+                && ls
+                    .iter()
+                    .filter(|t| t.service() == Some("web"))
+                    .all(|t| t.state == TaskState::Stopped)
+        },
+    );
 }
 
 #[test]
@@ -267,6 +336,13 @@ fn the_dev_cluster_runs_the_demo_and_leaves_nothing_behind() {
     let exe = flotilla_tests::bin("flotilla")
         .canonicalize()
         .expect("path");
+    assert!(
+        dev.seen
+            .iter()
+            .any(|l| l.contains("admin credential in ~/.config/flotilla")),
+        "{:?}",
+        dev.seen
+    );
     let ls_line = format!("{} task ls", exe.display());
     assert!(
         dev.seen.iter().any(|l| l.trim() == ls_line),

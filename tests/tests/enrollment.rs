@@ -387,15 +387,17 @@ fn a_connection_that_says_nothing_is_closed_and_gives_back_its_turn() {
 }
 
 #[test]
-fn joins_that_never_read_their_answer_are_closed_and_give_back_their_address_share() {
+fn joins_that_never_read_their_answer_are_refused_beyond_the_address_share_then_closed_and_give_it_back(
+) {
     use flotilla_certs::token::JoinToken;
     let cp = ControlPlane::start(&[]);
     let token: JoinToken = cp.token(&[]).parse().expect("token");
     let rt = raw::runtime();
     let reasons = rt.block_on(async {
         // From the address a real node dials from, as many join connections as one address
-        // may hold turns (64, `orchestratord`'s `ADMISSIONS_PER_ADDRESS`): each asks, with a
-        // zero stream window (kept alive), so that the answer can never be written.
+        // may hold turns (64, `orchestratord`'s `ADMISSIONS_PER_ADDRESS`, unproven and as
+        // many proven): each asks, with a zero stream window (kept alive), so that the answer
+        // can never be written.
         let tls = flotilla_certs::tls::enrollment_client(*token.ca_digest()).expect("tls");
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
         let mut cfg = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
@@ -408,18 +410,48 @@ fn joins_that_never_read_their_answer_are_closed_and_give_back_their_address_sha
         cfg.transport_config(std::sync::Arc::new(transport));
         let ep = quinn::Endpoint::client(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
             .expect("endpoint");
+        let ask = |cfg: quinn::ClientConfig| {
+            let ep = ep.clone();
+            async move {
+                let conn = ep
+                    .connect_with(cfg, cp.addr, flotilla_certs::SERVER_NAME)
+                    .expect("connect")
+                    .await?;
+                let (mut send, recv) = conn.open_bi().await.expect("stream");
+                send.write_all(&2u32.to_be_bytes()).await.expect("length");
+                send.write_all(b"{}").await.expect("body");
+                let _ = send.finish();
+                Ok::<_, quinn::ConnectionError>((conn, recv))
+            }
+        };
         let mut held = Vec::new();
         for _ in 0..64 {
-            let conn = ep
-                .connect_with(cfg.clone(), cp.addr, flotilla_certs::SERVER_NAME)
-                .expect("connect")
-                .await
-                .expect("handshake");
-            let (mut send, recv) = conn.open_bi().await.expect("stream");
-            send.write_all(&2u32.to_be_bytes()).await.expect("length");
-            send.write_all(b"{}").await.expect("body");
-            let _ = send.finish();
-            held.push((conn, recv));
+            held.push(ask(cfg.clone()).await.expect("handshake"));
+        }
+        // The address's share of unproven connections is taken (as forged Initials would
+        // take it): the next ones are sent a Retry, come back proven and have a share of
+        // their own.
+        for _ in 0..64 {
+            held.push(ask(cfg.clone()).await.expect("handshake after a Retry"));
+        }
+        // One more from that address is refused before its handshake, and counted so.
+        let refused = ask(cfg.clone())
+            .await
+            .expect_err("the address holds both its shares of the turns");
+        assert!(
+            matches!(refused, quinn::ConnectionError::ConnectionClosed(ref c)
+                if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED),
+            "{refused}"
+        );
+        // (The blocking client runs a runtime of its own: on a thread of its own.)
+        let metrics = std::thread::scope(|s| s.spawn(|| cp.api().metrics()).join())
+            .expect("metrics thread")
+            .expect("metrics");
+        for line in [
+            "flotilla_agent_connections_refused_total{reason=\"address\"} 1",
+            "flotilla_agent_connections_refused_total{reason=\"wait\"} 0",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
         }
         let mut reasons = Vec::new();
         for (conn, _recv) in &held {

@@ -187,7 +187,7 @@ fn a_secret_reaches_only_its_tasks_never_rests_in_clear_and_survives_a_cut_off_r
         cp.flotilla_ok(&["events", "--kind", "secret.refused"])
             .contains(&format!("node {b} asked for version 1"))
     });
-    assert!(cp.log().contains("secret refused"), "logged");
+    cp.wait_log("secret refused", Duration::from_secs(5));
 
     // Cut off: the control plane down, the agent restarted, the container killed — the node
     // starts it again with its secret, kept sealed on the node.

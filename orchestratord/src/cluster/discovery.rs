@@ -381,35 +381,14 @@ mod tests {
             host_port: 49200,
             protocol: m.protocol,
         };
-        TaskRecord {
-            info: flotilla_api::ops::TaskInfo {
-                id: "t-1".into(),
-                task_definition: "web:2".into(),
-                node: Some("n-1".into()),
-                desired: flotilla_api::tasks::DesiredStatus::Running,
-                state: TaskState::Running,
-                stop_reason: None,
-                stop_code: None,
-                containers: Vec::new(),
-                created_at: 0,
-                started_by: None,
-                deployment: None,
-                network: Some(flotilla_api::tasks::TaskNetwork {
-                    mode: NetworkMode::Bridge,
-                    address: Some(Ipv4Addr::new(10, 42, 0, 5)),
-                    bindings: vec![binding],
-                }),
-                usage: None,
-                cpu_millicores: None,
-            },
-            definition,
-            env: Vec::new(),
-            lost_at: None,
-            address: None,
-            stopped_at: None,
-            secret_versions: Default::default(),
-            config_versions: Default::default(),
-        }
+        let mut t = TaskRecord::placed("t-1".into(), "web:2".into(), definition, "n-1", 0);
+        t.info.state = TaskState::Running;
+        t.info.network = Some(flotilla_api::tasks::TaskNetwork {
+            mode: NetworkMode::Bridge,
+            address: Some(Ipv4Addr::new(10, 42, 0, 5)),
+            bindings: vec![binding],
+        });
+        t
     }
 
     #[test]

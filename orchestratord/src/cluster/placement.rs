@@ -12,7 +12,6 @@ use flotilla_api::ops::{
     PlacementConstraintSpec, PlacementStrategySpec, TaskDefRevision, TaskInfo,
 };
 use flotilla_api::taskdef::{KeyValue, NetworkMode, Protocol, TaskDefinition};
-use flotilla_api::tasks::{DesiredStatus, TaskState};
 use flotilla_scheduler::{Constraint, NodeState, NodeView, Request, Resources, Snapshot, Strategy};
 
 use super::command::ClusterError;
@@ -342,39 +341,27 @@ fn new_task(
     address: Option<flotilla_api::tasks::TaskAddress>,
 ) -> TaskRecord {
     let started_by = t.origin.as_ref().map(Origin::started_by);
-    let rec = TaskRecord {
-        info: TaskInfo {
-            id: cx.ids.task(),
-            task_definition: format!("{}:{}", t.revision.family, t.revision.revision),
-            node: Some(node.to_string()),
-            desired: DesiredStatus::Running,
-            state: TaskState::Pending,
-            stop_reason: None,
-            stop_code: None,
-            containers: Vec::new(),
-            created_at: cx.now.secs(),
-            started_by: started_by.clone(),
-            deployment: t.deployment.clone(),
-            network: None,
-            usage: None,
-            cpu_millicores: None,
-        },
-        definition: t.revision.task_definition.clone(),
-        env: t.env.clone(),
-        lost_at: None,
-        address,
-        stopped_at: None,
-        secret_versions: super::secrets::versions_for(
-            cx.txn,
-            super::secrets::Kind::Secret,
-            &t.revision.task_definition,
-        ),
-        config_versions: super::secrets::versions_for(
-            cx.txn,
-            super::secrets::Kind::Config,
-            &t.revision.task_definition,
-        ),
-    };
+    let mut rec = TaskRecord::placed(
+        cx.ids.task(),
+        format!("{}:{}", t.revision.family, t.revision.revision),
+        t.revision.task_definition.clone(),
+        node,
+        cx.now.secs(),
+    );
+    rec.info.started_by = started_by.clone();
+    rec.info.deployment = t.deployment.clone();
+    rec.env = t.env.clone();
+    rec.address = address;
+    rec.secret_versions = super::secrets::versions_for(
+        cx.txn,
+        super::secrets::Kind::Secret,
+        &t.revision.task_definition,
+    );
+    rec.config_versions = super::secrets::versions_for(
+        cx.txn,
+        super::secrets::Kind::Config,
+        &t.revision.task_definition,
+    );
     cx.event(
         "task.placed",
         &rec.info.id,

@@ -407,6 +407,44 @@ pub struct TaskRecord {
 }
 
 impl TaskRecord {
+    /// A task just placed: `id`, of revision `task_definition` (`family:revision`) whose
+    /// definition is `definition`, on `node`, created at `created_at` (seconds since the
+    /// epoch); `PENDING` and desired `RUNNING`, nothing reported yet, no origin, deployment,
+    /// extra environment, address or pinned secret and config versions (set those after).
+    pub fn placed(
+        id: String,
+        task_definition: String,
+        definition: TaskDefinition,
+        node: &str,
+        created_at: u64,
+    ) -> Self {
+        Self {
+            info: TaskInfo {
+                id,
+                task_definition,
+                node: Some(node.to_string()),
+                desired: flotilla_api::tasks::DesiredStatus::Running,
+                state: TaskState::Pending,
+                stop_reason: None,
+                stop_code: None,
+                containers: Vec::new(),
+                created_at,
+                started_by: None,
+                deployment: None,
+                network: None,
+                usage: None,
+                cpu_millicores: None,
+            },
+            definition,
+            env: Vec::new(),
+            lost_at: None,
+            address: None,
+            stopped_at: None,
+            secret_versions: BTreeMap::new(),
+            config_versions: BTreeMap::new(),
+        }
+    }
+
     /// Not `STOPPED`: it holds room on its node.
     pub fn is_live(&self) -> bool {
         self.info.state != TaskState::Stopped

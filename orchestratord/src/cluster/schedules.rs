@@ -5,7 +5,7 @@
 
 use flotilla_api::ops::TaskInfo;
 use flotilla_api::schedule::{Overlap, ScheduleInfo, ScheduleRun, ScheduleSpec};
-use flotilla_api::tasks::{DesiredStatus, ScheduledRun, StopCode, TaskState, TaskStatus};
+use flotilla_api::tasks::{ScheduledRun, StopCode, TaskStatus};
 
 use super::command::ClusterError;
 use super::ctx::Ctx;
@@ -214,33 +214,17 @@ pub fn adopt(
     if status.id != id {
         return Err(format!("under another task id than {id}"));
     }
-    let rec = TaskRecord {
-        info: TaskInfo {
-            id: id.clone(),
-            task_definition: format!("{}:{}", s.revision.family, s.revision.revision),
-            node: Some(node.to_string()),
-            desired: DesiredStatus::Running,
-            state: TaskState::Pending,
-            stop_reason: None,
-            stop_code: None,
-            containers: Vec::new(),
-            created_at: run.fired_at,
-            started_by: Some(Origin::Schedule(run.schedule.clone()).started_by()),
-            deployment: None,
-            network: None,
-            usage: None,
-            cpu_millicores: None,
-        },
-        definition: s.revision.task_definition.clone(),
-        env: s.spec.env.clone(),
-        lost_at: None,
-        // Pinned runs start offline; awsvpc addresses are the control plane's to give.
-        address: None,
-        stopped_at: None,
-        // Pinned schedules of definitions with secrets are refused.
-        secret_versions: Default::default(),
-        config_versions: Default::default(),
-    };
+    // Pinned runs start offline, so with no address (awsvpc addresses are the control
+    // plane's to give); pinned schedules of definitions with secrets are refused.
+    let mut rec = TaskRecord::placed(
+        id.clone(),
+        format!("{}:{}", s.revision.family, s.revision.revision),
+        s.revision.task_definition.clone(),
+        node,
+        run.fired_at,
+    );
+    rec.info.started_by = Some(Origin::Schedule(run.schedule.clone()).started_by());
+    rec.env = s.spec.env.clone();
     cx.event(
         "schedule.fired",
         &run.schedule,

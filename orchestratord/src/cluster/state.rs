@@ -223,6 +223,27 @@ where
     }
 }
 
+/// The ids of an index of the state and of its overlay's part (`Txn::w_by_node`,
+/// `Txn::w_by_group`), each once, in order: a merge of the two sorted sets, nothing collected.
+/// The overlay's part only grows (a task written away from a node or removed stays in it), so
+/// a caller reads each id's record and filters.
+fn union<'a>(
+    base: Option<&'a BTreeSet<String>>,
+    written: Option<&'a BTreeSet<String>>,
+) -> impl Iterator<Item = &'a String> + 'a {
+    let mut base = base.into_iter().flatten().peekable();
+    let mut written = written.into_iter().flatten().peekable();
+    std::iter::from_fn(move || match (base.peek(), written.peek()) {
+        (Some(b), Some(w)) if w < b => written.next(),
+        (Some(b), Some(w)) if w == b => {
+            written.next();
+            base.next()
+        }
+        (Some(_), _) => base.next(),
+        (None, _) => written.next(),
+    })
+}
+
 /// Every record of a table through an overlay, in key order.
 fn merged<'a, K: Ord + 'a, V: 'a>(
     base: impl Iterator<Item = (&'a K, &'a V)>,
@@ -467,15 +488,7 @@ impl<'s> Txn<'s> {
 
     /// The tasks of node `node` that are not `STOPPED`, by id.
     pub fn live_tasks_on(&self, node: &str) -> Vec<&TaskRecord> {
-        let mut ids: BTreeSet<&String> = self
-            .base
-            .live_by_node
-            .get(node)
-            .into_iter()
-            .flatten()
-            .collect();
-        ids.extend(self.w_by_node.get(node).into_iter().flatten());
-        ids.into_iter()
+        union(self.base.live_by_node.get(node), self.w_by_node.get(node))
             .filter_map(|id| self.task(id))
             .filter(|t| t.is_live() && t.node() == Some(node))
             .collect()
@@ -483,21 +496,7 @@ impl<'s> Txn<'s> {
 
     /// Every task placed on node `node`, stopped ones too, by id.
     pub fn tasks_placed_on(&self, node: &str) -> Vec<&TaskRecord> {
-        let mut ids: BTreeSet<&String> = self
-            .base
-            .placed_on
-            .get(node)
-            .into_iter()
-            .flatten()
-            .collect();
-        for (id, t) in &self.w.tasks {
-            if t.as_ref()
-                .is_some_and(|t| t.info.node.as_deref() == Some(node))
-            {
-                ids.insert(id);
-            }
-        }
-        ids.into_iter()
+        union(self.base.placed_on.get(node), self.w_by_node.get(node))
             .filter_map(|id| self.task(id))
             .filter(|t| t.info.node.as_deref() == Some(node))
             .collect()
@@ -505,24 +504,13 @@ impl<'s> Txn<'s> {
 
     /// Every task `started_by` started, by id.
     pub fn tasks_of(&self, started_by: &str) -> Vec<&TaskRecord> {
-        let mut ids: BTreeSet<&String> = self
-            .base
-            .by_group
-            .get(started_by)
-            .into_iter()
-            .flatten()
-            .collect();
-        for (id, t) in &self.w.tasks {
-            if t.as_ref()
-                .is_some_and(|t| t.info.started_by.as_deref() == Some(started_by))
-            {
-                ids.insert(id);
-            }
-        }
-        ids.into_iter()
-            .filter_map(|id| self.task(id))
-            .filter(|t| t.info.started_by.as_deref() == Some(started_by))
-            .collect()
+        union(
+            self.base.by_group.get(started_by),
+            self.w_by_group.get(started_by),
+        )
+        .filter_map(|id| self.task(id))
+        .filter(|t| t.info.started_by.as_deref() == Some(started_by))
+        .collect()
     }
 
     /// Stores a task.
@@ -829,6 +817,80 @@ mod tests {
             .map(|e| e.message)
             .collect();
         assert_eq!(page, ["m5", "m6"]);
+    }
+
+    /// Task `id` of `group` on `node`, `STOPPED` or not.
+    fn task(id: &str, group: Option<&str>, node: Option<&str>, live: bool) -> TaskRecord {
+        let definition = flotilla_api::taskdef::parse(
+            r#"{"family": "f", "containerDefinitions": [{"name": "c", "image": "i", "memory": 8}]}"#,
+        )
+        .expect("valid")
+        .definition;
+        let mut t = TaskRecord::placed(id.into(), "f:1".into(), definition, "", 0);
+        t.info.node = node.map(Into::into);
+        t.info.started_by = group.map(Into::into);
+        t.info.state = if live {
+            flotilla_api::tasks::TaskState::Running
+        } else {
+            flotilla_api::tasks::TaskState::Stopped
+        };
+        t
+    }
+
+    #[test]
+    fn a_group_s_and_a_node_s_tasks_are_those_a_scan_of_every_task_finds() {
+        let groups = [None, Some("service:a"), Some("service:b")];
+        let nodes = [None, Some("n-1"), Some("n-2"), Some("n-3")];
+        let mut rng = 11u64;
+        let mut next = || {
+            rng = rng
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (rng >> 33) as usize
+        };
+        let mut state = State::new(Loaded::default());
+        for step in 0..200 {
+            let mut txn = Txn::new(&state);
+            // A few writes: new tasks, tasks moved or stopped, tasks removed (in any order of
+            // ids, so that the two indexes interleave).
+            for _ in 0..1 + next() % 6 {
+                let id = format!("t-{:02}", next() % 40);
+                match next() % 4 {
+                    0 => txn.remove_task(&id),
+                    _ => txn.put_task(task(
+                        &id,
+                        groups[next() % groups.len()],
+                        nodes[next() % nodes.len()],
+                        next() % 3 != 0,
+                    )),
+                }
+                let ids = |ts: Vec<&TaskRecord>| -> Vec<String> {
+                    ts.iter().map(|t| t.info.id.clone()).collect()
+                };
+                for g in groups.iter().flatten() {
+                    let scanned = txn
+                        .tasks()
+                        .into_iter()
+                        .filter(|t| t.info.started_by.as_deref() == Some(g))
+                        .collect();
+                    assert_eq!(ids(txn.tasks_of(g)), ids(scanned), "step {step}, {g}");
+                }
+                for n in nodes.iter().flatten() {
+                    let on = |t: &&TaskRecord| t.info.node.as_deref() == Some(n);
+                    let placed = txn.tasks().into_iter().filter(on).collect();
+                    assert_eq!(ids(txn.tasks_placed_on(n)), ids(placed), "step {step}, {n}");
+                    let live = txn.tasks().into_iter().filter(on).filter(|t| t.is_live());
+                    assert_eq!(
+                        ids(txn.live_tasks_on(n)),
+                        ids(live.collect()),
+                        "step {step}, {n}"
+                    );
+                }
+            }
+            if next() % 5 != 0 {
+                state.apply(txn.into_writes());
+            }
+        }
     }
 
     /// The lowest free subnet as the scan over every node found it before the index.

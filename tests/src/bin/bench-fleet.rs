@@ -8,10 +8,12 @@
 //! `bench-fleet [AGENTS] [IDLE_SECS] [HEARTBEAT_SECS] [DISCOVERY]`
 //!
 //! Without `FLEET_SERVER` it starts its own `orchestratord run` (the binary next to this one,
-//! its log at `warn`) and measures, in order: enrollment of the fleet (joins with one token);
-//! cold admission (every agent dialling at once → all in session, and → all READY in the API);
-//! IDLE_SECS of steady state (heartbeats every HEARTBEAT_SECS: their round trip p50/p99, the
-//! control plane's CPU, RSS and bytes written to disk); a DAEMON service rolled out to every
+//! its log at `warn`, or at the filter in `FLEET_CP_LOG`, written to `orchestratord.log` in the
+//! scratch directory it prints and removes at the end) and measures, in order: enrollment of
+//! the fleet (joins with one token); cold admission (every agent dialling at once → all in
+//! session, and → all READY in the API); IDLE_SECS of steady state (heartbeats every
+//! HEARTBEAT_SECS: their round trip p50/p99, the control plane's CPU, RSS and bytes written to
+//! disk); a DAEMON service rolled out to every
 //! node (→ every task RUNNING and recorded; with DISCOVERY=1 the service registers for
 //! discovery and the time until every agent holds the registry with every endpoint is measured
 //! too); the latency of listing every node and every task, in one call and in pages of 500 (as
@@ -22,7 +24,11 @@
 //! REPLICA service of AGENTS tasks (→ all RUNNING and recorded). How the
 //! agents got their registries (whole, as deltas) and how many UDP datagrams the kernel dropped
 //! at full socket receive buffers (`Udp: RcvbufErrors`, every socket of the host) are printed
-//! with each phase. The simulator shares the machine's cores with the control plane.
+//! with each phase. The simulator shares the machine's cores with the control plane. With
+//! `FLEET_TRACE_DIALS` set, every session that ends and every dial that fails prints a line
+//! (`TRACE` on stderr: the time in seconds since the Unix epoch, the simulator's socket it
+//! came from, how long after the dial, why), to find a failed dial in a packet capture or in
+//! the control plane's debug log.
 //!
 //! With `FLEET_SERVER=HOST:PORT` and `FLEET_TOKEN=TOKEN` (a token allowing AGENTS more joins)
 //! it only simulates: enrolls AGENTS agents with that control plane, keeps them in session and
@@ -382,13 +388,23 @@ fn measure(
     discovery: bool,
     settings: Settings,
 ) -> Result<()> {
+    let cp_log = std::env::var_os("FLEET_CP_LOG");
     // A bridge subnet for each of 32,768 nodes (the default pool holds 256).
     let mut cp = ControlPlane::start_with(
         std::net::Ipv4Addr::LOCALHOST,
         &["--bridge-pool", "10.128.0.0/9", "--bridge-prefix", "24"],
-        &[("ORCHESTRATORD_LOG", std::ffi::OsStr::new("warn"))],
+        &[(
+            "ORCHESTRATORD_LOG",
+            cp_log.as_deref().unwrap_or(std::ffi::OsStr::new("warn")),
+        )],
     );
     let pid = |cp: &ControlPlane| cp.pid().context("control plane not running");
+    if cp_log.is_some() {
+        println!(
+            "control plane log: {}",
+            cp.scratch().join("orchestratord.log").display()
+        );
+    }
     println!(
         "fleet of {agents} simulated agents, heartbeat every {} s",
         settings.heartbeat.as_secs()

@@ -137,6 +137,39 @@ fn detached_lifecycle_stop_kill_rm() {
     node.assert_clean();
 }
 
+/// A container's exit code is its own also when it is looked at as it ends: a `ctr ps` that
+/// found no exit record, then the shim gone (it writes the record just before it exits), took
+/// it for a container whose shim died unseen and recorded 255 over the shim's record. Four
+/// lookers poll while each of a run of short containers ends.
+#[test]
+fn an_exit_looked_at_as_it_happens_keeps_its_code() {
+    let node = Node::new();
+    for i in 0..10 {
+        let name = format!("quick{i}");
+        node.ctr_ok(&["run", "-d", "--name", &name, IMAGE, "sh", "-c", "exit 3"]);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    node.wait_for("the exit", Duration::from_secs(10), || {
+                        node.ps().iter().any(|c| {
+                            c.record.config.name.as_deref() == Some(name.as_str())
+                                && c.status == Status::Exited
+                        })
+                    })
+                });
+            }
+        });
+        let exit = node.inspect(&name).exit.expect("exit record");
+        assert_eq!(
+            (exit.exit_code, exit.unknown),
+            (3, false),
+            "{name}: {exit:?}"
+        );
+        node.ctr_ok(&["rm", &name]);
+    }
+    node.assert_clean();
+}
+
 /// The cgroups above a container's (the node's cgroup parent) are ours to remove, but only
 /// with the last container: while another one is there it may start and must find them (one
 /// removed between a start making it and libcontainer making the container's cgroup under it

@@ -1237,17 +1237,17 @@ impl ContainerStore {
     fn info(&self, record: ContainerRecord) -> ContainerInfo {
         let paths = self.paths(&record.id);
         let state: Option<RuntimeState> = read_json(&paths.state());
-        let exit: Option<ExitInfo> = read_json(&paths.exit());
+        let mut exit: Option<ExitInfo> = read_json(&paths.exit());
         let status = match (&state, &exit) {
             (_, Some(_)) => Status::Exited,
             (None, None) => Status::Created,
-            (Some(s), None) => {
-                if s.init.is_alive() || s.shim.is_alive() {
-                    Status::Running
-                } else {
-                    // Both gone without a record: the exit code is lost.
-                    Status::Exited
-                }
+            (Some(s), None) if s.init.is_alive() || s.shim.is_alive() => Status::Running,
+            (Some(_), None) => {
+                // The shim writes the record just before it exits: one found gone may have
+                // written it since the read above, and has if it ever does. Without it, both
+                // went without a record: the exit code is lost.
+                exit = read_json(&paths.exit());
+                Status::Exited
             }
         };
         // Ended in this boot without a record (its shim died with it): say so on disk, so
@@ -1256,18 +1256,7 @@ impl ContainerStore {
             (Some(s), None, Status::Exited)
                 if process::boot_id().is_ok_and(|b| b == s.init.boot_id) =>
             {
-                let unknown = ExitInfo {
-                    exit_code: 255,
-                    signal: None,
-                    oom_killed: false,
-                    finished_at: now_rfc3339(),
-                    unknown: true,
-                    error: None,
-                };
-                serde_json::to_vec_pretty(&unknown)
-                    .ok()
-                    .filter(|bytes| write_atomic(&paths.exit(), bytes).is_ok())
-                    .map(|_| unknown)
+                record_unknown_exit(&paths.exit())
             }
             (_, exit, _) => exit,
         };
@@ -1916,6 +1905,44 @@ pub(crate) fn sync_path(path: &Path) -> Result<(), ContainerError> {
         .map_err(io_at(dir))
 }
 
+/// Records at `path` that a container ended unseen (exit code 255, `unknown`), unless a
+/// record is there already (the shim's, or another reader's of the same end): it is linked
+/// into place, never renamed over one (see [`write_new`]). Returns what ends up there.
+fn record_unknown_exit(path: &Path) -> Option<ExitInfo> {
+    let unknown = ExitInfo {
+        exit_code: 255,
+        signal: None,
+        oom_killed: false,
+        finished_at: now_rfc3339(),
+        unknown: true,
+        error: None,
+    };
+    let bytes = serde_json::to_vec_pretty(&unknown).ok()?;
+    match write_new(path, &bytes) {
+        Ok(()) => Some(unknown),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_json(path),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), "recording an unseen exit: {e}");
+            None
+        }
+    }
+}
+
+/// Writes `bytes` to `path` all at once, only if nothing is there: a file of its own (named
+/// by this process and a counter, so that concurrent writers, in this process or another,
+/// never share one) hard-linked to `path`, which fails with `AlreadyExists` rather than
+/// replace what is there (link(2)).
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(".{}.{n}.new", std::process::id()));
+    let tmp = PathBuf::from(tmp);
+    let linked = fs::write(&tmp, bytes).and_then(|()| fs::hard_link(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    linked
+}
+
 /// Writes a file by rename, its content and the rename on disk before this returns: what an
 /// ended container keeps across a power cut (it may run again after it) is never left empty
 /// or half-written.
@@ -1950,6 +1977,30 @@ mod tests {
         assert!(!paths.dir.exists());
         // Already gone: nothing to do.
         remove_container_dir(&paths).expect("again");
+    }
+
+    #[test]
+    fn an_unseen_exit_never_replaces_the_shims_record() {
+        let root = tempfile::tempdir().expect("tempdir");
+        let path = root.path().join("exit.json");
+        // Nothing there: the unseen exit is recorded.
+        let first = record_unknown_exit(&path).expect("recorded");
+        assert!(first.unknown && first.exit_code == 255);
+        // The shim's record came first: it is what is read back and what stays.
+        let shims = ExitInfo {
+            exit_code: 0,
+            signal: None,
+            oom_killed: false,
+            finished_at: now_rfc3339(),
+            unknown: false,
+            error: None,
+        };
+        fs::write(&path, serde_json::to_vec(&shims).expect("json")).expect("write");
+        assert_eq!(record_unknown_exit(&path), Some(shims.clone()));
+        assert_eq!(read_json::<ExitInfo>(&path), Some(shims));
+        // No file of its own is left behind.
+        let left: Vec<_> = fs::read_dir(root.path()).expect("dir").collect();
+        assert_eq!(left.len(), 1, "{left:?}");
     }
 
     #[test]

@@ -198,6 +198,18 @@ impl Node {
         }
     }
 
+    /// Waits until the node's agent has removed every container with what goes with the last
+    /// one (their state directories, our cgroup parents), failing the test after `timeout`
+    /// ([`crate::patient`]). Before its agent is killed: a removal cut short leaves our
+    /// parents for the agent's next start to prune, not for [`Node::assert_clean`].
+    pub fn wait_removed(&self, timeout: Duration) {
+        self.wait_for("every container removed, with our cgroups", timeout, || {
+            self.ps().is_empty()
+                && self.leftover_state().is_empty()
+                && self.leftover_cgroups().is_empty()
+        });
+    }
+
     /// cgroup directories of this node's parent that still exist, in any hierarchy: under
     /// `/sys/fs/cgroup` itself (v2) or under a hierarchy mounted there (v1).
     pub fn leftover_cgroups(&self) -> Vec<PathBuf> {

@@ -525,9 +525,7 @@ fn clocks_a_year_ahead_and_back_restart_nothing_fire_no_burst_and_keep_the_sessi
             .iter()
             .all(|id| cp.task(id).state == TaskState::Stopped)
     });
-    node.wait_for("the containers to go", Duration::from_secs(20), || {
-        node.ps().is_empty()
-    });
+    node.wait_removed(Duration::from_secs(20));
     agent.kill();
     node.remove_all();
     node.assert_clean();

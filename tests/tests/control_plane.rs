@@ -36,9 +36,7 @@ fn stop_everything(cp: &ControlPlane, node: &Node) {
     for t in cp.tasks().iter().filter(|t| t.state != TaskState::Stopped) {
         cp.flotilla(&["task", "stop", &t.id]);
     }
-    node.wait_for("every container removed", Duration::from_secs(30), || {
-        node.ctr_ok(&["ps", "-a", "-q"]).trim().is_empty()
-    });
+    node.wait_removed(Duration::from_secs(30));
 }
 
 #[test]

@@ -561,6 +561,7 @@ fn a_task_of_another_user_runs_from_an_agent_started_under_umask_027() {
         Some(0),
         "{task:?}"
     );
+    node.wait_removed(std::time::Duration::from_secs(20));
     agent.kill();
     node.remove_all();
     node.assert_clean();

@@ -69,11 +69,7 @@ fn remove_all(cp: &ControlPlane, names: &[&str], nodes: &[&Node]) {
     args.extend_from_slice(names);
     cp.flotilla_ok(&args);
     for n in nodes {
-        n.wait_for(
-            "the services' containers to go",
-            Duration::from_secs(30),
-            || n.ps().is_empty(),
-        );
+        n.wait_removed(Duration::from_secs(30));
     }
 }
 

@@ -61,6 +61,50 @@ pub fn host_ports(t: &TaskDefinition) -> Vec<flotilla_scheduler::HostPort> {
         .collect()
 }
 
+/// The live tasks that hold any of `ports` on the nodes `on` (every node when `None`), as
+/// words to follow a refusal for a port taken: `port 8080/tcp is held by task t-… (web:3) on
+/// node n-…`, at most [`HOLDERS_NAMED`] named and the others counted. `None` when `why` names
+/// no port taken or no live task holds one (the refusal then says all there is).
+pub fn port_holders(
+    txn: &Txn<'_>,
+    why: &flotilla_scheduler::Unplaceable,
+    ports: &[flotilla_scheduler::HostPort],
+    on: Option<&str>,
+) -> Option<String> {
+    if ports.is_empty() || !why.reasons.keys().any(|r| r.starts_with("had port ")) {
+        return None;
+    }
+    let mut held = Vec::new();
+    for n in txn.nodes() {
+        if on.is_some_and(|id| id != n.id) {
+            continue;
+        }
+        for t in txn.live_tasks_on(&n.id) {
+            for p in host_ports(&t.definition) {
+                if ports.contains(&p) {
+                    held.push(format!(
+                        "port {p} is held by task {} ({}) on node {}",
+                        t.info.id, t.info.task_definition, n.id
+                    ));
+                }
+            }
+        }
+    }
+    if held.is_empty() {
+        return None;
+    }
+    let more = held.len().saturating_sub(HOLDERS_NAMED);
+    held.truncate(HOLDERS_NAMED);
+    let mut out = held.join("; ");
+    if more > 0 {
+        out.push_str(&format!("; and {more} more"));
+    }
+    Some(out)
+}
+
+/// How many holders of a port [`port_holders`] names.
+pub const HOLDERS_NAMED: usize = 3;
+
 /// The placement group of a task run by an operator: its family.
 pub fn family_group(family: &str) -> String {
     format!("family:{family}")

@@ -161,7 +161,10 @@ fn fire_one(
     let snapshot = placement::snapshot(cx.txn, cx.live);
     let nodes = flotilla_scheduler::place(&snapshot, &request).map_err(|e| {
         cx.metrics.unplaceable(PlacementOrigin::Schedule, &e, true);
-        ClusterError::Conflict(e.to_string())
+        match placement::port_holders(cx.txn, &e, &request.ports, None) {
+            Some(h) => ClusterError::Conflict(format!("{e} ({h})")),
+            None => ClusterError::Conflict(e.to_string()),
+        }
     })?;
     let applied = placement::apply(
         cx,

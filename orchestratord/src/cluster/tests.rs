@@ -1830,6 +1830,45 @@ fn published(family: &str, mapping: &str) -> String {
     )
 }
 
+/// A task refused for a host port taken names the task that holds it, on which node: what an
+/// operator looks for next.
+#[test]
+fn a_task_refused_for_a_port_taken_names_the_task_that_holds_it() {
+    let mut h = Harness::new();
+    let node = h.join(&[], 2048, 4);
+    h.register(&published("web", r#"{"containerPort":80,"hostPort":8080}"#));
+    h.register(&published(
+        "other",
+        r#"{"containerPort":81,"hostPort":8080}"#,
+    ));
+    let Reply::TasksCreated(held) = h.op(run("web", 1)).expect("web runs") else {
+        panic!("no task")
+    };
+    let e = h.op(run("other", 1)).expect_err("its port is taken");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "other:1: no node can take a task: 1 node had port 8080/tcp taken (port 8080/tcp \
+             is held by task {} (web:1) on node {node})",
+            held[0].id
+        )
+    );
+    // Named for the one node asked for too; a refusal for anything else names no task.
+    let mut on = run("other", 1);
+    if let Operator::RunTask(r) = &mut on {
+        r.node = Some(node.clone());
+    }
+    let e = h.op(on).expect_err("its port is taken");
+    assert!(
+        e.to_string()
+            .contains(&format!("held by task {}", held[0].id)),
+        "{e}"
+    );
+    h.register(&def("big", "big", 4096));
+    let e = h.op(run("big", 1)).expect_err("too big");
+    assert!(!e.to_string().contains("held by"), "{e}");
+}
+
 /// The `*_SERVICE_*` variables a task of namespace `ns` would get from the registry the core
 /// pushes now, sorted.
 fn service_env(h: &mut Harness, ns: &str) -> Vec<(String, String)> {

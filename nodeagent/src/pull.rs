@@ -40,6 +40,57 @@ impl PullFailed {
     }
 }
 
+impl PullFailed {
+    /// As [`PullFailed::new`] for a task's image the agent failed to pull, told which image
+    /// of the node's store (`stored`, canonical names) it likely meant ([`stored_near`]):
+    /// a mistyped name is pulled from a registry first, whose error alone (a name it cannot
+    /// resolve offline, a repository it has not) does not say that the name is wrong.
+    pub fn for_task(error: &ImageStoreError, image: &str, stored: &[String]) -> Self {
+        let mut failed = Self::new(error, image, Puller::Agent);
+        if let Some(near) = stored_near(image, stored) {
+            failed.text.push_str(&format!(
+                "; did you mean '{}', which this node's store holds?",
+                ImageRef::familiar(&near)
+            ));
+        }
+        failed
+    }
+}
+
+/// The image of `stored` (canonical names) that `image`, which none of them is, most likely
+/// meant: one of the same repository under another tag, else the one nearest to a name
+/// `image` is looked up under (its canonical and local names, [`ImageRef::lookup_names`]) by
+/// at most two edits (Damerau–Levenshtein: a letter missing, added, changed or two swapped).
+pub fn stored_near(image: &str, stored: &[String]) -> Option<String> {
+    let wanted = ImageRef::lookup_names(image).ok()?;
+    // A canonical name's repository: all before its tag (a `:` after the last `/`) or digest.
+    fn repository(name: &str) -> &str {
+        let name = name.split_once('@').map_or(name, |(n, _)| n);
+        match name.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => repo,
+            _ => name,
+        }
+    }
+    if let Some(same) = stored.iter().find(|s| {
+        wanted
+            .iter()
+            .any(|w| repository(w) == repository(s) && w != *s)
+    }) {
+        return Some(same.clone());
+    }
+    stored
+        .iter()
+        .filter_map(|s| {
+            let d = wanted
+                .iter()
+                .map(|w| strsim::damerau_levenshtein(w, s))
+                .min()?;
+            (1..=2).contains(&d).then_some((d, s))
+        })
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, s)| s.clone())
+}
+
 /// What to do about `error`, from pulling `image` as `by` did.
 pub fn advice(error: &ImageStoreError, image: &str, by: Puller) -> Option<String> {
     if let ImageStoreError::OtherPlatform { platform, node, .. } = error {
@@ -148,6 +199,55 @@ mod tests {
             std::sync::Arc::new(|_| {}),
         ))
         .expect_err("nothing listens")
+    }
+
+    #[test]
+    fn a_task_image_missing_from_the_store_is_matched_to_what_the_store_holds() {
+        let stored: Vec<String> = [
+            "docker.io/library/busybox:latest",
+            "localhost/web:v1",
+            "r.example:5000/team/app:2",
+        ]
+        .map(String::from)
+        .to_vec();
+        let near = |image: &str| stored_near(image, &stored);
+        // A letter missing, swapped, added; a local image's short name mistyped.
+        assert_eq!(
+            near("busybx").as_deref(),
+            Some("docker.io/library/busybox:latest")
+        );
+        assert_eq!(
+            near("bsuybox").as_deref(),
+            Some("docker.io/library/busybox:latest")
+        );
+        assert_eq!(near("webb:v1").as_deref(), Some("localhost/web:v1"));
+        // The same repository under another tag.
+        assert_eq!(near(IMAGE).as_deref(), Some("r.example:5000/team/app:2"));
+        assert_eq!(
+            near("busybox:1.36").as_deref(),
+            Some("docker.io/library/busybox:latest")
+        );
+        // Nothing close, or not a name at all.
+        assert_eq!(near("nginx"), None);
+        assert_eq!(near("Not A Name"), None);
+        // The advice goes after the pull's own, the name as people write it.
+        let e = ImageStoreError::Registry {
+            image: "docker.io/library/busybx:latest".into(),
+            source: RegistryError::Status {
+                url: "https://registry-1.docker.io/v2/library/busybx/manifests/latest".into(),
+                status: StatusCode::NOT_FOUND,
+                detail: String::new(),
+            },
+        };
+        let text = PullFailed::for_task(&e, "busybx", &stored).to_string();
+        assert!(
+            text.ends_with("; did you mean 'busybox:latest', which this node's store holds?"),
+            "{text}"
+        );
+        assert_eq!(
+            PullFailed::for_task(&e, "nginx", &stored).to_string(),
+            PullFailed::new(&e, "nginx", Puller::Agent).to_string()
+        );
     }
 
     #[test]

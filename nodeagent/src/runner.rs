@@ -22,7 +22,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::health::Health;
 use crate::node::{Command, LastContact, Node, Now};
-use crate::pull::{PullFailed, Puller};
+use crate::pull::PullFailed;
 use crate::runtime::{task_volume, ContainerName, ContainerRuntime, Resumed, RunState};
 use crate::schedule::{LocalRuns, LocalTask};
 
@@ -814,7 +814,14 @@ impl Runner {
                 tracing::info!(task = %task, image = %config.image, "pulling");
                 self.pull(&config.image, self.meters.pull_progress())
                     .await
-                    .map_err(|e| PullFailed::new(&e, &config.image, Puller::Agent))?;
+                    .map_err(|e| {
+                        let stored: Vec<String> = store
+                            .images()
+                            .list()
+                            .map(|l| l.into_iter().map(|r| r.name).collect())
+                            .unwrap_or_default();
+                        PullFailed::for_task(&e, &config.image, &stored)
+                    })?;
             }
             let material = secrets.material(&task_def, &container_def).await?;
             let rt = self.runtime.clone();

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use flotilla_api::tasks::{ContainerState, TaskState};
 use flotilla_tests::cluster::{Agent, ControlPlane};
-use flotilla_tests::node::Node;
+use flotilla_tests::node::{Node, IMAGE};
 use flotilla_tests::wait;
 
 /// Ignores SIGTERM: a stop waits out its whole `stopTimeout` (20 s), then SIGKILL.
@@ -74,9 +74,7 @@ fn a_task_waiting_out_its_stop_timeout_holds_up_nothing_else_on_its_node() {
     cp.flotilla_ok(&["task", "stop", &new]);
     wait_state(&cp, &new, TaskState::Stopped, Duration::from_secs(10));
     // Gone to the last directory before the agent is killed.
-    node.wait_for("the containers to go", Duration::from_secs(10), || {
-        node.leftover_state().is_empty()
-    });
+    node.wait_removed(Duration::from_secs(10));
     agent.kill();
     node.remove_all();
     node.assert_clean();
@@ -155,9 +153,7 @@ fn a_task_stops_its_dependents_first_each_within_its_stop_timeout() {
             assert_eq!((code("app"), code("db")), (Some(0), Some(0)));
         }
     }
-    node.wait_for("the containers to go", Duration::from_secs(10), || {
-        node.leftover_state().is_empty()
-    });
+    node.wait_removed(Duration::from_secs(10));
     agent.kill();
     node.remove_all();
     node.assert_clean();
@@ -252,9 +248,7 @@ fn a_container_is_asked_to_stop_with_its_images_stop_signal() {
     eprintln!("task stop (SIGUSR1): {took:?}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     assert_eq!(cp.task(&id).containers[0].exit_code, Some(0));
-    node.wait_for("the containers to go", Duration::from_secs(10), || {
-        node.leftover_state().is_empty()
-    });
+    node.wait_removed(Duration::from_secs(10));
     agent.kill();
     node.remove_all();
     node.assert_clean();
@@ -479,11 +473,7 @@ fn a_restarted_container_keeps_its_layer_volumes_log_and_restart_count() {
     // Stopped and removed, its log is still read whole.
     cp.flotilla_ok(&["task", "stop", &id]);
     wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
-    node.wait_for(
-        "its container to be removed",
-        Duration::from_secs(10),
-        || node.ps().is_empty(),
-    );
+    node.wait_removed(Duration::from_secs(10));
     assert_eq!(cp.flotilla_ok(&["logs", &id]), "run 1\nrun 2\nrun 3\n");
     agent.kill();
     node.remove_all();
@@ -572,9 +562,7 @@ fn a_restart_that_cannot_start_keeps_the_container_and_goes_on_after_an_agent_re
 
     cp.flotilla_ok(&["task", "stop", &id]);
     wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
-    node.wait_for("its container to go", Duration::from_secs(10), || {
-        node.ps().is_empty()
-    });
+    node.wait_removed(Duration::from_secs(10));
     agent.kill();
     node.remove_all();
     node.assert_clean();
@@ -629,9 +617,7 @@ fn a_restarted_containers_health_starts_over_with_its_new_run() {
     );
     cp.flotilla_ok(&["task", "stop", &id]);
     wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
-    node.wait_for("its container to go", Duration::from_secs(10), || {
-        node.ps().is_empty()
-    });
+    node.wait_removed(Duration::from_secs(10));
     agent.kill();
     node.remove_all();
     node.assert_clean();
@@ -690,9 +676,7 @@ fn a_restart_never_follows_a_bind_source_swapped_for_a_symlink() {
 
     cp.flotilla_ok(&["task", "stop", &id]);
     wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
-    node.wait_for("its container to go", Duration::from_secs(10), || {
-        node.ps().is_empty()
-    });
+    node.wait_removed(Duration::from_secs(10));
     agent.kill();
     node.remove_all();
     node.assert_clean();
@@ -864,9 +848,7 @@ fn after_a_power_cut_while_cut_off_a_task_past_its_stop_on_client_after_stays_st
         "{t:?}"
     );
     cp.flotilla_ok(&["service", "rm", "keeper"]);
-    node.wait_for("the containers to go", Duration::from_secs(30), || {
-        node.ps().is_empty()
-    });
+    node.wait_removed(Duration::from_secs(30));
     agent.kill();
     node.remove_all();
     node.assert_clean();
@@ -950,6 +932,7 @@ fn after_a_power_cut_a_running_container_starts_again_in_place() {
 
     cp.flotilla_ok(&["task", "stop", &id]);
     wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    node.wait_removed(Duration::from_secs(10));
     agent.kill();
     node.remove_all();
     node.assert_clean();
@@ -1282,6 +1265,23 @@ fn a_task_whose_image_cannot_be_pulled_says_why_once_and_has_no_logs() {
         "{err}"
     );
     assert!(!err.contains("kept"), "{err}");
+
+    // A tag mistyped: the registry is asked first (it has no such tag, or cannot be reached),
+    // then the reason names the image of the node's store it likely meant.
+    cp.register(&format!(
+        r#"{{"family": "mistyped", "networkMode": "none", "containerDefinitions": [{{
+            "name": "main", "image": "{}", "memory": 32}}]}}"#,
+        IMAGE.trim_end_matches('t')
+    ));
+    let id = cp.run_one("mistyped");
+    wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(60));
+    let reason = cp.task(&id).stop_reason.unwrap_or_default();
+    assert!(
+        reason.ends_with(&format!(
+            "; did you mean '{IMAGE}', which this node's store holds?"
+        )),
+        "{reason}"
+    );
     agent.kill();
     node.remove_all();
     node.assert_clean();

@@ -45,9 +45,15 @@ impl PullFailed {
     /// of the node's store (`stored`, canonical names) it likely meant ([`stored_near`]):
     /// a mistyped name is pulled from a registry first, whose error alone (a name it cannot
     /// resolve offline, a repository it has not) does not say that the name is wrong.
+    /// Only for a failure a wrong name can cause (the registry has no such manifest, asks for
+    /// credentials, as Docker Hub does for a repository it has not, or cannot be reached): not
+    /// for an image that was found (of another platform, damaged, too big for the disk).
     pub fn for_task(error: &ImageStoreError, image: &str, stored: &[String]) -> Self {
         let mut failed = Self::new(error, image, Puller::Agent);
-        if let Some(near) = stored_near(image, stored) {
+        let near = error
+            .pull_failure()
+            .and_then(|_| stored_near(image, stored));
+        if let Some(near) = near {
             failed.text.push_str(&format!(
                 "; did you mean '{}', which this node's store holds?",
                 ImageRef::familiar(&near)
@@ -59,13 +65,18 @@ impl PullFailed {
 
 /// The image of `stored` (canonical names) that `image`, which none of them is, most likely
 /// meant: one of the same repository under another tag, else the one nearest to a name
-/// `image` is looked up under (its canonical and local names, [`ImageRef::lookup_names`]) by
-/// at most two edits (Damerau–Levenshtein: a letter missing, added, changed or two swapped).
+/// `image` is looked up under (its canonical and local names, [`ImageRef::lookup_names`]) as
+/// people write them ([`ImageRef::familiar`]), by at most two edits (Damerau–Levenshtein: a
+/// letter missing, added, changed or two swapped) and at most one in four letters of `image`
+/// as written. None for a reference by digest, which names its one image (no tag of it is the
+/// same image), nor for a name longer than [`MAX_NEAR_NAME`] bytes.
 pub fn stored_near(image: &str, stored: &[String]) -> Option<String> {
+    if image.contains('@') || image.len() > MAX_NEAR_NAME {
+        return None;
+    }
     let wanted = ImageRef::lookup_names(image).ok()?;
-    // A canonical name's repository: all before its tag (a `:` after the last `/`) or digest.
+    // A canonical name's repository: all before its tag (a `:` after the last `/`).
     fn repository(name: &str) -> &str {
-        let name = name.split_once('@').map_or(name, |(n, _)| n);
         match name.rsplit_once(':') {
             Some((repo, tag)) if !tag.contains('/') => repo,
             _ => name,
@@ -80,16 +91,26 @@ pub fn stored_near(image: &str, stored: &[String]) -> Option<String> {
     }
     stored
         .iter()
+        .filter(|s| s.len() <= MAX_NEAR_NAME)
         .filter_map(|s| {
+            let theirs = ImageRef::familiar(s);
             let d = wanted
                 .iter()
-                .map(|w| strsim::damerau_levenshtein(w, s))
+                .map(|w| ImageRef::familiar(w))
+                // Two edits change the length by two at most: the rest are not measured.
+                .filter(|w| w.len().abs_diff(theirs.len()) <= 2)
+                .map(|w| strsim::damerau_levenshtein(w, theirs))
+                .filter(|&d| (1..=2).contains(&d) && d * 4 <= image.len())
                 .min()?;
-            (1..=2).contains(&d).then_some((d, s))
+            Some((d, s))
         })
         .min_by_key(|(d, _)| *d)
         .map(|(_, s)| s.clone())
 }
+
+/// The longest image name [`stored_near`] compares (a file name's limit): matching costs the
+/// product of two names' lengths.
+pub const MAX_NEAR_NAME: usize = 255;
 
 /// What to do about `error`, from pulling `image` as `by` did.
 pub fn advice(error: &ImageStoreError, image: &str, by: Puller) -> Option<String> {
@@ -227,9 +248,15 @@ mod tests {
             near("busybox:1.36").as_deref(),
             Some("docker.io/library/busybox:latest")
         );
-        // Nothing close, or not a name at all.
+        // Nothing close, or not a name at all; short names two edits apart are not close.
         assert_eq!(near("nginx"), None);
         assert_eq!(near("Not A Name"), None);
+        assert_eq!(near("wxy:v1"), None);
+        // A digest names its one image: no tag of its repository is it.
+        let pinned = format!("busybox@sha256:{}", "a".repeat(64));
+        assert_eq!(near(&pinned), None);
+        // A long name is not measured.
+        assert_eq!(near(&format!("busybox{}", "x".repeat(300))), None);
         // The advice goes after the pull's own, the name as people write it.
         let e = ImageStoreError::Registry {
             image: "docker.io/library/busybx:latest".into(),
@@ -248,6 +275,15 @@ mod tests {
             PullFailed::for_task(&e, "nginx", &stored).to_string(),
             PullFailed::new(&e, "nginx", Puller::Agent).to_string()
         );
+        // An image that was found is not taken for a wrong name.
+        let found = ImageStoreError::OtherPlatform {
+            image: "docker.io/library/busybx:latest".into(),
+            platform: "linux/arm64".into(),
+            node: "linux/amd64".into(),
+        };
+        assert!(!PullFailed::for_task(&found, "busybx", &stored)
+            .to_string()
+            .contains("did you mean"));
     }
 
     #[test]

@@ -187,6 +187,9 @@ pub struct Unplaceable {
     pub requested: usize,
     /// Reason → nodes that stopped there.
     pub reasons: BTreeMap<String, usize>,
+    /// The nodes that stopped at a host port taken (their reason `had port … taken`), by id,
+    /// in the snapshot's order: where to look for the tasks that hold it.
+    pub port_taken_on: Vec<String>,
 }
 
 impl fmt::Display for Unplaceable {
@@ -256,6 +259,9 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// How the reason of a node refused for a host port taken begins (`had port 8080/tcp taken`).
+pub const PORT_TAKEN: &str = "had port ";
+
 /// Why a slot cannot take one more task, if it cannot.
 fn lacks(s: &Slot<'_>, req: &Request) -> Option<String> {
     if req
@@ -276,7 +282,7 @@ fn lacks(s: &Slot<'_>, req: &Request) -> Option<String> {
         return Some("lacked memory".into());
     }
     if let Some(p) = req.ports.iter().find(|p| s.ports.contains(p)) {
-        return Some(format!("had port {p} taken"));
+        return Some(format!("{PORT_TAKEN}{p} taken"));
     }
     None
 }
@@ -576,6 +582,7 @@ pub fn place(snap: &Snapshot, req: &Request) -> Result<Vec<String>, Unplaceable>
         return Ok(out);
     }
     // Every candidate is full by now; say what each lacked for one more task.
+    let mut port_taken_on = Vec::new();
     for i in members {
         let why = placer
             .dropped
@@ -583,12 +590,16 @@ pub fn place(snap: &Snapshot, req: &Request) -> Result<Vec<String>, Unplaceable>
             .cloned()
             .or_else(|| lacks(&placer.slots[i], req))
             .unwrap_or_else(|| "could not be reached".into());
+        if why.starts_with(PORT_TAKEN) {
+            port_taken_on.push(snap.nodes[i].id.clone());
+        }
         *reasons.entry(why).or_default() += 1;
     }
     Err(Unplaceable {
         placed: out.len(),
         requested: req.count,
         reasons,
+        port_taken_on,
     })
 }
 
@@ -645,6 +656,7 @@ pub fn place_naive(snap: &Snapshot, req: &Request) -> Result<Vec<String>, Unplac
             placed: out.len(),
             requested: req.count,
             reasons: BTreeMap::new(),
+            port_taken_on: Vec::new(),
         })
     }
 }

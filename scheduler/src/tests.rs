@@ -78,6 +78,8 @@ fn filters_each_say_why_they_refused() {
         "no node can take a task: 1 node had port 8080/tcp taken, 1 node lacked CPU, \
          1 node lacked memory, 1 node was disconnected, 1 node was draining"
     );
+    // Only the node refused for the port is where its holder is.
+    assert_eq!(e.port_taken_on, vec![snap.nodes[3].id.clone()]);
     // memberOf and distinctInstance
     let mut req = request(3);
     req.constraints = vec![
@@ -104,6 +106,7 @@ fn a_refusal_on_one_node_names_it_and_its_reason() {
         placed: 0,
         requested: 1,
         reasons: [(why.to_string(), 1)].into(),
+        port_taken_on: Vec::new(),
     };
     assert_eq!(
         one("lacked memory").on_node("n-1"),
@@ -121,6 +124,7 @@ fn a_refusal_on_one_node_names_it_and_its_reason() {
         placed: 0,
         requested: 1,
         reasons: BTreeMap::new(),
+        port_taken_on: Vec::new(),
     };
     assert_eq!(
         none.on_node("n-9"),

@@ -164,10 +164,11 @@ fn handshake_packets(mut d: &[u8]) -> Vec<usize> {
                 at += n + token;
             }
             let (len, n) = varint(d.get(at..)?)?;
+            let rest = d.get(at.checked_add(n)?.checked_add(len)?..)?;
             if kind == 2 {
                 out.push(len);
             }
-            d.get(at + n + len..)
+            Some(rest)
         })() else {
             break;
         };
@@ -176,25 +177,33 @@ fn handshake_packets(mut d: &[u8]) -> Vec<usize> {
     out
 }
 
-/// What a relay keeps once `armed`: everything but the first datagram the node sends with
-/// a Handshake packet big enough to carry its handshake data (its certificate, its
-/// CertificateVerify and its Finished, about a kilobyte; an acknowledgment alone is a few
-/// dozen bytes), which is dropped and counted in `dropped`. The node then has the control
-/// plane's whole flight and is done with the handshake, while the control plane is not, until
-/// the node sends its last flight again at its probe timeout.
+/// What a relay keeps once `armed`: everything but the datagrams the node sends with a
+/// Handshake packet of 200 bytes or more in the 300 ms from the first such one, which are
+/// dropped and counted in `dropped`. Its last flight (its certificate, CertificateVerify and
+/// Finished, about a kilobyte) is among them: sent as soon as the control plane's whole flight
+/// is in, milliseconds after the node's acknowledgment of that flight's first datagram, which
+/// may come first and, coalesced with an Initial packet, is padded to 1200 bytes (RFC 9000
+/// §14.1) in its last packet, the Handshake one. The node is done with the handshake, the
+/// control plane is not, until the node sends its last flight again at its probe timeout, a
+/// round trip (a second here) or more later.
 fn dropping_a_last_flight_once(
     armed: Arc<AtomicBool>,
     dropped: Arc<AtomicUsize>,
 ) -> flotilla_tests::relay::Keep {
+    let mut first = None::<Instant>;
     Box::new(move |way: Way, d: &[u8]| {
-        let keep = !armed.load(Ordering::Relaxed)
+        if !armed.load(Ordering::Relaxed)
             || way != Way::Up
-            || dropped.load(Ordering::Relaxed) > 0
-            || !handshake_packets(d).iter().any(|&len| len >= 200);
-        if !keep {
-            dropped.fetch_add(1, Ordering::Relaxed);
+            || !handshake_packets(d).iter().any(|&len| len >= 200)
+        {
+            return true;
         }
-        keep
+        let first = *first.get_or_insert_with(Instant::now);
+        if first.elapsed() > Duration::from_millis(300) {
+            return true;
+        }
+        dropped.fetch_add(1, Ordering::Relaxed);
+        false
     })
 }
 
@@ -257,11 +266,14 @@ fn on_a_one_second_round_trip_a_last_flight_lost_once_is_waited_for() {
     let dialled = Instant::now();
     agent.wait_log("session established", 2, Duration::from_secs(40));
     let took = dialled.elapsed();
-    assert_eq!(dropped.load(Ordering::Relaxed), 1);
+    assert!(dropped.load(Ordering::Relaxed) >= 1);
     // Sent again at the node's probe timeout, which depends on how its round-trip estimate
     // went in the handshake (an Initial sent again before the answer came makes it short):
     // shown, not asserted.
-    eprintln!("in session {took:?} after the dial, its last flight lost once");
+    eprintln!(
+        "in session {took:?} after the dial, {} datagrams of its last flight lost once",
+        dropped.load(Ordering::Relaxed)
+    );
     assert!(
         !agent.log().contains("did not confirm the handshake"),
         "{}",

@@ -131,7 +131,7 @@ impl RefusalReason {
             "is not in the cluster" => Self::NotInCluster,
             w if w.starts_with("failed memberOf(") => Self::MemberOf,
             w if w.ends_with("(distinctInstance)") => Self::DistinctInstance,
-            w if w.starts_with("had port ") => Self::HostPort,
+            w if w.starts_with(flotilla_scheduler::PORT_TAKEN) => Self::HostPort,
             _ => Self::Other,
         }
     }
@@ -488,6 +488,7 @@ mod tests {
             placed: 1,
             requested: 4,
             reasons: r.iter().map(|(w, n)| (w.to_string(), *n)).collect(),
+            port_taken_on: Vec::new(),
         };
         let w = why(&[
             ("lacked memory", 3),

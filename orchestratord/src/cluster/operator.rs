@@ -646,12 +646,11 @@ fn run_task(cx: &mut Ctx<'_, '_>, req: TaskRun) -> Result<Reply, ClusterError> {
     }
     let nodes = flotilla_scheduler::place(&snapshot, &request).map_err(|why| {
         cx.metrics.unplaceable(PlacementOrigin::TaskRun, &why, true);
-        let holders = placement::port_holders(cx.txn, &why, &request.ports, req.node.as_deref());
+        let holders = placement::port_holders(cx.txn, &why, &request.ports).unwrap_or_default();
         let why = match &req.node {
             Some(id) => why.on_node(id),
             None => why.to_string(),
         };
-        let holders = holders.map(|h| format!(" ({h})")).unwrap_or_default();
         ClusterError::Conflict(format!("{}:{}: {why}{holders}", def.family, def.revision))
     })?;
     let applied = placement::apply(

@@ -61,43 +61,48 @@ pub fn host_ports(t: &TaskDefinition) -> Vec<flotilla_scheduler::HostPort> {
         .collect()
 }
 
-/// The live tasks that hold any of `ports` on the nodes `on` (every node when `None`), as
-/// words to follow a refusal for a port taken: `port 8080/tcp is held by task t-… (web:3) on
-/// node n-…`, at most [`HOLDERS_NAMED`] named and the others counted. `None` when `why` names
-/// no port taken or no live task holds one (the refusal then says all there is).
+/// The live tasks that hold any of `ports` on the nodes `why` was refused on for a host port
+/// taken ([`flotilla_scheduler::Unplaceable::port_taken_on`]), as words to follow that
+/// refusal: `; task t-… (web:3) on node n-… holds 8080/tcp`, one entry per task, at most
+/// [`HOLDERS_NAMED`] named and the other tasks counted. `None` when no node was refused so.
 pub fn port_holders(
     txn: &Txn<'_>,
     why: &flotilla_scheduler::Unplaceable,
     ports: &[flotilla_scheduler::HostPort],
-    on: Option<&str>,
 ) -> Option<String> {
-    if ports.is_empty() || !why.reasons.keys().any(|r| r.starts_with("had port ")) {
-        return None;
-    }
-    let mut held = Vec::new();
-    for n in txn.nodes() {
-        if on.is_some_and(|id| id != n.id) {
-            continue;
-        }
-        for t in txn.live_tasks_on(&n.id) {
-            for p in host_ports(&t.definition) {
-                if ports.contains(&p) {
-                    held.push(format!(
-                        "port {p} is held by task {} ({}) on node {}",
-                        t.info.id, t.info.task_definition, n.id
-                    ));
-                }
+    let mut named = Vec::new();
+    let mut more = 0usize;
+    for node in &why.port_taken_on {
+        for t in txn.live_tasks_on(node) {
+            let held: Vec<String> = host_ports(&t.definition)
+                .into_iter()
+                .filter(|p| ports.contains(p))
+                .map(|p| p.to_string())
+                .collect();
+            if held.is_empty() {
+                continue;
             }
+            if named.len() == HOLDERS_NAMED {
+                more += 1;
+                continue;
+            }
+            named.push(format!(
+                "task {} ({}) on node {node} holds {}",
+                t.info.id,
+                t.info.task_definition,
+                held.join(", ")
+            ));
         }
     }
-    if held.is_empty() {
+    if named.is_empty() {
         return None;
     }
-    let more = held.len().saturating_sub(HOLDERS_NAMED);
-    held.truncate(HOLDERS_NAMED);
-    let mut out = held.join("; ");
+    let mut out = format!("; {}", named.join("; "));
     if more > 0 {
-        out.push_str(&format!("; and {more} more"));
+        out.push_str(&format!(
+            "; and {more} more task{}",
+            if more == 1 { "" } else { "s" }
+        ));
     }
     Some(out)
 }

@@ -161,10 +161,8 @@ fn fire_one(
     let snapshot = placement::snapshot(cx.txn, cx.live);
     let nodes = flotilla_scheduler::place(&snapshot, &request).map_err(|e| {
         cx.metrics.unplaceable(PlacementOrigin::Schedule, &e, true);
-        match placement::port_holders(cx.txn, &e, &request.ports, None) {
-            Some(h) => ClusterError::Conflict(format!("{e} ({h})")),
-            None => ClusterError::Conflict(e.to_string()),
-        }
+        let holders = placement::port_holders(cx.txn, &e, &request.ports).unwrap_or_default();
+        ClusterError::Conflict(format!("{e}{holders}"))
     })?;
     let applied = placement::apply(
         cx,

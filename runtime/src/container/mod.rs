@@ -1236,20 +1236,7 @@ impl ContainerStore {
 
     fn info(&self, record: ContainerRecord) -> ContainerInfo {
         let paths = self.paths(&record.id);
-        let state: Option<RuntimeState> = read_json(&paths.state());
-        let mut exit: Option<ExitInfo> = read_json(&paths.exit());
-        let status = match (&state, &exit) {
-            (_, Some(_)) => Status::Exited,
-            (None, None) => Status::Created,
-            (Some(s), None) if s.init.is_alive() || s.shim.is_alive() => Status::Running,
-            (Some(_), None) => {
-                // The shim writes the record just before it exits: one found gone may have
-                // written it since the read above, and has if it ever does. Without it, both
-                // went without a record: the exit code is lost.
-                exit = read_json(&paths.exit());
-                Status::Exited
-            }
-        };
+        let (state, exit, status) = observe(&paths);
         // Ended in this boot without a record (its shim died with it): say so on disk, so
         // that after a reboot it is not taken for a container the power cut stopped.
         let exit = match (&state, exit, status) {
@@ -1905,6 +1892,39 @@ pub(crate) fn sync_path(path: &Path) -> Result<(), ContainerError> {
         .map_err(io_at(dir))
 }
 
+/// The run state, exit record and status of the container at `paths`, read so that no
+/// record written meanwhile is missed. Its shim writes the exit record just before it exits,
+/// so a shim found gone may have written it since it was looked for: it is looked for again.
+/// A restart writes the new run's state, then removes the last exit record: a state read
+/// before that is not the run whose record is gone, so the state is read again, and the
+/// container looked at anew while it changes (three times at most; then it reads as running,
+/// never as ended unseen).
+fn observe(paths: &ContainerPaths) -> (Option<RuntimeState>, Option<ExitInfo>, Status) {
+    let mut state: Option<RuntimeState> = read_json(&paths.state());
+    for _ in 0..3 {
+        let exit: Option<ExitInfo> = read_json(&paths.exit());
+        match (&state, exit) {
+            (_, Some(exit)) => return (state, Some(exit), Status::Exited),
+            (None, None) => return (None, None, Status::Created),
+            (Some(s), None) if s.init.is_alive() || s.shim.is_alive() => {
+                return (state, None, Status::Running)
+            }
+            (Some(_), None) => {
+                if let Some(exit) = read_json(&paths.exit()) {
+                    return (state, Some(exit), Status::Exited);
+                }
+                let now: Option<RuntimeState> = read_json(&paths.state());
+                if now == state {
+                    // Both gone without a record: the exit code is lost.
+                    return (state, None, Status::Exited);
+                }
+                state = now;
+            }
+        }
+    }
+    (state, None, Status::Running)
+}
+
 /// Records at `path` that a container ended unseen (exit code 255, `unknown`), unless a
 /// record is there already (the shim's, or another reader's of the same end): it is linked
 /// into place, never renamed over one (see [`write_new`]). Returns what ends up there.
@@ -1921,26 +1941,40 @@ fn record_unknown_exit(path: &Path) -> Option<ExitInfo> {
     match write_new(path, &bytes) {
         Ok(()) => Some(unknown),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read_json(path),
+        // A data directory that cannot be written is reported where it matters (a start, a
+        // pull); here, on every listing, it would only repeat.
         Err(e) => {
-            tracing::warn!(path = %path.display(), "recording an unseen exit: {e}");
+            tracing::debug!(path = %path.display(), "recording an unseen exit: {e}");
             None
         }
     }
 }
 
-/// Writes `bytes` to `path` all at once, only if nothing is there: a file of its own (named
-/// by this process and a counter, so that concurrent writers, in this process or another,
-/// never share one) hard-linked to `path`, which fails with `AlreadyExists` rather than
-/// replace what is there (link(2)).
+/// Writes `bytes` to `path` all at once, only if nothing is there: a file of its own (named by
+/// 64 random bits, made new) renamed to `path` with `RENAME_NOREPLACE`, which fails with
+/// `AlreadyExists` rather than replace what is there (renameat2(2)); where the filesystem
+/// cannot do that, hard-linked to it, which fails the same way (link(2)).
 fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    use std::io::Write;
+    let mut random = [0u8; 8];
+    rustix::rand::getrandom(&mut random, rustix::rand::GetRandomFlags::empty())?;
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(format!(".{}.{n}.new", std::process::id()));
+    tmp.push(format!(".{}.new", hex::encode(random)));
     let tmp = PathBuf::from(tmp);
-    let linked = fs::write(&tmp, bytes).and_then(|()| fs::hard_link(&tmp, path));
+    let placed = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes))
+        .and_then(|()| {
+            use rustix::fs::{renameat_with, RenameFlags, CWD};
+            match renameat_with(CWD, &tmp, CWD, path, RenameFlags::NOREPLACE) {
+                Err(rustix::io::Errno::INVAL) => fs::hard_link(&tmp, path),
+                r => r.map_err(io::Error::from),
+            }
+        });
     let _ = fs::remove_file(&tmp);
-    linked
+    placed
 }
 
 /// Writes a file by rename, its content and the rename on disk before this returns: what an

@@ -1286,11 +1286,7 @@ fn every_documented_operation_answers_as_documented() {
         "documented but never called here: {missed:?}"
     );
 
-    node.wait_for(
-        "both tasks' containers to go",
-        Duration::from_secs(20),
-        || node.ps().is_empty(),
-    );
+    node.wait_removed(Duration::from_secs(20));
     agent.kill();
     node.assert_clean();
 }

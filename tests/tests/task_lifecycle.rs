@@ -1012,6 +1012,7 @@ fn after_a_power_cut_a_container_whose_new_run_fails_keeps_its_layer_and_runs_ag
 
     cp.flotilla_ok(&["task", "stop", &id]);
     wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    node.wait_removed(Duration::from_secs(10));
     agent.kill();
     node.remove_all();
     node.assert_clean();
@@ -1064,6 +1065,7 @@ fn after_a_power_cut_a_container_whose_record_is_damaged_is_set_aside_and_its_ta
 
     cp.flotilla_ok(&["task", "stop", &id]);
     wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    node.wait_removed(Duration::from_secs(10));
     agent.kill();
     std::fs::remove_dir_all(containers.join(".damaged")).expect("the damaged one away");
     node.remove_all();
@@ -1127,6 +1129,7 @@ fn after_a_power_cut_a_container_whose_layer_is_damaged_is_replaced_and_its_task
 
     cp.flotilla_ok(&["task", "stop", &id]);
     wait_state(&cp, &id, TaskState::Stopped, Duration::from_secs(20));
+    node.wait_removed(Duration::from_secs(10));
     agent.kill();
     node.remove_all();
     node.assert_clean();
@@ -1201,6 +1204,7 @@ fn a_container_waiting_for_its_next_restart_shows_as_restarting_with_when() {
     // Stopped, it restarts no more: it is exited.
     let t = cp.task(&id);
     assert_eq!(t.containers[0].state, ContainerState::Exited, "{t:?}");
+    node.wait_removed(Duration::from_secs(10));
     agent.kill();
     node.remove_all();
     node.assert_clean();

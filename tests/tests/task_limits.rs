@@ -229,9 +229,7 @@ fn task_level_cpu_and_memory_limit_the_task_as_a_whole() {
     wait("the task to stop", Duration::from_secs(20), || {
         cp.task(&task).state == TaskState::Stopped
     });
-    node.wait_for("its containers to go", Duration::from_secs(20), || {
-        node.ps().is_empty()
-    });
+    node.wait_removed(Duration::from_secs(20));
     node.wait_for("its cgroup to go", Duration::from_secs(5), || {
         cgroup_dirs(task_cgroup.trim_start_matches('/')).is_empty()
     });
@@ -259,9 +257,7 @@ fn a_tasks_containers_share_its_memory() {
             .any(|c| c.exit_code == Some(137) && c.reason.as_deref() == Some("OOM killed")),
         "{t:#?}"
     );
-    node.wait_for("its containers to go", Duration::from_secs(20), || {
-        node.ps().is_empty()
-    });
+    node.wait_removed(Duration::from_secs(20));
     agent.kill();
     node.remove_all();
     node.assert_clean();

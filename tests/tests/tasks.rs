@@ -507,9 +507,7 @@ fn health_checks_gate_healthy_dependencies_and_are_reported() {
         cp.task(&id).state == TaskState::Stopped
     });
     // Gone to the last directory and cgroup before the agent is killed.
-    node.wait_for("containers removed", Duration::from_secs(10), || {
-        node.leftover_state().is_empty() && node.leftover_cgroups().is_empty()
-    });
+    node.wait_removed(Duration::from_secs(10));
     agent.kill();
     node.assert_clean();
 }
@@ -557,9 +555,7 @@ fn http_and_tcp_checks_probe_from_inside_the_container() {
     );
     cp.flotilla_ok(&["task", "stop", &id]);
     // Gone to the last directory and cgroup before the agent is killed.
-    node.wait_for("containers removed", Duration::from_secs(30), || {
-        node.leftover_state().is_empty() && node.leftover_cgroups().is_empty()
-    });
+    node.wait_removed(Duration::from_secs(30));
     agent.kill();
     node.assert_clean();
 }
@@ -909,9 +905,7 @@ fn every_command_prints_its_answer_as_json_and_yaml() {
     // Tables stay the default.
     assert!(cp.flotilla_ok(&["task", "ls"]).starts_with("ID "));
     // Gone to the last directory and cgroup before the agent is killed.
-    node.wait_for("containers removed", Duration::from_secs(30), || {
-        node.leftover_state().is_empty() && node.leftover_cgroups().is_empty()
-    });
+    node.wait_removed(Duration::from_secs(30));
     agent.kill();
     node.assert_clean();
 }

@@ -1926,8 +1926,9 @@ fn observe(paths: &ContainerPaths) -> (Option<RuntimeState>, Option<ExitInfo>, S
 }
 
 /// Records at `path` that a container ended unseen (exit code 255, `unknown`), unless a
-/// record is there already (the shim's, or another reader's of the same end): it is linked
-/// into place, never renamed over one (see [`write_new`]). Returns what ends up there.
+/// record is there already (the shim's, or another reader's of the same end): it is put in
+/// place only where nothing is, never over a record (see [`write_new`]). Returns what ends up
+/// there.
 fn record_unknown_exit(path: &Path) -> Option<ExitInfo> {
     let unknown = ExitInfo {
         exit_code: 255,

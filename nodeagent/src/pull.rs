@@ -38,9 +38,7 @@ impl PullFailed {
         }
         Self { text }
     }
-}
 
-impl PullFailed {
     /// As [`PullFailed::new`] for a task's image the agent failed to pull, told which image
     /// of the node's store (`stored`, canonical names) it likely meant ([`stored_near`]):
     /// a mistyped name is pulled from a registry first, whose error alone (a name it cannot

@@ -646,7 +646,7 @@ fn run_task(cx: &mut Ctx<'_, '_>, req: TaskRun) -> Result<Reply, ClusterError> {
     }
     let nodes = flotilla_scheduler::place(&snapshot, &request).map_err(|why| {
         cx.metrics.unplaceable(PlacementOrigin::TaskRun, &why, true);
-        let holders = placement::port_holders(cx.txn, &why, &request.ports).unwrap_or_default();
+        let holders = placement::port_holders(cx.txn, &why, &request.ports);
         let why = match &req.node {
             Some(id) => why.on_node(id),
             None => why.to_string(),

@@ -64,12 +64,12 @@ pub fn host_ports(t: &TaskDefinition) -> Vec<flotilla_scheduler::HostPort> {
 /// The live tasks that hold any of `ports` on the nodes `why` was refused on for a host port
 /// taken ([`flotilla_scheduler::Unplaceable::port_taken_on`]), as words to follow that
 /// refusal: `; task t-… (web:3) on node n-… holds 8080/tcp`, one entry per task, at most
-/// [`HOLDERS_NAMED`] named and the other tasks counted. `None` when no node was refused so.
+/// [`HOLDERS_NAMED`] named and the other tasks counted. Empty when no node was refused so.
 pub fn port_holders(
     txn: &Txn<'_>,
     why: &flotilla_scheduler::Unplaceable,
     ports: &[flotilla_scheduler::HostPort],
-) -> Option<String> {
+) -> String {
     let mut named = Vec::new();
     let mut more = 0usize;
     for node in &why.port_taken_on {
@@ -95,7 +95,7 @@ pub fn port_holders(
         }
     }
     if named.is_empty() {
-        return None;
+        return String::new();
     }
     let mut out = format!("; {}", named.join("; "));
     if more > 0 {
@@ -104,10 +104,10 @@ pub fn port_holders(
             if more == 1 { "" } else { "s" }
         ));
     }
-    Some(out)
+    out
 }
 
-/// How many holders of a port [`port_holders`] names.
+/// How many tasks holding a port [`port_holders`] names.
 pub const HOLDERS_NAMED: usize = 3;
 
 /// The placement group of a task run by an operator: its family.

@@ -161,7 +161,7 @@ fn fire_one(
     let snapshot = placement::snapshot(cx.txn, cx.live);
     let nodes = flotilla_scheduler::place(&snapshot, &request).map_err(|e| {
         cx.metrics.unplaceable(PlacementOrigin::Schedule, &e, true);
-        let holders = placement::port_holders(cx.txn, &e, &request.ports).unwrap_or_default();
+        let holders = placement::port_holders(cx.txn, &e, &request.ports);
         ClusterError::Conflict(format!("{e}{holders}"))
     })?;
     let applied = placement::apply(

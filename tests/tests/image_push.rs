@@ -267,17 +267,34 @@ fn a_push_whose_client_leaves_after_its_upload_is_stored_whole() {
     push.kill().expect("the client leaves");
     let _ = push.wait();
     // The push goes on without it, to its record, and the store holds what its images have.
-    wait("the push stored", Duration::from_secs(240), || {
-        std::fs::read_dir(&tmp)
-            .expect("the content store's tmp")
-            .next()
-            .is_none()
-    });
-    let images: Vec<StoredImage> = cp.flotilla_json(&["image", "ls"]);
+    // The staged archive goes before the names are committed, so the record is what ends it.
+    let mut images: Vec<StoredImage> = Vec::new();
+    let recorded =
+        |images: &[StoredImage]| images.iter().any(|i| i.name == "docker.io/shop/left:1");
+    let start = std::time::Instant::now();
+    while !recorded(&images) {
+        assert!(
+            start.elapsed() < flotilla_tests::patient(Duration::from_secs(240)),
+            "not recorded: {images:?}\n{}",
+            cp.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        images = cp.flotilla_json(&["image", "ls"]);
+    }
     let left = images
         .iter()
         .find(|i| i.name == "docker.io/shop/left:1")
-        .unwrap_or_else(|| panic!("not recorded: {images:?}\n{}", cp.log()));
+        .expect("recorded");
+    wait(
+        "the staged archive removed",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_dir(&tmp)
+                .expect("the content store's tmp")
+                .next()
+                .is_none()
+        },
+    );
     assert!(left.digests().any(|d| d == layer), "{left:?}");
     let mut want: Vec<String> = images
         .iter()

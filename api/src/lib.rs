@@ -21,6 +21,8 @@ pub mod logging;
 pub mod ops;
 pub mod page;
 pub mod project;
+#[cfg(feature = "quic")]
+pub mod quic;
 pub mod scaling;
 pub mod schedule;
 pub mod secrets;
@@ -150,7 +152,9 @@ pub mod session {
     /// path, as [`ping_timeout`], and [`HANDSHAKE_CONFIRM_AT_MOST`] at most. On a 1 s round
     /// trip, a last flight lost once is confirmed about 7 s after the handshake (its probe
     /// timeout is then three round trips, doubled once by the Initial probe the first reply
-    /// came too late for).
+    /// came too late for, unless the dial started from the last session's round-trip time),
+    /// and its hello, which the control plane dropped with it, is sent again a round trip
+    /// after the confirmation (the agent nudges).
     pub fn handshake_confirm_within(rtt: Duration) -> Duration {
         HANDSHAKE_CONFIRM_WITHIN
             .max(rtt.saturating_mul(8))

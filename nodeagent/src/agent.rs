@@ -24,8 +24,9 @@ use quinn::{Connection, ConnectionError, Endpoint};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::runner::Runner;
+use flotilla_api::quic::{hello_reply, HelloLost};
+use flotilla_api::session::MAX_BACKOFF;
 use flotilla_api::session::PING_EVERY;
-use flotilla_api::session::{handshake_confirm_within, MAX_BACKOFF};
 use flotilla_api::session::{ping_lost, ping_timeout};
 
 /// Close code the control plane uses for a revoked node.
@@ -120,20 +121,6 @@ fn client_endpoint() -> Result<Endpoint> {
     Endpoint::client(std::net::SocketAddr::from(([0, 0, 0, 0], 0))).context("opening a UDP socket")
 }
 
-fn quic_client(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(flotilla_api::session::KEEP_ALIVE));
-    transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(flotilla_api::session::IDLE_TIMEOUT)
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    ));
-    cfg.transport_config(Arc::new(transport));
-    Ok(cfg)
-}
-
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -180,7 +167,11 @@ pub async fn join(data_dir: &Path, server: &str, token: &str, labels: &[String])
     }
     let addr = resolve(server).await?;
     let endpoint = client_endpoint()?;
-    let cfg = quic_client(flotilla_certs::tls::enrollment_client(*token.ca_digest())?)?;
+    let cfg = flotilla_api::quic::client_config(
+        flotilla_certs::tls::enrollment_client(*token.ca_digest())?,
+        None,
+    )
+    .context("QUIC TLS configuration")?;
     // The handshake completes only if the server proved the CA the token pins; nothing is
     // sent before.
     let conn = endpoint
@@ -498,42 +489,6 @@ pub async fn run(
     }
 }
 
-/// Why no answer to the hello came.
-enum HelloLost {
-    /// The control plane did not confirm the handshake within the wait (the connection is
-    /// closed).
-    Unconfirmed(Duration),
-    /// The stream ended, or its frame did not decode.
-    Frame(flotilla_api::FrameError),
-}
-
-/// The answer to the hello on `recv`, read while the control plane has confirmed the
-/// handshake of `conn` or [`handshake_confirm_within`] the path's round-trip time (`known_rtt`,
-/// the last session's, else the handshake's estimate) has not yet passed since it was done on
-/// this side. A connection it did not confirm by then is closed: the control plane has not
-/// got this node's last handshake flight, and a new dial comes through sooner than that
-/// flight sent again at the probe timeout (see
-/// [`flotilla_api::session::HANDSHAKE_CONFIRM_WITHIN`]).
-async fn hello_reply(
-    conn: &Connection,
-    recv: &mut quinn::RecvStream,
-    known_rtt: Option<Duration>,
-) -> Result<HelloReply, HelloLost> {
-    let within = handshake_confirm_within(known_rtt.unwrap_or_else(|| conn.rtt()));
-    let read = read_frame::<_, HelloReply>(recv);
-    tokio::pin!(read);
-    tokio::select! {
-        biased;
-        r = &mut read => return r.map_err(HelloLost::Frame),
-        () = tokio::time::sleep(within) => {}
-    }
-    if conn.stats().frame_rx.handshake_done == 0 {
-        conn.close(quinn::VarInt::from_u32(0), b"handshake not confirmed");
-        return Err(HelloLost::Unconfirmed(within));
-    }
-    read.await.map_err(HelloLost::Frame)
-}
-
 /// One session with the control plane, until it ends. `known_rtt` is the path's round-trip
 /// time as the last session knew it (kept up to date at each ping).
 async fn session(
@@ -557,8 +512,10 @@ async fn session(
     }
     let addr = resolve(&cred.server).await?;
     let tls = flotilla_certs::tls::client(&cred.ca_pem, &cred.identity, ALPN_AGENT)?;
+    let quic =
+        flotilla_api::quic::client_config(tls, *known_rtt).context("QUIC TLS configuration")?;
     let conn = endpoint
-        .connect_with(quic_client(tls)?, addr, SERVER_NAME)?
+        .connect_with(quic, addr, SERVER_NAME)?
         .await
         .map_err(|e| {
             let text = explain(&e);
@@ -585,7 +542,8 @@ async fn session(
     .await
     .map_err(|e| anyhow::anyhow!("sending hello: {e}"))?;
     let _ = send.finish();
-    let reply: HelloReply = match hello_reply(&conn, &mut recv, *known_rtt).await {
+    let written = tokio::time::Instant::now();
+    let reply: HelloReply = match hello_reply(&conn, &mut recv, *known_rtt, written).await {
         Ok(r) => r,
         Err(HelloLost::Unconfirmed(within)) => bail!(
             "hello: the control plane did not confirm the handshake within {within:?}; dialling \

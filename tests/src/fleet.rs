@@ -33,9 +33,10 @@ use flotilla_certs::token::JoinToken;
 use flotilla_certs::{key_and_csr, CertifiedKey, SERVER_NAME};
 use quinn::{Connection, Endpoint};
 
+use flotilla_api::quic::{hello_reply, HelloLost};
 use flotilla_api::session::MAX_BACKOFF;
 use flotilla_api::session::PING_EVERY;
-use flotilla_api::session::{handshake_confirm_within, ping_lost, ping_timeout};
+use flotilla_api::session::{ping_lost, ping_timeout};
 /// Close code the control plane uses for a revoked node.
 const CLOSE_REVOKED: u32 = 2;
 /// Memory every simulated container says it uses, bytes.
@@ -59,21 +60,6 @@ pub struct Enrolled {
     pub ca_pem: String,
     /// The identities, in enrollment order.
     pub agents: Vec<Identity>,
-}
-
-/// QUIC client settings of an agent (those of `nodeagent`: keep-alives every 5 s, 30 s idle).
-fn quic_client(tls: rustls::ClientConfig) -> Result<quinn::ClientConfig> {
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
-        .map_err(|e| anyhow::anyhow!("QUIC TLS configuration: {e}"))?;
-    let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
-    let mut transport = quinn::TransportConfig::default();
-    transport.keep_alive_interval(Some(flotilla_api::session::KEEP_ALIVE));
-    transport.max_idle_timeout(Some(
-        quinn::IdleTimeout::try_from(flotilla_api::session::IDLE_TIMEOUT)
-            .map_err(|e| anyhow::anyhow!("{e}"))?,
-    ));
-    cfg.transport_config(Arc::new(transport));
-    Ok(cfg)
 }
 
 /// Where the `index`-th socket of the simulator is bound to reach `server`. A control plane
@@ -129,7 +115,11 @@ pub async fn enroll(
     let endpoints = (0..concurrency.div_ceil(JOINS_PER_SOCKET).max(1))
         .map(|k| client_endpoint(server, k))
         .collect::<Result<Vec<_>>>()?;
-    let cfg = quic_client(flotilla_certs::tls::enrollment_client(*token.ca_digest())?)?;
+    let cfg = flotilla_api::quic::client_config(
+        flotilla_certs::tls::enrollment_client(*token.ca_digest())?,
+        None,
+    )
+    .context("QUIC TLS configuration")?;
     let gate = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut joins = tokio::task::JoinSet::new();
     for i in 0..n {
@@ -952,9 +942,11 @@ impl SimAgent {
 
     async fn session_inner(&mut self) -> Result<Ended, Ended> {
         let tls = flotilla_certs::tls::client(&self.ca_pem, &self.identity.key, ALPN_AGENT)?;
+        let quic = flotilla_api::quic::client_config(tls, self.known_rtt)
+            .context("QUIC TLS configuration")?;
         let conn = self
             .endpoint
-            .connect_with(quic_client(tls)?, self.server, SERVER_NAME)?
+            .connect_with(quic, self.server, SERVER_NAME)?
             .await?;
         let (mut send, mut recv) = conn.open_bi().await?;
         // As `nodeagent` of this release: the registry it holds, if any (an agent of an
@@ -978,29 +970,17 @@ impl SimAgent {
         .await?;
         let _ = send.finish();
         // As `nodeagent`: a handshake the control plane did not confirm in time is given up
-        // on, and dialled again.
-        let within = handshake_confirm_within(self.known_rtt.unwrap_or_else(|| conn.rtt()));
-        let read = read_frame::<_, HelloReply>(&mut recv);
-        tokio::pin!(read);
-        let confirmed = tokio::select! {
-            biased;
-            r = &mut read => Some(r),
-            () = tokio::time::sleep(within) => None,
-        };
-        let answered = match confirmed {
-            Some(r) => r,
-            None if conn.stats().frame_rx.handshake_done == 0 => {
-                conn.close(quinn::VarInt::from_u32(0), b"handshake not confirmed");
+        // on, and dialled again; a hello it dropped is nudged out again.
+        let written = tokio::time::Instant::now();
+        let reply = match hello_reply(&conn, &mut recv, self.known_rtt, written).await {
+            Ok(r) => r,
+            Err(HelloLost::Unconfirmed(within)) => {
                 return Err(anyhow::anyhow!(
                     "hello: the control plane did not confirm the handshake within {within:?}"
                 )
                 .into());
             }
-            None => read.await,
-        };
-        let reply: HelloReply = match answered {
-            Ok(r) => r,
-            Err(e) => {
+            Err(HelloLost::Frame(e)) => {
                 let why = conn
                     .close_reason()
                     .map_or_else(|| e.to_string(), |c| c.to_string());

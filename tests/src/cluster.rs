@@ -826,9 +826,9 @@ impl Fleet {
     /// container, cgroup or mount is left.
     pub fn finish(mut self) {
         for n in &self.nodes {
-            n.wait_for("containers removed", Duration::from_secs(60), || {
-                n.ps().is_empty()
-            });
+            // The containers, their state and our cgroup parents (which go after the
+            // containers' records: a kill in between would leave them).
+            n.wait_removed(Duration::from_secs(60));
             // Their networks go right after them.
             n.wait_for("task networks removed", Duration::from_secs(30), || {
                 n.leftover_mounts().is_empty()

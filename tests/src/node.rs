@@ -161,6 +161,28 @@ impl Node {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Waits until `ctr exec NAME ARGS` succeeds and prints `want` (what a container's command
+    /// writes comes after `ctr` reads it as running), failing the test after `timeout`
+    /// ([`crate::patient`]) with what it printed last.
+    pub fn wait_exec_output(&self, name: &str, args: &[&str], want: &str, timeout: Duration) {
+        let timeout = crate::patient(timeout);
+        let start = Instant::now();
+        loop {
+            let out = self.ctr(&[&["exec", name][..], args].concat());
+            let got = String::from_utf8_lossy(&out.stdout);
+            if out.status.success() && got == want {
+                return;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "`ctr exec {name} {args:?}` printed {got:?} ({}), not {want:?}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// `ctr inspect`.
     pub fn inspect(&self, name: &str) -> ContainerInfo {
         serde_json::from_str(&self.ctr_ok(&["inspect", name])).expect("ctr inspect")

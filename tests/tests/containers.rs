@@ -550,7 +550,8 @@ fn an_init_reaps_orphans_and_passes_signals_on() {
     let node = Node::new();
     // An orphan whose parent exec'd a program that never waits: without an init it stays a
     // zombie (PID 1 is that program), with one it is reaped.
-    let script = "sh -c 'sleep 0.2 &'; exec sleep 30";
+    // (The orphan leaves a mark just before it ends: the test waits for it, not a time.)
+    let script = "sh -c '(sleep 0.2; touch /done) &'; exec sleep 30";
     let plain = node
         .ctr_ok(&["run", "-d", IMAGE, "sh", "-c", script])
         .trim()
@@ -559,12 +560,22 @@ fn an_init_reaps_orphans_and_passes_signals_on() {
         .ctr_ok(&["run", "-d", "--init", IMAGE, "sh", "-c", script])
         .trim()
         .to_string();
-    std::thread::sleep(Duration::from_millis(800));
-    assert_eq!(
-        zombies(&node, &plain),
-        1,
-        "the control: a zombie without an init"
+    node.wait_for(
+        "the control: a zombie without an init",
+        Duration::from_secs(10),
+        || zombies(&node, &plain) == 1,
     );
+    node.wait_for(
+        "the orphan under the init done",
+        Duration::from_secs(10),
+        || {
+            node.ctr(&["exec", &init, "sh", "-c", "test -e /done"])
+                .status
+                .success()
+        },
+    );
+    // Its end comes microseconds after its mark.
+    std::thread::sleep(Duration::from_millis(200));
     assert_eq!(zombies(&node, &init), 0, "the init reaped the orphan");
     // `sleep` as PID 1 ignores SIGTERM; under the init it gets it and ends at once.
     let started = std::time::Instant::now();
@@ -952,7 +963,10 @@ fn ctrl_c_on_an_attached_run_stops_and_removes_the_container() {
             .first()
             .is_some_and(|c| c.status == Status::Running)
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Its trap is set once it said so (Running comes before the command's first line).
+    node.wait_for("its trap set", Duration::from_secs(10), || {
+        stdout(&node.ctr(&["logs", "fg"])).contains("ready")
+    });
     if let Some(p) = rustix::process::Pid::from_raw(child.id() as i32) {
         let _ = rustix::process::kill_process(p, rustix::process::Signal::INT);
     }

@@ -204,9 +204,7 @@ fn three_hosts_spread_tasks_and_ride_out_a_crash_and_a_cut_link() {
         cp.flotilla_ok(&["task", "stop", &t.id]);
     }
     for n in &nodes {
-        n.wait_for("containers removed", Duration::from_secs(30), || {
-            n.ps().is_empty()
-        });
+        n.wait_removed(Duration::from_secs(30));
     }
     for mut a in agents {
         a.kill();

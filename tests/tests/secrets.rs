@@ -211,7 +211,12 @@ fn a_secret_reaches_only_its_tasks_never_rests_in_clear_and_survives_a_cut_off_r
             c.status == Status::Running && c.restart_count >= 1
         },
     );
-    let log = node_a.ctr_ok(&["logs", &format!("{task}-0")]);
+    // (Running comes before the command's first line: its output is waited for.)
+    let log = || node_a.ctr_ok(&["logs", &format!("{task}-0")]);
+    node_a.wait_for("the second run's line", Duration::from_secs(30), || {
+        log().matches("variable matches file").count() >= 2
+    });
+    let log = log();
     assert_eq!(
         log.matches("variable matches file").count(),
         2,

@@ -443,11 +443,17 @@ fn a_restarted_container_keeps_its_layer_volumes_log_and_restart_count() {
         node.ctr_ok(&["ps"]).contains("RESTARTS"),
         "ctr ps shows the count"
     );
-    // Its anonymous volume kept what every run wrote.
-    assert_eq!(
-        node.ctr_ok(&["exec", &name, "cat", "/data/runs"]),
-        "1\n2\n3\n"
+    // Its anonymous volume kept what every run wrote (the third run's line waited for:
+    // the count is reported before the run's command has its first line out).
+    node.wait_exec_output(
+        &name,
+        &["cat", "/data/runs"],
+        "1\n2\n3\n",
+        Duration::from_secs(10),
     );
+    node.wait_for("the third run's line", Duration::from_secs(10), || {
+        String::from_utf8_lossy(&node.ctr(&["logs", &name]).stdout).ends_with("run 3\n")
+    });
     // Its log holds every run, for `flotilla logs` and `ctr logs` alike.
     let o = cp.flotilla(&["logs", &id]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -550,6 +556,10 @@ fn a_restart_that_cannot_start_keeps_the_container_and_goes_on_after_an_agent_re
         "{} after {before}",
         now.restart_count
     );
+    // (Running comes before the command's first line: what it writes is waited for.)
+    node.wait_for("the restarted run's line", Duration::from_secs(10), || {
+        std::fs::read_to_string(out.join("runs")).is_ok_and(|r| r.len() >= "run\nrun\n".len())
+    });
     assert_eq!(
         std::fs::read_to_string(out.join("runs")).expect("runs"),
         "run\nrun\n"
@@ -898,6 +908,11 @@ fn after_a_power_cut_a_running_container_starts_again_in_place() {
     assert_eq!(node.ps().len(), 1, "{:?}", node.ps());
     // Its restart count starts over, as Docker's after a reboot.
     assert_eq!(after.restart_count, 0);
+    // Its log holds both runs, for `ctr logs` and `flotilla logs` alike (waited for first:
+    // Running comes before the command's first line).
+    node.wait_for("its second run's line", Duration::from_secs(10), || {
+        node.ctr_ok(&["logs", &name]) == "run 1\nrun 2\n"
+    });
     // Its writable layer kept what the first run wrote: the second counts on from it.
     assert_eq!(node.ctr_ok(&["exec", &name, "cat", "/runs"]), "2\n");
     // In the task's network namespace, made anew in this boot.
@@ -913,10 +928,6 @@ fn after_a_power_cut_a_running_container_starts_again_in_place() {
         format!("net:[{}]", made.expect("stat")),
         "not in the task's new network namespace"
     );
-    // Its log holds both runs, for `ctr logs` and `flotilla logs` alike.
-    node.wait_for("its second run's line", Duration::from_secs(10), || {
-        node.ctr_ok(&["logs", &name]) == "run 1\nrun 2\n"
-    });
     agent.wait_log("it starts again in place", 1, Duration::from_secs(5));
     // (the first boot's session, then this one's)
     agent.wait_log("session established", 2, Duration::from_secs(30));
@@ -1002,7 +1013,7 @@ fn after_a_power_cut_a_container_whose_new_run_fails_keeps_its_layer_and_runs_ag
     });
     let after = node.inspect(&name);
     assert_eq!(after.record.id, before.record.id);
-    assert_eq!(node.ctr_ok(&["exec", &name, "cat", "/runs"]), "2\n");
+    node.wait_exec_output(&name, &["cat", "/runs"], "2\n", Duration::from_secs(10));
     assert_eq!(node.ps().len(), 1, "{:?}", node.ps());
     assert!(
         !agent.log().contains("it starts again in a new container"),
@@ -1105,7 +1116,7 @@ fn after_a_power_cut_a_container_whose_layer_is_damaged_is_replaced_and_its_task
     // A new one, alone: the damaged one is gone.
     assert_eq!(now.len(), 1, "{now:?}");
     assert_ne!(now[0].record.id, before.record.id);
-    assert_eq!(node.ctr_ok(&["exec", &name, "cat", "/runs"]), "1\n");
+    node.wait_exec_output(&name, &["cat", "/runs"], "1\n", Duration::from_secs(10));
     let warned = || {
         agent.log().lines().any(|l| {
             l.contains("WARN")

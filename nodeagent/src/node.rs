@@ -786,20 +786,35 @@ impl Node {
 
     /// A stopped task's status keeps its containers' exits, its stop code and reason after the
     /// containers are removed: a report that comes later (a slow session, a reconnect) still
-    /// carries them.
+    /// carries them. Its containers are removed one after the other, so a round in between
+    /// sees some of them exited and the others gone: each gone one keeps its exit too.
     fn keep_exits(&mut self, desired: &DesiredState, status: &mut [TaskStatus]) {
         self.kept
             .retain(|id, _| desired.tasks.iter().any(|t| &t.id == id));
         for s in status.iter_mut().filter(|s| s.state == TaskState::Stopped) {
-            if s.containers
-                .iter()
-                .any(|c| c.state == ContainerState::Exited)
-            {
+            let exited =
+                |c: &flotilla_api::tasks::ContainerStatus| c.state == ContainerState::Exited;
+            if let Some(k) = self.kept.get(&s.id) {
+                if !s.containers.iter().any(exited) {
+                    s.containers.clone_from(&k.containers);
+                    s.stop_code = k.stop_code;
+                    s.stop_reason.clone_from(&k.stop_reason);
+                } else {
+                    for c in s.containers.iter_mut().filter(|c| !exited(c)) {
+                        if let Some(was) =
+                            k.containers.iter().find(|w| w.name == c.name && exited(w))
+                        {
+                            c.clone_from(was);
+                        }
+                    }
+                    if s.stop_code.is_none() {
+                        s.stop_code = k.stop_code;
+                        s.stop_reason.clone_from(&k.stop_reason);
+                    }
+                }
+            }
+            if s.containers.iter().any(exited) {
                 self.kept.insert(s.id.clone(), s.clone());
-            } else if let Some(k) = self.kept.get(&s.id) {
-                s.containers.clone_from(&k.containers);
-                s.stop_code = k.stop_code;
-                s.stop_reason.clone_from(&k.stop_reason);
             }
         }
     }
@@ -1970,6 +1985,39 @@ mod tests {
         assert_eq!(of(&s, "t-1").containers[0].exit_code, Some(143));
         assert!(sim.rt.get(&ContainerName::new("t-1", 0)).is_none());
         assert_eq!(of(&s, "t-3").state, TaskState::Running);
+    }
+
+    #[test]
+    fn a_stopped_tasks_exits_are_kept_while_its_containers_are_removed_one_by_one() {
+        const TWO: &str = r#"{"family":"f","containerDefinitions":[
+            {"name":"db","image":"x","memory":64},
+            {"name":"app","image":"x","memory":64}]}"#;
+        let mut sim = Sim::new(state(1, vec![task("t-1", TWO)]));
+        sim.settle();
+        let mut d = state(2, vec![task("t-1", TWO)]);
+        d.tasks[0].desired = DesiredStatus::Stopped;
+        sim.node.set_desired(d);
+        // The stops, applied; then the rounds the runner's removal overlaps, not applied.
+        let r = sim.round();
+        assert!(
+            r.commands.iter().all(|c| matches!(c, Command::Stop { .. })),
+            "{:?}",
+            r.commands
+        );
+        let seen = sim.rt.list().expect("list");
+        let codes = |status: &[TaskStatus]| {
+            let t = of(status, "t-1");
+            assert_eq!(t.state, TaskState::Stopped, "{t:?}");
+            t.containers.iter().map(|c| c.exit_code).collect::<Vec<_>>()
+        };
+        let r = sim.node.round(&seen, &BTreeMap::new(), sim.now());
+        assert_eq!(codes(&r.status), [Some(143), Some(143)]);
+        // db's container gone first, then app's: both exits stay.
+        let app_only: Vec<_> = seen.iter().filter(|c| c.name.index == 1).cloned().collect();
+        let r = sim.node.round(&app_only, &BTreeMap::new(), sim.now());
+        assert_eq!(codes(&r.status), [Some(143), Some(143)]);
+        let r = sim.node.round(&[], &BTreeMap::new(), sim.now());
+        assert_eq!(codes(&r.status), [Some(143), Some(143)]);
     }
 
     #[test]
